@@ -1,1 +1,34 @@
+//! shardgate's data plane: a thread-per-core HTTP/1.1 gateway on io_uring (monoio).
+//!
+//! # Layout
+//!
+//! I/O-free protocol logic (takes bytes, returns decisions; unit-tested, fuzzable):
+//! - [`http`]: request and response heads (httparse into stack arrays), framing rules,
+//!   the streaming chunked decoder.
+//! - [`route`]: longest-prefix route table.
+//! - [`mock`]: the built-in demo model behind the embedded default config.
+//! - [`error`]: the one data-plane error type, mapped to a status and an OpenAI-style JSON body
+//!   in one place.
+//! - [`config`]: TOML parsing and validation into resolved, typed values.
+//! - [`limits`]: every compile-time limit and the defaults of configurable ones.
+//!
+//! I/O (the only modules that touch monoio):
+//! - [`shard`]: one pinned thread per core with its own runtime, SO_REUSEPORT listener,
+//!   pools and counters; driver selection (tuned io_uring → io_uring → epoll); draining.
+//! - [`conn`]: the connection driver, running the request lifecycle phases.
+//! - [`upstream`]: upstream connections and the per-shard keep-alive pools.
+//! - [`drain`]: the per-shard shutdown signal idle connections wait on.
+//!
+//! Nothing is shared between shards on the request path: each shard owns its state in `Rc`s
+//! and `Cell`s on its own thread. See `docs/ARCHITECTURE.md`.
 
+pub mod config;
+pub mod conn;
+pub mod drain;
+pub mod error;
+pub mod http;
+pub mod limits;
+pub mod mock;
+pub mod route;
+pub mod shard;
+pub mod upstream;

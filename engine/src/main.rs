@@ -1,1 +1,197 @@
-fn main() {}
+//! The `shardgate` binary: parse the command line, load the config, start one pinned shard per
+//! core, wait for SIGTERM/SIGINT, drain, exit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+
+use clap::Parser;
+use shardgate_engine::config::{Config, Cores, DriverChoice};
+use shardgate_engine::shard;
+
+#[cfg(not(feature = "count-alloc"))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(feature = "count-alloc")]
+#[global_allocator]
+static GLOBAL: count_alloc::Counting = count_alloc::Counting;
+
+/// A multi-tenant LLM gateway and L7 load balancer, thread-per-core on io_uring.
+#[derive(Debug, Parser)]
+#[command(name = "shardgate", version)]
+struct Cli {
+    /// TOML config file. Without it, the embedded default (a built-in demo model) runs.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate the config and exit (0: valid; 2: each problem printed with its field).
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let (config, source) = match &cli.config {
+        None => (Config::embedded_default(), "embedded default".to_owned()),
+        Some(path) => {
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("shardgate: cannot read {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            };
+            match Config::from_toml(&text) {
+                Ok(c) => (c, path.display().to_string()),
+                Err(errors) => {
+                    for e in &errors.0 {
+                        eprintln!("{}: {e}", path.display());
+                    }
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    if cli.check {
+        println!("{source}: ok");
+        return ExitCode::SUCCESS;
+    }
+    match run(config, &source) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config, source: &str) -> Result<(), String> {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let shards = match config.server.cores {
+        Cores::Count(n) => n,
+        Cores::Auto => cores.len().max(1),
+    };
+    let driver = match std::env::var("SHARDGATE_DRIVER") {
+        Ok(v) => DriverChoice::parse(&v)
+            .ok_or_else(|| format!("SHARDGATE_DRIVER={v:?}: must be auto, io_uring or epoll"))?,
+        Err(_) => config.server.driver,
+    };
+    // Port 0: pick one free port now, so every shard's SO_REUSEPORT socket shares it.
+    let mut listen = config.server.listen;
+    if listen.port() == 0 {
+        let probe = std::net::TcpListener::bind(listen)
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        listen = probe.local_addr().map_err(|e| e.to_string())?;
+    }
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // A second signal while draining exits at once, with status 1.
+        signal_hook::flag::register_conditional_shutdown(signal, 1, shutdown.clone())
+            .map_err(|e| format!("cannot install signal handler: {e}"))?;
+        signal_hook::flag::register(signal, shutdown.clone())
+            .map_err(|e| format!("cannot install signal handler: {e}"))?;
+    }
+
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut threads = Vec::with_capacity(shards);
+    for id in 0..shards {
+        let cfg = config.clone();
+        let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        let shutdown = shutdown.clone();
+        let ready = ready_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("shard-{id}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    if !core_affinity::set_for_current(core) {
+                        tracing::warn!(shard = id, "could not pin to core {}", core.id);
+                    }
+                }
+                shard::run(id, Rc::new(cfg), listen, driver, shutdown, ready);
+            })
+            .map_err(|e| format!("cannot start shard thread: {e}"))?;
+        threads.push((thread, core));
+    }
+    drop(ready_tx);
+    for _ in 0..shards {
+        let ready = ready_rx
+            .recv()
+            .map_err(|_| "a shard stopped during start-up".to_owned())?;
+        match ready.result {
+            Ok(kind) => {
+                let core = threads[ready.shard]
+                    .1
+                    .map_or("unpinned".to_owned(), |c| format!("core {}", c.id));
+                tracing::info!(
+                    "shard {} on {core}: {} driver",
+                    ready.shard,
+                    kind.describe()
+                );
+            }
+            Err(e) => {
+                shutdown.store(true, Ordering::Relaxed);
+                return Err(format!("shard {}: {e}", ready.shard));
+            }
+        }
+    }
+    println!("shardgate listening on http://{listen} ({shards} shards, config: {source})");
+    println!(
+        "try: curl -s http://{listen}/v1/chat/completions -H 'Content-Type: application/json' \
+         -H 'Authorization: Bearer sk-demo' \
+         -d '{{\"model\":\"demo\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello World!\"}}]}}'"
+    );
+    for (thread, _) in threads {
+        let _ = thread.join();
+    }
+    tracing::info!("drained; exiting");
+    #[cfg(feature = "count-alloc")]
+    count_alloc::report();
+    Ok(())
+}
+
+/// The allocation counter behind `--features count-alloc` (see docs/benchmarks.md).
+#[cfg(feature = "count-alloc")]
+mod count_alloc {
+    use std::alloc::{GlobalAlloc, Layout};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+    pub struct Counting;
+
+    // SAFETY: forwards every call unchanged to mimalloc, a correct GlobalAlloc; the counter
+    // has no effect on the memory returned.
+    #[allow(unsafe_code)]
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: same contract as the caller's.
+            unsafe { mimalloc::MiMalloc.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: same contract as the caller's.
+            unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: same contract as the caller's.
+            unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    pub fn report() {
+        let requests = super::shard::REQUESTS_SERVED.load(Ordering::Relaxed);
+        let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+        println!("count-alloc: {allocations} allocations, {requests} requests");
+    }
+}

@@ -1,0 +1,647 @@
+//! Configuration: parse TOML into raw structs, validate into typed, resolved values.
+//!
+//! Parse, don't validate: everything the data plane reads is a checked type (socket addresses
+//! resolved, durations, indices instead of names), so a shard never re-checks config.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::http::request::HeadLimits;
+use crate::limits::*;
+
+/// The config `shardgate` runs with no `--config`: a built-in demo model behind one route.
+pub const EMBEDDED_DEFAULT: &str = r#"# shardgate's embedded default: the built-in demo model, no upstream needed.
+[server]
+listen = "127.0.0.1:8080"
+cores = "auto"
+
+[[upstreams]]
+name = "demo"
+provider = "mock"
+
+[[routes]]
+path_prefix = "/"
+upstream = "demo"
+"#;
+
+/// One problem found in a config file: the field (a dotted path) and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// All the problems found; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// ----- raw, as written -----
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawCores {
+    Count(i64),
+    Word(String),
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    cores: Option<RawCores>,
+    driver: Option<String>,
+    header_bytes_max: Option<i64>,
+    headers_count_max: Option<i64>,
+    body_bytes_max: Option<i64>,
+    header_timeout_ms: Option<i64>,
+    body_timeout_ms: Option<i64>,
+    idle_timeout_ms: Option<i64>,
+    send_timeout_ms: Option<i64>,
+    drain_timeout_ms: Option<i64>,
+    connections_max: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    provider: Option<String>,
+    #[serde(default)]
+    endpoints: Vec<String>,
+    connect_timeout_ms: Option<i64>,
+    ttfb_timeout_ms: Option<i64>,
+    read_timeout_ms: Option<i64>,
+    pool_idle_timeout_ms: Option<i64>,
+    pool_idle_max: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path_prefix: String,
+    upstream: String,
+}
+
+// ----- validated -----
+
+/// How many shards to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cores {
+    /// One per CPU this process may run on.
+    Auto,
+    Count(usize),
+}
+
+/// Which monoio driver the shards use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverChoice {
+    /// io_uring with the fast set-up flags, then plain io_uring, then epoll.
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+impl DriverChoice {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "io_uring" | "iouring" | "uring" => Some(Self::IoUring),
+            "epoll" | "legacy" => Some(Self::Epoll),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub cores: Cores,
+    pub driver: DriverChoice,
+    pub header_bytes_max: usize,
+    pub headers_count_max: usize,
+    pub body_bytes_max: u64,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub send_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub connections_max: usize,
+}
+
+impl ServerConfig {
+    pub fn head_limits(&self) -> HeadLimits {
+        HeadLimits {
+            header_bytes_max: self.header_bytes_max,
+            headers_count_max: self.headers_count_max,
+            body_bytes_max: self.body_bytes_max,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// A plain HTTP/1.1 server at the endpoints.
+    Http,
+    /// The built-in demo model, answered inside the shard.
+    Mock,
+}
+
+/// One upstream server address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// `host[:port]` as written, sent as `Host`.
+    pub authority: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub provider: Provider,
+    pub endpoints: Vec<Endpoint>,
+    pub connect_timeout: Duration,
+    pub ttfb_timeout: Duration,
+    pub read_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_idle_max: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub path_prefix: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Config {
+    /// Parse and validate TOML text. Errors name the field and the reason (and, for syntax
+    /// errors, the line).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let field = match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}")
+                }
+                None => "config".to_owned(),
+            };
+            ConfigErrors(vec![ConfigError {
+                field,
+                reason: e.message().to_owned(),
+            }])
+        })?;
+        let mut v = Validator { errors: Vec::new() };
+        let config = v.config(raw);
+        if v.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(v.errors))
+        }
+    }
+
+    /// The embedded default, already validated.
+    pub fn embedded_default() -> Config {
+        match Config::from_toml(EMBEDDED_DEFAULT) {
+            Ok(c) => c,
+            // INVARIANT: the embedded default is checked by a unit test.
+            Err(e) => panic!("embedded default config is invalid: {e}"),
+        }
+    }
+}
+
+struct Validator {
+    errors: Vec<ConfigError>,
+}
+
+impl Validator {
+    fn error(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(ConfigError {
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn ranged(&mut self, field: &str, value: Option<i64>, default: u64, min: u64, max: u64) -> u64 {
+        let Some(v) = value else { return default };
+        match u64::try_from(v) {
+            Ok(v) if (min..=max).contains(&v) => v,
+            _ => {
+                self.error(field, format!("must be between {min} and {max}, got {v}"));
+                default
+            }
+        }
+    }
+
+    fn size(
+        &mut self,
+        field: &str,
+        value: Option<i64>,
+        default: usize,
+        min: usize,
+        max: usize,
+    ) -> usize {
+        let v = self.ranged(field, value, default as u64, min as u64, max as u64);
+        usize::try_from(v).unwrap_or(default)
+    }
+
+    fn timeout(&mut self, field: &str, value: Option<i64>, default_ms: u64) -> Duration {
+        Duration::from_millis(self.ranged(field, value, default_ms, 1, TIMEOUT_MS_MAX))
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let server = self.server(raw.server);
+        if raw.upstreams.len() > UPSTREAMS_MAX {
+            self.error("upstreams", format!("at most {UPSTREAMS_MAX} upstreams"));
+        }
+        let upstreams: Vec<UpstreamConfig> = raw
+            .upstreams
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| self.upstream(i, u))
+            .collect();
+        for (i, u) in upstreams.iter().enumerate() {
+            if upstreams[..i].iter().any(|o| o.name == u.name) {
+                self.error(
+                    format!("upstreams[{i}].name"),
+                    format!("duplicate name {:?}", u.name),
+                );
+            }
+        }
+        if raw.routes.is_empty() {
+            self.error("routes", "at least one [[routes]] entry is needed");
+        }
+        if raw.routes.len() > ROUTES_MAX {
+            self.error("routes", format!("at most {ROUTES_MAX} routes"));
+        }
+        let mut routes = Vec::with_capacity(raw.routes.len());
+        for (i, r) in raw.routes.into_iter().enumerate() {
+            if !r.path_prefix.starts_with('/') {
+                self.error(format!("routes[{i}].path_prefix"), "must start with /");
+            }
+            if routes
+                .iter()
+                .any(|o: &RouteConfig| o.path_prefix == r.path_prefix)
+            {
+                self.error(
+                    format!("routes[{i}].path_prefix"),
+                    format!("duplicate prefix {:?}", r.path_prefix),
+                );
+            }
+            match upstreams.iter().position(|u| u.name == r.upstream) {
+                Some(upstream) => routes.push(RouteConfig {
+                    path_prefix: r.path_prefix,
+                    upstream,
+                }),
+                None => self.error(
+                    format!("routes[{i}].upstream"),
+                    format!("no [[upstreams]] entry is named {:?}", r.upstream),
+                ),
+            }
+        }
+        Config {
+            server,
+            upstreams,
+            routes,
+        }
+    }
+
+    fn server(&mut self, raw: RawServer) -> ServerConfig {
+        let listen_text = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen = listen_text.parse().unwrap_or_else(|_| {
+            self.error(
+                "server.listen",
+                format!("{listen_text:?} is not an IP:port address"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+        let cores = match raw.cores {
+            None => Cores::Auto,
+            Some(RawCores::Word(w)) if w == "auto" => Cores::Auto,
+            Some(RawCores::Word(w)) => {
+                self.error(
+                    "server.cores",
+                    format!("must be a number or \"auto\", got {w:?}"),
+                );
+                Cores::Auto
+            }
+            Some(RawCores::Count(n)) => {
+                Cores::Count(self.size("server.cores", Some(n), 1, 1, SHARDS_MAX))
+            }
+        };
+        let driver = match raw.driver.as_deref() {
+            None => DriverChoice::Auto,
+            Some(d) => DriverChoice::parse(d).unwrap_or_else(|| {
+                self.error(
+                    "server.driver",
+                    format!("must be auto, io_uring or epoll, got {d:?}"),
+                );
+                DriverChoice::Auto
+            }),
+        };
+        ServerConfig {
+            listen,
+            cores,
+            driver,
+            header_bytes_max: self.size(
+                "server.header_bytes_max",
+                raw.header_bytes_max,
+                HEADER_BYTES_MAX_DEFAULT,
+                HEADER_BYTES_MAX_MIN,
+                HEADER_BYTES_MAX_MAX,
+            ),
+            headers_count_max: self.size(
+                "server.headers_count_max",
+                raw.headers_count_max,
+                HEADERS_COUNT_MAX_DEFAULT,
+                1,
+                HEADERS_ARRAY_LEN,
+            ),
+            body_bytes_max: self.ranged(
+                "server.body_bytes_max",
+                raw.body_bytes_max,
+                BODY_BYTES_MAX_DEFAULT,
+                0,
+                1 << 40,
+            ),
+            header_timeout: self.timeout(
+                "server.header_timeout_ms",
+                raw.header_timeout_ms,
+                HEADER_TIMEOUT_MS_DEFAULT,
+            ),
+            body_timeout: self.timeout(
+                "server.body_timeout_ms",
+                raw.body_timeout_ms,
+                BODY_TIMEOUT_MS_DEFAULT,
+            ),
+            idle_timeout: self.timeout(
+                "server.idle_timeout_ms",
+                raw.idle_timeout_ms,
+                IDLE_TIMEOUT_MS_DEFAULT,
+            ),
+            send_timeout: self.timeout(
+                "server.send_timeout_ms",
+                raw.send_timeout_ms,
+                SEND_TIMEOUT_MS_DEFAULT,
+            ),
+            drain_timeout: self.timeout(
+                "server.drain_timeout_ms",
+                raw.drain_timeout_ms,
+                DRAIN_TIMEOUT_MS_DEFAULT,
+            ),
+            connections_max: self.size(
+                "server.connections_max",
+                raw.connections_max,
+                CONNECTIONS_MAX_DEFAULT,
+                1,
+                1 << 20,
+            ),
+        }
+    }
+
+    fn upstream(&mut self, i: usize, raw: RawUpstream) -> UpstreamConfig {
+        let f = |key: &str| format!("upstreams[{i}].{key}");
+        if raw.name.is_empty() {
+            self.error(f("name"), "must not be empty");
+        }
+        let provider = match raw.provider.as_deref() {
+            None | Some("http") | Some("openai") => Provider::Http,
+            Some("mock") => Provider::Mock,
+            Some(p) => {
+                self.error(f("provider"), format!("must be http or mock, got {p:?}"));
+                Provider::Http
+            }
+        };
+        let mut endpoints = Vec::new();
+        match provider {
+            Provider::Mock if !raw.endpoints.is_empty() => {
+                self.error(f("endpoints"), "a mock upstream takes no endpoints");
+            }
+            Provider::Http if raw.endpoints.is_empty() => {
+                self.error(f("endpoints"), "at least one endpoint is needed");
+            }
+            _ => {}
+        }
+        if raw.endpoints.len() > ENDPOINTS_MAX {
+            self.error(f("endpoints"), format!("at most {ENDPOINTS_MAX} endpoints"));
+        }
+        for (j, e) in raw.endpoints.iter().enumerate() {
+            match parse_endpoint(e) {
+                Ok(ep) => endpoints.push(ep),
+                Err(reason) => self.error(format!("upstreams[{i}].endpoints[{j}]"), reason),
+            }
+        }
+        UpstreamConfig {
+            name: raw.name,
+            provider,
+            endpoints,
+            connect_timeout: self.timeout(
+                &f("connect_timeout_ms"),
+                raw.connect_timeout_ms,
+                CONNECT_TIMEOUT_MS_DEFAULT,
+            ),
+            ttfb_timeout: self.timeout(
+                &f("ttfb_timeout_ms"),
+                raw.ttfb_timeout_ms,
+                TTFB_TIMEOUT_MS_DEFAULT,
+            ),
+            read_timeout: self.timeout(
+                &f("read_timeout_ms"),
+                raw.read_timeout_ms,
+                READ_TIMEOUT_MS_DEFAULT,
+            ),
+            pool_idle_timeout: self.timeout(
+                &f("pool_idle_timeout_ms"),
+                raw.pool_idle_timeout_ms,
+                POOL_IDLE_TIMEOUT_MS_DEFAULT,
+            ),
+            pool_idle_max: self.size(
+                &f("pool_idle_max"),
+                raw.pool_idle_max,
+                POOL_IDLE_MAX_DEFAULT,
+                0,
+                65_536,
+            ),
+        }
+    }
+}
+
+/// `http://host[:port]` (an optional trailing `/`), resolved now, on the main thread, so a shard
+/// never resolves a name.
+fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
+    let Some(rest) = text.strip_prefix("http://") else {
+        return Err(if text.starts_with("https://") {
+            format!("{text:?}: https:// endpoints are not supported yet (plain http:// only)")
+        } else {
+            format!("{text:?}: must start with http://")
+        });
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return Err(format!("{text:?}: must be http://host[:port] with no path"));
+    }
+    let with_port = if authority.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.is_empty() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':')
+    }) {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "config loading runs before any shard starts"
+    )]
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&with_port)
+        .map_err(|e| format!("{text:?}: cannot resolve: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text:?}: resolves to no address"))?;
+    Ok(Endpoint {
+        addr,
+        authority: authority.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded_default();
+        assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(c.upstreams[0].provider, Provider::Mock);
+        assert_eq!(c.routes[0].path_prefix, "/");
+    }
+
+    #[test]
+    fn issue_example_parses() {
+        let c = Config::from_toml(
+            r#"
+            [server]
+            listen = "127.0.0.1:8080"
+            cores = 1
+            [[upstreams]]
+            name = "rig"
+            endpoints = ["http://127.0.0.1:18080"]
+            [[routes]]
+            path_prefix = "/"
+            upstream = "rig"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.server.cores, Cores::Count(1));
+        assert_eq!(
+            c.upstreams[0].endpoints[0].addr,
+            SocketAddr::from(([127, 0, 0, 1], 18080))
+        );
+        assert_eq!(c.upstreams[0].endpoints[0].authority, "127.0.0.1:18080");
+        assert_eq!(c.routes[0].upstream, 0);
+    }
+
+    fn errors_of(text: &str) -> Vec<String> {
+        match Config::from_toml(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn errors_name_field_and_reason() {
+        let errs = errors_of(
+            r#"
+            [server]
+            cores = 0
+            header_timeout_ms = -5
+            driver = "kqueue"
+            [[upstreams]]
+            name = "a"
+            endpoints = ["https://x", "ftp://y"]
+            [[routes]]
+            path_prefix = "v1"
+            upstream = "b"
+            "#,
+        );
+        let joined = errs.join("\n");
+        for needle in [
+            "server.cores: must be between 1",
+            "server.header_timeout_ms",
+            "server.driver",
+            "upstreams[0].endpoints[0]",
+            "upstreams[0].endpoints[1]",
+            "routes[0].path_prefix: must start with /",
+            "routes[0].upstream: no [[upstreams]] entry is named \"b\"",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_syntax_errors_name_the_line() {
+        let errs = errors_of("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
+        assert!(errs[0].starts_with("line 3"), "{errs:?}");
+        assert!(errs[0].contains("lisen"), "{errs:?}");
+        let errs = errors_of("[server\n");
+        assert!(errs[0].starts_with("line 1"), "{errs:?}");
+    }
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(
+            parse_endpoint("http://127.0.0.1").expect("ok").addr.port(),
+            80
+        );
+        assert_eq!(
+            parse_endpoint("http://127.0.0.1:9/").expect("ok").authority,
+            "127.0.0.1:9"
+        );
+        assert_eq!(
+            parse_endpoint("http://localhost:9")
+                .expect("ok")
+                .addr
+                .port(),
+            9
+        );
+        assert!(parse_endpoint("http://a/b").is_err());
+        assert!(parse_endpoint("http://").is_err());
+    }
+}

@@ -1,0 +1,854 @@
+//! The connection driver: the only code that moves request bytes between sockets.
+//!
+//! Each client connection runs the same fixed phases per request (see docs/ARCHITECTURE.md):
+//! read head → parse and decide (route, framing, limits) → forward head and body upstream →
+//! read the response head → relay the body as it arrives → pool or close. Every decision is
+//! taken by the I/O-free modules (`http`, `route`, `mock`); this module only sequences reads,
+//! writes and timeouts, and maps failures to [`Error`] answers.
+//!
+//! Buffers: the client read buffer lives as long as the connection; the write buffer comes from
+//! the shard's spares and goes back after each request; each upstream connection carries its
+//! own read buffer into and out of the pool. Nothing is allocated per request once warm.
+
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::config::{Provider, UpstreamConfig};
+use crate::error::Error;
+use crate::http::chunked::{ChunkedDecoder, Step};
+use crate::http::request::{self, BodyKind, Method, RequestHead};
+use crate::http::response::{self, ClientFraming};
+use crate::http::write_hex;
+use crate::limits::{
+    HEADERS_ARRAY_LEN, INTERIM_RESPONSES_MAX, MOCK_BODY_BYTES_MAX, RELAY_BUF_BYTES,
+};
+use crate::mock::{self, MockEndpoint, MockReply};
+use crate::shard::ShardCtx;
+use crate::upstream::{self, UpConn};
+
+/// After an error answer that closes the connection, how long to keep reading (and dropping)
+/// what the client still sends, so closing does not reset the connection before the client
+/// has read the answer.
+const LINGER_MS: u64 = 1_000;
+/// At most this many bytes are read and dropped while lingering.
+const LINGER_BYTES_MAX: usize = 256 * 1024;
+
+const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+const HEALTH_OK: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"status\":\"ok\"}";
+
+/// What happens to the client connection after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    Close,
+    /// An error answer was sent: close after lingering.
+    CloseLinger,
+}
+
+/// What the head says to do, decided without I/O.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Health {
+        readiness: bool,
+    },
+    Mock(MockEndpoint),
+    Proxy {
+        upstream: usize,
+        endpoint: usize,
+        ep_index: usize,
+    },
+    Refuse(Error),
+}
+
+struct Client {
+    stream: TcpStream,
+    /// Bytes read from the client and not consumed yet (a head, body bytes, pipelined requests).
+    buf: Vec<u8>,
+    ip: IpAddr,
+}
+
+/// Serve one client connection to the end.
+pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let mut c = Client {
+        stream,
+        buf: Vec::with_capacity(ctx.cfg.server.header_bytes_max),
+        ip: peer.ip(),
+    };
+    let mut first = true;
+    loop {
+        match serve_one(ctx, &mut c, first).await {
+            Next::KeepAlive => first = false,
+            Next::Close => break,
+            Next::CloseLinger => {
+                linger_close(&mut c.stream).await;
+                break;
+            }
+        }
+    }
+}
+
+/// Read, decide and answer one request.
+async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
+    let server = &ctx.cfg.server;
+    let mut wbuf = ctx.take_buf();
+    // Phase 1: read until the head is complete (or refused).
+    let mut head_deadline: Option<Instant> = None;
+    let (head, action) = loop {
+        if !c.buf.is_empty() {
+            match decide(ctx, &c.buf, c.ip, &mut wbuf) {
+                Ok(Some(decided)) => break decided,
+                Ok(None) => {}
+                Err(e) => return answer_error(ctx, c, e, true, wbuf).await,
+            }
+        }
+        let buf = std::mem::take(&mut c.buf);
+        let (res, buf) = if buf.is_empty() {
+            // Waiting for the first byte: the idle timeout (header timeout for a new
+            // connection), and draining closes the connection at once.
+            if ctx.drain.is_fired() {
+                return Next::Close;
+            }
+            let wait = if first {
+                server.header_timeout
+            } else {
+                server.idle_timeout
+            };
+            monoio::select! {
+                r = read_more(&mut c.stream, buf, Instant::now() + wait) => r,
+                _ = ctx.drain.wait() => return Next::Close,
+            }
+        } else {
+            let deadline =
+                *head_deadline.get_or_insert_with(|| Instant::now() + server.header_timeout);
+            read_more(&mut c.stream, buf, deadline).await
+        };
+        c.buf = buf;
+        match res {
+            Ok(0) => return Next::Close,
+            Ok(_) => {
+                head_deadline.get_or_insert_with(|| Instant::now() + server.header_timeout);
+            }
+            Err(ReadError::TimedOut) if c.buf.is_empty() && !first => return Next::Close,
+            Err(ReadError::TimedOut) => {
+                return answer_error(ctx, c, Error::HeaderTimeout, true, wbuf).await;
+            }
+            Err(ReadError::Io) => return Next::Close,
+        }
+    };
+    ctx.requests.set(ctx.requests.get() + 1);
+    match action {
+        Action::Health { readiness } => {
+            c.buf.drain(..head.head_len);
+            if readiness && ctx.drain.is_fired() {
+                return answer_error(
+                    ctx,
+                    c,
+                    Error::ShuttingDown,
+                    head.body == BodyKind::None,
+                    wbuf,
+                )
+                .await;
+            }
+            ctx.put_buf(wbuf);
+            if head.body != BodyKind::None {
+                return answer_error(
+                    ctx,
+                    c,
+                    Error::BadRequest("health checks take no body"),
+                    false,
+                    ctx.take_buf(),
+                )
+                .await;
+            }
+            let (res, _) = write_timeout(&mut c.stream, HEALTH_OK, server.send_timeout).await;
+            if res.is_ok() && head.keep_alive && !ctx.drain.is_fired() {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            }
+        }
+        Action::Refuse(e) => {
+            c.buf.drain(..head.head_len);
+            answer_error(
+                ctx,
+                c,
+                e,
+                head.body == BodyKind::None && head.keep_alive,
+                wbuf,
+            )
+            .await
+        }
+        Action::Mock(endpoint) => serve_mock(ctx, c, head, endpoint, wbuf).await,
+        Action::Proxy {
+            upstream,
+            endpoint,
+            ep_index,
+        } => proxy(ctx, c, head, (upstream, endpoint, ep_index), wbuf).await,
+    }
+}
+
+/// Parse the head in `buf` and decide what to do, writing the upstream head into `wbuf` when
+/// proxying. `Ok(None)`: the head is incomplete.
+fn decide(
+    ctx: &ShardCtx,
+    buf: &[u8],
+    client_ip: IpAddr,
+    wbuf: &mut Vec<u8>,
+) -> Result<Option<(RequestHead, Action)>, Error> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
+    let Some(req) = request::parse(buf, &mut headers, &ctx.cfg.server.head_limits())? else {
+        return Ok(None);
+    };
+    let head = req.head;
+    let path = req.path();
+    if head.method == Method::Get {
+        match path {
+            "/health/liveness" => return Ok(Some((head, Action::Health { readiness: false }))),
+            "/health/readiness" => return Ok(Some((head, Action::Health { readiness: true }))),
+            _ => {}
+        }
+    }
+    let Some(upstream) = ctx.routes.lookup(path) else {
+        return Ok(Some((head, Action::Refuse(Error::NoRoute))));
+    };
+    let ucfg = &ctx.cfg.upstreams[upstream];
+    let action = match ucfg.provider {
+        Provider::Mock => match mock::serves(req.method(), path) {
+            Some(endpoint) => Action::Mock(endpoint),
+            None => Action::Refuse(Error::NoRoute),
+        },
+        Provider::Http => {
+            let (endpoint, ep_index) = ctx.pick_endpoint(upstream);
+            wbuf.clear();
+            let authority = ucfg.endpoints[ep_index].authority.as_bytes();
+            req.write_upstream_head(authority, client_ip, wbuf);
+            Action::Proxy {
+                upstream,
+                endpoint,
+                ep_index,
+            }
+        }
+    };
+    Ok(Some((head, action)))
+}
+
+// ----- request bodies -----
+
+/// The request body still to be read from the client.
+#[derive(Debug)]
+enum BodyLeft {
+    Done,
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+impl BodyLeft {
+    fn of(head: &RequestHead) -> Self {
+        match head.body {
+            BodyKind::None | BodyKind::Length(0) => BodyLeft::Done,
+            BodyKind::Length(n) => BodyLeft::Length(n),
+            BodyKind::Chunked => BodyLeft::Chunked(ChunkedDecoder::new()),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self, BodyLeft::Done)
+    }
+}
+
+/// How chunked body data is appended to the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkOut {
+    /// Normalised chunks (`<hex>\r\n<data>\r\n`, then `0\r\n\r\n`): forwarding upstream.
+    Rechunk,
+    /// Data only: the mock model reads the body.
+    DataOnly,
+}
+
+/// Move the body bytes at the front of `buf` into `out` (verbatim for `Content-Length`,
+/// decoded for chunked), consuming them from `buf` and updating `left`. Bytes after the body
+/// (a pipelined request) stay in `buf`.
+fn consume_body(
+    buf: &mut Vec<u8>,
+    left: &mut BodyLeft,
+    body_bytes_max: u64,
+    out: &mut Vec<u8>,
+    mode: ChunkOut,
+) -> Result<(), Error> {
+    let consumed = match left {
+        BodyLeft::Done => 0,
+        BodyLeft::Length(n) => {
+            let take = buf.len().min(usize::try_from(*n).unwrap_or(usize::MAX));
+            out.extend_from_slice(&buf[..take]);
+            *n -= take as u64;
+            if *n == 0 {
+                *left = BodyLeft::Done;
+            }
+            take
+        }
+        BodyLeft::Chunked(d) => {
+            let mut at = 0;
+            loop {
+                let (n, step) = d.decode(&buf[at..]).map_err(|e| Error::BadChunk(e.0))?;
+                if d.data_bytes() > body_bytes_max {
+                    return Err(Error::BodyTooLarge);
+                }
+                match step {
+                    Step::Data(r) => {
+                        if mode == ChunkOut::Rechunk {
+                            write_hex(out, r.len() as u64);
+                            out.extend_from_slice(b"\r\n");
+                        }
+                        out.extend_from_slice(&buf[at..][r]);
+                        if mode == ChunkOut::Rechunk {
+                            out.extend_from_slice(b"\r\n");
+                        }
+                        at += n;
+                    }
+                    Step::NeedMore => break at + n,
+                    Step::Done => {
+                        if mode == ChunkOut::Rechunk {
+                            out.extend_from_slice(b"0\r\n\r\n");
+                        }
+                        *left = BodyLeft::Done;
+                        break at + n;
+                    }
+                }
+            }
+        }
+    };
+    buf.drain(..consumed);
+    Ok(())
+}
+
+/// Read more body bytes from the client (appending to `c.buf`).
+/// `Err(Some(e))`: answer `e`; `Err(None)`: the client went away.
+async fn read_client_body(c: &mut Client, timeout: Duration) -> Result<(), Option<Error>> {
+    let buf = std::mem::take(&mut c.buf);
+    if buf.len() == buf.capacity() {
+        // Only an unfinished chunk line can fill the buffer; `consume_body` bounds those far
+        // below its size, so this is a defensive answer, not an expected path.
+        c.buf = buf;
+        return Err(Some(Error::BadChunk("chunk line too long")));
+    }
+    let (res, buf) = read_more(&mut c.stream, buf, Instant::now() + timeout).await;
+    c.buf = buf;
+    match res {
+        Ok(0) | Err(ReadError::Io) => Err(None),
+        Ok(_) => Ok(()),
+        Err(ReadError::TimedOut) => Err(Some(Error::BodyTimeout)),
+    }
+}
+
+/// Send `100 Continue` when the client asked for it and the body has not all arrived.
+async fn send_continue(
+    ctx: &ShardCtx,
+    c: &mut Client,
+    head: &RequestHead,
+    left: &BodyLeft,
+) -> bool {
+    if !head.expect_continue || left.is_done() {
+        return true;
+    }
+    let (res, _) = write_timeout(&mut c.stream, CONTINUE_100, ctx.cfg.server.send_timeout).await;
+    res.is_ok()
+}
+
+// ----- proxying -----
+
+async fn proxy(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    head: RequestHead,
+    (upstream, endpoint, ep_index): (usize, usize, usize),
+    mut wbuf: Vec<u8>,
+) -> Next {
+    let server = &ctx.cfg.server;
+    let ucfg: &UpstreamConfig = &ctx.cfg.upstreams[upstream];
+    c.buf.drain(..head.head_len);
+    let mut left = BodyLeft::of(&head);
+    // The body bytes already read go out in the same write as the head.
+    if let Err(e) = consume_body(
+        &mut c.buf,
+        &mut left,
+        server.body_bytes_max,
+        &mut wbuf,
+        ChunkOut::Rechunk,
+    ) {
+        return answer_error(ctx, c, e, false, wbuf).await;
+    }
+    if !send_continue(ctx, c, &head, &left).await {
+        return Next::Close;
+    }
+    // The request can be sent again on a fresh connection only while all of it is in `wbuf`.
+    let replayable = left.is_done();
+    let addr = ucfg.endpoints[ep_index].addr;
+    let mut retried = false;
+    let (up, relay, keep_alive) = loop {
+        let mut up = match ctx
+            .pools
+            .checkout(endpoint, ucfg.pool_idle_timeout, Instant::now())
+        {
+            Some(up) => up,
+            None => match upstream::connect(addr, ucfg.connect_timeout).await {
+                Ok(up) => up,
+                Err(e) => return answer_error(ctx, c, e, left.is_done(), wbuf).await,
+            },
+        };
+        let (res, buf) = write_timeout(&mut up.stream, wbuf, ucfg.read_timeout).await;
+        wbuf = buf.unwrap_or_else(|| ctx.take_buf());
+        if res.is_err() {
+            if up.reused && !retried && replayable {
+                retried = true;
+                continue;
+            }
+            return answer_error(ctx, c, Error::UpstreamUnavailable, false, wbuf).await;
+        }
+        if let Err(e) = stream_body(ctx, c, &mut up, &mut left, &mut wbuf).await {
+            return match e {
+                Some(e) => answer_error(ctx, c, e, false, wbuf).await,
+                None => Next::Close,
+            };
+        }
+        match read_response_head(ctx, &mut up, ucfg, &head, &mut wbuf).await {
+            Ok((relay, keep_alive)) => break (up, relay, keep_alive),
+            Err(HeadError::ClosedBeforeAnyByte) if up.reused && !retried && replayable => {
+                retried = true;
+                continue;
+            }
+            Err(HeadError::ClosedBeforeAnyByte) => {
+                return answer_error(ctx, c, Error::UpstreamUnavailable, head.keep_alive, wbuf)
+                    .await;
+            }
+            Err(HeadError::Failed(e)) => {
+                return answer_error(ctx, c, e, head.keep_alive, wbuf).await
+            }
+        }
+    };
+    relay_response(ctx, c, endpoint, ucfg, up, relay, wbuf, keep_alive).await
+}
+
+/// Stream the rest of the request body from the client to the upstream.
+/// `Err(Some(e))`: answer `e` to the client; `Err(None)`: a socket failed, just close.
+async fn stream_body(
+    ctx: &ShardCtx,
+    c: &mut Client,
+    up: &mut UpConn,
+    left: &mut BodyLeft,
+    wbuf: &mut Vec<u8>,
+) -> Result<(), Option<Error>> {
+    let server = &ctx.cfg.server;
+    while !left.is_done() {
+        if c.buf.is_empty() || matches!(left, BodyLeft::Chunked(_)) {
+            read_client_body(c, server.body_timeout).await?;
+        }
+        if let BodyLeft::Length(n) = left {
+            // Content-Length: write straight from the client buffer, no copy.
+            let take = c.buf.len().min(usize::try_from(*n).unwrap_or(usize::MAX));
+            let buf = std::mem::take(&mut c.buf);
+            let (res, buf) =
+                write_timeout(&mut up.stream, buf.slice(..take), server.body_timeout).await;
+            c.buf = buf.ok_or(None)?.into_inner();
+            res.map_err(|()| None)?;
+            c.buf.drain(..take);
+            *n -= take as u64;
+            if *n == 0 {
+                *left = BodyLeft::Done;
+            }
+            continue;
+        }
+        wbuf.clear();
+        consume_body(
+            &mut c.buf,
+            left,
+            server.body_bytes_max,
+            wbuf,
+            ChunkOut::Rechunk,
+        )
+        .map_err(Some)?;
+        if !wbuf.is_empty() {
+            let (res, buf) =
+                write_timeout(&mut up.stream, std::mem::take(wbuf), server.body_timeout).await;
+            *wbuf = buf.ok_or(None)?;
+            res.map_err(|()| None)?;
+        }
+    }
+    Ok(())
+}
+
+enum HeadError {
+    /// The upstream closed or reset before sending any byte: a pooled connection the upstream
+    /// had already closed, so the request can be replayed if it was not streamed.
+    ClosedBeforeAnyByte,
+    Failed(Error),
+}
+
+/// Read the response head into `up.buf`, skipping interim (1xx) answers, and write the head
+/// for the client into `wbuf` (replacing the request, which is no longer needed). Returns the
+/// body relay state and whether the client connection stays open afterwards.
+async fn read_response_head(
+    ctx: &ShardCtx,
+    up: &mut UpConn,
+    ucfg: &UpstreamConfig,
+    req: &RequestHead,
+    wbuf: &mut Vec<u8>,
+) -> Result<(Relay, bool), HeadError> {
+    let deadline = Instant::now() + ucfg.ttfb_timeout;
+    let mut interim = 0;
+    let mut got_any = false;
+    loop {
+        if !up.buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
+            match response::parse(&up.buf, &mut headers, req.method == Method::Head) {
+                Ok(Some((h, _))) if h.is_interim() => {
+                    interim += 1;
+                    if interim > INTERIM_RESPONSES_MAX || h.status == 101 {
+                        return Err(HeadError::Failed(Error::UpstreamBadResponse(
+                            "unexpected interim response from upstream",
+                        )));
+                    }
+                    up.buf.drain(..h.head_len);
+                    continue;
+                }
+                Ok(Some((h, resp))) => {
+                    let framing = response::client_framing(h.body, req.version_minor);
+                    let keep_alive = req.keep_alive
+                        && response::framing_allows_keep_alive(framing)
+                        && !ctx.drain.is_fired();
+                    wbuf.clear();
+                    response::write_client_head(
+                        &h,
+                        &resp,
+                        framing,
+                        req.version_minor,
+                        keep_alive,
+                        wbuf,
+                    );
+                    let relay = Relay::new(framing, h.upstream_keep_alive);
+                    up.buf.drain(..h.head_len);
+                    return Ok((relay, keep_alive));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(HeadError::Failed(e)),
+            }
+        }
+        let buf = std::mem::take(&mut up.buf);
+        let (res, buf) = read_more(&mut up.stream, buf, deadline).await;
+        up.buf = buf;
+        match res {
+            Ok(0) | Err(ReadError::Io) if !got_any => return Err(HeadError::ClosedBeforeAnyByte),
+            Ok(0) | Err(ReadError::Io) => {
+                return Err(HeadError::Failed(Error::UpstreamBadResponse(
+                    "upstream closed the connection inside the response head",
+                )));
+            }
+            Ok(_) => got_any = true,
+            Err(ReadError::TimedOut) => return Err(HeadError::Failed(Error::UpstreamTimeout)),
+        }
+    }
+}
+
+/// Send the response head and relay the body as it arrives, each read written out at once
+/// (SSE events are never held back). The upstream connection goes back to the pool only after
+/// a complete, well-framed exchange.
+#[allow(clippy::too_many_arguments)]
+async fn relay_response(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    endpoint: usize,
+    ucfg: &UpstreamConfig,
+    mut up: UpConn,
+    mut relay: Relay,
+    mut wbuf: Vec<u8>,
+    keep_alive: bool,
+) -> Next {
+    let send_timeout = ctx.cfg.server.send_timeout;
+    // The first body bytes go out in the same write as the head.
+    match relay.feed(&up.buf, &mut wbuf, true) {
+        Ok(n) => drop(up.buf.drain(..n)),
+        Err(()) => {
+            let e = Error::UpstreamBadResponse("ill-framed upstream response body");
+            return answer_error(ctx, c, e, false, wbuf).await;
+        }
+    }
+    let (res, buf) = write_timeout(&mut c.stream, wbuf, send_timeout).await;
+    if res.is_err() {
+        return Next::Close; // the client went away: the upstream connection is dropped
+    }
+    let mut wbuf = buf.unwrap_or_else(|| ctx.take_buf());
+    while !relay.done {
+        let buf = std::mem::take(&mut up.buf);
+        let (res, buf) = read_more(&mut up.stream, buf, Instant::now() + ucfg.read_timeout).await;
+        up.buf = buf;
+        match res {
+            Ok(0) if relay.framing == ClientFraming::UntilClose => break,
+            // The upstream stopped mid-body: end the client connection without a clean end,
+            // so the client sees a truncated message.
+            Ok(0) | Err(_) => return Next::Close,
+            Ok(_) => {}
+        }
+        wbuf.clear();
+        let dechunk = relay.framing == ClientFraming::Dechunk;
+        let Ok(n) = relay.feed(&up.buf, &mut wbuf, dechunk) else {
+            return Next::Close;
+        };
+        let res = if dechunk {
+            let (res, buf) = write_timeout(&mut c.stream, wbuf, send_timeout).await;
+            wbuf = buf.unwrap_or_else(|| ctx.take_buf());
+            res
+        } else {
+            // Verbatim: write straight from the upstream buffer, no copy.
+            let buf = std::mem::take(&mut up.buf);
+            let (res, buf) = write_timeout(&mut c.stream, buf.slice(..n), send_timeout).await;
+            up.buf = buf.map(|s| s.into_inner()).unwrap_or_default();
+            res
+        };
+        if res.is_err() {
+            return Next::Close;
+        }
+        up.buf.drain(..n);
+    }
+    ctx.put_buf(wbuf);
+    // Bytes past the end of the body mean the upstream is out of step: never reuse it.
+    if relay.upstream_reusable && relay.framing != ClientFraming::UntilClose && up.buf.is_empty() {
+        ctx.pools
+            .checkin(endpoint, up, ucfg.pool_idle_max, Instant::now());
+    }
+    if keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
+/// Tracks where a response body ends while it is relayed.
+#[derive(Debug)]
+struct Relay {
+    framing: ClientFraming,
+    /// Body bytes still expected (`Length`).
+    left: u64,
+    decoder: ChunkedDecoder,
+    done: bool,
+    /// The upstream's head allows reusing its connection.
+    upstream_reusable: bool,
+}
+
+impl Relay {
+    fn new(framing: ClientFraming, upstream_reusable: bool) -> Self {
+        let (left, done) = match framing {
+            ClientFraming::None => (0, true),
+            ClientFraming::Length(n) => (n, false),
+            _ => (0, false),
+        };
+        Self {
+            framing,
+            left,
+            decoder: ChunkedDecoder::new(),
+            done,
+            upstream_reusable,
+        }
+    }
+
+    /// Look at upstream bytes: returns how many belong to the body (to be consumed). With
+    /// `copy`, the bytes to send the client are appended to `out` (for `Dechunk` only the
+    /// data, otherwise the bytes verbatim); without it the caller writes `input[..n]` itself.
+    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>, copy: bool) -> Result<usize, ()> {
+        let n = match self.framing {
+            ClientFraming::None => 0,
+            ClientFraming::Length(_) => {
+                let n = input
+                    .len()
+                    .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                self.left -= n as u64;
+                self.done = self.left == 0;
+                n
+            }
+            ClientFraming::UntilClose => input.len(),
+            ClientFraming::Chunked | ClientFraming::Dechunk => {
+                let mut at = 0;
+                loop {
+                    let (n, step) = self.decoder.decode(&input[at..]).map_err(|_| ())?;
+                    if let (Step::Data(r), ClientFraming::Dechunk) = (&step, self.framing) {
+                        out.extend_from_slice(&input[at..][r.clone()]);
+                    }
+                    at += n;
+                    match step {
+                        Step::Data(_) => {}
+                        Step::NeedMore => break,
+                        Step::Done => {
+                            self.done = true;
+                            break;
+                        }
+                    }
+                }
+                at
+            }
+        };
+        if copy && self.framing != ClientFraming::Dechunk {
+            out.extend_from_slice(&input[..n]);
+        }
+        Ok(n)
+    }
+}
+
+// ----- the built-in mock model -----
+
+async fn serve_mock(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    head: RequestHead,
+    endpoint: MockEndpoint,
+    wbuf: Vec<u8>,
+) -> Next {
+    let server = &ctx.cfg.server;
+    let limit = (MOCK_BODY_BYTES_MAX as u64).min(server.body_bytes_max);
+    if matches!(head.body, BodyKind::Length(n) if n > limit) {
+        return answer_error(ctx, c, Error::BodyTooLarge, false, wbuf).await;
+    }
+    c.buf.drain(..head.head_len);
+    let mut left = BodyLeft::of(&head);
+    let mut body = Vec::new();
+    let mut first = true;
+    while first || !left.is_done() {
+        if !first {
+            if let Err(e) = read_client_body(c, server.body_timeout).await {
+                return match e {
+                    Some(e) => answer_error(ctx, c, e, false, wbuf).await,
+                    None => Next::Close,
+                };
+            }
+        }
+        if let Err(e) = consume_body(&mut c.buf, &mut left, limit, &mut body, ChunkOut::DataOnly) {
+            return answer_error(ctx, c, e, false, wbuf).await;
+        }
+        if first && !send_continue(ctx, c, &head, &left).await {
+            return Next::Close;
+        }
+        first = false;
+    }
+    let keep_alive = head.keep_alive && !ctx.drain.is_fired();
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let reply = match mock::respond(endpoint, &body, now_s, keep_alive) {
+        Ok(r) => r,
+        Err(e) => return answer_error(ctx, c, e, keep_alive, wbuf).await,
+    };
+    ctx.put_buf(wbuf);
+    let (head_bytes, frames) = match reply {
+        MockReply::Whole(bytes) => (bytes, Vec::new()),
+        MockReply::Stream { head, frames } => (head, frames),
+    };
+    let (res, _) = write_timeout(&mut c.stream, head_bytes, server.send_timeout).await;
+    if res.is_err() {
+        return Next::Close;
+    }
+    for frame in frames {
+        monoio::time::sleep(Duration::from_millis(mock::MOCK_CHUNK_INTERVAL_MS)).await;
+        let (res, _) = write_timeout(&mut c.stream, frame, server.send_timeout).await;
+        if res.is_err() {
+            return Next::Close;
+        }
+    }
+    if keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
+// ----- answers, reads and writes -----
+
+/// Send `e` as an OpenAI-style JSON answer. The connection stays open only if `may_keep_alive`
+/// and the error does not taint the connection's framing.
+async fn answer_error(
+    ctx: &ShardCtx,
+    c: &mut Client,
+    e: Error,
+    may_keep_alive: bool,
+    mut wbuf: Vec<u8>,
+) -> Next {
+    let close = e.closes_connection() || !may_keep_alive || ctx.drain.is_fired();
+    wbuf.clear();
+    e.write_response(close, &mut wbuf);
+    tracing::debug!(
+        shard = ctx.id,
+        status = e.status(),
+        code = e.code(),
+        "local answer"
+    );
+    let (res, buf) = write_timeout(&mut c.stream, wbuf, ctx.cfg.server.send_timeout).await;
+    if let Some(buf) = buf {
+        ctx.put_buf(buf);
+    }
+    match (res, close) {
+        (Err(_), _) => Next::Close,
+        (Ok(()), true) => Next::CloseLinger,
+        (Ok(()), false) => Next::KeepAlive,
+    }
+}
+
+/// Half-close, then read and drop what the client still sends for a short while, so the close
+/// does not turn into a reset that destroys the answer in the client's receive buffer.
+async fn linger_close(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
+    let deadline = Instant::now() + Duration::from_millis(LINGER_MS);
+    let mut buf = vec![0u8; 0];
+    buf.reserve(RELAY_BUF_BYTES.min(LINGER_BYTES_MAX));
+    let mut total = 0;
+    while total < LINGER_BYTES_MAX {
+        buf.clear();
+        let (res, back) = read_more(stream, buf, deadline).await;
+        buf = back;
+        match res {
+            Ok(n) if n > 0 => total += n,
+            _ => break,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadError {
+    TimedOut,
+    Io,
+}
+
+/// Append what the socket has to `buf` (into its spare capacity), by `deadline`.
+/// On a timeout the buffer stays with the cancelled read and an empty one comes back: the
+/// caller closes that socket (monoio cannot promise what a cancelled read did).
+async fn read_more(
+    stream: &mut TcpStream,
+    buf: Vec<u8>,
+    deadline: Instant,
+) -> (Result<usize, ReadError>, Vec<u8>) {
+    let len = buf.len();
+    if len == buf.capacity() {
+        return (Ok(0), buf);
+    }
+    let read = stream.read(buf.slice_mut(len..));
+    match monoio::time::timeout_at(deadline.into(), read).await {
+        Ok((Ok(n), slice)) => (Ok(n), slice.into_inner()),
+        Ok((Err(_), slice)) => (Err(ReadError::Io), slice.into_inner()),
+        Err(_elapsed) => (Err(ReadError::TimedOut), Vec::new()),
+    }
+}
+
+/// Write all of `buf` within `timeout`. The buffer comes back unless the write timed out.
+async fn write_timeout<B: IoBuf>(
+    stream: &mut TcpStream,
+    buf: B,
+    timeout: Duration,
+) -> (Result<(), ()>, Option<B>) {
+    match monoio::time::timeout(timeout, stream.write_all(buf)).await {
+        Ok((Ok(_), buf)) => (Ok(()), Some(buf)),
+        Ok((Err(_), buf)) => (Err(()), Some(buf)),
+        Err(_elapsed) => (Err(()), None),
+    }
+}

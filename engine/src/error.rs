@@ -1,0 +1,283 @@
+//! The one data-plane error type, and the one place it becomes a status and a JSON body.
+//!
+//! Hot-path errors are plain enums (no allocation, no boxing). Every answer shardgate makes
+//! itself goes through [`Error::write_response`], so the status, the OpenAI-style body and the
+//! decision to close the connection are decided here and nowhere else.
+
+use std::fmt;
+
+/// Which side of the proxy caused an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The downstream client sent something we refuse, or went away.
+    Client,
+    /// The upstream server failed, timed out or answered something we refuse.
+    Upstream,
+    /// shardgate itself (shutting down, no route configured).
+    Internal,
+}
+
+/// What went wrong. Each variant maps to exactly one status in [`Error::status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// Unparsable request line or header field, bad `Host`, bad path; the reason is static text.
+    BadRequest(&'static str),
+    /// Ambiguous or invalid message framing (`Content-Length` / `Transfer-Encoding`).
+    BadFraming(&'static str),
+    /// Malformed chunked body.
+    BadChunk(&'static str),
+    /// No route for the path (or the built-in mock has no such endpoint).
+    NoRoute,
+    /// A method shardgate does not proxy (`CONNECT`).
+    MethodNotAllowed,
+    /// The request head did not complete within `header_timeout_ms`.
+    HeaderTimeout,
+    /// The request body stalled past `body_timeout_ms`.
+    BodyTimeout,
+    /// The body is larger than `body_bytes_max`.
+    BodyTooLarge,
+    /// The request line alone does not fit in `header_bytes_max`.
+    UriTooLong,
+    /// An `Expect` other than `100-continue`.
+    ExpectationFailed,
+    /// The request head is larger than `header_bytes_max`.
+    HeaderTooLarge,
+    /// More header fields than `headers_count_max`.
+    TooManyHeaders,
+    /// Connecting to the upstream was refused or reset.
+    UpstreamUnavailable,
+    /// The upstream's response was unparsable or ill-framed; the reason is static text.
+    UpstreamBadResponse(&'static str),
+    /// Connect or time-to-first-byte timeout.
+    UpstreamTimeout,
+    /// The gateway is draining and takes no new requests.
+    ShuttingDown,
+}
+
+impl Error {
+    /// The HTTP status of the answer to the client.
+    pub fn status(self) -> u16 {
+        match self {
+            Error::BadRequest(_) | Error::BadFraming(_) | Error::BadChunk(_) => 400,
+            Error::NoRoute => 404,
+            Error::MethodNotAllowed => 405,
+            Error::HeaderTimeout | Error::BodyTimeout => 408,
+            Error::BodyTooLarge => 413,
+            Error::UriTooLong => 414,
+            Error::ExpectationFailed => 417,
+            Error::HeaderTooLarge | Error::TooManyHeaders => 431,
+            Error::UpstreamUnavailable | Error::UpstreamBadResponse(_) => 502,
+            Error::ShuttingDown => 503,
+            Error::UpstreamTimeout => 504,
+        }
+    }
+
+    /// The machine-readable `code` of the JSON error body.
+    pub fn code(self) -> &'static str {
+        match self {
+            Error::BadRequest(_) => "bad_request",
+            Error::BadFraming(_) => "bad_framing",
+            Error::BadChunk(_) => "bad_chunk",
+            Error::NoRoute => "no_route",
+            Error::MethodNotAllowed => "method_not_allowed",
+            Error::HeaderTimeout | Error::BodyTimeout => "request_timeout",
+            Error::BodyTooLarge => "body_too_large",
+            Error::UriTooLong => "uri_too_long",
+            Error::ExpectationFailed => "expectation_failed",
+            Error::HeaderTooLarge => "header_too_large",
+            Error::TooManyHeaders => "too_many_headers",
+            Error::UpstreamUnavailable => "upstream_unavailable",
+            Error::UpstreamBadResponse(_) => "upstream_bad_response",
+            Error::UpstreamTimeout => "upstream_timeout",
+            Error::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// Who caused it.
+    pub fn side(self) -> Side {
+        match self {
+            Error::UpstreamUnavailable | Error::UpstreamBadResponse(_) | Error::UpstreamTimeout => {
+                Side::Upstream
+            }
+            Error::NoRoute | Error::ShuttingDown => Side::Internal,
+            _ => Side::Client,
+        }
+    }
+
+    /// Whether another upstream attempt could succeed where this one failed (used by retries).
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Error::UpstreamUnavailable | Error::UpstreamTimeout)
+    }
+
+    /// Whether the client connection must be closed after the answer whatever else holds:
+    /// the framing of what follows on the connection can no longer be trusted.
+    pub fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            Error::BadRequest(_)
+                | Error::BadFraming(_)
+                | Error::BadChunk(_)
+                | Error::MethodNotAllowed
+                | Error::HeaderTimeout
+                | Error::BodyTimeout
+                | Error::BodyTooLarge
+                | Error::UriTooLong
+                | Error::ExpectationFailed
+                | Error::HeaderTooLarge
+                | Error::TooManyHeaders
+                | Error::ShuttingDown
+        )
+    }
+
+    /// The OpenAI error `type`.
+    fn error_type(self) -> &'static str {
+        match self.side() {
+            Side::Client => "invalid_request_error",
+            Side::Upstream => "upstream_error",
+            Side::Internal if self == Error::NoRoute => "invalid_request_error",
+            Side::Internal => "server_error",
+        }
+    }
+
+    /// Human-readable message (static: no allocation on the error path either).
+    pub fn message(self) -> &'static str {
+        match self {
+            Error::BadRequest(m)
+            | Error::BadFraming(m)
+            | Error::BadChunk(m)
+            | Error::UpstreamBadResponse(m) => m,
+            Error::NoRoute => "no route or model serves this path",
+            Error::MethodNotAllowed => "this method is not supported by the gateway",
+            Error::HeaderTimeout => "the request head was not received in time",
+            Error::BodyTimeout => "the request body stalled",
+            Error::BodyTooLarge => "the request body is larger than the gateway accepts",
+            Error::UriTooLong => "the request line is longer than the gateway accepts",
+            Error::ExpectationFailed => "only `Expect: 100-continue` is supported",
+            Error::HeaderTooLarge => "the request headers are larger than the gateway accepts",
+            Error::TooManyHeaders => "the request has more header fields than the gateway accepts",
+            Error::UpstreamUnavailable => "the upstream could not be reached",
+            Error::UpstreamTimeout => "the upstream did not answer in time",
+            Error::ShuttingDown => "the gateway is shutting down; retry on another instance",
+        }
+    }
+
+    /// Append the whole HTTP/1.1 answer (status line, headers, JSON body) to `out`.
+    /// `close` adds `Connection: close`.
+    pub fn write_response(self, close: bool, out: &mut Vec<u8>) {
+        let mut body = [0u8; 512];
+        let body_len = {
+            let mut w = SliceWriter {
+                buf: &mut body,
+                len: 0,
+            };
+            // The message, type and code are static ASCII without quotes or backslashes
+            // (checked by a unit test), so they need no JSON escaping.
+            let _ = fmt::write(
+                &mut w,
+                format_args!(
+                    "{{\"error\":{{\"message\":\"{}\",\"type\":\"{}\",\"param\":null,\"code\":\"{}\"}}}}",
+                    self.message(),
+                    self.error_type(),
+                    self.code()
+                ),
+            );
+            w.len
+        };
+        let status = self.status();
+        crate::http::write_status_line(out, status);
+        out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
+        crate::http::write_decimal(out, body_len as u64);
+        out.extend_from_slice(b"\r\n");
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body[..body_len]);
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.status(), self.code(), self.message())
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// `fmt::Write` into a fixed slice, truncating (never allocating).
+struct SliceWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl fmt::Write for SliceWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.buf.len() - self.len;
+        let n = s.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        if n < s.len() {
+            Err(fmt::Error)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: &[Error] = &[
+        Error::BadRequest("x"),
+        Error::BadFraming("x"),
+        Error::BadChunk("x"),
+        Error::NoRoute,
+        Error::MethodNotAllowed,
+        Error::HeaderTimeout,
+        Error::BodyTimeout,
+        Error::BodyTooLarge,
+        Error::UriTooLong,
+        Error::ExpectationFailed,
+        Error::HeaderTooLarge,
+        Error::TooManyHeaders,
+        Error::UpstreamUnavailable,
+        Error::UpstreamBadResponse("x"),
+        Error::UpstreamTimeout,
+        Error::ShuttingDown,
+    ];
+
+    #[test]
+    fn every_error_renders_valid_openai_json() {
+        for &e in ALL {
+            let mut out = Vec::new();
+            e.write_response(e.closes_connection(), &mut out);
+            let text = String::from_utf8(out).expect("ascii");
+            let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+            assert!(
+                head.starts_with(&format!("HTTP/1.1 {} ", e.status())),
+                "{head}"
+            );
+            assert!(head.contains(&format!("content-length: {}", body.len())));
+            let v: serde_json::Value = serde_json::from_str(body).expect("valid json");
+            assert_eq!(v["error"]["code"], e.code());
+            assert!(v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()));
+            assert!(v["error"]["type"].as_str().is_some());
+            assert!(v["error"]["param"].is_null());
+            assert_eq!(head.contains("connection: close"), e.closes_connection());
+        }
+    }
+
+    #[test]
+    fn statuses_are_in_the_right_class() {
+        for &e in ALL {
+            match e.side() {
+                Side::Client => assert!((400..500).contains(&e.status()), "{e}"),
+                Side::Upstream => assert!((500..600).contains(&e.status()), "{e}"),
+                Side::Internal => {}
+            }
+        }
+    }
+}

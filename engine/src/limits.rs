@@ -1,0 +1,84 @@
+//! Compile-time limits and the defaults of configurable ones, in one place, units last in names.
+//!
+//! Runtime-configurable limits live in [`crate::config`]; their defaults and bounds are here so
+//! the relations between them are checked once, at compile time.
+
+/// Size of the stack array httparse parses header fields into; `headers_count_max` may not
+/// exceed it.
+pub const HEADERS_ARRAY_LEN: usize = 128;
+/// Default for `[server] headers_count_max`.
+pub const HEADERS_COUNT_MAX_DEFAULT: usize = 100;
+
+/// Default for `[server] header_bytes_max` (request line and header fields).
+pub const HEADER_BYTES_MAX_DEFAULT: usize = 16 * 1024;
+/// Smallest and largest `header_bytes_max` accepted. Client read buffers are this size, so the
+/// upper bound also bounds memory per connection.
+pub const HEADER_BYTES_MAX_MIN: usize = 1024;
+pub const HEADER_BYTES_MAX_MAX: usize = 64 * 1024;
+
+/// Default for `[server] body_bytes_max`.
+pub const BODY_BYTES_MAX_DEFAULT: u64 = 32 * 1024 * 1024;
+
+/// Largest chunk-size line (size, extensions, CRLF) in a chunked body, bytes.
+pub const CHUNK_LINE_BYTES_MAX: usize = 1024;
+/// Largest trailer section of a chunked body, bytes. Trailers are parsed and dropped.
+pub const TRAILER_BYTES_MAX: usize = 8 * 1024;
+/// Largest number of hex digits in a chunk size (15 keeps the size below 2^60, no overflow).
+pub const CHUNK_SIZE_DIGITS_MAX: usize = 15;
+
+/// Response head from an upstream (status line and header fields), bytes.
+pub const UPSTREAM_HEADER_BYTES_MAX: usize = 32 * 1024;
+/// Buffer for relaying response bodies and request bodies, bytes.
+pub const RELAY_BUF_BYTES: usize = 32 * 1024;
+/// Buffer for building the request head sent upstream, and local answers, bytes.
+pub const WRITE_BUF_BYTES: usize = 20 * 1024;
+/// Extra bytes shardgate may add to a forwarded request head (Host, X-Forwarded-*).
+pub const HEAD_REWRITE_SLACK_BYTES: usize = 512;
+/// Tokens a `Connection` header may list (each names a header not to forward).
+pub const CONNECTION_TOKENS_MAX: usize = 16;
+/// Interim (1xx) responses skipped before the final one.
+pub const INTERIM_RESPONSES_MAX: usize = 8;
+
+/// Defaults for `[server]` timeouts.
+pub const HEADER_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+pub const BODY_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+pub const SEND_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Largest value any `*_timeout_ms` may take (one day).
+pub const TIMEOUT_MS_MAX: u64 = 86_400_000;
+
+/// Default for `[server] connections_max` (per shard).
+pub const CONNECTIONS_MAX_DEFAULT: usize = 16_384;
+/// Largest number of shards.
+pub const SHARDS_MAX: usize = 1024;
+/// Listen backlog per shard.
+pub const LISTEN_BACKLOG: i32 = 4096;
+/// io_uring submission queue entries per shard.
+pub const URING_ENTRIES: u32 = 1024;
+
+/// Defaults for `[[upstreams]]`.
+pub const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 3_000;
+pub const TTFB_TIMEOUT_MS_DEFAULT: u64 = 120_000;
+pub const READ_TIMEOUT_MS_DEFAULT: u64 = 120_000;
+pub const POOL_IDLE_TIMEOUT_MS_DEFAULT: u64 = 4_000;
+pub const POOL_IDLE_MAX_DEFAULT: usize = 64;
+/// Largest number of endpoints per upstream, and of upstreams and routes.
+pub const ENDPOINTS_MAX: usize = 256;
+pub const UPSTREAMS_MAX: usize = 4096;
+pub const ROUTES_MAX: usize = 4096;
+
+/// How often an idle shard looks at the process-wide shutdown flag, ms.
+pub const SHUTDOWN_POLL_MS: u64 = 50;
+
+/// Largest request body the built-in mock model reads, bytes.
+pub const MOCK_BODY_BYTES_MAX: usize = 1024 * 1024;
+
+const _: () = assert!(HEADERS_COUNT_MAX_DEFAULT <= HEADERS_ARRAY_LEN);
+const _: () = assert!(HEADER_BYTES_MAX_MIN <= HEADER_BYTES_MAX_DEFAULT);
+const _: () = assert!(HEADER_BYTES_MAX_DEFAULT <= HEADER_BYTES_MAX_MAX);
+// A forwarded head under the default limit fits the write buffer without growing it.
+const _: () = assert!(HEADER_BYTES_MAX_DEFAULT + HEAD_REWRITE_SLACK_BYTES <= WRITE_BUF_BYTES);
+const _: () = assert!(CHUNK_LINE_BYTES_MAX < RELAY_BUF_BYTES);
+const _: () = assert!(TRAILER_BYTES_MAX < RELAY_BUF_BYTES);
+const _: () = assert!(UPSTREAM_HEADER_BYTES_MAX <= RELAY_BUF_BYTES);

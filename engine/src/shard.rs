@@ -1,0 +1,251 @@
+//! Shards: one pinned thread per core, each with its own monoio runtime, SO_REUSEPORT listener,
+//! upstream pools and counters. Nothing here is shared between shards except the read-only
+//! config they start with and the process-wide shutdown flag, read on a timer.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use monoio::net::{ListenerOpts, TcpListener};
+
+use crate::config::{Config, DriverChoice};
+use crate::drain::DrainSignal;
+use crate::limits::{LISTEN_BACKLOG, SHUTDOWN_POLL_MS, URING_ENTRIES, WRITE_BUF_BYTES};
+use crate::route::Routes;
+use crate::upstream::Pools;
+
+/// Spare write buffers kept per shard.
+const SPARE_BUFS_MAX: usize = 1024;
+
+/// Which driver a shard ended up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    /// io_uring with COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN.
+    IoUringTuned,
+    /// io_uring with the kernel's default set-up.
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+impl DriverKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            DriverKind::IoUringTuned => "io_uring (coop_taskrun, single_issuer, defer_taskrun)",
+            DriverKind::IoUring => "io_uring (default set-up)",
+            DriverKind::Epoll => "epoll",
+        }
+    }
+}
+
+/// What a shard reports to the main thread once its listener is bound.
+#[derive(Debug)]
+pub struct Ready {
+    pub shard: usize,
+    pub result: Result<DriverKind, String>,
+}
+
+/// Everything one shard owns. Lives in an `Rc` on the shard's thread only.
+#[derive(Debug)]
+pub struct ShardCtx {
+    pub id: usize,
+    pub cfg: Rc<Config>,
+    pub routes: Routes,
+    /// First flat endpoint number of each upstream.
+    pub endpoint_base: Vec<usize>,
+    /// Round-robin position per upstream.
+    pub rr: Vec<Cell<usize>>,
+    pub pools: Pools,
+    spare_bufs: RefCell<Vec<Vec<u8>>>,
+    pub drain: DrainSignal,
+    pub connections: Cell<usize>,
+    pub requests: Cell<u64>,
+}
+
+impl ShardCtx {
+    pub fn new(id: usize, cfg: Rc<Config>) -> Self {
+        let mut endpoint_base = Vec::with_capacity(cfg.upstreams.len());
+        let mut total = 0;
+        for u in &cfg.upstreams {
+            endpoint_base.push(total);
+            total += u.endpoints.len();
+        }
+        Self {
+            id,
+            routes: Routes::new(&cfg.routes),
+            rr: cfg.upstreams.iter().map(|_| Cell::new(0)).collect(),
+            endpoint_base,
+            pools: Pools::new(total),
+            spare_bufs: RefCell::new(Vec::new()),
+            drain: DrainSignal::new(),
+            connections: Cell::new(0),
+            requests: Cell::new(0),
+            cfg,
+        }
+    }
+
+    /// Pick the next endpoint of `upstream` round-robin: (flat number, index in the upstream).
+    pub fn pick_endpoint(&self, upstream: usize) -> (usize, usize) {
+        let n = self.cfg.upstreams[upstream].endpoints.len().max(1);
+        let i = self.rr[upstream].get() % n;
+        self.rr[upstream].set(i + 1);
+        (self.endpoint_base[upstream] + i, i)
+    }
+
+    /// A cleared write buffer from the shard's spares (allocated only when none is spare).
+    pub fn take_buf(&self) -> Vec<u8> {
+        self.spare_bufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(WRITE_BUF_BYTES))
+    }
+
+    pub fn put_buf(&self, mut buf: Vec<u8>) {
+        let mut spare = self.spare_bufs.borrow_mut();
+        if spare.len() < SPARE_BUFS_MAX && buf.capacity() >= WRITE_BUF_BYTES {
+            buf.clear();
+            spare.push(buf);
+        }
+    }
+}
+
+/// Process-wide totals, summed from the shards when they stop (for the allocation benchmark).
+pub static REQUESTS_SERVED: AtomicU64 = AtomicU64::new(0);
+
+/// Run shard `id` on the current thread until shutdown. Reports readiness (or the failure to
+/// bind or build a runtime) on `ready`.
+pub fn run(
+    id: usize,
+    cfg: Rc<Config>,
+    listen: SocketAddr,
+    driver: DriverChoice,
+    shutdown: Arc<AtomicBool>,
+    ready: mpsc::Sender<Ready>,
+) {
+    let report = |result| {
+        let _ = ready.send(Ready { shard: id, result });
+    };
+    let shard = async move |kind: DriverKind| {
+        let listener = match bind(listen) {
+            Ok(l) => l,
+            Err(e) => {
+                report(Err(format!("cannot listen on {listen}: {e}")));
+                return;
+            }
+        };
+        report(Ok(kind));
+        serve(Rc::new(ShardCtx::new(id, cfg)), listener, shutdown).await;
+    };
+    let tuned = || {
+        let mut b = io_uring::IoUring::builder();
+        b.setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun();
+        b
+    };
+    let try_uring = |urb: io_uring::Builder| {
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(URING_ENTRIES)
+            .uring_builder(urb)
+            .enable_timer()
+            .build()
+    };
+    let epoll = || {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .with_entries(URING_ENTRIES)
+            .enable_timer()
+            .build()
+    };
+    let uring_ok = monoio::utils::detect_uring();
+    if driver != DriverChoice::Epoll && uring_ok {
+        match try_uring(tuned()) {
+            Ok(mut rt) => return rt.block_on(shard(DriverKind::IoUringTuned)),
+            Err(e) => tracing::debug!(
+                shard = id,
+                "tuned io_uring set-up refused ({e}); trying the default"
+            ),
+        }
+        match try_uring(io_uring::IoUring::builder()) {
+            Ok(mut rt) => return rt.block_on(shard(DriverKind::IoUring)),
+            Err(e) if driver == DriverChoice::IoUring => {
+                return report(Err(format!("io_uring unavailable: {e}")));
+            }
+            Err(e) => tracing::debug!(shard = id, "io_uring unavailable ({e}); using epoll"),
+        }
+    } else if driver == DriverChoice::IoUring {
+        return report(Err(
+            "io_uring is not available on this kernel or is blocked".into(),
+        ));
+    }
+    match epoll() {
+        Ok(mut rt) => rt.block_on(shard(DriverKind::Epoll)),
+        Err(e) => report(Err(format!("cannot build an epoll runtime: {e}"))),
+    }
+}
+
+fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
+    // SO_REUSEPORT: every shard binds its own socket on the same port; the kernel spreads
+    // connections across them, so no shard ever hands a connection to another.
+    let opts = ListenerOpts::new()
+        .reuse_port(true)
+        .reuse_addr(true)
+        .backlog(LISTEN_BACKLOG);
+    TcpListener::bind_with_config(listen, &opts)
+}
+
+/// Accept until shutdown, then drain: no new connections, in-flight requests finish for at
+/// most `drain_timeout`, idle keep-alive connections close at once.
+async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, shutdown: Arc<AtomicBool>) {
+    let watcher = {
+        let ctx = ctx.clone();
+        monoio::spawn(async move {
+            while !shutdown.load(Ordering::Relaxed) {
+                monoio::time::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;
+            }
+            ctx.drain.fire();
+        })
+    };
+    let connections_max = ctx.cfg.server.connections_max;
+    loop {
+        monoio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if ctx.connections.get() >= connections_max {
+                        tracing::warn!(shard = ctx.id, "connections_max reached; closing a new connection");
+                        drop(stream);
+                        continue;
+                    }
+                    ctx.connections.set(ctx.connections.get() + 1);
+                    let ctx = ctx.clone();
+                    monoio::spawn(async move {
+                        crate::conn::serve(&ctx, stream, peer).await;
+                        ctx.connections.set(ctx.connections.get() - 1);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    tracing::warn!(shard = ctx.id, "accept failed: {e}");
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = ctx.drain.wait() => break,
+        }
+    }
+    drop(listener);
+    let deadline = Instant::now() + ctx.cfg.server.drain_timeout;
+    while ctx.connections.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;
+    }
+    if ctx.connections.get() > 0 {
+        tracing::warn!(
+            shard = ctx.id,
+            open = ctx.connections.get(),
+            "drain timeout: closing connections in flight"
+        );
+    }
+    let _ = watcher.await;
+    REQUESTS_SERVED.fetch_add(ctx.requests.get(), Ordering::Relaxed);
+}
