@@ -399,7 +399,10 @@ async fn proxy(
             Some(up) => up,
             None => match upstream::connect(addr, ucfg.connect_timeout).await {
                 Ok(up) => up,
-                Err(e) => return answer_error(ctx, c, e, left.is_done(), wbuf).await,
+                Err(e) => {
+                    let may_keep_alive = left.is_done() && head.keep_alive;
+                    return answer_error(ctx, c, e, may_keep_alive, wbuf).await;
+                }
             },
         };
         let (res, buf) = write_timeout(&mut up.stream, wbuf, ucfg.read_timeout).await;
@@ -599,6 +602,9 @@ async fn relay_response(
         let Ok(n) = relay.feed(&up.buf, &mut wbuf, dechunk) else {
             return Next::Close;
         };
+        if n == 0 {
+            continue; // only part of a chunk line so far
+        }
         let res = if dechunk {
             let (res, buf) = write_timeout(&mut c.stream, wbuf, send_timeout).await;
             wbuf = buf.unwrap_or_else(|| ctx.take_buf());

@@ -17,7 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[cfg(feature = "count-alloc")]
 #[global_allocator]
-static GLOBAL: count_alloc::Counting = count_alloc::Counting;
+static GLOBAL: count_alloc::Counting = count_alloc::Counting::system();
 
 /// A multi-tenant LLM gateway and L7 load balancer, thread-per-core on io_uring.
 #[derive(Debug, Parser)]
@@ -144,7 +144,8 @@ fn run(config: Config, source: &str) -> Result<(), String> {
             }
         }
     }
-    println!("shardgate listening on http://{listen} ({shards} shards, config: {source})");
+    let plural = if shards == 1 { "" } else { "s" };
+    println!("shardgate listening on http://{listen} ({shards} shard{plural}, config: {source})");
     println!(
         "try: curl -s http://{listen}/v1/chat/completions -H 'Content-Type: application/json' \
          -H 'Authorization: Bearer sk-demo' \
@@ -159,39 +160,20 @@ fn run(config: Config, source: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The allocation counter behind `--features count-alloc` (see docs/benchmarks.md).
+/// The allocation counter behind `--features count-alloc` (see docs/benchmarks.md): the
+/// system allocator wrapped by `stats_alloc`, which counts every call.
 #[cfg(feature = "count-alloc")]
 mod count_alloc {
-    use std::alloc::{GlobalAlloc, Layout};
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::Ordering;
 
-    static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-    pub struct Counting;
-
-    // SAFETY: forwards every call unchanged to mimalloc, a correct GlobalAlloc; the counter
-    // has no effect on the memory returned.
-    #[allow(unsafe_code)]
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-            // SAFETY: same contract as the caller's.
-            unsafe { mimalloc::MiMalloc.alloc(layout) }
-        }
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            // SAFETY: same contract as the caller's.
-            unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
-        }
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-            // SAFETY: same contract as the caller's.
-            unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
-        }
-    }
+    pub type Counting = stats_alloc::StatsAlloc<std::alloc::System>;
 
     pub fn report() {
         let requests = super::shard::REQUESTS_SERVED.load(Ordering::Relaxed);
-        let allocations = ALLOCATIONS.load(Ordering::Relaxed);
-        println!("count-alloc: {allocations} allocations, {requests} requests");
+        let stats = super::GLOBAL.stats();
+        println!(
+            "count-alloc: {} allocations, {} reallocations, {requests} requests",
+            stats.allocations, stats.reallocations
+        );
     }
 }

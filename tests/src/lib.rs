@@ -1,1 +1,121 @@
+//! End-to-end test harness for shardgate: start the real `shardgate` binary as a process, put a
+//! scriptable std-only mock upstream behind it, and talk to it with a raw-bytes HTTP/1.1 client.
+//!
+//! - [`shardgate_bin`] builds the engine's binaries once per test process and returns the path.
+//! - [`Gateway`] starts `shardgate --config FILE` and waits for its start-up line.
+//! - [`MockUpstream`] is a thread-per-connection HTTP/1.1 server whose handler writes raw bytes.
+//! - [`Client`] sends raw bytes and parses responses, so tests can craft bad framing.
+//!
+//! Every wait in here is bounded; see `README.md`.
 
+mod bin;
+mod client;
+mod config;
+mod gateway;
+#[cfg(test)]
+mod selftest;
+mod upstream;
+
+use std::time::{Duration, Instant};
+
+pub use bin::shardgate_bin;
+pub use client::{dechunk, split_head, Client, Closed, Response};
+pub use config::{free_port, ConfigBuilder, Driver, DRIVERS};
+pub use gateway::{run_shardgate, Gateway, RunOutput};
+pub use upstream::{
+    echo, hang, json_ok, sse, sse_event, write_chunk, write_response, Action, Handler,
+    MockUpstream, Request,
+};
+
+/// Default bound on any single wait for the gateway (a response, a close, a start-up line).
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Sleeps the calling test thread. (The workspace bans `std::thread::sleep` because it blocks a
+/// shard's runtime; test threads are not shards.)
+#[allow(clippy::disallowed_methods)]
+pub fn sleep(d: Duration) {
+    std::thread::sleep(d);
+}
+
+/// Polls `cond` every 5 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(Duration::from_millis(5));
+    }
+}
+
+/// Asserts that `resp` is shardgate's own error answer: the given status, a JSON body of the shape
+/// `{"error":{"message":"...","type":"...","param":null,"code":CODE}}`.
+#[track_caller]
+pub fn assert_error(resp: &Response, status: u16, code: &str) {
+    if let Err(e) = check_error(resp, status, code) {
+        panic!("{e}");
+    }
+}
+
+/// [`assert_error`] that returns what is wrong instead of panicking.
+pub fn check_error(resp: &Response, status: u16, code: &str) -> Result<(), String> {
+    let fail = |what: &str| {
+        Err(format!(
+            "expected {status} {code}: {what}; got:\n{}",
+            resp.summary()
+        ))
+    };
+    if resp.status != status {
+        return fail("wrong status");
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&resp.body) else {
+        return fail("body is not JSON");
+    };
+    let Some(err) = v.get("error") else {
+        return fail("no \"error\" object");
+    };
+    if !err.get("message").is_some_and(|m| m.is_string()) {
+        return fail("error.message is not a string");
+    }
+    if !err.get("type").is_some_and(|m| m.is_string()) {
+        return fail("error.type is not a string");
+    }
+    if !err.get("param").is_some_and(|m| m.is_null()) {
+        return fail("error.param is not null");
+    }
+    if err.get("code").and_then(|c| c.as_str()) != Some(code) {
+        return fail("wrong error.code");
+    }
+    match resp.header("content-type") {
+        Some(ct) if ct.to_ascii_lowercase().starts_with("application/json") => Ok(()),
+        _ => fail("Content-Type is not application/json"),
+    }
+}
+
+/// Generates one `#[test]` per monoio driver for a function `fn name(driver: Driver)`:
+/// `name::epoll` and `name::io_uring`. `SHARDGATE_TEST_DRIVERS=epoll` (a comma list) limits the
+/// drivers run where io_uring is unavailable; a driver left out prints a skip note and passes.
+#[macro_export]
+macro_rules! per_driver {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn epoll() {
+                    if $crate::Driver::Epoll.enabled() {
+                        super::$name($crate::Driver::Epoll);
+                    }
+                }
+                #[test]
+                fn io_uring() {
+                    if $crate::Driver::IoUring.enabled() {
+                        super::$name($crate::Driver::IoUring);
+                    }
+                }
+            }
+        )+
+    };
+}

@@ -1,0 +1,110 @@
+//! Building shardgate configs for tests.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener};
+
+/// A monoio driver, selected through the `SHARDGATE_DRIVER` environment variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Epoll,
+    IoUring,
+}
+
+/// Both drivers, for tests that loop over them.
+pub const DRIVERS: [Driver; 2] = [Driver::Epoll, Driver::IoUring];
+
+impl Driver {
+    /// The value of `SHARDGATE_DRIVER` that selects this driver.
+    pub fn env_value(self) -> &'static str {
+        match self {
+            Driver::Epoll => "epoll",
+            Driver::IoUring => "io_uring",
+        }
+    }
+
+    /// Whether tests should run on this driver: all drivers unless `SHARDGATE_TEST_DRIVERS`
+    /// (a comma list, e.g. `epoll`) says otherwise. Prints a note when skipping.
+    pub fn enabled(self) -> bool {
+        match std::env::var("SHARDGATE_TEST_DRIVERS") {
+            Ok(list) if !list.trim().is_empty() => {
+                let on = list.split(',').any(|d| d.trim() == self.env_value());
+                if !on {
+                    eprintln!(
+                        "skipped: driver {} not in SHARDGATE_TEST_DRIVERS={list}",
+                        self.env_value()
+                    );
+                }
+                on
+            }
+            _ => true,
+        }
+    }
+}
+
+/// A port on 127.0.0.1 with nothing listening: bound, read back, and released. Connecting to it
+/// is refused (unless another process grabs it in between, which is unlikely within a test).
+pub fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr")
+}
+
+/// Builds a config with `listen = "127.0.0.1:0"`, `cores = 1`, one `http` upstream named `up`
+/// and a route `/` to it. Extra lines go into `[server]` and into the upstream.
+#[derive(Debug, Clone)]
+pub struct ConfigBuilder {
+    endpoints: Vec<SocketAddr>,
+    server: Vec<String>,
+    upstream: Vec<String>,
+    cores: usize,
+}
+
+impl ConfigBuilder {
+    pub fn new(upstream: SocketAddr) -> Self {
+        ConfigBuilder {
+            endpoints: vec![upstream],
+            server: Vec::new(),
+            upstream: Vec::new(),
+            cores: 1,
+        }
+    }
+
+    /// A `key = value` line for `[server]`.
+    pub fn server(mut self, line: &str) -> Self {
+        self.server.push(line.to_owned());
+        self
+    }
+
+    /// A `key = value` line for the `[[upstreams]]` entry.
+    pub fn upstream(mut self, line: &str) -> Self {
+        self.upstream.push(line.to_owned());
+        self
+    }
+
+    pub fn cores(mut self, n: usize) -> Self {
+        self.cores = n;
+        self
+    }
+
+    pub fn build(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "[server]");
+        let _ = writeln!(s, "listen = \"127.0.0.1:0\"");
+        let _ = writeln!(s, "cores = {}", self.cores);
+        for l in &self.server {
+            let _ = writeln!(s, "{l}");
+        }
+        let eps: Vec<String> = self
+            .endpoints
+            .iter()
+            .map(|a| format!("\"http://{a}\""))
+            .collect();
+        let _ = writeln!(s, "\n[[upstreams]]");
+        let _ = writeln!(s, "name = \"up\"");
+        let _ = writeln!(s, "endpoints = [{}]", eps.join(", "));
+        for l in &self.upstream {
+            let _ = writeln!(s, "{l}");
+        }
+        let _ = writeln!(s, "\n[[routes]]\npath_prefix = \"/\"\nupstream = \"up\"");
+        s
+    }
+}

@@ -1,0 +1,134 @@
+//! Server-sent events are relayed as they come, and a client leaving ends the upstream stream.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shardgate_tests::{
+    dechunk, echo, per_driver, split_head, sse, sse_event, wait_until, write_chunk, Action, Client,
+    ConfigBuilder, Driver, Gateway, MockUpstream,
+};
+
+per_driver!(
+    sse_events_relayed_as_they_come,
+    client_disconnect_mid_stream
+);
+
+const STREAM_REQ: &str = "POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"stream\":true}";
+
+/// The upstream sends the response in steps — the head, event 1, event 2, then the rest — and
+/// before each step waits until the client has everything from the previous one (or 3 s). The
+/// client checks, on receiving each piece, that the upstream has not gone on to the next step:
+/// proof the gateway relays every piece as it comes instead of buffering.
+fn sse_events_relayed_as_they_come(driver: Driver) {
+    // How many pieces the client has received / the upstream has sent.
+    let client_got = Arc::new(AtomicUsize::new(0));
+    let upstream_sent = Arc::new(AtomicUsize::new(0));
+    let (got, sent) = (client_got.clone(), upstream_sent.clone());
+    let up = MockUpstream::start(move |req, s| {
+        if req.path != "/v1/chat/completions" {
+            return echo()(req, s);
+        }
+        let step = |i: usize| {
+            wait_until(Duration::from_secs(3), || got.load(Ordering::SeqCst) >= i);
+            sent.store(i + 1, Ordering::SeqCst);
+        };
+        step(0);
+        s.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )?;
+        step(1);
+        write_chunk(s, sse_event(1).as_bytes())?;
+        step(2);
+        write_chunk(s, sse_event(2).as_bytes())?;
+        step(3);
+        write_chunk(s, sse_event(3).as_bytes())?;
+        write_chunk(s, b"data: [DONE]\n\n")?;
+        s.write_all(b"0\r\n\r\n")?;
+        Ok(Action::KeepAlive)
+    });
+    let gw = Gateway::start_on(&ConfigBuilder::new(up.addr()).build(), driver);
+    let mut c = Client::connect(gw.addr());
+    c.send(STREAM_REQ);
+    let mut raw = Vec::new();
+    let pieces = [
+        ("the response head", b"\r\n\r\n".to_vec()),
+        ("event 1", sse_event(1).into_bytes()),
+        ("event 2", sse_event(2).into_bytes()),
+    ];
+    for (i, (what, until)) in pieces.iter().enumerate() {
+        raw.extend_from_slice(&c.read_raw_until(until));
+        assert_eq!(
+            upstream_sent.load(Ordering::SeqCst),
+            i + 1,
+            "{what} reached the client only after the upstream sent more: the stream is buffered"
+        );
+        client_got.store(i + 1, Ordering::SeqCst);
+    }
+    let (head, _) = split_head(&raw).expect("a response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("text/event-stream"),
+        "{head}"
+    );
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let end: &[u8] = if chunked {
+        b"0\r\n\r\n"
+    } else {
+        b"data: [DONE]\n\n"
+    };
+    raw.extend_from_slice(&c.read_raw_until(end));
+    let (_, body_raw) = split_head(&raw).expect("head");
+    let body = if chunked {
+        let (b, complete) = dechunk(body_raw).expect("valid chunked framing");
+        assert!(complete);
+        b
+    } else {
+        body_raw.to_vec()
+    };
+    let expected = format!(
+        "{}{}{}data: [DONE]\n\n",
+        sse_event(1),
+        sse_event(2),
+        sse_event(3)
+    );
+    assert_eq!(String::from_utf8_lossy(&body), expected);
+    if chunked {
+        // A complete stream keeps the connection usable.
+        c.send("GET /after HTTP/1.1\r\nHost: test\r\n\r\n");
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{}", r.summary());
+    }
+}
+
+/// The client reads the first event and leaves; the upstream must see its connection closed
+/// soon after, and the gateway keeps serving.
+fn client_disconnect_mid_stream(driver: Driver) {
+    let stream = sse(200, Duration::from_millis(50));
+    let up = MockUpstream::start(move |req, s| {
+        if req.path.starts_with("/v1/") {
+            stream(req, s)
+        } else {
+            echo()(req, s)
+        }
+    });
+    let gw = Gateway::start_on(&ConfigBuilder::new(up.addr()).build(), driver);
+    let mut c = Client::connect(gw.addr());
+    c.send(STREAM_REQ);
+    c.read_raw_until(sse_event(1).as_bytes());
+    assert_eq!(up.connections_closed_by_peer(), 0);
+    drop(c);
+    let t = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(3), || up.connections_closed_by_peer()
+            >= 1),
+        "the upstream stream was not closed within 3 s of the client leaving"
+    );
+    eprintln!("upstream closed {:?} after the client left", t.elapsed());
+    let mut c2 = Client::connect(gw.addr());
+    let r = c2.get("/still-serving");
+    assert_eq!(r.status, 200, "{}", r.summary());
+}
