@@ -17,5 +17,8 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    anyhow::bail!("shardgate-bench: nothing to run for {:?} yet (see --help)", cli.url)
+    anyhow::bail!(
+        "shardgate-bench: nothing to run for {:?} yet (see --help)",
+        cli.url
+    )
 }

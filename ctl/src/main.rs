@@ -18,5 +18,8 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    anyhow::bail!("shardgate-ctl: no command for instance {:?} yet (see --help)", cli.instance)
+    anyhow::bail!(
+        "shardgate-ctl: no command for instance {:?} yet (see --help)",
+        cli.instance
+    )
 }

@@ -17,5 +17,8 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    anyhow::bail!("shardgate-tune: the sweep is not available yet (quick = {})", cli.quick)
+    anyhow::bail!(
+        "shardgate-tune: the sweep is not available yet (quick = {})",
+        cli.quick
+    )
 }
