@@ -38,6 +38,9 @@ const LINGER_MS: u64 = 1_000;
 /// At most this many bytes are read and dropped while lingering.
 const LINGER_BYTES_MAX: usize = 256 * 1024;
 
+/// Initial size of a connection's read buffer.
+const CLIENT_BUF_BYTES_INITIAL: usize = 4096;
+
 const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 const HEALTH_OK: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"status\":\"ok\"}";
@@ -78,7 +81,9 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let mut c = Client {
         stream,
-        buf: Vec::with_capacity(ctx.cfg.server.header_bytes_max),
+        // Small at first: most heads fit, and an idle connection then holds little memory.
+        // It grows (once per connection) to `header_bytes_max` when a head or body needs it.
+        buf: Vec::with_capacity(CLIENT_BUF_BYTES_INITIAL.min(ctx.cfg.server.header_bytes_max)),
         ip: peer.ip(),
     };
     let mut first = true;
@@ -97,17 +102,19 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
 /// Read, decide and answer one request.
 async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
     let server = &ctx.cfg.server;
-    let mut wbuf = ctx.take_buf();
-    // Phase 1: read until the head is complete (or refused).
+    // Phase 1: read until the head is complete (or refused). No write buffer is held while
+    // waiting, so an idle connection costs only its read buffer.
     let mut head_deadline: Option<Instant> = None;
-    let (head, action) = loop {
+    let (head, action, wbuf) = loop {
         if !c.buf.is_empty() {
+            let mut wbuf = ctx.take_buf();
             match decide(ctx, &c.buf, c.ip, &mut wbuf) {
-                Ok(Some(decided)) => break decided,
-                Ok(None) => {}
+                Ok(Some((head, action))) => break (head, action, wbuf),
+                Ok(None) => ctx.put_buf(wbuf),
                 Err(e) => return answer_error(ctx, c, e, true, wbuf).await,
             }
         }
+        c.grow_buf(server.header_bytes_max);
         let buf = std::mem::take(&mut c.buf);
         let (res, buf) = if buf.is_empty() {
             // Waiting for the first byte: the idle timeout (header timeout for a new
@@ -137,7 +144,7 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
             }
             Err(ReadError::TimedOut) if c.buf.is_empty() && !first => return Next::Close,
             Err(ReadError::TimedOut) => {
-                return answer_error(ctx, c, Error::HeaderTimeout, true, wbuf).await;
+                return answer_error(ctx, c, Error::HeaderTimeout, true, ctx.take_buf()).await;
             }
             Err(ReadError::Io) => return Next::Close,
         }
@@ -191,6 +198,22 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
             endpoint,
             ep_index,
         } => proxy(ctx, c, head, (upstream, endpoint, ep_index), wbuf).await,
+    }
+}
+
+impl Client {
+    /// Let the read buffer grow to `max` once it is full (at most once per connection).
+    fn grow_buf(&mut self, max: usize) {
+        if self.buf.len() == self.buf.capacity() {
+            self.grow_buf_to(max);
+        }
+    }
+
+    /// Grow the read buffer to `max` bytes of capacity if it is smaller.
+    fn grow_buf_to(&mut self, max: usize) {
+        if self.buf.capacity() < max {
+            self.buf.reserve_exact(max - self.buf.len());
+        }
     }
 }
 
@@ -330,7 +353,12 @@ fn consume_body(
 
 /// Read more body bytes from the client (appending to `c.buf`).
 /// `Err(Some(e))`: answer `e`; `Err(None)`: the client went away.
-async fn read_client_body(c: &mut Client, timeout: Duration) -> Result<(), Option<Error>> {
+async fn read_client_body(
+    c: &mut Client,
+    max: usize,
+    timeout: Duration,
+) -> Result<(), Option<Error>> {
+    c.grow_buf(max);
     let buf = std::mem::take(&mut c.buf);
     if buf.len() == buf.capacity() {
         // Only an unfinished chunk line can fill the buffer; `consume_body` bounds those far
@@ -448,9 +476,13 @@ async fn stream_body(
     wbuf: &mut Vec<u8>,
 ) -> Result<(), Option<Error>> {
     let server = &ctx.cfg.server;
+    if !left.is_done() {
+        // A streamed body moves in pieces as large as the read buffer can be.
+        c.grow_buf_to(server.header_bytes_max);
+    }
     while !left.is_done() {
         if c.buf.is_empty() || matches!(left, BodyLeft::Chunked(_)) {
-            read_client_body(c, server.body_timeout).await?;
+            read_client_body(c, server.header_bytes_max, server.body_timeout).await?;
         }
         if let BodyLeft::Length(n) = left {
             // Content-Length: write straight from the client buffer, no copy.
@@ -724,7 +756,7 @@ async fn serve_mock(
     let mut first = true;
     while first || !left.is_done() {
         if !first {
-            if let Err(e) = read_client_body(c, server.body_timeout).await {
+            if let Err(e) = read_client_body(c, server.header_bytes_max, server.body_timeout).await {
                 return match e {
                     Some(e) => answer_error(ctx, c, e, false, wbuf).await,
                     None => Next::Close,
@@ -858,3 +890,4 @@ async fn write_timeout<B: IoBuf>(
         Err(_elapsed) => (Err(()), None),
     }
 }
+
