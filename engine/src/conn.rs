@@ -426,7 +426,10 @@ async fn proxy(
         {
             Some(up) => up,
             None => match upstream::connect(addr, ucfg.connect_timeout).await {
-                Ok(up) => up,
+                Ok(up) => {
+                    ctx.upstream_connects.set(ctx.upstream_connects.get() + 1);
+                    up
+                }
                 Err(e) => {
                     let may_keep_alive = left.is_done() && head.keep_alive;
                     return answer_error(ctx, c, e, may_keep_alive, wbuf).await;
@@ -756,7 +759,8 @@ async fn serve_mock(
     let mut first = true;
     while first || !left.is_done() {
         if !first {
-            if let Err(e) = read_client_body(c, server.header_bytes_max, server.body_timeout).await {
+            if let Err(e) = read_client_body(c, server.header_bytes_max, server.body_timeout).await
+            {
                 return match e {
                     Some(e) => answer_error(ctx, c, e, false, wbuf).await,
                     None => Next::Close,
@@ -890,4 +894,3 @@ async fn write_timeout<B: IoBuf>(
         Err(_elapsed) => (Err(()), None),
     }
 }
-

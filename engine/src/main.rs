@@ -169,11 +169,16 @@ mod count_alloc {
     pub type Counting = stats_alloc::StatsAlloc<std::alloc::System>;
 
     pub fn report() {
-        let requests = super::shard::REQUESTS_SERVED.load(Ordering::Relaxed);
+        use super::shard::{CONNECTIONS_ACCEPTED, REQUESTS_SERVED, UPSTREAM_CONNECTS};
+        let requests = REQUESTS_SERVED.load(Ordering::Relaxed);
         let stats = super::GLOBAL.stats();
         println!(
-            "count-alloc: {} allocations, {} reallocations, {requests} requests",
-            stats.allocations, stats.reallocations
+            "count-alloc: {} allocations, {} reallocations, {requests} requests, \
+             {} connections accepted, {} upstream connects",
+            stats.allocations,
+            stats.reallocations,
+            CONNECTIONS_ACCEPTED.load(Ordering::Relaxed),
+            UPSTREAM_CONNECTS.load(Ordering::Relaxed)
         );
     }
 }

@@ -62,6 +62,8 @@ pub struct ShardCtx {
     spare_bufs: RefCell<Vec<Vec<u8>>>,
     pub drain: DrainSignal,
     pub connections: Cell<usize>,
+    pub connections_accepted: Cell<u64>,
+    pub upstream_connects: Cell<u64>,
     pub requests: Cell<u64>,
 }
 
@@ -82,6 +84,8 @@ impl ShardCtx {
             spare_bufs: RefCell::new(Vec::new()),
             drain: DrainSignal::new(),
             connections: Cell::new(0),
+            connections_accepted: Cell::new(0),
+            upstream_connects: Cell::new(0),
             requests: Cell::new(0),
             cfg,
         }
@@ -114,6 +118,8 @@ impl ShardCtx {
 
 /// Process-wide totals, summed from the shards when they stop (for the allocation benchmark).
 pub static REQUESTS_SERVED: AtomicU64 = AtomicU64::new(0);
+pub static CONNECTIONS_ACCEPTED: AtomicU64 = AtomicU64::new(0);
+pub static UPSTREAM_CONNECTS: AtomicU64 = AtomicU64::new(0);
 
 /// Run shard `id` on the current thread until shutdown. Reports readiness (or the failure to
 /// bind or build a runtime) on `ready`.
@@ -219,6 +225,7 @@ async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, shutdown: Arc<AtomicBoo
                         continue;
                     }
                     ctx.connections.set(ctx.connections.get() + 1);
+                    ctx.connections_accepted.set(ctx.connections_accepted.get() + 1);
                     let ctx = ctx.clone();
                     monoio::spawn(async move {
                         crate::conn::serve(&ctx, stream, peer).await;
@@ -248,4 +255,6 @@ async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, shutdown: Arc<AtomicBoo
     }
     let _ = watcher.await;
     REQUESTS_SERVED.fetch_add(ctx.requests.get(), Ordering::Relaxed);
+    CONNECTIONS_ACCEPTED.fetch_add(ctx.connections_accepted.get(), Ordering::Relaxed);
+    UPSTREAM_CONNECTS.fetch_add(ctx.upstream_connects.get(), Ordering::Relaxed);
 }
