@@ -11,7 +11,9 @@
 # Usage: bench/scripts/proxy-cpu.sh [OUT_DIR]
 # Environment (defaults in brackets):
 #   ROUNDS [5]  DURATION [10s]  WARMUP [2s]  CONNS [64]
-#   PROXIES ["nginx haproxy shardgate"]   a proxy whose binary is missing is skipped
+#   PROXIES ["nginx haproxy shardgate"]   a proxy whose binary is missing is skipped;
+#                         "shardgate-epoll" adds shardgate forced onto monoio's epoll driver
+#                         (SHARDGATE_DRIVER=epoll), to compare the drivers in the same run
 #   SHARDGATE_BIN [<repo>/target/release/shardgate]   NGINX_BIN [nginx]  HAPROXY_BIN [haproxy]
 #   WRK_BIN [wrk]  PROXY_CPU [0]  LOAD_CPU [1]  OUT [/tmp/shardgate-proxy-cpu-<timestamp>]
 #   FOREIGN_MAX_PCT [10]  a run during which other processes (a cargo build, ...) used more than
@@ -190,14 +192,14 @@ wait_ready() { # pid port log: up to 10 s for a 200 carrying the upstream's JSON
 
 # ---------------------------------------------------------------- proxies
 proxy_port() {
-    case $1 in nginx) echo 18081 ;; haproxy) echo 18082 ;; shardgate) echo 18083 ;; esac
+    case $1 in nginx) echo 18081 ;; haproxy) echo 18082 ;; shardgate|shardgate-epoll) echo 18083 ;; esac
 }
 
 proxy_available() {
     case $1 in
         nginx) command -v "$NGINX_BIN" >/dev/null ;;
         haproxy) command -v "$HAPROXY_BIN" >/dev/null ;;
-        shardgate) [[ -x $SHARDGATE_BIN ]] ;;
+        shardgate|shardgate-epoll) [[ -x $SHARDGATE_BIN ]] ;;
         *) return 1 ;;
     esac
 }
@@ -216,6 +218,10 @@ start_proxy() { # name logfile -> sets PROXY_PID (no subshell: the proxy stays o
         shardgate)
             taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" --config "$PEERS/shardgate.toml" >"$logf" 2>&1 &
             ;;
+        shardgate-epoll)
+            SHARDGATE_DRIVER=epoll taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" \
+                --config "$PEERS/shardgate.toml" >"$logf" 2>&1 &
+            ;;
     esac
     PROXY_PID=$!
 }
@@ -224,7 +230,7 @@ proxy_version() {
     case $1 in
         nginx) "$NGINX_BIN" -v 2>&1 | head -n1 ;;
         haproxy) "$HAPROXY_BIN" -v 2>&1 | head -n1 ;;
-        shardgate)
+        shardgate|shardgate-epoll)
             echo "$SHARDGATE_BIN ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet 2>/dev/null || echo '+dirty'), built $(date -r "$SHARDGATE_BIN" '+%F %T'))" ;;
     esac
 }
@@ -259,12 +265,12 @@ to_ms() { # wrk duration (123.45us / 1.23ms / 1.02s / 1.5m) -> ms
 # ---------------------------------------------------------------- start
 selected=()
 for p in $PROXIES; do
-    case $p in nginx|haproxy|shardgate) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
+    case $p in nginx|haproxy|shardgate|shardgate-epoll) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
     if proxy_available "$p"; then
         selected+=("$p")
     else
         case $p in
-            shardgate) log "SKIP shardgate: $SHARDGATE_BIN not found or not executable (cargo build --release -p shardgate-engine, or set SHARDGATE_BIN)" ;;
+            shardgate|shardgate-epoll) log "SKIP $p: $SHARDGATE_BIN not found or not executable (cargo build --release -p shardgate-engine, or set SHARDGATE_BIN)" ;;
             nginx) log "SKIP nginx: '$NGINX_BIN' not installed" ;;
             haproxy) log "SKIP haproxy: '$HAPROXY_BIN' not installed (apt-get install -y haproxy)" ;;
         esac

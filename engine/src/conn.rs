@@ -116,7 +116,8 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
         }
         c.grow_buf(server.header_bytes_max);
         let buf = std::mem::take(&mut c.buf);
-        let (res, buf) = if buf.is_empty() {
+        let had_bytes = !buf.is_empty();
+        let (res, buf) = if !had_bytes {
             // Waiting for the first byte: the idle timeout (header timeout for a new
             // connection), and draining closes the connection at once.
             if ctx.drain.is_fired() {
@@ -142,7 +143,8 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
             Ok(_) => {
                 head_deadline.get_or_insert_with(|| Instant::now() + server.header_timeout);
             }
-            Err(ReadError::TimedOut) if c.buf.is_empty() && !first => return Next::Close,
+            // Nothing sent at all: close quietly, as for an idle keep-alive connection.
+            Err(ReadError::TimedOut) if !had_bytes => return Next::Close,
             Err(ReadError::TimedOut) => {
                 return answer_error(ctx, c, Error::HeaderTimeout, true, ctx.take_buf()).await;
             }
