@@ -212,3 +212,23 @@ fn idle_keepalive_connection_closed() {
         "closed too early for a 300 ms idle timeout: {took:?}"
     );
 }
+
+/// On a kept-alive connection, a second head left half-sent also gets 408 (not a silent close).
+#[test]
+fn slow_header_on_keepalive_connection_is_408() {
+    let up = MockUpstream::start(echo());
+    let gw = Gateway::start(
+        &ConfigBuilder::new(up.addr())
+            .server("header_timeout_ms = 300")
+            .build(),
+    );
+    let mut c = Client::connect(gw.addr());
+    let r = c.get("/first");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    c.send("GET /second HTTP/1.1\r\nHo");
+    c.set_timeout(Duration::from_secs(3));
+    let r = c.read_response();
+    assert_error(&r, 408, "request_timeout");
+    c.assert_closed(Duration::from_secs(3));
+    assert_eq!(up.requests().len(), 1);
+}
