@@ -19,6 +19,8 @@
 #   FOREIGN_MAX_PCT [10]  a run during which other processes (a cargo build, ...) used more than
 #                         this % of a core on the two benchmark cores is marked "noisy" and left
 #                         out of the medians (100 keeps every run)
+#   STEAL_MAX_PCT [5]     a run during which the hypervisor stole more than this % of the proxy's
+#                         core (steal time, /proc/stat) is marked "noisy" too
 #   QUIET_WAIT_S [120]    before each run, wait up to this long for the two cores to be quiet
 #   NOISY_RETRIES [2]     repeat a noisy run up to this many times (it stays in raw.tsv as noisy)
 # Output: OUT/raw.tsv (one line per run), OUT/summary.txt, OUT/env.txt, OUT/wrk/*, OUT/run/* (logs).
@@ -40,6 +42,7 @@ WRK_BIN=${WRK_BIN:-wrk}
 PROXY_CPU=${PROXY_CPU:-0}
 FOREIGN_MAX_PCT=${FOREIGN_MAX_PCT:-10}
 QUIET_WAIT_S=${QUIET_WAIT_S:-120}
+STEAL_MAX_PCT=${STEAL_MAX_PCT:-5}
 NOISY_RETRIES=${NOISY_RETRIES:-2}
 LOAD_CPU=${LOAD_CPU:-1}
 OUT=${1:-${OUT:-/tmp/shardgate-proxy-cpu-$(date +%Y%m%d-%H%M%S)}}
@@ -375,6 +378,11 @@ one_run() { # round proxy
         if [[ $status == ok ]] && awk -v f="$foreign" -v m="$FOREIGN_MAX_PCT" 'BEGIN {exit !(f > m)}'; then
             status=noisy
         fi
+        # The hypervisor took the proxy's core away (steal): CPU per request is then inflated.
+        if [[ $status == ok ]] && awk -v d=$(( s1p - s0p )) -v hz="$CLK_TCK" -v s="$DUR_S" \
+                -v m="$STEAL_MAX_PCT" 'BEGIN {exit !(100 * d / hz / s > m)}'; then
+            status=noisy
+        fi
     fi
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$r" "$name" "${req:-}" "${rps:-}" "$p50" "$p99" "$(( ${t1:-0} - ${t0:-0} ))" "${cpu_us:-}" "${pct:-}" \
@@ -433,7 +441,7 @@ nginx_cpu=nan
             "$cpu" "${lo:-nan}..${hi:-nan}" "$(col "$p" 9 | median)" "$rss" "$ratio"
     done
     noisy=$(awk -F'\t' 'NR > 1 && $18 == "noisy"' "$RAW" | wc -l)
-    (( noisy == 0 )) || printf 'NOTE: %s run(s) left out as noisy: other processes used > %s%% of a core meanwhile (see foreign_cpu_pct); rerun on a quiet machine, or FOREIGN_MAX_PCT=100 to keep them\n' "$noisy" "$FOREIGN_MAX_PCT"
+    (( noisy == 0 )) || printf 'NOTE: %s run(s) left out as noisy: other processes used > %s%% of a core, or steal took > %s%% of the proxy core, meanwhile (see foreign_cpu_pct, steal_ticks_proxy_cpu); rerun on a quiet machine, or FOREIGN_MAX_PCT=100 STEAL_MAX_PCT=100 to keep them\n' "$noisy" "$FOREIGN_MAX_PCT" "$STEAL_MAX_PCT"
     printf 'proxy%% = share of core %s the proxy used during the run (near 100 = the proxy was the bottleneck)\n' "$PROXY_CPU"
     printf 'raw per-run numbers (incl. upstream CPU/req and steal ticks): %s\n' "$RAW"
 } | tee "$OUT/summary.txt"
