@@ -1,24 +1,32 @@
-//! `shardgate-bench`: a wrk-style load generator and a mock LLM upstream.
-//!
-//! # Layout
-//! - `main.rs`: the command line. The load generator, the mock upstream and the side-by-side
-//!   comparison arrive with issue 3; until then `bench/scripts/` holds the wrk-based scripts
-//!   that produced the figures in `docs/benchmarks.md`.
+//! `shardgate-bench`: see the library's `# Layout` for what each command does.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
-/// Load generator and mock upstream for benchmarking shardgate against its peers.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Load generator, mock LLM upstream and side-by-side proxy comparison for shardgate.
 #[derive(Debug, Parser)]
-#[command(name = "shardgate-bench", version, arg_required_else_help = true)]
+#[command(name = "shardgate-bench", version)]
 struct Cli {
-    /// Target URL of a load run.
-    url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate HTTP load against a URL (wrk-style; closed-loop, or open-loop with --rate).
+    Load(shardgate_bench::load::LoadArgs),
+    /// Run a mock OpenAI-compatible upstream.
+    Upstream(shardgate_bench::upstream::UpstreamArgs),
+    /// Compare shardgate with nginx and HAProxy side by side and print one table.
+    Compare(shardgate_bench::compare::CompareArgs),
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    anyhow::bail!(
-        "shardgate-bench: nothing to run for {:?} yet (see --help)",
-        cli.url
-    )
+    match Cli::parse().command {
+        Command::Load(args) => shardgate_bench::load::run(args),
+        Command::Upstream(args) => shardgate_bench::upstream::run(args),
+        Command::Compare(args) => shardgate_bench::compare::run(args),
+    }
 }
