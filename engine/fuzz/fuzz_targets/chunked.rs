@@ -11,7 +11,9 @@ fuzz_target!(|data: &[u8]| {
     for piece in [&data[..split], &data[split..]] {
         pending.extend_from_slice(piece);
         loop {
-            let Ok((n, step)) = d.decode(&pending) else { return };
+            let Ok((n, step)) = d.decode(&pending) else {
+                return;
+            };
             assert!(n <= pending.len());
             if let Step::Data(r) = &step {
                 assert!(r.end <= n);
