@@ -1,4 +1,4 @@
-//! Locating (and building) the `shardgate` binary.
+//! Locating (and building) the `shardgate` and `shardgate-bench` binaries.
 //!
 //! `CARGO_BIN_EXE_shardgate` only exists for tests inside the engine's own package, so this crate
 //! builds the engine's binaries itself, once per test process, with a nested
@@ -8,6 +8,9 @@
 //!
 //! `SHARDGATE_BIN=/path/to/shardgate` skips the build and uses that binary (for example a
 //! release build, or a binary under test on another machine).
+//!
+//! [`bench_bin`] does the same for `shardgate-bench` (package `shardgate-bench`), with
+//! `SHARDGATE_BENCH_BIN` as its override.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,15 +19,25 @@ use std::sync::OnceLock;
 /// Path of the `shardgate` binary, built on first use (see the module docs).
 pub fn shardgate_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("SHARDGATE_BIN") {
-            let p = PathBuf::from(p);
-            assert!(p.is_file(), "SHARDGATE_BIN={} is not a file", p.display());
-            return p;
-        }
-        build()
-    })
-    .clone()
+    BIN.get_or_init(|| locate("SHARDGATE_BIN", "shardgate-engine", "shardgate"))
+        .clone()
+}
+
+/// Path of the `shardgate-bench` binary, built on first use (see the module docs).
+pub fn bench_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| locate("SHARDGATE_BENCH_BIN", "shardgate-bench", "shardgate-bench"))
+        .clone()
+}
+
+/// The binary named by the environment variable `env`, or `bin` of `package`, built now.
+fn locate(env: &str, package: &str, bin: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "{env}={} is not a file", p.display());
+        return p;
+    }
+    build(package, bin)
 }
 
 fn workspace_root() -> PathBuf {
@@ -51,7 +64,7 @@ fn profile_args() -> Vec<String> {
     }
 }
 
-fn build() -> PathBuf {
+fn build(package: &str, bin: &str) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let root = workspace_root();
     let out = Command::new(&cargo)
@@ -59,7 +72,7 @@ fn build() -> PathBuf {
         .args([
             "build",
             "-p",
-            "shardgate-engine",
+            package,
             "--bins",
             "--message-format=json-render-diagnostics",
         ])
@@ -68,7 +81,7 @@ fn build() -> PathBuf {
         .unwrap_or_else(|e| panic!("cannot run {cargo:?} build: {e}"));
     assert!(
         out.status.success(),
-        "cargo build -p shardgate-engine --bins failed ({}):\n{}",
+        "cargo build -p {package} --bins failed ({}):\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -79,7 +92,7 @@ fn build() -> PathBuf {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "shardgate" {
+        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == bin {
             if let Some(exe) = msg["executable"].as_str() {
                 return PathBuf::from(exe);
             }
@@ -90,7 +103,7 @@ fn build() -> PathBuf {
         .map(PathBuf::from)
         .map(|t| if t.is_absolute() { t } else { root.join(t) })
         .unwrap_or_else(|| root.join("target"));
-    let exe = target.join("debug").join("shardgate");
+    let exe = target.join("debug").join(bin);
     assert!(
         exe.is_file(),
         "cargo build succeeded but {} is missing",

@@ -1,13 +1,16 @@
 //! End-to-end test harness for shardgate: start the real `shardgate` binary as a process, put a
 //! scriptable std-only mock upstream behind it, and talk to it with a raw-bytes HTTP/1.1 client.
 //!
-//! - [`shardgate_bin`] builds the engine's binaries once per test process and returns the path.
+//! - [`shardgate_bin`] builds the engine's binaries once per test process and returns the path;
+//!   [`bench_bin`] does the same for `shardgate-bench`.
 //! - [`Gateway`] starts `shardgate --config FILE` and waits for its start-up line.
 //! - [`MockUpstream`] is a thread-per-connection HTTP/1.1 server whose handler writes raw bytes.
+//! - [`BenchUpstream`] runs `shardgate-bench upstream`, the mock OpenAI-compatible upstream.
 //! - [`Client`] sends raw bytes and parses responses, so tests can craft bad framing.
 //!
 //! Every wait in here is bounded; see `README.md`.
 
+mod bench_upstream;
 mod bin;
 mod client;
 mod config;
@@ -18,7 +21,8 @@ mod upstream;
 
 use std::time::{Duration, Instant};
 
-pub use bin::shardgate_bin;
+pub use bench_upstream::BenchUpstream;
+pub use bin::{bench_bin, shardgate_bin};
 pub use client::{dechunk, split_head, Client, Closed, Response};
 pub use config::{free_port, ConfigBuilder, Driver, DRIVERS};
 pub use gateway::{run_shardgate, Gateway, RunOutput};

@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# Requests/s from one core: `shardgate-bench load` vs wrk, against the same static target.
+#
+# Method: the target is nginx with bench/peers/upstream-nginx.conf (one worker, a fixed 352-byte
+# chat.completion), on its own port, pinned to TARGET_CPU. Both generators run pinned to
+# LOAD_CPU with one thread and CONNS keep-alive connections, sending the same request
+# (POST /v1/chat/completions with the small OpenAI body and headers of bench/peers/post.lua).
+# Runs alternate wrk / load, and the one going first alternates each round, for ROUNDS rounds.
+# Per run: requests/s, the generator's own CPU per request (user+sys of the run, from the shell's
+# `times`), and the hypervisor's steal on both cores (/proc/stat). Prints per-run lines, the
+# medians and load/wrk ratios.
+#
+# Usage: bench/scripts/load-vs-wrk.sh
+# Environment (defaults in brackets):
+#   ROUNDS [3]  DURATION [5] (seconds)  CONNS [64]  LOAD_CPU [0]  TARGET_CPU [1]  PORT [18090]
+#   LOAD_BIN [<repo>/target/release/shardgate-bench]  WRK_BIN [wrk]  NGINX_BIN [nginx]
+#   TARGET_URL  use this already running target instead of starting nginx
+# Needs: wrk, nginx (apt-get install -y wrk nginx-light), curl, taskset, awk.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+PEERS=$REPO/bench/peers
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-64}
+LOAD_CPU=${LOAD_CPU:-0}
+TARGET_CPU=${TARGET_CPU:-1}
+PORT=${PORT:-18090}
+LOAD_BIN=${LOAD_BIN:-$REPO/target/release/shardgate-bench}
+WRK_BIN=${WRK_BIN:-wrk}
+NGINX_BIN=${NGINX_BIN:-nginx}
+TARGET_URL=${TARGET_URL:-}
+
+BODY='{"model":"demo","messages":[{"role":"user","content":"Hello World!"}]}'
+CLK_TCK=$(getconf CLK_TCK)
+
+die() { echo "load-vs-wrk: $*" >&2; exit 1; }
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+[[ $ROUNDS =~ ^[0-9]+$ ]] && (( ROUNDS >= 1 && ROUNDS <= 100 )) || die "ROUNDS must be 1..100"
+[[ $DURATION =~ ^[0-9]+$ ]] && (( DURATION >= 1 && DURATION <= 600 )) || die "DURATION must be 1..600 (seconds)"
+[[ $CONNS =~ ^[0-9]+$ ]] && (( CONNS >= 1 )) || die "CONNS must be a positive integer"
+[[ $PORT =~ ^[0-9]+$ ]] || die "PORT must be a number"
+[[ -x $LOAD_BIN ]] || die "$LOAD_BIN not found (cargo build --release -p shardgate-bench, or set LOAD_BIN)"
+command -v "$WRK_BIN" >/dev/null || die "wrk not found (apt-get install -y wrk)"
+command -v taskset >/dev/null || die "taskset not found (util-linux)"
+command -v curl >/dev/null || die "curl not found"
+
+WORK=$(mktemp -d /tmp/load-vs-wrk.XXXXXX)
+STARTED_PIDS=()
+
+stop_pid() { # TERM, wait up to 5 s, then KILL
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local pid
+    for pid in "${STARTED_PIDS[@]}"; do stop_pid "$pid"; done
+    STARTED_PIDS=()
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [[ -z $TARGET_URL ]]; then
+    command -v "$NGINX_BIN" >/dev/null || die "nginx not found (apt-get install -y nginx-light)"
+    [[ -z $(ss -Htln "sport = :$PORT" 2>/dev/null) ]] || die "port $PORT is in use (set PORT)"
+    mkdir -p "$WORK/nginx"
+    sed "s/127\.0\.0\.1:18080/127.0.0.1:$PORT/" "$PEERS/upstream-nginx.conf" >"$WORK/nginx.conf"
+    # nginx's master forks the worker; TERM to the master stops both.
+    taskset -c "$TARGET_CPU" "$NGINX_BIN" -p "$WORK/nginx/" -e "$WORK/nginx/error.log" \
+        -c "$WORK/nginx.conf" >"$WORK/nginx.log" 2>&1 &
+    STARTED_PIDS+=("$!")
+    TARGET_URL=http://127.0.0.1:$PORT/v1/chat/completions
+    for i in $(seq 1 50); do
+        curl -sf -o /dev/null --max-time 1 -X POST --data "$BODY" "$TARGET_URL" && break
+        (( i == 50 )) && { cat "$WORK/nginx/error.log" >&2 || true; die "nginx did not answer on port $PORT"; }
+        sleep 0.1
+    done
+    log "target: nginx on core $TARGET_CPU, $TARGET_URL"
+fi
+
+steal() { # steal ticks of the two cores
+    awk -v a="cpu$LOAD_CPU" -v b="cpu$TARGET_CPU" '$1 == a || $1 == b {t += $9} END {print t}' /proc/stat
+}
+
+children_ticks() { # CPU ticks (user+sys) of the children, from the `times` output in $1
+    awk -v hz="$CLK_TCK" 'NR == 2 {
+        t = 0
+        for (i = 1; i <= 2; i++) { split($i, a, "m"); sub(/s$/, "", a[2]); t += a[1] * 60 + a[2] }
+        printf "%.0f", t * hz }' "$1" 2>/dev/null
+}
+
+# run_one tool outfile: one generator run, in a subshell whose `times` reports the generator's
+# CPU; in the background + wait, so that a signal is handled at once.
+run_one() {
+    local tool=$1 out=$2 pid s0 s1 rc=0
+    s0=$(steal)
+    (
+        trap - EXIT INT TERM
+        rc=0
+        case $tool in
+            wrk)
+                timeout $(( DURATION + 30 )) taskset -c "$LOAD_CPU" "$WRK_BIN" -t1 -c"$CONNS" \
+                    -d"$DURATION"s -s "$PEERS/post.lua" "$TARGET_URL" >"$out" 2>&1 || rc=$?
+                ;;
+            load)
+                timeout $(( DURATION + 30 )) taskset -c "$LOAD_CPU" "$LOAD_BIN" load "$TARGET_URL" \
+                    -t1 -c"$CONNS" -d"$DURATION"s --method POST -H 'Content-Type: application/json' \
+                    -H 'Authorization: Bearer sk-demo' --body "$BODY" --json >"$out" 2>&1 || rc=$?
+                ;;
+        esac
+        times >"$out.times"
+        exit "$rc"
+    ) &
+    pid=$!
+    STARTED_PIDS+=("$pid")
+    wait "$pid" || rc=$?
+    (( rc == 0 )) || log "$tool exited with status $rc"
+    local keep=() p
+    for p in "${STARTED_PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    STARTED_PIDS=("${keep[@]}")
+    s1=$(steal)
+    RUN_TICKS=$(children_ticks "$out.times"); RUN_TICKS=${RUN_TICKS:-0}
+    RUN_STEAL_PCT=$(awk -v d=$(( s1 - s0 )) -v hz="$CLK_TCK" -v s="$DURATION" 'BEGIN {printf "%.1f", 100 * d / hz / s / 2}')
+}
+
+rps_of() { # tool outfile
+    case $1 in
+        wrk) awk '/^Requests\/sec:/ {print $2; exit}' "$2" ;;
+        load) grep -o '"rps":[0-9.]*' "$2" | head -n1 | cut -d: -f2 ;;
+    esac
+}
+
+errors_of() { # tool outfile: non-2xx + socket errors
+    case $1 in
+        wrk) awk '/Non-2xx/ {n += $NF} /Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$2" ;;
+        load) grep -o '"errors":{[^}]*}' "$2" | grep -o '[0-9]\+' | awk '{n += $1} END {print n + 0}' ;;
+    esac
+}
+
+RAW=$WORK/raw.tsv
+: >"$RAW"
+log "$ROUNDS rounds of ${DURATION}s per tool, $CONNS connections, generators on core $LOAD_CPU"
+for (( r = 1; r <= ROUNDS; r++ )); do
+    if (( r % 2 )); then order="wrk load"; else order="load wrk"; fi
+    for tool in $order; do
+        out=$WORK/$tool.r$r.txt
+        run_one "$tool" "$out"
+        rps=$(rps_of "$tool" "$out"); rps=${rps:-0}
+        errs=$(errors_of "$tool" "$out")
+        us=$(awk -v t="$RUN_TICKS" -v hz="$CLK_TCK" -v r="$rps" -v d="$DURATION" \
+            'BEGIN { if (r > 0) printf "%.2f", t * 1e6 / hz / (r * d); else print "nan" }')
+        cpu=$(awk -v t="$RUN_TICKS" -v hz="$CLK_TCK" -v d="$DURATION" 'BEGIN {printf "%.0f", 100 * t / hz / d}')
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$tool" "$rps" "$us" "$cpu" "$RUN_STEAL_PCT" "$errs" >>"$RAW"
+        log "round $r $tool: $rps req/s, generator CPU ${cpu}% (${us} us/req), steal ${RUN_STEAL_PCT}%, errors $errs"
+        awk -v r="$rps" 'BEGIN {exit !(r > 0)}' || { cat "$out" >&2; die "$tool produced no requests/s"; }
+        sleep 1
+    done
+done
+
+median() { sort -g | awk '{a[NR] = $1} END {
+    if (NR == 0) { print "nan"; exit }
+    if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+col() { awk -F'\t' -v t="$1" -v c="$2" '$2 == t {print $c}' "$RAW"; }
+
+wrk_rps=$(col wrk 3 | median); load_rps=$(col load 3 | median)
+wrk_us=$(col wrk 4 | median); load_us=$(col load 4 | median)
+steal_max=$(cut -f6 "$RAW" | sort -g | tail -n1)
+printf '\nmedians over %s rounds (%ss, %s connections, 1 thread, generator on core %s):\n' "$ROUNDS" "$DURATION" "$CONNS" "$LOAD_CPU"
+printf '  %-22s %12s %16s\n' tool req/s cpu_us/req
+printf '  %-22s %12.0f %16.2f\n' wrk "$wrk_rps" "$wrk_us"
+printf '  %-22s %12.0f %16.2f\n' "shardgate-bench load" "$load_rps" "$load_us"
+awk -v a="$load_rps" -v b="$wrk_rps" -v c="$load_us" -v d="$wrk_us" 'BEGIN {
+    printf "  ratio load/wrk: req/s %.3f, CPU per request %.3f\n", a / b, c / d }'
+printf '  highest steal during a run: %s%% (mean of the two cores)\n' "$steal_max"
