@@ -145,7 +145,7 @@ rps_of() { # tool outfile
 errors_of() { # tool outfile: non-2xx + socket errors
     case $1 in
         wrk) awk '/Non-2xx/ {n += $NF} /Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$2" ;;
-        load) grep -o '"errors":{[^}]*}' "$2" | grep -o '[0-9]\+' | awk '{n += $1} END {print n + 0}' ;;
+        load) grep -o '"errors":{[^}]*}' "$2" | grep -o ':[0-9]\+' | tr -d : | awk '{n += $1} END {print n + 0}' ;;
     esac
 }
 

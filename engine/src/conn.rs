@@ -622,7 +622,18 @@ async fn relay_response(
     if res.is_err() {
         return Next::Close; // the client went away: the upstream connection is dropped
     }
-    let mut wbuf = buf.unwrap_or_else(|| ctx.take_buf());
+    let dechunk = relay.framing == ClientFraming::Dechunk;
+    // Only de-chunking copies body bytes; for a verbatim relay (an SSE stream can last minutes)
+    // the write buffer goes back to the shard's spares now instead of being held.
+    let mut wbuf = match buf {
+        Some(buf) if dechunk => buf,
+        Some(buf) => {
+            ctx.put_buf(buf);
+            Vec::new()
+        }
+        None if dechunk => ctx.take_buf(),
+        None => Vec::new(),
+    };
     while !relay.done {
         let buf = std::mem::take(&mut up.buf);
         let (res, buf) = read_more(&mut up.stream, buf, Instant::now() + ucfg.read_timeout).await;
@@ -635,7 +646,6 @@ async fn relay_response(
             Ok(_) => {}
         }
         wbuf.clear();
-        let dechunk = relay.framing == ClientFraming::Dechunk;
         let Ok(n) = relay.feed(&up.buf, &mut wbuf, dechunk) else {
             return Next::Close;
         };

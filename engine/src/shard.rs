@@ -116,6 +116,40 @@ impl ShardCtx {
     }
 }
 
+/// Accepts kept waiting on the listener at once, per shard, on io_uring.
+const ACCEPTS_IN_FLIGHT: usize = 16;
+
+/// Accept connections until draining starts, spawning a task per connection.
+async fn accept_loop(ctx: Rc<ShardCtx>, listener: Rc<TcpListener>) {
+    let connections_max = ctx.cfg.server.connections_max;
+    loop {
+        monoio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if ctx.connections.get() >= connections_max {
+                        tracing::warn!(shard = ctx.id, "connections_max reached; closing a new connection");
+                        drop(stream);
+                        continue;
+                    }
+                    ctx.connections.set(ctx.connections.get() + 1);
+                    ctx.connections_accepted.set(ctx.connections_accepted.get() + 1);
+                    let ctx = ctx.clone();
+                    monoio::spawn(async move {
+                        crate::conn::serve(&ctx, stream, peer).await;
+                        ctx.connections.set(ctx.connections.get() - 1);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    tracing::warn!(shard = ctx.id, "accept failed: {e}");
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = ctx.drain.wait() => break,
+        }
+    }
+}
+
 /// Process-wide totals, summed from the shards when they stop (for the allocation benchmark).
 pub static REQUESTS_SERVED: AtomicU64 = AtomicU64::new(0);
 pub static CONNECTIONS_ACCEPTED: AtomicU64 = AtomicU64::new(0);
@@ -143,7 +177,7 @@ pub fn run(
             }
         };
         report(Ok(kind));
-        serve(Rc::new(ShardCtx::new(id, cfg)), listener, shutdown).await;
+        serve(Rc::new(ShardCtx::new(id, cfg)), listener, kind, shutdown).await;
     };
     let tuned = || {
         let mut b = io_uring::IoUring::builder();
@@ -204,7 +238,12 @@ fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Accept until shutdown, then drain: no new connections, in-flight requests finish for at
 /// most `drain_timeout`, idle keep-alive connections close at once.
-async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, shutdown: Arc<AtomicBool>) {
+async fn serve(
+    ctx: Rc<ShardCtx>,
+    listener: TcpListener,
+    kind: DriverKind,
+    shutdown: Arc<AtomicBool>,
+) {
     let watcher = {
         let ctx = ctx.clone();
         monoio::spawn(async move {
@@ -214,33 +253,22 @@ async fn serve(ctx: Rc<ShardCtx>, listener: TcpListener, shutdown: Arc<AtomicBoo
             ctx.drain.fire();
         })
     };
-    let connections_max = ctx.cfg.server.connections_max;
-    loop {
-        monoio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    if ctx.connections.get() >= connections_max {
-                        tracing::warn!(shard = ctx.id, "connections_max reached; closing a new connection");
-                        drop(stream);
-                        continue;
-                    }
-                    ctx.connections.set(ctx.connections.get() + 1);
-                    ctx.connections_accepted.set(ctx.connections_accepted.get() + 1);
-                    let ctx = ctx.clone();
-                    monoio::spawn(async move {
-                        crate::conn::serve(&ctx, stream, peer).await;
-                        ctx.connections.set(ctx.connections.get() - 1);
-                    });
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off briefly rather than spin.
-                    tracing::warn!(shard = ctx.id, "accept failed: {e}");
-                    monoio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            _ = ctx.drain.wait() => break,
-        }
+    // On io_uring several accepts wait on the listener at once, so a burst of new connections
+    // completes in one ring pass instead of one accept per pass. The epoll driver tracks one
+    // reader per socket, so it keeps a single accept loop.
+    let accept_loops = if kind == DriverKind::Epoll {
+        1
+    } else {
+        ACCEPTS_IN_FLIGHT
+    };
+    let listener = Rc::new(listener);
+    let loops: Vec<_> = (0..accept_loops)
+        .map(|_| monoio::spawn(accept_loop(ctx.clone(), listener.clone())))
+        .collect();
+    for l in loops {
+        l.await;
     }
+    // Every accept loop has ended: this closes the listening socket.
     drop(listener);
     let deadline = Instant::now() + ctx.cfg.server.drain_timeout;
     while ctx.connections.get() > 0 && Instant::now() < deadline {

@@ -19,9 +19,11 @@
 //!   is complete, as wrk does. With `--rate`, open loop: the total rate is split over the
 //!   connections, each with a schedule of intended send times, and latency is measured from
 //!   the intended time, so stalls show in the tail (coordinated omission corrected, as wrk2;
-//!   see [`schedule`]). One allowance: a connection that is on schedule sleeps until its send
-//!   time, and monoio's timer wakes it up to ~1 ms late; when it woke within 1.5 ms, latency
-//!   counts from the actual send, as that lateness is the generator's timer, not the server.
+//!   see [`schedule`]). One allowance: a connection that is free before its send time sleeps
+//!   until then, and monoio's millisecond timer wakes it up to ~2 ms late; that lateness is the
+//!   generator's, not the server's, so such a request counts from its actual send (up to
+//!   2.5 ms late). Keep each connection's interval (`CONNS / RPS`) well above 1 ms, or its
+//!   sends bunch up at timer ticks; a warning says so.
 //! - `--warmup`: load runs for that long first, with nothing recorded; `-d` is then the
 //!   measured window. A request counts when its (intended) send time is inside the window
 //!   and it completes before the window ends; one still in flight at the end is dropped
@@ -92,8 +94,13 @@ use worker::{DriverChoice, DriverKind, Msg, Plan};
 const CONNECTIONS_MAX: usize = 100_000;
 /// Threads, at most.
 const THREADS_MAX: usize = 1024;
+/// With `--rate`, warn when a connection would send more often than this (the timer has a
+/// resolution of about 1 ms).
+const PER_CONN_INTERVAL_MIN_MS: f64 = 2.0;
 /// How long the threads may take to build their runtimes.
 const READY_WAIT: Duration = Duration::from_secs(10);
+/// The main thread reads the progress counters this long after the threads store them.
+const PROGRESS_READ_DELAY: Duration = Duration::from_millis(100);
 /// How long after the planned end the threads may take to hand in their numbers.
 const FINISH_GRACE: Duration = Duration::from_secs(10);
 
@@ -175,6 +182,13 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     ensure!(args.timeout_ms >= 1, "--timeout-ms must be at least 1");
     if let Some(r) = args.rate {
         ensure!(r.is_finite() && r > 0.0, "--rate must be a positive number");
+        let interval_ms = 1000.0 * args.connections as f64 / r;
+        if interval_ms < PER_CONN_INTERVAL_MIN_MS {
+            eprintln!(
+                "warning: each connection sends every {interval_ms:.2} ms, finer than the \
+                 ~1 ms timer: sends bunch up at timer ticks; use more connections (-c)"
+            );
+        }
     }
     let body = match (&args.body, &args.body_file) {
         (Some(b), _) => b.clone().into_bytes(),
@@ -268,10 +282,14 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
 
     let mut total = Stats::new(args.stream);
     let mut finished = 0;
-    let live = std::io::stderr().is_terminal() && !args.json;
-    let mut next_tick = t0 + Duration::from_secs(1);
-    let mut last_count = 0u64;
-    let mut last_tick = t0;
+    let mut progress = Progress {
+        counters: progress,
+        t0,
+        warmup: args.warmup,
+        tick: 1,
+        last_count: 0,
+        live: std::io::stderr().is_terminal() && !args.json,
+    };
     for m in early {
         if let Msg::Finished { stats, .. } = m {
             total.merge(&stats);
@@ -283,7 +301,8 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         if now > end + plan.timeout + FINISH_GRACE {
             bail!("the load threads did not finish in time");
         }
-        let wait = next_tick
+        let wait = progress
+            .next_read()
             .saturating_duration_since(now)
             .max(Duration::from_millis(1));
         match from_threads.recv_timeout(wait) {
@@ -292,37 +311,13 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
                 finished += 1;
             }
             Ok(Msg::Ready { .. }) => {}
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let now = Instant::now();
-                if now >= next_tick {
-                    let count: u64 = progress.iter().map(|c| c.load(Ordering::Relaxed)).sum();
-                    if live {
-                        let secs = now.duration_since(last_tick).as_secs_f64();
-                        let rps = (count - last_count.min(count)) as f64 / secs.max(1e-9);
-                        let phase = if now < t0 + args.warmup {
-                            " warm-up"
-                        } else {
-                            ""
-                        };
-                        eprint!(
-                            "\r\x1b[K  [{:>4}s{phase}] {count} requests, {rps:.0} req/s",
-                            now.duration_since(t0).as_secs()
-                        );
-                        let _ = std::io::stderr().flush();
-                    }
-                    last_count = count;
-                    last_tick = now;
-                    next_tick += Duration::from_secs(1);
-                }
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => progress.maybe_print(Instant::now()),
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 bail!("a load thread stopped without reporting (it panicked?)")
             }
         }
     }
-    if live {
-        eprint!("\r\x1b[K");
-    }
+    progress.clear();
     for h in handles {
         let _ = h.join();
     }
@@ -334,6 +329,59 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         print!("{}", report.human());
     }
     Ok(())
+}
+
+/// The live progress line on stderr (only when stderr is a terminal).
+struct Progress {
+    /// Each thread's completed count, stored by the thread every second from `t0`.
+    counters: Vec<Arc<AtomicU64>>,
+    t0: Instant,
+    warmup: Duration,
+    /// The next second to show.
+    tick: u32,
+    last_count: u64,
+    live: bool,
+}
+
+impl Progress {
+    /// Read the counters a little after the threads store them, so all have.
+    fn next_read(&self) -> Instant {
+        self.t0 + Duration::from_secs(u64::from(self.tick)) + PROGRESS_READ_DELAY
+    }
+
+    fn maybe_print(&mut self, now: Instant) {
+        if now < self.next_read() {
+            return;
+        }
+        let count: u64 = self
+            .counters
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
+        if self.live {
+            let phase = if Duration::from_secs(u64::from(self.tick)) <= self.warmup {
+                " warm-up"
+            } else {
+                ""
+            };
+            eprint!(
+                "\r\x1b[K  [{:>4}s{phase}] {count} requests, {} req/s",
+                self.tick,
+                count.saturating_sub(self.last_count)
+            );
+            let _ = std::io::stderr().flush();
+        }
+        self.last_count = count;
+        // Skip seconds missed (a stalled main thread): show the latest.
+        let behind = now.saturating_duration_since(self.t0).as_secs();
+        self.tick = u32::try_from(behind).unwrap_or(u32::MAX).max(self.tick) + 1;
+    }
+
+    fn clear(&self) {
+        if self.live {
+            eprint!("\r\x1b[K");
+        }
+    }
 }
 
 /// The line printed before the run, as wrk does.

@@ -79,22 +79,27 @@ impl Schedule {
     }
 }
 
-/// How late a timer may wake a connection that sleeps until its next send time (monoio's timer
-/// wheel ticks once a millisecond), plus a little for the wake-up itself.
-pub const TIMER_SLACK: Duration = Duration::from_micros(1_500);
+/// How late a connection's timer may wake it after its send time: monoio's timer wheel rounds
+/// a deadline up to the next millisecond tick and parks in whole milliseconds, so a sleep ends
+/// up to ~2 ms late; plus a little for the wake-up itself.
+pub const TIMER_SLACK: Duration = Duration::from_micros(2_500);
 
 /// The instant a request's latency counts from, given when it was `intended`, when it was
-/// actually `sent`, and whether the connection `waited` (slept until `intended` because it
-/// was on schedule). A connection that was behind (its previous response came late) sends at
-/// once and counts from `intended`: the server's delay stays in the latency. A connection
-/// that slept counts from `sent` if its timer woke it no later than [`TIMER_SLACK`] after
-/// `intended`: that lateness is the load generator's timer, not the server. Later than that,
-/// the generator itself is overloaded, and the delay is kept (the conservative choice).
-pub fn measure_from(intended: Instant, sent: Instant, waited: bool) -> Instant {
-    if waited && sent <= intended + TIMER_SLACK {
-        sent.max(intended)
-    } else {
+/// actually `sent`, and when the connection became `free` for it (the previous response
+/// completed, or the connection opened).
+///
+/// - The connection was busy at `intended` (`free > intended`: the previous response came
+///   late, or the connection had to be re-opened): from `intended`, so the server's delay
+///   stays in the latency. This is the coordinated-omission correction.
+/// - The connection was free and waited for its timer: the delay until `sent` is the load
+///   generator's timer, not the server, so it is left out, up to [`TIMER_SLACK`]; beyond
+///   that the generator itself is overloaded and the excess is kept (the conservative
+///   choice).
+pub fn measure_from(intended: Instant, sent: Instant, free: Instant) -> Instant {
+    if free > intended {
         intended
+    } else {
+        sent.min(intended + TIMER_SLACK).max(intended)
     }
 }
 
@@ -197,16 +202,22 @@ mod tests {
     }
 
     #[test]
-    fn timer_lateness_is_forgiven_only_when_on_schedule() {
+    fn timer_lateness_is_forgiven_only_when_the_connection_was_free() {
         let start = Instant::now();
-        let late = Duration::from_micros(900);
-        // Slept until the slot, woke 0.9 ms late (timer granularity): count from the send.
-        assert_eq!(measure_from(start, start + late, true), start + late);
-        // Behind schedule (did not sleep): count from the intended time.
-        assert_eq!(measure_from(start, start + late, false), start);
-        // Slept but woke far too late (the generator is overloaded): keep the delay.
-        assert_eq!(measure_from(start, start + 5 * MS, true), start);
+        let late = Duration::from_micros(1_900);
+        let before = start - MS;
+        // Free before the slot, the timer woke it 1.9 ms late: count from the send.
+        assert_eq!(measure_from(start, start + late, before), start + late);
+        // Busy at the slot (the previous response came 1.9 ms late): from the intended time.
+        assert_eq!(measure_from(start, start + late, start + late), start);
+        // Free, but sent 10 ms late (the generator is overloaded): only the slack is left out.
+        assert_eq!(
+            measure_from(start, start + 10 * MS, before),
+            start + TIMER_SLACK
+        );
         // On time.
-        assert_eq!(measure_from(start, start, true), start);
+        assert_eq!(measure_from(start, start, before), start);
+        // Closed loop: intended = sent = free.
+        assert_eq!(measure_from(start, start, start), start);
     }
 }

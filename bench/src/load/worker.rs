@@ -295,12 +295,13 @@ async fn connection(ctx: Rc<Ctx>, index: usize) {
     let mut sse = Sse::default();
     let mut stream: Option<TcpStream> = None;
     let mut now = Instant::now();
-    // The connection slept until its next send time (open loop, on schedule).
-    let mut waited = false;
+    // When the connection became free for the next request.
+    let mut free = now;
     while now < ctx.end {
         if stream.is_none() {
             let res = connect(&ctx).await;
             now = Instant::now();
+            free = now;
             match res {
                 Ok(s) => {
                     bufs.read.clear();
@@ -322,7 +323,6 @@ async fn connection(ctx: Rc<Ctx>, index: usize) {
                 }
                 monoio::time::sleep_until(until.into()).await;
                 now = Instant::now();
-                waited = true;
                 continue;
             }
         };
@@ -330,7 +330,7 @@ async fn connection(ctx: Rc<Ctx>, index: usize) {
             sc.advance();
         }
         let sent = now;
-        let from = schedule::measure_from(intended, sent, std::mem::take(&mut waited));
+        let from = schedule::measure_from(intended, sent, free);
         let timeout_at = sent + plan.timeout;
         let deadline = timeout_at.min(ctx.end);
         resp.reset();
@@ -346,6 +346,7 @@ async fn connection(ctx: Rc<Ctx>, index: usize) {
             Ok(Ok(done)) => done.at,
             _ => Instant::now(),
         };
+        free = now;
         let counted = intended >= ctx.measure_from;
         let mut st = ctx.stats.borrow_mut();
         match res {
