@@ -8,18 +8,18 @@
 //!
 //! # How it works
 //! - The URL is resolved once, and the request (request line, `Host`, the `-H` headers,
-//!   `Content-Length`, body) serialised once, before any thread starts ([`target`]).
+//!   `Content-Length`, body) serialised once, before any thread starts (`target`).
 //! - THREADS std threads, thread `i` pinned to the `i`-th CPU this process may run on, each with
 //!   its own monoio runtime (io_uring with COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN, then
 //!   io_uring's default set-up, then epoll), drive CONNS/THREADS keep-alive connections each
-//!   (TCP_NODELAY) ([`worker`]). Responses are framed with httparse plus our own
-//!   Content-Length / chunked / until-close handling ([`response`]); nothing is allocated per
+//!   (TCP_NODELAY) (`worker`). Responses are framed with httparse plus our own
+//!   Content-Length / chunked / until-close handling (`response`); nothing is allocated per
 //!   request.
 //! - Closed loop by default: a connection sends its next request when the previous response
 //!   is complete, as wrk does. With `--rate`, open loop: the total rate is split over the
 //!   connections, each with a schedule of intended send times, and latency is measured from
 //!   the intended time, so stalls show in the tail (coordinated omission corrected, as wrk2;
-//!   see [`schedule`]). One allowance: a connection that is free before its send time sleeps
+//!   see `schedule`). One allowance: a connection that is free before its send time sleeps
 //!   until then, and monoio's millisecond timer wakes it up to ~2 ms late; that lateness is the
 //!   generator's, not the server's, so such a request counts from its actual send (up to
 //!   2.5 ms late). Keep each connection's interval (`CONNS / RPS`) well above 1 ms, or its
@@ -29,7 +29,7 @@
 //!   and it completes before the window ends; one still in flight at the end is dropped
 //!   uncounted, as in wrk.
 //! - Each thread keeps its own HdrHistograms (µs, 3 significant digits, up to 60 s) and
-//!   counters ([`stats`]), merged when the run ends. Once a second each thread stores its
+//!   counters (`stats`), merged when the run ends. Once a second each thread stores its
 //!   completed count in an atomic; the main thread prints a progress line on stderr when
 //!   stderr is a terminal.
 //! - `--timeout-ms` (default 2000) bounds each exchange from the moment its request is sent;
@@ -227,10 +227,35 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         driver: args.driver,
     });
 
+    let live = std::io::stderr().is_terminal() && !args.json;
+    let total = measure(&plan, &cores, live, |drivers| {
+        if !args.json {
+            println!("{}", header(&args, threads, drivers));
+        }
+    })?;
+    let report = Report::new(&total, args.duration, args.connections, threads, args.rate);
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.human());
+    }
+    Ok(())
+}
+
+/// Run `plan`: start its threads (thread `i` pinned to `cores[i % len]`, none if empty), wait
+/// until every runtime is built, call `on_start` with the drivers they got, start the clock,
+/// show progress (when `live`) and return the threads' merged numbers.
+fn measure(
+    plan: &Arc<Plan>,
+    cores: &[core_affinity::CoreId],
+    live: bool,
+    on_start: impl FnOnce(&[DriverKind]),
+) -> anyhow::Result<Stats> {
+    let threads = plan.threads;
     let (to_main, from_threads) = mpsc::channel();
     let mut starts = Vec::with_capacity(threads);
     let mut handles = Vec::with_capacity(threads);
-    let mut progress = Vec::with_capacity(threads);
+    let mut counters = Vec::with_capacity(threads);
     for t in 0..threads {
         let (start_tx, start_rx) = mpsc::channel();
         let counter = Arc::new(AtomicU64::new(0));
@@ -242,15 +267,14 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
             .context("cannot start a load thread")?;
         starts.push(start_tx);
         handles.push(h);
-        progress.push(counter);
+        counters.push(counter);
     }
     drop(to_main);
 
-    // Every runtime built before the clock starts.
+    // Every runtime is built before the clock starts.
     let mut drivers = vec![None; threads];
     let ready_by = Instant::now() + READY_WAIT;
     let mut failure = None;
-    let mut early = Vec::new();
     while drivers.iter().any(Option::is_none) && failure.is_none() {
         let wait = ready_by.saturating_duration_since(Instant::now());
         match from_threads.recv_timeout(wait) {
@@ -258,7 +282,8 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
                 Ok(kind) => drivers[thread] = Some(kind),
                 Err(e) => failure = Some(format!("load thread {thread}: {e}")),
             },
-            Ok(m @ Msg::Finished { .. }) => early.push(m),
+            // Threads finish only after the start below.
+            Ok(Msg::Finished { .. }) => {}
             Err(_) => failure = Some("the load threads did not start".to_owned()),
         }
     }
@@ -270,43 +295,35 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         bail!(f);
     }
     let drivers: Vec<DriverKind> = drivers.into_iter().flatten().collect();
+    on_start(&drivers);
 
-    if !args.json {
-        println!("{}", header(&args, threads, &drivers));
-    }
     let t0 = Instant::now();
     for s in &starts {
         let _ = s.send(t0);
     }
-    let end = t0 + args.warmup + args.duration;
-
-    let mut total = Stats::new(args.stream);
+    let give_up = t0 + plan.warmup + plan.duration + plan.timeout + FINISH_GRACE;
+    let mut total = Stats::new(plan.stream);
     let mut finished = 0;
     let mut progress = Progress {
-        counters: progress,
+        counters,
         t0,
-        warmup: args.warmup,
+        warmup: plan.warmup,
         tick: 1,
         last_count: 0,
-        live: std::io::stderr().is_terminal() && !args.json,
+        live,
     };
-    for m in early {
-        if let Msg::Finished { stats, .. } = m {
-            total.merge(&stats);
-            finished += 1;
-        }
-    }
     while finished < threads {
         let now = Instant::now();
-        if now > end + plan.timeout + FINISH_GRACE {
+        if now > give_up {
             bail!("the load threads did not finish in time");
         }
         let wait = progress
             .next_read()
+            .min(give_up)
             .saturating_duration_since(now)
             .max(Duration::from_millis(1));
         match from_threads.recv_timeout(wait) {
-            Ok(Msg::Finished { stats, .. }) => {
+            Ok(Msg::Finished { stats }) => {
                 total.merge(&stats);
                 finished += 1;
             }
@@ -321,14 +338,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     for h in handles {
         let _ = h.join();
     }
-
-    let report = Report::new(&total, args.duration, args.connections, threads, args.rate);
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print!("{}", report.human());
-    }
-    Ok(())
+    Ok(total)
 }
 
 /// The live progress line on stderr (only when stderr is a terminal).
@@ -408,6 +418,9 @@ fn header(args: &LoadArgs, threads: usize, drivers: &[DriverKind]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener};
+
     use super::*;
 
     /// `main.rs` holds the arguments of each command in one enum; clippy's `large_enum_variant`
@@ -419,5 +432,182 @@ mod tests {
             "{}",
             std::mem::size_of::<LoadArgs>()
         );
+    }
+
+    /// The length of the first complete request in `buf` (head and Content-Length body).
+    fn request_len(buf: &[u8]) -> Option<usize> {
+        let head = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let text = std::str::from_utf8(&buf[..head]).ok()?;
+        let body = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .map_or(0, |v| v.trim().parse().unwrap_or(0));
+        (buf.len() >= head + body).then_some(head + body)
+    }
+
+    /// A blocking server on a free port: a thread per connection answers each request with
+    /// `reply` (or never answers, with `None`). Its threads end with the test process.
+    fn serve(reply: Option<&'static [u8]>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let addr = listener.local_addr().expect("bound address");
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let n = match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(len) = request_len(&buf) {
+                            buf.drain(..len);
+                            if let Some(r) = reply {
+                                if conn.write_all(r).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn plan(addr: SocketAddr, change: impl FnOnce(&mut Plan)) -> Arc<Plan> {
+        let url = target::parse_url(&format!("http://{addr}/v1/chat/completions")).expect("url");
+        let mut p = Plan {
+            addr,
+            request: target::build_request("POST", &url, &[], b"{}").expect("request"),
+            head_request: false,
+            connections: 2,
+            threads: 1,
+            rate: None,
+            stream: false,
+            timeout: Duration::from_secs(2),
+            warmup: Duration::ZERO,
+            duration: Duration::from_millis(300),
+            driver: DriverChoice::Auto,
+        };
+        change(&mut p);
+        Arc::new(p)
+    }
+
+    fn measured(plan: &Arc<Plan>) -> Stats {
+        measure(plan, &[], false, |drivers| {
+            assert_eq!(drivers.len(), plan.threads);
+        })
+        .expect("the run completes")
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+
+    #[test]
+    fn closed_loop_counts_every_response_on_both_drivers() {
+        let addr = serve(Some(OK));
+        for driver in [DriverChoice::Auto, DriverChoice::Epoll] {
+            let s = measured(&plan(addr, |p| {
+                p.driver = driver;
+                p.threads = 2;
+                p.connections = 3;
+            }));
+            assert!(s.requests > 10, "{driver:?}: {} requests", s.requests);
+            assert_eq!(s.errors, stats::Errors::default(), "{driver:?}");
+            assert_eq!(s.latency.len(), s.requests);
+            assert_eq!(s.bytes, s.requests * OK.len() as u64);
+            assert!(s.stream.is_none());
+        }
+    }
+
+    #[test]
+    fn statuses_are_counted_as_errors_and_requests() {
+        let addr = serve(Some(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+        ));
+        let s = measured(&plan(addr, |_| {}));
+        assert!(s.requests > 0);
+        assert_eq!(s.errors.status_5xx, s.requests);
+        assert_eq!(s.errors.total(), s.requests);
+    }
+
+    const SSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+        Transfer-Encoding: chunked\r\n\r\n\
+        f\r\ndata: {\"a\":1}\n\n\r\n\
+        f\r\ndata: {\"b\":2}\n\n\r\n\
+        e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n";
+    const SSE_CUT: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+        Transfer-Encoding: chunked\r\n\r\nf\r\ndata: {\"a\":1}\n\n\r\n0\r\n\r\n";
+
+    #[test]
+    fn streams_record_first_byte_first_event_and_gaps() {
+        let addr = serve(Some(SSE));
+        let s = measured(&plan(addr, |p| p.stream = true));
+        assert!(s.requests > 0);
+        assert_eq!(s.errors, stats::Errors::default());
+        let st = s.stream.as_ref().expect("stream stats");
+        assert_eq!(st.streams, s.requests);
+        assert_eq!(st.ttfb.len(), s.requests);
+        assert_eq!(st.ttfe.len(), s.requests);
+        // Three events per stream, so two gaps.
+        assert_eq!(st.gap.len(), 2 * s.requests);
+    }
+
+    #[test]
+    fn streams_without_done_are_incomplete() {
+        let addr = serve(Some(SSE_CUT));
+        let s = measured(&plan(addr, |p| p.stream = true));
+        assert!(s.requests > 0);
+        assert_eq!(s.errors.stream_incomplete, s.requests);
+        let st = s.stream.as_ref().expect("stream stats");
+        assert_eq!(st.ttfe.len(), s.requests);
+        assert_eq!(st.gap.len(), 0);
+    }
+
+    #[test]
+    fn requests_over_the_timeout_count_and_reconnect() {
+        let addr = serve(None);
+        let s = measured(&plan(addr, |p| {
+            p.connections = 1;
+            p.timeout = Duration::from_millis(100);
+            p.duration = Duration::from_millis(450);
+        }));
+        assert_eq!(s.requests, 0);
+        // Timeouts at about 100, 200, 300 and 400 ms (the last may run into the end).
+        assert!(
+            (2..=4).contains(&s.errors.timeout),
+            "{} timeouts",
+            s.errors.timeout
+        );
+        assert_eq!(s.errors.total(), s.errors.timeout);
+    }
+
+    #[test]
+    fn refused_connections_are_connect_errors() {
+        let addr = {
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+            l.local_addr().expect("bound address")
+        }; // closed again: nothing listens there now
+        let s = measured(&plan(addr, |p| p.duration = Duration::from_millis(200)));
+        assert_eq!(s.requests, 0);
+        assert!(s.errors.connect > 0);
+        assert_eq!(s.errors.total(), s.errors.connect);
+    }
+
+    #[test]
+    fn open_loop_sends_at_the_rate_after_the_warmup() {
+        let addr = serve(Some(OK));
+        // 400 req/s over 4 connections: 200 requests intended in the 500 ms window; the
+        // 250 ms of warm-up before it (100 requests) are not recorded.
+        let s = measured(&plan(addr, |p| {
+            p.connections = 4;
+            p.rate = Some(400.0);
+            p.warmup = Duration::from_millis(250);
+            p.duration = Duration::from_millis(500);
+        }));
+        assert!((150..=201).contains(&s.requests), "{} requests", s.requests);
+        assert_eq!(s.errors, stats::Errors::default());
     }
 }

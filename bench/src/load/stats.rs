@@ -222,7 +222,7 @@ impl Report {
         let secs = duration.as_secs_f64();
         Self {
             requests: s.requests,
-            duration_s: round2(secs * 1000.0) / 1000.0,
+            duration_s: secs,
             rps: if secs > 0.0 {
                 round2(s.requests as f64 / secs)
             } else {

@@ -341,9 +341,11 @@ async fn connection(ctx: Rc<Ctx>, index: usize) {
             exchange(s, &mut bufs, &mut resp, plan.stream.then_some(&mut sse)),
         )
         .await;
-        ctx.completed.set(ctx.completed.get() + 1);
         now = match &res {
-            Ok(Ok(done)) => done.at,
+            Ok(Ok(done)) => {
+                ctx.completed.set(ctx.completed.get() + 1);
+                done.at
+            }
             _ => Instant::now(),
         };
         free = now;
