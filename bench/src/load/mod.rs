@@ -60,8 +60,7 @@
 //! - `latency_us`: percentiles `p50`, `p90`, `p99`, `p999` (99.9th), `max` (µs, integers) and
 //!   `mean` (µs, two decimals) over complete responses: from the send (closed loop) or the
 //!   intended send time (`--rate`, with the timer allowance above) to the response's last
-//!   byte. Timeouts and errors are not
-//!   in it. All 0 when there is no response.
+//!   byte. Timeouts and errors are not in it. All 0 when there is no response.
 //! - `errors`: counts by kind. `connect`: a connection could not be opened. `read`: reading
 //!   failed, the server closed before the response was complete, or the response was
 //!   ill-framed. `write`: sending the request failed. `timeout`: no complete response within

@@ -477,7 +477,8 @@ async fn exchange(
             };
         }
         bytes += n as u64;
-        let full = bufs.read.len() == bufs.read.capacity();
+        // The unconsumed bytes fill the whole buffer: a head still incomplete never fits.
+        let full = bufs.pos == 0 && bufs.read.len() == bufs.read.capacity();
         let feed = match sse.as_deref_mut() {
             None => resp.feed(&bufs.read[bufs.pos..], full, &mut |_| {}),
             Some(sse) => {
