@@ -710,34 +710,14 @@ impl Answer<'_> {
     }
 }
 
-/// Append `n` in decimal.
-fn num(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+/// Append `n` in decimal (the engine's allocation-free writer).
+fn num(out: &mut Vec<u8>, n: u64) {
+    shardgate_engine::http::write_decimal(out, n);
 }
 
 /// Append `n` in lowercase hexadecimal (chunk sizes).
-fn hex(out: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b"0123456789abcdef"[n % 16];
-        n /= 16;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+fn hex(out: &mut Vec<u8>, n: usize) {
+    shardgate_engine::http::write_hex(out, n as u64);
 }
 
 /// Append `s` as a JSON string literal.
