@@ -26,19 +26,12 @@ pub struct Response {
 impl Response {
     /// First value of the header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        crate::header_value(&self.headers, name)
     }
 
     /// Every value of the header `name` (case-insensitive).
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        crate::header_values(&self.headers, name)
     }
 
     /// Whether a `Connection` header lists `token`.

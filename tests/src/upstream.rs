@@ -43,19 +43,12 @@ pub struct Request {
 impl Request {
     /// First value of the header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        crate::header_value(&self.headers, name)
     }
 
     /// Every value of the header `name` (case-insensitive).
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        crate::header_values(&self.headers, name)
     }
 
     /// The request as JSON, the body as a (lossy) UTF-8 string.
