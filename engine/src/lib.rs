@@ -13,6 +13,7 @@
 //! - [`limits`]: every compile-time limit and the defaults of configurable ones.
 //!
 //! I/O (the only modules that touch monoio):
+//! - [`runtime`]: driver choice (tuned io_uring → io_uring → epoll), shared with the bench.
 //! - [`shard`]: one pinned thread per core with its own runtime, SO_REUSEPORT listener,
 //!   pools and counters; driver selection (tuned io_uring → io_uring → epoll); draining.
 //! - [`conn`]: the connection driver, running the request lifecycle phases.
@@ -30,5 +31,6 @@ pub mod http;
 pub mod limits;
 pub mod mock;
 pub mod route;
+pub mod runtime;
 pub mod shard;
 pub mod upstream;

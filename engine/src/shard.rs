@@ -13,33 +13,13 @@ use monoio::net::{ListenerOpts, TcpListener};
 
 use crate::config::{Config, DriverChoice};
 use crate::drain::DrainSignal;
-use crate::limits::{LISTEN_BACKLOG, SHUTDOWN_POLL_MS, URING_ENTRIES, WRITE_BUF_BYTES};
+use crate::limits::{LISTEN_BACKLOG, SHUTDOWN_POLL_MS, WRITE_BUF_BYTES};
 use crate::route::Routes;
+pub use crate::runtime::DriverKind;
 use crate::upstream::Pools;
 
 /// Spare write buffers kept per shard.
 const SPARE_BUFS_MAX: usize = 1024;
-
-/// Which driver a shard ended up on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DriverKind {
-    /// io_uring with COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN.
-    IoUringTuned,
-    /// io_uring with the kernel's default set-up.
-    IoUring,
-    /// epoll (monoio's legacy driver).
-    Epoll,
-}
-
-impl DriverKind {
-    pub fn describe(self) -> &'static str {
-        match self {
-            DriverKind::IoUringTuned => "io_uring (coop_taskrun, single_issuer, defer_taskrun)",
-            DriverKind::IoUring => "io_uring (default set-up)",
-            DriverKind::Epoll => "epoll",
-        }
-    }
-}
 
 /// What a shard reports to the main thread once its listener is bound.
 #[derive(Debug)]
@@ -179,50 +159,8 @@ pub fn run(
         report(Ok(kind));
         serve(Rc::new(ShardCtx::new(id, cfg)), listener, kind, shutdown).await;
     };
-    let tuned = || {
-        let mut b = io_uring::IoUring::builder();
-        b.setup_coop_taskrun()
-            .setup_single_issuer()
-            .setup_defer_taskrun();
-        b
-    };
-    let try_uring = |urb: io_uring::Builder| {
-        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(URING_ENTRIES)
-            .uring_builder(urb)
-            .enable_timer()
-            .build()
-    };
-    let epoll = || {
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .with_entries(URING_ENTRIES)
-            .enable_timer()
-            .build()
-    };
-    let uring_ok = monoio::utils::detect_uring();
-    if driver != DriverChoice::Epoll && uring_ok {
-        match try_uring(tuned()) {
-            Ok(mut rt) => return rt.block_on(shard(DriverKind::IoUringTuned)),
-            Err(e) => tracing::debug!(
-                shard = id,
-                "tuned io_uring set-up refused ({e}); trying the default"
-            ),
-        }
-        match try_uring(io_uring::IoUring::builder()) {
-            Ok(mut rt) => return rt.block_on(shard(DriverKind::IoUring)),
-            Err(e) if driver == DriverChoice::IoUring => {
-                return report(Err(format!("io_uring unavailable: {e}")));
-            }
-            Err(e) => tracing::debug!(shard = id, "io_uring unavailable ({e}); using epoll"),
-        }
-    } else if driver == DriverChoice::IoUring {
-        return report(Err(
-            "io_uring is not available on this kernel or is blocked".into(),
-        ));
-    }
-    match epoll() {
-        Ok(mut rt) => rt.block_on(shard(DriverKind::Epoll)),
-        Err(e) => report(Err(format!("cannot build an epoll runtime: {e}"))),
+    if let Err(e) = crate::runtime::block_on_best(driver, shard) {
+        report(Err(e));
     }
 }
 

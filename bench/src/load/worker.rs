@@ -28,8 +28,6 @@ const READ_BUF_BYTES: usize = 64 * 1024;
 /// After a failed connect, wait this long before the next try (so a server that is down is
 /// not hammered in a tight loop).
 const CONNECT_RETRY_MS: u64 = 10;
-/// io_uring entries per thread.
-const URING_ENTRIES: u32 = 1024;
 /// Event gaps remembered for one streamed response before they are recorded, at most
 /// (further gaps of that response are dropped).
 const GAPS_PER_STREAM_MAX: usize = 64 * 1024;
@@ -47,22 +45,14 @@ pub enum DriverChoice {
     Epoll,
 }
 
-/// Which driver a thread ended up on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DriverKind {
-    /// io_uring with COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN.
-    IoUringTuned,
-    /// io_uring with the kernel's default set-up.
-    IoUring,
-    Epoll,
-}
+pub use shardgate_engine::runtime::DriverKind;
 
-impl DriverKind {
-    pub fn describe(self) -> &'static str {
-        match self {
-            DriverKind::IoUringTuned => "io_uring (tuned)",
-            DriverKind::IoUring => "io_uring",
-            DriverKind::Epoll => "epoll",
+impl From<DriverChoice> for shardgate_engine::config::DriverChoice {
+    fn from(c: DriverChoice) -> Self {
+        match c {
+            DriverChoice::Auto => Self::Auto,
+            DriverChoice::IoUring => Self::IoUring,
+            DriverChoice::Epoll => Self::Epoll,
         }
     }
 }
@@ -130,48 +120,21 @@ pub fn thread_main(
             stats: Box::new(stats),
         });
     };
-    let tuned = || {
-        let mut b = io_uring::IoUring::builder();
-        b.setup_coop_taskrun()
-            .setup_single_issuer()
-            .setup_defer_taskrun();
-        b
-    };
-    let try_uring = |urb: io_uring::Builder| {
-        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(URING_ENTRIES)
-            .uring_builder(urb)
-            .enable_timer()
-            .build()
-    };
-    if plan.driver != DriverChoice::Epoll && monoio::utils::detect_uring() {
-        let rt = match try_uring(tuned()) {
-            Ok(rt) => Some((rt, DriverKind::IoUringTuned)),
-            Err(_) => try_uring(io_uring::IoUring::builder())
-                .ok()
-                .map(|rt| (rt, DriverKind::IoUring)),
-        };
-        if let Some((mut rt, kind)) = rt {
-            ready(Ok(kind));
-            let Ok(t0) = start.recv() else { return };
-            return finished(rt.block_on(job(t0)));
+    // The engine's driver choice: tuned io_uring, io_uring, then epoll.
+    let make = |kind| {
+        ready(Ok(kind));
+        let t0 = start.recv();
+        async move {
+            match t0 {
+                Ok(t0) => Some(job(t0).await),
+                Err(_) => None, // the run was called off
+            }
         }
-    }
-    if plan.driver == DriverChoice::IoUring {
-        return ready(Err(
-            "io_uring is not available on this kernel or is blocked".into(),
-        ));
-    }
-    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-        .enable_timer()
-        .build()
-    {
-        Ok(mut rt) => {
-            ready(Ok(DriverKind::Epoll));
-            let Ok(t0) = start.recv() else { return };
-            finished(rt.block_on(job(t0)));
-        }
-        Err(e) => ready(Err(format!("cannot build an epoll runtime: {e}"))),
+    };
+    match shardgate_engine::runtime::block_on_best(plan.driver.into(), make) {
+        Ok(Some(stats)) => finished(stats),
+        Ok(None) => {}
+        Err(e) => ready(Err(e)),
     }
 }
 

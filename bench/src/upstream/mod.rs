@@ -43,8 +43,6 @@ use server::Shard;
 pub const THREADS_MAX: u32 = 1024;
 /// Listen backlog per thread.
 const LISTEN_BACKLOG: i32 = 4096;
-/// io_uring submission queue entries per thread.
-const URING_ENTRIES: u32 = 1024;
 /// How often an idle thread looks at the shutdown flag, ms.
 const SHUTDOWN_POLL_MS: u64 = 50;
 /// Largest delay knob (one hour), ms.
@@ -205,32 +203,9 @@ fn run_thread(
             monoio::time::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;
         }
     };
-    // io_uring with the set-up that measured fastest here (docs/decisions), then io_uring's
-    // default, then epoll (where io_uring is blocked, e.g. Docker's default seccomp).
-    if monoio::utils::detect_uring() {
-        let mut tuned = io_uring::IoUring::builder();
-        tuned
-            .setup_coop_taskrun()
-            .setup_single_issuer()
-            .setup_defer_taskrun();
-        for urb in [tuned, io_uring::IoUring::builder()] {
-            let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                .with_entries(URING_ENTRIES)
-                .uring_builder(urb)
-                .enable_timer()
-                .build();
-            if let Ok(mut rt) = rt {
-                return rt.block_on(serve());
-            }
-        }
-    }
-    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-        .enable_timer()
-        .build()
-    {
-        Ok(mut rt) => rt.block_on(serve()),
-        Err(e) => {
-            let _ = ready.send(Err(format!("cannot build a runtime: {e}")));
-        }
+    // The engine's driver choice: tuned io_uring, io_uring, then epoll.
+    let auto = shardgate_engine::config::DriverChoice::Auto;
+    if let Err(e) = shardgate_engine::runtime::block_on_best(auto, |_kind| serve()) {
+        let _ = ready.send(Err(format!("cannot build a runtime: {e}")));
     }
 }

@@ -1,0 +1,94 @@
+//! Building a shard's monoio runtime: io_uring with the set-up that measured fastest, then
+//! io_uring's default set-up, then epoll (docs/decisions/0002-io-uring-setup.md). Shared by the
+//! engine's shards and by `shardgate-bench`'s load generator and mock upstream, so every
+//! thread-per-core component of the project picks its driver the same way.
+
+use std::future::Future;
+
+use crate::config::DriverChoice;
+use crate::limits::URING_ENTRIES;
+
+/// Which driver a thread ended up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    /// io_uring with COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN.
+    IoUringTuned,
+    /// io_uring with the kernel's default set-up.
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+impl DriverKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            DriverKind::IoUringTuned => "io_uring (coop_taskrun, single_issuer, defer_taskrun)",
+            DriverKind::IoUring => "io_uring (default set-up)",
+            DriverKind::Epoll => "epoll",
+        }
+    }
+}
+
+/// Build the best runtime `choice` allows on this thread and run the future `make` returns on
+/// it. `make` learns which driver it got (and may do synchronous set-up first). Fails only when
+/// `choice` demands io_uring and there is none, or no runtime can be built at all.
+pub fn block_on_best<T, Fut>(
+    choice: DriverChoice,
+    make: impl FnOnce(DriverKind) -> Fut,
+) -> Result<T, String>
+where
+    Fut: Future<Output = T>,
+{
+    if choice != DriverChoice::Epoll && monoio::utils::detect_uring() {
+        let mut tuned = io_uring::IoUring::builder();
+        tuned
+            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun();
+        for (urb, kind) in [
+            (tuned, DriverKind::IoUringTuned),
+            (io_uring::IoUring::builder(), DriverKind::IoUring),
+        ] {
+            let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .with_entries(URING_ENTRIES)
+                .uring_builder(urb)
+                .enable_timer()
+                .build();
+            match built {
+                Ok(mut rt) => return Ok(rt.block_on(make(kind))),
+                Err(e) => tracing::debug!("{kind:?} refused by the kernel: {e}"),
+            }
+        }
+        if choice == DriverChoice::IoUring {
+            return Err("io_uring could not be set up on this kernel".into());
+        }
+    } else if choice == DriverChoice::IoUring {
+        return Err("io_uring is not available on this kernel or is blocked".into());
+    }
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .with_entries(URING_ENTRIES)
+        .enable_timer()
+        .build()
+        .map_err(|e| format!("cannot build an epoll runtime: {e}"))?;
+    Ok(rt.block_on(make(DriverKind::Epoll)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoll_is_always_available_and_reported() {
+        let got = block_on_best(DriverChoice::Epoll, |kind| async move { kind });
+        assert_eq!(got, Ok(DriverKind::Epoll));
+    }
+
+    #[test]
+    fn auto_runs_the_future_on_some_driver() {
+        let got = block_on_best(DriverChoice::Auto, |kind| async move {
+            monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+            kind
+        });
+        assert!(got.is_ok(), "{got:?}");
+    }
+}
