@@ -130,16 +130,7 @@ impl BenchUpstream {
 
     /// Waits at most `timeout` for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            crate::sleep(Duration::from_millis(5));
-        }
+        crate::wait_child_exit(&mut self.child, timeout)
     }
 }
 

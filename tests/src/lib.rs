@@ -140,3 +140,20 @@ pub(crate) fn header_values<'a>(headers: &'a [(String, String)], name: &str) -> 
         .map(|(_, v)| v.as_str())
         .collect()
 }
+
+/// Waits at most `timeout` for `child` to exit.
+pub(crate) fn wait_child_exit(
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        sleep(std::time::Duration::from_millis(5));
+    }
+}

@@ -162,6 +162,18 @@ pub struct RunRecord {
     pub load: Option<LoadResult>,
 }
 
+/// The figures of each run, as the summaries read them.
+fn run_figures(records: &[RunRecord]) -> Vec<RunFigures<'_>> {
+    records
+        .iter()
+        .map(|r| RunFigures {
+            proxy: r.proxy,
+            status: r.status,
+            figures: &r.figures,
+        })
+        .collect()
+}
+
 impl RunRecord {
     fn failed(
         scenario: ScenarioKind,
@@ -864,14 +876,7 @@ impl Setup {
         }
         upstream.stop();
         let names: Vec<&str> = self.proxies.iter().map(|(p, _)| p.name()).collect();
-        let runs: Vec<RunFigures<'_>> = records
-            .iter()
-            .map(|r| RunFigures {
-                proxy: r.proxy,
-                status: r.status,
-                figures: &r.figures,
-            })
-            .collect();
+        let runs = run_figures(&records);
         let summaries = stats::summarize(&names, &runs, ProxyKind::Nginx.name());
         Ok((summaries, records))
     }
@@ -1046,14 +1051,7 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 Some(r) => (Some(r), Some("--rate-rps".to_string())),
                 None => {
                     let order: Vec<&str> = setup.proxies.iter().map(|(p, _)| p.name()).collect();
-                    let runs: Vec<RunFigures<'_>> = json_runs
-                        .iter()
-                        .map(|r| RunFigures {
-                            proxy: r.proxy,
-                            status: r.status,
-                            figures: &r.figures,
-                        })
-                        .collect();
+                    let runs = run_figures(&json_runs);
                     match stats::open_loop_rate(
                         &runs,
                         &order,
