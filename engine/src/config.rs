@@ -93,6 +93,9 @@ struct RawServer {
     send_timeout_ms: Option<i64>,
     drain_timeout_ms: Option<i64>,
     connections_max: Option<i64>,
+    instance: Option<String>,
+    admin_listen: Option<String>,
+    access_log: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,6 +163,12 @@ pub struct ServerConfig {
     pub send_timeout: Duration,
     pub drain_timeout: Duration,
     pub connections_max: usize,
+    /// Names the shared-memory region `shardgate-ctl` finds this engine by.
+    pub instance: String,
+    /// The admin listener (`/metrics`, health); `None` when `admin_listen = "off"`.
+    pub admin_listen: Option<SocketAddr>,
+    /// File the access log is appended to; `None`: no access log.
+    pub access_log: Option<std::path::PathBuf>,
 }
 
 impl ServerConfig {
@@ -186,6 +195,23 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// `host[:port]` as written, sent as `Host`.
     pub authority: String,
+}
+
+impl Endpoint {
+    /// `host:port` (the port added when the endpoint left it out): the name that was resolved,
+    /// and the key of a config message's table of resolved addresses.
+    pub fn resolve_key(&self) -> String {
+        with_port(&self.authority)
+    }
+}
+
+/// How endpoint names become addresses.
+#[derive(Debug, Clone, Copy)]
+enum Resolver<'a> {
+    /// The system resolver: at start-up (main thread) and in `shardgate-ctl`, never in a shard.
+    System,
+    /// The addresses ctl resolved, carried in the config message.
+    Table(&'a std::collections::HashMap<String, SocketAddr>),
 }
 
 #[derive(Debug, Clone)]
@@ -218,6 +244,18 @@ impl Config {
     /// Parse and validate TOML text. Errors name the field and the reason (and, for syntax
     /// errors, the line).
     pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
+        Self::parse(text, Resolver::System)
+    }
+
+    /// Parse and validate a config that came over the ring, resolving endpoint names from the
+    /// message's table (a shard never calls the system resolver).
+    pub fn from_message(
+        m: &crate::control::message::ConfigMessage,
+    ) -> Result<Config, ConfigErrors> {
+        Self::parse(&m.toml, Resolver::Table(&m.resolved))
+    }
+
+    fn parse(text: &str, resolver: Resolver<'_>) -> Result<Config, ConfigErrors> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let field = match e.span() {
                 Some(span) => {
@@ -231,13 +269,35 @@ impl Config {
                 reason: e.message().to_owned(),
             }])
         })?;
-        let mut v = Validator { errors: Vec::new() };
+        let mut v = Validator {
+            errors: Vec::new(),
+            resolver,
+        };
         let config = v.config(raw);
         if v.errors.is_empty() {
             Ok(config)
         } else {
             Err(ConfigErrors(v.errors))
         }
+    }
+
+    /// The `[server]` settings that differ between `self` and `new` and only take effect at
+    /// start-up (listeners, shard count, driver, instance, access-log file), named as in the file.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<String> {
+        let (a, b) = (&self.server, &new.server);
+        let mut out = Vec::new();
+        let mut check = |name: &str, same: bool| {
+            if !same {
+                out.push(format!("server.{name}"));
+            }
+        };
+        check("listen", a.listen == b.listen);
+        check("cores", a.cores == b.cores);
+        check("driver", a.driver == b.driver);
+        check("instance", a.instance == b.instance);
+        check("admin_listen", a.admin_listen == b.admin_listen);
+        check("access_log", a.access_log == b.access_log);
+        out
     }
 
     /// The embedded default, already validated.
@@ -250,11 +310,12 @@ impl Config {
     }
 }
 
-struct Validator {
+struct Validator<'a> {
     errors: Vec<ConfigError>,
+    resolver: Resolver<'a>,
 }
 
-impl Validator {
+impl Validator<'_> {
     fn error(&mut self, field: impl Into<String>, reason: impl Into<String>) {
         self.errors.push(ConfigError {
             field: field.into(),
@@ -436,7 +497,37 @@ impl Validator {
                 1,
                 1 << 20,
             ),
+            instance: self.instance(raw.instance),
+            admin_listen: match raw.admin_listen.as_deref() {
+                Some("off") => None,
+                Some(text) => Some(text.parse().unwrap_or_else(|_| {
+                    self.error(
+                        "server.admin_listen",
+                        format!("{text:?} is not an IP:port address or \"off\""),
+                    );
+                    SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT_DEFAULT))
+                })),
+                None => Some(SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT_DEFAULT))),
+            },
+            access_log: match raw.access_log {
+                Some(p) if p.is_empty() => {
+                    self.error(
+                        "server.access_log",
+                        "must be a file path (leave it out for none)",
+                    );
+                    None
+                }
+                p => p.map(std::path::PathBuf::from),
+            },
         }
+    }
+
+    fn instance(&mut self, raw: Option<String>) -> String {
+        let name = raw.unwrap_or_else(|| "default".to_owned());
+        if let Err(reason) = check_instance_name(&name) {
+            self.error("server.instance", reason);
+        }
+        name
     }
 
     fn upstream(&mut self, i: usize, raw: RawUpstream) -> UpstreamConfig {
@@ -466,7 +557,7 @@ impl Validator {
             self.error(f("endpoints"), format!("at most {ENDPOINTS_MAX} endpoints"));
         }
         for (j, e) in raw.endpoints.iter().enumerate() {
-            match parse_endpoint(e) {
+            match parse_endpoint(e, self.resolver) {
                 Ok(ep) => endpoints.push(ep),
                 Err(reason) => self.error(format!("upstreams[{i}].endpoints[{j}]"), reason),
             }
@@ -506,9 +597,37 @@ impl Validator {
     }
 }
 
-/// `http://host[:port]` (an optional trailing `/`), resolved now, on the main thread, so a shard
-/// never resolves a name.
-fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
+/// An instance name: 1 to 64 of `[A-Za-z0-9._-]`, not starting with a dot (it names a file).
+pub fn check_instance_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?}: must be 1 to 64 of A-Z a-z 0-9 . _ - (not starting with a dot)"
+        ))
+    }
+}
+
+/// `host:port`, adding `:80` when `authority` names no port.
+fn with_port(authority: &str) -> String {
+    if authority.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.is_empty() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':')
+    }) {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    }
+}
+
+/// `http://host[:port]` (an optional trailing `/`), resolved now (on the main thread or in ctl)
+/// or looked up in a config message's table, so a shard never resolves a name.
+fn parse_endpoint(text: &str, resolver: Resolver<'_>) -> Result<Endpoint, String> {
     let Some(rest) = text.strip_prefix("http://") else {
         return Err(if text.starts_with("https://") {
             format!("{text:?}: https:// endpoints are not supported yet (plain http:// only)")
@@ -520,13 +639,17 @@ fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
     if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
         return Err(format!("{text:?}: must be http://host[:port] with no path"));
     }
-    let with_port = if authority.rsplit_once(':').is_some_and(|(h, p)| {
-        !h.is_empty() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':')
-    }) {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
+    let with_port = with_port(authority);
+    if let Resolver::Table(table) = resolver {
+        let addr = table
+            .get(&with_port)
+            .copied()
+            .ok_or_else(|| format!("{text:?}: not resolved by shardgate-ctl"))?;
+        return Ok(Endpoint {
+            addr,
+            authority: authority.to_owned(),
+        });
+    }
     #[allow(
         clippy::disallowed_methods,
         reason = "config loading runs before any shard starts"
@@ -624,24 +747,33 @@ mod tests {
         assert!(errs[0].starts_with("line 1"), "{errs:?}");
     }
 
+    fn parse_endpoint_dns(text: &str) -> Result<Endpoint, String> {
+        parse_endpoint(text, Resolver::System)
+    }
+
     #[test]
     fn endpoints_parse() {
         assert_eq!(
-            parse_endpoint("http://127.0.0.1").expect("ok").addr.port(),
+            parse_endpoint_dns("http://127.0.0.1")
+                .expect("ok")
+                .addr
+                .port(),
             80
         );
         assert_eq!(
-            parse_endpoint("http://127.0.0.1:9/").expect("ok").authority,
+            parse_endpoint_dns("http://127.0.0.1:9/")
+                .expect("ok")
+                .authority,
             "127.0.0.1:9"
         );
         assert_eq!(
-            parse_endpoint("http://localhost:9")
+            parse_endpoint_dns("http://localhost:9")
                 .expect("ok")
                 .addr
                 .port(),
             9
         );
-        assert!(parse_endpoint("http://a/b").is_err());
-        assert!(parse_endpoint("http://").is_err());
+        assert!(parse_endpoint_dns("http://a/b").is_err());
+        assert!(parse_endpoint_dns("http://").is_err());
     }
 }

@@ -12,6 +12,9 @@
 //! - [`config`]: TOML parsing and validation into resolved, typed values.
 //! - [`limits`]: every compile-time limit and the defaults of configurable ones.
 //!
+//! Control plane (shared memory with `shardgate-ctl`; the only `unsafe`, in `control::shm`):
+//! - [`control`]: the region, the config ring, per-shard counter blocks, a shard's poller.
+//!
 //! I/O (the only modules that touch monoio):
 //! - [`runtime`]: driver choice (tuned io_uring → io_uring → epoll), shared with the bench.
 //! - [`shard`]: one pinned thread per core with its own runtime, SO_REUSEPORT listener,
@@ -25,6 +28,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod drain;
 pub mod error;
 pub mod http;

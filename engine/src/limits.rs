@@ -68,12 +68,45 @@ pub const ENDPOINTS_MAX: usize = 256;
 pub const UPSTREAMS_MAX: usize = 4096;
 pub const ROUTES_MAX: usize = 4096;
 
+/// Default port of `[server] admin_listen` (on 127.0.0.1).
+pub const ADMIN_PORT_DEFAULT: u16 = 9901;
+/// Largest config text `shardgate-ctl apply` pushes (and the engine bootstraps from), bytes.
+pub const CONFIG_BYTES_MAX: usize = 2_000_000;
+/// Slots in the config ring, and 64-bit words per slot (one frame each).
+pub const RING_SLOTS: usize = 64;
+pub const RING_SLOT_WORDS: usize = 8 * 1024;
+/// Named counter slots per shard (upstreams, routes; one kept for "(other)").
+pub const STATS_SLOTS: usize = 1024;
+/// Bytes of a counter slot's name; longer names are cut.
+pub const STATS_NAME_BYTES: usize = 64;
+/// Bytes of the last config error a shard reports to ctl.
+pub const SHARD_ERROR_BYTES: usize = 256;
+/// Request-duration histogram bucket bounds, ms (a last, unbounded bucket follows).
+pub const DURATION_BUCKETS_MS: [u64; 15] = [
+    1, 3, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000,
+];
+/// Access-log records a shard batches before handing them to the log writer.
+pub const ACCESS_LOG_BATCH_RECORDS: usize = 256;
+/// Batches queued for the log writer; past this, batches are dropped and counted.
+pub const ACCESS_LOG_QUEUE_BATCHES: usize = 64;
+/// Bytes of a request path kept in an access-log record (longer paths are cut).
+pub const ACCESS_LOG_PATH_BYTES: usize = 160;
+/// How often a shard flushes a partial access-log batch and the log writer wakes, ms.
+pub const ACCESS_LOG_FLUSH_MS: u64 = 200;
+/// How long `shardgate-ctl apply` waits for every shard to take a new config, ms.
+pub const APPLY_WAIT_MS_MAX: u64 = 10_000;
+
 /// How often an idle shard looks at the process-wide shutdown flag, ms.
 pub const SHUTDOWN_POLL_MS: u64 = 50;
 
 /// Largest request body the built-in mock model reads, bytes.
 pub const MOCK_BODY_BYTES_MAX: usize = 1024 * 1024;
 
+const _: () = assert!(RING_SLOTS.is_power_of_two());
+// The largest config fits in half the ring, so the previous message survives a new one.
+const _: () = assert!(CONFIG_BYTES_MAX + 4096 <= (RING_SLOTS / 2) * (RING_SLOT_WORDS - 7) * 8);
+const _: () = assert!(STATS_NAME_BYTES % 8 == 0 && SHARD_ERROR_BYTES % 8 == 0);
+const _: () = assert!(STATS_SLOTS >= 2);
 const _: () = assert!(HEADERS_COUNT_MAX_DEFAULT <= HEADERS_ARRAY_LEN);
 const _: () = assert!(HEADER_BYTES_MAX_MIN <= HEADER_BYTES_MAX_DEFAULT);
 const _: () = assert!(HEADER_BYTES_MAX_DEFAULT <= HEADER_BYTES_MAX_MAX);

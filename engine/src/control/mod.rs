@@ -1,0 +1,127 @@
+//! The control plane's shared memory: how `shardgate-ctl` talks to the shards without a lock on
+//! the request path (docs/decisions/0004-shared-memory-control-plane.md).
+//!
+//! - [`shm`]: the region (a file under `/dev/shm`), its `#[repr(C)]` layout, the writer lock.
+//!   The only `unsafe` in the engine.
+//! - [`ring`]: the config ring protocol (seqlock frames, chunked messages, per-reader cursors);
+//!   loom model tests.
+//! - [`message`]: a config message's body (TOML and resolved endpoints); fuzzed.
+//! - [`stats`]: the per-shard counter blocks: written by shards, read by the admin listener
+//!   and by ctl.
+//!
+//! [`ShardControl`] is a shard's side of it: poll the ring between requests and on a timer,
+//! build a new config, report the version it runs.
+
+pub mod message;
+pub mod ring;
+pub mod shm;
+pub mod stats;
+
+use std::cell::RefCell;
+use std::sync::atomic::Ordering;
+
+use crate::config::Config;
+use ring::{Consumer, Poll};
+use shm::Region;
+use stats::{add, set, ShardStats};
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Publish `toml` (validated into `config`) as config `version`, under the writer lock.
+pub fn publish_config(
+    region: &Region,
+    version: u64,
+    toml: &str,
+    config: &Config,
+) -> Result<u64, String> {
+    let _guard = region.lock_writer(unix_ms()).map_err(|pid| {
+        format!("another shardgate-ctl (pid {pid}) is applying a config to this instance; try again when it is done")
+    })?;
+    let body = message::encode(toml, config)?;
+    region
+        .ring()
+        .publish(version, &body)
+        .map_err(|e| e.to_string())
+}
+
+/// One shard's end of the control plane. Lives on the shard's thread.
+#[derive(Debug)]
+pub struct ShardControl {
+    region: &'static Region,
+    consumer: RefCell<Consumer>,
+    pub stats: ShardStats,
+}
+
+impl ShardControl {
+    /// Start reading at the ring's head: the bootstrap config (already published by the
+    /// engine as `version`) is the one this shard starts with.
+    pub fn new(region: &'static Region, shard: usize, version: u64) -> Self {
+        let ring = region.ring();
+        let stats = ShardStats::new(region.shard(shard));
+        let info = stats.info();
+        set(&info.config_version, version);
+        set(&info.config_applied_unix_ms, unix_ms());
+        set(&info.ring_cursor, ring.head());
+        Self {
+            region,
+            consumer: RefCell::new(Consumer::at(ring.head())),
+            stats,
+        }
+    }
+
+    /// Whether the ring has frames this shard has not read: one atomic load.
+    #[inline]
+    pub fn has_news(&self) -> bool {
+        self.consumer.borrow().has_news(&self.region.ring())
+    }
+
+    /// Read what is new; return the newest config that validates and may replace `running`
+    /// without a restart. Refusals and dropped frames are counted and explained in the block.
+    pub fn poll(&self, running: &Config) -> Option<(u64, Config)> {
+        let ring = self.region.ring();
+        let info = self.stats.info();
+        let mut consumer = self.consumer.borrow_mut();
+        let mut newest = None;
+        loop {
+            match consumer.poll(&ring) {
+                Poll::Idle => break,
+                Poll::Dropped(why) => {
+                    add(&info.ring_dropped, 1);
+                    tracing::warn!("config ring: {why}");
+                }
+                Poll::Message { version, body } => match Self::build(&body, running) {
+                    Ok(c) => newest = Some((version, c)),
+                    Err(why) => {
+                        tracing::warn!("config version {version} refused: {why}");
+                        self.stats.apply_error(version, &why);
+                    }
+                },
+            }
+        }
+        set(&info.ring_cursor, consumer.cursor());
+        set(&info.ring_lag_frames, consumer.lag(&ring));
+        newest
+    }
+
+    fn build(body: &[u8], running: &Config) -> Result<Config, String> {
+        let m = message::decode(body)?;
+        let c = Config::from_message(&m).map_err(|e| e.to_string().replace('\n', "; "))?;
+        let fixed = running.restart_only_changes(&c);
+        if !fixed.is_empty() {
+            return Err(format!("needs a restart: {}", fixed.join(", ")));
+        }
+        Ok(c)
+    }
+
+    /// Report that `version` now serves new requests.
+    pub fn applied(&self, version: u64) {
+        let info = self.stats.info();
+        set(&info.config_applied_unix_ms, unix_ms());
+        info.config_version.store(version, Ordering::Release);
+    }
+}

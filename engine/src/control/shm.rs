@@ -1,0 +1,456 @@
+//! The shared-memory region of one engine instance: a file under `/dev/shm` (or
+//! `$SHARDGATE_SHM_DIR`) mapped by the engine and by `shardgate-ctl`.
+//!
+//! ```text
+//! offset 0      Fixed (4096-aligned)
+//!               ├─ header            magic, layout version, sizes, engine pid, start time
+//!               ├─ ring head         (own 128-byte line: written by the producer only)
+//!               ├─ writer lock       (own line: the pid of the ctl publishing, 0 = none)
+//!               └─ ring slots        RING_SLOTS × RING_SLOT_WORDS words
+//! then          ShardBlock × shards  (each 4096-aligned: written by its shard only)
+//! ```
+//! Every field is an `AtomicU64` (any bit pattern is valid, so a zero-filled or scribbled-on
+//! file is never undefined behaviour to read), so nothing here needs a lock: each word has one
+//! writer. This is the only module of the engine with `unsafe`: the casts of the mapping to
+//! these `#[repr(C)]` types.
+
+#![allow(unsafe_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::MmapMut;
+
+use super::ring::RingView;
+use crate::limits::{
+    DURATION_BUCKETS_MS, RING_SLOTS, RING_SLOT_WORDS, SHARD_ERROR_BYTES, STATS_NAME_BYTES,
+    STATS_SLOTS,
+};
+
+/// `SHRDGT` + layout version: a ctl of another version refuses the region instead of
+/// misreading it.
+pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x01");
+
+/// One 128-byte line (two on CPUs that prefetch pairs), so writers of different lines never
+/// share one.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct Line<T>(pub T);
+
+#[repr(C)]
+#[derive(Debug)]
+pub struct Header {
+    /// Stored last at creation (release): a reader that sees it sees the rest.
+    pub magic: AtomicU64,
+    pub region_bytes: AtomicU64,
+    pub shards: AtomicU64,
+    pub engine_pid: AtomicU64,
+    pub started_unix_ms: AtomicU64,
+    /// 1 once the engine drains (SIGTERM).
+    pub draining: AtomicU64,
+    /// Port of the admin listener (0: none).
+    pub admin_port: AtomicU64,
+}
+
+#[repr(C)]
+#[derive(Debug)]
+pub struct WriterLock {
+    /// Pid of the process publishing to the ring; 0 when none.
+    pub pid: AtomicU64,
+    pub since_unix_ms: AtomicU64,
+}
+
+#[repr(C, align(4096))]
+#[derive(Debug)]
+pub struct Fixed {
+    pub header: Line<Header>,
+    pub ring_head: Line<AtomicU64>,
+    pub writer: Line<WriterLock>,
+    pub ring: [AtomicU64; RING_SLOTS * RING_SLOT_WORDS],
+}
+
+/// Index of the status classes in [`StatsSlot::status`]: 0 = no response (the connection
+/// failed or closed early), 1..=5 = 1xx..5xx.
+pub const STATUS_CLASSES: usize = 6;
+/// Histogram buckets: one per bound, then one unbounded.
+pub const DURATION_BUCKETS: usize = DURATION_BUCKETS_MS.len() + 1;
+
+/// Slot kinds.
+pub const KIND_FREE: u64 = 0;
+pub const KIND_UPSTREAM: u64 = 1;
+pub const KIND_ROUTE: u64 = 2;
+
+/// Counters of one named thing (an upstream or a route) on one shard.
+#[repr(C)]
+#[derive(Debug)]
+pub struct StatsSlot {
+    /// Stored (release) after the name: a reader that sees a kind sees the name.
+    pub kind: AtomicU64,
+    pub name_len: AtomicU64,
+    pub name: [AtomicU64; STATS_NAME_BYTES / 8],
+    pub requests: AtomicU64,
+    pub status: [AtomicU64; STATUS_CLASSES],
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub duration_buckets: [AtomicU64; DURATION_BUCKETS],
+    pub duration_sum_us: AtomicU64,
+}
+
+/// What one shard reports about itself.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ShardInfo {
+    /// 1 once the shard runs (its listener bound).
+    pub running: AtomicU64,
+    /// The core it is pinned to, or `u64::MAX`.
+    pub core: AtomicU64,
+    /// [`crate::runtime::DriverKind`] as a number (see `driver_code`).
+    pub driver: AtomicU64,
+    pub started_unix_ms: AtomicU64,
+    pub config_version: AtomicU64,
+    pub config_applied_unix_ms: AtomicU64,
+    /// The ring frame it reads next, and the frames it had still to read when it last looked.
+    pub ring_cursor: AtomicU64,
+    pub ring_lag_frames: AtomicU64,
+    /// Messages or frames dropped (torn, corrupt, cut short), and configs it refused.
+    pub ring_dropped: AtomicU64,
+    pub apply_errors: AtomicU64,
+    /// The version of the last refused config and why (UTF-8, `error_len` bytes).
+    pub error_version: AtomicU64,
+    pub error_len: AtomicU64,
+    pub error: [AtomicU64; SHARD_ERROR_BYTES / 8],
+    pub connections: AtomicU64,
+    pub connections_accepted: AtomicU64,
+    pub requests: AtomicU64,
+    pub upstream_connects: AtomicU64,
+    pub access_log_dropped: AtomicU64,
+}
+
+#[repr(C, align(4096))]
+#[derive(Debug)]
+pub struct ShardBlock {
+    pub info: Line<ShardInfo>,
+    pub slots: [StatsSlot; STATS_SLOTS],
+}
+
+/// Bytes of a region for `shards` shards.
+pub fn region_bytes(shards: usize) -> usize {
+    std::mem::size_of::<Fixed>() + shards * std::mem::size_of::<ShardBlock>()
+}
+
+/// Where the region of `instance` lives.
+pub fn region_path(instance: &str) -> PathBuf {
+    let dir = std::env::var_os("SHARDGATE_SHM_DIR")
+        .map_or_else(|| PathBuf::from("/dev/shm"), PathBuf::from);
+    dir.join(format!("shardgate-{instance}"))
+}
+
+/// A mapped region. The mapping lives as long as this value.
+#[derive(Debug)]
+pub struct Region {
+    map: MmapMut,
+    shards: usize,
+    path: Option<PathBuf>,
+}
+
+// Compile-time layout checks: the casts below rely on these.
+const _: () = assert!(std::mem::align_of::<Fixed>() <= 4096);
+const _: () = assert!(std::mem::size_of::<Fixed>() % 4096 == 0);
+const _: () = assert!(std::mem::size_of::<ShardBlock>() % 4096 == 0);
+
+impl Region {
+    /// Create the region of `instance` for `shards` shards, replacing a stale file left by an
+    /// engine that is gone. Refuses when a live engine owns it.
+    pub fn create(instance: &str, shards: usize, now_unix_ms: u64) -> Result<Region, String> {
+        let path = region_path(instance);
+        if let Ok(old) = Region::open_path(&path) {
+            let pid = old.header().engine_pid.load(Ordering::Acquire);
+            if pid != 0 && pid_alive(pid) && pid != u64::from(std::process::id()) {
+                return Err(format!(
+                    "instance {instance:?} is already running (pid {pid}, region {}); \
+                     give this one another [server] instance",
+                    path.display()
+                ));
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        set_private(&file);
+        let bytes = region_bytes(shards);
+        file.set_len(bytes as u64)
+            .map_err(|e| format!("cannot size {}: {e}", path.display()))?;
+        // SAFETY: the file was just created by us with create_new and sized; other processes
+        // only ever access it through AtomicU64 views (see `fixed`/`shard`), so the mapping is
+        // never aliased by non-atomic Rust references.
+        let map = unsafe { MmapMut::map_mut(&file) }
+            .map_err(|e| format!("cannot map {}: {e}", path.display()))?;
+        let r = Region {
+            map,
+            shards,
+            path: Some(path),
+        };
+        r.init(shards, now_unix_ms);
+        Ok(r)
+    }
+
+    /// An anonymous region (not shared with other processes): for `--check` and tests.
+    pub fn anonymous(shards: usize) -> Result<Region, String> {
+        let map = MmapMut::map_anon(region_bytes(shards)).map_err(|e| format!("mmap: {e}"))?;
+        let r = Region {
+            map,
+            shards,
+            path: None,
+        };
+        r.init(shards, 0);
+        Ok(r)
+    }
+
+    fn init(&self, shards: usize, now_unix_ms: u64) {
+        let h = self.header();
+        h.region_bytes
+            .store(self.map.len() as u64, Ordering::Relaxed);
+        h.shards.store(shards as u64, Ordering::Relaxed);
+        h.engine_pid
+            .store(u64::from(std::process::id()), Ordering::Relaxed);
+        h.started_unix_ms.store(now_unix_ms, Ordering::Relaxed);
+        for i in 0..shards {
+            self.shard(i).info.0.core.store(u64::MAX, Ordering::Relaxed);
+        }
+        h.magic.store(REGION_MAGIC, Ordering::Release);
+    }
+
+    /// Open the region of a running instance (for ctl).
+    pub fn open(instance: &str) -> Result<Region, String> {
+        let path = region_path(instance);
+        Region::open_path(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => format!(
+                "no shardgate instance {instance:?} is running here (no {}); \
+                 start the engine, or name its instance with --instance",
+                path.display()
+            ),
+            _ => format!("cannot open {}: {e}", path.display()),
+        })
+    }
+
+    fn open_path(path: &Path) -> io::Result<Region> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let len = file.metadata()?.len();
+        let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+        if len < std::mem::size_of::<Fixed>() as u64 {
+            return Err(invalid(format!(
+                "{} is too small to be a shardgate region",
+                path.display()
+            )));
+        }
+        // SAFETY: as in `create`: every access goes through AtomicU64 views; the length was
+        // checked to hold `Fixed` and is checked against the shard count below before any
+        // shard block is touched. Another process truncating the file under us would fault
+        // (SIGBUS); only the engine (which never truncates a live region) and ctl open it.
+        let map = unsafe { MmapMut::map_mut(&file) }?;
+        let mut r = Region {
+            map,
+            shards: 0,
+            path: None,
+        };
+        if r.header().magic.load(Ordering::Acquire) != REGION_MAGIC {
+            return Err(invalid(format!(
+                "{} is not a region of this shardgate version (magic differs)",
+                path.display()
+            )));
+        }
+        let shards =
+            usize::try_from(r.header().shards.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
+        if shards > crate::limits::SHARDS_MAX || region_bytes(shards) as u64 != len {
+            return Err(invalid(format!(
+                "{} has an inconsistent size",
+                path.display()
+            )));
+        }
+        r.shards = shards;
+        Ok(r)
+    }
+
+    fn fixed(&self) -> &Fixed {
+        // SAFETY: the mapping is page-aligned (4096 ≥ align_of::<Fixed>()), at least
+        // size_of::<Fixed>() long (checked at open, sized at create), lives as long as `self`,
+        // and Fixed is made only of AtomicU64s, for which every bit pattern is valid and
+        // shared access from several threads and processes is sound.
+        unsafe { &*self.map.as_ptr().cast::<Fixed>() }
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.fixed().header.0
+    }
+
+    pub fn writer(&self) -> &WriterLock {
+        &self.fixed().writer.0
+    }
+
+    pub fn ring(&self) -> RingView<'_, AtomicU64> {
+        let f = self.fixed();
+        RingView::new(&f.ring_head.0, &f.ring, RING_SLOT_WORDS)
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// The block of shard `i`. Panics when `i >= shards()` (a caller bug, never input).
+    pub fn shard(&self, i: usize) -> &ShardBlock {
+        assert!(i < self.shards, "shard {i} of {}", self.shards);
+        let offset = std::mem::size_of::<Fixed>() + i * std::mem::size_of::<ShardBlock>();
+        // SAFETY: offset + size_of::<ShardBlock>() ≤ region_bytes(shards) = the mapping's
+        // length (checked at open, sized at create); offset is a multiple of 4096 from a
+        // page-aligned base, meeting ShardBlock's alignment; ShardBlock is only AtomicU64s.
+        unsafe { &*self.map.as_ptr().add(offset).cast::<ShardBlock>() }
+    }
+
+    /// The region file (None for an anonymous region).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Take the ring's writer lock for this process. Fails with the holder's pid when another
+    /// live process holds it; takes it over from a dead one.
+    pub fn lock_writer(&self, now_unix_ms: u64) -> Result<WriterGuard<'_>, u64> {
+        let me = u64::from(std::process::id());
+        let w = self.writer();
+        loop {
+            match w
+                .pid
+                .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(holder) if holder == me => break,
+                Err(holder) if pid_alive(holder) => return Err(holder),
+                Err(holder) => {
+                    // The holder died mid-apply: take over. Its partial frames are dropped by
+                    // every reader when the next message's first frame arrives.
+                    if w.pid
+                        .compare_exchange(holder, me, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        w.since_unix_ms.store(now_unix_ms, Ordering::Relaxed);
+        Ok(WriterGuard { region: self })
+    }
+}
+
+/// Holds the writer lock; releases it when dropped.
+#[derive(Debug)]
+pub struct WriterGuard<'a> {
+    region: &'a Region,
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        let me = u64::from(std::process::id());
+        let _ =
+            self.region
+                .writer()
+                .pid
+                .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+}
+
+/// Whether process `pid` exists (on Linux: /proc/PID).
+pub fn pid_alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn set_private(file: &File) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
+}
+
+/// Copy `bytes` (cut to the field) into `words` and their length into `len`.
+pub fn store_text(words: &[AtomicU64], len: &AtomicU64, bytes: &[u8]) {
+    let n = bytes.len().min(words.len() * 8);
+    for (w, chunk) in words.iter().zip(bytes[..n].chunks(8)) {
+        let mut b = [0u8; 8];
+        b[..chunk.len()].copy_from_slice(chunk);
+        w.store(u64::from_le_bytes(b), Ordering::Relaxed);
+    }
+    len.store(n as u64, Ordering::Release);
+}
+
+/// Read text stored by [`store_text`] (lossy: a torn read shows as odd characters, never UB).
+pub fn load_text(words: &[AtomicU64], len: &AtomicU64) -> String {
+    let n = usize::try_from(len.load(Ordering::Acquire))
+        .unwrap_or(0)
+        .min(words.len() * 8);
+    let mut out = Vec::with_capacity(n);
+    for w in words {
+        out.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+    }
+    out.truncate(n);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_open_and_refuse_a_live_owner() {
+        let dir = std::env::temp_dir().join(format!("sg-shm-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        // SAFETY of the test: no other thread of this test binary reads SHARDGATE_SHM_DIR
+        // concurrently with a different value (all region tests use this one directory).
+        std::env::set_var("SHARDGATE_SHM_DIR", &dir);
+        let r = Region::create("unit", 2, 5).expect("create");
+        assert_eq!(r.shards(), 2);
+        r.shard(1).info.0.requests.store(42, Ordering::Relaxed);
+        let o = Region::open("unit").expect("open");
+        assert_eq!(o.shards(), 2);
+        assert_eq!(o.header().started_unix_ms.load(Ordering::Relaxed), 5);
+        assert_eq!(o.shard(1).info.0.requests.load(Ordering::Relaxed), 42);
+        // Our own pid owns it: re-creating (a restart in the same process) is allowed.
+        drop(o);
+        let r2 = Region::create("unit", 1, 6).expect("recreate");
+        assert_eq!(r2.shards(), 1);
+        // Ring through the mapping.
+        r2.ring().publish(3, b"hello").expect("fits");
+        let o = Region::open("unit").expect("open");
+        assert_eq!(o.ring().latest_message(), Some((3, b"hello".to_vec())));
+        // The writer lock: taken, held against nobody else here, released on drop.
+        let g = o.lock_writer(1).expect("free");
+        assert_eq!(
+            o.writer().pid.load(Ordering::Relaxed),
+            u64::from(std::process::id())
+        );
+        drop(g);
+        assert_eq!(o.writer().pid.load(Ordering::Relaxed), 0);
+        // A dead holder's lock is taken over.
+        o.writer()
+            .pid
+            .store(u64::from(u32::MAX) + 7, Ordering::Relaxed);
+        assert!(o.lock_writer(2).is_ok());
+        drop((r, r2));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn text_fields_round_trip_and_cut() {
+        let r = Region::anonymous(1).expect("anon");
+        let info = &r.shard(0).info.0;
+        store_text(&info.error, &info.error_len, b"bad config");
+        assert_eq!(load_text(&info.error, &info.error_len), "bad config");
+        store_text(&info.error, &info.error_len, &[b'x'; 1000]);
+        assert_eq!(
+            load_text(&info.error, &info.error_len).len(),
+            SHARD_ERROR_BYTES
+        );
+    }
+}
