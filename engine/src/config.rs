@@ -121,6 +121,14 @@ struct RawRoute {
 
 // ----- validated -----
 
+/// Settings from the engine's command line that override the config files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub instance: Option<String>,
+    /// `Some(None)`: admin listener off.
+    pub admin_listen: Option<Option<SocketAddr>>,
+}
+
 /// How many shards to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cores {
@@ -298,6 +306,17 @@ impl Config {
         check("admin_listen", a.admin_listen == b.admin_listen);
         check("access_log", a.access_log == b.access_log);
         out
+    }
+
+    /// Apply settings given on the engine's command line, which win over every config file
+    /// (the bootstrap one and each one applied later).
+    pub fn apply_overrides(&mut self, o: &Overrides) {
+        if let Some(i) = &o.instance {
+            self.server.instance.clone_from(i);
+        }
+        if let Some(a) = o.admin_listen {
+            self.server.admin_listen = a;
+        }
     }
 
     /// The embedded default, already validated.

@@ -19,6 +19,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::config::{Provider, UpstreamConfig};
+use crate::control::stats::{NO_SLOT, SLOT_UNROUTED};
 use crate::error::Error;
 use crate::http::chunked::{ChunkedDecoder, Step};
 use crate::http::request::{self, BodyKind, Method, RequestHead};
@@ -28,7 +29,7 @@ use crate::limits::{
     HEADERS_ARRAY_LEN, INTERIM_RESPONSES_MAX, MOCK_BODY_BYTES_MAX, RELAY_BUF_BYTES,
 };
 use crate::mock::{self, MockEndpoint, MockReply};
-use crate::shard::ShardCtx;
+use crate::shard::{ShardCtx, Snapshot};
 use crate::upstream::{self, UpConn};
 
 /// After an error answer that closes the connection, how long to keep reading (and dropping)
@@ -74,21 +75,84 @@ struct Client {
     /// Bytes read from the client and not consumed yet (a head, body bytes, pipelined requests).
     buf: Vec<u8>,
     ip: IpAddr,
+    /// The config the current request runs on (taken when its head is read).
+    snap: Rc<Snapshot>,
+    /// What the current request did so far.
+    ex: Exchange,
+}
+
+/// What one request did, for the shard's counters (and the access log).
+#[derive(Debug)]
+struct Exchange {
+    /// A request is under way (its first byte arrived).
+    active: bool,
+    start: Instant,
+    /// The status sent; 0 while none was.
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    upstream_slot: usize,
+    route_slot: usize,
+    upstream: Option<SocketAddr>,
+}
+
+impl Exchange {
+    fn idle() -> Self {
+        Self {
+            active: false,
+            start: Instant::now(),
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            upstream_slot: SLOT_UNROUTED,
+            route_slot: NO_SLOT,
+            upstream: None,
+        }
+    }
+
+    fn begin(&mut self, now: Instant) {
+        *self = Self::idle();
+        self.active = true;
+        self.start = now;
+    }
+}
+
+/// Count the request that just ended (if one was under way).
+fn finish(ctx: &ShardCtx, c: &mut Client) {
+    let ex = &mut c.ex;
+    if !ex.active {
+        return;
+    }
+    ex.active = false;
+    ctx.control.stats.record(
+        ex.upstream_slot,
+        ex.route_slot,
+        ex.status,
+        ex.bytes_in,
+        ex.bytes_out,
+        ex.start.elapsed(),
+    );
 }
 
 /// Serve one client connection to the end.
 pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    ctx.refresh();
+    let snap = ctx.snapshot();
     let mut c = Client {
         stream,
         // Small at first: most heads fit, and an idle connection then holds little memory.
         // It grows (once per connection) to `header_bytes_max` when a head or body needs it.
-        buf: Vec::with_capacity(CLIENT_BUF_BYTES_INITIAL.min(ctx.cfg.server.header_bytes_max)),
+        buf: Vec::with_capacity(CLIENT_BUF_BYTES_INITIAL.min(snap.cfg.server.header_bytes_max)),
         ip: peer.ip(),
+        snap,
+        ex: Exchange::idle(),
     };
     let mut first = true;
     loop {
-        match serve_one(ctx, &mut c, first).await {
+        let next = serve_one(ctx, &mut c, first).await;
+        finish(ctx, &mut c);
+        match next {
             Next::KeepAlive => first = false,
             Next::Close => break,
             Next::CloseLinger => {
@@ -101,15 +165,29 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
 
 /// Read, decide and answer one request.
 async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
-    let server = &ctx.cfg.server;
+    // Between requests: take a new config if one was published (one atomic load if not).
+    ctx.refresh();
+    c.snap = ctx.snapshot();
+    let snap = c.snap.clone();
+    let server = &snap.cfg.server;
     // Phase 1: read until the head is complete (or refused). No write buffer is held while
     // waiting, so an idle connection costs only its read buffer.
     let mut head_deadline: Option<Instant> = None;
     let (head, action, wbuf) = loop {
         if !c.buf.is_empty() {
+            if !c.ex.active {
+                c.ex.begin(Instant::now());
+            }
             let mut wbuf = ctx.take_buf();
-            match decide(ctx, &c.buf, c.ip, &mut wbuf) {
-                Ok(Some((head, action))) => break (head, action, wbuf),
+            match decide(&snap, &c.buf, c.ip, &mut wbuf) {
+                Ok(Some((head, action, route))) => {
+                    c.ex.bytes_in = head.head_len as u64;
+                    if let Some(r) = route {
+                        c.ex.route_slot = snap.route_stats[r];
+                        c.ex.upstream_slot = snap.upstream_stats[snap.cfg.routes[r].upstream];
+                    }
+                    break (head, action, wbuf);
+                }
                 Ok(None) => ctx.put_buf(wbuf),
                 Err(e) => return answer_error(ctx, c, e, true, wbuf).await,
             }
@@ -151,7 +229,6 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
             Err(ReadError::Io) => return Next::Close,
         }
     };
-    ctx.requests.set(ctx.requests.get() + 1);
     match action {
         Action::Health { readiness } => {
             c.buf.drain(..head.head_len);
@@ -176,7 +253,8 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
                 )
                 .await;
             }
-            let (res, _) = write_timeout(&mut c.stream, HEALTH_OK, server.send_timeout).await;
+            c.ex.status = 200;
+            let (res, _) = send(c, HEALTH_OK, server.send_timeout).await;
             if res.is_ok() && head.keep_alive && !ctx.drain.is_fired() {
                 Next::KeepAlive
             } else {
@@ -221,36 +299,42 @@ impl Client {
 
 /// Parse the head in `buf` and decide what to do, writing the upstream head into `wbuf` when
 /// proxying. `Ok(None)`: the head is incomplete.
+/// The index of the route taken comes back too (None for health checks and unrouted paths).
 fn decide(
-    ctx: &ShardCtx,
+    snap: &Snapshot,
     buf: &[u8],
     client_ip: IpAddr,
     wbuf: &mut Vec<u8>,
-) -> Result<Option<(RequestHead, Action)>, Error> {
+) -> Result<Option<(RequestHead, Action, Option<usize>)>, Error> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
-    let Some(req) = request::parse(buf, &mut headers, &ctx.cfg.server.head_limits())? else {
+    let Some(req) = request::parse(buf, &mut headers, &snap.cfg.server.head_limits())? else {
         return Ok(None);
     };
     let head = req.head;
     let path = req.path();
     if head.method == Method::Get {
         match path {
-            "/health/liveness" => return Ok(Some((head, Action::Health { readiness: false }))),
-            "/health/readiness" => return Ok(Some((head, Action::Health { readiness: true }))),
+            "/health/liveness" => {
+                return Ok(Some((head, Action::Health { readiness: false }, None)))
+            }
+            "/health/readiness" => {
+                return Ok(Some((head, Action::Health { readiness: true }, None)))
+            }
             _ => {}
         }
     }
-    let Some(upstream) = ctx.routes.lookup(path) else {
-        return Ok(Some((head, Action::Refuse(Error::NoRoute))));
+    let Some(route) = snap.routes.lookup(path) else {
+        return Ok(Some((head, Action::Refuse(Error::NoRoute), None)));
     };
-    let ucfg = &ctx.cfg.upstreams[upstream];
+    let upstream = snap.cfg.routes[route].upstream;
+    let ucfg = &snap.cfg.upstreams[upstream];
     let action = match ucfg.provider {
         Provider::Mock => match mock::serves(req.method(), path) {
             Some(endpoint) => Action::Mock(endpoint),
             None => Action::Refuse(Error::NoRoute),
         },
         Provider::Http => {
-            let (endpoint, ep_index) = ctx.pick_endpoint(upstream);
+            let (endpoint, ep_index) = snap.pick_endpoint(upstream);
             wbuf.clear();
             let authority = ucfg.endpoints[ep_index].authority.as_bytes();
             req.write_upstream_head(authority, client_ip, wbuf);
@@ -261,7 +345,7 @@ fn decide(
             }
         }
     };
-    Ok(Some((head, action)))
+    Ok(Some((head, action, Some(route))))
 }
 
 // ----- request bodies -----
@@ -378,16 +462,12 @@ async fn read_client_body(
 }
 
 /// Send `100 Continue` when the client asked for it and the body has not all arrived.
-async fn send_continue(
-    ctx: &ShardCtx,
-    c: &mut Client,
-    head: &RequestHead,
-    left: &BodyLeft,
-) -> bool {
+async fn send_continue(c: &mut Client, head: &RequestHead, left: &BodyLeft) -> bool {
     if !head.expect_continue || left.is_done() {
         return true;
     }
-    let (res, _) = write_timeout(&mut c.stream, CONTINUE_100, ctx.cfg.server.send_timeout).await;
+    let timeout = c.snap.cfg.server.send_timeout;
+    let (res, _) = send(c, CONTINUE_100, timeout).await;
     res.is_ok()
 }
 
@@ -400,26 +480,31 @@ async fn proxy(
     (upstream, endpoint, ep_index): (usize, usize, usize),
     mut wbuf: Vec<u8>,
 ) -> Next {
-    let server = &ctx.cfg.server;
-    let ucfg: &UpstreamConfig = &ctx.cfg.upstreams[upstream];
+    let snap = c.snap.clone();
+    let server = &snap.cfg.server;
+    let ucfg: &UpstreamConfig = &snap.cfg.upstreams[upstream];
     c.buf.drain(..head.head_len);
     let mut left = BodyLeft::of(&head);
     // The body bytes already read go out in the same write as the head.
-    if let Err(e) = consume_body(
+    let before = c.buf.len();
+    let consumed = consume_body(
         &mut c.buf,
         &mut left,
         server.body_bytes_max,
         &mut wbuf,
         ChunkOut::Rechunk,
-    ) {
+    );
+    c.ex.bytes_in += (before - c.buf.len()) as u64;
+    if let Err(e) = consumed {
         return answer_error(ctx, c, e, false, wbuf).await;
     }
-    if !send_continue(ctx, c, &head, &left).await {
+    if !send_continue(c, &head, &left).await {
         return Next::Close;
     }
     // The request can be sent again on a fresh connection only while all of it is in `wbuf`.
     let replayable = left.is_done();
     let addr = ucfg.endpoints[ep_index].addr;
+    c.ex.upstream = Some(addr);
     let mut retried = false;
     let (up, relay, keep_alive) = loop {
         let mut up = match ctx
@@ -429,7 +514,7 @@ async fn proxy(
             Some(up) => up,
             None => match upstream::connect(addr, ucfg.connect_timeout).await {
                 Ok(up) => {
-                    ctx.upstream_connects.set(ctx.upstream_connects.get() + 1);
+                    ctx.upstream_connected();
                     up
                 }
                 Err(e) => {
@@ -447,7 +532,7 @@ async fn proxy(
             }
             return answer_error(ctx, c, Error::UpstreamUnavailable, false, wbuf).await;
         }
-        if let Err(e) = stream_body(ctx, c, &mut up, &mut left, &mut wbuf).await {
+        if let Err(e) = stream_body(c, &mut up, &mut left, &mut wbuf).await {
             return match e {
                 Some(e) => answer_error(ctx, c, e, false, wbuf).await,
                 None => Next::Close,
@@ -474,13 +559,13 @@ async fn proxy(
 /// Stream the rest of the request body from the client to the upstream.
 /// `Err(Some(e))`: answer `e` to the client; `Err(None)`: a socket failed, just close.
 async fn stream_body(
-    ctx: &ShardCtx,
     c: &mut Client,
     up: &mut UpConn,
     left: &mut BodyLeft,
     wbuf: &mut Vec<u8>,
 ) -> Result<(), Option<Error>> {
-    let server = &ctx.cfg.server;
+    let snap = c.snap.clone();
+    let server = &snap.cfg.server;
     if !left.is_done() {
         // A streamed body moves in pieces as large as the read buffer can be.
         c.grow_buf_to(server.header_bytes_max);
@@ -498,6 +583,7 @@ async fn stream_body(
             c.buf = buf.ok_or(None)?.into_inner();
             res.map_err(|()| None)?;
             c.buf.drain(..take);
+            c.ex.bytes_in += take as u64;
             *n -= take as u64;
             if *n == 0 {
                 *left = BodyLeft::Done;
@@ -505,14 +591,16 @@ async fn stream_body(
             continue;
         }
         wbuf.clear();
-        consume_body(
+        let before = c.buf.len();
+        let consumed = consume_body(
             &mut c.buf,
             left,
             server.body_bytes_max,
             wbuf,
             ChunkOut::Rechunk,
-        )
-        .map_err(Some)?;
+        );
+        c.ex.bytes_in += (before - c.buf.len()) as u64;
+        consumed.map_err(Some)?;
         if !wbuf.is_empty() {
             let (res, buf) =
                 write_timeout(&mut up.stream, std::mem::take(wbuf), server.body_timeout).await;
@@ -571,7 +659,7 @@ async fn read_response_head(
                         keep_alive,
                         wbuf,
                     );
-                    let relay = Relay::new(framing, h.upstream_keep_alive);
+                    let relay = Relay::new(framing, h.upstream_keep_alive, h.status);
                     up.buf.drain(..h.head_len);
                     return Ok((relay, keep_alive));
                 }
@@ -609,7 +697,8 @@ async fn relay_response(
     mut wbuf: Vec<u8>,
     keep_alive: bool,
 ) -> Next {
-    let send_timeout = ctx.cfg.server.send_timeout;
+    let send_timeout = c.snap.cfg.server.send_timeout;
+    c.ex.status = relay.status;
     // The first body bytes go out in the same write as the head.
     match relay.feed(&up.buf, &mut wbuf, true) {
         Ok(n) => drop(up.buf.drain(..n)),
@@ -618,7 +707,7 @@ async fn relay_response(
             return answer_error(ctx, c, e, false, wbuf).await;
         }
     }
-    let (res, buf) = write_timeout(&mut c.stream, wbuf, send_timeout).await;
+    let (res, buf) = send(c, wbuf, send_timeout).await;
     if res.is_err() {
         return Next::Close; // the client went away: the upstream connection is dropped
     }
@@ -653,13 +742,13 @@ async fn relay_response(
             continue; // only part of a chunk line so far
         }
         let res = if dechunk {
-            let (res, buf) = write_timeout(&mut c.stream, wbuf, send_timeout).await;
+            let (res, buf) = send(c, wbuf, send_timeout).await;
             wbuf = buf.unwrap_or_else(|| ctx.take_buf());
             res
         } else {
             // Verbatim: write straight from the upstream buffer, no copy.
             let buf = std::mem::take(&mut up.buf);
-            let (res, buf) = write_timeout(&mut c.stream, buf.slice(..n), send_timeout).await;
+            let (res, buf) = send(c, buf.slice(..n), send_timeout).await;
             up.buf = buf.map(|s| s.into_inner()).unwrap_or_default();
             res
         };
@@ -691,10 +780,12 @@ struct Relay {
     done: bool,
     /// The upstream's head allows reusing its connection.
     upstream_reusable: bool,
+    /// The upstream's status code.
+    status: u16,
 }
 
 impl Relay {
-    fn new(framing: ClientFraming, upstream_reusable: bool) -> Self {
+    fn new(framing: ClientFraming, upstream_reusable: bool, status: u16) -> Self {
         let (left, done) = match framing {
             ClientFraming::None => (0, true),
             ClientFraming::Length(n) => (n, false),
@@ -706,6 +797,7 @@ impl Relay {
             decoder: ChunkedDecoder::new(),
             done,
             upstream_reusable,
+            status,
         }
     }
 
@@ -760,7 +852,8 @@ async fn serve_mock(
     endpoint: MockEndpoint,
     wbuf: Vec<u8>,
 ) -> Next {
-    let server = &ctx.cfg.server;
+    let snap = c.snap.clone();
+    let server = &snap.cfg.server;
     let limit = (MOCK_BODY_BYTES_MAX as u64).min(server.body_bytes_max);
     if matches!(head.body, BodyKind::Length(n) if n > limit) {
         return answer_error(ctx, c, Error::BodyTooLarge, false, wbuf).await;
@@ -779,10 +872,13 @@ async fn serve_mock(
                 };
             }
         }
-        if let Err(e) = consume_body(&mut c.buf, &mut left, limit, &mut body, ChunkOut::DataOnly) {
+        let before = c.buf.len();
+        let consumed = consume_body(&mut c.buf, &mut left, limit, &mut body, ChunkOut::DataOnly);
+        c.ex.bytes_in += (before - c.buf.len()) as u64;
+        if let Err(e) = consumed {
             return answer_error(ctx, c, e, false, wbuf).await;
         }
-        if first && !send_continue(ctx, c, &head, &left).await {
+        if first && !send_continue(c, &head, &left).await {
             return Next::Close;
         }
         first = false;
@@ -800,13 +896,14 @@ async fn serve_mock(
         MockReply::Whole(bytes) => (bytes, Vec::new()),
         MockReply::Stream { head, frames } => (head, frames),
     };
-    let (res, _) = write_timeout(&mut c.stream, head_bytes, server.send_timeout).await;
+    c.ex.status = 200;
+    let (res, _) = send(c, head_bytes, server.send_timeout).await;
     if res.is_err() {
         return Next::Close;
     }
     for frame in frames {
         monoio::time::sleep(Duration::from_millis(mock::MOCK_CHUNK_INTERVAL_MS)).await;
-        let (res, _) = write_timeout(&mut c.stream, frame, server.send_timeout).await;
+        let (res, _) = send(c, frame, server.send_timeout).await;
         if res.is_err() {
             return Next::Close;
         }
@@ -838,7 +935,13 @@ async fn answer_error(
         code = e.code(),
         "local answer"
     );
-    let (res, buf) = write_timeout(&mut c.stream, wbuf, ctx.cfg.server.send_timeout).await;
+    if !c.ex.active {
+        // Refused before any request began (a head that timed out or broke the rules).
+        c.ex.begin(Instant::now());
+    }
+    c.ex.status = e.status();
+    let timeout = c.snap.cfg.server.send_timeout;
+    let (res, buf) = send(c, wbuf, timeout).await;
     if let Some(buf) = buf {
         ctx.put_buf(buf);
     }
@@ -892,6 +995,16 @@ async fn read_more(
         Ok((Err(_), slice)) => (Err(ReadError::Io), slice.into_inner()),
         Err(_elapsed) => (Err(ReadError::TimedOut), Vec::new()),
     }
+}
+
+/// Write all of `buf` to the client within `timeout`, counting the bytes sent.
+async fn send<B: IoBuf>(c: &mut Client, buf: B, timeout: Duration) -> (Result<(), ()>, Option<B>) {
+    let len = buf.bytes_init() as u64;
+    let (res, buf) = write_timeout(&mut c.stream, buf, timeout).await;
+    if res.is_ok() {
+        c.ex.bytes_out += len;
+    }
+    (res, buf)
 }
 
 /// Write all of `buf` within `timeout`. The buffer comes back unless the write timed out.

@@ -96,6 +96,9 @@ pub const ACCESS_LOG_FLUSH_MS: u64 = 200;
 /// How long `shardgate-ctl apply` waits for every shard to take a new config, ms.
 pub const APPLY_WAIT_MS_MAX: u64 = 10_000;
 
+/// How often a shard's timer looks at the config ring (a busy shard also looks between
+/// requests), ms.
+pub const CONTROL_POLL_MS: u64 = 10;
 /// How often an idle shard looks at the process-wide shutdown flag, ms.
 pub const SHUTDOWN_POLL_MS: u64 = 50;
 

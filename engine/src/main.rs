@@ -1,14 +1,16 @@
 //! The `shardgate` binary: parse the command line, load the config, start one pinned shard per
 //! core, wait for SIGTERM/SIGINT, drain, exit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
 use clap::Parser;
-use shardgate_engine::config::{Config, Cores, DriverChoice};
+use shardgate_engine::config::{Config, Cores, DriverChoice, Overrides, EMBEDDED_DEFAULT};
+use shardgate_engine::control::shm::Region;
+use shardgate_engine::control::{publish_config, unix_ms};
+use shardgate_engine::limits::{CONFIG_BYTES_MAX, SHUTDOWN_POLL_MS};
 use shardgate_engine::shard;
 
 #[cfg(not(feature = "count-alloc"))]
@@ -29,6 +31,33 @@ struct Cli {
     /// Validate the config and exit (0: valid; 2: each problem printed with its field).
     #[arg(long)]
     check: bool,
+    /// Instance name, overriding `[server] instance` (names the shared-memory region
+    /// `shardgate-ctl --instance` finds).
+    #[arg(long, value_name = "NAME")]
+    instance: Option<String>,
+    /// Admin listener address (`/metrics`, health), or `off`; overrides `[server] admin_listen`.
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+}
+
+impl Cli {
+    fn overrides(&self) -> Result<Overrides, String> {
+        if let Some(i) = &self.instance {
+            shardgate_engine::config::check_instance_name(i)
+                .map_err(|e| format!("--instance: {e}"))?;
+        }
+        let admin_listen = match self.admin_listen.as_deref() {
+            None => None,
+            Some("off") => Some(None),
+            Some(a) => Some(Some(a.parse().map_err(|_| {
+                format!("--admin-listen: {a:?} is not an IP:port address or \"off\"")
+            })?)),
+        };
+        Ok(Overrides {
+            instance: self.instance.clone(),
+            admin_listen,
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -40,8 +69,19 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let (config, source) = match &cli.config {
-        None => (Config::embedded_default(), "embedded default".to_owned()),
+    let overrides = match cli.overrides() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("shardgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (mut config, text, source) = match &cli.config {
+        None => (
+            Config::embedded_default(),
+            EMBEDDED_DEFAULT.to_owned(),
+            "embedded default".to_owned(),
+        ),
         Some(path) => {
             let text = match std::fs::read_to_string(path) {
                 Ok(t) => t,
@@ -50,8 +90,16 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if text.len() > CONFIG_BYTES_MAX {
+                eprintln!(
+                    "{}: {} bytes; a config may have at most {CONFIG_BYTES_MAX}",
+                    path.display(),
+                    text.len()
+                );
+                return ExitCode::from(2);
+            }
             match Config::from_toml(&text) {
-                Ok(c) => (c, path.display().to_string()),
+                Ok(c) => (c, text, path.display().to_string()),
                 Err(errors) => {
                     for e in &errors.0 {
                         eprintln!("{}: {e}", path.display());
@@ -65,7 +113,8 @@ fn main() -> ExitCode {
         println!("{source}: ok");
         return ExitCode::SUCCESS;
     }
-    match run(config, &source) {
+    config.apply_overrides(&overrides);
+    match run(config, &text, &source, overrides) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("shardgate: {e}");
@@ -74,7 +123,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config, source: &str) -> Result<(), String> {
+/// The version the bootstrap config gets on the ring; `shardgate-ctl apply` numbers on from it.
+const BOOTSTRAP_VERSION: u64 = 1;
+
+fn run(config: Config, text: &str, source: &str, overrides: Overrides) -> Result<(), String> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let shards = match config.server.cores {
         Cores::Count(n) => n,
@@ -93,6 +145,14 @@ fn run(config: Config, source: &str) -> Result<(), String> {
         listen = probe.local_addr().map_err(|e| e.to_string())?;
     }
 
+    // The shared-memory region: the config ring from shardgate-ctl and the shards' counters.
+    // The bootstrap config goes on the ring first, so ctl can diff against it.
+    let instance = config.server.instance.clone();
+    let region = Region::create(&instance, shards, unix_ms())?;
+    let region: &'static Region = Box::leak(Box::new(region));
+    let _remove_region = RemoveOnDrop(region.path().map(Path::to_path_buf));
+    publish_config(region, BOOTSTRAP_VERSION, text, &config)?;
+
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         // A second signal while draining exits at once, with status 1.
@@ -105,9 +165,18 @@ fn run(config: Config, source: &str) -> Result<(), String> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(shards);
     for id in 0..shards {
-        let cfg = config.clone();
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
-        let shutdown = shutdown.clone();
+        let start = shard::ShardStart {
+            id,
+            core: core.map(|c| c.id),
+            cfg: config.clone(),
+            version: BOOTSTRAP_VERSION,
+            region,
+            overrides: overrides.clone(),
+            listen,
+            driver,
+            shutdown: shutdown.clone(),
+        };
         let ready = ready_tx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("shard-{id}"))
@@ -117,7 +186,7 @@ fn run(config: Config, source: &str) -> Result<(), String> {
                         tracing::warn!(shard = id, "could not pin to core {}", core.id);
                     }
                 }
-                shard::run(id, Rc::new(cfg), listen, driver, shutdown, ready);
+                shard::run(start, ready);
             })
             .map_err(|e| format!("cannot start shard thread: {e}"))?;
         threads.push((thread, core));
@@ -151,6 +220,12 @@ fn run(config: Config, source: &str) -> Result<(), String> {
          -H 'Authorization: Bearer sk-demo' \
          -d '{{\"model\":\"demo\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello World!\"}}]}}'"
     );
+    println!("instance {instance} (shardgate-ctl --instance {instance} status)");
+    // Wait for the signal, then tell readers (ctl, admin) the engine is draining.
+    while !shutdown.load(Ordering::Relaxed) && threads.iter().any(|(t, _)| !t.is_finished()) {
+        wait_ms(SHUTDOWN_POLL_MS);
+    }
+    region.header().draining.store(1, Ordering::Relaxed);
     for (thread, _) in threads {
         let _ = thread.join();
     }
@@ -158,6 +233,27 @@ fn run(config: Config, source: &str) -> Result<(), String> {
     #[cfg(feature = "count-alloc")]
     count_alloc::report();
     Ok(())
+}
+
+/// Removes the region file when the engine exits normally (a crashed engine's file is replaced
+/// by the next start of the same instance).
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// The main thread's wait between looks at the shutdown flag (it serves no requests).
+fn wait_ms(ms: u64) {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the main thread only waits for shards; it is not a shard"
+    )]
+    std::thread::sleep(std::time::Duration::from_millis(ms));
 }
 
 /// The allocation counter behind `--features count-alloc` (see docs/benchmarks.md): the

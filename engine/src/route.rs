@@ -4,7 +4,7 @@ use crate::config::RouteConfig;
 
 #[derive(Debug, Clone)]
 pub struct Routes {
-    /// (prefix, upstream index), longest prefix first.
+    /// (prefix, route index), longest prefix first.
     entries: Vec<(String, usize)>,
 }
 
@@ -12,13 +12,15 @@ impl Routes {
     pub fn new(routes: &[RouteConfig]) -> Self {
         let mut entries: Vec<(String, usize)> = routes
             .iter()
-            .map(|r| (r.path_prefix.clone(), r.upstream))
+            .enumerate()
+            .map(|(i, r)| (r.path_prefix.clone(), i))
             .collect();
         entries.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
         Self { entries }
     }
 
-    /// The upstream index for `path` (query string included; prefixes never contain `?`).
+    /// The index (in the config) of the route for `path` (query string included; prefixes
+    /// never contain `?`).
     pub fn lookup(&self, path: &str) -> Option<usize> {
         self.entries
             .iter()
@@ -47,8 +49,8 @@ mod tests {
                 upstream: 1,
             },
         ]);
-        assert_eq!(r.lookup("/v1/chat/completions"), Some(1));
-        assert_eq!(r.lookup("/v1/embeddings?x=1"), Some(2));
+        assert_eq!(r.lookup("/v1/chat/completions"), Some(2));
+        assert_eq!(r.lookup("/v1/embeddings?x=1"), Some(1));
         assert_eq!(r.lookup("/health"), Some(0));
         let r = Routes::new(&[RouteConfig {
             path_prefix: "/v1/".into(),

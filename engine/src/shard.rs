@@ -1,6 +1,7 @@
 //! Shards: one pinned thread per core, each with its own monoio runtime, SO_REUSEPORT listener,
-//! upstream pools and counters. Nothing here is shared between shards except the read-only
-//! config they start with and the process-wide shutdown flag, read on a timer.
+//! upstream pools and counters. Nothing here is shared between shards: each reads new configs
+//! from the shared-memory ring itself and writes only its own counter block; the process-wide
+//! shutdown flag is read on a timer.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -11,9 +12,12 @@ use std::time::{Duration, Instant};
 
 use monoio::net::{ListenerOpts, TcpListener};
 
-use crate::config::{Config, DriverChoice};
+use crate::config::{Config, DriverChoice, Overrides};
+use crate::control::shm::{Region, ShardInfo};
+use crate::control::stats::{self, ShardStats};
+use crate::control::ShardControl;
 use crate::drain::DrainSignal;
-use crate::limits::{LISTEN_BACKLOG, SHUTDOWN_POLL_MS, WRITE_BUF_BYTES};
+use crate::limits::{CONTROL_POLL_MS, LISTEN_BACKLOG, SHUTDOWN_POLL_MS, WRITE_BUF_BYTES};
 use crate::route::Routes;
 pub use crate::runtime::DriverKind;
 use crate::upstream::Pools;
@@ -28,55 +32,142 @@ pub struct Ready {
     pub result: Result<DriverKind, String>,
 }
 
-/// Everything one shard owns. Lives in an `Rc` on the shard's thread only.
+/// One config as a shard serves it: the validated config and what the shard derived from it.
+/// A request keeps the `Rc<Snapshot>` it started with; a new config makes a new snapshot.
 #[derive(Debug)]
-pub struct ShardCtx {
-    pub id: usize,
-    pub cfg: Rc<Config>,
+pub struct Snapshot {
+    pub version: u64,
+    pub cfg: Config,
     pub routes: Routes,
     /// First flat endpoint number of each upstream.
     pub endpoint_base: Vec<usize>,
+    /// The shard's pool slot of each flat endpoint.
+    pub pool_slot: Vec<usize>,
+    /// The counter slot of each upstream and of each route.
+    pub upstream_stats: Vec<usize>,
+    pub route_stats: Vec<usize>,
     /// Round-robin position per upstream.
     pub rr: Vec<Cell<usize>>,
-    pub pools: Pools,
-    spare_bufs: RefCell<Vec<Vec<u8>>>,
-    pub drain: DrainSignal,
-    pub connections: Cell<usize>,
-    pub connections_accepted: Cell<u64>,
-    pub upstream_connects: Cell<u64>,
-    pub requests: Cell<u64>,
 }
 
-impl ShardCtx {
-    pub fn new(id: usize, cfg: Rc<Config>) -> Self {
+impl Snapshot {
+    fn new(version: u64, cfg: Config, pools: &Pools, stats: &ShardStats) -> Self {
         let mut endpoint_base = Vec::with_capacity(cfg.upstreams.len());
-        let mut total = 0;
+        let mut addrs = Vec::new();
         for u in &cfg.upstreams {
-            endpoint_base.push(total);
-            total += u.endpoints.len();
+            endpoint_base.push(addrs.len());
+            addrs.extend(u.endpoints.iter().map(|e| e.addr));
         }
         Self {
-            id,
+            version,
             routes: Routes::new(&cfg.routes),
+            pool_slot: pools.assign(&addrs),
+            upstream_stats: cfg
+                .upstreams
+                .iter()
+                .map(|u| stats.upstream_slot(&u.name))
+                .collect(),
+            route_stats: cfg
+                .routes
+                .iter()
+                .map(|r| stats.route_slot(&r.path_prefix))
+                .collect(),
             rr: cfg.upstreams.iter().map(|_| Cell::new(0)).collect(),
             endpoint_base,
-            pools: Pools::new(total),
-            spare_bufs: RefCell::new(Vec::new()),
-            drain: DrainSignal::new(),
-            connections: Cell::new(0),
-            connections_accepted: Cell::new(0),
-            upstream_connects: Cell::new(0),
-            requests: Cell::new(0),
             cfg,
         }
     }
 
-    /// Pick the next endpoint of `upstream` round-robin: (flat number, index in the upstream).
+    /// Pick the next endpoint of `upstream` round-robin: (pool slot, index in the upstream).
     pub fn pick_endpoint(&self, upstream: usize) -> (usize, usize) {
         let n = self.cfg.upstreams[upstream].endpoints.len().max(1);
         let i = self.rr[upstream].get() % n;
         self.rr[upstream].set(i + 1);
-        (self.endpoint_base[upstream] + i, i)
+        (self.pool_slot[self.endpoint_base[upstream] + i], i)
+    }
+}
+
+/// Everything one shard owns. Lives in an `Rc` on the shard's thread only.
+#[derive(Debug)]
+pub struct ShardCtx {
+    pub id: usize,
+    snapshot: RefCell<Rc<Snapshot>>,
+    pub pools: Pools,
+    spare_bufs: RefCell<Vec<Vec<u8>>>,
+    pub drain: DrainSignal,
+    pub control: ShardControl,
+    /// Open client connections (mirrored into the shared counters).
+    connections: Cell<usize>,
+}
+
+impl ShardCtx {
+    pub fn new(
+        id: usize,
+        version: u64,
+        cfg: Config,
+        region: &'static Region,
+        overrides: Overrides,
+    ) -> Self {
+        let control = ShardControl::new(region, id, version, overrides);
+        let pools = Pools::new();
+        let snapshot = Snapshot::new(version, cfg, &pools, &control.stats);
+        Self {
+            id,
+            snapshot: RefCell::new(Rc::new(snapshot)),
+            pools,
+            spare_bufs: RefCell::new(Vec::new()),
+            drain: DrainSignal::new(),
+            control,
+            connections: Cell::new(0),
+        }
+    }
+
+    /// The config new requests use. Cheap: a reference-count increment.
+    pub fn snapshot(&self) -> Rc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Take a new config from the ring if one was published: one atomic load when none was.
+    /// Called between requests and on the shard's timer.
+    pub fn refresh(&self) {
+        if !self.control.has_news() {
+            return;
+        }
+        let current = self.snapshot();
+        if let Some((version, cfg)) = self.control.poll(&current.cfg) {
+            let next = Snapshot::new(version, cfg, &self.pools, &self.control.stats);
+            *self.snapshot.borrow_mut() = Rc::new(next);
+            // Pools of endpoints no longer named by the new config are closed; requests of
+            // the old snapshot still in flight drop their connections instead of pooling.
+            self.pools.retain_assigned();
+            self.control.applied(version);
+            tracing::info!(shard = self.id, version, "config applied");
+        }
+    }
+
+    pub fn info(&self) -> &'static ShardInfo {
+        self.control.stats.info()
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.connections.get()
+    }
+
+    fn connection_opened(&self) {
+        self.connections.set(self.connections.get() + 1);
+        let info = self.info();
+        stats::set(&info.connections, self.connections.get() as u64);
+        stats::add(&info.connections_accepted, 1);
+    }
+
+    fn connection_closed(&self) {
+        self.connections
+            .set(self.connections.get().saturating_sub(1));
+        stats::set(&self.info().connections, self.connections.get() as u64);
+    }
+
+    pub fn upstream_connected(&self) {
+        stats::add(&self.info().upstream_connects, 1);
     }
 
     /// A cleared write buffer from the shard's spares (allocated only when none is spare).
@@ -101,22 +192,20 @@ const ACCEPTS_IN_FLIGHT: usize = 16;
 
 /// Accept connections until draining starts, spawning a task per connection.
 async fn accept_loop(ctx: Rc<ShardCtx>, listener: Rc<TcpListener>) {
-    let connections_max = ctx.cfg.server.connections_max;
     loop {
         monoio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    if ctx.connections.get() >= connections_max {
+                    if ctx.open_connections() >= ctx.snapshot().cfg.server.connections_max {
                         tracing::warn!(shard = ctx.id, "connections_max reached; closing a new connection");
                         drop(stream);
                         continue;
                     }
-                    ctx.connections.set(ctx.connections.get() + 1);
-                    ctx.connections_accepted.set(ctx.connections_accepted.get() + 1);
+                    ctx.connection_opened();
                     let ctx = ctx.clone();
                     monoio::spawn(async move {
                         crate::conn::serve(&ctx, stream, peer).await;
-                        ctx.connections.set(ctx.connections.get() - 1);
+                        ctx.connection_closed();
                     });
                 }
                 Err(e) => {
@@ -135,31 +224,54 @@ pub static REQUESTS_SERVED: AtomicU64 = AtomicU64::new(0);
 pub static CONNECTIONS_ACCEPTED: AtomicU64 = AtomicU64::new(0);
 pub static UPSTREAM_CONNECTS: AtomicU64 = AtomicU64::new(0);
 
-/// Run shard `id` on the current thread until shutdown. Reports readiness (or the failure to
+/// What a shard starts with.
+#[derive(Debug)]
+pub struct ShardStart {
+    pub id: usize,
+    /// The core it was pinned to, if any.
+    pub core: Option<usize>,
+    /// The bootstrap config and its version on the ring.
+    pub cfg: Config,
+    pub version: u64,
+    pub region: &'static Region,
+    /// Command-line settings every later config gets too.
+    pub overrides: Overrides,
+    pub listen: SocketAddr,
+    pub driver: DriverChoice,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+/// Run a shard on the current thread until shutdown. Reports readiness (or the failure to
 /// bind or build a runtime) on `ready`.
-pub fn run(
-    id: usize,
-    cfg: Rc<Config>,
-    listen: SocketAddr,
-    driver: DriverChoice,
-    shutdown: Arc<AtomicBool>,
-    ready: mpsc::Sender<Ready>,
-) {
+pub fn run(start: ShardStart, ready: mpsc::Sender<Ready>) {
+    let id = start.id;
     let report = |result| {
         let _ = ready.send(Ready { shard: id, result });
     };
     let shard = async move |kind: DriverKind| {
-        let listener = match bind(listen) {
+        let listener = match bind(start.listen) {
             Ok(l) => l,
             Err(e) => {
-                report(Err(format!("cannot listen on {listen}: {e}")));
+                report(Err(format!("cannot listen on {}: {e}", start.listen)));
                 return;
             }
         };
+        let ctx = Rc::new(ShardCtx::new(
+            id,
+            start.version,
+            start.cfg,
+            start.region,
+            start.overrides,
+        ));
+        let info = ctx.info();
+        stats::set(&info.core, start.core.map_or(u64::MAX, |c| c as u64));
+        stats::set(&info.driver, stats::driver_code(kind));
+        stats::set(&info.started_unix_ms, crate::control::unix_ms());
+        info.running.store(1, Ordering::Release);
         report(Ok(kind));
-        serve(Rc::new(ShardCtx::new(id, cfg)), listener, kind, shutdown).await;
+        serve(ctx, listener, kind, start.shutdown).await;
     };
-    if let Err(e) = crate::runtime::block_on_best(driver, shard) {
+    if let Err(e) = crate::runtime::block_on_best(start.driver, shard) {
         report(Err(e));
     }
 }
@@ -182,11 +294,14 @@ async fn serve(
     kind: DriverKind,
     shutdown: Arc<AtomicBool>,
 ) {
+    // The shard's timer: new configs reach an idle shard within CONTROL_POLL_MS (a busy one
+    // finds them between requests), and the shutdown flag is read here.
     let watcher = {
         let ctx = ctx.clone();
         monoio::spawn(async move {
             while !shutdown.load(Ordering::Relaxed) {
-                monoio::time::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;
+                monoio::time::sleep(Duration::from_millis(CONTROL_POLL_MS)).await;
+                ctx.refresh();
             }
             ctx.drain.fire();
         })
@@ -208,19 +323,21 @@ async fn serve(
     }
     // Every accept loop has ended: this closes the listening socket.
     drop(listener);
-    let deadline = Instant::now() + ctx.cfg.server.drain_timeout;
-    while ctx.connections.get() > 0 && Instant::now() < deadline {
+    let deadline = Instant::now() + ctx.snapshot().cfg.server.drain_timeout;
+    while ctx.open_connections() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;
     }
-    if ctx.connections.get() > 0 {
+    if ctx.open_connections() > 0 {
         tracing::warn!(
             shard = ctx.id,
-            open = ctx.connections.get(),
+            open = ctx.open_connections(),
             "drain timeout: closing connections in flight"
         );
     }
     let _ = watcher.await;
-    REQUESTS_SERVED.fetch_add(ctx.requests.get(), Ordering::Relaxed);
-    CONNECTIONS_ACCEPTED.fetch_add(ctx.connections_accepted.get(), Ordering::Relaxed);
-    UPSTREAM_CONNECTS.fetch_add(ctx.upstream_connects.get(), Ordering::Relaxed);
+    let info = ctx.info();
+    let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    REQUESTS_SERVED.fetch_add(l(&info.requests), Ordering::Relaxed);
+    CONNECTIONS_ACCEPTED.fetch_add(l(&info.connections_accepted), Ordering::Relaxed);
+    UPSTREAM_CONNECTS.fetch_add(l(&info.upstream_connects), Ordering::Relaxed);
 }

@@ -5,6 +5,7 @@
 //! and stale ones age out at the bottom.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -21,6 +22,8 @@ pub struct UpConn {
     pub buf: Vec<u8>,
     /// Came from the pool (so it may have been closed by the upstream while idle).
     pub reused: bool,
+    /// The address connected to (a pool slot takes back only connections to its address).
+    pub addr: SocketAddr,
     idle_since: Instant,
 }
 
@@ -34,6 +37,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpConn, Erro
                 stream,
                 buf: Vec::with_capacity(RELAY_BUF_BYTES),
                 reused: false,
+                addr,
                 idle_since: Instant::now(),
             })
         }
@@ -43,23 +47,85 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpConn, Erro
     }
 }
 
-/// Idle connections of every endpoint of this shard, indexed by flat endpoint number.
+/// One endpoint's idle connections.
+#[derive(Debug)]
+struct Slot {
+    addr: SocketAddr,
+    /// Named by the newest config; unassigned slots are emptied and may be given to another
+    /// address.
+    assigned: bool,
+    idle: Vec<UpConn>,
+}
+
+/// Idle connections of every endpoint of this shard, by pool slot. A slot belongs to one
+/// address for as long as configs name it, so a new config keeps the pools of endpoints it did
+/// not change.
 #[derive(Debug)]
 pub struct Pools {
-    idle: RefCell<Vec<Vec<UpConn>>>,
+    slots: RefCell<Vec<Slot>>,
+    by_addr: RefCell<HashMap<SocketAddr, usize>>,
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Pools {
-    pub fn new(endpoints: usize) -> Self {
+    pub fn new() -> Self {
         Self {
-            idle: RefCell::new((0..endpoints).map(|_| Vec::new()).collect()),
+            slots: RefCell::new(Vec::new()),
+            by_addr: RefCell::new(HashMap::new()),
         }
     }
 
-    /// The most recently pooled connection of `endpoint` idle for less than `idle_max`.
-    pub fn checkout(&self, endpoint: usize, idle_max: Duration, now: Instant) -> Option<UpConn> {
-        let mut idle = self.idle.borrow_mut();
-        let stack = idle.get_mut(endpoint)?;
+    /// The slot of each address of a new config (in order), keeping the slots (and idle
+    /// connections) of addresses already known. Call [`Pools::retain_assigned`] once the new
+    /// config is in use.
+    pub fn assign(&self, addrs: &[SocketAddr]) -> Vec<usize> {
+        let mut slots = self.slots.borrow_mut();
+        let mut by_addr = self.by_addr.borrow_mut();
+        for s in slots.iter_mut() {
+            s.assigned = false;
+        }
+        let mut out = Vec::with_capacity(addrs.len());
+        for &addr in addrs {
+            let i = match by_addr.get(&addr) {
+                Some(&i) => i,
+                None => {
+                    slots.push(Slot {
+                        addr,
+                        assigned: false,
+                        idle: Vec::new(),
+                    });
+                    by_addr.insert(addr, slots.len() - 1);
+                    slots.len() - 1
+                }
+            };
+            slots[i].assigned = true;
+            out.push(i);
+        }
+        out
+    }
+
+    /// Close the idle connections of addresses the newest config no longer names, and forget
+    /// those addresses once nothing refers to their slots. Slots are never reused for another
+    /// address while a request of an older config may still check a connection in: a check-in
+    /// compares the connection's address with the slot's.
+    pub fn retain_assigned(&self) {
+        let mut slots = self.slots.borrow_mut();
+        let mut by_addr = self.by_addr.borrow_mut();
+        for s in slots.iter_mut().filter(|s| !s.assigned) {
+            s.idle.clear();
+            by_addr.remove(&s.addr);
+        }
+    }
+
+    /// The most recently pooled connection of `slot` idle for less than `idle_max`.
+    pub fn checkout(&self, slot: usize, idle_max: Duration, now: Instant) -> Option<UpConn> {
+        let mut slots = self.slots.borrow_mut();
+        let stack = &mut slots.get_mut(slot)?.idle;
         let conn = stack.pop()?;
         if now.duration_since(conn.idle_since) < idle_max {
             return Some(conn);
@@ -69,22 +135,42 @@ impl Pools {
         None
     }
 
-    /// Return a healthy connection after a complete exchange (dropped if the pool is full).
-    pub fn checkin(&self, endpoint: usize, mut conn: UpConn, pool_max: usize, now: Instant) {
-        let mut idle = self.idle.borrow_mut();
-        let Some(stack) = idle.get_mut(endpoint) else {
+    /// Return a healthy connection after a complete exchange (dropped if the pool is full, or
+    /// if the slot no longer belongs to the connection's address after a config change).
+    pub fn checkin(&self, slot: usize, mut conn: UpConn, pool_max: usize, now: Instant) {
+        let mut slots = self.slots.borrow_mut();
+        let Some(s) = slots.get_mut(slot) else {
             return;
         };
-        if stack.len() < pool_max {
+        if s.assigned && s.addr == conn.addr && s.idle.len() < pool_max {
             conn.buf.clear();
             conn.reused = true;
             conn.idle_since = now;
-            stack.push(conn);
+            s.idle.push(conn);
         }
     }
 
-    /// Idle connections held for `endpoint`.
-    pub fn idle_count(&self, endpoint: usize) -> usize {
-        self.idle.borrow().get(endpoint).map_or(0, Vec::len)
+    /// Idle connections held in `slot`.
+    pub fn idle_count(&self, slot: usize) -> usize {
+        self.slots.borrow().get(slot).map_or(0, |s| s.idle.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assign_keeps_slots_of_known_addresses() {
+        let p = Pools::new();
+        let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let b: SocketAddr = "127.0.0.1:2".parse().expect("addr");
+        let c: SocketAddr = "127.0.0.1:3".parse().expect("addr");
+        assert_eq!(p.assign(&[a, b]), vec![0, 1]);
+        p.retain_assigned();
+        assert_eq!(p.assign(&[c, b]), vec![2, 1]);
+        p.retain_assigned();
+        // `a` is forgotten; coming back it gets a new slot, and its old slot takes no check-in.
+        assert_eq!(p.assign(&[a]), vec![3]);
     }
 }

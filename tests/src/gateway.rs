@@ -75,7 +75,18 @@ pub struct Gateway {
     shards: usize,
     stdout: Shared,
     stderr: Shared,
+    instance: String,
     _config: TempConfig,
+}
+
+/// A fresh instance name per gateway, so parallel tests never share a shared-memory region.
+fn unique_instance() -> String {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "test-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl Gateway {
@@ -103,9 +114,11 @@ impl Gateway {
     pub fn try_start_with_env(config_toml: &str, env: &[(&str, &str)]) -> Result<Gateway, String> {
         let config = TempConfig::new(config_toml);
         let bin = shardgate_bin();
+        let instance = unique_instance();
         let mut cmd = Command::new(&bin);
         cmd.arg("--config")
             .arg(config.path())
+            .args(["--instance", &instance, "--admin-listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -166,6 +179,7 @@ impl Gateway {
                                 shards,
                                 stdout,
                                 stderr,
+                                instance,
                                 _config: config,
                             });
                         }
@@ -198,6 +212,20 @@ impl Gateway {
     /// `http://ADDR` for building URLs.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The instance name (`shardgate-ctl --instance`), unique per gateway.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The admin listener's address, from the `admin listening on http://ADDR` line.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let out = self.stdout();
+        out.lines()
+            .find_map(|l| l.strip_prefix("admin listening on http://"))
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no admin line in stdout:\n{out}"))
     }
 
     /// The shard count from the start-up line.
@@ -253,6 +281,9 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A killed engine leaves its region behind; the next start of an instance would
+        // replace it, but test instances are never started again.
+        let _ = std::fs::remove_file(format!("/dev/shm/shardgate-{}", self.instance));
         if std::thread::panicking() {
             let err = self.stderr();
             let tail: String = {

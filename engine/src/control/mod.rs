@@ -20,7 +20,7 @@ pub mod stats;
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use ring::{Consumer, Poll};
 use shm::Region;
 use stats::{add, set, ShardStats};
@@ -54,13 +54,14 @@ pub fn publish_config(
 pub struct ShardControl {
     region: &'static Region,
     consumer: RefCell<Consumer>,
+    overrides: Overrides,
     pub stats: ShardStats,
 }
 
 impl ShardControl {
     /// Start reading at the ring's head: the bootstrap config (already published by the
     /// engine as `version`) is the one this shard starts with.
-    pub fn new(region: &'static Region, shard: usize, version: u64) -> Self {
+    pub fn new(region: &'static Region, shard: usize, version: u64, overrides: Overrides) -> Self {
         let ring = region.ring();
         let stats = ShardStats::new(region.shard(shard));
         let info = stats.info();
@@ -70,6 +71,7 @@ impl ShardControl {
         Self {
             region,
             consumer: RefCell::new(Consumer::at(ring.head())),
+            overrides,
             stats,
         }
     }
@@ -94,7 +96,7 @@ impl ShardControl {
                     add(&info.ring_dropped, 1);
                     tracing::warn!("config ring: {why}");
                 }
-                Poll::Message { version, body } => match Self::build(&body, running) {
+                Poll::Message { version, body } => match self.build(&body, running) {
                     Ok(c) => newest = Some((version, c)),
                     Err(why) => {
                         tracing::warn!("config version {version} refused: {why}");
@@ -108,9 +110,10 @@ impl ShardControl {
         newest
     }
 
-    fn build(body: &[u8], running: &Config) -> Result<Config, String> {
+    fn build(&self, body: &[u8], running: &Config) -> Result<Config, String> {
         let m = message::decode(body)?;
-        let c = Config::from_message(&m).map_err(|e| e.to_string().replace('\n', "; "))?;
+        let mut c = Config::from_message(&m).map_err(|e| e.to_string().replace('\n', "; "))?;
+        c.apply_overrides(&self.overrides);
         let fixed = running.restart_only_changes(&c);
         if !fixed.is_empty() {
             return Err(format!("needs a restart: {}", fixed.join(", ")));
