@@ -153,6 +153,17 @@ impl<'a, W: Word> RingView<'a, W> {
     /// Publish `body` as message `version`. The caller is the only producer (it holds the
     /// region's writer lock). Returns the number of frames written.
     pub fn publish(&self, version: u64, body: &[u8]) -> Result<u64, PublishError> {
+        self.publish_partial(version, body, u64::MAX)
+    }
+
+    /// [`RingView::publish`], stopping after `frames_max` frames: what a producer killed
+    /// mid-write leaves behind. For fault-injection tests (`shardgate-ctl`'s stall hook).
+    pub fn publish_partial(
+        &self,
+        version: u64,
+        body: &[u8],
+        frames_max: u64,
+    ) -> Result<u64, PublishError> {
         let max = self.message_bytes_max();
         if body.len() > max {
             return Err(PublishError::TooLarge {
@@ -170,6 +181,9 @@ impl<'a, W: Word> RingView<'a, W> {
         let count = u32_of(chunks.len());
         let mut seq = self.head.load(Ordering::Relaxed);
         for (index, chunk) in chunks.iter().enumerate() {
+            if index as u64 >= frames_max {
+                break;
+            }
             let header = FrameHeader {
                 version,
                 chunk_index: u32_of(index),
@@ -238,7 +252,7 @@ impl<'a, W: Word> RingView<'a, W> {
             payload.clear();
             return FrameRead::Overwritten;
         }
-        if let Err(reason) = check_header(&header, fits) {
+        if let Err(reason) = check_header(&header, fits, self.message_bytes_max()) {
             payload.clear();
             return FrameRead::Invalid(reason);
         }
@@ -315,7 +329,11 @@ fn decode_header(w: &[u64; FRAME_HEADER_WORDS]) -> FrameHeader {
     }
 }
 
-fn check_header(h: &FrameHeader, payload_fits: bool) -> Result<(), &'static str> {
+fn check_header(
+    h: &FrameHeader,
+    payload_fits: bool,
+    message_bytes_max: usize,
+) -> Result<(), &'static str> {
     if h.schema == 0 {
         return Err("not a shardgate ring frame");
     }
@@ -330,6 +348,10 @@ fn check_header(h: &FrameHeader, payload_fits: bool) -> Result<(), &'static str>
     }
     if h.chunk_len > h.total_len {
         return Err("chunk longer than its message");
+    }
+    // A reader allocates the message's length up front: never more than a message can be.
+    if usize::try_from(h.total_len).map_or(true, |n| n > message_bytes_max) {
+        return Err("message length larger than the ring allows");
     }
     Ok(())
 }
@@ -686,6 +708,32 @@ mod tests {
                 body: body(4, 4)
             }]
         );
+    }
+
+    #[test]
+    fn a_huge_length_from_a_scribbled_region_is_refused_before_allocating() {
+        let m = Mem::new(4, 8);
+        let r = m.view();
+        let h = FrameHeader {
+            version: 1,
+            chunk_index: 0,
+            chunk_count: 1,
+            chunk_len: 0,
+            total_len: u32::MAX,
+            chunk_crc: crc32fast::hash(&[]),
+            message_crc: 0,
+            schema: SCHEMA_VERSION,
+        };
+        r.write_frame(0, &h, &[]);
+        m.head.store(1, Ordering::Release);
+        let mut c = Consumer::at(0);
+        assert!(
+            matches!(c.poll(&r), Poll::Dropped(d) if d.contains("larger than the ring allows"))
+        );
+        // What a killed producer leaves: the first frames only, then nothing applies.
+        r.publish_partial(2, &body(16, 1), 1).expect("fits");
+        assert_eq!(c.poll(&r), Poll::Idle);
+        assert_eq!(r.latest_message(), None);
     }
 
     #[test]
