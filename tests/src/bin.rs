@@ -10,7 +10,8 @@
 //! release build, or a binary under test on another machine).
 //!
 //! [`bench_bin`] does the same for `shardgate-bench` (package `shardgate-bench`), with
-//! `SHARDGATE_BENCH_BIN` as its override.
+//! `SHARDGATE_BENCH_BIN` as its override, and [`ctl_bin`] for `shardgate-ctl`
+//! (`SHARDGATE_CTL_BIN`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,6 +28,13 @@ pub fn shardgate_bin() -> PathBuf {
 pub fn bench_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| locate("SHARDGATE_BENCH_BIN", "shardgate-bench", "shardgate-bench"))
+        .clone()
+}
+
+/// Path of the `shardgate-ctl` binary, built on first use (`SHARDGATE_CTL_BIN` overrides).
+pub fn ctl_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| locate("SHARDGATE_CTL_BIN", "shardgate-ctl", "shardgate-ctl"))
         .clone()
 }
 

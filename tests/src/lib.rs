@@ -14,6 +14,7 @@ mod bench_upstream;
 mod bin;
 mod client;
 mod config;
+mod ctl;
 mod gateway;
 #[cfg(test)]
 mod selftest;
@@ -22,7 +23,8 @@ mod upstream;
 use std::time::{Duration, Instant};
 
 pub use bench_upstream::BenchUpstream;
-pub use bin::{bench_bin, shardgate_bin};
+pub use bin::{bench_bin, ctl_bin, shardgate_bin};
+pub use ctl::{ctl_status, run_ctl, spawn_ctl, CtlOutput};
 pub use client::{dechunk, split_head, Client, Closed, Response};
 pub use config::{free_port, ConfigBuilder, Driver, DRIVERS};
 pub use gateway::{run_shardgate, Gateway, RunOutput};

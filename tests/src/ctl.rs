@@ -1,0 +1,72 @@
+//! Running `shardgate-ctl` against a test gateway.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::ctl_bin;
+
+/// What a finished `shardgate-ctl` run printed, and how it exited.
+#[derive(Debug)]
+pub struct CtlOutput {
+    /// `None` when it was killed after the timeout.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlOutput {
+    /// Both streams, for assertion messages.
+    pub fn text(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// `shardgate-ctl --instance INSTANCE ARGS...` with extra environment, bounded by `timeout`.
+pub fn run_ctl(instance: &str, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> CtlOutput {
+    let mut child = spawn_ctl(instance, args, env);
+    let status = crate::wait_child_exit(&mut child, timeout);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut stdout);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    CtlOutput {
+        code: status.and_then(|s| s.code()),
+        stdout,
+        stderr,
+    }
+}
+
+/// Starts `shardgate-ctl --instance INSTANCE ARGS...` without waiting (stdout and stderr piped).
+pub fn spawn_ctl(instance: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
+    let bin = ctl_bin();
+    let mut cmd = Command::new(&bin);
+    cmd.args(["--instance", instance])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", bin.display()))
+}
+
+/// `status --json` of `instance`, parsed.
+pub fn ctl_status(instance: &str) -> serde_json::Value {
+    let out = run_ctl(instance, &["status", "--json"], &[], Duration::from_secs(10));
+    assert_eq!(out.code, Some(0), "{}", out.text());
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("status --json: {e}\n{}", out.text()))
+}
