@@ -11,9 +11,12 @@
 //!   in one place.
 //! - [`config`]: TOML parsing and validation into resolved, typed values.
 //! - [`limits`]: every compile-time limit and the defaults of configurable ones.
+//! - [`metrics`]: the region's counters rendered as Prometheus text.
 //!
 //! Control plane (shared memory with `shardgate-ctl`; the only `unsafe`, in `control::shm`):
 //! - [`control`]: the region, the config ring, per-shard counter blocks, a shard's poller.
+//! - [`admin`]: `/metrics` and `/health/*` on a blocking std thread of its own, off the shards.
+//! - [`accesslog`]: per-shard batches of fixed-size records, written as JSON lines by a thread.
 //!
 //! I/O (the only modules that touch monoio):
 //! - [`runtime`]: driver choice (tuned io_uring → io_uring → epoll), shared with the bench.
@@ -26,6 +29,8 @@
 //! Nothing is shared between shards on the request path: each shard owns its state in `Rc`s
 //! and `Cell`s on its own thread. See `docs/ARCHITECTURE.md`.
 
+pub mod accesslog;
+pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod control;
@@ -33,6 +38,7 @@ pub mod drain;
 pub mod error;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod mock;
 pub mod route;
 pub mod runtime;

@@ -1,0 +1,587 @@
+//! The region's counters as Prometheus text (exposition format 0.0.4). I/O-free: the admin
+//! listener reads the region ([`crate::control::stats::read`]) and hands the totals here; this
+//! module only formats them, so the output is checked line by line in unit tests.
+//!
+//! Every family is written whole (`# HELP`, `# TYPE`, then all its samples) before the next
+//! one starts, as the format requires. Series are stable: a named upstream or route gets all
+//! its status classes and buckets from its first scrape on, zeros included, so `rate()` never
+//! sees a series appear mid-way. Numbers that are fractions of a second are written from
+//! integers (µs, ms), exactly, never through a float.
+
+use std::fmt::Write as _;
+
+use crate::control::shm::STATUS_CLASSES;
+use crate::control::stats::{ShardView, SlotTotals, Totals};
+use crate::limits::DURATION_BUCKETS_MS;
+
+/// What one scrape renders: the totals read from the region plus the process-wide values the
+/// region does not count.
+#[derive(Debug, Clone, Copy)]
+pub struct Scrape<'a> {
+    pub totals: &'a Totals,
+    /// `[server] instance`: rendered as the `instance_name` label of `shardgate_build_info`
+    /// (not `instance`, which Prometheus sets on every series to the scraped target).
+    pub instance: &'a str,
+    pub started_unix_ms: u64,
+    pub now_unix_ms: u64,
+    /// Frames published to the config ring so far.
+    pub ring_head: u64,
+    pub draining: bool,
+}
+
+/// The `class` label of each [`SlotTotals::status`] index: 0 = no response was sent.
+const CLASS_LABELS: [&str; STATUS_CLASSES] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// A per-shard family: name, type, help, and the value it shows.
+struct ShardFamily {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: fn(&ShardView) -> u64,
+}
+
+const SHARD_FAMILIES: [ShardFamily; 9] = [
+    ShardFamily {
+        name: "connections",
+        kind: "gauge",
+        help: "Client connections open.",
+        value: |v| v.connections,
+    },
+    ShardFamily {
+        name: "connections_accepted_total",
+        kind: "counter",
+        help: "Client connections accepted.",
+        value: |v| v.connections_accepted,
+    },
+    ShardFamily {
+        name: "upstream_connects_total",
+        kind: "counter",
+        help: "Connections opened to upstreams (pool misses).",
+        value: |v| v.upstream_connects,
+    },
+    ShardFamily {
+        name: "shard_requests_total",
+        kind: "counter",
+        help: "Requests finished by the shard.",
+        value: |v| v.requests,
+    },
+    ShardFamily {
+        name: "config_version",
+        kind: "gauge",
+        help: "Version of the config the shard serves new requests with.",
+        value: |v| v.config_version,
+    },
+    ShardFamily {
+        name: "config_ring_lag_frames",
+        kind: "gauge",
+        help: "Config ring frames the shard had still to read when it last looked.",
+        value: |v| v.ring_lag_frames,
+    },
+    ShardFamily {
+        name: "config_ring_dropped_total",
+        kind: "counter",
+        help: "Config ring frames or messages the shard dropped (torn, corrupt, overwritten).",
+        value: |v| v.ring_dropped,
+    },
+    ShardFamily {
+        name: "config_apply_errors_total",
+        kind: "counter",
+        help: "Configs the shard refused.",
+        value: |v| v.apply_errors,
+    },
+    ShardFamily {
+        name: "access_log_dropped_total",
+        kind: "counter",
+        help: "Access-log records dropped because the log writer fell behind.",
+        value: |v| v.access_log_dropped,
+    },
+];
+
+/// Append the exposition of `s` to `out`.
+pub fn render(s: &Scrape<'_>, out: &mut String) {
+    let t = s.totals;
+
+    // Requests by status class, per upstream and per route.
+    family(
+        out,
+        "requests_total",
+        "counter",
+        "Requests finished, by upstream and status class (none: no response was sent).",
+    );
+    for (name, slot) in &t.upstreams {
+        status_classes(out, "requests_total", "upstream", name, slot);
+    }
+    family(
+        out,
+        "route_requests_total",
+        "counter",
+        "Requests finished, by route prefix and status class (none: no response was sent).",
+    );
+    for (name, slot) in &t.routes {
+        status_classes(out, "route_requests_total", "route", name, slot);
+    }
+
+    family(
+        out,
+        "request_duration_seconds",
+        "histogram",
+        "Time to serve a request, as its shard measured it, by upstream.",
+    );
+    for (name, slot) in &t.upstreams {
+        histogram(out, "request_duration_seconds", "upstream", name, slot);
+    }
+
+    family(
+        out,
+        "request_bytes_total",
+        "counter",
+        "Bytes received from clients, by upstream.",
+    );
+    for (name, slot) in &t.upstreams {
+        sample(
+            out,
+            "request_bytes_total",
+            &[("upstream", name)],
+            slot.bytes_in,
+        );
+    }
+    family(
+        out,
+        "response_bytes_total",
+        "counter",
+        "Bytes sent to clients, by upstream.",
+    );
+    for (name, slot) in &t.upstreams {
+        sample(
+            out,
+            "response_bytes_total",
+            &[("upstream", name)],
+            slot.bytes_out,
+        );
+    }
+
+    // Tenant families (requests, tokens and spend by tenant) and the OpenTelemetry GenAI ones
+    // (`gen_ai_client_token_usage` histogram with `gen_ai_token_type` = input/output,
+    // `gen_ai_client_operation_duration`, `gen_ai_server_time_to_first_token`) go here once the
+    // region counts tenants and tokens (a later issue).
+
+    // Per shard.
+    let mut shard_id = String::new();
+    for f in &SHARD_FAMILIES {
+        family(out, f.name, f.kind, f.help);
+        for v in &t.shards {
+            shard_id.clear();
+            let _ = write!(shard_id, "{}", v.id);
+            sample(out, f.name, &[("shard", &shard_id)], (f.value)(v));
+        }
+    }
+    family(
+        out,
+        "shard_info",
+        "gauge",
+        "Always 1: the core a shard is pinned to (none: not pinned) and its I/O driver.",
+    );
+    let mut core = String::new();
+    for v in &t.shards {
+        shard_id.clear();
+        let _ = write!(shard_id, "{}", v.id);
+        core.clear();
+        match v.core {
+            Some(c) => {
+                let _ = write!(core, "{c}");
+            }
+            None => core.push_str("none"),
+        }
+        sample(
+            out,
+            "shard_info",
+            &[("shard", &shard_id), ("core", &core), ("driver", v.driver)],
+            1,
+        );
+    }
+
+    // Process-wide.
+    family(
+        out,
+        "config_ring_head_frames",
+        "gauge",
+        "Frames published to the config ring since the engine started.",
+    );
+    sample(out, "config_ring_head_frames", &[], s.ring_head);
+    family(
+        out,
+        "uptime_seconds",
+        "gauge",
+        "Seconds since the engine started.",
+    );
+    name_and_labels(out, "uptime_seconds", &[]);
+    fixed_point(out, s.now_unix_ms.saturating_sub(s.started_unix_ms), 3);
+    out.push('\n');
+    family(
+        out,
+        "draining",
+        "gauge",
+        "1 while the engine drains (takes no new connections) before it exits.",
+    );
+    sample(out, "draining", &[], u64::from(s.draining));
+    family(
+        out,
+        "build_info",
+        "gauge",
+        "Always 1: the shardgate version and the instance name.",
+    );
+    sample(
+        out,
+        "build_info",
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("instance_name", s.instance),
+        ],
+        1,
+    );
+}
+
+/// `# HELP` and `# TYPE` of `shardgate_<name>`. The help texts are static and hold neither `\`
+/// nor a newline, so they need no escaping.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    debug_assert!(!help.contains(['\\', '\n']));
+    let _ = writeln!(out, "# HELP shardgate_{name} {help}");
+    let _ = writeln!(out, "# TYPE shardgate_{name} {kind}");
+}
+
+/// `shardgate_<name>{labels}` followed by a space.
+fn name_and_labels(out: &mut String, name: &str, labels: &[(&str, &str)]) {
+    out.push_str("shardgate_");
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            escape_label(out, v);
+            out.push('"');
+        }
+        out.push('}');
+    }
+    out.push(' ');
+}
+
+/// One sample line with an integer value.
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
+    name_and_labels(out, name, labels);
+    let _ = writeln!(out, "{value}");
+}
+
+fn status_classes(out: &mut String, metric: &str, key: &str, name: &str, slot: &SlotTotals) {
+    for (class, n) in CLASS_LABELS.iter().zip(slot.status) {
+        sample(out, metric, &[(key, name), ("class", class)], n);
+    }
+}
+
+/// `_bucket` (cumulative, from the per-bucket counts), `_sum` and `_count` of one series.
+fn histogram(out: &mut String, metric: &str, key: &str, name: &str, slot: &SlotTotals) {
+    let bucket = format!("{metric}_bucket");
+    let mut le = String::new();
+    let mut cumulative = 0u64;
+    for (i, n) in slot.duration_buckets.iter().enumerate() {
+        cumulative = cumulative.wrapping_add(*n);
+        le.clear();
+        match DURATION_BUCKETS_MS.get(i) {
+            Some(&ms) => fixed_point(&mut le, ms, 3),
+            None => le.push_str("+Inf"),
+        }
+        sample(out, &bucket, &[(key, name), ("le", &le)], cumulative);
+    }
+    name_and_labels(out, &format!("{metric}_sum"), &[(key, name)]);
+    fixed_point(out, slot.duration_sum_us, 6);
+    out.push('\n');
+    // The count is the +Inf bucket, not `requests`: the counters are read one by one while
+    // shards write them, and the format wants the two equal.
+    sample(out, &format!("{metric}_count"), &[(key, name)], cumulative);
+}
+
+/// `value / 10^decimals` in decimal, exactly, without trailing zeros (`1500, 3` → `1.5`,
+/// `1000, 3` → `1`, `3, 3` → `0.003`).
+fn fixed_point(out: &mut String, value: u64, decimals: u32) {
+    let scale = 10u64.pow(decimals);
+    let _ = write!(out, "{}", value / scale);
+    let mut frac = value % scale;
+    if frac == 0 {
+        return;
+    }
+    let mut width = decimals as usize;
+    while frac % 10 == 0 {
+        frac /= 10;
+        width -= 1;
+    }
+    let _ = write!(out, ".{frac:0width$}");
+}
+
+/// A label value as the text format wants it: `\`, `"` and newline escaped.
+fn escape_label(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::control::shm::Region;
+    use crate::control::stats::{self, set, ShardStats, NO_SLOT, SLOT_UNROUTED};
+
+    /// Two shards: shard 0 running on core 3 with io_uring, shard 1 not started.
+    fn scrape_text() -> String {
+        let r: &'static Region = Box::leak(Box::new(Region::anonymous(2).expect("anon")));
+        let a = ShardStats::new(r.shard(0));
+        let b = ShardStats::new(r.shard(1));
+        let info = a.info();
+        set(&info.running, 1);
+        set(&info.core, 3);
+        set(&info.driver, 1);
+        set(&info.config_version, 7);
+        set(&info.connections, 4);
+        set(&info.connections_accepted, 9);
+        set(&info.upstream_connects, 2);
+        set(&info.ring_lag_frames, 1);
+        set(&info.ring_dropped, 5);
+        set(&info.apply_errors, 6);
+        set(&info.access_log_dropped, 256);
+        let (ua, ra) = (a.upstream_slot("up"), a.route_slot("/v1/\"odd\\"));
+        let (ub, rb) = (b.upstream_slot("up"), b.route_slot("/v1/\"odd\\"));
+        a.record(ua, ra, 200, 10, 20, Duration::from_micros(800));
+        a.record(ua, ra, 200, 10, 20, Duration::from_micros(2_500));
+        b.record(ub, rb, 503, 1, 2, Duration::from_millis(7));
+        b.record(ub, rb, 0, 1, 0, Duration::from_secs(100));
+        a.record(SLOT_UNROUTED, NO_SLOT, 404, 5, 6, Duration::from_micros(1));
+        let totals = stats::read(r);
+        let mut out = String::new();
+        render(
+            &Scrape {
+                totals: &totals,
+                instance: "main",
+                started_unix_ms: 1_000,
+                now_unix_ms: 62_500,
+                ring_head: 12,
+                draining: false,
+            },
+            &mut out,
+        );
+        out
+    }
+
+    fn has(text: &str, line: &str) {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing line {line:?} in:\n{text}"
+        );
+    }
+
+    #[test]
+    fn counters_by_class_and_bytes() {
+        let t = scrape_text();
+        has(
+            &t,
+            r#"shardgate_requests_total{upstream="up",class="2xx"} 2"#,
+        );
+        has(
+            &t,
+            r#"shardgate_requests_total{upstream="up",class="5xx"} 1"#,
+        );
+        has(
+            &t,
+            r#"shardgate_requests_total{upstream="up",class="none"} 1"#,
+        );
+        has(
+            &t,
+            r#"shardgate_requests_total{upstream="up",class="1xx"} 0"#,
+        );
+        has(
+            &t,
+            r#"shardgate_requests_total{upstream="-",class="4xx"} 1"#,
+        );
+        has(&t, r#"shardgate_request_bytes_total{upstream="up"} 22"#);
+        has(&t, r#"shardgate_response_bytes_total{upstream="up"} 42"#);
+        has(&t, r#"shardgate_response_bytes_total{upstream="-"} 6"#);
+        // The reserved "(other)" slots saw nothing: not rendered.
+        assert!(!t.contains("(other)"));
+    }
+
+    #[test]
+    fn route_names_are_escaped() {
+        let t = scrape_text();
+        has(
+            &t,
+            r#"shardgate_route_requests_total{route="/v1/\"odd\\",class="2xx"} 2"#,
+        );
+        has(
+            &t,
+            r#"shardgate_route_requests_total{route="/v1/\"odd\\",class="none"} 1"#,
+        );
+        let mut s = String::new();
+        escape_label(&mut s, "a\nb\"c\\d");
+        assert_eq!(s, r#"a\nb\"c\\d"#);
+    }
+
+    #[test]
+    fn histogram_is_cumulative_in_seconds() {
+        let t = scrape_text();
+        // 0.8 ms, 2.5 ms, 7 ms, 100 s.
+        for (le, n) in [
+            ("0.001", 1),
+            ("0.003", 2),
+            ("0.005", 2),
+            ("0.01", 3),
+            ("0.025", 3),
+            ("1", 3),
+            ("2.5", 3),
+            ("60", 3),
+            ("+Inf", 4),
+        ] {
+            has(
+                &t,
+                &format!(
+                    r#"shardgate_request_duration_seconds_bucket{{upstream="up",le="{le}"}} {n}"#
+                ),
+            );
+        }
+        has(
+            &t,
+            r#"shardgate_request_duration_seconds_sum{upstream="up"} 100.0103"#,
+        );
+        has(
+            &t,
+            r#"shardgate_request_duration_seconds_count{upstream="up"} 4"#,
+        );
+        let buckets = t
+            .lines()
+            .filter(|l| {
+                l.starts_with(r#"shardgate_request_duration_seconds_bucket{upstream="up","#)
+            })
+            .count();
+        assert_eq!(buckets, DURATION_BUCKETS_MS.len() + 1);
+    }
+
+    #[test]
+    fn shard_and_process_families() {
+        let t = scrape_text();
+        has(&t, r#"shardgate_connections{shard="0"} 4"#);
+        has(&t, r#"shardgate_connections{shard="1"} 0"#);
+        has(&t, r#"shardgate_connections_accepted_total{shard="0"} 9"#);
+        has(&t, r#"shardgate_upstream_connects_total{shard="0"} 2"#);
+        has(&t, r#"shardgate_shard_requests_total{shard="0"} 3"#);
+        has(&t, r#"shardgate_shard_requests_total{shard="1"} 2"#);
+        has(&t, r#"shardgate_config_version{shard="0"} 7"#);
+        has(&t, r#"shardgate_config_ring_lag_frames{shard="0"} 1"#);
+        has(&t, r#"shardgate_config_ring_dropped_total{shard="0"} 5"#);
+        has(&t, r#"shardgate_config_apply_errors_total{shard="0"} 6"#);
+        has(&t, r#"shardgate_access_log_dropped_total{shard="0"} 256"#);
+        has(
+            &t,
+            r#"shardgate_shard_info{shard="0",core="3",driver="io_uring"} 1"#,
+        );
+        has(
+            &t,
+            r#"shardgate_shard_info{shard="1",core="none",driver="starting"} 1"#,
+        );
+        has(&t, "shardgate_config_ring_head_frames 12");
+        has(&t, "shardgate_uptime_seconds 61.5");
+        has(&t, "shardgate_draining 0");
+        has(
+            &t,
+            &format!(
+                r#"shardgate_build_info{{version="{}",instance_name="main"}} 1"#,
+                env!("CARGO_PKG_VERSION")
+            ),
+        );
+    }
+
+    #[test]
+    fn every_sample_follows_its_help_and_type_and_families_are_contiguous() {
+        let t = scrape_text();
+        assert!(t.ends_with('\n'));
+        let mut types: HashMap<String, String> = HashMap::new();
+        let mut helped = Vec::new();
+        let mut current: Option<String> = None;
+        let mut finished = Vec::new();
+        for line in t.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().expect("name").to_owned();
+                assert!(!helped.contains(&name), "HELP twice for {name}");
+                helped.push(name);
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut it = rest.split(' ');
+                let name = it.next().expect("name").to_owned();
+                let kind = it.next().expect("kind").to_owned();
+                assert!(
+                    ["counter", "gauge", "histogram"].contains(&kind.as_str()),
+                    "{line}"
+                );
+                assert_eq!(helped.last(), Some(&name), "TYPE right after HELP: {line}");
+                if let Some(c) = current.take() {
+                    finished.push(c);
+                }
+                assert!(
+                    types.insert(name.clone(), kind).is_none(),
+                    "TYPE twice: {line}"
+                );
+                current = Some(name);
+                continue;
+            }
+            assert!(!line.starts_with('#'), "{line}");
+            let name = line
+                .split(['{', ' '])
+                .next()
+                .expect("sample name")
+                .to_owned();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    let base = name.strip_suffix(suffix)?;
+                    (types.get(base).map(String::as_str) == Some("histogram"))
+                        .then(|| base.to_owned())
+                })
+                .unwrap_or(name);
+            assert!(types.contains_key(&family), "no HELP/TYPE before {line}");
+            assert_eq!(
+                current.as_ref(),
+                Some(&family),
+                "family not contiguous: {line}"
+            );
+            assert!(!finished.contains(&family));
+            // The value parses as a number.
+            let value = line.rsplit(' ').next().expect("value");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+        assert_eq!(types.len(), helped.len());
+    }
+
+    #[test]
+    fn fixed_point_is_exact() {
+        let f = |v, d| {
+            let mut s = String::new();
+            fixed_point(&mut s, v, d);
+            s
+        };
+        assert_eq!(f(1, 3), "0.001");
+        assert_eq!(f(1_000, 3), "1");
+        assert_eq!(f(2_500, 3), "2.5");
+        assert_eq!(f(60_000, 3), "60");
+        assert_eq!(f(0, 6), "0");
+        assert_eq!(f(1_234_567, 6), "1.234567");
+        assert_eq!(f(u64::MAX, 6), "18446744073709.551615");
+    }
+}
