@@ -18,6 +18,7 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use crate::accesslog::Record;
 use crate::config::{Provider, UpstreamConfig};
 use crate::control::stats::{NO_SLOT, SLOT_UNROUTED};
 use crate::error::Error;
@@ -75,6 +76,7 @@ struct Client {
     /// Bytes read from the client and not consumed yet (a head, body bytes, pipelined requests).
     buf: Vec<u8>,
     ip: IpAddr,
+    peer: SocketAddr,
     /// The config the current request runs on (taken when its head is read).
     snap: Rc<Snapshot>,
     /// What the current request did so far.
@@ -94,6 +96,8 @@ struct Exchange {
     upstream_slot: usize,
     route_slot: usize,
     upstream: Option<SocketAddr>,
+    /// The access-log record, filled from the head (only when an access log is configured).
+    record: Option<Record>,
 }
 
 impl Exchange {
@@ -107,6 +111,7 @@ impl Exchange {
             upstream_slot: SLOT_UNROUTED,
             route_slot: NO_SLOT,
             upstream: None,
+            record: None,
         }
     }
 
@@ -124,14 +129,44 @@ fn finish(ctx: &ShardCtx, c: &mut Client) {
         return;
     }
     ex.active = false;
+    let elapsed = ex.start.elapsed();
     ctx.control.stats.record(
         ex.upstream_slot,
         ex.route_slot,
         ex.status,
         ex.bytes_in,
         ex.bytes_out,
-        ex.start.elapsed(),
+        elapsed,
     );
+    if let Some(log) = &ctx.access_log {
+        let mut r = ex.record.take().unwrap_or_else(|| {
+            // Refused before a head was read (timeout, bad head): no method or path.
+            Record::new(crate::control::unix_ms(), shard_u16(ctx.id), c.peer)
+        });
+        r.status = ex.status;
+        r.bytes_in = ex.bytes_in;
+        r.bytes_out = ex.bytes_out;
+        r.duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        r.upstream = ex.upstream;
+        log.push(r);
+    }
+}
+
+fn shard_u16(id: usize) -> u16 {
+    u16::try_from(id).unwrap_or(u16::MAX)
+}
+
+/// The method and target of the request line at the start of `head` (already parsed, so
+/// well-formed).
+fn request_line(head: &[u8]) -> (&str, &str) {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let target = parts.next().unwrap_or_default();
+    (
+        std::str::from_utf8(method).unwrap_or(""),
+        std::str::from_utf8(target).unwrap_or(""),
+    )
 }
 
 /// Serve one client connection to the end.
@@ -145,6 +180,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
         // It grows (once per connection) to `header_bytes_max` when a head or body needs it.
         buf: Vec::with_capacity(CLIENT_BUF_BYTES_INITIAL.min(snap.cfg.server.header_bytes_max)),
         ip: peer.ip(),
+        peer,
         snap,
         ex: Exchange::idle(),
     };
@@ -182,6 +218,14 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
             match decide(&snap, &c.buf, c.ip, &mut wbuf) {
                 Ok(Some((head, action, route))) => {
                     c.ex.bytes_in = head.head_len as u64;
+                    if ctx.access_log.is_some() {
+                        let mut r =
+                            Record::new(crate::control::unix_ms(), shard_u16(ctx.id), c.peer);
+                        let (method, target) = request_line(&c.buf[..head.head_len]);
+                        r.set_method(method);
+                        r.set_path(target);
+                        c.ex.record = Some(r);
+                    }
                     if let Some(r) = route {
                         c.ex.route_slot = snap.route_stats[r];
                         c.ex.upstream_slot = snap.upstream_stats[snap.cfg.routes[r].upstream];

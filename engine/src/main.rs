@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
 use clap::Parser;
+use shardgate_engine::accesslog::AccessLog;
+use shardgate_engine::admin::{self, AdminState};
 use shardgate_engine::config::{Config, Cores, DriverChoice, Overrides, EMBEDDED_DEFAULT};
 use shardgate_engine::control::shm::Region;
 use shardgate_engine::control::{publish_config, unix_ms};
@@ -154,6 +156,35 @@ fn run(config: Config, text: &str, source: &str, overrides: Overrides) -> Result
     publish_config(region, BOOTSTRAP_VERSION, text, &config)?;
 
     let shutdown = Arc::new(AtomicBool::new(false));
+    // SIGHUP: reopen the access log (logrotate moves the file, then signals).
+    let reopen = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reopen.clone())
+        .map_err(|e| format!("cannot install signal handler: {e}"))?;
+    let access_log = match &config.server.access_log {
+        Some(path) => Some(AccessLog::start(path, reopen)?),
+        None => None,
+    };
+    // The admin listener: its own thread, reading the region; never on a shard.
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin = match config.server.admin_listen {
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(|e| format!("cannot listen on {addr} (admin_listen): {e}"))?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            region
+                .header()
+                .admin_port
+                .store(u64::from(addr.port()), Ordering::Relaxed);
+            let state = AdminState {
+                region,
+                instance: instance.clone(),
+                draining: draining.clone(),
+            };
+            admin::spawn(listener, state).map_err(|e| format!("cannot start admin thread: {e}"))?;
+            Some(addr)
+        }
+        None => None,
+    };
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         // A second signal while draining exits at once, with status 1.
         signal_hook::flag::register_conditional_shutdown(signal, 1, shutdown.clone())
@@ -172,6 +203,9 @@ fn run(config: Config, text: &str, source: &str, overrides: Overrides) -> Result
             cfg: config.clone(),
             version: BOOTSTRAP_VERSION,
             region,
+            access_log: access_log
+                .as_ref()
+                .map(|l| l.shard_log(&region.shard(id).info.0.access_log_dropped)),
             overrides: overrides.clone(),
             listen,
             driver,
@@ -213,6 +247,9 @@ fn run(config: Config, text: &str, source: &str, overrides: Overrides) -> Result
             }
         }
     }
+    if let Some(addr) = admin {
+        println!("admin listening on http://{addr} (/metrics, /health/readiness)");
+    }
     let plural = if shards == 1 { "" } else { "s" };
     println!("shardgate listening on http://{listen} ({shards} shard{plural}, config: {source})");
     println!(
@@ -226,8 +263,13 @@ fn run(config: Config, text: &str, source: &str, overrides: Overrides) -> Result
         wait_ms(SHUTDOWN_POLL_MS);
     }
     region.header().draining.store(1, Ordering::Relaxed);
+    draining.store(true, Ordering::Relaxed);
     for (thread, _) in threads {
         let _ = thread.join();
+    }
+    // Every shard has flushed its access-log batch (its ShardLog was dropped with the shard).
+    if let Some(log) = access_log {
+        log.stop();
     }
     tracing::info!("drained; exiting");
     #[cfg(feature = "count-alloc")]

@@ -12,12 +12,15 @@ use std::time::{Duration, Instant};
 
 use monoio::net::{ListenerOpts, TcpListener};
 
+use crate::accesslog::ShardLog;
 use crate::config::{Config, DriverChoice, Overrides};
 use crate::control::shm::{Region, ShardInfo};
 use crate::control::stats::{self, ShardStats};
 use crate::control::ShardControl;
 use crate::drain::DrainSignal;
-use crate::limits::{CONTROL_POLL_MS, LISTEN_BACKLOG, SHUTDOWN_POLL_MS, WRITE_BUF_BYTES};
+use crate::limits::{
+    ACCESS_LOG_FLUSH_MS, CONTROL_POLL_MS, LISTEN_BACKLOG, SHUTDOWN_POLL_MS, WRITE_BUF_BYTES,
+};
 use crate::route::Routes;
 pub use crate::runtime::DriverKind;
 use crate::upstream::Pools;
@@ -96,6 +99,7 @@ pub struct ShardCtx {
     spare_bufs: RefCell<Vec<Vec<u8>>>,
     pub drain: DrainSignal,
     pub control: ShardControl,
+    pub access_log: Option<ShardLog>,
     /// Open client connections (mirrored into the shared counters).
     connections: Cell<usize>,
 }
@@ -107,6 +111,7 @@ impl ShardCtx {
         cfg: Config,
         region: &'static Region,
         overrides: Overrides,
+        access_log: Option<ShardLog>,
     ) -> Self {
         let control = ShardControl::new(region, id, version, overrides);
         let pools = Pools::new();
@@ -118,6 +123,7 @@ impl ShardCtx {
             spare_bufs: RefCell::new(Vec::new()),
             drain: DrainSignal::new(),
             control,
+            access_log,
             connections: Cell::new(0),
         }
     }
@@ -234,6 +240,8 @@ pub struct ShardStart {
     pub cfg: Config,
     pub version: u64,
     pub region: &'static Region,
+    /// This shard's end of the access log, when one is configured.
+    pub access_log: Option<ShardLog>,
     /// Command-line settings every later config gets too.
     pub overrides: Overrides,
     pub listen: SocketAddr,
@@ -262,6 +270,7 @@ pub fn run(start: ShardStart, ready: mpsc::Sender<Ready>) {
             start.cfg,
             start.region,
             start.overrides,
+            start.access_log,
         ));
         let info = ctx.info();
         stats::set(&info.core, start.core.map_or(u64::MAX, |c| c as u64));
@@ -299,9 +308,16 @@ async fn serve(
     let watcher = {
         let ctx = ctx.clone();
         monoio::spawn(async move {
+            let mut flushed = Instant::now();
             while !shutdown.load(Ordering::Relaxed) {
                 monoio::time::sleep(Duration::from_millis(CONTROL_POLL_MS)).await;
                 ctx.refresh();
+                if let Some(log) = &ctx.access_log {
+                    if flushed.elapsed() >= Duration::from_millis(ACCESS_LOG_FLUSH_MS) {
+                        log.flush();
+                        flushed = Instant::now();
+                    }
+                }
             }
             ctx.drain.fire();
         })
@@ -335,6 +351,9 @@ async fn serve(
         );
     }
     let _ = watcher.await;
+    if let Some(log) = &ctx.access_log {
+        log.flush();
+    }
     let info = ctx.info();
     let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
     REQUESTS_SERVED.fetch_add(l(&info.requests), Ordering::Relaxed);

@@ -26,7 +26,12 @@ impl CtlOutput {
 }
 
 /// `shardgate-ctl --instance INSTANCE ARGS...` with extra environment, bounded by `timeout`.
-pub fn run_ctl(instance: &str, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> CtlOutput {
+pub fn run_ctl(
+    instance: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> CtlOutput {
     let mut child = spawn_ctl(instance, args, env);
     let status = crate::wait_child_exit(&mut child, timeout);
     if status.is_none() {
@@ -66,7 +71,13 @@ pub fn spawn_ctl(instance: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
 
 /// `status --json` of `instance`, parsed.
 pub fn ctl_status(instance: &str) -> serde_json::Value {
-    let out = run_ctl(instance, &["status", "--json"], &[], Duration::from_secs(10));
+    let out = run_ctl(
+        instance,
+        &["status", "--json"],
+        &[],
+        Duration::from_secs(10),
+    );
     assert_eq!(out.code, Some(0), "{}", out.text());
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("status --json: {e}\n{}", out.text()))
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json: {e}\n{}", out.text()))
 }

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 pub use bench_upstream::BenchUpstream;
 pub use bin::{bench_bin, ctl_bin, shardgate_bin};
-pub use ctl::{ctl_status, run_ctl, spawn_ctl, CtlOutput};
 pub use client::{dechunk, split_head, Client, Closed, Response};
 pub use config::{free_port, ConfigBuilder, Driver, DRIVERS};
+pub use ctl::{ctl_status, run_ctl, spawn_ctl, CtlOutput};
 pub use gateway::{run_shardgate, Gateway, RunOutput};
 pub use upstream::{
     echo, hang, json_ok, sse, sse_event, write_chunk, write_response, Action, Handler,
