@@ -112,13 +112,40 @@ impl Gateway {
 
     /// Like [`Gateway::start_with_env`], but returns why it did not start instead of panicking.
     pub fn try_start_with_env(config_toml: &str, env: &[(&str, &str)]) -> Result<Gateway, String> {
+        Gateway::try_start_full(config_toml, env, &[])
+    }
+
+    /// [`Gateway::start_with_env`] with extra command-line arguments. `--instance` and
+    /// `--admin-listen` given here replace the unique defaults the harness passes.
+    pub fn start_with_args(config_toml: &str, env: &[(&str, &str)], args: &[&str]) -> Gateway {
+        match Gateway::try_start_full(config_toml, env, args) {
+            Ok(g) => g,
+            Err(e) => panic!("{e}\n--- config ---\n{config_toml}"),
+        }
+    }
+
+    /// Starts shardgate and waits for its start-up line, or says why it did not start.
+    pub fn try_start_full(
+        config_toml: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Result<Gateway, String> {
         let config = TempConfig::new(config_toml);
         let bin = shardgate_bin();
-        let instance = unique_instance();
+        let given = |flag: &str| args.iter().position(|a| *a == flag);
+        let instance = match given("--instance") {
+            Some(i) => args.get(i + 1).map_or_else(unique_instance, |s| (*s).to_owned()),
+            None => unique_instance(),
+        };
         let mut cmd = Command::new(&bin);
-        cmd.arg("--config")
-            .arg(config.path())
-            .args(["--instance", &instance, "--admin-listen", "127.0.0.1:0"])
+        cmd.arg("--config").arg(config.path());
+        if given("--instance").is_none() {
+            cmd.args(["--instance", &instance]);
+        }
+        if given("--admin-listen").is_none() {
+            cmd.args(["--admin-listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -224,7 +251,7 @@ impl Gateway {
         let out = self.stdout();
         out.lines()
             .find_map(|l| l.strip_prefix("admin listening on http://"))
-            .and_then(|a| a.trim().parse().ok())
+            .and_then(|a| a.split_whitespace().next()?.parse().ok())
             .unwrap_or_else(|| panic!("no admin line in stdout:\n{out}"))
     }
 
@@ -257,7 +284,8 @@ impl Gateway {
         self.signal("-INT");
     }
 
-    fn signal(&self, sig: &str) {
+    /// Sends a signal by `kill(1)` name, e.g. `"-HUP"`.
+    pub fn signal(&self, sig: &str) {
         let st = Command::new("kill")
             .arg(sig)
             .arg(self.pid().to_string())
