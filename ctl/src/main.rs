@@ -2,24 +2,233 @@
 //! shards over shared memory, and reads their counters back for status and stats.
 //!
 //! # Layout
-//! - `main.rs`: the command line. The commands arrive with the control-plane work (issue 4);
-//!   for now the binary parses its command line and prints its help.
+//! - `main.rs`: the command line, [`Failure`] and the exit statuses, the one blocking sleep.
+//! - [`check`]: read and validate a config file (`check`, and the first step of `apply`).
+//! - [`apply`]: diff against the running config, number and publish a version, wait for the
+//!   shards; the pure pieces (`next_version`, `progress`) are unit-tested.
+//! - [`diff`]: the semantic diff of two configs (pure).
+//! - [`stall`]: the hidden `SHARDGATE_CTL_STALL_AFTER_FRAMES` test hook (a partial publish).
+//! - [`status`]: the instance and shard table, text and JSON (pure over a snapshot).
+//! - [`top`]: live per-upstream and per-route rates (pure over two counter reads).
+//! - [`table`]: column-aligned tables and number formats.
+//!
+//! Exit statuses: 0 success; 1 the instance is not running, or the apply was refused, timed out
+//! or lost its engine; 2 the config file is unreadable or invalid, or the command line is wrong.
 
-use clap::Parser;
+mod apply;
+mod check;
+mod diff;
+mod stall;
+mod status;
+mod table;
+mod top;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use shardgate_engine::config::check_instance_name;
+use shardgate_engine::control::shm::{pid_alive, region_path, Region};
+use shardgate_engine::limits::{APPLY_WAIT_MS_MAX, TIMEOUT_MS_MAX};
 
 /// Control a running shardgate instance: check and apply config, show status and live stats.
 #[derive(Debug, Parser)]
 #[command(name = "shardgate-ctl", version, arg_required_else_help = true)]
 struct Cli {
     /// The engine instance to talk to (`[server] instance`).
-    #[arg(long, default_value = "default")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "default",
+        env = "SHARDGATE_INSTANCE",
+        value_parser = instance_name
+    )]
     instance: String,
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a config file; print `FILE: ok` or each problem as `FILE: field: reason`.
+    Check { file: PathBuf },
+    /// Validate a config file, show what it changes, push it to every shard and wait for them.
+    Apply {
+        file: PathBuf,
+        /// How long to wait for every shard to run the new version, ms.
+        #[arg(
+            long,
+            default_value_t = APPLY_WAIT_MS_MAX,
+            value_parser = clap::value_parser!(u64).range(1..=TIMEOUT_MS_MAX)
+        )]
+        timeout_ms: u64,
+        /// Test hook: publish this many frames of the message, then hold the writer lock until
+        /// killed.
+        #[arg(long, hide = true, env = "SHARDGATE_CTL_STALL_AFTER_FRAMES")]
+        stall_after_frames: Option<u64>,
+    },
+    /// Show the instance and each shard: config version, connections, requests, ring lag,
+    /// refused configs.
+    Status {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show requests per second, errors, status classes, latency and bytes per upstream and
+    /// route, refreshed every interval.
+    Top {
+        /// Time between screens, ms.
+        #[arg(
+            long,
+            default_value_t = 1000,
+            value_parser = clap::value_parser!(u64).range(10..=3_600_000)
+        )]
+        interval_ms: u64,
+        /// Screens to show before exiting (default: until interrupted).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        iterations: Option<u64>,
+    },
+}
+
+fn instance_name(s: &str) -> Result<String, String> {
+    check_instance_name(s).map(|()| s.to_owned())
+}
+
+/// Why a command failed: the text for stderr and the exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub status: u8,
+    pub message: String,
+}
+
+impl Failure {
+    /// The config file is unreadable or invalid (exit 2).
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            status: 2,
+            message: message.into(),
+        }
+    }
+
+    /// Anything else: not running, refused, timed out (exit 1).
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self {
+            status: 1,
+            message: message.into(),
+        }
+    }
+}
+
+/// Open the region of `instance`, refusing one whose engine has exited (a stale file).
+pub fn open_running(instance: &str) -> Result<Region, Failure> {
+    let region = Region::open(instance).map_err(Failure::failed)?;
+    let pid = region.header().engine_pid.load(Ordering::Acquire);
+    if !pid_alive(pid) {
+        return Err(Failure::failed(format!(
+            "no shardgate instance {instance:?} is running here: its engine (pid {pid}) has \
+             exited, leaving {}",
+            region_path(instance).display()
+        )));
+    }
+    Ok(region)
+}
+
+/// ctl's one blocking sleep, between reads of the shared counters.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "ctl is a command-line process, not a shard: blocking it stalls no runtime"
+)]
+pub fn pause(d: Duration) {
+    std::thread::sleep(d);
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    anyhow::bail!(
-        "shardgate-ctl: no command for instance {:?} yet (see --help)",
-        cli.instance
-    )
+    let instance = cli.instance.as_str();
+    let result = match &cli.command {
+        Command::Check { file } => check::run(file),
+        Command::Apply {
+            file,
+            timeout_ms,
+            stall_after_frames,
+        } => apply::run(
+            instance,
+            file,
+            &apply::Options {
+                timeout: Duration::from_millis(*timeout_ms),
+                stall_after_frames: *stall_after_frames,
+            },
+        ),
+        Command::Status { json } => status::run(instance, *json),
+        Command::Top {
+            interval_ms,
+            iterations,
+        } => top::run(
+            instance,
+            &top::Options {
+                interval: Duration::from_millis(*interval_ms),
+                iterations: *iterations,
+            },
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("{}", f.message);
+            ExitCode::from(f.status)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_and_defaults() {
+        let cli = Cli::try_parse_from(["shardgate-ctl", "apply", "x.toml"]).expect("parses");
+        assert_eq!(cli.instance, "default");
+        let Command::Apply {
+            timeout_ms,
+            stall_after_frames,
+            ..
+        } = cli.command
+        else {
+            panic!("not apply")
+        };
+        assert_eq!(timeout_ms, APPLY_WAIT_MS_MAX);
+        assert_eq!(stall_after_frames, None);
+
+        let cli = Cli::try_parse_from([
+            "shardgate-ctl",
+            "top",
+            "--instance",
+            "edge-1",
+            "--interval-ms",
+            "250",
+            "--iterations",
+            "3",
+        ])
+        .expect("parses");
+        assert_eq!(cli.instance, "edge-1");
+        let Command::Top {
+            interval_ms,
+            iterations,
+        } = cli.command
+        else {
+            panic!("not top")
+        };
+        assert_eq!((interval_ms, iterations), (250, Some(3)));
+
+        assert!(Cli::try_parse_from(["shardgate-ctl", "--instance", "../x", "status"]).is_err());
+        assert!(Cli::try_parse_from(["shardgate-ctl", "top", "--iterations", "0"]).is_err());
+    }
 }
