@@ -75,9 +75,8 @@ pub fn run(instance: &str, path: &Path, opts: &Options) -> Result<(), Failure> {
 
     if let Some(frames_max) = opts.stall_after_frames {
         let body = message::encode(&text, &new).map_err(Failure::failed)?;
-        let file = shardgate_engine::control::shm::region_path(instance);
-        let (written, frames) = stall::publish_partial(&region, &file, version, &body, frames_max)
-            .map_err(Failure::failed)?;
+        let (written, frames) =
+            stall::publish_partial(&region, version, &body, frames_max).map_err(Failure::failed)?;
         println!(
             "stalled after {written} of {frames} frames of version {version} \
              (SHARDGATE_CTL_STALL_AFTER_FRAMES); pid {} holds the writer lock",

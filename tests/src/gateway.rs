@@ -134,7 +134,9 @@ impl Gateway {
         let bin = shardgate_bin();
         let given = |flag: &str| args.iter().position(|a| *a == flag);
         let instance = match given("--instance") {
-            Some(i) => args.get(i + 1).map_or_else(unique_instance, |s| (*s).to_owned()),
+            Some(i) => args
+                .get(i + 1)
+                .map_or_else(unique_instance, |s| (*s).to_owned()),
             None => unique_instance(),
         };
         let mut cmd = Command::new(&bin);

@@ -1,5 +1,6 @@
 //! The admin listener's `/metrics` and health endpoints, and the access log, against real
 //! traffic: counters equal the requests sent, one log line per request, never a key or query.
+#![allow(clippy::cast_possible_truncation, reason = "counter samples are whole numbers")]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,7 +13,8 @@ use shardgate_tests::{
 /// `GET path` on the admin listener; (status, body).
 fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect admin");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").expect("send");
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
@@ -46,7 +48,11 @@ fn family_sum(metrics: &str, family: &str) -> u64 {
 /// An upstream answering 200, or 503 for paths under /fail.
 fn upstream() -> MockUpstream {
     MockUpstream::start(|req, stream| {
-        let status = if req.path.starts_with("/fail") { 503 } else { 200 };
+        let status = if req.path.starts_with("/fail") {
+            503
+        } else {
+            200
+        };
         write_response(stream, status, "application/json", b"{\"ok\":true}")?;
         Ok(Action::KeepAlive)
     })
@@ -85,16 +91,31 @@ fn metrics_count_every_request_by_upstream_route_and_class() {
         family_sum(&m, "shardgate_requests_total") == total
     });
     assert!(settled, "requests_total != {total}:\n{m}");
-    assert_eq!(sample(&m, r#"shardgate_requests_total{upstream="up",class="2xx"}"#), ok);
-    assert_eq!(sample(&m, r#"shardgate_requests_total{upstream="up",class="5xx"}"#), fail);
-    // Refused before routing: counted under upstream "-".
-    assert_eq!(sample(&m, r#"shardgate_requests_total{upstream="-",class="4xx"}"#), bad);
     assert_eq!(
-        sample(&m, r#"shardgate_route_requests_total{route="/",class="2xx"}"#),
+        sample(&m, r#"shardgate_requests_total{upstream="up",class="2xx"}"#),
         ok
     );
     assert_eq!(
-        sample(&m, r#"shardgate_request_duration_seconds_count{upstream="up"}"#),
+        sample(&m, r#"shardgate_requests_total{upstream="up",class="5xx"}"#),
+        fail
+    );
+    // Refused before routing: counted under upstream "-".
+    assert_eq!(
+        sample(&m, r#"shardgate_requests_total{upstream="-",class="4xx"}"#),
+        bad
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"shardgate_route_requests_total{route="/",class="2xx"}"#
+        ),
+        ok
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"shardgate_request_duration_seconds_count{upstream="up"}"#
+        ),
         ok + fail
     );
     assert_eq!(family_sum(&m, "shardgate_shard_requests_total"), total);
@@ -124,11 +145,7 @@ fn admin_off_starts_no_listener() {
     let up = upstream();
     let cfg = ConfigBuilder::new(up.addr()).build();
     let gw = Gateway::start_with_args(&cfg, &[], &["--admin-listen", "off"]);
-    assert!(
-        !gw.stdout().contains("admin listening"),
-        "{}",
-        gw.stdout()
-    );
+    assert!(!gw.stdout().contains("admin listening"), "{}", gw.stdout());
     let mut c = Client::connect(gw.addr());
     assert_eq!(get(&mut c, "/x", ""), 200);
 }
@@ -156,7 +173,11 @@ fn access_log_has_one_line_per_request_and_no_secrets_and_reopens_on_sighup() {
     let n = 40;
     for i in 0..n {
         let mut c = Client::connect(gw.addr());
-        let path = if i % 10 == 9 { "/fail/x" } else { "/v1/chat/completions" };
+        let path = if i % 10 == 9 {
+            "/fail/x"
+        } else {
+            "/v1/chat/completions"
+        };
         let status = get(
             &mut c,
             &format!("{path}?key=qs-secret-{i}"),
@@ -171,7 +192,10 @@ fn access_log_has_one_line_per_request_and_no_secrets_and_reopens_on_sighup() {
     );
     let text = std::fs::read_to_string(&log).expect("log");
     for secret in ["sk-very-secret", "sk-other-secret", "qs-secret", "Bearer"] {
-        assert!(!text.contains(secret), "{secret} in the access log:\n{text}");
+        assert!(
+            !text.contains(secret),
+            "{secret} in the access log:\n{text}"
+        );
     }
     let lines = log_lines(&log);
     let fails = lines.iter().filter(|l| l["status"] == 503).count();

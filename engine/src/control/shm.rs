@@ -364,9 +364,17 @@ impl Drop for WriterGuard<'_> {
     }
 }
 
-/// Whether process `pid` exists (on Linux: /proc/PID).
+/// Whether process `pid` runs (on Linux: /proc/PID/stat exists and its state is not zombie
+/// or dead, so a killed process its parent has not reaped yet counts as gone).
 pub fn pid_alive(pid: u64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "PID (comm) STATE ...": comm may hold spaces and parentheses; the state follows the last ')'.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X" | "x"))
 }
 
 fn set_private(file: &File) {
