@@ -68,8 +68,11 @@ pub fn run(instance: &str, path: &Path, opts: &Options) -> Result<(), Failure> {
         ))
     })?;
     // Numbered under the lock, so two ctls never push the same version.
+    let ring = region.ring();
     let version = next_version(
-        region.ring().latest_message().map(|(v, _)| v),
+        ring.latest_message()
+            .map(|(v, _)| v)
+            .max(ring.newest_frame_version()),
         &stats::read(&region).shards,
     );
 

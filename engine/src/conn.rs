@@ -201,11 +201,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
 
 /// Read, decide and answer one request.
 async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
-    // Between requests: take a new config if one was published (one atomic load if not).
-    ctx.refresh();
-    c.snap = ctx.snapshot();
-    let snap = c.snap.clone();
-    let server = &snap.cfg.server;
+    let mut snap = c.snap.clone();
     // Phase 1: read until the head is complete (or refused). No write buffer is held while
     // waiting, so an idle connection costs only its read buffer.
     let mut head_deadline: Option<Instant> = None;
@@ -214,6 +210,11 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
             if !c.ex.active {
                 c.ex.begin(Instant::now());
             }
+            // The request's config: take a new one if it was published while this
+            // connection waited (one atomic load if none was); the request keeps it to the end.
+            ctx.refresh();
+            snap = ctx.snapshot();
+            c.snap = snap.clone();
             let mut wbuf = ctx.take_buf();
             match decide(&snap, &c.buf, c.ip, &mut wbuf) {
                 Ok(Some((head, action, route))) => {
@@ -236,7 +237,7 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
                 Err(e) => return answer_error(ctx, c, e, true, wbuf).await,
             }
         }
-        c.grow_buf(server.header_bytes_max);
+        c.grow_buf(snap.cfg.server.header_bytes_max);
         let buf = std::mem::take(&mut c.buf);
         let had_bytes = !buf.is_empty();
         let (res, buf) = if !had_bytes {
@@ -246,24 +247,25 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
                 return Next::Close;
             }
             let wait = if first {
-                server.header_timeout
+                snap.cfg.server.header_timeout
             } else {
-                server.idle_timeout
+                snap.cfg.server.idle_timeout
             };
             monoio::select! {
                 r = read_more(&mut c.stream, buf, Instant::now() + wait) => r,
                 _ = ctx.drain.wait() => return Next::Close,
             }
         } else {
-            let deadline =
-                *head_deadline.get_or_insert_with(|| Instant::now() + server.header_timeout);
+            let deadline = *head_deadline
+                .get_or_insert_with(|| Instant::now() + snap.cfg.server.header_timeout);
             read_more(&mut c.stream, buf, deadline).await
         };
         c.buf = buf;
         match res {
             Ok(0) => return Next::Close,
             Ok(_) => {
-                head_deadline.get_or_insert_with(|| Instant::now() + server.header_timeout);
+                head_deadline
+                    .get_or_insert_with(|| Instant::now() + snap.cfg.server.header_timeout);
             }
             // Nothing sent at all: close quietly, as for an idle keep-alive connection.
             Err(ReadError::TimedOut) if !had_bytes => return Next::Close,
@@ -273,6 +275,7 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
             Err(ReadError::Io) => return Next::Close,
         }
     };
+    let server = &snap.cfg.server;
     match action {
         Action::Health { readiness } => {
             c.buf.drain(..head.head_len);

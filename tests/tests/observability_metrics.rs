@@ -1,6 +1,9 @@
 //! The admin listener's `/metrics` and health endpoints, and the access log, against real
 //! traffic: counters equal the requests sent, one log line per request, never a key or query.
-#![allow(clippy::cast_possible_truncation, reason = "counter samples are whole numbers")]
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "counter samples are whole numbers"
+)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

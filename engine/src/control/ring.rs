@@ -263,6 +263,17 @@ impl<'a, W: Word> RingView<'a, W> {
         FrameRead::Ok(header)
     }
 
+    /// The version of the newest frame in the ring, complete message or not: a new message
+    /// is numbered above it, so a version a dead writer left half-written is never reused.
+    pub fn newest_frame_version(&self) -> Option<u64> {
+        let head = self.head();
+        let mut payload = Vec::new();
+        match self.read_frame(head.checked_sub(1)?, &mut payload) {
+            FrameRead::Ok(h) => Some(h.version),
+            _ => None,
+        }
+    }
+
     /// The newest complete message still in the ring: (version, body). Used by ctl to diff
     /// against the running config and to number the next version.
     pub fn latest_message(&self) -> Option<(u64, Vec<u8>)> {
