@@ -13,8 +13,13 @@
 #   ROUNDS [5]  DURATION [10s]  WARMUP [2s]  CONNS [64]
 #   PROXIES ["nginx haproxy shardgate"]   a proxy whose binary is missing is skipped;
 #                         "shardgate-epoll" adds shardgate forced onto monoio's epoll driver
-#                         (SHARDGATE_DRIVER=epoll), to compare the drivers in the same run
-#   SHARDGATE_BIN [<repo>/target/release/shardgate]   NGINX_BIN [nginx]  HAPROXY_BIN [haproxy]
+#                         (SHARDGATE_DRIVER=epoll), to compare the drivers in the same run;
+#                         "shardgate-log" runs it with the access log on (bench/peers/
+#                         shardgate-log.toml, written under OUT/run); "shardgate-base" runs
+#                         SHARDGATE_BASE_BIN (an older build, e.g. before a change) on the same
+#                         config, to price a change in the same run
+#   SHARDGATE_BIN [<repo>/target/release/shardgate]   SHARDGATE_BASE_BIN [unset]
+#   NGINX_BIN [nginx]  HAPROXY_BIN [haproxy]
 #   WRK_BIN [wrk]  PROXY_CPU [0]  LOAD_CPU [1]  OUT [/tmp/shardgate-proxy-cpu-<timestamp>]
 #   FOREIGN_MAX_PCT [10]  a run during which other processes (a cargo build, ...) used more than
 #                         this % of a core on the two benchmark cores is marked "noisy" and left
@@ -36,6 +41,7 @@ WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-64}
 PROXIES=${PROXIES:-"nginx haproxy shardgate"}
 SHARDGATE_BIN=${SHARDGATE_BIN:-$REPO/target/release/shardgate}
+SHARDGATE_BASE_BIN=${SHARDGATE_BASE_BIN:-}
 NGINX_BIN=${NGINX_BIN:-nginx}
 HAPROXY_BIN=${HAPROXY_BIN:-haproxy}
 WRK_BIN=${WRK_BIN:-wrk}
@@ -195,14 +201,15 @@ wait_ready() { # pid port log: up to 10 s for a 200 carrying the upstream's JSON
 
 # ---------------------------------------------------------------- proxies
 proxy_port() {
-    case $1 in nginx) echo 18081 ;; haproxy) echo 18082 ;; shardgate|shardgate-epoll) echo 18083 ;; esac
+    case $1 in nginx) echo 18081 ;; haproxy) echo 18082 ;; shardgate|shardgate-epoll|shardgate-log|shardgate-base) echo 18083 ;; esac
 }
 
 proxy_available() {
     case $1 in
         nginx) command -v "$NGINX_BIN" >/dev/null ;;
         haproxy) command -v "$HAPROXY_BIN" >/dev/null ;;
-        shardgate|shardgate-epoll) [[ -x $SHARDGATE_BIN ]] ;;
+        shardgate|shardgate-epoll|shardgate-log) [[ -x $SHARDGATE_BIN ]] ;;
+        shardgate-base) [[ -n $SHARDGATE_BASE_BIN && -x $SHARDGATE_BASE_BIN ]] ;;
         *) return 1 ;;
     esac
 }
@@ -225,6 +232,19 @@ start_proxy() { # name logfile -> sets PROXY_PID (no subshell: the proxy stays o
             SHARDGATE_DRIVER=epoll taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" \
                 --config "$PEERS/shardgate.toml" >"$logf" 2>&1 &
             ;;
+        shardgate-log)
+            # The access log goes to OUT/run/access.log (the config names a fixed path;
+            # point it there with a copy).
+            sed "s|@ACCESS_LOG@|$OUT/run/access.log|" "$PEERS/shardgate-log.toml" \
+                >"$OUT/run/shardgate-log.toml"
+            rm -f "$OUT/run/access.log"
+            taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" --config "$OUT/run/shardgate-log.toml" \
+                >"$logf" 2>&1 &
+            ;;
+        shardgate-base)
+            taskset -c "$PROXY_CPU" "$SHARDGATE_BASE_BIN" --config "$PEERS/shardgate.toml" \
+                >"$logf" 2>&1 &
+            ;;
     esac
     PROXY_PID=$!
 }
@@ -233,7 +253,8 @@ proxy_version() {
     case $1 in
         nginx) "$NGINX_BIN" -v 2>&1 | head -n1 ;;
         haproxy) "$HAPROXY_BIN" -v 2>&1 | head -n1 ;;
-        shardgate|shardgate-epoll)
+        shardgate-base) echo "$SHARDGATE_BASE_BIN (built $(date -r "$SHARDGATE_BASE_BIN" '+%F %T'))" ;;
+        shardgate|shardgate-epoll|shardgate-log)
             echo "$SHARDGATE_BIN ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet 2>/dev/null || echo '+dirty'), built $(date -r "$SHARDGATE_BIN" '+%F %T'))" ;;
     esac
 }
@@ -268,12 +289,13 @@ to_ms() { # wrk duration (123.45us / 1.23ms / 1.02s / 1.5m) -> ms
 # ---------------------------------------------------------------- start
 selected=()
 for p in $PROXIES; do
-    case $p in nginx|haproxy|shardgate|shardgate-epoll) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
+    case $p in nginx|haproxy|shardgate|shardgate-epoll|shardgate-log|shardgate-base) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
     if proxy_available "$p"; then
         selected+=("$p")
     else
         case $p in
-            shardgate|shardgate-epoll) log "SKIP $p: $SHARDGATE_BIN not found or not executable (cargo build --release -p shardgate-engine, or set SHARDGATE_BIN)" ;;
+            shardgate-base) log "SKIP $p: set SHARDGATE_BASE_BIN to an executable" ;;
+            shardgate|shardgate-epoll|shardgate-log) log "SKIP $p: $SHARDGATE_BIN not found or not executable (cargo build --release -p shardgate-engine, or set SHARDGATE_BIN)" ;;
             nginx) log "SKIP nginx: '$NGINX_BIN' not installed" ;;
             haproxy) log "SKIP haproxy: '$HAPROXY_BIN' not installed (apt-get install -y haproxy)" ;;
         esac

@@ -12,10 +12,11 @@
 //! - route /old/
 //! ```
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use shardgate_engine::config::{
-    Config, Cores, DriverChoice, Endpoint, Provider, ServerConfig, UpstreamConfig,
+    Config, Cores, DriverChoice, Endpoint, Provider, RouteConfig, ServerConfig, UpstreamConfig,
 };
 
 /// Most diff lines `apply` prints; the rest are counted.
@@ -167,9 +168,16 @@ fn upstream(a: &UpstreamConfig, b: &UpstreamConfig, out: &mut Vec<String>) {
 }
 
 fn routes(old: &Config, new: &Config, out: &mut Vec<String>) {
+    // Hashed by prefix: configs may hold tens of thousands of routes.
+    let old_by_prefix: HashMap<&str, &RouteConfig> = old
+        .routes
+        .iter()
+        .map(|r| (r.path_prefix.as_str(), r))
+        .collect();
+    let new_prefixes: HashSet<&str> = new.routes.iter().map(|r| r.path_prefix.as_str()).collect();
     for r in &new.routes {
         let to = target(new, r.upstream);
-        match old.routes.iter().find(|o| o.path_prefix == r.path_prefix) {
+        match old_by_prefix.get(r.path_prefix.as_str()) {
             None => out.push(format!("+ route {} -> {to}", r.path_prefix)),
             Some(o) => {
                 let from = target(old, o.upstream);
@@ -180,7 +188,7 @@ fn routes(old: &Config, new: &Config, out: &mut Vec<String>) {
         }
     }
     for o in &old.routes {
-        if !new.routes.iter().any(|r| r.path_prefix == o.path_prefix) {
+        if !new_prefixes.contains(o.path_prefix.as_str()) {
             out.push(format!("- route {}", o.path_prefix));
         }
     }

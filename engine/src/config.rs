@@ -380,8 +380,10 @@ impl Validator<'_> {
             .enumerate()
             .map(|(i, u)| self.upstream(i, u))
             .collect();
+        // Name → index; hashed, so a config with thousands of entries validates in linear time.
+        let mut upstream_index = std::collections::HashMap::with_capacity(upstreams.len());
         for (i, u) in upstreams.iter().enumerate() {
-            if upstreams[..i].iter().any(|o| o.name == u.name) {
+            if upstream_index.insert(u.name.as_str(), i).is_some() {
                 self.error(
                     format!("upstreams[{i}].name"),
                     format!("duplicate name {:?}", u.name),
@@ -395,20 +397,18 @@ impl Validator<'_> {
             self.error("routes", format!("at most {ROUTES_MAX} routes"));
         }
         let mut routes = Vec::with_capacity(raw.routes.len());
+        let mut prefixes = std::collections::HashSet::with_capacity(raw.routes.len());
         for (i, r) in raw.routes.into_iter().enumerate() {
             if !r.path_prefix.starts_with('/') {
                 self.error(format!("routes[{i}].path_prefix"), "must start with /");
             }
-            if routes
-                .iter()
-                .any(|o: &RouteConfig| o.path_prefix == r.path_prefix)
-            {
+            if !prefixes.insert(r.path_prefix.clone()) {
                 self.error(
                     format!("routes[{i}].path_prefix"),
                     format!("duplicate prefix {:?}", r.path_prefix),
                 );
             }
-            match upstreams.iter().position(|u| u.name == r.upstream) {
+            match upstream_index.get(r.upstream.as_str()).copied() {
                 Some(upstream) => routes.push(RouteConfig {
                     path_prefix: r.path_prefix,
                     upstream,

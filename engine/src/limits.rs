@@ -66,7 +66,7 @@ pub const POOL_IDLE_MAX_DEFAULT: usize = 64;
 /// Largest number of endpoints per upstream, and of upstreams and routes.
 pub const ENDPOINTS_MAX: usize = 256;
 pub const UPSTREAMS_MAX: usize = 4096;
-pub const ROUTES_MAX: usize = 4096;
+pub const ROUTES_MAX: usize = 65_536;
 
 /// Default port of `[server] admin_listen` (on 127.0.0.1).
 pub const ADMIN_PORT_DEFAULT: u16 = 9901;
