@@ -64,6 +64,8 @@ struct Slot {
 pub struct Pools {
     slots: RefCell<Vec<Slot>>,
     by_addr: RefCell<HashMap<SocketAddr, usize>>,
+    /// Slots of forgotten addresses, given to new ones (so churn does not grow the table).
+    free: RefCell<Vec<usize>>,
 }
 
 impl Default for Pools {
@@ -77,6 +79,7 @@ impl Pools {
         Self {
             slots: RefCell::new(Vec::new()),
             by_addr: RefCell::new(HashMap::new()),
+            free: RefCell::new(Vec::new()),
         }
     }
 
@@ -86,6 +89,7 @@ impl Pools {
     pub fn assign(&self, addrs: &[SocketAddr]) -> Vec<usize> {
         let mut slots = self.slots.borrow_mut();
         let mut by_addr = self.by_addr.borrow_mut();
+        let mut free = self.free.borrow_mut();
         for s in slots.iter_mut() {
             s.assigned = false;
         }
@@ -94,13 +98,23 @@ impl Pools {
             let i = match by_addr.get(&addr) {
                 Some(&i) => i,
                 None => {
-                    slots.push(Slot {
+                    let slot = Slot {
                         addr,
                         assigned: false,
                         idle: Vec::new(),
-                    });
-                    by_addr.insert(addr, slots.len() - 1);
-                    slots.len() - 1
+                    };
+                    let i = match free.pop() {
+                        Some(i) => {
+                            slots[i] = slot;
+                            i
+                        }
+                        None => {
+                            slots.push(slot);
+                            slots.len() - 1
+                        }
+                    };
+                    by_addr.insert(addr, i);
+                    i
                 }
             };
             slots[i].assigned = true;
@@ -109,16 +123,20 @@ impl Pools {
         out
     }
 
-    /// Close the idle connections of addresses the newest config no longer names, and forget
-    /// those addresses once nothing refers to their slots. Slots are never reused for another
-    /// address while a request of an older config may still check a connection in: a check-in
-    /// compares the connection's address with the slot's.
+    /// Close the idle connections of addresses the newest config no longer names, forget those
+    /// addresses and free their slots. A freed slot may go to another address while a request
+    /// of an older config still holds its number: harmless, since a check-in compares the
+    /// connection's address with the slot's.
     pub fn retain_assigned(&self) {
         let mut slots = self.slots.borrow_mut();
         let mut by_addr = self.by_addr.borrow_mut();
-        for s in slots.iter_mut().filter(|s| !s.assigned) {
-            s.idle.clear();
-            by_addr.remove(&s.addr);
+        let mut free = self.free.borrow_mut();
+        for (i, s) in slots.iter_mut().enumerate() {
+            if !s.assigned && by_addr.get(&s.addr) == Some(&i) {
+                s.idle.clear();
+                by_addr.remove(&s.addr);
+                free.push(i);
+            }
         }
     }
 
@@ -170,7 +188,16 @@ mod tests {
         p.retain_assigned();
         assert_eq!(p.assign(&[c, b]), vec![2, 1]);
         p.retain_assigned();
-        // `a` is forgotten; coming back it gets a new slot, and its old slot takes no check-in.
-        assert_eq!(p.assign(&[a]), vec![3]);
+        // `a` was forgotten and its slot 0 freed: coming back, `a` gets a free slot again, and
+        // the table does not grow however often addresses come and go.
+        assert_eq!(p.assign(&[a]), vec![0]);
+        p.retain_assigned();
+        for _ in 0..10 {
+            assert!(p.assign(&[b])[0] < 3);
+            p.retain_assigned();
+            assert!(p.assign(&[c])[0] < 3);
+            p.retain_assigned();
+        }
+        assert!(p.slots.borrow().len() <= 3);
     }
 }

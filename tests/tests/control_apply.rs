@@ -415,3 +415,25 @@ fn status_reports_every_shard() {
     assert_eq!(out.code, Some(1), "{}", out.text());
     assert!(out.stderr.contains("no-such-instance"), "{}", out.text());
 }
+
+#[test]
+fn a_second_engine_with_a_live_instance_name_is_refused_and_a_stale_region_is_replaced() {
+    let (a, b) = (named("A"), named("B"));
+    let cfg = config(a.addr(), b.addr(), "a", "", "");
+    let first = Gateway::start(&cfg);
+    let same = ["--instance", first.instance()];
+    let err = Gateway::try_start_full(&cfg, &[], &same)
+        .expect_err("a second engine on a live instance started");
+    assert!(err.contains("already running"), "{err}");
+    // The first engine is untouched.
+    let mut c = Client::connect(first.addr());
+    assert_eq!(body_of(&mut c), "A");
+    // Killed (no clean exit): its region stays behind, and the next start replaces it.
+    let instance = first.instance().to_owned();
+    let mut first = first;
+    first.signal("-KILL");
+    assert!(first.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(std::path::Path::new(&format!("/dev/shm/shardgate-{instance}")).exists());
+    let again = Gateway::start_with_args(&cfg, &[], &["--instance", &instance]);
+    assert_eq!(version(again.instance()), 1);
+}
