@@ -10,6 +10,7 @@
 # is what each additional request costs. The target is 0.
 #
 # Usage: bench/scripts/alloc-per-request.sh    Environment: SHORT [2] LONG [6] CONNS [64]
+#   ACCESS_LOG [0]  1: run with the access log on (bench/peers/shardgate-log.toml, into WORK)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -17,7 +18,13 @@ PEERS=$REPO/bench/peers
 SHORT=${SHORT:-2}
 LONG=${LONG:-6}
 CONNS=${CONNS:-64}
+ACCESS_LOG=${ACCESS_LOG:-0}
 WORK=$(mktemp -d /tmp/shardgate-alloc.XXXXXX)
+CONFIG=$PEERS/shardgate.toml
+if [[ $ACCESS_LOG == 1 ]]; then
+    sed "s|@ACCESS_LOG@|$WORK/access.log|" "$PEERS/shardgate-log.toml" >"$WORK/shardgate-log.toml"
+    CONFIG=$WORK/shardgate-log.toml
+fi
 BIN=$REPO/target/count-alloc/release/shardgate
 
 command -v wrk >/dev/null && command -v nginx >/dev/null ||
@@ -36,7 +43,7 @@ pids+=($!)
 for _ in $(seq 50); do curl -sf -o /dev/null -X POST http://127.0.0.1:18080/ && break; sleep 0.1; done
 
 run() { # seconds -> "allocations requests"
-    taskset -c 0 "$BIN" --config "$PEERS/shardgate.toml" >"$WORK/sg.out" 2>"$WORK/sg.err" &
+    taskset -c 0 "$BIN" --config "$CONFIG" >"$WORK/sg.out" 2>"$WORK/sg.err" &
     local pid=$!
     for _ in $(seq 100); do grep -q listening "$WORK/sg.out" 2>/dev/null && break; sleep 0.05; done
     taskset -c 1 wrk -t1 -c"$CONNS" -d"$1"s -s "$PEERS/post.lua" \
