@@ -38,7 +38,7 @@ mkdir -p "$OUT"
 
 gen() { # file, upstream for every route
     {
-        printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "off"\n\n' "$PORT"
+        printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "off"\nauth = "none"\n\n' "$PORT"
         printf '[[upstreams]]\nname = "demo"\nprovider = "mock"\n\n'
         printf '[[upstreams]]\nname = "demo2"\nprovider = "mock"\n\n'
         printf '[[routes]]\npath_prefix = "/"\nupstream = "%s"\n\n' "$2"
@@ -49,7 +49,7 @@ gen() { # file, upstream for every route
 }
 gen "$OUT/a.toml" demo
 gen "$OUT/b.toml" demo2
-printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "off"\n\n[[upstreams]]\nname = "demo"\nprovider = "mock"\n\n[[routes]]\npath_prefix = "/"\nupstream = "demo"\n' "$PORT" >"$OUT/boot.toml"
+printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "off"\nauth = "none"\n\n[[upstreams]]\nname = "demo"\nprovider = "mock"\n\n[[routes]]\npath_prefix = "/"\nupstream = "demo"\n' "$PORT" >"$OUT/boot.toml"
 
 "$SHARDGATE_BIN" --config "$OUT/boot.toml" --instance "$INSTANCE" >"$OUT/engine.log" 2>&1 &
 ENGINE=$!

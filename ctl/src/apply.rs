@@ -253,7 +253,8 @@ mod tests {
     use super::*;
     use shardgate_engine::control::ring::{Consumer, Poll};
 
-    const TOML: &str = "[[upstreams]]\nname = \"m\"\nprovider = \"mock\"\n\
+    const TOML: &str =
+        "[server]\nauth = \"none\"\n[[upstreams]]\nname = \"m\"\nprovider = \"mock\"\n\
                         [[routes]]\npath_prefix = \"/\"\nupstream = \"m\"\n";
 
     fn shard(id: usize, version: u64) -> ShardView {

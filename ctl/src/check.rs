@@ -11,7 +11,7 @@ use crate::Failure;
 pub fn load(path: &Path) -> Result<(String, Config), Failure> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::invalid(format!("{}: cannot read: {e}", path.display())))?;
-    match Config::from_toml(&text) {
+    match Config::from_toml_without_secrets(&text) {
         Ok(config) => Ok((text, config)),
         Err(errors) => Err(Failure::invalid(error_lines(path, &errors))),
     }
@@ -29,7 +29,10 @@ pub fn error_lines(path: &Path, errors: &ConfigErrors) -> String {
 
 /// The `check` command.
 pub fn run(path: &Path) -> Result<(), Failure> {
-    load(path)?;
+    let (_, config) = load(path)?;
+    for w in &config.warnings {
+        eprintln!("{}: warning: {w}", path.display());
+    }
     println!("{}: ok", path.display());
     Ok(())
 }
@@ -80,7 +83,7 @@ mod tests {
         );
         let good = temp(
             "good.toml",
-            "[[upstreams]]\nname = \"m\"\nprovider = \"mock\"\n\
+            "[server]\nauth = \"none\"\n[[upstreams]]\nname = \"m\"\nprovider = \"mock\"\n\
              [[routes]]\npath_prefix = \"/\"\nupstream = \"m\"\n",
         );
         let (text, config) = match load(&good) {

@@ -256,6 +256,7 @@ mod tests {
 
     const BASE: &str = r#"
 [server]
+auth = "none"
 listen = "127.0.0.1:8080"
 cores = 2
 [[upstreams]]
@@ -294,6 +295,7 @@ upstream = "old"
     fn routes_upstreams_and_server_fields() {
         let new = r#"
 [server]
+auth = "none"
 listen = "127.0.0.1:8080"
 cores = 2
 idle_timeout_ms = 1000
@@ -347,6 +349,7 @@ upstream = "b"
     fn mock_upstreams_and_provider_changes() {
         let new = r#"
 [server]
+auth = "none"
 listen = "127.0.0.1:8080"
 cores = 2
 [[upstreams]]
@@ -377,7 +380,7 @@ upstream = "old"
 
     #[test]
     fn a_name_resolving_elsewhere_shows_the_addresses() {
-        let text = "[[upstreams]]\nname = \"a\"\nendpoints = [\"http://api.internal:80\"]\n\
+        let text = "[server]\nauth = \"none\"\n[[upstreams]]\nname = \"a\"\nendpoints = [\"http://api.internal:80\"]\n\
                     [[routes]]\npath_prefix = \"/\"\nupstream = \"a\"\n";
         let at = |addr: [u8; 4]| {
             let resolved: HashMap<String, SocketAddr> =

@@ -63,7 +63,7 @@ pub fn run(instance: &str, opts: &Options) -> Result<(), Failure> {
     Ok(())
 }
 
-/// One screen: a header line, then a table of upstreams and a table of routes, each sorted by
+/// One screen: a header line, then tables of upstreams, routes and tenants, each sorted by
 /// requests per second, most first.
 pub fn screen(instance: &str, prev: &Totals, now: &Totals, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(1e-3);
@@ -97,8 +97,13 @@ pub fn screen(instance: &str, prev: &Totals, now: &Totals, elapsed: Duration) ->
         "route",
         &rows(&prev.routes, &now.routes, secs),
     ));
-    // Tenant rows go here (the tenants issue): a third table of the same columns, from the
-    // per-tenant slots once the shards count them.
+    if !now.tenants.is_empty() {
+        out.push('\n');
+        out.push_str(&rates_table(
+            "tenant",
+            &rows(&prev.tenants, &now.tenants, secs),
+        ));
+    }
     out
 }
 
@@ -215,6 +220,7 @@ mod tests {
                 .map(|(n, s)| ((*n).to_owned(), s.clone()))
                 .collect(),
             routes: BTreeMap::new(),
+            tenants: BTreeMap::new(),
         }
     }
 
@@ -268,9 +274,9 @@ mod tests {
         let prev = stats::read(r);
         let (up, route) = (s.upstream_slot("demo"), s.route_slot("/v1/"));
         for _ in 0..4 {
-            s.record(up, route, 200, 10, 20, Duration::from_millis(2));
+            s.record(up, route, NO_SLOT, 200, 10, 20, Duration::from_millis(2));
         }
-        s.record(up, NO_SLOT, 502, 10, 0, Duration::from_secs(90));
+        s.record(up, NO_SLOT, NO_SLOT, 502, 10, 0, Duration::from_secs(90));
         let now = stats::read(r);
         let text = screen("unit", &prev, &now, Duration::from_secs(1));
         let demo = text

@@ -199,9 +199,15 @@ fn route(method: &str, target: &str, state: &AdminState) -> Reply {
     match path {
         "/metrics" => {
             let totals = stats::read(state.region);
+            let tenant_inflight: Vec<(String, u64)> = state
+                .region
+                .tenants()
+                .map(|(name, c)| (name, c.inflight.load(Ordering::Relaxed)))
+                .collect();
             let mut body = String::with_capacity(16 * 1024);
             metrics::render(
                 &Scrape {
+                    tenant_inflight: &tenant_inflight,
                     totals: &totals,
                     instance: &state.instance,
                     started_unix_ms: state

@@ -25,6 +25,14 @@ provider = "mock"
 [[routes]]
 path_prefix = "/"
 upstream = "demo"
+
+# The demo tenant: key "sk-demo" (stored as its SHA-256, as every key should be).
+[[tenants]]
+name = "demo"
+keys = ["sha256:f77894fdfa58e447c57e077eaa9708e8e009c84dc6aba2db80461275e9b85be7"]
+models = ["*"]
+rpm = 6000
+tpm = 10000000
 "#;
 
 /// One problem found in a config file: the field (a dotted path) and the reason.
@@ -69,6 +77,8 @@ struct RawConfig {
     upstreams: Vec<RawUpstream>,
     #[serde(default)]
     routes: Vec<RawRoute>,
+    #[serde(default)]
+    tenants: Vec<crate::tenant::RawTenant>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +106,7 @@ struct RawServer {
     instance: Option<String>,
     admin_listen: Option<String>,
     access_log: Option<String>,
+    auth: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +121,7 @@ struct RawUpstream {
     read_timeout_ms: Option<i64>,
     pool_idle_timeout_ms: Option<i64>,
     pool_idle_max: Option<i64>,
+    api_key_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +189,17 @@ pub struct ServerConfig {
     pub admin_listen: Option<SocketAddr>,
     /// File the access log is appended to; `None`: no access log.
     pub access_log: Option<std::path::PathBuf>,
+    /// Whether requests must present a tenant's key.
+    pub auth: Auth,
+}
+
+/// `[server] auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// Every request presents the key of a `[[tenants]]` entry (the default).
+    Keys,
+    /// No keys: every request is anonymous (set explicitly; a warning at start).
+    None,
 }
 
 impl ServerConfig {
@@ -213,6 +236,14 @@ impl Endpoint {
     }
 }
 
+/// Whether `api_key_env` variables are read (the engine) or only checked for a name
+/// (`shardgate-ctl`, which runs without the upstreams' secrets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secrets {
+    Read,
+    Skip,
+}
+
 /// How endpoint names become addresses.
 #[derive(Debug, Clone, Copy)]
 enum Resolver<'a> {
@@ -232,6 +263,9 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_idle_max: usize,
+    /// The header line (`authorization: Bearer ...\r\n`) carrying the upstream's own credential,
+    /// read from the environment variable `api_key_env` names when the config is loaded.
+    pub credential: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -246,13 +280,24 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    pub tenants: Vec<crate::tenant::TenantConfig>,
+    /// Things that work but should change (a plain key in the file): printed by `--check`,
+    /// at start and by `shardgate-ctl check`.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
     /// Parse and validate TOML text. Errors name the field and the reason (and, for syntax
     /// errors, the line).
     pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
-        Self::parse(text, Resolver::System)
+        Self::parse(text, Resolver::System, Secrets::Read)
+    }
+
+    /// [`Config::from_toml`] for `shardgate-ctl`: `api_key_env` variables are not read (ctl does
+    /// not hold the upstreams' secrets; each shard reads them from the engine's environment and
+    /// refuses the config if one is missing).
+    pub fn from_toml_without_secrets(text: &str) -> Result<Config, ConfigErrors> {
+        Self::parse(text, Resolver::System, Secrets::Skip)
     }
 
     /// Parse and validate a config that came over the ring, resolving endpoint names from the
@@ -260,10 +305,10 @@ impl Config {
     pub fn from_message(
         m: &crate::control::message::ConfigMessage,
     ) -> Result<Config, ConfigErrors> {
-        Self::parse(&m.toml, Resolver::Table(&m.resolved))
+        Self::parse(&m.toml, Resolver::Table(&m.resolved), Secrets::Read)
     }
 
-    fn parse(text: &str, resolver: Resolver<'_>) -> Result<Config, ConfigErrors> {
+    fn parse(text: &str, resolver: Resolver<'_>, secrets: Secrets) -> Result<Config, ConfigErrors> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let field = match e.span() {
                 Some(span) => {
@@ -279,10 +324,13 @@ impl Config {
         })?;
         let mut v = Validator {
             errors: Vec::new(),
+            warnings: Vec::new(),
             resolver,
+            secrets,
         };
-        let config = v.config(raw);
+        let mut config = v.config(raw);
         if v.errors.is_empty() {
+            config.warnings = v.warnings;
             Ok(config)
         } else {
             Err(ConfigErrors(v.errors))
@@ -331,7 +379,9 @@ impl Config {
 
 struct Validator<'a> {
     errors: Vec<ConfigError>,
+    warnings: Vec<String>,
     resolver: Resolver<'a>,
+    secrets: Secrets,
 }
 
 impl Validator<'_> {
@@ -419,10 +469,39 @@ impl Validator<'_> {
                 ),
             }
         }
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        let tenants = crate::tenant::validate(
+            raw.tenants,
+            |field, reason| errors.push((field, reason)),
+            |w| warnings.push(w),
+        );
+        for (field, reason) in errors {
+            self.error(field, reason);
+        }
+        self.warnings.extend(warnings);
+        match server.auth {
+            Auth::Keys if tenants.is_empty() => self.error(
+                "tenants",
+                "no [[tenants]] entry: add tenants with keys, or set [server] auth = \"none\" \
+                 to serve every request without a key",
+            ),
+            Auth::None if !tenants.is_empty() => self.error(
+                "server.auth",
+                "\"none\" with [[tenants]] entries: their keys would never be checked",
+            ),
+            Auth::None => self.warnings.push(
+                "server.auth = \"none\": requests are served without a key and without tenant limits"
+                    .to_owned(),
+            ),
+            Auth::Keys => {}
+        }
         Config {
             server,
             upstreams,
             routes,
+            tenants,
+            warnings: Vec::new(),
         }
     }
 
@@ -517,6 +596,17 @@ impl Validator<'_> {
                 1 << 20,
             ),
             instance: self.instance(raw.instance),
+            auth: match raw.auth.as_deref() {
+                None | Some("keys") => Auth::Keys,
+                Some("none") => Auth::None,
+                Some(a) => {
+                    self.error(
+                        "server.auth",
+                        format!("must be \"keys\" or \"none\", got {a:?}"),
+                    );
+                    Auth::Keys
+                }
+            },
             admin_listen: match raw.admin_listen.as_deref() {
                 Some("off") => None,
                 Some(text) => Some(text.parse().unwrap_or_else(|_| {
@@ -581,7 +671,35 @@ impl Validator<'_> {
                 Err(reason) => self.error(format!("upstreams[{i}].endpoints[{j}]"), reason),
             }
         }
+        let credential = match &raw.api_key_env {
+            None => None,
+            Some(var) if var.is_empty() => {
+                self.error(f("api_key_env"), "must name an environment variable");
+                None
+            }
+            Some(_) if self.secrets == Secrets::Skip => None,
+            Some(var) => match std::env::var(var) {
+                Ok(key) if !key.is_empty() && !key.bytes().any(|b| b < 0x20 || b == 0x7f) => {
+                    Some(format!("authorization: Bearer {key}\r\n").into_bytes())
+                }
+                Ok(_) => {
+                    self.error(
+                        f("api_key_env"),
+                        format!("${var} is empty or holds control characters"),
+                    );
+                    None
+                }
+                Err(_) => {
+                    self.error(
+                        f("api_key_env"),
+                        format!("${var} is not set in the engine's environment"),
+                    );
+                    None
+                }
+            },
+        };
         UpstreamConfig {
+            credential,
             name: raw.name,
             provider,
             endpoints,
@@ -702,6 +820,7 @@ mod tests {
             [server]
             listen = "127.0.0.1:8080"
             cores = 1
+            auth = "none"
             [[upstreams]]
             name = "rig"
             endpoints = ["http://127.0.0.1:18080"]
@@ -768,6 +887,44 @@ mod tests {
 
     fn parse_endpoint_dns(text: &str) -> Result<Endpoint, String> {
         parse_endpoint(text, Resolver::System)
+    }
+
+    #[test]
+    fn auth_keys_needs_tenants_and_none_is_explicit() {
+        let base = "[[upstreams]]\nname = \"a\"\nprovider = \"mock\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"a\"\n";
+        let errs = errors_of(base).join("\n");
+        assert!(errs.contains("tenants: no [[tenants]] entry"), "{errs}");
+        let ok = Config::from_toml(&format!("[server]\nauth = \"none\"\n{base}")).expect("valid");
+        assert_eq!(ok.server.auth, Auth::None);
+        assert!(
+            ok.warnings.iter().any(|w| w.contains("auth")),
+            "{:?}",
+            ok.warnings
+        );
+        let t = "[[tenants]]\nname = \"t\"\nkeys = [\"sha256:f77894fdfa58e447c57e077eaa9708e8e009c84dc6aba2db80461275e9b85be7\"]\n";
+        let errs = errors_of(&format!("[server]\nauth = \"none\"\n{base}{t}")).join("\n");
+        assert!(errs.contains("server.auth"), "{errs}");
+        let c = Config::from_toml(&format!("{base}{t}")).expect("valid");
+        assert_eq!(c.tenants.len(), 1);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(Config::embedded_default().tenants[0].name, "demo");
+    }
+
+    #[test]
+    fn api_key_env_is_read_by_the_engine_and_skipped_by_ctl() {
+        let text = |var: &str| {
+            format!(
+                "[server]\nauth = \"none\"\n[[upstreams]]\nname = \"a\"\nendpoints = [\"http://127.0.0.1:9\"]\napi_key_env = \"{var}\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"a\"\n"
+            )
+        };
+        let missing = text("SHARDGATE_TEST_SURELY_UNSET_VAR");
+        let errs = errors_of(&missing).join("\n");
+        assert!(errs.contains("upstreams[0].api_key_env"), "{errs}");
+        assert!(Config::from_toml_without_secrets(&missing).is_ok());
+        // PATH is set in every environment the tests run in.
+        let c = Config::from_toml(&text("PATH")).expect("valid");
+        let line = c.upstreams[0].credential.as_deref().expect("credential");
+        assert!(line.starts_with(b"authorization: Bearer ") && line.ends_with(b"\r\n"));
     }
 
     #[test]

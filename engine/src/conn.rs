@@ -19,11 +19,11 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::accesslog::Record;
-use crate::config::{Provider, UpstreamConfig};
+use crate::config::{Auth, Provider, UpstreamConfig};
 use crate::control::stats::{NO_SLOT, SLOT_UNROUTED};
 use crate::error::Error;
 use crate::http::chunked::{ChunkedDecoder, Step};
-use crate::http::request::{self, BodyKind, Method, RequestHead};
+use crate::http::request::{self, BodyKind, Credentials, Method, RequestHead};
 use crate::http::response::{self, ClientFraming};
 use crate::http::write_hex;
 use crate::limits::{
@@ -31,6 +31,7 @@ use crate::limits::{
 };
 use crate::mock::{self, MockEndpoint, MockReply};
 use crate::shard::{ShardCtx, Snapshot};
+use crate::tenant::presented_key;
 use crate::upstream::{self, UpConn};
 
 /// After an error answer that closes the connection, how long to keep reading (and dropping)
@@ -95,6 +96,9 @@ struct Exchange {
     bytes_out: u64,
     upstream_slot: usize,
     route_slot: usize,
+    /// The tenant (index in the request's snapshot) and its counter slot.
+    tenant: Option<usize>,
+    tenant_slot: usize,
     upstream: Option<SocketAddr>,
     /// The access-log record, filled from the head (only when an access log is configured).
     record: Option<Record>,
@@ -110,6 +114,8 @@ impl Exchange {
             bytes_out: 0,
             upstream_slot: SLOT_UNROUTED,
             route_slot: NO_SLOT,
+            tenant: None,
+            tenant_slot: NO_SLOT,
             upstream: None,
             record: None,
         }
@@ -133,6 +139,7 @@ fn finish(ctx: &ShardCtx, c: &mut Client) {
     ctx.control.stats.record(
         ex.upstream_slot,
         ex.route_slot,
+        ex.tenant_slot,
         ex.status,
         ex.bytes_in,
         ex.bytes_out,
@@ -217,8 +224,17 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
             c.snap = snap.clone();
             let mut wbuf = ctx.take_buf();
             match decide(&snap, &c.buf, c.ip, &mut wbuf) {
-                Ok(Some((head, action, route))) => {
+                Ok(Some(Decision {
+                    head,
+                    action,
+                    route,
+                    tenant,
+                })) => {
                     c.ex.bytes_in = head.head_len as u64;
+                    if let Some(t) = tenant {
+                        c.ex.tenant = Some(t);
+                        c.ex.tenant_slot = snap.tenant_stats[t];
+                    }
                     if ctx.access_log.is_some() {
                         let mut r =
                             Record::new(crate::control::unix_ms(), shard_u16(ctx.id), c.peer);
@@ -346,13 +362,22 @@ impl Client {
 
 /// Parse the head in `buf` and decide what to do, writing the upstream head into `wbuf` when
 /// proxying. `Ok(None)`: the head is incomplete.
-/// The index of the route taken comes back too (None for health checks and unrouted paths).
+/// What [`decide`] found in a complete head.
+struct Decision {
+    head: RequestHead,
+    action: Action,
+    /// The route taken (None for health checks and unrouted paths).
+    route: Option<usize>,
+    /// The tenant whose key the request presented (None without `auth = "keys"`).
+    tenant: Option<usize>,
+}
+
 fn decide(
     snap: &Snapshot,
     buf: &[u8],
     client_ip: IpAddr,
     wbuf: &mut Vec<u8>,
-) -> Result<Option<(RequestHead, Action, Option<usize>)>, Error> {
+) -> Result<Option<Decision>, Error> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
     let Some(req) = request::parse(buf, &mut headers, &snap.cfg.server.head_limits())? else {
         return Ok(None);
@@ -361,17 +386,45 @@ fn decide(
     let path = req.path();
     if head.method == Method::Get {
         match path {
-            "/health/liveness" => {
-                return Ok(Some((head, Action::Health { readiness: false }, None)))
-            }
-            "/health/readiness" => {
-                return Ok(Some((head, Action::Health { readiness: true }, None)))
+            "/health/liveness" | "/health/readiness" => {
+                return Ok(Some(Decision {
+                    head,
+                    action: Action::Health {
+                        readiness: path == "/health/readiness",
+                    },
+                    route: None,
+                    tenant: None,
+                }))
             }
             _ => {}
         }
     }
+    // Identify the tenant before anything else: an unknown caller learns nothing (not even
+    // which paths route).
+    let tenant = match snap.cfg.server.auth {
+        Auth::None => None,
+        Auth::Keys => {
+            let key = presented_key(req.header("authorization"), req.header("x-api-key"));
+            match key.and_then(|k| snap.tenants.lookup(k)) {
+                Some(t) => Some(t),
+                None => {
+                    return Ok(Some(Decision {
+                        head,
+                        action: Action::Refuse(Error::Unauthorized),
+                        route: None,
+                        tenant: None,
+                    }))
+                }
+            }
+        }
+    };
     let Some(route) = snap.routes.lookup(path) else {
-        return Ok(Some((head, Action::Refuse(Error::NoRoute), None)));
+        return Ok(Some(Decision {
+            head,
+            action: Action::Refuse(Error::NoRoute),
+            route: None,
+            tenant,
+        }));
     };
     let upstream = snap.cfg.routes[route].upstream;
     let ucfg = &snap.cfg.upstreams[upstream];
@@ -384,7 +437,11 @@ fn decide(
             let (endpoint, ep_index) = snap.pick_endpoint(upstream);
             wbuf.clear();
             let authority = ucfg.endpoints[ep_index].authority.as_bytes();
-            req.write_upstream_head(authority, client_ip, wbuf);
+            let creds = Credentials {
+                drop_client_keys: snap.cfg.server.auth == Auth::Keys || ucfg.credential.is_some(),
+                upstream: ucfg.credential.as_deref().unwrap_or_default(),
+            };
+            req.write_upstream_head_with(authority, client_ip, &creds, wbuf);
             Action::Proxy {
                 upstream,
                 endpoint,
@@ -392,7 +449,12 @@ fn decide(
             }
         }
     };
-    Ok(Some((head, action, Some(route))))
+    Ok(Some(Decision {
+        head,
+        action,
+        route: Some(route),
+        tenant,
+    }))
 }
 
 // ----- request bodies -----

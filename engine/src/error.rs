@@ -52,6 +52,24 @@ pub enum Error {
     UpstreamTimeout,
     /// The gateway is draining and takes no new requests.
     ShuttingDown,
+    /// No API key, or one no tenant owns.
+    Unauthorized,
+    /// The tenant is not approved for the model it asked for.
+    ModelNotAllowed,
+    /// A tenant limit refused the request (the answer carries `Retry-After` and the
+    /// `x-ratelimit-*` headers).
+    RateLimited(Limit),
+    /// The request body is not what an LLM endpoint takes (not JSON, a field of the wrong type).
+    BadBody(&'static str),
+}
+
+/// Which tenant limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Requests,
+    Tokens,
+    Concurrency,
+    Budget,
 }
 
 impl Error {
@@ -69,6 +87,10 @@ impl Error {
             Error::UpstreamUnavailable | Error::UpstreamBadResponse(_) => 502,
             Error::ShuttingDown => 503,
             Error::UpstreamTimeout => 504,
+            Error::Unauthorized => 401,
+            Error::ModelNotAllowed => 403,
+            Error::RateLimited(_) => 429,
+            Error::BadBody(_) => 400,
         }
     }
 
@@ -90,6 +112,11 @@ impl Error {
             Error::UpstreamBadResponse(_) => "upstream_bad_response",
             Error::UpstreamTimeout => "upstream_timeout",
             Error::ShuttingDown => "shutting_down",
+            Error::Unauthorized => "invalid_api_key",
+            Error::ModelNotAllowed => "model_not_allowed",
+            Error::RateLimited(Limit::Budget) => "insufficient_quota",
+            Error::RateLimited(_) => "rate_limit_exceeded",
+            Error::BadBody(_) => "invalid_body",
         }
     }
 
@@ -129,8 +156,17 @@ impl Error {
         )
     }
 
-    /// The OpenAI error `type`.
+    /// The OpenAI error `type` (for 429s, which limit was hit, as OpenAI names them).
     fn error_type(self) -> &'static str {
+        match self {
+            Error::Unauthorized => return "invalid_request_error",
+            Error::ModelNotAllowed => return "permission_error",
+            Error::RateLimited(Limit::Requests) => return "requests",
+            Error::RateLimited(Limit::Tokens) => return "tokens",
+            Error::RateLimited(Limit::Concurrency) => return "concurrency",
+            Error::RateLimited(Limit::Budget) => return "insufficient_quota",
+            _ => {}
+        }
         match self.side() {
             Side::Client => "invalid_request_error",
             Side::Upstream => "upstream_error",
@@ -145,7 +181,8 @@ impl Error {
             Error::BadRequest(m)
             | Error::BadFraming(m)
             | Error::BadChunk(m)
-            | Error::UpstreamBadResponse(m) => m,
+            | Error::UpstreamBadResponse(m)
+            | Error::BadBody(m) => m,
             Error::NoRoute => "no route or model serves this path",
             Error::MethodNotAllowed => "this method is not supported by the gateway",
             Error::HeaderTimeout => "the request head was not received in time",
@@ -158,12 +195,24 @@ impl Error {
             Error::UpstreamUnavailable => "the upstream could not be reached",
             Error::UpstreamTimeout => "the upstream did not answer in time",
             Error::ShuttingDown => "the gateway is shutting down; retry on another instance",
+            Error::Unauthorized => "missing or unknown API key",
+            Error::ModelNotAllowed => "this key is not approved for the requested model",
+            Error::RateLimited(Limit::Requests) => "rate limit reached: requests per minute",
+            Error::RateLimited(Limit::Tokens) => "rate limit reached: tokens per minute",
+            Error::RateLimited(Limit::Concurrency) => "rate limit reached: requests in flight",
+            Error::RateLimited(Limit::Budget) => "token budget exhausted for this window",
         }
     }
 
     /// Append the whole HTTP/1.1 answer (status line, headers, JSON body) to `out`.
     /// `close` adds `Connection: close`.
     pub fn write_response(self, close: bool, out: &mut Vec<u8>) {
+        self.write_response_with(close, &[], out);
+    }
+
+    /// [`Error::write_response`] with extra header lines (each ending in CRLF), e.g.
+    /// `retry-after` and `x-ratelimit-*` on a 429.
+    pub fn write_response_with(self, close: bool, extra_headers: &[u8], out: &mut Vec<u8>) {
         let mut body = [0u8; 512];
         let body_len = {
             let mut w = SliceWriter {
@@ -191,6 +240,7 @@ impl Error {
         if close {
             out.extend_from_slice(b"connection: close\r\n");
         }
+        out.extend_from_slice(extra_headers);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&body[..body_len]);
     }
@@ -245,6 +295,13 @@ mod tests {
         Error::UpstreamBadResponse("x"),
         Error::UpstreamTimeout,
         Error::ShuttingDown,
+        Error::Unauthorized,
+        Error::ModelNotAllowed,
+        Error::RateLimited(Limit::Requests),
+        Error::RateLimited(Limit::Tokens),
+        Error::RateLimited(Limit::Concurrency),
+        Error::RateLimited(Limit::Budget),
+        Error::BadBody("x"),
     ];
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`http`]: request and response heads (httparse into stack arrays), framing rules,
 //!   the streaming chunked decoder.
 //! - [`route`]: longest-prefix route table.
+//! - [`tenant`]: tenants, their keys (by SHA-256) and approved models.
 //! - [`mock`]: the built-in demo model behind the embedded default config.
 //! - [`error`]: the one data-plane error type, mapped to a status and an OpenAI-style JSON body
 //!   in one place.
@@ -43,4 +44,5 @@ pub mod mock;
 pub mod route;
 pub mod runtime;
 pub mod shard;
+pub mod tenant;
 pub mod upstream;

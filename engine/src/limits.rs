@@ -77,6 +77,8 @@ pub const RING_SLOTS: usize = 64;
 pub const RING_SLOT_WORDS: usize = 8 * 1024;
 /// Named counter slots per shard (upstreams, routes; one kept for "(other)").
 pub const STATS_SLOTS: usize = 1024;
+/// Tenant slots in the shared region (limiter cells; at most half used, for short probes).
+pub const TENANT_SLOTS: usize = 8192;
 /// Bytes of a counter slot's name; longer names are cut.
 pub const STATS_NAME_BYTES: usize = 64;
 /// Bytes of the last config error a shard reports to ctl.
@@ -110,6 +112,7 @@ const _: () = assert!(RING_SLOTS.is_power_of_two());
 const _: () = assert!(CONFIG_BYTES_MAX + 4096 <= (RING_SLOTS / 2) * (RING_SLOT_WORDS - 7) * 8);
 const _: () = assert!(STATS_NAME_BYTES % 8 == 0 && SHARD_ERROR_BYTES % 8 == 0);
 const _: () = assert!(STATS_SLOTS >= 2);
+const _: () = assert!(crate::tenant::TENANTS_MAX * 2 <= TENANT_SLOTS);
 const _: () = assert!(HEADERS_COUNT_MAX_DEFAULT <= HEADERS_ARRAY_LEN);
 const _: () = assert!(HEADER_BYTES_MAX_MIN <= HEADER_BYTES_MAX_DEFAULT);
 const _: () = assert!(HEADER_BYTES_MAX_DEFAULT <= HEADER_BYTES_MAX_MAX);

@@ -111,6 +111,9 @@ fn main() -> ExitCode {
             }
         }
     };
+    for w in &config.warnings {
+        eprintln!("{source}: warning: {w}");
+    }
     if cli.check {
         println!("{source}: ok");
         return ExitCode::SUCCESS;

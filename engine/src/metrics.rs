@@ -11,13 +11,15 @@
 use std::fmt::Write as _;
 
 use crate::control::shm::STATUS_CLASSES;
-use crate::control::stats::{ShardView, SlotTotals, Totals};
+use crate::control::stats::{Reject, ShardView, SlotTotals, Totals};
 use crate::limits::DURATION_BUCKETS_MS;
 
 /// What one scrape renders: the totals read from the region plus the process-wide values the
 /// region does not count.
 #[derive(Debug, Clone, Copy)]
 pub struct Scrape<'a> {
+    /// (tenant, requests in flight over all shards), from the region's shared tenant cells.
+    pub tenant_inflight: &'a [(String, u64)],
     pub totals: &'a Totals,
     /// `[server] instance`: rendered as the `instance_name` label of `shardgate_build_info`
     /// (not `instance`, which Prometheus sets on every series to the scraped target).
@@ -160,10 +162,60 @@ pub fn render(s: &Scrape<'_>, out: &mut String) {
         );
     }
 
-    // Tenant families (requests, tokens and spend by tenant) and the OpenTelemetry GenAI ones
-    // (`gen_ai_client_token_usage` histogram with `gen_ai_token_type` = input/output,
-    // `gen_ai_client_operation_duration`, `gen_ai_server_time_to_first_token`) go here once the
-    // region counts tenants and tokens (a later issue).
+    // Per tenant (names only: keys never reach the counters).
+    family(
+        out,
+        "tenant_requests_total",
+        "counter",
+        "Requests finished, by tenant and status class (none: no response was sent).",
+    );
+    for (name, slot) in &t.tenants {
+        status_classes(out, "tenant_requests_total", "tenant", name, slot);
+    }
+    family(
+        out,
+        "tenant_rejected_total",
+        "counter",
+        "Requests a tenant limit refused, by tenant and reason.",
+    );
+    for (name, slot) in &t.tenants {
+        for r in Reject::ALL {
+            sample(
+                out,
+                "tenant_rejected_total",
+                &[("tenant", name), ("reason", r.name())],
+                slot.rejected[r as usize],
+            );
+        }
+    }
+    family(
+        out,
+        "tenant_tokens_total",
+        "counter",
+        "Tokens used, by tenant and gen_ai_token_type (input: prompt; output: completion), as the upstreams reported them.",
+    );
+    for (name, slot) in &t.tenants {
+        for (kind, v) in [("input", slot.tokens_in), ("output", slot.tokens_out)] {
+            sample(
+                out,
+                "tenant_tokens_total",
+                &[("tenant", name), ("gen_ai_token_type", kind)],
+                v,
+            );
+        }
+    }
+    family(
+        out,
+        "tenant_inflight",
+        "gauge",
+        "Requests of the tenant in flight over all shards.",
+    );
+    for (name, inflight) in s.tenant_inflight {
+        sample(out, "tenant_inflight", &[("tenant", name)], *inflight);
+    }
+    // The OpenTelemetry GenAI histograms (`gen_ai_client_token_usage` per request,
+    // `gen_ai_client_operation_duration`, `gen_ai_server_time_to_first_token`) need per-request
+    // token buckets, which arrive with model routing.
 
     // Per shard.
     let mut shard_id = String::new();
@@ -360,15 +412,24 @@ mod tests {
         set(&info.access_log_dropped, 256);
         let (ua, ra) = (a.upstream_slot("up"), a.route_slot("/v1/\"odd\\"));
         let (ub, rb) = (b.upstream_slot("up"), b.route_slot("/v1/\"odd\\"));
-        a.record(ua, ra, 200, 10, 20, Duration::from_micros(800));
-        a.record(ua, ra, 200, 10, 20, Duration::from_micros(2_500));
-        b.record(ub, rb, 503, 1, 2, Duration::from_millis(7));
-        b.record(ub, rb, 0, 1, 0, Duration::from_secs(100));
-        a.record(SLOT_UNROUTED, NO_SLOT, 404, 5, 6, Duration::from_micros(1));
+        a.record(ua, ra, NO_SLOT, 200, 10, 20, Duration::from_micros(800));
+        a.record(ua, ra, NO_SLOT, 200, 10, 20, Duration::from_micros(2_500));
+        b.record(ub, rb, NO_SLOT, 503, 1, 2, Duration::from_millis(7));
+        b.record(ub, rb, NO_SLOT, 0, 1, 0, Duration::from_secs(100));
+        a.record(
+            SLOT_UNROUTED,
+            NO_SLOT,
+            NO_SLOT,
+            404,
+            5,
+            6,
+            Duration::from_micros(1),
+        );
         let totals = stats::read(r);
         let mut out = String::new();
         render(
             &Scrape {
+                tenant_inflight: &[("team-a".to_owned(), 2)],
                 totals: &totals,
                 instance: "main",
                 started_unix_ms: 1_000,

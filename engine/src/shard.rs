@@ -14,7 +14,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 
 use crate::accesslog::ShardLog;
 use crate::config::{Config, DriverChoice, Overrides};
-use crate::control::shm::{Region, ShardInfo};
+use crate::control::shm::{Region, ShardInfo, TenantCells};
 use crate::control::stats::{self, ShardStats};
 use crate::control::ShardControl;
 use crate::drain::DrainSignal;
@@ -23,6 +23,7 @@ use crate::limits::{
 };
 use crate::route::Routes;
 pub use crate::runtime::DriverKind;
+use crate::tenant::Tenants;
 use crate::upstream::Pools;
 
 /// Spare write buffers kept per shard.
@@ -51,10 +52,22 @@ pub struct Snapshot {
     pub route_stats: Vec<usize>,
     /// Round-robin position per upstream.
     pub rr: Vec<Cell<usize>>,
+    /// Key hash → tenant index.
+    pub tenants: Tenants,
+    /// Per tenant: its limiter cells shared by every shard (None when the region's tenant
+    /// table is full), and its counter slot.
+    pub tenant_cells: Vec<Option<&'static TenantCells>>,
+    pub tenant_stats: Vec<usize>,
 }
 
 impl Snapshot {
-    fn new(version: u64, cfg: Config, pools: &Pools, stats: &ShardStats) -> Self {
+    fn new(
+        version: u64,
+        cfg: Config,
+        pools: &Pools,
+        stats: &ShardStats,
+        region: &'static Region,
+    ) -> Self {
         let mut endpoint_base = Vec::with_capacity(cfg.upstreams.len());
         let mut addrs = Vec::new();
         for u in &cfg.upstreams {
@@ -76,6 +89,13 @@ impl Snapshot {
                 .map(|r| stats.route_slot(&r.path_prefix))
                 .collect(),
             rr: cfg.upstreams.iter().map(|_| Cell::new(0)).collect(),
+            tenants: Tenants::new(&cfg.tenants),
+            tenant_cells: cfg.tenants.iter().map(|t| region.tenant(&t.name)).collect(),
+            tenant_stats: cfg
+                .tenants
+                .iter()
+                .map(|t| stats.tenant_slot(&t.name))
+                .collect(),
             endpoint_base,
             cfg,
         }
@@ -115,7 +135,7 @@ impl ShardCtx {
     ) -> Self {
         let control = ShardControl::new(region, id, version, overrides);
         let pools = Pools::new();
-        let snapshot = Snapshot::new(version, cfg, &pools, &control.stats);
+        let snapshot = Snapshot::new(version, cfg, &pools, &control.stats, region);
         Self {
             id,
             snapshot: RefCell::new(Rc::new(snapshot)),
@@ -141,7 +161,13 @@ impl ShardCtx {
         }
         let current = self.snapshot();
         if let Some((version, cfg)) = self.control.poll(&current.cfg) {
-            let next = Snapshot::new(version, cfg, &self.pools, &self.control.stats);
+            let next = Snapshot::new(
+                version,
+                cfg,
+                &self.pools,
+                &self.control.stats,
+                self.control.region(),
+            );
             *self.snapshot.borrow_mut() = Rc::new(next);
             // Pools of endpoints no longer named by the new config are closed; requests of
             // the old snapshot still in flight drop their connections instead of pooling.

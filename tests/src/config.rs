@@ -55,6 +55,7 @@ pub struct ConfigBuilder {
     endpoints: Vec<SocketAddr>,
     server: Vec<String>,
     upstream: Vec<String>,
+    tenants: Vec<String>,
     cores: usize,
 }
 
@@ -64,6 +65,7 @@ impl ConfigBuilder {
             endpoints: vec![upstream],
             server: Vec::new(),
             upstream: Vec::new(),
+            tenants: Vec::new(),
             cores: 1,
         }
     }
@@ -80,6 +82,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// A whole `[[tenants]]` entry (its lines without the header). With none, the config says
+    /// `auth = "none"`.
+    pub fn tenant(mut self, body: &str) -> Self {
+        self.tenants.push(body.to_owned());
+        self
+    }
+
     pub fn cores(mut self, n: usize) -> Self {
         self.cores = n;
         self
@@ -90,6 +99,14 @@ impl ConfigBuilder {
         let _ = writeln!(s, "[server]");
         let _ = writeln!(s, "listen = \"127.0.0.1:0\"");
         let _ = writeln!(s, "cores = {}", self.cores);
+        if !self
+            .server
+            .iter()
+            .any(|l| l.trim_start().starts_with("auth"))
+            && self.tenants.is_empty()
+        {
+            let _ = writeln!(s, "auth = \"none\"");
+        }
         for l in &self.server {
             let _ = writeln!(s, "{l}");
         }
@@ -105,6 +122,9 @@ impl ConfigBuilder {
             let _ = writeln!(s, "{l}");
         }
         let _ = writeln!(s, "\n[[routes]]\npath_prefix = \"/\"\nupstream = \"up\"");
+        for t in &self.tenants {
+            let _ = writeln!(s, "\n[[tenants]]\n{t}");
+        }
         s
     }
 }

@@ -32,6 +32,7 @@ fn config(a: SocketAddr, b: SocketAddr, to: &str, server_extra: &str, extra: &st
         r#"[server]
 listen = "127.0.0.1:0"
 cores = 2
+auth = "none"
 {server_extra}
 
 [[upstreams]]

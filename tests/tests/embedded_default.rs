@@ -11,6 +11,7 @@ const MOCK_CONFIG: &str = r#"
 [server]
 listen = "127.0.0.1:0"
 cores = 1
+auth = "none"
 
 [[upstreams]]
 name = "demo"

@@ -132,6 +132,8 @@ mod tests {
     use super::*;
 
     const TOML: &str = r#"
+[server]
+auth = "none"
 [[upstreams]]
 name = "a"
 endpoints = ["http://localhost:9", "http://127.0.0.1:10"]

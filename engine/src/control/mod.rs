@@ -76,6 +76,11 @@ impl ShardControl {
         }
     }
 
+    /// The shared region.
+    pub fn region(&self) -> &'static Region {
+        self.region
+    }
+
     /// Whether the ring has frames this shard has not read: one atomic load.
     #[inline]
     pub fn has_news(&self) -> bool {

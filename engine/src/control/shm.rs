@@ -26,12 +26,12 @@ use memmap2::MmapMut;
 use super::ring::RingView;
 use crate::limits::{
     DURATION_BUCKETS_MS, RING_SLOTS, RING_SLOT_WORDS, SHARD_ERROR_BYTES, STATS_NAME_BYTES,
-    STATS_SLOTS,
+    STATS_SLOTS, TENANT_SLOTS,
 };
 
 /// `SHRDGT` + layout version: a ctl of another version refuses the region instead of
 /// misreading it.
-pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x01");
+pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x02");
 
 /// One 128-byte line (two on CPUs that prefetch pairs), so writers of different lines never
 /// share one.
@@ -69,7 +69,32 @@ pub struct Fixed {
     pub ring_head: Line<AtomicU64>,
     pub writer: Line<WriterLock>,
     pub ring: [AtomicU64; RING_SLOTS * RING_SLOT_WORDS],
+    /// Tenants' shared limiter cells, found by name (see [`Region::tenant`]).
+    pub tenants: [Line<TenantCells>; TENANT_SLOTS],
 }
+
+/// A tenant's limits, shared by every shard: one 128-byte line per tenant.
+#[repr(C)]
+#[derive(Debug)]
+pub struct TenantCells {
+    /// 0 free, 1 being claimed, 2 named.
+    pub state: AtomicU64,
+    pub name_len: AtomicU64,
+    pub name: [AtomicU64; STATS_NAME_BYTES / 8],
+    /// GCRA theoretical arrival times of the request and token buckets (`crate::limit`).
+    pub rpm_tat: AtomicU64,
+    pub tpm_tat: AtomicU64,
+    /// Requests in flight, over all shards.
+    pub inflight: AtomicU64,
+    /// Budget window and tokens used in it (`crate::limit::Budget`).
+    pub budget: AtomicU64,
+}
+
+const TENANT_FREE: u64 = 0;
+const TENANT_CLAIMING: u64 = 1;
+const TENANT_NAMED: u64 = 2;
+/// Spins waiting for another shard to finish naming a slot it claimed (config time only).
+const TENANT_CLAIM_SPINS_MAX: u32 = 1_000_000;
 
 /// Index of the status classes in [`StatsSlot::status`]: 0 = no response (the connection
 /// failed or closed early), 1..=5 = 1xx..5xx.
@@ -81,6 +106,10 @@ pub const DURATION_BUCKETS: usize = DURATION_BUCKETS_MS.len() + 1;
 pub const KIND_FREE: u64 = 0;
 pub const KIND_UPSTREAM: u64 = 1;
 pub const KIND_ROUTE: u64 = 2;
+pub const KIND_TENANT: u64 = 3;
+
+/// Why a tenant's request was refused, as an index into [`StatsSlot::rejected`].
+pub const REJECT_REASONS: usize = 6;
 
 /// Counters of one named thing (an upstream or a route) on one shard.
 #[repr(C)]
@@ -96,6 +125,11 @@ pub struct StatsSlot {
     pub bytes_out: AtomicU64,
     pub duration_buckets: [AtomicU64; DURATION_BUCKETS],
     pub duration_sum_us: AtomicU64,
+    /// Tenants only: refusals by reason (`crate::control::stats::Reject`), and tokens used
+    /// (prompt, completion) as settled from the upstreams' `usage`.
+    pub rejected: [AtomicU64; REJECT_REASONS],
+    pub tokens_in: AtomicU64,
+    pub tokens_out: AtomicU64,
 }
 
 /// What one shard reports about itself.
@@ -312,6 +346,63 @@ impl Region {
         unsafe { &*self.map.as_ptr().add(offset).cast::<ShardBlock>() }
     }
 
+    /// The shared limiter cells of tenant `name`: found by hashing the name and probing, and
+    /// named on first use (by whichever shard gets there first; the others find it). Called
+    /// when a config is applied, never per request. `None` when the table is full.
+    pub fn tenant(&self, name: &str) -> Option<&TenantCells> {
+        let table = &self.fixed().tenants;
+        let bytes = &name.as_bytes()[..name.len().min(STATS_NAME_BYTES)];
+        let start = usize::try_from(fnv1a(bytes)).unwrap_or(0);
+        for probe in 0..TENANT_SLOTS {
+            let cells = &table[(start + probe) % TENANT_SLOTS].0;
+            let mut spins = 0;
+            loop {
+                match cells.state.load(Ordering::Acquire) {
+                    TENANT_NAMED => {
+                        if load_text(&cells.name, &cells.name_len).as_bytes() == bytes {
+                            return Some(cells);
+                        }
+                        break;
+                    }
+                    TENANT_FREE => {
+                        if cells
+                            .state
+                            .compare_exchange(
+                                TENANT_FREE,
+                                TENANT_CLAIMING,
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            )
+                            .is_ok()
+                        {
+                            store_text(&cells.name, &cells.name_len, bytes);
+                            cells.state.store(TENANT_NAMED, Ordering::Release);
+                            return Some(cells);
+                        }
+                    }
+                    _ => {
+                        // Another shard is naming it right now.
+                        spins += 1;
+                        if spins > TENANT_CLAIM_SPINS_MAX {
+                            break;
+                        }
+                        std::hint::spin_loop();
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Named tenant slots: (name, cells), for the admin listener and ctl.
+    pub fn tenants(&self) -> impl Iterator<Item = (String, &TenantCells)> {
+        self.fixed().tenants.iter().filter_map(|l| {
+            let c = &l.0;
+            (c.state.load(Ordering::Acquire) == TENANT_NAMED)
+                .then(|| (load_text(&c.name, &c.name_len), c))
+        })
+    }
+
     /// The region file (None for an anonymous region).
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
@@ -362,6 +453,16 @@ impl Drop for WriterGuard<'_> {
                 .pid
                 .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
     }
+}
+
+/// FNV-1a: a stable hash of a tenant name, the same in every shard and process.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 /// Whether process `pid` runs (on Linux: /proc/PID/stat exists and its state is not zombie
@@ -447,6 +548,42 @@ mod tests {
         assert!(o.lock_writer(2).is_ok());
         drop((r, r2));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tenant_cells_are_found_by_name_from_any_thread() {
+        let r: &'static Region = Box::leak(Box::new(Region::anonymous(1).expect("anon")));
+        let names: Vec<String> = (0..500).map(|i| format!("tenant-{i}")).collect();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let names = names.clone();
+                std::thread::spawn(move || {
+                    names
+                        .iter()
+                        .map(|n| r.tenant(n).map(|c| c as *const TenantCells as usize))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let seen: Vec<Vec<Option<usize>>> = threads
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        for s in &seen[1..] {
+            assert_eq!(s, &seen[0], "threads disagree on a tenant's cells");
+        }
+        let mut distinct: Vec<usize> = seen[0].iter().map(|c| c.expect("room")).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), names.len());
+        assert_eq!(r.tenants().count(), names.len());
+        let c = r.tenant("tenant-7").expect("found");
+        c.inflight.store(3, Ordering::Relaxed);
+        assert_eq!(
+            r.tenant("tenant-7")
+                .map(|c| c.inflight.load(Ordering::Relaxed)),
+            Some(3)
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::shm::{
     load_text, store_text, Region, ShardBlock, ShardInfo, StatsSlot, DURATION_BUCKETS, KIND_FREE,
-    KIND_ROUTE, KIND_UPSTREAM, STATUS_CLASSES,
+    KIND_ROUTE, KIND_TENANT, KIND_UPSTREAM, REJECT_REASONS, STATUS_CLASSES,
 };
 use crate::limits::{DURATION_BUCKETS_MS, STATS_SLOTS};
 use crate::runtime::DriverKind;
@@ -25,6 +25,44 @@ const SLOT_OTHER_UPSTREAM: usize = STATS_SLOTS - 2;
 const SLOT_OTHER_ROUTE: usize = STATS_SLOTS - 1;
 /// "No route slot" for [`ShardStats::record`].
 pub const NO_SLOT: usize = usize::MAX;
+
+/// Why a tenant's request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// Requests per minute.
+    Requests = 0,
+    /// Tokens per minute.
+    Tokens = 1,
+    Concurrency = 2,
+    Budget = 3,
+    /// A model the tenant is not approved for.
+    Model = 4,
+    /// Queued too long or the queue was full (fair sharing).
+    Queue = 5,
+}
+
+impl Reject {
+    pub const ALL: [Reject; REJECT_REASONS] = [
+        Reject::Requests,
+        Reject::Tokens,
+        Reject::Concurrency,
+        Reject::Budget,
+        Reject::Model,
+        Reject::Queue,
+    ];
+
+    /// The label in `/metrics` and ctl.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reject::Requests => "requests",
+            Reject::Tokens => "tokens",
+            Reject::Concurrency => "concurrency",
+            Reject::Budget => "budget",
+            Reject::Model => "model",
+            Reject::Queue => "queue",
+        }
+    }
+}
 
 /// Add `n` to a counter only this thread writes.
 #[inline]
@@ -84,6 +122,26 @@ impl ShardStats {
         self.slot(KIND_UPSTREAM, name, SLOT_OTHER_UPSTREAM)
     }
 
+    /// The slot of tenant `name`.
+    pub fn tenant_slot(&self, name: &str) -> usize {
+        self.slot(KIND_TENANT, name, SLOT_OTHER_UPSTREAM)
+    }
+
+    /// Count a refusal of a tenant's request.
+    pub fn reject(&self, tenant_slot: usize, why: Reject) {
+        if let Some(s) = self.block.slots.get(tenant_slot) {
+            add(&s.rejected[why as usize], 1);
+        }
+    }
+
+    /// Count tokens a tenant used (settled from the upstream's usage).
+    pub fn tokens(&self, tenant_slot: usize, prompt: u64, completion: u64) {
+        if let Some(s) = self.block.slots.get(tenant_slot) {
+            add(&s.tokens_in, prompt);
+            add(&s.tokens_out, completion);
+        }
+    }
+
     /// The slot of the route with prefix `prefix`.
     pub fn route_slot(&self, prefix: &str) -> usize {
         self.slot(KIND_ROUTE, prefix, SLOT_OTHER_ROUTE)
@@ -104,11 +162,14 @@ impl ShardStats {
         i
     }
 
-    /// Count one finished request: `status` 0 when no response was sent.
+    /// Count one finished request: `status` 0 when no response was sent. `tenant_slot` is
+    /// [`NO_SLOT`] without tenants.
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         upstream_slot: usize,
         route_slot: usize,
+        tenant_slot: usize,
         status: u16,
         bytes_in: u64,
         bytes_out: u64,
@@ -118,7 +179,7 @@ impl ShardStats {
         let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
         let bucket = bucket_of(us);
         add(&self.block.info.0.requests, 1);
-        for i in [upstream_slot, route_slot] {
+        for i in [upstream_slot, route_slot, tenant_slot] {
             let Some(s) = self.block.slots.get(i) else {
                 continue;
             };
@@ -162,6 +223,9 @@ pub struct SlotTotals {
     pub bytes_out: u64,
     pub duration_buckets: [u64; DURATION_BUCKETS],
     pub duration_sum_us: u64,
+    pub rejected: [u64; REJECT_REASONS],
+    pub tokens_in: u64,
+    pub tokens_out: u64,
 }
 
 impl SlotTotals {
@@ -177,6 +241,11 @@ impl SlotTotals {
             *t += l(c);
         }
         self.duration_sum_us += l(&s.duration_sum_us);
+        for (t, c) in self.rejected.iter_mut().zip(&s.rejected) {
+            *t += l(c);
+        }
+        self.tokens_in += l(&s.tokens_in);
+        self.tokens_out += l(&s.tokens_out);
     }
 
     /// Errors: 5xx answers and requests that got no answer.
@@ -220,6 +289,11 @@ impl SlotTotals {
             *a = a.saturating_sub(*b);
         }
         d.duration_sum_us = d.duration_sum_us.saturating_sub(earlier.duration_sum_us);
+        for (a, b) in d.rejected.iter_mut().zip(&earlier.rejected) {
+            *a = a.saturating_sub(*b);
+        }
+        d.tokens_in = d.tokens_in.saturating_sub(earlier.tokens_in);
+        d.tokens_out = d.tokens_out.saturating_sub(earlier.tokens_out);
         d
     }
 }
@@ -253,6 +327,7 @@ pub struct Totals {
     pub shards: Vec<ShardView>,
     pub upstreams: BTreeMap<String, SlotTotals>,
     pub routes: BTreeMap<String, SlotTotals>,
+    pub tenants: BTreeMap<String, SlotTotals>,
 }
 
 /// Read every shard's block.
@@ -289,6 +364,7 @@ pub fn read(region: &Region) -> Totals {
                 KIND_FREE => continue,
                 KIND_UPSTREAM => &mut t.upstreams,
                 KIND_ROUTE => &mut t.routes,
+                KIND_TENANT => &mut t.tenants,
                 _ => continue,
             };
             let name = load_text(&s.name, &s.name_len);
@@ -314,9 +390,17 @@ mod tests {
         let (ua, ra) = (a.upstream_slot("up"), a.route_slot("/v1/"));
         // Shard 1 meets the names in another order: other slots, same totals.
         let (rb, ub) = (b.route_slot("/v1/"), b.upstream_slot("up"));
-        a.record(ua, ra, 200, 10, 20, Duration::from_micros(800));
-        b.record(ub, rb, 503, 1, 2, Duration::from_millis(7));
-        a.record(SLOT_UNROUTED, NO_SLOT, 404, 5, 6, Duration::from_secs(100));
+        a.record(ua, ra, NO_SLOT, 200, 10, 20, Duration::from_micros(800));
+        b.record(ub, rb, NO_SLOT, 503, 1, 2, Duration::from_millis(7));
+        a.record(
+            SLOT_UNROUTED,
+            NO_SLOT,
+            NO_SLOT,
+            404,
+            5,
+            6,
+            Duration::from_secs(100),
+        );
         let t = read(r);
         let up = &t.upstreams["up"];
         assert_eq!(up.requests, 2);
@@ -350,6 +434,7 @@ mod tests {
         s.record(
             SLOT_OTHER_UPSTREAM,
             SLOT_OTHER_ROUTE,
+            NO_SLOT,
             200,
             0,
             0,

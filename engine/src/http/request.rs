@@ -281,6 +281,18 @@ impl<'b> ParsedRequest<'_, 'b> {
     /// decision, `X-Forwarded-For` / `-Proto` set by us (client-sent values replaced), the
     /// client's `Host` kept as `X-Forwarded-Host`.
     pub fn write_upstream_head(&self, authority: &[u8], client_ip: IpAddr, out: &mut Vec<u8>) {
+        self.write_upstream_head_with(authority, client_ip, &Credentials::PASS, out);
+    }
+
+    /// [`RequestHead::write_upstream_head`] with the client's credentials handled as `creds`
+    /// says: a tenant's key is removed, and the upstream's own credential added.
+    pub fn write_upstream_head_with(
+        &self,
+        authority: &[u8],
+        client_ip: IpAddr,
+        creds: &Credentials<'_>,
+        out: &mut Vec<u8>,
+    ) {
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
         out.extend_from_slice(self.path.as_bytes());
@@ -295,6 +307,9 @@ impl<'b> ParsedRequest<'_, 'b> {
                 || name.eq_ignore_ascii_case(b"x-forwarded-proto")
                 || name.eq_ignore_ascii_case(b"x-forwarded-host")
                 || self.is_connection_listed(name)
+                || (creds.drop_client_keys
+                    && (name.eq_ignore_ascii_case(b"authorization")
+                        || name.eq_ignore_ascii_case(b"x-api-key")))
             {
                 continue;
             }
@@ -316,12 +331,31 @@ impl<'b> ParsedRequest<'_, 'b> {
             }
             BodyKind::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
+        out.extend_from_slice(creds.upstream);
         // Writing an IpAddr into a Vec neither fails nor allocates.
         let _ = write!(
             out,
             "x-forwarded-for: {client_ip}\r\nx-forwarded-proto: http\r\n\r\n"
         );
     }
+}
+
+/// What happens to credentials on the way upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct Credentials<'a> {
+    /// Remove the client's `Authorization` and `x-api-key` (they carried a tenant's key, or the
+    /// upstream gets its own).
+    pub drop_client_keys: bool,
+    /// Header lines (CRLF-terminated) to add: the upstream's own credential.
+    pub upstream: &'a [u8],
+}
+
+impl Credentials<'_> {
+    /// Pass the client's headers through, add nothing (a plain reverse proxy).
+    pub const PASS: Credentials<'static> = Credentials {
+        drop_client_keys: false,
+        upstream: b"",
+    };
 }
 
 #[cfg(test)]
@@ -476,6 +510,32 @@ mod tests {
         assert_eq!(
             parse_one(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n"),
             Err(Error::BodyTooLarge)
+        );
+    }
+
+    #[test]
+    fn tenant_keys_are_dropped_and_the_upstream_credential_added() {
+        let raw = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer sk-tenant\r\n\
+                    X-API-Key: sk-other\r\nauthorization: Bearer sk-dup\r\nContent-Length: 0\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
+        let p = parse(raw, &mut headers, &LIMITS)
+            .expect("valid")
+            .expect("complete");
+        let mut out = Vec::new();
+        let creds = Credentials {
+            drop_client_keys: true,
+            upstream: b"authorization: Bearer sk-upstream\r\n",
+        };
+        p.write_upstream_head_with(b"up:80", IpAddr::from([127, 0, 0, 1]), &creds, &mut out);
+        let fwd = String::from_utf8(out).expect("ascii");
+        for secret in ["sk-tenant", "sk-other", "sk-dup"] {
+            assert!(!fwd.contains(secret), "{secret} forwarded:\n{fwd}");
+        }
+        assert_eq!(fwd.matches("sk-upstream").count(), 1, "{fwd}");
+        assert_eq!(
+            fwd.to_ascii_lowercase().matches("authorization").count(),
+            1,
+            "{fwd}"
         );
     }
 

@@ -1,0 +1,383 @@
+//! Tenants: who may call the gateway, with which keys, for which models, within which limits.
+//!
+//! I/O-free: `[[tenants]]` entries are validated into [`TenantConfig`]s; a [`Tenants`] table
+//! answers "which tenant owns this key" by SHA-256 of the presented key (keys themselves are
+//! never stored, logged or compared in the clear), and "may this tenant use this model".
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// Longest API key accepted from a client, bytes (longer: refused as unknown, never hashed).
+pub const API_KEY_BYTES_MAX: usize = 512;
+/// Default `default_max_tokens`: the completion tokens reserved for a request without
+/// `max_tokens`.
+pub const DEFAULT_MAX_TOKENS_DEFAULT: u64 = 1024;
+/// Most tenants in one config, and keys per tenant.
+pub const TENANTS_MAX: usize = 4096;
+pub const KEYS_PER_TENANT_MAX: usize = 64;
+
+/// A `[[tenants]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    name: String,
+    #[serde(default)]
+    keys: Vec<String>,
+    models: Option<Vec<String>>,
+    rpm: Option<i64>,
+    tpm: Option<i64>,
+    max_concurrency: Option<i64>,
+    budget_tokens: Option<i64>,
+    budget_window: Option<String>,
+    weight: Option<i64>,
+    default_max_tokens: Option<i64>,
+}
+
+/// Which models a tenant may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Models {
+    All,
+    Only(Vec<String>),
+}
+
+impl Models {
+    pub fn allows(&self, model: &str) -> bool {
+        match self {
+            Models::All => true,
+            Models::Only(list) => list.iter().any(|m| m == model),
+        }
+    }
+}
+
+/// A hard cap of `tokens` per fixed window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub tokens: u64,
+    pub window: Duration,
+}
+
+/// A validated tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantConfig {
+    pub name: String,
+    /// SHA-256 of each key.
+    pub key_hashes: Vec<[u8; 32]>,
+    pub models: Models,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_concurrency: Option<u64>,
+    pub budget: Option<Budget>,
+    pub weight: u32,
+    pub default_max_tokens: u64,
+}
+
+/// SHA-256 of a key.
+pub fn hash_key(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}
+
+/// The first 8 hex digits of a key's hash: how a key is named in logs and status output.
+pub fn key_alias(hash: &[u8; 32]) -> String {
+    let mut s = String::with_capacity(8);
+    for b in &hash[..4] {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn parse_hash(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Validate `[[tenants]]`: problems go to `error(field, reason)`, warnings (plain keys) to
+/// `warn`.
+pub fn validate(
+    raw: Vec<RawTenant>,
+    mut error: impl FnMut(String, String),
+    mut warn: impl FnMut(String),
+) -> Vec<TenantConfig> {
+    if raw.len() > TENANTS_MAX {
+        error("tenants".into(), format!("at most {TENANTS_MAX} tenants"));
+    }
+    let mut names: HashMap<String, usize> = HashMap::with_capacity(raw.len());
+    let mut owners: HashMap<[u8; 32], usize> = HashMap::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, t) in raw.into_iter().enumerate() {
+        let f = |k: &str| format!("tenants[{i}].{k}");
+        if t.name.is_empty() || t.name.len() > 64 || t.name.chars().any(char::is_control) {
+            error(f("name"), "must be 1 to 64 printable characters".into());
+        }
+        if let Some(j) = names.insert(t.name.clone(), i) {
+            error(
+                f("name"),
+                format!("duplicate name {:?} (also tenants[{j}])", t.name),
+            );
+        }
+        if t.keys.is_empty() {
+            error(f("keys"), "at least one key is needed".into());
+        }
+        if t.keys.len() > KEYS_PER_TENANT_MAX {
+            error(f("keys"), format!("at most {KEYS_PER_TENANT_MAX} keys"));
+        }
+        let mut key_hashes = Vec::with_capacity(t.keys.len());
+        for (k, key) in t.keys.iter().enumerate() {
+            let field = format!("tenants[{i}].keys[{k}]");
+            let hash = match key.strip_prefix("sha256:") {
+                Some(hex) => match parse_hash(&hex.to_ascii_lowercase()) {
+                    Some(h) => h,
+                    None => {
+                        error(field, "sha256: must be followed by 64 hex digits".into());
+                        continue;
+                    }
+                },
+                None => {
+                    if key.is_empty() || key.len() > API_KEY_BYTES_MAX {
+                        error(field, format!("must be 1 to {API_KEY_BYTES_MAX} bytes"));
+                        continue;
+                    }
+                    let h = hash_key(key.as_bytes());
+                    warn(format!(
+                        "{field}: a plain key is stored in the config; write \"sha256:{}\" instead",
+                        hex(&h)
+                    ));
+                    h
+                }
+            };
+            if let Some(j) = owners.insert(hash, i) {
+                error(
+                    field,
+                    format!(
+                        "key {} is also a key of tenants[{j}]; a key names one tenant",
+                        key_alias(&hash)
+                    ),
+                );
+            }
+            key_hashes.push(hash);
+        }
+        let models = match t.models {
+            None => Models::All,
+            Some(list) if list.iter().any(|m| m == "*") => Models::All,
+            Some(list) => {
+                if list.iter().any(String::is_empty) {
+                    error(f("models"), "model names must not be empty".into());
+                }
+                Models::Only(list)
+            }
+        };
+        let mut limit = |key: &str, v: Option<i64>, min: u64| -> Option<u64> {
+            let v = v?;
+            match u64::try_from(v) {
+                Ok(v) if v >= min && v <= 1 << 48 => Some(v),
+                _ => {
+                    error(f(key), format!("must be between {min} and 2^48, got {v}"));
+                    None
+                }
+            }
+        };
+        let rpm = limit("rpm", t.rpm, 1);
+        let tpm = limit("tpm", t.tpm, 1);
+        let max_concurrency = limit("max_concurrency", t.max_concurrency, 1);
+        let budget_tokens = limit("budget_tokens", t.budget_tokens, 1);
+        let weight = limit("weight", t.weight, 1)
+            .map_or(1, |w| u32::try_from(w.min(1_000_000)).unwrap_or(1));
+        let default_max_tokens = limit("default_max_tokens", t.default_max_tokens, 1)
+            .unwrap_or(DEFAULT_MAX_TOKENS_DEFAULT);
+        let window = match &t.budget_window {
+            None => None,
+            Some(w) => match humantime::parse_duration(w) {
+                Ok(d) if d >= Duration::from_secs(1) => Some(d),
+                _ => {
+                    error(
+                        f("budget_window"),
+                        format!(
+                            "{w:?}: must be a duration of at least 1s, e.g. \"30d\" or \"12h\""
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let budget = match (budget_tokens, window, &t.budget_window) {
+            (Some(tokens), Some(window), _) => Some(Budget { tokens, window }),
+            (Some(tokens), None, None) => Some(Budget {
+                tokens,
+                window: Duration::from_secs(30 * 86_400),
+            }),
+            (None, Some(_), _) => {
+                error(f("budget_window"), "needs budget_tokens".into());
+                None
+            }
+            _ => None,
+        };
+        out.push(TenantConfig {
+            name: t.name,
+            key_hashes,
+            models,
+            rpm,
+            tpm,
+            max_concurrency,
+            budget,
+            weight,
+            default_max_tokens,
+        });
+    }
+    out
+}
+
+fn hex(h: &[u8; 32]) -> String {
+    let mut s = String::with_capacity(64);
+    for b in h {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Key hash → tenant index, built once per config.
+#[derive(Debug, Clone, Default)]
+pub struct Tenants {
+    by_key: HashMap<[u8; 32], usize>,
+}
+
+impl Tenants {
+    pub fn new(tenants: &[TenantConfig]) -> Self {
+        let mut by_key = HashMap::new();
+        for (i, t) in tenants.iter().enumerate() {
+            for h in &t.key_hashes {
+                by_key.insert(*h, i);
+            }
+        }
+        Self { by_key }
+    }
+
+    /// The tenant owning `key`, by hash. Keys longer than `API_KEY_BYTES_MAX` own nothing.
+    pub fn lookup(&self, key: &[u8]) -> Option<usize> {
+        if key.is_empty() || key.len() > API_KEY_BYTES_MAX {
+            return None;
+        }
+        self.by_key.get(&hash_key(key)).copied()
+    }
+}
+
+/// The API key a request presents: `Authorization: Bearer KEY` (scheme case-insensitive), or
+/// else `x-api-key: KEY` (Anthropic's header; its SDK sends either).
+pub fn presented_key<'a>(
+    authorization: Option<&'a [u8]>,
+    x_api_key: Option<&'a [u8]>,
+) -> Option<&'a [u8]> {
+    if let Some(v) = authorization {
+        let v = v.trim_ascii();
+        if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
+            let k = v[7..].trim_ascii();
+            if !k.is_empty() {
+                return Some(k);
+            }
+        }
+    }
+    x_api_key.map(<[u8]>::trim_ascii).filter(|k| !k.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(toml_text: &str) -> Vec<RawTenant> {
+        #[derive(Deserialize)]
+        struct W {
+            tenants: Vec<RawTenant>,
+        }
+        toml::from_str::<W>(toml_text).expect("toml").tenants
+    }
+
+    fn run(text: &str) -> (Vec<TenantConfig>, Vec<String>, Vec<String>) {
+        let (mut errs, mut warns) = (Vec::new(), Vec::new());
+        let t = validate(
+            raw(text),
+            |f, r| errs.push(format!("{f}: {r}")),
+            |w| warns.push(w),
+        );
+        (t, errs, warns)
+    }
+
+    #[test]
+    fn keys_hash_and_plain_keys_warn() {
+        let (t, errs, warns) = run(r#"
+            [[tenants]]
+            name = "a"
+            keys = ["sk-demo", "sha256:F77894FDFA58E447C57E077EAA9708E8E009C84DC6ABA2DB80461275E9B85BE8"]
+            models = ["demo"]
+            rpm = 600
+            budget_tokens = 5000000
+            budget_window = "30d"
+            "#);
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(warns.len(), 1);
+        assert!(warns[0].contains("sha256:f77894fd"), "{warns:?}");
+        assert!(
+            !warns[0].contains("sk-demo"),
+            "a warning shows the key: {warns:?}"
+        );
+        let table = Tenants::new(&t);
+        assert_eq!(table.lookup(b"sk-demo"), Some(0));
+        assert_eq!(table.lookup(b"sk-demO"), None);
+        assert_eq!(table.lookup(&[b'x'; API_KEY_BYTES_MAX + 1]), None);
+        assert!(t[0].models.allows("demo") && !t[0].models.allows("gpt-4o"));
+        assert_eq!(t[0].rpm, Some(600));
+        assert_eq!(t[0].budget.map(|b| b.window.as_secs()), Some(30 * 86_400));
+        assert_eq!(key_alias(&hash_key(b"sk-demo")), "f77894fd");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let (_, errs, _) = run(r#"
+            [[tenants]]
+            name = "a"
+            keys = ["sha256:zz", "k1"]
+            rpm = 0
+            budget_window = "soon"
+            [[tenants]]
+            name = "a"
+            keys = ["k1"]
+            "#);
+        let all = errs.join("\n");
+        for needle in [
+            "tenants[0].keys[0]: sha256:",
+            "tenants[0].rpm: must be between 1",
+            "tenants[0].budget_window",
+            "tenants[1].name: duplicate name",
+            "tenants[1].keys[0]: key ",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in\n{all}");
+        }
+        assert!(!all.contains("k1\""), "an error shows a key:\n{all}");
+    }
+
+    #[test]
+    fn presented_key_reads_bearer_then_x_api_key() {
+        assert_eq!(
+            presented_key(Some(b"Bearer sk-1"), None),
+            Some(&b"sk-1"[..])
+        );
+        assert_eq!(
+            presented_key(Some(b"bearer   sk-1 "), None),
+            Some(&b"sk-1"[..])
+        );
+        assert_eq!(
+            presented_key(Some(b"Basic abc"), Some(b"sk-2")),
+            Some(&b"sk-2"[..])
+        );
+        assert_eq!(presented_key(Some(b"Bearer "), None), None);
+        assert_eq!(presented_key(None, Some(b" ")), None);
+        assert_eq!(presented_key(None, None), None);
+    }
+}
