@@ -128,6 +128,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// The embedded default's demo key, printed at start whenever a tenant holds it.
+const DEMO_KEY: &str = "sk-demo";
+
 /// The version the bootstrap config gets on the ring; `shardgate-ctl apply` numbers on from it.
 const BOOTSTRAP_VERSION: u64 = 1;
 
@@ -261,6 +264,13 @@ fn run(config: Config, text: &str, source: &str, overrides: Overrides) -> Result
          -d '{{\"model\":\"demo\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello World!\"}}]}}'"
     );
     println!("instance {instance} (shardgate-ctl --instance {instance} status)");
+    let demo = shardgate_engine::tenant::hash_key(DEMO_KEY.as_bytes());
+    if let Some(t) = config.tenants.iter().find(|t| t.key_hashes.contains(&demo)) {
+        println!(
+            "demo tenant {:?}: key {DEMO_KEY} (the embedded default's; replace it before exposing this gateway)",
+            t.name
+        );
+    }
     // Wait for the signal, then tell readers (ctl, admin) the engine is draining.
     while !shutdown.load(Ordering::Relaxed) && threads.iter().any(|(t, _)| !t.is_finished()) {
         wait_ms(SHUTDOWN_POLL_MS);
