@@ -31,6 +31,10 @@ use crate::limits::{
 };
 use crate::mock::{self, MockEndpoint, MockReply};
 use crate::shard::{ShardCtx, Snapshot};
+use crate::admit::{admit, now_ns, write_rate_headers, write_refusal_headers, Admitted};
+use crate::control::stats::Reject;
+use crate::error::Limit;
+use crate::llm::{self, UsageScanner};
 use crate::tenant::presented_key;
 use crate::upstream::{self, UpConn};
 
@@ -40,6 +44,10 @@ use crate::upstream::{self, UpConn};
 const LINGER_MS: u64 = 1_000;
 /// At most this many bytes are read and dropped while lingering.
 const LINGER_BYTES_MAX: usize = 256 * 1024;
+
+/// A tenant's request body buffer larger than this is freed after the request instead of
+/// being kept for the connection's next one.
+const BODY_BUF_KEEP_BYTES_MAX: usize = 256 * 1024;
 
 /// Initial size of a connection's read buffer.
 const CLIENT_BUF_BYTES_INITIAL: usize = 4096;
@@ -69,6 +77,13 @@ enum Action {
         endpoint: usize,
         ep_index: usize,
     },
+    /// A tenant's request to an LLM endpoint: read the body whole, check the model, admit by
+    /// its token estimate, then forward (the upstream head is written after the body is read).
+    ProxyLlm {
+        upstream: usize,
+        endpoint: usize,
+        ep_index: usize,
+    },
     Refuse(Error),
 }
 
@@ -82,6 +97,13 @@ struct Client {
     snap: Rc<Snapshot>,
     /// What the current request did so far.
     ex: Exchange,
+    /// A tenant's LLM request body, read whole before it is forwarded (kept for the
+    /// connection's life, so it is allocated once).
+    body: Vec<u8>,
+    /// The `x-ratelimit-*` lines of the current request's answer.
+    rate_hdrs: Vec<u8>,
+    /// Reads the upstream's `usage` out of the response as it passes.
+    scanner: UsageScanner,
 }
 
 /// What one request did, for the shard's counters (and the access log).
@@ -102,6 +124,12 @@ struct Exchange {
     upstream: Option<SocketAddr>,
     /// The access-log record, filled from the head (only when an access log is configured).
     record: Option<Record>,
+    /// What the tenant's admission holds until the request ends.
+    admitted: Option<Admitted>,
+    /// The response is scanned for `usage`.
+    scan: bool,
+    /// An error answer of ours (the upstream failed or the client broke the rules).
+    local_error: bool,
 }
 
 impl Exchange {
@@ -118,6 +146,9 @@ impl Exchange {
             tenant_slot: NO_SLOT,
             upstream: None,
             record: None,
+            admitted: None,
+            scan: false,
+            local_error: false,
         }
     }
 
@@ -128,13 +159,26 @@ impl Exchange {
     }
 }
 
-/// Count the request that just ended (if one was under way).
+/// Count the request that just ended (if one was under way), and settle its tenant's limits.
 fn finish(ctx: &ShardCtx, c: &mut Client) {
     let ex = &mut c.ex;
     if !ex.active {
         return;
     }
     ex.active = false;
+    if let (Some(adm), Some(t)) = (ex.admitted.take(), ex.tenant) {
+        let usage = if ex.scan { c.scanner.usage() } else { None };
+        if let Some(u) = usage {
+            ctx.control
+                .stats
+                .tokens(ex.tenant_slot, u.prompt_tokens, u.completion_tokens);
+        }
+        let used = usage.map(|u| u.prompt_tokens.saturating_add(u.completion_tokens));
+        let failed = ex.status == 0 || ex.local_error;
+        if let Some(limits) = c.snap.tenant_limits.get(t) {
+            adm.finish(limits, now_ns(), used, failed);
+        }
+    }
     let elapsed = ex.start.elapsed();
     ctx.control.stats.record(
         ex.upstream_slot,
@@ -190,6 +234,9 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
         peer,
         snap,
         ex: Exchange::idle(),
+        body: Vec::new(),
+        rate_hdrs: Vec::new(),
+        scanner: UsageScanner::new(),
     };
     let mut first = true;
     loop {
@@ -292,6 +339,25 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
         }
     };
     let server = &snap.cfg.server;
+    // A tenant's request that carries no LLM body is admitted now (a request, no tokens);
+    // LLM requests are admitted once their body is read (their tokens are estimated from it).
+    let llm_body = match action {
+        Action::ProxyLlm { .. } => true,
+        Action::Mock(m) => m.takes_body(),
+        Action::Health { .. } | Action::Refuse(_) | Action::Proxy { .. } => false,
+    };
+    if let (Some(t), false, false) = (
+        c.ex.tenant,
+        llm_body,
+        matches!(action, Action::Health { .. } | Action::Refuse(_)),
+    ) {
+        // The body (if any) is unread: the connection closes after a refusal.
+        let may_keep_alive = head.body == BodyKind::None && head.keep_alive;
+        if let Err(next) = admit_tenant(ctx, c, &snap, t, 0, may_keep_alive, head.head_len).await {
+            ctx.put_buf(wbuf);
+            return next;
+        }
+    }
     match action {
         Action::Health { readiness } => {
             c.buf.drain(..head.head_len);
@@ -336,6 +402,11 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
             .await
         }
         Action::Mock(endpoint) => serve_mock(ctx, c, head, endpoint, wbuf).await,
+        Action::ProxyLlm {
+            upstream,
+            endpoint,
+            ep_index,
+        } => proxy_llm(ctx, c, head, (upstream, endpoint, ep_index), wbuf).await,
         Action::Proxy {
             upstream,
             endpoint,
@@ -433,6 +504,14 @@ fn decide(
             Some(endpoint) => Action::Mock(endpoint),
             None => Action::Refuse(Error::NoRoute),
         },
+        Provider::Http if tenant.is_some() && llm::is_llm_request(req.method(), path) => {
+            let (endpoint, ep_index) = snap.pick_endpoint(upstream);
+            Action::ProxyLlm {
+                upstream,
+                endpoint,
+                ep_index,
+            }
+        }
         Provider::Http => {
             let (endpoint, ep_index) = snap.pick_endpoint(upstream);
             wbuf.clear();
@@ -440,6 +519,7 @@ fn decide(
             let creds = Credentials {
                 drop_client_keys: snap.cfg.server.auth == Auth::Keys || ucfg.credential.is_some(),
                 upstream: ucfg.credential.as_deref().unwrap_or_default(),
+                content_length: None,
             };
             req.write_upstream_head_with(authority, client_ip, &creds, wbuf);
             Action::Proxy {
@@ -610,6 +690,21 @@ async fn proxy(
     if !send_continue(c, &head, &left).await {
         return Next::Close;
     }
+    forward(ctx, c, head, (upstream, endpoint, ep_index), wbuf, left).await
+}
+
+/// Send the upstream head (and whatever body is in `wbuf`) to the upstream, stream the rest of
+/// the body, read the response head, relay the response.
+async fn forward(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    head: RequestHead,
+    (upstream, endpoint, ep_index): (usize, usize, usize),
+    mut wbuf: Vec<u8>,
+    mut left: BodyLeft,
+) -> Next {
+    let snap = c.snap.clone();
+    let ucfg: &UpstreamConfig = &snap.cfg.upstreams[upstream];
     // The request can be sent again on a fresh connection only while all of it is in `wbuf`.
     let replayable = left.is_done();
     let addr = ucfg.endpoints[ep_index].addr;
@@ -647,7 +742,8 @@ async fn proxy(
                 None => Next::Close,
             };
         }
-        match read_response_head(ctx, &mut up, ucfg, &head, &mut wbuf).await {
+        let extra = (!c.rate_hdrs.is_empty()).then_some(&c.rate_hdrs[..]);
+        match read_response_head(ctx, &mut up, ucfg, &head, extra, &mut wbuf).await {
             Ok((relay, keep_alive)) => break (up, relay, keep_alive),
             Err(HeadError::ClosedBeforeAnyByte) if up.reused && !retried && replayable => {
                 retried = true;
@@ -735,6 +831,7 @@ async fn read_response_head(
     up: &mut UpConn,
     ucfg: &UpstreamConfig,
     req: &RequestHead,
+    extra_headers: Option<&[u8]>,
     wbuf: &mut Vec<u8>,
 ) -> Result<(Relay, bool), HeadError> {
     let deadline = Instant::now() + ucfg.ttfb_timeout;
@@ -766,9 +863,15 @@ async fn read_response_head(
                         framing,
                         req.version_minor,
                         keep_alive,
+                        extra_headers,
                         wbuf,
                     );
-                    let relay = Relay::new(framing, h.upstream_keep_alive, h.status);
+                    let mut relay = Relay::new(framing, h.upstream_keep_alive, h.status);
+                    relay.sse = resp.headers.iter().any(|x| {
+                        x.name.eq_ignore_ascii_case("content-type")
+                            && x.value.len() >= 17
+                            && x.value[..17].eq_ignore_ascii_case(b"text/event-stream")
+                    });
                     up.buf.drain(..h.head_len);
                     return Ok((relay, keep_alive));
                 }
@@ -809,7 +912,15 @@ async fn relay_response(
     let send_timeout = c.snap.cfg.server.send_timeout;
     c.ex.status = relay.status;
     // The first body bytes go out in the same write as the head.
-    match relay.feed(&up.buf, &mut wbuf, true) {
+    if c.ex.scan {
+        c.scanner.reset(if relay.sse {
+            llm::BodyKind::Sse
+        } else {
+            llm::BodyKind::Json
+        });
+    }
+    let scan = c.ex.scan;
+    match relay.feed(&up.buf, &mut wbuf, true, scan.then_some(&mut c.scanner)) {
         Ok(n) => drop(up.buf.drain(..n)),
         Err(()) => {
             let e = Error::UpstreamBadResponse("ill-framed upstream response body");
@@ -844,7 +955,7 @@ async fn relay_response(
             Ok(_) => {}
         }
         wbuf.clear();
-        let Ok(n) = relay.feed(&up.buf, &mut wbuf, dechunk) else {
+        let Ok(n) = relay.feed(&up.buf, &mut wbuf, dechunk, scan.then_some(&mut c.scanner)) else {
             return Next::Close;
         };
         if n == 0 {
@@ -891,6 +1002,8 @@ struct Relay {
     upstream_reusable: bool,
     /// The upstream's status code.
     status: u16,
+    /// The response is a server-sent event stream.
+    sse: bool,
 }
 
 impl Relay {
@@ -907,13 +1020,22 @@ impl Relay {
             done,
             upstream_reusable,
             status,
+            sse: false,
         }
     }
 
     /// Look at upstream bytes: returns how many belong to the body (to be consumed). With
     /// `copy`, the bytes to send the client are appended to `out` (for `Dechunk` only the
     /// data, otherwise the bytes verbatim); without it the caller writes `input[..n]` itself.
-    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>, copy: bool) -> Result<usize, ()> {
+    /// Take what `input` holds of the body: returns the bytes consumed, copies them (or, when
+    /// de-chunking, their data) to `out` when `copy`, and hands the body data to `scan`.
+    fn feed(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        copy: bool,
+        mut scan: Option<&mut UsageScanner>,
+    ) -> Result<usize, ()> {
         let n = match self.framing {
             ClientFraming::None => 0,
             ClientFraming::Length(_) => {
@@ -922,13 +1044,26 @@ impl Relay {
                     .min(usize::try_from(self.left).unwrap_or(usize::MAX));
                 self.left -= n as u64;
                 self.done = self.left == 0;
+                if let Some(s) = scan.as_deref_mut() {
+                    s.feed(&input[..n]);
+                }
                 n
             }
-            ClientFraming::UntilClose => input.len(),
+            ClientFraming::UntilClose => {
+                if let Some(s) = scan.as_deref_mut() {
+                    s.feed(input);
+                }
+                input.len()
+            }
             ClientFraming::Chunked | ClientFraming::Dechunk => {
                 let mut at = 0;
                 loop {
                     let (n, step) = self.decoder.decode(&input[at..]).map_err(|_| ())?;
+                    if let Step::Data(r) = &step {
+                        if let Some(s) = scan.as_deref_mut() {
+                            s.feed(&input[at..][r.clone()]);
+                        }
+                    }
                     if let (Step::Data(r), ClientFraming::Dechunk) = (&step, self.framing) {
                         out.extend_from_slice(&input[at..][r.clone()]);
                     }
@@ -952,6 +1087,179 @@ impl Relay {
     }
 }
 
+// ----- tenants: LLM bodies and admission -----
+
+/// Read the rest of the request body (its head already consumed from `c.buf`) into `c.body`,
+/// at most `limit` bytes. `Err`: the request was answered (or the connection is done).
+async fn read_whole_body(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    head: &RequestHead,
+    limit: u64,
+    wbuf: Vec<u8>,
+) -> Result<Vec<u8>, Next> {
+    let snap = c.snap.clone();
+    let server = &snap.cfg.server;
+    if matches!(head.body, BodyKind::Length(n) if n > limit) {
+        return Err(answer_error(ctx, c, Error::BodyTooLarge, false, wbuf).await);
+    }
+    c.body.clear();
+    // A connection that carried one huge body does not keep its buffer.
+    if c.body.capacity() > BODY_BUF_KEEP_BYTES_MAX {
+        c.body = Vec::new();
+    }
+    let mut left = BodyLeft::of(head);
+    let mut first = true;
+    while first || !left.is_done() {
+        if !first {
+            if let Err(e) = read_client_body(c, server.header_bytes_max, server.body_timeout).await
+            {
+                return Err(match e {
+                    Some(e) => answer_error(ctx, c, e, false, wbuf).await,
+                    None => Next::Close,
+                });
+            }
+        }
+        let before = c.buf.len();
+        let consumed = consume_body(&mut c.buf, &mut left, limit, &mut c.body, ChunkOut::DataOnly);
+        c.ex.bytes_in += (before - c.buf.len()) as u64;
+        if let Err(e) = consumed {
+            return Err(answer_error(ctx, c, e, false, wbuf).await);
+        }
+        if first && !send_continue(c, head, &left).await {
+            return Err(Next::Close);
+        }
+        first = false;
+    }
+    Ok(wbuf)
+}
+
+/// Check a tenant's LLM body (JSON, a model it is approved for) and admit it by its token
+/// estimate. `Err`: answered (400 / 403 / 429).
+async fn check_and_admit(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    snap: &Snapshot,
+    tenant: usize,
+    body: &[u8],
+    wbuf: &[u8],
+) -> Result<(), Next> {
+    let _ = wbuf;
+    let tcfg = &snap.cfg.tenants[tenant];
+    let info = match llm::inspect(body) {
+        Ok(i) => i,
+        Err(e) => {
+            let buf = ctx.take_buf();
+            return Err(answer_error(ctx, c, Error::BadBody(e.message()), true, buf).await);
+        }
+    };
+    let Some(model) = info.model else {
+        let buf = ctx.take_buf();
+        return Err(answer_error(ctx, c, Error::BadBody("the body names no model"), true, buf).await);
+    };
+    if !tcfg.models.allows(model) {
+        ctx.control.stats.reject(c.ex.tenant_slot, Reject::Model);
+        let buf = ctx.take_buf();
+        return Err(answer_error(ctx, c, Error::ModelNotAllowed, true, buf).await);
+    }
+    let tokens = llm::estimate_tokens(body.len(), info.max_tokens, tcfg.default_max_tokens);
+    c.ex.scan = true;
+    admit_tenant(ctx, c, snap, tenant, tokens, true, 0).await
+}
+
+/// Admit the current request for `tenant` (estimated at `tokens`), or answer 429.
+/// `head_len`: bytes of a request head still at the front of `c.buf` (dropped before a refusal
+/// is answered); `may_keep_alive`: nothing of the request is left unread.
+async fn admit_tenant(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    snap: &Snapshot,
+    tenant: usize,
+    tokens: u64,
+    may_keep_alive: bool,
+    head_len: usize,
+) -> Result<(), Next> {
+    let Some(limits) = snap.tenant_limits.get(tenant) else {
+        return Ok(());
+    };
+    let now = now_ns();
+    match admit(limits, now, tokens) {
+        Ok(adm) => {
+            c.ex.admitted = Some(adm);
+            c.rate_hdrs.clear();
+            write_rate_headers(limits, now, &mut c.rate_hdrs);
+            Ok(())
+        }
+        Err(refused) => {
+            let why = match refused.limit {
+                Limit::Requests => Reject::Requests,
+                Limit::Tokens => Reject::Tokens,
+                Limit::Concurrency => Reject::Concurrency,
+                Limit::Budget => Reject::Budget,
+            };
+            ctx.control.stats.reject(c.ex.tenant_slot, why);
+            c.rate_hdrs.clear();
+            write_refusal_headers(limits, &refused, now, &mut c.rate_hdrs);
+            c.buf.drain(..head_len.min(c.buf.len()));
+            let e = Error::RateLimited(refused.limit);
+            let extra = std::mem::take(&mut c.rate_hdrs);
+            let next = answer_error_with(ctx, c, e, may_keep_alive, &extra, ctx.take_buf()).await;
+            c.rate_hdrs = extra;
+            Err(next)
+        }
+    }
+}
+
+/// A tenant's request to an LLM endpoint: read the body whole, check and admit it, then write
+/// the upstream head (the body's real length, the tenant's key removed, the upstream's
+/// credential added) and forward.
+async fn proxy_llm(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    head: RequestHead,
+    target: (usize, usize, usize),
+    mut wbuf: Vec<u8>,
+) -> Next {
+    let snap = c.snap.clone();
+    let limit = snap.cfg.server.body_bytes_max;
+    // Keep the raw head (the upstream head is written from it once the body is known).
+    wbuf.clear();
+    wbuf.extend_from_slice(&c.buf[..head.head_len]);
+    c.buf.drain(..head.head_len);
+    let wbuf = match read_whole_body(ctx, c, &head, limit, wbuf).await {
+        Ok(w) => w,
+        Err(next) => return next,
+    };
+    let body = std::mem::take(&mut c.body);
+    let tenant = c.ex.tenant.unwrap_or_default();
+    if let Err(next) = check_and_admit(ctx, c, &snap, tenant, &body, &wbuf).await {
+        c.body = body;
+        ctx.put_buf(wbuf);
+        return next;
+    }
+    let (upstream, _, ep_index) = target;
+    let ucfg = &snap.cfg.upstreams[upstream];
+    let mut out = ctx.take_buf();
+    out.clear();
+    {
+        let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
+        // The head parsed once already; parsing it again cannot fail.
+        if let Ok(Some(req)) = request::parse(&wbuf, &mut headers, &snap.cfg.server.head_limits()) {
+            let creds = Credentials {
+                drop_client_keys: true,
+                upstream: ucfg.credential.as_deref().unwrap_or_default(),
+                content_length: Some(body.len() as u64),
+            };
+            let authority = ucfg.endpoints[ep_index].authority.as_bytes();
+            req.write_upstream_head_with(authority, c.ip, &creds, &mut out);
+        }
+    }
+    out.extend_from_slice(&body);
+    c.body = body;
+    ctx.put_buf(wbuf);
+    forward(ctx, c, head, target, out, BodyLeft::Done).await
+}
+
 // ----- the built-in mock model -----
 
 async fn serve_mock(
@@ -968,35 +1276,25 @@ async fn serve_mock(
         return answer_error(ctx, c, Error::BodyTooLarge, false, wbuf).await;
     }
     c.buf.drain(..head.head_len);
-    let mut left = BodyLeft::of(&head);
-    let mut body = Vec::new();
-    let mut first = true;
-    while first || !left.is_done() {
-        if !first {
-            if let Err(e) = read_client_body(c, server.header_bytes_max, server.body_timeout).await
-            {
-                return match e {
-                    Some(e) => answer_error(ctx, c, e, false, wbuf).await,
-                    None => Next::Close,
-                };
-            }
+    let wbuf = match read_whole_body(ctx, c, &head, limit, wbuf).await {
+        Ok(wbuf) => wbuf,
+        Err(next) => return next,
+    };
+    let body = std::mem::take(&mut c.body);
+    if let (Some(t), true) = (c.ex.tenant, endpoint.takes_body()) {
+        if let Err(next) = check_and_admit(ctx, c, &snap, t, &body, &wbuf).await {
+            c.body = body;
+            ctx.put_buf(wbuf);
+            return next;
         }
-        let before = c.buf.len();
-        let consumed = consume_body(&mut c.buf, &mut left, limit, &mut body, ChunkOut::DataOnly);
-        c.ex.bytes_in += (before - c.buf.len()) as u64;
-        if let Err(e) = consumed {
-            return answer_error(ctx, c, e, false, wbuf).await;
-        }
-        if first && !send_continue(c, &head, &left).await {
-            return Next::Close;
-        }
-        first = false;
     }
     let keep_alive = head.keep_alive && !ctx.drain.is_fired();
     let now_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let reply = match mock::respond(endpoint, &body, now_s, keep_alive) {
+    let reply = mock::respond(endpoint, &body, now_s, keep_alive);
+    c.body = body;
+    let reply = match reply {
         Ok(r) => r,
         Err(e) => return answer_error(ctx, c, e, keep_alive, wbuf).await,
     };
@@ -1006,6 +1304,14 @@ async fn serve_mock(
         MockReply::Stream { head, frames } => (head, frames),
     };
     c.ex.status = 200;
+    if c.ex.tenant.is_some() && frames.is_empty() {
+        // A whole JSON answer: its usage settles the tenant's tokens.
+        if let Some(at) = head_bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            c.ex.scan = true;
+            c.scanner.reset(llm::BodyKind::Json);
+            c.scanner.feed(&head_bytes[at + 4..]);
+        }
+    }
     let (res, _) = send(c, head_bytes, server.send_timeout).await;
     if res.is_err() {
         return Next::Close;
@@ -1033,11 +1339,23 @@ async fn answer_error(
     c: &mut Client,
     e: Error,
     may_keep_alive: bool,
+    wbuf: Vec<u8>,
+) -> Next {
+    answer_error_with(ctx, c, e, may_keep_alive, &[], wbuf).await
+}
+
+/// [`answer_error`] with extra header lines (`retry-after`, `x-ratelimit-*`).
+async fn answer_error_with(
+    ctx: &ShardCtx,
+    c: &mut Client,
+    e: Error,
+    may_keep_alive: bool,
+    extra_headers: &[u8],
     mut wbuf: Vec<u8>,
 ) -> Next {
     let close = e.closes_connection() || !may_keep_alive || ctx.drain.is_fired();
     wbuf.clear();
-    e.write_response(close, &mut wbuf);
+    e.write_response_with(close, extra_headers, &mut wbuf);
     tracing::debug!(
         shard = ctx.id,
         status = e.status(),
@@ -1049,6 +1367,7 @@ async fn answer_error(
         c.ex.begin(Instant::now());
     }
     c.ex.status = e.status();
+    c.ex.local_error = true;
     let timeout = c.snap.cfg.server.send_timeout;
     let (res, buf) = send(c, wbuf, timeout).await;
     if let Some(buf) = buf {
@@ -1112,6 +1431,9 @@ async fn send<B: IoBuf>(c: &mut Client, buf: B, timeout: Duration) -> (Result<()
     let (res, buf) = write_timeout(&mut c.stream, buf, timeout).await;
     if res.is_ok() {
         c.ex.bytes_out += len;
+    } else {
+        // The client left (or stopped reading): a tenant's reservation is given back.
+        c.ex.local_error = true;
     }
     (res, buf)
 }

@@ -19,6 +19,8 @@
 //! - [`admin`]: `/metrics` and `/health/*` on a blocking std thread of its own, off the shards.
 //! - [`accesslog`]: per-shard batches of fixed-size records, written as JSON lines by a thread.
 //!
+//! - [`admit`]: a tenant's admission and settlement against its shared limit cells.
+//!
 //! I/O (the only modules that touch monoio):
 //! - [`runtime`]: driver choice (tuned io_uring → io_uring → epoll), shared with the bench.
 //! - [`shard`]: one pinned thread per core with its own runtime, SO_REUSEPORT listener,
@@ -31,6 +33,7 @@
 //! and `Cell`s on its own thread. See `docs/ARCHITECTURE.md`.
 
 pub mod accesslog;
+pub mod admit;
 pub mod admin;
 pub mod config;
 pub mod conn;

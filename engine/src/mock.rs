@@ -29,6 +29,13 @@ pub enum MockEndpoint {
     Models,
 }
 
+impl MockEndpoint {
+    /// Whether requests to it carry an LLM body (a model, a prompt).
+    pub fn takes_body(self) -> bool {
+        !matches!(self, MockEndpoint::Models)
+    }
+}
+
 /// Which endpoint of the mock this method and path name, if any (the body is read only then).
 pub fn serves(method: &str, path: &str) -> Option<MockEndpoint> {
     let path = path.split('?').next().unwrap_or(path);

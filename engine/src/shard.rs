@@ -14,7 +14,8 @@ use monoio::net::{ListenerOpts, TcpListener};
 
 use crate::accesslog::ShardLog;
 use crate::config::{Config, DriverChoice, Overrides};
-use crate::control::shm::{Region, ShardInfo, TenantCells};
+use crate::admit::{Locals, TenantLimits};
+use crate::control::shm::{Region, ShardInfo};
 use crate::control::stats::{self, ShardStats};
 use crate::control::ShardControl;
 use crate::drain::DrainSignal;
@@ -25,6 +26,9 @@ use crate::route::Routes;
 pub use crate::runtime::DriverKind;
 use crate::tenant::Tenants;
 use crate::upstream::Pools;
+
+/// How often a shard gives back tenants' stale leases, ms.
+const LEASE_CHECK_MS: u64 = 250;
 
 /// Spare write buffers kept per shard.
 const SPARE_BUFS_MAX: usize = 1024;
@@ -54,9 +58,9 @@ pub struct Snapshot {
     pub rr: Vec<Cell<usize>>,
     /// Key hash → tenant index.
     pub tenants: Tenants,
-    /// Per tenant: its limiter cells shared by every shard (None when the region's tenant
-    /// table is full), and its counter slot.
-    pub tenant_cells: Vec<Option<&'static TenantCells>>,
+    /// Per tenant: its limits (the cells shared by every shard, this shard's leases), and
+    /// its counter slot.
+    pub tenant_limits: Vec<TenantLimits>,
     pub tenant_stats: Vec<usize>,
 }
 
@@ -67,6 +71,7 @@ impl Snapshot {
         pools: &Pools,
         stats: &ShardStats,
         region: &'static Region,
+        locals: &Locals,
     ) -> Self {
         let mut endpoint_base = Vec::with_capacity(cfg.upstreams.len());
         let mut addrs = Vec::new();
@@ -90,7 +95,11 @@ impl Snapshot {
                 .collect(),
             rr: cfg.upstreams.iter().map(|_| Cell::new(0)).collect(),
             tenants: Tenants::new(&cfg.tenants),
-            tenant_cells: cfg.tenants.iter().map(|t| region.tenant(&t.name)).collect(),
+            tenant_limits: cfg
+                .tenants
+                .iter()
+                .map(|t| TenantLimits::new(t, region.tenant(&t.name), locals.get(&t.name)))
+                .collect(),
             tenant_stats: cfg
                 .tenants
                 .iter()
@@ -120,6 +129,8 @@ pub struct ShardCtx {
     pub drain: DrainSignal,
     pub control: ShardControl,
     pub access_log: Option<ShardLog>,
+    /// Tenants' leases on this shard, by name (kept across config changes).
+    locals: Locals,
     /// Open client connections (mirrored into the shared counters).
     connections: Cell<usize>,
 }
@@ -135,7 +146,8 @@ impl ShardCtx {
     ) -> Self {
         let control = ShardControl::new(region, id, version, overrides);
         let pools = Pools::new();
-        let snapshot = Snapshot::new(version, cfg, &pools, &control.stats, region);
+        let locals = Locals::default();
+        let snapshot = Snapshot::new(version, cfg, &pools, &control.stats, region, &locals);
         Self {
             id,
             snapshot: RefCell::new(Rc::new(snapshot)),
@@ -144,6 +156,7 @@ impl ShardCtx {
             drain: DrainSignal::new(),
             control,
             access_log,
+            locals,
             connections: Cell::new(0),
         }
     }
@@ -167,6 +180,7 @@ impl ShardCtx {
                 &self.pools,
                 &self.control.stats,
                 self.control.region(),
+                &self.locals,
             );
             *self.snapshot.borrow_mut() = Rc::new(next);
             // Pools of endpoints no longer named by the new config are closed; requests of
@@ -335,9 +349,18 @@ async fn serve(
         let ctx = ctx.clone();
         monoio::spawn(async move {
             let mut flushed = Instant::now();
+            let mut leases_checked = Instant::now();
             while !shutdown.load(Ordering::Relaxed) {
                 monoio::time::sleep(Duration::from_millis(CONTROL_POLL_MS)).await;
                 ctx.refresh();
+                // Leases unused for a while go back, so another shard can spend them.
+                if leases_checked.elapsed() >= Duration::from_millis(LEASE_CHECK_MS) {
+                    let now = crate::admit::now_ns();
+                    for t in &ctx.snapshot().tenant_limits {
+                        t.return_stale(now);
+                    }
+                    leases_checked = Instant::now();
+                }
                 if let Some(log) = &ctx.access_log {
                     if flushed.elapsed() >= Duration::from_millis(ACCESS_LOG_FLUSH_MS) {
                         log.flush();

@@ -322,7 +322,11 @@ impl<'b> ParsedRequest<'_, 'b> {
             out.extend_from_slice(h.value);
             out.extend_from_slice(b"\r\n");
         }
-        match self.head.body {
+        let body = match creds.content_length {
+            Some(n) => BodyKind::Length(n),
+            None => self.head.body,
+        };
+        match body {
             BodyKind::None => {}
             BodyKind::Length(n) => {
                 out.extend_from_slice(b"content-length: ");
@@ -348,6 +352,9 @@ pub struct Credentials<'a> {
     pub drop_client_keys: bool,
     /// Header lines (CRLF-terminated) to add: the upstream's own credential.
     pub upstream: &'a [u8],
+    /// The body goes out whole with this length (it was read, and maybe rewritten, first),
+    /// whatever framing the client used.
+    pub content_length: Option<u64>,
 }
 
 impl Credentials<'_> {
@@ -355,6 +362,7 @@ impl Credentials<'_> {
     pub const PASS: Credentials<'static> = Credentials {
         drop_client_keys: false,
         upstream: b"",
+        content_length: None,
     };
 }
 
@@ -525,6 +533,7 @@ mod tests {
         let creds = Credentials {
             drop_client_keys: true,
             upstream: b"authorization: Bearer sk-upstream\r\n",
+            content_length: None,
         };
         p.write_upstream_head_with(b"up:80", IpAddr::from([127, 0, 0, 1]), &creds, &mut out);
         let fwd = String::from_utf8(out).expect("ascii");

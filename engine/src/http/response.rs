@@ -164,6 +164,7 @@ pub fn write_client_head(
     framing: ClientFraming,
     client_minor: u8,
     keep_alive: bool,
+    extra: Option<&[u8]>,
     out: &mut Vec<u8>,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -188,7 +189,11 @@ pub fn write_client_head(
         // HEAD and 304 answers keep the upstream's Content-Length: it describes the entity.
         let keep_length =
             framing == ClientFraming::None && name.eq_ignore_ascii_case(b"content-length");
-        if (is_hop_by_hop(name) && !keep_length) || listed(name) {
+        // With our own rate-limit headers, the upstream's (its account's limits) are dropped.
+        let theirs = extra.is_some()
+            && name.len() > 12
+            && name[..12].eq_ignore_ascii_case(b"x-ratelimit-");
+        if (is_hop_by_hop(name) && !keep_length) || listed(name) || theirs {
             continue;
         }
         out.extend_from_slice(name);
@@ -210,6 +215,7 @@ pub fn write_client_head(
     } else if client_minor == 0 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
+    out.extend_from_slice(extra.unwrap_or_default());
     out.extend_from_slice(b"\r\n");
 }
 
@@ -229,7 +235,7 @@ mod tests {
             .expect("complete");
         let framing = client_framing(h.body, client_minor);
         let mut out = Vec::new();
-        write_client_head(&h, &resp, framing, client_minor, keep_alive, &mut out);
+        write_client_head(&h, &resp, framing, client_minor, keep_alive, None, &mut out);
         String::from_utf8(out).expect("ascii")
     }
 

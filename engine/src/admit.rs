@@ -1,0 +1,304 @@
+//! Admission: hold a tenant's request to its limits across every shard, without locks.
+//!
+//! The limits live in the tenant's shared cells in the region (`control::shm::TenantCells`):
+//! requests and tokens per minute as GCRA buckets (`crate::limit::Gcra`), reached through this
+//! shard's leases so most admissions touch no shared cache line; requests in flight as one
+//! shared counter; the token budget as a fixed-window counter. A request reserves its token
+//! estimate when admitted and settles the real count from the upstream's `usage` when it ends
+//! (or gives the reservation back when it failed or the client left). See
+//! docs/decisions/0005-tenant-limits-without-locks.md for the bounds.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::control::shm::TenantCells;
+use crate::error::Limit;
+use crate::limit::{lease_units, Budget, Concurrency, Gcra, Lease, Reservation};
+use crate::tenant::TenantConfig;
+
+/// Leases older than this go back to the shared buckets (on the shard's timer), so units a
+/// shard holds but does not use are stranded for at most this long.
+pub const LEASE_AGE_NS_MAX: u64 = 1_000_000_000;
+
+/// One tenant's state on one shard: its leases. Kept by tenant name across config changes.
+#[derive(Debug, Default)]
+pub struct TenantLocal {
+    rpm: Lease,
+    tpm: Lease,
+}
+
+/// Every tenant's local state on this shard, by name.
+#[derive(Debug, Default)]
+pub struct Locals {
+    by_name: std::cell::RefCell<HashMap<String, Rc<TenantLocal>>>,
+}
+
+impl Locals {
+    pub fn get(&self, name: &str) -> Rc<TenantLocal> {
+        self.by_name
+            .borrow_mut()
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+}
+
+/// A tenant as one snapshot sees it: config-derived limiters plus the shared and local state.
+#[derive(Debug)]
+pub struct TenantLimits {
+    pub rpm: Option<Gcra>,
+    pub tpm: Option<Gcra>,
+    pub max_concurrency: Option<u64>,
+    pub budget: Option<Budget>,
+    pub cells: Option<&'static TenantCells>,
+    pub local: Rc<TenantLocal>,
+}
+
+impl TenantLimits {
+    pub fn new(t: &TenantConfig, cells: Option<&'static TenantCells>, local: Rc<TenantLocal>) -> Self {
+        Self {
+            rpm: t.rpm.map(Gcra::per_minute),
+            tpm: t.tpm.map(Gcra::per_minute),
+            max_concurrency: t.max_concurrency,
+            budget: t.budget.map(|b| {
+                Budget::new(b.tokens, u64::try_from(b.window.as_nanos()).unwrap_or(u64::MAX))
+            }),
+            cells,
+            local,
+        }
+    }
+
+    /// Give back leases held longer than [`LEASE_AGE_NS_MAX`] (the shard's timer calls this).
+    pub fn return_stale(&self, now_ns: u64) {
+        let Some(c) = self.cells else { return };
+        if let Some(g) = &self.rpm {
+            self.local.rpm.return_stale(g, &c.rpm_tat, now_ns, LEASE_AGE_NS_MAX);
+        }
+        if let Some(g) = &self.tpm {
+            self.local.tpm.return_stale(g, &c.tpm_tat, now_ns, LEASE_AGE_NS_MAX);
+        }
+    }
+}
+
+/// What an admitted request holds until it ends. Dropping it without [`Admitted::finish`]
+/// would leak a concurrency slot, so the connection driver always finishes it.
+#[derive(Debug)]
+pub struct Admitted {
+    concurrency: bool,
+    tokens: u64,
+    budget: Option<Reservation>,
+    done: Cell<bool>,
+}
+
+/// Why a request was refused, and when to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub limit: Limit,
+    /// ns until a retry could succeed (`u64::MAX`: not within the limits at all).
+    pub retry_after_ns: u64,
+}
+
+/// Admit one request estimated at `tokens` tokens (0 for requests that use none), or refuse
+/// it changing nothing. Order: requests in flight, requests per minute, tokens per minute,
+/// budget; whatever an earlier check took is given back when a later one refuses.
+pub fn admit(t: &TenantLimits, now_ns: u64, tokens: u64) -> Result<Admitted, Refused> {
+    let Some(c) = t.cells else {
+        // The region's tenant table was full: no shared cells, so no limits can hold. The
+        // config was accepted with a warning; admit.
+        return Ok(Admitted {
+            concurrency: false,
+            tokens: 0,
+            budget: None,
+            done: Cell::new(false),
+        });
+    };
+    let mut adm = Admitted {
+        concurrency: false,
+        tokens: 0,
+        budget: None,
+        done: Cell::new(false),
+    };
+    if let Some(max) = t.max_concurrency {
+        if !Concurrency::acquire(&c.inflight, max) {
+            return Err(Refused {
+                limit: Limit::Concurrency,
+                retry_after_ns: 1_000_000_000,
+            });
+        }
+        adm.concurrency = true;
+    }
+    // Without max_concurrency nothing is counted in flight: that shared counter is the one
+    // cross-core write per request a tenant's limits cost, paid only when asked for.
+    let undo = |adm: &Admitted| {
+        if adm.concurrency {
+            Concurrency::release(&c.inflight);
+        }
+    };
+    if let Some(g) = &t.rpm {
+        if let Err(wait) = t.local.rpm.take(g, &c.rpm_tat, now_ns, 1, lease_units(g.limit())) {
+            undo(&adm);
+            return Err(Refused {
+                limit: Limit::Requests,
+                retry_after_ns: wait,
+            });
+        }
+    }
+    if tokens > 0 {
+        if let Some(g) = &t.tpm {
+            if let Err(wait) = t.local.tpm.take(g, &c.tpm_tat, now_ns, tokens, lease_units(g.limit()))
+            {
+                if let Some(r) = &t.rpm {
+                    r.give_back(&c.rpm_tat, now_ns, 1);
+                }
+                undo(&adm);
+                return Err(Refused {
+                    limit: Limit::Tokens,
+                    retry_after_ns: wait,
+                });
+            }
+            adm.tokens = tokens;
+        }
+        if let Some(b) = &t.budget {
+            match b.reserve(&c.budget, now_ns, tokens) {
+                Ok(r) => adm.budget = Some(r),
+                Err(wait) => {
+                    if let Some(r) = &t.rpm {
+                        r.give_back(&c.rpm_tat, now_ns, 1);
+                    }
+                    if let Some(g) = &t.tpm {
+                        g.give_back(&c.tpm_tat, now_ns, adm.tokens);
+                    }
+                    undo(&adm);
+                    return Err(Refused {
+                        limit: Limit::Budget,
+                        retry_after_ns: wait,
+                    });
+                }
+            }
+        }
+    }
+    Ok(adm)
+}
+
+impl Admitted {
+    /// End the request: release its slot in flight and settle its tokens. `used`: the tokens
+    /// the upstream reported (None: no usage seen; the reservation is given back when the
+    /// request `failed` — the client left or the upstream failed — and kept as charged
+    /// otherwise, since work was done that we could not count).
+    pub fn finish(&self, t: &TenantLimits, now_ns: u64, used: Option<u64>, failed: bool) {
+        if self.done.replace(true) {
+            return;
+        }
+        let Some(c) = t.cells else { return };
+        if self.concurrency {
+            Concurrency::release(&c.inflight);
+        }
+        let actual = match used {
+            Some(u) => u,
+            None if failed => 0,
+            None => self.tokens,
+        };
+        if let Some(g) = &t.tpm {
+            if self.tokens > 0 || actual > 0 {
+                t.local
+                    .tpm
+                    .settle(g, &c.tpm_tat, now_ns, self.tokens, actual, lease_units(g.limit()));
+            }
+        }
+        if let (Some(b), Some(r)) = (&t.budget, self.budget) {
+            if used.is_none() && failed {
+                b.release(&c.budget, now_ns, r);
+            } else {
+                b.settle(&c.budget, now_ns, r, actual);
+            }
+        }
+    }
+}
+
+/// Append the `x-ratelimit-*` header lines (OpenAI's names) for tenant `t` to `out`.
+pub fn write_rate_headers(t: &TenantLimits, now_ns: u64, out: &mut Vec<u8>) {
+    let Some(c) = t.cells else { return };
+    for (g, tat, what) in [(&t.rpm, &c.rpm_tat, "requests"), (&t.tpm, &c.tpm_tat, "tokens")] {
+        let Some(g) = g else { continue };
+        let held = if what == "requests" {
+            t.local.rpm.held()
+        } else {
+            t.local.tpm.held()
+        };
+        let remaining = g.remaining(tat, now_ns).saturating_add(held).min(g.limit());
+        line(out, "x-ratelimit-limit-", what, g.limit());
+        line(out, "x-ratelimit-remaining-", what, remaining);
+        out.extend_from_slice(b"x-ratelimit-reset-");
+        out.extend_from_slice(what.as_bytes());
+        out.extend_from_slice(b": ");
+        write_duration(out, g.reset_after_ns(tat, now_ns));
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn line(out: &mut Vec<u8>, prefix: &str, what: &str, v: u64) {
+    out.extend_from_slice(prefix.as_bytes());
+    out.extend_from_slice(what.as_bytes());
+    out.extend_from_slice(b": ");
+    crate::http::write_decimal(out, v);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// OpenAI's reset format: `1s`, `6m0s`, `250ms`.
+fn write_duration(out: &mut Vec<u8>, ns: u64) {
+    let ms = ns.div_ceil(1_000_000);
+    if ms < 1000 {
+        crate::http::write_decimal(out, ms);
+        out.extend_from_slice(b"ms");
+        return;
+    }
+    let s = ms.div_ceil(1000);
+    if s >= 60 {
+        crate::http::write_decimal(out, s / 60);
+        out.push(b'm');
+    }
+    crate::http::write_decimal(out, s % 60);
+    out.push(b's');
+}
+
+/// Header lines of a 429: `retry-after` (whole seconds, at least 1) and the rate headers.
+pub fn write_refusal_headers(t: &TenantLimits, r: &Refused, now_ns: u64, out: &mut Vec<u8>) {
+    let secs = if r.retry_after_ns == u64::MAX {
+        // Never within the limit as configured (a request larger than the bucket): say a
+        // minute, the bucket's period, rather than forever.
+        60
+    } else {
+        r.retry_after_ns.div_ceil(1_000_000_000).max(1)
+    };
+    out.extend_from_slice(b"retry-after: ");
+    crate::http::write_decimal(out, secs);
+    out.extend_from_slice(b"\r\n");
+    write_rate_headers(t, now_ns, out);
+}
+
+/// Nanoseconds since the Unix epoch: the clock every shard's limiter shares.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_openai() {
+        let f = |ns| {
+            let mut v = Vec::new();
+            write_duration(&mut v, ns);
+            String::from_utf8(v).expect("ascii")
+        };
+        assert_eq!(f(0), "0ms");
+        assert_eq!(f(250_000_000), "250ms");
+        assert_eq!(f(1_000_000_000), "1s");
+        assert_eq!(f(360_000_000_000), "6m0s");
+        assert_eq!(f(61_500_000_000), "1m2s");
+    }
+}

@@ -1,0 +1,289 @@
+//! Tenant limits across shards: exact request counts whichever shard a tenant lands on,
+//! budgets that concurrent requests cannot overspend, concurrency caps released by clients that
+//! leave, 429s that say which limit and when to retry, and models a tenant may not reach.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shardgate_tests::{
+    assert_error, sleep, wait_until, write_chunk, write_response, Action, Client, ConfigBuilder,
+    Gateway, MockUpstream, Request, Response,
+};
+
+fn key_of(name: &str) -> String {
+    format!("sk-{name}-key")
+}
+
+fn tenant(name: &str, limits: &str) -> String {
+    format!("name = \"{name}\"\nkeys = [\"{}\"]\n{limits}", key_of(name))
+}
+
+/// An upstream answering chat completions with a usage of 10 + 5 tokens.
+fn llm_upstream() -> MockUpstream {
+    MockUpstream::start(|_req: &Request, stream: &mut TcpStream| -> io::Result<Action> {
+        let body = r#"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}"#;
+        write_response(stream, 200, "application/json", body.as_bytes())?;
+        Ok(Action::KeepAlive)
+    })
+}
+
+fn chat_request(key: &str, body: &str) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+const SMALL_CHAT: &str = r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#;
+
+fn get_models(c: &mut Client, key: &str) -> Response {
+    c.send(format!(
+        "GET /v1/models HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n"
+    ));
+    c.read_response()
+}
+
+/// Send `n` GETs for `key`: over one keep-alive connection, or each on a new connection
+/// (spread over the shards by the kernel). Returns how many were admitted (200).
+fn burst(addr: SocketAddr, key: &str, n: usize, one_connection: bool) -> usize {
+    let mut admitted = 0;
+    let mut c = Client::connect(addr);
+    for _ in 0..n {
+        if !one_connection {
+            c = Client::connect(addr);
+        }
+        let r = get_models(&mut c, key);
+        match r.status {
+            200 => admitted += 1,
+            429 => {}
+            s => panic!("unexpected {s}: {}", r.summary()),
+        }
+    }
+    admitted
+}
+
+#[test]
+fn requests_per_minute_hold_across_shards_whichever_shard_the_tenant_lands_on() {
+    let up = llm_upstream();
+    let cfg = ConfigBuilder::new(up.addr())
+        .cores(2)
+        .tenant(&tenant("hot", "rpm = 600"))
+        .tenant(&tenant("spread", "rpm = 600"))
+        .build();
+    let gw = Gateway::start(&cfg);
+    let addr = gw.addr();
+    let start = Instant::now();
+    let hot = std::thread::spawn(move || burst(addr, &key_of("hot"), 800, true));
+    let spread = std::thread::spawn(move || burst(addr, &key_of("spread"), 800, false));
+    let (hot, spread) = (hot.join().expect("hot"), spread.join().expect("spread"));
+    let elapsed = start.elapsed().as_secs_f64();
+    // Capacity 600, refilled at 10 per second while the bursts ran; one lease per shard may
+    // be stranded (lease_units(600) = 1).
+    let most = 600.0 + 10.0 * elapsed + 2.0;
+    for (name, n) in [("hot", hot), ("spread", spread)] {
+        assert!(n as f64 <= most, "{name}: {n} admitted, at most {most:.0} allowed");
+        assert!(n >= 598, "{name}: only {n} admitted of a 600 capacity");
+    }
+    let diff = (hot as f64 - spread as f64).abs();
+    assert!(
+        diff <= 0.01 * 600.0 + 10.0 * elapsed,
+        "hot {hot} vs spread {spread} over {elapsed:.2} s"
+    );
+}
+
+#[test]
+fn a_429_says_which_limit_and_when_to_retry_and_successes_carry_the_rate_headers() {
+    let up = llm_upstream();
+    let cfg = ConfigBuilder::new(up.addr())
+        .tenant(&tenant("t", "rpm = 3"))
+        .build();
+    let gw = Gateway::start(&cfg);
+    let mut c = Client::connect(gw.addr());
+    for i in 0..3 {
+        let r = get_models(&mut c, &key_of("t"));
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.header("x-ratelimit-limit-requests"), Some("3"));
+        let remaining: u64 = r
+            .header("x-ratelimit-remaining-requests")
+            .and_then(|v| v.parse().ok())
+            .expect("remaining");
+        assert!(remaining <= 2 - i, "request {i}: remaining {remaining}");
+        assert!(r.header("x-ratelimit-reset-requests").is_some());
+    }
+    let r = get_models(&mut c, &key_of("t"));
+    assert_error(&r, 429, "rate_limit_exceeded");
+    assert_eq!(r.json()["error"]["type"], "requests");
+    let retry: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after");
+    assert!((1..=20).contains(&retry), "retry-after {retry}");
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+    // The connection stays usable after a 429 without a body.
+    assert!(!r.is_closed());
+    assert_eq!(up.requests().len(), 3);
+}
+
+#[test]
+fn a_budget_is_never_overspent_by_concurrent_requests() {
+    // The upstream holds every request for a while, so all 200 are in flight at once.
+    let up = MockUpstream::start(|_req: &Request, stream: &mut TcpStream| -> io::Result<Action> {
+        sleep(Duration::from_millis(800));
+        let body = r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#;
+        write_response(stream, 200, "application/json", body.as_bytes())?;
+        Ok(Action::KeepAlive)
+    });
+    // Each request reserves ceil(len / 4) + max_tokens tokens; the budget fits exactly 50.
+    let per = (SMALL_CHAT.len() as u64).div_ceil(4) + 1;
+    let cfg = ConfigBuilder::new(up.addr())
+        .cores(2)
+        .tenant(&tenant("b", &format!("budget_tokens = {}\nbudget_window = \"1h\"", per * 50)))
+        .build();
+    let gw = Gateway::start(&cfg);
+    let (ok, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let threads: Vec<_> = (0..200)
+        .map(|_| {
+            let (ok, refused, addr) = (ok.clone(), refused.clone(), gw.addr());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.send(chat_request(&key_of("b"), SMALL_CHAT));
+                let r = c.read_response();
+                match r.status {
+                    200 => ok.fetch_add(1, Ordering::Relaxed),
+                    429 => {
+                        assert_eq!(r.json()["error"]["code"], "insufficient_quota", "{}", r.summary());
+                        refused.fetch_add(1, Ordering::Relaxed)
+                    }
+                    s => panic!("unexpected {s}: {}", r.summary()),
+                };
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client");
+    }
+    let (ok, refused) = (ok.load(Ordering::Relaxed), refused.load(Ordering::Relaxed));
+    assert_eq!(ok + refused, 200);
+    assert_eq!(ok, 50, "{ok} admitted against a budget of 50 requests' estimates");
+    assert_eq!(up.requests().len(), 50);
+}
+
+#[test]
+fn a_concurrency_cap_holds_and_a_client_that_leaves_releases_its_slot() {
+    // The upstream streams an event every 50 ms for a long time.
+    let up = MockUpstream::start(|_req: &Request, stream: &mut TcpStream| -> io::Result<Action> {
+        use std::io::Write;
+        stream.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )?;
+        for _ in 0..200 {
+            write_chunk(stream, b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n")?;
+            sleep(Duration::from_millis(50));
+        }
+        write_chunk(stream, b"data: [DONE]\n\n")?;
+        write_chunk(stream, b"")?;
+        Ok(Action::KeepAlive)
+    });
+    let cfg = ConfigBuilder::new(up.addr())
+        .cores(2)
+        .tenant(&tenant("c", "max_concurrency = 2"))
+        .build();
+    let gw = Gateway::start(&cfg);
+    let stream_body = r#"{"model":"m","stream":true,"messages":[]}"#;
+    let open = |c: &mut Client| {
+        c.send(chat_request(&key_of("c"), stream_body));
+        c.read_raw_until(b"data:")
+    };
+    let mut first = Client::connect(gw.addr());
+    let mut second = Client::connect(gw.addr());
+    let h1 = open(&mut first);
+    let h2 = open(&mut second);
+    assert!(String::from_utf8_lossy(&h1).starts_with("HTTP/1.1 200"));
+    assert!(String::from_utf8_lossy(&h2).starts_with("HTTP/1.1 200"));
+    // A third, on either shard, is refused.
+    let mut third = Client::connect(gw.addr());
+    third.send(chat_request(&key_of("c"), stream_body));
+    let r = third.read_response();
+    assert_error(&r, 429, "rate_limit_exceeded");
+    assert_eq!(r.json()["error"]["type"], "concurrency");
+    // The first client leaves mid-stream: its slot comes back within a few events.
+    drop(first);
+    let admitted = wait_until(Duration::from_secs(5), || {
+        let mut c = Client::connect(gw.addr());
+        c.send(chat_request(&key_of("c"), stream_body));
+        let head = c.read_raw_until(b"\r\n\r\n");
+        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200")
+    });
+    assert!(admitted, "the slot of a client that left was never released");
+}
+
+#[test]
+fn a_tenant_cannot_reach_a_model_it_is_not_approved_for() {
+    let up = llm_upstream();
+    let cfg = ConfigBuilder::new(up.addr())
+        .tenant(&tenant("m", "models = [\"gpt-4o\"]"))
+        .build();
+    let gw = Gateway::start(&cfg);
+    let key = key_of("m");
+    let ok = r#"{"model":"gpt-4o","messages":[]}"#;
+    let mut c = Client::connect(gw.addr());
+    c.send(chat_request(&key, ok));
+    assert_eq!(c.read_response().status, 200);
+    for (body, status, code) in [
+        (r#"{"model":"gpt-4o-mini","messages":[]}"#, 403, "model_not_allowed"),
+        // A nested "model" is not the request's model.
+        (r#"{"messages":[{"model":"gpt-4o"}],"model":"o1"}"#, 403, "model_not_allowed"),
+        (r#"{"messages":[{"model":"gpt-4o"}]}"#, 400, "invalid_body"),
+        // Two top-level models: refused rather than guessed.
+        (r#"{"model":"gpt-4o","model":"o1","messages":[]}"#, 400, "invalid_body"),
+        (r#"{"model":["gpt-4o"],"messages":[]}"#, 400, "invalid_body"),
+        ("not json", 400, "invalid_body"),
+    ] {
+        let mut c = Client::connect(gw.addr());
+        c.send(chat_request(&key, body));
+        let r = c.read_response();
+        assert_error(&r, status, code);
+    }
+    // The path's query and headers do not choose the model either.
+    let mut c = Client::connect(gw.addr());
+    let body = r#"{"model":"o1","messages":[]}"#;
+    c.send(format!(
+        "POST /v1/chat/completions?model=gpt-4o HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nX-Model: gpt-4o\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    assert_error(&c.read_response(), 403, "model_not_allowed");
+    assert_eq!(up.requests().len(), 1, "a refused request reached the upstream");
+}
+
+#[test]
+fn tokens_are_counted_from_the_upstreams_usage() {
+    let up = llm_upstream();
+    let cfg = ConfigBuilder::new(up.addr())
+        .tenant(&tenant("u", "tpm = 100000"))
+        .build();
+    let gw = Gateway::start(&cfg);
+    let mut c = Client::connect(gw.addr());
+    for _ in 0..4 {
+        c.send(chat_request(&key_of("u"), SMALL_CHAT));
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("100000"));
+    }
+    let metrics = || {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(gw.admin_addr()).expect("admin");
+        let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut m = String::new();
+        let _ = s.read_to_string(&mut m);
+        m
+    };
+    let counted = wait_until(Duration::from_secs(5), || {
+        let m = metrics();
+        m.contains(r#"shardgate_tenant_tokens_total{tenant="u",gen_ai_token_type="input"} 40"#)
+            && m.contains(r#"shardgate_tenant_tokens_total{tenant="u",gen_ai_token_type="output"} 20"#)
+    });
+    assert!(counted, "{}", metrics());
+}
