@@ -6,6 +6,8 @@
 //! - [`http`]: request and response heads (httparse into stack arrays), framing rules,
 //!   the streaming chunked decoder.
 //! - [`route`]: longest-prefix route table.
+//! - [`limit`]: tenant limits across shards without locks: GCRA per-minute limits with
+//!   shard-local leases, concurrency caps and windowed token budgets on shared-memory cells.
 //! - [`mock`]: the built-in demo model behind the embedded default config.
 //! - [`error`]: the one data-plane error type, mapped to a status and an OpenAI-style JSON body
 //!   in one place.
@@ -37,6 +39,7 @@ pub mod control;
 pub mod drain;
 pub mod error;
 pub mod http;
+pub mod limit;
 pub mod limits;
 pub mod metrics;
 pub mod mock;
