@@ -7,6 +7,8 @@
 //!   the streaming chunked decoder.
 //! - [`route`]: longest-prefix route table.
 //! - [`tenant`]: tenants, their keys (by SHA-256) and approved models.
+//! - [`limit`]: tenant limits across shards without locks: GCRA per-minute limits with
+//!   shard-local leases, concurrency caps and windowed token budgets on shared-memory cells.
 //! - [`mock`]: the built-in demo model behind the embedded default config.
 //! - [`error`]: the one data-plane error type, mapped to a status and an OpenAI-style JSON body
 //!   in one place.
@@ -41,6 +43,7 @@ pub mod control;
 pub mod drain;
 pub mod error;
 pub mod http;
+pub mod limit;
 pub mod limits;
 pub mod metrics;
 pub mod mock;
