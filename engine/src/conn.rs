@@ -1153,7 +1153,7 @@ async fn check_and_admit(
             return Err(answer_error(ctx, c, Error::BadBody(e.message()), true, buf).await);
         }
     };
-    let Some(model) = info.model else {
+    let Some(model) = info.model() else {
         let buf = ctx.take_buf();
         return Err(answer_error(ctx, c, Error::BadBody("the body names no model"), true, buf).await);
     };
