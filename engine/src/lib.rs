@@ -6,6 +6,9 @@
 //! - [`http`]: request and response heads (httparse into stack arrays), framing rules,
 //!   the streaming chunked decoder.
 //! - [`route`]: longest-prefix route table.
+//! - [`llm`]: LLM bodies: what a request asks for (model, stream, max_tokens), the token
+//!   estimate, the `include_usage` rewrite, usage scanning of JSON and SSE responses, and the
+//!   SSE filter that hides the usage chunk from clients that did not ask for it.
 //! - [`mock`]: the built-in demo model behind the embedded default config.
 //! - [`error`]: the one data-plane error type, mapped to a status and an OpenAI-style JSON body
 //!   in one place.
@@ -38,6 +41,7 @@ pub mod drain;
 pub mod error;
 pub mod http;
 pub mod limits;
+pub mod llm;
 pub mod metrics;
 pub mod mock;
 pub mod route;
