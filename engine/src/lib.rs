@@ -9,6 +9,9 @@
 //! - [`tenant`]: tenants, their keys (by SHA-256) and approved models.
 //! - [`limit`]: tenant limits across shards without locks: GCRA per-minute limits with
 //!   shard-local leases, concurrency caps and windowed token budgets on shared-memory cells.
+//! - [`llm`]: LLM bodies: what a request asks for (model, stream, max_tokens), the token
+//!   estimate, the `include_usage` rewrite, usage scanning of JSON and SSE responses, and the
+//!   SSE filter that hides the usage chunk from clients that did not ask for it.
 //! - [`mock`]: the built-in demo model behind the embedded default config.
 //! - [`error`]: the one data-plane error type, mapped to a status and an OpenAI-style JSON body
 //!   in one place.
@@ -45,6 +48,7 @@ pub mod error;
 pub mod http;
 pub mod limit;
 pub mod limits;
+pub mod llm;
 pub mod metrics;
 pub mod mock;
 pub mod route;

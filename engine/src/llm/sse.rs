@@ -1,0 +1,665 @@
+//! Server-sent events: splitting a stream into events across reads, and [`SseFilter`].
+//!
+//! An event ends at a blank line. Lines end in `\n` or `\r\n` (what OpenAI, Anthropic, vLLM and
+//! Ollama send); a lone `\r` as a line end, which the SSE spec also allows, is not recognised,
+//! so such a stream is passed through as one unexamined event.
+
+use super::json::{Kind, Members, Value};
+use super::{JSON_DEPTH_MAX, USAGE_SCAN_BYTES_MAX};
+
+/// What [`Splitter::feed`] hands out, in stream order.
+#[derive(Debug)]
+pub(crate) enum Piece<'a> {
+    /// A whole event of at most [`USAGE_SCAN_BYTES_MAX`] bytes, including the blank line that
+    /// ends it.
+    Event(&'a [u8]),
+    /// Bytes of an event longer than that (handed out as they arrive, never held), or of an
+    /// event whose end never came (from [`Splitter::flush`]).
+    Unexamined(&'a [u8]),
+}
+
+/// What the current, unfinished line holds so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Line {
+    #[default]
+    Empty,
+    /// Only a `\r`.
+    Cr,
+    Text,
+}
+
+/// Splits a stream into events. The start of an event whose end has not arrived is held in a
+/// buffer the caller owns (so a [`UsageScanner`](super::UsageScanner) shares one buffer between
+/// its JSON and SSE modes); events that arrive whole are handed out from the input itself.
+/// Whether an event is whole or unexamined depends only on its length, never on how the stream
+/// was cut into reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Splitter {
+    line: Line,
+    /// The current event is longer than [`USAGE_SCAN_BYTES_MAX`]: pass its bytes on as they come.
+    oversized: bool,
+}
+
+impl Splitter {
+    /// Hand out the events completed by `input`, and hold the start of the next one in `buf`
+    /// (reserving [`USAGE_SCAN_BYTES_MAX`] bytes the first time; it never grows beyond that).
+    pub(crate) fn feed(&mut self, buf: &mut Vec<u8>, input: &[u8], mut f: impl FnMut(Piece<'_>)) {
+        // Where the current event's bytes in `input` begin, and where the current line does.
+        let mut event_start = 0;
+        let mut line_start = 0;
+        while let Some(p) = input
+            .get(line_start..)
+            .and_then(|r| r.iter().position(|b| *b == b'\n'))
+        {
+            let lf = line_start + p;
+            let blank = matches!(
+                (self.line, input.get(line_start..lf)),
+                (Line::Empty, Some([] | [b'\r'])) | (Line::Cr, Some([]))
+            );
+            self.line = Line::Empty;
+            line_start = lf + 1;
+            if blank {
+                self.end_event(
+                    buf,
+                    input.get(event_start..line_start).unwrap_or_default(),
+                    &mut f,
+                );
+                event_start = line_start;
+            }
+        }
+        let rest = input.get(line_start..).unwrap_or_default();
+        self.line = match (self.line, rest) {
+            (line, []) => line,
+            (Line::Empty, [b'\r']) => Line::Cr,
+            _ => Line::Text,
+        };
+        self.hold(buf, input.get(event_start..).unwrap_or_default(), &mut f);
+    }
+
+    /// At the end of the stream: hand out the held start of an unfinished event (unexamined)
+    /// and start afresh.
+    pub(crate) fn flush(&mut self, buf: &mut Vec<u8>, mut f: impl FnMut(Piece<'_>)) {
+        if !buf.is_empty() {
+            f(Piece::Unexamined(buf));
+        }
+        buf.clear();
+        *self = Self::default();
+    }
+
+    /// `tail` completes the current event.
+    fn end_event(&mut self, buf: &mut Vec<u8>, tail: &[u8], f: &mut impl FnMut(Piece<'_>)) {
+        if self.oversized {
+            self.oversized = false;
+            f(Piece::Unexamined(tail));
+        } else if buf.is_empty() {
+            if tail.len() <= USAGE_SCAN_BYTES_MAX {
+                f(Piece::Event(tail));
+            } else {
+                f(Piece::Unexamined(tail));
+            }
+        } else if buf.len() + tail.len() <= USAGE_SCAN_BYTES_MAX {
+            // `hold` reserved room for this: no reallocation.
+            buf.extend_from_slice(tail);
+            f(Piece::Event(buf));
+            buf.clear();
+        } else {
+            f(Piece::Unexamined(buf));
+            f(Piece::Unexamined(tail));
+            buf.clear();
+        }
+    }
+
+    /// `part` is the start (or more of the start) of an event whose end has not arrived.
+    fn hold(&mut self, buf: &mut Vec<u8>, part: &[u8], f: &mut impl FnMut(Piece<'_>)) {
+        if part.is_empty() {
+            return;
+        }
+        if self.oversized {
+            f(Piece::Unexamined(part));
+        } else if buf.len() + part.len() > USAGE_SCAN_BYTES_MAX {
+            if !buf.is_empty() {
+                f(Piece::Unexamined(buf));
+            }
+            f(Piece::Unexamined(part));
+            buf.clear();
+            self.oversized = true;
+        } else {
+            reserve_once(buf);
+            buf.extend_from_slice(part);
+        }
+    }
+}
+
+/// Give `buf` its full size the first time it is used; later uses find it already there.
+pub(crate) fn reserve_once(buf: &mut Vec<u8>) {
+    if buf.capacity() < USAGE_SCAN_BYTES_MAX {
+        buf.reserve_exact(USAGE_SCAN_BYTES_MAX - buf.len());
+    }
+}
+
+/// The data of an event: its `data:` field values (one leading space removed) joined by `\n`,
+/// or `None` when it has none. One `data:` line (what providers send) is borrowed from the
+/// event; several are joined in `scratch`.
+pub(crate) fn event_data<'a>(event: &'a [u8], scratch: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+    let mut first: Option<&'a [u8]> = None;
+    let mut joined = false;
+    for line in event.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let value = match line.strip_prefix(b"data") {
+            Some([]) => &[][..],
+            Some([b':', value @ ..]) => value.strip_prefix(b" ").unwrap_or(value),
+            _ => continue,
+        };
+        match first {
+            None => first = Some(value),
+            Some(f) => {
+                if !joined {
+                    reserve_once(scratch);
+                    scratch.clear();
+                    scratch.extend_from_slice(f);
+                    joined = true;
+                }
+                scratch.push(b'\n');
+                scratch.extend_from_slice(value);
+            }
+        }
+    }
+    if joined {
+        let scratch: &'a Vec<u8> = scratch;
+        Some(scratch.as_slice())
+    } else {
+        first
+    }
+}
+
+/// What an event's data is, to the filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// OpenAI's usage chunk: `"choices": []` and a non-null `usage`.
+    UsageOnly,
+    /// Carries generated content (text, tool-call arguments, reasoning, a refusal).
+    Content,
+    Other,
+}
+
+fn classify(data: &[u8]) -> Class {
+    let Ok(mut members) = Members::new(data, 0, JSON_DEPTH_MAX) else {
+        return Class::Other;
+    };
+    let (mut no_choices, mut usage, mut content) = (false, false, false);
+    for member in &mut members {
+        let Ok((key, value)) = member else {
+            return Class::Other;
+        };
+        if key.is("choices") {
+            no_choices = value.kind == Kind::Array && !value.is_nonempty_array();
+            content |= choices_carry_content(value);
+        } else if key.is("usage") {
+            usage = !value.is_null();
+        } else if key.is("type") {
+            // Anthropic's text, tool-input and thinking deltas.
+            content |= value.raw() == br#""content_block_delta""#;
+        }
+    }
+    if members.finish_document().is_err() {
+        Class::Other
+    } else if no_choices && usage {
+        Class::UsageOnly
+    } else if content {
+        Class::Content
+    } else {
+        Class::Other
+    }
+}
+
+/// Whether any choice carries content: chat's `delta.content` / `reasoning_content` /
+/// `refusal` (non-empty) or `delta.tool_calls` (non-empty), or legacy completions' `text`.
+fn choices_carry_content(choices: Value<'_>) -> bool {
+    let Some(elements) = choices.elements() else {
+        return false;
+    };
+    for choice in elements {
+        for member in choice.members().into_iter().flatten() {
+            let Ok((key, value)) = member else { break };
+            if key.is("text") && value.is_nonempty_str() {
+                return true;
+            }
+            if !key.is("delta") {
+                continue;
+            }
+            for field in value.members().into_iter().flatten() {
+                let Ok((key, value)) = field else { break };
+                let text = key.is("content") || key.is("reasoning_content") || key.is("refusal");
+                if (text && value.is_nonempty_str())
+                    || (key.is("tool_calls") && value.is_nonempty_array())
+                {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// Passes an SSE stream through to a client that did not ask for usage, minus OpenAI's usage
+/// chunk (which the gateway asked for on its own account, see
+/// [`with_include_usage`](super::with_include_usage)). Every other event, `data: [DONE]`
+/// included, comes out byte for byte and in order, however the stream was cut into reads.
+/// Events longer than [`USAGE_SCAN_BYTES_MAX`] pass unexamined. The other chunks keep their
+/// `"usage": null`, which clients already accept.
+///
+/// Holds at most [`USAGE_SCAN_BYTES_MAX`] bytes (the start of an unfinished event), allocated on
+/// first use and kept across [`reset`](Self::reset). `feed` allocates only when `out` lacks room.
+#[derive(Debug, Default)]
+pub struct SseFilter {
+    split: Splitter,
+    buf: Vec<u8>,
+    /// Joins multi-line `data:` fields (allocated only if one arrives).
+    scratch: Vec<u8>,
+    content_events: u64,
+}
+
+impl SseFilter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Start a new stream, keeping the buffers.
+    pub fn reset(&mut self) {
+        self.split = Splitter::default();
+        self.buf.clear();
+        self.content_events = 0;
+    }
+
+    /// Append to `out` the events `input` completes, except a usage-only chunk; hold the start
+    /// of an unfinished event until its end arrives.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let (scratch, content_events) = (&mut self.scratch, &mut self.content_events);
+        self.split.feed(&mut self.buf, input, |piece| match piece {
+            Piece::Event(event) => {
+                let class = event_data(event, scratch).map_or(Class::Other, classify);
+                match class {
+                    Class::UsageOnly => {}
+                    Class::Content => {
+                        *content_events += 1;
+                        out.extend_from_slice(event);
+                    }
+                    Class::Other => out.extend_from_slice(event),
+                }
+            }
+            Piece::Unexamined(bytes) => out.extend_from_slice(bytes),
+        });
+    }
+
+    /// At the end of the upstream's stream: append whatever is held (an event whose blank line
+    /// never came) unchanged, and start afresh.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        self.split.flush(&mut self.buf, |piece| match piece {
+            Piece::Event(bytes) | Piece::Unexamined(bytes) => out.extend_from_slice(bytes),
+        });
+        self.content_events = 0;
+    }
+
+    /// Events so far that carried generated content (one per event, whatever its number of
+    /// choices): OpenAI chat chunks with a non-empty `delta.content`, `reasoning_content`,
+    /// `refusal` or `tool_calls`, completions chunks with a non-empty `text`, and Anthropic
+    /// `content_block_delta` events. Each is about one token: a mid-stream estimate of the
+    /// completion, until the upstream's usage settles it.
+    pub fn content_events(&self) -> u64 {
+        self.content_events
+    }
+
+    /// Append an SSE event carrying an OpenAI error object, then `data: [DONE]`, to cut a
+    /// stream short (at a tenant's budget): the openai SDKs raise an `APIError` with this
+    /// message when a stream event has an `error` key. The type is `insufficient_quota` (what
+    /// OpenAI answers when an account's quota is spent) and the code `budget_exceeded`.
+    pub fn error_event(message: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"data: {\"error\":{\"message\":");
+        push_json_string(out, message);
+        out.extend_from_slice(
+            b",\"type\":\"insufficient_quota\",\"param\":null,\"code\":\"budget_exceeded\"}}\n\ndata: [DONE]\n\n",
+        );
+    }
+}
+
+/// Append `s` as a JSON string literal.
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    for &b in s.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0..=0x1f => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An OpenAI chat stream with `include_usage`, as the API sends it.
+    pub(crate) const OPENAI_STREAM: &str = concat!(
+        "data: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4o-mini\",\"system_fingerprint\":\"fp_44709d6fcb\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4o-mini\",\"system_fingerprint\":\"fp_44709d6fcb\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4o-mini\",\"system_fingerprint\":\"fp_44709d6fcb\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4o-mini\",\"system_fingerprint\":\"fp_44709d6fcb\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+        "data: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4o-mini\",\"system_fingerprint\":\"fp_44709d6fcb\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":12,\"total_tokens\":21,\"prompt_tokens_details\":{\"cached_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0}}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    /// An Anthropic Messages stream, as the API sends it.
+    pub(crate) const ANTHROPIC_STREAM: &str = concat!(
+        "event: message_start\n",
+        "data: {\"type\": \"message_start\", \"message\": {\"id\": \"msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY\", \"type\": \"message\", \"role\": \"assistant\", \"content\": [], \"model\": \"claude-sonnet-4-5-20250929\", \"stop_reason\": null, \"stop_sequence\": null, \"usage\": {\"input_tokens\": 25, \"output_tokens\": 1}}}\n\n",
+        "event: content_block_start\n",
+        "data: {\"type\": \"content_block_start\", \"index\": 0, \"content_block\": {\"type\": \"text\", \"text\": \"\"}}\n\n",
+        "event: ping\n",
+        "data: {\"type\": \"ping\"}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\": \"content_block_delta\", \"index\": 0, \"delta\": {\"type\": \"text_delta\", \"text\": \"Hello\"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\": \"content_block_delta\", \"index\": 0, \"delta\": {\"type\": \"text_delta\", \"text\": \"!\"}}\n\n",
+        "event: content_block_stop\n",
+        "data: {\"type\": \"content_block_stop\", \"index\": 0}\n\n",
+        "event: message_delta\n",
+        "data: {\"type\": \"message_delta\", \"delta\": {\"stop_reason\": \"end_turn\", \"stop_sequence\":null}, \"usage\": {\"output_tokens\": 15}}\n\n",
+        "event: message_stop\n",
+        "data: {\"type\": \"message_stop\"}\n\n",
+    );
+
+    /// Feed `input` cut at `cuts` (offsets, any order, clamped); return the output and count.
+    fn filter_in_pieces(input: &[u8], cuts: &[usize]) -> (Vec<u8>, u64) {
+        let mut f = SseFilter::new();
+        let mut out = Vec::new();
+        for piece in pieces(input, cuts) {
+            f.feed(piece, &mut out);
+        }
+        let count = f.content_events();
+        f.finish(&mut out);
+        (out, count)
+    }
+
+    pub(crate) fn pieces<'a>(input: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut out = Vec::new();
+        let mut at = 0;
+        for c in cuts {
+            out.push(&input[at..c]);
+            at = c;
+        }
+        out.push(&input[at..]);
+        out
+    }
+
+    fn without_usage_chunk(stream: &str) -> String {
+        stream
+            .split_inclusive("\n\n")
+            .filter(|e| !e.contains("\"choices\":[],\"usage\":{"))
+            .collect()
+    }
+
+    #[test]
+    fn drops_only_the_usage_chunk() {
+        let (out, count) = filter_in_pieces(OPENAI_STREAM.as_bytes(), &[]);
+        let expected = without_usage_chunk(OPENAI_STREAM);
+        assert_eq!(String::from_utf8(out).expect("utf-8"), expected);
+        assert!(expected.ends_with("data: [DONE]\n\n"));
+        assert_eq!(expected.matches("\n\n").count(), 5);
+        // "" does not count; "Hello" and "!" do.
+        assert_eq!(count, 2);
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_output() {
+        let whole = filter_in_pieces(OPENAI_STREAM.as_bytes(), &[]);
+        for a in 0..OPENAI_STREAM.len() {
+            assert_eq!(
+                filter_in_pieces(OPENAI_STREAM.as_bytes(), &[a]),
+                whole,
+                "cut at {a}"
+            );
+        }
+        let bytes: Vec<usize> = (0..OPENAI_STREAM.len()).collect();
+        assert_eq!(filter_in_pieces(OPENAI_STREAM.as_bytes(), &bytes), whole);
+    }
+
+    #[test]
+    fn crlf_events_and_anthropic_streams() {
+        let crlf = OPENAI_STREAM.replace('\n', "\r\n");
+        let (out, count) = filter_in_pieces(crlf.as_bytes(), &[7, 300, 301, 302]);
+        let expected: String = crlf
+            .split_inclusive("\r\n\r\n")
+            .filter(|e| !e.contains("\"choices\":[],"))
+            .collect();
+        assert_eq!(String::from_utf8(out).expect("utf-8"), expected);
+        assert_eq!(count, 2);
+        // Nothing dropped from an Anthropic stream; its two text deltas counted.
+        let (out, count) = filter_in_pieces(ANTHROPIC_STREAM.as_bytes(), &[100, 500]);
+        assert_eq!(out, ANTHROPIC_STREAM.as_bytes());
+        assert_eq!(count, 2);
+    }
+
+    #[test]
+    fn counts_tool_calls_reasoning_and_completions_text() {
+        let stream = concat!(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"a\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"hm\"}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"refusal\":\"no\"}}]}\n\n",
+            "data: {\"choices\":[{\"text\":\" a\",\"index\":0,\"logprobs\":null,\"finish_reason\":null}],\"object\":\"text_completion\"}\n\n",
+            "data: {\"choices\":[{\"text\":\"\",\"index\":0,\"finish_reason\":\"length\"}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":null,\"tool_calls\":[]}}]}\n\n",
+            ": keep-alive comment\n\n",
+        );
+        let (out, count) = filter_in_pieces(stream.as_bytes(), &[]);
+        assert_eq!(out, stream.as_bytes());
+        assert_eq!(count, 4);
+    }
+
+    #[test]
+    fn keeps_events_that_only_look_like_the_usage_chunk() {
+        let stream = concat!(
+            // Choices not empty.
+            "data: {\"choices\":[{\"index\":0,\"delta\":{}}],\"usage\":{\"prompt_tokens\":1}}\n\n",
+            // Usage null.
+            "data: {\"choices\":[],\"usage\":null}\n\n",
+            // Not JSON.
+            "data: {\"choices\":[],\"usage\":{}\n\n",
+            // Nested, not top-level.
+            "data: {\"x\":{\"choices\":[],\"usage\":{}}}\n\n",
+            // Usage in a comment line, not data.
+            ": {\"choices\":[],\"usage\":{}}\n\n",
+        );
+        let (out, _) = filter_in_pieces(stream.as_bytes(), &[]);
+        assert_eq!(out, stream.as_bytes());
+        // Multi-line data and a field without a space are still read as data.
+        let split =
+            "data:{\"choices\":[],\ndata: \"usage\":{\"prompt_tokens\":1}}\n\ndata: [DONE]\n\n";
+        let (out, _) = filter_in_pieces(split.as_bytes(), &[3, 20]);
+        assert_eq!(out, b"data: [DONE]\n\n");
+    }
+
+    #[test]
+    fn oversized_events_pass_unexamined() {
+        // An event longer than the buffer: passed through whatever the cuts, never held whole.
+        let big = format!(
+            "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":1}},\"pad\":\"{}\"}}\n\n",
+            "x".repeat(USAGE_SCAN_BYTES_MAX)
+        );
+        let stream = format!("{OPENAI_STREAM}{big}{OPENAI_STREAM}");
+        let expected = format!(
+            "{}{big}{}",
+            without_usage_chunk(OPENAI_STREAM),
+            without_usage_chunk(OPENAI_STREAM)
+        );
+        for step in [1000, 4096, 65_536, 70_000, stream.len()] {
+            let cuts: Vec<usize> = (step..stream.len()).step_by(step).collect();
+            let (out, count) = filter_in_pieces(stream.as_bytes(), &cuts);
+            assert!(out == expected.as_bytes(), "step {step}");
+            assert_eq!(count, 4);
+        }
+        // An event exactly at the limit is examined.
+        let head = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1},\"pad\":\"";
+        let tail = "\"}\n\n";
+        let pad = USAGE_SCAN_BYTES_MAX - head.len() - tail.len();
+        let exact = format!("{head}{}{tail}", "x".repeat(pad));
+        assert_eq!(exact.len(), USAGE_SCAN_BYTES_MAX);
+        assert!(filter_in_pieces(exact.as_bytes(), &[10]).0.is_empty());
+        let over = format!("{head}{}{tail}", "x".repeat(pad + 1));
+        assert_eq!(filter_in_pieces(over.as_bytes(), &[10]).0, over.as_bytes());
+    }
+
+    #[test]
+    fn unfinished_event_comes_out_at_finish() {
+        let mut f = SseFilter::new();
+        let mut out = Vec::new();
+        f.feed(b"data: [DONE]\n\ndata: {\"partial\":", &mut out);
+        assert_eq!(out, b"data: [DONE]\n\n");
+        f.finish(&mut out);
+        assert_eq!(out, b"data: [DONE]\n\ndata: {\"partial\":");
+        // After finish (or reset) a new stream starts clean.
+        out.clear();
+        f.feed(b"\n\n", &mut out);
+        assert_eq!(out, b"\n\n");
+    }
+
+    #[test]
+    fn buffer_is_allocated_once_and_reused() {
+        let mut f = SseFilter::new();
+        let mut out = Vec::with_capacity(8 * OPENAI_STREAM.len());
+        f.feed(&OPENAI_STREAM.as_bytes()[..50], &mut out);
+        let buf = f.buf.as_ptr();
+        assert_eq!(f.buf.capacity(), USAGE_SCAN_BYTES_MAX);
+        let out_ptr = out.as_ptr();
+        for _ in 0..3 {
+            f.reset();
+            for piece in OPENAI_STREAM.as_bytes().chunks(37) {
+                f.feed(piece, &mut out);
+            }
+        }
+        assert_eq!(f.buf.as_ptr(), buf);
+        assert_eq!(f.buf.capacity(), USAGE_SCAN_BYTES_MAX);
+        assert_eq!(out.as_ptr(), out_ptr, "out had room: no reallocation");
+    }
+
+    #[test]
+    fn error_event_is_an_openai_error_then_done() {
+        let mut out = Vec::new();
+        SseFilter::error_event("budget of \"team-a\" spent\n\u{1}é\\", &mut out);
+        let text = String::from_utf8(out).expect("utf-8");
+        let (event, done) = text.split_once("\n\n").expect("two events");
+        assert_eq!(done, "data: [DONE]\n\n");
+        let json = event.strip_prefix("data: ").expect("data line");
+        let v: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
+        assert_eq!(
+            v["error"]["message"],
+            "budget of \"team-a\" spent\n\u{1}é\\"
+        );
+        assert_eq!(v["error"]["type"], "insufficient_quota");
+        assert_eq!(v["error"]["code"], "budget_exceeded");
+        assert!(v["error"]["param"].is_null());
+        // And the filter passes it through untouched.
+        let (out, _) = filter_in_pieces(text.as_bytes(), &[5]);
+        assert_eq!(out, text.as_bytes());
+    }
+
+    /// Streams made of real event shapes, random content, both line ends, comments, blank
+    /// lines, and a little noise.
+    pub(crate) fn arb_stream() -> impl Strategy<Value = Vec<u8>> {
+        arb_stream_terminated(0.9)
+    }
+
+    /// Like [`arb_stream`]; each event is followed by a blank line with probability `p`.
+    pub(crate) fn arb_stream_terminated(p: f64) -> impl Strategy<Value = Vec<u8>> {
+        let event = prop_oneof![
+            ".{0,20}".prop_map(|c| format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}}}}],\"usage\":null}}",
+                serde_json::to_string(&c).unwrap_or_default()
+            )),
+            (any::<u32>(), any::<u32>()).prop_map(|(p, c)| format!(
+                "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":{p},\"completion_tokens\":{c}}}}}"
+            )),
+            any::<u32>().prop_map(|n| format!(
+                "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"usage\":{{\"input_tokens\":{n},\"output_tokens\":1}}}}}}"
+            )),
+            any::<u32>().prop_map(|n| format!(
+                "event: message_delta\ndata: {{\"type\":\"message_delta\",\"usage\":{{\"output_tokens\":{n}}}}}"
+            )),
+            Just("data: [DONE]".to_owned()),
+            Just(": ping".to_owned()),
+            Just("data: {\"choices\":[],\ndata: \"usage\":{\"prompt_tokens\":3}}".to_owned()),
+            "[a-z{}\\[\\] ]{0,12}".prop_map(|s| s),
+        ];
+        let crlf = any::<bool>();
+        (
+            prop::collection::vec((event, prop::bool::weighted(p)), 0..12),
+            crlf,
+        )
+            .prop_map(|(events, crlf)| {
+                let nl = if crlf { "\r\n" } else { "\n" };
+                let mut s = String::new();
+                for (e, terminated) in events {
+                    s.push_str(&e.replace('\n', nl));
+                    s.push_str(nl);
+                    if terminated {
+                        s.push_str(nl);
+                    }
+                }
+                s.into_bytes()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// (a) The same output and count however the stream is cut into reads.
+        #[test]
+        fn split_independent(stream in arb_stream(), cuts in prop::collection::vec(any::<usize>(), 0..8)) {
+            prop_assert_eq!(filter_in_pieces(&stream, &cuts), filter_in_pieces(&stream, &[]));
+        }
+
+        /// (a), and (c) no panic, on arbitrary bytes rich in line ends.
+        #[test]
+        fn split_independent_on_noise(
+            stream in prop::collection::vec(prop::sample::select(b"\n\r\n\rdata: {}[]\",choices usage".to_vec()), 0..200),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            prop_assert_eq!(filter_in_pieces(&stream, &cuts), filter_in_pieces(&stream, &[]));
+        }
+
+        /// Only usage-only chunks are removed: everything else comes out byte for byte.
+        #[test]
+        fn output_is_the_input_minus_usage_chunks(stream in arb_stream_terminated(1.0)) {
+            let (out, _) = filter_in_pieces(&stream, &[]);
+            let text = String::from_utf8(stream).unwrap_or_default();
+            let nl = if text.contains("\r\n") { "\r\n\r\n" } else { "\n\n" };
+            let expected: String = text
+                .split_inclusive(nl)
+                .filter(|e| {
+                    !(e.starts_with("data: {\"choices\":[],") && e.contains("\"usage\":{"))
+                })
+                .collect();
+            prop_assert_eq!(String::from_utf8(out).unwrap_or_default(), expected);
+        }
+
+        #[test]
+        fn never_panics(stream in prop::collection::vec(any::<u8>(), 0..400), cuts in prop::collection::vec(any::<usize>(), 0..4)) {
+            let _ = filter_in_pieces(&stream, &cuts);
+        }
+    }
+}

@@ -1,0 +1,608 @@
+//! Finding the upstream's token count in a response, across reads of any size.
+
+use super::json::{self, Kind, Members, Value};
+use super::sse::{event_data, reserve_once, Piece, Splitter};
+use super::{JSON_DEPTH_MAX, USAGE_SCAN_BYTES_MAX, USAGE_TAIL_BYTES};
+
+/// How a response body is framed for [`UsageScanner`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyKind {
+    /// One JSON document (`application/json`).
+    #[default]
+    Json,
+    /// Server-sent events (`text/event-stream`).
+    Sse,
+}
+
+/// Tokens the upstream reports for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// OpenAI's `prompt_tokens`; Anthropic's `input_tokens` plus `cache_creation_input_tokens`
+    /// and `cache_read_input_tokens` (Anthropic leaves cached tokens out of `input_tokens`;
+    /// OpenAI counts them in `prompt_tokens`).
+    pub prompt_tokens: u64,
+    /// OpenAI's `completion_tokens`, Anthropic's `output_tokens`; 0 when absent (embeddings).
+    pub completion_tokens: u64,
+}
+
+/// The counts seen so far. Each report overwrites what an earlier one said: OpenAI reports
+/// once, Anthropic's `message_delta` counts are cumulative.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    input: Option<u64>,
+    cache_creation: Option<u64>,
+    cache_read: Option<u64>,
+    output: Option<u64>,
+}
+
+impl Counts {
+    /// Read a `usage` object. Fields that are not non-negative integers are ignored.
+    fn read(&mut self, usage: Value<'_>) {
+        for member in usage.members().into_iter().flatten() {
+            let Ok((key, value)) = member else { break };
+            let Some(n) = value.as_u64() else { continue };
+            if key.is("prompt_tokens") || key.is("input_tokens") {
+                self.input = Some(n);
+            } else if key.is("completion_tokens") || key.is("output_tokens") {
+                self.output = Some(n);
+            } else if key.is("cache_creation_input_tokens") {
+                self.cache_creation = Some(n);
+            } else if key.is("cache_read_input_tokens") {
+                self.cache_read = Some(n);
+            }
+        }
+    }
+
+    fn merge(&mut self, newer: Counts) {
+        self.input = newer.input.or(self.input);
+        self.cache_creation = newer.cache_creation.or(self.cache_creation);
+        self.cache_read = newer.cache_read.or(self.cache_read);
+        self.output = newer.output.or(self.output);
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        if *self == Counts::default() {
+            return None;
+        }
+        let n = |c: Option<u64>| c.unwrap_or(0);
+        Some(Usage {
+            prompt_tokens: n(self.input)
+                .saturating_add(n(self.cache_creation))
+                .saturating_add(n(self.cache_read)),
+            completion_tokens: n(self.output),
+        })
+    }
+}
+
+/// Finds the token usage in a response body fed in reads of any size; the answer does not
+/// depend on how the body was cut.
+///
+/// - [`BodyKind::Json`]: the top-level `usage` object (OpenAI chat, completions and embeddings;
+///   Anthropic messages). A body of at most [`USAGE_SCAN_BYTES_MAX`] bytes is validated and
+///   read whole. Of a longer body (a large batch of embeddings) only the last
+///   [`USAGE_TAIL_BYTES`] are kept: `usage` is found when its key, its value and all that
+///   follows it lie there, which is where OpenAI and Anthropic put it (after `choices`,
+///   `content` or `data`). In that tail a candidate `"usage"` counts only if a `{` or `,`
+///   precedes it and what follows its value closes exactly one object and ends the document,
+///   so neither a nested `usage` nor text inside a string (whose quotes are escaped) can pass
+///   for it.
+/// - [`BodyKind::Sse`]: each `data:` event: OpenAI's usage chunk (a non-null top-level
+///   `usage`), Anthropic's `message_start` (`message.usage`) and `message_delta` (`usage`,
+///   cumulative); later reports overwrite earlier ones field by field. An event longer than
+///   [`USAGE_SCAN_BYTES_MAX`] is skipped, as is one whose data is not a JSON object.
+///
+/// The buffer ([`USAGE_SCAN_BYTES_MAX`] bytes) is allocated on first use and kept across
+/// [`reset`](Self::reset); `feed` never allocates after that (a second buffer of the same size
+/// is allocated only if an SSE event splits its data over several `data:` lines, which
+/// providers do not do).
+#[derive(Debug, Default)]
+pub struct UsageScanner {
+    kind: BodyKind,
+    /// JSON: the body's last bytes (all of it while it fits). SSE: an unfinished event.
+    buf: Vec<u8>,
+    /// JSON: bytes fed since `reset`.
+    json_bytes: u64,
+    split: Splitter,
+    scratch: Vec<u8>,
+    counts: Counts,
+}
+
+impl UsageScanner {
+    /// A scanner for a JSON body; [`reset`](Self::reset) picks the kind of the next body.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Start on a new response body of `kind`, keeping the buffer.
+    pub fn reset(&mut self, kind: BodyKind) {
+        self.kind = kind;
+        self.buf.clear();
+        self.json_bytes = 0;
+        self.split = Splitter::default();
+        self.counts = Counts::default();
+    }
+
+    /// The next bytes of the body (de-chunked, not compressed).
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        match self.kind {
+            BodyKind::Json => self.feed_json(bytes),
+            BodyKind::Sse => {
+                let (scratch, counts) = (&mut self.scratch, &mut self.counts);
+                self.split.feed(&mut self.buf, bytes, |piece| {
+                    if let Piece::Event(event) = piece {
+                        if let Some(data) = event_data(event, scratch) {
+                            read_event(counts, data);
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// The usage reported so far (SSE), or found in the body fed so far (JSON); `None` if none.
+    pub fn usage(&self) -> Option<Usage> {
+        match self.kind {
+            BodyKind::Sse => self.counts.usage(),
+            BodyKind::Json if self.json_bytes <= SCAN_BYTES_MAX_U64 => whole_body_usage(&self.buf),
+            BodyKind::Json => self
+                .buf
+                .get(self.buf.len().saturating_sub(USAGE_TAIL_BYTES)..)
+                .and_then(tail_usage),
+        }
+    }
+
+    /// Keep the whole body while it fits; past that, at least its last `USAGE_TAIL_BYTES`.
+    /// INVARIANT: `buf` is a suffix of the body, all of it while `json_bytes` fits in the
+    /// buffer, and at least `USAGE_TAIL_BYTES` long after that. Compacting moves at most
+    /// `USAGE_TAIL_BYTES` once per `USAGE_SCAN_BYTES_MAX - USAGE_TAIL_BYTES` bytes fed.
+    fn feed_json(&mut self, bytes: &[u8]) {
+        self.json_bytes = self
+            .json_bytes
+            .saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
+        reserve_once(&mut self.buf);
+        if self.buf.len() + bytes.len() <= USAGE_SCAN_BYTES_MAX {
+            self.buf.extend_from_slice(bytes);
+        } else if let Some(last) = bytes.get(bytes.len().saturating_sub(USAGE_TAIL_BYTES)..) {
+            let keep = USAGE_TAIL_BYTES - last.len();
+            let drop = self.buf.len().saturating_sub(keep);
+            self.buf.drain(..drop);
+            self.buf.extend_from_slice(last);
+        }
+    }
+}
+
+const SCAN_BYTES_MAX_U64: u64 = USAGE_SCAN_BYTES_MAX as u64;
+
+/// One SSE event's data: merge its usage report, if it is a valid JSON object that has one.
+fn read_event(counts: &mut Counts, data: &[u8]) {
+    let Ok(mut members) = Members::new(data, 0, JSON_DEPTH_MAX) else {
+        return;
+    };
+    let (mut usage, mut message, mut message_start) = (None, None, false);
+    for member in &mut members {
+        let Ok((key, value)) = member else { return };
+        if key.is("usage") {
+            usage = Some(value);
+        } else if key.is("message") {
+            message = Some(value);
+        } else if key.is("type") {
+            message_start = value.raw() == br#""message_start""#;
+        }
+    }
+    if members.finish_document().is_err() {
+        return;
+    }
+    let mut found = Counts::default();
+    if let (true, Some(message)) = (message_start, message) {
+        for member in message.members().into_iter().flatten() {
+            let Ok((key, value)) = member else { break };
+            if key.is("usage") {
+                found.read(value);
+            }
+        }
+    }
+    if let Some(usage) = usage {
+        found.read(usage);
+    }
+    counts.merge(found);
+}
+
+/// The top-level `usage` of a whole JSON body (the last one, if repeated).
+fn whole_body_usage(doc: &[u8]) -> Option<Usage> {
+    let mut members = Members::new(doc, 0, JSON_DEPTH_MAX).ok()?;
+    let mut usage = None;
+    for member in &mut members {
+        let (key, value) = member.ok()?;
+        if key.is("usage") {
+            usage = Some(value);
+        }
+    }
+    members.finish_document().ok()?;
+    let mut counts = Counts::default();
+    counts.read(usage?);
+    counts.usage()
+}
+
+/// Candidates [`tail_usage`] examines, last first. The real `usage` is the last `"usage"` key
+/// of a provider's body; the bound keeps a hostile body of many nested `usage` keys from
+/// costing a quadratic search.
+const TAIL_CANDIDATES_MAX: usize = 64;
+
+/// The top-level `usage` of a JSON body of which only `tail` (its last bytes) is known.
+fn tail_usage(tail: &[u8]) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\"";
+    let mut end = tail.len();
+    for _ in 0..TAIL_CANDIDATES_MAX {
+        let at = tail
+            .get(..end)?
+            .windows(KEY.len())
+            .rposition(|w| w == KEY)?;
+        end = at;
+        // A key: after `{` or `,`, and followed by `:`.
+        let before = tail.get(..at)?.iter().rposition(|b| !json::is_ws(*b));
+        if !matches!(before.and_then(|b| tail.get(b)), Some(b'{' | b',')) {
+            continue;
+        }
+        let colon = json::skip_ws(tail, at + KEY.len());
+        if tail.get(colon) != Some(&b':') {
+            continue;
+        }
+        let Ok(value) = json::skip_value(tail, colon + 1, JSON_DEPTH_MAX) else {
+            continue;
+        };
+        if !closes_document(tail, value.end) {
+            continue;
+        }
+        // The top-level `usage`: an object, or nothing to find.
+        if value.kind != Kind::Object {
+            return None;
+        }
+        let mut counts = Counts::default();
+        counts.read(value);
+        return counts.usage();
+    }
+    None
+}
+
+/// Whether `doc[at..]` is the rest of an object's members (`, "key": value` …), its closing
+/// `}`, and whitespace to the end.
+fn closes_document(doc: &[u8], mut at: usize) -> bool {
+    loop {
+        at = json::skip_ws(doc, at);
+        match doc.get(at) {
+            Some(b'}') => return json::skip_ws(doc, at + 1) == doc.len(),
+            Some(b',') => {
+                let key = json::skip_ws(doc, at + 1);
+                let Ok(k) = json::skip_value(doc, key, 0) else {
+                    return false;
+                };
+                if !matches!(k.kind, Kind::String { .. }) {
+                    return false;
+                }
+                let colon = json::skip_ws(doc, k.end);
+                if doc.get(colon) != Some(&b':') {
+                    return false;
+                }
+                let Ok(value) = json::skip_value(doc, colon + 1, JSON_DEPTH_MAX) else {
+                    return false;
+                };
+                at = value.end;
+            }
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::sse::tests::{arb_stream, pieces, ANTHROPIC_STREAM, OPENAI_STREAM};
+    use super::*;
+    use proptest::prelude::*;
+
+    fn scan(kind: BodyKind, body: &[u8], cuts: &[usize]) -> Option<Usage> {
+        let mut s = UsageScanner::new();
+        s.reset(kind);
+        for piece in pieces(body, cuts) {
+            s.feed(piece);
+        }
+        s.usage()
+    }
+
+    fn usage(prompt_tokens: u64, completion_tokens: u64) -> Option<Usage> {
+        Some(Usage {
+            prompt_tokens,
+            completion_tokens,
+        })
+    }
+
+    const OPENAI_CHAT: &str = r#"{
+  "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
+  "object": "chat.completion",
+  "created": 1741569952,
+  "model": "gpt-4.1-2025-04-14",
+  "choices": [
+    {
+      "index": 0,
+      "message": {
+        "role": "assistant",
+        "content": "Hello! How can I assist you today?",
+        "refusal": null,
+        "annotations": []
+      },
+      "logprobs": null,
+      "finish_reason": "stop"
+    }
+  ],
+  "usage": {
+    "prompt_tokens": 19,
+    "completion_tokens": 10,
+    "total_tokens": 29,
+    "prompt_tokens_details": {
+      "cached_tokens": 0,
+      "audio_tokens": 0
+    },
+    "completion_tokens_details": {
+      "reasoning_tokens": 0,
+      "audio_tokens": 0,
+      "accepted_prediction_tokens": 0,
+      "rejected_prediction_tokens": 0
+    }
+  },
+  "service_tier": "default"
+}"#;
+
+    const ANTHROPIC_MESSAGE: &str = r#"{"id":"msg_01XFDUDYJgAACzvnptvVoYEL","type":"message","role":"assistant","content":[{"type":"text","text":"Hello!"}],"model":"claude-sonnet-4-5-20250929","stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"cache_creation_input_tokens":100,"cache_read_input_tokens":2000,"output_tokens":6}}"#;
+
+    #[test]
+    fn json_bodies_openai_and_anthropic() {
+        assert_eq!(
+            scan(BodyKind::Json, OPENAI_CHAT.as_bytes(), &[]),
+            usage(19, 10)
+        );
+        assert_eq!(
+            scan(BodyKind::Json, ANTHROPIC_MESSAGE.as_bytes(), &[50, 51]),
+            usage(2112, 6)
+        );
+        let embeddings = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023064255,-0.009327292,-0.0028842222]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+        assert_eq!(
+            scan(BodyKind::Json, embeddings.as_bytes(), &[3]),
+            usage(8, 0)
+        );
+    }
+
+    #[test]
+    fn json_bodies_without_usage() {
+        for body in [
+            r#"{"error":{"message":"Invalid API key","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#,
+            r#"{"usage":null}"#,
+            r#"{"choices":[{"usage":{"prompt_tokens":1}}]}"#,
+            r#"{"usage":{"prompt_tokens":1}"#,
+            r#"{"usage":{"prompt_tokens":-1,"completion_tokens":1.5}}"#,
+            "",
+        ] {
+            assert_eq!(scan(BodyKind::Json, body.as_bytes(), &[]), None, "{body}");
+        }
+    }
+
+    /// An embeddings response of `n` vectors: far beyond the buffer, usage at the end.
+    fn big_embeddings(n: usize, usage: &str) -> String {
+        let vector = vec!["-0.0028842222"; 1536].join(",");
+        let data: Vec<String> = (0..n)
+            .map(|i| format!(r#"{{"object":"embedding","index":{i},"embedding":[{vector}]}}"#))
+            .collect();
+        format!(
+            r#"{{"object":"list","data":[{}],"model":"text-embedding-3-small",{usage}}}"#,
+            data.join(",")
+        )
+    }
+
+    #[test]
+    fn long_json_bodies_are_read_from_their_tail() {
+        let body = big_embeddings(20, r#""usage":{"prompt_tokens":80,"total_tokens":80}"#);
+        assert!(body.len() > 5 * USAGE_SCAN_BYTES_MAX);
+        for step in [1, 7, 4096, 32 * 1024, 100_000, body.len()] {
+            if step == 1 && body.len() > 500_000 {
+                continue;
+            }
+            let cuts: Vec<usize> = (step..body.len()).step_by(step).collect();
+            assert_eq!(
+                scan(BodyKind::Json, body.as_bytes(), &cuts),
+                usage(80, 0),
+                "{step}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_tail_search_is_not_fooled() {
+        let pad = "x".repeat(USAGE_SCAN_BYTES_MAX);
+        // Content quoting a usage object, after the real one: its quotes are escaped.
+        let quoted = r#"{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}"#;
+        let body = format!(
+            r#"{{"pad":"{pad}","usage":{{"prompt_tokens":7,"completion_tokens":3}},"choices":[{{"message":{{"content":"{quoted}"}}}}]}}"#
+        );
+        assert_eq!(scan(BodyKind::Json, body.as_bytes(), &[100]), usage(7, 3));
+        // A nested usage is not the top-level one.
+        let body = format!(
+            r#"{{"pad":"{pad}","x":{{"usage":{{"prompt_tokens":7,"completion_tokens":3}}}}}}"#
+        );
+        assert_eq!(scan(BodyKind::Json, body.as_bytes(), &[]), None);
+        let body = format!(
+            r#"{{"pad":"{pad}","x":[{{"usage":{{"prompt_tokens":7,"completion_tokens":3}}}}]}}"#
+        );
+        assert_eq!(scan(BodyKind::Json, body.as_bytes(), &[]), None);
+        // The documented limit: usage followed by more than the tail is not found.
+        let body =
+            format!(r#"{{"usage":{{"prompt_tokens":7,"completion_tokens":3}},"pad":"{pad}"}}"#);
+        assert_eq!(scan(BodyKind::Json, body.as_bytes(), &[]), None);
+        // Truncated body: not a document.
+        let body = format!(r#"{{"pad":"{pad}","usage":{{"prompt_tokens":7}}"#);
+        assert_eq!(scan(BodyKind::Json, body.as_bytes(), &[]), None);
+    }
+
+    #[test]
+    fn the_tail_search_is_bounded() {
+        let pad = "x".repeat(USAGE_SCAN_BYTES_MAX);
+        let body = |nested: usize| {
+            let items = vec![r#"{"usage":1}"#; nested].join(",");
+            format!(
+                r#"{{"pad":"{pad}","usage":{{"prompt_tokens":7,"completion_tokens":3}},"items":[{items}]}}"#
+            )
+        };
+        assert_eq!(
+            scan(
+                BodyKind::Json,
+                body(TAIL_CANDIDATES_MAX - 1).as_bytes(),
+                &[]
+            ),
+            usage(7, 3)
+        );
+        assert_eq!(
+            scan(BodyKind::Json, body(TAIL_CANDIDATES_MAX).as_bytes(), &[]),
+            None
+        );
+    }
+
+    #[test]
+    fn sse_streams_openai_and_anthropic() {
+        assert_eq!(
+            scan(BodyKind::Sse, OPENAI_STREAM.as_bytes(), &[]),
+            usage(9, 12)
+        );
+        assert_eq!(
+            scan(BodyKind::Sse, ANTHROPIC_STREAM.as_bytes(), &[]),
+            usage(25, 15)
+        );
+        let crlf = ANTHROPIC_STREAM.replace('\n', "\r\n");
+        assert_eq!(
+            scan(BodyKind::Sse, crlf.as_bytes(), &[9, 99]),
+            usage(25, 15)
+        );
+        // Before message_delta: message_start's counts.
+        let cut = ANTHROPIC_STREAM.find("event: message_delta").unwrap_or(0);
+        assert_eq!(
+            scan(BodyKind::Sse, &ANTHROPIC_STREAM.as_bytes()[..cut], &[]),
+            usage(25, 1)
+        );
+        // Without the usage chunk: nothing.
+        let cut = OPENAI_STREAM.find("data: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4o-mini\",\"system_fingerprint\":\"fp_44709d6fcb\",\"choices\":[]").unwrap_or(0);
+        assert_eq!(
+            scan(BodyKind::Sse, &OPENAI_STREAM.as_bytes()[..cut], &[]),
+            None
+        );
+    }
+
+    #[test]
+    fn sse_anthropic_cache_and_cumulative_counts() {
+        let stream = concat!(
+            "event: message_start\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":5,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":1800,\"output_tokens\":1}}}\n\n",
+            "event: message_delta\n",
+            "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":40}}\n\n",
+            "event: message_delta\n",
+            "data: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"input_tokens\":5,\"cache_read_input_tokens\":1800,\"output_tokens\":90}}\n\n",
+        );
+        assert_eq!(scan(BodyKind::Sse, stream.as_bytes(), &[]), usage(1805, 90));
+        // `message.usage` counts only in message_start.
+        let other = "data: {\"type\":\"other\",\"message\":{\"usage\":{\"input_tokens\":5}}}\n\n";
+        assert_eq!(scan(BodyKind::Sse, other.as_bytes(), &[]), None);
+    }
+
+    #[test]
+    fn sse_oversized_and_broken_events_are_skipped() {
+        let big = format!(
+            "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":1}},\"pad\":\"{}\"}}\n\n",
+            "x".repeat(USAGE_SCAN_BYTES_MAX)
+        );
+        let broken =
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":2}\n\n";
+        let stream = format!("{OPENAI_STREAM}{big}{broken}");
+        for step in [100, 65_536, stream.len()] {
+            let cuts: Vec<usize> = (step..stream.len()).step_by(step).collect();
+            assert_eq!(scan(BodyKind::Sse, stream.as_bytes(), &cuts), usage(9, 12));
+        }
+    }
+
+    #[test]
+    fn buffer_is_allocated_once_and_reused() {
+        let mut s = UsageScanner::new();
+        s.reset(BodyKind::Json);
+        s.feed(OPENAI_CHAT.as_bytes());
+        let ptr = s.buf.as_ptr();
+        assert_eq!(s.buf.capacity(), USAGE_SCAN_BYTES_MAX);
+        let big = big_embeddings(3, r#""usage":{"prompt_tokens":3,"total_tokens":3}"#);
+        for kind in [BodyKind::Sse, BodyKind::Json, BodyKind::Sse] {
+            s.reset(kind);
+            assert_eq!(s.usage(), None);
+            let body = if kind == BodyKind::Json {
+                big.as_str()
+            } else {
+                OPENAI_STREAM
+            };
+            for piece in body.as_bytes().chunks(1000) {
+                s.feed(piece);
+            }
+            assert!(s.usage().is_some());
+            assert_eq!(s.buf.as_ptr(), ptr);
+            assert_eq!(s.buf.capacity(), USAGE_SCAN_BYTES_MAX);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// (a) SSE: the same usage however the stream is cut, and the last report's counts.
+        #[test]
+        fn sse_split_independent(stream in arb_stream(), cuts in prop::collection::vec(any::<usize>(), 0..8)) {
+            prop_assert_eq!(
+                scan(BodyKind::Sse, &stream, &cuts),
+                scan(BodyKind::Sse, &stream, &[])
+            );
+        }
+
+        /// (a) JSON: the same usage however the body is cut, short or long.
+        #[test]
+        fn json_split_independent(
+            content in ".{0,40}",
+            pad in 0usize..3 * USAGE_SCAN_BYTES_MAX,
+            p in any::<u32>(),
+            c in any::<u32>(),
+            usage_first in any::<bool>(),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let usage = serde_json::json!({"prompt_tokens": p, "completion_tokens": c});
+            let choices = serde_json::json!([{"message": {"content": content}}]);
+            let body = if usage_first {
+                format!(r#"{{"usage":{usage},"pad":"{}","choices":{choices}}}"#, "x".repeat(pad))
+            } else {
+                format!(r#"{{"pad":"{}","choices":{choices},"usage":{usage}}}"#, "x".repeat(pad))
+            };
+            let whole = scan(BodyKind::Json, body.as_bytes(), &[]);
+            prop_assert_eq!(scan(BodyKind::Json, body.as_bytes(), &cuts), whole);
+            if !usage_first || body.len() <= USAGE_SCAN_BYTES_MAX {
+                prop_assert_eq!(whole, Some(Usage { prompt_tokens: p.into(), completion_tokens: c.into() }));
+            }
+        }
+
+        /// (a) and (c) on arbitrary bytes, both kinds.
+        #[test]
+        fn never_panics_and_split_independent_on_noise(
+            body in prop::collection::vec(prop::sample::select(b"\n\r\n\rdata: {}[]\",usage_tokens 0123".to_vec()), 0..300),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            for kind in [BodyKind::Json, BodyKind::Sse] {
+                prop_assert_eq!(scan(kind, &body, &cuts), scan(kind, &body, &[]));
+            }
+        }
+
+        #[test]
+        fn never_panics(body in prop::collection::vec(any::<u8>(), 0..400), cuts in prop::collection::vec(any::<usize>(), 0..4)) {
+            for kind in [BodyKind::Json, BodyKind::Sse] {
+                let _ = scan(kind, &body, &cuts);
+            }
+        }
+    }
+}
