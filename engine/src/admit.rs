@@ -56,13 +56,20 @@ pub struct TenantLimits {
 }
 
 impl TenantLimits {
-    pub fn new(t: &TenantConfig, cells: Option<&'static TenantCells>, local: Rc<TenantLocal>) -> Self {
+    pub fn new(
+        t: &TenantConfig,
+        cells: Option<&'static TenantCells>,
+        local: Rc<TenantLocal>,
+    ) -> Self {
         Self {
             rpm: t.rpm.map(Gcra::per_minute),
             tpm: t.tpm.map(Gcra::per_minute),
             max_concurrency: t.max_concurrency,
             budget: t.budget.map(|b| {
-                Budget::new(b.tokens, u64::try_from(b.window.as_nanos()).unwrap_or(u64::MAX))
+                Budget::new(
+                    b.tokens,
+                    u64::try_from(b.window.as_nanos()).unwrap_or(u64::MAX),
+                )
             }),
             cells,
             local,
@@ -73,10 +80,14 @@ impl TenantLimits {
     pub fn return_stale(&self, now_ns: u64) {
         let Some(c) = self.cells else { return };
         if let Some(g) = &self.rpm {
-            self.local.rpm.return_stale(g, &c.rpm_tat, now_ns, LEASE_AGE_NS_MAX);
+            self.local
+                .rpm
+                .return_stale(g, &c.rpm_tat, now_ns, LEASE_AGE_NS_MAX);
         }
         if let Some(g) = &self.tpm {
-            self.local.tpm.return_stale(g, &c.tpm_tat, now_ns, LEASE_AGE_NS_MAX);
+            self.local
+                .tpm
+                .return_stale(g, &c.tpm_tat, now_ns, LEASE_AGE_NS_MAX);
         }
     }
 }
@@ -136,7 +147,11 @@ pub fn admit(t: &TenantLimits, now_ns: u64, tokens: u64) -> Result<Admitted, Ref
         }
     };
     if let Some(g) = &t.rpm {
-        if let Err(wait) = t.local.rpm.take(g, &c.rpm_tat, now_ns, 1, lease_units(g.limit())) {
+        if let Err(wait) = t
+            .local
+            .rpm
+            .take(g, &c.rpm_tat, now_ns, 1, lease_units(g.limit()))
+        {
             undo(&adm);
             return Err(Refused {
                 limit: Limit::Requests,
@@ -146,7 +161,10 @@ pub fn admit(t: &TenantLimits, now_ns: u64, tokens: u64) -> Result<Admitted, Ref
     }
     if tokens > 0 {
         if let Some(g) = &t.tpm {
-            if let Err(wait) = t.local.tpm.take(g, &c.tpm_tat, now_ns, tokens, lease_units(g.limit()))
+            if let Err(wait) =
+                t.local
+                    .tpm
+                    .take(g, &c.tpm_tat, now_ns, tokens, lease_units(g.limit()))
             {
                 if let Some(r) = &t.rpm {
                     r.give_back(&c.rpm_tat, now_ns, 1);
@@ -201,9 +219,14 @@ impl Admitted {
         };
         if let Some(g) = &t.tpm {
             if self.tokens > 0 || actual > 0 {
-                t.local
-                    .tpm
-                    .settle(g, &c.tpm_tat, now_ns, self.tokens, actual, lease_units(g.limit()));
+                t.local.tpm.settle(
+                    g,
+                    &c.tpm_tat,
+                    now_ns,
+                    self.tokens,
+                    actual,
+                    lease_units(g.limit()),
+                );
             }
         }
         if let (Some(b), Some(r)) = (&t.budget, self.budget) {
@@ -219,7 +242,10 @@ impl Admitted {
 /// Append the `x-ratelimit-*` header lines (OpenAI's names) for tenant `t` to `out`.
 pub fn write_rate_headers(t: &TenantLimits, now_ns: u64, out: &mut Vec<u8>) {
     let Some(c) = t.cells else { return };
-    for (g, tat, what) in [(&t.rpm, &c.rpm_tat, "requests"), (&t.tpm, &c.tpm_tat, "tokens")] {
+    for (g, tat, what) in [
+        (&t.rpm, &c.rpm_tat, "requests"),
+        (&t.tpm, &c.tpm_tat, "tokens"),
+    ] {
         let Some(g) = g else { continue };
         let held = if what == "requests" {
             t.local.rpm.held()

@@ -19,9 +19,12 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::accesslog::Record;
+use crate::admit::{admit, now_ns, write_rate_headers, write_refusal_headers, Admitted};
 use crate::config::{Auth, Provider, UpstreamConfig};
+use crate::control::stats::Reject;
 use crate::control::stats::{NO_SLOT, SLOT_UNROUTED};
 use crate::error::Error;
+use crate::error::Limit;
 use crate::http::chunked::{ChunkedDecoder, Step};
 use crate::http::request::{self, BodyKind, Credentials, Method, RequestHead};
 use crate::http::response::{self, ClientFraming};
@@ -29,12 +32,9 @@ use crate::http::write_hex;
 use crate::limits::{
     HEADERS_ARRAY_LEN, INTERIM_RESPONSES_MAX, MOCK_BODY_BYTES_MAX, RELAY_BUF_BYTES,
 };
+use crate::llm::{self, UsageScanner};
 use crate::mock::{self, MockEndpoint, MockReply};
 use crate::shard::{ShardCtx, Snapshot};
-use crate::admit::{admit, now_ns, write_rate_headers, write_refusal_headers, Admitted};
-use crate::control::stats::Reject;
-use crate::error::Limit;
-use crate::llm::{self, UsageScanner};
 use crate::tenant::presented_key;
 use crate::upstream::{self, UpConn};
 
@@ -671,7 +671,6 @@ async fn proxy(
 ) -> Next {
     let snap = c.snap.clone();
     let server = &snap.cfg.server;
-    let ucfg: &UpstreamConfig = &snap.cfg.upstreams[upstream];
     c.buf.drain(..head.head_len);
     let mut left = BodyLeft::of(&head);
     // The body bytes already read go out in the same write as the head.
@@ -1121,7 +1120,13 @@ async fn read_whole_body(
             }
         }
         let before = c.buf.len();
-        let consumed = consume_body(&mut c.buf, &mut left, limit, &mut c.body, ChunkOut::DataOnly);
+        let consumed = consume_body(
+            &mut c.buf,
+            &mut left,
+            limit,
+            &mut c.body,
+            ChunkOut::DataOnly,
+        );
         c.ex.bytes_in += (before - c.buf.len()) as u64;
         if let Err(e) = consumed {
             return Err(answer_error(ctx, c, e, false, wbuf).await);
@@ -1155,7 +1160,9 @@ async fn check_and_admit(
     };
     let Some(model) = info.model() else {
         let buf = ctx.take_buf();
-        return Err(answer_error(ctx, c, Error::BadBody("the body names no model"), true, buf).await);
+        return Err(
+            answer_error(ctx, c, Error::BadBody("the body names no model"), true, buf).await,
+        );
     };
     if !tcfg.models.allows(model) {
         ctx.control.stats.reject(c.ex.tenant_slot, Reject::Model);

@@ -38,8 +38,8 @@
 //! and `Cell`s on its own thread. See `docs/ARCHITECTURE.md`.
 
 pub mod accesslog;
-pub mod admit;
 pub mod admin;
+pub mod admit;
 pub mod config;
 pub mod conn;
 pub mod control;

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use monoio::net::{ListenerOpts, TcpListener};
 
 use crate::accesslog::ShardLog;
-use crate::config::{Config, DriverChoice, Overrides};
 use crate::admit::{Locals, TenantLimits};
+use crate::config::{Config, DriverChoice, Overrides};
 use crate::control::shm::{Region, ShardInfo};
 use crate::control::stats::{self, ShardStats};
 use crate::control::ShardControl;

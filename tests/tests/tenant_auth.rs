@@ -190,7 +190,9 @@ fn the_embedded_default_serves_the_demo_key_only() {
         .replace("cores = \"auto\"", "cores = 1");
     let gw = Gateway::start(&text);
     assert!(
-        wait_until(Duration::from_secs(5), || gw.stdout().contains("key sk-demo")),
+        wait_until(Duration::from_secs(5), || gw
+            .stdout()
+            .contains("key sk-demo")),
         "{}",
         gw.stdout()
     );

@@ -190,9 +190,8 @@ pub fn write_client_head(
         let keep_length =
             framing == ClientFraming::None && name.eq_ignore_ascii_case(b"content-length");
         // With our own rate-limit headers, the upstream's (its account's limits) are dropped.
-        let theirs = extra.is_some()
-            && name.len() > 12
-            && name[..12].eq_ignore_ascii_case(b"x-ratelimit-");
+        let theirs =
+            extra.is_some() && name.len() > 12 && name[..12].eq_ignore_ascii_case(b"x-ratelimit-");
         if (is_hop_by_hop(name) && !keep_length) || listed(name) || theirs {
             continue;
         }

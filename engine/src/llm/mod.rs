@@ -116,6 +116,21 @@ impl fmt::Display for BodyError {
 
 impl std::error::Error for BodyError {}
 
+/// The endpoints whose request bodies are LLM calls (a model, a prompt): a tenant's request to
+/// one is read whole, its model checked and its tokens estimated before it is forwarded.
+pub const LLM_PATHS: [&str; 4] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+];
+
+/// Whether `method` and `path` (query ignored) name an LLM call.
+pub fn is_llm_request(method: &str, path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or(path);
+    method == "POST" && LLM_PATHS.contains(&path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
