@@ -76,6 +76,14 @@ impl TenantLimits {
         }
     }
 
+    /// The tokens request `adm` may use in all, under the budget: what it reserved plus what is
+    /// left in the window (None without a budget).
+    pub fn budget_allowance(&self, adm: &Admitted, now_ns: u64) -> Option<u64> {
+        let (b, c) = (self.budget.as_ref()?, self.cells?);
+        let reserved = adm.budget.map_or(0, |r| r.tokens());
+        Some(reserved.saturating_add(b.remaining(&c.budget, now_ns)))
+    }
+
     /// Give back leases held longer than [`LEASE_AGE_NS_MAX`] (the shard's timer calls this).
     pub fn return_stale(&self, now_ns: u64) {
         let Some(c) = self.cells else { return };

@@ -32,7 +32,7 @@ use crate::http::write_hex;
 use crate::limits::{
     HEADERS_ARRAY_LEN, INTERIM_RESPONSES_MAX, MOCK_BODY_BYTES_MAX, RELAY_BUF_BYTES,
 };
-use crate::llm::{self, UsageScanner};
+use crate::llm::{self, SseFilter, UsageScanner};
 use crate::mock::{self, MockEndpoint, MockReply};
 use crate::shard::{ShardCtx, Snapshot};
 use crate::tenant::presented_key;
@@ -48,6 +48,9 @@ const LINGER_BYTES_MAX: usize = 256 * 1024;
 /// A tenant's request body buffer larger than this is freed after the request instead of
 /// being kept for the connection's next one.
 const BODY_BUF_KEEP_BYTES_MAX: usize = 256 * 1024;
+
+/// LLM buffer sets a shard keeps for reuse.
+const LLM_POOL_MAX: usize = 1024;
 
 /// Initial size of a connection's read buffer.
 const CLIENT_BUF_BYTES_INITIAL: usize = 4096;
@@ -97,13 +100,58 @@ struct Client {
     snap: Rc<Snapshot>,
     /// What the current request did so far.
     ex: Exchange,
-    /// A tenant's LLM request body, read whole before it is forwarded (kept for the
-    /// connection's life, so it is allocated once).
-    body: Vec<u8>,
     /// The `x-ratelimit-*` lines of the current request's answer.
     rate_hdrs: Vec<u8>,
+    /// Buffers of an LLM request, borrowed from the shard's pool while one is under way
+    /// (`llm_held`), so an idle connection holds none of them.
+    llm: LlmBufs,
+    llm_held: bool,
+}
+
+/// What reading an LLM body and relaying its answer need: taken from the shard's pool per
+/// request and given back when it ends.
+#[derive(Debug, Default)]
+pub struct LlmBufs {
+    /// The request body, read whole before it is forwarded.
+    body: Vec<u8>,
+    /// The body with `stream_options.include_usage` added (or scratch while relaying).
+    rewritten: Vec<u8>,
+    /// A filtered stream's de-chunked input and filtered output.
+    sse_in: Vec<u8>,
+    sse_out: Vec<u8>,
     /// Reads the upstream's `usage` out of the response as it passes.
     scanner: UsageScanner,
+    /// Drops the usage chunk shardgate asked for from a stream, and counts its events.
+    filter: SseFilter,
+}
+
+/// Borrow the shard's LLM buffers for the current request (no allocation once warm).
+fn llm_take(ctx: &ShardCtx, c: &mut Client) {
+    if !c.llm_held {
+        if let Some(b) = ctx.llm_pool.borrow_mut().pop() {
+            c.llm = b;
+        }
+        c.llm_held = true;
+    }
+}
+
+/// Give the LLM buffers back to the shard's pool (a body buffer grown past
+/// `BODY_BUF_KEEP_BYTES_MAX` is freed instead of kept).
+fn llm_give(ctx: &ShardCtx, c: &mut Client) {
+    if c.llm_held {
+        c.llm_held = false;
+        let mut b = std::mem::take(&mut c.llm);
+        for v in [&mut b.body, &mut b.rewritten, &mut b.sse_in, &mut b.sse_out] {
+            v.clear();
+            if v.capacity() > BODY_BUF_KEEP_BYTES_MAX {
+                *v = Vec::new();
+            }
+        }
+        let mut pool = ctx.llm_pool.borrow_mut();
+        if pool.len() < LLM_POOL_MAX {
+            pool.push(b);
+        }
+    }
 }
 
 /// What one request did, for the shard's counters (and the access log).
@@ -130,6 +178,15 @@ struct Exchange {
     scan: bool,
     /// An error answer of ours (the upstream failed or the client broke the rules).
     local_error: bool,
+    /// A streamed answer goes through the SSE filter: to drop the usage chunk the client did
+    /// not ask for (`strip_usage`) and to cut the stream at the tenant's budget.
+    filter_sse: bool,
+    strip_usage: bool,
+    /// The prompt's share of the token estimate (body bytes / 4).
+    prompt_estimate: u64,
+    /// Tokens a filtered stream is known to have used when its usage was never seen (it was
+    /// cut, or the upstream sent none): the prompt's estimate plus one per content event.
+    counted: Option<u64>,
 }
 
 impl Exchange {
@@ -149,6 +206,10 @@ impl Exchange {
             admitted: None,
             scan: false,
             local_error: false,
+            filter_sse: false,
+            strip_usage: false,
+            prompt_estimate: 0,
+            counted: None,
         }
     }
 
@@ -167,13 +228,15 @@ fn finish(ctx: &ShardCtx, c: &mut Client) {
     }
     ex.active = false;
     if let (Some(adm), Some(t)) = (ex.admitted.take(), ex.tenant) {
-        let usage = if ex.scan { c.scanner.usage() } else { None };
+        let usage = if ex.scan { c.llm.scanner.usage() } else { None };
         if let Some(u) = usage {
             ctx.control
                 .stats
                 .tokens(ex.tenant_slot, u.prompt_tokens, u.completion_tokens);
         }
-        let used = usage.map(|u| u.prompt_tokens.saturating_add(u.completion_tokens));
+        let used = usage
+            .map(|u| u.prompt_tokens.saturating_add(u.completion_tokens))
+            .or(ex.counted);
         let failed = ex.status == 0 || ex.local_error;
         if let Some(limits) = c.snap.tenant_limits.get(t) {
             adm.finish(limits, now_ns(), used, failed);
@@ -201,6 +264,7 @@ fn finish(ctx: &ShardCtx, c: &mut Client) {
         r.upstream = ex.upstream;
         log.push(r);
     }
+    llm_give(ctx, c);
 }
 
 fn shard_u16(id: usize) -> u16 {
@@ -234,9 +298,9 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
         peer,
         snap,
         ex: Exchange::idle(),
-        body: Vec::new(),
         rate_hdrs: Vec::new(),
-        scanner: UsageScanner::new(),
+        llm: LlmBufs::default(),
+        llm_held: false,
     };
     let mut first = true;
     loop {
@@ -912,14 +976,23 @@ async fn relay_response(
     c.ex.status = relay.status;
     // The first body bytes go out in the same write as the head.
     if c.ex.scan {
-        c.scanner.reset(if relay.sse {
+        c.llm.scanner.reset(if relay.sse {
             llm::BodyKind::Sse
         } else {
             llm::BodyKind::Json
         });
     }
     let scan = c.ex.scan;
-    match relay.feed(&up.buf, &mut wbuf, true, scan.then_some(&mut c.scanner)) {
+    if c.ex.filter_sse
+        && relay.sse
+        && matches!(
+            relay.framing,
+            ClientFraming::Chunked | ClientFraming::Dechunk | ClientFraming::UntilClose
+        )
+    {
+        return relay_filtered(ctx, c, endpoint, ucfg, up, relay, wbuf, keep_alive).await;
+    }
+    match relay.feed(&up.buf, &mut wbuf, true, scan.then_some(&mut c.llm.scanner)) {
         Ok(n) => drop(up.buf.drain(..n)),
         Err(()) => {
             let e = Error::UpstreamBadResponse("ill-framed upstream response body");
@@ -954,7 +1027,12 @@ async fn relay_response(
             Ok(_) => {}
         }
         wbuf.clear();
-        let Ok(n) = relay.feed(&up.buf, &mut wbuf, dechunk, scan.then_some(&mut c.scanner)) else {
+        let Ok(n) = relay.feed(
+            &up.buf,
+            &mut wbuf,
+            dechunk,
+            scan.then_some(&mut c.llm.scanner),
+        ) else {
             return Next::Close;
         };
         if n == 0 {
@@ -990,6 +1068,148 @@ async fn relay_response(
 }
 
 /// Tracks where a response body ends while it is relayed.
+/// Relay a tenant's event stream through the SSE filter: the usage chunk shardgate asked for
+/// is dropped, and the stream is cut with an error event once it would pass the tenant's
+/// budget. The upstream's chunks are decoded and what the filter lets through is sent as one
+/// chunk per read (or as is, to a client reading until close).
+#[allow(clippy::too_many_arguments)]
+async fn relay_filtered(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    endpoint: usize,
+    ucfg: &UpstreamConfig,
+    mut up: UpConn,
+    mut relay: Relay,
+    mut wbuf: Vec<u8>,
+    keep_alive: bool,
+) -> Next {
+    let send_timeout = c.snap.cfg.server.send_timeout;
+    let client_chunked = relay.framing == ClientFraming::Chunked;
+    if client_chunked {
+        // Decode the upstream's chunks into data; the client gets chunks of our own.
+        relay.framing = ClientFraming::Dechunk;
+    }
+    c.llm.filter.reset();
+    if c.ex.scan {
+        c.llm.scanner.reset(llm::BodyKind::Sse);
+    }
+    let mut cut = false;
+    loop {
+        let mut data = std::mem::take(&mut c.llm.sse_in);
+        let mut filtered = std::mem::take(&mut c.llm.sse_out);
+        data.clear();
+        filtered.clear();
+        let fed = relay.feed(
+            &up.buf,
+            &mut data,
+            true,
+            c.ex.scan.then_some(&mut c.llm.scanner),
+        );
+        let Ok(n) = fed else {
+            c.llm.sse_in = data;
+            c.llm.sse_out = filtered;
+            return Next::Close;
+        };
+        up.buf.drain(..n);
+        if c.ex.strip_usage {
+            c.llm.filter.feed(&data, &mut filtered);
+        } else {
+            // Nothing to drop (the client asked for usage itself, or the stream is
+            // Anthropic's): the filter only counts events, for the budget.
+            let mut counted = std::mem::take(&mut c.llm.rewritten);
+            counted.clear();
+            c.llm.filter.feed(&data, &mut counted);
+            c.llm.rewritten = counted;
+            filtered.extend_from_slice(&data);
+        }
+        if !cut && over_budget(c) {
+            SseFilter::error_event(
+                "the tenant's token budget is exhausted; the answer was cut",
+                &mut filtered,
+            );
+            cut = true;
+        }
+        if relay.done && !cut && c.ex.strip_usage {
+            c.llm.filter.finish(&mut filtered);
+        }
+        if !filtered.is_empty() {
+            if client_chunked {
+                write_hex(&mut wbuf, filtered.len() as u64);
+                wbuf.extend_from_slice(b"\r\n");
+                wbuf.extend_from_slice(&filtered);
+                wbuf.extend_from_slice(b"\r\n");
+            } else {
+                wbuf.extend_from_slice(&filtered);
+            }
+        }
+        let end = relay.done || cut;
+        if end && client_chunked {
+            wbuf.extend_from_slice(b"0\r\n\r\n");
+        }
+        c.llm.sse_in = data;
+        c.llm.sse_out = filtered;
+        c.ex.counted = Some(
+            c.ex.prompt_estimate
+                .saturating_add(c.llm.filter.content_events()),
+        );
+        if !wbuf.is_empty() {
+            let (res, buf) = send(c, wbuf, send_timeout).await;
+            wbuf = buf.unwrap_or_else(|| ctx.take_buf());
+            wbuf.clear();
+            if res.is_err() {
+                return Next::Close;
+            }
+        }
+        if end {
+            break;
+        }
+        let buf = std::mem::take(&mut up.buf);
+        let (res, buf) = read_more(&mut up.stream, buf, Instant::now() + ucfg.read_timeout).await;
+        up.buf = buf;
+        match res {
+            Ok(0) if relay.framing == ClientFraming::UntilClose => {
+                relay.done = true;
+            }
+            Ok(0) | Err(_) => return Next::Close,
+            Ok(_) => {}
+        }
+    }
+    ctx.put_buf(wbuf);
+    // A cut stream leaves the upstream mid-answer: that connection is dropped.
+    if !cut
+        && relay.upstream_reusable
+        && relay.framing != ClientFraming::UntilClose
+        && up.buf.is_empty()
+    {
+        ctx.pools
+            .checkin(endpoint, up, ucfg.pool_idle_max, Instant::now());
+    }
+    if keep_alive && (client_chunked || relay.framing != ClientFraming::UntilClose) {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
+/// Whether the stream under way has produced more than the tenant's budget allows: the
+/// prompt's estimate plus one token per content event, against what the request reserved
+/// plus what is left in the window.
+fn over_budget(c: &Client) -> bool {
+    let (Some(adm), Some(t)) = (&c.ex.admitted, c.ex.tenant) else {
+        return false;
+    };
+    let Some(limits) = c.snap.tenant_limits.get(t) else {
+        return false;
+    };
+    let produced =
+        c.ex.prompt_estimate
+            .saturating_add(c.llm.filter.content_events());
+    match limits.budget_allowance(adm, now_ns()) {
+        Some(allowed) => produced > allowed,
+        None => false,
+    }
+}
+
 #[derive(Debug)]
 struct Relay {
     framing: ClientFraming,
@@ -1088,7 +1308,7 @@ impl Relay {
 
 // ----- tenants: LLM bodies and admission -----
 
-/// Read the rest of the request body (its head already consumed from `c.buf`) into `c.body`,
+/// Read the rest of the request body (its head already consumed from `c.buf`) into `c.llm.body`,
 /// at most `limit` bytes. `Err`: the request was answered (or the connection is done).
 async fn read_whole_body(
     ctx: &Rc<ShardCtx>,
@@ -1102,11 +1322,8 @@ async fn read_whole_body(
     if matches!(head.body, BodyKind::Length(n) if n > limit) {
         return Err(answer_error(ctx, c, Error::BodyTooLarge, false, wbuf).await);
     }
-    c.body.clear();
-    // A connection that carried one huge body does not keep its buffer.
-    if c.body.capacity() > BODY_BUF_KEEP_BYTES_MAX {
-        c.body = Vec::new();
-    }
+    llm_take(ctx, c);
+    c.llm.body.clear();
     let mut left = BodyLeft::of(head);
     let mut first = true;
     while first || !left.is_done() {
@@ -1124,7 +1341,7 @@ async fn read_whole_body(
             &mut c.buf,
             &mut left,
             limit,
-            &mut c.body,
+            &mut c.llm.body,
             ChunkOut::DataOnly,
         );
         c.ex.bytes_in += (before - c.buf.len()) as u64;
@@ -1148,7 +1365,7 @@ async fn check_and_admit(
     tenant: usize,
     body: &[u8],
     wbuf: &[u8],
-) -> Result<(), Next> {
+) -> Result<LlmCall, Next> {
     let _ = wbuf;
     let tcfg = &snap.cfg.tenants[tenant];
     let info = match llm::inspect(body) {
@@ -1171,7 +1388,20 @@ async fn check_and_admit(
     }
     let tokens = llm::estimate_tokens(body.len(), info.max_tokens, tcfg.default_max_tokens);
     c.ex.scan = true;
-    admit_tenant(ctx, c, snap, tenant, tokens, true, 0).await
+    c.ex.prompt_estimate = llm::estimate_tokens(body.len(), Some(0), 0);
+    let call = LlmCall {
+        stream: info.stream,
+        include_usage: info.include_usage,
+    };
+    admit_tenant(ctx, c, snap, tenant, tokens, true, 0).await?;
+    Ok(call)
+}
+
+/// What the relay needs to know of an admitted LLM call.
+#[derive(Debug, Clone, Copy)]
+struct LlmCall {
+    stream: bool,
+    include_usage: bool,
 }
 
 /// Admit the current request for `tenant` (estimated at `tokens`), or answer 429.
@@ -1237,12 +1467,32 @@ async fn proxy_llm(
         Ok(w) => w,
         Err(next) => return next,
     };
-    let body = std::mem::take(&mut c.body);
+    let mut body = std::mem::take(&mut c.llm.body);
     let tenant = c.ex.tenant.unwrap_or_default();
-    if let Err(next) = check_and_admit(ctx, c, &snap, tenant, &body, &wbuf).await {
-        c.body = body;
-        ctx.put_buf(wbuf);
-        return next;
+    let call = match check_and_admit(ctx, c, &snap, tenant, &body, &wbuf).await {
+        Ok(call) => call,
+        Err(next) => {
+            c.llm.body = body;
+            ctx.put_buf(wbuf);
+            return next;
+        }
+    };
+    // A stream is asked for its usage (OpenAI's `stream_options.include_usage`; Anthropic
+    // streams always carry it) so its tokens are settled from what was really used; the extra
+    // usage chunk is taken out again before the client sees it.
+    let anthropic = request_line(&wbuf).1.split('?').next() == Some("/v1/messages");
+    if call.stream {
+        c.ex.filter_sse = true;
+        if !call.include_usage && !anthropic {
+            c.llm.rewritten.clear();
+            if matches!(
+                llm::with_include_usage(&body, &mut c.llm.rewritten),
+                Ok(true)
+            ) {
+                std::mem::swap(&mut body, &mut c.llm.rewritten);
+                c.ex.strip_usage = true;
+            }
+        }
     }
     let (upstream, _, ep_index) = target;
     let ucfg = &snap.cfg.upstreams[upstream];
@@ -1262,7 +1512,11 @@ async fn proxy_llm(
         }
     }
     out.extend_from_slice(&body);
-    c.body = body;
+    if c.ex.strip_usage {
+        // `body` is the rewritten copy: the client's own body goes back to its buffer.
+        std::mem::swap(&mut body, &mut c.llm.rewritten);
+    }
+    c.llm.body = body;
     ctx.put_buf(wbuf);
     forward(ctx, c, head, target, out, BodyLeft::Done).await
 }
@@ -1287,10 +1541,13 @@ async fn serve_mock(
         Ok(wbuf) => wbuf,
         Err(next) => return next,
     };
-    let body = std::mem::take(&mut c.body);
+    let body = std::mem::take(&mut c.llm.body);
     if let (Some(t), true) = (c.ex.tenant, endpoint.takes_body()) {
-        if let Err(next) = check_and_admit(ctx, c, &snap, t, &body, &wbuf).await {
-            c.body = body;
+        if let Err(next) = check_and_admit(ctx, c, &snap, t, &body, &wbuf)
+            .await
+            .map(|_| ())
+        {
+            c.llm.body = body;
             ctx.put_buf(wbuf);
             return next;
         }
@@ -1300,7 +1557,7 @@ async fn serve_mock(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let reply = mock::respond(endpoint, &body, now_s, keep_alive);
-    c.body = body;
+    c.llm.body = body;
     let reply = match reply {
         Ok(r) => r,
         Err(e) => return answer_error(ctx, c, e, keep_alive, wbuf).await,
@@ -1315,8 +1572,8 @@ async fn serve_mock(
         // A whole JSON answer: its usage settles the tenant's tokens.
         if let Some(at) = head_bytes.windows(4).position(|w| w == b"\r\n\r\n") {
             c.ex.scan = true;
-            c.scanner.reset(llm::BodyKind::Json);
-            c.scanner.feed(&head_bytes[at + 4..]);
+            c.llm.scanner.reset(llm::BodyKind::Json);
+            c.llm.scanner.feed(&head_bytes[at + 4..]);
         }
     }
     let (res, _) = send(c, head_bytes, server.send_timeout).await;

@@ -131,6 +131,8 @@ pub struct ShardCtx {
     pub access_log: Option<ShardLog>,
     /// Tenants' leases on this shard, by name (kept across config changes).
     locals: Locals,
+    /// Buffers of LLM requests, lent per request.
+    pub llm_pool: RefCell<Vec<crate::conn::LlmBufs>>,
     /// Open client connections (mirrored into the shared counters).
     connections: Cell<usize>,
 }
@@ -157,6 +159,7 @@ impl ShardCtx {
             control,
             access_log,
             locals,
+            llm_pool: RefCell::new(Vec::new()),
             connections: Cell::new(0),
         }
     }

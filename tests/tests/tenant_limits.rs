@@ -334,3 +334,123 @@ fn tokens_are_counted_from_the_upstreams_usage() {
     });
     assert!(counted, "{}", metrics());
 }
+
+/// An upstream streaming `n` content events, then (when the request asked for it) a usage
+/// chunk of 7 + n tokens, then `[DONE]`; it records whether the request asked for usage.
+fn sse_upstream(n: usize, asked: Arc<AtomicUsize>) -> MockUpstream {
+    MockUpstream::start(
+        move |req: &Request, stream: &mut TcpStream| -> io::Result<Action> {
+            use std::io::Write;
+            let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+            let include = body["stream_options"]["include_usage"] == true;
+            if include {
+                asked.fetch_add(1, Ordering::Relaxed);
+            }
+            stream.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )?;
+            for i in 0..n {
+                let ev = format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{i} \"}}}}]}}\n\n"
+            );
+                write_chunk(stream, ev.as_bytes())?;
+            }
+            if include {
+                let usage = format!(
+                "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":{n},\"total_tokens\":{}}}}}\n\n",
+                7 + n
+            );
+                write_chunk(stream, usage.as_bytes())?;
+            }
+            write_chunk(stream, b"data: [DONE]\n\n")?;
+            write_chunk(stream, b"")?;
+            Ok(Action::KeepAlive)
+        },
+    )
+}
+
+fn admin_metrics(gw: &Gateway) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(gw.admin_addr()).expect("admin");
+    let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
+    let mut m = String::new();
+    let _ = s.read_to_string(&mut m);
+    m
+}
+
+#[test]
+fn streams_are_asked_for_usage_which_is_counted_and_hidden_unless_the_client_asked() {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let up = sse_upstream(5, asked.clone());
+    let cfg = ConfigBuilder::new(up.addr())
+        .tenant(&tenant("s", "tpm = 100000"))
+        .build();
+    let gw = Gateway::start(&cfg);
+    let mut c = Client::connect(gw.addr());
+    // The client did not ask: the gateway asks, counts, and takes the chunk out again.
+    c.send(chat_request(
+        &key_of("s"),
+        r#"{"model":"m","stream":true,"messages":[]}"#,
+    ));
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.summary());
+    let text = r.body_str();
+    assert_eq!(text.matches("\"content\"").count(), 5, "{text}");
+    assert!(
+        !text.contains("usage"),
+        "the client got a usage chunk it did not ask for:\n{text}"
+    );
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert_eq!(
+        asked.load(Ordering::Relaxed),
+        1,
+        "the upstream was not asked for usage"
+    );
+    // The client asked: it gets the chunk.
+    c.send(chat_request(
+        &key_of("s"),
+        r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
+    ));
+    let r = c.read_response();
+    assert!(r.body_str().contains("\"usage\""), "{}", r.summary());
+    let counted = wait_until(Duration::from_secs(5), || {
+        let m = admin_metrics(&gw);
+        m.contains(r#"shardgate_tenant_tokens_total{tenant="s",gen_ai_token_type="input"} 14"#)
+            && m.contains(
+                r#"shardgate_tenant_tokens_total{tenant="s",gen_ai_token_type="output"} 10"#,
+            )
+    });
+    assert!(counted, "{}", admin_metrics(&gw));
+}
+
+#[test]
+fn a_stream_past_the_budget_is_cut_with_an_error_event() {
+    let up = sse_upstream(400, Arc::new(AtomicUsize::new(0)));
+    // The request reserves ceil(len/4) + 20 tokens; the budget leaves room for ~60 more.
+    let body = r#"{"model":"m","stream":true,"max_tokens":20,"messages":[]}"#;
+    let reserve = (body.len() as u64).div_ceil(4) + 20;
+    let cfg = ConfigBuilder::new(up.addr())
+        .tenant(&tenant("cut", &format!("budget_tokens = {}", reserve + 60)))
+        .build();
+    let gw = Gateway::start(&cfg);
+    let mut c = Client::connect(gw.addr());
+    c.send(chat_request(&key_of("cut"), body));
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.summary());
+    let text = r.body_str();
+    let events = text.matches("\"content\"").count();
+    assert!(
+        events < 400,
+        "the stream ran on past the budget ({events} events)"
+    );
+    assert!(events >= 60, "cut too early ({events} events)");
+    assert!(
+        text.contains("insufficient_quota"),
+        "no error event:\n{text}"
+    );
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    // The budget is spent: the next request is refused.
+    let mut c = Client::connect(gw.addr());
+    c.send(chat_request(&key_of("cut"), body));
+    assert_error(&c.read_response(), 429, "insufficient_quota");
+}
