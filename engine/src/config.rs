@@ -107,6 +107,8 @@ struct RawServer {
     admin_listen: Option<String>,
     access_log: Option<String>,
     auth: Option<String>,
+    queue_wait_ms_max: Option<i64>,
+    queue_depth_max: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +124,7 @@ struct RawUpstream {
     pool_idle_timeout_ms: Option<i64>,
     pool_idle_max: Option<i64>,
     api_key_env: Option<String>,
+    max_concurrency: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,6 +194,10 @@ pub struct ServerConfig {
     pub access_log: Option<std::path::PathBuf>,
     /// Whether requests must present a tenant's key.
     pub auth: Auth,
+    /// Longest a request waits in a saturated upstream's queue before a 429.
+    pub queue_wait: Duration,
+    /// Waiters per tenant per upstream per shard; past it, a 429 at once.
+    pub queue_depth_max: usize,
 }
 
 /// `[server] auth`.
@@ -266,6 +273,9 @@ pub struct UpstreamConfig {
     /// The header line (`authorization: Bearer ...\r\n`) carrying the upstream's own credential,
     /// read from the environment variable `api_key_env` names when the config is loaded.
     pub credential: Option<Vec<u8>>,
+    /// Requests in flight to this upstream over all shards; past it, requests wait in fair
+    /// per-tenant queues. `None`: no cap.
+    pub max_concurrency: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -596,6 +606,18 @@ impl Validator<'_> {
                 1 << 20,
             ),
             instance: self.instance(raw.instance),
+            queue_wait: self.timeout(
+                "server.queue_wait_ms_max",
+                raw.queue_wait_ms_max,
+                QUEUE_WAIT_MS_MAX_DEFAULT,
+            ),
+            queue_depth_max: self.size(
+                "server.queue_depth_max",
+                raw.queue_depth_max,
+                QUEUE_DEPTH_MAX_DEFAULT,
+                1,
+                1 << 20,
+            ),
             auth: match raw.auth.as_deref() {
                 None | Some("keys") => Auth::Keys,
                 Some("none") => Auth::None,
@@ -698,8 +720,16 @@ impl Validator<'_> {
                 }
             },
         };
+        let max_concurrency = raw.max_concurrency.and_then(|v| match u64::try_from(v) {
+            Ok(v) if v >= 1 => Some(v),
+            _ => {
+                self.error(f("max_concurrency"), format!("must be at least 1, got {v}"));
+                None
+            }
+        });
         UpstreamConfig {
             credential,
+            max_concurrency,
             name: raw.name,
             provider,
             endpoints,

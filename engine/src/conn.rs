@@ -25,6 +25,7 @@ use crate::control::stats::Reject;
 use crate::control::stats::{NO_SLOT, SLOT_UNROUTED};
 use crate::error::Error;
 use crate::error::Limit;
+use crate::fair::UpstreamCap;
 use crate::http::chunked::{ChunkedDecoder, Step};
 use crate::http::request::{self, BodyKind, Credentials, Method, RequestHead};
 use crate::http::response::{self, ClientFraming};
@@ -187,6 +188,8 @@ struct Exchange {
     /// Tokens a filtered stream is known to have used when its usage was never seen (it was
     /// cut, or the upstream sent none): the prompt's estimate plus one per content event.
     counted: Option<u64>,
+    /// The upstream whose capped slot this request holds (released when it ends).
+    upstream_slot_held: Option<usize>,
 }
 
 impl Exchange {
@@ -210,6 +213,7 @@ impl Exchange {
             strip_usage: false,
             prompt_estimate: 0,
             counted: None,
+            upstream_slot_held: None,
         }
     }
 
@@ -227,6 +231,11 @@ fn finish(ctx: &ShardCtx, c: &mut Client) {
         return;
     }
     ex.active = false;
+    if let Some(u) = ex.upstream_slot_held.take() {
+        if let Some(cap) = c.snap.upstream_caps.get(u) {
+            cap.release();
+        }
+    }
     if let (Some(adm), Some(t)) = (ex.admitted.take(), ex.tenant) {
         let usage = if ex.scan { c.llm.scanner.usage() } else { None };
         if let Some(u) = usage {
@@ -756,6 +765,63 @@ async fn proxy(
     forward(ctx, c, head, (upstream, endpoint, ep_index), wbuf, left).await
 }
 
+/// Take a slot of a capped upstream, waiting in the tenant's fair queue while it is full (at
+/// most `queue_wait_ms_max`). `Err`: answered (429: the queue is full or the wait too long).
+async fn wait_for_slot(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    cap: &UpstreamCap,
+    head: &RequestHead,
+    left: &BodyLeft,
+    wbuf: &mut Vec<u8>,
+) -> Result<(), Next> {
+    if cap.try_acquire() {
+        return Ok(());
+    }
+    let snap = c.snap.clone();
+    // Requests without a tenant (auth = "none") share one queue.
+    let (key, weight) = match c.ex.tenant {
+        Some(t) => (t + 1, snap.cfg.tenants[t].weight),
+        None => (0, 1),
+    };
+    let started = Instant::now();
+    let refused = match cap
+        .queue
+        .enqueue(key, weight, snap.cfg.server.queue_depth_max)
+    {
+        None => true,
+        Some(ticket) => {
+            // Freed slots are handed over by releases on this shard, and by the shard's
+            // timer for slots freed elsewhere; try once more now.
+            cap.dispatch();
+            monoio::select! {
+                _ = ticket.wait() => false,
+                _ = monoio::time::sleep(snap.cfg.server.queue_wait) => {
+                    // Granted in the same instant the timer fired: keep the slot.
+                    !ticket.is_granted()
+                }
+            }
+        }
+    };
+    ctx.control
+        .stats
+        .queued(c.ex.tenant_slot, started.elapsed());
+    if !refused {
+        return Ok(());
+    }
+    ctx.control.stats.reject(c.ex.tenant_slot, Reject::Queue);
+    let may_keep_alive = left.is_done() && head.keep_alive;
+    let buf = std::mem::take(wbuf);
+    Err(answer_error(
+        ctx,
+        c,
+        Error::RateLimited(Limit::Queue),
+        may_keep_alive,
+        buf,
+    )
+    .await)
+}
+
 /// Send the upstream head (and whatever body is in `wbuf`) to the upstream, stream the rest of
 /// the body, read the response head, relay the response.
 async fn forward(
@@ -768,6 +834,17 @@ async fn forward(
 ) -> Next {
     let snap = c.snap.clone();
     let ucfg: &UpstreamConfig = &snap.cfg.upstreams[upstream];
+    // A capped upstream: take a slot, or wait for one in this tenant's fair queue.
+    if let Some(cap) = snap
+        .upstream_caps
+        .get(upstream)
+        .filter(|cap| cap.is_capped())
+    {
+        if let Err(next) = wait_for_slot(ctx, c, cap, &head, &left, &mut wbuf).await {
+            return next;
+        }
+        c.ex.upstream_slot_held = Some(upstream);
+    }
     // The request can be sent again on a fresh connection only while all of it is in `wbuf`.
     let replayable = left.is_done();
     let addr = ucfg.endpoints[ep_index].addr;
@@ -1433,6 +1510,7 @@ async fn admit_tenant(
                 Limit::Tokens => Reject::Tokens,
                 Limit::Concurrency => Reject::Concurrency,
                 Limit::Budget => Reject::Budget,
+                Limit::Queue => Reject::Queue,
             };
             ctx.control.stats.reject(c.ex.tenant_slot, why);
             c.rate_hdrs.clear();

@@ -70,6 +70,8 @@ pub enum Limit {
     Tokens,
     Concurrency,
     Budget,
+    /// The upstream was saturated and the tenant's fair queue full, or the wait too long.
+    Queue,
 }
 
 impl Error {
@@ -165,6 +167,7 @@ impl Error {
             Error::RateLimited(Limit::Tokens) => return "tokens",
             Error::RateLimited(Limit::Concurrency) => return "concurrency",
             Error::RateLimited(Limit::Budget) => return "insufficient_quota",
+            Error::RateLimited(Limit::Queue) => return "queue",
             _ => {}
         }
         match self.side() {
@@ -201,6 +204,9 @@ impl Error {
             Error::RateLimited(Limit::Tokens) => "rate limit reached: tokens per minute",
             Error::RateLimited(Limit::Concurrency) => "rate limit reached: requests in flight",
             Error::RateLimited(Limit::Budget) => "token budget exhausted for this window",
+            Error::RateLimited(Limit::Queue) => {
+                "the upstream is at capacity and this key's queue is full or waited too long"
+            }
         }
     }
 
@@ -301,6 +307,7 @@ mod tests {
         Error::RateLimited(Limit::Tokens),
         Error::RateLimited(Limit::Concurrency),
         Error::RateLimited(Limit::Budget),
+        Error::RateLimited(Limit::Queue),
         Error::BadBody("x"),
     ];
 

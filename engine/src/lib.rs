@@ -24,6 +24,7 @@
 //! - [`admin`]: `/metrics` and `/health/*` on a blocking std thread of its own, off the shards.
 //! - [`accesslog`]: per-shard batches of fixed-size records, written as JSON lines by a thread.
 //!
+//! - [`fair`]: per-tenant queues (deficit round robin) in front of a saturated upstream.
 //! - [`admit`]: a tenant's admission and settlement against its shared limit cells.
 //!
 //! I/O (the only modules that touch monoio):
@@ -45,6 +46,7 @@ pub mod conn;
 pub mod control;
 pub mod drain;
 pub mod error;
+pub mod fair;
 pub mod http;
 pub mod limit;
 pub mod limits;

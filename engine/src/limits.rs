@@ -68,6 +68,11 @@ pub const ENDPOINTS_MAX: usize = 256;
 pub const UPSTREAMS_MAX: usize = 4096;
 pub const ROUTES_MAX: usize = 65_536;
 
+/// Defaults of `[server] queue_wait_ms_max` and `queue_depth_max` (fair queues in front of a
+/// saturated upstream).
+pub const QUEUE_WAIT_MS_MAX_DEFAULT: u64 = 30_000;
+pub const QUEUE_DEPTH_MAX_DEFAULT: usize = 256;
+
 /// Default port of `[server] admin_listen` (on 127.0.0.1).
 pub const ADMIN_PORT_DEFAULT: u16 = 9901;
 /// Largest config text `shardgate-ctl apply` pushes (and the engine bootstraps from), bytes.

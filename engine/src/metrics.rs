@@ -206,6 +206,26 @@ pub fn render(s: &Scrape<'_>, out: &mut String) {
     }
     family(
         out,
+        "tenant_queued_total",
+        "counter",
+        "Requests of the tenant that waited in a saturated upstream's fair queue.",
+    );
+    for (name, slot) in &t.tenants {
+        sample(out, "tenant_queued_total", &[("tenant", name)], slot.queued);
+    }
+    family(
+        out,
+        "tenant_queue_wait_seconds_total",
+        "counter",
+        "Time the tenant's requests waited in fair queues, summed.",
+    );
+    for (name, slot) in &t.tenants {
+        name_and_labels(out, "tenant_queue_wait_seconds_total", &[("tenant", name)]);
+        fixed_point(out, slot.queue_wait_us, 6);
+        out.push('\n');
+    }
+    family(
+        out,
         "tenant_inflight",
         "gauge",
         "Requests of the tenant in flight over all shards.",

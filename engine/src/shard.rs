@@ -19,6 +19,7 @@ use crate::control::shm::{Region, ShardInfo};
 use crate::control::stats::{self, ShardStats};
 use crate::control::ShardControl;
 use crate::drain::DrainSignal;
+use crate::fair::{Queues, UpstreamCap};
 use crate::limits::{
     ACCESS_LOG_FLUSH_MS, CONTROL_POLL_MS, LISTEN_BACKLOG, SHUTDOWN_POLL_MS, WRITE_BUF_BYTES,
 };
@@ -62,6 +63,8 @@ pub struct Snapshot {
     /// its counter slot.
     pub tenant_limits: Vec<TenantLimits>,
     pub tenant_stats: Vec<usize>,
+    /// Per upstream: its cap on requests in flight and this shard's fair queue in front of it.
+    pub upstream_caps: Vec<UpstreamCap>,
 }
 
 impl Snapshot {
@@ -72,6 +75,7 @@ impl Snapshot {
         stats: &ShardStats,
         region: &'static Region,
         locals: &Locals,
+        queues: &Queues,
     ) -> Self {
         let mut endpoint_base = Vec::with_capacity(cfg.upstreams.len());
         let mut addrs = Vec::new();
@@ -105,6 +109,19 @@ impl Snapshot {
                 .iter()
                 .map(|t| stats.tenant_slot(&t.name))
                 .collect(),
+            upstream_caps: cfg
+                .upstreams
+                .iter()
+                .map(|u| UpstreamCap {
+                    queue: queues.get(&u.name),
+                    // Upstream caps share the tenant table; \u{1} keeps their names apart
+                    // (tenant names hold no control characters).
+                    cells: u
+                        .max_concurrency
+                        .and_then(|_| region.tenant(&format!("\u{1}upstream/{}", u.name))),
+                    max: u.max_concurrency,
+                })
+                .collect(),
             endpoint_base,
             cfg,
         }
@@ -131,6 +148,8 @@ pub struct ShardCtx {
     pub access_log: Option<ShardLog>,
     /// Tenants' leases on this shard, by name (kept across config changes).
     locals: Locals,
+    /// Fair queues in front of capped upstreams, by upstream name.
+    queues: Queues,
     /// Buffers of LLM requests, lent per request.
     pub llm_pool: RefCell<Vec<crate::conn::LlmBufs>>,
     /// Open client connections (mirrored into the shared counters).
@@ -149,7 +168,16 @@ impl ShardCtx {
         let control = ShardControl::new(region, id, version, overrides);
         let pools = Pools::new();
         let locals = Locals::default();
-        let snapshot = Snapshot::new(version, cfg, &pools, &control.stats, region, &locals);
+        let queues = Queues::default();
+        let snapshot = Snapshot::new(
+            version,
+            cfg,
+            &pools,
+            &control.stats,
+            region,
+            &locals,
+            &queues,
+        );
         Self {
             id,
             snapshot: RefCell::new(Rc::new(snapshot)),
@@ -159,6 +187,7 @@ impl ShardCtx {
             control,
             access_log,
             locals,
+            queues,
             llm_pool: RefCell::new(Vec::new()),
             connections: Cell::new(0),
         }
@@ -184,6 +213,7 @@ impl ShardCtx {
                 &self.control.stats,
                 self.control.region(),
                 &self.locals,
+                &self.queues,
             );
             *self.snapshot.borrow_mut() = Rc::new(next);
             // Pools of endpoints no longer named by the new config are closed; requests of
@@ -356,6 +386,10 @@ async fn serve(
             while !shutdown.load(Ordering::Relaxed) {
                 monoio::time::sleep(Duration::from_millis(CONTROL_POLL_MS)).await;
                 ctx.refresh();
+                // Slots freed on other shards reach this shard's waiters here.
+                for cap in &ctx.snapshot().upstream_caps {
+                    cap.dispatch();
+                }
                 // Leases unused for a while go back, so another shard can spend them.
                 if leases_checked.elapsed() >= Duration::from_millis(LEASE_CHECK_MS) {
                     let now = crate::admit::now_ns();

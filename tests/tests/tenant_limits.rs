@@ -454,3 +454,101 @@ fn a_stream_past_the_budget_is_cut_with_an_error_event() {
     c.send(chat_request(&key_of("cut"), body));
     assert_error(&c.read_response(), 429, "insufficient_quota");
 }
+
+#[test]
+fn a_flooding_tenant_gets_its_share_and_a_quiet_one_goes_ahead() {
+    // The upstream takes 100 ms a request and the gateway lets 2 in flight.
+    let up = MockUpstream::start(
+        |_req: &Request, stream: &mut TcpStream| -> io::Result<Action> {
+            sleep(Duration::from_millis(100));
+            write_response(stream, 200, "application/json", b"{}")?;
+            Ok(Action::KeepAlive)
+        },
+    );
+    let cfg = ConfigBuilder::new(up.addr())
+        .upstream("max_concurrency = 2")
+        .server("queue_wait_ms_max = 20000")
+        .tenant(&tenant("flood", ""))
+        .tenant(&tenant("quiet", ""))
+        .build();
+    let gw = Gateway::start(&cfg);
+    // 40 concurrent requests from the flood: 2 s of upstream work at 2 in flight.
+    let flood: Vec<_> = (0..40)
+        .map(|_| {
+            let addr = gw.addr();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let t = Instant::now();
+                let r = get_models(&mut c, &key_of("flood"));
+                (r.status, t.elapsed())
+            })
+        })
+        .collect();
+    sleep(Duration::from_millis(300));
+    // The quiet tenant, one request at a time, while the flood is queued.
+    let mut quiet = Vec::new();
+    for _ in 0..4 {
+        let mut c = Client::connect(gw.addr());
+        let t = Instant::now();
+        let r = get_models(&mut c, &key_of("quiet"));
+        assert_eq!(r.status, 200, "{}", r.summary());
+        quiet.push(t.elapsed());
+    }
+    let flood: Vec<(u16, Duration)> = flood
+        .into_iter()
+        .map(|h| h.join().expect("flood"))
+        .collect();
+    assert!(
+        flood.iter().all(|(s, _)| *s == 200),
+        "a flood request failed: {flood:?}"
+    );
+    let mut flood_times: Vec<Duration> = flood.iter().map(|(_, d)| *d).collect();
+    flood_times.sort();
+    let worst_quiet = quiet.iter().max().copied().unwrap_or_default();
+    // Behind the flood in one FIFO, a quiet request would wait ~1.5 s; fairly queued, one
+    // round: about one upstream service time.
+    assert!(
+        worst_quiet < Duration::from_millis(600),
+        "quiet waited {worst_quiet:?} (flood median {:?})",
+        flood_times[flood_times.len() / 2]
+    );
+    assert!(flood_times[flood_times.len() - 1] > Duration::from_millis(1500));
+    // Never more than 2 at the upstream at once: 44 requests took at least 22 rounds.
+    assert_eq!(up.requests().len(), 44);
+}
+
+#[test]
+fn a_full_queue_or_a_long_wait_is_a_429() {
+    let up = MockUpstream::start(
+        |_req: &Request, stream: &mut TcpStream| -> io::Result<Action> {
+            sleep(Duration::from_millis(400));
+            write_response(stream, 200, "application/json", b"{}")?;
+            Ok(Action::KeepAlive)
+        },
+    );
+    let cfg = ConfigBuilder::new(up.addr())
+        .upstream("max_concurrency = 1")
+        .server("queue_wait_ms_max = 150\nqueue_depth_max = 1")
+        .tenant(&tenant("q", ""))
+        .build();
+    let gw = Gateway::start(&cfg);
+    let addr = gw.addr();
+    let first =
+        std::thread::spawn(move || get_models(&mut Client::connect(addr), &key_of("q")).status);
+    sleep(Duration::from_millis(100));
+    // The slot is taken: this one queues and gives up after 150 ms.
+    let waiter = std::thread::spawn(move || get_models(&mut Client::connect(addr), &key_of("q")));
+    sleep(Duration::from_millis(30));
+    // The queue (depth 1) is full: refused at once.
+    let t = Instant::now();
+    let r = get_models(&mut Client::connect(addr), &key_of("q"));
+    assert_error(&r, 429, "rate_limit_exceeded");
+    assert_eq!(r.json()["error"]["type"], "queue");
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "a full queue made the request wait"
+    );
+    let r = waiter.join().expect("waiter");
+    assert_error(&r, 429, "rate_limit_exceeded");
+    assert_eq!(first.join().expect("first"), 200);
+}

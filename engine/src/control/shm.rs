@@ -31,7 +31,7 @@ use crate::limits::{
 
 /// `SHRDGT` + layout version: a ctl of another version refuses the region instead of
 /// misreading it.
-pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x02");
+pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x03");
 
 /// One 128-byte line (two on CPUs that prefetch pairs), so writers of different lines never
 /// share one.
@@ -130,6 +130,9 @@ pub struct StatsSlot {
     pub rejected: [AtomicU64; REJECT_REASONS],
     pub tokens_in: AtomicU64,
     pub tokens_out: AtomicU64,
+    /// Tenants only: requests that waited in a fair queue, and the time they waited (µs).
+    pub queued: AtomicU64,
+    pub queue_wait_us: AtomicU64,
 }
 
 /// What one shard reports about itself.

@@ -142,6 +142,17 @@ impl ShardStats {
         }
     }
 
+    /// Count a wait in a fair queue.
+    pub fn queued(&self, tenant_slot: usize, waited: Duration) {
+        if let Some(s) = self.block.slots.get(tenant_slot) {
+            add(&s.queued, 1);
+            add(
+                &s.queue_wait_us,
+                u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
+            );
+        }
+    }
+
     /// The slot of the route with prefix `prefix`.
     pub fn route_slot(&self, prefix: &str) -> usize {
         self.slot(KIND_ROUTE, prefix, SLOT_OTHER_ROUTE)
@@ -226,6 +237,8 @@ pub struct SlotTotals {
     pub rejected: [u64; REJECT_REASONS],
     pub tokens_in: u64,
     pub tokens_out: u64,
+    pub queued: u64,
+    pub queue_wait_us: u64,
 }
 
 impl SlotTotals {
@@ -246,6 +259,8 @@ impl SlotTotals {
         }
         self.tokens_in += l(&s.tokens_in);
         self.tokens_out += l(&s.tokens_out);
+        self.queued += l(&s.queued);
+        self.queue_wait_us += l(&s.queue_wait_us);
     }
 
     /// Errors: 5xx answers and requests that got no answer.
@@ -294,6 +309,8 @@ impl SlotTotals {
         }
         d.tokens_in = d.tokens_in.saturating_sub(earlier.tokens_in);
         d.tokens_out = d.tokens_out.saturating_sub(earlier.tokens_out);
+        d.queued = d.queued.saturating_sub(earlier.queued);
+        d.queue_wait_us = d.queue_wait_us.saturating_sub(earlier.queue_wait_us);
         d
     }
 }
