@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use crate::control::shm::Region;
 use crate::control::{stats, unix_ms};
-use crate::metrics::{self, Scrape};
+use crate::metrics::{self, Scrape, TenantLive};
 
 /// Read and write timeout of an admin connection.
 pub const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -199,15 +199,30 @@ fn route(method: &str, target: &str, state: &AdminState) -> Reply {
     match path {
         "/metrics" => {
             let totals = stats::read(state.region);
-            let tenant_inflight: Vec<(String, u64)> = state
+            let now_ns = crate::admit::now_ns();
+            let tenant_live: Vec<TenantLive> = state
                 .region
                 .tenants()
-                .map(|(name, c)| (name, c.inflight.load(Ordering::Relaxed)))
+                // Upstream caps share the table under names starting with \u{1}.
+                .filter(|(name, _)| !name.starts_with('\u{1}'))
+                .map(|(name, c)| {
+                    let tokens = c.budget_tokens.load(Ordering::Relaxed);
+                    let window_ms = c.budget_window_ms.load(Ordering::Relaxed);
+                    let budget_remaining = (tokens > 0).then(|| {
+                        crate::limit::Budget::new(tokens, window_ms.saturating_mul(1_000_000))
+                            .remaining(&c.budget, now_ns)
+                    });
+                    TenantLive {
+                        name,
+                        inflight: c.inflight.load(Ordering::Relaxed),
+                        budget_remaining,
+                    }
+                })
                 .collect();
             let mut body = String::with_capacity(16 * 1024);
             metrics::render(
                 &Scrape {
-                    tenant_inflight: &tenant_inflight,
+                    tenant_live: &tenant_live,
                     totals: &totals,
                     instance: &state.instance,
                     started_unix_ms: state

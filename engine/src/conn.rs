@@ -1634,7 +1634,14 @@ async fn serve_mock(
     let now_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let reply = mock::respond(endpoint, &body, now_s, keep_alive);
+    // A tenant sees only the models it is approved for.
+    let reply = match (endpoint, c.ex.tenant) {
+        (MockEndpoint::Models, Some(t)) => {
+            let models = &snap.cfg.tenants[t].models;
+            Ok(mock::models_for(|m| models.allows(m), keep_alive))
+        }
+        _ => mock::respond(endpoint, &body, now_s, keep_alive),
+    };
     c.llm.body = body;
     let reply = match reply {
         Ok(r) => r,

@@ -18,8 +18,9 @@ use crate::limits::DURATION_BUCKETS_MS;
 /// region does not count.
 #[derive(Debug, Clone, Copy)]
 pub struct Scrape<'a> {
-    /// (tenant, requests in flight over all shards), from the region's shared tenant cells.
-    pub tenant_inflight: &'a [(String, u64)],
+    /// Each tenant's shared cells, read: requests in flight over all shards and the budget
+    /// left in the current window (None without a budget).
+    pub tenant_live: &'a [TenantLive],
     pub totals: &'a Totals,
     /// `[server] instance`: rendered as the `instance_name` label of `shardgate_build_info`
     /// (not `instance`, which Prometheus sets on every series to the scraped target).
@@ -98,6 +99,14 @@ const SHARD_FAMILIES: [ShardFamily; 9] = [
         value: |v| v.access_log_dropped,
     },
 ];
+
+/// One tenant's shared state, as the admin listener read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantLive {
+    pub name: String,
+    pub inflight: u64,
+    pub budget_remaining: Option<u64>,
+}
 
 /// Append the exposition of `s` to `out`.
 pub fn render(s: &Scrape<'_>, out: &mut String) {
@@ -230,8 +239,24 @@ pub fn render(s: &Scrape<'_>, out: &mut String) {
         "gauge",
         "Requests of the tenant in flight over all shards.",
     );
-    for (name, inflight) in s.tenant_inflight {
-        sample(out, "tenant_inflight", &[("tenant", name)], *inflight);
+    for t in s.tenant_live {
+        sample(out, "tenant_inflight", &[("tenant", &t.name)], t.inflight);
+    }
+    family(
+        out,
+        "tenant_budget_remaining_tokens",
+        "gauge",
+        "Tokens left in the tenant's budget for the current window (tenants with a budget).",
+    );
+    for t in s.tenant_live {
+        if let Some(left) = t.budget_remaining {
+            sample(
+                out,
+                "tenant_budget_remaining_tokens",
+                &[("tenant", &t.name)],
+                left,
+            );
+        }
     }
     // The OpenTelemetry GenAI histograms (`gen_ai_client_token_usage` per request,
     // `gen_ai_client_operation_duration`, `gen_ai_server_time_to_first_token`) need per-request
@@ -449,7 +474,11 @@ mod tests {
         let mut out = String::new();
         render(
             &Scrape {
-                tenant_inflight: &[("team-a".to_owned(), 2)],
+                tenant_live: &[TenantLive {
+                    name: "team-a".to_owned(),
+                    inflight: 2,
+                    budget_remaining: Some(7),
+                }],
                 totals: &totals,
                 instance: "main",
                 started_unix_ms: 1_000,

@@ -47,6 +47,20 @@ pub fn serves(method: &str, path: &str) -> Option<MockEndpoint> {
     }
 }
 
+/// The model list for a caller: the demo model when `allowed(MOCK_MODEL)`, nothing otherwise.
+pub fn models_for(allowed: impl Fn(&str) -> bool, keep_alive: bool) -> MockReply {
+    let data: Vec<Value> = [MOCK_MODEL]
+        .into_iter()
+        .filter(|m| allowed(m))
+        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "shardgate"}))
+        .collect();
+    MockReply::Whole(whole(
+        200,
+        &json!({"object": "list", "data": data}),
+        keep_alive,
+    ))
+}
+
 /// Answer a request for `endpoint`. `keep_alive` decides `Connection: close`.
 pub fn respond(
     endpoint: MockEndpoint,
@@ -302,5 +316,9 @@ mod tests {
         };
         assert!(String::from_utf8_lossy(&resp).contains("connection: close"));
         assert_eq!(body_of(&resp)["data"][0]["id"], "demo");
+        let MockReply::Whole(none) = models_for(|_| false, true) else {
+            panic!("expected a whole reply")
+        };
+        assert_eq!(body_of(&none)["data"].as_array().map(Vec::len), Some(0));
     }
 }

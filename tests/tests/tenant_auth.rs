@@ -206,3 +206,42 @@ fn the_embedded_default_serves_the_demo_key_only() {
         assert_eq!(c.read_response().status, status);
     }
 }
+
+#[test]
+fn a_tenant_lists_only_the_models_it_may_use() {
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncores = 1\n\n[[upstreams]]\nname = \"demo\"\nprovider = \"mock\"\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"demo\"\n\n\
+         [[tenants]]\nname = \"all\"\nkeys = [\"sha256:{}\"]\n\n\
+         [[tenants]]\nname = \"other\"\nkeys = [\"sha256:{}\"]\nmodels = [\"gpt-4o\"]\n",
+        sha256_hex(KEY_A),
+        sha256_hex(KEY_B)
+    );
+    let gw = Gateway::start(&cfg);
+    let ids = |key: &str| {
+        let mut c = Client::connect(gw.addr());
+        let r = get(&mut c, &format!("Authorization: Bearer {key}\r\n"));
+        assert_eq!(r.status, 200, "{}", r.summary());
+        r.json()["data"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(ids(KEY_A), vec!["demo".to_owned()]);
+    assert!(
+        ids(KEY_B).is_empty(),
+        "a model the tenant may not use is listed"
+    );
+    // And it cannot call it.
+    let body = r#"{"model":"demo","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut c = Client::connect(gw.addr());
+    c.send(format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {KEY_B}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    assert_error(&c.read_response(), 403, "model_not_allowed");
+}

@@ -31,7 +31,7 @@ use crate::limits::{
 
 /// `SHRDGT` + layout version: a ctl of another version refuses the region instead of
 /// misreading it.
-pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x03");
+pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x04");
 
 /// One 128-byte line (two on CPUs that prefetch pairs), so writers of different lines never
 /// share one.
@@ -88,6 +88,10 @@ pub struct TenantCells {
     pub inflight: AtomicU64,
     /// Budget window and tokens used in it (`crate::limit::Budget`).
     pub budget: AtomicU64,
+    /// The budget as configured (0: none) and its window, written by shards when a config is
+    /// applied, for readers (the admin listener's remaining-budget gauge).
+    pub budget_tokens: AtomicU64,
+    pub budget_window_ms: AtomicU64,
 }
 
 const TENANT_FREE: u64 = 0;
@@ -196,6 +200,7 @@ pub struct Region {
 const _: () = assert!(std::mem::align_of::<Fixed>() <= 4096);
 const _: () = assert!(std::mem::size_of::<Fixed>() % 4096 == 0);
 const _: () = assert!(std::mem::size_of::<ShardBlock>() % 4096 == 0);
+const _: () = assert!(std::mem::size_of::<TenantCells>() <= 128);
 
 impl Region {
     /// Create the region of `instance` for `shards` shards, replacing a stale file left by an
