@@ -11,6 +11,8 @@
 #
 # Usage: bench/scripts/alloc-per-request.sh    Environment: SHORT [2] LONG [6] CONNS [64]
 #   ACCESS_LOG [0]  1: run with the access log on (bench/peers/shardgate-log.toml, into WORK)
+#   TENANT [0]      1: run as a tenant (bench/peers/shardgate-tenant.toml: key, body scan,
+#                   limits, usage accounting)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -21,7 +23,9 @@ CONNS=${CONNS:-64}
 ACCESS_LOG=${ACCESS_LOG:-0}
 WORK=$(mktemp -d /tmp/shardgate-alloc.XXXXXX)
 CONFIG=$PEERS/shardgate.toml
-if [[ $ACCESS_LOG == 1 ]]; then
+if [[ ${TENANT:-0} == 1 ]]; then
+    CONFIG=$PEERS/shardgate-tenant.toml
+elif [[ $ACCESS_LOG == 1 ]]; then
     sed "s|@ACCESS_LOG@|$WORK/access.log|" "$PEERS/shardgate-log.toml" >"$WORK/shardgate-log.toml"
     CONFIG=$WORK/shardgate-log.toml
 fi

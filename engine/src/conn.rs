@@ -1441,9 +1441,7 @@ async fn check_and_admit(
     snap: &Snapshot,
     tenant: usize,
     body: &[u8],
-    wbuf: &[u8],
 ) -> Result<LlmCall, Next> {
-    let _ = wbuf;
     let tcfg = &snap.cfg.tenants[tenant];
     let info = match llm::inspect(body) {
         Ok(i) => i,
@@ -1547,7 +1545,7 @@ async fn proxy_llm(
     };
     let mut body = std::mem::take(&mut c.llm.body);
     let tenant = c.ex.tenant.unwrap_or_default();
-    let call = match check_and_admit(ctx, c, &snap, tenant, &body, &wbuf).await {
+    let call = match check_and_admit(ctx, c, &snap, tenant, &body).await {
         Ok(call) => call,
         Err(next) => {
             c.llm.body = body;
@@ -1576,18 +1574,37 @@ async fn proxy_llm(
     let ucfg = &snap.cfg.upstreams[upstream];
     let mut out = ctx.take_buf();
     out.clear();
-    {
+    let written = {
         let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
-        // The head parsed once already; parsing it again cannot fail.
-        if let Ok(Some(req)) = request::parse(&wbuf, &mut headers, &snap.cfg.server.head_limits()) {
-            let creds = Credentials {
-                drop_client_keys: true,
-                upstream: ucfg.credential.as_deref().unwrap_or_default(),
-                content_length: Some(body.len() as u64),
-            };
-            let authority = ucfg.endpoints[ep_index].authority.as_bytes();
-            req.write_upstream_head_with(authority, c.ip, &creds, &mut out);
+        match request::parse(&wbuf, &mut headers, &snap.cfg.server.head_limits()) {
+            Ok(Some(req)) => {
+                let creds = Credentials {
+                    drop_client_keys: true,
+                    upstream: ucfg.credential.as_deref().unwrap_or_default(),
+                    content_length: Some(body.len() as u64),
+                };
+                let authority = ucfg.endpoints[ep_index].authority.as_bytes();
+                req.write_upstream_head_with(authority, c.ip, &creds, &mut out);
+                true
+            }
+            // The same bytes parsed once already: unreachable, but never forward a bodyless head.
+            _ => false,
         }
+    };
+    if !written {
+        if c.ex.strip_usage {
+            std::mem::swap(&mut body, &mut c.llm.rewritten);
+        }
+        c.llm.body = body;
+        ctx.put_buf(wbuf);
+        return answer_error(
+            ctx,
+            c,
+            Error::BadRequest("unparsable request head"),
+            false,
+            out,
+        )
+        .await;
     }
     out.extend_from_slice(&body);
     if c.ex.strip_usage {
@@ -1621,10 +1638,7 @@ async fn serve_mock(
     };
     let body = std::mem::take(&mut c.llm.body);
     if let (Some(t), true) = (c.ex.tenant, endpoint.takes_body()) {
-        if let Err(next) = check_and_admit(ctx, c, &snap, t, &body, &wbuf)
-            .await
-            .map(|_| ())
-        {
+        if let Err(next) = check_and_admit(ctx, c, &snap, t, &body).await.map(|_| ()) {
             c.llm.body = body;
             ctx.put_buf(wbuf);
             return next;

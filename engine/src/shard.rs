@@ -31,6 +31,9 @@ use crate::upstream::Pools;
 /// How often a shard gives back tenants' stale leases, ms.
 const LEASE_CHECK_MS: u64 = 250;
 
+/// Largest write buffer kept as a spare, bytes.
+const SPARE_BUF_BYTES_MAX: usize = 256 * 1024;
+
 /// Spare write buffers kept per shard.
 const SPARE_BUFS_MAX: usize = 1024;
 
@@ -259,7 +262,11 @@ impl ShardCtx {
 
     pub fn put_buf(&self, mut buf: Vec<u8>) {
         let mut spare = self.spare_bufs.borrow_mut();
-        if spare.len() < SPARE_BUFS_MAX && buf.capacity() >= WRITE_BUF_BYTES {
+        // A buffer grown for a large request body is freed rather than kept idle.
+        if spare.len() < SPARE_BUFS_MAX
+            && buf.capacity() >= WRITE_BUF_BYTES
+            && buf.capacity() <= SPARE_BUF_BYTES_MAX
+        {
             buf.clear();
             spare.push(buf);
         }
