@@ -1188,23 +1188,31 @@ async fn relay_filtered(
             return Next::Close;
         };
         up.buf.drain(..n);
-        if c.ex.strip_usage {
-            c.llm.filter.feed(&data, &mut filtered);
-        } else {
-            // Nothing to drop (the client asked for usage itself, or the stream is
-            // Anthropic's): the filter only counts events, for the budget.
-            let mut counted = std::mem::take(&mut c.llm.rewritten);
-            counted.clear();
-            c.llm.filter.feed(&data, &mut counted);
-            c.llm.rewritten = counted;
-            filtered.extend_from_slice(&data);
-        }
-        if !cut && over_budget(c) {
-            SseFilter::error_event(
-                "the tenant's token budget is exhausted; the answer was cut",
-                &mut filtered,
-            );
-            cut = true;
+        // Event by event, so a stream is cut at the event that passes the budget, however
+        // many events one read brought.
+        let mut at = 0;
+        while at < data.len() && !cut {
+            let end = event_end(&data[at..]).map_or(data.len(), |n| at + n);
+            let piece = &data[at..end];
+            if c.ex.strip_usage {
+                c.llm.filter.feed(piece, &mut filtered);
+            } else {
+                // Nothing to drop (the client asked for usage itself, or the stream is
+                // Anthropic's): the filter only counts events, for the budget.
+                let mut counted = std::mem::take(&mut c.llm.rewritten);
+                counted.clear();
+                c.llm.filter.feed(piece, &mut counted);
+                c.llm.rewritten = counted;
+                filtered.extend_from_slice(piece);
+            }
+            at = end;
+            if over_budget(c) {
+                SseFilter::error_event(
+                    "the tenant's token budget is exhausted; the answer was cut",
+                    &mut filtered,
+                );
+                cut = true;
+            }
         }
         if relay.done && !cut && c.ex.strip_usage {
             c.llm.filter.finish(&mut filtered);
@@ -1265,6 +1273,20 @@ async fn relay_filtered(
         Next::KeepAlive
     } else {
         Next::Close
+    }
+}
+
+/// Bytes up to and including the end of the first SSE event in `data` (a blank line: `\n\n` or
+/// `\r\n\r\n`), if one ends there.
+fn event_end(data: &[u8]) -> Option<usize> {
+    let lf = data.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -425,8 +425,28 @@ fn streams_are_asked_for_usage_which_is_counted_and_hidden_unless_the_client_ask
 
 #[test]
 fn a_stream_past_the_budget_is_cut_with_an_error_event() {
-    let up = sse_upstream(400, Arc::new(AtomicUsize::new(0)));
-    // The request reserves ceil(len/4) + 20 tokens; the budget leaves room for ~60 more.
+    // All 400 events in one chunk, so one read brings the whole stream: the cut must still
+    // fall at the event that passes the budget.
+    let up = MockUpstream::start(
+        |_req: &Request, stream: &mut TcpStream| -> io::Result<Action> {
+            use std::io::Write;
+            stream.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )?;
+            let mut all = String::new();
+            for i in 0..400 {
+                all.push_str(&format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{i} \"}}}}]}}\n\n"
+            ));
+            }
+            all.push_str("data: [DONE]\n\n");
+            write_chunk(stream, all.as_bytes())?;
+            write_chunk(stream, b"")?;
+            Ok(Action::KeepAlive)
+        },
+    );
+    // The request reserves ceil(len/4) + 20 tokens; the budget leaves room for 60 more: at
+    // most 80 content events (the prompt's estimate counts too).
     let body = r#"{"model":"m","stream":true,"max_tokens":20,"messages":[]}"#;
     let reserve = (body.len() as u64).div_ceil(4) + 20;
     let cfg = ConfigBuilder::new(up.addr())
