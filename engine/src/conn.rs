@@ -1684,10 +1684,17 @@ async fn serve_mock(
         Err(e) => return answer_error(ctx, c, e, keep_alive, wbuf).await,
     };
     ctx.put_buf(wbuf);
-    let (head_bytes, frames) = match reply {
+    let (mut head_bytes, frames) = match reply {
         MockReply::Whole(bytes) => (bytes, Vec::new()),
         MockReply::Stream { head, frames } => (head, frames),
     };
+    // A tenant's answer carries its x-ratelimit-* headers, as a proxied one does.
+    if c.ex.admitted.is_some() && !c.rate_hdrs.is_empty() {
+        if let Some(at) = head_bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            let at = at + 2;
+            head_bytes.splice(at..at, c.rate_hdrs.iter().copied());
+        }
+    }
     c.ex.status = 200;
     if c.ex.tenant.is_some() && frames.is_empty() {
         // A whole JSON answer: its usage settles the tenant's tokens.
