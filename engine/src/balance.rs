@@ -1573,7 +1573,18 @@ mod tests {
         )
     }
 
+    /// The defaults (each strategy) half the time, anything at all the other half.
     fn policy() -> impl PropStrategy<Value = Policy> {
+        prop_oneof![
+            (0..4usize).prop_map(|s| Policy {
+                strategy: Strategy::ALL[s],
+                ..Policy::default()
+            }),
+            any_policy(),
+        ]
+    }
+
+    fn any_policy() -> impl PropStrategy<Value = Policy> {
         let small = prop_oneof![Just(0u32), 1..30u32, any::<u32>()];
         let duration = prop_oneof![
             (0..=600_000u64).prop_map(Duration::from_millis),
