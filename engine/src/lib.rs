@@ -6,6 +6,9 @@
 //! - [`http`]: request and response heads (httparse into stack arrays), framing rules,
 //!   the streaming chunked decoder.
 //! - [`route`]: longest-prefix route table.
+//! - [`balance`]: load balancing within a model group, per shard: round robin, smooth
+//!   weighted, least outstanding, and power of two choices by peak-EWMA latency; passive
+//!   health (ejection with a doubling cool-down, half-open probes, `Retry-After`).
 //! - [`tenant`]: tenants, their keys (by SHA-256) and approved models.
 //! - [`limit`]: tenant limits across shards without locks: GCRA per-minute limits with
 //!   shard-local leases, concurrency caps and windowed token budgets on shared-memory cells.
@@ -41,6 +44,7 @@
 pub mod accesslog;
 pub mod admin;
 pub mod admit;
+pub mod balance;
 pub mod config;
 pub mod conn;
 pub mod control;
