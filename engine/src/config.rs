@@ -79,6 +79,8 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     tenants: Vec<crate::tenant::RawTenant>,
+    #[serde(default)]
+    models: Vec<crate::models::RawModel>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,6 +293,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub tenants: Vec<crate::tenant::TenantConfig>,
+    /// Model groups: what clients name in `"model"`, and the deployments serving it.
+    pub models: Vec<crate::models::ModelGroup>,
     /// Things that work but should change (a plain key in the file): printed by `--check`,
     /// at start and by `shardgate-ctl check`.
     pub warnings: Vec<String>,
@@ -450,8 +454,11 @@ impl Validator<'_> {
                 );
             }
         }
-        if raw.routes.is_empty() {
-            self.error("routes", "at least one [[routes]] entry is needed");
+        if raw.routes.is_empty() && raw.models.is_empty() {
+            self.error(
+                "routes",
+                "at least one [[routes]] or [[models]] entry is needed",
+            );
         }
         if raw.routes.len() > ROUTES_MAX {
             self.error("routes", format!("at most {ROUTES_MAX} routes"));
@@ -480,6 +487,9 @@ impl Validator<'_> {
             }
         }
         let mut errors = Vec::new();
+        let models = crate::models::validate(raw.models, &upstreams, |field, reason| {
+            errors.push((field, reason));
+        });
         let mut warnings = Vec::new();
         let tenants = crate::tenant::validate(
             raw.tenants,
@@ -511,6 +521,7 @@ impl Validator<'_> {
             upstreams,
             routes,
             tenants,
+            models,
             warnings: Vec::new(),
         }
     }

@@ -20,6 +20,7 @@ use monoio::net::TcpStream;
 
 use crate::accesslog::Record;
 use crate::admit::{admit, now_ns, write_rate_headers, write_refusal_headers, Admitted};
+use crate::balance::{FailureKind, Outcome};
 use crate::config::{Auth, Provider, UpstreamConfig};
 use crate::control::stats::Reject;
 use crate::control::stats::{NO_SLOT, SLOT_UNROUTED};
@@ -83,11 +84,13 @@ enum Action {
     },
     /// A tenant's request to an LLM endpoint: read the body whole, check the model, admit by
     /// its token estimate, then forward (the upstream head is written after the body is read).
+    ///
+    /// `target`: the route's upstream, used when the body names no model group.
     ProxyLlm {
-        upstream: usize,
-        endpoint: usize,
-        ep_index: usize,
+        target: Option<(usize, usize, usize)>,
     },
+    /// `GET /v1/models` with `[[models]]`: the groups the caller may use, answered here.
+    Models,
     Refuse(Error),
 }
 
@@ -117,6 +120,8 @@ pub struct LlmBufs {
     body: Vec<u8>,
     /// The body with `stream_options.include_usage` added (or scratch while relaying).
     rewritten: Vec<u8>,
+    /// The body with the deployment's model name (before any other rewrite).
+    scratch: Vec<u8>,
     /// A filtered stream's de-chunked input and filtered output.
     sse_in: Vec<u8>,
     sse_out: Vec<u8>,
@@ -142,7 +147,13 @@ fn llm_give(ctx: &ShardCtx, c: &mut Client) {
     if c.llm_held {
         c.llm_held = false;
         let mut b = std::mem::take(&mut c.llm);
-        for v in [&mut b.body, &mut b.rewritten, &mut b.sse_in, &mut b.sse_out] {
+        for v in [
+            &mut b.body,
+            &mut b.rewritten,
+            &mut b.scratch,
+            &mut b.sse_in,
+            &mut b.sse_out,
+        ] {
             v.clear();
             if v.capacity() > BODY_BUF_KEEP_BYTES_MAX {
                 *v = Vec::new();
@@ -190,6 +201,8 @@ struct Exchange {
     counted: Option<u64>,
     /// The upstream whose capped slot this request holds (released when it ends).
     upstream_slot_held: Option<usize>,
+    /// Time from sending to the upstream until its response head (for the balancer).
+    ttfb: Option<Duration>,
 }
 
 impl Exchange {
@@ -214,6 +227,7 @@ impl Exchange {
             prompt_estimate: 0,
             counted: None,
             upstream_slot_held: None,
+            ttfb: None,
         }
     }
 
@@ -417,7 +431,7 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
     let llm_body = match action {
         Action::ProxyLlm { .. } => true,
         Action::Mock(m) => m.takes_body(),
-        Action::Health { .. } | Action::Refuse(_) | Action::Proxy { .. } => false,
+        Action::Health { .. } | Action::Refuse(_) | Action::Proxy { .. } | Action::Models => false,
     };
     if let (Some(t), false, false) = (
         c.ex.tenant,
@@ -475,11 +489,8 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
             .await
         }
         Action::Mock(endpoint) => serve_mock(ctx, c, head, endpoint, wbuf).await,
-        Action::ProxyLlm {
-            upstream,
-            endpoint,
-            ep_index,
-        } => proxy_llm(ctx, c, head, (upstream, endpoint, ep_index), wbuf).await,
+        Action::ProxyLlm { target } => proxy_llm(ctx, c, head, target, wbuf).await,
+        Action::Models => answer_models(ctx, c, &head, wbuf).await,
         Action::Proxy {
             upstream,
             endpoint,
@@ -562,10 +573,27 @@ fn decide(
             }
         }
     };
-    let Some(route) = snap.routes.lookup(path) else {
+    let models_on = !snap.cfg.models.is_empty();
+    let llm_call = llm::is_llm_request(req.method(), path);
+    let plain_path = path.split('?').next().unwrap_or(path);
+    if models_on && req.method() == "GET" && plain_path == "/v1/models" {
+        // The model groups the caller may use, answered here.
         return Ok(Some(Decision {
             head,
-            action: Action::Refuse(Error::NoRoute),
+            action: Action::Models,
+            route: None,
+            tenant,
+        }));
+    }
+    let Some(route) = snap.routes.lookup(path) else {
+        let action = if models_on && llm_call {
+            Action::ProxyLlm { target: None }
+        } else {
+            Action::Refuse(Error::NoRoute)
+        };
+        return Ok(Some(Decision {
+            head,
+            action,
             route: None,
             tenant,
         }));
@@ -577,12 +605,10 @@ fn decide(
             Some(endpoint) => Action::Mock(endpoint),
             None => Action::Refuse(Error::NoRoute),
         },
-        Provider::Http if tenant.is_some() && llm::is_llm_request(req.method(), path) => {
+        Provider::Http if llm_call && (tenant.is_some() || models_on) => {
             let (endpoint, ep_index) = snap.pick_endpoint(upstream);
             Action::ProxyLlm {
-                upstream,
-                endpoint,
-                ep_index,
+                target: Some((upstream, endpoint, ep_index)),
             }
         }
         Provider::Http => {
@@ -883,8 +909,12 @@ async fn forward(
             };
         }
         let extra = (!c.rate_hdrs.is_empty()).then_some(&c.rate_hdrs[..]);
+        let sent_at = Instant::now();
         match read_response_head(ctx, &mut up, ucfg, &head, extra, &mut wbuf).await {
-            Ok((relay, keep_alive)) => break (up, relay, keep_alive),
+            Ok((relay, keep_alive)) => {
+                c.ex.ttfb = Some(sent_at.elapsed());
+                break (up, relay, keep_alive);
+            }
             Err(HeadError::ClosedBeforeAnyByte) if up.reused && !retried && replayable => {
                 retried = true;
                 continue;
@@ -1461,10 +1491,9 @@ async fn check_and_admit(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
     snap: &Snapshot,
-    tenant: usize,
+    tenant: Option<usize>,
     body: &[u8],
 ) -> Result<LlmCall, Next> {
-    let tcfg = &snap.cfg.tenants[tenant];
     let info = match llm::inspect(body) {
         Ok(i) => i,
         Err(e) => {
@@ -1478,6 +1507,18 @@ async fn check_and_admit(
             answer_error(ctx, c, Error::BadBody("the body names no model"), true, buf).await,
         );
     };
+    let group = snap.model_index.get(model).copied();
+    let call = LlmCall {
+        stream: info.stream,
+        include_usage: info.include_usage,
+        group,
+    };
+    let Some(tenant) = tenant else {
+        // No tenant (auth = "none"): nothing to approve or admit.
+        c.ex.scan = false;
+        return Ok(call);
+    };
+    let tcfg = &snap.cfg.tenants[tenant];
     if !tcfg.models.allows(model) {
         ctx.control.stats.reject(c.ex.tenant_slot, Reject::Model);
         let buf = ctx.take_buf();
@@ -1486,10 +1527,6 @@ async fn check_and_admit(
     let tokens = llm::estimate_tokens(body.len(), info.max_tokens, tcfg.default_max_tokens);
     c.ex.scan = true;
     c.ex.prompt_estimate = llm::estimate_tokens(body.len(), Some(0), 0);
-    let call = LlmCall {
-        stream: info.stream,
-        include_usage: info.include_usage,
-    };
     admit_tenant(ctx, c, snap, tenant, tokens, true, 0).await?;
     Ok(call)
 }
@@ -1499,6 +1536,8 @@ async fn check_and_admit(
 struct LlmCall {
     stream: bool,
     include_usage: bool,
+    /// The model group the body names, if any.
+    group: Option<usize>,
 }
 
 /// Admit the current request for `tenant` (estimated at `tokens`), or answer 429.
@@ -1552,7 +1591,7 @@ async fn proxy_llm(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
     head: RequestHead,
-    target: (usize, usize, usize),
+    route_target: Option<(usize, usize, usize)>,
     mut wbuf: Vec<u8>,
 ) -> Next {
     let snap = c.snap.clone();
@@ -1566,7 +1605,7 @@ async fn proxy_llm(
         Err(next) => return next,
     };
     let mut body = std::mem::take(&mut c.llm.body);
-    let tenant = c.ex.tenant.unwrap_or_default();
+    let tenant = c.ex.tenant;
     let call = match check_and_admit(ctx, c, &snap, tenant, &body).await {
         Ok(call) => call,
         Err(next) => {
@@ -1574,6 +1613,37 @@ async fn proxy_llm(
             ctx.put_buf(wbuf);
             return next;
         }
+    };
+    // A model group: pick a deployment (the group's strategy; then its fallbacks, in order)
+    // and send the deployment's own name for the model.
+    let mut attempt_of = None;
+    let target = match call.group {
+        Some(g) => match pick_deployment(ctx, &snap, g) {
+            Some((group, idx)) => {
+                let dep = &snap.cfg.models[group].deployments[idx];
+                let (endpoint, ep_index) = snap.pick_endpoint(dep.upstream);
+                c.llm.scratch.clear();
+                if llm::with_model(&body, &dep.model, &mut c.llm.scratch).is_ok() {
+                    std::mem::swap(&mut body, &mut c.llm.scratch);
+                }
+                attempt_of = Some((group, idx));
+                (dep.upstream, endpoint, ep_index)
+            }
+            None => {
+                c.llm.body = body;
+                ctx.put_buf(wbuf);
+                return answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf()).await;
+            }
+        },
+        None => match route_target {
+            Some(t) if snap.cfg.models.is_empty() => t,
+            // With model groups, a model no group serves is unknown (OpenAI's 404).
+            _ => {
+                c.llm.body = body;
+                ctx.put_buf(wbuf);
+                return answer_error(ctx, c, Error::ModelNotFound, true, ctx.take_buf()).await;
+            }
+        },
     };
     // A stream is asked for its usage (OpenAI's `stream_options.include_usage`; Anthropic
     // streams always carry it) so its tokens are settled from what was really used; the extra
@@ -1635,7 +1705,142 @@ async fn proxy_llm(
     }
     c.llm.body = body;
     ctx.put_buf(wbuf);
-    forward(ctx, c, head, target, out, BodyLeft::Done).await
+    let Some((g, idx)) = attempt_of else {
+        return forward(ctx, c, head, target, out, BodyLeft::Done).await;
+    };
+    // Measure the attempt for the balancer: time to the response head, and how it ended.
+    let group = &snap.groups[g];
+    let started = balance_now_ns();
+    let attempt = group.start(idx, started);
+    c.ex.ttfb = None;
+    let next = forward(ctx, c, head, target, out, BodyLeft::Done).await;
+    if let Some(a) = attempt {
+        a.finish(balance_now_ns(), &outcome_of(&c.ex, started));
+    }
+    next
+}
+
+/// `GET /v1/models` with model groups: the groups the caller may use, in OpenAI's list shape.
+async fn answer_models(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    head: &RequestHead,
+    mut wbuf: Vec<u8>,
+) -> Next {
+    let snap = c.snap.clone();
+    c.buf.drain(..head.head_len);
+    if head.body != BodyKind::None {
+        return answer_error(
+            ctx,
+            c,
+            Error::BadRequest("GET /v1/models takes no body"),
+            false,
+            wbuf,
+        )
+        .await;
+    }
+    let allowed = |name: &str| match c.ex.tenant {
+        Some(t) => snap.cfg.tenants[t].models.allows(name),
+        None => true,
+    };
+    // Group names are printable ASCII without quotes or backslashes (validated): no escaping.
+    let mut body = std::mem::take(&mut c.rate_hdrs);
+    let hdrs_len = body.len();
+    body.extend_from_slice(br#"{"object":"list","data":["#);
+    let mut first = true;
+    for m in &snap.cfg.models {
+        if !allowed(&m.name) {
+            continue;
+        }
+        if !first {
+            body.push(b',');
+        }
+        first = false;
+        body.extend_from_slice(br#"{"id":""#);
+        body.extend_from_slice(m.name.as_bytes());
+        body.extend_from_slice(br#"","object":"model","created":0,"owned_by":"shardgate"}"#);
+    }
+    body.extend_from_slice(b"]}");
+    let keep_alive = head.keep_alive && !ctx.drain.is_fired();
+    wbuf.clear();
+    crate::http::write_status_line(&mut wbuf, 200);
+    wbuf.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
+    crate::http::write_decimal(&mut wbuf, (body.len() - hdrs_len) as u64);
+    wbuf.extend_from_slice(b"\r\n");
+    if !keep_alive {
+        wbuf.extend_from_slice(b"connection: close\r\n");
+    }
+    // A tenant's rate headers (admitted at the head) ride along.
+    wbuf.extend_from_slice(&body[..hdrs_len]);
+    wbuf.extend_from_slice(b"\r\n");
+    wbuf.extend_from_slice(&body[hdrs_len..]);
+    body.truncate(hdrs_len);
+    c.rate_hdrs = body;
+    c.ex.status = 200;
+    let (res, buf) = send(c, wbuf, snap.cfg.server.send_timeout).await;
+    if let Some(buf) = buf {
+        ctx.put_buf(buf);
+    }
+    if res.is_ok() && keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
+/// The deployment for a request to group `g`: picked by the group's strategy while it has a
+/// deployment admitted (healthy or on probation); otherwise from the first fallback that has
+/// one; and when none has, the group's least bad deployment (a group never refuses for
+/// health alone). (group, deployment index).
+fn pick_deployment(ctx: &ShardCtx, snap: &Snapshot, g: usize) -> Option<(usize, usize)> {
+    let now = balance_now_ns();
+    let mut rng = || ctx.next_random();
+    let primary = snap.groups.get(g)?;
+    if primary.has_admitted(now) {
+        if let Some(idx) = primary.pick(now, &mut rng, &[]) {
+            return Some((g, idx));
+        }
+    }
+    for &f in &snap.cfg.models[g].fallbacks {
+        let Some(gr) = snap.groups.get(f) else {
+            continue;
+        };
+        if gr.has_admitted(now) {
+            if let Some(idx) = gr.pick(now, &mut rng, &[]) {
+                return Some((f, idx));
+            }
+        }
+    }
+    primary.pick(now, &mut rng, &[]).map(|idx| (g, idx))
+}
+
+/// The balancer's clock: a monotonic ns count (only differences matter).
+fn balance_now_ns() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// How an attempt at a deployment ended, for its health and latency estimate.
+fn outcome_of(ex: &Exchange, started_ns: u64) -> Outcome {
+    let _ = started_ns;
+    match (ex.ttfb, ex.local_error, ex.status) {
+        // The upstream answered: its status says how it is doing.
+        (Some(_), _, s) if s == 429 || s >= 500 => Outcome::Failure {
+            kind: FailureKind::Status(s),
+            retry_after: None,
+        },
+        (Some(latency), _, _) => Outcome::Success { latency },
+        // No answer: our own 504 is a timeout, anything else a failed connection.
+        (None, _, 504) => Outcome::Failure {
+            kind: FailureKind::Timeout,
+            retry_after: None,
+        },
+        (None, _, _) => Outcome::Failure {
+            kind: FailureKind::Connect,
+            retry_after: None,
+        },
+    }
 }
 
 // ----- the built-in mock model -----
@@ -1660,7 +1865,10 @@ async fn serve_mock(
     };
     let body = std::mem::take(&mut c.llm.body);
     if let (Some(t), true) = (c.ex.tenant, endpoint.takes_body()) {
-        if let Err(next) = check_and_admit(ctx, c, &snap, t, &body).await.map(|_| ()) {
+        if let Err(next) = check_and_admit(ctx, c, &snap, Some(t), &body)
+            .await
+            .map(|_| ())
+        {
             c.llm.body = body;
             ctx.put_buf(wbuf);
             return next;

@@ -61,6 +61,10 @@ pub enum Error {
     RateLimited(Limit),
     /// The request body is not what an LLM endpoint takes (not JSON, a field of the wrong type).
     BadBody(&'static str),
+    /// No `[[models]]` group serves the model the body names.
+    ModelNotFound,
+    /// Every deployment of the model's group (and of its fallbacks) is capped out.
+    NoDeployment,
 }
 
 /// Which tenant limit refused a request.
@@ -93,6 +97,8 @@ impl Error {
             Error::ModelNotAllowed => 403,
             Error::RateLimited(_) => 429,
             Error::BadBody(_) => 400,
+            Error::ModelNotFound => 404,
+            Error::NoDeployment => 503,
         }
     }
 
@@ -119,6 +125,8 @@ impl Error {
             Error::RateLimited(Limit::Budget) => "insufficient_quota",
             Error::RateLimited(_) => "rate_limit_exceeded",
             Error::BadBody(_) => "invalid_body",
+            Error::ModelNotFound => "model_not_found",
+            Error::NoDeployment => "no_deployment_available",
         }
     }
 
@@ -128,7 +136,9 @@ impl Error {
             Error::UpstreamUnavailable | Error::UpstreamBadResponse(_) | Error::UpstreamTimeout => {
                 Side::Upstream
             }
-            Error::NoRoute | Error::ShuttingDown => Side::Internal,
+            Error::NoRoute | Error::ShuttingDown | Error::ModelNotFound | Error::NoDeployment => {
+                Side::Internal
+            }
             _ => Side::Client,
         }
     }
@@ -173,7 +183,9 @@ impl Error {
         match self.side() {
             Side::Client => "invalid_request_error",
             Side::Upstream => "upstream_error",
-            Side::Internal if self == Error::NoRoute => "invalid_request_error",
+            Side::Internal if matches!(self, Error::NoRoute | Error::ModelNotFound) => {
+                "invalid_request_error"
+            }
             Side::Internal => "server_error",
         }
     }
@@ -204,6 +216,8 @@ impl Error {
             Error::RateLimited(Limit::Tokens) => "rate limit reached: tokens per minute",
             Error::RateLimited(Limit::Concurrency) => "rate limit reached: requests in flight",
             Error::RateLimited(Limit::Budget) => "token budget exhausted for this window",
+            Error::ModelNotFound => "the model does not exist or is not served by this gateway",
+            Error::NoDeployment => "every deployment of this model is at capacity; retry shortly",
             Error::RateLimited(Limit::Queue) => {
                 "the upstream is at capacity and this key's queue is full or waited too long"
             }
@@ -309,6 +323,8 @@ mod tests {
         Error::RateLimited(Limit::Budget),
         Error::RateLimited(Limit::Queue),
         Error::BadBody("x"),
+        Error::ModelNotFound,
+        Error::NoDeployment,
     ];
 
     #[test]

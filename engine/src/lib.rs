@@ -9,6 +9,7 @@
 //! - [`balance`]: load balancing within a model group, per shard: round robin, smooth
 //!   weighted, least outstanding, and power of two choices by peak-EWMA latency; passive
 //!   health (ejection with a doubling cool-down, half-open probes, `Retry-After`).
+//! - [`models`]: `[[models]]` groups of deployments, validated.
 //! - [`tenant`]: tenants, their keys (by SHA-256) and approved models.
 //! - [`limit`]: tenant limits across shards without locks: GCRA per-minute limits with
 //!   shard-local leases, concurrency caps and windowed token budgets on shared-memory cells.
@@ -57,6 +58,7 @@ pub mod limits;
 pub mod llm;
 pub mod metrics;
 pub mod mock;
+pub mod models;
 pub mod route;
 pub mod runtime;
 pub mod shard;

@@ -4,6 +4,7 @@
 //! shutdown flag is read on a timer.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +15,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 
 use crate::accesslog::ShardLog;
 use crate::admit::{Locals, TenantLimits};
+use crate::balance::{DeploymentSpec, Group, Policy};
 use crate::config::{Config, DriverChoice, Overrides};
 use crate::control::shm::{Region, ShardInfo};
 use crate::control::stats::{self, ShardStats};
@@ -68,6 +70,10 @@ pub struct Snapshot {
     pub tenant_stats: Vec<usize>,
     /// Per upstream: its cap on requests in flight and this shard's fair queue in front of it.
     pub upstream_caps: Vec<UpstreamCap>,
+    /// Model name → group index, and each group's balancer state on this shard (rebuilt with
+    /// each config: latency estimates and health start afresh after an apply).
+    pub model_index: HashMap<String, usize>,
+    pub groups: Vec<Group>,
 }
 
 impl Snapshot {
@@ -112,6 +118,32 @@ impl Snapshot {
                 .iter()
                 .map(|t| stats.tenant_slot(&t.name))
                 .collect(),
+            model_index: cfg
+                .models
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.name.clone(), i))
+                .collect(),
+            groups: cfg
+                .models
+                .iter()
+                .filter_map(|m| {
+                    let policy = Policy {
+                        strategy: m.strategy,
+                        ..Policy::default()
+                    };
+                    let specs: Vec<DeploymentSpec> = m
+                        .deployments
+                        .iter()
+                        .map(|d| DeploymentSpec {
+                            weight: d.weight,
+                            max_outstanding: d.max_outstanding,
+                        })
+                        .collect();
+                    // Validation guarantees 1 to 256 deployments.
+                    Group::new(&policy, &specs, 0).ok()
+                })
+                .collect(),
             upstream_caps: cfg
                 .upstreams
                 .iter()
@@ -153,6 +185,8 @@ pub struct ShardCtx {
     locals: Locals,
     /// Fair queues in front of capped upstreams, by upstream name.
     queues: Queues,
+    /// The shard's random source (xorshift; for the balancers' random choices).
+    rng: Cell<u64>,
     /// Buffers of LLM requests, lent per request.
     pub llm_pool: RefCell<Vec<crate::conn::LlmBufs>>,
     /// Open client connections (mirrored into the shared counters).
@@ -191,6 +225,7 @@ impl ShardCtx {
             access_log,
             locals,
             queues,
+            rng: Cell::new(0x9e37_79b9_7f4a_7c15 ^ (id as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)),
             llm_pool: RefCell::new(Vec::new()),
             connections: Cell::new(0),
         }
@@ -225,6 +260,16 @@ impl ShardCtx {
             self.control.applied(version);
             tracing::info!(shard = self.id, version, "config applied");
         }
+    }
+
+    /// The next number of the shard's xorshift64 sequence.
+    pub fn next_random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        x
     }
 
     pub fn info(&self) -> &'static ShardInfo {

@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
         for minor in [0, 1] {
             let framing = client_framing(head.body, minor);
             let mut out = Vec::new();
-            write_client_head(&head, &resp, framing, minor, true, &mut out);
+            write_client_head(&head, &resp, framing, minor, true, None, &mut out);
         }
     }
 });

@@ -43,7 +43,8 @@ mod sse;
 mod usage;
 
 pub use request::{
-    estimate_tokens, inspect, with_include_usage, RequestInfo, INCLUDE_USAGE_GROWTH_BYTES_MAX,
+    estimate_tokens, inspect, with_include_usage, with_model, RequestInfo,
+    INCLUDE_USAGE_GROWTH_BYTES_MAX,
 };
 pub use sse::SseFilter;
 pub use usage::{BodyKind, Usage, UsageScanner};

@@ -157,6 +157,26 @@ struct Scan<'a> {
     stream_options: Option<Value<'a>>,
     /// The `stream_options.include_usage` value, when present.
     include_usage: Option<Value<'a>>,
+    /// The top-level `model` value, when present.
+    model_value: Option<Value<'a>>,
+}
+
+/// Write into `out` (appended) the body with its top-level `model` replaced by `model` (a
+/// deployment's own name for it). `model` must need no JSON escaping (config validation
+/// guarantees it: printable ASCII without `"` or `\`).
+pub fn with_model(body: &[u8], model: &str, out: &mut Vec<u8>) -> Result<(), BodyError> {
+    let s = scan(body)?;
+    let v = s.model_value.ok_or(BodyError::BadField("model"))?;
+    let (Some(head), Some(tail)) = (body.get(..v.start), body.get(v.end..)) else {
+        return Err(BodyError::NotJson);
+    };
+    out.reserve(body.len() + model.len() + 2);
+    out.extend_from_slice(head);
+    out.push(b'"');
+    out.extend_from_slice(model.as_bytes());
+    out.push(b'"');
+    out.extend_from_slice(tail);
+    Ok(())
 }
 
 fn scan(body: &[u8]) -> Result<Scan<'_>, BodyError> {
@@ -180,6 +200,7 @@ fn scan(body: &[u8]) -> Result<Scan<'_>, BodyError> {
         open: members.open(),
         stream_options: None,
         include_usage: None,
+        model_value: None,
     };
     // The first field error; reported only if the whole body is valid JSON.
     let mut field_error: Option<BodyError> = None;
@@ -199,7 +220,10 @@ fn scan(body: &[u8]) -> Result<Scan<'_>, BodyError> {
             Err(BodyError::BadField(name))
         } else {
             match name {
-                "model" => model(value, &mut s.info.decoded).map(|m| s.info.model = m),
+                "model" => model(value, &mut s.info.decoded).map(|m| {
+                    s.info.model = m;
+                    s.model_value = Some(value);
+                }),
                 "stream" => optional_bool(value, name).map(|b| s.info.stream = b),
                 "max_tokens" => optional_u64(value, name).map(|n| max_tokens = n),
                 "max_completion_tokens" => {
@@ -310,6 +334,23 @@ mod tests {
 
     fn err(body: &str) -> BodyError {
         inspect(body.as_bytes()).expect_err("refused")
+    }
+
+    #[test]
+    fn with_model_replaces_only_the_top_level_model() {
+        let body = br#"{"messages":[{"model":"inner"}],"model" : "gpt-4o","stream":true}"#;
+        let mut out = Vec::new();
+        with_model(body, "gpt-4o-2024-08-06", &mut out).expect("rewritten");
+        assert_eq!(
+            out,
+            br#"{"messages":[{"model":"inner"}],"model" : "gpt-4o-2024-08-06","stream":true}"#
+        );
+        let info = inspect(&out).expect("valid");
+        assert_eq!(info.model(), Some("gpt-4o-2024-08-06"));
+        assert!(info.stream);
+        let mut out = Vec::new();
+        assert!(with_model(br#"{"messages":[]}"#, "m", &mut out).is_err());
+        assert!(with_model(br#"{"model":"a","model":"b"}"#, "m", &mut out).is_err());
     }
 
     #[test]

@@ -1,0 +1,202 @@
+//! Model groups: what clients put in `"model"`, and the deployments (an upstream and its own
+//! name for the model) that serve it, balanced by a strategy (`crate::balance`).
+//!
+//! I/O-free: `[[models]]` entries are validated into [`ModelGroup`]s naming upstreams by index.
+
+use serde::Deserialize;
+
+use crate::balance::Strategy;
+use crate::config::UpstreamConfig;
+
+/// Most model groups, deployments per group, retries and fallbacks.
+pub const MODEL_GROUPS_MAX: usize = 4096;
+pub const RETRIES_MAX: u32 = 10;
+pub const FALLBACKS_MAX: usize = 8;
+/// Default `retries`: further deployments tried after a failure before any byte was sent on.
+pub const RETRIES_DEFAULT: u32 = 2;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    name: String,
+    strategy: Option<String>,
+    #[serde(default)]
+    fallbacks: Vec<String>,
+    retries: Option<i64>,
+    #[serde(default)]
+    deployments: Vec<RawDeployment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeployment {
+    upstream: String,
+    model: Option<String>,
+    weight: Option<i64>,
+    max_outstanding: Option<i64>,
+}
+
+/// One deployment of a model group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    /// Index into the config's upstreams.
+    pub upstream: usize,
+    /// The model name sent to this upstream (the group's name when not given).
+    pub model: String,
+    pub weight: u32,
+    /// Requests in flight per shard past which the deployment is skipped.
+    pub max_outstanding: Option<u32>,
+}
+
+/// A validated `[[models]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelGroup {
+    pub name: String,
+    pub strategy: Strategy,
+    /// Other groups (indices) tried in order when this one has no deployment left.
+    pub fallbacks: Vec<usize>,
+    pub retries: u32,
+    pub deployments: Vec<Deployment>,
+}
+
+/// A model name as it may appear in config: 1 to 256 printable ASCII characters without `"`
+/// or `\` (so it is written into a request body without escaping).
+fn check_model_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= crate::llm::MODEL_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?}: must be 1 to 256 printable ASCII characters without '\"' or '\\\\'"
+        ))
+    }
+}
+
+/// Validate `[[models]]` against the upstreams; problems go to `error(field, reason)`.
+pub fn validate(
+    raw: Vec<RawModel>,
+    upstreams: &[UpstreamConfig],
+    mut error: impl FnMut(String, String),
+) -> Vec<ModelGroup> {
+    if raw.len() > MODEL_GROUPS_MAX {
+        error(
+            "models".into(),
+            format!("at most {MODEL_GROUPS_MAX} model groups"),
+        );
+    }
+    let names: Vec<String> = raw.iter().map(|m| m.name.clone()).collect();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, m) in raw.into_iter().enumerate() {
+        let f = |k: &str| format!("models[{i}].{k}");
+        if let Err(e) = check_model_name(&m.name) {
+            error(f("name"), e);
+        }
+        if names[..i].contains(&m.name) {
+            error(f("name"), format!("duplicate model {:?}", m.name));
+        }
+        let strategy = match m.strategy.as_deref() {
+            None => Strategy::Latency,
+            Some(s) => Strategy::parse(s).unwrap_or_else(|| {
+                error(
+                    f("strategy"),
+                    format!(
+                        "must be round_robin, weighted, least_outstanding or latency, got {s:?}"
+                    ),
+                );
+                Strategy::Latency
+            }),
+        };
+        let retries = match m.retries {
+            None => RETRIES_DEFAULT,
+            Some(r) => match u32::try_from(r) {
+                Ok(r) if r <= RETRIES_MAX => r,
+                _ => {
+                    error(f("retries"), format!("must be 0 to {RETRIES_MAX}, got {r}"));
+                    RETRIES_DEFAULT
+                }
+            },
+        };
+        if m.fallbacks.len() > FALLBACKS_MAX {
+            error(f("fallbacks"), format!("at most {FALLBACKS_MAX} fallbacks"));
+        }
+        let mut fallbacks = Vec::with_capacity(m.fallbacks.len());
+        for (j, fb) in m.fallbacks.iter().enumerate() {
+            match names.iter().position(|n| n == fb) {
+                Some(k) if k == i => error(
+                    format!("models[{i}].fallbacks[{j}]"),
+                    "a group cannot fall back to itself".into(),
+                ),
+                Some(k) => fallbacks.push(k),
+                None => error(
+                    format!("models[{i}].fallbacks[{j}]"),
+                    format!("no [[models]] entry is named {fb:?}"),
+                ),
+            }
+        }
+        if m.deployments.is_empty() {
+            error(f("deployments"), "at least one deployment is needed".into());
+        }
+        if m.deployments.len() > crate::balance::DEPLOYMENTS_MAX {
+            error(
+                f("deployments"),
+                format!("at most {} deployments", crate::balance::DEPLOYMENTS_MAX),
+            );
+        }
+        let mut deployments = Vec::with_capacity(m.deployments.len());
+        for (j, d) in m.deployments.into_iter().enumerate() {
+            let g = |k: &str| format!("models[{i}].deployments[{j}].{k}");
+            let Some(upstream) = upstreams.iter().position(|u| u.name == d.upstream) else {
+                error(
+                    g("upstream"),
+                    format!("no [[upstreams]] entry is named {:?}", d.upstream),
+                );
+                continue;
+            };
+            if upstreams[upstream].provider == crate::config::Provider::Mock {
+                error(
+                    g("upstream"),
+                    "the built-in mock cannot be a deployment; route to it with [[routes]]".into(),
+                );
+            }
+            let model = d.model.unwrap_or_else(|| m.name.clone());
+            if let Err(e) = check_model_name(&model) {
+                error(g("model"), e);
+            }
+            let weight = match d.weight {
+                None => 1,
+                Some(w) => u32::try_from(w)
+                    .ok()
+                    .filter(|w| (1..=1000).contains(w))
+                    .unwrap_or_else(|| {
+                        error(g("weight"), format!("must be 1 to 1000, got {w}"));
+                        1
+                    }),
+            };
+            let max_outstanding = d.max_outstanding.and_then(|v| match u32::try_from(v) {
+                Ok(v) if v >= 1 => Some(v),
+                _ => {
+                    error(g("max_outstanding"), format!("must be at least 1, got {v}"));
+                    None
+                }
+            });
+            deployments.push(Deployment {
+                upstream,
+                model,
+                weight,
+                max_outstanding,
+            });
+        }
+        out.push(ModelGroup {
+            name: m.name,
+            strategy,
+            fallbacks,
+            retries,
+            deployments,
+        });
+    }
+    out
+}

@@ -1,0 +1,176 @@
+//! Model groups: requests routed by the body's `model` to a group's deployments, the model
+//! rewritten to the deployment's own name, the `latency` strategy preferring the faster one,
+//! unknown models answered 404, `/v1/models` answered locally, fallbacks when a group is down.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use shardgate_tests::{
+    assert_error, free_port, sleep, write_response, Action, Client, Gateway, MockUpstream, Request,
+};
+
+/// An upstream that waits `delay` and answers with its `name` and the model it was asked for.
+fn deployment(name: &'static str, delay: Duration) -> MockUpstream {
+    MockUpstream::start(
+        move |req: &Request, stream: &mut TcpStream| -> io::Result<Action> {
+            sleep(delay);
+            let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+            let answer = serde_json::json!({
+                "served_by": name,
+                "model": body["model"],
+                "choices": [],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1}
+            });
+            write_response(
+                stream,
+                200,
+                "application/json",
+                answer.to_string().as_bytes(),
+            )?;
+            Ok(Action::KeepAlive)
+        },
+    )
+}
+
+fn config(upstreams: &[(&str, SocketAddr)], models: &str) -> String {
+    let mut s = String::from("[server]\nlisten = \"127.0.0.1:0\"\ncores = 1\nauth = \"none\"\n");
+    for (name, addr) in upstreams {
+        s.push_str(&format!(
+            "\n[[upstreams]]\nname = \"{name}\"\nendpoints = [\"http://{addr}\"]\nconnect_timeout_ms = 300\n"
+        ));
+    }
+    s.push_str(models);
+    s
+}
+
+fn chat(c: &mut Client, model: &str) -> shardgate_tests::Response {
+    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    c.send(format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    c.read_response()
+}
+
+#[test]
+fn the_latency_strategy_prefers_the_faster_deployment_and_models_are_rewritten() {
+    let fast = deployment("fast", Duration::from_millis(2));
+    let slow = deployment("slow", Duration::from_millis(40));
+    let cfg = config(
+        &[("fast", fast.addr()), ("slow", slow.addr())],
+        r#"
+[[models]]
+name = "gpt-4o"
+strategy = "latency"
+deployments = [
+  { upstream = "fast", model = "gpt-4o-2024-08-06" },
+  { upstream = "slow", model = "gpt-4o-azure" },
+]
+"#,
+    );
+    let gw = Gateway::start(&cfg);
+    // Several clients at once, so outstanding requests weigh in too.
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = gw.addr();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let mut fast = 0;
+                for _ in 0..50 {
+                    let r = chat(&mut c, "gpt-4o");
+                    assert_eq!(r.status, 200, "{}", r.summary());
+                    let j = r.json();
+                    match j["served_by"].as_str() {
+                        Some("fast") => {
+                            assert_eq!(j["model"], "gpt-4o-2024-08-06");
+                            fast += 1;
+                        }
+                        Some("slow") => assert_eq!(j["model"], "gpt-4o-azure"),
+                        other => panic!("served by {other:?}"),
+                    }
+                }
+                fast
+            })
+        })
+        .collect();
+    let fast: usize = threads.into_iter().map(|t| t.join().expect("client")).sum();
+    assert!(
+        fast >= 160,
+        "only {fast} of 200 went to the faster deployment"
+    );
+}
+
+#[test]
+fn unknown_models_are_404_and_the_model_list_is_answered_here() {
+    let a = deployment("a", Duration::ZERO);
+    let cfg = config(
+        &[("a", a.addr())],
+        r#"
+[[models]]
+name = "gpt-4o"
+deployments = [{ upstream = "a" }]
+
+[[models]]
+name = "gpt-4o-mini"
+deployments = [{ upstream = "a" }]
+"#,
+    );
+    let gw = Gateway::start(&cfg);
+    let mut c = Client::connect(gw.addr());
+    assert_error(&chat(&mut c, "o1"), 404, "model_not_found");
+    let mut c = Client::connect(gw.addr());
+    c.send("GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.summary());
+    let ids: Vec<String> = r.json()["data"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ids, vec!["gpt-4o", "gpt-4o-mini"]);
+    assert_eq!(
+        a.requests().len(),
+        0,
+        "the list was fetched from an upstream"
+    );
+    // The model's own name goes upstream when a deployment gives none.
+    assert_eq!(chat(&mut c, "gpt-4o-mini").json()["model"], "gpt-4o-mini");
+}
+
+#[test]
+fn a_group_that_is_down_falls_back_to_the_next() {
+    let backup = deployment("backup", Duration::ZERO);
+    let dead = free_port();
+    let cfg = config(
+        &[("dead", dead), ("backup", backup.addr())],
+        r#"
+[[models]]
+name = "primary"
+fallbacks = ["spare"]
+deployments = [{ upstream = "dead" }]
+
+[[models]]
+name = "spare"
+deployments = [{ upstream = "backup", model = "spare-model" }]
+"#,
+    );
+    let gw = Gateway::start(&cfg);
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let mut c = Client::connect(gw.addr());
+        let r = chat(&mut c, "primary");
+        statuses.push(r.status);
+        if r.status == 200 {
+            assert_eq!(r.json()["served_by"], "backup");
+            assert_eq!(r.json()["model"], "spare-model");
+        }
+    }
+    // Until the dead deployment is ejected (5 failures) its requests fail; then the fallback
+    // group serves them.
+    assert!(
+        statuses[6..].iter().all(|s| *s == 200),
+        "no fallback after the group went down: {statuses:?}"
+    );
+}
