@@ -1264,6 +1264,11 @@ mod tests {
             filled(&t, SEED).expect("filled"),
             r#"{"model":"gpt-4o","messages":[{"role":"system","content":"Please reply in a friendly manner."},{"role":"user","content":"Hello World!"}]}"#
         );
+        // Into a buffer with room: no allocation (the reservation is the exact upper bound).
+        let mut out = Vec::with_capacity(SEED.len() + t.fixed_bytes + 64);
+        let at = out.as_ptr();
+        fill(&t, SEED.as_bytes(), &mut out).expect("filled");
+        assert_eq!(out.as_ptr(), at);
         let r = simple("{{Query}}", "replace");
         assert_eq!(
             filled(&r, SEED).expect("filled"),
