@@ -16,6 +16,9 @@
 //! - [`llm`]: LLM bodies: what a request asks for (model, stream, max_tokens), the token
 //!   estimate, the `include_usage` rewrite, usage scanning of JSON and SSE responses, and the
 //!   SSE filter that hides the usage chunk from clients that did not ask for it.
+//! - [`template`]: prompt templates: `[[templates]]` with `{{Name}}` placeholders, filled from a
+//!   request's `variables` (escaped as JSON strings, never raw JSON), which never reach an
+//!   upstream.
 //! - [`mock`]: the built-in demo model behind the embedded default config.
 //! - [`error`]: the one data-plane error type, mapped to a status and an OpenAI-style JSON body
 //!   in one place.
@@ -62,5 +65,6 @@ pub mod models;
 pub mod route;
 pub mod runtime;
 pub mod shard;
+pub mod template;
 pub mod tenant;
 pub mod upstream;
