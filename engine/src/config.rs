@@ -81,6 +81,8 @@ struct RawConfig {
     tenants: Vec<crate::tenant::RawTenant>,
     #[serde(default)]
     models: Vec<crate::models::RawModel>,
+    #[serde(default)]
+    templates: Vec<crate::template::RawTemplate>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -295,6 +297,8 @@ pub struct Config {
     pub tenants: Vec<crate::tenant::TenantConfig>,
     /// Model groups: what clients name in `"model"`, and the deployments serving it.
     pub models: Vec<crate::models::ModelGroup>,
+    /// Prompt templates filled from a request's `variables`.
+    pub templates: Vec<crate::template::Template>,
     /// Things that work but should change (a plain key in the file): printed by `--check`,
     /// at start and by `shardgate-ctl check`.
     pub warnings: Vec<String>,
@@ -490,6 +494,9 @@ impl Validator<'_> {
         let models = crate::models::validate(raw.models, &upstreams, |field, reason| {
             errors.push((field, reason));
         });
+        let templates = crate::template::validate(raw.templates, |field, reason| {
+            errors.push((field, reason));
+        });
         let mut warnings = Vec::new();
         let tenants = crate::tenant::validate(
             raw.tenants,
@@ -522,6 +529,7 @@ impl Validator<'_> {
             routes,
             tenants,
             models,
+            templates,
             warnings: Vec::new(),
         }
     }

@@ -37,6 +37,7 @@ use crate::limits::{
 use crate::llm::{self, SseFilter, UsageScanner};
 use crate::mock::{self, MockEndpoint, MockReply};
 use crate::shard::{ShardCtx, Snapshot};
+use crate::template::TemplateBody;
 use crate::tenant::presented_key;
 use crate::upstream::{self, UpConn};
 
@@ -122,6 +123,8 @@ pub struct LlmBufs {
     rewritten: Vec<u8>,
     /// The body with the deployment's model name (before any other rewrite).
     scratch: Vec<u8>,
+    /// The body with its prompt template filled (or its `variables` removed).
+    filled: Vec<u8>,
     /// A filtered stream's de-chunked input and filtered output.
     sse_in: Vec<u8>,
     sse_out: Vec<u8>,
@@ -151,6 +154,7 @@ fn llm_give(ctx: &ShardCtx, c: &mut Client) {
             &mut b.body,
             &mut b.rewritten,
             &mut b.scratch,
+            &mut b.filled,
             &mut b.sse_in,
             &mut b.sse_out,
         ] {
@@ -573,7 +577,9 @@ fn decide(
             }
         }
     };
+    // Model groups route LLM calls by their body; templates need the body too.
     let models_on = !snap.cfg.models.is_empty();
+    let read_llm_body = models_on || !snap.cfg.templates.is_empty();
     let llm_call = llm::is_llm_request(req.method(), path);
     let plain_path = path.split('?').next().unwrap_or(path);
     if models_on && req.method() == "GET" && plain_path == "/v1/models" {
@@ -605,7 +611,7 @@ fn decide(
             Some(endpoint) => Action::Mock(endpoint),
             None => Action::Refuse(Error::NoRoute),
         },
-        Provider::Http if llm_call && (tenant.is_some() || models_on) => {
+        Provider::Http if llm_call && (tenant.is_some() || read_llm_body) => {
             let (endpoint, ep_index) = snap.pick_endpoint(upstream);
             Action::ProxyLlm {
                 target: Some((upstream, endpoint, ep_index)),
@@ -1512,6 +1518,7 @@ async fn check_and_admit(
         stream: info.stream,
         include_usage: info.include_usage,
         group,
+        has_variables: info.has_variables,
     };
     let Some(tenant) = tenant else {
         // No tenant (auth = "none"): nothing to approve or admit.
@@ -1538,6 +1545,8 @@ struct LlmCall {
     include_usage: bool,
     /// The model group the body names, if any.
     group: Option<usize>,
+    /// The body carries `variables` (for a template, or to be removed).
+    has_variables: bool,
 }
 
 /// Admit the current request for `tenant` (estimated at `tokens`), or answer 429.
@@ -1614,6 +1623,19 @@ async fn proxy_llm(
             return next;
         }
     };
+    // Prompt templates: fill the selected one from `variables`; `variables` never goes upstream.
+    if call.has_variables || !snap.templates.is_empty() {
+        let path = request_line(&wbuf).1;
+        match fill_template(&snap, &body, path, &mut c.llm.filled) {
+            Ok(true) => std::mem::swap(&mut body, &mut c.llm.filled),
+            Ok(false) => {}
+            Err(e) => {
+                c.llm.body = body;
+                ctx.put_buf(wbuf);
+                return answer_error(ctx, c, Error::Template(e), true, ctx.take_buf()).await;
+            }
+        }
+    }
     // A model group: pick a deployment (the group's strategy; then its fallbacks, in order)
     // and send the deployment's own name for the model.
     let mut attempt_of = None;
@@ -1718,6 +1740,32 @@ async fn proxy_llm(
         a.finish(balance_now_ns(), &outcome_of(&c.ex, started));
     }
     next
+}
+
+/// Fill the template `body` selects (its `template` field, its model alias, or the route of
+/// `path`) into `out`, or strip its `variables` when none applies. `Ok(false)`: unchanged.
+fn fill_template(
+    snap: &Snapshot,
+    body: &[u8],
+    path: &str,
+    out: &mut Vec<u8>,
+) -> Result<bool, crate::template::TemplateError> {
+    let tb = TemplateBody::read(body)?;
+    let selector = tb.selector()?;
+    let info = llm::inspect(body).ok();
+    let model = info.as_ref().and_then(|i| i.model());
+    out.clear();
+    match snap
+        .templates
+        .select(selector.as_ref().map(|n| n.as_str()), model, path)?
+    {
+        Some(t) => {
+            tb.fill(t, out)?;
+            Ok(true)
+        }
+        None if tb.has_variables() => Ok(tb.strip_variables(out)),
+        None => Ok(false),
+    }
 }
 
 /// `GET /v1/models` with model groups: the groups the caller may use, in OpenAI's list shape.

@@ -65,6 +65,8 @@ pub enum Error {
     ModelNotFound,
     /// Every deployment of the model's group (and of its fallbacks) is capped out.
     NoDeployment,
+    /// A prompt template could not be filled (a variable missing, `variables` malformed).
+    Template(crate::template::TemplateError),
 }
 
 /// Which tenant limit refused a request.
@@ -98,6 +100,7 @@ impl Error {
             Error::RateLimited(_) => 429,
             Error::BadBody(_) => 400,
             Error::ModelNotFound => 404,
+            Error::Template(_) => 400,
             Error::NoDeployment => 503,
         }
     }
@@ -127,6 +130,10 @@ impl Error {
             Error::BadBody(_) => "invalid_body",
             Error::ModelNotFound => "model_not_found",
             Error::NoDeployment => "no_deployment_available",
+            Error::Template(crate::template::TemplateError::MissingVariable(_)) => {
+                "missing_variable"
+            }
+            Error::Template(_) => "invalid_template_request",
         }
     }
 
@@ -218,6 +225,7 @@ impl Error {
             Error::RateLimited(Limit::Budget) => "token budget exhausted for this window",
             Error::ModelNotFound => "the model does not exist or is not served by this gateway",
             Error::NoDeployment => "every deployment of this model is at capacity; retry shortly",
+            Error::Template(t) => t.message(),
             Error::RateLimited(Limit::Queue) => {
                 "the upstream is at capacity and this key's queue is full or waited too long"
             }
@@ -245,7 +253,7 @@ impl Error {
                 &mut w,
                 format_args!(
                     "{{\"error\":{{\"message\":\"{}\",\"type\":\"{}\",\"param\":null,\"code\":\"{}\"}}}}",
-                    self.message(),
+                    Message(self),
                     self.error_type(),
                     self.code()
                 ),
@@ -263,6 +271,19 @@ impl Error {
         out.extend_from_slice(extra_headers);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&body[..body_len]);
+    }
+}
+
+/// The message of an error as written in its body: [`Error::message`], or for a template error
+/// its full text (which names the missing variable; JSON-safe, see `template`).
+struct Message(Error);
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Error::Template(t) => write!(f, "{t}"),
+            e => f.write_str(e.message()),
+        }
     }
 }
 

@@ -27,6 +27,7 @@ use crate::limits::{
 };
 use crate::route::Routes;
 pub use crate::runtime::DriverKind;
+use crate::template::Templates;
 use crate::tenant::Tenants;
 use crate::upstream::Pools;
 
@@ -74,6 +75,8 @@ pub struct Snapshot {
     /// each config: latency estimates and health start afresh after an apply).
     pub model_index: HashMap<String, usize>,
     pub groups: Vec<Group>,
+    /// Prompt templates, by name, model alias and route.
+    pub templates: Templates,
 }
 
 impl Snapshot {
@@ -118,6 +121,7 @@ impl Snapshot {
                 .iter()
                 .map(|t| stats.tenant_slot(&t.name))
                 .collect(),
+            templates: Templates::new(cfg.templates.clone()),
             model_index: cfg
                 .models
                 .iter()
