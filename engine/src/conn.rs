@@ -36,6 +36,7 @@ use crate::limits::{
 };
 use crate::llm::{self, SseFilter, UsageScanner};
 use crate::mock::{self, MockEndpoint, MockReply};
+use crate::models::RETRIES_MAX;
 use crate::shard::{ShardCtx, Snapshot};
 use crate::template::TemplateBody;
 use crate::tenant::presented_key;
@@ -207,6 +208,10 @@ struct Exchange {
     upstream_slot_held: Option<usize>,
     /// Time from sending to the upstream until its response head (for the balancer).
     ttfb: Option<Duration>,
+    /// Another deployment will be tried if this attempt fails before any byte reaches the
+    /// client; the failure is then left here instead of being answered.
+    retry_ok: bool,
+    retry_err: Option<Error>,
 }
 
 impl Exchange {
@@ -232,6 +237,8 @@ impl Exchange {
             counted: None,
             upstream_slot_held: None,
             ttfb: None,
+            retry_ok: false,
+            retry_err: None,
         }
     }
 
@@ -895,7 +902,7 @@ async fn forward(
                 }
                 Err(e) => {
                     let may_keep_alive = left.is_done() && head.keep_alive;
-                    return answer_error(ctx, c, e, may_keep_alive, wbuf).await;
+                    return fail_attempt(ctx, c, e, may_keep_alive, wbuf).await;
                 }
             },
         };
@@ -906,7 +913,7 @@ async fn forward(
                 retried = true;
                 continue;
             }
-            return answer_error(ctx, c, Error::UpstreamUnavailable, false, wbuf).await;
+            return fail_attempt(ctx, c, Error::UpstreamUnavailable, false, wbuf).await;
         }
         if let Err(e) = stream_body(c, &mut up, &mut left, &mut wbuf).await {
             return match e {
@@ -919,6 +926,14 @@ async fn forward(
         match read_response_head(ctx, &mut up, ucfg, &head, extra, &mut wbuf).await {
             Ok((relay, keep_alive)) => {
                 c.ex.ttfb = Some(sent_at.elapsed());
+                if c.ex.retry_ok && matches!(relay.status, 429 | 502 | 503 | 504) {
+                    // Another deployment may answer: nothing went to the client yet. This
+                    // connection is dropped (its answer is not read).
+                    c.ex.status = relay.status;
+                    c.ex.retry_err = Some(Error::UpstreamUnavailable);
+                    ctx.put_buf(wbuf);
+                    return Next::Close;
+                }
                 break (up, relay, keep_alive);
             }
             Err(HeadError::ClosedBeforeAnyByte) if up.reused && !retried && replayable => {
@@ -926,15 +941,33 @@ async fn forward(
                 continue;
             }
             Err(HeadError::ClosedBeforeAnyByte) => {
-                return answer_error(ctx, c, Error::UpstreamUnavailable, head.keep_alive, wbuf)
+                return fail_attempt(ctx, c, Error::UpstreamUnavailable, head.keep_alive, wbuf)
                     .await;
             }
             Err(HeadError::Failed(e)) => {
-                return answer_error(ctx, c, e, head.keep_alive, wbuf).await
+                return fail_attempt(ctx, c, e, head.keep_alive, wbuf).await
             }
         }
     };
     relay_response(ctx, c, endpoint, ucfg, up, relay, wbuf, keep_alive).await
+}
+
+/// An attempt failed before any byte reached the client: with another attempt to come
+/// (`retry_ok`), note the error for the caller; otherwise answer it.
+async fn fail_attempt(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    e: Error,
+    may_keep_alive: bool,
+    wbuf: Vec<u8>,
+) -> Next {
+    if c.ex.retry_ok {
+        c.ex.status = e.status();
+        c.ex.retry_err = Some(e);
+        ctx.put_buf(wbuf);
+        return Next::Close;
+    }
+    answer_error(ctx, c, e, may_keep_alive, wbuf).await
 }
 
 /// Stream the rest of the request body from the client to the upstream.
@@ -1636,28 +1669,10 @@ async fn proxy_llm(
             }
         }
     }
-    // A model group: pick a deployment (the group's strategy; then its fallbacks, in order)
-    // and send the deployment's own name for the model.
-    let mut attempt_of = None;
-    let target = match call.group {
-        Some(g) => match pick_deployment(ctx, &snap, g) {
-            Some((group, idx)) => {
-                let dep = &snap.cfg.models[group].deployments[idx];
-                let (endpoint, ep_index) = snap.pick_endpoint(dep.upstream);
-                c.llm.scratch.clear();
-                if llm::with_model(&body, &dep.model, &mut c.llm.scratch).is_ok() {
-                    std::mem::swap(&mut body, &mut c.llm.scratch);
-                }
-                attempt_of = Some((group, idx));
-                (dep.upstream, endpoint, ep_index)
-            }
-            None => {
-                c.llm.body = body;
-                ctx.put_buf(wbuf);
-                return answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf()).await;
-            }
-        },
-        None => match route_target {
+    // A model group: pick a deployment (the group's strategy; then its fallbacks, in order),
+    // and on a failure before any byte reached the client, another one (`retries`).
+    let Some(g) = call.group else {
+        let target = match route_target {
             Some(t) if snap.cfg.models.is_empty() => t,
             // With model groups, a model no group serves is unknown (OpenAI's 404).
             _ => {
@@ -1665,81 +1680,133 @@ async fn proxy_llm(
                 ctx.put_buf(wbuf);
                 return answer_error(ctx, c, Error::ModelNotFound, true, ctx.take_buf()).await;
             }
-        },
+        };
+        let out = match llm_request(ctx, c, &snap, &wbuf, &body, target, None, call) {
+            Ok(out) => out,
+            Err(e) => {
+                c.llm.body = body;
+                ctx.put_buf(wbuf);
+                return answer_error(ctx, c, e, false, ctx.take_buf()).await;
+            }
+        };
+        c.llm.body = body;
+        ctx.put_buf(wbuf);
+        return forward(ctx, c, head, target, out, BodyLeft::Done).await;
     };
+    let mut tried: [usize; RETRIES_MAX as usize + 1] = [usize::MAX; RETRIES_MAX as usize + 1];
+    let mut attempts = 0usize;
+    let retries = snap.cfg.models[g].retries as usize;
+    loop {
+        let Some((group, idx)) = pick_deployment(ctx, &snap, g, &tried[..attempts]) else {
+            c.llm.body = body;
+            ctx.put_buf(wbuf);
+            return answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf()).await;
+        };
+        let dep = &snap.cfg.models[group].deployments[idx];
+        let (endpoint, ep_index) = snap.pick_endpoint(dep.upstream);
+        let target = (dep.upstream, endpoint, ep_index);
+        let out = match llm_request(ctx, c, &snap, &wbuf, &body, target, Some(&dep.model), call) {
+            Ok(out) => out,
+            Err(e) => {
+                c.llm.body = body;
+                ctx.put_buf(wbuf);
+                return answer_error(ctx, c, e, false, ctx.take_buf()).await;
+            }
+        };
+        // Measure the attempt for the balancer: time to the response head, and how it ended.
+        let gr = &snap.groups[group];
+        let started = balance_now_ns();
+        let attempt = gr.start(idx, started);
+        c.ex.ttfb = None;
+        c.ex.retry_ok = attempts < retries;
+        c.ex.retry_err = None;
+        let next = forward(ctx, c, head, target, out, BodyLeft::Done).await;
+        if let Some(a) = attempt {
+            a.finish(balance_now_ns(), &outcome_of(&c.ex, started));
+        }
+        c.ex.retry_ok = false;
+        if c.ex.retry_err.take().is_none() {
+            c.llm.body = body;
+            ctx.put_buf(wbuf);
+            return next;
+        }
+        // Failed before any byte reached the client: try another deployment.
+        if let Some(u) = c.ex.upstream_slot_held.take() {
+            if let Some(cap) = snap.upstream_caps.get(u) {
+                cap.release();
+            }
+        }
+        c.ex.status = 0;
+        c.ex.local_error = false;
+        c.ex.strip_usage = false;
+        if group == g {
+            tried[attempts] = idx;
+        }
+        attempts += 1;
+    }
+}
+
+/// Build the upstream request for one attempt into a fresh buffer: the head (re-parsed from
+/// the raw client head in `raw_head`: the tenant key dropped, the upstream's credential added,
+/// the body's length) and the body, with the deployment's model name and, for a stream,
+/// `stream_options.include_usage`.
+#[allow(clippy::too_many_arguments)]
+fn llm_request(
+    ctx: &ShardCtx,
+    c: &mut Client,
+    snap: &Snapshot,
+    raw_head: &[u8],
+    body: &[u8],
+    (upstream, _, ep_index): (usize, usize, usize),
+    model: Option<&str>,
+    call: LlmCall,
+) -> Result<Vec<u8>, Error> {
+    let mut body = body;
+    let LlmBufs {
+        scratch, rewritten, ..
+    } = &mut c.llm;
+    if let Some(m) = model {
+        scratch.clear();
+        if llm::with_model(body, m, scratch).is_ok() {
+            body = scratch;
+        }
+    }
     // A stream is asked for its usage (OpenAI's `stream_options.include_usage`; Anthropic
     // streams always carry it) so its tokens are settled from what was really used; the extra
     // usage chunk is taken out again before the client sees it.
-    let anthropic = request_line(&wbuf).1.split('?').next() == Some("/v1/messages");
-    if call.stream {
-        c.ex.filter_sse = true;
-        if !call.include_usage && !anthropic {
-            c.llm.rewritten.clear();
-            if matches!(
-                llm::with_include_usage(&body, &mut c.llm.rewritten),
-                Ok(true)
-            ) {
-                std::mem::swap(&mut body, &mut c.llm.rewritten);
-                c.ex.strip_usage = true;
-            }
+    let anthropic = request_line(raw_head).1.split('?').next() == Some("/v1/messages");
+    let mut strip = false;
+    if call.stream && !call.include_usage && !anthropic {
+        rewritten.clear();
+        if matches!(llm::with_include_usage(body, rewritten), Ok(true)) {
+            body = rewritten;
+            strip = true;
         }
     }
-    let (upstream, _, ep_index) = target;
     let ucfg = &snap.cfg.upstreams[upstream];
     let mut out = ctx.take_buf();
     out.clear();
-    let written = {
-        let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
-        match request::parse(&wbuf, &mut headers, &snap.cfg.server.head_limits()) {
-            Ok(Some(req)) => {
-                let creds = Credentials {
-                    drop_client_keys: true,
-                    upstream: ucfg.credential.as_deref().unwrap_or_default(),
-                    content_length: Some(body.len() as u64),
-                };
-                let authority = ucfg.endpoints[ep_index].authority.as_bytes();
-                req.write_upstream_head_with(authority, c.ip, &creds, &mut out);
-                true
-            }
-            // The same bytes parsed once already: unreachable, but never forward a bodyless head.
-            _ => false,
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
+    match request::parse(raw_head, &mut headers, &snap.cfg.server.head_limits()) {
+        Ok(Some(req)) => {
+            let creds = Credentials {
+                drop_client_keys: true,
+                upstream: ucfg.credential.as_deref().unwrap_or_default(),
+                content_length: Some(body.len() as u64),
+            };
+            let authority = ucfg.endpoints[ep_index].authority.as_bytes();
+            req.write_upstream_head_with(authority, c.ip, &creds, &mut out);
         }
-    };
-    if !written {
-        if c.ex.strip_usage {
-            std::mem::swap(&mut body, &mut c.llm.rewritten);
+        // The same bytes parsed once already: unreachable, but never forward a bodyless head.
+        _ => {
+            ctx.put_buf(out);
+            return Err(Error::BadRequest("unparsable request head"));
         }
-        c.llm.body = body;
-        ctx.put_buf(wbuf);
-        return answer_error(
-            ctx,
-            c,
-            Error::BadRequest("unparsable request head"),
-            false,
-            out,
-        )
-        .await;
     }
-    out.extend_from_slice(&body);
-    if c.ex.strip_usage {
-        // `body` is the rewritten copy: the client's own body goes back to its buffer.
-        std::mem::swap(&mut body, &mut c.llm.rewritten);
-    }
-    c.llm.body = body;
-    ctx.put_buf(wbuf);
-    let Some((g, idx)) = attempt_of else {
-        return forward(ctx, c, head, target, out, BodyLeft::Done).await;
-    };
-    // Measure the attempt for the balancer: time to the response head, and how it ended.
-    let group = &snap.groups[g];
-    let started = balance_now_ns();
-    let attempt = group.start(idx, started);
-    c.ex.ttfb = None;
-    let next = forward(ctx, c, head, target, out, BodyLeft::Done).await;
-    if let Some(a) = attempt {
-        a.finish(balance_now_ns(), &outcome_of(&c.ex, started));
-    }
-    next
+    out.extend_from_slice(body);
+    c.ex.filter_sse = call.stream;
+    c.ex.strip_usage = strip;
+    Ok(out)
 }
 
 /// Fill the template `body` selects (its `template` field, its model alias, or the route of
@@ -1840,12 +1907,17 @@ async fn answer_models(
 /// deployment admitted (healthy or on probation); otherwise from the first fallback that has
 /// one; and when none has, the group's least bad deployment (a group never refuses for
 /// health alone). (group, deployment index).
-fn pick_deployment(ctx: &ShardCtx, snap: &Snapshot, g: usize) -> Option<(usize, usize)> {
+fn pick_deployment(
+    ctx: &ShardCtx,
+    snap: &Snapshot,
+    g: usize,
+    tried: &[usize],
+) -> Option<(usize, usize)> {
     let now = balance_now_ns();
     let mut rng = || ctx.next_random();
     let primary = snap.groups.get(g)?;
     if primary.has_admitted(now) {
-        if let Some(idx) = primary.pick(now, &mut rng, &[]) {
+        if let Some(idx) = primary.pick(now, &mut rng, tried) {
             return Some((g, idx));
         }
     }
@@ -1859,7 +1931,7 @@ fn pick_deployment(ctx: &ShardCtx, snap: &Snapshot, g: usize) -> Option<(usize, 
             }
         }
     }
-    primary.pick(now, &mut rng, &[]).map(|idx| (g, idx))
+    primary.pick(now, &mut rng, tried).map(|idx| (g, idx))
 }
 
 /// The balancer's clock: a monotonic ns count (only differences matter).

@@ -117,8 +117,17 @@ impl MockUpstream {
     where
         F: Fn(&Request, &mut TcpStream) -> io::Result<Action> + Send + Sync + 'static,
     {
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), handler)
+    }
+
+    /// [`MockUpstream::start`] on a given address (e.g. the address of an upstream that was
+    /// stopped, to bring it back).
+    pub fn start_on<F>(addr: SocketAddr, handler: F) -> MockUpstream
+    where
+        F: Fn(&Request, &mut TcpStream) -> io::Result<Action> + Send + Sync + 'static,
+    {
         let handler: Handler = Arc::new(handler);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind mock upstream");
+        let listener = TcpListener::bind(addr).expect("bind mock upstream");
         let addr = listener.local_addr().expect("local_addr");
         let inner = Arc::new(Inner::default());
         let acc_inner = inner.clone();

@@ -228,3 +228,57 @@ messages = [{ role = "system", content = "You answer: {{Query}}" }]
     assert_error(&r, 400, "missing_variable");
     assert!(r.body_str().contains("Query"), "{}", r.summary());
 }
+
+#[test]
+fn a_deployment_killed_mid_run_costs_no_client_errors_and_is_readmitted_when_back() {
+    let a = deployment("a", Duration::ZERO);
+    let b = deployment("b", Duration::ZERO);
+    let a_addr = a.addr();
+    let cfg = config(
+        &[("a", a_addr), ("b", b.addr())],
+        r#"
+[[models]]
+name = "m"
+strategy = "round_robin"
+retries = 2
+deployments = [{ upstream = "a" }, { upstream = "b" }]
+"#,
+    );
+    let gw = Gateway::start(&cfg);
+    let run = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let mut c = Client::connect(gw.addr());
+                let r = chat(&mut c, "m");
+                assert_eq!(r.status, 200, "a client saw an error: {}", r.summary());
+                r.json()["served_by"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let before = run(10);
+    assert!(before.iter().any(|s| s == "a") && before.iter().any(|s| s == "b"));
+    // `a` goes away (its port refuses connections): every request still succeeds.
+    drop(a);
+    let during = run(30);
+    assert!(during.iter().all(|s| s == "b"), "{during:?}");
+    // `a` comes back on the same address; after its cool-down it is probed and readmitted.
+    let a = MockUpstream::start_on(
+        a_addr,
+        |_req: &Request, stream: &mut TcpStream| -> io::Result<Action> {
+            write_response(
+            stream,
+            200,
+            "application/json",
+            br#"{"served_by":"a","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+        )?;
+            Ok(Action::KeepAlive)
+        },
+    );
+    let back =
+        shardgate_tests::wait_until(Duration::from_secs(15), || run(4).iter().any(|s| s == "a"));
+    assert!(back, "the deployment was never readmitted");
+    drop(a);
+}
