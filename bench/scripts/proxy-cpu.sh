@@ -19,7 +19,8 @@
 #                         SHARDGATE_BASE_BIN (an older build, e.g. before a change) on the same
 #                         config, to price a change in the same run; "shardgate-tenant" runs
 #                         with a tenant: key, model check, limits and usage accounting
-#                         (bench/peers/shardgate-tenant.toml)
+#                         (bench/peers/shardgate-tenant.toml); "shardgate-models" routes by the
+#                         body's model through a model group (bench/peers/shardgate-models.toml)
 #   SHARDGATE_BIN [<repo>/target/release/shardgate]   SHARDGATE_BASE_BIN [unset]
 #   NGINX_BIN [nginx]  HAPROXY_BIN [haproxy]
 #   WRK_BIN [wrk]  PROXY_CPU [0]  LOAD_CPU [1]  OUT [/tmp/shardgate-proxy-cpu-<timestamp>]
@@ -203,14 +204,14 @@ wait_ready() { # pid port log: up to 10 s for a 200 carrying the upstream's JSON
 
 # ---------------------------------------------------------------- proxies
 proxy_port() {
-    case $1 in nginx) echo 18081 ;; haproxy) echo 18082 ;; shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant) echo 18083 ;; esac
+    case $1 in nginx) echo 18081 ;; haproxy) echo 18082 ;; shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant|shardgate-models) echo 18083 ;; esac
 }
 
 proxy_available() {
     case $1 in
         nginx) command -v "$NGINX_BIN" >/dev/null ;;
         haproxy) command -v "$HAPROXY_BIN" >/dev/null ;;
-        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant) [[ -x $SHARDGATE_BIN ]] ;;
+        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models) [[ -x $SHARDGATE_BIN ]] ;;
         shardgate-base) [[ -n $SHARDGATE_BASE_BIN && -x $SHARDGATE_BASE_BIN ]] ;;
         *) return 1 ;;
     esac
@@ -251,6 +252,10 @@ start_proxy() { # name logfile -> sets PROXY_PID (no subshell: the proxy stays o
             taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" --config "$PEERS/shardgate-tenant.toml" \
                 >"$logf" 2>&1 &
             ;;
+        shardgate-models)
+            taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" --config "$PEERS/shardgate-models.toml" \
+                >"$logf" 2>&1 &
+            ;;
     esac
     PROXY_PID=$!
 }
@@ -260,7 +265,7 @@ proxy_version() {
         nginx) "$NGINX_BIN" -v 2>&1 | head -n1 ;;
         haproxy) "$HAPROXY_BIN" -v 2>&1 | head -n1 ;;
         shardgate-base) echo "$SHARDGATE_BASE_BIN (built $(date -r "$SHARDGATE_BASE_BIN" '+%F %T'))" ;;
-        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant)
+        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models)
             echo "$SHARDGATE_BIN ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet 2>/dev/null || echo '+dirty'), built $(date -r "$SHARDGATE_BIN" '+%F %T'))" ;;
     esac
 }
@@ -295,13 +300,13 @@ to_ms() { # wrk duration (123.45us / 1.23ms / 1.02s / 1.5m) -> ms
 # ---------------------------------------------------------------- start
 selected=()
 for p in $PROXIES; do
-    case $p in nginx|haproxy|shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
+    case $p in nginx|haproxy|shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant|shardgate-models) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
     if proxy_available "$p"; then
         selected+=("$p")
     else
         case $p in
             shardgate-base) log "SKIP $p: set SHARDGATE_BASE_BIN to an executable" ;;
-            shardgate|shardgate-epoll|shardgate-log|shardgate-tenant) log "SKIP $p: $SHARDGATE_BIN not found or not executable (cargo build --release -p shardgate-engine, or set SHARDGATE_BIN)" ;;
+            shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models) log "SKIP $p: $SHARDGATE_BIN not found or not executable (cargo build --release -p shardgate-engine, or set SHARDGATE_BIN)" ;;
             nginx) log "SKIP nginx: '$NGINX_BIN' not installed" ;;
             haproxy) log "SKIP haproxy: '$HAPROXY_BIN' not installed (apt-get install -y haproxy)" ;;
         esac
