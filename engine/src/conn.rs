@@ -1714,7 +1714,11 @@ async fn proxy_llm(
             }
         };
         // Measure the attempt for the balancer: time to the response head, and how it ended.
-        let gr = &snap.groups[group];
+        let Some(gr) = snap.groups.get(group).and_then(Option::as_deref) else {
+            c.llm.body = body;
+            ctx.put_buf(wbuf);
+            return answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf()).await;
+        };
         let started = balance_now_ns();
         let attempt = gr.start(idx, started);
         c.ex.ttfb = None;
@@ -1915,14 +1919,14 @@ fn pick_deployment(
 ) -> Option<(usize, usize)> {
     let now = balance_now_ns();
     let mut rng = || ctx.next_random();
-    let primary = snap.groups.get(g)?;
+    let primary = snap.groups.get(g).and_then(Option::as_deref)?;
     if primary.has_admitted(now) {
         if let Some(idx) = primary.pick(now, &mut rng, tried) {
             return Some((g, idx));
         }
     }
     for &f in &snap.cfg.models[g].fallbacks {
-        let Some(gr) = snap.groups.get(f) else {
+        let Some(gr) = snap.groups.get(f).and_then(Option::as_deref) else {
             continue;
         };
         if gr.has_admitted(now) {

@@ -16,6 +16,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 use crate::accesslog::ShardLog;
 use crate::admit::{Locals, TenantLimits};
 use crate::balance::{DeploymentSpec, Group, Policy};
+use crate::config::UpstreamConfig;
 use crate::config::{Config, DriverChoice, Overrides};
 use crate::control::shm::{Region, ShardInfo};
 use crate::control::stats::{self, ShardStats};
@@ -25,6 +26,7 @@ use crate::fair::{Queues, UpstreamCap};
 use crate::limits::{
     ACCESS_LOG_FLUSH_MS, CONTROL_POLL_MS, LISTEN_BACKLOG, SHUTDOWN_POLL_MS, WRITE_BUF_BYTES,
 };
+use crate::models::ModelGroup;
 use crate::route::Routes;
 pub use crate::runtime::DriverKind;
 use crate::template::Templates;
@@ -71,10 +73,11 @@ pub struct Snapshot {
     pub tenant_stats: Vec<usize>,
     /// Per upstream: its cap on requests in flight and this shard's fair queue in front of it.
     pub upstream_caps: Vec<UpstreamCap>,
-    /// Model name → group index, and each group's balancer state on this shard (rebuilt with
-    /// each config: latency estimates and health start afresh after an apply).
+    /// Model name → group index, and each group's balancer state on this shard (kept across
+    /// configs while a group's deployments are unchanged; `None` only for a group that could
+    /// not be built, which validation rules out).
     pub model_index: HashMap<String, usize>,
-    pub groups: Vec<Group>,
+    pub groups: Vec<Option<Rc<Group>>>,
     /// Prompt templates, by name, model alias and route.
     pub templates: Templates,
 }
@@ -86,8 +89,7 @@ impl Snapshot {
         pools: &Pools,
         stats: &ShardStats,
         region: &'static Region,
-        locals: &Locals,
-        queues: &Queues,
+        kept: &Kept,
     ) -> Self {
         let mut endpoint_base = Vec::with_capacity(cfg.upstreams.len());
         let mut addrs = Vec::new();
@@ -114,7 +116,7 @@ impl Snapshot {
             tenant_limits: cfg
                 .tenants
                 .iter()
-                .map(|t| TenantLimits::new(t, region.tenant(&t.name), locals.get(&t.name)))
+                .map(|t| TenantLimits::new(t, region.tenant(&t.name), kept.locals.get(&t.name)))
                 .collect(),
             tenant_stats: cfg
                 .tenants
@@ -131,28 +133,13 @@ impl Snapshot {
             groups: cfg
                 .models
                 .iter()
-                .filter_map(|m| {
-                    let policy = Policy {
-                        strategy: m.strategy,
-                        ..Policy::default()
-                    };
-                    let specs: Vec<DeploymentSpec> = m
-                        .deployments
-                        .iter()
-                        .map(|d| DeploymentSpec {
-                            weight: d.weight,
-                            max_outstanding: d.max_outstanding,
-                        })
-                        .collect();
-                    // Validation guarantees 1 to 256 deployments.
-                    Group::new(&policy, &specs, 0).ok()
-                })
+                .map(|m| kept.balancers.get(m, &cfg.upstreams))
                 .collect(),
             upstream_caps: cfg
                 .upstreams
                 .iter()
                 .map(|u| UpstreamCap {
-                    queue: queues.get(&u.name),
+                    queue: kept.queues.get(&u.name),
                     // Upstream caps share the tenant table; \u{1} keeps their names apart
                     // (tenant names hold no control characters).
                     cells: u
@@ -175,6 +162,64 @@ impl Snapshot {
     }
 }
 
+/// A shard's state that outlives configs, found by name when a new config is applied.
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// Tenants' leases, by tenant name.
+    pub locals: Locals,
+    /// Fair queues in front of capped upstreams, by upstream name.
+    pub queues: Queues,
+    /// Model groups' balancers, by group name.
+    pub balancers: Balancers,
+}
+
+/// Each model group's balancer on this shard, by group name, with the deployments it was built
+/// for: a new config keeps a group's latency estimates and health while its deployments (and
+/// strategy) stay the same.
+#[derive(Debug, Default)]
+pub struct Balancers {
+    by_name: RefCell<HashMap<String, (String, Rc<Group>)>>,
+}
+
+impl Balancers {
+    fn get(&self, m: &ModelGroup, upstreams: &[UpstreamConfig]) -> Option<Rc<Group>> {
+        let fingerprint = format!(
+            "{:?}|{:?}",
+            m.strategy,
+            m.deployments
+                .iter()
+                .map(|d| (
+                    upstreams.get(d.upstream).map(|u| u.name.as_str()),
+                    &d.model,
+                    d.weight,
+                    d.max_outstanding
+                ))
+                .collect::<Vec<_>>()
+        );
+        let mut map = self.by_name.borrow_mut();
+        if let Some((fp, g)) = map.get(&m.name) {
+            if *fp == fingerprint {
+                return Some(g.clone());
+            }
+        }
+        let policy = Policy {
+            strategy: m.strategy,
+            ..Policy::default()
+        };
+        let specs: Vec<DeploymentSpec> = m
+            .deployments
+            .iter()
+            .map(|d| DeploymentSpec {
+                weight: d.weight,
+                max_outstanding: d.max_outstanding,
+            })
+            .collect();
+        let g = Rc::new(Group::new(&policy, &specs, 0).ok()?);
+        map.insert(m.name.clone(), (fingerprint, g.clone()));
+        Some(g)
+    }
+}
+
 /// Everything one shard owns. Lives in an `Rc` on the shard's thread only.
 #[derive(Debug)]
 pub struct ShardCtx {
@@ -185,10 +230,8 @@ pub struct ShardCtx {
     pub drain: DrainSignal,
     pub control: ShardControl,
     pub access_log: Option<ShardLog>,
-    /// Tenants' leases on this shard, by name (kept across config changes).
-    locals: Locals,
-    /// Fair queues in front of capped upstreams, by upstream name.
-    queues: Queues,
+    /// What a new config keeps of the old one's state.
+    kept: Kept,
     /// The shard's random source (xorshift; for the balancers' random choices).
     rng: Cell<u64>,
     /// Buffers of LLM requests, lent per request.
@@ -208,17 +251,8 @@ impl ShardCtx {
     ) -> Self {
         let control = ShardControl::new(region, id, version, overrides);
         let pools = Pools::new();
-        let locals = Locals::default();
-        let queues = Queues::default();
-        let snapshot = Snapshot::new(
-            version,
-            cfg,
-            &pools,
-            &control.stats,
-            region,
-            &locals,
-            &queues,
-        );
+        let kept = Kept::default();
+        let snapshot = Snapshot::new(version, cfg, &pools, &control.stats, region, &kept);
         Self {
             id,
             snapshot: RefCell::new(Rc::new(snapshot)),
@@ -227,8 +261,7 @@ impl ShardCtx {
             drain: DrainSignal::new(),
             control,
             access_log,
-            locals,
-            queues,
+            kept,
             rng: Cell::new(0x9e37_79b9_7f4a_7c15 ^ (id as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)),
             llm_pool: RefCell::new(Vec::new()),
             connections: Cell::new(0),
@@ -254,8 +287,7 @@ impl ShardCtx {
                 &self.pools,
                 &self.control.stats,
                 self.control.region(),
-                &self.locals,
-                &self.queues,
+                &self.kept,
             );
             *self.snapshot.borrow_mut() = Rc::new(next);
             // Pools of endpoints no longer named by the new config are closed; requests of

@@ -282,3 +282,58 @@ deployments = [{ upstream = "a" }, { upstream = "b" }]
     assert!(back, "the deployment was never readmitted");
     drop(a);
 }
+
+#[test]
+fn a_config_apply_keeps_the_balancers_health_of_unchanged_groups() {
+    let alive = deployment("alive", Duration::ZERO);
+    let dead = free_port();
+    let models = r#"
+[[models]]
+name = "m"
+strategy = "round_robin"
+retries = 0
+deployments = [{ upstream = "dead" }, { upstream = "alive" }]
+"#;
+    let cfg = config(&[("dead", dead), ("alive", alive.addr())], models);
+    let gw = Gateway::start(&cfg);
+    // No retries: requests sent to the dead deployment fail until it is ejected (5 failures).
+    let mut failed = 0;
+    for _ in 0..12 {
+        let mut c = Client::connect(gw.addr());
+        if chat(&mut c, "m").status != 200 {
+            failed += 1;
+        }
+    }
+    assert_eq!(
+        failed, 5,
+        "the dead deployment was not ejected after 5 failures"
+    );
+    // An unrelated change: the group's deployments are the same, so its health is kept.
+    let next = std::env::temp_dir().join(format!("sg-routing-{}.toml", std::process::id()));
+    std::fs::write(
+        &next,
+        cfg.replace(
+            "auth = \"none\"\n",
+            "auth = \"none\"\nidle_timeout_ms = 30000\n",
+        ),
+    )
+    .expect("write");
+    let out = shardgate_tests::run_ctl(
+        gw.instance(),
+        &["apply", &next.display().to_string()],
+        &[],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.text());
+    for _ in 0..6 {
+        let mut c = Client::connect(gw.addr());
+        let r = chat(&mut c, "m");
+        assert_eq!(
+            r.status,
+            200,
+            "health was reset by the apply: {}",
+            r.summary()
+        );
+    }
+    let _ = std::fs::remove_file(next);
+}
