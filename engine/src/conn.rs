@@ -212,6 +212,8 @@ struct Exchange {
     /// client; the failure is then left here instead of being answered.
     retry_ok: bool,
     retry_err: Option<Error>,
+    /// The upstream's `Retry-After` on a 429/503 (for the balancer).
+    retry_after: Option<Duration>,
 }
 
 impl Exchange {
@@ -239,6 +241,7 @@ impl Exchange {
             ttfb: None,
             retry_ok: false,
             retry_err: None,
+            retry_after: None,
         }
     }
 
@@ -926,6 +929,9 @@ async fn forward(
         match read_response_head(ctx, &mut up, ucfg, &head, extra, &mut wbuf).await {
             Ok((relay, keep_alive)) => {
                 c.ex.ttfb = Some(sent_at.elapsed());
+                c.ex.retry_after = relay
+                    .retry_after_s
+                    .map(|s| Duration::from_secs(u64::from(s)));
                 if c.ex.retry_ok && matches!(relay.status, 429 | 502 | 503 | 504) {
                     // Another deployment may answer: nothing went to the client yet. This
                     // connection is dropped (its answer is not read).
@@ -1076,6 +1082,16 @@ async fn read_response_head(
                         wbuf,
                     );
                     let mut relay = Relay::new(framing, h.upstream_keep_alive, h.status);
+                    // `Retry-After: <seconds>` on a 429 or 503 tells the balancer how long to
+                    // leave this deployment alone (an HTTP date is ignored).
+                    if matches!(h.status, 429 | 503) {
+                        relay.retry_after_s = resp
+                            .headers
+                            .iter()
+                            .find(|x| x.name.eq_ignore_ascii_case("retry-after"))
+                            .and_then(|x| std::str::from_utf8(x.value).ok())
+                            .and_then(|v| v.trim().parse::<u32>().ok());
+                    }
                     relay.sse = resp.headers.iter().any(|x| {
                         x.name.eq_ignore_ascii_case("content-type")
                             && x.value.len() >= 17
@@ -1391,6 +1407,8 @@ struct Relay {
     status: u16,
     /// The response is a server-sent event stream.
     sse: bool,
+    /// The upstream's `Retry-After` on a 429 or 503, seconds.
+    retry_after_s: Option<u32>,
 }
 
 impl Relay {
@@ -1408,6 +1426,7 @@ impl Relay {
             upstream_reusable,
             status,
             sse: false,
+            retry_after_s: None,
         }
     }
 
@@ -1722,6 +1741,7 @@ async fn proxy_llm(
         let started = balance_now_ns();
         let attempt = gr.start(idx, started);
         c.ex.ttfb = None;
+        c.ex.retry_after = None;
         c.ex.retry_ok = attempts < retries;
         c.ex.retry_err = None;
         let next = forward(ctx, c, head, target, out, BodyLeft::Done).await;
@@ -1952,7 +1972,7 @@ fn outcome_of(ex: &Exchange, started_ns: u64) -> Outcome {
         // The upstream answered: its status says how it is doing.
         (Some(_), _, s) if s == 429 || s >= 500 => Outcome::Failure {
             kind: FailureKind::Status(s),
-            retry_after: None,
+            retry_after: ex.retry_after,
         },
         (Some(latency), _, _) => Outcome::Success { latency },
         // No answer: our own 504 is a timeout, anything else a failed connection.

@@ -337,3 +337,40 @@ deployments = [{ upstream = "dead" }, { upstream = "alive" }]
     }
     let _ = std::fs::remove_file(next);
 }
+
+#[test]
+fn an_upstreams_retry_after_keeps_the_balancer_away_and_its_429_is_retried() {
+    let busy = MockUpstream::start(
+        |_req: &Request, stream: &mut TcpStream| -> io::Result<Action> {
+            use std::io::Write;
+            let body = br#"{"error":{"message":"slow down","type":"rate_limit"}}"#;
+            write!(
+            stream,
+            "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 30\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )?;
+            stream.write_all(body)?;
+            Ok(Action::KeepAlive)
+        },
+    );
+    let free = deployment("free", Duration::ZERO);
+    let cfg = config(
+        &[("busy", busy.addr()), ("free", free.addr())],
+        r#"
+[[models]]
+name = "m"
+strategy = "round_robin"
+retries = 1
+deployments = [{ upstream = "busy" }, { upstream = "free" }]
+"#,
+    );
+    let gw = Gateway::start(&cfg);
+    for _ in 0..10 {
+        let mut c = Client::connect(gw.addr());
+        let r = chat(&mut c, "m");
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.json()["served_by"], "free");
+    }
+    // One 429 with Retry-After: 30 put `busy` aside; it was not asked again.
+    assert_eq!(busy.requests().len(), 1);
+}
