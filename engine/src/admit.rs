@@ -76,6 +76,23 @@ impl TenantLimits {
         }
     }
 
+    /// Requests- and tokens-per-minute limits alone (a model deployment's quota).
+    pub fn rates(
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        cells: Option<&'static TenantCells>,
+        local: Rc<TenantLocal>,
+    ) -> Self {
+        Self {
+            rpm: rpm.map(Gcra::per_minute),
+            tpm: tpm.map(Gcra::per_minute),
+            max_concurrency: None,
+            budget: None,
+            cells,
+            local,
+        }
+    }
+
     /// The tokens request `adm` may use in all, under the budget: what it reserved plus what is
     /// left in the window (None without a budget).
     pub fn budget_allowance(&self, adm: &Admitted, now_ns: u64) -> Option<u64> {

@@ -20,6 +20,7 @@ use monoio::net::TcpStream;
 
 use crate::accesslog::Record;
 use crate::admit::{admit, now_ns, write_rate_headers, write_refusal_headers, Admitted};
+use crate::balance::DEPLOYMENTS_MAX;
 use crate::balance::{FailureKind, Outcome};
 use crate::config::{Auth, Provider, UpstreamConfig};
 use crate::control::stats::Reject;
@@ -36,7 +37,6 @@ use crate::limits::{
 };
 use crate::llm::{self, SseFilter, UsageScanner};
 use crate::mock::{self, MockEndpoint, MockReply};
-use crate::models::RETRIES_MAX;
 use crate::shard::{ShardCtx, Snapshot};
 use crate::template::TemplateBody;
 use crate::tenant::presented_key;
@@ -214,6 +214,8 @@ struct Exchange {
     retry_err: Option<Error>,
     /// The upstream's `Retry-After` on a 429/503 (for the balancer).
     retry_after: Option<Duration>,
+    /// The model deployment whose quota this request holds: (group, deployment, admission).
+    deployment_admitted: Option<(usize, usize, Admitted)>,
 }
 
 impl Exchange {
@@ -242,6 +244,7 @@ impl Exchange {
             retry_ok: false,
             retry_err: None,
             retry_after: None,
+            deployment_admitted: None,
         }
     }
 
@@ -263,6 +266,14 @@ fn finish(ctx: &ShardCtx, c: &mut Client) {
         if let Some(cap) = c.snap.upstream_caps.get(u) {
             cap.release();
         }
+    }
+    {
+        let usage = if ex.scan { c.llm.scanner.usage() } else { None };
+        let used = usage
+            .map(|u| u.prompt_tokens.saturating_add(u.completion_tokens))
+            .or(ex.counted);
+        let failed = ex.status == 0 || ex.local_error;
+        finish_deployment(ex, &c.snap, used, failed);
     }
     if let (Some(adm), Some(t)) = (ex.admitted.take(), ex.tenant) {
         let usage = if ex.scan { c.llm.scanner.usage() } else { None };
@@ -1566,11 +1577,15 @@ async fn check_and_admit(
         );
     };
     let group = snap.model_index.get(model).copied();
+    let default_max_tokens = tenant.map_or(crate::tenant::DEFAULT_MAX_TOKENS_DEFAULT, |t| {
+        snap.cfg.tenants[t].default_max_tokens
+    });
     let call = LlmCall {
         stream: info.stream,
         include_usage: info.include_usage,
         group,
         has_variables: info.has_variables,
+        tokens: llm::estimate_tokens(body.len(), info.max_tokens, default_max_tokens),
     };
     let Some(tenant) = tenant else {
         // No tenant (auth = "none"): nothing to approve or admit.
@@ -1599,6 +1614,8 @@ struct LlmCall {
     group: Option<usize>,
     /// The body carries `variables` (for a template, or to be removed).
     has_variables: bool,
+    /// The token estimate (body bytes / 4 + max_tokens), for quotas.
+    tokens: u64,
 }
 
 /// Admit the current request for `tenant` (estimated at `tokens`), or answer 429.
@@ -1712,15 +1729,32 @@ async fn proxy_llm(
         ctx.put_buf(wbuf);
         return forward(ctx, c, head, target, out, BodyLeft::Done).await;
     };
-    let mut tried: [usize; RETRIES_MAX as usize + 1] = [usize::MAX; RETRIES_MAX as usize + 1];
+    // Deployments of the group not to pick again: failed, or over their quota.
+    let mut excluded = [usize::MAX; DEPLOYMENTS_MAX];
+    let mut n_excluded = 0usize;
     let mut attempts = 0usize;
     let retries = snap.cfg.models[g].retries as usize;
-    loop {
-        let Some((group, idx)) = pick_deployment(ctx, &snap, g, &tried[..attempts]) else {
-            c.llm.body = body;
-            ctx.put_buf(wbuf);
-            return answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf()).await;
+    for _ in 0..2 * DEPLOYMENTS_MAX {
+        let Some((group, idx)) = pick_deployment(ctx, &snap, g, &excluded[..n_excluded]) else {
+            break;
         };
+        // The deployment's own quota (rpm/tpm over all shards): over it, pick another.
+        if let Some(Some(lim)) = snap.deployment_limits.get(group).and_then(|v| v.get(idx)) {
+            match admit(lim, now_ns(), call.tokens) {
+                Ok(adm) => {
+                    c.ex.deployment_admitted = Some((group, idx, adm));
+                    // Its tokens are settled from the answer's usage.
+                    c.ex.scan = true;
+                }
+                Err(_) => {
+                    if group == g && n_excluded < DEPLOYMENTS_MAX {
+                        excluded[n_excluded] = idx;
+                        n_excluded += 1;
+                    }
+                    continue;
+                }
+            }
+        }
         let dep = &snap.cfg.models[group].deployments[idx];
         let (endpoint, ep_index) = snap.pick_endpoint(dep.upstream);
         let target = (dep.upstream, endpoint, ep_index);
@@ -1755,6 +1789,7 @@ async fn proxy_llm(
             return next;
         }
         // Failed before any byte reached the client: try another deployment.
+        finish_deployment(&mut c.ex, &snap, None, true);
         if let Some(u) = c.ex.upstream_slot_held.take() {
             if let Some(cap) = snap.upstream_caps.get(u) {
                 cap.release();
@@ -1763,10 +1798,24 @@ async fn proxy_llm(
         c.ex.status = 0;
         c.ex.local_error = false;
         c.ex.strip_usage = false;
-        if group == g {
-            tried[attempts] = idx;
+        if group == g && n_excluded < DEPLOYMENTS_MAX {
+            excluded[n_excluded] = idx;
+            n_excluded += 1;
         }
         attempts += 1;
+    }
+    c.llm.body = body;
+    ctx.put_buf(wbuf);
+    answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf()).await
+}
+
+/// Settle a deployment's quota for the request that used it: tokens from `used` (or given back
+/// when the attempt `failed`).
+fn finish_deployment(ex: &mut Exchange, snap: &Snapshot, used: Option<u64>, failed: bool) {
+    if let Some((g, i, adm)) = ex.deployment_admitted.take() {
+        if let Some(Some(lim)) = snap.deployment_limits.get(g).and_then(|v| v.get(i)) {
+            adm.finish(lim, now_ns(), used, failed);
+        }
     }
 }
 

@@ -34,6 +34,8 @@ pub struct RawDeployment {
     model: Option<String>,
     weight: Option<i64>,
     max_outstanding: Option<i64>,
+    rpm: Option<i64>,
+    tpm: Option<i64>,
 }
 
 /// One deployment of a model group.
@@ -46,6 +48,10 @@ pub struct Deployment {
     pub weight: u32,
     /// Requests in flight per shard past which the deployment is skipped.
     pub max_outstanding: Option<u32>,
+    /// Requests and tokens per minute this deployment takes, over all shards (the provider's
+    /// own quota); past them it is skipped like a full one.
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
 }
 
 /// A validated `[[models]]` entry.
@@ -183,11 +189,25 @@ pub fn validate(
                     None
                 }
             });
+            let mut per_minute = |key: &str, v: Option<i64>| -> Option<u64> {
+                let v = v?;
+                match u64::try_from(v) {
+                    Ok(v) if (1..=1 << 48).contains(&v) => Some(v),
+                    _ => {
+                        error(g(key), format!("must be between 1 and 2^48, got {v}"));
+                        None
+                    }
+                }
+            };
+            let rpm = per_minute("rpm", d.rpm);
+            let tpm = per_minute("tpm", d.tpm);
             deployments.push(Deployment {
                 upstream,
                 model,
                 weight,
                 max_outstanding,
+                rpm,
+                tpm,
             });
         }
         out.push(ModelGroup {

@@ -78,6 +78,8 @@ pub struct Snapshot {
     /// not be built, which validation rules out).
     pub model_index: HashMap<String, usize>,
     pub groups: Vec<Option<Rc<Group>>>,
+    /// Per group, per deployment: its rpm/tpm quota over all shards (None: no quota).
+    pub deployment_limits: Vec<Vec<Option<TenantLimits>>>,
     /// Prompt templates, by name, model alias and route.
     pub templates: Templates,
 }
@@ -129,6 +131,29 @@ impl Snapshot {
                 .iter()
                 .enumerate()
                 .map(|(i, m)| (m.name.clone(), i))
+                .collect(),
+            deployment_limits: cfg
+                .models
+                .iter()
+                .map(|m| {
+                    m.deployments
+                        .iter()
+                        .enumerate()
+                        .map(|(i, d)| {
+                            if d.rpm.is_none() && d.tpm.is_none() {
+                                return None;
+                            }
+                            // Deployment quotas share the tenant table; \u{1} keeps them apart.
+                            let key = format!("\u{1}deployment/{}/{i}", m.name);
+                            Some(TenantLimits::rates(
+                                d.rpm,
+                                d.tpm,
+                                region.tenant(&key),
+                                kept.locals.get(&key),
+                            ))
+                        })
+                        .collect()
+                })
                 .collect(),
             groups: cfg
                 .models
@@ -481,8 +506,12 @@ async fn serve(
                 // Leases unused for a while go back, so another shard can spend them.
                 if leases_checked.elapsed() >= Duration::from_millis(LEASE_CHECK_MS) {
                     let now = crate::admit::now_ns();
-                    for t in &ctx.snapshot().tenant_limits {
+                    let snap = ctx.snapshot();
+                    for t in &snap.tenant_limits {
                         t.return_stale(now);
+                    }
+                    for d in snap.deployment_limits.iter().flatten().flatten() {
+                        d.return_stale(now);
                     }
                     leases_checked = Instant::now();
                 }

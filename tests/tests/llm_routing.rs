@@ -374,3 +374,37 @@ deployments = [{ upstream = "busy" }, { upstream = "free" }]
     // One 429 with Retry-After: 30 put `busy` aside; it was not asked again.
     assert_eq!(busy.requests().len(), 1);
 }
+
+#[test]
+fn a_deployment_over_its_quota_is_skipped_for_another() {
+    let capped = deployment("capped", Duration::ZERO);
+    let spare = deployment("spare", Duration::ZERO);
+    let cfg = config(
+        &[("capped", capped.addr()), ("spare", spare.addr())],
+        r#"
+[[models]]
+name = "m"
+strategy = "weighted"
+deployments = [
+  { upstream = "capped", weight = 100, rpm = 5 },
+  { upstream = "spare", weight = 1 },
+]
+"#,
+    );
+    let gw = Gateway::start(&cfg);
+    let mut served = Vec::new();
+    for _ in 0..20 {
+        let mut c = Client::connect(gw.addr());
+        let r = chat(&mut c, "m");
+        assert_eq!(r.status, 200, "{}", r.summary());
+        served.push(
+            r.json()["served_by"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    // The heavy deployment takes its 5 requests per minute (capacity 5), the rest go elsewhere.
+    assert_eq!(capped.requests().len(), 5, "{served:?}");
+    assert_eq!(spare.requests().len(), 15, "{served:?}");
+}
