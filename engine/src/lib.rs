@@ -31,8 +31,10 @@
 //! - [`admin`]: `/metrics` and `/health/*` on a blocking std thread of its own, off the shards.
 //! - [`accesslog`]: per-shard batches of fixed-size records, written as JSON lines by a thread.
 //!
+//! Per-shard traffic control (no I/O, but state shared with other shards through the region):
+//! - [`admit`]: a tenant's (or a deployment's) admission and settlement against its shared
+//!   limit cells; the `x-ratelimit-*` headers.
 //! - [`fair`]: per-tenant queues (deficit round robin) in front of a saturated upstream.
-//! - [`admit`]: a tenant's admission and settlement against its shared limit cells.
 //!
 //! I/O (the only modules that touch monoio):
 //! - [`runtime`]: driver choice (tuned io_uring → io_uring → epoll), shared with the bench.
