@@ -1,6 +1,6 @@
 //! Route table: longest path prefix wins. Built once per config, read by every request.
 //!
-//! Small tables (the common case) are scanned longest-first. Past [`LINEAR_ROUTES_MAX`] routes
+//! Small tables (the common case) are scanned longest-first. Past `LINEAR_ROUTES_MAX` (16) routes
 //! the prefixes are grouped by length in hash maps, and a lookup tries each distinct length,
 //! longest first: a handful of hash probes however many routes there are (a 10,000-route
 //! config costs about as much per request as a 20-route one).

@@ -284,7 +284,7 @@ impl<'b> ParsedRequest<'_, 'b> {
         self.write_upstream_head_with(authority, client_ip, &Credentials::PASS, out);
     }
 
-    /// [`RequestHead::write_upstream_head`] with the client's credentials handled as `creds`
+    /// [`Self::write_upstream_head`] with the client's credentials handled as `creds`
     /// says: a tenant's key is removed, and the upstream's own credential added.
     pub fn write_upstream_head_with(
         &self,
