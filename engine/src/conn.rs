@@ -1729,13 +1729,13 @@ async fn proxy_llm(
         ctx.put_buf(wbuf);
         return forward(ctx, c, head, target, out, BodyLeft::Done).await;
     };
-    // Deployments of the group not to pick again: failed, or over their quota.
-    let mut excluded = [usize::MAX; DEPLOYMENTS_MAX];
-    let mut n_excluded = 0usize;
+    // Deployments of the group not to pick again (failed, or over their quota), as a bit set:
+    // it lives across awaits, so it is kept small in the connection's future.
+    let mut excluded = [0u64; DEPLOYMENTS_MAX / 64];
     let mut attempts = 0usize;
     let retries = snap.cfg.models[g].retries as usize;
     for _ in 0..2 * DEPLOYMENTS_MAX {
-        let Some((group, idx)) = pick_deployment(ctx, &snap, g, &excluded[..n_excluded]) else {
+        let Some((group, idx)) = pick_deployment(ctx, &snap, g, &excluded) else {
             break;
         };
         // The deployment's own quota (rpm/tpm over all shards): over it, pick another.
@@ -1747,9 +1747,8 @@ async fn proxy_llm(
                     c.ex.scan = true;
                 }
                 Err(_) => {
-                    if group == g && n_excluded < DEPLOYMENTS_MAX {
-                        excluded[n_excluded] = idx;
-                        n_excluded += 1;
+                    if group == g {
+                        exclude(&mut excluded, idx);
                     }
                     continue;
                 }
@@ -1798,9 +1797,8 @@ async fn proxy_llm(
         c.ex.status = 0;
         c.ex.local_error = false;
         c.ex.strip_usage = false;
-        if group == g && n_excluded < DEPLOYMENTS_MAX {
-            excluded[n_excluded] = idx;
-            n_excluded += 1;
+        if group == g {
+            exclude(&mut excluded, idx);
         }
         attempts += 1;
     }
@@ -1984,8 +1982,18 @@ fn pick_deployment(
     ctx: &ShardCtx,
     snap: &Snapshot,
     g: usize,
-    tried: &[usize],
+    excluded: &[u64; DEPLOYMENTS_MAX / 64],
 ) -> Option<(usize, usize)> {
+    // The bit set as the list the balancer takes (on this function's stack, not the future's).
+    let mut list = [0usize; DEPLOYMENTS_MAX];
+    let mut n = 0;
+    for i in 0..DEPLOYMENTS_MAX {
+        if excluded[i / 64] & (1 << (i % 64)) != 0 {
+            list[n] = i;
+            n += 1;
+        }
+    }
+    let tried = &list[..n];
     let now = balance_now_ns();
     let mut rng = || ctx.next_random();
     let primary = snap.groups.get(g).and_then(Option::as_deref)?;
@@ -2005,6 +2013,13 @@ fn pick_deployment(
         }
     }
     primary.pick(now, &mut rng, tried).map(|idx| (g, idx))
+}
+
+/// Mark deployment `idx` as not to be picked again for this request.
+fn exclude(set: &mut [u64; DEPLOYMENTS_MAX / 64], idx: usize) {
+    if let Some(w) = set.get_mut(idx / 64) {
+        *w |= 1 << (idx % 64);
+    }
 }
 
 /// The balancer's clock: a monotonic ns count (only differences matter).
