@@ -91,10 +91,9 @@ pub fn chat_to_messages(
                 Value::Array(vec![Value::from(s.as_str())]),
             );
         }
+        Some(Value::Array(a)) if a.is_empty() => {}
         Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
-            if !a.is_empty() {
-                req.insert("stop_sequences".into(), Value::Array(a.clone()));
-            }
+            req.insert("stop_sequences".into(), Value::Array(a.clone()));
         }
         Some(_) => return Err(TranslateError::BadField("stop")),
     }
