@@ -717,3 +717,496 @@ impl StreamToChat {
         self.done = true;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn to_messages(body: &Value) -> Result<Value, TranslateError> {
+        let mut out = Vec::new();
+        chat_to_messages(
+            body.to_string().as_bytes(),
+            "claude-sonnet-4-5",
+            1024,
+            &mut out,
+        )?;
+        Ok(serde_json::from_slice(&out).expect("valid JSON"))
+    }
+
+    #[test]
+    fn system_and_multi_turn_chat() {
+        let body = json!({
+            "model": "gpt-4o",
+            "messages": [
+                {"role": "system", "content": "You are terse."},
+                {"role": "developer", "content": [{"type": "text", "text": "Answer in English."}]},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}, {"type": "text", "text": "Be brief."}]},
+                {"role": "user", "content": "And 3+3?"}
+            ],
+            "max_tokens": 100,
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "stop": "\n\n",
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "seed": 7,
+            "user": "u-1"
+        });
+        assert_eq!(
+            to_messages(&body),
+            Ok(json!({
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 100,
+                "system": "You are terse.\n\nAnswer in English.",
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": "Hello."}]},
+                    {"role": "user", "content": [
+                        {"type": "text", "text": "What is 2+2?"},
+                        {"type": "text", "text": "Be brief."},
+                        {"type": "text", "text": "And 3+3?"}
+                    ]}
+                ],
+                "temperature": 0.5,
+                "top_p": 0.9,
+                "stop_sequences": ["\n\n"],
+                "stream": true,
+                "metadata": {"user_id": "u-1"}
+            }))
+        );
+    }
+
+    #[test]
+    fn max_tokens_stop_and_defaults() {
+        let base = json!({"model": "m", "messages": [{"role": "user", "content": "Hi"}]});
+        let v = to_messages(&base).expect("translates");
+        assert_eq!(v["max_tokens"], 1024);
+        assert!(v.get("system").is_none() && v.get("stream").is_none());
+        assert!(v.get("stop_sequences").is_none() && v.get("temperature").is_none());
+
+        let mut b = base.clone();
+        b["max_completion_tokens"] = json!(50);
+        b["max_tokens"] = json!(70);
+        b["stop"] = json!(["END", "STOP"]);
+        b["stream"] = json!(false);
+        b["n"] = json!(1);
+        b["logprobs"] = json!(false);
+        b["tools"] = Value::Null;
+        b["response_format"] = json!({"type": "text"});
+        let v = to_messages(&b).expect("translates");
+        assert_eq!(v["max_tokens"], 50);
+        assert_eq!(v["stop_sequences"], json!(["END", "STOP"]));
+        assert!(v.get("stream").is_none());
+
+        let mut b = base.clone();
+        b["max_tokens"] = json!(70);
+        b["max_completion_tokens"] = Value::Null;
+        assert_eq!(to_messages(&b).expect("translates")["max_tokens"], 70);
+
+        // Empty texts are left out, and so is a turn left empty; its neighbours then merge.
+        let b = json!({"messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": ""},
+            {"role": "user", "content": [{"type": "text", "text": "b"}]}
+        ]});
+        assert_eq!(
+            to_messages(&b).expect("translates")["messages"],
+            json!([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}])
+        );
+    }
+
+    #[test]
+    fn unsupported_and_malformed_requests_are_refused() {
+        let base = json!({"model": "m", "messages": [{"role": "user", "content": "Hi"}]});
+        let with = |key: &str, value: Value| {
+            let mut b = base.clone();
+            b[key] = value;
+            to_messages(&b)
+        };
+        use TranslateError::{BadField, NotJson, Unsupported};
+        let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+        assert_eq!(with("tools", tool), Err(Unsupported("tools")));
+        assert_eq!(
+            with("tool_choice", json!("auto")),
+            Err(Unsupported("tool_choice"))
+        );
+        assert_eq!(with("functions", json!([])), Err(Unsupported("functions")));
+        assert_eq!(with("n", json!(2)), Err(Unsupported("n")));
+        assert_eq!(with("logprobs", json!(true)), Err(Unsupported("logprobs")));
+        assert_eq!(with("top_logprobs", json!(3)), Err(Unsupported("logprobs")));
+        assert_eq!(
+            with("response_format", json!({"type": "json_object"})),
+            Err(Unsupported("response_format"))
+        );
+        assert_eq!(
+            with("audio", json!({"voice": "alloy"})),
+            Err(Unsupported("audio"))
+        );
+        assert_eq!(with("stop", json!(3)), Err(BadField("stop")));
+        assert_eq!(with("stop", json!(["a", 1])), Err(BadField("stop")));
+        assert_eq!(with("max_tokens", json!(-1)), Err(BadField("max_tokens")));
+        assert_eq!(with("max_tokens", json!("10")), Err(BadField("max_tokens")));
+        assert_eq!(
+            with("temperature", json!("hot")),
+            Err(BadField("temperature"))
+        );
+        assert_eq!(with("stream", json!("yes")), Err(BadField("stream")));
+        assert_eq!(with("messages", json!([])), Err(BadField("messages")));
+        assert_eq!(with("messages", json!("Hi")), Err(BadField("messages")));
+        assert_eq!(
+            with(
+                "messages",
+                json!([{"role": "system", "content": "only a system prompt"}])
+            ),
+            Err(BadField("messages"))
+        );
+        assert_eq!(
+            with(
+                "messages",
+                json!([{"role": "user", "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+                ]}])
+            ),
+            Err(Unsupported("image_url"))
+        );
+        assert_eq!(
+            with(
+                "messages",
+                json!([{"role": "tool", "tool_call_id": "c1", "content": "42"}])
+            ),
+            Err(Unsupported("tool"))
+        );
+        assert_eq!(
+            with(
+                "messages",
+                json!([
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+                ])
+            ),
+            Err(Unsupported("tool_calls"))
+        );
+        assert_eq!(
+            with("messages", json!([{"role": "robot", "content": "Hi"}])),
+            Err(BadField("role"))
+        );
+        assert_eq!(
+            with("messages", json!([{"role": "user", "content": 5}])),
+            Err(BadField("content"))
+        );
+
+        let mut out = b"kept".to_vec();
+        for body in [&b"[1,2]"[..], b"\"s\"", b"{", b"{} {}", b"", b"null"] {
+            assert_eq!(chat_to_messages(body, "m", 1, &mut out), Err(NotJson));
+        }
+        assert_eq!(out, b"kept", "nothing appended on error");
+    }
+
+    /// A Messages response, as the API sends it.
+    const MESSAGE: &str = r#"{"id":"msg_01XFDUDYJgAACzvnptvVoYEL","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929","content":[{"type":"text","text":"Hello"},{"type":"text","text":", \"world\"!"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"cache_creation_input_tokens":100,"cache_read_input_tokens":30,"output_tokens":6}}"#;
+
+    #[test]
+    fn response_maps_text_usage_and_finish_reason() {
+        let mut out = Vec::new();
+        message_to_chat(MESSAGE.as_bytes(), 1_700_000_000, &mut out).expect("translates");
+        assert_eq!(
+            std::str::from_utf8(&out).expect("UTF-8"),
+            concat!(
+                r#"{"id":"msg_01XFDUDYJgAACzvnptvVoYEL","object":"chat.completion","created":1700000000,"model":"claude-sonnet-4-5-20250929","#,
+                r#""choices":[{"index":0,"message":{"role":"assistant","content":"Hello, \"world\"!"},"logprobs":null,"finish_reason":"stop"}],"#,
+                r#""usage":{"prompt_tokens":142,"completion_tokens":6,"total_tokens":148,"prompt_tokens_details":{"cached_tokens":30}}}"#
+            )
+        );
+
+        for (stop, finish) in [
+            ("\"end_turn\"", "stop"),
+            ("\"stop_sequence\"", "stop"),
+            ("\"max_tokens\"", "length"),
+            ("\"refusal\"", "content_filter"),
+            ("\"pause_turn\"", "stop"),
+            ("null", "stop"),
+        ] {
+            let body = format!(
+                r#"{{"id":"m","type":"message","content":[],"model":"c","stop_reason":{stop},"usage":{{"input_tokens":1,"output_tokens":2}}}}"#
+            );
+            let mut out = Vec::new();
+            message_to_chat(body.as_bytes(), 1, &mut out).expect("translates");
+            let v: Value = serde_json::from_slice(&out).expect("valid JSON");
+            assert_eq!(v["choices"][0]["finish_reason"], finish, "{stop}");
+            assert_eq!(v["choices"][0]["message"]["content"], "");
+            assert_eq!(v["usage"]["total_tokens"], 3);
+        }
+
+        let mut out = Vec::new();
+        let error =
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        assert_eq!(
+            message_to_chat(error, 1, &mut out),
+            Err(TranslateError::BadField("type"))
+        );
+        assert_eq!(
+            message_to_chat(b"[]", 1, &mut out),
+            Err(TranslateError::NotJson)
+        );
+        assert!(out.is_empty());
+    }
+
+    fn openai_error(status: u16, body: &[u8]) -> Value {
+        let mut out = Vec::new();
+        error_to_openai(status, body, &mut out);
+        serde_json::from_slice(&out).expect("valid JSON")
+    }
+
+    #[test]
+    fn errors_map_to_openai_shape() {
+        assert_eq!(
+            openai_error(
+                400,
+                br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#
+            ),
+            json!({"error": {"message": "max_tokens: Field required", "type": "invalid_request_error", "param": null, "code": "invalid_request_error"}})
+        );
+        assert_eq!(
+            openai_error(
+                401,
+                br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#
+            ),
+            json!({"error": {"message": "invalid x-api-key", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}})
+        );
+        assert_eq!(
+            openai_error(
+                429,
+                br#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests has exceeded your rate limit"}}"#
+            )["error"]["code"],
+            "rate_limit_exceeded"
+        );
+        let overloaded = openai_error(
+            529,
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        );
+        assert_eq!(overloaded["error"]["type"], "server_error");
+        assert_eq!(overloaded["error"]["code"], "overloaded_error");
+        assert_eq!(
+            openai_error(
+                404,
+                br#"{"type":"error","error":{"type":"not_found_error","message":"model: x"}}"#
+            )["error"]["type"],
+            "invalid_request_error"
+        );
+        assert_eq!(
+            openai_error(403, b"<html>forbidden</html>"),
+            json!({"error": {"message": "the Anthropic upstream answered HTTP 403", "type": "permission_error", "param": null, "code": null}})
+        );
+        assert_eq!(openai_error(502, b"")["error"]["type"], "server_error");
+        assert_eq!(
+            openai_error(413, b"")["error"]["type"],
+            "invalid_request_error"
+        );
+    }
+
+    /// An Anthropic Messages stream, as the API sends it.
+    const STREAM: &str = concat!(
+        "event: message_start\n",
+        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5-20250929\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":10,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: ping\n",
+        "data: {\"type\": \"ping\"}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\", \\\"w\\u00f6rld\\\"\\n!\"}}\n\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: message_delta\n",
+        "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":15}}\n\n",
+        "event: message_stop\n",
+        "data: {\"type\":\"message_stop\"}\n\n",
+    );
+
+    const HEAD: &str = r#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o","choices":"#;
+
+    fn expected(include_usage: bool) -> String {
+        let mut s = String::new();
+        for choices in [
+            r#"[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{"content":", \"wörld\"\n!"},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{},"logprobs":null,"finish_reason":"length"}]"#,
+        ] {
+            s.push_str(HEAD);
+            s.push_str(choices);
+            s.push_str("}\n\n");
+        }
+        if include_usage {
+            s.push_str(HEAD);
+            s.push_str(r#"[],"usage":{"prompt_tokens":35,"completion_tokens":15,"total_tokens":50,"prompt_tokens_details":{"cached_tokens":10}}}"#);
+            s.push_str("\n\n");
+        }
+        s.push_str("data: [DONE]\n\n");
+        s
+    }
+
+    fn translate_in_pieces(
+        stream: &[u8],
+        cuts: &[usize],
+        include_usage: bool,
+    ) -> (Vec<u8>, Option<(u64, u64)>) {
+        let mut t = StreamToChat::new("chatcmpl-1", "gpt-4o", 1_700_000_000, include_usage);
+        let mut out = Vec::new();
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut start = 0;
+        for c in cuts {
+            t.feed(stream.get(start..c).unwrap_or_default(), &mut out);
+            start = c;
+        }
+        t.feed(stream.get(start..).unwrap_or_default(), &mut out);
+        t.finish(&mut out);
+        assert!(t.is_done());
+        (out, t.usage())
+    }
+
+    #[test]
+    fn stream_translates_to_openai_chunks() {
+        for include_usage in [false, true] {
+            let (out, usage) = translate_in_pieces(STREAM.as_bytes(), &[], include_usage);
+            assert_eq!(
+                std::str::from_utf8(&out).expect("UTF-8"),
+                expected(include_usage)
+            );
+            assert_eq!(usage, Some((35, 15)));
+        }
+        // CRLF line ends, and one byte at a time.
+        let crlf = STREAM.replace('\n', "\r\n");
+        let cuts: Vec<usize> = (0..crlf.len()).collect();
+        let (out, _) = translate_in_pieces(crlf.as_bytes(), &cuts, true);
+        assert_eq!(std::str::from_utf8(&out).expect("UTF-8"), expected(true));
+        // Every chunk is valid JSON.
+        for event in expected(true).split("\n\n").filter(|e| !e.is_empty()) {
+            let data = event.strip_prefix("data: ").expect("data line");
+            if data != "[DONE]" {
+                serde_json::from_str::<Value>(data).expect("valid JSON");
+            }
+        }
+    }
+
+    #[test]
+    fn stream_error_and_truncation() {
+        let stream = concat!(
+            "event: message_start\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"c\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n",
+            "event: error\n",
+            "data: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+            "event: message_stop\n",
+            "data: {\"type\":\"message_stop\"}\n\n",
+        );
+        let (out, usage) = translate_in_pieces(stream.as_bytes(), &[], true);
+        let out = String::from_utf8(out).expect("UTF-8");
+        let events: Vec<&str> = out.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(events.len(), 3, "{out}");
+        assert!(events[0].contains(r#""role":"assistant""#));
+        assert_eq!(
+            events[1],
+            r#"data: {"error":{"message":"Overloaded","type":"server_error","param":null,"code":"overloaded_error"}}"#
+        );
+        assert_eq!(events[2], "data: [DONE]");
+        assert_eq!(usage, Some((3, 1)));
+
+        // Cut off before message_stop: an error event, then [DONE].
+        let cut = STREAM.find("event: message_stop").expect("present");
+        let (out, _) =
+            translate_in_pieces(STREAM.get(..cut).expect("in range").as_bytes(), &[], false);
+        let out = String::from_utf8(out).expect("UTF-8");
+        assert!(out.ends_with("before message_stop\",\"type\":\"server_error\",\"param\":null,\"code\":\"api_error\"}}\n\ndata: [DONE]\n\n"), "{out}");
+
+        // The last event without its blank line still counts.
+        let (out, _) = translate_in_pieces(STREAM.trim_end().as_bytes(), &[], false);
+        assert_eq!(String::from_utf8(out).expect("UTF-8"), expected(false));
+
+        // Nothing at all.
+        let (out, usage) = translate_in_pieces(b"", &[], true);
+        assert!(String::from_utf8(out)
+            .expect("UTF-8")
+            .ends_with("data: [DONE]\n\n"));
+        assert_eq!(usage, None);
+    }
+
+    #[test]
+    fn oversized_events_are_skipped() {
+        let big = "x".repeat(STREAM_EVENT_BYTES_MAX + 1);
+        let stream = format!(
+            "data: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{big}\"}}}}\n\n{STREAM}"
+        );
+        let (out, _) = translate_in_pieces(stream.as_bytes(), &[7, 100_000, 200_000], false);
+        assert_eq!(String::from_utf8(out).expect("UTF-8"), expected(false));
+    }
+
+    fn arb_stream() -> impl Strategy<Value = Vec<u8>> {
+        // The realistic stream with optional noise: comments, CRLF, an unknown event.
+        (any::<bool>(), any::<bool>()).prop_map(|(crlf, noise)| {
+            let mut s = String::new();
+            if noise {
+                s.push_str(": keep-alive\n\nevent: unknown\ndata: {\"type\":\"mystery\"}\n\n");
+            }
+            s.push_str(STREAM);
+            let s = if crlf { s.replace('\n', "\r\n") } else { s };
+            s.into_bytes()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// The same output however the stream is cut into reads.
+        #[test]
+        fn stream_split_independent(
+            stream in arb_stream(),
+            cuts in prop::collection::vec(any::<usize>(), 0..12),
+            include_usage in any::<bool>(),
+        ) {
+            let whole = translate_in_pieces(&stream, &[], include_usage);
+            prop_assert_eq!(std::str::from_utf8(&whole.0).expect("UTF-8"), expected(include_usage));
+            prop_assert_eq!(translate_in_pieces(&stream, &cuts, include_usage), whole);
+        }
+
+        /// No panic on arbitrary bytes rich in SSE syntax, split independence there too, and
+        /// the output always ends with [DONE].
+        #[test]
+        fn stream_never_panics(
+            stream in prop::collection::vec(prop::sample::select(b"\n\r\n:data: event{}\"type\"message_stop_delta error".to_vec()), 0..300),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let whole = translate_in_pieces(&stream, &[], true);
+            prop_assert!(whole.0.ends_with(b"data: [DONE]\n\n"));
+            prop_assert_eq!(translate_in_pieces(&stream, &cuts, true), whole);
+        }
+
+        #[test]
+        fn stream_never_panics_on_any_bytes(stream in prop::collection::vec(any::<u8>(), 0..512)) {
+            let (out, _) = translate_in_pieces(&stream, &[], false);
+            prop_assert!(out.ends_with(b"data: [DONE]\n\n"));
+        }
+
+        /// The one-shot functions never panic, and their output is JSON when they succeed.
+        #[test]
+        fn one_shot_never_panic(body in prop::collection::vec(any::<u8>(), 0..256), status in any::<u16>()) {
+            let mut out = Vec::new();
+            if chat_to_messages(&body, "m", 16, &mut out).is_ok() {
+                prop_assert!(serde_json::from_slice::<Value>(&out).is_ok());
+            }
+            out.clear();
+            if message_to_chat(&body, 0, &mut out).is_ok() {
+                prop_assert!(serde_json::from_slice::<Value>(&out).is_ok());
+            }
+            out.clear();
+            error_to_openai(status, &body, &mut out);
+            prop_assert!(serde_json::from_slice::<Value>(&out).is_ok());
+        }
+    }
+}
