@@ -16,6 +16,8 @@
 //! - [`llm`]: LLM bodies: what a request asks for (model, stream, max_tokens), the token
 //!   estimate, the `include_usage` rewrite, usage scanning of JSON and SSE responses, and the
 //!   SSE filter that hides the usage chunk from clients that did not ask for it.
+//! - [`provider`]: translation between OpenAI's format and other providers' (Anthropic
+//!   Messages): requests, responses, error bodies and event streams.
 //! - [`template`]: prompt templates: `[[templates]]` with `{{Name}}` placeholders, filled from a
 //!   request's `variables` (escaped as JSON strings, never raw JSON), which never reach an
 //!   upstream.
@@ -64,6 +66,7 @@ pub mod llm;
 pub mod metrics;
 pub mod mock;
 pub mod models;
+pub mod provider;
 pub mod route;
 pub mod runtime;
 pub mod shard;

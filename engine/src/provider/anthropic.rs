@@ -1,0 +1,1212 @@
+//! OpenAI chat clients in front of an Anthropic Messages upstream (`POST /v1/messages`).
+//!
+//! - [`chat_to_messages`]: an OpenAI chat completion request becomes a Messages request.
+//! - [`message_to_chat`]: a Messages response becomes a `chat.completion`.
+//! - [`error_to_openai`]: an Anthropic error body becomes an OpenAI error body.
+//! - [`StreamToChat`]: Anthropic's event stream becomes `chat.completion.chunk` events, fed in
+//!   pieces of any size; the output does not depend on where the pieces were cut.
+//!
+//! Everything appends to an `out` buffer the caller owns; nothing touches a socket or the
+//! clock (the caller passes `created`).
+//!
+//! # Mapping
+//!
+//! | OpenAI | Anthropic |
+//! |---|---|
+//! | `system` and `developer` messages (anywhere) | top-level `system`, joined by a blank line |
+//! | `user` / `assistant` messages, string or `text` parts | `messages` of `text` blocks; consecutive messages of one role merged into one turn; empty texts left out |
+//! | `max_completion_tokens`, else `max_tokens`, else the deployment's default | `max_tokens` (required by Anthropic) |
+//! | `temperature`, `top_p` | the same (Anthropic accepts `temperature` up to 1; a larger one is the upstream's 400) |
+//! | `stop` (string or array) | `stop_sequences` |
+//! | `stream` | `stream` (`stream_options` only decides [`StreamToChat`]'s usage chunk) |
+//! | `user` | `metadata.user_id` |
+//! | `tools`, `tool_choice`, `functions`, `function_call`, `tool` messages, assistant `tool_calls`, `image_url` / audio parts, `n` > 1, `logprobs`, `top_logprobs`, `response_format` other than text, `audio` | refused: [`TranslateError::Unsupported`] |
+//! | `seed`, `presence_penalty`, `frequency_penalty`, `logit_bias`, `stream_options`, `parallel_tool_calls`, `store`, `metadata`, ... | left out |
+//!
+//! Stop reasons: `end_turn`, `stop_sequence` (and anything unknown) → `stop`; `max_tokens` and
+//! `model_context_window_exceeded` → `length`; `refusal` → `content_filter`. Usage:
+//! `prompt_tokens` is `input_tokens` plus both cache counts (Anthropic leaves cached tokens out
+//! of `input_tokens`, OpenAI counts them in), with `cache_read_input_tokens` also reported as
+//! `prompt_tokens_details.cached_tokens`.
+
+use serde_json::{Map, Value};
+
+use super::{push_json_str, push_u64, TranslateError};
+
+/// The longest SSE line (and the most `data` of one event) [`StreamToChat`] examines, bytes. A
+/// longer event is skipped whole; Anthropic's events are a few hundred bytes.
+pub const STREAM_EVENT_BYTES_MAX: usize = 256 * 1024;
+/// The longest `event:` name kept, bytes (Anthropic's longest is `content_block_delta`).
+const EVENT_NAME_BYTES_MAX: usize = 64;
+
+const _: () = assert!(EVENT_NAME_BYTES_MAX <= STREAM_EVENT_BYTES_MAX);
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+/// Translate an OpenAI chat completion request into an Anthropic Messages request for `model`,
+/// appended to `out` (nothing is appended on error). `default_max_tokens` is used when the
+/// request names neither `max_completion_tokens` nor `max_tokens`.
+pub fn chat_to_messages(
+    openai_body: &[u8],
+    model: &str,
+    default_max_tokens: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), TranslateError> {
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(openai_body) else {
+        return Err(TranslateError::NotJson);
+    };
+    refuse_unsupported(&body)?;
+    let (system, turns) = translate_messages(body.get("messages"))?;
+
+    let mut req = Map::new();
+    req.insert("model".into(), Value::from(model));
+    let max_tokens = match (
+        present(&body, "max_completion_tokens"),
+        present(&body, "max_tokens"),
+    ) {
+        (Some(v), _) | (None, Some(v)) => {
+            v.as_u64().ok_or(TranslateError::BadField("max_tokens"))?
+        }
+        (None, None) => default_max_tokens,
+    };
+    req.insert("max_tokens".into(), Value::from(max_tokens));
+    if !system.is_empty() {
+        req.insert("system".into(), Value::from(system));
+    }
+    req.insert("messages".into(), Value::Array(turns));
+    for key in ["temperature", "top_p"] {
+        if let Some(v) = present(&body, key) {
+            if !v.is_number() {
+                return Err(TranslateError::BadField(key));
+            }
+            req.insert(key.into(), v.clone());
+        }
+    }
+    match present(&body, "stop") {
+        None => {}
+        Some(Value::String(s)) => {
+            req.insert(
+                "stop_sequences".into(),
+                Value::Array(vec![Value::from(s.as_str())]),
+            );
+        }
+        Some(Value::Array(a)) if a.is_empty() => {}
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+            req.insert("stop_sequences".into(), Value::Array(a.clone()));
+        }
+        Some(_) => return Err(TranslateError::BadField("stop")),
+    }
+    match present(&body, "stream") {
+        None | Some(Value::Bool(false)) => {}
+        Some(Value::Bool(true)) => {
+            req.insert("stream".into(), Value::Bool(true));
+        }
+        Some(_) => return Err(TranslateError::BadField("stream")),
+    }
+    match present(&body, "user") {
+        None => {}
+        Some(Value::String(u)) => {
+            let mut metadata = Map::new();
+            metadata.insert("user_id".into(), Value::from(u.as_str()));
+            req.insert("metadata".into(), Value::Object(metadata));
+        }
+        Some(_) => return Err(TranslateError::BadField("user")),
+    }
+    // Serializing a `Value` into a `Vec` cannot fail (its keys are strings, writes to a `Vec`
+    // do not fail); an error would still leave `out` as it was.
+    let mark = out.len();
+    serde_json::to_writer(&mut *out, &Value::Object(req)).map_err(|_| {
+        out.truncate(mark);
+        TranslateError::NotJson
+    })
+}
+
+/// `body[key]`, treating `null` as absent (as OpenAI does).
+fn present<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    body.get(key).filter(|v| !v.is_null())
+}
+
+/// Refuse the features a Messages request cannot express.
+fn refuse_unsupported(body: &Map<String, Value>) -> Result<(), TranslateError> {
+    for key in ["tools", "functions", "function_call"] {
+        if present(body, key).is_some() {
+            return Err(TranslateError::Unsupported(key));
+        }
+    }
+    match present(body, "tool_choice") {
+        None => {}
+        Some(Value::String(s)) if s == "none" => {}
+        Some(_) => return Err(TranslateError::Unsupported("tool_choice")),
+    }
+    match present(body, "n") {
+        None => {}
+        Some(v) if v.as_u64() == Some(1) => {}
+        Some(_) => return Err(TranslateError::Unsupported("n")),
+    }
+    match present(body, "logprobs") {
+        None | Some(Value::Bool(false)) => {}
+        Some(_) => return Err(TranslateError::Unsupported("logprobs")),
+    }
+    if present(body, "top_logprobs").is_some() {
+        return Err(TranslateError::Unsupported("logprobs"));
+    }
+    if let Some(format) = present(body, "response_format") {
+        if format.get("type").and_then(Value::as_str) != Some("text") {
+            return Err(TranslateError::Unsupported("response_format"));
+        }
+    }
+    if present(body, "audio").is_some() {
+        return Err(TranslateError::Unsupported("audio"));
+    }
+    if let Some(modalities) = present(body, "modalities") {
+        let text_only = modalities
+            .as_array()
+            .is_some_and(|m| m.iter().all(|x| x.as_str() == Some("text")));
+        if !text_only {
+            return Err(TranslateError::Unsupported("audio"));
+        }
+    }
+    Ok(())
+}
+
+/// The system prompt and the conversation turns of an OpenAI `messages` array.
+fn translate_messages(messages: Option<&Value>) -> Result<(String, Vec<Value>), TranslateError> {
+    let Some(Value::Array(messages)) = messages else {
+        return Err(TranslateError::BadField("messages"));
+    };
+    let mut system = String::new();
+    let mut turns: Vec<Value> = Vec::new();
+    let mut last_role: Option<&'static str> = None;
+    let mut texts = Vec::new();
+    for message in messages {
+        let Value::Object(message) = message else {
+            return Err(TranslateError::BadField("messages"));
+        };
+        let role = match message.get("role").and_then(Value::as_str) {
+            Some("system" | "developer") => None,
+            Some("user") => Some("user"),
+            Some("assistant") => Some("assistant"),
+            Some("tool" | "function") => return Err(TranslateError::Unsupported("tool")),
+            _ => return Err(TranslateError::BadField("role")),
+        };
+        if role == Some("assistant")
+            && (present(message, "tool_calls").is_some()
+                || present(message, "function_call").is_some())
+        {
+            return Err(TranslateError::Unsupported("tool_calls"));
+        }
+        texts.clear();
+        content_texts(message.get("content"), &mut texts)?;
+        let Some(role) = role else {
+            for text in &texts {
+                if !system.is_empty() {
+                    system.push_str("\n\n");
+                }
+                system.push_str(text);
+            }
+            continue;
+        };
+        if texts.is_empty() {
+            // Anthropic refuses empty text blocks and turns without content.
+            continue;
+        }
+        let blocks = texts.drain(..).map(|text| {
+            let mut block = Map::new();
+            block.insert("type".into(), Value::from("text"));
+            block.insert("text".into(), Value::from(text));
+            Value::Object(block)
+        });
+        match turns.last_mut().and_then(|t| t.get_mut("content")) {
+            Some(Value::Array(content)) if last_role == Some(role) => content.extend(blocks),
+            _ => {
+                let mut turn = Map::new();
+                turn.insert("role".into(), Value::from(role));
+                turn.insert("content".into(), Value::Array(blocks.collect()));
+                turns.push(Value::Object(turn));
+                last_role = Some(role);
+            }
+        }
+    }
+    if turns.is_empty() {
+        return Err(TranslateError::BadField("messages"));
+    }
+    Ok((system, turns))
+}
+
+/// The non-empty texts of a message's `content`: a string, an array of parts, or `null`.
+fn content_texts(content: Option<&Value>, texts: &mut Vec<String>) -> Result<(), TranslateError> {
+    match content {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => {
+            if !s.is_empty() {
+                texts.push(s.clone());
+            }
+        }
+        Some(Value::Array(parts)) => {
+            for part in parts {
+                match part.get("type").and_then(Value::as_str) {
+                    Some("text") => match part.get("text") {
+                        Some(Value::String(s)) => {
+                            if !s.is_empty() {
+                                texts.push(s.clone());
+                            }
+                        }
+                        _ => return Err(TranslateError::BadField("content")),
+                    },
+                    Some("image_url") => return Err(TranslateError::Unsupported("image_url")),
+                    Some("input_audio") => return Err(TranslateError::Unsupported("audio")),
+                    Some("file") => return Err(TranslateError::Unsupported("file")),
+                    _ => return Err(TranslateError::BadField("content")),
+                }
+            }
+        }
+        Some(_) => return Err(TranslateError::BadField("content")),
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+/// Anthropic's token counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    input: u64,
+    cache_creation: u64,
+    cache_read: u64,
+    output: u64,
+}
+
+impl Counts {
+    /// Overwrite the counts `usage` reports (Anthropic's counts are cumulative).
+    fn update(&mut self, usage: &Value) {
+        let get = |key| usage.get(key).and_then(Value::as_u64);
+        if let Some(n) = get("input_tokens") {
+            self.input = n;
+        }
+        if let Some(n) = get("cache_creation_input_tokens") {
+            self.cache_creation = n;
+        }
+        if let Some(n) = get("cache_read_input_tokens") {
+            self.cache_read = n;
+        }
+        if let Some(n) = get("output_tokens") {
+            self.output = n;
+        }
+    }
+
+    fn prompt(self) -> u64 {
+        self.input
+            .saturating_add(self.cache_creation)
+            .saturating_add(self.cache_read)
+    }
+
+    /// `"usage":{...}` in OpenAI's shape.
+    fn push_usage(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"\"usage\":{\"prompt_tokens\":");
+        push_u64(out, self.prompt());
+        out.extend_from_slice(b",\"completion_tokens\":");
+        push_u64(out, self.output);
+        out.extend_from_slice(b",\"total_tokens\":");
+        push_u64(out, self.prompt().saturating_add(self.output));
+        out.extend_from_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
+        push_u64(out, self.cache_read);
+        out.extend_from_slice(b"}}");
+    }
+}
+
+/// OpenAI's `finish_reason` for an Anthropic `stop_reason`.
+fn finish_reason(stop_reason: Option<&str>) -> &'static str {
+    match stop_reason {
+        Some("max_tokens" | "model_context_window_exceeded") => "length",
+        Some("refusal") => "content_filter",
+        _ => "stop",
+    }
+}
+
+/// Translate an Anthropic Messages response into an OpenAI `chat.completion` created at
+/// `created` (unix seconds), appended to `out` (nothing is appended on error). The text blocks
+/// are concatenated; other blocks (thinking) are left out. A body whose `type` is not
+/// `message` (an error body) is [`TranslateError::BadField`]`("type")`: see
+/// [`error_to_openai`].
+pub fn message_to_chat(
+    anthropic_body: &[u8],
+    created: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), TranslateError> {
+    let Ok(Value::Object(msg)) = serde_json::from_slice::<Value>(anthropic_body) else {
+        return Err(TranslateError::NotJson);
+    };
+    match msg.get("type") {
+        None => {}
+        Some(t) if t.as_str() == Some("message") => {}
+        Some(_) => return Err(TranslateError::BadField("type")),
+    }
+    let mut text = String::new();
+    match msg.get("content") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(blocks)) => {
+            for block in blocks {
+                if block.get("type").and_then(Value::as_str) == Some("text") {
+                    let Some(t) = block.get("text").and_then(Value::as_str) else {
+                        return Err(TranslateError::BadField("content"));
+                    };
+                    text.push_str(t);
+                }
+            }
+        }
+        Some(_) => return Err(TranslateError::BadField("content")),
+    }
+    let mut counts = Counts::default();
+    if let Some(usage) = msg.get("usage") {
+        counts.update(usage);
+    }
+    let str_of = |key| msg.get(key).and_then(Value::as_str).unwrap_or_default();
+
+    out.extend_from_slice(b"{\"id\":");
+    push_json_str(out, str_of("id"));
+    out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
+    push_u64(out, created);
+    out.extend_from_slice(b",\"model\":");
+    push_json_str(out, str_of("model"));
+    out.extend_from_slice(
+        b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
+    );
+    push_json_str(out, &text);
+    out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":\"");
+    out.extend_from_slice(finish_reason(msg.get("stop_reason").and_then(Value::as_str)).as_bytes());
+    out.extend_from_slice(b"\"}],");
+    counts.push_usage(out);
+    out.push(b'}');
+    Ok(())
+}
+
+/// Translate an Anthropic error body (`{"type":"error","error":{"type","message"}}`) that came
+/// with HTTP `status` into an OpenAI error body, appended to `out`. A body that is not one gets
+/// a message naming the status; the error type then follows the status alone. The status
+/// itself is the caller's to pass on.
+pub fn error_to_openai(status: u16, anthropic_error_body: &[u8], out: &mut Vec<u8>) {
+    let parsed = serde_json::from_slice::<Value>(anthropic_error_body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    let kind = error.and_then(|e| e.get("type")).and_then(Value::as_str);
+    let message = error.and_then(|e| e.get("message")).and_then(Value::as_str);
+    match message {
+        Some(m) => push_openai_error(out, status, kind, m),
+        None => push_openai_error(
+            out,
+            status,
+            kind,
+            &format!("the Anthropic upstream answered HTTP {status}"),
+        ),
+    }
+}
+
+/// `{"error":{...}}` in OpenAI's shape. `type` as OpenAI (and the openai SDK) would name it,
+/// `code` Anthropic's own error type (OpenAI's code for the two it has one for).
+fn push_openai_error(out: &mut Vec<u8>, status: u16, kind: Option<&str>, message: &str) {
+    let (openai_type, code): (&str, Option<&str>) = match (kind, status) {
+        (Some("authentication_error"), _) | (None, 401) => {
+            ("invalid_request_error", Some("invalid_api_key"))
+        }
+        (Some("permission_error"), _) | (None, 403) => ("permission_error", kind),
+        (Some("rate_limit_error"), _) | (None, 429) => ("requests", Some("rate_limit_exceeded")),
+        (Some("api_error" | "overloaded_error"), _) => ("server_error", kind),
+        (Some("invalid_request_error" | "not_found_error" | "request_too_large"), _) => {
+            ("invalid_request_error", kind)
+        }
+        (_, 400..=499) => ("invalid_request_error", kind),
+        _ => ("server_error", kind),
+    };
+    out.extend_from_slice(b"{\"error\":{\"message\":");
+    push_json_str(out, message);
+    out.extend_from_slice(b",\"type\":");
+    push_json_str(out, openai_type);
+    out.extend_from_slice(b",\"param\":null,\"code\":");
+    match code {
+        Some(c) => push_json_str(out, c),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b"}}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+
+/// Translates an Anthropic Messages event stream into OpenAI `chat.completion.chunk` events.
+///
+/// Feed it the decoded response body in pieces of any size; it appends whole OpenAI events to
+/// `out` as each Anthropic event completes, so the output is the same however the input was
+/// cut. Events: a first chunk with `delta.role` (on `message_start`), one chunk per non-empty
+/// `text_delta`, a chunk with `finish_reason` (on `message_stop`), the usage chunk with
+/// `"choices":[]` when asked for, then `data: [DONE]`. An Anthropic `error` event becomes an
+/// OpenAI error event and `[DONE]`; a stream that ends without `message_stop` gets one too (from
+/// [`finish`](Self::finish)). After `[DONE]` further input is ignored. `ping`, block starts and
+/// stops, tool and thinking deltas, and events that are not JSON are skipped.
+#[derive(Debug)]
+pub struct StreamToChat {
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+    /// The current, unfinished line (while it fits in [`STREAM_EVENT_BYTES_MAX`]).
+    line: Vec<u8>,
+    /// The current line is longer than [`STREAM_EVENT_BYTES_MAX`]: its bytes are dropped.
+    line_too_long: bool,
+    /// The current event's `data` lines, joined by `\n`.
+    data: Vec<u8>,
+    has_data: bool,
+    /// The current event's `event:` name.
+    event: Vec<u8>,
+    /// The current event outgrew [`STREAM_EVENT_BYTES_MAX`]: skip it at its end.
+    skip_event: bool,
+    role_sent: bool,
+    finish_reason: &'static str,
+    counts: Option<Counts>,
+    done: bool,
+}
+
+impl StreamToChat {
+    /// A translator whose chunks carry `id`, `model` and `created` (unix seconds), and end with
+    /// a usage chunk if `include_usage` (the client's `stream_options.include_usage`).
+    pub fn new(id: &str, model: &str, created: u64, include_usage: bool) -> Self {
+        StreamToChat {
+            id: id.to_owned(),
+            model: model.to_owned(),
+            created,
+            include_usage,
+            line: Vec::new(),
+            line_too_long: false,
+            data: Vec::new(),
+            has_data: false,
+            event: Vec::new(),
+            skip_event: false,
+            role_sent: false,
+            finish_reason: "stop",
+            counts: None,
+            done: false,
+        }
+    }
+
+    /// Translate the events that `input` completes, appending OpenAI events to `out`.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let mut rest = input;
+        while !self.done {
+            match rest.iter().position(|b| *b == b'\n') {
+                Some(p) => {
+                    self.push_line_part(rest.get(..p).unwrap_or_default());
+                    rest = rest.get(p + 1..).unwrap_or_default();
+                    self.end_line(out);
+                }
+                None => {
+                    self.push_line_part(rest);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// At the end of the upstream body: translate a last event that lacked its blank line, and
+    /// if the stream never finished, append an error event and `[DONE]`.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.done {
+            return;
+        }
+        if !self.line.is_empty() || self.line_too_long {
+            self.end_line(out);
+        }
+        if !self.done {
+            self.end_event(out);
+        }
+        if !self.done {
+            self.push_error(
+                out,
+                Some("api_error"),
+                "the Anthropic upstream ended the stream before message_stop",
+            );
+        }
+    }
+
+    /// `(prompt_tokens, completion_tokens)` as reported so far, once the upstream has reported
+    /// any.
+    pub fn usage(&self) -> Option<(u64, u64)> {
+        self.counts.map(|c| (c.prompt(), c.output))
+    }
+
+    /// Whether `[DONE]` has been written.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    fn push_line_part(&mut self, part: &[u8]) {
+        if self.line_too_long || part.is_empty() {
+            return;
+        }
+        if self.line.len() + part.len() > STREAM_EVENT_BYTES_MAX {
+            self.line_too_long = true;
+            self.line.clear();
+        } else {
+            self.line.extend_from_slice(part);
+        }
+    }
+
+    /// The current line is complete.
+    fn end_line(&mut self, out: &mut Vec<u8>) {
+        if self.line_too_long {
+            self.line_too_long = false;
+            self.skip_event = true;
+            return;
+        }
+        let mut line = std::mem::take(&mut self.line);
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.is_empty() {
+            self.end_event(out);
+        } else {
+            let (field, value) = match line.iter().position(|b| *b == b':') {
+                Some(c) => {
+                    let value = line.get(c + 1..).unwrap_or_default();
+                    (
+                        line.get(..c).unwrap_or_default(),
+                        value.strip_prefix(b" ").unwrap_or(value),
+                    )
+                }
+                None => (line.as_slice(), &[][..]),
+            };
+            match field {
+                b"data" => {
+                    let extra = usize::from(self.has_data);
+                    if self.data.len() + extra + value.len() > STREAM_EVENT_BYTES_MAX {
+                        self.skip_event = true;
+                    } else if !self.skip_event {
+                        if self.has_data {
+                            self.data.push(b'\n');
+                        }
+                        self.data.extend_from_slice(value);
+                    }
+                    self.has_data = true;
+                }
+                b"event" => {
+                    self.event.clear();
+                    if value.len() <= EVENT_NAME_BYTES_MAX {
+                        self.event.extend_from_slice(value);
+                    }
+                }
+                _ => {}
+            }
+        }
+        line.clear();
+        self.line = line;
+    }
+
+    /// A blank line: the current event is complete.
+    fn end_event(&mut self, out: &mut Vec<u8>) {
+        let complete = self.has_data && !self.skip_event;
+        self.has_data = false;
+        self.skip_event = false;
+        if complete {
+            if let Ok(v) = serde_json::from_slice::<Value>(&self.data) {
+                let kind = match v.get("type").and_then(Value::as_str) {
+                    Some(k) => k.to_owned(),
+                    None => String::from_utf8_lossy(&self.event).into_owned(),
+                };
+                self.on_event(&kind, &v, out);
+            }
+        }
+        self.data.clear();
+        self.event.clear();
+    }
+
+    fn on_event(&mut self, kind: &str, v: &Value, out: &mut Vec<u8>) {
+        match kind {
+            "message_start" => {
+                let counts = self.counts.get_or_insert_with(Counts::default);
+                if let Some(usage) = v.get("message").and_then(|m| m.get("usage")) {
+                    counts.update(usage);
+                }
+                self.send_role(out);
+            }
+            "content_block_delta" => {
+                let Some(delta) = v.get("delta") else { return };
+                if delta.get("type").and_then(Value::as_str) != Some("text_delta") {
+                    return;
+                }
+                let Some(text) = delta.get("text").and_then(Value::as_str) else {
+                    return;
+                };
+                if text.is_empty() {
+                    return;
+                }
+                self.send_role(out);
+                self.push_chunk_head(out);
+                out.extend_from_slice(b"[{\"index\":0,\"delta\":{\"content\":");
+                push_json_str(out, text);
+                out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+            }
+            "message_delta" => {
+                if let Some(stop) = v
+                    .get("delta")
+                    .and_then(|d| d.get("stop_reason"))
+                    .and_then(Value::as_str)
+                {
+                    self.finish_reason = finish_reason(Some(stop));
+                }
+                if let Some(usage) = v.get("usage") {
+                    self.counts
+                        .get_or_insert_with(Counts::default)
+                        .update(usage);
+                }
+            }
+            "message_stop" => {
+                self.send_role(out);
+                self.push_chunk_head(out);
+                out.extend_from_slice(
+                    b"[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"",
+                );
+                out.extend_from_slice(self.finish_reason.as_bytes());
+                out.extend_from_slice(b"\"}]}\n\n");
+                if self.include_usage {
+                    self.push_chunk_head(out);
+                    out.extend_from_slice(b"[],");
+                    self.counts.unwrap_or_default().push_usage(out);
+                    out.extend_from_slice(b"}\n\n");
+                }
+                out.extend_from_slice(b"data: [DONE]\n\n");
+                self.done = true;
+            }
+            "error" => {
+                let error = v.get("error");
+                let kind = error.and_then(|e| e.get("type")).and_then(Value::as_str);
+                let message = error
+                    .and_then(|e| e.get("message"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("the Anthropic upstream reported an error");
+                self.push_error(out, kind, message);
+            }
+            _ => {}
+        }
+    }
+
+    fn send_role(&mut self, out: &mut Vec<u8>) {
+        if self.role_sent {
+            return;
+        }
+        self.role_sent = true;
+        self.push_chunk_head(out);
+        out.extend_from_slice(
+            b"[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+        );
+    }
+
+    /// `data: {"id":...,"choices":` (the caller writes the choices and closes the object).
+    fn push_chunk_head(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"data: {\"id\":");
+        push_json_str(out, &self.id);
+        out.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        push_u64(out, self.created);
+        out.extend_from_slice(b",\"model\":");
+        push_json_str(out, &self.model);
+        out.extend_from_slice(b",\"choices\":");
+    }
+
+    fn push_error(&mut self, out: &mut Vec<u8>, kind: Option<&str>, message: &str) {
+        out.extend_from_slice(b"data: ");
+        push_openai_error(out, 0, kind, message);
+        out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+        self.done = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn to_messages(body: &Value) -> Result<Value, TranslateError> {
+        let mut out = Vec::new();
+        chat_to_messages(
+            body.to_string().as_bytes(),
+            "claude-sonnet-4-5",
+            1024,
+            &mut out,
+        )?;
+        Ok(serde_json::from_slice(&out).expect("valid JSON"))
+    }
+
+    #[test]
+    fn system_and_multi_turn_chat() {
+        let body = json!({
+            "model": "gpt-4o",
+            "messages": [
+                {"role": "system", "content": "You are terse."},
+                {"role": "developer", "content": [{"type": "text", "text": "Answer in English."}]},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}, {"type": "text", "text": "Be brief."}]},
+                {"role": "user", "content": "And 3+3?"}
+            ],
+            "max_tokens": 100,
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "stop": "\n\n",
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "seed": 7,
+            "user": "u-1"
+        });
+        assert_eq!(
+            to_messages(&body),
+            Ok(json!({
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 100,
+                "system": "You are terse.\n\nAnswer in English.",
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": "Hello."}]},
+                    {"role": "user", "content": [
+                        {"type": "text", "text": "What is 2+2?"},
+                        {"type": "text", "text": "Be brief."},
+                        {"type": "text", "text": "And 3+3?"}
+                    ]}
+                ],
+                "temperature": 0.5,
+                "top_p": 0.9,
+                "stop_sequences": ["\n\n"],
+                "stream": true,
+                "metadata": {"user_id": "u-1"}
+            }))
+        );
+    }
+
+    #[test]
+    fn max_tokens_stop_and_defaults() {
+        let base = json!({"model": "m", "messages": [{"role": "user", "content": "Hi"}]});
+        let v = to_messages(&base).expect("translates");
+        assert_eq!(v["max_tokens"], 1024);
+        assert!(v.get("system").is_none() && v.get("stream").is_none());
+        assert!(v.get("stop_sequences").is_none() && v.get("temperature").is_none());
+
+        let mut b = base.clone();
+        b["max_completion_tokens"] = json!(50);
+        b["max_tokens"] = json!(70);
+        b["stop"] = json!(["END", "STOP"]);
+        b["stream"] = json!(false);
+        b["n"] = json!(1);
+        b["logprobs"] = json!(false);
+        b["tools"] = Value::Null;
+        b["response_format"] = json!({"type": "text"});
+        let v = to_messages(&b).expect("translates");
+        assert_eq!(v["max_tokens"], 50);
+        assert_eq!(v["stop_sequences"], json!(["END", "STOP"]));
+        assert!(v.get("stream").is_none());
+
+        let mut b = base.clone();
+        b["max_tokens"] = json!(70);
+        b["max_completion_tokens"] = Value::Null;
+        assert_eq!(to_messages(&b).expect("translates")["max_tokens"], 70);
+
+        // Empty texts are left out, and so is a turn left empty; its neighbours then merge.
+        let b = json!({"messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": ""},
+            {"role": "user", "content": [{"type": "text", "text": "b"}]}
+        ]});
+        assert_eq!(
+            to_messages(&b).expect("translates")["messages"],
+            json!([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}])
+        );
+    }
+
+    #[test]
+    fn unsupported_and_malformed_requests_are_refused() {
+        let base = json!({"model": "m", "messages": [{"role": "user", "content": "Hi"}]});
+        let with = |key: &str, value: Value| {
+            let mut b = base.clone();
+            b[key] = value;
+            to_messages(&b)
+        };
+        use TranslateError::{BadField, NotJson, Unsupported};
+        let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+        assert_eq!(with("tools", tool), Err(Unsupported("tools")));
+        assert_eq!(
+            with("tool_choice", json!("auto")),
+            Err(Unsupported("tool_choice"))
+        );
+        assert_eq!(with("functions", json!([])), Err(Unsupported("functions")));
+        assert_eq!(with("n", json!(2)), Err(Unsupported("n")));
+        assert_eq!(with("logprobs", json!(true)), Err(Unsupported("logprobs")));
+        assert_eq!(with("top_logprobs", json!(3)), Err(Unsupported("logprobs")));
+        assert_eq!(
+            with("response_format", json!({"type": "json_object"})),
+            Err(Unsupported("response_format"))
+        );
+        assert_eq!(
+            with("audio", json!({"voice": "alloy"})),
+            Err(Unsupported("audio"))
+        );
+        assert_eq!(with("stop", json!(3)), Err(BadField("stop")));
+        assert_eq!(with("stop", json!(["a", 1])), Err(BadField("stop")));
+        assert_eq!(with("max_tokens", json!(-1)), Err(BadField("max_tokens")));
+        assert_eq!(with("max_tokens", json!("10")), Err(BadField("max_tokens")));
+        assert_eq!(
+            with("temperature", json!("hot")),
+            Err(BadField("temperature"))
+        );
+        assert_eq!(with("stream", json!("yes")), Err(BadField("stream")));
+        assert_eq!(with("messages", json!([])), Err(BadField("messages")));
+        assert_eq!(with("messages", json!("Hi")), Err(BadField("messages")));
+        assert_eq!(
+            with(
+                "messages",
+                json!([{"role": "system", "content": "only a system prompt"}])
+            ),
+            Err(BadField("messages"))
+        );
+        assert_eq!(
+            with(
+                "messages",
+                json!([{"role": "user", "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+                ]}])
+            ),
+            Err(Unsupported("image_url"))
+        );
+        assert_eq!(
+            with(
+                "messages",
+                json!([{"role": "tool", "tool_call_id": "c1", "content": "42"}])
+            ),
+            Err(Unsupported("tool"))
+        );
+        assert_eq!(
+            with(
+                "messages",
+                json!([
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+                ])
+            ),
+            Err(Unsupported("tool_calls"))
+        );
+        assert_eq!(
+            with("messages", json!([{"role": "robot", "content": "Hi"}])),
+            Err(BadField("role"))
+        );
+        assert_eq!(
+            with("messages", json!([{"role": "user", "content": 5}])),
+            Err(BadField("content"))
+        );
+
+        let mut out = b"kept".to_vec();
+        for body in [&b"[1,2]"[..], b"\"s\"", b"{", b"{} {}", b"", b"null"] {
+            assert_eq!(chat_to_messages(body, "m", 1, &mut out), Err(NotJson));
+        }
+        assert_eq!(out, b"kept", "nothing appended on error");
+    }
+
+    /// A Messages response, as the API sends it.
+    const MESSAGE: &str = r#"{"id":"msg_01XFDUDYJgAACzvnptvVoYEL","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929","content":[{"type":"text","text":"Hello"},{"type":"text","text":", \"world\"!"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"cache_creation_input_tokens":100,"cache_read_input_tokens":30,"output_tokens":6}}"#;
+
+    #[test]
+    fn response_maps_text_usage_and_finish_reason() {
+        let mut out = Vec::new();
+        message_to_chat(MESSAGE.as_bytes(), 1_700_000_000, &mut out).expect("translates");
+        assert_eq!(
+            std::str::from_utf8(&out).expect("UTF-8"),
+            concat!(
+                r#"{"id":"msg_01XFDUDYJgAACzvnptvVoYEL","object":"chat.completion","created":1700000000,"model":"claude-sonnet-4-5-20250929","#,
+                r#""choices":[{"index":0,"message":{"role":"assistant","content":"Hello, \"world\"!"},"logprobs":null,"finish_reason":"stop"}],"#,
+                r#""usage":{"prompt_tokens":142,"completion_tokens":6,"total_tokens":148,"prompt_tokens_details":{"cached_tokens":30}}}"#
+            )
+        );
+
+        for (stop, finish) in [
+            ("\"end_turn\"", "stop"),
+            ("\"stop_sequence\"", "stop"),
+            ("\"max_tokens\"", "length"),
+            ("\"refusal\"", "content_filter"),
+            ("\"pause_turn\"", "stop"),
+            ("null", "stop"),
+        ] {
+            let body = format!(
+                r#"{{"id":"m","type":"message","content":[],"model":"c","stop_reason":{stop},"usage":{{"input_tokens":1,"output_tokens":2}}}}"#
+            );
+            let mut out = Vec::new();
+            message_to_chat(body.as_bytes(), 1, &mut out).expect("translates");
+            let v: Value = serde_json::from_slice(&out).expect("valid JSON");
+            assert_eq!(v["choices"][0]["finish_reason"], finish, "{stop}");
+            assert_eq!(v["choices"][0]["message"]["content"], "");
+            assert_eq!(v["usage"]["total_tokens"], 3);
+        }
+
+        let mut out = Vec::new();
+        let error =
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        assert_eq!(
+            message_to_chat(error, 1, &mut out),
+            Err(TranslateError::BadField("type"))
+        );
+        assert_eq!(
+            message_to_chat(b"[]", 1, &mut out),
+            Err(TranslateError::NotJson)
+        );
+        assert!(out.is_empty());
+    }
+
+    fn openai_error(status: u16, body: &[u8]) -> Value {
+        let mut out = Vec::new();
+        error_to_openai(status, body, &mut out);
+        serde_json::from_slice(&out).expect("valid JSON")
+    }
+
+    #[test]
+    fn errors_map_to_openai_shape() {
+        assert_eq!(
+            openai_error(
+                400,
+                br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#
+            ),
+            json!({"error": {"message": "max_tokens: Field required", "type": "invalid_request_error", "param": null, "code": "invalid_request_error"}})
+        );
+        assert_eq!(
+            openai_error(
+                401,
+                br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#
+            ),
+            json!({"error": {"message": "invalid x-api-key", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}})
+        );
+        assert_eq!(
+            openai_error(
+                429,
+                br#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests has exceeded your rate limit"}}"#
+            )["error"]["code"],
+            "rate_limit_exceeded"
+        );
+        let overloaded = openai_error(
+            529,
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        );
+        assert_eq!(overloaded["error"]["type"], "server_error");
+        assert_eq!(overloaded["error"]["code"], "overloaded_error");
+        assert_eq!(
+            openai_error(
+                404,
+                br#"{"type":"error","error":{"type":"not_found_error","message":"model: x"}}"#
+            )["error"]["type"],
+            "invalid_request_error"
+        );
+        assert_eq!(
+            openai_error(403, b"<html>forbidden</html>"),
+            json!({"error": {"message": "the Anthropic upstream answered HTTP 403", "type": "permission_error", "param": null, "code": null}})
+        );
+        assert_eq!(openai_error(502, b"")["error"]["type"], "server_error");
+        assert_eq!(
+            openai_error(413, b"")["error"]["type"],
+            "invalid_request_error"
+        );
+    }
+
+    /// An Anthropic Messages stream, as the API sends it.
+    const STREAM: &str = concat!(
+        "event: message_start\n",
+        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5-20250929\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":10,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: ping\n",
+        "data: {\"type\": \"ping\"}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\", \\\"w\\u00f6rld\\\"\\n!\"}}\n\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: message_delta\n",
+        "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":15}}\n\n",
+        "event: message_stop\n",
+        "data: {\"type\":\"message_stop\"}\n\n",
+    );
+
+    const HEAD: &str = r#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o","choices":"#;
+
+    fn expected(include_usage: bool) -> String {
+        let mut s = String::new();
+        for choices in [
+            r#"[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{"content":", \"wörld\"\n!"},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{},"logprobs":null,"finish_reason":"length"}]"#,
+        ] {
+            s.push_str(HEAD);
+            s.push_str(choices);
+            s.push_str("}\n\n");
+        }
+        if include_usage {
+            s.push_str(HEAD);
+            s.push_str(r#"[],"usage":{"prompt_tokens":35,"completion_tokens":15,"total_tokens":50,"prompt_tokens_details":{"cached_tokens":10}}}"#);
+            s.push_str("\n\n");
+        }
+        s.push_str("data: [DONE]\n\n");
+        s
+    }
+
+    fn translate_in_pieces(
+        stream: &[u8],
+        cuts: &[usize],
+        include_usage: bool,
+    ) -> (Vec<u8>, Option<(u64, u64)>) {
+        let mut t = StreamToChat::new("chatcmpl-1", "gpt-4o", 1_700_000_000, include_usage);
+        let mut out = Vec::new();
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut start = 0;
+        for c in cuts {
+            t.feed(stream.get(start..c).unwrap_or_default(), &mut out);
+            start = c;
+        }
+        t.feed(stream.get(start..).unwrap_or_default(), &mut out);
+        t.finish(&mut out);
+        assert!(t.is_done());
+        (out, t.usage())
+    }
+
+    #[test]
+    fn stream_translates_to_openai_chunks() {
+        for include_usage in [false, true] {
+            let (out, usage) = translate_in_pieces(STREAM.as_bytes(), &[], include_usage);
+            assert_eq!(
+                std::str::from_utf8(&out).expect("UTF-8"),
+                expected(include_usage)
+            );
+            assert_eq!(usage, Some((35, 15)));
+        }
+        // CRLF line ends, and one byte at a time.
+        let crlf = STREAM.replace('\n', "\r\n");
+        let cuts: Vec<usize> = (0..crlf.len()).collect();
+        let (out, _) = translate_in_pieces(crlf.as_bytes(), &cuts, true);
+        assert_eq!(std::str::from_utf8(&out).expect("UTF-8"), expected(true));
+        // Every chunk is valid JSON.
+        for event in expected(true).split("\n\n").filter(|e| !e.is_empty()) {
+            let data = event.strip_prefix("data: ").expect("data line");
+            if data != "[DONE]" {
+                serde_json::from_str::<Value>(data).expect("valid JSON");
+            }
+        }
+    }
+
+    #[test]
+    fn stream_error_and_truncation() {
+        let stream = concat!(
+            "event: message_start\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"c\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n",
+            "event: error\n",
+            "data: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+            "event: message_stop\n",
+            "data: {\"type\":\"message_stop\"}\n\n",
+        );
+        let (out, usage) = translate_in_pieces(stream.as_bytes(), &[], true);
+        let out = String::from_utf8(out).expect("UTF-8");
+        let events: Vec<&str> = out.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(events.len(), 3, "{out}");
+        assert!(events[0].contains(r#""role":"assistant""#));
+        assert_eq!(
+            events[1],
+            r#"data: {"error":{"message":"Overloaded","type":"server_error","param":null,"code":"overloaded_error"}}"#
+        );
+        assert_eq!(events[2], "data: [DONE]");
+        assert_eq!(usage, Some((3, 1)));
+
+        // Cut off before message_stop: an error event, then [DONE].
+        let cut = STREAM.find("event: message_stop").expect("present");
+        let (out, _) =
+            translate_in_pieces(STREAM.get(..cut).expect("in range").as_bytes(), &[], false);
+        let out = String::from_utf8(out).expect("UTF-8");
+        assert!(out.ends_with("before message_stop\",\"type\":\"server_error\",\"param\":null,\"code\":\"api_error\"}}\n\ndata: [DONE]\n\n"), "{out}");
+
+        // The last event without its blank line still counts.
+        let (out, _) = translate_in_pieces(STREAM.trim_end().as_bytes(), &[], false);
+        assert_eq!(String::from_utf8(out).expect("UTF-8"), expected(false));
+
+        // Nothing at all.
+        let (out, usage) = translate_in_pieces(b"", &[], true);
+        assert!(String::from_utf8(out)
+            .expect("UTF-8")
+            .ends_with("data: [DONE]\n\n"));
+        assert_eq!(usage, None);
+    }
+
+    #[test]
+    fn oversized_events_are_skipped() {
+        let big = "x".repeat(STREAM_EVENT_BYTES_MAX + 1);
+        let stream = format!(
+            "data: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{big}\"}}}}\n\n{STREAM}"
+        );
+        let (out, _) = translate_in_pieces(stream.as_bytes(), &[7, 100_000, 200_000], false);
+        assert_eq!(String::from_utf8(out).expect("UTF-8"), expected(false));
+    }
+
+    fn arb_stream() -> impl Strategy<Value = Vec<u8>> {
+        // The realistic stream with optional noise: comments, CRLF, an unknown event.
+        (any::<bool>(), any::<bool>()).prop_map(|(crlf, noise)| {
+            let mut s = String::new();
+            if noise {
+                s.push_str(": keep-alive\n\nevent: unknown\ndata: {\"type\":\"mystery\"}\n\n");
+            }
+            s.push_str(STREAM);
+            let s = if crlf { s.replace('\n', "\r\n") } else { s };
+            s.into_bytes()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// The same output however the stream is cut into reads.
+        #[test]
+        fn stream_split_independent(
+            stream in arb_stream(),
+            cuts in prop::collection::vec(any::<usize>(), 0..12),
+            include_usage in any::<bool>(),
+        ) {
+            let whole = translate_in_pieces(&stream, &[], include_usage);
+            prop_assert_eq!(std::str::from_utf8(&whole.0).expect("UTF-8"), expected(include_usage));
+            prop_assert_eq!(translate_in_pieces(&stream, &cuts, include_usage), whole);
+        }
+
+        /// No panic on arbitrary bytes rich in SSE syntax, split independence there too, and
+        /// the output always ends with [DONE].
+        #[test]
+        fn stream_never_panics(
+            stream in prop::collection::vec(prop::sample::select(b"\n\r\n:data: event{}\"type\"message_stop_delta error".to_vec()), 0..300),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let whole = translate_in_pieces(&stream, &[], true);
+            prop_assert!(whole.0.ends_with(b"data: [DONE]\n\n"));
+            prop_assert_eq!(translate_in_pieces(&stream, &cuts, true), whole);
+        }
+
+        #[test]
+        fn stream_never_panics_on_any_bytes(stream in prop::collection::vec(any::<u8>(), 0..512)) {
+            let (out, _) = translate_in_pieces(&stream, &[], false);
+            prop_assert!(out.ends_with(b"data: [DONE]\n\n"));
+        }
+
+        /// The one-shot functions never panic, and their output is JSON when they succeed.
+        #[test]
+        fn one_shot_never_panic(body in prop::collection::vec(any::<u8>(), 0..256), status in any::<u16>()) {
+            let mut out = Vec::new();
+            if chat_to_messages(&body, "m", 16, &mut out).is_ok() {
+                prop_assert!(serde_json::from_slice::<Value>(&out).is_ok());
+            }
+            out.clear();
+            if message_to_chat(&body, 0, &mut out).is_ok() {
+                prop_assert!(serde_json::from_slice::<Value>(&out).is_ok());
+            }
+            out.clear();
+            error_to_openai(status, &body, &mut out);
+            prop_assert!(serde_json::from_slice::<Value>(&out).is_ok());
+        }
+    }
+}

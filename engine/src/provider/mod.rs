@@ -1,0 +1,207 @@
+//! Upstream providers whose wire format is not OpenAI's, translated without I/O: the connection
+//! driver hands in a body (or pieces of a stream) and gets back the bytes to send on.
+//!
+//! - [`anthropic`]: an OpenAI chat client talking to an Anthropic Messages upstream. The request
+//!   ([`anthropic::chat_to_messages`]), the whole response ([`anthropic::message_to_chat`]), an
+//!   error body ([`anthropic::error_to_openai`]) and the event stream
+//!   ([`anthropic::StreamToChat`], fed pieces of any size).
+//!
+//! # Decisions
+//!
+//! - **serde_json, not the hot-path scanner.** Translation rewrites the whole body, so it
+//!   allocates anyway; a `Value` tree is simpler to get right than a hand-rolled rewrite, and
+//!   translated requests are the exception (most upstreams speak OpenAI).
+//! - **Output written by hand** where clients may compare bytes (response bodies, stream chunks):
+//!   keys in the order OpenAI sends them, strings escaped by one function.
+//! - **Refuse, never drop, what changes the answer.** A feature the target cannot express (tools,
+//!   images, several choices, log probabilities, JSON mode) is a
+//!   [`TranslateError::Unsupported`] naming the field, mapped to a 400; sampling knobs with no
+//!   counterpart and no effect on the shape of the answer (`seed`, `presence_penalty`, ...) are
+//!   left out.
+
+pub mod anthropic;
+
+use std::fmt;
+
+/// Why a body could not be translated. The caller maps it to a 400 (`Error::BadRequest` with
+/// [`TranslateError::message`]) for a request, to a 502 for an upstream's response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TranslateError {
+    /// Not exactly one JSON object (invalid JSON, another type at the top, bytes after it).
+    NotJson,
+    /// A field the translation reads has the wrong type or is missing. Names the field.
+    BadField(&'static str),
+    /// A feature the other format cannot express. Names the field (or content part type).
+    Unsupported(&'static str),
+}
+
+impl TranslateError {
+    /// A static, JSON-safe message (ASCII, no quotes or backslashes) for the error body.
+    pub fn message(self) -> &'static str {
+        match self {
+            TranslateError::NotJson => "the body is not a single JSON object",
+            TranslateError::BadField("messages") => {
+                "`messages` must be a non-empty array of objects with a `role` and text `content`"
+            }
+            TranslateError::BadField("content") => {
+                "message `content` must be a string or an array of text parts"
+            }
+            TranslateError::BadField("role") => {
+                "message `role` must be one of system, developer, user, assistant"
+            }
+            TranslateError::BadField("max_tokens") => {
+                "`max_tokens` and `max_completion_tokens` must be non-negative integers"
+            }
+            TranslateError::BadField("temperature") => "`temperature` must be a number",
+            TranslateError::BadField("top_p") => "`top_p` must be a number",
+            TranslateError::BadField("stop") => "`stop` must be a string or an array of strings",
+            TranslateError::BadField("stream") => "`stream` must be a boolean",
+            TranslateError::BadField("user") => "`user` must be a string",
+            TranslateError::BadField(_) => "a field of the body has the wrong type",
+            TranslateError::Unsupported("tools") => {
+                "`tools` are not supported for this model's provider"
+            }
+            TranslateError::Unsupported("tool_choice") => {
+                "`tool_choice` is not supported for this model's provider"
+            }
+            TranslateError::Unsupported("functions") => {
+                "`functions` are not supported for this model's provider"
+            }
+            TranslateError::Unsupported("function_call") => {
+                "`function_call` is not supported for this model's provider"
+            }
+            TranslateError::Unsupported("tool_calls") => {
+                "assistant `tool_calls` are not supported for this model's provider"
+            }
+            TranslateError::Unsupported("tool") => {
+                "`tool` and `function` messages are not supported for this model's provider"
+            }
+            TranslateError::Unsupported("image_url") => {
+                "`image_url` content parts are not supported for this model's provider"
+            }
+            TranslateError::Unsupported("n") => {
+                "`n` greater than 1 is not supported for this model's provider"
+            }
+            TranslateError::Unsupported("logprobs") => {
+                "`logprobs` and `top_logprobs` are not supported for this model's provider"
+            }
+            TranslateError::Unsupported("response_format") => {
+                "`response_format` other than text is not supported for this model's provider"
+            }
+            TranslateError::Unsupported("audio") => {
+                "audio input and output are not supported for this model's provider"
+            }
+            TranslateError::Unsupported(_) => {
+                "the request uses a feature not supported for this model's provider"
+            }
+        }
+    }
+
+    /// The field named by [`BadField`](Self::BadField) or [`Unsupported`](Self::Unsupported)
+    /// (for the error body's `param`).
+    pub fn field(self) -> Option<&'static str> {
+        match self {
+            TranslateError::NotJson => None,
+            TranslateError::BadField(f) | TranslateError::Unsupported(f) => Some(f),
+        }
+    }
+}
+
+impl fmt::Display for TranslateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for TranslateError {}
+
+/// Append `s` to `out` as a JSON string (quotes included). Escapes `"`, `\` and control
+/// characters; everything else is written as UTF-8.
+pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    for b in s.bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0..=0x1f => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
+/// Append `n` in decimal.
+pub(crate) fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(n.to_string().as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_json_safe() {
+        let all = [
+            TranslateError::NotJson,
+            TranslateError::BadField("messages"),
+            TranslateError::BadField("content"),
+            TranslateError::BadField("role"),
+            TranslateError::BadField("max_tokens"),
+            TranslateError::BadField("temperature"),
+            TranslateError::BadField("top_p"),
+            TranslateError::BadField("stop"),
+            TranslateError::BadField("stream"),
+            TranslateError::BadField("user"),
+            TranslateError::BadField("other"),
+            TranslateError::Unsupported("tools"),
+            TranslateError::Unsupported("tool_choice"),
+            TranslateError::Unsupported("functions"),
+            TranslateError::Unsupported("function_call"),
+            TranslateError::Unsupported("tool_calls"),
+            TranslateError::Unsupported("tool"),
+            TranslateError::Unsupported("image_url"),
+            TranslateError::Unsupported("n"),
+            TranslateError::Unsupported("logprobs"),
+            TranslateError::Unsupported("response_format"),
+            TranslateError::Unsupported("audio"),
+            TranslateError::Unsupported("other"),
+        ];
+        for e in all {
+            let m = e.message();
+            assert!(
+                !m.is_empty() && m.is_ascii() && !m.contains('"') && !m.contains('\\'),
+                "{m}"
+            );
+            if let Some(f) = e.field() {
+                if f != "other" && f != "tool" {
+                    assert!(m.contains(f), "{m} names {f}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn json_strings_round_trip() {
+        for s in [
+            "",
+            "plain",
+            "q\"b\\s",
+            "nl\n\r\t\u{1}\u{1f}",
+            "é 漢字 🦀",
+            "\u{7f}",
+        ] {
+            let mut out = Vec::new();
+            push_json_str(&mut out, s);
+            let back: String = serde_json::from_slice(&out).expect("valid JSON string");
+            assert_eq!(back, s);
+        }
+    }
+}
