@@ -898,7 +898,7 @@ fn write_template_messages(
                             // Valid string content with no escapes: no quote, backslash or
                             // control byte, so it is its own JSON form.
                             out.extend_from_slice(raw);
-                        } else if !unescape(raw, |piece| {
+                        } else if !crate::llm::json::unescape(raw, |piece| {
                             escape_into(out, piece);
                             true
                         }) {
@@ -1073,7 +1073,7 @@ fn decode_small<'b>(raw: &'b [u8], escaped: bool, buf: &'b mut [u8]) -> Option<&
         return (raw.len() <= buf.len()).then_some(raw);
     }
     let mut len = 0usize;
-    let complete = unescape(raw, |piece| {
+    let complete = crate::llm::json::unescape(raw, |piece| {
         let Some(dest) = buf.get_mut(len..len + piece.len()) else {
             return false;
         };
@@ -1086,82 +1086,6 @@ fn decode_small<'b>(raw: &'b [u8], escaped: bool, buf: &'b mut [u8]) -> Option<&
     } else {
         None
     }
-}
-
-/// Decode the escapes of a string's content, handing the decoded bytes to `sink` piece by
-/// piece; `sink` returns `false` to stop. `true` when the whole string was decoded; `false` on
-/// a stop, an invalid escape or an unpaired surrogate. (The same as `llm`'s private one.)
-fn unescape(raw: &[u8], mut sink: impl FnMut(&[u8]) -> bool) -> bool {
-    let mut i = 0;
-    while i < raw.len() {
-        let run_end = raw
-            .get(i..)
-            .and_then(|rest| rest.iter().position(|b| *b == b'\\'))
-            .map_or(raw.len(), |p| i + p);
-        if run_end > i && !sink(raw.get(i..run_end).unwrap_or_default()) {
-            return false;
-        }
-        if run_end == raw.len() {
-            return true;
-        }
-        i = run_end;
-        let single = match raw.get(i + 1) {
-            Some(b'"') => b'"',
-            Some(b'\\') => b'\\',
-            Some(b'/') => b'/',
-            Some(b'b') => 0x08,
-            Some(b'f') => 0x0c,
-            Some(b'n') => b'\n',
-            Some(b'r') => b'\r',
-            Some(b't') => b'\t',
-            Some(b'u') => {
-                let Some(high) = hex4(raw.get(i + 2..i + 6)) else {
-                    return false;
-                };
-                let (code, next) = match high {
-                    0xD800..=0xDBFF => {
-                        if raw.get(i + 6..i + 8) != Some(b"\\u") {
-                            return false;
-                        }
-                        match hex4(raw.get(i + 8..i + 12)) {
-                            Some(low @ 0xDC00..=0xDFFF) => {
-                                (0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00), i + 12)
-                            }
-                            _ => return false,
-                        }
-                    }
-                    0xDC00..=0xDFFF => return false,
-                    _ => (high, i + 6),
-                };
-                let Some(c) = char::from_u32(code) else {
-                    return false;
-                };
-                let mut utf8 = [0u8; 4];
-                if !sink(c.encode_utf8(&mut utf8).as_bytes()) {
-                    return false;
-                }
-                i = next;
-                continue;
-            }
-            _ => return false,
-        };
-        if !sink(&[single]) {
-            return false;
-        }
-        i += 2;
-    }
-    true
-}
-
-fn hex4(digits: Option<&[u8]>) -> Option<u32> {
-    let digits = digits?;
-    if digits.len() != 4 {
-        return None;
-    }
-    digits.iter().try_fold(0u32, |n, &d| {
-        let v = char::from(d).to_digit(16)?;
-        Some(n << 4 | v)
-    })
 }
 
 /// Append `s` (UTF-8) as JSON string content: `"`, `\` and control bytes escaped, the rest

@@ -37,7 +37,7 @@
 //! - Response bodies must reach these types decoded (de-chunked, no `Content-Encoding`): the
 //!   driver asks upstreams for `identity` encoding.
 
-mod json;
+pub(crate) mod json;
 mod request;
 mod sse;
 mod usage;
