@@ -1228,6 +1228,19 @@ async fn relay_response(
         up.buf.drain(..n);
     }
     ctx.put_buf(wbuf);
+    end_relay(ctx, endpoint, ucfg, up, &relay, keep_alive)
+}
+
+/// A relayed answer is complete: pool the upstream connection if it can be reused, and say
+/// what happens to the client connection.
+fn end_relay(
+    ctx: &ShardCtx,
+    endpoint: usize,
+    ucfg: &UpstreamConfig,
+    up: UpConn,
+    relay: &Relay,
+    keep_alive: bool,
+) -> Next {
     // Bytes past the end of the body mean the upstream is out of step: never reuse it.
     if relay.upstream_reusable && relay.framing != ClientFraming::UntilClose && up.buf.is_empty() {
         ctx.pools
@@ -1357,19 +1370,9 @@ async fn relay_filtered(
     }
     ctx.put_buf(wbuf);
     // A cut stream leaves the upstream mid-answer: that connection is dropped.
-    if !cut
-        && relay.upstream_reusable
-        && relay.framing != ClientFraming::UntilClose
-        && up.buf.is_empty()
-    {
-        ctx.pools
-            .checkin(endpoint, up, ucfg.pool_idle_max, Instant::now());
-    }
-    if keep_alive && (client_chunked || relay.framing != ClientFraming::UntilClose) {
-        Next::KeepAlive
-    } else {
-        Next::Close
-    }
+    relay.upstream_reusable &= !cut;
+    let keep_alive = keep_alive && (client_chunked || relay.framing != ClientFraming::UntilClose);
+    end_relay(ctx, endpoint, ucfg, up, &relay, keep_alive)
 }
 
 /// Bytes up to and including the end of the first SSE event in `data` (a blank line: `\n\n` or
