@@ -1,0 +1,358 @@
+//! The official Python SDKs against the real gateway, each through the other format: the
+//! `openai` SDK calls `claude-test` (`POST /v1/chat/completions`), served by an Anthropic
+//! Messages upstream; the `anthropic` SDK calls `gpt-test` (`POST /v1/messages`), served by an
+//! OpenAI chat upstream. Whole and streamed, without keys and with a tenant's key.
+//!
+//! `tests/python/sdk_check.py` does the talking and checks what the SDKs make of the answers;
+//! this file starts `shardgate-bench upstream` (the mock; both formats), a recording relay per
+//! upstream in front of it (so the test sees which path, model and credentials each upstream
+//! got), and the gateway. Needs `python3` with the SDKs:
+//! `python3 -m pip install -r tests/python/requirements.txt`; `SHARDGATE_SKIP_SDK_TESTS=1`
+//! skips these tests, `SHARDGATE_PYTHON` names another interpreter.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shardgate_tests::{sleep, Action, BenchUpstream, Gateway, MockUpstream, Request};
+
+/// The mock's `--chunks`: its answer is that many words, and `completion_tokens` says so.
+const CHUNKS: &str = "8";
+/// The Anthropic upstream's own key, given to the gateway as `$SG_TEST_ANTHROPIC_KEY`.
+const UPSTREAM_KEY: &str = "sk-ant-upstream-test-key";
+/// The tenant's key in the keyed variant.
+const TENANT_KEY: &str = "sk-sdk-tenant-key";
+/// How long one run of the script may take.
+const SCRIPT_WAIT: Duration = Duration::from_secs(120);
+
+fn python() -> String {
+    std::env::var("SHARDGATE_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+/// Whether to run: the SDKs import, or the test fails saying how to install them, unless
+/// `SHARDGATE_SKIP_SDK_TESTS=1` (then it prints a note and passes).
+fn sdks_available() -> bool {
+    if std::env::var("SHARDGATE_SKIP_SDK_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("skipped: SHARDGATE_SKIP_SDK_TESTS=1");
+        return false;
+    }
+    let py = python();
+    let out = Command::new(&py)
+        .args(["-c", "import openai, anthropic"])
+        .stdin(Stdio::null())
+        .output();
+    let why = match out {
+        Ok(o) if o.status.success() => return true,
+        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+        Err(e) => format!("cannot run {py}: {e}"),
+    };
+    panic!(
+        "the Python SDKs are missing ({py} -c \"import openai, anthropic\": {why});\n\
+         run: {py} -m pip install -r tests/python/requirements.txt\n\
+         (or set SHARDGATE_SKIP_SDK_TESTS=1 to skip these tests)"
+    );
+}
+
+/// A recording relay: every request is recorded (`requests()`) and passed to the mock over a
+/// fresh connection (`Connection: close`), and the mock's answer, streamed or not, is copied
+/// back as it comes; then the relay closes the connection too.
+fn relay(to: SocketAddr) -> MockUpstream {
+    MockUpstream::start(
+        move |req: &Request, stream: &mut TcpStream| -> io::Result<Action> {
+            let mut up = TcpStream::connect(to)?;
+            up.set_read_timeout(Some(Duration::from_secs(30)))?;
+            let mut head = format!("{} {} HTTP/1.1\r\n", req.method, req.path);
+            for (k, v) in &req.headers {
+                let hop = [
+                    "connection",
+                    "content-length",
+                    "transfer-encoding",
+                    "keep-alive",
+                ];
+                if !hop.iter().any(|h| k.eq_ignore_ascii_case(h)) {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+            }
+            head.push_str(&format!(
+                "content-length: {}\r\nconnection: close\r\n\r\n",
+                req.body.len()
+            ));
+            up.write_all(head.as_bytes())?;
+            up.write_all(&req.body)?;
+            io::copy(&mut up, stream)?;
+            Ok(Action::Close)
+        },
+    )
+}
+
+fn config(claude: SocketAddr, openai: SocketAddr, tenants: bool) -> String {
+    let auth = if tenants {
+        let hash: String = shardgate_engine::tenant::hash_key(TENANT_KEY.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("auth = \"keys\"\n\n[[tenants]]\nname = \"sdk\"\nkeys = [\"sha256:{hash}\"]\n")
+    } else {
+        "auth = \"none\"\n".to_owned()
+    };
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+cores = 1
+{auth}
+[[upstreams]]
+name = "claude-up"
+endpoints = ["http://{claude}"]
+provider = "anthropic"
+api_key_env = "SG_TEST_ANTHROPIC_KEY"
+
+[[upstreams]]
+name = "openai-up"
+endpoints = ["http://{openai}"]
+provider = "openai"
+
+[[models]]
+name = "claude-test"
+deployments = [{{ upstream = "claude-up", model = "claude-upstream-model" }}]
+
+[[models]]
+name = "gpt-test"
+deployments = [{{ upstream = "openai-up", model = "gpt-upstream-model" }}]
+"#
+    )
+}
+
+/// What the script printed and how it ended.
+struct Run {
+    ok: bool,
+    status: String,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `sdk_check.py` against the gateway (bounded by [`SCRIPT_WAIT`]).
+fn run_script(gw: &Gateway, key: &str, extra: &[&str]) -> Run {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/sdk_check.py");
+    let mut cmd = Command::new(python());
+    cmd.arg(&script)
+        .args([
+            "--base-url",
+            &gw.url(),
+            "--api-key",
+            key,
+            "--chunks",
+            CHUNKS,
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // The SDKs (httpx) honour proxy variables; the gateway is on loopback.
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        cmd.env_remove(var).env_remove(var.to_ascii_lowercase());
+    }
+    // Nor may a developer's SDK settings redirect them.
+    for var in [
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_BASE_URL",
+        "ANTHROPIC_AUTH_TOKEN",
+    ] {
+        cmd.env_remove(var);
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {} {}: {e}", python(), script.display()));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let b = buf.clone();
+        let t = std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = r.read(&mut chunk) {
+                b.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&chunk[..n]);
+            }
+        });
+        (buf, t)
+    };
+    let (out, t1) = drain(Box::new(child.stdout.take().expect("piped")));
+    let (err, t2) = drain(Box::new(child.stderr.take().expect("piped")));
+    let deadline = Instant::now() + SCRIPT_WAIT;
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        sleep(Duration::from_millis(10));
+    };
+    let _ = (t1.join(), t2.join());
+    let text = |b: &Arc<Mutex<Vec<u8>>>| {
+        String::from_utf8_lossy(&b.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    };
+    Run {
+        ok: status.is_some_and(|s| s.success()),
+        status: status.map_or_else(
+            || format!("killed after {SCRIPT_WAIT:?}"),
+            |s| s.to_string(),
+        ),
+        stdout: text(&out),
+        stderr: text(&err),
+    }
+}
+
+/// The requests one relay passed on, as `(path, body JSON)`, with what they must all share.
+fn upstream_calls(
+    name: &str,
+    relay: &MockUpstream,
+    path: &str,
+    model: &str,
+) -> Vec<serde_json::Value> {
+    relay
+        .requests()
+        .iter()
+        .map(|r| {
+            assert_eq!(
+                (r.method.as_str(), r.path.as_str()),
+                ("POST", path),
+                "{name} got a request it should not have:\n{}",
+                r.to_json()
+            );
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_else(|e| {
+                panic!("{name} got a body that is not JSON ({e}):\n{}", r.to_json())
+            });
+            assert_eq!(
+                body["model"],
+                model,
+                "{name} was not asked for its deployment's model:\n{}",
+                r.to_json()
+            );
+            body
+        })
+        .collect()
+}
+
+/// Whether any header of any request the relay saw holds `needle`.
+fn any_header_holds(relay: &MockUpstream, needle: &str) -> bool {
+    relay
+        .requests()
+        .iter()
+        .any(|r| r.headers.iter().any(|(_, v)| v.contains(needle)))
+}
+
+fn sdks_through_the_other_format(tenants: bool) {
+    if !sdks_available() {
+        return;
+    }
+    let mock = BenchUpstream::start(&["--chunks", CHUNKS]);
+    let claude = relay(mock.addr());
+    let openai = relay(mock.addr());
+    let gw = Gateway::start_with_env(
+        &config(claude.addr(), openai.addr(), tenants),
+        &[("SG_TEST_ANTHROPIC_KEY", UPSTREAM_KEY)],
+    );
+    let (key, extra): (&str, &[&str]) = if tenants {
+        (TENANT_KEY, &["--bad-key", "sk-no-tenant-has-this"])
+    } else {
+        ("sk-client-key-unused", &[])
+    };
+    let run = run_script(&gw, key, extra);
+    let report = || {
+        format!(
+            "--- sdk_check.py: {} ---\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            run.status, run.stdout, run.stderr
+        )
+    };
+    assert!(run.ok, "the SDK check failed\n{}", report());
+    let results: serde_json::Value = run
+        .stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON result line\n{}", report()));
+    assert_eq!(results["ok"], true, "{}", report());
+    eprintln!("sdk_check.py: {results}");
+
+    // The openai SDK's two answers came from the Anthropic upstream, in its format...
+    let to_claude = upstream_calls(
+        "claude-up",
+        &claude,
+        "/v1/messages",
+        "claude-upstream-model",
+    );
+    let streamed = |calls: &[serde_json::Value]| {
+        calls
+            .iter()
+            .filter(|b| b["stream"] == serde_json::Value::Bool(true))
+            .count()
+    };
+    assert_eq!(
+        (to_claude.len(), streamed(&to_claude)),
+        (2, 1),
+        "claude-up: want one whole and one streamed request, got {to_claude:#?}"
+    );
+    for b in &to_claude {
+        assert!(
+            b["max_tokens"].is_u64() && b["messages"].is_array() && b["system"].is_string(),
+            "claude-up: not a Messages request: {b}"
+        );
+    }
+    // ...with the upstream's own key, never the client's.
+    assert!(
+        claude.requests().iter().all(|r| {
+            r.header("x-api-key") == Some(UPSTREAM_KEY)
+                || r.header("authorization") == Some(&format!("Bearer {UPSTREAM_KEY}"))
+        }),
+        "claude-up did not get its key ($SG_TEST_ANTHROPIC_KEY):\n{:#?}",
+        claude
+            .requests()
+            .iter()
+            .map(Request::to_json)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        !any_header_holds(&claude, key),
+        "the client's key reached claude-up"
+    );
+
+    // The anthropic SDK's three answers came from the OpenAI upstream, in its format.
+    let to_openai = upstream_calls(
+        "openai-up",
+        &openai,
+        "/v1/chat/completions",
+        "gpt-upstream-model",
+    );
+    assert_eq!(
+        (to_openai.len(), streamed(&to_openai)),
+        (3, 2),
+        "openai-up: want one whole and two streamed requests, got {to_openai:#?}"
+    );
+    for b in &to_openai {
+        assert!(
+            b["messages"].is_array() && b.get("system").is_none(),
+            "openai-up: not a chat completion request: {b}"
+        );
+    }
+    if tenants {
+        assert!(
+            !any_header_holds(&openai, key),
+            "the tenant's key reached openai-up"
+        );
+    }
+}
+
+#[test]
+fn openai_and_anthropic_sdks_without_keys() {
+    sdks_through_the_other_format(false);
+}
+
+#[test]
+fn openai_and_anthropic_sdks_with_a_tenant_key() {
+    sdks_through_the_other_format(true);
+}
