@@ -5,6 +5,10 @@
 //!   ([`anthropic::chat_to_messages`]), the whole response ([`anthropic::message_to_chat`]), an
 //!   error body ([`anthropic::error_to_openai`]) and the event stream
 //!   ([`anthropic::StreamToChat`], fed pieces of any size).
+//! - [`messages`]: the reverse, an Anthropic Messages client talking to an OpenAI-compatible
+//!   upstream. The request ([`messages::messages_to_chat`]), the whole response
+//!   ([`messages::chat_to_message`]), an error body ([`messages::error_to_anthropic`]) and the
+//!   event stream ([`messages::StreamToMessages`], fed pieces of any size).
 //!
 //! # Decisions
 //!
@@ -12,7 +16,7 @@
 //!   allocates anyway; a `Value` tree is simpler to get right than a hand-rolled rewrite, and
 //!   translated requests are the exception (most upstreams speak OpenAI).
 //! - **Output written by hand** where clients may compare bytes (response bodies, stream chunks):
-//!   keys in the order OpenAI sends them, strings escaped by one function.
+//!   keys in the order the client's own API sends them, strings escaped by one function.
 //! - **Refuse, never drop, what changes the answer.** A feature the target cannot express (tools,
 //!   images, several choices, log probabilities, JSON mode) is a
 //!   [`TranslateError::Unsupported`] naming the field, mapped to a 400; sampling knobs with no
@@ -20,6 +24,7 @@
 //!   left out.
 
 pub mod anthropic;
+pub mod messages;
 
 use std::fmt;
 
@@ -50,13 +55,25 @@ impl TranslateError {
                 "message `role` must be one of system, developer, user, assistant"
             }
             TranslateError::BadField("max_tokens") => {
-                "`max_tokens` and `max_completion_tokens` must be non-negative integers"
+                "`max_tokens` (required in a Messages request) and `max_completion_tokens` must be non-negative integers"
             }
             TranslateError::BadField("temperature") => "`temperature` must be a number",
             TranslateError::BadField("top_p") => "`top_p` must be a number",
             TranslateError::BadField("stop") => "`stop` must be a string or an array of strings",
             TranslateError::BadField("stream") => "`stream` must be a boolean",
             TranslateError::BadField("user") => "`user` must be a string",
+            TranslateError::BadField("system") => {
+                "`system` must be a string or an array of text blocks"
+            }
+            TranslateError::BadField("stop_sequences") => {
+                "`stop_sequences` must be an array of strings"
+            }
+            TranslateError::BadField("metadata") => {
+                "`metadata` must be an object whose `user_id` is a string"
+            }
+            TranslateError::BadField("choices") => {
+                "the upstream response has no `choices` (an error body, or not a chat completion)"
+            }
             TranslateError::BadField(_) => "a field of the body has the wrong type",
             TranslateError::Unsupported("tools") => {
                 "`tools` are not supported for this model's provider"
@@ -90,6 +107,30 @@ impl TranslateError {
             }
             TranslateError::Unsupported("audio") => {
                 "audio input and output are not supported for this model's provider"
+            }
+            TranslateError::Unsupported("thinking") => {
+                "extended `thinking` is not supported for this model's provider"
+            }
+            TranslateError::Unsupported("mcp_servers") => {
+                "`mcp_servers` are not supported for this model's provider"
+            }
+            TranslateError::Unsupported("output_format") => {
+                "`output_format` is not supported for this model's provider"
+            }
+            TranslateError::Unsupported("image") => {
+                "`image` content blocks are not supported for this model's provider"
+            }
+            TranslateError::Unsupported("document") => {
+                "`document` content blocks are not supported for this model's provider"
+            }
+            TranslateError::Unsupported("tool_use") => {
+                "`tool_use` content blocks are not supported for this model's provider"
+            }
+            TranslateError::Unsupported("tool_result") => {
+                "`tool_result` content blocks are not supported for this model's provider"
+            }
+            TranslateError::Unsupported("content") => {
+                "content blocks other than text are not supported for this model's provider"
             }
             TranslateError::Unsupported(_) => {
                 "the request uses a feature not supported for this model's provider"
@@ -160,6 +201,10 @@ mod tests {
             TranslateError::BadField("stop"),
             TranslateError::BadField("stream"),
             TranslateError::BadField("user"),
+            TranslateError::BadField("system"),
+            TranslateError::BadField("stop_sequences"),
+            TranslateError::BadField("metadata"),
+            TranslateError::BadField("choices"),
             TranslateError::BadField("other"),
             TranslateError::Unsupported("tools"),
             TranslateError::Unsupported("tool_choice"),
@@ -172,6 +217,14 @@ mod tests {
             TranslateError::Unsupported("logprobs"),
             TranslateError::Unsupported("response_format"),
             TranslateError::Unsupported("audio"),
+            TranslateError::Unsupported("thinking"),
+            TranslateError::Unsupported("mcp_servers"),
+            TranslateError::Unsupported("output_format"),
+            TranslateError::Unsupported("image"),
+            TranslateError::Unsupported("document"),
+            TranslateError::Unsupported("tool_use"),
+            TranslateError::Unsupported("tool_result"),
+            TranslateError::Unsupported("content"),
             TranslateError::Unsupported("other"),
         ];
         for e in all {
