@@ -118,8 +118,8 @@ fn upstreams(old: &Config, new: &Config, out: &mut Vec<String>) {
 fn shape(u: &UpstreamConfig) -> String {
     match (u.provider, u.endpoints.len()) {
         (Provider::Mock, _) => "mock".into(),
-        (Provider::Http, 1) => "1 endpoint".into(),
-        (Provider::Http, n) => format!("{n} endpoints"),
+        (Provider::Http | Provider::Anthropic, 1) => "1 endpoint".into(),
+        (Provider::Http | Provider::Anthropic, n) => format!("{n} endpoints"),
     }
 }
 
@@ -221,6 +221,7 @@ fn driver(d: DriverChoice) -> &'static str {
 fn provider(p: Provider) -> &'static str {
     match p {
         Provider::Http => "http",
+        Provider::Anthropic => "anthropic",
         Provider::Mock => "mock",
     }
 }

@@ -225,8 +225,12 @@ impl ServerConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
-    /// A plain HTTP/1.1 server at the endpoints.
+    /// A plain HTTP/1.1 server at the endpoints (OpenAI's API and every server compatible with
+    /// it: vLLM, Mistral, ...); its credential goes as `authorization: Bearer`.
     Http,
+    /// Anthropic's Messages API: its credential goes as `x-api-key` with `anthropic-version`,
+    /// and OpenAI chat requests to it are translated (`provider::anthropic`).
+    Anthropic,
     /// The built-in demo model, answered inside the shard.
     Mock,
 }
@@ -274,7 +278,8 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_idle_max: usize,
-    /// The header line (`authorization: Bearer ...\r\n`) carrying the upstream's own credential,
+    /// The header line (`authorization: Bearer ...\r\n`, or `x-api-key: ...\r\n` for
+    /// Anthropic) carrying the upstream's own credential,
     /// read from the environment variable `api_key_env` names when the config is loaded.
     pub credential: Option<Vec<u8>>,
     /// Requests in flight to this upstream over all shards; past it, requests wait in fair
@@ -687,9 +692,13 @@ impl Validator<'_> {
         }
         let provider = match raw.provider.as_deref() {
             None | Some("http") | Some("openai") => Provider::Http,
+            Some("anthropic") => Provider::Anthropic,
             Some("mock") => Provider::Mock,
             Some(p) => {
-                self.error(f("provider"), format!("must be http or mock, got {p:?}"));
+                self.error(
+                    f("provider"),
+                    format!("must be openai (or http), anthropic or mock, got {p:?}"),
+                );
                 Provider::Http
             }
         };
@@ -698,7 +707,7 @@ impl Validator<'_> {
             Provider::Mock if !raw.endpoints.is_empty() => {
                 self.error(f("endpoints"), "a mock upstream takes no endpoints");
             }
-            Provider::Http if raw.endpoints.is_empty() => {
+            Provider::Http | Provider::Anthropic if raw.endpoints.is_empty() => {
                 self.error(f("endpoints"), "at least one endpoint is needed");
             }
             _ => {}
@@ -721,7 +730,10 @@ impl Validator<'_> {
             Some(_) if self.secrets == Secrets::Skip => None,
             Some(var) => match std::env::var(var) {
                 Ok(key) if !key.is_empty() && !key.bytes().any(|b| b < 0x20 || b == 0x7f) => {
-                    Some(format!("authorization: Bearer {key}\r\n").into_bytes())
+                    Some(match provider {
+                        Provider::Anthropic => format!("x-api-key: {key}\r\n").into_bytes(),
+                        _ => format!("authorization: Bearer {key}\r\n").into_bytes(),
+                    })
                 }
                 Ok(_) => {
                     self.error(
@@ -974,6 +986,20 @@ mod tests {
         let c = Config::from_toml(&text("PATH")).expect("valid");
         let line = c.upstreams[0].credential.as_deref().expect("credential");
         assert!(line.starts_with(b"authorization: Bearer ") && line.ends_with(b"\r\n"));
+        // An Anthropic upstream takes its key as `x-api-key`.
+        let anthropic =
+            text("PATH").replace("api_key_env", "provider = \"anthropic\"\napi_key_env");
+        let c = Config::from_toml(&anthropic).expect("valid");
+        assert_eq!(c.upstreams[0].provider, Provider::Anthropic);
+        let line = c.upstreams[0].credential.as_deref().expect("credential");
+        assert!(line.starts_with(b"x-api-key: ") && line.ends_with(b"\r\n"));
+        let errs =
+            errors_of(&text("PATH").replace("api_key_env", "provider = \"gemini\"\napi_key_env"))
+                .join("\n");
+        assert!(
+            errs.contains("upstreams[0].provider") && errs.contains("anthropic"),
+            "{errs}"
+        );
     }
 
     #[test]

@@ -25,8 +25,7 @@ use crate::balance::{FailureKind, Outcome};
 use crate::config::{Auth, Provider, UpstreamConfig};
 use crate::control::stats::Reject;
 use crate::control::stats::{NO_SLOT, SLOT_UNROUTED};
-use crate::error::Error;
-use crate::error::Limit;
+use crate::error::{Error, Limit, Shape};
 use crate::fair::UpstreamCap;
 use crate::http::chunked::{ChunkedDecoder, Step};
 use crate::http::request::{self, BodyKind, Credentials, Method, RequestHead};
@@ -41,6 +40,9 @@ use crate::shard::{ShardCtx, Snapshot};
 use crate::template::TemplateBody;
 use crate::tenant::presented_key;
 use crate::upstream::{self, UpConn};
+
+mod translate;
+use translate::Translation;
 
 /// After an error answer that closes the connection, how long to keep reading (and dropping)
 /// what the client still sends, so closing does not reset the connection before the client
@@ -216,6 +218,11 @@ struct Exchange {
     retry_after: Option<Duration>,
     /// The model deployment whose quota this request holds: (group, deployment, admission).
     deployment_admitted: Option<(usize, usize, Admitted)>,
+    /// The current attempt's body was translated to the upstream's API: its answer is
+    /// translated back.
+    translation: Option<Box<Translation>>,
+    /// The client called Anthropic's API (`/v1/messages`): our own errors take its shape.
+    error_shape: Shape,
 }
 
 impl Exchange {
@@ -245,6 +252,8 @@ impl Exchange {
             retry_err: None,
             retry_after: None,
             deployment_admitted: None,
+            translation: None,
+            error_shape: Shape::OpenAi,
         }
     }
 
@@ -390,6 +399,10 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
                     tenant,
                 })) => {
                     c.ex.bytes_in = head.head_len as u64;
+                    let target = request_line(&c.buf[..head.head_len]).1;
+                    if target.split('?').next() == Some("/v1/messages") {
+                        c.ex.error_shape = Shape::Anthropic;
+                    }
                     if let Some(t) = tenant {
                         c.ex.tenant = Some(t);
                         c.ex.tenant_slot = snap.tenant_stats[t];
@@ -632,20 +645,25 @@ fn decide(
             Some(endpoint) => Action::Mock(endpoint),
             None => Action::Refuse(Error::NoRoute),
         },
-        Provider::Http if llm_call && (tenant.is_some() || read_llm_body) => {
+        // An Anthropic upstream's LLM calls always take the LLM path: its credential and
+        // version header, and translation for OpenAI clients.
+        Provider::Http | Provider::Anthropic
+            if llm_call
+                && (tenant.is_some() || read_llm_body || ucfg.provider == Provider::Anthropic) =>
+        {
             let (endpoint, ep_index) = snap.pick_endpoint(upstream);
             Action::ProxyLlm {
                 target: Some((upstream, endpoint, ep_index)),
             }
         }
-        Provider::Http => {
+        Provider::Http | Provider::Anthropic => {
             let (endpoint, ep_index) = snap.pick_endpoint(upstream);
             wbuf.clear();
             let authority = ucfg.endpoints[ep_index].authority.as_bytes();
             let creds = Credentials {
                 drop_client_keys: snap.cfg.server.auth == Auth::Keys || ucfg.credential.is_some(),
                 upstream: ucfg.credential.as_deref().unwrap_or_default(),
-                content_length: None,
+                ..Credentials::PASS
             };
             req.write_upstream_head_with(authority, client_ip, &creds, wbuf);
             Action::Proxy {
@@ -966,6 +984,10 @@ async fn forward(
             }
         }
     };
+    if let Some(tr) = c.ex.translation.take() {
+        return translate::relay_translated(ctx, c, endpoint, ucfg, up, relay, wbuf, &head, *tr)
+            .await;
+    }
     relay_response(ctx, c, endpoint, ucfg, up, relay, wbuf, keep_alive).await
 }
 
@@ -1723,9 +1745,10 @@ async fn proxy_llm(
         let out = match llm_request(ctx, c, &snap, &wbuf, &body, target, None, call) {
             Ok(out) => out,
             Err(e) => {
+                // The body was read whole: the connection can stay open.
                 c.llm.body = body;
                 ctx.put_buf(wbuf);
-                return answer_error(ctx, c, e, false, ctx.take_buf()).await;
+                return answer_error(ctx, c, e, true, ctx.take_buf()).await;
             }
         };
         c.llm.body = body;
@@ -1763,9 +1786,10 @@ async fn proxy_llm(
         let out = match llm_request(ctx, c, &snap, &wbuf, &body, target, Some(&dep.model), call) {
             Ok(out) => out,
             Err(e) => {
+                // The body was read whole: the connection can stay open.
                 c.llm.body = body;
                 ctx.put_buf(wbuf);
-                return answer_error(ctx, c, e, false, ctx.take_buf()).await;
+                return answer_error(ctx, c, e, true, ctx.take_buf()).await;
             }
         };
         // Measure the attempt for the balancer: time to the response head, and how it ended.
@@ -1778,7 +1802,9 @@ async fn proxy_llm(
         let attempt = gr.start(idx, started);
         c.ex.ttfb = None;
         c.ex.retry_after = None;
-        c.ex.retry_ok = attempts < retries;
+        // Only when another deployment could take it: the last one's error goes to the client
+        // as the upstream sent it.
+        c.ex.retry_ok = attempts < retries && has_alternative(&snap, g, (group, idx), &excluded);
         c.ex.retry_err = None;
         let next = forward(ctx, c, head, target, out, BodyLeft::Done).await;
         if let Some(a) = attempt {
@@ -1836,10 +1862,43 @@ fn llm_request(
     call: LlmCall,
 ) -> Result<Vec<u8>, Error> {
     let mut body = body;
+    c.ex.translation = None;
+    let ucfg = &snap.cfg.upstreams[upstream];
+    let client_path = request_line(raw_head).1;
+    let client_path = client_path.split('?').next().unwrap_or(client_path);
+    let dir = translate::direction(client_path, ucfg.provider)?;
     let LlmBufs {
         scratch, rewritten, ..
     } = &mut c.llm;
-    if let Some(m) = model {
+    let mut upstream_path = None;
+    if let Some(dir) = dir {
+        // The other API's body, for the deployment's model (or, on a route, the client's).
+        let model = match model {
+            Some(m) => m.to_owned(),
+            None => llm::inspect(body)
+                .ok()
+                .and_then(|i| i.model().map(str::to_owned))
+                .unwrap_or_default(),
+        };
+        let default_max_tokens =
+            c.ex.tenant
+                .map_or(crate::tenant::DEFAULT_MAX_TOKENS_DEFAULT, |t| {
+                    snap.cfg.tenants[t].default_max_tokens
+                });
+        upstream_path = Some(translate::translate_request(
+            dir,
+            body,
+            &model,
+            default_max_tokens,
+            scratch,
+        )?);
+        body = scratch;
+        c.ex.translation = Some(Box::new(Translation {
+            dir,
+            model,
+            include_usage: call.include_usage,
+        }));
+    } else if let Some(m) = model {
         scratch.clear();
         if llm::with_model(body, m, scratch).is_ok() {
             body = scratch;
@@ -1848,16 +1907,15 @@ fn llm_request(
     // A stream is asked for its usage (OpenAI's `stream_options.include_usage`; Anthropic
     // streams always carry it) so its tokens are settled from what was really used; the extra
     // usage chunk is taken out again before the client sees it.
-    let anthropic = request_line(raw_head).1.split('?').next() == Some("/v1/messages");
+    let anthropic = client_path == "/v1/messages";
     let mut strip = false;
-    if call.stream && !call.include_usage && !anthropic {
+    if call.stream && !call.include_usage && !anthropic && dir.is_none() {
         rewritten.clear();
         if matches!(llm::with_include_usage(body, rewritten), Ok(true)) {
             body = rewritten;
             strip = true;
         }
     }
-    let ucfg = &snap.cfg.upstreams[upstream];
     let mut out = ctx.take_buf();
     out.clear();
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
@@ -1867,6 +1925,13 @@ fn llm_request(
                 drop_client_keys: true,
                 upstream: ucfg.credential.as_deref().unwrap_or_default(),
                 content_length: Some(body.len() as u64),
+                path: upstream_path,
+                translated: dir.is_some(),
+                extra: translate::extra_lines(
+                    ucfg.provider,
+                    dir.is_some(),
+                    req.header("anthropic-version").is_some(),
+                ),
             };
             let authority = ucfg.endpoints[ep_index].authority.as_bytes();
             req.write_upstream_head_with(authority, c.ip, &creds, &mut out);
@@ -1878,7 +1943,8 @@ fn llm_request(
         }
     }
     out.extend_from_slice(body);
-    c.ex.filter_sse = call.stream;
+    // A translated stream is relayed by its translator, not the filter.
+    c.ex.filter_sse = call.stream && dir.is_none();
     c.ex.strip_usage = strip;
     Ok(out)
 }
@@ -2016,6 +2082,26 @@ fn pick_deployment(
         }
     }
     primary.pick(now, &mut rng, tried).map(|idx| (g, idx))
+}
+
+/// Whether a deployment other than `current` (group, index) is left to try for a request to
+/// group `g`: one of its deployments not tried yet, or a fallback group.
+fn has_alternative(
+    snap: &Snapshot,
+    g: usize,
+    current: (usize, usize),
+    excluded: &[u64; DEPLOYMENTS_MAX / 64],
+) -> bool {
+    let Some(m) = snap.cfg.models.get(g) else {
+        return false;
+    };
+    if !m.fallbacks.is_empty() {
+        return true;
+    }
+    (0..m.deployments.len()).any(|i| {
+        let tried = excluded[i / 64] & (1 << (i % 64)) != 0 || current == (g, i);
+        !tried
+    })
 }
 
 /// Mark deployment `idx` as not to be picked again for this request.
@@ -2166,7 +2252,7 @@ async fn answer_error_with(
 ) -> Next {
     let close = e.closes_connection() || !may_keep_alive || ctx.drain.is_fired();
     wbuf.clear();
-    e.write_response_with(close, extra_headers, &mut wbuf);
+    e.write_response_shaped(close, extra_headers, c.ex.error_shape, &mut wbuf);
     tracing::debug!(
         shard = ctx.id,
         status = e.status(),

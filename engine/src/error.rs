@@ -238,9 +238,34 @@ impl Error {
         self.write_response_with(close, &[], out);
     }
 
+    /// Anthropic's name for this error's class (`error.type` of its error body), by status.
+    pub fn anthropic_type(self) -> &'static str {
+        match self.status() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 => "overloaded_error",
+            400..=499 => "invalid_request_error",
+            _ => "api_error",
+        }
+    }
+
     /// [`Error::write_response`] with extra header lines (each ending in CRLF), e.g.
     /// `retry-after` and `x-ratelimit-*` on a 429.
     pub fn write_response_with(self, close: bool, extra_headers: &[u8], out: &mut Vec<u8>) {
+        self.write_response_shaped(close, extra_headers, Shape::OpenAi, out);
+    }
+
+    /// [`write_response_with`](Self::write_response_with) with the body in `shape`.
+    pub fn write_response_shaped(
+        self,
+        close: bool,
+        extra_headers: &[u8],
+        shape: Shape,
+        out: &mut Vec<u8>,
+    ) {
         let mut body = [0u8; 512];
         let body_len = {
             let mut w = SliceWriter {
@@ -249,15 +274,25 @@ impl Error {
             };
             // The message, type and code are static ASCII without quotes or backslashes
             // (checked by a unit test), so they need no JSON escaping.
-            let _ = fmt::write(
-                &mut w,
-                format_args!(
-                    "{{\"error\":{{\"message\":\"{}\",\"type\":\"{}\",\"param\":null,\"code\":\"{}\"}}}}",
-                    Message(self),
-                    self.error_type(),
-                    self.code()
+            let _ = match shape {
+                Shape::OpenAi => fmt::write(
+                    &mut w,
+                    format_args!(
+                        "{{\"error\":{{\"message\":\"{}\",\"type\":\"{}\",\"param\":null,\"code\":\"{}\"}}}}",
+                        Message(self),
+                        self.error_type(),
+                        self.code()
+                    ),
                 ),
-            );
+                Shape::Anthropic => fmt::write(
+                    &mut w,
+                    format_args!(
+                        "{{\"type\":\"error\",\"error\":{{\"type\":\"{}\",\"message\":\"{}\"}}}}",
+                        self.anthropic_type(),
+                        Message(self),
+                    ),
+                ),
+            };
             w.len
         };
         let status = self.status();
@@ -272,6 +307,16 @@ impl Error {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&body[..body_len]);
     }
+}
+
+/// The API whose error body an answer takes: the client's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    /// `{"error":{"message","type","param","code"}}`
+    #[default]
+    OpenAi,
+    /// `{"type":"error","error":{"type","message"}}`, for clients of `/v1/messages`.
+    Anthropic,
 }
 
 /// The message of an error as written in its body: [`Error::message`], or for a template error
@@ -369,6 +414,32 @@ mod tests {
             assert!(v["error"]["param"].is_null());
             assert_eq!(head.contains("connection: close"), e.closes_connection());
         }
+    }
+
+    #[test]
+    fn every_error_renders_valid_anthropic_json() {
+        for &e in ALL {
+            let mut out = Vec::new();
+            e.write_response_shaped(false, b"x-a: 1\r\n", Shape::Anthropic, &mut out);
+            let text = String::from_utf8(out).expect("ascii");
+            let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+            assert!(head.starts_with(&format!("HTTP/1.1 {} ", e.status())));
+            assert!(head.contains(&format!("content-length: {}", body.len())));
+            assert!(head.contains("x-a: 1"));
+            let v: serde_json::Value = serde_json::from_str(body).expect("valid json");
+            assert_eq!(v["type"], "error");
+            assert_eq!(v["error"]["type"], e.anthropic_type());
+            assert!(v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()));
+        }
+        assert_eq!(Error::ModelNotFound.anthropic_type(), "not_found_error");
+        assert_eq!(Error::Unauthorized.anthropic_type(), "authentication_error");
+        assert_eq!(
+            Error::RateLimited(Limit::Tokens).anthropic_type(),
+            "rate_limit_error"
+        );
+        assert_eq!(Error::UpstreamTimeout.anthropic_type(), "api_error");
     }
 
     #[test]

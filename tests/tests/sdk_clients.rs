@@ -6,9 +6,10 @@
 //! `tests/python/sdk_check.py` does the talking and checks what the SDKs make of the answers;
 //! this file starts `shardgate-bench upstream` (the mock; both formats), a recording relay per
 //! upstream in front of it (so the test sees which path, model and credentials each upstream
-//! got), and the gateway. Needs `python3` with the SDKs:
-//! `python3 -m pip install -r tests/python/requirements.txt`; `SHARDGATE_SKIP_SDK_TESTS=1`
-//! skips these tests, `SHARDGATE_PYTHON` names another interpreter.
+//! got), and the gateway. Needs `python3` with pip: when it lacks the SDKs, the pinned ones
+//! (`tests/python/requirements.txt`) are installed under the test's target directory on first
+//! use. `SHARDGATE_SKIP_SDK_TESTS=1` skips these tests, `SHARDGATE_PYTHON` names another
+//! interpreter.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -32,28 +33,71 @@ fn python() -> String {
     std::env::var("SHARDGATE_PYTHON").unwrap_or_else(|_| "python3".to_owned())
 }
 
-/// Whether to run: the SDKs import, or the test fails saying how to install them, unless
-/// `SHARDGATE_SKIP_SDK_TESTS=1` (then it prints a note and passes).
-fn sdks_available() -> bool {
+/// Where the SDKs are importable from: `None` when `python()` has them itself, else a
+/// directory they were installed into (`pip install --target`, once per test run, under the
+/// test's target directory) that goes on `PYTHONPATH`. `Err(None)`: skipped
+/// (`SHARDGATE_SKIP_SDK_TESTS=1`); `Err(Some(why))`: neither worked, the test fails saying so.
+fn sdk_path() -> Result<Option<PathBuf>, Option<String>> {
+    static INSTALLED: Mutex<Option<Result<Option<PathBuf>, String>>> = Mutex::new(None);
     if std::env::var("SHARDGATE_SKIP_SDK_TESTS").is_ok_and(|v| v == "1") {
         eprintln!("skipped: SHARDGATE_SKIP_SDK_TESTS=1");
-        return false;
+        return Err(None);
+    }
+    let mut done = INSTALLED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(r) = done.as_ref() {
+        return r.clone().map_err(Some);
     }
     let py = python();
-    let out = Command::new(&py)
-        .args(["-c", "import openai, anthropic"])
-        .stdin(Stdio::null())
-        .output();
-    let why = match out {
-        Ok(o) if o.status.success() => return true,
-        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
-        Err(e) => format!("cannot run {py}: {e}"),
+    let imports = |path: Option<&PathBuf>| {
+        let mut cmd = Command::new(&py);
+        cmd.args(["-c", "import openai, anthropic"])
+            .stdin(Stdio::null());
+        if let Some(p) = path {
+            cmd.env("PYTHONPATH", p);
+        }
+        cmd.output()
     };
-    panic!(
-        "the Python SDKs are missing ({py} -c \"import openai, anthropic\": {why});\n\
-         run: {py} -m pip install -r tests/python/requirements.txt\n\
-         (or set SHARDGATE_SKIP_SDK_TESTS=1 to skip these tests)"
-    );
+    let result = match imports(None) {
+        Ok(o) if o.status.success() => Ok(None),
+        Ok(_) => {
+            // A fresh machine: install the pinned SDKs next to the test binaries.
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-sdks");
+            let reqs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/requirements.txt");
+            let installed = match imports(Some(&dir)) {
+                Ok(o) if o.status.success() => true,
+                _ => Command::new(&py)
+                    .args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "--quiet",
+                        "--disable-pip-version-check",
+                    ])
+                    .arg("--target")
+                    .arg(&dir)
+                    .arg("-r")
+                    .arg(&reqs)
+                    .stdin(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success()),
+            };
+            match imports(Some(&dir)) {
+                Ok(o) if installed && o.status.success() => Ok(Some(dir)),
+                _ => Err(format!(
+                    "the Python SDKs are missing and `{py} -m pip install --target {} -r {}` did not \
+                     make them importable;\nrun: {py} -m pip install -r tests/python/requirements.txt\n\
+                     (or set SHARDGATE_SKIP_SDK_TESTS=1 to skip these tests)",
+                    dir.display(),
+                    reqs.display()
+                )),
+            }
+        }
+        Err(e) => Err(format!(
+            "cannot run {py}: {e} (SHARDGATE_PYTHON names another interpreter)"
+        )),
+    };
+    *done = Some(result.clone());
+    result.map_err(Some)
 }
 
 /// A recording relay: every request is recorded (`requests()`) and passed to the mock over a
@@ -134,9 +178,12 @@ struct Run {
 }
 
 /// Runs `sdk_check.py` against the gateway (bounded by [`SCRIPT_WAIT`]).
-fn run_script(gw: &Gateway, key: &str, extra: &[&str]) -> Run {
+fn run_script(gw: &Gateway, sdk_dir: Option<&PathBuf>, key: &str, extra: &[&str]) -> Run {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/sdk_check.py");
     let mut cmd = Command::new(python());
+    if let Some(dir) = sdk_dir {
+        cmd.env("PYTHONPATH", dir);
+    }
     cmd.arg(&script)
         .args([
             "--base-url",
@@ -247,9 +294,11 @@ fn any_header_holds(relay: &MockUpstream, needle: &str) -> bool {
 }
 
 fn sdks_through_the_other_format(tenants: bool) {
-    if !sdks_available() {
-        return;
-    }
+    let sdk_dir = match sdk_path() {
+        Ok(dir) => dir,
+        Err(None) => return,
+        Err(Some(why)) => panic!("{why}"),
+    };
     let mock = BenchUpstream::start(&["--chunks", CHUNKS]);
     let claude = relay(mock.addr());
     let openai = relay(mock.addr());
@@ -262,7 +311,7 @@ fn sdks_through_the_other_format(tenants: bool) {
     } else {
         ("sk-client-key-unused", &[])
     };
-    let run = run_script(&gw, key, extra);
+    let run = run_script(&gw, sdk_dir.as_ref(), key, extra);
     let report = || {
         format!(
             "--- sdk_check.py: {} ---\n--- stdout ---\n{}\n--- stderr ---\n{}",

@@ -295,7 +295,7 @@ impl<'b> ParsedRequest<'_, 'b> {
     ) {
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
-        out.extend_from_slice(self.path.as_bytes());
+        out.extend_from_slice(creds.path.unwrap_or(self.path).as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         out.extend_from_slice(authority);
         out.extend_from_slice(b"\r\n");
@@ -310,6 +310,7 @@ impl<'b> ParsedRequest<'_, 'b> {
                 || (creds.drop_client_keys
                     && (name.eq_ignore_ascii_case(b"authorization")
                         || name.eq_ignore_ascii_case(b"x-api-key")))
+                || (creds.translated && is_other_apis(name))
             {
                 continue;
             }
@@ -336,6 +337,7 @@ impl<'b> ParsedRequest<'_, 'b> {
             BodyKind::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
         out.extend_from_slice(creds.upstream);
+        out.extend_from_slice(creds.extra);
         // Writing an IpAddr into a Vec neither fails nor allocates.
         let _ = write!(
             out,
@@ -355,6 +357,15 @@ pub struct Credentials<'a> {
     /// The body goes out whole with this length (it was read, and maybe rewritten, first),
     /// whatever framing the client used.
     pub content_length: Option<u64>,
+    /// Send to this target instead of the client's (a translated request goes to the other
+    /// API's path).
+    pub path: Option<&'a str>,
+    /// The body was translated to another API: the client's `accept-encoding` (the answer is
+    /// translated back, so it must come unencoded), `content-type` and the other API's own
+    /// headers (`anthropic-*`, `openai-*`) are dropped; `extra` says what the upstream needs.
+    pub translated: bool,
+    /// More header lines (CRLF-terminated) to add after the credential.
+    pub extra: &'a [u8],
 }
 
 impl Credentials<'_> {
@@ -363,7 +374,19 @@ impl Credentials<'_> {
         drop_client_keys: false,
         upstream: b"",
         content_length: None,
+        path: None,
+        translated: false,
+        extra: b"",
     };
+}
+
+/// Headers that belong to the client's API and not to a translated request.
+fn is_other_apis(name: &[u8]) -> bool {
+    let prefixed = |p: &[u8]| name.len() > p.len() && name[..p.len()].eq_ignore_ascii_case(p);
+    name.eq_ignore_ascii_case(b"accept-encoding")
+        || name.eq_ignore_ascii_case(b"content-type")
+        || prefixed(b"anthropic-")
+        || prefixed(b"openai-")
 }
 
 #[cfg(test)]
@@ -533,7 +556,7 @@ mod tests {
         let creds = Credentials {
             drop_client_keys: true,
             upstream: b"authorization: Bearer sk-upstream\r\n",
-            content_length: None,
+            ..Credentials::PASS
         };
         p.write_upstream_head_with(b"up:80", IpAddr::from([127, 0, 0, 1]), &creds, &mut out);
         let fwd = String::from_utf8(out).expect("ascii");
@@ -561,6 +584,33 @@ mod tests {
             "POST /v1/chat/completions HTTP/1.1\r\nhost: 10.0.0.1:80\r\nx-forwarded-host: gw.example\r\n\
              Content-Type: application/json\r\ncontent-length: 2\r\nx-forwarded-for: 127.0.0.1\r\n\
              x-forwarded-proto: http\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_translated_request_goes_to_the_other_apis_path_with_its_own_headers() {
+        let raw = b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: gw\r\nAccept-Encoding: gzip\r\n\
+                    Content-Type: application/json\r\nOpenAI-Organization: org\r\nanthropic-beta: b\r\n\
+                    X-Trace: t\r\nContent-Length: 2\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
+        let p = parse(raw, &mut headers, &LIMITS)
+            .expect("valid")
+            .expect("complete");
+        let mut out = Vec::new();
+        let creds = Credentials {
+            drop_client_keys: true,
+            upstream: b"x-api-key: k\r\n",
+            content_length: Some(7),
+            path: Some("/v1/messages"),
+            translated: true,
+            extra: b"content-type: application/json\r\nanthropic-version: 2023-06-01\r\n",
+        };
+        p.write_upstream_head_with(b"up:80", IpAddr::from([127, 0, 0, 1]), &creds, &mut out);
+        assert_eq!(
+            String::from_utf8(out).expect("ascii"),
+            "POST /v1/messages HTTP/1.1\r\nhost: up:80\r\nx-forwarded-host: gw\r\nX-Trace: t\r\n\
+             content-length: 7\r\nx-api-key: k\r\ncontent-type: application/json\r\n\
+             anthropic-version: 2023-06-01\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\n\r\n"
         );
     }
 
