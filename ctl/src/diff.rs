@@ -22,15 +22,47 @@ use shardgate_engine::config::{
 /// Most diff lines `apply` prints; the rest are counted.
 pub const DIFF_LINES_MAX: usize = 20;
 
-/// What `new` changes in `old`: server fields, then upstreams, then routes. Within each, added
-/// and changed entries in `new`'s order, then removed ones in `old`'s order. Empty when the two
-/// configs are the same.
+/// What `new` changes in `old`: server fields, then upstreams, routes, tenants, model groups
+/// and templates. Within each, added and changed entries in `new`'s order, then removed ones in
+/// `old`'s order. Empty when the two configs are the same.
 pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
     server(&old.server, &new.server, &mut out);
     upstreams(old, new, &mut out);
     routes(old, new, &mut out);
+    named("tenant", &old.tenants, &new.tenants, |t| &t.name, &mut out);
+    named("model", &old.models, &new.models, |m| &m.name, &mut out);
+    named(
+        "template",
+        &old.templates,
+        &new.templates,
+        |t| &t.name,
+        &mut out,
+    );
     out
+}
+
+/// Entries known by name (tenants, model groups, templates): added, changed (any field; a
+/// tenant's keys are never printed), removed.
+fn named<T: PartialEq>(
+    kind: &str,
+    old: &[T],
+    new: &[T],
+    name: fn(&T) -> &str,
+    out: &mut Vec<String>,
+) {
+    for b in new {
+        match old.iter().find(|a| name(a) == name(b)) {
+            None => out.push(format!("+ {kind} {}", name(b))),
+            Some(a) if a != b => out.push(format!("~ {kind} {}", name(b))),
+            Some(_) => {}
+        }
+    }
+    for a in old {
+        if !new.iter().any(|b| name(b) == name(a)) {
+            out.push(format!("- {kind} {}", name(a)));
+        }
+    }
 }
 
 /// The first `max` lines, and `... and N more changes` when there were more.
@@ -401,6 +433,27 @@ upstream = "old"
                 "~ upstream a: endpoints [api.internal:80 (10.0.0.1:80)] -> \
                  [api.internal:80 (10.0.0.2:80)]"
             ]
+        );
+    }
+
+    #[test]
+    fn tenants_models_and_templates_are_named_when_they_change() {
+        let base = "[server]\nauth = \"none\"\n[[upstreams]]\nname = \"a\"\nendpoints = [\"http://127.0.0.1:1\"]\n\
+                    [[routes]]\npath_prefix = \"/\"\nupstream = \"a\"\n";
+        let m = |name: &str, hedge: &str| {
+            format!(
+                "[[models]]\nname = \"{name}\"\n{hedge}deployments = [{{ upstream = \"a\" }}]\n"
+            )
+        };
+        let old = config(&format!("{base}{}{}", m("x", ""), m("y", "")));
+        let new = config(&format!(
+            "{base}{}{}",
+            m("x", "hedge_after_ms = 500\n"),
+            m("z", "")
+        ));
+        assert_eq!(
+            diff(&old, &new),
+            vec!["~ model x", "+ model z", "- model y"]
         );
     }
 

@@ -41,7 +41,9 @@ use crate::template::TemplateBody;
 use crate::tenant::presented_key;
 use crate::upstream::{self, UpConn};
 
+mod hedge;
 mod translate;
+use hedge::{Hedge, Raced};
 use translate::Translation;
 
 /// After an error answer that closes the connection, how long to keep reading (and dropping)
@@ -223,6 +225,9 @@ struct Exchange {
     translation: Option<Box<Translation>>,
     /// The client called Anthropic's API (`/v1/messages`): our own errors take its shape.
     error_shape: Shape,
+    /// A second attempt to race against the current one (a hedged stream); after `forward`, it
+    /// says whether it was launched and won.
+    hedge: Option<Box<Hedge>>,
 }
 
 impl Exchange {
@@ -254,6 +259,7 @@ impl Exchange {
             deployment_admitted: None,
             translation: None,
             error_shape: Shape::OpenAi,
+            hedge: None,
         }
     }
 
@@ -904,7 +910,9 @@ async fn forward(
     mut left: BodyLeft,
 ) -> Next {
     let snap = c.snap.clone();
-    let ucfg: &UpstreamConfig = &snap.cfg.upstreams[upstream];
+    let mut ucfg: &UpstreamConfig = &snap.cfg.upstreams[upstream];
+    let mut endpoint = endpoint;
+    let mut hedge = c.ex.hedge.take();
     // A capped upstream: take a slot, or wait for one in this tenant's fair queue.
     if let Some(cap) = snap
         .upstream_caps
@@ -954,8 +962,52 @@ async fn forward(
             };
         }
         let extra = (!c.rate_hdrs.is_empty()).then_some(&c.rate_hdrs[..]);
-        let sent_at = Instant::now();
-        match read_response_head(ctx, &mut up, ucfg, &head, extra, &mut wbuf).await {
+        let mut sent_at = Instant::now();
+        let got = match hedge.as_deref_mut() {
+            None => read_response_head(ctx, &mut up, ucfg, &head, extra, &mut wbuf).await,
+            Some(h) => {
+                let raced = hedge::race(ctx, &snap, &mut up, ucfg, &head, extra, &mut wbuf, h);
+                match raced.await {
+                    Raced::First(r) => r,
+                    Raced::Second(won) => {
+                        // The hedge answered first: relay it; the first attempt's connection
+                        // is dropped (cancelled).
+                        up = won.up;
+                        ctx.put_buf(std::mem::replace(&mut wbuf, won.wbuf));
+                        sent_at = won.sent_at;
+                        let (u, e, i) = h.target;
+                        ucfg = &snap.cfg.upstreams[u];
+                        endpoint = e;
+                        c.ex.upstream = Some(ucfg.endpoints[i].addr);
+                        c.ex.upstream_slot = snap.upstream_stats[u];
+                        c.ex.translation = h.translation.take();
+                        c.ex.filter_sse = h.filter_sse;
+                        c.ex.strip_usage = h.strip_usage;
+                        if let Some(held) = c.ex.upstream_slot_held.take() {
+                            if let Some(cap) = snap.upstream_caps.get(held) {
+                                cap.release();
+                            }
+                        }
+                        if h.cap_held {
+                            h.cap_held = false;
+                            c.ex.upstream_slot_held = Some(u);
+                        }
+                        Ok((won.relay, won.keep_alive))
+                    }
+                }
+            }
+        };
+        if let Some(mut h) = hedge.take() {
+            if h.launched && !h.won && h.cap_held {
+                h.cap_held = false;
+                if let Some(cap) = snap.upstream_caps.get(h.target.0) {
+                    cap.release();
+                }
+            }
+            // Back to the caller, which settles both attempts (a replay below is not hedged).
+            c.ex.hedge = Some(h);
+        }
+        match got {
             Ok((relay, keep_alive)) => {
                 c.ex.ttfb = Some(sent_at.elapsed());
                 c.ex.retry_after = relay
@@ -1798,6 +1850,21 @@ async fn proxy_llm(
             ctx.put_buf(wbuf);
             return answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf()).await;
         };
+        c.ex.upstream_slot = snap.upstream_stats[dep.upstream];
+        c.ex.hedge = None;
+        if let (Some(after), true) = (snap.cfg.models[group].hedge_after, call.stream) {
+            let tried = (group == g).then_some(&excluded);
+            c.ex.hedge = plan_hedge(
+                ctx,
+                c,
+                &snap,
+                (&wbuf, &body),
+                call,
+                (group, idx),
+                tried,
+                after,
+            );
+        }
         let started = balance_now_ns();
         let attempt = gr.start(idx, started);
         c.ex.ttfb = None;
@@ -1807,9 +1874,20 @@ async fn proxy_llm(
         c.ex.retry_ok = attempts < retries && has_alternative(&snap, g, (group, idx), &excluded);
         c.ex.retry_err = None;
         let next = forward(ctx, c, head, target, out, BodyLeft::Done).await;
+        let hedged = c.ex.hedge.take();
         if let Some(a) = attempt {
-            a.finish(balance_now_ns(), &outcome_of(&c.ex, started));
+            match hedged.as_deref() {
+                // Outrun by the hedge: it had waited at least this long for a first byte.
+                Some(h) if h.won => a.finish(
+                    h.won_ns,
+                    &Outcome::Success {
+                        latency: Duration::from_nanos(h.won_ns.saturating_sub(started)),
+                    },
+                ),
+                _ => a.finish(balance_now_ns(), &outcome_of(&c.ex, started)),
+            }
         }
+        let hedge_won = hedged.map(|h| settle_hedge(ctx, c, &snap, *h));
         c.ex.retry_ok = false;
         if c.ex.retry_err.take().is_none() {
             c.llm.body = body;
@@ -1829,11 +1907,115 @@ async fn proxy_llm(
         if group == g {
             exclude(&mut excluded, idx);
         }
+        if let Some(Some((hg, hi))) = hedge_won {
+            if hg == g {
+                exclude(&mut excluded, hi);
+            }
+        }
         attempts += 1;
     }
     c.llm.body = body;
     ctx.put_buf(wbuf);
     answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf()).await
+}
+
+/// A second attempt for a hedged stream: another deployment of `group` than `current`'s (and
+/// than those `tried`), with its request built now. `None`: the group has no other deployment,
+/// or the request cannot be built for it.
+#[allow(clippy::too_many_arguments)]
+fn plan_hedge(
+    ctx: &ShardCtx,
+    c: &mut Client,
+    snap: &Snapshot,
+    (raw_head, body): (&[u8], &[u8]),
+    call: LlmCall,
+    (group, current): (usize, usize),
+    tried: Option<&[u64; DEPLOYMENTS_MAX / 64]>,
+    after: Duration,
+) -> Option<Box<Hedge>> {
+    let gr = snap.groups.get(group).and_then(Option::as_deref)?;
+    let mut list = [0usize; DEPLOYMENTS_MAX];
+    list[0] = current;
+    let mut n = 1;
+    if let Some(set) = tried {
+        for i in 0..DEPLOYMENTS_MAX {
+            if set[i / 64] & (1 << (i % 64)) != 0 && i != current && n < DEPLOYMENTS_MAX {
+                list[n] = i;
+                n += 1;
+            }
+        }
+    }
+    let mut rng = || ctx.next_random();
+    let idx = gr.pick(balance_now_ns(), &mut rng, &list[..n])?;
+    let dep = snap.cfg.models.get(group)?.deployments.get(idx)?;
+    let (endpoint, ep_index) = snap.pick_endpoint(dep.upstream);
+    let target = (dep.upstream, endpoint, ep_index);
+    // Build the hedge's request with the first attempt's relay settings put aside.
+    let first = (c.ex.translation.take(), c.ex.filter_sse, c.ex.strip_usage);
+    let built = llm_request(ctx, c, snap, raw_head, body, target, Some(&dep.model), call);
+    let hedge = built.ok().map(|request| {
+        Box::new(Hedge {
+            after,
+            group,
+            idx,
+            target,
+            request,
+            translation: c.ex.translation.take(),
+            filter_sse: c.ex.filter_sse,
+            strip_usage: c.ex.strip_usage,
+            tokens: call.tokens,
+            launched: false,
+            won: false,
+            launched_ns: 0,
+            won_ns: 0,
+            admitted: None,
+            cap_held: false,
+        })
+    });
+    (c.ex.translation, c.ex.filter_sse, c.ex.strip_usage) = first;
+    hedge
+}
+
+/// After a hedged attempt: report the hedge to the balancer (only a winner has an outcome; a
+/// cancelled one just ran late), settle its deployment quota, give its request buffer back.
+/// `Some((group, index))` of the hedge when it won (the request's deployment from then on).
+fn settle_hedge(
+    ctx: &ShardCtx,
+    c: &mut Client,
+    snap: &Snapshot,
+    mut h: Hedge,
+) -> Option<(usize, usize)> {
+    if !h.request.is_empty() {
+        ctx.put_buf(std::mem::take(&mut h.request));
+    }
+    if !h.launched {
+        return None;
+    }
+    let lim = snap
+        .deployment_limits
+        .get(h.group)
+        .and_then(|v| v.get(h.idx))
+        .and_then(Option::as_ref);
+    if !h.won {
+        if let (Some(adm), Some(lim)) = (h.admitted.take(), lim) {
+            adm.finish(lim, now_ns(), None, true);
+        }
+        return None;
+    }
+    if let Some(gr) = snap.groups.get(h.group).and_then(Option::as_deref) {
+        if let Some(a) = gr.start(h.idx, h.launched_ns) {
+            a.finish(balance_now_ns(), &outcome_of(&c.ex, h.launched_ns));
+        }
+    }
+    // The first attempt was sent (the provider counts it): its quota stays charged at its
+    // estimate; the hedge's admission is now the request's.
+    if let Some((g, i, adm)) = c.ex.deployment_admitted.take() {
+        if let Some(Some(lim)) = snap.deployment_limits.get(g).and_then(|v| v.get(i)) {
+            adm.finish(lim, now_ns(), None, false);
+        }
+    }
+    c.ex.deployment_admitted = h.admitted.take().map(|a| (h.group, h.idx, a));
+    Some((h.group, h.idx))
 }
 
 /// Settle a deployment's quota for the request that used it: tokens from `used` (or given back

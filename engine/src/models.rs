@@ -14,6 +14,8 @@ pub const RETRIES_MAX: u32 = 10;
 pub const FALLBACKS_MAX: usize = 8;
 /// Default `retries`: further deployments tried after a failure before any byte was sent on.
 pub const RETRIES_DEFAULT: u32 = 2;
+/// Longest `hedge_after_ms` (ten minutes).
+pub const HEDGE_AFTER_MS_MAX: u64 = 600_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +25,7 @@ pub struct RawModel {
     #[serde(default)]
     fallbacks: Vec<String>,
     retries: Option<i64>,
+    hedge_after_ms: Option<i64>,
     #[serde(default)]
     deployments: Vec<RawDeployment>,
 }
@@ -62,6 +65,9 @@ pub struct ModelGroup {
     /// Other groups (indices) tried in order when this one has no deployment left.
     pub fallbacks: Vec<usize>,
     pub retries: u32,
+    /// A streamed request whose first attempt has no response head after this long gets a
+    /// second attempt at another deployment; the first to answer is kept. `None`: no hedging.
+    pub hedge_after: Option<std::time::Duration>,
     pub deployments: Vec<Deployment>,
 }
 
@@ -126,6 +132,18 @@ pub fn validate(
                 }
             },
         };
+        let hedge_after = m.hedge_after_ms.and_then(|ms| match u64::try_from(ms) {
+            Ok(ms) if (1..=HEDGE_AFTER_MS_MAX).contains(&ms) => {
+                Some(std::time::Duration::from_millis(ms))
+            }
+            _ => {
+                error(
+                    f("hedge_after_ms"),
+                    format!("must be 1 to {HEDGE_AFTER_MS_MAX}, got {ms}"),
+                );
+                None
+            }
+        });
         if m.fallbacks.len() > FALLBACKS_MAX {
             error(f("fallbacks"), format!("at most {FALLBACKS_MAX} fallbacks"));
         }
@@ -215,8 +233,68 @@ pub fn validate(
             strategy,
             fallbacks,
             retries,
+            hedge_after,
             deployments,
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const UPSTREAMS: &str = "[server]\nauth = \"none\"\n\
+        [[upstreams]]\nname = \"a\"\nendpoints = [\"http://127.0.0.1:9\"]\n\
+        [[upstreams]]\nname = \"b\"\nprovider = \"anthropic\"\nendpoints = [\"http://127.0.0.1:9\"]\n\
+        [[upstreams]]\nname = \"demo\"\nprovider = \"mock\"\n";
+
+    fn load(models: &str) -> Result<Config, String> {
+        Config::from_toml(&format!("{UPSTREAMS}{models}")).map_err(|e| {
+            e.0.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    #[test]
+    fn groups_are_validated_with_their_defaults() {
+        let c = load(
+            "[[models]]\nname = \"m\"\ndeployments = [{ upstream = \"a\" }, { upstream = \"b\", model = \"claude-x\", weight = 3 }]\n\
+             [[models]]\nname = \"n\"\nstrategy = \"round_robin\"\nretries = 0\nhedge_after_ms = 250\nfallbacks = [\"m\"]\ndeployments = [{ upstream = \"a\" }]\n",
+        )
+        .expect("valid");
+        let m = &c.models[0];
+        assert_eq!(m.retries, super::RETRIES_DEFAULT);
+        assert_eq!(m.hedge_after, None);
+        assert_eq!(m.deployments[0].model, "m", "the group's name by default");
+        assert_eq!(m.deployments[1].model, "claude-x");
+        assert_eq!(m.deployments[1].weight, 3);
+        let n = &c.models[1];
+        assert_eq!(n.retries, 0);
+        assert_eq!(n.hedge_after, Some(std::time::Duration::from_millis(250)));
+        assert_eq!(n.fallbacks, vec![0]);
+    }
+
+    #[test]
+    fn bad_groups_are_refused_naming_the_field() {
+        for (models, field) in [
+            ("[[models]]\nname = \"m\"\nhedge_after_ms = 0\ndeployments = [{ upstream = \"a\" }]\n", "models[0].hedge_after_ms"),
+            ("[[models]]\nname = \"m\"\nhedge_after_ms = 600001\ndeployments = [{ upstream = \"a\" }]\n", "models[0].hedge_after_ms"),
+            ("[[models]]\nname = \"m\"\nretries = 11\ndeployments = [{ upstream = \"a\" }]\n", "models[0].retries"),
+            ("[[models]]\nname = \"m\"\nstrategy = \"fastest\"\ndeployments = [{ upstream = \"a\" }]\n", "models[0].strategy"),
+            ("[[models]]\nname = \"m\"\nfallbacks = [\"m\"]\ndeployments = [{ upstream = \"a\" }]\n", "models[0].fallbacks[0]"),
+            ("[[models]]\nname = \"m\"\nfallbacks = [\"zz\"]\ndeployments = [{ upstream = \"a\" }]\n", "models[0].fallbacks[0]"),
+            ("[[models]]\nname = \"m\"\n", "models[0].deployments"),
+            ("[[models]]\nname = \"m\"\ndeployments = [{ upstream = \"zz\" }]\n", "models[0].deployments[0].upstream"),
+            ("[[models]]\nname = \"m\"\ndeployments = [{ upstream = \"demo\" }]\n", "models[0].deployments[0].upstream"),
+            ("[[models]]\nname = \"m\"\ndeployments = [{ upstream = \"a\", weight = 0 }]\n", "models[0].deployments[0].weight"),
+            ("[[models]]\nname = \"m\\\"\"\ndeployments = [{ upstream = \"a\" }]\n", "models[0].name"),
+            ("[[models]]\nname = \"m\"\ndeployments = [{ upstream = \"a\" }]\n[[models]]\nname = \"m\"\ndeployments = [{ upstream = \"a\" }]\n", "models[1].name"),
+        ] {
+            let errs = load(models).expect_err(models);
+            assert!(errs.contains(field), "{models}: {errs}");
+        }
+    }
 }

@@ -408,3 +408,97 @@ deployments = [
     assert_eq!(capped.requests().len(), 5, "{served:?}");
     assert_eq!(spare.requests().len(), 15, "{served:?}");
 }
+
+/// An upstream that waits `delay`, then streams two events naming itself and `[DONE]`.
+fn streamer(name: &'static str, delay: Duration) -> MockUpstream {
+    MockUpstream::start(
+        move |_req: &Request, stream: &mut TcpStream| -> io::Result<Action> {
+            use std::io::Write;
+            sleep(delay);
+            stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )?;
+            let event = format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{name}\"}}}}]}}\n\n"
+            );
+            shardgate_tests::write_chunk(stream, event.as_bytes())?;
+            shardgate_tests::write_chunk(stream, b"data: [DONE]\n\n")?;
+            stream.write_all(b"0\r\n\r\n")?;
+            Ok(Action::KeepAlive)
+        },
+    )
+}
+
+fn stream_chat(c: &mut Client, model: &str) -> (shardgate_tests::Response, Duration) {
+    let body = format!(
+        r#"{{"model":"{model}","stream":true,"stream_options":{{"include_usage":true}},"messages":[{{"role":"user","content":"hi"}}]}}"#
+    );
+    let t = std::time::Instant::now();
+    c.send(format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    let r = c.read_response();
+    (r, t.elapsed())
+}
+
+#[test]
+fn a_hedged_stream_is_answered_by_whichever_deployment_starts_first() {
+    const SLOW: Duration = Duration::from_millis(1500);
+    let slow = streamer("slow", SLOW);
+    let fast = streamer("fast", Duration::ZERO);
+    let cfg = config(
+        &[("slow", slow.addr()), ("fast", fast.addr())],
+        r#"
+[[models]]
+name = "hedged"
+strategy = "round_robin"
+hedge_after_ms = 100
+deployments = [{ upstream = "slow" }, { upstream = "fast" }]
+
+[[models]]
+name = "plain"
+strategy = "round_robin"
+deployments = [{ upstream = "slow" }, { upstream = "fast" }]
+"#,
+    );
+    let gw = Gateway::start(&cfg);
+    let mut c = Client::connect(gw.addr());
+    // Round robin sends every other first attempt to the slow deployment: each of those is
+    // hedged after 100 ms and answered by the fast one, the slow attempt cancelled.
+    for i in 0..6 {
+        let (r, took) = stream_chat(&mut c, "hedged");
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert!(
+            r.body_str().contains("\"fast\""),
+            "request {i}: {}",
+            r.body_str()
+        );
+        assert!(
+            took < SLOW - Duration::from_millis(500),
+            "request {i} took {took:?}: not hedged"
+        );
+    }
+    assert!(
+        !slow.requests().is_empty(),
+        "the slow deployment was never tried first"
+    );
+    assert!(
+        shardgate_tests::wait_until(Duration::from_secs(5), || slow.connections_closed_by_peer()
+            >= slow.requests().len()),
+        "every attempt at the slow deployment was cancelled (its connection closed): {} of {}",
+        slow.connections_closed_by_peer(),
+        slow.requests().len()
+    );
+    // Without hedge_after_ms, a stream waits for the deployment it was sent to.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..2 {
+        let (r, took) = stream_chat(&mut c, "plain");
+        assert_eq!(r.status, 200, "{}", r.summary());
+        slowest = slowest.max(took);
+    }
+    assert!(
+        slowest >= SLOW,
+        "no plain stream waited for the slow deployment"
+    );
+}

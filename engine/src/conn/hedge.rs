@@ -1,0 +1,192 @@
+//! Hedged streams: a streamed request whose first attempt has sent no response head after the
+//! group's `hedge_after_ms` gets a second attempt at another deployment; whichever answers
+//! first is relayed and the other is cancelled (its connection closed, never pooled).
+//!
+//! The second request is built before the first is sent (so the race needs nothing of the
+//! client); it is launched only if its deployment's quota and its upstream's concurrency cap
+//! have room at that moment. Both attempts report to the balancer: the winner its time to
+//! first byte, a first attempt that lost the time it had waited (a lower bound that steers the
+//! latency estimate away from it), a second attempt that lost nothing.
+
+use std::pin::pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::admit::{admit, now_ns, Admitted};
+use crate::config::UpstreamConfig;
+use crate::http::request::RequestHead;
+use crate::shard::{ShardCtx, Snapshot};
+use crate::upstream::{self, UpConn};
+
+use super::translate::Translation;
+use super::{read_response_head, write_timeout, HeadError, Relay};
+
+/// A second attempt, ready to launch.
+#[derive(Debug)]
+pub(super) struct Hedge {
+    pub after: Duration,
+    /// The deployment: (group, index) and (upstream, endpoint slot, endpoint index).
+    pub group: usize,
+    pub idx: usize,
+    pub target: (usize, usize, usize),
+    /// The whole upstream request (head and body).
+    pub request: Vec<u8>,
+    /// How the second attempt's answer is relayed (it may speak another API than the first's).
+    pub translation: Option<Box<Translation>>,
+    pub filter_sse: bool,
+    pub strip_usage: bool,
+    /// The request's token estimate (for the deployment's quota).
+    pub tokens: u64,
+    /// Set by the race.
+    pub launched: bool,
+    pub won: bool,
+    /// When it was launched, and when it won (the balancer's clock).
+    pub launched_ns: u64,
+    pub won_ns: u64,
+    /// Its deployment quota, taken at launch.
+    pub admitted: Option<Admitted>,
+    /// It holds a slot of its (capped) upstream.
+    pub cap_held: bool,
+}
+
+/// The second attempt's answer head, when it won.
+pub(super) struct Won {
+    pub up: UpConn,
+    pub wbuf: Vec<u8>,
+    pub relay: Relay,
+    pub keep_alive: bool,
+    pub sent_at: Instant,
+}
+
+/// How the race ended.
+pub(super) enum Raced {
+    /// The first attempt's head (or failure); a launched second attempt was cancelled or
+    /// failed.
+    First(Result<(Relay, bool), HeadError>),
+    Second(Won),
+}
+
+/// Read the first attempt's response head; after `h.after` without one, launch the hedge and
+/// keep whichever head comes first. A failure of one side waits for the other.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn race(
+    ctx: &Rc<ShardCtx>,
+    snap: &Snapshot,
+    up: &mut UpConn,
+    ucfg: &UpstreamConfig,
+    head: &RequestHead,
+    extra: Option<&[u8]>,
+    wbuf: &mut Vec<u8>,
+    h: &mut Hedge,
+) -> Raced {
+    let mut first = pin!(read_response_head(ctx, up, ucfg, head, extra, wbuf));
+    monoio::select! {
+        r = &mut first => return Raced::First(r),
+        _ = monoio::time::sleep(h.after) => {}
+    }
+    if !launch(snap, h) {
+        return Raced::First(first.await);
+    }
+    let request = std::mem::take(&mut h.request);
+    let mut second = pin!(attempt(ctx, snap, head, extra, h.target, request));
+    monoio::select! {
+        r = &mut first => match r {
+            Ok(_) => Raced::First(r),
+            Err(_) => match second.await {
+                Ok(won) => {
+                    h.won = true;
+                    h.won_ns = super::balance_now_ns();
+                    Raced::Second(won)
+                }
+                Err(()) => Raced::First(r),
+            },
+        },
+        r = &mut second => match r {
+            Ok(won) => {
+                h.won = true;
+                h.won_ns = super::balance_now_ns();
+                Raced::Second(won)
+            }
+            Err(()) => Raced::First(first.await),
+        },
+    }
+}
+
+/// Take the hedge's deployment quota and upstream slot; `false` (nothing taken) when either is
+/// full.
+fn launch(snap: &Snapshot, h: &mut Hedge) -> bool {
+    let cap = snap
+        .upstream_caps
+        .get(h.target.0)
+        .filter(|cap| cap.is_capped());
+    if let Some(cap) = cap {
+        if !cap.try_acquire() {
+            return false;
+        }
+    }
+    if let Some(Some(lim)) = snap
+        .deployment_limits
+        .get(h.group)
+        .and_then(|v| v.get(h.idx))
+    {
+        match admit(lim, now_ns(), h.tokens) {
+            Ok(adm) => h.admitted = Some(adm),
+            Err(_) => {
+                if let Some(cap) = cap {
+                    cap.release();
+                }
+                return false;
+            }
+        }
+    }
+    h.cap_held = cap.is_some();
+    h.launched = true;
+    h.launched_ns = super::balance_now_ns();
+    true
+}
+
+/// Send the hedge's request and read its response head.
+async fn attempt(
+    ctx: &Rc<ShardCtx>,
+    snap: &Snapshot,
+    head: &RequestHead,
+    extra: Option<&[u8]>,
+    (upstream, endpoint, ep_index): (usize, usize, usize),
+    request: Vec<u8>,
+) -> Result<Won, ()> {
+    let ucfg = snap.cfg.upstreams.get(upstream).ok_or(())?;
+    let addr = ucfg.endpoints.get(ep_index).ok_or(())?.addr;
+    let mut up = match ctx
+        .pools
+        .checkout(endpoint, ucfg.pool_idle_timeout, Instant::now())
+    {
+        Some(up) => up,
+        None => {
+            let up = upstream::connect(addr, ucfg.connect_timeout)
+                .await
+                .map_err(|_| ())?;
+            ctx.upstream_connected();
+            up
+        }
+    };
+    let (res, buf) = write_timeout(&mut up.stream, request, ucfg.read_timeout).await;
+    let mut wbuf = buf.unwrap_or_else(|| ctx.take_buf());
+    if res.is_err() {
+        ctx.put_buf(wbuf);
+        return Err(());
+    }
+    let sent_at = Instant::now();
+    match read_response_head(ctx, &mut up, ucfg, head, extra, &mut wbuf).await {
+        Ok((relay, keep_alive)) => Ok(Won {
+            up,
+            wbuf,
+            relay,
+            keep_alive,
+            sent_at,
+        }),
+        Err(_) => {
+            ctx.put_buf(wbuf);
+            Err(())
+        }
+    }
+}
