@@ -1400,16 +1400,7 @@ async fn relay_filtered(
         if relay.done && !cut && c.ex.strip_usage {
             c.llm.filter.finish(&mut filtered);
         }
-        if !filtered.is_empty() {
-            if client_chunked {
-                write_hex(&mut wbuf, filtered.len() as u64);
-                wbuf.extend_from_slice(b"\r\n");
-                wbuf.extend_from_slice(&filtered);
-                wbuf.extend_from_slice(b"\r\n");
-            } else {
-                wbuf.extend_from_slice(&filtered);
-            }
-        }
+        push_framed(&mut wbuf, &filtered, client_chunked);
         let end = relay.done || cut;
         if end && client_chunked {
             wbuf.extend_from_slice(b"0\r\n\r\n");
@@ -1420,26 +1411,17 @@ async fn relay_filtered(
             c.ex.prompt_estimate
                 .saturating_add(c.llm.filter.content_events()),
         );
-        if !wbuf.is_empty() {
-            let (res, buf) = send(c, wbuf, send_timeout).await;
-            wbuf = buf.unwrap_or_else(|| ctx.take_buf());
-            wbuf.clear();
-            if res.is_err() {
-                return Next::Close;
-            }
+        if flush(ctx, c, &mut wbuf, send_timeout).await.is_err() {
+            return Next::Close;
         }
         if end {
             break;
         }
-        let buf = std::mem::take(&mut up.buf);
-        let (res, buf) = read_more(&mut up.stream, buf, Instant::now() + ucfg.read_timeout).await;
-        up.buf = buf;
-        match res {
-            Ok(0) if relay.framing == ClientFraming::UntilClose => {
-                relay.done = true;
-            }
-            Ok(0) | Err(_) => return Next::Close,
-            Ok(_) => {}
+        if read_body_more(&mut up, &mut relay, ucfg.read_timeout)
+            .await
+            .is_err()
+        {
+            return Next::Close;
         }
     }
     ctx.put_buf(wbuf);
@@ -1447,6 +1429,53 @@ async fn relay_filtered(
     relay.upstream_reusable &= !cut;
     let keep_alive = keep_alive && (client_chunked || relay.framing != ClientFraming::UntilClose);
     end_relay(ctx, endpoint, ucfg, up, &relay, keep_alive)
+}
+
+/// Append `data` for the client: as one chunk, or as is (to a client reading until close).
+fn push_framed(wbuf: &mut Vec<u8>, data: &[u8], chunked: bool) {
+    if data.is_empty() {
+        return;
+    }
+    if chunked {
+        write_hex(wbuf, data.len() as u64);
+        wbuf.extend_from_slice(b"\r\n");
+        wbuf.extend_from_slice(data);
+        wbuf.extend_from_slice(b"\r\n");
+    } else {
+        wbuf.extend_from_slice(data);
+    }
+}
+
+/// Send what `wbuf` holds, if anything; it comes back empty. `Err`: the client is gone.
+async fn flush(
+    ctx: &ShardCtx,
+    c: &mut Client,
+    wbuf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<(), ()> {
+    if wbuf.is_empty() {
+        return Ok(());
+    }
+    let (res, buf) = send(c, std::mem::take(wbuf), timeout).await;
+    *wbuf = buf.unwrap_or_else(|| ctx.take_buf());
+    wbuf.clear();
+    res
+}
+
+/// Read more of the upstream's body into `up.buf`: `Ok` with more bytes, or at the end of a
+/// body framed by the close (`relay.done` set); `Err` when the upstream stopped mid-body.
+async fn read_body_more(up: &mut UpConn, relay: &mut Relay, timeout: Duration) -> Result<(), ()> {
+    let buf = std::mem::take(&mut up.buf);
+    let (res, buf) = read_more(&mut up.stream, buf, Instant::now() + timeout).await;
+    up.buf = buf;
+    match res {
+        Ok(0) if relay.framing == ClientFraming::UntilClose => {
+            relay.done = true;
+            Ok(())
+        }
+        Ok(0) | Err(_) => Err(()),
+        Ok(_) => Ok(()),
+    }
 }
 
 /// Bytes up to and including the end of the first SSE event in `data` (a blank line: `\n\n` or

@@ -23,6 +23,13 @@ fn anthropic_upstream() -> MockUpstream {
             write_response(s, 400, "application/json", e.as_bytes())?;
             return Ok(Action::KeepAlive);
         }
+        if body["model"] == "claude-cut" {
+            // A stream the upstream breaks off after its first text.
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")?;
+            write_chunk(s, b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":2,\"output_tokens\":1}}}\n\n")?;
+            write_chunk(s, b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hel\"}}\n\n")?;
+            return Ok(Action::Close);
+        }
         if body["stream"] == true {
             s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")?;
             let events = [
@@ -128,6 +135,10 @@ deployments = [{{ upstream = "anthropic", model = "claude-up" }}]
 [[models]]
 name = "claude-broken"
 deployments = [{{ upstream = "anthropic", model = "claude-bad" }}]
+
+[[models]]
+name = "claude-cut"
+deployments = [{{ upstream = "anthropic", model = "claude-cut" }}]
 
 [[models]]
 name = "gpt"
@@ -374,4 +385,31 @@ fn errors_reach_anthropic_clients_in_anthropic_shape() {
     );
     assert_eq!(r.status, 400, "{}", r.summary());
     assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+}
+
+#[test]
+fn a_translated_stream_the_upstream_breaks_off_ends_with_an_error_event_and_no_clean_end() {
+    let (_anthropic, _openai, gw) = start();
+    let mut c = Client::connect(gw.addr());
+    let body =
+        r#"{"model":"claude-cut","stream":true,"messages":[{"role":"user","content":"Hi"}]}"#;
+    c.send(format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    let (raw, _) = c.read_raw_to_end(std::time::Duration::from_secs(5));
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(
+        raw.contains("\"content\":\"Hel\""),
+        "the text before the break: {raw}"
+    );
+    assert!(
+        raw.contains("\"error\""),
+        "an error event says the stream broke: {raw}"
+    );
+    assert!(
+        !raw.ends_with("0\r\n\r\n"),
+        "no clean end: the client sees a truncated message: {raw}"
+    );
 }

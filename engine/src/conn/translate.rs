@@ -9,19 +9,21 @@
 //! (serde_json trees, the translator's state): it is the exception, not the hot path.
 
 use std::rc::Rc;
-use std::time::Instant;
 
 use crate::config::{Provider, UpstreamConfig};
 use crate::error::Error;
 use crate::http::request::RequestHead;
 use crate::http::response::ClientFraming;
-use crate::http::{write_decimal, write_hex, write_status_line};
+use crate::http::{write_decimal, write_status_line};
 use crate::llm::{self, SseFilter};
 use crate::provider::anthropic::{self, StreamToChat};
 use crate::provider::messages::{self, StreamToMessages};
 use crate::shard::ShardCtx;
 
-use super::{answer_error, end_relay, over_budget, read_more, send, Client, Next, Relay};
+use super::{
+    answer_error, end_relay, flush, over_budget, push_framed, read_body_more, send, Client, Next,
+    Relay,
+};
 
 /// The most bytes of a whole (non-streamed) upstream answer read for translation; a larger one
 /// is a 502.
@@ -196,17 +198,13 @@ pub(super) async fn relay_translated(
         if relay.done {
             break Ok(());
         }
-        let buf = std::mem::take(&mut up.buf);
-        let (res, buf) = read_more(&mut up.stream, buf, Instant::now() + ucfg.read_timeout).await;
-        up.buf = buf;
-        match res {
-            Ok(0) if relay.framing == ClientFraming::UntilClose => relay.done = true,
-            Ok(0) | Err(_) => {
-                break Err(Error::UpstreamBadResponse(
-                    "the upstream closed the connection inside its answer",
-                ))
-            }
-            Ok(_) => {}
+        if read_body_more(&mut up, &mut relay, ucfg.read_timeout)
+            .await
+            .is_err()
+        {
+            break Err(Error::UpstreamBadResponse(
+                "the upstream closed the connection inside its answer",
+            ));
         }
     };
     let mut body = std::mem::take(&mut c.llm.sse_out);
@@ -347,16 +345,7 @@ async fn relay_stream(
             }
             cut = true;
         }
-        if !out.is_empty() {
-            if chunked {
-                write_hex(&mut wbuf, out.len() as u64);
-                wbuf.extend_from_slice(b"\r\n");
-                wbuf.extend_from_slice(&out);
-                wbuf.extend_from_slice(b"\r\n");
-            } else {
-                wbuf.extend_from_slice(&out);
-            }
-        }
+        push_framed(&mut wbuf, &out, chunked);
         let end = relay.done || cut || broken;
         // A stream the upstream broke off ends without the last chunk: the client sees it cut.
         if end && chunked && !broken {
@@ -364,25 +353,15 @@ async fn relay_stream(
         }
         c.llm.sse_in = data;
         c.llm.sse_out = out;
-        if !wbuf.is_empty() {
-            let (res, buf) = send(c, wbuf, send_timeout).await;
-            wbuf = buf.unwrap_or_else(|| ctx.take_buf());
-            wbuf.clear();
-            if res.is_err() {
-                return Next::Close;
-            }
+        if flush(ctx, c, &mut wbuf, send_timeout).await.is_err() {
+            return Next::Close;
         }
         if end {
             break;
         }
-        let buf = std::mem::take(&mut up.buf);
-        let (res, buf) = read_more(&mut up.stream, buf, Instant::now() + ucfg.read_timeout).await;
-        up.buf = buf;
-        match res {
-            Ok(0) if relay.framing == ClientFraming::UntilClose => relay.done = true,
-            Ok(0) | Err(_) => broken = true,
-            Ok(_) => {}
-        }
+        broken = read_body_more(&mut up, &mut relay, ucfg.read_timeout)
+            .await
+            .is_err();
     }
     ctx.put_buf(wbuf);
     if broken {
