@@ -31,15 +31,9 @@
 
 use serde_json::{Map, Value};
 
+pub use super::sse::STREAM_EVENT_BYTES_MAX;
+use super::sse::{Event, EventReader};
 use super::{push_json_str, push_u64, TranslateError};
-
-/// The longest SSE line (and the most `data` of one event) [`StreamToChat`] examines, bytes. A
-/// longer event is skipped whole; Anthropic's events are a few hundred bytes.
-pub const STREAM_EVENT_BYTES_MAX: usize = 256 * 1024;
-/// The longest `event:` name kept, bytes (Anthropic's longest is `content_block_delta`).
-const EVENT_NAME_BYTES_MAX: usize = 64;
-
-const _: () = assert!(EVENT_NAME_BYTES_MAX <= STREAM_EVENT_BYTES_MAX);
 
 // ---------------------------------------------------------------------------------------------
 // Requests
@@ -433,6 +427,16 @@ fn push_openai_error(out: &mut Vec<u8>, status: u16, kind: Option<&str>, message
 // ---------------------------------------------------------------------------------------------
 // Streams
 
+/// An event's kind (its data's `type`, else its `event:` name) and its data, when that is JSON.
+fn parse_event(event: Event<'_>) -> Option<(String, Value)> {
+    let v = serde_json::from_slice::<Value>(event.data).ok()?;
+    let kind = match v.get("type").and_then(Value::as_str) {
+        Some(k) => k.to_owned(),
+        None => String::from_utf8_lossy(event.name).into_owned(),
+    };
+    Some((kind, v))
+}
+
 /// Translates an Anthropic Messages event stream into OpenAI `chat.completion.chunk` events.
 ///
 /// Feed it the decoded response body in pieces of any size; it appends whole OpenAI events to
@@ -442,24 +446,15 @@ fn push_openai_error(out: &mut Vec<u8>, status: u16, kind: Option<&str>, message
 /// `"choices":[]` when asked for, then `data: [DONE]`. An Anthropic `error` event becomes an
 /// OpenAI error event and `[DONE]`; a stream that ends without `message_stop` gets one too (from
 /// [`finish`](Self::finish)). After `[DONE]` further input is ignored. `ping`, block starts and
-/// stops, tool and thinking deltas, and events that are not JSON are skipped.
+/// stops, tool and thinking deltas, events that are not JSON and events longer than
+/// [`STREAM_EVENT_BYTES_MAX`] are skipped.
 #[derive(Debug)]
 pub struct StreamToChat {
     id: String,
     model: String,
     created: u64,
     include_usage: bool,
-    /// The current, unfinished line (while it fits in [`STREAM_EVENT_BYTES_MAX`]).
-    line: Vec<u8>,
-    /// The current line is longer than [`STREAM_EVENT_BYTES_MAX`]: its bytes are dropped.
-    line_too_long: bool,
-    /// The current event's `data` lines, joined by `\n`.
-    data: Vec<u8>,
-    has_data: bool,
-    /// The current event's `event:` name.
-    event: Vec<u8>,
-    /// The current event outgrew [`STREAM_EVENT_BYTES_MAX`]: skip it at its end.
-    skip_event: bool,
+    events: EventReader,
     role_sent: bool,
     finish_reason: &'static str,
     counts: Option<Counts>,
@@ -475,12 +470,7 @@ impl StreamToChat {
             model: model.to_owned(),
             created,
             include_usage,
-            line: Vec::new(),
-            line_too_long: false,
-            data: Vec::new(),
-            has_data: false,
-            event: Vec::new(),
-            skip_event: false,
+            events: EventReader::new(),
             role_sent: false,
             finish_reason: "stop",
             counts: None,
@@ -492,16 +482,11 @@ impl StreamToChat {
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
         let mut rest = input;
         while !self.done {
-            match rest.iter().position(|b| *b == b'\n') {
-                Some(p) => {
-                    self.push_line_part(rest.get(..p).unwrap_or_default());
-                    rest = rest.get(p + 1..).unwrap_or_default();
-                    self.end_line(out);
-                }
-                None => {
-                    self.push_line_part(rest);
-                    break;
-                }
+            let Some(event) = self.events.next_event(&mut rest) else {
+                break;
+            };
+            if let Some((kind, v)) = parse_event(event) {
+                self.on_event(&kind, &v, out);
             }
         }
     }
@@ -512,11 +497,8 @@ impl StreamToChat {
         if self.done {
             return;
         }
-        if !self.line.is_empty() || self.line_too_long {
-            self.end_line(out);
-        }
-        if !self.done {
-            self.end_event(out);
+        if let Some((kind, v)) = self.events.finish().and_then(parse_event) {
+            self.on_event(&kind, &v, out);
         }
         if !self.done {
             self.push_error(
@@ -536,86 +518,6 @@ impl StreamToChat {
     /// Whether `[DONE]` has been written.
     pub fn is_done(&self) -> bool {
         self.done
-    }
-
-    fn push_line_part(&mut self, part: &[u8]) {
-        if self.line_too_long || part.is_empty() {
-            return;
-        }
-        if self.line.len() + part.len() > STREAM_EVENT_BYTES_MAX {
-            self.line_too_long = true;
-            self.line.clear();
-        } else {
-            self.line.extend_from_slice(part);
-        }
-    }
-
-    /// The current line is complete.
-    fn end_line(&mut self, out: &mut Vec<u8>) {
-        if self.line_too_long {
-            self.line_too_long = false;
-            self.skip_event = true;
-            return;
-        }
-        let mut line = std::mem::take(&mut self.line);
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        if line.is_empty() {
-            self.end_event(out);
-        } else {
-            let (field, value) = match line.iter().position(|b| *b == b':') {
-                Some(c) => {
-                    let value = line.get(c + 1..).unwrap_or_default();
-                    (
-                        line.get(..c).unwrap_or_default(),
-                        value.strip_prefix(b" ").unwrap_or(value),
-                    )
-                }
-                None => (line.as_slice(), &[][..]),
-            };
-            match field {
-                b"data" => {
-                    let extra = usize::from(self.has_data);
-                    if self.data.len() + extra + value.len() > STREAM_EVENT_BYTES_MAX {
-                        self.skip_event = true;
-                    } else if !self.skip_event {
-                        if self.has_data {
-                            self.data.push(b'\n');
-                        }
-                        self.data.extend_from_slice(value);
-                    }
-                    self.has_data = true;
-                }
-                b"event" => {
-                    self.event.clear();
-                    if value.len() <= EVENT_NAME_BYTES_MAX {
-                        self.event.extend_from_slice(value);
-                    }
-                }
-                _ => {}
-            }
-        }
-        line.clear();
-        self.line = line;
-    }
-
-    /// A blank line: the current event is complete.
-    fn end_event(&mut self, out: &mut Vec<u8>) {
-        let complete = self.has_data && !self.skip_event;
-        self.has_data = false;
-        self.skip_event = false;
-        if complete {
-            if let Ok(v) = serde_json::from_slice::<Value>(&self.data) {
-                let kind = match v.get("type").and_then(Value::as_str) {
-                    Some(k) => k.to_owned(),
-                    None => String::from_utf8_lossy(&self.event).into_owned(),
-                };
-                self.on_event(&kind, &v, out);
-            }
-        }
-        self.data.clear();
-        self.event.clear();
     }
 
     fn on_event(&mut self, kind: &str, v: &Value, out: &mut Vec<u8>) {

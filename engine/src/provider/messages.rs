@@ -38,7 +38,7 @@
 
 use serde_json::{Map, Value};
 
-use super::anthropic::STREAM_EVENT_BYTES_MAX;
+use super::sse::EventReader;
 use super::{push_json_str, push_u64, TranslateError};
 
 // ---------------------------------------------------------------------------------------------
@@ -428,6 +428,25 @@ fn push_anthropic_error(out: &mut Vec<u8>, kind: &str, message: &str) {
 // ---------------------------------------------------------------------------------------------
 // Streams
 
+/// What an upstream event's data says.
+#[derive(Debug)]
+enum Data {
+    /// `[DONE]`: the stream is over.
+    Done,
+    /// A chunk or an error.
+    Json(Value),
+}
+
+impl Data {
+    /// `None` for data that is neither `[DONE]` nor JSON.
+    fn parse(data: &[u8]) -> Option<Data> {
+        if data.trim_ascii() == b"[DONE]" {
+            return Some(Data::Done);
+        }
+        serde_json::from_slice(data).ok().map(Data::Json)
+    }
+}
+
 /// Translates an OpenAI `chat.completion.chunk` event stream into Anthropic's Messages events.
 ///
 /// Feed it the decoded response body in pieces of any size; it appends whole Anthropic events
@@ -440,19 +459,12 @@ fn push_anthropic_error(out: &mut Vec<u8>, kind: &str, message: &str) {
 /// that ends the stream. A stream that ends without `[DONE]` is closed as usual by
 /// [`finish`](Self::finish) when a `finish_reason` came, else ended with an `error` event.
 /// After the end further input is ignored. Comments, `event:` lines, events that are not JSON
-/// and events longer than [`STREAM_EVENT_BYTES_MAX`] are skipped.
+/// and events longer than
+/// [`STREAM_EVENT_BYTES_MAX`](super::anthropic::STREAM_EVENT_BYTES_MAX) are skipped.
 #[derive(Debug)]
 pub struct StreamToMessages {
     model: String,
-    /// The current, unfinished line (while it fits in [`STREAM_EVENT_BYTES_MAX`]).
-    line: Vec<u8>,
-    /// The current line is longer than [`STREAM_EVENT_BYTES_MAX`]: its bytes are dropped.
-    line_too_long: bool,
-    /// The current event's `data` lines, joined by `\n`.
-    data: Vec<u8>,
-    has_data: bool,
-    /// The current event outgrew [`STREAM_EVENT_BYTES_MAX`]: skip it at its end.
-    skip_event: bool,
+    events: EventReader,
     /// `message_start` has been written.
     started: bool,
     /// `content_block_start` has been written.
@@ -472,11 +484,7 @@ impl StreamToMessages {
     pub fn new(model_for_client: &str) -> Self {
         StreamToMessages {
             model: model_for_client.to_owned(),
-            line: Vec::new(),
-            line_too_long: false,
-            data: Vec::new(),
-            has_data: false,
-            skip_event: false,
+            events: EventReader::new(),
             started: false,
             block_open: false,
             refused: false,
@@ -491,16 +499,11 @@ impl StreamToMessages {
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
         let mut rest = input;
         while !self.done {
-            match rest.iter().position(|b| *b == b'\n') {
-                Some(p) => {
-                    self.push_line_part(rest.get(..p).unwrap_or_default());
-                    rest = rest.get(p + 1..).unwrap_or_default();
-                    self.end_line(out);
-                }
-                None => {
-                    self.push_line_part(rest);
-                    break;
-                }
+            let Some(event) = self.events.next_event(&mut rest) else {
+                break;
+            };
+            if let Some(data) = Data::parse(event.data) {
+                self.on_data(data, out);
             }
         }
     }
@@ -511,11 +514,8 @@ impl StreamToMessages {
         if self.done {
             return;
         }
-        if !self.line.is_empty() || self.line_too_long {
-            self.end_line(out);
-        }
-        if !self.done {
-            self.end_event(out);
+        if let Some(data) = self.events.finish().and_then(|e| Data::parse(e.data)) {
+            self.on_data(data, out);
         }
         if self.done {
             return;
@@ -538,75 +538,10 @@ impl StreamToMessages {
         self.done
     }
 
-    fn push_line_part(&mut self, part: &[u8]) {
-        if self.line_too_long || part.is_empty() {
-            return;
-        }
-        if self.line.len() + part.len() > STREAM_EVENT_BYTES_MAX {
-            self.line_too_long = true;
-            self.line.clear();
-        } else {
-            self.line.extend_from_slice(part);
-        }
-    }
-
-    /// The current line is complete.
-    fn end_line(&mut self, out: &mut Vec<u8>) {
-        if self.line_too_long {
-            self.line_too_long = false;
-            self.skip_event = true;
-            return;
-        }
-        let mut line = std::mem::take(&mut self.line);
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        if line.is_empty() {
-            self.end_event(out);
-        } else if let Some(value) = line.strip_prefix(b"data") {
-            // `data` alone, or `data:` and the value (one leading space dropped).
-            let value = match value.split_first() {
-                None => Some(&[][..]),
-                Some((b':', v)) => Some(v.strip_prefix(b" ").unwrap_or(v)),
-                Some(_) => None,
-            };
-            if let Some(value) = value {
-                let extra = usize::from(self.has_data);
-                if self.data.len() + extra + value.len() > STREAM_EVENT_BYTES_MAX {
-                    self.skip_event = true;
-                } else if !self.skip_event {
-                    if self.has_data {
-                        self.data.push(b'\n');
-                    }
-                    self.data.extend_from_slice(value);
-                }
-                self.has_data = true;
-            }
-        }
-        line.clear();
-        self.line = line;
-    }
-
-    /// A blank line: the current event is complete.
-    fn end_event(&mut self, out: &mut Vec<u8>) {
-        let complete = self.has_data && !self.skip_event;
-        self.has_data = false;
-        self.skip_event = false;
-        if complete {
-            let data = std::mem::take(&mut self.data);
-            self.on_data(&data, out);
-            self.data = data;
-        }
-        self.data.clear();
-    }
-
-    fn on_data(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        if data.trim_ascii() == b"[DONE]" {
-            self.close(out);
-            return;
-        }
-        let Ok(v) = serde_json::from_slice::<Value>(data) else {
-            return;
+    fn on_data(&mut self, data: Data, out: &mut Vec<u8>) {
+        let v = match data {
+            Data::Done => return self.close(out),
+            Data::Json(v) => v,
         };
         if let Some(error) = v.get("error").filter(|e| !e.is_null()) {
             let message = match error {
@@ -717,7 +652,7 @@ impl StreamToMessages {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::anthropic;
+    use crate::provider::anthropic::{self, STREAM_EVENT_BYTES_MAX};
     use proptest::prelude::*;
     use serde_json::json;
 
