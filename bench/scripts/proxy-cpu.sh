@@ -20,7 +20,9 @@
 #                         config, to price a change in the same run; "shardgate-tenant" runs
 #                         with a tenant: key, model check, limits and usage accounting
 #                         (bench/peers/shardgate-tenant.toml); "shardgate-models" routes by the
-#                         body's model through a model group (bench/peers/shardgate-models.toml)
+#                         body's model through a model group (bench/peers/shardgate-models.toml);
+#                         "shardgate-translate" does the same to an Anthropic upstream: the
+#                         OpenAI request and the answer translated (bench/peers/shardgate-translate.toml)
 #   SHARDGATE_BIN [<repo>/target/release/shardgate]   SHARDGATE_BASE_BIN [unset]
 #   NGINX_BIN [nginx]  HAPROXY_BIN [haproxy]
 #   WRK_BIN [wrk]  PROXY_CPU [0]  LOAD_CPU [1]  OUT [/tmp/shardgate-proxy-cpu-<timestamp>]
@@ -204,14 +206,14 @@ wait_ready() { # pid port log: up to 10 s for a 200 carrying the upstream's JSON
 
 # ---------------------------------------------------------------- proxies
 proxy_port() {
-    case $1 in nginx) echo 18081 ;; haproxy) echo 18082 ;; shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant|shardgate-models) echo 18083 ;; esac
+    case $1 in nginx) echo 18081 ;; haproxy) echo 18082 ;; shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant|shardgate-models|shardgate-translate) echo 18083 ;; esac
 }
 
 proxy_available() {
     case $1 in
         nginx) command -v "$NGINX_BIN" >/dev/null ;;
         haproxy) command -v "$HAPROXY_BIN" >/dev/null ;;
-        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models) [[ -x $SHARDGATE_BIN ]] ;;
+        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate) [[ -x $SHARDGATE_BIN ]] ;;
         shardgate-base) [[ -n $SHARDGATE_BASE_BIN && -x $SHARDGATE_BASE_BIN ]] ;;
         *) return 1 ;;
     esac
@@ -256,6 +258,10 @@ start_proxy() { # name logfile -> sets PROXY_PID (no subshell: the proxy stays o
             taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" --config "$PEERS/shardgate-models.toml" \
                 >"$logf" 2>&1 &
             ;;
+        shardgate-translate)
+            SG_BENCH_ANTHROPIC_KEY=sk-bench taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" \
+                --config "$PEERS/shardgate-translate.toml" >"$logf" 2>&1 &
+            ;;
     esac
     PROXY_PID=$!
 }
@@ -265,7 +271,7 @@ proxy_version() {
         nginx) "$NGINX_BIN" -v 2>&1 | head -n1 ;;
         haproxy) "$HAPROXY_BIN" -v 2>&1 | head -n1 ;;
         shardgate-base) echo "$SHARDGATE_BASE_BIN (built $(date -r "$SHARDGATE_BASE_BIN" '+%F %T'))" ;;
-        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models)
+        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate)
             echo "$SHARDGATE_BIN ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet 2>/dev/null || echo '+dirty'), built $(date -r "$SHARDGATE_BIN" '+%F %T'))" ;;
     esac
 }
@@ -300,13 +306,13 @@ to_ms() { # wrk duration (123.45us / 1.23ms / 1.02s / 1.5m) -> ms
 # ---------------------------------------------------------------- start
 selected=()
 for p in $PROXIES; do
-    case $p in nginx|haproxy|shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant|shardgate-models) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
+    case $p in nginx|haproxy|shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant|shardgate-models|shardgate-translate) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
     if proxy_available "$p"; then
         selected+=("$p")
     else
         case $p in
             shardgate-base) log "SKIP $p: set SHARDGATE_BASE_BIN to an executable" ;;
-            shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models) log "SKIP $p: $SHARDGATE_BIN not found or not executable (cargo build --release -p shardgate-engine, or set SHARDGATE_BIN)" ;;
+            shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate) log "SKIP $p: $SHARDGATE_BIN not found or not executable (cargo build --release -p shardgate-engine, or set SHARDGATE_BIN)" ;;
             nginx) log "SKIP nginx: '$NGINX_BIN' not installed" ;;
             haproxy) log "SKIP haproxy: '$HAPROXY_BIN' not installed (apt-get install -y haproxy)" ;;
         esac
