@@ -145,13 +145,17 @@ fn run(config: Config, text: &str, source: &str, overrides: Overrides) -> Result
             .ok_or_else(|| format!("SHARDGATE_DRIVER={v:?}: must be auto, io_uring or epoll"))?,
         Err(_) => config.server.driver,
     };
-    // Port 0: pick one free port now, so every shard's SO_REUSEPORT socket shares it.
+    // Port 0: pick one free port now, so every shard's SO_REUSEPORT socket shares it. The
+    // picking socket stays bound (never listening, so it takes no connections) for the
+    // process's life: no other program can take the port before the shards bind it.
     let mut listen = config.server.listen;
-    if listen.port() == 0 {
-        let probe = std::net::TcpListener::bind(listen)
-            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        listen = probe.local_addr().map_err(|e| e.to_string())?;
-    }
+    let _port_hold = if listen.port() == 0 {
+        let (addr, hold) = hold_free_port(listen)?;
+        listen = addr;
+        Some(hold)
+    } else {
+        None
+    };
 
     // The shared-memory region: the config ring from shardgate-ctl and the shards' counters.
     // The bootstrap config goes on the ring first, so ctl can diff against it.
@@ -332,4 +336,23 @@ mod count_alloc {
             UPSTREAM_CONNECTS.load(Ordering::Relaxed)
         );
     }
+}
+
+/// Bind a socket with SO_REUSEPORT (and SO_REUSEADDR) to `addr` (port 0) without listening:
+/// the port the kernel picked, and the socket holding it.
+fn hold_free_port(
+    addr: std::net::SocketAddr,
+) -> Result<(std::net::SocketAddr, socket2::Socket), String> {
+    use socket2::{Domain, Socket, Type};
+    let fail = |e: std::io::Error| format!("cannot listen on {addr}: {e}");
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.set_reuse_port(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    let picked = socket
+        .local_addr()
+        .map_err(fail)?
+        .as_socket()
+        .ok_or_else(|| format!("cannot listen on {addr}: not an IP address"))?;
+    Ok((picked, socket))
 }
