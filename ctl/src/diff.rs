@@ -421,6 +421,7 @@ upstream = "old"
             let m = ConfigMessage {
                 toml: text.to_owned(),
                 resolved,
+                files: HashMap::new(),
             };
             match Config::from_message(&m) {
                 Ok(c) => c,

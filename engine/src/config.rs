@@ -113,6 +113,17 @@ struct RawServer {
     auth: Option<String>,
     queue_wait_ms_max: Option<i64>,
     queue_depth_max: Option<i64>,
+    #[serde(default)]
+    tls: Vec<RawTls>,
+    listen_plain: Option<String>,
+    handshake_timeout_ms: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +140,7 @@ struct RawUpstream {
     pool_idle_max: Option<i64>,
     api_key_env: Option<String>,
     max_concurrency: Option<i64>,
+    ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +214,33 @@ pub struct ServerConfig {
     pub queue_wait: Duration,
     /// Waiters per tenant per upstream per shard; past it, a 429 at once.
     pub queue_depth_max: usize,
+    /// `[[server.tls]]`: when any, `listen` serves TLS with these certificates (chosen by SNI).
+    pub tls: Vec<TlsFiles>,
+    /// A plain-HTTP listener beside the TLS one.
+    pub listen_plain: Option<SocketAddr>,
+    /// Longest a TLS handshake may take.
+    pub handshake_timeout: Duration,
+}
+
+/// A certificate chain and its key: the paths as written and the PEM they held when the config
+/// was read (by the engine at start, by `shardgate-ctl` for `apply`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_path: String,
+    pub cert_pem: Vec<u8>,
+    pub key_path: String,
+    pub key_pem: Vec<u8>,
+}
+
+impl TlsFiles {
+    pub fn as_cert_files(&self) -> crate::tls::CertFiles<'_> {
+        crate::tls::CertFiles {
+            cert_path: &self.cert_path,
+            cert_pem: &self.cert_pem,
+            key_path: &self.key_path,
+            key_pem: &self.key_pem,
+        }
+    }
 }
 
 /// `[server] auth`.
@@ -241,13 +280,19 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// `host[:port]` as written, sent as `Host`.
     pub authority: String,
+    /// `https://`: the name sent as SNI and verified against the certificate (the host part of
+    /// `authority`). `None`: plain HTTP.
+    pub tls_name: Option<String>,
 }
 
 impl Endpoint {
     /// `host:port` (the port added when the endpoint left it out): the name that was resolved,
     /// and the key of a config message's table of resolved addresses.
     pub fn resolve_key(&self) -> String {
-        with_port(&self.authority)
+        with_port(
+            &self.authority,
+            if self.tls_name.is_some() { 443 } else { 80 },
+        )
     }
 }
 
@@ -257,6 +302,15 @@ impl Endpoint {
 enum Secrets {
     Read,
     Skip,
+}
+
+/// Where the files a config names (certificates, keys, CA files) are read from.
+#[derive(Debug, Clone, Copy)]
+enum Files<'a> {
+    /// The file system: at start-up (main thread) and in `shardgate-ctl`, never in a shard.
+    Disk,
+    /// The contents ctl read, carried in the config message.
+    Table(&'a std::collections::HashMap<String, Vec<u8>>),
 }
 
 /// How endpoint names become addresses.
@@ -285,6 +339,9 @@ pub struct UpstreamConfig {
     /// Requests in flight to this upstream over all shards; past it, requests wait in fair
     /// per-tenant queues. `None`: no cap.
     pub max_concurrency: Option<u64>,
+    /// `ca_file`: the CA certificates (path, PEM) its `https://` endpoints are verified against,
+    /// instead of the system's trust store.
+    pub ca: Option<(String, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -313,14 +370,14 @@ impl Config {
     /// Parse and validate TOML text. Errors name the field and the reason (and, for syntax
     /// errors, the line).
     pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
-        Self::parse(text, Resolver::System, Secrets::Read)
+        Self::parse(text, Resolver::System, Files::Disk, Secrets::Read)
     }
 
     /// [`Config::from_toml`] for `shardgate-ctl`: `api_key_env` variables are not read (ctl does
     /// not hold the upstreams' secrets; each shard reads them from the engine's environment and
     /// refuses the config if one is missing).
     pub fn from_toml_without_secrets(text: &str) -> Result<Config, ConfigErrors> {
-        Self::parse(text, Resolver::System, Secrets::Skip)
+        Self::parse(text, Resolver::System, Files::Disk, Secrets::Skip)
     }
 
     /// Parse and validate a config that came over the ring, resolving endpoint names from the
@@ -328,10 +385,38 @@ impl Config {
     pub fn from_message(
         m: &crate::control::message::ConfigMessage,
     ) -> Result<Config, ConfigErrors> {
-        Self::parse(&m.toml, Resolver::Table(&m.resolved), Secrets::Read)
+        Self::parse(
+            &m.toml,
+            Resolver::Table(&m.resolved),
+            Files::Table(&m.files),
+            Secrets::Read,
+        )
     }
 
-    fn parse(text: &str, resolver: Resolver<'_>, secrets: Secrets) -> Result<Config, ConfigErrors> {
+    /// The files this config read (certificates, keys, CA files): path → contents, for the
+    /// config message.
+    pub fn files(&self) -> Vec<(&str, &[u8])> {
+        let mut out: Vec<(&str, &[u8])> = Vec::new();
+        for t in &self.server.tls {
+            out.push((&t.cert_path, &t.cert_pem));
+            out.push((&t.key_path, &t.key_pem));
+        }
+        for u in &self.upstreams {
+            if let Some((path, pem)) = &u.ca {
+                out.push((path, pem));
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn parse(
+        text: &str,
+        resolver: Resolver<'_>,
+        files: Files<'_>,
+        secrets: Secrets,
+    ) -> Result<Config, ConfigErrors> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let field = match e.span() {
                 Some(span) => {
@@ -349,6 +434,7 @@ impl Config {
             errors: Vec::new(),
             warnings: Vec::new(),
             resolver,
+            files,
             secrets,
         };
         let mut config = v.config(raw);
@@ -371,6 +457,9 @@ impl Config {
             }
         };
         check("listen", a.listen == b.listen);
+        check("listen_plain", a.listen_plain == b.listen_plain);
+        // Certificates change at run time; turning TLS on or off needs new listeners.
+        check("tls", a.tls.is_empty() == b.tls.is_empty());
         check("cores", a.cores == b.cores);
         check("driver", a.driver == b.driver);
         check("instance", a.instance == b.instance);
@@ -404,6 +493,7 @@ struct Validator<'a> {
     errors: Vec<ConfigError>,
     warnings: Vec<String>,
     resolver: Resolver<'a>,
+    files: Files<'a>,
     secrets: Secrets,
 }
 
@@ -436,6 +526,61 @@ impl Validator<'_> {
     ) -> usize {
         let v = self.ranged(field, value, default as u64, min as u64, max as u64);
         usize::try_from(v).unwrap_or(default)
+    }
+
+    /// Read a file the config names (or take it from the message's table); `None` after
+    /// noting the error under `field`.
+    fn file(&mut self, field: &str, path: &str) -> Option<Vec<u8>> {
+        if path.is_empty() {
+            self.error(field, "must be a file path");
+            return None;
+        }
+        let got = match self.files {
+            Files::Table(t) => t
+                .get(path)
+                .cloned()
+                .ok_or_else(|| format!("{path}: not carried by shardgate-ctl's message")),
+            Files::Disk => match std::fs::metadata(path) {
+                Ok(m) if m.len() > TLS_FILE_BYTES_MAX as u64 => Err(format!(
+                    "{path}: {} bytes; at most {TLS_FILE_BYTES_MAX}",
+                    m.len()
+                )),
+                Ok(_) => std::fs::read(path).map_err(|e| format!("{path}: cannot read: {e}")),
+                Err(e) => Err(format!("{path}: cannot read: {e}")),
+            },
+        };
+        match got {
+            Ok(bytes) => Some(bytes),
+            Err(reason) => {
+                self.error(field, reason);
+                None
+            }
+        }
+    }
+
+    fn tls(&mut self, raw: Vec<RawTls>) -> Vec<TlsFiles> {
+        if raw.len() > TLS_CERTS_MAX {
+            self.error("server.tls", format!("at most {TLS_CERTS_MAX} certificates"));
+        }
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, t) in raw.into_iter().enumerate() {
+            let cert = self.file(&format!("server.tls[{i}].cert"), &t.cert);
+            let key = self.file(&format!("server.tls[{i}].key"), &t.key);
+            let (Some(cert_pem), Some(key_pem)) = (cert, key) else {
+                continue;
+            };
+            let files = TlsFiles {
+                cert_path: t.cert,
+                cert_pem,
+                key_path: t.key,
+                key_pem,
+            };
+            match crate::tls::check_pair(&files.as_cert_files()) {
+                Ok(_) => out.push(files),
+                Err(reason) => self.error(format!("server.tls[{i}]"), reason),
+            }
+        }
+        out
     }
 
     fn timeout(&mut self, field: &str, value: Option<i64>, default_ms: u64) -> Duration {
@@ -572,7 +717,34 @@ impl Validator<'_> {
                 DriverChoice::Auto
             }),
         };
+        let tls = self.tls(raw.tls);
+        let listen_plain = raw.listen_plain.as_deref().and_then(|text| {
+            if tls.is_empty() {
+                self.error(
+                    "server.listen_plain",
+                    "a plain listener beside TLS needs [[server.tls]] (without it, listen is plain)",
+                );
+            }
+            let addr = text.parse::<SocketAddr>().ok();
+            if addr.is_none() {
+                self.error(
+                    "server.listen_plain",
+                    format!("{text:?} is not an IP:port address"),
+                );
+            }
+            addr
+        });
+        if listen_plain.is_some_and(|p| p == listen && p.port() != 0) {
+            self.error("server.listen_plain", "must differ from server.listen");
+        }
         ServerConfig {
+            tls,
+            listen_plain,
+            handshake_timeout: self.timeout(
+                "server.handshake_timeout_ms",
+                raw.handshake_timeout_ms,
+                HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            ),
             listen,
             cores,
             driver,
@@ -751,6 +923,24 @@ impl Validator<'_> {
                 }
             },
         };
+        let ca = match raw.ca_file {
+            None => None,
+            Some(path) => {
+                let field = f("ca_file");
+                if !endpoints.iter().any(|e: &Endpoint| e.tls_name.is_some()) {
+                    self.error(&field, "only https:// endpoints use a CA file");
+                }
+                self.file(&field, &path).and_then(|pem| {
+                    match crate::tls::client_config(&rustls::RootCertStore::empty(), Some((&path, &pem))) {
+                        Ok(_) => Some((path, pem)),
+                        Err(reason) => {
+                            self.error(&field, reason);
+                            None
+                        }
+                    }
+                })
+            }
+        };
         let max_concurrency = raw.max_concurrency.and_then(|v| match u64::try_from(v) {
             Ok(v) if v >= 1 => Some(v),
             _ => {
@@ -761,6 +951,7 @@ impl Validator<'_> {
         UpstreamConfig {
             credential,
             max_concurrency,
+            ca,
             name: raw.name,
             provider,
             endpoints,
@@ -812,32 +1003,53 @@ pub fn check_instance_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// `host:port`, adding `:80` when `authority` names no port.
-fn with_port(authority: &str) -> String {
+/// `host:port`, adding `:default_port` when `authority` names no port.
+fn with_port(authority: &str, default_port: u16) -> String {
     if authority.rsplit_once(':').is_some_and(|(h, p)| {
         !h.is_empty() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':')
     }) {
         authority.to_owned()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{default_port}")
+    }
+}
+
+/// The host part of an authority (`[::1]:443` → `::1`, `api.example.com:8443` →
+/// `api.example.com`), for SNI and certificate checks.
+fn host_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
     }
 }
 
 /// `http://host[:port]` (an optional trailing `/`), resolved now (on the main thread or in ctl)
 /// or looked up in a config message's table, so a shard never resolves a name.
 fn parse_endpoint(text: &str, resolver: Resolver<'_>) -> Result<Endpoint, String> {
-    let Some(rest) = text.strip_prefix("http://") else {
-        return Err(if text.starts_with("https://") {
-            format!("{text:?}: https:// endpoints are not supported yet (plain http:// only)")
-        } else {
-            format!("{text:?}: must start with http://")
-        });
+    let (rest, tls) = match (text.strip_prefix("http://"), text.strip_prefix("https://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => return Err(format!("{text:?}: must start with http:// or https://")),
     };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
-        return Err(format!("{text:?}: must be http://host[:port] with no path"));
+        return Err(format!(
+            "{text:?}: must be http(s)://host[:port] with no path"
+        ));
     }
-    let with_port = with_port(authority);
+    let tls_name = if tls {
+        let host = host_of(authority);
+        if rustls::pki_types::ServerName::try_from(host).is_err() {
+            return Err(format!("{text:?}: {host:?} is not a valid TLS server name"));
+        }
+        Some(host.to_owned())
+    } else {
+        None
+    };
+    let with_port = with_port(authority, if tls { 443 } else { 80 });
     if let Resolver::Table(table) = resolver {
         let addr = table
             .get(&with_port)
@@ -846,6 +1058,7 @@ fn parse_endpoint(text: &str, resolver: Resolver<'_>) -> Result<Endpoint, String
         return Ok(Endpoint {
             addr,
             authority: authority.to_owned(),
+            tls_name,
         });
     }
     #[allow(
@@ -859,6 +1072,7 @@ fn parse_endpoint(text: &str, resolver: Resolver<'_>) -> Result<Endpoint, String
     Ok(Endpoint {
         addr,
         authority: authority.to_owned(),
+        tls_name,
     })
 }
 

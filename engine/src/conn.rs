@@ -39,6 +39,7 @@ use crate::mock::{self, MockEndpoint, MockReply};
 use crate::shard::{ShardCtx, Snapshot};
 use crate::template::TemplateBody;
 use crate::tenant::presented_key;
+use crate::stream::Io;
 use crate::upstream::{self, UpConn};
 
 mod hedge;
@@ -101,7 +102,7 @@ enum Action {
 }
 
 struct Client {
-    stream: TcpStream,
+    stream: Io,
     /// Bytes read from the client and not consumed yet (a head, body bytes, pipelined requests).
     buf: Vec<u8>,
     ip: IpAddr,
@@ -348,10 +349,32 @@ fn request_line(head: &[u8]) -> (&str, &str) {
 }
 
 /// Serve one client connection to the end.
-pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, tls: bool) {
     let _ = stream.set_nodelay(true);
     ctx.refresh();
     let snap = ctx.snapshot();
+    let stream = if tls {
+        // The handshake runs under its own deadline, and uses the certificates of the config
+        // current now (a rotation reaches new handshakes at once).
+        let Some(config) = snap.tls_server.clone() else {
+            return;
+        };
+        let acceptor = monoio_rustls::TlsAcceptor::from(config);
+        let accept = acceptor.accept(stream);
+        match monoio::time::timeout(snap.cfg.server.handshake_timeout, accept).await {
+            Ok(Ok(s)) => Io::TlsServer(Box::new(s)),
+            Ok(Err(e)) => {
+                tracing::debug!(shard = ctx.id, %peer, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_elapsed) => {
+                tracing::debug!(shard = ctx.id, %peer, "TLS handshake timed out");
+                return;
+            }
+        }
+    } else {
+        Io::Plain(stream)
+    };
     let mut c = Client {
         stream,
         // Small at first: most heads fit, and an idle connection then holds little memory.
@@ -397,7 +420,7 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
             snap = ctx.snapshot();
             c.snap = snap.clone();
             let mut wbuf = ctx.take_buf();
-            match decide(&snap, &c.buf, c.ip, &mut wbuf) {
+            match decide(&snap, &c.buf, c.ip, c.stream.is_tls(), &mut wbuf) {
                 Ok(Some(Decision {
                     head,
                     action,
@@ -575,6 +598,7 @@ fn decide(
     snap: &Snapshot,
     buf: &[u8],
     client_ip: IpAddr,
+    client_tls: bool,
     wbuf: &mut Vec<u8>,
 ) -> Result<Option<Decision>, Error> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
@@ -669,6 +693,7 @@ fn decide(
             let creds = Credentials {
                 drop_client_keys: snap.cfg.server.auth == Auth::Keys || ucfg.credential.is_some(),
                 upstream: ucfg.credential.as_deref().unwrap_or_default(),
+                client_tls,
                 ..Credentials::PASS
             };
             req.write_upstream_head_with(authority, client_ip, &creds, wbuf);
@@ -935,7 +960,14 @@ async fn forward(
             .checkout(endpoint, ucfg.pool_idle_timeout, Instant::now())
         {
             Some(up) => up,
-            None => match upstream::connect(addr, ucfg.connect_timeout).await {
+            None => match upstream::connect(
+                addr,
+                ucfg.connect_timeout,
+                snap.tls_target(upstream, ep_index),
+                ctx.pools.id_of(endpoint),
+            )
+            .await
+            {
                 Ok(up) => {
                     ctx.upstream_connected();
                     up
@@ -2143,6 +2175,7 @@ fn llm_request(
                     dir.is_some(),
                     req.header("anthropic-version").is_some(),
                 ),
+                client_tls: c.stream.is_tls(),
             };
             let authority = ucfg.endpoints[ep_index].authority.as_bytes();
             req.write_upstream_head_with(authority, c.ip, &creds, &mut out);
@@ -2490,7 +2523,7 @@ async fn answer_error_with(
 
 /// Half-close, then read and drop what the client still sends for a short while, so the close
 /// does not turn into a reset that destroys the answer in the client's receive buffer.
-async fn linger_close(stream: &mut TcpStream) {
+async fn linger_close(stream: &mut Io) {
     let _ = stream.shutdown().await;
     let deadline = Instant::now() + Duration::from_millis(LINGER_MS);
     let mut buf = vec![0u8; 0];
@@ -2517,7 +2550,7 @@ enum ReadError {
 /// On a timeout the buffer stays with the cancelled read and an empty one comes back: the
 /// caller closes that socket (monoio cannot promise what a cancelled read did).
 async fn read_more(
-    stream: &mut TcpStream,
+    stream: &mut Io,
     buf: Vec<u8>,
     deadline: Instant,
 ) -> (Result<usize, ReadError>, Vec<u8>) {
@@ -2548,7 +2581,7 @@ async fn send<B: IoBuf>(c: &mut Client, buf: B, timeout: Duration) -> (Result<()
 
 /// Write all of `buf` within `timeout`. The buffer comes back unless the write timed out.
 async fn write_timeout<B: IoBuf>(
-    stream: &mut TcpStream,
+    stream: &mut Io,
     buf: B,
     timeout: Duration,
 ) -> (Result<(), ()>, Option<B>) {

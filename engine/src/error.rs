@@ -50,6 +50,9 @@ pub enum Error {
     UpstreamBadResponse(&'static str),
     /// Connect or time-to-first-byte timeout.
     UpstreamTimeout,
+    /// The TLS handshake with the upstream failed; the reason (static text) names the problem
+    /// (an untrusted or expired certificate, a name mismatch, ...).
+    UpstreamTls(&'static str),
     /// The gateway is draining and takes no new requests.
     ShuttingDown,
     /// No API key, or one no tenant owns.
@@ -92,7 +95,9 @@ impl Error {
             Error::UriTooLong => 414,
             Error::ExpectationFailed => 417,
             Error::HeaderTooLarge | Error::TooManyHeaders => 431,
-            Error::UpstreamUnavailable | Error::UpstreamBadResponse(_) => 502,
+            Error::UpstreamUnavailable | Error::UpstreamBadResponse(_) | Error::UpstreamTls(_) => {
+                502
+            }
             Error::ShuttingDown => 503,
             Error::UpstreamTimeout => 504,
             Error::Unauthorized => 401,
@@ -121,6 +126,7 @@ impl Error {
             Error::TooManyHeaders => "too_many_headers",
             Error::UpstreamUnavailable => "upstream_unavailable",
             Error::UpstreamBadResponse(_) => "upstream_bad_response",
+            Error::UpstreamTls(_) => "upstream_tls_error",
             Error::UpstreamTimeout => "upstream_timeout",
             Error::ShuttingDown => "shutting_down",
             Error::Unauthorized => "invalid_api_key",
@@ -140,7 +146,10 @@ impl Error {
     /// Who caused it.
     pub fn side(self) -> Side {
         match self {
-            Error::UpstreamUnavailable | Error::UpstreamBadResponse(_) | Error::UpstreamTimeout => {
+            Error::UpstreamUnavailable
+            | Error::UpstreamBadResponse(_)
+            | Error::UpstreamTls(_)
+            | Error::UpstreamTimeout => {
                 Side::Upstream
             }
             Error::NoRoute | Error::ShuttingDown | Error::ModelNotFound | Error::NoDeployment => {
@@ -204,6 +213,7 @@ impl Error {
             | Error::BadFraming(m)
             | Error::BadChunk(m)
             | Error::UpstreamBadResponse(m)
+            | Error::UpstreamTls(m)
             | Error::BadBody(m) => m,
             Error::NoRoute => "no route or model serves this path",
             Error::MethodNotAllowed => "this method is not supported by the gateway",
@@ -379,6 +389,7 @@ mod tests {
         Error::TooManyHeaders,
         Error::UpstreamUnavailable,
         Error::UpstreamBadResponse("x"),
+        Error::UpstreamTls("x"),
         Error::UpstreamTimeout,
         Error::ShuttingDown,
         Error::Unauthorized,

@@ -70,6 +70,8 @@ pub mod provider;
 pub mod route;
 pub mod runtime;
 pub mod shard;
+pub mod stream;
 pub mod template;
 pub mod tenant;
+pub mod tls;
 pub mod upstream;

@@ -45,6 +45,12 @@ pub const BODY_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 pub const SEND_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// A TLS client that has not finished its handshake in this long is dropped.
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Most `[[server.tls]]` certificates.
+pub const TLS_CERTS_MAX: usize = 64;
+/// Largest certificate, key or CA file read, bytes.
+pub const TLS_FILE_BYTES_MAX: usize = 256 * 1024;
 /// Largest value any `*_timeout_ms` may take (one day).
 pub const TIMEOUT_MS_MAX: u64 = 86_400_000;
 

@@ -156,6 +156,17 @@ fn run(config: Config, text: &str, source: &str, overrides: Overrides) -> Result
     } else {
         None
     };
+    let mut listen_plain = config.server.listen_plain;
+    let _plain_port_hold = match listen_plain {
+        Some(addr) if addr.port() == 0 => {
+            let (addr, hold) = hold_free_port(addr)?;
+            listen_plain = Some(addr);
+            Some(hold)
+        }
+        _ => None,
+    };
+    // The system trust store for https:// upstreams: read once, shared read-only by the shards.
+    let roots = shardgate_engine::tls::system_roots();
 
     // The shared-memory region: the config ring from shardgate-ctl and the shards' counters.
     // The bootstrap config goes on the ring first, so ctl can diff against it.
@@ -218,8 +229,10 @@ fn run(config: Config, text: &str, source: &str, overrides: Overrides) -> Result
                 .map(|l| l.shard_log(&region.shard(id).info.0.access_log_dropped)),
             overrides: overrides.clone(),
             listen,
+            listen_plain,
             driver,
             shutdown: shutdown.clone(),
+            roots: roots.clone(),
         };
         let ready = ready_tx.clone();
         let thread = std::thread::Builder::new()
@@ -261,9 +274,20 @@ fn run(config: Config, text: &str, source: &str, overrides: Overrides) -> Result
         println!("admin listening on http://{addr} (/metrics, /health/readiness)");
     }
     let plural = if shards == 1 { "" } else { "s" };
-    println!("shardgate listening on http://{listen} ({shards} shard{plural}, config: {source})");
+    let scheme = if config.server.tls.is_empty() {
+        "http"
+    } else {
+        "https"
+    };
+    // The plain listener's line comes first: the listening line is the last a script waits for.
+    if let Some(plain) = listen_plain {
+        println!("plain listener on http://{plain}");
+    }
     println!(
-        "try: curl -s http://{listen}/v1/chat/completions -H 'Content-Type: application/json' \
+        "shardgate listening on {scheme}://{listen} ({shards} shard{plural}, config: {source})"
+    );
+    println!(
+        "try: curl -s {scheme}://{listen}/v1/chat/completions -H 'Content-Type: application/json' \
          -H 'Authorization: Bearer sk-demo' \
          -d '{{\"model\":\"demo\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello World!\"}}]}}'"
     );

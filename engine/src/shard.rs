@@ -17,7 +17,7 @@ use crate::accesslog::ShardLog;
 use crate::admit::{Locals, TenantLimits};
 use crate::balance::{DeploymentSpec, Group, Policy};
 use crate::config::UpstreamConfig;
-use crate::config::{Config, DriverChoice, Overrides};
+use crate::config::{Config, DriverChoice, Overrides, TlsFiles};
 use crate::control::shm::{Region, ShardInfo};
 use crate::control::stats::{self, ShardStats};
 use crate::control::ShardControl;
@@ -82,6 +82,11 @@ pub struct Snapshot {
     pub deployment_limits: Vec<Vec<Option<TenantLimits>>>,
     /// Prompt templates, by name, model alias and route.
     pub templates: Templates,
+    /// The certificates `listen` serves (`[[server.tls]]`); `None` without TLS.
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// Per upstream with `https://` endpoints: its TLS client config (its trust store, and
+    /// this shard's session cache, kept across configs while its CA file is the same).
+    pub tls_clients: Vec<Option<Arc<rustls::ClientConfig>>>,
 }
 
 impl Snapshot {
@@ -97,9 +102,15 @@ impl Snapshot {
         let mut addrs = Vec::new();
         for u in &cfg.upstreams {
             endpoint_base.push(addrs.len());
-            addrs.extend(u.endpoints.iter().map(|e| e.addr));
+            addrs.extend(u.endpoints.iter().map(|e| (e.addr, e.tls_name.clone())));
         }
         Self {
+            tls_server: kept.tls_server(&cfg),
+            tls_clients: cfg
+                .upstreams
+                .iter()
+                .map(|u| kept.tls_client(u))
+                .collect(),
             version,
             routes: Routes::new(&cfg.routes),
             pool_slot: pools.assign(&addrs),
@@ -178,6 +189,19 @@ impl Snapshot {
         }
     }
 
+    /// What connecting to endpoint `ep_index` of `upstream` needs for TLS (`None`: plain).
+    pub fn tls_target(&self, upstream: usize, ep_index: usize) -> crate::upstream::TlsTarget<'_> {
+        let name = self
+            .cfg
+            .upstreams
+            .get(upstream)?
+            .endpoints
+            .get(ep_index)?
+            .tls_name
+            .as_deref()?;
+        Some((self.tls_clients.get(upstream)?.as_ref()?, name))
+    }
+
     /// Pick the next endpoint of `upstream` round-robin: (pool slot, index in the upstream).
     pub fn pick_endpoint(&self, upstream: usize) -> (usize, usize) {
         let n = self.cfg.upstreams[upstream].endpoints.len().max(1);
@@ -188,7 +212,7 @@ impl Snapshot {
 }
 
 /// A shard's state that outlives configs, found by name when a new config is applied.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Kept {
     /// Tenants' leases, by tenant name.
     pub locals: Locals,
@@ -196,6 +220,80 @@ pub struct Kept {
     pub queues: Queues,
     /// Model groups' balancers, by group name.
     pub balancers: Balancers,
+    /// The system trust store (read once per process).
+    pub roots: Arc<rustls::RootCertStore>,
+    /// TLS client configs by upstream name, with the CA file each was built from.
+    tls_clients: RefCell<TlsClients>,
+    /// The last server config built, with the certificate files it was built from.
+    tls_server: RefCell<Option<(Vec<TlsFiles>, Arc<rustls::ServerConfig>)>>,
+}
+
+type TlsClients = HashMap<String, (Option<(String, Vec<u8>)>, Arc<rustls::ClientConfig>)>;
+
+impl Kept {
+    pub fn new(roots: Arc<rustls::RootCertStore>) -> Self {
+        Self {
+            locals: Locals::default(),
+            queues: Queues::default(),
+            balancers: Balancers::default(),
+            roots,
+            tls_clients: RefCell::new(HashMap::new()),
+            tls_server: RefCell::new(None),
+        }
+    }
+
+    /// The server config for `cfg`'s certificates: the previous one while they are the same
+    /// (so its session cache lives on), a new one when they changed. Should building fail
+    /// (validation checked every pair, so it should not), the previous one stays.
+    fn tls_server(&self, cfg: &Config) -> Option<Arc<rustls::ServerConfig>> {
+        let files = &cfg.server.tls;
+        if files.is_empty() {
+            return None;
+        }
+        let mut kept = self.tls_server.borrow_mut();
+        if let Some((f, c)) = kept.as_ref() {
+            if f == files {
+                return Some(c.clone());
+            }
+        }
+        let pairs: Vec<_> = files.iter().map(TlsFiles::as_cert_files).collect();
+        match crate::tls::server_config(&pairs) {
+            Ok(c) => {
+                *kept = Some((files.clone(), c.clone()));
+                Some(c)
+            }
+            Err(e) => {
+                tracing::error!("TLS certificates not changed: {e}");
+                kept.as_ref().map(|(_, c)| c.clone())
+            }
+        }
+    }
+
+    /// The TLS client config of upstream `u` (`None` without `https://` endpoints).
+    fn tls_client(&self, u: &UpstreamConfig) -> Option<Arc<rustls::ClientConfig>> {
+        if !u.endpoints.iter().any(|e| e.tls_name.is_some()) {
+            return None;
+        }
+        let mut map = self.tls_clients.borrow_mut();
+        if let Some((ca, c)) = map.get(&u.name) {
+            if *ca == u.ca {
+                return Some(c.clone());
+            }
+        }
+        let ca = u.ca.as_ref().map(|(p, pem)| (p.as_str(), pem.as_slice()));
+        match crate::tls::client_config(&self.roots, ca) {
+            Ok(c) => {
+                map.insert(u.name.clone(), (u.ca.clone(), c.clone()));
+                Some(c)
+            }
+            Err(e) => {
+                // Validation built this config once already; should it fail here, trust
+                // nothing (every handshake fails with a 502) rather than fall back to plain.
+                tracing::error!(upstream = %u.name, "TLS client config: {e}; trusting no certificate");
+                crate::tls::client_config(&rustls::RootCertStore::empty(), None).ok()
+            }
+        }
+    }
 }
 
 /// Each model group's balancer on this shard, by group name, with the deployments it was built
@@ -273,10 +371,11 @@ impl ShardCtx {
         region: &'static Region,
         overrides: Overrides,
         access_log: Option<ShardLog>,
+        roots: Arc<rustls::RootCertStore>,
     ) -> Self {
         let control = ShardControl::new(region, id, version, overrides);
         let pools = Pools::new();
-        let kept = Kept::default();
+        let kept = Kept::new(roots);
         let snapshot = Snapshot::new(version, cfg, &pools, &control.stats, region, &kept);
         Self {
             id,
@@ -383,7 +482,7 @@ impl ShardCtx {
 const ACCEPTS_IN_FLIGHT: usize = 16;
 
 /// Accept connections until draining starts, spawning a task per connection.
-async fn accept_loop(ctx: Rc<ShardCtx>, listener: Rc<TcpListener>) {
+async fn accept_loop(ctx: Rc<ShardCtx>, listener: Rc<TcpListener>, tls: bool) {
     loop {
         monoio::select! {
             accepted = listener.accept() => match accepted {
@@ -396,7 +495,7 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: Rc<TcpListener>) {
                     ctx.connection_opened();
                     let ctx = ctx.clone();
                     monoio::spawn(async move {
-                        crate::conn::serve(&ctx, stream, peer).await;
+                        crate::conn::serve(&ctx, stream, peer, tls).await;
                         ctx.connection_closed();
                     });
                 }
@@ -431,8 +530,12 @@ pub struct ShardStart {
     /// Command-line settings every later config gets too.
     pub overrides: Overrides,
     pub listen: SocketAddr,
+    /// A plain listener beside a TLS `listen`.
+    pub listen_plain: Option<SocketAddr>,
     pub driver: DriverChoice,
     pub shutdown: Arc<AtomicBool>,
+    /// The system trust store, read once by the main thread.
+    pub roots: Arc<rustls::RootCertStore>,
 }
 
 /// Run a shard on the current thread until shutdown. Reports readiness (or the failure to
@@ -443,13 +546,20 @@ pub fn run(start: ShardStart, ready: mpsc::Sender<Ready>) {
         let _ = ready.send(Ready { shard: id, result });
     };
     let shard = async move |kind: DriverKind| {
-        let listener = match bind(start.listen) {
-            Ok(l) => l,
-            Err(e) => {
-                report(Err(format!("cannot listen on {}: {e}", start.listen)));
-                return;
+        // `listen` serves TLS when the config has certificates; `listen_plain` is plain.
+        let tls = !start.cfg.server.tls.is_empty();
+        let mut listeners = Vec::with_capacity(2);
+        for (addr, tls) in std::iter::once((start.listen, tls))
+            .chain(start.listen_plain.map(|a| (a, false)))
+        {
+            match bind(addr) {
+                Ok(l) => listeners.push((l, tls)),
+                Err(e) => {
+                    report(Err(format!("cannot listen on {addr}: {e}")));
+                    return;
+                }
             }
-        };
+        }
         let ctx = Rc::new(ShardCtx::new(
             id,
             start.version,
@@ -457,6 +567,7 @@ pub fn run(start: ShardStart, ready: mpsc::Sender<Ready>) {
             start.region,
             start.overrides,
             start.access_log,
+            start.roots,
         ));
         let info = ctx.info();
         stats::set(&info.core, start.core.map_or(u64::MAX, |c| c as u64));
@@ -464,7 +575,7 @@ pub fn run(start: ShardStart, ready: mpsc::Sender<Ready>) {
         stats::set(&info.started_unix_ms, crate::control::unix_ms());
         info.running.store(1, Ordering::Release);
         report(Ok(kind));
-        serve(ctx, listener, kind, start.shutdown).await;
+        serve(ctx, listeners, kind, start.shutdown).await;
     };
     if let Err(e) = crate::runtime::block_on_best(start.driver, shard) {
         report(Err(e));
@@ -485,7 +596,7 @@ fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
 /// most `drain_timeout`, idle keep-alive connections close at once.
 async fn serve(
     ctx: Rc<ShardCtx>,
-    listener: TcpListener,
+    listeners: Vec<(TcpListener, bool)>,
     kind: DriverKind,
     shutdown: Arc<AtomicBool>,
 ) {
@@ -533,15 +644,21 @@ async fn serve(
     } else {
         ACCEPTS_IN_FLIGHT
     };
-    let listener = Rc::new(listener);
-    let loops: Vec<_> = (0..accept_loops)
-        .map(|_| monoio::spawn(accept_loop(ctx.clone(), listener.clone())))
+    let listeners: Vec<_> = listeners
+        .into_iter()
+        .map(|(l, tls)| (Rc::new(l), tls))
+        .collect();
+    let loops: Vec<_> = listeners
+        .iter()
+        .flat_map(|(l, tls)| {
+            (0..accept_loops).map(|_| monoio::spawn(accept_loop(ctx.clone(), l.clone(), *tls)))
+        })
         .collect();
     for l in loops {
         l.await;
     }
-    // Every accept loop has ended: this closes the listening socket.
-    drop(listener);
+    // Every accept loop has ended: this closes the listening sockets.
+    drop(listeners);
     let deadline = Instant::now() + ctx.snapshot().cfg.server.drain_timeout;
     while ctx.open_connections() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;

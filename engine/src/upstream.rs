@@ -4,53 +4,89 @@
 //! idle connections per endpoint, so the most recently used (warmest) connection is reused first
 //! and stale ones age out at the bottom.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
 use crate::error::Error;
 use crate::limits::RELAY_BUF_BYTES;
+use crate::stream::Io;
 
 /// One connection to an upstream endpoint, with its own read buffer.
 #[derive(Debug)]
 pub struct UpConn {
-    pub stream: TcpStream,
+    pub stream: Io,
     pub buf: Vec<u8>,
     /// Came from the pool (so it may have been closed by the upstream while idle).
     pub reused: bool,
-    /// The address connected to (a pool slot takes back only connections to its address).
-    pub addr: SocketAddr,
+    /// The pool slot's identity when the connection was made: a slot takes back only
+    /// connections made for it (same address, same TLS name), even after a config change.
+    pub pool_id: u64,
     idle_since: Instant,
 }
 
-/// Connect to `addr` within `timeout`. Refused or reset: 502; timed out: 504.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpConn, Error> {
-    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-        Ok(Ok(stream)) => {
-            // Small requests and SSE events must not wait for Nagle.
-            let _ = stream.set_nodelay(true);
-            Ok(UpConn {
-                stream,
-                buf: Vec::with_capacity(RELAY_BUF_BYTES),
-                reused: false,
-                addr,
-                idle_since: Instant::now(),
-            })
+/// What a TLS connection to an endpoint needs: the upstream's client config (its trust store,
+/// this shard's session cache) and the name to send as SNI and verify.
+pub type TlsTarget<'a> = Option<(&'a Arc<rustls::ClientConfig>, &'a str)>;
+
+/// Connect to `addr` (and shake hands, for `tls`) within `timeout`. Refused or reset: 502;
+/// timed out: 504; a TLS failure: 502 naming it (an untrusted certificate, ...).
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: TlsTarget<'_>,
+    pool_id: u64,
+) -> Result<UpConn, Error> {
+    let deadline = Instant::now() + timeout;
+    let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => return Err(Error::UpstreamTimeout),
+        Ok(Err(_)) => return Err(Error::UpstreamUnavailable),
+        Err(_elapsed) => return Err(Error::UpstreamTimeout),
+    };
+    // Small requests and SSE events must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let stream = match tls {
+        None => Io::Plain(stream),
+        Some((config, name)) => {
+            let server_name = rustls::pki_types::ServerName::try_from(name.to_owned())
+                .map_err(|_| Error::UpstreamTls("the endpoint's host is not a valid TLS name"))?;
+            let connector = monoio_rustls::TlsConnector::from(config.clone());
+            let handshake = connector.connect(server_name, stream);
+            match monoio::time::timeout_at(deadline.into(), handshake).await {
+                Ok(Ok(s)) => Io::TlsClient(Box::new(s)),
+                Ok(Err(e)) => {
+                    let e = io::Error::from(e);
+                    return Err(Error::UpstreamTls(crate::tls::describe_upstream_error(&e)));
+                }
+                Err(_elapsed) => return Err(Error::UpstreamTimeout),
+            }
         }
-        Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => Err(Error::UpstreamTimeout),
-        Ok(Err(_)) => Err(Error::UpstreamUnavailable),
-        Err(_elapsed) => Err(Error::UpstreamTimeout),
-    }
+    };
+    Ok(UpConn {
+        stream,
+        buf: Vec::with_capacity(RELAY_BUF_BYTES),
+        reused: false,
+        pool_id,
+        idle_since: Instant::now(),
+    })
 }
+
+/// What a pool slot is for: an address, and for TLS the name verified on it (two names on one
+/// address, as behind a CDN, are two slots).
+pub type PoolKey = (SocketAddr, Option<String>);
 
 /// One endpoint's idle connections.
 #[derive(Debug)]
 struct Slot {
-    addr: SocketAddr,
+    key: PoolKey,
+    /// Unique per assignment of the slot to a key.
+    id: u64,
     /// Named by the newest config; unassigned slots are emptied and may be given to another
     /// address.
     assigned: bool,
@@ -63,7 +99,8 @@ struct Slot {
 #[derive(Debug)]
 pub struct Pools {
     slots: RefCell<Vec<Slot>>,
-    by_addr: RefCell<HashMap<SocketAddr, usize>>,
+    by_addr: RefCell<HashMap<PoolKey, usize>>,
+    next_id: Cell<u64>,
     /// Slots of forgotten addresses, given to new ones (so churn does not grow the table).
     free: RefCell<Vec<usize>>,
 }
@@ -79,14 +116,21 @@ impl Pools {
         Self {
             slots: RefCell::new(Vec::new()),
             by_addr: RefCell::new(HashMap::new()),
+            next_id: Cell::new(1),
             free: RefCell::new(Vec::new()),
         }
+    }
+
+    /// The identity of `slot`'s current assignment (0 for no slot): given to connections made
+    /// for it.
+    pub fn id_of(&self, slot: usize) -> u64 {
+        self.slots.borrow().get(slot).map_or(0, |s| s.id)
     }
 
     /// The slot of each address of a new config (in order), keeping the slots (and idle
     /// connections) of addresses already known. Call [`Pools::retain_assigned`] once the new
     /// config is in use.
-    pub fn assign(&self, addrs: &[SocketAddr]) -> Vec<usize> {
+    pub fn assign(&self, addrs: &[PoolKey]) -> Vec<usize> {
         let mut slots = self.slots.borrow_mut();
         let mut by_addr = self.by_addr.borrow_mut();
         let mut free = self.free.borrow_mut();
@@ -94,12 +138,15 @@ impl Pools {
             s.assigned = false;
         }
         let mut out = Vec::with_capacity(addrs.len());
-        for &addr in addrs {
-            let i = match by_addr.get(&addr) {
+        for key in addrs {
+            let i = match by_addr.get(key) {
                 Some(&i) => i,
                 None => {
+                    let id = self.next_id.get();
+                    self.next_id.set(id + 1);
                     let slot = Slot {
-                        addr,
+                        key: key.clone(),
+                        id,
                         assigned: false,
                         idle: Vec::new(),
                     };
@@ -113,7 +160,7 @@ impl Pools {
                             slots.len() - 1
                         }
                     };
-                    by_addr.insert(addr, i);
+                    by_addr.insert(key.clone(), i);
                     i
                 }
             };
@@ -132,9 +179,9 @@ impl Pools {
         let mut by_addr = self.by_addr.borrow_mut();
         let mut free = self.free.borrow_mut();
         for (i, s) in slots.iter_mut().enumerate() {
-            if !s.assigned && by_addr.get(&s.addr) == Some(&i) {
+            if !s.assigned && by_addr.get(&s.key) == Some(&i) {
                 s.idle.clear();
-                by_addr.remove(&s.addr);
+                by_addr.remove(&s.key);
                 free.push(i);
             }
         }
@@ -160,7 +207,7 @@ impl Pools {
         let Some(s) = slots.get_mut(slot) else {
             return;
         };
-        if s.assigned && s.addr == conn.addr && s.idle.len() < pool_max {
+        if s.assigned && s.id == conn.pool_id && s.idle.len() < pool_max {
             conn.buf.clear();
             conn.reused = true;
             conn.idle_since = now;
@@ -181,23 +228,28 @@ mod tests {
     #[test]
     fn assign_keeps_slots_of_known_addresses() {
         let p = Pools::new();
-        let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-        let b: SocketAddr = "127.0.0.1:2".parse().expect("addr");
-        let c: SocketAddr = "127.0.0.1:3".parse().expect("addr");
-        assert_eq!(p.assign(&[a, b]), vec![0, 1]);
+        let key = |s: &str| -> PoolKey { (s.parse().expect("addr"), None) };
+        let (a, b, c) = (key("127.0.0.1:1"), key("127.0.0.1:2"), key("127.0.0.1:3"));
+        assert_eq!(p.assign(&[a.clone(), b.clone()]), vec![0, 1]);
+        let id_a = p.id_of(0);
         p.retain_assigned();
-        assert_eq!(p.assign(&[c, b]), vec![2, 1]);
+        assert_eq!(p.assign(&[c.clone(), b.clone()]), vec![2, 1]);
         p.retain_assigned();
         // `a` was forgotten and its slot 0 freed: coming back, `a` gets a free slot again, and
         // the table does not grow however often addresses come and go.
-        assert_eq!(p.assign(&[a]), vec![0]);
+        assert_eq!(p.assign(&[a.clone()]), vec![0]);
+        assert_ne!(p.id_of(0), id_a, "a reassigned slot has a new identity");
         p.retain_assigned();
         for _ in 0..10 {
-            assert!(p.assign(&[b])[0] < 3);
+            assert!(p.assign(&[b.clone()])[0] < 3);
             p.retain_assigned();
-            assert!(p.assign(&[c])[0] < 3);
+            assert!(p.assign(&[c.clone()])[0] < 3);
             p.retain_assigned();
         }
         assert!(p.slots.borrow().len() <= 3);
+        // One address under two TLS names: two slots.
+        let tls = |n: &str| -> PoolKey { ("127.0.0.1:443".parse().expect("addr"), Some(n.into())) };
+        let got = p.assign(&[tls("a.example"), tls("b.example")]);
+        assert_ne!(got[0], got[1]);
     }
 }

@@ -248,6 +248,16 @@ impl Gateway {
         &self.instance
     }
 
+    /// The plain listener beside TLS (`listen_plain`), from the `plain listener on http://ADDR`
+    /// line.
+    pub fn plain_addr(&self) -> SocketAddr {
+        let out = self.stdout();
+        out.lines()
+            .find_map(|l| l.strip_prefix("plain listener on http://"))
+            .and_then(|a| a.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no plain listener line in stdout:\n{out}"))
+    }
+
     /// The admin listener's address, from the `admin listening on http://ADDR` line.
     pub fn admin_addr(&self) -> SocketAddr {
         let out = self.stdout();
@@ -329,9 +339,12 @@ impl Drop for Gateway {
     }
 }
 
-/// Parses `shardgate listening on http://ADDR (N shards)`.
+/// Parses `shardgate listening on http://ADDR (N shards)` (or `https://`).
 fn parse_listening(line: &str) -> Option<(SocketAddr, usize)> {
-    let rest = line.trim().strip_prefix("shardgate listening on http://")?;
+    let line = line.trim();
+    let rest = line
+        .strip_prefix("shardgate listening on http://")
+        .or_else(|| line.strip_prefix("shardgate listening on https://"))?;
     let (addr, rest) = rest.split_once(' ')?;
     let n = rest.strip_prefix('(')?.split_once(' ')?.0;
     Some((addr.parse().ok()?, n.parse().ok()?))
@@ -401,5 +414,8 @@ mod tests {
         assert_eq!(a.port(), 40123);
         assert_eq!(n, 2);
         assert!(parse_listening("try: curl -s http://127.0.0.1:8080/").is_none());
+        let (a, _) = parse_listening("shardgate listening on https://127.0.0.1:443 (1 shard, config: x)")
+            .expect("https");
+        assert_eq!(a.port(), 443);
     }
 }

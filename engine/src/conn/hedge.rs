@@ -162,7 +162,8 @@ async fn attempt(
     {
         Some(up) => up,
         None => {
-            let up = upstream::connect(addr, ucfg.connect_timeout)
+            let tls = snap.tls_target(upstream, ep_index);
+            let up = upstream::connect(addr, ucfg.connect_timeout, tls, ctx.pools.id_of(endpoint))
                 .await
                 .map_err(|_| ())?;
             ctx.upstream_connected();

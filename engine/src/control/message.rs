@@ -1,11 +1,15 @@
 //! The body of a config message on the ring: the config's TOML text, plus the address every
-//! endpoint name resolved to on the ctl side (so a shard never resolves a name).
+//! endpoint name resolved to on the ctl side (so a shard never resolves a name) and the files
+//! the config names (certificates, keys, CA files), as ctl read them (so a shard never reads a
+//! file).
 //!
 //! ```text
-//! "SGCF"
+//! "SGC2"
 //! u32 LE   resolved endpoints, then for each:
 //!          u16 LE length, `host:port` as written   u16 LE length, the socket address
 //! u32 LE   TOML length, then the TOML text (UTF-8)
+//! u32 LE   files, then for each:
+//!          u16 LE length, the path as written   u32 LE length, the contents
 //! ```
 //! Nothing may follow. [`decode`] never panics and refuses anything else; it has a fuzz target.
 
@@ -13,9 +17,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use crate::config::Config;
-use crate::limits::{CONFIG_BYTES_MAX, ENDPOINTS_MAX, UPSTREAMS_MAX};
+use crate::limits::{
+    CONFIG_BYTES_MAX, ENDPOINTS_MAX, TLS_CERTS_MAX, TLS_FILE_BYTES_MAX, UPSTREAMS_MAX,
+};
 
-const MAGIC: &[u8; 4] = b"SGCF";
+const MAGIC: &[u8; 4] = b"SGC2";
+/// Most files a message may carry (two per certificate, one CA file per upstream).
+const FILES_MAX: usize = 2 * TLS_CERTS_MAX + UPSTREAMS_MAX;
 /// Most resolved entries a message may carry.
 const RESOLVED_MAX: usize = ENDPOINTS_MAX * UPSTREAMS_MAX;
 
@@ -25,6 +33,8 @@ pub struct ConfigMessage {
     pub toml: String,
     /// `host:port` (as written in the endpoint, port added) → address.
     pub resolved: HashMap<String, SocketAddr>,
+    /// A file's path as written in the config → its contents.
+    pub files: HashMap<String, Vec<u8>>,
 }
 
 /// Encode `toml` and the addresses `config` (validated from that text) resolved its endpoints to.
@@ -56,6 +66,19 @@ pub fn encode(toml: &str, config: &Config) -> Result<Vec<u8>, String> {
     let len = u32::try_from(toml.len()).unwrap_or(u32::MAX);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(toml.as_bytes());
+    let files = config.files();
+    if files.len() > FILES_MAX {
+        return Err(format!("the config names {} files; at most {FILES_MAX}", files.len()));
+    }
+    out.extend_from_slice(&u32::try_from(files.len()).unwrap_or(u32::MAX).to_le_bytes());
+    for (path, bytes) in files {
+        if bytes.len() > TLS_FILE_BYTES_MAX || path.len() > usize::from(u16::MAX) {
+            return Err(format!("{path}: too large to carry"));
+        }
+        put_short(&mut out, path.as_bytes());
+        out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
     Ok(out)
 }
 
@@ -121,10 +144,28 @@ pub fn decode(body: &[u8]) -> Result<ConfigMessage, &'static str> {
         return Err("config text larger than config_bytes_max");
     }
     let toml = r.text(n)?.to_owned();
+    let count = r.u32()?;
+    if count > FILES_MAX {
+        return Err("too many files in config message");
+    }
+    let mut files = HashMap::with_capacity(count);
+    for _ in 0..count {
+        let n = r.u16()?;
+        let path = r.text(n)?.to_owned();
+        let n = r.u32()?;
+        if n > TLS_FILE_BYTES_MAX {
+            return Err("file larger than tls_file_bytes_max in config message");
+        }
+        files.insert(path, r.take(n)?.to_vec());
+    }
     if !r.rest.is_empty() {
         return Err("trailing bytes after the config message");
     }
-    Ok(ConfigMessage { toml, resolved })
+    Ok(ConfigMessage {
+        toml,
+        resolved,
+        files,
+    })
 }
 
 #[cfg(test)]

@@ -339,9 +339,10 @@ impl<'b> ParsedRequest<'_, 'b> {
         out.extend_from_slice(creds.upstream);
         out.extend_from_slice(creds.extra);
         // Writing an IpAddr into a Vec neither fails nor allocates.
+        let proto = if creds.client_tls { "https" } else { "http" };
         let _ = write!(
             out,
-            "x-forwarded-for: {client_ip}\r\nx-forwarded-proto: http\r\n\r\n"
+            "x-forwarded-for: {client_ip}\r\nx-forwarded-proto: {proto}\r\n\r\n"
         );
     }
 }
@@ -366,6 +367,8 @@ pub struct Credentials<'a> {
     pub translated: bool,
     /// More header lines (CRLF-terminated) to add after the credential.
     pub extra: &'a [u8],
+    /// The client reached us over TLS: `x-forwarded-proto: https`.
+    pub client_tls: bool,
 }
 
 impl Credentials<'_> {
@@ -377,6 +380,7 @@ impl Credentials<'_> {
         path: None,
         translated: false,
         extra: b"",
+        client_tls: false,
     };
 }
 
@@ -604,13 +608,14 @@ mod tests {
             path: Some("/v1/messages"),
             translated: true,
             extra: b"content-type: application/json\r\nanthropic-version: 2023-06-01\r\n",
+            client_tls: true,
         };
         p.write_upstream_head_with(b"up:80", IpAddr::from([127, 0, 0, 1]), &creds, &mut out);
         assert_eq!(
             String::from_utf8(out).expect("ascii"),
             "POST /v1/messages HTTP/1.1\r\nhost: up:80\r\nx-forwarded-host: gw\r\nX-Trace: t\r\n\
              content-length: 7\r\nx-api-key: k\r\ncontent-type: application/json\r\n\
-             anthropic-version: 2023-06-01\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\n\r\n"
+             anthropic-version: 2023-06-01\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: https\r\n\r\n"
         );
     }
 
