@@ -1,10 +1,12 @@
-//! A raw HTTP/1.1 client on a std `TcpStream`: send any bytes, parse responses, see closes.
-//! Every read has a deadline (10 s by default, see [`Client::set_timeout`]).
+//! A raw HTTP/1.1 client on a std `TcpStream`, or TLS over one (rustls): send any bytes, parse
+//! responses, see closes. Every read has a deadline (10 s by default, see [`Client::set_timeout`]).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::tls::TlsClientStream;
 use crate::WAIT;
 
 /// A parsed response.
@@ -91,12 +93,64 @@ enum Fill {
     TimedOut,
 }
 
-/// A client connection. Bytes read past a response stay buffered for the next one.
+/// What a [`Client`] talks over.
+#[derive(Debug)]
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsClientStream>),
+}
+
+impl Transport {
+    fn sock(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(t) => &t.sock,
+        }
+    }
+
+    fn tls(&self) -> Option<&rustls::ClientConnection> {
+        match self {
+            Transport::Plain(_) => None,
+            Transport::Tls(t) => Some(&t.conn),
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.read(buf),
+            Transport::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.write(buf),
+            Transport::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => s.flush(),
+            Transport::Tls(t) => t.flush(),
+        }
+    }
+}
+
+/// A client connection, plain or TLS. Bytes read past a response stay buffered for the next one.
 #[derive(Debug)]
 pub struct Client {
-    stream: TcpStream,
+    stream: Transport,
     buf: Vec<u8>,
     timeout: Duration,
+    /// The last read error (a reset, a TLS alert), for assertion messages.
+    last_error: Option<String>,
+    /// TLS: whether the server's close_notify was seen (an EOF without it is still an EOF).
+    close_notify: bool,
 }
 
 impl Client {
@@ -110,11 +164,90 @@ impl Client {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(WAIT))?;
-        Ok(Client {
+        Ok(Client::over(Transport::Plain(stream)))
+    }
+
+    fn over(stream: Transport) -> Client {
+        Client {
             stream,
             buf: Vec::new(),
             timeout: WAIT,
-        })
+            last_error: None,
+            close_notify: false,
+        }
+    }
+
+    /// Connects and completes a TLS handshake for server name `sni` (a DNS name or an IP
+    /// address), trusting only the CA certificates in `ca_pem`, offering ALPN `http/1.1`; panics
+    /// on failure.
+    #[track_caller]
+    pub fn connect_tls(addr: SocketAddr, sni: &str, ca_pem: &str) -> Client {
+        Client::try_connect_tls(addr, sni, ca_pem).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Client::connect_tls`] that returns the failure, rustls' error included (e.g.
+    /// `invalid peer certificate: UnknownIssuer`).
+    pub fn try_connect_tls(addr: SocketAddr, sni: &str, ca_pem: &str) -> Result<Client, String> {
+        Client::try_connect_tls_with(addr, sni, crate::tls::client_config(ca_pem)?)
+    }
+
+    /// [`Client::try_connect_tls`] with any rustls client config (other ALPN, a client
+    /// certificate, ...; see [`crate::tls::client_config`]).
+    pub fn try_connect_tls_with(
+        addr: SocketAddr,
+        sni: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<Client, String> {
+        let tls = crate::tls::connect_tls_stream(addr, sni, config)?;
+        Ok(Client::over(Transport::Tls(Box::new(tls))))
+    }
+
+    /// Whether this connection is TLS.
+    pub fn is_tls(&self) -> bool {
+        self.stream.tls().is_some()
+    }
+
+    /// TLS: the server's end-entity certificate (DER). `None` over plain TCP.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        self.stream
+            .tls()?
+            .peer_certificates()?
+            .first()
+            .map(|c| c.to_vec())
+    }
+
+    /// TLS: the negotiated ALPN protocol. `None` over plain TCP or when none was agreed.
+    pub fn alpn(&self) -> Option<Vec<u8>> {
+        self.stream.tls()?.alpn_protocol().map(<[u8]>::to_vec)
+    }
+
+    /// TLS: the negotiated protocol version (`TLSv1_3`, ...). `None` over plain TCP.
+    pub fn tls_version(&self) -> Option<String> {
+        self.stream
+            .tls()?
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+    }
+
+    /// TLS: whether the server's close_notify arrived. An EOF without one still reads as
+    /// [`Closed::Eof`]; this tells the two apart.
+    pub fn close_notify_received(&self) -> bool {
+        self.close_notify
+    }
+
+    /// The last read error other than a timeout (a reset, a TLS alert such as
+    /// `received fatal alert: ...`), if any.
+    pub fn last_read_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    /// TLS: sends close_notify (the TLS half-close); does nothing over plain TCP. The socket stays
+    /// open; [`Client::shutdown_write`] sends the TCP FIN.
+    pub fn send_close_notify(&mut self) {
+        if let Transport::Tls(t) = &mut self.stream {
+            t.conn.send_close_notify();
+            let _ = t.flush();
+        }
     }
 
     /// The bound on each read operation (a whole response, a wait for close).
@@ -122,26 +255,30 @@ impl Client {
         self.timeout = t;
     }
 
+    /// The TCP socket (under the TLS session for a TLS client).
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.stream.sock()
     }
 
     /// Writes all of `bytes`; panics on failure.
     #[track_caller]
     pub fn send(&mut self, bytes: impl AsRef<[u8]>) {
         let bytes = bytes.as_ref();
-        if let Err(e) = self.stream.write_all(bytes) {
+        if let Err(e) = self.try_send(bytes) {
             panic!("send {} bytes: {e}", bytes.len());
         }
     }
 
     pub fn try_send(&mut self, bytes: impl AsRef<[u8]>) -> io::Result<()> {
-        self.stream.write_all(bytes.as_ref())
+        self.stream.write_all(bytes.as_ref())?;
+        // TLS: push out records the last write could not (a no-op on TCP).
+        self.stream.flush()
     }
 
-    /// Closes the write side (FIN), keeping the read side open.
+    /// Closes the socket's write side (FIN), keeping the read side open. For TLS this is the
+    /// TCP FIN only, no close_notify (see [`Client::send_close_notify`]).
     pub fn shutdown_write(&self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        let _ = self.stream.sock().shutdown(std::net::Shutdown::Write);
     }
 
     fn fill(&mut self, deadline: Instant) -> Fill {
@@ -151,11 +288,16 @@ impl Client {
         }
         let _ = self
             .stream
+            .sock()
             .set_read_timeout(Some(left.max(Duration::from_millis(1))));
         let mut chunk = [0u8; 65536];
         loop {
             return match self.stream.read(&mut chunk) {
-                Ok(0) => Fill::Eof,
+                Ok(0) => {
+                    // TLS: rustls reports a clean EOF only after close_notify.
+                    self.close_notify = self.is_tls();
+                    Fill::Eof
+                }
                 Ok(n) => {
                     self.buf.extend_from_slice(&chunk[..n]);
                     Fill::Data
@@ -169,7 +311,12 @@ impl Client {
                 {
                     Fill::TimedOut
                 }
-                Err(_) => Fill::Reset,
+                // TLS: the TCP FIN came without close_notify.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && self.is_tls() => Fill::Eof,
+                Err(e) => {
+                    self.last_error = Some(e.to_string());
+                    Fill::Reset
+                }
             };
         }
     }

@@ -6,7 +6,10 @@
 //! - [`Gateway`] starts `shardgate --config FILE` and waits for its start-up line.
 //! - [`MockUpstream`] is a thread-per-connection HTTP/1.1 server whose handler writes raw bytes.
 //! - [`BenchUpstream`] runs `shardgate-bench upstream`, the mock OpenAI-compatible upstream.
-//! - [`Client`] sends raw bytes and parses responses, so tests can craft bad framing.
+//! - [`Client`] sends raw bytes and parses responses, so tests can craft bad framing; over TCP
+//!   or TLS ([`Client::connect_tls`]).
+//! - [`tls`]: a test CA and certificates ([`TestCa`]), rustls configs, a TLS [`MockUpstream`]
+//!   ([`MockUpstream::start_tls`]), [`tls_handshake_only`].
 //!
 //! Every wait in here is bounded; see `README.md`.
 
@@ -18,6 +21,7 @@ mod ctl;
 mod gateway;
 #[cfg(test)]
 mod selftest;
+pub mod tls;
 mod upstream;
 
 use std::time::{Duration, Instant};
@@ -28,9 +32,10 @@ pub use client::{dechunk, split_head, Client, Closed, Response};
 pub use config::{free_port, ConfigBuilder, Driver, DRIVERS};
 pub use ctl::{ctl_status, run_ctl, spawn_ctl, CtlOutput};
 pub use gateway::{run_shardgate, Gateway, RunOutput};
+pub use tls::{self_signed, tls_handshake_only, Leaf, TempDir, TestCa};
 pub use upstream::{
     echo, hang, json_ok, sse, sse_event, write_chunk, write_response, Action, Handler,
-    MockUpstream, Request,
+    MockUpstream, Request, TlsHandler, TlsHandshake, TlsServerStream,
 };
 
 /// Default bound on any single wait for the gateway (a response, a close, a start-up line).

@@ -17,6 +17,12 @@
 //! in [`MockUpstream::connections_closed_by_peer`]; one closed in the middle of a request also in
 //! [`MockUpstream::incomplete_requests`]. Dropping the `MockUpstream` stops the accept loop and
 //! shuts every connection down, which unblocks every thread (and every [`hang`] handler).
+//!
+//! [`MockUpstream::start_tls`] serves TLS (rustls) the same way: the connection thread completes
+//! the handshake first (a failed one counts in [`MockUpstream::handshake_failures`], with its
+//! error in [`MockUpstream::handshake_errors`]; a completed one is listed in
+//! [`MockUpstream::tls_handshakes`] with the client's SNI and ALPN), then runs the same loop, the
+//! handler getting a [`TlsServerStream`]. The ready-made handlers work on both.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -79,6 +85,55 @@ pub enum Action {
 /// A request handler: write the response (or anything else) to the stream.
 pub type Handler = Arc<dyn Fn(&Request, &mut TcpStream) -> io::Result<Action> + Send + Sync>;
 
+/// The stream a TLS mock's handler writes to: rustls over the accepted socket (`.sock` is the
+/// `TcpStream`, `.conn` the `ServerConnection`).
+pub type TlsServerStream = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
+
+/// A TLS mock's request handler.
+pub type TlsHandler =
+    Arc<dyn Fn(&Request, &mut TlsServerStream) -> io::Result<Action> + Send + Sync>;
+
+/// A handshake a TLS mock completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsHandshake {
+    /// Which accepted connection (0-based, as in [`Request::conn`]).
+    pub conn: usize,
+    /// The server name the client sent (none for an IP address or no SNI).
+    pub sni: Option<String>,
+    /// The agreed ALPN protocol.
+    pub alpn: Option<Vec<u8>>,
+    /// `TLSv1_3`, `TLSv1_2`.
+    pub version: String,
+}
+
+/// A stream the connection loop can serve: a plain socket or TLS over one.
+trait MockConn: Read + Write {
+    fn socket(&self) -> &TcpStream;
+
+    /// `Action::Close`: the mock's own close, FIN (TLS: close_notify first).
+    fn close(&mut self) {
+        let _ = self.socket().shutdown(Shutdown::Both);
+    }
+}
+
+impl MockConn for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl MockConn for TlsServerStream {
+    fn socket(&self) -> &TcpStream {
+        &self.sock
+    }
+
+    fn close(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.flush();
+        let _ = self.sock.shutdown(Shutdown::Both);
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     requests: Mutex<Vec<Request>>,
@@ -89,7 +144,13 @@ struct Inner {
     unparsable: AtomicUsize,
     stop: AtomicBool,
     streams: Mutex<Vec<(usize, TcpStream)>>,
+    handshakes: Mutex<Vec<TlsHandshake>>,
+    handshake_errors: Mutex<Vec<String>>,
+    handshake_failures: AtomicUsize,
 }
+
+/// What an accepted connection's thread runs.
+type OnConn = Arc<dyn Fn(TcpStream, usize, &Inner) + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -127,6 +188,62 @@ impl MockUpstream {
         F: Fn(&Request, &mut TcpStream) -> io::Result<Action> + Send + Sync + 'static,
     {
         let handler: Handler = Arc::new(handler);
+        Self::listen(
+            addr,
+            Arc::new(move |stream, conn, inner| serve(stream, conn, inner, &*handler)),
+        )
+    }
+
+    /// Listens on 127.0.0.1:0 and serves TLS with `leaf` (ALPN `http/1.1`, no client
+    /// authentication), every connection with `handler`. See the module docs.
+    pub fn start_tls<F>(leaf: &crate::tls::Leaf, handler: F) -> MockUpstream
+    where
+        F: Fn(&Request, &mut TlsServerStream) -> io::Result<Action> + Send + Sync + 'static,
+    {
+        let config = crate::tls::server_config(leaf)
+            .unwrap_or_else(|e| panic!("TLS mock upstream config: {e}"));
+        Self::start_tls_with("127.0.0.1:0".parse().expect("addr"), config, handler)
+    }
+
+    /// [`MockUpstream::start_tls`] on a given address with any rustls server config.
+    pub fn start_tls_with<F>(
+        addr: SocketAddr,
+        config: Arc<rustls::ServerConfig>,
+        handler: F,
+    ) -> MockUpstream
+    where
+        F: Fn(&Request, &mut TlsServerStream) -> io::Result<Action> + Send + Sync + 'static,
+    {
+        let handler: TlsHandler = Arc::new(handler);
+        Self::listen(
+            addr,
+            Arc::new(
+                move |stream, conn, inner| match tls_accept(config.clone(), stream) {
+                    Ok(tls) => {
+                        lock(&inner.handshakes).push(TlsHandshake {
+                            conn,
+                            sni: tls.conn.server_name().map(str::to_owned),
+                            alpn: tls.conn.alpn_protocol().map(<[u8]>::to_vec),
+                            version: tls
+                                .conn
+                                .protocol_version()
+                                .map(|v| format!("{v:?}"))
+                                .unwrap_or_default(),
+                        });
+                        serve(tls, conn, inner, &*handler);
+                    }
+                    Err(e) => {
+                        if !inner.stop.load(Ordering::SeqCst) {
+                            lock(&inner.handshake_errors).push(e);
+                            inner.handshake_failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                },
+            ),
+        )
+    }
+
+    fn listen(addr: SocketAddr, on_conn: OnConn) -> MockUpstream {
         let listener = TcpListener::bind(addr).expect("bind mock upstream");
         let addr = listener.local_addr().expect("local_addr");
         let inner = Arc::new(Inner::default());
@@ -143,9 +260,9 @@ impl MockUpstream {
                     lock(&acc_inner.streams).push((conn, clone));
                 }
                 let inner = acc_inner.clone();
-                let handler = handler.clone();
+                let on_conn = on_conn.clone();
                 std::thread::spawn(move || {
-                    serve(stream, conn, &inner, &handler);
+                    on_conn(stream, conn, &inner);
                     // Drop the registry's clone too, so the socket really closes here.
                     lock(&inner.streams).retain(|(c, _)| *c != conn);
                 });
@@ -196,6 +313,28 @@ impl MockUpstream {
     pub fn wait_requests(&self, n: usize, timeout: Duration) -> bool {
         crate::wait_until(timeout, || lock(&self.inner.requests).len() >= n)
     }
+
+    /// TLS: connections whose handshake failed (the client refused our certificate, spoke
+    /// plain HTTP, or closed before finishing it).
+    pub fn handshake_failures(&self) -> usize {
+        self.inner.handshake_failures.load(Ordering::SeqCst)
+    }
+
+    /// TLS: why each failed handshake failed (rustls' error, e.g. `received fatal alert:
+    /// UnknownCA`), in order.
+    pub fn handshake_errors(&self) -> Vec<String> {
+        lock(&self.inner.handshake_errors).clone()
+    }
+
+    /// TLS: every completed handshake, in completion order.
+    pub fn tls_handshakes(&self) -> Vec<TlsHandshake> {
+        lock(&self.inner.handshakes).clone()
+    }
+
+    /// Waits (bounded) until at least `n` handshakes failed.
+    pub fn wait_handshake_failures(&self, n: usize, timeout: Duration) -> bool {
+        crate::wait_until(timeout, || self.handshake_failures() >= n)
+    }
 }
 
 impl Drop for MockUpstream {
@@ -212,7 +351,31 @@ impl Drop for MockUpstream {
     }
 }
 
-fn serve(mut stream: TcpStream, conn: usize, inner: &Inner, handler: &Handler) {
+/// Completes the server side of a TLS handshake on an accepted socket.
+fn tls_accept(
+    config: Arc<rustls::ServerConfig>,
+    mut sock: TcpStream,
+) -> Result<TlsServerStream, String> {
+    let mut conn =
+        rustls::ServerConnection::new(config).map_err(|e| format!("TLS server setup: {e}"))?;
+    while conn.is_handshaking() {
+        match conn.complete_io(&mut sock) {
+            Ok((0, 0)) if conn.is_handshaking() => {
+                return Err("connection closed during the handshake".into())
+            }
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(rustls::StreamOwned::new(conn, sock))
+}
+
+fn serve<S: MockConn>(
+    mut stream: S,
+    conn: usize,
+    inner: &Inner,
+    handler: &(dyn Fn(&Request, &mut S) -> io::Result<Action> + Send + Sync),
+) {
     let mut buf = Vec::new();
     loop {
         match read_request(&mut stream, &mut buf, conn) {
@@ -221,12 +384,13 @@ fn serve(mut stream: TcpStream, conn: usize, inner: &Inner, handler: &Handler) {
                 match handler(&req, &mut stream) {
                     Ok(Action::KeepAlive) => {}
                     Ok(Action::Close) => {
-                        let _ = stream.shutdown(Shutdown::Both);
+                        stream.close();
                         inner.closed_by_us.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
                     Ok(Action::Reset) => {
-                        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                        let _ = socket2::SockRef::from(stream.socket())
+                            .set_linger(Some(Duration::ZERO));
                         inner.closed_by_us.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
@@ -253,7 +417,7 @@ fn serve(mut stream: TcpStream, conn: usize, inner: &Inner, handler: &Handler) {
                     ReadErr::Bad(why) => {
                         eprintln!("mock upstream: unparsable request: {why}");
                         inner.unparsable.fetch_add(1, Ordering::SeqCst);
-                        let _ = stream.shutdown(Shutdown::Both);
+                        let _ = stream.socket().shutdown(Shutdown::Both);
                     }
                 }
                 return;
@@ -273,7 +437,7 @@ enum ReadErr {
 const MOCK_HEAD_MAX: usize = 1024 * 1024;
 
 /// Reads more bytes into `buf`; false at EOF or on error.
-fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+fn fill(stream: &mut impl Read, buf: &mut Vec<u8>) -> bool {
     let mut chunk = [0u8; 16384];
     match stream.read(&mut chunk) {
         Ok(0) | Err(_) => false,
@@ -289,7 +453,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 fn read_request(
-    stream: &mut TcpStream,
+    stream: &mut impl Read,
     buf: &mut Vec<u8>,
     conn: usize,
 ) -> Result<Request, ReadErr> {
@@ -351,7 +515,7 @@ fn read_request(
     Ok(req)
 }
 
-fn read_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<String, ReadErr> {
+fn read_line(stream: &mut impl Read, buf: &mut Vec<u8>) -> Result<String, ReadErr> {
     loop {
         if let Some(i) = find(buf, b"\r\n") {
             let line = String::from_utf8_lossy(&buf[..i]).into_owned();
@@ -367,7 +531,7 @@ fn read_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<String, ReadEr
     }
 }
 
-fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, ReadErr> {
+fn read_chunked(stream: &mut impl Read, buf: &mut Vec<u8>) -> Result<Vec<u8>, ReadErr> {
     let mut body = Vec::new();
     loop {
         let line = read_line(stream, buf)?;
@@ -393,8 +557,8 @@ fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, Re
 }
 
 /// Writes a complete `HTTP/1.1` response with a `Content-Length`.
-pub fn write_response(
-    stream: &mut TcpStream,
+pub fn write_response<W: Write + ?Sized>(
+    stream: &mut W,
     status: u16,
     content_type: &str,
     body: &[u8],
@@ -423,17 +587,18 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// Writes one chunk of a chunked body.
-pub fn write_chunk(stream: &mut TcpStream, data: &[u8]) -> io::Result<()> {
+pub fn write_chunk<W: Write + ?Sized>(stream: &mut W, data: &[u8]) -> io::Result<()> {
     let mut out = format!("{:x}\r\n", data.len()).into_bytes();
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
     stream.write_all(&out)
 }
 
-/// Answers every request `200` with `body` as `application/json`, keep-alive.
-pub fn json_ok(
+/// Answers every request `200` with `body` as `application/json`, keep-alive. (Like every
+/// ready-made handler here, for a plain or a TLS mock.)
+pub fn json_ok<S: Write>(
     body: &str,
-) -> impl Fn(&Request, &mut TcpStream) -> io::Result<Action> + Send + Sync {
+) -> impl Fn(&Request, &mut S) -> io::Result<Action> + Send + Sync {
     let body = body.to_owned();
     move |_req, stream| {
         write_response(stream, 200, "application/json", body.as_bytes())?;
@@ -442,7 +607,7 @@ pub fn json_ok(
 }
 
 /// Answers every request `200` with the request itself as JSON (see [`Request::to_json`]).
-pub fn echo() -> impl Fn(&Request, &mut TcpStream) -> io::Result<Action> + Send + Sync {
+pub fn echo<S: Write>() -> impl Fn(&Request, &mut S) -> io::Result<Action> + Send + Sync {
     |req, stream| {
         let body = req.to_json().to_string();
         write_response(stream, 200, "application/json", body.as_bytes())?;
@@ -458,10 +623,10 @@ pub fn sse_event(i: usize) -> String {
 /// A chunked `text/event-stream`: events 1..=n (see [`sse_event`]) one per chunk, `interval`
 /// apart, then `data: [DONE]\n\n` and the last chunk. A failed write (the proxy went away) ends it
 /// with the error.
-pub fn sse(
+pub fn sse<S: Write>(
     n_events: usize,
     interval: Duration,
-) -> impl Fn(&Request, &mut TcpStream) -> io::Result<Action> + Send + Sync {
+) -> impl Fn(&Request, &mut S) -> io::Result<Action> + Send + Sync {
     move |_req, stream| {
         stream.write_all(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -478,7 +643,7 @@ pub fn sse(
 
 /// Accepts the request and never answers. Returns (with an error, so the connection counts as
 /// closed by the peer) once the proxy closes the connection, or when the mock is dropped.
-pub fn hang() -> impl Fn(&Request, &mut TcpStream) -> io::Result<Action> + Send + Sync {
+pub fn hang<S: Read>() -> impl Fn(&Request, &mut S) -> io::Result<Action> + Send + Sync {
     |_req, stream| {
         let mut b = [0u8; 1024];
         loop {
