@@ -27,6 +27,9 @@
 //! - [`config`]: TOML parsing and validation into resolved, typed values.
 //! - [`limits`]: every compile-time limit and the defaults of configurable ones.
 //! - [`metrics`]: the region's counters rendered as Prometheus text.
+//! - [`tls`]: rustls configs (ring): the downstream server config with certificates chosen by
+//!   SNI, per-upstream client configs (system roots or a CA file), certificate checks, and the
+//!   description of an upstream TLS failure.
 //!
 //! Control plane (shared memory with `shardgate-ctl`; the only `unsafe`, in `control::shm`):
 //! - [`control`]: the region, the config ring, per-shard counter blocks, a shard's poller.

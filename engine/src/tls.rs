@@ -1,9 +1,1097 @@
-// TEMPORARY STUB (replaced by the tlsmod branch)
-#![allow(missing_docs, missing_debug_implementations, clippy::all)]
+//! TLS configuration: the downstream server config (certificates chosen by SNI), the upstream
+//! client configs (system roots or a per-upstream CA file), certificate checks for `check`, and
+//! the description of an upstream TLS failure for a 502 body. No socket I/O here: the
+//! connection code wraps its streams with `monoio-rustls` (docs/decisions/0007-tls.md).
+//!
+//! Everything uses rustls with the *ring* provider, named explicitly (never the process-wide
+//! default provider, never aws-lc-rs).
+//!
+//! - [`server_config`]: TLS 1.2 and 1.3, ALPN exactly `http/1.1`, one certificate per
+//!   `[[server.tls]]` entry chosen by SNI (exact name, then `*.parent`, else the first entry).
+//!   Resumption: rustls' in-memory session cache (256 sessions) plus stateless tickets
+//!   (`ring::Ticketer`, ChaCha20-Poly1305, keys rotated every 6 hours). Build it once and share
+//!   the `Arc` between shards: a client's next connection usually lands on another shard, and
+//!   one ticket key lets it resume there.
+//! - [`client_config`]: one per upstream per shard, each with its own in-memory cache of 256
+//!   client sessions.
+//! - Certificates already expired (or not yet valid) when loaded are refused; the `_at`
+//!   variants take the time, the plain ones read the clock.
+
+use std::fmt;
+use std::io;
 use std::sync::Arc;
-pub struct CertFiles<'a> { pub cert_path: &'a str, pub cert_pem: &'a [u8], pub key_path: &'a str, pub key_pem: &'a [u8] }
-pub fn server_config(_c: &[CertFiles<'_>]) -> Result<Arc<rustls::ServerConfig>, String> { Err("stub".into()) }
-pub fn check_pair(_p: &CertFiles<'_>) -> Result<Vec<String>, String> { Ok(vec![]) }
-pub fn system_roots() -> Arc<rustls::RootCertStore> { Arc::new(rustls::RootCertStore::empty()) }
-pub fn client_config(_r: &rustls::RootCertStore, _ca: Option<(&str, &[u8])>) -> Result<Arc<rustls::ClientConfig>, String> { Err("stub".into()) }
-pub fn describe_upstream_error(_e: &std::io::Error) -> &'static str { "stub" }
+use std::time::{Duration, SystemTime};
+
+use rustls::client::Resumption;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+
+/// The only application protocol spoken on either side.
+const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// TLS 1.3 first, then 1.2.
+static VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// Client sessions remembered per upstream config (rustls' default).
+const CLIENT_SESSIONS: usize = 256;
+
+/// A certificate chain and its private key, PEM, as read from `[[server.tls]]` cert/key files.
+#[derive(Clone, Copy)]
+pub struct CertFiles<'a> {
+    pub cert_path: &'a str,
+    pub cert_pem: &'a [u8],
+    pub key_path: &'a str,
+    pub key_pem: &'a [u8],
+}
+
+/// Paths and sizes only: the key never reaches a log.
+impl fmt::Debug for CertFiles<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertFiles")
+            .field("cert_path", &self.cert_path)
+            .field("cert_pem_len", &self.cert_pem.len())
+            .field("key_path", &self.key_path)
+            .field("key_pem_len", &self.key_pem.len())
+            .finish()
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server side
+// ---------------------------------------------------------------------------------------------
+
+/// Build the downstream TLS config: TLS 1.2 and 1.3, ALPN exactly ["http/1.1"], certificates
+/// chosen by SNI. Refuses certificates expired or not yet valid now.
+pub fn server_config(certs: &[CertFiles<'_>]) -> Result<Arc<ServerConfig>, String> {
+    server_config_at(certs, UnixTime::now())
+}
+
+/// [`server_config`] with the time certificates must be valid at.
+pub fn server_config_at(
+    certs: &[CertFiles<'_>],
+    now: UnixTime,
+) -> Result<Arc<ServerConfig>, String> {
+    let provider = provider();
+    let mut loaded = Vec::with_capacity(certs.len());
+    for pair in certs {
+        loaded.push(load_pair(pair, &provider, now)?);
+    }
+    let resolver = SniResolver::new(loaded).ok_or("no TLS certificate configured")?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| format!("TLS server setup: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    // `session_storage` stays rustls' default: an in-memory cache of 256 sessions (TLS 1.2
+    // session ids). Tickets make resumption stateless (TLS 1.3 and 1.2 tickets).
+    config.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| format!("TLS server setup: session ticket key: {e}"))?;
+    Ok(Arc::new(config))
+}
+
+/// Check one pair without building a config (for `check`): Ok(list of DNS names the
+/// certificate is valid for, lowercase, `*.parent` for wildcards).
+pub fn check_pair(pair: &CertFiles<'_>) -> Result<Vec<String>, String> {
+    check_pair_at(pair, UnixTime::now())
+}
+
+/// [`check_pair`] with the time the certificate must be valid at.
+pub fn check_pair_at(pair: &CertFiles<'_>, now: UnixTime) -> Result<Vec<String>, String> {
+    load_pair(pair, &provider(), now).map(|l| l.names)
+}
+
+/// A certificate chain with its key, and the DNS names (lowercase) it is valid for.
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    names: Vec<String>,
+}
+
+fn load_pair(
+    pair: &CertFiles<'_>,
+    provider: &CryptoProvider,
+    now: UnixTime,
+) -> Result<Loaded, String> {
+    let (cert_path, key_path) = (pair.cert_path, pair.key_path);
+    let chain = parse_certs(cert_path, pair.cert_pem)?;
+    let names = {
+        let leaf = chain.first().ok_or_else(|| no_certificate(cert_path))?;
+        let invalid = |e: webpki::Error| {
+            format!(
+                "{cert_path}: certificate is not valid: {}",
+                webpki_reason(&e)
+            )
+        };
+        let ee = webpki::EndEntityCert::try_from(leaf).map_err(invalid)?;
+        check_leaf(&ee, now).map_err(invalid)?;
+        ee.valid_dns_names()
+            .map(str::to_ascii_lowercase)
+            .collect::<Vec<_>>()
+    };
+
+    let key = match PrivateKeyDer::from_pem_slice(pair.key_pem) {
+        Ok(key) => key,
+        Err(pem::Error::NoItemsFound) => {
+            let hint = if CertificateDer::pem_slice_iter(pair.key_pem)
+                .next()
+                .is_some()
+            {
+                " (the file holds a certificate, not a key)"
+            } else {
+                " (expected PEM 'BEGIN PRIVATE KEY', 'BEGIN RSA PRIVATE KEY' or \
+                 'BEGIN EC PRIVATE KEY'; encrypted keys are not supported)"
+            };
+            return Err(format!("{key_path}: no private key found{hint}"));
+        }
+        Err(e) => return Err(format!("{key_path}: {}", pem_reason(&e))),
+    };
+    let signing_key = provider.key_provider.load_private_key(key).map_err(|_| {
+        format!(
+            "{key_path}: unsupported key type (or a malformed key): RSA, ECDSA P-256/P-384 and \
+             Ed25519 are supported"
+        )
+    })?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    match certified.keys_match() {
+        // rustls cannot tell for every key type; it accepts those, and so do we.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(rustls::Error::InconsistentKeys(_)) => {
+            return Err(format!(
+                "{key_path}: the key does not match the certificate in {cert_path}"
+            ))
+        }
+        Err(e) => return Err(format!("{cert_path}: certificate is not valid: {e}")),
+    }
+    Ok(Loaded {
+        key: Arc::new(certified),
+        names,
+    })
+}
+
+/// Every certificate in a PEM file, in order; an error naming `path` when there is none.
+fn parse_certs(path: &str, pem_bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut certs = Vec::new();
+    for item in CertificateDer::pem_slice_iter(pem_bytes) {
+        certs.push(item.map_err(|e| format!("{path}: {}", pem_reason(&e)))?);
+    }
+    if certs.is_empty() {
+        return Err(no_certificate(path));
+    }
+    Ok(certs)
+}
+
+fn no_certificate(path: &str) -> String {
+    format!("{path}: no certificate found (expected PEM 'BEGIN CERTIFICATE')")
+}
+
+fn pem_reason(e: &pem::Error) -> String {
+    match e {
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "malformed PEM: a section has no '-----END {}-----' line",
+            String::from_utf8_lossy(end_marker).trim()
+        ),
+        pem::Error::IllegalSectionStart { .. } => "malformed PEM: bad BEGIN line".to_owned(),
+        pem::Error::Base64Decode(e) => format!("malformed PEM: bad base64 ({e})"),
+        other => format!("malformed PEM: {other}"),
+    }
+}
+
+/// What webpki checks of a server certificate on its own (no issuer): validity period at
+/// `now`, not a CA, extended key usage allows serverAuth. With no trust anchor, path building
+/// ends in `UnknownIssuer` once those pass; that one is expected.
+fn check_leaf(ee: &webpki::EndEntityCert<'_>, now: UnixTime) -> Result<(), webpki::Error> {
+    match ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[],
+        &[],
+        now,
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    ) {
+        Ok(_) | Err(webpki::Error::UnknownIssuer) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn webpki_reason(e: &webpki::Error) -> String {
+    use webpki::Error as W;
+    match e {
+        W::CertExpired { not_after, .. } => format!("expired on {}", rfc3339(*not_after)),
+        W::CertNotValidYet { not_before, .. } => {
+            format!("not valid until {}", rfc3339(*not_before))
+        }
+        W::InvalidCertValidity => "its notBefore is after its notAfter".to_owned(),
+        W::CaUsedAsEndEntity => "it is a CA certificate, not a server certificate".to_owned(),
+        #[allow(deprecated)]
+        W::RequiredEkuNotFound => {
+            "its extended key usage does not allow server authentication".to_owned()
+        }
+        W::RequiredEkuNotFoundContext(_) => {
+            "its extended key usage does not allow server authentication".to_owned()
+        }
+        W::BadDer | W::BadDerTime | W::TrailingData(_) => "malformed DER".to_owned(),
+        W::UnsupportedCertVersion => "unsupported X.509 version (expected v3)".to_owned(),
+        W::UnsupportedCriticalExtension => "it has an unsupported critical extension".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn rfc3339(t: UnixTime) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(t.as_secs()))
+}
+
+/// Picks a certificate by SNI. Built once per config: names are lowercase and `resolve`
+/// parses and allocates nothing (a case-insensitive compare per name; configs hold a few).
+#[derive(Debug)]
+struct SniResolver {
+    /// Chains with keys, in config order; never empty; the first is the default.
+    keys: Vec<Arc<CertifiedKey>>,
+    /// (DNS name, index into `keys`), in config order.
+    exact: Vec<(Box<str>, usize)>,
+    /// (parent of a `*.parent` name, index into `keys`), in config order.
+    wildcard: Vec<(Box<str>, usize)>,
+}
+
+impl SniResolver {
+    fn new(loaded: Vec<Loaded>) -> Option<Self> {
+        if loaded.is_empty() {
+            return None;
+        }
+        let mut keys = Vec::with_capacity(loaded.len());
+        let (mut exact, mut wildcard) = (Vec::new(), Vec::new());
+        for (i, l) in loaded.into_iter().enumerate() {
+            for name in l.names {
+                match name.strip_prefix("*.") {
+                    Some(parent) => wildcard.push((parent.into(), i)),
+                    None => exact.push((name.into_boxed_str(), i)),
+                }
+            }
+            keys.push(l.key);
+        }
+        Some(Self {
+            keys,
+            exact,
+            wildcard,
+        })
+    }
+
+    /// The index of the certificate for `sni`: an exact name, then a `*.parent` name one label
+    /// up, else the first certificate (also when the client sent no SNI).
+    fn pick(&self, sni: Option<&str>) -> usize {
+        let Some(sni) = sni else { return 0 };
+        let sni = sni.strip_suffix('.').unwrap_or(sni);
+        if let Some((_, i)) = self.exact.iter().find(|(n, _)| n.eq_ignore_ascii_case(sni)) {
+            return *i;
+        }
+        if let Some((label, parent)) = sni.split_once('.') {
+            if !label.is_empty() {
+                if let Some((_, i)) = self
+                    .wildcard
+                    .iter()
+                    .find(|(p, _)| p.eq_ignore_ascii_case(parent))
+                {
+                    return *i;
+                }
+            }
+        }
+        0
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.keys
+            .get(self.pick(client_hello.server_name()))
+            .cloned()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client side
+// ---------------------------------------------------------------------------------------------
+
+/// The OS trust store (rustls-native-certs), or webpki-roots when it yields no certificate.
+/// Call once per process (reads files).
+pub fn system_roots() -> Arc<RootCertStore> {
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::warn!(error = %e, "reading the system's trusted certificates");
+    }
+    let mut store = RootCertStore::empty();
+    let (added, ignored) = store.add_parsable_certificates(native.certs);
+    if ignored > 0 {
+        tracing::warn!(
+            ignored,
+            "system trusted certificates that could not be parsed"
+        );
+    }
+    if added == 0 {
+        tracing::info!("no system trusted certificates found; using the webpki-roots bundle");
+        store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    Arc::new(store)
+}
+
+/// Upstream TLS config: trust `ca` (path and PEM, one or more CA certificates) instead of
+/// `roots` when given; ALPN ["http/1.1"]; session resumption with an in-memory cache of 256
+/// sessions (the default `Resumption`). Build one per upstream per shard so each shard has its
+/// own cache. `roots` is shared, not copied.
+pub fn client_config(
+    roots: &Arc<RootCertStore>,
+    ca: Option<(&str, &[u8])>,
+) -> Result<Arc<ClientConfig>, String> {
+    let roots = match ca {
+        None => Arc::clone(roots),
+        Some((path, pem_bytes)) => {
+            let mut store = RootCertStore::empty();
+            for (n, cert) in parse_certs(path, pem_bytes)?.into_iter().enumerate() {
+                store.add(cert).map_err(|e| {
+                    format!(
+                        "{path}: certificate {} is not a usable CA certificate: {e}",
+                        n + 1
+                    )
+                })?;
+            }
+            Arc::new(store)
+        }
+    };
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| format!("TLS client setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    config.resumption = Resumption::in_memory_sessions(CLIENT_SESSIONS);
+    Ok(Arc::new(config))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream failures
+// ---------------------------------------------------------------------------------------------
+
+/// The descriptions [`describe_upstream_error`] returns: static, ASCII, no `"` or `\`.
+mod desc {
+    pub const UNKNOWN_ISSUER: &str = "upstream certificate not trusted (unknown issuer)";
+    pub const EXPIRED: &str = "upstream certificate expired";
+    pub const NOT_YET_VALID: &str = "upstream certificate not yet valid";
+    pub const WRONG_NAME: &str = "upstream certificate not valid for the host name";
+    pub const REVOKED: &str = "upstream certificate revoked";
+    pub const REVOCATION_UNKNOWN: &str = "upstream certificate revocation status unknown";
+    pub const BAD_SIGNATURE: &str = "upstream certificate has a bad signature";
+    pub const UNSUPPORTED_SIGNATURE: &str =
+        "upstream certificate signed with an unsupported algorithm";
+    pub const MALFORMED: &str = "upstream certificate malformed";
+    pub const PURPOSE: &str = "upstream certificate not valid for server authentication";
+    pub const CERT_OTHER: &str = "upstream certificate rejected";
+    pub const NO_CERT: &str = "upstream presented no certificate";
+    pub const NO_CIPHER: &str = "TLS handshake failure: no shared cipher suite";
+    pub const VERSION: &str = "TLS handshake failure: no shared protocol version";
+    pub const INCOMPATIBLE: &str = "TLS handshake failure: upstream TLS parameters incompatible";
+    pub const ALERT_HANDSHAKE: &str =
+        "TLS handshake failure: upstream sent a handshake_failure alert";
+    pub const ALERT_VERSION: &str = "TLS handshake failure: upstream refused the protocol version";
+    pub const ALERT_ALPN: &str = "TLS handshake failure: upstream refused ALPN http/1.1";
+    pub const ALERT_CLIENT_CERT: &str =
+        "TLS handshake failure: upstream requires a client certificate";
+    pub const ALERT_NAME: &str =
+        "TLS handshake failure: upstream does not know the host name (SNI)";
+    pub const ALERT_OTHER: &str = "upstream sent a fatal TLS alert";
+    pub const NO_ALPN: &str = "upstream did not agree to ALPN http/1.1";
+    pub const PROTOCOL: &str = "TLS protocol error from upstream";
+    pub const CLOSED: &str = "upstream closed the connection during the TLS handshake";
+    pub const OTHER: &str = "TLS error";
+
+    #[cfg(test)]
+    pub const ALL: &[&str] = &[
+        UNKNOWN_ISSUER,
+        EXPIRED,
+        NOT_YET_VALID,
+        WRONG_NAME,
+        REVOKED,
+        REVOCATION_UNKNOWN,
+        BAD_SIGNATURE,
+        UNSUPPORTED_SIGNATURE,
+        MALFORMED,
+        PURPOSE,
+        CERT_OTHER,
+        NO_CERT,
+        NO_CIPHER,
+        VERSION,
+        INCOMPATIBLE,
+        ALERT_HANDSHAKE,
+        ALERT_VERSION,
+        ALERT_ALPN,
+        ALERT_CLIENT_CERT,
+        ALERT_NAME,
+        ALERT_OTHER,
+        NO_ALPN,
+        PROTOCOL,
+        CLOSED,
+        OTHER,
+    ];
+}
+
+/// A static, JSON-safe (ASCII, no `"` or `\`) description of why an upstream TLS connection
+/// failed, for the 502 body. Finds the `rustls::Error` inside the `io::Error` (monoio-rustls
+/// wraps it as `io::Error::new(InvalidData, rustls::Error)`, or `monoio_rustls::TlsError`
+/// converted with `From`) and names the problem.
+pub fn describe_upstream_error(e: &io::Error) -> &'static str {
+    match find_rustls(e, 0) {
+        Some(r) => describe_rustls(r),
+        None if e.kind() == io::ErrorKind::UnexpectedEof => desc::CLOSED,
+        None => desc::OTHER,
+    }
+}
+
+/// The rustls error inside `e`, looking through `TlsError`, nested `io::Error`s and sources.
+fn find_rustls(e: &io::Error, depth: u8) -> Option<&rustls::Error> {
+    let mut inner: &(dyn std::error::Error + 'static) = e.get_ref()?;
+    for _ in 0..8 {
+        if let Some(r) = inner.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(t) = inner.downcast_ref::<monoio_rustls::TlsError>() {
+            return match t {
+                monoio_rustls::TlsError::Rustls(r) => Some(r),
+                monoio_rustls::TlsError::Io(io) if depth < 4 => find_rustls(io, depth + 1),
+                monoio_rustls::TlsError::Io(_) => None,
+            };
+        }
+        if let Some(io) = inner.downcast_ref::<io::Error>() {
+            return if depth < 4 {
+                find_rustls(io, depth + 1)
+            } else {
+                None
+            };
+        }
+        inner = inner.source()?;
+    }
+    None
+}
+
+fn describe_rustls(e: &rustls::Error) -> &'static str {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E, PeerIncompatible as P};
+    match e {
+        E::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => desc::UNKNOWN_ISSUER,
+            C::Expired | C::ExpiredContext { .. } => desc::EXPIRED,
+            C::NotValidYet | C::NotValidYetContext { .. } => desc::NOT_YET_VALID,
+            C::NotValidForName | C::NotValidForNameContext { .. } => desc::WRONG_NAME,
+            C::Revoked => desc::REVOKED,
+            C::UnknownRevocationStatus
+            | C::ExpiredRevocationList
+            | C::ExpiredRevocationListContext { .. } => desc::REVOCATION_UNKNOWN,
+            C::BadSignature => desc::BAD_SIGNATURE,
+            #[allow(deprecated)]
+            C::UnsupportedSignatureAlgorithm => desc::UNSUPPORTED_SIGNATURE,
+            C::UnsupportedSignatureAlgorithmContext { .. }
+            | C::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+                desc::UNSUPPORTED_SIGNATURE
+            }
+            C::BadEncoding | C::UnhandledCriticalExtension => desc::MALFORMED,
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => desc::PURPOSE,
+            _ => desc::CERT_OTHER,
+        },
+        E::NoCertificatesPresented => desc::NO_CERT,
+        E::PeerIncompatible(p) => match p {
+            P::NoCipherSuitesInCommon => desc::NO_CIPHER,
+            P::ServerDoesNotSupportTls12Or13
+            | P::ServerTlsVersionIsDisabledByOurConfig
+            | P::SupportedVersionsExtensionRequired => desc::VERSION,
+            _ => desc::INCOMPATIBLE,
+        },
+        E::AlertReceived(a) => match a {
+            A::HandshakeFailure | A::InsufficientSecurity => desc::ALERT_HANDSHAKE,
+            A::ProtocolVersion => desc::ALERT_VERSION,
+            A::NoApplicationProtocol => desc::ALERT_ALPN,
+            A::CertificateRequired => desc::ALERT_CLIENT_CERT,
+            A::UnrecognisedName => desc::ALERT_NAME,
+            _ => desc::ALERT_OTHER,
+        },
+        E::NoApplicationProtocol => desc::NO_ALPN,
+        E::InvalidMessage(_) | E::PeerMisbehaved(_) | E::PeerSentOversizedRecord => desc::PROTOCOL,
+        _ => desc::OTHER,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConnection, Connection, HandshakeKind, ServerConnection};
+
+    /// A CA, or a leaf signed by one: PEM certificate and key.
+    struct Made {
+        cert: rcgen::Certificate,
+        key: KeyPair,
+    }
+
+    impl Made {
+        fn cert_pem(&self) -> String {
+            self.cert.pem()
+        }
+        fn key_pem(&self) -> String {
+            self.key.serialize_pem()
+        }
+        fn der(&self) -> &CertificateDer<'static> {
+            self.cert.der()
+        }
+    }
+
+    fn ca(name: &str) -> Made {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("self-signed");
+        Made { cert, key }
+    }
+
+    fn leaf_with(issuer: &Made, names: &[&str], edit: impl FnOnce(&mut CertificateParams)) -> Made {
+        let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+        let mut params = CertificateParams::new(names).expect("params");
+        edit(&mut params);
+        let key = KeyPair::generate().expect("key");
+        let cert = params
+            .signed_by(&key, &issuer.cert, &issuer.key)
+            .expect("signed");
+        Made { cert, key }
+    }
+
+    fn leaf(issuer: &Made, names: &[&str]) -> Made {
+        leaf_with(issuer, names, |_| {})
+    }
+
+    fn at(secs: u64) -> UnixTime {
+        UnixTime::since_unix_epoch(Duration::from_secs(secs))
+    }
+
+    /// 2000-06-03, inside the `old` certificates' validity (2000 to 2001).
+    const MID_2000: u64 = 960_000_000;
+    /// Past rcgen's default notAfter (4096-01-01).
+    const YEAR_5000: u64 = 95_668_617_600;
+
+    struct Pem {
+        cert: String,
+        key: String,
+    }
+
+    fn pem(m: &Made) -> Pem {
+        Pem {
+            cert: m.cert_pem(),
+            key: m.key_pem(),
+        }
+    }
+
+    fn files<'a>(p: &'a Pem, cert_path: &'a str, key_path: &'a str) -> CertFiles<'a> {
+        CertFiles {
+            cert_path,
+            cert_pem: p.cert.as_bytes(),
+            key_path,
+            key_pem: p.key.as_bytes(),
+        }
+    }
+
+    fn roots_of(ca: &Made) -> Arc<RootCertStore> {
+        let mut store = RootCertStore::empty();
+        store.add(ca.der().clone()).expect("anchor");
+        Arc::new(store)
+    }
+
+    /// Moves what `from` wants to send into `to`; Ok(whether anything moved), or `to`'s error.
+    fn pump(from: &mut Connection, to: &mut Connection) -> Result<bool, rustls::Error> {
+        let mut buf = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut buf).expect("write to a Vec");
+        }
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            to.read_tls(&mut rd).expect("read from a slice");
+            to.process_new_packets()?;
+        }
+        Ok(!buf.is_empty())
+    }
+
+    #[derive(Debug)]
+    enum Failed {
+        Client(rustls::Error),
+        Server(rustls::Error),
+    }
+
+    /// A whole handshake in memory, and the session tickets after it.
+    fn handshake(client: &mut Connection, server: &mut Connection) -> Result<(), Failed> {
+        for _ in 0..32 {
+            let sent = match pump(client, server) {
+                Ok(sent) => sent,
+                Err(e) => {
+                    // Let the client see the server's alert, as a real client would.
+                    let _ = pump(server, client);
+                    return Err(Failed::Server(e));
+                }
+            };
+            let received = pump(server, client).map_err(Failed::Client)?;
+            if !sent && !received && !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    fn connect(
+        client: &Arc<ClientConfig>,
+        server: &Arc<ServerConfig>,
+        name: &str,
+    ) -> (Result<(), Failed>, Connection, Connection) {
+        let name = ServerName::try_from(name.to_owned()).expect("server name");
+        let mut c =
+            Connection::Client(ClientConnection::new(client.clone(), name).expect("client"));
+        let mut s = Connection::Server(ServerConnection::new(server.clone()).expect("server"));
+        let r = handshake(&mut c, &mut s);
+        (r, c, s)
+    }
+
+    fn peer_leaf(c: &Connection) -> CertificateDer<'static> {
+        c.peer_certificates().expect("peer certificates")[0]
+            .clone()
+            .into_owned()
+    }
+
+    struct Setup {
+        ca: Made,
+        a: Made,
+        b: Made,
+        server: Arc<ServerConfig>,
+    }
+
+    fn setup() -> Setup {
+        let ca = ca("test CA");
+        let a = leaf(&ca, &["a.test"]);
+        let b = leaf(&ca, &["*.b.test", "b.test"]);
+        let (pa, pb) = (pem(&a), pem(&b));
+        let server = server_config(&[
+            files(&pa, "/etc/x/a.pem", "/etc/x/a.key"),
+            files(&pb, "/etc/x/b.pem", "/etc/x/b.key"),
+        ])
+        .expect("server config");
+        Setup { ca, a, b, server }
+    }
+
+    fn client_for(ca: &Made) -> Arc<ClientConfig> {
+        let ca_pem = ca.cert_pem();
+        client_config(
+            &Arc::new(RootCertStore::empty()),
+            Some(("/etc/x/ca.pem", ca_pem.as_bytes())),
+        )
+        .expect("client config")
+    }
+
+    #[test]
+    fn sni_picks_the_certificate_in_a_full_handshake() {
+        let s = setup();
+        let client = client_for(&s.ca);
+        for (name, want) in [
+            ("a.test", &s.a),
+            ("A.Test", &s.a),
+            ("x.b.test", &s.b),
+            ("X.B.TEST", &s.b),
+            ("b.test", &s.b),
+        ] {
+            let (r, c, sc) = connect(&client, &s.server, name);
+            r.unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            assert_eq!(&peer_leaf(&c), want.der(), "{name}");
+            assert_eq!(c.alpn_protocol(), Some(ALPN_HTTP1), "{name}");
+            assert_eq!(sc.alpn_protocol(), Some(ALPN_HTTP1), "{name}");
+        }
+    }
+
+    #[test]
+    fn no_sni_gets_the_first_certificate() {
+        let s = setup();
+        let mut cfg = (*client_for(&s.ca)).clone();
+        cfg.enable_sni = false;
+        let (r, c, _) = connect(&Arc::new(cfg), &s.server, "a.test");
+        r.expect("handshake");
+        assert_eq!(&peer_leaf(&c), s.a.der());
+    }
+
+    #[test]
+    fn resolver_rules() {
+        let ca = ca("CA");
+        let (a, b, c) = (
+            pem(&leaf(&ca, &["a.test", "www.a.test"])),
+            pem(&leaf(&ca, &["*.b.test"])),
+            pem(&leaf(&ca, &["*.c.test", "exact.c.test"])),
+        );
+        let provider = provider();
+        let now = UnixTime::now();
+        let loaded = [&b, &a, &c]
+            .iter()
+            .map(|p| load_pair(&files(p, "c", "k"), &provider, now).expect("pair"))
+            .collect();
+        let r = SniResolver::new(loaded).expect("resolver");
+        assert_eq!(r.pick(None), 0, "no SNI: the first");
+        assert_eq!(r.pick(Some("unknown.test")), 0, "no match: the first");
+        assert_eq!(r.pick(Some("a.test")), 1);
+        assert_eq!(r.pick(Some("WWW.A.TEST")), 1);
+        assert_eq!(r.pick(Some("a.test.")), 1, "trailing dot");
+        assert_eq!(r.pick(Some("x.b.test")), 0);
+        assert_eq!(
+            r.pick(Some("b.test")),
+            0,
+            "a wildcard does not match its parent"
+        );
+        assert_eq!(
+            r.pick(Some("y.x.c.test")),
+            0,
+            "a wildcard matches one label only"
+        );
+        assert_eq!(r.pick(Some("x.c.test")), 2);
+        assert_eq!(r.pick(Some("exact.c.test")), 2);
+        assert_eq!(r.pick(Some(".c.test")), 0, "empty label");
+        assert!(SniResolver::new(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn alpn_is_http11_when_offered_among_others() {
+        let s = setup();
+        let mut cfg = (*client_for(&s.ca)).clone();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let (r, c, sc) = connect(&Arc::new(cfg), &s.server, "a.test");
+        r.expect("handshake");
+        assert_eq!(c.alpn_protocol(), Some(ALPN_HTTP1));
+        assert_eq!(sc.alpn_protocol(), Some(ALPN_HTTP1));
+
+        // A client offering only h2 is refused (RFC 7301), and the description says so.
+        let mut cfg = (*client_for(&s.ca)).clone();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let (r, _, _) = connect(&Arc::new(cfg), &s.server, "a.test");
+        assert!(
+            matches!(r, Err(Failed::Server(rustls::Error::NoApplicationProtocol))),
+            "{r:?}"
+        );
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol);
+        assert_eq!(
+            describe_upstream_error(&io::Error::new(io::ErrorKind::InvalidData, alert)),
+            desc::ALERT_ALPN
+        );
+    }
+
+    #[test]
+    fn sessions_resume_with_tls13_tickets_and_tls12() {
+        let s = setup();
+        let client = client_for(&s.ca);
+        let (r, c, _) = connect(&client, &s.server, "a.test");
+        r.expect("first");
+        assert_eq!(c.handshake_kind(), Some(HandshakeKind::Full));
+        assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+        let (r, c, _) = connect(&client, &s.server, "a.test");
+        r.expect("second");
+        assert_eq!(c.handshake_kind(), Some(HandshakeKind::Resumed));
+
+        let tls12 = Arc::new(
+            ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS12])
+                .expect("versions")
+                .with_root_certificates(roots_of(&s.ca))
+                .with_no_client_auth(),
+        );
+        let (r, c, _) = connect(&tls12, &s.server, "x.b.test");
+        r.expect("first 1.2");
+        assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+        let (r, c, _) = connect(&tls12, &s.server, "x.b.test");
+        r.expect("second 1.2");
+        assert_eq!(c.handshake_kind(), Some(HandshakeKind::Resumed));
+    }
+
+    #[test]
+    fn check_pair_lists_the_names() {
+        let ca = ca("CA");
+        let p = pem(&leaf(&ca, &["API.example.com", "*.Example.net"]));
+        let names = check_pair(&files(&p, "/c", "/k")).expect("valid");
+        assert_eq!(names, ["api.example.com", "*.example.net"]);
+        // A chain (leaf then CA) is accepted.
+        let chain = Pem {
+            cert: format!("{}{}", p.cert, ca.cert_pem()),
+            key: p.key.clone(),
+        };
+        assert!(check_pair(&files(&chain, "/c", "/k")).is_ok());
+    }
+
+    /// `check_pair` and `server_config` both fail naming `path` and saying `reason`.
+    fn assert_refused(pair: CertFiles<'_>, now: UnixTime, path: &str, reason: &str) {
+        let e = check_pair_at(&pair, now).expect_err("refused");
+        assert!(e.starts_with(&format!("{path}: ")), "{e}");
+        assert!(e.contains(reason), "{e}");
+        let e2 = server_config_at(&[pair], now).expect_err("refused");
+        assert_eq!(e, e2);
+    }
+
+    #[test]
+    fn refusals_name_the_file_and_the_reason() {
+        let ca = ca("CA");
+        let good = pem(&leaf(&ca, &["a.test"]));
+        let other = pem(&leaf(&ca, &["b.test"]));
+        let now = UnixTime::now();
+        let (c, k) = ("/etc/x/cert.pem", "/etc/x/key.pem");
+        let with = |cert: &str, key: &str| Pem {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+        };
+
+        let p = with("", &good.key);
+        assert_refused(
+            files(&p, c, k),
+            now,
+            c,
+            "no certificate found (expected PEM 'BEGIN CERTIFICATE')",
+        );
+        let p = with("garbage\nnot pem at all\n", &good.key);
+        assert_refused(files(&p, c, k), now, c, "no certificate found");
+        let p = with(&good.key, &good.key);
+        assert_refused(files(&p, c, k), now, c, "no certificate found");
+        let p = with(
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+            &good.key,
+        );
+        assert_refused(files(&p, c, k), now, c, "malformed PEM");
+        let p = with("-----BEGIN CERTIFICATE-----\nMIIB\n", &good.key);
+        assert_refused(files(&p, c, k), now, c, "malformed PEM");
+        let p = with(
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            &good.key,
+        );
+        assert_refused(
+            files(&p, c, k),
+            now,
+            c,
+            "certificate is not valid: malformed DER",
+        );
+
+        let p = with(&good.cert, "");
+        assert_refused(files(&p, c, k), now, k, "no private key found");
+        let p = with(&good.cert, "garbage");
+        assert_refused(files(&p, c, k), now, k, "no private key found");
+        // A CA certificate given as the key.
+        let p = with(&good.cert, &ca.cert_pem());
+        assert_refused(
+            files(&p, c, k),
+            now,
+            k,
+            "no private key found (the file holds a certificate",
+        );
+        let p = with(
+            &good.cert,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        );
+        assert_refused(files(&p, c, k), now, k, "unsupported key type");
+        let p = with(&good.cert, &other.key);
+        assert_refused(
+            files(&p, c, k),
+            now,
+            k,
+            "/etc/x/key.pem: the key does not match the certificate in /etc/x/cert.pem",
+        );
+
+        // Validity: expired, not yet valid, a CA as the server certificate, a client-only EKU.
+        assert_refused(
+            files(&good, c, k),
+            at(YEAR_5000),
+            c,
+            "certificate is not valid: expired on ",
+        );
+        let old = pem(&leaf_with(&ca, &["a.test"], |p| {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }));
+        assert_refused(files(&old, c, k), now, c, "expired on 2001-01-01T00:00:00Z");
+        assert!(check_pair_at(&files(&old, c, k), at(MID_2000)).is_ok());
+        let young = pem(&leaf_with(&ca, &["a.test"], |p| {
+            p.not_before = rcgen::date_time_ymd(2030, 1, 1);
+        }));
+        assert_refused(
+            files(&young, c, k),
+            now,
+            c,
+            "not valid until 2030-01-01T00:00:00Z",
+        );
+        let cap = pem(&ca);
+        assert_refused(files(&cap, c, k), now, c, "it is a CA certificate");
+        let client_only = pem(&leaf_with(&ca, &["a.test"], |p| {
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        }));
+        assert_refused(files(&client_only, c, k), now, c, "extended key usage");
+
+        // server_config names the failing entry, not the first.
+        let bad = with(&good.cert, &other.key);
+        let e = server_config_at(
+            &[
+                files(&good, "/a.pem", "/a.key"),
+                files(&bad, "/b.pem", "/b.key"),
+            ],
+            now,
+        )
+        .expect_err("refused");
+        assert!(
+            e.starts_with("/b.key: the key does not match the certificate in /b.pem"),
+            "{e}"
+        );
+        assert_eq!(
+            server_config_at(&[], now).expect_err("empty"),
+            "no TLS certificate configured"
+        );
+    }
+
+    #[test]
+    fn client_trusts_its_ca_file_only() {
+        let s = setup();
+        let client = client_for(&s.ca);
+        let (r, _, _) = connect(&client, &s.server, "a.test");
+        r.expect("trusted");
+
+        // The same server seen by a client trusting another CA: unknown issuer.
+        let client = client_for(&ca("another CA"));
+        let (r, _, _) = connect(&client, &s.server, "a.test");
+        let Err(Failed::Client(err)) = r else {
+            panic!("expected the client to refuse: {r:?}")
+        };
+        assert!(
+            matches!(
+                err,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+            ),
+            "{err:?}"
+        );
+        let d = describe_upstream_error(&io::Error::new(io::ErrorKind::InvalidData, err.clone()));
+        assert!(
+            d.contains("unknown issuer") && d.contains("not trusted"),
+            "{d}"
+        );
+        // The way monoio-rustls's handshake error arrives: TlsError::Io(InvalidData(rustls)).
+        let via_tls: io::Error =
+            monoio_rustls::TlsError::Io(io::Error::new(io::ErrorKind::InvalidData, err.clone()))
+                .into();
+        assert_eq!(describe_upstream_error(&via_tls), d);
+        let via_rustls: io::Error = monoio_rustls::TlsError::Rustls(err.clone()).into();
+        assert_eq!(describe_upstream_error(&via_rustls), d);
+        let nested = io::Error::other(monoio_rustls::TlsError::Rustls(err));
+        assert_eq!(describe_upstream_error(&nested), d);
+
+        // The system roots do not know the test CA either.
+        let client = client_config(&system_roots(), None).expect("client config");
+        let (r, _, _) = connect(&client, &s.server, "a.test");
+        assert!(matches!(r, Err(Failed::Client(_))), "{r:?}");
+    }
+
+    #[test]
+    fn client_names_a_host_name_mismatch_and_an_expired_certificate() {
+        let s = setup();
+        let client = client_for(&s.ca);
+        // No certificate for c.test: the server sends the first (a.test), the client refuses.
+        let (r, _, _) = connect(&client, &s.server, "c.test");
+        let Err(Failed::Client(err)) = r else {
+            panic!("expected the client to refuse: {r:?}")
+        };
+        let d = describe_upstream_error(&io::Error::new(io::ErrorKind::InvalidData, err));
+        assert!(d.contains("host name"), "{d}");
+
+        // An upstream whose certificate expired (loaded while it was valid).
+        let old = pem(&leaf_with(&s.ca, &["a.test"], |p| {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }));
+        let server =
+            server_config_at(&[files(&old, "/c", "/k")], at(MID_2000)).expect("valid in 2001");
+        let (r, _, _) = connect(&client, &server, "a.test");
+        let Err(Failed::Client(err)) = r else {
+            panic!("expected the client to refuse: {r:?}")
+        };
+        let d = describe_upstream_error(&io::Error::new(io::ErrorKind::InvalidData, err));
+        assert_eq!(d, desc::EXPIRED);
+    }
+
+    #[test]
+    fn client_ca_file_errors_name_the_file() {
+        let roots = Arc::new(RootCertStore::empty());
+        let e = client_config(&roots, Some(("/etc/ca.pem", b""))).expect_err("empty");
+        assert_eq!(
+            e,
+            "/etc/ca.pem: no certificate found (expected PEM 'BEGIN CERTIFICATE')"
+        );
+        let e = client_config(&roots, Some(("/etc/ca.pem", b"junk"))).expect_err("junk");
+        assert!(e.starts_with("/etc/ca.pem: no certificate found"), "{e}");
+        let bad = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let e = client_config(&roots, Some(("/etc/ca.pem", bad))).expect_err("bad DER");
+        assert!(
+            e.starts_with("/etc/ca.pem: certificate 1 is not a usable CA certificate"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn system_roots_are_not_empty() {
+        assert!(!system_roots().is_empty());
+    }
+
+    #[test]
+    fn descriptions_are_json_safe() {
+        use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+        for d in desc::ALL {
+            assert!(d.is_ascii() && !d.contains('"') && !d.contains('\\'), "{d}");
+        }
+        let cases = [
+            (
+                E::InvalidCertificate(C::UnknownIssuer),
+                desc::UNKNOWN_ISSUER,
+            ),
+            (E::InvalidCertificate(C::Expired), desc::EXPIRED),
+            (E::InvalidCertificate(C::NotValidYet), desc::NOT_YET_VALID),
+            (E::InvalidCertificate(C::NotValidForName), desc::WRONG_NAME),
+            (E::InvalidCertificate(C::Revoked), desc::REVOKED),
+            (E::InvalidCertificate(C::BadSignature), desc::BAD_SIGNATURE),
+            (
+                E::InvalidCertificate(C::ApplicationVerificationFailure),
+                desc::CERT_OTHER,
+            ),
+            (
+                E::PeerIncompatible(rustls::PeerIncompatible::NoCipherSuitesInCommon),
+                desc::NO_CIPHER,
+            ),
+            (
+                E::PeerIncompatible(rustls::PeerIncompatible::ServerDoesNotSupportTls12Or13),
+                desc::VERSION,
+            ),
+            (E::AlertReceived(A::HandshakeFailure), desc::ALERT_HANDSHAKE),
+            (E::AlertReceived(A::ProtocolVersion), desc::ALERT_VERSION),
+            (E::AlertReceived(A::BadRecordMac), desc::ALERT_OTHER),
+            (E::DecryptError, desc::OTHER),
+        ];
+        for (e, want) in cases {
+            let io = io::Error::new(io::ErrorKind::InvalidData, e);
+            assert_eq!(describe_upstream_error(&io), want);
+        }
+        assert_eq!(
+            describe_upstream_error(&io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "tls handshake eof"
+            )),
+            desc::CLOSED
+        );
+        assert_eq!(
+            describe_upstream_error(&io::Error::from(io::ErrorKind::ConnectionReset)),
+            desc::OTHER
+        );
+    }
+}
