@@ -560,7 +560,10 @@ impl Validator<'_> {
 
     fn tls(&mut self, raw: Vec<RawTls>) -> Vec<TlsFiles> {
         if raw.len() > TLS_CERTS_MAX {
-            self.error("server.tls", format!("at most {TLS_CERTS_MAX} certificates"));
+            self.error(
+                "server.tls",
+                format!("at most {TLS_CERTS_MAX} certificates"),
+            );
         }
         let mut out = Vec::with_capacity(raw.len());
         for (i, t) in raw.into_iter().enumerate() {
@@ -931,7 +934,10 @@ impl Validator<'_> {
                     self.error(&field, "only https:// endpoints use a CA file");
                 }
                 self.file(&field, &path).and_then(|pem| {
-                    match crate::tls::client_config(&rustls::RootCertStore::empty(), Some((&path, &pem))) {
+                    match crate::tls::client_config(
+                        &std::sync::Arc::new(rustls::RootCertStore::empty()),
+                        Some((&path, &pem)),
+                    ) {
                         Ok(_) => Some((path, pem)),
                         Err(reason) => {
                             self.error(&field, reason);

@@ -37,9 +37,9 @@ use crate::limits::{
 use crate::llm::{self, SseFilter, UsageScanner};
 use crate::mock::{self, MockEndpoint, MockReply};
 use crate::shard::{ShardCtx, Snapshot};
+use crate::stream::Io;
 use crate::template::TemplateBody;
 use crate::tenant::presented_key;
-use crate::stream::Io;
 use crate::upstream::{self, UpConn};
 
 mod hedge;

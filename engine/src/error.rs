@@ -149,9 +149,7 @@ impl Error {
             Error::UpstreamUnavailable
             | Error::UpstreamBadResponse(_)
             | Error::UpstreamTls(_)
-            | Error::UpstreamTimeout => {
-                Side::Upstream
-            }
+            | Error::UpstreamTimeout => Side::Upstream,
             Error::NoRoute | Error::ShuttingDown | Error::ModelNotFound | Error::NoDeployment => {
                 Side::Internal
             }

@@ -106,11 +106,7 @@ impl Snapshot {
         }
         Self {
             tls_server: kept.tls_server(&cfg),
-            tls_clients: cfg
-                .upstreams
-                .iter()
-                .map(|u| kept.tls_client(u))
-                .collect(),
+            tls_clients: cfg.upstreams.iter().map(|u| kept.tls_client(u)).collect(),
             version,
             routes: Routes::new(&cfg.routes),
             pool_slot: pools.assign(&addrs),
@@ -243,8 +239,9 @@ impl Kept {
     }
 
     /// The server config for `cfg`'s certificates: the previous one while they are the same
-    /// (so its session cache lives on), a new one when they changed. Should building fail
-    /// (validation checked every pair, so it should not), the previous one stays.
+    /// (so its session cache lives on), a new one when they changed (session tickets still
+    /// resume: the ticket key is the process's). Should building fail (validation checked
+    /// every pair, so it should not), the previous one stays.
     fn tls_server(&self, cfg: &Config) -> Option<Arc<rustls::ServerConfig>> {
         let files = &cfg.server.tls;
         if files.is_empty() {
@@ -290,7 +287,11 @@ impl Kept {
                 // Validation built this config once already; should it fail here, trust
                 // nothing (every handshake fails with a 502) rather than fall back to plain.
                 tracing::error!(upstream = %u.name, "TLS client config: {e}; trusting no certificate");
-                crate::tls::client_config(&rustls::RootCertStore::empty(), None).ok()
+                crate::tls::client_config(
+                    &std::sync::Arc::new(rustls::RootCertStore::empty()),
+                    None,
+                )
+                .ok()
             }
         }
     }
@@ -549,8 +550,8 @@ pub fn run(start: ShardStart, ready: mpsc::Sender<Ready>) {
         // `listen` serves TLS when the config has certificates; `listen_plain` is plain.
         let tls = !start.cfg.server.tls.is_empty();
         let mut listeners = Vec::with_capacity(2);
-        for (addr, tls) in std::iter::once((start.listen, tls))
-            .chain(start.listen_plain.map(|a| (a, false)))
+        for (addr, tls) in
+            std::iter::once((start.listen, tls)).chain(start.listen_plain.map(|a| (a, false)))
         {
             match bind(addr) {
                 Ok(l) => listeners.push((l, tls)),

@@ -9,9 +9,9 @@
 //! - [`server_config`]: TLS 1.2 and 1.3, ALPN exactly `http/1.1`, one certificate per
 //!   `[[server.tls]]` entry chosen by SNI (exact name, then `*.parent`, else the first entry).
 //!   Resumption: rustls' in-memory session cache (256 sessions) plus stateless tickets
-//!   (`ring::Ticketer`, ChaCha20-Poly1305, keys rotated every 6 hours). Build it once and share
-//!   the `Arc` between shards: a client's next connection usually lands on another shard, and
-//!   one ticket key lets it resume there.
+//!   (`ring::Ticketer`, ChaCha20-Poly1305, keys rotated every 6 hours), one ticket key per
+//!   process shared by every config built (each shard builds its own): a client's next
+//!   connection usually lands on another shard, and the shared key lets it resume there.
 //! - [`client_config`]: one per upstream per shard, each with its own in-memory cache of 256
 //!   client sessions.
 //! - Certificates already expired (or not yet valid) when loaded are refused; the `_at`
@@ -93,9 +93,20 @@ pub fn server_config_at(
     config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
     // `session_storage` stays rustls' default: an in-memory cache of 256 sessions (TLS 1.2
     // session ids). Tickets make resumption stateless (TLS 1.3 and 1.2 tickets).
-    config.ticketer = rustls::crypto::ring::Ticketer::new()
-        .map_err(|e| format!("TLS server setup: session ticket key: {e}"))?;
+    config.ticketer = shared_ticketer()?;
     Ok(Arc::new(config))
+}
+
+/// The process's session-ticket key: every server config (each shard builds its own) shares
+/// it, so a ticket issued by one shard resumes on another (a client's next connection usually
+/// lands on another shard).
+fn shared_ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, String> {
+    static TICKETER: std::sync::OnceLock<Option<Arc<dyn rustls::server::ProducesTickets>>> =
+        std::sync::OnceLock::new();
+    TICKETER
+        .get_or_init(|| rustls::crypto::ring::Ticketer::new().ok())
+        .clone()
+        .ok_or_else(|| "TLS server setup: cannot make a session ticket key".to_owned())
 }
 
 /// Check one pair without building a config (for `check`): Ok(list of DNS names the

@@ -237,13 +237,13 @@ mod tests {
         p.retain_assigned();
         // `a` was forgotten and its slot 0 freed: coming back, `a` gets a free slot again, and
         // the table does not grow however often addresses come and go.
-        assert_eq!(p.assign(&[a.clone()]), vec![0]);
+        assert_eq!(p.assign(std::slice::from_ref(&a)), vec![0]);
         assert_ne!(p.id_of(0), id_a, "a reassigned slot has a new identity");
         p.retain_assigned();
         for _ in 0..10 {
-            assert!(p.assign(&[b.clone()])[0] < 3);
+            assert!(p.assign(std::slice::from_ref(&b))[0] < 3);
             p.retain_assigned();
-            assert!(p.assign(&[c.clone()])[0] < 3);
+            assert!(p.assign(std::slice::from_ref(&c))[0] < 3);
             p.retain_assigned();
         }
         assert!(p.slots.borrow().len() <= 3);

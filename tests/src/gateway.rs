@@ -414,8 +414,9 @@ mod tests {
         assert_eq!(a.port(), 40123);
         assert_eq!(n, 2);
         assert!(parse_listening("try: curl -s http://127.0.0.1:8080/").is_none());
-        let (a, _) = parse_listening("shardgate listening on https://127.0.0.1:443 (1 shard, config: x)")
-            .expect("https");
+        let (a, _) =
+            parse_listening("shardgate listening on https://127.0.0.1:443 (1 shard, config: x)")
+                .expect("https");
         assert_eq!(a.port(), 443);
     }
 }

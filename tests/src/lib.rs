@@ -19,6 +19,7 @@ mod client;
 mod config;
 mod ctl;
 mod gateway;
+pub mod python;
 #[cfg(test)]
 mod selftest;
 pub mod tls;

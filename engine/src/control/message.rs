@@ -68,7 +68,10 @@ pub fn encode(toml: &str, config: &Config) -> Result<Vec<u8>, String> {
     out.extend_from_slice(toml.as_bytes());
     let files = config.files();
     if files.len() > FILES_MAX {
-        return Err(format!("the config names {} files; at most {FILES_MAX}", files.len()));
+        return Err(format!(
+            "the config names {} files; at most {FILES_MAX}",
+            files.len()
+        ));
     }
     out.extend_from_slice(&u32::try_from(files.len()).unwrap_or(u32::MAX).to_le_bytes());
     for (path, bytes) in files {
