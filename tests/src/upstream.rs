@@ -104,6 +104,9 @@ pub struct TlsHandshake {
     pub alpn: Option<Vec<u8>>,
     /// `TLSv1_3`, `TLSv1_2`.
     pub version: String,
+    /// The client resumed an earlier session (a ticket or session id) instead of a full
+    /// handshake.
+    pub resumed: bool,
 }
 
 /// A stream the connection loop can serve: a plain socket or TLS over one.
@@ -229,6 +232,8 @@ impl MockUpstream {
                                 .protocol_version()
                                 .map(|v| format!("{v:?}"))
                                 .unwrap_or_default(),
+                            resumed: tls.conn.handshake_kind()
+                                == Some(rustls::HandshakeKind::Resumed),
                         });
                         serve(tls, conn, inner, &*handler);
                     }

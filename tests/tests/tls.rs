@@ -323,6 +323,41 @@ fn upstreams_over_tls_are_verified_pooled_and_refused_when_not_trusted() {
 }
 
 #[test]
+fn new_connections_to_a_tls_upstream_resume_the_session() {
+    let dir = TempDir::new("tls-resume");
+    let ca = TestCa::new("resume ca");
+    // The upstream closes after every answer: each request needs a new TLS connection.
+    let up = MockUpstream::start_tls(
+        &ca.leaf(&["localhost"]),
+        |_req: &Request, s: &mut shardgate_tests::TlsServerStream| {
+            shardgate_tests::write_response(s, 200, "application/json", ANSWER.as_bytes())?;
+            Ok(shardgate_tests::Action::Close)
+        },
+    );
+    let ca_file = ca.write_cert(dir.path(), "ca");
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncores = 1\nauth = \"none\"\n\
+         [[upstreams]]\nname = \"up\"\nendpoints = [\"https://localhost:{}\"]\nca_file = \"{}\"\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"up\"\n",
+        up.addr().port(),
+        ca_file.display(),
+    );
+    let gw = Gateway::start(&cfg);
+    let mut c = Client::connect(gw.addr());
+    for _ in 0..4 {
+        let r = c.get("/v1/models");
+        assert_eq!(r.status, 200, "{}", r.summary());
+    }
+    let hs = up.tls_handshakes();
+    assert_eq!(hs.len(), 4, "{hs:?}");
+    assert!(!hs[0].resumed, "the first handshake is a full one");
+    assert!(
+        hs[1..].iter().all(|h| h.resumed),
+        "later connections resume the shard's cached session: {hs:?}"
+    );
+}
+
+#[test]
 fn bad_certificate_files_are_refused_by_check_and_apply_naming_the_file() {
     let dir = TempDir::new("tls-bad-files");
     let ca = TestCa::new("files ca");
