@@ -33,7 +33,47 @@
 #                         core (steal time, /proc/stat) is marked "noisy" too
 #   QUIET_WAIT_S [120]    before each run, wait up to this long for the two cores to be quiet
 #   NOISY_RETRIES [2]     repeat a noisy run up to this many times (it stays in raw.tsv as noisy)
-# Output: OUT/raw.tsv (one line per run), OUT/summary.txt, OUT/env.txt, OUT/wrk/*, OUT/run/* (logs).
+#   SOCK_ERR_MAX_PCT [1]  a run whose wrk "Socket errors" (connect+read+write+timeout) exceed this %
+#                         of its completed requests is marked "sock_errors" and left out of the
+#                         medians; every run's error count is in raw.tsv and the summary's sock_err
+#
+# TLS and new connections:
+#   TLS [0]        1: wrk -> proxy is HTTPS (the upstream stays plain HTTP). At start the script
+#                  makes one self-signed certificate (openssl CLI: EC P-256 key, CN and SAN
+#                  "localhost", OUT/tls/cert.pem + key.pem) and every proxy serves it:
+#                  nginx: a copy of nginx-proxy.conf with `listen ... ssl`, ssl_certificate(_key),
+#                  ssl_protocols TLSv1.2 TLSv1.3, ssl_session_cache $NGINX_SSL_SESSION_CACHE,
+#                  ssl_session_tickets on (OUT/run/nginx-proxy-tls.conf); HAProxy: haproxy.cfg with
+#                  `bind ... ssl crt OUT/tls/haproxy.pem alpn http/1.1 ssl-min-ver TLSv1.2`
+#                  (OUT/run/haproxy-tls.cfg); shardgate (every variant): its config with a
+#                  [[server.tls]] entry appended (OUT/run/<variant>-tls.toml). The probe (curl)
+#                  checks the certificate (--cacert, name localhost); wrk's URL is https://.
+#                  The negotiated protocol, cipher, key exchange and signature of each proxy are
+#                  written to OUT/tls/negotiated.txt (openssl s_client, first round).
+#                  Keep-alive: each measured wrk run opens CONNS new connections, so CONNS full
+#                  handshakes fall inside the measurement (64 among ~10^5 requests).
+#   NEW_CONN [0]   1: every request on a new connection: wrk sends `Connection: close`, the proxy
+#                  answers `connection: close` (checked by the probe before each run; a proxy
+#                  that does not is not measured) and wrk reconnects after each answer, so with
+#                  TLS=1 every request pays a TLS handshake. Requests = those wrk completed.
+#                  Upstream connections stay pooled (keep-alive) in every proxy.
+#   TLS_RESUME [0] with TLS=1 NEW_CONN=1: 0 = every handshake is a full one (ECDHE + certificate
+#                  + ECDSA signature): wrk runs with bench/peers/tls-no-resume.c preloaded (built
+#                  with cc into OUT/tls/), which drops the session wrk would otherwise offer on
+#                  reconnect; 1 = wrk's own behaviour: it resumes its previous session (TLS 1.3
+#                  ticket, PSK + ECDHE: no certificate, no signature). Before the rounds, a 1 s
+#                  check against nginx with an access log of $ssl_session_reused and
+#                  $connection_requests counts requests per connection and resumed handshakes
+#                  (OUT/tls/handshake-check.txt).
+#   NGINX_SSL_SESSION_CACHE [none]  nginx's ssl_session_cache (none = nginx's default; e.g.
+#                  shared:SSL:10m). nginx's session tickets stay on (its default), as shardgate's.
+# What the CPU figure covers: utime+stime of the proxy's own processes only (nginx: master and
+# worker; HAProxy, shardgate: the process, all threads), so with TLS the handshakes, record
+# encryption and decryption are in it; kernel time in the proxy's syscalls and the softirq time
+# charged to it is in it too. wrk's and the upstream's CPU is not (upstream: raw.tsv column 10).
+#
+# Output: OUT/raw.tsv (one line per run), OUT/summary.txt, OUT/env.txt, OUT/wrk/*, OUT/run/* (logs),
+# OUT/tls/* (TLS=1: certificate, negotiated parameters, handshake check).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -56,6 +96,11 @@ QUIET_WAIT_S=${QUIET_WAIT_S:-120}
 STEAL_MAX_PCT=${STEAL_MAX_PCT:-5}
 NOISY_RETRIES=${NOISY_RETRIES:-2}
 LOAD_CPU=${LOAD_CPU:-1}
+SOCK_ERR_MAX_PCT=${SOCK_ERR_MAX_PCT:-1}
+TLS=${TLS:-0}
+NEW_CONN=${NEW_CONN:-0}
+TLS_RESUME=${TLS_RESUME:-0}
+NGINX_SSL_SESSION_CACHE=${NGINX_SSL_SESSION_CACHE:-none}
 OUT=${1:-${OUT:-/tmp/shardgate-proxy-cpu-$(date +%Y%m%d-%H%M%S)}}
 
 UPSTREAM_PORT=18080
@@ -71,6 +116,11 @@ log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 [[ $QUIET_WAIT_S =~ ^[0-9]+$ && $NOISY_RETRIES =~ ^[0-9]+$ ]] && (( NOISY_RETRIES <= 10 )) ||
     die "QUIET_WAIT_S must be a whole number, NOISY_RETRIES 0..10"
 [[ $CONNS =~ ^[0-9]+$ ]] && (( CONNS >= 1 )) || die "CONNS must be a positive integer"
+[[ $SOCK_ERR_MAX_PCT =~ ^[0-9]+$ ]] || die "SOCK_ERR_MAX_PCT must be a whole number"
+[[ $TLS == [01] && $NEW_CONN == [01] && $TLS_RESUME == [01] ]] || die "TLS, NEW_CONN and TLS_RESUME must be 0 or 1"
+[[ $NGINX_SSL_SESSION_CACHE =~ ^[A-Za-z0-9:_.]+$ ]] || die "NGINX_SSL_SESSION_CACHE: one nginx ssl_session_cache value (none, off, shared:SSL:10m, ...)"
+SCHEME=http; (( TLS )) && SCHEME=https
+NO_RESUME_SO=""   # TLS=1 NEW_CONN=1 TLS_RESUME=0: the wrk shim (built below)
 secs() { # "10s" / "10" / "1m" -> seconds
     local v=$1
     case $v in
@@ -86,9 +136,80 @@ command -v "$WRK_BIN" >/dev/null || die "wrk not found (apt-get install -y wrk)"
 command -v curl >/dev/null || die "curl not found"
 command -v taskset >/dev/null || die "taskset not found (util-linux)"
 command -v "$NGINX_BIN" >/dev/null || die "nginx not found; it is needed for the upstream (apt-get install -y nginx-light)"
+if (( TLS )); then
+    command -v openssl >/dev/null || die "TLS=1 needs the openssl CLI (apt-get install -y openssl)"
+    if (( NEW_CONN && !TLS_RESUME )); then
+        command -v cc >/dev/null || die "TLS=1 NEW_CONN=1 TLS_RESUME=0 needs cc to build bench/peers/tls-no-resume.c (or set TLS_RESUME=1)"
+    fi
+fi
 
 mkdir -p "$OUT/wrk" "$OUT/run"
 OUT=$(cd "$OUT" && pwd)
+
+# ---------------------------------------------------------------- TLS material and configs
+NGINX_CONF=$PEERS/nginx-proxy.conf
+HAPROXY_CONF=$PEERS/haproxy.cfg
+if (( TLS )); then
+    mkdir -p "$OUT/tls"
+    cat >"$OUT/tls/req.cnf" <<'EOF'
+[req]
+distinguished_name = dn
+x509_extensions = leaf
+prompt = no
+[dn]
+CN = localhost
+[leaf]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost
+EOF
+    # One EC P-256 key and self-signed leaf (not a CA: shardgate refuses a CA certificate as a
+    # server certificate), used by every proxy.
+    openssl req -x509 -config "$OUT/tls/req.cnf" -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout "$OUT/tls/key.pem" -out "$OUT/tls/cert.pem" -days 30 >"$OUT/tls/openssl.log" 2>&1 ||
+        { cat "$OUT/tls/openssl.log" >&2; die "openssl could not make the certificate"; }
+    cat "$OUT/tls/cert.pem" "$OUT/tls/key.pem" >"$OUT/tls/haproxy.pem"
+    chmod 600 "$OUT/tls/key.pem" "$OUT/tls/haproxy.pem"
+
+    # nginx: the plain config with the listener switched to TLS.
+    NGINX_CONF=$OUT/run/nginx-proxy-tls.conf
+    awk -v cert="$OUT/tls/cert.pem" -v key="$OUT/tls/key.pem" -v cache="$NGINX_SSL_SESSION_CACHE" '
+        /^[[:space:]]*listen 127\.0\.0\.1:18081 / && !done {
+            sub(/ backlog=/, " ssl backlog="); print
+            print "        ssl_certificate " cert ";"
+            print "        ssl_certificate_key " key ";"
+            print "        ssl_protocols TLSv1.2 TLSv1.3;"
+            print "        ssl_session_cache " cache ";"
+            print "        ssl_session_tickets on;"
+            done = 1; next }
+        { print }
+        END { if (!done) exit 1 }' "$PEERS/nginx-proxy.conf" >"$NGINX_CONF" ||
+        die "nginx-proxy.conf has no 'listen 127.0.0.1:18081 ...' line to switch to TLS"
+
+    # HAProxy: one PEM with the certificate and the key.
+    HAPROXY_CONF=$OUT/run/haproxy-tls.cfg
+    awk -v pem="$OUT/tls/haproxy.pem" '
+        /^[[:space:]]*bind 127\.0\.0\.1:18082[[:space:]]*$/ && !done {
+            sub(/[[:space:]]*$/, " ssl crt " pem " alpn http/1.1 ssl-min-ver TLSv1.2"); print; done = 1; next }
+        { print }
+        END { if (!done) exit 1 }' "$PEERS/haproxy.cfg" >"$HAPROXY_CONF" ||
+        die "haproxy.cfg has no 'bind 127.0.0.1:18082' line to switch to TLS"
+
+    if (( NEW_CONN && !TLS_RESUME )); then
+        NO_RESUME_SO=$OUT/tls/tls-no-resume.so
+        cc -O2 -shared -fPIC -o "$NO_RESUME_SO" "$PEERS/tls-no-resume.c" -ldl ||
+            die "could not build $PEERS/tls-no-resume.c"
+    fi
+fi
+
+sg_conf() { # config file for a shardgate variant -> the path to run it with (a TLS copy with TLS=1)
+    local src=$1 dst
+    (( TLS )) || { echo "$src"; return; }
+    dst=$OUT/run/$(basename "${src%.toml}")-tls.toml
+    { cat "$src"; printf '\n[[server.tls]]\ncert = "%s"\nkey = "%s"\n' "$OUT/tls/cert.pem" "$OUT/tls/key.pem"; } >"$dst"
+    echo "$dst"
+}
 
 # ---------------------------------------------------------------- process bookkeeping
 STARTED_PIDS=()
@@ -183,18 +304,35 @@ rss_kib() { # sum of VmRSS (kB) over the given pids
     echo "$total"
 }
 
-probe() { # POST the benchmark request once; prints the HTTP status, body to $2
-    curl -s -o "$2" -w '%{http_code}' --max-time 2 -X POST \
+probe() { # port body-file [proxy]: POST the benchmark request once; prints the HTTP status.
+    # With "proxy": over TLS when TLS=1 (the certificate checked, name localhost) and with
+    # `Connection: close` when NEW_CONN=1; the response head goes to body-file.head.
+    local url="http://127.0.0.1:$1$REQ_PATH" extra=()
+    if [[ ${3:-} == proxy ]]; then
+        if (( TLS )); then
+            url="https://localhost:$1$REQ_PATH"
+            extra+=(--cacert "$OUT/tls/cert.pem" --resolve "localhost:$1:127.0.0.1")
+        fi
+        (( NEW_CONN )) && extra+=(-H 'Connection: close')
+    fi
+    curl -s -o "$2" -D "$2.head" -w '%{http_code}' --max-time 2 -X POST "${extra[@]}" \
         -H 'Content-Type: application/json' -H 'Authorization: Bearer sk-demo' \
-        --data "$BODY" "http://127.0.0.1:$1$REQ_PATH" 2>/dev/null || true
+        --data "$BODY" "$url" 2>/dev/null || true
 }
 
-wait_ready() { # pid port log: up to 10 s for a 200 carrying the upstream's JSON
+wait_ready() { # pid port log [proxy]: up to 10 s for a 200 carrying the upstream's JSON
     local pid=$1 port=$2 i code
     for i in $(seq 1 100); do
         is_running "$pid" || { log "process exited early; last log lines:"; tail -n 20 "$3" >&2; return 1; }
-        code=$(probe "$port" "$OUT/run/probe.body")
+        code=$(probe "$port" "$OUT/run/probe.body" "${4:-}")
         if [[ $code == 200 ]] && grep -q '"chat.completion"' "$OUT/run/probe.body"; then
+            # NEW_CONN=1: the proxy must say it closes, or wrk would keep the connection.
+            if [[ ${4:-} == proxy ]] && (( NEW_CONN )) &&
+                    ! grep -qi '^connection:[[:space:]]*close' "$OUT/run/probe.body.head"; then
+                log "port $port answered a 'Connection: close' request without 'connection: close':"
+                cat "$OUT/run/probe.body.head" >&2
+                return 1
+            fi
             return 0
         fi
         sleep 0.1
@@ -202,6 +340,20 @@ wait_ready() { # pid port log: up to 10 s for a 200 carrying the upstream's JSON
     log "no 200 with the upstream body on port $port after 10 s (last status: ${code:-none}); last log lines:"
     tail -n 20 "$3" >&2
     return 1
+}
+
+negotiated() { # name port: what a TLS handshake with the proxy negotiates (openssl s_client)
+    local out
+    out=$(openssl s_client -connect "127.0.0.1:$2" -servername localhost -alpn http/1.1 \
+        -CAfile "$OUT/tls/cert.pem" </dev/null 2>&1 || true)
+    printf '%s: %s\n' "$1" "$(printf '%s\n' "$out" | awk '
+        /^New, / { sub(/^New, /, ""); p = $0 }
+        /^Peer signature type:/ { s = $NF }
+        /^Peer signing digest:/ { d = $NF }
+        /^Server Temp Key:/ { sub(/^Server Temp Key: /, ""); k = $0 }
+        /^ALPN protocol:/ { a = $NF }
+        /^Verify return code:/ { sub(/^Verify return code: /, ""); v = $0 }
+        END { printf "%s; key exchange %s; signature %s %s; ALPN %s; verify %s", p, k, s, d, a, v }')"
 }
 
 # ---------------------------------------------------------------- proxies
@@ -225,17 +377,17 @@ start_proxy() { # name logfile -> sets PROXY_PID (no subshell: the proxy stays o
         nginx)
             prefix=$OUT/run/nginx; rm -rf "$prefix"; mkdir -p "$prefix"
             taskset -c "$PROXY_CPU" "$NGINX_BIN" -p "$prefix/" -e "$prefix/error.log" \
-                -c "$PEERS/nginx-proxy.conf" >"$logf" 2>&1 &
+                -c "$NGINX_CONF" >"$logf" 2>&1 &
             ;;
         haproxy)
-            taskset -c "$PROXY_CPU" "$HAPROXY_BIN" -db -f "$PEERS/haproxy.cfg" >"$logf" 2>&1 &
+            taskset -c "$PROXY_CPU" "$HAPROXY_BIN" -db -f "$HAPROXY_CONF" >"$logf" 2>&1 &
             ;;
         shardgate)
-            taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" --config "$PEERS/shardgate.toml" >"$logf" 2>&1 &
+            taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" --config "$(sg_conf "$PEERS/shardgate.toml")" >"$logf" 2>&1 &
             ;;
         shardgate-epoll)
             SHARDGATE_DRIVER=epoll taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" \
-                --config "$PEERS/shardgate.toml" >"$logf" 2>&1 &
+                --config "$(sg_conf "$PEERS/shardgate.toml")" >"$logf" 2>&1 &
             ;;
         shardgate-log)
             # The access log goes to OUT/run/access.log (the config names a fixed path;
@@ -243,24 +395,24 @@ start_proxy() { # name logfile -> sets PROXY_PID (no subshell: the proxy stays o
             sed "s|@ACCESS_LOG@|$OUT/run/access.log|" "$PEERS/shardgate-log.toml" \
                 >"$OUT/run/shardgate-log.toml"
             rm -f "$OUT/run/access.log"
-            taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" --config "$OUT/run/shardgate-log.toml" \
+            taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" --config "$(sg_conf "$OUT/run/shardgate-log.toml")" \
                 >"$logf" 2>&1 &
             ;;
         shardgate-base)
-            taskset -c "$PROXY_CPU" "$SHARDGATE_BASE_BIN" --config "$PEERS/shardgate.toml" \
+            taskset -c "$PROXY_CPU" "$SHARDGATE_BASE_BIN" --config "$(sg_conf "$PEERS/shardgate.toml")" \
                 >"$logf" 2>&1 &
             ;;
         shardgate-tenant)
-            taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" --config "$PEERS/shardgate-tenant.toml" \
+            taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" --config "$(sg_conf "$PEERS/shardgate-tenant.toml")" \
                 >"$logf" 2>&1 &
             ;;
         shardgate-models)
-            taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" --config "$PEERS/shardgate-models.toml" \
+            taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" --config "$(sg_conf "$PEERS/shardgate-models.toml")" \
                 >"$logf" 2>&1 &
             ;;
         shardgate-translate)
             SG_BENCH_ANTHROPIC_KEY=sk-bench taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" \
-                --config "$PEERS/shardgate-translate.toml" >"$logf" 2>&1 &
+                --config "$(sg_conf "$PEERS/shardgate-translate.toml")" >"$logf" 2>&1 &
             ;;
     esac
     PROXY_PID=$!
@@ -277,13 +429,19 @@ proxy_version() {
 }
 
 # ---------------------------------------------------------------- wrk
+WRK_EXTRA=()                        # NEW_CONN=1: a new connection per request
+(( NEW_CONN )) && WRK_EXTRA+=(-H 'Connection: close')
+WRK_ENV=()                          # TLS_RESUME=0: no session resumption by wrk
+[[ -n $NO_RESUME_SO ]] && WRK_ENV+=("LD_PRELOAD=$NO_RESUME_SO")
+
 run_wrk() { # port duration_s outfile; in the background + wait, so a signal is handled at once
     local wpid rc=0
     (   # a subshell, so that `times` can report wrk's CPU (reaped by timeout, then by us)
         trap - EXIT INT TERM
         rc=0
-        timeout $(( $2 + 30 )) taskset -c "$LOAD_CPU" "$WRK_BIN" -t1 -c"$CONNS" -d"$2"s --latency \
-            -s "$PEERS/post.lua" "http://127.0.0.1:$1$REQ_PATH" >"$3" 2>&1 || rc=$?
+        timeout $(( $2 + 30 )) taskset -c "$LOAD_CPU" env "${WRK_ENV[@]}" "$WRK_BIN" -t1 -c"$CONNS" \
+            -d"$2"s --latency "${WRK_EXTRA[@]}" \
+            -s "$PEERS/post.lua" "$SCHEME://127.0.0.1:$1$REQ_PATH" >"$3" 2>&1 || rc=$?
         times >"$3.times"
         exit "$rc"
     ) &
@@ -324,10 +482,35 @@ for port in $UPSTREAM_PORT $(for p in "${selected[@]}"; do proxy_port "$p"; done
     port_busy "$port" && die "port $port on 127.0.0.1 is already in use; stop whatever holds it first"
 done
 
+mode_line() {
+    local m="keep-alive"
+    (( NEW_CONN )) && m="new connection per request (Connection: close)"
+    if (( TLS )); then
+        m="TLS, $m"
+        if (( NEW_CONN )); then
+            (( TLS_RESUME )) && m="$m, resumed handshakes (wrk reuses its session)" ||
+                m="$m, full handshakes (no resumption)"
+        fi
+    else
+        m="plain HTTP, $m"
+    fi
+    echo "$m"
+}
+
 {
     echo "date: $(date -Is)"
     echo "kernel: $(uname -r)  cpus: $(nproc)  CLK_TCK: $CLK_TCK"
     echo "rounds: $ROUNDS  duration: ${DUR_S}s  warmup: ${WARM_S}s  conns: $CONNS  proxy cpu: $PROXY_CPU  load cpu: $LOAD_CPU"
+    echo "mode: $(mode_line)"
+    if (( TLS )); then
+        echo "openssl: $(openssl version 2>&1)"
+        echo "certificate: $(openssl x509 -in "$OUT/tls/cert.pem" -noout -subject -ext subjectAltName 2>/dev/null | tr '\n' ' ')key $(openssl pkey -in "$OUT/tls/key.pem" -noout -text 2>/dev/null | awk '/ASN1 OID|NIST CURVE/ {printf "%s ", $NF}')"
+        echo "nginx TLS: ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache $NGINX_SSL_SESSION_CACHE; ssl_session_tickets on; other ssl_* at nginx defaults ($NGINX_CONF)"
+        echo "haproxy TLS: bind ... ssl crt $OUT/tls/haproxy.pem alpn http/1.1 ssl-min-ver TLSv1.2 ($HAPROXY_CONF)"
+    fi
+    if (( NEW_CONN )); then
+        echo "tcp: ip_local_port_range $(tr '\t' ' ' </proc/sys/net/ipv4/ip_local_port_range)  tcp_tw_reuse $(</proc/sys/net/ipv4/tcp_tw_reuse)"
+    fi
     echo "wrk: $("$WRK_BIN" --version 2>&1 | head -n1)"
     echo "upstream: $("$NGINX_BIN" -v 2>&1 | head -n1)"
     for p in "${selected[@]}"; do echo "$p: $(proxy_version "$p")"; done
@@ -359,12 +542,54 @@ STARTED_PIDS+=("$UP_PID")
 wait_ready "$UP_PID" "$UPSTREAM_PORT" "$UP_PREFIX/error.log" || die "upstream nginx did not start"
 log "upstream nginx up (pid $UP_PID, core $LOAD_CPU)"
 
+handshake_check() { # TLS=1 NEW_CONN=1: how wrk's connections look to nginx (1 s, not measured)
+    local conf=$OUT/run/nginx-handshake-check.conf prefix=$OUT/run/nginx-check pid port=18081 f
+    f=$OUT/tls/handshake-check.txt
+    port_busy "$port" && { log "handshake check skipped: port $port busy"; return 0; }
+    awk -v logf="$prefix/handshakes.log" '
+        /^[[:space:]]*access_log off;/ && !done {
+            print "    log_format hs \"$ssl_protocol $ssl_cipher $ssl_session_reused $connection_requests\";"
+            print "    access_log " logf " hs;"; done = 1; next }
+        { print }' "$NGINX_CONF" >"$conf"
+    rm -rf "$prefix"; mkdir -p "$prefix"
+    taskset -c "$PROXY_CPU" "$NGINX_BIN" -p "$prefix/" -e "$prefix/error.log" -c "$conf" \
+        >"$prefix/stdout.log" 2>&1 &
+    pid=$!
+    STARTED_PIDS+=("$pid")
+    if wait_ready "$pid" "$port" "$prefix/error.log" proxy; then
+        : >"$prefix/handshakes.log"
+        run_wrk "$port" 1 "$OUT/wrk/handshake-check.txt" || true
+    fi
+    stop_pid "$pid"; forget_pid "$pid"
+    awk -v mode="$(mode_line)" '
+        { n++; proto[$1 " " $2]++; if ($3 == "r") r++; if ($4 == 1) one++ }
+        END {
+            printf "handshake check (nginx, wrk 1 s, %s): %d requests, %d of them the first on their connection, %d on a resumed session (%.1f%%)\n", mode, n, one, r, n ? 100 * r / n : 0
+            for (k in proto) printf "  %s: %d\n", k, proto[k] }' "$prefix/handshakes.log" >"$f"
+    cat "$f" >&2
+    HS_REQ=$(awk '{n++} END {print n + 0}' "$prefix/handshakes.log")
+    HS_FIRST=$(awk '$4 == 1 {n++} END {print n + 0}' "$prefix/handshakes.log")
+    HS_RESUMED=$(awk '$3 == "r" {n++} END {print n + 0}' "$prefix/handshakes.log")
+    (( HS_REQ > 0 )) || die "handshake check: no request logged (see $prefix/error.log, $OUT/wrk/handshake-check.txt)"
+    (( HS_FIRST * 100 >= HS_REQ * 99 )) || die "handshake check: wrk did not make a new connection per request"
+    if (( TLS_RESUME )); then
+        (( HS_RESUMED * 100 >= HS_REQ * 90 )) || log "WARNING: TLS_RESUME=1 but only $HS_RESUMED of $HS_REQ handshakes were resumed"
+    else
+        (( HS_RESUMED * 100 <= HS_REQ )) || die "handshake check: TLS_RESUME=0 but $HS_RESUMED of $HS_REQ handshakes were resumed (the tls-no-resume shim did not work)"
+    fi
+    echo "handshake check: $(head -n1 "$f")" >>"$OUT/env.txt"
+}
+if (( TLS && NEW_CONN )); then
+    wait_quiet
+    handshake_check
+fi
+
 RAW=$OUT/raw.tsv
 printf 'round\tproxy\trequests\treq_per_s\tp50_ms\tp99_ms\tproxy_ticks\tcpu_us_per_req\tproxy_cpu_pct\tupstream_cpu_us_per_req\trss_kib\tnprocs\tnon2xx\tsock_errors\tsteal_ticks_proxy_cpu\tsteal_ticks_load_cpu\tforeign_cpu_pct\tstatus\n' >"$RAW"
 
 one_run() { # round proxy
     local r=$1 name=$2 port logf pid pids t0 t1 u0 u1 up_pids wout req rps p50 p99 non2xx sockerr
-    local rss cpu_us pct up_us s0p s0l s1p s1l b0 b1 wt foreign status=ok
+    local rss cpu_us pct up_us s0p s0l s1p s1l b0 b1 wt foreign status=ok tw_proxy=0 tw_wrk=0
     port=$(proxy_port "$name")
     logf=$OUT/run/$name.r$r.log
     if port_busy "$port"; then
@@ -375,11 +600,14 @@ one_run() { # round proxy
     start_proxy "$name" "$logf"
     pid=$PROXY_PID
     STARTED_PIDS+=("$pid")
-    if ! wait_ready "$pid" "$port" "$logf"; then
+    if ! wait_ready "$pid" "$port" "$logf" proxy; then
         [[ $name == nginx ]] && tail -n 5 "$OUT/run/nginx/error.log" >&2 2>/dev/null
         stop_pid "$pid"; forget_pid "$pid"
         printf '%s\t%s\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\tstart_failed\n' "$r" "$name" >>"$RAW"
         return 1
+    fi
+    if (( TLS )) && ! grep -q "^$name: " "$OUT/tls/negotiated.txt" 2>/dev/null; then
+        negotiated "$name" "$port" >>"$OUT/tls/negotiated.txt"
     fi
     run_wrk "$port" "$WARM_S" "$OUT/wrk/$name.r$r.warmup.txt" || true
 
@@ -402,12 +630,18 @@ one_run() { # round proxy
     p99=$(to_ms "$(awk '$1 == "99%" {print $2; exit}' "$wout")")
     non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF; exit}' "$wout"); non2xx=${non2xx:-0}
     sockerr=$(awk '/Socket errors:/ {gsub(/,/, ""); print $4 + $6 + $8 + $10; exit}' "$wout"); sockerr=${sockerr:-0}
+    if (( NEW_CONN )); then # who keeps the TIME_WAIT sockets (the side that closed first), ports left
+        tw_proxy=$(ss -Htan state time-wait "sport = :$port" 2>/dev/null | wc -l)
+        tw_wrk=$(ss -Htan state time-wait "dport = :$port" 2>/dev/null | wc -l)
+        printf '%s\t%s\t%s\t%s\n' "$r" "$name" "$tw_proxy" "$tw_wrk" >>"$OUT/time-wait.tsv"
+    fi
     if [[ $status == ok ]]; then
         if [[ -z $req || $req -eq 0 ]]; then status=no_requests
         elif (( non2xx > 0 )); then status=non2xx   # wrong answers are cheap: do not count the run
+        elif (( sockerr * 100 > req * SOCK_ERR_MAX_PCT )); then status=sock_errors
         fi
     fi
-    if [[ $status == ok || $status == non2xx ]]; then
+    if [[ $status == ok || $status == non2xx || $status == sock_errors ]]; then
         cpu_us=$(awk -v d=$(( t1 - t0 )) -v hz="$CLK_TCK" -v n="$req" 'BEGIN {printf "%.3f", d * 1e6 / hz / n}')
         pct=$(awk -v d=$(( t1 - t0 )) -v hz="$CLK_TCK" -v s="$DUR_S" 'BEGIN {printf "%.1f", 100 * d / hz / s}')
         up_us=$(awk -v d=$(( u1 - u0 )) -v hz="$CLK_TCK" -v n="$req" 'BEGIN {printf "%.3f", d * 1e6 / hz / n}')
@@ -427,7 +661,7 @@ one_run() { # round proxy
         "$r" "$name" "${req:-}" "${rps:-}" "$p50" "$p99" "$(( ${t1:-0} - ${t0:-0} ))" "${cpu_us:-}" "${pct:-}" \
         "${up_us:-}" "$rss" "${#pids[@]}" "$non2xx" "$sockerr" "$(( s1p - s0p ))" "$(( s1l - s0l ))" "${foreign:-}" "$status" >>"$RAW"
     LAST_STATUS=$status
-    log "round $r $name: ${req:-?} req, ${rps:-?} req/s, p50 ${p50} ms, p99 ${p99} ms, CPU ${cpu_us:-?} us/req (${pct:-?}% of core $PROXY_CPU), RSS ${rss} KiB, non-2xx $non2xx, socket errors $sockerr, other load ${foreign:-?}% [$status]"
+    log "round $r $name: ${req:-?} req, ${rps:-?} req/s, p50 ${p50} ms, p99 ${p99} ms, CPU ${cpu_us:-?} us/req (${pct:-?}% of core $PROXY_CPU), RSS ${rss} KiB, non-2xx $non2xx, socket errors $sockerr$( (( NEW_CONN )) && echo ", TIME_WAIT proxy side $tw_proxy / wrk side $tw_wrk"), other load ${foreign:-?}% [$status]"
     sleep 1
 }
 
@@ -465,8 +699,9 @@ nginx_cpu=nan
 {
     printf 'CPU per proxied request, medians over ok runs (proxy on core %s; upstream + wrk on core %s; %s conns, %ss per run)\n' \
         "$PROXY_CPU" "$LOAD_CPU" "$CONNS" "$DUR_S"
-    printf '%-10s %6s %10s %9s %9s %12s %15s %8s %9s %9s\n' \
-        proxy runs req/s p50_ms p99_ms cpu_us/req cpu_min..max proxy% rss_MiB vs_nginx
+    printf 'mode: %s\n' "$(mode_line)"
+    printf '%-10s %6s %10s %9s %9s %12s %15s %8s %9s %9s %9s\n' \
+        proxy runs req/s p50_ms p99_ms cpu_us/req cpu_min..max proxy% rss_MiB vs_nginx sock_err
     for p in "${selected[@]}"; do
         total=$(awk -F'\t' -v p="$p" 'NR > 1 && $2 == p' "$RAW" | wc -l)
         ok=$(col "$p" 8 | wc -l)
@@ -475,12 +710,16 @@ nginx_cpu=nan
         ratio=$(awk -v a="$cpu" -v b="$nginx_cpu" 'BEGIN { if (a == "nan" || b == "nan" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }')
         rss=$(col "$p" 11 | median)
         rss=$(awk -v k="$rss" 'BEGIN { if (k == "nan") print "nan"; else printf "%.1f", k / 1024 }')
-        printf '%-10s %6s %10.0f %9.3f %9.3f %12.2f %15s %8.1f %9s %9s\n' "$p" "$ok/$total" \
+        serr=$(awk -F'\t' -v p="$p" 'NR > 1 && $2 == p && $14 != "" {n += $14} END {print n + 0}' "$RAW")
+        printf '%-10s %6s %10.0f %9.3f %9.3f %12.2f %15s %8.1f %9s %9s %9s\n' "$p" "$ok/$total" \
             "$(col "$p" 4 | median)" "$(col "$p" 5 | median)" "$(col "$p" 6 | median)" \
-            "$cpu" "${lo:-nan}..${hi:-nan}" "$(col "$p" 9 | median)" "$rss" "$ratio"
+            "$cpu" "${lo:-nan}..${hi:-nan}" "$(col "$p" 9 | median)" "$rss" "$ratio" "$serr"
     done
     noisy=$(awk -F'\t' 'NR > 1 && $18 == "noisy"' "$RAW" | wc -l)
     (( noisy == 0 )) || printf 'NOTE: %s run(s) left out as noisy: other processes used > %s%% of a core, or steal took > %s%% of the proxy core, meanwhile (see foreign_cpu_pct, steal_ticks_proxy_cpu); rerun on a quiet machine, or FOREIGN_MAX_PCT=100 STEAL_MAX_PCT=100 to keep them\n' "$noisy" "$FOREIGN_MAX_PCT" "$STEAL_MAX_PCT"
+    serr_runs=$(awk -F'\t' 'NR > 1 && $18 == "sock_errors"' "$RAW" | wc -l)
+    (( serr_runs == 0 )) || printf 'NOTE: %s run(s) left out: wrk socket errors above %s%% of their requests (raw.tsv column 14, wrk/*.txt)\n' "$serr_runs" "$SOCK_ERR_MAX_PCT"
+    printf 'sock_err = wrk "Socket errors" (connect+read+write+timeout) summed over all the proxy'"'"'s runs\n'
     printf 'proxy%% = share of core %s the proxy used during the run (near 100 = the proxy was the bottleneck)\n' "$PROXY_CPU"
     printf 'raw per-run numbers (incl. upstream CPU/req and steal ticks): %s\n' "$RAW"
 } | tee "$OUT/summary.txt"

@@ -239,6 +239,7 @@ fn cores(c: Cores) -> String {
     match c {
         Cores::Auto => "auto".into(),
         Cores::Count(n) => n.to_string(),
+        Cores::Tuned => "tuned".into(),
     }
 }
 

@@ -22,6 +22,9 @@ pub struct Snapshot {
     pub draining: bool,
     /// The admin listener's port, when it has one.
     pub admin_port: Option<u64>,
+    /// The tuning file the engine took its shard count and cores from, and when
+    /// `shardgate-tune` wrote it (unix seconds).
+    pub tuning: Option<(String, u64)>,
     pub ring_head: u64,
     pub shards: Vec<ShardView>,
 }
@@ -38,6 +41,10 @@ impl Snapshot {
             now_unix_ms: unix_ms(),
             draining: h.draining.load(Ordering::Relaxed) == 1,
             admin_port: (admin_port != 0).then_some(admin_port),
+            tuning: {
+                let path = shardgate_engine::control::shm::load_text(&h.tuning_path, &h.tuning_len);
+                (!path.is_empty()).then(|| (path, h.tuning_created_unix.load(Ordering::Relaxed)))
+            },
             ring_head: region.ring().head(),
             shards: stats::read(region).shards,
         }
@@ -72,6 +79,13 @@ impl Snapshot {
         );
         if let Some(port) = self.admin_port {
             field("admin", format!("port {port}"));
+        }
+        if let Some((path, created)) = &self.tuning {
+            let age = (self.now_unix_ms / 1000).saturating_sub(*created);
+            field(
+                "tuning",
+                format!("{path} (written {} ago)", table::uptime(age * 1000)),
+            );
         }
         field(
             "config",
@@ -154,6 +168,7 @@ impl Snapshot {
             "uptime_ms": self.uptime_ms(),
             "draining": self.draining,
             "admin_port": self.admin_port,
+            "tuning": self.tuning.as_ref().map(|(path, created)| json!({"path": path, "created_unix": created})),
             "config_version": { "min": lo, "max": hi },
             "ring_head": self.ring_head,
             "shards": shards,
@@ -220,9 +235,25 @@ mod tests {
             now_unix_ms: 1_000 + 3_725_000,
             draining: false,
             admin_port: Some(9901),
+            tuning: None,
             ring_head: 12,
             shards: vec![a, b],
         }
+    }
+
+    #[test]
+    fn the_tuning_file_in_use_is_shown() {
+        let mut s = snapshot();
+        s.tuning = Some(("/etc/shardgate/tuning.toml".into(), 126));
+        assert!(
+            s.text()
+                .contains("tuning     /etc/shardgate/tuning.toml (written 1h0m0s ago)\n"),
+            "{}",
+            s.text()
+        );
+        assert_eq!(s.json()["tuning"]["path"], "/etc/shardgate/tuning.toml");
+        assert_eq!(s.json()["tuning"]["created_unix"], 126);
+        assert_eq!(snapshot().json()["tuning"], Value::Null);
     }
 
     #[test]

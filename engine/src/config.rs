@@ -166,6 +166,8 @@ pub enum Cores {
     /// One per CPU this process may run on.
     Auto,
     Count(usize),
+    /// As the tuning file says (`shardgate-tune`; `--tuning FILE`, default `./tuning.toml`).
+    Tuned,
 }
 
 /// Which monoio driver the shards use.
@@ -699,10 +701,11 @@ impl Validator<'_> {
         let cores = match raw.cores {
             None => Cores::Auto,
             Some(RawCores::Word(w)) if w == "auto" => Cores::Auto,
+            Some(RawCores::Word(w)) if w == "tuned" => Cores::Tuned,
             Some(RawCores::Word(w)) => {
                 self.error(
                     "server.cores",
-                    format!("must be a number or \"auto\", got {w:?}"),
+                    format!("must be a number, \"auto\" or \"tuned\", got {w:?}"),
                 );
                 Cores::Auto
             }

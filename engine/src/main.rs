@@ -40,6 +40,10 @@ struct Cli {
     /// Admin listener address (`/metrics`, health), or `off`; overrides `[server] admin_listen`.
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
+    /// Tuning file written by `shardgate-tune`: its shard count, cores and driver are used
+    /// (as with `[server] cores = "tuned"`, which reads `./tuning.toml` without this flag).
+    #[arg(long, value_name = "FILE")]
+    tuning: Option<PathBuf>,
 }
 
 impl Cli {
@@ -119,7 +123,26 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     config.apply_overrides(&overrides);
-    match run(config, &text, &source, overrides) {
+    // `cores = "tuned"` or --tuning: the shard count, cores and driver from the tuning file.
+    let tuning = if cli.tuning.is_some() || config.server.cores == Cores::Tuned {
+        let path = cli
+            .tuning
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(shardgate_engine::tuning::TUNING_FILE_DEFAULT));
+        let read = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read: {e} (run shardgate-tune to write it)"))
+            .and_then(|t| shardgate_engine::tuning::parse(&t));
+        match read {
+            Ok(t) => Some((path, t)),
+            Err(e) => {
+                eprintln!("shardgate: tuning file {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    match run(config, &text, &source, overrides, tuning) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("shardgate: {e}");
@@ -134,16 +157,48 @@ const DEMO_KEY: &str = "sk-demo";
 /// The version the bootstrap config gets on the ring; `shardgate-ctl apply` numbers on from it.
 const BOOTSTRAP_VERSION: u64 = 1;
 
-fn run(config: Config, text: &str, source: &str, overrides: Overrides) -> Result<(), String> {
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let shards = match config.server.cores {
-        Cores::Count(n) => n,
-        Cores::Auto => cores.len().max(1),
+fn run(
+    config: Config,
+    text: &str,
+    source: &str,
+    overrides: Overrides,
+    tuning: Option<(PathBuf, shardgate_engine::tuning::Tuning)>,
+) -> Result<(), String> {
+    let mut cores = core_affinity::get_core_ids().unwrap_or_default();
+    let shards = match (&tuning, config.server.cores) {
+        (Some((path, t)), _) => {
+            // Pin to the tuned cores, in order; each must be one this process may use.
+            let allowed = cores.clone();
+            cores = t
+                .cores
+                .iter()
+                .map(|&id| {
+                    allowed.iter().copied().find(|c| c.id == id).ok_or_else(|| {
+                        format!(
+                            "tuning file {}: core {id} is not available to this process",
+                            path.display()
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            t.shards
+        }
+        (None, Cores::Count(n)) => n,
+        (None, Cores::Auto | Cores::Tuned) => cores.len().max(1),
     };
     let driver = match std::env::var("SHARDGATE_DRIVER") {
         Ok(v) => DriverChoice::parse(&v)
             .ok_or_else(|| format!("SHARDGATE_DRIVER={v:?}: must be auto, io_uring or epoll"))?,
-        Err(_) => config.server.driver,
+        // A tuning file that found io_uring blocked means epoll; otherwise "auto" (which
+        // prefers io_uring and still falls back). A driver named in the config wins.
+        Err(_) => match (&tuning, config.server.driver) {
+            (Some((_, t)), DriverChoice::Auto)
+                if t.driver_choice() == Some(DriverChoice::Epoll) =>
+            {
+                DriverChoice::Epoll
+            }
+            (_, d) => d,
+        },
     };
     // Port 0: pick one free port now, so every shard's SO_REUSEPORT socket shares it. The
     // picking socket stays bound (never listening, so it takes no connections) for the
@@ -174,6 +229,17 @@ fn run(config: Config, text: &str, source: &str, overrides: Overrides) -> Result
     let region = Region::create(&instance, shards, unix_ms())?;
     let region: &'static Region = Box::leak(Box::new(region));
     let _remove_region = RemoveOnDrop(region.path().map(Path::to_path_buf));
+    if let Some((path, t)) = &tuning {
+        let h = region.header();
+        let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        shardgate_engine::control::shm::store_text(
+            &h.tuning_path,
+            &h.tuning_len,
+            shown.display().to_string().as_bytes(),
+        );
+        h.tuning_created_unix
+            .store(t.created_unix, Ordering::Relaxed);
+    }
     publish_config(region, BOOTSTRAP_VERSION, text, &config)?;
 
     let shutdown = Arc::new(AtomicBool::new(false));

@@ -31,7 +31,9 @@ use crate::limits::{
 
 /// `SHRDGT` + layout version: a ctl of another version refuses the region instead of
 /// misreading it.
-pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x04");
+pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x05");
+/// Longest tuning-file path kept in the header, bytes.
+pub const TUNING_PATH_BYTES: usize = 256;
 
 /// One 128-byte line (two on CPUs that prefetch pairs), so writers of different lines never
 /// share one.
@@ -52,6 +54,11 @@ pub struct Header {
     pub draining: AtomicU64,
     /// Port of the admin listener (0: none).
     pub admin_port: AtomicU64,
+    /// The tuning file the shard count and cores came from (`cores = "tuned"`): its path
+    /// (UTF-8, `tuning_len` bytes; 0: none) and when `shardgate-tune` wrote it.
+    pub tuning_len: AtomicU64,
+    pub tuning_path: [AtomicU64; TUNING_PATH_BYTES / 8],
+    pub tuning_created_unix: AtomicU64,
 }
 
 #[repr(C)]
