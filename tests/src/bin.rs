@@ -10,8 +10,9 @@
 //! release build, or a binary under test on another machine).
 //!
 //! [`bench_bin`] does the same for `shardgate-bench` (package `shardgate-bench`), with
-//! `SHARDGATE_BENCH_BIN` as its override, and [`ctl_bin`] for `shardgate-ctl`
-//! (`SHARDGATE_CTL_BIN`).
+//! `SHARDGATE_BENCH_BIN` as its override, [`ctl_bin`] for `shardgate-ctl`
+//! (`SHARDGATE_CTL_BIN`), and [`shardgate_tune_bin`] for `shardgate-tune`
+//! (`SHARDGATE_TUNE_BIN`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,6 +36,13 @@ pub fn bench_bin() -> PathBuf {
 pub fn ctl_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| locate("SHARDGATE_CTL_BIN", "shardgate-ctl", "shardgate-ctl"))
+        .clone()
+}
+
+/// Path of the `shardgate-tune` binary, built on first use (`SHARDGATE_TUNE_BIN` overrides).
+pub fn shardgate_tune_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| locate("SHARDGATE_TUNE_BIN", "shardgate-tune", "shardgate-tune"))
         .clone()
 }
 

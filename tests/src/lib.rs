@@ -2,7 +2,8 @@
 //! scriptable std-only mock upstream behind it, and talk to it with a raw-bytes HTTP/1.1 client.
 //!
 //! - [`shardgate_bin`] builds the engine's binaries once per test process and returns the path;
-//!   [`bench_bin`] does the same for `shardgate-bench`.
+//!   [`bench_bin`] does the same for `shardgate-bench`, [`ctl_bin`] for `shardgate-ctl` and
+//!   [`shardgate_tune_bin`] for `shardgate-tune`.
 //! - [`Gateway`] starts `shardgate --config FILE` and waits for its start-up line.
 //! - [`MockUpstream`] is a thread-per-connection HTTP/1.1 server whose handler writes raw bytes.
 //! - [`BenchUpstream`] runs `shardgate-bench upstream`, the mock OpenAI-compatible upstream.
@@ -28,7 +29,7 @@ mod upstream;
 use std::time::{Duration, Instant};
 
 pub use bench_upstream::BenchUpstream;
-pub use bin::{bench_bin, ctl_bin, shardgate_bin};
+pub use bin::{bench_bin, ctl_bin, shardgate_bin, shardgate_tune_bin};
 pub use client::{dechunk, split_head, Client, Closed, Response};
 pub use config::{free_port, ConfigBuilder, Driver, DRIVERS};
 pub use ctl::{ctl_status, run_ctl, spawn_ctl, CtlOutput};
