@@ -77,5 +77,4 @@ pub mod stream;
 pub mod template;
 pub mod tenant;
 pub mod tls;
-pub mod tuning;
 pub mod upstream;

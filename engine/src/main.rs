@@ -128,10 +128,10 @@ fn main() -> ExitCode {
         let path = cli
             .tuning
             .clone()
-            .unwrap_or_else(|| PathBuf::from(shardgate_engine::tuning::TUNING_FILE_DEFAULT));
+            .unwrap_or_else(|| PathBuf::from(TUNING_FILE_DEFAULT));
         let read = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read: {e} (run shardgate-tune to write it)"))
-            .and_then(|t| shardgate_engine::tuning::parse(&t));
+            .and_then(|t| shardgate_tune::parse(&t));
         match read {
             Ok(t) => Some((path, t)),
             Err(e) => {
@@ -151,6 +151,10 @@ fn main() -> ExitCode {
     }
 }
 
+/// The tuning file read for `cores = "tuned"` without `--tuning`, relative to the working
+/// directory.
+const TUNING_FILE_DEFAULT: &str = "tuning.toml";
+
 /// The embedded default's demo key, printed at start whenever a tenant holds it.
 const DEMO_KEY: &str = "sk-demo";
 
@@ -162,7 +166,7 @@ fn run(
     text: &str,
     source: &str,
     overrides: Overrides,
-    tuning: Option<(PathBuf, shardgate_engine::tuning::Tuning)>,
+    tuning: Option<(PathBuf, shardgate_tune::Tuning)>,
 ) -> Result<(), String> {
     let mut cores = core_affinity::get_core_ids().unwrap_or_default();
     let shards = match (&tuning, config.server.cores) {
@@ -192,9 +196,7 @@ fn run(
         // A tuning file that found io_uring blocked means epoll; otherwise "auto" (which
         // prefers io_uring and still falls back). A driver named in the config wins.
         Err(_) => match (&tuning, config.server.driver) {
-            (Some((_, t)), DriverChoice::Auto)
-                if t.driver_choice() == Some(DriverChoice::Epoll) =>
-            {
+            (Some((_, t)), DriverChoice::Auto) if t.driver == shardgate_tune::Driver::Epoll => {
                 DriverChoice::Epoll
             }
             (_, d) => d,

@@ -131,6 +131,43 @@ fn quick_sweep_writes_a_tuning_file_and_a_chart() {
     assert_eq!(svg.matches("class=\"recommended\"").count(), 2, "{svg}");
     assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
 
+    // The engine reads the file back (`cores = "tuned"`, `--tuning FILE`): the tuned shard
+    // count on the tuned cores, and `shardgate-ctl status` names the file.
+    let up = shardgate_tests::MockUpstream::start(shardgate_tests::echo());
+    let cfg = shardgate_tests::ConfigBuilder::new(up.addr())
+        .build()
+        .replace("cores = 1", "cores = \"tuned\"");
+    assert!(cfg.contains("cores = \"tuned\""), "{cfg}");
+    let gw = shardgate_tests::Gateway::start_with_args(
+        &cfg,
+        &[],
+        &["--tuning", toml_path.to_str().expect("utf-8 path")],
+    );
+    assert_eq!(
+        gw.shards(),
+        t.shards,
+        "the engine runs the tuned shard count"
+    );
+    let status = shardgate_tests::ctl_status(gw.instance());
+    let shown = status["tuning"]["path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(shown.ends_with("tuning.toml"), "{status}");
+    assert_eq!(
+        status["tuning"]["created_unix"].as_u64(),
+        Some(t.created_unix)
+    );
+    let cores: Vec<u64> = status["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .filter_map(|s| s["core"].as_u64())
+        .collect();
+    let want: Vec<u64> = t.cores.iter().map(|&c| c as u64).collect();
+    assert_eq!(cores, want, "shards pinned to the tuned cores: {status}");
+    drop(gw);
+
     // Progress went to stderr (a line per point: stderr is not a terminal here), not stdout.
     assert!(
         stderr.contains("shardgate-tune: [") && stderr.contains("round 1/2"),
