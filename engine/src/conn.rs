@@ -459,9 +459,11 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
         let had_bytes = !buf.is_empty();
         let (res, buf) = if !had_bytes {
             // Waiting for the first byte: the idle timeout (header timeout for a new
-            // connection), and draining closes the connection at once.
+            // connection), and draining closes the connection at once: gracefully (FIN, then
+            // what the client still sends is read and dropped), so a request racing the close
+            // meets a clean end of stream, never a reset.
             if ctx.drain.is_fired() {
-                return Next::Close;
+                return Next::CloseLinger;
             }
             let wait = if first {
                 snap.cfg.server.header_timeout
@@ -470,7 +472,7 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
             };
             monoio::select! {
                 r = read_more(&mut c.stream, buf, Instant::now() + wait) => r,
-                _ = ctx.drain.wait() => return Next::Close,
+                _ = ctx.drain.wait() => return Next::CloseLinger,
             }
         } else {
             let deadline = *head_deadline

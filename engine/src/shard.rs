@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use monoio::net::{ListenerOpts, TcpListener};
+use monoio::net::TcpListener;
 
 use crate::accesslog::ShardLog;
 use crate::admit::{Locals, TenantLimits};
@@ -554,7 +554,7 @@ pub fn run(start: ShardStart, ready: mpsc::Sender<Ready>) {
             std::iter::once((start.listen, tls)).chain(start.listen_plain.map(|a| (a, false)))
         {
             match bind(addr) {
-                Ok(l) => listeners.push((l, tls)),
+                Ok((l, spare)) => listeners.push((l, spare, tls)),
                 Err(e) => {
                     report(Err(format!("cannot listen on {addr}: {e}")));
                     return;
@@ -583,21 +583,49 @@ pub fn run(start: ShardStart, ready: mpsc::Sender<Ready>) {
     }
 }
 
-fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
+/// Bind a listener: the runtime's, and a second handle on the same socket (non-blocking) that
+/// empties its accept queue when draining.
+fn bind(listen: SocketAddr) -> std::io::Result<(TcpListener, std::net::TcpListener)> {
+    use socket2::{Domain, Socket, Type};
     // SO_REUSEPORT: every shard binds its own socket on the same port; the kernel spreads
     // connections across them, so no shard ever hands a connection to another.
-    let opts = ListenerOpts::new()
-        .reuse_port(true)
-        .reuse_addr(true)
-        .backlog(LISTEN_BACKLOG);
-    TcpListener::bind_with_config(listen, &opts)
+    let socket = Socket::new(Domain::for_address(listen), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&listen.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    let listener: std::net::TcpListener = socket.into();
+    let spare = listener.try_clone()?;
+    Ok((TcpListener::from_std(listener)?, spare))
+}
+
+/// When draining, before a listener closes: take every connection already in its accept queue
+/// (the kernel completed their handshakes; closing the listener would reset them) and let each
+/// end gracefully (an idle connection of a draining shard is closed with a FIN, what the client
+/// sent read and dropped).
+fn accept_backlog(ctx: &Rc<ShardCtx>, spare: &std::net::TcpListener, tls: bool) {
+    while let Ok((stream, peer)) = spare.accept() {
+        let Ok(stream) = stream
+            .set_nonblocking(true)
+            .and_then(|()| monoio::net::TcpStream::from_std(stream))
+        else {
+            continue;
+        };
+        ctx.connection_opened();
+        let ctx = ctx.clone();
+        monoio::spawn(async move {
+            crate::conn::serve(&ctx, stream, peer, tls).await;
+            ctx.connection_closed();
+        });
+    }
 }
 
 /// Accept until shutdown, then drain: no new connections, in-flight requests finish for at
 /// most `drain_timeout`, idle keep-alive connections close at once.
 async fn serve(
     ctx: Rc<ShardCtx>,
-    listeners: Vec<(TcpListener, bool)>,
+    listeners: Vec<(TcpListener, std::net::TcpListener, bool)>,
     kind: DriverKind,
     shutdown: Arc<AtomicBool>,
 ) {
@@ -647,18 +675,21 @@ async fn serve(
     };
     let listeners: Vec<_> = listeners
         .into_iter()
-        .map(|(l, tls)| (Rc::new(l), tls))
+        .map(|(l, spare, tls)| (Rc::new(l), spare, tls))
         .collect();
     let loops: Vec<_> = listeners
         .iter()
-        .flat_map(|(l, tls)| {
+        .flat_map(|(l, _, tls)| {
             (0..accept_loops).map(|_| monoio::spawn(accept_loop(ctx.clone(), l.clone(), *tls)))
         })
         .collect();
     for l in loops {
         l.await;
     }
-    // Every accept loop has ended: this closes the listening sockets.
+    // Every accept loop has ended: empty the accept queues, then close the listening sockets.
+    for (_, spare, tls) in &listeners {
+        accept_backlog(&ctx, spare, *tls);
+    }
     drop(listeners);
     let deadline = Instant::now() + ctx.snapshot().cfg.server.drain_timeout;
     while ctx.open_connections() > 0 && Instant::now() < deadline {
