@@ -44,6 +44,9 @@ pub struct Request {
     pub chunked: bool,
     /// Which accepted connection (0-based, in accept order) carried it.
     pub conn: usize,
+    /// The trailer section's lines of a chunked body (between the last chunk and the empty
+    /// line), as sent.
+    pub trailers: Vec<String>,
 }
 
 impl Request {
@@ -501,11 +504,12 @@ fn read_request(
         body: Vec::new(),
         chunked: false,
         conn,
+        trailers: Vec::new(),
     };
     let te = req.header("transfer-encoding").map(str::to_ascii_lowercase);
     if te.as_deref().is_some_and(|t| t.contains("chunked")) {
         req.chunked = true;
-        req.body = read_chunked(stream, buf)?;
+        req.body = read_chunked(stream, buf, &mut req.trailers)?;
     } else if let Some(cl) = req.header("content-length") {
         let n: usize = cl
             .parse()
@@ -536,7 +540,11 @@ fn read_line(stream: &mut impl Read, buf: &mut Vec<u8>) -> Result<String, ReadEr
     }
 }
 
-fn read_chunked(stream: &mut impl Read, buf: &mut Vec<u8>) -> Result<Vec<u8>, ReadErr> {
+fn read_chunked(
+    stream: &mut impl Read,
+    buf: &mut Vec<u8>,
+    trailers: &mut Vec<String>,
+) -> Result<Vec<u8>, ReadErr> {
     let mut body = Vec::new();
     loop {
         let line = read_line(stream, buf)?;
@@ -545,8 +553,13 @@ fn read_chunked(stream: &mut impl Read, buf: &mut Vec<u8>) -> Result<Vec<u8>, Re
             .map_err(|_| ReadErr::Bad(format!("chunk size {line:?}")))?;
         if size == 0 {
             // Trailers until the empty line.
-            while !read_line(stream, buf)?.is_empty() {}
-            return Ok(body);
+            loop {
+                let line = read_line(stream, buf)?;
+                if line.is_empty() {
+                    return Ok(body);
+                }
+                trailers.push(line);
+            }
         }
         while buf.len() < size + 2 {
             if !fill(stream, buf) {

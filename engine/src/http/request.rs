@@ -141,6 +141,10 @@ pub fn parse<'h, 'b>(
                 return Err(Error::ExpectationFailed);
             }
             expect_continue = true;
+        } else if is_disguised_framing_name(name) {
+            return Err(Error::BadFraming(
+                "a framing header name spelt with '_' (Content_Length, Transfer_Encoding)",
+            ));
         }
     }
     let body = match (content_length, chunked) {
@@ -186,6 +190,26 @@ pub fn parse<'h, 'b>(
         conn_tokens,
         conn_tokens_len,
     }))
+}
+
+/// `Content_Length` or `Transfer_Encoding` (any case, any mix of `_` and `-`, at least one
+/// `_`): not a framing field to us, but servers that map header names to variables (CGI, WSGI,
+/// some frameworks) read `_` as `-`, so forwarding it would let the upstream frame the body
+/// differently from us. Refused, as nginx drops such names by default.
+fn is_disguised_framing_name(name: &[u8]) -> bool {
+    const FRAMING: [&[u8]; 2] = [b"content-length", b"transfer-encoding"];
+    name.contains(&b'_')
+        && FRAMING.iter().any(|f| {
+            f.len() == name.len()
+                && f.iter().zip(name).all(|(f, n)| {
+                    let n = if *n == b'_' {
+                        b'-'
+                    } else {
+                        n.to_ascii_lowercase()
+                    };
+                    *f == n
+                })
+        })
 }
 
 fn map_parse_error(e: httparse::Error) -> Error {
@@ -479,6 +503,12 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n",
             b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            // Framing names disguised with '_', alone or beside the real one.
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent_Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\ncontent_length: 0\r\nContent-Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTRANSFER_ENCODING: chunked\r\nContent-Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent_Length_: 3\r\nContent_Length: 3\r\n\r\n",
         ];
         for raw in cases {
             let r = parse_one(raw);
@@ -488,6 +518,25 @@ mod tests {
                 String::from_utf8_lossy(raw)
             );
         }
+    }
+
+    #[test]
+    fn underscored_names_other_than_framing_pass() {
+        for raw in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nX_Api_Key: k\r\nContent-Length: 0\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent_Length_x: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent_Type: text/plain\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_one(raw), Ok(Some(_))),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        assert!(is_disguised_framing_name(b"Transfer_encoding"));
+        assert!(is_disguised_framing_name(b"content_length"));
+        assert!(!is_disguised_framing_name(b"content-length"));
+        assert!(!is_disguised_framing_name(b"content_lengths"));
     }
 
     #[test]

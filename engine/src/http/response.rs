@@ -122,7 +122,13 @@ pub fn parse<'h, 'b>(
     } else {
         RespBody::UntilClose
     };
+    // A 204 may carry neither framing field (RFC 9110 §8.6, RFC 9112 §6.1): one that announces
+    // a body anyway may send it after the head, where it would be read as the answer to the
+    // next request on this connection. Relay the 204, never reuse the connection.
+    let announces_body_it_may_not_have =
+        status == 204 && (chunked || content_length.is_some_and(|n| n > 0));
     let upstream_keep_alive = body != RespBody::UntilClose
+        && !announces_body_it_may_not_have
         && if version == 1 {
             !close
         } else {
@@ -274,6 +280,41 @@ mod tests {
         );
         assert!(!h.expect("ok").expect("complete").upstream_keep_alive);
         assert_eq!(head(b"HTTP/1.1 200 OK\r\nContent-Le", false), Ok(None));
+    }
+
+    #[test]
+    fn a_204_announcing_a_body_is_relayed_but_its_connection_not_reused() {
+        for raw in [
+            &b"HTTP/1.1 204 No Content\r\nContent-Length: 8\r\n\r\n"[..],
+            b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 8\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            let h = head(raw, false).expect("ok").expect("complete");
+            assert_eq!(h.body, RespBody::None, "{:?}", String::from_utf8_lossy(raw));
+            assert!(!h.upstream_keep_alive, "{:?}", String::from_utf8_lossy(raw));
+        }
+        // Nothing announced (or a zero length): reusable.
+        for raw in [
+            &b"HTTP/1.1 204 No Content\r\n\r\n"[..],
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            let h = head(raw, false).expect("ok").expect("complete");
+            assert!(h.upstream_keep_alive, "{:?}", String::from_utf8_lossy(raw));
+        }
+        // A 304's Content-Length describes the representation, and a HEAD answer's the body it
+        // would have had: both legitimate, both reusable.
+        let h = head(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 8\r\n\r\n",
+            false,
+        )
+        .expect("ok")
+        .expect("complete");
+        assert!(h.upstream_keep_alive);
+        let h = head(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n", true)
+            .expect("ok")
+            .expect("complete");
+        assert_eq!(h.body, RespBody::None);
+        assert!(h.upstream_keep_alive);
     }
 
     #[test]
