@@ -28,6 +28,52 @@ pub struct UpConn {
     /// connections made for it (same address, same TLS name), even after a config change.
     pub pool_id: u64,
     idle_since: Instant,
+    /// A second handle on the same socket (non-blocking), to look at an idle pooled connection
+    /// without reading from it: bytes that arrived after a complete answer mean the upstream is
+    /// out of step, and the connection must not carry another request.
+    watch: std::net::TcpStream,
+}
+
+impl UpConn {
+    /// Whether nothing arrived on this idle connection since its last answer (no stray bytes,
+    /// no close): safe to send the next request on.
+    pub fn is_quiet(&self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.watch.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// `connect` on a non-blocking socket that has not finished connecting (Linux's EINPROGRESS).
+const EINPROGRESS: i32 = 115;
+
+/// Open a TCP connection to `addr`: a non-blocking socket (a second handle kept to watch it
+/// while idle in a pool), connected by the runtime within `timeout`.
+async fn connect_tcp(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> io::Result<(TcpStream, std::net::TcpStream)> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    // Small requests and SSE events must not wait for Nagle.
+    socket.set_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let socket: std::net::TcpStream = socket.into();
+    let watch = socket.try_clone()?;
+    let stream = TcpStream::from_std(socket)?;
+    match monoio::time::timeout(timeout, stream.writable(false)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_elapsed) => return Err(io::Error::from(io::ErrorKind::TimedOut)),
+    }
+    if let Some(e) = watch.take_error()? {
+        return Err(e);
+    }
+    Ok((stream, watch))
 }
 
 /// What a TLS connection to an endpoint needs: the upstream's client config (its trust store,
@@ -43,14 +89,11 @@ pub async fn connect(
     pool_id: u64,
 ) -> Result<UpConn, Error> {
     let deadline = Instant::now() + timeout;
-    let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => return Err(Error::UpstreamTimeout),
-        Ok(Err(_)) => return Err(Error::UpstreamUnavailable),
-        Err(_elapsed) => return Err(Error::UpstreamTimeout),
+    let (stream, watch) = match connect_tcp(addr, timeout).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(Error::UpstreamTimeout),
+        Err(_) => return Err(Error::UpstreamUnavailable),
     };
-    // Small requests and SSE events must not wait for Nagle.
-    let _ = stream.set_nodelay(true);
     let stream = match tls {
         None => Io::Plain(stream),
         Some((config, name)) => {
@@ -74,6 +117,7 @@ pub async fn connect(
         reused: false,
         pool_id,
         idle_since: Instant::now(),
+        watch,
     })
 }
 
@@ -187,16 +231,22 @@ impl Pools {
         }
     }
 
-    /// The most recently pooled connection of `slot` idle for less than `idle_max`.
+    /// The most recently pooled connection of `slot` idle for less than `idle_max` on which
+    /// nothing arrived while it was idle (one that received stray bytes, or was closed by the
+    /// upstream, is dropped and the next one looked at).
     pub fn checkout(&self, slot: usize, idle_max: Duration, now: Instant) -> Option<UpConn> {
         let mut slots = self.slots.borrow_mut();
         let stack = &mut slots.get_mut(slot)?.idle;
-        let conn = stack.pop()?;
-        if now.duration_since(conn.idle_since) < idle_max {
-            return Some(conn);
+        while let Some(conn) = stack.pop() {
+            if now.duration_since(conn.idle_since) >= idle_max {
+                // The top is the newest: if it is stale, all below it are too.
+                stack.clear();
+                return None;
+            }
+            if conn.is_quiet() {
+                return Some(conn);
+            }
         }
-        // The top is the newest: if it is stale, all below it are too.
-        stack.clear();
         None
     }
 

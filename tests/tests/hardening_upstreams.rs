@@ -4,8 +4,9 @@
 //! client can detect; and the misbehaving connection is never pooled: a follow-up request gets a
 //! fresh upstream connection and the answer meant for it.
 //!
-//! Answers are listed in `docs/security.md`, with the known gap the `*_late` cases show (their
-//! pool check is left out until it is fixed). Health charging is not checked here.
+//! Answers are listed in `docs/security.md`. The `*_late` cases send their stray bytes a moment
+//! after a complete answer, once the connection is back in the pool: checkout notices them
+//! (`UpConn::is_quiet`) and drops the connection. Health charging is not checked here.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -47,15 +48,7 @@ struct UpCase {
     method: &'static str,
     bad: Bad,
     end: End,
-    /// A known gap (see `docs/security.md`, "Known gaps"): the client's own answer is checked,
-    /// but the pool check is left out until the fix lands; the test reports what it sees.
-    gap: Option<&'static str>,
 }
-
-/// The gap the `*_late` cases show: bytes an upstream sends after a complete exchange, once the
-/// connection is back in the pool, are read as the answer to the next request sent on it.
-const LATE_BYTES_GAP: &str = "bytes that arrive on an idle pooled connection are not noticed \
-     before it is reused (needs a peek at checkout in engine/src/upstream.rs)";
 
 const BAD_GATEWAY: &[&str] = &["upstream_bad_response"];
 const UNAVAILABLE: &[&str] = &["upstream_unavailable"];
@@ -77,11 +70,6 @@ fn cases() -> Vec<UpCase> {
         method,
         bad,
         end,
-        gap: None,
-    };
-    let gap = |case: UpCase| UpCase {
-        gap: Some(LATE_BYTES_GAP),
-        ..case
     };
     vec![
         // ----- garbage and ill-framed heads: 502 -----
@@ -324,7 +312,7 @@ fn cases() -> Vec<UpCase> {
         ),
         // The same, with the extra bytes a moment after the answer (once the exchange looks
         // complete).
-        gap(c(
+        (c(
             "no_content_with_body_late",
             "GET",
             |_, s| {
@@ -335,7 +323,7 @@ fn cases() -> Vec<UpCase> {
             },
             Complete(204, b""),
         )),
-        gap(c(
+        (c(
             "not_modified_with_body_late",
             "GET",
             |_, s| {
@@ -346,7 +334,7 @@ fn cases() -> Vec<UpCase> {
             },
             Complete(304, b""),
         )),
-        gap(c(
+        (c(
             "head_answered_with_body_late",
             "HEAD",
             |_, s| {
@@ -364,7 +352,7 @@ fn cases() -> Vec<UpCase> {
             },
             Complete(200, b""),
         )),
-        gap(c(
+        (c(
             "longer_than_content_length_late",
             "GET",
             |_, s| {
@@ -375,7 +363,7 @@ fn cases() -> Vec<UpCase> {
             },
             Complete(200, b"hello"),
         )),
-        gap(c(
+        (c(
             "bytes_after_last_chunk_late",
             "GET",
             |_, s| {
@@ -710,22 +698,7 @@ fn run(case: &UpCase) -> Result<(), String> {
     let open = check_end(&mut c, case)?;
     // Bytes the upstream sends late land now.
     sleep(LATE);
-    let pooled = nothing_bad_pooled(&gw, &up, &mut c, open);
-    match (pooled, case.gap) {
-        (Ok(()), None) => Ok(()),
-        (Err(e), None) => Err(e),
-        (Ok(()), Some(gap)) => {
-            eprintln!(
-                "{}: the known gap looks fixed ({gap}): make it a plain case",
-                case.name
-            );
-            Ok(())
-        }
-        (Err(e), Some(gap)) => {
-            eprintln!("{}: KNOWN GAP, not asserted ({gap}): {e}", case.name);
-            Ok(())
-        }
-    }
+    nothing_bad_pooled(&gw, &up, &mut c, open)
 }
 
 /// The misbehaving upstream connection is not reused: follow-ups (from a new client, and on the
@@ -797,11 +770,7 @@ fn every_upstream_misbehaviour_ends_cleanly_and_nothing_bad_is_pooled() {
         cases.len(),
         failures.join("\n\n")
     );
-    let gaps = cases.iter().filter(|c| c.gap.is_some()).count();
-    eprintln!(
-        "{} upstream cases passed ({gaps} with a known gap's check left out)",
-        cases.len()
-    );
+    eprintln!("{} upstream cases passed", cases.len());
 }
 
 // ----- a reset right after accept (the plain-TCP "handshake") -----
