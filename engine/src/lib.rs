@@ -49,6 +49,10 @@
 //! - [`upstream`]: upstream connections and the per-shard keep-alive pools.
 //! - [`drain`]: the per-shard shutdown signal idle connections wait on.
 //!
+//! Testing (only with the `fuzzing` feature):
+//! - `fuzz_checks`: the invariants each fuzz target (`engine/fuzz`) asserts, one function per
+//!   target, replayed over the seed corpora by `cargo test --workspace`.
+//!
 //! Nothing is shared between shards on the request path: each shard owns its state in `Rc`s
 //! and `Cell`s on its own thread. See `docs/ARCHITECTURE.md`.
 
@@ -62,6 +66,8 @@ pub mod control;
 pub mod drain;
 pub mod error;
 pub mod fair;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz_checks;
 pub mod http;
 pub mod limit;
 pub mod limits;

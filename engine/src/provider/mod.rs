@@ -26,7 +26,7 @@
 
 pub mod anthropic;
 pub mod messages;
-mod sse;
+pub(crate) mod sse;
 
 use std::fmt;
 

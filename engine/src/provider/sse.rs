@@ -12,7 +12,7 @@
 /// bytes. A longer event is skipped whole; the events they translate are a few hundred bytes.
 pub const STREAM_EVENT_BYTES_MAX: usize = 256 * 1024;
 /// The longest `event:` name kept, bytes (Anthropic's longest is `content_block_delta`).
-const EVENT_NAME_BYTES_MAX: usize = 64;
+pub(crate) const EVENT_NAME_BYTES_MAX: usize = 64;
 
 const _: () = assert!(EVENT_NAME_BYTES_MAX <= STREAM_EVENT_BYTES_MAX);
 
