@@ -16,8 +16,8 @@
 //! - [`llm`]: LLM bodies: what a request asks for (model, stream, max_tokens), the token
 //!   estimate, the `include_usage` rewrite, usage scanning of JSON and SSE responses, and the
 //!   SSE filter that hides the usage chunk from clients that did not ask for it.
-//! - [`provider`]: translation between OpenAI's format and other providers' (Anthropic
-//!   Messages): requests, responses, error bodies and event streams.
+//! - [`provider`]: translation between OpenAI's format and Anthropic's Messages, both ways:
+//!   requests, responses, error bodies and event streams.
 //! - [`template`]: prompt templates: `[[templates]]` with `{{Name}}` placeholders, filled from a
 //!   request's `variables` (escaped as JSON strings, never raw JSON), which never reach an
 //!   upstream.
@@ -45,8 +45,10 @@
 //! - [`runtime`]: driver choice (tuned io_uring → io_uring → epoll), shared with the bench.
 //! - [`shard`]: one pinned thread per core with its own runtime, SO_REUSEPORT listener,
 //!   pools and counters; driver selection (tuned io_uring → io_uring → epoll); draining.
-//! - [`conn`]: the connection driver, running the request lifecycle phases.
-//! - [`upstream`]: upstream connections and the per-shard keep-alive pools.
+//! - [`conn`]: the connection driver, running the request lifecycle phases (with
+//!   `conn::translate`, answers relayed in the client's API, and `conn::hedge`, hedged streams).
+//! - [`upstream`]: upstream connections (TCP, then TLS) and the per-shard keep-alive pools.
+//! - [`stream`]: one connection type over plain TCP and TLS (client or upstream side).
 //! - [`drain`]: the per-shard shutdown signal idle connections wait on.
 //!
 //! Testing (only with the `fuzzing` feature):
