@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 
 pub use super::sse::STREAM_EVENT_BYTES_MAX;
 use super::sse::{Event, EventReader};
-use super::{push_json_str, push_u64, TranslateError};
+use super::{present, push_json_str, push_u64, write_object, TranslateError};
 
 // ---------------------------------------------------------------------------------------------
 // Requests
@@ -107,18 +107,7 @@ pub fn chat_to_messages(
         }
         Some(_) => return Err(TranslateError::BadField("user")),
     }
-    // Serializing a `Value` into a `Vec` cannot fail (its keys are strings, writes to a `Vec`
-    // do not fail); an error would still leave `out` as it was.
-    let mark = out.len();
-    serde_json::to_writer(&mut *out, &Value::Object(req)).map_err(|_| {
-        out.truncate(mark);
-        TranslateError::NotJson
-    })
-}
-
-/// `body[key]`, treating `null` as absent (as OpenAI does).
-fn present<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    body.get(key).filter(|v| !v.is_null())
+    write_object(req, out)
 }
 
 /// Refuse the features a Messages request cannot express.

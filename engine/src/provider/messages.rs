@@ -39,7 +39,7 @@
 use serde_json::{Map, Value};
 
 use super::sse::EventReader;
-use super::{push_json_str, push_u64, TranslateError};
+use super::{present, push_json_str, push_u64, write_object, TranslateError};
 
 // ---------------------------------------------------------------------------------------------
 // Requests
@@ -111,18 +111,7 @@ pub fn messages_to_chat(
         },
         Some(_) => return Err(TranslateError::BadField("metadata")),
     }
-    // Serializing a `Value` into a `Vec` cannot fail (its keys are strings, writes to a `Vec`
-    // do not fail); an error would still leave `out` as it was.
-    let mark = out.len();
-    serde_json::to_writer(&mut *out, &Value::Object(req)).map_err(|_| {
-        out.truncate(mark);
-        TranslateError::NotJson
-    })
-}
-
-/// `body[key]`, treating `null` as absent.
-fn present<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    body.get(key).filter(|v| !v.is_null())
+    write_object(req, out)
 }
 
 /// `{"role":role,"content":text}`.

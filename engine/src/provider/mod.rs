@@ -158,6 +158,27 @@ impl fmt::Display for TranslateError {
 
 impl std::error::Error for TranslateError {}
 
+/// `body[key]`, treating `null` as absent (as both APIs do).
+pub(crate) fn present<'a>(
+    body: &'a serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> Option<&'a serde_json::Value> {
+    body.get(key).filter(|v| !v.is_null())
+}
+
+/// Append a translated request object to `out`. Serializing a `Value` into a `Vec` cannot fail
+/// (its keys are strings, writes to a `Vec` do not fail); should it, `out` is left as it was.
+pub(crate) fn write_object(
+    object: serde_json::Map<String, serde_json::Value>,
+    out: &mut Vec<u8>,
+) -> Result<(), TranslateError> {
+    let mark = out.len();
+    serde_json::to_writer(&mut *out, &serde_json::Value::Object(object)).map_err(|_| {
+        out.truncate(mark);
+        TranslateError::NotJson
+    })
+}
+
 /// Append `s` to `out` as a JSON string (quotes included). Escapes `"`, `\` and control
 /// characters; everything else is written as UTF-8.
 pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
