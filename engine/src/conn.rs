@@ -117,6 +117,9 @@ struct Client {
     /// (`llm_held`), so an idle connection holds none of them.
     llm: LlmBufs,
     llm_held: bool,
+    /// The open-connection count of the tenant this connection counts for (the tenant of its
+    /// first request with a key), released when it closes.
+    tenant_conn: Option<Rc<std::cell::Cell<usize>>>,
 }
 
 /// What reading an LLM body and relaying its answer need: taken from the shard's pool per
@@ -387,6 +390,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, tls:
         rate_hdrs: Vec::new(),
         llm: LlmBufs::default(),
         llm_held: false,
+        tenant_conn: None,
     };
     let mut first = true;
     loop {
@@ -400,6 +404,9 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, tls:
                 break;
             }
         }
+    }
+    if let Some(n) = c.tenant_conn.take() {
+        n.set(n.get().saturating_sub(1));
     }
 }
 
@@ -495,6 +502,23 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
         }
     };
     let server = &snap.cfg.server;
+    // The connection counts for the tenant of its first request with a key: past the tenant's
+    // `connections_max` on this shard, 429 and close.
+    if let (Some(t), None) = (c.ex.tenant, &c.tenant_conn) {
+        if let Some(count) = snap.tenant_conns.get(t) {
+            let max = snap.cfg.tenants[t].connections_max;
+            if max.is_some_and(|m| count.get() as u64 >= m) {
+                ctx.control
+                    .stats
+                    .reject(c.ex.tenant_slot, Reject::Concurrency);
+                c.buf.drain(..head.head_len.min(c.buf.len()));
+                let e = Error::RateLimited(Limit::Connections);
+                return answer_error(ctx, c, e, false, wbuf).await;
+            }
+            count.set(count.get() + 1);
+            c.tenant_conn = Some(count.clone());
+        }
+    }
     // A tenant's request that carries no LLM body is admitted now (a request, no tokens);
     // LLM requests are admitted once their body is read (their tokens are estimated from it).
     let llm_body = match action {
@@ -1788,6 +1812,7 @@ async fn admit_tenant(
                 Limit::Concurrency => Reject::Concurrency,
                 Limit::Budget => Reject::Budget,
                 Limit::Queue => Reject::Queue,
+                Limit::Connections => Reject::Concurrency,
             };
             ctx.control.stats.reject(c.ex.tenant_slot, why);
             c.rate_hdrs.clear();

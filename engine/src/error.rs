@@ -81,6 +81,8 @@ pub enum Limit {
     Budget,
     /// The upstream was saturated and the tenant's fair queue full, or the wait too long.
     Queue,
+    /// The tenant has `connections_max` connections open on this shard.
+    Connections,
 }
 
 impl Error {
@@ -192,6 +194,7 @@ impl Error {
             Error::RateLimited(Limit::Concurrency) => return "concurrency",
             Error::RateLimited(Limit::Budget) => return "insufficient_quota",
             Error::RateLimited(Limit::Queue) => return "queue",
+            Error::RateLimited(Limit::Connections) => return "connections",
             _ => {}
         }
         match self.side() {
@@ -231,6 +234,9 @@ impl Error {
             Error::RateLimited(Limit::Tokens) => "rate limit reached: tokens per minute",
             Error::RateLimited(Limit::Concurrency) => "rate limit reached: requests in flight",
             Error::RateLimited(Limit::Budget) => "token budget exhausted for this window",
+            Error::RateLimited(Limit::Connections) => {
+                "this key has too many open connections; reuse or close one"
+            }
             Error::ModelNotFound => "the model does not exist or is not served by this gateway",
             Error::NoDeployment => "every deployment of this model is at capacity; retry shortly",
             Error::Template(t) => t.message(),
@@ -397,6 +403,7 @@ mod tests {
         Error::RateLimited(Limit::Concurrency),
         Error::RateLimited(Limit::Budget),
         Error::RateLimited(Limit::Queue),
+        Error::RateLimited(Limit::Connections),
         Error::BadBody("x"),
         Error::ModelNotFound,
         Error::NoDeployment,

@@ -82,6 +82,8 @@ pub struct Snapshot {
     pub deployment_limits: Vec<Vec<Option<TenantLimits>>>,
     /// Prompt templates, by name, model alias and route.
     pub templates: Templates,
+    /// Per tenant: its open connections on this shard (kept across configs by name).
+    pub tenant_conns: Vec<Rc<Cell<usize>>>,
     /// The certificates `listen` serves (`[[server.tls]]`); `None` without TLS.
     pub tls_server: Option<Arc<rustls::ServerConfig>>,
     /// Per upstream with `https://` endpoints: its TLS client config (its trust store, and
@@ -105,6 +107,11 @@ impl Snapshot {
             addrs.extend(u.endpoints.iter().map(|e| (e.addr, e.tls_name.clone())));
         }
         Self {
+            tenant_conns: cfg
+                .tenants
+                .iter()
+                .map(|t| kept.tenant_conns(&t.name))
+                .collect(),
             tls_server: kept.tls_server(&cfg),
             tls_clients: cfg.upstreams.iter().map(|u| kept.tls_client(u)).collect(),
             version,
@@ -222,6 +229,8 @@ pub struct Kept {
     tls_clients: RefCell<TlsClients>,
     /// The last server config built, with the certificate files it was built from.
     tls_server: RefCell<Option<(Vec<TlsFiles>, Arc<rustls::ServerConfig>)>>,
+    /// Open connections per tenant name on this shard.
+    tenant_conns: RefCell<HashMap<String, Rc<Cell<usize>>>>,
 }
 
 type TlsClients = HashMap<String, (Option<(String, Vec<u8>)>, Arc<rustls::ClientConfig>)>;
@@ -235,7 +244,17 @@ impl Kept {
             roots,
             tls_clients: RefCell::new(HashMap::new()),
             tls_server: RefCell::new(None),
+            tenant_conns: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// The open-connection count of tenant `name` on this shard.
+    fn tenant_conns(&self, name: &str) -> Rc<Cell<usize>> {
+        self.tenant_conns
+            .borrow_mut()
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// The server config for `cfg`'s certificates: the previous one while they are the same

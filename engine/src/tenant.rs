@@ -31,6 +31,7 @@ pub struct RawTenant {
     rpm: Option<i64>,
     tpm: Option<i64>,
     max_concurrency: Option<i64>,
+    connections_max: Option<i64>,
     budget_tokens: Option<i64>,
     budget_window: Option<String>,
     weight: Option<i64>,
@@ -70,6 +71,9 @@ pub struct TenantConfig {
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
     pub max_concurrency: Option<u64>,
+    /// Open client connections per shard counted for this tenant (a connection counts for
+    /// the tenant of its first request with a key); past it: 429 `connections` and close.
+    pub connections_max: Option<u64>,
     pub budget: Option<Budget>,
     pub weight: u32,
     pub default_max_tokens: u64,
@@ -188,6 +192,7 @@ pub fn validate(
         let rpm = limit("rpm", t.rpm, 1);
         let tpm = limit("tpm", t.tpm, 1);
         let max_concurrency = limit("max_concurrency", t.max_concurrency, 1);
+        let connections_max = limit("connections_max", t.connections_max, 1);
         let budget_tokens = limit("budget_tokens", t.budget_tokens, 1);
         let weight = limit("weight", t.weight, 1)
             .map_or(1, |w| u32::try_from(w.min(1_000_000)).unwrap_or(1));
@@ -227,6 +232,7 @@ pub fn validate(
             rpm,
             tpm,
             max_concurrency,
+            connections_max,
             budget,
             weight,
             default_max_tokens,

@@ -572,3 +572,47 @@ fn a_full_queue_or_a_long_wait_is_a_429() {
     assert_error(&r, 429, "rate_limit_exceeded");
     assert_eq!(first.join().expect("first"), 200);
 }
+
+#[test]
+fn a_tenant_past_its_connections_max_gets_429_and_others_are_unaffected() {
+    let up = MockUpstream::start(shardgate_tests::echo());
+    let gw = Gateway::start(
+        &ConfigBuilder::new(up.addr())
+            .tenant(&tenant("greedy", "connections_max = 3"))
+            .tenant(&tenant("other", ""))
+            .build(),
+    );
+    let get = |c: &mut Client, who: &str| {
+        c.send(format!(
+            "GET /x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
+            key_of(who)
+        ));
+        c.read_response()
+    };
+    let mut held: Vec<Client> = (0..3)
+        .map(|_| {
+            let mut c = Client::connect(gw.addr());
+            assert_eq!(get(&mut c, "greedy").status, 200);
+            c
+        })
+        .collect();
+    // A fourth connection of the same tenant: 429 `connections`, then closed.
+    let mut fourth = Client::connect(gw.addr());
+    let r = get(&mut fourth, "greedy");
+    assert_error(&r, 429, "rate_limit_exceeded");
+    assert_eq!(r.json()["error"]["type"], "connections", "{}", r.body_str());
+    fourth.assert_closed(Duration::from_secs(3));
+    // Its held connections keep working, and another tenant is not affected.
+    assert_eq!(get(&mut held[0], "greedy").status, 200);
+    let mut other = Client::connect(gw.addr());
+    assert_eq!(get(&mut other, "other").status, 200);
+    // One closes: room for one more.
+    drop(held.pop());
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let mut c = Client::connect(gw.addr());
+            get(&mut c, "greedy").status == 200
+        }),
+        "a closed connection did not make room"
+    );
+}
