@@ -69,7 +69,10 @@ rss_kib() { # VmRSS summed over pid and its children
 }
 threads() { awk '/^Threads:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo '?'; }
 
-"$SHARDGATE_BIN" --config "$CONFIG" >"$OUT/shardgate.log" 2>&1 &
+# The shards must admit CONNS connections between them (connections_max is per shard).
+RUN_CONFIG="$OUT/shardgate.toml"
+awk -v max="$(( CONNS + 1024 ))" '{print} /^\[server\]/ {print "connections_max = " max}' "$CONFIG" >"$RUN_CONFIG"
+"$SHARDGATE_BIN" --config "$RUN_CONFIG" >"$OUT/shardgate.log" 2>&1 &
 SG_PID=$!
 ready=""
 for i in $(seq 1 100); do
@@ -86,7 +89,9 @@ sleep "$SETTLE"
 rss_idle=$(rss_kib "$SG_PID")
 log "shardgate up (pid $SG_PID, $(threads "$SG_PID") threads), idle RSS $rss_idle KiB"
 
-coproc PY { exec python3 "$HERE/idle_conns.py" --port "$PORT" --count "$CONNS" --hold 600; }
+# One loopback source address has ~28k ephemeral ports: spread larger counts over several.
+SOURCES=$(( CONNS / 20000 + 1 ))
+coproc PY { exec python3 "$HERE/idle_conns.py" --port "$PORT" --count "$CONNS" --sources "$SOURCES" --hold 600; }
 PY_PID=$PY_PID
 line=""
 read -r -t 330 -u "${PY[0]}" line || die "idle_conns.py gave no OPEN line within 330 s"

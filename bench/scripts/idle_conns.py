@@ -76,6 +76,9 @@ def main():
     ap.add_argument("--timeout", type=float, default=5.0, help="per-connection seconds")
     ap.add_argument("--budget", type=float, default=300.0, help="seconds for opening them all")
     ap.add_argument("--hold", type=float, default=600.0, help="max seconds to hold them")
+    ap.add_argument("--sources", type=int, default=1,
+                    help="spread connections over source addresses 127.0.0.1..127.0.0.N "
+                         "(one loopback address has ~28k ephemeral ports)")
     args = ap.parse_args()
     if args.host not in ("127.0.0.1", "localhost"):
         sys.exit("idle_conns: loopback only")
@@ -84,12 +87,14 @@ def main():
     request = f"GET {args.path} HTTP/1.1\r\nHost: {args.host}:{args.port}\r\n\r\n".encode()
     socks, failed, non200, server_close = [], 0, 0, 0
     start = time.monotonic()
-    for _ in range(args.count):
+    for i in range(args.count):
         if time.monotonic() - start > args.budget:
             failed += 1
             continue
         try:
-            s = socket.create_connection((args.host, args.port), timeout=args.timeout)
+            source = (f"127.0.0.{1 + i % args.sources}", 0) if args.sources > 1 else None
+            s = socket.create_connection((args.host, args.port), timeout=args.timeout,
+                                         source_address=source)
         except OSError as e:
             failed += 1
             if failed <= 3:

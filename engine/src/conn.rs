@@ -363,7 +363,9 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, tls:
             return;
         };
         let acceptor = monoio_rustls::TlsAcceptor::from(config);
-        let accept = acceptor.accept(stream);
+        // Boxed: the handshake's state is large, and a future holds the largest of its
+        // states for the connection's whole life (plain connections would pay for it).
+        let accept = Box::pin(acceptor.accept(stream));
         match monoio::time::timeout(snap.cfg.server.handshake_timeout, accept).await {
             Ok(Ok(s)) => Io::TlsServer(Box::new(s)),
             Ok(Err(e)) => {
@@ -1024,7 +1026,11 @@ async fn forward(
         let got = match hedge.as_deref_mut() {
             None => read_response_head(ctx, &mut up, ucfg, &head, extra, &mut wbuf).await,
             Some(h) => {
-                let raced = hedge::race(ctx, &snap, &mut up, ucfg, &head, extra, &mut wbuf, h);
+                // Boxed (here and for translation below): rare paths whose large states would
+                // otherwise be part of every connection's future.
+                let raced = Box::pin(hedge::race(
+                    ctx, &snap, &mut up, ucfg, &head, extra, &mut wbuf, h,
+                ));
                 match raced.await {
                     Raced::First(r) => r,
                     Raced::Second(won) => {
@@ -1095,8 +1101,10 @@ async fn forward(
         }
     };
     if let Some(tr) = c.ex.translation.take() {
-        return translate::relay_translated(ctx, c, endpoint, ucfg, up, relay, wbuf, &head, *tr)
-            .await;
+        return Box::pin(translate::relay_translated(
+            ctx, c, endpoint, ucfg, up, relay, wbuf, &head, *tr,
+        ))
+        .await;
     }
     relay_response(ctx, c, endpoint, ucfg, up, relay, wbuf, keep_alive).await
 }

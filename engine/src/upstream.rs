@@ -100,7 +100,8 @@ pub async fn connect(
             let server_name = rustls::pki_types::ServerName::try_from(name.to_owned())
                 .map_err(|_| Error::UpstreamTls("the endpoint's host is not a valid TLS name"))?;
             let connector = monoio_rustls::TlsConnector::from(config.clone());
-            let handshake = connector.connect(server_name, stream);
+            // Boxed, so the (large) handshake state is not part of every request's future.
+            let handshake = Box::pin(connector.connect(server_name, stream));
             match monoio::time::timeout_at(deadline.into(), handshake).await {
                 Ok(Ok(s)) => Io::TlsClient(Box::new(s)),
                 Ok(Err(e)) => {
