@@ -4,7 +4,8 @@
 //! `engine/fuzz/corpus/NAME/`). Compiled only with the non-default `fuzzing` feature.
 //!
 //! Every function takes any bytes and panics (an `assert!`) exactly when an invariant breaks:
-//! a fuzzer reports the panic as a crash, the replay as a failed test.
+//! a fuzzer reports the panic as a crash, the replay as a failed test. Its `expect`s are
+//! assertions too, each naming the invariant it holds (test code, never in a shard).
 
 use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;

@@ -15,6 +15,21 @@ use crate::shardgate_bin;
 /// How long `Gateway::start` waits for the start-up line.
 const START_WAIT: Duration = Duration::from_secs(20);
 
+/// `$TMPDIR/shardgate-test-<tag>-<pid>-<seq>-<nanos><suffix>`: unique within and across test
+/// processes.
+pub(crate) fn unique_temp_path(tag: &str, suffix: &str) -> PathBuf {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!(
+        "shardgate-test-{tag}-{}-{}-{nanos}{suffix}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
 /// A config file under the temp dir, unique per call, removed on drop.
 #[derive(Debug)]
 pub(crate) struct TempConfig {
@@ -23,16 +38,7 @@ pub(crate) struct TempConfig {
 
 impl TempConfig {
     pub(crate) fn new(contents: &str) -> TempConfig {
-        static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
-            "shardgate-test-{}-{}-{nanos}.toml",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        let path = unique_temp_path("config", ".toml");
         std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         TempConfig { path }
     }

@@ -13,7 +13,6 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -285,16 +284,7 @@ pub struct TempDir {
 impl TempDir {
     /// Creates `$TMPDIR/shardgate-test-<tag>-<pid>-<seq>-<nanos>/`.
     pub fn new(tag: &str) -> TempDir {
-        static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
-            "shardgate-test-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        let path = crate::gateway::unique_temp_path(tag, "");
         std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         TempDir { path }
     }

@@ -380,15 +380,7 @@ pub fn measure(setup: &Setup, run: &Run, index: usize) -> anyhow::Result<Measure
         .args(["--threads", &run.load_cores.len().max(1).to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().context("starting the mock upstream")?;
-    let out = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow!("no stdout pipe"))?;
-    let err = child
-        .stderr
-        .take()
-        .ok_or_else(|| anyhow!("no stderr pipe"))?;
+    let (child, out, err) = spawn_piped(&mut cmd, "the mock upstream")?;
     let mut upstream = Proc::new("the mock upstream", child);
     let rx = pump(out, up_log.clone());
     let _err_rx = pump(err, up_log.clone());
@@ -410,17 +402,7 @@ pub fn measure(setup: &Setup, run: &Run, index: usize) -> anyhow::Result<Measure
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", setup.engine.display()))?;
-    let out = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow!("no stdout pipe"))?;
-    let err = child
-        .stderr
-        .take()
-        .ok_or_else(|| anyhow!("no stderr pipe"))?;
+    let (child, out, err) = spawn_piped(&mut cmd, &setup.engine.display().to_string())?;
     let mut engine = Proc::new("the engine", child);
     let rx = pump(out, eng_log.clone());
     let _err_rx = pump(err, eng_err.clone());
@@ -538,6 +520,23 @@ pub fn sibling_binary(
          or pass {flag} PATH",
         dir.display()
     )
+}
+
+/// Start `cmd` (its stdout and stderr piped) and take both pipes.
+fn spawn_piped(
+    cmd: &mut Command,
+    what: &str,
+) -> anyhow::Result<(Child, std::process::ChildStdout, std::process::ChildStderr)> {
+    let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no stdout pipe"))?;
+    let err = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow!("no stderr pipe"))?;
+    Ok((child, out, err))
 }
 
 #[cfg(test)]

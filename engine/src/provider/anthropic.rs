@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 
 pub use super::sse::STREAM_EVENT_BYTES_MAX;
 use super::sse::{Event, EventReader};
-use super::{present, push_json_str, push_u64, write_object, TranslateError};
+use super::{copy_numbers, present, push_json_str, push_u64, write_object, TranslateError};
 
 // ---------------------------------------------------------------------------------------------
 // Requests
@@ -69,14 +69,7 @@ pub fn chat_to_messages(
         req.insert("system".into(), Value::from(system));
     }
     req.insert("messages".into(), Value::Array(turns));
-    for key in ["temperature", "top_p"] {
-        if let Some(v) = present(&body, key) {
-            if !v.is_number() {
-                return Err(TranslateError::BadField(key));
-            }
-            req.insert(key.into(), v.clone());
-        }
-    }
+    copy_numbers(&body, &["temperature", "top_p"], &mut req)?;
     match present(&body, "stop") {
         None => {}
         Some(Value::String(s)) => {

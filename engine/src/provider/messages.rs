@@ -39,7 +39,7 @@
 use serde_json::{Map, Value};
 
 use super::sse::EventReader;
-use super::{present, push_json_str, push_u64, write_object, TranslateError};
+use super::{copy_numbers, present, push_json_str, push_u64, write_object, TranslateError};
 
 // ---------------------------------------------------------------------------------------------
 // Requests
@@ -72,14 +72,7 @@ pub fn messages_to_chat(
     req.insert("model".into(), Value::from(model));
     req.insert("messages".into(), Value::Array(messages));
     req.insert("max_tokens".into(), Value::from(max_tokens));
-    for key in ["temperature", "top_p"] {
-        if let Some(v) = present(&body, key) {
-            if !v.is_number() {
-                return Err(TranslateError::BadField(key));
-            }
-            req.insert(key.into(), v.clone());
-        }
-    }
+    copy_numbers(&body, &["temperature", "top_p"], &mut req)?;
     match present(&body, "stop_sequences") {
         None => {}
         Some(Value::Array(a)) if a.is_empty() => {}

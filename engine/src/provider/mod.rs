@@ -166,6 +166,24 @@ pub(crate) fn present<'a>(
     body.get(key).filter(|v| !v.is_null())
 }
 
+/// Copy the numeric fields `keys` (sampling knobs both APIs name alike) from `body` to `req`;
+/// one that is present but not a number is [`TranslateError::BadField`].
+pub(crate) fn copy_numbers(
+    body: &serde_json::Map<String, serde_json::Value>,
+    keys: &[&'static str],
+    req: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<(), TranslateError> {
+    for &key in keys {
+        if let Some(v) = present(body, key) {
+            if !v.is_number() {
+                return Err(TranslateError::BadField(key));
+            }
+            req.insert(key.into(), v.clone());
+        }
+    }
+    Ok(())
+}
+
 /// Append a translated request object to `out`. Serializing a `Value` into a `Vec` cannot fail
 /// (its keys are strings, writes to a `Vec` do not fail); should it, `out` is left as it was.
 pub(crate) fn write_object(
