@@ -1868,7 +1868,12 @@ async fn proxy_llm(
     // Prompt templates: fill the selected one from `variables`; `variables` never goes upstream.
     if call.has_variables || !snap.templates.is_empty() {
         let path = request_line(&wbuf).1;
-        match fill_template(&snap, &body, path, &mut c.llm.filled) {
+        // The body was inspected already: a group's name is the body's model.
+        let model = call
+            .group
+            .and_then(|g| snap.cfg.models.get(g))
+            .map(|m| m.name.as_str());
+        match fill_template(&snap, &body, model, path, &mut c.llm.filled) {
             Ok(true) => std::mem::swap(&mut body, &mut c.llm.filled),
             Ok(false) => {}
             Err(e) => {
@@ -2233,13 +2238,16 @@ fn llm_request(
 fn fill_template(
     snap: &Snapshot,
     body: &[u8],
+    model: Option<&str>,
     path: &str,
     out: &mut Vec<u8>,
 ) -> Result<bool, crate::template::TemplateError> {
     let tb = TemplateBody::read(body)?;
     let selector = tb.selector()?;
-    let info = llm::inspect(body).ok();
-    let model = info.as_ref().and_then(|i| i.model());
+    // Only a body whose model no group serves is read again for it (a template's model alias
+    // may name such a model on a route).
+    let info = model.is_none().then(|| llm::inspect(body).ok()).flatten();
+    let model = model.or_else(|| info.as_ref().and_then(|i| i.model()));
     out.clear();
     match snap
         .templates
