@@ -108,6 +108,9 @@ impl Snapshot {
                     s.config_version.to_string(),
                     s.connections.to_string(),
                     s.requests.to_string(),
+                    s.requests_inflight.to_string(),
+                    s.requests_shed.to_string(),
+                    s.connections_refused.to_string(),
                     s.ring_lag_frames.to_string(),
                     s.apply_errors.to_string(),
                     last_error(s).unwrap_or_default(),
@@ -122,6 +125,9 @@ impl Snapshot {
                 ("config", Align::Right),
                 ("conns", Align::Right),
                 ("requests", Align::Right),
+                ("in flight", Align::Right),
+                ("shed", Align::Right),
+                ("refused", Align::Right),
                 ("ring lag", Align::Right),
                 ("apply errors", Align::Right),
                 ("last error", Align::Left),
@@ -157,6 +163,9 @@ impl Snapshot {
                     "error_version": s.error_version,
                     "error": (s.apply_errors > 0).then(|| s.error.clone()),
                     "access_log_dropped": s.access_log_dropped,
+                    "requests_inflight": s.requests_inflight,
+                    "requests_shed": s.requests_shed,
+                    "connections_refused": s.connections_refused,
                 })
             })
             .collect();
@@ -213,6 +222,9 @@ mod tests {
             config_version: 7,
             connections: 3,
             requests: 12_034,
+            requests_inflight: 2,
+            requests_shed: 40,
+            connections_refused: 5,
             ..ShardView::default()
         };
         let b = ShardView {
@@ -267,9 +279,9 @@ mod tests {
              config     version 6..7 (shards differ)\n\
              ring head  12 frames\n\
              \n\
-             shard  core  driver    config  conns  requests  ring lag  apply errors  last error\n\
-             \x20   0     2  io_uring       7      3     12034         0             0\n\
-             \x20   1     -  epoll          6      0         0         2             1  \
+             shard  core  driver    config  conns  requests  in flight  shed  refused  ring lag  apply errors  last error\n\
+             \x20   0     2  io_uring       7      3     12034          2    40        5         0             0\n\
+             \x20   1     -  epoll          6      0         0          0     0        0         2             1  \
              v7: needs a restart: server.listen\n"
         );
     }
@@ -287,6 +299,8 @@ mod tests {
         assert_eq!(v["shards"][0]["error"], Value::Null);
         assert_eq!(v["shards"][1]["core"], Value::Null);
         assert_eq!(v["shards"][1]["ring_lag_frames"], 2);
+        assert_eq!(v["shards"][0]["requests_shed"], 40);
+        assert_eq!(v["shards"][0]["connections_refused"], 5);
         assert_eq!(v["shards"][1]["error"], "needs a restart: server.listen");
         // One line, parseable back.
         let text = v.to_string();

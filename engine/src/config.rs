@@ -107,6 +107,7 @@ struct RawServer {
     send_timeout_ms: Option<i64>,
     drain_timeout_ms: Option<i64>,
     connections_max: Option<i64>,
+    requests_inflight_max: Option<i64>,
     instance: Option<String>,
     admin_listen: Option<String>,
     access_log: Option<String>,
@@ -204,6 +205,8 @@ pub struct ServerConfig {
     pub send_timeout: Duration,
     pub drain_timeout: Duration,
     pub connections_max: usize,
+    /// Requests served at once per shard; past it new requests are shed with 503.
+    pub requests_inflight_max: usize,
     /// Names the shared-memory region `shardgate-ctl` finds this engine by.
     pub instance: String,
     /// The admin listener (`/metrics`, health); `None` when `admin_listen = "off"`.
@@ -804,6 +807,13 @@ impl Validator<'_> {
                 "server.connections_max",
                 raw.connections_max,
                 CONNECTIONS_MAX_DEFAULT,
+                1,
+                1 << 20,
+            ),
+            requests_inflight_max: self.size(
+                "server.requests_inflight_max",
+                raw.requests_inflight_max,
+                REQUESTS_INFLIGHT_MAX_DEFAULT,
                 1,
                 1 << 20,
             ),

@@ -412,6 +412,9 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, tls:
     }
 }
 
+/// The `Retry-After` of a request shed by a saturated shard, seconds (one header line).
+const OVERLOADED_RETRY_AFTER: &[u8] = b"retry-after: 1\r\n";
+
 /// Read, decide and answer one request.
 async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
     let mut snap = c.snap.clone();
@@ -504,6 +507,28 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
         }
     };
     let server = &snap.cfg.server;
+    // A shard serving `requests_inflight_max` requests sheds new ones at once (503 with
+    // Retry-After, before any tenant quota is taken) instead of queueing more work behind
+    // them. Health checks and local refusals are not counted: they cost nothing to answer.
+    let _inflight = match action {
+        Action::Health { .. } | Action::Refuse(_) => None,
+        _ => match ctx.begin_request(server.requests_inflight_max) {
+            Some(guard) => Some(guard),
+            None => {
+                c.buf.drain(..head.head_len.min(c.buf.len()));
+                let may_keep_alive = head.body == BodyKind::None && head.keep_alive;
+                return answer_error_with(
+                    ctx,
+                    c,
+                    Error::Overloaded,
+                    may_keep_alive,
+                    OVERLOADED_RETRY_AFTER,
+                    wbuf,
+                )
+                .await;
+            }
+        },
+    };
     // The connection counts for the tenant of its first request with a key: past the tenant's
     // `connections_max` on this shard, 429 and close.
     if let (Some(t), None) = (c.ex.tenant, &c.tenant_conn) {

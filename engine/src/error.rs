@@ -55,6 +55,9 @@ pub enum Error {
     UpstreamTls(&'static str),
     /// The gateway is draining and takes no new requests.
     ShuttingDown,
+    /// The shard already serves `requests_inflight_max` requests: this one is shed (the
+    /// answer carries `Retry-After`).
+    Overloaded,
     /// No API key, or one no tenant owns.
     Unauthorized,
     /// The tenant is not approved for the model it asked for.
@@ -100,7 +103,7 @@ impl Error {
             Error::UpstreamUnavailable | Error::UpstreamBadResponse(_) | Error::UpstreamTls(_) => {
                 502
             }
-            Error::ShuttingDown => 503,
+            Error::ShuttingDown | Error::Overloaded => 503,
             Error::UpstreamTimeout => 504,
             Error::Unauthorized => 401,
             Error::ModelNotAllowed => 403,
@@ -131,6 +134,7 @@ impl Error {
             Error::UpstreamTls(_) => "upstream_tls_error",
             Error::UpstreamTimeout => "upstream_timeout",
             Error::ShuttingDown => "shutting_down",
+            Error::Overloaded => "overloaded",
             Error::Unauthorized => "invalid_api_key",
             Error::ModelNotAllowed => "model_not_allowed",
             Error::RateLimited(Limit::Budget) => "insufficient_quota",
@@ -152,9 +156,11 @@ impl Error {
             | Error::UpstreamBadResponse(_)
             | Error::UpstreamTls(_)
             | Error::UpstreamTimeout => Side::Upstream,
-            Error::NoRoute | Error::ShuttingDown | Error::ModelNotFound | Error::NoDeployment => {
-                Side::Internal
-            }
+            Error::NoRoute
+            | Error::ShuttingDown
+            | Error::Overloaded
+            | Error::ModelNotFound
+            | Error::NoDeployment => Side::Internal,
             _ => Side::Client,
         }
     }
@@ -228,6 +234,7 @@ impl Error {
             Error::UpstreamUnavailable => "the upstream could not be reached",
             Error::UpstreamTimeout => "the upstream did not answer in time",
             Error::ShuttingDown => "the gateway is shutting down; retry on another instance",
+            Error::Overloaded => "the gateway is overloaded; retry shortly",
             Error::Unauthorized => "missing or unknown API key",
             Error::ModelNotAllowed => "this key is not approved for the requested model",
             Error::RateLimited(Limit::Requests) => "rate limit reached: requests per minute",
@@ -396,6 +403,7 @@ mod tests {
         Error::UpstreamTls("x"),
         Error::UpstreamTimeout,
         Error::ShuttingDown,
+        Error::Overloaded,
         Error::Unauthorized,
         Error::ModelNotAllowed,
         Error::RateLimited(Limit::Requests),

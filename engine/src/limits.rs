@@ -56,6 +56,9 @@ pub const TIMEOUT_MS_MAX: u64 = 86_400_000;
 
 /// Default for `[server] connections_max` (per shard).
 pub const CONNECTIONS_MAX_DEFAULT: usize = 16_384;
+/// Default for `[server] requests_inflight_max` (per shard): past it a shard sheds new
+/// requests with 503 instead of queueing more work behind the ones it serves.
+pub const REQUESTS_INFLIGHT_MAX_DEFAULT: usize = 8_192;
 /// Largest number of shards.
 pub const SHARDS_MAX: usize = 1024;
 /// Listen backlog per shard.

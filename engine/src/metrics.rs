@@ -43,7 +43,7 @@ struct ShardFamily {
     value: fn(&ShardView) -> u64,
 }
 
-const SHARD_FAMILIES: [ShardFamily; 9] = [
+const SHARD_FAMILIES: [ShardFamily; 12] = [
     ShardFamily {
         name: "connections",
         kind: "gauge",
@@ -91,6 +91,24 @@ const SHARD_FAMILIES: [ShardFamily; 9] = [
         kind: "counter",
         help: "Configs the shard refused.",
         value: |v| v.apply_errors,
+    },
+    ShardFamily {
+        name: "shard_requests_inflight",
+        kind: "gauge",
+        help: "Requests the shard is serving now.",
+        value: |v| v.requests_inflight,
+    },
+    ShardFamily {
+        name: "shard_requests_shed_total",
+        kind: "counter",
+        help: "Requests answered 503 because requests_inflight_max were in flight on the shard.",
+        value: |v| v.requests_shed,
+    },
+    ShardFamily {
+        name: "shard_connections_refused_total",
+        kind: "counter",
+        help: "Connections closed at accept because connections_max were open on the shard.",
+        value: |v| v.connections_refused,
     },
     ShardFamily {
         name: "access_log_dropped_total",
@@ -455,6 +473,8 @@ mod tests {
         set(&info.ring_dropped, 5);
         set(&info.apply_errors, 6);
         set(&info.access_log_dropped, 256);
+        set(&info.requests_shed, 7);
+        set(&info.connections_refused, 3);
         let (ua, ra) = (a.upstream_slot("up"), a.route_slot("/v1/\"odd\\"));
         let (ub, rb) = (b.upstream_slot("up"), b.route_slot("/v1/\"odd\\"));
         a.record(ua, ra, NO_SLOT, 200, 10, 20, Duration::from_micros(800));
@@ -597,6 +617,11 @@ mod tests {
         has(&t, r#"shardgate_config_ring_dropped_total{shard="0"} 5"#);
         has(&t, r#"shardgate_config_apply_errors_total{shard="0"} 6"#);
         has(&t, r#"shardgate_access_log_dropped_total{shard="0"} 256"#);
+        has(&t, r#"shardgate_shard_requests_shed_total{shard="0"} 7"#);
+        has(
+            &t,
+            r#"shardgate_shard_connections_refused_total{shard="0"} 3"#,
+        );
         has(
             &t,
             r#"shardgate_shard_info{shard="0",core="3",driver="io_uring"} 1"#,

@@ -381,6 +381,10 @@ pub struct ShardCtx {
     pub llm_pool: RefCell<Vec<crate::conn::LlmBufs>>,
     /// Open client connections (mirrored into the shared counters).
     connections: Cell<usize>,
+    /// Requests being served (mirrored into the shared counters).
+    requests_inflight: Cell<usize>,
+    /// When a refused connection was last logged (one warning a second at most).
+    refused_logged: Cell<Option<Instant>>,
 }
 
 impl ShardCtx {
@@ -409,6 +413,8 @@ impl ShardCtx {
             rng: Cell::new(0x9e37_79b9_7f4a_7c15 ^ (id as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)),
             llm_pool: RefCell::new(Vec::new()),
             connections: Cell::new(0),
+            requests_inflight: Cell::new(0),
+            refused_logged: Cell::new(None),
         }
     }
 
@@ -473,6 +479,38 @@ impl ShardCtx {
         stats::set(&self.info().connections, self.connections.get() as u64);
     }
 
+    /// Count a request in flight until the guard drops, or `None` (shed it) when the shard
+    /// already serves `requests_inflight_max`.
+    pub fn begin_request(&self, max: usize) -> Option<InflightGuard<'_>> {
+        let n = self.requests_inflight.get();
+        if n >= max {
+            stats::add(&self.info().requests_shed, 1);
+            return None;
+        }
+        self.requests_inflight.set(n + 1);
+        stats::set(&self.info().requests_inflight, n as u64 + 1);
+        Some(InflightGuard(self))
+    }
+
+    /// A new connection past `connections_max`: counted, and logged at most once a second
+    /// (an attack would otherwise flood the log).
+    fn connection_refused(&self) {
+        stats::add(&self.info().connections_refused, 1);
+        let now = Instant::now();
+        let quiet = self
+            .refused_logged
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if quiet {
+            self.refused_logged.set(Some(now));
+            tracing::warn!(
+                shard = self.id,
+                refused = self.info().connections_refused.load(Ordering::Relaxed),
+                "connections_max reached; closing new connections"
+            );
+        }
+    }
+
     pub fn upstream_connected(&self) {
         stats::add(&self.info().upstream_connects, 1);
     }
@@ -498,6 +536,18 @@ impl ShardCtx {
     }
 }
 
+/// A request counted in flight on its shard ([`ShardCtx::begin_request`]) until dropped.
+#[derive(Debug)]
+pub struct InflightGuard<'a>(&'a ShardCtx);
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        let n = self.0.requests_inflight.get().saturating_sub(1);
+        self.0.requests_inflight.set(n);
+        stats::set(&self.0.info().requests_inflight, n as u64);
+    }
+}
+
 /// Accepts kept waiting on the listener at once, per shard, on io_uring.
 const ACCEPTS_IN_FLIGHT: usize = 16;
 
@@ -508,7 +558,7 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: Rc<TcpListener>, tls: bool) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     if ctx.open_connections() >= ctx.snapshot().cfg.server.connections_max {
-                        tracing::warn!(shard = ctx.id, "connections_max reached; closing a new connection");
+                        ctx.connection_refused();
                         drop(stream);
                         continue;
                     }

@@ -273,6 +273,17 @@ impl Gateway {
             .unwrap_or_else(|| panic!("no admin line in stdout:\n{out}"))
     }
 
+    /// The admin listener's `/metrics` text (empty if it could not be read).
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut m = String::new();
+        if let Ok(mut s) = std::net::TcpStream::connect(self.admin_addr()) {
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+            let _ = s.read_to_string(&mut m);
+        }
+        m
+    }
+
     /// The shard count from the start-up line.
     pub fn shards(&self) -> usize {
         self.shards

@@ -166,3 +166,77 @@ fn past_connections_max_new_connections_are_closed_at_once() {
     });
     assert!(ok, "no room after the held connections closed");
 }
+
+#[test]
+fn a_saturated_shard_sheds_new_requests_with_503_and_recovers() {
+    // The upstream holds every request until released.
+    let release = Arc::new(AtomicBool::new(false));
+    let up = {
+        let release = release.clone();
+        MockUpstream::start(move |_req, stream: &mut TcpStream| {
+            while !release.load(Ordering::Relaxed) {
+                sleep(Duration::from_millis(5));
+            }
+            shardgate_tests::write_response(stream, 200, "text/plain", b"done")?;
+            Ok(shardgate_tests::Action::KeepAlive)
+        })
+    };
+    let gw = Gateway::start(
+        &ConfigBuilder::new(up.addr())
+            .server("requests_inflight_max = 3")
+            .build(),
+    );
+    // Three requests in flight fill the shard.
+    let held: Vec<Client> = (0..3)
+        .map(|i| {
+            let mut c = Client::connect(gw.addr());
+            c.send(format!("GET /held/{i} HTTP/1.1\r\nHost: t\r\n\r\n"));
+            c
+        })
+        .collect();
+    assert!(up.wait_requests(3, Duration::from_secs(5)), "not all held");
+    // The fourth is shed at once: 503, Retry-After, OpenAI-shaped, and it never reaches the
+    // upstream; its connection stays usable (no body was left unread).
+    let mut extra = Client::connect(gw.addr());
+    let t = Instant::now();
+    let r = extra.get("/shed");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    shardgate_tests::assert_error(&r, 503, "overloaded");
+    assert_eq!(r.json()["error"]["type"], "server_error");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // A request with a body is shed too, and its connection closed (the body is unread).
+    let post = extra.post_json("/shed", "{}");
+    shardgate_tests::assert_error(&post, 503, "overloaded");
+    assert!(post.connection_has("close"), "{}", post.summary());
+    // An Anthropic-shaped client gets Anthropic's overloaded error.
+    let mut anthropic = Client::connect(gw.addr());
+    let a = anthropic.post_json(
+        "/v1/messages",
+        r#"{"model":"m","max_tokens":5,"messages":[]}"#,
+    );
+    assert_eq!(a.status, 503, "{}", a.summary());
+    assert_eq!(a.json()["error"]["type"], "overloaded_error");
+    // Health checks are still answered.
+    let mut health = Client::connect(gw.addr());
+    assert_eq!(health.get("/health/liveness").status, 200);
+    assert!(shardgate_tests::wait_until(Duration::from_secs(5), || {
+        let m = gw.metrics();
+        m.contains(r#"shardgate_shard_requests_shed_total{shard="0"} 3"#)
+            && m.contains(r#"shardgate_shard_requests_inflight{shard="0"} 3"#)
+    }));
+    assert_eq!(
+        up.requests().len(),
+        3,
+        "a shed request reached the upstream"
+    );
+    // Released, the held requests finish and the shard serves again.
+    release.store(true, Ordering::Relaxed);
+    for mut c in held {
+        assert_eq!(c.read_response().status, 200);
+    }
+    let mut after = Client::connect(gw.addr());
+    assert_eq!(after.get("/after").status, 200);
+    assert!(shardgate_tests::wait_until(Duration::from_secs(5), || gw
+        .metrics()
+        .contains(r#"shardgate_shard_requests_inflight{shard="0"} 0"#)));
+}

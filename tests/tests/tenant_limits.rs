@@ -317,14 +317,7 @@ fn tokens_are_counted_from_the_upstreams_usage() {
         assert_eq!(r.status, 200, "{}", r.summary());
         assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("100000"));
     }
-    let metrics = || {
-        use std::io::{Read, Write};
-        let mut s = TcpStream::connect(gw.admin_addr()).expect("admin");
-        let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
-        let mut m = String::new();
-        let _ = s.read_to_string(&mut m);
-        m
-    };
+    let metrics = || gw.metrics();
     let counted = wait_until(Duration::from_secs(5), || {
         let m = metrics();
         m.contains(r#"shardgate_tenant_tokens_total{tenant="u",gen_ai_token_type="input"} 40"#)
@@ -369,15 +362,6 @@ fn sse_upstream(n: usize, asked: Arc<AtomicUsize>) -> MockUpstream {
     )
 }
 
-fn admin_metrics(gw: &Gateway) -> String {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect(gw.admin_addr()).expect("admin");
-    let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
-    let mut m = String::new();
-    let _ = s.read_to_string(&mut m);
-    m
-}
-
 #[test]
 fn streams_are_asked_for_usage_which_is_counted_and_hidden_unless_the_client_asked() {
     let asked = Arc::new(AtomicUsize::new(0));
@@ -414,13 +398,13 @@ fn streams_are_asked_for_usage_which_is_counted_and_hidden_unless_the_client_ask
     let r = c.read_response();
     assert!(r.body_str().contains("\"usage\""), "{}", r.summary());
     let counted = wait_until(Duration::from_secs(5), || {
-        let m = admin_metrics(&gw);
+        let m = gw.metrics();
         m.contains(r#"shardgate_tenant_tokens_total{tenant="s",gen_ai_token_type="input"} 14"#)
             && m.contains(
                 r#"shardgate_tenant_tokens_total{tenant="s",gen_ai_token_type="output"} 10"#,
             )
     });
-    assert!(counted, "{}", admin_metrics(&gw));
+    assert!(counted, "{}", gw.metrics());
 }
 
 #[test]

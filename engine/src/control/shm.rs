@@ -31,7 +31,7 @@ use crate::limits::{
 
 /// `SHRDGT` + layout version: a ctl of another version refuses the region instead of
 /// misreading it.
-pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x05");
+pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x06");
 /// Longest tuning-file path kept in the header, bytes.
 pub const TUNING_PATH_BYTES: usize = 256;
 
@@ -174,6 +174,12 @@ pub struct ShardInfo {
     pub requests: AtomicU64,
     pub upstream_connects: AtomicU64,
     pub access_log_dropped: AtomicU64,
+    /// Requests the shard is serving now (health checks and local refusals not counted), and
+    /// requests it answered 503 because `requests_inflight_max` were already in flight.
+    pub requests_inflight: AtomicU64,
+    pub requests_shed: AtomicU64,
+    /// Connections closed unanswered at accept because `connections_max` were open.
+    pub connections_refused: AtomicU64,
 }
 
 #[repr(C, align(4096))]

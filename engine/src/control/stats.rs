@@ -336,6 +336,9 @@ pub struct ShardView {
     pub requests: u64,
     pub upstream_connects: u64,
     pub access_log_dropped: u64,
+    pub requests_inflight: u64,
+    pub requests_shed: u64,
+    pub connections_refused: u64,
 }
 
 /// Everything the region's counters say, summed by name.
@@ -374,6 +377,9 @@ pub fn read(region: &Region) -> Totals {
             requests: l(&i.requests),
             upstream_connects: l(&i.upstream_connects),
             access_log_dropped: l(&i.access_log_dropped),
+            requests_inflight: l(&i.requests_inflight),
+            requests_shed: l(&i.requests_shed),
+            connections_refused: l(&i.connections_refused),
         });
         for s in &b.slots {
             let kind = s.kind.load(Ordering::Acquire);
