@@ -158,6 +158,9 @@ const TUNING_FILE_DEFAULT: &str = "tuning.toml";
 /// The embedded default's demo key, printed at start whenever a tenant holds it.
 const DEMO_KEY: &str = "sk-demo";
 
+/// Descriptors beyond three per connection: listeners, rings, the region, logs, upstream pools.
+const NOFILE_SPARE: u64 = 1024;
+
 /// The version the bootstrap config gets on the ring; `shardgate-ctl apply` numbers on from it.
 const BOOTSTRAP_VERSION: u64 = 1;
 
@@ -202,6 +205,23 @@ fn run(
             (_, d) => d,
         },
     };
+    // Every connection costs a descriptor, and a proxied one three (the client's, the
+    // upstream's, and the upstream's second handle the pool's idle check peeks through): take
+    // the whole hard limit at once (as nginx's worker_rlimit_nofile and Go programs do), and
+    // say so when even that is below what `connections_max` allows.
+    let nofile = shardgate_engine::runtime::raise_nofile();
+    let nofile_wanted = (shards as u64)
+        .saturating_mul(config.server.connections_max as u64)
+        .saturating_mul(3)
+        .saturating_add(NOFILE_SPARE);
+    if nofile < nofile_wanted {
+        tracing::warn!(
+            "open-file limit {nofile} is below the {nofile_wanted} that {shards} shard(s) with \
+             connections_max = {} may need (three per proxied connection); \
+             past it, accepts and upstream connects fail: raise LimitNOFILE (docs/operations.md)",
+            config.server.connections_max
+        );
+    }
     // Port 0: pick one free port now, so every shard's SO_REUSEPORT socket shares it. The
     // picking socket stays bound (never listening, so it takes no connections) for the
     // process's life: no other program can take the port before the shards bind it.

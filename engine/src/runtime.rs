@@ -73,6 +73,41 @@ where
     Ok(rt.block_on(make(DriverKind::Epoll)))
 }
 
+/// Raise this process's open-file soft limit to the hard limit (children inherit it); returns
+/// the soft limit now in force.
+pub fn raise_nofile() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let now = getrlimit(Resource::Nofile);
+    // `None` is "unlimited".
+    let soft = now.current.unwrap_or(u64::MAX);
+    match now.maximum {
+        Some(hard) if soft < hard => {
+            let raised = Rlimit {
+                current: Some(hard),
+                maximum: Some(hard),
+            };
+            if setrlimit(Resource::Nofile, raised).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        None if now.current.is_some() => {
+            // Unlimited hard limit: ask for plenty (the kernel caps it at fs.nr_open).
+            let raised = Rlimit {
+                current: Some(1 << 20),
+                maximum: None,
+            };
+            if setrlimit(Resource::Nofile, raised).is_ok() {
+                1 << 20
+            } else {
+                soft
+            }
+        }
+        _ => soft,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

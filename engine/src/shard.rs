@@ -383,8 +383,9 @@ pub struct ShardCtx {
     connections: Cell<usize>,
     /// Requests being served (mirrored into the shared counters).
     requests_inflight: Cell<usize>,
-    /// When a refused connection was last logged (one warning a second at most).
-    refused_logged: Cell<Option<Instant>>,
+    /// Warnings about refused connections and failed accepts, one a second at most.
+    refused_log: LogLimit,
+    accept_error_log: LogLimit,
 }
 
 impl ShardCtx {
@@ -414,7 +415,8 @@ impl ShardCtx {
             llm_pool: RefCell::new(Vec::new()),
             connections: Cell::new(0),
             requests_inflight: Cell::new(0),
-            refused_logged: Cell::new(None),
+            refused_log: LogLimit::default(),
+            accept_error_log: LogLimit::default(),
         }
     }
 
@@ -496,17 +498,21 @@ impl ShardCtx {
     /// (an attack would otherwise flood the log).
     fn connection_refused(&self) {
         stats::add(&self.info().connections_refused, 1);
-        let now = Instant::now();
-        let quiet = self
-            .refused_logged
-            .get()
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
-        if quiet {
-            self.refused_logged.set(Some(now));
+        if let Some(also) = self.refused_log.allow(Instant::now()) {
             tracing::warn!(
                 shard = self.id,
                 refused = self.info().connections_refused.load(Ordering::Relaxed),
-                "connections_max reached; closing new connections"
+                "connections_max reached; closing new connections ({also} more since the last warning)"
+            );
+        }
+    }
+
+    /// An accept that failed (EMFILE and friends): logged at most once a second.
+    fn accept_failed(&self, e: &std::io::Error) {
+        if let Some(also) = self.accept_error_log.allow(Instant::now()) {
+            tracing::warn!(
+                shard = self.id,
+                "accept failed: {e} ({also} more since the last warning)"
             );
         }
     }
@@ -533,6 +539,30 @@ impl ShardCtx {
             buf.clear();
             spare.push(buf);
         }
+    }
+}
+
+/// One log line a second at most for an event that repeats (an attack, exhausted
+/// descriptors), counting the ones it holds back.
+#[derive(Debug, Default)]
+struct LogLimit {
+    last: Cell<Option<Instant>>,
+    held_back: Cell<u64>,
+}
+
+impl LogLimit {
+    /// `Some(n)`: log now, `n` events went unlogged since the last line. `None`: hold back.
+    fn allow(&self, now: Instant) -> Option<u64> {
+        let due = self
+            .last
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if !due {
+            self.held_back.set(self.held_back.get() + 1);
+            return None;
+        }
+        self.last.set(Some(now));
+        Some(self.held_back.replace(0))
     }
 }
 
@@ -571,7 +601,7 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: Rc<TcpListener>, tls: bool) {
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly rather than spin.
-                    tracing::warn!(shard = ctx.id, "accept failed: {e}");
+                    ctx.accept_failed(&e);
                     monoio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
@@ -780,4 +810,21 @@ async fn serve(
     REQUESTS_SERVED.fetch_add(l(&info.requests), Ordering::Relaxed);
     CONNECTIONS_ACCEPTED.fetch_add(l(&info.connections_accepted), Ordering::Relaxed);
     UPSTREAM_CONNECTS.fetch_add(l(&info.upstream_connects), Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_limit_lets_one_line_a_second_through_and_counts_the_rest() {
+        let l = LogLimit::default();
+        let t = Instant::now();
+        assert_eq!(l.allow(t), Some(0));
+        assert_eq!(l.allow(t + Duration::from_millis(10)), None);
+        assert_eq!(l.allow(t + Duration::from_millis(999)), None);
+        assert_eq!(l.allow(t + Duration::from_millis(1000)), Some(2));
+        assert_eq!(l.allow(t + Duration::from_millis(1500)), None);
+        assert_eq!(l.allow(t + Duration::from_millis(2100)), Some(1));
+    }
 }

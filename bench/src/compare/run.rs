@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 
-use super::child::{raise_nofile, ChildGuard, Interrupt};
+use super::child::{ChildGuard, Interrupt};
 use super::stats::{self, Metric, NoiseLimits, ProxySummary, RunFigures, RunStatus, Ticks};
 use super::{
     find_peers, load_args, peer_config, proxy_command, rewrite_ports, search_dirs, shifted, table,
@@ -22,6 +22,7 @@ use super::{
     REQ_PATH, UPSTREAM_PORT,
 };
 use super::{probe, procstat};
+use shardgate_engine::runtime::raise_nofile;
 
 /// How long a proxy or the upstream gets to answer its first 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
