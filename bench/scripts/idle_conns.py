@@ -77,11 +77,16 @@ def main():
     ap.add_argument("--budget", type=float, default=300.0, help="seconds for opening them all")
     ap.add_argument("--hold", type=float, default=600.0, help="max seconds to hold them")
     ap.add_argument("--sources", type=int, default=1,
-                    help="spread connections over source addresses 127.0.0.1..127.0.0.N "
+                    help="spread connections over N source addresses 127.0.0.F..127.0.0.F+N-1 "
                          "(one loopback address has ~28k ephemeral ports)")
+    ap.add_argument("--source-first", type=int, default=1, metavar="F",
+                    help="last byte of the first source address (default 1: 127.0.0.1); "
+                         "several clients at once use different ones")
     args = ap.parse_args()
     if args.host not in ("127.0.0.1", "localhost"):
         sys.exit("idle_conns: loopback only")
+    if args.sources < 1 or not 1 <= args.source_first <= 255 - args.sources:
+        sys.exit("idle_conns: source addresses must lie in 127.0.0.1..127.0.0.254")
     raise_nofile(args.count + 64)
 
     request = f"GET {args.path} HTTP/1.1\r\nHost: {args.host}:{args.port}\r\n\r\n".encode()
@@ -92,7 +97,8 @@ def main():
             failed += 1
             continue
         try:
-            source = (f"127.0.0.{1 + i % args.sources}", 0) if args.sources > 1 else None
+            bind = args.sources > 1 or args.source_first != 1
+            source = (f"127.0.0.{args.source_first + i % args.sources}", 0) if bind else None
             s = socket.create_connection((args.host, args.port), timeout=args.timeout,
                                          source_address=source)
         except OSError as e:
