@@ -23,6 +23,10 @@
 #   slowpost   a head announcing a 1 MB body, then the body one byte every INTERVAL_S seconds
 #   sse        a streaming request to the SSE upstream whose answer is never read (4 KB receive
 #              buffer): the proxy's writes stall until its send deadline cuts the stream
+#   control    the slowloris attack aimed not at the proxy but at a sink beside it (a second
+#              nginx on the proxy's core, :18098): what the attacker costs the rig itself (the
+#              attacker and the load generator share a core), so attack - control is the
+#              proxy's own share of the slowdown
 # The attacker starts before the load and runs WARMUP_S seconds first, so the run sees the
 # attack at full strength (and its connections' deadlines expiring and being reopened).
 # Proxies are interleaved round-robin (the starting proxy rotates each round) for ROUNDS
@@ -32,7 +36,8 @@
 # Usage: bench/scripts/slow-clients.sh [OUT_DIR]
 # Environment (defaults in brackets):
 #   ROUNDS [3]  DURATION [10s]  RATE [3000]  CONNS [32]  ATTACK_CONNS [1000]  INTERVAL_S [1]
-#   WARMUP_S [3]  TIMEOUT_S [10]  SSE_CHUNK_MS [50]  MODES ["slowloris slowpost sse"]  PROXIES ["nginx shardgate"]
+#   WARMUP_S [3]  TIMEOUT_S [10]  SSE_CHUNK_MS [50]  MODES ["control slowloris slowpost sse"]
+#   PROXIES ["nginx shardgate"]
 #   SHARDGATE_BIN [<repo>/target/release/shardgate]
 #   BENCH_BIN [<repo>/target/release/shardgate-bench]  NGINX_BIN [nginx]
 #   PROXY_CPU [0]  LOAD_CPU [1]  OUT [/tmp/shardgate-slow-clients-<timestamp>]
@@ -55,7 +60,7 @@ INTERVAL_S=${INTERVAL_S:-1}
 WARMUP_S=${WARMUP_S:-3}
 TIMEOUT_S=${TIMEOUT_S:-10}
 SSE_CHUNK_MS=${SSE_CHUNK_MS:-50}
-MODES=${MODES:-"slowloris slowpost sse"}
+MODES=${MODES:-"control slowloris slowpost sse"}
 PROXIES=${PROXIES:-"nginx shardgate"}
 SHARDGATE_BIN=${SHARDGATE_BIN:-$REPO/target/release/shardgate}
 BENCH_BIN=${BENCH_BIN:-$REPO/target/release/shardgate-bench}
@@ -66,6 +71,7 @@ OUT=${1:-${OUT:-/tmp/shardgate-slow-clients-$(date +%Y%m%d-%H%M%S)}}
 
 CHAT_PORT=18080
 SSE_PORT=18090
+SINK_PORT=18098
 REQ_PATH=/v1/chat/completions
 BODY='{"model":"demo","messages":[{"role":"user","content":"Hello World!"}]}'
 CLK_TCK=$(getconf CLK_TCK)
@@ -78,7 +84,7 @@ log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
     die "RATE, CONNS and ATTACK_CONNS must be whole numbers"
 [[ $TIMEOUT_S =~ ^[0-9]+$ && $WARMUP_S =~ ^[0-9]+$ ]] && (( TIMEOUT_S >= 1 )) ||
     die "TIMEOUT_S (>= 1) and WARMUP_S must be whole seconds"
-for m in $MODES; do [[ $m == slowloris || $m == slowpost || $m == sse ]] || die "unknown mode $m"; done
+for m in $MODES; do [[ $m =~ ^(control|slowloris|slowpost|sse)$ ]] || die "unknown mode $m"; done
 for p in $PROXIES; do [[ $p == nginx || $p == shardgate ]] || die "unknown proxy $p"; done
 command -v "$NGINX_BIN" >/dev/null || die "nginx not found (apt-get install -y nginx-light)"
 command -v curl >/dev/null || die "curl not found"
@@ -164,6 +170,23 @@ path_prefix = "/"
 upstream = "rig"
 EOF
 
+# The control's sink: answers nothing until a head completes, closes at the same deadline.
+cat >"$RUN/sink.conf" <<EOF
+worker_processes 1;
+worker_rlimit_nofile $need;
+daemon off;
+master_process on;
+pid nginx.pid;
+error_log error.log warn;
+events { worker_connections $need; }
+http {
+    access_log off;
+    client_header_timeout ${TIMEOUT_S}s;
+    client_body_timeout ${TIMEOUT_S}s;
+    server { listen 127.0.0.1:$SINK_PORT backlog=4096; location / { return 200 "sink\n"; } }
+}
+EOF
+
 port_of() { case $1 in nginx) echo 18081 ;; shardgate) echo 18083 ;; esac; }
 
 # ---------------------------------------------------------------- processes
@@ -237,6 +260,11 @@ start_upstreams() {
         --chunks 10000 --chunk-interval-ms "$SSE_CHUNK_MS" >"$RUN/sse-upstream.log" 2>&1 &
     STARTED_PIDS+=($!)
     wait_ok "$CHAT_PORT" || die "the chat upstream did not answer"
+    mkdir -p "$RUN/sink"
+    taskset -c "$PROXY_CPU" "$NGINX_BIN" -p "$RUN/sink" -e "$RUN/sink/error.log" \
+        -c "$RUN/sink.conf" >"$RUN/sink/stdout.log" 2>&1 &
+    STARTED_PIDS+=($!)
+    wait_ok "$SINK_PORT" || die "the control's sink did not answer"
 }
 
 PROXY_PID=""
@@ -313,10 +341,11 @@ for round in $(seq 1 "$ROUNDS"); do
         start_proxy "$proxy"
         for mode in quiet $MODES; do
             tag=r$round-$proxy-$mode
-            if [[ $mode != quiet ]]; then
-                start_attack "$mode" "$port" "$tag"
-                sleep "$WARMUP_S"
-            fi
+            case $mode in
+                quiet) ;;
+                control) start_attack slowloris "$SINK_PORT" "$tag"; sleep "$WARMUP_S" ;;
+                *) start_attack "$mode" "$port" "$tag"; sleep "$WARMUP_S" ;;
+            esac
             pids=$(tree_pids "$PROXY_PID")
             t0=$(cpu_ticks $pids); s0=$(date +%s%N)
             taskset -c "$LOAD_CPU" "$BENCH_BIN" load "http://127.0.0.1:$port$REQ_PATH" \
@@ -352,10 +381,11 @@ import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 modes = ["quiet"] + sys.argv[2].split()
 proxies = sys.argv[3].split()
-quiet = {(r["round"], r["proxy"]): float(r["p99_us"]) for r in rows if r["mode"] == "quiet"}
+base = lambda mode: {(r["round"], r["proxy"]): float(r["p99_us"]) for r in rows if r["mode"] == mode}
+quiet, control = base("quiet"), base("control")
 med = lambda xs: statistics.median(xs) if xs else float("nan")
-print("median over rounds; p99 ratio = attack p99 / quiet p99 of the same proxy and round")
-print(f"{'proxy':<10} {'mode':<10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'p99 ratio':>9} {'errors':>7} {'cpu %':>6} {'rss MiB':>8} {'attack reopened':>16}")
+print("median over rounds; x quiet, x control = p99 / the quiet (control) run's p99, same proxy and round")
+print(f"{'proxy':<10} {'mode':<10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'x quiet':>8} {'x control':>9} {'errors':>7} {'cpu %':>6} {'rss MiB':>8} {'attack reopened':>16}")
 p99s = {}
 for p in proxies:
     for m in modes:
@@ -365,9 +395,10 @@ for p in proxies:
         p99 = med([float(r["p99_us"]) for r in rs])
         p99s[(p, m)] = p99
         ratio = med([float(r["p99_us"]) / quiet[(r["round"], p)] for r in rs if quiet.get((r["round"], p))])
+        vs_control = med([float(r["p99_us"]) / control[(r["round"], p)] for r in rs if control.get((r["round"], p))])
         reopened = med([int(r["attack_opened"]) - int(r["attack_open"]) for r in rs if r["attack_opened"] != "-"]) if m != "quiet" else "-"
         print(f"{p:<10} {m:<10} {med([float(r['p50_us']) for r in rs]) / 1000:>8.2f} {p99 / 1000:>8.2f} "
-              f"{med([float(r['p999_us']) for r in rs]) / 1000:>9.2f} {ratio:>9.2f} "
+              f"{med([float(r['p999_us']) for r in rs]) / 1000:>9.2f} {ratio:>8.2f} {vs_control:>9.2f} "
               f"{med([int(r['errors']) for r in rs]):>7} {med([float(r['proxy_cpu_pct']) for r in rs]):>6.1f} "
               f"{med([int(r['proxy_rss_kib']) for r in rs]) / 1024:>8.1f} {reopened:>16}")
 if "nginx" in proxies and "shardgate" in proxies:

@@ -31,9 +31,7 @@ use crate::http::chunked::{ChunkedDecoder, Step};
 use crate::http::request::{self, BodyKind, Credentials, Method, RequestHead};
 use crate::http::response::{self, ClientFraming};
 use crate::http::write_hex;
-use crate::limits::{
-    HEADERS_ARRAY_LEN, INTERIM_RESPONSES_MAX, MOCK_BODY_BYTES_MAX, RELAY_BUF_BYTES,
-};
+use crate::limits::{HEADERS_ARRAY_LEN, INTERIM_RESPONSES_MAX, MOCK_BODY_BYTES_MAX};
 use crate::llm::{self, SseFilter, UsageScanner};
 use crate::mock::{self, MockEndpoint, MockReply};
 use crate::shard::{ShardCtx, Snapshot};
@@ -402,7 +400,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, tls:
             Next::KeepAlive => first = false,
             Next::Close => break,
             Next::CloseLinger => {
-                linger_close(&mut c.stream).await;
+                linger_close(&mut c.stream, std::mem::take(&mut c.buf)).await;
                 break;
             }
         }
@@ -2584,18 +2582,25 @@ async fn answer_error_with(
     }
     match (res, close) {
         (Err(_), _) => Next::Close,
+        // A client that let a deadline pass gets its 408 and a plain close: lingering to read
+        // what it still sends would spend the shard's time on the slowest (or most hostile)
+        // clients, a thousand at once when a slowloris attack's deadlines expire together.
+        (Ok(()), true) if matches!(e, Error::HeaderTimeout | Error::BodyTimeout) => Next::Close,
         (Ok(()), true) => Next::CloseLinger,
         (Ok(()), false) => Next::KeepAlive,
     }
 }
 
 /// Half-close, then read and drop what the client still sends for a short while, so the close
-/// does not turn into a reset that destroys the answer in the client's receive buffer.
-async fn linger_close(stream: &mut Io) {
+/// does not turn into a reset that destroys the answer in the client's receive buffer. Reads
+/// into the connection's own buffer (`buf`): closing allocates nothing.
+async fn linger_close(stream: &mut Io, mut buf: Vec<u8>) {
     let _ = stream.shutdown().await;
     let deadline = Instant::now() + Duration::from_millis(LINGER_MS);
-    let mut buf = vec![0u8; 0];
-    buf.reserve(RELAY_BUF_BYTES.min(LINGER_BYTES_MAX));
+    if buf.capacity() == 0 {
+        // Left with a cancelled read: one small buffer.
+        buf.reserve(CLIENT_BUF_BYTES_INITIAL);
+    }
     let mut total = 0;
     while total < LINGER_BYTES_MAX {
         buf.clear();
