@@ -26,7 +26,7 @@ def raise_nofile(need):
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < need:
-        sys.exit(f"idle_conns: open-file limit {soft} < {need} needed; raise ulimit -n")
+        sys.exit(f"{sys.argv[0]}: open-file limit {soft} < {need} needed; raise ulimit -n")
 
 
 def read_response(sock, deadline):

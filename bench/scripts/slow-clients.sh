@@ -50,6 +50,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 PEERS=$REPO/bench/peers
+# shellcheck source=bench/scripts/common.sh
+. "$HERE/common.sh"
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
@@ -192,52 +194,13 @@ port_of() { case $1 in nginx) echo 18081 ;; shardgate) echo 18083 ;; esac; }
 # ---------------------------------------------------------------- processes
 STARTED_PIDS=()
 cleanup() {
-    local p i
-    for p in "${STARTED_PIDS[@]}"; do
-        kill -TERM "$p" 2>/dev/null || true
-        for i in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        pkill -KILL -P "$p" 2>/dev/null || true
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
+    local p
+    for p in "${STARTED_PIDS[@]}"; do stop_pid "$p"; done
     STARTED_PIDS=()
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-stop_pid() {
-    local p=$1 i keep=() q
-    kill -TERM "$p" 2>/dev/null || true
-    for i in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    pkill -KILL -P "$p" 2>/dev/null || true
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-    for q in "${STARTED_PIDS[@]}"; do [[ $q == "$p" ]] || keep+=("$q"); done
-    STARTED_PIDS=("${keep[@]}")
-}
-
-tree_pids() { echo "$1" $(pgrep -P "$1" 2>/dev/null || true); }
-
-cpu_ticks() { # utime+stime summed over the given pids
-    local total=0 p st f
-    for p in "$@"; do
-        st=$(<"/proc/$p/stat") || return 1
-        st=${st##*) }
-        read -r -a f <<<"$st"
-        total=$(( total + f[11] + f[12] ))
-    done
-    echo "$total"
-}
-
-rss_kib() {
-    local total=0 p v
-    for p in "$@"; do
-        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
-        total=$(( total + ${v:-0} ))
-    done
-    echo "$total"
-}
 
 wait_ok() { # port: up to 10 s for the benchmark request to be answered 200
     local i code
@@ -346,7 +309,7 @@ for round in $(seq 1 "$ROUNDS"); do
                 control) start_attack slowloris "$SINK_PORT" "$tag"; sleep "$WARMUP_S" ;;
                 *) start_attack "$mode" "$port" "$tag"; sleep "$WARMUP_S" ;;
             esac
-            pids=$(tree_pids "$PROXY_PID")
+            pids=$(descendants "$PROXY_PID")
             t0=$(cpu_ticks $pids); s0=$(date +%s%N)
             taskset -c "$LOAD_CPU" "$BENCH_BIN" load "http://127.0.0.1:$port$REQ_PATH" \
                 --rate "$RATE" -c "$CONNS" -t 1 -d "$DURATION" --warmup 1s --json \
@@ -372,6 +335,7 @@ for round in $(seq 1 "$ROUNDS"); do
             log "$(tail -n 1 "$OUT/raw.tsv")"
         done
         stop_pid "$PROXY_PID"
+        forget_pid "$PROXY_PID"
     done
 done
 

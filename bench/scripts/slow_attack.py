@@ -25,25 +25,16 @@ import argparse
 import heapq
 import itertools
 import random
-import resource
 import select
 import signal
 import socket
 import sys
 import time
 
+from idle_conns import raise_nofile  # the same open-file limit handling, beside this script
+
 REOPEN_TICK_S = 0.1
 POLL_CLOSED = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0x2000)
-
-
-def raise_nofile(need):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = need if hard == resource.RLIM_INFINITY else min(need, hard)
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < need:
-        sys.exit(f"slow_attack: open-file limit {soft} < {need} needed; raise ulimit -n")
 
 
 class Conn:
