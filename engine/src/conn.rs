@@ -220,6 +220,10 @@ struct Exchange {
     retry_err: Option<Error>,
     /// The upstream's `Retry-After` on a 429/503 (for the balancer).
     retry_after: Option<Duration>,
+    /// The upstream broke off its answer after its head (closed, reset, stalled past
+    /// `read_timeout_ms` or ill-framed mid-body): a failure for its health, whatever the
+    /// status the client already got.
+    upstream_broke: bool,
     /// The model deployment whose quota this request holds: (group, deployment, admission).
     deployment_admitted: Option<(usize, usize, Admitted)>,
     /// The current attempt's body was translated to the upstream's API: its answer is
@@ -258,6 +262,7 @@ impl Exchange {
             retry_ok: false,
             retry_err: None,
             retry_after: None,
+            upstream_broke: false,
             deployment_admitted: None,
             translation: None,
             error_shape: Shape::OpenAi,
@@ -1359,7 +1364,10 @@ async fn relay_response(
             Ok(0) if relay.framing == ClientFraming::UntilClose => break,
             // The upstream stopped mid-body: end the client connection without a clean end,
             // so the client sees a truncated message.
-            Ok(0) | Err(_) => return Next::Close,
+            Ok(0) | Err(_) => {
+                c.ex.upstream_broke = true;
+                return Next::Close;
+            }
             Ok(_) => {}
         }
         wbuf.clear();
@@ -1369,6 +1377,7 @@ async fn relay_response(
             dechunk,
             scan.then_some(&mut c.llm.scanner),
         ) else {
+            c.ex.upstream_broke = true;
             return Next::Close;
         };
         if n == 0 {
@@ -1457,6 +1466,7 @@ async fn relay_filtered(
         let Ok(n) = fed else {
             c.llm.sse_in = data;
             c.llm.sse_out = filtered;
+            c.ex.upstream_broke = true;
             return Next::Close;
         };
         up.buf.drain(..n);
@@ -1510,6 +1520,7 @@ async fn relay_filtered(
             .await
             .is_err()
         {
+            c.ex.upstream_broke = true;
             return Next::Close;
         }
     }
@@ -2431,6 +2442,12 @@ fn balance_now_ns() -> u64 {
 /// How an attempt at a deployment ended, for its health and latency estimate.
 fn outcome_of(ex: &Exchange, started_ns: u64) -> Outcome {
     let _ = started_ns;
+    if ex.upstream_broke {
+        return Outcome::Failure {
+            kind: FailureKind::Reset,
+            retry_after: None,
+        };
+    }
     match (ex.ttfb, ex.local_error, ex.status) {
         // The upstream answered: its status says how it is doing.
         (Some(_), _, s) if s == 429 || s >= 500 => Outcome::Failure {

@@ -502,3 +502,55 @@ deployments = [{ upstream = "slow" }, { upstream = "fast" }]
         "no plain stream waited for the slow deployment"
     );
 }
+
+#[test]
+fn a_deployment_that_breaks_off_its_answers_is_charged_and_put_aside() {
+    // Answers 200 with a head promising 1,000 bytes, sends 10, and closes: the client can only
+    // get a truncated answer (the head went out), but the deployment's health pays for it.
+    let broken = MockUpstream::start(
+        |_req: &Request, stream: &mut TcpStream| -> io::Result<Action> {
+            use std::io::Write;
+            stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"choices\"",
+            )?;
+            Ok(Action::Close)
+        },
+    );
+    let good = deployment("good", Duration::ZERO);
+    let cfg = config(
+        &[("broken", broken.addr()), ("good", good.addr())],
+        r#"
+[[models]]
+name = "m"
+strategy = "round_robin"
+deployments = [{ upstream = "broken" }, { upstream = "good" }]
+"#,
+    );
+    let gw = Gateway::start(&cfg);
+    let (mut truncated, mut served) = (0, 0);
+    for _ in 0..40 {
+        let mut c = Client::connect(gw.addr());
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        c.send(format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        match c.try_read_response_for("POST") {
+            Ok(r) if r.status == 200 && r.json()["served_by"] == "good" => served += 1,
+            Ok(r) => panic!("unexpected answer: {}", r.summary()),
+            Err(_) => truncated += 1,
+        }
+    }
+    // Five broken answers in a row eject it (docs/configuration.md, model groups); round robin
+    // would otherwise have sent it 20 of the 40.
+    let asked = broken.requests().len();
+    assert!(
+        (5..=7).contains(&asked),
+        "the broken deployment was asked {asked} times"
+    );
+    assert_eq!(
+        truncated, asked,
+        "every broken answer reached its client truncated"
+    );
+    assert_eq!(served, 40 - asked);
+}

@@ -365,6 +365,7 @@ async fn relay_stream(
     }
     ctx.put_buf(wbuf);
     if broken {
+        c.ex.upstream_broke = true;
         return Next::Close;
     }
     relay.upstream_reusable &= !cut;
