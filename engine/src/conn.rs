@@ -418,6 +418,27 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, tls:
 /// The `Retry-After` of a request shed by a saturated shard, seconds (one header line).
 const OVERLOADED_RETRY_AFTER: &[u8] = b"retry-after: 1\r\n";
 
+/// How long a connection refused past `connections_max` may take to send its request before
+/// its `503` goes out anyway, ms.
+const REFUSE_READ_MS: u64 = 100;
+
+/// Answer a plain connection accepted past `connections_max`: read what it sent within
+/// [`REFUSE_READ_MS`] (so the close after the answer does not reset it away), then `503`
+/// `overloaded` with `Retry-After` and `Connection: close`, and close. Nothing is parsed.
+pub async fn refuse(ctx: &ShardCtx, stream: TcpStream) {
+    let mut stream = Io::Plain(stream);
+    let buf = ctx.take_buf();
+    let deadline = Instant::now() + Duration::from_millis(REFUSE_READ_MS);
+    let (_, mut buf) = read_more(&mut stream, buf, deadline).await;
+    buf.clear();
+    Error::Overloaded.write_response_with(true, OVERLOADED_RETRY_AFTER, &mut buf);
+    let send_timeout = Duration::from_millis(REFUSE_READ_MS);
+    if let (_, Some(buf)) = write_timeout(&mut stream, buf, send_timeout).await {
+        ctx.put_buf(buf);
+    }
+    let _ = stream.shutdown().await;
+}
+
 /// Read, decide and answer one request.
 async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
     let mut snap = c.snap.clone();

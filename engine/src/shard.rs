@@ -383,6 +383,8 @@ pub struct ShardCtx {
     connections: Cell<usize>,
     /// Requests being served (mirrored into the shared counters).
     requests_inflight: Cell<usize>,
+    /// Connections past `connections_max` being answered 503 now.
+    refusals_answering: Cell<usize>,
     /// Warnings about refused connections and failed accepts, one a second at most.
     refused_log: LogLimit,
     accept_error_log: LogLimit,
@@ -415,6 +417,7 @@ impl ShardCtx {
             llm_pool: RefCell::new(Vec::new()),
             connections: Cell::new(0),
             requests_inflight: Cell::new(0),
+            refusals_answering: Cell::new(0),
             refused_log: LogLimit::default(),
             accept_error_log: LogLimit::default(),
         }
@@ -578,6 +581,10 @@ impl Drop for InflightGuard<'_> {
     }
 }
 
+/// Connections past `connections_max` answered `503` at once, at most, per shard; the ones past
+/// this are closed unanswered (as on a TLS listener, where a plain answer means nothing).
+const REFUSALS_ANSWERING_MAX: usize = 64;
+
 /// Accepts kept waiting on the listener at once, per shard, on io_uring.
 const ACCEPTS_IN_FLIGHT: usize = 16;
 
@@ -588,8 +595,19 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: Rc<TcpListener>, tls: bool) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     if ctx.open_connections() >= ctx.snapshot().cfg.server.connections_max {
+                        // A clear answer (503) while few refusals are under way; past that,
+                        // a plain close: refusing must not cost more than serving.
                         ctx.connection_refused();
-                        drop(stream);
+                        let answering = ctx.refusals_answering.get();
+                        if !tls && answering < REFUSALS_ANSWERING_MAX {
+                            ctx.refusals_answering.set(answering + 1);
+                            let ctx = ctx.clone();
+                            monoio::spawn(async move {
+                                crate::conn::refuse(&ctx, stream).await;
+                                ctx.refusals_answering
+                                    .set(ctx.refusals_answering.get().saturating_sub(1));
+                            });
+                        }
                         continue;
                     }
                     ctx.connection_opened();

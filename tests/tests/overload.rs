@@ -1,6 +1,7 @@
 //! Slow and greedy clients: slowloris heads, slow POST bodies and SSE clients that never read
 //! are bounded by deadlines, while well-behaved clients on the same shard keep being served
-//! promptly; past `connections_max` new connections are closed at once instead of queued.
+//! promptly; past `connections_max` new connections are answered 503 at once instead of queued,
+//! and past `requests_inflight_max` new requests are.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -130,7 +131,7 @@ fn an_sse_client_that_never_reads_is_dropped_at_send_timeout() {
 }
 
 #[test]
-fn past_connections_max_new_connections_are_closed_at_once() {
+fn past_connections_max_new_connections_get_503_at_once() {
     let up = MockUpstream::start(shardgate_tests::echo());
     let gw = Gateway::start(
         &ConfigBuilder::new(up.addr())
@@ -144,15 +145,24 @@ fn past_connections_max_new_connections_are_closed_at_once() {
             c
         })
         .collect();
-    // The 21st is closed without an answer, at once.
+    // The 21st is answered 503 at once (its request read, never served) and closed.
     let mut extra = Client::connect(gw.addr());
-    let _ = extra.try_send("GET /over HTTP/1.1\r\nHost: t\r\n\r\n");
     let t = Instant::now();
-    assert!(
-        extra.try_read_response().is_err(),
-        "served past connections_max"
-    );
+    let r = extra.get("/over");
     assert!(t.elapsed() < Duration::from_secs(2));
+    shardgate_tests::assert_error(&r, 503, "overloaded");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(r.connection_has("close"), "{}", r.summary());
+    extra.assert_closed(Duration::from_secs(2));
+    assert!(
+        up.requests().iter().all(|r| r.path == "/hold"),
+        "a refused request reached the upstream"
+    );
+    assert!(shardgate_tests::wait_until(Duration::from_secs(5), || gw
+        .metrics()
+        .contains(
+            r#"shardgate_shard_connections_refused_total{shard="0"} 1"#
+        )));
     drop(held);
     // Room again.
     let ok = shardgate_tests::wait_until(Duration::from_secs(5), || {
