@@ -45,12 +45,17 @@ fn config(upstreams: &[(&str, SocketAddr)], models: &str) -> String {
 }
 
 fn chat(c: &mut Client, model: &str) -> shardgate_tests::Response {
+    send_chat(c, model);
+    c.read_response()
+}
+
+/// Send a one-message chat request for `model` (the answer is the caller's to read).
+fn send_chat(c: &mut Client, model: &str) {
     let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
     c.send(format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     ));
-    c.read_response()
 }
 
 #[test]
@@ -530,11 +535,7 @@ deployments = [{ upstream = "broken" }, { upstream = "good" }]
     let (mut truncated, mut served) = (0, 0);
     for _ in 0..40 {
         let mut c = Client::connect(gw.addr());
-        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
-        c.send(format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ));
+        send_chat(&mut c, "m");
         match c.try_read_response_for("POST") {
             Ok(r) if r.status == 200 && r.json()["served_by"] == "good" => served += 1,
             Ok(r) => panic!("unexpected answer: {}", r.summary()),
