@@ -610,12 +610,7 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: Rc<TcpListener>, tls: bool) {
                         }
                         continue;
                     }
-                    ctx.connection_opened();
-                    let ctx = ctx.clone();
-                    monoio::spawn(async move {
-                        crate::conn::serve(&ctx, stream, peer, tls).await;
-                        ctx.connection_closed();
-                    });
+                    spawn_connection(&ctx, stream, peer, tls);
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly rather than spin.
@@ -729,13 +724,23 @@ fn accept_backlog(ctx: &Rc<ShardCtx>, spare: &std::net::TcpListener, tls: bool) 
         else {
             continue;
         };
-        ctx.connection_opened();
-        let ctx = ctx.clone();
-        monoio::spawn(async move {
-            crate::conn::serve(&ctx, stream, peer, tls).await;
-            ctx.connection_closed();
-        });
+        spawn_connection(ctx, stream, peer, tls);
     }
+}
+
+/// Serve an accepted connection on its own task, counted open until it ends.
+fn spawn_connection(
+    ctx: &Rc<ShardCtx>,
+    stream: monoio::net::TcpStream,
+    peer: SocketAddr,
+    tls: bool,
+) {
+    ctx.connection_opened();
+    let ctx = ctx.clone();
+    monoio::spawn(async move {
+        crate::conn::serve(&ctx, stream, peer, tls).await;
+        ctx.connection_closed();
+    });
 }
 
 /// Accept until shutdown, then drain: no new connections, in-flight requests finish for at

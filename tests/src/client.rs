@@ -49,6 +49,13 @@ impl Response {
 
     /// The body as JSON; panics with the response when it is not.
     #[track_caller]
+    /// The `path` an [`echo`](crate::echo) upstream reported for the request it answered.
+    pub fn echoed_path(&self) -> Option<String> {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["path"].as_str().map(str::to_owned))
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.summary()))

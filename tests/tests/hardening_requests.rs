@@ -554,9 +554,7 @@ fn run_case(gw: &Gateway, up: &MockUpstream, case: &Case) -> Result<(), String> 
                         r.summary()
                     ));
                 }
-                let path = serde_json::from_slice::<serde_json::Value>(&r.body)
-                    .ok()
-                    .and_then(|v| v["path"].as_str().map(str::to_owned));
+                let path = r.echoed_path();
                 let want_path = case.forwarded.get(upstream_answers).map(|f| f.path.clone());
                 if path != want_path {
                     return Err(format!(

@@ -658,9 +658,7 @@ fn follow_up(
             r.summary()
         ));
     }
-    let echoed = serde_json::from_slice::<serde_json::Value>(&r.body)
-        .ok()
-        .and_then(|v| v["path"].as_str().map(str::to_owned));
+    let echoed = r.echoed_path();
     if echoed.as_deref() != Some(path) {
         return Err(format!(
             "follow-up {path}: the answer belongs to another request:\n{}",
