@@ -505,7 +505,7 @@ impl ShardCtx {
             tracing::warn!(
                 shard = self.id,
                 refused = self.info().connections_refused.load(Ordering::Relaxed),
-                "connections_max reached; closing new connections ({also} more since the last warning)"
+                "connections_max reached; new connections are refused ({also} more since the last warning)"
             );
         }
     }
