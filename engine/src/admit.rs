@@ -122,7 +122,9 @@ impl TenantLimits {
 #[derive(Debug)]
 pub struct Admitted {
     concurrency: bool,
+    /// Tokens taken from the tokens-per-minute limit.
     tokens: u64,
+    estimate: u64,
     budget: Option<Reservation>,
     done: Cell<bool>,
 }
@@ -145,6 +147,7 @@ pub fn admit(t: &TenantLimits, now_ns: u64, tokens: u64) -> Result<Admitted, Ref
         return Ok(Admitted {
             concurrency: false,
             tokens: 0,
+            estimate: tokens,
             budget: None,
             done: Cell::new(false),
         });
@@ -152,6 +155,7 @@ pub fn admit(t: &TenantLimits, now_ns: u64, tokens: u64) -> Result<Admitted, Ref
     let mut adm = Admitted {
         concurrency: false,
         tokens: 0,
+        estimate: tokens,
         budget: None,
         done: Cell::new(false),
     };
@@ -225,6 +229,12 @@ pub fn admit(t: &TenantLimits, now_ns: u64, tokens: u64) -> Result<Admitted, Ref
 }
 
 impl Admitted {
+    /// The token estimate it was admitted with (0 for requests that use none), whatever
+    /// limits took it: a request's cost in the fair queues.
+    pub fn estimate(&self) -> u64 {
+        self.estimate
+    }
+
     /// End the request: release its slot in flight and settle its tokens. `used`: the tokens
     /// the upstream reported (None: no usage seen; the reservation is given back when the
     /// request `failed` — the client left or the upstream failed — and kept as charged

@@ -26,7 +26,7 @@ use crate::config::{Auth, Provider, UpstreamConfig};
 use crate::control::stats::Reject;
 use crate::control::stats::{NO_SLOT, SLOT_UNROUTED};
 use crate::error::{Error, Limit, Shape};
-use crate::fair::UpstreamCap;
+use crate::fair::{UpstreamCap, FAIR_NO_TENANT};
 use crate::http::chunked::{ChunkedDecoder, Step};
 use crate::http::request::{self, BodyKind, Credentials, Method, RequestHead};
 use crate::http::response::{self, ClientFraming};
@@ -958,21 +958,29 @@ async fn wait_for_slot(
         return Ok(());
     }
     let snap = c.snap.clone();
-    // Requests without a tenant (auth = "none") share one queue.
-    let (key, weight) = match c.ex.tenant {
-        Some(t) => (t + 1, snap.cfg.tenants[t].weight),
-        None => (0, 1),
+    // Requests without a tenant (auth = "none") share one queue. A request's share is its
+    // admission's token estimate (plain requests: 1).
+    let (key, fair_slot, weight) = match c.ex.tenant {
+        Some(t) => (
+            t + 1,
+            snap.tenant_fair.get(t).copied().unwrap_or(FAIR_NO_TENANT),
+            snap.cfg.tenants[t].weight,
+        ),
+        None => (0, FAIR_NO_TENANT, 1),
     };
+    let cost = c.ex.admitted.as_ref().map_or(1, Admitted::estimate);
     let started = Instant::now();
-    let refused = match cap
-        .queue
-        .enqueue(key, weight, snap.cfg.server.queue_depth_max)
-    {
+    let refused = match cap.enqueue(
+        key,
+        fair_slot,
+        weight,
+        cost,
+        snap.cfg.server.queue_depth_max,
+    ) {
         None => true,
         Some(ticket) => {
-            // Freed slots are handed over by releases on this shard, and by the shard's
-            // timer for slots freed elsewhere; try once more now.
-            cap.dispatch();
+            // A slot freed on this shard or another is handed to the waiter with the smallest
+            // tag of all shards (crate::fair); a free slot was taken already by `enqueue`.
             monoio::select! {
                 _ = ticket.wait() => false,
                 _ = monoio::time::sleep(snap.cfg.server.queue_wait) => {

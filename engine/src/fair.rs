@@ -1,22 +1,234 @@
-//! Fair sharing of a saturated upstream: when an upstream is at its `max_concurrency`, requests
-//! wait in per-tenant queues served by deficit round robin (DRR), weighted by the tenants'
-//! `weight`. A tenant that floods gets its share and no more; a quiet tenant's request goes
-//! ahead of the flood (it waits for at most one round, not for the flood to drain).
+//! Fair sharing of a saturated upstream over every shard: when an upstream is at its
+//! `max_concurrency`, requests wait, and each freed slot goes to the waiting request with the
+//! smallest virtual start tag *of all shards*, whichever shard it waits on and whichever shard
+//! freed the slot. A tenant that floods gets its weighted share and no more; a quiet tenant's
+//! request goes ahead of the flood (it waits for about one freed slot, not for the flood to
+//! drain), and it does so on every shard (docs/decisions/0008-fair-sharing-across-shards.md).
 //!
-//! One [`FairQueue`] per upstream per shard, on the shard's thread (no locks): the shared part
-//! is only the upstream's in-flight counter in the region. A slot freed on this shard is handed
-//! to the next waiter at once; slots freed on other shards are picked up on the shard's timer.
-//! I/O-free apart from the waker: the connection driver awaits a [`Ticket`].
+//! # The scheme: start-time fair queueing with one virtual clock per upstream
+//! Each request that must wait is stamped, when it joins, with a start tag
+//! `S = max(V, F[t])`, and its tenant's finish tag moves to `F[t] = S + cost × 2¹⁶ / weight`
+//! (`cost`: the admission's token estimate, at least 1; plain requests cost 1). `V`, the
+//! upstream's virtual time, is the largest start tag granted so far. A tenant that has been
+//! idle starts at `V`, ahead of every backlogged tenant's queue; two backlogged tenants are
+//! granted in proportion to their weights, by tokens. `V` and every `F[t]` live in [`Shared`],
+//! one per capped upstream for the whole process (atomics only; `F[t]` moves by CAS).
+//!
+//! # Shards and hand-offs
+//! Waiters stay on their own shard (their task and socket live there), in per-tenant FIFO
+//! queues ([`FairQueue`]); each shard publishes the smallest tag it holds in its `heads` cell.
+//! The shard holding a free slot (one it just released, or one it took from the in-flight
+//! counter) scans the `heads` of every shard and gives the slot to the smallest: to its own
+//! waiter at once, or to another shard by claiming that head (CAS: tag → tag | `CLAIMED`),
+//! adding one to that shard's `handoff` count and ringing its [`Bell`] (a byte on a Unix
+//! socket the shard's bell task reads through its own ring). The woken shard grants its
+//! smallest waiter. A slot is always in exactly one place: held by a request, counted in a
+//! `handoff`, or free in the in-flight counter, so none is lost and none stays idle while a
+//! waiter is visible (work-conserving). The shard's 10 ms timer runs the same dispatch as a
+//! backstop.
+//!
+//! # Memory ordering
+//! A new waiter publishes its head and then tries to take a free slot; a releasing shard frees
+//! the slot and then looks for heads. Both sides put a `SeqCst` fence between the two steps,
+//! so at least one of them sees the other (no waiter sleeps beside a free slot). Tags are
+//! advisory: a stale head at worst sends a slot to a shard that passes it on.
+//!
+//! I/O-free apart from the waker and the bell: the connection driver awaits a [`Ticket`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 
-#[derive(Debug, Default)]
+use crossbeam::utils::CachePadded;
+
+use crate::control::shm::TenantCells;
+use crate::limit::Concurrency;
+use crate::limits::{FAIR_PASS_TRIES_MAX, TENANT_SLOTS};
+
+/// A `heads` cell with no waiter behind it.
+const HEAD_EMPTY: u64 = u64::MAX;
+/// Set on a head another shard has sent a slot for (still waiting, no longer a candidate).
+const CLAIMED: u64 = 1 << 63;
+/// Largest tag: tags stay below `CLAIMED`.
+const TAG_MAX: u64 = CLAIMED - 1;
+/// Virtual-time units per token of cost at weight 1 (so weights up to 2¹⁶ still advance tags).
+const COST_SCALE: u64 = 1 << 16;
+/// The finish-tag cell of requests without a tenant (`auth = "none"`): after the tenants'.
+pub const FAIR_NO_TENANT: usize = TENANT_SLOTS;
+
+/// What every shard of the process shares for fair sharing: each shard's bell, and the shared
+/// part of each capped upstream's queue, found by the upstream's slot in the region's tenant
+/// table (stable for a name across shards and configs).
+#[derive(Debug)]
+pub struct Fabric {
+    bells: Box<[Bell]>,
+    upstreams: Box<[OnceLock<Arc<Shared>>]>,
+}
+
+/// One shard's doorbell: other shards ring it after handing it a slot.
+#[derive(Debug)]
+struct Bell {
+    /// A byte is on its way (rings in between are folded into it).
+    rung: AtomicBool,
+    /// Non-blocking write end; `None` in tests, where hand-offs are taken by hand.
+    tx: Option<UnixStream>,
+}
+
+impl Fabric {
+    /// A fabric for `shards` shards, and each shard's read end of its bell (non-blocking,
+    /// for the shard's runtime to read).
+    pub fn new(shards: usize) -> std::io::Result<(Arc<Self>, Vec<UnixStream>)> {
+        let mut bells = Vec::with_capacity(shards);
+        let mut ends = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (tx, rx) = UnixStream::pair()?;
+            tx.set_nonblocking(true)?;
+            rx.set_nonblocking(true)?;
+            bells.push(Bell {
+                rung: AtomicBool::new(false),
+                tx: Some(tx),
+            });
+            ends.push(rx);
+        }
+        Ok((Self::with_bells(bells), ends))
+    }
+
+    /// A fabric whose bells ring nobody (unit tests drive hand-offs themselves).
+    pub fn silent(shards: usize) -> Arc<Self> {
+        Self::with_bells(
+            (0..shards)
+                .map(|_| Bell {
+                    rung: AtomicBool::new(false),
+                    tx: None,
+                })
+                .collect(),
+        )
+    }
+
+    fn with_bells(bells: Vec<Bell>) -> Arc<Self> {
+        Arc::new(Self {
+            bells: bells.into_boxed_slice(),
+            upstreams: (0..TENANT_SLOTS).map(|_| OnceLock::new()).collect(),
+        })
+    }
+
+    pub fn shards(&self) -> usize {
+        self.bells.len()
+    }
+
+    /// The shared queue state of the upstream whose cells sit at `slot` of the region's tenant
+    /// table (made on first use; config time only).
+    pub fn upstream(&self, slot: usize) -> Option<Arc<Shared>> {
+        let cell = self.upstreams.get(slot)?;
+        Some(
+            cell.get_or_init(|| Arc::new(Shared::new(self.shards())))
+                .clone(),
+        )
+    }
+
+    /// Wake shard `shard`'s bell task (one byte per wake-up, however many rings).
+    fn ring(&self, shard: usize) {
+        let Some(bell) = self.bells.get(shard) else {
+            return;
+        };
+        if bell.rung.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Some(tx) = &bell.tx {
+            // WouldBlock cannot happen (one byte at most is unread); any other failure leaves
+            // the hand-off to the shard's timer.
+            let _ = (&*tx).write(&[1]);
+        }
+    }
+
+    /// The bell task of `shard` read its byte: later rings write again.
+    pub fn heard(&self, shard: usize) {
+        if let Some(bell) = self.bells.get(shard) {
+            bell.rung.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The part of one capped upstream's fair queue that every shard shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// Virtual time: the largest start tag granted so far.
+    vtime: CachePadded<AtomicU64>,
+    /// Per shard: the smallest tag waiting there (`HEAD_EMPTY`: none; `| CLAIMED`: a slot is
+    /// on its way to it).
+    heads: Box<[CachePadded<AtomicU64>]>,
+    /// Per shard: slots handed to it and not yet given to its waiters.
+    handoff: Box<[CachePadded<AtomicU64>]>,
+    /// Per tenant slot (and [`FAIR_NO_TENANT`]): the finish tag of its last request.
+    finish: Box<[AtomicU64]>,
+}
+
+impl Shared {
+    fn new(shards: usize) -> Self {
+        let cells = |v: u64| (0..shards).map(move |_| CachePadded::new(AtomicU64::new(v)));
+        Self {
+            vtime: CachePadded::new(AtomicU64::new(0)),
+            heads: cells(HEAD_EMPTY).collect(),
+            handoff: cells(0).collect(),
+            finish: (0..=TENANT_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Stamp a request of the tenant at `slot` costing `cost` at `weight`: its start tag.
+    fn stamp(&self, slot: usize, cost: u64, weight: u32) -> u64 {
+        let step = (cost.max(1).saturating_mul(COST_SCALE) / u64::from(weight.max(1))).max(1);
+        let v = self.vtime.load(Ordering::Acquire);
+        let Some(finish) = self.finish.get(slot.min(FAIR_NO_TENANT)) else {
+            return v;
+        };
+        let mut f = finish.load(Ordering::Acquire);
+        loop {
+            let start = v.max(f).min(TAG_MAX);
+            let next = start.saturating_add(step).min(TAG_MAX);
+            match finish.compare_exchange_weak(f, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return start,
+                Err(now) => f = now,
+            }
+        }
+    }
+
+    /// Some shard has a waiter (claimed heads included).
+    fn any_waiting(&self) -> bool {
+        self.heads
+            .iter()
+            .any(|h| h.load(Ordering::SeqCst) != HEAD_EMPTY)
+    }
+
+    /// Some shard has a waiter no slot is on its way to yet.
+    fn any_candidate(&self) -> bool {
+        self.heads
+            .iter()
+            .any(|h| h.load(Ordering::SeqCst) & CLAIMED == 0)
+    }
+
+    /// The shard other than `me` with the smallest unclaimed head, and that head.
+    fn min_head_except(&self, me: usize) -> Option<(usize, u64)> {
+        let mut best: Option<(usize, u64)> = None;
+        for (shard, h) in self.heads.iter().enumerate() {
+            let tag = h.load(Ordering::SeqCst);
+            if shard != me && tag & CLAIMED == 0 && best.is_none_or(|(_, b)| tag < b) {
+                best = Some((shard, tag));
+            }
+        }
+        best
+    }
+}
+
+#[derive(Debug)]
 struct Waiter {
+    tag: u64,
     granted: Cell<bool>,
     /// The request stopped waiting (timed out, or its connection ended).
     gone: Cell<bool>,
@@ -27,6 +239,7 @@ struct Waiter {
 #[derive(Debug)]
 pub struct Ticket {
     waiter: Rc<Waiter>,
+    queue: Rc<FairQueue>,
 }
 
 impl Ticket {
@@ -39,11 +252,20 @@ impl Ticket {
     pub fn is_granted(&self) -> bool {
         self.waiter.granted.get()
     }
+
+    /// The start tag it was stamped with (smaller is served first).
+    pub fn tag(&self) -> u64 {
+        self.waiter.tag
+    }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.waiter.gone.set(true);
+        if !self.waiter.granted.get() {
+            self.waiter.gone.set(true);
+            // Other shards must not keep sending slots for a waiter that left.
+            self.queue.publish(false);
+        }
     }
 }
 
@@ -66,107 +288,203 @@ impl Future for TicketWait<'_> {
     }
 }
 
-#[derive(Debug, Default)]
-struct TenantQueue {
-    waiters: VecDeque<Rc<Waiter>>,
-    /// Grants left in this tenant's turn of the round.
-    deficit: u64,
-    weight: u64,
-}
-
-/// Per-tenant queues of one upstream on one shard.
-#[derive(Debug, Default)]
+/// One shard's waiters of one capped upstream, in per-tenant FIFO queues (a tenant's tags grow
+/// in the order it joins, so each queue's front is its smallest).
+#[derive(Debug)]
 pub struct FairQueue {
-    tenants: RefCell<HashMap<usize, TenantQueue>>,
-    /// Tenants with waiters, in round-robin order.
-    active: RefCell<VecDeque<usize>>,
+    shard: usize,
+    shared: Arc<Shared>,
+    fabric: Arc<Fabric>,
+    tenants: RefCell<HashMap<usize, VecDeque<Rc<Waiter>>>>,
 }
 
 impl FairQueue {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(shard: usize, shared: Arc<Shared>, fabric: Arc<Fabric>) -> Self {
+        Self {
+            shard,
+            shared,
+            fabric,
+            tenants: RefCell::new(HashMap::new()),
+        }
     }
 
-    /// Whether anyone waits (new requests then queue too, behind them, rather than overtake).
+    /// Whether anyone waits on this shard.
     pub fn has_waiters(&self) -> bool {
-        !self.active.borrow().is_empty()
+        !self.tenants.borrow().is_empty()
     }
 
-    /// Join tenant `key`'s queue (`weight` ≥ 1). `None` when that queue already holds
-    /// `depth_max` waiters.
-    pub fn enqueue(&self, key: usize, weight: u32, depth_max: usize) -> Option<Ticket> {
-        let mut tenants = self.tenants.borrow_mut();
-        let q = tenants.entry(key).or_default();
-        q.waiters.retain(|w| !w.gone.get());
-        if q.waiters.len() >= depth_max {
-            return None;
-        }
-        q.weight = u64::from(weight.max(1));
-        let waiter = Rc::new(Waiter::default());
-        q.waiters.push_back(waiter.clone());
-        if q.waiters.len() == 1 {
-            let mut active = self.active.borrow_mut();
-            if !active.contains(&key) {
-                active.push_back(key);
-            }
-        }
-        Some(Ticket { waiter })
-    }
-
-    /// Grant one slot to the next waiter in DRR order; false when nobody (still) waits.
-    pub fn grant_next(&self) -> bool {
-        let mut tenants = self.tenants.borrow_mut();
-        let mut active = self.active.borrow_mut();
-        while let Some(&key) = active.front() {
-            let Some(q) = tenants.get_mut(&key) else {
-                active.pop_front();
-                continue;
-            };
-            while q.waiters.front().is_some_and(|w| w.gone.get()) {
-                q.waiters.pop_front();
-            }
-            let Some(w) = q.waiters.pop_front() else {
-                q.deficit = 0;
-                active.pop_front();
-                tenants.remove(&key);
-                continue;
-            };
-            if q.deficit == 0 {
-                q.deficit = q.weight;
-            }
-            q.deficit -= 1;
-            w.granted.set(true);
-            if let Some(waker) = w.waker.borrow_mut().take() {
-                waker.wake();
-            }
-            // Turn over: this tenant's share of the round is spent, or it has nobody left.
-            if q.deficit == 0 || q.waiters.is_empty() {
-                active.pop_front();
-                if q.waiters.is_empty() {
-                    q.deficit = 0;
+    /// Join tenant `key`'s queue: stamped for the tenant's finish-tag cell `fair_slot` with
+    /// `cost` at `weight`. `None` when that queue already holds `depth_max` waiters here.
+    fn join(
+        self: &Rc<Self>,
+        key: usize,
+        fair_slot: usize,
+        weight: u32,
+        cost: u64,
+        depth_max: usize,
+    ) -> Option<Ticket> {
+        {
+            let mut tenants = self.tenants.borrow_mut();
+            let q = tenants.entry(key).or_default();
+            q.retain(|w| !w.gone.get());
+            if q.len() >= depth_max {
+                if q.is_empty() {
                     tenants.remove(&key);
-                } else {
-                    active.push_back(key);
+                }
+                return None;
+            }
+            let waiter = Rc::new(Waiter {
+                tag: self.shared.stamp(fair_slot, cost, weight),
+                granted: Cell::new(false),
+                gone: Cell::new(false),
+                waker: RefCell::new(None),
+            });
+            q.push_back(waiter.clone());
+            drop(tenants);
+            self.publish(false);
+            Some(Ticket {
+                waiter,
+                queue: self.clone(),
+            })
+        }
+    }
+
+    /// The smallest tag waiting here, dropping waiters that left.
+    fn min_tag(&self) -> Option<(usize, u64)> {
+        let mut tenants = self.tenants.borrow_mut();
+        tenants.retain(|_, q| {
+            while q.front().is_some_and(|w| w.gone.get()) {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+        tenants
+            .iter()
+            .filter_map(|(&k, q)| q.front().map(|w| (k, w.tag)))
+            .min_by_key(|&(k, tag)| (tag, k))
+    }
+
+    /// Write this shard's smallest tag (or none) where the other shards look. A head another
+    /// shard claimed stays claimed while it is still the smallest (its slot is on the way),
+    /// unless `taken`: the hand-offs were just taken, so no slot is on the way any more.
+    fn publish(&self, taken: bool) {
+        let head = self.min_tag().map_or(HEAD_EMPTY, |(_, t)| t);
+        let cell = &self.shared.heads[self.shard];
+        let mut cur = cell.load(Ordering::SeqCst);
+        while cur != head && (taken || cur != head | CLAIMED) {
+            match cell.compare_exchange(cur, head, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Grant the slot in hand to the front waiter of tenant `key` here.
+    fn grant(&self, key: usize, tag: u64) {
+        let mut tenants = self.tenants.borrow_mut();
+        let Some(q) = tenants.get_mut(&key) else {
+            return;
+        };
+        let Some(w) = q.pop_front() else {
+            return;
+        };
+        if q.is_empty() {
+            tenants.remove(&key);
+        }
+        drop(tenants);
+        self.shared.vtime.fetch_max(tag, Ordering::AcqRel);
+        w.granted.set(true);
+        let waker = w.waker.borrow_mut().take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Give one slot in hand (counted in `inflight`) to the waiter with the smallest tag: this
+    /// shard's own smallest (read from its queues, never from its published head, which may
+    /// be claimed) or another shard's published head; or free it when nobody waits (false).
+    fn pass_slot(&self, inflight: &AtomicU64, max: u64) -> bool {
+        for _ in 0..FAIR_PASS_TRIES_MAX {
+            let local = self.min_tag();
+            let remote = self.shared.min_head_except(self.shard);
+            let local_first = match (local, remote) {
+                (Some((_, tag)), Some((_, other))) => tag <= other,
+                (local, _) => local.is_some(),
+            };
+            match (local, remote) {
+                (Some((key, tag)), _) if local_first => {
+                    self.grant(key, tag);
+                    self.publish(false);
+                    return true;
+                }
+                (_, None) => {
+                    self.publish(false);
+                    Concurrency::release(inflight);
+                    // Pairs with the fence in `dispatch`: a waiter that published before this
+                    // release is seen below; one that publishes after it finds the slot free.
+                    fence(Ordering::SeqCst);
+                    if !(self.shared.any_candidate() && Concurrency::acquire(inflight, max)) {
+                        return false;
+                    }
+                }
+                (_, Some((shard, tag))) => {
+                    let claimed = self.shared.heads[shard]
+                        .compare_exchange(tag, tag | CLAIMED, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok();
+                    if claimed {
+                        self.shared.handoff[shard].fetch_add(1, Ordering::SeqCst);
+                        self.fabric.ring(shard);
+                        return true;
+                    }
                 }
             }
-            return true;
         }
+        // Heads changed under every try: free the slot; the next release or timer hands it on.
+        Concurrency::release(inflight);
         false
+    }
+
+    /// Take the slots other shards handed here (each to the smallest waiter of any shard,
+    /// normally the head it was sent for), then hand free slots to waiters of any shard. Every
+    /// claim on this shard's head is settled here: a head claimed whose slot went to a smaller
+    /// tag elsewhere is published unclaimed again (a claim left standing would hide this
+    /// shard's waiters from every other shard).
+    fn dispatch(&self, inflight: &AtomicU64, max: u64) {
+        let handed = self.shared.handoff[self.shard].swap(0, Ordering::SeqCst);
+        for _ in 0..handed {
+            self.pass_slot(inflight, max);
+        }
+        self.publish(true);
+        loop {
+            fence(Ordering::SeqCst);
+            if !self.shared.any_candidate() || !Concurrency::acquire(inflight, max) {
+                return;
+            }
+            if !self.pass_slot(inflight, max) {
+                return;
+            }
+        }
     }
 }
 
-/// Every upstream's queue on this shard, by upstream name (kept across config changes).
+/// Every capped upstream's queue on this shard, by upstream name (kept across config changes).
 #[derive(Debug, Default)]
 pub struct Queues {
     by_name: RefCell<HashMap<String, Rc<FairQueue>>>,
 }
 
 impl Queues {
-    pub fn get(&self, name: &str) -> Rc<FairQueue> {
+    pub fn get(
+        &self,
+        name: &str,
+        shard: usize,
+        shared: Arc<Shared>,
+        fabric: &Arc<Fabric>,
+    ) -> Rc<FairQueue> {
         self.by_name
             .borrow_mut()
             .entry(name.to_owned())
-            .or_default()
+            .or_insert_with(|| Rc::new(FairQueue::new(shard, shared, fabric.clone())))
             .clone()
     }
 }
@@ -174,46 +492,60 @@ impl Queues {
 /// An upstream's cap as one snapshot sees it.
 #[derive(Debug)]
 pub struct UpstreamCap {
-    pub queue: Rc<FairQueue>,
-    /// The in-flight counter shared by every shard (`None`: no cap, or the table was full).
-    pub cells: Option<&'static crate::control::shm::TenantCells>,
-    pub max: Option<u64>,
+    /// The in-flight counter shared by every shard, this shard's queue and the cap (`None`: no
+    /// cap, or the region's table was full).
+    pub capped: Option<(&'static TenantCells, Rc<FairQueue>, u64)>,
 }
 
 impl UpstreamCap {
-    /// Take a slot now, if nobody waits and one is free.
-    pub fn try_acquire(&self) -> bool {
-        match (self.cells, self.max) {
-            (Some(c), Some(max)) => {
-                !self.queue.has_waiters() && crate::limit::Concurrency::acquire(&c.inflight, max)
-            }
-            _ => true,
-        }
+    /// An upstream without a cap.
+    pub fn uncapped() -> Self {
+        Self { capped: None }
     }
 
     /// Whether requests to this upstream are capped at all.
     pub fn is_capped(&self) -> bool {
-        self.cells.is_some() && self.max.is_some()
+        self.capped.is_some()
     }
 
-    /// Give a slot back and hand free slots to waiters.
-    pub fn release(&self) {
-        if let Some(c) = self.cells {
-            crate::limit::Concurrency::release(&c.inflight);
-        }
-        self.dispatch();
-    }
-
-    /// Hand free slots (freed here or on other shards) to waiters, in fair order.
-    pub fn dispatch(&self) {
-        let (Some(c), Some(max)) = (self.cells, self.max) else {
-            return;
-        };
-        while self.queue.has_waiters() && crate::limit::Concurrency::acquire(&c.inflight, max) {
-            if !self.queue.grant_next() {
-                crate::limit::Concurrency::release(&c.inflight);
-                break;
+    /// Take a slot now, if nobody waits on any shard and one is free.
+    pub fn try_acquire(&self) -> bool {
+        match &self.capped {
+            Some((cells, queue, max)) => {
+                !queue.shared.any_waiting() && Concurrency::acquire(&cells.inflight, *max)
             }
+            None => true,
+        }
+    }
+
+    /// Wait for a slot: join tenant `key`'s queue on this shard (its finish-tag cell
+    /// `fair_slot`, its `weight`, the request's `cost` in tokens), then take any free slot.
+    /// `None`: uncapped, or that tenant's queue here already holds `depth_max` waiters.
+    pub fn enqueue(
+        &self,
+        key: usize,
+        fair_slot: usize,
+        weight: u32,
+        cost: u64,
+        depth_max: usize,
+    ) -> Option<Ticket> {
+        let (cells, queue, max) = self.capped.as_ref()?;
+        let ticket = queue.join(key, fair_slot, weight, cost, depth_max)?;
+        queue.dispatch(&cells.inflight, *max);
+        Some(ticket)
+    }
+
+    /// Give a slot back: to the fairest waiter of any shard, or free.
+    pub fn release(&self) {
+        if let Some((cells, queue, max)) = &self.capped {
+            queue.pass_slot(&cells.inflight, *max);
+        }
+    }
+
+    /// Take slots handed to this shard and hand free slots (freed anywhere) to waiters.
+    pub fn dispatch(&self) {
+        if let Some((cells, queue, max)) = &self.capped {
+            queue.dispatch(&cells.inflight, *max);
         }
     }
 }
@@ -221,58 +553,367 @@ impl UpstreamCap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
 
-    #[test]
-    fn a_quiet_tenant_goes_ahead_of_a_flood() {
-        let q = FairQueue::new();
-        let flood: Vec<Ticket> = (0..10)
-            .map(|_| q.enqueue(1, 1, 100).expect("room"))
-            .collect();
-        let quiet = q.enqueue(2, 1, 100).expect("room");
-        // First grant: the flood's head; second: the quiet tenant, not the flood's second.
-        assert!(q.grant_next());
-        assert_eq!(flood.iter().filter(|t| t.is_granted()).count(), 1);
-        assert!(q.grant_next());
-        assert!(
-            quiet.is_granted(),
-            "the quiet tenant waited behind the flood"
-        );
-        assert_eq!(flood.iter().filter(|t| t.is_granted()).count(), 1);
-        // Then the flood drains.
-        while q.grant_next() {}
-        assert!(flood.iter().all(Ticket::is_granted));
+    /// `shards` queues of one upstream capped at `max`, over a silent fabric (hand-offs are
+    /// taken by calling `dispatch`, as the bell task would).
+    struct Rig {
+        inflight: AtomicU64,
+        max: u64,
+        queues: Vec<Rc<FairQueue>>,
+    }
+
+    impl Rig {
+        fn new(shards: usize, max: u64) -> Self {
+            let fabric = Fabric::silent(shards);
+            let shared = fabric.upstream(0).expect("slot 0");
+            Self {
+                inflight: AtomicU64::new(0),
+                max,
+                queues: (0..shards)
+                    .map(|s| Rc::new(FairQueue::new(s, shared.clone(), fabric.clone())))
+                    .collect(),
+            }
+        }
+
+        fn shared(&self) -> &Shared {
+            &self.queues[0].shared
+        }
+
+        /// Fill every slot (requests that did not wait).
+        fn saturate(&self) {
+            for _ in 0..self.max {
+                assert!(Concurrency::acquire(&self.inflight, self.max));
+            }
+        }
+
+        /// A waiter of tenant `t` (its own finish cell `t`) on shard `s`.
+        fn join(&self, s: usize, t: usize, weight: u32, cost: u64) -> Ticket {
+            let q = &self.queues[s];
+            let ticket = q.join(t, t, weight, cost, 1000).expect("room");
+            q.dispatch(&self.inflight, self.max);
+            ticket
+        }
+
+        /// One request ends on shard `s`; then every shard takes what was handed to it.
+        fn release_on(&self, s: usize) {
+            self.queues[s].pass_slot(&self.inflight, self.max);
+            self.deliver();
+        }
+
+        /// What the bells would do: each shard takes its hand-offs.
+        fn deliver(&self) {
+            for q in &self.queues {
+                q.dispatch(&self.inflight, self.max);
+            }
+        }
+
+        fn in_flight(&self) -> u64 {
+            self.inflight.load(Ordering::SeqCst)
+        }
+    }
+
+    fn granted(tickets: &[Ticket]) -> usize {
+        tickets.iter().filter(|t| t.is_granted()).count()
     }
 
     #[test]
-    fn weights_share_grants_in_proportion() {
-        let q = FairQueue::new();
-        let heavy: Vec<Ticket> = (0..30)
-            .map(|_| q.enqueue(1, 3, 100).expect("room"))
-            .collect();
-        let light: Vec<Ticket> = (0..30)
-            .map(|_| q.enqueue(2, 1, 100).expect("room"))
-            .collect();
-        for _ in 0..20 {
-            assert!(q.grant_next());
+    fn a_quiet_tenant_on_another_shard_goes_ahead_of_a_flood() {
+        let rig = Rig::new(2, 2);
+        rig.saturate();
+        // The flood waits on shard 0, where every slot is released.
+        let flood: Vec<Ticket> = (0..20).map(|_| rig.join(0, 1, 1, 1)).collect();
+        rig.release_on(0);
+        assert_eq!(granted(&flood), 1);
+        // A quiet request on shard 1: the next slot freed on shard 0 goes to it.
+        let quiet = rig.join(1, 2, 1, 1);
+        assert!(!quiet.is_granted(), "no slot was free");
+        rig.release_on(0);
+        assert!(quiet.is_granted(), "the slot went back to shard 0's flood");
+        assert_eq!(granted(&flood), 1);
+        // The flood drains after it, and the cap holds throughout.
+        for _ in 0..19 {
+            assert!(rig.in_flight() <= rig.max);
+            rig.release_on(0);
         }
-        let h = heavy.iter().filter(|t| t.is_granted()).count();
-        let l = light.iter().filter(|t| t.is_granted()).count();
-        assert_eq!(h + l, 20);
-        assert_eq!((h, l), (15, 5), "weight 3 : 1");
+        assert_eq!(granted(&flood), 20);
+        assert_eq!(rig.in_flight(), rig.max);
+    }
+
+    #[test]
+    fn a_flood_spread_over_shards_is_served_in_tag_order() {
+        let rig = Rig::new(4, 1);
+        rig.saturate();
+        // Two floods of equal weight, each spread over all four shards.
+        let a: Vec<Ticket> = (0..40).map(|i| rig.join(i % 4, 1, 1, 1)).collect();
+        let b: Vec<Ticket> = (0..40).map(|i| rig.join((i + 1) % 4, 2, 1, 1)).collect();
+        for i in 0..40 {
+            rig.release_on(i % 4);
+            let all = || a.iter().chain(&b);
+            assert_eq!(granted(&a) + granted(&b), i + 1, "one slot, one grant");
+            // Whichever shard freed the slot, no waiter is passed over for a larger tag.
+            let served = all().filter(|t| t.is_granted()).map(Ticket::tag).max();
+            let waiting = all().filter(|t| !t.is_granted()).map(Ticket::tag).min();
+            assert!(
+                served <= waiting.or(served),
+                "{served:?} granted before {waiting:?}"
+            );
+        }
+        assert_eq!(granted(&a), 20);
+        assert_eq!(granted(&b), 20);
+    }
+
+    #[test]
+    fn a_shard_whose_head_is_claimed_still_serves_its_own_smaller_tags_first() {
+        let rig = Rig::new(2, 2);
+        rig.saturate();
+        // One tenant's waiters, tags in join order: shard 1 holds 0 and 1, shard 0 holds 2.
+        let t0 = rig.join(1, 1, 1, 1);
+        let t1 = rig.join(1, 1, 1, 1);
+        let t2 = rig.join(0, 1, 1, 1);
+        // Shard 0 frees a slot: it claims shard 1's head (tag 0) and hands the slot over.
+        rig.queues[0].pass_slot(&rig.inflight, rig.max);
+        // Before shard 1 takes it, shard 1 frees a slot too: it must go to shard 1's own
+        // tags (0, then 1 with the hand-off), not to shard 0's larger tag because shard 1's
+        // published head reads as claimed.
+        rig.queues[1].pass_slot(&rig.inflight, rig.max);
+        rig.deliver();
+        assert!(t0.is_granted() && t1.is_granted(), "tags 0 and 1 first");
+        assert!(!t2.is_granted(), "tag 2 overtook a smaller tag");
+        assert_eq!(rig.in_flight(), 2);
+        rig.release_on(0);
+        assert!(t2.is_granted());
+    }
+
+    #[test]
+    fn a_claimed_head_whose_slot_went_elsewhere_is_visible_again() {
+        let rig = Rig::new(2, 1);
+        rig.saturate();
+        let a0 = rig.join(0, 1, 1, 1);
+        let a1 = rig.join(0, 1, 1, 1);
+        rig.release_on(0);
+        assert!(a0.is_granted());
+        // Shard 1 frees the slot and claims shard 0's head (a1)...
+        rig.queues[1].pass_slot(&rig.inflight, rig.max);
+        // ...and meanwhile a smaller tag joins on shard 1: shard 0 passes the slot back to it.
+        let b = rig.join(1, 2, 1, 1);
+        assert!(b.tag() < a1.tag());
+        rig.deliver();
+        assert!(b.is_granted() && !a1.is_granted());
+        // Shard 0's head is a candidate again: the next slot freed anywhere reaches it.
+        rig.release_on(1);
+        assert!(
+            a1.is_granted(),
+            "shard 0's waiters stayed hidden behind a stale claim"
+        );
+    }
+
+    #[test]
+    fn weights_share_grants_in_proportion_over_shards() {
+        let rig = Rig::new(2, 1);
+        rig.saturate();
+        let heavy: Vec<Ticket> = (0..60).map(|i| rig.join(i % 2, 1, 3, 1)).collect();
+        let light: Vec<Ticket> = (0..60).map(|i| rig.join(i % 2, 2, 1, 1)).collect();
+        for i in 0..40 {
+            rig.release_on(i % 2);
+        }
+        assert_eq!((granted(&heavy), granted(&light)), (30, 10), "weight 3 : 1");
+    }
+
+    #[test]
+    fn shares_are_counted_in_tokens_not_requests() {
+        let rig = Rig::new(2, 1);
+        rig.saturate();
+        // Same weight; one tenant's requests cost 10 tokens, the other's 1.
+        let big: Vec<Ticket> = (0..30).map(|i| rig.join(i % 2, 1, 1, 10)).collect();
+        let small: Vec<Ticket> = (0..300).map(|i| rig.join(i % 2, 2, 1, 1)).collect();
+        for i in 0..110 {
+            rig.release_on(i % 2);
+        }
+        let tokens_big = granted(&big) * 10;
+        let tokens_small = granted(&small);
+        assert_eq!(granted(&big) + granted(&small), 110);
+        assert!(
+            tokens_big.abs_diff(tokens_small) <= 10,
+            "tokens {tokens_big} : {tokens_small}"
+        );
+    }
+
+    #[test]
+    fn a_slot_freed_while_only_another_shard_waits_is_handed_over_not_kept() {
+        let rig = Rig::new(3, 1);
+        rig.saturate();
+        let w = rig.join(2, 7, 1, 1);
+        // Released on shard 0: shard 0 has no waiter, the slot is handed to shard 2.
+        rig.queues[0].pass_slot(&rig.inflight, rig.max);
+        assert!(!w.is_granted(), "granted before shard 2 took its hand-off");
+        assert_eq!(rig.shared().handoff[2].load(Ordering::SeqCst), 1);
+        assert_eq!(rig.in_flight(), 1, "the slot travels, still counted");
+        // A newcomer on shard 1 cannot take a slot meanwhile: a waiter is still visible.
+        assert!(rig.shared().any_waiting());
+        rig.deliver();
+        assert!(w.is_granted());
+        assert!(!rig.shared().any_waiting());
+    }
+
+    #[test]
+    fn a_hand_off_to_a_waiter_that_left_is_passed_on() {
+        let rig = Rig::new(2, 1);
+        rig.saturate();
+        let gone = rig.join(1, 1, 1, 1);
+        let stays = rig.join(0, 2, 1, 1);
+        // Shard 1's head (tag 0 of tenant 1) is the smallest: the slot goes there...
+        rig.queues[0].pass_slot(&rig.inflight, rig.max);
+        // ...but its waiter leaves before shard 1 takes the hand-off.
+        drop(gone);
+        rig.deliver();
+        assert!(stays.is_granted(), "the slot was lost with the waiter");
+        assert_eq!(rig.in_flight(), 1);
+    }
+
+    #[test]
+    fn nobody_waiting_frees_the_slot_and_a_late_waiter_takes_it() {
+        let rig = Rig::new(2, 1);
+        rig.saturate();
+        rig.release_on(0);
+        assert_eq!(rig.in_flight(), 0, "a slot nobody waits for is freed");
+        assert!(!rig.shared().any_waiting());
+        // A waiter that joins while a slot is free takes it at once.
+        let w = rig.join(1, 1, 1, 1);
+        assert!(w.is_granted());
+        assert_eq!(rig.in_flight(), 1);
     }
 
     #[test]
     fn depth_is_bounded_and_gone_waiters_are_skipped() {
-        let q = FairQueue::new();
-        let a = q.enqueue(1, 1, 2).expect("room");
-        let b = q.enqueue(1, 1, 2).expect("room");
-        assert!(q.enqueue(1, 1, 2).is_none(), "past depth_max");
+        let rig = Rig::new(1, 1);
+        rig.saturate();
+        let q = &rig.queues[0];
+        let a = q.join(1, 1, 1, 1, 2).expect("room");
+        let b = q.join(1, 1, 1, 1, 2).expect("room");
+        assert!(q.join(1, 1, 1, 1, 2).is_none(), "past depth_max");
         drop(a);
-        assert!(q.grant_next());
+        rig.release_on(0);
         assert!(b.is_granted(), "a waiter that left was granted instead");
-        assert!(!q.grant_next());
         assert!(!q.has_waiters());
         // A freed place can be taken again.
-        assert!(q.enqueue(1, 1, 2).is_some());
+        assert!(q.join(1, 1, 1, 1, 2).is_some());
+    }
+
+    #[test]
+    fn an_idle_tenant_starts_at_the_virtual_time_not_behind_its_old_tags() {
+        let rig = Rig::new(1, 1);
+        rig.saturate();
+        let s = rig.shared();
+        // Tenant 1 was served long ago; tenant 2 has been flooding since.
+        let old = rig.join(0, 1, 1, 1);
+        rig.release_on(0);
+        assert!(old.is_granted());
+        let flood: Vec<Ticket> = (0..50).map(|_| rig.join(0, 2, 1, 1)).collect();
+        for _ in 0..30 {
+            rig.release_on(0);
+        }
+        let back = rig.join(0, 1, 1, 1);
+        assert!(back.tag() >= s.vtime.load(Ordering::SeqCst));
+        rig.release_on(0);
+        assert!(
+            back.is_granted(),
+            "the returning tenant waited behind the flood"
+        );
+        assert_eq!(granted(&flood), 30);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A request of tenant `.1` joins on shard `.0` (with cost `.2`).
+        Join(usize, usize, u64),
+        /// A request holding a slot on shard `.0` ends.
+        Release(usize),
+        /// Shard `.0` takes its hand-offs (its bell or timer).
+        Deliver(usize),
+        /// The `.0`-th waiting request leaves (timed out, or its client left).
+        Leave(usize),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => (0..3usize, 0..4usize, 1..5u64).prop_map(|(s, t, c)| Step::Join(s, t, c)),
+            3 => (0..3usize).prop_map(Step::Release),
+            2 => (0..3usize).prop_map(Step::Deliver),
+            1 => (0..64usize).prop_map(Step::Leave),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever the interleaving: a slot is always in exactly one place (held, handed, or
+        /// free), the cap holds, and once every shard has taken its hand-offs no request waits
+        /// beside a free slot; in the end every request that stayed is served.
+        #[test]
+        fn slots_are_conserved_and_never_idle_beside_a_waiter(
+            max in 1..4u64,
+            steps in proptest::collection::vec(step(), 1..200),
+        ) {
+            let rig = Rig::new(3, max);
+            let mut waiting: Vec<(usize, Ticket)> = Vec::new();
+            let mut holding: Vec<usize> = Vec::new();
+            let handed = |rig: &Rig| -> u64 {
+                rig.shared().handoff.iter().map(|h| h.load(Ordering::SeqCst)).sum()
+            };
+            let settle = |waiting: &mut Vec<(usize, Ticket)>, holding: &mut Vec<usize>| {
+                waiting.retain(|(s, t)| {
+                    if t.is_granted() {
+                        holding.push(*s);
+                    }
+                    !t.is_granted()
+                });
+            };
+            for st in steps {
+                match st {
+                    Step::Join(s, t, c) => {
+                        let q = &rig.queues[s];
+                        if let Some(ticket) = q.join(t, t, 1, c, 1000) {
+                            q.dispatch(&rig.inflight, rig.max);
+                            waiting.push((s, ticket));
+                        }
+                    }
+                    Step::Release(s) => {
+                        if let Some(i) = holding.iter().position(|&h| h == s) {
+                            holding.swap_remove(i);
+                            rig.queues[s].pass_slot(&rig.inflight, rig.max);
+                        }
+                    }
+                    Step::Deliver(s) => rig.queues[s].dispatch(&rig.inflight, rig.max),
+                    Step::Leave(i) => {
+                        if !waiting.is_empty() {
+                            let i = i % waiting.len();
+                            drop(waiting.swap_remove(i));
+                        }
+                    }
+                }
+                settle(&mut waiting, &mut holding);
+                proptest::prop_assert!(rig.in_flight() <= rig.max);
+                proptest::prop_assert_eq!(rig.in_flight(), holding.len() as u64 + handed(&rig));
+            }
+            // Every shard takes its hand-offs (twice: a hand-off can be passed on once more).
+            for _ in 0..2 {
+                rig.deliver();
+            }
+            settle(&mut waiting, &mut holding);
+            proptest::prop_assert_eq!(handed(&rig), 0);
+            if !waiting.is_empty() {
+                proptest::prop_assert_eq!(rig.in_flight(), rig.max, "a slot idles beside a waiter");
+            }
+            // Requests end one by one: every waiter left is served.
+            while let Some(s) = holding.pop() {
+                rig.queues[s].pass_slot(&rig.inflight, rig.max);
+                rig.deliver();
+                settle(&mut waiting, &mut holding);
+            }
+            proptest::prop_assert!(waiting.is_empty(), "{} never served", waiting.len());
+            proptest::prop_assert_eq!(rig.in_flight(), 0);
+        }
     }
 }

@@ -81,6 +81,9 @@ pub const ROUTES_MAX: usize = 65_536;
 /// saturated upstream).
 pub const QUEUE_WAIT_MS_MAX_DEFAULT: u64 = 30_000;
 pub const QUEUE_DEPTH_MAX_DEFAULT: usize = 256;
+/// Tries a shard makes to hand a freed slot to the smallest waiting head while the heads
+/// change under it; past them the slot is freed and the next release or timer hands it on.
+pub const FAIR_PASS_TRIES_MAX: usize = 64;
 
 /// Default port of `[server] admin_listen` (on 127.0.0.1).
 pub const ADMIN_PORT_DEFAULT: u16 = 9901;

@@ -304,7 +304,9 @@ fn run(
 
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(shards);
-    for id in 0..shards {
+    let (fabric, bells) = shardgate_engine::fair::Fabric::new(shards)
+        .map_err(|e| format!("cannot make the shards' bells: {e}"))?;
+    for (id, bell) in bells.into_iter().enumerate() {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let start = shard::ShardStart {
             id,
@@ -321,6 +323,8 @@ fn run(
             driver,
             shutdown: shutdown.clone(),
             roots: roots.clone(),
+            fabric: fabric.clone(),
+            bell,
         };
         let ready = ready_tx.clone();
         let thread = std::thread::Builder::new()

@@ -22,7 +22,7 @@ use crate::control::shm::{Region, ShardInfo};
 use crate::control::stats::{self, ShardStats};
 use crate::control::ShardControl;
 use crate::drain::DrainSignal;
-use crate::fair::{Queues, UpstreamCap};
+use crate::fair::{Fabric, Queues, UpstreamCap, FAIR_NO_TENANT};
 use crate::limits::{
     ACCESS_LOG_FLUSH_MS, CONTROL_POLL_MS, LISTEN_BACKLOG, SHUTDOWN_POLL_MS, WRITE_BUF_BYTES,
 };
@@ -71,6 +71,8 @@ pub struct Snapshot {
     /// its counter slot.
     pub tenant_limits: Vec<TenantLimits>,
     pub tenant_stats: Vec<usize>,
+    /// Per tenant: its finish-tag cell in the fair queues (its slot in the region's table).
+    pub tenant_fair: Vec<usize>,
     /// Per upstream: its cap on requests in flight and this shard's fair queue in front of it.
     pub upstream_caps: Vec<UpstreamCap>,
     /// Model name → group index, and each group's balancer state on this shard (kept across
@@ -139,6 +141,15 @@ impl Snapshot {
                 .iter()
                 .map(|t| stats.tenant_slot(&t.name))
                 .collect(),
+            tenant_fair: cfg
+                .tenants
+                .iter()
+                .map(|t| {
+                    region
+                        .tenant_slot(&t.name)
+                        .map_or(FAIR_NO_TENANT, |(i, _)| i)
+                })
+                .collect(),
             templates: Templates::new(cfg.templates.clone()),
             model_index: cfg
                 .models
@@ -178,13 +189,15 @@ impl Snapshot {
                 .upstreams
                 .iter()
                 .map(|u| UpstreamCap {
-                    queue: kept.queues.get(&u.name),
-                    // Upstream caps share the tenant table; \u{1} keeps their names apart
-                    // (tenant names hold no control characters).
-                    cells: u
-                        .max_concurrency
-                        .and_then(|_| region.tenant(&format!("\u{1}upstream/{}", u.name))),
-                    max: u.max_concurrency,
+                    capped: u.max_concurrency.and_then(|max| {
+                        // Upstream caps share the tenant table; \u{1} keeps their names apart
+                        // (tenant names hold no control characters).
+                        let (slot, cells) =
+                            region.tenant_slot(&format!("\u{1}upstream/{}", u.name))?;
+                        let shared = kept.fabric.upstream(slot)?;
+                        let queue = kept.queues.get(&u.name, kept.shard, shared, &kept.fabric);
+                        Some((cells, queue, max))
+                    }),
                 })
                 .collect(),
             endpoint_base,
@@ -221,6 +234,9 @@ pub struct Kept {
     pub locals: Locals,
     /// Fair queues in front of capped upstreams, by upstream name.
     pub queues: Queues,
+    /// This shard's number, and what it shares with the other shards for fair queueing.
+    shard: usize,
+    fabric: Arc<Fabric>,
     /// Model groups' balancers, by group name.
     pub balancers: Balancers,
     /// The system trust store (read once per process).
@@ -236,10 +252,12 @@ pub struct Kept {
 type TlsClients = HashMap<String, (Option<(String, Vec<u8>)>, Arc<rustls::ClientConfig>)>;
 
 impl Kept {
-    pub fn new(roots: Arc<rustls::RootCertStore>) -> Self {
+    pub fn new(roots: Arc<rustls::RootCertStore>, shard: usize, fabric: Arc<Fabric>) -> Self {
         Self {
             locals: Locals::default(),
             queues: Queues::default(),
+            shard,
+            fabric,
             balancers: Balancers::default(),
             roots,
             tls_clients: RefCell::new(HashMap::new()),
@@ -398,11 +416,10 @@ impl ShardCtx {
         region: &'static Region,
         overrides: Overrides,
         access_log: Option<ShardLog>,
-        roots: Arc<rustls::RootCertStore>,
+        kept: Kept,
     ) -> Self {
         let control = ShardControl::new(region, id, version, overrides);
         let pools = Pools::new();
-        let kept = Kept::new(roots);
         let snapshot = Snapshot::new(version, cfg, &pools, &control.stats, region, &kept);
         Self {
             id,
@@ -649,6 +666,9 @@ pub struct ShardStart {
     pub shutdown: Arc<AtomicBool>,
     /// The system trust store, read once by the main thread.
     pub roots: Arc<rustls::RootCertStore>,
+    /// Fair queueing's cross-shard state, and the read end of this shard's bell.
+    pub fabric: Arc<Fabric>,
+    pub bell: std::os::unix::net::UnixStream,
 }
 
 /// Run a shard on the current thread until shutdown. Reports readiness (or the failure to
@@ -680,7 +700,7 @@ pub fn run(start: ShardStart, ready: mpsc::Sender<Ready>) {
             start.region,
             start.overrides,
             start.access_log,
-            start.roots,
+            Kept::new(start.roots, id, start.fabric),
         ));
         let info = ctx.info();
         stats::set(&info.core, start.core.map_or(u64::MAX, |c| c as u64));
@@ -688,10 +708,35 @@ pub fn run(start: ShardStart, ready: mpsc::Sender<Ready>) {
         stats::set(&info.started_unix_ms, crate::control::unix_ms());
         info.running.store(1, Ordering::Release);
         report(Ok(kind));
+        match monoio::net::UnixStream::from_std(start.bell) {
+            Ok(bell) => {
+                monoio::spawn(hear_bell(ctx.clone(), bell));
+            }
+            // Hand-offs then wait for the shard's timer (CONTROL_POLL_MS).
+            Err(e) => tracing::warn!(shard = id, "fair-queue bell unavailable: {e}"),
+        }
         serve(ctx, listeners, kind, start.shutdown).await;
     };
     if let Err(e) = crate::runtime::block_on_best(start.driver, shard) {
         report(Err(e));
+    }
+}
+
+/// The shard's bell: another shard handed this one a slot of a capped upstream (for a waiter
+/// with the smallest tag). Each byte read takes every hand-off and frees slots to waiters.
+async fn hear_bell(ctx: Rc<ShardCtx>, mut bell: monoio::net::UnixStream) {
+    use monoio::io::AsyncReadRent;
+    let mut buf = vec![0u8; 64];
+    loop {
+        let (res, b) = bell.read(buf).await;
+        buf = b;
+        if !matches!(res, Ok(n) if n > 0) {
+            return;
+        }
+        ctx.kept.fabric.heard(ctx.id);
+        for cap in &ctx.snapshot().upstream_caps {
+            cap.dispatch();
+        }
     }
 }
 

@@ -371,17 +371,24 @@ impl Region {
     /// named on first use (by whichever shard gets there first; the others find it). Called
     /// when a config is applied, never per request. `None` when the table is full.
     pub fn tenant(&self, name: &str) -> Option<&TenantCells> {
+        self.tenant_slot(name).map(|(_, cells)| cells)
+    }
+
+    /// [`Region::tenant`], with the slot's index in the table (the same for a name in every
+    /// shard, for process-wide tables indexed alike).
+    pub fn tenant_slot(&self, name: &str) -> Option<(usize, &TenantCells)> {
         let table = &self.fixed().tenants;
         let bytes = &name.as_bytes()[..name.len().min(STATS_NAME_BYTES)];
         let start = usize::try_from(fnv1a(bytes)).unwrap_or(0);
         for probe in 0..TENANT_SLOTS {
-            let cells = &table[(start + probe) % TENANT_SLOTS].0;
+            let slot = (start + probe) % TENANT_SLOTS;
+            let cells = &table[slot].0;
             let mut spins = 0;
             loop {
                 match cells.state.load(Ordering::Acquire) {
                     TENANT_NAMED => {
                         if load_text(&cells.name, &cells.name_len).as_bytes() == bytes {
-                            return Some(cells);
+                            return Some((slot, cells));
                         }
                         break;
                     }
@@ -398,7 +405,7 @@ impl Region {
                         {
                             store_text(&cells.name, &cells.name_len, bytes);
                             cells.state.store(TENANT_NAMED, Ordering::Release);
-                            return Some(cells);
+                            return Some((slot, cells));
                         }
                     }
                     _ => {
