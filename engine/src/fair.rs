@@ -18,14 +18,17 @@
 //! Waiters stay on their own shard (their task and socket live there), in per-tenant FIFO
 //! queues ([`FairQueue`]); each shard publishes the smallest tag it holds in its `heads` cell.
 //! The shard holding a free slot (one it just released, or one it took from the in-flight
-//! counter) scans the `heads` of every shard and gives the slot to the smallest: to its own
-//! waiter at once, or to another shard by claiming that head (CAS: tag → tag | `CLAIMED`),
+//! counter) compares its own smallest tag (read from its queues) with the other shards'
+//! heads: the slot goes to its own waiter at once, or to the shard with the smallest head by
 //! adding one to that shard's `handoff` count and ringing its [`Bell`] (a byte on a Unix
-//! socket the shard's bell task reads through its own ring). The woken shard grants its
-//! smallest waiter. A slot is always in exactly one place: held by a request, counted in a
-//! `handoff`, or free in the in-flight counter, so none is lost and none stays idle while a
-//! waiter is visible (work-conserving). The shard's 10 ms timer runs the same dispatch as a
-//! backstop.
+//! socket the shard's bell task reads through its own ring). The woken shard decides again
+//! for each slot handed to it, with the same rule: its own smallest waiter if that is still
+//! the smallest tag anywhere, or on to the shard that now has it. A head is a lower bound of
+//! what that shard holds, so a burst of releases may send it more slots than it has waiters
+//! ahead of the others; the extra ones come back the same way. A slot is always in exactly
+//! one place: held by a request, counted in a `handoff`, or free in the in-flight counter, so
+//! none is lost, and none stays free while a waiter is visible (work-conserving). The shard's
+//! 10 ms timer runs the same dispatch as a backstop.
 //!
 //! # Memory ordering
 //! A new waiter publishes its head and then tries to take a free slot; a releasing shard frees
@@ -55,9 +58,8 @@ use crate::limits::{FAIR_PASS_TRIES_MAX, TENANT_SLOTS};
 /// A `heads` cell with no waiter behind it.
 const HEAD_EMPTY: u64 = u64::MAX;
 /// Set on a head another shard has sent a slot for (still waiting, no longer a candidate).
-const CLAIMED: u64 = 1 << 63;
-/// Largest tag: tags stay below `CLAIMED`.
-const TAG_MAX: u64 = CLAIMED - 1;
+/// Largest tag: tags stay below `HEAD_EMPTY`.
+const TAG_MAX: u64 = HEAD_EMPTY - 1;
 /// Virtual-time units per token of cost at weight 1 (so weights up to 2¹⁶ still advance tags).
 const COST_SCALE: u64 = 1 << 16;
 /// The finish-tag cell of requests without a tenant (`auth = "none"`): after the tenants'.
@@ -161,8 +163,7 @@ impl Fabric {
 pub struct Shared {
     /// Virtual time: the largest start tag granted so far.
     vtime: CachePadded<AtomicU64>,
-    /// Per shard: the smallest tag waiting there (`HEAD_EMPTY`: none; `| CLAIMED`: a slot is
-    /// on its way to it).
+    /// Per shard: the smallest tag waiting there (`HEAD_EMPTY`: none), written by that shard.
     heads: Box<[CachePadded<AtomicU64>]>,
     /// Per shard: slots handed to it and not yet given to its waiters.
     handoff: Box<[CachePadded<AtomicU64>]>,
@@ -199,26 +200,19 @@ impl Shared {
         }
     }
 
-    /// Some shard has a waiter (claimed heads included).
+    /// Some shard has a waiter.
     fn any_waiting(&self) -> bool {
         self.heads
             .iter()
             .any(|h| h.load(Ordering::SeqCst) != HEAD_EMPTY)
     }
 
-    /// Some shard has a waiter no slot is on its way to yet.
-    fn any_candidate(&self) -> bool {
-        self.heads
-            .iter()
-            .any(|h| h.load(Ordering::SeqCst) & CLAIMED == 0)
-    }
-
-    /// The shard other than `me` with the smallest unclaimed head, and that head.
+    /// The shard other than `me` with the smallest head, and that head.
     fn min_head_except(&self, me: usize) -> Option<(usize, u64)> {
         let mut best: Option<(usize, u64)> = None;
         for (shard, h) in self.heads.iter().enumerate() {
             let tag = h.load(Ordering::SeqCst);
-            if shard != me && tag & CLAIMED == 0 && best.is_none_or(|(_, b)| tag < b) {
+            if shard != me && tag != HEAD_EMPTY && best.is_none_or(|(_, b)| tag < b) {
                 best = Some((shard, tag));
             }
         }
@@ -264,7 +258,7 @@ impl Drop for Ticket {
         if !self.waiter.granted.get() {
             self.waiter.gone.set(true);
             // Other shards must not keep sending slots for a waiter that left.
-            self.queue.publish(false);
+            self.queue.publish();
         }
     }
 }
@@ -341,7 +335,7 @@ impl FairQueue {
             });
             q.push_back(waiter.clone());
             drop(tenants);
-            self.publish(false);
+            self.publish();
             Some(Ticket {
                 waiter,
                 queue: self.clone(),
@@ -364,19 +358,10 @@ impl FairQueue {
             .min_by_key(|&(k, tag)| (tag, k))
     }
 
-    /// Write this shard's smallest tag (or none) where the other shards look. A head another
-    /// shard claimed stays claimed while it is still the smallest (its slot is on the way),
-    /// unless `taken`: the hand-offs were just taken, so no slot is on the way any more.
-    fn publish(&self, taken: bool) {
+    /// Write this shard's smallest tag (or none) where the other shards look.
+    fn publish(&self) {
         let head = self.min_tag().map_or(HEAD_EMPTY, |(_, t)| t);
-        let cell = &self.shared.heads[self.shard];
-        let mut cur = cell.load(Ordering::SeqCst);
-        while cur != head && (taken || cur != head | CLAIMED) {
-            match cell.compare_exchange(cur, head, Ordering::SeqCst, Ordering::SeqCst) {
-                Ok(_) => return,
-                Err(now) => cur = now,
-            }
-        }
+        self.shared.heads[self.shard].store(head, Ordering::SeqCst);
     }
 
     /// Grant the slot in hand to the front waiter of tenant `key` here.
@@ -401,8 +386,8 @@ impl FairQueue {
     }
 
     /// Give one slot in hand (counted in `inflight`) to the waiter with the smallest tag: this
-    /// shard's own smallest (read from its queues, never from its published head, which may
-    /// be claimed) or another shard's published head; or free it when nobody waits (false).
+    /// shard's own smallest (read from its queues) or the smallest head another shard
+    /// published; or free it when nobody waits (false).
     fn pass_slot(&self, inflight: &AtomicU64, max: u64) -> bool {
         for _ in 0..FAIR_PASS_TRIES_MAX {
             let local = self.min_tag();
@@ -414,28 +399,23 @@ impl FairQueue {
             match (local, remote) {
                 (Some((key, tag)), _) if local_first => {
                     self.grant(key, tag);
-                    self.publish(false);
+                    self.publish();
                     return true;
                 }
                 (_, None) => {
-                    self.publish(false);
+                    self.publish();
                     Concurrency::release(inflight);
                     // Pairs with the fence in `dispatch`: a waiter that published before this
                     // release is seen below; one that publishes after it finds the slot free.
                     fence(Ordering::SeqCst);
-                    if !(self.shared.any_candidate() && Concurrency::acquire(inflight, max)) {
+                    if !(self.shared.any_waiting() && Concurrency::acquire(inflight, max)) {
                         return false;
                     }
                 }
-                (_, Some((shard, tag))) => {
-                    let claimed = self.shared.heads[shard]
-                        .compare_exchange(tag, tag | CLAIMED, Ordering::SeqCst, Ordering::SeqCst)
-                        .is_ok();
-                    if claimed {
-                        self.shared.handoff[shard].fetch_add(1, Ordering::SeqCst);
-                        self.fabric.ring(shard);
-                        return true;
-                    }
+                (_, Some((shard, _))) => {
+                    self.shared.handoff[shard].fetch_add(1, Ordering::SeqCst);
+                    self.fabric.ring(shard);
+                    return true;
                 }
             }
         }
@@ -445,19 +425,16 @@ impl FairQueue {
     }
 
     /// Take the slots other shards handed here (each to the smallest waiter of any shard,
-    /// normally the head it was sent for), then hand free slots to waiters of any shard. Every
-    /// claim on this shard's head is settled here: a head claimed whose slot went to a smaller
-    /// tag elsewhere is published unclaimed again (a claim left standing would hide this
-    /// shard's waiters from every other shard).
+    /// normally one of this shard's), then hand free slots to waiters of any shard.
     fn dispatch(&self, inflight: &AtomicU64, max: u64) {
         let handed = self.shared.handoff[self.shard].swap(0, Ordering::SeqCst);
         for _ in 0..handed {
             self.pass_slot(inflight, max);
         }
-        self.publish(true);
+        self.publish();
         loop {
             fence(Ordering::SeqCst);
-            if !self.shared.any_candidate() || !Concurrency::acquire(inflight, max) {
+            if !self.shared.any_waiting() || !Concurrency::acquire(inflight, max) {
                 return;
             }
             if !self.pass_slot(inflight, max) {
@@ -664,18 +641,17 @@ mod tests {
     }
 
     #[test]
-    fn a_shard_whose_head_is_claimed_still_serves_its_own_smaller_tags_first() {
+    fn a_shard_with_a_slot_on_its_way_still_serves_its_own_smaller_tags_first() {
         let rig = Rig::new(2, 2);
         rig.saturate();
         // One tenant's waiters, tags in join order: shard 1 holds 0 and 1, shard 0 holds 2.
         let t0 = rig.join(1, 1, 1, 1);
         let t1 = rig.join(1, 1, 1, 1);
         let t2 = rig.join(0, 1, 1, 1);
-        // Shard 0 frees a slot: it claims shard 1's head (tag 0) and hands the slot over.
+        // Shard 0 frees a slot: shard 1's head (tag 0) is the smallest, the slot goes there.
         rig.queues[0].pass_slot(&rig.inflight, rig.max);
         // Before shard 1 takes it, shard 1 frees a slot too: it must go to shard 1's own
-        // tags (0, then 1 with the hand-off), not to shard 0's larger tag because shard 1's
-        // published head reads as claimed.
+        // tags (0, then 1 with the hand-off), not to shard 0's larger tag.
         rig.queues[1].pass_slot(&rig.inflight, rig.max);
         rig.deliver();
         assert!(t0.is_granted() && t1.is_granted(), "tags 0 and 1 first");
@@ -686,14 +662,14 @@ mod tests {
     }
 
     #[test]
-    fn a_claimed_head_whose_slot_went_elsewhere_is_visible_again() {
+    fn a_slot_passed_on_by_its_receiver_leaves_the_receivers_waiters_visible() {
         let rig = Rig::new(2, 1);
         rig.saturate();
         let a0 = rig.join(0, 1, 1, 1);
         let a1 = rig.join(0, 1, 1, 1);
         rig.release_on(0);
         assert!(a0.is_granted());
-        // Shard 1 frees the slot and claims shard 0's head (a1)...
+        // Shard 1 frees the slot and sends it to shard 0's head (a1)...
         rig.queues[1].pass_slot(&rig.inflight, rig.max);
         // ...and meanwhile a smaller tag joins on shard 1: shard 0 passes the slot back to it.
         let b = rig.join(1, 2, 1, 1);
@@ -704,7 +680,7 @@ mod tests {
         rig.release_on(1);
         assert!(
             a1.is_granted(),
-            "shard 0's waiters stayed hidden behind a stale claim"
+            "shard 0's waiters stayed hidden after it passed a slot on"
         );
     }
 
@@ -897,8 +873,12 @@ mod tests {
                 proptest::prop_assert!(rig.in_flight() <= rig.max);
                 proptest::prop_assert_eq!(rig.in_flight(), holding.len() as u64 + handed(&rig));
             }
-            // Every shard takes its hand-offs (twice: a hand-off can be passed on once more).
-            for _ in 0..2 {
+            // Every shard takes its hand-offs, until none travels (a slot sent on a stale head
+            // comes back once or twice; it must settle within a few rounds).
+            for _ in 0..8 {
+                if handed(&rig) == 0 {
+                    break;
+                }
                 rig.deliver();
             }
             settle(&mut waiting, &mut holding);
