@@ -141,6 +141,7 @@ struct RawUpstream {
     pool_idle_max: Option<i64>,
     api_key_env: Option<String>,
     max_concurrency: Option<i64>,
+    headroom_slots: Option<i64>,
     ca_file: Option<String>,
 }
 
@@ -344,6 +345,10 @@ pub struct UpstreamConfig {
     /// Requests in flight to this upstream over all shards; past it, requests wait in fair
     /// per-tenant queues. `None`: no cap.
     pub max_concurrency: Option<u64>,
+    /// Slots of `max_concurrency` a tenant never takes while another tenant has used this
+    /// upstream within `FAIR_ACTIVE_MS` (crate::fair): that tenant's next request starts at
+    /// once instead of waiting for a slot to free. 0: strictly work-conserving.
+    pub headroom_slots: u64,
     /// `ca_file`: the CA certificates (path, PEM) its `https://` endpoints are verified against,
     /// instead of the system's trust store.
     pub ca: Option<(String, Vec<u8>)>,
@@ -967,9 +972,29 @@ impl Validator<'_> {
                 None
             }
         });
+        let headroom_slots = match (raw.headroom_slots, max_concurrency) {
+            (None, Some(max)) => max / FAIR_HEADROOM_DIVISOR,
+            (None, None) => 0,
+            (Some(v), max) => match u64::try_from(v) {
+                Ok(v) if max.is_some_and(|m| v < m) => v,
+                _ => {
+                    self.error(
+                        f("headroom_slots"),
+                        match max {
+                            Some(m) => {
+                                format!("must be 0 to {} (below max_concurrency), got {v}", m - 1)
+                            }
+                            None => "needs max_concurrency".to_owned(),
+                        },
+                    );
+                    0
+                }
+            },
+        };
         UpstreamConfig {
             credential,
             max_concurrency,
+            headroom_slots,
             ca,
             name: raw.name,
             provider,

@@ -26,7 +26,7 @@ use crate::config::{Auth, Provider, UpstreamConfig};
 use crate::control::stats::Reject;
 use crate::control::stats::{NO_SLOT, SLOT_UNROUTED};
 use crate::error::{Error, Limit, Shape};
-use crate::fair::{UpstreamCap, FAIR_NO_TENANT};
+use crate::fair::{self, UpstreamCap};
 use crate::http::chunked::{ChunkedDecoder, Step};
 use crate::http::request::{self, BodyKind, Credentials, Method, RequestHead};
 use crate::http::response::{self, ClientFraming};
@@ -286,7 +286,7 @@ fn finish(ctx: &ShardCtx, c: &mut Client) {
     ex.active = false;
     if let Some(u) = ex.upstream_slot_held.take() {
         if let Some(cap) = c.snap.upstream_caps.get(u) {
-            cap.release();
+            cap.release(c.snap.fair_slot(ex.tenant), fair::now_ms());
         }
     }
     {
@@ -954,28 +954,24 @@ async fn wait_for_slot(
     left: &BodyLeft,
     wbuf: &mut Vec<u8>,
 ) -> Result<(), Next> {
-    if cap.try_acquire() {
+    let snap = c.snap.clone();
+    let fair_slot = snap.fair_slot(c.ex.tenant);
+    if cap.try_acquire(fair_slot, fair::now_ms()) {
         return Ok(());
     }
-    let snap = c.snap.clone();
     // Requests without a tenant (auth = "none") share one queue. A request's share is its
     // admission's token estimate (plain requests: 1).
-    let (key, fair_slot, weight) = match c.ex.tenant {
-        Some(t) => (
-            t + 1,
-            snap.tenant_fair.get(t).copied().unwrap_or(FAIR_NO_TENANT),
-            snap.cfg.tenants[t].weight,
-        ),
-        None => (0, FAIR_NO_TENANT, 1),
+    let (key, weight) = match c.ex.tenant {
+        Some(t) => (t + 1, snap.cfg.tenants[t].weight),
+        None => (0, 1),
     };
     let cost = c.ex.admitted.as_ref().map_or(1, Admitted::estimate);
     let started = Instant::now();
     let refused = match cap.enqueue(
-        key,
-        fair_slot,
-        weight,
-        cost,
+        (key, fair_slot),
+        (weight, cost),
         snap.cfg.server.queue_depth_max,
+        fair::now_ms(),
     ) {
         None => true,
         Some(ticket) => {
@@ -1106,7 +1102,7 @@ async fn forward(
                         c.ex.strip_usage = h.strip_usage;
                         if let Some(held) = c.ex.upstream_slot_held.take() {
                             if let Some(cap) = snap.upstream_caps.get(held) {
-                                cap.release();
+                                cap.release(snap.fair_slot(c.ex.tenant), fair::now_ms());
                             }
                         }
                         if h.cap_held {
@@ -1122,7 +1118,7 @@ async fn forward(
             if h.launched && !h.won && h.cap_held {
                 h.cap_held = false;
                 if let Some(cap) = snap.upstream_caps.get(h.target.0) {
-                    cap.release();
+                    cap.release(snap.fair_slot(c.ex.tenant), fair::now_ms());
                 }
             }
             // Back to the caller, which settles both attempts (a replay below is not hedged).
@@ -2062,7 +2058,7 @@ async fn proxy_llm(
         finish_deployment(&mut c.ex, &snap, None, true);
         if let Some(u) = c.ex.upstream_slot_held.take() {
             if let Some(cap) = snap.upstream_caps.get(u) {
-                cap.release();
+                cap.release(snap.fair_slot(c.ex.tenant), fair::now_ms());
             }
         }
         c.ex.status = 0;
@@ -2128,6 +2124,7 @@ fn plan_hedge(
             filter_sse: c.ex.filter_sse,
             strip_usage: c.ex.strip_usage,
             tokens: call.tokens,
+            fair_slot: c.snap.fair_slot(c.ex.tenant),
             launched: false,
             won: false,
             launched_ns: 0,

@@ -53,7 +53,7 @@ use crossbeam::utils::CachePadded;
 
 use crate::control::shm::TenantCells;
 use crate::limit::Concurrency;
-use crate::limits::{FAIR_PASS_TRIES_MAX, TENANT_SLOTS};
+use crate::limits::{FAIR_ACTIVE_MS, FAIR_PASS_TRIES_MAX, TENANT_SLOTS};
 
 /// A `heads` cell with no waiter behind it.
 const HEAD_EMPTY: u64 = u64::MAX;
@@ -164,21 +164,53 @@ pub struct Shared {
     /// Virtual time: the largest start tag granted so far.
     vtime: CachePadded<AtomicU64>,
     /// Per shard: the smallest tag waiting there (`HEAD_EMPTY`: none), written by that shard.
-    heads: Box<[CachePadded<AtomicU64>]>,
+    heads: Box<[CachePadded<Head>]>,
     /// Per shard: slots handed to it and not yet given to its waiters.
     handoff: Box<[CachePadded<AtomicU64>]>,
     /// Per tenant slot (and [`FAIR_NO_TENANT`]): the finish tag of its last request.
     finish: Box<[AtomicU64]>,
+    /// Per tenant slot: the slots it holds now.
+    held: Box<[AtomicU64]>,
+    /// The two tenants that used the upstream last, each `ms << 16 | tenant slot` (0: none):
+    /// whether a tenant other than the one asking was active lately.
+    recent: [CachePadded<AtomicU64>; 2],
 }
+
+/// A shard's smallest waiting tag and that waiter's tenant slot (written slot first, then tag;
+/// a reader racing a write may pair a tag with the previous slot, which only makes one
+/// hand-off less well aimed: the receiver decides again).
+#[derive(Debug)]
+struct Head {
+    tag: AtomicU64,
+    slot: AtomicU64,
+}
+
+/// Bits of a tenant slot in a `recent` cell.
+const RECENT_TENANT_BITS: u32 = 16;
+const _: () = assert!(FAIR_NO_TENANT < 1 << RECENT_TENANT_BITS);
 
 impl Shared {
     fn new(shards: usize) -> Self {
-        let cells = |v: u64| (0..shards).map(move |_| CachePadded::new(AtomicU64::new(v)));
+        let per_tenant = || (0..=FAIR_NO_TENANT).map(|_| AtomicU64::new(0)).collect();
         Self {
             vtime: CachePadded::new(AtomicU64::new(0)),
-            heads: cells(HEAD_EMPTY).collect(),
-            handoff: cells(0).collect(),
-            finish: (0..=TENANT_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            heads: (0..shards)
+                .map(|_| {
+                    CachePadded::new(Head {
+                        tag: AtomicU64::new(HEAD_EMPTY),
+                        slot: AtomicU64::new(0),
+                    })
+                })
+                .collect(),
+            handoff: (0..shards)
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+            finish: per_tenant(),
+            held: per_tenant(),
+            recent: [
+                CachePadded::new(AtomicU64::new(0)),
+                CachePadded::new(AtomicU64::new(0)),
+            ],
         }
     }
 
@@ -186,9 +218,7 @@ impl Shared {
     fn stamp(&self, slot: usize, cost: u64, weight: u32) -> u64 {
         let step = (cost.max(1).saturating_mul(COST_SCALE) / u64::from(weight.max(1))).max(1);
         let v = self.vtime.load(Ordering::Acquire);
-        let Some(finish) = self.finish.get(slot.min(FAIR_NO_TENANT)) else {
-            return v;
-        };
+        let finish = &self.finish[slot.min(FAIR_NO_TENANT)];
         let mut f = finish.load(Ordering::Acquire);
         loop {
             let start = v.max(f).min(TAG_MAX);
@@ -200,29 +230,79 @@ impl Shared {
         }
     }
 
+    /// The tenant at `slot` uses the upstream at `now_ms` (one store a millisecond at most).
+    fn note_active(&self, slot: usize, now_ms: u64) {
+        let slot = slot.min(FAIR_NO_TENANT) as u64;
+        let packed = now_ms << RECENT_TENANT_BITS | slot;
+        let last = self.recent[0].load(Ordering::Relaxed);
+        if last == packed {
+            return;
+        }
+        if last & ((1 << RECENT_TENANT_BITS) - 1) != slot {
+            self.recent[1].store(last, Ordering::Relaxed);
+        }
+        self.recent[0].store(packed, Ordering::Relaxed);
+    }
+
+    /// Another tenant than the one at `slot` used the upstream within `FAIR_ACTIVE_MS`.
+    fn others_active(&self, slot: usize, now_ms: u64) -> bool {
+        let slot = slot.min(FAIR_NO_TENANT) as u64;
+        self.recent.iter().any(|r| {
+            let r = r.load(Ordering::Relaxed);
+            let ms = r >> RECENT_TENANT_BITS;
+            r != 0
+                && r & ((1 << RECENT_TENANT_BITS) - 1) != slot
+                && ms.saturating_add(FAIR_ACTIVE_MS) > now_ms
+        })
+    }
+
+    /// One more slot for the tenant at `slot` would eat into the headroom kept for others.
+    fn at_headroom(&self, slot: usize, cap: &Cap<'_>) -> bool {
+        cap.headroom > 0
+            && self.held[slot.min(FAIR_NO_TENANT)].load(Ordering::Relaxed) + cap.headroom >= cap.max
+            && self.others_active(slot, cap.now_ms)
+    }
+
+    fn hold(&self, slot: usize) {
+        self.held[slot.min(FAIR_NO_TENANT)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn unhold(&self, slot: usize) {
+        Concurrency::release(&self.held[slot.min(FAIR_NO_TENANT)]);
+    }
+
     /// Some shard has a waiter.
     fn any_waiting(&self) -> bool {
         self.heads
             .iter()
-            .any(|h| h.load(Ordering::SeqCst) != HEAD_EMPTY)
+            .any(|h| h.tag.load(Ordering::SeqCst) != HEAD_EMPTY)
     }
 
-    /// The shard other than `me` with the smallest head, and that head.
-    fn min_head_except(&self, me: usize) -> Option<(usize, u64)> {
-        let mut best: Option<(usize, u64)> = None;
-        for (shard, h) in self.heads.iter().enumerate() {
-            let tag = h.load(Ordering::SeqCst);
-            if shard != me && tag != HEAD_EMPTY && best.is_none_or(|(_, b)| tag < b) {
-                best = Some((shard, tag));
-            }
-        }
-        best
+    /// Every other shard's head: (shard, tag, tenant slot).
+    fn heads_except(&self, me: usize) -> impl Iterator<Item = (usize, u64, usize)> + '_ {
+        self.heads.iter().enumerate().filter_map(move |(shard, h)| {
+            let tag = h.tag.load(Ordering::SeqCst);
+            let slot = usize::try_from(h.slot.load(Ordering::SeqCst)).unwrap_or(FAIR_NO_TENANT);
+            (shard != me && tag != HEAD_EMPTY).then_some((shard, tag, slot))
+        })
     }
+}
+
+/// A capped upstream as one slot movement sees it.
+#[derive(Debug, Clone, Copy)]
+struct Cap<'a> {
+    /// Requests in flight over all shards (slots held, handed over, or being passed).
+    inflight: &'a AtomicU64,
+    max: u64,
+    headroom: u64,
+    now_ms: u64,
 }
 
 #[derive(Debug)]
 struct Waiter {
     tag: u64,
+    /// The tenant's slot (its finish tag and held count).
+    slot: usize,
     granted: Cell<bool>,
     /// The request stopped waiting (timed out, or its connection ended).
     gone: Cell<bool>,
@@ -292,6 +372,16 @@ pub struct FairQueue {
     tenants: RefCell<HashMap<usize, VecDeque<Rc<Waiter>>>>,
 }
 
+/// A waiter at the front of its tenant's queue here: (queue key, tag, tenant slot).
+type Front = (usize, u64, usize);
+
+/// Where a slot in hand goes.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Here(Front),
+    Shard(usize),
+}
+
 impl FairQueue {
     pub fn new(shard: usize, shared: Arc<Shared>, fabric: Arc<Fabric>) -> Self {
         Self {
@@ -307,44 +397,43 @@ impl FairQueue {
         !self.tenants.borrow().is_empty()
     }
 
-    /// Join tenant `key`'s queue: stamped for the tenant's finish-tag cell `fair_slot` with
-    /// `cost` at `weight`. `None` when that queue already holds `depth_max` waiters here.
+    /// Join tenant `key`'s queue: stamped for the tenant's slot `slot` with `cost` at
+    /// `weight`. `None` when that queue already holds `depth_max` waiters here.
     fn join(
         self: &Rc<Self>,
-        key: usize,
-        fair_slot: usize,
+        (key, slot): (usize, usize),
         weight: u32,
         cost: u64,
         depth_max: usize,
     ) -> Option<Ticket> {
-        {
-            let mut tenants = self.tenants.borrow_mut();
-            let q = tenants.entry(key).or_default();
-            q.retain(|w| !w.gone.get());
-            if q.len() >= depth_max {
-                if q.is_empty() {
-                    tenants.remove(&key);
-                }
-                return None;
+        let mut tenants = self.tenants.borrow_mut();
+        let q = tenants.entry(key).or_default();
+        q.retain(|w| !w.gone.get());
+        if q.len() >= depth_max {
+            if q.is_empty() {
+                tenants.remove(&key);
             }
-            let waiter = Rc::new(Waiter {
-                tag: self.shared.stamp(fair_slot, cost, weight),
-                granted: Cell::new(false),
-                gone: Cell::new(false),
-                waker: RefCell::new(None),
-            });
-            q.push_back(waiter.clone());
-            drop(tenants);
-            self.publish();
-            Some(Ticket {
-                waiter,
-                queue: self.clone(),
-            })
+            return None;
         }
+        let waiter = Rc::new(Waiter {
+            tag: self.shared.stamp(slot, cost, weight),
+            slot,
+            granted: Cell::new(false),
+            gone: Cell::new(false),
+            waker: RefCell::new(None),
+        });
+        q.push_back(waiter.clone());
+        drop(tenants);
+        self.publish();
+        Some(Ticket {
+            waiter,
+            queue: self.clone(),
+        })
     }
 
-    /// The smallest tag waiting here, dropping waiters that left.
-    fn min_tag(&self) -> Option<(usize, u64)> {
+    /// The smallest tag waiting here among tenants `eligible` lets through, dropping waiters
+    /// that left.
+    fn min_front(&self, eligible: impl Fn(usize) -> bool) -> Option<Front> {
         let mut tenants = self.tenants.borrow_mut();
         tenants.retain(|_, q| {
             while q.front().is_some_and(|w| w.gone.get()) {
@@ -354,18 +443,25 @@ impl FairQueue {
         });
         tenants
             .iter()
-            .filter_map(|(&k, q)| q.front().map(|w| (k, w.tag)))
-            .min_by_key(|&(k, tag)| (tag, k))
+            .filter_map(|(&k, q)| q.front().map(|w| (k, w.tag, w.slot)))
+            .filter(|&(_, _, slot)| eligible(slot))
+            .min_by_key(|&(k, tag, _)| (tag, k))
     }
 
     /// Write this shard's smallest tag (or none) where the other shards look.
     fn publish(&self) {
-        let head = self.min_tag().map_or(HEAD_EMPTY, |(_, t)| t);
-        self.shared.heads[self.shard].store(head, Ordering::SeqCst);
+        let head = &self.shared.heads[self.shard];
+        match self.min_front(|_| true) {
+            Some((_, tag, slot)) => {
+                head.slot.store(slot as u64, Ordering::SeqCst);
+                head.tag.store(tag, Ordering::SeqCst);
+            }
+            None => head.tag.store(HEAD_EMPTY, Ordering::SeqCst),
+        }
     }
 
     /// Grant the slot in hand to the front waiter of tenant `key` here.
-    fn grant(&self, key: usize, tag: u64) {
+    fn grant(&self, (key, tag, slot): Front) {
         let mut tenants = self.tenants.borrow_mut();
         let Some(q) = tenants.get_mut(&key) else {
             return;
@@ -378,6 +474,7 @@ impl FairQueue {
         }
         drop(tenants);
         self.shared.vtime.fetch_max(tag, Ordering::AcqRel);
+        self.shared.hold(slot);
         w.granted.set(true);
         let waker = w.waker.borrow_mut().take();
         if let Some(waker) = waker {
@@ -385,59 +482,81 @@ impl FairQueue {
         }
     }
 
-    /// Give one slot in hand (counted in `inflight`) to the waiter with the smallest tag: this
-    /// shard's own smallest (read from its queues) or the smallest head another shard
-    /// published; or free it when nobody waits (false).
-    fn pass_slot(&self, inflight: &AtomicU64, max: u64) -> bool {
+    /// Where a slot in hand should go: the waiter with the smallest tag, this shard's own
+    /// (read from its queues) or the smallest head another shard published. `None`: nobody
+    /// waits, or the only tenant waiting would take the headroom kept for the others that
+    /// were active lately (while another tenant waits, the tags alone decide).
+    fn target(&self, cap: &Cap<'_>) -> Option<Target> {
+        let local = self.min_front(|_| true);
+        let remote = self
+            .shared
+            .heads_except(self.shard)
+            .min_by_key(|&(shard, tag, _)| (tag, shard));
+        let (target, slot) = match (local, remote) {
+            (Some(f), r) if r.is_none_or(|(_, tag, _)| f.1 <= tag) => (Target::Here(f), f.2),
+            (_, Some((shard, _, slot))) => (Target::Shard(shard), slot),
+            (_, None) => return None,
+        };
+        if self.shared.at_headroom(slot, cap) {
+            let others_wait = self.min_front(|s| s != slot).is_some()
+                || self
+                    .shared
+                    .heads_except(self.shard)
+                    .any(|(_, _, s)| s != slot);
+            if !others_wait {
+                return None;
+            }
+        }
+        Some(target)
+    }
+
+    /// Give one slot in hand (counted in `inflight`) to [`FairQueue::target`], or free it
+    /// (false).
+    fn pass_slot(&self, cap: &Cap<'_>) -> bool {
         for _ in 0..FAIR_PASS_TRIES_MAX {
-            let local = self.min_tag();
-            let remote = self.shared.min_head_except(self.shard);
-            let local_first = match (local, remote) {
-                (Some((_, tag)), Some((_, other))) => tag <= other,
-                (local, _) => local.is_some(),
-            };
-            match (local, remote) {
-                (Some((key, tag)), _) if local_first => {
-                    self.grant(key, tag);
+            match self.target(cap) {
+                Some(Target::Here(front)) => {
+                    self.grant(front);
                     self.publish();
                     return true;
                 }
-                (_, None) => {
-                    self.publish();
-                    Concurrency::release(inflight);
-                    // Pairs with the fence in `dispatch`: a waiter that published before this
-                    // release is seen below; one that publishes after it finds the slot free.
-                    fence(Ordering::SeqCst);
-                    if !(self.shared.any_waiting() && Concurrency::acquire(inflight, max)) {
-                        return false;
-                    }
-                }
-                (_, Some((shard, _))) => {
+                Some(Target::Shard(shard)) => {
                     self.shared.handoff[shard].fetch_add(1, Ordering::SeqCst);
                     self.fabric.ring(shard);
                     return true;
                 }
+                None => {
+                    self.publish();
+                    Concurrency::release(cap.inflight);
+                    // Pairs with the fence in `dispatch`: a waiter that published before this
+                    // release is seen below; one that publishes after it finds the slot free.
+                    fence(Ordering::SeqCst);
+                    if !(self.target(cap).is_some() && Concurrency::acquire(cap.inflight, cap.max))
+                    {
+                        return false;
+                    }
+                }
             }
         }
         // Heads changed under every try: free the slot; the next release or timer hands it on.
-        Concurrency::release(inflight);
+        Concurrency::release(cap.inflight);
         false
     }
 
     /// Take the slots other shards handed here (each to the smallest waiter of any shard,
     /// normally one of this shard's), then hand free slots to waiters of any shard.
-    fn dispatch(&self, inflight: &AtomicU64, max: u64) {
+    fn dispatch(&self, cap: &Cap<'_>) {
         let handed = self.shared.handoff[self.shard].swap(0, Ordering::SeqCst);
         for _ in 0..handed {
-            self.pass_slot(inflight, max);
+            self.pass_slot(cap);
         }
         self.publish();
         loop {
             fence(Ordering::SeqCst);
-            if !self.shared.any_waiting() || !Concurrency::acquire(inflight, max) {
+            if self.target(cap).is_none() || !Concurrency::acquire(cap.inflight, cap.max) {
                 return;
             }
-            if !self.pass_slot(inflight, max) {
+            if !self.pass_slot(cap) {
                 return;
             }
         }
@@ -466,65 +585,96 @@ impl Queues {
     }
 }
 
-/// An upstream's cap as one snapshot sees it.
+/// A capped upstream in one snapshot: the in-flight counter every shard shares, this shard's
+/// queue in front of it, and the config.
+#[derive(Debug)]
+pub struct Capped {
+    pub cells: &'static TenantCells,
+    pub queue: Rc<FairQueue>,
+    pub max: u64,
+    pub headroom: u64,
+}
+
+/// An upstream's cap as one snapshot sees it. Every call names the tenant's slot
+/// (`Snapshot::tenant_fair`, or [`FAIR_NO_TENANT`]) and the time in ms.
 #[derive(Debug)]
 pub struct UpstreamCap {
-    /// The in-flight counter shared by every shard, this shard's queue and the cap (`None`: no
-    /// cap, or the region's table was full).
-    pub capped: Option<(&'static TenantCells, Rc<FairQueue>, u64)>,
+    /// `None`: no cap, or the region's table was full.
+    pub capped: Option<Capped>,
+}
+
+impl Capped {
+    fn cap(&self, now_ms: u64) -> Cap<'_> {
+        Cap {
+            inflight: &self.cells.inflight,
+            max: self.max,
+            headroom: self.headroom,
+            now_ms,
+        }
+    }
 }
 
 impl UpstreamCap {
-    /// An upstream without a cap.
-    pub fn uncapped() -> Self {
-        Self { capped: None }
-    }
-
     /// Whether requests to this upstream are capped at all.
     pub fn is_capped(&self) -> bool {
         self.capped.is_some()
     }
 
-    /// Take a slot now, if nobody waits on any shard and one is free.
-    pub fn try_acquire(&self) -> bool {
-        match &self.capped {
-            Some((cells, queue, max)) => {
-                !queue.shared.any_waiting() && Concurrency::acquire(&cells.inflight, *max)
-            }
-            None => true,
+    /// Take a slot now for the tenant at `slot`: if nobody waits on any shard, one is free,
+    /// and it is not the headroom kept for other tenants.
+    pub fn try_acquire(&self, slot: usize, now_ms: u64) -> bool {
+        let Some(c) = &self.capped else {
+            return true;
+        };
+        let shared = &c.queue.shared;
+        shared.note_active(slot, now_ms);
+        let cap = c.cap(now_ms);
+        if shared.any_waiting()
+            || shared.at_headroom(slot, &cap)
+            || !Concurrency::acquire(cap.inflight, cap.max)
+        {
+            return false;
         }
+        shared.hold(slot);
+        true
     }
 
-    /// Wait for a slot: join tenant `key`'s queue on this shard (its finish-tag cell
-    /// `fair_slot`, its `weight`, the request's `cost` in tokens), then take any free slot.
-    /// `None`: uncapped, or that tenant's queue here already holds `depth_max` waiters.
+    /// Wait for a slot: join tenant `key`'s queue on this shard (the tenant's `slot`, its
+    /// `weight`, the request's `cost` in tokens), then take any free slot. `None`: uncapped,
+    /// or that tenant's queue here already holds `depth_max` waiters.
     pub fn enqueue(
         &self,
-        key: usize,
-        fair_slot: usize,
-        weight: u32,
-        cost: u64,
+        (key, slot): (usize, usize),
+        (weight, cost): (u32, u64),
         depth_max: usize,
+        now_ms: u64,
     ) -> Option<Ticket> {
-        let (cells, queue, max) = self.capped.as_ref()?;
-        let ticket = queue.join(key, fair_slot, weight, cost, depth_max)?;
-        queue.dispatch(&cells.inflight, *max);
+        let c = self.capped.as_ref()?;
+        c.queue.shared.note_active(slot, now_ms);
+        let ticket = c.queue.join((key, slot), weight, cost, depth_max)?;
+        c.queue.dispatch(&c.cap(now_ms));
         Some(ticket)
     }
 
-    /// Give a slot back: to the fairest waiter of any shard, or free.
-    pub fn release(&self) {
-        if let Some((cells, queue, max)) = &self.capped {
-            queue.pass_slot(&cells.inflight, *max);
+    /// The tenant at `slot` gives a slot back: to the fairest waiter of any shard, or free.
+    pub fn release(&self, slot: usize, now_ms: u64) {
+        if let Some(c) = &self.capped {
+            c.queue.shared.unhold(slot);
+            c.queue.pass_slot(&c.cap(now_ms));
         }
     }
 
     /// Take slots handed to this shard and hand free slots (freed anywhere) to waiters.
-    pub fn dispatch(&self) {
-        if let Some((cells, queue, max)) = &self.capped {
-            queue.dispatch(&cells.inflight, *max);
+    pub fn dispatch(&self, now_ms: u64) {
+        if let Some(c) = &self.capped {
+            c.queue.dispatch(&c.cap(now_ms));
         }
     }
+}
+
+/// Milliseconds on the clock the fair queues compare activity with.
+pub fn now_ms() -> u64 {
+    crate::admit::now_ns() / 1_000_000
 }
 
 #[cfg(test)]
@@ -537,8 +687,12 @@ mod tests {
     struct Rig {
         inflight: AtomicU64,
         max: u64,
+        headroom: u64,
         queues: Vec<Rc<FairQueue>>,
     }
+
+    /// The clock of the tests' slot movements, ms.
+    const NOW_MS: u64 = 1_000_000;
 
     impl Rig {
         fn new(shards: usize, max: u64) -> Self {
@@ -547,9 +701,19 @@ mod tests {
             Self {
                 inflight: AtomicU64::new(0),
                 max,
+                headroom: 0,
                 queues: (0..shards)
                     .map(|s| Rc::new(FairQueue::new(s, shared.clone(), fabric.clone())))
                     .collect(),
+            }
+        }
+
+        fn cap(&self) -> Cap<'_> {
+            Cap {
+                inflight: &self.inflight,
+                max: self.max,
+                headroom: self.headroom,
+                now_ms: NOW_MS,
             }
         }
 
@@ -567,21 +731,21 @@ mod tests {
         /// A waiter of tenant `t` (its own finish cell `t`) on shard `s`.
         fn join(&self, s: usize, t: usize, weight: u32, cost: u64) -> Ticket {
             let q = &self.queues[s];
-            let ticket = q.join(t, t, weight, cost, 1000).expect("room");
-            q.dispatch(&self.inflight, self.max);
+            let ticket = q.join((t, t), weight, cost, 1000).expect("room");
+            q.dispatch(&self.cap());
             ticket
         }
 
         /// One request ends on shard `s`; then every shard takes what was handed to it.
         fn release_on(&self, s: usize) {
-            self.queues[s].pass_slot(&self.inflight, self.max);
+            self.queues[s].pass_slot(&self.cap());
             self.deliver();
         }
 
         /// What the bells would do: each shard takes its hand-offs.
         fn deliver(&self) {
             for q in &self.queues {
-                q.dispatch(&self.inflight, self.max);
+                q.dispatch(&self.cap());
             }
         }
 
@@ -649,10 +813,10 @@ mod tests {
         let t1 = rig.join(1, 1, 1, 1);
         let t2 = rig.join(0, 1, 1, 1);
         // Shard 0 frees a slot: shard 1's head (tag 0) is the smallest, the slot goes there.
-        rig.queues[0].pass_slot(&rig.inflight, rig.max);
+        rig.queues[0].pass_slot(&rig.cap());
         // Before shard 1 takes it, shard 1 frees a slot too: it must go to shard 1's own
         // tags (0, then 1 with the hand-off), not to shard 0's larger tag.
-        rig.queues[1].pass_slot(&rig.inflight, rig.max);
+        rig.queues[1].pass_slot(&rig.cap());
         rig.deliver();
         assert!(t0.is_granted() && t1.is_granted(), "tags 0 and 1 first");
         assert!(!t2.is_granted(), "tag 2 overtook a smaller tag");
@@ -670,7 +834,7 @@ mod tests {
         rig.release_on(0);
         assert!(a0.is_granted());
         // Shard 1 frees the slot and sends it to shard 0's head (a1)...
-        rig.queues[1].pass_slot(&rig.inflight, rig.max);
+        rig.queues[1].pass_slot(&rig.cap());
         // ...and meanwhile a smaller tag joins on shard 1: shard 0 passes the slot back to it.
         let b = rig.join(1, 2, 1, 1);
         assert!(b.tag() < a1.tag());
@@ -682,6 +846,66 @@ mod tests {
             a1.is_granted(),
             "shard 0's waiters stayed hidden after it passed a slot on"
         );
+    }
+
+    #[test]
+    fn a_flood_leaves_the_headroom_free_while_another_tenant_is_active() {
+        let mut rig = Rig::new(2, 4);
+        rig.headroom = 1;
+        let s = rig.shared();
+        let cap = rig.cap();
+        // Tenant 1 alone takes every slot: nobody else was active.
+        for _ in 0..4 {
+            s.note_active(1, NOW_MS);
+            assert!(!s.at_headroom(1, &cap));
+            assert!(Concurrency::acquire(&rig.inflight, rig.max));
+            s.hold(1);
+        }
+        let flood: Vec<Ticket> = (0..8).map(|i| rig.join(i % 2, 1, 1, 1)).collect();
+        // Tenant 2 shows up (and is served): from now on tenant 1 holds at most 3.
+        s.note_active(2, NOW_MS);
+        s.unhold(1);
+        rig.release_on(0);
+        assert_eq!(granted(&flood), 0, "the freed slot went to the flood");
+        assert_eq!(rig.in_flight(), 3, "the headroom slot stays free");
+        // Tenant 2's request takes it at once, whichever shard it lands on.
+        let quiet = rig.join(1, 2, 1, 1);
+        assert!(quiet.is_granted());
+        // The flood's own releases keep it at 3.
+        s.unhold(1);
+        rig.release_on(1);
+        assert_eq!(granted(&flood), 1);
+        // Once tenant 2 has been idle for FAIR_ACTIVE_MS, the flood may take every slot.
+        let later = Cap {
+            now_ms: NOW_MS + FAIR_ACTIVE_MS,
+            ..rig.cap()
+        };
+        s.note_active(1, later.now_ms);
+        assert!(!s.at_headroom(1, &later));
+    }
+
+    #[test]
+    fn the_headroom_never_bends_the_shares_of_tenants_that_both_wait() {
+        let mut rig = Rig::new(2, 4);
+        rig.headroom = 1;
+        rig.saturate();
+        let s = rig.shared();
+        s.note_active(1, NOW_MS);
+        s.note_active(2, NOW_MS);
+        // Tenant 1 holds every slot; both tenants keep a backlog.
+        for _ in 0..4 {
+            s.hold(1);
+        }
+        assert!(s.at_headroom(1, &rig.cap()));
+        let heavy: Vec<Ticket> = (0..60).map(|i| rig.join(i % 2, 1, 3, 1)).collect();
+        let light: Vec<Ticket> = (0..60).map(|i| rig.join(i % 2, 2, 1, 1)).collect();
+        // Tenant 1 stays at its headroom throughout (its held count is never given back
+        // here), which would keep a slot free if it waited alone.
+        for i in 0..40 {
+            rig.release_on(i % 2);
+        }
+        assert_eq!(rig.in_flight(), 4, "a slot idled while both tenants waited");
+        assert_eq!((granted(&heavy), granted(&light)), (30, 10), "weight 3 : 1");
     }
 
     #[test]
@@ -721,7 +945,7 @@ mod tests {
         rig.saturate();
         let w = rig.join(2, 7, 1, 1);
         // Released on shard 0: shard 0 has no waiter, the slot is handed to shard 2.
-        rig.queues[0].pass_slot(&rig.inflight, rig.max);
+        rig.queues[0].pass_slot(&rig.cap());
         assert!(!w.is_granted(), "granted before shard 2 took its hand-off");
         assert_eq!(rig.shared().handoff[2].load(Ordering::SeqCst), 1);
         assert_eq!(rig.in_flight(), 1, "the slot travels, still counted");
@@ -739,7 +963,7 @@ mod tests {
         let gone = rig.join(1, 1, 1, 1);
         let stays = rig.join(0, 2, 1, 1);
         // Shard 1's head (tag 0 of tenant 1) is the smallest: the slot goes there...
-        rig.queues[0].pass_slot(&rig.inflight, rig.max);
+        rig.queues[0].pass_slot(&rig.cap());
         // ...but its waiter leaves before shard 1 takes the hand-off.
         drop(gone);
         rig.deliver();
@@ -765,15 +989,15 @@ mod tests {
         let rig = Rig::new(1, 1);
         rig.saturate();
         let q = &rig.queues[0];
-        let a = q.join(1, 1, 1, 1, 2).expect("room");
-        let b = q.join(1, 1, 1, 1, 2).expect("room");
-        assert!(q.join(1, 1, 1, 1, 2).is_none(), "past depth_max");
+        let a = q.join((1, 1), 1, 1, 2).expect("room");
+        let b = q.join((1, 1), 1, 1, 2).expect("room");
+        assert!(q.join((1, 1), 1, 1, 2).is_none(), "past depth_max");
         drop(a);
         rig.release_on(0);
         assert!(b.is_granted(), "a waiter that left was granted instead");
         assert!(!q.has_waiters());
         // A freed place can be taken again.
-        assert!(q.join(1, 1, 1, 1, 2).is_some());
+        assert!(q.join((1, 1), 1, 1, 2).is_some());
     }
 
     #[test]
@@ -850,18 +1074,18 @@ mod tests {
                 match st {
                     Step::Join(s, t, c) => {
                         let q = &rig.queues[s];
-                        if let Some(ticket) = q.join(t, t, 1, c, 1000) {
-                            q.dispatch(&rig.inflight, rig.max);
+                        if let Some(ticket) = q.join((t, t), 1, c, 1000) {
+                            q.dispatch(&rig.cap());
                             waiting.push((s, ticket));
                         }
                     }
                     Step::Release(s) => {
                         if let Some(i) = holding.iter().position(|&h| h == s) {
                             holding.swap_remove(i);
-                            rig.queues[s].pass_slot(&rig.inflight, rig.max);
+                            rig.queues[s].pass_slot(&rig.cap());
                         }
                     }
-                    Step::Deliver(s) => rig.queues[s].dispatch(&rig.inflight, rig.max),
+                    Step::Deliver(s) => rig.queues[s].dispatch(&rig.cap()),
                     Step::Leave(i) => {
                         if !waiting.is_empty() {
                             let i = i % waiting.len();
@@ -888,7 +1112,7 @@ mod tests {
             }
             // Requests end one by one: every waiter left is served.
             while let Some(s) = holding.pop() {
-                rig.queues[s].pass_slot(&rig.inflight, rig.max);
+                rig.queues[s].pass_slot(&rig.cap());
                 rig.deliver();
                 settle(&mut waiting, &mut holding);
             }

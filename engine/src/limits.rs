@@ -84,6 +84,12 @@ pub const QUEUE_DEPTH_MAX_DEFAULT: usize = 256;
 /// Tries a shard makes to hand a freed slot to the smallest waiting head while the heads
 /// change under it; past them the slot is freed and the next release or timer hands it on.
 pub const FAIR_PASS_TRIES_MAX: usize = 64;
+/// Default `headroom_slots` of a capped upstream: `max_concurrency / FAIR_HEADROOM_DIVISOR`
+/// (2 of 16; none below 8, where a slot is too large a share to hold back).
+pub const FAIR_HEADROOM_DIVISOR: u64 = 8;
+/// How long after its last request a tenant counts as active on a capped upstream (others
+/// then leave it the upstream's headroom), ms.
+pub const FAIR_ACTIVE_MS: u64 = 1_000;
 
 /// Default port of `[server] admin_listen` (on 127.0.0.1).
 pub const ADMIN_PORT_DEFAULT: u16 = 9901;

@@ -22,7 +22,7 @@ use crate::control::shm::{Region, ShardInfo};
 use crate::control::stats::{self, ShardStats};
 use crate::control::ShardControl;
 use crate::drain::DrainSignal;
-use crate::fair::{Fabric, Queues, UpstreamCap, FAIR_NO_TENANT};
+use crate::fair::{Capped, Fabric, Queues, UpstreamCap, FAIR_NO_TENANT};
 use crate::limits::{
     ACCESS_LOG_FLUSH_MS, CONTROL_POLL_MS, LISTEN_BACKLOG, SHUTDOWN_POLL_MS, WRITE_BUF_BYTES,
 };
@@ -196,7 +196,12 @@ impl Snapshot {
                             region.tenant_slot(&format!("\u{1}upstream/{}", u.name))?;
                         let shared = kept.fabric.upstream(slot)?;
                         let queue = kept.queues.get(&u.name, kept.shard, shared, &kept.fabric);
-                        Some((cells, queue, max))
+                        Some(Capped {
+                            cells,
+                            queue,
+                            max,
+                            headroom: u.headroom_slots,
+                        })
                     }),
                 })
                 .collect(),
@@ -216,6 +221,13 @@ impl Snapshot {
             .tls_name
             .as_deref()?;
         Some((self.tls_clients.get(upstream)?.as_ref()?, name))
+    }
+
+    /// The fair queues' cell of `tenant` (requests without one share [`FAIR_NO_TENANT`]).
+    pub fn fair_slot(&self, tenant: Option<usize>) -> usize {
+        tenant
+            .and_then(|t| self.tenant_fair.get(t).copied())
+            .unwrap_or(FAIR_NO_TENANT)
     }
 
     /// Pick the next endpoint of `upstream` round-robin: (pool slot, index in the upstream).
@@ -734,8 +746,9 @@ async fn hear_bell(ctx: Rc<ShardCtx>, mut bell: monoio::net::UnixStream) {
             return;
         }
         ctx.kept.fabric.heard(ctx.id);
+        let now_ms = crate::fair::now_ms();
         for cap in &ctx.snapshot().upstream_caps {
-            cap.dispatch();
+            cap.dispatch(now_ms);
         }
     }
 }
@@ -807,8 +820,9 @@ async fn serve(
                 monoio::time::sleep(Duration::from_millis(CONTROL_POLL_MS)).await;
                 ctx.refresh();
                 // Slots freed on other shards reach this shard's waiters here.
+                let now_ms = crate::fair::now_ms();
                 for cap in &ctx.snapshot().upstream_caps {
-                    cap.dispatch();
+                    cap.dispatch(now_ms);
                 }
                 // Leases unused for a while go back, so another shard can spend them.
                 if leases_checked.elapsed() >= Duration::from_millis(LEASE_CHECK_MS) {

@@ -47,6 +47,8 @@ pub(super) struct Hedge {
     pub admitted: Option<Admitted>,
     /// It holds a slot of its (capped) upstream.
     pub cap_held: bool,
+    /// The tenant's cell in the fair queues (its upstream slot is held in its name).
+    pub fair_slot: usize,
 }
 
 /// The second attempt's answer head, when it won.
@@ -120,7 +122,7 @@ fn launch(snap: &Snapshot, h: &mut Hedge) -> bool {
         .get(h.target.0)
         .filter(|cap| cap.is_capped());
     if let Some(cap) = cap {
-        if !cap.try_acquire() {
+        if !cap.try_acquire(h.fair_slot, crate::fair::now_ms()) {
             return false;
         }
     }
@@ -133,7 +135,7 @@ fn launch(snap: &Snapshot, h: &mut Hedge) -> bool {
             Ok(adm) => h.admitted = Some(adm),
             Err(_) => {
                 if let Some(cap) = cap {
-                    cap.release();
+                    cap.release(h.fair_slot, crate::fair::now_ms());
                 }
                 return false;
             }
