@@ -21,7 +21,7 @@
 #
 # Usage: bench/scripts/noisy-neighbour.sh [OUT_DIR]
 # Environment (defaults in brackets):
-#   CORES ["1 2 auto"]  ROUNDS [3]  DURATION [10s]  FLOOD_LEAD [2]  QUIET_RATE [40]
+#   CORES ["1 2 auto"]  ROUNDS [3]  DURATION [20s]  FLOOD_LEAD [2]  QUIET_RATE [40]
 #   HOT_CONNS [200]  WEIGHT_CONNS [32]  LATENCY_MS [20]  MAX_CONCURRENCY [16]
 #   SHARDGATE_BIN [<repo>/target/release/shardgate]
 #   BENCH_BIN [<repo>/target/release/shardgate-bench]
@@ -33,7 +33,7 @@ source "$here/common.sh"
 
 CORES=${CORES:-"1 2 auto"}
 ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-20s}
 FLOOD_LEAD=${FLOOD_LEAD:-2}
 QUIET_RATE=${QUIET_RATE:-40}
 HOT_CONNS=${HOT_CONNS:-200}

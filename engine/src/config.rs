@@ -1196,6 +1196,45 @@ mod tests {
     }
 
     #[test]
+    fn headroom_defaults_to_an_eighth_of_the_cap_and_must_stay_below_it() {
+        let cfg = |extra: &str| {
+            format!(
+                "[server]\nauth = \"none\"\n[[upstreams]]\nname = \"a\"\nendpoints = [\"http://127.0.0.1:9\"]\n{extra}\n[[routes]]\npath_prefix = \"/\"\nupstream = \"a\"\n"
+            )
+        };
+        let headroom = |extra: &str| {
+            Config::from_toml(&cfg(extra))
+                .map(|c| c.upstreams[0].headroom_slots)
+                .map_err(|e| format!("{e:?}"))
+        };
+        assert_eq!(headroom("max_concurrency = 16"), Ok(2));
+        assert_eq!(headroom("max_concurrency = 7"), Ok(0));
+        assert_eq!(headroom(""), Ok(0));
+        assert_eq!(headroom("max_concurrency = 16\nheadroom_slots = 0"), Ok(0));
+        assert_eq!(
+            headroom("max_concurrency = 16\nheadroom_slots = 15"),
+            Ok(15)
+        );
+        for (extra, needle) in [
+            (
+                "max_concurrency = 16\nheadroom_slots = 16",
+                "below max_concurrency",
+            ),
+            (
+                "max_concurrency = 16\nheadroom_slots = -1",
+                "below max_concurrency",
+            ),
+            ("headroom_slots = 1", "needs max_concurrency"),
+        ] {
+            let errs = errors_of(&cfg(extra)).join("\n");
+            assert!(
+                errs.contains("upstreams[0].headroom_slots") && errs.contains(needle),
+                "{extra:?}: {errs}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_keys_and_syntax_errors_name_the_line() {
         let errs = errors_of("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
         assert!(errs[0].starts_with("line 3"), "{errs:?}");

@@ -136,7 +136,7 @@ impl Fabric {
     }
 
     /// Wake shard `shard`'s bell task (one byte per wake-up, however many rings).
-    fn ring(&self, shard: usize) {
+    pub fn ring(&self, shard: usize) {
         let Some(bell) = self.bells.get(shard) else {
             return;
         };

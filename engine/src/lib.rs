@@ -39,7 +39,8 @@
 //! Per-shard traffic control (no I/O, but state shared with other shards through the region):
 //! - [`admit`]: a tenant's (or a deployment's) admission and settlement against its shared
 //!   limit cells; the `x-ratelimit-*` headers.
-//! - [`fair`]: per-tenant queues (deficit round robin) in front of a saturated upstream.
+//! - [`fair`]: fair sharing of a saturated upstream over every shard (start-time fair queueing
+//!   by estimated tokens, slots handed between shards with a bell).
 //!
 //! I/O (the only modules that touch monoio):
 //! - [`runtime`]: driver choice (tuned io_uring → io_uring → epoll), shared with the bench.

@@ -243,3 +243,98 @@ fn shares_are_counted_in_estimated_tokens_over_both_shards() {
         "tokens big {tb} : small {ts} (requests {b} : {s}), not 1:1"
     );
 }
+
+#[test]
+fn a_flood_leaves_the_headroom_to_a_tenant_active_lately() {
+    // Flood requests at the upstream right now, and the most seen since the last reset.
+    let flood_at_upstream = Arc::new(Mutex::new((0usize, 0usize)));
+    let log: Arrivals = Arc::new(Mutex::new(Vec::new()));
+    let (seen, counts) = (log.clone(), flood_at_upstream.clone());
+    let up = MockUpstream::start(
+        move |req: &Request, stream: &mut TcpStream| -> io::Result<Action> {
+            let flood = req.path.starts_with("/flood");
+            if let Ok(mut v) = seen.lock() {
+                v.push(req.path.clone());
+            }
+            if flood {
+                if let Ok(mut c) = counts.lock() {
+                    c.0 += 1;
+                    c.1 = c.1.max(c.0);
+                }
+            }
+            sleep(Duration::from_millis(30));
+            let answered = write_response(stream, 200, "application/json", b"{}");
+            if flood {
+                if let Ok(mut c) = counts.lock() {
+                    c.0 -= 1;
+                }
+            }
+            answered.map(|()| Action::KeepAlive)
+        },
+    );
+    // max_concurrency 8: the default headroom is 1 slot.
+    let cfg = ConfigBuilder::new(up.addr())
+        .cores(2)
+        .upstream("max_concurrency = 8")
+        .server("queue_wait_ms_max = 60000")
+        .tenant(&tenant("flood", ""))
+        .tenant(&tenant("quiet", ""))
+        .build();
+    let gw = Gateway::start(&cfg);
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = flood(gw.addr(), "flood", 32, get, &stop);
+    let most = || flood_at_upstream.lock().map(|c| c.1).unwrap_or(0);
+    let reset = || {
+        if let Ok(mut c) = flood_at_upstream.lock() {
+            c.1 = c.0;
+        }
+    };
+    // Alone, the flood takes every slot.
+    assert!(
+        wait_until(Duration::from_secs(20), || most() == 8),
+        "the flood never filled the cap: {}",
+        most()
+    );
+    let quiet = |i: usize| {
+        let before = arrivals(&log).len();
+        let mut c = Client::connect(gw.addr());
+        c.set_timeout(Duration::from_secs(30));
+        c.send(format!(
+            "GET /quiet/{i} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
+            key_of("quiet")
+        ));
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{}", r.summary());
+        let log = arrivals(&log);
+        let at = log
+            .iter()
+            .position(|p| *p == format!("/quiet/{i}"))
+            .expect("reached the upstream");
+        count(&log[..at], before, "flood")
+    };
+    // The first quiet request waits for a slot like anyone; from then on, while the quiet
+    // tenant is active, the flood leaves one slot free and the quiet requests start at once.
+    quiet(0);
+    sleep(Duration::from_millis(100));
+    reset();
+    let ahead: Vec<usize> = (1..10).map(quiet).collect();
+    assert!(
+        most() <= 7,
+        "the flood took the headroom slot: {} at the upstream",
+        most()
+    );
+    assert!(
+        ahead.iter().all(|&n| n <= 3),
+        "flood requests let through first: {ahead:?}"
+    );
+    // A second after the quiet tenant's last request, the flood gets every slot again.
+    sleep(Duration::from_millis(1200));
+    reset();
+    assert!(
+        wait_until(Duration::from_secs(10), || most() == 8),
+        "the headroom outlived the quiet tenant: {}",
+        most()
+    );
+    let failed = stop_all(&stop, threads);
+    assert!(failed.is_empty(), "flood requests failed: {failed:?}");
+}
