@@ -7,6 +7,11 @@
 //!
 //! Run: `cargo run --release -p shardgate-engine --example fair_handoff_bench`
 
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "percentile indices and small benchmark counts"
+)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
