@@ -20,15 +20,23 @@
 //! The shard holding a free slot (one it just released, or one it took from the in-flight
 //! counter) compares its own smallest tag (read from its queues) with the other shards'
 //! heads: the slot goes to its own waiter at once, or to the shard with the smallest head by
-//! adding one to that shard's `handoff` count and ringing its [`Bell`] (a byte on a Unix
+//! adding one to that shard's `handoff` count and ringing its bell (a byte on a Unix
 //! socket the shard's bell task reads through its own ring). The woken shard decides again
 //! for each slot handed to it, with the same rule: its own smallest waiter if that is still
 //! the smallest tag anywhere, or on to the shard that now has it. A head is a lower bound of
 //! what that shard holds, so a burst of releases may send it more slots than it has waiters
 //! ahead of the others; the extra ones come back the same way. A slot is always in exactly
 //! one place: held by a request, counted in a `handoff`, or free in the in-flight counter, so
-//! none is lost, and none stays free while a waiter is visible (work-conserving). The shard's
-//! 10 ms timer runs the same dispatch as a backstop.
+//! none is lost, and none stays free while a waiter is visible (work-conserving, but for the
+//! headroom below). The shard's 10 ms timer runs the same dispatch as a backstop.
+//!
+//! # Headroom
+//! A flood fills every slot at once and, against a fixed-latency upstream, frees them in step,
+//! so a quiet tenant first in line still waits for the next release. A capped upstream keeps
+//! `headroom_slots`: while another tenant used it within `FAIR_ACTIVE_MS` and no other tenant
+//! waits, a tenant never takes the last `headroom_slots` slots (counted per tenant in
+//! `Shared::held`). Tenants that all wait are served by their tags alone; a tenant alone on
+//! the upstream gets every slot.
 //!
 //! # Memory ordering
 //! A new waiter publishes its head and then tries to take a free slot; a releasing shard frees
@@ -57,7 +65,6 @@ use crate::limits::{FAIR_ACTIVE_MS, FAIR_PASS_TRIES_MAX, TENANT_SLOTS};
 
 /// A `heads` cell with no waiter behind it.
 const HEAD_EMPTY: u64 = u64::MAX;
-/// Set on a head another shard has sent a slot for (still waiting, no longer a candidate).
 /// Largest tag: tags stay below `HEAD_EMPTY`.
 const TAG_MAX: u64 = HEAD_EMPTY - 1;
 /// Virtual-time units per token of cost at weight 1 (so weights up to 2¹⁶ still advance tags).
