@@ -13,6 +13,8 @@
 #   ACCESS_LOG [0]  1: run with the access log on (bench/peers/shardgate-log.toml, into WORK)
 #   TENANT [0]      1: run as a tenant (bench/peers/shardgate-tenant.toml: key, body scan,
 #                   limits, usage accounting)
+#   FULL [0]        1: the full LLM path (bench/peers/shardgate-full.toml: tenant, limits, model
+#                   group, usage, metrics), with the access log when ACCESS_LOG=1
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -23,7 +25,14 @@ CONNS=${CONNS:-64}
 ACCESS_LOG=${ACCESS_LOG:-0}
 WORK=$(mktemp -d /tmp/shardgate-alloc.XXXXXX)
 CONFIG=$PEERS/shardgate.toml
-if [[ ${TENANT:-0} == 1 ]]; then
+if [[ ${FULL:-0} == 1 ]]; then
+    if [[ $ACCESS_LOG == 1 ]]; then
+        sed "s|@ACCESS_LOG@|$WORK/access.log|" "$PEERS/shardgate-full.toml" >"$WORK/shardgate-full.toml"
+    else
+        grep -v '^access_log' "$PEERS/shardgate-full.toml" >"$WORK/shardgate-full.toml"
+    fi
+    CONFIG=$WORK/shardgate-full.toml
+elif [[ ${TENANT:-0} == 1 ]]; then
     CONFIG=$PEERS/shardgate-tenant.toml
 elif [[ $ACCESS_LOG == 1 ]]; then
     sed "s|@ACCESS_LOG@|$WORK/access.log|" "$PEERS/shardgate-log.toml" >"$WORK/shardgate-log.toml"

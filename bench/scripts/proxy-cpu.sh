@@ -22,7 +22,12 @@
 #                         (bench/peers/shardgate-tenant.toml); "shardgate-models" routes by the
 #                         body's model through a model group (bench/peers/shardgate-models.toml);
 #                         "shardgate-translate" does the same to an Anthropic upstream: the
-#                         OpenAI request and the answer translated (bench/peers/shardgate-translate.toml)
+#                         OpenAI request and the answer translated (bench/peers/shardgate-translate.toml);
+#                         "shardgate-full" is the full LLM path: tenant key, model check, shared
+#                         limits, model group routing, usage accounting and metrics
+#                         (bench/peers/shardgate-full.toml); "shardgate-full-log" the same with the
+#                         access log on (written to OUT/run/access.log); "shardgate-base-full" and
+#                         "shardgate-base-full-log" run SHARDGATE_BASE_BIN on those two configs
 #   SHARDGATE_BIN [<repo>/target/release/shardgate]   SHARDGATE_BASE_BIN [unset]
 #   NGINX_BIN [nginx]  HAPROXY_BIN [haproxy]
 #   WRK_BIN [wrk]  PROXY_CPU [0]  LOAD_CPU [1]  OUT [/tmp/shardgate-proxy-cpu-<timestamp>]
@@ -299,15 +304,15 @@ negotiated() { # name port: what a TLS handshake with the proxy negotiates (open
 
 # ---------------------------------------------------------------- proxies
 proxy_port() {
-    case $1 in nginx) echo 18081 ;; haproxy) echo 18082 ;; shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant|shardgate-models|shardgate-translate) echo 18083 ;; esac
+    case $1 in nginx) echo 18081 ;; haproxy) echo 18082 ;; shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-full|shardgate-full-log|shardgate-base-full|shardgate-base-full-log) echo 18083 ;; esac
 }
 
 proxy_available() {
     case $1 in
         nginx) command -v "$NGINX_BIN" >/dev/null ;;
         haproxy) command -v "$HAPROXY_BIN" >/dev/null ;;
-        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate) [[ -x $SHARDGATE_BIN ]] ;;
-        shardgate-base) [[ -n $SHARDGATE_BASE_BIN && -x $SHARDGATE_BASE_BIN ]] ;;
+        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-full|shardgate-full-log) [[ -x $SHARDGATE_BIN ]] ;;
+        shardgate-base|shardgate-base-full|shardgate-base-full-log) [[ -n $SHARDGATE_BASE_BIN && -x $SHARDGATE_BASE_BIN ]] ;;
         *) return 1 ;;
     esac
 }
@@ -351,6 +356,18 @@ start_proxy() { # name logfile -> sets PROXY_PID (no subshell: the proxy stays o
             taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" --config "$(sg_conf "$PEERS/shardgate-models.toml")" \
                 >"$logf" 2>&1 &
             ;;
+        shardgate-full|shardgate-full-log|shardgate-base-full|shardgate-base-full-log)
+            # The full LLM path: tenant key, model check, limits, model group, usage, metrics;
+            # shardgate-full-log adds the access log (OUT/run/access.log, a copy of the config).
+            local sink="" bin=$SHARDGATE_BIN
+            [[ $name == *-log ]] && sink=$OUT/run/access.log
+            [[ $name == shardgate-base-* ]] && bin=$SHARDGATE_BASE_BIN
+            rm -f "$OUT/run/access.log"
+            sed "s|^access_log = \"@ACCESS_LOG@\"|$( [[ -n $sink ]] && echo "access_log = \"$sink\"" )|" \
+                "$PEERS/shardgate-full.toml" >"$OUT/run/$name.toml"
+            taskset -c "$PROXY_CPU" "$bin" --config "$(sg_conf "$OUT/run/$name.toml")" \
+                >"$logf" 2>&1 &
+            ;;
         shardgate-translate)
             SG_BENCH_ANTHROPIC_KEY=sk-bench taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" \
                 --config "$(sg_conf "$PEERS/shardgate-translate.toml")" >"$logf" 2>&1 &
@@ -363,8 +380,8 @@ proxy_version() {
     case $1 in
         nginx) "$NGINX_BIN" -v 2>&1 | head -n1 ;;
         haproxy) "$HAPROXY_BIN" -v 2>&1 | head -n1 ;;
-        shardgate-base) echo "$SHARDGATE_BASE_BIN (built $(date -r "$SHARDGATE_BASE_BIN" '+%F %T'))" ;;
-        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate)
+        shardgate-base|shardgate-base-full|shardgate-base-full-log) echo "$SHARDGATE_BASE_BIN (built $(date -r "$SHARDGATE_BASE_BIN" '+%F %T'))" ;;
+        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-full|shardgate-full-log)
             echo "$SHARDGATE_BIN ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet 2>/dev/null || echo '+dirty'), built $(date -r "$SHARDGATE_BIN" '+%F %T'))" ;;
     esac
 }
@@ -405,13 +422,13 @@ to_ms() { # wrk duration (123.45us / 1.23ms / 1.02s / 1.5m) -> ms
 # ---------------------------------------------------------------- start
 selected=()
 for p in $PROXIES; do
-    case $p in nginx|haproxy|shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant|shardgate-models|shardgate-translate) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
+    case $p in nginx|haproxy|shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-full|shardgate-full-log|shardgate-base-full|shardgate-base-full-log) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
     if proxy_available "$p"; then
         selected+=("$p")
     else
         case $p in
-            shardgate-base) log "SKIP $p: set SHARDGATE_BASE_BIN to an executable" ;;
-            shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate) log "SKIP $p: $SHARDGATE_BIN not found or not executable (cargo build --release -p shardgate-engine, or set SHARDGATE_BIN)" ;;
+            shardgate-base|shardgate-base-full|shardgate-base-full-log) log "SKIP $p: set SHARDGATE_BASE_BIN to an executable" ;;
+            shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-full|shardgate-full-log) log "SKIP $p: $SHARDGATE_BIN not found or not executable (cargo build --release -p shardgate-engine, or set SHARDGATE_BIN)" ;;
             nginx) log "SKIP nginx: '$NGINX_BIN' not installed" ;;
             haproxy) log "SKIP haproxy: '$HAPROXY_BIN' not installed (apt-get install -y haproxy)" ;;
         esac
@@ -526,7 +543,7 @@ if (( TLS && NEW_CONN )); then
 fi
 
 RAW=$OUT/raw.tsv
-printf 'round\tproxy\trequests\treq_per_s\tp50_ms\tp99_ms\tproxy_ticks\tcpu_us_per_req\tproxy_cpu_pct\tupstream_cpu_us_per_req\trss_kib\tnprocs\tnon2xx\tsock_errors\tsteal_ticks_proxy_cpu\tsteal_ticks_load_cpu\tforeign_cpu_pct\tstatus\n' >"$RAW"
+printf 'round\tproxy\trequests\treq_per_s\tp50_ms\tp99_ms\tproxy_ticks\tcpu_us_per_req\tproxy_cpu_pct\tupstream_cpu_us_per_req\trss_kib\tnprocs\tnon2xx\tsock_errors\tsteal_ticks_proxy_cpu\tsteal_ticks_load_cpu\tforeign_cpu_pct\tstatus\tp999_ms\n' >"$RAW"
 
 one_run() { # round proxy
     local r=$1 name=$2 port logf pid pids t0 t1 u0 u1 up_pids wout req rps p50 p99 non2xx sockerr
@@ -569,6 +586,8 @@ one_run() { # round proxy
     rps=$(awk '/^Requests\/sec:/ {print $2; exit}' "$wout")
     p50=$(to_ms "$(awk '$1 == "50%" {print $2; exit}' "$wout")")
     p99=$(to_ms "$(awk '$1 == "99%" {print $2; exit}' "$wout")")
+    # post.lua's done() prints the tail wrk's table leaves out (microseconds)
+    p999=$(awk '$1 == "tail_us:" {printf "%.3f", $3 / 1000; exit}' "$wout"); p999=${p999:-nan}
     non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF; exit}' "$wout"); non2xx=${non2xx:-0}
     sockerr=$(awk '/Socket errors:/ {gsub(/,/, ""); print $4 + $6 + $8 + $10; exit}' "$wout"); sockerr=${sockerr:-0}
     if (( NEW_CONN )); then # who keeps the TIME_WAIT sockets (the side that closed first), ports left
@@ -598,11 +617,11 @@ one_run() { # round proxy
             status=noisy
         fi
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$r" "$name" "${req:-}" "${rps:-}" "$p50" "$p99" "$(( ${t1:-0} - ${t0:-0} ))" "${cpu_us:-}" "${pct:-}" \
-        "${up_us:-}" "$rss" "${#pids[@]}" "$non2xx" "$sockerr" "$(( s1p - s0p ))" "$(( s1l - s0l ))" "${foreign:-}" "$status" >>"$RAW"
+        "${up_us:-}" "$rss" "${#pids[@]}" "$non2xx" "$sockerr" "$(( s1p - s0p ))" "$(( s1l - s0l ))" "${foreign:-}" "$status" "$p999" >>"$RAW"
     LAST_STATUS=$status
-    log "round $r $name: ${req:-?} req, ${rps:-?} req/s, p50 ${p50} ms, p99 ${p99} ms, CPU ${cpu_us:-?} us/req (${pct:-?}% of core $PROXY_CPU), RSS ${rss} KiB, non-2xx $non2xx, socket errors $sockerr$( (( NEW_CONN )) && echo ", TIME_WAIT proxy side $tw_proxy / wrk side $tw_wrk"), other load ${foreign:-?}% [$status]"
+    log "round $r $name: ${req:-?} req, ${rps:-?} req/s, p50 ${p50} ms, p99 ${p99} ms, p99.9 ${p999} ms, CPU ${cpu_us:-?} us/req (${pct:-?}% of core $PROXY_CPU), RSS ${rss} KiB, non-2xx $non2xx, socket errors $sockerr$( (( NEW_CONN )) && echo ", TIME_WAIT proxy side $tw_proxy / wrk side $tw_wrk"), other load ${foreign:-?}% [$status]"
     sleep 1
 }
 
@@ -635,14 +654,14 @@ col() { # proxy column-number: that column over the proxy's ok runs
     awk -F'\t' -v p="$1" -v c="$2" 'NR > 1 && $2 == p && $18 == "ok" {print $c}' "$RAW"
 }
 
-nginx_cpu=nan
-[[ " ${selected[*]} " == *" nginx "* ]] && nginx_cpu=$(col nginx 8 | median)
+nginx_cpu=nan; nginx_p999=nan
+[[ " ${selected[*]} " == *" nginx "* ]] && { nginx_cpu=$(col nginx 8 | median); nginx_p999=$(col nginx 19 | median); }
 {
     printf 'CPU per proxied request, medians over ok runs (proxy on core %s; upstream + wrk on core %s; %s conns, %ss per run)\n' \
         "$PROXY_CPU" "$LOAD_CPU" "$CONNS" "$DUR_S"
     printf 'mode: %s\n' "$(mode_line)"
-    printf '%-10s %6s %10s %9s %9s %12s %15s %8s %9s %9s %9s\n' \
-        proxy runs req/s p50_ms p99_ms cpu_us/req cpu_min..max proxy% rss_MiB vs_nginx sock_err
+    printf '%-19s %6s %10s %9s %9s %9s %12s %15s %8s %9s %9s %10s %9s\n' \
+        proxy runs req/s p50_ms p99_ms p99.9_ms cpu_us/req cpu_min..max proxy% rss_MiB vs_nginx p99.9_vs_ng sock_err
     for p in "${selected[@]}"; do
         total=$(awk -F'\t' -v p="$p" 'NR > 1 && $2 == p' "$RAW" | wc -l)
         ok=$(col "$p" 8 | wc -l)
@@ -652,14 +671,17 @@ nginx_cpu=nan
         rss=$(col "$p" 11 | median)
         rss=$(awk -v k="$rss" 'BEGIN { if (k == "nan") print "nan"; else printf "%.1f", k / 1024 }')
         serr=$(awk -F'\t' -v p="$p" 'NR > 1 && $2 == p && $14 != "" {n += $14} END {print n + 0}' "$RAW")
-        printf '%-10s %6s %10.0f %9.3f %9.3f %12.2f %15s %8.1f %9s %9s %9s\n' "$p" "$ok/$total" \
-            "$(col "$p" 4 | median)" "$(col "$p" 5 | median)" "$(col "$p" 6 | median)" \
-            "$cpu" "${lo:-nan}..${hi:-nan}" "$(col "$p" 9 | median)" "$rss" "$ratio" "$serr"
+        p999=$(col "$p" 19 | median)
+        p999_ratio=$(awk -v a="$p999" -v b="$nginx_p999" 'BEGIN { if (a == "nan" || b == "nan" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }')
+        printf '%-19s %6s %10.0f %9.3f %9.3f %9.3f %12.2f %15s %8.1f %9s %9s %10s %9s\n' "$p" "$ok/$total" \
+            "$(col "$p" 4 | median)" "$(col "$p" 5 | median)" "$(col "$p" 6 | median)" "$p999" \
+            "$cpu" "${lo:-nan}..${hi:-nan}" "$(col "$p" 9 | median)" "$rss" "$ratio" "$p999_ratio" "$serr"
     done
     noisy=$(awk -F'\t' 'NR > 1 && $18 == "noisy"' "$RAW" | wc -l)
     (( noisy == 0 )) || printf 'NOTE: %s run(s) left out as noisy: other processes used > %s%% of a core, or steal took > %s%% of the proxy core, meanwhile (see foreign_cpu_pct, steal_ticks_proxy_cpu); rerun on a quiet machine, or FOREIGN_MAX_PCT=100 STEAL_MAX_PCT=100 to keep them\n' "$noisy" "$FOREIGN_MAX_PCT" "$STEAL_MAX_PCT"
     serr_runs=$(awk -F'\t' 'NR > 1 && $18 == "sock_errors"' "$RAW" | wc -l)
     (( serr_runs == 0 )) || printf 'NOTE: %s run(s) left out: wrk socket errors above %s%% of their requests (raw.tsv column 14, wrk/*.txt)\n' "$serr_runs" "$SOCK_ERR_MAX_PCT"
+    printf 'p99.9_ms = wrk'"'"'s 99.9th latency percentile (post.lua'"'"'s done()); vs_nginx and p99.9_vs_ng = ratio of the medians to nginx'"'"'s in this run\n'
     printf 'sock_err = wrk "Socket errors" (connect+read+write+timeout) summed over all the proxy'"'"'s runs\n'
     printf 'proxy%% = share of core %s the proxy used during the run (near 100 = the proxy was the bottleneck)\n' "$PROXY_CPU"
     printf 'raw per-run numbers (incl. upstream CPU/req and steal ticks): %s\n' "$RAW"

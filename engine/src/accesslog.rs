@@ -1,33 +1,44 @@
-//! The access log: one JSON line per request, formatted and written off the hot path.
+//! The access log: one JSON line per request, formatted and written by the shard itself.
 //!
 //! ```text
-//! shard thread                         "access-log" thread
-//! ShardLog::push(Record)  (Copy, no heap)
-//!   └─ batch Vec<Record> full ─► queue (bounded: ACCESS_LOG_QUEUE_BATCHES) ─► write_json × n
-//!                                                                              write(2) once
-//!      batch Vec reused     ◄─ returned (empty, capacity kept) ◄───────────────┘
+//! shard thread (one per core), no other thread involved
+//! ShardLog::push(Record) ─ format the line in place ─► fill buffer (ACCESS_LOG_BUF_BYTES)
+//!   fill ≥ ACCESS_LOG_WRITE_BYTES, or the shard's timer (ACCESS_LOG_FLUSH_MS) ─► wake the
+//!   shard's log task: swap fill and spare, one io_uring write (O_APPEND) of the full one;
+//!   requests go on filling the other buffer meanwhile
 //! ```
 //!
-//! A shard never blocks on the log and, once a few batches circulate, never allocates for it:
-//! a record is copied into a batch allocated up front; a full batch goes to the writer with
-//! `try_send`; the writer sends the emptied `Vec` back for reuse. When the queue is full (the
-//! disk is slower than the traffic), the batch's records are dropped and counted in the shard's
-//! `access_log_dropped` counter, which `/metrics` shows.
+//! Why on the shard (docs/decisions/0009-access-log-on-the-shard.md): a writer thread has no
+//! core of its own when every core runs a shard; each time it woke it took the shard's core
+//! away and showed as 10-20 ms at p99.9. Formatting a line costs the shard a few hundred
+//! nanoseconds, and the write is one io_uring operation per buffer: the shard never blocks on
+//! the disk (the kernel completes the write, or hands it to its own worker, while the shard
+//! serves requests).
+//!
+//! A shard never allocates for the log after start: both buffers are allocated up front and a
+//! line is formatted only when [`LINE_BYTES_MAX`] bytes are free, so the buffer never grows.
+//! When the fill buffer is full because the write before is still under way (the disk is
+//! slower than the traffic), the record is dropped and counted in the shard's
+//! `access_log_dropped` counter, which `/metrics` shows; so are the lines of a failed write.
+//!
+//! Every shard writes its own lines to its own descriptor of the same file, opened with
+//! `O_APPEND`: each write appends whole lines atomically with respect to the other shards'
+//! writes (the kernel appends a regular-file write under the inode's lock), so lines of two
+//! shards never interleave. Within a shard, lines are in the order requests ended.
 //!
 //! What is logged is only what [`Record`] holds: never a header, a body, a query string (it
 //! may carry a key) or a key.
 //!
-//! Shutdown order: every shard flushes (or drops, which flushes) its [`ShardLog`], then `main`
-//! calls [`AccessLog::stop`], which writes everything queued and joins the writer. A `ShardLog`
-//! still alive at that point does not hold `stop` up; what it sends later is counted as
-//! dropped.
+//! Shutdown: a shard that stops closes its [`ShardLog`] ([`ShardLog::close`]) and waits for
+//! its log task ([`ShardLog::run`]), which writes everything left. A `ShardLog` dropped with
+//! lines still in it (no task ever ran) writes them with a plain `write(2)`.
 //!
 //! Rotation: logrotate moves the file and sends SIGHUP; the SIGHUP handler (in `main`) sets the
-//! `reopen` flag and the writer reopens the path before it writes its next batch, within
-//! [`ACCESS_LOG_FLUSH_MS`] at the latest.
+//! `reopen` flag. The first shard whose timer sees it counts a new generation; every shard's
+//! log task reopens the path when it sees a generation it has not opened yet, within
+//! [`ACCESS_LOG_FLUSH_MS`](crate::limits::ACCESS_LOG_FLUSH_MS). Lines written before that land in the old file.
 
-use std::cell::RefCell;
-use std::collections::HashSet;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
@@ -36,24 +47,27 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::task::{Poll, Waker};
 use std::time::{Duration, UNIX_EPOCH};
 
-use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
-
 use crate::control::stats::add;
-use crate::limits::{
-    ACCESS_LOG_BATCH_RECORDS, ACCESS_LOG_FLUSH_MS, ACCESS_LOG_PATH_BYTES, ACCESS_LOG_QUEUE_BATCHES,
-};
+use crate::http::write_decimal;
+use crate::limits::{ACCESS_LOG_BUF_BYTES, ACCESS_LOG_PATH_BYTES, ACCESS_LOG_WRITE_BYTES};
 
 /// Bytes of a method kept in a record (longer methods are cut).
 pub const METHOD_BYTES: usize = 16;
 /// Permissions of a log file shardgate creates.
 const ACCESS_LOG_FILE_MODE: u32 = 0o640;
 
+/// The longest line [`write_json`] can make: the fixed text, every string escaped at 6 bytes a
+/// byte (`\u00XX`), the longest numbers and addresses (`[v6%scope]:port`). Checked by a test.
+pub const LINE_BYTES_MAX: usize = 256 + 6 * (METHOD_BYTES + ACCESS_LOG_PATH_BYTES) + 2 * 64;
+
 const _: () = assert!(ACCESS_LOG_PATH_BYTES <= u16::MAX as usize);
 const _: () = assert!(METHOD_BYTES <= u8::MAX as usize);
-const _: () = assert!(ACCESS_LOG_BATCH_RECORDS > 0 && ACCESS_LOG_QUEUE_BATCHES > 0);
+// A buffer past the write threshold still has room for a line: requests go on logging while
+// the other buffer is being written.
+const _: () = assert!(ACCESS_LOG_WRITE_BYTES + 4 * LINE_BYTES_MAX <= ACCESS_LOG_BUF_BYTES);
 
 /// One finished request, as the shard saw it. Plain data on the stack: no heap, `Copy`.
 #[derive(Clone, Copy)]
@@ -157,34 +171,95 @@ fn cut(s: &str, max: usize) -> &str {
 /// "path":"/v1/chat/completions","status":200,"bytes_in":123,"bytes_out":456,
 /// "duration_ms":1.234,"upstream":"127.0.0.1:18080"}` (`upstream` is `null` when none).
 pub fn write_json(r: &Record, out: &mut Vec<u8>) {
-    let time = UNIX_EPOCH + Duration::from_millis(r.unix_ms);
-    // Writing into a Vec cannot fail; none of these allocates.
-    let _ = write!(
-        out,
-        "{{\"time\":\"{}\",\"shard\":{},\"client\":\"{}\",\"method\":",
-        humantime::format_rfc3339_millis(time),
-        r.shard,
-        r.client
-    );
+    write_line(r, &TimePrefix::of(r.unix_ms / 1000), out);
+}
+
+/// The date and time of one second, `2026-11-26T03:11:19`, as [`write_json`] shows it before
+/// the milliseconds. A shard keeps the last one: requests of the same second share it.
+#[derive(Clone, Copy, Debug)]
+struct TimePrefix {
+    unix_s: u64,
+    text: [u8; 19],
+}
+
+impl TimePrefix {
+    fn of(unix_s: u64) -> Self {
+        let mut full = [b'0'; 20];
+        let t = UNIX_EPOCH + Duration::from_secs(unix_s);
+        // `YYYY-MM-DDTHH:MM:SSZ` fits exactly (up to year 9999, past which nothing is written
+        // and the zeros stay); the first 19 bytes are kept.
+        let _ = write!(&mut full[..], "{}", humantime::format_rfc3339_seconds(t));
+        let mut text = [0; 19];
+        text.copy_from_slice(&full[..19]);
+        Self { unix_s, text }
+    }
+}
+
+/// [`write_json`] with the second's text already made.
+fn write_line(r: &Record, time: &TimePrefix, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"time\":\"");
+    out.extend_from_slice(&time.text);
+    let ms = r.unix_ms % 1000;
+    // Three digits, zero-padded: `.007`.
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+    ]);
+    out.extend_from_slice(b"Z\",\"shard\":");
+    write_decimal(out, u64::from(r.shard));
+    out.extend_from_slice(b",\"client\":\"");
+    write_addr(out, r.client);
+    out.extend_from_slice(b"\",\"method\":");
     json_string(out, r.method());
     out.extend_from_slice(b",\"path\":");
     json_string(out, r.path());
-    let _ = write!(
-        out,
-        ",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{}.{:03},\"upstream\":",
-        r.status,
-        r.bytes_in,
-        r.bytes_out,
-        r.duration_us / 1000,
-        r.duration_us % 1000
-    );
+    out.extend_from_slice(b",\"status\":");
+    write_decimal(out, u64::from(r.status));
+    out.extend_from_slice(b",\"bytes_in\":");
+    write_decimal(out, r.bytes_in);
+    out.extend_from_slice(b",\"bytes_out\":");
+    write_decimal(out, r.bytes_out);
+    out.extend_from_slice(b",\"duration_ms\":");
+    write_decimal(out, r.duration_us / 1000);
+    let us = r.duration_us % 1000;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (us / 100) as u8,
+        b'0' + (us / 10 % 10) as u8,
+        b'0' + (us % 10) as u8,
+    ]);
+    out.extend_from_slice(b",\"upstream\":");
     match r.upstream {
         Some(a) => {
-            let _ = write!(out, "\"{a}\"");
+            out.push(b'"');
+            write_addr(out, a);
+            out.push(b'"');
         }
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b"}\n");
+}
+
+/// `a` as `Display` shows it (`1.2.3.4:80`, `[::1]:80`), IPv4 without the formatting machinery.
+fn write_addr(out: &mut Vec<u8>, a: SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => {
+            let [a, b, c, d] = v4.ip().octets();
+            write_decimal(out, u64::from(a));
+            for o in [b, c, d] {
+                out.push(b'.');
+                write_decimal(out, u64::from(o));
+            }
+            out.push(b':');
+            write_decimal(out, u64::from(v4.port()));
+        }
+        // Writing into a Vec cannot fail and does not allocate beyond the room kept free.
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{a}");
+        }
+    }
 }
 
 /// `s` as a JSON string: quotes, backslashes and control characters escaped (RFC 8259).
@@ -213,146 +288,291 @@ fn json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-type Batch = Vec<Record>;
-
-/// A shard's end of the access log. Lives on the shard's thread (`!Sync`).
+/// A shard's end of the access log: its buffers, its descriptor of the file, and the state its
+/// log task ([`ShardLog::run`]) and its requests share. Lives on the shard's thread (`!Sync`).
 pub struct ShardLog {
-    batch: RefCell<Batch>,
-    queue: Sender<Batch>,
-    returned: Receiver<Batch>,
+    /// Lines being formatted.
+    /// INVARIANT: capacity `ACCESS_LOG_BUF_BYTES`, never grown: a line is formatted only while
+    /// `LINE_BYTES_MAX` bytes are free.
+    fill: RefCell<Vec<u8>>,
+    /// The other buffer, empty, while no write is under way (the log task holds it meanwhile).
+    spare: Cell<Option<Vec<u8>>>,
+    /// The log task, when it waits for work.
+    waker: Cell<Option<Waker>>,
+    /// The timer asked for what is buffered to be written.
+    flush_asked: Cell<bool>,
+    /// The shard is stopping: write everything, then end the log task.
+    closing: Cell<bool>,
+    /// The second the last line was in, and its text.
+    time: Cell<TimePrefix>,
+    /// This shard's descriptor of the file (`O_APPEND`).
+    file: RefCell<File>,
+    path: PathBuf,
+    /// Set by the SIGHUP handler; the first shard to see it counts a new generation.
+    reopen: Arc<AtomicBool>,
+    /// Reopens asked for so far, shared by every shard.
+    generation: Arc<AtomicU64>,
+    /// The generation `file` was opened in.
+    opened: Cell<u64>,
+    /// A failure was logged (once until the next successful reopen).
+    warned: Cell<bool>,
     dropped: &'static AtomicU64,
 }
 
 impl fmt::Debug for ShardLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShardLog")
-            .field("pending", &self.batch.borrow().len())
+            .field("pending_bytes", &self.fill.borrow().len())
             .field("dropped", &self.dropped.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
 impl ShardLog {
-    fn new(queue: Sender<Batch>, returned: Receiver<Batch>, dropped: &'static AtomicU64) -> Self {
+    fn new(
+        file: File,
+        path: PathBuf,
+        reopen: Arc<AtomicBool>,
+        generation: Arc<AtomicU64>,
+        dropped: &'static AtomicU64,
+    ) -> Self {
+        let opened = generation.load(Ordering::Acquire);
         Self {
-            batch: RefCell::new(Vec::with_capacity(ACCESS_LOG_BATCH_RECORDS)),
-            queue,
-            returned,
+            fill: RefCell::new(Vec::with_capacity(ACCESS_LOG_BUF_BYTES)),
+            spare: Cell::new(Some(Vec::with_capacity(ACCESS_LOG_BUF_BYTES))),
+            waker: Cell::new(None),
+            flush_asked: Cell::new(false),
+            closing: Cell::new(false),
+            time: Cell::new(TimePrefix::of(0)),
+            file: RefCell::new(file),
+            path,
+            reopen,
+            generation,
+            opened: Cell::new(opened),
+            warned: Cell::new(false),
             dropped,
         }
     }
 
-    /// Log `r`: a copy into the current batch, which goes to the writer when it is full.
-    /// Never blocks.
+    /// Log `r`: its line is formatted into the fill buffer now; a full enough buffer wakes the
+    /// log task. Never blocks, never allocates.
     #[inline]
     pub fn push(&self, r: Record) {
-        let full = {
-            let mut b = self.batch.borrow_mut();
-            b.push(r);
-            b.len() >= ACCESS_LOG_BATCH_RECORDS
-        };
-        if full {
-            self.send();
+        let mut fill = self.fill.borrow_mut();
+        if fill.capacity() - fill.len() < LINE_BYTES_MAX {
+            // The write before has not finished and this buffer is full.
+            add(self.dropped, 1);
+            return;
+        }
+        let mut time = self.time.get();
+        if time.unix_s != r.unix_ms / 1000 {
+            time = TimePrefix::of(r.unix_ms / 1000);
+            self.time.set(time);
+        }
+        write_line(&r, &time, &mut fill);
+        if fill.len() >= ACCESS_LOG_WRITE_BYTES {
+            self.wake();
         }
     }
 
-    /// Hand a partial batch to the writer (the shard calls this every
-    /// [`ACCESS_LOG_FLUSH_MS`], so a quiet shard's lines still reach the file).
+    /// Have what is buffered written (the shard's timer calls this every
+    /// [`ACCESS_LOG_FLUSH_MS`](crate::limits::ACCESS_LOG_FLUSH_MS), so a quiet shard's lines still reach the file), and take up a
+    /// SIGHUP.
     pub fn flush(&self) {
-        if !self.batch.borrow().is_empty() {
-            self.send();
+        if self.reopen.load(Ordering::Relaxed) && self.reopen.swap(false, Ordering::AcqRel) {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        if !self.fill.borrow().is_empty() || self.reopen_due() {
+            self.flush_asked.set(true);
+            self.wake();
         }
     }
 
-    fn send(&self) {
-        let mut b = self.batch.borrow_mut();
-        // `Vec::new()` does not allocate.
-        let full = std::mem::take(&mut *b);
-        match self.queue.try_send(full) {
-            // A returned batch if the writer has one for us; a new one only while batches are
-            // still being created (start-up) or after the writer freed some.
-            Ok(()) => {
-                *b = self
-                    .returned
-                    .try_recv()
-                    .unwrap_or_else(|_| Vec::with_capacity(ACCESS_LOG_BATCH_RECORDS));
+    /// The shard is stopping: the log task writes everything left and ends.
+    pub fn close(&self) {
+        self.closing.set(true);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn reopen_due(&self) -> bool {
+        self.generation.load(Ordering::Acquire) != self.opened.get()
+    }
+
+    fn has_work(&self) -> bool {
+        let pending = self.fill.borrow().len();
+        self.closing.get()
+            || pending >= ACCESS_LOG_WRITE_BYTES
+            || (self.flush_asked.get() && (pending > 0 || self.reopen_due()))
+    }
+
+    /// The shard's log task: waits for a full buffer, the timer's flush or the close, and writes
+    /// with one io_uring operation per buffer (on the epoll driver, monoio does the same
+    /// `pwrite` inline). Spawn it once on the shard; it ends after [`close`](Self::close), when
+    /// everything was written.
+    pub async fn run(&self) {
+        let mut file = self.uring_file();
+        loop {
+            std::future::poll_fn(|cx| {
+                if self.has_work() {
+                    Poll::Ready(())
+                } else {
+                    self.waker.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                }
+            })
+            .await;
+            self.flush_asked.set(false);
+            if self.reopen_due() {
+                self.reopen();
+                file = self.uring_file();
             }
-            // The writer is behind (or gone): drop these records, count them, keep the Vec.
-            Err(TrySendError::Full(mut full) | TrySendError::Disconnected(mut full)) => {
-                add(self.dropped, full.len() as u64);
+            let Some(mut full) = self.spare.take() else {
+                // Only this task takes the spare, and it puts it back before waiting again.
+                debug_assert!(false, "the spare buffer is missing");
+                return;
+            };
+            std::mem::swap(&mut *self.fill.borrow_mut(), &mut full);
+            if !full.is_empty() {
+                full = match &file {
+                    // O_APPEND: the offset is ignored, the kernel appends.
+                    Some(f) => {
+                        let (res, buf) = f.write_all_at(full, 0).await;
+                        if let Err(e) = res {
+                            self.lost(&buf, &e);
+                        }
+                        buf
+                    }
+                    None => {
+                        self.write_blocking(&full);
+                        full
+                    }
+                };
                 full.clear();
-                *b = full;
             }
+            self.spare.set(Some(full));
+            if self.closing.get() && self.fill.borrow().is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// The shard's descriptor as a monoio file (a duplicate: `file` keeps its own for the
+    /// blocking write on drop). None if it cannot be duplicated: writes are then blocking.
+    fn uring_file(&self) -> Option<monoio::fs::File> {
+        let dup = self.file.borrow().try_clone();
+        match dup.and_then(monoio::fs::File::from_std) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                self.warn("duplicate the descriptor of", &e);
+                None
+            }
+        }
+    }
+
+    /// Open the path again (after logrotate moved the file). A failure keeps the old file.
+    fn reopen(&self) {
+        self.opened.set(self.generation.load(Ordering::Acquire));
+        match open(&self.path) {
+            Ok(f) => {
+                *self.file.borrow_mut() = f;
+                self.warned.set(false);
+                tracing::debug!("access log reopened: {}", self.path.display());
+            }
+            Err(e) => tracing::warn!(
+                "access log: cannot reopen {}: {e}; still writing to the old file",
+                self.path.display()
+            ),
+        }
+    }
+
+    fn write_blocking(&self, lines: &[u8]) {
+        let res = self.file.borrow_mut().write_all(lines);
+        if let Err(e) = res {
+            self.lost(lines, &e);
+        }
+    }
+
+    /// `lines` were not written (or not all of them): count them as dropped.
+    fn lost(&self, lines: &[u8], e: &io::Error) {
+        let n = lines.iter().filter(|&&b| b == b'\n').count();
+        add(self.dropped, n as u64);
+        self.warn("write to", e);
+    }
+
+    fn warn(&self, what: &str, e: &io::Error) {
+        if !self.warned.replace(true) {
+            tracing::warn!(
+                "access log: {what} {} failed: {e} (lines are lost and counted in \
+                 access_log_dropped; not logged again until the file is reopened)",
+                self.path.display()
+            );
         }
     }
 }
 
 impl Drop for ShardLog {
-    /// A shard that stops flushes what it holds.
+    /// Lines no log task wrote (it never ran, or the shard stopped without closing) are
+    /// written now, with a plain `write(2)`.
     fn drop(&mut self) {
-        self.flush();
+        let fill = std::mem::take(self.fill.get_mut());
+        if !fill.is_empty() {
+            self.write_blocking(&fill);
+        }
     }
 }
 
-/// The writer thread and the queue's other ends.
+/// The file and what the shards share to reopen it.
 #[derive(Debug)]
 pub struct AccessLog {
-    queue: Sender<Batch>,
-    returned: Receiver<Batch>,
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
+    path: PathBuf,
+    file: File,
+    reopen: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
 }
 
 impl AccessLog {
-    /// Open `path` for append (created with mode 0640) and start the `access-log` thread.
-    /// `reopen` is set by the SIGHUP handler; the writer clears it and reopens `path`.
+    /// Open `path` for append (created with mode 0640). `reopen` is set by the SIGHUP handler;
+    /// the shards clear it and reopen `path`.
     pub fn start(path: &Path, reopen: Arc<AtomicBool>) -> Result<AccessLog, String> {
         let file =
             open(path).map_err(|e| format!("cannot open access log {}: {e}", path.display()))?;
-        let (queue, rx) = channel::bounded(ACCESS_LOG_QUEUE_BATCHES);
-        let (ret_tx, returned) = channel::bounded(ACCESS_LOG_QUEUE_BATCHES);
-        let stop = Arc::new(AtomicBool::new(false));
-        let writer = Writer {
+        Ok(AccessLog {
             path: path.to_owned(),
             file,
             reopen,
-            stop: stop.clone(),
-            rx,
-            ret_tx,
-            buf: Vec::with_capacity(ACCESS_LOG_BATCH_RECORDS * 256),
-            warned: HashSet::new(),
-        };
-        let thread = std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || writer.run())
-            .map_err(|e| format!("cannot start the access-log thread: {e}"))?;
-        Ok(AccessLog {
-            queue,
-            returned,
-            stop,
-            thread,
+            generation: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    /// A shard's end. `dropped` is the shard's own `access_log_dropped` counter (it is the
-    /// only writer of it).
-    pub fn shard_log(&self, dropped: &'static AtomicU64) -> ShardLog {
-        ShardLog::new(self.queue.clone(), self.returned.clone(), dropped)
+    /// A shard's end, with its own descriptor of the file. `dropped` is the shard's own
+    /// `access_log_dropped` counter (it is the only writer of it).
+    pub fn shard_log(&self, dropped: &'static AtomicU64) -> Result<ShardLog, String> {
+        let file = self.file.try_clone().map_err(|e| {
+            format!(
+                "cannot duplicate the access log's descriptor ({}): {e}",
+                self.path.display()
+            )
+        })?;
+        Ok(ShardLog::new(
+            file,
+            self.path.clone(),
+            self.reopen.clone(),
+            self.generation.clone(),
+            dropped,
+        ))
     }
 
-    /// Write everything queued, then end the writer and wait for it. Flush or drop the
-    /// shards' [`ShardLog`]s first: batches sent after this are dropped and counted.
+    /// After every shard closed (or dropped) its [`ShardLog`]: their lines are written; ask
+    /// the disk to keep them.
     pub fn stop(self) {
-        let AccessLog {
-            queue,
-            returned,
-            stop,
-            thread,
-        } = self;
-        drop((queue, returned));
-        stop.store(true, Ordering::Release);
-        if thread.join().is_err() {
-            tracing::warn!("the access-log thread panicked");
+        if let Err(e) = self.file.sync_data() {
+            tracing::warn!("access log: sync {} failed: {e}", self.path.display());
         }
     }
 }
@@ -365,91 +585,14 @@ fn open(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// The `access-log` thread's state.
-struct Writer {
-    path: PathBuf,
-    file: File,
-    reopen: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    rx: Receiver<Batch>,
-    ret_tx: Sender<Batch>,
-    /// The formatted lines of one batch, reused.
-    buf: Vec<u8>,
-    /// Error kinds already logged (once each until the next successful reopen).
-    warned: HashSet<io::ErrorKind>,
-}
-
-impl Writer {
-    fn run(mut self) {
-        let wake = Duration::from_millis(ACCESS_LOG_FLUSH_MS);
-        loop {
-            match self.rx.recv_timeout(wake) {
-                Ok(batch) => self.write(batch),
-                Err(RecvTimeoutError::Timeout) => self.maybe_reopen(),
-                // Every sender is gone and everything they sent was received.
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            if self.stop.load(Ordering::Acquire) {
-                while let Ok(batch) = self.rx.try_recv() {
-                    self.write(batch);
-                }
-                break;
-            }
-        }
-        if let Err(e) = self.file.sync_data() {
-            self.warn("sync", &e);
-        }
-    }
-
-    fn write(&mut self, mut batch: Batch) {
-        self.maybe_reopen();
-        self.buf.clear();
-        for r in &batch {
-            write_json(r, &mut self.buf);
-        }
-        if let Err(e) = self.file.write_all(&self.buf) {
-            self.warn("write to", &e);
-        }
-        batch.clear();
-        // Full: the shards have enough spares; this one is freed.
-        let _ = self.ret_tx.try_send(batch);
-    }
-
-    fn maybe_reopen(&mut self) {
-        if !self.reopen.swap(false, Ordering::AcqRel) {
-            return;
-        }
-        match open(&self.path) {
-            Ok(f) => {
-                self.file = f;
-                self.warned.clear();
-                tracing::info!("access log reopened: {}", self.path.display());
-            }
-            // Keep writing to the file we have; the next SIGHUP tries again.
-            Err(e) => tracing::warn!(
-                "access log: cannot reopen {}: {e}; still writing to the old file",
-                self.path.display()
-            ),
-        }
-    }
-
-    fn warn(&mut self, what: &str, e: &io::Error) {
-        if self.warned.insert(e.kind()) {
-            tracing::warn!(
-                "access log: {what} {} failed: {e} (lines are lost; this kind of error is not \
-                 logged again until the file is reopened)",
-                self.path.display()
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Read as _;
-    use std::time::Instant;
+    use std::rc::Rc;
 
     use super::*;
+    use crate::config::DriverChoice;
+    use crate::runtime::block_on_best;
 
     fn client() -> SocketAddr {
         "127.0.0.1:5555".parse().expect("addr")
@@ -487,23 +630,6 @@ mod tests {
             .read_to_string(&mut s)
             .expect("read");
         s.lines().map(str::to_owned).collect()
-    }
-
-    /// Wait (bounded) until `p` holds `n` lines.
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "a test thread, not a shard: polling the file the writer thread fills"
-    )]
-    fn wait_lines(p: &Path, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while read_lines(p).len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "{} never got {n} lines",
-                p.display()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 
     #[test]
@@ -561,38 +687,105 @@ mod tests {
         assert_eq!(r.method(), "AVERYLONGMETHODN");
     }
 
+    /// Run `f` on a shard-like runtime of each driver.
+    fn on_each_driver<F, Fut>(f: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        for d in [DriverChoice::Auto, DriverChoice::Epoll] {
+            block_on_best(d, |_| f()).expect("runtime");
+        }
+    }
+
+    /// A log task on the current runtime, as a shard runs it.
+    fn spawn_writer(log: &Rc<ShardLog>) -> monoio::task::JoinHandle<()> {
+        let log = log.clone();
+        monoio::spawn(async move { log.run().await })
+    }
+
+    async fn pause() {
+        monoio::time::sleep(Duration::from_millis(1)).await;
+    }
+
     #[test]
-    fn writer_round_trip_across_a_batch_boundary() {
+    fn the_longest_line_fits_and_the_second_cache_matches_humantime() {
+        let mut r = Record::new(
+            253_402_300_799_999,
+            u16::MAX,
+            "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535"
+                .parse()
+                .expect("addr"),
+        );
+        r.set_method(&"\u{1}".repeat(METHOD_BYTES));
+        r.set_path(&"\u{2}".repeat(ACCESS_LOG_PATH_BYTES));
+        r.status = u16::MAX;
+        r.bytes_in = u64::MAX;
+        r.bytes_out = u64::MAX;
+        r.duration_us = u64::MAX;
+        r.upstream = Some(r.client);
+        let text = line(&r);
+        assert!(
+            text.len() <= LINE_BYTES_MAX,
+            "{} > {LINE_BYTES_MAX}",
+            text.len()
+        );
+        serde_json::from_str::<serde_json::Value>(&text).expect("json");
+        // The cached second gives what humantime gives for the whole timestamp.
+        for ms in [
+            0,
+            999,
+            1_000,
+            86_399_999,
+            951_782_400_007,
+            1_795_662_679_123,
+        ] {
+            let want = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms))
+                .to_string();
+            let v: serde_json::Value =
+                serde_json::from_str(&line(&Record::new(ms, 0, client()))).expect("json");
+            assert_eq!(v["time"], want.as_str(), "{ms}");
+        }
+    }
+
+    #[test]
+    fn lines_reach_the_file_in_order_across_write_boundaries() {
         static DROPPED: AtomicU64 = AtomicU64::new(0);
         let dir = test_dir("round-trip");
         let path = dir.join("access.log");
-        let log = AccessLog::start(&path, Arc::new(AtomicBool::new(false))).expect("start");
-        let shard = log.shard_log(&DROPPED);
-        let n = ACCESS_LOG_BATCH_RECORDS * 2 + 17;
-        for i in 0..n {
-            shard.push(sample(i as u64));
-        }
-        shard.flush();
-        // Pending is empty after a flush; the batch it now holds keeps its capacity.
-        assert_eq!(shard.batch.borrow().len(), 0);
-        assert!(shard.batch.borrow().capacity() >= ACCESS_LOG_BATCH_RECORDS);
-        drop(shard);
-        log.stop();
-        let lines = read_lines(&path);
-        assert_eq!(lines.len(), n);
-        for (i, l) in lines.iter().enumerate() {
-            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
-            assert_eq!(v["path"], "/v1/chat/completions");
-            // In order: the writer takes batches in the order one shard sent them.
-            let want = humantime::format_rfc3339_millis(
-                UNIX_EPOCH + Duration::from_millis(1_795_662_679_123 + i as u64),
-            )
-            .to_string();
-            assert_eq!(v["time"], want.as_str());
-        }
-        assert!(!lines.iter().any(|l| l.contains("secret")));
+        // More than three writes' worth of lines, on each driver.
+        let n = 3 * ACCESS_LOG_WRITE_BYTES / line(&sample(0)).len() + 17;
+        on_each_driver(|| async {
+            let _ = std::fs::remove_file(&path);
+            let log = AccessLog::start(&path, Arc::new(AtomicBool::new(false))).expect("start");
+            let shard = Rc::new(log.shard_log(&DROPPED).expect("shard log"));
+            let writer = spawn_writer(&shard);
+            for i in 0..n {
+                shard.push(sample(i as u64));
+                if i % 100 == 0 {
+                    pause().await;
+                }
+            }
+            shard.close();
+            writer.await;
+            // The buffers were not grown.
+            assert_eq!(shard.fill.borrow().capacity(), ACCESS_LOG_BUF_BYTES);
+            drop(shard);
+            log.stop();
+            let lines = read_lines(&path);
+            assert_eq!(lines.len(), n);
+            for (i, l) in lines.iter().enumerate() {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+                assert_eq!(v["path"], "/v1/chat/completions");
+                let want = humantime::format_rfc3339_millis(
+                    UNIX_EPOCH + Duration::from_millis(1_795_662_679_123 + i as u64),
+                )
+                .to_string();
+                assert_eq!(v["time"], want.as_str());
+            }
+            assert!(!lines.iter().any(|l| l.contains("secret")));
+        });
         assert_eq!(DROPPED.load(Ordering::Relaxed), 0);
-        #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
             let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
@@ -603,12 +796,71 @@ mod tests {
     }
 
     #[test]
-    fn dropping_a_shard_log_flushes_it() {
+    fn two_shards_lines_are_whole_and_none_is_lost() {
+        static DROPPED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+        let dir = test_dir("two-shards");
+        let path = dir.join("access.log");
+        let log = AccessLog::start(&path, Arc::new(AtomicBool::new(false))).expect("start");
+        let n = 20_000u64;
+        let shards: Vec<_> = (0..2u16)
+            .map(|s| {
+                let shard = log.shard_log(&DROPPED[usize::from(s)]).expect("shard log");
+                std::thread::spawn(move || {
+                    block_on_best(DriverChoice::Auto, |_| async move {
+                        let shard = Rc::new(shard);
+                        let writer = spawn_writer(&shard);
+                        for i in 0..n {
+                            let mut r = sample(i);
+                            r.shard = s;
+                            r.bytes_in = i;
+                            // Lines of different lengths, so a torn write would show.
+                            r.set_path(&"/p".repeat(1 + (i % 50) as usize));
+                            shard.push(r);
+                            if i % 64 == 0 {
+                                shard.flush();
+                            }
+                            if i % 256 == 0 {
+                                pause().await;
+                            }
+                        }
+                        shard.close();
+                        writer.await;
+                    })
+                    .expect("runtime");
+                })
+            })
+            .collect();
+        for t in shards {
+            t.join().expect("shard thread");
+        }
+        log.stop();
+        let mut next = [0u64; 2];
+        for l in read_lines(&path) {
+            let v: serde_json::Value =
+                serde_json::from_str(&l).unwrap_or_else(|e| panic!("torn line ({e}): {l}"));
+            let s = usize::try_from(v["shard"].as_u64().expect("shard")).expect("small");
+            assert_eq!(
+                v["bytes_in"].as_u64(),
+                Some(next[s]),
+                "shard {s} out of order"
+            );
+            next[s] += 1;
+        }
+        assert_eq!(next, [n, n]);
+        assert_eq!(
+            DROPPED.each_ref().map(|d| d.load(Ordering::Relaxed)),
+            [0, 0]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn dropping_a_shard_log_writes_what_it_holds() {
         static DROPPED: AtomicU64 = AtomicU64::new(0);
         let dir = test_dir("drop-flush");
         let path = dir.join("access.log");
         let log = AccessLog::start(&path, Arc::new(AtomicBool::new(false))).expect("start");
-        let shard = log.shard_log(&DROPPED);
+        let shard = log.shard_log(&DROPPED).expect("shard log");
         shard.push(sample(0));
         shard.push(sample(1));
         drop(shard);
@@ -623,81 +875,88 @@ mod tests {
         let dir = test_dir("reopen");
         let path = dir.join("access.log");
         let rotated = dir.join("access.log.1");
-        let reopen = Arc::new(AtomicBool::new(false));
-        let log = AccessLog::start(&path, reopen.clone()).expect("start");
-        let shard = log.shard_log(&DROPPED);
-        for i in 0..3 {
-            shard.push(sample(i));
-        }
-        shard.flush();
-        wait_lines(&path, 3);
-        // logrotate: move, then SIGHUP.
-        std::fs::rename(&path, &rotated).expect("rename");
-        reopen.store(true, Ordering::Release);
-        for i in 3..8 {
-            shard.push(sample(i));
-        }
-        shard.flush();
-        drop(shard);
-        log.stop();
-        assert!(!reopen.load(Ordering::Acquire));
-        assert_eq!(read_lines(&rotated).len(), 3);
-        assert_eq!(read_lines(&path).len(), 5);
+        on_each_driver(|| async {
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(&rotated);
+            let reopen = Arc::new(AtomicBool::new(false));
+            let log = AccessLog::start(&path, reopen.clone()).expect("start");
+            // Two shards of one process: one sees the flag, both reopen.
+            let a = Rc::new(log.shard_log(&DROPPED).expect("shard log"));
+            let b = Rc::new(log.shard_log(&DROPPED).expect("shard log"));
+            let (wa, wb) = (spawn_writer(&a), spawn_writer(&b));
+            for i in 0..3 {
+                a.push(sample(i));
+                b.push(sample(i));
+            }
+            a.flush();
+            b.flush();
+            for _ in 0..10_000 {
+                if read_lines(&path).len() == 6 {
+                    break;
+                }
+                pause().await;
+            }
+            assert_eq!(read_lines(&path).len(), 6);
+            // logrotate: move, then SIGHUP; the shards' timers take it up.
+            std::fs::rename(&path, &rotated).expect("rename");
+            reopen.store(true, Ordering::Release);
+            a.flush();
+            b.flush();
+            assert!(!reopen.load(Ordering::Acquire));
+            for i in 3..8 {
+                a.push(sample(i));
+                b.push(sample(i));
+            }
+            a.close();
+            b.close();
+            wa.await;
+            wb.await;
+            assert_eq!(read_lines(&rotated).len(), 6);
+            assert_eq!(read_lines(&path).len(), 10);
+        });
+        assert_eq!(DROPPED.load(Ordering::Relaxed), 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
-    fn a_full_queue_drops_and_counts_without_blocking() {
+    fn a_full_buffer_drops_and_counts_without_blocking_or_growing() {
         static DROPPED: AtomicU64 = AtomicU64::new(0);
-        // A queue nobody reads: the writer is stuck (a full disk, say).
-        let (queue, stuck) = channel::bounded(ACCESS_LOG_QUEUE_BATCHES);
-        let (_ret_tx, returned) = channel::bounded::<Batch>(ACCESS_LOG_QUEUE_BATCHES);
-        let shard = ShardLog::new(queue, returned, &DROPPED);
-        let extra = 3;
-        for i in 0..(ACCESS_LOG_QUEUE_BATCHES + extra) * ACCESS_LOG_BATCH_RECORDS + 5 {
-            shard.push(sample(i as u64));
-        }
-        assert_eq!(stuck.len(), ACCESS_LOG_QUEUE_BATCHES);
-        assert_eq!(
-            DROPPED.load(Ordering::Relaxed),
-            (extra * ACCESS_LOG_BATCH_RECORDS) as u64
-        );
-        assert_eq!(shard.batch.borrow().len(), 5);
-        // The batch the shard kept after a drop is still a whole one.
-        assert!(shard.batch.borrow().capacity() >= ACCESS_LOG_BATCH_RECORDS);
-        // With the writer gone, what is flushed counts as dropped too.
-        drop(stuck);
-        shard.flush();
-        assert_eq!(
-            DROPPED.load(Ordering::Relaxed),
-            (extra * ACCESS_LOG_BATCH_RECORDS + 5) as u64
-        );
-    }
-
-    #[test]
-    fn batches_come_back_for_reuse() {
-        static DROPPED: AtomicU64 = AtomicU64::new(0);
-        let dir = test_dir("reuse");
+        let dir = test_dir("full");
         let path = dir.join("access.log");
         let log = AccessLog::start(&path, Arc::new(AtomicBool::new(false))).expect("start");
-        let shard = log.shard_log(&DROPPED);
-        for i in 0..ACCESS_LOG_BATCH_RECORDS {
+        // No log task runs: the disk is stuck, say.
+        let shard = log.shard_log(&DROPPED).expect("shard log");
+        let len = line(&sample(0)).len();
+        let fits = (ACCESS_LOG_BUF_BYTES - LINE_BYTES_MAX) / len + 1;
+        let extra = 1_000;
+        for i in 0..fits + extra {
             shard.push(sample(i as u64));
         }
-        wait_lines(&path, ACCESS_LOG_BATCH_RECORDS);
-        // The written batch is back on the return channel, empty and whole.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let back = loop {
-            if let Ok(b) = log.returned.try_recv() {
-                break b;
-            }
-            assert!(Instant::now() < deadline, "no batch came back");
-            std::thread::yield_now();
-        };
-        assert!(back.is_empty());
-        assert!(back.capacity() >= ACCESS_LOG_BATCH_RECORDS);
+        assert_eq!(shard.fill.borrow().capacity(), ACCESS_LOG_BUF_BYTES);
+        assert_eq!(shard.fill.borrow().len(), fits * len);
+        assert_eq!(DROPPED.load(Ordering::Relaxed), extra as u64);
         drop(shard);
-        log.stop();
+        assert_eq!(read_lines(&path).len(), fits);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn failed_writes_are_counted_as_dropped() {
+        static DROPPED: AtomicU64 = AtomicU64::new(0);
+        // Every write to /dev/full fails with ENOSPC.
+        let Ok(log) = AccessLog::start(Path::new("/dev/full"), Arc::new(AtomicBool::new(false)))
+        else {
+            return;
+        };
+        on_each_driver(|| async {
+            let shard = Rc::new(log.shard_log(&DROPPED).expect("shard log"));
+            let writer = spawn_writer(&shard);
+            for i in 0..10 {
+                shard.push(sample(i));
+            }
+            shard.close();
+            writer.await;
+        });
+        assert_eq!(DROPPED.load(Ordering::Relaxed), 20);
     }
 }

@@ -37,7 +37,7 @@ use crate::mock::{self, MockEndpoint, MockReply};
 use crate::shard::{ShardCtx, Snapshot};
 use crate::stream::Io;
 use crate::template::TemplateBody;
-use crate::tenant::presented_key;
+use crate::tenant::{presented_key, KeyMemo};
 use crate::upstream::{self, UpConn};
 
 mod hedge;
@@ -118,6 +118,8 @@ struct Client {
     /// The open-connection count of the tenant this connection counts for (the tenant of its
     /// first request with a key), released when it closes.
     tenant_conn: Option<Rc<std::cell::Cell<usize>>>,
+    /// The connection's last API key and its tenant: the same key again is not hashed again.
+    key_memo: KeyMemo,
 }
 
 /// What reading an LLM body and relaying its answer need: taken from the shard's pool per
@@ -289,25 +291,20 @@ fn finish(ctx: &ShardCtx, c: &mut Client) {
             cap.release(c.snap.fair_slot(ex.tenant), fair::now_ms());
         }
     }
-    {
-        let usage = if ex.scan { c.llm.scanner.usage() } else { None };
-        let used = usage
-            .map(|u| u.prompt_tokens.saturating_add(u.completion_tokens))
-            .or(ex.counted);
-        let failed = ex.status == 0 || ex.local_error;
-        finish_deployment(ex, &c.snap, used, failed);
-    }
+    // The answer's usage, read once (a JSON body is parsed whole to find it) for the deployment
+    // and the tenant.
+    let usage = if ex.scan { c.llm.scanner.usage() } else { None };
+    let used = usage
+        .map(|u| u.prompt_tokens.saturating_add(u.completion_tokens))
+        .or(ex.counted);
+    let failed = ex.status == 0 || ex.local_error;
+    finish_deployment(ex, &c.snap, used, failed);
     if let (Some(adm), Some(t)) = (ex.admitted.take(), ex.tenant) {
-        let usage = if ex.scan { c.llm.scanner.usage() } else { None };
         if let Some(u) = usage {
             ctx.control
                 .stats
                 .tokens(ex.tenant_slot, u.prompt_tokens, u.completion_tokens);
         }
-        let used = usage
-            .map(|u| u.prompt_tokens.saturating_add(u.completion_tokens))
-            .or(ex.counted);
-        let failed = ex.status == 0 || ex.local_error;
         if let Some(limits) = c.snap.tenant_limits.get(t) {
             adm.finish(limits, now_ns(), used, failed);
         }
@@ -396,6 +393,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, tls:
         llm: LlmBufs::default(),
         llm_held: false,
         tenant_conn: None,
+        key_memo: KeyMemo::default(),
     };
     let mut first = true;
     loop {
@@ -456,7 +454,14 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
             snap = ctx.snapshot();
             c.snap = snap.clone();
             let mut wbuf = ctx.take_buf();
-            match decide(&snap, &c.buf, c.ip, c.stream.is_tls(), &mut wbuf) {
+            match decide(
+                &snap,
+                &c.buf,
+                c.ip,
+                c.stream.is_tls(),
+                &mut wbuf,
+                &mut c.key_memo,
+            ) {
                 Ok(Some(Decision {
                     head,
                     action,
@@ -677,6 +682,7 @@ fn decide(
     client_ip: IpAddr,
     client_tls: bool,
     wbuf: &mut Vec<u8>,
+    key_memo: &mut KeyMemo,
 ) -> Result<Option<Decision>, Error> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
     let Some(req) = request::parse(buf, &mut headers, &snap.cfg.server.head_limits())? else {
@@ -705,7 +711,7 @@ fn decide(
         Auth::None => None,
         Auth::Keys => {
             let key = presented_key(req.header("authorization"), req.header("x-api-key"));
-            match key.and_then(|k| snap.tenants.lookup(k)) {
+            match key.and_then(|k| snap.tenants.lookup_memo(k, key_memo)) {
                 Some(t) => Some(t),
                 None => {
                     return Ok(Some(Decision {

@@ -110,13 +110,15 @@ pub const SHARD_ERROR_BYTES: usize = 256;
 pub const DURATION_BUCKETS_MS: [u64; 15] = [
     1, 3, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000,
 ];
-/// Access-log records a shard batches before handing them to the log writer.
-pub const ACCESS_LOG_BATCH_RECORDS: usize = 256;
-/// Batches queued for the log writer; past this, batches are dropped and counted.
-pub const ACCESS_LOG_QUEUE_BATCHES: usize = 64;
+/// Bytes of each of a shard's two access-log buffers (one being filled while the other is
+/// written); a record that finds the fill buffer full is dropped and counted. At 60,000
+/// requests a second (about 14 MB/s of lines) one buffer holds about 70 ms of them.
+pub const ACCESS_LOG_BUF_BYTES: usize = 1024 * 1024;
+/// A shard writes its access-log lines once this many bytes are buffered (and on its timer).
+pub const ACCESS_LOG_WRITE_BYTES: usize = 64 * 1024;
 /// Bytes of a request path kept in an access-log record (longer paths are cut).
 pub const ACCESS_LOG_PATH_BYTES: usize = 160;
-/// How often a shard flushes a partial access-log batch and the log writer wakes, ms.
+/// How often a shard writes what its access log has buffered, however little, ms.
 pub const ACCESS_LOG_FLUSH_MS: u64 = 200;
 /// How long `shardgate-ctl apply` waits for every shard to take a new config, ms.
 pub const APPLY_WAIT_MS_MAX: u64 = 10_000;

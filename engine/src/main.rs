@@ -316,7 +316,8 @@ fn run(
             region,
             access_log: access_log
                 .as_ref()
-                .map(|l| l.shard_log(&region.shard(id).info.0.access_log_dropped)),
+                .map(|l| l.shard_log(&region.shard(id).info.0.access_log_dropped))
+                .transpose()?,
             overrides: overrides.clone(),
             listen,
             listen_plain,
@@ -400,7 +401,7 @@ fn run(
     for (thread, _) in threads {
         let _ = thread.join();
     }
-    // Every shard has flushed its access-log batch (its ShardLog was dropped with the shard).
+    // Every shard has written its access-log lines (it closed its ShardLog before it ended).
     if let Some(log) = access_log {
         log.stop();
     }

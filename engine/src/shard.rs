@@ -846,6 +846,15 @@ async fn serve(
             ctx.drain.fire();
         })
     };
+    // The access log's task: writes the lines requests formatted into the shard's buffer.
+    let log_writer = ctx.access_log.is_some().then(|| {
+        let ctx = ctx.clone();
+        monoio::spawn(async move {
+            if let Some(log) = &ctx.access_log {
+                log.run().await;
+            }
+        })
+    });
     // On io_uring several accepts wait on the listener at once, so a burst of new connections
     // completes in one ring pass instead of one accept per pass. The epoll driver tracks one
     // reader per socket, so it keeps a single accept loop.
@@ -884,8 +893,12 @@ async fn serve(
         );
     }
     let _ = watcher.await;
+    // Every line of this shard is written before the shard ends.
     if let Some(log) = &ctx.access_log {
-        log.flush();
+        log.close();
+    }
+    if let Some(w) = log_writer {
+        w.await;
     }
     let info = ctx.info();
     let l = |c: &AtomicU64| c.load(Ordering::Relaxed);

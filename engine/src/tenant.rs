@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -253,7 +254,13 @@ fn hex(h: &[u8; 32]) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct Tenants {
     by_key: HashMap<[u8; 32], usize>,
+    /// Which table this is, for a [`KeyMemo`]: unique per [`Tenants::new`] in this process
+    /// (a clone has the same mapping and keeps it); 0 for the empty default table.
+    id: u64,
 }
+
+/// Ids of [`Tenants`] tables; 0 is never handed out.
+static NEXT_TENANTS_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Tenants {
     pub fn new(tenants: &[TenantConfig]) -> Self {
@@ -263,7 +270,22 @@ impl Tenants {
                 by_key.insert(*h, i);
             }
         }
-        Self { by_key }
+        Self {
+            by_key,
+            id: NEXT_TENANTS_ID.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// [`lookup`](Self::lookup) through a connection's [`KeyMemo`]: the same key as the
+    /// connection's last one, against the same table, is compared byte for byte instead of
+    /// hashed again. Only keys that own a tenant are remembered.
+    pub fn lookup_memo(&self, key: &[u8], memo: &mut KeyMemo) -> Option<usize> {
+        if let Some(t) = memo.get(self.id, key) {
+            return Some(t);
+        }
+        let t = self.lookup(key)?;
+        memo.set(self.id, key, t);
+        Some(t)
     }
 
     /// The tenant owning `key`, by hash. Keys longer than `API_KEY_BYTES_MAX` own nothing.
@@ -272,6 +294,68 @@ impl Tenants {
             return None;
         }
         self.by_key.get(&hash_key(key)).copied()
+    }
+}
+
+/// Longest key a [`KeyMemo`] remembers, bytes; a longer one is hashed on every request.
+pub const KEY_MEMO_BYTES: usize = 128;
+
+/// The last key a keep-alive connection presented and the tenant it owns, so that a client
+/// sending the same key on every request pays one SHA-256 per connection, not one per request.
+///
+/// A hit needs the same table (a new config's table has a new id, so an index never outlives
+/// the table it points into) and the same key, compared exactly: two keys are never taken
+/// for one another. The key stays in the connection's memory as long as the connection (its
+/// read buffer held it anyway); `Debug` never shows it. Timing: the comparison is not
+/// constant-time, but it only ever compares a key with the one this same connection sent
+/// before, so it tells a client nothing it did not already know.
+pub struct KeyMemo {
+    /// The [`Tenants`] table `tenant` is an index into; 0: nothing remembered.
+    table: u64,
+    len: usize,
+    key: [u8; KEY_MEMO_BYTES],
+    tenant: usize,
+}
+
+impl Default for KeyMemo {
+    fn default() -> Self {
+        Self {
+            table: 0,
+            len: 0,
+            key: [0; KEY_MEMO_BYTES],
+            tenant: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for KeyMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyMemo")
+            .field("table", &self.table)
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyMemo {
+    fn get(&self, table: u64, key: &[u8]) -> Option<usize> {
+        (self.table != 0
+            && self.table == table
+            && self.key.get(..self.len).is_some_and(|k| k == key))
+        .then_some(self.tenant)
+    }
+
+    fn set(&mut self, table: u64, key: &[u8], tenant: usize) {
+        match self.key.get_mut(..key.len()) {
+            Some(slot) if table != 0 => {
+                slot.copy_from_slice(key);
+                self.len = key.len();
+                self.table = table;
+                self.tenant = tenant;
+            }
+            // Too long to remember (or the empty table): forget the last one too.
+            _ => self.table = 0,
+        }
     }
 }
 
@@ -366,6 +450,61 @@ mod tests {
             assert!(all.contains(needle), "missing {needle:?} in\n{all}");
         }
         assert!(!all.contains("k1\""), "an error shows a key:\n{all}");
+    }
+
+    #[test]
+    fn a_key_memo_answers_only_for_the_same_key_and_table() {
+        let (t, errs, _) = run(r#"
+            [[tenants]]
+            name = "a"
+            keys = ["sk-a", "sk-a-longer"]
+            [[tenants]]
+            name = "b"
+            keys = ["sk-b", "sk-"]
+            "#);
+        assert!(errs.is_empty(), "{errs:?}");
+        let table = Tenants::new(&t);
+        let mut memo = KeyMemo::default();
+        // Keys that share a prefix, or differ in one byte, or only in length, stay apart.
+        for (key, want) in [
+            (&b"sk-a"[..], Some(0)),
+            (b"sk-a", Some(0)),
+            (b"sk-b", Some(1)),
+            (b"sk-a-longer", Some(0)),
+            (b"sk-", Some(1)),
+            (b"sk-a", Some(0)),
+            (b"sk-c", None),
+            (b"sk-a-longe", None),
+            (b"sk-b", Some(1)),
+            (b"", None),
+        ] {
+            assert_eq!(table.lookup_memo(key, &mut memo), want, "{key:?}");
+            assert_eq!(table.lookup(key), want);
+        }
+        // A miss leaves the last hit remembered.
+        assert_eq!(memo.get(table.id, b"sk-b"), Some(1));
+        // A new table (a new config: the same key, another tenant) is never answered from
+        // the memo of the old one.
+        let (t2, _, _) = run(r#"
+            [[tenants]]
+            name = "b"
+            keys = ["sk-b"]
+            "#);
+        let table2 = Tenants::new(&t2);
+        assert_ne!(table.id, table2.id);
+        assert_eq!(memo.get(table2.id, b"sk-b"), None);
+        assert_eq!(table2.lookup_memo(b"sk-b", &mut memo), Some(0));
+        assert_eq!(table.lookup_memo(b"sk-b", &mut memo), Some(1));
+        // A key too long to remember is still looked up, and forgets the last one.
+        let long = [b'k'; KEY_MEMO_BYTES + 1];
+        assert_eq!(table.lookup_memo(&long, &mut memo), None);
+        memo.set(table.id, &long, 0);
+        assert_eq!(memo.get(table.id, b"sk-b"), None);
+        assert_eq!(memo.get(table.id, &long), None);
+        // The empty default table remembers nothing.
+        memo.set(Tenants::default().id, b"sk-a", 0);
+        assert_eq!(memo.get(0, b"sk-a"), None);
+        assert!(!format!("{memo:?}").contains("sk-"));
     }
 
     #[test]

@@ -501,12 +501,21 @@ const HIGHS: u64 = 0x8080_8080_8080_8080;
 
 /// Whether any of the 8 bytes of `w` is a quote, a backslash or a control byte (< 0x20).
 /// Exact as a yes/no answer (the classic "has zero byte" / "has byte less than" tests).
+#[cfg(test)]
 fn needs_attention(w: u64) -> bool {
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS != 0;
-    let has_less_than_0x20 = w.wrapping_sub(ONES * 0x20) & !w & HIGHS != 0;
-    has_zero(w ^ (ONES * u64::from(b'"')))
-        || has_zero(w ^ (ONES * u64::from(b'\\')))
-        || has_less_than_0x20
+    attention_mask(w) != 0
+}
+
+/// The high bit of each byte of `w` (little-endian: the first byte is the lowest) that may be
+/// a quote, a backslash or a control byte. Nonzero exactly when one is, and its lowest set bit
+/// marks the first one exactly: a byte is wrongly flagged only through a borrow from a flagged
+/// byte below it (the classic "has zero byte" / "has byte less than" tests).
+fn attention_mask(w: u64) -> u64 {
+    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let less_than_0x20 = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+    zero_bytes(w ^ (ONES * u64::from(b'"')))
+        | zero_bytes(w ^ (ONES * u64::from(b'\\')))
+        | less_than_0x20
 }
 
 /// The string whose opening quote is at `open`: the position just past its closing quote, and
@@ -516,10 +525,13 @@ fn string_end(doc: &[u8], open: usize) -> Result<(usize, bool), JsonError> {
     let mut escaped = false;
     loop {
         // Eight bytes at a time while none of them needs a look: most of a prompt is here.
+        // When one does, go straight to the first such byte.
         while let Some(word) = doc.get(i..i + 8) {
             let mut w = [0u8; 8];
             w.copy_from_slice(word);
-            if needs_attention(u64::from_le_bytes(w)) {
+            let m = attention_mask(u64::from_le_bytes(w));
+            if m != 0 {
+                i += (m.trailing_zeros() / 8) as usize;
                 break;
             }
             i += 8;
@@ -785,6 +797,34 @@ mod tests {
                 None
             ]
         );
+    }
+
+    #[test]
+    fn swar_attention_finds_the_first_byte_that_needs_it() {
+        // Every pair of positions and every byte at the first: what follows never moves the
+        // answer, whatever it is (a borrow from below could flag a byte above, never below).
+        let fill = [b'a', 0x00, 0x1f, b'"', b'\\', 0x20, 0x7f, 0x80, 0xff, b'!'];
+        for b in 0..=255u8 {
+            for first in 0..8 {
+                for &later in &fill {
+                    for second in first + 1..=8 {
+                        let mut w = [b'a'; 8];
+                        w[first] = b;
+                        if second < 8 {
+                            w[second] = later;
+                        }
+                        let want = if b == b'"' || b == b'\\' || b < 0x20 {
+                            Some(first)
+                        } else {
+                            w.iter().position(|&x| x == b'"' || x == b'\\' || x < 0x20)
+                        };
+                        let m = attention_mask(u64::from_le_bytes(w));
+                        let got = (m != 0).then(|| (m.trailing_zeros() / 8) as usize);
+                        assert_eq!(got, want, "{w:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
