@@ -136,7 +136,9 @@ for round in $(seq 1 "$ROUNDS"); do
         sleep "$FLOOD_LEAD"
         load quiet "$r-flood.json" 16 --rate "$QUIET_RATE" -c 2 -d "$DURATION"
         wait "$hot"
-        record "$cores" "$round" flood p99_ms "$(field "$r-flood.json" 'j["latency_us"]["p99"]/1000')"
+        # A quiet tenant starved of every answer has no p99: recorded as inf.
+        record "$cores" "$round" flood p99_ms "$(field "$r-flood.json" 'j["latency_us"]["p99"]/1000 if j["requests"] else float("inf")')"
+        record "$cores" "$round" flood quiet_requests "$(field "$r-flood.json" 'j["requests"]')"
         record "$cores" "$round" flood p90_ms "$(field "$r-flood.json" 'j["latency_us"]["p90"]/1000')"
         record "$cores" "$round" flood quiet_errors "$(field "$r-flood.json" 'sum(j["errors"].values())')"
         record "$cores" "$round" flood hot_rps "$(field "$r-hot.json" 'j["rps"]')"
@@ -185,7 +187,7 @@ for c in cores:
           f"{med(c,'flood','hot_rps'):.0f} ({med(c,'flood','hot_rps')/med(c,'alone','hot_rps'):.0%}) | "
           f"{med(c,'flood','hot_errors'):g} |")
 print()
-print("| shards | weights 3:1, same requests: completed | weights 3:1, light asks 10x the tokens: estimated tokens (requests) |")
+print("| shards | weights 3:1, same requests: completed | weights 3:1, light asks max_tokens 500 against 50: estimated tokens (requests) |")
 print("|---|---|---|")
 for c in cores:
     print(f"| `cores = {c}` | {med(c,'weights','request_ratio'):.2f} : 1 ({spread(c,'weights','request_ratio')}) | "
