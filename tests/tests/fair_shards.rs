@@ -125,7 +125,7 @@ fn count(log: &[String], from: usize, who: &str) -> usize {
 
 #[test]
 fn a_quiet_tenant_goes_ahead_of_a_flood_spread_over_two_shards() {
-    let (up, log) = slow_upstream(Duration::from_millis(30));
+    let (up, log) = slow_upstream(Duration::from_millis(50));
     let cfg = ConfigBuilder::new(up.addr())
         .cores(2)
         .upstream("max_concurrency = 2")
@@ -174,7 +174,7 @@ fn a_quiet_tenant_goes_ahead_of_a_flood_spread_over_two_shards() {
     // The flood was served throughout (it is not starved in return).
     let log = arrivals(&log);
     assert!(
-        count(&log, 0, "flood") > 60,
+        count(&log, 0, "flood") > 40,
         "flood served {}",
         count(&log, 0, "flood")
     );
