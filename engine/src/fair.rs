@@ -904,14 +904,20 @@ mod tests {
             s.hold(1);
         }
         assert!(s.at_headroom(1, &rig.cap()));
-        let heavy: Vec<Ticket> = (0..60).map(|i| rig.join(i % 2, 1, 3, 1)).collect();
-        let light: Vec<Ticket> = (0..60).map(|i| rig.join(i % 2, 2, 1, 1)).collect();
         // Tenant 1 stays at its headroom throughout (its held count is never given back
         // here), which would keep a slot free if it waited alone.
+        assert_three_to_one(&rig);
+        assert_eq!(rig.in_flight(), 4, "a slot idled while both tenants waited");
+    }
+
+    /// Tenants 1 (weight 3) and 2 (weight 1) queue 60 requests each over both shards of `rig`;
+    /// 40 slots freed on the shards in turn go 30 : 10.
+    fn assert_three_to_one(rig: &Rig) {
+        let heavy: Vec<Ticket> = (0..60).map(|i| rig.join(i % 2, 1, 3, 1)).collect();
+        let light: Vec<Ticket> = (0..60).map(|i| rig.join(i % 2, 2, 1, 1)).collect();
         for i in 0..40 {
             rig.release_on(i % 2);
         }
-        assert_eq!(rig.in_flight(), 4, "a slot idled while both tenants waited");
         assert_eq!((granted(&heavy), granted(&light)), (30, 10), "weight 3 : 1");
     }
 
@@ -919,12 +925,7 @@ mod tests {
     fn weights_share_grants_in_proportion_over_shards() {
         let rig = Rig::new(2, 1);
         rig.saturate();
-        let heavy: Vec<Ticket> = (0..60).map(|i| rig.join(i % 2, 1, 3, 1)).collect();
-        let light: Vec<Ticket> = (0..60).map(|i| rig.join(i % 2, 2, 1, 1)).collect();
-        for i in 0..40 {
-            rig.release_on(i % 2);
-        }
-        assert_eq!((granted(&heavy), granted(&light)), (30, 10), "weight 3 : 1");
+        assert_three_to_one(&rig);
     }
 
     #[test]

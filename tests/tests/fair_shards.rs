@@ -180,61 +180,60 @@ fn a_quiet_tenant_goes_ahead_of_a_flood_spread_over_two_shards() {
     );
 }
 
-#[test]
-fn weights_three_to_one_hold_over_both_shards() {
+/// Tenants `a` and `b` (name, `[[tenants]]` limits, request) flood one upstream capped at 2
+/// slots from 24 connections each, spread over two shards; once both are queued, how many of
+/// the next `window` requests to reach the upstream were each's.
+fn two_floods(
+    a: (&'static str, &str, fn(&str) -> String),
+    b: (&'static str, &str, fn(&str) -> String),
+    window: usize,
+) -> (usize, usize) {
     let (up, log) = slow_upstream(Duration::from_millis(10));
     let cfg = ConfigBuilder::new(up.addr())
         .cores(2)
         .upstream("max_concurrency = 2")
         .server("queue_wait_ms_max = 60000")
-        .tenant(&tenant("heavy", "weight = 3"))
-        .tenant(&tenant("light", "weight = 1"))
+        .tenant(&tenant(a.0, a.1))
+        .tenant(&tenant(b.0, b.1))
         .build();
     let gw = Gateway::start(&cfg);
     let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = flood(gw.addr(), "heavy", 24, get, &stop);
-    threads.extend(flood(gw.addr(), "light", 24, get, &stop));
+    let mut threads = flood(gw.addr(), a.0, 24, a.2, &stop);
+    threads.extend(flood(gw.addr(), b.0, 24, b.2, &stop));
     // Count a window once both floods are queued on both shards.
     assert!(wait_until(Duration::from_secs(20), || arrivals(&log).len() >= 60));
     let from = arrivals(&log).len();
     assert!(wait_until(Duration::from_secs(60), || {
-        arrivals(&log).len() >= from + 400
+        arrivals(&log).len() >= from + window
     }));
-    let window: Vec<String> = arrivals(&log)[from..from + 400].to_vec();
+    let seen: Vec<String> = arrivals(&log)[from..from + window].to_vec();
     let failed = stop_all(&stop, threads);
     assert!(failed.is_empty(), "requests failed: {failed:?}");
-    let (h, l) = (count(&window, 0, "heavy"), count(&window, 0, "light"));
-    assert_eq!(h + l, 400);
+    let counts = (count(&seen, 0, a.0), count(&seen, 0, b.0));
+    assert_eq!(counts.0 + counts.1, window);
+    counts
+}
+
+#[test]
+fn weights_three_to_one_hold_over_both_shards() {
+    let (h, l) = two_floods(
+        ("heavy", "weight = 3", get),
+        ("light", "weight = 1", get),
+        400,
+    );
     // 3:1 within 10%: 300 ± 30 of 400.
     assert!((270..=330).contains(&h), "heavy {h} : light {l}, not 3:1");
 }
 
 #[test]
 fn shares_are_counted_in_estimated_tokens_over_both_shards() {
-    let (up, log) = slow_upstream(Duration::from_millis(10));
-    let cfg = ConfigBuilder::new(up.addr())
-        .cores(2)
-        .upstream("max_concurrency = 2")
-        .server("queue_wait_ms_max = 60000")
-        .tenant(&tenant("big", ""))
-        .tenant(&tenant("small", ""))
-        .build();
-    let gw = Gateway::start(&cfg);
-    let stop = Arc::new(AtomicBool::new(false));
     // Same weight, same request rate offered; each of big's requests is estimated at about
     // 4 times small's tokens (body / 4 + max_tokens).
-    let mut threads = flood(gw.addr(), "big", 24, |w| chat(w, 400), &stop);
-    threads.extend(flood(gw.addr(), "small", 24, |w| chat(w, 80), &stop));
-    assert!(wait_until(Duration::from_secs(20), || arrivals(&log).len() >= 60));
-    let from = arrivals(&log).len();
-    assert!(wait_until(Duration::from_secs(60), || {
-        arrivals(&log).len() >= from + 300
-    }));
-    let window: Vec<String> = arrivals(&log)[from..from + 300].to_vec();
-    let failed = stop_all(&stop, threads);
-    assert!(failed.is_empty(), "requests failed: {failed:?}");
-    let (b, s) = (count(&window, 0, "big"), count(&window, 0, "small"));
-    assert_eq!(b + s, 300);
+    let (b, s) = two_floods(
+        ("big", "", |w| chat(w, 400)),
+        ("small", "", |w| chat(w, 80)),
+        300,
+    );
     // Estimates: big ≈ 19 + 400, small ≈ 18 + 80 tokens a request; equal tokens means
     // small completes about 4.3 requests for each of big's (counting by requests: 1:1).
     let (tb, ts) = (b as f64 * estimate(400), s as f64 * estimate(80));
