@@ -106,6 +106,24 @@ fn chat(who: &str, max_tokens: u64) -> String {
     )
 }
 
+/// A gateway on 2 shards in front of `upstream` capped at `max_concurrency`, with tenants `a`
+/// and `b` (name, `[[tenants]]` limits).
+fn two_tenants(
+    upstream: SocketAddr,
+    max_concurrency: u64,
+    a: (&str, &str),
+    b: (&str, &str),
+) -> Gateway {
+    let cfg = ConfigBuilder::new(upstream)
+        .cores(2)
+        .upstream(&format!("max_concurrency = {max_concurrency}"))
+        .server("queue_wait_ms_max = 60000")
+        .tenant(&tenant(a.0, a.1))
+        .tenant(&tenant(b.0, b.1))
+        .build();
+    Gateway::start(&cfg)
+}
+
 fn stop_all(stop: &Arc<AtomicBool>, threads: Vec<JoinHandle<Vec<u16>>>) -> Vec<u16> {
     stop.store(true, Ordering::Relaxed);
     threads
@@ -126,14 +144,7 @@ fn count(log: &[String], from: usize, who: &str) -> usize {
 #[test]
 fn a_quiet_tenant_goes_ahead_of_a_flood_spread_over_two_shards() {
     let (up, log) = slow_upstream(Duration::from_millis(50));
-    let cfg = ConfigBuilder::new(up.addr())
-        .cores(2)
-        .upstream("max_concurrency = 2")
-        .server("queue_wait_ms_max = 60000")
-        .tenant(&tenant("flood", ""))
-        .tenant(&tenant("quiet", ""))
-        .build();
-    let gw = Gateway::start(&cfg);
+    let gw = two_tenants(up.addr(), 2, ("flood", ""), ("quiet", ""));
     assert_eq!(gw.shards(), 2);
     let stop = Arc::new(AtomicBool::new(false));
     // 48 connections: the kernel spreads them over both shards, so both hold flood waiters.
@@ -189,14 +200,7 @@ fn two_floods(
     window: usize,
 ) -> (usize, usize) {
     let (up, log) = slow_upstream(Duration::from_millis(10));
-    let cfg = ConfigBuilder::new(up.addr())
-        .cores(2)
-        .upstream("max_concurrency = 2")
-        .server("queue_wait_ms_max = 60000")
-        .tenant(&tenant(a.0, a.1))
-        .tenant(&tenant(b.0, b.1))
-        .build();
-    let gw = Gateway::start(&cfg);
+    let gw = two_tenants(up.addr(), 2, (a.0, a.1), (b.0, b.1));
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = flood(gw.addr(), a.0, 24, a.2, &stop);
     threads.extend(flood(gw.addr(), b.0, 24, b.2, &stop));
@@ -272,14 +276,7 @@ fn a_flood_leaves_the_headroom_to_a_tenant_active_lately() {
         },
     );
     // max_concurrency 8: the default headroom is 1 slot.
-    let cfg = ConfigBuilder::new(up.addr())
-        .cores(2)
-        .upstream("max_concurrency = 8")
-        .server("queue_wait_ms_max = 60000")
-        .tenant(&tenant("flood", ""))
-        .tenant(&tenant("quiet", ""))
-        .build();
-    let gw = Gateway::start(&cfg);
+    let gw = two_tenants(up.addr(), 8, ("flood", ""), ("quiet", ""));
     let stop = Arc::new(AtomicBool::new(false));
     let threads = flood(gw.addr(), "flood", 32, get, &stop);
     let most = || flood_at_upstream.lock().map(|c| c.1).unwrap_or(0);
