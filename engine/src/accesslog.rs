@@ -195,18 +195,21 @@ impl TimePrefix {
     }
 }
 
+/// `.` and `n` (below 1000) as three zero-padded digits: `.007`.
+fn write_thousandths(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (n / 100 % 10) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]);
+}
+
 /// [`write_json`] with the second's text already made.
 fn write_line(r: &Record, time: &TimePrefix, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"time\":\"");
     out.extend_from_slice(&time.text);
-    let ms = r.unix_ms % 1000;
-    // Three digits, zero-padded: `.007`.
-    out.extend_from_slice(&[
-        b'.',
-        b'0' + (ms / 100) as u8,
-        b'0' + (ms / 10 % 10) as u8,
-        b'0' + (ms % 10) as u8,
-    ]);
+    write_thousandths(out, r.unix_ms % 1000);
     out.extend_from_slice(b"Z\",\"shard\":");
     write_decimal(out, u64::from(r.shard));
     out.extend_from_slice(b",\"client\":\"");
@@ -223,13 +226,7 @@ fn write_line(r: &Record, time: &TimePrefix, out: &mut Vec<u8>) {
     write_decimal(out, r.bytes_out);
     out.extend_from_slice(b",\"duration_ms\":");
     write_decimal(out, r.duration_us / 1000);
-    let us = r.duration_us % 1000;
-    out.extend_from_slice(&[
-        b'.',
-        b'0' + (us / 100) as u8,
-        b'0' + (us / 10 % 10) as u8,
-        b'0' + (us % 10) as u8,
-    ]);
+    write_thousandths(out, r.duration_us % 1000);
     out.extend_from_slice(b",\"upstream\":");
     match r.upstream {
         Some(a) => {

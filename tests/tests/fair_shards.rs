@@ -124,6 +124,18 @@ fn two_tenants(
     Gateway::start(&cfg)
 }
 
+/// Tenant "quiet"'s request `/quiet/{i}` on a new connection; it must succeed.
+fn quiet_request(addr: SocketAddr, i: usize) {
+    let mut c = Client::connect(addr);
+    c.set_timeout(Duration::from_secs(30));
+    c.send(format!(
+        "GET /quiet/{i} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
+        key_of("quiet")
+    ));
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.summary());
+}
+
 fn stop_all(stop: &Arc<AtomicBool>, threads: Vec<JoinHandle<Vec<u16>>>) -> Vec<u16> {
     stop.store(true, Ordering::Relaxed);
     threads
@@ -160,14 +172,7 @@ fn a_quiet_tenant_goes_ahead_of_a_flood_spread_over_two_shards() {
     let mut ahead = Vec::new();
     for i in 0..12 {
         let before = arrivals(&log).len();
-        let mut c = Client::connect(gw.addr());
-        c.set_timeout(Duration::from_secs(30));
-        c.send(format!(
-            "GET /quiet/{i} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
-            key_of("quiet")
-        ));
-        let r = c.read_response();
-        assert_eq!(r.status, 200, "{}", r.summary());
+        quiet_request(gw.addr(), i);
         let log = arrivals(&log);
         let at = log
             .iter()
@@ -291,16 +296,7 @@ fn a_flood_leaves_the_headroom_to_a_tenant_active_lately() {
         "the flood never filled the cap: {}",
         most()
     );
-    let quiet = |i: usize| {
-        let mut c = Client::connect(gw.addr());
-        c.set_timeout(Duration::from_secs(30));
-        c.send(format!(
-            "GET /quiet/{i} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
-            key_of("quiet")
-        ));
-        let r = c.read_response();
-        assert_eq!(r.status, 200, "{}", r.summary());
-    };
+    let quiet = |i: usize| quiet_request(gw.addr(), i);
     // The first quiet request waits for a slot like anyone; from then on, while the quiet
     // tenant is active, the flood leaves one slot free for it (counted at the upstream).
     quiet(0);

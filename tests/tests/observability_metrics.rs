@@ -161,10 +161,13 @@ fn log_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[test]
-fn access_log_has_one_line_per_request_and_no_secrets_and_reopens_on_sighup() {
-    let up = upstream();
-    let dir = std::env::temp_dir().join(format!("sg-access-{}", std::process::id()));
+/// A fresh directory `{name}-{pid}` under the temp dir, the access log's path in it (no file
+/// yet), and a 2-shard config in front of `up` that writes it.
+fn access_log_config(
+    up: &MockUpstream,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let log = dir.join("access.log");
     let _ = std::fs::remove_file(&log);
@@ -172,6 +175,13 @@ fn access_log_has_one_line_per_request_and_no_secrets_and_reopens_on_sighup() {
         .cores(2)
         .server(&format!("access_log = {:?}", log.display().to_string()))
         .build();
+    (dir, log, cfg)
+}
+
+#[test]
+fn access_log_has_one_line_per_request_and_no_secrets_and_reopens_on_sighup() {
+    let up = upstream();
+    let (dir, log, cfg) = access_log_config(&up, "sg-access");
     let gw = Gateway::start(&cfg);
     let n = 40;
     for i in 0..n {
@@ -242,14 +252,7 @@ fn access_log_has_one_line_per_request_and_no_secrets_and_reopens_on_sighup() {
 #[test]
 fn access_log_under_load_from_two_shards_loses_and_tears_no_line() {
     let up = upstream();
-    let dir = std::env::temp_dir().join(format!("sg-access-load-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let log = dir.join("access.log");
-    let _ = std::fs::remove_file(&log);
-    let cfg = ConfigBuilder::new(up.addr())
-        .cores(2)
-        .server(&format!("access_log = {:?}", log.display().to_string()))
-        .build();
+    let (dir, log, cfg) = access_log_config(&up, "sg-access-load");
     let mut gw = Gateway::start(&cfg);
     let (threads, conns, per_conn) = (4, 4, 150);
     let workers: Vec<_> = (0..threads)
