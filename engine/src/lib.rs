@@ -63,11 +63,13 @@ pub mod accesslog;
 pub mod admin;
 pub mod admit;
 pub mod balance;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod control;
 pub mod drain;
 pub mod error;
+pub mod exchange;
 pub mod fair;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz_checks;
