@@ -82,6 +82,7 @@ pub mod provider;
 pub mod route;
 pub mod runtime;
 pub mod shard;
+pub mod snapshot;
 pub mod stream;
 pub mod template;
 pub mod tenant;

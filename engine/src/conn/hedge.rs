@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use crate::admit::{admit, now_ns, Admitted};
 use crate::config::UpstreamConfig;
 use crate::http::request::RequestHead;
-use crate::shard::{ShardCtx, Snapshot};
+use crate::shard::ShardCtx;
+use crate::snapshot::Snapshot;
 use crate::upstream::{self, UpConn};
 
 use super::translate::Translation;
