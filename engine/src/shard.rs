@@ -395,10 +395,7 @@ async fn hear_bell(ctx: Rc<ShardCtx>, mut bell: monoio::net::UnixStream) {
             return;
         }
         ctx.kept.fabric.heard(ctx.id);
-        let now_ms = crate::fair::now_ms();
-        for cap in &ctx.snapshot().upstream_caps {
-            cap.dispatch(now_ms);
-        }
+        ctx.snapshot().dispatch_caps(crate::fair::now_ms());
     }
 }
 
@@ -469,20 +466,10 @@ async fn serve(
                 monoio::time::sleep(Duration::from_millis(CONTROL_POLL_MS)).await;
                 ctx.refresh();
                 // Slots freed on other shards reach this shard's waiters here.
-                let now_ms = crate::fair::now_ms();
-                for cap in &ctx.snapshot().upstream_caps {
-                    cap.dispatch(now_ms);
-                }
+                ctx.snapshot().dispatch_caps(crate::fair::now_ms());
                 // Leases unused for a while go back, so another shard can spend them.
                 if leases_checked.elapsed() >= Duration::from_millis(LEASE_CHECK_MS) {
-                    let now = crate::admit::now_ns();
-                    let snap = ctx.snapshot();
-                    for t in &snap.tenant_limits {
-                        t.return_stale(now);
-                    }
-                    for d in snap.deployment_limits.iter().flatten().flatten() {
-                        d.return_stale(now);
-                    }
+                    ctx.snapshot().return_stale_leases(crate::admit::now_ns());
                     leases_checked = Instant::now();
                 }
                 if let Some(log) = &ctx.access_log {

@@ -1,4 +1,24 @@
-//! A shard's view of one config: see [`Snapshot`].
+//! A [`Snapshot`] is one shard's resolved view of one config version: the validated
+//! [`Config`] and the tables the shard derived from it (pool slots, counter slots, tenant
+//! limits, fair-queue cells, balancers, TLS configs), each indexed by a typed id. A request
+//! keeps the `Rc<Snapshot>` it started with to its end; a new config makes a new snapshot, and
+//! [`Kept`] carries what outlives configs (leases, queues, balancers, TLS caches) by name.
+//!
+//! The ids are plain `usize`s under a type that says which table they index; an id is only
+//! meaningful in the snapshot that handed it out. Callers go through the accessors, never
+//! the tables:
+//! - [`UpstreamId`]: an upstream (`cfg.upstreams`; its counters, cap, TLS client, round robin).
+//! - [`EndpointIdx`]: an endpoint's index within its upstream (`UpstreamConfig::endpoints`).
+//! - [`PoolSlot`]: the shard's pool slot of an endpoint ([`Pools`]; outlives snapshots).
+//! - [`Target`]: where an attempt goes: an upstream, one of its endpoints, that endpoint's slot.
+//! - [`RouteId`]: a route (`cfg.routes`).
+//! - [`TenantId`]: a tenant (`cfg.tenants`; its limits, counters, connections, fair cell).
+//! - [`GroupId`]: a model group (`cfg.models`; its balancer).
+//! - [`DeploymentIdx`]: a deployment's index within its group (its quota; the balancer's
+//!   index).
+//! - [`StatSlot`]: a counter slot in the shard's block (an upstream's, a route's or a
+//!   tenant's).
+//! - [`FairSlot`]: a tenant's finish-tag cell in the fair queues.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -7,15 +27,51 @@ use std::sync::Arc;
 
 use crate::admit::{Locals, TenantLimits};
 use crate::balance::{DeploymentSpec, Group, Policy};
-use crate::config::{Config, TlsFiles, UpstreamConfig};
+use crate::config::{Config, Endpoint, TlsFiles, UpstreamConfig};
 use crate::control::shm::Region;
 use crate::control::stats::ShardStats;
-use crate::fair::{Capped, Fabric, Queues, UpstreamCap, FAIR_NO_TENANT};
-use crate::models::ModelGroup;
+pub use crate::control::stats::StatSlot;
+pub use crate::fair::FairSlot;
+use crate::fair::{Capped, Fabric, Queues, UpstreamCap};
+use crate::models::{Deployment, ModelGroup};
 use crate::route::Routes;
 use crate::template::Templates;
-use crate::tenant::Tenants;
-use crate::upstream::Pools;
+use crate::tenant::{KeyMemo, TenantConfig, Tenants};
+pub use crate::upstream::PoolSlot;
+use crate::upstream::{Pools, TlsTarget};
+
+index_type!(
+    /// An upstream: its index in `cfg.upstreams`.
+    UpstreamId
+);
+index_type!(
+    /// An endpoint's index within its upstream's `endpoints`.
+    EndpointIdx
+);
+index_type!(
+    /// A route: its index in `cfg.routes`.
+    RouteId
+);
+index_type!(
+    /// A tenant: its index in `cfg.tenants`.
+    TenantId
+);
+index_type!(
+    /// A model group: its index in `cfg.models`.
+    GroupId
+);
+index_type!(
+    /// A deployment's index within its model group (the balancer's index too).
+    DeploymentIdx
+);
+
+/// Where one attempt goes: an upstream, one of its endpoints, and that endpoint's pool slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub upstream: UpstreamId,
+    pub endpoint: EndpointIdx,
+    pub slot: PoolSlot,
+}
 
 /// One config as a shard serves it: the validated config and what the shard derived from it.
 /// A request keeps the `Rc<Snapshot>` it started with; a new config makes a new snapshot.
@@ -23,42 +79,42 @@ use crate::upstream::Pools;
 pub struct Snapshot {
     pub version: u64,
     pub cfg: Config,
-    pub routes: Routes,
-    /// First flat endpoint number of each upstream.
-    pub endpoint_base: Vec<usize>,
+    routes: Routes,
+    /// Per upstream: its first flat endpoint number (flat numbers index `pool_slot`).
+    endpoint_base: Vec<usize>,
     /// The shard's pool slot of each flat endpoint.
-    pub pool_slot: Vec<usize>,
+    pool_slot: Vec<PoolSlot>,
     /// The counter slot of each upstream and of each route.
-    pub upstream_stats: Vec<usize>,
-    pub route_stats: Vec<usize>,
+    upstream_stats: Vec<StatSlot>,
+    route_stats: Vec<StatSlot>,
     /// Round-robin position per upstream.
-    pub rr: Vec<Cell<usize>>,
+    rr: Vec<Cell<usize>>,
     /// Key hash → tenant index.
-    pub tenants: Tenants,
+    tenants: Tenants,
     /// Per tenant: its limits (the cells shared by every shard, this shard's leases), and
     /// its counter slot.
-    pub tenant_limits: Vec<TenantLimits>,
-    pub tenant_stats: Vec<usize>,
+    tenant_limits: Vec<TenantLimits>,
+    tenant_stats: Vec<StatSlot>,
     /// Per tenant: its finish-tag cell in the fair queues (its slot in the region's table).
-    pub tenant_fair: Vec<usize>,
+    tenant_fair: Vec<FairSlot>,
     /// Per upstream: its cap on requests in flight and this shard's fair queue in front of it.
-    pub upstream_caps: Vec<UpstreamCap>,
-    /// Model name → group index, and each group's balancer state on this shard (kept across
+    upstream_caps: Vec<UpstreamCap>,
+    /// Model name → group, and each group's balancer state on this shard (kept across
     /// configs while a group's deployments are unchanged; `None` only for a group that could
     /// not be built, which validation rules out).
-    pub model_index: HashMap<String, usize>,
-    pub groups: Vec<Option<Rc<Group>>>,
+    model_index: HashMap<String, GroupId>,
+    groups: Vec<Option<Rc<Group>>>,
     /// Per group, per deployment: its rpm/tpm quota over all shards (None: no quota).
-    pub deployment_limits: Vec<Vec<Option<TenantLimits>>>,
+    deployment_limits: Vec<Vec<Option<TenantLimits>>>,
     /// Prompt templates, by name, model alias and route.
     pub templates: Templates,
     /// Per tenant: its open connections on this shard (kept across configs by name).
-    pub tenant_conns: Vec<Rc<Cell<usize>>>,
+    tenant_conns: Vec<Rc<Cell<usize>>>,
     /// The certificates `listen` serves (`[[server.tls]]`); `None` without TLS.
     pub tls_server: Option<Arc<rustls::ServerConfig>>,
     /// Per upstream with `https://` endpoints: its TLS client config (its trust store, and
     /// this shard's session cache, kept across configs while its CA file is the same).
-    pub tls_clients: Vec<Option<Arc<rustls::ClientConfig>>>,
+    tls_clients: Vec<Option<Arc<rustls::ClientConfig>>>,
 }
 
 impl Snapshot {
@@ -115,7 +171,7 @@ impl Snapshot {
                 .map(|t| {
                     region
                         .tenant_slot(&t.name)
-                        .map_or(FAIR_NO_TENANT, |(i, _)| i)
+                        .map_or(FairSlot::NO_TENANT, |(i, _)| FairSlot::new(i))
                 })
                 .collect(),
             templates: Templates::new(cfg.templates.clone()),
@@ -123,7 +179,7 @@ impl Snapshot {
                 .models
                 .iter()
                 .enumerate()
-                .map(|(i, m)| (m.name.clone(), i))
+                .map(|(i, m)| (m.name.clone(), GroupId(i)))
                 .collect(),
             deployment_limits: cfg
                 .models
@@ -178,32 +234,170 @@ impl Snapshot {
         }
     }
 
-    /// What connecting to endpoint `ep_index` of `upstream` needs for TLS (`None`: plain).
-    pub fn tls_target(&self, upstream: usize, ep_index: usize) -> crate::upstream::TlsTarget<'_> {
+    // ----- config entries -----
+
+    #[inline]
+    pub fn upstream(&self, u: UpstreamId) -> &UpstreamConfig {
+        &self.cfg.upstreams[u.0]
+    }
+
+    #[inline]
+    pub fn endpoint(&self, u: UpstreamId, e: EndpointIdx) -> &Endpoint {
+        &self.cfg.upstreams[u.0].endpoints[e.0]
+    }
+
+    #[inline]
+    pub fn tenant(&self, t: TenantId) -> &TenantConfig {
+        &self.cfg.tenants[t.0]
+    }
+
+    #[inline]
+    pub fn group(&self, g: GroupId) -> &ModelGroup {
+        &self.cfg.models[g.0]
+    }
+
+    #[inline]
+    pub fn deployment(&self, g: GroupId, d: DeploymentIdx) -> &Deployment {
+        &self.cfg.models[g.0].deployments[d.0]
+    }
+
+    /// The upstream route `r` sends to.
+    #[inline]
+    pub fn route_upstream(&self, r: RouteId) -> UpstreamId {
+        UpstreamId(self.cfg.routes[r.0].upstream)
+    }
+
+    /// The upstream deployment `d` of group `g` sends to.
+    #[inline]
+    pub fn deployment_upstream(&self, g: GroupId, d: DeploymentIdx) -> UpstreamId {
+        UpstreamId(self.cfg.models[g.0].deployments[d.0].upstream)
+    }
+
+    /// Group `g`'s fallback groups, in order.
+    pub fn fallbacks(&self, g: GroupId) -> impl Iterator<Item = GroupId> + '_ {
+        self.cfg.models[g.0].fallbacks.iter().map(|&f| GroupId(f))
+    }
+
+    // ----- lookups -----
+
+    /// The route for `path` (query string included).
+    #[inline]
+    pub fn route_for(&self, path: &str) -> Option<RouteId> {
+        self.routes.lookup(path).map(RouteId)
+    }
+
+    /// The tenant owning API key `key` (through the connection's memo).
+    #[inline]
+    pub fn tenant_by_key(&self, key: &[u8], memo: &mut KeyMemo) -> Option<TenantId> {
+        self.tenants.lookup_memo(key, memo).map(TenantId)
+    }
+
+    /// The model group named `model`.
+    #[inline]
+    pub fn group_of(&self, model: &str) -> Option<GroupId> {
+        self.model_index.get(model).copied()
+    }
+
+    // ----- derived tables -----
+
+    #[inline]
+    pub fn upstream_stat_slot(&self, u: UpstreamId) -> StatSlot {
+        self.upstream_stats[u.0]
+    }
+
+    #[inline]
+    pub fn route_stat_slot(&self, r: RouteId) -> StatSlot {
+        self.route_stats[r.0]
+    }
+
+    #[inline]
+    pub fn tenant_stat_slot(&self, t: TenantId) -> StatSlot {
+        self.tenant_stats[t.0]
+    }
+
+    #[inline]
+    pub fn tenant_limits(&self, t: TenantId) -> Option<&TenantLimits> {
+        self.tenant_limits.get(t.0)
+    }
+
+    /// Tenant `t`'s open connections on this shard.
+    #[inline]
+    pub fn tenant_conns(&self, t: TenantId) -> Option<&Rc<Cell<usize>>> {
+        self.tenant_conns.get(t.0)
+    }
+
+    /// Upstream `u`'s cap on requests in flight (and this shard's fair queue in front of it).
+    #[inline]
+    pub fn upstream_cap(&self, u: UpstreamId) -> Option<&UpstreamCap> {
+        self.upstream_caps.get(u.0)
+    }
+
+    /// Group `g`'s balancer on this shard.
+    #[inline]
+    pub fn balancer(&self, g: GroupId) -> Option<&Group> {
+        self.groups.get(g.0).and_then(Option::as_deref)
+    }
+
+    /// Deployment `d` of group `g`'s rpm/tpm quota (`None`: it has none).
+    #[inline]
+    pub fn deployment_limits(&self, g: GroupId, d: DeploymentIdx) -> Option<&TenantLimits> {
+        self.deployment_limits
+            .get(g.0)
+            .and_then(|v| v.get(d.0))
+            .and_then(Option::as_ref)
+    }
+
+    /// What connecting to endpoint `e` of upstream `u` needs for TLS (`None`: plain).
+    pub fn tls_target(&self, u: UpstreamId, e: EndpointIdx) -> TlsTarget<'_> {
         let name = self
             .cfg
             .upstreams
-            .get(upstream)?
+            .get(u.0)?
             .endpoints
-            .get(ep_index)?
+            .get(e.0)?
             .tls_name
             .as_deref()?;
-        Some((self.tls_clients.get(upstream)?.as_ref()?, name))
+        Some((self.tls_clients.get(u.0)?.as_ref()?, name))
     }
 
-    /// The fair queues' cell of `tenant` (requests without one share [`FAIR_NO_TENANT`]).
-    pub fn fair_slot(&self, tenant: Option<usize>) -> usize {
+    /// The fair queues' cell of `tenant` (requests without one share [`FairSlot::NO_TENANT`]).
+    #[inline]
+    pub fn fair_slot(&self, tenant: Option<TenantId>) -> FairSlot {
         tenant
-            .and_then(|t| self.tenant_fair.get(t).copied())
-            .unwrap_or(FAIR_NO_TENANT)
+            .and_then(|t| self.tenant_fair.get(t.0).copied())
+            .unwrap_or(FairSlot::NO_TENANT)
     }
 
-    /// Pick the next endpoint of `upstream` round-robin: (pool slot, index in the upstream).
-    pub fn pick_endpoint(&self, upstream: usize) -> (usize, usize) {
-        let n = self.cfg.upstreams[upstream].endpoints.len().max(1);
-        let i = self.rr[upstream].get() % n;
-        self.rr[upstream].set(i + 1);
-        (self.pool_slot[self.endpoint_base[upstream] + i], i)
+    /// Pick the next endpoint of `upstream` round-robin.
+    pub fn pick_endpoint(&self, upstream: UpstreamId) -> Target {
+        let u = upstream.0;
+        let n = self.cfg.upstreams[u].endpoints.len().max(1);
+        let i = self.rr[u].get() % n;
+        self.rr[u].set(i + 1);
+        Target {
+            upstream,
+            endpoint: EndpointIdx(i),
+            slot: self.pool_slot[self.endpoint_base[u] + i],
+        }
+    }
+
+    // ----- the shard's timers -----
+
+    /// Take slots handed to this shard and hand free ones to waiters, on every capped upstream.
+    pub fn dispatch_caps(&self, now_ms: u64) {
+        for cap in &self.upstream_caps {
+            cap.dispatch(now_ms);
+        }
+    }
+
+    /// Give back the leases of tenants and deployments unused for a while.
+    pub fn return_stale_leases(&self, now_ns: u64) {
+        for t in &self.tenant_limits {
+            t.return_stale(now_ns);
+        }
+        for d in self.deployment_limits.iter().flatten().flatten() {
+            d.return_stale(now_ns);
+        }
     }
 }
 
