@@ -34,7 +34,10 @@ use crate::http::write_hex;
 use crate::limits::{HEADERS_ARRAY_LEN, INTERIM_RESPONSES_MAX, MOCK_BODY_BYTES_MAX};
 use crate::llm::{self, SseFilter, UsageScanner};
 use crate::mock::{self, MockEndpoint, MockReply};
-use crate::shard::{ShardCtx, Snapshot};
+use crate::shard::ShardCtx;
+use crate::snapshot::{
+    DeploymentIdx, GroupId, PoolSlot, RouteId, Snapshot, StatSlot, Target, TenantId, UpstreamId,
+};
 use crate::stream::Io;
 use crate::template::TemplateBody;
 use crate::tenant::{presented_key, KeyMemo};
@@ -83,16 +86,14 @@ enum Action {
     },
     Mock(MockEndpoint),
     Proxy {
-        upstream: usize,
-        endpoint: usize,
-        ep_index: usize,
+        target: Target,
     },
     /// A tenant's request to an LLM endpoint: read the body whole, check the model, admit by
     /// its token estimate, then forward (the upstream head is written after the body is read).
     ///
     /// `target`: the route's upstream, used when the body names no model group.
     ProxyLlm {
-        target: Option<(usize, usize, usize)>,
+        target: Option<Target>,
     },
     /// `GET /v1/models` with `[[models]]`: the groups the caller may use, answered here.
     Models,
@@ -189,11 +190,11 @@ struct Exchange {
     status: u16,
     bytes_in: u64,
     bytes_out: u64,
-    upstream_slot: usize,
-    route_slot: usize,
-    /// The tenant (index in the request's snapshot) and its counter slot.
-    tenant: Option<usize>,
-    tenant_slot: usize,
+    upstream_slot: StatSlot,
+    route_slot: StatSlot,
+    /// The tenant (in the request's snapshot) and its counter slot.
+    tenant: Option<TenantId>,
+    tenant_slot: StatSlot,
     upstream: Option<SocketAddr>,
     /// The access-log record, filled from the head (only when an access log is configured).
     record: Option<Record>,
@@ -213,7 +214,7 @@ struct Exchange {
     /// cut, or the upstream sent none): the prompt's estimate plus one per content event.
     counted: Option<u64>,
     /// The upstream whose capped slot this request holds (released when it ends).
-    upstream_slot_held: Option<usize>,
+    upstream_slot_held: Option<UpstreamId>,
     /// Time from sending to the upstream until its response head (for the balancer).
     ttfb: Option<Duration>,
     /// Another deployment will be tried if this attempt fails before any byte reaches the
@@ -227,7 +228,7 @@ struct Exchange {
     /// status the client already got.
     upstream_broke: bool,
     /// The model deployment whose quota this request holds: (group, deployment, admission).
-    deployment_admitted: Option<(usize, usize, Admitted)>,
+    deployment_admitted: Option<(GroupId, DeploymentIdx, Admitted)>,
     /// The current attempt's body was translated to the upstream's API: its answer is
     /// translated back.
     translation: Option<Box<Translation>>,
@@ -287,7 +288,7 @@ fn finish(ctx: &ShardCtx, c: &mut Client) {
     }
     ex.active = false;
     if let Some(u) = ex.upstream_slot_held.take() {
-        if let Some(cap) = c.snap.upstream_caps.get(u) {
+        if let Some(cap) = c.snap.upstream_cap(u) {
             cap.release(c.snap.fair_slot(ex.tenant), fair::now_ms());
         }
     }
@@ -305,7 +306,7 @@ fn finish(ctx: &ShardCtx, c: &mut Client) {
                 .stats
                 .tokens(ex.tenant_slot, u.prompt_tokens, u.completion_tokens);
         }
-        if let Some(limits) = c.snap.tenant_limits.get(t) {
+        if let Some(limits) = c.snap.tenant_limits(t) {
             adm.finish(limits, now_ns(), used, failed);
         }
     }
@@ -475,7 +476,7 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
                     }
                     if let Some(t) = tenant {
                         c.ex.tenant = Some(t);
-                        c.ex.tenant_slot = snap.tenant_stats[t];
+                        c.ex.tenant_slot = snap.tenant_stat_slot(t);
                     }
                     if ctx.access_log.is_some() {
                         let mut r =
@@ -486,8 +487,8 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
                         c.ex.record = Some(r);
                     }
                     if let Some(r) = route {
-                        c.ex.route_slot = snap.route_stats[r];
-                        c.ex.upstream_slot = snap.upstream_stats[snap.cfg.routes[r].upstream];
+                        c.ex.route_slot = snap.route_stat_slot(r);
+                        c.ex.upstream_slot = snap.upstream_stat_slot(snap.route_upstream(r));
                     }
                     break (head, action, wbuf);
                 }
@@ -561,8 +562,8 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
     // The connection counts for the tenant of its first request with a key: past the tenant's
     // `connections_max` on this shard, 429 and close.
     if let (Some(t), None) = (c.ex.tenant, &c.tenant_conn) {
-        if let Some(count) = snap.tenant_conns.get(t) {
-            let max = snap.cfg.tenants[t].connections_max;
+        if let Some(count) = snap.tenant_conns(t) {
+            let max = snap.tenant(t).connections_max;
             if max.is_some_and(|m| count.get() as u64 >= m) {
                 ctx.control
                     .stats
@@ -640,11 +641,7 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
         Action::Mock(endpoint) => serve_mock(ctx, c, head, endpoint, wbuf).await,
         Action::ProxyLlm { target } => proxy_llm(ctx, c, head, target, wbuf).await,
         Action::Models => answer_models(ctx, c, &head, wbuf).await,
-        Action::Proxy {
-            upstream,
-            endpoint,
-            ep_index,
-        } => proxy(ctx, c, head, (upstream, endpoint, ep_index), wbuf).await,
+        Action::Proxy { target } => proxy(ctx, c, head, target, wbuf).await,
     }
 }
 
@@ -671,9 +668,9 @@ struct Decision {
     head: RequestHead,
     action: Action,
     /// The route taken (None for health checks and unrouted paths).
-    route: Option<usize>,
+    route: Option<RouteId>,
     /// The tenant whose key the request presented (None without `auth = "keys"`).
-    tenant: Option<usize>,
+    tenant: Option<TenantId>,
 }
 
 fn decide(
@@ -711,7 +708,7 @@ fn decide(
         Auth::None => None,
         Auth::Keys => {
             let key = presented_key(req.header("authorization"), req.header("x-api-key"));
-            match key.and_then(|k| snap.tenants.lookup_memo(k, key_memo)) {
+            match key.and_then(|k| snap.tenant_by_key(k, key_memo)) {
                 Some(t) => Some(t),
                 None => {
                     return Ok(Some(Decision {
@@ -738,7 +735,7 @@ fn decide(
             tenant,
         }));
     }
-    let Some(route) = snap.routes.lookup(path) else {
+    let Some(route) = snap.route_for(path) else {
         let action = if models_on && llm_call {
             Action::ProxyLlm { target: None }
         } else {
@@ -751,8 +748,8 @@ fn decide(
             tenant,
         }));
     };
-    let upstream = snap.cfg.routes[route].upstream;
-    let ucfg = &snap.cfg.upstreams[upstream];
+    let upstream = snap.route_upstream(route);
+    let ucfg = snap.upstream(upstream);
     let action = match ucfg.provider {
         Provider::Mock => match mock::serves(req.method(), path) {
             Some(endpoint) => Action::Mock(endpoint),
@@ -764,15 +761,17 @@ fn decide(
             if llm_call
                 && (tenant.is_some() || read_llm_body || ucfg.provider == Provider::Anthropic) =>
         {
-            let (endpoint, ep_index) = snap.pick_endpoint(upstream);
             Action::ProxyLlm {
-                target: Some((upstream, endpoint, ep_index)),
+                target: Some(snap.pick_endpoint(upstream)),
             }
         }
         Provider::Http | Provider::Anthropic => {
-            let (endpoint, ep_index) = snap.pick_endpoint(upstream);
+            let target = snap.pick_endpoint(upstream);
             wbuf.clear();
-            let authority = ucfg.endpoints[ep_index].authority.as_bytes();
+            let authority = snap
+                .endpoint(upstream, target.endpoint)
+                .authority
+                .as_bytes();
             let creds = Credentials {
                 drop_client_keys: snap.cfg.server.auth == Auth::Keys || ucfg.credential.is_some(),
                 upstream: ucfg.credential.as_deref().unwrap_or_default(),
@@ -780,11 +779,7 @@ fn decide(
                 ..Credentials::PASS
             };
             req.write_upstream_head_with(authority, client_ip, &creds, wbuf);
-            Action::Proxy {
-                upstream,
-                endpoint,
-                ep_index,
-            }
+            Action::Proxy { target }
         }
     };
     Ok(Some(Decision {
@@ -924,7 +919,7 @@ async fn proxy(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
     head: RequestHead,
-    (upstream, endpoint, ep_index): (usize, usize, usize),
+    target: Target,
     mut wbuf: Vec<u8>,
 ) -> Next {
     let snap = c.snap.clone();
@@ -947,7 +942,7 @@ async fn proxy(
     if !send_continue(c, &head, &left).await {
         return Next::Close;
     }
-    forward(ctx, c, head, (upstream, endpoint, ep_index), wbuf, left).await
+    forward(ctx, c, head, target, wbuf, left).await
 }
 
 /// Take a slot of a capped upstream, waiting in the tenant's fair queue while it is full (at
@@ -968,7 +963,7 @@ async fn wait_for_slot(
     // Requests without a tenant (auth = "none") share one queue. A request's share is its
     // admission's token estimate (plain requests: 1).
     let (key, weight) = match c.ex.tenant {
-        Some(t) => (t + 1, snap.cfg.tenants[t].weight),
+        Some(t) => (t.index() + 1, snap.tenant(t).weight),
         None => (0, 1),
     };
     let cost = c.ex.admitted.as_ref().map_or(1, Admitted::estimate);
@@ -1017,20 +1012,20 @@ async fn forward(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
     head: RequestHead,
-    (upstream, endpoint, ep_index): (usize, usize, usize),
+    Target {
+        upstream,
+        endpoint,
+        slot,
+    }: Target,
     mut wbuf: Vec<u8>,
     mut left: BodyLeft,
 ) -> Next {
     let snap = c.snap.clone();
-    let mut ucfg: &UpstreamConfig = &snap.cfg.upstreams[upstream];
-    let mut endpoint = endpoint;
+    let mut ucfg: &UpstreamConfig = snap.upstream(upstream);
+    let mut slot = slot;
     let mut hedge = c.ex.hedge.take();
     // A capped upstream: take a slot, or wait for one in this tenant's fair queue.
-    if let Some(cap) = snap
-        .upstream_caps
-        .get(upstream)
-        .filter(|cap| cap.is_capped())
-    {
+    if let Some(cap) = snap.upstream_cap(upstream).filter(|cap| cap.is_capped()) {
         if let Err(next) = wait_for_slot(ctx, c, cap, &head, &left, &mut wbuf).await {
             return next;
         }
@@ -1038,20 +1033,20 @@ async fn forward(
     }
     // The request can be sent again on a fresh connection only while all of it is in `wbuf`.
     let replayable = left.is_done();
-    let addr = ucfg.endpoints[ep_index].addr;
+    let addr = snap.endpoint(upstream, endpoint).addr;
     c.ex.upstream = Some(addr);
     let mut retried = false;
     let (up, relay, keep_alive) = loop {
         let mut up = match ctx
             .pools
-            .checkout(endpoint, ucfg.pool_idle_timeout, Instant::now())
+            .checkout(slot, ucfg.pool_idle_timeout, Instant::now())
         {
             Some(up) => up,
             None => match upstream::connect(
                 addr,
                 ucfg.connect_timeout,
-                snap.tls_target(upstream, ep_index),
-                ctx.pools.id_of(endpoint),
+                snap.tls_target(upstream, endpoint),
+                ctx.pools.id_of(slot),
             )
             .await
             {
@@ -1098,16 +1093,20 @@ async fn forward(
                         up = won.up;
                         ctx.put_buf(std::mem::replace(&mut wbuf, won.wbuf));
                         sent_at = won.sent_at;
-                        let (u, e, i) = h.target;
-                        ucfg = &snap.cfg.upstreams[u];
-                        endpoint = e;
-                        c.ex.upstream = Some(ucfg.endpoints[i].addr);
-                        c.ex.upstream_slot = snap.upstream_stats[u];
+                        let Target {
+                            upstream: u,
+                            endpoint: e,
+                            slot: s,
+                        } = h.target;
+                        ucfg = snap.upstream(u);
+                        slot = s;
+                        c.ex.upstream = Some(snap.endpoint(u, e).addr);
+                        c.ex.upstream_slot = snap.upstream_stat_slot(u);
                         c.ex.translation = h.translation.take();
                         c.ex.filter_sse = h.filter_sse;
                         c.ex.strip_usage = h.strip_usage;
                         if let Some(held) = c.ex.upstream_slot_held.take() {
-                            if let Some(cap) = snap.upstream_caps.get(held) {
+                            if let Some(cap) = snap.upstream_cap(held) {
                                 cap.release(snap.fair_slot(c.ex.tenant), fair::now_ms());
                             }
                         }
@@ -1123,7 +1122,7 @@ async fn forward(
         if let Some(mut h) = hedge.take() {
             if h.launched && !h.won && h.cap_held {
                 h.cap_held = false;
-                if let Some(cap) = snap.upstream_caps.get(h.target.0) {
+                if let Some(cap) = snap.upstream_cap(h.target.upstream) {
                     cap.release(snap.fair_slot(c.ex.tenant), fair::now_ms());
                 }
             }
@@ -1161,11 +1160,11 @@ async fn forward(
     };
     if let Some(tr) = c.ex.translation.take() {
         return Box::pin(translate::relay_translated(
-            ctx, c, endpoint, ucfg, up, relay, wbuf, &head, *tr,
+            ctx, c, slot, ucfg, up, relay, wbuf, &head, *tr,
         ))
         .await;
     }
-    relay_response(ctx, c, endpoint, ucfg, up, relay, wbuf, keep_alive).await
+    relay_response(ctx, c, slot, ucfg, up, relay, wbuf, keep_alive).await
 }
 
 /// An attempt failed before any byte reached the client: with another attempt to come
@@ -1337,7 +1336,7 @@ async fn read_response_head(
 async fn relay_response(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
-    endpoint: usize,
+    slot: PoolSlot,
     ucfg: &UpstreamConfig,
     mut up: UpConn,
     mut relay: Relay,
@@ -1362,7 +1361,7 @@ async fn relay_response(
             ClientFraming::Chunked | ClientFraming::Dechunk | ClientFraming::UntilClose
         )
     {
-        return relay_filtered(ctx, c, endpoint, ucfg, up, relay, wbuf, keep_alive).await;
+        return relay_filtered(ctx, c, slot, ucfg, up, relay, wbuf, keep_alive).await;
     }
     match relay.feed(&up.buf, &mut wbuf, true, scan.then_some(&mut c.llm.scanner)) {
         Ok(n) => drop(up.buf.drain(..n)),
@@ -1431,14 +1430,14 @@ async fn relay_response(
         up.buf.drain(..n);
     }
     ctx.put_buf(wbuf);
-    end_relay(ctx, endpoint, ucfg, up, &relay, keep_alive)
+    end_relay(ctx, slot, ucfg, up, &relay, keep_alive)
 }
 
 /// A relayed answer is complete: pool the upstream connection if it can be reused, and say
 /// what happens to the client connection.
 fn end_relay(
     ctx: &ShardCtx,
-    endpoint: usize,
+    slot: PoolSlot,
     ucfg: &UpstreamConfig,
     up: UpConn,
     relay: &Relay,
@@ -1447,7 +1446,7 @@ fn end_relay(
     // Bytes past the end of the body mean the upstream is out of step: never reuse it.
     if relay.upstream_reusable && relay.framing != ClientFraming::UntilClose && up.buf.is_empty() {
         ctx.pools
-            .checkin(endpoint, up, ucfg.pool_idle_max, Instant::now());
+            .checkin(slot, up, ucfg.pool_idle_max, Instant::now());
     }
     if keep_alive {
         Next::KeepAlive
@@ -1465,7 +1464,7 @@ fn end_relay(
 async fn relay_filtered(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
-    endpoint: usize,
+    slot: PoolSlot,
     ucfg: &UpstreamConfig,
     mut up: UpConn,
     mut relay: Relay,
@@ -1559,7 +1558,7 @@ async fn relay_filtered(
     // A cut stream leaves the upstream mid-answer: that connection is dropped.
     relay.upstream_reusable &= !cut;
     let keep_alive = keep_alive && (client_chunked || relay.framing != ClientFraming::UntilClose);
-    end_relay(ctx, endpoint, ucfg, up, &relay, keep_alive)
+    end_relay(ctx, slot, ucfg, up, &relay, keep_alive)
 }
 
 /// Append `data` for the client: as one chunk, or as is (to a client reading until close).
@@ -1630,7 +1629,7 @@ fn over_budget(c: &Client) -> bool {
     let (Some(adm), Some(t)) = (&c.ex.admitted, c.ex.tenant) else {
         return false;
     };
-    let Some(limits) = c.snap.tenant_limits.get(t) else {
+    let Some(limits) = c.snap.tenant_limits(t) else {
         return false;
     };
     let produced =
@@ -1797,7 +1796,7 @@ async fn check_and_admit(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
     snap: &Snapshot,
-    tenant: Option<usize>,
+    tenant: Option<TenantId>,
     body: &[u8],
 ) -> Result<LlmCall, Next> {
     let info = match llm::inspect(body) {
@@ -1813,9 +1812,9 @@ async fn check_and_admit(
             answer_error(ctx, c, Error::BadBody("the body names no model"), true, buf).await,
         );
     };
-    let group = snap.model_index.get(model).copied();
+    let group = snap.group_of(model);
     let default_max_tokens = tenant.map_or(crate::tenant::DEFAULT_MAX_TOKENS_DEFAULT, |t| {
-        snap.cfg.tenants[t].default_max_tokens
+        snap.tenant(t).default_max_tokens
     });
     let call = LlmCall {
         stream: info.stream,
@@ -1829,7 +1828,7 @@ async fn check_and_admit(
         c.ex.scan = false;
         return Ok(call);
     };
-    let tcfg = &snap.cfg.tenants[tenant];
+    let tcfg = snap.tenant(tenant);
     if !tcfg.models.allows(model) {
         ctx.control.stats.reject(c.ex.tenant_slot, Reject::Model);
         let buf = ctx.take_buf();
@@ -1848,7 +1847,7 @@ struct LlmCall {
     stream: bool,
     include_usage: bool,
     /// The model group the body names, if any.
-    group: Option<usize>,
+    group: Option<GroupId>,
     /// The body carries `variables` (for a template, or to be removed).
     has_variables: bool,
     /// The token estimate (body bytes / 4 + max_tokens), for quotas.
@@ -1862,12 +1861,12 @@ async fn admit_tenant(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
     snap: &Snapshot,
-    tenant: usize,
+    tenant: TenantId,
     tokens: u64,
     may_keep_alive: bool,
     head_len: usize,
 ) -> Result<(), Next> {
-    let Some(limits) = snap.tenant_limits.get(tenant) else {
+    let Some(limits) = snap.tenant_limits(tenant) else {
         return Ok(());
     };
     let now = now_ns();
@@ -1907,7 +1906,7 @@ async fn proxy_llm(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
     head: RequestHead,
-    route_target: Option<(usize, usize, usize)>,
+    route_target: Option<Target>,
     mut wbuf: Vec<u8>,
 ) -> Next {
     let snap = c.snap.clone();
@@ -1934,10 +1933,7 @@ async fn proxy_llm(
     if call.has_variables || !snap.templates.is_empty() {
         let path = request_line(&wbuf).1;
         // The body was inspected already: a group's name is the body's model.
-        let model = call
-            .group
-            .and_then(|g| snap.cfg.models.get(g))
-            .map(|m| m.name.as_str());
+        let model = call.group.map(|g| snap.group(g).name.as_str());
         match fill_template(&snap, &body, model, path, &mut c.llm.filled) {
             Ok(true) => std::mem::swap(&mut body, &mut c.llm.filled),
             Ok(false) => {}
@@ -1977,13 +1973,13 @@ async fn proxy_llm(
     // it lives across awaits, so it is kept small in the connection's future.
     let mut excluded = [0u64; DEPLOYMENTS_MAX / 64];
     let mut attempts = 0usize;
-    let retries = snap.cfg.models[g].retries as usize;
+    let retries = snap.group(g).retries as usize;
     for _ in 0..2 * DEPLOYMENTS_MAX {
         let Some((group, idx)) = pick_deployment(ctx, &snap, g, &excluded) else {
             break;
         };
         // The deployment's own quota (rpm/tpm over all shards): over it, pick another.
-        if let Some(Some(lim)) = snap.deployment_limits.get(group).and_then(|v| v.get(idx)) {
+        if let Some(lim) = snap.deployment_limits(group, idx) {
             match admit(lim, now_ns(), call.tokens) {
                 Ok(adm) => {
                     c.ex.deployment_admitted = Some((group, idx, adm));
@@ -1998,9 +1994,8 @@ async fn proxy_llm(
                 }
             }
         }
-        let dep = &snap.cfg.models[group].deployments[idx];
-        let (endpoint, ep_index) = snap.pick_endpoint(dep.upstream);
-        let target = (dep.upstream, endpoint, ep_index);
+        let dep = snap.deployment(group, idx);
+        let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
         let out = match llm_request(ctx, c, &snap, &wbuf, &body, target, Some(&dep.model), call) {
             Ok(out) => out,
             Err(e) => {
@@ -2011,14 +2006,14 @@ async fn proxy_llm(
             }
         };
         // Measure the attempt for the balancer: time to the response head, and how it ended.
-        let Some(gr) = snap.groups.get(group).and_then(Option::as_deref) else {
+        let Some(gr) = snap.balancer(group) else {
             c.llm.body = body;
             ctx.put_buf(wbuf);
             return answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf()).await;
         };
-        c.ex.upstream_slot = snap.upstream_stats[dep.upstream];
+        c.ex.upstream_slot = snap.upstream_stat_slot(target.upstream);
         c.ex.hedge = None;
-        if let (Some(after), true) = (snap.cfg.models[group].hedge_after, call.stream) {
+        if let (Some(after), true) = (snap.group(group).hedge_after, call.stream) {
             let tried = (group == g).then_some(&excluded);
             c.ex.hedge = plan_hedge(
                 ctx,
@@ -2032,7 +2027,7 @@ async fn proxy_llm(
             );
         }
         let started = balance_now_ns();
-        let attempt = gr.start(idx, started);
+        let attempt = gr.start(idx.index(), started);
         c.ex.ttfb = None;
         c.ex.retry_after = None;
         // Only when another deployment could take it: the last one's error goes to the client
@@ -2063,7 +2058,7 @@ async fn proxy_llm(
         // Failed before any byte reached the client: try another deployment.
         finish_deployment(&mut c.ex, &snap, None, true);
         if let Some(u) = c.ex.upstream_slot_held.take() {
-            if let Some(cap) = snap.upstream_caps.get(u) {
+            if let Some(cap) = snap.upstream_cap(u) {
                 cap.release(snap.fair_slot(c.ex.tenant), fair::now_ms());
             }
         }
@@ -2095,27 +2090,26 @@ fn plan_hedge(
     snap: &Snapshot,
     (raw_head, body): (&[u8], &[u8]),
     call: LlmCall,
-    (group, current): (usize, usize),
+    (group, current): (GroupId, DeploymentIdx),
     tried: Option<&[u64; DEPLOYMENTS_MAX / 64]>,
     after: Duration,
 ) -> Option<Box<Hedge>> {
-    let gr = snap.groups.get(group).and_then(Option::as_deref)?;
+    let gr = snap.balancer(group)?;
     let mut list = [0usize; DEPLOYMENTS_MAX];
-    list[0] = current;
+    list[0] = current.index();
     let mut n = 1;
     if let Some(set) = tried {
         for i in 0..DEPLOYMENTS_MAX {
-            if set[i / 64] & (1 << (i % 64)) != 0 && i != current && n < DEPLOYMENTS_MAX {
+            if set[i / 64] & (1 << (i % 64)) != 0 && i != current.index() && n < DEPLOYMENTS_MAX {
                 list[n] = i;
                 n += 1;
             }
         }
     }
     let mut rng = || ctx.next_random();
-    let idx = gr.pick(balance_now_ns(), &mut rng, &list[..n])?;
-    let dep = snap.cfg.models.get(group)?.deployments.get(idx)?;
-    let (endpoint, ep_index) = snap.pick_endpoint(dep.upstream);
-    let target = (dep.upstream, endpoint, ep_index);
+    let idx = DeploymentIdx::new(gr.pick(balance_now_ns(), &mut rng, &list[..n])?);
+    let dep = snap.deployment(group, idx);
+    let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
     // Build the hedge's request with the first attempt's relay settings put aside.
     let first = (c.ex.translation.take(), c.ex.filter_sse, c.ex.strip_usage);
     let built = llm_request(ctx, c, snap, raw_head, body, target, Some(&dep.model), call);
@@ -2151,33 +2145,29 @@ fn settle_hedge(
     c: &mut Client,
     snap: &Snapshot,
     mut h: Hedge,
-) -> Option<(usize, usize)> {
+) -> Option<(GroupId, DeploymentIdx)> {
     if !h.request.is_empty() {
         ctx.put_buf(std::mem::take(&mut h.request));
     }
     if !h.launched {
         return None;
     }
-    let lim = snap
-        .deployment_limits
-        .get(h.group)
-        .and_then(|v| v.get(h.idx))
-        .and_then(Option::as_ref);
+    let lim = snap.deployment_limits(h.group, h.idx);
     if !h.won {
         if let (Some(adm), Some(lim)) = (h.admitted.take(), lim) {
             adm.finish(lim, now_ns(), None, true);
         }
         return None;
     }
-    if let Some(gr) = snap.groups.get(h.group).and_then(Option::as_deref) {
-        if let Some(a) = gr.start(h.idx, h.launched_ns) {
+    if let Some(gr) = snap.balancer(h.group) {
+        if let Some(a) = gr.start(h.idx.index(), h.launched_ns) {
             a.finish(balance_now_ns(), &outcome_of(&c.ex, h.launched_ns));
         }
     }
     // The first attempt was sent (the provider counts it): its quota stays charged at its
     // estimate; the hedge's admission is now the request's.
     if let Some((g, i, adm)) = c.ex.deployment_admitted.take() {
-        if let Some(Some(lim)) = snap.deployment_limits.get(g).and_then(|v| v.get(i)) {
+        if let Some(lim) = snap.deployment_limits(g, i) {
             adm.finish(lim, now_ns(), None, false);
         }
     }
@@ -2189,7 +2179,7 @@ fn settle_hedge(
 /// when the attempt `failed`).
 fn finish_deployment(ex: &mut Exchange, snap: &Snapshot, used: Option<u64>, failed: bool) {
     if let Some((g, i, adm)) = ex.deployment_admitted.take() {
-        if let Some(Some(lim)) = snap.deployment_limits.get(g).and_then(|v| v.get(i)) {
+        if let Some(lim) = snap.deployment_limits(g, i) {
             adm.finish(lim, now_ns(), used, failed);
         }
     }
@@ -2206,13 +2196,13 @@ fn llm_request(
     snap: &Snapshot,
     raw_head: &[u8],
     body: &[u8],
-    (upstream, _, ep_index): (usize, usize, usize),
+    target: Target,
     model: Option<&str>,
     call: LlmCall,
 ) -> Result<Vec<u8>, Error> {
     let mut body = body;
     c.ex.translation = None;
-    let ucfg = &snap.cfg.upstreams[upstream];
+    let ucfg = snap.upstream(target.upstream);
     let client_path = request_line(raw_head).1;
     let client_path = client_path.split('?').next().unwrap_or(client_path);
     let dir = translate::direction(client_path, ucfg.provider)?;
@@ -2232,7 +2222,7 @@ fn llm_request(
         let default_max_tokens =
             c.ex.tenant
                 .map_or(crate::tenant::DEFAULT_MAX_TOKENS_DEFAULT, |t| {
-                    snap.cfg.tenants[t].default_max_tokens
+                    snap.tenant(t).default_max_tokens
                 });
         upstream_path = Some(translate::translate_request(
             dir,
@@ -2283,7 +2273,10 @@ fn llm_request(
                 ),
                 client_tls: c.stream.is_tls(),
             };
-            let authority = ucfg.endpoints[ep_index].authority.as_bytes();
+            let authority = snap
+                .endpoint(target.upstream, target.endpoint)
+                .authority
+                .as_bytes();
             req.write_upstream_head_with(authority, c.ip, &creds, &mut out);
         }
         // The same bytes parsed once already: unreachable, but never forward a bodyless head.
@@ -2348,7 +2341,7 @@ async fn answer_models(
         .await;
     }
     let allowed = |name: &str| match c.ex.tenant {
-        Some(t) => snap.cfg.tenants[t].models.allows(name),
+        Some(t) => snap.tenant(t).models.allows(name),
         None => true,
     };
     // Group names are printable ASCII without quotes or backslashes (validated): no escaping.
@@ -2403,9 +2396,9 @@ async fn answer_models(
 fn pick_deployment(
     ctx: &ShardCtx,
     snap: &Snapshot,
-    g: usize,
+    g: GroupId,
     excluded: &[u64; DEPLOYMENTS_MAX / 64],
-) -> Option<(usize, usize)> {
+) -> Option<(GroupId, DeploymentIdx)> {
     // The bit set as the list the balancer takes (on this function's stack, not the future's).
     let mut list = [0usize; DEPLOYMENTS_MAX];
     let mut n = 0;
@@ -2418,47 +2411,49 @@ fn pick_deployment(
     let tried = &list[..n];
     let now = balance_now_ns();
     let mut rng = || ctx.next_random();
-    let primary = snap.groups.get(g).and_then(Option::as_deref)?;
+    let primary = snap.balancer(g)?;
     if primary.has_admitted(now) {
         if let Some(idx) = primary.pick(now, &mut rng, tried) {
-            return Some((g, idx));
+            return Some((g, DeploymentIdx::new(idx)));
         }
     }
-    for &f in &snap.cfg.models[g].fallbacks {
-        let Some(gr) = snap.groups.get(f).and_then(Option::as_deref) else {
+    for f in snap.fallbacks(g) {
+        let Some(gr) = snap.balancer(f) else {
             continue;
         };
         if gr.has_admitted(now) {
             if let Some(idx) = gr.pick(now, &mut rng, &[]) {
-                return Some((f, idx));
+                return Some((f, DeploymentIdx::new(idx)));
             }
         }
     }
-    primary.pick(now, &mut rng, tried).map(|idx| (g, idx))
+    primary
+        .pick(now, &mut rng, tried)
+        .map(|idx| (g, DeploymentIdx::new(idx)))
 }
 
 /// Whether a deployment other than `current` (group, index) is left to try for a request to
 /// group `g`: one of its deployments not tried yet, or a fallback group.
 fn has_alternative(
     snap: &Snapshot,
-    g: usize,
-    current: (usize, usize),
+    g: GroupId,
+    current: (GroupId, DeploymentIdx),
     excluded: &[u64; DEPLOYMENTS_MAX / 64],
 ) -> bool {
-    let Some(m) = snap.cfg.models.get(g) else {
-        return false;
-    };
+    let m = snap.group(g);
     if !m.fallbacks.is_empty() {
         return true;
     }
     (0..m.deployments.len()).any(|i| {
-        let tried = excluded[i / 64] & (1 << (i % 64)) != 0 || current == (g, i);
+        let tried =
+            excluded[i / 64] & (1 << (i % 64)) != 0 || current == (g, DeploymentIdx::new(i));
         !tried
     })
 }
 
 /// Mark deployment `idx` as not to be picked again for this request.
-fn exclude(set: &mut [u64; DEPLOYMENTS_MAX / 64], idx: usize) {
+fn exclude(set: &mut [u64; DEPLOYMENTS_MAX / 64], idx: DeploymentIdx) {
+    let idx = idx.index();
     if let Some(w) = set.get_mut(idx / 64) {
         *w |= 1 << (idx % 64);
     }
@@ -2537,7 +2532,7 @@ async fn serve_mock(
     // A tenant sees only the models it is approved for.
     let reply = match (endpoint, c.ex.tenant) {
         (MockEndpoint::Models, Some(t)) => {
-            let models = &snap.cfg.tenants[t].models;
+            let models = &snap.tenant(t).models;
             Ok(mock::models_for(|m| models.allows(m), keep_alive))
         }
         _ => mock::respond(endpoint, &body, now_s, keep_alive),

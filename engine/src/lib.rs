@@ -46,6 +46,10 @@
 //! - [`runtime`]: driver choice (tuned io_uring → io_uring → epoll), shared with the bench.
 //! - [`shard`]: one pinned thread per core with its own runtime, SO_REUSEPORT listener,
 //!   pools and counters; driver selection (tuned io_uring → io_uring → epoll); draining.
+//! - [`snapshot`]: one shard's resolved view of one config version (pool slots, counter
+//!   slots, limits, balancers, TLS configs), its tables indexed by typed ids (`UpstreamId`,
+//!   `PoolSlot`, `TenantId`, `GroupId`, ...) and read through accessors; what a shard keeps
+//!   across configs.
 //! - [`conn`]: the connection driver, running the request lifecycle phases (with
 //!   `conn::translate`, answers relayed in the client's API, and `conn::hedge`, hedged streams).
 //! - [`upstream`]: upstream connections (TCP, then TLS) and the per-shard keep-alive pools.
@@ -58,6 +62,30 @@
 //!
 //! Nothing is shared between shards on the request path: each shard owns its state in `Rc`s
 //! and `Cell`s on its own thread. See `docs/ARCHITECTURE.md`.
+
+/// A typed index: a plain `usize` (no cost over one) whose type says which table it indexes.
+/// The ids of a [`snapshot::Snapshot`] are listed in [`snapshot`].
+macro_rules! index_type {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(transparent)]
+        pub struct $name(usize);
+
+        impl $name {
+            #[inline]
+            pub const fn new(index: usize) -> Self {
+                Self(index)
+            }
+
+            /// The plain index.
+            #[inline]
+            pub const fn index(self) -> usize {
+                self.0
+            }
+        }
+    };
+}
 
 pub mod accesslog;
 pub mod admin;
@@ -84,6 +112,7 @@ pub mod provider;
 pub mod route;
 pub mod runtime;
 pub mod shard;
+pub mod snapshot;
 pub mod stream;
 pub mod template;
 pub mod tenant;

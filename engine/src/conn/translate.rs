@@ -19,6 +19,7 @@ use crate::llm::{self, SseFilter};
 use crate::provider::anthropic::{self, StreamToChat};
 use crate::provider::messages::{self, StreamToMessages};
 use crate::shard::ShardCtx;
+use crate::snapshot::PoolSlot;
 
 use super::{
     answer_error, end_relay, flush, over_budget, push_framed, read_body_more, send, Client, Next,
@@ -150,7 +151,7 @@ fn anthropic_error_event(message: &str, out: &mut Vec<u8>) {
 pub(super) async fn relay_translated(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
-    endpoint: usize,
+    slot: PoolSlot,
     ucfg: &UpstreamConfig,
     mut up: crate::upstream::UpConn,
     mut relay: Relay,
@@ -172,7 +173,7 @@ pub(super) async fn relay_translated(
     }
     let ok = (200..300).contains(&relay.status);
     if relay.sse && ok {
-        return relay_stream(ctx, c, endpoint, ucfg, up, relay, wbuf, head, tr).await;
+        return relay_stream(ctx, c, slot, ucfg, up, relay, wbuf, head, tr).await;
     }
     // A whole answer: read it, translate it, send it with its length.
     let mut data = std::mem::take(&mut c.llm.sse_in);
@@ -259,7 +260,7 @@ pub(super) async fn relay_translated(
     if res.is_err() {
         return Next::Close;
     }
-    end_relay(ctx, endpoint, ucfg, up, &relay, keep_alive)
+    end_relay(ctx, slot, ucfg, up, &relay, keep_alive)
 }
 
 /// A translated event stream: one chunk (or, to an HTTP/1.0 client, bytes until close) per
@@ -269,7 +270,7 @@ pub(super) async fn relay_translated(
 async fn relay_stream(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
-    endpoint: usize,
+    slot: PoolSlot,
     ucfg: &UpstreamConfig,
     mut up: crate::upstream::UpConn,
     mut relay: Relay,
@@ -369,7 +370,7 @@ async fn relay_stream(
         return Next::Close;
     }
     relay.upstream_reusable &= !cut;
-    end_relay(ctx, endpoint, ucfg, up, &relay, keep_alive)
+    end_relay(ctx, slot, ucfg, up, &relay, keep_alive)
 }
 
 /// Seconds since the Unix epoch (`created` of an OpenAI answer).
