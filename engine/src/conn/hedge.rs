@@ -19,8 +19,11 @@ use crate::shard::ShardCtx;
 use crate::snapshot::{DeploymentIdx, FairSlot, GroupId, Snapshot, Target};
 use crate::upstream::{self, UpConn};
 
+use super::call::balance_now_ns;
+use super::forward::{read_response_head, HeadError};
+use super::io::write_timeout;
 use super::translate::Translation;
-use super::{read_response_head, write_timeout, HeadError, Relay};
+use crate::exchange::relay::Relay;
 
 /// A second attempt, ready to launch.
 #[derive(Debug)]
@@ -98,7 +101,7 @@ pub(super) async fn race(
             Err(_) => match second.await {
                 Ok(won) => {
                     h.won = true;
-                    h.won_ns = super::balance_now_ns();
+                    h.won_ns = balance_now_ns();
                     Raced::Second(won)
                 }
                 Err(()) => Raced::First(r),
@@ -107,7 +110,7 @@ pub(super) async fn race(
         r = &mut second => match r {
             Ok(won) => {
                 h.won = true;
-                h.won_ns = super::balance_now_ns();
+                h.won_ns = balance_now_ns();
                 Raced::Second(won)
             }
             Err(()) => Raced::First(first.await),
@@ -139,7 +142,7 @@ fn launch(snap: &Snapshot, h: &mut Hedge) -> bool {
     }
     h.cap_held = cap.is_some();
     h.launched = true;
-    h.launched_ns = super::balance_now_ns();
+    h.launched_ns = balance_now_ns();
     true
 }
 

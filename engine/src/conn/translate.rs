@@ -21,10 +21,11 @@ use crate::provider::messages::{self, StreamToMessages};
 use crate::shard::ShardCtx;
 use crate::snapshot::PoolSlot;
 
-use super::{
-    answer_error, end_relay, flush, over_budget, push_framed, read_body_more, send, Client, Next,
-    Relay,
-};
+use super::io::send;
+use super::local::answer_error;
+use super::relay::{end_relay, flush, over_budget, read_body_more};
+use super::{Client, Next};
+use crate::exchange::relay::{push_framed, IllFramed, Relay};
 
 /// The most bytes of a whole (non-streamed) upstream answer read for translation; a larger one
 /// is a 502.
@@ -319,7 +320,7 @@ async fn relay_stream(
             c.ex.scan.then_some(&mut c.llm.scanner),
         ) {
             Ok(n) => drop(up.buf.drain(..n)),
-            Err(()) => broken = true,
+            Err(IllFramed) => broken = true,
         }
         if !broken {
             stream.feed(&data, &mut out);

@@ -13,6 +13,7 @@
 
 pub mod attempts;
 pub mod body;
+pub mod head;
 pub mod ledger;
 pub mod relay;
 #[cfg(any(test, feature = "fuzzing"))]
