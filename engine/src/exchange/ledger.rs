@@ -138,20 +138,19 @@ impl<A> Ledger<A> {
     }
 
     /// A hedge won: the first attempt was sent (the provider counts it), so its quota stays
-    /// charged at its estimate; the hedge's quota and slot are the request's from now on.
+    /// charged at its estimate; the hedge's quota (if it had one) is the request's from now on.
+    /// (The upstream slots change hands with [`Ledger::release_slot`] and [`Ledger::hold_slot`]
+    /// when the race ends.)
     pub fn hedge_won<B: Books<Admission = A>>(
         &mut self,
         books: &B,
         deployment: Option<((GroupId, DeploymentIdx), A)>,
-        slot: Option<(UpstreamId, FairSlot)>,
         now_ns: u64,
     ) {
         if let Some((g, i, a)) = self.deployment.take() {
             books.settle_deployment(g, i, a, now_ns, None, false);
         }
         self.deployment = deployment.map(|((g, i), a)| (g, i, a));
-        self.release_slot(books, now_ns / 1_000_000);
-        self.slot = slot;
     }
 
     /// The request ended: everything is settled, with the tokens `used` when known; given
@@ -221,7 +220,9 @@ mod tests {
         let mut l = Ledger::default();
         l.hold_deployment(&b, dep(0, 0), 1, 0);
         l.hold_slot(&b, up(5), F, 0);
-        l.hedge_won(&b, Some((dep(0, 1), 2)), Some((up(6), F)), 0);
+        l.release_slot(&b, 0);
+        l.hold_slot(&b, up(6), F, 0);
+        l.hedge_won(&b, Some((dep(0, 1), 2)), 0);
         assert_eq!(*b.settled.borrow(), vec![(1, None, false)]);
         assert_eq!(*b.released.borrow(), vec![up(5)]);
         assert_eq!((l.deployment(), l.slot()), (Some(dep(0, 1)), Some(up(6))));

@@ -168,10 +168,14 @@ pub fn check(data: &[u8]) {
             hedge = Some(h);
             if step & 8 != 0 {
                 // The hedge answered first: its quota and slot are the request's now.
-                let slot =
-                    (step & 16 != 0).then_some((UpstreamId::new(100 + g), FairSlot::NO_TENANT));
-                held_slots += usize::from(slot.is_some());
-                ledger.hedge_won(&books, Some((h, ticket())), slot, now);
+                // (The driver swaps the slots when the race ends, the quotas after it.)
+                ledger.release_slot(&books, now / 1_000_000);
+                if step & 16 != 0 {
+                    let u = UpstreamId::new(100 + g);
+                    ledger.hold_slot(&books, u, FairSlot::NO_TENANT, now / 1_000_000);
+                    held_slots += 1;
+                }
+                ledger.hedge_won(&books, Some((h, ticket())), now);
             }
         }
         let outcome = match step >> 5 {
