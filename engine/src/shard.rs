@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpListener;
 
 use crate::accesslog::ShardLog;
+use crate::clock::Now;
 use crate::config::{Config, DriverChoice, Overrides};
 use crate::control::shm::{Region, ShardInfo};
 use crate::control::stats;
@@ -395,7 +396,7 @@ async fn hear_bell(ctx: Rc<ShardCtx>, mut bell: monoio::net::UnixStream) {
             return;
         }
         ctx.kept.fabric.heard(ctx.id);
-        ctx.snapshot().dispatch_caps(crate::fair::now_ms());
+        ctx.snapshot().dispatch_caps(Now::read().unix_ms());
     }
 }
 
@@ -466,10 +467,10 @@ async fn serve(
                 monoio::time::sleep(Duration::from_millis(CONTROL_POLL_MS)).await;
                 ctx.refresh();
                 // Slots freed on other shards reach this shard's waiters here.
-                ctx.snapshot().dispatch_caps(crate::fair::now_ms());
+                ctx.snapshot().dispatch_caps(Now::read().unix_ms());
                 // Leases unused for a while go back, so another shard can spend them.
                 if leases_checked.elapsed() >= Duration::from_millis(LEASE_CHECK_MS) {
-                    ctx.snapshot().return_stale_leases(crate::admit::now_ns());
+                    ctx.snapshot().return_stale_leases(Now::read().unix_ns);
                     leases_checked = Instant::now();
                 }
                 if let Some(log) = &ctx.access_log {

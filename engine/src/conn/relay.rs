@@ -4,14 +4,14 @@
 //! dropped. Where the body ends is `exchange::relay::Relay`'s call.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use monoio::buf::IoBuf;
 
 use super::io::{read_more, send};
 use super::local::answer_error;
 use super::{Client, Next};
-use crate::admit::now_ns;
+use crate::clock::{deadline_in, monotonic, Now};
 use crate::config::UpstreamConfig;
 use crate::error::Error;
 use crate::exchange::relay::{push_framed, IllFramed, Relay};
@@ -46,7 +46,7 @@ pub(super) async fn relay_response(
         });
     }
     let scan = c.ex.scan;
-    if c.ex.filter_sse
+    if c.ex.plan.filter_sse
         && relay.sse
         && matches!(
             relay.framing,
@@ -80,7 +80,7 @@ pub(super) async fn relay_response(
     };
     while !relay.done {
         let buf = std::mem::take(&mut up.buf);
-        let (res, buf) = read_more(&mut up.stream, buf, Instant::now() + ucfg.read_timeout).await;
+        let (res, buf) = read_more(&mut up.stream, buf, deadline_in(ucfg.read_timeout)).await;
         up.buf = buf;
         match res {
             Ok(0) if relay.framing == ClientFraming::UntilClose => break,
@@ -137,8 +137,7 @@ pub(super) fn end_relay(
 ) -> Next {
     // Bytes past the end of the body mean the upstream is out of step: never reuse it.
     if relay.upstream_reusable && relay.framing != ClientFraming::UntilClose && up.buf.is_empty() {
-        ctx.pools
-            .checkin(slot, up, ucfg.pool_idle_max, Instant::now());
+        ctx.pools.checkin(slot, up, ucfg.pool_idle_max, monotonic());
     }
     if keep_alive {
         Next::KeepAlive
@@ -198,7 +197,7 @@ pub(super) async fn relay_filtered(
         while at < data.len() && !cut {
             let end = event_end(&data[at..]).map_or(data.len(), |n| at + n);
             let piece = &data[at..end];
-            if c.ex.strip_usage {
+            if c.ex.plan.strip_usage {
                 c.llm.filter.feed(piece, &mut filtered);
             } else {
                 // Nothing to drop (the client asked for usage itself, or the stream is
@@ -218,7 +217,7 @@ pub(super) async fn relay_filtered(
                 cut = true;
             }
         }
-        if relay.done && !cut && c.ex.strip_usage {
+        if relay.done && !cut && c.ex.plan.strip_usage {
             c.llm.filter.finish(&mut filtered);
         }
         push_framed(&mut wbuf, &filtered, client_chunked);
@@ -277,7 +276,7 @@ pub(super) async fn read_body_more(
     timeout: Duration,
 ) -> Result<(), ()> {
     let buf = std::mem::take(&mut up.buf);
-    let (res, buf) = read_more(&mut up.stream, buf, Instant::now() + timeout).await;
+    let (res, buf) = read_more(&mut up.stream, buf, deadline_in(timeout)).await;
     up.buf = buf;
     match res {
         Ok(0) if relay.framing == ClientFraming::UntilClose => {
@@ -316,7 +315,7 @@ pub(super) fn over_budget(c: &Client) -> bool {
     let produced =
         c.ex.prompt_estimate
             .saturating_add(c.llm.filter.content_events());
-    match limits.budget_allowance(adm, now_ns()) {
+    match limits.budget_allowance(adm, Now::read().unix_ns) {
         Some(allowed) => produced > allowed,
         None => false,
     }

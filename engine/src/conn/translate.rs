@@ -376,5 +376,5 @@ async fn relay_stream(
 
 /// Seconds since the Unix epoch (`created` of an OpenAI answer).
 fn unix_s() -> u64 {
-    crate::control::unix_ms() / 1000
+    crate::clock::Now::read().unix_ms() / 1000
 }
