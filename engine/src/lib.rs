@@ -95,6 +95,7 @@ pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod control;
+pub mod ctx;
 pub mod drain;
 pub mod error;
 pub mod exchange;

@@ -17,6 +17,7 @@ use crate::balance::Outcome;
 use crate::balance::DEPLOYMENTS_MAX;
 use crate::clock::Now;
 use crate::control::stats::Reject;
+use crate::ctx::ShardCtx;
 use crate::error::{Error, Limit};
 use crate::exchange::attempts::{self, Attempts, Tried};
 use crate::exchange::body::{self, BodyLeft, ChunkOut};
@@ -25,7 +26,6 @@ use crate::exchange::ledger::Books;
 use crate::http::request::{self, BodyKind, Credentials, RequestHead};
 use crate::limits::HEADERS_ARRAY_LEN;
 use crate::llm::{self};
-use crate::shard::ShardCtx;
 use crate::snapshot::{DeploymentIdx, GroupId, Snapshot, Target, TenantId};
 use crate::template::TemplateBody;
 

@@ -18,6 +18,7 @@ use crate::admit::Admitted;
 use crate::clock::{deadline_in, Now};
 use crate::config::UpstreamConfig;
 use crate::control::stats::Reject;
+use crate::ctx::ShardCtx;
 use crate::error::{Error, Limit};
 use crate::exchange::attempts;
 use crate::exchange::body::{self, BodyLeft, ChunkOut};
@@ -25,7 +26,6 @@ use crate::exchange::ledger::Books;
 use crate::exchange::relay::{response_head, HeadStep, Relay};
 use crate::fair::UpstreamCap;
 use crate::http::request::RequestHead;
-use crate::shard::ShardCtx;
 use crate::snapshot::Target;
 use crate::upstream::{self, UpConn};
 

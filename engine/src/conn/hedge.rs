@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use crate::admit::{admit, Admitted};
 use crate::config::UpstreamConfig;
+use crate::ctx::ShardCtx;
 use crate::http::request::RequestHead;
-use crate::shard::ShardCtx;
 use crate::snapshot::{DeploymentIdx, FairSlot, GroupId, Snapshot, Target};
 use crate::upstream::{self, UpConn};
 

@@ -8,12 +8,12 @@ use super::call::{check_and_admit, read_whole_body};
 use super::io::send;
 use super::{Client, Next};
 use crate::clock::Now;
+use crate::ctx::ShardCtx;
 use crate::error::Error;
 use crate::http::request::{BodyKind, RequestHead};
 use crate::limits::MOCK_BODY_BYTES_MAX;
 use crate::llm::{self};
 use crate::mock::{self, MockEndpoint, MockReply};
-use crate::shard::ShardCtx;
 
 /// `GET /v1/models` with model groups: the groups the caller may use, in OpenAI's list shape.
 pub(super) async fn answer_models(

@@ -21,10 +21,9 @@ use crate::accesslog::Record;
 use crate::admit::Admitted;
 use crate::control::stats::Reject;
 use crate::control::stats::{NO_SLOT, SLOT_UNROUTED};
+use crate::ctx::{LlmBufs, ShardCtx};
 use crate::error::{Error, Limit, Shape};
 use crate::http::request::BodyKind;
-use crate::llm::{SseFilter, UsageScanner};
-use crate::shard::ShardCtx;
 use crate::snapshot::{Snapshot, StatSlot, TenantId};
 use crate::stream::Io;
 use crate::tenant::KeyMemo;
@@ -88,27 +87,6 @@ struct Client {
     tenant_conn: Option<Rc<std::cell::Cell<usize>>>,
     /// The connection's last API key and its tenant: the same key again is not hashed again.
     key_memo: KeyMemo,
-}
-
-/// What reading an LLM body and relaying its answer need: taken from the shard's pool per
-/// request and given back when it ends.
-#[derive(Debug, Default)]
-pub struct LlmBufs {
-    /// The request body, read whole before it is forwarded.
-    body: Vec<u8>,
-    /// The body with `stream_options.include_usage` added (or scratch while relaying).
-    rewritten: Vec<u8>,
-    /// The body with the deployment's model name (before any other rewrite).
-    scratch: Vec<u8>,
-    /// The body with its prompt template filled (or its `variables` removed).
-    filled: Vec<u8>,
-    /// A filtered stream's de-chunked input and filtered output.
-    sse_in: Vec<u8>,
-    sse_out: Vec<u8>,
-    /// Reads the upstream's `usage` out of the response as it passes.
-    scanner: UsageScanner,
-    /// Drops the usage chunk shardgate asked for from a stream, and counts its events.
-    filter: SseFilter,
 }
 
 /// Borrow the shard's LLM buffers for the current request (no allocation once warm).

@@ -13,11 +13,11 @@ use super::local::answer_error;
 use super::{Client, Next};
 use crate::clock::{deadline_in, monotonic, Now};
 use crate::config::UpstreamConfig;
+use crate::ctx::ShardCtx;
 use crate::error::Error;
 use crate::exchange::relay::{push_framed, IllFramed, Relay};
 use crate::http::response::ClientFraming;
 use crate::llm::{self, SseFilter};
-use crate::shard::ShardCtx;
 use crate::snapshot::PoolSlot;
 use crate::upstream::UpConn;
 

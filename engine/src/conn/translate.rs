@@ -11,6 +11,7 @@
 use std::rc::Rc;
 
 use crate::config::{Provider, UpstreamConfig};
+use crate::ctx::ShardCtx;
 use crate::error::Error;
 use crate::http::request::RequestHead;
 use crate::http::response::ClientFraming;
@@ -18,7 +19,6 @@ use crate::http::{write_decimal, write_status_line};
 use crate::llm::{self, SseFilter};
 use crate::provider::anthropic::{self, StreamToChat};
 use crate::provider::messages::{self, StreamToMessages};
-use crate::shard::ShardCtx;
 use crate::snapshot::PoolSlot;
 
 use super::io::send;
