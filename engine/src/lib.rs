@@ -22,6 +22,10 @@
 //!   request's `variables` (escaped as JSON strings, never raw JSON), which never reach an
 //!   upstream.
 //! - [`mock`]: the built-in demo model behind the embedded default config.
+//! - [`exchange`]: one request's exchange decided without I/O: the head's action, body
+//!   framing, the answer head and relay framing, the attempt loop over a model group's
+//!   deployments with the one retry rule, and the ledger that settles every reservation once.
+//! - [`clock`]: the data plane's one clock (`Now`), read by the driver and passed down.
 //! - [`error`]: the one data-plane error type, mapped to a status and an OpenAI-style JSON body
 //!   in one place.
 //! - [`config`]: TOML parsing and validation into resolved, typed values.
@@ -50,8 +54,11 @@
 //!   slots, limits, balancers, TLS configs), its tables indexed by typed ids (`UpstreamId`,
 //!   `PoolSlot`, `TenantId`, `GroupId`, ...) and read through accessors; what a shard keeps
 //!   across configs.
-//! - [`conn`]: the connection driver, running the request lifecycle phases (with
-//!   `conn::translate`, answers relayed in the client's API, and `conn::hedge`, hedged streams).
+//! - [`conn`]: the connection driver, running the request lifecycle phases, one file per phase
+//!   (`mod`: the lifecycle top to bottom; `forward`, `relay`, `call` for LLM calls, `local` for
+//!   our own answers, `io`; `translate`, answers relayed in the client's API; `hedge`, hedged
+//!   streams). It performs I/O; it decides nothing [`exchange`] can decide.
+//! - [`ctx`]: `ShardCtx`, what one shard owns, used by `conn` and `shard` alike.
 //! - [`upstream`]: upstream connections (TCP, then TLS) and the per-shard keep-alive pools.
 //! - [`stream`]: one connection type over plain TCP and TLS (client or upstream side).
 //! - [`drain`]: the per-shard shutdown signal idle connections wait on.
