@@ -409,6 +409,7 @@ pub(super) fn plan_hedge(
             won_ns: 0,
             admitted: None,
             cap_held: false,
+            snap: c.snap.clone(),
         })
     })
 }

@@ -23,6 +23,7 @@ use super::forward::{read_response_head, HeadError};
 use super::io::write_timeout;
 use super::RelayPlan;
 use crate::clock::Now;
+use crate::exchange::ledger::Books;
 use crate::exchange::relay::Relay;
 
 /// A second attempt, ready to launch.
@@ -51,6 +52,24 @@ pub(super) struct Hedge {
     pub cap_held: bool,
     /// The tenant's cell in the fair queues (its upstream slot is held in its name).
     pub fair_slot: FairSlot,
+    /// The snapshot its quota and slot are settled against.
+    pub snap: Rc<Snapshot>,
+}
+
+/// A hedge dropped while it holds its slot or quota (the race was cut off: the client left,
+/// the shard shut down) gives them back, as failed.
+impl Drop for Hedge {
+    fn drop(&mut self) {
+        let now = Now::read();
+        if std::mem::take(&mut self.cap_held) {
+            self.snap
+                .release_slot(self.target.upstream, self.fair_slot, now.unix_ms());
+        }
+        if let Some(adm) = self.admitted.take() {
+            self.snap
+                .settle_deployment(self.group, self.idx, adm, now.unix_ns, None, true);
+        }
+    }
 }
 
 /// The second attempt's answer head, when it won.
