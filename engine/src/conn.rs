@@ -1609,18 +1609,10 @@ async fn read_body_more(up: &mut UpConn, relay: &mut Relay, timeout: Duration) -
     }
 }
 
-/// Bytes up to and including the end of the first SSE event in `data` (a blank line: `\n\n` or
-/// `\r\n\r\n`), if one ends there.
+/// Bytes up to and including the end of the first SSE event in `data` (a blank line), if one
+/// ends there.
 fn event_end(data: &[u8]) -> Option<usize> {
-    let lf = data.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = data
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    crate::http::sse::event_end(data)
 }
 
 /// Whether the stream under way has produced more than the tenant's budget allows: the

@@ -462,15 +462,17 @@ impl StreamToChat {
 
     /// Translate the events that `input` completes, appending OpenAI events to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        let mut rest = input;
-        while !self.done {
-            let Some(event) = self.events.next_event(&mut rest) else {
-                break;
-            };
+        let mut events = std::mem::take(&mut self.events);
+        events.feed(input, |event| {
+            // After `[DONE]` further input is ignored.
+            if self.done {
+                return;
+            }
             if let Some((kind, v)) = parse_event(event) {
                 self.on_event(&kind, &v, out);
             }
-        }
+        });
+        self.events = events;
     }
 
     /// At the end of the upstream body: translate a last event that lacked its blank line, and
@@ -479,9 +481,13 @@ impl StreamToChat {
         if self.done {
             return;
         }
-        if let Some((kind, v)) = self.events.finish().and_then(parse_event) {
-            self.on_event(&kind, &v, out);
-        }
+        let mut events = std::mem::take(&mut self.events);
+        events.finish(|event| {
+            if let Some((kind, v)) = parse_event(event) {
+                self.on_event(&kind, &v, out);
+            }
+        });
+        self.events = events;
         if !self.done {
             self.push_error(
                 out,

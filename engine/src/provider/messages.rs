@@ -479,15 +479,17 @@ impl StreamToMessages {
 
     /// Translate the events that `input` completes, appending Anthropic events to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        let mut rest = input;
-        while !self.done {
-            let Some(event) = self.events.next_event(&mut rest) else {
-                break;
-            };
+        let mut events = std::mem::take(&mut self.events);
+        events.feed(input, |event| {
+            // After the end further input is ignored.
+            if self.done {
+                return;
+            }
             if let Some(data) = Data::parse(event.data) {
                 self.on_data(data, out);
             }
-        }
+        });
+        self.events = events;
     }
 
     /// At the end of the upstream body: translate a last event that lacked its blank line, and
@@ -496,9 +498,13 @@ impl StreamToMessages {
         if self.done {
             return;
         }
-        if let Some(data) = self.events.finish().and_then(|e| Data::parse(e.data)) {
-            self.on_data(data, out);
-        }
+        let mut events = std::mem::take(&mut self.events);
+        events.finish(|event| {
+            if let Some(data) = Data::parse(event.data) {
+                self.on_data(data, out);
+            }
+        });
+        self.events = events;
         if self.done {
             return;
         }
