@@ -12,6 +12,9 @@
 //! upstream reads, so it validates everything and sees every top-level key; this scanner does
 //! that with no allocation. UTF-8 is not checked here: callers that need it check the whole
 //! document once with `std::str::from_utf8`.
+//!
+//! [`write_str`] is the one JSON string writer of the engine: the access log, the stream
+//! translators and the SSE filter's error event escape through it.
 
 use super::JSON_DEPTH_MAX;
 
@@ -518,24 +521,29 @@ fn attention_mask(w: u64) -> u64 {
         | less_than_0x20
 }
 
+/// From `i`, eight bytes at a time, to the first quote, backslash or control byte, or to where
+/// fewer than eight bytes are left (for the caller to look at one by one).
+fn skip_plain(s: &[u8], mut i: usize) -> usize {
+    while let Some(word) = s.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let m = attention_mask(u64::from_le_bytes(w));
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i
+}
+
 /// The string whose opening quote is at `open`: the position just past its closing quote, and
 /// whether it has escapes. Control bytes and invalid escapes are errors.
 fn string_end(doc: &[u8], open: usize) -> Result<(usize, bool), JsonError> {
     let mut i = open + 1;
     let mut escaped = false;
     loop {
-        // Eight bytes at a time while none of them needs a look: most of a prompt is here.
-        // When one does, go straight to the first such byte.
-        while let Some(word) = doc.get(i..i + 8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(word);
-            let m = attention_mask(u64::from_le_bytes(w));
-            if m != 0 {
-                i += (m.trailing_zeros() / 8) as usize;
-                break;
-            }
-            i += 8;
-        }
+        // Most of a prompt is skipped here, eight bytes at a time.
+        i = skip_plain(doc, i);
         match doc.get(i) {
             Some(b'"') => return Ok((i + 1, escaped)),
             Some(b'\\') => {
@@ -623,6 +631,59 @@ pub(crate) fn unescape(raw: &[u8], mut sink: impl FnMut(&[u8]) -> bool) -> bool 
         i += 2;
     }
     true
+}
+
+/// Append `s` to `out` as a JSON string, quotes included (see [`write_str_content`]).
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    write_str_content(out, s.as_bytes());
+    out.push(b'"');
+}
+
+/// Append `s` (UTF-8) to `out` as the content of a JSON string, without quotes: `"` and `\`
+/// escaped, control bytes as `\n`, `\r`, `\t`, `\b`, `\f` or `\u00xx`; everything else (`/`,
+/// DEL, U+2028, all non-ASCII) as it is. That is serde_json's output, and the shortest escaping
+/// there is: never longer than any other escaped text of the same string. Runs of bytes that
+/// need nothing are found eight at a time and copied whole.
+pub(crate) fn write_str_content(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // `s[run..i]` needs no escape and is not written yet.
+    let mut run = 0;
+    let mut i = 0;
+    loop {
+        i = skip_plain(s, i);
+        let Some(&b) = s.get(i) else { break };
+        let u: [u8; 6];
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => {
+                u = [
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ];
+                &u
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        out.extend_from_slice(s.get(run..i).unwrap_or_default());
+        out.extend_from_slice(escape);
+        i += 1;
+        run = i;
+    }
+    out.extend_from_slice(s.get(run..).unwrap_or_default());
 }
 
 fn hex4(digits: Option<&[u8]>) -> Option<u32> {
@@ -843,6 +904,59 @@ mod tests {
         }
     }
 
+    /// What [`write_str`] writes for `s`.
+    fn written(s: &str) -> String {
+        let mut out = Vec::new();
+        write_str(&mut out, s);
+        String::from_utf8(out).expect("UTF-8")
+    }
+
+    #[test]
+    fn json_strings_round_trip() {
+        for s in [
+            "",
+            "plain",
+            "q\"b\\s",
+            "nl\n\r\t\u{1}\u{1f}",
+            "é 漢字 🦀",
+            "\u{7f}",
+        ] {
+            let back: String = serde_json::from_str(&written(s)).expect("valid JSON string");
+            assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn strings_get_the_shortest_escapes_and_only_where_needed() {
+        // Every control byte: the short form where JSON has one, else `\u00xx` in lower case.
+        for b in 0u8..0x20 {
+            let want = match b {
+                0x08 => "\\b".to_owned(),
+                0x09 => "\\t".to_owned(),
+                0x0a => "\\n".to_owned(),
+                0x0c => "\\f".to_owned(),
+                0x0d => "\\r".to_owned(),
+                _ => format!("\\u{b:04x}"),
+            };
+            assert_eq!(written(&char::from(b).to_string()), format!("\"{want}\""));
+        }
+        assert_eq!(written("q\"b\\s"), r#""q\"b\\s""#);
+        // As they are: `/`, DEL, U+2028 and U+2029, all other non-ASCII.
+        let as_is = "a/b\u{7f}\u{2028}\u{2029}é 漢字 🦀";
+        assert_eq!(written(as_is), format!("\"{as_is}\""));
+        // An escape at every offset of runs longer than a word.
+        for at in 0..=20 {
+            let mut s = "x".repeat(20);
+            s.insert(at, '\u{1}');
+            s.insert(0, '"');
+            assert_eq!(written(&s), serde_json::to_string(&s).expect("JSON"));
+        }
+        // The content alone, appended to what `out` holds.
+        let mut out = b"<".to_vec();
+        write_str_content(&mut out, "a\"b\n".as_bytes());
+        assert_eq!(out, br#"<a\"b\n"#);
+    }
+
     /// Our verdict, with the UTF-8 check callers add.
     fn ours(doc: &[u8]) -> bool {
         std::str::from_utf8(doc).is_ok() && validate(doc).is_ok()
@@ -897,6 +1011,17 @@ mod tests {
         fn agrees_with_serde_json_on_generated_values(v in arb_json()) {
             let text = serde_json::to_string_pretty(&v).expect("serialises");
             prop_assert_eq!(validate(text.as_bytes()), Ok(()));
+        }
+
+        /// Byte for byte what serde_json writes, for any string, and for strings dense in
+        /// what needs escaping.
+        #[test]
+        fn strings_are_written_as_serde_json_writes_them(
+            s in any::<String>(),
+            dense in r#"[\x00-\x1f"\\/a\x7fé\u{2028}]{0,40}"#,
+        ) {
+            prop_assert_eq!(written(&s), serde_json::to_string(&s).expect("JSON"));
+            prop_assert_eq!(written(&dense), serde_json::to_string(&dense).expect("JSON"));
         }
 
         #[test]

@@ -1,6 +1,6 @@
 //! The SSE filter ([`SseFilter`]), on the stream splitter of [`http::sse`](crate::http::sse).
 
-use super::json::{Kind, Members, Value};
+use super::json::{self, Kind, Members, Value};
 use super::{JSON_DEPTH_MAX, USAGE_SCAN_BYTES_MAX};
 use crate::http::sse::{event_data, Piece};
 
@@ -159,36 +159,11 @@ impl SseFilter {
     /// OpenAI answers when an account's quota is spent) and the code `budget_exceeded`.
     pub fn error_event(message: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(b"data: {\"error\":{\"message\":");
-        push_json_string(out, message);
+        json::write_str(out, message);
         out.extend_from_slice(
             b",\"type\":\"insufficient_quota\",\"param\":null,\"code\":\"budget_exceeded\"}}\n\ndata: [DONE]\n\n",
         );
     }
-}
-
-/// Append `s` as a JSON string literal.
-fn push_json_string(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    for &b in s.as_bytes() {
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0..=0x1f => out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]),
-            _ => out.push(b),
-        }
-    }
-    out.push(b'"');
 }
 
 #[cfg(test)]
