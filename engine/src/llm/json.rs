@@ -13,8 +13,10 @@
 //! that with no allocation. UTF-8 is not checked here: callers that need it check the whole
 //! document once with `std::str::from_utf8`.
 //!
-//! [`write_str`] is the one JSON string writer of the engine: the access log, the stream
-//! translators and the SSE filter's error event escape through it.
+//! Templates walk request bodies with it too ([`Members::spanned`] says where each member
+//! stands, so members can be cut out or copied as written). And [`write_str`] is the one JSON
+//! string writer of the engine: the access log, the stream translators, the SSE filter's error
+//! event and templates all escape through it.
 
 use super::JSON_DEPTH_MAX;
 
@@ -257,6 +259,59 @@ impl<'a> Iterator for Members<'a> {
                 Some(Err(e))
             }
         }
+    }
+}
+
+impl<'a> Members<'a> {
+    /// The members with where each stands in the document ([`Member`]), for a caller that
+    /// copies or cuts them.
+    pub(crate) fn spanned(self) -> Spanned<'a> {
+        Spanned(self)
+    }
+}
+
+/// A member and the bytes it stands on: `doc[start..end]` runs from just after the `{` or `,`
+/// before it to the `,` or `}` after it, whitespace around the key and the value included.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Member<'a> {
+    pub(crate) key: Key<'a>,
+    pub(crate) value: Value<'a>,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+}
+
+/// [`Members`] with where each stands: made by [`Members::spanned`].
+#[derive(Debug, Clone)]
+pub(crate) struct Spanned<'a>(Members<'a>);
+
+impl Spanned<'_> {
+    /// After the walk: where the object's `}` is, if it closed.
+    pub(crate) fn close(&self) -> Option<usize> {
+        match self.0.state {
+            WalkState::Closed => self.0.pos.checked_sub(1),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> Iterator for Spanned<'a> {
+    type Item = Result<Member<'a>, JsonError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let m = &mut self.0;
+        // After the `{`, or after the `,` that follows the last value.
+        let start = if m.first {
+            m.pos
+        } else {
+            skip_ws(m.doc, m.pos) + 1
+        };
+        let member = m.next()?.map(|(key, value)| Member {
+            key,
+            value,
+            start,
+            end: skip_ws(m.doc, value.end),
+        });
+        Some(member)
     }
 }
 
@@ -633,6 +688,28 @@ pub(crate) fn unescape(raw: &[u8], mut sink: impl FnMut(&[u8]) -> bool) -> bool 
     true
 }
 
+/// Decode a string's content (`escaped`: it has escapes) into `buf`: the decoded bytes, or
+/// `None` if they do not fit or do not decode. Content without escapes is its own decoding.
+pub(crate) fn decode_into<'b>(raw: &'b [u8], escaped: bool, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+    if !escaped {
+        return (raw.len() <= buf.len()).then_some(raw);
+    }
+    let mut len = 0usize;
+    let complete = unescape(raw, |piece| {
+        let Some(dest) = buf.get_mut(len..len + piece.len()) else {
+            return false;
+        };
+        dest.copy_from_slice(piece);
+        len += piece.len();
+        true
+    });
+    if complete {
+        buf.get(..len)
+    } else {
+        None
+    }
+}
+
 /// Append `s` to `out` as a JSON string, quotes included (see [`write_str_content`]).
 pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
@@ -902,6 +979,62 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn spanned_members_cover_the_text_between_separators() {
+        let doc = br#" { "a" : 1 ,"b":[2, {}]	,
+ "c\"d": "x" } "#;
+        let mut walk = Members::new(doc, 0, JSON_DEPTH_MAX)
+            .expect("object")
+            .spanned();
+        let spans: Vec<(usize, usize)> = walk
+            .by_ref()
+            .map(|m| m.map(|m| (m.start, m.end)).expect("member"))
+            .collect();
+        let text: Vec<&[u8]> = spans.iter().map(|&(a, b)| &doc[a..b]).collect();
+        assert_eq!(
+            text,
+            [
+                &br#" "a" : 1 "#[..],
+                br#""b":[2, {}]	"#,
+                b"\n \"c\\\"d\": \"x\" "
+            ]
+        );
+        assert_eq!(walk.close(), Some(doc.len() - 2));
+        let mut empty = Members::new(b"{ }", 0, JSON_DEPTH_MAX)
+            .expect("object")
+            .spanned();
+        assert!(empty.next().is_none());
+        assert_eq!(empty.close(), Some(2));
+        // Not closed (yet, or ever): no close.
+        let mut open = Members::new(b"{\"a\":1", 0, JSON_DEPTH_MAX)
+            .expect("object")
+            .spanned();
+        assert_eq!(open.close(), None);
+        assert!(matches!(open.next(), Some(Ok(_))));
+        assert!(matches!(open.next(), Some(Err(JsonError::Invalid))));
+        assert_eq!(open.close(), None);
+    }
+
+    #[test]
+    fn decode_into_a_small_buffer() {
+        let mut buf = [0u8; 4];
+        assert_eq!(decode_into(b"abcd", false, &mut buf), Some(&b"abcd"[..]));
+        assert_eq!(decode_into(b"abcde", false, &mut buf), None);
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            decode_into(br"a\u00e9b", true, &mut buf),
+            Some("aéb".as_bytes())
+        );
+        let mut buf = [0u8; 4];
+        assert_eq!(decode_into(br"ab\u00e9b", true, &mut buf), None, "too long");
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            decode_into(br"\ud800", true, &mut buf),
+            None,
+            "no UTF-8 form"
+        );
     }
 
     /// What [`write_str`] writes for `s`.
