@@ -4,7 +4,7 @@
 //!
 //! I/O-free protocol logic (takes bytes, returns decisions; unit-tested, fuzzable):
 //! - [`http`]: request and response heads (httparse into stack arrays), framing rules,
-//!   the streaming chunked decoder.
+//!   the streaming chunked decoder, and `http::sse`: the one server-sent event splitter.
 //! - [`route`]: longest-prefix route table.
 //! - [`balance`]: load balancing within a model group, per shard: round robin, smooth
 //!   weighted, least outstanding, and power of two choices by peak-EWMA latency; passive
@@ -15,12 +15,14 @@
 //!   shard-local leases, concurrency caps and windowed token budgets on shared-memory cells.
 //! - [`llm`]: LLM bodies: what a request asks for (model, stream, max_tokens), the token
 //!   estimate, the `include_usage` rewrite, usage scanning of JSON and SSE responses, and the
-//!   SSE filter that hides the usage chunk from clients that did not ask for it.
+//!   SSE filter that hides the usage chunk from clients that did not ask for it. Its JSON
+//!   scanner (`llm::json`) also walks template bodies, and its string writer escapes every
+//!   JSON string written by hand.
 //! - [`provider`]: translation between OpenAI's format and Anthropic's Messages, both ways:
 //!   requests, responses, error bodies and event streams.
 //! - [`template`]: prompt templates: `[[templates]]` with `{{Name}}` placeholders, filled from a
 //!   request's `variables` (escaped as JSON strings, never raw JSON), which never reach an
-//!   upstream.
+//!   upstream; the body is walked with `llm::json`.
 //! - [`mock`]: the built-in demo model behind the embedded default config.
 //! - [`exchange`]: one request's exchange decided without I/O: the head's action, body
 //!   framing, the answer head and relay framing, the attempt loop over a model group's

@@ -195,7 +195,7 @@ pub(super) async fn relay_filtered(
         // many events one read brought.
         let mut at = 0;
         while at < data.len() && !cut {
-            let end = event_end(&data[at..]).map_or(data.len(), |n| at + n);
+            let end = crate::http::sse::event_end(&data[at..]).map_or(data.len(), |n| at + n);
             let piece = &data[at..end];
             if c.ex.plan.strip_usage {
                 c.llm.filter.feed(piece, &mut filtered);
@@ -285,20 +285,6 @@ pub(super) async fn read_body_more(
         }
         Ok(0) | Err(_) => Err(()),
         Ok(_) => Ok(()),
-    }
-}
-
-/// Bytes up to and including the end of the first SSE event in `data` (a blank line: `\n\n` or
-/// `\r\n\r\n`), if one ends there.
-pub(super) fn event_end(data: &[u8]) -> Option<usize> {
-    let lf = data.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = data
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 

@@ -12,6 +12,11 @@
 //! upstream reads, so it validates everything and sees every top-level key; this scanner does
 //! that with no allocation. UTF-8 is not checked here: callers that need it check the whole
 //! document once with `std::str::from_utf8`.
+//!
+//! Templates walk request bodies with it too ([`Members::spanned`] says where each member
+//! stands, so members can be cut out or copied as written). And [`write_str`] is the one JSON
+//! string writer of the engine: the access log, the stream translators, the SSE filter's error
+//! event and templates all escape through it.
 
 use super::JSON_DEPTH_MAX;
 
@@ -254,6 +259,59 @@ impl<'a> Iterator for Members<'a> {
                 Some(Err(e))
             }
         }
+    }
+}
+
+impl<'a> Members<'a> {
+    /// The members with where each stands in the document ([`Member`]), for a caller that
+    /// copies or cuts them.
+    pub(crate) fn spanned(self) -> Spanned<'a> {
+        Spanned(self)
+    }
+}
+
+/// A member and the bytes it stands on: `doc[start..end]` runs from just after the `{` or `,`
+/// before it to the `,` or `}` after it, whitespace around the key and the value included.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Member<'a> {
+    pub(crate) key: Key<'a>,
+    pub(crate) value: Value<'a>,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+}
+
+/// [`Members`] with where each stands: made by [`Members::spanned`].
+#[derive(Debug, Clone)]
+pub(crate) struct Spanned<'a>(Members<'a>);
+
+impl Spanned<'_> {
+    /// After the walk: where the object's `}` is, if it closed.
+    pub(crate) fn close(&self) -> Option<usize> {
+        match self.0.state {
+            WalkState::Closed => self.0.pos.checked_sub(1),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> Iterator for Spanned<'a> {
+    type Item = Result<Member<'a>, JsonError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let m = &mut self.0;
+        // After the `{`, or after the `,` that follows the last value.
+        let start = if m.first {
+            m.pos
+        } else {
+            skip_ws(m.doc, m.pos) + 1
+        };
+        let member = m.next()?.map(|(key, value)| Member {
+            key,
+            value,
+            start,
+            end: skip_ws(m.doc, value.end),
+        });
+        Some(member)
     }
 }
 
@@ -518,24 +576,29 @@ fn attention_mask(w: u64) -> u64 {
         | less_than_0x20
 }
 
+/// From `i`, eight bytes at a time, to the first quote, backslash or control byte, or to where
+/// fewer than eight bytes are left (for the caller to look at one by one).
+fn skip_plain(s: &[u8], mut i: usize) -> usize {
+    while let Some(word) = s.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let m = attention_mask(u64::from_le_bytes(w));
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i
+}
+
 /// The string whose opening quote is at `open`: the position just past its closing quote, and
 /// whether it has escapes. Control bytes and invalid escapes are errors.
 fn string_end(doc: &[u8], open: usize) -> Result<(usize, bool), JsonError> {
     let mut i = open + 1;
     let mut escaped = false;
     loop {
-        // Eight bytes at a time while none of them needs a look: most of a prompt is here.
-        // When one does, go straight to the first such byte.
-        while let Some(word) = doc.get(i..i + 8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(word);
-            let m = attention_mask(u64::from_le_bytes(w));
-            if m != 0 {
-                i += (m.trailing_zeros() / 8) as usize;
-                break;
-            }
-            i += 8;
-        }
+        // Most of a prompt is skipped here, eight bytes at a time.
+        i = skip_plain(doc, i);
         match doc.get(i) {
             Some(b'"') => return Ok((i + 1, escaped)),
             Some(b'\\') => {
@@ -623,6 +686,81 @@ pub(crate) fn unescape(raw: &[u8], mut sink: impl FnMut(&[u8]) -> bool) -> bool 
         i += 2;
     }
     true
+}
+
+/// Decode a string's content (`escaped`: it has escapes) into `buf`: the decoded bytes, or
+/// `None` if they do not fit or do not decode. Content without escapes is its own decoding.
+pub(crate) fn decode_into<'b>(raw: &'b [u8], escaped: bool, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+    if !escaped {
+        return (raw.len() <= buf.len()).then_some(raw);
+    }
+    let mut len = 0usize;
+    let complete = unescape(raw, |piece| {
+        let Some(dest) = buf.get_mut(len..len + piece.len()) else {
+            return false;
+        };
+        dest.copy_from_slice(piece);
+        len += piece.len();
+        true
+    });
+    if complete {
+        buf.get(..len)
+    } else {
+        None
+    }
+}
+
+/// Append `s` to `out` as a JSON string, quotes included (see [`write_str_content`]).
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    write_str_content(out, s.as_bytes());
+    out.push(b'"');
+}
+
+/// Append `s` (UTF-8) to `out` as the content of a JSON string, without quotes: `"` and `\`
+/// escaped, control bytes as `\n`, `\r`, `\t`, `\b`, `\f` or `\u00xx`; everything else (`/`,
+/// DEL, U+2028, all non-ASCII) as it is. That is serde_json's output, and the shortest escaping
+/// there is: never longer than any other escaped text of the same string. Runs of bytes that
+/// need nothing are found eight at a time and copied whole.
+pub(crate) fn write_str_content(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // `s[run..i]` needs no escape and is not written yet.
+    let mut run = 0;
+    let mut i = 0;
+    loop {
+        i = skip_plain(s, i);
+        let Some(&b) = s.get(i) else { break };
+        let u: [u8; 6];
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => {
+                u = [
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ];
+                &u
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        out.extend_from_slice(s.get(run..i).unwrap_or_default());
+        out.extend_from_slice(escape);
+        i += 1;
+        run = i;
+    }
+    out.extend_from_slice(s.get(run..).unwrap_or_default());
 }
 
 fn hex4(digits: Option<&[u8]>) -> Option<u32> {
@@ -843,6 +981,115 @@ mod tests {
         }
     }
 
+    #[test]
+    fn spanned_members_cover_the_text_between_separators() {
+        let doc = br#" { "a" : 1 ,"b":[2, {}]	,
+ "c\"d": "x" } "#;
+        let mut walk = Members::new(doc, 0, JSON_DEPTH_MAX)
+            .expect("object")
+            .spanned();
+        let spans: Vec<(usize, usize)> = walk
+            .by_ref()
+            .map(|m| m.map(|m| (m.start, m.end)).expect("member"))
+            .collect();
+        let text: Vec<&[u8]> = spans.iter().map(|&(a, b)| &doc[a..b]).collect();
+        assert_eq!(
+            text,
+            [
+                &br#" "a" : 1 "#[..],
+                br#""b":[2, {}]	"#,
+                b"\n \"c\\\"d\": \"x\" "
+            ]
+        );
+        assert_eq!(walk.close(), Some(doc.len() - 2));
+        let mut empty = Members::new(b"{ }", 0, JSON_DEPTH_MAX)
+            .expect("object")
+            .spanned();
+        assert!(empty.next().is_none());
+        assert_eq!(empty.close(), Some(2));
+        // Not closed (yet, or ever): no close.
+        let mut open = Members::new(b"{\"a\":1", 0, JSON_DEPTH_MAX)
+            .expect("object")
+            .spanned();
+        assert_eq!(open.close(), None);
+        assert!(matches!(open.next(), Some(Ok(_))));
+        assert!(matches!(open.next(), Some(Err(JsonError::Invalid))));
+        assert_eq!(open.close(), None);
+    }
+
+    #[test]
+    fn decode_into_a_small_buffer() {
+        let mut buf = [0u8; 4];
+        assert_eq!(decode_into(b"abcd", false, &mut buf), Some(&b"abcd"[..]));
+        assert_eq!(decode_into(b"abcde", false, &mut buf), None);
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            decode_into(br"a\u00e9b", true, &mut buf),
+            Some("aéb".as_bytes())
+        );
+        let mut buf = [0u8; 4];
+        assert_eq!(decode_into(br"ab\u00e9b", true, &mut buf), None, "too long");
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            decode_into(br"\ud800", true, &mut buf),
+            None,
+            "no UTF-8 form"
+        );
+    }
+
+    /// What [`write_str`] writes for `s`.
+    fn written(s: &str) -> String {
+        let mut out = Vec::new();
+        write_str(&mut out, s);
+        String::from_utf8(out).expect("UTF-8")
+    }
+
+    #[test]
+    fn json_strings_round_trip() {
+        for s in [
+            "",
+            "plain",
+            "q\"b\\s",
+            "nl\n\r\t\u{1}\u{1f}",
+            "é 漢字 🦀",
+            "\u{7f}",
+        ] {
+            let back: String = serde_json::from_str(&written(s)).expect("valid JSON string");
+            assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn strings_get_the_shortest_escapes_and_only_where_needed() {
+        // Every control byte: the short form where JSON has one, else `\u00xx` in lower case.
+        for b in 0u8..0x20 {
+            let want = match b {
+                0x08 => "\\b".to_owned(),
+                0x09 => "\\t".to_owned(),
+                0x0a => "\\n".to_owned(),
+                0x0c => "\\f".to_owned(),
+                0x0d => "\\r".to_owned(),
+                _ => format!("\\u{b:04x}"),
+            };
+            assert_eq!(written(&char::from(b).to_string()), format!("\"{want}\""));
+        }
+        assert_eq!(written("q\"b\\s"), r#""q\"b\\s""#);
+        // As they are: `/`, DEL, U+2028 and U+2029, all other non-ASCII.
+        let as_is = "a/b\u{7f}\u{2028}\u{2029}é 漢字 🦀";
+        assert_eq!(written(as_is), format!("\"{as_is}\""));
+        // An escape at every offset of runs longer than a word.
+        for at in 0..=20 {
+            let mut s = "x".repeat(20);
+            s.insert(at, '\u{1}');
+            s.insert(0, '"');
+            assert_eq!(written(&s), serde_json::to_string(&s).expect("JSON"));
+        }
+        // The content alone, appended to what `out` holds.
+        let mut out = b"<".to_vec();
+        write_str_content(&mut out, "a\"b\n".as_bytes());
+        assert_eq!(out, br#"<a\"b\n"#);
+    }
+
     /// Our verdict, with the UTF-8 check callers add.
     fn ours(doc: &[u8]) -> bool {
         std::str::from_utf8(doc).is_ok() && validate(doc).is_ok()
@@ -897,6 +1144,17 @@ mod tests {
         fn agrees_with_serde_json_on_generated_values(v in arb_json()) {
             let text = serde_json::to_string_pretty(&v).expect("serialises");
             prop_assert_eq!(validate(text.as_bytes()), Ok(()));
+        }
+
+        /// Byte for byte what serde_json writes, for any string, and for strings dense in
+        /// what needs escaping.
+        #[test]
+        fn strings_are_written_as_serde_json_writes_them(
+            s in any::<String>(),
+            dense in r#"[\x00-\x1f"\\/a\x7fé\u{2028}]{0,40}"#,
+        ) {
+            prop_assert_eq!(written(&s), serde_json::to_string(&s).expect("JSON"));
+            prop_assert_eq!(written(&dense), serde_json::to_string(&dense).expect("JSON"));
         }
 
         #[test]
