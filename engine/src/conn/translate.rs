@@ -142,7 +142,7 @@ fn anthropic_error_event(message: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(
         b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":",
     );
-    crate::provider::push_json_str(out, message);
+    crate::llm::json::write_str(out, message);
     out.extend_from_slice(b"}}\n\n");
 }
 

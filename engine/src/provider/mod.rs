@@ -197,9 +197,6 @@ pub(crate) fn write_object(
     })
 }
 
-/// The one JSON string writer, [`write_str`](crate::llm::json::write_str), by the name
-/// `conn::translate` calls it.
-pub(crate) use crate::llm::json::write_str as push_json_str;
 
 /// Append `n` in decimal.
 pub(crate) fn push_u64(out: &mut Vec<u8>, n: u64) {
