@@ -14,12 +14,11 @@ use super::RelayPlan;
 use super::{llm_take, translate, Client, Exchange, LlmBufs, Next};
 use crate::admit::{admit, write_rate_headers, write_refusal_headers};
 use crate::balance::Outcome;
-use crate::balance::DEPLOYMENTS_MAX;
 use crate::clock::Now;
 use crate::control::stats::Reject;
 use crate::ctx::{ShardCtx, SpareBuf};
 use crate::error::{Error, Limit};
-use crate::exchange::attempts::{self, Attempts, Tried};
+use crate::exchange::attempts::{self, Attempts};
 use crate::exchange::body::{self, BodyLeft, ChunkOut};
 use crate::exchange::head::request_line;
 use crate::exchange::ledger::Books;
@@ -313,20 +312,11 @@ async fn llm_call(
             return answer_error(ctx, c, Error::NoDeployment, true, out).await;
         };
         c.ex.upstream_slot = snap.upstream_stat_slot(target.upstream);
+        // A stream to a group with `hedge_after_ms`: a second attempt ready to race.
         let mut hedge = match (snap.group(group).hedge_after, call.stream) {
-            (Some(after), true) => {
-                let tried = (group == g).then_some(attempts.tried());
-                plan_hedge(
-                    ctx,
-                    c,
-                    snap,
-                    (raw_head, body),
-                    call,
-                    (group, idx),
-                    tried,
-                    after,
-                )
-            }
+            (Some(after), true) => attempts
+                .hedge(&**snap, choice, now.mono_ns(), &mut rng)
+                .and_then(|h| plan_hedge(ctx, c, snap, (raw_head, body), call, (group, h), after)),
             _ => None,
         };
         let started = now.mono_ns();
@@ -366,28 +356,17 @@ async fn llm_call(
     }
 }
 
-/// A second attempt for a hedged stream: another deployment of `group` than `current`'s (and
-/// than those `tried`), with its request built now. `None`: the group has no other deployment,
-/// or the request cannot be built for it.
-#[allow(clippy::too_many_arguments)]
+/// A second attempt for a hedged stream at deployment `idx` of `group` (chosen by
+/// [`Attempts::hedge`]), with its request built now. `None`: the request cannot be built for it.
 pub(super) fn plan_hedge<'c>(
     ctx: &'c ShardCtx,
     c: &mut Client,
     snap: &Snapshot,
     (raw_head, body): (&[u8], &[u8]),
     call: LlmCall,
-    (group, current): (GroupId, DeploymentIdx),
-    tried: Option<&Tried>,
+    (group, idx): (GroupId, DeploymentIdx),
     after: Duration,
 ) -> Option<Box<Hedge<'c>>> {
-    let gr = snap.balancer(group)?;
-    // Not the current deployment, nor one that failed already.
-    let mut except = tried.copied().unwrap_or_default();
-    except.insert(current);
-    let mut list = [0usize; DEPLOYMENTS_MAX];
-    let list = except.list(&mut list);
-    let mut rng = || ctx.next_random();
-    let idx = DeploymentIdx::new(gr.pick(Now::read().mono_ns(), &mut rng, list)?);
     let dep = snap.deployment(group, idx);
     let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
     let built = llm_request(ctx, c, snap, raw_head, body, target, Some(&dep.model), call);
