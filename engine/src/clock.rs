@@ -1,84 +1,80 @@
 //! The data plane's one clock.
 //!
 //! The connection driver reads the time once per phase ([`Now::read`]) and passes the reading
-//! down; everything below it (admission, fair queues, the balancer, the access log, deadlines)
-//! takes that `now` as an argument, so it is testable with any time and a request pays a few
-//! clock reads, not dozens.
+//! down; everything below it (admission, fair queues, the balancer, the pools' idle check, the
+//! access log) takes that `now` as an argument, so it is testable with any time and a request
+//! pays a few clock reads, not dozens.
 //!
-//! A reading carries two views of the same instant:
-//! - [`Now::instant`]: monotonic, for deadlines and durations (what monoio's timers take);
+//! A reading carries two views of the same instant, both plain nanoseconds:
+//! - [`Now::mono_ns`]: `CLOCK_MONOTONIC` (the clock `std::time::Instant` reads on Linux), for
+//!   durations, the balancer and the pools' idle check; only differences matter;
 //! - [`Now::unix_ns`]: wall-clock nanoseconds since the Unix epoch, the time base of the limit
 //!   cells every shard and `shardgate-ctl` share through the region (and of the access log).
 //!
-//! The balancer's clock, [`Now::mono_ns`], is the monotonic view as nanoseconds since the
-//! process's first reading (only differences matter to it).
-//!
-//! A reading costs one clock read: the wall-clock view is the monotonic one plus an offset
-//! each thread takes from the system clock at most every [`ANCHOR_REFRESH_MS`], so a step of
-//! the system clock reaches the readings within that time. [`deadline_in`] is the monotonic
-//! reading alone, for a deadline that needs nothing else.
+//! A reading costs one vDSO clock read (`rustix::time::clock_gettime`, turned into nanoseconds
+//! with one multiply) and an addition: the wall-clock view is the monotonic one plus an offset
+//! each thread takes from the system clock every [`ANCHOR_REFRESH_MS`], so a step of the system
+//! clock reaches the readings within that time. Deadlines for monoio's timers are `Instant`s:
+//! [`deadline_in`].
 
 use std::cell::Cell;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustix::time::{clock_gettime, ClockId};
 
 /// How often a thread re-reads the system clock for the wall-clock view, ms.
 pub const ANCHOR_REFRESH_MS: u64 = 1_000;
 
+const ANCHOR_REFRESH_NS: u64 = ANCHOR_REFRESH_MS * 1_000_000;
+
 thread_local! {
-    /// This thread's last system-clock reading: (monotonic instant, Unix ns) taken together.
-    static ANCHOR: Cell<Option<(Instant, u64)>> = const { Cell::new(None) };
+    /// This thread's last system-clock reading: the monotonic reading it was taken with and
+    /// the offset from that to Unix nanoseconds.
+    static ANCHOR: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
 }
 
-/// The monotonic clock alone (a deadline, an idle-since mark).
-#[inline]
-pub fn monotonic() -> Instant {
-    Instant::now()
-}
-
-/// The instant `d` from now (monotonic): a deadline.
+/// The instant `d` from now (monotonic): a deadline for monoio's timers.
 #[inline]
 pub fn deadline_in(d: Duration) -> Instant {
-    monotonic() + d
+    Instant::now() + d
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds.
+#[inline]
+fn mono_clock_ns() -> u64 {
+    let t = clock_gettime(ClockId::Monotonic);
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(t.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
 }
 
 /// One reading of the clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Now {
-    /// Monotonic: deadlines and durations.
-    pub instant: Instant,
     /// Wall clock, ns since the Unix epoch: limit cells, fair queues, the access log.
     pub unix_ns: u64,
+    /// `CLOCK_MONOTONIC`, ns.
+    mono_ns: u64,
 }
-
-/// The process's first reading: the origin of [`Now::mono_ns`].
-static EPOCH: OnceLock<Instant> = OnceLock::new();
 
 impl Now {
     /// Read the clock (the only place the data plane does).
     #[inline]
     pub fn read() -> Self {
-        let instant = Instant::now();
-        // The origin is the first reading, so every reading is at or after it.
-        EPOCH.get_or_init(|| instant);
-        let (at, unix) = ANCHOR.with(|a| match a.get() {
-            Some((at, unix))
-                if instant.saturating_duration_since(at)
-                    < Duration::from_millis(ANCHOR_REFRESH_MS) =>
-            {
-                (at, unix)
+        let mono_ns = mono_clock_ns();
+        // The wall-clock view from this thread's anchor (taken afresh when it is
+        // `ANCHOR_REFRESH_MS` old).
+        let unix_ns = ANCHOR.with(|a| match a.get() {
+            Some((at, offset)) if mono_ns.wrapping_sub(at) < ANCHOR_REFRESH_NS => {
+                mono_ns.saturating_add(offset)
             }
             _ => {
-                let fresh = (instant, unix_ns(SystemTime::now()));
-                a.set(Some(fresh));
-                fresh
+                let unix = unix_ns(SystemTime::now());
+                a.set(Some((mono_ns, unix.saturating_sub(mono_ns))));
+                unix
             }
         });
-        let since = u64::try_from(instant.saturating_duration_since(at).as_nanos()).unwrap_or(0);
-        Self {
-            instant,
-            unix_ns: unix.saturating_add(since),
-        }
+        Self { unix_ns, mono_ns }
     }
 
     /// Wall-clock milliseconds since the Unix epoch.
@@ -87,23 +83,16 @@ impl Now {
         self.unix_ns / 1_000_000
     }
 
-    /// Monotonic nanoseconds since the process's first reading (the balancer's clock).
+    /// Monotonic nanoseconds (`CLOCK_MONOTONIC`): the balancer's clock, the pools' idle marks.
     #[inline]
     pub fn mono_ns(self) -> u64 {
-        let epoch = *EPOCH.get_or_init(|| self.instant);
-        u64::try_from(self.instant.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+        self.mono_ns
     }
 
-    /// The instant `d` after this reading (a deadline).
-    #[inline]
-    pub fn after(self, d: Duration) -> Instant {
-        self.instant + d
-    }
-
-    /// The time from this reading to `later`.
+    /// The time from this reading to `later` (zero if `later` is earlier).
     #[inline]
     pub fn until(self, later: Now) -> Duration {
-        later.instant.saturating_duration_since(self.instant)
+        Duration::from_nanos(later.mono_ns.saturating_sub(self.mono_ns))
     }
 }
 
@@ -125,17 +114,21 @@ mod tests {
             std::hint::spin_loop();
             b = Now::read();
         }
-        assert!(b.instant > a.instant);
         assert!(b.mono_ns() > a.mono_ns());
+        // The same clock as Instant's (monoio's deadlines): both measure a sleep alike.
+        let (i0, m0) = (Instant::now(), Now::read());
+        while i0.elapsed() < Duration::from_millis(20) {
+            std::hint::spin_loop();
+        }
+        let (m1, i1) = (Now::read(), Instant::now());
+        let by_instant = i1.duration_since(i0);
+        assert!(m0.until(m1) <= by_instant);
+        assert!(by_instant - m0.until(m1) < Duration::from_millis(10));
         assert!(a.until(b) >= Duration::from_millis(2));
         assert_eq!(b.until(a), Duration::ZERO, "saturates instead of panicking");
         // The wall clock can be stepped, but not by more than this while a test runs.
         assert!(b.unix_ns.abs_diff(a.unix_ns) < 60_000_000_000);
         assert_eq!(a.unix_ms(), a.unix_ns / 1_000_000);
-        assert_eq!(
-            a.after(Duration::from_secs(1)),
-            a.instant + Duration::from_secs(1)
-        );
     }
 
     #[test]
@@ -152,7 +145,7 @@ mod tests {
             let sys = unix_ns(SystemTime::now());
             assert!(later.unix_ns >= now.unix_ns);
             assert!(sys.abs_diff(later.unix_ns) < ANCHOR_REFRESH_MS * 1_000_000);
-            assert!(deadline_in(Duration::from_secs(1)) > later.instant);
+            assert!(deadline_in(Duration::from_secs(1)) > Instant::now());
         })
         .join()
         .expect("the clock thread panicked");

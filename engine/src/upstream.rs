@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+use crate::clock::Now;
 use crate::error::Error;
 use crate::limits::RELAY_BUF_BYTES;
 use crate::stream::Io;
@@ -27,7 +28,7 @@ pub struct UpConn {
     /// The pool slot's identity when the connection was made: a slot takes back only
     /// connections made for it (same address, same TLS name), even after a config change.
     pub pool_id: u64,
-    idle_since: Instant,
+    idle_since_ns: u64,
     /// A second handle on the same socket (non-blocking), to look at an idle pooled connection
     /// without reading from it: bytes that arrived after a complete answer mean the upstream is
     /// out of step, and the connection must not carry another request.
@@ -117,7 +118,7 @@ pub async fn connect(
         buf: Vec::with_capacity(RELAY_BUF_BYTES),
         reused: false,
         pool_id,
-        idle_since: Instant::now(),
+        idle_since_ns: 0,
         watch,
     })
 }
@@ -241,11 +242,11 @@ impl Pools {
     /// The most recently pooled connection of `slot` idle for less than `idle_max` on which
     /// nothing arrived while it was idle (one that received stray bytes, or was closed by the
     /// upstream, is dropped and the next one looked at).
-    pub fn checkout(&self, slot: PoolSlot, idle_max: Duration, now: Instant) -> Option<UpConn> {
+    pub fn checkout(&self, slot: PoolSlot, idle_max: Duration, now: Now) -> Option<UpConn> {
         let mut slots = self.slots.borrow_mut();
         let stack = &mut slots.get_mut(slot.0)?.idle;
         while let Some(conn) = stack.pop() {
-            if now.duration_since(conn.idle_since) >= idle_max {
+            if Duration::from_nanos(now.mono_ns().saturating_sub(conn.idle_since_ns)) >= idle_max {
                 // The top is the newest: if it is stale, all below it are too.
                 stack.clear();
                 return None;
@@ -259,7 +260,7 @@ impl Pools {
 
     /// Return a healthy connection after a complete exchange (dropped if the pool is full, or
     /// if the slot no longer belongs to the connection's address after a config change).
-    pub fn checkin(&self, slot: PoolSlot, mut conn: UpConn, pool_max: usize, now: Instant) {
+    pub fn checkin(&self, slot: PoolSlot, mut conn: UpConn, pool_max: usize, now: Now) {
         let mut slots = self.slots.borrow_mut();
         let Some(s) = slots.get_mut(slot.0) else {
             return;
@@ -267,7 +268,7 @@ impl Pools {
         if s.assigned && s.id == conn.pool_id && s.idle.len() < pool_max {
             conn.buf.clear();
             conn.reused = true;
-            conn.idle_since = now;
+            conn.idle_since_ns = now.mono_ns();
             s.idle.push(conn);
         }
     }

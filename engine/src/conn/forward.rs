@@ -221,10 +221,7 @@ pub(super) async fn forward(
     c.ex.upstream = Some(addr);
     let mut retried = false;
     let (up, relay, keep_alive) = loop {
-        let mut up = match ctx
-            .pools
-            .checkout(slot, ucfg.pool_idle_timeout, now.instant)
-        {
+        let mut up = match ctx.pools.checkout(slot, ucfg.pool_idle_timeout, now) {
             Some(up) => up,
             None => match upstream::connect(
                 addr,

@@ -181,7 +181,7 @@ async fn attempt<'c>(
     let addr = ucfg.endpoints.get(endpoint.index()).ok_or(())?.addr;
     let mut up = match ctx
         .pools
-        .checkout(slot, ucfg.pool_idle_timeout, crate::clock::monotonic())
+        .checkout(slot, ucfg.pool_idle_timeout, Now::read())
     {
         Some(up) => up,
         None => {

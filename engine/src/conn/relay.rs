@@ -11,7 +11,7 @@ use monoio::buf::IoBuf;
 use super::io::{read_more, send, send_buf};
 use super::local::answer_error;
 use super::{Client, Next};
-use crate::clock::{deadline_in, monotonic, Now};
+use crate::clock::{deadline_in, Now};
 use crate::config::UpstreamConfig;
 use crate::ctx::{ShardCtx, SpareBuf};
 use crate::error::Error;
@@ -122,7 +122,7 @@ pub(super) fn end_relay(
 ) -> Next {
     // Bytes past the end of the body mean the upstream is out of step: never reuse it.
     if relay.upstream_reusable && relay.framing != ClientFraming::UntilClose && up.buf.is_empty() {
-        ctx.pools.checkin(slot, up, ucfg.pool_idle_max, monotonic());
+        ctx.pools.checkin(slot, up, ucfg.pool_idle_max, Now::read());
     }
     if keep_alive {
         Next::KeepAlive
