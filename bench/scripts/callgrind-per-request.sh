@@ -63,6 +63,6 @@ kill -INT "$SG" 2>/dev/null || true
 wait "$SG" 2>/dev/null || true
 SG=
 requests=$(awk '/requests in/ {print $1}' "$OUT/wrk.txt")
-ir=$(cat "$OUT"/callgrind.out* 2>/dev/null | awk '/^summary:/ {s += $2} END {print s + 0}')
+ir=$(cat "$OUT"/callgrind.out* 2>/dev/null | awk '/^totals:/ {s += $2} END {print s + 0}')
 [[ ${requests:-0} -gt 0 && $ir -gt 0 ]] || { echo "callgrind-per-request: no figure (see $OUT)" >&2; exit 1; }
 printf '%s\t%s\tIr=%s\trequests=%s\tIr/request=%s\n' "$LABEL" "$BIN" "$ir" "$requests" "$(( ir / requests ))"
