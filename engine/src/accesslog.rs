@@ -240,24 +240,15 @@ fn write_line(r: &Record, time: &TimePrefix, out: &mut Vec<u8>) {
     out.extend_from_slice(b"}\n");
 }
 
-/// `a` as `Display` shows it (`1.2.3.4:80`, `[::1]:80`), IPv4 without the formatting machinery.
+/// `a` as `Display` shows it (`1.2.3.4:80`, `[::1]:80`), without the formatting machinery.
 fn write_addr(out: &mut Vec<u8>, a: SocketAddr) {
-    match a {
-        SocketAddr::V4(v4) => {
-            let [a, b, c, d] = v4.ip().octets();
-            write_decimal(out, u64::from(a));
-            for o in [b, c, d] {
-                out.push(b'.');
-                write_decimal(out, u64::from(o));
-            }
-            out.push(b':');
-            write_decimal(out, u64::from(v4.port()));
-        }
-        // Writing into a Vec cannot fail and does not allocate beyond the room kept free.
-        SocketAddr::V6(_) => {
-            let _ = write!(out, "{a}");
-        }
+    let v6 = a.is_ipv6();
+    if v6 {
+        out.push(b'[');
     }
+    crate::http::write_ip(out, a.ip());
+    out.extend_from_slice(if v6 { b"]:" } else { b":" });
+    write_decimal(out, u64::from(a.port()));
 }
 
 /// A shard's end of the access log: its buffers, its descriptor of the file, and the state its

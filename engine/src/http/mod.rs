@@ -41,6 +41,25 @@ pub fn write_decimal(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
+/// Append `ip` as `Display` shows it (`1.2.3.4`, `::1`): IPv4 digit by digit, without the
+/// formatting machinery (every proxied request writes its client's address).
+pub fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            write_decimal(out, u64::from(a));
+            for o in [b, c, d] {
+                out.push(b'.');
+                write_decimal(out, u64::from(o));
+            }
+        }
+        // Writing into a Vec cannot fail, and does not allocate beyond the room it grows.
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// Append `n` in lowercase hexadecimal (chunk sizes).
 pub fn write_hex(out: &mut Vec<u8>, n: u64) {
     // Writing into a Vec cannot fail and `{:x}` does not allocate.
@@ -175,6 +194,24 @@ mod tests {
         v.push(b' ');
         write_hex(&mut v, 255);
         assert_eq!(v, b"0 18446744073709551615 ff");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_shows_them() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.200.9",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::ff00:42:8329",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().expect("an address");
+            let mut v = b"x=".to_vec();
+            write_ip(&mut v, ip);
+            assert_eq!(v, format!("x={ip}").as_bytes(), "{ip}");
+        }
     }
 
     #[test]

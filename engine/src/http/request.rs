@@ -4,7 +4,6 @@
 //! Nothing here allocates: the parsed request borrows the read buffer and the header array, and
 //! the forwarded head is appended to a pooled buffer.
 
-use std::io::Write as _;
 use std::net::IpAddr;
 
 use crate::error::Error;
@@ -362,12 +361,13 @@ impl<'b> ParsedRequest<'_, 'b> {
         }
         out.extend_from_slice(creds.upstream);
         out.extend_from_slice(creds.extra);
-        // Writing an IpAddr into a Vec neither fails nor allocates.
-        let proto = if creds.client_tls { "https" } else { "http" };
-        let _ = write!(
-            out,
-            "x-forwarded-for: {client_ip}\r\nx-forwarded-proto: {proto}\r\n\r\n"
-        );
+        out.extend_from_slice(b"x-forwarded-for: ");
+        crate::http::write_ip(out, client_ip);
+        out.extend_from_slice(if creds.client_tls {
+            b"\r\nx-forwarded-proto: https\r\n\r\n"
+        } else {
+            b"\r\nx-forwarded-proto: http\r\n\r\n"
+        });
     }
 }
 
