@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::http::request::HeadLimits;
 use crate::limits::*;
 
 /// The config `shardgate` runs with no `--config`: a built-in demo model behind one route.
@@ -192,6 +191,28 @@ impl DriverChoice {
     }
 }
 
+/// Which driver a thread ended up on (`shardgate_engine::runtime` picks it as its
+/// [`DriverChoice`] allows; the shards' counter blocks report it to `shardgate-ctl status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    /// io_uring with COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN.
+    IoUringTuned,
+    /// io_uring with the kernel's default set-up.
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+impl DriverKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            DriverKind::IoUringTuned => "io_uring (coop_taskrun, single_issuer, defer_taskrun)",
+            DriverKind::IoUring => "io_uring (default set-up)",
+            DriverKind::Epoll => "epoll",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -247,6 +268,15 @@ impl TlsFiles {
             key_pem: &self.key_pem,
         }
     }
+}
+
+/// The limits a request head is checked against (`[server]`; see
+/// [`ServerConfig::head_limits`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    pub header_bytes_max: usize,
+    pub headers_count_max: usize,
+    pub body_bytes_max: u64,
 }
 
 /// `[server] auth`.

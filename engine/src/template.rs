@@ -56,7 +56,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::llm::{self, BodyError, MODEL_BYTES_MAX};
+use crate::limits::MODEL_BYTES_MAX;
+use crate::llm::{self, BodyError};
 
 /// Most `[[templates]]` entries.
 pub const TEMPLATES_MAX: usize = 256;

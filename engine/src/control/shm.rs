@@ -154,7 +154,7 @@ pub struct ShardInfo {
     pub running: AtomicU64,
     /// The core it is pinned to, or `u64::MAX`.
     pub core: AtomicU64,
-    /// [`crate::runtime::DriverKind`] as a number (see `driver_code`).
+    /// [`crate::config::DriverKind`] as a number (see `driver_code`).
     pub driver: AtomicU64,
     pub started_unix_ms: AtomicU64,
     pub config_version: AtomicU64,
