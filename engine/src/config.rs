@@ -260,8 +260,8 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    pub fn as_cert_files(&self) -> crate::tls::CertFiles<'_> {
-        crate::tls::CertFiles {
+    pub fn as_cert_files(&self) -> crate::cert::CertFiles<'_> {
+        crate::cert::CertFiles {
             cert_path: &self.cert_path,
             cert_pem: &self.cert_pem,
             key_path: &self.key_path,
@@ -618,7 +618,7 @@ impl Validator<'_> {
                 key_path: t.key,
                 key_pem,
             };
-            match crate::tls::check_pair(&files.as_cert_files()) {
+            match crate::cert::check_pair(&files.as_cert_files()) {
                 Ok(_) => out.push(files),
                 Err(reason) => self.error(format!("server.tls[{i}]"), reason),
             }
@@ -981,18 +981,14 @@ impl Validator<'_> {
                 if !endpoints.iter().any(|e: &Endpoint| e.tls_name.is_some()) {
                     self.error(&field, "only https:// endpoints use a CA file");
                 }
-                self.file(&field, &path).and_then(|pem| {
-                    match crate::tls::client_config(
-                        &std::sync::Arc::new(rustls::RootCertStore::empty()),
-                        Some((&path, &pem)),
-                    ) {
+                self.file(&field, &path)
+                    .and_then(|pem| match crate::cert::ca_certs(&path, &pem) {
                         Ok(_) => Some((path, pem)),
                         Err(reason) => {
                             self.error(&field, reason);
                             None
                         }
-                    }
-                })
+                    })
             }
         };
         let max_concurrency = raw.max_concurrency.and_then(|v| match u64::try_from(v) {
@@ -1116,7 +1112,7 @@ fn parse_endpoint(text: &str, resolver: Resolver<'_>) -> Result<Endpoint, String
     }
     let tls_name = if tls {
         let host = host_of(authority);
-        if rustls::pki_types::ServerName::try_from(host).is_err() {
+        if rustls_pki_types::ServerName::try_from(host).is_err() {
             return Err(format!("{text:?}: {host:?} is not a valid TLS server name"));
         }
         Some(host.to_owned())

@@ -27,9 +27,11 @@
 //! - [`config`]: TOML parsing and validation into resolved, typed values.
 //! - [`limits`]: every compile-time limit and the defaults of configurable ones.
 //! - [`metrics`]: the region's counters rendered as Prometheus text.
+//! - [`cert`]: certificate and key checks without rustls (PEM, the leaf's validity and names,
+//!   whether the key is the certificate's), run by the config and built on by `tls`.
 //! - [`tls`]: rustls configs (ring): the downstream server config with certificates chosen by
-//!   SNI, per-upstream client configs (system roots or a CA file), certificate checks, and the
-//!   description of an upstream TLS failure.
+//!   SNI, per-upstream client configs (system roots or a CA file), and the description of an
+//!   upstream TLS failure.
 //!
 //! Control plane (shared memory with `shardgate-ctl`; the only `unsafe`, in `control::shm`):
 //! - [`control`]: the region, the config ring, per-shard counter blocks, a shard's poller.
@@ -63,6 +65,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod admit;
 pub mod balance;
+pub mod cert;
 pub mod config;
 pub mod conn;
 pub mod control;
