@@ -87,6 +87,7 @@ pub mod runtime;
 pub mod shard;
 pub mod stream;
 pub mod template;
+pub mod template_config;
 pub mod tenant;
 pub mod tls;
 pub mod upstream;
