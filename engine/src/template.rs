@@ -16,10 +16,11 @@
 //!
 //! Config time (`shardgate_core::template`, re-exported here): [`validate`] turns
 //! [`RawTemplate`]s into [`Template`]s, whose contents are pre-parsed into literal text (already
-//! JSON-escaped) and placeholder slots. Here, [`Templates`] picks the template of a request. Request time: [`TemplateBody::read`] validates a body once,
-//! then [`TemplateBody::fill`] writes the filled body into a caller's buffer, or
-//! [`TemplateBody::strip_variables`] removes `variables` from a request no template applies
-//! to. [`fill`] and [`strip_variables`] do both steps.
+//! JSON-escaped) and placeholder slots. Here, [`Templates`] picks the template of a request.
+//! Request time: [`TemplateBody::read`] validates a body once, then [`TemplateBody::fill`]
+//! writes the filled body into a caller's buffer, or [`TemplateBody::strip_variables`] removes
+//! `variables` from a request no template applies to. [`fill`] and [`strip_variables`] do both
+//! steps.
 //!
 //! # Decisions
 //!
@@ -50,8 +51,8 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::llm::{self, BodyError};
-use crate::template_config::{escape_into, MESSAGE_TAIL};
-pub use crate::template_config::{
+use shardgate_core::template::{escape_into, MESSAGE_TAIL};
+pub use shardgate_core::template::{
     validate, Message, Mode, RawMessage, RawTemplate, Segment, Template, Variable, NAME_BYTES_MAX,
     ROLES, TEMPLATES_MAX, TEMPLATE_MESSAGES_MAX, TEMPLATE_PLACEHOLDERS_MAX,
     TEMPLATE_TEXT_BYTES_MAX, TEMPLATE_VARIABLES_MAX,

@@ -181,8 +181,8 @@ pub struct UpstreamConfig {
     /// per-tenant queues. `None`: no cap.
     pub max_concurrency: Option<u64>,
     /// Slots of `max_concurrency` a tenant never takes while another tenant has used this
-    /// upstream within `FAIR_ACTIVE_MS` (crate::fair): that tenant's next request starts at
-    /// once instead of waiting for a slot to free. 0: strictly work-conserving.
+    /// upstream within `FAIR_ACTIVE_MS` (`shardgate_engine::fair`): that tenant's next request
+    /// starts at once instead of waiting for a slot to free. 0: strictly work-conserving.
     pub headroom_slots: u64,
     /// `ca_file`: the CA certificates (path, PEM) its `https://` endpoints are verified against,
     /// instead of the system's trust store.
