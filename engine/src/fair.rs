@@ -72,6 +72,17 @@ const COST_SCALE: u64 = 1 << 16;
 /// The finish-tag cell of requests without a tenant (`auth = "none"`): after the tenants'.
 pub const FAIR_NO_TENANT: usize = TENANT_SLOTS;
 
+index_type!(
+    /// A tenant's finish-tag cell in the fair queues: its slot in the region's tenant table, or
+    /// [`FairSlot::NO_TENANT`].
+    FairSlot
+);
+
+impl FairSlot {
+    /// The cell of requests without a tenant.
+    pub const NO_TENANT: Self = Self(FAIR_NO_TENANT);
+}
+
 /// What every shard of the process shares for fair sharing: each shard's bell, and the shared
 /// part of each capped upstream's queue, found by the upstream's slot in the region's tenant
 /// table (stable for a name across shards and configs).
@@ -603,7 +614,7 @@ pub struct Capped {
 }
 
 /// An upstream's cap as one snapshot sees it. Every call names the tenant's slot
-/// (`Snapshot::tenant_fair`, or [`FAIR_NO_TENANT`]) and the time in ms.
+/// ([`FairSlot`]: `Snapshot::fair_slot`) and the time in ms.
 #[derive(Debug)]
 pub struct UpstreamCap {
     /// `None`: no cap, or the region's table was full.
@@ -629,10 +640,11 @@ impl UpstreamCap {
 
     /// Take a slot now for the tenant at `slot`: if nobody waits on any shard, one is free,
     /// and it is not the headroom kept for other tenants.
-    pub fn try_acquire(&self, slot: usize, now_ms: u64) -> bool {
+    pub fn try_acquire(&self, slot: FairSlot, now_ms: u64) -> bool {
         let Some(c) = &self.capped else {
             return true;
         };
+        let slot = slot.0;
         let shared = &c.queue.shared;
         shared.note_active(slot, now_ms);
         let cap = c.cap(now_ms);
@@ -651,12 +663,13 @@ impl UpstreamCap {
     /// or that tenant's queue here already holds `depth_max` waiters.
     pub fn enqueue(
         &self,
-        (key, slot): (usize, usize),
+        (key, slot): (usize, FairSlot),
         (weight, cost): (u32, u64),
         depth_max: usize,
         now_ms: u64,
     ) -> Option<Ticket> {
         let c = self.capped.as_ref()?;
+        let slot = slot.0;
         c.queue.shared.note_active(slot, now_ms);
         let ticket = c.queue.join((key, slot), weight, cost, depth_max)?;
         c.queue.dispatch(&c.cap(now_ms));
@@ -664,9 +677,9 @@ impl UpstreamCap {
     }
 
     /// The tenant at `slot` gives a slot back: to the fairest waiter of any shard, or free.
-    pub fn release(&self, slot: usize, now_ms: u64) {
+    pub fn release(&self, slot: FairSlot, now_ms: u64) {
         if let Some(c) = &self.capped {
-            c.queue.shared.unhold(slot);
+            c.queue.shared.unhold(slot.0);
             c.queue.pass_slot(&c.cap(now_ms));
         }
     }

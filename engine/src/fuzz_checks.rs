@@ -40,7 +40,14 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("llm", llm),
     ("sse", sse),
     ("template", template),
+    ("exchange", exchange),
 ];
+
+/// Any bytes as the world around one request's attempt loop (`crate::exchange::sim`): every
+/// reservation settled exactly once, every upstream slot released, retries within the budget.
+pub fn exchange(data: &[u8]) {
+    crate::exchange::sim::check(data);
+}
 
 // ---------------------------------------------------------------------------------------------
 // HTTP

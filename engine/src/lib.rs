@@ -56,6 +56,10 @@
 //! - [`runtime`]: driver choice (tuned io_uring → io_uring → epoll), shared with the bench.
 //! - [`shard`]: one pinned thread per core with its own runtime, SO_REUSEPORT listener,
 //!   pools and counters; driver selection (tuned io_uring → io_uring → epoll); draining.
+//! - [`snapshot`]: one shard's resolved view of one config version (pool slots, counter
+//!   slots, limits, balancers, TLS configs), its tables indexed by typed ids (`UpstreamId`,
+//!   `PoolSlot`, `TenantId`, `GroupId`, ...) and read through accessors; what a shard keeps
+//!   across configs.
 //! - [`conn`]: the connection driver, running the request lifecycle phases (with
 //!   `conn::translate`, answers relayed in the client's API, and `conn::hedge`, hedged streams).
 //! - [`upstream`]: upstream connections (TCP, then TLS) and the per-shard keep-alive pools.
@@ -71,13 +75,20 @@
 
 pub use shardgate_core::{cert, config, control, limits, models, tenant};
 
+// `index_type!`: the typed indices of [`snapshot`] (`UpstreamId`, `PoolSlot`, ...), made as
+// shardgate-core makes its counter slots (`control::stats::StatSlot`).
+#[macro_use]
+extern crate shardgate_core;
+
 pub mod accesslog;
 pub mod admin;
 pub mod admit;
 pub mod balance;
+pub mod clock;
 pub mod conn;
 pub mod drain;
 pub mod error;
+pub mod exchange;
 pub mod fair;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz_checks;
@@ -90,6 +101,7 @@ pub mod provider;
 pub mod route;
 pub mod runtime;
 pub mod shard;
+pub mod snapshot;
 pub mod stream;
 pub mod template;
 pub mod tls;

@@ -122,6 +122,12 @@ pub async fn connect(
     })
 }
 
+index_type!(
+    /// A shard's pool slot: one endpoint's idle connections in [`Pools`]. A slot outlives
+    /// configs for as long as they name its address.
+    PoolSlot
+);
+
 /// What a pool slot is for: an address, and for TLS the name verified on it (two names on one
 /// address, as behind a CDN, are two slots).
 pub type PoolKey = (SocketAddr, Option<String>);
@@ -168,14 +174,14 @@ impl Pools {
 
     /// The identity of `slot`'s current assignment (0 for no slot): given to connections made
     /// for it.
-    pub fn id_of(&self, slot: usize) -> u64 {
-        self.slots.borrow().get(slot).map_or(0, |s| s.id)
+    pub fn id_of(&self, slot: PoolSlot) -> u64 {
+        self.slots.borrow().get(slot.0).map_or(0, |s| s.id)
     }
 
     /// The slot of each address of a new config (in order), keeping the slots (and idle
     /// connections) of addresses already known. Call [`Pools::retain_assigned`] once the new
     /// config is in use.
-    pub fn assign(&self, addrs: &[PoolKey]) -> Vec<usize> {
+    pub fn assign(&self, addrs: &[PoolKey]) -> Vec<PoolSlot> {
         let mut slots = self.slots.borrow_mut();
         let mut by_addr = self.by_addr.borrow_mut();
         let mut free = self.free.borrow_mut();
@@ -210,7 +216,7 @@ impl Pools {
                 }
             };
             slots[i].assigned = true;
-            out.push(i);
+            out.push(PoolSlot(i));
         }
         out
     }
@@ -235,9 +241,9 @@ impl Pools {
     /// The most recently pooled connection of `slot` idle for less than `idle_max` on which
     /// nothing arrived while it was idle (one that received stray bytes, or was closed by the
     /// upstream, is dropped and the next one looked at).
-    pub fn checkout(&self, slot: usize, idle_max: Duration, now: Instant) -> Option<UpConn> {
+    pub fn checkout(&self, slot: PoolSlot, idle_max: Duration, now: Instant) -> Option<UpConn> {
         let mut slots = self.slots.borrow_mut();
-        let stack = &mut slots.get_mut(slot)?.idle;
+        let stack = &mut slots.get_mut(slot.0)?.idle;
         while let Some(conn) = stack.pop() {
             if now.duration_since(conn.idle_since) >= idle_max {
                 // The top is the newest: if it is stale, all below it are too.
@@ -253,9 +259,9 @@ impl Pools {
 
     /// Return a healthy connection after a complete exchange (dropped if the pool is full, or
     /// if the slot no longer belongs to the connection's address after a config change).
-    pub fn checkin(&self, slot: usize, mut conn: UpConn, pool_max: usize, now: Instant) {
+    pub fn checkin(&self, slot: PoolSlot, mut conn: UpConn, pool_max: usize, now: Instant) {
         let mut slots = self.slots.borrow_mut();
-        let Some(s) = slots.get_mut(slot) else {
+        let Some(s) = slots.get_mut(slot.0) else {
             return;
         };
         if s.assigned && s.id == conn.pool_id && s.idle.len() < pool_max {
@@ -267,8 +273,8 @@ impl Pools {
     }
 
     /// Idle connections held in `slot`.
-    pub fn idle_count(&self, slot: usize) -> usize {
-        self.slots.borrow().get(slot).map_or(0, |s| s.idle.len())
+    pub fn idle_count(&self, slot: PoolSlot) -> usize {
+        self.slots.borrow().get(slot.0).map_or(0, |s| s.idle.len())
     }
 }
 
@@ -281,20 +287,25 @@ mod tests {
         let p = Pools::new();
         let key = |s: &str| -> PoolKey { (s.parse().expect("addr"), None) };
         let (a, b, c) = (key("127.0.0.1:1"), key("127.0.0.1:2"), key("127.0.0.1:3"));
-        assert_eq!(p.assign(&[a.clone(), b.clone()]), vec![0, 1]);
-        let id_a = p.id_of(0);
+        let slots = |v: &[usize]| v.iter().map(|&i| PoolSlot(i)).collect::<Vec<_>>();
+        assert_eq!(p.assign(&[a.clone(), b.clone()]), slots(&[0, 1]));
+        let id_a = p.id_of(PoolSlot(0));
         p.retain_assigned();
-        assert_eq!(p.assign(&[c.clone(), b.clone()]), vec![2, 1]);
+        assert_eq!(p.assign(&[c.clone(), b.clone()]), slots(&[2, 1]));
         p.retain_assigned();
         // `a` was forgotten and its slot 0 freed: coming back, `a` gets a free slot again, and
         // the table does not grow however often addresses come and go.
-        assert_eq!(p.assign(std::slice::from_ref(&a)), vec![0]);
-        assert_ne!(p.id_of(0), id_a, "a reassigned slot has a new identity");
+        assert_eq!(p.assign(std::slice::from_ref(&a)), slots(&[0]));
+        assert_ne!(
+            p.id_of(PoolSlot(0)),
+            id_a,
+            "a reassigned slot has a new identity"
+        );
         p.retain_assigned();
         for _ in 0..10 {
-            assert!(p.assign(std::slice::from_ref(&b))[0] < 3);
+            assert!(p.assign(std::slice::from_ref(&b))[0].0 < 3);
             p.retain_assigned();
-            assert!(p.assign(std::slice::from_ref(&c))[0] < 3);
+            assert!(p.assign(std::slice::from_ref(&c))[0].0 < 3);
             p.retain_assigned();
         }
         assert!(p.slots.borrow().len() <= 3);

@@ -27,6 +27,32 @@
 //! ...), so its own code, the tests and the bench name them as before. See
 //! `docs/ARCHITECTURE.md`.
 
+/// A typed index: a plain `usize` (no cost over one) whose type says which table it indexes:
+/// the counter slots of a shard's block here ([`control::stats::StatSlot`]), the ids of the
+/// engine's per-shard snapshot (`shardgate_engine::snapshot`: `UpstreamId`, `PoolSlot`, ...).
+#[macro_export]
+macro_rules! index_type {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(transparent)]
+        pub struct $name(usize);
+
+        impl $name {
+            #[inline]
+            pub const fn new(index: usize) -> Self {
+                Self(index)
+            }
+
+            /// The plain index.
+            #[inline]
+            pub const fn index(self) -> usize {
+                self.0
+            }
+        }
+    };
+}
+
 pub mod cert;
 pub mod config;
 pub mod control;

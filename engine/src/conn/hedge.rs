@@ -15,20 +15,24 @@ use std::time::{Duration, Instant};
 use crate::admit::{admit, now_ns, Admitted};
 use crate::config::UpstreamConfig;
 use crate::http::request::RequestHead;
-use crate::shard::{ShardCtx, Snapshot};
+use crate::shard::ShardCtx;
+use crate::snapshot::{DeploymentIdx, FairSlot, GroupId, Snapshot, Target};
 use crate::upstream::{self, UpConn};
 
+use super::call::balance_now_ns;
+use super::forward::{read_response_head, HeadError};
+use super::io::write_timeout;
 use super::translate::Translation;
-use super::{read_response_head, write_timeout, HeadError, Relay};
+use crate::exchange::relay::Relay;
 
 /// A second attempt, ready to launch.
 #[derive(Debug)]
 pub(super) struct Hedge {
     pub after: Duration,
-    /// The deployment: (group, index) and (upstream, endpoint slot, endpoint index).
-    pub group: usize,
-    pub idx: usize,
-    pub target: (usize, usize, usize),
+    /// The deployment, and where its attempt goes.
+    pub group: GroupId,
+    pub idx: DeploymentIdx,
+    pub target: Target,
     /// The whole upstream request (head and body).
     pub request: Vec<u8>,
     /// How the second attempt's answer is relayed (it may speak another API than the first's).
@@ -48,7 +52,7 @@ pub(super) struct Hedge {
     /// It holds a slot of its (capped) upstream.
     pub cap_held: bool,
     /// The tenant's cell in the fair queues (its upstream slot is held in its name).
-    pub fair_slot: usize,
+    pub fair_slot: FairSlot,
 }
 
 /// The second attempt's answer head, when it won.
@@ -97,7 +101,7 @@ pub(super) async fn race(
             Err(_) => match second.await {
                 Ok(won) => {
                     h.won = true;
-                    h.won_ns = super::balance_now_ns();
+                    h.won_ns = balance_now_ns();
                     Raced::Second(won)
                 }
                 Err(()) => Raced::First(r),
@@ -106,7 +110,7 @@ pub(super) async fn race(
         r = &mut second => match r {
             Ok(won) => {
                 h.won = true;
-                h.won_ns = super::balance_now_ns();
+                h.won_ns = balance_now_ns();
                 Raced::Second(won)
             }
             Err(()) => Raced::First(first.await),
@@ -118,19 +122,14 @@ pub(super) async fn race(
 /// full.
 fn launch(snap: &Snapshot, h: &mut Hedge) -> bool {
     let cap = snap
-        .upstream_caps
-        .get(h.target.0)
+        .upstream_cap(h.target.upstream)
         .filter(|cap| cap.is_capped());
     if let Some(cap) = cap {
         if !cap.try_acquire(h.fair_slot, crate::fair::now_ms()) {
             return false;
         }
     }
-    if let Some(Some(lim)) = snap
-        .deployment_limits
-        .get(h.group)
-        .and_then(|v| v.get(h.idx))
-    {
+    if let Some(lim) = snap.deployment_limits(h.group, h.idx) {
         match admit(lim, now_ns(), h.tokens) {
             Ok(adm) => h.admitted = Some(adm),
             Err(_) => {
@@ -143,7 +142,7 @@ fn launch(snap: &Snapshot, h: &mut Hedge) -> bool {
     }
     h.cap_held = cap.is_some();
     h.launched = true;
-    h.launched_ns = super::balance_now_ns();
+    h.launched_ns = balance_now_ns();
     true
 }
 
@@ -153,19 +152,23 @@ async fn attempt(
     snap: &Snapshot,
     head: &RequestHead,
     extra: Option<&[u8]>,
-    (upstream, endpoint, ep_index): (usize, usize, usize),
+    Target {
+        upstream,
+        endpoint,
+        slot,
+    }: Target,
     request: Vec<u8>,
 ) -> Result<Won, ()> {
-    let ucfg = snap.cfg.upstreams.get(upstream).ok_or(())?;
-    let addr = ucfg.endpoints.get(ep_index).ok_or(())?.addr;
+    let ucfg = snap.upstream(upstream);
+    let addr = ucfg.endpoints.get(endpoint.index()).ok_or(())?.addr;
     let mut up = match ctx
         .pools
-        .checkout(endpoint, ucfg.pool_idle_timeout, Instant::now())
+        .checkout(slot, ucfg.pool_idle_timeout, Instant::now())
     {
         Some(up) => up,
         None => {
-            let tls = snap.tls_target(upstream, ep_index);
-            let up = upstream::connect(addr, ucfg.connect_timeout, tls, ctx.pools.id_of(endpoint))
+            let tls = snap.tls_target(upstream, endpoint);
+            let up = upstream::connect(addr, ucfg.connect_timeout, tls, ctx.pools.id_of(slot))
                 .await
                 .map_err(|_| ())?;
             ctx.upstream_connected();

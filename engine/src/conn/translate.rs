@@ -19,11 +19,13 @@ use crate::llm::{self, SseFilter};
 use crate::provider::anthropic::{self, StreamToChat};
 use crate::provider::messages::{self, StreamToMessages};
 use crate::shard::ShardCtx;
+use crate::snapshot::PoolSlot;
 
-use super::{
-    answer_error, end_relay, flush, over_budget, push_framed, read_body_more, send, Client, Next,
-    Relay,
-};
+use super::io::send;
+use super::local::answer_error;
+use super::relay::{end_relay, flush, over_budget, read_body_more};
+use super::{Client, Next};
+use crate::exchange::relay::{push_framed, IllFramed, Relay};
 
 /// The most bytes of a whole (non-streamed) upstream answer read for translation; a larger one
 /// is a 502.
@@ -150,7 +152,7 @@ fn anthropic_error_event(message: &str, out: &mut Vec<u8>) {
 pub(super) async fn relay_translated(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
-    endpoint: usize,
+    slot: PoolSlot,
     ucfg: &UpstreamConfig,
     mut up: crate::upstream::UpConn,
     mut relay: Relay,
@@ -172,7 +174,7 @@ pub(super) async fn relay_translated(
     }
     let ok = (200..300).contains(&relay.status);
     if relay.sse && ok {
-        return relay_stream(ctx, c, endpoint, ucfg, up, relay, wbuf, head, tr).await;
+        return relay_stream(ctx, c, slot, ucfg, up, relay, wbuf, head, tr).await;
     }
     // A whole answer: read it, translate it, send it with its length.
     let mut data = std::mem::take(&mut c.llm.sse_in);
@@ -259,7 +261,7 @@ pub(super) async fn relay_translated(
     if res.is_err() {
         return Next::Close;
     }
-    end_relay(ctx, endpoint, ucfg, up, &relay, keep_alive)
+    end_relay(ctx, slot, ucfg, up, &relay, keep_alive)
 }
 
 /// A translated event stream: one chunk (or, to an HTTP/1.0 client, bytes until close) per
@@ -269,7 +271,7 @@ pub(super) async fn relay_translated(
 async fn relay_stream(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
-    endpoint: usize,
+    slot: PoolSlot,
     ucfg: &UpstreamConfig,
     mut up: crate::upstream::UpConn,
     mut relay: Relay,
@@ -318,7 +320,7 @@ async fn relay_stream(
             c.ex.scan.then_some(&mut c.llm.scanner),
         ) {
             Ok(n) => drop(up.buf.drain(..n)),
-            Err(()) => broken = true,
+            Err(IllFramed) => broken = true,
         }
         if !broken {
             stream.feed(&data, &mut out);
@@ -369,7 +371,7 @@ async fn relay_stream(
         return Next::Close;
     }
     relay.upstream_reusable &= !cut;
-    end_relay(ctx, endpoint, ucfg, up, &relay, keep_alive)
+    end_relay(ctx, slot, ucfg, up, &relay, keep_alive)
 }
 
 /// Seconds since the Unix epoch (`created` of an OpenAI answer).

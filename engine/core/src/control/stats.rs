@@ -19,12 +19,17 @@ use super::shm::{
 use crate::config::DriverKind;
 use crate::limits::{DURATION_BUCKETS_MS, STATS_SLOTS};
 
+index_type!(
+    /// A counter slot in a shard's block: an upstream's, a route's or a tenant's counters.
+    StatSlot
+);
+
 /// The slot of requests refused before a route was found.
-pub const SLOT_UNROUTED: usize = 0;
+pub const SLOT_UNROUTED: StatSlot = StatSlot(0);
 const SLOT_OTHER_UPSTREAM: usize = STATS_SLOTS - 2;
 const SLOT_OTHER_ROUTE: usize = STATS_SLOTS - 1;
 /// "No route slot" for [`ShardStats::record`].
-pub const NO_SLOT: usize = usize::MAX;
+pub const NO_SLOT: StatSlot = StatSlot(usize::MAX);
 
 /// Why a tenant's request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,9 +110,9 @@ impl ShardStats {
         let s = Self {
             block,
             names: RefCell::new(HashMap::new()),
-            next_free: Cell::new(SLOT_UNROUTED + 1),
+            next_free: Cell::new(SLOT_UNROUTED.0 + 1),
         };
-        name_slot(&block.slots[SLOT_UNROUTED], KIND_UPSTREAM, "-");
+        name_slot(&block.slots[SLOT_UNROUTED.0], KIND_UPSTREAM, "-");
         name_slot(&block.slots[SLOT_OTHER_UPSTREAM], KIND_UPSTREAM, "(other)");
         name_slot(&block.slots[SLOT_OTHER_ROUTE], KIND_ROUTE, "(other)");
         s
@@ -118,33 +123,33 @@ impl ShardStats {
     }
 
     /// The slot of upstream `name` (given one on first use).
-    pub fn upstream_slot(&self, name: &str) -> usize {
-        self.slot(KIND_UPSTREAM, name, SLOT_OTHER_UPSTREAM)
+    pub fn upstream_slot(&self, name: &str) -> StatSlot {
+        StatSlot(self.slot(KIND_UPSTREAM, name, SLOT_OTHER_UPSTREAM))
     }
 
     /// The slot of tenant `name`.
-    pub fn tenant_slot(&self, name: &str) -> usize {
-        self.slot(KIND_TENANT, name, SLOT_OTHER_UPSTREAM)
+    pub fn tenant_slot(&self, name: &str) -> StatSlot {
+        StatSlot(self.slot(KIND_TENANT, name, SLOT_OTHER_UPSTREAM))
     }
 
     /// Count a refusal of a tenant's request.
-    pub fn reject(&self, tenant_slot: usize, why: Reject) {
-        if let Some(s) = self.block.slots.get(tenant_slot) {
+    pub fn reject(&self, tenant_slot: StatSlot, why: Reject) {
+        if let Some(s) = self.block.slots.get(tenant_slot.0) {
             add(&s.rejected[why as usize], 1);
         }
     }
 
     /// Count tokens a tenant used (settled from the upstream's usage).
-    pub fn tokens(&self, tenant_slot: usize, prompt: u64, completion: u64) {
-        if let Some(s) = self.block.slots.get(tenant_slot) {
+    pub fn tokens(&self, tenant_slot: StatSlot, prompt: u64, completion: u64) {
+        if let Some(s) = self.block.slots.get(tenant_slot.0) {
             add(&s.tokens_in, prompt);
             add(&s.tokens_out, completion);
         }
     }
 
     /// Count a wait in a fair queue.
-    pub fn queued(&self, tenant_slot: usize, waited: Duration) {
-        if let Some(s) = self.block.slots.get(tenant_slot) {
+    pub fn queued(&self, tenant_slot: StatSlot, waited: Duration) {
+        if let Some(s) = self.block.slots.get(tenant_slot.0) {
             add(&s.queued, 1);
             add(
                 &s.queue_wait_us,
@@ -154,8 +159,8 @@ impl ShardStats {
     }
 
     /// The slot of the route with prefix `prefix`.
-    pub fn route_slot(&self, prefix: &str) -> usize {
-        self.slot(KIND_ROUTE, prefix, SLOT_OTHER_ROUTE)
+    pub fn route_slot(&self, prefix: &str) -> StatSlot {
+        StatSlot(self.slot(KIND_ROUTE, prefix, SLOT_OTHER_ROUTE))
     }
 
     fn slot(&self, kind: u64, name: &str, other: usize) -> usize {
@@ -178,9 +183,9 @@ impl ShardStats {
     #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
-        upstream_slot: usize,
-        route_slot: usize,
-        tenant_slot: usize,
+        upstream_slot: StatSlot,
+        route_slot: StatSlot,
+        tenant_slot: StatSlot,
         status: u16,
         bytes_in: u64,
         bytes_out: u64,
@@ -190,7 +195,7 @@ impl ShardStats {
         let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
         let bucket = bucket_of(us);
         add(&self.block.info.0.requests, 1);
-        for i in [upstream_slot, route_slot, tenant_slot] {
+        for i in [upstream_slot.0, route_slot.0, tenant_slot.0] {
             let Some(s) = self.block.slots.get(i) else {
                 continue;
             };
@@ -452,11 +457,11 @@ mod tests {
             let _ = s.route_slot(&format!("/r{i}"));
         }
         assert_eq!(s.upstream_slot("u0"), first);
-        assert_eq!(s.upstream_slot("new"), SLOT_OTHER_UPSTREAM);
-        assert_eq!(s.route_slot("/late"), SLOT_OTHER_ROUTE);
+        assert_eq!(s.upstream_slot("new"), StatSlot(SLOT_OTHER_UPSTREAM));
+        assert_eq!(s.route_slot("/late"), StatSlot(SLOT_OTHER_ROUTE));
         s.record(
-            SLOT_OTHER_UPSTREAM,
-            SLOT_OTHER_ROUTE,
+            StatSlot(SLOT_OTHER_UPSTREAM),
+            StatSlot(SLOT_OTHER_ROUTE),
             NO_SLOT,
             200,
             0,

@@ -1,0 +1,715 @@
+//! An LLM call: the body read whole, checked and admitted by its token estimate, the prompt
+//! template filled, then one attempt per deployment the group's attempt loop
+//! (`exchange::attempts`) hands out, with hedging, until one answers or none is left.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::forward::{forward, read_client_body, send_continue};
+use super::hedge::Hedge;
+use super::local::{answer_error, answer_error_with};
+use super::translate::Translation;
+use super::{llm_take, translate, Client, Exchange, LlmBufs, Next};
+use crate::admit::{admit, now_ns, write_rate_headers, write_refusal_headers};
+use crate::balance::DEPLOYMENTS_MAX;
+use crate::balance::{FailureKind, Outcome};
+use crate::control::stats::Reject;
+use crate::error::{Error, Limit};
+use crate::exchange::body::{self, BodyLeft, ChunkOut};
+use crate::exchange::head::request_line;
+use crate::fair::{self};
+use crate::http::request::{self, BodyKind, Credentials, RequestHead};
+use crate::limits::HEADERS_ARRAY_LEN;
+use crate::llm::{self};
+use crate::shard::ShardCtx;
+use crate::snapshot::{DeploymentIdx, GroupId, Snapshot, Target, TenantId};
+use crate::template::TemplateBody;
+
+/// Read the rest of the request body (its head already consumed from `c.buf`) into `c.llm.body`,
+/// at most `limit` bytes. `Err`: the request was answered (or the connection is done).
+pub(super) async fn read_whole_body(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    head: &RequestHead,
+    limit: u64,
+    wbuf: Vec<u8>,
+) -> Result<Vec<u8>, Next> {
+    let snap = c.snap.clone();
+    let server = &snap.cfg.server;
+    if matches!(head.body, BodyKind::Length(n) if n > limit) {
+        return Err(answer_error(ctx, c, Error::BodyTooLarge, false, wbuf).await);
+    }
+    llm_take(ctx, c);
+    c.llm.body.clear();
+    let mut left = BodyLeft::of(head);
+    let mut first = true;
+    while first || !left.is_done() {
+        if !first {
+            if let Err(e) = read_client_body(c, server.header_bytes_max, server.body_timeout).await
+            {
+                return Err(match e {
+                    Some(e) => answer_error(ctx, c, e, false, wbuf).await,
+                    None => Next::Close,
+                });
+            }
+        }
+        let before = c.buf.len();
+        let consumed = body::consume(
+            &mut c.buf,
+            &mut left,
+            limit,
+            &mut c.llm.body,
+            ChunkOut::DataOnly,
+        );
+        c.ex.bytes_in += (before - c.buf.len()) as u64;
+        if let Err(e) = consumed {
+            return Err(answer_error(ctx, c, e, false, wbuf).await);
+        }
+        if first && !send_continue(c, head, &left).await {
+            return Err(Next::Close);
+        }
+        first = false;
+    }
+    Ok(wbuf)
+}
+
+/// Check a tenant's LLM body (JSON, a model it is approved for) and admit it by its token
+/// estimate. `Err`: answered (400 / 403 / 429).
+pub(super) async fn check_and_admit(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    snap: &Snapshot,
+    tenant: Option<TenantId>,
+    body: &[u8],
+) -> Result<LlmCall, Next> {
+    let info = match llm::inspect(body) {
+        Ok(i) => i,
+        Err(e) => {
+            let buf = ctx.take_buf();
+            return Err(answer_error(ctx, c, Error::BadBody(e.message()), true, buf).await);
+        }
+    };
+    let Some(model) = info.model() else {
+        let buf = ctx.take_buf();
+        return Err(
+            answer_error(ctx, c, Error::BadBody("the body names no model"), true, buf).await,
+        );
+    };
+    let group = snap.group_of(model);
+    let default_max_tokens = tenant.map_or(crate::tenant::DEFAULT_MAX_TOKENS_DEFAULT, |t| {
+        snap.tenant(t).default_max_tokens
+    });
+    let call = LlmCall {
+        stream: info.stream,
+        include_usage: info.include_usage,
+        group,
+        has_variables: info.has_variables,
+        tokens: llm::estimate_tokens(body.len(), info.max_tokens, default_max_tokens),
+    };
+    let Some(tenant) = tenant else {
+        // No tenant (auth = "none"): nothing to approve or admit.
+        c.ex.scan = false;
+        return Ok(call);
+    };
+    let tcfg = snap.tenant(tenant);
+    if !tcfg.models.allows(model) {
+        ctx.control.stats.reject(c.ex.tenant_slot, Reject::Model);
+        let buf = ctx.take_buf();
+        return Err(answer_error(ctx, c, Error::ModelNotAllowed, true, buf).await);
+    }
+    let tokens = llm::estimate_tokens(body.len(), info.max_tokens, tcfg.default_max_tokens);
+    c.ex.scan = true;
+    c.ex.prompt_estimate = llm::estimate_tokens(body.len(), Some(0), 0);
+    admit_tenant(ctx, c, snap, tenant, tokens, true, 0).await?;
+    Ok(call)
+}
+
+/// What the relay needs to know of an admitted LLM call.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LlmCall {
+    stream: bool,
+    include_usage: bool,
+    /// The model group the body names, if any.
+    group: Option<GroupId>,
+    /// The body carries `variables` (for a template, or to be removed).
+    has_variables: bool,
+    /// The token estimate (body bytes / 4 + max_tokens), for quotas.
+    tokens: u64,
+}
+
+/// Admit the current request for `tenant` (estimated at `tokens`), or answer 429.
+/// `head_len`: bytes of a request head still at the front of `c.buf` (dropped before a refusal
+/// is answered); `may_keep_alive`: nothing of the request is left unread.
+pub(super) async fn admit_tenant(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    snap: &Snapshot,
+    tenant: TenantId,
+    tokens: u64,
+    may_keep_alive: bool,
+    head_len: usize,
+) -> Result<(), Next> {
+    let Some(limits) = snap.tenant_limits(tenant) else {
+        return Ok(());
+    };
+    let now = now_ns();
+    match admit(limits, now, tokens) {
+        Ok(adm) => {
+            c.ex.admitted = Some(adm);
+            c.rate_hdrs.clear();
+            write_rate_headers(limits, now, &mut c.rate_hdrs);
+            Ok(())
+        }
+        Err(refused) => {
+            let why = match refused.limit {
+                Limit::Requests => Reject::Requests,
+                Limit::Tokens => Reject::Tokens,
+                Limit::Concurrency => Reject::Concurrency,
+                Limit::Budget => Reject::Budget,
+                Limit::Queue => Reject::Queue,
+                Limit::Connections => Reject::Concurrency,
+            };
+            ctx.control.stats.reject(c.ex.tenant_slot, why);
+            c.rate_hdrs.clear();
+            write_refusal_headers(limits, &refused, now, &mut c.rate_hdrs);
+            c.buf.drain(..head_len.min(c.buf.len()));
+            let e = Error::RateLimited(refused.limit);
+            let extra = std::mem::take(&mut c.rate_hdrs);
+            let next = answer_error_with(ctx, c, e, may_keep_alive, &extra, ctx.take_buf()).await;
+            c.rate_hdrs = extra;
+            Err(next)
+        }
+    }
+}
+
+/// A tenant's request to an LLM endpoint: read the body whole, check and admit it, then write
+/// the upstream head (the body's real length, the tenant's key removed, the upstream's
+/// credential added) and forward.
+pub(super) async fn proxy_llm(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    head: RequestHead,
+    route_target: Option<Target>,
+    mut wbuf: Vec<u8>,
+) -> Next {
+    let snap = c.snap.clone();
+    let limit = snap.cfg.server.body_bytes_max;
+    // Keep the raw head (the upstream head is written from it once the body is known).
+    wbuf.clear();
+    wbuf.extend_from_slice(&c.buf[..head.head_len]);
+    c.buf.drain(..head.head_len);
+    let wbuf = match read_whole_body(ctx, c, &head, limit, wbuf).await {
+        Ok(w) => w,
+        Err(next) => return next,
+    };
+    let mut body = std::mem::take(&mut c.llm.body);
+    let tenant = c.ex.tenant;
+    let call = match check_and_admit(ctx, c, &snap, tenant, &body).await {
+        Ok(call) => call,
+        Err(next) => {
+            c.llm.body = body;
+            ctx.put_buf(wbuf);
+            return next;
+        }
+    };
+    // Prompt templates: fill the selected one from `variables`; `variables` never goes upstream.
+    if call.has_variables || !snap.templates.is_empty() {
+        let path = request_line(&wbuf).1;
+        // The body was inspected already: a group's name is the body's model.
+        let model = call.group.map(|g| snap.group(g).name.as_str());
+        match fill_template(&snap, &body, model, path, &mut c.llm.filled) {
+            Ok(true) => std::mem::swap(&mut body, &mut c.llm.filled),
+            Ok(false) => {}
+            Err(e) => {
+                c.llm.body = body;
+                ctx.put_buf(wbuf);
+                return answer_error(ctx, c, Error::Template(e), true, ctx.take_buf()).await;
+            }
+        }
+    }
+    // A model group: pick a deployment (the group's strategy; then its fallbacks, in order),
+    // and on a failure before any byte reached the client, another one (`retries`).
+    let Some(g) = call.group else {
+        let target = match route_target {
+            Some(t) if snap.cfg.models.is_empty() => t,
+            // With model groups, a model no group serves is unknown (OpenAI's 404).
+            _ => {
+                c.llm.body = body;
+                ctx.put_buf(wbuf);
+                return answer_error(ctx, c, Error::ModelNotFound, true, ctx.take_buf()).await;
+            }
+        };
+        let out = match llm_request(ctx, c, &snap, &wbuf, &body, target, None, call) {
+            Ok(out) => out,
+            Err(e) => {
+                // The body was read whole: the connection can stay open.
+                c.llm.body = body;
+                ctx.put_buf(wbuf);
+                return answer_error(ctx, c, e, true, ctx.take_buf()).await;
+            }
+        };
+        c.llm.body = body;
+        ctx.put_buf(wbuf);
+        return forward(ctx, c, head, target, out, BodyLeft::Done).await;
+    };
+    // Deployments of the group not to pick again (failed, or over their quota), as a bit set:
+    // it lives across awaits, so it is kept small in the connection's future.
+    let mut excluded = [0u64; DEPLOYMENTS_MAX / 64];
+    let mut attempts = 0usize;
+    let retries = snap.group(g).retries as usize;
+    for _ in 0..2 * DEPLOYMENTS_MAX {
+        let Some((group, idx)) = pick_deployment(ctx, &snap, g, &excluded) else {
+            break;
+        };
+        // The deployment's own quota (rpm/tpm over all shards): over it, pick another.
+        if let Some(lim) = snap.deployment_limits(group, idx) {
+            match admit(lim, now_ns(), call.tokens) {
+                Ok(adm) => {
+                    c.ex.deployment_admitted = Some((group, idx, adm));
+                    // Its tokens are settled from the answer's usage.
+                    c.ex.scan = true;
+                }
+                Err(_) => {
+                    if group == g {
+                        exclude(&mut excluded, idx);
+                    }
+                    continue;
+                }
+            }
+        }
+        let dep = snap.deployment(group, idx);
+        let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
+        let out = match llm_request(ctx, c, &snap, &wbuf, &body, target, Some(&dep.model), call) {
+            Ok(out) => out,
+            Err(e) => {
+                // The body was read whole: the connection can stay open.
+                c.llm.body = body;
+                ctx.put_buf(wbuf);
+                return answer_error(ctx, c, e, true, ctx.take_buf()).await;
+            }
+        };
+        // Measure the attempt for the balancer: time to the response head, and how it ended.
+        let Some(gr) = snap.balancer(group) else {
+            c.llm.body = body;
+            ctx.put_buf(wbuf);
+            return answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf()).await;
+        };
+        c.ex.upstream_slot = snap.upstream_stat_slot(target.upstream);
+        c.ex.hedge = None;
+        if let (Some(after), true) = (snap.group(group).hedge_after, call.stream) {
+            let tried = (group == g).then_some(&excluded);
+            c.ex.hedge = plan_hedge(
+                ctx,
+                c,
+                &snap,
+                (&wbuf, &body),
+                call,
+                (group, idx),
+                tried,
+                after,
+            );
+        }
+        let started = balance_now_ns();
+        let attempt = gr.start(idx.index(), started);
+        c.ex.ttfb = None;
+        c.ex.retry_after = None;
+        // Only when another deployment could take it: the last one's error goes to the client
+        // as the upstream sent it.
+        c.ex.retry_ok = attempts < retries && has_alternative(&snap, g, (group, idx), &excluded);
+        c.ex.retry_err = None;
+        let next = forward(ctx, c, head, target, out, BodyLeft::Done).await;
+        let hedged = c.ex.hedge.take();
+        if let Some(a) = attempt {
+            match hedged.as_deref() {
+                // Outrun by the hedge: it had waited at least this long for a first byte.
+                Some(h) if h.won => a.finish(
+                    h.won_ns,
+                    &Outcome::Success {
+                        latency: Duration::from_nanos(h.won_ns.saturating_sub(started)),
+                    },
+                ),
+                _ => a.finish(balance_now_ns(), &outcome_of(&c.ex, started)),
+            }
+        }
+        let hedge_won = hedged.map(|h| settle_hedge(ctx, c, &snap, *h));
+        c.ex.retry_ok = false;
+        if c.ex.retry_err.take().is_none() {
+            c.llm.body = body;
+            ctx.put_buf(wbuf);
+            return next;
+        }
+        // Failed before any byte reached the client: try another deployment.
+        finish_deployment(&mut c.ex, &snap, None, true);
+        if let Some(u) = c.ex.upstream_slot_held.take() {
+            if let Some(cap) = snap.upstream_cap(u) {
+                cap.release(snap.fair_slot(c.ex.tenant), fair::now_ms());
+            }
+        }
+        c.ex.status = 0;
+        c.ex.local_error = false;
+        c.ex.strip_usage = false;
+        if group == g {
+            exclude(&mut excluded, idx);
+        }
+        if let Some(Some((hg, hi))) = hedge_won {
+            if hg == g {
+                exclude(&mut excluded, hi);
+            }
+        }
+        attempts += 1;
+    }
+    c.llm.body = body;
+    ctx.put_buf(wbuf);
+    answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf()).await
+}
+
+/// A second attempt for a hedged stream: another deployment of `group` than `current`'s (and
+/// than those `tried`), with its request built now. `None`: the group has no other deployment,
+/// or the request cannot be built for it.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn plan_hedge(
+    ctx: &ShardCtx,
+    c: &mut Client,
+    snap: &Snapshot,
+    (raw_head, body): (&[u8], &[u8]),
+    call: LlmCall,
+    (group, current): (GroupId, DeploymentIdx),
+    tried: Option<&[u64; DEPLOYMENTS_MAX / 64]>,
+    after: Duration,
+) -> Option<Box<Hedge>> {
+    let gr = snap.balancer(group)?;
+    let mut list = [0usize; DEPLOYMENTS_MAX];
+    list[0] = current.index();
+    let mut n = 1;
+    if let Some(set) = tried {
+        for i in 0..DEPLOYMENTS_MAX {
+            if set[i / 64] & (1 << (i % 64)) != 0 && i != current.index() && n < DEPLOYMENTS_MAX {
+                list[n] = i;
+                n += 1;
+            }
+        }
+    }
+    let mut rng = || ctx.next_random();
+    let idx = DeploymentIdx::new(gr.pick(balance_now_ns(), &mut rng, &list[..n])?);
+    let dep = snap.deployment(group, idx);
+    let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
+    // Build the hedge's request with the first attempt's relay settings put aside.
+    let first = (c.ex.translation.take(), c.ex.filter_sse, c.ex.strip_usage);
+    let built = llm_request(ctx, c, snap, raw_head, body, target, Some(&dep.model), call);
+    let hedge = built.ok().map(|request| {
+        Box::new(Hedge {
+            after,
+            group,
+            idx,
+            target,
+            request,
+            translation: c.ex.translation.take(),
+            filter_sse: c.ex.filter_sse,
+            strip_usage: c.ex.strip_usage,
+            tokens: call.tokens,
+            fair_slot: c.snap.fair_slot(c.ex.tenant),
+            launched: false,
+            won: false,
+            launched_ns: 0,
+            won_ns: 0,
+            admitted: None,
+            cap_held: false,
+        })
+    });
+    (c.ex.translation, c.ex.filter_sse, c.ex.strip_usage) = first;
+    hedge
+}
+
+/// After a hedged attempt: report the hedge to the balancer (only a winner has an outcome; a
+/// cancelled one just ran late), settle its deployment quota, give its request buffer back.
+/// `Some((group, index))` of the hedge when it won (the request's deployment from then on).
+pub(super) fn settle_hedge(
+    ctx: &ShardCtx,
+    c: &mut Client,
+    snap: &Snapshot,
+    mut h: Hedge,
+) -> Option<(GroupId, DeploymentIdx)> {
+    if !h.request.is_empty() {
+        ctx.put_buf(std::mem::take(&mut h.request));
+    }
+    if !h.launched {
+        return None;
+    }
+    let lim = snap.deployment_limits(h.group, h.idx);
+    if !h.won {
+        if let (Some(adm), Some(lim)) = (h.admitted.take(), lim) {
+            adm.finish(lim, now_ns(), None, true);
+        }
+        return None;
+    }
+    if let Some(gr) = snap.balancer(h.group) {
+        if let Some(a) = gr.start(h.idx.index(), h.launched_ns) {
+            a.finish(balance_now_ns(), &outcome_of(&c.ex, h.launched_ns));
+        }
+    }
+    // The first attempt was sent (the provider counts it): its quota stays charged at its
+    // estimate; the hedge's admission is now the request's.
+    if let Some((g, i, adm)) = c.ex.deployment_admitted.take() {
+        if let Some(lim) = snap.deployment_limits(g, i) {
+            adm.finish(lim, now_ns(), None, false);
+        }
+    }
+    c.ex.deployment_admitted = h.admitted.take().map(|a| (h.group, h.idx, a));
+    Some((h.group, h.idx))
+}
+
+/// Settle a deployment's quota for the request that used it: tokens from `used` (or given back
+/// when the attempt `failed`).
+pub(super) fn finish_deployment(
+    ex: &mut Exchange,
+    snap: &Snapshot,
+    used: Option<u64>,
+    failed: bool,
+) {
+    if let Some((g, i, adm)) = ex.deployment_admitted.take() {
+        if let Some(lim) = snap.deployment_limits(g, i) {
+            adm.finish(lim, now_ns(), used, failed);
+        }
+    }
+}
+
+/// Build the upstream request for one attempt into a fresh buffer: the head (re-parsed from
+/// the raw client head in `raw_head`: the tenant key dropped, the upstream's credential added,
+/// the body's length) and the body, with the deployment's model name and, for a stream,
+/// `stream_options.include_usage`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn llm_request(
+    ctx: &ShardCtx,
+    c: &mut Client,
+    snap: &Snapshot,
+    raw_head: &[u8],
+    body: &[u8],
+    target: Target,
+    model: Option<&str>,
+    call: LlmCall,
+) -> Result<Vec<u8>, Error> {
+    let mut body = body;
+    c.ex.translation = None;
+    let ucfg = snap.upstream(target.upstream);
+    let client_path = request_line(raw_head).1;
+    let client_path = client_path.split('?').next().unwrap_or(client_path);
+    let dir = translate::direction(client_path, ucfg.provider)?;
+    let LlmBufs {
+        scratch, rewritten, ..
+    } = &mut c.llm;
+    let mut upstream_path = None;
+    if let Some(dir) = dir {
+        // The other API's body, for the deployment's model (or, on a route, the client's).
+        let model = match model {
+            Some(m) => m.to_owned(),
+            None => llm::inspect(body)
+                .ok()
+                .and_then(|i| i.model().map(str::to_owned))
+                .unwrap_or_default(),
+        };
+        let default_max_tokens =
+            c.ex.tenant
+                .map_or(crate::tenant::DEFAULT_MAX_TOKENS_DEFAULT, |t| {
+                    snap.tenant(t).default_max_tokens
+                });
+        upstream_path = Some(translate::translate_request(
+            dir,
+            body,
+            &model,
+            default_max_tokens,
+            scratch,
+        )?);
+        body = scratch;
+        c.ex.translation = Some(Box::new(Translation {
+            dir,
+            model,
+            include_usage: call.include_usage,
+        }));
+    } else if let Some(m) = model {
+        scratch.clear();
+        if llm::with_model(body, m, scratch).is_ok() {
+            body = scratch;
+        }
+    }
+    // A stream is asked for its usage (OpenAI's `stream_options.include_usage`; Anthropic
+    // streams always carry it) so its tokens are settled from what was really used; the extra
+    // usage chunk is taken out again before the client sees it.
+    let anthropic = client_path == "/v1/messages";
+    let mut strip = false;
+    if call.stream && !call.include_usage && !anthropic && dir.is_none() {
+        rewritten.clear();
+        if matches!(llm::with_include_usage(body, rewritten), Ok(true)) {
+            body = rewritten;
+            strip = true;
+        }
+    }
+    let mut out = ctx.take_buf();
+    out.clear();
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
+    match request::parse(raw_head, &mut headers, &snap.cfg.server.head_limits()) {
+        Ok(Some(req)) => {
+            let creds = Credentials {
+                drop_client_keys: true,
+                upstream: ucfg.credential.as_deref().unwrap_or_default(),
+                content_length: Some(body.len() as u64),
+                path: upstream_path,
+                translated: dir.is_some(),
+                extra: translate::extra_lines(
+                    ucfg.provider,
+                    dir.is_some(),
+                    req.header("anthropic-version").is_some(),
+                ),
+                client_tls: c.stream.is_tls(),
+            };
+            let authority = snap
+                .endpoint(target.upstream, target.endpoint)
+                .authority
+                .as_bytes();
+            req.write_upstream_head_with(authority, c.ip, &creds, &mut out);
+        }
+        // The same bytes parsed once already: unreachable, but never forward a bodyless head.
+        _ => {
+            ctx.put_buf(out);
+            return Err(Error::BadRequest("unparsable request head"));
+        }
+    }
+    out.extend_from_slice(body);
+    // A translated stream is relayed by its translator, not the filter.
+    c.ex.filter_sse = call.stream && dir.is_none();
+    c.ex.strip_usage = strip;
+    Ok(out)
+}
+
+/// Fill the template `body` selects (its `template` field, its model alias, or the route of
+/// `path`) into `out`, or strip its `variables` when none applies. `Ok(false)`: unchanged.
+pub(super) fn fill_template(
+    snap: &Snapshot,
+    body: &[u8],
+    model: Option<&str>,
+    path: &str,
+    out: &mut Vec<u8>,
+) -> Result<bool, crate::template::TemplateError> {
+    let tb = TemplateBody::read(body)?;
+    let selector = tb.selector()?;
+    // Only a body whose model no group serves is read again for it (a template's model alias
+    // may name such a model on a route).
+    let info = model.is_none().then(|| llm::inspect(body).ok()).flatten();
+    let model = model.or_else(|| info.as_ref().and_then(|i| i.model()));
+    out.clear();
+    match snap
+        .templates
+        .select(selector.as_ref().map(|n| n.as_str()), model, path)?
+    {
+        Some(t) => {
+            tb.fill(t, out)?;
+            Ok(true)
+        }
+        None if tb.has_variables() => Ok(tb.strip_variables(out)),
+        None => Ok(false),
+    }
+}
+
+/// The deployment for a request to group `g`: picked by the group's strategy while it has a
+/// deployment admitted (healthy or on probation); otherwise from the first fallback that has
+/// one; and when none has, the group's least bad deployment (a group never refuses for
+/// health alone). (group, deployment index).
+pub(super) fn pick_deployment(
+    ctx: &ShardCtx,
+    snap: &Snapshot,
+    g: GroupId,
+    excluded: &[u64; DEPLOYMENTS_MAX / 64],
+) -> Option<(GroupId, DeploymentIdx)> {
+    // The bit set as the list the balancer takes (on this function's stack, not the future's).
+    let mut list = [0usize; DEPLOYMENTS_MAX];
+    let mut n = 0;
+    for i in 0..DEPLOYMENTS_MAX {
+        if excluded[i / 64] & (1 << (i % 64)) != 0 {
+            list[n] = i;
+            n += 1;
+        }
+    }
+    let tried = &list[..n];
+    let now = balance_now_ns();
+    let mut rng = || ctx.next_random();
+    let primary = snap.balancer(g)?;
+    if primary.has_admitted(now) {
+        if let Some(idx) = primary.pick(now, &mut rng, tried) {
+            return Some((g, DeploymentIdx::new(idx)));
+        }
+    }
+    for f in snap.fallbacks(g) {
+        let Some(gr) = snap.balancer(f) else {
+            continue;
+        };
+        if gr.has_admitted(now) {
+            if let Some(idx) = gr.pick(now, &mut rng, &[]) {
+                return Some((f, DeploymentIdx::new(idx)));
+            }
+        }
+    }
+    primary
+        .pick(now, &mut rng, tried)
+        .map(|idx| (g, DeploymentIdx::new(idx)))
+}
+
+/// Whether a deployment other than `current` (group, index) is left to try for a request to
+/// group `g`: one of its deployments not tried yet, or a fallback group.
+pub(super) fn has_alternative(
+    snap: &Snapshot,
+    g: GroupId,
+    current: (GroupId, DeploymentIdx),
+    excluded: &[u64; DEPLOYMENTS_MAX / 64],
+) -> bool {
+    let m = snap.group(g);
+    if !m.fallbacks.is_empty() {
+        return true;
+    }
+    (0..m.deployments.len()).any(|i| {
+        let tried =
+            excluded[i / 64] & (1 << (i % 64)) != 0 || current == (g, DeploymentIdx::new(i));
+        !tried
+    })
+}
+
+/// Mark deployment `idx` as not to be picked again for this request.
+pub(super) fn exclude(set: &mut [u64; DEPLOYMENTS_MAX / 64], idx: DeploymentIdx) {
+    let idx = idx.index();
+    if let Some(w) = set.get_mut(idx / 64) {
+        *w |= 1 << (idx % 64);
+    }
+}
+
+/// The balancer's clock: a monotonic ns count (only differences matter).
+pub(super) fn balance_now_ns() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// How an attempt at a deployment ended, for its health and latency estimate.
+pub(super) fn outcome_of(ex: &Exchange, started_ns: u64) -> Outcome {
+    let _ = started_ns;
+    if ex.upstream_broke {
+        return Outcome::Failure {
+            kind: FailureKind::Reset,
+            retry_after: None,
+        };
+    }
+    match (ex.ttfb, ex.local_error, ex.status) {
+        // The upstream answered: its status says how it is doing.
+        (Some(_), _, s) if s == 429 || s >= 500 => Outcome::Failure {
+            kind: FailureKind::Status(s),
+            retry_after: ex.retry_after,
+        },
+        (Some(latency), _, _) => Outcome::Success { latency },
+        // No answer: our own 504 is a timeout, anything else a failed connection.
+        (None, _, 504) => Outcome::Failure {
+            kind: FailureKind::Timeout,
+            retry_after: None,
+        },
+        (None, _, _) => Outcome::Failure {
+            kind: FailureKind::Connect,
+            retry_after: None,
+        },
+    }
+}

@@ -1,0 +1,446 @@
+//! Phase 3, forwarding: a capped upstream's slot (waiting in the tenant's fair queue), a pooled
+//! or new upstream connection, the request head and body sent (replayed once on a pooled
+//! connection that turned out closed), and the answer's head read, raced against a hedge when
+//! one is planned. Decisions come from `exchange` (body framing, the answer head, the retry
+//! rule); this module only moves bytes and keeps deadlines.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBuf;
+
+use super::hedge::Raced;
+use super::io::{read_more, send, write_timeout, ReadError};
+use super::local::answer_error;
+use super::relay::relay_response;
+use super::{hedge, translate, Client, Next};
+use crate::admit::Admitted;
+use crate::config::UpstreamConfig;
+use crate::control::stats::Reject;
+use crate::error::{Error, Limit};
+use crate::exchange::body::{self, BodyLeft, ChunkOut};
+use crate::exchange::relay::{response_head, HeadStep, Relay};
+use crate::fair::{self, UpstreamCap};
+use crate::http::request::RequestHead;
+use crate::shard::ShardCtx;
+use crate::snapshot::Target;
+use crate::upstream::{self, UpConn};
+
+pub(super) const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Read more body bytes from the client (appending to `c.buf`).
+/// `Err(Some(e))`: answer `e`; `Err(None)`: the client went away.
+pub(super) async fn read_client_body(
+    c: &mut Client,
+    max: usize,
+    timeout: Duration,
+) -> Result<(), Option<Error>> {
+    c.grow_buf(max);
+    let buf = std::mem::take(&mut c.buf);
+    if buf.len() == buf.capacity() {
+        // Only an unfinished chunk line can fill the buffer; `consume_body` bounds those far
+        // below its size, so this is a defensive answer, not an expected path.
+        c.buf = buf;
+        return Err(Some(Error::BadChunk("chunk line too long")));
+    }
+    let (res, buf) = read_more(&mut c.stream, buf, Instant::now() + timeout).await;
+    c.buf = buf;
+    match res {
+        Ok(0) | Err(ReadError::Io) => Err(None),
+        Ok(_) => Ok(()),
+        Err(ReadError::TimedOut) => Err(Some(Error::BodyTimeout)),
+    }
+}
+
+/// Send `100 Continue` when the client asked for it and the body has not all arrived.
+pub(super) async fn send_continue(c: &mut Client, head: &RequestHead, left: &BodyLeft) -> bool {
+    if !head.expect_continue || left.is_done() {
+        return true;
+    }
+    let timeout = c.snap.cfg.server.send_timeout;
+    let (res, _) = send(c, CONTINUE_100, timeout).await;
+    res.is_ok()
+}
+
+pub(super) async fn proxy(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    head: RequestHead,
+    target: Target,
+    mut wbuf: Vec<u8>,
+) -> Next {
+    let snap = c.snap.clone();
+    let server = &snap.cfg.server;
+    c.buf.drain(..head.head_len);
+    let mut left = BodyLeft::of(&head);
+    // The body bytes already read go out in the same write as the head.
+    let before = c.buf.len();
+    let consumed = body::consume(
+        &mut c.buf,
+        &mut left,
+        server.body_bytes_max,
+        &mut wbuf,
+        ChunkOut::Rechunk,
+    );
+    c.ex.bytes_in += (before - c.buf.len()) as u64;
+    if let Err(e) = consumed {
+        return answer_error(ctx, c, e, false, wbuf).await;
+    }
+    if !send_continue(c, &head, &left).await {
+        return Next::Close;
+    }
+    forward(ctx, c, head, target, wbuf, left).await
+}
+
+/// Take a slot of a capped upstream, waiting in the tenant's fair queue while it is full (at
+/// most `queue_wait_ms_max`). `Err`: answered (429: the queue is full or the wait too long).
+pub(super) async fn wait_for_slot(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    cap: &UpstreamCap,
+    head: &RequestHead,
+    left: &BodyLeft,
+    wbuf: &mut Vec<u8>,
+) -> Result<(), Next> {
+    let snap = c.snap.clone();
+    let fair_slot = snap.fair_slot(c.ex.tenant);
+    if cap.try_acquire(fair_slot, fair::now_ms()) {
+        return Ok(());
+    }
+    // Requests without a tenant (auth = "none") share one queue. A request's share is its
+    // admission's token estimate (plain requests: 1).
+    let (key, weight) = match c.ex.tenant {
+        Some(t) => (t.index() + 1, snap.tenant(t).weight),
+        None => (0, 1),
+    };
+    let cost = c.ex.admitted.as_ref().map_or(1, Admitted::estimate);
+    let started = Instant::now();
+    let refused = match cap.enqueue(
+        (key, fair_slot),
+        (weight, cost),
+        snap.cfg.server.queue_depth_max,
+        fair::now_ms(),
+    ) {
+        None => true,
+        Some(ticket) => {
+            // A slot freed on this shard or another is handed to the waiter with the smallest
+            // tag of all shards (crate::fair); a free slot was taken already by `enqueue`.
+            monoio::select! {
+                _ = ticket.wait() => false,
+                _ = monoio::time::sleep(snap.cfg.server.queue_wait) => {
+                    // Granted in the same instant the timer fired: keep the slot.
+                    !ticket.is_granted()
+                }
+            }
+        }
+    };
+    ctx.control
+        .stats
+        .queued(c.ex.tenant_slot, started.elapsed());
+    if !refused {
+        return Ok(());
+    }
+    ctx.control.stats.reject(c.ex.tenant_slot, Reject::Queue);
+    let may_keep_alive = left.is_done() && head.keep_alive;
+    let buf = std::mem::take(wbuf);
+    Err(answer_error(
+        ctx,
+        c,
+        Error::RateLimited(Limit::Queue),
+        may_keep_alive,
+        buf,
+    )
+    .await)
+}
+
+/// Send the upstream head (and whatever body is in `wbuf`) to the upstream, stream the rest of
+/// the body, read the response head, relay the response.
+pub(super) async fn forward(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    head: RequestHead,
+    Target {
+        upstream,
+        endpoint,
+        slot,
+    }: Target,
+    mut wbuf: Vec<u8>,
+    mut left: BodyLeft,
+) -> Next {
+    let snap = c.snap.clone();
+    let mut ucfg: &UpstreamConfig = snap.upstream(upstream);
+    let mut slot = slot;
+    let mut hedge = c.ex.hedge.take();
+    // A capped upstream: take a slot, or wait for one in this tenant's fair queue.
+    if let Some(cap) = snap.upstream_cap(upstream).filter(|cap| cap.is_capped()) {
+        if let Err(next) = wait_for_slot(ctx, c, cap, &head, &left, &mut wbuf).await {
+            return next;
+        }
+        c.ex.upstream_slot_held = Some(upstream);
+    }
+    // The request can be sent again on a fresh connection only while all of it is in `wbuf`.
+    let replayable = left.is_done();
+    let addr = snap.endpoint(upstream, endpoint).addr;
+    c.ex.upstream = Some(addr);
+    let mut retried = false;
+    let (up, relay, keep_alive) = loop {
+        let mut up = match ctx
+            .pools
+            .checkout(slot, ucfg.pool_idle_timeout, Instant::now())
+        {
+            Some(up) => up,
+            None => match upstream::connect(
+                addr,
+                ucfg.connect_timeout,
+                snap.tls_target(upstream, endpoint),
+                ctx.pools.id_of(slot),
+            )
+            .await
+            {
+                Ok(up) => {
+                    ctx.upstream_connected();
+                    up
+                }
+                Err(e) => {
+                    let may_keep_alive = left.is_done() && head.keep_alive;
+                    return fail_attempt(ctx, c, e, may_keep_alive, wbuf).await;
+                }
+            },
+        };
+        let (res, buf) = write_timeout(&mut up.stream, wbuf, ucfg.read_timeout).await;
+        wbuf = buf.unwrap_or_else(|| ctx.take_buf());
+        if res.is_err() {
+            if up.reused && !retried && replayable {
+                retried = true;
+                continue;
+            }
+            return fail_attempt(ctx, c, Error::UpstreamUnavailable, false, wbuf).await;
+        }
+        if let Err(e) = stream_body(c, &mut up, &mut left, &mut wbuf).await {
+            return match e {
+                Some(e) => answer_error(ctx, c, e, false, wbuf).await,
+                None => Next::Close,
+            };
+        }
+        let extra = (!c.rate_hdrs.is_empty()).then_some(&c.rate_hdrs[..]);
+        let mut sent_at = Instant::now();
+        let got = match hedge.as_deref_mut() {
+            None => read_response_head(ctx, &mut up, ucfg, &head, extra, &mut wbuf).await,
+            Some(h) => {
+                // Boxed (here and for translation below): rare paths whose large states would
+                // otherwise be part of every connection's future.
+                let raced = Box::pin(hedge::race(
+                    ctx, &snap, &mut up, ucfg, &head, extra, &mut wbuf, h,
+                ));
+                match raced.await {
+                    Raced::First(r) => r,
+                    Raced::Second(won) => {
+                        // The hedge answered first: relay it; the first attempt's connection
+                        // is dropped (cancelled).
+                        up = won.up;
+                        ctx.put_buf(std::mem::replace(&mut wbuf, won.wbuf));
+                        sent_at = won.sent_at;
+                        let Target {
+                            upstream: u,
+                            endpoint: e,
+                            slot: s,
+                        } = h.target;
+                        ucfg = snap.upstream(u);
+                        slot = s;
+                        c.ex.upstream = Some(snap.endpoint(u, e).addr);
+                        c.ex.upstream_slot = snap.upstream_stat_slot(u);
+                        c.ex.translation = h.translation.take();
+                        c.ex.filter_sse = h.filter_sse;
+                        c.ex.strip_usage = h.strip_usage;
+                        if let Some(held) = c.ex.upstream_slot_held.take() {
+                            if let Some(cap) = snap.upstream_cap(held) {
+                                cap.release(snap.fair_slot(c.ex.tenant), fair::now_ms());
+                            }
+                        }
+                        if h.cap_held {
+                            h.cap_held = false;
+                            c.ex.upstream_slot_held = Some(u);
+                        }
+                        Ok((won.relay, won.keep_alive))
+                    }
+                }
+            }
+        };
+        if let Some(mut h) = hedge.take() {
+            if h.launched && !h.won && h.cap_held {
+                h.cap_held = false;
+                if let Some(cap) = snap.upstream_cap(h.target.upstream) {
+                    cap.release(snap.fair_slot(c.ex.tenant), fair::now_ms());
+                }
+            }
+            // Back to the caller, which settles both attempts (a replay below is not hedged).
+            c.ex.hedge = Some(h);
+        }
+        match got {
+            Ok((relay, keep_alive)) => {
+                c.ex.ttfb = Some(sent_at.elapsed());
+                c.ex.retry_after = relay
+                    .retry_after_s
+                    .map(|s| Duration::from_secs(u64::from(s)));
+                if c.ex.retry_ok && matches!(relay.status, 429 | 502 | 503 | 504) {
+                    // Another deployment may answer: nothing went to the client yet. This
+                    // connection is dropped (its answer is not read).
+                    c.ex.status = relay.status;
+                    c.ex.retry_err = Some(Error::UpstreamUnavailable);
+                    ctx.put_buf(wbuf);
+                    return Next::Close;
+                }
+                break (up, relay, keep_alive);
+            }
+            Err(HeadError::ClosedBeforeAnyByte) if up.reused && !retried && replayable => {
+                retried = true;
+                continue;
+            }
+            Err(HeadError::ClosedBeforeAnyByte) => {
+                return fail_attempt(ctx, c, Error::UpstreamUnavailable, head.keep_alive, wbuf)
+                    .await;
+            }
+            Err(HeadError::Failed(e)) => {
+                return fail_attempt(ctx, c, e, head.keep_alive, wbuf).await
+            }
+        }
+    };
+    if let Some(tr) = c.ex.translation.take() {
+        return Box::pin(translate::relay_translated(
+            ctx, c, slot, ucfg, up, relay, wbuf, &head, *tr,
+        ))
+        .await;
+    }
+    relay_response(ctx, c, slot, ucfg, up, relay, wbuf, keep_alive).await
+}
+
+/// An attempt failed before any byte reached the client: with another attempt to come
+/// (`retry_ok`), note the error for the caller; otherwise answer it.
+pub(super) async fn fail_attempt(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    e: Error,
+    may_keep_alive: bool,
+    wbuf: Vec<u8>,
+) -> Next {
+    if c.ex.retry_ok {
+        c.ex.status = e.status();
+        c.ex.retry_err = Some(e);
+        ctx.put_buf(wbuf);
+        return Next::Close;
+    }
+    answer_error(ctx, c, e, may_keep_alive, wbuf).await
+}
+
+/// Stream the rest of the request body from the client to the upstream.
+/// `Err(Some(e))`: answer `e` to the client; `Err(None)`: a socket failed, just close.
+pub(super) async fn stream_body(
+    c: &mut Client,
+    up: &mut UpConn,
+    left: &mut BodyLeft,
+    wbuf: &mut Vec<u8>,
+) -> Result<(), Option<Error>> {
+    let snap = c.snap.clone();
+    let server = &snap.cfg.server;
+    if !left.is_done() {
+        // A streamed body moves in pieces as large as the read buffer can be.
+        c.grow_buf_to(server.header_bytes_max);
+    }
+    while !left.is_done() {
+        if c.buf.is_empty() || matches!(left, BodyLeft::Chunked(_)) {
+            read_client_body(c, server.header_bytes_max, server.body_timeout).await?;
+        }
+        if let BodyLeft::Length(n) = left {
+            // Content-Length: write straight from the client buffer, no copy.
+            let take = c.buf.len().min(usize::try_from(*n).unwrap_or(usize::MAX));
+            let buf = std::mem::take(&mut c.buf);
+            let (res, buf) =
+                write_timeout(&mut up.stream, buf.slice(..take), server.body_timeout).await;
+            c.buf = buf.ok_or(None)?.into_inner();
+            res.map_err(|()| None)?;
+            c.buf.drain(..take);
+            c.ex.bytes_in += take as u64;
+            *n -= take as u64;
+            if *n == 0 {
+                *left = BodyLeft::Done;
+            }
+            continue;
+        }
+        wbuf.clear();
+        let before = c.buf.len();
+        let consumed = body::consume(
+            &mut c.buf,
+            left,
+            server.body_bytes_max,
+            wbuf,
+            ChunkOut::Rechunk,
+        );
+        c.ex.bytes_in += (before - c.buf.len()) as u64;
+        consumed.map_err(Some)?;
+        if !wbuf.is_empty() {
+            let (res, buf) =
+                write_timeout(&mut up.stream, std::mem::take(wbuf), server.body_timeout).await;
+            *wbuf = buf.ok_or(None)?;
+            res.map_err(|()| None)?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) enum HeadError {
+    /// The upstream closed or reset before sending any byte: a pooled connection the upstream
+    /// had already closed, so the request can be replayed if it was not streamed.
+    ClosedBeforeAnyByte,
+    Failed(Error),
+}
+
+/// Read the response head into `up.buf`, skipping interim (1xx) answers, and write the head
+/// for the client into `wbuf` (replacing the request, which is no longer needed). Returns the
+/// body relay state and whether the client connection stays open afterwards.
+pub(super) async fn read_response_head(
+    ctx: &ShardCtx,
+    up: &mut UpConn,
+    ucfg: &UpstreamConfig,
+    req: &RequestHead,
+    extra_headers: Option<&[u8]>,
+    wbuf: &mut Vec<u8>,
+) -> Result<(Relay, bool), HeadError> {
+    let deadline = Instant::now() + ucfg.ttfb_timeout;
+    let mut interim = 0;
+    let mut got_any = false;
+    loop {
+        if !up.buf.is_empty() {
+            let draining = ctx.drain.is_fired();
+            match response_head(&up.buf, req, interim, draining, extra_headers, wbuf) {
+                Ok(HeadStep::Interim(len)) => {
+                    interim += 1;
+                    up.buf.drain(..len);
+                    continue;
+                }
+                Ok(HeadStep::Final {
+                    relay,
+                    keep_alive,
+                    head_len,
+                }) => {
+                    up.buf.drain(..head_len);
+                    return Ok((relay, keep_alive));
+                }
+                Ok(HeadStep::Incomplete) => {}
+                Err(e) => return Err(HeadError::Failed(e)),
+            }
+        }
+        let buf = std::mem::take(&mut up.buf);
+        let (res, buf) = read_more(&mut up.stream, buf, deadline).await;
+        up.buf = buf;
+        match res {
+            Ok(0) | Err(ReadError::Io) if !got_any => return Err(HeadError::ClosedBeforeAnyByte),
+            Ok(0) | Err(ReadError::Io) => {
+                return Err(HeadError::Failed(Error::UpstreamBadResponse(
+                    "upstream closed the connection inside the response head",
+                )));
+            }
+            Ok(_) => got_any = true,
+            Err(ReadError::TimedOut) => return Err(HeadError::Failed(Error::UpstreamTimeout)),
+        }
+    }
+}

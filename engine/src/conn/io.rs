@@ -1,0 +1,95 @@
+//! Socket helpers: reads and writes under deadlines, and the lingering close.
+
+use std::time::{Duration, Instant};
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+use super::{Client, CLIENT_BUF_BYTES_INITIAL};
+use crate::stream::Io;
+
+/// After an error answer that closes the connection, how long to keep reading (and dropping)
+/// what the client still sends, so closing does not reset the connection before the client
+/// has read the answer.
+pub(super) const LINGER_MS: u64 = 1_000;
+
+/// At most this many bytes are read and dropped while lingering.
+pub(super) const LINGER_BYTES_MAX: usize = 256 * 1024;
+
+/// Half-close, then read and drop what the client still sends for a short while, so the close
+/// does not turn into a reset that destroys the answer in the client's receive buffer. Reads
+/// into the connection's own buffer (`buf`): closing allocates nothing.
+pub(super) async fn linger_close(stream: &mut Io, mut buf: Vec<u8>) {
+    let _ = stream.shutdown().await;
+    let deadline = Instant::now() + Duration::from_millis(LINGER_MS);
+    if buf.capacity() == 0 {
+        // Left with a cancelled read: one small buffer.
+        buf.reserve(CLIENT_BUF_BYTES_INITIAL);
+    }
+    let mut total = 0;
+    while total < LINGER_BYTES_MAX {
+        buf.clear();
+        let (res, back) = read_more(stream, buf, deadline).await;
+        buf = back;
+        match res {
+            Ok(n) if n > 0 => total += n,
+            _ => break,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReadError {
+    TimedOut,
+    Io,
+}
+
+/// Append what the socket has to `buf` (into its spare capacity), by `deadline`.
+/// On a timeout the buffer stays with the cancelled read and an empty one comes back: the
+/// caller closes that socket (monoio cannot promise what a cancelled read did).
+pub(super) async fn read_more(
+    stream: &mut Io,
+    buf: Vec<u8>,
+    deadline: Instant,
+) -> (Result<usize, ReadError>, Vec<u8>) {
+    let len = buf.len();
+    if len == buf.capacity() {
+        return (Ok(0), buf);
+    }
+    let read = stream.read(buf.slice_mut(len..));
+    match monoio::time::timeout_at(deadline.into(), read).await {
+        Ok((Ok(n), slice)) => (Ok(n), slice.into_inner()),
+        Ok((Err(_), slice)) => (Err(ReadError::Io), slice.into_inner()),
+        Err(_elapsed) => (Err(ReadError::TimedOut), Vec::new()),
+    }
+}
+
+/// Write all of `buf` to the client within `timeout`, counting the bytes sent.
+pub(super) async fn send<B: IoBuf>(
+    c: &mut Client,
+    buf: B,
+    timeout: Duration,
+) -> (Result<(), ()>, Option<B>) {
+    let len = buf.bytes_init() as u64;
+    let (res, buf) = write_timeout(&mut c.stream, buf, timeout).await;
+    if res.is_ok() {
+        c.ex.bytes_out += len;
+    } else {
+        // The client left (or stopped reading): a tenant's reservation is given back.
+        c.ex.local_error = true;
+    }
+    (res, buf)
+}
+
+/// Write all of `buf` within `timeout`. The buffer comes back unless the write timed out.
+pub(super) async fn write_timeout<B: IoBuf>(
+    stream: &mut Io,
+    buf: B,
+    timeout: Duration,
+) -> (Result<(), ()>, Option<B>) {
+    match monoio::time::timeout(timeout, stream.write_all(buf)).await {
+        Ok((Ok(_), buf)) => (Ok(()), Some(buf)),
+        Ok((Err(_), buf)) => (Err(()), Some(buf)),
+        Err(_elapsed) => (Err(()), None),
+    }
+}

@@ -1,0 +1,616 @@
+//! The connection driver: the only code that moves request bytes between sockets.
+//!
+//! Each client connection runs the same fixed phases per request (see docs/ARCHITECTURE.md):
+//! read head → parse and decide (route, framing, limits) → forward head and body upstream →
+//! read the response head → relay the body as it arrives → pool or close. Every decision is
+//! taken by the I/O-free modules (`http`, `route`, `mock`); this module only sequences reads,
+//! writes and timeouts, and maps failures to [`Error`] answers.
+//!
+//! Buffers: the client read buffer lives as long as the connection; the write buffer comes from
+//! the shard's spares and goes back after each request; each upstream connection carries its
+//! own read buffer into and out of the pool. Nothing is allocated per request once warm.
+
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::AsyncWriteRent;
+use monoio::net::TcpStream;
+
+use crate::accesslog::Record;
+use crate::admit::{now_ns, Admitted};
+use crate::control::stats::Reject;
+use crate::control::stats::{NO_SLOT, SLOT_UNROUTED};
+use crate::error::{Error, Limit, Shape};
+use crate::fair::{self};
+use crate::http::request::BodyKind;
+use crate::llm::{SseFilter, UsageScanner};
+use crate::shard::ShardCtx;
+use crate::snapshot::{DeploymentIdx, GroupId, Snapshot, StatSlot, TenantId, UpstreamId};
+use crate::stream::Io;
+use crate::tenant::KeyMemo;
+
+mod call;
+mod forward;
+mod hedge;
+mod io;
+mod local;
+mod relay;
+mod translate;
+use crate::exchange::head::{decide, request_line, Action, Decision};
+use call::{admit_tenant, finish_deployment, proxy_llm};
+use forward::proxy;
+use hedge::Hedge;
+use io::{linger_close, read_more, send, write_timeout, ReadError};
+use local::{answer_error, answer_error_with, answer_models, serve_mock};
+use translate::Translation;
+
+/// A tenant's request body buffer larger than this is freed after the request instead of
+/// being kept for the connection's next one.
+const BODY_BUF_KEEP_BYTES_MAX: usize = 256 * 1024;
+
+/// LLM buffer sets a shard keeps for reuse.
+const LLM_POOL_MAX: usize = 1024;
+
+/// Initial size of a connection's read buffer.
+const CLIENT_BUF_BYTES_INITIAL: usize = 4096;
+
+const HEALTH_OK: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"status\":\"ok\"}";
+
+/// What happens to the client connection after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    Close,
+    /// An error answer was sent: close after lingering.
+    CloseLinger,
+}
+
+struct Client {
+    stream: Io,
+    /// Bytes read from the client and not consumed yet (a head, body bytes, pipelined requests).
+    buf: Vec<u8>,
+    ip: IpAddr,
+    peer: SocketAddr,
+    /// The config the current request runs on (taken when its head is read).
+    snap: Rc<Snapshot>,
+    /// What the current request did so far.
+    ex: Exchange,
+    /// The `x-ratelimit-*` lines of the current request's answer.
+    rate_hdrs: Vec<u8>,
+    /// Buffers of an LLM request, borrowed from the shard's pool while one is under way
+    /// (`llm_held`), so an idle connection holds none of them.
+    llm: LlmBufs,
+    llm_held: bool,
+    /// The open-connection count of the tenant this connection counts for (the tenant of its
+    /// first request with a key), released when it closes.
+    tenant_conn: Option<Rc<std::cell::Cell<usize>>>,
+    /// The connection's last API key and its tenant: the same key again is not hashed again.
+    key_memo: KeyMemo,
+}
+
+/// What reading an LLM body and relaying its answer need: taken from the shard's pool per
+/// request and given back when it ends.
+#[derive(Debug, Default)]
+pub struct LlmBufs {
+    /// The request body, read whole before it is forwarded.
+    body: Vec<u8>,
+    /// The body with `stream_options.include_usage` added (or scratch while relaying).
+    rewritten: Vec<u8>,
+    /// The body with the deployment's model name (before any other rewrite).
+    scratch: Vec<u8>,
+    /// The body with its prompt template filled (or its `variables` removed).
+    filled: Vec<u8>,
+    /// A filtered stream's de-chunked input and filtered output.
+    sse_in: Vec<u8>,
+    sse_out: Vec<u8>,
+    /// Reads the upstream's `usage` out of the response as it passes.
+    scanner: UsageScanner,
+    /// Drops the usage chunk shardgate asked for from a stream, and counts its events.
+    filter: SseFilter,
+}
+
+/// Borrow the shard's LLM buffers for the current request (no allocation once warm).
+fn llm_take(ctx: &ShardCtx, c: &mut Client) {
+    if !c.llm_held {
+        if let Some(b) = ctx.llm_pool.borrow_mut().pop() {
+            c.llm = b;
+        }
+        c.llm_held = true;
+    }
+}
+
+/// Give the LLM buffers back to the shard's pool (a body buffer grown past
+/// `BODY_BUF_KEEP_BYTES_MAX` is freed instead of kept).
+fn llm_give(ctx: &ShardCtx, c: &mut Client) {
+    if c.llm_held {
+        c.llm_held = false;
+        let mut b = std::mem::take(&mut c.llm);
+        for v in [
+            &mut b.body,
+            &mut b.rewritten,
+            &mut b.scratch,
+            &mut b.filled,
+            &mut b.sse_in,
+            &mut b.sse_out,
+        ] {
+            v.clear();
+            if v.capacity() > BODY_BUF_KEEP_BYTES_MAX {
+                *v = Vec::new();
+            }
+        }
+        let mut pool = ctx.llm_pool.borrow_mut();
+        if pool.len() < LLM_POOL_MAX {
+            pool.push(b);
+        }
+    }
+}
+
+/// What one request did, for the shard's counters (and the access log).
+#[derive(Debug)]
+struct Exchange {
+    /// A request is under way (its first byte arrived).
+    active: bool,
+    start: Instant,
+    /// The status sent; 0 while none was.
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    upstream_slot: StatSlot,
+    route_slot: StatSlot,
+    /// The tenant (in the request's snapshot) and its counter slot.
+    tenant: Option<TenantId>,
+    tenant_slot: StatSlot,
+    upstream: Option<SocketAddr>,
+    /// The access-log record, filled from the head (only when an access log is configured).
+    record: Option<Record>,
+    /// What the tenant's admission holds until the request ends.
+    admitted: Option<Admitted>,
+    /// The response is scanned for `usage`.
+    scan: bool,
+    /// An error answer of ours (the upstream failed or the client broke the rules).
+    local_error: bool,
+    /// A streamed answer goes through the SSE filter: to drop the usage chunk the client did
+    /// not ask for (`strip_usage`) and to cut the stream at the tenant's budget.
+    filter_sse: bool,
+    strip_usage: bool,
+    /// The prompt's share of the token estimate (body bytes / 4).
+    prompt_estimate: u64,
+    /// Tokens a filtered stream is known to have used when its usage was never seen (it was
+    /// cut, or the upstream sent none): the prompt's estimate plus one per content event.
+    counted: Option<u64>,
+    /// The upstream whose capped slot this request holds (released when it ends).
+    upstream_slot_held: Option<UpstreamId>,
+    /// Time from sending to the upstream until its response head (for the balancer).
+    ttfb: Option<Duration>,
+    /// Another deployment will be tried if this attempt fails before any byte reaches the
+    /// client; the failure is then left here instead of being answered.
+    retry_ok: bool,
+    retry_err: Option<Error>,
+    /// The upstream's `Retry-After` on a 429/503 (for the balancer).
+    retry_after: Option<Duration>,
+    /// The upstream broke off its answer after its head (closed, reset, stalled past
+    /// `read_timeout_ms` or ill-framed mid-body): a failure for its health, whatever the
+    /// status the client already got.
+    upstream_broke: bool,
+    /// The model deployment whose quota this request holds: (group, deployment, admission).
+    deployment_admitted: Option<(GroupId, DeploymentIdx, Admitted)>,
+    /// The current attempt's body was translated to the upstream's API: its answer is
+    /// translated back.
+    translation: Option<Box<Translation>>,
+    /// The client called Anthropic's API (`/v1/messages`): our own errors take its shape.
+    error_shape: Shape,
+    /// A second attempt to race against the current one (a hedged stream); after `forward`, it
+    /// says whether it was launched and won.
+    hedge: Option<Box<Hedge>>,
+}
+
+impl Exchange {
+    fn idle() -> Self {
+        Self {
+            active: false,
+            start: Instant::now(),
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            upstream_slot: SLOT_UNROUTED,
+            route_slot: NO_SLOT,
+            tenant: None,
+            tenant_slot: NO_SLOT,
+            upstream: None,
+            record: None,
+            admitted: None,
+            scan: false,
+            local_error: false,
+            filter_sse: false,
+            strip_usage: false,
+            prompt_estimate: 0,
+            counted: None,
+            upstream_slot_held: None,
+            ttfb: None,
+            retry_ok: false,
+            retry_err: None,
+            retry_after: None,
+            upstream_broke: false,
+            deployment_admitted: None,
+            translation: None,
+            error_shape: Shape::OpenAi,
+            hedge: None,
+        }
+    }
+
+    fn begin(&mut self, now: Instant) {
+        *self = Self::idle();
+        self.active = true;
+        self.start = now;
+    }
+}
+
+/// Count the request that just ended (if one was under way), and settle its tenant's limits.
+fn finish(ctx: &ShardCtx, c: &mut Client) {
+    let ex = &mut c.ex;
+    if !ex.active {
+        return;
+    }
+    ex.active = false;
+    if let Some(u) = ex.upstream_slot_held.take() {
+        if let Some(cap) = c.snap.upstream_cap(u) {
+            cap.release(c.snap.fair_slot(ex.tenant), fair::now_ms());
+        }
+    }
+    // The answer's usage, read once (a JSON body is parsed whole to find it) for the deployment
+    // and the tenant.
+    let usage = if ex.scan { c.llm.scanner.usage() } else { None };
+    let used = usage
+        .map(|u| u.prompt_tokens.saturating_add(u.completion_tokens))
+        .or(ex.counted);
+    let failed = ex.status == 0 || ex.local_error;
+    finish_deployment(ex, &c.snap, used, failed);
+    if let (Some(adm), Some(t)) = (ex.admitted.take(), ex.tenant) {
+        if let Some(u) = usage {
+            ctx.control
+                .stats
+                .tokens(ex.tenant_slot, u.prompt_tokens, u.completion_tokens);
+        }
+        if let Some(limits) = c.snap.tenant_limits(t) {
+            adm.finish(limits, now_ns(), used, failed);
+        }
+    }
+    let elapsed = ex.start.elapsed();
+    ctx.control.stats.record(
+        ex.upstream_slot,
+        ex.route_slot,
+        ex.tenant_slot,
+        ex.status,
+        ex.bytes_in,
+        ex.bytes_out,
+        elapsed,
+    );
+    if let Some(log) = &ctx.access_log {
+        let mut r = ex.record.take().unwrap_or_else(|| {
+            // Refused before a head was read (timeout, bad head): no method or path.
+            Record::new(crate::control::unix_ms(), shard_u16(ctx.id), c.peer)
+        });
+        r.status = ex.status;
+        r.bytes_in = ex.bytes_in;
+        r.bytes_out = ex.bytes_out;
+        r.duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        r.upstream = ex.upstream;
+        log.push(r);
+    }
+    llm_give(ctx, c);
+}
+
+fn shard_u16(id: usize) -> u16 {
+    u16::try_from(id).unwrap_or(u16::MAX)
+}
+
+/// Serve one client connection to the end.
+pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, tls: bool) {
+    let _ = stream.set_nodelay(true);
+    ctx.refresh();
+    let snap = ctx.snapshot();
+    let stream = if tls {
+        // The handshake runs under its own deadline, and uses the certificates of the config
+        // current now (a rotation reaches new handshakes at once).
+        let Some(config) = snap.tls_server.clone() else {
+            return;
+        };
+        let acceptor = monoio_rustls::TlsAcceptor::from(config);
+        // Boxed: the handshake's state is large, and a future holds the largest of its
+        // states for the connection's whole life (plain connections would pay for it).
+        let accept = Box::pin(acceptor.accept(stream));
+        match monoio::time::timeout(snap.cfg.server.handshake_timeout, accept).await {
+            Ok(Ok(s)) => Io::TlsServer(Box::new(s)),
+            Ok(Err(e)) => {
+                tracing::debug!(shard = ctx.id, %peer, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_elapsed) => {
+                tracing::debug!(shard = ctx.id, %peer, "TLS handshake timed out");
+                return;
+            }
+        }
+    } else {
+        Io::Plain(stream)
+    };
+    let mut c = Client {
+        stream,
+        // Small at first: most heads fit, and an idle connection then holds little memory.
+        // It grows (once per connection) to `header_bytes_max` when a head or body needs it.
+        buf: Vec::with_capacity(CLIENT_BUF_BYTES_INITIAL.min(snap.cfg.server.header_bytes_max)),
+        ip: peer.ip(),
+        peer,
+        snap,
+        ex: Exchange::idle(),
+        rate_hdrs: Vec::new(),
+        llm: LlmBufs::default(),
+        llm_held: false,
+        tenant_conn: None,
+        key_memo: KeyMemo::default(),
+    };
+    let mut first = true;
+    loop {
+        let next = serve_one(ctx, &mut c, first).await;
+        finish(ctx, &mut c);
+        match next {
+            Next::KeepAlive => first = false,
+            Next::Close => break,
+            Next::CloseLinger => {
+                linger_close(&mut c.stream, std::mem::take(&mut c.buf)).await;
+                break;
+            }
+        }
+    }
+    if let Some(n) = c.tenant_conn.take() {
+        n.set(n.get().saturating_sub(1));
+    }
+}
+
+/// The `Retry-After` of a request shed by a saturated shard, seconds (one header line).
+const OVERLOADED_RETRY_AFTER: &[u8] = b"retry-after: 1\r\n";
+
+/// How long a connection refused past `connections_max` may take to send its request before
+/// its `503` goes out anyway, ms.
+const REFUSE_READ_MS: u64 = 100;
+
+/// Answer a plain connection accepted past `connections_max`: read what it sent within
+/// [`REFUSE_READ_MS`] (so the close after the answer does not reset it away), then `503`
+/// `overloaded` with `Retry-After` and `Connection: close`, and close. Nothing is parsed.
+pub async fn refuse(ctx: &ShardCtx, stream: TcpStream) {
+    let mut stream = Io::Plain(stream);
+    let buf = ctx.take_buf();
+    let deadline = Instant::now() + Duration::from_millis(REFUSE_READ_MS);
+    let (_, mut buf) = read_more(&mut stream, buf, deadline).await;
+    buf.clear();
+    Error::Overloaded.write_response_with(true, OVERLOADED_RETRY_AFTER, &mut buf);
+    let send_timeout = Duration::from_millis(REFUSE_READ_MS);
+    if let (_, Some(buf)) = write_timeout(&mut stream, buf, send_timeout).await {
+        ctx.put_buf(buf);
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// Read, decide and answer one request.
+async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
+    let mut snap = c.snap.clone();
+    // Phase 1: read until the head is complete (or refused). No write buffer is held while
+    // waiting, so an idle connection costs only its read buffer.
+    let mut head_deadline: Option<Instant> = None;
+    let (head, action, wbuf) = loop {
+        if !c.buf.is_empty() {
+            if !c.ex.active {
+                c.ex.begin(Instant::now());
+            }
+            // The request's config: take a new one if it was published while this
+            // connection waited (one atomic load if none was); the request keeps it to the end.
+            ctx.refresh();
+            snap = ctx.snapshot();
+            c.snap = snap.clone();
+            let mut wbuf = ctx.take_buf();
+            match decide(
+                &snap,
+                &c.buf,
+                c.ip,
+                c.stream.is_tls(),
+                &mut wbuf,
+                &mut c.key_memo,
+            ) {
+                Ok(Some(Decision {
+                    head,
+                    action,
+                    route,
+                    tenant,
+                })) => {
+                    c.ex.bytes_in = head.head_len as u64;
+                    let target = request_line(&c.buf[..head.head_len]).1;
+                    if target.split('?').next() == Some("/v1/messages") {
+                        c.ex.error_shape = Shape::Anthropic;
+                    }
+                    if let Some(t) = tenant {
+                        c.ex.tenant = Some(t);
+                        c.ex.tenant_slot = snap.tenant_stat_slot(t);
+                    }
+                    if ctx.access_log.is_some() {
+                        let mut r =
+                            Record::new(crate::control::unix_ms(), shard_u16(ctx.id), c.peer);
+                        let (method, target) = request_line(&c.buf[..head.head_len]);
+                        r.set_method(method);
+                        r.set_path(target);
+                        c.ex.record = Some(r);
+                    }
+                    if let Some(r) = route {
+                        c.ex.route_slot = snap.route_stat_slot(r);
+                        c.ex.upstream_slot = snap.upstream_stat_slot(snap.route_upstream(r));
+                    }
+                    break (head, action, wbuf);
+                }
+                Ok(None) => ctx.put_buf(wbuf),
+                Err(e) => return answer_error(ctx, c, e, true, wbuf).await,
+            }
+        }
+        c.grow_buf(snap.cfg.server.header_bytes_max);
+        let buf = std::mem::take(&mut c.buf);
+        let had_bytes = !buf.is_empty();
+        let (res, buf) = if !had_bytes {
+            // Waiting for the first byte: the idle timeout (header timeout for a new
+            // connection), and draining closes the connection at once: gracefully (FIN, then
+            // what the client still sends is read and dropped), so a request racing the close
+            // meets a clean end of stream, never a reset.
+            if ctx.drain.is_fired() {
+                return Next::CloseLinger;
+            }
+            let wait = if first {
+                snap.cfg.server.header_timeout
+            } else {
+                snap.cfg.server.idle_timeout
+            };
+            monoio::select! {
+                r = read_more(&mut c.stream, buf, Instant::now() + wait) => r,
+                _ = ctx.drain.wait() => return Next::CloseLinger,
+            }
+        } else {
+            let deadline = *head_deadline
+                .get_or_insert_with(|| Instant::now() + snap.cfg.server.header_timeout);
+            read_more(&mut c.stream, buf, deadline).await
+        };
+        c.buf = buf;
+        match res {
+            Ok(0) => return Next::Close,
+            Ok(_) => {
+                head_deadline
+                    .get_or_insert_with(|| Instant::now() + snap.cfg.server.header_timeout);
+            }
+            // Nothing sent at all: close quietly, as for an idle keep-alive connection.
+            Err(ReadError::TimedOut) if !had_bytes => return Next::Close,
+            Err(ReadError::TimedOut) => {
+                return answer_error(ctx, c, Error::HeaderTimeout, true, ctx.take_buf()).await;
+            }
+            Err(ReadError::Io) => return Next::Close,
+        }
+    };
+    let server = &snap.cfg.server;
+    // A shard serving `requests_inflight_max` requests sheds new ones at once (503 with
+    // Retry-After, before any tenant quota is taken) instead of queueing more work behind
+    // them. Health checks and local refusals are not counted: they cost nothing to answer.
+    let _inflight = match action {
+        Action::Health { .. } | Action::Refuse(_) => None,
+        _ => match ctx.begin_request(server.requests_inflight_max) {
+            Some(guard) => Some(guard),
+            None => {
+                c.buf.drain(..head.head_len.min(c.buf.len()));
+                let may_keep_alive = head.body == BodyKind::None && head.keep_alive;
+                return answer_error_with(
+                    ctx,
+                    c,
+                    Error::Overloaded,
+                    may_keep_alive,
+                    OVERLOADED_RETRY_AFTER,
+                    wbuf,
+                )
+                .await;
+            }
+        },
+    };
+    // The connection counts for the tenant of its first request with a key: past the tenant's
+    // `connections_max` on this shard, 429 and close.
+    if let (Some(t), None) = (c.ex.tenant, &c.tenant_conn) {
+        if let Some(count) = snap.tenant_conns(t) {
+            let max = snap.tenant(t).connections_max;
+            if max.is_some_and(|m| count.get() as u64 >= m) {
+                ctx.control
+                    .stats
+                    .reject(c.ex.tenant_slot, Reject::Concurrency);
+                c.buf.drain(..head.head_len.min(c.buf.len()));
+                let e = Error::RateLimited(Limit::Connections);
+                return answer_error(ctx, c, e, false, wbuf).await;
+            }
+            count.set(count.get() + 1);
+            c.tenant_conn = Some(count.clone());
+        }
+    }
+    // A tenant's request that carries no LLM body is admitted now (a request, no tokens);
+    // LLM requests are admitted once their body is read (their tokens are estimated from it).
+    let llm_body = match action {
+        Action::ProxyLlm { .. } => true,
+        Action::Mock(m) => m.takes_body(),
+        Action::Health { .. } | Action::Refuse(_) | Action::Proxy { .. } | Action::Models => false,
+    };
+    if let (Some(t), false, false) = (
+        c.ex.tenant,
+        llm_body,
+        matches!(action, Action::Health { .. } | Action::Refuse(_)),
+    ) {
+        // The body (if any) is unread: the connection closes after a refusal.
+        let may_keep_alive = head.body == BodyKind::None && head.keep_alive;
+        if let Err(next) = admit_tenant(ctx, c, &snap, t, 0, may_keep_alive, head.head_len).await {
+            ctx.put_buf(wbuf);
+            return next;
+        }
+    }
+    match action {
+        Action::Health { readiness } => {
+            c.buf.drain(..head.head_len);
+            if readiness && ctx.drain.is_fired() {
+                return answer_error(
+                    ctx,
+                    c,
+                    Error::ShuttingDown,
+                    head.body == BodyKind::None,
+                    wbuf,
+                )
+                .await;
+            }
+            ctx.put_buf(wbuf);
+            if head.body != BodyKind::None {
+                return answer_error(
+                    ctx,
+                    c,
+                    Error::BadRequest("health checks take no body"),
+                    false,
+                    ctx.take_buf(),
+                )
+                .await;
+            }
+            c.ex.status = 200;
+            let (res, _) = send(c, HEALTH_OK, server.send_timeout).await;
+            if res.is_ok() && head.keep_alive && !ctx.drain.is_fired() {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            }
+        }
+        Action::Refuse(e) => {
+            c.buf.drain(..head.head_len);
+            answer_error(
+                ctx,
+                c,
+                e,
+                head.body == BodyKind::None && head.keep_alive,
+                wbuf,
+            )
+            .await
+        }
+        Action::Mock(endpoint) => serve_mock(ctx, c, head, endpoint, wbuf).await,
+        Action::ProxyLlm { target } => proxy_llm(ctx, c, head, target, wbuf).await,
+        Action::Models => answer_models(ctx, c, &head, wbuf).await,
+        Action::Proxy { target } => proxy(ctx, c, head, target, wbuf).await,
+    }
+}
+
+impl Client {
+    /// Let the read buffer grow to `max` once it is full (at most once per connection).
+    fn grow_buf(&mut self, max: usize) {
+        if self.buf.len() == self.buf.capacity() {
+            self.grow_buf_to(max);
+        }
+    }
+
+    /// Grow the read buffer to `max` bytes of capacity if it is smaller.
+    fn grow_buf_to(&mut self, max: usize) {
+        if self.buf.capacity() < max {
+            self.buf.reserve_exact(max - self.buf.len());
+        }
+    }
+}

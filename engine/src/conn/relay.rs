@@ -1,0 +1,323 @@
+//! Phase 4, relaying the answer: verbatim (written straight from the upstream buffer), de-chunked
+//! for an HTTP/1.0 client, or through the SSE filter (the usage chunk shardgate asked for
+//! dropped, the stream cut at the tenant's budget); then the upstream connection pooled or
+//! dropped. Where the body ends is `exchange::relay::Relay`'s call.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBuf;
+
+use super::io::{read_more, send};
+use super::local::answer_error;
+use super::{Client, Next};
+use crate::admit::now_ns;
+use crate::config::UpstreamConfig;
+use crate::error::Error;
+use crate::exchange::relay::{push_framed, IllFramed, Relay};
+use crate::http::response::ClientFraming;
+use crate::llm::{self, SseFilter};
+use crate::shard::ShardCtx;
+use crate::snapshot::PoolSlot;
+use crate::upstream::UpConn;
+
+/// Send the response head and relay the body as it arrives, each read written out at once
+/// (SSE events are never held back). The upstream connection goes back to the pool only after
+/// a complete, well-framed exchange.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn relay_response(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    slot: PoolSlot,
+    ucfg: &UpstreamConfig,
+    mut up: UpConn,
+    mut relay: Relay,
+    mut wbuf: Vec<u8>,
+    keep_alive: bool,
+) -> Next {
+    let send_timeout = c.snap.cfg.server.send_timeout;
+    c.ex.status = relay.status;
+    // The first body bytes go out in the same write as the head.
+    if c.ex.scan {
+        c.llm.scanner.reset(if relay.sse {
+            llm::BodyKind::Sse
+        } else {
+            llm::BodyKind::Json
+        });
+    }
+    let scan = c.ex.scan;
+    if c.ex.filter_sse
+        && relay.sse
+        && matches!(
+            relay.framing,
+            ClientFraming::Chunked | ClientFraming::Dechunk | ClientFraming::UntilClose
+        )
+    {
+        return relay_filtered(ctx, c, slot, ucfg, up, relay, wbuf, keep_alive).await;
+    }
+    match relay.feed(&up.buf, &mut wbuf, true, scan.then_some(&mut c.llm.scanner)) {
+        Ok(n) => drop(up.buf.drain(..n)),
+        Err(IllFramed) => {
+            let e = Error::UpstreamBadResponse("ill-framed upstream response body");
+            return answer_error(ctx, c, e, false, wbuf).await;
+        }
+    }
+    let (res, buf) = send(c, wbuf, send_timeout).await;
+    if res.is_err() {
+        return Next::Close; // the client went away: the upstream connection is dropped
+    }
+    let dechunk = relay.framing == ClientFraming::Dechunk;
+    // Only de-chunking copies body bytes; for a verbatim relay (an SSE stream can last minutes)
+    // the write buffer goes back to the shard's spares now instead of being held.
+    let mut wbuf = match buf {
+        Some(buf) if dechunk => buf,
+        Some(buf) => {
+            ctx.put_buf(buf);
+            Vec::new()
+        }
+        None if dechunk => ctx.take_buf(),
+        None => Vec::new(),
+    };
+    while !relay.done {
+        let buf = std::mem::take(&mut up.buf);
+        let (res, buf) = read_more(&mut up.stream, buf, Instant::now() + ucfg.read_timeout).await;
+        up.buf = buf;
+        match res {
+            Ok(0) if relay.framing == ClientFraming::UntilClose => break,
+            // The upstream stopped mid-body: end the client connection without a clean end,
+            // so the client sees a truncated message.
+            Ok(0) | Err(_) => {
+                c.ex.upstream_broke = true;
+                return Next::Close;
+            }
+            Ok(_) => {}
+        }
+        wbuf.clear();
+        let Ok(n) = relay.feed(
+            &up.buf,
+            &mut wbuf,
+            dechunk,
+            scan.then_some(&mut c.llm.scanner),
+        ) else {
+            c.ex.upstream_broke = true;
+            return Next::Close;
+        };
+        if n == 0 {
+            continue; // only part of a chunk line so far
+        }
+        let res = if dechunk {
+            let (res, buf) = send(c, wbuf, send_timeout).await;
+            wbuf = buf.unwrap_or_else(|| ctx.take_buf());
+            res
+        } else {
+            // Verbatim: write straight from the upstream buffer, no copy.
+            let buf = std::mem::take(&mut up.buf);
+            let (res, buf) = send(c, buf.slice(..n), send_timeout).await;
+            up.buf = buf.map(|s| s.into_inner()).unwrap_or_default();
+            res
+        };
+        if res.is_err() {
+            return Next::Close;
+        }
+        up.buf.drain(..n);
+    }
+    ctx.put_buf(wbuf);
+    end_relay(ctx, slot, ucfg, up, &relay, keep_alive)
+}
+
+/// A relayed answer is complete: pool the upstream connection if it can be reused, and say
+/// what happens to the client connection.
+pub(super) fn end_relay(
+    ctx: &ShardCtx,
+    slot: PoolSlot,
+    ucfg: &UpstreamConfig,
+    up: UpConn,
+    relay: &Relay,
+    keep_alive: bool,
+) -> Next {
+    // Bytes past the end of the body mean the upstream is out of step: never reuse it.
+    if relay.upstream_reusable && relay.framing != ClientFraming::UntilClose && up.buf.is_empty() {
+        ctx.pools
+            .checkin(slot, up, ucfg.pool_idle_max, Instant::now());
+    }
+    if keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
+/// Tracks where a response body ends while it is relayed.
+/// Relay a tenant's event stream through the SSE filter: the usage chunk shardgate asked for
+/// is dropped, and the stream is cut with an error event once it would pass the tenant's
+/// budget. The upstream's chunks are decoded and what the filter lets through is sent as one
+/// chunk per read (or as is, to a client reading until close).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn relay_filtered(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    slot: PoolSlot,
+    ucfg: &UpstreamConfig,
+    mut up: UpConn,
+    mut relay: Relay,
+    mut wbuf: Vec<u8>,
+    keep_alive: bool,
+) -> Next {
+    let send_timeout = c.snap.cfg.server.send_timeout;
+    let client_chunked = relay.framing == ClientFraming::Chunked;
+    if client_chunked {
+        // Decode the upstream's chunks into data; the client gets chunks of our own.
+        relay.framing = ClientFraming::Dechunk;
+    }
+    c.llm.filter.reset();
+    if c.ex.scan {
+        c.llm.scanner.reset(llm::BodyKind::Sse);
+    }
+    let mut cut = false;
+    loop {
+        let mut data = std::mem::take(&mut c.llm.sse_in);
+        let mut filtered = std::mem::take(&mut c.llm.sse_out);
+        data.clear();
+        filtered.clear();
+        let fed = relay.feed(
+            &up.buf,
+            &mut data,
+            true,
+            c.ex.scan.then_some(&mut c.llm.scanner),
+        );
+        let Ok(n) = fed else {
+            c.llm.sse_in = data;
+            c.llm.sse_out = filtered;
+            c.ex.upstream_broke = true;
+            return Next::Close;
+        };
+        up.buf.drain(..n);
+        // Event by event, so a stream is cut at the event that passes the budget, however
+        // many events one read brought.
+        let mut at = 0;
+        while at < data.len() && !cut {
+            let end = event_end(&data[at..]).map_or(data.len(), |n| at + n);
+            let piece = &data[at..end];
+            if c.ex.strip_usage {
+                c.llm.filter.feed(piece, &mut filtered);
+            } else {
+                // Nothing to drop (the client asked for usage itself, or the stream is
+                // Anthropic's): the filter only counts events, for the budget.
+                let mut counted = std::mem::take(&mut c.llm.rewritten);
+                counted.clear();
+                c.llm.filter.feed(piece, &mut counted);
+                c.llm.rewritten = counted;
+                filtered.extend_from_slice(piece);
+            }
+            at = end;
+            if over_budget(c) {
+                SseFilter::error_event(
+                    "the tenant's token budget is exhausted; the answer was cut",
+                    &mut filtered,
+                );
+                cut = true;
+            }
+        }
+        if relay.done && !cut && c.ex.strip_usage {
+            c.llm.filter.finish(&mut filtered);
+        }
+        push_framed(&mut wbuf, &filtered, client_chunked);
+        let end = relay.done || cut;
+        if end && client_chunked {
+            wbuf.extend_from_slice(b"0\r\n\r\n");
+        }
+        c.llm.sse_in = data;
+        c.llm.sse_out = filtered;
+        c.ex.counted = Some(
+            c.ex.prompt_estimate
+                .saturating_add(c.llm.filter.content_events()),
+        );
+        if flush(ctx, c, &mut wbuf, send_timeout).await.is_err() {
+            return Next::Close;
+        }
+        if end {
+            break;
+        }
+        if read_body_more(&mut up, &mut relay, ucfg.read_timeout)
+            .await
+            .is_err()
+        {
+            c.ex.upstream_broke = true;
+            return Next::Close;
+        }
+    }
+    ctx.put_buf(wbuf);
+    // A cut stream leaves the upstream mid-answer: that connection is dropped.
+    relay.upstream_reusable &= !cut;
+    let keep_alive = keep_alive && (client_chunked || relay.framing != ClientFraming::UntilClose);
+    end_relay(ctx, slot, ucfg, up, &relay, keep_alive)
+}
+
+/// Send what `wbuf` holds, if anything; it comes back empty. `Err`: the client is gone.
+pub(super) async fn flush(
+    ctx: &ShardCtx,
+    c: &mut Client,
+    wbuf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<(), ()> {
+    if wbuf.is_empty() {
+        return Ok(());
+    }
+    let (res, buf) = send(c, std::mem::take(wbuf), timeout).await;
+    *wbuf = buf.unwrap_or_else(|| ctx.take_buf());
+    wbuf.clear();
+    res
+}
+
+/// Read more of the upstream's body into `up.buf`: `Ok` with more bytes, or at the end of a
+/// body framed by the close (`relay.done` set); `Err` when the upstream stopped mid-body.
+pub(super) async fn read_body_more(
+    up: &mut UpConn,
+    relay: &mut Relay,
+    timeout: Duration,
+) -> Result<(), ()> {
+    let buf = std::mem::take(&mut up.buf);
+    let (res, buf) = read_more(&mut up.stream, buf, Instant::now() + timeout).await;
+    up.buf = buf;
+    match res {
+        Ok(0) if relay.framing == ClientFraming::UntilClose => {
+            relay.done = true;
+            Ok(())
+        }
+        Ok(0) | Err(_) => Err(()),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Bytes up to and including the end of the first SSE event in `data` (a blank line: `\n\n` or
+/// `\r\n\r\n`), if one ends there.
+pub(super) fn event_end(data: &[u8]) -> Option<usize> {
+    let lf = data.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Whether the stream under way has produced more than the tenant's budget allows: the
+/// prompt's estimate plus one token per content event, against what the request reserved
+/// plus what is left in the window.
+pub(super) fn over_budget(c: &Client) -> bool {
+    let (Some(adm), Some(t)) = (&c.ex.admitted, c.ex.tenant) else {
+        return false;
+    };
+    let Some(limits) = c.snap.tenant_limits(t) else {
+        return false;
+    };
+    let produced =
+        c.ex.prompt_estimate
+            .saturating_add(c.llm.filter.content_events());
+    match limits.budget_allowance(adm, now_ns()) {
+        Some(allowed) => produced > allowed,
+        None => false,
+    }
+}

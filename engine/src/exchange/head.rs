@@ -1,0 +1,178 @@
+//! The request head, decided: what a complete head asks for (health, the mock model, a
+//! route, an LLM call, `/v1/models`) and the upstream head for a plain proxied request.
+
+use std::net::IpAddr;
+
+use crate::config::{Auth, Provider};
+use crate::error::Error;
+use crate::http::request::{self, Credentials, Method, RequestHead};
+use crate::limits::HEADERS_ARRAY_LEN;
+use crate::llm::{self};
+use crate::mock::{self, MockEndpoint};
+use crate::snapshot::{RouteId, Snapshot, Target, TenantId};
+use crate::tenant::{presented_key, KeyMemo};
+
+/// What the head says to do, decided without I/O.
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    Health {
+        readiness: bool,
+    },
+    Mock(MockEndpoint),
+    Proxy {
+        target: Target,
+    },
+    /// A tenant's request to an LLM endpoint: read the body whole, check the model, admit by
+    /// its token estimate, then forward (the upstream head is written after the body is read).
+    ///
+    /// `target`: the route's upstream, used when the body names no model group.
+    ProxyLlm {
+        target: Option<Target>,
+    },
+    /// `GET /v1/models` with `[[models]]`: the groups the caller may use, answered here.
+    Models,
+    Refuse(Error),
+}
+
+/// Parse the head in `buf` and decide what to do, writing the upstream head into `wbuf` when
+/// proxying. `Ok(None)`: the head is incomplete.
+/// What [`decide`] found in a complete head.
+#[derive(Debug)]
+pub struct Decision {
+    pub head: RequestHead,
+    pub action: Action,
+    /// The route taken (None for health checks and unrouted paths).
+    pub route: Option<RouteId>,
+    /// The tenant whose key the request presented (None without `auth = "keys"`).
+    pub tenant: Option<TenantId>,
+}
+
+pub fn decide(
+    snap: &Snapshot,
+    buf: &[u8],
+    client_ip: IpAddr,
+    client_tls: bool,
+    wbuf: &mut Vec<u8>,
+    key_memo: &mut KeyMemo,
+) -> Result<Option<Decision>, Error> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
+    let Some(req) = request::parse(buf, &mut headers, &snap.cfg.server.head_limits())? else {
+        return Ok(None);
+    };
+    let head = req.head;
+    let path = req.path();
+    if head.method == Method::Get {
+        match path {
+            "/health/liveness" | "/health/readiness" => {
+                return Ok(Some(Decision {
+                    head,
+                    action: Action::Health {
+                        readiness: path == "/health/readiness",
+                    },
+                    route: None,
+                    tenant: None,
+                }))
+            }
+            _ => {}
+        }
+    }
+    // Identify the tenant before anything else: an unknown caller learns nothing (not even
+    // which paths route).
+    let tenant = match snap.cfg.server.auth {
+        Auth::None => None,
+        Auth::Keys => {
+            let key = presented_key(req.header("authorization"), req.header("x-api-key"));
+            match key.and_then(|k| snap.tenant_by_key(k, key_memo)) {
+                Some(t) => Some(t),
+                None => {
+                    return Ok(Some(Decision {
+                        head,
+                        action: Action::Refuse(Error::Unauthorized),
+                        route: None,
+                        tenant: None,
+                    }))
+                }
+            }
+        }
+    };
+    // Model groups route LLM calls by their body; templates need the body too.
+    let models_on = !snap.cfg.models.is_empty();
+    let read_llm_body = models_on || !snap.cfg.templates.is_empty();
+    let llm_call = llm::is_llm_request(req.method(), path);
+    let plain_path = path.split('?').next().unwrap_or(path);
+    if models_on && req.method() == "GET" && plain_path == "/v1/models" {
+        // The model groups the caller may use, answered here.
+        return Ok(Some(Decision {
+            head,
+            action: Action::Models,
+            route: None,
+            tenant,
+        }));
+    }
+    let Some(route) = snap.route_for(path) else {
+        let action = if models_on && llm_call {
+            Action::ProxyLlm { target: None }
+        } else {
+            Action::Refuse(Error::NoRoute)
+        };
+        return Ok(Some(Decision {
+            head,
+            action,
+            route: None,
+            tenant,
+        }));
+    };
+    let upstream = snap.route_upstream(route);
+    let ucfg = snap.upstream(upstream);
+    let action = match ucfg.provider {
+        Provider::Mock => match mock::serves(req.method(), path) {
+            Some(endpoint) => Action::Mock(endpoint),
+            None => Action::Refuse(Error::NoRoute),
+        },
+        // An Anthropic upstream's LLM calls always take the LLM path: its credential and
+        // version header, and translation for OpenAI clients.
+        Provider::Http | Provider::Anthropic
+            if llm_call
+                && (tenant.is_some() || read_llm_body || ucfg.provider == Provider::Anthropic) =>
+        {
+            Action::ProxyLlm {
+                target: Some(snap.pick_endpoint(upstream)),
+            }
+        }
+        Provider::Http | Provider::Anthropic => {
+            let target = snap.pick_endpoint(upstream);
+            wbuf.clear();
+            let authority = snap
+                .endpoint(upstream, target.endpoint)
+                .authority
+                .as_bytes();
+            let creds = Credentials {
+                drop_client_keys: snap.cfg.server.auth == Auth::Keys || ucfg.credential.is_some(),
+                upstream: ucfg.credential.as_deref().unwrap_or_default(),
+                client_tls,
+                ..Credentials::PASS
+            };
+            req.write_upstream_head_with(authority, client_ip, &creds, wbuf);
+            Action::Proxy { target }
+        }
+    };
+    Ok(Some(Decision {
+        head,
+        action,
+        route: Some(route),
+        tenant,
+    }))
+}
+
+/// The method and target of the request line at the start of `head` (already parsed, so
+/// well-formed).
+pub fn request_line(head: &[u8]) -> (&str, &str) {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let target = parts.next().unwrap_or_default();
+    (
+        std::str::from_utf8(method).unwrap_or(""),
+        std::str::from_utf8(target).unwrap_or(""),
+    )
+}

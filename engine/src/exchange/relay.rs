@@ -1,0 +1,364 @@
+//! The answer's way back: the upstream's response head turned into the client's, and the
+//! framing state machine that finds where the body ends while it is relayed.
+
+use crate::error::Error;
+use crate::http::chunked::{ChunkedDecoder, Step};
+use crate::http::request::{Method, RequestHead};
+use crate::http::response::{self, ClientFraming};
+use crate::http::write_hex;
+use crate::limits::{HEADERS_ARRAY_LEN, INTERIM_RESPONSES_MAX};
+use crate::llm::UsageScanner;
+
+/// The upstream's body broke its framing (a bad chunk line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IllFramed;
+
+/// Tracks where a response body ends while it is relayed.
+#[derive(Debug)]
+pub struct Relay {
+    pub framing: ClientFraming,
+    /// Body bytes still expected (`Length`).
+    left: u64,
+    decoder: ChunkedDecoder,
+    pub done: bool,
+    /// The upstream's head allows reusing its connection.
+    pub upstream_reusable: bool,
+    /// The upstream's status code.
+    pub status: u16,
+    /// The response is a server-sent event stream.
+    pub sse: bool,
+    /// The upstream's `Retry-After` on a 429 or 503, seconds.
+    pub retry_after_s: Option<u32>,
+}
+
+impl Relay {
+    pub fn new(framing: ClientFraming, upstream_reusable: bool, status: u16) -> Self {
+        let (left, done) = match framing {
+            ClientFraming::None => (0, true),
+            ClientFraming::Length(n) => (n, false),
+            _ => (0, false),
+        };
+        Self {
+            framing,
+            left,
+            decoder: ChunkedDecoder::new(),
+            done,
+            upstream_reusable,
+            status,
+            sse: false,
+            retry_after_s: None,
+        }
+    }
+
+    /// Take what `input` holds of the body: returns the bytes consumed, copies them (or, when
+    /// de-chunking, their data) to `out` when `copy` (without it the caller writes
+    /// `input[..n]` itself), and hands the body data to `scan`. `Err`: ill-framed.
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        copy: bool,
+        mut scan: Option<&mut UsageScanner>,
+    ) -> Result<usize, IllFramed> {
+        let n = match self.framing {
+            ClientFraming::None => 0,
+            ClientFraming::Length(_) => {
+                let n = input
+                    .len()
+                    .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                self.left -= n as u64;
+                self.done = self.left == 0;
+                if let Some(s) = scan.as_deref_mut() {
+                    s.feed(&input[..n]);
+                }
+                n
+            }
+            ClientFraming::UntilClose => {
+                if let Some(s) = scan.as_deref_mut() {
+                    s.feed(input);
+                }
+                input.len()
+            }
+            ClientFraming::Chunked | ClientFraming::Dechunk => {
+                let mut at = 0;
+                loop {
+                    let (n, step) = self.decoder.decode(&input[at..]).map_err(|_| IllFramed)?;
+                    if let Step::Data(r) = &step {
+                        if let Some(s) = scan.as_deref_mut() {
+                            s.feed(&input[at..][r.clone()]);
+                        }
+                    }
+                    if let (Step::Data(r), ClientFraming::Dechunk) = (&step, self.framing) {
+                        out.extend_from_slice(&input[at..][r.clone()]);
+                    }
+                    at += n;
+                    match step {
+                        Step::Data(_) => {}
+                        Step::NeedMore => break,
+                        Step::Done => {
+                            self.done = true;
+                            break;
+                        }
+                    }
+                }
+                at
+            }
+        };
+        if copy && self.framing != ClientFraming::Dechunk {
+            out.extend_from_slice(&input[..n]);
+        }
+        Ok(n)
+    }
+
+    /// The upstream connection may go back to the pool: its head allowed it, the body was
+    /// framed by the upstream (not by its close) and nothing followed it (`rest_empty`).
+    pub fn poolable(&self, rest_empty: bool) -> bool {
+        self.upstream_reusable && self.framing != ClientFraming::UntilClose && rest_empty
+    }
+}
+
+/// What the bytes read so far say of the upstream's response head.
+#[derive(Debug)]
+pub enum HeadStep {
+    /// Not all of it yet.
+    Incomplete,
+    /// An interim (1xx) answer of this many bytes, to be dropped.
+    Interim(usize),
+    /// The final head, `head_len` bytes: the client's head was written, the body follows.
+    Final {
+        relay: Relay,
+        keep_alive: bool,
+        head_len: usize,
+    },
+}
+
+/// Look at the response bytes in `buf` for the request `req` (`interim`: interim answers seen
+/// so far). On the final head, the head for the client goes into `wbuf` (replacing what it
+/// held), with `extra_headers` (`x-ratelimit-*`); the client connection stays open only if the
+/// request and the framing allow it and the shard is not `draining`.
+pub fn response_head(
+    buf: &[u8],
+    req: &RequestHead,
+    interim: usize,
+    draining: bool,
+    extra_headers: Option<&[u8]>,
+    wbuf: &mut Vec<u8>,
+) -> Result<HeadStep, Error> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
+    let Some((h, resp)) = response::parse(buf, &mut headers, req.method == Method::Head)? else {
+        return Ok(HeadStep::Incomplete);
+    };
+    if h.is_interim() {
+        if interim + 1 > INTERIM_RESPONSES_MAX || h.status == 101 {
+            return Err(Error::UpstreamBadResponse(
+                "unexpected interim response from upstream",
+            ));
+        }
+        return Ok(HeadStep::Interim(h.head_len));
+    }
+    let framing = response::client_framing(h.body, req.version_minor);
+    let keep_alive = req.keep_alive && response::framing_allows_keep_alive(framing) && !draining;
+    wbuf.clear();
+    response::write_client_head(
+        &h,
+        &resp,
+        framing,
+        req.version_minor,
+        keep_alive,
+        extra_headers,
+        wbuf,
+    );
+    let mut relay = Relay::new(framing, h.upstream_keep_alive, h.status);
+    // `Retry-After: <seconds>` on a 429 or 503 tells the balancer how long to leave this
+    // deployment alone (an HTTP date is ignored).
+    if matches!(h.status, 429 | 503) {
+        relay.retry_after_s = resp
+            .headers
+            .iter()
+            .find(|x| x.name.eq_ignore_ascii_case("retry-after"))
+            .and_then(|x| std::str::from_utf8(x.value).ok())
+            .and_then(|v| v.trim().parse::<u32>().ok());
+    }
+    relay.sse = resp.headers.iter().any(|x| {
+        x.name.eq_ignore_ascii_case("content-type")
+            && x.value.len() >= 17
+            && x.value[..17].eq_ignore_ascii_case(b"text/event-stream")
+    });
+    Ok(HeadStep::Final {
+        relay,
+        keep_alive,
+        head_len: h.head_len,
+    })
+}
+
+/// Append `data` for the client: as one chunk, or as is (to a client reading until close).
+pub fn push_framed(wbuf: &mut Vec<u8>, data: &[u8], chunked: bool) {
+    if data.is_empty() {
+        return;
+    }
+    if chunked {
+        write_hex(wbuf, data.len() as u64);
+        wbuf.extend_from_slice(b"\r\n");
+        wbuf.extend_from_slice(data);
+        wbuf.extend_from_slice(b"\r\n");
+    } else {
+        wbuf.extend_from_slice(data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::request;
+
+    fn head(raw: &[u8]) -> RequestHead {
+        let mut h = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
+        let limits = request::HeadLimits {
+            header_bytes_max: 8192,
+            headers_count_max: 64,
+            body_bytes_max: 1 << 20,
+        };
+        match request::parse(raw, &mut h, &limits) {
+            Ok(Some(r)) => r.head,
+            other => panic!("test head did not parse: {:?}", other.err()),
+        }
+    }
+
+    fn get() -> RequestHead {
+        head(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+    }
+
+    #[test]
+    fn a_final_head_is_rewritten_for_the_client_with_the_rate_headers() {
+        let mut w = Vec::new();
+        let resp =
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-type: text/event-stream\r\n\r\nhello";
+        let step = response_head(
+            resp,
+            &get(),
+            0,
+            false,
+            Some(b"x-ratelimit-limit-requests: 9\r\n"),
+            &mut w,
+        );
+        let Ok(HeadStep::Final {
+            mut relay,
+            keep_alive,
+            head_len,
+        }) = step
+        else {
+            panic!("expected a final head, got {step:?}");
+        };
+        assert!(keep_alive && relay.sse && relay.status == 200);
+        assert_eq!(&resp[head_len..], b"hello");
+        let text = String::from_utf8_lossy(&w).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{text}");
+        assert!(text.contains("x-ratelimit-limit-requests: 9\r\n"), "{text}");
+        let mut out = Vec::new();
+        assert_eq!(relay.feed(&resp[head_len..], &mut out, true, None), Ok(5));
+        assert!(relay.done && out == b"hello" && relay.poolable(true));
+        assert!(!relay.poolable(false), "stray bytes after the body");
+    }
+
+    #[test]
+    fn interim_heads_are_skipped_up_to_the_limit_and_retry_after_is_read() {
+        let mut w = Vec::new();
+        let step = response_head(
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            &get(),
+            0,
+            false,
+            None,
+            &mut w,
+        );
+        assert!(matches!(step, Ok(HeadStep::Interim(25))), "{step:?}");
+        let step = response_head(
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            &get(),
+            INTERIM_RESPONSES_MAX,
+            false,
+            None,
+            &mut w,
+        );
+        assert!(matches!(step, Err(Error::UpstreamBadResponse(_))));
+        let step = response_head(
+            b"HTTP/1.1 101 Switching\r\n\r\n",
+            &get(),
+            0,
+            false,
+            None,
+            &mut w,
+        );
+        assert!(matches!(step, Err(Error::UpstreamBadResponse(_))));
+        let step = response_head(
+            b"HTTP/1.1 200 OK\r\ncontent-le",
+            &get(),
+            0,
+            false,
+            None,
+            &mut w,
+        );
+        assert!(matches!(step, Ok(HeadStep::Incomplete)));
+        let resp = b"HTTP/1.1 429 Too Many\r\nretry-after: 7\r\ncontent-length: 0\r\n\r\n";
+        let Ok(HeadStep::Final { relay, .. }) = response_head(resp, &get(), 0, true, None, &mut w)
+        else {
+            panic!("429 head");
+        };
+        assert_eq!(
+            (relay.status, relay.retry_after_s, relay.done),
+            (429, Some(7), true)
+        );
+    }
+
+    #[test]
+    fn draining_or_a_closing_request_closes_the_client_connection() {
+        let mut w = Vec::new();
+        let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        let Ok(HeadStep::Final { keep_alive, .. }) =
+            response_head(resp, &get(), 0, true, None, &mut w)
+        else {
+            panic!("final head");
+        };
+        assert!(!keep_alive);
+        let close = head(b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n");
+        let Ok(HeadStep::Final { keep_alive, .. }) =
+            response_head(resp, &close, 0, false, None, &mut w)
+        else {
+            panic!("final head");
+        };
+        assert!(!keep_alive);
+    }
+
+    #[test]
+    fn chunked_bodies_pass_verbatim_or_dechunked_and_ill_framing_is_caught() {
+        let body = b"4\r\ndata\r\n0\r\n\r\n";
+        let mut r = Relay::new(ClientFraming::Chunked, true, 200);
+        let mut out = Vec::new();
+        assert_eq!(r.feed(body, &mut out, true, None), Ok(body.len()));
+        assert!(r.done);
+        assert_eq!(out, body);
+        let mut r = Relay::new(ClientFraming::Dechunk, true, 200);
+        out.clear();
+        assert_eq!(r.feed(&body[..7], &mut out, true, None), Ok(7));
+        assert!(!r.done);
+        assert_eq!(r.feed(&body[7..], &mut out, true, None), Ok(body.len() - 7));
+        assert!(r.done);
+        assert_eq!(out, b"data");
+        let mut r = Relay::new(ClientFraming::Chunked, true, 200);
+        assert_eq!(r.feed(b"xyz\r\n", &mut out, false, None), Err(IllFramed));
+        let r = Relay::new(ClientFraming::UntilClose, true, 200);
+        assert!(!r.poolable(true), "a body ended by the close never pools");
+    }
+
+    #[test]
+    fn push_framed_makes_one_chunk_or_passes_as_is() {
+        let mut w = Vec::new();
+        push_framed(&mut w, b"", true);
+        assert!(w.is_empty());
+        push_framed(&mut w, b"0123456789ab", true);
+        assert_eq!(w, b"c\r\n0123456789ab\r\n");
+        w.clear();
+        push_framed(&mut w, b"xy", false);
+        assert_eq!(w, b"xy");
+    }
+}

@@ -1,0 +1,228 @@
+//! The exchange's attempt loop driven by arbitrary bytes, with counting books: the property
+//! the `exchange` fuzz target checks (`crate::fuzz_checks::exchange`) and the unit tests below
+//! run over generated inputs.
+//!
+//! The bytes decide everything the world decides for the driver: the groups (their sizes,
+//! health, fallbacks and retry budget), each deployment's quota, whether an upstream slot and
+//! a hedge are taken, how each attempt ends (an answer with some status, a failed connection,
+//! a timeout) and whether the client leaves. The loop is the driver's: ask [`Attempts::next`],
+//! hold what the attempt takes in the [`Ledger`], retry only under [`attempts::retryable`]
+//! and `retry_ok`, settle at the end. Checked after every input:
+//! - every reservation handed to the ledger is settled exactly once, every upstream slot
+//!   released exactly once;
+//! - no more attempts fail over than the group's retry budget allows, and a retry happens only
+//!   when the attempt was marked `retry_ok`;
+//! - the loop ends (each pick is bounded by [`Attempts::ROUNDS_MAX`]).
+
+use std::cell::RefCell;
+
+use super::attempts::{self, Attempts, Groups};
+use super::ledger::{Books, Ledger};
+use crate::balance::{FailureKind, Outcome};
+use std::time::Duration;
+
+/// Books that record every settlement: admissions are numbered tickets.
+#[derive(Debug, Default)]
+pub struct Counted {
+    /// Each settled ticket, with the tokens and the failure it was settled with.
+    pub settled: RefCell<Vec<(u32, Option<u64>, bool)>>,
+    /// Each slot given back, by upstream.
+    pub released: RefCell<Vec<usize>>,
+}
+
+impl Books for Counted {
+    type Admission = u32;
+    fn settle_tenant(&self, _: usize, adm: u32, _: u64, used: Option<u64>, failed: bool) {
+        self.settled.borrow_mut().push((adm, used, failed));
+    }
+    fn settle_deployment(
+        &self,
+        _: usize,
+        _: usize,
+        adm: u32,
+        _: u64,
+        used: Option<u64>,
+        failed: bool,
+    ) {
+        self.settled.borrow_mut().push((adm, used, failed));
+    }
+    fn release_slot(&self, upstream: usize, _: usize, _: u64) {
+        self.released.borrow_mut().push(upstream);
+    }
+}
+
+/// Groups as a table: per group, its deployments (in rotation or not), its fallbacks.
+#[derive(Debug)]
+struct Table {
+    up: Vec<Vec<bool>>,
+    fallbacks: Vec<Vec<usize>>,
+}
+
+impl Groups for Table {
+    fn pick(
+        &self,
+        g: usize,
+        _: u64,
+        rng: &mut dyn FnMut() -> u64,
+        tried: &[usize],
+    ) -> Option<usize> {
+        let up = self.up.get(g)?;
+        let n = up.len();
+        let start = usize::try_from(rng() % n.max(1) as u64).unwrap_or(0);
+        let ok = |i: &usize| !tried.contains(i);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|i| up[*i] && ok(i))
+            .or_else(|| (0..n).map(|k| (start + k) % n).find(ok))
+    }
+    fn has_admitted(&self, g: usize, _: u64) -> bool {
+        self.up.get(g).is_some_and(|u| u.iter().any(|&x| x))
+    }
+    fn fallbacks(&self, g: usize) -> &[usize] {
+        self.fallbacks.get(g).map_or(&[], Vec::as_slice)
+    }
+    fn deployments(&self, g: usize) -> usize {
+        self.up.get(g).map_or(0, Vec::len)
+    }
+}
+
+/// Run one exchange as `data` tells; panics when an invariant breaks.
+pub fn check(data: &[u8]) {
+    let mut input = data.iter().copied();
+    let mut byte = move || input.next().unwrap_or(0);
+    // The groups: 1–3, each with 1–4 deployments; fallbacks point at later groups only (as
+    // validation requires: no cycles).
+    let groups = 1 + usize::from(byte() % 3);
+    let mut table = Table {
+        up: Vec::new(),
+        fallbacks: Vec::new(),
+    };
+    for g in 0..groups {
+        let n = 1 + usize::from(byte() % 4);
+        let mask = byte();
+        table
+            .up
+            .push((0..n).map(|i| mask & (1 << i) != 0).collect());
+        let fb = byte();
+        table
+            .fallbacks
+            .push(((g + 1)..groups).filter(|f| fb & (1 << f) != 0).collect());
+    }
+    let retries = usize::from(byte() % 4);
+    let books = Counted::default();
+    let mut ledger: Ledger<u32> = Ledger::default();
+    let mut tickets = 0u32;
+    let mut ticket = || {
+        tickets += 1;
+        tickets
+    };
+    let mut held_slots = 0usize;
+    let mut seed = u64::from(byte());
+    let mut rng = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        seed >> 33
+    };
+    let now = 1_000_000_000;
+    if byte() & 1 == 1 {
+        ledger.hold_tenant(&books, 0, ticket(), now);
+    }
+    let mut attempts = Attempts::new(0, retries);
+    let mut failed_over = 0usize;
+    let (mut used, mut failed) = (None, true);
+    let mut quota = [0u8; 64];
+    for q in &mut quota {
+        *q = byte();
+    }
+    let mut q = 0usize;
+    while let Some(choice) = attempts.next(&table, now, &mut rng, |_, _| {
+        q += 1;
+        quota[q % quota.len()] % 4 != 0
+    }) {
+        assert!(choice.group < groups);
+        assert!(choice.idx < table.up[choice.group].len());
+        let step = byte();
+        if step & 1 != 0 {
+            ledger.hold_deployment(&books, (choice.group, choice.idx), ticket(), now);
+        }
+        if step & 2 != 0 {
+            ledger.hold_slot(&books, choice.group, 0, now / 1_000_000);
+            held_slots += 1;
+        }
+        let mut hedge = None;
+        if step & 4 != 0 {
+            let h = (
+                choice.group,
+                (choice.idx + 1) % table.up[choice.group].len(),
+            );
+            hedge = Some(h);
+            if step & 8 != 0 {
+                // The hedge answered first: its quota and slot are the request's now.
+                let slot = (step & 16 != 0).then_some((100 + choice.group, 0));
+                held_slots += usize::from(slot.is_some());
+                ledger.hedge_won(&books, Some((h, ticket())), slot, now);
+            }
+        }
+        let outcome = match step >> 5 {
+            0 => attempts::answered(200),
+            1 => attempts::answered(429),
+            2 => attempts::answered(503),
+            3 => attempts::answered(500),
+            4 => attempts::outcome(None, 504, None, false),
+            5 => attempts::outcome(None, 502, None, false),
+            6 => attempts::outcome(Some(Duration::from_millis(1)), 200, None, true),
+            _ => Outcome::Failure {
+                kind: FailureKind::Status(502),
+                retry_after: None,
+            },
+        };
+        if choice.retry_ok && attempts::retryable(&outcome) {
+            ledger.end_attempt(&books, now);
+            attempts.failed(choice, hedge);
+            failed_over += 1;
+            assert!(failed_over <= retries, "more retries than the group allows");
+            continue;
+        }
+        if let Outcome::Success { .. } = outcome {
+            used = (byte() & 1 == 1).then_some(u64::from(byte()));
+            failed = false;
+        }
+        break;
+    }
+    ledger.settle(&books, now, used, failed);
+    assert!(ledger.is_empty());
+    // Every ticket settled exactly once; every slot released once.
+    let mut settled: Vec<u32> = books.settled.borrow().iter().map(|s| s.0).collect();
+    settled.sort_unstable();
+    assert_eq!(
+        settled,
+        (1..=tickets).collect::<Vec<_>>(),
+        "each reservation settled once"
+    );
+    assert_eq!(
+        books.released.borrow().len(),
+        held_slots,
+        "each slot released once"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn every_reservation_is_settled_once_whatever_happens(data in proptest::collection::vec(any::<u8>(), 0..96)) {
+            super::check(&data);
+        }
+    }
+
+    #[test]
+    fn edge_inputs() {
+        super::check(&[]);
+        super::check(&[0xff; 200]);
+        super::check(&[2, 3, 0xff, 0, 3, 0xff, 0, 3, 1, 1, 3]);
+    }
+}

@@ -1,0 +1,556 @@
+//! A [`Snapshot`] is one shard's resolved view of one config version: the validated
+//! [`Config`] and the tables the shard derived from it (pool slots, counter slots, tenant
+//! limits, fair-queue cells, balancers, TLS configs), each indexed by a typed id. A request
+//! keeps the `Rc<Snapshot>` it started with to its end; a new config makes a new snapshot, and
+//! [`Kept`] carries what outlives configs (leases, queues, balancers, TLS caches) by name.
+//!
+//! The ids are plain `usize`s under a type that says which table they index; an id is only
+//! meaningful in the snapshot that handed it out. Callers go through the accessors, never
+//! the tables:
+//! - [`UpstreamId`]: an upstream (`cfg.upstreams`; its counters, cap, TLS client, round robin).
+//! - [`EndpointIdx`]: an endpoint's index within its upstream (`UpstreamConfig::endpoints`).
+//! - [`PoolSlot`]: the shard's pool slot of an endpoint ([`Pools`]; outlives snapshots).
+//! - [`Target`]: where an attempt goes: an upstream, one of its endpoints, that endpoint's slot.
+//! - [`RouteId`]: a route (`cfg.routes`).
+//! - [`TenantId`]: a tenant (`cfg.tenants`; its limits, counters, connections, fair cell).
+//! - [`GroupId`]: a model group (`cfg.models`; its balancer).
+//! - [`DeploymentIdx`]: a deployment's index within its group (its quota; the balancer's
+//!   index).
+//! - [`StatSlot`]: a counter slot in the shard's block (an upstream's, a route's or a
+//!   tenant's).
+//! - [`FairSlot`]: a tenant's finish-tag cell in the fair queues.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::admit::{Locals, TenantLimits};
+use crate::balance::{DeploymentSpec, Group, Policy};
+use crate::config::{Config, Endpoint, TlsFiles, UpstreamConfig};
+use crate::control::shm::Region;
+use crate::control::stats::ShardStats;
+pub use crate::control::stats::StatSlot;
+pub use crate::fair::FairSlot;
+use crate::fair::{Capped, Fabric, Queues, UpstreamCap};
+use crate::models::{Deployment, ModelGroup};
+use crate::route::Routes;
+use crate::template::Templates;
+use crate::tenant::{KeyMemo, TenantConfig, Tenants};
+pub use crate::upstream::PoolSlot;
+use crate::upstream::{Pools, TlsTarget};
+
+index_type!(
+    /// An upstream: its index in `cfg.upstreams`.
+    UpstreamId
+);
+index_type!(
+    /// An endpoint's index within its upstream's `endpoints`.
+    EndpointIdx
+);
+index_type!(
+    /// A route: its index in `cfg.routes`.
+    RouteId
+);
+index_type!(
+    /// A tenant: its index in `cfg.tenants`.
+    TenantId
+);
+index_type!(
+    /// A model group: its index in `cfg.models`.
+    GroupId
+);
+index_type!(
+    /// A deployment's index within its model group (the balancer's index too).
+    DeploymentIdx
+);
+
+/// Where one attempt goes: an upstream, one of its endpoints, and that endpoint's pool slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub upstream: UpstreamId,
+    pub endpoint: EndpointIdx,
+    pub slot: PoolSlot,
+}
+
+/// One config as a shard serves it: the validated config and what the shard derived from it.
+/// A request keeps the `Rc<Snapshot>` it started with; a new config makes a new snapshot.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub cfg: Config,
+    routes: Routes,
+    /// Per upstream: its first flat endpoint number (flat numbers index `pool_slot`).
+    endpoint_base: Vec<usize>,
+    /// The shard's pool slot of each flat endpoint.
+    pool_slot: Vec<PoolSlot>,
+    /// The counter slot of each upstream and of each route.
+    upstream_stats: Vec<StatSlot>,
+    route_stats: Vec<StatSlot>,
+    /// Round-robin position per upstream.
+    rr: Vec<Cell<usize>>,
+    /// Key hash → tenant index.
+    tenants: Tenants,
+    /// Per tenant: its limits (the cells shared by every shard, this shard's leases), and
+    /// its counter slot.
+    tenant_limits: Vec<TenantLimits>,
+    tenant_stats: Vec<StatSlot>,
+    /// Per tenant: its finish-tag cell in the fair queues (its slot in the region's table).
+    tenant_fair: Vec<FairSlot>,
+    /// Per upstream: its cap on requests in flight and this shard's fair queue in front of it.
+    upstream_caps: Vec<UpstreamCap>,
+    /// Model name → group, and each group's balancer state on this shard (kept across
+    /// configs while a group's deployments are unchanged; `None` only for a group that could
+    /// not be built, which validation rules out).
+    model_index: HashMap<String, GroupId>,
+    groups: Vec<Option<Rc<Group>>>,
+    /// Per group, per deployment: its rpm/tpm quota over all shards (None: no quota).
+    deployment_limits: Vec<Vec<Option<TenantLimits>>>,
+    /// Prompt templates, by name, model alias and route.
+    pub templates: Templates,
+    /// Per tenant: its open connections on this shard (kept across configs by name).
+    tenant_conns: Vec<Rc<Cell<usize>>>,
+    /// The certificates `listen` serves (`[[server.tls]]`); `None` without TLS.
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// Per upstream with `https://` endpoints: its TLS client config (its trust store, and
+    /// this shard's session cache, kept across configs while its CA file is the same).
+    tls_clients: Vec<Option<Arc<rustls::ClientConfig>>>,
+}
+
+impl Snapshot {
+    pub fn new(
+        version: u64,
+        cfg: Config,
+        pools: &Pools,
+        stats: &ShardStats,
+        region: &'static Region,
+        kept: &Kept,
+    ) -> Self {
+        let mut endpoint_base = Vec::with_capacity(cfg.upstreams.len());
+        let mut addrs = Vec::new();
+        for u in &cfg.upstreams {
+            endpoint_base.push(addrs.len());
+            addrs.extend(u.endpoints.iter().map(|e| (e.addr, e.tls_name.clone())));
+        }
+        Self {
+            tenant_conns: cfg
+                .tenants
+                .iter()
+                .map(|t| kept.tenant_conns(&t.name))
+                .collect(),
+            tls_server: kept.tls_server(&cfg),
+            tls_clients: cfg.upstreams.iter().map(|u| kept.tls_client(u)).collect(),
+            version,
+            routes: Routes::new(&cfg.routes),
+            pool_slot: pools.assign(&addrs),
+            upstream_stats: cfg
+                .upstreams
+                .iter()
+                .map(|u| stats.upstream_slot(&u.name))
+                .collect(),
+            route_stats: cfg
+                .routes
+                .iter()
+                .map(|r| stats.route_slot(&r.path_prefix))
+                .collect(),
+            rr: cfg.upstreams.iter().map(|_| Cell::new(0)).collect(),
+            tenants: Tenants::new(&cfg.tenants),
+            tenant_limits: cfg
+                .tenants
+                .iter()
+                .map(|t| TenantLimits::new(t, region.tenant(&t.name), kept.locals.get(&t.name)))
+                .collect(),
+            tenant_stats: cfg
+                .tenants
+                .iter()
+                .map(|t| stats.tenant_slot(&t.name))
+                .collect(),
+            tenant_fair: cfg
+                .tenants
+                .iter()
+                .map(|t| {
+                    region
+                        .tenant_slot(&t.name)
+                        .map_or(FairSlot::NO_TENANT, |(i, _)| FairSlot::new(i))
+                })
+                .collect(),
+            templates: Templates::new(cfg.templates.clone()),
+            model_index: cfg
+                .models
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.name.clone(), GroupId(i)))
+                .collect(),
+            deployment_limits: cfg
+                .models
+                .iter()
+                .map(|m| {
+                    m.deployments
+                        .iter()
+                        .enumerate()
+                        .map(|(i, d)| {
+                            if d.rpm.is_none() && d.tpm.is_none() {
+                                return None;
+                            }
+                            // Deployment quotas share the tenant table; \u{1} keeps them apart.
+                            let key = format!("\u{1}deployment/{}/{i}", m.name);
+                            Some(TenantLimits::rates(
+                                d.rpm,
+                                d.tpm,
+                                region.tenant(&key),
+                                kept.locals.get(&key),
+                            ))
+                        })
+                        .collect()
+                })
+                .collect(),
+            groups: cfg
+                .models
+                .iter()
+                .map(|m| kept.balancers.get(m, &cfg.upstreams))
+                .collect(),
+            upstream_caps: cfg
+                .upstreams
+                .iter()
+                .map(|u| UpstreamCap {
+                    capped: u.max_concurrency.and_then(|max| {
+                        // Upstream caps share the tenant table; \u{1} keeps their names apart
+                        // (tenant names hold no control characters).
+                        let (slot, cells) =
+                            region.tenant_slot(&format!("\u{1}upstream/{}", u.name))?;
+                        let shared = kept.fabric.upstream(slot)?;
+                        let queue = kept.queues.get(&u.name, kept.shard, shared, &kept.fabric);
+                        Some(Capped {
+                            cells,
+                            queue,
+                            max,
+                            headroom: u.headroom_slots,
+                        })
+                    }),
+                })
+                .collect(),
+            endpoint_base,
+            cfg,
+        }
+    }
+
+    // ----- config entries -----
+
+    #[inline]
+    pub fn upstream(&self, u: UpstreamId) -> &UpstreamConfig {
+        &self.cfg.upstreams[u.0]
+    }
+
+    #[inline]
+    pub fn endpoint(&self, u: UpstreamId, e: EndpointIdx) -> &Endpoint {
+        &self.cfg.upstreams[u.0].endpoints[e.0]
+    }
+
+    #[inline]
+    pub fn tenant(&self, t: TenantId) -> &TenantConfig {
+        &self.cfg.tenants[t.0]
+    }
+
+    #[inline]
+    pub fn group(&self, g: GroupId) -> &ModelGroup {
+        &self.cfg.models[g.0]
+    }
+
+    #[inline]
+    pub fn deployment(&self, g: GroupId, d: DeploymentIdx) -> &Deployment {
+        &self.cfg.models[g.0].deployments[d.0]
+    }
+
+    /// The upstream route `r` sends to.
+    #[inline]
+    pub fn route_upstream(&self, r: RouteId) -> UpstreamId {
+        UpstreamId(self.cfg.routes[r.0].upstream)
+    }
+
+    /// The upstream deployment `d` of group `g` sends to.
+    #[inline]
+    pub fn deployment_upstream(&self, g: GroupId, d: DeploymentIdx) -> UpstreamId {
+        UpstreamId(self.cfg.models[g.0].deployments[d.0].upstream)
+    }
+
+    /// Group `g`'s fallback groups, in order.
+    pub fn fallbacks(&self, g: GroupId) -> impl Iterator<Item = GroupId> + '_ {
+        self.cfg.models[g.0].fallbacks.iter().map(|&f| GroupId(f))
+    }
+
+    // ----- lookups -----
+
+    /// The route for `path` (query string included).
+    #[inline]
+    pub fn route_for(&self, path: &str) -> Option<RouteId> {
+        self.routes.lookup(path).map(RouteId)
+    }
+
+    /// The tenant owning API key `key` (through the connection's memo).
+    #[inline]
+    pub fn tenant_by_key(&self, key: &[u8], memo: &mut KeyMemo) -> Option<TenantId> {
+        self.tenants.lookup_memo(key, memo).map(TenantId)
+    }
+
+    /// The model group named `model`.
+    #[inline]
+    pub fn group_of(&self, model: &str) -> Option<GroupId> {
+        self.model_index.get(model).copied()
+    }
+
+    // ----- derived tables -----
+
+    #[inline]
+    pub fn upstream_stat_slot(&self, u: UpstreamId) -> StatSlot {
+        self.upstream_stats[u.0]
+    }
+
+    #[inline]
+    pub fn route_stat_slot(&self, r: RouteId) -> StatSlot {
+        self.route_stats[r.0]
+    }
+
+    #[inline]
+    pub fn tenant_stat_slot(&self, t: TenantId) -> StatSlot {
+        self.tenant_stats[t.0]
+    }
+
+    #[inline]
+    pub fn tenant_limits(&self, t: TenantId) -> Option<&TenantLimits> {
+        self.tenant_limits.get(t.0)
+    }
+
+    /// Tenant `t`'s open connections on this shard.
+    #[inline]
+    pub fn tenant_conns(&self, t: TenantId) -> Option<&Rc<Cell<usize>>> {
+        self.tenant_conns.get(t.0)
+    }
+
+    /// Upstream `u`'s cap on requests in flight (and this shard's fair queue in front of it).
+    #[inline]
+    pub fn upstream_cap(&self, u: UpstreamId) -> Option<&UpstreamCap> {
+        self.upstream_caps.get(u.0)
+    }
+
+    /// Group `g`'s balancer on this shard.
+    #[inline]
+    pub fn balancer(&self, g: GroupId) -> Option<&Group> {
+        self.groups.get(g.0).and_then(Option::as_deref)
+    }
+
+    /// Deployment `d` of group `g`'s rpm/tpm quota (`None`: it has none).
+    #[inline]
+    pub fn deployment_limits(&self, g: GroupId, d: DeploymentIdx) -> Option<&TenantLimits> {
+        self.deployment_limits
+            .get(g.0)
+            .and_then(|v| v.get(d.0))
+            .and_then(Option::as_ref)
+    }
+
+    /// What connecting to endpoint `e` of upstream `u` needs for TLS (`None`: plain).
+    pub fn tls_target(&self, u: UpstreamId, e: EndpointIdx) -> TlsTarget<'_> {
+        let name = self
+            .cfg
+            .upstreams
+            .get(u.0)?
+            .endpoints
+            .get(e.0)?
+            .tls_name
+            .as_deref()?;
+        Some((self.tls_clients.get(u.0)?.as_ref()?, name))
+    }
+
+    /// The fair queues' cell of `tenant` (requests without one share [`FairSlot::NO_TENANT`]).
+    #[inline]
+    pub fn fair_slot(&self, tenant: Option<TenantId>) -> FairSlot {
+        tenant
+            .and_then(|t| self.tenant_fair.get(t.0).copied())
+            .unwrap_or(FairSlot::NO_TENANT)
+    }
+
+    /// Pick the next endpoint of `upstream` round-robin.
+    pub fn pick_endpoint(&self, upstream: UpstreamId) -> Target {
+        let u = upstream.0;
+        let n = self.cfg.upstreams[u].endpoints.len().max(1);
+        let i = self.rr[u].get() % n;
+        self.rr[u].set(i + 1);
+        Target {
+            upstream,
+            endpoint: EndpointIdx(i),
+            slot: self.pool_slot[self.endpoint_base[u] + i],
+        }
+    }
+
+    // ----- the shard's timers -----
+
+    /// Take slots handed to this shard and hand free ones to waiters, on every capped upstream.
+    pub fn dispatch_caps(&self, now_ms: u64) {
+        for cap in &self.upstream_caps {
+            cap.dispatch(now_ms);
+        }
+    }
+
+    /// Give back the leases of tenants and deployments unused for a while.
+    pub fn return_stale_leases(&self, now_ns: u64) {
+        for t in &self.tenant_limits {
+            t.return_stale(now_ns);
+        }
+        for d in self.deployment_limits.iter().flatten().flatten() {
+            d.return_stale(now_ns);
+        }
+    }
+}
+
+/// A shard's state that outlives configs, found by name when a new config is applied.
+#[derive(Debug)]
+pub struct Kept {
+    /// Tenants' leases, by tenant name.
+    pub locals: Locals,
+    /// Fair queues in front of capped upstreams, by upstream name.
+    pub queues: Queues,
+    /// This shard's number, and what it shares with the other shards for fair queueing.
+    shard: usize,
+    pub fabric: Arc<Fabric>,
+    /// Model groups' balancers, by group name.
+    pub balancers: Balancers,
+    /// The system trust store (read once per process).
+    pub roots: Arc<rustls::RootCertStore>,
+    /// TLS client configs by upstream name, with the CA file each was built from.
+    tls_clients: RefCell<TlsClients>,
+    /// The last server config built, with the certificate files it was built from.
+    tls_server: RefCell<Option<(Vec<TlsFiles>, Arc<rustls::ServerConfig>)>>,
+    /// Open connections per tenant name on this shard.
+    tenant_conns: RefCell<HashMap<String, Rc<Cell<usize>>>>,
+}
+
+type TlsClients = HashMap<String, (Option<(String, Vec<u8>)>, Arc<rustls::ClientConfig>)>;
+
+impl Kept {
+    pub fn new(roots: Arc<rustls::RootCertStore>, shard: usize, fabric: Arc<Fabric>) -> Self {
+        Self {
+            locals: Locals::default(),
+            queues: Queues::default(),
+            shard,
+            fabric,
+            balancers: Balancers::default(),
+            roots,
+            tls_clients: RefCell::new(HashMap::new()),
+            tls_server: RefCell::new(None),
+            tenant_conns: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The open-connection count of tenant `name` on this shard.
+    fn tenant_conns(&self, name: &str) -> Rc<Cell<usize>> {
+        self.tenant_conns
+            .borrow_mut()
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The server config for `cfg`'s certificates: the previous one while they are the same
+    /// (so its session cache lives on), a new one when they changed (session tickets still
+    /// resume: the ticket key is the process's). Should building fail (validation checked
+    /// every pair, so it should not), the previous one stays.
+    fn tls_server(&self, cfg: &Config) -> Option<Arc<rustls::ServerConfig>> {
+        let files = &cfg.server.tls;
+        if files.is_empty() {
+            return None;
+        }
+        let mut kept = self.tls_server.borrow_mut();
+        if let Some((f, c)) = kept.as_ref() {
+            if f == files {
+                return Some(c.clone());
+            }
+        }
+        let pairs: Vec<_> = files.iter().map(TlsFiles::as_cert_files).collect();
+        match crate::tls::server_config(&pairs) {
+            Ok(c) => {
+                *kept = Some((files.clone(), c.clone()));
+                Some(c)
+            }
+            Err(e) => {
+                tracing::error!("TLS certificates not changed: {e}");
+                kept.as_ref().map(|(_, c)| c.clone())
+            }
+        }
+    }
+
+    /// The TLS client config of upstream `u` (`None` without `https://` endpoints).
+    fn tls_client(&self, u: &UpstreamConfig) -> Option<Arc<rustls::ClientConfig>> {
+        if !u.endpoints.iter().any(|e| e.tls_name.is_some()) {
+            return None;
+        }
+        let mut map = self.tls_clients.borrow_mut();
+        if let Some((ca, c)) = map.get(&u.name) {
+            if *ca == u.ca {
+                return Some(c.clone());
+            }
+        }
+        let ca = u.ca.as_ref().map(|(p, pem)| (p.as_str(), pem.as_slice()));
+        match crate::tls::client_config(&self.roots, ca) {
+            Ok(c) => {
+                map.insert(u.name.clone(), (u.ca.clone(), c.clone()));
+                Some(c)
+            }
+            Err(e) => {
+                // Validation built this config once already; should it fail here, trust
+                // nothing (every handshake fails with a 502) rather than fall back to plain.
+                tracing::error!(upstream = %u.name, "TLS client config: {e}; trusting no certificate");
+                crate::tls::client_config(
+                    &std::sync::Arc::new(rustls::RootCertStore::empty()),
+                    None,
+                )
+                .ok()
+            }
+        }
+    }
+}
+
+/// Each model group's balancer on this shard, by group name, with the deployments it was built
+/// for: a new config keeps a group's latency estimates and health while its deployments (and
+/// strategy) stay the same.
+#[derive(Debug, Default)]
+pub struct Balancers {
+    by_name: RefCell<HashMap<String, (String, Rc<Group>)>>,
+}
+
+impl Balancers {
+    fn get(&self, m: &ModelGroup, upstreams: &[UpstreamConfig]) -> Option<Rc<Group>> {
+        let fingerprint = format!(
+            "{:?}|{:?}",
+            m.strategy,
+            m.deployments
+                .iter()
+                .map(|d| (
+                    upstreams.get(d.upstream).map(|u| u.name.as_str()),
+                    &d.model,
+                    d.weight,
+                    d.max_outstanding
+                ))
+                .collect::<Vec<_>>()
+        );
+        let mut map = self.by_name.borrow_mut();
+        if let Some((fp, g)) = map.get(&m.name) {
+            if *fp == fingerprint {
+                return Some(g.clone());
+            }
+        }
+        let policy = Policy {
+            strategy: m.strategy,
+            ..Policy::default()
+        };
+        let specs: Vec<DeploymentSpec> = m
+            .deployments
+            .iter()
+            .map(|d| DeploymentSpec {
+                weight: d.weight,
+                max_outstanding: d.max_outstanding,
+            })
+            .collect();
+        let g = Rc::new(Group::new(&policy, &specs, 0).ok()?);
+        map.insert(m.name.clone(), (fingerprint, g.clone()));
+        Some(g)
+    }
+}
