@@ -25,12 +25,14 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::admit::{Locals, TenantLimits};
+use crate::admit::{Admitted, Locals, TenantLimits};
 use crate::balance::{DeploymentSpec, Group, Policy};
 use crate::config::{Config, Endpoint, TlsFiles, UpstreamConfig};
 use crate::control::shm::Region;
 use crate::control::stats::ShardStats;
 pub use crate::control::stats::StatSlot;
+use crate::exchange::attempts::Groups;
+use crate::exchange::ledger::Books;
 pub use crate::fair::FairSlot;
 use crate::fair::{Capped, Fabric, Queues, UpstreamCap};
 use crate::models::{Deployment, ModelGroup};
@@ -398,6 +400,74 @@ impl Snapshot {
         for d in self.deployment_limits.iter().flatten().flatten() {
             d.return_stale(now_ns);
         }
+    }
+}
+
+/// A request's reservations are settled against the snapshot it started with.
+impl Books for Snapshot {
+    type Admission = Admitted;
+
+    fn settle_tenant(
+        &self,
+        t: TenantId,
+        adm: Admitted,
+        now_ns: u64,
+        used: Option<u64>,
+        failed: bool,
+    ) {
+        if let Some(limits) = self.tenant_limits(t) {
+            adm.finish(limits, now_ns, used, failed);
+        }
+    }
+
+    fn settle_deployment(
+        &self,
+        group: GroupId,
+        idx: DeploymentIdx,
+        adm: Admitted,
+        now_ns: u64,
+        used: Option<u64>,
+        failed: bool,
+    ) {
+        if let Some(limits) = self.deployment_limits(group, idx) {
+            adm.finish(limits, now_ns, used, failed);
+        }
+    }
+
+    fn release_slot(&self, upstream: UpstreamId, fair: FairSlot, now_ms: u64) {
+        if let Some(cap) = self.upstream_cap(upstream) {
+            cap.release(fair, now_ms);
+        }
+    }
+}
+
+/// The attempt loop picks deployments through the shard's balancers.
+impl Groups for Snapshot {
+    fn pick(
+        &self,
+        group: GroupId,
+        now_ns: u64,
+        rng: &mut dyn FnMut() -> u64,
+        tried: &[usize],
+    ) -> Option<DeploymentIdx> {
+        self.balancer(group)?
+            .pick(now_ns, &mut || rng(), tried)
+            .map(DeploymentIdx)
+    }
+
+    fn has_admitted(&self, group: GroupId, now_ns: u64) -> bool {
+        self.balancer(group).is_some_and(|g| g.has_admitted(now_ns))
+    }
+
+    fn fallbacks(&self, group: GroupId) -> impl Iterator<Item = GroupId> + '_ {
+        Snapshot::fallbacks(self, group)
+    }
+
+    fn deployments(&self, group: GroupId) -> usize {
+        self.cfg
+            .models
+            .get(group.0)
+            .map_or(0, |m| m.deployments.len())
     }
 }
 

@@ -3,21 +3,24 @@
 //! (`exchange::attempts`) hands out, with hedging, until one answers or none is left.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::forward::{forward, read_client_body, send_continue};
+use super::forward::{Attempt, Sent};
 use super::hedge::Hedge;
 use super::local::{answer_error, answer_error_with};
 use super::translate::Translation;
 use super::{llm_take, translate, Client, Exchange, LlmBufs, Next};
 use crate::admit::{admit, now_ns, write_rate_headers, write_refusal_headers};
+use crate::balance::Outcome;
 use crate::balance::DEPLOYMENTS_MAX;
-use crate::balance::{FailureKind, Outcome};
+use crate::clock::Now;
 use crate::control::stats::Reject;
 use crate::error::{Error, Limit};
+use crate::exchange::attempts::{self, Attempts, Tried};
 use crate::exchange::body::{self, BodyLeft, ChunkOut};
 use crate::exchange::head::request_line;
-use crate::fair::{self};
+use crate::exchange::ledger::Books;
 use crate::http::request::{self, BodyKind, Credentials, RequestHead};
 use crate::limits::HEADERS_ARRAY_LEN;
 use crate::llm::{self};
@@ -155,7 +158,7 @@ pub(super) async fn admit_tenant(
     let now = now_ns();
     match admit(limits, now, tokens) {
         Ok(adm) => {
-            c.ex.admitted = Some(adm);
+            c.ex.held.hold_tenant(snap, tenant, adm, now);
             c.rate_hdrs.clear();
             write_rate_headers(limits, now, &mut c.rate_hdrs);
             Ok(())
@@ -198,129 +201,141 @@ pub(super) async fn proxy_llm(
     wbuf.clear();
     wbuf.extend_from_slice(&c.buf[..head.head_len]);
     c.buf.drain(..head.head_len);
-    let wbuf = match read_whole_body(ctx, c, &head, limit, wbuf).await {
+    let raw_head = match read_whole_body(ctx, c, &head, limit, wbuf).await {
         Ok(w) => w,
         Err(next) => return next,
     };
-    let mut body = std::mem::take(&mut c.llm.body);
-    let tenant = c.ex.tenant;
-    let call = match check_and_admit(ctx, c, &snap, tenant, &body).await {
+    // The body (and the template-filled body) stay out of `c` while the call runs, and go
+    // back, with the raw head's buffer, on this one way out.
+    let body = std::mem::take(&mut c.llm.body);
+    let mut filled = std::mem::take(&mut c.llm.filled);
+    let call = Box::pin(llm_call(
+        ctx,
+        c,
+        &snap,
+        &head,
+        (&raw_head, &body, &mut filled),
+        route_target,
+    ));
+    let next = call.await;
+    c.llm.body = body;
+    c.llm.filled = filled;
+    ctx.put_buf(raw_head);
+    next
+}
+
+/// The LLM call once its body is read: checked and admitted, its template filled, then sent
+/// to the route's upstream or, for a model group, to the deployments the group's attempt loop
+/// hands out (`exchange::attempts`) until one answers or none is left.
+async fn llm_call(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    snap: &Rc<Snapshot>,
+    head: &RequestHead,
+    (raw_head, body, filled): (&[u8], &[u8], &mut Vec<u8>),
+    route_target: Option<Target>,
+) -> Next {
+    let call = match check_and_admit(ctx, c, snap, c.ex.tenant, body).await {
         Ok(call) => call,
-        Err(next) => {
-            c.llm.body = body;
-            ctx.put_buf(wbuf);
-            return next;
-        }
+        Err(next) => return next,
     };
     // Prompt templates: fill the selected one from `variables`; `variables` never goes upstream.
+    let mut body = body;
     if call.has_variables || !snap.templates.is_empty() {
-        let path = request_line(&wbuf).1;
+        let path = request_line(raw_head).1;
         // The body was inspected already: a group's name is the body's model.
         let model = call.group.map(|g| snap.group(g).name.as_str());
-        match fill_template(&snap, &body, model, path, &mut c.llm.filled) {
-            Ok(true) => std::mem::swap(&mut body, &mut c.llm.filled),
+        match fill_template(snap, body, model, path, filled) {
+            Ok(true) => body = filled,
             Ok(false) => {}
-            Err(e) => {
-                c.llm.body = body;
-                ctx.put_buf(wbuf);
-                return answer_error(ctx, c, Error::Template(e), true, ctx.take_buf()).await;
-            }
+            Err(e) => return answer_error(ctx, c, Error::Template(e), true, ctx.take_buf()).await,
         }
     }
-    // A model group: pick a deployment (the group's strategy; then its fallbacks, in order),
-    // and on a failure before any byte reached the client, another one (`retries`).
     let Some(g) = call.group else {
         let target = match route_target {
             Some(t) if snap.cfg.models.is_empty() => t,
             // With model groups, a model no group serves is unknown (OpenAI's 404).
-            _ => {
-                c.llm.body = body;
-                ctx.put_buf(wbuf);
-                return answer_error(ctx, c, Error::ModelNotFound, true, ctx.take_buf()).await;
-            }
+            _ => return answer_error(ctx, c, Error::ModelNotFound, true, ctx.take_buf()).await,
         };
-        let out = match llm_request(ctx, c, &snap, &wbuf, &body, target, None, call) {
+        let out = match llm_request(ctx, c, snap, raw_head, body, target, None, call) {
             Ok(out) => out,
-            Err(e) => {
-                // The body was read whole: the connection can stay open.
-                c.llm.body = body;
-                ctx.put_buf(wbuf);
-                return answer_error(ctx, c, e, true, ctx.take_buf()).await;
-            }
+            // The body was read whole: the connection can stay open.
+            Err(e) => return answer_error(ctx, c, e, true, ctx.take_buf()).await,
         };
-        c.llm.body = body;
-        ctx.put_buf(wbuf);
-        return forward(ctx, c, head, target, out, BodyLeft::Done).await;
+        let sent = forward(ctx, c, *head, target, out, BodyLeft::Done, Attempt::ONLY).await;
+        return match sent {
+            Sent::Done(next) => next,
+            Sent::Retry => Next::Close,
+        };
     };
-    // Deployments of the group not to pick again (failed, or over their quota), as a bit set:
-    // it lives across awaits, so it is kept small in the connection's future.
-    let mut excluded = [0u64; DEPLOYMENTS_MAX / 64];
-    let mut attempts = 0usize;
-    let retries = snap.group(g).retries as usize;
-    for _ in 0..2 * DEPLOYMENTS_MAX {
-        let Some((group, idx)) = pick_deployment(ctx, &snap, g, &excluded) else {
-            break;
+    // A model group: the deployment the group's strategy picks (then its fallbacks, in order),
+    // and on a failure before any byte reached the client, another one (`retries`).
+    let retries = usize::try_from(snap.group(g).retries).unwrap_or(usize::MAX);
+    let mut attempts = Attempts::new(g, retries);
+    let mut rng = || ctx.next_random();
+    loop {
+        // The deployment's own quota (rpm/tpm over all shards): over it, another is picked.
+        let mut quota = None;
+        let now = Now::read();
+        let choice = attempts.next(&**snap, now.mono_ns(), &mut rng, |group, idx| {
+            let Some(lim) = snap.deployment_limits(group, idx) else {
+                return true;
+            };
+            admit(lim, now.unix_ns, call.tokens)
+                .map(|adm| quota = Some(adm))
+                .is_ok()
+        });
+        let Some(choice) = choice else {
+            return answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf()).await;
         };
-        // The deployment's own quota (rpm/tpm over all shards): over it, pick another.
-        if let Some(lim) = snap.deployment_limits(group, idx) {
-            match admit(lim, now_ns(), call.tokens) {
-                Ok(adm) => {
-                    c.ex.deployment_admitted = Some((group, idx, adm));
-                    // Its tokens are settled from the answer's usage.
-                    c.ex.scan = true;
-                }
-                Err(_) => {
-                    if group == g {
-                        exclude(&mut excluded, idx);
-                    }
-                    continue;
-                }
-            }
+        let (group, idx) = (choice.group, choice.idx);
+        if let Some(adm) = quota {
+            c.ex.held
+                .hold_deployment(&**snap, (group, idx), adm, now.unix_ns);
+            // Its tokens are settled from the answer's usage.
+            c.ex.scan = true;
         }
         let dep = snap.deployment(group, idx);
         let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
-        let out = match llm_request(ctx, c, &snap, &wbuf, &body, target, Some(&dep.model), call) {
+        let out = match llm_request(ctx, c, snap, raw_head, body, target, Some(&dep.model), call) {
             Ok(out) => out,
-            Err(e) => {
-                // The body was read whole: the connection can stay open.
-                c.llm.body = body;
-                ctx.put_buf(wbuf);
-                return answer_error(ctx, c, e, true, ctx.take_buf()).await;
-            }
+            // The body was read whole: the connection can stay open.
+            Err(e) => return answer_error(ctx, c, e, true, ctx.take_buf()).await,
         };
         // Measure the attempt for the balancer: time to the response head, and how it ended.
         let Some(gr) = snap.balancer(group) else {
-            c.llm.body = body;
-            ctx.put_buf(wbuf);
+            ctx.put_buf(out);
             return answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf()).await;
         };
         c.ex.upstream_slot = snap.upstream_stat_slot(target.upstream);
-        c.ex.hedge = None;
-        if let (Some(after), true) = (snap.group(group).hedge_after, call.stream) {
-            let tried = (group == g).then_some(&excluded);
-            c.ex.hedge = plan_hedge(
-                ctx,
-                c,
-                &snap,
-                (&wbuf, &body),
-                call,
-                (group, idx),
-                tried,
-                after,
-            );
-        }
-        let started = balance_now_ns();
+        let mut hedge = match (snap.group(group).hedge_after, call.stream) {
+            (Some(after), true) => {
+                let tried = (group == g).then_some(attempts.tried());
+                plan_hedge(
+                    ctx,
+                    c,
+                    snap,
+                    (raw_head, body),
+                    call,
+                    (group, idx),
+                    tried,
+                    after,
+                )
+            }
+            _ => None,
+        };
+        let started = now.mono_ns();
         let attempt = gr.start(idx.index(), started);
         c.ex.ttfb = None;
         c.ex.retry_after = None;
-        // Only when another deployment could take it: the last one's error goes to the client
-        // as the upstream sent it.
-        c.ex.retry_ok = attempts < retries && has_alternative(&snap, g, (group, idx), &excluded);
-        c.ex.retry_err = None;
-        let next = forward(ctx, c, head, target, out, BodyLeft::Done).await;
-        let hedged = c.ex.hedge.take();
+        let this = Attempt {
+            retry_ok: choice.retry_ok,
+            hedge: hedge.as_deref_mut(),
+        };
+        let sent = forward(ctx, c, *head, target, out, BodyLeft::Done, this).await;
+        let ended = Now::read();
         if let Some(a) = attempt {
-            match hedged.as_deref() {
+            match hedge.as_deref() {
                 // Outrun by the hedge: it had waited at least this long for a first byte.
                 Some(h) if h.won => a.finish(
                     h.won_ns,
@@ -328,39 +343,22 @@ pub(super) async fn proxy_llm(
                         latency: Duration::from_nanos(h.won_ns.saturating_sub(started)),
                     },
                 ),
-                _ => a.finish(balance_now_ns(), &outcome_of(&c.ex, started)),
+                _ => a.finish(ended.mono_ns(), &outcome_of(&c.ex)),
             }
         }
-        let hedge_won = hedged.map(|h| settle_hedge(ctx, c, &snap, *h));
-        c.ex.retry_ok = false;
-        if c.ex.retry_err.take().is_none() {
-            c.llm.body = body;
-            ctx.put_buf(wbuf);
-            return next;
-        }
-        // Failed before any byte reached the client: try another deployment.
-        finish_deployment(&mut c.ex, &snap, None, true);
-        if let Some(u) = c.ex.upstream_slot_held.take() {
-            if let Some(cap) = snap.upstream_cap(u) {
-                cap.release(snap.fair_slot(c.ex.tenant), fair::now_ms());
+        let hedge_won = hedge.and_then(|h| settle_hedge(ctx, c, snap, *h, ended));
+        match sent {
+            Sent::Done(next) => return next,
+            Sent::Retry => {
+                // Failed before any byte reached the client: try another deployment.
+                c.ex.held.end_attempt(&**snap, ended.unix_ns);
+                c.ex.status = 0;
+                c.ex.local_error = false;
+                c.ex.strip_usage = false;
+                attempts.failed(choice, hedge_won);
             }
         }
-        c.ex.status = 0;
-        c.ex.local_error = false;
-        c.ex.strip_usage = false;
-        if group == g {
-            exclude(&mut excluded, idx);
-        }
-        if let Some(Some((hg, hi))) = hedge_won {
-            if hg == g {
-                exclude(&mut excluded, hi);
-            }
-        }
-        attempts += 1;
     }
-    c.llm.body = body;
-    ctx.put_buf(wbuf);
-    answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf()).await
 }
 
 /// A second attempt for a hedged stream: another deployment of `group` than `current`'s (and
@@ -374,23 +372,17 @@ pub(super) fn plan_hedge(
     (raw_head, body): (&[u8], &[u8]),
     call: LlmCall,
     (group, current): (GroupId, DeploymentIdx),
-    tried: Option<&[u64; DEPLOYMENTS_MAX / 64]>,
+    tried: Option<&Tried>,
     after: Duration,
 ) -> Option<Box<Hedge>> {
     let gr = snap.balancer(group)?;
+    // Not the current deployment, nor one that failed already.
+    let mut except = tried.copied().unwrap_or_default();
+    except.insert(current);
     let mut list = [0usize; DEPLOYMENTS_MAX];
-    list[0] = current.index();
-    let mut n = 1;
-    if let Some(set) = tried {
-        for i in 0..DEPLOYMENTS_MAX {
-            if set[i / 64] & (1 << (i % 64)) != 0 && i != current.index() && n < DEPLOYMENTS_MAX {
-                list[n] = i;
-                n += 1;
-            }
-        }
-    }
+    let list = except.list(&mut list);
     let mut rng = || ctx.next_random();
-    let idx = DeploymentIdx::new(gr.pick(balance_now_ns(), &mut rng, &list[..n])?);
+    let idx = DeploymentIdx::new(gr.pick(Now::read().mono_ns(), &mut rng, list)?);
     let dep = snap.deployment(group, idx);
     let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
     // Build the hedge's request with the first attempt's relay settings put aside.
@@ -428,6 +420,7 @@ pub(super) fn settle_hedge(
     c: &mut Client,
     snap: &Snapshot,
     mut h: Hedge,
+    now: Now,
 ) -> Option<(GroupId, DeploymentIdx)> {
     if !h.request.is_empty() {
         ctx.put_buf(std::mem::take(&mut h.request));
@@ -435,42 +428,25 @@ pub(super) fn settle_hedge(
     if !h.launched {
         return None;
     }
-    let lim = snap.deployment_limits(h.group, h.idx);
     if !h.won {
-        if let (Some(adm), Some(lim)) = (h.admitted.take(), lim) {
-            adm.finish(lim, now_ns(), None, true);
+        if let Some(adm) = h.admitted.take() {
+            snap.settle_deployment(h.group, h.idx, adm, now.unix_ns, None, true);
         }
         return None;
     }
     if let Some(gr) = snap.balancer(h.group) {
         if let Some(a) = gr.start(h.idx.index(), h.launched_ns) {
-            a.finish(balance_now_ns(), &outcome_of(&c.ex, h.launched_ns));
+            a.finish(now.mono_ns(), &outcome_of(&c.ex));
         }
     }
-    // The first attempt was sent (the provider counts it): its quota stays charged at its
-    // estimate; the hedge's admission is now the request's.
-    if let Some((g, i, adm)) = c.ex.deployment_admitted.take() {
-        if let Some(lim) = snap.deployment_limits(g, i) {
-            adm.finish(lim, now_ns(), None, false);
-        }
-    }
-    c.ex.deployment_admitted = h.admitted.take().map(|a| (h.group, h.idx, a));
+    let quota = h.admitted.take().map(|a| ((h.group, h.idx), a));
+    c.ex.held.hedge_won(snap, quota, now.unix_ns);
     Some((h.group, h.idx))
 }
 
-/// Settle a deployment's quota for the request that used it: tokens from `used` (or given back
-/// when the attempt `failed`).
-pub(super) fn finish_deployment(
-    ex: &mut Exchange,
-    snap: &Snapshot,
-    used: Option<u64>,
-    failed: bool,
-) {
-    if let Some((g, i, adm)) = ex.deployment_admitted.take() {
-        if let Some(lim) = snap.deployment_limits(g, i) {
-            adm.finish(lim, now_ns(), used, failed);
-        }
-    }
+/// How the current attempt ended, for its deployment's health and latency estimate.
+fn outcome_of(ex: &Exchange) -> Outcome {
+    attempts::outcome(ex.ttfb, ex.status, ex.retry_after, ex.upstream_broke)
 }
 
 /// Build the upstream request for one attempt into a fresh buffer: the head (re-parsed from
@@ -606,110 +582,5 @@ pub(super) fn fill_template(
         }
         None if tb.has_variables() => Ok(tb.strip_variables(out)),
         None => Ok(false),
-    }
-}
-
-/// The deployment for a request to group `g`: picked by the group's strategy while it has a
-/// deployment admitted (healthy or on probation); otherwise from the first fallback that has
-/// one; and when none has, the group's least bad deployment (a group never refuses for
-/// health alone). (group, deployment index).
-pub(super) fn pick_deployment(
-    ctx: &ShardCtx,
-    snap: &Snapshot,
-    g: GroupId,
-    excluded: &[u64; DEPLOYMENTS_MAX / 64],
-) -> Option<(GroupId, DeploymentIdx)> {
-    // The bit set as the list the balancer takes (on this function's stack, not the future's).
-    let mut list = [0usize; DEPLOYMENTS_MAX];
-    let mut n = 0;
-    for i in 0..DEPLOYMENTS_MAX {
-        if excluded[i / 64] & (1 << (i % 64)) != 0 {
-            list[n] = i;
-            n += 1;
-        }
-    }
-    let tried = &list[..n];
-    let now = balance_now_ns();
-    let mut rng = || ctx.next_random();
-    let primary = snap.balancer(g)?;
-    if primary.has_admitted(now) {
-        if let Some(idx) = primary.pick(now, &mut rng, tried) {
-            return Some((g, DeploymentIdx::new(idx)));
-        }
-    }
-    for f in snap.fallbacks(g) {
-        let Some(gr) = snap.balancer(f) else {
-            continue;
-        };
-        if gr.has_admitted(now) {
-            if let Some(idx) = gr.pick(now, &mut rng, &[]) {
-                return Some((f, DeploymentIdx::new(idx)));
-            }
-        }
-    }
-    primary
-        .pick(now, &mut rng, tried)
-        .map(|idx| (g, DeploymentIdx::new(idx)))
-}
-
-/// Whether a deployment other than `current` (group, index) is left to try for a request to
-/// group `g`: one of its deployments not tried yet, or a fallback group.
-pub(super) fn has_alternative(
-    snap: &Snapshot,
-    g: GroupId,
-    current: (GroupId, DeploymentIdx),
-    excluded: &[u64; DEPLOYMENTS_MAX / 64],
-) -> bool {
-    let m = snap.group(g);
-    if !m.fallbacks.is_empty() {
-        return true;
-    }
-    (0..m.deployments.len()).any(|i| {
-        let tried =
-            excluded[i / 64] & (1 << (i % 64)) != 0 || current == (g, DeploymentIdx::new(i));
-        !tried
-    })
-}
-
-/// Mark deployment `idx` as not to be picked again for this request.
-pub(super) fn exclude(set: &mut [u64; DEPLOYMENTS_MAX / 64], idx: DeploymentIdx) {
-    let idx = idx.index();
-    if let Some(w) = set.get_mut(idx / 64) {
-        *w |= 1 << (idx % 64);
-    }
-}
-
-/// The balancer's clock: a monotonic ns count (only differences matter).
-pub(super) fn balance_now_ns() -> u64 {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// How an attempt at a deployment ended, for its health and latency estimate.
-pub(super) fn outcome_of(ex: &Exchange, started_ns: u64) -> Outcome {
-    let _ = started_ns;
-    if ex.upstream_broke {
-        return Outcome::Failure {
-            kind: FailureKind::Reset,
-            retry_after: None,
-        };
-    }
-    match (ex.ttfb, ex.local_error, ex.status) {
-        // The upstream answered: its status says how it is doing.
-        (Some(_), _, s) if s == 429 || s >= 500 => Outcome::Failure {
-            kind: FailureKind::Status(s),
-            retry_after: ex.retry_after,
-        },
-        (Some(latency), _, _) => Outcome::Success { latency },
-        // No answer: our own 504 is a timeout, anything else a failed connection.
-        (None, _, 504) => Outcome::Failure {
-            kind: FailureKind::Timeout,
-            retry_after: None,
-        },
-        (None, _, _) => Outcome::Failure {
-            kind: FailureKind::Connect,
-            retry_after: None,
-        },
     }
 }

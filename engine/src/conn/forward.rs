@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use monoio::buf::IoBuf;
 
-use super::hedge::Raced;
+use super::hedge::{Hedge, Raced};
 use super::io::{read_more, send, write_timeout, ReadError};
 use super::local::answer_error;
 use super::relay::relay_response;
@@ -18,7 +18,9 @@ use crate::admit::Admitted;
 use crate::config::UpstreamConfig;
 use crate::control::stats::Reject;
 use crate::error::{Error, Limit};
+use crate::exchange::attempts;
 use crate::exchange::body::{self, BodyLeft, ChunkOut};
+use crate::exchange::ledger::Books;
 use crate::exchange::relay::{response_head, HeadStep, Relay};
 use crate::fair::{self, UpstreamCap};
 use crate::http::request::RequestHead;
@@ -89,7 +91,11 @@ pub(super) async fn proxy(
     if !send_continue(c, &head, &left).await {
         return Next::Close;
     }
-    forward(ctx, c, head, target, wbuf, left).await
+    match forward(ctx, c, head, target, wbuf, left, Attempt::ONLY).await {
+        Sent::Done(next) => next,
+        // Not retryable: a lone attempt's failure was answered.
+        Sent::Retry => Next::Close,
+    }
 }
 
 /// Take a slot of a capped upstream, waiting in the tenant's fair queue while it is full (at
@@ -113,7 +119,7 @@ pub(super) async fn wait_for_slot(
         Some(t) => (t.index() + 1, snap.tenant(t).weight),
         None => (0, 1),
     };
-    let cost = c.ex.admitted.as_ref().map_or(1, Admitted::estimate);
+    let cost = c.ex.held.tenant().map_or(1, Admitted::estimate);
     let started = Instant::now();
     let refused = match cap.enqueue(
         (key, fair_slot),
@@ -153,8 +159,38 @@ pub(super) async fn wait_for_slot(
     .await)
 }
 
+/// What the caller of [`forward`] says of the attempt.
+pub(super) struct Attempt<'h> {
+    /// A failure before any byte reaches the client may be retried at another deployment
+    /// (under the one retry rule, [`attempts::retryable`]): it is then left to the caller
+    /// instead of answered.
+    pub retry_ok: bool,
+    /// A second attempt to race against this one (a hedged stream); the race marks in it
+    /// whether it was launched and won.
+    pub hedge: Option<&'h mut Hedge>,
+}
+
+impl Attempt<'_> {
+    /// The only attempt: every failure is answered; no hedge.
+    pub const ONLY: Attempt<'static> = Attempt {
+        retry_ok: false,
+        hedge: None,
+    };
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sent {
+    /// The exchange is over (answered, relayed, or the client is gone).
+    Done(Next),
+    /// It failed before any byte reached the client and may be retried elsewhere
+    /// (`retry_ok`): nothing was answered; `c.ex.status` says what the failure was.
+    Retry,
+}
+
 /// Send the upstream head (and whatever body is in `wbuf`) to the upstream, stream the rest of
 /// the body, read the response head, relay the response.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
@@ -166,17 +202,22 @@ pub(super) async fn forward(
     }: Target,
     mut wbuf: Vec<u8>,
     mut left: BodyLeft,
-) -> Next {
+    Attempt {
+        retry_ok,
+        mut hedge,
+    }: Attempt<'_>,
+) -> Sent {
     let snap = c.snap.clone();
     let mut ucfg: &UpstreamConfig = snap.upstream(upstream);
     let mut slot = slot;
-    let mut hedge = c.ex.hedge.take();
     // A capped upstream: take a slot, or wait for one in this tenant's fair queue.
     if let Some(cap) = snap.upstream_cap(upstream).filter(|cap| cap.is_capped()) {
         if let Err(next) = wait_for_slot(ctx, c, cap, &head, &left, &mut wbuf).await {
-            return next;
+            return Sent::Done(next);
         }
-        c.ex.upstream_slot_held = Some(upstream);
+        let fair_slot = snap.fair_slot(c.ex.tenant);
+        c.ex.held
+            .hold_slot(&*snap, upstream, fair_slot, fair::now_ms());
     }
     // The request can be sent again on a fresh connection only while all of it is in `wbuf`.
     let replayable = left.is_done();
@@ -203,7 +244,7 @@ pub(super) async fn forward(
                 }
                 Err(e) => {
                     let may_keep_alive = left.is_done() && head.keep_alive;
-                    return fail_attempt(ctx, c, e, may_keep_alive, wbuf).await;
+                    return fail_attempt(ctx, c, e, may_keep_alive, retry_ok, wbuf).await;
                 }
             },
         };
@@ -214,13 +255,14 @@ pub(super) async fn forward(
                 retried = true;
                 continue;
             }
-            return fail_attempt(ctx, c, Error::UpstreamUnavailable, false, wbuf).await;
+            let e = Error::UpstreamUnavailable;
+            return fail_attempt(ctx, c, e, false, retry_ok, wbuf).await;
         }
         if let Err(e) = stream_body(c, &mut up, &mut left, &mut wbuf).await {
-            return match e {
+            return Sent::Done(match e {
                 Some(e) => answer_error(ctx, c, e, false, wbuf).await,
                 None => Next::Close,
-            };
+            });
         }
         let extra = (!c.rate_hdrs.is_empty()).then_some(&c.rate_hdrs[..]);
         let mut sent_at = Instant::now();
@@ -252,29 +294,25 @@ pub(super) async fn forward(
                         c.ex.translation = h.translation.take();
                         c.ex.filter_sse = h.filter_sse;
                         c.ex.strip_usage = h.strip_usage;
-                        if let Some(held) = c.ex.upstream_slot_held.take() {
-                            if let Some(cap) = snap.upstream_cap(held) {
-                                cap.release(snap.fair_slot(c.ex.tenant), fair::now_ms());
-                            }
-                        }
+                        // The first attempt's slot goes back; the hedge's is the request's now.
+                        let now_ms = fair::now_ms();
+                        c.ex.held.release_slot(&*snap, now_ms);
                         if h.cap_held {
                             h.cap_held = false;
-                            c.ex.upstream_slot_held = Some(u);
+                            c.ex.held.hold_slot(&*snap, u, h.fair_slot, now_ms);
                         }
                         Ok((won.relay, won.keep_alive))
                     }
                 }
             }
         };
-        if let Some(mut h) = hedge.take() {
+        if let Some(h) = hedge.take() {
+            // A hedge that lost gives its slot back now; the caller settles both attempts'
+            // quotas (a replay below is not hedged).
             if h.launched && !h.won && h.cap_held {
                 h.cap_held = false;
-                if let Some(cap) = snap.upstream_cap(h.target.upstream) {
-                    cap.release(snap.fair_slot(c.ex.tenant), fair::now_ms());
-                }
+                snap.release_slot(h.target.upstream, h.fair_slot, fair::now_ms());
             }
-            // Back to the caller, which settles both attempts (a replay below is not hedged).
-            c.ex.hedge = Some(h);
         }
         match got {
             Ok((relay, keep_alive)) => {
@@ -282,13 +320,12 @@ pub(super) async fn forward(
                 c.ex.retry_after = relay
                     .retry_after_s
                     .map(|s| Duration::from_secs(u64::from(s)));
-                if c.ex.retry_ok && matches!(relay.status, 429 | 502 | 503 | 504) {
+                if retry_ok && attempts::retryable(&attempts::answered(relay.status)) {
                     // Another deployment may answer: nothing went to the client yet. This
                     // connection is dropped (its answer is not read).
                     c.ex.status = relay.status;
-                    c.ex.retry_err = Some(Error::UpstreamUnavailable);
                     ctx.put_buf(wbuf);
-                    return Next::Close;
+                    return Sent::Retry;
                 }
                 break (up, relay, keep_alive);
             }
@@ -297,39 +334,41 @@ pub(super) async fn forward(
                 continue;
             }
             Err(HeadError::ClosedBeforeAnyByte) => {
-                return fail_attempt(ctx, c, Error::UpstreamUnavailable, head.keep_alive, wbuf)
-                    .await;
+                let e = Error::UpstreamUnavailable;
+                return fail_attempt(ctx, c, e, head.keep_alive, retry_ok, wbuf).await;
             }
             Err(HeadError::Failed(e)) => {
-                return fail_attempt(ctx, c, e, head.keep_alive, wbuf).await
+                return fail_attempt(ctx, c, e, head.keep_alive, retry_ok, wbuf).await
             }
         }
     };
-    if let Some(tr) = c.ex.translation.take() {
-        return Box::pin(translate::relay_translated(
+    Sent::Done(if let Some(tr) = c.ex.translation.take() {
+        Box::pin(translate::relay_translated(
             ctx, c, slot, ucfg, up, relay, wbuf, &head, *tr,
         ))
-        .await;
-    }
-    relay_response(ctx, c, slot, ucfg, up, relay, wbuf, keep_alive).await
+        .await
+    } else {
+        relay_response(ctx, c, slot, ucfg, up, relay, wbuf, keep_alive).await
+    })
 }
 
-/// An attempt failed before any byte reached the client: with another attempt to come
-/// (`retry_ok`), note the error for the caller; otherwise answer it.
+/// An attempt failed before any byte reached the client (no answer head came): retried
+/// elsewhere when `retry_ok` and the one retry rule allow it (a failed connection or a
+/// timeout always does), answered otherwise.
 pub(super) async fn fail_attempt(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
     e: Error,
     may_keep_alive: bool,
+    retry_ok: bool,
     wbuf: Vec<u8>,
-) -> Next {
-    if c.ex.retry_ok {
+) -> Sent {
+    if retry_ok && attempts::retryable(&attempts::outcome(None, e.status(), None, false)) {
         c.ex.status = e.status();
-        c.ex.retry_err = Some(e);
         ctx.put_buf(wbuf);
-        return Next::Close;
+        return Sent::Retry;
     }
-    answer_error(ctx, c, e, may_keep_alive, wbuf).await
+    Sent::Done(answer_error(ctx, c, e, may_keep_alive, wbuf).await)
 }
 
 /// Stream the rest of the request body from the client to the upstream.

@@ -19,10 +19,10 @@ use crate::shard::ShardCtx;
 use crate::snapshot::{DeploymentIdx, FairSlot, GroupId, Snapshot, Target};
 use crate::upstream::{self, UpConn};
 
-use super::call::balance_now_ns;
 use super::forward::{read_response_head, HeadError};
 use super::io::write_timeout;
 use super::translate::Translation;
+use crate::clock::Now;
 use crate::exchange::relay::Relay;
 
 /// A second attempt, ready to launch.
@@ -101,7 +101,7 @@ pub(super) async fn race(
             Err(_) => match second.await {
                 Ok(won) => {
                     h.won = true;
-                    h.won_ns = balance_now_ns();
+                    h.won_ns = Now::read().mono_ns();
                     Raced::Second(won)
                 }
                 Err(()) => Raced::First(r),
@@ -110,7 +110,7 @@ pub(super) async fn race(
         r = &mut second => match r {
             Ok(won) => {
                 h.won = true;
-                h.won_ns = balance_now_ns();
+                h.won_ns = Now::read().mono_ns();
                 Raced::Second(won)
             }
             Err(()) => Raced::First(first.await),
@@ -142,7 +142,7 @@ fn launch(snap: &Snapshot, h: &mut Hedge) -> bool {
     }
     h.cap_held = cap.is_some();
     h.launched = true;
-    h.launched_ns = balance_now_ns();
+    h.launched_ns = Now::read().mono_ns();
     true
 }
 

@@ -134,7 +134,7 @@ pub(super) async fn serve_mock(
         MockReply::Stream { head, frames } => (head, frames),
     };
     // A tenant's answer carries its x-ratelimit-* headers, as a proxied one does.
-    if c.ex.admitted.is_some() && !c.rate_hdrs.is_empty() {
+    if c.ex.held.tenant().is_some() && !c.rate_hdrs.is_empty() {
         if let Some(at) = head_bytes.windows(4).position(|w| w == b"\r\n\r\n") {
             let at = at + 2;
             head_bytes.splice(at..at, c.rate_hdrs.iter().copied());

@@ -22,11 +22,10 @@ use crate::admit::{now_ns, Admitted};
 use crate::control::stats::Reject;
 use crate::control::stats::{NO_SLOT, SLOT_UNROUTED};
 use crate::error::{Error, Limit, Shape};
-use crate::fair::{self};
 use crate::http::request::BodyKind;
 use crate::llm::{SseFilter, UsageScanner};
 use crate::shard::ShardCtx;
-use crate::snapshot::{DeploymentIdx, GroupId, Snapshot, StatSlot, TenantId, UpstreamId};
+use crate::snapshot::{Snapshot, StatSlot, TenantId};
 use crate::stream::Io;
 use crate::tenant::KeyMemo;
 
@@ -37,10 +36,11 @@ mod io;
 mod local;
 mod relay;
 mod translate;
+use crate::clock::Now;
 use crate::exchange::head::{decide, request_line, Action, Decision};
-use call::{admit_tenant, finish_deployment, proxy_llm};
+use crate::exchange::ledger::Ledger;
+use call::{admit_tenant, proxy_llm};
 use forward::proxy;
-use hedge::Hedge;
 use io::{linger_close, read_more, send, write_timeout, ReadError};
 use local::{answer_error, answer_error_with, answer_models, serve_mock};
 use translate::Translation;
@@ -165,8 +165,9 @@ struct Exchange {
     upstream: Option<SocketAddr>,
     /// The access-log record, filled from the head (only when an access log is configured).
     record: Option<Record>,
-    /// What the tenant's admission holds until the request ends.
-    admitted: Option<Admitted>,
+    /// What the request holds until it ends (its tenant's admission, a deployment's quota,
+    /// a capped upstream's slot), settled exactly once.
+    held: Ledger<Admitted>,
     /// The response is scanned for `usage`.
     scan: bool,
     /// An error answer of ours (the upstream failed or the client broke the rules).
@@ -180,30 +181,19 @@ struct Exchange {
     /// Tokens a filtered stream is known to have used when its usage was never seen (it was
     /// cut, or the upstream sent none): the prompt's estimate plus one per content event.
     counted: Option<u64>,
-    /// The upstream whose capped slot this request holds (released when it ends).
-    upstream_slot_held: Option<UpstreamId>,
     /// Time from sending to the upstream until its response head (for the balancer).
     ttfb: Option<Duration>,
-    /// Another deployment will be tried if this attempt fails before any byte reaches the
-    /// client; the failure is then left here instead of being answered.
-    retry_ok: bool,
-    retry_err: Option<Error>,
     /// The upstream's `Retry-After` on a 429/503 (for the balancer).
     retry_after: Option<Duration>,
     /// The upstream broke off its answer after its head (closed, reset, stalled past
     /// `read_timeout_ms` or ill-framed mid-body): a failure for its health, whatever the
     /// status the client already got.
     upstream_broke: bool,
-    /// The model deployment whose quota this request holds: (group, deployment, admission).
-    deployment_admitted: Option<(GroupId, DeploymentIdx, Admitted)>,
     /// The current attempt's body was translated to the upstream's API: its answer is
     /// translated back.
     translation: Option<Box<Translation>>,
     /// The client called Anthropic's API (`/v1/messages`): our own errors take its shape.
     error_shape: Shape,
-    /// A second attempt to race against the current one (a hedged stream); after `forward`, it
-    /// says whether it was launched and won.
-    hedge: Option<Box<Hedge>>,
 }
 
 impl Exchange {
@@ -220,23 +210,18 @@ impl Exchange {
             tenant_slot: NO_SLOT,
             upstream: None,
             record: None,
-            admitted: None,
+            held: Ledger::default(),
             scan: false,
             local_error: false,
             filter_sse: false,
             strip_usage: false,
             prompt_estimate: 0,
             counted: None,
-            upstream_slot_held: None,
             ttfb: None,
-            retry_ok: false,
-            retry_err: None,
             retry_after: None,
             upstream_broke: false,
-            deployment_admitted: None,
             translation: None,
             error_shape: Shape::OpenAi,
-            hedge: None,
         }
     }
 
@@ -254,11 +239,6 @@ fn finish(ctx: &ShardCtx, c: &mut Client) {
         return;
     }
     ex.active = false;
-    if let Some(u) = ex.upstream_slot_held.take() {
-        if let Some(cap) = c.snap.upstream_cap(u) {
-            cap.release(c.snap.fair_slot(ex.tenant), fair::now_ms());
-        }
-    }
     // The answer's usage, read once (a JSON body is parsed whole to find it) for the deployment
     // and the tenant.
     let usage = if ex.scan { c.llm.scanner.usage() } else { None };
@@ -266,17 +246,12 @@ fn finish(ctx: &ShardCtx, c: &mut Client) {
         .map(|u| u.prompt_tokens.saturating_add(u.completion_tokens))
         .or(ex.counted);
     let failed = ex.status == 0 || ex.local_error;
-    finish_deployment(ex, &c.snap, used, failed);
-    if let (Some(adm), Some(t)) = (ex.admitted.take(), ex.tenant) {
-        if let Some(u) = usage {
-            ctx.control
-                .stats
-                .tokens(ex.tenant_slot, u.prompt_tokens, u.completion_tokens);
-        }
-        if let Some(limits) = c.snap.tenant_limits(t) {
-            adm.finish(limits, now_ns(), used, failed);
-        }
+    if let (Some(u), Some(_)) = (usage, ex.held.tenant()) {
+        ctx.control
+            .stats
+            .tokens(ex.tenant_slot, u.prompt_tokens, u.completion_tokens);
     }
+    ex.held.settle(&*c.snap, now_ns(), used, failed);
     let elapsed = ex.start.elapsed();
     ctx.control.stats.record(
         ex.upstream_slot,
@@ -363,8 +338,21 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, tls:
             }
         }
     }
-    if let Some(n) = c.tenant_conn.take() {
-        n.set(n.get().saturating_sub(1));
+}
+
+/// What a connection holds goes back when it ends, however it ends (a task dropped at shutdown
+/// included): its tenant's open-connection count, and the reservations of a request cut off
+/// before `finish` (given back as failed).
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(n) = self.tenant_conn.take() {
+            n.set(n.get().saturating_sub(1));
+        }
+        if !self.ex.held.is_empty() {
+            self.ex
+                .held
+                .settle(&*self.snap, Now::read().unix_ns, None, true);
+        }
     }
 }
 

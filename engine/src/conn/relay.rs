@@ -307,7 +307,7 @@ pub(super) fn event_end(data: &[u8]) -> Option<usize> {
 /// prompt's estimate plus one token per content event, against what the request reserved
 /// plus what is left in the window.
 pub(super) fn over_budget(c: &Client) -> bool {
-    let (Some(adm), Some(t)) = (&c.ex.admitted, c.ex.tenant) else {
+    let (Some(adm), Some(t)) = (c.ex.held.tenant(), c.ex.tenant) else {
         return false;
     };
     let Some(limits) = c.snap.tenant_limits(t) else {

@@ -10,19 +10,22 @@
 use std::time::Duration;
 
 use crate::balance::{self, FailureKind, Outcome, DEPLOYMENTS_MAX};
+use crate::snapshot::{DeploymentIdx, GroupId};
 
 /// Deployments of the requested group not to pick again (failed, or over their quota).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tried([u64; DEPLOYMENTS_MAX / 64]);
 
 impl Tried {
-    pub fn insert(&mut self, idx: usize) {
+    pub fn insert(&mut self, idx: DeploymentIdx) {
+        let idx = idx.index();
         if let Some(w) = self.0.get_mut(idx / 64) {
             *w |= 1 << (idx % 64);
         }
     }
 
-    pub fn contains(&self, idx: usize) -> bool {
+    pub fn contains(&self, idx: DeploymentIdx) -> bool {
+        let idx = idx.index();
         self.0
             .get(idx / 64)
             .is_some_and(|w| w & (1 << (idx % 64)) != 0)
@@ -32,7 +35,7 @@ impl Tried {
     pub fn list<'a>(&self, out: &'a mut [usize; DEPLOYMENTS_MAX]) -> &'a [usize] {
         let mut n = 0;
         for i in 0..DEPLOYMENTS_MAX {
-            if self.contains(i) {
+            if self.contains(DeploymentIdx::new(i)) {
                 out[n] = i;
                 n += 1;
             }
@@ -47,17 +50,17 @@ pub trait Groups {
     /// The group's strategy's pick, never one in `tried`; `None`: nothing eligible.
     fn pick(
         &self,
-        group: usize,
+        group: GroupId,
         now_ns: u64,
         rng: &mut dyn FnMut() -> u64,
         tried: &[usize],
-    ) -> Option<usize>;
+    ) -> Option<DeploymentIdx>;
     /// The group has a deployment in rotation (healthy or on probation).
-    fn has_admitted(&self, group: usize, now_ns: u64) -> bool;
+    fn has_admitted(&self, group: GroupId, now_ns: u64) -> bool;
     /// The group's fallback groups, in order.
-    fn fallbacks(&self, group: usize) -> &[usize];
+    fn fallbacks(&self, group: GroupId) -> impl Iterator<Item = GroupId> + '_;
     /// How many deployments the group has.
-    fn deployments(&self, group: usize) -> usize;
+    fn deployments(&self, group: GroupId) -> usize;
 }
 
 /// The deployment for a request to group `g`: picked by the group's strategy while it has a
@@ -66,11 +69,11 @@ pub trait Groups {
 /// `(group, deployment index)`.
 pub fn choose(
     groups: &impl Groups,
-    g: usize,
+    g: GroupId,
     tried: &Tried,
     now_ns: u64,
     rng: &mut dyn FnMut() -> u64,
-) -> Option<(usize, usize)> {
+) -> Option<(GroupId, DeploymentIdx)> {
     let mut list = [0usize; DEPLOYMENTS_MAX];
     let tried = tried.list(&mut list);
     if groups.has_admitted(g, now_ns) {
@@ -78,7 +81,7 @@ pub fn choose(
             return Some((g, idx));
         }
     }
-    for &f in groups.fallbacks(g) {
+    for f in groups.fallbacks(g) {
         if groups.has_admitted(f, now_ns) {
             if let Some(idx) = groups.pick(f, now_ns, rng, &[]) {
                 return Some((f, idx));
@@ -92,14 +95,16 @@ pub fn choose(
 /// of its deployments not tried yet, or a fallback group.
 pub fn has_alternative(
     groups: &impl Groups,
-    g: usize,
-    current: (usize, usize),
+    g: GroupId,
+    current: (GroupId, DeploymentIdx),
     tried: &Tried,
 ) -> bool {
-    if !groups.fallbacks(g).is_empty() {
+    if groups.fallbacks(g).next().is_some() {
         return true;
     }
-    (0..groups.deployments(g)).any(|i| !tried.contains(i) && current != (g, i))
+    (0..groups.deployments(g))
+        .map(DeploymentIdx::new)
+        .any(|i| !tried.contains(i) && current != (g, i))
 }
 
 /// The one retry rule: an attempt that ended so may be tried again at another deployment
@@ -153,7 +158,7 @@ pub fn answered(status: u16) -> Outcome {
 #[derive(Debug, Clone)]
 pub struct Attempts {
     /// The group the request named.
-    group: usize,
+    group: GroupId,
     /// Its deployments not to pick again.
     tried: Tried,
     /// Attempts that failed so far, and how many may.
@@ -166,8 +171,8 @@ pub struct Attempts {
 /// The deployment for the next attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Choice {
-    pub group: usize,
-    pub idx: usize,
+    pub group: GroupId,
+    pub idx: DeploymentIdx,
     /// A failure of this attempt before any byte reaches the client is retried elsewhere
     /// (otherwise it is answered as it is).
     pub retry_ok: bool,
@@ -177,7 +182,7 @@ impl Attempts {
     /// At most this many picks per request (attempts and deployments over their quota).
     pub const ROUNDS_MAX: usize = 2 * DEPLOYMENTS_MAX;
 
-    pub fn new(group: usize, retries: usize) -> Self {
+    pub fn new(group: GroupId, retries: usize) -> Self {
         Self {
             group,
             tried: Tried::default(),
@@ -199,7 +204,7 @@ impl Attempts {
         groups: &impl Groups,
         now_ns: u64,
         rng: &mut dyn FnMut() -> u64,
-        mut quota: impl FnMut(usize, usize) -> bool,
+        mut quota: impl FnMut(GroupId, DeploymentIdx) -> bool,
     ) -> Option<Choice> {
         while self.rounds < Self::ROUNDS_MAX {
             self.rounds += 1;
@@ -221,7 +226,7 @@ impl Attempts {
 
     /// The attempt at `choice` failed before any byte reached the client and will be retried
     /// (its `retry_ok` said so); a hedge that ran beside it (`hedge`) is not tried again either.
-    pub fn failed(&mut self, choice: Choice, hedge: Option<(usize, usize)>) {
+    pub fn failed(&mut self, choice: Choice, hedge: Option<(GroupId, DeploymentIdx)>) {
         self.failed += 1;
         self.pass_over((choice.group, choice.idx));
         if let Some(h) = hedge {
@@ -229,7 +234,7 @@ impl Attempts {
         }
     }
 
-    fn pass_over(&mut self, (group, idx): (usize, usize)) {
+    fn pass_over(&mut self, (group, idx): (GroupId, DeploymentIdx)) {
         if group == self.group {
             self.tried.insert(idx);
         }
@@ -250,26 +255,37 @@ mod tests {
     impl Groups for Table {
         fn pick(
             &self,
-            g: usize,
+            g: GroupId,
             _: u64,
             _: &mut dyn FnMut() -> u64,
             tried: &[usize],
-        ) -> Option<usize> {
-            let up = &self.up[g];
+        ) -> Option<DeploymentIdx> {
+            let up = &self.up[g.index()];
             // In rotation first, then any (the least bad), never a tried one.
             (0..up.len())
                 .find(|&i| up[i] && !tried.contains(&i))
                 .or_else(|| (0..up.len()).find(|i| !tried.contains(i)))
+                .map(DeploymentIdx::new)
         }
-        fn has_admitted(&self, g: usize, _: u64) -> bool {
-            self.up[g].iter().any(|&u| u)
+        fn has_admitted(&self, g: GroupId, _: u64) -> bool {
+            self.up[g.index()].iter().any(|&u| u)
         }
-        fn fallbacks(&self, g: usize) -> &[usize] {
-            &self.fallbacks[g]
+        fn fallbacks(&self, g: GroupId) -> impl Iterator<Item = GroupId> + '_ {
+            self.fallbacks[g.index()].iter().copied().map(GroupId::new)
         }
-        fn deployments(&self, g: usize) -> usize {
-            self.up[g].len()
+        fn deployments(&self, g: GroupId) -> usize {
+            self.up[g.index()].len()
         }
+    }
+
+    const G0: GroupId = GroupId::new(0);
+
+    fn d(i: usize) -> DeploymentIdx {
+        DeploymentIdx::new(i)
+    }
+
+    fn at(c: Option<Choice>) -> Option<(usize, usize)> {
+        c.map(|c| (c.group.index(), c.idx.index()))
     }
 
     fn rng() -> impl FnMut() -> u64 {
@@ -286,19 +302,19 @@ mod tests {
             up: vec![vec![true, true, true]],
             fallbacks: vec![vec![]],
         };
-        let mut a = Attempts::new(0, 1);
+        let mut a = Attempts::new(G0, 1);
         let mut r = rng();
         let first = a
             .next(&t, 0, &mut r, |_, _| true)
             .expect("a deployment to try");
-        assert_eq!((first.group, first.idx, first.retry_ok), (0, 0, true));
+        assert_eq!((at(Some(first)), first.retry_ok), (Some((0, 0)), true));
         a.failed(first, None);
         let second = a
             .next(&t, 0, &mut r, |_, _| true)
             .expect("a deployment to try");
         assert_eq!(
             (second.idx, second.retry_ok),
-            (1, false),
+            (d(1), false),
             "one retry allowed, then answered"
         );
     }
@@ -309,7 +325,7 @@ mod tests {
             up: vec![vec![true, true]],
             fallbacks: vec![vec![]],
         };
-        let mut a = Attempts::new(0, 5);
+        let mut a = Attempts::new(G0, 5);
         let mut r = rng();
         let c = a
             .next(&t, 0, &mut r, |_, _| true)
@@ -321,7 +337,7 @@ mod tests {
             .expect("a deployment to try");
         assert_eq!(
             (c.idx, c.retry_ok),
-            (1, false),
+            (d(1), false),
             "nothing left to try after it"
         );
     }
@@ -332,13 +348,13 @@ mod tests {
             up: vec![vec![false, false], vec![false], vec![true]],
             fallbacks: vec![vec![1, 2], vec![], vec![]],
         };
-        let mut a = Attempts::new(0, 2);
+        let mut a = Attempts::new(G0, 2);
         let c = a
             .next(&t, 0, &mut rng(), |_, _| true)
             .expect("a deployment to try");
         assert_eq!(
-            (c.group, c.idx),
-            (2, 0),
+            at(Some(c)),
+            Some((2, 0)),
             "the first fallback with a deployment in rotation"
         );
         assert!(
@@ -350,10 +366,10 @@ mod tests {
             up: vec![vec![false, false], vec![false]],
             fallbacks: vec![vec![1], vec![]],
         };
-        let c = Attempts::new(0, 0)
+        let c = Attempts::new(G0, 0)
             .next(&t, 0, &mut rng(), |_, _| true)
             .expect("a deployment to try");
-        assert_eq!((c.group, c.idx, c.retry_ok), (0, 0, false));
+        assert_eq!((at(Some(c)), c.retry_ok), (Some((0, 0)), false));
     }
 
     #[test]
@@ -362,21 +378,21 @@ mod tests {
             up: vec![vec![true, true, true]],
             fallbacks: vec![vec![]],
         };
-        let mut a = Attempts::new(0, 3);
+        let mut a = Attempts::new(G0, 3);
         let c = a
-            .next(&t, 0, &mut rng(), |_, i| i == 2)
+            .next(&t, 0, &mut rng(), |_, i| i == d(2))
             .expect("a deployment to try");
-        assert_eq!(c.idx, 2);
-        assert!(a.tried().contains(0) && a.tried().contains(1) && !a.tried().contains(2));
+        assert_eq!(c.idx, d(2));
+        assert!(a.tried().contains(d(0)) && a.tried().contains(d(1)) && !a.tried().contains(d(2)));
         // Every deployment refused by its quota: nothing to try.
-        let mut a = Attempts::new(0, 3);
+        let mut a = Attempts::new(G0, 3);
         assert_eq!(a.next(&t, 0, &mut rng(), |_, _| false), None);
         // A fallback that always refuses cannot loop forever.
         let t = Table {
             up: vec![vec![false], vec![true]],
             fallbacks: vec![vec![1], vec![]],
         };
-        let mut a = Attempts::new(0, 3);
+        let mut a = Attempts::new(G0, 3);
         assert_eq!(a.next(&t, 0, &mut rng(), |_, _| false), None);
         assert_eq!(a.rounds, Attempts::ROUNDS_MAX);
     }
@@ -387,15 +403,12 @@ mod tests {
             up: vec![vec![true, true, true]],
             fallbacks: vec![vec![]],
         };
-        let mut a = Attempts::new(0, 3);
+        let mut a = Attempts::new(G0, 3);
         let c = a
             .next(&t, 0, &mut rng(), |_, _| true)
             .expect("a deployment to try");
-        a.failed(c, Some((0, 1)));
-        assert_eq!(
-            a.next(&t, 0, &mut rng(), |_, _| true).map(|c| c.idx),
-            Some(2)
-        );
+        a.failed(c, Some((G0, d(1))));
+        assert_eq!(at(a.next(&t, 0, &mut rng(), |_, _| true)), Some((0, 2)));
     }
 
     #[test]
@@ -451,13 +464,11 @@ mod tests {
     #[test]
     fn tried_is_a_bit_set_over_every_deployment() {
         let mut t = Tried::default();
-        t.insert(0);
-        t.insert(63);
-        t.insert(64);
-        t.insert(DEPLOYMENTS_MAX - 1);
-        t.insert(DEPLOYMENTS_MAX); // out of range: ignored
+        for i in [0, 63, 64, DEPLOYMENTS_MAX - 1, DEPLOYMENTS_MAX] {
+            t.insert(d(i)); // the last is out of range: ignored
+        }
         let mut buf = [0; DEPLOYMENTS_MAX];
         assert_eq!(t.list(&mut buf), &[0, 63, 64, DEPLOYMENTS_MAX - 1]);
-        assert!(!t.contains(1) && !t.contains(DEPLOYMENTS_MAX));
+        assert!(!t.contains(d(1)) && !t.contains(d(DEPLOYMENTS_MAX)));
     }
 }

@@ -9,7 +9,9 @@
 //! the shard shuts down), on drop. The ledger owns them, so no exit path has to remember.
 //!
 //! The books the reservations are settled against are a trait, so the tests and the fuzz
-//! target count every settlement (`crate::fuzz_checks::ledger`).
+//! target count every settlement (`exchange::sim`).
+
+use crate::snapshot::{DeploymentIdx, FairSlot, GroupId, TenantId, UpstreamId};
 
 /// Where reservations are settled: the snapshot's limit cells and fair queues on a shard.
 pub trait Books {
@@ -18,7 +20,7 @@ pub trait Books {
     /// Settle tenant `t`'s admission: `used` tokens when known; given back when `failed`.
     fn settle_tenant(
         &self,
-        t: usize,
+        t: TenantId,
         adm: Self::Admission,
         now_ns: u64,
         used: Option<u64>,
@@ -27,24 +29,24 @@ pub trait Books {
     /// Settle the quota of deployment `idx` of group `group`.
     fn settle_deployment(
         &self,
-        group: usize,
-        idx: usize,
+        group: GroupId,
+        idx: DeploymentIdx,
         adm: Self::Admission,
         now_ns: u64,
         used: Option<u64>,
         failed: bool,
     );
     /// Give back a slot of capped upstream `upstream`, held in the name of fair slot `fair`.
-    fn release_slot(&self, upstream: usize, fair: usize, now_ms: u64);
+    fn release_slot(&self, upstream: UpstreamId, fair: FairSlot, now_ms: u64);
 }
 
 /// A request's reservations.
 #[derive(Debug)]
 pub struct Ledger<A> {
-    tenant: Option<(usize, A)>,
-    deployment: Option<(usize, usize, A)>,
+    tenant: Option<(TenantId, A)>,
+    deployment: Option<(GroupId, DeploymentIdx, A)>,
     /// The capped upstream whose slot is held, and the fair slot it is held for.
-    slot: Option<(usize, usize)>,
+    slot: Option<(UpstreamId, FairSlot)>,
 }
 
 impl<A> Default for Ledger<A> {
@@ -69,12 +71,12 @@ impl<A> Ledger<A> {
     }
 
     /// The deployment whose quota is held.
-    pub fn deployment(&self) -> Option<(usize, usize)> {
+    pub fn deployment(&self) -> Option<(GroupId, DeploymentIdx)> {
         self.deployment.as_ref().map(|&(g, i, _)| (g, i))
     }
 
     /// The capped upstream whose slot is held.
-    pub fn slot(&self) -> Option<usize> {
+    pub fn slot(&self) -> Option<UpstreamId> {
         self.slot.map(|(u, _)| u)
     }
 
@@ -83,7 +85,7 @@ impl<A> Ledger<A> {
     pub fn hold_tenant<B: Books<Admission = A>>(
         &mut self,
         books: &B,
-        t: usize,
+        t: TenantId,
         adm: A,
         now_ns: u64,
     ) {
@@ -96,7 +98,7 @@ impl<A> Ledger<A> {
     pub fn hold_deployment<B: Books<Admission = A>>(
         &mut self,
         books: &B,
-        (group, idx): (usize, usize),
+        (group, idx): (GroupId, DeploymentIdx),
         adm: A,
         now_ns: u64,
     ) {
@@ -110,8 +112,8 @@ impl<A> Ledger<A> {
     pub fn hold_slot<B: Books<Admission = A>>(
         &mut self,
         books: &B,
-        upstream: usize,
-        fair: usize,
+        upstream: UpstreamId,
+        fair: FairSlot,
         now_ms: u64,
     ) {
         if let Some((u, f)) = self.slot.replace((upstream, fair)) {
@@ -136,20 +138,19 @@ impl<A> Ledger<A> {
     }
 
     /// A hedge won: the first attempt was sent (the provider counts it), so its quota stays
-    /// charged at its estimate; the hedge's quota and slot are the request's from now on.
+    /// charged at its estimate; the hedge's quota (if it had one) is the request's from now on.
+    /// (The upstream slots change hands with [`Ledger::release_slot`] and [`Ledger::hold_slot`]
+    /// when the race ends.)
     pub fn hedge_won<B: Books<Admission = A>>(
         &mut self,
         books: &B,
-        deployment: Option<((usize, usize), A)>,
-        slot: Option<(usize, usize)>,
+        deployment: Option<((GroupId, DeploymentIdx), A)>,
         now_ns: u64,
     ) {
         if let Some((g, i, a)) = self.deployment.take() {
             books.settle_deployment(g, i, a, now_ns, None, false);
         }
         self.deployment = deployment.map(|((g, i), a)| (g, i, a));
-        self.release_slot(books, now_ns / 1_000_000);
-        self.slot = slot;
     }
 
     /// The request ended: everything is settled, with the tokens `used` when known; given
@@ -176,18 +177,29 @@ mod tests {
     use super::*;
     use crate::exchange::sim::Counted;
 
+    fn t(i: usize) -> TenantId {
+        TenantId::new(i)
+    }
+    fn dep(g: usize, i: usize) -> (GroupId, DeploymentIdx) {
+        (GroupId::new(g), DeploymentIdx::new(i))
+    }
+    fn up(u: usize) -> UpstreamId {
+        UpstreamId::new(u)
+    }
+    const F: FairSlot = FairSlot::NO_TENANT;
+
     #[test]
     fn a_retried_attempt_gives_back_its_quota_and_slot_and_keeps_the_tenant() {
         let b = Counted::default();
         let mut l = Ledger::default();
-        l.hold_tenant(&b, 0, 1, 0);
-        l.hold_deployment(&b, (0, 0), 2, 0);
-        l.hold_slot(&b, 7, 3, 0);
+        l.hold_tenant(&b, t(0), 1, 0);
+        l.hold_deployment(&b, dep(0, 0), 2, 0);
+        l.hold_slot(&b, up(7), F, 0);
         l.end_attempt(&b, 0);
         assert_eq!(*b.settled.borrow(), vec![(2, None, true)]);
-        assert_eq!(*b.released.borrow(), vec![7]);
+        assert_eq!(*b.released.borrow(), vec![up(7)]);
         assert_eq!(l.tenant(), Some(&1));
-        l.hold_deployment(&b, (0, 1), 4, 0);
+        l.hold_deployment(&b, dep(0, 1), 4, 0);
         l.settle(&b, 0, Some(42), false);
         assert_eq!(
             *b.settled.borrow(),
@@ -206,14 +218,16 @@ mod tests {
     fn a_won_hedge_keeps_the_first_attempt_charged_and_takes_over() {
         let b = Counted::default();
         let mut l = Ledger::default();
-        l.hold_deployment(&b, (0, 0), 1, 0);
-        l.hold_slot(&b, 5, 0, 0);
-        l.hedge_won(&b, Some(((0, 1), 2)), Some((6, 0)), 0);
+        l.hold_deployment(&b, dep(0, 0), 1, 0);
+        l.hold_slot(&b, up(5), F, 0);
+        l.release_slot(&b, 0);
+        l.hold_slot(&b, up(6), F, 0);
+        l.hedge_won(&b, Some((dep(0, 1), 2)), 0);
         assert_eq!(*b.settled.borrow(), vec![(1, None, false)]);
-        assert_eq!(*b.released.borrow(), vec![5]);
-        assert_eq!((l.deployment(), l.slot()), (Some((0, 1)), Some(6)));
+        assert_eq!(*b.released.borrow(), vec![up(5)]);
+        assert_eq!((l.deployment(), l.slot()), (Some(dep(0, 1)), Some(up(6))));
         l.settle(&b, 0, None, true);
         assert_eq!(*b.settled.borrow(), vec![(1, None, false), (2, None, true)]);
-        assert_eq!(*b.released.borrow(), vec![5, 6]);
+        assert_eq!(*b.released.borrow(), vec![up(5), up(6)]);
     }
 }

@@ -19,6 +19,7 @@ use std::cell::RefCell;
 use super::attempts::{self, Attempts, Groups};
 use super::ledger::{Books, Ledger};
 use crate::balance::{FailureKind, Outcome};
+use crate::snapshot::{DeploymentIdx, FairSlot, GroupId, TenantId, UpstreamId};
 use std::time::Duration;
 
 /// Books that record every settlement: admissions are numbered tickets.
@@ -27,18 +28,18 @@ pub struct Counted {
     /// Each settled ticket, with the tokens and the failure it was settled with.
     pub settled: RefCell<Vec<(u32, Option<u64>, bool)>>,
     /// Each slot given back, by upstream.
-    pub released: RefCell<Vec<usize>>,
+    pub released: RefCell<Vec<UpstreamId>>,
 }
 
 impl Books for Counted {
     type Admission = u32;
-    fn settle_tenant(&self, _: usize, adm: u32, _: u64, used: Option<u64>, failed: bool) {
+    fn settle_tenant(&self, _: TenantId, adm: u32, _: u64, used: Option<u64>, failed: bool) {
         self.settled.borrow_mut().push((adm, used, failed));
     }
     fn settle_deployment(
         &self,
-        _: usize,
-        _: usize,
+        _: GroupId,
+        _: DeploymentIdx,
         adm: u32,
         _: u64,
         used: Option<u64>,
@@ -46,7 +47,7 @@ impl Books for Counted {
     ) {
         self.settled.borrow_mut().push((adm, used, failed));
     }
-    fn release_slot(&self, upstream: usize, _: usize, _: u64) {
+    fn release_slot(&self, upstream: UpstreamId, _: FairSlot, _: u64) {
         self.released.borrow_mut().push(upstream);
     }
 }
@@ -61,12 +62,12 @@ struct Table {
 impl Groups for Table {
     fn pick(
         &self,
-        g: usize,
+        g: GroupId,
         _: u64,
         rng: &mut dyn FnMut() -> u64,
         tried: &[usize],
-    ) -> Option<usize> {
-        let up = self.up.get(g)?;
+    ) -> Option<DeploymentIdx> {
+        let up = self.up.get(g.index())?;
         let n = up.len();
         let start = usize::try_from(rng() % n.max(1) as u64).unwrap_or(0);
         let ok = |i: &usize| !tried.contains(i);
@@ -74,15 +75,17 @@ impl Groups for Table {
             .map(|k| (start + k) % n)
             .find(|i| up[*i] && ok(i))
             .or_else(|| (0..n).map(|k| (start + k) % n).find(ok))
+            .map(DeploymentIdx::new)
     }
-    fn has_admitted(&self, g: usize, _: u64) -> bool {
-        self.up.get(g).is_some_and(|u| u.iter().any(|&x| x))
+    fn has_admitted(&self, g: GroupId, _: u64) -> bool {
+        self.up.get(g.index()).is_some_and(|u| u.iter().any(|&x| x))
     }
-    fn fallbacks(&self, g: usize) -> &[usize] {
-        self.fallbacks.get(g).map_or(&[], Vec::as_slice)
+    fn fallbacks(&self, g: GroupId) -> impl Iterator<Item = GroupId> + '_ {
+        let list = self.fallbacks.get(g.index()).map_or(&[][..], Vec::as_slice);
+        list.iter().copied().map(GroupId::new)
     }
-    fn deployments(&self, g: usize) -> usize {
-        self.up.get(g).map_or(0, Vec::len)
+    fn deployments(&self, g: GroupId) -> usize {
+        self.up.get(g.index()).map_or(0, Vec::len)
     }
 }
 
@@ -126,9 +129,9 @@ pub fn check(data: &[u8]) {
     };
     let now = 1_000_000_000;
     if byte() & 1 == 1 {
-        ledger.hold_tenant(&books, 0, ticket(), now);
+        ledger.hold_tenant(&books, TenantId::new(0), ticket(), now);
     }
-    let mut attempts = Attempts::new(0, retries);
+    let mut attempts = Attempts::new(GroupId::new(0), retries);
     let mut failed_over = 0usize;
     let (mut used, mut failed) = (None, true);
     let mut quota = [0u8; 64];
@@ -140,28 +143,39 @@ pub fn check(data: &[u8]) {
         q += 1;
         quota[q % quota.len()] % 4 != 0
     }) {
-        assert!(choice.group < groups);
-        assert!(choice.idx < table.up[choice.group].len());
+        let (g, i) = (choice.group.index(), choice.idx.index());
+        assert!(g < groups);
+        assert!(i < table.up[g].len());
         let step = byte();
         if step & 1 != 0 {
             ledger.hold_deployment(&books, (choice.group, choice.idx), ticket(), now);
         }
         if step & 2 != 0 {
-            ledger.hold_slot(&books, choice.group, 0, now / 1_000_000);
+            ledger.hold_slot(
+                &books,
+                UpstreamId::new(g),
+                FairSlot::NO_TENANT,
+                now / 1_000_000,
+            );
             held_slots += 1;
         }
         let mut hedge = None;
         if step & 4 != 0 {
             let h = (
                 choice.group,
-                (choice.idx + 1) % table.up[choice.group].len(),
+                DeploymentIdx::new((i + 1) % table.up[g].len()),
             );
             hedge = Some(h);
             if step & 8 != 0 {
                 // The hedge answered first: its quota and slot are the request's now.
-                let slot = (step & 16 != 0).then_some((100 + choice.group, 0));
-                held_slots += usize::from(slot.is_some());
-                ledger.hedge_won(&books, Some((h, ticket())), slot, now);
+                // (The driver swaps the slots when the race ends, the quotas after it.)
+                ledger.release_slot(&books, now / 1_000_000);
+                if step & 16 != 0 {
+                    let u = UpstreamId::new(100 + g);
+                    ledger.hold_slot(&books, u, FairSlot::NO_TENANT, now / 1_000_000);
+                    held_slots += 1;
+                }
+                ledger.hedge_won(&books, Some((h, ticket())), now);
             }
         }
         let outcome = match step >> 5 {
