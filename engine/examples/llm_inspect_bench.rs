@@ -7,8 +7,10 @@
 //! Run: `cargo run --release -p shardgate-engine --example llm_inspect_bench`
 #![allow(clippy::cast_possible_truncation, reason = "small benchmark counts")]
 
+mod common;
+
+use common::time;
 use std::hint::black_box;
-use std::time::Instant;
 
 fn body(messages: usize) -> String {
     let mut m = String::new();
@@ -23,23 +25,6 @@ fn body(messages: usize) -> String {
     format!(
         r#"{{"model":"gpt-4o","messages":[{m}],"max_tokens":256,"stream":true,"temperature":0.2}}"#
     )
-}
-
-fn time(name: &str, bytes: usize, iters: u32, mut f: impl FnMut() -> usize) {
-    let mut sink = 0;
-    for _ in 0..iters / 10 {
-        sink += f();
-    }
-    let t = Instant::now();
-    for _ in 0..iters {
-        sink += f();
-    }
-    let ns = t.elapsed().as_nanos() as f64 / f64::from(iters);
-    println!(
-        "{name:<28} {bytes:>7} B  {ns:>9.0} ns/body  {:>6.2} GB/s  (check {})",
-        bytes as f64 / ns,
-        sink % 7
-    );
 }
 
 fn main() {

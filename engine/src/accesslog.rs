@@ -53,6 +53,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::control::stats::add;
 use crate::http::write_decimal;
 use crate::limits::{ACCESS_LOG_BUF_BYTES, ACCESS_LOG_PATH_BYTES, ACCESS_LOG_WRITE_BYTES};
+use crate::llm::json::write_str;
 
 /// Bytes of a method kept in a record (longer methods are cut).
 pub const METHOD_BYTES: usize = 16;
@@ -215,9 +216,9 @@ fn write_line(r: &Record, time: &TimePrefix, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"client\":\"");
     write_addr(out, r.client);
     out.extend_from_slice(b"\",\"method\":");
-    json_string(out, r.method());
+    write_str(out, r.method());
     out.extend_from_slice(b",\"path\":");
-    json_string(out, r.path());
+    write_str(out, r.path());
     out.extend_from_slice(b",\"status\":");
     write_decimal(out, u64::from(r.status));
     out.extend_from_slice(b",\"bytes_in\":");
@@ -257,32 +258,6 @@ fn write_addr(out: &mut Vec<u8>, a: SocketAddr) {
             let _ = write!(out, "{a}");
         }
     }
-}
-
-/// `s` as a JSON string: quotes, backslashes and control characters escaped (RFC 8259).
-fn json_string(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    for &b in s.as_bytes() {
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0..=0x1f => out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]),
-            // UTF-8 sequences go through as they are: `s` is a `&str`.
-            _ => out.push(b),
-        }
-    }
-    out.push(b'"');
 }
 
 /// A shard's end of the access log: its buffers, its descriptor of the file, and the state its

@@ -199,7 +199,7 @@ fn route(method: &str, target: &str, state: &AdminState) -> Reply {
     match path {
         "/metrics" => {
             let totals = stats::read(state.region);
-            let now_ns = crate::admit::now_ns();
+            let now_ns = crate::clock::Now::read().unix_ns;
             let tenant_live: Vec<TenantLive> = state
                 .region
                 .tenants()

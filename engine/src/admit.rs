@@ -338,13 +338,6 @@ pub fn write_refusal_headers(t: &TenantLimits, r: &Refused, now_ns: u64, out: &m
     write_rate_headers(t, now_ns, out);
 }
 
-/// Nanoseconds since the Unix epoch: the clock every shard's limiter shares.
-pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

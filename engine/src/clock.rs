@@ -12,9 +12,35 @@
 //!
 //! The balancer's clock, [`Now::mono_ns`], is the monotonic view as nanoseconds since the
 //! process's first reading (only differences matter to it).
+//!
+//! A reading costs one clock read: the wall-clock view is the monotonic one plus an offset
+//! each thread takes from the system clock at most every [`ANCHOR_REFRESH_MS`], so a step of
+//! the system clock reaches the readings within that time. [`deadline_in`] is the monotonic
+//! reading alone, for a deadline that needs nothing else.
 
+use std::cell::Cell;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How often a thread re-reads the system clock for the wall-clock view, ms.
+pub const ANCHOR_REFRESH_MS: u64 = 1_000;
+
+thread_local! {
+    /// This thread's last system-clock reading: (monotonic instant, Unix ns) taken together.
+    static ANCHOR: Cell<Option<(Instant, u64)>> = const { Cell::new(None) };
+}
+
+/// The monotonic clock alone (a deadline, an idle-since mark).
+#[inline]
+pub fn monotonic() -> Instant {
+    Instant::now()
+}
+
+/// The instant `d` from now (monotonic): a deadline.
+#[inline]
+pub fn deadline_in(d: Duration) -> Instant {
+    monotonic() + d
+}
 
 /// One reading of the clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,9 +61,23 @@ impl Now {
         let instant = Instant::now();
         // The origin is the first reading, so every reading is at or after it.
         EPOCH.get_or_init(|| instant);
+        let (at, unix) = ANCHOR.with(|a| match a.get() {
+            Some((at, unix))
+                if instant.saturating_duration_since(at)
+                    < Duration::from_millis(ANCHOR_REFRESH_MS) =>
+            {
+                (at, unix)
+            }
+            _ => {
+                let fresh = (instant, unix_ns(SystemTime::now()));
+                a.set(Some(fresh));
+                fresh
+            }
+        });
+        let since = u64::try_from(instant.saturating_duration_since(at).as_nanos()).unwrap_or(0);
         Self {
             instant,
-            unix_ns: unix_ns(SystemTime::now()),
+            unix_ns: unix.saturating_add(since),
         }
     }
 
@@ -99,11 +139,23 @@ mod tests {
     }
 
     #[test]
-    fn the_unix_view_is_the_wall_clock() {
-        let before = unix_ns(SystemTime::now());
-        let now = Now::read();
-        let after = unix_ns(SystemTime::now());
-        assert!(before <= now.unix_ns && now.unix_ns <= after);
+    fn the_unix_view_follows_the_wall_clock() {
+        // A fresh thread anchors at its first reading.
+        std::thread::spawn(|| {
+            let before = unix_ns(SystemTime::now());
+            let now = Now::read();
+            let after = unix_ns(SystemTime::now());
+            assert!(before <= now.unix_ns && now.unix_ns <= after);
+            // Later readings advance with the monotonic clock, within the refresh interval
+            // of the system clock (allowing a generous step for a noisy machine).
+            let later = Now::read();
+            let sys = unix_ns(SystemTime::now());
+            assert!(later.unix_ns >= now.unix_ns);
+            assert!(sys.abs_diff(later.unix_ns) < ANCHOR_REFRESH_MS * 1_000_000);
+            assert!(deadline_in(Duration::from_secs(1)) > later.instant);
+        })
+        .join()
+        .expect("the clock thread panicked");
         assert_eq!(unix_ns(UNIX_EPOCH - Duration::from_secs(1)), 0);
     }
 }

@@ -692,11 +692,6 @@ impl UpstreamCap {
     }
 }
 
-/// Milliseconds on the clock the fair queues compare activity with.
-pub fn now_ms() -> u64 {
-    crate::admit::now_ns() / 1_000_000
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -456,16 +456,12 @@ fn read_events(pieces: &[&[u8]]) -> Vec<OwnedEvent> {
         events.push((name.to_vec(), data.to_vec()));
     };
     for p in pieces {
-        let mut rest = *p;
-        while let Some(e) = reader.next_event(&mut rest) {
-            keep(e.name, e.data);
-        }
-        assert!(rest.is_empty(), "all of a piece is read");
+        reader.feed(p, |e| keep(e.name, e.data));
     }
-    if let Some(e) = reader.finish() {
-        keep(e.name, e.data);
-    }
-    assert_eq!(reader.finish(), None, "finish hands an event out once");
+    reader.finish(|e| keep(e.name, e.data));
+    let mut again = 0;
+    reader.finish(|_| again += 1);
+    assert_eq!(again, 0, "finish hands an event out once");
     events
 }
 

@@ -20,7 +20,7 @@
 //!
 //! I/O-free protocol logic (takes bytes, returns decisions; unit-tested, fuzzable):
 //! - [`http`]: request and response heads (httparse into stack arrays), framing rules,
-//!   the streaming chunked decoder.
+//!   the streaming chunked decoder, and `http::sse`: the one server-sent event splitter.
 //! - [`route`]: longest-prefix route table.
 //! - [`balance`]: load balancing within a model group, per shard: round robin, smooth
 //!   weighted, least outstanding, and power of two choices by peak-EWMA latency; passive
@@ -29,12 +29,19 @@
 //!   shard-local leases, concurrency caps and windowed token budgets on shared-memory cells.
 //! - [`llm`]: LLM bodies: what a request asks for (model, stream, max_tokens), the token
 //!   estimate, the `include_usage` rewrite, usage scanning of JSON and SSE responses, and the
-//!   SSE filter that hides the usage chunk from clients that did not ask for it.
+//!   SSE filter that hides the usage chunk from clients that did not ask for it. Its JSON
+//!   scanner (`llm::json`) also walks template bodies, and its string writer escapes every
+//!   JSON string written by hand.
 //! - [`provider`]: translation between OpenAI's format and Anthropic's Messages, both ways:
 //!   requests, responses, error bodies and event streams.
 //! - [`template`]: prompt templates at request time: the one a request selects, filled from
-//!   its `variables` (escaped as JSON strings, never raw JSON), which never reach an upstream.
+//!   its `variables` (escaped as JSON strings, never raw JSON), which never reach an upstream;
+//!   the body is walked with `llm::json`.
 //! - [`mock`]: the built-in demo model behind the embedded default config.
+//! - [`exchange`]: one request's exchange decided without I/O: the head's action, body
+//!   framing, the answer head and relay framing, the attempt loop over a model group's
+//!   deployments with the one retry rule, and the ledger that settles every reservation once.
+//! - [`clock`]: the data plane's one clock (`Now`), read by the driver and passed down.
 //! - [`error`]: the one data-plane error type, mapped to a status and an OpenAI-style JSON body
 //!   in one place.
 //! - [`metrics`]: the region's counters rendered as Prometheus text.
@@ -60,8 +67,11 @@
 //!   slots, limits, balancers, TLS configs), its tables indexed by typed ids (`UpstreamId`,
 //!   `PoolSlot`, `TenantId`, `GroupId`, ...) and read through accessors; what a shard keeps
 //!   across configs.
-//! - [`conn`]: the connection driver, running the request lifecycle phases (with
-//!   `conn::translate`, answers relayed in the client's API, and `conn::hedge`, hedged streams).
+//! - [`conn`]: the connection driver, running the request lifecycle phases, one file per phase
+//!   (`mod`: the lifecycle top to bottom; `forward`, `relay`, `call` for LLM calls, `local` for
+//!   our own answers, `io`; `translate`, answers relayed in the client's API; `hedge`, hedged
+//!   streams). It performs I/O; it decides nothing [`exchange`] can decide.
+//! - [`ctx`]: `ShardCtx`, what one shard owns, used by `conn` and `shard` alike.
 //! - [`upstream`]: upstream connections (TCP, then TLS) and the per-shard keep-alive pools.
 //! - [`stream`]: one connection type over plain TCP and TLS (client or upstream side).
 //! - [`drain`]: the per-shard shutdown signal idle connections wait on.
@@ -86,6 +96,7 @@ pub mod admit;
 pub mod balance;
 pub mod clock;
 pub mod conn;
+pub mod ctx;
 pub mod drain;
 pub mod error;
 pub mod exchange;

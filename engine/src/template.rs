@@ -25,12 +25,14 @@
 //! # Decisions
 //!
 //! - **The body is validated by [`llm::inspect`]** (strict RFC 8259, UTF-8, at most
-//!   [`JSON_DEPTH_MAX`](crate::llm::JSON_DEPTH_MAX) levels), then walked by a small scanner here
-//!   that trusts that validation (`llm`'s own scanner is private to `llm`). A field error
-//!   `inspect` reports (a bad `model`, say) does not stop a fill: it is the caller's to report.
+//!   [`JSON_DEPTH_MAX`] levels), then walked with the same scanner (`llm::json`): its top-level
+//!   members with where each stands, and the `variables` object. A field error `inspect`
+//!   reports (a bad `model`, say) does not stop a fill: it is the caller's to report.
 //! - **Not re-serialised.** The output is the body with the `variables` and `template` members
 //!   cut out and the `messages` value rewritten; every other byte (key order, whitespace,
-//!   number spelling, escapes) is copied as sent. Without a `messages` member, one is added last.
+//!   number spelling, escapes) is copied as sent, the members between those cut out in whole
+//!   runs. Without a `messages` member, one is added last. Values and the template's text are
+//!   escaped by `llm::json`'s string writer.
 //! - **Values are inserted as JSON string content, escaped; never as raw JSON.** A string value
 //!   without escapes is copied as written (it is valid string content: no quote, backslash or
 //!   control byte); one with escapes is decoded and re-escaped (an unpaired surrogate is
@@ -50,8 +52,9 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::llm::{self, BodyError};
-use shardgate_core::template::{escape_into, MESSAGE_TAIL};
+use crate::llm::json::{self, Kind, Member, Members, Value};
+use crate::llm::{self, BodyError, JSON_DEPTH_MAX};
+use shardgate_core::template::MESSAGE_TAIL;
 pub use shardgate_core::template::{
     validate, Message, Mode, RawMessage, RawTemplate, Segment, Template, Variable, NAME_BYTES_MAX,
     ROLES, TEMPLATES_MAX, TEMPLATE_MESSAGES_MAX, TEMPLATE_PLACEHOLDERS_MAX,
@@ -214,29 +217,23 @@ impl fmt::Display for TemplateError {
 
 impl std::error::Error for TemplateError {}
 
-/// One top-level member: `doc[start..end]` runs from just after the `{` or `,` before it to the
-/// `,` or `}` after it (whitespace around the key and value included).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Member {
-    start: usize,
-    key_start: usize,
-    key_end: usize,
-    key_escaped: bool,
-    value: usize,
-    value_end: usize,
-    end: usize,
-}
-
 /// A request body validated once, with the members templates care about located.
 #[derive(Debug, Clone, Copy)]
 pub struct TemplateBody<'a> {
     body: &'a [u8],
+    /// The top-level object's `{` and `}`.
     open: usize,
     close: usize,
-    variables: Option<Member>,
-    template: Option<Member>,
-    messages: Option<Member>,
+    /// Whether it has any member.
+    members: bool,
+    variables: Option<Member<'a>>,
+    template: Option<Member<'a>>,
+    messages: Option<Member<'a>>,
 }
+
+/// Each template variable's value in the body (`None`: not given), by index into
+/// [`Template::variables`].
+type Values<'a> = [Option<Value<'a>>; TEMPLATE_VARIABLES_MAX];
 
 impl<'a> TemplateBody<'a> {
     /// Validate `body` (see [`llm::inspect`]) and find its top-level `variables`, `template`
@@ -248,23 +245,25 @@ impl<'a> TemplateBody<'a> {
             Ok(_) | Err(BodyError::BadField(_)) => {}
             Err(BodyError::NotJson | BodyError::TooDeep) => return Err(TemplateError::NotJson),
         }
-        let open = skip_ws(body, 0);
+        let members = Members::new(body, 0, JSON_DEPTH_MAX).map_err(|_| TemplateError::NotJson)?;
         let mut b = Self {
             body,
-            open,
-            close: open,
+            open: members.open(),
+            close: 0,
+            members: false,
             variables: None,
             template: None,
             messages: None,
         };
-        let mut walk = Walk::new(body, open);
+        let mut walk = members.spanned();
         for m in &mut walk {
-            let key = body.get(m.key_start..m.key_end).unwrap_or_default();
-            let (slot, err) = if key_is(key, m.key_escaped, "variables") {
+            let m = m.map_err(|_| TemplateError::NotJson)?;
+            b.members = true;
+            let (slot, err) = if m.key.is("variables") {
                 (&mut b.variables, TemplateError::BadVariables)
-            } else if key_is(key, m.key_escaped, "template") {
+            } else if m.key.is("template") {
                 (&mut b.template, TemplateError::BadSelector)
-            } else if key_is(key, m.key_escaped, "messages") {
+            } else if m.key.is("messages") {
                 (&mut b.messages, TemplateError::BadMessages)
             } else {
                 continue;
@@ -273,7 +272,7 @@ impl<'a> TemplateBody<'a> {
                 return Err(err);
             }
         }
-        b.close = walk.pos;
+        b.close = walk.close().ok_or(TemplateError::NotJson)?;
         Ok(b)
     }
 
@@ -288,10 +287,10 @@ impl<'a> TemplateBody<'a> {
         let Some(m) = self.template else {
             return Ok(None);
         };
-        let (raw, escaped) =
-            string_content(self.body, m.value).ok_or(TemplateError::BadSelector)?;
+        let (raw, escaped) = m.value.as_raw_str().ok_or(TemplateError::BadSelector)?;
         let mut buf = [0u8; NAME_BYTES_MAX];
-        let name = decode_small(raw, escaped, &mut buf).ok_or(TemplateError::UnknownTemplate)?;
+        let name =
+            json::decode_into(raw, escaped, &mut buf).ok_or(TemplateError::UnknownTemplate)?;
         Name::new(name)
             .map(Some)
             .ok_or(TemplateError::UnknownTemplate)
@@ -300,11 +299,12 @@ impl<'a> TemplateBody<'a> {
     /// Write into `out` (appending) the body without its `variables` member and return `true`;
     /// without one, return `false` and leave `out` alone. The `template` field is left as is.
     pub fn strip_variables(&self, out: &mut Vec<u8>) -> bool {
-        let Some(v) = self.variables else {
+        if self.variables.is_none() {
             return false;
-        };
+        }
         out.reserve(self.body.len());
-        self.write_without(out, &[Some(v)]);
+        // Only filling can fail.
+        let _ = self.write(out, None);
         true
     }
 
@@ -314,7 +314,7 @@ impl<'a> TemplateBody<'a> {
     /// was.
     pub fn fill(&self, t: &Template, out: &mut Vec<u8>) -> Result<(), TemplateError> {
         if let Some(m) = self.messages {
-            if self.body.get(m.value) != Some(&b'[') {
+            if m.value.kind != Kind::Array {
                 return Err(TemplateError::BadMessages);
             }
         }
@@ -322,7 +322,7 @@ impl<'a> TemplateBody<'a> {
         let mut value_bytes = 0usize;
         for (v, value) in t.variables().iter().zip(&values) {
             let len = match value {
-                Some(Val::Str { start, end, .. } | Val::Text { start, end }) => end - start,
+                Some(value) => value.as_raw_str().map_or(value.raw(), |(raw, _)| raw).len(),
                 None => match &v.default {
                     Some(d) => d.len(),
                     None if v.required => {
@@ -347,144 +347,106 @@ impl<'a> TemplateBody<'a> {
                 .saturating_add(value_bytes)
                 .saturating_add(ADDED_BYTES),
         );
-        let body = self.body;
-        let mut filled = Ok(());
-        let (variables, template, messages) = (self.variables, self.template, self.messages);
-        out.extend_from_slice(body.get(..=self.open).unwrap_or_default());
-        let any = self.members_into(out, |m, out| {
-            if Some(m) == variables || Some(m) == template {
-                return None;
-            }
-            if Some(m) != messages {
-                return Some(Keep::AsIs);
-            }
-            out.extend_from_slice(body.get(m.start..m.value).unwrap_or_default());
-            out.push(b'[');
-            filled = write_template_messages(t, body, &values, out);
-            match t.mode {
-                Mode::Replace => out.push(b']'),
-                Mode::Prepend => {
-                    let inner = m.value + 1;
-                    if body.get(skip_ws(body, inner)) != Some(&b']') {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(body.get(inner..m.value_end).unwrap_or_default());
-                }
-            }
-            out.extend_from_slice(body.get(m.value_end..m.end).unwrap_or_default());
-            Some(Keep::Written)
-        });
-        if messages.is_none() {
-            if any {
-                out.push(b',');
-            }
-            out.extend_from_slice(b"\"messages\":[");
-            filled = write_template_messages(t, body, &values, out);
-            out.push(b']');
-        }
-        out.extend_from_slice(body.get(self.close..).unwrap_or_default());
-        if let Err(e) = filled {
-            out.truncate(base);
-            return Err(e);
-        }
-        Ok(())
+        self.write(out, Some((t, &values)))
+            .inspect_err(|_| out.truncate(base))
     }
 
-    /// Each template variable's value in the body (`None`: not given), with the whole
-    /// `variables` object checked.
-    fn values(&self, t: &Template) -> Result<[Option<Val>; TEMPLATE_VARIABLES_MAX], TemplateError> {
+    /// Each template variable's value in the body, with the whole `variables` object checked.
+    fn values(&self, t: &Template) -> Result<Values<'a>, TemplateError> {
         let mut values = [None; TEMPLATE_VARIABLES_MAX];
         let Some(v) = self.variables else {
             return Ok(values);
         };
-        let body = self.body;
-        if body.get(v.value) != Some(&b'{') {
-            return Err(TemplateError::BadVariables);
-        }
-        for m in Walk::new(body, v.value) {
-            let val = match body.get(m.value) {
-                Some(b'"') => Val::Str {
-                    start: m.value + 1,
-                    end: m.value_end.saturating_sub(1),
-                    escaped: body
-                        .get(m.value + 1..m.value_end.saturating_sub(1))
-                        .is_some_and(|s| s.contains(&b'\\')),
-                },
-                Some(b'-' | b'0'..=b'9' | b't' | b'f') => Val::Text {
-                    start: m.value,
-                    end: m.value_end,
-                },
-                _ => return Err(TemplateError::BadVariables),
-            };
-            let key = body.get(m.key_start..m.key_end).unwrap_or_default();
-            let mut buf = [0u8; NAME_BYTES_MAX];
-            let Some(key) = decode_small(key, m.key_escaped, &mut buf) else {
-                continue;
-            };
-            let Some(at) = t.variables().iter().position(|v| v.name.as_bytes() == key) else {
+        let members = v.value.members().ok_or(TemplateError::BadVariables)?;
+        for m in members {
+            let (key, value) = m.map_err(|_| TemplateError::BadVariables)?;
+            if !matches!(
+                value.kind,
+                Kind::String { .. } | Kind::Number | Kind::True | Kind::False
+            ) {
+                return Err(TemplateError::BadVariables);
+            }
+            let Some(at) = t.variables().iter().position(|v| key.is(&v.name)) else {
                 continue;
             };
             let slot = values.get_mut(at).ok_or(TemplateError::BadVariables)?;
-            if slot.replace(val).is_some() {
+            if slot.replace(value).is_some() {
                 return Err(TemplateError::BadVariables);
             }
         }
         Ok(values)
     }
 
-    /// Write into `out` each top-level member `keep` keeps, joined by commas; return whether
-    /// any was written. `keep` returns `None` to drop a member, `Keep::AsIs` to have it copied,
-    /// or writes it itself and returns `Keep::Written`.
-    fn members_into(
+    /// Write the body into `out` without `variables`; with `fill`, also without `template`
+    /// and with the template's messages in `messages`. Every other member is copied as it
+    /// stands: the runs of members between those cut out are copied whole, commas and all.
+    fn write(
         &self,
         out: &mut Vec<u8>,
-        mut keep: impl FnMut(Member, &mut Vec<u8>) -> Option<Keep>,
-    ) -> bool {
+        fill: Option<(&Template, &Values<'a>)>,
+    ) -> Result<(), TemplateError> {
         let body = self.body;
+        let bytes = |from: usize, to: usize| body.get(from..to).unwrap_or_default();
+        let mut cut = [
+            self.variables,
+            fill.and(self.template),
+            fill.and(self.messages),
+        ];
+        cut.sort_unstable_by_key(|m| m.map_or(usize::MAX, |m| m.start));
+        out.extend_from_slice(bytes(0, self.open + 1));
+        // Where the next run of kept members starts, and whether a member was written.
+        let mut at = self.open + 1;
         let mut any = false;
-        for m in Walk::new(body, self.open) {
-            let mark = out.len();
-            if any {
-                out.push(b',');
+        let mut filled = Ok(());
+        for m in cut.into_iter().flatten() {
+            if m.start > at {
+                // Members stand between: `body[at..m.start - 1]`, up to the `,` before `m`.
+                separate(out, &mut any);
+                out.extend_from_slice(bytes(at, m.start - 1));
             }
-            match keep(m, out) {
-                None => out.truncate(mark),
-                Some(Keep::AsIs) => {
-                    out.extend_from_slice(body.get(m.start..m.end).unwrap_or_default());
-                    any = true;
+            at = m.end + 1;
+            let rewrite = self
+                .messages
+                .is_some_and(|messages| messages.start == m.start);
+            let (Some((t, values)), true) = (fill, rewrite) else {
+                continue;
+            };
+            separate(out, &mut any);
+            out.extend_from_slice(bytes(m.start, m.value.start));
+            out.push(b'[');
+            filled = write_template_messages(t, values, out);
+            match t.mode {
+                Mode::Replace => out.push(b']'),
+                Mode::Prepend => {
+                    if m.value.is_nonempty_array() {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(bytes(m.value.start + 1, m.value.end));
                 }
-                Some(Keep::Written) => any = true,
             }
+            out.extend_from_slice(bytes(m.value.end, m.end));
         }
-        any
-    }
-
-    /// The body without the members `drop` names.
-    fn write_without(&self, out: &mut Vec<u8>, drop: &[Option<Member>]) {
-        out.extend_from_slice(self.body.get(..=self.open).unwrap_or_default());
-        self.members_into(out, |m, _| (!drop.contains(&Some(m))).then_some(Keep::AsIs));
-        out.extend_from_slice(self.body.get(self.close..).unwrap_or_default());
+        // After the last member cut out (or in an object with no member cut out).
+        if self.members && at < self.close {
+            separate(out, &mut any);
+            out.extend_from_slice(bytes(at, self.close));
+        }
+        if let (Some((t, values)), None) = (fill, self.messages) {
+            separate(out, &mut any);
+            out.extend_from_slice(b"\"messages\":[");
+            filled = write_template_messages(t, values, out);
+            out.push(b']');
+        }
+        out.extend_from_slice(bytes(self.close, body.len()));
+        filled
     }
 }
 
-/// What [`TemplateBody::members_into`]'s `keep` did with a member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Keep {
-    AsIs,
-    Written,
-}
-
-/// A variable's value in the body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Val {
-    /// A string: `body[start..end]` is its content between the quotes.
-    Str {
-        start: usize,
-        end: usize,
-        escaped: bool,
-    },
-    /// A number or a boolean: `body[start..end]` is its JSON text.
-    Text { start: usize, end: usize },
+/// A `,` before every member written but the first.
+fn separate(out: &mut Vec<u8>, any: &mut bool) {
+    if std::mem::replace(any, true) {
+        out.push(b',');
+    }
 }
 
 /// Fill in `body` by `t`, writing into `out` (see [`TemplateBody::fill`]).
@@ -502,8 +464,7 @@ pub fn strip_variables(body: &[u8], out: &mut Vec<u8>) -> Result<bool, TemplateE
 /// The template's messages, comma-separated, placeholders filled.
 fn write_template_messages(
     t: &Template,
-    body: &[u8],
-    values: &[Option<Val>; TEMPLATE_VARIABLES_MAX],
+    values: &Values<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(), TemplateError> {
     for (k, m) in t.messages().iter().enumerate() {
@@ -515,27 +476,21 @@ fn write_template_messages(
             match s {
                 Segment::Text(text) => out.extend_from_slice(text),
                 Segment::Var(i) => match values.get(*i).copied().flatten() {
-                    Some(Val::Str {
-                        start,
-                        end,
-                        escaped,
-                    }) => {
-                        let raw = body.get(start..end).unwrap_or_default();
-                        if !escaped {
-                            // Valid string content with no escapes: no quote, backslash or
-                            // control byte, so it is its own JSON form.
-                            out.extend_from_slice(raw);
-                        } else if !crate::llm::json::unescape(raw, |piece| {
-                            escape_into(out, piece);
-                            true
-                        }) {
-                            return Err(TemplateError::BadVariables);
+                    Some(value) => match value.as_raw_str() {
+                        // Valid string content with no escapes: no quote, backslash or control
+                        // byte, so it is its own JSON form.
+                        Some((raw, false)) => out.extend_from_slice(raw),
+                        Some((raw, true)) => {
+                            if !json::unescape(raw, |piece| {
+                                json::write_str_content(out, piece);
+                                true
+                            }) {
+                                return Err(TemplateError::BadVariables);
+                            }
                         }
-                    }
-                    // Digits, `-+.eE`, or `true`/`false`: nothing to escape.
-                    Some(Val::Text { start, end }) => {
-                        out.extend_from_slice(body.get(start..end).unwrap_or_default());
-                    }
+                        // Digits, `-+.eE`, or `true`/`false`: nothing to escape.
+                        None => out.extend_from_slice(value.raw()),
+                    },
                     None => {
                         if let Some(d) = t.variables().get(*i).and_then(|v| v.default.as_deref()) {
                             out.extend_from_slice(d);
@@ -547,172 +502,6 @@ fn write_template_messages(
         out.extend_from_slice(MESSAGE_TAIL);
     }
     Ok(())
-}
-
-// ----- a scanner for documents `llm::inspect` has validated -----
-//
-// These never panic on any input, but give meaningful answers only on valid JSON.
-
-fn skip_ws(doc: &[u8], mut i: usize) -> usize {
-    while doc
-        .get(i)
-        .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-    {
-        i += 1;
-    }
-    i.min(doc.len())
-}
-
-/// Past the closing quote of the string whose opening quote is at `open`, and whether it has
-/// escapes.
-fn string_end(doc: &[u8], open: usize) -> (usize, bool) {
-    let mut i = open + 1;
-    let mut escaped = false;
-    while let Some(b) = doc.get(i) {
-        match b {
-            b'"' => return (i + 1, escaped),
-            b'\\' => {
-                escaped = true;
-                i += 2;
-            }
-            _ => i += 1,
-        }
-    }
-    (doc.len(), escaped)
-}
-
-/// Past the end of the value that starts at `at`.
-fn value_end(doc: &[u8], at: usize) -> usize {
-    match doc.get(at) {
-        Some(b'"') => string_end(doc, at).0,
-        Some(b'{' | b'[') => {
-            let mut depth = 0usize;
-            let mut i = at;
-            while let Some(b) = doc.get(i) {
-                match b {
-                    b'"' => {
-                        i = string_end(doc, i).0;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth = depth.saturating_sub(1);
-                        if depth == 0 {
-                            return i + 1;
-                        }
-                    }
-                    _ => {}
-                }
-                i += 1;
-            }
-            doc.len()
-        }
-        Some(_) => {
-            let mut i = at;
-            while doc
-                .get(i)
-                .is_some_and(|b| !matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
-            {
-                i += 1;
-            }
-            i
-        }
-        None => doc.len(),
-    }
-}
-
-/// The members of the object whose `{` is at `open`. After the walk, `pos` is its `}`.
-#[derive(Debug)]
-struct Walk<'a> {
-    doc: &'a [u8],
-    /// The `{`, `,` or `}` before the next member.
-    pos: usize,
-    done: bool,
-}
-
-impl<'a> Walk<'a> {
-    fn new(doc: &'a [u8], open: usize) -> Self {
-        Self {
-            doc,
-            pos: open,
-            done: false,
-        }
-    }
-}
-
-impl Iterator for Walk<'_> {
-    type Item = Member;
-
-    fn next(&mut self) -> Option<Member> {
-        let doc = self.doc;
-        if self.done || !matches!(doc.get(self.pos), Some(b'{' | b',')) {
-            self.done = true;
-            return None;
-        }
-        let start = self.pos + 1;
-        let k = skip_ws(doc, start);
-        if doc.get(k) != Some(&b'"') {
-            self.pos = k;
-            self.done = true;
-            return None;
-        }
-        let (key_after, key_escaped) = string_end(doc, k);
-        let colon = skip_ws(doc, key_after);
-        let value = skip_ws(doc, colon + 1);
-        let value_end = value_end(doc, value);
-        let end = skip_ws(doc, value_end);
-        // Always forward, whatever the bytes.
-        self.pos = end.max(start);
-        Some(Member {
-            start,
-            key_start: k + 1,
-            key_end: key_after.saturating_sub(1).max(k + 1),
-            key_escaped,
-            value,
-            value_end,
-            end,
-        })
-    }
-}
-
-/// A string value's content between the quotes and whether it has escapes; `None` if the
-/// value at `at` is not a string.
-fn string_content(doc: &[u8], at: usize) -> Option<(&[u8], bool)> {
-    if doc.get(at) != Some(&b'"') {
-        return None;
-    }
-    let (end, escaped) = string_end(doc, at);
-    Some((doc.get(at + 1..end.checked_sub(1)?)?, escaped))
-}
-
-/// Whether a key (between its quotes), once decoded, is `name`.
-fn key_is(raw: &[u8], escaped: bool, name: &str) -> bool {
-    if !escaped {
-        return raw == name.as_bytes();
-    }
-    let mut buf = [0u8; NAME_BYTES_MAX];
-    decode_small(raw, true, &mut buf) == Some(name.as_bytes())
-}
-
-/// A string's content decoded into `buf`; `None` if it does not fit or does not decode.
-fn decode_small<'b>(raw: &'b [u8], escaped: bool, buf: &'b mut [u8]) -> Option<&'b [u8]> {
-    if !escaped {
-        return (raw.len() <= buf.len()).then_some(raw);
-    }
-    let mut len = 0usize;
-    let complete = crate::llm::json::unescape(raw, |piece| {
-        let Some(dest) = buf.get_mut(len..len + piece.len()) else {
-            return false;
-        };
-        dest.copy_from_slice(piece);
-        len += piece.len();
-        true
-    });
-    if complete {
-        buf.get(..len)
-    } else {
-        None
-    }
 }
 
 #[cfg(test)]

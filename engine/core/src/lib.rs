@@ -17,6 +17,8 @@
 //! - [`cert`]: certificate and key checks without a TLS stack (PEM, the leaf's validity and
 //!   names, whether the key is the certificate's), so ctl refuses what the engine would.
 //! - [`limits`]: every compile-time limit and the defaults of configurable ones.
+//! - [`json`]: the one JSON string writer of the project (serde_json's escaping), used by
+//!   [`template`] here and, re-exported as `llm::json::write_str`, everywhere in the engine.
 //!
 //! Control plane (shared memory between the shards and ctl; the only `unsafe`, allowed in
 //! `control::shm` alone):
@@ -56,6 +58,7 @@ macro_rules! index_type {
 pub mod cert;
 pub mod config;
 pub mod control;
+pub mod json;
 pub mod limits;
 pub mod models;
 pub mod template;

@@ -16,8 +16,9 @@
 //! ```
 //!
 //! [`validate`] turns [`RawTemplate`]s into [`Template`]s, whose contents are pre-parsed into
-//! literal text (already JSON-escaped, [`escape_into`]) and placeholder slots: the
-//! [`Message`]s, each a head and [`Segment`]s, and the [`Variable`]s they name.
+//! literal text (already JSON-escaped by [`json::write_str_content`], the one JSON string
+//! writer) and placeholder slots: the [`Message`]s, each a head and [`Segment`]s, and the
+//! [`Variable`]s they name.
 //!
 //! - **Required variables**: those in `required`, or, without that list, every placeholder
 //!   that has no default. A placeholder neither required nor defaulted is filled with the
@@ -30,6 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 
+use crate::json;
 use crate::limits::MODEL_BYTES_MAX;
 
 /// Most `[[templates]]` entries.
@@ -225,7 +227,7 @@ fn parse_content(content: &str) -> Result<Vec<Piece<'_>>, String> {
 /// A string's JSON form without the quotes.
 fn escaped(s: &str) -> Box<[u8]> {
     let mut out = Vec::with_capacity(s.len() + 8);
-    escape_into(&mut out, s.as_bytes());
+    json::write_str_content(&mut out, s.as_bytes());
     out.into_boxed_slice()
 }
 
@@ -334,12 +336,11 @@ pub fn validate(raw: Vec<RawTemplate>, mut error: impl FnMut(String, String)) ->
                     }
                 }
             }
-            let head = format!(
-                "{{\"role\":{},\"content\":\"",
-                serde_json::to_string(&m.role).unwrap_or_default()
-            );
+            let mut head = b"{\"role\":".to_vec();
+            json::write_str(&mut head, &m.role);
+            head.extend_from_slice(b",\"content\":\"");
             messages.push(Message {
-                head: head.into_bytes().into_boxed_slice(),
+                head: head.into_boxed_slice(),
                 segments,
             });
         }
@@ -420,35 +421,6 @@ pub fn validate(raw: Vec<RawTemplate>, mut error: impl FnMut(String, String)) ->
         });
     }
     out
-}
-
-/// Append `s` (UTF-8) as JSON string content: `"`, `\` and control bytes escaped, the rest
-/// as is. Never longer than the escaped text `s` was decoded from.
-pub fn escape_into(out: &mut Vec<u8>, s: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut run = 0;
-    for (i, &b) in s.iter().enumerate() {
-        let mut u = [b'\\', b'u', b'0', b'0', 0, 0];
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0..=0x1f => {
-                u[4] = HEX[usize::from(b >> 4)];
-                u[5] = HEX[usize::from(b & 0xf)];
-                &u
-            }
-            _ => continue,
-        };
-        out.extend_from_slice(s.get(run..i).unwrap_or_default());
-        out.extend_from_slice(esc);
-        run = i + 1;
-    }
-    out.extend_from_slice(s.get(run..).unwrap_or_default());
 }
 
 #[cfg(test)]

@@ -10,12 +10,14 @@ use super::forward::{Attempt, Sent};
 use super::hedge::Hedge;
 use super::local::{answer_error, answer_error_with};
 use super::translate::Translation;
+use super::RelayPlan;
 use super::{llm_take, translate, Client, Exchange, LlmBufs, Next};
-use crate::admit::{admit, now_ns, write_rate_headers, write_refusal_headers};
+use crate::admit::{admit, write_rate_headers, write_refusal_headers};
 use crate::balance::Outcome;
 use crate::balance::DEPLOYMENTS_MAX;
 use crate::clock::Now;
 use crate::control::stats::Reject;
+use crate::ctx::ShardCtx;
 use crate::error::{Error, Limit};
 use crate::exchange::attempts::{self, Attempts, Tried};
 use crate::exchange::body::{self, BodyLeft, ChunkOut};
@@ -24,7 +26,6 @@ use crate::exchange::ledger::Books;
 use crate::http::request::{self, BodyKind, Credentials, RequestHead};
 use crate::limits::HEADERS_ARRAY_LEN;
 use crate::llm::{self};
-use crate::shard::ShardCtx;
 use crate::snapshot::{DeploymentIdx, GroupId, Snapshot, Target, TenantId};
 use crate::template::TemplateBody;
 
@@ -155,7 +156,7 @@ pub(super) async fn admit_tenant(
     let Some(limits) = snap.tenant_limits(tenant) else {
         return Ok(());
     };
-    let now = now_ns();
+    let now = Now::read().unix_ns;
     match admit(limits, now, tokens) {
         Ok(adm) => {
             c.ex.held.hold_tenant(snap, tenant, adm, now);
@@ -258,7 +259,10 @@ async fn llm_call(
             _ => return answer_error(ctx, c, Error::ModelNotFound, true, ctx.take_buf()).await,
         };
         let out = match llm_request(ctx, c, snap, raw_head, body, target, None, call) {
-            Ok(out) => out,
+            Ok((out, plan)) => {
+                c.ex.plan = plan;
+                out
+            }
             // The body was read whole: the connection can stay open.
             Err(e) => return answer_error(ctx, c, e, true, ctx.take_buf()).await,
         };
@@ -298,7 +302,10 @@ async fn llm_call(
         let dep = snap.deployment(group, idx);
         let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
         let out = match llm_request(ctx, c, snap, raw_head, body, target, Some(&dep.model), call) {
-            Ok(out) => out,
+            Ok((out, plan)) => {
+                c.ex.plan = plan;
+                out
+            }
             // The body was read whole: the connection can stay open.
             Err(e) => return answer_error(ctx, c, e, true, ctx.take_buf()).await,
         };
@@ -354,7 +361,7 @@ async fn llm_call(
                 c.ex.held.end_attempt(&**snap, ended.unix_ns);
                 c.ex.status = 0;
                 c.ex.local_error = false;
-                c.ex.strip_usage = false;
+                c.ex.plan = RelayPlan::default();
                 attempts.failed(choice, hedge_won);
             }
         }
@@ -385,19 +392,15 @@ pub(super) fn plan_hedge(
     let idx = DeploymentIdx::new(gr.pick(Now::read().mono_ns(), &mut rng, list)?);
     let dep = snap.deployment(group, idx);
     let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
-    // Build the hedge's request with the first attempt's relay settings put aside.
-    let first = (c.ex.translation.take(), c.ex.filter_sse, c.ex.strip_usage);
     let built = llm_request(ctx, c, snap, raw_head, body, target, Some(&dep.model), call);
-    let hedge = built.ok().map(|request| {
+    built.ok().map(|(request, plan)| {
         Box::new(Hedge {
             after,
             group,
             idx,
             target,
             request,
-            translation: c.ex.translation.take(),
-            filter_sse: c.ex.filter_sse,
-            strip_usage: c.ex.strip_usage,
+            plan,
             tokens: call.tokens,
             fair_slot: c.snap.fair_slot(c.ex.tenant),
             launched: false,
@@ -406,10 +409,9 @@ pub(super) fn plan_hedge(
             won_ns: 0,
             admitted: None,
             cap_held: false,
+            snap: c.snap.clone(),
         })
-    });
-    (c.ex.translation, c.ex.filter_sse, c.ex.strip_usage) = first;
-    hedge
+    })
 }
 
 /// After a hedged attempt: report the hedge to the balancer (only a winner has an outcome; a
@@ -463,9 +465,9 @@ pub(super) fn llm_request(
     target: Target,
     model: Option<&str>,
     call: LlmCall,
-) -> Result<Vec<u8>, Error> {
+) -> Result<(Vec<u8>, RelayPlan), Error> {
     let mut body = body;
-    c.ex.translation = None;
+    let mut translation = None;
     let ucfg = snap.upstream(target.upstream);
     let client_path = request_line(raw_head).1;
     let client_path = client_path.split('?').next().unwrap_or(client_path);
@@ -496,7 +498,7 @@ pub(super) fn llm_request(
             scratch,
         )?);
         body = scratch;
-        c.ex.translation = Some(Box::new(Translation {
+        translation = Some(Box::new(Translation {
             dir,
             model,
             include_usage: call.include_usage,
@@ -550,10 +552,13 @@ pub(super) fn llm_request(
         }
     }
     out.extend_from_slice(body);
-    // A translated stream is relayed by its translator, not the filter.
-    c.ex.filter_sse = call.stream && dir.is_none();
-    c.ex.strip_usage = strip;
-    Ok(out)
+    let plan = RelayPlan {
+        translation,
+        // A translated stream is relayed by its translator, not the filter.
+        filter_sse: call.stream && dir.is_none(),
+        strip_usage: strip,
+    };
+    Ok((out, plan))
 }
 
 /// Fill the template `body` selects (its `template` field, its model alias, or the route of

@@ -5,7 +5,7 @@
 //! rule); this module only moves bytes and keeps deadlines.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use monoio::buf::IoBuf;
 
@@ -15,16 +15,17 @@ use super::local::answer_error;
 use super::relay::relay_response;
 use super::{hedge, translate, Client, Next};
 use crate::admit::Admitted;
+use crate::clock::{deadline_in, Now};
 use crate::config::UpstreamConfig;
 use crate::control::stats::Reject;
+use crate::ctx::ShardCtx;
 use crate::error::{Error, Limit};
 use crate::exchange::attempts;
 use crate::exchange::body::{self, BodyLeft, ChunkOut};
 use crate::exchange::ledger::Books;
 use crate::exchange::relay::{response_head, HeadStep, Relay};
-use crate::fair::{self, UpstreamCap};
+use crate::fair::UpstreamCap;
 use crate::http::request::RequestHead;
-use crate::shard::ShardCtx;
 use crate::snapshot::Target;
 use crate::upstream::{self, UpConn};
 
@@ -45,7 +46,7 @@ pub(super) async fn read_client_body(
         c.buf = buf;
         return Err(Some(Error::BadChunk("chunk line too long")));
     }
-    let (res, buf) = read_more(&mut c.stream, buf, Instant::now() + timeout).await;
+    let (res, buf) = read_more(&mut c.stream, buf, deadline_in(timeout)).await;
     c.buf = buf;
     match res {
         Ok(0) | Err(ReadError::Io) => Err(None),
@@ -99,7 +100,8 @@ pub(super) async fn proxy(
 }
 
 /// Take a slot of a capped upstream, waiting in the tenant's fair queue while it is full (at
-/// most `queue_wait_ms_max`). `Err`: answered (429: the queue is full or the wait too long).
+/// most `queue_wait_ms_max`). `Ok`: when the slot was granted; `Err`: answered (429: the
+/// queue is full or the wait too long).
 pub(super) async fn wait_for_slot(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
@@ -107,11 +109,12 @@ pub(super) async fn wait_for_slot(
     head: &RequestHead,
     left: &BodyLeft,
     wbuf: &mut Vec<u8>,
-) -> Result<(), Next> {
+) -> Result<Now, Next> {
     let snap = c.snap.clone();
     let fair_slot = snap.fair_slot(c.ex.tenant);
-    if cap.try_acquire(fair_slot, fair::now_ms()) {
-        return Ok(());
+    let now = Now::read();
+    if cap.try_acquire(fair_slot, now.unix_ms()) {
+        return Ok(now);
     }
     // Requests without a tenant (auth = "none") share one queue. A request's share is its
     // admission's token estimate (plain requests: 1).
@@ -120,12 +123,11 @@ pub(super) async fn wait_for_slot(
         None => (0, 1),
     };
     let cost = c.ex.held.tenant().map_or(1, Admitted::estimate);
-    let started = Instant::now();
     let refused = match cap.enqueue(
         (key, fair_slot),
         (weight, cost),
         snap.cfg.server.queue_depth_max,
-        fair::now_ms(),
+        now.unix_ms(),
     ) {
         None => true,
         Some(ticket) => {
@@ -140,11 +142,12 @@ pub(super) async fn wait_for_slot(
             }
         }
     };
+    let waited = Now::read();
     ctx.control
         .stats
-        .queued(c.ex.tenant_slot, started.elapsed());
+        .queued(c.ex.tenant_slot, now.until(waited));
     if !refused {
-        return Ok(());
+        return Ok(waited);
     }
     ctx.control.stats.reject(c.ex.tenant_slot, Reject::Queue);
     let may_keep_alive = left.is_done() && head.keep_alive;
@@ -211,14 +214,18 @@ pub(super) async fn forward(
     let mut ucfg: &UpstreamConfig = snap.upstream(upstream);
     let mut slot = slot;
     // A capped upstream: take a slot, or wait for one in this tenant's fair queue.
+    let mut now = None;
     if let Some(cap) = snap.upstream_cap(upstream).filter(|cap| cap.is_capped()) {
-        if let Err(next) = wait_for_slot(ctx, c, cap, &head, &left, &mut wbuf).await {
-            return Sent::Done(next);
-        }
+        let granted = match wait_for_slot(ctx, c, cap, &head, &left, &mut wbuf).await {
+            Ok(granted) => granted,
+            Err(next) => return Sent::Done(next),
+        };
         let fair_slot = snap.fair_slot(c.ex.tenant);
         c.ex.held
-            .hold_slot(&*snap, upstream, fair_slot, fair::now_ms());
+            .hold_slot(&*snap, upstream, fair_slot, granted.unix_ms());
+        now = Some(granted);
     }
+    let mut now = now.unwrap_or_else(Now::read);
     // The request can be sent again on a fresh connection only while all of it is in `wbuf`.
     let replayable = left.is_done();
     let addr = snap.endpoint(upstream, endpoint).addr;
@@ -227,7 +234,7 @@ pub(super) async fn forward(
     let (up, relay, keep_alive) = loop {
         let mut up = match ctx
             .pools
-            .checkout(slot, ucfg.pool_idle_timeout, Instant::now())
+            .checkout(slot, ucfg.pool_idle_timeout, now.instant)
         {
             Some(up) => up,
             None => match upstream::connect(
@@ -253,6 +260,7 @@ pub(super) async fn forward(
         if res.is_err() {
             if up.reused && !retried && replayable {
                 retried = true;
+                now = Now::read();
                 continue;
             }
             let e = Error::UpstreamUnavailable;
@@ -265,7 +273,7 @@ pub(super) async fn forward(
             });
         }
         let extra = (!c.rate_hdrs.is_empty()).then_some(&c.rate_hdrs[..]);
-        let mut sent_at = Instant::now();
+        let mut sent_at = Now::read();
         let got = match hedge.as_deref_mut() {
             None => read_response_head(ctx, &mut up, ucfg, &head, extra, &mut wbuf).await,
             Some(h) => {
@@ -291,11 +299,9 @@ pub(super) async fn forward(
                         slot = s;
                         c.ex.upstream = Some(snap.endpoint(u, e).addr);
                         c.ex.upstream_slot = snap.upstream_stat_slot(u);
-                        c.ex.translation = h.translation.take();
-                        c.ex.filter_sse = h.filter_sse;
-                        c.ex.strip_usage = h.strip_usage;
+                        c.ex.plan = std::mem::take(&mut h.plan);
                         // The first attempt's slot goes back; the hedge's is the request's now.
-                        let now_ms = fair::now_ms();
+                        let now_ms = Now::read().unix_ms();
                         c.ex.held.release_slot(&*snap, now_ms);
                         if h.cap_held {
                             h.cap_held = false;
@@ -311,12 +317,12 @@ pub(super) async fn forward(
             // quotas (a replay below is not hedged).
             if h.launched && !h.won && h.cap_held {
                 h.cap_held = false;
-                snap.release_slot(h.target.upstream, h.fair_slot, fair::now_ms());
+                snap.release_slot(h.target.upstream, h.fair_slot, Now::read().unix_ms());
             }
         }
         match got {
             Ok((relay, keep_alive)) => {
-                c.ex.ttfb = Some(sent_at.elapsed());
+                c.ex.ttfb = Some(sent_at.until(Now::read()));
                 c.ex.retry_after = relay
                     .retry_after_s
                     .map(|s| Duration::from_secs(u64::from(s)));
@@ -331,6 +337,7 @@ pub(super) async fn forward(
             }
             Err(HeadError::ClosedBeforeAnyByte) if up.reused && !retried && replayable => {
                 retried = true;
+                now = Now::read();
                 continue;
             }
             Err(HeadError::ClosedBeforeAnyByte) => {
@@ -342,7 +349,7 @@ pub(super) async fn forward(
             }
         }
     };
-    Sent::Done(if let Some(tr) = c.ex.translation.take() {
+    Sent::Done(if let Some(tr) = c.ex.plan.translation.take() {
         Box::pin(translate::relay_translated(
             ctx, c, slot, ucfg, up, relay, wbuf, &head, *tr,
         ))
@@ -444,7 +451,7 @@ pub(super) async fn read_response_head(
     extra_headers: Option<&[u8]>,
     wbuf: &mut Vec<u8>,
 ) -> Result<(Relay, bool), HeadError> {
-    let deadline = Instant::now() + ucfg.ttfb_timeout;
+    let deadline = deadline_in(ucfg.ttfb_timeout);
     let mut interim = 0;
     let mut got_any = false;
     loop {

@@ -10,19 +10,20 @@
 
 use std::pin::pin;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::admit::{admit, now_ns, Admitted};
+use crate::admit::{admit, Admitted};
 use crate::config::UpstreamConfig;
+use crate::ctx::ShardCtx;
 use crate::http::request::RequestHead;
-use crate::shard::ShardCtx;
 use crate::snapshot::{DeploymentIdx, FairSlot, GroupId, Snapshot, Target};
 use crate::upstream::{self, UpConn};
 
 use super::forward::{read_response_head, HeadError};
 use super::io::write_timeout;
-use super::translate::Translation;
+use super::RelayPlan;
 use crate::clock::Now;
+use crate::exchange::ledger::Books;
 use crate::exchange::relay::Relay;
 
 /// A second attempt, ready to launch.
@@ -36,9 +37,7 @@ pub(super) struct Hedge {
     /// The whole upstream request (head and body).
     pub request: Vec<u8>,
     /// How the second attempt's answer is relayed (it may speak another API than the first's).
-    pub translation: Option<Box<Translation>>,
-    pub filter_sse: bool,
-    pub strip_usage: bool,
+    pub plan: RelayPlan,
     /// The request's token estimate (for the deployment's quota).
     pub tokens: u64,
     /// Set by the race.
@@ -53,6 +52,24 @@ pub(super) struct Hedge {
     pub cap_held: bool,
     /// The tenant's cell in the fair queues (its upstream slot is held in its name).
     pub fair_slot: FairSlot,
+    /// The snapshot its quota and slot are settled against.
+    pub snap: Rc<Snapshot>,
+}
+
+/// A hedge dropped while it holds its slot or quota (the race was cut off: the client left,
+/// the shard shut down) gives them back, as failed.
+impl Drop for Hedge {
+    fn drop(&mut self) {
+        let now = Now::read();
+        if std::mem::take(&mut self.cap_held) {
+            self.snap
+                .release_slot(self.target.upstream, self.fair_slot, now.unix_ms());
+        }
+        if let Some(adm) = self.admitted.take() {
+            self.snap
+                .settle_deployment(self.group, self.idx, adm, now.unix_ns, None, true);
+        }
+    }
 }
 
 /// The second attempt's answer head, when it won.
@@ -61,7 +78,7 @@ pub(super) struct Won {
     pub wbuf: Vec<u8>,
     pub relay: Relay,
     pub keep_alive: bool,
-    pub sent_at: Instant,
+    pub sent_at: Now,
 }
 
 /// How the race ended.
@@ -121,20 +138,21 @@ pub(super) async fn race(
 /// Take the hedge's deployment quota and upstream slot; `false` (nothing taken) when either is
 /// full.
 fn launch(snap: &Snapshot, h: &mut Hedge) -> bool {
+    let now = Now::read();
     let cap = snap
         .upstream_cap(h.target.upstream)
         .filter(|cap| cap.is_capped());
     if let Some(cap) = cap {
-        if !cap.try_acquire(h.fair_slot, crate::fair::now_ms()) {
+        if !cap.try_acquire(h.fair_slot, now.unix_ms()) {
             return false;
         }
     }
     if let Some(lim) = snap.deployment_limits(h.group, h.idx) {
-        match admit(lim, now_ns(), h.tokens) {
+        match admit(lim, now.unix_ns, h.tokens) {
             Ok(adm) => h.admitted = Some(adm),
             Err(_) => {
                 if let Some(cap) = cap {
-                    cap.release(h.fair_slot, crate::fair::now_ms());
+                    cap.release(h.fair_slot, now.unix_ms());
                 }
                 return false;
             }
@@ -142,7 +160,7 @@ fn launch(snap: &Snapshot, h: &mut Hedge) -> bool {
     }
     h.cap_held = cap.is_some();
     h.launched = true;
-    h.launched_ns = Now::read().mono_ns();
+    h.launched_ns = now.mono_ns();
     true
 }
 
@@ -163,7 +181,7 @@ async fn attempt(
     let addr = ucfg.endpoints.get(endpoint.index()).ok_or(())?.addr;
     let mut up = match ctx
         .pools
-        .checkout(slot, ucfg.pool_idle_timeout, Instant::now())
+        .checkout(slot, ucfg.pool_idle_timeout, crate::clock::monotonic())
     {
         Some(up) => up,
         None => {
@@ -181,7 +199,7 @@ async fn attempt(
         ctx.put_buf(wbuf);
         return Err(());
     }
-    let sent_at = Instant::now();
+    let sent_at = Now::read();
     match read_response_head(ctx, &mut up, ucfg, head, extra, &mut wbuf).await {
         Ok((relay, keep_alive)) => Ok(Won {
             up,

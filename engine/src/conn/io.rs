@@ -6,6 +6,7 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::{Client, CLIENT_BUF_BYTES_INITIAL};
+use crate::clock::deadline_in;
 use crate::stream::Io;
 
 /// After an error answer that closes the connection, how long to keep reading (and dropping)
@@ -21,7 +22,7 @@ pub(super) const LINGER_BYTES_MAX: usize = 256 * 1024;
 /// into the connection's own buffer (`buf`): closing allocates nothing.
 pub(super) async fn linger_close(stream: &mut Io, mut buf: Vec<u8>) {
     let _ = stream.shutdown().await;
-    let deadline = Instant::now() + Duration::from_millis(LINGER_MS);
+    let deadline = deadline_in(Duration::from_millis(LINGER_MS));
     if buf.capacity() == 0 {
         // Left with a cancelled read: one small buffer.
         buf.reserve(CLIENT_BUF_BYTES_INITIAL);

@@ -2,17 +2,18 @@
 //! `GET /v1/models` for model groups, and the built-in mock model.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::call::{check_and_admit, read_whole_body};
 use super::io::send;
 use super::{Client, Next};
+use crate::clock::Now;
+use crate::ctx::ShardCtx;
 use crate::error::Error;
 use crate::http::request::{BodyKind, RequestHead};
 use crate::limits::MOCK_BODY_BYTES_MAX;
 use crate::llm::{self};
 use crate::mock::{self, MockEndpoint, MockReply};
-use crate::shard::ShardCtx;
 
 /// `GET /v1/models` with model groups: the groups the caller may use, in OpenAI's list shape.
 pub(super) async fn answer_models(
@@ -112,9 +113,7 @@ pub(super) async fn serve_mock(
         }
     }
     let keep_alive = head.keep_alive && !ctx.drain.is_fired();
-    let now_s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now_s = Now::read().unix_ms() / 1000;
     // A tenant sees only the models it is approved for.
     let reply = match (endpoint, c.ex.tenant) {
         (MockEndpoint::Models, Some(t)) => {
@@ -199,7 +198,7 @@ pub(super) async fn answer_error_with(
     );
     if !c.ex.active {
         // Refused before any request began (a head that timed out or broke the rules).
-        c.ex.begin(Instant::now());
+        c.ex.begin(Now::read());
     }
     c.ex.status = e.status();
     c.ex.local_error = true;

@@ -18,13 +18,12 @@ use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 
 use crate::accesslog::Record;
-use crate::admit::{now_ns, Admitted};
+use crate::admit::Admitted;
 use crate::control::stats::Reject;
 use crate::control::stats::{NO_SLOT, SLOT_UNROUTED};
+use crate::ctx::{LlmBufs, ShardCtx};
 use crate::error::{Error, Limit, Shape};
 use crate::http::request::BodyKind;
-use crate::llm::{SseFilter, UsageScanner};
-use crate::shard::ShardCtx;
 use crate::snapshot::{Snapshot, StatSlot, TenantId};
 use crate::stream::Io;
 use crate::tenant::KeyMemo;
@@ -36,7 +35,7 @@ mod io;
 mod local;
 mod relay;
 mod translate;
-use crate::clock::Now;
+use crate::clock::{deadline_in, Now};
 use crate::exchange::head::{decide, request_line, Action, Decision};
 use crate::exchange::ledger::Ledger;
 use call::{admit_tenant, proxy_llm};
@@ -90,27 +89,6 @@ struct Client {
     key_memo: KeyMemo,
 }
 
-/// What reading an LLM body and relaying its answer need: taken from the shard's pool per
-/// request and given back when it ends.
-#[derive(Debug, Default)]
-pub struct LlmBufs {
-    /// The request body, read whole before it is forwarded.
-    body: Vec<u8>,
-    /// The body with `stream_options.include_usage` added (or scratch while relaying).
-    rewritten: Vec<u8>,
-    /// The body with the deployment's model name (before any other rewrite).
-    scratch: Vec<u8>,
-    /// The body with its prompt template filled (or its `variables` removed).
-    filled: Vec<u8>,
-    /// A filtered stream's de-chunked input and filtered output.
-    sse_in: Vec<u8>,
-    sse_out: Vec<u8>,
-    /// Reads the upstream's `usage` out of the response as it passes.
-    scanner: UsageScanner,
-    /// Drops the usage chunk shardgate asked for from a stream, and counts its events.
-    filter: SseFilter,
-}
-
 /// Borrow the shard's LLM buffers for the current request (no allocation once warm).
 fn llm_take(ctx: &ShardCtx, c: &mut Client) {
     if !c.llm_held {
@@ -147,12 +125,23 @@ fn llm_give(ctx: &ShardCtx, c: &mut Client) {
     }
 }
 
+/// How an attempt's answer is relayed, decided when its request is built.
+#[derive(Debug, Default)]
+pub(super) struct RelayPlan {
+    /// The body was translated to the upstream's API: its answer is translated back.
+    translation: Option<Box<Translation>>,
+    /// A streamed answer goes through the SSE filter: to drop the usage chunk the client did
+    /// not ask for (`strip_usage`) and to cut the stream at the tenant's budget.
+    filter_sse: bool,
+    strip_usage: bool,
+}
+
 /// What one request did, for the shard's counters (and the access log).
 #[derive(Debug)]
 struct Exchange {
     /// A request is under way (its first byte arrived).
     active: bool,
-    start: Instant,
+    start: Now,
     /// The status sent; 0 while none was.
     status: u16,
     bytes_in: u64,
@@ -172,10 +161,8 @@ struct Exchange {
     scan: bool,
     /// An error answer of ours (the upstream failed or the client broke the rules).
     local_error: bool,
-    /// A streamed answer goes through the SSE filter: to drop the usage chunk the client did
-    /// not ask for (`strip_usage`) and to cut the stream at the tenant's budget.
-    filter_sse: bool,
-    strip_usage: bool,
+    /// How the current attempt's answer is relayed.
+    plan: RelayPlan,
     /// The prompt's share of the token estimate (body bytes / 4).
     prompt_estimate: u64,
     /// Tokens a filtered stream is known to have used when its usage was never seen (it was
@@ -189,18 +176,15 @@ struct Exchange {
     /// `read_timeout_ms` or ill-framed mid-body): a failure for its health, whatever the
     /// status the client already got.
     upstream_broke: bool,
-    /// The current attempt's body was translated to the upstream's API: its answer is
-    /// translated back.
-    translation: Option<Box<Translation>>,
     /// The client called Anthropic's API (`/v1/messages`): our own errors take its shape.
     error_shape: Shape,
 }
 
 impl Exchange {
-    fn idle() -> Self {
+    fn idle(now: Now) -> Self {
         Self {
             active: false,
-            start: Instant::now(),
+            start: now,
             status: 0,
             bytes_in: 0,
             bytes_out: 0,
@@ -213,22 +197,19 @@ impl Exchange {
             held: Ledger::default(),
             scan: false,
             local_error: false,
-            filter_sse: false,
-            strip_usage: false,
+            plan: RelayPlan::default(),
             prompt_estimate: 0,
             counted: None,
             ttfb: None,
             retry_after: None,
             upstream_broke: false,
-            translation: None,
             error_shape: Shape::OpenAi,
         }
     }
 
-    fn begin(&mut self, now: Instant) {
-        *self = Self::idle();
+    fn begin(&mut self, now: Now) {
+        *self = Self::idle(now);
         self.active = true;
-        self.start = now;
     }
 }
 
@@ -251,8 +232,9 @@ fn finish(ctx: &ShardCtx, c: &mut Client) {
             .stats
             .tokens(ex.tenant_slot, u.prompt_tokens, u.completion_tokens);
     }
-    ex.held.settle(&*c.snap, now_ns(), used, failed);
-    let elapsed = ex.start.elapsed();
+    let now = Now::read();
+    ex.held.settle(&*c.snap, now.unix_ns, used, failed);
+    let elapsed = ex.start.until(now);
     ctx.control.stats.record(
         ex.upstream_slot,
         ex.route_slot,
@@ -265,7 +247,7 @@ fn finish(ctx: &ShardCtx, c: &mut Client) {
     if let Some(log) = &ctx.access_log {
         let mut r = ex.record.take().unwrap_or_else(|| {
             // Refused before a head was read (timeout, bad head): no method or path.
-            Record::new(crate::control::unix_ms(), shard_u16(ctx.id), c.peer)
+            Record::new(now.unix_ms(), shard_u16(ctx.id), c.peer)
         });
         r.status = ex.status;
         r.bytes_in = ex.bytes_in;
@@ -318,7 +300,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, tls:
         ip: peer.ip(),
         peer,
         snap,
-        ex: Exchange::idle(),
+        ex: Exchange::idle(Now::read()),
         rate_hdrs: Vec::new(),
         llm: LlmBufs::default(),
         llm_held: false,
@@ -369,7 +351,7 @@ const REFUSE_READ_MS: u64 = 100;
 pub async fn refuse(ctx: &ShardCtx, stream: TcpStream) {
     let mut stream = Io::Plain(stream);
     let buf = ctx.take_buf();
-    let deadline = Instant::now() + Duration::from_millis(REFUSE_READ_MS);
+    let deadline = deadline_in(Duration::from_millis(REFUSE_READ_MS));
     let (_, mut buf) = read_more(&mut stream, buf, deadline).await;
     buf.clear();
     Error::Overloaded.write_response_with(true, OVERLOADED_RETRY_AFTER, &mut buf);
@@ -388,8 +370,9 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
     let mut head_deadline: Option<Instant> = None;
     let (head, action, wbuf) = loop {
         if !c.buf.is_empty() {
+            let now = Now::read();
             if !c.ex.active {
-                c.ex.begin(Instant::now());
+                c.ex.begin(now);
             }
             // The request's config: take a new one if it was published while this
             // connection waited (one atomic load if none was); the request keeps it to the end.
@@ -421,8 +404,7 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
                         c.ex.tenant_slot = snap.tenant_stat_slot(t);
                     }
                     if ctx.access_log.is_some() {
-                        let mut r =
-                            Record::new(crate::control::unix_ms(), shard_u16(ctx.id), c.peer);
+                        let mut r = Record::new(now.unix_ms(), shard_u16(ctx.id), c.peer);
                         let (method, target) = request_line(&c.buf[..head.head_len]);
                         r.set_method(method);
                         r.set_path(target);
@@ -455,20 +437,19 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
                 snap.cfg.server.idle_timeout
             };
             monoio::select! {
-                r = read_more(&mut c.stream, buf, Instant::now() + wait) => r,
+                r = read_more(&mut c.stream, buf, deadline_in(wait)) => r,
                 _ = ctx.drain.wait() => return Next::CloseLinger,
             }
         } else {
-            let deadline = *head_deadline
-                .get_or_insert_with(|| Instant::now() + snap.cfg.server.header_timeout);
+            let deadline =
+                *head_deadline.get_or_insert_with(|| deadline_in(snap.cfg.server.header_timeout));
             read_more(&mut c.stream, buf, deadline).await
         };
         c.buf = buf;
         match res {
             Ok(0) => return Next::Close,
             Ok(_) => {
-                head_deadline
-                    .get_or_insert_with(|| Instant::now() + snap.cfg.server.header_timeout);
+                head_deadline.get_or_insert_with(|| deadline_in(snap.cfg.server.header_timeout));
             }
             // Nothing sent at all: close quietly, as for an idle keep-alive connection.
             Err(ReadError::TimedOut) if !had_bytes => return Next::Close,
@@ -532,7 +513,8 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
     ) {
         // The body (if any) is unread: the connection closes after a refusal.
         let may_keep_alive = head.body == BodyKind::None && head.keep_alive;
-        if let Err(next) = admit_tenant(ctx, c, &snap, t, 0, may_keep_alive, head.head_len).await {
+        let admitted = admit_tenant(ctx, c, &snap, t, 0, may_keep_alive, head.head_len);
+        if let Err(next) = admitted.await {
             ctx.put_buf(wbuf);
             return next;
         }

@@ -4,20 +4,20 @@
 //! dropped. Where the body ends is `exchange::relay::Relay`'s call.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use monoio::buf::IoBuf;
 
 use super::io::{read_more, send};
 use super::local::answer_error;
 use super::{Client, Next};
-use crate::admit::now_ns;
+use crate::clock::{deadline_in, monotonic, Now};
 use crate::config::UpstreamConfig;
+use crate::ctx::ShardCtx;
 use crate::error::Error;
 use crate::exchange::relay::{push_framed, IllFramed, Relay};
 use crate::http::response::ClientFraming;
 use crate::llm::{self, SseFilter};
-use crate::shard::ShardCtx;
 use crate::snapshot::PoolSlot;
 use crate::upstream::UpConn;
 
@@ -46,7 +46,7 @@ pub(super) async fn relay_response(
         });
     }
     let scan = c.ex.scan;
-    if c.ex.filter_sse
+    if c.ex.plan.filter_sse
         && relay.sse
         && matches!(
             relay.framing,
@@ -80,7 +80,7 @@ pub(super) async fn relay_response(
     };
     while !relay.done {
         let buf = std::mem::take(&mut up.buf);
-        let (res, buf) = read_more(&mut up.stream, buf, Instant::now() + ucfg.read_timeout).await;
+        let (res, buf) = read_more(&mut up.stream, buf, deadline_in(ucfg.read_timeout)).await;
         up.buf = buf;
         match res {
             Ok(0) if relay.framing == ClientFraming::UntilClose => break,
@@ -137,8 +137,7 @@ pub(super) fn end_relay(
 ) -> Next {
     // Bytes past the end of the body mean the upstream is out of step: never reuse it.
     if relay.upstream_reusable && relay.framing != ClientFraming::UntilClose && up.buf.is_empty() {
-        ctx.pools
-            .checkin(slot, up, ucfg.pool_idle_max, Instant::now());
+        ctx.pools.checkin(slot, up, ucfg.pool_idle_max, monotonic());
     }
     if keep_alive {
         Next::KeepAlive
@@ -196,9 +195,9 @@ pub(super) async fn relay_filtered(
         // many events one read brought.
         let mut at = 0;
         while at < data.len() && !cut {
-            let end = event_end(&data[at..]).map_or(data.len(), |n| at + n);
+            let end = crate::http::sse::event_end(&data[at..]).map_or(data.len(), |n| at + n);
             let piece = &data[at..end];
-            if c.ex.strip_usage {
+            if c.ex.plan.strip_usage {
                 c.llm.filter.feed(piece, &mut filtered);
             } else {
                 // Nothing to drop (the client asked for usage itself, or the stream is
@@ -218,7 +217,7 @@ pub(super) async fn relay_filtered(
                 cut = true;
             }
         }
-        if relay.done && !cut && c.ex.strip_usage {
+        if relay.done && !cut && c.ex.plan.strip_usage {
             c.llm.filter.finish(&mut filtered);
         }
         push_framed(&mut wbuf, &filtered, client_chunked);
@@ -277,7 +276,7 @@ pub(super) async fn read_body_more(
     timeout: Duration,
 ) -> Result<(), ()> {
     let buf = std::mem::take(&mut up.buf);
-    let (res, buf) = read_more(&mut up.stream, buf, Instant::now() + timeout).await;
+    let (res, buf) = read_more(&mut up.stream, buf, deadline_in(timeout)).await;
     up.buf = buf;
     match res {
         Ok(0) if relay.framing == ClientFraming::UntilClose => {
@@ -286,20 +285,6 @@ pub(super) async fn read_body_more(
         }
         Ok(0) | Err(_) => Err(()),
         Ok(_) => Ok(()),
-    }
-}
-
-/// Bytes up to and including the end of the first SSE event in `data` (a blank line: `\n\n` or
-/// `\r\n\r\n`), if one ends there.
-pub(super) fn event_end(data: &[u8]) -> Option<usize> {
-    let lf = data.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = data
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 
@@ -316,7 +301,7 @@ pub(super) fn over_budget(c: &Client) -> bool {
     let produced =
         c.ex.prompt_estimate
             .saturating_add(c.llm.filter.content_events());
-    match limits.budget_allowance(adm, now_ns()) {
+    match limits.budget_allowance(adm, Now::read().unix_ns) {
         Some(allowed) => produced > allowed,
         None => false,
     }

@@ -11,6 +11,7 @@
 use std::rc::Rc;
 
 use crate::config::{Provider, UpstreamConfig};
+use crate::ctx::ShardCtx;
 use crate::error::Error;
 use crate::http::request::RequestHead;
 use crate::http::response::ClientFraming;
@@ -18,7 +19,6 @@ use crate::http::{write_decimal, write_status_line};
 use crate::llm::{self, SseFilter};
 use crate::provider::anthropic::{self, StreamToChat};
 use crate::provider::messages::{self, StreamToMessages};
-use crate::shard::ShardCtx;
 use crate::snapshot::PoolSlot;
 
 use super::io::send;
@@ -142,7 +142,7 @@ fn anthropic_error_event(message: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(
         b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":",
     );
-    crate::provider::push_json_str(out, message);
+    crate::llm::json::write_str(out, message);
     out.extend_from_slice(b"}}\n\n");
 }
 
@@ -376,5 +376,5 @@ async fn relay_stream(
 
 /// Seconds since the Unix epoch (`created` of an OpenAI answer).
 fn unix_s() -> u64 {
-    crate::control::unix_ms() / 1000
+    crate::clock::Now::read().unix_ms() / 1000
 }

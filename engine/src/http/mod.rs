@@ -6,10 +6,13 @@
 //! - [`response`]: parse an upstream response head, decide its framing, and write the head we
 //!   send to the client.
 //! - [`chunked`]: a streaming chunked-body decoder that validates while bytes pass through.
+//! - [`sse`]: server-sent event streams: where events end and the one splitter every reader of
+//!   a stream (SSE filter, usage scanner, stream translators, budget cut) uses.
 
 pub mod chunked;
 pub mod request;
 pub mod response;
+pub mod sse;
 
 use std::io::Write as _;
 

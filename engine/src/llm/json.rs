@@ -12,8 +12,17 @@
 //! upstream reads, so it validates everything and sees every top-level key; this scanner does
 //! that with no allocation. UTF-8 is not checked here: callers that need it check the whole
 //! document once with `std::str::from_utf8`.
+//!
+//! Templates walk request bodies with it too ([`Members::spanned`] says where each member
+//! stands, so members can be cut out or copied as written). And [`write_str`] is the one JSON
+//! string writer of the project: the access log, the stream translators, the SSE filter's error
+//! event and templates all escape through it. It lives in `shardgate_core::json` (config-time
+//! templates escape with it too) and is re-exported here; this scanner skips through string
+//! content with its eight-bytes-at-a-time search ([`skip_plain`]).
 
 use super::JSON_DEPTH_MAX;
+use shardgate_core::json::skip_plain;
+pub(crate) use shardgate_core::json::{write_str, write_str_content};
 
 // The nesting stack is one bit per level in a u128.
 const _: () = assert!(JSON_DEPTH_MAX >= 1 && JSON_DEPTH_MAX <= 128);
@@ -257,6 +266,59 @@ impl<'a> Iterator for Members<'a> {
     }
 }
 
+impl<'a> Members<'a> {
+    /// The members with where each stands in the document ([`Member`]), for a caller that
+    /// copies or cuts them.
+    pub(crate) fn spanned(self) -> Spanned<'a> {
+        Spanned(self)
+    }
+}
+
+/// A member and the bytes it stands on: `doc[start..end]` runs from just after the `{` or `,`
+/// before it to the `,` or `}` after it, whitespace around the key and the value included.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Member<'a> {
+    pub(crate) key: Key<'a>,
+    pub(crate) value: Value<'a>,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+}
+
+/// [`Members`] with where each stands: made by [`Members::spanned`].
+#[derive(Debug, Clone)]
+pub(crate) struct Spanned<'a>(Members<'a>);
+
+impl Spanned<'_> {
+    /// After the walk: where the object's `}` is, if it closed.
+    pub(crate) fn close(&self) -> Option<usize> {
+        match self.0.state {
+            WalkState::Closed => self.0.pos.checked_sub(1),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> Iterator for Spanned<'a> {
+    type Item = Result<Member<'a>, JsonError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let m = &mut self.0;
+        // After the `{`, or after the `,` that follows the last value.
+        let start = if m.first {
+            m.pos
+        } else {
+            skip_ws(m.doc, m.pos) + 1
+        };
+        let member = m.next()?.map(|(key, value)| Member {
+            key,
+            value,
+            start,
+            end: skip_ws(m.doc, value.end),
+        });
+        Some(member)
+    }
+}
+
 /// The elements of one array (already validated: made by [`Value::elements`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Elements<'a> {
@@ -496,46 +558,14 @@ fn number_end(doc: &[u8], mut i: usize) -> Result<usize, JsonError> {
     Ok(i)
 }
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
-/// Whether any of the 8 bytes of `w` is a quote, a backslash or a control byte (< 0x20).
-/// Exact as a yes/no answer (the classic "has zero byte" / "has byte less than" tests).
-#[cfg(test)]
-fn needs_attention(w: u64) -> bool {
-    attention_mask(w) != 0
-}
-
-/// The high bit of each byte of `w` (little-endian: the first byte is the lowest) that may be
-/// a quote, a backslash or a control byte. Nonzero exactly when one is, and its lowest set bit
-/// marks the first one exactly: a byte is wrongly flagged only through a borrow from a flagged
-/// byte below it (the classic "has zero byte" / "has byte less than" tests).
-fn attention_mask(w: u64) -> u64 {
-    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
-    let less_than_0x20 = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
-    zero_bytes(w ^ (ONES * u64::from(b'"')))
-        | zero_bytes(w ^ (ONES * u64::from(b'\\')))
-        | less_than_0x20
-}
-
 /// The string whose opening quote is at `open`: the position just past its closing quote, and
 /// whether it has escapes. Control bytes and invalid escapes are errors.
 fn string_end(doc: &[u8], open: usize) -> Result<(usize, bool), JsonError> {
     let mut i = open + 1;
     let mut escaped = false;
     loop {
-        // Eight bytes at a time while none of them needs a look: most of a prompt is here.
-        // When one does, go straight to the first such byte.
-        while let Some(word) = doc.get(i..i + 8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(word);
-            let m = attention_mask(u64::from_le_bytes(w));
-            if m != 0 {
-                i += (m.trailing_zeros() / 8) as usize;
-                break;
-            }
-            i += 8;
-        }
+        // Most of a prompt is skipped here, eight bytes at a time.
+        i = skip_plain(doc, i);
         match doc.get(i) {
             Some(b'"') => return Ok((i + 1, escaped)),
             Some(b'\\') => {
@@ -623,6 +653,28 @@ pub(crate) fn unescape(raw: &[u8], mut sink: impl FnMut(&[u8]) -> bool) -> bool 
         i += 2;
     }
     true
+}
+
+/// Decode a string's content (`escaped`: it has escapes) into `buf`: the decoded bytes, or
+/// `None` if they do not fit or do not decode. Content without escapes is its own decoding.
+pub(crate) fn decode_into<'b>(raw: &'b [u8], escaped: bool, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+    if !escaped {
+        return (raw.len() <= buf.len()).then_some(raw);
+    }
+    let mut len = 0usize;
+    let complete = unescape(raw, |piece| {
+        let Some(dest) = buf.get_mut(len..len + piece.len()) else {
+            return false;
+        };
+        dest.copy_from_slice(piece);
+        len += piece.len();
+        true
+    });
+    if complete {
+        buf.get(..len)
+    } else {
+        None
+    }
 }
 
 fn hex4(digits: Option<&[u8]>) -> Option<u32> {
@@ -800,47 +852,59 @@ mod tests {
     }
 
     #[test]
-    fn swar_attention_finds_the_first_byte_that_needs_it() {
-        // Every pair of positions and every byte at the first: what follows never moves the
-        // answer, whatever it is (a borrow from below could flag a byte above, never below).
-        let fill = [b'a', 0x00, 0x1f, b'"', b'\\', 0x20, 0x7f, 0x80, 0xff, b'!'];
-        for b in 0..=255u8 {
-            for first in 0..8 {
-                for &later in &fill {
-                    for second in first + 1..=8 {
-                        let mut w = [b'a'; 8];
-                        w[first] = b;
-                        if second < 8 {
-                            w[second] = later;
-                        }
-                        let want = if b == b'"' || b == b'\\' || b < 0x20 {
-                            Some(first)
-                        } else {
-                            w.iter().position(|&x| x == b'"' || x == b'\\' || x < 0x20)
-                        };
-                        let m = attention_mask(u64::from_le_bytes(w));
-                        let got = (m != 0).then(|| (m.trailing_zeros() / 8) as usize);
-                        assert_eq!(got, want, "{w:?}");
-                    }
-                }
-            }
-        }
+    fn spanned_members_cover_the_text_between_separators() {
+        let doc = br#" { "a" : 1 ,"b":[2, {}]	,
+ "c\"d": "x" } "#;
+        let mut walk = Members::new(doc, 0, JSON_DEPTH_MAX)
+            .expect("object")
+            .spanned();
+        let spans: Vec<(usize, usize)> = walk
+            .by_ref()
+            .map(|m| m.map(|m| (m.start, m.end)).expect("member"))
+            .collect();
+        let text: Vec<&[u8]> = spans.iter().map(|&(a, b)| &doc[a..b]).collect();
+        assert_eq!(
+            text,
+            [
+                &br#" "a" : 1 "#[..],
+                br#""b":[2, {}]	"#,
+                b"\n \"c\\\"d\": \"x\" "
+            ]
+        );
+        assert_eq!(walk.close(), Some(doc.len() - 2));
+        let mut empty = Members::new(b"{ }", 0, JSON_DEPTH_MAX)
+            .expect("object")
+            .spanned();
+        assert!(empty.next().is_none());
+        assert_eq!(empty.close(), Some(2));
+        // Not closed (yet, or ever): no close.
+        let mut open = Members::new(b"{\"a\":1", 0, JSON_DEPTH_MAX)
+            .expect("object")
+            .spanned();
+        assert_eq!(open.close(), None);
+        assert!(matches!(open.next(), Some(Ok(_))));
+        assert!(matches!(open.next(), Some(Err(JsonError::Invalid))));
+        assert_eq!(open.close(), None);
     }
 
     #[test]
-    fn swar_attention_matches_a_byte_loop() {
-        for b in 0..=255u8 {
-            for pos in 0..8 {
-                let mut w = [b'a'; 8];
-                w[pos] = b;
-                let expect = b == b'"' || b == b'\\' || b < 0x20;
-                assert_eq!(
-                    needs_attention(u64::from_le_bytes(w)),
-                    expect,
-                    "{b} at {pos}"
-                );
-            }
-        }
+    fn decode_into_a_small_buffer() {
+        let mut buf = [0u8; 4];
+        assert_eq!(decode_into(b"abcd", false, &mut buf), Some(&b"abcd"[..]));
+        assert_eq!(decode_into(b"abcde", false, &mut buf), None);
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            decode_into(br"a\u00e9b", true, &mut buf),
+            Some("aéb".as_bytes())
+        );
+        let mut buf = [0u8; 4];
+        assert_eq!(decode_into(br"ab\u00e9b", true, &mut buf), None, "too long");
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            decode_into(br"\ud800", true, &mut buf),
+            None,
+            "no UTF-8 form"
+        );
     }
 
     /// Our verdict, with the UTF-8 check callers add.

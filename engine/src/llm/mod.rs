@@ -20,7 +20,8 @@
 //!   the top-level object once and allocates nothing. The gateway decides on the same document
 //!   the upstream parses: trailing bytes, a second document, or invalid UTF-8 are
 //!   [`BodyError::NotJson`]. (sonic-rs's `get` allocates a key buffer per call, stops at the
-//!   first matching key and does not validate what follows it; see `json`'s notes.)
+//!   first matching key and does not validate what follows it; see `json`'s notes.) `json`
+//!   also holds the engine's one JSON string writer.
 //! - **Only top-level keys count**, compared after decoding their escapes (`"mod\u0065l"` is
 //!   `model`, as the upstream reads it). A key the gateway reads that appears twice is refused
 //!   ([`BodyError::BadField`]): parsers disagree on which copy wins (first, last, error), so a

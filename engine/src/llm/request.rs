@@ -270,17 +270,9 @@ fn model<'a>(value: Value<'a>, buf: &mut [u8; MODEL_BYTES_MAX]) -> Result<Model<
             .map(Model::Borrowed)
             .map_err(|_| BAD);
     }
-    let mut len = 0usize;
-    let complete = json::unescape(raw, |piece| {
-        let Some(dest) = buf.get_mut(len..len + piece.len()) else {
-            return false;
-        };
-        dest.copy_from_slice(piece);
-        len += piece.len();
-        true
-    });
-    let len = u16::try_from(len).map_err(|_| BAD)?;
-    if !complete || std::str::from_utf8(buf.get(..usize::from(len)).ok_or(BAD)?).is_err() {
+    let decoded = json::decode_into(raw, true, buf).ok_or(BAD)?;
+    let len = u16::try_from(decoded.len()).map_err(|_| BAD)?;
+    if std::str::from_utf8(decoded).is_err() {
         return Err(BAD);
     }
     Ok(Model::Decoded(len))

@@ -1,174 +1,17 @@
-//! Server-sent events: splitting a stream into events across reads, and [`SseFilter`].
-//!
-//! An event ends at a blank line. Lines end in `\n` or `\r\n` (what OpenAI, Anthropic, vLLM and
-//! Ollama send); a lone `\r` as a line end, which the SSE spec also allows, is not recognised,
-//! so such a stream is passed through as one unexamined event.
+//! The SSE filter ([`SseFilter`]), on the stream splitter of [`http::sse`](crate::http::sse).
 
-use super::json::{Kind, Members, Value};
+use super::json::{self, Kind, Members, Value};
 use super::{JSON_DEPTH_MAX, USAGE_SCAN_BYTES_MAX};
+use crate::http::sse::{event_data, Piece};
 
-/// What [`Splitter::feed`] hands out, in stream order.
-#[derive(Debug)]
-pub(crate) enum Piece<'a> {
-    /// A whole event of at most [`USAGE_SCAN_BYTES_MAX`] bytes, including the blank line that
-    /// ends it.
-    Event(&'a [u8]),
-    /// Bytes of an event longer than that (handed out as they arrive, never held), or of an
-    /// event whose end never came (from [`Splitter::flush`]).
-    Unexamined(&'a [u8]),
-}
-
-/// What the current, unfinished line holds so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum Line {
-    #[default]
-    Empty,
-    /// Only a `\r`.
-    Cr,
-    Text,
-}
-
-/// Splits a stream into events. The start of an event whose end has not arrived is held in a
-/// buffer the caller owns (so a [`UsageScanner`](super::UsageScanner) shares one buffer between
-/// its JSON and SSE modes); events that arrive whole are handed out from the input itself.
-/// Whether an event is whole or unexamined depends only on its length, never on how the stream
-/// was cut into reads.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Splitter {
-    line: Line,
-    /// The current event is longer than [`USAGE_SCAN_BYTES_MAX`]: pass its bytes on as they come.
-    oversized: bool,
-}
-
-impl Splitter {
-    /// Hand out the events completed by `input`, and hold the start of the next one in `buf`
-    /// (reserving [`USAGE_SCAN_BYTES_MAX`] bytes the first time; it never grows beyond that).
-    pub(crate) fn feed(&mut self, buf: &mut Vec<u8>, input: &[u8], mut f: impl FnMut(Piece<'_>)) {
-        // Where the current event's bytes in `input` begin, and where the current line does.
-        let mut event_start = 0;
-        let mut line_start = 0;
-        while let Some(p) = input
-            .get(line_start..)
-            .and_then(|r| r.iter().position(|b| *b == b'\n'))
-        {
-            let lf = line_start + p;
-            let blank = matches!(
-                (self.line, input.get(line_start..lf)),
-                (Line::Empty, Some([] | [b'\r'])) | (Line::Cr, Some([]))
-            );
-            self.line = Line::Empty;
-            line_start = lf + 1;
-            if blank {
-                self.end_event(
-                    buf,
-                    input.get(event_start..line_start).unwrap_or_default(),
-                    &mut f,
-                );
-                event_start = line_start;
-            }
-        }
-        let rest = input.get(line_start..).unwrap_or_default();
-        self.line = match (self.line, rest) {
-            (line, []) => line,
-            (Line::Empty, [b'\r']) => Line::Cr,
-            _ => Line::Text,
-        };
-        self.hold(buf, input.get(event_start..).unwrap_or_default(), &mut f);
-    }
-
-    /// At the end of the stream: hand out the held start of an unfinished event (unexamined)
-    /// and start afresh.
-    pub(crate) fn flush(&mut self, buf: &mut Vec<u8>, mut f: impl FnMut(Piece<'_>)) {
-        if !buf.is_empty() {
-            f(Piece::Unexamined(buf));
-        }
-        buf.clear();
-        *self = Self::default();
-    }
-
-    /// `tail` completes the current event.
-    fn end_event(&mut self, buf: &mut Vec<u8>, tail: &[u8], f: &mut impl FnMut(Piece<'_>)) {
-        if self.oversized {
-            self.oversized = false;
-            f(Piece::Unexamined(tail));
-        } else if buf.is_empty() {
-            if tail.len() <= USAGE_SCAN_BYTES_MAX {
-                f(Piece::Event(tail));
-            } else {
-                f(Piece::Unexamined(tail));
-            }
-        } else if buf.len() + tail.len() <= USAGE_SCAN_BYTES_MAX {
-            // `hold` reserved room for this: no reallocation.
-            buf.extend_from_slice(tail);
-            f(Piece::Event(buf));
-            buf.clear();
-        } else {
-            f(Piece::Unexamined(buf));
-            f(Piece::Unexamined(tail));
-            buf.clear();
-        }
-    }
-
-    /// `part` is the start (or more of the start) of an event whose end has not arrived.
-    fn hold(&mut self, buf: &mut Vec<u8>, part: &[u8], f: &mut impl FnMut(Piece<'_>)) {
-        if part.is_empty() {
-            return;
-        }
-        if self.oversized {
-            f(Piece::Unexamined(part));
-        } else if buf.len() + part.len() > USAGE_SCAN_BYTES_MAX {
-            if !buf.is_empty() {
-                f(Piece::Unexamined(buf));
-            }
-            f(Piece::Unexamined(part));
-            buf.clear();
-            self.oversized = true;
-        } else {
-            reserve_once(buf);
-            buf.extend_from_slice(part);
-        }
-    }
-}
+/// The splitter of the filter and the usage scanner: events of at most
+/// [`USAGE_SCAN_BYTES_MAX`] bytes are examined.
+pub(crate) type Splitter = crate::http::sse::Splitter<USAGE_SCAN_BYTES_MAX>;
 
 /// Give `buf` its full size the first time it is used; later uses find it already there.
 pub(crate) fn reserve_once(buf: &mut Vec<u8>) {
     if buf.capacity() < USAGE_SCAN_BYTES_MAX {
         buf.reserve_exact(USAGE_SCAN_BYTES_MAX - buf.len());
-    }
-}
-
-/// The data of an event: its `data:` field values (one leading space removed) joined by `\n`,
-/// or `None` when it has none. One `data:` line (what providers send) is borrowed from the
-/// event; several are joined in `scratch`.
-pub(crate) fn event_data<'a>(event: &'a [u8], scratch: &'a mut Vec<u8>) -> Option<&'a [u8]> {
-    let mut first: Option<&'a [u8]> = None;
-    let mut joined = false;
-    for line in event.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let value = match line.strip_prefix(b"data") {
-            Some([]) => &[][..],
-            Some([b':', value @ ..]) => value.strip_prefix(b" ").unwrap_or(value),
-            _ => continue,
-        };
-        match first {
-            None => first = Some(value),
-            Some(f) => {
-                if !joined {
-                    reserve_once(scratch);
-                    scratch.clear();
-                    scratch.extend_from_slice(f);
-                    joined = true;
-                }
-                scratch.push(b'\n');
-                scratch.extend_from_slice(value);
-            }
-        }
-    }
-    if joined {
-        let scratch: &'a Vec<u8> = scratch;
-        Some(scratch.as_slice())
-    } else {
-        first
     }
 }
 
@@ -274,10 +117,11 @@ impl SseFilter {
     /// Append to `out` the events `input` completes, except a usage-only chunk; hold the start
     /// of an unfinished event until its end arrives.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        reserve_once(&mut self.buf);
         let (scratch, content_events) = (&mut self.scratch, &mut self.content_events);
         self.split.feed(&mut self.buf, input, |piece| match piece {
             Piece::Event(event) => {
-                let class = event_data(event, scratch).map_or(Class::Other, classify);
+                let class = event_data(event, scratch, |_| {}).map_or(Class::Other, classify);
                 match class {
                     Class::UsageOnly => {}
                     Class::Content => {
@@ -315,41 +159,17 @@ impl SseFilter {
     /// OpenAI answers when an account's quota is spent) and the code `budget_exceeded`.
     pub fn error_event(message: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(b"data: {\"error\":{\"message\":");
-        push_json_string(out, message);
+        json::write_str(out, message);
         out.extend_from_slice(
             b",\"type\":\"insufficient_quota\",\"param\":null,\"code\":\"budget_exceeded\"}}\n\ndata: [DONE]\n\n",
         );
     }
 }
 
-/// Append `s` as a JSON string literal.
-fn push_json_string(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    for &b in s.as_bytes() {
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0..=0x1f => out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]),
-            _ => out.push(b),
-        }
-    }
-    out.push(b'"');
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    pub(crate) use crate::http::sse::tests::pieces;
     use proptest::prelude::*;
 
     /// An OpenAI chat stream with `include_usage`, as the API sends it.
@@ -392,19 +212,6 @@ pub(crate) mod tests {
         let count = f.content_events();
         f.finish(&mut out);
         (out, count)
-    }
-
-    pub(crate) fn pieces<'a>(input: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
-        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
-        cuts.sort_unstable();
-        let mut out = Vec::new();
-        let mut at = 0;
-        for c in cuts {
-            out.push(&input[at..c]);
-            at = c;
-        }
-        out.push(&input[at..]);
-        out
     }
 
     fn without_usage_chunk(stream: &str) -> String {

@@ -1,8 +1,9 @@
 //! Finding the upstream's token count in a response, across reads of any size.
 
 use super::json::{self, Kind, Members, Value};
-use super::sse::{event_data, reserve_once, Piece, Splitter};
+use super::sse::{reserve_once, Splitter};
 use super::{JSON_DEPTH_MAX, USAGE_SCAN_BYTES_MAX, USAGE_TAIL_BYTES};
+use crate::http::sse::{event_data, Piece};
 
 /// How a response body is framed for [`UsageScanner`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -92,8 +93,8 @@ impl Counts {
 ///   [`USAGE_SCAN_BYTES_MAX`] is skipped, as is one whose data is not a JSON object.
 ///
 /// The buffer ([`USAGE_SCAN_BYTES_MAX`] bytes) is allocated on first use and kept across
-/// [`reset`](Self::reset); `feed` never allocates after that (a second buffer of the same size
-/// is allocated only if an SSE event splits its data over several `data:` lines, which
+/// [`reset`](Self::reset); `feed` never allocates after that (a second buffer, as long as the
+/// event, is allocated only if an SSE event splits its data over several `data:` lines, which
 /// providers do not do).
 #[derive(Debug, Default)]
 pub struct UsageScanner {
@@ -130,10 +131,11 @@ impl UsageScanner {
         match self.kind {
             BodyKind::Json => self.feed_json(bytes),
             BodyKind::Sse => {
+                reserve_once(&mut self.buf);
                 let (scratch, counts) = (&mut self.scratch, &mut self.counts);
                 self.split.feed(&mut self.buf, bytes, |piece| {
                     if let Piece::Event(event) = piece {
-                        if let Some(data) = event_data(event, scratch) {
+                        if let Some(data) = event_data(event, scratch, |_| {}) {
                             read_event(counts, data);
                         }
                     }

@@ -33,7 +33,8 @@ use serde_json::{Map, Value};
 
 pub use super::sse::STREAM_EVENT_BYTES_MAX;
 use super::sse::{Event, EventReader};
-use super::{copy_numbers, present, push_json_str, push_u64, write_object, TranslateError};
+use super::{copy_numbers, present, push_u64, write_object, TranslateError};
+use crate::llm::json::write_str;
 
 // ---------------------------------------------------------------------------------------------
 // Requests
@@ -341,15 +342,15 @@ pub fn message_to_chat(
     let str_of = |key| msg.get(key).and_then(Value::as_str).unwrap_or_default();
 
     out.extend_from_slice(b"{\"id\":");
-    push_json_str(out, str_of("id"));
+    write_str(out, str_of("id"));
     out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
     push_u64(out, created);
     out.extend_from_slice(b",\"model\":");
-    push_json_str(out, str_of("model"));
+    write_str(out, str_of("model"));
     out.extend_from_slice(
         b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
     );
-    push_json_str(out, &text);
+    write_str(out, &text);
     out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":\"");
     out.extend_from_slice(finish_reason(msg.get("stop_reason").and_then(Value::as_str)).as_bytes());
     out.extend_from_slice(b"\"}],");
@@ -395,12 +396,12 @@ fn push_openai_error(out: &mut Vec<u8>, status: u16, kind: Option<&str>, message
         _ => ("server_error", kind),
     };
     out.extend_from_slice(b"{\"error\":{\"message\":");
-    push_json_str(out, message);
+    write_str(out, message);
     out.extend_from_slice(b",\"type\":");
-    push_json_str(out, openai_type);
+    write_str(out, openai_type);
     out.extend_from_slice(b",\"param\":null,\"code\":");
     match code {
-        Some(c) => push_json_str(out, c),
+        Some(c) => write_str(out, c),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b"}}");
@@ -462,15 +463,17 @@ impl StreamToChat {
 
     /// Translate the events that `input` completes, appending OpenAI events to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        let mut rest = input;
-        while !self.done {
-            let Some(event) = self.events.next_event(&mut rest) else {
-                break;
-            };
+        let mut events = std::mem::take(&mut self.events);
+        events.feed(input, |event| {
+            // After `[DONE]` further input is ignored.
+            if self.done {
+                return;
+            }
             if let Some((kind, v)) = parse_event(event) {
                 self.on_event(&kind, &v, out);
             }
-        }
+        });
+        self.events = events;
     }
 
     /// At the end of the upstream body: translate a last event that lacked its blank line, and
@@ -479,9 +482,13 @@ impl StreamToChat {
         if self.done {
             return;
         }
-        if let Some((kind, v)) = self.events.finish().and_then(parse_event) {
-            self.on_event(&kind, &v, out);
-        }
+        let mut events = std::mem::take(&mut self.events);
+        events.finish(|event| {
+            if let Some((kind, v)) = parse_event(event) {
+                self.on_event(&kind, &v, out);
+            }
+        });
+        self.events = events;
         if !self.done {
             self.push_error(
                 out,
@@ -525,7 +532,7 @@ impl StreamToChat {
                 self.send_role(out);
                 self.push_chunk_head(out);
                 out.extend_from_slice(b"[{\"index\":0,\"delta\":{\"content\":");
-                push_json_str(out, text);
+                write_str(out, text);
                 out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
             }
             "message_delta" => {
@@ -586,11 +593,11 @@ impl StreamToChat {
     /// `data: {"id":...,"choices":` (the caller writes the choices and closes the object).
     fn push_chunk_head(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"data: {\"id\":");
-        push_json_str(out, &self.id);
+        write_str(out, &self.id);
         out.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
         push_u64(out, self.created);
         out.extend_from_slice(b",\"model\":");
-        push_json_str(out, &self.model);
+        write_str(out, &self.model);
         out.extend_from_slice(b",\"choices\":");
     }
 

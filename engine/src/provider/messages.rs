@@ -39,7 +39,8 @@
 use serde_json::{Map, Value};
 
 use super::sse::EventReader;
-use super::{copy_numbers, present, push_json_str, push_u64, write_object, TranslateError};
+use super::{copy_numbers, present, push_u64, write_object, TranslateError};
+use crate::llm::json::write_str;
 
 // ---------------------------------------------------------------------------------------------
 // Requests
@@ -277,9 +278,9 @@ fn matched_stop(choice: &Value) -> Option<&str> {
 /// Append `"msg_..."`: `id` with the `msg_` prefix Anthropic's ids have.
 fn push_message_id(out: &mut Vec<u8>, id: &str) {
     if id.starts_with("msg_") {
-        push_json_str(out, id);
+        write_str(out, id);
     } else {
-        push_json_str(out, &format!("msg_{id}"));
+        write_str(out, &format!("msg_{id}"));
     }
 }
 
@@ -287,7 +288,7 @@ fn push_message_id(out: &mut Vec<u8>, id: &str) {
 fn push_stop_sequence(out: &mut Vec<u8>, stop_sequence: Option<&str>) {
     out.extend_from_slice(b"\"stop_sequence\":");
     match stop_sequence {
-        Some(s) => push_json_str(out, s),
+        Some(s) => write_str(out, s),
         None => out.extend_from_slice(b"null"),
     }
 }
@@ -341,11 +342,11 @@ pub fn chat_to_message(
         resp.get("id").and_then(Value::as_str).unwrap_or_default(),
     );
     out.extend_from_slice(b",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
-    push_json_str(out, model_for_client);
+    write_str(out, model_for_client);
     out.extend_from_slice(b",\"content\":[");
     if !text.is_empty() {
         out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
-        push_json_str(out, text);
+        write_str(out, text);
         out.push(b'}');
     }
     out.extend_from_slice(b"],\"stop_reason\":\"");
@@ -401,9 +402,9 @@ pub fn error_to_anthropic(status: u16, openai_error_body: &[u8], out: &mut Vec<u
 /// `{"type":"error","error":{"type":...,"message":...}}`.
 fn push_anthropic_error(out: &mut Vec<u8>, kind: &str, message: &str) {
     out.extend_from_slice(b"{\"type\":\"error\",\"error\":{\"type\":");
-    push_json_str(out, kind);
+    write_str(out, kind);
     out.extend_from_slice(b",\"message\":");
-    push_json_str(out, message);
+    write_str(out, message);
     out.extend_from_slice(b"}}");
 }
 
@@ -479,15 +480,17 @@ impl StreamToMessages {
 
     /// Translate the events that `input` completes, appending Anthropic events to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        let mut rest = input;
-        while !self.done {
-            let Some(event) = self.events.next_event(&mut rest) else {
-                break;
-            };
+        let mut events = std::mem::take(&mut self.events);
+        events.feed(input, |event| {
+            // After the end further input is ignored.
+            if self.done {
+                return;
+            }
             if let Some(data) = Data::parse(event.data) {
                 self.on_data(data, out);
             }
-        }
+        });
+        self.events = events;
     }
 
     /// At the end of the upstream body: translate a last event that lacked its blank line, and
@@ -496,9 +499,13 @@ impl StreamToMessages {
         if self.done {
             return;
         }
-        if let Some(data) = self.events.finish().and_then(|e| Data::parse(e.data)) {
-            self.on_data(data, out);
-        }
+        let mut events = std::mem::take(&mut self.events);
+        events.finish(|event| {
+            if let Some(data) = Data::parse(event.data) {
+                self.on_data(data, out);
+            }
+        });
+        self.events = events;
         if self.done {
             return;
         }
@@ -578,7 +585,7 @@ impl StreamToMessages {
         );
         push_message_id(out, id);
         out.extend_from_slice(b",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
-        push_json_str(out, &self.model);
+        write_str(out, &self.model);
         out.extend_from_slice(
             b",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":0,\"output_tokens\":0}}}\n\n",
         );
@@ -594,7 +601,7 @@ impl StreamToMessages {
         out.extend_from_slice(
             b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":",
         );
-        push_json_str(out, text);
+        write_str(out, text);
         out.extend_from_slice(b"}}\n\n");
     }
 

@@ -197,29 +197,6 @@ pub(crate) fn write_object(
     })
 }
 
-/// Append `s` to `out` as a JSON string (quotes included). Escapes `"`, `\` and control
-/// characters; everything else is written as UTF-8.
-pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    for b in s.bytes() {
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0..=0x1f => {
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 0xf)]);
-            }
-            _ => out.push(b),
-        }
-    }
-    out.push(b'"');
-}
-
 /// Append `n` in decimal.
 pub(crate) fn push_u64(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(n.to_string().as_bytes());
@@ -279,23 +256,6 @@ mod tests {
                     assert!(m.contains(f), "{m} names {f}");
                 }
             }
-        }
-    }
-
-    #[test]
-    fn json_strings_round_trip() {
-        for s in [
-            "",
-            "plain",
-            "q\"b\\s",
-            "nl\n\r\t\u{1}\u{1f}",
-            "é 漢字 🦀",
-            "\u{7f}",
-        ] {
-            let mut out = Vec::new();
-            push_json_str(&mut out, s);
-            let back: String = serde_json::from_slice(&out).expect("valid JSON string");
-            assert_eq!(back, s);
         }
     }
 }

@@ -1,22 +1,30 @@
-//! Server-sent events for the stream translators: [`EventReader`] splits a stream fed in pieces
-//! of any size into its events, each an `event:` name and its `data` lines joined by `\n`. The
-//! events are the same however the stream was cut; nothing here touches a socket.
+//! Server-sent events for the stream translators: [`EventReader`] hands out the events of a
+//! stream fed in pieces of any size, each an `event:` name and its `data` lines joined by `\n`.
+//! The events are the same however the stream was cut; nothing here touches a socket. Events
+//! are split by [`http::sse`](crate::http::sse), as everywhere else.
 //!
 //! Lines end in `\n` or `\r\n` (what OpenAI, Anthropic, vLLM and Ollama send); a lone `\r` is
 //! not a line end. A blank line ends an event; one without `data` lines is no event. A `data`
 //! or `event` line is `data` / `event` alone or followed by `:` and the value (one leading space
 //! dropped); comments (`:` lines), `id`, `retry` and unknown fields are ignored. A line longer
-//! than [`STREAM_EVENT_BYTES_MAX`], or `data` that outgrows it, skips its whole event.
+//! than [`STREAM_EVENT_BYTES_MAX`], `data` that outgrows it, or an event longer than
+//! [`EVENT_BYTES_MAX`] skips its whole event.
+
+use crate::http::sse::{self, Piece, Splitter};
 
 /// The longest SSE line (and the most `data` of one event) the stream translators examine,
 /// bytes. A longer event is skipped whole; the events they translate are a few hundred bytes.
 pub const STREAM_EVENT_BYTES_MAX: usize = 256 * 1024;
+/// The longest event the stream translators hold, bytes: room for a line of
+/// [`STREAM_EVENT_BYTES_MAX`] and as much again of other lines.
+pub(crate) const EVENT_BYTES_MAX: usize = 2 * STREAM_EVENT_BYTES_MAX;
 /// The longest `event:` name kept, bytes (Anthropic's longest is `content_block_delta`).
 pub(crate) const EVENT_NAME_BYTES_MAX: usize = 64;
 
 const _: () = assert!(EVENT_NAME_BYTES_MAX <= STREAM_EVENT_BYTES_MAX);
 
-/// One complete event, borrowed from the [`EventReader`] until its next call.
+/// One complete event, borrowed from the [`EventReader`] or its input for the call it is
+/// handed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Event<'a> {
     /// The last `event:` name; empty when none came or it was longer than
@@ -26,25 +34,17 @@ pub(crate) struct Event<'a> {
     pub(crate) data: &'a [u8],
 }
 
-/// Splits a server-sent event stream into [`Event`]s: feed it with [`next_event`](Self::next_event) until
-/// that returns `None`, and at the end of the stream call [`finish`](Self::finish) for a last
-/// event that lacked its blank line. It holds at most [`STREAM_EVENT_BYTES_MAX`] bytes of line
-/// and as many of `data`.
+/// Hands out the [`Event`]s of a server-sent event stream: [`feed`](Self::feed) it the stream's
+/// pieces, and at its end call [`finish`](Self::finish) for a last event that lacked its blank
+/// line. It holds at most [`EVENT_BYTES_MAX`] bytes of an unfinished event, and joins `data`
+/// lines (when an event has several) in a buffer of its own.
 #[derive(Debug, Default)]
 pub(crate) struct EventReader {
-    /// The current, unfinished line (while it fits in [`STREAM_EVENT_BYTES_MAX`]).
-    line: Vec<u8>,
-    /// The current line is longer than [`STREAM_EVENT_BYTES_MAX`]: its bytes are dropped.
-    line_too_long: bool,
-    /// The current event's `data` lines, joined by `\n`.
-    data: Vec<u8>,
-    has_data: bool,
-    /// The current event's `event:` name.
-    name: Vec<u8>,
-    /// The current event outgrew [`STREAM_EVENT_BYTES_MAX`]: skip it at its end.
-    skip_event: bool,
-    /// `data` and `name` still hold the event handed out last: clear them before reading on.
-    handed_out: bool,
+    split: Splitter<EVENT_BYTES_MAX>,
+    /// The start of an unfinished event.
+    buf: Vec<u8>,
+    /// The `data` lines of an event that has several, joined.
+    scratch: Vec<u8>,
 }
 
 impl EventReader {
@@ -52,134 +52,50 @@ impl EventReader {
         Self::default()
     }
 
-    /// The next event that `input` completes, with `input` advanced past the line that
-    /// completed it; `None` once all of `input` is read (an unfinished last line is kept for
-    /// the next call).
-    pub(crate) fn next_event<'a>(&mut self, input: &mut &'a [u8]) -> Option<Event<'_>> {
-        self.clear_handed_out();
-        let mut rest: &'a [u8] = input;
-        let complete = loop {
-            let Some(p) = rest.iter().position(|b| *b == b'\n') else {
-                self.push_line_part(rest);
-                rest = &[];
-                break false;
+    /// Hand `f` the events that `input` completes, in order.
+    pub(crate) fn feed(&mut self, input: &[u8], mut f: impl FnMut(Event<'_>)) {
+        let scratch = &mut self.scratch;
+        self.split.feed(&mut self.buf, input, |piece| {
+            if let Some(event) = match piece {
+                Piece::Event(event) => read(event, scratch),
+                Piece::Unexamined(_) => None,
+            } {
+                f(event);
+            }
+        });
+    }
+
+    /// At the end of the stream: hand `f` the last event, when it lacked its blank line, and
+    /// start afresh.
+    pub(crate) fn finish(&mut self, mut f: impl FnMut(Event<'_>)) {
+        let scratch = &mut self.scratch;
+        self.split.flush(&mut self.buf, |piece| {
+            // Held bytes are never more than the limit: an event too long was passed on.
+            if let Some(event) = match piece {
+                Piece::Unexamined(held) => read(held, scratch),
+                Piece::Event(_) => None,
+            } {
+                f(event);
+            }
+        });
+    }
+}
+
+/// An event's name and data; `None` when it has no `data`, or a line or its data is too long.
+fn read<'a>(event: &'a [u8], scratch: &'a mut Vec<u8>) -> Option<Event<'a>> {
+    let mut name: &[u8] = &[];
+    let mut too_long = false;
+    let data = sse::event_data(event, scratch, |line| {
+        too_long |= line.len() > STREAM_EVENT_BYTES_MAX;
+        if let (b"event", value) = sse::field(line) {
+            name = if value.len() <= EVENT_NAME_BYTES_MAX {
+                value
+            } else {
+                &[]
             };
-            self.push_line_part(rest.get(..p).unwrap_or_default());
-            rest = rest.get(p + 1..).unwrap_or_default();
-            if self.end_line() {
-                break true;
-            }
-        };
-        *input = rest;
-        complete.then(|| self.event())
-    }
-
-    /// At the end of the stream: the last event, when it lacked its blank line.
-    pub(crate) fn finish(&mut self) -> Option<Event<'_>> {
-        self.clear_handed_out();
-        let unfinished_line = !self.line.is_empty() || self.line_too_long;
-        // A last line that completes an event (a lone `\r`) has ended it already.
-        let complete = (unfinished_line && self.end_line()) || self.end_event();
-        complete.then(|| self.event())
-    }
-
-    fn event(&self) -> Event<'_> {
-        Event {
-            name: &self.name,
-            data: &self.data,
         }
-    }
-
-    fn clear_handed_out(&mut self) {
-        if std::mem::take(&mut self.handed_out) {
-            self.data.clear();
-            self.name.clear();
-        }
-    }
-
-    fn push_line_part(&mut self, part: &[u8]) {
-        if self.line_too_long || part.is_empty() {
-            return;
-        }
-        if self.line.len() + part.len() > STREAM_EVENT_BYTES_MAX {
-            self.line_too_long = true;
-            self.line.clear();
-        } else {
-            self.line.extend_from_slice(part);
-        }
-    }
-
-    /// The current line is complete. Whether that completed an event.
-    fn end_line(&mut self) -> bool {
-        if self.line_too_long {
-            self.line_too_long = false;
-            self.skip_event = true;
-            return false;
-        }
-        let mut line = std::mem::take(&mut self.line);
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        let complete = if line.is_empty() {
-            self.end_event()
-        } else {
-            self.field(&line);
-            false
-        };
-        line.clear();
-        self.line = line;
-        complete
-    }
-
-    /// A non-blank line.
-    fn field(&mut self, line: &[u8]) {
-        let (field, value) = match line.iter().position(|b| *b == b':') {
-            Some(c) => {
-                let value = line.get(c + 1..).unwrap_or_default();
-                (
-                    line.get(..c).unwrap_or_default(),
-                    value.strip_prefix(b" ").unwrap_or(value),
-                )
-            }
-            None => (line, &[][..]),
-        };
-        match field {
-            b"data" => {
-                let extra = usize::from(self.has_data);
-                if self.data.len() + extra + value.len() > STREAM_EVENT_BYTES_MAX {
-                    self.skip_event = true;
-                } else if !self.skip_event {
-                    if self.has_data {
-                        self.data.push(b'\n');
-                    }
-                    self.data.extend_from_slice(value);
-                }
-                self.has_data = true;
-            }
-            b"event" => {
-                self.name.clear();
-                if value.len() <= EVENT_NAME_BYTES_MAX {
-                    self.name.extend_from_slice(value);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// A blank line (or the end of the stream). Whether the event it ends is complete; its
-    /// `data` and `name` are then kept until the next call.
-    fn end_event(&mut self) -> bool {
-        let complete = self.has_data && !self.skip_event;
-        self.has_data = false;
-        self.skip_event = false;
-        if complete {
-            self.handed_out = true;
-        } else {
-            self.data.clear();
-            self.name.clear();
-        }
-        complete
-    }
+    })?;
+    (!too_long && data.len() <= STREAM_EVENT_BYTES_MAX).then_some(Event { name, data })
 }
 
 #[cfg(test)]
@@ -202,15 +118,14 @@ mod tests {
         let mut events = Vec::new();
         let mut start = 0;
         for c in cuts {
-            let mut piece = stream.get(start..c).unwrap_or_default();
-            while let Some(e) = reader.next_event(&mut piece) {
-                events.push(owned(e));
-            }
-            assert!(piece.is_empty(), "all of a piece is read");
+            let piece = stream.get(start..c).unwrap_or_default();
+            reader.feed(piece, |e| events.push(owned(e)));
             start = c;
         }
-        events.extend(reader.finish().map(owned));
-        assert_eq!(reader.finish(), None, "finish hands an event out once");
+        reader.finish(|e| events.push(owned(e)));
+        let mut again = 0;
+        reader.finish(|_| again += 1);
+        assert_eq!(again, 0, "finish hands an event out once");
         events
     }
 
@@ -302,21 +217,15 @@ mod tests {
     }
 
     #[test]
-    fn next_stops_after_each_event() {
+    fn events_come_out_in_order_and_the_last_at_finish() {
         let mut reader = EventReader::new();
-        let mut input = &b"data: 1\n\ndata: 2\n\ndata: 3"[..];
-        assert_eq!(
-            reader.next_event(&mut input).map(|e| e.data),
-            Some(&b"1"[..])
-        );
-        assert_eq!(input, b"data: 2\n\ndata: 3");
-        assert_eq!(
-            reader.next_event(&mut input).map(|e| e.data),
-            Some(&b"2"[..])
-        );
-        assert_eq!(reader.next_event(&mut input), None);
-        assert!(input.is_empty());
-        assert_eq!(reader.finish().map(|e| e.data), Some(&b"3"[..]));
+        let mut got = Vec::new();
+        reader.feed(b"data: 1\n\ndata: 2\n\ndata: 3", |e| {
+            got.push(e.data.to_vec())
+        });
+        assert_eq!(got, [b"1".to_vec(), b"2".to_vec()]);
+        reader.finish(|e| got.push(e.data.to_vec()));
+        assert_eq!(got, [b"1".to_vec(), b"2".to_vec(), b"3".to_vec()]);
     }
 
     proptest! {

@@ -1,0 +1,281 @@
+//! A shard's context: everything one shard owns (its config snapshot, upstream pools, spare
+//! buffers, counters, access log, random source), in an `Rc` on the shard's own thread. The
+//! connection driver (`conn`) and the shard's loops (`shard`) both work through it; neither
+//! imports the other's internals.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::accesslog::ShardLog;
+use crate::config::{Config, Overrides};
+use crate::control::shm::{Region, ShardInfo};
+use crate::control::stats;
+use crate::control::ShardControl;
+use crate::drain::DrainSignal;
+use crate::limits::WRITE_BUF_BYTES;
+use crate::llm::{SseFilter, UsageScanner};
+use crate::snapshot::{Kept, Snapshot};
+use crate::upstream::Pools;
+
+/// What reading an LLM body and relaying its answer need: taken from the shard's pool per
+/// request and given back when it ends.
+#[derive(Debug, Default)]
+pub struct LlmBufs {
+    /// The request body, read whole before it is forwarded.
+    pub body: Vec<u8>,
+    /// The body with `stream_options.include_usage` added (or scratch while relaying).
+    pub rewritten: Vec<u8>,
+    /// The body with the deployment's model name (before any other rewrite).
+    pub scratch: Vec<u8>,
+    /// The body with its prompt template filled (or its `variables` removed).
+    pub filled: Vec<u8>,
+    /// A filtered stream's de-chunked input and filtered output.
+    pub sse_in: Vec<u8>,
+    pub sse_out: Vec<u8>,
+    /// Reads the upstream's `usage` out of the response as it passes.
+    pub scanner: UsageScanner,
+    /// Drops the usage chunk shardgate asked for from a stream, and counts its events.
+    pub filter: SseFilter,
+}
+
+/// Largest write buffer kept as a spare, bytes.
+const SPARE_BUF_BYTES_MAX: usize = 256 * 1024;
+
+/// Spare write buffers kept per shard.
+const SPARE_BUFS_MAX: usize = 1024;
+
+/// Everything one shard owns. Lives in an `Rc` on the shard's thread only.
+#[derive(Debug)]
+pub struct ShardCtx {
+    pub id: usize,
+    snapshot: RefCell<Rc<Snapshot>>,
+    pub pools: Pools,
+    spare_bufs: RefCell<Vec<Vec<u8>>>,
+    pub drain: DrainSignal,
+    pub control: ShardControl,
+    pub access_log: Option<ShardLog>,
+    /// What a new config keeps of the old one's state.
+    pub(crate) kept: Kept,
+    /// The shard's random source (xorshift; for the balancers' random choices).
+    rng: Cell<u64>,
+    /// Buffers of LLM requests, lent per request.
+    pub llm_pool: RefCell<Vec<LlmBufs>>,
+    /// Open client connections (mirrored into the shared counters).
+    connections: Cell<usize>,
+    /// Requests being served (mirrored into the shared counters).
+    requests_inflight: Cell<usize>,
+    /// Connections past `connections_max` being answered 503 now.
+    pub(crate) refusals_answering: Cell<usize>,
+    /// Warnings about refused connections and failed accepts, one a second at most.
+    refused_log: LogLimit,
+    accept_error_log: LogLimit,
+}
+
+impl ShardCtx {
+    pub fn new(
+        id: usize,
+        version: u64,
+        cfg: Config,
+        region: &'static Region,
+        overrides: Overrides,
+        access_log: Option<ShardLog>,
+        kept: Kept,
+    ) -> Self {
+        let control = ShardControl::new(region, id, version, overrides);
+        let pools = Pools::new();
+        let snapshot = Snapshot::new(version, cfg, &pools, &control.stats, region, &kept);
+        Self {
+            id,
+            snapshot: RefCell::new(Rc::new(snapshot)),
+            pools,
+            spare_bufs: RefCell::new(Vec::new()),
+            drain: DrainSignal::new(),
+            control,
+            access_log,
+            kept,
+            rng: Cell::new(0x9e37_79b9_7f4a_7c15 ^ (id as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)),
+            llm_pool: RefCell::new(Vec::new()),
+            connections: Cell::new(0),
+            requests_inflight: Cell::new(0),
+            refusals_answering: Cell::new(0),
+            refused_log: LogLimit::default(),
+            accept_error_log: LogLimit::default(),
+        }
+    }
+
+    /// The config new requests use. Cheap: a reference-count increment.
+    pub fn snapshot(&self) -> Rc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Take a new config from the ring if one was published: one atomic load when none was.
+    /// Called between requests and on the shard's timer.
+    pub fn refresh(&self) {
+        if !self.control.has_news() {
+            return;
+        }
+        let current = self.snapshot();
+        if let Some((version, cfg)) = self.control.poll(&current.cfg) {
+            let next = Snapshot::new(
+                version,
+                cfg,
+                &self.pools,
+                &self.control.stats,
+                self.control.region(),
+                &self.kept,
+            );
+            *self.snapshot.borrow_mut() = Rc::new(next);
+            // Pools of endpoints no longer named by the new config are closed; requests of
+            // the old snapshot still in flight drop their connections instead of pooling.
+            self.pools.retain_assigned();
+            self.control.applied(version);
+            tracing::info!(shard = self.id, version, "config applied");
+        }
+    }
+
+    /// The next number of the shard's xorshift64 sequence.
+    pub fn next_random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        x
+    }
+
+    pub fn info(&self) -> &'static ShardInfo {
+        self.control.stats.info()
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.connections.get()
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.connections.set(self.connections.get() + 1);
+        let info = self.info();
+        stats::set(&info.connections, self.connections.get() as u64);
+        stats::add(&info.connections_accepted, 1);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.connections
+            .set(self.connections.get().saturating_sub(1));
+        stats::set(&self.info().connections, self.connections.get() as u64);
+    }
+
+    /// Count a request in flight until the guard drops, or `None` (shed it) when the shard
+    /// already serves `requests_inflight_max`.
+    pub fn begin_request(&self, max: usize) -> Option<InflightGuard<'_>> {
+        let n = self.requests_inflight.get();
+        if n >= max {
+            stats::add(&self.info().requests_shed, 1);
+            return None;
+        }
+        self.requests_inflight.set(n + 1);
+        stats::set(&self.info().requests_inflight, n as u64 + 1);
+        Some(InflightGuard(self))
+    }
+
+    /// A new connection past `connections_max`: counted, and logged at most once a second
+    /// (an attack would otherwise flood the log).
+    pub(crate) fn connection_refused(&self) {
+        stats::add(&self.info().connections_refused, 1);
+        if let Some(also) = self.refused_log.allow(Instant::now()) {
+            tracing::warn!(
+                shard = self.id,
+                refused = self.info().connections_refused.load(Ordering::Relaxed),
+                "connections_max reached; new connections are refused ({also} more since the last warning)"
+            );
+        }
+    }
+
+    /// An accept that failed (EMFILE and friends): logged at most once a second.
+    pub(crate) fn accept_failed(&self, e: &std::io::Error) {
+        if let Some(also) = self.accept_error_log.allow(Instant::now()) {
+            tracing::warn!(
+                shard = self.id,
+                "accept failed: {e} ({also} more since the last warning)"
+            );
+        }
+    }
+
+    pub fn upstream_connected(&self) {
+        stats::add(&self.info().upstream_connects, 1);
+    }
+
+    /// A cleared write buffer from the shard's spares (allocated only when none is spare).
+    pub fn take_buf(&self) -> Vec<u8> {
+        self.spare_bufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(WRITE_BUF_BYTES))
+    }
+
+    pub fn put_buf(&self, mut buf: Vec<u8>) {
+        let mut spare = self.spare_bufs.borrow_mut();
+        // A buffer grown for a large request body is freed rather than kept idle.
+        if spare.len() < SPARE_BUFS_MAX
+            && buf.capacity() >= WRITE_BUF_BYTES
+            && buf.capacity() <= SPARE_BUF_BYTES_MAX
+        {
+            buf.clear();
+            spare.push(buf);
+        }
+    }
+}
+
+/// One log line a second at most for an event that repeats (an attack, exhausted
+/// descriptors), counting the ones it holds back.
+#[derive(Debug, Default)]
+struct LogLimit {
+    last: Cell<Option<Instant>>,
+    held_back: Cell<u64>,
+}
+
+impl LogLimit {
+    /// `Some(n)`: log now, `n` events went unlogged since the last line. `None`: hold back.
+    fn allow(&self, now: Instant) -> Option<u64> {
+        let due = self
+            .last
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if !due {
+            self.held_back.set(self.held_back.get() + 1);
+            return None;
+        }
+        self.last.set(Some(now));
+        Some(self.held_back.replace(0))
+    }
+}
+
+/// A request counted in flight on its shard ([`ShardCtx::begin_request`]) until dropped.
+#[derive(Debug)]
+pub struct InflightGuard<'a>(&'a ShardCtx);
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        let n = self.0.requests_inflight.get().saturating_sub(1);
+        self.0.requests_inflight.set(n);
+        stats::set(&self.0.info().requests_inflight, n as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_limit_lets_one_line_a_second_through_and_counts_the_rest() {
+        let l = LogLimit::default();
+        let t = Instant::now();
+        assert_eq!(l.allow(t), Some(0));
+        assert_eq!(l.allow(t + Duration::from_millis(10)), None);
+        assert_eq!(l.allow(t + Duration::from_millis(999)), None);
+        assert_eq!(l.allow(t + Duration::from_millis(1000)), Some(2));
+        assert_eq!(l.allow(t + Duration::from_millis(1500)), None);
+        assert_eq!(l.allow(t + Duration::from_millis(2100)), Some(1));
+    }
+}
