@@ -206,23 +206,77 @@ impl ShardCtx {
         stats::add(&self.info().upstream_connects, 1);
     }
 
-    /// A cleared write buffer from the shard's spares (allocated only when none is spare).
-    pub fn take_buf(&self) -> Vec<u8> {
-        self.spare_bufs
+    /// A cleared write buffer lent from the shard's spares (allocated only when none is
+    /// spare); it goes back when the [`SpareBuf`] is dropped.
+    pub fn take_buf(&self) -> SpareBuf<'_> {
+        let buf = self
+            .spare_bufs
             .borrow_mut()
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(WRITE_BUF_BYTES))
+            .unwrap_or_else(|| Vec::with_capacity(WRITE_BUF_BYTES));
+        SpareBuf { ctx: self, buf }
     }
 
-    pub fn put_buf(&self, mut buf: Vec<u8>) {
+    /// Keep `buf` as a spare (cleared), unless the spares are full or it is too small or was
+    /// grown too large to keep idle (it is freed then).
+    fn give_back(&self, mut buf: Vec<u8>) {
         let mut spare = self.spare_bufs.borrow_mut();
-        // A buffer grown for a large request body is freed rather than kept idle.
         if spare.len() < SPARE_BUFS_MAX
             && buf.capacity() >= WRITE_BUF_BYTES
             && buf.capacity() <= SPARE_BUF_BYTES_MAX
         {
             buf.clear();
             spare.push(buf);
+        }
+    }
+}
+
+/// A write buffer lent from the shard's spares ([`ShardCtx::take_buf`]). It goes back to them
+/// when dropped, however the request ends (answered, retried, cut off, the task dropped), so
+/// no exit path gives a buffer back by hand.
+///
+/// It derefs to its `Vec`. An owned-buffer write (io_uring holds the buffer while the write
+/// runs) [`lend`](Self::lend)s the `Vec` and [`restore`](Self::restore)s what the write
+/// gives back.
+#[derive(Debug)]
+pub struct SpareBuf<'a> {
+    ctx: &'a ShardCtx,
+    buf: Vec<u8>,
+}
+
+impl SpareBuf<'_> {
+    /// The buffer itself, for a write that takes ownership of it; this one is empty until
+    /// [`restore`](Self::restore)d.
+    pub fn lend(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Take back the buffer a write returned. `None` (a write that timed out keeps its buffer):
+    /// this one stays empty, to be dropped with the connection that timed out.
+    pub fn restore(&mut self, buf: Option<Vec<u8>>) {
+        if let Some(buf) = buf {
+            self.buf = buf;
+        }
+    }
+}
+
+impl std::ops::Deref for SpareBuf<'_> {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for SpareBuf<'_> {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+}
+
+impl Drop for SpareBuf<'_> {
+    fn drop(&mut self) {
+        if self.buf.capacity() != 0 {
+            self.ctx.give_back(std::mem::take(&mut self.buf));
         }
     }
 }
@@ -266,6 +320,74 @@ impl Drop for InflightGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shard_ctx() -> ShardCtx {
+        let region: &'static Region =
+            Box::leak(Box::new(Region::anonymous(1).expect("an anonymous region")));
+        let roots = std::sync::Arc::new(rustls::RootCertStore::empty());
+        let kept = Kept::new(roots, 0, crate::fair::Fabric::silent(1));
+        let cfg = Config::embedded_default();
+        ShardCtx::new(0, 1, cfg, region, Overrides::default(), None, kept)
+    }
+
+    fn spares(ctx: &ShardCtx) -> usize {
+        ctx.spare_bufs.borrow().len()
+    }
+
+    /// What a handler does with its buffer before it returns early or finishes.
+    fn handle(ctx: &ShardCtx, fail_early: bool) -> Result<usize, ()> {
+        let mut wbuf = ctx.take_buf();
+        wbuf.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        if fail_early {
+            return Err(());
+        }
+        Ok(wbuf.len())
+    }
+
+    #[test]
+    fn a_spare_buffer_goes_back_on_every_way_out() {
+        let ctx = shard_ctx();
+        // Dropped at the end of its scope: back, cleared, and the same buffer is lent again.
+        let first = {
+            let mut b = ctx.take_buf();
+            b.extend_from_slice(b"request");
+            b.as_ptr()
+        };
+        assert_eq!(spares(&ctx), 1);
+        let again = ctx.take_buf();
+        assert_eq!(again.as_ptr(), first);
+        assert!(again.is_empty());
+        assert_eq!(spares(&ctx), 0);
+        drop(again);
+        // An early return and a normal one both give it back.
+        assert_eq!(handle(&ctx, true), Err(()));
+        assert_eq!(spares(&ctx), 1);
+        assert_eq!(handle(&ctx, false), Ok(17));
+        assert_eq!(spares(&ctx), 1);
+        // Lent to a write and restored: back once (not twice).
+        {
+            let mut b = ctx.take_buf();
+            let lent = b.lend();
+            b.restore(Some(lent));
+        }
+        assert_eq!(spares(&ctx), 1);
+        // Lent to a write that timed out (the buffer stays with the cancelled write): nothing
+        // comes back and nothing breaks.
+        {
+            let mut b = ctx.take_buf();
+            let kept_by_the_write = b.lend();
+            b.restore(None);
+            assert!(b.is_empty());
+            drop(kept_by_the_write);
+        }
+        assert_eq!(spares(&ctx), 0);
+        // Grown past what is kept idle: freed, not kept.
+        {
+            let mut b = ctx.take_buf();
+            b.reserve(SPARE_BUF_BYTES_MAX * 2);
+        }
+        assert_eq!(spares(&ctx), 0);
+    }
 
     #[test]
     fn a_log_limit_lets_one_line_a_second_through_and_counts_the_rest() {

@@ -14,12 +14,11 @@ use super::RelayPlan;
 use super::{llm_take, translate, Client, Exchange, LlmBufs, Next};
 use crate::admit::{admit, write_rate_headers, write_refusal_headers};
 use crate::balance::Outcome;
-use crate::balance::DEPLOYMENTS_MAX;
 use crate::clock::Now;
 use crate::control::stats::Reject;
-use crate::ctx::ShardCtx;
+use crate::ctx::{ShardCtx, SpareBuf};
 use crate::error::{Error, Limit};
-use crate::exchange::attempts::{self, Attempts, Tried};
+use crate::exchange::attempts::{self, Attempts};
 use crate::exchange::body::{self, BodyLeft, ChunkOut};
 use crate::exchange::head::request_line;
 use crate::exchange::ledger::Books;
@@ -31,13 +30,13 @@ use crate::template::TemplateBody;
 
 /// Read the rest of the request body (its head already consumed from `c.buf`) into `c.llm.body`,
 /// at most `limit` bytes. `Err`: the request was answered (or the connection is done).
-pub(super) async fn read_whole_body(
+pub(super) async fn read_whole_body<'b>(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
     head: &RequestHead,
     limit: u64,
-    wbuf: Vec<u8>,
-) -> Result<Vec<u8>, Next> {
+    wbuf: SpareBuf<'b>,
+) -> Result<SpareBuf<'b>, Next> {
     let snap = c.snap.clone();
     let server = &snap.cfg.server;
     if matches!(head.body, BodyKind::Length(n) if n > limit) {
@@ -194,7 +193,7 @@ pub(super) async fn proxy_llm(
     c: &mut Client,
     head: RequestHead,
     route_target: Option<Target>,
-    mut wbuf: Vec<u8>,
+    mut wbuf: SpareBuf<'_>,
 ) -> Next {
     let snap = c.snap.clone();
     let limit = snap.cfg.server.body_bytes_max;
@@ -207,7 +206,7 @@ pub(super) async fn proxy_llm(
         Err(next) => return next,
     };
     // The body (and the template-filled body) stay out of `c` while the call runs, and go
-    // back, with the raw head's buffer, on this one way out.
+    // back on this one way out (the raw head's buffer goes back when dropped).
     let body = std::mem::take(&mut c.llm.body);
     let mut filled = std::mem::take(&mut c.llm.filled);
     let call = Box::pin(llm_call(
@@ -221,7 +220,6 @@ pub(super) async fn proxy_llm(
     let next = call.await;
     c.llm.body = body;
     c.llm.filled = filled;
-    ctx.put_buf(raw_head);
     next
 }
 
@@ -311,24 +309,14 @@ async fn llm_call(
         };
         // Measure the attempt for the balancer: time to the response head, and how it ended.
         let Some(gr) = snap.balancer(group) else {
-            ctx.put_buf(out);
-            return answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf()).await;
+            return answer_error(ctx, c, Error::NoDeployment, true, out).await;
         };
         c.ex.upstream_slot = snap.upstream_stat_slot(target.upstream);
+        // A stream to a group with `hedge_after_ms`: a second attempt ready to race.
         let mut hedge = match (snap.group(group).hedge_after, call.stream) {
-            (Some(after), true) => {
-                let tried = (group == g).then_some(attempts.tried());
-                plan_hedge(
-                    ctx,
-                    c,
-                    snap,
-                    (raw_head, body),
-                    call,
-                    (group, idx),
-                    tried,
-                    after,
-                )
-            }
+            (Some(after), true) => attempts
+                .hedge(&**snap, choice, now.mono_ns(), &mut rng)
+                .and_then(|h| plan_hedge(ctx, c, snap, (raw_head, body), call, (group, h), after)),
             _ => None,
         };
         let started = now.mono_ns();
@@ -353,7 +341,7 @@ async fn llm_call(
                 _ => a.finish(ended.mono_ns(), &outcome_of(&c.ex)),
             }
         }
-        let hedge_won = hedge.and_then(|h| settle_hedge(ctx, c, snap, *h, ended));
+        let hedge_won = hedge.and_then(|h| settle_hedge(c, snap, *h, ended));
         match sent {
             Sent::Done(next) => return next,
             Sent::Retry => {
@@ -368,28 +356,17 @@ async fn llm_call(
     }
 }
 
-/// A second attempt for a hedged stream: another deployment of `group` than `current`'s (and
-/// than those `tried`), with its request built now. `None`: the group has no other deployment,
-/// or the request cannot be built for it.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn plan_hedge(
-    ctx: &ShardCtx,
+/// A second attempt for a hedged stream at deployment `idx` of `group` (chosen by
+/// [`Attempts::hedge`]), with its request built now. `None`: the request cannot be built for it.
+pub(super) fn plan_hedge<'c>(
+    ctx: &'c ShardCtx,
     c: &mut Client,
     snap: &Snapshot,
     (raw_head, body): (&[u8], &[u8]),
     call: LlmCall,
-    (group, current): (GroupId, DeploymentIdx),
-    tried: Option<&Tried>,
+    (group, idx): (GroupId, DeploymentIdx),
     after: Duration,
-) -> Option<Box<Hedge>> {
-    let gr = snap.balancer(group)?;
-    // Not the current deployment, nor one that failed already.
-    let mut except = tried.copied().unwrap_or_default();
-    except.insert(current);
-    let mut list = [0usize; DEPLOYMENTS_MAX];
-    let list = except.list(&mut list);
-    let mut rng = || ctx.next_random();
-    let idx = DeploymentIdx::new(gr.pick(Now::read().mono_ns(), &mut rng, list)?);
+) -> Option<Box<Hedge<'c>>> {
     let dep = snap.deployment(group, idx);
     let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
     let built = llm_request(ctx, c, snap, raw_head, body, target, Some(&dep.model), call);
@@ -399,7 +376,7 @@ pub(super) fn plan_hedge(
             group,
             idx,
             target,
-            request,
+            request: Some(request),
             plan,
             tokens: call.tokens,
             fair_slot: c.snap.fair_slot(c.ex.tenant),
@@ -415,18 +392,15 @@ pub(super) fn plan_hedge(
 }
 
 /// After a hedged attempt: report the hedge to the balancer (only a winner has an outcome; a
-/// cancelled one just ran late), settle its deployment quota, give its request buffer back.
+/// cancelled one just ran late), settle its deployment quota (its request buffer goes back
+/// when it is dropped).
 /// `Some((group, index))` of the hedge when it won (the request's deployment from then on).
 pub(super) fn settle_hedge(
-    ctx: &ShardCtx,
     c: &mut Client,
     snap: &Snapshot,
-    mut h: Hedge,
+    mut h: Hedge<'_>,
     now: Now,
 ) -> Option<(GroupId, DeploymentIdx)> {
-    if !h.request.is_empty() {
-        ctx.put_buf(std::mem::take(&mut h.request));
-    }
     if !h.launched {
         return None;
     }
@@ -456,8 +430,8 @@ fn outcome_of(ex: &Exchange) -> Outcome {
 /// the body's length) and the body, with the deployment's model name and, for a stream,
 /// `stream_options.include_usage`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn llm_request(
-    ctx: &ShardCtx,
+pub(super) fn llm_request<'c>(
+    ctx: &'c ShardCtx,
     c: &mut Client,
     snap: &Snapshot,
     raw_head: &[u8],
@@ -465,7 +439,7 @@ pub(super) fn llm_request(
     target: Target,
     model: Option<&str>,
     call: LlmCall,
-) -> Result<(Vec<u8>, RelayPlan), Error> {
+) -> Result<(SpareBuf<'c>, RelayPlan), Error> {
     let mut body = body;
     let mut translation = None;
     let ucfg = snap.upstream(target.upstream);
@@ -546,10 +520,7 @@ pub(super) fn llm_request(
             req.write_upstream_head_with(authority, c.ip, &creds, &mut out);
         }
         // The same bytes parsed once already: unreachable, but never forward a bodyless head.
-        _ => {
-            ctx.put_buf(out);
-            return Err(Error::BadRequest("unparsable request head"));
-        }
+        _ => return Err(Error::BadRequest("unparsable request head")),
     }
     out.extend_from_slice(body);
     let plan = RelayPlan {

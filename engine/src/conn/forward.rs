@@ -10,7 +10,7 @@ use std::time::Duration;
 use monoio::buf::IoBuf;
 
 use super::hedge::{Hedge, Raced};
-use super::io::{read_more, send, write_timeout, ReadError};
+use super::io::{read_more, send, write_buf, write_timeout, ReadError};
 use super::local::answer_error;
 use super::relay::relay_response;
 use super::{hedge, translate, Client, Next};
@@ -18,7 +18,7 @@ use crate::admit::Admitted;
 use crate::clock::{deadline_in, Now};
 use crate::config::UpstreamConfig;
 use crate::control::stats::Reject;
-use crate::ctx::ShardCtx;
+use crate::ctx::{ShardCtx, SpareBuf};
 use crate::error::{Error, Limit};
 use crate::exchange::attempts;
 use crate::exchange::body::{self, BodyLeft, ChunkOut};
@@ -70,7 +70,7 @@ pub(super) async fn proxy(
     c: &mut Client,
     head: RequestHead,
     target: Target,
-    mut wbuf: Vec<u8>,
+    mut wbuf: SpareBuf<'_>,
 ) -> Next {
     let snap = c.snap.clone();
     let server = &snap.cfg.server;
@@ -100,21 +100,18 @@ pub(super) async fn proxy(
 }
 
 /// Take a slot of a capped upstream, waiting in the tenant's fair queue while it is full (at
-/// most `queue_wait_ms_max`). `Ok`: when the slot was granted; `Err`: answered (429: the
-/// queue is full or the wait too long).
+/// most `queue_wait_ms_max`). `Some`: when the slot was granted; `None`: refused (the queue is
+/// full or the wait was too long), counted, for the caller to answer.
 pub(super) async fn wait_for_slot(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
     cap: &UpstreamCap,
-    head: &RequestHead,
-    left: &BodyLeft,
-    wbuf: &mut Vec<u8>,
-) -> Result<Now, Next> {
+) -> Option<Now> {
     let snap = c.snap.clone();
     let fair_slot = snap.fair_slot(c.ex.tenant);
     let now = Now::read();
     if cap.try_acquire(fair_slot, now.unix_ms()) {
-        return Ok(now);
+        return Some(now);
     }
     // Requests without a tenant (auth = "none") share one queue. A request's share is its
     // admission's token estimate (plain requests: 1).
@@ -147,35 +144,26 @@ pub(super) async fn wait_for_slot(
         .stats
         .queued(c.ex.tenant_slot, now.until(waited));
     if !refused {
-        return Ok(waited);
+        return Some(waited);
     }
     ctx.control.stats.reject(c.ex.tenant_slot, Reject::Queue);
-    let may_keep_alive = left.is_done() && head.keep_alive;
-    let buf = std::mem::take(wbuf);
-    Err(answer_error(
-        ctx,
-        c,
-        Error::RateLimited(Limit::Queue),
-        may_keep_alive,
-        buf,
-    )
-    .await)
+    None
 }
 
 /// What the caller of [`forward`] says of the attempt.
-pub(super) struct Attempt<'h> {
+pub(super) struct Attempt<'h, 'c> {
     /// A failure before any byte reaches the client may be retried at another deployment
     /// (under the one retry rule, [`attempts::retryable`]): it is then left to the caller
     /// instead of answered.
     pub retry_ok: bool,
     /// A second attempt to race against this one (a hedged stream); the race marks in it
     /// whether it was launched and won.
-    pub hedge: Option<&'h mut Hedge>,
+    pub hedge: Option<&'h mut Hedge<'c>>,
 }
 
-impl Attempt<'_> {
+impl Attempt<'_, '_> {
     /// The only attempt: every failure is answered; no hedge.
-    pub const ONLY: Attempt<'static> = Attempt {
+    pub const ONLY: Attempt<'static, 'static> = Attempt {
         retry_ok: false,
         hedge: None,
     };
@@ -203,12 +191,12 @@ pub(super) async fn forward(
         endpoint,
         slot,
     }: Target,
-    mut wbuf: Vec<u8>,
+    mut wbuf: SpareBuf<'_>,
     mut left: BodyLeft,
     Attempt {
         retry_ok,
         mut hedge,
-    }: Attempt<'_>,
+    }: Attempt<'_, '_>,
 ) -> Sent {
     let snap = c.snap.clone();
     let mut ucfg: &UpstreamConfig = snap.upstream(upstream);
@@ -216,9 +204,10 @@ pub(super) async fn forward(
     // A capped upstream: take a slot, or wait for one in this tenant's fair queue.
     let mut now = None;
     if let Some(cap) = snap.upstream_cap(upstream).filter(|cap| cap.is_capped()) {
-        let granted = match wait_for_slot(ctx, c, cap, &head, &left, &mut wbuf).await {
-            Ok(granted) => granted,
-            Err(next) => return Sent::Done(next),
+        let Some(granted) = wait_for_slot(ctx, c, cap).await else {
+            let may_keep_alive = left.is_done() && head.keep_alive;
+            let e = Error::RateLimited(Limit::Queue);
+            return Sent::Done(answer_error(ctx, c, e, may_keep_alive, wbuf).await);
         };
         let fair_slot = snap.fair_slot(c.ex.tenant);
         c.ex.held
@@ -255,10 +244,12 @@ pub(super) async fn forward(
                 }
             },
         };
-        let (res, buf) = write_timeout(&mut up.stream, wbuf, ucfg.read_timeout).await;
-        wbuf = buf.unwrap_or_else(|| ctx.take_buf());
-        if res.is_err() {
-            if up.reused && !retried && replayable {
+        if write_buf(&mut up.stream, &mut wbuf, ucfg.read_timeout)
+            .await
+            .is_err()
+        {
+            // (A write that timed out kept the request: nothing to replay.)
+            if up.reused && !retried && replayable && !wbuf.is_empty() {
                 retried = true;
                 now = Now::read();
                 continue;
@@ -288,7 +279,7 @@ pub(super) async fn forward(
                         // The hedge answered first: relay it; the first attempt's connection
                         // is dropped (cancelled).
                         up = won.up;
-                        ctx.put_buf(std::mem::replace(&mut wbuf, won.wbuf));
+                        wbuf = won.wbuf;
                         sent_at = won.sent_at;
                         let Target {
                             upstream: u,
@@ -330,7 +321,6 @@ pub(super) async fn forward(
                     // Another deployment may answer: nothing went to the client yet. This
                     // connection is dropped (its answer is not read).
                     c.ex.status = relay.status;
-                    ctx.put_buf(wbuf);
                     return Sent::Retry;
                 }
                 break (up, relay, keep_alive);
@@ -368,11 +358,10 @@ pub(super) async fn fail_attempt(
     e: Error,
     may_keep_alive: bool,
     retry_ok: bool,
-    wbuf: Vec<u8>,
+    wbuf: SpareBuf<'_>,
 ) -> Sent {
     if retry_ok && attempts::retryable(&attempts::outcome(None, e.status(), None, false)) {
         c.ex.status = e.status();
-        ctx.put_buf(wbuf);
         return Sent::Retry;
     }
     Sent::Done(answer_error(ctx, c, e, may_keep_alive, wbuf).await)
@@ -384,7 +373,7 @@ pub(super) async fn stream_body(
     c: &mut Client,
     up: &mut UpConn,
     left: &mut BodyLeft,
-    wbuf: &mut Vec<u8>,
+    wbuf: &mut SpareBuf<'_>,
 ) -> Result<(), Option<Error>> {
     let snap = c.snap.clone();
     let server = &snap.cfg.server;
@@ -424,10 +413,9 @@ pub(super) async fn stream_body(
         c.ex.bytes_in += (before - c.buf.len()) as u64;
         consumed.map_err(Some)?;
         if !wbuf.is_empty() {
-            let (res, buf) =
-                write_timeout(&mut up.stream, std::mem::take(wbuf), server.body_timeout).await;
-            *wbuf = buf.ok_or(None)?;
-            res.map_err(|()| None)?;
+            write_buf(&mut up.stream, wbuf, server.body_timeout)
+                .await
+                .map_err(|()| None)?;
         }
     }
     Ok(())

@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use crate::admit::{admit, Admitted};
 use crate::config::UpstreamConfig;
-use crate::ctx::ShardCtx;
+use crate::ctx::{ShardCtx, SpareBuf};
 use crate::http::request::RequestHead;
 use crate::snapshot::{DeploymentIdx, FairSlot, GroupId, Snapshot, Target};
 use crate::upstream::{self, UpConn};
 
 use super::forward::{read_response_head, HeadError};
-use super::io::write_timeout;
+use super::io::write_buf;
 use super::RelayPlan;
 use crate::clock::Now;
 use crate::exchange::ledger::Books;
@@ -28,14 +28,14 @@ use crate::exchange::relay::Relay;
 
 /// A second attempt, ready to launch.
 #[derive(Debug)]
-pub(super) struct Hedge {
+pub(super) struct Hedge<'c> {
     pub after: Duration,
     /// The deployment, and where its attempt goes.
     pub group: GroupId,
     pub idx: DeploymentIdx,
     pub target: Target,
-    /// The whole upstream request (head and body).
-    pub request: Vec<u8>,
+    /// The whole upstream request (head and body), until it is launched.
+    pub request: Option<SpareBuf<'c>>,
     /// How the second attempt's answer is relayed (it may speak another API than the first's).
     pub plan: RelayPlan,
     /// The request's token estimate (for the deployment's quota).
@@ -58,7 +58,7 @@ pub(super) struct Hedge {
 
 /// A hedge dropped while it holds its slot or quota (the race was cut off: the client left,
 /// the shard shut down) gives them back, as failed.
-impl Drop for Hedge {
+impl Drop for Hedge<'_> {
     fn drop(&mut self) {
         let now = Now::read();
         if std::mem::take(&mut self.cap_held) {
@@ -73,26 +73,26 @@ impl Drop for Hedge {
 }
 
 /// The second attempt's answer head, when it won.
-pub(super) struct Won {
+pub(super) struct Won<'c> {
     pub up: UpConn,
-    pub wbuf: Vec<u8>,
+    pub wbuf: SpareBuf<'c>,
     pub relay: Relay,
     pub keep_alive: bool,
     pub sent_at: Now,
 }
 
 /// How the race ended.
-pub(super) enum Raced {
+pub(super) enum Raced<'c> {
     /// The first attempt's head (or failure); a launched second attempt was cancelled or
     /// failed.
     First(Result<(Relay, bool), HeadError>),
-    Second(Won),
+    Second(Won<'c>),
 }
 
 /// Read the first attempt's response head; after `h.after` without one, launch the hedge and
 /// keep whichever head comes first. A failure of one side waits for the other.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn race(
+pub(super) async fn race<'c>(
     ctx: &Rc<ShardCtx>,
     snap: &Snapshot,
     up: &mut UpConn,
@@ -100,17 +100,17 @@ pub(super) async fn race(
     head: &RequestHead,
     extra: Option<&[u8]>,
     wbuf: &mut Vec<u8>,
-    h: &mut Hedge,
-) -> Raced {
+    h: &mut Hedge<'c>,
+) -> Raced<'c> {
     let mut first = pin!(read_response_head(ctx, up, ucfg, head, extra, wbuf));
     monoio::select! {
         r = &mut first => return Raced::First(r),
         _ = monoio::time::sleep(h.after) => {}
     }
-    if !launch(snap, h) {
-        return Raced::First(first.await);
-    }
-    let request = std::mem::take(&mut h.request);
+    let request = match h.request.take() {
+        Some(request) if launch(snap, h) => request,
+        _ => return Raced::First(first.await),
+    };
     let mut second = pin!(attempt(ctx, snap, head, extra, h.target, request));
     monoio::select! {
         r = &mut first => match r {
@@ -137,7 +137,7 @@ pub(super) async fn race(
 
 /// Take the hedge's deployment quota and upstream slot; `false` (nothing taken) when either is
 /// full.
-fn launch(snap: &Snapshot, h: &mut Hedge) -> bool {
+fn launch(snap: &Snapshot, h: &mut Hedge<'_>) -> bool {
     let now = Now::read();
     let cap = snap
         .upstream_cap(h.target.upstream)
@@ -165,7 +165,7 @@ fn launch(snap: &Snapshot, h: &mut Hedge) -> bool {
 }
 
 /// Send the hedge's request and read its response head.
-async fn attempt(
+async fn attempt<'c>(
     ctx: &Rc<ShardCtx>,
     snap: &Snapshot,
     head: &RequestHead,
@@ -175,8 +175,8 @@ async fn attempt(
         endpoint,
         slot,
     }: Target,
-    request: Vec<u8>,
-) -> Result<Won, ()> {
+    mut request: SpareBuf<'c>,
+) -> Result<Won<'c>, ()> {
     let ucfg = snap.upstream(upstream);
     let addr = ucfg.endpoints.get(endpoint.index()).ok_or(())?.addr;
     let mut up = match ctx
@@ -193,24 +193,18 @@ async fn attempt(
             up
         }
     };
-    let (res, buf) = write_timeout(&mut up.stream, request, ucfg.read_timeout).await;
-    let mut wbuf = buf.unwrap_or_else(|| ctx.take_buf());
-    if res.is_err() {
-        ctx.put_buf(wbuf);
-        return Err(());
-    }
+    write_buf(&mut up.stream, &mut request, ucfg.read_timeout).await?;
     let sent_at = Now::read();
-    match read_response_head(ctx, &mut up, ucfg, head, extra, &mut wbuf).await {
-        Ok((relay, keep_alive)) => Ok(Won {
-            up,
-            wbuf,
-            relay,
-            keep_alive,
-            sent_at,
-        }),
-        Err(_) => {
-            ctx.put_buf(wbuf);
-            Err(())
-        }
-    }
+    // The request's buffer takes the answer head for the client.
+    let mut wbuf = request;
+    let (relay, keep_alive) = read_response_head(ctx, &mut up, ucfg, head, extra, &mut wbuf)
+        .await
+        .map_err(|_| ())?;
+    Ok(Won {
+        up,
+        wbuf,
+        relay,
+        keep_alive,
+        sent_at,
+    })
 }

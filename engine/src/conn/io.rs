@@ -7,6 +7,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::{Client, CLIENT_BUF_BYTES_INITIAL};
 use crate::clock::deadline_in;
+use crate::ctx::SpareBuf;
 use crate::stream::Io;
 
 /// After an error answer that closes the connection, how long to keep reading (and dropping)
@@ -71,15 +72,42 @@ pub(super) async fn send<B: IoBuf>(
     buf: B,
     timeout: Duration,
 ) -> (Result<(), ()>, Option<B>) {
-    let len = buf.bytes_init() as u64;
+    let len = buf.bytes_init();
     let (res, buf) = write_timeout(&mut c.stream, buf, timeout).await;
+    (count_sent(c, len, res), buf)
+}
+
+/// [`send`] from a spare buffer, which keeps it.
+pub(super) async fn send_buf(
+    c: &mut Client,
+    buf: &mut SpareBuf<'_>,
+    timeout: Duration,
+) -> Result<(), ()> {
+    let len = buf.len();
+    let res = write_buf(&mut c.stream, buf, timeout).await;
+    count_sent(c, len, res)
+}
+
+/// Count what a write to the client sent, or that it failed.
+fn count_sent(c: &mut Client, len: usize, res: Result<(), ()>) -> Result<(), ()> {
     if res.is_ok() {
-        c.ex.bytes_out += len;
+        c.ex.bytes_out += len as u64;
     } else {
         // The client left (or stopped reading): a tenant's reservation is given back.
         c.ex.local_error = true;
     }
-    (res, buf)
+    res
+}
+
+/// [`write_timeout`] from a spare buffer, which keeps it.
+pub(super) async fn write_buf(
+    stream: &mut Io,
+    buf: &mut SpareBuf<'_>,
+    timeout: Duration,
+) -> Result<(), ()> {
+    let (res, back) = write_timeout(stream, buf.lend(), timeout).await;
+    buf.restore(back);
+    res
 }
 
 /// Write all of `buf` within `timeout`. The buffer comes back unless the write timed out.

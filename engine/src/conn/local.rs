@@ -5,10 +5,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::call::{check_and_admit, read_whole_body};
-use super::io::send;
+use super::io::{send, send_buf};
 use super::{Client, Next};
 use crate::clock::Now;
-use crate::ctx::ShardCtx;
+use crate::ctx::{ShardCtx, SpareBuf};
 use crate::error::Error;
 use crate::http::request::{BodyKind, RequestHead};
 use crate::limits::MOCK_BODY_BYTES_MAX;
@@ -20,7 +20,7 @@ pub(super) async fn answer_models(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
     head: &RequestHead,
-    mut wbuf: Vec<u8>,
+    mut wbuf: SpareBuf<'_>,
 ) -> Next {
     let snap = c.snap.clone();
     c.buf.drain(..head.head_len);
@@ -72,10 +72,7 @@ pub(super) async fn answer_models(
     body.truncate(hdrs_len);
     c.rate_hdrs = body;
     c.ex.status = 200;
-    let (res, buf) = send(c, wbuf, snap.cfg.server.send_timeout).await;
-    if let Some(buf) = buf {
-        ctx.put_buf(buf);
-    }
+    let res = send_buf(c, &mut wbuf, snap.cfg.server.send_timeout).await;
     if res.is_ok() && keep_alive {
         Next::KeepAlive
     } else {
@@ -88,7 +85,7 @@ pub(super) async fn serve_mock(
     c: &mut Client,
     head: RequestHead,
     endpoint: MockEndpoint,
-    wbuf: Vec<u8>,
+    wbuf: SpareBuf<'_>,
 ) -> Next {
     let snap = c.snap.clone();
     let server = &snap.cfg.server;
@@ -108,7 +105,6 @@ pub(super) async fn serve_mock(
             .map(|_| ())
         {
             c.llm.body = body;
-            ctx.put_buf(wbuf);
             return next;
         }
     }
@@ -127,7 +123,8 @@ pub(super) async fn serve_mock(
         Ok(r) => r,
         Err(e) => return answer_error(ctx, c, e, keep_alive, wbuf).await,
     };
-    ctx.put_buf(wbuf);
+    // The mock's answer is in buffers of its own: the spare goes back before it is streamed.
+    drop(wbuf);
     let (mut head_bytes, frames) = match reply {
         MockReply::Whole(bytes) => (bytes, Vec::new()),
         MockReply::Stream { head, frames } => (head, frames),
@@ -173,7 +170,7 @@ pub(super) async fn answer_error(
     c: &mut Client,
     e: Error,
     may_keep_alive: bool,
-    wbuf: Vec<u8>,
+    wbuf: SpareBuf<'_>,
 ) -> Next {
     answer_error_with(ctx, c, e, may_keep_alive, &[], wbuf).await
 }
@@ -185,7 +182,7 @@ pub(super) async fn answer_error_with(
     e: Error,
     may_keep_alive: bool,
     extra_headers: &[u8],
-    mut wbuf: Vec<u8>,
+    mut wbuf: SpareBuf<'_>,
 ) -> Next {
     let close = e.closes_connection() || !may_keep_alive || ctx.drain.is_fired();
     wbuf.clear();
@@ -203,10 +200,7 @@ pub(super) async fn answer_error_with(
     c.ex.status = e.status();
     c.ex.local_error = true;
     let timeout = c.snap.cfg.server.send_timeout;
-    let (res, buf) = send(c, wbuf, timeout).await;
-    if let Some(buf) = buf {
-        ctx.put_buf(buf);
-    }
+    let res = send_buf(c, &mut wbuf, timeout).await;
     match (res, close) {
         (Err(_), _) => Next::Close,
         // A client that let a deadline pass gets its 408 and a plain close: lingering to read

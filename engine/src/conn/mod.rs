@@ -6,9 +6,10 @@
 //! taken by the I/O-free modules (`http`, `route`, `mock`); this module only sequences reads,
 //! writes and timeouts, and maps failures to [`Error`] answers.
 //!
-//! Buffers: the client read buffer lives as long as the connection; the write buffer comes from
-//! the shard's spares and goes back after each request; each upstream connection carries its
-//! own read buffer into and out of the pool. Nothing is allocated per request once warm.
+//! Buffers: the client read buffer lives as long as the connection; the write buffer is a
+//! [`SpareBuf`](crate::ctx::SpareBuf) lent from the shard's spares, which goes back when it is
+//! dropped, on whatever path the request ends; each upstream connection carries its own read
+//! buffer into and out of the pool. Nothing is allocated per request once warm.
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -40,7 +41,7 @@ use crate::exchange::head::{decide, request_line, Action, Decision};
 use crate::exchange::ledger::Ledger;
 use call::{admit_tenant, proxy_llm};
 use forward::proxy;
-use io::{linger_close, read_more, send, write_timeout, ReadError};
+use io::{linger_close, read_more, send, write_buf, ReadError};
 use local::{answer_error, answer_error_with, answer_models, serve_mock};
 use translate::Translation;
 
@@ -350,15 +351,14 @@ const REFUSE_READ_MS: u64 = 100;
 /// `overloaded` with `Retry-After` and `Connection: close`, and close. Nothing is parsed.
 pub async fn refuse(ctx: &ShardCtx, stream: TcpStream) {
     let mut stream = Io::Plain(stream);
-    let buf = ctx.take_buf();
+    let mut buf = ctx.take_buf();
     let deadline = deadline_in(Duration::from_millis(REFUSE_READ_MS));
-    let (_, mut buf) = read_more(&mut stream, buf, deadline).await;
+    let (_, back) = read_more(&mut stream, buf.lend(), deadline).await;
+    buf.restore(Some(back));
     buf.clear();
     Error::Overloaded.write_response_with(true, OVERLOADED_RETRY_AFTER, &mut buf);
     let send_timeout = Duration::from_millis(REFUSE_READ_MS);
-    if let (_, Some(buf)) = write_timeout(&mut stream, buf, send_timeout).await {
-        ctx.put_buf(buf);
-    }
+    let _ = write_buf(&mut stream, &mut buf, send_timeout).await;
     let _ = stream.shutdown().await;
 }
 
@@ -416,7 +416,8 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
                     }
                     break (head, action, wbuf);
                 }
-                Ok(None) => ctx.put_buf(wbuf),
+                // Not a whole head yet: the buffer goes back while more is read.
+                Ok(None) => {}
                 Err(e) => return answer_error(ctx, c, e, true, wbuf).await,
             }
         }
@@ -515,7 +516,6 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
         let may_keep_alive = head.body == BodyKind::None && head.keep_alive;
         let admitted = admit_tenant(ctx, c, &snap, t, 0, may_keep_alive, head.head_len);
         if let Err(next) = admitted.await {
-            ctx.put_buf(wbuf);
             return next;
         }
     }
@@ -532,14 +532,13 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
                 )
                 .await;
             }
-            ctx.put_buf(wbuf);
             if head.body != BodyKind::None {
                 return answer_error(
                     ctx,
                     c,
                     Error::BadRequest("health checks take no body"),
                     false,
-                    ctx.take_buf(),
+                    wbuf,
                 )
                 .await;
             }

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use monoio::buf::IoBuf;
 
-use super::io::{read_more, send};
+use super::io::{read_more, send, send_buf};
 use super::local::answer_error;
 use super::{Client, Next};
 use crate::clock::{deadline_in, monotonic, Now};
 use crate::config::UpstreamConfig;
-use crate::ctx::ShardCtx;
+use crate::ctx::{ShardCtx, SpareBuf};
 use crate::error::Error;
 use crate::exchange::relay::{push_framed, IllFramed, Relay};
 use crate::http::response::ClientFraming;
@@ -32,7 +32,7 @@ pub(super) async fn relay_response(
     ucfg: &UpstreamConfig,
     mut up: UpConn,
     mut relay: Relay,
-    mut wbuf: Vec<u8>,
+    mut wbuf: SpareBuf<'_>,
     keep_alive: bool,
 ) -> Next {
     let send_timeout = c.snap.cfg.server.send_timeout;
@@ -62,22 +62,13 @@ pub(super) async fn relay_response(
             return answer_error(ctx, c, e, false, wbuf).await;
         }
     }
-    let (res, buf) = send(c, wbuf, send_timeout).await;
-    if res.is_err() {
+    if send_buf(c, &mut wbuf, send_timeout).await.is_err() {
         return Next::Close; // the client went away: the upstream connection is dropped
     }
     let dechunk = relay.framing == ClientFraming::Dechunk;
     // Only de-chunking copies body bytes; for a verbatim relay (an SSE stream can last minutes)
     // the write buffer goes back to the shard's spares now instead of being held.
-    let mut wbuf = match buf {
-        Some(buf) if dechunk => buf,
-        Some(buf) => {
-            ctx.put_buf(buf);
-            Vec::new()
-        }
-        None if dechunk => ctx.take_buf(),
-        None => Vec::new(),
-    };
+    let mut wbuf = dechunk.then_some(wbuf);
     while !relay.done {
         let buf = std::mem::take(&mut up.buf);
         let (res, buf) = read_more(&mut up.stream, buf, deadline_in(ucfg.read_timeout)).await;
@@ -92,23 +83,18 @@ pub(super) async fn relay_response(
             }
             Ok(_) => {}
         }
-        wbuf.clear();
-        let Ok(n) = relay.feed(
-            &up.buf,
-            &mut wbuf,
-            dechunk,
-            scan.then_some(&mut c.llm.scanner),
-        ) else {
+        let mut scratch = Vec::new();
+        let out = wbuf.as_deref_mut().unwrap_or(&mut scratch);
+        out.clear();
+        let Ok(n) = relay.feed(&up.buf, out, dechunk, scan.then_some(&mut c.llm.scanner)) else {
             c.ex.upstream_broke = true;
             return Next::Close;
         };
         if n == 0 {
             continue; // only part of a chunk line so far
         }
-        let res = if dechunk {
-            let (res, buf) = send(c, wbuf, send_timeout).await;
-            wbuf = buf.unwrap_or_else(|| ctx.take_buf());
-            res
+        let res = if let Some(wbuf) = wbuf.as_mut() {
+            send_buf(c, wbuf, send_timeout).await
         } else {
             // Verbatim: write straight from the upstream buffer, no copy.
             let buf = std::mem::take(&mut up.buf);
@@ -121,7 +107,6 @@ pub(super) async fn relay_response(
         }
         up.buf.drain(..n);
     }
-    ctx.put_buf(wbuf);
     end_relay(ctx, slot, ucfg, up, &relay, keep_alive)
 }
 
@@ -159,7 +144,7 @@ pub(super) async fn relay_filtered(
     ucfg: &UpstreamConfig,
     mut up: UpConn,
     mut relay: Relay,
-    mut wbuf: Vec<u8>,
+    mut wbuf: SpareBuf<'_>,
     keep_alive: bool,
 ) -> Next {
     let send_timeout = c.snap.cfg.server.send_timeout;
@@ -231,7 +216,7 @@ pub(super) async fn relay_filtered(
             c.ex.prompt_estimate
                 .saturating_add(c.llm.filter.content_events()),
         );
-        if flush(ctx, c, &mut wbuf, send_timeout).await.is_err() {
+        if flush(c, &mut wbuf, send_timeout).await.is_err() {
             return Next::Close;
         }
         if end {
@@ -245,7 +230,6 @@ pub(super) async fn relay_filtered(
             return Next::Close;
         }
     }
-    ctx.put_buf(wbuf);
     // A cut stream leaves the upstream mid-answer: that connection is dropped.
     relay.upstream_reusable &= !cut;
     let keep_alive = keep_alive && (client_chunked || relay.framing != ClientFraming::UntilClose);
@@ -254,16 +238,14 @@ pub(super) async fn relay_filtered(
 
 /// Send what `wbuf` holds, if anything; it comes back empty. `Err`: the client is gone.
 pub(super) async fn flush(
-    ctx: &ShardCtx,
     c: &mut Client,
-    wbuf: &mut Vec<u8>,
+    wbuf: &mut SpareBuf<'_>,
     timeout: Duration,
 ) -> Result<(), ()> {
     if wbuf.is_empty() {
         return Ok(());
     }
-    let (res, buf) = send(c, std::mem::take(wbuf), timeout).await;
-    *wbuf = buf.unwrap_or_else(|| ctx.take_buf());
+    let res = send_buf(c, wbuf, timeout).await;
     wbuf.clear();
     res
 }

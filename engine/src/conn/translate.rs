@@ -11,7 +11,7 @@
 use std::rc::Rc;
 
 use crate::config::{Provider, UpstreamConfig};
-use crate::ctx::ShardCtx;
+use crate::ctx::{ShardCtx, SpareBuf};
 use crate::error::Error;
 use crate::http::request::RequestHead;
 use crate::http::response::ClientFraming;
@@ -21,7 +21,7 @@ use crate::provider::anthropic::{self, StreamToChat};
 use crate::provider::messages::{self, StreamToMessages};
 use crate::snapshot::PoolSlot;
 
-use super::io::send;
+use super::io::send_buf;
 use super::local::answer_error;
 use super::relay::{end_relay, flush, over_budget, read_body_more};
 use super::{Client, Next};
@@ -156,7 +156,7 @@ pub(super) async fn relay_translated(
     ucfg: &UpstreamConfig,
     mut up: crate::upstream::UpConn,
     mut relay: Relay,
-    mut wbuf: Vec<u8>,
+    mut wbuf: SpareBuf<'_>,
     head: &RequestHead,
     tr: Translation,
 ) -> Next {
@@ -254,11 +254,8 @@ pub(super) async fn relay_translated(
     wbuf.extend_from_slice(b"\r\n");
     wbuf.extend_from_slice(&body);
     c.llm.sse_out = body;
-    let (res, buf) = send(c, wbuf, c.snap.cfg.server.send_timeout).await;
-    if let Some(buf) = buf {
-        ctx.put_buf(buf);
-    }
-    if res.is_err() {
+    let send_timeout = c.snap.cfg.server.send_timeout;
+    if send_buf(c, &mut wbuf, send_timeout).await.is_err() {
         return Next::Close;
     }
     end_relay(ctx, slot, ucfg, up, &relay, keep_alive)
@@ -275,7 +272,7 @@ async fn relay_stream(
     ucfg: &UpstreamConfig,
     mut up: crate::upstream::UpConn,
     mut relay: Relay,
-    mut wbuf: Vec<u8>,
+    mut wbuf: SpareBuf<'_>,
     head: &RequestHead,
     tr: Translation,
 ) -> Next {
@@ -355,7 +352,7 @@ async fn relay_stream(
         }
         c.llm.sse_in = data;
         c.llm.sse_out = out;
-        if flush(ctx, c, &mut wbuf, send_timeout).await.is_err() {
+        if flush(c, &mut wbuf, send_timeout).await.is_err() {
             return Next::Close;
         }
         if end {
@@ -365,7 +362,6 @@ async fn relay_stream(
             .await
             .is_err();
     }
-    ctx.put_buf(wbuf);
     if broken {
         c.ex.upstream_broke = true;
         return Next::Close;

@@ -234,6 +234,26 @@ impl Attempts {
         }
     }
 
+    /// The deployment for a hedge raced beside the attempt at `current`: another of
+    /// `current`'s group by its strategy, never `current` itself nor, in the named group, one
+    /// that failed already. `None`: the group has no other (no hedge).
+    pub fn hedge(
+        &self,
+        groups: &impl Groups,
+        current: Choice,
+        now_ns: u64,
+        rng: &mut dyn FnMut() -> u64,
+    ) -> Option<DeploymentIdx> {
+        let mut except = if current.group == self.group {
+            self.tried
+        } else {
+            Tried::default()
+        };
+        except.insert(current.idx);
+        let mut list = [0usize; DEPLOYMENTS_MAX];
+        groups.pick(current.group, now_ns, rng, except.list(&mut list))
+    }
+
     fn pass_over(&mut self, (group, idx): (GroupId, DeploymentIdx)) {
         if group == self.group {
             self.tried.insert(idx);
@@ -409,6 +429,55 @@ mod tests {
             .expect("a deployment to try");
         a.failed(c, Some((G0, d(1))));
         assert_eq!(at(a.next(&t, 0, &mut rng(), |_, _| true)), Some((0, 2)));
+    }
+
+    #[test]
+    fn a_hedge_goes_to_another_deployment_than_the_attempt_and_those_that_failed() {
+        let t = Table {
+            up: vec![vec![true, true, true], vec![true, true]],
+            fallbacks: vec![vec![1], vec![]],
+        };
+        let mut a = Attempts::new(G0, 3);
+        let c = a
+            .next(&t, 0, &mut rng(), |_, _| true)
+            .expect("a deployment to try");
+        assert_eq!(c.idx, d(0));
+        assert_eq!(a.hedge(&t, c, 0, &mut rng()), Some(d(1)));
+        a.failed(c, None);
+        let c = a
+            .next(&t, 0, &mut rng(), |_, _| true)
+            .expect("a deployment to try");
+        assert_eq!(c.idx, d(1));
+        assert_eq!(
+            a.hedge(&t, c, 0, &mut rng()),
+            Some(d(2)),
+            "not the failed one"
+        );
+        // The last one left: no hedge in its own group.
+        a.failed(c, None);
+        let c = a
+            .next(&t, 0, &mut rng(), |_, _| true)
+            .expect("a deployment to try");
+        assert_eq!(c.idx, d(2));
+        assert_eq!(a.hedge(&t, c, 0, &mut rng()), None);
+        // An attempt at a fallback group hedges within that group; the named group's failures
+        // do not apply there.
+        let fallback = Choice {
+            group: GroupId::new(1),
+            idx: d(0),
+            retry_ok: false,
+        };
+        assert_eq!(a.hedge(&t, fallback, 0, &mut rng()), Some(d(1)));
+        // A group of one: no hedge.
+        let one = Table {
+            up: vec![vec![true]],
+            fallbacks: vec![vec![]],
+        };
+        let mut a = Attempts::new(G0, 3);
+        let c = a
+            .next(&one, 0, &mut rng(), |_, _| true)
+            .expect("a deployment to try");
+        assert_eq!(a.hedge(&one, c, 0, &mut rng()), None);
     }
 
     #[test]

@@ -160,11 +160,21 @@ pub fn check(data: &[u8]) {
             held_slots += 1;
         }
         let mut hedge = None;
-        if step & 4 != 0 {
-            let h = (
-                choice.group,
-                DeploymentIdx::new((i + 1) % table.up[g].len()),
+        let hedge_at = if step & 4 != 0 {
+            attempts.hedge(&table, choice, now, &mut rng)
+        } else {
+            None
+        };
+        if let Some(hi) = hedge_at {
+            // A hedge races at another deployment of the attempt's group, never one that
+            // failed already.
+            assert_ne!(hi, choice.idx, "a hedge at the attempt's own deployment");
+            assert!(hi.index() < table.up[g].len());
+            assert!(
+                choice.group != GroupId::new(0) || !attempts.tried().contains(hi),
+                "a hedge at a deployment that failed"
             );
+            let h = (choice.group, hi);
             hedge = Some(h);
             if step & 8 != 0 {
                 // The hedge answered first: its quota and slot are the request's now.
