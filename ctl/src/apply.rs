@@ -11,10 +11,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use shardgate_engine::config::Config;
-use shardgate_engine::control::shm::{pid_alive, Region};
-use shardgate_engine::control::stats::{self, ShardView};
-use shardgate_engine::control::{message, publish_config, unix_ms};
+use shardgate_core::config::Config;
+use shardgate_core::control::shm::{pid_alive, Region};
+use shardgate_core::control::stats::{self, ShardView};
+use shardgate_core::control::{message, publish_config, unix_ms};
 
 use crate::{check, diff, pause, stall, Failure};
 
@@ -251,7 +251,7 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shardgate_engine::control::ring::{Consumer, Poll};
+    use shardgate_core::control::ring::{Consumer, Poll};
 
     const TOML: &str =
         "[server]\nauth = \"none\"\n[[upstreams]]\nname = \"m\"\nprovider = \"mock\"\n\
@@ -379,7 +379,7 @@ mod tests {
                 info.config_version
                     .store(v, std::sync::atomic::Ordering::Release);
             } else {
-                shardgate_engine::control::shm::store_text(&info.error, &info.error_len, b"no");
+                shardgate_core::control::shm::store_text(&info.error, &info.error_len, b"no");
                 info.error_version
                     .store(v, std::sync::atomic::Ordering::Release);
             }

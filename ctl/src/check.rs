@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use shardgate_engine::config::{Config, ConfigErrors};
+use shardgate_core::config::{Config, ConfigErrors};
 
 use crate::Failure;
 

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use shardgate_engine::config::{
+use shardgate_core::config::{
     Config, Cores, DriverChoice, Endpoint, Provider, RouteConfig, ServerConfig, UpstreamConfig,
 };
 
@@ -279,7 +279,7 @@ mod tests {
     use std::collections::HashMap;
     use std::net::SocketAddr;
 
-    use shardgate_engine::control::message::ConfigMessage;
+    use shardgate_core::control::message::ConfigMessage;
 
     fn config(text: &str) -> Config {
         match Config::from_toml(text) {

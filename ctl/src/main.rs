@@ -29,9 +29,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use shardgate_engine::config::check_instance_name;
-use shardgate_engine::control::shm::{pid_alive, region_path, Region};
-use shardgate_engine::limits::{APPLY_WAIT_MS_MAX, TIMEOUT_MS_MAX};
+use shardgate_core::config::check_instance_name;
+use shardgate_core::control::shm::{pid_alive, region_path, Region};
+use shardgate_core::limits::{APPLY_WAIT_MS_MAX, TIMEOUT_MS_MAX};
 
 /// Control a running shardgate instance: check and apply config, show status and live stats.
 #[derive(Debug, Parser)]

@@ -4,7 +4,7 @@
 //!
 //! Never used outside tests.
 
-use shardgate_engine::control::shm::Region;
+use shardgate_core::control::shm::Region;
 
 /// Write the first `frames_max` frames of message `version` (`body`) into the ring of
 /// `region`. The caller holds the writer lock. Returns (frames written, frames the whole
@@ -27,7 +27,7 @@ pub fn publish_partial(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shardgate_engine::control::ring::{Consumer, Poll};
+    use shardgate_core::control::ring::{Consumer, Poll};
 
     #[test]
     fn shards_drop_the_partial_message_and_take_the_next() {

@@ -4,9 +4,9 @@
 use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
-use shardgate_engine::control::shm::{region_path, Region};
-use shardgate_engine::control::stats::{self, ShardView};
-use shardgate_engine::control::unix_ms;
+use shardgate_core::control::shm::{region_path, Region};
+use shardgate_core::control::stats::{self, ShardView};
+use shardgate_core::control::unix_ms;
 
 use crate::table::{self, Align};
 use crate::Failure;
@@ -42,7 +42,7 @@ impl Snapshot {
             draining: h.draining.load(Ordering::Relaxed) == 1,
             admin_port: (admin_port != 0).then_some(admin_port),
             tuning: {
-                let path = shardgate_engine::control::shm::load_text(&h.tuning_path, &h.tuning_len);
+                let path = shardgate_core::control::shm::load_text(&h.tuning_path, &h.tuning_len);
                 (!path.is_empty()).then(|| (path, h.tuning_created_unix.load(Ordering::Relaxed)))
             },
             ring_head: region.ring().head(),

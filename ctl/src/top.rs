@@ -6,9 +6,9 @@ use std::io::{IsTerminal, Write};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use shardgate_engine::control::shm::pid_alive;
-use shardgate_engine::control::stats::{self, SlotTotals, Totals};
-use shardgate_engine::limits::DURATION_BUCKETS_MS;
+use shardgate_core::control::shm::pid_alive;
+use shardgate_core::control::stats::{self, SlotTotals, Totals};
+use shardgate_core::limits::DURATION_BUCKETS_MS;
 
 use crate::status::version_range;
 use crate::table::{self, Align};
@@ -186,8 +186,8 @@ fn rates_table(what: &str, rows: &[Rates]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shardgate_engine::control::shm::Region;
-    use shardgate_engine::control::stats::{ShardStats, ShardView, NO_SLOT};
+    use shardgate_core::control::shm::Region;
+    use shardgate_core::control::stats::{ShardStats, ShardView, NO_SLOT};
 
     fn slot(requests: u64, ok: u64, server_errors: u64, fast: u64, slow: u64) -> SlotTotals {
         let mut s = SlotTotals {

@@ -83,11 +83,11 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
-/// The most deployments a group may have (their indices fit the `u8`s of a pick's stack list).
-pub const DEPLOYMENTS_MAX: usize = 256;
+/// The strategies and the most deployments a group may have are the config's
+/// ([`crate::models`]): `[[models]]` entries are validated against them.
+pub use crate::models::{Strategy, UnknownStrategy, DEPLOYMENTS_MAX};
 /// The strategy a group gets when the config names none.
 pub const STRATEGY_DEFAULT: Strategy = Strategy::Latency;
 /// Default time constant of the latency estimate's decay, ms.
@@ -125,70 +125,6 @@ const _: () = assert!(FAILURE_WINDOW_DEFAULT <= FAILURE_WINDOW_MAX);
 const _: () = assert!(COOLDOWN_MS_DEFAULT <= COOLDOWN_MS_MAX_DEFAULT);
 const _: () = assert!(FAILURE_PENALTY_NS_MAX <= LATENCY_NS_MAX);
 const _: () = assert!(FAILURE_RATE_PCT_DEFAULT <= 100);
-
-/// How a group chooses among its eligible deployments. See the module docs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    /// `round_robin`: each eligible deployment in turn.
-    RoundRobin,
-    /// `weighted`: smooth weighted round robin (nginx) by the deployments' `weight`.
-    Weighted,
-    /// `least_outstanding`: fewest requests in flight on this shard.
-    LeastOutstanding,
-    /// `latency`: power of two choices by peak-EWMA latency × (outstanding + 1).
-    Latency,
-}
-
-impl Strategy {
-    /// Every strategy, in the order the config docs list them.
-    pub const ALL: [Strategy; 4] = [
-        Strategy::RoundRobin,
-        Strategy::Weighted,
-        Strategy::LeastOutstanding,
-        Strategy::Latency,
-    ];
-
-    /// The config name (`round_robin | weighted | least_outstanding | latency`), or `None`.
-    pub fn parse(name: &str) -> Option<Strategy> {
-        Strategy::ALL.into_iter().find(|s| s.as_str() == name)
-    }
-
-    /// The config name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Strategy::RoundRobin => "round_robin",
-            Strategy::Weighted => "weighted",
-            Strategy::LeastOutstanding => "least_outstanding",
-            Strategy::Latency => "latency",
-        }
-    }
-}
-
-impl fmt::Display for Strategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A strategy name that is none of the four.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UnknownStrategy;
-
-impl fmt::Display for UnknownStrategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("expected one of round_robin, weighted, least_outstanding, latency")
-    }
-}
-
-impl std::error::Error for UnknownStrategy {}
-
-impl FromStr for Strategy {
-    type Err = UnknownStrategy;
-
-    fn from_str(s: &str) -> Result<Strategy, UnknownStrategy> {
-        Strategy::parse(s).ok_or(UnknownStrategy)
-    }
-}
 
 /// When a deployment is ejected and for how long. Any values are accepted; out-of-range ones
 /// are clamped when the group is built (the config should reject them first).
@@ -1038,23 +974,6 @@ mod tests {
         (0..n)
             .map(|_| g.pick(now, &mut r, exclude).expect("eligible"))
             .collect()
-    }
-
-    #[test]
-    fn strategies_parse_from_their_config_names() {
-        for s in Strategy::ALL {
-            assert_eq!(Strategy::parse(s.as_str()), Some(s));
-            assert_eq!(s.as_str().parse::<Strategy>(), Ok(s));
-            assert_eq!(s.to_string(), s.as_str());
-        }
-        assert_eq!(
-            Strategy::parse("least_outstanding"),
-            Some(Strategy::LeastOutstanding)
-        );
-        for bad in ["", "Latency", "p2c", "round-robin", "latency "] {
-            assert_eq!(Strategy::parse(bad), None, "{bad:?}");
-            assert_eq!(bad.parse::<Strategy>(), Err(UnknownStrategy));
-        }
     }
 
     #[test]

@@ -2,6 +2,22 @@
 //!
 //! # Layout
 //!
+//! From `shardgate-core` (re-exported here at their old paths, so `crate::config::...` and
+//! `shardgate_engine::config::...` name them as before). They are what `shardgate-ctl` shares
+//! with the engine, in a crate of their own so that ctl links no monoio, io-uring, rustls or
+//! connection code:
+//! - [`config`]: TOML parsing and validation into resolved, typed values.
+//! - [`tenant`]: tenants, their keys (by SHA-256) and approved models.
+//! - [`models`]: `[[models]]` groups of deployments, validated.
+//! - [`cert`]: certificate and key checks without rustls (PEM, the leaf's validity and names,
+//!   whether the key is the certificate's), run by the config and built on by [`tls`].
+//! - [`limits`]: every compile-time limit and the defaults of configurable ones.
+//! - [`control`]: the control plane's shared memory with `shardgate-ctl`: the region, the
+//!   config ring, per-shard counter blocks, a shard's poller (the only `unsafe`, in
+//!   `control::shm`).
+//! - `shardgate_core::template`: `[[templates]]` validated (the config-time half of
+//!   [`template`], which re-exports it).
+//!
 //! I/O-free protocol logic (takes bytes, returns decisions; unit-tested, fuzzable):
 //! - [`http`]: request and response heads (httparse into stack arrays), framing rules,
 //!   the streaming chunked decoder, and `http::sse`: the one server-sent event splitter.
@@ -9,8 +25,6 @@
 //! - [`balance`]: load balancing within a model group, per shard: round robin, smooth
 //!   weighted, least outstanding, and power of two choices by peak-EWMA latency; passive
 //!   health (ejection with a doubling cool-down, half-open probes, `Retry-After`).
-//! - [`models`]: `[[models]]` groups of deployments, validated.
-//! - [`tenant`]: tenants, their keys (by SHA-256) and approved models.
 //! - [`limit`]: tenant limits across shards without locks: GCRA per-minute limits with
 //!   shard-local leases, concurrency caps and windowed token budgets on shared-memory cells.
 //! - [`llm`]: LLM bodies: what a request asks for (model, stream, max_tokens), the token
@@ -20,9 +34,9 @@
 //!   JSON string written by hand.
 //! - [`provider`]: translation between OpenAI's format and Anthropic's Messages, both ways:
 //!   requests, responses, error bodies and event streams.
-//! - [`template`]: prompt templates: `[[templates]]` with `{{Name}}` placeholders, filled from a
-//!   request's `variables` (escaped as JSON strings, never raw JSON), which never reach an
-//!   upstream; the body is walked with `llm::json`.
+//! - [`template`]: prompt templates at request time: the one a request selects, filled from
+//!   its `variables` (escaped as JSON strings, never raw JSON), which never reach an upstream;
+//!   the body is walked with `llm::json`.
 //! - [`mock`]: the built-in demo model behind the embedded default config.
 //! - [`exchange`]: one request's exchange decided without I/O: the head's action, body
 //!   framing, the answer head and relay framing, the attempt loop over a model group's
@@ -30,15 +44,12 @@
 //! - [`clock`]: the data plane's one clock (`Now`), read by the driver and passed down.
 //! - [`error`]: the one data-plane error type, mapped to a status and an OpenAI-style JSON body
 //!   in one place.
-//! - [`config`]: TOML parsing and validation into resolved, typed values.
-//! - [`limits`]: every compile-time limit and the defaults of configurable ones.
 //! - [`metrics`]: the region's counters rendered as Prometheus text.
 //! - [`tls`]: rustls configs (ring): the downstream server config with certificates chosen by
-//!   SNI, per-upstream client configs (system roots or a CA file), certificate checks, and the
-//!   description of an upstream TLS failure.
+//!   SNI, per-upstream client configs (system roots or a CA file), and the description of an
+//!   upstream TLS failure.
 //!
-//! Control plane (shared memory with `shardgate-ctl`; the only `unsafe`, in `control::shm`):
-//! - [`control`]: the region, the config ring, per-shard counter blocks, a shard's poller.
+//! Observability:
 //! - [`admin`]: `/metrics` and `/health/*` on a blocking std thread of its own, off the shards.
 //! - [`accesslog`]: per-shard batches of fixed-size records, written as JSON lines by a thread.
 //!
@@ -72,38 +83,19 @@
 //! Nothing is shared between shards on the request path: each shard owns its state in `Rc`s
 //! and `Cell`s on its own thread. See `docs/ARCHITECTURE.md`.
 
-/// A typed index: a plain `usize` (no cost over one) whose type says which table it indexes.
-/// The ids of a [`snapshot::Snapshot`] are listed in [`snapshot`].
-macro_rules! index_type {
-    ($(#[$meta:meta])* $name:ident) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        #[repr(transparent)]
-        pub struct $name(usize);
+pub use shardgate_core::{cert, config, control, limits, models, tenant};
 
-        impl $name {
-            #[inline]
-            pub const fn new(index: usize) -> Self {
-                Self(index)
-            }
-
-            /// The plain index.
-            #[inline]
-            pub const fn index(self) -> usize {
-                self.0
-            }
-        }
-    };
-}
+// `index_type!`: the typed indices of [`snapshot`] (`UpstreamId`, `PoolSlot`, ...), made as
+// shardgate-core makes its counter slots (`control::stats::StatSlot`).
+#[macro_use]
+extern crate shardgate_core;
 
 pub mod accesslog;
 pub mod admin;
 pub mod admit;
 pub mod balance;
 pub mod clock;
-pub mod config;
 pub mod conn;
-pub mod control;
 pub mod ctx;
 pub mod drain;
 pub mod error;
@@ -113,11 +105,9 @@ pub mod fair;
 pub mod fuzz_checks;
 pub mod http;
 pub mod limit;
-pub mod limits;
 pub mod llm;
 pub mod metrics;
 pub mod mock;
-pub mod models;
 pub mod provider;
 pub mod route;
 pub mod runtime;
@@ -125,6 +115,5 @@ pub mod shard;
 pub mod snapshot;
 pub mod stream;
 pub mod template;
-pub mod tenant;
 pub mod tls;
 pub mod upstream;

@@ -8,26 +8,9 @@ use std::future::Future;
 use crate::config::DriverChoice;
 use crate::limits::URING_ENTRIES;
 
-/// Which driver a thread ended up on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DriverKind {
-    /// io_uring with COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN.
-    IoUringTuned,
-    /// io_uring with the kernel's default set-up.
-    IoUring,
-    /// epoll (monoio's legacy driver).
-    Epoll,
-}
-
-impl DriverKind {
-    pub fn describe(self) -> &'static str {
-        match self {
-            DriverKind::IoUringTuned => "io_uring (coop_taskrun, single_issuer, defer_taskrun)",
-            DriverKind::IoUring => "io_uring (default set-up)",
-            DriverKind::Epoll => "epoll",
-        }
-    }
-}
+/// Which driver a thread ended up on (defined beside [`DriverChoice`], in the config, so the
+/// counter blocks `shardgate-ctl` reads can name it without this module's runtime).
+pub use crate::config::DriverKind;
 
 /// Build the best runtime `choice` allows on this thread and run the future `make` returns on
 /// it. `make` learns which driver it got (and may do synchronous set-up first). Fails only when

@@ -14,12 +14,13 @@
 //! ]
 //! ```
 //!
-//! Config time: [`validate`] turns [`RawTemplate`]s into [`Template`]s, whose contents are
-//! pre-parsed into literal text (already JSON-escaped) and placeholder slots; [`Templates`]
-//! picks the template of a request. Request time: [`TemplateBody::read`] validates a body once,
-//! then [`TemplateBody::fill`] writes the filled body into a caller's buffer, or
-//! [`TemplateBody::strip_variables`] removes `variables` from a request no template applies
-//! to. [`fill`] and [`strip_variables`] do both steps.
+//! Config time (`shardgate_core::template`, re-exported here): [`validate`] turns
+//! [`RawTemplate`]s into [`Template`]s, whose contents are pre-parsed into literal text (already
+//! JSON-escaped) and placeholder slots. Here, [`Templates`] picks the template of a request.
+//! Request time: [`TemplateBody::read`] validates a body once, then [`TemplateBody::fill`]
+//! writes the filled body into a caller's buffer, or [`TemplateBody::strip_variables`] removes
+//! `variables` from a request no template applies to. [`fill`] and [`strip_variables`] do both
+//! steps.
 //!
 //! # Decisions
 //!
@@ -42,396 +43,23 @@
 //!   refused (parsers disagree on which copy wins); so is a variable named twice that the
 //!   template uses. Keys are compared after decoding escapes. Variables the template does not
 //!   use are allowed and dropped.
-//! - **Required variables**: those in `required`, or, without that list, every placeholder
-//!   that has no default. A placeholder neither required nor defaulted is filled with the
-//!   empty string when missing.
-//! - **Placeholder syntax**: `{{Name}}` or `{{ Name }}` with `Name` matching
-//!   `[A-Za-z_][A-Za-z0-9_]{0,63}`; `{{{{` is a literal `{{`. Anything else after `{{`
-//!   (`{{#if x}}`, `{{a.b}}`, `{{{x}}}`, no closing `}}`) is a config error naming the field.
+//! - **Required variables** and **placeholder syntax**: see the config half.
 //! - **Selection** ([`Templates::select`]): a `template` field in the body wins, then the
 //!   request's model alias, then the longest matching route prefix.
 //! - **No allocation per request** beyond `out`, which is reserved once for the exact upper
 //!   bound (the body, the template's text and each value times its uses).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 
-use serde::Deserialize;
-
 use crate::llm::json::{self, Kind, Member, Members, Value};
-use crate::llm::{self, BodyError, JSON_DEPTH_MAX, MODEL_BYTES_MAX};
-
-/// Most `[[templates]]` entries.
-pub const TEMPLATES_MAX: usize = 256;
-/// Most messages in one template.
-pub const TEMPLATE_MESSAGES_MAX: usize = 64;
-/// Most distinct placeholder names in one template.
-pub const TEMPLATE_VARIABLES_MAX: usize = 32;
-/// Most placeholders (uses, not names) in one template.
-pub const TEMPLATE_PLACEHOLDERS_MAX: usize = 64;
-/// Most bytes of text in one template: every message's content and every default together.
-pub const TEMPLATE_TEXT_BYTES_MAX: usize = 64 * 1024;
-/// Longest variable or template name, bytes.
-pub const NAME_BYTES_MAX: usize = 64;
-
-const _: () = assert!(NAME_BYTES_MAX <= u8::MAX as usize);
-const _: () = assert!(TEMPLATE_VARIABLES_MAX <= TEMPLATE_PLACEHOLDERS_MAX);
-
-/// The roles a template message may have (`tool` needs a `tool_call_id`, so it is left out).
-pub const ROLES: [&str; 4] = ["system", "developer", "user", "assistant"];
-
-// ----- config -----
-
-/// A `[[templates]]` entry as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTemplate {
-    name: String,
-    #[serde(default)]
-    messages: Vec<RawMessage>,
-    required: Option<Vec<String>>,
-    #[serde(default)]
-    defaults: BTreeMap<String, String>,
-    mode: Option<String>,
-    #[serde(default)]
-    models: Vec<String>,
-    #[serde(default)]
-    routes: Vec<String>,
-}
-
-/// One message of a `[[templates]]` entry as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawMessage {
-    role: String,
-    content: String,
-}
-
-/// Where a template's messages go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// Before the request's own messages.
-    #[default]
-    Prepend,
-    /// Instead of the request's messages.
-    Replace,
-}
-
-/// A validated template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
-    pub name: String,
-    pub mode: Mode,
-    /// Model aliases that select this template.
-    pub models: Vec<String>,
-    /// Path prefixes that select this template.
-    pub routes: Vec<String>,
-    variables: Vec<Variable>,
-    messages: Vec<Message>,
-    /// Bytes of the messages written with every placeholder empty, commas included.
-    fixed_bytes: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Variable {
-    name: String,
-    required: bool,
-    /// The default, JSON-escaped (no quotes).
-    default: Option<Box<[u8]>>,
-    /// Placeholders naming it.
-    uses: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Message {
-    /// `{"role":"user","content":"`.
-    head: Box<[u8]>,
-    segments: Vec<Segment>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    /// Literal text, JSON-escaped (no quotes).
-    Text(Box<[u8]>),
-    /// A placeholder: index into [`Template::variables`].
-    Var(usize),
-}
-
-const MESSAGE_TAIL: &[u8] = b"\"}";
-
-impl Template {
-    /// The placeholder names, in order of first use.
-    pub fn variable_names(&self) -> impl Iterator<Item = &str> {
-        self.variables.iter().map(|v| v.name.as_str())
-    }
-
-    /// Whether a request must give the variable `name`.
-    pub fn is_required(&self, name: &str) -> bool {
-        self.variables.iter().any(|v| v.name == name && v.required)
-    }
-}
-
-fn is_variable_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= NAME_BYTES_MAX
-        && b.first()
-            .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
-}
-
-fn is_template_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= NAME_BYTES_MAX
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
-
-/// A piece of a content string as written.
-#[derive(Debug, PartialEq, Eq)]
-enum Piece<'a> {
-    Text(String),
-    Var(&'a str),
-}
-
-/// Split a content string into literal text and placeholders. The error is the reason.
-fn parse_content(content: &str) -> Result<Vec<Piece<'_>>, String> {
-    let mut pieces = Vec::new();
-    let mut text = String::new();
-    let mut i = 0;
-    while let Some(found) = content.get(i..).and_then(|rest| rest.find("{{")) {
-        let at = i + found;
-        text.push_str(content.get(i..at).unwrap_or_default());
-        let after = content.get(at + 2..).unwrap_or_default();
-        if after.starts_with("{{") {
-            text.push_str("{{");
-            i = at + 4;
-            continue;
-        }
-        let Some(close) = after.find("}}") else {
-            return Err(format!(
-                "`{{{{` at byte {at} has no closing `}}}}` (write `{{{{{{{{` for a literal `{{{{`)"
-            ));
-        };
-        let inner = after.get(..close).unwrap_or_default();
-        let name = inner.trim_matches(' ');
-        if !is_variable_name(name) {
-            return Err(format!(
-                "`{{{{{inner}}}}}` at byte {at}: a placeholder is `{{{{Name}}}}` with Name \
-                 matching [A-Za-z_][A-Za-z0-9_]{{0,63}} (write `{{{{{{{{` for a literal `{{{{`)"
-            ));
-        }
-        if !text.is_empty() {
-            pieces.push(Piece::Text(std::mem::take(&mut text)));
-        }
-        pieces.push(Piece::Var(name));
-        i = at + 2 + close + 2;
-    }
-    text.push_str(content.get(i..).unwrap_or_default());
-    if !text.is_empty() {
-        pieces.push(Piece::Text(text));
-    }
-    Ok(pieces)
-}
-
-/// A string's JSON form without the quotes.
-fn escaped(s: &str) -> Box<[u8]> {
-    let mut out = Vec::with_capacity(s.len() + 8);
-    json::write_str_content(&mut out, s.as_bytes());
-    out.into_boxed_slice()
-}
-
-/// Validate `[[templates]]`: problems go to `error(field, reason)`.
-pub fn validate(raw: Vec<RawTemplate>, mut error: impl FnMut(String, String)) -> Vec<Template> {
-    if raw.len() > TEMPLATES_MAX {
-        error(
-            "templates".into(),
-            format!("at most {TEMPLATES_MAX} templates"),
-        );
-    }
-    let mut names: HashMap<String, usize> = HashMap::with_capacity(raw.len());
-    let mut models: HashMap<String, usize> = HashMap::new();
-    let mut routes: HashMap<String, usize> = HashMap::new();
-    let mut out = Vec::with_capacity(raw.len());
-    for (i, t) in raw.into_iter().enumerate() {
-        let f = |k: &str| format!("templates[{i}].{k}");
-        if !is_template_name(&t.name) {
-            error(
-                f("name"),
-                format!("{:?}: must be 1 to 64 of A-Z a-z 0-9 _ . -", t.name),
-            );
-        }
-        if let Some(j) = names.insert(t.name.clone(), i) {
-            error(
-                f("name"),
-                format!("duplicate name {:?} (also templates[{j}])", t.name),
-            );
-        }
-        let mode = match t.mode.as_deref() {
-            None | Some("prepend") => Mode::Prepend,
-            Some("replace") => Mode::Replace,
-            Some(other) => {
-                error(
-                    f("mode"),
-                    format!("must be \"prepend\" or \"replace\", got {other:?}"),
-                );
-                Mode::Prepend
-            }
-        };
-        for (k, m) in t.models.iter().enumerate() {
-            let field = format!("templates[{i}].models[{k}]");
-            if m.is_empty() || m.len() > MODEL_BYTES_MAX {
-                error(field, format!("must be 1 to {MODEL_BYTES_MAX} bytes"));
-            } else if let Some(j) = models.insert(m.clone(), i) {
-                error(field, format!("model {m:?} already selects templates[{j}]"));
-            }
-        }
-        for (k, r) in t.routes.iter().enumerate() {
-            let field = format!("templates[{i}].routes[{k}]");
-            if !r.starts_with('/') {
-                error(field, format!("{r:?}: a path prefix must start with /"));
-            } else if let Some(j) = routes.insert(r.clone(), i) {
-                error(field, format!("route {r:?} already selects templates[{j}]"));
-            }
-        }
-
-        if t.messages.is_empty() || t.messages.len() > TEMPLATE_MESSAGES_MAX {
-            error(
-                f("messages"),
-                format!("must have 1 to {TEMPLATE_MESSAGES_MAX} messages"),
-            );
-        }
-        let mut text_bytes = t.defaults.values().map(String::len).sum::<usize>();
-        let mut variables: Vec<Variable> = Vec::new();
-        let mut placeholders = 0usize;
-        let mut messages = Vec::with_capacity(t.messages.len());
-        for (k, m) in t.messages.iter().enumerate() {
-            let field = |key: &str| format!("templates[{i}].messages[{k}].{key}");
-            if !ROLES.contains(&m.role.as_str()) {
-                error(
-                    field("role"),
-                    format!("must be one of {}, got {:?}", ROLES.join(", "), m.role),
-                );
-            }
-            text_bytes = text_bytes.saturating_add(m.content.len());
-            let pieces = match parse_content(&m.content) {
-                Ok(p) => p,
-                Err(reason) => {
-                    error(field("content"), reason);
-                    continue;
-                }
-            };
-            let mut segments = Vec::with_capacity(pieces.len());
-            for piece in pieces {
-                match piece {
-                    Piece::Text(s) => segments.push(Segment::Text(escaped(&s))),
-                    Piece::Var(name) => {
-                        placeholders += 1;
-                        let at = match variables.iter().position(|v| v.name == name) {
-                            Some(at) => at,
-                            None => {
-                                variables.push(Variable {
-                                    name: name.to_owned(),
-                                    required: false,
-                                    default: None,
-                                    uses: 0,
-                                });
-                                variables.len() - 1
-                            }
-                        };
-                        if let Some(v) = variables.get_mut(at) {
-                            v.uses += 1;
-                        }
-                        segments.push(Segment::Var(at));
-                    }
-                }
-            }
-            let mut head = b"{\"role\":".to_vec();
-            json::write_str(&mut head, &m.role);
-            head.extend_from_slice(b",\"content\":\"");
-            messages.push(Message {
-                head: head.into_boxed_slice(),
-                segments,
-            });
-        }
-        if text_bytes > TEMPLATE_TEXT_BYTES_MAX {
-            error(
-                f("messages"),
-                format!("contents and defaults together must be at most {TEMPLATE_TEXT_BYTES_MAX} bytes"),
-            );
-        }
-        if variables.len() > TEMPLATE_VARIABLES_MAX {
-            error(
-                f("messages"),
-                format!("at most {TEMPLATE_VARIABLES_MAX} distinct placeholder names"),
-            );
-        }
-        if placeholders > TEMPLATE_PLACEHOLDERS_MAX {
-            error(
-                f("messages"),
-                format!("at most {TEMPLATE_PLACEHOLDERS_MAX} placeholders"),
-            );
-        }
-        for (name, value) in &t.defaults {
-            match variables.iter_mut().find(|v| &v.name == name) {
-                Some(v) => v.default = Some(escaped(value)),
-                None => error(
-                    format!("templates[{i}].defaults.{name}"),
-                    "is not a placeholder of this template's messages".into(),
-                ),
-            }
-        }
-        match &t.required {
-            None => {
-                for v in &mut variables {
-                    v.required = v.default.is_none();
-                }
-            }
-            Some(list) => {
-                for (k, name) in list.iter().enumerate() {
-                    let field = format!("templates[{i}].required[{k}]");
-                    match variables.iter_mut().find(|v| &v.name == name) {
-                        Some(v) if v.default.is_some() => error(
-                            field,
-                            format!("{name:?} has a default, so it cannot be required"),
-                        ),
-                        Some(v) => v.required = true,
-                        None => error(
-                            field,
-                            format!("{name:?} is not a placeholder of this template's messages"),
-                        ),
-                    }
-                }
-            }
-        }
-        let commas = messages.len().saturating_sub(1);
-        let fixed_bytes = messages
-            .iter()
-            .map(|m| {
-                m.head.len()
-                    + MESSAGE_TAIL.len()
-                    + m.segments
-                        .iter()
-                        .map(|s| match s {
-                            Segment::Text(t) => t.len(),
-                            Segment::Var(_) => 0,
-                        })
-                        .sum::<usize>()
-            })
-            .sum::<usize>()
-            + commas;
-        out.push(Template {
-            name: t.name,
-            mode,
-            models: t.models,
-            routes: t.routes,
-            variables,
-            messages,
-            fixed_bytes,
-        });
-    }
-    out
-}
+use crate::llm::{self, BodyError, JSON_DEPTH_MAX};
+use shardgate_core::template::MESSAGE_TAIL;
+pub use shardgate_core::template::{
+    validate, Message, Mode, RawMessage, RawTemplate, Segment, Template, Variable, NAME_BYTES_MAX,
+    ROLES, TEMPLATES_MAX, TEMPLATE_MESSAGES_MAX, TEMPLATE_PLACEHOLDERS_MAX,
+    TEMPLATE_TEXT_BYTES_MAX, TEMPLATE_VARIABLES_MAX,
+};
 
 /// The templates of one config, indexed for [`Templates::select`].
 #[derive(Debug, Clone, Default)]
@@ -692,7 +320,7 @@ impl<'a> TemplateBody<'a> {
         }
         let values = self.values(t)?;
         let mut value_bytes = 0usize;
-        for (v, value) in t.variables.iter().zip(&values) {
+        for (v, value) in t.variables().iter().zip(&values) {
             let len = match value {
                 Some(value) => value.as_raw_str().map_or(value.raw(), |(raw, _)| raw).len(),
                 None => match &v.default {
@@ -715,7 +343,7 @@ impl<'a> TemplateBody<'a> {
         out.reserve(
             self.body
                 .len()
-                .saturating_add(t.fixed_bytes)
+                .saturating_add(t.fixed_bytes())
                 .saturating_add(value_bytes)
                 .saturating_add(ADDED_BYTES),
         );
@@ -738,7 +366,7 @@ impl<'a> TemplateBody<'a> {
             ) {
                 return Err(TemplateError::BadVariables);
             }
-            let Some(at) = t.variables.iter().position(|v| key.is(&v.name)) else {
+            let Some(at) = t.variables().iter().position(|v| key.is(&v.name)) else {
                 continue;
             };
             let slot = values.get_mut(at).ok_or(TemplateError::BadVariables)?;
@@ -839,7 +467,7 @@ fn write_template_messages(
     values: &Values<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(), TemplateError> {
-    for (k, m) in t.messages.iter().enumerate() {
+    for (k, m) in t.messages().iter().enumerate() {
         if k > 0 {
             out.push(b',');
         }
@@ -864,7 +492,7 @@ fn write_template_messages(
                         None => out.extend_from_slice(value.raw()),
                     },
                     None => {
-                        if let Some(d) = t.variables.get(*i).and_then(|v| v.default.as_deref()) {
+                        if let Some(d) = t.variables().get(*i).and_then(|v| v.default.as_deref()) {
                             out.extend_from_slice(d);
                         }
                     }
@@ -880,6 +508,7 @@ fn write_template_messages(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use serde::Deserialize;
     use serde_json::{json, Value as J};
 
     const SEED: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello World!"}],"variables":{"Query":"Please reply in a friendly manner."}}"#;
@@ -948,7 +577,7 @@ mod tests {
             r#"{"model":"gpt-4o","messages":[{"role":"system","content":"Please reply in a friendly manner."},{"role":"user","content":"Hello World!"}]}"#
         );
         // Into a buffer with room: no allocation (the reservation is the exact upper bound).
-        let mut out = Vec::with_capacity(SEED.len() + t.fixed_bytes + 64);
+        let mut out = Vec::with_capacity(SEED.len() + t.fixed_bytes() + 64);
         let at = out.as_ptr();
         fill(&t, SEED.as_bytes(), &mut out).expect("filled");
         assert_eq!(out.as_ptr(), at);
@@ -1312,25 +941,7 @@ mod tests {
         let out = filled(&t, r#"{"variables":{"A":"1","_b9":"2"}}"#).expect("ok");
         assert_eq!(content_of(&out, 0), "{{x}} 1 2 }} { } 1");
         assert_eq!(t.variable_names().collect::<Vec<_>>(), ["A", "_b9"]);
-        let long = "N".repeat(NAME_BYTES_MAX);
-        assert!(parse_content(&format!("{{{{{long}}}}}")).is_ok());
-        for bad in [
-            "{{",
-            "x {{A",
-            "{{A}",
-            "{{}}",
-            "{{ }}",
-            "{{1A}}",
-            "{{A-B}}",
-            "{{a.b}}",
-            "{{#if x}}",
-            "{{{A}}}",
-            "{{A B}}",
-            "{{\tA}}",
-            &format!("{{{{N{long}}}}}"),
-        ] {
-            assert!(parse_content(bad).is_err(), "{bad}");
-        }
+        // Which placeholders are well-formed: shardgate_core::template's tests.
     }
 
     #[test]
@@ -1520,7 +1131,7 @@ mod tests {
 
             let mut out = Vec::new();
             fill(&t, body.as_bytes(), &mut out).expect("filled");
-            let bound = body.len() + t.fixed_bytes + 16
+            let bound = body.len() + t.fixed_bytes() + 16
                 + (a_json.len() * 2) + (b.as_ref().map_or(4, |b| encode(b, all_escaped).len()) * 2);
             prop_assert!(out.len() <= bound);
             let got: J = serde_json::from_slice(&out).expect("output parses");

@@ -1,7 +1,9 @@
 //! TLS configuration: the downstream server config (certificates chosen by SNI), the upstream
-//! client configs (system roots or a per-upstream CA file), certificate checks for `check`, and
-//! the description of an upstream TLS failure for a 502 body. No socket I/O here: the
-//! connection code wraps its streams with `monoio-rustls` (docs/decisions/0007-tls.md).
+//! client configs (system roots or a per-upstream CA file), and the description of an upstream
+//! TLS failure for a 502 body. No socket I/O here: the connection code wraps its streams with
+//! `monoio-rustls` (docs/decisions/0007-tls.md). The certificate checks these configs build on
+//! are [`crate::cert`]'s, without rustls, so the config runs them in `shardgate-ctl` too
+//! ([`check_pair`] and [`CertFiles`] are re-exported here).
 //!
 //! Everything uses rustls with the *ring* provider, named explicitly (never the process-wide
 //! default provider, never aws-lc-rs).
@@ -14,21 +16,18 @@
 //!   connection usually lands on another shard, and the shared key lets it resume there.
 //! - [`client_config`]: one per upstream per shard, each with its own in-memory cache of 256
 //!   client sessions.
-//! - Certificates already expired (or not yet valid) when loaded are refused; the `_at`
-//!   variants take the time, the plain ones read the clock.
+//! - Certificates already expired (or not yet valid) when loaded are refused (by
+//!   [`crate::cert`]); the `_at` variants take the time, the plain ones read the clock.
 
-use std::fmt;
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
-use rustls_pki_types::pem::{self, PemObject};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls_pki_types::UnixTime;
 
 /// The only application protocol spoken on either side.
 const ALPN_HTTP1: &[u8] = b"http/1.1";
@@ -39,26 +38,7 @@ static VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rust
 /// Client sessions remembered per upstream config (rustls' default).
 const CLIENT_SESSIONS: usize = 256;
 
-/// A certificate chain and its private key, PEM, as read from `[[server.tls]]` cert/key files.
-#[derive(Clone, Copy)]
-pub struct CertFiles<'a> {
-    pub cert_path: &'a str,
-    pub cert_pem: &'a [u8],
-    pub key_path: &'a str,
-    pub key_pem: &'a [u8],
-}
-
-/// Paths and sizes only: the key never reaches a log.
-impl fmt::Debug for CertFiles<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertFiles")
-            .field("cert_path", &self.cert_path)
-            .field("cert_pem_len", &self.cert_pem.len())
-            .field("key_path", &self.key_path)
-            .field("key_pem_len", &self.key_pem.len())
-            .finish()
-    }
-}
+pub use crate::cert::{check_pair, check_pair_at, CertFiles};
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -109,155 +89,28 @@ fn shared_ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, String>
         .ok_or_else(|| "TLS server setup: cannot make a session ticket key".to_owned())
 }
 
-/// Check one pair without building a config (for `check`): Ok(list of DNS names the
-/// certificate is valid for, lowercase, `*.parent` for wildcards).
-pub fn check_pair(pair: &CertFiles<'_>) -> Result<Vec<String>, String> {
-    check_pair_at(pair, UnixTime::now())
-}
-
-/// [`check_pair`] with the time the certificate must be valid at.
-pub fn check_pair_at(pair: &CertFiles<'_>, now: UnixTime) -> Result<Vec<String>, String> {
-    load_pair(pair, &provider(), now).map(|l| l.names)
-}
-
 /// A certificate chain with its key, and the DNS names (lowercase) it is valid for.
 struct Loaded {
     key: Arc<CertifiedKey>,
     names: Vec<String>,
 }
 
+/// A pair [`crate::cert::load_pair`] checked, loaded into rustls.
 fn load_pair(
     pair: &CertFiles<'_>,
     provider: &CryptoProvider,
     now: UnixTime,
 ) -> Result<Loaded, String> {
-    let (cert_path, key_path) = (pair.cert_path, pair.key_path);
-    let chain = parse_certs(cert_path, pair.cert_pem)?;
-    let names = {
-        let leaf = chain.first().ok_or_else(|| no_certificate(cert_path))?;
-        let invalid = |e: webpki::Error| {
-            format!(
-                "{cert_path}: certificate is not valid: {}",
-                webpki_reason(&e)
-            )
-        };
-        let ee = webpki::EndEntityCert::try_from(leaf).map_err(invalid)?;
-        check_leaf(&ee, now).map_err(invalid)?;
-        ee.valid_dns_names()
-            .map(str::to_ascii_lowercase)
-            .collect::<Vec<_>>()
-    };
-
-    let key = match PrivateKeyDer::from_pem_slice(pair.key_pem) {
-        Ok(key) => key,
-        Err(pem::Error::NoItemsFound) => {
-            let hint = if CertificateDer::pem_slice_iter(pair.key_pem)
-                .next()
-                .is_some()
-            {
-                " (the file holds a certificate, not a key)"
-            } else {
-                " (expected PEM 'BEGIN PRIVATE KEY', 'BEGIN RSA PRIVATE KEY' or \
-                 'BEGIN EC PRIVATE KEY'; encrypted keys are not supported)"
-            };
-            return Err(format!("{key_path}: no private key found{hint}"));
-        }
-        Err(e) => return Err(format!("{key_path}: {}", pem_reason(&e))),
-    };
-    let signing_key = provider.key_provider.load_private_key(key).map_err(|_| {
-        format!(
-            "{key_path}: unsupported key type (or a malformed key): RSA, ECDSA P-256/P-384 and \
-             Ed25519 are supported"
-        )
-    })?;
-    let certified = CertifiedKey::new(chain, signing_key);
-    match certified.keys_match() {
-        // rustls cannot tell for every key type; it accepts those, and so do we.
-        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-        Err(rustls::Error::InconsistentKeys(_)) => {
-            return Err(format!(
-                "{key_path}: the key does not match the certificate in {cert_path}"
-            ))
-        }
-        Err(e) => return Err(format!("{cert_path}: certificate is not valid: {e}")),
-    }
+    let checked = crate::cert::load_pair(pair, now)?;
+    // The check loaded the key as this provider does, and matched it with the certificate.
+    let signing_key = provider
+        .key_provider
+        .load_private_key(checked.key)
+        .map_err(|_| crate::cert::unsupported_key(pair.key_path))?;
     Ok(Loaded {
-        key: Arc::new(certified),
-        names,
+        key: Arc::new(CertifiedKey::new(checked.chain, signing_key)),
+        names: checked.names,
     })
-}
-
-/// Every certificate in a PEM file, in order; an error naming `path` when there is none.
-fn parse_certs(path: &str, pem_bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    let mut certs = Vec::new();
-    for item in CertificateDer::pem_slice_iter(pem_bytes) {
-        certs.push(item.map_err(|e| format!("{path}: {}", pem_reason(&e)))?);
-    }
-    if certs.is_empty() {
-        return Err(no_certificate(path));
-    }
-    Ok(certs)
-}
-
-fn no_certificate(path: &str) -> String {
-    format!("{path}: no certificate found (expected PEM 'BEGIN CERTIFICATE')")
-}
-
-fn pem_reason(e: &pem::Error) -> String {
-    match e {
-        pem::Error::MissingSectionEnd { end_marker } => format!(
-            "malformed PEM: a section has no '-----END {}-----' line",
-            String::from_utf8_lossy(end_marker).trim()
-        ),
-        pem::Error::IllegalSectionStart { .. } => "malformed PEM: bad BEGIN line".to_owned(),
-        pem::Error::Base64Decode(e) => format!("malformed PEM: bad base64 ({e})"),
-        other => format!("malformed PEM: {other}"),
-    }
-}
-
-/// What webpki checks of a server certificate on its own (no issuer): validity period at
-/// `now`, not a CA, extended key usage allows serverAuth. With no trust anchor, path building
-/// ends in `UnknownIssuer` once those pass; that one is expected.
-fn check_leaf(ee: &webpki::EndEntityCert<'_>, now: UnixTime) -> Result<(), webpki::Error> {
-    match ee.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
-        &[],
-        &[],
-        now,
-        webpki::KeyUsage::server_auth(),
-        None,
-        None,
-    ) {
-        Ok(_) | Err(webpki::Error::UnknownIssuer) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-fn webpki_reason(e: &webpki::Error) -> String {
-    use webpki::Error as W;
-    match e {
-        W::CertExpired { not_after, .. } => format!("expired on {}", rfc3339(*not_after)),
-        W::CertNotValidYet { not_before, .. } => {
-            format!("not valid until {}", rfc3339(*not_before))
-        }
-        W::InvalidCertValidity => "its notBefore is after its notAfter".to_owned(),
-        W::CaUsedAsEndEntity => "it is a CA certificate, not a server certificate".to_owned(),
-        #[allow(deprecated)]
-        W::RequiredEkuNotFound => {
-            "its extended key usage does not allow server authentication".to_owned()
-        }
-        W::RequiredEkuNotFoundContext(_) => {
-            "its extended key usage does not allow server authentication".to_owned()
-        }
-        W::BadDer | W::BadDerTime | W::TrailingData(_) => "malformed DER".to_owned(),
-        W::UnsupportedCertVersion => "unsupported X.509 version (expected v3)".to_owned(),
-        W::UnsupportedCriticalExtension => "it has an unsupported critical extension".to_owned(),
-        other => format!("{other:?}"),
-    }
-}
-
-fn rfc3339(t: UnixTime) -> humantime::Rfc3339Timestamp {
-    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(t.as_secs()))
 }
 
 /// Picks a certificate by SNI. Built once per config: names are lowercase and `resolve`
@@ -364,13 +217,8 @@ pub fn client_config(
         None => Arc::clone(roots),
         Some((path, pem_bytes)) => {
             let mut store = RootCertStore::empty();
-            for (n, cert) in parse_certs(path, pem_bytes)?.into_iter().enumerate() {
-                store.add(cert).map_err(|e| {
-                    format!(
-                        "{path}: certificate {} is not a usable CA certificate: {e}",
-                        n + 1
-                    )
-                })?;
+            for cert in crate::cert::ca_certs(path, pem_bytes)? {
+                store.add(cert).map_err(|e| format!("{path}: {e}"))?;
             }
             Arc::new(store)
         }
@@ -536,10 +384,13 @@ fn describe_rustls(e: &rustls::Error) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
     use rustls::pki_types::ServerName;
     use rustls::{ClientConnection, Connection, HandshakeKind, ServerConnection};
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
     /// A CA, or a leaf signed by one: PEM certificate and key.
     struct Made {
@@ -963,6 +814,150 @@ mod tests {
             server_config_at(&[], now).expect_err("empty"),
             "no TLS certificate configured"
         );
+    }
+
+    /// A throw-away RSA 2048 key (PKCS#8, made once with `openssl genpkey`; rcgen on ring cannot
+    /// make RSA keys). It signs nothing but these tests' certificates.
+    const RSA_TEST_KEY: &str = concat!(
+        "-----BEGIN PRIVATE KEY-----\n",
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQDMiWLm3Vqu8W1/\n",
+        "fgBCTYfY02UxCUZFbxHiIIGFhKrrYMGJ8J0odbq78JbUS06aG1BA5uI7fFU+jsLq\n",
+        "lx9nlkhAeMj9rzhTqXLs8eC7fpqjmqgENKN1m5vTFJMo5hBI6M3TRXP7z3A1LSSB\n",
+        "1Gl0803/+tFr3KRGq5DDvZeR/ZZnOTtGW38Vg8CEAfEJINb0ZpWcZxAD5tpYlDQO\n",
+        "xscSC6aSTBKsfH32qoahlggkfkgXHLcVVjNHZMDhxhQAVknT+JOUprIBsgiy73wA\n",
+        "/nu04ovStAd9jFt1oOAcWpNdPF5m6iXo+AqUEzeBxLWkpClGk36dj5A6Zwhpv4OJ\n",
+        "OQycwt+HAgMBAAECggEAHMbvoqpeHzhZ6ZLMF91Z/Ehcd7Zlq/s2jul35QCHc6/H\n",
+        "SyW5VtSe6IuvDOto1wckwXI6k5f9/lvjp1Hf2e6A9+ExQNAC+B0NIwfc+0Q9dECc\n",
+        "MbXzkZEf2WY5q4rC8R8gEQDikqPa66sQSdvy18DWUT+exgg4bLZSxdd07dYPRTJo\n",
+        "OSnOr3jcCR/pi7c+egSYTqRSxjE+imf5Pp+9teP0OzSO4U9QwCnymSK9CZXrEoFx\n",
+        "+/LeGfzVG+KZuScNx8jtWTVL8oeymnzhukvquGOZzNLxY45vSUdgezRi98yriQ5h\n",
+        "XFls4nIfEbBRm56Z5ZWzeH5XHsaqo2PrVhGUpwvYgQKBgQD5PqK6+CKkU62EMxPL\n",
+        "dAz9Auid0VjIHb0CuoRz7JM+5OgLFh9p9wETaLy0FdpaORyzfPt6IN7bQkrPb0JE\n",
+        "FlHORV8CK/8vm7yu42nZS2Xo/zFZ0kFdWildW0Lj7Rgn/Ge2hVGytOu/zBPrVngG\n",
+        "qa1aAzQmorOeU/cMSxETAJiy4QKBgQDSFIw4AISIInMKBrCH5z/leIL6gMYrq85f\n",
+        "n1eCK3oDDEPlODO+2kEJj29EIV0Tjv0YMbKQ9j5nF9FKbCY/HUl9fY2xgWF8wwh7\n",
+        "vDICClKKfk+M22cyFsP/SUI7qH5L6atwlzHGgSMFN6kJM36zDZgGCfj0XJaq3ZLm\n",
+        "DrEW2wbHZwKBgHX/zGT+ItBveT+UOvPgbmG+ZciJmyGqypgnG5wSTafCEYVmJNsz\n",
+        "AIRi2qvbiLOcRFVJf3lTZI6jdO19+/5mHrasKw3JLJgqgArASZWBV68WWhPvMdjz\n",
+        "XZAAK8virMQJgERuG76iXtY/1NJe7pYg8Jwj1iXQc38qu1RLmbrIVoKhAoGAfZ1h\n",
+        "tn7AwHHw3ZbgaXLh5wEnOEhVtnk1nkG13pTGkRn9Yws3DbCNYP0OJ+vXLsG6HoRg\n",
+        "5IMJDzXTpC+Eswp9DfdMCU52j1ZDNVFziXrInh0mze/HBdFNAtG4M9ntItEm/Ny7\n",
+        "G5nN6em9Pk43PTMsqre9z8epI6P3mW5Bf4wZwpMCgYEA5If15DCMJgzMr7Nsgmii\n",
+        "pPuCeJycaTTKnVtFleW7vZxr5x4KkYBmt07kll3ZfPCMWW7wZgECXoS3mC0jZACJ\n",
+        "rSQbMPC9ZLDlv0bkKOIq09XU/cLclVxoz8pC12xHE7+xVXE0OvnbaPXeGG4zg2fk\n",
+        "VYcECDYUUBQh3PyHcEEGQbs=\n",
+        "-----END PRIVATE KEY-----\n",
+    );
+
+    /// The contents of a PKCS#8 document's privateKey OCTET STRING: the PKCS#1 form of an RSA
+    /// key, the SEC1 form of an ECDSA one.
+    fn inner_key(pkcs8: &[u8]) -> Vec<u8> {
+        /// (tag, contents, rest) of the DER element at the start of `b`.
+        fn element(b: &[u8]) -> (u8, &[u8], &[u8]) {
+            let (tag, first) = (b[0], b[1]);
+            let (len, at) = if first < 0x80 {
+                (usize::from(first), 2)
+            } else {
+                let width = usize::from(first & 0x7f);
+                let len = b[2..2 + width]
+                    .iter()
+                    .fold(0, |n, &d| (n << 8) | usize::from(d));
+                (len, 2 + width)
+            };
+            (tag, &b[at..at + len], &b[at + len..])
+        }
+        let (_, info, _) = element(pkcs8);
+        let (_, _, rest) = element(info); // version
+        let (_, _, rest) = element(rest); // algorithm
+        let (tag, key, _) = element(rest);
+        assert_eq!(tag, 0x04, "privateKey is an OCTET STRING");
+        key.to_vec()
+    }
+
+    #[test]
+    fn the_config_check_derives_the_public_key_as_rustls_does() {
+        let provider = provider();
+        let keys = [
+            (
+                "P-256",
+                KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+            ),
+            (
+                "P-384",
+                KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+            ),
+            ("Ed25519", KeyPair::generate_for(&rcgen::PKCS_ED25519)),
+            ("RSA", KeyPair::from_pem(RSA_TEST_KEY)),
+        ];
+        let mut spkis = Vec::new();
+        for (name, key) in keys {
+            let key = key.expect("key");
+            let pkcs8 = key.serialize_der();
+            let mut forms = vec![PrivateKeyDer::Pkcs8(pkcs8.clone().into())];
+            match name {
+                "RSA" => forms.push(PrivateKeyDer::Pkcs1(inner_key(&pkcs8).into())),
+                "P-256" | "P-384" => forms.push(PrivateKeyDer::Sec1(inner_key(&pkcs8).into())),
+                _ => {}
+            }
+            for der in forms {
+                let ours = crate::cert::public_key_info(&der).expect(name);
+                let signing_key = provider.key_provider.load_private_key(der).expect(name);
+                let theirs = signing_key.public_key().expect(name);
+                assert_eq!(ours, theirs.as_ref(), "{name}");
+                // And it is what a certificate for the key carries.
+                assert_eq!(ours, key.public_key_der(), "{name}");
+                spkis.push(ours);
+            }
+        }
+        spkis.dedup();
+        assert_eq!(
+            spkis.len(),
+            4,
+            "each key's forms agree, and the keys differ"
+        );
+        let junk = PrivateKeyDer::Pkcs8(vec![0x30, 0x00].into());
+        assert_eq!(crate::cert::public_key_info(&junk), None);
+    }
+
+    /// A leaf certificate for `key`, signed by `issuer`.
+    fn leaf_for(issuer: &Made, key: KeyPair) -> Made {
+        let params = CertificateParams::new(vec!["a.test".to_owned()]).expect("params");
+        let cert = params
+            .signed_by(&key, &issuer.cert, &issuer.key)
+            .expect("signed");
+        Made { cert, key }
+    }
+
+    #[test]
+    fn every_key_type_loads_and_a_key_of_another_type_does_not_match() {
+        let ca = ca("CA");
+        let made = [
+            leaf_for(
+                &ca,
+                KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key"),
+            ),
+            leaf_for(
+                &ca,
+                KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key"),
+            ),
+            leaf_for(&ca, KeyPair::from_pem(RSA_TEST_KEY).expect("key")),
+        ];
+        let now = UnixTime::now();
+        for (i, cert) in made.iter().enumerate() {
+            for (j, key) in made.iter().enumerate() {
+                let p = Pem {
+                    cert: cert.cert_pem(),
+                    key: key.key_pem(),
+                };
+                let r = server_config_at(&[files(&p, "/c", "/k")], now);
+                if i == j {
+                    r.unwrap_or_else(|e| panic!("{i}: {e}"));
+                } else {
+                    let e = r.expect_err("another key");
+                    assert!(e.contains("does not match"), "{i} {j}: {e}");
+                }
+            }
+        }
     }
 
     #[test]

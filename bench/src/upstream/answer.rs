@@ -5,6 +5,8 @@
 //! A plan's buffers are reused from request to request, so a warm connection answers a
 //! non-streaming request without allocating (apart from the JSON parser's scratch for escapes).
 
+use shardgate_core::json::write_str;
+
 use super::body::LlmRequest;
 use super::http::{Refusal, Request};
 
@@ -302,11 +304,11 @@ fn error(plan: &mut Plan, conn: Conn, status: u16, code: &str, msg: &str, anthro
             out.extend_from_slice(br#"{"type":"error","error":{"type":""#);
             out.extend_from_slice(anthropic_type.as_bytes());
             out.extend_from_slice(br#"","message":"#);
-            json_str(out, msg);
+            write_str(out, msg);
             out.extend_from_slice(b"}}");
         } else {
             out.extend_from_slice(br#"{"error":{"message":"#);
-            json_str(out, msg);
+            write_str(out, msg);
             out.extend_from_slice(br#","type":""#);
             out.extend_from_slice(openai_type.as_bytes());
             out.extend_from_slice(br#"","param":null,"code":""#);
@@ -319,22 +321,22 @@ fn error(plan: &mut Plan, conn: Conn, status: u16, code: &str, msg: &str, anthro
 /// `{"method":..,"path":..,"headers":[[name,value],..],"body":".."}` (values UTF-8 lossy).
 fn echo(req: &Request<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(br#"{"method":"#);
-    json_str(out, req.method);
+    write_str(out, req.method);
     out.extend_from_slice(br#","path":"#);
-    json_str(out, req.target);
+    write_str(out, req.target);
     out.extend_from_slice(br#","headers":["#);
     for (i, h) in req.headers.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.push(b'[');
-        json_str(out, h.name);
+        write_str(out, h.name);
         out.push(b',');
-        json_str(out, &String::from_utf8_lossy(h.value));
+        write_str(out, &String::from_utf8_lossy(h.value));
         out.push(b']');
     }
     out.extend_from_slice(br#"],"body":"#);
-    json_str(out, &String::from_utf8_lossy(req.body));
+    write_str(out, &String::from_utf8_lossy(req.body));
     out.push(b'}');
 }
 
@@ -531,7 +533,7 @@ impl Answer<'_> {
         out.extend_from_slice(br#"","created":"#);
         num(out, self.stamp.now_unix_s);
         out.extend_from_slice(br#","model":"#);
-        json_str(out, self.model);
+        write_str(out, self.model);
     }
 
     fn usage(&self, out: &mut Vec<u8>) {
@@ -621,7 +623,7 @@ impl Answer<'_> {
         out.extend_from_slice(br#"{"id":"#);
         self.id("msg_mock_", out);
         out.extend_from_slice(br#","type":"message","role":"assistant","model":"#);
-        json_str(out, self.model);
+        write_str(out, self.model);
     }
 
     /// A whole Anthropic `message`.
@@ -701,7 +703,7 @@ impl Answer<'_> {
             out.push(b'}');
         }
         out.extend_from_slice(br#"],"model":"#);
-        json_str(out, self.model);
+        write_str(out, self.model);
         out.extend_from_slice(br#","usage":{"prompt_tokens":"#);
         num(out, self.prompt_tokens);
         out.extend_from_slice(br#","total_tokens":"#);
@@ -718,35 +720,6 @@ fn num(out: &mut Vec<u8>, n: u64) {
 /// Append `n` in lowercase hexadecimal (chunk sizes).
 fn hex(out: &mut Vec<u8>, n: usize) {
     shardgate_engine::http::write_hex(out, n as u64);
-}
-
-/// Append `s` as a JSON string literal.
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        if esc.is_empty() {
-            out.extend_from_slice(b"\\u00");
-            out.push(b"0123456789abcdef"[usize::from(b >> 4)]);
-            out.push(b"0123456789abcdef"[usize::from(b & 0xf)]);
-        } else {
-            out.extend_from_slice(esc);
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
 }
 
 #[cfg(test)]

@@ -532,7 +532,7 @@ fn refusals_close_the_connection() {
 fn words_need_no_escaping() {
     for w in WORDS {
         let mut out = Vec::new();
-        json_str(&mut out, w);
+        write_str(&mut out, w);
         assert_eq!(out.len(), w.len() + 2, "{w}");
     }
 }

@@ -10,13 +10,9 @@ use crate::error::Error;
 use crate::http::{connection_tokens, is_hop_by_hop, parse_content_length, trim_ows};
 use crate::limits::CONNECTION_TOKENS_MAX;
 
-/// The limits a request head is checked against (from `[server]`).
-#[derive(Debug, Clone, Copy)]
-pub struct HeadLimits {
-    pub header_bytes_max: usize,
-    pub headers_count_max: usize,
-    pub body_bytes_max: u64,
-}
+/// The limits a request head is checked against (from `[server]`; defined beside the config,
+/// which builds them: [`crate::config::ServerConfig::head_limits`]).
+pub use crate::config::HeadLimits;
 
 /// How the request body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -55,8 +55,9 @@ use std::fmt;
 /// Deepest nesting of arrays and objects accepted in a body (the top-level object counts as
 /// one). Real requests nest a dozen levels (tool schemas); serde_json stops at 127.
 pub const JSON_DEPTH_MAX: usize = 128;
-/// Longest model name, bytes (after decoding escapes).
-pub const MODEL_BYTES_MAX: usize = 256;
+/// Longest model name, bytes (after decoding escapes); a config limit too (model groups,
+/// template selectors), so it is defined with the others.
+pub use crate::limits::MODEL_BYTES_MAX;
 /// The buffer of a [`UsageScanner`] and of an [`SseFilter`], bytes: the longest SSE event they
 /// examine, and the longest JSON response searched whole.
 pub const USAGE_SCAN_BYTES_MAX: usize = 64 * 1024;

@@ -132,6 +132,10 @@ pub const SHUTDOWN_POLL_MS: u64 = 50;
 /// Largest request body the built-in mock model reads, bytes.
 pub const MOCK_BODY_BYTES_MAX: usize = 1024 * 1024;
 
+/// Longest model name, bytes (in a request body after decoding escapes, in `[[models]]` and in
+/// a template's `models`).
+pub const MODEL_BYTES_MAX: usize = 256;
+
 const _: () = assert!(RING_SLOTS.is_power_of_two());
 // The largest config fits in half the ring, so the previous message survives a new one.
 const _: () = assert!(CONFIG_BYTES_MAX + 4096 <= (RING_SLOTS / 2) * (RING_SLOT_WORDS - 7) * 8);

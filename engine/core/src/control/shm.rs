@@ -11,7 +11,7 @@
 //! ```
 //! Every field is an `AtomicU64` (any bit pattern is valid, so a zero-filled or scribbled-on
 //! file is never undefined behaviour to read), so nothing here needs a lock: each word has one
-//! writer. This is the only module of the engine with `unsafe`: the casts of the mapping to
+//! writer. This is the only module of the project with `unsafe`: the casts of the mapping to
 //! these `#[repr(C)]` types.
 
 #![allow(unsafe_code)]
@@ -88,12 +88,12 @@ pub struct TenantCells {
     pub state: AtomicU64,
     pub name_len: AtomicU64,
     pub name: [AtomicU64; STATS_NAME_BYTES / 8],
-    /// GCRA theoretical arrival times of the request and token buckets (`crate::limit`).
+    /// GCRA theoretical arrival times of the request and token buckets (`shardgate_engine::limit`).
     pub rpm_tat: AtomicU64,
     pub tpm_tat: AtomicU64,
     /// Requests in flight, over all shards.
     pub inflight: AtomicU64,
-    /// Budget window and tokens used in it (`crate::limit::Budget`).
+    /// Budget window and tokens used in it (`shardgate_engine::limit::Budget`).
     pub budget: AtomicU64,
     /// The budget as configured (0: none) and its window, written by shards when a config is
     /// applied, for readers (the admin listener's remaining-budget gauge).
@@ -154,7 +154,7 @@ pub struct ShardInfo {
     pub running: AtomicU64,
     /// The core it is pinned to, or `u64::MAX`.
     pub core: AtomicU64,
-    /// [`crate::runtime::DriverKind`] as a number (see `driver_code`).
+    /// [`crate::config::DriverKind`] as a number (see `driver_code`).
     pub driver: AtomicU64,
     pub started_unix_ms: AtomicU64,
     pub config_version: AtomicU64,

@@ -16,8 +16,8 @@ use super::shm::{
     load_text, store_text, Region, ShardBlock, ShardInfo, StatsSlot, DURATION_BUCKETS, KIND_FREE,
     KIND_ROUTE, KIND_TENANT, KIND_UPSTREAM, REJECT_REASONS, STATUS_CLASSES,
 };
+use crate::config::DriverKind;
 use crate::limits::{DURATION_BUCKETS_MS, STATS_SLOTS};
-use crate::runtime::DriverKind;
 
 index_type!(
     /// A counter slot in a shard's block: an upstream's, a route's or a tenant's counters.

@@ -2,7 +2,7 @@
 //! the request path (docs/decisions/0004-shared-memory-control-plane.md).
 //!
 //! - [`shm`]: the region (a file under `/dev/shm`), its `#[repr(C)]` layout, the writer lock.
-//!   The only `unsafe` in the engine.
+//!   The only `unsafe` in the project (allowed in that module alone).
 //! - [`ring`]: the config ring protocol (seqlock frames, chunked messages, per-reader cursors);
 //!   loom model tests.
 //! - [`message`]: a config message's body (TOML and resolved endpoints); fuzzed.

@@ -1,11 +1,13 @@
 //! Model groups: what clients put in `"model"`, and the deployments (an upstream and its own
-//! name for the model) that serve it, balanced by a strategy (`crate::balance`).
+//! name for the model) that serve it, balanced by a [`Strategy`] (`shardgate_engine::balance`).
 //!
 //! I/O-free: `[[models]]` entries are validated into [`ModelGroup`]s naming upstreams by index.
 
+use std::fmt;
+use std::str::FromStr;
+
 use serde::Deserialize;
 
-use crate::balance::Strategy;
 use crate::config::UpstreamConfig;
 
 /// Most model groups, deployments per group, retries and fallbacks.
@@ -16,6 +18,73 @@ pub const FALLBACKS_MAX: usize = 8;
 pub const RETRIES_DEFAULT: u32 = 2;
 /// Longest `hedge_after_ms` (ten minutes).
 pub const HEDGE_AFTER_MS_MAX: u64 = 600_000;
+/// The most deployments a group may have (their indices fit the `u8`s of a balancer's pick's
+/// stack list).
+pub const DEPLOYMENTS_MAX: usize = 256;
+
+/// How a group chooses among its eligible deployments. See `shardgate_engine::balance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// `round_robin`: each eligible deployment in turn.
+    RoundRobin,
+    /// `weighted`: smooth weighted round robin (nginx) by the deployments' `weight`.
+    Weighted,
+    /// `least_outstanding`: fewest requests in flight on this shard.
+    LeastOutstanding,
+    /// `latency`: power of two choices by peak-EWMA latency × (outstanding + 1).
+    Latency,
+}
+
+impl Strategy {
+    /// Every strategy, in the order the config docs list them.
+    pub const ALL: [Strategy; 4] = [
+        Strategy::RoundRobin,
+        Strategy::Weighted,
+        Strategy::LeastOutstanding,
+        Strategy::Latency,
+    ];
+
+    /// The config name (`round_robin | weighted | least_outstanding | latency`), or `None`.
+    pub fn parse(name: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// The config name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round_robin",
+            Strategy::Weighted => "weighted",
+            Strategy::LeastOutstanding => "least_outstanding",
+            Strategy::Latency => "latency",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A strategy name that is none of the four.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownStrategy;
+
+impl fmt::Display for UnknownStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expected one of round_robin, weighted, least_outstanding, latency")
+    }
+}
+
+impl std::error::Error for UnknownStrategy {}
+
+impl FromStr for Strategy {
+    type Err = UnknownStrategy;
+
+    fn from_str(s: &str) -> Result<Strategy, UnknownStrategy> {
+        Strategy::parse(s).ok_or(UnknownStrategy)
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,7 +144,7 @@ pub struct ModelGroup {
 /// or `\` (so it is written into a request body without escaping).
 fn check_model_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
-        && name.len() <= crate::llm::MODEL_BYTES_MAX
+        && name.len() <= crate::limits::MODEL_BYTES_MAX
         && name
             .bytes()
             .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
@@ -164,10 +233,10 @@ pub fn validate(
         if m.deployments.is_empty() {
             error(f("deployments"), "at least one deployment is needed".into());
         }
-        if m.deployments.len() > crate::balance::DEPLOYMENTS_MAX {
+        if m.deployments.len() > DEPLOYMENTS_MAX {
             error(
                 f("deployments"),
-                format!("at most {} deployments", crate::balance::DEPLOYMENTS_MAX),
+                format!("at most {} deployments", DEPLOYMENTS_MAX),
             );
         }
         let mut deployments = Vec::with_capacity(m.deployments.len());
@@ -242,6 +311,7 @@ pub fn validate(
 
 #[cfg(test)]
 mod tests {
+    use super::{Strategy, UnknownStrategy};
     use crate::config::Config;
 
     const UPSTREAMS: &str = "[server]\nauth = \"none\"\n\
@@ -295,6 +365,23 @@ mod tests {
         ] {
             let errs = load(models).expect_err(models);
             assert!(errs.contains(field), "{models}: {errs}");
+        }
+    }
+
+    #[test]
+    fn strategies_parse_from_their_config_names() {
+        for s in Strategy::ALL {
+            assert_eq!(Strategy::parse(s.as_str()), Some(s));
+            assert_eq!(s.as_str().parse::<Strategy>(), Ok(s));
+            assert_eq!(s.to_string(), s.as_str());
+        }
+        assert_eq!(
+            Strategy::parse("least_outstanding"),
+            Some(Strategy::LeastOutstanding)
+        );
+        for bad in ["", "Latency", "p2c", "round-robin", "latency "] {
+            assert_eq!(Strategy::parse(bad), None, "{bad:?}");
+            assert_eq!(bad.parse::<Strategy>(), Err(UnknownStrategy));
         }
     }
 }

@@ -1,0 +1,212 @@
+//! The config as the data plane reads it: checked, typed values (socket addresses resolved,
+//! durations, indices instead of names). Built only by [`super::validate`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::endpoint::Endpoint;
+
+/// Settings from the engine's command line that override the config files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub instance: Option<String>,
+    /// `Some(None)`: admin listener off.
+    pub admin_listen: Option<Option<SocketAddr>>,
+}
+
+/// How many shards to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cores {
+    /// One per CPU this process may run on.
+    Auto,
+    Count(usize),
+    /// As the tuning file says (`shardgate-tune`; `--tuning FILE`, default `./tuning.toml`).
+    Tuned,
+}
+
+/// Which monoio driver the shards use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverChoice {
+    /// io_uring with the fast set-up flags, then plain io_uring, then epoll.
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+impl DriverChoice {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "io_uring" | "iouring" | "uring" => Some(Self::IoUring),
+            "epoll" | "legacy" => Some(Self::Epoll),
+            _ => None,
+        }
+    }
+}
+
+/// Which driver a thread ended up on (`shardgate_engine::runtime` picks it as its
+/// [`DriverChoice`] allows; the shards' counter blocks report it to `shardgate-ctl status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    /// io_uring with COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN.
+    IoUringTuned,
+    /// io_uring with the kernel's default set-up.
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+impl DriverKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            DriverKind::IoUringTuned => "io_uring (coop_taskrun, single_issuer, defer_taskrun)",
+            DriverKind::IoUring => "io_uring (default set-up)",
+            DriverKind::Epoll => "epoll",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub cores: Cores,
+    pub driver: DriverChoice,
+    pub header_bytes_max: usize,
+    pub headers_count_max: usize,
+    pub body_bytes_max: u64,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub send_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub connections_max: usize,
+    /// Requests served at once per shard; past it new requests are shed with 503.
+    pub requests_inflight_max: usize,
+    /// Names the shared-memory region `shardgate-ctl` finds this engine by.
+    pub instance: String,
+    /// The admin listener (`/metrics`, health); `None` when `admin_listen = "off"`.
+    pub admin_listen: Option<SocketAddr>,
+    /// File the access log is appended to; `None`: no access log.
+    pub access_log: Option<std::path::PathBuf>,
+    /// Whether requests must present a tenant's key.
+    pub auth: Auth,
+    /// Longest a request waits in a saturated upstream's queue before a 429.
+    pub queue_wait: Duration,
+    /// Waiters per tenant per upstream per shard; past it, a 429 at once.
+    pub queue_depth_max: usize,
+    /// `[[server.tls]]`: when any, `listen` serves TLS with these certificates (chosen by SNI).
+    pub tls: Vec<TlsFiles>,
+    /// A plain-HTTP listener beside the TLS one.
+    pub listen_plain: Option<SocketAddr>,
+    /// Longest a TLS handshake may take.
+    pub handshake_timeout: Duration,
+}
+
+/// A certificate chain and its key: the paths as written and the PEM they held when the config
+/// was read (by the engine at start, by `shardgate-ctl` for `apply`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_path: String,
+    pub cert_pem: Vec<u8>,
+    pub key_path: String,
+    pub key_pem: Vec<u8>,
+}
+
+impl TlsFiles {
+    pub fn as_cert_files(&self) -> crate::cert::CertFiles<'_> {
+        crate::cert::CertFiles {
+            cert_path: &self.cert_path,
+            cert_pem: &self.cert_pem,
+            key_path: &self.key_path,
+            key_pem: &self.key_pem,
+        }
+    }
+}
+
+/// The limits a request head is checked against (`[server]`; see
+/// [`ServerConfig::head_limits`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    pub header_bytes_max: usize,
+    pub headers_count_max: usize,
+    pub body_bytes_max: u64,
+}
+
+/// `[server] auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// Every request presents the key of a `[[tenants]]` entry (the default).
+    Keys,
+    /// No keys: every request is anonymous (set explicitly; a warning at start).
+    None,
+}
+
+impl ServerConfig {
+    pub fn head_limits(&self) -> HeadLimits {
+        HeadLimits {
+            header_bytes_max: self.header_bytes_max,
+            headers_count_max: self.headers_count_max,
+            body_bytes_max: self.body_bytes_max,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// A plain HTTP/1.1 server at the endpoints (OpenAI's API and every server compatible with
+    /// it: vLLM, Mistral, ...); its credential goes as `authorization: Bearer`.
+    Http,
+    /// Anthropic's Messages API: its credential goes as `x-api-key` with `anthropic-version`,
+    /// and OpenAI chat requests to it are translated (`provider::anthropic`).
+    Anthropic,
+    /// The built-in demo model, answered inside the shard.
+    Mock,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub provider: Provider,
+    pub endpoints: Vec<Endpoint>,
+    pub connect_timeout: Duration,
+    pub ttfb_timeout: Duration,
+    pub read_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_idle_max: usize,
+    /// The header line (`authorization: Bearer ...\r\n`, or `x-api-key: ...\r\n` for
+    /// Anthropic) carrying the upstream's own credential,
+    /// read from the environment variable `api_key_env` names when the config is loaded.
+    pub credential: Option<Vec<u8>>,
+    /// Requests in flight to this upstream over all shards; past it, requests wait in fair
+    /// per-tenant queues. `None`: no cap.
+    pub max_concurrency: Option<u64>,
+    /// Slots of `max_concurrency` a tenant never takes while another tenant has used this
+    /// upstream within `FAIR_ACTIVE_MS` (`shardgate_engine::fair`): that tenant's next request
+    /// starts at once instead of waiting for a slot to free. 0: strictly work-conserving.
+    pub headroom_slots: u64,
+    /// `ca_file`: the CA certificates (path, PEM) its `https://` endpoints are verified against,
+    /// instead of the system's trust store.
+    pub ca: Option<(String, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub path_prefix: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub tenants: Vec<crate::tenant::TenantConfig>,
+    /// Model groups: what clients name in `"model"`, and the deployments serving it.
+    pub models: Vec<crate::models::ModelGroup>,
+    /// Prompt templates filled from a request's `variables`.
+    pub templates: Vec<crate::template::Template>,
+    /// Things that work but should change (a plain key in the file): printed by `--check`,
+    /// at start and by `shardgate-ctl check`.
+    pub warnings: Vec<String>,
+}

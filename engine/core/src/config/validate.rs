@@ -1,0 +1,575 @@
+//! Validation: the raw config checked field by field into the resolved one, every problem
+//! collected with the field it is in (a dotted path) and the reason.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::endpoint::{parse_endpoint, Endpoint, Resolver};
+use super::raw::{RawConfig, RawCores, RawServer, RawTls, RawUpstream};
+use super::resolved::{
+    Auth, Config, Cores, DriverChoice, Provider, RouteConfig, ServerConfig, TlsFiles,
+    UpstreamConfig,
+};
+use super::ConfigError;
+use crate::limits::*;
+
+/// Whether `api_key_env` variables are read (the engine) or only checked for a name
+/// (`shardgate-ctl`, which runs without the upstreams' secrets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Secrets {
+    Read,
+    Skip,
+}
+
+/// Where the files a config names (certificates, keys, CA files) are read from.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Files<'a> {
+    /// The file system: at start-up (main thread) and in `shardgate-ctl`, never in a shard.
+    Disk,
+    /// The contents ctl read, carried in the config message.
+    Table(&'a std::collections::HashMap<String, Vec<u8>>),
+}
+
+pub(super) struct Validator<'a> {
+    pub(super) errors: Vec<ConfigError>,
+    pub(super) warnings: Vec<String>,
+    pub(super) resolver: Resolver<'a>,
+    pub(super) files: Files<'a>,
+    pub(super) secrets: Secrets,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(ConfigError {
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn ranged(&mut self, field: &str, value: Option<i64>, default: u64, min: u64, max: u64) -> u64 {
+        let Some(v) = value else { return default };
+        match u64::try_from(v) {
+            Ok(v) if (min..=max).contains(&v) => v,
+            _ => {
+                self.error(field, format!("must be between {min} and {max}, got {v}"));
+                default
+            }
+        }
+    }
+
+    fn size(
+        &mut self,
+        field: &str,
+        value: Option<i64>,
+        default: usize,
+        min: usize,
+        max: usize,
+    ) -> usize {
+        let v = self.ranged(field, value, default as u64, min as u64, max as u64);
+        usize::try_from(v).unwrap_or(default)
+    }
+
+    /// Read a file the config names (or take it from the message's table); `None` after
+    /// noting the error under `field`.
+    fn file(&mut self, field: &str, path: &str) -> Option<Vec<u8>> {
+        if path.is_empty() {
+            self.error(field, "must be a file path");
+            return None;
+        }
+        let got = match self.files {
+            Files::Table(t) => t
+                .get(path)
+                .cloned()
+                .ok_or_else(|| format!("{path}: not carried by shardgate-ctl's message")),
+            Files::Disk => match std::fs::metadata(path) {
+                Ok(m) if m.len() > TLS_FILE_BYTES_MAX as u64 => Err(format!(
+                    "{path}: {} bytes; at most {TLS_FILE_BYTES_MAX}",
+                    m.len()
+                )),
+                Ok(_) => std::fs::read(path).map_err(|e| format!("{path}: cannot read: {e}")),
+                Err(e) => Err(format!("{path}: cannot read: {e}")),
+            },
+        };
+        match got {
+            Ok(bytes) => Some(bytes),
+            Err(reason) => {
+                self.error(field, reason);
+                None
+            }
+        }
+    }
+
+    fn tls(&mut self, raw: Vec<RawTls>) -> Vec<TlsFiles> {
+        if raw.len() > TLS_CERTS_MAX {
+            self.error(
+                "server.tls",
+                format!("at most {TLS_CERTS_MAX} certificates"),
+            );
+        }
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, t) in raw.into_iter().enumerate() {
+            let cert = self.file(&format!("server.tls[{i}].cert"), &t.cert);
+            let key = self.file(&format!("server.tls[{i}].key"), &t.key);
+            let (Some(cert_pem), Some(key_pem)) = (cert, key) else {
+                continue;
+            };
+            let files = TlsFiles {
+                cert_path: t.cert,
+                cert_pem,
+                key_path: t.key,
+                key_pem,
+            };
+            match crate::cert::check_pair(&files.as_cert_files()) {
+                Ok(_) => out.push(files),
+                Err(reason) => self.error(format!("server.tls[{i}]"), reason),
+            }
+        }
+        out
+    }
+
+    fn timeout(&mut self, field: &str, value: Option<i64>, default_ms: u64) -> Duration {
+        Duration::from_millis(self.ranged(field, value, default_ms, 1, TIMEOUT_MS_MAX))
+    }
+
+    pub(super) fn config(&mut self, raw: RawConfig) -> Config {
+        let server = self.server(raw.server);
+        if raw.upstreams.len() > UPSTREAMS_MAX {
+            self.error("upstreams", format!("at most {UPSTREAMS_MAX} upstreams"));
+        }
+        let upstreams: Vec<UpstreamConfig> = raw
+            .upstreams
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| self.upstream(i, u))
+            .collect();
+        // Name → index; hashed, so a config with thousands of entries validates in linear time.
+        let mut upstream_index = std::collections::HashMap::with_capacity(upstreams.len());
+        for (i, u) in upstreams.iter().enumerate() {
+            if upstream_index.insert(u.name.as_str(), i).is_some() {
+                self.error(
+                    format!("upstreams[{i}].name"),
+                    format!("duplicate name {:?}", u.name),
+                );
+            }
+        }
+        if raw.routes.is_empty() && raw.models.is_empty() {
+            self.error(
+                "routes",
+                "at least one [[routes]] or [[models]] entry is needed",
+            );
+        }
+        if raw.routes.len() > ROUTES_MAX {
+            self.error("routes", format!("at most {ROUTES_MAX} routes"));
+        }
+        let mut routes = Vec::with_capacity(raw.routes.len());
+        let mut prefixes = std::collections::HashSet::with_capacity(raw.routes.len());
+        for (i, r) in raw.routes.into_iter().enumerate() {
+            if !r.path_prefix.starts_with('/') {
+                self.error(format!("routes[{i}].path_prefix"), "must start with /");
+            }
+            if !prefixes.insert(r.path_prefix.clone()) {
+                self.error(
+                    format!("routes[{i}].path_prefix"),
+                    format!("duplicate prefix {:?}", r.path_prefix),
+                );
+            }
+            match upstream_index.get(r.upstream.as_str()).copied() {
+                Some(upstream) => routes.push(RouteConfig {
+                    path_prefix: r.path_prefix,
+                    upstream,
+                }),
+                None => self.error(
+                    format!("routes[{i}].upstream"),
+                    format!("no [[upstreams]] entry is named {:?}", r.upstream),
+                ),
+            }
+        }
+        let mut errors = Vec::new();
+        let models = crate::models::validate(raw.models, &upstreams, |field, reason| {
+            errors.push((field, reason));
+        });
+        let templates = crate::template::validate(raw.templates, |field, reason| {
+            errors.push((field, reason));
+        });
+        let mut warnings = Vec::new();
+        let tenants = crate::tenant::validate(
+            raw.tenants,
+            |field, reason| errors.push((field, reason)),
+            |w| warnings.push(w),
+        );
+        for (field, reason) in errors {
+            self.error(field, reason);
+        }
+        self.warnings.extend(warnings);
+        match server.auth {
+            Auth::Keys if tenants.is_empty() => self.error(
+                "tenants",
+                "no [[tenants]] entry: add tenants with keys, or set [server] auth = \"none\" \
+                 to serve every request without a key",
+            ),
+            Auth::None if !tenants.is_empty() => self.error(
+                "server.auth",
+                "\"none\" with [[tenants]] entries: their keys would never be checked",
+            ),
+            Auth::None => self.warnings.push(
+                "server.auth = \"none\": requests are served without a key and without tenant limits"
+                    .to_owned(),
+            ),
+            Auth::Keys => {}
+        }
+        Config {
+            server,
+            upstreams,
+            routes,
+            tenants,
+            models,
+            templates,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn server(&mut self, raw: RawServer) -> ServerConfig {
+        let listen_text = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen = listen_text.parse().unwrap_or_else(|_| {
+            self.error(
+                "server.listen",
+                format!("{listen_text:?} is not an IP:port address"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+        let cores = match raw.cores {
+            None => Cores::Auto,
+            Some(RawCores::Word(w)) if w == "auto" => Cores::Auto,
+            Some(RawCores::Word(w)) if w == "tuned" => Cores::Tuned,
+            Some(RawCores::Word(w)) => {
+                self.error(
+                    "server.cores",
+                    format!("must be a number, \"auto\" or \"tuned\", got {w:?}"),
+                );
+                Cores::Auto
+            }
+            Some(RawCores::Count(n)) => {
+                Cores::Count(self.size("server.cores", Some(n), 1, 1, SHARDS_MAX))
+            }
+        };
+        let driver = match raw.driver.as_deref() {
+            None => DriverChoice::Auto,
+            Some(d) => DriverChoice::parse(d).unwrap_or_else(|| {
+                self.error(
+                    "server.driver",
+                    format!("must be auto, io_uring or epoll, got {d:?}"),
+                );
+                DriverChoice::Auto
+            }),
+        };
+        let tls = self.tls(raw.tls);
+        let listen_plain = raw.listen_plain.as_deref().and_then(|text| {
+            if tls.is_empty() {
+                self.error(
+                    "server.listen_plain",
+                    "a plain listener beside TLS needs [[server.tls]] (without it, listen is plain)",
+                );
+            }
+            let addr = text.parse::<SocketAddr>().ok();
+            if addr.is_none() {
+                self.error(
+                    "server.listen_plain",
+                    format!("{text:?} is not an IP:port address"),
+                );
+            }
+            addr
+        });
+        if listen_plain.is_some_and(|p| p == listen && p.port() != 0) {
+            self.error("server.listen_plain", "must differ from server.listen");
+        }
+        ServerConfig {
+            tls,
+            listen_plain,
+            handshake_timeout: self.timeout(
+                "server.handshake_timeout_ms",
+                raw.handshake_timeout_ms,
+                HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            ),
+            listen,
+            cores,
+            driver,
+            header_bytes_max: self.size(
+                "server.header_bytes_max",
+                raw.header_bytes_max,
+                HEADER_BYTES_MAX_DEFAULT,
+                HEADER_BYTES_MAX_MIN,
+                HEADER_BYTES_MAX_MAX,
+            ),
+            headers_count_max: self.size(
+                "server.headers_count_max",
+                raw.headers_count_max,
+                HEADERS_COUNT_MAX_DEFAULT,
+                1,
+                HEADERS_ARRAY_LEN,
+            ),
+            body_bytes_max: self.ranged(
+                "server.body_bytes_max",
+                raw.body_bytes_max,
+                BODY_BYTES_MAX_DEFAULT,
+                0,
+                1 << 40,
+            ),
+            header_timeout: self.timeout(
+                "server.header_timeout_ms",
+                raw.header_timeout_ms,
+                HEADER_TIMEOUT_MS_DEFAULT,
+            ),
+            body_timeout: self.timeout(
+                "server.body_timeout_ms",
+                raw.body_timeout_ms,
+                BODY_TIMEOUT_MS_DEFAULT,
+            ),
+            idle_timeout: self.timeout(
+                "server.idle_timeout_ms",
+                raw.idle_timeout_ms,
+                IDLE_TIMEOUT_MS_DEFAULT,
+            ),
+            send_timeout: self.timeout(
+                "server.send_timeout_ms",
+                raw.send_timeout_ms,
+                SEND_TIMEOUT_MS_DEFAULT,
+            ),
+            drain_timeout: self.timeout(
+                "server.drain_timeout_ms",
+                raw.drain_timeout_ms,
+                DRAIN_TIMEOUT_MS_DEFAULT,
+            ),
+            connections_max: self.size(
+                "server.connections_max",
+                raw.connections_max,
+                CONNECTIONS_MAX_DEFAULT,
+                1,
+                1 << 20,
+            ),
+            requests_inflight_max: self.size(
+                "server.requests_inflight_max",
+                raw.requests_inflight_max,
+                REQUESTS_INFLIGHT_MAX_DEFAULT,
+                1,
+                1 << 20,
+            ),
+            instance: self.instance(raw.instance),
+            queue_wait: self.timeout(
+                "server.queue_wait_ms_max",
+                raw.queue_wait_ms_max,
+                QUEUE_WAIT_MS_MAX_DEFAULT,
+            ),
+            queue_depth_max: self.size(
+                "server.queue_depth_max",
+                raw.queue_depth_max,
+                QUEUE_DEPTH_MAX_DEFAULT,
+                1,
+                1 << 20,
+            ),
+            auth: match raw.auth.as_deref() {
+                None | Some("keys") => Auth::Keys,
+                Some("none") => Auth::None,
+                Some(a) => {
+                    self.error(
+                        "server.auth",
+                        format!("must be \"keys\" or \"none\", got {a:?}"),
+                    );
+                    Auth::Keys
+                }
+            },
+            admin_listen: match raw.admin_listen.as_deref() {
+                Some("off") => None,
+                Some(text) => Some(text.parse().unwrap_or_else(|_| {
+                    self.error(
+                        "server.admin_listen",
+                        format!("{text:?} is not an IP:port address or \"off\""),
+                    );
+                    SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT_DEFAULT))
+                })),
+                None => Some(SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT_DEFAULT))),
+            },
+            access_log: match raw.access_log {
+                Some(p) if p.is_empty() => {
+                    self.error(
+                        "server.access_log",
+                        "must be a file path (leave it out for none)",
+                    );
+                    None
+                }
+                p => p.map(std::path::PathBuf::from),
+            },
+        }
+    }
+
+    fn instance(&mut self, raw: Option<String>) -> String {
+        let name = raw.unwrap_or_else(|| "default".to_owned());
+        if let Err(reason) = check_instance_name(&name) {
+            self.error("server.instance", reason);
+        }
+        name
+    }
+
+    fn upstream(&mut self, i: usize, raw: RawUpstream) -> UpstreamConfig {
+        let f = |key: &str| format!("upstreams[{i}].{key}");
+        if raw.name.is_empty() {
+            self.error(f("name"), "must not be empty");
+        }
+        let provider = match raw.provider.as_deref() {
+            None | Some("http") | Some("openai") => Provider::Http,
+            Some("anthropic") => Provider::Anthropic,
+            Some("mock") => Provider::Mock,
+            Some(p) => {
+                self.error(
+                    f("provider"),
+                    format!("must be openai (or http), anthropic or mock, got {p:?}"),
+                );
+                Provider::Http
+            }
+        };
+        let mut endpoints = Vec::new();
+        match provider {
+            Provider::Mock if !raw.endpoints.is_empty() => {
+                self.error(f("endpoints"), "a mock upstream takes no endpoints");
+            }
+            Provider::Http | Provider::Anthropic if raw.endpoints.is_empty() => {
+                self.error(f("endpoints"), "at least one endpoint is needed");
+            }
+            _ => {}
+        }
+        if raw.endpoints.len() > ENDPOINTS_MAX {
+            self.error(f("endpoints"), format!("at most {ENDPOINTS_MAX} endpoints"));
+        }
+        for (j, e) in raw.endpoints.iter().enumerate() {
+            match parse_endpoint(e, self.resolver) {
+                Ok(ep) => endpoints.push(ep),
+                Err(reason) => self.error(format!("upstreams[{i}].endpoints[{j}]"), reason),
+            }
+        }
+        let credential = match &raw.api_key_env {
+            None => None,
+            Some(var) if var.is_empty() => {
+                self.error(f("api_key_env"), "must name an environment variable");
+                None
+            }
+            Some(_) if self.secrets == Secrets::Skip => None,
+            Some(var) => match std::env::var(var) {
+                Ok(key) if !key.is_empty() && !key.bytes().any(|b| b < 0x20 || b == 0x7f) => {
+                    Some(match provider {
+                        Provider::Anthropic => format!("x-api-key: {key}\r\n").into_bytes(),
+                        _ => format!("authorization: Bearer {key}\r\n").into_bytes(),
+                    })
+                }
+                Ok(_) => {
+                    self.error(
+                        f("api_key_env"),
+                        format!("${var} is empty or holds control characters"),
+                    );
+                    None
+                }
+                Err(_) => {
+                    self.error(
+                        f("api_key_env"),
+                        format!("${var} is not set in the engine's environment"),
+                    );
+                    None
+                }
+            },
+        };
+        let ca = match raw.ca_file {
+            None => None,
+            Some(path) => {
+                let field = f("ca_file");
+                if !endpoints.iter().any(|e: &Endpoint| e.tls_name.is_some()) {
+                    self.error(&field, "only https:// endpoints use a CA file");
+                }
+                self.file(&field, &path)
+                    .and_then(|pem| match crate::cert::ca_certs(&path, &pem) {
+                        Ok(_) => Some((path, pem)),
+                        Err(reason) => {
+                            self.error(&field, reason);
+                            None
+                        }
+                    })
+            }
+        };
+        let max_concurrency = raw.max_concurrency.and_then(|v| match u64::try_from(v) {
+            Ok(v) if v >= 1 => Some(v),
+            _ => {
+                self.error(f("max_concurrency"), format!("must be at least 1, got {v}"));
+                None
+            }
+        });
+        let headroom_slots = match (raw.headroom_slots, max_concurrency) {
+            (None, Some(max)) => max / FAIR_HEADROOM_DIVISOR,
+            (None, None) => 0,
+            (Some(v), max) => match u64::try_from(v) {
+                Ok(v) if max.is_some_and(|m| v < m) => v,
+                _ => {
+                    self.error(
+                        f("headroom_slots"),
+                        match max {
+                            Some(m) => {
+                                format!("must be 0 to {} (below max_concurrency), got {v}", m - 1)
+                            }
+                            None => "needs max_concurrency".to_owned(),
+                        },
+                    );
+                    0
+                }
+            },
+        };
+        UpstreamConfig {
+            credential,
+            max_concurrency,
+            headroom_slots,
+            ca,
+            name: raw.name,
+            provider,
+            endpoints,
+            connect_timeout: self.timeout(
+                &f("connect_timeout_ms"),
+                raw.connect_timeout_ms,
+                CONNECT_TIMEOUT_MS_DEFAULT,
+            ),
+            ttfb_timeout: self.timeout(
+                &f("ttfb_timeout_ms"),
+                raw.ttfb_timeout_ms,
+                TTFB_TIMEOUT_MS_DEFAULT,
+            ),
+            read_timeout: self.timeout(
+                &f("read_timeout_ms"),
+                raw.read_timeout_ms,
+                READ_TIMEOUT_MS_DEFAULT,
+            ),
+            pool_idle_timeout: self.timeout(
+                &f("pool_idle_timeout_ms"),
+                raw.pool_idle_timeout_ms,
+                POOL_IDLE_TIMEOUT_MS_DEFAULT,
+            ),
+            pool_idle_max: self.size(
+                &f("pool_idle_max"),
+                raw.pool_idle_max,
+                POOL_IDLE_MAX_DEFAULT,
+                0,
+                65_536,
+            ),
+        }
+    }
+}
+
+/// An instance name: 1 to 64 of `[A-Za-z0-9._-]`, not starting with a dot (it names a file).
+pub fn check_instance_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?}: must be 1 to 64 of A-Z a-z 0-9 . _ - (not starting with a dot)"
+        ))
+    }
+}
