@@ -185,9 +185,11 @@ pub(super) async fn admit_tenant(
     }
 }
 
-/// A tenant's request to an LLM endpoint: read the body whole, check and admit it, then write
-/// the upstream head (the body's real length, the tenant's key removed, the upstream's
-/// credential added) and forward.
+/// A tenant's request to an LLM endpoint: read the body whole, check and admit it, fill its
+/// prompt template, then send it to the route's upstream or, for a model group, to the
+/// deployments the group's attempt loop hands out (`exchange::attempts`) until one answers or
+/// none is left. Each attempt's request is written from the raw head (the body's real length,
+/// the tenant's key removed, the upstream's credential added).
 pub(super) async fn proxy_llm(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
@@ -206,154 +208,147 @@ pub(super) async fn proxy_llm(
         Err(next) => return next,
     };
     // The body (and the template-filled body) stay out of `c` while the call runs, and go
-    // back on this one way out (the raw head's buffer goes back when dropped).
+    // back on the one way out below (the raw head's buffer goes back when dropped).
     let body = std::mem::take(&mut c.llm.body);
     let mut filled = std::mem::take(&mut c.llm.filled);
-    let call = Box::pin(llm_call(
-        ctx,
-        c,
-        &snap,
-        &head,
-        (&raw_head, &body, &mut filled),
-        route_target,
-    ));
-    let next = call.await;
+    // The call is written in place, not as an async fn of its own: each level of nested
+    // futures costs every connection's future up to 128 bytes (monoio's timer futures are
+    // aligned to 128), and boxing it would allocate per request.
+    let (snap, raw_head, filled_buf) = (&snap, &raw_head[..], &mut filled);
+    let next = 'call: {
+        let call = match check_and_admit(ctx, c, snap, c.ex.tenant, &body).await {
+            Ok(call) => call,
+            Err(next) => break 'call next,
+        };
+        // Prompt templates: fill the selected one from `variables`; `variables` never goes upstream.
+        let mut body: &[u8] = &body;
+        if call.has_variables || !snap.templates.is_empty() {
+            let path = request_line(raw_head).1;
+            // The body was inspected already: a group's name is the body's model.
+            let model = call.group.map(|g| snap.group(g).name.as_str());
+            match fill_template(snap, body, model, path, filled_buf) {
+                Ok(true) => body = filled_buf,
+                Ok(false) => {}
+                Err(e) => {
+                    break 'call answer_error(ctx, c, Error::Template(e), true, ctx.take_buf())
+                        .await
+                }
+            }
+        }
+        let Some(g) = call.group else {
+            let target = match route_target {
+                Some(t) if snap.cfg.models.is_empty() => t,
+                // With model groups, a model no group serves is unknown (OpenAI's 404).
+                _ => {
+                    break 'call answer_error(ctx, c, Error::ModelNotFound, true, ctx.take_buf())
+                        .await
+                }
+            };
+            let out = match llm_request(ctx, c, snap, raw_head, body, target, None, call) {
+                Ok((out, plan)) => {
+                    c.ex.plan = plan;
+                    out
+                }
+                // The body was read whole: the connection can stay open.
+                Err(e) => break 'call answer_error(ctx, c, e, true, ctx.take_buf()).await,
+            };
+            let sent = forward(ctx, c, head, target, out, BodyLeft::Done, Attempt::ONLY).await;
+            break 'call match sent {
+                Sent::Done(next) => next,
+                Sent::Retry => Next::Close,
+            };
+        };
+        // A model group: the deployment the group's strategy picks (then its fallbacks, in order),
+        // and on a failure before any byte reached the client, another one (`retries`).
+        let retries = usize::try_from(snap.group(g).retries).unwrap_or(usize::MAX);
+        let mut attempts = Attempts::new(g, retries);
+        let mut rng = || ctx.next_random();
+        loop {
+            // The deployment's own quota (rpm/tpm over all shards): over it, another is picked.
+            let mut quota = None;
+            let now = Now::read();
+            let choice = attempts.next(&**snap, now.mono_ns(), &mut rng, |group, idx| {
+                let Some(lim) = snap.deployment_limits(group, idx) else {
+                    return true;
+                };
+                admit(lim, now.unix_ns, call.tokens)
+                    .map(|adm| quota = Some(adm))
+                    .is_ok()
+            });
+            let Some(choice) = choice else {
+                break 'call answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf()).await;
+            };
+            let (group, idx) = (choice.group, choice.idx);
+            if let Some(adm) = quota {
+                c.ex.held
+                    .hold_deployment(&**snap, (group, idx), adm, now.unix_ns);
+                // Its tokens are settled from the answer's usage.
+                c.ex.scan = true;
+            }
+            let dep = snap.deployment(group, idx);
+            let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
+            let out =
+                match llm_request(ctx, c, snap, raw_head, body, target, Some(&dep.model), call) {
+                    Ok((out, plan)) => {
+                        c.ex.plan = plan;
+                        out
+                    }
+                    // The body was read whole: the connection can stay open.
+                    Err(e) => break 'call answer_error(ctx, c, e, true, ctx.take_buf()).await,
+                };
+            // Measure the attempt for the balancer: time to the response head, and how it ended.
+            let Some(gr) = snap.balancer(group) else {
+                break 'call answer_error(ctx, c, Error::NoDeployment, true, out).await;
+            };
+            c.ex.upstream_slot = snap.upstream_stat_slot(target.upstream);
+            // A stream to a group with `hedge_after_ms`: a second attempt ready to race.
+            let mut hedge = match (snap.group(group).hedge_after, call.stream) {
+                (Some(after), true) => attempts
+                    .hedge(&**snap, choice, now.mono_ns(), &mut rng)
+                    .and_then(|h| {
+                        plan_hedge(ctx, c, snap, (raw_head, body), call, (group, h), after)
+                    }),
+                _ => None,
+            };
+            let started = now.mono_ns();
+            let attempt = gr.start(idx.index(), started);
+            c.ex.ttfb = None;
+            c.ex.retry_after = None;
+            let this = Attempt {
+                retry_ok: choice.retry_ok,
+                hedge: hedge.as_deref_mut(),
+            };
+            let sent = forward(ctx, c, head, target, out, BodyLeft::Done, this).await;
+            let ended = Now::read();
+            if let Some(a) = attempt {
+                match hedge.as_deref() {
+                    // Outrun by the hedge: it had waited at least this long for a first byte.
+                    Some(h) if h.won => a.finish(
+                        h.won_ns,
+                        &Outcome::Success {
+                            latency: Duration::from_nanos(h.won_ns.saturating_sub(started)),
+                        },
+                    ),
+                    _ => a.finish(ended.mono_ns(), &outcome_of(&c.ex)),
+                }
+            }
+            let hedge_won = hedge.and_then(|h| settle_hedge(c, snap, *h, ended));
+            match sent {
+                Sent::Done(next) => break 'call next,
+                Sent::Retry => {
+                    // Failed before any byte reached the client: try another deployment.
+                    c.ex.held.end_attempt(&**snap, ended.unix_ns);
+                    c.ex.status = 0;
+                    c.ex.local_error = false;
+                    c.ex.plan = RelayPlan::default();
+                    attempts.failed(choice, hedge_won);
+                }
+            }
+        }
+    };
     c.llm.body = body;
     c.llm.filled = filled;
     next
-}
-
-/// The LLM call once its body is read: checked and admitted, its template filled, then sent
-/// to the route's upstream or, for a model group, to the deployments the group's attempt loop
-/// hands out (`exchange::attempts`) until one answers or none is left.
-async fn llm_call(
-    ctx: &Rc<ShardCtx>,
-    c: &mut Client,
-    snap: &Rc<Snapshot>,
-    head: &RequestHead,
-    (raw_head, body, filled): (&[u8], &[u8], &mut Vec<u8>),
-    route_target: Option<Target>,
-) -> Next {
-    let call = match check_and_admit(ctx, c, snap, c.ex.tenant, body).await {
-        Ok(call) => call,
-        Err(next) => return next,
-    };
-    // Prompt templates: fill the selected one from `variables`; `variables` never goes upstream.
-    let mut body = body;
-    if call.has_variables || !snap.templates.is_empty() {
-        let path = request_line(raw_head).1;
-        // The body was inspected already: a group's name is the body's model.
-        let model = call.group.map(|g| snap.group(g).name.as_str());
-        match fill_template(snap, body, model, path, filled) {
-            Ok(true) => body = filled,
-            Ok(false) => {}
-            Err(e) => return answer_error(ctx, c, Error::Template(e), true, ctx.take_buf()).await,
-        }
-    }
-    let Some(g) = call.group else {
-        let target = match route_target {
-            Some(t) if snap.cfg.models.is_empty() => t,
-            // With model groups, a model no group serves is unknown (OpenAI's 404).
-            _ => return answer_error(ctx, c, Error::ModelNotFound, true, ctx.take_buf()).await,
-        };
-        let out = match llm_request(ctx, c, snap, raw_head, body, target, None, call) {
-            Ok((out, plan)) => {
-                c.ex.plan = plan;
-                out
-            }
-            // The body was read whole: the connection can stay open.
-            Err(e) => return answer_error(ctx, c, e, true, ctx.take_buf()).await,
-        };
-        let sent = forward(ctx, c, *head, target, out, BodyLeft::Done, Attempt::ONLY).await;
-        return match sent {
-            Sent::Done(next) => next,
-            Sent::Retry => Next::Close,
-        };
-    };
-    // A model group: the deployment the group's strategy picks (then its fallbacks, in order),
-    // and on a failure before any byte reached the client, another one (`retries`).
-    let retries = usize::try_from(snap.group(g).retries).unwrap_or(usize::MAX);
-    let mut attempts = Attempts::new(g, retries);
-    let mut rng = || ctx.next_random();
-    loop {
-        // The deployment's own quota (rpm/tpm over all shards): over it, another is picked.
-        let mut quota = None;
-        let now = Now::read();
-        let choice = attempts.next(&**snap, now.mono_ns(), &mut rng, |group, idx| {
-            let Some(lim) = snap.deployment_limits(group, idx) else {
-                return true;
-            };
-            admit(lim, now.unix_ns, call.tokens)
-                .map(|adm| quota = Some(adm))
-                .is_ok()
-        });
-        let Some(choice) = choice else {
-            return answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf()).await;
-        };
-        let (group, idx) = (choice.group, choice.idx);
-        if let Some(adm) = quota {
-            c.ex.held
-                .hold_deployment(&**snap, (group, idx), adm, now.unix_ns);
-            // Its tokens are settled from the answer's usage.
-            c.ex.scan = true;
-        }
-        let dep = snap.deployment(group, idx);
-        let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
-        let out = match llm_request(ctx, c, snap, raw_head, body, target, Some(&dep.model), call) {
-            Ok((out, plan)) => {
-                c.ex.plan = plan;
-                out
-            }
-            // The body was read whole: the connection can stay open.
-            Err(e) => return answer_error(ctx, c, e, true, ctx.take_buf()).await,
-        };
-        // Measure the attempt for the balancer: time to the response head, and how it ended.
-        let Some(gr) = snap.balancer(group) else {
-            return answer_error(ctx, c, Error::NoDeployment, true, out).await;
-        };
-        c.ex.upstream_slot = snap.upstream_stat_slot(target.upstream);
-        // A stream to a group with `hedge_after_ms`: a second attempt ready to race.
-        let mut hedge = match (snap.group(group).hedge_after, call.stream) {
-            (Some(after), true) => attempts
-                .hedge(&**snap, choice, now.mono_ns(), &mut rng)
-                .and_then(|h| plan_hedge(ctx, c, snap, (raw_head, body), call, (group, h), after)),
-            _ => None,
-        };
-        let started = now.mono_ns();
-        let attempt = gr.start(idx.index(), started);
-        c.ex.ttfb = None;
-        c.ex.retry_after = None;
-        let this = Attempt {
-            retry_ok: choice.retry_ok,
-            hedge: hedge.as_deref_mut(),
-        };
-        let sent = forward(ctx, c, *head, target, out, BodyLeft::Done, this).await;
-        let ended = Now::read();
-        if let Some(a) = attempt {
-            match hedge.as_deref() {
-                // Outrun by the hedge: it had waited at least this long for a first byte.
-                Some(h) if h.won => a.finish(
-                    h.won_ns,
-                    &Outcome::Success {
-                        latency: Duration::from_nanos(h.won_ns.saturating_sub(started)),
-                    },
-                ),
-                _ => a.finish(ended.mono_ns(), &outcome_of(&c.ex)),
-            }
-        }
-        let hedge_won = hedge.and_then(|h| settle_hedge(c, snap, *h, ended));
-        match sent {
-            Sent::Done(next) => return next,
-            Sent::Retry => {
-                // Failed before any byte reached the client: try another deployment.
-                c.ex.held.end_attempt(&**snap, ended.unix_ns);
-                c.ex.status = 0;
-                c.ex.local_error = false;
-                c.ex.plan = RelayPlan::default();
-                attempts.failed(choice, hedge_won);
-            }
-        }
-    }
 }
 
 /// A second attempt for a hedged stream at deployment `idx` of `group` (chosen by

@@ -165,14 +165,16 @@ pub(super) async fn serve_mock(
 
 /// Send `e` as an OpenAI-style JSON answer. The connection stays open only if `may_keep_alive`
 /// and the error does not taint the connection's framing.
-pub(super) async fn answer_error(
-    ctx: &ShardCtx,
-    c: &mut Client,
+/// (A plain fn returning [`answer_error_with`]'s future, not an async fn around it: each level
+/// of nested futures costs every connection's future 128 bytes.)
+pub(super) fn answer_error<'a>(
+    ctx: &'a ShardCtx,
+    c: &'a mut Client,
     e: Error,
     may_keep_alive: bool,
-    wbuf: SpareBuf<'_>,
-) -> Next {
-    answer_error_with(ctx, c, e, may_keep_alive, &[], wbuf).await
+    wbuf: SpareBuf<'a>,
+) -> impl std::future::Future<Output = Next> + 'a {
+    answer_error_with(ctx, c, e, may_keep_alive, &[], wbuf)
 }
 
 /// [`answer_error`] with extra header lines (`retry-after`, `x-ratelimit-*`).

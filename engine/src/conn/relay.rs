@@ -216,7 +216,7 @@ pub(super) async fn relay_filtered(
             c.ex.prompt_estimate
                 .saturating_add(c.llm.filter.content_events()),
         );
-        if flush(c, &mut wbuf, send_timeout).await.is_err() {
+        if send_buf(c, &mut wbuf, send_timeout).await.is_err() {
             return Next::Close;
         }
         if end {
@@ -234,20 +234,6 @@ pub(super) async fn relay_filtered(
     relay.upstream_reusable &= !cut;
     let keep_alive = keep_alive && (client_chunked || relay.framing != ClientFraming::UntilClose);
     end_relay(ctx, slot, ucfg, up, &relay, keep_alive)
-}
-
-/// Send what `wbuf` holds, if anything; it comes back empty. `Err`: the client is gone.
-pub(super) async fn flush(
-    c: &mut Client,
-    wbuf: &mut SpareBuf<'_>,
-    timeout: Duration,
-) -> Result<(), ()> {
-    if wbuf.is_empty() {
-        return Ok(());
-    }
-    let res = send_buf(c, wbuf, timeout).await;
-    wbuf.clear();
-    res
 }
 
 /// Read more of the upstream's body into `up.buf`: `Ok` with more bytes, or at the end of a

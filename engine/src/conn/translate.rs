@@ -23,7 +23,7 @@ use crate::snapshot::PoolSlot;
 
 use super::io::send_buf;
 use super::local::answer_error;
-use super::relay::{end_relay, flush, over_budget, read_body_more};
+use super::relay::{end_relay, over_budget, read_body_more};
 use super::{Client, Next};
 use crate::exchange::relay::{push_framed, IllFramed, Relay};
 
@@ -352,7 +352,7 @@ async fn relay_stream(
         }
         c.llm.sse_in = data;
         c.llm.sse_out = out;
-        if flush(c, &mut wbuf, send_timeout).await.is_err() {
+        if send_buf(c, &mut wbuf, send_timeout).await.is_err() {
             return Next::Close;
         }
         if end {
