@@ -33,7 +33,8 @@ use serde_json::{Map, Value};
 
 pub use super::sse::STREAM_EVENT_BYTES_MAX;
 use super::sse::{Event, EventReader};
-use super::{copy_numbers, present, push_u64, write_object, TranslateError};
+use super::{copy_numbers, present, write_object, TranslateError};
+use crate::http::write_decimal;
 use crate::llm::json::write_str;
 
 // ---------------------------------------------------------------------------------------------
@@ -282,13 +283,13 @@ impl Counts {
     /// `"usage":{...}` in OpenAI's shape.
     fn push_usage(self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"\"usage\":{\"prompt_tokens\":");
-        push_u64(out, self.prompt());
+        write_decimal(out, self.prompt());
         out.extend_from_slice(b",\"completion_tokens\":");
-        push_u64(out, self.output);
+        write_decimal(out, self.output);
         out.extend_from_slice(b",\"total_tokens\":");
-        push_u64(out, self.prompt().saturating_add(self.output));
+        write_decimal(out, self.prompt().saturating_add(self.output));
         out.extend_from_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
-        push_u64(out, self.cache_read);
+        write_decimal(out, self.cache_read);
         out.extend_from_slice(b"}}");
     }
 }
@@ -344,7 +345,7 @@ pub fn message_to_chat(
     out.extend_from_slice(b"{\"id\":");
     write_str(out, str_of("id"));
     out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
-    push_u64(out, created);
+    write_decimal(out, created);
     out.extend_from_slice(b",\"model\":");
     write_str(out, str_of("model"));
     out.extend_from_slice(
@@ -595,7 +596,7 @@ impl StreamToChat {
         out.extend_from_slice(b"data: {\"id\":");
         write_str(out, &self.id);
         out.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-        push_u64(out, self.created);
+        write_decimal(out, self.created);
         out.extend_from_slice(b",\"model\":");
         write_str(out, &self.model);
         out.extend_from_slice(b",\"choices\":");

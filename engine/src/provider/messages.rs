@@ -39,7 +39,8 @@
 use serde_json::{Map, Value};
 
 use super::sse::EventReader;
-use super::{copy_numbers, present, push_u64, write_object, TranslateError};
+use super::{copy_numbers, present, write_object, TranslateError};
+use crate::http::write_decimal;
 use crate::llm::json::write_str;
 
 // ---------------------------------------------------------------------------------------------
@@ -246,11 +247,11 @@ impl Usage {
     /// `"usage":{...}` in Anthropic's shape.
     fn push_usage(self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"\"usage\":{\"input_tokens\":");
-        push_u64(out, self.prompt.saturating_sub(self.cached));
+        write_decimal(out, self.prompt.saturating_sub(self.cached));
         out.extend_from_slice(b",\"cache_read_input_tokens\":");
-        push_u64(out, self.cached);
+        write_decimal(out, self.cached);
         out.extend_from_slice(b",\"output_tokens\":");
-        push_u64(out, self.completion);
+        write_decimal(out, self.completion);
         out.push(b'}');
     }
 }

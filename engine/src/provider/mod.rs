@@ -197,11 +197,6 @@ pub(crate) fn write_object(
     })
 }
 
-/// Append `n` in decimal.
-pub(crate) fn push_u64(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(n.to_string().as_bytes());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
