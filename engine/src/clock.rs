@@ -77,6 +77,11 @@ impl Now {
         Self { unix_ns, mono_ns }
     }
 
+    /// A reading with these views (tests, and the simulations that drive the exchange).
+    pub const fn at(mono_ns: u64, unix_ns: u64) -> Self {
+        Self { unix_ns, mono_ns }
+    }
+
     /// Wall-clock milliseconds since the Unix epoch.
     #[inline]
     pub fn unix_ms(self) -> u64 {

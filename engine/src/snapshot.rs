@@ -32,6 +32,7 @@ use crate::control::shm::Region;
 use crate::control::stats::ShardStats;
 pub use crate::control::stats::StatSlot;
 use crate::exchange::attempts::Groups;
+use crate::exchange::call::World;
 use crate::exchange::ledger::Books;
 pub use crate::fair::FairSlot;
 use crate::fair::{Capped, Fabric, Queues, UpstreamCap};
@@ -442,6 +443,27 @@ impl Books for Snapshot {
 }
 
 /// The attempt loop picks deployments through the shard's balancers.
+impl World for Snapshot {
+    fn take_quota(
+        &self,
+        group: GroupId,
+        idx: DeploymentIdx,
+        tokens: u64,
+        now_ns: u64,
+    ) -> Result<Option<Admitted>, ()> {
+        let Some(limits) = self.deployment_limits(group, idx) else {
+            return Ok(None);
+        };
+        crate::admit::admit(limits, now_ns, tokens)
+            .map(Some)
+            .map_err(|_| ())
+    }
+
+    fn hedges(&self, group: GroupId) -> bool {
+        self.group(group).hedge_after.is_some()
+    }
+}
+
 impl Groups for Snapshot {
     fn pick(
         &self,

@@ -18,8 +18,9 @@ use crate::clock::Now;
 use crate::control::stats::Reject;
 use crate::ctx::{ShardCtx, SpareBuf};
 use crate::error::{Error, Limit};
-use crate::exchange::attempts::{self, Attempts};
+use crate::exchange::attempts;
 use crate::exchange::body::{self, BodyLeft, ChunkOut};
+use crate::exchange::call::{Action, Call, Event};
 use crate::exchange::head::request_line;
 use crate::exchange::ledger::Books;
 use crate::http::request::{self, BodyKind, Credentials, RequestHead};
@@ -258,33 +259,41 @@ pub(super) async fn proxy_llm(
                 Sent::Retry => Next::Close,
             };
         };
-        // A model group: the deployment the group's strategy picks (then its fallbacks, in order),
-        // and on a failure before any byte reached the client, another one (`retries`).
+        // A model group: `exchange::call::Call` decides each attempt (the deployment the group's
+        // strategy picks, then its fallbacks, in order; the deployment's own quota; a hedge)
+        // and whether a failure before any byte reached the client is tried elsewhere
+        // (`retries`); this loop performs what it asks.
         let retries = usize::try_from(snap.group(g).retries).unwrap_or(usize::MAX);
-        let mut attempts = Attempts::new(g, retries);
+        let mut machine = Call::new(g, retries, call.tokens, call.stream);
         let mut rng = || ctx.next_random();
+        let mut event = Event::Start;
         loop {
-            // The deployment's own quota (rpm/tpm over all shards): over it, another is picked.
-            let mut quota = None;
             let now = Now::read();
-            let choice = attempts.next(&**snap, now.mono_ns(), &mut rng, |group, idx| {
-                let Some(lim) = snap.deployment_limits(group, idx) else {
-                    return true;
+            let (choice, hedge_at) =
+                match machine.step(&**snap, &mut c.ex.held, now, &mut rng, event) {
+                    Action::Send {
+                        choice,
+                        quota_held,
+                        hedge,
+                    } => {
+                        if quota_held {
+                            // The deployment's tokens are settled from the answer's usage.
+                            c.ex.scan = true;
+                        }
+                        (choice, hedge)
+                    }
+                    Action::Refuse | Action::Done => {
+                        break 'call answer_error(
+                            ctx,
+                            c,
+                            Error::NoDeployment,
+                            true,
+                            ctx.take_buf(),
+                        )
+                        .await;
+                    }
                 };
-                admit(lim, now.unix_ns, call.tokens)
-                    .map(|adm| quota = Some(adm))
-                    .is_ok()
-            });
-            let Some(choice) = choice else {
-                break 'call answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf()).await;
-            };
             let (group, idx) = (choice.group, choice.idx);
-            if let Some(adm) = quota {
-                c.ex.held
-                    .hold_deployment(&**snap, (group, idx), adm, now.unix_ns);
-                // Its tokens are settled from the answer's usage.
-                c.ex.scan = true;
-            }
             let dep = snap.deployment(group, idx);
             let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
             let out =
@@ -301,13 +310,11 @@ pub(super) async fn proxy_llm(
                 break 'call answer_error(ctx, c, Error::NoDeployment, true, out).await;
             };
             c.ex.upstream_slot = snap.upstream_stat_slot(target.upstream);
-            // A stream to a group with `hedge_after_ms`: a second attempt ready to race.
-            let mut hedge = match (snap.group(group).hedge_after, call.stream) {
-                (Some(after), true) => attempts
-                    .hedge(&**snap, choice, now.mono_ns(), &mut rng)
-                    .and_then(|h| {
-                        plan_hedge(ctx, c, snap, (raw_head, body), call, (group, h), after)
-                    }),
+            // A hedged stream: the second attempt's request, ready to race.
+            let mut hedge = match (hedge_at, snap.group(group).hedge_after) {
+                (Some(h), Some(after)) => {
+                    plan_hedge(ctx, c, snap, (raw_head, body), call, (group, h), after)
+                }
                 _ => None,
             };
             let started = now.mono_ns();
@@ -336,12 +343,15 @@ pub(super) async fn proxy_llm(
             match sent {
                 Sent::Done(next) => break 'call next,
                 Sent::Retry => {
-                    // Failed before any byte reached the client: try another deployment.
-                    c.ex.held.end_attempt(&**snap, ended.unix_ns);
+                    // Failed before any byte reached the client: the machine picks another
+                    // deployment (or refuses), giving this one's quota back.
                     c.ex.status = 0;
                     c.ex.local_error = false;
                     c.ex.plan = RelayPlan::default();
-                    attempts.failed(choice, hedge_won);
+                    event = Event::Ended {
+                        retry: true,
+                        hedge_won,
+                    };
                 }
             }
         }
@@ -352,7 +362,7 @@ pub(super) async fn proxy_llm(
 }
 
 /// A second attempt for a hedged stream at deployment `idx` of `group` (chosen by
-/// [`Attempts::hedge`]), with its request built now. `None`: the request cannot be built for it.
+/// `exchange::call::Call`), with its request built now. `None`: the request cannot be built for it.
 pub(super) fn plan_hedge<'c>(
     ctx: &'c ShardCtx,
     c: &mut Client,

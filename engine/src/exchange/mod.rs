@@ -6,6 +6,9 @@
 //! - [`relay`]: the upstream's answer head turned into the client's, and where its body ends;
 //! - [`attempts`]: which deployment of a model group to try next (strategy, fallbacks,
 //!   quotas), the one retry rule, and how an attempt ended for the balancer;
+//! - [`call`]: a request's call to a model group as a state machine, events in (start, an
+//!   attempt ended) and actions out (send here with this hedge, refuse, done): the attempt
+//!   loop and the deployment quotas it holds in the ledger;
 //! - [`ledger`]: what a request holds (tenant admission, deployment quota, upstream slot),
 //!   settled exactly once whichever path ends it;
 //! - `sim` (tests and the `exchange` fuzz target): the attempt loop driven by arbitrary bytes,
@@ -13,6 +16,7 @@
 
 pub mod attempts;
 pub mod body;
+pub mod call;
 pub mod head;
 pub mod ledger;
 pub mod relay;

@@ -5,20 +5,23 @@
 //! The bytes decide everything the world decides for the driver: the groups (their sizes,
 //! health, fallbacks and retry budget), each deployment's quota, whether an upstream slot and
 //! a hedge are taken, how each attempt ends (an answer with some status, a failed connection,
-//! a timeout) and whether the client leaves. The loop is the driver's: ask [`Attempts::next`],
-//! hold what the attempt takes in the [`Ledger`], retry only under [`attempts::retryable`]
-//! and `retry_ok`, settle at the end. Checked after every input:
+//! a timeout) and whether the client leaves. The loop is the driver's: ask [`Call::step`] what
+//! to do, perform it (hold an upstream slot, race a hedge that may win), report how the attempt
+//! ended under [`attempts::retryable`] and `retry_ok`, settle at the end. Checked after every
+//! input:
 //! - every reservation handed to the ledger is settled exactly once, every upstream slot
 //!   released exactly once;
 //! - no more attempts fail over than the group's retry budget allows, and a retry happens only
 //!   when the attempt was marked `retry_ok`;
 //! - the loop ends (each pick is bounded by [`Attempts::ROUNDS_MAX`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
-use super::attempts::{self, Attempts, Groups};
+use super::attempts::{self, Groups};
+use super::call::{Action, Call, Event, World};
 use super::ledger::{Books, Ledger};
 use crate::balance::{FailureKind, Outcome};
+use crate::clock::Now;
 use crate::snapshot::{DeploymentIdx, FairSlot, GroupId, TenantId, UpstreamId};
 use std::time::Duration;
 
@@ -112,13 +115,19 @@ pub fn check(data: &[u8]) {
             .push(((g + 1)..groups).filter(|f| fb & (1 << f) != 0).collect());
     }
     let retries = usize::from(byte() % 4);
-    let books = Counted::default();
-    let mut ledger: Ledger<u32> = Ledger::default();
-    let mut tickets = 0u32;
-    let mut ticket = || {
-        tickets += 1;
-        tickets
+    let mut quota = [0u8; 64];
+    for q in &mut quota {
+        *q = byte();
+    }
+    let world = SimWorld {
+        table,
+        books: Counted::default(),
+        quota,
+        asked: Cell::new(0),
+        tickets: Cell::new(0),
+        hedges: byte() & 1 == 1,
     };
+    let mut ledger: Ledger<u32> = Ledger::default();
     let mut held_slots = 0usize;
     let mut seed = u64::from(byte());
     let mut rng = move || {
@@ -127,65 +136,63 @@ pub fn check(data: &[u8]) {
             .wrapping_add(1442695040888963407);
         seed >> 33
     };
-    let now = 1_000_000_000;
+    let now = Now::at(1_000_000_000, 1_700_000_000_000_000_000);
+    let now_ms = now.unix_ms();
     if byte() & 1 == 1 {
-        ledger.hold_tenant(&books, TenantId::new(0), ticket(), now);
+        ledger.hold_tenant(&world, TenantId::new(0), world.ticket(), now.unix_ns);
     }
-    let mut attempts = Attempts::new(GroupId::new(0), retries);
+    let mut call = Call::new(GroupId::new(0), retries, 100, byte() & 1 == 1);
+    let mut event = Event::Start;
     let mut failed_over = 0usize;
     let (mut used, mut failed) = (None, true);
-    let mut quota = [0u8; 64];
-    for q in &mut quota {
-        *q = byte();
-    }
-    let mut q = 0usize;
-    while let Some(choice) = attempts.next(&table, now, &mut rng, |_, _| {
-        q += 1;
-        quota[q % quota.len()] % 4 != 0
-    }) {
+    loop {
+        // What the machine asks, performed as the driver does, the world deciding how it ends.
+        let (choice, hedge_at) = match call.step(&world, &mut ledger, now, &mut rng, event) {
+            Action::Send {
+                choice,
+                quota_held,
+                hedge,
+            } => {
+                let held = ledger.deployment() == Some((choice.group, choice.idx));
+                assert_eq!(
+                    quota_held, held,
+                    "the quota held is the chosen deployment's"
+                );
+                (choice, hedge)
+            }
+            Action::Refuse => break,
+            Action::Done => panic!("done before the attempt was reported"),
+        };
         let (g, i) = (choice.group.index(), choice.idx.index());
         assert!(g < groups);
-        assert!(i < table.up[g].len());
+        assert!(i < world.table.up[g].len());
         let step = byte();
-        if step & 1 != 0 {
-            ledger.hold_deployment(&books, (choice.group, choice.idx), ticket(), now);
-        }
         if step & 2 != 0 {
-            ledger.hold_slot(
-                &books,
-                UpstreamId::new(g),
-                FairSlot::NO_TENANT,
-                now / 1_000_000,
-            );
+            ledger.hold_slot(&world, UpstreamId::new(g), FairSlot::NO_TENANT, now_ms);
             held_slots += 1;
         }
-        let mut hedge = None;
-        let hedge_at = if step & 4 != 0 {
-            attempts.hedge(&table, choice, now, &mut rng)
-        } else {
-            None
-        };
+        let mut hedge_won = None;
         if let Some(hi) = hedge_at {
             // A hedge races at another deployment of the attempt's group, never one that
             // failed already.
             assert_ne!(hi, choice.idx, "a hedge at the attempt's own deployment");
-            assert!(hi.index() < table.up[g].len());
+            assert!(hi.index() < world.table.up[g].len());
             assert!(
-                choice.group != GroupId::new(0) || !attempts.tried().contains(hi),
+                choice.group != GroupId::new(0) || !call.tried().contains(hi),
                 "a hedge at a deployment that failed"
             );
-            let h = (choice.group, hi);
-            hedge = Some(h);
             if step & 8 != 0 {
                 // The hedge answered first: its quota and slot are the request's now.
                 // (The driver swaps the slots when the race ends, the quotas after it.)
-                ledger.release_slot(&books, now / 1_000_000);
+                ledger.release_slot(&world, now_ms);
                 if step & 16 != 0 {
                     let u = UpstreamId::new(100 + g);
-                    ledger.hold_slot(&books, u, FairSlot::NO_TENANT, now / 1_000_000);
+                    ledger.hold_slot(&world, u, FairSlot::NO_TENANT, now_ms);
                     held_slots += 1;
                 }
-                ledger.hedge_won(&books, Some((h, ticket())), now);
+                let h = (choice.group, hi);
+                ledger.hedge_won(&world, Some((h, world.ticket())), now.unix_ns);
+                hedge_won = Some(h);
             }
         }
         let outcome = match step >> 5 {
@@ -201,34 +208,112 @@ pub fn check(data: &[u8]) {
                 retry_after: None,
             },
         };
-        if choice.retry_ok && attempts::retryable(&outcome) {
-            ledger.end_attempt(&books, now);
-            attempts.failed(choice, hedge);
+        // The one retry rule, as `forward` applies it.
+        let retry = choice.retry_ok && attempts::retryable(&outcome);
+        if retry {
             failed_over += 1;
             assert!(failed_over <= retries, "more retries than the group allows");
-            continue;
-        }
-        if let Outcome::Success { .. } = outcome {
+        } else if let Outcome::Success { .. } = outcome {
             used = (byte() & 1 == 1).then_some(u64::from(byte()));
             failed = false;
         }
-        break;
+        event = Event::Ended { retry, hedge_won };
+        if !retry {
+            let last = call.step(&world, &mut ledger, now, &mut rng, event);
+            assert_eq!(last, Action::Done);
+            break;
+        }
     }
-    ledger.settle(&books, now, used, failed);
+    ledger.settle(&world, now.unix_ns, used, failed);
     assert!(ledger.is_empty());
     // Every ticket settled exactly once; every slot released once.
-    let mut settled: Vec<u32> = books.settled.borrow().iter().map(|s| s.0).collect();
+    let mut settled: Vec<u32> = world.books.settled.borrow().iter().map(|s| s.0).collect();
     settled.sort_unstable();
     assert_eq!(
         settled,
-        (1..=tickets).collect::<Vec<_>>(),
+        (1..=world.tickets.get()).collect::<Vec<_>>(),
         "each reservation settled once"
     );
     assert_eq!(
-        books.released.borrow().len(),
+        world.books.released.borrow().len(),
         held_slots,
         "each slot released once"
     );
+}
+
+/// The world of one simulated call: the groups, counting books, each deployment quota's
+/// answer from the input, numbered tickets for what is taken.
+struct SimWorld {
+    table: Table,
+    books: Counted,
+    quota: [u8; 64],
+    asked: Cell<usize>,
+    tickets: Cell<u32>,
+    hedges: bool,
+}
+
+impl SimWorld {
+    fn ticket(&self) -> u32 {
+        self.tickets.set(self.tickets.get() + 1);
+        self.tickets.get()
+    }
+}
+
+impl Groups for SimWorld {
+    fn pick(
+        &self,
+        g: GroupId,
+        now_ns: u64,
+        rng: &mut dyn FnMut() -> u64,
+        tried: &[usize],
+    ) -> Option<DeploymentIdx> {
+        self.table.pick(g, now_ns, rng, tried)
+    }
+    fn has_admitted(&self, g: GroupId, now_ns: u64) -> bool {
+        self.table.has_admitted(g, now_ns)
+    }
+    fn fallbacks(&self, g: GroupId) -> impl Iterator<Item = GroupId> + '_ {
+        self.table.fallbacks(g)
+    }
+    fn deployments(&self, g: GroupId) -> usize {
+        self.table.deployments(g)
+    }
+}
+
+impl Books for SimWorld {
+    type Admission = u32;
+    fn settle_tenant(&self, t: TenantId, adm: u32, now: u64, used: Option<u64>, failed: bool) {
+        self.books.settle_tenant(t, adm, now, used, failed);
+    }
+    fn settle_deployment(
+        &self,
+        g: GroupId,
+        idx: DeploymentIdx,
+        adm: u32,
+        now: u64,
+        used: Option<u64>,
+        failed: bool,
+    ) {
+        self.books.settle_deployment(g, idx, adm, now, used, failed);
+    }
+    fn release_slot(&self, upstream: UpstreamId, fair: FairSlot, now_ms: u64) {
+        self.books.release_slot(upstream, fair, now_ms);
+    }
+}
+
+impl World for SimWorld {
+    fn take_quota(&self, _: GroupId, _: DeploymentIdx, _: u64, _: u64) -> Result<Option<u32>, ()> {
+        let n = self.asked.get();
+        self.asked.set(n + 1);
+        match self.quota[n % self.quota.len()] % 4 {
+            0 => Err(()),
+            1 => Ok(None),
+            _ => Ok(Some(self.ticket())),
+        }
+    }
+    fn hedges(&self, _: GroupId) -> bool {
+        self.hedges
+    }
 }
 
 #[cfg(test)]
