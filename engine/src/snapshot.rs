@@ -459,8 +459,8 @@ impl World for Snapshot {
             .map_err(|_| ())
     }
 
-    fn hedges(&self, group: GroupId) -> bool {
-        self.group(group).hedge_after.is_some()
+    fn hedge_after(&self, group: GroupId) -> Option<std::time::Duration> {
+        self.group(group).hedge_after
     }
 }
 

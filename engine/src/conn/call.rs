@@ -311,12 +311,9 @@ pub(super) async fn proxy_llm(
             };
             c.ex.upstream_slot = snap.upstream_stat_slot(target.upstream);
             // A hedged stream: the second attempt's request, ready to race.
-            let mut hedge = match (hedge_at, snap.group(group).hedge_after) {
-                (Some(h), Some(after)) => {
-                    plan_hedge(ctx, c, snap, (raw_head, body), call, (group, h), after)
-                }
-                _ => None,
-            };
+            let mut hedge = hedge_at.and_then(|(h, after)| {
+                plan_hedge(ctx, c, snap, (raw_head, body), call, (group, h), after)
+            });
             let started = now.mono_ns();
             let attempt = gr.start(idx.index(), started);
             c.ex.ttfb = None;

@@ -12,6 +12,8 @@
 
 use super::attempts::{Attempts, Choice, Groups, Tried};
 use super::ledger::{Books, Ledger};
+use std::time::Duration;
+
 use crate::clock::Now;
 use crate::snapshot::{DeploymentIdx, GroupId};
 
@@ -28,8 +30,9 @@ pub trait World: Groups + Books {
         tokens: u64,
         now_ns: u64,
     ) -> Result<Option<Self::Admission>, ()>;
-    /// Whether a stream to `group` is hedged (`hedge_after_ms` is set).
-    fn hedges(&self, group: GroupId) -> bool;
+    /// How long a stream to `group` waits for its answer's head before a hedge is raced
+    /// beside it (`hedge_after_ms`); `None`: the group does not hedge.
+    fn hedge_after(&self, group: GroupId) -> Option<Duration>;
 }
 
 /// What the driver reports to the call.
@@ -51,11 +54,12 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// Send the request to `choice`'s deployment (its quota, if it has one, is held in the
-    /// ledger: `quota_held`), and, for a hedged stream, race a second attempt at `hedge`.
+    /// ledger: `quota_held`), and, for a hedged stream, race a second attempt at `hedge`'s
+    /// deployment after its wait.
     Send {
         choice: Choice,
         quota_held: bool,
-        hedge: Option<DeploymentIdx>,
+        hedge: Option<(DeploymentIdx, Duration)>,
     },
     /// No deployment is left to try: answer `NoDeployment`.
     Refuse,
@@ -146,10 +150,12 @@ impl Call {
         if let Some(adm) = quota {
             held.hold_deployment(world, (choice.group, choice.idx), adm, now.unix_ns);
         }
-        let hedge = if self.stream && world.hedges(choice.group) {
-            self.attempts.hedge(world, choice, now.mono_ns(), rng)
-        } else {
-            None
+        let hedge = match world.hedge_after(choice.group) {
+            Some(after) if self.stream => self
+                .attempts
+                .hedge(world, choice, now.mono_ns(), rng)
+                .map(|idx| (idx, after)),
+            _ => None,
         };
         self.current = Some(choice);
         Action::Send {
@@ -247,8 +253,8 @@ mod tests {
                 }
             }
         }
-        fn hedges(&self, _: GroupId) -> bool {
-            self.hedges
+        fn hedge_after(&self, _: GroupId) -> Option<Duration> {
+            self.hedges.then_some(Duration::from_millis(50))
         }
     }
 
@@ -265,7 +271,10 @@ mod tests {
                 choice.idx.index(),
                 choice.retry_ok,
                 quota_held,
-                hedge.map(DeploymentIdx::index),
+                hedge.map(|(idx, after)| {
+                    assert_eq!(after, Duration::from_millis(50), "the group's wait");
+                    idx.index()
+                }),
             ),
             other => panic!("expected a send, got {other:?}"),
         }

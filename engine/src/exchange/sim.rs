@@ -172,7 +172,7 @@ pub fn check(data: &[u8]) {
             held_slots += 1;
         }
         let mut hedge_won = None;
-        if let Some(hi) = hedge_at {
+        if let Some((hi, _after)) = hedge_at {
             // A hedge races at another deployment of the attempt's group, never one that
             // failed already.
             assert_ne!(hi, choice.idx, "a hedge at the attempt's own deployment");
@@ -311,8 +311,8 @@ impl World for SimWorld {
             _ => Ok(Some(self.ticket())),
         }
     }
-    fn hedges(&self, _: GroupId) -> bool {
-        self.hedges
+    fn hedge_after(&self, _: GroupId) -> Option<Duration> {
+        self.hedges.then_some(Duration::from_millis(1))
     }
 }
 
