@@ -55,12 +55,10 @@ pub(super) async fn relay_response(
     {
         return relay_filtered(ctx, c, slot, ucfg, up, relay, wbuf, keep_alive).await;
     }
-    match relay.feed(&up.buf, &mut wbuf, true, scan.then_some(&mut c.llm.scanner)) {
-        Ok(n) => drop(up.buf.drain(..n)),
-        Err(IllFramed) => {
-            let e = Error::UpstreamBadResponse("ill-framed upstream response body");
-            return answer_error(ctx, c, e, false, wbuf).await;
-        }
+    let scanner = scan.then_some(&mut c.llm.scanner);
+    if let Err(IllFramed) = relay.take_from(&mut up.buf, &mut wbuf, scanner) {
+        let e = Error::UpstreamBadResponse("ill-framed upstream response body");
+        return answer_error(ctx, c, e, false, wbuf).await;
     }
     if send_buf(c, &mut wbuf, send_timeout).await.is_err() {
         return Next::Close; // the client went away: the upstream connection is dropped
@@ -163,19 +161,13 @@ pub(super) async fn relay_filtered(
         let mut filtered = std::mem::take(&mut c.llm.sse_out);
         data.clear();
         filtered.clear();
-        let fed = relay.feed(
-            &up.buf,
-            &mut data,
-            true,
-            c.ex.scan.then_some(&mut c.llm.scanner),
-        );
-        let Ok(n) = fed else {
+        let scanner = c.ex.scan.then_some(&mut c.llm.scanner);
+        if let Err(IllFramed) = relay.take_from(&mut up.buf, &mut data, scanner) {
             c.llm.sse_in = data;
             c.llm.sse_out = filtered;
             c.ex.upstream_broke = true;
             return Next::Close;
-        };
-        up.buf.drain(..n);
+        }
         // Event by event, so a stream is cut at the event that passes the budget, however
         // many events one read brought.
         let mut at = 0;

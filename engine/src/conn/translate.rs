@@ -180,18 +180,12 @@ pub(super) async fn relay_translated(
     let mut data = std::mem::take(&mut c.llm.sse_in);
     data.clear();
     let read = loop {
-        let fed = relay.feed(
-            &up.buf,
-            &mut data,
-            true,
-            c.ex.scan.then_some(&mut c.llm.scanner),
-        );
-        let Ok(n) = fed else {
+        let scanner = c.ex.scan.then_some(&mut c.llm.scanner);
+        if let Err(IllFramed) = relay.take_from(&mut up.buf, &mut data, scanner) {
             break Err(Error::UpstreamBadResponse(
                 "ill-framed upstream response body",
             ));
-        };
-        up.buf.drain(..n);
+        }
         if data.len() > TRANSLATED_BODY_BYTES_MAX {
             break Err(Error::UpstreamBadResponse(
                 "the upstream's answer is too large to translate",
@@ -310,14 +304,9 @@ async fn relay_stream(
         let mut out = std::mem::take(&mut c.llm.sse_out);
         data.clear();
         out.clear();
-        match relay.feed(
-            &up.buf,
-            &mut data,
-            true,
-            c.ex.scan.then_some(&mut c.llm.scanner),
-        ) {
-            Ok(n) => drop(up.buf.drain(..n)),
-            Err(IllFramed) => broken = true,
+        let scanner = c.ex.scan.then_some(&mut c.llm.scanner);
+        if let Err(IllFramed) = relay.take_from(&mut up.buf, &mut data, scanner) {
+            broken = true;
         }
         if !broken {
             stream.feed(&data, &mut out);

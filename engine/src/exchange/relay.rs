@@ -50,6 +50,19 @@ impl Relay {
         }
     }
 
+    /// [`feed`](Self::feed) with the bytes copied to `out`, and what was taken drained from
+    /// `input` (the upstream connection's read buffer).
+    pub fn take_from(
+        &mut self,
+        input: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+        scan: Option<&mut UsageScanner>,
+    ) -> Result<(), IllFramed> {
+        let n = self.feed(input, out, true, scan)?;
+        input.drain(..n);
+        Ok(())
+    }
+
     /// Take what `input` holds of the body: returns the bytes consumed, copies them (or, when
     /// de-chunking, their data) to `out` when `copy` (without it the caller writes
     /// `input[..n]` itself), and hands the body data to `scan`. `Err`: ill-framed.
@@ -308,6 +321,24 @@ mod tests {
             (relay.status, relay.retry_after_s, relay.done),
             (429, Some(7), true)
         );
+    }
+
+    #[test]
+    fn take_from_copies_the_body_and_drains_what_it_took() {
+        // A de-chunked body: the data is copied, the chunk framing and the body's bytes are
+        // drained from the read buffer, what follows the body stays.
+        let mut r = Relay::new(ClientFraming::Dechunk, true, 200);
+        let mut input = b"5\r\nhello\r\n0\r\n\r\nNEXT".to_vec();
+        let mut out = Vec::new();
+        assert!(r.take_from(&mut input, &mut out, None).is_ok());
+        assert_eq!(out, b"hello");
+        assert_eq!(input, b"NEXT");
+        assert!(r.done);
+        // Ill-framed: an error, and the buffer is left as it was.
+        let mut r = Relay::new(ClientFraming::Dechunk, true, 200);
+        let mut input = b"zz\r\n".to_vec();
+        assert!(r.take_from(&mut input, &mut Vec::new(), None).is_err());
+        assert_eq!(input, b"zz\r\n");
     }
 
     #[test]
