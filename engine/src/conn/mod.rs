@@ -393,12 +393,10 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
                     action,
                     route,
                     tenant,
+                    shape,
                 })) => {
                     c.ex.bytes_in = head.head_len as u64;
-                    let target = request_line(&c.buf[..head.head_len]).1;
-                    if target.split('?').next() == Some("/v1/messages") {
-                        c.ex.error_shape = Shape::Anthropic;
-                    }
+                    c.ex.error_shape = shape;
                     if let Some(t) = tenant {
                         c.ex.tenant = Some(t);
                         c.ex.tenant_slot = snap.tenant_stat_slot(t);

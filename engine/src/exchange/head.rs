@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use crate::config::{Auth, Provider};
-use crate::error::Error;
+use crate::error::{Error, Shape};
 use crate::http::request::{self, Credentials, Method, RequestHead};
 use crate::limits::HEADERS_ARRAY_LEN;
 use crate::llm::{self};
@@ -34,8 +34,6 @@ pub enum Action {
     Refuse(Error),
 }
 
-/// Parse the head in `buf` and decide what to do, writing the upstream head into `wbuf` when
-/// proxying. `Ok(None)`: the head is incomplete.
 /// What [`decide`] found in a complete head.
 #[derive(Debug)]
 pub struct Decision {
@@ -45,8 +43,13 @@ pub struct Decision {
     pub route: Option<RouteId>,
     /// The tenant whose key the request presented (None without `auth = "keys"`).
     pub tenant: Option<TenantId>,
+    /// The shape of our own error answers: Anthropic's for a call to its API
+    /// (`/v1/messages`), OpenAI's otherwise.
+    pub shape: Shape,
 }
 
+/// Parse the head in `buf` and decide what to do, writing the upstream head into `wbuf` when
+/// proxying. `Ok(None)`: the head is incomplete.
 pub fn decide(
     snap: &Snapshot,
     buf: &[u8],
@@ -61,17 +64,24 @@ pub fn decide(
     };
     let head = req.head;
     let path = req.path();
+    let plain_path = path.split('?').next().unwrap_or(path);
+    let shape = if plain_path == "/v1/messages" {
+        Shape::Anthropic
+    } else {
+        Shape::OpenAi
+    };
+    let decided = |action, route, tenant| Decision {
+        head,
+        action,
+        route,
+        tenant,
+        shape,
+    };
     if head.method == Method::Get {
         match path {
             "/health/liveness" | "/health/readiness" => {
-                return Ok(Some(Decision {
-                    head,
-                    action: Action::Health {
-                        readiness: path == "/health/readiness",
-                    },
-                    route: None,
-                    tenant: None,
-                }))
+                let readiness = path == "/health/readiness";
+                return Ok(Some(decided(Action::Health { readiness }, None, None)));
             }
             _ => {}
         }
@@ -85,12 +95,11 @@ pub fn decide(
             match key.and_then(|k| snap.tenant_by_key(k, key_memo)) {
                 Some(t) => Some(t),
                 None => {
-                    return Ok(Some(Decision {
-                        head,
-                        action: Action::Refuse(Error::Unauthorized),
-                        route: None,
-                        tenant: None,
-                    }))
+                    return Ok(Some(decided(
+                        Action::Refuse(Error::Unauthorized),
+                        None,
+                        None,
+                    )))
                 }
             }
         }
@@ -99,15 +108,9 @@ pub fn decide(
     let models_on = !snap.cfg.models.is_empty();
     let read_llm_body = models_on || !snap.cfg.templates.is_empty();
     let llm_call = llm::is_llm_request(req.method(), path);
-    let plain_path = path.split('?').next().unwrap_or(path);
     if models_on && req.method() == "GET" && plain_path == "/v1/models" {
         // The model groups the caller may use, answered here.
-        return Ok(Some(Decision {
-            head,
-            action: Action::Models,
-            route: None,
-            tenant,
-        }));
+        return Ok(Some(decided(Action::Models, None, tenant)));
     }
     let Some(route) = snap.route_for(path) else {
         let action = if models_on && llm_call {
@@ -115,12 +118,7 @@ pub fn decide(
         } else {
             Action::Refuse(Error::NoRoute)
         };
-        return Ok(Some(Decision {
-            head,
-            action,
-            route: None,
-            tenant,
-        }));
+        return Ok(Some(decided(action, None, tenant)));
     };
     let upstream = snap.route_upstream(route);
     let ucfg = snap.upstream(upstream);
@@ -156,12 +154,7 @@ pub fn decide(
             Action::Proxy { target }
         }
     };
-    Ok(Some(Decision {
-        head,
-        action,
-        route: Some(route),
-        tenant,
-    }))
+    Ok(Some(decided(action, Some(route), tenant)))
 }
 
 /// The method and target of the request line at the start of `head` (already parsed, so
