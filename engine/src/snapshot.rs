@@ -442,8 +442,47 @@ impl Books for Snapshot {
     }
 }
 
-/// The attempt loop picks deployments through the shard's balancers.
+/// A shard's LLM calls check and admit against the snapshot, and pick deployments through its
+/// balancers.
 impl World for Snapshot {
+    fn group_of(&self, model: &str) -> Option<GroupId> {
+        Snapshot::group_of(self, model)
+    }
+
+    fn has_groups(&self) -> bool {
+        !self.cfg.models.is_empty()
+    }
+
+    fn has_templates(&self) -> bool {
+        !self.templates.is_empty()
+    }
+
+    fn allows(&self, t: TenantId, model: &str) -> bool {
+        self.tenant(t).models.allows(model)
+    }
+
+    fn default_max_tokens(&self, t: Option<TenantId>) -> u64 {
+        t.map_or(crate::tenant::DEFAULT_MAX_TOKENS_DEFAULT, |t| {
+            self.tenant(t).default_max_tokens
+        })
+    }
+
+    fn admit(
+        &self,
+        t: TenantId,
+        tokens: u64,
+        now_ns: u64,
+    ) -> Result<Option<Admitted>, crate::admit::Refused> {
+        match self.tenant_limits(t) {
+            Some(limits) => crate::admit::admit(limits, now_ns, tokens).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn retries(&self, group: GroupId) -> usize {
+        usize::try_from(self.group(group).retries).unwrap_or(usize::MAX)
+    }
+
     fn take_quota(
         &self,
         group: GroupId,

@@ -12,15 +12,14 @@ use super::local::{answer_error, answer_error_with};
 use super::translate::Translation;
 use super::RelayPlan;
 use super::{llm_take, translate, Client, Exchange, LlmBufs, Next};
-use crate::admit::{admit, write_rate_headers, write_refusal_headers};
+use crate::admit::{write_rate_headers, write_refusal_headers};
 use crate::balance::Outcome;
 use crate::clock::Now;
-use crate::control::stats::Reject;
 use crate::ctx::{ShardCtx, SpareBuf};
-use crate::error::{Error, Limit};
+use crate::error::Error;
 use crate::exchange::attempts;
 use crate::exchange::body::{self, BodyLeft, ChunkOut};
-use crate::exchange::call::{Action, Call, Event};
+use crate::exchange::call::{Action, Call, Checked, Event, Refusal, World};
 use crate::exchange::head::request_line;
 use crate::exchange::ledger::Books;
 use crate::http::request::{self, BodyKind, Credentials, RequestHead};
@@ -77,111 +76,92 @@ pub(super) async fn read_whole_body<'b>(
     Ok(wbuf)
 }
 
-/// Check a tenant's LLM body (JSON, a model it is approved for) and admit it by its token
-/// estimate. `Err`: answered (400 / 403 / 429).
+/// Check and admit a body answered here (the mock model): the first step of the LLM call
+/// ([`Call::check_body`]), without its template or targets. `Err`: answered (400 / 403 / 429).
 pub(super) async fn check_and_admit(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
     snap: &Snapshot,
-    tenant: Option<TenantId>,
     body: &[u8],
-) -> Result<LlmCall, Next> {
-    let info = match llm::inspect(body) {
-        Ok(i) => i,
-        Err(e) => {
-            let buf = ctx.take_buf();
-            return Err(answer_error(ctx, c, Error::BadBody(e.message()), true, buf).await);
+) -> Result<(), Next> {
+    let mut call = Call::new(c.ex.tenant, None);
+    let now = Now::read();
+    match call.check_body(snap, &mut c.ex.held, now, body) {
+        Ok(()) => {
+            took_body(c, snap, call.checked(), now);
+            Ok(())
         }
-    };
-    let Some(model) = info.model() else {
-        let buf = ctx.take_buf();
-        return Err(
-            answer_error(ctx, c, Error::BadBody("the body names no model"), true, buf).await,
-        );
-    };
-    let group = snap.group_of(model);
-    let default_max_tokens = tenant.map_or(crate::tenant::DEFAULT_MAX_TOKENS_DEFAULT, |t| {
-        snap.tenant(t).default_max_tokens
-    });
-    let call = LlmCall {
-        stream: info.stream,
-        include_usage: info.include_usage,
-        group,
-        has_variables: info.has_variables,
-        tokens: llm::estimate_tokens(body.len(), info.max_tokens, default_max_tokens),
-    };
-    let Some(tenant) = tenant else {
-        // No tenant (auth = "none"): nothing to approve or admit.
-        c.ex.scan = false;
-        return Ok(call);
-    };
-    let tcfg = snap.tenant(tenant);
-    if !tcfg.models.allows(model) {
-        ctx.control.stats.reject(c.ex.tenant_slot, Reject::Model);
-        let buf = ctx.take_buf();
-        return Err(answer_error(ctx, c, Error::ModelNotAllowed, true, buf).await);
+        Err(r) => Err(refuse(ctx, c, snap, r, true, 0, now).await),
     }
-    let tokens = llm::estimate_tokens(body.len(), info.max_tokens, tcfg.default_max_tokens);
-    c.ex.scan = true;
-    c.ex.prompt_estimate = llm::estimate_tokens(body.len(), Some(0), 0);
-    admit_tenant(ctx, c, snap, tenant, tokens, true, 0).await?;
-    Ok(call)
 }
 
-/// What the relay needs to know of an admitted LLM call.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct LlmCall {
-    stream: bool,
-    include_usage: bool,
-    /// The model group the body names, if any.
-    group: Option<GroupId>,
-    /// The body carries `variables` (for a template, or to be removed).
-    has_variables: bool,
-    /// The token estimate (body bytes / 4 + max_tokens), for quotas.
-    tokens: u64,
+/// What the driver keeps of a checked and admitted body: whether its usage is scanned, its
+/// prompt estimate, the tenant's `x-ratelimit-*` lines for the answer.
+fn took_body(c: &mut Client, snap: &Snapshot, checked: Checked, now: Now) {
+    c.ex.scan = checked.metered;
+    c.ex.prompt_estimate = checked.prompt_estimate;
+    if checked.admitted {
+        rate_headers(c, snap, now);
+    }
 }
 
-/// Admit the current request for `tenant` (estimated at `tokens`), or answer 429.
-/// `head_len`: bytes of a request head still at the front of `c.buf` (dropped before a refusal
-/// is answered); `may_keep_alive`: nothing of the request is left unread.
+/// The admitted tenant's `x-ratelimit-*` lines, for its answer.
+fn rate_headers(c: &mut Client, snap: &Snapshot, now: Now) {
+    if let Some(limits) = c.ex.tenant.and_then(|t| snap.tenant_limits(t)) {
+        c.rate_hdrs.clear();
+        write_rate_headers(limits, now.unix_ns, &mut c.rate_hdrs);
+    }
+}
+
+/// Answer a refusal: counted for the tenant, with its limit's `x-ratelimit-*` and
+/// `retry-after` lines. `head_len`: bytes of a request head still at the front of `c.buf`
+/// (dropped first); `may_keep_alive`: nothing of the request is left unread.
+pub(super) async fn refuse(
+    ctx: &Rc<ShardCtx>,
+    c: &mut Client,
+    snap: &Snapshot,
+    r: Refusal,
+    may_keep_alive: bool,
+    head_len: usize,
+    now: Now,
+) -> Next {
+    if let Some(why) = r.reject {
+        ctx.control.stats.reject(c.ex.tenant_slot, why);
+    }
+    c.rate_hdrs.clear();
+    if let (Some(refused), Some(limits)) =
+        (r.limited, c.ex.tenant.and_then(|t| snap.tenant_limits(t)))
+    {
+        write_refusal_headers(limits, &refused, now.unix_ns, &mut c.rate_hdrs);
+    }
+    c.buf.drain(..head_len.min(c.buf.len()));
+    let extra = std::mem::take(&mut c.rate_hdrs);
+    let next = answer_error_with(ctx, c, r.error, may_keep_alive, &extra, ctx.take_buf()).await;
+    c.rate_hdrs = extra;
+    next
+}
+
+/// Admit a tenant's request that carries no LLM body (a request, no tokens), or answer 429.
+/// `head_len` and `may_keep_alive` as for [`refuse`].
 pub(super) async fn admit_tenant(
     ctx: &Rc<ShardCtx>,
     c: &mut Client,
     snap: &Snapshot,
     tenant: TenantId,
-    tokens: u64,
     may_keep_alive: bool,
     head_len: usize,
 ) -> Result<(), Next> {
-    let Some(limits) = snap.tenant_limits(tenant) else {
-        return Ok(());
-    };
-    let now = Now::read().unix_ns;
-    match admit(limits, now, tokens) {
-        Ok(adm) => {
-            c.ex.held.hold_tenant(snap, tenant, adm, now);
-            c.rate_hdrs.clear();
-            write_rate_headers(limits, now, &mut c.rate_hdrs);
+    let now = Now::read();
+    match World::admit(snap, tenant, 0, now.unix_ns) {
+        Ok(None) => Ok(()),
+        Ok(Some(adm)) => {
+            c.ex.held.hold_tenant(snap, tenant, adm, now.unix_ns);
+            rate_headers(c, snap, now);
             Ok(())
         }
         Err(refused) => {
-            let why = match refused.limit {
-                Limit::Requests => Reject::Requests,
-                Limit::Tokens => Reject::Tokens,
-                Limit::Concurrency => Reject::Concurrency,
-                Limit::Budget => Reject::Budget,
-                Limit::Queue => Reject::Queue,
-                Limit::Connections => Reject::Concurrency,
-            };
-            ctx.control.stats.reject(c.ex.tenant_slot, why);
-            c.rate_hdrs.clear();
-            write_refusal_headers(limits, &refused, now, &mut c.rate_hdrs);
-            c.buf.drain(..head_len.min(c.buf.len()));
-            let e = Error::RateLimited(refused.limit);
-            let extra = std::mem::take(&mut c.rate_hdrs);
-            let next = answer_error_with(ctx, c, e, may_keep_alive, &extra, ctx.take_buf()).await;
-            c.rate_hdrs = extra;
-            Err(next)
+            let r = Refusal::limited(refused);
+            Err(refuse(ctx, c, snap, r, may_keep_alive, head_len, now).await)
         }
     }
 }
@@ -217,35 +197,98 @@ pub(super) async fn proxy_llm(
     // aligned to 128), and boxing it would allocate per request.
     let (snap, raw_head, filled_buf) = (&snap, &raw_head[..], &mut filled);
     let next = 'call: {
-        let call = match check_and_admit(ctx, c, snap, c.ex.tenant, &body).await {
-            Ok(call) => call,
-            Err(next) => break 'call next,
-        };
-        // Prompt templates: fill the selected one from `variables`; `variables` never goes upstream.
-        let mut body: &[u8] = &body;
-        if call.has_variables || !snap.templates.is_empty() {
-            let path = request_line(raw_head).1;
-            // The body was inspected already: a group's name is the body's model.
-            let model = call.group.map(|g| snap.group(g).name.as_str());
-            match fill_template(snap, body, model, path, filled_buf) {
-                Ok(true) => body = filled_buf,
-                Ok(false) => {}
-                Err(e) => {
-                    break 'call answer_error(ctx, c, Error::Template(e), true, ctx.take_buf())
-                        .await
-                }
-            }
+        // `exchange::call::Call` decides: the body checked (a model the tenant may use), the
+        // tenant admitted by its token estimate, whether a template is filled, then the route's
+        // upstream or each deployment of the group (its strategy, fallbacks, the deployment's
+        // own quota, a hedge) and whether a failure before any byte reached the client is
+        // tried elsewhere. This loop performs what it asks.
+        let mut machine = Call::new(c.ex.tenant, route_target);
+        let mut rng = || ctx.next_random();
+        let mut now = Now::read();
+        let mut action = machine.step(&**snap, &mut c.ex.held, now, &mut rng, Event::Body(&body));
+        if !matches!(action, Action::Refuse(_)) {
+            took_body(c, snap, machine.checked(), now);
         }
-        let Some(g) = call.group else {
-            let target = match route_target {
-                Some(t) if snap.cfg.models.is_empty() => t,
-                // With model groups, a model no group serves is unknown (OpenAI's 404).
-                _ => {
-                    break 'call answer_error(ctx, c, Error::ModelNotFound, true, ctx.take_buf())
-                        .await
+        let checked = machine.checked();
+        // The template-filled body is sent instead of the client's once filled.
+        let mut use_filled = false;
+        loop {
+            let (choice, hedge_at) = match action {
+                Action::Refuse(r) => break 'call refuse(ctx, c, snap, r, true, 0, now).await,
+                Action::Fill { group } => {
+                    // Fill the selected template from `variables`; `variables` never goes
+                    // upstream. A group's name is the body's model (inspected already).
+                    let path = request_line(raw_head).1;
+                    let model = group.map(|g| snap.group(g).name.as_str());
+                    let filled = match fill_template(snap, &body, model, path, filled_buf) {
+                        Ok(changed) => {
+                            use_filled = changed;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    };
+                    now = Now::read();
+                    action = machine.step(
+                        &**snap,
+                        &mut c.ex.held,
+                        now,
+                        &mut rng,
+                        Event::Filled(filled),
+                    );
+                    continue;
+                }
+                Action::SendRoute(target) => {
+                    let send_body: &[u8] = if use_filled { filled_buf } else { &body };
+                    let out =
+                        match llm_request(ctx, c, snap, raw_head, send_body, target, None, checked)
+                        {
+                            Ok((out, plan)) => {
+                                c.ex.plan = plan;
+                                out
+                            }
+                            // The body was read whole: the connection can stay open.
+                            Err(e) => {
+                                break 'call answer_error(ctx, c, e, true, ctx.take_buf()).await
+                            }
+                        };
+                    let sent =
+                        forward(ctx, c, head, target, out, BodyLeft::Done, Attempt::ONLY).await;
+                    break 'call match sent {
+                        Sent::Done(next) => next,
+                        Sent::Retry => Next::Close,
+                    };
+                }
+                Action::Send {
+                    choice,
+                    quota_held,
+                    hedge,
+                } => {
+                    if quota_held {
+                        // The deployment's tokens are settled from the answer's usage.
+                        c.ex.scan = true;
+                    }
+                    (choice, hedge)
+                }
+                // Only after an attempt that is not retried, which ends the loop below.
+                Action::Done => {
+                    break 'call answer_error(ctx, c, Error::NoDeployment, true, ctx.take_buf())
+                        .await;
                 }
             };
-            let out = match llm_request(ctx, c, snap, raw_head, body, target, None, call) {
+            let body: &[u8] = if use_filled { filled_buf } else { &body };
+            let (group, idx) = (choice.group, choice.idx);
+            let dep = snap.deployment(group, idx);
+            let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
+            let out = match llm_request(
+                ctx,
+                c,
+                snap,
+                raw_head,
+                body,
+                target,
+                Some(&dep.model),
+                checked,
+            ) {
                 Ok((out, plan)) => {
                     c.ex.plan = plan;
                     out
@@ -253,58 +296,6 @@ pub(super) async fn proxy_llm(
                 // The body was read whole: the connection can stay open.
                 Err(e) => break 'call answer_error(ctx, c, e, true, ctx.take_buf()).await,
             };
-            let sent = forward(ctx, c, head, target, out, BodyLeft::Done, Attempt::ONLY).await;
-            break 'call match sent {
-                Sent::Done(next) => next,
-                Sent::Retry => Next::Close,
-            };
-        };
-        // A model group: `exchange::call::Call` decides each attempt (the deployment the group's
-        // strategy picks, then its fallbacks, in order; the deployment's own quota; a hedge)
-        // and whether a failure before any byte reached the client is tried elsewhere
-        // (`retries`); this loop performs what it asks.
-        let retries = usize::try_from(snap.group(g).retries).unwrap_or(usize::MAX);
-        let mut machine = Call::new(g, retries, call.tokens, call.stream);
-        let mut rng = || ctx.next_random();
-        let mut event = Event::Start;
-        loop {
-            let now = Now::read();
-            let (choice, hedge_at) =
-                match machine.step(&**snap, &mut c.ex.held, now, &mut rng, event) {
-                    Action::Send {
-                        choice,
-                        quota_held,
-                        hedge,
-                    } => {
-                        if quota_held {
-                            // The deployment's tokens are settled from the answer's usage.
-                            c.ex.scan = true;
-                        }
-                        (choice, hedge)
-                    }
-                    Action::Refuse | Action::Done => {
-                        break 'call answer_error(
-                            ctx,
-                            c,
-                            Error::NoDeployment,
-                            true,
-                            ctx.take_buf(),
-                        )
-                        .await;
-                    }
-                };
-            let (group, idx) = (choice.group, choice.idx);
-            let dep = snap.deployment(group, idx);
-            let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
-            let out =
-                match llm_request(ctx, c, snap, raw_head, body, target, Some(&dep.model), call) {
-                    Ok((out, plan)) => {
-                        c.ex.plan = plan;
-                        out
-                    }
-                    // The body was read whole: the connection can stay open.
-                    Err(e) => break 'call answer_error(ctx, c, e, true, ctx.take_buf()).await,
-                };
             // Measure the attempt for the balancer: time to the response head, and how it ended.
             let Some(gr) = snap.balancer(group) else {
                 break 'call answer_error(ctx, c, Error::NoDeployment, true, out).await;
@@ -312,7 +303,7 @@ pub(super) async fn proxy_llm(
             c.ex.upstream_slot = snap.upstream_stat_slot(target.upstream);
             // A hedged stream: the second attempt's request, ready to race.
             let mut hedge = hedge_at.and_then(|(h, after)| {
-                plan_hedge(ctx, c, snap, (raw_head, body), call, (group, h), after)
+                plan_hedge(ctx, c, snap, (raw_head, body), checked, (group, h), after)
             });
             let started = now.mono_ns();
             let attempt = gr.start(idx.index(), started);
@@ -345,10 +336,12 @@ pub(super) async fn proxy_llm(
                     c.ex.status = 0;
                     c.ex.local_error = false;
                     c.ex.plan = RelayPlan::default();
-                    event = Event::Ended {
+                    now = Now::read();
+                    let ended = Event::Ended {
                         retry: true,
                         hedge_won,
                     };
+                    action = machine.step(&**snap, &mut c.ex.held, now, &mut rng, ended);
                 }
             }
         }
@@ -365,7 +358,7 @@ pub(super) fn plan_hedge<'c>(
     c: &mut Client,
     snap: &Snapshot,
     (raw_head, body): (&[u8], &[u8]),
-    call: LlmCall,
+    call: Checked,
     (group, idx): (GroupId, DeploymentIdx),
     after: Duration,
 ) -> Option<Box<Hedge<'c>>> {
@@ -440,7 +433,7 @@ pub(super) fn llm_request<'c>(
     body: &[u8],
     target: Target,
     model: Option<&str>,
-    call: LlmCall,
+    call: Checked,
 ) -> Result<(SpareBuf<'c>, RelayPlan), Error> {
     let mut body = body;
     let mut translation = None;

@@ -99,11 +99,8 @@ pub(super) async fn serve_mock(
         Err(next) => return next,
     };
     let body = std::mem::take(&mut c.llm.body);
-    if let (Some(t), true) = (c.ex.tenant, endpoint.takes_body()) {
-        if let Err(next) = check_and_admit(ctx, c, &snap, Some(t), &body)
-            .await
-            .map(|_| ())
-        {
+    if c.ex.tenant.is_some() && endpoint.takes_body() {
+        if let Err(next) = check_and_admit(ctx, c, &snap, &body).await {
             c.llm.body = body;
             return next;
         }

@@ -512,7 +512,7 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
     ) {
         // The body (if any) is unread: the connection closes after a refusal.
         let may_keep_alive = head.body == BodyKind::None && head.keep_alive;
-        let admitted = admit_tenant(ctx, c, &snap, t, 0, may_keep_alive, head.head_len);
+        let admitted = admit_tenant(ctx, c, &snap, t, may_keep_alive, head.head_len);
         if let Err(next) = admitted.await {
             return next;
         }

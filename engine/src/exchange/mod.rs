@@ -6,12 +6,13 @@
 //! - [`relay`]: the upstream's answer head turned into the client's, and where its body ends;
 //! - [`attempts`]: which deployment of a model group to try next (strategy, fallbacks,
 //!   quotas), the one retry rule, and how an attempt ended for the balancer;
-//! - [`call`]: a request's call to a model group as a state machine, events in (start, an
-//!   attempt ended) and actions out (send here with this hedge, refuse, done): the attempt
+//! - [`call`]: a tenant's LLM call as a state machine, events in (the body, the template
+//!   filled, an attempt ended) and actions out (refuse, fill the template, send to the route,
+//!   send here with this hedge, done): the body's checks, the tenant's admission, the attempt
 //!   loop and the deployment quotas it holds in the ledger;
 //! - [`ledger`]: what a request holds (tenant admission, deployment quota, upstream slot),
 //!   settled exactly once whichever path ends it;
-//! - `sim` (tests and the `exchange` fuzz target): the attempt loop driven by arbitrary bytes,
+//! - `sim` (tests and the `exchange` fuzz target): the call driven by arbitrary bytes,
 //!   checking that every reservation is settled once and every slot released.
 
 pub mod attempts;

@@ -1,16 +1,19 @@
-//! The exchange's attempt loop driven by arbitrary bytes, with counting books: the property
-//! the `exchange` fuzz target checks (`crate::fuzz_checks::exchange`) and the unit tests below
-//! run over generated inputs.
+//! A tenant's LLM call driven by arbitrary bytes, with counting books: the property the
+//! `exchange` fuzz target checks (`crate::fuzz_checks::exchange`) and the unit tests below run
+//! over generated inputs.
 //!
-//! The bytes decide everything the world decides for the driver: the groups (their sizes,
+//! The bytes decide everything the world decides for the driver: the tenant (none, limited or
+//! not, refused by a limit, approved for the model or not), the body (not JSON, no model, an
+//! unknown model, `variables`, a stream), templates and a route, the groups (their sizes,
 //! health, fallbacks and retry budget), each deployment's quota, whether an upstream slot and
-//! a hedge are taken, how each attempt ends (an answer with some status, a failed connection,
-//! a timeout) and whether the client leaves. The loop is the driver's: ask [`Call::step`] what
-//! to do, perform it (hold an upstream slot, race a hedge that may win), report how the attempt
-//! ended under [`attempts::retryable`] and `retry_ok`, settle at the end. Checked after every
-//! input:
+//! a hedge are taken, how the template fill and each attempt end (an answer with some status, a
+//! failed connection, a timeout). The loop is the driver's: ask [`Call::step`] what to do,
+//! perform it (fill, hold an upstream slot, race a hedge that may win), report how it ended
+//! under [`attempts::retryable`] and `retry_ok`, settle at the end. Checked after every input:
 //! - every reservation handed to the ledger is settled exactly once, every upstream slot
-//!   released exactly once;
+//!   released exactly once, the tenant admitted at most once and only when approved;
+//! - a body refused for itself (bad JSON, a model not approved, a limit) holds nothing;
+//! - the route is taken only without model groups, and never retried;
 //! - no more attempts fail over than the group's retry budget allows, and a retry happens only
 //!   when the attempt was marked `retry_ok`;
 //! - the loop ends (each pick is bounded by [`Attempts::ROUNDS_MAX`]).
@@ -20,9 +23,13 @@ use std::cell::{Cell, RefCell};
 use super::attempts::{self, Groups};
 use super::call::{Action, Call, Event, World};
 use super::ledger::{Books, Ledger};
+use crate::admit::Refused;
 use crate::balance::{FailureKind, Outcome};
 use crate::clock::Now;
+use crate::error::{Error, Limit};
 use crate::snapshot::{DeploymentIdx, FairSlot, GroupId, TenantId, UpstreamId};
+use crate::snapshot::{EndpointIdx, PoolSlot, Target};
+use crate::template::TemplateError;
 use std::time::Duration;
 
 /// Books that record every settlement: admissions are numbered tickets.
@@ -119,6 +126,17 @@ pub fn check(data: &[u8]) {
     for q in &mut quota {
         *q = byte();
     }
+    // The tenant and its limits, the body, templates and the route: what the first steps decide on.
+    let who = byte();
+    let tenant = (who & 1 == 1).then_some(TenantId::new(0));
+    let limits = match (who >> 1) % 4 {
+        0 => None,
+        1 => Some(Err(Refused {
+            limit: Limit::Requests,
+            retry_after_ns: 1,
+        })),
+        _ => Some(Ok(())),
+    };
     let world = SimWorld {
         table,
         books: Counted::default(),
@@ -126,6 +144,25 @@ pub fn check(data: &[u8]) {
         asked: Cell::new(0),
         tickets: Cell::new(0),
         hedges: byte() & 1 == 1,
+        retries,
+        allowed: who & 8 == 0,
+        limits,
+        templates: who & 16 != 0,
+        groups_on: who & 32 == 0,
+        admitted: Cell::new(false),
+    };
+    let route = (who & 64 != 0).then_some(Target {
+        upstream: UpstreamId::new(50),
+        endpoint: EndpointIdx::new(0),
+        slot: PoolSlot::new(0),
+    });
+    let body: &[u8] = match byte() % 8 {
+        0 => b"{not json",
+        1 => br#"{"messages":[]}"#,
+        2 => br#"{"model":"unknown"}"#,
+        3 => br#"{"model":"g0","variables":{"a":"b"}}"#,
+        4 | 5 => br#"{"model":"g0","stream":true}"#,
+        _ => br#"{"model":"g0","max_tokens":3}"#,
     };
     let mut ledger: Ledger<u32> = Ledger::default();
     let mut held_slots = 0usize;
@@ -138,16 +175,59 @@ pub fn check(data: &[u8]) {
     };
     let now = Now::at(1_000_000_000, 1_700_000_000_000_000_000);
     let now_ms = now.unix_ms();
-    if byte() & 1 == 1 {
-        ledger.hold_tenant(&world, TenantId::new(0), world.ticket(), now.unix_ns);
+    let mut call = Call::new(tenant, route);
+    let mut action = call.step(&world, &mut ledger, now, &mut rng, Event::Body(body));
+    let on_body = |e: Error| {
+        matches!(
+            e,
+            Error::BadBody(_) | Error::ModelNotAllowed | Error::RateLimited(_)
+        )
+    };
+    if let Action::Refuse(r) = action {
+        // Refused on the body: nothing held; a limit's refusal names the limit.
+        if on_body(r.error) {
+            assert!(ledger.is_empty(), "a refused body holds nothing");
+        }
+        assert_eq!(
+            r.limited.is_some(),
+            matches!(r.error, Error::RateLimited(_))
+        );
     }
-    let mut call = Call::new(GroupId::new(0), retries, 100, byte() & 1 == 1);
-    let mut event = Event::Start;
+    if !matches!(action, Action::Refuse(r) if on_body(r.error)) && tenant.is_some() {
+        // Past the body: a tenant's call was checked and admitted, its admission held.
+        assert!(world.allowed);
+        assert_eq!(ledger.tenant().is_some(), world.admitted.get());
+        assert!(call.checked().metered);
+    }
+    if let Action::Fill { .. } = action {
+        let filled = if byte() & 1 == 1 {
+            Ok(())
+        } else {
+            Err(TemplateError::UnknownTemplate)
+        };
+        action = call.step(&world, &mut ledger, now, &mut rng, Event::Filled(filled));
+        if filled.is_err() {
+            assert!(matches!(action, Action::Refuse(_)));
+        }
+    }
+    if let Action::SendRoute(t) = action {
+        assert_eq!(Some(t), route);
+        assert!(!world.groups_on, "the route only without groups");
+        let ended = Event::Ended {
+            retry: byte() & 1 == 1,
+            hedge_won: None,
+        };
+        assert_eq!(
+            call.step(&world, &mut ledger, now, &mut rng, ended),
+            Action::Done
+        );
+        action = Action::Done;
+    }
     let mut failed_over = 0usize;
     let (mut used, mut failed) = (None, true);
     loop {
         // What the machine asks, performed as the driver does, the world deciding how it ends.
-        let (choice, hedge_at) = match call.step(&world, &mut ledger, now, &mut rng, event) {
+        let (choice, hedge_at) = match action {
             Action::Send {
                 choice,
                 quota_held,
@@ -160,8 +240,8 @@ pub fn check(data: &[u8]) {
                 );
                 (choice, hedge)
             }
-            Action::Refuse => break,
-            Action::Done => panic!("done before the attempt was reported"),
+            Action::Refuse(_) | Action::Done => break,
+            Action::Fill { .. } | Action::SendRoute(_) => panic!("{action:?} out of order"),
         };
         let (g, i) = (choice.group.index(), choice.idx.index());
         assert!(g < groups);
@@ -178,7 +258,7 @@ pub fn check(data: &[u8]) {
             assert_ne!(hi, choice.idx, "a hedge at the attempt's own deployment");
             assert!(hi.index() < world.table.up[g].len());
             assert!(
-                choice.group != GroupId::new(0) || !call.tried().contains(hi),
+                choice.group != GroupId::new(0) || !call.tried().is_some_and(|t| t.contains(hi)),
                 "a hedge at a deployment that failed"
             );
             if step & 8 != 0 {
@@ -217,10 +297,10 @@ pub fn check(data: &[u8]) {
             used = (byte() & 1 == 1).then_some(u64::from(byte()));
             failed = false;
         }
-        event = Event::Ended { retry, hedge_won };
+        let event = Event::Ended { retry, hedge_won };
+        action = call.step(&world, &mut ledger, now, &mut rng, event);
         if !retry {
-            let last = call.step(&world, &mut ledger, now, &mut rng, event);
-            assert_eq!(last, Action::Done);
+            assert_eq!(action, Action::Done);
             break;
         }
     }
@@ -250,6 +330,15 @@ struct SimWorld {
     asked: Cell<usize>,
     tickets: Cell<u32>,
     hedges: bool,
+    retries: usize,
+    /// The tenant may call "g0".
+    allowed: bool,
+    /// The tenant's limits: none, refusing, admitting.
+    limits: Option<Result<(), Refused>>,
+    templates: bool,
+    groups_on: bool,
+    /// The tenant was admitted (a ticket handed out for it).
+    admitted: Cell<bool>,
 }
 
 impl SimWorld {
@@ -302,6 +391,34 @@ impl Books for SimWorld {
 }
 
 impl World for SimWorld {
+    fn group_of(&self, model: &str) -> Option<GroupId> {
+        (self.groups_on && model == "g0").then_some(GroupId::new(0))
+    }
+    fn has_groups(&self) -> bool {
+        self.groups_on
+    }
+    fn has_templates(&self) -> bool {
+        self.templates
+    }
+    fn allows(&self, _: TenantId, model: &str) -> bool {
+        self.allowed && model != "nobody"
+    }
+    fn default_max_tokens(&self, _: Option<TenantId>) -> u64 {
+        100
+    }
+    fn admit(&self, _: TenantId, _: u64, _: u64) -> Result<Option<u32>, Refused> {
+        match self.limits {
+            None => Ok(None),
+            Some(Err(r)) => Err(r),
+            Some(Ok(())) => {
+                assert!(!self.admitted.replace(true), "a call admitted twice");
+                Ok(Some(self.ticket()))
+            }
+        }
+    }
+    fn retries(&self, _: GroupId) -> usize {
+        self.retries
+    }
     fn take_quota(&self, _: GroupId, _: DeploymentIdx, _: u64, _: u64) -> Result<Option<u32>, ()> {
         let n = self.asked.get();
         self.asked.set(n + 1);
