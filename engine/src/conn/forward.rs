@@ -20,7 +20,7 @@ use crate::config::UpstreamConfig;
 use crate::control::stats::Reject;
 use crate::ctx::{ShardCtx, SpareBuf};
 use crate::error::{Error, Limit};
-use crate::exchange::attempts;
+use crate::exchange::attempt::{Step, Try, Verdict};
 use crate::exchange::body::{self, BodyLeft, ChunkOut};
 use crate::exchange::ledger::Books;
 use crate::exchange::relay::{response_head, HeadStep, Relay};
@@ -215,11 +215,11 @@ pub(super) async fn forward(
         now = Some(granted);
     }
     let mut now = now.unwrap_or_else(Now::read);
-    // The request can be sent again on a fresh connection only while all of it is in `wbuf`.
-    let replayable = left.is_done();
+    // What becomes of each failure and of the answer head is `exchange::attempt`'s to say:
+    // a replay on a fresh connection only while the whole request is still in `wbuf`.
+    let mut attempt = Try::new(retry_ok, left.is_done(), head.keep_alive);
     let addr = snap.endpoint(upstream, endpoint).addr;
     c.ex.upstream = Some(addr);
-    let mut retried = false;
     let (up, relay, keep_alive) = loop {
         let mut up = match ctx.pools.checkout(slot, ucfg.pool_idle_timeout, now) {
             Some(up) => up,
@@ -236,8 +236,8 @@ pub(super) async fn forward(
                     up
                 }
                 Err(e) => {
-                    let may_keep_alive = left.is_done() && head.keep_alive;
-                    return fail_attempt(ctx, c, e, may_keep_alive, retry_ok, wbuf).await;
+                    let verdict = attempt.step(Step::ConnectFailed(e));
+                    return fail(ctx, c, verdict, wbuf).await;
                 }
             },
         };
@@ -245,14 +245,18 @@ pub(super) async fn forward(
             .await
             .is_err()
         {
-            // (A write that timed out kept the request: nothing to replay.)
-            if up.reused && !retried && replayable && !wbuf.is_empty() {
-                retried = true;
-                now = Now::read();
-                continue;
+            // (A write that timed out consumed the request: nothing to replay.)
+            let failed = Step::WriteFailed {
+                reused: up.reused,
+                request_kept: !wbuf.is_empty(),
+            };
+            match attempt.step(failed) {
+                Verdict::Replay => {
+                    now = Now::read();
+                    continue;
+                }
+                verdict => return fail(ctx, c, verdict, wbuf).await,
             }
-            let e = Error::UpstreamUnavailable;
-            return fail_attempt(ctx, c, e, false, retry_ok, wbuf).await;
         }
         if let Err(e) = stream_body(c, &mut up, &mut left, &mut wbuf).await {
             return Sent::Done(match e {
@@ -308,32 +312,25 @@ pub(super) async fn forward(
                 snap.release_slot(h.target.upstream, h.fair_slot, Now::read().unix_ms());
             }
         }
-        match got {
-            Ok((relay, keep_alive)) => {
+        let step = match &got {
+            Ok((relay, _)) => {
                 c.ex.ttfb = Some(sent_at.until(Now::read()));
                 c.ex.retry_after = relay
                     .retry_after_s
                     .map(|s| Duration::from_secs(u64::from(s)));
-                if retry_ok && attempts::retryable(&attempts::answered(relay.status)) {
-                    // Another deployment may answer: nothing went to the client yet. This
-                    // connection is dropped (its answer is not read).
-                    c.ex.status = relay.status;
-                    return Sent::Retry;
+                Step::Answered {
+                    status: relay.status,
                 }
-                break (up, relay, keep_alive);
             }
-            Err(HeadError::ClosedBeforeAnyByte) if up.reused && !retried && replayable => {
-                retried = true;
-                now = Now::read();
-                continue;
-            }
-            Err(HeadError::ClosedBeforeAnyByte) => {
-                let e = Error::UpstreamUnavailable;
-                return fail_attempt(ctx, c, e, head.keep_alive, retry_ok, wbuf).await;
-            }
-            Err(HeadError::Failed(e)) => {
-                return fail_attempt(ctx, c, e, head.keep_alive, retry_ok, wbuf).await
-            }
+            Err(HeadError::ClosedBeforeAnyByte) => Step::ClosedBeforeAnyByte { reused: up.reused },
+            Err(HeadError::Failed(e)) => Step::HeadFailed(*e),
+        };
+        match (attempt.step(step), got) {
+            (Verdict::Relay, Ok((relay, keep_alive))) => break (up, relay, keep_alive),
+            (Verdict::Replay, _) => now = Now::read(),
+            // Another deployment may answer: nothing went to the client yet. This connection
+            // is dropped (its answer is not read).
+            (verdict, _) => return fail(ctx, c, verdict, wbuf).await,
         }
     };
     Sent::Done(if let Some(tr) = c.ex.plan.translation.take() {
@@ -346,22 +343,32 @@ pub(super) async fn forward(
     })
 }
 
-/// An attempt failed before any byte reached the client (no answer head came): retried
-/// elsewhere when `retry_ok` and the one retry rule allow it (a failed connection or a
-/// timeout always does), answered otherwise.
-pub(super) async fn fail_attempt(
-    ctx: &Rc<ShardCtx>,
-    c: &mut Client,
-    e: Error,
-    may_keep_alive: bool,
-    retry_ok: bool,
-    wbuf: SpareBuf<'_>,
-) -> Sent {
-    if retry_ok && attempts::retryable(&attempts::outcome(None, e.status(), None, false)) {
-        c.ex.status = e.status();
-        return Sent::Retry;
+/// An attempt that is not relayed: handed back for a retry elsewhere (`c.ex.status` says what
+/// the failure counts as), or answered.
+fn fail<'a>(
+    ctx: &'a Rc<ShardCtx>,
+    c: &'a mut Client,
+    verdict: Verdict,
+    wbuf: SpareBuf<'a>,
+) -> impl std::future::Future<Output = Sent> + 'a {
+    let (e, may_keep_alive) = match verdict {
+        Verdict::Retry { status } => {
+            c.ex.status = status;
+            (None, false)
+        }
+        Verdict::Answer {
+            error,
+            may_keep_alive,
+        } => (Some(error), may_keep_alive),
+        // Not failures: never asked to answer them here.
+        Verdict::Relay | Verdict::Replay => (Some(Error::UpstreamUnavailable), false),
+    };
+    async move {
+        match e {
+            None => Sent::Retry,
+            Some(e) => Sent::Done(answer_error(ctx, c, e, may_keep_alive, wbuf).await),
+        }
     }
-    Sent::Done(answer_error(ctx, c, e, may_keep_alive, wbuf).await)
 }
 
 /// Stream the rest of the request body from the client to the upstream.

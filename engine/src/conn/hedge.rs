@@ -12,7 +12,7 @@ use std::pin::pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::admit::{admit, Admitted};
+use crate::admit::Admitted;
 use crate::config::UpstreamConfig;
 use crate::ctx::{ShardCtx, SpareBuf};
 use crate::http::request::RequestHead;
@@ -23,6 +23,7 @@ use super::forward::{read_response_head, HeadError};
 use super::io::write_buf;
 use super::RelayPlan;
 use crate::clock::Now;
+use crate::exchange::call::World;
 use crate::exchange::ledger::Books;
 use crate::exchange::relay::Relay;
 
@@ -147,15 +148,14 @@ fn launch(snap: &Snapshot, h: &mut Hedge<'_>) -> bool {
             return false;
         }
     }
-    if let Some(lim) = snap.deployment_limits(h.group, h.idx) {
-        match admit(lim, now.unix_ns, h.tokens) {
-            Ok(adm) => h.admitted = Some(adm),
-            Err(_) => {
-                if let Some(cap) = cap {
-                    cap.release(h.fair_slot, now.unix_ms());
-                }
-                return false;
+    // The deployment's own quota, taken as for any attempt the call sends.
+    match snap.take_quota(h.group, h.idx, h.tokens, now.unix_ns) {
+        Ok(adm) => h.admitted = adm,
+        Err(()) => {
+            if let Some(cap) = cap {
+                cap.release(h.fair_slot, now.unix_ms());
             }
+            return false;
         }
     }
     h.cap_held = cap.is_some();

@@ -462,9 +462,9 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
     // A shard serving `requests_inflight_max` requests sheds new ones at once (503 with
     // Retry-After, before any tenant quota is taken) instead of queueing more work behind
     // them. Health checks and local refusals are not counted: they cost nothing to answer.
-    let _inflight = match action {
-        Action::Health { .. } | Action::Refuse(_) => None,
-        _ => match ctx.begin_request(server.requests_inflight_max) {
+    let _inflight = match action.is_work() {
+        false => None,
+        true => match ctx.begin_request(server.requests_inflight_max) {
             Some(guard) => Some(guard),
             None => {
                 c.buf.drain(..head.head_len.min(c.buf.len()));
@@ -500,16 +500,7 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
     }
     // A tenant's request that carries no LLM body is admitted now (a request, no tokens);
     // LLM requests are admitted once their body is read (their tokens are estimated from it).
-    let llm_body = match action {
-        Action::ProxyLlm { .. } => true,
-        Action::Mock(m) => m.takes_body(),
-        Action::Health { .. } | Action::Refuse(_) | Action::Proxy { .. } | Action::Models => false,
-    };
-    if let (Some(t), false, false) = (
-        c.ex.tenant,
-        llm_body,
-        matches!(action, Action::Health { .. } | Action::Refuse(_)),
-    ) {
+    if let (Some(t), true) = (c.ex.tenant, action.admits_at_head()) {
         // The body (if any) is unread: the connection closes after a refusal.
         let may_keep_alive = head.body == BodyKind::None && head.keep_alive;
         let admitted = admit_tenant(ctx, c, &snap, t, may_keep_alive, head.head_len);

@@ -34,6 +34,25 @@ pub enum Action {
     Refuse(Error),
 }
 
+impl Action {
+    /// Work the shard counts against `requests_inflight_max`: everything but health checks and
+    /// our own refusals, which cost nothing to answer.
+    pub fn is_work(&self) -> bool {
+        !matches!(self, Action::Health { .. } | Action::Refuse(_))
+    }
+
+    /// A tenant's request of this kind is admitted at the head, as one request of no tokens.
+    /// An LLM call (and a call to the mock model that carries a prompt) is admitted once its
+    /// body is read, at its token estimate ([`super::call::Call`]).
+    pub fn admits_at_head(&self) -> bool {
+        match self {
+            Action::Proxy { .. } | Action::Models => true,
+            Action::Mock(m) => !m.takes_body(),
+            Action::ProxyLlm { .. } | Action::Health { .. } | Action::Refuse(_) => false,
+        }
+    }
+}
+
 /// What [`decide`] found in a complete head.
 #[derive(Debug)]
 pub struct Decision {
@@ -168,4 +187,35 @@ pub fn request_line(head: &[u8]) -> (&str, &str) {
         std::str::from_utf8(method).unwrap_or(""),
         std::str::from_utf8(target).unwrap_or(""),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_counted_and_admitted_at_the_head() {
+        use crate::snapshot::{EndpointIdx, PoolSlot, UpstreamId};
+        let target = Target {
+            upstream: UpstreamId::new(0),
+            endpoint: EndpointIdx::new(0),
+            slot: PoolSlot::new(0),
+        };
+        // (action, counted as work, admitted at the head)
+        for (action, work, at_head) in [
+            (Action::Health { readiness: true }, false, false),
+            (Action::Refuse(Error::NoRoute), false, false),
+            (Action::Proxy { target }, true, true),
+            (Action::Models, true, true),
+            (Action::Mock(MockEndpoint::Models), true, true),
+            (Action::Mock(MockEndpoint::ChatCompletions), true, false),
+            (Action::ProxyLlm { target: None }, true, false),
+        ] {
+            assert_eq!(
+                (action.is_work(), action.admits_at_head()),
+                (work, at_head),
+                "{action:?}"
+            );
+        }
+    }
 }

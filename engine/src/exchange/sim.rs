@@ -14,17 +14,19 @@
 //!   released exactly once, the tenant admitted at most once and only when approved;
 //! - a body refused for itself (bad JSON, a model not approved, a limit) holds nothing;
 //! - the route is taken only without model groups, and never retried;
+//! - an attempt is replayed at most once, and only on a pooled connection with its request in
+//!   hand ([`Try`]);
 //! - no more attempts fail over than the group's retry budget allows, and a retry happens only
-//!   when the attempt was marked `retry_ok`;
+//!   when the attempt was marked `retry_ok` and the failure is one the retry rule retries;
 //! - the loop ends (each pick is bounded by [`Attempts::ROUNDS_MAX`]).
 
 use std::cell::{Cell, RefCell};
 
+use super::attempt::{Step, Try, Verdict};
 use super::attempts::{self, Groups};
 use super::call::{Action, Call, Event, World};
 use super::ledger::{Books, Ledger};
 use crate::admit::Refused;
-use crate::balance::{FailureKind, Outcome};
 use crate::clock::Now;
 use crate::error::{Error, Limit};
 use crate::snapshot::{DeploymentIdx, FairSlot, GroupId, TenantId, UpstreamId};
@@ -275,25 +277,52 @@ pub fn check(data: &[u8]) {
                 hedge_won = Some(h);
             }
         }
-        let outcome = match step >> 5 {
-            0 => attempts::answered(200),
-            1 => attempts::answered(429),
-            2 => attempts::answered(503),
-            3 => attempts::answered(500),
-            4 => attempts::outcome(None, 504, None, false),
-            5 => attempts::outcome(None, 502, None, false),
-            6 => attempts::outcome(Some(Duration::from_millis(1)), 200, None, true),
-            _ => Outcome::Failure {
-                kind: FailureKind::Status(502),
-                retry_after: None,
-            },
+        // The attempt itself, step by step as the driver reports it to `attempt::Try`: a
+        // stale pooled connection is replayed at most once, and only a failure the call and
+        // the one retry rule allow is handed back.
+        let mut attempt = Try::new(choice.retry_ok, step & 4 != 0, true);
+        let mut replays = 0;
+        let (verdict, status) = loop {
+            let b = byte();
+            let (reused, kept) = (b & 1 != 0, b & 2 != 0);
+            let (what, status) = match (b >> 2) % 8 {
+                0 => (Step::ConnectFailed(Error::UpstreamUnavailable), 502),
+                1 => (
+                    Step::WriteFailed {
+                        reused,
+                        request_kept: kept,
+                    },
+                    502,
+                ),
+                2 => (Step::ClosedBeforeAnyByte { reused }, 502),
+                3 => (Step::HeadFailed(Error::UpstreamTimeout), 504),
+                4 => (Step::Answered { status: 429 }, 429),
+                5 => (Step::Answered { status: 503 }, 503),
+                6 => (Step::Answered { status: 500 }, 500),
+                _ => (Step::Answered { status: 200 }, 200),
+            };
+            match attempt.step(what) {
+                Verdict::Replay => {
+                    replays += 1;
+                    assert!(replays <= 1, "replayed twice");
+                    assert!(step & 4 != 0 && reused, "replayed a request not in hand");
+                }
+                v => break (v, status),
+            }
         };
-        // The one retry rule, as `forward` applies it.
-        let retry = choice.retry_ok && attempts::retryable(&outcome);
+        let retry = matches!(verdict, Verdict::Retry { .. });
         if retry {
+            assert!(
+                choice.retry_ok,
+                "retried an attempt the call did not allow to be"
+            );
+            assert!(
+                attempts::retryable(&attempts::outcome(None, status, None, false)),
+                "retried a {status}"
+            );
             failed_over += 1;
             assert!(failed_over <= retries, "more retries than the group allows");
-        } else if let Outcome::Success { .. } = outcome {
+        } else if verdict == Verdict::Relay && status == 200 {
             used = (byte() & 1 == 1).then_some(u64::from(byte()));
             failed = false;
         }
