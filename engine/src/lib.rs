@@ -40,8 +40,10 @@
 //! - [`mock`]: the built-in demo model behind the embedded default config.
 //! - [`exchange`]: one request's exchange decided without I/O: the head's action, body
 //!   framing, the answer head and relay framing, the attempt loop over a model group's
-//!   deployments with the one retry rule, the LLM call's attempts as a state machine (events
-//!   in, actions out), and the ledger that settles every reservation once.
+//!   deployments with the one retry rule, a tenant's LLM call as a state machine (events in:
+//!   the body, the template filled, an attempt ended; actions out: refuse, fill, send to the
+//!   route or a deployment with its hedge), one attempt's failures (replay once, retry
+//!   elsewhere, answer), and the ledger that settles every reservation once.
 //! - [`clock`]: the data plane's one clock (`Now`), read by the driver and passed down.
 //! - [`error`]: the one data-plane error type, mapped to a status and an OpenAI-style JSON body
 //!   in one place.
