@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use shardgate_core::config::Config;
-use shardgate_core::control::shm::{pid_alive, Region};
+use shardgate_core::control::shm::{pid_alive, Region, WriterGuard};
 use shardgate_core::control::stats::{self, ShardView};
 use shardgate_core::control::{message, publish_config, unix_ms};
 
@@ -33,10 +33,6 @@ pub struct Options {
 pub fn run(instance: &str, path: &Path, opts: &Options) -> Result<(), Failure> {
     let (text, new) = check::load(path)?;
     let region = crate::open_running(instance)?;
-    let engine_pid = region
-        .header()
-        .engine_pid
-        .load(std::sync::atomic::Ordering::Acquire);
 
     match running(&region) {
         Ok((version, old)) => {
@@ -68,13 +64,7 @@ pub fn run(instance: &str, path: &Path, opts: &Options) -> Result<(), Failure> {
         ))
     })?;
     // Numbered under the lock, so two ctls never push the same version.
-    let ring = region.ring();
-    let version = next_version(
-        ring.latest_message()
-            .map(|(v, _)| v)
-            .max(ring.newest_frame_version()),
-        &stats::read(&region).shards,
-    );
+    let version = version_after(&region);
 
     if let Some(frames_max) = opts.stall_after_frames {
         let body = message::encode(&text, &new).map_err(Failure::failed)?;
@@ -91,21 +81,40 @@ pub fn run(instance: &str, path: &Path, opts: &Options) -> Result<(), Failure> {
         }
     }
 
+    let (version, ms) = push(instance, &region, guard, version, &text, &new, opts.timeout)?;
+    println!(
+        "applied version {version} to {} shards in {ms} ms",
+        region.shards()
+    );
+    Ok(())
+}
+
+/// Publish `text` (validated as `new`) as `version` under the writer lock `guard` (released
+/// once published), and wait until every shard runs it: `(version, ms waited)`, or why not.
+pub fn push(
+    instance: &str,
+    region: &Region,
+    guard: WriterGuard<'_>,
+    version: u64,
+    text: &str,
+    new: &Config,
+    timeout: Duration,
+) -> Result<(u64, u128), Failure> {
+    let engine_pid = region
+        .header()
+        .engine_pid
+        .load(std::sync::atomic::Ordering::Acquire);
     let start = Instant::now();
     // `publish_config` takes the lock again (this process already holds it) and releases it.
-    let published = publish_config(&region, version, &text, &new);
+    let published = publish_config(region, version, text, new);
     drop(guard);
     published.map_err(Failure::failed)?;
-
-    let shards = region.shards();
     loop {
-        let t = stats::read(&region);
+        let t = stats::read(region);
         let progress = progress(&t.shards, version);
         match progress {
             Progress::Settled { refused, .. } if refused.is_empty() => {
-                let ms = start.elapsed().as_millis();
-                println!("applied version {version} to {shards} shards in {ms} ms");
-                return Ok(());
+                return Ok((version, start.elapsed().as_millis()));
             }
             Progress::Settled { .. } => {
                 return Err(Failure::failed(progress.report(version, None)));
@@ -118,18 +127,26 @@ pub fn run(instance: &str, path: &Path, opts: &Options) -> Result<(), Failure> {
                  {version} was being applied"
             )));
         }
-        if start.elapsed() >= opts.timeout {
-            return Err(Failure::failed(
-                progress.report(version, Some(opts.timeout)),
-            ));
+        if start.elapsed() >= timeout {
+            return Err(Failure::failed(progress.report(version, Some(timeout))));
         }
         pause(Duration::from_millis(APPLY_POLL_MS));
     }
 }
 
-/// The running config: the newest complete message in the ring, validated as a shard would.
-/// Errors say why it cannot be known.
-pub fn running(region: &Region) -> Result<(u64, Config), String> {
+/// The newest version in sight, plus one (numbered under the writer lock).
+pub fn version_after(region: &Region) -> u64 {
+    let ring = region.ring();
+    next_version(
+        ring.latest_message()
+            .map(|(v, _)| v)
+            .max(ring.newest_frame_version()),
+        &stats::read(region).shards,
+    )
+}
+
+/// The running config's TOML text and its validated form, from the ring.
+pub fn running_text(region: &Region) -> Result<(u64, String, Config), String> {
     let Some((version, body)) = region.ring().latest_message() else {
         return Err(
             "the running config is unknown (no complete config message in the ring)".into(),
@@ -143,7 +160,13 @@ pub fn running(region: &Region) -> Result<(u64, Config), String> {
             e.to_string().replace('\n', "; ")
         )
     })?;
-    Ok((version, c))
+    Ok((version, m.toml, c))
+}
+
+/// The running config: the newest complete message in the ring, validated as a shard would.
+/// Errors say why it cannot be known.
+pub fn running(region: &Region) -> Result<(u64, Config), String> {
+    running_text(region).map(|(v, _, c)| (v, c))
 }
 
 /// One past every version in sight: the ring's newest message and what each shard runs.

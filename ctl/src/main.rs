@@ -9,6 +9,9 @@
 //! - [`diff`]: the semantic diff of two configs (pure).
 //! - [`stall`]: the hidden `SHARDGATE_CTL_STALL_AFTER_FRAMES` test hook (a partial publish).
 //! - [`status`]: the instance and shard table, text and JSON (pure over a snapshot).
+//! - [`tenants`]: `tenants ...` and `keys ...`: a change to the tenant store written
+//!   atomically, audited, and pushed to every shard (the store's rules are
+//!   `shardgate_core::store`, I/O-free).
 //! - [`top`]: live per-upstream and per-route rates (pure over two counter reads).
 //! - [`table`]: column-aligned tables and number formats.
 //!
@@ -21,6 +24,7 @@ mod diff;
 mod stall;
 mod status;
 mod table;
+mod tenants;
 mod top;
 
 use std::path::PathBuf;
@@ -76,6 +80,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage the tenant store's tenants (`[server] tenant_store`); each change is in force on
+    /// every shard when the command returns.
+    Tenants {
+        #[command(subcommand)]
+        op: TenantOp,
+        /// How long to wait for every shard to run the change, ms.
+        #[arg(long, global = true, default_value_t = APPLY_WAIT_MS_MAX,
+              value_parser = clap::value_parser!(u64).range(1..=TIMEOUT_MS_MAX))]
+        timeout_ms: u64,
+    },
+    /// Manage the tenant store's keys: a new key is printed once and stored only as its hash.
+    Keys {
+        #[command(subcommand)]
+        op: KeyOp,
+        /// How long to wait for every shard to run the change, ms.
+        #[arg(long, global = true, default_value_t = APPLY_WAIT_MS_MAX,
+              value_parser = clap::value_parser!(u64).range(1..=TIMEOUT_MS_MAX))]
+        timeout_ms: u64,
+    },
     /// Show requests per second, errors, status classes, latency and bytes per upstream and
     /// route, refreshed every interval.
     Top {
@@ -90,6 +113,188 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         iterations: Option<u64>,
     },
+}
+
+/// A tenant's settings on the command line (`tenants add` and `tenants set`).
+#[derive(Debug, clap::Args)]
+struct TenantFlags {
+    /// Models it may use, comma-separated (`*`: all).
+    #[arg(long)]
+    models: Option<String>,
+    /// Requests per minute.
+    #[arg(long)]
+    rpm: Option<i64>,
+    /// Tokens per minute.
+    #[arg(long)]
+    tpm: Option<i64>,
+    /// Requests in flight at once.
+    #[arg(long)]
+    max_concurrency: Option<i64>,
+    /// Tokens per budget window.
+    #[arg(long)]
+    budget_tokens: Option<i64>,
+    /// The budget's window, e.g. 30d.
+    #[arg(long)]
+    budget_window: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantOp {
+    /// The store's tenants (and the config's `[[tenants]]`, as `config`).
+    List,
+    /// Add a tenant (it has no key until `keys create`).
+    Add {
+        name: String,
+        #[command(flatten)]
+        flags: TenantFlags,
+    },
+    /// Change a tenant's settings (those given; the rest stay).
+    Set {
+        name: String,
+        #[command(flatten)]
+        flags: TenantFlags,
+    },
+    /// Refuse every request of the tenant (403 `tenant_suspended`) until resumed.
+    Suspend {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    /// Remove a tenant and all its keys.
+    Remove {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyOp {
+    /// Make a key for TENANT and print it (once).
+    Create {
+        tenant: String,
+        /// A label to recognise it by.
+        #[arg(long)]
+        name: Option<String>,
+        /// It stops working after this long, e.g. 90d.
+        #[arg(long, value_parser = duration)]
+        expires: Option<Duration>,
+    },
+    /// The store's keys (of TENANT), by id and prefix: never the keys.
+    List { tenant: Option<String> },
+    /// Make a new key for the same tenant; the old one keeps working for the grace only.
+    Rotate {
+        key_id: String,
+        #[arg(long, value_parser = duration, default_value = "24h")]
+        grace: Duration,
+    },
+    /// Remove a key: no shard admits it once the command returns.
+    Revoke { key_id: String },
+}
+
+fn tenant_op(instance: &str, op: TenantOp, timeout_ms: u64) -> Result<(), Failure> {
+    let timeout = Duration::from_millis(timeout_ms);
+    let settings = |f: TenantFlags| {
+        tenants::settings(
+            f.models,
+            f.rpm,
+            f.tpm,
+            f.max_concurrency,
+            f.budget_tokens,
+            f.budget_window,
+        )
+    };
+    let op: tenants::Op<'_> = match op {
+        TenantOp::List => return tenants::show(instance, false, None),
+        TenantOp::Add { name, flags } => {
+            let s = settings(flags);
+            Box::new(move |store, running, now| {
+                let taken: Vec<&str> = running
+                    .tenants
+                    .iter()
+                    .filter(|t| !store.tenants.contains_key(&t.name))
+                    .map(|t| t.name.as_str())
+                    .collect();
+                let c = store.add_tenant(&name, s, &taken, now)?;
+                Ok((c, format!("added tenant {name}")))
+            })
+        }
+        TenantOp::Set { name, flags } => {
+            let s = settings(flags);
+            Box::new(move |store, _, _| {
+                Ok((
+                    store.set_tenant(&name, &s)?,
+                    format!("changed tenant {name}"),
+                ))
+            })
+        }
+        TenantOp::Suspend { name } => Box::new(move |store, _, _| {
+            Ok((
+                store.suspend_tenant(&name, true)?,
+                format!("suspended tenant {name}"),
+            ))
+        }),
+        TenantOp::Resume { name } => Box::new(move |store, _, _| {
+            Ok((
+                store.suspend_tenant(&name, false)?,
+                format!("resumed tenant {name}"),
+            ))
+        }),
+        TenantOp::Remove { name } => Box::new(move |store, _, _| {
+            Ok((
+                store.remove_tenant(&name)?,
+                format!("removed tenant {name} and its keys"),
+            ))
+        }),
+    };
+    tenants::change(instance, timeout, op)
+}
+
+fn key_op(instance: &str, op: KeyOp, timeout_ms: u64) -> Result<(), Failure> {
+    let timeout = Duration::from_millis(timeout_ms);
+    let op: tenants::Op<'_> = match op {
+        KeyOp::List { tenant } => return tenants::show(instance, true, tenant.as_deref()),
+        KeyOp::Create {
+            tenant,
+            name,
+            expires,
+        } => {
+            let random = tenants::key_random()?;
+            Box::new(move |store, _, now| {
+                let (k, c) = store.create_key(&tenant, name.as_deref(), expires, random, now)?;
+                Ok((
+                    c,
+                    format!(
+                        "key {} for tenant {tenant} (shown once, store it now):\n{}",
+                        k.id, k.secret
+                    ),
+                ))
+            })
+        }
+        KeyOp::Rotate { key_id, grace } => {
+            let random = tenants::key_random()?;
+            Box::new(move |store, _, now| {
+                let (k, c) = store.rotate_key(&key_id, grace, random, now)?;
+                Ok((
+                    c,
+                    format!(
+                        "key {key_id} rotated: it works for {} more; new key {} (shown once, \
+                         store it now):\n{}",
+                        humantime::format_duration(grace),
+                        k.id,
+                        k.secret
+                    ),
+                ))
+            })
+        }
+        KeyOp::Revoke { key_id } => Box::new(move |store, _, _| {
+            Ok((store.revoke_key(&key_id)?, format!("revoked key {key_id}")))
+        }),
+    };
+    tenants::change(instance, timeout, op)
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 90d, 24h, 30m)"))
 }
 
 fn instance_name(s: &str) -> Result<String, String> {
@@ -147,31 +352,33 @@ pub fn pause(d: Duration) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let instance = cli.instance.as_str();
-    let result = match &cli.command {
-        Command::Check { file } => check::run(file),
+    let result = match cli.command {
+        Command::Check { file } => check::run(&file),
         Command::Apply {
             file,
             timeout_ms,
             stall_after_frames,
         } => apply::run(
             instance,
-            file,
+            &file,
             &apply::Options {
-                timeout: Duration::from_millis(*timeout_ms),
-                stall_after_frames: *stall_after_frames,
+                timeout: Duration::from_millis(timeout_ms),
+                stall_after_frames,
             },
         ),
-        Command::Status { json } => status::run(instance, *json),
+        Command::Status { json } => status::run(instance, json),
         Command::Top {
             interval_ms,
             iterations,
         } => top::run(
             instance,
             &top::Options {
-                interval: Duration::from_millis(*interval_ms),
-                iterations: *iterations,
+                interval: Duration::from_millis(interval_ms),
+                iterations,
             },
         ),
+        Command::Tenants { op, timeout_ms } => tenant_op(instance, op, timeout_ms),
+        Command::Keys { op, timeout_ms } => key_op(instance, op, timeout_ms),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

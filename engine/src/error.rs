@@ -62,6 +62,8 @@ pub enum Error {
     Unauthorized,
     /// The tenant is not approved for the model it asked for.
     ModelNotAllowed,
+    /// The tenant is suspended in the tenant store.
+    TenantSuspended,
     /// A tenant limit refused the request (the answer carries `Retry-After` and the
     /// `x-ratelimit-*` headers).
     RateLimited(Limit),
@@ -106,7 +108,7 @@ impl Error {
             Error::ShuttingDown | Error::Overloaded => 503,
             Error::UpstreamTimeout => 504,
             Error::Unauthorized => 401,
-            Error::ModelNotAllowed => 403,
+            Error::ModelNotAllowed | Error::TenantSuspended => 403,
             Error::RateLimited(_) => 429,
             Error::BadBody(_) => 400,
             Error::ModelNotFound => 404,
@@ -137,6 +139,7 @@ impl Error {
             Error::Overloaded => "overloaded",
             Error::Unauthorized => "invalid_api_key",
             Error::ModelNotAllowed => "model_not_allowed",
+            Error::TenantSuspended => "tenant_suspended",
             Error::RateLimited(Limit::Budget) => "insufficient_quota",
             Error::RateLimited(_) => "rate_limit_exceeded",
             Error::BadBody(_) => "invalid_body",
@@ -194,7 +197,7 @@ impl Error {
     fn error_type(self) -> &'static str {
         match self {
             Error::Unauthorized => return "invalid_request_error",
-            Error::ModelNotAllowed => return "permission_error",
+            Error::ModelNotAllowed | Error::TenantSuspended => return "permission_error",
             Error::RateLimited(Limit::Requests) => return "requests",
             Error::RateLimited(Limit::Tokens) => return "tokens",
             Error::RateLimited(Limit::Concurrency) => return "concurrency",
@@ -237,6 +240,9 @@ impl Error {
             Error::Overloaded => "the gateway is overloaded; retry shortly",
             Error::Unauthorized => "missing or unknown API key",
             Error::ModelNotAllowed => "this key is not approved for the requested model",
+            Error::TenantSuspended => {
+                "this key's tenant is suspended; ask the gateway's operators to resume it"
+            }
             Error::RateLimited(Limit::Requests) => "rate limit reached: requests per minute",
             Error::RateLimited(Limit::Tokens) => "rate limit reached: tokens per minute",
             Error::RateLimited(Limit::Concurrency) => "rate limit reached: requests in flight",
@@ -406,6 +412,7 @@ mod tests {
         Error::Overloaded,
         Error::Unauthorized,
         Error::ModelNotAllowed,
+        Error::TenantSuspended,
         Error::RateLimited(Limit::Requests),
         Error::RateLimited(Limit::Tokens),
         Error::RateLimited(Limit::Concurrency),

@@ -386,7 +386,11 @@ fn run(
     );
     println!("instance {instance} (shardgate-ctl --instance {instance} status)");
     let demo = shardgate_engine::tenant::hash_key(DEMO_KEY.as_bytes());
-    if let Some(t) = config.tenants.iter().find(|t| t.key_hashes.contains(&demo)) {
+    if let Some(t) = config
+        .tenants
+        .iter()
+        .find(|t| t.keys.iter().any(|k| k.hash == demo))
+    {
         println!(
             "demo tenant {:?}: key {DEMO_KEY} (the embedded default's; replace it before exposing this gateway)",
             t.name

@@ -291,8 +291,15 @@ impl Snapshot {
 
     /// The tenant owning API key `key` (through the connection's memo).
     #[inline]
-    pub fn tenant_by_key(&self, key: &[u8], memo: &mut KeyMemo) -> Option<TenantId> {
-        self.tenants.lookup_memo(key, memo).map(TenantId)
+    pub fn tenant_by_key(
+        &self,
+        key: &[u8],
+        now_unix_ms: u64,
+        memo: &mut KeyMemo,
+    ) -> Option<TenantId> {
+        self.tenants
+            .lookup_memo(key, now_unix_ms, memo)
+            .map(TenantId)
     }
 
     /// The model group named `model`.

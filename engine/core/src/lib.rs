@@ -9,7 +9,10 @@
 //! or in ctl, never in a shard):
 //! - [`config`]: TOML parsing (`config::raw`) and validation (`config::validate`) into
 //!   resolved, typed values (`config::resolved`, `config::endpoint`); the embedded default.
-//! - [`tenant`]: `[[tenants]]`: validation, keys by SHA-256 and their lookup, approved models.
+//! - [`tenant`]: `[[tenants]]`: validation, keys by SHA-256 (with expiries) and their lookup,
+//!   approved models.
+//! - [`store`]: the tenant store (`[server] tenant_store`): tenants and keys managed at run
+//!   time by ctl, one JSON document; its operations are I/O-free.
 //! - [`models`]: `[[models]]` groups of deployments and the balancing [`models::Strategy`] each
 //!   names, validated.
 //! - [`template`]: `[[templates]]` validated into pre-parsed templates (filled at request time
@@ -61,5 +64,6 @@ pub mod control;
 pub mod json;
 pub mod limits;
 pub mod models;
+pub mod store;
 pub mod template;
 pub mod tenant;

@@ -37,6 +37,33 @@ pub struct RawTenant {
     budget_window: Option<String>,
     weight: Option<i64>,
     default_max_tokens: Option<i64>,
+    /// A tenant of the tenant store: it may have no key yet.
+    #[serde(skip)]
+    from_store: bool,
+}
+
+impl RawTenant {
+    /// A tenant of the tenant store, as if written in `[[tenants]]`.
+    pub fn from_store(name: &str, keys: Vec<String>, s: &crate::store::Settings) -> Self {
+        Self {
+            name: name.to_owned(),
+            keys,
+            models: s.models.clone(),
+            rpm: s.rpm,
+            tpm: s.tpm,
+            max_concurrency: s.max_concurrency,
+            connections_max: s.connections_max,
+            budget_tokens: s.budget_tokens,
+            budget_window: s.budget_window.clone(),
+            weight: s.weight,
+            default_max_tokens: s.default_max_tokens,
+            from_store: true,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 /// Which models a tenant may use.
@@ -62,12 +89,23 @@ pub struct Budget {
     pub window: Duration,
 }
 
+/// One of a tenant's keys: its SHA-256, and when it stops being accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantKey {
+    pub hash: [u8; 32],
+    /// Unix ms from which the key is refused (an expiry, or the end of a rotation's grace);
+    /// `u64::MAX`: never.
+    pub expires_unix_ms: u64,
+}
+
 /// A validated tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantConfig {
     pub name: String,
-    /// SHA-256 of each key.
-    pub key_hashes: Vec<[u8; 32]>,
+    /// Its keys (a key of the tenant store past its expiry is left out).
+    pub keys: Vec<TenantKey>,
+    /// Suspended in the tenant store: its keys are known, its requests refused (403).
+    pub suspended: bool,
     pub models: Models,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
@@ -105,10 +143,12 @@ fn parse_hash(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Validate `[[tenants]]`: problems go to `error(field, reason)`, warnings (plain keys) to
-/// `warn`.
+/// Validate `[[tenants]]` (and the tenant store's tenants, which take the same form): problems
+/// go to `error(field, reason)`, warnings (plain keys) to `warn`. `origin(i)` names entry `i`
+/// in a field (`tenants[3]`; empty: the field alone).
 pub fn validate(
     raw: Vec<RawTenant>,
+    origin: impl Fn(usize) -> String,
     mut error: impl FnMut(String, String),
     mut warn: impl FnMut(String),
 ) -> Vec<TenantConfig> {
@@ -119,17 +159,24 @@ pub fn validate(
     let mut owners: HashMap<[u8; 32], usize> = HashMap::new();
     let mut out = Vec::with_capacity(raw.len());
     for (i, t) in raw.into_iter().enumerate() {
-        let f = |k: &str| format!("tenants[{i}].{k}");
+        let at = origin(i);
+        let f = |k: &str| {
+            if at.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{at}.{k}")
+            }
+        };
         if t.name.is_empty() || t.name.len() > 64 || t.name.chars().any(char::is_control) {
             error(f("name"), "must be 1 to 64 printable characters".into());
         }
         if let Some(j) = names.insert(t.name.clone(), i) {
             error(
                 f("name"),
-                format!("duplicate name {:?} (also tenants[{j}])", t.name),
+                format!("duplicate name {:?} (also {})", t.name, origin(j)),
             );
         }
-        if t.keys.is_empty() {
+        if t.keys.is_empty() && !t.from_store {
             error(f("keys"), "at least one key is needed".into());
         }
         if t.keys.len() > KEYS_PER_TENANT_MAX {
@@ -137,7 +184,7 @@ pub fn validate(
         }
         let mut key_hashes = Vec::with_capacity(t.keys.len());
         for (k, key) in t.keys.iter().enumerate() {
-            let field = format!("tenants[{i}].keys[{k}]");
+            let field = f(&format!("keys[{k}]"));
             let hash = match key.strip_prefix("sha256:") {
                 Some(hex) => match parse_hash(&hex.to_ascii_lowercase()) {
                     Some(h) => h,
@@ -163,12 +210,16 @@ pub fn validate(
                 error(
                     field,
                     format!(
-                        "key {} is also a key of tenants[{j}]; a key names one tenant",
-                        key_alias(&hash)
+                        "key {} is also a key of {}; a key names one tenant",
+                        key_alias(&hash),
+                        origin(j)
                     ),
                 );
             }
-            key_hashes.push(hash);
+            key_hashes.push(TenantKey {
+                hash,
+                expires_unix_ms: u64::MAX,
+            });
         }
         let models = match t.models {
             None => Models::All,
@@ -228,7 +279,8 @@ pub fn validate(
         };
         out.push(TenantConfig {
             name: t.name,
-            key_hashes,
+            keys: key_hashes,
+            suspended: false,
             models,
             rpm,
             tpm,
@@ -250,10 +302,10 @@ fn hex(h: &[u8; 32]) -> String {
     s
 }
 
-/// Key hash → tenant index, built once per config.
+/// Key hash → tenant index (and the key's expiry), built once per config.
 #[derive(Debug, Clone, Default)]
 pub struct Tenants {
-    by_key: HashMap<[u8; 32], usize>,
+    by_key: HashMap<[u8; 32], (usize, u64)>,
     /// Which table this is, for a [`KeyMemo`]: unique per [`Tenants::new`] in this process
     /// (a clone has the same mapping and keeps it); 0 for the empty default table.
     id: u64,
@@ -266,8 +318,8 @@ impl Tenants {
     pub fn new(tenants: &[TenantConfig]) -> Self {
         let mut by_key = HashMap::new();
         for (i, t) in tenants.iter().enumerate() {
-            for h in &t.key_hashes {
-                by_key.insert(*h, i);
+            for k in &t.keys {
+                by_key.insert(k.hash, (i, k.expires_unix_ms));
             }
         }
         Self {
@@ -278,18 +330,24 @@ impl Tenants {
 
     /// [`lookup`](Self::lookup) through a connection's [`KeyMemo`]: the same key as the
     /// connection's last one, against the same table, is compared byte for byte instead of
-    /// hashed again. Only keys that own a tenant are remembered.
-    pub fn lookup_memo(&self, key: &[u8], memo: &mut KeyMemo) -> Option<usize> {
-        if let Some(t) = memo.get(self.id, key) {
-            return Some(t);
+    /// hashed again (its expiry is still checked). Only keys that own a tenant are remembered.
+    pub fn lookup_memo(&self, key: &[u8], now_unix_ms: u64, memo: &mut KeyMemo) -> Option<usize> {
+        if let Some((t, expires)) = memo.get(self.id, key) {
+            return (now_unix_ms < expires).then_some(t);
         }
-        let t = self.lookup(key)?;
-        memo.set(self.id, key, t);
-        Some(t)
+        let (t, expires) = self.entry(key)?;
+        memo.set(self.id, key, t, expires);
+        (now_unix_ms < expires).then_some(t)
     }
 
-    /// The tenant owning `key`, by hash. Keys longer than `API_KEY_BYTES_MAX` own nothing.
-    pub fn lookup(&self, key: &[u8]) -> Option<usize> {
+    /// The tenant owning `key` at `now_unix_ms`, by hash: none for a key past its expiry.
+    /// Keys longer than `API_KEY_BYTES_MAX` own nothing.
+    pub fn lookup(&self, key: &[u8], now_unix_ms: u64) -> Option<usize> {
+        let (t, expires) = self.entry(key)?;
+        (now_unix_ms < expires).then_some(t)
+    }
+
+    fn entry(&self, key: &[u8]) -> Option<(usize, u64)> {
         if key.is_empty() || key.len() > API_KEY_BYTES_MAX {
             return None;
         }
@@ -315,6 +373,7 @@ pub struct KeyMemo {
     len: usize,
     key: [u8; KEY_MEMO_BYTES],
     tenant: usize,
+    expires_unix_ms: u64,
 }
 
 impl Default for KeyMemo {
@@ -324,6 +383,7 @@ impl Default for KeyMemo {
             len: 0,
             key: [0; KEY_MEMO_BYTES],
             tenant: 0,
+            expires_unix_ms: 0,
         }
     }
 }
@@ -338,20 +398,21 @@ impl std::fmt::Debug for KeyMemo {
 }
 
 impl KeyMemo {
-    fn get(&self, table: u64, key: &[u8]) -> Option<usize> {
+    fn get(&self, table: u64, key: &[u8]) -> Option<(usize, u64)> {
         (self.table != 0
             && self.table == table
             && self.key.get(..self.len).is_some_and(|k| k == key))
-        .then_some(self.tenant)
+        .then_some((self.tenant, self.expires_unix_ms))
     }
 
-    fn set(&mut self, table: u64, key: &[u8], tenant: usize) {
+    fn set(&mut self, table: u64, key: &[u8], tenant: usize, expires_unix_ms: u64) {
         match self.key.get_mut(..key.len()) {
             Some(slot) if table != 0 => {
                 slot.copy_from_slice(key);
                 self.len = key.len();
                 self.table = table;
                 self.tenant = tenant;
+                self.expires_unix_ms = expires_unix_ms;
             }
             // Too long to remember (or the empty table): forget the last one too.
             _ => self.table = 0,
@@ -393,6 +454,7 @@ mod tests {
         let (mut errs, mut warns) = (Vec::new(), Vec::new());
         let t = validate(
             raw(text),
+            |i| format!("tenants[{i}]"),
             |f, r| errs.push(format!("{f}: {r}")),
             |w| warns.push(w),
         );
@@ -418,9 +480,9 @@ mod tests {
             "a warning shows the key: {warns:?}"
         );
         let table = Tenants::new(&t);
-        assert_eq!(table.lookup(b"sk-demo"), Some(0));
-        assert_eq!(table.lookup(b"sk-demO"), None);
-        assert_eq!(table.lookup(&[b'x'; API_KEY_BYTES_MAX + 1]), None);
+        assert_eq!(table.lookup(b"sk-demo", 0), Some(0));
+        assert_eq!(table.lookup(b"sk-demO", 0), None);
+        assert_eq!(table.lookup(&[b'x'; API_KEY_BYTES_MAX + 1], 0), None);
         assert!(t[0].models.allows("demo") && !t[0].models.allows("gpt-4o"));
         assert_eq!(t[0].rpm, Some(600));
         assert_eq!(t[0].budget.map(|b| b.window.as_secs()), Some(30 * 86_400));
@@ -478,11 +540,11 @@ mod tests {
             (b"sk-b", Some(1)),
             (b"", None),
         ] {
-            assert_eq!(table.lookup_memo(key, &mut memo), want, "{key:?}");
-            assert_eq!(table.lookup(key), want);
+            assert_eq!(table.lookup_memo(key, 0, &mut memo), want, "{key:?}");
+            assert_eq!(table.lookup(key, 0), want);
         }
         // A miss leaves the last hit remembered.
-        assert_eq!(memo.get(table.id, b"sk-b"), Some(1));
+        assert_eq!(memo.get(table.id, b"sk-b"), Some((1, u64::MAX)));
         // A new table (a new config: the same key, another tenant) is never answered from
         // the memo of the old one.
         let (t2, _, _) = run(r#"
@@ -493,18 +555,35 @@ mod tests {
         let table2 = Tenants::new(&t2);
         assert_ne!(table.id, table2.id);
         assert_eq!(memo.get(table2.id, b"sk-b"), None);
-        assert_eq!(table2.lookup_memo(b"sk-b", &mut memo), Some(0));
-        assert_eq!(table.lookup_memo(b"sk-b", &mut memo), Some(1));
+        assert_eq!(table2.lookup_memo(b"sk-b", 0, &mut memo), Some(0));
+        assert_eq!(table.lookup_memo(b"sk-b", 0, &mut memo), Some(1));
         // A key too long to remember is still looked up, and forgets the last one.
         let long = [b'k'; KEY_MEMO_BYTES + 1];
-        assert_eq!(table.lookup_memo(&long, &mut memo), None);
-        memo.set(table.id, &long, 0);
+        assert_eq!(table.lookup_memo(&long, 0, &mut memo), None);
+        memo.set(table.id, &long, 0, u64::MAX);
         assert_eq!(memo.get(table.id, b"sk-b"), None);
         assert_eq!(memo.get(table.id, &long), None);
         // The empty default table remembers nothing.
-        memo.set(Tenants::default().id, b"sk-a", 0);
+        memo.set(Tenants::default().id, b"sk-a", 0, u64::MAX);
         assert_eq!(memo.get(0, b"sk-a"), None);
         assert!(!format!("{memo:?}").contains("sk-"));
+    }
+
+    #[test]
+    fn a_key_past_its_expiry_owns_nothing_even_remembered() {
+        let (mut t, errs, _) = run(r#"
+            [[tenants]]
+            name = "a"
+            keys = ["sk-a"]
+            "#);
+        assert!(errs.is_empty(), "{errs:?}");
+        t[0].keys[0].expires_unix_ms = 1_000;
+        let table = Tenants::new(&t);
+        let mut memo = KeyMemo::default();
+        assert_eq!(table.lookup(b"sk-a", 999), Some(0));
+        assert_eq!(table.lookup_memo(b"sk-a", 999, &mut memo), Some(0));
+        assert_eq!(table.lookup(b"sk-a", 1_000), None);
+        assert_eq!(table.lookup_memo(b"sk-a", 1_000, &mut memo), None);
     }
 
     #[test]

@@ -385,6 +385,7 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
                 &c.buf,
                 c.ip,
                 c.stream.is_tls(),
+                now.unix_ms(),
                 &mut wbuf,
                 &mut c.key_memo,
             ) {

@@ -68,12 +68,13 @@ pub struct Decision {
 }
 
 /// Parse the head in `buf` and decide what to do, writing the upstream head into `wbuf` when
-/// proxying. `Ok(None)`: the head is incomplete.
+/// proxying. `now_unix_ms`: for keys that expire. `Ok(None)`: the head is incomplete.
 pub fn decide(
     snap: &Snapshot,
     buf: &[u8],
     client_ip: IpAddr,
     client_tls: bool,
+    now_unix_ms: u64,
     wbuf: &mut Vec<u8>,
     key_memo: &mut KeyMemo,
 ) -> Result<Option<Decision>, Error> {
@@ -111,7 +112,14 @@ pub fn decide(
         Auth::None => None,
         Auth::Keys => {
             let key = presented_key(req.header("authorization"), req.header("x-api-key"));
-            match key.and_then(|k| snap.tenant_by_key(k, key_memo)) {
+            match key.and_then(|k| snap.tenant_by_key(k, now_unix_ms, key_memo)) {
+                Some(t) if snap.tenant(t).suspended => {
+                    return Ok(Some(decided(
+                        Action::Refuse(Error::TenantSuspended),
+                        None,
+                        Some(t),
+                    )))
+                }
                 Some(t) => Some(t),
                 None => {
                     return Ok(Some(decided(

@@ -23,7 +23,7 @@ mod validate;
 pub use endpoint::Endpoint;
 pub use resolved::{
     Auth, Config, Cores, DriverChoice, DriverKind, HeadLimits, Overrides, Provider, RouteConfig,
-    ServerConfig, TlsFiles, UpstreamConfig,
+    ServerConfig, StoreFile, TlsFiles, UpstreamConfig,
 };
 pub use validate::check_instance_name;
 
@@ -124,6 +124,9 @@ impl Config {
             if let Some((path, pem)) = &u.ca {
                 out.push((path, pem));
             }
+        }
+        if let Some(f) = &self.server.tenant_store {
+            out.push((&f.path, &f.bytes));
         }
         out.sort();
         out.dedup();

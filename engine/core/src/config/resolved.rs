@@ -100,6 +100,18 @@ pub struct ServerConfig {
     pub listen_plain: Option<SocketAddr>,
     /// Longest a TLS handshake may take.
     pub handshake_timeout: Duration,
+    /// The tenant store: its path and the document it held when the config was read (an
+    /// absent file reads as an empty store).
+    pub tenant_store: Option<StoreFile>,
+    /// Where `shardgate-ctl` appends a JSON line for every change to the tenant store.
+    pub audit_log: Option<std::path::PathBuf>,
+}
+
+/// The tenant store's file: the path as written and what it held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFile {
+    pub path: String,
+    pub bytes: Vec<u8>,
 }
 
 /// A certificate chain and its key: the paths as written and the PEM they held when the config

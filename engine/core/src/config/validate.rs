@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::endpoint::{parse_endpoint, Endpoint, Resolver};
 use super::raw::{RawConfig, RawCores, RawServer, RawTls, RawUpstream};
 use super::resolved::{
-    Auth, Config, Cores, DriverChoice, Provider, RouteConfig, ServerConfig, TlsFiles,
+    Auth, Config, Cores, DriverChoice, Provider, RouteConfig, ServerConfig, StoreFile, TlsFiles,
     UpstreamConfig,
 };
 use super::ConfigError;
@@ -94,6 +94,37 @@ impl Validator<'_> {
             Ok(bytes) => Some(bytes),
             Err(reason) => {
                 self.error(field, reason);
+                None
+            }
+        }
+    }
+
+    /// Read the tenant store's file (an absent one is an empty store, on disk only: ctl
+    /// always carries what it read).
+    fn store_file(&mut self, path: &str) -> Option<StoreFile> {
+        const FIELD: &str = "server.tenant_store";
+        if path.is_empty() {
+            self.error(FIELD, "must be a file path");
+            return None;
+        }
+        let got = match self.files {
+            Files::Table(t) => t
+                .get(path)
+                .cloned()
+                .ok_or_else(|| format!("{path}: not carried by shardgate-ctl's message")),
+            Files::Disk => match std::fs::read(path) {
+                Ok(b) => Ok(b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(format!("{path}: cannot read: {e}")),
+            },
+        };
+        match got {
+            Ok(bytes) => Some(StoreFile {
+                path: path.to_owned(),
+                bytes,
+            }),
+            Err(reason) => {
+                self.error(FIELD, reason);
                 None
             }
         }
@@ -192,17 +223,53 @@ impl Validator<'_> {
             errors.push((field, reason));
         });
         let mut warnings = Vec::new();
-        let tenants = crate::tenant::validate(
-            raw.tenants,
+        // The tenant store's tenants are validated as `[[tenants]]` entries after the file's.
+        let mut all = raw.tenants;
+        let from_file = all.len();
+        let mut store_extra = Vec::new();
+        let mut store_names = Vec::new();
+        if let Some(f) = &server.tenant_store {
+            let store = if f.bytes.is_empty() {
+                Ok(crate::store::Store::default())
+            } else {
+                crate::store::Store::from_json(&f.bytes)
+            };
+            match store {
+                Ok(store) => {
+                    for (t, expiries, suspended) in store.raw_tenants() {
+                        store_names.push(t.name().to_owned());
+                        all.push(t);
+                        store_extra.push((expiries, suspended));
+                    }
+                }
+                Err(reason) => errors.push((
+                    "server.tenant_store".to_owned(),
+                    format!("{}: {reason}", f.path),
+                )),
+            }
+        }
+        let origin = |i: usize| match i.checked_sub(from_file) {
+            None => format!("tenants[{i}]"),
+            Some(j) => format!(
+                "tenant_store.tenants[{:?}]",
+                store_names.get(j).map_or("", String::as_str)
+            ),
+        };
+        let mut tenants = crate::tenant::validate(
+            all,
+            origin,
             |field, reason| errors.push((field, reason)),
             |w| warnings.push(w),
         );
+        if let Some(tail) = tenants.get_mut(from_file..) {
+            crate::store::finish(tail, &store_extra);
+        }
         for (field, reason) in errors {
             self.error(field, reason);
         }
         self.warnings.extend(warnings);
         match server.auth {
-            Auth::Keys if tenants.is_empty() => self.error(
+            Auth::Keys if tenants.is_empty() && server.tenant_store.is_none() => self.error(
                 "tenants",
                 "no [[tenants]] entry: add tenants with keys, or set [server] auth = \"none\" \
                  to serve every request without a key",
@@ -387,6 +454,20 @@ impl Validator<'_> {
                     SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT_DEFAULT))
                 })),
                 None => Some(SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT_DEFAULT))),
+            },
+            tenant_store: match raw.tenant_store {
+                Some(p) => self.store_file(&p),
+                None => None,
+            },
+            audit_log: match raw.audit_log {
+                Some(p) if p.is_empty() => {
+                    self.error(
+                        "server.audit_log",
+                        "must be a file path (leave it out for none)",
+                    );
+                    None
+                }
+                p => p.map(std::path::PathBuf::from),
             },
             access_log: match raw.access_log {
                 Some(p) if p.is_empty() => {

@@ -1,0 +1,668 @@
+//! The tenant store: tenants and their keys managed at run time (`shardgate-ctl tenants`,
+//! `shardgate-ctl keys`), beside the `[[tenants]]` of the config file.
+//!
+//! One JSON document (`[server] tenant_store`), written by `shardgate-ctl` alone, atomically
+//! (a temporary file, fsync, rename, fsync of the directory: a `SIGKILL` at any moment leaves
+//! the old or the new document, never a mix), carried to the shards in the config message like
+//! a certificate, and turned into [`TenantConfig`]s by the same validation as `[[tenants]]`.
+//! Keys are stored as their SHA-256 only; a new key is shown once, when it is made.
+//!
+//! I/O-free: the operations take `now` and the random bytes of a new key, so they are tested
+//! here; reading and writing the file is ctl's.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::tenant::{self, hash_key, RawTenant, TenantConfig};
+
+/// The store's format number; a store of another format is refused, never guessed at.
+pub const STORE_FORMAT: u32 = 1;
+/// Largest store file, bytes (it travels in the config message).
+pub const STORE_BYTES_MAX: usize = 1024 * 1024;
+/// Most keys the store holds (keys of every state; revoked keys are removed).
+pub const STORE_KEYS_MAX: usize = 4096;
+/// Random bytes in a new key (192 bits), written as hex after [`KEY_PREFIX`].
+pub const KEY_RANDOM_BYTES: usize = 24;
+/// What every key the store makes starts with.
+pub const KEY_PREFIX: &str = "sk-sg-";
+/// Characters of a key kept in the clear to recognise it by (`sk-sg-` and 4 hex digits).
+pub const KEY_SHOWN_CHARS: usize = 10;
+/// Longest tenant or key label, bytes.
+pub const LABEL_BYTES_MAX: usize = 64;
+
+/// The whole store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Store {
+    pub format: u32,
+    /// Raised by one on every change.
+    pub version: u64,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, StoredTenant>,
+    /// By key id.
+    #[serde(default)]
+    pub keys: BTreeMap<String, StoredKey>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self {
+            format: STORE_FORMAT,
+            version: 0,
+            tenants: BTreeMap::new(),
+            keys: BTreeMap::new(),
+        }
+    }
+}
+
+/// A tenant's settings: the fields of a `[[tenants]]` entry without its keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// `None`: every model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections_max: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_window: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_max_tokens: Option<i64>,
+}
+
+impl Settings {
+    /// `other`'s fields where it sets them, ours elsewhere.
+    pub fn patched(&self, other: &Settings) -> Settings {
+        Settings {
+            models: other.models.clone().or_else(|| self.models.clone()),
+            rpm: other.rpm.or(self.rpm),
+            tpm: other.tpm.or(self.tpm),
+            max_concurrency: other.max_concurrency.or(self.max_concurrency),
+            connections_max: other.connections_max.or(self.connections_max),
+            budget_tokens: other.budget_tokens.or(self.budget_tokens),
+            budget_window: other
+                .budget_window
+                .clone()
+                .or_else(|| self.budget_window.clone()),
+            weight: other.weight.or(self.weight),
+            default_max_tokens: other.default_max_tokens.or(self.default_max_tokens),
+        }
+    }
+}
+
+/// A tenant of the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredTenant {
+    #[serde(flatten)]
+    pub settings: Settings,
+    #[serde(default)]
+    pub suspended: bool,
+    pub created_unix_ms: u64,
+}
+
+/// A key of the store: never the key itself, only its hash and the first characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredKey {
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The key's first [`KEY_SHOWN_CHARS`] characters.
+    pub prefix: String,
+    /// SHA-256 of the key, lowercase hex.
+    pub sha256: String,
+    pub created_unix_ms: u64,
+    /// When the key stops working: its expiry, or the end of a rotation's grace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_unix_ms: Option<u64>,
+    /// The key that replaced it (`keys rotate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_to: Option<String>,
+}
+
+/// A key's state at a moment, as `keys list` and the admin API show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    Active,
+    /// Rotated, and still accepted until its grace ends.
+    Rotating,
+    Expired,
+    /// Its tenant is suspended.
+    Suspended,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::Rotating => "rotating",
+            KeyState::Expired => "expired",
+            KeyState::Suspended => "suspended",
+        }
+    }
+}
+
+/// What a change did, for the audit log: the target and its value before and after (keys
+/// only as their stored form, never the key).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub action: &'static str,
+    pub target: String,
+    pub old: Option<serde_json::Value>,
+    pub new: Option<serde_json::Value>,
+}
+
+/// A new key, to be shown once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewKey {
+    pub id: String,
+    /// The key itself: printed once by ctl, stored nowhere.
+    pub secret: String,
+}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, String> {
+    Err(msg.into())
+}
+
+fn check_label(what: &str, s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= LABEL_BYTES_MAX
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        err(format!(
+            "{what} {s:?}: must be 1 to {LABEL_BYTES_MAX} characters of A-Z a-z 0-9 - _ . @"
+        ))
+    }
+}
+
+fn value<T: Serialize>(v: &T) -> Option<serde_json::Value> {
+    serde_json::to_value(v).ok()
+}
+
+impl Store {
+    /// Read a store; `Err` says why it is refused (never a partial store).
+    pub fn from_json(bytes: &[u8]) -> Result<Store, String> {
+        if bytes.len() > STORE_BYTES_MAX {
+            return err(format!("{} bytes; at most {STORE_BYTES_MAX}", bytes.len()));
+        }
+        let s: Store = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if s.format != STORE_FORMAT {
+            return err(format!(
+                "format {} (this build reads format {STORE_FORMAT})",
+                s.format
+            ));
+        }
+        if s.keys.len() > STORE_KEYS_MAX {
+            return err(format!("{} keys; at most {STORE_KEYS_MAX}", s.keys.len()));
+        }
+        for (id, k) in &s.keys {
+            if !s.tenants.contains_key(&k.tenant) {
+                return err(format!(
+                    "key {id}: its tenant {:?} is not in the store",
+                    k.tenant
+                ));
+            }
+        }
+        Ok(s)
+    }
+
+    /// The store as its file holds it (pretty, sorted: a diff of two versions reads well).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    /// The tenants as `[[tenants]]` entries (keys as `sha256:`), each with its keys' expiries
+    /// in the same order, for validation beside the config's.
+    pub fn raw_tenants(&self) -> Vec<(RawTenant, Vec<u64>, bool)> {
+        self.tenants
+            .iter()
+            .map(|(name, t)| {
+                let keys: Vec<&StoredKey> =
+                    self.keys.values().filter(|k| &k.tenant == name).collect();
+                let raw = RawTenant::from_store(
+                    name,
+                    keys.iter()
+                        .map(|k| format!("sha256:{}", k.sha256))
+                        .collect(),
+                    &t.settings,
+                );
+                let expiries = keys
+                    .iter()
+                    .map(|k| k.expires_unix_ms.unwrap_or(u64::MAX))
+                    .collect();
+                (raw, expiries, t.suspended)
+            })
+            .collect()
+    }
+
+    /// A key's state at `now_unix_ms`.
+    pub fn key_state(&self, k: &StoredKey, now_unix_ms: u64) -> KeyState {
+        if k.expires_unix_ms.is_some_and(|e| now_unix_ms >= e) {
+            KeyState::Expired
+        } else if self.tenants.get(&k.tenant).is_some_and(|t| t.suspended) {
+            KeyState::Suspended
+        } else if k.rotated_to.is_some() {
+            KeyState::Rotating
+        } else {
+            KeyState::Active
+        }
+    }
+
+    fn bump(&mut self) {
+        self.version = self.version.saturating_add(1);
+    }
+
+    /// Add tenant `name`. `taken`: names the config's `[[tenants]]` use already.
+    pub fn add_tenant(
+        &mut self,
+        name: &str,
+        settings: Settings,
+        taken: &[&str],
+        now_unix_ms: u64,
+    ) -> Result<Change, String> {
+        check_label("tenant", name)?;
+        if self.tenants.contains_key(name) || taken.contains(&name) {
+            return err(format!("tenant {name:?} exists already"));
+        }
+        let t = StoredTenant {
+            settings,
+            suspended: false,
+            created_unix_ms: now_unix_ms,
+        };
+        check_settings(name, &t.settings)?;
+        let new = value(&t);
+        self.tenants.insert(name.to_owned(), t);
+        self.bump();
+        Ok(Change {
+            action: "tenants.add",
+            target: name.to_owned(),
+            old: None,
+            new,
+        })
+    }
+
+    /// Change the settings `patch` sets on tenant `name`.
+    pub fn set_tenant(&mut self, name: &str, patch: &Settings) -> Result<Change, String> {
+        let t = self.tenant_mut(name)?;
+        let old = value(&*t);
+        let settings = t.settings.patched(patch);
+        check_settings(name, &settings)?;
+        t.settings = settings;
+        let new = value(&*t);
+        self.bump();
+        Ok(Change {
+            action: "tenants.set",
+            target: name.to_owned(),
+            old,
+            new,
+        })
+    }
+
+    /// Suspend (`true`) or resume tenant `name`.
+    pub fn suspend_tenant(&mut self, name: &str, suspended: bool) -> Result<Change, String> {
+        let t = self.tenant_mut(name)?;
+        let old = value(&*t);
+        t.suspended = suspended;
+        let new = value(&*t);
+        self.bump();
+        Ok(Change {
+            action: if suspended {
+                "tenants.suspend"
+            } else {
+                "tenants.resume"
+            },
+            target: name.to_owned(),
+            old,
+            new,
+        })
+    }
+
+    /// Remove tenant `name` and every key of it.
+    pub fn remove_tenant(&mut self, name: &str) -> Result<Change, String> {
+        let t = self
+            .tenants
+            .remove(name)
+            .ok_or_else(|| unknown_tenant(name))?;
+        self.keys.retain(|_, k| k.tenant != name);
+        self.bump();
+        Ok(Change {
+            action: "tenants.remove",
+            target: name.to_owned(),
+            old: value(&t),
+            new: None,
+        })
+    }
+
+    /// Make a key for `tenant` from `random` (the key is `sk-sg-` and its hex), valid for
+    /// `expires_in` if given.
+    pub fn create_key(
+        &mut self,
+        tenant: &str,
+        name: Option<&str>,
+        expires_in: Option<Duration>,
+        random: [u8; KEY_RANDOM_BYTES],
+        now_unix_ms: u64,
+    ) -> Result<(NewKey, Change), String> {
+        if !self.tenants.contains_key(tenant) {
+            return Err(unknown_tenant(tenant));
+        }
+        if let Some(n) = name {
+            check_label("key name", n)?;
+        }
+        if self.keys.len() >= STORE_KEYS_MAX {
+            return err(format!("the store holds {STORE_KEYS_MAX} keys already"));
+        }
+        let mut secret = String::with_capacity(KEY_PREFIX.len() + 2 * KEY_RANDOM_BYTES);
+        secret.push_str(KEY_PREFIX);
+        for b in random {
+            let _ = write!(secret, "{b:02x}");
+        }
+        let sha256 = hex(&hash_key(secret.as_bytes()));
+        let id = format!("key_{}", &sha256[..12]);
+        if self.keys.contains_key(&id) {
+            return err("the random bytes gave a key that exists already; try again");
+        }
+        let k = StoredKey {
+            tenant: tenant.to_owned(),
+            name: name.map(str::to_owned),
+            prefix: secret[..KEY_SHOWN_CHARS].to_owned(),
+            sha256,
+            created_unix_ms: now_unix_ms,
+            expires_unix_ms: expires_in.map(|d| now_unix_ms.saturating_add(ms(d))),
+            rotated_to: None,
+        };
+        let change = Change {
+            action: "keys.create",
+            target: id.clone(),
+            old: None,
+            new: value(&k),
+        };
+        self.keys.insert(id.clone(), k);
+        self.bump();
+        Ok((NewKey { id, secret }, change))
+    }
+
+    /// Replace key `id` with a new one for the same tenant, same name and same expiry; the
+    /// old one keeps working for `grace`, then stops.
+    pub fn rotate_key(
+        &mut self,
+        id: &str,
+        grace: Duration,
+        random: [u8; KEY_RANDOM_BYTES],
+        now_unix_ms: u64,
+    ) -> Result<(NewKey, Change), String> {
+        let old = self.keys.get(id).ok_or_else(|| unknown_key(id))?.clone();
+        if old.rotated_to.is_some() {
+            return err(format!("key {id} was rotated already"));
+        }
+        if old.expires_unix_ms.is_some_and(|e| now_unix_ms >= e) {
+            return err(format!("key {id} has expired"));
+        }
+        let expires_in = old
+            .expires_unix_ms
+            .map(|e| Duration::from_millis(e.saturating_sub(now_unix_ms)));
+        let (new, _) = self.create_key(
+            &old.tenant,
+            old.name.as_deref(),
+            expires_in,
+            random,
+            now_unix_ms,
+        )?;
+        let end = now_unix_ms.saturating_add(ms(grace));
+        let k = self.keys.get_mut(id).ok_or_else(|| unknown_key(id))?;
+        k.rotated_to = Some(new.id.clone());
+        k.expires_unix_ms = Some(k.expires_unix_ms.map_or(end, |e| e.min(end)));
+        let change = Change {
+            action: "keys.rotate",
+            target: id.to_owned(),
+            old: value(&old),
+            new: value(&*k),
+        };
+        // One version for the whole rotation (create_key bumped it once already).
+        Ok((new, change))
+    }
+
+    /// Revoke key `id`: it is removed (its hash is kept nowhere).
+    pub fn revoke_key(&mut self, id: &str) -> Result<Change, String> {
+        let k = self.keys.remove(id).ok_or_else(|| unknown_key(id))?;
+        self.bump();
+        Ok(Change {
+            action: "keys.revoke",
+            target: id.to_owned(),
+            old: value(&k),
+            new: None,
+        })
+    }
+
+    fn tenant_mut(&mut self, name: &str) -> Result<&mut StoredTenant, String> {
+        self.tenants
+            .get_mut(name)
+            .ok_or_else(|| unknown_tenant(name))
+    }
+}
+
+fn unknown_tenant(name: &str) -> String {
+    format!("no tenant {name:?} in the tenant store")
+}
+
+fn unknown_key(id: &str) -> String {
+    format!("no key {id} in the tenant store")
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn hex(h: &[u8; 32]) -> String {
+    let mut s = String::with_capacity(64);
+    for b in h {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Validate a tenant's settings as `[[tenants]]` would (a key stands in for its keys).
+fn check_settings(name: &str, settings: &Settings) -> Result<(), String> {
+    let raw = RawTenant::from_store(name, vec![format!("sha256:{}", "0".repeat(64))], settings);
+    let mut errors = Vec::new();
+    tenant::validate(
+        vec![raw],
+        |_| String::new(),
+        |field, reason| errors.push(format!("{field}: {reason}")),
+        |_| {},
+    );
+    match errors.is_empty() {
+        true => Ok(()),
+        false => Err(errors.join("; ")),
+    }
+}
+
+/// Set each store tenant's key expiries and suspension on its validated config; `configs` are
+/// the validated tenants in the order of [`Store::raw_tenants`].
+pub fn finish(configs: &mut [TenantConfig], extra: &[(Vec<u64>, bool)]) {
+    for (t, (expiries, suspended)) in configs.iter_mut().zip(extra) {
+        t.suspended = *suspended;
+        for (k, e) in t.keys.iter_mut().zip(expiries) {
+            k.expires_unix_ms = *e;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn store_with(name: &str) -> Store {
+        let mut s = Store::default();
+        s.add_tenant(name, Settings::default(), &[], T0)
+            .expect("ok");
+        s
+    }
+
+    #[test]
+    fn a_key_is_shown_once_and_stored_as_its_hash() {
+        let mut s = store_with("team-a");
+        let (k, change) = s
+            .create_key("team-a", Some("ci"), None, [7; KEY_RANDOM_BYTES], T0)
+            .expect("ok");
+        assert!(k.secret.starts_with("sk-sg-0707"));
+        assert_eq!(k.secret.len(), KEY_PREFIX.len() + 2 * KEY_RANDOM_BYTES);
+        let json = String::from_utf8(s.to_json()).expect("ok");
+        assert!(!json.contains(&k.secret), "the key is in the store");
+        assert!(
+            !format!("{change:?}").contains(&k.secret),
+            "the key is in the audit"
+        );
+        let stored = &s.keys[&k.id];
+        assert_eq!(stored.sha256, hex(&hash_key(k.secret.as_bytes())));
+        assert_eq!(stored.prefix, "sk-sg-0707");
+        // It round-trips and validates into a tenant that owns the key.
+        let back = Store::from_json(json.as_bytes()).expect("ok");
+        assert_eq!(back, s);
+        let (raws, extra): (Vec<_>, Vec<_>) = back
+            .raw_tenants()
+            .into_iter()
+            .map(|(r, e, sus)| (r, (e, sus)))
+            .unzip();
+        let mut errors = Vec::new();
+        let mut cfgs = tenant::validate(
+            raws,
+            |_| String::new(),
+            |f, r| errors.push(format!("{f}: {r}")),
+            |_| {},
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        finish(&mut cfgs, &extra);
+        let table = tenant::Tenants::new(&cfgs);
+        assert_eq!(table.lookup(k.secret.as_bytes(), T0), Some(0));
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_key_for_its_grace_only() {
+        let mut s = store_with("a");
+        let (old, _) = s
+            .create_key("a", None, None, [1; KEY_RANDOM_BYTES], T0)
+            .expect("ok");
+        let grace = Duration::from_secs(60);
+        let (new, _) = s
+            .rotate_key(&old.id, grace, [2; KEY_RANDOM_BYTES], T0)
+            .expect("ok");
+        assert_eq!(s.keys[&old.id].rotated_to.as_deref(), Some(new.id.as_str()));
+        assert_eq!(s.key_state(&s.keys[&old.id], T0), KeyState::Rotating);
+        assert_eq!(
+            s.key_state(&s.keys[&old.id], T0 + 60_000),
+            KeyState::Expired
+        );
+        assert_eq!(s.key_state(&s.keys[&new.id], T0 + 60_000), KeyState::Active);
+        assert!(s
+            .rotate_key(&old.id, grace, [3; KEY_RANDOM_BYTES], T0)
+            .is_err());
+        let (raws, extra): (Vec<_>, Vec<_>) = s
+            .raw_tenants()
+            .into_iter()
+            .map(|(r, e, x)| (r, (e, x)))
+            .unzip();
+        let mut cfgs = tenant::validate(raws, |_| String::new(), |_, _| panic!(), |_| {});
+        finish(&mut cfgs, &extra);
+        let table = tenant::Tenants::new(&cfgs);
+        for (at, old_ok) in [(T0, true), (T0 + 59_999, true), (T0 + 60_000, false)] {
+            assert_eq!(
+                table.lookup(old.secret.as_bytes(), at).is_some(),
+                old_ok,
+                "{at}"
+            );
+            assert_eq!(table.lookup(new.secret.as_bytes(), at), Some(0));
+        }
+    }
+
+    #[test]
+    fn changes_refuse_what_validation_would_and_touch_nothing_then() {
+        let mut s = store_with("a");
+        let before = s.clone();
+        assert!(s.add_tenant("a", Settings::default(), &[], T0).is_err());
+        assert!(s
+            .add_tenant("boot", Settings::default(), &["boot"], T0)
+            .is_err());
+        assert!(s
+            .add_tenant("bad name", Settings::default(), &[], T0)
+            .is_err());
+        let zero = Settings {
+            rpm: Some(0),
+            ..Settings::default()
+        };
+        let e = s
+            .add_tenant("b", zero.clone(), &[], T0)
+            .expect_err("refused");
+        assert!(e.contains("rpm"), "{e}");
+        assert!(s.set_tenant("a", &zero).is_err());
+        assert!(s
+            .create_key("nobody", None, None, [0; KEY_RANDOM_BYTES], T0)
+            .is_err());
+        assert!(s.revoke_key("key_000000000000").is_err());
+        assert_eq!(s, before, "a refused change changed the store");
+    }
+
+    #[test]
+    fn set_patches_and_remove_takes_the_keys_along() {
+        let mut s = store_with("a");
+        let rpm = Settings {
+            rpm: Some(600),
+            models: Some(vec!["gpt-4o".into()]),
+            ..Settings::default()
+        };
+        s.set_tenant("a", &rpm).expect("ok");
+        let tpm = Settings {
+            tpm: Some(1000),
+            ..Settings::default()
+        };
+        let c = s.set_tenant("a", &tpm).expect("ok");
+        let t = &s.tenants["a"].settings;
+        assert_eq!((t.rpm, t.tpm), (Some(600), Some(1000)));
+        assert!(c.old.is_some() && c.new.is_some());
+        s.suspend_tenant("a", true).expect("ok");
+        let (k, _) = s
+            .create_key("a", None, None, [9; KEY_RANDOM_BYTES], T0)
+            .expect("ok");
+        assert_eq!(s.key_state(&s.keys[&k.id], T0), KeyState::Suspended);
+        let v = s.version;
+        s.remove_tenant("a").expect("ok");
+        assert!(s.keys.is_empty() && s.tenants.is_empty());
+        assert_eq!(s.version, v + 1);
+    }
+
+    #[test]
+    fn a_store_that_does_not_hold_together_is_refused() {
+        assert!(Store::from_json(b"{").is_err());
+        assert!(Store::from_json(br#"{"format":2,"version":0}"#).is_err());
+        assert!(Store::from_json(br#"{"format":1,"version":0,"extra":1}"#).is_err());
+        let orphan = br#"{"format":1,"version":1,"keys":{"key_1":{"tenant":"x","prefix":"sk-sg-0000","sha256":"00","created_unix_ms":0}}}"#;
+        assert!(Store::from_json(orphan)
+            .expect_err("refused")
+            .contains("not in the store"));
+        assert_eq!(
+            Store::from_json(br#"{"format":1,"version":0}"#).expect("ok"),
+            Store::default()
+        );
+    }
+}

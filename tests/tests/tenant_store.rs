@@ -1,0 +1,276 @@
+//! The tenant store, managed with `shardgate-ctl tenants` and `keys` against a running engine on
+//! 2 shards: a key made, used over many connections at once, rotated with a grace, revoked
+//! (refused on every shard the moment ctl returns), a tenant suspended and resumed; the store
+//! and the audit log never hold a key; a `SIGKILL` of ctl in the middle of changes leaves a
+//! store that reads.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use shardgate_tests::{run_ctl, sleep, spawn_ctl, Client, Gateway};
+
+const CTL_WAIT: Duration = Duration::from_secs(20);
+/// Fresh connections per check: enough that both shards' listeners take some (SO_REUSEPORT
+/// spreads them by the client's port).
+const CONNECTIONS: usize = 48;
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sg-store-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn config(d: &Path) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+cores = 2
+auth = "keys"
+tenant_store = "{}"
+audit_log = "{}"
+
+[[upstreams]]
+name = "mock"
+provider = "mock"
+
+[[routes]]
+path_prefix = "/"
+upstream = "mock"
+"#,
+        d.join("tenants.json").display(),
+        d.join("audit.jsonl").display()
+    )
+}
+
+/// `shardgate-ctl ARGS` on the gateway's instance; its stdout, asserting it succeeded.
+fn ctl(gw: &Gateway, args: &[&str]) -> String {
+    let out = run_ctl(gw.instance(), args, &[], CTL_WAIT);
+    assert_eq!(out.code, Some(0), "ctl {args:?}: {}", out.text());
+    out.stdout
+}
+
+/// The key `keys create`/`keys rotate` printed (its last line), and the new key's id (the
+/// last `key_` word: rotate names the old key first).
+fn new_key(out: &str) -> (String, String) {
+    let key = out.lines().last().unwrap_or_default().to_owned();
+    assert!(key.starts_with("sk-sg-"), "no key printed:\n{out}");
+    let id = out
+        .split_whitespace()
+        .rfind(|w| w.starts_with("key_"))
+        .unwrap_or_default()
+        .trim_end_matches(':')
+        .to_owned();
+    (key, id)
+}
+
+/// The status of one chat call with `key` on a fresh connection (and its error code).
+fn call(gw: &Gateway, key: &str, model: &str) -> (u16, String) {
+    let mut c = Client::connect(gw.addr());
+    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    c.send(format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    let r = c.read_response();
+    let code = if r.status == 200 {
+        String::new()
+    } else {
+        r.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (r.status, code)
+}
+
+/// Statuses of `CONNECTIONS` calls at once, each on its own connection.
+fn calls_at_once(gw: &Gateway, key: &str) -> Vec<u16> {
+    let addr = gw.addr();
+    let handles: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let key = key.to_owned();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let body = r#"{"model":"demo","messages":[{"role":"user","content":"hi"}]}"#;
+                c.send(format!(
+                    "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer \
+                     {key}\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                ));
+                c.read_response().status
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect()
+}
+
+fn all(statuses: &[u16], want: u16) -> bool {
+    statuses.iter().all(|&s| s == want)
+}
+
+#[test]
+fn keys_made_rotated_and_revoked_hold_on_every_shard_when_ctl_returns() {
+    let d = dir("life");
+    let gw = Gateway::start(&config(&d));
+    assert_eq!(gw.shards(), 2);
+    ctl(
+        &gw,
+        &[
+            "tenants", "add", "team-a", "--models", "demo", "--rpm", "100000",
+        ],
+    );
+    let (key, id) = new_key(&ctl(&gw, &["keys", "create", "team-a", "--name", "ci"]));
+
+    // In force on both shards when ctl returns: many connections at once, all admitted.
+    let got = calls_at_once(&gw, &key);
+    assert!(all(&got, 200), "{got:?}");
+    assert_eq!(call(&gw, &key, "gpt-4o"), (403, "model_not_allowed".into()));
+    // A keep-alive connection that used the key: it must not outlive a revoke through the
+    // connection's key memo.
+    let mut kept = Client::connect(gw.addr());
+    let req = |key: &str| {
+        let body = r#"{"model":"demo","messages":[]}"#;
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    kept.send(req(&key));
+    assert_eq!(kept.read_response().status, 200);
+
+    // Suspended: 403 with its own code; resumed: admitted again.
+    ctl(&gw, &["tenants", "suspend", "team-a"]);
+    assert_eq!(call(&gw, &key, "demo"), (403, "tenant_suspended".into()));
+    ctl(&gw, &["tenants", "resume", "team-a"]);
+    assert_eq!(call(&gw, &key, "demo").0, 200);
+
+    // Rotated with a grace: both keys work, then only the new one.
+    let out = ctl(&gw, &["keys", "rotate", &id, "--grace", "3s"]);
+    let (new, new_id) = new_key(&out);
+    assert_ne!(new, key);
+    assert_ne!(new_id, id, "{out}");
+    assert!(all(&calls_at_once(&gw, &key), 200));
+    assert!(all(&calls_at_once(&gw, &new), 200));
+    sleep(Duration::from_millis(3_300));
+    let old_after = calls_at_once(&gw, &key);
+    assert!(
+        all(&old_after, 401),
+        "the old key outlived its grace: {old_after:?}"
+    );
+    assert!(all(&calls_at_once(&gw, &new), 200));
+
+    // Revoked: refused on every shard the moment ctl returns, the kept-alive connection too.
+    kept.send(req(&new));
+    assert_eq!(kept.read_response().status, 200);
+    ctl(&gw, &["keys", "revoke", &new_id]);
+    let revoked = calls_at_once(&gw, &new);
+    assert!(
+        all(&revoked, 401),
+        "a revoked key was admitted: {revoked:?}"
+    );
+    kept.send(req(&new));
+    assert_eq!(kept.read_response().status, 401);
+
+    // Neither the store nor the audit log nor ctl's list ever holds a key.
+    let store = std::fs::read_to_string(d.join("tenants.json")).expect("store");
+    let audit = std::fs::read_to_string(d.join("audit.jsonl")).expect("audit log");
+    let list = ctl(&gw, &["keys", "list"]);
+    for text in [&store, &audit, &list] {
+        assert!(
+            !text.contains(&key) && !text.contains(&new),
+            "a key leaked:\n{text}"
+        );
+    }
+    // One audit line per change: add, create, suspend, resume, rotate, revoke.
+    let actions: Vec<String> = audit
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("audit JSON");
+            v["action"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "tenants.add",
+            "keys.create",
+            "tenants.suspend",
+            "tenants.resume",
+            "keys.rotate",
+            "keys.revoke"
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_store_survives_ctl_killed_in_the_middle_of_changes() {
+    let d = dir("kill");
+    let gw = Gateway::start(&config(&d));
+    ctl(&gw, &["tenants", "add", "team-k"]);
+    for round in 0..12u64 {
+        // Kill a `keys create` at a different moment each round: before, during or after it
+        // writes the store.
+        let mut child = spawn_ctl(gw.instance(), &["keys", "create", "team-k"], &[]);
+        sleep(Duration::from_millis(round * 3));
+        let _ = child.kill();
+        let _ = child.wait();
+        let bytes = std::fs::read(d.join("tenants.json")).expect("store");
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("round {round}: the store does not read: {e}"));
+        assert_eq!(v["format"], 1, "round {round}");
+        assert!(v["tenants"]["team-k"].is_object(), "round {round}: {v}");
+    }
+    // The engine still takes changes (no lock left held by a killed ctl), and the store's
+    // keys are the ones the shards know.
+    let (key, _) = new_key(&ctl(&gw, &["keys", "create", "team-k"]));
+    assert_eq!(call(&gw, &key, "demo").0, 200);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn changes_without_a_store_or_to_unknown_names_are_refused_clearly() {
+    let d = dir("errs");
+    let gw = Gateway::start(&config(&d));
+    for (args, needle) in [
+        (
+            &["tenants", "set", "nobody", "--rpm", "5"][..],
+            "no tenant \"nobody\"",
+        ),
+        (&["keys", "create", "nobody"][..], "no tenant \"nobody\""),
+        (
+            &["keys", "revoke", "key_000000000000"][..],
+            "no key key_000000000000",
+        ),
+        (
+            &["tenants", "add", "bad name"][..],
+            "must be 1 to 64 characters",
+        ),
+        (
+            &["tenants", "add", "t", "--rpm", "0"][..],
+            "rpm: must be between 1",
+        ),
+    ] {
+        let out = run_ctl(gw.instance(), args, &[], CTL_WAIT);
+        assert_eq!(out.code, Some(1), "{args:?}: {}", out.text());
+        assert!(out.stderr.contains(needle), "{args:?}: {}", out.text());
+    }
+    // Nothing was written by a refused change.
+    assert!(!d.join("tenants.json").exists());
+    // An engine without `tenant_store`: ctl says how to name one.
+    let plain = Gateway::start(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncores = 1\nauth = \"none\"\n\
+         [[upstreams]]\nname = \"mock\"\nprovider = \"mock\"\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"mock\"\n",
+    );
+    let out = run_ctl(plain.instance(), &["tenants", "add", "x"], &[], CTL_WAIT);
+    assert_eq!(out.code, Some(1), "{}", out.text());
+    assert!(out.stderr.contains("tenant_store"), "{}", out.text());
+    let _ = std::fs::remove_dir_all(&d);
+}
