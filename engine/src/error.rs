@@ -138,7 +138,7 @@ impl Error {
             Error::ShuttingDown => "shutting_down",
             Error::Overloaded => "overloaded",
             Error::Unauthorized => "invalid_api_key",
-            Error::ModelNotAllowed => "model_not_allowed",
+            Error::ModelNotAllowed => "model_not_approved",
             Error::TenantSuspended => "tenant_suspended",
             Error::RateLimited(Limit::Budget) => "insufficient_quota",
             Error::RateLimited(_) => "rate_limit_exceeded",
@@ -239,7 +239,10 @@ impl Error {
             Error::ShuttingDown => "the gateway is shutting down; retry on another instance",
             Error::Overloaded => "the gateway is overloaded; retry shortly",
             Error::Unauthorized => "missing or unknown API key",
-            Error::ModelNotAllowed => "this key is not approved for the requested model",
+            Error::ModelNotAllowed => {
+                "this key's tenant is not approved for the requested model; ask the gateway's \
+                 operators for access (GET /v1/models lists the models it may use)"
+            }
             Error::TenantSuspended => {
                 "this key's tenant is suspended; ask the gateway's operators to resume it"
             }

@@ -1110,7 +1110,7 @@ fn a_403_leaves_the_connection_in_step() {
         json.as_bytes(),
         BodyTiming::WithHead,
         403,
-        "model_not_allowed",
+        "model_not_approved",
         "/smuggled",
     );
     let head =
@@ -1131,7 +1131,7 @@ fn a_403_leaves_the_connection_in_step() {
         chunked.as_bytes(),
         BodyTiming::WithHead,
         403,
-        "model_not_allowed",
+        "model_not_approved",
         "/smuggled",
     );
 }

@@ -68,7 +68,12 @@ fn config(claude: SocketAddr, openai: SocketAddr, tenants: bool) -> String {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        format!("auth = \"keys\"\n\n[[tenants]]\nname = \"sdk\"\nkeys = [\"sha256:{hash}\"]\n")
+        // Approved for the two models only: a model no group serves is still a 404 (the SDKs'
+        // `NotFoundError`), not a 403, for a tenant that may not use it either.
+        format!(
+            "auth = \"keys\"\n\n[[tenants]]\nname = \"sdk\"\nkeys = [\"sha256:{hash}\"]\n\
+             models = [\"claude-test\", \"gpt-test\"]\n"
+        )
     } else {
         "auth = \"none\"\n".to_owned()
     };

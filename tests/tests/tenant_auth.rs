@@ -249,5 +249,5 @@ fn a_tenant_lists_only_the_models_it_may_use() {
         "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {KEY_B}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     ));
-    assert_error(&c.read_response(), 403, "model_not_allowed");
+    assert_error(&c.read_response(), 403, "model_not_approved");
 }

@@ -265,13 +265,13 @@ fn a_tenant_cannot_reach_a_model_it_is_not_approved_for() {
         (
             r#"{"model":"gpt-4o-mini","messages":[]}"#,
             403,
-            "model_not_allowed",
+            "model_not_approved",
         ),
         // A nested "model" is not the request's model.
         (
             r#"{"messages":[{"model":"gpt-4o"}],"model":"o1"}"#,
             403,
-            "model_not_allowed",
+            "model_not_approved",
         ),
         (r#"{"messages":[{"model":"gpt-4o"}]}"#, 400, "invalid_body"),
         // Two top-level models: refused rather than guessed.
@@ -295,7 +295,7 @@ fn a_tenant_cannot_reach_a_model_it_is_not_approved_for() {
         "POST /v1/chat/completions?model=gpt-4o HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nX-Model: gpt-4o\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     ));
-    assert_error(&c.read_response(), 403, "model_not_allowed");
+    assert_error(&c.read_response(), 403, "model_not_approved");
     assert_eq!(
         up.requests().len(),
         1,

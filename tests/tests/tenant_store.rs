@@ -129,7 +129,10 @@ fn keys_made_rotated_and_revoked_hold_on_every_shard_when_ctl_returns() {
     // In force on both shards when ctl returns: many connections at once, all admitted.
     let got = calls_at_once(&gw, &key);
     assert!(all(&got, 200), "{got:?}");
-    assert_eq!(call(&gw, &key, "gpt-4o"), (403, "model_not_allowed".into()));
+    assert_eq!(
+        call(&gw, &key, "gpt-4o"),
+        (403, "model_not_approved".into())
+    );
     // A keep-alive connection that used the key: it must not outlive a revoke through the
     // connection's key memo.
     let mut kept = Client::connect(gw.addr());

@@ -297,6 +297,11 @@ impl Call {
             metered: self.tenant.is_some(),
             admitted: false,
         };
+        // With model groups, a model none of them serves is unknown to every tenant (OpenAI's
+        // 404 `model_not_found`, which the SDKs raise as `NotFoundError`), approved or not.
+        if self.checked.group.is_none() && world.has_groups() {
+            return Err(Refusal::error(Error::ModelNotFound));
+        }
         if let Some(t) = self.tenant {
             if !world.allows(t, model) {
                 return Err(Refusal {
@@ -667,10 +672,11 @@ mod tests {
                 br#"{"messages":[]}"#,
                 Error::BadBody("the body names no model"),
             ),
-            (br#"{"model":"other"}"#, Error::ModelNotAllowed),
+            (br#"{"model":"m"}"#, Error::ModelNotAllowed),
         ] {
             let mut w = One::new(1, vec![None], false);
             w.limits = Some(Ok(()));
+            w.allowed = false;
             let mut held = Ledger::default();
             let mut call = Call::new(Some(T), None);
             let r = refused(call.step(&w, &mut held, NOW, &mut rng, Event::Body(body)));
@@ -688,6 +694,22 @@ mod tests {
                 call.step(&w, &mut held, NOW, &mut rng, retry()),
                 Action::Done
             );
+        }
+    }
+
+    #[test]
+    fn a_model_no_group_serves_is_not_found_for_every_tenant_approved_or_not() {
+        let mut rng = || 0;
+        let mut w = One::new(1, vec![None], false);
+        w.limits = Some(Ok(()));
+        for allowed in [true, false] {
+            w.allowed = allowed;
+            let mut held = Ledger::default();
+            let mut call = Call::new(Some(T), None);
+            let typo = Event::Body(br#"{"model":"gtp-4o"}"#);
+            let r = refused(call.step(&w, &mut held, NOW, &mut rng, typo));
+            assert_eq!((r.error, r.reject), (Error::ModelNotFound, None));
+            assert!(held.is_empty(), "admitted for a model nobody serves");
         }
     }
 
