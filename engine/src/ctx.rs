@@ -9,7 +9,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::accesslog::ShardLog;
-use crate::config::{Config, Overrides};
+use std::sync::Arc;
+
+use crate::builder::{Builder, Inbox};
+use crate::config::Config;
 use crate::control::shm::{Region, ShardInfo};
 use crate::control::stats;
 use crate::control::ShardControl;
@@ -55,6 +58,16 @@ pub struct ShardCtx {
     spare_bufs: RefCell<Vec<Vec<u8>>>,
     pub drain: DrainSignal,
     pub control: ShardControl,
+    /// The engine's config builder, and where its results for this shard arrive.
+    builder: Builder,
+    inbox: Inbox,
+    /// Config messages read from the ring and not yet handed to the builder (its queue was
+    /// full).
+    unsent: RefCell<Vec<(u64, Vec<u8>)>>,
+    /// The newest version handed to the builder, and the newest it answered: results are
+    /// awaited while the first is ahead.
+    submitted: Cell<u64>,
+    answered: Cell<u64>,
     pub access_log: Option<ShardLog>,
     /// What a new config keeps of the old one's state.
     pub(crate) kept: Kept,
@@ -79,12 +92,13 @@ impl ShardCtx {
         version: u64,
         cfg: Config,
         region: &'static Region,
-        overrides: Overrides,
+        builder: Builder,
         access_log: Option<ShardLog>,
         kept: Kept,
     ) -> Self {
-        let control = ShardControl::new(region, id, version, overrides);
+        let control = ShardControl::new(region, id, version);
         let pools = Pools::new();
+        let cfg = Arc::new(cfg);
         let snapshot = Snapshot::new(version, cfg, &pools, &control.stats, region, &kept);
         Self {
             id,
@@ -93,6 +107,11 @@ impl ShardCtx {
             spare_bufs: RefCell::new(Vec::new()),
             drain: DrainSignal::new(),
             control,
+            builder,
+            inbox: Inbox::default(),
+            unsent: RefCell::new(Vec::new()),
+            submitted: Cell::new(0),
+            answered: Cell::new(0),
             access_log,
             kept,
             rng: Cell::new(0x9e37_79b9_7f4a_7c15 ^ (id as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)),
@@ -110,29 +129,71 @@ impl ShardCtx {
         self.snapshot.borrow().clone()
     }
 
-    /// Take a new config from the ring if one was published: one atomic load when none was.
-    /// Called between requests and on the shard's timer.
+    /// Take a new config if one was published: one atomic load and a compare when none was.
+    /// Called between requests and on the shard's timer. New messages go to the engine's
+    /// config builder (`crate::builder`), which validates them off the shard; its results are
+    /// taken here as they arrive (each refusal counted), and only the shard's own part of the
+    /// newest good one is built here.
     pub fn refresh(&self) {
-        if !self.control.has_news() {
+        if self.control.has_news() {
+            self.control.poll_messages(&mut self.unsent.borrow_mut());
+        }
+        if !self.unsent.borrow().is_empty() {
+            self.submit();
+        }
+        if self.submitted.get() <= self.answered.get() {
             return;
         }
-        let current = self.snapshot();
-        if let Some((version, cfg)) = self.control.poll(&current.cfg) {
-            let next = Snapshot::new(
-                version,
-                cfg,
-                &self.pools,
-                &self.control.stats,
-                self.control.region(),
-                &self.kept,
-            );
-            *self.snapshot.borrow_mut() = Rc::new(next);
-            // Pools of endpoints no longer named by the new config are closed; requests of
-            // the old snapshot still in flight drop their connections instead of pooling.
-            self.pools.retain_assigned();
-            self.control.applied(version);
-            tracing::info!(shard = self.id, version, "config applied");
+        let mut results = Vec::new();
+        self.inbox.take(&mut results);
+        let current = self.snapshot.borrow().version;
+        let mut newest = None;
+        for built in results {
+            self.answered.set(self.answered.get().max(built.version));
+            match built.result {
+                _ if built.version <= current => {}
+                Err(why) => self.control.refused(built.version, &why),
+                Ok(cfg) => newest = Some((built.version, cfg)),
+            }
         }
+        let Some((version, cfg)) = newest else {
+            return;
+        };
+        let started = crate::clock::Now::read();
+        let next = Snapshot::new(
+            version,
+            cfg,
+            &self.pools,
+            &self.control.stats,
+            self.control.region(),
+            &self.kept,
+        );
+        *self.snapshot.borrow_mut() = Rc::new(next);
+        // Pools of endpoints no longer named by the new config are closed; requests of the old
+        // snapshot still in flight drop their connections instead of pooling.
+        self.pools.retain_assigned();
+        self.control.applied(version);
+        // How long this shard stopped serving to take the config (its own part).
+        let paused_us = started.until(crate::clock::Now::read()).as_micros();
+        tracing::info!(shard = self.id, version, paused_us, "config applied");
+    }
+
+    /// Hand the unsent messages to the builder, oldest first (what its full queue does not
+    /// take waits for the next call).
+    fn submit(&self) {
+        let mut unsent = self.unsent.borrow_mut();
+        let mut left = Vec::new();
+        for (version, body) in unsent.drain(..) {
+            if !left.is_empty() {
+                left.push((version, body));
+                continue;
+            }
+            match self.builder.submit(version, body, &self.inbox) {
+                Ok(()) => self.submitted.set(self.submitted.get().max(version)),
+                Err(body) => left.push((version, body)),
+            }
+        }
+        *unsent = left;
     }
 
     /// The next number of the shard's xorshift64 sequence.
@@ -327,7 +388,9 @@ mod tests {
         let roots = std::sync::Arc::new(rustls::RootCertStore::empty());
         let kept = Kept::new(roots, 0, crate::fair::Fabric::silent(1));
         let cfg = Config::embedded_default();
-        ShardCtx::new(0, 1, cfg, region, Overrides::default(), None, kept)
+        let builder = Builder::spawn(cfg.clone(), crate::config::Overrides::default())
+            .expect("the builder thread");
+        ShardCtx::new(0, 1, cfg, region, builder, None, kept)
     }
 
     fn spares(ctx: &ShardCtx) -> usize {

@@ -97,6 +97,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod admit;
 pub mod balance;
+pub mod builder;
 pub mod clock;
 pub mod conn;
 pub mod ctx;

@@ -302,6 +302,9 @@ fn run(
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
 
+    // New configs are validated once, off the shards, by the builder thread.
+    let builder = shardgate_engine::builder::Builder::spawn(config.clone(), overrides.clone())
+        .map_err(|e| format!("cannot start the config builder thread: {e}"))?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(shards);
     let (fabric, bells) = shardgate_engine::fair::Fabric::new(shards)
@@ -318,7 +321,7 @@ fn run(
                 .as_ref()
                 .map(|l| l.shard_log(&region.shard(id).info.0.access_log_dropped))
                 .transpose()?,
-            overrides: overrides.clone(),
+            builder: builder.clone(),
             listen,
             listen_plain,
             driver,

@@ -13,7 +13,7 @@ use monoio::net::TcpListener;
 
 use crate::accesslog::ShardLog;
 use crate::clock::Now;
-use crate::config::{Config, DriverChoice, Overrides};
+use crate::config::{Config, DriverChoice};
 use crate::control::shm::Region;
 use crate::control::stats;
 use crate::ctx::ShardCtx;
@@ -92,7 +92,8 @@ pub struct ShardStart {
     /// This shard's end of the access log, when one is configured.
     pub access_log: Option<ShardLog>,
     /// Command-line settings every later config gets too.
-    pub overrides: Overrides,
+    /// The engine's config builder (new configs are validated there, not on the shard).
+    pub builder: crate::builder::Builder,
     pub listen: SocketAddr,
     /// A plain listener beside a TLS `listen`.
     pub listen_plain: Option<SocketAddr>,
@@ -132,7 +133,7 @@ pub fn run(start: ShardStart, ready: mpsc::Sender<Ready>) {
             start.version,
             start.cfg,
             start.region,
-            start.overrides,
+            start.builder,
             start.access_log,
             Kept::new(start.roots, id, start.fabric),
         ));

@@ -81,7 +81,7 @@ pub struct Target {
 #[derive(Debug)]
 pub struct Snapshot {
     pub version: u64,
-    pub cfg: Config,
+    pub cfg: Arc<Config>,
     routes: Routes,
     /// Per upstream: its first flat endpoint number (flat numbers index `pool_slot`).
     endpoint_base: Vec<usize>,
@@ -93,7 +93,7 @@ pub struct Snapshot {
     /// Round-robin position per upstream.
     rr: Vec<Cell<usize>>,
     /// Key hash → tenant index.
-    tenants: Tenants,
+    tenants: Arc<Tenants>,
     /// Per tenant: its limits (the cells shared by every shard, this shard's leases), and
     /// its counter slot.
     tenant_limits: Vec<TenantLimits>,
@@ -123,7 +123,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn new(
         version: u64,
-        cfg: Config,
+        cfg: Arc<Config>,
         pools: &Pools,
         stats: &ShardStats,
         region: &'static Region,
@@ -157,7 +157,7 @@ impl Snapshot {
                 .map(|r| stats.route_slot(&r.path_prefix))
                 .collect(),
             rr: cfg.upstreams.iter().map(|_| Cell::new(0)).collect(),
-            tenants: Tenants::new(&cfg.tenants),
+            tenants: cfg.key_table.clone(),
             tenant_limits: cfg
                 .tenants
                 .iter()

@@ -303,12 +303,24 @@ fn hex(h: &[u8; 32]) -> String {
 }
 
 /// Key hash → tenant index (and the key's expiry), built once per config.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Tenants {
     by_key: HashMap<[u8; 32], (usize, u64)>,
     /// Which table this is, for a [`KeyMemo`]: unique per [`Tenants::new`] in this process
     /// (a clone has the same mapping and keeps it); 0 for the empty default table.
     id: u64,
+}
+
+/// The mapping, sorted (two tables with the same keys print the same; the table's id, which
+/// only tells tables apart for a [`KeyMemo`], is left out).
+impl std::fmt::Debug for Tenants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut entries: Vec<_> = self.by_key.iter().collect();
+        entries.sort();
+        f.debug_struct("Tenants")
+            .field("by_key", &entries)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Ids of [`Tenants`] tables; 0 is never handed out.

@@ -214,6 +214,9 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub tenants: Vec<crate::tenant::TenantConfig>,
+    /// The tenants' keys by hash, built once with the config (by the engine's config builder,
+    /// not on a shard) and shared by every shard's snapshot.
+    pub key_table: std::sync::Arc<crate::tenant::Tenants>,
     /// Model groups: what clients name in `"model"`, and the deployments serving it.
     pub models: Vec<crate::models::ModelGroup>,
     /// Prompt templates filled from a request's `variables`.

@@ -288,6 +288,7 @@ impl Validator<'_> {
             server,
             upstreams,
             routes,
+            key_table: std::sync::Arc::new(crate::tenant::Tenants::new(&tenants)),
             tenants,
             models,
             templates,

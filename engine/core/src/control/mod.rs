@@ -54,14 +54,13 @@ pub fn publish_config(
 pub struct ShardControl {
     region: &'static Region,
     consumer: RefCell<Consumer>,
-    overrides: Overrides,
     pub stats: ShardStats,
 }
 
 impl ShardControl {
     /// Start reading at the ring's head: the bootstrap config (already published by the
     /// engine as `version`) is the one this shard starts with.
-    pub fn new(region: &'static Region, shard: usize, version: u64, overrides: Overrides) -> Self {
+    pub fn new(region: &'static Region, shard: usize, version: u64) -> Self {
         let ring = region.ring();
         let stats = ShardStats::new(region.shard(shard));
         let info = stats.info();
@@ -71,7 +70,6 @@ impl ShardControl {
         Self {
             region,
             consumer: RefCell::new(Consumer::at(ring.head())),
-            overrides,
             stats,
         }
     }
@@ -87,13 +85,13 @@ impl ShardControl {
         self.consumer.borrow().has_news(&self.region.ring())
     }
 
-    /// Read what is new; return the newest config that validates and may replace `running`
-    /// without a restart. Refusals and dropped frames are counted and explained in the block.
-    pub fn poll(&self, running: &Config) -> Option<(u64, Config)> {
+    /// Read what is new: each complete config message (version and body) in the order they
+    /// were published, for the engine's config builder to validate ([`build`]). Dropped
+    /// frames are counted and explained in the block.
+    pub fn poll_messages(&self, out: &mut Vec<(u64, Vec<u8>)>) {
         let ring = self.region.ring();
         let info = self.stats.info();
         let mut consumer = self.consumer.borrow_mut();
-        let mut newest = None;
         loop {
             match consumer.poll(&ring) {
                 Poll::Idle => break,
@@ -101,29 +99,17 @@ impl ShardControl {
                     add(&info.ring_dropped, 1);
                     tracing::warn!("config ring: {why}");
                 }
-                Poll::Message { version, body } => match self.build(&body, running) {
-                    Ok(c) => newest = Some((version, c)),
-                    Err(why) => {
-                        tracing::warn!("config version {version} refused: {why}");
-                        self.stats.apply_error(version, &why);
-                    }
-                },
+                Poll::Message { version, body } => out.push((version, body)),
             }
         }
         set(&info.ring_cursor, consumer.cursor());
         set(&info.ring_lag_frames, consumer.lag(&ring));
-        newest
     }
 
-    fn build(&self, body: &[u8], running: &Config) -> Result<Config, String> {
-        let m = message::decode(body)?;
-        let mut c = Config::from_message(&m).map_err(|e| e.to_string().replace('\n', "; "))?;
-        c.apply_overrides(&self.overrides);
-        let fixed = running.restart_only_changes(&c);
-        if !fixed.is_empty() {
-            return Err(format!("needs a restart: {}", fixed.join(", ")));
-        }
-        Ok(c)
+    /// Report that `version` was refused, and why (`shardgate-ctl status` shows it).
+    pub fn refused(&self, version: u64, why: &str) {
+        tracing::warn!("config version {version} refused: {why}");
+        self.stats.apply_error(version, why);
     }
 
     /// Report that `version` now serves new requests.
@@ -132,4 +118,19 @@ impl ShardControl {
         set(&info.config_applied_unix_ms, unix_ms());
         info.config_version.store(version, Ordering::Release);
     }
+}
+
+/// Validate a config message's `body` as the engine runs it: decoded, validated from the
+/// message's tables, the command line's `overrides` applied, and refused if it changes what
+/// only a restart changes (against `running`). The engine's config builder thread calls it,
+/// never a shard: it parses and validates the whole config (tens of ms for thousands of tenants).
+pub fn build(body: &[u8], running: &Config, overrides: &Overrides) -> Result<Config, String> {
+    let m = message::decode(body)?;
+    let mut c = Config::from_message(&m).map_err(|e| e.to_string().replace('\n', "; "))?;
+    c.apply_overrides(overrides);
+    let fixed = running.restart_only_changes(&c);
+    if !fixed.is_empty() {
+        return Err(format!("needs a restart: {}", fixed.join(", ")));
+    }
+    Ok(c)
 }

@@ -1,0 +1,192 @@
+//! The config builder: a thread of the engine (not a shard) that validates each new config
+//! message once, for every shard, so no shard stops serving to parse and validate a config.
+//!
+//! A shard that finds a new message in the ring hands its bytes here ([`Builder::submit`]) and
+//! goes on serving on its current snapshot; the builder decodes and validates it
+//! ([`shardgate_core::control::build`]: TOML, tenants, the tenant store, tens of ms for thousands
+//! of tenants) and sends the result back on the shard's own channel; the shard takes it between
+//! requests ([`Inbox::take`]: every result in order, so each refusal is counted, and the
+//! newest good config is the one applied) and builds only its own part (pools, balancers, limit cells).
+//! Shards submit the same version once each; it is built once (the last result is kept).
+//!
+//! Channels are crossbeam's, bounded; the shard side never blocks: a full queue (a shard
+//! submitting faster than the builder builds) drops the oldest news, and the next message
+//! supersedes it anyway.
+
+use std::sync::Arc;
+
+use crossbeam::channel::{self, Receiver, Sender, TrySendError};
+
+use crate::config::{Config, Overrides};
+
+/// Jobs waiting for the builder, over all shards.
+const BUILDER_QUEUE_MAX: usize = 256;
+/// Versions whose result the builder keeps for the shards that have not asked yet.
+const BUILT_KEPT: usize = 8;
+/// Results waiting for one shard: as many as the ring can hold messages, so a burst of
+/// messages never loses a result.
+const SHARD_INBOX_MAX: usize = crate::limits::RING_SLOTS;
+
+/// A validated config for a shard, or why its version was refused.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub version: u64,
+    pub result: Result<Arc<Config>, String>,
+}
+
+struct Job {
+    version: u64,
+    body: Vec<u8>,
+    reply: Sender<Built>,
+}
+
+/// The shards' handle on the builder thread.
+#[derive(Clone)]
+pub struct Builder {
+    jobs: Sender<Job>,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder").finish_non_exhaustive()
+    }
+}
+
+/// A shard's end: where its results arrive.
+#[derive(Debug)]
+pub struct Inbox {
+    tx: Sender<Built>,
+    rx: Receiver<Built>,
+}
+
+impl Default for Inbox {
+    fn default() -> Self {
+        let (tx, rx) = channel::bounded(SHARD_INBOX_MAX);
+        Self { tx, rx }
+    }
+}
+
+impl Inbox {
+    /// Every result that arrived, oldest first (never blocks).
+    pub fn take(&self, out: &mut Vec<Built>) {
+        while let Ok(b) = self.rx.try_recv() {
+            out.push(b);
+        }
+    }
+}
+
+impl Builder {
+    /// Start the builder thread. `running`: the config the engine started with (what only a
+    /// restart changes is checked against it); `overrides`: the command line's.
+    pub fn spawn(running: Config, overrides: Overrides) -> std::io::Result<Builder> {
+        let (jobs, rx) = channel::bounded::<Job>(BUILDER_QUEUE_MAX);
+        std::thread::Builder::new()
+            .name("config-builder".into())
+            .spawn(move || run(&rx, &running, &overrides))?;
+        Ok(Builder { jobs })
+    }
+
+    /// Hand message `version` to the builder; its result arrives in `inbox`. `Err`: the
+    /// builder's queue is full (or the builder is gone): the body back, to try again later.
+    pub fn submit(&self, version: u64, body: Vec<u8>, inbox: &Inbox) -> Result<(), Vec<u8>> {
+        let job = Job {
+            version,
+            body,
+            reply: inbox.tx.clone(),
+        };
+        self.jobs.try_send(job).map_err(|e| match e {
+            TrySendError::Full(j) | TrySendError::Disconnected(j) => j.body,
+        })
+    }
+}
+
+fn run(jobs: &Receiver<Job>, running: &Config, overrides: &Overrides) {
+    // The last few versions built: every shard submits each version, usually close together.
+    let mut recent: std::collections::VecDeque<Built> =
+        std::collections::VecDeque::with_capacity(BUILT_KEPT);
+    while let Ok(job) = jobs.recv() {
+        let built = match recent.iter().find(|b| b.version == job.version) {
+            Some(b) => b.clone(),
+            None => {
+                let result =
+                    shardgate_core::control::build(&job.body, running, overrides).map(Arc::new);
+                let b = Built {
+                    version: job.version,
+                    result,
+                };
+                if recent.len() == BUILT_KEPT {
+                    recent.pop_front();
+                }
+                recent.push_back(b.clone());
+                b
+            }
+        };
+        // The inbox holds as many results as the ring holds messages: it is never full.
+        let _ = job.reply.try_send(built);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EMBEDDED_DEFAULT;
+    use crate::control::message;
+    use std::time::{Duration, Instant};
+
+    /// Wait (at most 5 s) for `n` results in `inbox`.
+    fn results(inbox: &Inbox, n: usize) -> Vec<Built> {
+        let start = Instant::now();
+        let mut out = Vec::new();
+        while out.len() < n && start.elapsed() < Duration::from_secs(5) {
+            inbox.take(&mut out);
+            // A test thread, not a shard: blocking is what it should do here.
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        out
+    }
+
+    #[test]
+    fn each_shard_gets_each_version_in_order_refusals_included() {
+        let running = Config::embedded_default();
+        let b = Builder::spawn(running.clone(), Overrides::default()).expect("thread");
+        let good = message::encode(EMBEDDED_DEFAULT, &running).expect("encode");
+        let restart = EMBEDDED_DEFAULT.replace("[server]", "[server]\ninstance = \"other\"");
+        let restart = message::encode(&restart, &running).expect("encode");
+        let (one, two) = (Inbox::default(), Inbox::default());
+        for inbox in [&one, &two] {
+            b.submit(2, good.clone(), inbox).expect("queued");
+            b.submit(3, b"not a message".to_vec(), inbox)
+                .expect("queued");
+            b.submit(4, restart.clone(), inbox).expect("queued");
+        }
+        for inbox in [&one, &two] {
+            let got = results(inbox, 3);
+            let versions: Vec<u64> = got.iter().map(|b| b.version).collect();
+            assert_eq!(versions, [2, 3, 4]);
+            assert!(got[0].result.is_ok());
+            assert!(got[1].result.is_err());
+            let why = got[2].result.as_ref().expect_err("a restart-only change");
+            assert!(why.contains("needs a restart"), "{why}");
+        }
+        // One result per submitted version, no more.
+        let (a, c) = (results(&one, 0), results(&two, 0));
+        assert!(a.is_empty() && c.is_empty());
+    }
+
+    #[test]
+    fn one_build_serves_every_shard() {
+        let running = Config::embedded_default();
+        let b = Builder::spawn(running.clone(), Overrides::default()).expect("thread");
+        let good = message::encode(EMBEDDED_DEFAULT, &running).expect("encode");
+        let (one, two) = (Inbox::default(), Inbox::default());
+        b.submit(2, good.clone(), &one).expect("queued");
+        b.submit(2, good, &two).expect("queued");
+        let (x, y) = (results(&one, 1), results(&two, 1));
+        let (x, y) = (
+            x[0].result.as_ref().expect("valid"),
+            y[0].result.as_ref().expect("valid"),
+        );
+        assert!(Arc::ptr_eq(x, y), "the version was built twice");
+    }
+}
