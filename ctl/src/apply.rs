@@ -9,17 +9,13 @@
 //! 5. poll the shards' counter blocks until each runs the version or refused it.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use shardgate_core::config::Config;
-use shardgate_core::control::shm::{pid_alive, Region, WriterGuard};
-use shardgate_core::control::stats::{self, ShardView};
-use shardgate_core::control::{message, publish_config, unix_ms};
+use shardgate_core::control::message;
+pub use shardgate_core::control::publish::{push, running, version_after};
+use shardgate_core::control::unix_ms;
 
 use crate::{check, diff, pause, stall, Failure};
-
-/// How often `apply` looks at the shards' counter blocks while it waits.
-pub const APPLY_POLL_MS: u64 = 5;
 
 /// What the flags of `apply` ask for.
 #[derive(Debug, Clone)]
@@ -81,7 +77,8 @@ pub fn run(instance: &str, path: &Path, opts: &Options) -> Result<(), Failure> {
         }
     }
 
-    let (version, ms) = push(instance, &region, guard, version, &text, &new, opts.timeout)?;
+    let (version, ms) = push(instance, &region, guard, version, &text, &new, opts.timeout)
+        .map_err(Failure::failed)?;
     println!(
         "applied version {version} to {} shards in {ms} ms",
         region.shards()
@@ -89,192 +86,15 @@ pub fn run(instance: &str, path: &Path, opts: &Options) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Publish `text` (validated as `new`) as `version` under the writer lock `guard` (released
-/// once published), and wait until every shard runs it: `(version, ms waited)`, or why not.
-pub fn push(
-    instance: &str,
-    region: &Region,
-    guard: WriterGuard<'_>,
-    version: u64,
-    text: &str,
-    new: &Config,
-    timeout: Duration,
-) -> Result<(u64, u128), Failure> {
-    let engine_pid = region
-        .header()
-        .engine_pid
-        .load(std::sync::atomic::Ordering::Acquire);
-    let start = Instant::now();
-    // `publish_config` takes the lock again (this process already holds it) and releases it.
-    let published = publish_config(region, version, text, new);
-    drop(guard);
-    published.map_err(Failure::failed)?;
-    loop {
-        let t = stats::read(region);
-        let progress = progress(&t.shards, version);
-        match progress {
-            Progress::Settled { refused, .. } if refused.is_empty() => {
-                return Ok((version, start.elapsed().as_millis()));
-            }
-            Progress::Settled { .. } => {
-                return Err(Failure::failed(progress.report(version, None)));
-            }
-            Progress::Waiting { .. } => {}
-        }
-        if !pid_alive(engine_pid) {
-            return Err(Failure::failed(format!(
-                "the engine of instance {instance} (pid {engine_pid}) exited while version \
-                 {version} was being applied"
-            )));
-        }
-        if start.elapsed() >= timeout {
-            return Err(Failure::failed(progress.report(version, Some(timeout))));
-        }
-        pause(Duration::from_millis(APPLY_POLL_MS));
-    }
-}
-
-/// The newest version in sight, plus one (numbered under the writer lock).
-pub fn version_after(region: &Region) -> u64 {
-    let ring = region.ring();
-    next_version(
-        ring.latest_message()
-            .map(|(v, _)| v)
-            .max(ring.newest_frame_version()),
-        &stats::read(region).shards,
-    )
-}
-
-/// The running config's TOML text and its validated form, from the ring.
-pub fn running_text(region: &Region) -> Result<(u64, String, Config), String> {
-    let Some((version, body)) = region.ring().latest_message() else {
-        return Err(
-            "the running config is unknown (no complete config message in the ring)".into(),
-        );
-    };
-    let m = message::decode(&body)
-        .map_err(|e| format!("the running config (version {version}) cannot be read: {e}"))?;
-    let c = Config::from_message(&m).map_err(|e| {
-        format!(
-            "the running config (version {version}) does not validate: {}",
-            e.to_string().replace('\n', "; ")
-        )
-    })?;
-    Ok((version, m.toml, c))
-}
-
-/// The running config: the newest complete message in the ring, validated as a shard would.
-/// Errors say why it cannot be known.
-pub fn running(region: &Region) -> Result<(u64, Config), String> {
-    running_text(region).map(|(v, _, c)| (v, c))
-}
-
-/// One past every version in sight: the ring's newest message and what each shard runs.
-pub fn next_version(ring: Option<u64>, shards: &[ShardView]) -> u64 {
-    let seen = shards
-        .iter()
-        .map(|s| s.config_version)
-        .chain(ring)
-        .max()
-        .unwrap_or(0);
-    seen.saturating_add(1)
-}
-
-/// A shard still on an older version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pending {
-    pub shard: usize,
-    pub version: u64,
-    pub ring_lag_frames: u64,
-}
-
-/// Where the shards are with a version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Progress {
-    /// Every shard runs the version (or a newer one) or refused it.
-    Settled {
-        applied: usize,
-        refused: Vec<(usize, String)>,
-    },
-    /// Some shards have done neither yet.
-    Waiting {
-        applied: usize,
-        refused: Vec<(usize, String)>,
-        pending: Vec<Pending>,
-    },
-}
-
-/// Sort the shards by what they did with `version`.
-pub fn progress(shards: &[ShardView], version: u64) -> Progress {
-    let mut applied = 0;
-    let mut refused = Vec::new();
-    let mut pending = Vec::new();
-    for s in shards {
-        if s.config_version >= version {
-            applied += 1;
-        } else if s.error_version == version {
-            refused.push((s.id, s.error.clone()));
-        } else {
-            pending.push(Pending {
-                shard: s.id,
-                version: s.config_version,
-                ring_lag_frames: s.ring_lag_frames,
-            });
-        }
-    }
-    if pending.is_empty() {
-        Progress::Settled { applied, refused }
-    } else {
-        Progress::Waiting {
-            applied,
-            refused,
-            pending,
-        }
-    }
-}
-
-impl Progress {
-    /// Why `version` did not apply everywhere, one line per shard that did not take it;
-    /// `timeout` when the wait ran out.
-    pub fn report(&self, version: u64, timeout: Option<Duration>) -> String {
-        let (applied, refused, pending) = match self {
-            Progress::Settled { applied, refused } => (*applied, refused, &[][..]),
-            Progress::Waiting {
-                applied,
-                refused,
-                pending,
-            } => (*applied, refused, &pending[..]),
-        };
-        let total = applied + refused.len() + pending.len();
-        let mut lines = Vec::new();
-        if let Some(t) = timeout {
-            lines.push(format!(
-                "timed out after {} ms waiting for every shard to run version {version} \
-                 ({applied} of {total} do)",
-                t.as_millis()
-            ));
-        } else {
-            lines.push(format!(
-                "version {version} was refused ({applied} of {total} shards run it)"
-            ));
-        }
-        for (shard, error) in refused {
-            lines.push(format!("shard {shard} refused version {version}: {error}"));
-        }
-        for p in pending {
-            lines.push(format!(
-                "shard {} is still on version {} (ring lag {} frames)",
-                p.shard, p.version, p.ring_lag_frames
-            ));
-        }
-        lines.join("\n")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shardgate_core::config::Config;
+    use shardgate_core::control::publish::{next_version, progress, Progress};
+    use shardgate_core::control::publish_config;
     use shardgate_core::control::ring::{Consumer, Poll};
+    use shardgate_core::control::shm::Region;
+    use shardgate_core::control::stats::{self, ShardView};
 
     const TOML: &str =
         "[server]\nauth = \"none\"\n[[upstreams]]\nname = \"m\"\nprovider = \"mock\"\n\

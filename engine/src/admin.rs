@@ -112,8 +112,31 @@ fn handle(
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&head[..len]) {
             Ok(httparse::Status::Partial) => continue,
-            Ok(httparse::Status::Complete(_)) => {
-                break route(req.method.unwrap_or(""), req.path.unwrap_or(""), state);
+            Ok(httparse::Status::Complete(head_len)) => {
+                let (method, target) = (req.method.unwrap_or(""), req.path.unwrap_or(""));
+                if !target.starts_with("https://d.geminiproxy.ggff.net/huggingface/admin/v1/") {
+                    break route(method, target, state);
+                }
+                let header = |name: &str| {
+                    req.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| h.value)
+                };
+                let body = match read_body(&mut stream, &head[head_len..len], header) {
+                    Ok(b) => b,
+                    Err(reply) => break reply,
+                };
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                let api = crate::admin_api::ApiRequest {
+                    method,
+                    path,
+                    query,
+                    authorization: header("authorization"),
+                    body: &body,
+                };
+                let (status, value) = crate::admin_api::answer(&api, state.region, &state.instance);
+                break Reply::json(status, &value);
             }
             Err(_) => break Reply::error(400, "malformed request head", "bad_request"),
         }
@@ -134,6 +157,52 @@ fn handle(
         }
     }
     Ok(())
+}
+
+/// The body of an admin API request: `Content-Length` bytes (at most
+/// [`crate::admin_api::ADMIN_BODY_BYTES_MAX`]), `already` of them read with the head.
+fn read_body<'h>(
+    stream: &mut TcpStream,
+    already: &[u8],
+    header: impl Fn(&str) -> Option<&'h [u8]>,
+) -> Result<Vec<u8>, Reply> {
+    if header("transfer-encoding").is_some() {
+        return Err(Reply::error(
+            411,
+            "the admin API takes a body with Content-Length",
+            "length_required",
+        ));
+    }
+    let len = match header("content-length") {
+        None => 0,
+        Some(v) => match std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+        {
+            Some(n) => n,
+            None => return Err(Reply::error(400, "bad Content-Length", "bad_request")),
+        },
+    };
+    let max = crate::admin_api::ADMIN_BODY_BYTES_MAX;
+    if len > max {
+        return Err(Reply::error(
+            413,
+            &format!("the admin API takes bodies of at most {max} bytes"),
+            "body_too_large",
+        ));
+    }
+    let mut body = Vec::with_capacity(len);
+    body.extend_from_slice(&already[..already.len().min(len)]);
+    let mut chunk = [0u8; 4096];
+    while body.len() < len {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => {
+                return Err(Reply::error(400, "the body ended early", "bad_request"));
+            }
+            Ok(n) => body.extend_from_slice(&chunk[..n.min(len - body.len())]),
+        }
+    }
+    Ok(body)
 }
 
 /// An answer: status, content type, body.

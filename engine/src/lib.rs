@@ -86,7 +86,7 @@
 //! Nothing is shared between shards on the request path: each shard owns its state in `Rc`s
 //! and `Cell`s on its own thread. See `docs/ARCHITECTURE.md`.
 
-pub use shardgate_core::{cert, config, control, limits, models, tenant};
+pub use shardgate_core::{cert, config, control, limits, manage, models, store, tenant};
 
 // `index_type!`: the typed indices of [`snapshot`] (`UpstreamId`, `PoolSlot`, ...), made as
 // shardgate-core makes its counter slots (`control::stats::StatSlot`).
@@ -95,6 +95,7 @@ extern crate shardgate_core;
 
 pub mod accesslog;
 pub mod admin;
+pub mod admin_api;
 pub mod admit;
 pub mod balance;
 pub mod builder;

@@ -11,6 +11,8 @@
 //!   resolved, typed values (`config::resolved`, `config::endpoint`); the embedded default.
 //! - [`tenant`]: `[[tenants]]`: validation, keys by SHA-256 (with expiries) and their lookup,
 //!   approved models.
+//! - [`manage`]: a change to a running instance's tenant store: written atomically, audited,
+//!   pushed to every shard and waited for (blocking; ctl and the admin thread).
 //! - [`store`]: the tenant store (`[server] tenant_store`): tenants and keys managed at run
 //!   time by ctl, one JSON document; its operations are I/O-free.
 //! - [`models`]: `[[models]]` groups of deployments and the balancing [`models::Strategy`] each
@@ -63,6 +65,7 @@ pub mod config;
 pub mod control;
 pub mod json;
 pub mod limits;
+pub mod manage;
 pub mod models;
 pub mod store;
 pub mod template;

@@ -174,11 +174,44 @@ pub struct NewKey {
     pub secret: String,
 }
 
-fn err<T>(msg: impl Into<String>) -> Result<T, String> {
-    Err(msg.into())
+/// What kind of refusal a change met: the admin API answers 404, 409 and 400 for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No such tenant or key.
+    NotFound,
+    /// The name is taken.
+    Exists,
+    /// A bad value, or a change the key's state does not allow.
+    Invalid,
 }
 
-fn check_label(what: &str, s: &str) -> Result<(), String> {
+/// Why a change to the store was refused (nothing was changed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<StoreError> for String {
+    fn from(e: StoreError) -> String {
+        e.message
+    }
+}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, StoreError> {
+    Err(StoreError {
+        kind: ErrorKind::Invalid,
+        message: msg.into(),
+    })
+}
+
+fn check_label(what: &str, s: &str) -> Result<(), StoreError> {
     let ok = !s.is_empty()
         && s.len() <= LABEL_BYTES_MAX
         && s.bytes()
@@ -199,10 +232,17 @@ fn value<T: Serialize>(v: &T) -> Option<serde_json::Value> {
 impl Store {
     /// Read a store; `Err` says why it is refused (never a partial store).
     pub fn from_json(bytes: &[u8]) -> Result<Store, String> {
+        Self::parse(bytes).map_err(String::from)
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Store, StoreError> {
         if bytes.len() > STORE_BYTES_MAX {
             return err(format!("{} bytes; at most {STORE_BYTES_MAX}", bytes.len()));
         }
-        let s: Store = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let s: Store = serde_json::from_slice(bytes).map_err(|e| StoreError {
+            kind: ErrorKind::Invalid,
+            message: e.to_string(),
+        })?;
         if s.format != STORE_FORMAT {
             return err(format!(
                 "format {} (this build reads format {STORE_FORMAT})",
@@ -278,10 +318,13 @@ impl Store {
         settings: Settings,
         taken: &[&str],
         now_unix_ms: u64,
-    ) -> Result<Change, String> {
+    ) -> Result<Change, StoreError> {
         check_label("tenant", name)?;
         if self.tenants.contains_key(name) || taken.contains(&name) {
-            return err(format!("tenant {name:?} exists already"));
+            return Err(StoreError {
+                kind: ErrorKind::Exists,
+                message: format!("tenant {name:?} exists already"),
+            });
         }
         let t = StoredTenant {
             settings,
@@ -301,7 +344,7 @@ impl Store {
     }
 
     /// Change the settings `patch` sets on tenant `name`.
-    pub fn set_tenant(&mut self, name: &str, patch: &Settings) -> Result<Change, String> {
+    pub fn set_tenant(&mut self, name: &str, patch: &Settings) -> Result<Change, StoreError> {
         let t = self.tenant_mut(name)?;
         let old = value(&*t);
         let settings = t.settings.patched(patch);
@@ -318,7 +361,7 @@ impl Store {
     }
 
     /// Suspend (`true`) or resume tenant `name`.
-    pub fn suspend_tenant(&mut self, name: &str, suspended: bool) -> Result<Change, String> {
+    pub fn suspend_tenant(&mut self, name: &str, suspended: bool) -> Result<Change, StoreError> {
         let t = self.tenant_mut(name)?;
         let old = value(&*t);
         t.suspended = suspended;
@@ -337,7 +380,7 @@ impl Store {
     }
 
     /// Remove tenant `name` and every key of it.
-    pub fn remove_tenant(&mut self, name: &str) -> Result<Change, String> {
+    pub fn remove_tenant(&mut self, name: &str) -> Result<Change, StoreError> {
         let t = self
             .tenants
             .remove(name)
@@ -361,7 +404,7 @@ impl Store {
         expires_in: Option<Duration>,
         random: [u8; KEY_RANDOM_BYTES],
         now_unix_ms: u64,
-    ) -> Result<(NewKey, Change), String> {
+    ) -> Result<(NewKey, Change), StoreError> {
         if !self.tenants.contains_key(tenant) {
             return Err(unknown_tenant(tenant));
         }
@@ -409,7 +452,7 @@ impl Store {
         grace: Duration,
         random: [u8; KEY_RANDOM_BYTES],
         now_unix_ms: u64,
-    ) -> Result<(NewKey, Change), String> {
+    ) -> Result<(NewKey, Change), StoreError> {
         let old = self.keys.get(id).ok_or_else(|| unknown_key(id))?.clone();
         if old.rotated_to.is_some() {
             return err(format!("key {id} was rotated already"));
@@ -442,7 +485,7 @@ impl Store {
     }
 
     /// Revoke key `id`: it is removed (its hash is kept nowhere).
-    pub fn revoke_key(&mut self, id: &str) -> Result<Change, String> {
+    pub fn revoke_key(&mut self, id: &str) -> Result<Change, StoreError> {
         let k = self.keys.remove(id).ok_or_else(|| unknown_key(id))?;
         self.bump();
         Ok(Change {
@@ -453,19 +496,25 @@ impl Store {
         })
     }
 
-    fn tenant_mut(&mut self, name: &str) -> Result<&mut StoredTenant, String> {
+    fn tenant_mut(&mut self, name: &str) -> Result<&mut StoredTenant, StoreError> {
         self.tenants
             .get_mut(name)
             .ok_or_else(|| unknown_tenant(name))
     }
 }
 
-fn unknown_tenant(name: &str) -> String {
-    format!("no tenant {name:?} in the tenant store")
+fn unknown_tenant(name: &str) -> StoreError {
+    StoreError {
+        kind: ErrorKind::NotFound,
+        message: format!("no tenant {name:?} in the tenant store"),
+    }
 }
 
-fn unknown_key(id: &str) -> String {
-    format!("no key {id} in the tenant store")
+fn unknown_key(id: &str) -> StoreError {
+    StoreError {
+        kind: ErrorKind::NotFound,
+        message: format!("no key {id} in the tenant store"),
+    }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -481,7 +530,7 @@ fn hex(h: &[u8; 32]) -> String {
 }
 
 /// Validate a tenant's settings as `[[tenants]]` would (a key stands in for its keys).
-fn check_settings(name: &str, settings: &Settings) -> Result<(), String> {
+fn check_settings(name: &str, settings: &Settings) -> Result<(), StoreError> {
     let raw = RawTenant::from_store(name, vec![format!("sha256:{}", "0".repeat(64))], settings);
     let mut errors = Vec::new();
     tenant::validate(
@@ -492,7 +541,7 @@ fn check_settings(name: &str, settings: &Settings) -> Result<(), String> {
     );
     match errors.is_empty() {
         true => Ok(()),
-        false => Err(errors.join("; ")),
+        false => err(errors.join("; ")),
     }
 }
 
@@ -614,7 +663,7 @@ mod tests {
         let e = s
             .add_tenant("b", zero.clone(), &[], T0)
             .expect_err("refused");
-        assert!(e.contains("rpm"), "{e}");
+        assert!(e.message.contains("rpm"), "{e}");
         assert!(s.set_tenant("a", &zero).is_err());
         assert!(s
             .create_key("nobody", None, None, [0; KEY_RANDOM_BYTES], T0)
@@ -656,6 +705,19 @@ mod tests {
         assert!(Store::from_json(b"{").is_err());
         assert!(Store::from_json(br#"{"format":2,"version":0}"#).is_err());
         assert!(Store::from_json(br#"{"format":1,"version":0,"extra":1}"#).is_err());
+        // An unknown field in a tenant (a newer build's setting) is refused, not dropped.
+        let newer = br#"{"format":1,"version":1,"tenants":{"a":{"created_unix_ms":0,"rpm":5,"spend_usd":3}}}"#;
+        assert!(
+            Store::from_json(newer).is_err(),
+            "an unknown tenant field was dropped"
+        );
+        let known = br#"{"format":1,"version":1,"tenants":{"a":{"created_unix_ms":0,"rpm":5}}}"#;
+        assert_eq!(
+            Store::from_json(known).expect("ok").tenants["a"]
+                .settings
+                .rpm,
+            Some(5)
+        );
         let orphan = br#"{"format":1,"version":1,"keys":{"key_1":{"tenant":"x","prefix":"sk-sg-0000","sha256":"00","created_unix_ms":0}}}"#;
         assert!(Store::from_json(orphan)
             .expect_err("refused")

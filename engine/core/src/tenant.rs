@@ -132,7 +132,8 @@ pub fn key_alias(hash: &[u8; 32]) -> String {
     s
 }
 
-fn parse_hash(hex: &str) -> Option<[u8; 32]> {
+/// The 32 bytes of 64 lowercase hex digits.
+pub fn parse_hash(hex: &str) -> Option<[u8; 32]> {
     if hex.len() != 64 {
         return None;
     }

@@ -48,6 +48,8 @@ pub(super) struct RawServer {
     pub(super) access_log: Option<String>,
     pub(super) tenant_store: Option<String>,
     pub(super) audit_log: Option<String>,
+    #[serde(default)]
+    pub(super) admin_tokens: Vec<String>,
     pub(super) auth: Option<String>,
     pub(super) queue_wait_ms_max: Option<i64>,
     pub(super) queue_depth_max: Option<i64>,

@@ -103,8 +103,12 @@ pub struct ServerConfig {
     /// The tenant store: its path and the document it held when the config was read (an
     /// absent file reads as an empty store).
     pub tenant_store: Option<StoreFile>,
-    /// Where `shardgate-ctl` appends a JSON line for every change to the tenant store.
+    /// Where `shardgate-ctl` and the admin API append a JSON line for every change to the
+    /// tenant store.
     pub audit_log: Option<std::path::PathBuf>,
+    /// SHA-256 of each token the admin API (`/admin/v1/...`) accepts; none: the API refuses
+    /// every request.
+    pub admin_tokens: Vec<[u8; 32]>,
 }
 
 /// The tenant store's file: the path as written and what it held.

@@ -264,6 +264,18 @@ impl Validator<'_> {
         if let Some(tail) = tenants.get_mut(from_file..) {
             crate::store::finish(tail, &store_extra);
         }
+        // A tenant's key is never an admin token.
+        for (i, token) in server.admin_tokens.iter().enumerate() {
+            if tenants
+                .iter()
+                .any(|t| t.keys.iter().any(|k| &k.hash == token))
+            {
+                errors.push((
+                    format!("server.admin_tokens[{i}]"),
+                    "is also a tenant's key; an admin token must be a secret of its own".into(),
+                ));
+            }
+        }
         for (field, reason) in errors {
             self.error(field, reason);
         }
@@ -460,6 +472,24 @@ impl Validator<'_> {
                 Some(p) => self.store_file(&p),
                 None => None,
             },
+            admin_tokens: raw
+                .admin_tokens
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| {
+                    let hash = t
+                        .strip_prefix("sha256:")
+                        .and_then(|h| crate::tenant::parse_hash(&h.to_ascii_lowercase()));
+                    if hash.is_none() {
+                        self.error(
+                            format!("server.admin_tokens[{i}]"),
+                            "must be \"sha256:\" and the 64 hex digits of the token's SHA-256 \
+                             (printf %s \"$TOKEN\" | sha256sum); the token itself is never written",
+                        );
+                    }
+                    hash
+                })
+                .collect(),
             audit_log: match raw.audit_log {
                 Some(p) if p.is_empty() => {
                     self.error(

@@ -13,6 +13,7 @@
 //! build a new config, report the version it runs.
 
 pub mod message;
+pub mod publish;
 pub mod ring;
 pub mod shm;
 pub mod stats;

@@ -1,0 +1,393 @@
+//! The admin API: tenants and keys of the tenant store over HTTP on the admin listener
+//! (`/admin/v1/tenants`, `/admin/v1/keys`), JSON in and out, described in `docs/admin-api.md`
+//! and `docs/admin-api.openapi.yaml`.
+//!
+//! Every request presents an admin token (`Authorization: Bearer TOKEN`, whose SHA-256 is one of
+//! `[server] admin_tokens` in the running config); without one: 401. A change goes through
+//! `shardgate_core::manage`, as `shardgate-ctl tenants`/`keys` do: written atomically, audited
+//! under the token's id (`admin:` and the first 8 hex digits of its hash), pushed to every shard
+//! and in force there before the answer is sent. It runs on the admin thread, never a shard.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::control::shm::Region;
+use crate::control::{publish, unix_ms};
+use crate::limits::APPLY_WAIT_MS_MAX;
+use crate::manage::{self, Refused};
+use crate::store::{ErrorKind, Settings, Store, StoredKey, StoredTenant};
+use crate::tenant::{hash_key, key_alias};
+
+/// Largest request body the admin API reads, bytes.
+pub const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// One request to `/admin/v1/...`.
+#[derive(Debug)]
+pub struct ApiRequest<'a> {
+    pub method: &'a str,
+    /// The path without the query.
+    pub path: &'a str,
+    pub query: &'a str,
+    pub authorization: Option<&'a [u8]>,
+    pub body: &'a [u8],
+}
+
+/// Answer `req`: a status and a JSON body.
+pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Value) {
+    let running = match publish::running_text(region) {
+        Ok((_, _, c)) => c,
+        Err(why) => return error(503, &why, "not_ready"),
+    };
+    let actor = match authorize(req.authorization, &running) {
+        Some(a) => a,
+        None => {
+            return error(
+                401,
+                "the admin API needs an admin token: Authorization: Bearer TOKEN, with the \
+                 token's SHA-256 in [server] admin_tokens",
+                "invalid_admin_token",
+            )
+        }
+    };
+    let parts: Vec<&str> = req
+        .path
+        .trim_start_matches("https://d.geminiproxy.ggff.net/huggingface/admin/v1/")
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .collect();
+    let run = |op: manage::Op<'_, Value>, status: u16| -> (u16, Value) {
+        let timeout = Duration::from_millis(APPLY_WAIT_MS_MAX);
+        match manage::change(region, instance, &actor, timeout, op) {
+            Ok(done) => (status, done.said),
+            Err(r) => refused(&r),
+        }
+    };
+    match (req.method, parts.as_slice()) {
+        ("GET", ["tenants"]) => match manage::running_store(region) {
+            Ok((store, running)) => list_tenants(&store, &running),
+            Err(r) => refused(&r),
+        },
+        ("GET", ["tenants", name]) => match manage::running_store(region) {
+            Ok((store, _)) => match store.tenants.get(*name) {
+                Some(t) => (200, tenant_json(&store, name, t)),
+                None => error(
+                    404,
+                    &format!("no tenant {name:?} in the tenant store"),
+                    "not_found",
+                ),
+            },
+            Err(r) => refused(&r),
+        },
+        ("POST", ["tenants"]) => {
+            let body: TenantBody = match parse(req.body) {
+                Ok(b) => b,
+                Err(e) => return e,
+            };
+            let Some(name) = body.name.clone() else {
+                return error(400, "a new tenant needs a \"name\"", "invalid_body");
+            };
+            if body.suspended.is_some() {
+                return error(
+                    400,
+                    "a new tenant is active; suspend it with PATCH",
+                    "invalid_body",
+                );
+            }
+            run(
+                Box::new(move |store, running, now| {
+                    let taken: Vec<&str> = running
+                        .tenants
+                        .iter()
+                        .filter(|t| !store.tenants.contains_key(&t.name))
+                        .map(|t| t.name.as_str())
+                        .collect();
+                    let c = store.add_tenant(&name, body.settings(), &taken, now)?;
+                    let t = &store.tenants[&name];
+                    Ok((c, tenant_json(store, &name, t)))
+                }),
+                201,
+            )
+        }
+        ("PATCH", ["tenants", name]) => {
+            let body: TenantBody = match parse(req.body) {
+                Ok(b) => b,
+                Err(e) => return e,
+            };
+            if body.name.as_deref().is_some_and(|n| n != *name) {
+                return error(
+                    400,
+                    "a tenant is not renamed; add a new one",
+                    "invalid_body",
+                );
+            }
+            let name = (*name).to_owned();
+            run(
+                Box::new(move |store, _, _| {
+                    let mut c = store.set_tenant(&name, &body.settings())?;
+                    if let Some(s) = body.suspended {
+                        // One change for the audit log: the settings and the state, before and
+                        // after.
+                        c.new = store.suspend_tenant(&name, s)?.new;
+                    }
+                    let t = &store.tenants[&name];
+                    Ok((c, tenant_json(store, &name, t)))
+                }),
+                200,
+            )
+        }
+        ("DELETE", ["tenants", name]) => {
+            let name = (*name).to_owned();
+            run(
+                Box::new(move |store, _, _| {
+                    let c = store.remove_tenant(&name)?;
+                    Ok((c, json!({"name": name, "deleted": true})))
+                }),
+                200,
+            )
+        }
+        ("GET", ["keys"]) => match manage::running_store(region) {
+            Ok((store, _)) => {
+                let tenant = query_value(req.query, "tenant");
+                let now = unix_ms();
+                let data: Vec<Value> = store
+                    .keys
+                    .iter()
+                    .filter(|(_, k)| tenant.as_deref().is_none_or(|t| t == k.tenant))
+                    .map(|(id, k)| key_json(&store, id, k, now))
+                    .collect();
+                (200, json!({"object": "list", "data": data}))
+            }
+            Err(r) => refused(&r),
+        },
+        ("POST", ["keys"]) => {
+            let body: NewKeyBody = match parse(req.body) {
+                Ok(b) => b,
+                Err(e) => return e,
+            };
+            let expires = match body.expires_in.as_deref().map(duration).transpose() {
+                Ok(d) => d,
+                Err(e) => return e,
+            };
+            let random = match manage::key_random() {
+                Ok(r) => r,
+                Err(r) => return refused(&r),
+            };
+            run(
+                Box::new(move |store, _, now| {
+                    let (k, c) = store.create_key(
+                        &body.tenant,
+                        body.name.as_deref(),
+                        expires,
+                        random,
+                        now,
+                    )?;
+                    let mut out = key_json(store, &k.id, &store.keys[&k.id], now);
+                    out["key"] = Value::String(k.secret);
+                    Ok((c, out))
+                }),
+                201,
+            )
+        }
+        ("POST", ["keys", id, "rotate"]) => {
+            let body: RotateBody = match parse_or_empty(req.body) {
+                Ok(b) => b,
+                Err(e) => return e,
+            };
+            let grace = match duration(body.grace.as_deref().unwrap_or("24h")) {
+                Ok(d) => d,
+                Err(e) => return e,
+            };
+            let random = match manage::key_random() {
+                Ok(r) => r,
+                Err(r) => return refused(&r),
+            };
+            let id = (*id).to_owned();
+            run(
+                Box::new(move |store, _, now| {
+                    let (k, c) = store.rotate_key(&id, grace, random, now)?;
+                    let mut out = key_json(store, &k.id, &store.keys[&k.id], now);
+                    out["key"] = Value::String(k.secret);
+                    out["rotated"] = key_json(store, &id, &store.keys[&id], now);
+                    Ok((c, out))
+                }),
+                201,
+            )
+        }
+        ("DELETE", ["keys", id]) => {
+            let id = (*id).to_owned();
+            run(
+                Box::new(move |store, _, _| {
+                    let c = store.revoke_key(&id)?;
+                    Ok((c, json!({"id": id, "revoked": true})))
+                }),
+                200,
+            )
+        }
+        (_, ["tenants"] | ["tenants", _] | ["keys"] | ["keys", _] | ["keys", _, "rotate"]) => {
+            error(
+                405,
+                "method not allowed on this admin endpoint (docs/admin-api.md)",
+                "method_not_allowed",
+            )
+        }
+        _ => error(
+            404,
+            "no such admin endpoint; see docs/admin-api.md",
+            "not_found",
+        ),
+    }
+}
+
+/// The audit log's name for the token presented, if it is one of the running config's.
+fn authorize(authorization: Option<&[u8]>, running: &Config) -> Option<String> {
+    let token = crate::tenant::presented_key(authorization, None)?;
+    let hash = hash_key(token);
+    running
+        .server
+        .admin_tokens
+        .contains(&hash)
+        .then(|| format!("admin:{}", key_alias(&hash)))
+}
+
+fn error(status: u16, message: &str, code: &str) -> (u16, Value) {
+    (
+        status,
+        json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}}),
+    )
+}
+
+fn refused(r: &Refused) -> (u16, Value) {
+    match r.kind {
+        Some(ErrorKind::NotFound) => error(404, &r.message, "not_found"),
+        Some(ErrorKind::Exists) => error(409, &r.message, "already_exists"),
+        Some(ErrorKind::Invalid) => error(400, &r.message, "invalid_request"),
+        None => error(503, &r.message, "not_applied"),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, (u16, Value)> {
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            400,
+            &format!("the body is not what this endpoint takes: {e}"),
+            "invalid_body",
+        )
+    })
+}
+
+/// A body that may be left out (`{}` then).
+fn parse_or_empty<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, (u16, Value)> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        parse(b"{}")
+    } else {
+        parse(body)
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, (u16, Value)> {
+    humantime::parse_duration(s).map_err(|e| {
+        error(
+            400,
+            &format!("{s:?}: {e} (e.g. \"90d\", \"24h\")"),
+            "invalid_body",
+        )
+    })
+}
+
+fn query_value(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// A tenant's settings as the API takes them (every field optional; serde's `flatten` would
+/// not refuse unknown fields, so they are spelled out).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantBody {
+    name: Option<String>,
+    models: Option<Vec<String>>,
+    rpm: Option<i64>,
+    tpm: Option<i64>,
+    max_concurrency: Option<i64>,
+    connections_max: Option<i64>,
+    budget_tokens: Option<i64>,
+    budget_window: Option<String>,
+    weight: Option<i64>,
+    default_max_tokens: Option<i64>,
+    suspended: Option<bool>,
+}
+
+impl TenantBody {
+    fn settings(&self) -> Settings {
+        Settings {
+            models: self.models.clone(),
+            rpm: self.rpm,
+            tpm: self.tpm,
+            max_concurrency: self.max_concurrency,
+            connections_max: self.connections_max,
+            budget_tokens: self.budget_tokens,
+            budget_window: self.budget_window.clone(),
+            weight: self.weight,
+            default_max_tokens: self.default_max_tokens,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKeyBody {
+    tenant: String,
+    name: Option<String>,
+    /// e.g. "90d".
+    expires_in: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    /// How long the old key keeps working, e.g. "24h" (the default).
+    grace: Option<String>,
+}
+
+fn list_tenants(store: &Store, running: &Config) -> (u16, Value) {
+    let mut data: Vec<Value> = store
+        .tenants
+        .iter()
+        .map(|(name, t)| tenant_json(store, name, t))
+        .collect();
+    for t in &running.tenants {
+        if !store.tenants.contains_key(&t.name) {
+            data.push(json!({"name": t.name, "source": "config", "keys": t.keys.len()}));
+        }
+    }
+    (200, json!({"object": "list", "data": data}))
+}
+
+fn tenant_json(store: &Store, name: &str, t: &StoredTenant) -> Value {
+    let mut v = serde_json::to_value(&t.settings).unwrap_or_else(|_| json!({}));
+    v["name"] = json!(name);
+    v["source"] = json!("store");
+    v["state"] = json!(if t.suspended { "suspended" } else { "active" });
+    v["created"] = json!(t.created_unix_ms / 1000);
+    v["keys"] = json!(store.keys.values().filter(|k| k.tenant == name).count());
+    v
+}
+
+fn key_json(store: &Store, id: &str, k: &StoredKey, now_unix_ms: u64) -> Value {
+    json!({
+        "id": id,
+        "object": "key",
+        "tenant": k.tenant,
+        "name": k.name,
+        "prefix": k.prefix,
+        "created": k.created_unix_ms / 1000,
+        "expires": k.expires_unix_ms.map(|e| e / 1000),
+        "state": store.key_state(k, now_unix_ms).as_str(),
+    })
+}
