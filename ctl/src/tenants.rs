@@ -68,8 +68,9 @@ pub fn show(instance: &str, keys: bool, tenant: Option<&str>) -> Result<(), Fail
         print!("{}", render(&header, &rows));
     } else {
         let mut rows = Vec::new();
+        let by_tenant = store.keys_by_tenant();
         for (name, x) in &store.tenants {
-            let keys = store.keys.values().filter(|k| &k.tenant == name).count();
+            let keys = by_tenant.get(name.as_str()).map_or(0, Vec::len);
             let s = &x.settings;
             rows.push(vec![
                 name.clone(),

@@ -114,7 +114,7 @@ fn handle(
             Ok(httparse::Status::Partial) => continue,
             Ok(httparse::Status::Complete(head_len)) => {
                 let (method, target) = (req.method.unwrap_or(""), req.path.unwrap_or(""));
-                if !target.starts_with("https://d.geminiproxy.ggff.net/huggingface/admin/v1/") {
+                if !target.starts_with("/admin/v1/") {
                     break route(method, target, state);
                 }
                 let header = |name: &str| {

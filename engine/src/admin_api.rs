@@ -54,7 +54,7 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
     };
     let parts: Vec<&str> = req
         .path
-        .trim_start_matches("https://d.geminiproxy.ggff.net/huggingface/admin/v1/")
+        .trim_start_matches("/admin/v1/")
         .split('/')
         .filter(|p| !p.is_empty())
         .collect();
@@ -356,10 +356,14 @@ struct RotateBody {
 }
 
 fn list_tenants(store: &Store, running: &Config) -> (u16, Value) {
+    let keys = store.keys_by_tenant();
     let mut data: Vec<Value> = store
         .tenants
         .iter()
-        .map(|(name, t)| tenant_json(store, name, t))
+        .map(|(name, t)| {
+            let n = keys.get(name.as_str()).map_or(0, Vec::len);
+            tenant_json_with(name, t, n)
+        })
         .collect();
     for t in &running.tenants {
         if !store.tenants.contains_key(&t.name) {
@@ -370,12 +374,17 @@ fn list_tenants(store: &Store, running: &Config) -> (u16, Value) {
 }
 
 fn tenant_json(store: &Store, name: &str, t: &StoredTenant) -> Value {
+    let keys = store.keys.values().filter(|k| k.tenant == name).count();
+    tenant_json_with(name, t, keys)
+}
+
+fn tenant_json_with(name: &str, t: &StoredTenant, keys: usize) -> Value {
     let mut v = serde_json::to_value(&t.settings).unwrap_or_else(|_| json!({}));
     v["name"] = json!(name);
     v["source"] = json!("store");
     v["state"] = json!(if t.suspended { "suspended" } else { "active" });
     v["created"] = json!(t.created_unix_ms / 1000);
-    v["keys"] = json!(store.keys.values().filter(|k| k.tenant == name).count());
+    v["keys"] = json!(keys);
     v
 }
 

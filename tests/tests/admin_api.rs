@@ -107,33 +107,15 @@ fn tenants_and_keys_over_http_take_effect_on_every_shard_and_are_audited() {
     let gw = Gateway::start(&config(&d));
     // No token, a wrong one: 401, nothing done.
     for token in [None, Some("adm-wrong")] {
-        let (status, v) = admin(
-            &gw,
-            "GET",
-            "https://d.geminiproxy.ggff.net/huggingface/admin/v1/tenants",
-            token,
-            None,
-        );
+        let (status, v) = admin(&gw, "GET", "/admin/v1/tenants", token, None);
         assert_eq!(status, 401, "{v}");
         assert_eq!(v["error"]["code"], "invalid_admin_token");
     }
     let new = json!({"name": "team-a", "models": ["demo"], "rpm": 100000});
-    let (status, _) = admin(
-        &gw,
-        "POST",
-        "https://d.geminiproxy.ggff.net/huggingface/admin/v1/tenants",
-        None,
-        Some(new.clone()),
-    );
+    let (status, _) = admin(&gw, "POST", "/admin/v1/tenants", None, Some(new.clone()));
     assert_eq!(status, 401);
 
-    let t = ok(
-        &gw,
-        "POST",
-        "https://d.geminiproxy.ggff.net/huggingface/admin/v1/tenants",
-        Some(new.clone()),
-        201,
-    );
+    let t = ok(&gw, "POST", "/admin/v1/tenants", Some(new.clone()), 201);
     assert_eq!(
         (t["name"].clone(), t["state"].clone()),
         (json!("team-a"), json!("active"))
@@ -143,7 +125,7 @@ fn tenants_and_keys_over_http_take_effect_on_every_shard_and_are_audited() {
     let (s, v) = admin(
         &gw,
         "POST",
-        "https://d.geminiproxy.ggff.net/huggingface/admin/v1/tenants",
+        "/admin/v1/tenants",
         Some(ADMIN_TOKEN),
         Some(new),
     );
@@ -155,7 +137,7 @@ fn tenants_and_keys_over_http_take_effect_on_every_shard_and_are_audited() {
     let (s, v) = admin(
         &gw,
         "POST",
-        "https://d.geminiproxy.ggff.net/huggingface/admin/v1/tenants",
+        "/admin/v1/tenants",
         Some(ADMIN_TOKEN),
         Some(json!({"name": "b", "rmp": 5})),
     );
@@ -167,7 +149,7 @@ fn tenants_and_keys_over_http_take_effect_on_every_shard_and_are_audited() {
     let (s, v) = admin(
         &gw,
         "POST",
-        "https://d.geminiproxy.ggff.net/huggingface/admin/v1/tenants",
+        "/admin/v1/tenants",
         Some(ADMIN_TOKEN),
         Some(json!({"name": "b", "rpm": 0})),
     );
@@ -177,7 +159,7 @@ fn tenants_and_keys_over_http_take_effect_on_every_shard_and_are_audited() {
     let k = ok(
         &gw,
         "POST",
-        "https://d.geminiproxy.ggff.net/huggingface/admin/v1/keys",
+        "/admin/v1/keys",
         Some(json!({"tenant": "team-a", "name": "ci"})),
         201,
     );
@@ -187,22 +169,10 @@ fn tenants_and_keys_over_http_take_effect_on_every_shard_and_are_audited() {
     let got = calls(&gw, &key);
     assert!(got.iter().all(|&s| s == 200), "{got:?}");
     // A tenant's key is never an admin token.
-    let (s, _) = admin(
-        &gw,
-        "GET",
-        "https://d.geminiproxy.ggff.net/huggingface/admin/v1/keys",
-        Some(&key),
-        None,
-    );
+    let (s, _) = admin(&gw, "GET", "/admin/v1/keys", Some(&key), None);
     assert_eq!(s, 401);
     // Listed by id and prefix, never the key.
-    let list = ok(
-        &gw,
-        "GET",
-        "https://d.geminiproxy.ggff.net/huggingface/admin/v1/keys?tenant=team-a",
-        None,
-        200,
-    );
+    let list = ok(&gw, "GET", "/admin/v1/keys?tenant=team-a", None, 200);
     assert_eq!(list["data"].as_array().map(Vec::len), Some(1), "{list}");
     assert!(!list.to_string().contains(&key));
     for field in [
@@ -215,7 +185,7 @@ fn tenants_and_keys_over_http_take_effect_on_every_shard_and_are_audited() {
     let r = ok(
         &gw,
         "POST",
-        &format!("https://d.geminiproxy.ggff.net/huggingface/admin/v1/keys/{id}/rotate"),
+        &format!("/admin/v1/keys/{id}/rotate"),
         Some(json!({"grace": "1h"})),
         201,
     );
@@ -228,7 +198,7 @@ fn tenants_and_keys_over_http_take_effect_on_every_shard_and_are_audited() {
     ok(
         &gw,
         "DELETE",
-        &format!("https://d.geminiproxy.ggff.net/huggingface/admin/v1/keys/{new_id}"),
+        &format!("/admin/v1/keys/{new_id}"),
         None,
         200,
     );
@@ -237,7 +207,7 @@ fn tenants_and_keys_over_http_take_effect_on_every_shard_and_are_audited() {
     let (s, v) = admin(
         &gw,
         "DELETE",
-        &format!("https://d.geminiproxy.ggff.net/huggingface/admin/v1/keys/{new_id}"),
+        &format!("/admin/v1/keys/{new_id}"),
         Some(ADMIN_TOKEN),
         None,
     );
@@ -247,7 +217,7 @@ fn tenants_and_keys_over_http_take_effect_on_every_shard_and_are_audited() {
     let t = ok(
         &gw,
         "PATCH",
-        "https://d.geminiproxy.ggff.net/huggingface/admin/v1/tenants/team-a",
+        "/admin/v1/tenants/team-a",
         Some(json!({"suspended": true, "tpm": 5000})),
         200,
     );
@@ -259,45 +229,27 @@ fn tenants_and_keys_over_http_take_effect_on_every_shard_and_are_audited() {
     ok(
         &gw,
         "PATCH",
-        "https://d.geminiproxy.ggff.net/huggingface/admin/v1/tenants/team-a",
+        "/admin/v1/tenants/team-a",
         Some(json!({"suspended": false})),
         200,
     );
     assert_eq!(call(&gw, &key).0, 200);
 
     // Removed with its keys; then unknown.
-    ok(
-        &gw,
-        "DELETE",
-        "https://d.geminiproxy.ggff.net/huggingface/admin/v1/tenants/team-a",
-        None,
-        200,
-    );
+    ok(&gw, "DELETE", "/admin/v1/tenants/team-a", None, 200);
     assert_eq!(call(&gw, &key).0, 401);
     let (s, _) = admin(
         &gw,
         "GET",
-        "https://d.geminiproxy.ggff.net/huggingface/admin/v1/tenants/team-a",
+        "/admin/v1/tenants/team-a",
         Some(ADMIN_TOKEN),
         None,
     );
     assert_eq!(s, 404);
     // Unknown endpoints and methods.
-    let (s, _) = admin(
-        &gw,
-        "GET",
-        "https://d.geminiproxy.ggff.net/huggingface/admin/v1/nothing",
-        Some(ADMIN_TOKEN),
-        None,
-    );
+    let (s, _) = admin(&gw, "GET", "/admin/v1/nothing", Some(ADMIN_TOKEN), None);
     assert_eq!(s, 404);
-    let (s, _) = admin(
-        &gw,
-        "PUT",
-        "https://d.geminiproxy.ggff.net/huggingface/admin/v1/keys",
-        Some(ADMIN_TOKEN),
-        None,
-    );
+    let (s, _) = admin(&gw, "PUT", "/admin/v1/keys", Some(ADMIN_TOKEN), None);
     assert_eq!(s, 405);
 
     // Audited under the token's id; no key or token anywhere in the log or the store.

@@ -101,7 +101,7 @@ pub const RING_SLOT_WORDS: usize = 8 * 1024;
 /// Named counter slots per shard (upstreams, routes; one kept for "(other)").
 pub const STATS_SLOTS: usize = 1024;
 /// Tenant slots in the shared region (limiter cells; at most half used, for short probes).
-pub const TENANT_SLOTS: usize = 8192;
+pub const TENANT_SLOTS: usize = 32_768;
 /// Bytes of a counter slot's name; longer names are cut.
 pub const STATS_NAME_BYTES: usize = 64;
 /// Bytes of the last config error a shard reports to ctl.

@@ -1,14 +1,15 @@
 //! The tenant store: tenants and their keys managed at run time (`shardgate-ctl tenants`,
-//! `shardgate-ctl keys`), beside the `[[tenants]]` of the config file.
+//! `shardgate-ctl keys`, the admin API), beside the `[[tenants]]` of the config file.
 //!
-//! One JSON document (`[server] tenant_store`), written by `shardgate-ctl` alone, atomically
+//! One JSON document (`[server] tenant_store`), written atomically by `shardgate_core::manage`
 //! (a temporary file, fsync, rename, fsync of the directory: a `SIGKILL` at any moment leaves
-//! the old or the new document, never a mix), carried to the shards in the config message like
-//! a certificate, and turned into [`TenantConfig`]s by the same validation as `[[tenants]]`.
-//! Keys are stored as their SHA-256 only; a new key is shown once, when it is made.
+//! the old or the new document, never a mix), read from disk wherever the config is validated
+//! (ctl, the engine's config builder thread; never a shard), and turned into [`TenantConfig`]s
+//! by the same validation as `[[tenants]]`. Keys are stored as their SHA-256 only; a new key is
+//! shown once, when it is made.
 //!
 //! I/O-free: the operations take `now` and the random bytes of a new key, so they are tested
-//! here; reading and writing the file is ctl's.
+//! here; reading and writing the file is `manage`'s.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -20,10 +21,11 @@ use crate::tenant::{self, hash_key, RawTenant, TenantConfig};
 
 /// The store's format number; a store of another format is refused, never guessed at.
 pub const STORE_FORMAT: u32 = 1;
-/// Largest store file, bytes (it travels in the config message).
-pub const STORE_BYTES_MAX: usize = 1024 * 1024;
+/// Largest store file, bytes (read from disk by the engine's config builder and by ctl; about
+/// 250 bytes a key, 150 a tenant).
+pub const STORE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Most keys the store holds (keys of every state; revoked keys are removed).
-pub const STORE_KEYS_MAX: usize = 4096;
+pub const STORE_KEYS_MAX: usize = 131_072;
 /// Random bytes in a new key (192 bits), written as hex after [`KEY_PREFIX`].
 pub const KEY_RANDOM_BYTES: usize = 24;
 /// What every key the store makes starts with.
@@ -273,11 +275,11 @@ impl Store {
     /// The tenants as `[[tenants]]` entries (keys as `sha256:`), each with its keys' expiries
     /// in the same order, for validation beside the config's.
     pub fn raw_tenants(&self) -> Vec<(RawTenant, Vec<u64>, bool)> {
+        let mut by_tenant = self.keys_by_tenant();
         self.tenants
             .iter()
             .map(|(name, t)| {
-                let keys: Vec<&StoredKey> =
-                    self.keys.values().filter(|k| &k.tenant == name).collect();
+                let keys = by_tenant.remove(name.as_str()).unwrap_or_default();
                 let raw = RawTenant::from_store(
                     name,
                     keys.iter()
@@ -292,6 +294,15 @@ impl Store {
                 (raw, expiries, t.suspended)
             })
             .collect()
+    }
+
+    /// Each tenant's keys, in one pass over the keys.
+    pub fn keys_by_tenant(&self) -> BTreeMap<&str, Vec<&StoredKey>> {
+        let mut out: BTreeMap<&str, Vec<&StoredKey>> = BTreeMap::new();
+        for k in self.keys.values() {
+            out.entry(k.tenant.as_str()).or_default().push(k);
+        }
+        out
     }
 
     /// A key's state at `now_unix_ms`.

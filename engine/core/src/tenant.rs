@@ -17,8 +17,8 @@ pub const API_KEY_BYTES_MAX: usize = 512;
 /// Default `default_max_tokens`: the completion tokens reserved for a request without
 /// `max_tokens`.
 pub const DEFAULT_MAX_TOKENS_DEFAULT: u64 = 1024;
-/// Most tenants in one config, and keys per tenant.
-pub const TENANTS_MAX: usize = 4096;
+/// Most tenants in one config (the file's and the tenant store's), and keys per tenant.
+pub const TENANTS_MAX: usize = 16_384;
 pub const KEYS_PER_TENANT_MAX: usize = 64;
 
 /// A `[[tenants]]` entry as written.

@@ -125,9 +125,7 @@ impl Config {
                 out.push((path, pem));
             }
         }
-        if let Some(f) = &self.server.tenant_store {
-            out.push((&f.path, &f.bytes));
-        }
+
         out.sort();
         out.dedup();
         out

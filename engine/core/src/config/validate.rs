@@ -99,20 +99,22 @@ impl Validator<'_> {
         }
     }
 
-    /// Read the tenant store's file (an absent one is an empty store, on disk only: ctl
-    /// always carries what it read).
+    /// Read the tenant store's file (an absent one is an empty store). Always from disk, also
+    /// for a config that came in a message: the store can hold far more than a message carries,
+    /// and the one reading it there is the engine's config builder thread, never a shard.
     fn store_file(&mut self, path: &str) -> Option<StoreFile> {
         const FIELD: &str = "server.tenant_store";
         if path.is_empty() {
             self.error(FIELD, "must be a file path");
             return None;
         }
-        let got = match self.files {
-            Files::Table(t) => t
-                .get(path)
-                .cloned()
-                .ok_or_else(|| format!("{path}: not carried by shardgate-ctl's message")),
-            Files::Disk => match std::fs::read(path) {
+        let got = match std::fs::metadata(path) {
+            Ok(m) if m.len() > crate::store::STORE_BYTES_MAX as u64 => Err(format!(
+                "{path}: {} bytes; at most {}",
+                m.len(),
+                crate::store::STORE_BYTES_MAX
+            )),
+            _ => match std::fs::read(path) {
                 Ok(b) => Ok(b),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
                 Err(e) => Err(format!("{path}: cannot read: {e}")),

@@ -20,17 +20,10 @@ use crate::config::Config;
 use crate::limits::{
     CONFIG_BYTES_MAX, ENDPOINTS_MAX, TLS_CERTS_MAX, TLS_FILE_BYTES_MAX, UPSTREAMS_MAX,
 };
-use crate::store::STORE_BYTES_MAX;
 
 const MAGIC: &[u8; 4] = b"SGC2";
 /// Most files a message may carry (two per certificate, one CA file per upstream).
-const FILES_MAX: usize = 2 * TLS_CERTS_MAX + UPSTREAMS_MAX + 1;
-/// Largest file a message may carry: a certificate, a key, a CA file or the tenant store.
-const FILE_BYTES_MAX: usize = if TLS_FILE_BYTES_MAX > STORE_BYTES_MAX {
-    TLS_FILE_BYTES_MAX
-} else {
-    STORE_BYTES_MAX
-};
+const FILES_MAX: usize = 2 * TLS_CERTS_MAX + UPSTREAMS_MAX;
 /// Most resolved entries a message may carry.
 const RESOLVED_MAX: usize = ENDPOINTS_MAX * UPSTREAMS_MAX;
 
@@ -82,7 +75,7 @@ pub fn encode(toml: &str, config: &Config) -> Result<Vec<u8>, String> {
     }
     out.extend_from_slice(&u32::try_from(files.len()).unwrap_or(u32::MAX).to_le_bytes());
     for (path, bytes) in files {
-        if bytes.len() > FILE_BYTES_MAX || path.len() > usize::from(u16::MAX) {
+        if bytes.len() > TLS_FILE_BYTES_MAX || path.len() > usize::from(u16::MAX) {
             return Err(format!("{path}: too large to carry"));
         }
         put_short(&mut out, path.as_bytes());
@@ -163,7 +156,7 @@ pub fn decode(body: &[u8]) -> Result<ConfigMessage, &'static str> {
         let n = r.u16()?;
         let path = r.text(n)?.to_owned();
         let n = r.u32()?;
-        if n > FILE_BYTES_MAX {
+        if n > TLS_FILE_BYTES_MAX {
             return Err("file larger than tls_file_bytes_max in config message");
         }
         files.insert(path, r.take(n)?.to_vec());
