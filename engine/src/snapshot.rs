@@ -135,6 +135,12 @@ impl Snapshot {
             endpoint_base.push(addrs.len());
             addrs.extend(u.endpoints.iter().map(|e| (e.addr, e.tls_name.clone())));
         }
+        // Each tenant's cells in the shared table: one probe, for its limits and its fair slot.
+        let tenant_slots: Vec<_> = cfg
+            .tenants
+            .iter()
+            .map(|t| region.tenant_slot(&t.name))
+            .collect();
         Self {
             tenant_conns: cfg
                 .tenants
@@ -161,21 +167,19 @@ impl Snapshot {
             tenant_limits: cfg
                 .tenants
                 .iter()
-                .map(|t| TenantLimits::new(t, region.tenant(&t.name), kept.locals.get(&t.name)))
+                .zip(&tenant_slots)
+                .map(|(t, slot)| {
+                    TenantLimits::new(t, slot.map(|(_, c)| c), kept.locals.get(&t.name))
+                })
                 .collect(),
             tenant_stats: cfg
                 .tenants
                 .iter()
                 .map(|t| stats.tenant_slot(&t.name))
                 .collect(),
-            tenant_fair: cfg
-                .tenants
+            tenant_fair: tenant_slots
                 .iter()
-                .map(|t| {
-                    region
-                        .tenant_slot(&t.name)
-                        .map_or(FairSlot::NO_TENANT, |(i, _)| FairSlot::new(i))
-                })
+                .map(|slot| slot.map_or(FairSlot::NO_TENANT, |(i, _)| FairSlot::new(i)))
                 .collect(),
             templates: Templates::new(cfg.templates.clone()),
             model_index: cfg

@@ -387,7 +387,7 @@ impl Region {
             loop {
                 match cells.state.load(Ordering::Acquire) {
                     TENANT_NAMED => {
-                        if load_text(&cells.name, &cells.name_len).as_bytes() == bytes {
+                        if text_eq(&cells.name, &cells.name_len, bytes) {
                             return Some((slot, cells));
                         }
                         break;
@@ -523,6 +523,21 @@ pub fn store_text(words: &[AtomicU64], len: &AtomicU64, bytes: &[u8]) {
 }
 
 /// Read text stored by [`store_text`] (lossy: a torn read shows as odd characters, never UB).
+/// Whether the text stored in `words` (`len` bytes) is `bytes`, compared word by word without
+/// copying it out (a probe of the tenant table compares a name per slot it passes).
+fn text_eq(words: &[AtomicU64], len: &AtomicU64, bytes: &[u8]) -> bool {
+    let n = usize::try_from(len.load(Ordering::Acquire)).unwrap_or(usize::MAX);
+    if n != bytes.len() || n > words.len() * 8 {
+        return false;
+    }
+    words.iter().zip(bytes.chunks(8)).all(|(w, chunk)| {
+        let mut padded = [0u8; 8];
+        padded[..chunk.len()].copy_from_slice(chunk);
+        let stored = w.load(Ordering::Relaxed).to_le_bytes();
+        stored[..chunk.len()] == padded[..chunk.len()]
+    })
+}
+
 pub fn load_text(words: &[AtomicU64], len: &AtomicU64) -> String {
     let n = usize::try_from(len.load(Ordering::Acquire))
         .unwrap_or(0)
@@ -538,6 +553,24 @@ pub fn load_text(words: &[AtomicU64], len: &AtomicU64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_text_compares_without_copying() {
+        let words: Vec<AtomicU64> = (0..8).map(|_| AtomicU64::new(0)).collect();
+        let len = AtomicU64::new(0);
+        store_text(&words, &len, b"team-alpha-0001");
+        assert!(text_eq(&words, &len, b"team-alpha-0001"));
+        for other in [
+            &b"team-alpha-0002"[..],
+            b"team-alpha-000",
+            b"team-alpha-00011",
+            b"",
+        ] {
+            assert!(!text_eq(&words, &len, other), "{other:?}");
+        }
+        store_text(&words, &len, b"");
+        assert!(text_eq(&words, &len, b""));
+    }
 
     #[test]
     fn create_open_and_refuse_a_live_owner() {
