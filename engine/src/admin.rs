@@ -1,8 +1,10 @@
-//! The admin listener: `/metrics`, `/health/liveness`, `/health/readiness`, on a plain std
-//! thread of its own (not a shard, no monoio), off the hot path.
+//! The admin listener: `/metrics`, `/health/liveness`, `/health/readiness`, and the admin API
+//! (`/admin/v1/...`, [`crate::admin_api`]), on a plain std thread of its own (not a shard, no
+//! monoio), off the hot path.
 //!
-//! Everything it answers comes from the shared region ([`crate::control::stats::read`]), which
-//! shards write without knowing it exists, so a slow scraper costs the shards nothing.
+//! Metrics and health come from the shared region ([`crate::control::stats::read`]), which
+//! shards write without knowing it exists, so a slow scraper costs the shards nothing. The
+//! admin API changes the tenant store and waits for the shards to run the change.
 //!
 //! Design, kept small because its traffic is a scraper and a health checker:
 //! - one connection at a time, blocking `std::net`, every read and write under

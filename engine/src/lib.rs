@@ -53,7 +53,10 @@
 //!   upstream TLS failure.
 //!
 //! Observability:
-//! - [`admin`]: `/metrics` and `/health/*` on a blocking std thread of its own, off the shards.
+//! - [`admin`]: `/metrics` and `/health/*` on a blocking std thread of its own, off the shards;
+//!   [`admin_api`]: the admin API there (`/admin/v1/tenants`, `/admin/v1/keys`, admin tokens).
+//! - [`builder`]: the config builder thread: each new config version validated once, off the
+//!   shards, and handed to each shard to build its own part.
 //! - [`accesslog`]: per-shard batches of fixed-size records, written as JSON lines by a thread.
 //!
 //! Per-shard traffic control (no I/O, but state shared with other shards through the region):

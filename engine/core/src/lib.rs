@@ -28,7 +28,9 @@
 //! Control plane (shared memory between the shards and ctl; the only `unsafe`, allowed in
 //! `control::shm` alone):
 //! - [`control`]: the region, the config ring, a config message's body, the per-shard counter
-//!   blocks, and a shard's poller.
+//!   blocks, a shard's poller, the validation the engine's config builder runs
+//!   (`control::build`), and publishing a version and waiting for the shards
+//!   (`control::publish`, for ctl and the admin thread).
 //!
 //! The engine re-exports each of these modules at its old path (`shardgate_engine::config`,
 //! ...), so its own code, the tests and the bench name them as before. See
