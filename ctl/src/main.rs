@@ -165,6 +165,9 @@ enum TenantOp {
     Remove {
         name: String,
     },
+    /// Copy the config file's `[[tenants]]` (keys included) into the store, once: from then on
+    /// the store's entries are in force and the file's are reported as drift.
+    Import,
 }
 
 #[derive(Debug, Subcommand)]
@@ -238,6 +241,22 @@ fn tenant_op(instance: &str, op: TenantOp, timeout_ms: u64) -> Result<(), Failur
                 store.suspend_tenant(&name, false)?,
                 format!("resumed tenant {name}"),
             ))
+        }),
+        TenantOp::Import => Box::new(move |store, running, now| {
+            let from_file: Vec<_> = running
+                .tenants
+                .iter()
+                .filter(|t| !store.tenants.contains_key(&t.name))
+                .cloned()
+                .collect();
+            let c = store.import_tenants(&from_file, now)?;
+            let said = format!(
+                "imported {} tenant(s) from the config file: {}; remove their [[tenants]] \
+                 entries from the file (the store's are the ones in force now)",
+                from_file.len(),
+                c.target
+            );
+            Ok((c, said))
         }),
         TenantOp::Remove { name } => Box::new(move |store, _, _| {
             Ok((

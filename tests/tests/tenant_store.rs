@@ -277,3 +277,62 @@ fn changes_without_a_store_or_to_unknown_names_are_refused_clearly() {
     assert!(out.stderr.contains("tenant_store"), "{}", out.text());
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn config_tenants_are_imported_once_and_the_store_wins_after() {
+    let d = dir("import");
+    let boot_key = "sk-boot-tenant-key";
+    let hash: String = shardgate_engine::tenant::hash_key(boot_key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let text = format!(
+        "{}\n[[tenants]]\nname = \"boot\"\nkeys = [\"sha256:{hash}\"]\nmodels = [\"demo\"]\n",
+        config(&d)
+    );
+    let gw = Gateway::start(&text);
+    assert_eq!(call(&gw, boot_key, "demo").0, 200);
+    // Not in the store yet: the store's commands do not know it.
+    let out = run_ctl(
+        gw.instance(),
+        &["tenants", "set", "boot", "--rpm", "1"],
+        &[],
+        CTL_WAIT,
+    );
+    assert_eq!(out.code, Some(1), "{}", out.text());
+    let said = ctl(&gw, &["tenants", "import"]);
+    assert!(
+        said.contains("imported 1 tenant(s) from the config file: boot"),
+        "{said}"
+    );
+    // The key and the approvals came along; the store's entry is in force from now on.
+    assert_eq!(call(&gw, boot_key, "demo").0, 200);
+    assert_eq!(call(&gw, boot_key, "gpt-4o").0, 403);
+    ctl(&gw, &["tenants", "set", "boot", "--rpm", "1"]);
+    let first = call(&gw, boot_key, "demo").0;
+    let second = call(&gw, boot_key, "demo").0;
+    assert!(
+        first == 429 || second == 429,
+        "rpm = 1 from the store is not in force: {first}, {second}"
+    );
+    // Importing again has nothing left to do; the file's entry is now drift, said by check.
+    let again = run_ctl(gw.instance(), &["tenants", "import"], &[], CTL_WAIT);
+    assert_eq!(again.code, Some(1), "{}", again.text());
+    let file = d.join("boot.toml");
+    std::fs::write(&file, &text).expect("write config");
+    let check = run_ctl(
+        gw.instance(),
+        &["check", &file.display().to_string()],
+        &[],
+        CTL_WAIT,
+    );
+    assert_eq!(check.code, Some(0), "{}", check.text());
+    assert!(
+        check
+            .stderr
+            .contains("\"boot\" is in the tenant store too, which wins"),
+        "{}",
+        check.text()
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

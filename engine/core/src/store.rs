@@ -354,6 +354,71 @@ impl Store {
         })
     }
 
+    /// Copy tenants of the config file (`[[tenants]]`, validated) into the store, keys and all:
+    /// from then on the store's entry is the one in force. Tenants the store has already are
+    /// left alone; `Invalid` when nothing is left to import.
+    pub fn import_tenants(
+        &mut self,
+        from_file: &[TenantConfig],
+        now_unix_ms: u64,
+    ) -> Result<Change, StoreError> {
+        let new: Vec<&TenantConfig> = from_file
+            .iter()
+            .filter(|t| !self.tenants.contains_key(&t.name))
+            .collect();
+        if new.is_empty() {
+            return err("no tenant of the config file is left to import");
+        }
+        let mut names = Vec::with_capacity(new.len());
+        for t in new {
+            let settings = Settings {
+                models: match &t.models {
+                    tenant::Models::All => None,
+                    tenant::Models::Only(list) => Some(list.clone()),
+                },
+                rpm: t.rpm.and_then(|v| i64::try_from(v).ok()),
+                tpm: t.tpm.and_then(|v| i64::try_from(v).ok()),
+                max_concurrency: t.max_concurrency.and_then(|v| i64::try_from(v).ok()),
+                connections_max: t.connections_max.and_then(|v| i64::try_from(v).ok()),
+                budget_tokens: t.budget.and_then(|b| i64::try_from(b.tokens).ok()),
+                budget_window: t
+                    .budget
+                    .map(|b| humantime::format_duration(b.window).to_string()),
+                weight: Some(i64::from(t.weight)),
+                default_max_tokens: i64::try_from(t.default_max_tokens).ok(),
+            };
+            self.tenants.insert(
+                t.name.clone(),
+                StoredTenant {
+                    settings,
+                    suspended: t.suspended,
+                    created_unix_ms: now_unix_ms,
+                },
+            );
+            for k in &t.keys {
+                let sha256 = hex(&k.hash);
+                let id = format!("key_{}", &sha256[..12]);
+                self.keys.entry(id).or_insert_with(|| StoredKey {
+                    tenant: t.name.clone(),
+                    name: Some("imported".to_owned()),
+                    prefix: String::new(),
+                    sha256,
+                    created_unix_ms: now_unix_ms,
+                    expires_unix_ms: (k.expires_unix_ms != u64::MAX).then_some(k.expires_unix_ms),
+                    rotated_to: None,
+                });
+            }
+            names.push(t.name.clone());
+        }
+        self.bump();
+        Ok(Change {
+            action: "tenants.import",
+            target: names.join(","),
+            old: None,
+            new: value(&names),
+        })
+    }
+
     /// Change the settings `patch` sets on tenant `name`.
     pub fn set_tenant(&mut self, name: &str, patch: &Settings) -> Result<Change, StoreError> {
         let t = self.tenant_mut(name)?;
@@ -709,6 +774,35 @@ mod tests {
         s.remove_tenant("a").expect("ok");
         assert!(s.keys.is_empty() && s.tenants.is_empty());
         assert_eq!(s.version, v + 1);
+    }
+
+    #[test]
+    fn config_tenants_import_once_with_their_keys_and_settings() {
+        let raw: crate::config::Config = crate::config::Config::from_toml(
+            "[server]\n[[upstreams]]\nname = \"m\"\nprovider = \"mock\"\n\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"m\"\n\
+             [[tenants]]\nname = \"boot\"\nkeys = [\"sk-boot\"]\nmodels = [\"demo\"]\n\
+             rpm = 60\nbudget_tokens = 1000\nbudget_window = \"7d\"\n",
+        )
+        .expect("valid");
+        let mut s = Store::default();
+        let c = s.import_tenants(&raw.tenants, T0).expect("imported");
+        assert_eq!((c.action, c.target.as_str()), ("tenants.import", "boot"));
+        let t = &s.tenants["boot"].settings;
+        assert_eq!((t.rpm, t.budget_tokens), (Some(60), Some(1000)));
+        assert_eq!(t.budget_window.as_deref(), Some("7days"));
+        assert_eq!(t.models.as_deref(), Some(&["demo".to_owned()][..]));
+        let key = s.keys.values().next().expect("the key came along");
+        assert_eq!(key.sha256, hex(&hash_key(b"sk-boot")));
+        // The store's tenant validates into the same tenant, key included.
+        let (raws, extra): (Vec<_>, Vec<_>) =
+            s.raw_tenants().into_iter().map(|(r, e, x)| (r, (e, x))).unzip();
+        let mut cfgs = tenant::validate(raws, |_| String::new(), |_, _| panic!(), |_| {});
+        finish(&mut cfgs, &extra);
+        assert_eq!(cfgs[0], raw.tenants[0]);
+        // Nothing left to import the second time.
+        let e = s.import_tenants(&raw.tenants, T0).expect_err("again");
+        assert_eq!(e.kind, ErrorKind::Invalid);
     }
 
     #[test]

@@ -225,33 +225,53 @@ impl Validator<'_> {
             errors.push((field, reason));
         });
         let mut warnings = Vec::new();
-        // The tenant store's tenants are validated as `[[tenants]]` entries after the file's.
-        let mut all = raw.tenants;
+        // The tenant store's tenants are validated as `[[tenants]]` entries after the file's. A
+        // file entry whose name the store has too is ignored with a warning: the store wins
+        // (the file's `[[tenants]]` are the bootstrap; `shardgate-ctl tenants import` copies
+        // them into the store, and what is left in the file is drift).
+        let store = match &server.tenant_store {
+            None => None,
+            Some(f) if f.bytes.is_empty() => Some(crate::store::Store::default()),
+            Some(f) => match crate::store::Store::from_json(&f.bytes) {
+                Ok(s) => Some(s),
+                Err(reason) => {
+                    errors.push((
+                        "server.tenant_store".to_owned(),
+                        format!("{}: {reason}", f.path),
+                    ));
+                    None
+                }
+            },
+        };
+        let mut all = Vec::with_capacity(raw.tenants.len());
+        let mut file_index = Vec::with_capacity(raw.tenants.len());
+        for (i, t) in raw.tenants.into_iter().enumerate() {
+            if store
+                .as_ref()
+                .is_some_and(|s| s.tenants.contains_key(t.name()))
+            {
+                warnings.push(format!(
+                    "tenants[{i}]: {:?} is in the tenant store too, which wins; this entry is \
+                     ignored (remove it from the file)",
+                    t.name()
+                ));
+                continue;
+            }
+            file_index.push(i);
+            all.push(t);
+        }
         let from_file = all.len();
         let mut store_extra = Vec::new();
         let mut store_names = Vec::new();
-        if let Some(f) = &server.tenant_store {
-            let store = if f.bytes.is_empty() {
-                Ok(crate::store::Store::default())
-            } else {
-                crate::store::Store::from_json(&f.bytes)
-            };
-            match store {
-                Ok(store) => {
-                    for (t, expiries, suspended) in store.raw_tenants() {
-                        store_names.push(t.name().to_owned());
-                        all.push(t);
-                        store_extra.push((expiries, suspended));
-                    }
-                }
-                Err(reason) => errors.push((
-                    "server.tenant_store".to_owned(),
-                    format!("{}: {reason}", f.path),
-                )),
+        if let Some(store) = &store {
+            for (t, expiries, suspended) in store.raw_tenants() {
+                store_names.push(t.name().to_owned());
+                all.push(t);
+                store_extra.push((expiries, suspended));
             }
         }
         let origin = |i: usize| match i.checked_sub(from_file) {
-            None => format!("tenants[{i}]"),
+            None => format!("tenants[{}]", file_index.get(i).copied().unwrap_or(i)),
             Some(j) => format!(
                 "tenant_store.tenants[{:?}]",
                 store_names.get(j).map_or("", String::as_str)
