@@ -795,8 +795,11 @@ mod tests {
         let key = s.keys.values().next().expect("the key came along");
         assert_eq!(key.sha256, hex(&hash_key(b"sk-boot")));
         // The store's tenant validates into the same tenant, key included.
-        let (raws, extra): (Vec<_>, Vec<_>) =
-            s.raw_tenants().into_iter().map(|(r, e, x)| (r, (e, x))).unzip();
+        let (raws, extra): (Vec<_>, Vec<_>) = s
+            .raw_tenants()
+            .into_iter()
+            .map(|(r, e, x)| (r, (e, x)))
+            .unzip();
         let mut cfgs = tenant::validate(raws, |_| String::new(), |_, _| panic!(), |_| {});
         finish(&mut cfgs, &extra);
         assert_eq!(cfgs[0], raw.tenants[0]);
