@@ -105,6 +105,7 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
                         .map(|t| t.name.as_str())
                         .collect();
                     let c = store.add_tenant(&name, body.settings(), &taken, now)?;
+                    // Indexing cannot fail: the change just made it (here and below).
                     let t = &store.tenants[&name];
                     Ok((c, tenant_json(store, &name, t)))
                 }),
