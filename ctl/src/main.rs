@@ -211,13 +211,7 @@ fn tenant_op(instance: &str, op: TenantOp, timeout_ms: u64) -> Result<(), Failur
         TenantOp::Add { name, flags } => {
             let s = settings(flags);
             Box::new(move |store, running, now| {
-                let taken: Vec<&str> = running
-                    .tenants
-                    .iter()
-                    .filter(|t| !store.tenants.contains_key(&t.name))
-                    .map(|t| t.name.as_str())
-                    .collect();
-                let c = store.add_tenant(&name, s, &taken, now)?;
+                let c = store.add_tenant(&name, s, &running.tenants, now)?;
                 Ok((c, format!("added tenant {name}")))
             })
         }
@@ -243,17 +237,15 @@ fn tenant_op(instance: &str, op: TenantOp, timeout_ms: u64) -> Result<(), Failur
             ))
         }),
         TenantOp::Import => Box::new(move |store, running, now| {
-            let from_file: Vec<_> = running
-                .tenants
-                .iter()
-                .filter(|t| !store.tenants.contains_key(&t.name))
-                .cloned()
-                .collect();
-            let c = store.import_tenants(&from_file, now)?;
+            // The running config's tenants include the store's; those are left alone.
+            let c = store.import_tenants(&running.tenants, now)?;
             let said = format!(
                 "imported {} tenant(s) from the config file: {}; remove their [[tenants]] \
                  entries from the file (the store's are the ones in force now)",
-                from_file.len(),
+                c.new
+                    .as_ref()
+                    .and_then(|v| v.as_array())
+                    .map_or(0, Vec::len),
                 c.target
             );
             Ok((c, said))

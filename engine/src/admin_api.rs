@@ -98,13 +98,7 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
             }
             run(
                 Box::new(move |store, running, now| {
-                    let taken: Vec<&str> = running
-                        .tenants
-                        .iter()
-                        .filter(|t| !store.tenants.contains_key(&t.name))
-                        .map(|t| t.name.as_str())
-                        .collect();
-                    let c = store.add_tenant(&name, body.settings, &taken, now)?;
+                    let c = store.add_tenant(&name, body.settings, &running.tenants, now)?;
                     // Indexing cannot fail: the change just made it (here and below).
                     let t = &store.tenants[&name];
                     Ok((c, tenant_json(store, &name, t)))

@@ -322,16 +322,17 @@ impl Store {
         self.version = self.version.saturating_add(1);
     }
 
-    /// Add tenant `name`. `taken`: names the config's `[[tenants]]` use already.
+    /// Add tenant `name`, unless the store or the running config (`running`: its tenants, the
+    /// file's `[[tenants]]` and the store's) has one of that name.
     pub fn add_tenant(
         &mut self,
         name: &str,
         settings: Settings,
-        taken: &[&str],
+        running: &[TenantConfig],
         now_unix_ms: u64,
     ) -> Result<Change, StoreError> {
         check_label("tenant", name)?;
-        if self.tenants.contains_key(name) || taken.contains(&name) {
+        if self.tenants.contains_key(name) || running.iter().any(|t| t.name == name) {
             return Err(StoreError {
                 kind: ErrorKind::Exists,
                 message: format!("tenant {name:?} exists already"),
@@ -726,8 +727,9 @@ mod tests {
         let mut s = store_with("a");
         let before = s.clone();
         assert!(s.add_tenant("a", Settings::default(), &[], T0).is_err());
+        let boot = file_tenants("[[tenants]]\nname = \"boot\"\nkeys = [\"sk-boot\"]\n");
         assert!(s
-            .add_tenant("boot", Settings::default(), &["boot"], T0)
+            .add_tenant("boot", Settings::default(), &boot, T0)
             .is_err());
         assert!(s
             .add_tenant("bad name", Settings::default(), &[], T0)
@@ -776,17 +778,24 @@ mod tests {
         assert_eq!(s.version, v + 1);
     }
 
+    /// The validated `[[tenants]]` of a config with `tenants` (TOML) and a mock route.
+    fn file_tenants(tenants: &str) -> Vec<TenantConfig> {
+        crate::config::Config::from_toml(&format!(
+            "[server]\n[[upstreams]]\nname = \"m\"\nprovider = \"mock\"\n\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"m\"\n{tenants}"
+        ))
+        .expect("valid")
+        .tenants
+    }
+
     #[test]
     fn config_tenants_import_once_with_their_keys_and_settings() {
-        let raw: crate::config::Config = crate::config::Config::from_toml(
-            "[server]\n[[upstreams]]\nname = \"m\"\nprovider = \"mock\"\n\
-             [[routes]]\npath_prefix = \"/\"\nupstream = \"m\"\n\
-             [[tenants]]\nname = \"boot\"\nkeys = [\"sk-boot\"]\nmodels = [\"demo\"]\n\
+        let file = file_tenants(
+            "[[tenants]]\nname = \"boot\"\nkeys = [\"sk-boot\"]\nmodels = [\"demo\"]\n\
              rpm = 60\nbudget_tokens = 1000\nbudget_window = \"7d\"\n",
-        )
-        .expect("valid");
+        );
         let mut s = Store::default();
-        let c = s.import_tenants(&raw.tenants, T0).expect("imported");
+        let c = s.import_tenants(&file, T0).expect("imported");
         assert_eq!((c.action, c.target.as_str()), ("tenants.import", "boot"));
         let t = &s.tenants["boot"].settings;
         assert_eq!((t.rpm, t.budget_tokens), (Some(60), Some(1000)));
@@ -802,9 +811,9 @@ mod tests {
             .unzip();
         let mut cfgs = tenant::validate(raws, |_| String::new(), |_, _| panic!(), |_| {});
         finish(&mut cfgs, &extra);
-        assert_eq!(cfgs[0], raw.tenants[0]);
+        assert_eq!(cfgs[0], file[0]);
         // Nothing left to import the second time.
-        let e = s.import_tenants(&raw.tenants, T0).expect_err("again");
+        let e = s.import_tenants(&file, T0).expect_err("again");
         assert_eq!(e.kind, ErrorKind::Invalid);
     }
 
