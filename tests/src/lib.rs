@@ -64,6 +64,28 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// One chat completion for `model` with `key` on a fresh connection to `addr`: the status, and
+/// the error's `code` when it is not 200 (empty otherwise).
+pub fn chat_with_key(addr: std::net::SocketAddr, key: &str, model: &str) -> (u16, String) {
+    let mut c = Client::connect(addr);
+    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    c.send(format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    let r = c.read_response();
+    let code = if r.status == 200 {
+        String::new()
+    } else {
+        r.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (r.status, code)
+}
+
 /// Asserts that `resp` is shardgate's own error answer: the given status, a JSON body of the shape
 /// `{"error":{"message":"...","type":"...","param":null,"code":CODE}}`.
 #[track_caller]

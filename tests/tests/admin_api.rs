@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use shardgate_tests::{Client, Gateway};
+use shardgate_tests::{chat_with_key, Client, Gateway};
 
 const ADMIN_TOKEN: &str = "adm-test-token-0123456789";
 
@@ -77,23 +77,7 @@ fn ok(gw: &Gateway, method: &str, path: &str, body: Option<Value>, want: u16) ->
 
 /// The status of a chat call with `key` on a fresh data-port connection (and its error code).
 fn call(gw: &Gateway, key: &str) -> (u16, String) {
-    let mut c = Client::connect(gw.addr());
-    let body = r#"{"model":"demo","messages":[{"role":"user","content":"hi"}]}"#;
-    c.send(format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    ));
-    let r = c.read_response();
-    let code = if r.status == 200 {
-        String::new()
-    } else {
-        r.json()["error"]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    };
-    (r.status, code)
+    chat_with_key(gw.addr(), key, "demo")
 }
 
 /// Statuses of 24 calls on fresh connections (spread over both shards' listeners).

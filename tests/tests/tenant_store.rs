@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use shardgate_tests::{run_ctl, sleep, spawn_ctl, Client, Gateway};
+use shardgate_tests::{chat_with_key, run_ctl, sleep, spawn_ctl, Client, Gateway};
 
 const CTL_WAIT: Duration = Duration::from_secs(20);
 /// Fresh connections per check: enough that both shards' listeners take some (SO_REUSEPORT
@@ -66,23 +66,7 @@ fn new_key(out: &str) -> (String, String) {
 
 /// The status of one chat call with `key` on a fresh connection (and its error code).
 fn call(gw: &Gateway, key: &str, model: &str) -> (u16, String) {
-    let mut c = Client::connect(gw.addr());
-    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
-    c.send(format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    ));
-    let r = c.read_response();
-    let code = if r.status == 200 {
-        String::new()
-    } else {
-        r.json()["error"]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    };
-    (r.status, code)
+    chat_with_key(gw.addr(), key, model)
 }
 
 /// Statuses of `CONNECTIONS` calls at once, each on its own connection.
@@ -91,16 +75,7 @@ fn calls_at_once(gw: &Gateway, key: &str) -> Vec<u16> {
     let handles: Vec<_> = (0..CONNECTIONS)
         .map(|_| {
             let key = key.to_owned();
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                let body = r#"{"model":"demo","messages":[{"role":"user","content":"hi"}]}"#;
-                c.send(format!(
-                    "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer \
-                     {key}\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                ));
-                c.read_response().status
-            })
+            std::thread::spawn(move || chat_with_key(addr, &key, "demo").0)
         })
         .collect();
     handles
