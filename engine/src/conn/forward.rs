@@ -20,7 +20,7 @@ use crate::config::UpstreamConfig;
 use crate::control::stats::Reject;
 use crate::ctx::{ShardCtx, SpareBuf};
 use crate::error::{Error, Limit};
-use crate::exchange::attempt::{Step, Try, Verdict};
+use crate::exchange::attempt::{Failed, Failure, Try};
 use crate::exchange::body::{self, BodyLeft, ChunkOut};
 use crate::exchange::ledger::Books;
 use crate::exchange::relay::{response_head, HeadStep, Relay};
@@ -235,10 +235,13 @@ pub(super) async fn forward(
                     ctx.upstream_connected();
                     up
                 }
-                Err(e) => {
-                    let verdict = attempt.step(Step::ConnectFailed(e));
-                    return fail(ctx, c, verdict, wbuf).await;
-                }
+                Err(e) => match attempt.failed(Failed::Connect(e)) {
+                    Some(f) => return fail(ctx, c, f, wbuf).await,
+                    None => {
+                        now = Now::read();
+                        continue;
+                    }
+                },
             },
         };
         if write_buf(&mut up.stream, &mut wbuf, ucfg.read_timeout)
@@ -246,16 +249,16 @@ pub(super) async fn forward(
             .is_err()
         {
             // (A write that timed out consumed the request: nothing to replay.)
-            let failed = Step::WriteFailed {
+            let failed = Failed::Write {
                 reused: up.reused,
                 request_kept: !wbuf.is_empty(),
             };
-            match attempt.step(failed) {
-                Verdict::Replay => {
+            match attempt.failed(failed) {
+                Some(f) => return fail(ctx, c, f, wbuf).await,
+                None => {
                     now = Now::read();
                     continue;
                 }
-                verdict => return fail(ctx, c, verdict, wbuf).await,
             }
         }
         if let Err(e) = stream_body(c, &mut up, &mut left, &mut wbuf).await {
@@ -312,25 +315,27 @@ pub(super) async fn forward(
                 snap.release_slot(h.target.upstream, h.fair_slot, Now::read().unix_ms());
             }
         }
-        let step = match &got {
-            Ok((relay, _)) => {
+        let failed = match got {
+            Ok((relay, keep_alive)) => {
                 c.ex.ttfb = Some(sent_at.until(Now::read()));
                 c.ex.retry_after = relay
                     .retry_after_s
                     .map(|s| Duration::from_secs(u64::from(s)));
-                Step::Answered {
-                    status: relay.status,
+                match attempt.answered(relay.status) {
+                    None => break (up, relay, keep_alive),
+                    // Another deployment may answer: nothing went to the client yet. This
+                    // connection is dropped (its answer is not read).
+                    Some(f) => return fail(ctx, c, f, wbuf).await,
                 }
             }
-            Err(HeadError::ClosedBeforeAnyByte) => Step::ClosedBeforeAnyByte { reused: up.reused },
-            Err(HeadError::Failed(e)) => Step::HeadFailed(*e),
+            Err(HeadError::ClosedBeforeAnyByte) => {
+                Failed::ClosedBeforeAnyByte { reused: up.reused }
+            }
+            Err(HeadError::Failed(e)) => Failed::Head(e),
         };
-        match (attempt.step(step), got) {
-            (Verdict::Relay, Ok((relay, keep_alive))) => break (up, relay, keep_alive),
-            (Verdict::Replay, _) => now = Now::read(),
-            // Another deployment may answer: nothing went to the client yet. This connection
-            // is dropped (its answer is not read).
-            (verdict, _) => return fail(ctx, c, verdict, wbuf).await,
+        match attempt.failed(failed) {
+            Some(f) => return fail(ctx, c, f, wbuf).await,
+            None => now = Now::read(),
         }
     };
     Sent::Done(if let Some(tr) = c.ex.plan.translation.take() {
@@ -348,25 +353,23 @@ pub(super) async fn forward(
 fn fail<'a>(
     ctx: &'a Rc<ShardCtx>,
     c: &'a mut Client,
-    verdict: Verdict,
+    failure: Failure,
     wbuf: SpareBuf<'a>,
 ) -> impl std::future::Future<Output = Sent> + 'a {
-    let (e, may_keep_alive) = match verdict {
-        Verdict::Retry { status } => {
+    let answer = match failure {
+        Failure::Retry { status } => {
             c.ex.status = status;
-            (None, false)
+            None
         }
-        Verdict::Answer {
+        Failure::Answer {
             error,
             may_keep_alive,
-        } => (Some(error), may_keep_alive),
-        // Not failures: never asked to answer them here.
-        Verdict::Relay | Verdict::Replay => (Some(Error::UpstreamUnavailable), false),
+        } => Some((error, may_keep_alive)),
     };
     async move {
-        match e {
+        match answer {
             None => Sent::Retry,
-            Some(e) => Sent::Done(answer_error(ctx, c, e, may_keep_alive, wbuf).await),
+            Some((e, keep)) => Sent::Done(answer_error(ctx, c, e, keep, wbuf).await),
         }
     }
 }

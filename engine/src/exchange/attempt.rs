@@ -2,48 +2,67 @@
 //! fail, and of the answer head it gets.
 //!
 //! The driver (`conn::forward::forward`) checks a connection out of the pool or opens one,
-//! writes the request, streams the rest of the body and reads the answer head, reporting each
-//! step's failure or the head's status as a [`Step`]; [`Try::step`] answers with a [`Verdict`]:
-//! - replay the request once on a fresh connection, when a *pooled* connection turned out to be
-//!   closed (the write failed, or the upstream closed before any byte of an answer) and the
-//!   whole request is still in hand (its body was not streamed, the write did not consume it);
-//! - hand the failure back to the call to retry at another deployment, when the call allows it
-//!   (`retry_ok`) and the one retry rule ([`attempts::retryable`]) does;
-//! - answer the error to the client, saying whether the connection may stay open;
-//! - relay the answer.
+//! writes the request, streams the rest of the body and reads the answer head. It reports a
+//! failure to [`Try::failed`] and an answer head to [`Try::answered`]:
+//! - a failure is replayed once on a fresh connection (`None`), when a *pooled* connection
+//!   turned out to be closed (the write failed, or the upstream closed before any byte of an
+//!   answer) and the whole request is still in hand (its body was not streamed, the write did
+//!   not consume it);
+//! - otherwise, and for an answer the call may not keep, a [`Failure`]: handed back to the call
+//!   to retry at another deployment, when the call allows it (`retry_ok`) and the one retry
+//!   rule ([`attempts::retryable`]) does, or answered to the client, saying whether the
+//!   connection may stay open;
+//! - an answer that is kept is relayed (`None`).
+//!
+//! [`Try::step`] takes either as a [`Step`] and says the same as a [`Verdict`], for the
+//! simulation that drives attempts from arbitrary bytes.
 
 use super::attempts;
 use crate::error::Error;
 
-/// What the driver reports of the attempt.
+/// How an attempt failed before any answer head came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub enum Failed {
     /// No connection could be opened (refused, timed out, TLS failed): nothing was sent.
-    ConnectFailed(Error),
+    Connect(Error),
     /// The request could not be written. `reused`: the connection came from the pool;
     /// `request_kept`: the request is still whole in its buffer (a write that timed out may
     /// have consumed part of it).
-    WriteFailed { reused: bool, request_kept: bool },
+    Write { reused: bool, request_kept: bool },
     /// The upstream closed (or reset) the connection before any byte of an answer.
     ClosedBeforeAnyByte { reused: bool },
     /// The answer head could not be read: timed out, malformed, or cut off inside.
-    HeadFailed(Error),
-    /// An answer head with this status.
-    Answered { status: u16 },
+    Head(Error),
 }
 
-/// What becomes of the attempt.
+/// What the driver reports of the attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Failed(Failed),
+    /// An answer head with this status.
+    Answered {
+        status: u16,
+    },
+}
+
+/// What becomes of an attempt that is neither replayed nor relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Nothing reached the client and the call may try elsewhere: hand it back. `status`: what
+    /// the failure counts as (the answer's status, or the error's).
+    Retry { status: u16 },
+    /// Answer `error` to the client; the connection stays open only if `may_keep_alive`.
+    Answer { error: Error, may_keep_alive: bool },
+}
+
+/// What becomes of the attempt, as [`Try::step`] says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Send the same request again on a fresh connection (at most once per attempt).
     Replay,
     /// Relay the answer to the client.
     Relay,
-    /// Nothing reached the client and the call may try elsewhere: hand it back. `status`: what
-    /// the failure counts as (the answer's status, or the error's).
-    Retry { status: u16 },
-    /// Answer `error` to the client; the connection stays open only if `may_keep_alive`.
-    Answer { error: Error, may_keep_alive: bool },
+    Fail(Failure),
 }
 
 /// One attempt's policy state.
@@ -75,47 +94,57 @@ impl Try {
         self.replayed
     }
 
-    /// Take what happened, say what to do.
-    pub fn step(&mut self, step: Step) -> Verdict {
-        match step {
-            Step::Answered { status } => {
-                if self.retry_ok && attempts::retryable(&attempts::answered(status)) {
-                    Verdict::Retry { status }
-                } else {
-                    Verdict::Relay
-                }
-            }
-            Step::WriteFailed {
+    /// An answer head came: `None` relay it, or the failure it counts as (retried elsewhere).
+    pub fn answered(&mut self, status: u16) -> Option<Failure> {
+        (self.retry_ok && attempts::retryable(&attempts::answered(status)))
+            .then_some(Failure::Retry { status })
+    }
+
+    /// The attempt failed before an answer head: `None` replay it on a fresh connection, or
+    /// what becomes of it.
+    pub fn failed(&mut self, how: Failed) -> Option<Failure> {
+        match how {
+            Failed::Write {
                 reused: true,
                 request_kept: true,
             }
-            | Step::ClosedBeforeAnyByte { reused: true }
+            | Failed::ClosedBeforeAnyByte { reused: true }
                 if self.replayable && !self.replayed =>
             {
                 self.replayed = true;
-                Verdict::Replay
+                None
             }
             // Before the body was read from the client: the connection stays usable only if
             // all of the body had arrived with the head.
-            Step::ConnectFailed(e) => self.fail(e, self.replayable && self.keep_alive),
+            Failed::Connect(e) => Some(self.fail(e, self.replayable && self.keep_alive)),
             // The client's body may be half-sent: its connection cannot be reused.
-            Step::WriteFailed { .. } => self.fail(Error::UpstreamUnavailable, false),
-            Step::ClosedBeforeAnyByte { .. } => {
-                self.fail(Error::UpstreamUnavailable, self.keep_alive)
+            Failed::Write { .. } => Some(self.fail(Error::UpstreamUnavailable, false)),
+            Failed::ClosedBeforeAnyByte { .. } => {
+                Some(self.fail(Error::UpstreamUnavailable, self.keep_alive))
             }
-            Step::HeadFailed(e) => self.fail(e, self.keep_alive),
+            Failed::Head(e) => Some(self.fail(e, self.keep_alive)),
+        }
+    }
+
+    /// [`Try::answered`] or [`Try::failed`], as one verdict.
+    pub fn step(&mut self, step: Step) -> Verdict {
+        match step {
+            Step::Answered { status } => {
+                self.answered(status).map_or(Verdict::Relay, Verdict::Fail)
+            }
+            Step::Failed(how) => self.failed(how).map_or(Verdict::Replay, Verdict::Fail),
         }
     }
 
     /// A failure before any byte reached the client: retried elsewhere when the call and the
     /// one retry rule allow it (a failed connection or a timeout always does), answered
     /// otherwise.
-    fn fail(&self, error: Error, may_keep_alive: bool) -> Verdict {
+    fn fail(&self, error: Error, may_keep_alive: bool) -> Failure {
         let status = error.status();
         if self.retry_ok && attempts::retryable(&attempts::outcome(None, status, None, false)) {
-            Verdict::Retry { status }
+            Failure::Retry { status }
         } else {
-            Verdict::Answer {
+            Failure::Answer {
                 error,
                 may_keep_alive,
             }
@@ -127,17 +156,21 @@ impl Try {
 mod tests {
     use super::*;
 
-    const CLOSED_POOLED: Step = Step::ClosedBeforeAnyByte { reused: true };
-    const WRITE_POOLED: Step = Step::WriteFailed {
+    const CLOSED_POOLED: Step = Step::Failed(Failed::ClosedBeforeAnyByte { reused: true });
+    const WRITE_POOLED: Step = Step::Failed(Failed::Write {
         reused: true,
         request_kept: true,
-    };
+    });
 
     fn answer(e: Error, may_keep_alive: bool) -> Verdict {
-        Verdict::Answer {
+        Verdict::Fail(Failure::Answer {
             error: e,
             may_keep_alive,
-        }
+        })
+    }
+
+    fn retry(status: u16) -> Verdict {
+        Verdict::Fail(Failure::Retry { status })
     }
 
     #[test]
@@ -148,17 +181,23 @@ mod tests {
             assert!(t.replayed());
             // The fresh connection fails the same way: answered, not replayed again.
             let again = t.step(first);
-            assert!(matches!(again, Verdict::Answer { .. }), "{again:?}");
+            assert!(
+                matches!(again, Verdict::Fail(Failure::Answer { .. })),
+                "{again:?}"
+            );
         }
         // A fresh connection, a streamed body, a write that consumed the request: no replay.
         for (step, replayable) in [
-            (Step::ClosedBeforeAnyByte { reused: false }, true),
+            (
+                Step::Failed(Failed::ClosedBeforeAnyByte { reused: false }),
+                true,
+            ),
             (CLOSED_POOLED, false),
             (
-                Step::WriteFailed {
+                Step::Failed(Failed::Write {
                     reused: true,
                     request_kept: false,
-                },
+                }),
                 true,
             ),
         ] {
@@ -175,19 +214,15 @@ mod tests {
     fn failures_are_retried_elsewhere_only_when_the_call_allows_and_the_rule_does() {
         let mut t = Try::new(true, true, true);
         assert_eq!(
-            t.step(Step::ConnectFailed(Error::UpstreamUnavailable)),
-            Verdict::Retry { status: 502 }
+            t.step(Step::Failed(Failed::Connect(Error::UpstreamUnavailable))),
+            retry(502)
         );
         assert_eq!(
-            t.step(Step::HeadFailed(Error::UpstreamTimeout)),
-            Verdict::Retry { status: 504 }
+            t.step(Step::Failed(Failed::Head(Error::UpstreamTimeout))),
+            retry(504)
         );
         for status in [429, 502, 503, 504] {
-            assert_eq!(
-                t.step(Step::Answered { status }),
-                Verdict::Retry { status },
-                "{status}"
-            );
+            assert_eq!(t.step(Step::Answered { status }), retry(status), "{status}");
         }
         // A client error or a plain 500 is the answer: relayed.
         for status in [200, 400, 404, 500] {
@@ -201,7 +236,7 @@ mod tests {
         let mut t = Try::new(false, true, true);
         assert_eq!(t.step(Step::Answered { status: 503 }), Verdict::Relay);
         assert_eq!(
-            t.step(Step::HeadFailed(Error::UpstreamTimeout)),
+            t.step(Step::Failed(Failed::Head(Error::UpstreamTimeout))),
             answer(Error::UpstreamTimeout, true)
         );
     }
@@ -211,18 +246,18 @@ mod tests {
         let e = Error::UpstreamUnavailable;
         // Nothing of a streamed body was read yet when the connection failed: close.
         assert_eq!(
-            Try::new(false, false, true).step(Step::ConnectFailed(e)),
+            Try::new(false, false, true).step(Step::Failed(Failed::Connect(e))),
             answer(e, false)
         );
         assert_eq!(
-            Try::new(false, true, true).step(Step::ConnectFailed(e)),
+            Try::new(false, true, true).step(Step::Failed(Failed::Connect(e))),
             answer(e, true)
         );
         // A failed write may leave the body half-read: always close.
-        let write = Step::WriteFailed {
+        let write = Step::Failed(Failed::Write {
             reused: false,
             request_kept: true,
-        };
+        });
         assert_eq!(Try::new(false, true, true).step(write), answer(e, false));
         // After the body: as the client asked.
         for keep_alive in [true, false] {

@@ -22,7 +22,7 @@
 
 use std::cell::{Cell, RefCell};
 
-use super::attempt::{Step, Try, Verdict};
+use super::attempt::{Failed, Failure, Step, Try, Verdict};
 use super::attempts::{self, Groups};
 use super::call::{Action, Call, Event, World};
 use super::ledger::{Books, Ledger};
@@ -286,16 +286,19 @@ pub fn check(data: &[u8]) {
             let b = byte();
             let (reused, kept) = (b & 1 != 0, b & 2 != 0);
             let (what, status) = match (b >> 2) % 8 {
-                0 => (Step::ConnectFailed(Error::UpstreamUnavailable), 502),
-                1 => (
-                    Step::WriteFailed {
-                        reused,
-                        request_kept: kept,
-                    },
+                0 => (
+                    Step::Failed(Failed::Connect(Error::UpstreamUnavailable)),
                     502,
                 ),
-                2 => (Step::ClosedBeforeAnyByte { reused }, 502),
-                3 => (Step::HeadFailed(Error::UpstreamTimeout), 504),
+                1 => (
+                    Step::Failed(Failed::Write {
+                        reused,
+                        request_kept: kept,
+                    }),
+                    502,
+                ),
+                2 => (Step::Failed(Failed::ClosedBeforeAnyByte { reused }), 502),
+                3 => (Step::Failed(Failed::Head(Error::UpstreamTimeout)), 504),
                 4 => (Step::Answered { status: 429 }, 429),
                 5 => (Step::Answered { status: 503 }, 503),
                 6 => (Step::Answered { status: 500 }, 500),
@@ -310,7 +313,7 @@ pub fn check(data: &[u8]) {
                 v => break (v, status),
             }
         };
-        let retry = matches!(verdict, Verdict::Retry { .. });
+        let retry = matches!(verdict, Verdict::Fail(Failure::Retry { .. }));
         if retry {
             assert!(
                 choice.retry_ok,
