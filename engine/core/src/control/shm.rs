@@ -530,12 +530,10 @@ fn text_eq(words: &[AtomicU64], len: &AtomicU64, bytes: &[u8]) -> bool {
     if n != bytes.len() || n > words.len() * 8 {
         return false;
     }
-    words.iter().zip(bytes.chunks(8)).all(|(w, chunk)| {
-        let mut padded = [0u8; 8];
-        padded[..chunk.len()].copy_from_slice(chunk);
-        let stored = w.load(Ordering::Relaxed).to_le_bytes();
-        stored[..chunk.len()] == padded[..chunk.len()]
-    })
+    words
+        .iter()
+        .zip(bytes.chunks(8))
+        .all(|(w, chunk)| w.load(Ordering::Relaxed).to_le_bytes()[..chunk.len()] == *chunk)
 }
 
 pub fn load_text(words: &[AtomicU64], len: &AtomicU64) -> String {
