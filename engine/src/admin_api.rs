@@ -66,12 +66,13 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
         }
     };
     match (req.method, parts.as_slice()) {
-        ("GET", ["tenants"]) => match manage::running_store(region) {
-            Ok((store, running)) => list_tenants(&store, &running),
+        // Reads use the config validated above for the token; the store is read from its file.
+        ("GET", ["tenants"]) => match manage::store_of(&running) {
+            Ok(store) => list_tenants(&store, &running),
             Err(r) => refused(&r),
         },
-        ("GET", ["tenants", name]) => match manage::running_store(region) {
-            Ok((store, _)) => match store.tenants.get(*name) {
+        ("GET", ["tenants", name]) => match manage::store_of(&running) {
+            Ok(store) => match store.tenants.get(*name) {
                 Some(t) => (200, tenant_json(&store, name, t)),
                 None => error(
                     404,
@@ -143,8 +144,8 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
                 200,
             )
         }
-        ("GET", ["keys"]) => match manage::running_store(region) {
-            Ok((store, _)) => {
+        ("GET", ["keys"]) => match manage::store_of(&running) {
+            Ok(store) => {
                 let tenant = query_value(req.query, "tenant");
                 let now = unix_ms();
                 let data: Vec<Value> = store

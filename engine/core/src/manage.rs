@@ -102,8 +102,12 @@ pub fn change<T>(
 /// The running config's tenant store, read from its file.
 pub fn running_store(region: &Region) -> Result<(Store, Config), Refused> {
     let (_, _, running) = publish::running_text(region).map_err(failed)?;
-    let store = read(&store_path(&running)?)?;
-    Ok((store, running))
+    Ok((store_of(&running)?, running))
+}
+
+/// The tenant store `running` names, read from its file.
+pub fn store_of(running: &Config) -> Result<Store, Refused> {
+    read(&store_path(running)?)
 }
 
 /// The store the running config names.
