@@ -64,6 +64,11 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// The SHA-256 of `key` as the config writes it after `sha256:`.
+pub fn sha256_hex(key: &str) -> String {
+    shardgate_engine::tenant::hex(&shardgate_engine::tenant::hash_key(key.as_bytes()))
+}
+
 /// One chat completion for `model` with `key` on a fresh connection to `addr`: the status, and
 /// the error's `code` when it is not 200 (empty otherwise).
 pub fn chat_with_key(addr: std::net::SocketAddr, key: &str, model: &str) -> (u16, String) {

@@ -6,16 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use shardgate_tests::{chat_with_key, Client, Gateway};
+use shardgate_tests::{chat_with_key, sha256_hex, Client, Gateway};
 
 const ADMIN_TOKEN: &str = "adm-test-token-0123456789";
-
-fn sha256_hex(s: &str) -> String {
-    shardgate_engine::tenant::hash_key(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("sg-admin-api-{}", std::process::id()));

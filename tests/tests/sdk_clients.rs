@@ -64,10 +64,7 @@ fn relay(to: SocketAddr) -> MockUpstream {
 
 fn config(claude: SocketAddr, openai: SocketAddr, tenants: bool) -> String {
     let auth = if tenants {
-        let hash: String = shardgate_engine::tenant::hash_key(TENANT_KEY.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = shardgate_tests::sha256_hex(TENANT_KEY);
         // Approved for the two models only: a model no group serves is still a 404 (the SDKs'
         // `NotFoundError`), not a 403, for a tenant that may not use it either.
         format!(

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use shardgate_tests::{
-    assert_error, echo, wait_until, Client, ConfigBuilder, Gateway, MockUpstream,
+    assert_error, echo, sha256_hex, wait_until, Client, ConfigBuilder, Gateway, MockUpstream,
 };
 
 /// SHA-256 of "sk-team-a-secret".
@@ -18,13 +18,6 @@ fn tenants(cfg: ConfigBuilder) -> ConfigBuilder {
         sha256_hex(KEY_A)
     ))
     .tenant(&format!("name = \"team-b\"\nkeys = [\"{KEY_B}\"]"))
-}
-
-fn sha256_hex(key: &str) -> String {
-    shardgate_engine::tenant::hash_key(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn get(c: &mut Client, headers: &str) -> shardgate_tests::Response {

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use shardgate_tests::{chat_with_key, run_ctl, sleep, spawn_ctl, Client, Gateway};
+use shardgate_tests::{chat_with_key, run_ctl, sha256_hex, sleep, spawn_ctl, Client, Gateway};
 
 const CTL_WAIT: Duration = Duration::from_secs(20);
 /// Fresh connections per check: enough that both shards' listeners take some (SO_REUSEPORT
@@ -257,10 +257,7 @@ fn changes_without_a_store_or_to_unknown_names_are_refused_clearly() {
 fn config_tenants_are_imported_once_and_the_store_wins_after() {
     let d = dir("import");
     let boot_key = "sk-boot-tenant-key";
-    let hash: String = shardgate_engine::tenant::hash_key(boot_key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = sha256_hex(boot_key);
     let text = format!(
         "{}\n[[tenants]]\nname = \"boot\"\nkeys = [\"sha256:{hash}\"]\nmodels = [\"demo\"]\n",
         config(&d)

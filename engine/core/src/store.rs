@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::tenant::{self, hash_key, RawTenant, TenantConfig};
+use crate::tenant::{self, hash_key, hex, RawTenant, TenantConfig};
 
 /// The store's format number; a store of another format is refused, never guessed at.
 pub const STORE_FORMAT: u32 = 1;
@@ -596,14 +596,6 @@ fn unknown_key(id: &str) -> StoreError {
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn hex(h: &[u8; 32]) -> String {
-    let mut s = String::with_capacity(64);
-    for b in h {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// Validate a tenant's settings as `[[tenants]]` would (a key stands in for its keys).

@@ -295,7 +295,8 @@ pub fn validate(
     out
 }
 
-fn hex(h: &[u8; 32]) -> String {
+/// A SHA-256 as 64 lowercase hex digits (how the config and the tenant store write it).
+pub fn hex(h: &[u8; 32]) -> String {
     let mut s = String::with_capacity(64);
     for b in h {
         let _ = write!(s, "{b:02x}");
