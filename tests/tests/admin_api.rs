@@ -3,19 +3,12 @@
 //! revoked and suspended over HTTP, each in force on the data port when the answer comes, and
 //! audited under the token's id; errors OpenAI-shaped with the right status.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{json, Value};
-use shardgate_tests::{chat_with_key, sha256_hex, Client, Gateway};
+use shardgate_tests::{chat_with_key, sha256_hex, Client, Gateway, TempDir};
 
 const ADMIN_TOKEN: &str = "adm-test-token-0123456789";
-
-fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sg-admin-api-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
 
 fn config(d: &Path) -> String {
     format!(
@@ -80,8 +73,9 @@ fn calls(gw: &Gateway, key: &str) -> Vec<u16> {
 
 #[test]
 fn tenants_and_keys_over_http_take_effect_on_every_shard_and_are_audited() {
-    let d = dir();
-    let gw = Gateway::start(&config(&d));
+    let tmp = TempDir::new("admin-api");
+    let d = tmp.path();
+    let gw = Gateway::start(&config(d));
     // No token, a wrong one: 401, nothing done.
     for token in [None, Some("adm-wrong")] {
         let (status, v) = admin(&gw, "GET", "/admin/v1/tenants", token, None);
@@ -248,5 +242,4 @@ fn tenants_and_keys_over_http_take_effect_on_every_shard_and_are_audited() {
             assert!(!text.contains(secret), "a secret leaked:\n{text}");
         }
     }
-    let _ = std::fs::remove_dir_all(&d);
 }

@@ -4,22 +4,17 @@
 //! and the audit log never hold a key; a `SIGKILL` of ctl in the middle of changes leaves a
 //! store that reads.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use shardgate_tests::{chat_with_key, run_ctl, sha256_hex, sleep, spawn_ctl, Client, Gateway};
+use shardgate_tests::{
+    chat_with_key, run_ctl, sha256_hex, sleep, spawn_ctl, Client, Gateway, TempDir,
+};
 
 const CTL_WAIT: Duration = Duration::from_secs(20);
 /// Fresh connections per check: enough that both shards' listeners take some (SO_REUSEPORT
 /// spreads them by the client's port).
 const CONNECTIONS: usize = 48;
-
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sg-store-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
 
 fn config(d: &Path) -> String {
     format!(
@@ -90,8 +85,9 @@ fn all(statuses: &[u16], want: u16) -> bool {
 
 #[test]
 fn keys_made_rotated_and_revoked_hold_on_every_shard_when_ctl_returns() {
-    let d = dir("life");
-    let gw = Gateway::start(&config(&d));
+    let tmp = TempDir::new("store-life");
+    let d = tmp.path();
+    let gw = Gateway::start(&config(d));
     assert_eq!(gw.shards(), 2);
     ctl(
         &gw,
@@ -184,13 +180,13 @@ fn keys_made_rotated_and_revoked_hold_on_every_shard_when_ctl_returns() {
             "keys.revoke"
         ]
     );
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
 fn a_store_survives_ctl_killed_in_the_middle_of_changes() {
-    let d = dir("kill");
-    let gw = Gateway::start(&config(&d));
+    let tmp = TempDir::new("store-kill");
+    let d = tmp.path();
+    let gw = Gateway::start(&config(d));
     ctl(&gw, &["tenants", "add", "team-k"]);
     for round in 0..12u64 {
         // Kill a `keys create` at a different moment each round: before, during or after it
@@ -209,13 +205,13 @@ fn a_store_survives_ctl_killed_in_the_middle_of_changes() {
     // keys are the ones the shards know.
     let (key, _) = new_key(&ctl(&gw, &["keys", "create", "team-k"]));
     assert_eq!(call(&gw, &key, "demo").0, 200);
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
 fn changes_without_a_store_or_to_unknown_names_are_refused_clearly() {
-    let d = dir("errs");
-    let gw = Gateway::start(&config(&d));
+    let tmp = TempDir::new("store-errs");
+    let d = tmp.path();
+    let gw = Gateway::start(&config(d));
     for (args, needle) in [
         (
             &["tenants", "set", "nobody", "--rpm", "5"][..],
@@ -250,17 +246,17 @@ fn changes_without_a_store_or_to_unknown_names_are_refused_clearly() {
     let out = run_ctl(plain.instance(), &["tenants", "add", "x"], &[], CTL_WAIT);
     assert_eq!(out.code, Some(1), "{}", out.text());
     assert!(out.stderr.contains("tenant_store"), "{}", out.text());
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
 fn config_tenants_are_imported_once_and_the_store_wins_after() {
-    let d = dir("import");
+    let tmp = TempDir::new("store-import");
+    let d = tmp.path();
     let boot_key = "sk-boot-tenant-key";
     let hash = sha256_hex(boot_key);
     let text = format!(
         "{}\n[[tenants]]\nname = \"boot\"\nkeys = [\"sha256:{hash}\"]\nmodels = [\"demo\"]\n",
-        config(&d)
+        config(d)
     );
     let gw = Gateway::start(&text);
     assert_eq!(call(&gw, boot_key, "demo").0, 200);
@@ -306,5 +302,4 @@ fn config_tenants_are_imported_once_and_the_store_wins_after() {
         "{}",
         check.text()
     );
-    let _ = std::fs::remove_dir_all(&d);
 }
