@@ -21,6 +21,7 @@
 mod apply;
 mod check;
 mod diff;
+mod spend;
 mod stall;
 mod status;
 mod table;
@@ -99,6 +100,23 @@ enum Command {
               value_parser = clap::value_parser!(u64).range(1..=TIMEOUT_MS_MAX))]
         timeout_ms: u64,
     },
+    /// What tenants' requests cost in US dollars (usage × the price table): by tenant since
+    /// the instance started, or with --since / --key from the access log by tenant, key and
+    /// model.
+    Spend {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this key (its id, `key_...`; read from the access log).
+        #[arg(long)]
+        key: Option<String>,
+        /// Only the last this long, e.g. 7d (read from the access log).
+        #[arg(long, value_parser = duration)]
+        since: Option<Duration>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show requests per second, errors, status classes, latency and bytes per upstream and
     /// route, refreshed every interval.
     Top {
@@ -133,6 +151,10 @@ struct TenantFlags {
     /// Tokens per budget window.
     #[arg(long)]
     budget_tokens: Option<i64>,
+    /// US dollars of spend per budget window (the model prices of `[[prices]]` and the
+    /// default table).
+    #[arg(long)]
+    budget_usd: Option<f64>,
     /// The budget's window, e.g. 30d.
     #[arg(long)]
     budget_window: Option<String>,
@@ -168,6 +190,11 @@ enum TenantOp {
     /// Copy the config file's `[[tenants]]` (keys included) into the store, once: from then on
     /// the store's entries are in force and the file's are reported as drift.
     Import,
+    /// Write the store as `[[tenants]]` TOML (keys as their SHA-256), to stdout or --out.
+    Export {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,11 +230,13 @@ fn tenant_op(instance: &str, op: TenantOp, timeout_ms: u64) -> Result<(), Failur
             f.tpm,
             f.max_concurrency,
             f.budget_tokens,
+            f.budget_usd,
             f.budget_window,
         )
     };
     let op: tenants::Op<'_> = match op {
         TenantOp::List => return tenants::show(instance, false, None),
+        TenantOp::Export { out } => return tenants::export(instance, out.as_deref()),
         TenantOp::Add { name, flags } => {
             let s = settings(flags);
             Box::new(move |store, running, now| {
@@ -387,6 +416,16 @@ fn main() -> ExitCode {
                 interval: Duration::from_millis(interval_ms),
                 iterations,
             },
+        ),
+        Command::Spend {
+            tenant,
+            key,
+            since,
+            json,
+        } => spend::run(
+            instance,
+            &shardgate_core::spend::Query { tenant, key, since },
+            json,
         ),
         Command::Tenants { op, timeout_ms } => tenant_op(instance, op, timeout_ms),
         Command::Keys { op, timeout_ms } => key_op(instance, op, timeout_ms),

@@ -81,6 +81,10 @@ pub fn show(instance: &str, keys: bool, tenant: Option<&str>) -> Result<(), Fail
                     .map_or_else(|| "*".into(), |m| m.join(",")),
                 s.rpm.map_or_else(|| "-".into(), |v| v.to_string()),
                 s.tpm.map_or_else(|| "-".into(), |v| v.to_string()),
+                s.budget_usd.map_or_else(
+                    || "-".into(),
+                    |v| format!("${v}/{}", s.budget_window.as_deref().unwrap_or("30d")),
+                ),
             ]);
         }
         for t0 in &running.tenants {
@@ -89,6 +93,7 @@ pub fn show(instance: &str, keys: bool, tenant: Option<&str>) -> Result<(), Fail
                     t0.name.clone(),
                     "config".to_owned(),
                     t0.keys.len().to_string(),
+                    String::new(),
                     String::new(),
                     String::new(),
                     String::new(),
@@ -103,8 +108,28 @@ pub fn show(instance: &str, keys: bool, tenant: Option<&str>) -> Result<(), Fail
             ("MODELS", l),
             ("RPM", r),
             ("TPM", r),
+            ("BUDGET_USD", r),
         ];
         print!("{}", render(&header, &rows));
+    }
+    Ok(())
+}
+
+/// Write the store as `[[tenants]]` TOML to `out` (atomically) or stdout.
+pub fn export(instance: &str, out: Option<&std::path::Path>) -> Result<(), Failure> {
+    let region = crate::open_running(instance)?;
+    let (store, _) = manage::running_store(&region).map_err(refused)?;
+    let text = store.to_toml(unix_ms()).map_err(Failure::failed)?;
+    match out {
+        None => print!("{text}"),
+        Some(path) => {
+            manage::write_atomically(&path.to_string_lossy(), text.as_bytes()).map_err(refused)?;
+            println!(
+                "wrote tenant store version {} to {}",
+                store.version,
+                path.display()
+            );
+        }
     }
     Ok(())
 }
@@ -129,6 +154,7 @@ pub fn settings(
     tpm: Option<i64>,
     max_concurrency: Option<i64>,
     budget_tokens: Option<i64>,
+    budget_usd: Option<f64>,
     budget_window: Option<String>,
 ) -> Settings {
     Settings {
@@ -143,6 +169,7 @@ pub fn settings(
         tpm,
         max_concurrency,
         budget_tokens,
+        budget_usd,
         budget_window,
         ..Settings::default()
     }

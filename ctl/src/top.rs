@@ -91,17 +91,20 @@ pub fn screen(instance: &str, prev: &Totals, now: &Totals, elapsed: Duration) ->
     out.push_str(&rates_table(
         "upstream",
         &rows(&prev.upstreams, &now.upstreams, secs),
+        false,
     ));
     out.push('\n');
     out.push_str(&rates_table(
         "route",
         &rows(&prev.routes, &now.routes, secs),
+        false,
     ));
     if !now.tenants.is_empty() {
         out.push('\n');
         out.push_str(&rates_table(
             "tenant",
             &rows(&prev.tenants, &now.tenants, secs),
+            true,
         ));
     }
     out
@@ -146,13 +149,14 @@ pub fn rows(
     out
 }
 
-fn rates_table(what: &str, rows: &[Rates]) -> String {
+/// `spend`: the tenants' table, with what they spend per minute (dollars).
+fn rates_table(what: &str, rows: &[Rates], spend: bool) -> String {
     let last = DURATION_BUCKETS_MS[DURATION_BUCKETS_MS.len() - 1];
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             let d = &r.delta;
-            vec![
+            let mut cells = vec![
                 r.name.clone(),
                 table::rate(r.per_s(d.requests)),
                 table::rate(r.per_s(d.errors())),
@@ -163,24 +167,29 @@ fn rates_table(what: &str, rows: &[Rates]) -> String {
                 table::quantile(d.quantile_ms(0.99), last),
                 table::bytes(r.per_s(d.bytes_in)),
                 table::bytes(r.per_s(d.bytes_out)),
-            ]
+            ];
+            if spend {
+                cells.push(format!("{:.4}", r.per_s(d.spend_nusd) * 60.0 / 1e9));
+            }
+            cells
         })
         .collect();
-    table::render(
-        &[
-            (what, Align::Left),
-            ("req/s", Align::Right),
-            ("err/s", Align::Right),
-            ("2xx/s", Align::Right),
-            ("4xx/s", Align::Right),
-            ("5xx/s", Align::Right),
-            ("p50 ms", Align::Right),
-            ("p99 ms", Align::Right),
-            ("in/s", Align::Right),
-            ("out/s", Align::Right),
-        ],
-        &cells,
-    )
+    let mut header = vec![
+        (what, Align::Left),
+        ("req/s", Align::Right),
+        ("err/s", Align::Right),
+        ("2xx/s", Align::Right),
+        ("4xx/s", Align::Right),
+        ("5xx/s", Align::Right),
+        ("p50 ms", Align::Right),
+        ("p99 ms", Align::Right),
+        ("in/s", Align::Right),
+        ("out/s", Align::Right),
+    ];
+    if spend {
+        header.push(("$/min", Align::Right));
+    }
+    table::render(&header, &cells)
 }
 
 #[cfg(test)]

@@ -54,6 +54,7 @@ use crate::control::stats::add;
 use crate::http::write_decimal;
 use crate::limits::{ACCESS_LOG_BUF_BYTES, ACCESS_LOG_PATH_BYTES, ACCESS_LOG_WRITE_BYTES};
 use crate::llm::json::write_str;
+use crate::tenant::KEY_ID_BYTES;
 
 /// Bytes of a method kept in a record (longer methods are cut).
 pub const METHOD_BYTES: usize = 16;
@@ -62,7 +63,10 @@ const ACCESS_LOG_FILE_MODE: u32 = 0o640;
 
 /// The longest line [`write_json`] can make: the fixed text, every string escaped at 6 bytes a
 /// byte (`\u00XX`), the longest numbers and addresses (`[v6%scope]:port`). Checked by a test.
-pub const LINE_BYTES_MAX: usize = 256 + 6 * (METHOD_BYTES + ACCESS_LOG_PATH_BYTES) + 2 * 64;
+pub const LINE_BYTES_MAX: usize =
+    256 + 6 * (METHOD_BYTES + ACCESS_LOG_PATH_BYTES + 2 * LOG_NAME_BYTES) + 2 * 64 + 128;
+/// Longest tenant or model name a line carries, bytes (cut at a character boundary).
+pub const LOG_NAME_BYTES: usize = 64;
 
 const _: () = assert!(ACCESS_LOG_PATH_BYTES <= u16::MAX as usize);
 const _: () = assert!(METHOD_BYTES <= u8::MAX as usize);
@@ -89,8 +93,18 @@ pub struct Record {
     pub duration_us: u64,
     /// The upstream endpoint the request went to, if any.
     pub upstream: Option<SocketAddr>,
-    // Tenant, model and token counts (input/output) go here with the issue that identifies
-    // tenants and reads `usage`: fixed-size fields like `path`, never a key.
+    /// The tenant (never its key) and the model group, when known; fixed-size like `path`.
+    /// INVARIANT: `tenant[..tenant_len]` and `model[..model_len]` are UTF-8 (`set_name`).
+    tenant: [u8; LOG_NAME_BYTES],
+    tenant_len: u8,
+    model: [u8; LOG_NAME_BYTES],
+    model_len: u8,
+    /// The id of the key that named the tenant (the first bytes of its hash).
+    pub key_id: Option<[u8; KEY_ID_BYTES]>,
+    /// Tokens in and out from the upstream's `usage`, when it reported them.
+    pub tokens: Option<(u64, u64)>,
+    /// What the request cost, nanodollars (`None` with usage: its model has no price).
+    pub cost_nusd: Option<u64>,
 }
 
 impl Record {
@@ -109,7 +123,32 @@ impl Record {
             bytes_out: 0,
             duration_us: 0,
             upstream: None,
+            tenant: [0; LOG_NAME_BYTES],
+            tenant_len: 0,
+            model: [0; LOG_NAME_BYTES],
+            model_len: 0,
+            key_id: None,
+            tokens: None,
+            cost_nusd: None,
         }
+    }
+
+    /// Keep the tenant's name (cut to [`LOG_NAME_BYTES`]).
+    pub fn set_tenant(&mut self, name: &str) {
+        self.tenant_len = set_name(&mut self.tenant, name);
+    }
+
+    /// Keep the model group's name (cut to [`LOG_NAME_BYTES`]).
+    pub fn set_model(&mut self, name: &str) {
+        self.model_len = set_name(&mut self.model, name);
+    }
+
+    pub fn tenant(&self) -> &str {
+        std::str::from_utf8(&self.tenant[..usize::from(self.tenant_len)]).unwrap_or("")
+    }
+
+    pub fn model(&self) -> &str {
+        std::str::from_utf8(&self.model[..usize::from(self.model_len)]).unwrap_or("")
     }
 
     /// Keep `method`, cut to [`METHOD_BYTES`].
@@ -150,8 +189,19 @@ impl fmt::Debug for Record {
             .field("bytes_out", &self.bytes_out)
             .field("duration_us", &self.duration_us)
             .field("upstream", &self.upstream)
+            .field("tenant", &self.tenant())
+            .field("model", &self.model())
+            .field("key_id", &self.key_id)
+            .field("tokens", &self.tokens)
+            .field("cost_nusd", &self.cost_nusd)
             .finish()
     }
+}
+
+fn set_name(into: &mut [u8; LOG_NAME_BYTES], name: &str) -> u8 {
+    let n = cut(name, LOG_NAME_BYTES);
+    into[..n.len()].copy_from_slice(n.as_bytes());
+    u8::try_from(n.len()).unwrap_or(0)
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends at a char boundary.
@@ -237,7 +287,58 @@ fn write_line(r: &Record, time: &TimePrefix, out: &mut Vec<u8>) {
         }
         None => out.extend_from_slice(b"null"),
     }
+    // A tenant's request, or one whose usage was read: who, which model, tokens and cost.
+    if r.tenant_len > 0 || r.tokens.is_some() {
+        out.extend_from_slice(b",\"tenant\":");
+        write_opt_str(out, r.tenant());
+        out.extend_from_slice(b",\"key\":");
+        match r.key_id {
+            Some(id) => {
+                out.extend_from_slice(b"\"key_");
+                for b in id {
+                    out.push(HEX[usize::from(b >> 4)]);
+                    out.push(HEX[usize::from(b & 15)]);
+                }
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"model\":");
+        write_opt_str(out, r.model());
+        let (tin, tout) = match r.tokens {
+            Some((i, o)) => (Some(i), Some(o)),
+            None => (None, None),
+        };
+        out.extend_from_slice(b",\"tokens_in\":");
+        write_opt_num(out, tin);
+        out.extend_from_slice(b",\"tokens_out\":");
+        write_opt_num(out, tout);
+        out.extend_from_slice(b",\"cost_usd\":");
+        match r.cost_nusd {
+            Some(n) => {
+                let _ = write!(out, "{}", crate::prices::usd(n));
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+    }
     out.extend_from_slice(b"}\n");
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn write_opt_str(out: &mut Vec<u8>, s: &str) {
+    if s.is_empty() {
+        out.extend_from_slice(b"null");
+    } else {
+        write_str(out, s);
+    }
+}
+
+fn write_opt_num(out: &mut Vec<u8>, n: Option<u64>) {
+    match n {
+        Some(n) => write_decimal(out, n),
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 /// `a` as `Display` shows it (`1.2.3.4:80`, `[::1]:80`), without the formatting machinery.

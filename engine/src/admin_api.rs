@@ -144,6 +144,30 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
                 200,
             )
         }
+        ("GET", ["spend"]) => {
+            let since = match query_value(req.query, "since") {
+                None => None,
+                Some(s) => match humantime::parse_duration(&s) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        return error(
+                            400,
+                            &format!("since={s:?}: {e} (e.g. \"7d\", \"24h\")"),
+                            "invalid_query",
+                        )
+                    }
+                },
+            };
+            let q = crate::spend::Query {
+                tenant: query_value(req.query, "tenant"),
+                key: query_value(req.query, "key"),
+                since,
+            };
+            match crate::spend::report(region, &running, &q, unix_ms()) {
+                Ok(r) => (200, json!(r)),
+                Err(why) => error(409, &why, "spend_unavailable"),
+            }
+        }
         ("GET", ["keys"]) => match manage::store_of(&running) {
             Ok(store) => {
                 let tenant = query_value(req.query, "tenant");

@@ -51,6 +51,8 @@ pub struct TenantLimits {
     pub tpm: Option<Gcra>,
     pub max_concurrency: Option<u64>,
     pub budget: Option<Budget>,
+    /// The spend budget, microdollars per window.
+    pub budget_usd: Option<Budget>,
     pub cells: Option<&'static TenantCells>,
     pub local: Rc<TenantLocal>,
 }
@@ -71,6 +73,12 @@ impl TenantLimits {
                     u64::try_from(b.window.as_nanos()).unwrap_or(u64::MAX),
                 )
             }),
+            budget_usd: t.budget_usd.map(|b| {
+                Budget::new(
+                    b.uusd,
+                    u64::try_from(b.window.as_nanos()).unwrap_or(u64::MAX),
+                )
+            }),
             cells,
             local,
         }
@@ -88,6 +96,7 @@ impl TenantLimits {
             tpm: tpm.map(Gcra::per_minute),
             max_concurrency: None,
             budget: None,
+            budget_usd: None,
             cells,
             local,
         }
@@ -99,6 +108,14 @@ impl TenantLimits {
         let (b, c) = (self.budget.as_ref()?, self.cells?);
         let reserved = adm.budget.map_or(0, |r| r.tokens());
         Some(reserved.saturating_add(b.remaining(&c.budget, now_ns)))
+    }
+
+    /// The microdollars request `adm` may spend in all under the USD budget: what it reserved
+    /// plus what is left in the window (None without one).
+    pub fn budget_usd_allowance(&self, adm: &Admitted, now_ns: u64) -> Option<u64> {
+        let (b, c) = (self.budget_usd.as_ref()?, self.cells?);
+        let reserved = adm.usd.map_or(0, |r| r.tokens());
+        Some(reserved.saturating_add(b.remaining(&c.budget_usd, now_ns)))
     }
 
     /// Give back leases held longer than [`LEASE_AGE_NS_MAX`] (the shard's timer calls this).
@@ -126,6 +143,9 @@ pub struct Admitted {
     tokens: u64,
     estimate: u64,
     budget: Option<Reservation>,
+    /// Microdollars reserved under the USD budget, and the request's cost once known.
+    usd: Option<Reservation>,
+    cost_uusd: Cell<Option<u64>>,
     done: Cell<bool>,
 }
 
@@ -137,10 +157,16 @@ pub struct Refused {
     pub retry_after_ns: u64,
 }
 
-/// Admit one request estimated at `tokens` tokens (0 for requests that use none), or refuse
-/// it changing nothing. Order: requests in flight, requests per minute, tokens per minute,
+/// Admit one request estimated at `tokens` tokens (0 for requests that use none) and
+/// `usd_uusd` microdollars (its model's price; 0 when unpriced), or refuse it changing nothing.
+/// Order: requests in flight, requests per minute, tokens per minute, token budget, USD
 /// budget; whatever an earlier check took is given back when a later one refuses.
-pub fn admit(t: &TenantLimits, now_ns: u64, tokens: u64) -> Result<Admitted, Refused> {
+pub fn admit(
+    t: &TenantLimits,
+    now_ns: u64,
+    tokens: u64,
+    usd_uusd: u64,
+) -> Result<Admitted, Refused> {
     let Some(c) = t.cells else {
         // The region's tenant table was full: no shared cells, so no limits can hold. The
         // config was accepted with a warning; admit.
@@ -149,6 +175,8 @@ pub fn admit(t: &TenantLimits, now_ns: u64, tokens: u64) -> Result<Admitted, Ref
             tokens: 0,
             estimate: tokens,
             budget: None,
+            usd: None,
+            cost_uusd: Cell::new(None),
             done: Cell::new(false),
         });
     };
@@ -157,6 +185,8 @@ pub fn admit(t: &TenantLimits, now_ns: u64, tokens: u64) -> Result<Admitted, Ref
         tokens: 0,
         estimate: tokens,
         budget: None,
+        usd: None,
+        cost_uusd: Cell::new(None),
         done: Cell::new(false),
     };
     if let Some(max) = t.max_concurrency {
@@ -225,6 +255,27 @@ pub fn admit(t: &TenantLimits, now_ns: u64, tokens: u64) -> Result<Admitted, Ref
             }
         }
     }
+    if let Some(b) = &t.budget_usd {
+        match b.reserve(&c.budget_usd, now_ns, usd_uusd) {
+            Ok(r) => adm.usd = Some(r),
+            Err(wait) => {
+                if let Some(r) = &t.rpm {
+                    r.give_back(&c.rpm_tat, now_ns, 1);
+                }
+                if let Some(g) = &t.tpm {
+                    g.give_back(&c.tpm_tat, now_ns, adm.tokens);
+                }
+                if let (Some(b), Some(r)) = (&t.budget, adm.budget) {
+                    b.release(&c.budget, now_ns, r);
+                }
+                undo(&adm);
+                return Err(Refused {
+                    limit: Limit::BudgetUsd,
+                    retry_after_ns: wait,
+                });
+            }
+        }
+    }
     Ok(adm)
 }
 
@@ -233,6 +284,13 @@ impl Admitted {
     /// limits took it: a request's cost in the fair queues.
     pub fn estimate(&self) -> u64 {
         self.estimate
+    }
+
+    /// What the request cost, microdollars, once its usage is known and its model priced: the
+    /// USD budget is settled on it (without it, a failed request gives its reservation back
+    /// and another keeps it charged, as tokens do).
+    pub fn set_cost_uusd(&self, uusd: u64) {
+        self.cost_uusd.set(Some(uusd));
     }
 
     /// End the request: release its slot in flight and settle its tokens. `used`: the tokens
@@ -269,6 +327,13 @@ impl Admitted {
                 b.release(&c.budget, now_ns, r);
             } else {
                 b.settle(&c.budget, now_ns, r, actual);
+            }
+        }
+        if let (Some(b), Some(r)) = (&t.budget_usd, self.usd) {
+            match self.cost_uusd.get() {
+                Some(cost) => b.settle(&c.budget_usd, now_ns, r, cost),
+                None if failed => b.release(&c.budget_usd, now_ns, r),
+                None => {}
             }
         }
     }
@@ -341,6 +406,75 @@ pub fn write_refusal_headers(t: &TenantLimits, r: &Refused, now_ns: u64, out: &m
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::shm::Region;
+    use crate::tenant::{BudgetUsd, Models, TenantConfig};
+    use std::time::Duration;
+
+    fn limits(name: &str, budget_usd: Option<BudgetUsd>) -> TenantLimits {
+        let region: &'static Region =
+            Box::leak(Box::new(Region::anonymous(1).expect("an anonymous region")));
+        let t = TenantConfig {
+            name: name.into(),
+            keys: Vec::new(),
+            suspended: false,
+            models: Models::All,
+            rpm: Some(1000),
+            tpm: None,
+            max_concurrency: None,
+            connections_max: None,
+            budget: None,
+            budget_usd,
+            weight: 1,
+            default_max_tokens: 100,
+        };
+        TenantLimits::new(&t, region.tenant(name), Rc::default())
+    }
+
+    #[test]
+    fn a_usd_budget_reserves_the_estimate_and_settles_the_cost() {
+        let day = Duration::from_secs(86_400);
+        let t = limits(
+            "a",
+            Some(BudgetUsd {
+                uusd: 1_000,
+                window: day,
+            }),
+        );
+        let now = 1_000_000_000_000;
+        // 600 µ$ reserved: a second request estimated at 600 does not fit in 1,000.
+        let a = admit(&t, now, 10, 600).expect("first");
+        let refused = admit(&t, now, 10, 600).expect_err("over the budget");
+        assert_eq!(refused.limit, Limit::BudgetUsd);
+        // The first cost 100 µ$: settled on it, 900 are left and the second fits.
+        a.set_cost_uusd(100);
+        a.finish(&t, now, Some(20), false);
+        assert_eq!(
+            t.budget_usd_allowance(&admit(&t, now, 10, 0).expect("fits"), now),
+            Some(900)
+        );
+        let b = admit(&t, now, 10, 600).expect("second");
+        // A failed request without a cost gives its reservation back.
+        b.finish(&t, now, None, true);
+        let c = admit(&t, now, 10, 900).expect("the whole rest");
+        // One that succeeded without a known cost keeps its estimate charged.
+        c.finish(&t, now, None, false);
+        assert_eq!(
+            admit(&t, now, 10, 1).expect_err("spent").limit,
+            Limit::BudgetUsd
+        );
+        // The refusal gave back what earlier checks took: the rpm bucket is not drained by it.
+        assert!(t.rpm.is_some());
+        // Next window: whole again.
+        let next = now + u64::try_from(day.as_nanos()).expect("fits");
+        admit(&t, next, 10, 1_000).expect("a new window");
+    }
+
+    #[test]
+    fn without_a_usd_budget_the_estimate_is_not_held() {
+        let t = limits("b", None);
+        let a = admit(&t, 1, 10, u64::MAX).expect("no budget");
+        assert_eq!(t.budget_usd_allowance(&a, 1), None);
+    }
 
     #[test]
     fn durations_read_like_openai() {

@@ -84,6 +84,8 @@ pub enum Limit {
     Tokens,
     Concurrency,
     Budget,
+    /// The tenant's spend budget in dollars (`budget_usd`).
+    BudgetUsd,
     /// The upstream was saturated and the tenant's fair queue full, or the wait too long.
     Queue,
     /// The tenant has `connections_max` connections open on this shard.
@@ -140,7 +142,7 @@ impl Error {
             Error::Unauthorized => "invalid_api_key",
             Error::ModelNotAllowed => "model_not_approved",
             Error::TenantSuspended => "tenant_suspended",
-            Error::RateLimited(Limit::Budget) => "insufficient_quota",
+            Error::RateLimited(Limit::Budget | Limit::BudgetUsd) => "insufficient_quota",
             Error::RateLimited(_) => "rate_limit_exceeded",
             Error::BadBody(_) => "invalid_body",
             Error::ModelNotFound => "model_not_found",
@@ -201,7 +203,7 @@ impl Error {
             Error::RateLimited(Limit::Requests) => return "requests",
             Error::RateLimited(Limit::Tokens) => return "tokens",
             Error::RateLimited(Limit::Concurrency) => return "concurrency",
-            Error::RateLimited(Limit::Budget) => return "insufficient_quota",
+            Error::RateLimited(Limit::Budget | Limit::BudgetUsd) => return "insufficient_quota",
             Error::RateLimited(Limit::Queue) => return "queue",
             Error::RateLimited(Limit::Connections) => return "connections",
             _ => {}
@@ -250,6 +252,7 @@ impl Error {
             Error::RateLimited(Limit::Tokens) => "rate limit reached: tokens per minute",
             Error::RateLimited(Limit::Concurrency) => "rate limit reached: requests in flight",
             Error::RateLimited(Limit::Budget) => "token budget exhausted for this window",
+            Error::RateLimited(Limit::BudgetUsd) => "spend budget (USD) exhausted for this window",
             Error::RateLimited(Limit::Connections) => {
                 "this key has too many open connections; reuse or close one"
             }
@@ -420,6 +423,7 @@ mod tests {
         Error::RateLimited(Limit::Tokens),
         Error::RateLimited(Limit::Concurrency),
         Error::RateLimited(Limit::Budget),
+        Error::RateLimited(Limit::BudgetUsd),
         Error::RateLimited(Limit::Queue),
         Error::RateLimited(Limit::Connections),
         Error::BadBody("x"),

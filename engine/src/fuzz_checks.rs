@@ -380,6 +380,7 @@ pub fn sse(data: &[u8]) {
         let want = Some(Usage {
             prompt_tokens: p,
             completion_tokens: c,
+            ..Usage::default()
         });
         assert_eq!(scan(&[&with_usage], BodyKind::Sse), want);
     }

@@ -89,7 +89,9 @@
 //! Nothing is shared between shards on the request path: each shard owns its state in `Rc`s
 //! and `Cell`s on its own thread. See `docs/ARCHITECTURE.md`.
 
-pub use shardgate_core::{cert, config, control, limits, manage, models, store, tenant};
+pub use shardgate_core::{
+    cert, config, control, limits, manage, models, prices, spend, store, tenant,
+};
 
 // `index_type!`: the typed indices of [`snapshot`] (`UpstreamId`, `PoolSlot`, ...), made as
 // shardgate-core makes its counter slots (`control::stats::StatSlot`).

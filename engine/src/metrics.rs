@@ -233,6 +233,31 @@ pub fn render(s: &Scrape<'_>, out: &mut String) {
     }
     family(
         out,
+        "tenant_spend_usd_total",
+        "counter",
+        "What the tenant's requests cost, US dollars, from their usage and the price table.",
+    );
+    for (name, slot) in &t.tenants {
+        name_and_labels(out, "tenant_spend_usd_total", &[("tenant", name)]);
+        fixed_point(out, slot.spend_nusd, 9);
+        out.push('\n');
+    }
+    family(
+        out,
+        "tenant_unpriced_requests_total",
+        "counter",
+        "Requests of the tenant with usage but no price for their model (spend unknown, not $0).",
+    );
+    for (name, slot) in &t.tenants {
+        sample(
+            out,
+            "tenant_unpriced_requests_total",
+            &[("tenant", name)],
+            slot.unpriced,
+        );
+    }
+    family(
+        out,
         "tenant_queued_total",
         "counter",
         "Requests of the tenant that waited in a saturated upstream's fair queue.",
@@ -421,18 +446,7 @@ fn histogram(out: &mut String, metric: &str, key: &str, name: &str, slot: &SlotT
 /// `value / 10^decimals` in decimal, exactly, without trailing zeros (`1500, 3` → `1.5`,
 /// `1000, 3` → `1`, `3, 3` → `0.003`).
 fn fixed_point(out: &mut String, value: u64, decimals: u32) {
-    let scale = 10u64.pow(decimals);
-    let _ = write!(out, "{}", value / scale);
-    let mut frac = value % scale;
-    if frac == 0 {
-        return;
-    }
-    let mut width = decimals as usize;
-    while frac % 10 == 0 {
-        frac /= 10;
-        width -= 1;
-    }
-    let _ = write!(out, ".{frac:0width$}");
+    let _ = write!(out, "{}", crate::prices::Fixed { value, decimals });
 }
 
 /// A label value as the text format wants it: `\`, `"` and newline escaped.

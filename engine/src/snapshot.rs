@@ -37,6 +37,7 @@ use crate::exchange::ledger::Books;
 pub use crate::fair::FairSlot;
 use crate::fair::{Capped, Fabric, Queues, UpstreamCap};
 use crate::models::{Deployment, ModelGroup};
+use crate::prices::Price;
 use crate::route::Routes;
 use crate::template::Templates;
 use crate::tenant::{KeyMemo, TenantConfig, Tenants};
@@ -109,6 +110,11 @@ pub struct Snapshot {
     groups: Vec<Option<Rc<Group>>>,
     /// Per group, per deployment: its rpm/tpm quota over all shards (None: no quota).
     deployment_limits: Vec<Vec<Option<TenantLimits>>>,
+    /// Per group, per deployment: its price (its model's, else its group's); `None` unpriced.
+    deployment_price: Vec<Vec<Option<Price>>>,
+    /// Per group: the price a USD budget reserves at (the group name's, else its dearest
+    /// deployment's).
+    group_price: Vec<Option<Price>>,
     /// Prompt templates, by name, model alias and route.
     pub templates: Templates,
     /// Per tenant: its open connections on this shard (kept across configs by name).
@@ -135,6 +141,30 @@ impl Snapshot {
             endpoint_base.push(addrs.len());
             addrs.extend(u.endpoints.iter().map(|e| (e.addr, e.tls_name.clone())));
         }
+        let deployment_price: Vec<Vec<Option<Price>>> = cfg
+            .models
+            .iter()
+            .map(|m| {
+                m.deployments
+                    .iter()
+                    .map(|d| cfg.prices.get(&d.model).or_else(|| cfg.prices.get(&m.name)))
+                    .collect()
+            })
+            .collect();
+        let group_price = cfg
+            .models
+            .iter()
+            .zip(&deployment_price)
+            .map(|(m, prices)| {
+                cfg.prices.get(&m.name).or_else(|| {
+                    prices
+                        .iter()
+                        .flatten()
+                        .copied()
+                        .max_by_key(|p| p.output.max(p.reasoning).saturating_add(p.input))
+                })
+            })
+            .collect();
         // Each tenant's cells in the shared table: one probe, for its limits and its fair slot.
         let tenant_slots: Vec<_> = cfg
             .tenants
@@ -237,8 +267,19 @@ impl Snapshot {
                 })
                 .collect(),
             endpoint_base,
+            deployment_price,
+            group_price,
             cfg,
         }
+    }
+
+    /// The price of deployment `idx` of `group` (its model's, else its group's).
+    pub fn deployment_price(&self, group: GroupId, idx: DeploymentIdx) -> Option<Price> {
+        self.deployment_price
+            .get(group.0)
+            .and_then(|d| d.get(idx.index()))
+            .copied()
+            .flatten()
     }
 
     // ----- config entries -----
@@ -482,11 +523,19 @@ impl World for Snapshot {
         &self,
         t: TenantId,
         tokens: u64,
+        usd_uusd: u64,
         now_ns: u64,
     ) -> Result<Option<Admitted>, crate::admit::Refused> {
         match self.tenant_limits(t) {
-            Some(limits) => crate::admit::admit(limits, now_ns, tokens).map(Some),
+            Some(limits) => crate::admit::admit(limits, now_ns, tokens, usd_uusd).map(Some),
             None => Ok(None),
+        }
+    }
+
+    fn price(&self, group: Option<GroupId>, model: &str) -> Option<Price> {
+        match group {
+            Some(g) => self.group_price.get(g.0).copied().flatten(),
+            None => self.cfg.prices.get(model),
         }
     }
 
@@ -504,7 +553,7 @@ impl World for Snapshot {
         let Some(limits) = self.deployment_limits(group, idx) else {
             return Ok(None);
         };
-        crate::admit::admit(limits, now_ns, tokens)
+        crate::admit::admit(limits, now_ns, tokens, 0)
             .map(Some)
             .map_err(|_| ())
     }

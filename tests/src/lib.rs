@@ -36,8 +36,8 @@ pub use ctl::{ctl_status, run_ctl, spawn_ctl, CtlOutput};
 pub use gateway::{run_shardgate, Gateway, RunOutput};
 pub use tls::{self_signed, tls_handshake_only, Leaf, TempDir, TestCa};
 pub use upstream::{
-    echo, hang, json_ok, sse, sse_event, write_chunk, write_response, Action, Handler,
-    MockUpstream, Request, TlsHandler, TlsHandshake, TlsServerStream,
+    content_events, echo, hang, json_ok, sse, sse_event, write_chunk, write_response, Action,
+    Handler, MockUpstream, Request, TlsHandler, TlsHandshake, TlsServerStream,
 };
 
 /// Default bound on any single wait for the gateway (a response, a close, a start-up line).

@@ -633,6 +633,18 @@ pub fn echo<S: Write>() -> impl Fn(&Request, &mut S) -> io::Result<Action> + Sen
     }
 }
 
+/// `n` OpenAI chat-completion chunks with one word of content each (`w0 `, `w1 `, ...), as
+/// one string of SSE events.
+pub fn content_events(n: usize) -> String {
+    let mut all = String::new();
+    for i in 0..n {
+        all.push_str(&format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{i} \"}}}}]}}\n\n"
+        ));
+    }
+    all
+}
+
 /// The SSE event number `i`: `data: {"n":i}\n\n`.
 pub fn sse_event(i: usize) -> String {
     format!("data: {{\"n\":{i}}}\n\n")

@@ -417,12 +417,7 @@ fn a_stream_past_the_budget_is_cut_with_an_error_event() {
             stream.write_all(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
         )?;
-            let mut all = String::new();
-            for i in 0..400 {
-                all.push_str(&format!(
-                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{i} \"}}}}]}}\n\n"
-            ));
-            }
+            let mut all = shardgate_tests::content_events(400);
             all.push_str("data: [DONE]\n\n");
             write_chunk(stream, all.as_bytes())?;
             write_chunk(stream, b"")?;

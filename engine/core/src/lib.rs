@@ -17,6 +17,10 @@
 //!   time by ctl, one JSON document; its operations are I/O-free.
 //! - [`models`]: `[[models]]` groups of deployments and the balancing [`models::Strategy`] each
 //!   names, validated.
+//! - [`prices`]: what models cost (`[[prices]]` over a default table), in integer
+//!   picodollars per token; a request's cost and a USD budget's estimate.
+//! - [`spend`]: spend by tenant from the shards' counters, or by tenant, key and model from
+//!   the access log (`shardgate-ctl spend`, `GET /admin/v1/spend`).
 //! - [`template`]: `[[templates]]` validated into pre-parsed templates (filled at request time
 //!   by the engine's `template`).
 //! - [`cert`]: certificate and key checks without a TLS stack (PEM, the leaf's validity and
@@ -69,6 +73,8 @@ pub mod json;
 pub mod limits;
 pub mod manage;
 pub mod models;
+pub mod prices;
+pub mod spend;
 pub mod store;
 pub mod template;
 pub mod tenant;

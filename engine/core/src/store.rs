@@ -36,7 +36,7 @@ pub const KEY_SHOWN_CHARS: usize = 10;
 pub const LABEL_BYTES_MAX: usize = 64;
 
 /// The whole store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Store {
     pub format: u32,
@@ -61,7 +61,7 @@ impl Default for Store {
 }
 
 /// A tenant's settings: the fields of a `[[tenants]]` entry without its keys.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// `None`: every model.
@@ -77,6 +77,9 @@ pub struct Settings {
     pub connections_max: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_tokens: Option<i64>,
+    /// Spend per window, US dollars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_window: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,6 +98,7 @@ impl Settings {
             max_concurrency: other.max_concurrency.or(self.max_concurrency),
             connections_max: other.connections_max.or(self.connections_max),
             budget_tokens: other.budget_tokens.or(self.budget_tokens),
+            budget_usd: other.budget_usd.or(self.budget_usd),
             budget_window: other
                 .budget_window
                 .clone()
@@ -106,7 +110,7 @@ impl Settings {
 }
 
 /// A tenant of the store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoredTenant {
     #[serde(flatten)]
@@ -382,9 +386,12 @@ impl Store {
                 max_concurrency: t.max_concurrency.and_then(|v| i64::try_from(v).ok()),
                 connections_max: t.connections_max.and_then(|v| i64::try_from(v).ok()),
                 budget_tokens: t.budget.and_then(|b| i64::try_from(b.tokens).ok()),
+                budget_usd: t.budget_usd.map(|b| b.uusd as f64 / 1_000_000.0),
                 budget_window: t
                     .budget
-                    .map(|b| humantime::format_duration(b.window).to_string()),
+                    .map(|b| b.window)
+                    .or(t.budget_usd.map(|b| b.window))
+                    .map(|w| humantime::format_duration(w).to_string()),
                 weight: Some(i64::from(t.weight)),
                 default_max_tokens: i64::try_from(t.default_max_tokens).ok(),
             };
@@ -614,6 +621,77 @@ fn check_settings(name: &str, settings: &Settings) -> Result<(), StoreError> {
     }
 }
 
+/// A tenant as `[[tenants]]` writes it (`shardgate-ctl tenants export`).
+#[derive(Serialize)]
+struct ExportTenant<'a> {
+    name: &'a str,
+    keys: Vec<String>,
+    #[serde(flatten)]
+    settings: &'a Settings,
+}
+
+#[derive(Serialize)]
+struct ExportFile<'a> {
+    tenants: Vec<ExportTenant<'a>>,
+}
+
+impl Store {
+    /// The store as `[[tenants]]` entries of a config file (keys as `sha256:`), for
+    /// `shardgate-ctl tenants export`. What `[[tenants]]` cannot say is written as comments
+    /// above them: suspended tenants, keys that expire or are in a rotation's grace (exported
+    /// as keys that do not expire), keys already expired at `now_unix_ms` and tenants without a
+    /// live key (both left out).
+    pub fn to_toml(&self, now_unix_ms: u64) -> Result<String, String> {
+        let mut notes = Vec::new();
+        let by_tenant = self.keys_by_tenant();
+        let mut tenants = Vec::with_capacity(self.tenants.len());
+        for (name, t) in &self.tenants {
+            if t.suspended {
+                notes.push(format!("tenant {name:?} is suspended in the store"));
+            }
+            let mut keys = Vec::new();
+            for k in by_tenant.get(name.as_str()).into_iter().flatten() {
+                let id = format!("key_{}", k.sha256.get(..12).unwrap_or(""));
+                match k.expires_unix_ms {
+                    Some(e) if e <= now_unix_ms => {
+                        notes.push(format!("key {id} of {name:?} has expired: left out"));
+                        continue;
+                    }
+                    Some(e) => notes.push(format!(
+                        "key {id} of {name:?} expires at unix ms {e}: exported without expiry"
+                    )),
+                    None => {}
+                }
+                keys.push(format!("sha256:{}", k.sha256));
+            }
+            if keys.is_empty() {
+                notes.push(format!(
+                    "tenant {name:?} has no live key: left out (a [[tenants]] entry needs one)"
+                ));
+                continue;
+            }
+            tenants.push(ExportTenant {
+                name,
+                keys,
+                settings: &t.settings,
+            });
+        }
+        let body = toml::to_string(&ExportFile { tenants }).map_err(|e| e.to_string())?;
+        let mut out = format!(
+            "# The tenant store (version {}) as [[tenants]] entries; keys as their SHA-256.\n",
+            self.version
+        );
+        for n in notes {
+            out.push_str("# ");
+            out.push_str(&n);
+            out.push('\n');
+        }
+        out.push('\n');
+        out.push_str(&body);
+        Ok(out)
+    }
+}
+
 /// Set each store tenant's key expiries and suspension on its validated config; `configs` are
 /// the validated tenants in the order of [`Store::raw_tenants`].
 pub fn finish(configs: &mut [TenantConfig], extra: &[(Vec<u64>, bool)]) {
@@ -807,6 +885,53 @@ mod tests {
         // Nothing left to import the second time.
         let e = s.import_tenants(&file, T0).expect_err("again");
         assert_eq!(e.kind, ErrorKind::Invalid);
+    }
+
+    #[test]
+    fn export_writes_tenants_a_config_reads_back_the_same() {
+        let mut s = store_with("team-a");
+        let patch = Settings {
+            models: Some(vec!["gpt-4o".into()]),
+            rpm: Some(60),
+            budget_usd: Some(12.5),
+            budget_window: Some("7d".into()),
+            ..Settings::default()
+        };
+        s.set_tenant("team-a", &patch).expect("set");
+        let (k, _) = s
+            .create_key("team-a", None, None, [1; KEY_RANDOM_BYTES], T0)
+            .expect("key");
+        s.create_key(
+            "team-a",
+            None,
+            Some(Duration::from_secs(1)),
+            [2; KEY_RANDOM_BYTES],
+            T0,
+        )
+        .expect("key");
+        s.add_tenant("team-b", Settings::default(), &[], T0)
+            .expect("b");
+        s.create_key("team-b", None, None, [3; KEY_RANDOM_BYTES], T0)
+            .expect("key");
+        s.suspend_tenant("team-b", true).expect("suspend");
+        s.add_tenant("team-c", Settings::default(), &[], T0)
+            .expect("c");
+        let text = s.to_toml(T0 + 5_000).expect("toml");
+        assert!(text.contains("# tenant \"team-b\" is suspended"), "{text}");
+        assert!(text.contains("has expired: left out"), "{text}");
+        assert!(text.contains("\"team-c\" has no live key"), "{text}");
+        // Read back as a config's [[tenants]]: the same settings and the live key only.
+        let back = file_tenants(&text);
+        let a = back.iter().find(|t| t.name == "team-a").expect("team-a");
+        assert_eq!(a.rpm, Some(60));
+        assert_eq!(a.models, tenant::Models::Only(vec!["gpt-4o".into()]));
+        assert_eq!(
+            a.budget_usd.map(|b| (b.uusd, b.window.as_secs())),
+            Some((12_500_000, 7 * 86_400))
+        );
+        assert_eq!(a.keys.len(), 1);
+        assert_eq!(a.keys[0].hash, hash_key(k.secret.as_bytes()));
+        assert!(!text.contains(&k.secret));
     }
 
     #[test]

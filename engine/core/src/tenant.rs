@@ -34,6 +34,7 @@ pub struct RawTenant {
     max_concurrency: Option<i64>,
     connections_max: Option<i64>,
     budget_tokens: Option<i64>,
+    budget_usd: Option<f64>,
     budget_window: Option<String>,
     weight: Option<i64>,
     default_max_tokens: Option<i64>,
@@ -54,6 +55,7 @@ impl RawTenant {
             max_concurrency: s.max_concurrency,
             connections_max: s.connections_max,
             budget_tokens: s.budget_tokens,
+            budget_usd: s.budget_usd,
             budget_window: s.budget_window.clone(),
             weight: s.weight,
             default_max_tokens: s.default_max_tokens,
@@ -89,6 +91,18 @@ pub struct Budget {
     pub window: Duration,
 }
 
+/// A hard cap of `uusd` microdollars of spend per fixed window (`budget_usd`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetUsd {
+    pub uusd: u64,
+    pub window: Duration,
+}
+
+/// The largest `budget_usd`, US dollars (a budget cell counts 2^48 microdollars).
+pub const BUDGET_USD_MAX: f64 = 100_000_000.0;
+/// The window of a budget that names none.
+pub const BUDGET_WINDOW_DEFAULT: Duration = Duration::from_secs(30 * 86_400);
+
 /// One of a tenant's keys: its SHA-256, and when it stops being accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TenantKey {
@@ -114,6 +128,8 @@ pub struct TenantConfig {
     /// the tenant of its first request with a key); past it: 429 `connections` and close.
     pub connections_max: Option<u64>,
     pub budget: Option<Budget>,
+    /// The spend budget in dollars, sharing `budget_window` with the token budget.
+    pub budget_usd: Option<BudgetUsd>,
     pub weight: u32,
     pub default_max_tokens: u64,
 }
@@ -266,18 +282,31 @@ pub fn validate(
                 }
             },
         };
-        let budget = match (budget_tokens, window, &t.budget_window) {
-            (Some(tokens), Some(window), _) => Some(Budget { tokens, window }),
-            (Some(tokens), None, None) => Some(Budget {
-                tokens,
-                window: Duration::from_secs(30 * 86_400),
-            }),
-            (None, Some(_), _) => {
-                error(f("budget_window"), "needs budget_tokens".into());
-                None
-            }
+        let budget_usd =
+            t.budget_usd
+                .and_then(|usd| match crate::prices::uusd_of(usd, BUDGET_USD_MAX) {
+                    Ok(v) => Some(v),
+                    Err(reason) => {
+                        error(f("budget_usd"), reason);
+                        None
+                    }
+                });
+        // A window given but unreadable leaves both budgets out (its error is reported).
+        let window_of = |given: bool| match (window, &t.budget_window) {
+            (Some(w), _) if given => Some(w),
+            (None, None) if given => Some(BUDGET_WINDOW_DEFAULT),
             _ => None,
         };
+        if window.is_some() && budget_tokens.is_none() && budget_usd.is_none() {
+            error(
+                f("budget_window"),
+                "needs budget_tokens or budget_usd".into(),
+            );
+        }
+        let budget = budget_tokens
+            .and_then(|tokens| window_of(true).map(|window| Budget { tokens, window }));
+        let budget_usd =
+            budget_usd.and_then(|uusd| window_of(true).map(|window| BudgetUsd { uusd, window }));
         out.push(TenantConfig {
             name: t.name,
             keys: key_hashes,
@@ -288,6 +317,7 @@ pub fn validate(
             max_concurrency,
             connections_max,
             budget,
+            budget_usd,
             weight,
             default_max_tokens,
         });
@@ -349,24 +379,43 @@ impl Tenants {
         if let Some((t, expires)) = memo.get(self.id, key) {
             return (now_unix_ms < expires).then_some(t);
         }
-        let (t, expires) = self.entry(key)?;
-        memo.set(self.id, key, t, expires);
+        let (t, expires, id) = self.entry(key)?;
+        memo.set(self.id, key, t, expires, id);
         (now_unix_ms < expires).then_some(t)
     }
 
     /// The tenant owning `key` at `now_unix_ms`, by hash: none for a key past its expiry.
     /// Keys longer than `API_KEY_BYTES_MAX` own nothing.
     pub fn lookup(&self, key: &[u8], now_unix_ms: u64) -> Option<usize> {
-        let (t, expires) = self.entry(key)?;
+        let (t, expires, _) = self.entry(key)?;
         (now_unix_ms < expires).then_some(t)
     }
 
-    fn entry(&self, key: &[u8]) -> Option<(usize, u64)> {
+    /// The key's tenant, expiry and id (the first [`KEY_ID_BYTES`] of its hash).
+    fn entry(&self, key: &[u8]) -> Option<(usize, u64, [u8; KEY_ID_BYTES])> {
         if key.is_empty() || key.len() > API_KEY_BYTES_MAX {
             return None;
         }
-        self.by_key.get(&hash_key(key)).copied()
+        let hash = hash_key(key);
+        let (t, expires) = self.by_key.get(&hash).copied()?;
+        let mut id = [0; KEY_ID_BYTES];
+        id.copy_from_slice(&hash[..KEY_ID_BYTES]);
+        Some((t, expires, id))
     }
+}
+
+/// Bytes of a key's SHA-256 that name it: a key's id is `key_` and their hex (the tenant
+/// store's ids; the access log's `key`).
+pub const KEY_ID_BYTES: usize = 6;
+
+/// A key's id, `key_` and the hex of the first [`KEY_ID_BYTES`] of its hash.
+pub fn key_id(hash_prefix: &[u8]) -> String {
+    let mut s = String::with_capacity(4 + 2 * KEY_ID_BYTES);
+    s.push_str("key_");
+    for b in hash_prefix.iter().take(KEY_ID_BYTES) {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
 }
 
 /// Longest key a [`KeyMemo`] remembers, bytes; a longer one is hashed on every request.
@@ -388,6 +437,8 @@ pub struct KeyMemo {
     key: [u8; KEY_MEMO_BYTES],
     tenant: usize,
     expires_unix_ms: u64,
+    /// The key's id (the first bytes of its hash).
+    id: [u8; KEY_ID_BYTES],
 }
 
 impl Default for KeyMemo {
@@ -398,6 +449,7 @@ impl Default for KeyMemo {
             key: [0; KEY_MEMO_BYTES],
             tenant: 0,
             expires_unix_ms: 0,
+            id: [0; KEY_ID_BYTES],
         }
     }
 }
@@ -419,7 +471,20 @@ impl KeyMemo {
         .then_some((self.tenant, self.expires_unix_ms))
     }
 
-    fn set(&mut self, table: u64, key: &[u8], tenant: usize, expires_unix_ms: u64) {
+    /// The id of the key last looked up through this memo, if it is remembered (a key too
+    /// long to remember has none here).
+    pub fn key_id(&self) -> Option<[u8; KEY_ID_BYTES]> {
+        (self.table != 0).then_some(self.id)
+    }
+
+    fn set(
+        &mut self,
+        table: u64,
+        key: &[u8],
+        tenant: usize,
+        expires_unix_ms: u64,
+        id: [u8; KEY_ID_BYTES],
+    ) {
         match self.key.get_mut(..key.len()) {
             Some(slot) if table != 0 => {
                 slot.copy_from_slice(key);
@@ -427,6 +492,7 @@ impl KeyMemo {
                 self.table = table;
                 self.tenant = tenant;
                 self.expires_unix_ms = expires_unix_ms;
+                self.id = id;
             }
             // Too long to remember (or the empty table): forget the last one too.
             _ => self.table = 0,
@@ -574,11 +640,17 @@ mod tests {
         // A key too long to remember is still looked up, and forgets the last one.
         let long = [b'k'; KEY_MEMO_BYTES + 1];
         assert_eq!(table.lookup_memo(&long, 0, &mut memo), None);
-        memo.set(table.id, &long, 0, u64::MAX);
+        memo.set(table.id, &long, 0, u64::MAX, [0; KEY_ID_BYTES]);
         assert_eq!(memo.get(table.id, b"sk-b"), None);
         assert_eq!(memo.get(table.id, &long), None);
         // The empty default table remembers nothing.
-        memo.set(Tenants::default().id, b"sk-a", 0, u64::MAX);
+        memo.set(
+            Tenants::default().id,
+            b"sk-a",
+            0,
+            u64::MAX,
+            [0; KEY_ID_BYTES],
+        );
         assert_eq!(memo.get(0, b"sk-a"), None);
         assert!(!format!("{memo:?}").contains("sk-"));
     }

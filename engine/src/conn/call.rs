@@ -100,6 +100,8 @@ pub(super) async fn check_and_admit(
 fn took_body(c: &mut Client, snap: &Snapshot, checked: Checked, now: Now) {
     c.ex.scan = checked.metered;
     c.ex.prompt_estimate = checked.prompt_estimate;
+    c.ex.price = checked.price;
+    c.ex.group = checked.group;
     if checked.admitted {
         rate_headers(c, snap, now);
     }
@@ -152,7 +154,7 @@ pub(super) async fn admit_tenant(
     head_len: usize,
 ) -> Result<(), Next> {
     let now = Now::read();
-    match World::admit(snap, tenant, 0, now.unix_ns) {
+    match World::admit(snap, tenant, 0, 0, now.unix_ns) {
         Ok(None) => Ok(()),
         Ok(Some(adm)) => {
             c.ex.held.hold_tenant(snap, tenant, adm, now.unix_ns);
@@ -313,6 +315,8 @@ pub(super) async fn proxy_llm(
                 retry_ok: choice.retry_ok,
                 hedge: hedge.as_deref_mut(),
             };
+            // The answer is priced as the deployment that gives it.
+            c.ex.price = snap.deployment_price(group, idx).or(checked.price);
             let sent = forward(ctx, c, head, target, out, BodyLeft::Done, this).await;
             let ended = Now::read();
             if let Some(a) = attempt {
@@ -328,6 +332,9 @@ pub(super) async fn proxy_llm(
                 }
             }
             let hedge_won = hedge.and_then(|h| settle_hedge(c, snap, *h, ended));
+            if let Some((g, i)) = hedge_won {
+                c.ex.price = snap.deployment_price(g, i).or(checked.price);
+            }
             match sent {
                 Sent::Done(next) => break 'call next,
                 Sent::Retry => {

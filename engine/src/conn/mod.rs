@@ -25,7 +25,8 @@ use crate::control::stats::{NO_SLOT, SLOT_UNROUTED};
 use crate::ctx::{LlmBufs, ShardCtx};
 use crate::error::{Error, Limit, Shape};
 use crate::http::request::BodyKind;
-use crate::snapshot::{Snapshot, StatSlot, TenantId};
+use crate::prices::Price;
+use crate::snapshot::{GroupId, Snapshot, StatSlot, TenantId};
 use crate::stream::Io;
 use crate::tenant::KeyMemo;
 
@@ -179,6 +180,10 @@ struct Exchange {
     upstream_broke: bool,
     /// The client called Anthropic's API (`/v1/messages`): our own errors take its shape.
     error_shape: Shape,
+    /// The price of the model that answers (spend, the USD budget); `None`: unpriced.
+    price: Option<Price>,
+    /// The model group the body named (for the access log).
+    group: Option<GroupId>,
 }
 
 impl Exchange {
@@ -205,6 +210,8 @@ impl Exchange {
             retry_after: None,
             upstream_broke: false,
             error_shape: Shape::OpenAi,
+            price: None,
+            group: None,
         }
     }
 
@@ -228,10 +235,17 @@ fn finish(ctx: &ShardCtx, c: &mut Client) {
         .map(|u| u.prompt_tokens.saturating_add(u.completion_tokens))
         .or(ex.counted);
     let failed = ex.status == 0 || ex.local_error;
-    if let (Some(u), Some(_)) = (usage, ex.held.tenant()) {
+    // What the answer cost: its usage at its model's price (unpriced: counted as such, never
+    // as $0).
+    let cost_nusd = usage.and_then(|u| ex.price.map(|p| p.cost_nusd(&u.tokens())));
+    if let (Some(u), Some(adm)) = (usage, ex.held.tenant()) {
         ctx.control
             .stats
             .tokens(ex.tenant_slot, u.prompt_tokens, u.completion_tokens);
+        ctx.control.stats.spend(ex.tenant_slot, cost_nusd);
+        if let Some(n) = cost_nusd {
+            adm.set_cost_uusd(crate::prices::nusd_to_uusd(n));
+        }
     }
     let now = Now::read();
     ex.held.settle(&*c.snap, now.unix_ns, used, failed);
@@ -255,6 +269,16 @@ fn finish(ctx: &ShardCtx, c: &mut Client) {
         r.bytes_out = ex.bytes_out;
         r.duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         r.upstream = ex.upstream;
+        if let Some(t) = ex.tenant {
+            r.set_tenant(&c.snap.tenant(t).name);
+        }
+        if let Some(u) = usage {
+            r.tokens = Some((u.prompt_tokens, u.completion_tokens));
+            r.cost_nusd = cost_nusd;
+        }
+        if let Some(g) = ex.group {
+            r.set_model(&c.snap.group(g).name);
+        }
         log.push(r);
     }
     llm_give(ctx, c);
@@ -407,6 +431,10 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
                         let (method, target) = request_line(&c.buf[..head.head_len]);
                         r.set_method(method);
                         r.set_path(target);
+                        // The key that named the tenant, by id (never the key).
+                        if tenant.is_some() {
+                            r.key_id = c.key_memo.key_id();
+                        }
                         c.ex.record = Some(r);
                     }
                     if let Some(r) = route {

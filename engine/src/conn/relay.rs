@@ -188,7 +188,7 @@ pub(super) async fn relay_filtered(
             at = end;
             if over_budget(c) {
                 SseFilter::error_event(
-                    "the tenant's token budget is exhausted; the answer was cut",
+                    "the tenant's budget is exhausted; the answer was cut",
                     &mut filtered,
                 );
                 cut = true;
@@ -258,11 +258,21 @@ pub(super) fn over_budget(c: &Client) -> bool {
     let Some(limits) = c.snap.tenant_limits(t) else {
         return false;
     };
-    let produced =
-        c.ex.prompt_estimate
-            .saturating_add(c.llm.filter.content_events());
-    match limits.budget_allowance(adm, Now::read().unix_ns) {
-        Some(allowed) => produced > allowed,
-        None => false,
+    let events = c.llm.filter.content_events();
+    let produced = c.ex.prompt_estimate.saturating_add(events);
+    let now_ns = Now::read().unix_ns;
+    if limits
+        .budget_allowance(adm, now_ns)
+        .is_some_and(|allowed| produced > allowed)
+    {
+        return true;
+    }
+    // The USD budget: the prompt at the input price, one output token per content event.
+    match (limits.budget_usd_allowance(adm, now_ns), c.ex.price) {
+        (Some(allowed_uusd), Some(p)) => {
+            let prompt_uusd = p.estimate_uusd(c.ex.prompt_estimate, 0);
+            events > p.output_tokens_for_uusd(allowed_uusd.saturating_sub(prompt_uusd))
+        }
+        _ => false,
     }
 }

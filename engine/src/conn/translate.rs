@@ -326,7 +326,7 @@ async fn relay_stream(
                 .saturating_add(c.llm.filter.content_events()),
         );
         if !relay.done && !broken && over_budget(c) {
-            let msg = "the tenant's token budget is exhausted; the answer was cut";
+            let msg = "the tenant's budget is exhausted; the answer was cut";
             match tr.dir {
                 Direction::ChatToMessages => SseFilter::error_event(msg, &mut out),
                 Direction::MessagesToChat => anthropic_error_event(msg, &mut out),

@@ -29,6 +29,7 @@ use crate::clock::Now;
 use crate::control::stats::Reject;
 use crate::error::{Error, Limit};
 use crate::llm;
+use crate::prices::Price;
 use crate::snapshot::{DeploymentIdx, GroupId, Target, TenantId};
 use crate::template::TemplateError;
 
@@ -46,14 +47,20 @@ pub trait World: Groups + Books {
     /// The `max_tokens` a request of tenant `t` (or of no tenant) is estimated at when it
     /// names none.
     fn default_max_tokens(&self, t: Option<TenantId>) -> u64;
-    /// Admit a request of tenant `t` estimated at `tokens`: `Ok(Some)` admitted, `Ok(None)` the
+    /// Admit a request of tenant `t` estimated at `tokens` and `usd_uusd` microdollars:
+    /// `Ok(Some)` admitted, `Ok(None)` the
     /// tenant has no limits, `Err` the limit that refuses it now (nothing was taken).
     fn admit(
         &self,
         t: TenantId,
         tokens: u64,
+        usd_uusd: u64,
         now_ns: u64,
     ) -> Result<Option<Self::Admission>, Refused>;
+    /// The price of `model` (of group `group`, if one serves it), for spend and USD budgets.
+    fn price(&self, _group: Option<GroupId>, _model: &str) -> Option<Price> {
+        None
+    }
     /// How many times a failure before the first byte is retried in `group` (`retries`).
     fn retries(&self, group: GroupId) -> usize;
     /// Take deployment `idx` of `group`'s own quota (its rpm/tpm over all shards) for a request
@@ -138,7 +145,7 @@ impl Refusal {
             Limit::Requests => Reject::Requests,
             Limit::Tokens => Reject::Tokens,
             Limit::Concurrency | Limit::Connections => Reject::Concurrency,
-            Limit::Budget => Reject::Budget,
+            Limit::Budget | Limit::BudgetUsd => Reject::Budget,
             Limit::Queue => Reject::Queue,
         };
         Self {
@@ -165,6 +172,8 @@ pub struct Checked {
     pub metered: bool,
     /// The tenant's limits admitted it (the answer reports them as `x-ratelimit-*`).
     pub admitted: bool,
+    /// The price of the model it names (its group's, or the model's own), if known.
+    pub price: Option<Price>,
 }
 
 #[derive(Debug, Clone)]
@@ -288,15 +297,23 @@ impl Call {
             info.max_tokens,
             world.default_max_tokens(self.tenant),
         );
+        let group = world.group_of(model);
+        let prompt_estimate = llm::estimate_tokens(body.len(), Some(0), 0);
+        let price = world.price(group, model);
         self.checked = Checked {
             stream: info.stream,
             include_usage: info.include_usage,
-            group: world.group_of(model),
+            group,
             tokens,
-            prompt_estimate: llm::estimate_tokens(body.len(), Some(0), 0),
+            prompt_estimate,
             metered: self.tenant.is_some(),
             admitted: false,
+            price,
         };
+        // The USD budget reserves the prompt at the input price and max_tokens at the output's.
+        let usd = price.map_or(0, |p| {
+            p.estimate_uusd(prompt_estimate, tokens.saturating_sub(prompt_estimate))
+        });
         // With model groups, a model none of them serves is unknown to every tenant (OpenAI's
         // 404 `model_not_found`, which the SDKs raise as `NotFoundError`), approved or not.
         if self.checked.group.is_none() && world.has_groups() {
@@ -310,7 +327,7 @@ impl Call {
                     limited: None,
                 });
             }
-            match world.admit(t, tokens, now.unix_ns) {
+            match world.admit(t, tokens, usd, now.unix_ns) {
                 Ok(Some(adm)) => {
                     held.hold_tenant(world, t, adm, now.unix_ns);
                     self.checked.admitted = true;
@@ -489,7 +506,7 @@ mod tests {
                 7
             }
         }
-        fn admit(&self, _: TenantId, tokens: u64, _: u64) -> Result<Option<u32>, Refused> {
+        fn admit(&self, _: TenantId, tokens: u64, _: u64, _: u64) -> Result<Option<u32>, Refused> {
             match self.limits {
                 None => Ok(None),
                 Some(Err(r)) => Err(r),

@@ -24,6 +24,26 @@ pub struct Usage {
     pub prompt_tokens: u64,
     /// OpenAI's `completion_tokens`, Anthropic's `output_tokens`; 0 when absent (embeddings).
     pub completion_tokens: u64,
+    /// Of `prompt_tokens`, read from a cache: OpenAI's `prompt_tokens_details.cached_tokens`,
+    /// Anthropic's `cache_read_input_tokens`.
+    pub cached_tokens: u64,
+    /// Of `prompt_tokens`, written to a cache: Anthropic's `cache_creation_input_tokens`.
+    pub cache_write_tokens: u64,
+    /// Of `completion_tokens`, reasoning: OpenAI's `completion_tokens_details.reasoning_tokens`.
+    pub reasoning_tokens: u64,
+}
+
+impl Usage {
+    /// The counts a price is applied to.
+    pub fn tokens(&self) -> shardgate_core::prices::Tokens {
+        shardgate_core::prices::Tokens {
+            prompt: self.prompt_tokens,
+            cached: self.cached_tokens,
+            cache_write: self.cache_write_tokens,
+            completion: self.completion_tokens,
+            reasoning: self.reasoning_tokens,
+        }
+    }
 }
 
 /// The counts seen so far. Each report overwrites what an earlier one said: OpenAI reports
@@ -34,6 +54,9 @@ struct Counts {
     cache_creation: Option<u64>,
     cache_read: Option<u64>,
     output: Option<u64>,
+    /// OpenAI's `prompt_tokens_details.cached_tokens` (part of `prompt_tokens`).
+    cached: Option<u64>,
+    reasoning: Option<u64>,
 }
 
 impl Counts {
@@ -41,6 +64,18 @@ impl Counts {
     fn read(&mut self, usage: Value<'_>) {
         for member in usage.members().into_iter().flatten() {
             let Ok((key, value)) = member else { break };
+            if key.is("prompt_tokens_details") || key.is("completion_tokens_details") {
+                for inner in value.members().into_iter().flatten() {
+                    let Ok((k, v)) = inner else { break };
+                    let Some(n) = v.as_u64() else { continue };
+                    if k.is("cached_tokens") {
+                        self.cached = Some(n);
+                    } else if k.is("reasoning_tokens") {
+                        self.reasoning = Some(n);
+                    }
+                }
+                continue;
+            }
             let Some(n) = value.as_u64() else { continue };
             if key.is("prompt_tokens") || key.is("input_tokens") {
                 self.input = Some(n);
@@ -59,6 +94,8 @@ impl Counts {
         self.cache_creation = newer.cache_creation.or(self.cache_creation);
         self.cache_read = newer.cache_read.or(self.cache_read);
         self.output = newer.output.or(self.output);
+        self.cached = newer.cached.or(self.cached);
+        self.reasoning = newer.reasoning.or(self.reasoning);
     }
 
     fn usage(&self) -> Option<Usage> {
@@ -71,6 +108,11 @@ impl Counts {
                 .saturating_add(n(self.cache_creation))
                 .saturating_add(n(self.cache_read)),
             completion_tokens: n(self.output),
+            // OpenAI's cached tokens, or Anthropic's cache reads (counted into prompt_tokens
+            // above): one or the other.
+            cached_tokens: n(self.cached).max(n(self.cache_read)),
+            cache_write_tokens: n(self.cache_creation),
+            reasoning_tokens: n(self.reasoning),
         })
     }
 }
@@ -317,6 +359,7 @@ mod tests {
         Some(Usage {
             prompt_tokens,
             completion_tokens,
+            ..Usage::default()
         })
     }
 
@@ -359,6 +402,36 @@ mod tests {
     const ANTHROPIC_MESSAGE: &str = r#"{"id":"msg_01XFDUDYJgAACzvnptvVoYEL","type":"message","role":"assistant","content":[{"type":"text","text":"Hello!"}],"model":"claude-sonnet-4-5-20250929","stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"cache_creation_input_tokens":100,"cache_read_input_tokens":2000,"output_tokens":6}}"#;
 
     #[test]
+    fn cached_cache_write_and_reasoning_tokens_are_read_for_prices() {
+        let openai = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":300,"total_tokens":1300,"prompt_tokens_details":{"cached_tokens":400,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":100}}}"#;
+        let u = scan(BodyKind::Json, openai, &[]).expect("usage");
+        let parts = |u: Usage| {
+            (
+                u.prompt_tokens,
+                u.cached_tokens,
+                u.cache_write_tokens,
+                u.completion_tokens,
+                u.reasoning_tokens,
+            )
+        };
+        assert_eq!(parts(u), (1000, 400, 0, 300, 100));
+        let anthropic = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":10,",
+            "\"cache_creation_input_tokens\":20,\"cache_read_input_tokens\":30,\"output_tokens\":1}}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n"
+        );
+        let u = scan(BodyKind::Sse, anthropic.as_bytes(), &[]).expect("usage");
+        assert_eq!(parts(u), (60, 30, 20, 7, 0));
+        // A details object of the wrong shape is ignored, not an error.
+        let odd = br#"{"usage":{"prompt_tokens":5,"completion_tokens":1,"prompt_tokens_details":null,"completion_tokens_details":{"reasoning_tokens":"many"}}}"#;
+        let u = scan(BodyKind::Json, odd, &[]).expect("usage");
+        assert_eq!(
+            (u.prompt_tokens, u.cached_tokens, u.reasoning_tokens),
+            (5, 0, 0)
+        );
+    }
+
+    #[test]
     fn json_bodies_openai_and_anthropic() {
         assert_eq!(
             scan(BodyKind::Json, OPENAI_CHAT.as_bytes(), &[]),
@@ -366,7 +439,11 @@ mod tests {
         );
         assert_eq!(
             scan(BodyKind::Json, ANTHROPIC_MESSAGE.as_bytes(), &[50, 51]),
-            usage(2112, 6)
+            Some(Usage {
+                cached_tokens: 2000,
+                cache_write_tokens: 100,
+                ..usage(2112, 6).expect("some")
+            })
         );
         let embeddings = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023064255,-0.009327292,-0.0028842222]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
         assert_eq!(
@@ -507,7 +584,13 @@ mod tests {
             "event: message_delta\n",
             "data: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"input_tokens\":5,\"cache_read_input_tokens\":1800,\"output_tokens\":90}}\n\n",
         );
-        assert_eq!(scan(BodyKind::Sse, stream.as_bytes(), &[]), usage(1805, 90));
+        assert_eq!(
+            scan(BodyKind::Sse, stream.as_bytes(), &[]),
+            Some(Usage {
+                cached_tokens: 1800,
+                ..usage(1805, 90).expect("some")
+            })
+        );
         // `message.usage` counts only in message_start.
         let other = "data: {\"type\":\"other\",\"message\":{\"usage\":{\"input_tokens\":5}}}\n\n";
         assert_eq!(scan(BodyKind::Sse, other.as_bytes(), &[]), None);
@@ -585,7 +668,7 @@ mod tests {
             let whole = scan(BodyKind::Json, body.as_bytes(), &[]);
             prop_assert_eq!(scan(BodyKind::Json, body.as_bytes(), &cuts), whole);
             if !usage_first || body.len() <= USAGE_SCAN_BYTES_MAX {
-                prop_assert_eq!(whole, Some(Usage { prompt_tokens: p.into(), completion_tokens: c.into() }));
+                prop_assert_eq!(whole, Some(Usage { prompt_tokens: p.into(), completion_tokens: c.into(), ..Usage::default() }));
             }
         }
 

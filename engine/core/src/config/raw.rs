@@ -18,6 +18,9 @@ pub(super) struct RawConfig {
     pub(super) models: Vec<crate::models::RawModel>,
     #[serde(default)]
     pub(super) templates: Vec<crate::template::RawTemplate>,
+    pub(super) pricing: Option<crate::prices::RawPricing>,
+    #[serde(default)]
+    pub(super) prices: Vec<crate::prices::RawPrice>,
 }
 
 #[derive(Debug, Deserialize)]

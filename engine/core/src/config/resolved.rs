@@ -225,6 +225,8 @@ pub struct Config {
     pub models: Vec<crate::models::ModelGroup>,
     /// Prompt templates filled from a request's `variables`.
     pub templates: Vec<crate::template::Template>,
+    /// What models cost (`[[prices]]` over the default table), for spend and USD budgets.
+    pub prices: std::sync::Arc<crate::prices::PriceTable>,
     /// Things that work but should change (a plain key in the file): printed by `--check`,
     /// at start and by `shardgate-ctl check`.
     pub warnings: Vec<String>,

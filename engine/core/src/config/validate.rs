@@ -224,7 +224,24 @@ impl Validator<'_> {
         let templates = crate::template::validate(raw.templates, |field, reason| {
             errors.push((field, reason));
         });
+        let prices =
+            crate::prices::PriceTable::build(raw.pricing.as_ref(), raw.prices, |field, reason| {
+                errors.push((field, reason));
+            });
         let mut warnings = Vec::new();
+        // A deployment's cost is its model's price, else its group's: one with neither is
+        // reported as unpriced (a metric and this warning), never counted as $0.
+        for (i, g) in models.iter().enumerate() {
+            for (j, d) in g.deployments.iter().enumerate() {
+                if prices.get(&d.model).is_none() && prices.get(&g.name).is_none() {
+                    warnings.push(format!(
+                        "models[{i}].deployments[{j}]: no price for {:?} or {:?}: its spend is \
+                         reported as unpriced (add a [[prices]] entry)",
+                        d.model, g.name
+                    ));
+                }
+            }
+        }
         // The tenant store's tenants are validated as `[[tenants]]` entries after the file's. A
         // file entry whose name the store has too is ignored with a warning: the store wins
         // (the file's `[[tenants]]` are the bootstrap; `shardgate-ctl tenants import` copies
@@ -326,6 +343,7 @@ impl Validator<'_> {
             tenants,
             models,
             templates,
+            prices: std::sync::Arc::new(prices),
             warnings: Vec::new(),
         }
     }

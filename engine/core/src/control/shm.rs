@@ -31,7 +31,7 @@ use crate::limits::{
 
 /// `SHRDGT` + layout version: a ctl of another version refuses the region instead of
 /// misreading it.
-pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x06");
+pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x07");
 /// Longest tuning-file path kept in the header, bytes.
 pub const TUNING_PATH_BYTES: usize = 256;
 
@@ -84,9 +84,9 @@ pub struct Fixed {
 #[repr(C)]
 #[derive(Debug)]
 pub struct TenantCells {
-    /// 0 free, 1 being claimed, 2 named.
+    /// 0 free, 1 being claimed, 2 named; once named, the name's length in the bits above the
+    /// low 8 (one word for both: the cells fit in [`TENANT_CELLS_BYTES_MAX`]).
     pub state: AtomicU64,
-    pub name_len: AtomicU64,
     pub name: [AtomicU64; STATS_NAME_BYTES / 8],
     /// GCRA theoretical arrival times of the request and token buckets (`shardgate_engine::limit`).
     pub rpm_tat: AtomicU64,
@@ -99,11 +99,18 @@ pub struct TenantCells {
     /// applied, for readers (the admin listener's remaining-budget gauge).
     pub budget_tokens: AtomicU64,
     pub budget_window_ms: AtomicU64,
+    /// The USD budget's window and microdollars spent in it (`shardgate_engine::limit::Budget`).
+    pub budget_usd: AtomicU64,
 }
 
 const TENANT_FREE: u64 = 0;
 const TENANT_CLAIMING: u64 = 1;
 const TENANT_NAMED: u64 = 2;
+/// Bits of [`TenantCells::state`] holding the state; the name's length is above them.
+const TENANT_STATE_BITS: u32 = 8;
+const TENANT_STATE_MASK: u64 = (1 << TENANT_STATE_BITS) - 1;
+/// Bytes a tenant's cells may take: two cache-line pairs' worth would double the table.
+pub const TENANT_CELLS_BYTES_MAX: usize = 128;
 /// Spins waiting for another shard to finish naming a slot it claimed (config time only).
 const TENANT_CLAIM_SPINS_MAX: u32 = 1_000_000;
 
@@ -144,6 +151,10 @@ pub struct StatsSlot {
     /// Tenants only: requests that waited in a fair queue, and the time they waited (µs).
     pub queued: AtomicU64,
     pub queue_wait_us: AtomicU64,
+    /// Tenants only: spend from the price table, nanodollars, and requests whose usage was
+    /// seen but whose model has no price (their spend is unknown, not $0).
+    pub spend_nusd: AtomicU64,
+    pub unpriced: AtomicU64,
 }
 
 /// What one shard reports about itself.
@@ -213,7 +224,7 @@ pub struct Region {
 const _: () = assert!(std::mem::align_of::<Fixed>() <= 4096);
 const _: () = assert!(std::mem::size_of::<Fixed>() % 4096 == 0);
 const _: () = assert!(std::mem::size_of::<ShardBlock>() % 4096 == 0);
-const _: () = assert!(std::mem::size_of::<TenantCells>() <= 128);
+const _: () = assert!(std::mem::size_of::<TenantCells>() <= TENANT_CELLS_BYTES_MAX);
 
 impl Region {
     /// Create the region of `instance` for `shards` shards, replacing a stale file left by an
@@ -385,9 +396,11 @@ impl Region {
             let cells = &table[slot].0;
             let mut spins = 0;
             loop {
-                match cells.state.load(Ordering::Acquire) {
+                let state = cells.state.load(Ordering::Acquire);
+                match state & TENANT_STATE_MASK {
                     TENANT_NAMED => {
-                        if text_eq(&cells.name, &cells.name_len, bytes) {
+                        let n = usize::try_from(state >> TENANT_STATE_BITS).unwrap_or(usize::MAX);
+                        if text_eq_n(&cells.name, n, bytes) {
                             return Some((slot, cells));
                         }
                         break;
@@ -403,8 +416,11 @@ impl Region {
                             )
                             .is_ok()
                         {
-                            store_text(&cells.name, &cells.name_len, bytes);
-                            cells.state.store(TENANT_NAMED, Ordering::Release);
+                            let n = store_words(&cells.name, bytes);
+                            cells.state.store(
+                                TENANT_NAMED | (n as u64) << TENANT_STATE_BITS,
+                                Ordering::Release,
+                            );
                             return Some((slot, cells));
                         }
                     }
@@ -426,8 +442,9 @@ impl Region {
     pub fn tenants(&self) -> impl Iterator<Item = (String, &TenantCells)> {
         self.fixed().tenants.iter().filter_map(|l| {
             let c = &l.0;
-            (c.state.load(Ordering::Acquire) == TENANT_NAMED)
-                .then(|| (load_text(&c.name, &c.name_len), c))
+            let state = c.state.load(Ordering::Acquire);
+            let n = usize::try_from(state >> TENANT_STATE_BITS).unwrap_or(0);
+            (state & TENANT_STATE_MASK == TENANT_NAMED).then(|| (load_text_n(&c.name, n), c))
         })
     }
 
@@ -513,20 +530,35 @@ fn set_private(file: &File) {
 
 /// Copy `bytes` (cut to the field) into `words` and their length into `len`.
 pub fn store_text(words: &[AtomicU64], len: &AtomicU64, bytes: &[u8]) {
+    let n = store_words(words, bytes);
+    len.store(n as u64, Ordering::Release);
+}
+
+/// Store `bytes` (cut to fit) in `words`; the length stored is the caller's to publish.
+fn store_words(words: &[AtomicU64], bytes: &[u8]) -> usize {
     let n = bytes.len().min(words.len() * 8);
     for (w, chunk) in words.iter().zip(bytes[..n].chunks(8)) {
         let mut b = [0u8; 8];
         b[..chunk.len()].copy_from_slice(chunk);
         w.store(u64::from_le_bytes(b), Ordering::Relaxed);
     }
-    len.store(n as u64, Ordering::Release);
+    n
 }
 
 /// Read text stored by [`store_text`] (lossy: a torn read shows as odd characters, never UB).
 /// Whether the text stored in `words` (`len` bytes) is `bytes`, compared word by word without
 /// copying it out (a probe of the tenant table compares a name per slot it passes).
+#[cfg(test)]
 fn text_eq(words: &[AtomicU64], len: &AtomicU64, bytes: &[u8]) -> bool {
-    let n = usize::try_from(len.load(Ordering::Acquire)).unwrap_or(usize::MAX);
+    text_eq_n(
+        words,
+        usize::try_from(len.load(Ordering::Acquire)).unwrap_or(usize::MAX),
+        bytes,
+    )
+}
+
+/// [`text_eq`] with the length already read.
+fn text_eq_n(words: &[AtomicU64], n: usize, bytes: &[u8]) -> bool {
     if n != bytes.len() || n > words.len() * 8 {
         return false;
     }
@@ -537,9 +569,15 @@ fn text_eq(words: &[AtomicU64], len: &AtomicU64, bytes: &[u8]) -> bool {
 }
 
 pub fn load_text(words: &[AtomicU64], len: &AtomicU64) -> String {
-    let n = usize::try_from(len.load(Ordering::Acquire))
-        .unwrap_or(0)
-        .min(words.len() * 8);
+    load_text_n(
+        words,
+        usize::try_from(len.load(Ordering::Acquire)).unwrap_or(0),
+    )
+}
+
+/// [`load_text`] with the length already read.
+fn load_text_n(words: &[AtomicU64], n: usize) -> String {
+    let n = n.min(words.len() * 8);
     let mut out = Vec::with_capacity(n);
     for w in words {
         out.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());

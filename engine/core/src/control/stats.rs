@@ -147,6 +147,16 @@ impl ShardStats {
         }
     }
 
+    /// Count what a tenant's request cost (nanodollars), or that its model has no price.
+    pub fn spend(&self, tenant_slot: StatSlot, cost_nusd: Option<u64>) {
+        if let Some(s) = self.block.slots.get(tenant_slot.0) {
+            match cost_nusd {
+                Some(n) => add(&s.spend_nusd, n),
+                None => add(&s.unpriced, 1),
+            }
+        }
+    }
+
     /// Count a wait in a fair queue.
     pub fn queued(&self, tenant_slot: StatSlot, waited: Duration) {
         if let Some(s) = self.block.slots.get(tenant_slot.0) {
@@ -244,6 +254,8 @@ pub struct SlotTotals {
     pub tokens_out: u64,
     pub queued: u64,
     pub queue_wait_us: u64,
+    pub spend_nusd: u64,
+    pub unpriced: u64,
 }
 
 impl SlotTotals {
@@ -266,6 +278,8 @@ impl SlotTotals {
         self.tokens_out += l(&s.tokens_out);
         self.queued += l(&s.queued);
         self.queue_wait_us += l(&s.queue_wait_us);
+        self.spend_nusd += l(&s.spend_nusd);
+        self.unpriced += l(&s.unpriced);
     }
 
     /// Errors: 5xx answers and requests that got no answer.
@@ -316,6 +330,8 @@ impl SlotTotals {
         d.tokens_out = d.tokens_out.saturating_sub(earlier.tokens_out);
         d.queued = d.queued.saturating_sub(earlier.queued);
         d.queue_wait_us = d.queue_wait_us.saturating_sub(earlier.queue_wait_us);
+        d.spend_nusd = d.spend_nusd.saturating_sub(earlier.spend_nusd);
+        d.unpriced = d.unpriced.saturating_sub(earlier.unpriced);
         d
     }
 }
