@@ -32,6 +32,40 @@ const SHARD_INBOX_MAX: usize = crate::limits::RING_SLOTS;
 pub struct Built {
     pub version: u64,
     pub result: Result<Arc<Config>, String>,
+    /// Which tenants it shares with the version built before it, so a shard that runs that
+    /// version keeps their state instead of finding it again by name (`None`: nothing built
+    /// before).
+    pub reuse: Option<Arc<Reuse>>,
+}
+
+/// Tenants of a version found in an earlier one, by name: what a shard carries over.
+#[derive(Debug)]
+pub struct Reuse {
+    /// The earlier version.
+    pub from: u64,
+    /// For each tenant of the new version, its index in the earlier one's, if it was there.
+    pub tenants: Vec<Option<u32>>,
+}
+
+impl Reuse {
+    /// Map `new`'s tenants to `old`'s (version `from`) by name: a hash map built here, on the
+    /// builder's thread, so a shard taking a change to one tenant touches no other by name.
+    pub fn between(from: u64, old: &Config, new: &Config) -> Reuse {
+        let index: std::collections::HashMap<&str, u32> = old
+            .tenants
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((t.name.as_str(), u32::try_from(i).ok()?)))
+            .collect();
+        Reuse {
+            from,
+            tenants: new
+                .tenants
+                .iter()
+                .map(|t| index.get(t.name.as_str()).copied())
+                .collect(),
+        }
+    }
 }
 
 struct Job {
@@ -110,9 +144,20 @@ fn run(jobs: &Receiver<Job>, running: &Config, overrides: &Overrides) {
             None => {
                 let result =
                     shardgate_core::control::build(&job.body, running, overrides).map(Arc::new);
+                // The newest good version built before this one: shards usually run it.
+                let before = recent
+                    .iter()
+                    .rev()
+                    .filter(|b| b.version < job.version)
+                    .find_map(|b| Some((b.version, b.result.as_ref().ok()?)));
+                let reuse = match (&result, before) {
+                    (Ok(new), Some((from, old))) => Some(Arc::new(Reuse::between(from, old, new))),
+                    _ => None,
+                };
                 let b = Built {
                     version: job.version,
                     result,
+                    reuse,
                 };
                 if recent.len() == BUILT_KEPT {
                     recent.pop_front();

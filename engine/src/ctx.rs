@@ -99,7 +99,7 @@ impl ShardCtx {
         let control = ShardControl::new(region, id, version);
         let pools = Pools::new();
         let cfg = Arc::new(cfg);
-        let snapshot = Snapshot::new(version, cfg, &pools, &control.stats, region, &kept);
+        let snapshot = Snapshot::new(version, cfg, &pools, &control.stats, region, &kept, None);
         Self {
             id,
             snapshot: RefCell::new(Rc::new(snapshot)),
@@ -153,13 +153,19 @@ impl ShardCtx {
             match built.result {
                 _ if built.version <= current => {}
                 Err(why) => self.control.refused(built.version, &why),
-                Ok(cfg) => newest = Some((built.version, cfg)),
+                Ok(cfg) => newest = Some((built.version, cfg, built.reuse)),
             }
         }
-        let Some((version, cfg)) = newest else {
+        let Some((version, cfg, reuse)) = newest else {
             return;
         };
         let started = crate::clock::Now::read();
+        let prev = self.snapshot();
+        // The tenants it shares with the version this shard runs keep their state as they are.
+        let carried = reuse
+            .as_deref()
+            .filter(|r| r.from == prev.version)
+            .map(|r| (&*prev, r.tenants.as_slice()));
         let next = Snapshot::new(
             version,
             cfg,
@@ -167,7 +173,9 @@ impl ShardCtx {
             &self.control.stats,
             self.control.region(),
             &self.kept,
+            carried,
         );
+        drop(prev);
         *self.snapshot.borrow_mut() = Rc::new(next);
         // Pools of endpoints no longer named by the new config are closed; requests of the old
         // snapshot still in flight drop their connections instead of pooling.

@@ -127,6 +127,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The snapshot of `cfg` on this shard. `carried`: the snapshot this shard runs and, for
+    /// each tenant of `cfg`, its index there if it had one (`crate::builder::Reuse`): those
+    /// tenants keep their shared cells, leases, counter slots, fair slots and connection
+    /// counts without a lookup by name, so taking a change costs the shard a copy per tenant
+    /// and a lookup only for the tenants that are new.
     pub fn new(
         version: u64,
         cfg: Arc<Config>,
@@ -134,6 +139,7 @@ impl Snapshot {
         stats: &ShardStats,
         region: &'static Region,
         kept: &Kept,
+        carried: Option<(&Snapshot, &[Option<u32>])>,
     ) -> Self {
         let mut endpoint_base = Vec::with_capacity(cfg.upstreams.len());
         let mut addrs = Vec::new();
@@ -165,18 +171,9 @@ impl Snapshot {
                 })
             })
             .collect();
-        // Each tenant's cells in the shared table: one probe, for its limits and its fair slot.
-        let tenant_slots: Vec<_> = cfg
-            .tenants
-            .iter()
-            .map(|t| region.tenant_slot(&t.name))
-            .collect();
+        let tenants = TenantParts::new(&cfg, stats, region, kept, carried);
         Self {
-            tenant_conns: cfg
-                .tenants
-                .iter()
-                .map(|t| kept.tenant_conns(&t.name))
-                .collect(),
+            tenant_conns: tenants.conns,
             tls_server: kept.tls_server(&cfg),
             tls_clients: cfg.upstreams.iter().map(|u| kept.tls_client(u)).collect(),
             version,
@@ -194,23 +191,9 @@ impl Snapshot {
                 .collect(),
             rr: cfg.upstreams.iter().map(|_| Cell::new(0)).collect(),
             tenants: cfg.key_table.clone(),
-            tenant_limits: cfg
-                .tenants
-                .iter()
-                .zip(&tenant_slots)
-                .map(|(t, slot)| {
-                    TenantLimits::new(t, slot.map(|(_, c)| c), kept.locals.get(&t.name))
-                })
-                .collect(),
-            tenant_stats: cfg
-                .tenants
-                .iter()
-                .map(|t| stats.tenant_slot(&t.name))
-                .collect(),
-            tenant_fair: tenant_slots
-                .iter()
-                .map(|slot| slot.map_or(FairSlot::NO_TENANT, |(i, _)| FairSlot::new(i)))
-                .collect(),
+            tenant_limits: tenants.limits,
+            tenant_stats: tenants.stats,
+            tenant_fair: tenants.fair,
             templates: Templates::new(cfg.templates.clone()),
             model_index: cfg
                 .models
@@ -453,6 +436,66 @@ impl Snapshot {
         for d in self.deployment_limits.iter().flatten().flatten() {
             d.return_stale(now_ns);
         }
+    }
+}
+
+/// A snapshot's per-tenant tables, built together.
+struct TenantParts {
+    limits: Vec<TenantLimits>,
+    stats: Vec<StatSlot>,
+    fair: Vec<FairSlot>,
+    conns: Vec<Rc<Cell<usize>>>,
+}
+
+impl TenantParts {
+    fn new(
+        cfg: &Config,
+        stats: &ShardStats,
+        region: &'static Region,
+        kept: &Kept,
+        carried: Option<(&Snapshot, &[Option<u32>])>,
+    ) -> Self {
+        let n = cfg.tenants.len();
+        let mut out = TenantParts {
+            limits: Vec::with_capacity(n),
+            stats: Vec::with_capacity(n),
+            fair: Vec::with_capacity(n),
+            conns: Vec::with_capacity(n),
+        };
+        for (i, t) in cfg.tenants.iter().enumerate() {
+            let before = carried.and_then(|(prev, map)| {
+                let j = usize::try_from(map.get(i).copied().flatten()?).ok()?;
+                // The map was made for `prev`'s config: the same name at that index, else
+                // (a map of another config) no carrying over.
+                (prev.cfg.tenants.get(j)?.name == t.name).then_some((prev, j))
+            });
+            match before {
+                Some((prev, j)) => {
+                    let old = &prev.tenant_limits[j];
+                    // Its settings may have changed: the limiters are made again (no lookup),
+                    // on the same shared cells and leases.
+                    out.limits
+                        .push(TenantLimits::new(t, old.cells, old.local.clone()));
+                    out.stats.push(prev.tenant_stats[j]);
+                    out.fair.push(prev.tenant_fair[j]);
+                    out.conns.push(prev.tenant_conns[j].clone());
+                }
+                None => {
+                    // Its cells in the shared table: one probe, for its limits and fair slot.
+                    let slot = region.tenant_slot(&t.name);
+                    out.limits.push(TenantLimits::new(
+                        t,
+                        slot.map(|(_, c)| c),
+                        kept.locals.get(&t.name),
+                    ));
+                    out.stats.push(stats.tenant_slot(&t.name));
+                    out.fair
+                        .push(slot.map_or(FairSlot::NO_TENANT, |(i, _)| FairSlot::new(i)));
+                    out.conns.push(kept.tenant_conns(&t.name));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -743,5 +786,90 @@ impl Balancers {
         let g = Rc::new(Group::new(&policy, &specs, 0).ok()?);
         map.insert(m.name.clone(), (fingerprint, g.clone()));
         Some(g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::Reuse;
+
+    fn config(tenants: &[(&str, u64)]) -> Arc<Config> {
+        let mut text = String::from(
+            "[server]\n[[upstreams]]\nname = \"m\"\nprovider = \"mock\"\n\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"m\"\n",
+        );
+        for (i, (name, rpm)) in tenants.iter().enumerate() {
+            text.push_str(&format!(
+                "[[tenants]]\nname = \"{name}\"\nkeys = [\"sha256:{:064x}\"]\nrpm = {rpm}\n",
+                i + 1
+            ));
+        }
+        Arc::new(Config::from_toml(&text).expect("valid"))
+    }
+
+    /// Everything a tenant's state is: its shared cells, leases, counter slot, fair slot and
+    /// connection count, by identity.
+    fn parts(s: &Snapshot, name: &str) -> (usize, usize, usize, usize, *const Cell<usize>) {
+        let i = s
+            .cfg
+            .tenants
+            .iter()
+            .position(|t| t.name == name)
+            .expect("tenant");
+        let l = &s.tenant_limits[i];
+        (
+            l.cells.map_or(0, |c| c as *const _ as usize),
+            Rc::as_ptr(&l.local) as usize,
+            s.tenant_stats[i].index(),
+            s.tenant_fair[i].index(),
+            Rc::as_ptr(&s.tenant_conns[i]),
+        )
+    }
+
+    #[test]
+    fn a_change_carries_each_tenants_state_over_as_a_lookup_by_name_would() {
+        let region: &'static Region =
+            Box::leak(Box::new(Region::anonymous(1).expect("an anonymous region")));
+        let stats = ShardStats::new(region.shard(0));
+        let kept = Kept::new(
+            Arc::new(rustls::RootCertStore::empty()),
+            0,
+            Fabric::silent(1),
+        );
+        let pools = Pools::new();
+        let one = config(&[("a", 10), ("b", 20), ("c", 30)]);
+        let s1 = Snapshot::new(1, one.clone(), &pools, &stats, region, &kept, None);
+        // b removed, d added, a's rpm changed, the order shifted.
+        let two = config(&[("d", 40), ("a", 11), ("c", 30)]);
+        let reuse = Reuse::between(1, &one, &two);
+        assert_eq!(reuse.tenants, [None, Some(0), Some(2)]);
+        let carried = Snapshot::new(
+            2,
+            two.clone(),
+            &pools,
+            &stats,
+            region,
+            &kept,
+            Some((&s1, &reuse.tenants)),
+        );
+        let looked_up = Snapshot::new(2, two, &pools, &stats, region, &kept, None);
+        for name in ["a", "c", "d"] {
+            assert_eq!(parts(&carried, name), parts(&looked_up, name), "{name}");
+        }
+        assert_eq!(parts(&carried, "a"), parts(&s1, "a"));
+        // The new settings are in force on the carried state.
+        let a = carried
+            .cfg
+            .tenants
+            .iter()
+            .position(|t| t.name == "a")
+            .expect("a");
+        assert_eq!(carried.tenant_limits[a].rpm.map(|g| g.limit()), Some(11));
+        // A map made for another config carries nothing over by mistake.
+        let wrong = [Some(1), Some(1), Some(1)];
+        let other = config(&[("x", 1), ("y", 1), ("z", 1)]);
+        let fresh = Snapshot::new(3, other, &pools, &stats, region, &kept, Some((&s1, &wrong)));
+        assert_ne!(parts(&fresh, "y"), parts(&s1, "b"));
     }
 }
