@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shardgate_tests::{
-    assert_error, chat_with_key, run_ctl, sha256_hex, Client, Gateway, Response, TempDir,
+    assert_error, chat_with_key, ctl_status, run_ctl, sha256_hex, wait_until, Client, Gateway,
+    Response, TempDir,
 };
 
 const CTL_WAIT: Duration = Duration::from_secs(20);
@@ -128,6 +129,19 @@ fn calls_at_once(gw: &Gateway, key: &str, model: &str) -> Vec<(u16, String)> {
         .collect()
 }
 
+/// Requests each shard has answered (`shardgate-ctl status --json`).
+fn shard_requests(gw: &Gateway) -> Vec<u64> {
+    let s = ctl_status(gw.instance());
+    s["shards"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| x["requests"].as_u64().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The audit log's lines as (actor, action, target).
 fn audit(d: &Path) -> Vec<(String, String, String)> {
     let text = std::fs::read_to_string(d.join("audit.jsonl")).expect("audit log");
@@ -237,8 +251,19 @@ fn a_tenant_asks_ctl_approves_or_denies_and_every_shard_follows() {
     // Approved: the model is served on every shard when ctl returns.
     let said = ctl(&gw, &["access", "approve", &id, "--rpm", "200000"]);
     assert!(said.contains(&format!("approved {id}")), "{said}");
+    let before = shard_requests(&gw);
     let got = calls_at_once(&gw, &key, "gpt-4o");
     assert!(got.iter().all(|(s, _)| *s == 200), "{got:?}");
+    // Both shards took some of those calls (and answered every one 200).
+    let both = wait_until(Duration::from_secs(5), || {
+        let after = shard_requests(&gw);
+        after.len() == 2 && after.iter().zip(&before).all(|(a, b)| a > b)
+    });
+    assert!(
+        both,
+        "not both shards served: {before:?} -> {:?}",
+        shard_requests(&gw)
+    );
     // Still not the other tenant's.
     assert_eq!(chat_with_key(gw.addr(), &other, "gpt-4o").0, 403);
     let seen = mine(&gw, &key);
