@@ -12,12 +12,15 @@
 //! - [`tenants`]: `tenants ...` and `keys ...`: a change to the tenant store written
 //!   atomically, audited, and pushed to every shard (the store's rules are
 //!   `shardgate_core::store`, I/O-free).
+//! - [`access`]: `access ...`: tenants' access requests listed, approved and denied (changes
+//!   made as `tenants` makes them).
 //! - [`top`]: live per-upstream and per-route rates (pure over two counter reads).
 //! - [`table`]: column-aligned tables and number formats.
 //!
 //! Exit statuses: 0 success; 1 the instance is not running, or the apply was refused, timed out
 //! or lost its engine; 2 the config file is unreadable or invalid, or the command line is wrong.
 
+mod access;
 mod apply;
 mod check;
 mod diff;
@@ -116,6 +119,16 @@ enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Decide on tenants' requests for models (`POST /v1/access-requests`): an approval grants
+    /// the model on every shard when the command returns.
+    Access {
+        #[command(subcommand)]
+        op: access::AccessOp,
+        /// How long to wait for every shard to run the change, ms.
+        #[arg(long, global = true, default_value_t = APPLY_WAIT_MS_MAX,
+              value_parser = clap::value_parser!(u64).range(1..=TIMEOUT_MS_MAX))]
+        timeout_ms: u64,
     },
     /// Show requests per second, errors, status classes, latency and bytes per upstream and
     /// route, refreshed every interval.
@@ -429,6 +442,9 @@ fn main() -> ExitCode {
         ),
         Command::Tenants { op, timeout_ms } => tenant_op(instance, op, timeout_ms),
         Command::Keys { op, timeout_ms } => key_op(instance, op, timeout_ms),
+        Command::Access { op, timeout_ms } => {
+            access::run(instance, op, Duration::from_millis(timeout_ms))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -486,6 +502,19 @@ mod tests {
         assert_eq!((interval_ms, iterations), (250, Some(3)));
 
         assert!(Cli::try_parse_from(["shardgate-ctl", "--instance", "../x", "status"]).is_err());
+        // A denial needs its reason; an approval's limits are optional.
+        assert!(Cli::try_parse_from(["shardgate-ctl", "access", "deny", "req_1"]).is_err());
+        let cli =
+            Cli::try_parse_from(["shardgate-ctl", "access", "approve", "req_1", "--rpm", "5"])
+                .expect("parses");
+        let Command::Access {
+            op: access::AccessOp::Approve { id, rpm, tpm },
+            ..
+        } = cli.command
+        else {
+            panic!("not access approve")
+        };
+        assert_eq!((id.as_str(), rpm, tpm), ("req_1", Some(5), None));
         assert!(Cli::try_parse_from(["shardgate-ctl", "top", "--iterations", "0"]).is_err());
     }
 }

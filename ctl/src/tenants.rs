@@ -17,11 +17,7 @@ pub type Op<'a> = manage::Op<'a, String>;
 /// Make `op` on `instance`'s tenant store and push it to every shard.
 pub fn change(instance: &str, timeout: Duration, op: Op<'_>) -> Result<(), Failure> {
     let region = crate::open_running(instance)?;
-    let actor = format!(
-        "ctl:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-    );
-    let done = manage::change(&region, instance, &actor, timeout, op).map_err(refused)?;
+    let done = manage::change(&region, instance, &actor(), timeout, op).map_err(refused)?;
     println!(
         "tenant store version {}; config version {} runs on {} shards ({} ms)",
         done.store_version, done.config_version, done.shards, done.ms
@@ -31,7 +27,15 @@ pub fn change(instance: &str, timeout: Duration, op: Op<'_>) -> Result<(), Failu
     Ok(())
 }
 
-fn refused(r: manage::Refused) -> Failure {
+/// Who makes ctl's changes, for the audit log: `ctl:` and the user.
+pub fn actor() -> String {
+    format!(
+        "ctl:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
+
+pub(crate) fn refused(r: manage::Refused) -> Failure {
     Failure::failed(r.message)
 }
 

@@ -1,6 +1,6 @@
-//! The admin API: tenants and keys of the tenant store over HTTP on the admin listener
-//! (`/admin/v1/tenants`, `/admin/v1/keys`), JSON in and out, described in `docs/admin-api.md`
-//! and `docs/admin-api.openapi.yaml`.
+//! The admin API: tenants, keys and access requests of the tenant store over HTTP on the admin
+//! listener (`/admin/v1/tenants`, `/admin/v1/keys`, `/admin/v1/access-requests`), JSON in and
+//! out, described in `docs/admin-api.md` and `docs/admin-api.openapi.yaml`.
 //!
 //! Every request presents an admin token (`Authorization: Bearer TOKEN`, whose SHA-256 is one of
 //! `[server] admin_tokens` in the running config); without one: 401. A change goes through
@@ -18,7 +18,7 @@ use crate::control::shm::Region;
 use crate::control::{publish, unix_ms};
 use crate::limits::APPLY_WAIT_MS_MAX;
 use crate::manage::{self, Refused};
-use crate::store::{ErrorKind, Settings, Store, StoredKey, StoredTenant};
+use crate::store::{AccessStatus, ErrorKind, Settings, Store, StoredKey, StoredTenant};
 use crate::tenant::{hash_key, key_alias};
 
 /// Largest request body the admin API reads, bytes.
@@ -246,13 +246,89 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
                 200,
             )
         }
-        (_, ["tenants"] | ["tenants", _] | ["keys"] | ["keys", _] | ["keys", _, "rotate"]) => {
-            error(
-                405,
-                "method not allowed on this admin endpoint (docs/admin-api.md)",
-                "method_not_allowed",
+        ("GET", ["access-requests"]) => {
+            let status = match query_value(req.query, "status") {
+                None => None,
+                Some(s) => match AccessStatus::parse(&s) {
+                    Some(st) => Some(st),
+                    None => {
+                        return error(
+                            400,
+                            &format!("status {s:?}: one of pending, approved, denied"),
+                            "invalid_request",
+                        )
+                    }
+                },
+            };
+            let tenant = query_value(req.query, "tenant");
+            match manage::store_of(&running) {
+                Ok(store) => {
+                    let data: Vec<Value> = store
+                        .access_requests
+                        .iter()
+                        .filter(|(_, r)| status.is_none_or(|s| s == r.status))
+                        .filter(|(_, r)| tenant.as_deref().is_none_or(|t| t == r.tenant))
+                        .map(|(id, r)| crate::access::request_json(id, r, true))
+                        .collect();
+                    (200, json!({"object": "list", "data": data}))
+                }
+                Err(r) => refused(&r),
+            }
+        }
+        ("GET", ["access-requests", id]) => match manage::store_of(&running) {
+            Ok(store) => match store.access_requests.get(*id) {
+                Some(r) => (200, crate::access::request_json(id, r, true)),
+                None => error(
+                    404,
+                    &format!("no access request {id} in the tenant store"),
+                    "not_found",
+                ),
+            },
+            Err(r) => refused(&r),
+        },
+        ("POST", ["access-requests", id, "approve"]) => {
+            let body: ApproveBody = match parse_or_empty(req.body) {
+                Ok(b) => b,
+                Err(e) => return e,
+            };
+            let (id, who) = ((*id).to_owned(), actor.clone());
+            run(
+                Box::new(move |store, _, now| {
+                    let c = store.approve_access(&id, body.rpm, body.tpm, &who, now)?;
+                    Ok((c, decided_json(store, &id)))
+                }),
+                200,
             )
         }
+        ("POST", ["access-requests", id, "deny"]) => {
+            let body: DenyBody = match parse(req.body) {
+                Ok(b) => b,
+                Err(e) => return e,
+            };
+            let (id, who) = ((*id).to_owned(), actor.clone());
+            run(
+                Box::new(move |store, _, now| {
+                    let c = store.deny_access(&id, &body.reason, &who, now)?;
+                    Ok((c, decided_json(store, &id)))
+                }),
+                200,
+            )
+        }
+        (
+            _,
+            ["tenants"]
+            | ["tenants", _]
+            | ["keys"]
+            | ["keys", _]
+            | ["keys", _, "rotate"]
+            | ["access-requests"]
+            | ["access-requests", _]
+            | ["access-requests", _, "approve" | "deny"],
+        ) => error(
+            405,
+            "method not allowed on this admin endpoint (docs/admin-api.md)",
+            "method_not_allowed",
+        ),
         _ => error(
             404,
             "no such admin endpoint; see docs/admin-api.md",
@@ -279,7 +355,9 @@ fn error(status: u16, message: &str, code: &str) -> (u16, Value) {
     )
 }
 
-fn refused(r: &Refused) -> (u16, Value) {
+/// A refused change or read as an answer: the store's refusals 404, 409, 400; the instance's
+/// 503. (The data port's access requests answer the same.)
+pub(crate) fn refused(r: &Refused) -> (u16, Value) {
     match r.kind {
         Some(ErrorKind::NotFound) => error(404, &r.message, "not_found"),
         Some(ErrorKind::Exists) => error(409, &r.message, "already_exists"),
@@ -344,6 +422,29 @@ struct NewKeyBody {
     name: Option<String>,
     /// e.g. "90d".
     expires_in: Option<String>,
+}
+
+/// `POST /admin/v1/access-requests/{id}/approve`: the tenant's new limits, if any.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    rpm: Option<i64>,
+    tpm: Option<i64>,
+}
+
+/// `POST /admin/v1/access-requests/{id}/deny`: why (the tenant sees it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyBody {
+    reason: String,
+}
+
+/// Request `id` as decided just now.
+fn decided_json(store: &Store, id: &str) -> Value {
+    store
+        .access_requests
+        .get(id)
+        .map_or(Value::Null, |r| crate::access::request_json(id, r, true))
 }
 
 #[derive(Debug, Deserialize)]

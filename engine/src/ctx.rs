@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::access::Desk;
 use crate::accesslog::ShardLog;
 use std::sync::Arc;
 
@@ -60,6 +61,8 @@ pub struct ShardCtx {
     pub control: ShardControl,
     /// The engine's config builder, and where its results for this shard arrive.
     builder: Builder,
+    /// The access-request thread (`POST /v1/access-requests` is filed there, not here).
+    pub access: Desk,
     inbox: Inbox,
     /// Config messages read from the ring and not yet handed to the builder (its queue was
     /// full).
@@ -108,6 +111,7 @@ impl ShardCtx {
             drain: DrainSignal::new(),
             control,
             builder,
+            access: Desk::closed(),
             inbox: Inbox::default(),
             unsent: RefCell::new(Vec::new()),
             submitted: Cell::new(0),
@@ -122,6 +126,13 @@ impl ShardCtx {
             refused_log: LogLimit::default(),
             accept_error_log: LogLimit::default(),
         }
+    }
+
+    /// The context with `access` as its access-request thread (without one, a tenant's access
+    /// request is answered 503).
+    pub fn with_access(mut self, access: Desk) -> Self {
+        self.access = access;
+        self
     }
 
     /// The config new requests use. Cheap: a reference-count increment.

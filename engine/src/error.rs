@@ -75,6 +75,11 @@ pub enum Error {
     NoDeployment,
     /// A prompt template could not be filled (a variable missing, `variables` malformed).
     Template(crate::template::TemplateError),
+    /// `/v1/access-requests` on a gateway without a tenant store: it takes no access requests.
+    AccessRequestsOff,
+    /// The access-request thread could not take or answer the request (its queue full, no
+    /// answer in time, the thread gone); the reason is static text.
+    AccessRequestsBusy(&'static str),
 }
 
 /// Which tenant limit refused a request.
@@ -116,6 +121,8 @@ impl Error {
             Error::ModelNotFound => 404,
             Error::Template(_) => 400,
             Error::NoDeployment => 503,
+            Error::AccessRequestsOff => 404,
+            Error::AccessRequestsBusy(_) => 503,
         }
     }
 
@@ -151,6 +158,8 @@ impl Error {
                 "missing_variable"
             }
             Error::Template(_) => "invalid_template_request",
+            Error::AccessRequestsOff => "access_requests_unavailable",
+            Error::AccessRequestsBusy(_) => "access_requests_busy",
         }
     }
 
@@ -165,7 +174,9 @@ impl Error {
             | Error::ShuttingDown
             | Error::Overloaded
             | Error::ModelNotFound
-            | Error::NoDeployment => Side::Internal,
+            | Error::NoDeployment
+            | Error::AccessRequestsOff
+            | Error::AccessRequestsBusy(_) => Side::Internal,
             _ => Side::Client,
         }
     }
@@ -211,7 +222,12 @@ impl Error {
         match self.side() {
             Side::Client => "invalid_request_error",
             Side::Upstream => "upstream_error",
-            Side::Internal if matches!(self, Error::NoRoute | Error::ModelNotFound) => {
+            Side::Internal
+                if matches!(
+                    self,
+                    Error::NoRoute | Error::ModelNotFound | Error::AccessRequestsOff
+                ) =>
+            {
                 "invalid_request_error"
             }
             Side::Internal => "server_error",
@@ -226,7 +242,8 @@ impl Error {
             | Error::BadChunk(m)
             | Error::UpstreamBadResponse(m)
             | Error::UpstreamTls(m)
-            | Error::BadBody(m) => m,
+            | Error::BadBody(m)
+            | Error::AccessRequestsBusy(m) => m,
             Error::NoRoute => "no route or model serves this path",
             Error::MethodNotAllowed => "this method is not supported by the gateway",
             Error::HeaderTimeout => "the request head was not received in time",
@@ -242,8 +259,9 @@ impl Error {
             Error::Overloaded => "the gateway is overloaded; retry shortly",
             Error::Unauthorized => "missing or unknown API key",
             Error::ModelNotAllowed => {
-                "this key's tenant is not approved for the requested model; ask the gateway's \
-                 operators for access (GET /v1/models lists the models it may use)"
+                "this key's tenant is not approved for the requested model; request access with \
+                 POST /v1/access-requests and a JSON body naming the model and a reason (GET \
+                 /v1/access-requests shows your requests, GET /v1/models the models you may use)"
             }
             Error::TenantSuspended => {
                 "this key's tenant is suspended; ask the gateway's operators to resume it"
@@ -261,6 +279,10 @@ impl Error {
             Error::Template(t) => t.message(),
             Error::RateLimited(Limit::Queue) => {
                 "the upstream is at capacity and this key's queue is full or waited too long"
+            }
+            Error::AccessRequestsOff => {
+                "this gateway takes no access requests (it has no tenant store); ask its \
+                 operators for access"
             }
         }
     }
@@ -429,6 +451,8 @@ mod tests {
         Error::BadBody("x"),
         Error::ModelNotFound,
         Error::NoDeployment,
+        Error::AccessRequestsOff,
+        Error::AccessRequestsBusy("x"),
     ];
 
     #[test]

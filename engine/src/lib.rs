@@ -54,7 +54,10 @@
 //!
 //! Observability:
 //! - [`admin`]: `/metrics` and `/health/*` on a blocking std thread of its own, off the shards;
-//!   [`admin_api`]: the admin API there (`/admin/v1/tenants`, `/admin/v1/keys`, admin tokens).
+//!   [`admin_api`]: the admin API there (`/admin/v1/tenants`, `/admin/v1/keys`,
+//!   `/admin/v1/access-requests`, admin tokens).
+//! - [`access`]: the tenants' access requests of the data port (`/v1/access-requests`), filed
+//!   and listed by a std thread of their own (the store is never touched by a shard).
 //! - [`builder`]: the config builder thread: each new config version validated once, off the
 //!   shards, and handed to each shard to build its own part.
 //! - [`accesslog`]: per-shard batches of fixed-size records, written as JSON lines by a thread.
@@ -98,6 +101,7 @@ pub use shardgate_core::{
 #[macro_use]
 extern crate shardgate_core;
 
+pub mod access;
 pub mod accesslog;
 pub mod admin;
 pub mod admin_api;

@@ -305,6 +305,9 @@ fn run(
     // New configs are validated once, off the shards, by the builder thread.
     let builder = shardgate_engine::builder::Builder::spawn(config.clone(), overrides.clone())
         .map_err(|e| format!("cannot start the config builder thread: {e}"))?;
+    // Tenants' access requests are filed in the store by a thread of their own, off the shards.
+    let access = shardgate_engine::access::Desk::spawn(region, instance.clone())
+        .map_err(|e| format!("cannot start the access-request thread: {e}"))?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(shards);
     let (fabric, bells) = shardgate_engine::fair::Fabric::new(shards)
@@ -322,6 +325,7 @@ fn run(
                 .map(|l| l.shard_log(&region.shard(id).info.0.access_log_dropped))
                 .transpose()?,
             builder: builder.clone(),
+            access: access.clone(),
             listen,
             listen_plain,
             driver,

@@ -94,6 +94,8 @@ pub struct ShardStart {
     /// Command-line settings every later config gets too.
     /// The engine's config builder (new configs are validated there, not on the shard).
     pub builder: crate::builder::Builder,
+    /// The access-request thread (tenants' `POST /v1/access-requests` are filed there).
+    pub access: crate::access::Desk,
     pub listen: SocketAddr,
     /// A plain listener beside a TLS `listen`.
     pub listen_plain: Option<SocketAddr>,
@@ -128,15 +130,18 @@ pub fn run(start: ShardStart, ready: mpsc::Sender<Ready>) {
                 }
             }
         }
-        let ctx = Rc::new(ShardCtx::new(
-            id,
-            start.version,
-            start.cfg,
-            start.region,
-            start.builder,
-            start.access_log,
-            Kept::new(start.roots, id, start.fabric),
-        ));
+        let ctx = Rc::new(
+            ShardCtx::new(
+                id,
+                start.version,
+                start.cfg,
+                start.region,
+                start.builder,
+                start.access_log,
+                Kept::new(start.roots, id, start.fabric),
+            )
+            .with_access(start.access),
+        );
         let info = ctx.info();
         stats::set(&info.core, start.core.map_or(u64::MAX, |c| c as u64));
         stats::set(&info.driver, stats::driver_code(kind));

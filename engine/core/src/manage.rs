@@ -10,6 +10,10 @@
 //!    leaves the old or the new store), append the audit line;
 //! 4. validate the running config again (it reads the new store) and push it as a new version;
 //!    return once every shard runs it. After a revoke returns, no shard admits the key.
+//!
+//! The ring's writer lock is held by a process (its pid), so two threads of one process (the
+//! engine's admin thread and its access-request thread) would both pass it: within a process,
+//! changes are serialised by [`IN_PROCESS`] first.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -23,6 +27,15 @@ use crate::store::{Change, ErrorKind, Store, StoreError, KEY_RANDOM_BYTES};
 
 /// How long a change waits for another ctl's change or apply to release the writer lock.
 pub const LOCK_WAIT_MS_MAX: u64 = 10_000;
+
+/// One change at a time within a process, before the ring's writer lock (which a process holds
+/// by its pid, so it does not keep the threads of one process apart). Only blocking threads
+/// take it: ctl, the engine's admin and access-request threads; never a shard.
+#[allow(
+    clippy::disallowed_types,
+    reason = "taken by the admin and access-request threads and ctl, never by a shard"
+)]
+static IN_PROCESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A change to the store, given the running config and `now`: what it did (for the audit log)
 /// and what to tell whoever asked.
@@ -65,6 +78,11 @@ pub fn change<T>(
     timeout: Duration,
     op: Op<'_, T>,
 ) -> Result<Changed<T>, Refused> {
+    // A thread that panicked while holding it left nothing half-done that the next change
+    // relies on (the store is written atomically): a poisoned lock is taken all the same.
+    let _one_at_a_time = IN_PROCESS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (_, text, running) = publish::running_text(region).map_err(failed)?;
     let path = store_path(&running)?;
     let guard = lock(region, instance)?;

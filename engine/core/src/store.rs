@@ -34,6 +34,15 @@ pub const KEY_PREFIX: &str = "sk-sg-";
 pub const KEY_SHOWN_CHARS: usize = 10;
 /// Longest tenant or key label, bytes.
 pub const LABEL_BYTES_MAX: usize = 64;
+/// Longest reason given with an access request or with its denial, bytes.
+pub const ACCESS_REASON_BYTES_MAX: usize = 1024;
+/// Access requests one tenant may have pending at once.
+pub const ACCESS_PENDING_PER_TENANT_MAX: usize = 16;
+/// Access requests the store keeps, pending and decided. A new one past it makes room by
+/// dropping the oldest decided one (the audit log keeps every decision).
+pub const ACCESS_REQUESTS_MAX: usize = 16_384;
+/// What every access request's id starts with (then 12 hex digits).
+pub const ACCESS_ID_PREFIX: &str = "req_";
 
 /// The whole store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +56,10 @@ pub struct Store {
     /// By key id.
     #[serde(default)]
     pub keys: BTreeMap<String, StoredKey>,
+    /// Tenants' requests for models (`POST /v1/access-requests`), by request id. Left out of the
+    /// file while there are none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub access_requests: BTreeMap<String, AccessRequest>,
 }
 
 impl Default for Store {
@@ -56,6 +69,7 @@ impl Default for Store {
             version: 0,
             tenants: BTreeMap::new(),
             keys: BTreeMap::new(),
+            access_requests: BTreeMap::new(),
         }
     }
 }
@@ -162,6 +176,65 @@ impl KeyState {
     }
 }
 
+/// Where an access request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessStatus {
+    /// Waiting for an operator.
+    Pending,
+    /// Granted: the model was added to the tenant's models.
+    Approved,
+    /// Refused, with a reason.
+    Denied,
+}
+
+impl AccessStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessStatus::Pending => "pending",
+            AccessStatus::Approved => "approved",
+            AccessStatus::Denied => "denied",
+        }
+    }
+
+    /// The status named `s` (`pending`, `approved`, `denied`).
+    pub fn parse(s: &str) -> Option<AccessStatus> {
+        [
+            AccessStatus::Pending,
+            AccessStatus::Approved,
+            AccessStatus::Denied,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+}
+
+/// A tenant's request to use a model, and the operator's decision on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRequest {
+    pub tenant: String,
+    pub model: String,
+    /// Why the tenant wants it (may be empty).
+    #[serde(default)]
+    pub reason: String,
+    pub status: AccessStatus,
+    pub created_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_unix_ms: Option<u64>,
+    /// Who decided: the audit log's actor (`ctl:USER`, `admin:TOKEN_ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny_reason: Option<String>,
+    /// The requests per minute the approval set on the tenant (limits are per tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<i64>,
+    /// The tokens per minute the approval set on the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<i64>,
+}
+
 /// What a change did, for the audit log: the target and its value before and after (keys
 /// only as their stored form, never the key).
 #[derive(Debug, Clone, PartialEq)]
@@ -263,6 +336,20 @@ impl Store {
                 return err(format!(
                     "key {id}: its tenant {:?} is not in the store",
                     k.tenant
+                ));
+            }
+        }
+        if s.access_requests.len() > ACCESS_REQUESTS_MAX {
+            return err(format!(
+                "{} access requests; at most {ACCESS_REQUESTS_MAX}",
+                s.access_requests.len()
+            ));
+        }
+        for (id, r) in &s.access_requests {
+            if !s.tenants.contains_key(&r.tenant) {
+                return err(format!(
+                    "access request {id}: its tenant {:?} is not in the store",
+                    r.tenant
                 ));
             }
         }
@@ -470,6 +557,7 @@ impl Store {
             .remove(name)
             .ok_or_else(|| unknown_tenant(name))?;
         self.keys.retain(|_, k| k.tenant != name);
+        self.access_requests.retain(|_, r| r.tenant != name);
         self.bump();
         Ok(Change {
             action: "tenants.remove",
@@ -580,6 +668,195 @@ impl Store {
         })
     }
 
+    /// Tenant `tenant` asks for `model`, saying `reason`: a pending request, whose id is the
+    /// change's `target`. Refused for a tenant not in the store (`NotFound`), a model it may
+    /// use already, a bad model name or reason, too many pending requests (`Invalid`), and
+    /// the same request pending already (`Exists`).
+    pub fn request_access(
+        &mut self,
+        tenant: &str,
+        model: &str,
+        reason: &str,
+        now_unix_ms: u64,
+    ) -> Result<Change, StoreError> {
+        let t = self
+            .tenants
+            .get(tenant)
+            .ok_or_else(|| unknown_tenant(tenant))?;
+        check_model(model)?;
+        check_reason("reason", reason)?;
+        let allowed = match &t.settings.models {
+            None => true,
+            Some(list) => list.iter().any(|m| m == model || m == "*"),
+        };
+        if allowed {
+            return err(format!(
+                "tenant {tenant:?} may use model {model:?} already: no request is needed"
+            ));
+        }
+        let mut pending = 0;
+        for (id, r) in &self.access_requests {
+            if r.tenant != tenant || r.status != AccessStatus::Pending {
+                continue;
+            }
+            if r.model == model {
+                return Err(StoreError {
+                    kind: ErrorKind::Exists,
+                    message: format!("access request {id} for model {model:?} is pending already"),
+                });
+            }
+            pending += 1;
+        }
+        if pending >= ACCESS_PENDING_PER_TENANT_MAX {
+            return err(format!(
+                "tenant {tenant:?} has {pending} access requests pending (at most \
+                 {ACCESS_PENDING_PER_TENANT_MAX}); wait for the operators to decide on them"
+            ));
+        }
+        if self.access_requests.len() >= ACCESS_REQUESTS_MAX {
+            let oldest_decided = self
+                .access_requests
+                .iter()
+                .filter(|(_, r)| r.status != AccessStatus::Pending)
+                .min_by_key(|(_, r)| r.decided_unix_ms)
+                .map(|(id, _)| id.clone());
+            match oldest_decided {
+                Some(id) => {
+                    self.access_requests.remove(&id);
+                }
+                None => {
+                    return err(format!(
+                        "the store holds {ACCESS_REQUESTS_MAX} pending access requests; the \
+                         operators must decide on some first"
+                    ))
+                }
+            }
+        }
+        // The id is the store's version after this change: versions only grow, so ids are
+        // never reused.
+        let id = format!("{ACCESS_ID_PREFIX}{:012x}", self.version.saturating_add(1));
+        if self.access_requests.contains_key(&id) {
+            return err("the store's version gave an access request id that exists already");
+        }
+        let r = AccessRequest {
+            tenant: tenant.to_owned(),
+            model: model.to_owned(),
+            reason: reason.to_owned(),
+            status: AccessStatus::Pending,
+            created_unix_ms: now_unix_ms,
+            decided_unix_ms: None,
+            decided_by: None,
+            deny_reason: None,
+            rpm: None,
+            tpm: None,
+        };
+        let new = value(&r);
+        self.access_requests.insert(id.clone(), r);
+        self.bump();
+        Ok(Change {
+            action: "access.request",
+            target: id,
+            old: None,
+            new,
+        })
+    }
+
+    /// Approve pending request `id` as `actor`: its model is added to the tenant's models at
+    /// once (nothing to add when the tenant may use every model), and `rpm`/`tpm`, when given,
+    /// become the tenant's (limits are per tenant, not per model).
+    pub fn approve_access(
+        &mut self,
+        id: &str,
+        rpm: Option<i64>,
+        tpm: Option<i64>,
+        actor: &str,
+        now_unix_ms: u64,
+    ) -> Result<Change, StoreError> {
+        let r = self.pending_request(id)?.clone();
+        let t = self
+            .tenants
+            .get(&r.tenant)
+            .ok_or_else(|| unknown_tenant(&r.tenant))?;
+        let mut settings = t.settings.patched(&Settings {
+            rpm,
+            tpm,
+            ..Settings::default()
+        });
+        if let Some(list) = &mut settings.models {
+            if !list.iter().any(|m| *m == r.model || m == "*") {
+                list.push(r.model.clone());
+            }
+        }
+        check_settings(&r.tenant, &settings)?;
+        let old = serde_json::json!({"request": value(&r), "tenant": value(t)});
+        let t = self.tenant_mut(&r.tenant)?;
+        t.settings = settings;
+        let tenant_now = value(&*t);
+        let req = self
+            .access_requests
+            .get_mut(id)
+            .ok_or_else(|| unknown_request(id))?;
+        req.status = AccessStatus::Approved;
+        req.decided_unix_ms = Some(now_unix_ms);
+        req.decided_by = Some(actor.to_owned());
+        req.rpm = rpm;
+        req.tpm = tpm;
+        let new = serde_json::json!({"request": value(&*req), "tenant": tenant_now});
+        self.bump();
+        Ok(Change {
+            action: "access.approve",
+            target: id.to_owned(),
+            old: Some(old),
+            new: Some(new),
+        })
+    }
+
+    /// Deny pending request `id` as `actor`, saying why (`reason`, required).
+    pub fn deny_access(
+        &mut self,
+        id: &str,
+        reason: &str,
+        actor: &str,
+        now_unix_ms: u64,
+    ) -> Result<Change, StoreError> {
+        if reason.trim().is_empty() {
+            return err("a denial needs a reason, which the tenant sees");
+        }
+        check_reason("deny reason", reason)?;
+        let old = value(self.pending_request(id)?);
+        let req = self
+            .access_requests
+            .get_mut(id)
+            .ok_or_else(|| unknown_request(id))?;
+        req.status = AccessStatus::Denied;
+        req.decided_unix_ms = Some(now_unix_ms);
+        req.decided_by = Some(actor.to_owned());
+        req.deny_reason = Some(reason.to_owned());
+        let new = value(&*req);
+        self.bump();
+        Ok(Change {
+            action: "access.deny",
+            target: id.to_owned(),
+            old,
+            new,
+        })
+    }
+
+    /// Request `id`, if it is still pending.
+    fn pending_request(&self, id: &str) -> Result<&AccessRequest, StoreError> {
+        let r = self
+            .access_requests
+            .get(id)
+            .ok_or_else(|| unknown_request(id))?;
+        if r.status != AccessStatus::Pending {
+            return err(format!(
+                "access request {id} was {} already; only a pending request can be decided",
+                r.status.as_str()
+            ));
+        }
+        Ok(r)
+    }
+
     fn tenant_mut(&mut self, name: &str) -> Result<&mut StoredTenant, StoreError> {
         self.tenants
             .get_mut(name)
@@ -599,6 +876,63 @@ fn unknown_key(id: &str) -> StoreError {
         kind: ErrorKind::NotFound,
         message: format!("no key {id} in the tenant store"),
     }
+}
+
+fn unknown_request(id: &str) -> StoreError {
+    StoreError {
+        kind: ErrorKind::NotFound,
+        message: format!("no access request {id} in the tenant store"),
+    }
+}
+
+/// The refusal of an access request from `tenant`, a tenant of the config file's
+/// `[[tenants]]` that is not in the store: only the store's tenants file requests.
+pub fn config_only_tenant(tenant: &str) -> StoreError {
+    StoreError {
+        kind: ErrorKind::Invalid,
+        message: format!(
+            "tenant {tenant:?} is defined in the gateway's config file ([[tenants]]), not in its \
+             tenant store, so it cannot file access requests; the operators can import it with \
+             `shardgate-ctl tenants import`"
+        ),
+    }
+}
+
+/// A model an access request may name: 1 to `MODEL_BYTES_MAX` printable ASCII characters
+/// without quotes or backslashes, and not `*` (which would grant every model).
+fn check_model(model: &str) -> Result<(), StoreError> {
+    let max = crate::limits::MODEL_BYTES_MAX;
+    if model == "*" {
+        return err("\"*\" (every model) cannot be requested; ask for the models one by one");
+    }
+    let ok = !model.is_empty()
+        && model.len() <= max
+        && model
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    if ok {
+        Ok(())
+    } else {
+        err(format!(
+            "model {model:?}: must be 1 to {max} printable ASCII characters without spaces, \
+             quotes or backslashes"
+        ))
+    }
+}
+
+/// A reason (an access request's or a denial's): at most `ACCESS_REASON_BYTES_MAX` bytes, no
+/// control characters (it is shown in one line of `shardgate-ctl access list`).
+fn check_reason(what: &str, reason: &str) -> Result<(), StoreError> {
+    if reason.len() > ACCESS_REASON_BYTES_MAX {
+        return err(format!(
+            "{what}: {} bytes; at most {ACCESS_REASON_BYTES_MAX}",
+            reason.len()
+        ));
+    }
+    if reason.chars().any(char::is_control) {
+        return err(format!("{what}: no control characters (line breaks, tabs)"));
+    }
+    Ok(())
 }
 
 fn ms(d: Duration) -> u64 {
@@ -846,6 +1180,244 @@ mod tests {
         s.remove_tenant("a").expect("ok");
         assert!(s.keys.is_empty() && s.tenants.is_empty());
         assert_eq!(s.version, v + 1);
+    }
+
+    /// A store whose tenant `a` may use `demo` only.
+    fn store_for_access() -> Store {
+        let mut s = Store::default();
+        let only_demo = Settings {
+            models: Some(vec!["demo".into()]),
+            ..Settings::default()
+        };
+        s.add_tenant("a", only_demo.clone(), &[], T0).expect("ok");
+        s.add_tenant("b", only_demo, &[], T0).expect("ok");
+        s
+    }
+
+    #[test]
+    fn an_access_request_is_pending_with_a_fresh_id() {
+        let mut s = store_for_access();
+        let v = s.version;
+        let c = s
+            .request_access("a", "gpt-4o", "evals for Q3", T0)
+            .expect("ok");
+        assert_eq!(c.action, "access.request");
+        assert!(c.target.starts_with(ACCESS_ID_PREFIX), "{}", c.target);
+        assert_eq!(c.target.len(), ACCESS_ID_PREFIX.len() + 12);
+        assert_eq!(s.version, v + 1);
+        let r = &s.access_requests[&c.target];
+        assert_eq!(
+            (r.tenant.as_str(), r.model.as_str(), r.reason.as_str()),
+            ("a", "gpt-4o", "evals for Q3")
+        );
+        assert_eq!((r.status, r.created_unix_ms), (AccessStatus::Pending, T0));
+        assert_eq!(c.new, value(r));
+        // Another model, another tenant: other ids, never one reused.
+        let c2 = s.request_access("a", "gpt-4o-mini", "", T0).expect("ok");
+        let c3 = s.request_access("b", "gpt-4o", "", T0).expect("ok");
+        assert!(c2.target != c.target && c3.target != c2.target && c3.target != c.target);
+        // The store reads back with its requests; a store without any writes none.
+        let back = Store::from_json(&s.to_json()).expect("reads");
+        assert_eq!(back, s);
+        let empty = String::from_utf8(store_with("x").to_json()).expect("utf-8");
+        assert!(!empty.contains("access_requests"), "{empty}");
+    }
+
+    #[test]
+    fn access_requests_are_refused_with_a_reason_and_change_nothing() {
+        let mut s = store_for_access();
+        s.add_tenant("all", Settings::default(), &[], T0)
+            .expect("ok");
+        let pending = s.request_access("a", "gpt-4o", "", T0).expect("ok");
+        let before = s.clone();
+        let kind = |r: Result<Change, StoreError>| r.expect_err("refused").kind;
+        // Unknown tenant.
+        assert_eq!(
+            kind(s.request_access("nobody", "gpt-4o", "", T0)),
+            ErrorKind::NotFound
+        );
+        // A model it may use already (its own list, or every model).
+        let e = s.request_access("a", "demo", "", T0).expect_err("refused");
+        assert_eq!(e.kind, ErrorKind::Invalid);
+        assert!(e.message.contains("already"), "{e}");
+        assert_eq!(
+            kind(s.request_access("all", "gpt-4o", "", T0)),
+            ErrorKind::Invalid
+        );
+        // The same request pending already.
+        let e = s
+            .request_access("a", "gpt-4o", "again", T0)
+            .expect_err("refused");
+        assert_eq!(e.kind, ErrorKind::Exists);
+        assert!(e.message.contains(&pending.target), "{e}");
+        // Bad model names and reasons.
+        let long_model = "m".repeat(crate::limits::MODEL_BYTES_MAX + 1);
+        let long_reason = "r".repeat(ACCESS_REASON_BYTES_MAX + 1);
+        for (model, reason) in [
+            ("", ""),
+            ("*", ""),
+            ("gpt 4o", ""),
+            ("gpt\"4o", ""),
+            (long_model.as_str(), ""),
+            ("gpt-5", long_reason.as_str()),
+            ("gpt-5", "two\nlines"),
+        ] {
+            assert_eq!(
+                kind(s.request_access("a", model, reason, T0)),
+                ErrorKind::Invalid,
+                "{model:?} {reason:?}"
+            );
+        }
+        assert_eq!(s, before, "a refused request changed the store");
+        // At most ACCESS_PENDING_PER_TENANT_MAX pending per tenant; other tenants unaffected.
+        for i in 1..ACCESS_PENDING_PER_TENANT_MAX {
+            s.request_access("a", &format!("m-{i}"), "", T0)
+                .expect("ok");
+        }
+        let e = s
+            .request_access("a", "one-more", "", T0)
+            .expect_err("refused");
+        assert_eq!(e.kind, ErrorKind::Invalid);
+        assert!(e.message.contains("pending"), "{e}");
+        s.request_access("b", "one-more", "", T0).expect("ok");
+        // A tenant of the config file only is told how to import it.
+        let e = config_only_tenant("boot");
+        assert!(e.message.contains("shardgate-ctl tenants import"), "{e}");
+    }
+
+    #[test]
+    fn approval_grants_the_model_and_sets_the_tenants_limits() {
+        let mut s = store_for_access();
+        let id = s.request_access("a", "gpt-4o", "", T0).expect("ok").target;
+        let c = s
+            .approve_access(&id, Some(120), Some(50_000), "ctl:ops", T0 + 5)
+            .expect("ok");
+        assert_eq!(
+            (c.action, c.target.as_str()),
+            ("access.approve", id.as_str())
+        );
+        let t = &s.tenants["a"].settings;
+        assert_eq!(
+            t.models.as_deref(),
+            Some(&["demo".to_owned(), "gpt-4o".to_owned()][..])
+        );
+        assert_eq!((t.rpm, t.tpm), (Some(120), Some(50_000)));
+        let r = &s.access_requests[&id];
+        assert_eq!(r.status, AccessStatus::Approved);
+        assert_eq!(r.decided_unix_ms, Some(T0 + 5));
+        assert_eq!(r.decided_by.as_deref(), Some("ctl:ops"));
+        assert_eq!((r.rpm, r.tpm), (Some(120), Some(50_000)));
+        // The audit sees the tenant's models before and after.
+        let old = c.old.expect("old");
+        let new = c.new.expect("new");
+        assert_eq!(old["tenant"]["models"], serde_json::json!(["demo"]));
+        assert_eq!(
+            new["tenant"]["models"],
+            serde_json::json!(["demo", "gpt-4o"])
+        );
+        assert_eq!(new["request"]["status"], "approved");
+        // The granted model is the tenant's now: it validates into a tenant that allows it.
+        let (raws, extra): (Vec<_>, Vec<_>) = s
+            .raw_tenants()
+            .into_iter()
+            .map(|(r, e, x)| (r, (e, x)))
+            .unzip();
+        let mut cfgs = tenant::validate(raws, |_| String::new(), |_, _| panic!(), |_| {});
+        finish(&mut cfgs, &extra);
+        assert!(cfgs[0].models.allows("gpt-4o") && !cfgs[1].models.allows("gpt-4o"));
+        // Without limits the tenant's stay; a request asked again after approval is refused
+        // (the model is allowed now).
+        let id2 = s.request_access("a", "o3", "", T0).expect("ok").target;
+        s.approve_access(&id2, None, None, "ctl:ops", T0)
+            .expect("ok");
+        assert_eq!(s.tenants["a"].settings.rpm, Some(120));
+        assert!(s.request_access("a", "o3", "", T0).is_err());
+    }
+
+    #[test]
+    fn only_a_pending_request_is_decided_and_a_denial_needs_a_reason() {
+        let mut s = store_for_access();
+        let id = s.request_access("a", "gpt-4o", "", T0).expect("ok").target;
+        let before = s.clone();
+        assert_eq!(
+            s.deny_access(&id, "  ", "ctl:ops", T0)
+                .expect_err("no reason")
+                .kind,
+            ErrorKind::Invalid
+        );
+        assert_eq!(
+            s.approve_access("req_000000000000", None, None, "x", T0)
+                .expect_err("unknown")
+                .kind,
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            s.deny_access("req_000000000000", "no", "x", T0)
+                .expect_err("unknown")
+                .kind,
+            ErrorKind::NotFound
+        );
+        // Limits that validation refuses: nothing granted.
+        assert_eq!(
+            s.approve_access(&id, Some(0), None, "x", T0)
+                .expect_err("rpm 0")
+                .kind,
+            ErrorKind::Invalid
+        );
+        assert_eq!(s, before);
+        let c = s
+            .deny_access(&id, "use gpt-4o-mini", "admin:0123abcd", T0 + 1)
+            .expect("ok");
+        assert_eq!(c.action, "access.deny");
+        let r = &s.access_requests[&id];
+        assert_eq!(r.status, AccessStatus::Denied);
+        assert_eq!(r.deny_reason.as_deref(), Some("use gpt-4o-mini"));
+        assert_eq!(r.decided_by.as_deref(), Some("admin:0123abcd"));
+        assert_eq!(
+            s.tenants["a"].settings.models.as_deref(),
+            Some(&["demo".to_owned()][..])
+        );
+        // Decided: neither approved nor denied again.
+        for r in [
+            s.approve_access(&id, None, None, "x", T0),
+            s.deny_access(&id, "again", "x", T0),
+        ] {
+            let e = r.expect_err("decided");
+            assert_eq!(e.kind, ErrorKind::Invalid);
+            assert!(e.message.contains("denied already"), "{e}");
+        }
+        // A denied model may be asked for again.
+        s.request_access("a", "gpt-4o", "please", T0).expect("ok");
+    }
+
+    #[test]
+    fn removing_a_tenant_removes_its_requests_and_a_full_store_drops_the_oldest_decided() {
+        let mut s = store_for_access();
+        s.request_access("a", "gpt-4o", "", T0).expect("ok");
+        let kept = s.request_access("b", "gpt-4o", "", T0).expect("ok").target;
+        s.remove_tenant("a").expect("ok");
+        assert_eq!(s.access_requests.keys().collect::<Vec<_>>(), [&kept]);
+        // An orphan request is refused on reading.
+        let orphan = br#"{"format":1,"version":1,"access_requests":{"req_1":{"tenant":"x","model":"m","status":"pending","created_unix_ms":0}}}"#;
+        assert!(Store::from_json(orphan)
+            .expect_err("refused")
+            .contains("not in the store"));
+        // Full: the oldest decided request makes room.
+        let mut s = store_for_access();
+        let first = s.request_access("b", "gpt-4o", "", T0).expect("ok").target;
+        s.deny_access(&first, "no", "x", T0).expect("ok");
+        for i in 1..ACCESS_REQUESTS_MAX {
+            let r = AccessRequest {
+                status: AccessStatus::Approved,
+                decided_unix_ms: Some(T0 + 1),
+                ..s.access_requests[&first].clone()
+            };
+            s.access_requests.insert(format!("req_x{i}"), r);
+        }
+        let c = s.request_access("a", "gpt-4o", "", T0).expect("room made");
+        assert_eq!(s.access_requests.len(), ACCESS_REQUESTS_MAX);
+        assert!(!s.access_requests.contains_key(&first));
+        assert!(s.access_requests.contains_key(&c.target));
     }
 
     /// The validated `[[tenants]]` of a config with `tenants` (TOML) and a mock route.

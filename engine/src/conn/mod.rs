@@ -30,6 +30,7 @@ use crate::snapshot::{GroupId, Snapshot, StatSlot, TenantId};
 use crate::stream::Io;
 use crate::tenant::KeyMemo;
 
+mod access_requests;
 mod call;
 mod forward;
 mod hedge;
@@ -582,6 +583,10 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
         Action::Mock(endpoint) => serve_mock(ctx, c, head, endpoint, wbuf).await,
         Action::ProxyLlm { target } => proxy_llm(ctx, c, head, target, wbuf).await,
         Action::Models => answer_models(ctx, c, &head, wbuf).await,
+        Action::AccessRequests { file } => {
+            // Boxed: a rare path, kept out of every connection's future.
+            Box::pin(access_requests::serve(ctx, c, head, file, wbuf)).await
+        }
         Action::Proxy { target } => proxy(ctx, c, head, target, wbuf).await,
     }
 }

@@ -1,8 +1,10 @@
 //! The request head, decided: what a complete head asks for (health, the mock model, a
-//! route, an LLM call, `/v1/models`) and the upstream head for a plain proxied request.
+//! route, an LLM call, `/v1/models`, a tenant's access requests) and the upstream head for a
+//! plain proxied request.
 
 use std::net::IpAddr;
 
+use crate::access::ACCESS_REQUESTS_PATH;
 use crate::config::{Auth, Provider};
 use crate::error::{Error, Shape};
 use crate::http::request::{self, Credentials, Method, RequestHead};
@@ -31,6 +33,11 @@ pub enum Action {
     },
     /// `GET /v1/models` with `[[models]]`: the groups the caller may use, answered here.
     Models,
+    /// A tenant's `/v1/access-requests`: `file` a request for a model (`POST`), or list its
+    /// requests (`GET`); handed to the access thread (`crate::access`).
+    AccessRequests {
+        file: bool,
+    },
     Refuse(Error),
 }
 
@@ -46,7 +53,7 @@ impl Action {
     /// body is read, at its token estimate ([`super::call::Call`]).
     pub fn admits_at_head(&self) -> bool {
         match self {
-            Action::Proxy { .. } | Action::Models => true,
+            Action::Proxy { .. } | Action::Models | Action::AccessRequests { .. } => true,
             Action::Mock(m) => !m.takes_body(),
             Action::ProxyLlm { .. } | Action::Health { .. } | Action::Refuse(_) => false,
         }
@@ -131,6 +138,16 @@ pub fn decide(
             }
         }
     };
+    // A tenant's access requests are answered here whatever the routes say (without tenant
+    // keys there are no tenants to ask, and the path is routed as any other).
+    if let (Some(t), ACCESS_REQUESTS_PATH) = (tenant, plain_path) {
+        let action = match head.method {
+            Method::Post => Action::AccessRequests { file: true },
+            Method::Get => Action::AccessRequests { file: false },
+            Method::Head | Method::Other => Action::Refuse(Error::MethodNotAllowed),
+        };
+        return Ok(Some(decided(action, None, Some(t))));
+    }
     // Model groups route LLM calls by their body; templates need the body too.
     let models_on = !snap.cfg.models.is_empty();
     let read_llm_body = models_on || !snap.cfg.templates.is_empty();
@@ -215,6 +232,7 @@ mod tests {
             (Action::Refuse(Error::NoRoute), false, false),
             (Action::Proxy { target }, true, true),
             (Action::Models, true, true),
+            (Action::AccessRequests { file: true }, true, true),
             (Action::Mock(MockEndpoint::Models), true, true),
             (Action::Mock(MockEndpoint::ChatCompletions), true, false),
             (Action::ProxyLlm { target: None }, true, false),
