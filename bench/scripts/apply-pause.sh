@@ -8,8 +8,9 @@
 # during the run, evenly spaced (MODE=store: `shardgate-ctl keys create` of a store tenant;
 # MODE=apply: `shardgate-ctl apply` of the same file with one tenant's rpm changed). A run with
 # no change comes first, for the tail without changes. Reported per run: wrk's p99, p99.9 and
-# max latency, and the shards' pauses (`paused_us` of each "config applied" log line: decode,
-# validate and build of the new config on the shard).
+# max latency, and the shards' pauses (`paused_us` of each "config applied" log line: the
+# shard's own part of taking the new config, wall time) and the CPU time the shard's thread
+# spent in them (`paused_cpu_us`: the rest of a pause is time the kernel gave other threads).
 #
 # Usage: bench/scripts/apply-pause.sh [OUT_DIR]
 # Environment: TENANTS ["100 1000 4000"]  CHANGES [3]  DURATION [12]  CORES [2]  MODE [store]
@@ -91,8 +92,9 @@ run() { # label, tenants, changes
     p99=$(awk '$1 == "99%" { print $2 }' "$OUT/$label.wrk")
     tail=$(grep -o 'tail_us: .*' "$OUT/$label.wrk" || true)
     pauses=$(grep -o 'paused_us=[0-9]*' "$OUT/$label.engine.log" | cut -d= -f2 | sort -n | tr '\n' ' ')
-    printf '%-12s tenants %-6s changes %s  p99 %-9s %s  shard pauses (us): %s\n' \
-        "$label" "$n" "$changes" "$p99" "$tail" "${pauses:-none}" | tee -a "$OUT/summary.txt"
+    cpu=$(grep -o 'paused_cpu_us=[0-9]*' "$OUT/$label.engine.log" | cut -d= -f2 | sort -n | tr '\n' ' ')
+    printf '%-12s tenants %-6s changes %s  p99 %-9s %s  shard pauses (us): %s  their CPU (us): %s\n' \
+        "$label" "$n" "$changes" "$p99" "$tail" "${pauses:-none}" "${cpu:-none}" | tee -a "$OUT/summary.txt"
 }
 
 for n in $TENANTS; do

@@ -84,6 +84,17 @@ impl TenantLimits {
         }
     }
 
+    /// Whether tenants `a` and `b` make the same limits (the settings [`TenantLimits::new`]
+    /// reads, and the name its cells and leases are found by): a snapshot may then keep `a`'s.
+    pub fn same_inputs(a: &TenantConfig, b: &TenantConfig) -> bool {
+        a.name == b.name
+            && a.rpm == b.rpm
+            && a.tpm == b.tpm
+            && a.max_concurrency == b.max_concurrency
+            && a.budget == b.budget
+            && a.budget_usd == b.budget_usd
+    }
+
     /// Requests- and tokens-per-minute limits alone (a model deployment's quota).
     pub fn rates(
         rpm: Option<u64>,

@@ -45,6 +45,10 @@ pub struct Reuse {
     pub from: u64,
     /// For each tenant of the new version, its index in the earlier one's, if it was there.
     pub tenants: Vec<Option<u32>>,
+    /// The tenants are the earlier version's, in the same order, with the same limits (a key
+    /// made, rotated or revoked; a change elsewhere in the config): a shard keeps its tenant
+    /// tables whole.
+    pub same: bool,
 }
 
 impl Reuse {
@@ -57,6 +61,12 @@ impl Reuse {
             .enumerate()
             .filter_map(|(i, t)| Some((t.name.as_str(), u32::try_from(i).ok()?)))
             .collect();
+        let same = old.tenants.len() == new.tenants.len()
+            && old
+                .tenants
+                .iter()
+                .zip(&new.tenants)
+                .all(|(a, b)| crate::admit::TenantLimits::same_inputs(a, b));
         Reuse {
             from,
             tenants: new
@@ -64,6 +74,7 @@ impl Reuse {
                 .iter()
                 .map(|t| index.get(t.name.as_str()).copied())
                 .collect(),
+            same,
         }
     }
 }
@@ -111,12 +122,13 @@ impl Inbox {
 
 impl Builder {
     /// Start the builder thread. `running`: the config the engine started with (what only a
-    /// restart changes is checked against it); `overrides`: the command line's.
-    pub fn spawn(running: Config, overrides: Overrides) -> std::io::Result<Builder> {
+    /// restart changes is checked against it), which the shards run as `version`;
+    /// `overrides`: the command line's.
+    pub fn spawn(running: Config, version: u64, overrides: Overrides) -> std::io::Result<Builder> {
         let (jobs, rx) = channel::bounded::<Job>(BUILDER_QUEUE_MAX);
         std::thread::Builder::new()
             .name("config-builder".into())
-            .spawn(move || run(&rx, &running, &overrides))?;
+            .spawn(move || run(&rx, running, version, &overrides))?;
         Ok(Builder { jobs })
     }
 
@@ -134,10 +146,18 @@ impl Builder {
     }
 }
 
-fn run(jobs: &Receiver<Job>, running: &Config, overrides: &Overrides) {
+fn run(jobs: &Receiver<Job>, running: Config, version: u64, overrides: &Overrides) {
     // The last few versions built: every shard submits each version, usually close together.
+    // The config the shards started with is the first, so the first change maps its tenants.
     let mut recent: std::collections::VecDeque<Built> =
         std::collections::VecDeque::with_capacity(BUILT_KEPT);
+    let running = Arc::new(running);
+    recent.push_back(Built {
+        version,
+        result: Ok(running.clone()),
+        reuse: None,
+    });
+    let running = &*running;
     while let Ok(job) = jobs.recv() {
         let built = match recent.iter().find(|b| b.version == job.version) {
             Some(b) => b.clone(),
@@ -194,7 +214,7 @@ mod tests {
     #[test]
     fn each_shard_gets_each_version_in_order_refusals_included() {
         let running = Config::embedded_default();
-        let b = Builder::spawn(running.clone(), Overrides::default()).expect("thread");
+        let b = Builder::spawn(running.clone(), 1, Overrides::default()).expect("thread");
         let good = message::encode(EMBEDDED_DEFAULT, &running).expect("encode");
         let restart = EMBEDDED_DEFAULT.replace("[server]", "[server]\ninstance = \"other\"");
         let restart = message::encode(&restart, &running).expect("encode");
@@ -222,12 +242,16 @@ mod tests {
     #[test]
     fn one_build_serves_every_shard() {
         let running = Config::embedded_default();
-        let b = Builder::spawn(running.clone(), Overrides::default()).expect("thread");
+        let b = Builder::spawn(running.clone(), 1, Overrides::default()).expect("thread");
         let good = message::encode(EMBEDDED_DEFAULT, &running).expect("encode");
         let (one, two) = (Inbox::default(), Inbox::default());
         b.submit(2, good.clone(), &one).expect("queued");
         b.submit(2, good, &two).expect("queued");
         let (x, y) = (results(&one, 1), results(&two, 1));
+        // The first change maps its tenants to the config the shards started with (version 1).
+        let reuse = x[0].reuse.as_ref().expect("a map to the running config");
+        assert_eq!((reuse.from, reuse.tenants.as_slice()), (1, &[Some(0)][..]));
+        assert!(reuse.same, "the same tenants with the same limits");
         let (x, y) = (
             x[0].result.as_ref().expect("valid"),
             y[0].result.as_ref().expect("valid"),

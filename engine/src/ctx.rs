@@ -171,12 +171,13 @@ impl ShardCtx {
             return;
         };
         let started = crate::clock::Now::read();
+        let started_cpu = thread_cpu_ns();
         let prev = self.snapshot();
         // The tenants it shares with the version this shard runs keep their state as they are.
         let carried = reuse
             .as_deref()
             .filter(|r| r.from == prev.version)
-            .map(|r| (&*prev, r.tenants.as_slice()));
+            .map(|r| (&*prev, r));
         let next = Snapshot::new(
             version,
             cfg,
@@ -192,9 +193,17 @@ impl ShardCtx {
         // snapshot still in flight drop their connections instead of pooling.
         self.pools.retain_assigned();
         self.control.applied(version);
-        // How long this shard stopped serving to take the config (its own part).
+        // How long this shard stopped serving to take the config (its own part): wall time,
+        // and the thread's CPU time (the difference is time the kernel gave other threads).
         let paused_us = started.until(crate::clock::Now::read()).as_micros();
-        tracing::info!(shard = self.id, version, paused_us, "config applied");
+        let paused_cpu_us = thread_cpu_ns().saturating_sub(started_cpu) / 1_000;
+        tracing::info!(
+            shard = self.id,
+            version,
+            paused_us,
+            paused_cpu_us,
+            "config applied"
+        );
     }
 
     /// Hand the unsent messages to the builder, oldest first (what its full queue does not
@@ -397,6 +406,15 @@ impl Drop for InflightGuard<'_> {
     }
 }
 
+/// CPU time of the calling thread, ns (a vDSO read; only on a config change).
+fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    u64::try_from(t.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,7 +425,7 @@ mod tests {
         let roots = std::sync::Arc::new(rustls::RootCertStore::empty());
         let kept = Kept::new(roots, 0, crate::fair::Fabric::silent(1));
         let cfg = Config::embedded_default();
-        let builder = Builder::spawn(cfg.clone(), crate::config::Overrides::default())
+        let builder = Builder::spawn(cfg.clone(), 1, crate::config::Overrides::default())
             .expect("the builder thread");
         ShardCtx::new(0, 1, cfg, region, builder, None, kept)
     }

@@ -303,8 +303,12 @@ fn run(
     }
 
     // New configs are validated once, off the shards, by the builder thread.
-    let builder = shardgate_engine::builder::Builder::spawn(config.clone(), overrides.clone())
-        .map_err(|e| format!("cannot start the config builder thread: {e}"))?;
+    let builder = shardgate_engine::builder::Builder::spawn(
+        config.clone(),
+        BOOTSTRAP_VERSION,
+        overrides.clone(),
+    )
+    .map_err(|e| format!("cannot start the config builder thread: {e}"))?;
     // Tenants' access requests are filed in the store by a thread of their own, off the shards.
     let access = shardgate_engine::access::Desk::spawn(region, instance.clone())
         .map_err(|e| format!("cannot start the access-request thread: {e}"))?;

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use crate::admit::{Admitted, Locals, TenantLimits};
 use crate::balance::{DeploymentSpec, Group, Policy};
+use crate::builder::Reuse;
 use crate::config::{Config, Endpoint, TlsFiles, UpstreamConfig};
 use crate::control::shm::Region;
 use crate::control::stats::ShardStats;
@@ -95,12 +96,10 @@ pub struct Snapshot {
     rr: Vec<Cell<usize>>,
     /// Key hash → tenant index.
     tenants: Arc<Tenants>,
-    /// Per tenant: its limits (the cells shared by every shard, this shard's leases), and
-    /// its counter slot.
-    tenant_limits: Vec<TenantLimits>,
-    tenant_stats: Vec<StatSlot>,
-    /// Per tenant: its finish-tag cell in the fair queues (its slot in the region's table).
-    tenant_fair: Vec<FairSlot>,
+    /// Per tenant: its limits (the cells shared by every shard, this shard's leases), its
+    /// counter slot, its finish-tag cell in the fair queues and its open connections on this
+    /// shard; shared with the previous snapshot when a change left the tenants as they were.
+    tenant_parts: Rc<TenantParts>,
     /// Per upstream: its cap on requests in flight and this shard's fair queue in front of it.
     upstream_caps: Vec<UpstreamCap>,
     /// Model name → group, and each group's balancer state on this shard (kept across
@@ -117,8 +116,6 @@ pub struct Snapshot {
     group_price: Vec<Option<Price>>,
     /// Prompt templates, by name, model alias and route.
     pub templates: Templates,
-    /// Per tenant: its open connections on this shard (kept across configs by name).
-    tenant_conns: Vec<Rc<Cell<usize>>>,
     /// The certificates `listen` serves (`[[server.tls]]`); `None` without TLS.
     pub tls_server: Option<Arc<rustls::ServerConfig>>,
     /// Per upstream with `https://` endpoints: its TLS client config (its trust store, and
@@ -139,7 +136,7 @@ impl Snapshot {
         stats: &ShardStats,
         region: &'static Region,
         kept: &Kept,
-        carried: Option<(&Snapshot, &[Option<u32>])>,
+        carried: Option<(&Snapshot, &Reuse)>,
     ) -> Self {
         let mut endpoint_base = Vec::with_capacity(cfg.upstreams.len());
         let mut addrs = Vec::new();
@@ -173,7 +170,6 @@ impl Snapshot {
             .collect();
         let tenants = TenantParts::new(&cfg, stats, region, kept, carried);
         Self {
-            tenant_conns: tenants.conns,
             tls_server: kept.tls_server(&cfg),
             tls_clients: cfg.upstreams.iter().map(|u| kept.tls_client(u)).collect(),
             version,
@@ -191,9 +187,7 @@ impl Snapshot {
                 .collect(),
             rr: cfg.upstreams.iter().map(|_| Cell::new(0)).collect(),
             tenants: cfg.key_table.clone(),
-            tenant_limits: tenants.limits,
-            tenant_stats: tenants.stats,
-            tenant_fair: tenants.fair,
+            tenant_parts: tenants,
             templates: Templates::new(cfg.templates.clone()),
             model_index: cfg
                 .models
@@ -350,18 +344,18 @@ impl Snapshot {
 
     #[inline]
     pub fn tenant_stat_slot(&self, t: TenantId) -> StatSlot {
-        self.tenant_stats[t.0]
+        self.tenant_parts.stats[t.0]
     }
 
     #[inline]
     pub fn tenant_limits(&self, t: TenantId) -> Option<&TenantLimits> {
-        self.tenant_limits.get(t.0)
+        self.tenant_parts.limits.get(t.0)
     }
 
     /// Tenant `t`'s open connections on this shard.
     #[inline]
     pub fn tenant_conns(&self, t: TenantId) -> Option<&Rc<Cell<usize>>> {
-        self.tenant_conns.get(t.0)
+        self.tenant_parts.conns.get(t.0)
     }
 
     /// Upstream `u`'s cap on requests in flight (and this shard's fair queue in front of it).
@@ -402,7 +396,7 @@ impl Snapshot {
     #[inline]
     pub fn fair_slot(&self, tenant: Option<TenantId>) -> FairSlot {
         tenant
-            .and_then(|t| self.tenant_fair.get(t.0).copied())
+            .and_then(|t| self.tenant_parts.fair.get(t.0).copied())
             .unwrap_or(FairSlot::NO_TENANT)
     }
 
@@ -430,7 +424,7 @@ impl Snapshot {
 
     /// Give back the leases of tenants and deployments unused for a while.
     pub fn return_stale_leases(&self, now_ns: u64) {
-        for t in &self.tenant_limits {
+        for t in &self.tenant_parts.limits {
             t.return_stale(now_ns);
         }
         for d in self.deployment_limits.iter().flatten().flatten() {
@@ -440,6 +434,7 @@ impl Snapshot {
 }
 
 /// A snapshot's per-tenant tables, built together.
+#[derive(Debug)]
 struct TenantParts {
     limits: Vec<TenantLimits>,
     stats: Vec<StatSlot>,
@@ -453,8 +448,13 @@ impl TenantParts {
         stats: &ShardStats,
         region: &'static Region,
         kept: &Kept,
-        carried: Option<(&Snapshot, &[Option<u32>])>,
-    ) -> Self {
+        carried: Option<(&Snapshot, &Reuse)>,
+    ) -> Rc<Self> {
+        if let Some((prev, reuse)) = carried {
+            if reuse.same {
+                return prev.tenant_parts.clone();
+            }
+        }
         let n = cfg.tenants.len();
         let mut out = TenantParts {
             limits: Vec::with_capacity(n),
@@ -463,22 +463,23 @@ impl TenantParts {
             conns: Vec::with_capacity(n),
         };
         for (i, t) in cfg.tenants.iter().enumerate() {
-            let before = carried.and_then(|(prev, map)| {
-                let j = usize::try_from(map.get(i).copied().flatten()?).ok()?;
+            let before = carried.and_then(|(prev, reuse)| {
+                let j = usize::try_from(reuse.tenants.get(i).copied().flatten()?).ok()?;
                 // The map was made for `prev`'s config: the same name at that index, else
                 // (a map of another config) no carrying over.
                 (prev.cfg.tenants.get(j)?.name == t.name).then_some((prev, j))
             });
             match before {
                 Some((prev, j)) => {
-                    let old = &prev.tenant_limits[j];
+                    let p = &prev.tenant_parts;
+                    let old = &p.limits[j];
                     // Its settings may have changed: the limiters are made again (no lookup),
                     // on the same shared cells and leases.
                     out.limits
                         .push(TenantLimits::new(t, old.cells, old.local.clone()));
-                    out.stats.push(prev.tenant_stats[j]);
-                    out.fair.push(prev.tenant_fair[j]);
-                    out.conns.push(prev.tenant_conns[j].clone());
+                    out.stats.push(p.stats[j]);
+                    out.fair.push(p.fair[j]);
+                    out.conns.push(p.conns[j].clone());
                 }
                 None => {
                     // Its cells in the shared table: one probe, for its limits and fair slot.
@@ -495,7 +496,7 @@ impl TenantParts {
                 }
             }
         }
-        out
+        Rc::new(out)
     }
 }
 
@@ -792,7 +793,6 @@ impl Balancers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builder::Reuse;
 
     fn config(tenants: &[(&str, u64)]) -> Arc<Config> {
         let mut text = String::from(
@@ -817,13 +817,14 @@ mod tests {
             .iter()
             .position(|t| t.name == name)
             .expect("tenant");
-        let l = &s.tenant_limits[i];
+        let p = &s.tenant_parts;
+        let l = &p.limits[i];
         (
             l.cells.map_or(0, |c| c as *const _ as usize),
             Rc::as_ptr(&l.local) as usize,
-            s.tenant_stats[i].index(),
-            s.tenant_fair[i].index(),
-            Rc::as_ptr(&s.tenant_conns[i]),
+            p.stats[i].index(),
+            p.fair[i].index(),
+            Rc::as_ptr(&p.conns[i]),
         )
     }
 
@@ -844,6 +845,7 @@ mod tests {
         let two = config(&[("d", 40), ("a", 11), ("c", 30)]);
         let reuse = Reuse::between(1, &one, &two);
         assert_eq!(reuse.tenants, [None, Some(0), Some(2)]);
+        assert!(!reuse.same);
         let carried = Snapshot::new(
             2,
             two.clone(),
@@ -851,7 +853,7 @@ mod tests {
             &stats,
             region,
             &kept,
-            Some((&s1, &reuse.tenants)),
+            Some((&s1, &reuse)),
         );
         let looked_up = Snapshot::new(2, two, &pools, &stats, region, &kept, None);
         for name in ["a", "c", "d"] {
@@ -865,11 +867,36 @@ mod tests {
             .iter()
             .position(|t| t.name == "a")
             .expect("a");
-        assert_eq!(carried.tenant_limits[a].rpm.map(|g| g.limit()), Some(11));
+        assert_eq!(
+            carried.tenant_parts.limits[a].rpm.map(|g| g.limit()),
+            Some(11)
+        );
         // A map made for another config carries nothing over by mistake.
-        let wrong = [Some(1), Some(1), Some(1)];
+        let wrong = Reuse {
+            from: 1,
+            tenants: vec![Some(1), Some(1), Some(1)],
+            same: false,
+        };
         let other = config(&[("x", 1), ("y", 1), ("z", 1)]);
         let fresh = Snapshot::new(3, other, &pools, &stats, region, &kept, Some((&s1, &wrong)));
         assert_ne!(parts(&fresh, "y"), parts(&s1, "b"));
+        // The same tenants with the same limits (a key made or revoked): the tables are kept
+        // whole, shared with the snapshot before.
+        let three = config(&[("d", 40), ("a", 11), ("c", 30)]);
+        let same = Reuse::between(2, &carried.cfg, &three);
+        assert!(same.same);
+        let s3 = Snapshot::new(
+            3,
+            three,
+            &pools,
+            &stats,
+            region,
+            &kept,
+            Some((&carried, &same)),
+        );
+        assert!(Rc::ptr_eq(&s3.tenant_parts, &carried.tenant_parts));
+        // A limit changed: not the same.
+        let four = config(&[("d", 40), ("a", 12), ("c", 30)]);
+        assert!(!Reuse::between(3, &s3.cfg, &four).same);
     }
 }
