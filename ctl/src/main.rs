@@ -221,6 +221,15 @@ enum KeyOp {
         /// It stops working after this long, e.g. 90d.
         #[arg(long, value_parser = duration)]
         expires: Option<Duration>,
+        /// Requests per minute of this key's own, within its tenant's.
+        #[arg(long)]
+        rpm: Option<i64>,
+        /// Tokens per minute of this key's own.
+        #[arg(long)]
+        tpm: Option<i64>,
+        /// US dollars this key may spend per its tenant's budget window (30 days without one).
+        #[arg(long)]
+        budget_usd: Option<f64>,
     },
     /// The store's keys (of TENANT), by id and prefix: never the keys.
     List { tenant: Option<String> },
@@ -310,10 +319,19 @@ fn key_op(instance: &str, op: KeyOp, timeout_ms: u64) -> Result<(), Failure> {
             tenant,
             name,
             expires,
+            rpm,
+            tpm,
+            budget_usd,
         } => {
             let random = tenants::key_random()?;
+            let limits = shardgate_core::store::KeySettings {
+                rpm,
+                tpm,
+                budget_usd,
+            };
             Box::new(move |store, _, now| {
-                let (k, c) = store.create_key(&tenant, name.as_deref(), expires, random, now)?;
+                let (k, c) =
+                    store.create_key(&tenant, name.as_deref(), expires, limits, random, now)?;
                 Ok((
                     c,
                     format!(

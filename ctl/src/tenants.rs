@@ -58,6 +58,7 @@ pub fn show(instance: &str, keys: bool, tenant: Option<&str>) -> Result<(), Fail
                 store.key_state(k, now).as_str().to_owned(),
                 k.expires_unix_ms
                     .map_or_else(|| "never".into(), |e| in_time(e, now)),
+                key_limits(&k.limits),
             ]);
         }
         let l = Align::Left;
@@ -68,6 +69,7 @@ pub fn show(instance: &str, keys: bool, tenant: Option<&str>) -> Result<(), Fail
             ("PREFIX", l),
             ("STATE", l),
             ("EXPIRES", l),
+            ("LIMITS", l),
         ];
         print!("{}", render(&header, &rows));
     } else {
@@ -136,6 +138,25 @@ pub fn export(instance: &str, out: Option<&std::path::Path>) -> Result<(), Failu
         }
     }
     Ok(())
+}
+
+/// A key's own limits as `keys list` shows them: `rpm 60, $5`, or `-`.
+fn key_limits(l: &shardgate_core::store::KeySettings) -> String {
+    let mut parts = Vec::new();
+    if let Some(v) = l.rpm {
+        parts.push(format!("rpm {v}"));
+    }
+    if let Some(v) = l.tpm {
+        parts.push(format!("tpm {v}"));
+    }
+    if let Some(v) = l.budget_usd {
+        parts.push(format!("${v}"));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn in_time(at_unix_ms: u64, now: u64) -> String {

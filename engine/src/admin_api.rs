@@ -18,7 +18,9 @@ use crate::control::shm::Region;
 use crate::control::{publish, unix_ms};
 use crate::limits::APPLY_WAIT_MS_MAX;
 use crate::manage::{self, Refused};
-use crate::store::{AccessStatus, ErrorKind, Settings, Store, StoredKey, StoredTenant};
+use crate::store::{
+    AccessStatus, ErrorKind, KeySettings, Settings, Store, StoredKey, StoredTenant,
+};
 use crate::tenant::{hash_key, key_alias};
 
 /// Largest request body the admin API reads, bytes.
@@ -201,6 +203,7 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
                         &body.tenant,
                         body.name.as_deref(),
                         expires,
+                        body.limits,
                         random,
                         now,
                     )?;
@@ -422,6 +425,9 @@ struct NewKeyBody {
     name: Option<String>,
     /// e.g. "90d".
     expires_in: Option<String>,
+    /// The key's own limits: `rpm`, `tpm`, `budget_usd`.
+    #[serde(flatten)]
+    limits: KeySettings,
 }
 
 /// `POST /admin/v1/access-requests/{id}/approve`: the tenant's new limits, if any.
@@ -497,5 +503,8 @@ fn key_json(store: &Store, id: &str, k: &StoredKey, now_unix_ms: u64) -> Value {
         "created": k.created_unix_ms / 1000,
         "expires": k.expires_unix_ms.map(|e| e / 1000),
         "state": store.key_state(k, now_unix_ms).as_str(),
+        "rpm": k.limits.rpm,
+        "tpm": k.limits.tpm,
+        "budget_usd": k.limits.budget_usd,
     })
 }

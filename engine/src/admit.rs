@@ -84,6 +84,27 @@ impl TenantLimits {
         }
     }
 
+    /// A key's own limits (`KeyLimits`), with `window` for its USD budget (its tenant's
+    /// budget window).
+    pub fn key(
+        k: &crate::tenant::KeyLimits,
+        window: std::time::Duration,
+        cells: Option<&'static TenantCells>,
+        local: Rc<TenantLocal>,
+    ) -> Self {
+        Self {
+            rpm: k.rpm.map(Gcra::per_minute),
+            tpm: k.tpm.map(Gcra::per_minute),
+            max_concurrency: None,
+            budget: None,
+            budget_usd: k
+                .budget_uusd
+                .map(|u| Budget::new(u, u64::try_from(window.as_nanos()).unwrap_or(u64::MAX))),
+            cells,
+            local,
+        }
+    }
+
     /// Whether tenants `a` and `b` make the same limits (the settings [`TenantLimits::new`]
     /// reads, and the name its cells and leases are found by): a snapshot may then keep `a`'s.
     pub fn same_inputs(a: &TenantConfig, b: &TenantConfig) -> bool {
@@ -157,7 +178,17 @@ pub struct Admitted {
     /// Microdollars reserved under the USD budget, and the request's cost once known.
     usd: Option<Reservation>,
     cost_uusd: Cell<Option<u64>>,
+    /// What the request's key took from the key's own limits (an index into the snapshot's
+    /// key limits), settled with the tenant's.
+    key: Option<(usize, KeyPart)>,
     done: Cell<bool>,
+}
+
+/// What a request took from its key's own limits (no slot in flight: keys have none).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyPart {
+    tokens: u64,
+    usd: Option<Reservation>,
 }
 
 /// Why a request was refused, and when to retry.
@@ -188,6 +219,7 @@ pub fn admit(
             budget: None,
             usd: None,
             cost_uusd: Cell::new(None),
+            key: None,
             done: Cell::new(false),
         });
     };
@@ -198,6 +230,7 @@ pub fn admit(
         budget: None,
         usd: None,
         cost_uusd: Cell::new(None),
+        key: None,
         done: Cell::new(false),
     };
     if let Some(max) = t.max_concurrency {
@@ -304,6 +337,40 @@ impl Admitted {
         self.cost_uusd.set(Some(uusd));
     }
 
+    /// Hold what the request's key took (`key`: its index, `adm`: its admission against the
+    /// key's limits), to settle with this admission.
+    pub fn attach_key(&mut self, key: usize, adm: Admitted) {
+        adm.done.set(true);
+        self.key = Some((
+            key,
+            KeyPart {
+                tokens: adm.tokens,
+                usd: adm.usd,
+            },
+        ));
+    }
+
+    /// The key's part, for the snapshot to settle against the key's limits.
+    pub fn key_part(&self) -> Option<(usize, KeyPart)> {
+        self.key
+    }
+
+    /// Settle the key's part against `k`, the key's limits, as [`Admitted::finish`] settles
+    /// the tenant's (`used` tokens, the request's cost when known).
+    pub fn finish_key(
+        &self,
+        part: KeyPart,
+        k: &TenantLimits,
+        now_ns: u64,
+        used: Option<u64>,
+        failed: bool,
+    ) {
+        let Some(c) = k.cells else { return };
+        let actual = actual_tokens(used, failed, part.tokens);
+        settle_tokens(k, c, now_ns, part.tokens, actual);
+        settle_usd(k, c, now_ns, part.usd, self.cost_uusd.get(), failed);
+    }
+
     /// End the request: release its slot in flight and settle its tokens. `used`: the tokens
     /// the upstream reported (None: no usage seen; the reservation is given back when the
     /// request `failed` — the client left or the upstream failed — and kept as charged
@@ -316,23 +383,8 @@ impl Admitted {
         if self.concurrency {
             Concurrency::release(&c.inflight);
         }
-        let actual = match used {
-            Some(u) => u,
-            None if failed => 0,
-            None => self.tokens,
-        };
-        if let Some(g) = &t.tpm {
-            if self.tokens > 0 || actual > 0 {
-                t.local.tpm.settle(
-                    g,
-                    &c.tpm_tat,
-                    now_ns,
-                    self.tokens,
-                    actual,
-                    lease_units(g.limit()),
-                );
-            }
-        }
+        let actual = actual_tokens(used, failed, self.tokens);
+        settle_tokens(t, c, now_ns, self.tokens, actual);
         if let (Some(b), Some(r)) = (&t.budget, self.budget) {
             if used.is_none() && failed {
                 b.release(&c.budget, now_ns, r);
@@ -340,12 +392,46 @@ impl Admitted {
                 b.settle(&c.budget, now_ns, r, actual);
             }
         }
-        if let (Some(b), Some(r)) = (&t.budget_usd, self.usd) {
-            match self.cost_uusd.get() {
-                Some(cost) => b.settle(&c.budget_usd, now_ns, r, cost),
-                None if failed => b.release(&c.budget_usd, now_ns, r),
-                None => {}
-            }
+        settle_usd(t, c, now_ns, self.usd, self.cost_uusd.get(), failed);
+    }
+}
+
+/// The tokens a request is charged: what the upstream reported; without a report, nothing
+/// when it failed and what it took when it did not (work was done that could not be counted).
+fn actual_tokens(used: Option<u64>, failed: bool, taken: u64) -> u64 {
+    match used {
+        Some(u) => u,
+        None if failed => 0,
+        None => taken,
+    }
+}
+
+/// Settle the tokens-per-minute bucket: `taken` at admission, `actual` used.
+fn settle_tokens(t: &TenantLimits, c: &TenantCells, now_ns: u64, taken: u64, actual: u64) {
+    if let Some(g) = &t.tpm {
+        if taken > 0 || actual > 0 {
+            t.local
+                .tpm
+                .settle(g, &c.tpm_tat, now_ns, taken, actual, lease_units(g.limit()));
+        }
+    }
+}
+
+/// Settle the USD budget's reservation `r` on the request's `cost` (µ$); without one, give it
+/// back when the request failed and keep it charged when it did not.
+fn settle_usd(
+    t: &TenantLimits,
+    c: &TenantCells,
+    now_ns: u64,
+    r: Option<Reservation>,
+    cost: Option<u64>,
+    failed: bool,
+) {
+    if let (Some(b), Some(r)) = (&t.budget_usd, r) {
+        match cost {
+            Some(cost) => b.settle(&c.budget_usd, now_ns, r, cost),
+            None if failed => b.release(&c.budget_usd, now_ns, r),
+            None => {}
         }
     }
 }
@@ -478,6 +564,35 @@ mod tests {
         // Next window: whole again.
         let next = now + u64::try_from(day.as_nanos()).expect("fits");
         admit(&t, next, 10, 1_000).expect("a new window");
+    }
+
+    #[test]
+    fn a_keys_part_settles_on_the_requests_cost() {
+        let day = Duration::from_secs(86_400);
+        let tenant = limits("t", None);
+        let key = limits(
+            "\u{1}key/x",
+            Some(BudgetUsd {
+                uusd: 1_000,
+                window: day,
+            }),
+        );
+        let now = 1_000_000_000_000;
+        let mut adm = admit(&tenant, now, 10, 700).expect("tenant");
+        adm.attach_key(0, admit(&key, now, 10, 700).expect("key"));
+        // The key's 700 µ$ are held: another 700 does not fit its 1,000.
+        assert_eq!(
+            admit(&key, now, 10, 700).expect_err("held").limit,
+            Limit::BudgetUsd
+        );
+        // Settled on the cost, 200 µ$: 800 left for the key.
+        adm.set_cost_uusd(200);
+        let (k, part) = adm.key_part().expect("a key part");
+        assert_eq!(k, 0);
+        adm.finish_key(part, &key, now, Some(20), false);
+        adm.finish(&tenant, now, Some(20), false);
+        let probe = admit(&key, now, 10, 0).expect("fits");
+        assert_eq!(key.budget_usd_allowance(&probe, now), Some(800));
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub struct Snapshot {
     /// counter slot, its finish-tag cell in the fair queues and its open connections on this
     /// shard; shared with the previous snapshot when a change left the tenants as they were.
     tenant_parts: Rc<TenantParts>,
+    /// Keys with limits of their own (`cfg.key_table.limited`, in its order): their limits,
+    /// on cells shared by every shard under the key's lineage.
+    key_limits: Vec<TenantLimits>,
     /// Per upstream: its cap on requests in flight and this shard's fair queue in front of it.
     upstream_caps: Vec<UpstreamCap>,
     /// Model name → group, and each group's balancer state on this shard (kept across
@@ -188,6 +191,7 @@ impl Snapshot {
             rr: cfg.upstreams.iter().map(|_| Cell::new(0)).collect(),
             tenants: cfg.key_table.clone(),
             tenant_parts: tenants,
+            key_limits: key_limits(&cfg, region, kept),
             templates: Templates::new(cfg.templates.clone()),
             model_index: cfg
                 .models
@@ -433,6 +437,28 @@ impl Snapshot {
     }
 }
 
+/// The limits of the keys that have their own, each on the cells of its lineage (found by
+/// name once, then kept by lineage in `kept`).
+fn key_limits(cfg: &Config, region: &'static Region, kept: &Kept) -> Vec<TenantLimits> {
+    cfg.key_table
+        .limited
+        .iter()
+        .map(|k| {
+            let window = cfg
+                .tenants
+                .get(k.tenant)
+                .and_then(|t| {
+                    t.budget_usd
+                        .map(|b| b.window)
+                        .or(t.budget.map(|b| b.window))
+                })
+                .unwrap_or(crate::tenant::BUDGET_WINDOW_DEFAULT);
+            let (cells, local) = kept.key_cells(region, k.limits.lineage);
+            TenantLimits::key(&k.limits, window, cells, local)
+        })
+        .collect()
+}
+
 /// A snapshot's per-tenant tables, built together.
 #[derive(Debug)]
 struct TenantParts {
@@ -512,6 +538,11 @@ impl Books for Snapshot {
         used: Option<u64>,
         failed: bool,
     ) {
+        if let Some((k, part)) = adm.key_part() {
+            if let Some(key_limits) = self.key_limits.get(k) {
+                adm.finish_key(part, key_limits, now_ns, used, failed);
+            }
+        }
         if let Some(limits) = self.tenant_limits(t) {
             adm.finish(limits, now_ns, used, failed);
         }
@@ -566,14 +597,27 @@ impl World for Snapshot {
     fn admit(
         &self,
         t: TenantId,
+        key: Option<usize>,
         tokens: u64,
         usd_uusd: u64,
         now_ns: u64,
     ) -> Result<Option<Admitted>, crate::admit::Refused> {
-        match self.tenant_limits(t) {
-            Some(limits) => crate::admit::admit(limits, now_ns, tokens, usd_uusd).map(Some),
-            None => Ok(None),
+        let Some(limits) = self.tenant_limits(t) else {
+            return Ok(None);
+        };
+        let mut adm = crate::admit::admit(limits, now_ns, tokens, usd_uusd)?;
+        // The key's own limits, within the tenant's: refused there, the tenant's part is
+        // given back.
+        if let Some((k, key_limits)) = key.and_then(|k| Some((k, self.key_limits.get(k)?))) {
+            match crate::admit::admit(key_limits, now_ns, tokens, usd_uusd) {
+                Ok(key_adm) => adm.attach_key(k, key_adm),
+                Err(refused) => {
+                    adm.finish(limits, now_ns, None, true);
+                    return Err(refused);
+                }
+            }
         }
+        Ok(Some(adm))
     }
 
     fn price(&self, group: Option<GroupId>, model: &str) -> Option<Price> {
@@ -656,6 +700,17 @@ pub struct Kept {
     tls_server: RefCell<Option<(Vec<TlsFiles>, Arc<rustls::ServerConfig>)>>,
     /// Open connections per tenant name on this shard.
     tenant_conns: RefCell<HashMap<String, Rc<Cell<usize>>>>,
+    /// Key lineages' shared cells and leases (keys' own limits), by lineage.
+    #[allow(clippy::type_complexity)]
+    key_cells: RefCell<
+        HashMap<
+            [u8; crate::tenant::KEY_ID_BYTES],
+            (
+                Option<&'static crate::control::shm::TenantCells>,
+                Rc<crate::admit::TenantLocal>,
+            ),
+        >,
+    >,
 }
 
 type TlsClients = HashMap<String, (Option<(String, Vec<u8>)>, Arc<rustls::ClientConfig>)>;
@@ -672,7 +727,28 @@ impl Kept {
             tls_clients: RefCell::new(HashMap::new()),
             tls_server: RefCell::new(None),
             tenant_conns: RefCell::new(HashMap::new()),
+            key_cells: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// The shared cells and this shard's leases of the key lineage `lineage` (its own
+    /// limits), named `\u{1}key/` and its hex in the shared tenant table.
+    fn key_cells(
+        &self,
+        region: &'static Region,
+        lineage: [u8; crate::tenant::KEY_ID_BYTES],
+    ) -> (
+        Option<&'static crate::control::shm::TenantCells>,
+        Rc<crate::admit::TenantLocal>,
+    ) {
+        self.key_cells
+            .borrow_mut()
+            .entry(lineage)
+            .or_insert_with(|| {
+                let name = format!("\u{1}key/{}", crate::tenant::hex_bytes(&lineage));
+                (region.tenant(&name), self.locals.get(&name))
+            })
+            .clone()
     }
 
     /// The open-connection count of tenant `name` on this shard.

@@ -183,6 +183,39 @@ fn keys_made_rotated_and_revoked_hold_on_every_shard_when_ctl_returns() {
 }
 
 #[test]
+fn a_keys_own_limits_hold_within_its_tenants_across_shards_and_rotations() {
+    let tmp = TempDir::new("store-key-limits");
+    let gw = Gateway::start(&config(tmp.path()));
+    assert_eq!(gw.shards(), 2);
+    ctl(&gw, &["tenants", "add", "team-k", "--rpm", "100000"]);
+    let (limited, id) = new_key(&ctl(&gw, &["keys", "create", "team-k", "--rpm", "3"]));
+    let (free, _) = new_key(&ctl(&gw, &["keys", "create", "team-k"]));
+    let listed = ctl(&gw, &["keys", "list", "team-k"]);
+    assert!(listed.contains("rpm 3"), "{listed}");
+
+    // Fresh connections, spread over both shards: three for the limited key, then 429 on
+    // every further one, while the tenant's other key goes on.
+    let statuses: Vec<u16> = (0..6).map(|_| call(&gw, &limited, "demo").0).collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+    assert_eq!(
+        call(&gw, &limited, "demo"),
+        (429, "rate_limit_exceeded".into())
+    );
+    assert!(all(&calls_at_once(&gw, &free), 200));
+
+    // Rotated: the new key carries on from the old one's count, it does not start afresh.
+    let (next, _) = new_key(&ctl(&gw, &["keys", "rotate", &id, "--grace", "60s"]));
+    assert_eq!(
+        call(&gw, &next, "demo").0,
+        429,
+        "a rotation reset the key's own limit"
+    );
+    assert_eq!(call(&gw, &limited, "demo").0, 429);
+    let listed = ctl(&gw, &["keys", "list", "team-k"]);
+    assert_eq!(listed.matches("rpm 3").count(), 2, "{listed}");
+}
+
+#[test]
 fn a_store_survives_ctl_killed_in_the_middle_of_changes() {
     let tmp = TempDir::new("store-kill");
     let d = tmp.path();

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::tenant::{self, hash_key, hex, RawTenant, TenantConfig};
+use crate::tenant::{self, hash_key, hex, KeyLimits, RawTenant, TenantConfig, KEY_ID_BYTES};
 
 /// The store's format number; a store of another format is refused, never guessed at.
 pub const STORE_FORMAT: u32 = 1;
@@ -30,6 +30,9 @@ pub const STORE_KEYS_MAX: usize = 131_072;
 pub const KEY_RANDOM_BYTES: usize = 24;
 /// What every key the store makes starts with.
 pub const KEY_PREFIX: &str = "sk-sg-";
+// A store key is always short enough for a connection's key memo, which is where a key's own
+// limits are found on the request path (`tenant::KeyMemo::key_limit`).
+const _: () = assert!(KEY_PREFIX.len() + 2 * KEY_RANDOM_BYTES <= tenant::KEY_MEMO_BYTES);
 /// Characters of a key kept in the clear to recognise it by (`sk-sg-` and 4 hex digits).
 pub const KEY_SHOWN_CHARS: usize = 10;
 /// Longest tenant or key label, bytes.
@@ -135,7 +138,7 @@ pub struct StoredTenant {
 }
 
 /// A key of the store: never the key itself, only its hash and the first characters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoredKey {
     pub tenant: String,
@@ -152,6 +155,95 @@ pub struct StoredKey {
     /// The key that replaced it (`keys rotate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotated_to: Option<String>,
+    /// Its own limits, within its tenant's (`keys create --rpm --tpm --budget-usd`).
+    #[serde(default, flatten)]
+    pub limits: KeySettings,
+    /// The id of the first key of its rotations (itself when `None`): its limits are counted
+    /// under that name, so a rotation never resets them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<String>,
+}
+
+impl StoredKey {
+    /// Its own limits as the engine holds them, counted under its lineage's id.
+    pub fn own_limits(&self) -> Result<Option<KeyLimits>, StoreError> {
+        let lineage = self
+            .lineage
+            .as_deref()
+            .map_or_else(|| key_id_of(&self.sha256), str::to_owned);
+        self.limits.check(id_bytes(&lineage))
+    }
+}
+
+/// A key's id from its hash's hex: `key_` and its first 12 digits.
+fn key_id_of(sha256: &str) -> String {
+    format!("key_{}", sha256.get(..12).unwrap_or(sha256))
+}
+
+/// What a store key adds to a `[[tenants]]` key: its expiry and its own limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyExtra {
+    pub expires_unix_ms: u64,
+    pub limits: Option<KeyLimits>,
+}
+
+/// A key's own limits as given (`keys create`, `POST /admin/v1/keys`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<i64>,
+    /// US dollars per the tenant's budget window (30 days without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+}
+
+impl KeySettings {
+    pub fn is_empty(&self) -> bool {
+        self.rpm.is_none() && self.tpm.is_none() && self.budget_usd.is_none()
+    }
+
+    /// Checked, as the engine holds them (`lineage`: the id's hash bytes).
+    fn check(&self, lineage: [u8; KEY_ID_BYTES]) -> Result<Option<KeyLimits>, StoreError> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        let per_minute = |what: &str, v: Option<i64>| match v {
+            None => Ok(None),
+            Some(n) if (1..=1 << 48).contains(&n) => Ok(u64::try_from(n).ok()),
+            Some(n) => err(format!("key {what} must be between 1 and 2^48, got {n}")),
+        };
+        Ok(Some(KeyLimits {
+            rpm: per_minute("rpm", self.rpm)?,
+            tpm: per_minute("tpm", self.tpm)?,
+            budget_uusd: match self.budget_usd {
+                None => None,
+                Some(usd) => Some(crate::prices::uusd_of(usd, tenant::BUDGET_USD_MAX).map_err(
+                    |r| StoreError {
+                        kind: ErrorKind::Invalid,
+                        message: format!("key budget_usd {r}"),
+                    },
+                )?),
+            },
+            lineage,
+        }))
+    }
+}
+
+/// The hash bytes a key id (`key_` and 12 hex digits) names.
+fn id_bytes(id: &str) -> [u8; KEY_ID_BYTES] {
+    let mut out = [0u8; KEY_ID_BYTES];
+    let hex = id.strip_prefix("key_").unwrap_or(id).as_bytes();
+    for (i, b) in out.iter_mut().enumerate() {
+        let digit = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16)).unwrap_or(0);
+        #[allow(clippy::cast_possible_truncation, reason = "two hex digits: below 256")]
+        {
+            *b = (digit(hex.get(2 * i)) * 16 + digit(hex.get(2 * i + 1))) as u8;
+        }
+    }
+    out
 }
 
 /// A key's state at a moment, as `keys list` and the admin API show it.
@@ -332,6 +424,9 @@ impl Store {
             return err(format!("{} keys; at most {STORE_KEYS_MAX}", s.keys.len()));
         }
         for (id, k) in &s.keys {
+            if let Err(e) = k.own_limits() {
+                return err(format!("key {id}: {}", e.message));
+            }
             if !s.tenants.contains_key(&k.tenant) {
                 return err(format!(
                     "key {id}: its tenant {:?} is not in the store",
@@ -365,7 +460,7 @@ impl Store {
 
     /// The tenants as `[[tenants]]` entries (keys as `sha256:`), each with its keys' expiries
     /// in the same order, for validation beside the config's.
-    pub fn raw_tenants(&self) -> Vec<(RawTenant, Vec<u64>, bool)> {
+    pub fn raw_tenants(&self) -> Vec<(RawTenant, Vec<KeyExtra>, bool)> {
         let mut by_tenant = self.keys_by_tenant();
         self.tenants
             .iter()
@@ -378,11 +473,15 @@ impl Store {
                         .collect(),
                     &t.settings,
                 );
-                let expiries = keys
+                let extra = keys
                     .iter()
-                    .map(|k| k.expires_unix_ms.unwrap_or(u64::MAX))
+                    .map(|k| KeyExtra {
+                        expires_unix_ms: k.expires_unix_ms.unwrap_or(u64::MAX),
+                        // Checked when the store was read (`parse`).
+                        limits: k.own_limits().ok().flatten(),
+                    })
                     .collect();
-                (raw, expiries, t.suspended)
+                (raw, extra, t.suspended)
             })
             .collect()
     }
@@ -492,7 +591,7 @@ impl Store {
             );
             for k in &t.keys {
                 let sha256 = hex(&k.hash);
-                let id = format!("key_{}", &sha256[..12]);
+                let id = key_id_of(&sha256);
                 self.keys.entry(id).or_insert_with(|| StoredKey {
                     tenant: t.name.clone(),
                     name: Some("imported".to_owned()),
@@ -501,6 +600,8 @@ impl Store {
                     created_unix_ms: now_unix_ms,
                     expires_unix_ms: (k.expires_unix_ms != u64::MAX).then_some(k.expires_unix_ms),
                     rotated_to: None,
+                    limits: KeySettings::default(),
+                    lineage: None,
                 });
             }
             names.push(t.name.clone());
@@ -568,12 +669,32 @@ impl Store {
     }
 
     /// Make a key for `tenant` from `random` (the key is `sk-sg-` and its hex), valid for
-    /// `expires_in` if given.
+    /// `expires_in` if given, with `limits` of its own within the tenant's.
     pub fn create_key(
         &mut self,
         tenant: &str,
         name: Option<&str>,
         expires_in: Option<Duration>,
+        limits: KeySettings,
+        random: [u8; KEY_RANDOM_BYTES],
+        now_unix_ms: u64,
+    ) -> Result<(NewKey, Change), StoreError> {
+        self.make_key(
+            tenant,
+            name,
+            expires_in,
+            (limits, None),
+            random,
+            now_unix_ms,
+        )
+    }
+
+    fn make_key(
+        &mut self,
+        tenant: &str,
+        name: Option<&str>,
+        expires_in: Option<Duration>,
+        (limits, lineage): (KeySettings, Option<String>),
         random: [u8; KEY_RANDOM_BYTES],
         now_unix_ms: u64,
     ) -> Result<(NewKey, Change), StoreError> {
@@ -592,7 +713,7 @@ impl Store {
             let _ = write!(secret, "{b:02x}");
         }
         let sha256 = hex(&hash_key(secret.as_bytes()));
-        let id = format!("key_{}", &sha256[..12]);
+        let id = key_id_of(&sha256);
         if self.keys.contains_key(&id) {
             return err("the random bytes gave a key that exists already; try again");
         }
@@ -604,7 +725,19 @@ impl Store {
             created_unix_ms: now_unix_ms,
             expires_unix_ms: expires_in.map(|d| now_unix_ms.saturating_add(ms(d))),
             rotated_to: None,
+            limits,
+            lineage,
         };
+        k.own_limits()?;
+        if !limits.is_empty() {
+            let limited = self.keys.values().filter(|k| !k.limits.is_empty()).count();
+            if limited >= tenant::KEYS_LIMITED_MAX {
+                return err(format!(
+                    "the store holds {} keys with limits of their own already",
+                    tenant::KEYS_LIMITED_MAX
+                ));
+            }
+        }
         let change = Change {
             action: "keys.create",
             target: id.clone(),
@@ -635,10 +768,14 @@ impl Store {
         let expires_in = old
             .expires_unix_ms
             .map(|e| Duration::from_millis(e.saturating_sub(now_unix_ms)));
-        let (new, _) = self.create_key(
+        // The new key carries the old one's limits, counted under the same lineage: its
+        // requests, tokens and spend go on from where the old key's stand.
+        let lineage = old.lineage.clone().unwrap_or_else(|| id.to_owned());
+        let (new, _) = self.make_key(
             &old.tenant,
             old.name.as_deref(),
             expires_in,
+            (old.limits, Some(lineage)),
             random,
             now_unix_ms,
         )?;
@@ -985,7 +1122,7 @@ impl Store {
             }
             let mut keys = Vec::new();
             for k in by_tenant.get(name.as_str()).into_iter().flatten() {
-                let id = format!("key_{}", k.sha256.get(..12).unwrap_or(""));
+                let id = key_id_of(&k.sha256);
                 match k.expires_unix_ms {
                     Some(e) if e <= now_unix_ms => {
                         notes.push(format!("key {id} of {name:?} has expired: left out"));
@@ -1028,11 +1165,12 @@ impl Store {
 
 /// Set each store tenant's key expiries and suspension on its validated config; `configs` are
 /// the validated tenants in the order of [`Store::raw_tenants`].
-pub fn finish(configs: &mut [TenantConfig], extra: &[(Vec<u64>, bool)]) {
-    for (t, (expiries, suspended)) in configs.iter_mut().zip(extra) {
+pub fn finish(configs: &mut [TenantConfig], extra: &[(Vec<KeyExtra>, bool)]) {
+    for (t, (keys, suspended)) in configs.iter_mut().zip(extra) {
         t.suspended = *suspended;
-        for (k, e) in t.keys.iter_mut().zip(expiries) {
-            k.expires_unix_ms = *e;
+        for (k, e) in t.keys.iter_mut().zip(keys) {
+            k.expires_unix_ms = e.expires_unix_ms;
+            k.limits = e.limits;
         }
     }
 }
@@ -1054,7 +1192,14 @@ mod tests {
     fn a_key_is_shown_once_and_stored_as_its_hash() {
         let mut s = store_with("team-a");
         let (k, change) = s
-            .create_key("team-a", Some("ci"), None, [7; KEY_RANDOM_BYTES], T0)
+            .create_key(
+                "team-a",
+                Some("ci"),
+                None,
+                KeySettings::default(),
+                [7; KEY_RANDOM_BYTES],
+                T0,
+            )
             .expect("ok");
         assert!(k.secret.starts_with("sk-sg-0707"));
         assert_eq!(k.secret.len(), KEY_PREFIX.len() + 2 * KEY_RANDOM_BYTES);
@@ -1092,7 +1237,14 @@ mod tests {
     fn rotation_keeps_the_old_key_for_its_grace_only() {
         let mut s = store_with("a");
         let (old, _) = s
-            .create_key("a", None, None, [1; KEY_RANDOM_BYTES], T0)
+            .create_key(
+                "a",
+                None,
+                None,
+                KeySettings::default(),
+                [1; KEY_RANDOM_BYTES],
+                T0,
+            )
             .expect("ok");
         let grace = Duration::from_secs(60);
         let (new, _) = s
@@ -1148,7 +1300,14 @@ mod tests {
         assert!(e.message.contains("rpm"), "{e}");
         assert!(s.set_tenant("a", &zero).is_err());
         assert!(s
-            .create_key("nobody", None, None, [0; KEY_RANDOM_BYTES], T0)
+            .create_key(
+                "nobody",
+                None,
+                None,
+                KeySettings::default(),
+                [0; KEY_RANDOM_BYTES],
+                T0
+            )
             .is_err());
         assert!(s.revoke_key("key_000000000000").is_err());
         assert_eq!(s, before, "a refused change changed the store");
@@ -1173,7 +1332,14 @@ mod tests {
         assert!(c.old.is_some() && c.new.is_some());
         s.suspend_tenant("a", true).expect("ok");
         let (k, _) = s
-            .create_key("a", None, None, [9; KEY_RANDOM_BYTES], T0)
+            .create_key(
+                "a",
+                None,
+                None,
+                KeySettings::default(),
+                [9; KEY_RANDOM_BYTES],
+                T0,
+            )
             .expect("ok");
         assert_eq!(s.key_state(&s.keys[&k.id], T0), KeyState::Suspended);
         let v = s.version;
@@ -1460,6 +1626,72 @@ mod tests {
     }
 
     #[test]
+    fn a_keys_own_limits_are_checked_kept_and_carried_over_a_rotation() {
+        let mut s = store_with("team-a");
+        let limits = KeySettings {
+            rpm: Some(60),
+            tpm: None,
+            budget_usd: Some(5.0),
+        };
+        let (k, _) = s
+            .create_key("team-a", None, None, limits, [4; KEY_RANDOM_BYTES], T0)
+            .expect("ok");
+        let own = s.keys[&k.id].own_limits().expect("valid").expect("some");
+        assert_eq!(
+            (own.rpm, own.tpm, own.budget_uusd),
+            (Some(60), None, Some(5_000_000))
+        );
+        assert_eq!(own.lineage, id_bytes(&k.id));
+        // Rotated twice: each successor has the same limits, counted under the first key.
+        let (k2, _) = s
+            .rotate_key(&k.id, Duration::from_secs(60), [5; KEY_RANDOM_BYTES], T0)
+            .expect("rotate");
+        let (k3, _) = s
+            .rotate_key(&k2.id, Duration::from_secs(60), [6; KEY_RANDOM_BYTES], T0)
+            .expect("rotate");
+        for id in [&k2.id, &k3.id] {
+            let l = s.keys[id].own_limits().expect("valid").expect("some");
+            assert_eq!(
+                (l.rpm, l.budget_uusd, l.lineage),
+                (own.rpm, own.budget_uusd, own.lineage)
+            );
+        }
+        // Through the config: the key table knows each key's limits.
+        let raw = s.raw_tenants();
+        assert!(raw[0]
+            .1
+            .iter()
+            .all(|e| e.limits.map(|l| l.lineage) == Some(own.lineage)));
+        // Bad values are refused and change nothing.
+        let before = s.clone();
+        for bad in [
+            KeySettings {
+                rpm: Some(0),
+                ..KeySettings::default()
+            },
+            KeySettings {
+                budget_usd: Some(-1.0),
+                ..KeySettings::default()
+            },
+            KeySettings {
+                tpm: Some(1 << 50),
+                ..KeySettings::default()
+            },
+        ] {
+            let e = s
+                .create_key("team-a", None, None, bad, [8; KEY_RANDOM_BYTES], T0)
+                .expect_err("refused");
+            assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+        }
+        assert_eq!(s, before);
+        // A store file with a bad limit does not read.
+        let mut text: serde_json::Value = serde_json::from_slice(&s.to_json()).expect("json");
+        text["keys"][&k.id]["rpm"] = serde_json::json!(0);
+        let e = Store::from_json(text.to_string().as_bytes()).expect_err("refused");
+        assert!(e.contains("rpm"), "{e}");
+    }
+
+    #[test]
     fn export_writes_tenants_a_config_reads_back_the_same() {
         let mut s = store_with("team-a");
         let patch = Settings {
@@ -1471,20 +1703,35 @@ mod tests {
         };
         s.set_tenant("team-a", &patch).expect("set");
         let (k, _) = s
-            .create_key("team-a", None, None, [1; KEY_RANDOM_BYTES], T0)
+            .create_key(
+                "team-a",
+                None,
+                None,
+                KeySettings::default(),
+                [1; KEY_RANDOM_BYTES],
+                T0,
+            )
             .expect("key");
         s.create_key(
             "team-a",
             None,
             Some(Duration::from_secs(1)),
+            KeySettings::default(),
             [2; KEY_RANDOM_BYTES],
             T0,
         )
         .expect("key");
         s.add_tenant("team-b", Settings::default(), &[], T0)
             .expect("b");
-        s.create_key("team-b", None, None, [3; KEY_RANDOM_BYTES], T0)
-            .expect("key");
+        s.create_key(
+            "team-b",
+            None,
+            None,
+            KeySettings::default(),
+            [3; KEY_RANDOM_BYTES],
+            T0,
+        )
+        .expect("key");
         s.suspend_tenant("team-b", true).expect("suspend");
         s.add_tenant("team-c", Settings::default(), &[], T0)
             .expect("c");

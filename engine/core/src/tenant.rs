@@ -110,6 +110,33 @@ pub struct TenantKey {
     /// Unix ms from which the key is refused (an expiry, or the end of a rotation's grace);
     /// `u64::MAX`: never.
     pub expires_unix_ms: u64,
+    /// Limits of the key's own, within its tenant's (keys of the tenant store only).
+    pub limits: Option<KeyLimits>,
+}
+
+/// A key's own limits (`shardgate-ctl keys create --rpm --tpm --budget-usd`): held over all
+/// shards like a tenant's, in cells named by the key's lineage (the id of the first key of its
+/// rotations), so a rotated key's successor carries on with the same counts and budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyLimits {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    /// Microdollars per the tenant's budget window (30 days without one).
+    pub budget_uusd: Option<u64>,
+    /// The first [`KEY_ID_BYTES`] of the hash of the lineage's first key.
+    pub lineage: [u8; KEY_ID_BYTES],
+}
+
+/// Most keys with limits of their own in one config: each takes a slot of the shared tenant
+/// table (`TENANT_SLOTS`), beside the tenants.
+pub const KEYS_LIMITED_MAX: usize = 8_192;
+
+/// A key with limits of its own, in a [`Tenants`] table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitedKey {
+    /// Its tenant's index.
+    pub tenant: usize,
+    pub limits: KeyLimits,
 }
 
 /// A validated tenant.
@@ -234,6 +261,7 @@ pub fn validate(
                 );
             }
             key_hashes.push(TenantKey {
+                limits: None,
                 hash,
                 expires_unix_ms: u64::MAX,
             });
@@ -325,19 +353,27 @@ pub fn validate(
     out
 }
 
-/// A SHA-256 as 64 lowercase hex digits (how the config and the tenant store write it).
-pub fn hex(h: &[u8; 32]) -> String {
-    let mut s = String::with_capacity(64);
-    for b in h {
-        let _ = write!(s, "{b:02x}");
+/// Bytes as lowercase hex digits.
+pub fn hex_bytes(b: &[u8]) -> String {
+    let mut s = String::with_capacity(2 * b.len());
+    for x in b {
+        let _ = write!(s, "{x:02x}");
     }
     s
 }
 
-/// Key hash → tenant index (and the key's expiry), built once per config.
+/// A SHA-256 as 64 lowercase hex digits (how the config and the tenant store write it).
+pub fn hex(h: &[u8; 32]) -> String {
+    hex_bytes(h)
+}
+
+/// Key hash → tenant index (and the key's expiry and own limits), built once per config.
 #[derive(Clone, Default)]
 pub struct Tenants {
-    by_key: HashMap<[u8; 32], (usize, u64)>,
+    by_key: HashMap<[u8; 32], (usize, u64, u32)>,
+    /// Keys with limits of their own; `by_key`'s third field indexes it (`NO_KEY_LIMITS`:
+    /// none).
+    pub limited: Vec<LimitedKey>,
     /// Which table this is, for a [`KeyMemo`]: unique per [`Tenants::new`] in this process
     /// (a clone has the same mapping and keeps it); 0 for the empty default table.
     id: u64,
@@ -361,13 +397,26 @@ static NEXT_TENANTS_ID: AtomicU64 = AtomicU64::new(1);
 impl Tenants {
     pub fn new(tenants: &[TenantConfig]) -> Self {
         let mut by_key = HashMap::new();
+        let mut limited = Vec::new();
         for (i, t) in tenants.iter().enumerate() {
             for k in &t.keys {
-                by_key.insert(k.hash, (i, k.expires_unix_ms));
+                let limit = match k.limits {
+                    // Validation keeps the count within KEYS_LIMITED_MAX, far below u32::MAX.
+                    Some(limits) => match u32::try_from(limited.len()) {
+                        Ok(n) if n < NO_KEY_LIMITS => {
+                            limited.push(LimitedKey { tenant: i, limits });
+                            n
+                        }
+                        _ => NO_KEY_LIMITS,
+                    },
+                    None => NO_KEY_LIMITS,
+                };
+                by_key.insert(k.hash, (i, k.expires_unix_ms, limit));
             }
         }
         Self {
             by_key,
+            limited,
             id: NEXT_TENANTS_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
@@ -379,28 +428,29 @@ impl Tenants {
         if let Some((t, expires)) = memo.get(self.id, key) {
             return (now_unix_ms < expires).then_some(t);
         }
-        let (t, expires, id) = self.entry(key)?;
-        memo.set(self.id, key, t, expires, id);
+        let (t, expires, limit, id) = self.entry(key)?;
+        memo.set(self.id, key, t, expires, (id, limit));
         (now_unix_ms < expires).then_some(t)
     }
 
     /// The tenant owning `key` at `now_unix_ms`, by hash: none for a key past its expiry.
     /// Keys longer than `API_KEY_BYTES_MAX` own nothing.
     pub fn lookup(&self, key: &[u8], now_unix_ms: u64) -> Option<usize> {
-        let (t, expires, _) = self.entry(key)?;
+        let (t, expires, _, _) = self.entry(key)?;
         (now_unix_ms < expires).then_some(t)
     }
 
-    /// The key's tenant, expiry and id (the first [`KEY_ID_BYTES`] of its hash).
-    fn entry(&self, key: &[u8]) -> Option<(usize, u64, [u8; KEY_ID_BYTES])> {
+    /// The key's tenant, expiry, own limits (an index into `limited`) and id (the first
+    /// [`KEY_ID_BYTES`] of its hash).
+    fn entry(&self, key: &[u8]) -> Option<(usize, u64, u32, [u8; KEY_ID_BYTES])> {
         if key.is_empty() || key.len() > API_KEY_BYTES_MAX {
             return None;
         }
         let hash = hash_key(key);
-        let (t, expires) = self.by_key.get(&hash).copied()?;
+        let (t, expires, limit) = self.by_key.get(&hash).copied()?;
         let mut id = [0; KEY_ID_BYTES];
         id.copy_from_slice(&hash[..KEY_ID_BYTES]);
-        Some((t, expires, id))
+        Some((t, expires, limit, id))
     }
 }
 
@@ -408,15 +458,8 @@ impl Tenants {
 /// store's ids; the access log's `key`).
 pub const KEY_ID_BYTES: usize = 6;
 
-/// A key's id, `key_` and the hex of the first [`KEY_ID_BYTES`] of its hash.
-pub fn key_id(hash_prefix: &[u8]) -> String {
-    let mut s = String::with_capacity(4 + 2 * KEY_ID_BYTES);
-    s.push_str("key_");
-    for b in hash_prefix.iter().take(KEY_ID_BYTES) {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+/// `Tenants::by_key`'s mark of a key without limits of its own.
+pub const NO_KEY_LIMITS: u32 = u32::MAX;
 
 /// Longest key a [`KeyMemo`] remembers, bytes; a longer one is hashed on every request.
 pub const KEY_MEMO_BYTES: usize = 128;
@@ -439,6 +482,8 @@ pub struct KeyMemo {
     expires_unix_ms: u64,
     /// The key's id (the first bytes of its hash).
     id: [u8; KEY_ID_BYTES],
+    /// Its own limits, an index into [`Tenants::limited`] ([`NO_KEY_LIMITS`]: none).
+    limit: u32,
 }
 
 impl Default for KeyMemo {
@@ -450,6 +495,7 @@ impl Default for KeyMemo {
             tenant: 0,
             expires_unix_ms: 0,
             id: [0; KEY_ID_BYTES],
+            limit: NO_KEY_LIMITS,
         }
     }
 }
@@ -477,13 +523,22 @@ impl KeyMemo {
         (self.table != 0).then_some(self.id)
     }
 
+    /// The own limits (an index into [`Tenants::limited`]) of the key last looked up through
+    /// this memo. Keys with limits are the tenant store's, short enough to be remembered
+    /// always (checked where they are made).
+    pub fn key_limit(&self) -> Option<usize> {
+        (self.table != 0 && self.limit != NO_KEY_LIMITS)
+            .then(|| usize::try_from(self.limit).ok())
+            .flatten()
+    }
+
     fn set(
         &mut self,
         table: u64,
         key: &[u8],
         tenant: usize,
         expires_unix_ms: u64,
-        id: [u8; KEY_ID_BYTES],
+        (id, limit): ([u8; KEY_ID_BYTES], u32),
     ) {
         match self.key.get_mut(..key.len()) {
             Some(slot) if table != 0 => {
@@ -493,6 +548,7 @@ impl KeyMemo {
                 self.tenant = tenant;
                 self.expires_unix_ms = expires_unix_ms;
                 self.id = id;
+                self.limit = limit;
             }
             // Too long to remember (or the empty table): forget the last one too.
             _ => self.table = 0,
@@ -640,7 +696,13 @@ mod tests {
         // A key too long to remember is still looked up, and forgets the last one.
         let long = [b'k'; KEY_MEMO_BYTES + 1];
         assert_eq!(table.lookup_memo(&long, 0, &mut memo), None);
-        memo.set(table.id, &long, 0, u64::MAX, [0; KEY_ID_BYTES]);
+        memo.set(
+            table.id,
+            &long,
+            0,
+            u64::MAX,
+            ([0; KEY_ID_BYTES], NO_KEY_LIMITS),
+        );
         assert_eq!(memo.get(table.id, b"sk-b"), None);
         assert_eq!(memo.get(table.id, &long), None);
         // The empty default table remembers nothing.
@@ -649,10 +711,56 @@ mod tests {
             b"sk-a",
             0,
             u64::MAX,
-            [0; KEY_ID_BYTES],
+            ([0; KEY_ID_BYTES], NO_KEY_LIMITS),
         );
         assert_eq!(memo.get(0, b"sk-a"), None);
         assert!(!format!("{memo:?}").contains("sk-"));
+    }
+
+    #[test]
+    fn keys_with_limits_of_their_own_are_found_through_the_memo() {
+        let (mut t, errs, _) = run(r#"
+            [[tenants]]
+            name = "a"
+            keys = ["sk-a", "sk-a2"]
+            [[tenants]]
+            name = "b"
+            keys = ["sk-b"]
+            "#);
+        assert!(errs.is_empty(), "{errs:?}");
+        let limits = KeyLimits {
+            rpm: Some(5),
+            tpm: None,
+            budget_uusd: None,
+            lineage: [9; KEY_ID_BYTES],
+        };
+        t[0].keys[1].limits = Some(limits);
+        t[1].keys[0].limits = Some(KeyLimits {
+            rpm: Some(7),
+            ..limits
+        });
+        let table = Tenants::new(&t);
+        assert_eq!(table.limited.len(), 2);
+        assert_eq!(
+            table.limited[1],
+            LimitedKey {
+                tenant: 1,
+                limits: KeyLimits {
+                    rpm: Some(7),
+                    ..limits
+                }
+            }
+        );
+        let mut memo = KeyMemo::default();
+        assert_eq!(table.lookup_memo(b"sk-a", 0, &mut memo), Some(0));
+        assert_eq!(memo.key_limit(), None);
+        assert_eq!(table.lookup_memo(b"sk-a2", 0, &mut memo), Some(0));
+        assert_eq!(memo.key_limit(), Some(0));
+        // Remembered: a hit keeps the index.
+        assert_eq!(table.lookup_memo(b"sk-a2", 0, &mut memo), Some(0));
+        assert_eq!(memo.key_limit(), Some(0));
+        assert_eq!(table.lookup_memo(b"sk-b", 0, &mut memo), Some(1));
+        assert_eq!(memo.key_limit(), Some(1));
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub(super) async fn check_and_admit(
     body: &[u8],
 ) -> Result<(), Next> {
     let mut call = Call::new(c.ex.tenant, None);
+    call.set_key(c.ex.key_limit);
     let now = Now::read();
     match call.check_body(snap, &mut c.ex.held, now, body) {
         Ok(()) => {
@@ -154,7 +155,7 @@ pub(super) async fn admit_tenant(
     head_len: usize,
 ) -> Result<(), Next> {
     let now = Now::read();
-    match World::admit(snap, tenant, 0, 0, now.unix_ns) {
+    match World::admit(snap, tenant, c.ex.key_limit, 0, 0, now.unix_ns) {
         Ok(None) => Ok(()),
         Ok(Some(adm)) => {
             c.ex.held.hold_tenant(snap, tenant, adm, now.unix_ns);
@@ -205,6 +206,7 @@ pub(super) async fn proxy_llm(
         // own quota, a hedge) and whether a failure before any byte reached the client is
         // tried elsewhere. This loop performs what it asks.
         let mut machine = Call::new(c.ex.tenant, route_target);
+        machine.set_key(c.ex.key_limit);
         let mut rng = || ctx.next_random();
         let mut now = Now::read();
         let mut action = machine.step(&**snap, &mut c.ex.held, now, &mut rng, Event::Body(&body));

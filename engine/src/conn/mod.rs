@@ -185,6 +185,8 @@ struct Exchange {
     price: Option<Price>,
     /// The model group the body named (for the access log).
     group: Option<GroupId>,
+    /// The limits of the request's key's own, if it has any (an index into the snapshot's).
+    key_limit: Option<usize>,
 }
 
 impl Exchange {
@@ -213,6 +215,7 @@ impl Exchange {
             error_shape: Shape::OpenAi,
             price: None,
             group: None,
+            key_limit: None,
         }
     }
 
@@ -426,6 +429,7 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
                     if let Some(t) = tenant {
                         c.ex.tenant = Some(t);
                         c.ex.tenant_slot = snap.tenant_stat_slot(t);
+                        c.ex.key_limit = c.key_memo.key_limit();
                     }
                     if ctx.access_log.is_some() {
                         let mut r = Record::new(now.unix_ms(), shard_u16(ctx.id), c.peer);

@@ -47,12 +47,13 @@ pub trait World: Groups + Books {
     /// The `max_tokens` a request of tenant `t` (or of no tenant) is estimated at when it
     /// names none.
     fn default_max_tokens(&self, t: Option<TenantId>) -> u64;
-    /// Admit a request of tenant `t` estimated at `tokens` and `usd_uusd` microdollars:
-    /// `Ok(Some)` admitted, `Ok(None)` the
+    /// Admit a request of tenant `t` (and its key's own limits, `key`, if it has any)
+    /// estimated at `tokens` and `usd_uusd` microdollars: `Ok(Some)` admitted, `Ok(None)` the
     /// tenant has no limits, `Err` the limit that refuses it now (nothing was taken).
     fn admit(
         &self,
         t: TenantId,
+        key: Option<usize>,
         tokens: u64,
         usd_uusd: u64,
         now_ns: u64,
@@ -193,6 +194,8 @@ enum Stage {
 #[derive(Debug, Clone)]
 pub struct Call {
     tenant: Option<TenantId>,
+    /// The limits of the tenant's key's own, if it has any (an index into the snapshot's).
+    key: Option<usize>,
     /// The route's upstream, for a body that names no model group.
     route: Option<Target>,
     checked: Checked,
@@ -204,11 +207,18 @@ impl Call {
     /// to `route`.
     pub fn new(tenant: Option<TenantId>, route: Option<Target>) -> Self {
         Self {
+            key: None,
             tenant,
             route,
             checked: Checked::default(),
             stage: Stage::Body,
         }
+    }
+
+    /// The request's key has limits of its own (`key`: their index): admitted against them
+    /// too.
+    pub fn set_key(&mut self, key: Option<usize>) {
+        self.key = key;
     }
 
     /// What the body said (all zero until [`Event::Body`] was taken).
@@ -327,7 +337,7 @@ impl Call {
                     limited: None,
                 });
             }
-            match world.admit(t, tokens, usd, now.unix_ns) {
+            match world.admit(t, self.key, tokens, usd, now.unix_ns) {
                 Ok(Some(adm)) => {
                     held.hold_tenant(world, t, adm, now.unix_ns);
                     self.checked.admitted = true;
@@ -506,7 +516,14 @@ mod tests {
                 7
             }
         }
-        fn admit(&self, _: TenantId, tokens: u64, _: u64, _: u64) -> Result<Option<u32>, Refused> {
+        fn admit(
+            &self,
+            _: TenantId,
+            _: Option<usize>,
+            tokens: u64,
+            _: u64,
+            _: u64,
+        ) -> Result<Option<u32>, Refused> {
             match self.limits {
                 None => Ok(None),
                 Some(Err(r)) => Err(r),

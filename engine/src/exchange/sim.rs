@@ -438,7 +438,14 @@ impl World for SimWorld {
     fn default_max_tokens(&self, _: Option<TenantId>) -> u64 {
         100
     }
-    fn admit(&self, _: TenantId, _: u64, _: u64, _: u64) -> Result<Option<u32>, Refused> {
+    fn admit(
+        &self,
+        _: TenantId,
+        _: Option<usize>,
+        _: u64,
+        _: u64,
+        _: u64,
+    ) -> Result<Option<u32>, Refused> {
         match self.limits {
             None => Ok(None),
             Some(Err(r)) => Err(r),

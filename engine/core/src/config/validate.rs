@@ -303,6 +303,20 @@ impl Validator<'_> {
         if let Some(tail) = tenants.get_mut(from_file..) {
             crate::store::finish(tail, &store_extra);
         }
+        let limited = tenants
+            .iter()
+            .flat_map(|t| &t.keys)
+            .filter(|k| k.limits.is_some())
+            .count();
+        if limited > crate::tenant::KEYS_LIMITED_MAX {
+            errors.push((
+                "server.tenant_store".to_owned(),
+                format!(
+                    "{limited} keys have limits of their own; at most {}",
+                    crate::tenant::KEYS_LIMITED_MAX
+                ),
+            ));
+        }
         // A tenant's key is never an admin token.
         for (i, token) in server.admin_tokens.iter().enumerate() {
             if tenants
