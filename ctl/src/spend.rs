@@ -12,7 +12,7 @@ use crate::Failure;
 /// Print the spend `q` asks for, as a table or as JSON.
 pub fn run(instance: &str, q: &Query, json: bool) -> Result<(), Failure> {
     let region = crate::open_running(instance)?;
-    let (_, _, running) = publish::running_text(&region).map_err(Failure::failed)?;
+    let (_, _, running) = publish::running_text_without_store(&region).map_err(Failure::failed)?;
     let report = spend::report(&region, &running, q, unix_ms()).map_err(Failure::failed)?;
     if json {
         println!(

@@ -39,7 +39,7 @@ pub struct ApiRequest<'a> {
 
 /// Answer `req`: a status and a JSON body.
 pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Value) {
-    let running = match publish::running_text(region) {
+    let running = match publish::running_text_without_store(region) {
         Ok((_, _, c)) => c,
         Err(why) => return error(503, &why, "not_ready"),
     };

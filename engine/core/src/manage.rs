@@ -8,8 +8,9 @@
 //! 3. read the store, make the change ([`crate::store`], I/O-free), write the store atomically
 //!    (a temporary file, fsync, rename, fsync of the directory: a `SIGKILL` at any point
 //!    leaves the old or the new store), append the audit line;
-//! 4. validate the running config again (it reads the new store) and push it as a new version;
-//!    return once every shard runs it. After a revoke returns, no shard admits the key.
+//! 4. push the running config again as a new version (the engine's builder reads the new store
+//!    with it and validates them together; a refusal comes back as the shards' reason); return
+//!    once every shard runs it. After a revoke returns, no shard admits the key.
 //!
 //! The ring's writer lock is held by a process (its pid), so two threads of one process (the
 //! engine's admin thread and its access-request thread) would both pass it: within a process,
@@ -83,7 +84,9 @@ pub fn change<T>(
     let _one_at_a_time = IN_PROCESS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (_, text, running) = publish::running_text(region).map_err(failed)?;
+    // The running config without its store (its paths, the file's tenants, admin tokens): the
+    // store is read once, below, and validated with the config by the engine's builder.
+    let (_, text, running) = publish::running_text_without_store(region).map_err(failed)?;
     let path = store_path(&running)?;
     let guard = lock(region, instance)?;
     let mut store = read(&path)?;
@@ -96,18 +99,20 @@ pub fn change<T>(
     if let Some(audit) = &running.server.audit_log {
         audit_line(audit, actor, now, &change, store.version)?;
     }
-    // The running config again, now with the new store (read from disk, as `apply` reads it).
-    let new = Config::from_toml_without_secrets(&text).map_err(|e| {
+    // The running config again as the next version (the same text, endpoints and files): the
+    // builder reads the new store with it; if they no longer validate together, the shards
+    // refuse it and say why.
+    let version = publish::version_after(region);
+    let (config_version, ms) = publish::push(
+        instance, region, guard, version, &text, &running, timeout,
+    )
+    .map_err(|why| {
         failed(format!(
-            "the store was written (version {}), but the running config no longer validates \
-             with it: {}",
-            store.version,
-            e.to_string().replace('\n', "; ")
+            "the store was written (version {}), but the running config was not taken \
+                 with it: {why}",
+            store.version
         ))
     })?;
-    let version = publish::version_after(region);
-    let (config_version, ms) =
-        publish::push(instance, region, guard, version, &text, &new, timeout).map_err(failed)?;
     Ok(Changed {
         said,
         store_version: store.version,
@@ -117,9 +122,10 @@ pub fn change<T>(
     })
 }
 
-/// The running config's tenant store, read from its file.
+/// The running config's tenant store, read from its file, and the running config without it
+/// (its paths and the file's `[[tenants]]`; the store is read once, here).
 pub fn running_store(region: &Region) -> Result<(Store, Config), Refused> {
-    let (_, _, running) = publish::running_text(region).map_err(failed)?;
+    let (_, _, running) = publish::running_text_without_store(region).map_err(failed)?;
     Ok((store_of(&running)?, running))
 }
 

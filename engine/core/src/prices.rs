@@ -191,11 +191,23 @@ pub fn uusd_of(usd: f64, max_usd: f64) -> Result<u64, String> {
 }
 
 /// The prices in force: by model name.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 pub struct PriceTable {
     by_model: HashMap<String, Price>,
     /// When and where the default table was taken (`None`: it is not used).
     pub default_taken: Option<(String, String)>,
+}
+
+/// Sorted by model (two tables with the same prices print the same).
+impl std::fmt::Debug for PriceTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut entries: Vec<_> = self.by_model.iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+        f.debug_struct("PriceTable")
+            .field("by_model", &entries)
+            .field("default_taken", &self.default_taken)
+            .finish()
+    }
 }
 
 impl PriceTable {

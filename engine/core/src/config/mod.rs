@@ -29,7 +29,7 @@ pub use validate::check_instance_name;
 
 use endpoint::Resolver;
 use raw::RawConfig;
-use validate::{Files, Secrets, Validator};
+use validate::{Files, Secrets, StoreRead, Validator};
 
 /// The config `shardgate` runs with no `--config`: a built-in demo model behind one route.
 pub const EMBEDDED_DEFAULT: &str = r#"# shardgate's embedded default: the built-in demo model, no upstream needed.
@@ -89,14 +89,42 @@ impl Config {
     /// Parse and validate TOML text. Errors name the field and the reason (and, for syntax
     /// errors, the line).
     pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
-        Self::parse(text, Resolver::System, Files::Disk, Secrets::Read)
+        Self::parse(
+            text,
+            Resolver::System,
+            Files::Disk,
+            Secrets::Read,
+            StoreRead::Read,
+        )
     }
 
     /// [`Config::from_toml`] for `shardgate-ctl`: `api_key_env` variables are not read (ctl does
     /// not hold the upstreams' secrets; each shard reads them from the engine's environment and
     /// refuses the config if one is missing).
     pub fn from_toml_without_secrets(text: &str) -> Result<Config, ConfigErrors> {
-        Self::parse(text, Resolver::System, Files::Disk, Secrets::Skip)
+        Self::parse(
+            text,
+            Resolver::System,
+            Files::Disk,
+            Secrets::Skip,
+            StoreRead::Read,
+        )
+    }
+
+    /// [`Config::from_message`] without reading the tenant store (an empty one stands for
+    /// it): what a change to the store needs of the running config (its paths, the file's
+    /// tenants, its admin tokens) without reading and validating the whole store, which the
+    /// engine's builder does once the change is pushed.
+    pub fn from_message_without_store(
+        m: &crate::control::message::ConfigMessage,
+    ) -> Result<Config, ConfigErrors> {
+        Self::parse(
+            &m.toml,
+            Resolver::Table(&m.resolved),
+            Files::Table(&m.files),
+            Secrets::Skip,
+            StoreRead::Skip,
+        )
     }
 
     /// Parse and validate a config that came over the ring, resolving endpoint names from the
@@ -109,6 +137,7 @@ impl Config {
             Resolver::Table(&m.resolved),
             Files::Table(&m.files),
             Secrets::Read,
+            StoreRead::Read,
         )
     }
 
@@ -136,6 +165,7 @@ impl Config {
         resolver: Resolver<'_>,
         files: Files<'_>,
         secrets: Secrets,
+        store: StoreRead,
     ) -> Result<Config, ConfigErrors> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let field = match e.span() {
@@ -156,6 +186,7 @@ impl Config {
             resolver,
             files,
             secrets,
+            store,
         };
         let mut config = v.config(raw);
         if v.errors.is_empty() {

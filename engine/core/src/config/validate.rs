@@ -30,12 +30,21 @@ pub(super) enum Files<'a> {
     Table(&'a std::collections::HashMap<String, Vec<u8>>),
 }
 
+/// Whether the tenant store's file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StoreRead {
+    Read,
+    /// Taken as empty (its path is kept): for a change to the store, which reads it itself.
+    Skip,
+}
+
 pub(super) struct Validator<'a> {
     pub(super) errors: Vec<ConfigError>,
     pub(super) warnings: Vec<String>,
     pub(super) resolver: Resolver<'a>,
     pub(super) files: Files<'a>,
     pub(super) secrets: Secrets,
+    pub(super) store: StoreRead,
 }
 
 impl Validator<'_> {
@@ -107,6 +116,12 @@ impl Validator<'_> {
         if path.is_empty() {
             self.error(FIELD, "must be a file path");
             return None;
+        }
+        if self.store == StoreRead::Skip {
+            return Some(StoreFile {
+                path: path.to_owned(),
+                bytes: Vec::new(),
+            });
         }
         let got = match std::fs::metadata(path) {
             Ok(m) if m.len() > crate::store::STORE_BYTES_MAX as u64 => Err(format!(

@@ -95,6 +95,25 @@ pub fn running_text(region: &Region) -> Result<(u64, String, Config), String> {
     Ok((version, m.toml, c))
 }
 
+/// [`running_text`] without reading the tenant store (taken as empty; its path is kept): for
+/// a change to the store, which reads the store itself.
+pub fn running_text_without_store(region: &Region) -> Result<(u64, String, Config), String> {
+    let Some((version, body)) = region.ring().latest_message() else {
+        return Err(
+            "the running config is unknown (no complete config message in the ring)".into(),
+        );
+    };
+    let m = message::decode(&body)
+        .map_err(|e| format!("the running config (version {version}) cannot be read: {e}"))?;
+    let c = Config::from_message_without_store(&m).map_err(|e| {
+        format!(
+            "the running config (version {version}) does not validate: {}",
+            e.to_string().replace('\n', "; ")
+        )
+    })?;
+    Ok((version, m.toml, c))
+}
+
 /// The running config: the newest complete message in the ring, validated as a shard would.
 /// Errors say why it cannot be known.
 pub fn running(region: &Region) -> Result<(u64, Config), String> {
