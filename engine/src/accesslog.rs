@@ -315,9 +315,7 @@ fn write_line(r: &Record, time: &TimePrefix, out: &mut Vec<u8>) {
         write_opt_num(out, tout);
         out.extend_from_slice(b",\"cost_usd\":");
         match r.cost_nusd {
-            Some(n) => {
-                let _ = write!(out, "{}", crate::prices::usd(n));
-            }
+            Some(n) => crate::prices::usd(n).write_to(out),
             None => out.extend_from_slice(b"null"),
         }
     }

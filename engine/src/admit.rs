@@ -145,8 +145,17 @@ impl TenantLimits {
     /// The microdollars request `adm` may spend in all under the USD budget: what it reserved
     /// plus what is left in the window (None without one).
     pub fn budget_usd_allowance(&self, adm: &Admitted, now_ns: u64) -> Option<u64> {
+        self.usd_allowance(adm.usd, now_ns)
+    }
+
+    /// [`TenantLimits::budget_usd_allowance`] for what a key's part of a request reserved.
+    pub fn key_usd_allowance(&self, part: &KeyPart, now_ns: u64) -> Option<u64> {
+        self.usd_allowance(part.usd, now_ns)
+    }
+
+    fn usd_allowance(&self, reserved: Option<Reservation>, now_ns: u64) -> Option<u64> {
         let (b, c) = (self.budget_usd.as_ref()?, self.cells?);
-        let reserved = adm.usd.map_or(0, |r| r.tokens());
+        let reserved = reserved.map_or(0, |r| r.tokens());
         Some(reserved.saturating_add(b.remaining(&c.budget_usd, now_ns)))
     }
 

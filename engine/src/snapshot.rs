@@ -356,6 +356,12 @@ impl Snapshot {
         self.tenant_parts.limits.get(t.0)
     }
 
+    /// The limits of key `k`'s own (an index from the request's key memo).
+    #[inline]
+    pub fn key_limits(&self, k: usize) -> Option<&TenantLimits> {
+        self.key_limits.get(k)
+    }
+
     /// Tenant `t`'s open connections on this shard.
     #[inline]
     pub fn tenant_conns(&self, t: TenantId) -> Option<&Rc<Cell<usize>>> {

@@ -283,3 +283,51 @@ fn a_usd_budget_admits_what_fits_and_cuts_a_stream_at_it() {
     );
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
 }
+
+#[test]
+fn a_keys_own_usd_budget_refuses_and_cuts_its_streams_while_the_tenants_other_keys_go_on() {
+    let tmp = TempDir::new("spend-key");
+    let up = upstream();
+    let mut cfg = config(tmp.path(), up.addr());
+    cfg = cfg.replace(
+        "admin_tokens",
+        &format!(
+            "tenant_store = \"{}\"\nadmin_tokens",
+            tmp.path().join("tenants.json").display()
+        ),
+    );
+    let gw = Gateway::start(&cfg);
+    let ctl = |args: &[&str]| {
+        let out = run_ctl(gw.instance(), args, &[], Duration::from_secs(20));
+        assert_eq!(out.code, Some(0), "ctl {args:?}: {}", out.text());
+        out.stdout.lines().last().unwrap_or_default().to_owned()
+    };
+    ctl(&["tenants", "add", "store-team"]);
+    let limited = ctl(&["keys", "create", "store-team", "--budget-usd", "0.001"]);
+    let free = ctl(&["keys", "create", "store-team"]);
+    assert!(limited.starts_with("sk-sg-") && free.starts_with("sk-sg-"));
+
+    // A stream of 400 events against the key's $0.001 is cut (about 48 events), as the
+    // tenant's own budget cuts one.
+    let stream =
+        r#"{"model":"priced","stream":true,"max_tokens":20,"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = chat(&gw, &limited, stream);
+    assert_eq!(r.status, 200, "{}", r.summary());
+    let text = r.body_str();
+    let events = text.matches("\"content\"").count();
+    assert!(
+        (40..400).contains(&events),
+        "the stream was not cut at the key's budget ({events} events)"
+    );
+    assert!(text.contains("insufficient_quota"), "no error event:\n{text}");
+    // Its budget spent: a request is refused with the dollar budget named; the tenant's other
+    // key, without a budget of its own, goes on.
+    let body = r#"{"model":"priced","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = chat(&gw, &limited, body);
+    assert_error(&r, 429, "insufficient_quota");
+    assert!(r.body_str().contains("USD"), "{}", r.body_str());
+    for _ in 0..4 {
+        let r = chat(&gw, &free, body);
+        assert_eq!(r.status, 200, "{}", r.summary());
+    }
+}

@@ -267,12 +267,21 @@ pub(super) fn over_budget(c: &Client) -> bool {
     {
         return true;
     }
-    // The USD budget: the prompt at the input price, one output token per content event.
-    match (limits.budget_usd_allowance(adm, now_ns), c.ex.price) {
-        (Some(allowed_uusd), Some(p)) => {
+    // The USD budgets, the tenant's and the key's own: the prompt at the input price, one
+    // output token per content event.
+    let Some(p) = c.ex.price else {
+        return false;
+    };
+    let key_allowance = adm.key_part().and_then(|(k, part)| {
+        c.snap
+            .key_limits(k)
+            .and_then(|l| l.key_usd_allowance(&part, now_ns))
+    });
+    [limits.budget_usd_allowance(adm, now_ns), key_allowance]
+        .into_iter()
+        .flatten()
+        .any(|allowed_uusd| {
             let prompt_uusd = p.estimate_uusd(c.ex.prompt_estimate, 0);
             events > p.output_tokens_for_uusd(allowed_uusd.saturating_sub(prompt_uusd))
-        }
-        _ => false,
-    }
+        })
 }
