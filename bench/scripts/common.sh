@@ -2,8 +2,9 @@
 
 is_running() { # alive and not a zombie
     local st
-    [[ -r /proc/$1/stat ]] || return 1
-    st=$(<"/proc/$1/stat") 2>/dev/null || return 1
+    # The process may exit between any two reads: every read of /proc may fail, quietly.
+    st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $st ]] || return 1
     st=${st##*) }
     [[ ${st%% *} != Z ]]
 }

@@ -309,8 +309,7 @@ fn a_keys_own_usd_budget_refuses_and_cuts_its_streams_while_the_tenants_other_ke
 
     // A stream of 400 events against the key's $0.001 is cut (about 48 events), as the
     // tenant's own budget cuts one.
-    let stream =
-        r#"{"model":"priced","stream":true,"max_tokens":20,"messages":[{"role":"user","content":"hi"}]}"#;
+    let stream = r#"{"model":"priced","stream":true,"max_tokens":20,"messages":[{"role":"user","content":"hi"}]}"#;
     let r = chat(&gw, &limited, stream);
     assert_eq!(r.status, 200, "{}", r.summary());
     let text = r.body_str();
@@ -319,7 +318,10 @@ fn a_keys_own_usd_budget_refuses_and_cuts_its_streams_while_the_tenants_other_ke
         (40..400).contains(&events),
         "the stream was not cut at the key's budget ({events} events)"
     );
-    assert!(text.contains("insufficient_quota"), "no error event:\n{text}");
+    assert!(
+        text.contains("insufficient_quota"),
+        "no error event:\n{text}"
+    );
     // Its budget spent: a request is refused with the dollar budget named; the tenant's other
     // key, without a budget of its own, goes on.
     let body = r#"{"model":"priced","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#;

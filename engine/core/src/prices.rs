@@ -506,8 +506,22 @@ mod tests {
             decimals: 40,
         };
         assert_eq!(odd.to_string(), "1.8446744073709551615");
-        assert_eq!(Fixed { value: 2_500, decimals: 3 }.to_string(), "2.5");
-        assert_eq!(Fixed { value: 7, decimals: 0 }.to_string(), "7");
+        assert_eq!(
+            Fixed {
+                value: 2_500,
+                decimals: 3
+            }
+            .to_string(),
+            "2.5"
+        );
+        assert_eq!(
+            Fixed {
+                value: 7,
+                decimals: 0
+            }
+            .to_string(),
+            "7"
+        );
         assert_eq!(uusd_of(12.5, 1e9), Ok(12_500_000));
         assert!(uusd_of(0.0, 1e9).is_err());
         assert!(uusd_of(f64::INFINITY, 1e9).is_err());
