@@ -522,6 +522,7 @@ mod tests {
         let t = TenantConfig {
             name: name.into(),
             keys: Vec::new(),
+            key_limits: Vec::new(),
             suspended: false,
             models: Models::All,
             rpm: Some(1000),

@@ -1168,9 +1168,11 @@ impl Store {
 pub fn finish(configs: &mut [TenantConfig], extra: &[(Vec<KeyExtra>, bool)]) {
     for (t, (keys, suspended)) in configs.iter_mut().zip(extra) {
         t.suspended = *suspended;
-        for (k, e) in t.keys.iter_mut().zip(keys) {
+        for (j, (k, e)) in t.keys.iter_mut().zip(keys).enumerate() {
             k.expires_unix_ms = e.expires_unix_ms;
-            k.limits = e.limits;
+            if let (Some(l), Ok(j)) = (e.limits, u32::try_from(j)) {
+                t.key_limits.push((j, l));
+            }
         }
     }
 }

@@ -110,8 +110,6 @@ pub struct TenantKey {
     /// Unix ms from which the key is refused (an expiry, or the end of a rotation's grace);
     /// `u64::MAX`: never.
     pub expires_unix_ms: u64,
-    /// Limits of the key's own, within its tenant's (keys of the tenant store only).
-    pub limits: Option<KeyLimits>,
 }
 
 /// A key's own limits (`shardgate-ctl keys create --rpm --tpm --budget-usd`): held over all
@@ -143,8 +141,11 @@ pub struct LimitedKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantConfig {
     pub name: String,
-    /// Its keys (a key of the tenant store past its expiry is left out).
+    /// Its keys (one past its expiry stays here and is refused at lookup).
     pub keys: Vec<TenantKey>,
+    /// The keys with limits of their own (keys of the tenant store only): the key's index in
+    /// `keys` and its limits, by index. Kept apart so a key without (nearly all) costs nothing.
+    pub key_limits: Vec<(u32, KeyLimits)>,
     /// Suspended in the tenant store: its keys are known, its requests refused (403).
     pub suspended: bool,
     pub models: Models,
@@ -261,7 +262,6 @@ pub fn validate(
                 );
             }
             key_hashes.push(TenantKey {
-                limits: None,
                 hash,
                 expires_unix_ms: u64::MAX,
             });
@@ -338,6 +338,7 @@ pub fn validate(
         out.push(TenantConfig {
             name: t.name,
             keys: key_hashes,
+            key_limits: Vec::new(),
             suspended: false,
             models,
             rpm,
@@ -399,8 +400,12 @@ impl Tenants {
         let mut by_key = HashMap::new();
         let mut limited = Vec::new();
         for (i, t) in tenants.iter().enumerate() {
-            for k in &t.keys {
-                let limit = match k.limits {
+            let mut own = t.key_limits.iter().peekable();
+            for (j, k) in t.keys.iter().enumerate() {
+                let mine = own
+                    .next_if(|(at, _)| usize::try_from(*at).ok() == Some(j))
+                    .map(|(_, l)| *l);
+                let limit = match mine {
                     // Validation keeps the count within KEYS_LIMITED_MAX, far below u32::MAX.
                     Some(limits) => match u32::try_from(limited.len()) {
                         Ok(n) if n < NO_KEY_LIMITS => {
@@ -734,11 +739,14 @@ mod tests {
             budget_uusd: None,
             lineage: [9; KEY_ID_BYTES],
         };
-        t[0].keys[1].limits = Some(limits);
-        t[1].keys[0].limits = Some(KeyLimits {
-            rpm: Some(7),
-            ..limits
-        });
+        t[0].key_limits = vec![(1, limits)];
+        t[1].key_limits = vec![(
+            0,
+            KeyLimits {
+                rpm: Some(7),
+                ..limits
+            },
+        )];
         let table = Tenants::new(&t);
         assert_eq!(table.limited.len(), 2);
         assert_eq!(

@@ -318,11 +318,7 @@ impl Validator<'_> {
         if let Some(tail) = tenants.get_mut(from_file..) {
             crate::store::finish(tail, &store_extra);
         }
-        let limited = tenants
-            .iter()
-            .flat_map(|t| &t.keys)
-            .filter(|k| k.limits.is_some())
-            .count();
+        let limited: usize = tenants.iter().map(|t| t.key_limits.len()).sum();
         if limited > crate::tenant::KEYS_LIMITED_MAX {
             errors.push((
                 "server.tenant_store".to_owned(),
