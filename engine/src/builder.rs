@@ -79,10 +79,16 @@ impl Reuse {
     }
 }
 
-struct Job {
-    version: u64,
-    body: Vec<u8>,
-    reply: Sender<Built>,
+enum Job {
+    /// Build message `version` and answer on `reply`.
+    Build {
+        version: u64,
+        body: Vec<u8>,
+        reply: Sender<Built>,
+    },
+    /// A config a shard let go of: dropped here, so the last reference to a large config (tens
+    /// of MB at 100,000 keys) is never freed on a shard.
+    Retire(Arc<Config>),
 }
 
 /// The shards' handle on the builder thread.
@@ -124,43 +130,90 @@ impl Builder {
     /// Start the builder thread. `running`: the config the engine started with (what only a
     /// restart changes is checked against it), which the shards run as `version`;
     /// `overrides`: the command line's.
-    pub fn spawn(running: Config, version: u64, overrides: Overrides) -> std::io::Result<Builder> {
+    pub fn spawn(
+        running: Config,
+        version: u64,
+        overrides: Overrides,
+        shards: usize,
+    ) -> std::io::Result<Builder> {
         let (jobs, rx) = channel::bounded::<Job>(BUILDER_QUEUE_MAX);
         std::thread::Builder::new()
             .name("config-builder".into())
-            .spawn(move || run(&rx, running, version, &overrides))?;
+            .spawn(move || run(&rx, running, version, &overrides, shards))?;
         Ok(Builder { jobs })
     }
 
     /// Hand message `version` to the builder; its result arrives in `inbox`. `Err`: the
     /// builder's queue is full (or the builder is gone): the body back, to try again later.
     pub fn submit(&self, version: u64, body: Vec<u8>, inbox: &Inbox) -> Result<(), Vec<u8>> {
-        let job = Job {
+        let job = Job::Build {
             version,
             body,
             reply: inbox.tx.clone(),
         };
         self.jobs.try_send(job).map_err(|e| match e {
-            TrySendError::Full(j) | TrySendError::Disconnected(j) => j.body,
+            TrySendError::Full(Job::Build { body, .. })
+            | TrySendError::Disconnected(Job::Build { body, .. }) => body,
+            // Not what was sent.
+            TrySendError::Full(Job::Retire(_)) | TrySendError::Disconnected(Job::Retire(_)) => {
+                Vec::new()
+            }
         })
+    }
+
+    /// Have `cfg` dropped on the builder's thread (never blocks: with the queue full, it is
+    /// dropped here after all).
+    pub fn retire(&self, cfg: Arc<Config>) {
+        let _ = self.jobs.try_send(Job::Retire(cfg));
     }
 }
 
-fn run(jobs: &Receiver<Job>, running: Config, version: u64, overrides: &Overrides) {
-    // The last few versions built: every shard submits each version, usually close together.
-    // The config the shards started with is the first, so the first change maps its tenants.
-    let mut recent: std::collections::VecDeque<Built> =
+/// A [`Job::Build`], unpacked.
+struct BuildJob {
+    version: u64,
+    body: Vec<u8>,
+    reply: Sender<Built>,
+}
+
+fn run(jobs: &Receiver<Job>, running: Config, version: u64, overrides: &Overrides, shards: usize) {
+    // The versions built that a shard may still ask for, with how many shards asked: every
+    // shard submits each version, usually close together. A version every shard has had is
+    // dropped (a config of 100,000 keys holds tens of MB), except the newest good one, which
+    // the next version's tenants are mapped to. The config the shards started with is the
+    // first of those, so the first change maps its tenants.
+    let mut recent: std::collections::VecDeque<(Built, usize)> =
         std::collections::VecDeque::with_capacity(BUILT_KEPT);
     let running = Arc::new(running);
-    recent.push_back(Built {
-        version,
-        result: Ok(running.clone()),
-        reuse: None,
-    });
+    recent.push_back((
+        Built {
+            version,
+            result: Ok(running.clone()),
+            reuse: None,
+        },
+        shards,
+    ));
     let running = &*running;
     while let Ok(job) = jobs.recv() {
-        let built = match recent.iter().find(|b| b.version == job.version) {
-            Some(b) => b.clone(),
+        let job = match job {
+            Job::Retire(cfg) => {
+                drop(cfg);
+                continue;
+            }
+            Job::Build {
+                version,
+                body,
+                reply,
+            } => BuildJob {
+                version,
+                body,
+                reply,
+            },
+        };
+        let built = match recent.iter_mut().find(|(b, _)| b.version == job.version) {
+            Some((b, asked)) => {
+                *asked += 1;
+                b.clone()
+            }
             None => {
                 let result =
                     shardgate_core::control::build(&job.body, running, overrides).map(Arc::new);
@@ -168,8 +221,8 @@ fn run(jobs: &Receiver<Job>, running: Config, version: u64, overrides: &Override
                 let before = recent
                     .iter()
                     .rev()
-                    .filter(|b| b.version < job.version)
-                    .find_map(|b| Some((b.version, b.result.as_ref().ok()?)));
+                    .filter(|(b, _)| b.version < job.version)
+                    .find_map(|(b, _)| Some((b.version, b.result.as_ref().ok()?)));
                 let reuse = match (&result, before) {
                     (Ok(new), Some((from, old))) => Some(Arc::new(Reuse::between(from, old, new))),
                     _ => None,
@@ -182,12 +235,18 @@ fn run(jobs: &Receiver<Job>, running: Config, version: u64, overrides: &Override
                 if recent.len() == BUILT_KEPT {
                     recent.pop_front();
                 }
-                recent.push_back(b.clone());
+                recent.push_back((b.clone(), 1));
                 b
             }
         };
         // The inbox holds as many results as the ring holds messages: it is never full.
         let _ = job.reply.try_send(built);
+        let newest_good = recent
+            .iter()
+            .filter(|(b, _)| b.result.is_ok())
+            .map(|(b, _)| b.version)
+            .max();
+        recent.retain(|(b, asked)| *asked < shards || Some(b.version) == newest_good);
     }
 }
 
@@ -214,7 +273,7 @@ mod tests {
     #[test]
     fn each_shard_gets_each_version_in_order_refusals_included() {
         let running = Config::embedded_default();
-        let b = Builder::spawn(running.clone(), 1, Overrides::default()).expect("thread");
+        let b = Builder::spawn(running.clone(), 1, Overrides::default(), 2).expect("thread");
         let good = message::encode(EMBEDDED_DEFAULT, &running).expect("encode");
         let restart = EMBEDDED_DEFAULT.replace("[server]", "[server]\ninstance = \"other\"");
         let restart = message::encode(&restart, &running).expect("encode");
@@ -242,7 +301,7 @@ mod tests {
     #[test]
     fn one_build_serves_every_shard() {
         let running = Config::embedded_default();
-        let b = Builder::spawn(running.clone(), 1, Overrides::default()).expect("thread");
+        let b = Builder::spawn(running.clone(), 1, Overrides::default(), 2).expect("thread");
         let good = message::encode(EMBEDDED_DEFAULT, &running).expect("encode");
         let (one, two) = (Inbox::default(), Inbox::default());
         b.submit(2, good.clone(), &one).expect("queued");
@@ -257,5 +316,44 @@ mod tests {
             y[0].result.as_ref().expect("valid"),
         );
         assert!(Arc::ptr_eq(x, y), "the version was built twice");
+    }
+
+    #[test]
+    fn a_retired_config_is_dropped_on_the_builders_thread() {
+        let b =
+            Builder::spawn(Config::embedded_default(), 1, Overrides::default(), 1).expect("thread");
+        let cfg = Arc::new(Config::embedded_default());
+        b.retire(cfg.clone());
+        let start = Instant::now();
+        while Arc::strong_count(&cfg) > 1 && start.elapsed() < Duration::from_secs(5) {
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(Arc::strong_count(&cfg), 1, "the builder kept it");
+    }
+
+    #[test]
+    fn a_version_every_shard_has_had_is_let_go_unless_it_is_the_newest() {
+        let running = Config::embedded_default();
+        let b = Builder::spawn(running.clone(), 1, Overrides::default(), 2).expect("thread");
+        let good = message::encode(EMBEDDED_DEFAULT, &running).expect("encode");
+        let (one, two) = (Inbox::default(), Inbox::default());
+        let ok = |v: &[Built]| v[0].result.clone().expect("valid");
+        b.submit(2, good.clone(), &one).expect("queued");
+        let first = ok(&results(&one, 1));
+        b.submit(2, good.clone(), &two).expect("queued");
+        results(&two, 1);
+        // Both shards had version 2; it is still the newest, so it is kept (a late asker gets
+        // the same build).
+        b.submit(2, good.clone(), &one).expect("queued");
+        assert!(Arc::ptr_eq(&first, &ok(&results(&one, 1))));
+        // Version 3 built and had by both: version 2 is let go, and asked again it is built
+        // anew (its config is not held in memory meanwhile).
+        for inbox in [&one, &two] {
+            b.submit(3, good.clone(), inbox).expect("queued");
+            results(inbox, 1);
+        }
+        b.submit(2, good, &one).expect("queued");
+        assert!(!Arc::ptr_eq(&first, &ok(&results(&one, 1))));
     }
 }

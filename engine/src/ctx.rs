@@ -102,6 +102,8 @@ impl ShardCtx {
         let control = ShardControl::new(region, id, version);
         let pools = Pools::new();
         let cfg = Arc::new(cfg);
+        // Snapshots hand their config to the builder when dropped (freed off the shard).
+        *kept.retire.borrow_mut() = Some(builder.clone());
         let snapshot = Snapshot::new(version, cfg, &pools, &control.stats, region, &kept, None);
         Self {
             id,
@@ -425,7 +427,7 @@ mod tests {
         let roots = std::sync::Arc::new(rustls::RootCertStore::empty());
         let kept = Kept::new(roots, 0, crate::fair::Fabric::silent(1));
         let cfg = Config::embedded_default();
-        let builder = Builder::spawn(cfg.clone(), 1, crate::config::Overrides::default())
+        let builder = Builder::spawn(cfg.clone(), 1, crate::config::Overrides::default(), 1)
             .expect("the builder thread");
         ShardCtx::new(0, 1, cfg, region, builder, None, kept)
     }

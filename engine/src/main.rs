@@ -307,6 +307,7 @@ fn run(
         config.clone(),
         BOOTSTRAP_VERSION,
         overrides.clone(),
+        shards,
     )
     .map_err(|e| format!("cannot start the config builder thread: {e}"))?;
     // Tenants' access requests are filed in the store by a thread of their own, off the shards.

@@ -100,6 +100,9 @@ pub struct Snapshot {
     /// counter slot, its finish-tag cell in the fair queues and its open connections on this
     /// shard; shared with the previous snapshot when a change left the tenants as they were.
     tenant_parts: Rc<TenantParts>,
+    /// Where the config goes when this snapshot is dropped: the builder's thread, which frees
+    /// it if this was its last holder (a shard never frees a config of 100,000 keys).
+    retire: Option<crate::builder::Builder>,
     /// Keys with limits of their own (`cfg.key_table.limited`, in its order): their limits,
     /// on cells shared by every shard under the key's lineage.
     key_limits: Vec<TenantLimits>,
@@ -191,6 +194,7 @@ impl Snapshot {
             rr: cfg.upstreams.iter().map(|_| Cell::new(0)).collect(),
             tenants: cfg.key_table.clone(),
             tenant_parts: tenants,
+            retire: kept.retire.borrow().clone(),
             key_limits: key_limits(&cfg, region, kept),
             templates: Templates::new(cfg.templates.clone()),
             model_index: cfg
@@ -532,6 +536,14 @@ impl TenantParts {
     }
 }
 
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        if let Some(b) = &self.retire {
+            b.retire(self.cfg.clone());
+        }
+    }
+}
+
 /// A request's reservations are settled against the snapshot it started with.
 impl Books for Snapshot {
     type Admission = Admitted;
@@ -706,6 +718,8 @@ pub struct Kept {
     tls_server: RefCell<Option<(Vec<TlsFiles>, Arc<rustls::ServerConfig>)>>,
     /// Open connections per tenant name on this shard.
     tenant_conns: RefCell<HashMap<String, Rc<Cell<usize>>>>,
+    /// The builder, to which snapshots hand their config when dropped (`None` in tests).
+    pub retire: RefCell<Option<crate::builder::Builder>>,
     /// Key lineages' shared cells and leases (keys' own limits), by lineage.
     #[allow(clippy::type_complexity)]
     key_cells: RefCell<
@@ -734,6 +748,7 @@ impl Kept {
             tls_server: RefCell::new(None),
             tenant_conns: RefCell::new(HashMap::new()),
             key_cells: RefCell::new(HashMap::new()),
+            retire: RefCell::new(None),
         }
     }
 

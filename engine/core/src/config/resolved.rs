@@ -111,7 +111,8 @@ pub struct ServerConfig {
     pub admin_tokens: Vec<[u8; 32]>,
 }
 
-/// The tenant store's file: the path as written and what it held.
+/// The tenant store's file: the path as written and, while the config is validated, what it
+/// held (emptied once read into the config's tenants).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreFile {
     pub path: String,

@@ -180,7 +180,7 @@ impl Validator<'_> {
     }
 
     pub(super) fn config(&mut self, raw: RawConfig) -> Config {
-        let server = self.server(raw.server);
+        let mut server = self.server(raw.server);
         if raw.upstreams.len() > UPSTREAMS_MAX {
             self.error("upstreams", format!("at most {UPSTREAMS_MAX} upstreams"));
         }
@@ -275,6 +275,11 @@ impl Validator<'_> {
                 }
             },
         };
+        // Read into `store`: the file's bytes (16 MB at 100,000 keys) are not kept in the
+        // config, which the builder and every shard hold for as long as it runs.
+        if let Some(f) = server.tenant_store.as_mut() {
+            f.bytes = Vec::new();
+        }
         let mut all = Vec::with_capacity(raw.tenants.len());
         let mut file_index = Vec::with_capacity(raw.tenants.len());
         for (i, t) in raw.tenants.into_iter().enumerate() {
