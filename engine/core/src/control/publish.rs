@@ -79,25 +79,20 @@ pub fn version_after(region: &Region) -> u64 {
 
 /// The running config's TOML text and its validated form, from the ring.
 pub fn running_text(region: &Region) -> Result<(u64, String, Config), String> {
-    let Some((version, body)) = region.ring().latest_message() else {
-        return Err(
-            "the running config is unknown (no complete config message in the ring)".into(),
-        );
-    };
-    let m = message::decode(&body)
-        .map_err(|e| format!("the running config (version {version}) cannot be read: {e}"))?;
-    let c = Config::from_message(&m).map_err(|e| {
-        format!(
-            "the running config (version {version}) does not validate: {}",
-            e.to_string().replace('\n', "; ")
-        )
-    })?;
-    Ok((version, m.toml, c))
+    running_with(region, Config::from_message)
 }
 
 /// [`running_text`] without reading the tenant store (taken as empty; its path is kept): for
 /// a change to the store, which reads the store itself.
 pub fn running_text_without_store(region: &Region) -> Result<(u64, String, Config), String> {
+    running_with(region, Config::from_message_without_store)
+}
+
+/// The newest complete config message in the ring, validated by `validate`.
+fn running_with(
+    region: &Region,
+    validate: fn(&message::ConfigMessage) -> Result<Config, crate::config::ConfigErrors>,
+) -> Result<(u64, String, Config), String> {
     let Some((version, body)) = region.ring().latest_message() else {
         return Err(
             "the running config is unknown (no complete config message in the ring)".into(),
@@ -105,7 +100,7 @@ pub fn running_text_without_store(region: &Region) -> Result<(u64, String, Confi
     };
     let m = message::decode(&body)
         .map_err(|e| format!("the running config (version {version}) cannot be read: {e}"))?;
-    let c = Config::from_message_without_store(&m).map_err(|e| {
+    let c = validate(&m).map_err(|e| {
         format!(
             "the running config (version {version}) does not validate: {}",
             e.to_string().replace('\n', "; ")
