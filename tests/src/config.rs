@@ -128,3 +128,34 @@ impl ConfigBuilder {
         s
     }
 }
+
+/// A config on 2 shards with the built-in mock model, `auth = "keys"`, a tenant store and an
+/// audit log in `dir` (`tenants.json`, `audit.jsonl`), and, given `admin_token`, the admin
+/// API on a free port accepting that token.
+pub fn store_config(dir: &std::path::Path, admin_token: Option<&str>) -> String {
+    let admin = admin_token.map_or(String::new(), |t| {
+        format!(
+            "admin_listen = \"127.0.0.1:0\"\nadmin_tokens = [\"sha256:{}\"]\n",
+            crate::sha256_hex(t)
+        )
+    });
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+cores = 2
+auth = "keys"
+tenant_store = "{}"
+audit_log = "{}"
+{admin}
+[[upstreams]]
+name = "mock"
+provider = "mock"
+
+[[routes]]
+path_prefix = "/"
+upstream = "mock"
+"#,
+        dir.join("tenants.json").display(),
+        dir.join("audit.jsonl").display()
+    )
+}

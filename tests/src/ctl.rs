@@ -81,3 +81,14 @@ pub fn ctl_status(instance: &str) -> serde_json::Value {
     serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("status --json: {e}\n{}", out.text()))
 }
+
+/// How long a change through ctl may take in the tests (it waits for every shard).
+pub const CTL_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `shardgate-ctl ARGS` on `gw`'s instance, asserting it succeeded: its stdout.
+#[track_caller]
+pub fn ctl_ok(gw: &crate::Gateway, args: &[&str]) -> String {
+    let out = run_ctl(gw.instance(), args, &[], CTL_WAIT);
+    assert_eq!(out.code, Some(0), "ctl {args:?}: {}", out.text());
+    out.stdout
+}

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 pub use bench_upstream::BenchUpstream;
 pub use bin::{bench_bin, ctl_bin, shardgate_bin, shardgate_tune_bin};
 pub use client::{dechunk, split_head, Client, Closed, Response};
-pub use config::{free_port, ConfigBuilder, Driver, DRIVERS};
-pub use ctl::{ctl_status, run_ctl, spawn_ctl, CtlOutput};
+pub use config::{free_port, store_config, ConfigBuilder, Driver, DRIVERS};
+pub use ctl::{ctl_ok, ctl_status, run_ctl, spawn_ctl, CtlOutput, CTL_WAIT};
 pub use gateway::{run_shardgate, Gateway, RunOutput};
 pub use tls::{self_signed, tls_handshake_only, Leaf, TempDir, TestCa};
 pub use upstream::{
@@ -62,6 +62,27 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         sleep(Duration::from_millis(5));
     }
+}
+
+/// One request to the admin API at `gw`'s admin listener (with `token` as its bearer, and a
+/// JSON `body`): the status and the JSON answer.
+pub fn admin_request(
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut c = Client::connect(gw.admin_addr());
+    let body = body.map(ToString::to_string).unwrap_or_default();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    c.send(format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    let r = c.read_response();
+    (r.status, r.json())
 }
 
 /// The SHA-256 of `key` as the config writes it after `sha256:`.

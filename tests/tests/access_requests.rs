@@ -10,57 +10,24 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shardgate_tests::{
-    assert_error, chat_with_key, ctl_status, run_ctl, sha256_hex, wait_until, Client, Gateway,
-    Response, TempDir,
+    admin_request, assert_error, chat_with_key, ctl_ok, ctl_status, run_ctl, sha256_hex,
+    store_config, wait_until, Client, Gateway, Response, TempDir, CTL_WAIT,
 };
 
-const CTL_WAIT: Duration = Duration::from_secs(20);
 const ADMIN_TOKEN: &str = "adm-access-token-0123456789";
 /// Fresh connections per check: enough that both shards' listeners take some (SO_REUSEPORT
 /// spreads them by the client's port).
 const CONNECTIONS: usize = 32;
 
-fn config(d: &Path) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-cores = 2
-auth = "keys"
-tenant_store = "{}"
-audit_log = "{}"
-admin_tokens = ["sha256:{}"]
-
-[[upstreams]]
-name = "mock"
-provider = "mock"
-
-[[routes]]
-path_prefix = "/"
-upstream = "mock"
-"#,
-        d.join("tenants.json").display(),
-        d.join("audit.jsonl").display(),
-        sha256_hex(ADMIN_TOKEN)
-    )
-}
-
-/// `shardgate-ctl ARGS` on the gateway's instance; its stdout, asserting it succeeded.
-fn ctl(gw: &Gateway, args: &[&str]) -> String {
-    let out = run_ctl(gw.instance(), args, &[], CTL_WAIT);
-    assert_eq!(out.code, Some(0), "ctl {args:?}: {}", out.text());
-    out.stdout
-}
-
 /// A tenant `name` allowed `demo` only, and a key of it.
 fn tenant_with_key(gw: &Gateway, name: &str) -> String {
-    ctl(
+    ctl_ok(
         gw,
         &[
             "tenants", "add", name, "--models", "demo", "--rpm", "100000",
         ],
     );
-    let out = ctl(gw, &["keys", "create", name]);
+    let out = ctl_ok(gw, &["keys", "create", name]);
     let key = out.lines().last().unwrap_or_default().to_owned();
     assert!(key.starts_with("sk-sg-"), "no key printed:\n{out}");
     key
@@ -158,7 +125,7 @@ fn audit(d: &Path) -> Vec<(String, String, String)> {
 fn a_tenant_asks_ctl_approves_or_denies_and_every_shard_follows() {
     let tmp = TempDir::new("access-ctl");
     let d = tmp.path();
-    let gw = Gateway::start(&config(d));
+    let gw = Gateway::start(&store_config(d, Some(ADMIN_TOKEN)));
     assert_eq!(gw.shards(), 2);
     let key = tenant_with_key(&gw, "team-a");
     let other = tenant_with_key(&gw, "team-b");
@@ -232,7 +199,7 @@ fn a_tenant_asks_ctl_approves_or_denies_and_every_shard_follows() {
     assert_eq!(access(&gw, "DELETE", Some(&key), None).status, 405);
 
     // The operators' list: the request, pending; filtered by tenant.
-    let list = ctl(&gw, &["access", "list", "--pending"]);
+    let list = ctl_ok(&gw, &["access", "list", "--pending"]);
     let head = list.lines().next().unwrap_or_default();
     for col in ["ID", "TENANT", "MODEL", "STATUS", "CREATED", "REASON"] {
         assert!(head.contains(col), "{list}");
@@ -245,11 +212,11 @@ fn a_tenant_asks_ctl_approves_or_denies_and_every_shard_follows() {
             && l.contains("evals for Q3")),
         "{list}"
     );
-    let theirs = ctl(&gw, &["access", "list", "--tenant", "team-b"]);
+    let theirs = ctl_ok(&gw, &["access", "list", "--tenant", "team-b"]);
     assert_eq!(theirs.lines().count(), 1, "{theirs}");
 
     // Approved: the model is served on every shard when ctl returns.
-    let said = ctl(&gw, &["access", "approve", &id, "--rpm", "200000"]);
+    let said = ctl_ok(&gw, &["access", "approve", &id, "--rpm", "200000"]);
     assert!(said.contains(&format!("approved {id}")), "{said}");
     let before = shard_requests(&gw);
     let got = calls_at_once(&gw, &key, "gpt-4o");
@@ -270,7 +237,12 @@ fn a_tenant_asks_ctl_approves_or_denies_and_every_shard_follows() {
     assert_eq!(seen[0]["status"], "approved", "{seen:?}");
     assert_eq!(seen[0]["rpm"], 200000, "{seen:?}");
     assert!(seen[0].get("decided_by").is_none(), "{seen:?}");
-    assert!(ctl(&gw, &["access", "list", "--pending"]).lines().count() == 1);
+    assert!(
+        ctl_ok(&gw, &["access", "list", "--pending"])
+            .lines()
+            .count()
+            == 1
+    );
     // Decided: not again.
     let out = run_ctl(gw.instance(), &["access", "approve", &id], &[], CTL_WAIT);
     assert_eq!(out.code, Some(1), "{}", out.text());
@@ -285,7 +257,7 @@ fn a_tenant_asks_ctl_approves_or_denies_and_every_shard_follows() {
         "a denial without --reason: {}",
         out.text()
     );
-    ctl(&gw, &["access", "deny", &id2, "--reason", "use gpt-4o"]);
+    ctl_ok(&gw, &["access", "deny", &id2, "--reason", "use gpt-4o"]);
     let seen = mine(&gw, &key);
     let denied = seen
         .iter()
@@ -331,22 +303,14 @@ fn a_tenant_asks_ctl_approves_or_denies_and_every_shard_follows() {
 
 /// One admin request; the status and the JSON body.
 fn admin(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut c = Client::connect(gw.admin_addr());
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    c.send(format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    ));
-    let r = c.read_response();
-    (r.status, r.json())
+    admin_request(gw, method, path, Some(ADMIN_TOKEN), body.as_ref())
 }
 
 #[test]
 fn the_admin_api_lists_approves_and_denies_access_requests() {
     let tmp = TempDir::new("access-admin");
     let d = tmp.path();
-    let gw = Gateway::start(&config(d));
+    let gw = Gateway::start(&store_config(d, Some(ADMIN_TOKEN)));
     let (s, _) = admin(
         &gw,
         "POST",
@@ -484,7 +448,7 @@ fn without_a_store_or_for_a_config_tenant_access_requests_are_refused_clearly() 
         sha256_hex(boot_key)
     );
     // A tenant of the config file only: told to have it imported.
-    let gw = Gateway::start(&format!("{}\n{boot}", config(d)));
+    let gw = Gateway::start(&format!("{}\n{boot}", store_config(d, Some(ADMIN_TOKEN))));
     let r = access(&gw, "POST", Some(boot_key), Some(r#"{"model":"gpt-4o"}"#));
     assert_error(&r, 400, "invalid_request");
     let message = r.json()["error"]["message"]

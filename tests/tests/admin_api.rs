@@ -3,37 +3,10 @@
 //! revoked and suspended over HTTP, each in force on the data port when the answer comes, and
 //! audited under the token's id; errors OpenAI-shaped with the right status.
 
-use std::path::Path;
-
 use serde_json::{json, Value};
-use shardgate_tests::{chat_with_key, sha256_hex, Client, Gateway, TempDir};
+use shardgate_tests::{admin_request, chat_with_key, sha256_hex, store_config, Gateway, TempDir};
 
 const ADMIN_TOKEN: &str = "adm-test-token-0123456789";
-
-fn config(d: &Path) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-cores = 2
-auth = "keys"
-tenant_store = "{}"
-audit_log = "{}"
-admin_tokens = ["sha256:{}"]
-
-[[upstreams]]
-name = "mock"
-provider = "mock"
-
-[[routes]]
-path_prefix = "/"
-upstream = "mock"
-"#,
-        d.join("tenants.json").display(),
-        d.join("audit.jsonl").display(),
-        sha256_hex(ADMIN_TOKEN)
-    )
-}
 
 /// One admin request; the status and the JSON body.
 fn admin(
@@ -43,16 +16,7 @@ fn admin(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut c = Client::connect(gw.admin_addr());
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    c.send(format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    ));
-    let r = c.read_response();
-    (r.status, r.json())
+    admin_request(gw, method, path, token, body.as_ref())
 }
 
 fn ok(gw: &Gateway, method: &str, path: &str, body: Option<Value>, want: u16) -> Value {
@@ -75,7 +39,7 @@ fn calls(gw: &Gateway, key: &str) -> Vec<u16> {
 fn tenants_and_keys_over_http_take_effect_on_every_shard_and_are_audited() {
     let tmp = TempDir::new("admin-api");
     let d = tmp.path();
-    let gw = Gateway::start(&config(d));
+    let gw = Gateway::start(&store_config(d, Some(ADMIN_TOKEN)));
     // No token, a wrong one: 401, nothing done.
     for token in [None, Some("adm-wrong")] {
         let (status, v) = admin(&gw, "GET", "/admin/v1/tenants", token, None);

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shardgate_tests::{
-    assert_error, content_events, run_ctl, sha256_hex, wait_until, write_chunk, write_response,
-    Action, Client, Gateway, MockUpstream, Request, TempDir,
+    admin_request, assert_error, content_events, ctl_ok, sha256_hex, wait_until, write_chunk,
+    write_response, Action, Client, Gateway, MockUpstream, Request, TempDir,
 };
 
 const ADMIN_TOKEN: &str = "adm-spend-token-0123456789";
@@ -128,9 +128,8 @@ fn usd(nusd: u64) -> String {
 }
 
 fn ctl_json(gw: &Gateway, args: &[&str]) -> Value {
-    let out = run_ctl(gw.instance(), args, &[], Duration::from_secs(20));
-    assert_eq!(out.code, Some(0), "ctl {args:?}: {}", out.text());
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+    let out = ctl_ok(gw, args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
 #[test]
@@ -219,13 +218,7 @@ fn spend_is_the_usage_at_the_price_in_every_report() {
     assert_eq!(none["total_usd"], "0");
 
     // The admin API says the same, and refuses without a token.
-    let admin = |path: &str, token: Option<&str>| {
-        let mut c = Client::connect(gw.admin_addr());
-        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-        c.send(format!("GET {path} HTTP/1.1\r\nHost: a\r\n{auth}\r\n"));
-        let r = c.read_response();
-        (r.status, r.json())
-    };
+    let admin = |path: &str, token: Option<&str>| admin_request(&gw, "GET", path, token, None);
     let (status, v) = admin("/admin/v1/spend?tenant=team", Some(ADMIN_TOKEN));
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["total_usd"], total.as_str(), "{v}");
@@ -298,9 +291,8 @@ fn a_keys_own_usd_budget_refuses_and_cuts_its_streams_while_the_tenants_other_ke
     );
     let gw = Gateway::start(&cfg);
     let ctl = |args: &[&str]| {
-        let out = run_ctl(gw.instance(), args, &[], Duration::from_secs(20));
-        assert_eq!(out.code, Some(0), "ctl {args:?}: {}", out.text());
-        out.stdout.lines().last().unwrap_or_default().to_owned()
+        let out = ctl_ok(&gw, args);
+        out.lines().last().unwrap_or_default().to_owned()
     };
     ctl(&["tenants", "add", "store-team"]);
     let limited = ctl(&["keys", "create", "store-team", "--budget-usd", "0.001"]);

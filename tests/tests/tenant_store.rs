@@ -4,46 +4,16 @@
 //! and the audit log never hold a key; a `SIGKILL` of ctl in the middle of changes leaves a
 //! store that reads.
 
-use std::path::Path;
 use std::time::Duration;
 
 use shardgate_tests::{
-    chat_with_key, run_ctl, sha256_hex, sleep, spawn_ctl, Client, Gateway, TempDir,
+    chat_with_key, ctl_ok, run_ctl, sha256_hex, sleep, spawn_ctl, store_config, Client, Gateway,
+    TempDir, CTL_WAIT,
 };
 
-const CTL_WAIT: Duration = Duration::from_secs(20);
 /// Fresh connections per check: enough that both shards' listeners take some (SO_REUSEPORT
 /// spreads them by the client's port).
 const CONNECTIONS: usize = 48;
-
-fn config(d: &Path) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-cores = 2
-auth = "keys"
-tenant_store = "{}"
-audit_log = "{}"
-
-[[upstreams]]
-name = "mock"
-provider = "mock"
-
-[[routes]]
-path_prefix = "/"
-upstream = "mock"
-"#,
-        d.join("tenants.json").display(),
-        d.join("audit.jsonl").display()
-    )
-}
-
-/// `shardgate-ctl ARGS` on the gateway's instance; its stdout, asserting it succeeded.
-fn ctl(gw: &Gateway, args: &[&str]) -> String {
-    let out = run_ctl(gw.instance(), args, &[], CTL_WAIT);
-    assert_eq!(out.code, Some(0), "ctl {args:?}: {}", out.text());
-    out.stdout
-}
 
 /// The key `keys create`/`keys rotate` printed (its last line), and the new key's id (the
 /// last `key_` word: rotate names the old key first).
@@ -87,15 +57,15 @@ fn all(statuses: &[u16], want: u16) -> bool {
 fn keys_made_rotated_and_revoked_hold_on_every_shard_when_ctl_returns() {
     let tmp = TempDir::new("store-life");
     let d = tmp.path();
-    let gw = Gateway::start(&config(d));
+    let gw = Gateway::start(&store_config(d, None));
     assert_eq!(gw.shards(), 2);
-    ctl(
+    ctl_ok(
         &gw,
         &[
             "tenants", "add", "team-a", "--models", "demo", "--rpm", "100000",
         ],
     );
-    let (key, id) = new_key(&ctl(&gw, &["keys", "create", "team-a", "--name", "ci"]));
+    let (key, id) = new_key(&ctl_ok(&gw, &["keys", "create", "team-a", "--name", "ci"]));
 
     // In force on both shards when ctl returns: many connections at once, all admitted.
     let got = calls_at_once(&gw, &key);
@@ -119,13 +89,13 @@ fn keys_made_rotated_and_revoked_hold_on_every_shard_when_ctl_returns() {
     assert_eq!(kept.read_response().status, 200);
 
     // Suspended: 403 with its own code; resumed: admitted again.
-    ctl(&gw, &["tenants", "suspend", "team-a"]);
+    ctl_ok(&gw, &["tenants", "suspend", "team-a"]);
     assert_eq!(call(&gw, &key, "demo"), (403, "tenant_suspended".into()));
-    ctl(&gw, &["tenants", "resume", "team-a"]);
+    ctl_ok(&gw, &["tenants", "resume", "team-a"]);
     assert_eq!(call(&gw, &key, "demo").0, 200);
 
     // Rotated with a grace: both keys work, then only the new one.
-    let out = ctl(&gw, &["keys", "rotate", &id, "--grace", "3s"]);
+    let out = ctl_ok(&gw, &["keys", "rotate", &id, "--grace", "3s"]);
     let (new, new_id) = new_key(&out);
     assert_ne!(new, key);
     assert_ne!(new_id, id, "{out}");
@@ -142,7 +112,7 @@ fn keys_made_rotated_and_revoked_hold_on_every_shard_when_ctl_returns() {
     // Revoked: refused on every shard the moment ctl returns, the kept-alive connection too.
     kept.send(req(&new));
     assert_eq!(kept.read_response().status, 200);
-    ctl(&gw, &["keys", "revoke", &new_id]);
+    ctl_ok(&gw, &["keys", "revoke", &new_id]);
     let revoked = calls_at_once(&gw, &new);
     assert!(
         all(&revoked, 401),
@@ -154,7 +124,7 @@ fn keys_made_rotated_and_revoked_hold_on_every_shard_when_ctl_returns() {
     // Neither the store nor the audit log nor ctl's list ever holds a key.
     let store = std::fs::read_to_string(d.join("tenants.json")).expect("store");
     let audit = std::fs::read_to_string(d.join("audit.jsonl")).expect("audit log");
-    let list = ctl(&gw, &["keys", "list"]);
+    let list = ctl_ok(&gw, &["keys", "list"]);
     for text in [&store, &audit, &list] {
         assert!(
             !text.contains(&key) && !text.contains(&new),
@@ -185,12 +155,12 @@ fn keys_made_rotated_and_revoked_hold_on_every_shard_when_ctl_returns() {
 #[test]
 fn a_keys_own_limits_hold_within_its_tenants_across_shards_and_rotations() {
     let tmp = TempDir::new("store-key-limits");
-    let gw = Gateway::start(&config(tmp.path()));
+    let gw = Gateway::start(&store_config(tmp.path(), None));
     assert_eq!(gw.shards(), 2);
-    ctl(&gw, &["tenants", "add", "team-k", "--rpm", "100000"]);
-    let (limited, id) = new_key(&ctl(&gw, &["keys", "create", "team-k", "--rpm", "3"]));
-    let (free, _) = new_key(&ctl(&gw, &["keys", "create", "team-k"]));
-    let listed = ctl(&gw, &["keys", "list", "team-k"]);
+    ctl_ok(&gw, &["tenants", "add", "team-k", "--rpm", "100000"]);
+    let (limited, id) = new_key(&ctl_ok(&gw, &["keys", "create", "team-k", "--rpm", "3"]));
+    let (free, _) = new_key(&ctl_ok(&gw, &["keys", "create", "team-k"]));
+    let listed = ctl_ok(&gw, &["keys", "list", "team-k"]);
     assert!(listed.contains("rpm 3"), "{listed}");
 
     // Fresh connections, spread over both shards: three for the limited key, then 429 on
@@ -204,14 +174,14 @@ fn a_keys_own_limits_hold_within_its_tenants_across_shards_and_rotations() {
     assert!(all(&calls_at_once(&gw, &free), 200));
 
     // Rotated: the new key carries on from the old one's count, it does not start afresh.
-    let (next, _) = new_key(&ctl(&gw, &["keys", "rotate", &id, "--grace", "60s"]));
+    let (next, _) = new_key(&ctl_ok(&gw, &["keys", "rotate", &id, "--grace", "60s"]));
     assert_eq!(
         call(&gw, &next, "demo").0,
         429,
         "a rotation reset the key's own limit"
     );
     assert_eq!(call(&gw, &limited, "demo").0, 429);
-    let listed = ctl(&gw, &["keys", "list", "team-k"]);
+    let listed = ctl_ok(&gw, &["keys", "list", "team-k"]);
     assert_eq!(listed.matches("rpm 3").count(), 2, "{listed}");
 }
 
@@ -219,8 +189,8 @@ fn a_keys_own_limits_hold_within_its_tenants_across_shards_and_rotations() {
 fn a_store_survives_ctl_killed_in_the_middle_of_changes() {
     let tmp = TempDir::new("store-kill");
     let d = tmp.path();
-    let gw = Gateway::start(&config(d));
-    ctl(&gw, &["tenants", "add", "team-k"]);
+    let gw = Gateway::start(&store_config(d, None));
+    ctl_ok(&gw, &["tenants", "add", "team-k"]);
     for round in 0..12u64 {
         // Kill a `keys create` at a different moment each round: before, during or after it
         // writes the store.
@@ -236,7 +206,7 @@ fn a_store_survives_ctl_killed_in_the_middle_of_changes() {
     }
     // The engine still takes changes (no lock left held by a killed ctl), and the store's
     // keys are the ones the shards know.
-    let (key, _) = new_key(&ctl(&gw, &["keys", "create", "team-k"]));
+    let (key, _) = new_key(&ctl_ok(&gw, &["keys", "create", "team-k"]));
     assert_eq!(call(&gw, &key, "demo").0, 200);
 }
 
@@ -244,7 +214,7 @@ fn a_store_survives_ctl_killed_in_the_middle_of_changes() {
 fn changes_without_a_store_or_to_unknown_names_are_refused_clearly() {
     let tmp = TempDir::new("store-errs");
     let d = tmp.path();
-    let gw = Gateway::start(&config(d));
+    let gw = Gateway::start(&store_config(d, None));
     for (args, needle) in [
         (
             &["tenants", "set", "nobody", "--rpm", "5"][..],
@@ -289,7 +259,7 @@ fn config_tenants_are_imported_once_and_the_store_wins_after() {
     let hash = sha256_hex(boot_key);
     let text = format!(
         "{}\n[[tenants]]\nname = \"boot\"\nkeys = [\"sha256:{hash}\"]\nmodels = [\"demo\"]\n",
-        config(d)
+        store_config(d, None)
     );
     let gw = Gateway::start(&text);
     assert_eq!(call(&gw, boot_key, "demo").0, 200);
@@ -301,7 +271,7 @@ fn config_tenants_are_imported_once_and_the_store_wins_after() {
         CTL_WAIT,
     );
     assert_eq!(out.code, Some(1), "{}", out.text());
-    let said = ctl(&gw, &["tenants", "import"]);
+    let said = ctl_ok(&gw, &["tenants", "import"]);
     assert!(
         said.contains("imported 1 tenant(s) from the config file: boot"),
         "{said}"
@@ -309,7 +279,7 @@ fn config_tenants_are_imported_once_and_the_store_wins_after() {
     // The key and the approvals came along; the store's entry is in force from now on.
     assert_eq!(call(&gw, boot_key, "demo").0, 200);
     assert_eq!(call(&gw, boot_key, "gpt-4o").0, 403);
-    ctl(&gw, &["tenants", "set", "boot", "--rpm", "1"]);
+    ctl_ok(&gw, &["tenants", "set", "boot", "--rpm", "1"]);
     let first = call(&gw, boot_key, "demo").0;
     let second = call(&gw, boot_key, "demo").0;
     assert!(
