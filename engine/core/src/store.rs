@@ -236,18 +236,10 @@ impl KeySettings {
     }
 }
 
-/// The hash bytes a key id (`key_` and 12 hex digits) names.
+/// The hash bytes a key id (`key_` and 12 hex digits) names (zeros for an id of another
+/// shape, which the store never writes).
 fn id_bytes(id: &str) -> [u8; KEY_ID_BYTES] {
-    let mut out = [0u8; KEY_ID_BYTES];
-    let hex = id.strip_prefix("key_").unwrap_or(id).as_bytes();
-    for (i, b) in out.iter_mut().enumerate() {
-        let digit = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16)).unwrap_or(0);
-        #[allow(clippy::cast_possible_truncation, reason = "two hex digits: below 256")]
-        {
-            *b = (digit(hex.get(2 * i)) * 16 + digit(hex.get(2 * i + 1))) as u8;
-        }
-    }
-    out
+    tenant::parse_hex(id.strip_prefix("key_").unwrap_or(id)).unwrap_or([0; KEY_ID_BYTES])
 }
 
 /// A key's state at a moment, as `keys list` and the admin API show it.

@@ -178,10 +178,15 @@ pub fn key_alias(hash: &[u8; 32]) -> String {
 
 /// The 32 bytes of 64 lowercase hex digits.
 pub fn parse_hash(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
+    parse_hex(hex)
+}
+
+/// The `N` bytes of exactly `2 * N` hex digits.
+pub fn parse_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
+    if hex.len() != 2 * N {
         return None;
     }
-    let mut out = [0u8; 32];
+    let mut out = [0u8; N];
     for (i, o) in out.iter_mut().enumerate() {
         *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
