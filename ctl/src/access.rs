@@ -9,6 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use clap::Subcommand;
 use shardgate_core::manage;
 use shardgate_core::store::AccessStatus;
+use shardgate_core::store_op::StoreOp;
 
 use crate::table::{render, Align};
 use crate::tenants::{self, refused};
@@ -48,27 +49,31 @@ pub enum AccessOp {
 
 /// Run `op` on `instance`.
 pub fn run(instance: &str, op: AccessOp, timeout: Duration) -> Result<(), Failure> {
-    let actor = tenants::actor();
-    let op: tenants::Op<'_> = match op {
+    let (op, said): (StoreOp, tenants::Said) = match op {
         AccessOp::List { pending, tenant } => return list(instance, pending, tenant.as_deref()),
-        AccessOp::Approve { id, rpm, tpm } => Box::new(move |store, _, now| {
-            let c = store.approve_access(&id, rpm, tpm, &actor, now)?;
-            // Indexing cannot fail: the approval just decided this request.
-            let r = &store.access_requests[&id];
-            Ok((
-                c,
+        AccessOp::Approve { id, rpm, tpm } => (
+            StoreOp::AccessApprove {
+                id: id.clone(),
+                rpm,
+                tpm,
+            },
+            Box::new(move |r| {
                 format!(
                     "approved {id}: tenant {} may use model {} now",
-                    r.tenant, r.model
-                ),
-            ))
-        }),
-        AccessOp::Deny { id, reason } => Box::new(move |store, _, now| {
-            let c = store.deny_access(&id, &reason, &actor, now)?;
-            Ok((c, format!("denied {id}")))
-        }),
+                    r["tenant"].as_str().unwrap_or("?"),
+                    r["model"].as_str().unwrap_or("?")
+                )
+            }),
+        ),
+        AccessOp::Deny { id, reason } => (
+            StoreOp::AccessDeny {
+                id: id.clone(),
+                reason,
+            },
+            Box::new(move |_| format!("denied {id}")),
+        ),
     };
-    tenants::change(instance, timeout, op)
+    tenants::change(instance, timeout, op, said)
 }
 
 fn list(instance: &str, pending: bool, tenant: Option<&str>) -> Result<(), Failure> {

@@ -423,6 +423,7 @@ upstream = "old"
                 toml: text.to_owned(),
                 resolved,
                 files: HashMap::new(),
+                op: None,
             };
             match Config::from_message(&m) {
                 Ok(c) => c,

@@ -40,6 +40,8 @@ use clap::{Parser, Subcommand};
 use shardgate_core::config::check_instance_name;
 use shardgate_core::control::shm::{pid_alive, region_path, Region};
 use shardgate_core::limits::{APPLY_WAIT_MS_MAX, TIMEOUT_MS_MAX};
+use shardgate_core::store::KeyHash;
+use shardgate_core::store_op::StoreOp;
 
 /// Control a running shardgate instance: check and apply config, show status and live stats.
 #[derive(Debug, Parser)]
@@ -256,64 +258,64 @@ fn tenant_op(instance: &str, op: TenantOp, timeout_ms: u64) -> Result<(), Failur
             f.budget_window,
         )
     };
-    let op: tenants::Op<'_> = match op {
+    let (op, said): (StoreOp, tenants::Said) = match op {
         TenantOp::List => return tenants::show(instance, false, None),
         TenantOp::Export { out } => return tenants::export(instance, out.as_deref()),
-        TenantOp::Add { name, flags } => {
-            let s = settings(flags);
-            Box::new(move |store, running, now| {
-                let c = store.add_tenant(&name, s, &running.tenants, now)?;
-                Ok((c, format!("added tenant {name}")))
-            })
-        }
-        TenantOp::Set { name, flags } => {
-            let s = settings(flags);
-            Box::new(move |store, _, _| {
-                Ok((
-                    store.set_tenant(&name, &s)?,
-                    format!("changed tenant {name}"),
-                ))
-            })
-        }
-        TenantOp::Suspend { name } => Box::new(move |store, _, _| {
-            Ok((
-                store.suspend_tenant(&name, true)?,
-                format!("suspended tenant {name}"),
-            ))
-        }),
-        TenantOp::Resume { name } => Box::new(move |store, _, _| {
-            Ok((
-                store.suspend_tenant(&name, false)?,
-                format!("resumed tenant {name}"),
-            ))
-        }),
-        TenantOp::Import => Box::new(move |store, running, now| {
-            // The running config's tenants include the store's; those are left alone.
-            let c = store.import_tenants(&running.tenants, now)?;
-            let said = format!(
-                "imported {} tenant(s) from the config file: {}; remove their [[tenants]] \
-                 entries from the file (the store's are the ones in force now)",
-                c.new
-                    .as_ref()
-                    .and_then(|v| v.as_array())
-                    .map_or(0, Vec::len),
-                c.target
-            );
-            Ok((c, said))
-        }),
-        TenantOp::Remove { name } => Box::new(move |store, _, _| {
-            Ok((
-                store.remove_tenant(&name)?,
-                format!("removed tenant {name} and its keys"),
-            ))
-        }),
+        TenantOp::Add { name, flags } => (
+            StoreOp::TenantAdd {
+                name: name.clone(),
+                settings: settings(flags),
+            },
+            Box::new(move |_| format!("added tenant {name}")),
+        ),
+        TenantOp::Set { name, flags } => (
+            StoreOp::TenantSet {
+                name: name.clone(),
+                settings: settings(flags),
+                suspended: None,
+            },
+            Box::new(move |_| format!("changed tenant {name}")),
+        ),
+        TenantOp::Suspend { name } => (
+            StoreOp::TenantSuspend {
+                name: name.clone(),
+                suspended: true,
+            },
+            Box::new(move |_| format!("suspended tenant {name}")),
+        ),
+        TenantOp::Resume { name } => (
+            StoreOp::TenantSuspend {
+                name: name.clone(),
+                suspended: false,
+            },
+            Box::new(move |_| format!("resumed tenant {name}")),
+        ),
+        TenantOp::Import => (
+            StoreOp::TenantImport,
+            Box::new(|said| {
+                let names: Vec<&str> = said["imported"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                    .unwrap_or_default();
+                format!(
+                    "imported {} tenant(s) from the config file: {}; remove their [[tenants]] \
+                     entries from the file (the store's are the ones in force now)",
+                    names.len(),
+                    names.join(",")
+                )
+            }),
+        ),
+        TenantOp::Remove { name } => (
+            StoreOp::TenantRemove { name: name.clone() },
+            Box::new(move |_| format!("removed tenant {name} and its keys")),
+        ),
     };
-    tenants::change(instance, timeout, op)
+    tenants::change(instance, timeout, op, said)
 }
 
 fn key_op(instance: &str, op: KeyOp, timeout_ms: u64) -> Result<(), Failure> {
     let timeout = Duration::from_millis(timeout_ms);
-    let op: tenants::Op<'_> = match op {
+    let (op, said): (StoreOp, tenants::Said) = match op {
         KeyOp::List { tenant } => return tenants::show(instance, true, tenant.as_deref()),
         KeyOp::Create {
             tenant,
@@ -323,45 +325,53 @@ fn key_op(instance: &str, op: KeyOp, timeout_ms: u64) -> Result<(), Failure> {
             tpm,
             budget_usd,
         } => {
-            let random = tenants::key_random()?;
+            // The key is made and printed here; the engine gets its hash only.
+            let (secret, key) = KeyHash::make(tenants::key_random()?);
             let limits = shardgate_core::store::KeySettings {
                 rpm,
                 tpm,
                 budget_usd,
             };
-            Box::new(move |store, _, now| {
-                let (k, c) =
-                    store.create_key(&tenant, name.as_deref(), expires, limits, random, now)?;
-                Ok((
-                    c,
+            (
+                StoreOp::KeyCreate {
+                    tenant: tenant.clone(),
+                    name,
+                    expires_in_ms: expires.map(tenants::ms),
+                    limits,
+                    key: key.clone(),
+                },
+                Box::new(move |_| {
                     format!(
-                        "key {} for tenant {tenant} (shown once, store it now):\n{}",
-                        k.id, k.secret
-                    ),
-                ))
-            })
+                        "key {} for tenant {tenant} (shown once, store it now):\n{secret}",
+                        key.id()
+                    )
+                }),
+            )
         }
         KeyOp::Rotate { key_id, grace } => {
-            let random = tenants::key_random()?;
-            Box::new(move |store, _, now| {
-                let (k, c) = store.rotate_key(&key_id, grace, random, now)?;
-                Ok((
-                    c,
+            let (secret, key) = KeyHash::make(tenants::key_random()?);
+            (
+                StoreOp::KeyRotate {
+                    id: key_id.clone(),
+                    grace_ms: tenants::ms(grace),
+                    key: key.clone(),
+                },
+                Box::new(move |_| {
                     format!(
                         "key {key_id} rotated: it works for {} more; new key {} (shown once, \
-                         store it now):\n{}",
+                         store it now):\n{secret}",
                         humantime::format_duration(grace),
-                        k.id,
-                        k.secret
-                    ),
-                ))
-            })
+                        key.id()
+                    )
+                }),
+            )
         }
-        KeyOp::Revoke { key_id } => Box::new(move |store, _, _| {
-            Ok((store.revoke_key(&key_id)?, format!("revoked key {key_id}")))
-        }),
+        KeyOp::Revoke { key_id } => (
+            StoreOp::KeyRevoke { id: key_id.clone() },
+            Box::new(move |_| format!("revoked key {key_id}")),
+        ),
     };
-    tenants::change(instance, timeout, op)
+    tenants::change(instance, timeout, op, said)
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

@@ -7,15 +7,17 @@ use std::time::Duration;
 use shardgate_core::control::unix_ms;
 use shardgate_core::manage;
 use shardgate_core::store::Settings;
+use shardgate_core::store_op::StoreOp;
 
 use crate::table::{render, Align};
 use crate::Failure;
 
-/// A change to the store; what it prints on success.
-pub type Op<'a> = manage::Op<'a, String>;
+/// What a change prints on success, from the engine's answer (the tenant, key or request as
+/// the change left it).
+pub type Said = Box<dyn FnOnce(&serde_json::Value) -> String>;
 
 /// Make `op` on `instance`'s tenant store and push it to every shard.
-pub fn change(instance: &str, timeout: Duration, op: Op<'_>) -> Result<(), Failure> {
+pub fn change(instance: &str, timeout: Duration, op: StoreOp, said: Said) -> Result<(), Failure> {
     let region = crate::open_running(instance)?;
     let done = manage::change(&region, instance, &actor(), timeout, op).map_err(refused)?;
     println!(
@@ -23,8 +25,13 @@ pub fn change(instance: &str, timeout: Duration, op: Op<'_>) -> Result<(), Failu
         done.store_version, done.config_version, done.shards, done.ms
     );
     // Last, so that a script reads a new key as the last line.
-    println!("{}", done.said);
+    println!("{}", said(&done.said));
     Ok(())
+}
+
+/// A duration in whole milliseconds, as an operation carries it.
+pub fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Who makes ctl's changes, for the audit log: `ctl:` and the user.

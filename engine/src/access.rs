@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use crate::control::shm::Region;
 use crate::limits::APPLY_WAIT_MS_MAX;
 use crate::manage::{self, LOCK_WAIT_MS_MAX};
-use crate::store::{self, AccessRequest};
+use crate::store_op::{self, StoreOp};
 
 /// The data port's path for access requests.
 pub const ACCESS_REQUESTS_PATH: &str = "/v1/access-requests";
@@ -136,7 +136,7 @@ fn answer(tenant: String, ask: Ask, region: &Region, instance: &str) -> (u16, Va
                     .access_requests
                     .iter()
                     .filter(|(_, r)| r.tenant == tenant)
-                    .map(|(id, r)| request_json(id, r, false))
+                    .map(|(id, r)| store_op::request_json(id, r, false))
                     .collect();
                 (200, json!({"object": "list", "data": data}))
             }
@@ -145,53 +145,17 @@ fn answer(tenant: String, ask: Ask, region: &Region, instance: &str) -> (u16, Va
         Ask::File { model, reason } => {
             let actor = format!("tenant:{tenant}");
             let timeout = Duration::from_millis(APPLY_WAIT_MS_MAX);
-            let op: manage::Op<'_, Value> = Box::new(move |store, running, now| {
-                if !store.tenants.contains_key(&tenant)
-                    && running.tenants.iter().any(|t| t.name == tenant)
-                {
-                    return Err(store::config_only_tenant(&tenant));
-                }
-                let c = store.request_access(&tenant, &model, &reason, now)?;
-                let said = store
-                    .access_requests
-                    .get(&c.target)
-                    .map_or(Value::Null, |r| request_json(&c.target, r, false));
-                Ok((c, said))
-            });
+            let op = StoreOp::AccessRequest {
+                tenant,
+                model,
+                reason,
+            };
             match manage::change(region, instance, &actor, timeout, op) {
                 Ok(done) => (201, done.said),
                 Err(r) => crate::admin_api::refused(&r),
             }
         }
     }
-}
-
-/// An access request as the APIs show it. `operator`: with who decided (the admin API); a
-/// tenant sees the decision and its reason, not the operator's name.
-pub fn request_json(id: &str, r: &AccessRequest, operator: bool) -> Value {
-    let mut v = json!({
-        "id": id,
-        "object": "access_request",
-        "tenant": r.tenant,
-        "model": r.model,
-        "reason": r.reason,
-        "status": r.status.as_str(),
-        "created": r.created_unix_ms / 1000,
-        "decided": r.decided_unix_ms.map(|d| d / 1000),
-    });
-    if let Some(why) = &r.deny_reason {
-        v["deny_reason"] = json!(why);
-    }
-    if let Some(rpm) = r.rpm {
-        v["rpm"] = json!(rpm);
-    }
-    if let Some(tpm) = r.tpm {
-        v["tpm"] = json!(tpm);
-    }
-    if operator {
-        v["decided_by"] = json!(r.decided_by);
-    }
-    v
 }
 
 #[cfg(test)]
@@ -216,30 +180,5 @@ mod tests {
         // The queue gone, its jobs and their reply channels with it.
         drop((desk, _rx));
         assert!(matches!(pending[0].poll(), Poll::Lost));
-    }
-
-    #[test]
-    fn a_tenant_sees_no_operator_name() {
-        let r = AccessRequest {
-            tenant: "a".into(),
-            model: "gpt-4o".into(),
-            reason: "evals".into(),
-            status: store::AccessStatus::Denied,
-            created_unix_ms: 5_000,
-            decided_unix_ms: Some(9_000),
-            decided_by: Some("ctl:ops".into()),
-            deny_reason: Some("use gpt-4o-mini".into()),
-            rpm: None,
-            tpm: None,
-        };
-        let t = request_json("req_1", &r, false);
-        assert_eq!(t["status"], "denied");
-        assert_eq!(
-            (t["created"].clone(), t["decided"].clone()),
-            (json!(5), json!(9))
-        );
-        assert_eq!(t["deny_reason"], "use gpt-4o-mini");
-        assert!(t.get("decided_by").is_none());
-        assert_eq!(request_json("req_1", &r, true)["decided_by"], "ctl:ops");
     }
 }

@@ -18,9 +18,8 @@ use crate::control::shm::Region;
 use crate::control::{publish, unix_ms};
 use crate::limits::APPLY_WAIT_MS_MAX;
 use crate::manage::{self, Refused};
-use crate::store::{
-    AccessStatus, ErrorKind, KeySettings, Settings, Store, StoredKey, StoredTenant,
-};
+use crate::store::{AccessStatus, ErrorKind, KeyHash, KeySettings, Settings, Store};
+use crate::store_op::{self, StoreOp};
 use crate::tenant::{hash_key, key_alias};
 
 /// Largest request body the admin API reads, bytes.
@@ -60,7 +59,7 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
         .split('/')
         .filter(|p| !p.is_empty())
         .collect();
-    let run = |op: manage::Op<'_, Value>, status: u16| -> (u16, Value) {
+    let run = |op: StoreOp, status: u16| -> (u16, Value) {
         let timeout = Duration::from_millis(APPLY_WAIT_MS_MAX);
         match manage::change(region, instance, &actor, timeout, op) {
             Ok(done) => (status, done.said),
@@ -75,7 +74,7 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
         },
         ("GET", ["tenants", name]) => match manage::store_of(&running) {
             Ok(store) => match store.tenants.get(*name) {
-                Some(t) => (200, tenant_json(&store, name, t)),
+                Some(_) => (200, store_op::tenant_json(&store, name)),
                 None => error(
                     404,
                     &format!("no tenant {name:?} in the tenant store"),
@@ -100,12 +99,10 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
                 );
             }
             run(
-                Box::new(move |store, running, now| {
-                    let c = store.add_tenant(&name, body.settings, &running.tenants, now)?;
-                    // Indexing cannot fail: the change just made it (here and below).
-                    let t = &store.tenants[&name];
-                    Ok((c, tenant_json(store, &name, t)))
-                }),
+                StoreOp::TenantAdd {
+                    name,
+                    settings: body.settings,
+                },
                 201,
             )
         }
@@ -121,31 +118,21 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
                     "invalid_body",
                 );
             }
-            let name = (*name).to_owned();
             run(
-                Box::new(move |store, _, _| {
-                    let mut c = store.set_tenant(&name, &body.settings)?;
-                    if let Some(s) = body.suspended {
-                        // One change for the audit log: the settings and the state, before and
-                        // after.
-                        c.new = store.suspend_tenant(&name, s)?.new;
-                    }
-                    let t = &store.tenants[&name];
-                    Ok((c, tenant_json(store, &name, t)))
-                }),
+                StoreOp::TenantSet {
+                    name: (*name).to_owned(),
+                    settings: body.settings,
+                    suspended: body.suspended,
+                },
                 200,
             )
         }
-        ("DELETE", ["tenants", name]) => {
-            let name = (*name).to_owned();
-            run(
-                Box::new(move |store, _, _| {
-                    let c = store.remove_tenant(&name)?;
-                    Ok((c, json!({"name": name, "deleted": true})))
-                }),
-                200,
-            )
-        }
+        ("DELETE", ["tenants", name]) => run(
+            StoreOp::TenantRemove {
+                name: (*name).to_owned(),
+            },
+            200,
+        ),
         ("GET", ["spend"]) => {
             let since = match query_value(req.query, "since") {
                 None => None,
@@ -178,7 +165,7 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
                     .keys
                     .iter()
                     .filter(|(_, k)| tenant.as_deref().is_none_or(|t| t == k.tenant))
-                    .map(|(id, k)| key_json(&store, id, k, now))
+                    .map(|(id, k)| store_op::key_json(&store, id, k, now))
                     .collect();
                 (200, json!({"object": "list", "data": data}))
             }
@@ -193,25 +180,24 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
                 Ok(d) => d,
                 Err(e) => return e,
             };
-            let random = match manage::key_random() {
-                Ok(r) => r,
+            let (secret, key) = match manage::key_random() {
+                Ok(r) => KeyHash::make(r),
                 Err(r) => return refused(&r),
             };
-            run(
-                Box::new(move |store, _, now| {
-                    let (k, c) = store.create_key(
-                        &body.tenant,
-                        body.name.as_deref(),
-                        expires,
-                        body.limits,
-                        random,
-                        now,
-                    )?;
-                    let mut out = key_json(store, &k.id, &store.keys[&k.id], now);
-                    out["key"] = Value::String(k.secret);
-                    Ok((c, out))
-                }),
-                201,
+            // The key goes back to the caller only; the engine's builder gets its hash.
+            with_secret(
+                run(
+                    StoreOp::KeyCreate {
+                        tenant: body.tenant,
+                        name: body.name,
+                        expires_in_ms: expires
+                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                        limits: body.limits,
+                        key,
+                    },
+                    201,
+                ),
+                secret,
             )
         }
         ("POST", ["keys", id, "rotate"]) => {
@@ -223,32 +209,28 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
                 Ok(d) => d,
                 Err(e) => return e,
             };
-            let random = match manage::key_random() {
-                Ok(r) => r,
+            let (secret, key) = match manage::key_random() {
+                Ok(r) => KeyHash::make(r),
                 Err(r) => return refused(&r),
             };
-            let id = (*id).to_owned();
-            run(
-                Box::new(move |store, _, now| {
-                    let (k, c) = store.rotate_key(&id, grace, random, now)?;
-                    let mut out = key_json(store, &k.id, &store.keys[&k.id], now);
-                    out["key"] = Value::String(k.secret);
-                    out["rotated"] = key_json(store, &id, &store.keys[&id], now);
-                    Ok((c, out))
-                }),
-                201,
+            with_secret(
+                run(
+                    StoreOp::KeyRotate {
+                        id: (*id).to_owned(),
+                        grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+                        key,
+                    },
+                    201,
+                ),
+                secret,
             )
         }
-        ("DELETE", ["keys", id]) => {
-            let id = (*id).to_owned();
-            run(
-                Box::new(move |store, _, _| {
-                    let c = store.revoke_key(&id)?;
-                    Ok((c, json!({"id": id, "revoked": true})))
-                }),
-                200,
-            )
-        }
+        ("DELETE", ["keys", id]) => run(
+            StoreOp::KeyRevoke {
+                id: (*id).to_owned(),
+            },
+            200,
+        ),
         ("GET", ["access-requests"]) => {
             let status = match query_value(req.query, "status") {
                 None => None,
@@ -271,7 +253,7 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
                         .iter()
                         .filter(|(_, r)| status.is_none_or(|s| s == r.status))
                         .filter(|(_, r)| tenant.as_deref().is_none_or(|t| t == r.tenant))
-                        .map(|(id, r)| crate::access::request_json(id, r, true))
+                        .map(|(id, r)| store_op::request_json(id, r, true))
                         .collect();
                     (200, json!({"object": "list", "data": data}))
                 }
@@ -280,7 +262,7 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
         }
         ("GET", ["access-requests", id]) => match manage::store_of(&running) {
             Ok(store) => match store.access_requests.get(*id) {
-                Some(r) => (200, crate::access::request_json(id, r, true)),
+                Some(r) => (200, store_op::request_json(id, r, true)),
                 None => error(
                     404,
                     &format!("no access request {id} in the tenant store"),
@@ -294,12 +276,12 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
                 Ok(b) => b,
                 Err(e) => return e,
             };
-            let (id, who) = ((*id).to_owned(), actor.clone());
             run(
-                Box::new(move |store, _, now| {
-                    let c = store.approve_access(&id, body.rpm, body.tpm, &who, now)?;
-                    Ok((c, decided_json(store, &id)))
-                }),
+                StoreOp::AccessApprove {
+                    id: (*id).to_owned(),
+                    rpm: body.rpm,
+                    tpm: body.tpm,
+                },
                 200,
             )
         }
@@ -308,12 +290,11 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
                 Ok(b) => b,
                 Err(e) => return e,
             };
-            let (id, who) = ((*id).to_owned(), actor.clone());
             run(
-                Box::new(move |store, _, now| {
-                    let c = store.deny_access(&id, &body.reason, &who, now)?;
-                    Ok((c, decided_json(store, &id)))
-                }),
+                StoreOp::AccessDeny {
+                    id: (*id).to_owned(),
+                    reason: body.reason,
+                },
                 200,
             )
         }
@@ -445,14 +426,6 @@ struct DenyBody {
     reason: String,
 }
 
-/// Request `id` as decided just now.
-fn decided_json(store: &Store, id: &str) -> Value {
-    store
-        .access_requests
-        .get(id)
-        .map_or(Value::Null, |r| crate::access::request_json(id, r, true))
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RotateBody {
@@ -467,7 +440,7 @@ fn list_tenants(store: &Store, running: &Config) -> (u16, Value) {
         .iter()
         .map(|(name, t)| {
             let n = keys.get(name.as_str()).map_or(0, Vec::len);
-            tenant_json_with(name, t, n)
+            store_op::tenant_json_with(name, t, n)
         })
         .collect();
     for t in &running.tenants {
@@ -478,33 +451,10 @@ fn list_tenants(store: &Store, running: &Config) -> (u16, Value) {
     (200, json!({"object": "list", "data": data}))
 }
 
-fn tenant_json(store: &Store, name: &str, t: &StoredTenant) -> Value {
-    let keys = store.keys.values().filter(|k| k.tenant == name).count();
-    tenant_json_with(name, t, keys)
-}
-
-fn tenant_json_with(name: &str, t: &StoredTenant, keys: usize) -> Value {
-    let mut v = serde_json::to_value(&t.settings).unwrap_or_else(|_| json!({}));
-    v["name"] = json!(name);
-    v["source"] = json!("store");
-    v["state"] = json!(if t.suspended { "suspended" } else { "active" });
-    v["created"] = json!(t.created_unix_ms / 1000);
-    v["keys"] = json!(keys);
-    v
-}
-
-fn key_json(store: &Store, id: &str, k: &StoredKey, now_unix_ms: u64) -> Value {
-    json!({
-        "id": id,
-        "object": "key",
-        "tenant": k.tenant,
-        "name": k.name,
-        "prefix": k.prefix,
-        "created": k.created_unix_ms / 1000,
-        "expires": k.expires_unix_ms.map(|e| e / 1000),
-        "state": store.key_state(k, now_unix_ms).as_str(),
-        "rpm": k.limits.rpm,
-        "tpm": k.limits.tpm,
-        "budget_usd": k.limits.budget_usd,
-    })
+/// A new key's answer with the key in it: shown once, to whoever asked for it.
+fn with_secret((status, mut body): (u16, Value), secret: String) -> (u16, Value) {
+    if status < 300 {
+        body["key"] = Value::String(secret);
+    }
+    (status, body)
 }

@@ -12,12 +12,27 @@
 //! Channels are crossbeam's, bounded; the shard side never blocks: a full queue (a shard
 //! submitting faster than the builder builds) drops the oldest news, and the next message
 //! supersedes it anyway.
+//!
+//! The builder also holds the tenant store in memory ([`Held`]): a message that carries a
+//! change to it (`store_op`) is made here once, on the store of the newest good version; only
+//! the tenants it touched are validated and built again (`Config::with_store_tenants`), one
+//! line goes to the store's journal (synced) and one to the audit log, and the answer is left
+//! in the region (`Region::put_store_reply`) before any shard gets the version. A change the
+//! store refuses, or whose tenants no longer validate, is taken back: its version runs the
+//! config unchanged, and the answer says why.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crossbeam::channel::{self, Receiver, Sender, TrySendError};
+use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
 
-use crate::config::{Config, Overrides};
+use crate::config::{Config, Overrides, StoreDelta};
+use crate::control::message::{self, ConfigMessage};
+use crate::control::shm::{self, Region};
+use crate::control::unix_ms;
+use crate::manage::{self, JournalState};
+use crate::store::{Store, JOURNAL_FOLD_LINES, JOURNAL_IDLE_MS, JOURNAL_LINES_MAX};
+use crate::store_op::{self, OpMessage};
 
 /// Jobs waiting for the builder, over all shards.
 const BUILDER_QUEUE_MAX: usize = 256;
@@ -130,16 +145,29 @@ impl Builder {
     /// Start the builder thread. `running`: the config the engine started with (what only a
     /// restart changes is checked against it), which the shards run as `version`;
     /// `overrides`: the command line's.
+    /// `region`: where the answers to changes to the tenant store go, and whose ring holds
+    /// the message `running` came from (`None`: no store is held, as in tests of builds only).
     pub fn spawn(
         running: Config,
         version: u64,
         overrides: Overrides,
         shards: usize,
+        region: Option<&'static Region>,
     ) -> std::io::Result<Builder> {
         let (jobs, rx) = channel::bounded::<Job>(BUILDER_QUEUE_MAX);
         std::thread::Builder::new()
             .name("config-builder".into())
-            .spawn(move || run(&rx, running, version, &overrides, shards))?;
+            .spawn(move || {
+                let held = region.and_then(|r| Held::at_start(r, version));
+                let mut b = State {
+                    running: &running,
+                    overrides: &overrides,
+                    region,
+                    held,
+                    last_op_version: 0,
+                };
+                run(&rx, &mut b, &running, version, shards);
+            })?;
         Ok(Builder { jobs })
     }
 
@@ -175,7 +203,283 @@ struct BuildJob {
     reply: Sender<Built>,
 }
 
-fn run(jobs: &Receiver<Job>, running: Config, version: u64, overrides: &Overrides, shards: usize) {
+/// The tenant store as the builder holds it: the store the newest good version was built with.
+#[derive(Debug)]
+struct Held {
+    store: Store,
+    path: String,
+    journal: JournalState,
+    /// The version built with it.
+    version: u64,
+    /// The message (without a change) that version was built from: a change comes with the
+    /// running config's text, and is taken as a delta only on the same text.
+    message: ConfigMessage,
+}
+
+impl Held {
+    /// The store the engine started with, read again (off the shards) from its files.
+    fn at_start(region: &Region, version: u64) -> Option<Held> {
+        let (v, body) = region.ring().latest_message()?;
+        let message = message::decode(&body).ok()?;
+        if v != version || message.op.is_some() {
+            return None;
+        }
+        let (config, _) = Config::from_message_keeping_store(&message, Some(Store::default()));
+        let path = config.ok()?.server.tenant_store?.path;
+        match manage::read_with_journal(&path) {
+            Ok((store, journal)) => Some(Held {
+                store,
+                path,
+                journal,
+                version,
+                message,
+            }),
+            Err(r) => {
+                tracing::warn!(
+                    "tenant store: {}; it is read again with the next change",
+                    r.message
+                );
+                None
+            }
+        }
+    }
+}
+
+/// What the builder keeps between jobs.
+struct State<'a> {
+    /// The config the engine started with: what only a restart changes is checked against it.
+    running: &'a Config,
+    overrides: &'a Overrides,
+    region: Option<&'static Region>,
+    held: Option<Held>,
+    /// The newest version whose change to the store was made (or refused): a version asked
+    /// for again is never made again.
+    last_op_version: u64,
+}
+
+/// Validate `m` whole (with `given` as its tenant store, else the store's files), as
+/// `control::build` does; the store it was validated with comes back in any case.
+fn whole(
+    m: &ConfigMessage,
+    given: Option<Store>,
+    running: &Config,
+    overrides: &Overrides,
+) -> (Result<Config, String>, Option<Store>) {
+    let (c, store) = Config::from_message_keeping_store(m, given);
+    let c = c
+        .map_err(|e| e.to_string().replace('\n', "; "))
+        .and_then(|mut c| {
+            c.apply_overrides(overrides);
+            let fixed = running.restart_only_changes(&c);
+            if fixed.is_empty() {
+                Ok(c)
+            } else {
+                Err(format!("needs a restart: {}", fixed.join(", ")))
+            }
+        });
+    (c, store)
+}
+
+impl State<'_> {
+    /// Build message `body` as `version`; `newest`: the newest good config built before it.
+    fn build(
+        &mut self,
+        version: u64,
+        body: &[u8],
+        newest: Option<(u64, &Arc<Config>)>,
+    ) -> Result<Arc<Config>, String> {
+        let mut m = message::decode(body)?;
+        let Some(op) = m.op.take() else {
+            let (c, store) = whole(&m, None, self.running, self.overrides);
+            let c = c?;
+            self.hold(store, &c, version, m);
+            return Ok(Arc::new(c));
+        };
+        if version <= self.last_op_version {
+            // Asked again after its build was let go: made once already.
+            return newest
+                .map(|(_, c)| c.clone())
+                .ok_or_else(|| "asked again".to_owned());
+        }
+        self.last_op_version = version;
+        // The store and config the change is made on: the held ones when this message is the
+        // running config's text, else both read and validated whole.
+        let fast = match (&self.held, newest) {
+            (Some(h), Some((v, c))) if h.version == v && h.message == m => Some(c.clone()),
+            _ => None,
+        };
+        let (base, mut held) = match fast {
+            Some(c) => match self.held.take() {
+                Some(h) => (c, h),
+                None => return Err("the held store went missing".into()),
+            },
+            None => {
+                let (c, store) = whole(&m, None, self.running, self.overrides);
+                let c = Arc::new(c?);
+                let Some(path) = c.server.tenant_store.as_ref().map(|f| f.path.clone()) else {
+                    self.reply(
+                        version,
+                        shm::REPLY_FAILED,
+                        0,
+                        "the running config names no tenant store",
+                    );
+                    return Ok(c);
+                };
+                let journal = match manage::journal_state(&path) {
+                    Ok(j) => j,
+                    Err(r) => {
+                        self.reply(version, shm::REPLY_FAILED, 0, &r.message);
+                        return Ok(c);
+                    }
+                };
+                let held = Held {
+                    store: store.unwrap_or_default(),
+                    path,
+                    journal,
+                    version,
+                    message: m.clone(),
+                };
+                (c, held)
+            }
+        };
+        let made = self.make(version, &op, &base, &mut held, &m);
+        // This version runs the new config, or the same one when the change was refused:
+        // built with the store held either way.
+        held.version = version;
+        self.held = Some(held);
+        Ok(made.unwrap_or(base))
+    }
+
+    /// Make the change `op` on `held` (whose config is `base`): the new config if it was made,
+    /// `None` if it was refused (the store as it was). The answer is left in the region.
+    fn make(
+        &mut self,
+        version: u64,
+        op: &[u8],
+        base: &Arc<Config>,
+        held: &mut Held,
+        m: &ConfigMessage,
+    ) -> Option<Arc<Config>> {
+        let msg = match OpMessage::from_json(op) {
+            Ok(msg) => msg,
+            Err(why) => {
+                self.reply(version, shm::REPLY_INVALID, held.store.version, &why);
+                return None;
+            }
+        };
+        let now = unix_ms();
+        let applied = match store_op::apply(&mut held.store, &msg, base, now) {
+            Ok(a) => a,
+            Err(e) => {
+                self.reply(
+                    version,
+                    manage::reply_status(Some(e.kind)),
+                    held.store.version,
+                    &e.message,
+                );
+                return None;
+            }
+        };
+        let built = match base.with_store_tenants(&held.store, &applied.tenants) {
+            Ok(StoreDelta::Unchanged) => Ok(base.clone()),
+            Ok(StoreDelta::Built(c)) => Ok(Arc::new(*c)),
+            Ok(StoreDelta::Whole) => {
+                let store = std::mem::take(&mut held.store);
+                let (c, store) = whole(m, Some(store), self.running, self.overrides);
+                held.store = store.unwrap_or_default();
+                c.map(Arc::new)
+            }
+            Err(why) => Err(why),
+        };
+        let config = match built {
+            Ok(c) => c,
+            Err(why) => {
+                held.store.restore(applied.undo);
+                self.reply(
+                    version,
+                    shm::REPLY_INVALID,
+                    held.store.version,
+                    &format!("the store's tenants would not validate: {why}"),
+                );
+                return None;
+            }
+        };
+        let persisted = if held.journal.lines + 1 >= JOURNAL_LINES_MAX || !held.journal.clean {
+            manage::fold(&held.path, &held.store, &mut held.journal)
+        } else {
+            manage::append_journal(&held.path, &applied.delta, &mut held.journal)
+        };
+        if let Err(r) = persisted {
+            held.store.restore(applied.undo);
+            self.reply(version, shm::REPLY_FAILED, held.store.version, &r.message);
+            return None;
+        }
+        let store_version = held.store.version;
+        if let Some(audit) = &base.server.audit_log {
+            if let Err(r) =
+                manage::audit_line(audit, &msg.actor, now, &applied.change, store_version)
+            {
+                // Made and durable: in force, but said.
+                self.reply(
+                    version,
+                    shm::REPLY_FAILED,
+                    store_version,
+                    &format!(
+                        "the change was made (store version {store_version}), but its audit \
+                         line was not written: {}",
+                        r.message
+                    ),
+                );
+                return Some(config);
+            }
+        }
+        let mut said = applied.outcome.to_string();
+        if said.len() > crate::limits::STORE_REPLY_BYTES {
+            said = serde_json::json!({
+                "note": format!("the answer is {} bytes, more than the region carries; read it back with a GET", said.len())
+            })
+            .to_string();
+        }
+        self.reply(version, shm::REPLY_MADE, store_version, &said);
+        Some(config)
+    }
+
+    /// Hold the store `c` (version `version`, from `m`) was validated with.
+    fn hold(&mut self, store: Option<Store>, c: &Config, version: u64, m: ConfigMessage) {
+        self.held = match (store, &c.server.tenant_store) {
+            (Some(store), Some(f)) => match manage::journal_state(&f.path) {
+                Ok(journal) => Some(Held {
+                    store,
+                    path: f.path.clone(),
+                    journal,
+                    version,
+                    message: m,
+                }),
+                Err(_) => None,
+            },
+            _ => None,
+        };
+    }
+
+    fn reply(&self, version: u64, status: u64, store_version: u64, text: &str) {
+        if let Some(r) = self.region {
+            r.put_store_reply(version, status, store_version, text.as_bytes());
+        }
+    }
+
+    /// Nothing to build for a while: fold a long journal into the store's file.
+    fn idle(&mut self) {
+        if let Some(h) = self.held.as_mut() {
+            if h.journal.lines >= JOURNAL_FOLD_LINES || !h.journal.clean {
+                if let Err(r) = manage::fold(&h.path, &h.store, &mut h.journal) {
+                    tracing::warn!("tenant store: {}", r.message);
+                }
+            }
+        }
+    }
+}
+
+fn run(jobs: &Receiver<Job>, b: &mut State<'_>, running: &Config, version: u64, shards: usize) {
     // The versions built that a shard may still ask for, with how many shards asked: every
     // shard submits each version, usually close together. A version every shard has had is
     // dropped (a config of 100,000 keys holds tens of MB), except the newest good one, which
@@ -183,17 +487,23 @@ fn run(jobs: &Receiver<Job>, running: Config, version: u64, overrides: &Override
     // first of those, so the first change maps its tenants.
     let mut recent: std::collections::VecDeque<(Built, usize)> =
         std::collections::VecDeque::with_capacity(BUILT_KEPT);
-    let running = Arc::new(running);
     recent.push_back((
         Built {
             version,
-            result: Ok(running.clone()),
+            result: Ok(Arc::new(running.clone())),
             reuse: None,
         },
         shards,
     ));
-    let running = &*running;
-    while let Ok(job) = jobs.recv() {
+    loop {
+        let job = match jobs.recv_timeout(Duration::from_millis(JOURNAL_IDLE_MS)) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                b.idle();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         let job = match job {
             Job::Retire(cfg) => {
                 drop(cfg);
@@ -215,14 +525,13 @@ fn run(jobs: &Receiver<Job>, running: Config, version: u64, overrides: &Override
                 b.clone()
             }
             None => {
-                let result =
-                    shardgate_core::control::build(&job.body, running, overrides).map(Arc::new);
                 // The newest good version built before this one: shards usually run it.
                 let before = recent
                     .iter()
                     .rev()
                     .filter(|(b, _)| b.version < job.version)
                     .find_map(|(b, _)| Some((b.version, b.result.as_ref().ok()?)));
+                let result = b.build(job.version, &job.body, before);
                 let reuse = match (&result, before) {
                     (Ok(new), Some((from, old))) => Some(Arc::new(Reuse::between(from, old, new))),
                     _ => None,
@@ -273,7 +582,7 @@ mod tests {
     #[test]
     fn each_shard_gets_each_version_in_order_refusals_included() {
         let running = Config::embedded_default();
-        let b = Builder::spawn(running.clone(), 1, Overrides::default(), 2).expect("thread");
+        let b = Builder::spawn(running.clone(), 1, Overrides::default(), 2, None).expect("thread");
         let good = message::encode(EMBEDDED_DEFAULT, &running).expect("encode");
         let restart = EMBEDDED_DEFAULT.replace("[server]", "[server]\ninstance = \"other\"");
         let restart = message::encode(&restart, &running).expect("encode");
@@ -301,7 +610,7 @@ mod tests {
     #[test]
     fn one_build_serves_every_shard() {
         let running = Config::embedded_default();
-        let b = Builder::spawn(running.clone(), 1, Overrides::default(), 2).expect("thread");
+        let b = Builder::spawn(running.clone(), 1, Overrides::default(), 2, None).expect("thread");
         let good = message::encode(EMBEDDED_DEFAULT, &running).expect("encode");
         let (one, two) = (Inbox::default(), Inbox::default());
         b.submit(2, good.clone(), &one).expect("queued");
@@ -320,8 +629,8 @@ mod tests {
 
     #[test]
     fn a_retired_config_is_dropped_on_the_builders_thread() {
-        let b =
-            Builder::spawn(Config::embedded_default(), 1, Overrides::default(), 1).expect("thread");
+        let b = Builder::spawn(Config::embedded_default(), 1, Overrides::default(), 1, None)
+            .expect("thread");
         let cfg = Arc::new(Config::embedded_default());
         b.retire(cfg.clone());
         let start = Instant::now();
@@ -335,7 +644,7 @@ mod tests {
     #[test]
     fn a_version_every_shard_has_had_is_let_go_unless_it_is_the_newest() {
         let running = Config::embedded_default();
-        let b = Builder::spawn(running.clone(), 1, Overrides::default(), 2).expect("thread");
+        let b = Builder::spawn(running.clone(), 1, Overrides::default(), 2, None).expect("thread");
         let good = message::encode(EMBEDDED_DEFAULT, &running).expect("encode");
         let (one, two) = (Inbox::default(), Inbox::default());
         let ok = |v: &[Built]| v[0].result.clone().expect("valid");

@@ -427,7 +427,7 @@ mod tests {
         let roots = std::sync::Arc::new(rustls::RootCertStore::empty());
         let kept = Kept::new(roots, 0, crate::fair::Fabric::silent(1));
         let cfg = Config::embedded_default();
-        let builder = Builder::spawn(cfg.clone(), 1, crate::config::Overrides::default(), 1)
+        let builder = Builder::spawn(cfg.clone(), 1, crate::config::Overrides::default(), 1, None)
             .expect("the builder thread");
         ShardCtx::new(0, 1, cfg, region, builder, None, kept)
     }

@@ -93,7 +93,7 @@
 //! and `Cell`s on its own thread. See `docs/ARCHITECTURE.md`.
 
 pub use shardgate_core::{
-    cert, config, control, limits, manage, models, prices, spend, store, tenant,
+    cert, config, control, limits, manage, models, prices, spend, store, store_op, tenant,
 };
 
 // `index_type!`: the typed indices of [`snapshot`] (`UpstreamId`, `PoolSlot`, ...), made as

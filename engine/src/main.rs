@@ -308,6 +308,7 @@ fn run(
         BOOTSTRAP_VERSION,
         overrides.clone(),
         shards,
+        Some(region),
     )
     .map_err(|e| format!("cannot start the config builder thread: {e}"))?;
     // Tenants' access requests are filed in the store by a thread of their own, off the shards.

@@ -159,3 +159,22 @@ upstream = "mock"
         dir.join("audit.jsonl").display()
     )
 }
+
+/// The tenant store in `dir` (as [`store_config`] names it) as the engine reads it: its file
+/// and its journal of changes since, as JSON. Panics if it does not read.
+pub fn read_store(dir: &std::path::Path) -> serde_json::Value {
+    let path = dir.join("tenants.json");
+    match shardgate_engine::manage::read(&path.to_string_lossy()) {
+        Ok(s) => serde_json::to_value(&s).unwrap_or_default(),
+        Err(r) => panic!("the tenant store does not read: {}", r.message),
+    }
+}
+
+/// Everything the tenant store's files in `dir` hold, as text (the file and its journal; ""
+/// for one absent): what a check that no key is stored reads.
+pub fn store_files_text(dir: &std::path::Path) -> String {
+    ["tenants.json", "tenants.json.journal"]
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_default())
+        .collect()
+}

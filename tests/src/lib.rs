@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 pub use bench_upstream::BenchUpstream;
 pub use bin::{bench_bin, ctl_bin, shardgate_bin, shardgate_tune_bin};
 pub use client::{dechunk, split_head, Client, Closed, Response};
-pub use config::{free_port, store_config, ConfigBuilder, Driver, DRIVERS};
+pub use config::{
+    free_port, read_store, store_config, store_files_text, ConfigBuilder, Driver, DRIVERS,
+};
 pub use ctl::{ctl_ok, ctl_status, run_ctl, spawn_ctl, CtlOutput, CTL_WAIT};
 pub use gateway::{run_shardgate, Gateway, RunOutput};
 pub use tls::{self_signed, tls_handshake_only, Leaf, TempDir, TestCa};

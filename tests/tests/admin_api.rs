@@ -4,7 +4,9 @@
 //! audited under the token's id; errors OpenAI-shaped with the right status.
 
 use serde_json::{json, Value};
-use shardgate_tests::{admin_request, chat_with_key, sha256_hex, store_config, Gateway, TempDir};
+use shardgate_tests::{
+    admin_request, chat_with_key, sha256_hex, store_config, store_files_text, Gateway, TempDir,
+};
 
 const ADMIN_TOKEN: &str = "adm-test-token-0123456789";
 
@@ -189,7 +191,7 @@ fn tenants_and_keys_over_http_take_effect_on_every_shard_and_are_audited() {
 
     // Audited under the token's id; no key or token anywhere in the log or the store.
     let audit = std::fs::read_to_string(d.join("audit.jsonl")).expect("audit log");
-    let store = std::fs::read_to_string(d.join("tenants.json")).expect("store");
+    let store = store_files_text(d);
     let alias = &sha256_hex(ADMIN_TOKEN)[..8];
     let lines: Vec<Value> = audit
         .lines()

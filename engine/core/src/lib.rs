@@ -76,5 +76,6 @@ pub mod models;
 pub mod prices;
 pub mod spend;
 pub mod store;
+pub mod store_op;
 pub mod template;
 pub mod tenant;

@@ -106,6 +106,10 @@ pub const TENANT_SLOTS: usize = 32_768;
 pub const STATS_NAME_BYTES: usize = 64;
 /// Bytes of the last config error a shard reports to ctl.
 pub const SHARD_ERROR_BYTES: usize = 256;
+
+/// The answer to a change to the tenant store, as the engine's config builder leaves it in the
+/// shared region for whoever asked (ctl, the admin API): the JSON of what changed, bytes.
+pub const STORE_REPLY_BYTES: usize = 16 * 1024;
 /// Request-duration histogram bucket bounds, ms (a last, unbounded bucket follows).
 pub const DURATION_BUCKETS_MS: [u64; 15] = [
     1, 3, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000,

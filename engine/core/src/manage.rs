@@ -1,16 +1,26 @@
 //! Changes to the tenant store of a running instance, as `shardgate-ctl tenants`/`keys` and
-//! the engine's admin API make them (blocking: for ctl and the admin thread, never a shard).
+//! the engine's admin API make them (blocking: for ctl and the admin thread, never a shard),
+//! and the store's files.
 //!
-//! A change, in order (each step can stop it before the next):
-//! 1. read the running config back from the ring: it names the store (`[server] tenant_store`);
+//! The engine holds the store in memory (its config builder thread); a change travels to it
+//! as data ([`StoreOp`]) and is made there, as a delta:
+//! 1. read the running config back from the ring (its text goes out again with the change,
+//!    and it names the store: `[server] tenant_store`);
 //! 2. take the ring's writer lock (changes and applies are serialised by it; a change waits up
 //!    to [`LOCK_WAIT_MS_MAX`] for another);
-//! 3. read the store, make the change ([`crate::store`], I/O-free), write the store atomically
-//!    (a temporary file, fsync, rename, fsync of the directory: a `SIGKILL` at any point
-//!    leaves the old or the new store), append the audit line;
-//! 4. push the running config again as a new version (the engine's builder reads the new store
-//!    with it and validates them together; a refusal comes back as the shards' reason); return
-//!    once every shard runs it. After a revoke returns, no shard admits the key.
+//! 3. publish the running config's text with the operation as the next version; every shard
+//!    hands it to the builder, which makes the change on its store once (`store_op::apply`),
+//!    builds the config of the tenants it touched only, appends one line to the store's
+//!    journal (synced) and the audit line, and leaves its answer in the region
+//!    ([`Region::store_reply`]) before any shard runs the version;
+//! 4. return once every shard runs it, with the builder's answer. After a revoke returns, no
+//!    shard admits the key. A change the store refuses leaves the store as it was; its
+//!    version runs with the config unchanged.
+//!
+//! The store's files: `tenants.json` written whole (atomically: a temporary file, fsync,
+//! rename, fsync of the directory) and `tenants.json.journal`, one JSON line per change since
+//! ([`append_journal`], [`fold`]). A `SIGKILL` at any point leaves the old or the new store: a
+//! line cut short is left out when read, and lines the file already holds change nothing.
 //!
 //! The ring's writer lock is held by a process (its pid), so two threads of one process (the
 //! engine's admin thread and its access-request thread) would both pass it: within a process,
@@ -20,11 +30,14 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use crate::config::Config;
 use crate::control::publish::{self, pause};
-use crate::control::shm::{Region, WriterGuard};
+use crate::control::shm::{self, Region, WriterGuard};
 use crate::control::unix_ms;
-use crate::store::{Change, ErrorKind, Store, StoreError, KEY_RANDOM_BYTES};
+use crate::store::{journal_path, Change, ErrorKind, JournalEntry, Store, KEY_RANDOM_BYTES};
+use crate::store_op::{OpMessage, StoreOp};
 
 /// How long a change waits for another ctl's change or apply to release the writer lock.
 pub const LOCK_WAIT_MS_MAX: u64 = 10_000;
@@ -38,16 +51,11 @@ pub const LOCK_WAIT_MS_MAX: u64 = 10_000;
 )]
 static IN_PROCESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// A change to the store, given the running config and `now`: what it did (for the audit log)
-/// and what to tell whoever asked.
-pub type Op<'a, T> =
-    Box<dyn FnOnce(&mut Store, &Config, u64) -> Result<(Change, T), StoreError> + 'a>;
-
 /// A change in force on every shard.
 #[derive(Debug)]
-pub struct Changed<T> {
-    /// What the operation returned.
-    pub said: T,
+pub struct Changed {
+    /// The builder's answer: the tenant, key or request as the change left it (JSON).
+    pub said: Value,
     pub store_version: u64,
     pub config_version: u64,
     pub shards: usize,
@@ -70,56 +78,70 @@ fn failed(message: impl Into<String>) -> Refused {
     }
 }
 
+/// A store's refusal (or the instance's failure) as the region's reply status.
+pub fn reply_status(kind: Option<ErrorKind>) -> u64 {
+    match kind {
+        Some(ErrorKind::NotFound) => shm::REPLY_NOT_FOUND,
+        Some(ErrorKind::Exists) => shm::REPLY_EXISTS,
+        Some(ErrorKind::Invalid) => shm::REPLY_INVALID,
+        None => shm::REPLY_FAILED,
+    }
+}
+
 /// Make `op` on the tenant store of the instance whose `region` this is, as `actor` (the audit
 /// log's name for who asked), and push it to every shard within `timeout`.
-pub fn change<T>(
+pub fn change(
     region: &Region,
     instance: &str,
     actor: &str,
     timeout: Duration,
-    op: Op<'_, T>,
-) -> Result<Changed<T>, Refused> {
+    op: StoreOp,
+) -> Result<Changed, Refused> {
     // A thread that panicked while holding it left nothing half-done that the next change
-    // relies on (the store is written atomically): a poisoned lock is taken all the same.
+    // relies on: a poisoned lock is taken all the same.
     let _one_at_a_time = IN_PROCESS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    // The running config without its store (its paths, the file's tenants, admin tokens): the
-    // store is read once, below, and validated with the config by the engine's builder.
+    // The running config without its store (its text, paths and files): it goes out again
+    // with the change, which the builder makes on the store it holds.
     let (_, text, running) = publish::running_text_without_store(region).map_err(failed)?;
-    let path = store_path(&running)?;
+    store_path(&running)?;
     let guard = lock(region, instance)?;
-    let mut store = read(&path)?;
-    let now = unix_ms();
-    let (change, said) = op(&mut store, &running, now).map_err(|e| Refused {
-        message: e.message,
-        kind: Some(e.kind),
-    })?;
-    write_atomically(&path, &store.to_json())?;
-    if let Some(audit) = &running.server.audit_log {
-        audit_line(audit, actor, now, &change, store.version)?;
-    }
-    // The running config again as the next version (the same text, endpoints and files): the
-    // builder reads the new store with it; if they no longer validate together, the shards
-    // refuse it and say why.
+    let msg = OpMessage {
+        op,
+        actor: actor.to_owned(),
+    };
+    let body =
+        crate::control::message::encode_with_op(&text, &running, &msg.to_json()).map_err(failed)?;
     let version = publish::version_after(region);
-    let (config_version, ms) = publish::push(
-        instance, region, guard, version, &text, &running, timeout,
-    )
-    .map_err(|why| {
-        failed(format!(
-            "the store was written (version {}), but the running config was not taken \
-                 with it: {why}",
-            store.version
-        ))
-    })?;
-    Ok(Changed {
-        said,
-        store_version: store.version,
-        config_version,
-        shards: region.shards(),
-        ms,
-    })
+    let pushed = publish::push_body(instance, region, guard, version, &body, timeout);
+    let reply = region.store_reply(version);
+    match (pushed, reply) {
+        (Ok((config_version, ms)), Some((shm::REPLY_MADE, store_version, said))) => Ok(Changed {
+            said: serde_json::from_str(&said).unwrap_or(Value::String(said)),
+            store_version,
+            config_version,
+            shards: region.shards(),
+            ms,
+        }),
+        (_, Some((status, _, why))) if status != shm::REPLY_MADE => Err(Refused {
+            message: why,
+            kind: match status {
+                shm::REPLY_NOT_FOUND => Some(ErrorKind::NotFound),
+                shm::REPLY_EXISTS => Some(ErrorKind::Exists),
+                shm::REPLY_INVALID => Some(ErrorKind::Invalid),
+                _ => None,
+            },
+        }),
+        (Err(why), Some((_, store_version, _))) => Err(failed(format!(
+            "the store was changed (version {store_version}), but not every shard runs it: {why}"
+        ))),
+        (Err(why), None) => Err(failed(why)),
+        (Ok((v, _)), _) => Err(failed(format!(
+            "every shard runs version {v}, but the engine left no answer to the change (an \
+             engine older than this ctl?)"
+        ))),
+    }
 }
 
 /// The running config's tenant store, read from its file, and the running config without it
@@ -165,14 +187,97 @@ fn lock<'r>(region: &'r Region, instance: &str) -> Result<WriterGuard<'r>, Refus
     }
 }
 
-/// Read the store (an absent or empty file is an empty store).
+/// Read the store: its file and its journal (an absent or empty file is an empty store).
 pub fn read(path: &str) -> Result<Store, Refused> {
-    match std::fs::read(path) {
-        Ok(b) if b.is_empty() => Ok(Store::default()),
-        Ok(b) => Store::from_json(&b).map_err(|e| failed(format!("{path}: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Store::default()),
-        Err(e) => Err(failed(format!("{path}: cannot read: {e}"))),
+    read_with_journal(path).map(|(s, _)| s)
+}
+
+/// Where a store's journal stands: how many lines it has, and whether it ends at a line's end
+/// (a crash while a line was appended leaves it cut short; the next change folds it in rather
+/// than append after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalState {
+    pub lines: usize,
+    pub clean: bool,
+}
+
+/// [`read`], and where its journal stands.
+pub fn read_with_journal(path: &str) -> Result<(Store, JournalState), Refused> {
+    let file = |p: &str| match std::fs::read(p) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(failed(format!("{p}: cannot read: {e}"))),
+    };
+    let base = file(path)?;
+    let journal = file(&journal_path(path))?;
+    let state = JournalState {
+        lines: journal.iter().filter(|&&b| b == b'\n').count(),
+        clean: journal.last().is_none_or(|&b| b == b'\n'),
+    };
+    let store = Store::from_parts(&base, &journal).map_err(|e| failed(format!("{path}: {e}")))?;
+    Ok((store, state))
+}
+
+/// Where the journal of the store at `path` stands (read, not parsed).
+pub fn journal_state(path: &str) -> Result<JournalState, Refused> {
+    let journal = journal_path(path);
+    match std::fs::read(&journal) {
+        Ok(b) => Ok(JournalState {
+            lines: b.iter().filter(|&&c| c == b'\n').count(),
+            clean: b.last().is_none_or(|&c| c == b'\n'),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(JournalState {
+            lines: 0,
+            clean: true,
+        }),
+        Err(e) => Err(failed(format!("{journal}: cannot read: {e}"))),
     }
+}
+
+/// Append one change to the store's journal and sync it (the whole store is not rewritten per
+/// change: 16 MB at 100,000 keys).
+pub fn append_journal(
+    path: &str,
+    entry: &JournalEntry,
+    at: &mut JournalState,
+) -> Result<(), Refused> {
+    let journal = journal_path(path);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&journal)
+        .map_err(|e| failed(format!("{journal}: cannot open: {e}")))?;
+    f.write_all(&entry.to_line())
+        .and_then(|()| f.sync_data())
+        .map_err(|e| failed(format!("{journal}: cannot append: {e}")))?;
+    if at.lines == 0 {
+        // A new journal: its directory entry is made durable too.
+        sync_dir(Path::new(&journal))?;
+    }
+    at.lines += 1;
+    Ok(())
+}
+
+/// Write `store` whole (atomically) and empty its journal. A crash between the two leaves
+/// lines the file already holds: read again, they change nothing.
+pub fn fold(path: &str, store: &Store, at: &mut JournalState) -> Result<(), Refused> {
+    write_atomically(path, &store.to_json())?;
+    write_atomically(&journal_path(path), b"")?;
+    *at = JournalState {
+        lines: 0,
+        clean: true,
+    };
+    Ok(())
+}
+
+fn sync_dir(file: &Path) -> Result<(), Refused> {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| failed(format!("{}: cannot sync: {e}", dir.display())))
 }
 
 /// Replace `path` with `bytes` so that a crash at any point leaves the old or the new file.
@@ -185,17 +290,11 @@ pub fn write_atomically(path: &str, bytes: &[u8]) -> Result<(), Refused> {
     f.sync_all().map_err(|e| fail("cannot sync", e))?;
     drop(f);
     std::fs::rename(&tmp, target).map_err(|e| fail("cannot rename into place", e))?;
-    let dir = match target.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| fail("cannot sync its directory", e))
+    sync_dir(target)
 }
 
 /// Append the change to the audit log: one JSON line; keys only in their stored form.
-fn audit_line(
+pub fn audit_line(
     path: &Path,
     actor: &str,
     now: u64,

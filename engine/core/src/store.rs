@@ -19,6 +19,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::tenant::{self, hash_key, hex, KeyLimits, RawTenant, TenantConfig, KEY_ID_BYTES};
 
+/// The journal beside the store's file: one JSON line per change since the file was last
+/// written whole (`manage` appends to it and folds it into the file now and then).
+pub fn journal_path(store: &str) -> String {
+    format!("{store}.journal")
+}
+
+/// Lines after which the journal is folded into the store's file once the engine's builder has
+/// nothing else to do ([`JOURNAL_IDLE_MS`] without a job).
+pub const JOURNAL_FOLD_LINES: usize = 1_024;
+/// Lines after which the journal is folded in before the next change, idle or not (a few MB).
+pub const JOURNAL_LINES_MAX: usize = 16_384;
+/// How long the builder waits without a job before it folds a journal of
+/// [`JOURNAL_FOLD_LINES`] in.
+pub const JOURNAL_IDLE_MS: u64 = 1_000;
+
 /// The store's format number; a store of another format is refused, never guessed at.
 pub const STORE_FORMAT: u32 = 1;
 /// Largest store file, bytes (read from disk by the engine's config builder and by ctl; about
@@ -180,7 +195,8 @@ impl StoredKey {
 }
 
 /// A key's id from its hash's hex: `key_` and its first 12 digits.
-fn key_id_of(sha256: &str) -> String {
+/// A key's id in the store: `key_` and the first 12 hex digits of its hash.
+pub fn key_id_of(sha256: &str) -> String {
     format!("key_{}", sha256.get(..12).unwrap_or(sha256))
 }
 
@@ -297,6 +313,83 @@ impl AccessStatus {
     }
 }
 
+/// One change to the store as its journal holds it: the entries it left (`None`: removed)
+/// and the store's version after it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalEntry {
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenants: BTreeMap<String, Option<StoredTenant>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<String, Option<StoredKey>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub access_requests: BTreeMap<String, Option<AccessRequest>>,
+}
+
+impl JournalEntry {
+    /// As one journal line, with its newline.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec(self).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+}
+
+/// The entries of `after` that are not in `before` as they are, and those gone (`None`): one
+/// walk of both, in order.
+fn diff_maps<V: Clone + PartialEq>(
+    before: &BTreeMap<String, V>,
+    after: &BTreeMap<String, V>,
+) -> BTreeMap<String, Option<V>> {
+    let mut out = BTreeMap::new();
+    let (mut a, mut b) = (before.iter().peekable(), after.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((ka, _)), None) => {
+                out.insert((*ka).clone(), None);
+                a.next();
+            }
+            (None, Some((kb, vb))) => {
+                out.insert((*kb).clone(), Some((*vb).clone()));
+                b.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    out.insert((*ka).clone(), None);
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.insert((*kb).clone(), Some((*vb).clone()));
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if va != vb {
+                        out.insert((*kb).clone(), Some((*vb).clone()));
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+    out
+}
+
+fn apply_map<V>(map: &mut BTreeMap<String, V>, changes: BTreeMap<String, Option<V>>) {
+    for (k, v) in changes {
+        match v {
+            Some(v) => {
+                map.insert(k, v);
+            }
+            None => {
+                map.remove(&k);
+            }
+        }
+    }
+}
+
 /// A tenant's request to use a model, and the operator's decision on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -339,6 +432,55 @@ pub struct NewKey {
     pub id: String,
     /// The key itself: printed once by ctl, stored nowhere.
     pub secret: String,
+}
+
+/// What the store keeps of a new key: its SHA-256 (hex) and the characters shown of it. Made
+/// where the key is made (ctl, the admin API); the key itself never travels further.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyHash {
+    pub sha256: String,
+    pub prefix: String,
+}
+
+impl KeyHash {
+    /// The key `random` makes (`sk-sg-` and its hex) and what the store keeps of it.
+    pub fn make(random: [u8; KEY_RANDOM_BYTES]) -> (String, KeyHash) {
+        let mut secret = String::with_capacity(KEY_PREFIX.len() + 2 * KEY_RANDOM_BYTES);
+        secret.push_str(KEY_PREFIX);
+        for b in random {
+            let _ = write!(secret, "{b:02x}");
+        }
+        let hash = KeyHash {
+            sha256: hex(&hash_key(secret.as_bytes())),
+            prefix: secret[..KEY_SHOWN_CHARS].to_owned(),
+        };
+        (secret, hash)
+    }
+
+    /// The key's id in the store.
+    pub fn id(&self) -> String {
+        key_id_of(&self.sha256)
+    }
+
+    /// A hash and prefix as the store's own keys have them (64 lowercase hex digits; `sk-sg-`
+    /// and 4 hex digits), else why not: a hash that came over the ring is checked again.
+    fn check(&self) -> Result<(), StoreError> {
+        let hex_ok = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        let rest = self.prefix.strip_prefix(KEY_PREFIX).unwrap_or("-");
+        if self.sha256.len() == 64
+            && hex_ok(&self.sha256)
+            && self.prefix.len() == KEY_SHOWN_CHARS
+            && hex_ok(rest)
+        {
+            Ok(())
+        } else {
+            err("a new key's hash must be 64 lowercase hex digits and its prefix sk-sg- and 4 hex digits")
+        }
+    }
 }
 
 /// What kind of refusal a change met: the admin API answers 404, 409 and 400 for them.
@@ -410,6 +552,14 @@ impl Store {
             kind: ErrorKind::Invalid,
             message: e.to_string(),
         })?;
+        s.check()?;
+        Ok(s)
+    }
+
+    /// What a store must hold to be read: its format, its limits, every key's and access
+    /// request's tenant.
+    fn check(&self) -> Result<(), StoreError> {
+        let s = self;
         if s.format != STORE_FORMAT {
             return err(format!(
                 "format {} (this build reads format {STORE_FORMAT})",
@@ -444,7 +594,62 @@ impl Store {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The store from its file and its journal (`journal`: JSON lines, each a
+    /// [`JournalEntry`], applied in order). A last line cut short (a crash while it was
+    /// appended) is left out; any other line that does not read refuses the store.
+    pub fn from_parts(base: &[u8], journal: &[u8]) -> Result<Store, String> {
+        let mut s = if base.is_empty() {
+            Store::default()
+        } else {
+            Store::from_json(base)?
+        };
+        let mut lines = journal.split(|&b| b == b'\n').peekable();
+        let mut n = 0usize;
+        while let Some(line) = lines.next() {
+            n += 1;
+            let last = lines.peek().is_none();
+            if line.trim_ascii().is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<JournalEntry>(line) {
+                Ok(e) => s.apply(e),
+                // Cut short by a crash: what it held was never acknowledged.
+                Err(_) if last => break,
+                Err(e) => return Err(format!("journal line {n}: {e}")),
+            }
+        }
+        s.check().map_err(String::from)?;
         Ok(s)
+    }
+
+    /// What differs from `before` (this store after a change): each tenant, key and access
+    /// request that is new, changed or gone, as one journal line.
+    pub fn diff(&self, before: &Store) -> JournalEntry {
+        JournalEntry {
+            version: self.version,
+            tenants: diff_maps(&before.tenants, &self.tenants),
+            keys: diff_maps(&before.keys, &self.keys),
+            access_requests: diff_maps(&before.access_requests, &self.access_requests),
+        }
+    }
+
+    /// Take a change back: `undo` holds the entries it changed as they were before, and the
+    /// version before it.
+    pub fn restore(&mut self, undo: JournalEntry) {
+        let version = undo.version;
+        self.apply(undo);
+        self.version = version;
+    }
+
+    /// Apply a journal line (idempotent: applying it again changes nothing).
+    pub fn apply(&mut self, e: JournalEntry) {
+        apply_map(&mut self.tenants, e.tenants);
+        apply_map(&mut self.keys, e.keys);
+        apply_map(&mut self.access_requests, e.access_requests);
+        self.version = self.version.max(e.version);
     }
 
     /// The store as its file holds it (pretty, sorted: a diff of two versions reads well).
@@ -457,9 +662,31 @@ impl Store {
     /// The tenants as `[[tenants]]` entries (keys as `sha256:`), each with its keys' expiries
     /// in the same order, for validation beside the config's.
     pub fn raw_tenants(&self) -> Vec<(RawTenant, Vec<KeyExtra>, bool)> {
-        let mut by_tenant = self.keys_by_tenant();
-        self.tenants
-            .iter()
+        let by_tenant = self.keys_by_tenant();
+        Self::raw_of(self.tenants.iter(), by_tenant)
+    }
+
+    /// [`Store::raw_tenants`] of the tenants named in `names` that the store has, in the same
+    /// order: one pass over the keys.
+    pub fn raw_tenants_named(
+        &self,
+        names: &std::collections::BTreeSet<String>,
+    ) -> Vec<(RawTenant, Vec<KeyExtra>, bool)> {
+        let mut by_tenant: BTreeMap<&str, Vec<&StoredKey>> = BTreeMap::new();
+        for k in self.keys.values() {
+            if names.contains(&k.tenant) {
+                by_tenant.entry(k.tenant.as_str()).or_default().push(k);
+            }
+        }
+        let tenants = names.iter().filter_map(|n| self.tenants.get_key_value(n));
+        Self::raw_of(tenants, by_tenant)
+    }
+
+    fn raw_of<'a>(
+        tenants: impl Iterator<Item = (&'a String, &'a StoredTenant)>,
+        mut by_tenant: BTreeMap<&str, Vec<&StoredKey>>,
+    ) -> Vec<(RawTenant, Vec<KeyExtra>, bool)> {
+        tenants
             .map(|(name, t)| {
                 let keys = by_tenant.remove(name.as_str()).unwrap_or_default();
                 let raw = RawTenant::from_store(
@@ -675,14 +902,24 @@ impl Store {
         random: [u8; KEY_RANDOM_BYTES],
         now_unix_ms: u64,
     ) -> Result<(NewKey, Change), StoreError> {
-        self.make_key(
-            tenant,
-            name,
-            expires_in,
-            (limits, None),
-            random,
-            now_unix_ms,
-        )
+        let (secret, hash) = KeyHash::make(random);
+        let (id, change) =
+            self.create_key_hashed(tenant, name, expires_in, limits, hash, now_unix_ms)?;
+        Ok((NewKey { id, secret }, change))
+    }
+
+    /// [`Store::create_key`] for a key made elsewhere: only its hash and prefix are given.
+    /// The key's id and the change.
+    pub fn create_key_hashed(
+        &mut self,
+        tenant: &str,
+        name: Option<&str>,
+        expires_in: Option<Duration>,
+        limits: KeySettings,
+        hash: KeyHash,
+        now_unix_ms: u64,
+    ) -> Result<(String, Change), StoreError> {
+        self.make_key(tenant, name, expires_in, (limits, None), hash, now_unix_ms)
     }
 
     fn make_key(
@@ -691,9 +928,9 @@ impl Store {
         name: Option<&str>,
         expires_in: Option<Duration>,
         (limits, lineage): (KeySettings, Option<String>),
-        random: [u8; KEY_RANDOM_BYTES],
+        hash: KeyHash,
         now_unix_ms: u64,
-    ) -> Result<(NewKey, Change), StoreError> {
+    ) -> Result<(String, Change), StoreError> {
         if !self.tenants.contains_key(tenant) {
             return Err(unknown_tenant(tenant));
         }
@@ -703,21 +940,16 @@ impl Store {
         if self.keys.len() >= STORE_KEYS_MAX {
             return err(format!("the store holds {STORE_KEYS_MAX} keys already"));
         }
-        let mut secret = String::with_capacity(KEY_PREFIX.len() + 2 * KEY_RANDOM_BYTES);
-        secret.push_str(KEY_PREFIX);
-        for b in random {
-            let _ = write!(secret, "{b:02x}");
-        }
-        let sha256 = hex(&hash_key(secret.as_bytes()));
-        let id = key_id_of(&sha256);
+        hash.check()?;
+        let id = hash.id();
         if self.keys.contains_key(&id) {
             return err("the random bytes gave a key that exists already; try again");
         }
         let k = StoredKey {
             tenant: tenant.to_owned(),
             name: name.map(str::to_owned),
-            prefix: secret[..KEY_SHOWN_CHARS].to_owned(),
-            sha256,
+            prefix: hash.prefix,
+            sha256: hash.sha256,
             created_unix_ms: now_unix_ms,
             expires_unix_ms: expires_in.map(|d| now_unix_ms.saturating_add(ms(d))),
             rotated_to: None,
@@ -742,7 +974,7 @@ impl Store {
         };
         self.keys.insert(id.clone(), k);
         self.bump();
-        Ok((NewKey { id, secret }, change))
+        Ok((id, change))
     }
 
     /// Replace key `id` with a new one for the same tenant, same name and same expiry; the
@@ -754,6 +986,19 @@ impl Store {
         random: [u8; KEY_RANDOM_BYTES],
         now_unix_ms: u64,
     ) -> Result<(NewKey, Change), StoreError> {
+        let (secret, hash) = KeyHash::make(random);
+        let (new, change) = self.rotate_key_hashed(id, grace, hash, now_unix_ms)?;
+        Ok((NewKey { id: new, secret }, change))
+    }
+
+    /// [`Store::rotate_key`] for a new key made elsewhere: the new key's id and the change.
+    pub fn rotate_key_hashed(
+        &mut self,
+        id: &str,
+        grace: Duration,
+        hash: KeyHash,
+        now_unix_ms: u64,
+    ) -> Result<(String, Change), StoreError> {
         let old = self.keys.get(id).ok_or_else(|| unknown_key(id))?.clone();
         if old.rotated_to.is_some() {
             return err(format!("key {id} was rotated already"));
@@ -772,12 +1017,12 @@ impl Store {
             old.name.as_deref(),
             expires_in,
             (old.limits, Some(lineage)),
-            random,
+            hash,
             now_unix_ms,
         )?;
         let end = now_unix_ms.saturating_add(ms(grace));
         let k = self.keys.get_mut(id).ok_or_else(|| unknown_key(id))?;
-        k.rotated_to = Some(new.id.clone());
+        k.rotated_to = Some(new.clone());
         k.expires_unix_ms = Some(k.expires_unix_ms.map_or(end, |e| e.min(end)));
         let change = Change {
             action: "keys.rotate",
@@ -1687,6 +1932,65 @@ mod tests {
         text["keys"][&k.id]["rpm"] = serde_json::json!(0);
         let e = Store::from_json(text.to_string().as_bytes()).expect_err("refused");
         assert!(e.contains("rpm"), "{e}");
+    }
+
+    #[test]
+    fn a_journal_line_carries_a_change_and_replays_to_the_same_store() {
+        let mut s = store_with("team-a");
+        let (k, _) = s
+            .create_key(
+                "team-a",
+                None,
+                None,
+                KeySettings::default(),
+                [1; KEY_RANDOM_BYTES],
+                T0,
+            )
+            .expect("key");
+        let base = s.to_json();
+        let mut journal = Vec::new();
+        // Three changes, each as the line of what it left.
+        let before = s.clone();
+        s.add_tenant("team-b", Settings::default(), &[], T0)
+            .expect("b");
+        journal.extend(s.diff(&before).to_line());
+        let before = s.clone();
+        s.rotate_key(&k.id, Duration::from_secs(5), [2; KEY_RANDOM_BYTES], T0)
+            .expect("rotate");
+        let rotation = s.diff(&before);
+        assert_eq!(
+            rotation.keys.len(),
+            2,
+            "the old key changed and the new one came"
+        );
+        journal.extend(rotation.to_line());
+        let before = s.clone();
+        s.remove_tenant("team-a").expect("remove");
+        let removal = s.diff(&before);
+        assert!(removal.keys.values().all(Option::is_none));
+        journal.extend(removal.to_line());
+        assert_eq!(Store::from_parts(&base, &journal).expect("reads"), s);
+        // Replayed twice (a crash after the base was compacted, before the journal was
+        // emptied): the same store.
+        let mut twice = journal.clone();
+        twice.extend_from_slice(&journal);
+        assert_eq!(Store::from_parts(&s.to_json(), &twice).expect("reads"), s);
+        // A last line cut short was never acknowledged: left out. A bad line before another
+        // refuses the store.
+        let cut = &journal[..journal.len() - 5];
+        let without_last = Store::from_parts(&base, cut).expect("reads");
+        assert!(without_last.tenants.contains_key("team-a"));
+        let mut bad = b"{not json}\n".to_vec();
+        bad.extend_from_slice(&journal);
+        assert!(Store::from_parts(&base, &bad).is_err());
+        // A journal that leaves a key without its tenant refuses the store.
+        let orphan = JournalEntry {
+            version: 99,
+            keys: [(k.id.clone(), Some(before.keys[&k.id].clone()))].into(),
+            tenants: [("team-a".to_owned(), None)].into(),
+            ..JournalEntry::default()
+        };
+        assert!(Store::from_parts(&base, &orphan.to_line()).is_err());
     }
 
     #[test]

@@ -443,6 +443,12 @@ impl Tenants {
         (now_unix_ms < expires).then_some(t)
     }
 
+    /// The tenant a key's hash belongs to, expired or not (config time: a key names one
+    /// tenant).
+    pub fn tenant_of(&self, hash: &[u8; 32]) -> Option<usize> {
+        self.by_key.get(hash).map(|&(t, _, _)| t)
+    }
+
     /// The tenant owning `key` at `now_unix_ms`, by hash: none for a key past its expiry.
     /// Keys longer than `API_KEY_BYTES_MAX` own nothing.
     pub fn lookup(&self, key: &[u8], now_unix_ms: u64) -> Option<usize> {

@@ -18,6 +18,7 @@ use std::fmt;
 mod endpoint;
 mod raw;
 mod resolved;
+mod store_delta;
 mod validate;
 
 pub use endpoint::Endpoint;
@@ -25,6 +26,7 @@ pub use resolved::{
     Auth, Config, Cores, DriverChoice, DriverKind, HeadLimits, Overrides, Provider, RouteConfig,
     ServerConfig, StoreFile, TlsFiles, UpstreamConfig,
 };
+pub use store_delta::{StoreDelta, DELTA_TENANTS_MAX};
 pub use validate::check_instance_name;
 
 use endpoint::Resolver;
@@ -160,6 +162,30 @@ impl Config {
         out
     }
 
+    /// [`Config::from_message`] that hands back the tenant store it was validated with: `given`
+    /// (the engine's config builder holds the store in memory), else the one read from its
+    /// file. `None` when the config names no store.
+    pub fn from_message_keeping_store(
+        m: &crate::control::message::ConfigMessage,
+        given: Option<crate::store::Store>,
+    ) -> (Result<Config, ConfigErrors>, Option<crate::store::Store>) {
+        Self::parse_keeping_store(
+            &m.toml,
+            Resolver::Table(&m.resolved),
+            Files::Table(&m.files),
+            Secrets::Read,
+            match given {
+                Some(s) => StoreRead::Given(Box::new(s)),
+                None => StoreRead::Read,
+            },
+        )
+    }
+
+    /// The config file's `[[tenants]]` in force (those the tenant store does not have too).
+    pub fn file_tenants(&self) -> &[crate::tenant::TenantConfig] {
+        self.tenants.get(..self.store_from).unwrap_or(&[])
+    }
+
     fn parse(
         text: &str,
         resolver: Resolver<'_>,
@@ -167,7 +193,22 @@ impl Config {
         secrets: Secrets,
         store: StoreRead,
     ) -> Result<Config, ConfigErrors> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        Self::parse_keeping_store(text, resolver, files, secrets, store).0
+    }
+
+    fn parse_keeping_store(
+        text: &str,
+        resolver: Resolver<'_>,
+        files: Files<'_>,
+        secrets: Secrets,
+        store: StoreRead,
+    ) -> (Result<Config, ConfigErrors>, Option<crate::store::Store>) {
+        // A store given back even when the text does not parse: its holder keeps it.
+        let given = |store: StoreRead| match store {
+            StoreRead::Given(s) => Some(*s),
+            _ => None,
+        };
+        let raw: RawConfig = match toml::from_str(text).map_err(|e| {
             let field = match e.span() {
                 Some(span) => {
                     let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
@@ -179,7 +220,10 @@ impl Config {
                 field,
                 reason: e.message().to_owned(),
             }])
-        })?;
+        }) {
+            Ok(raw) => raw,
+            Err(e) => return (Err(e), given(store)),
+        };
         let mut v = Validator {
             errors: Vec::new(),
             warnings: Vec::new(),
@@ -187,13 +231,18 @@ impl Config {
             files,
             secrets,
             store,
+            store_out: None,
         };
         let mut config = v.config(raw);
+        let store = v
+            .store_out
+            .take()
+            .or_else(|| given(std::mem::replace(&mut v.store, StoreRead::Skip)));
         if v.errors.is_empty() {
             config.warnings = v.warnings;
-            Ok(config)
+            (Ok(config), store)
         } else {
-            Err(ConfigErrors(v.errors))
+            (Err(ConfigErrors(v.errors)), store)
         }
     }
 

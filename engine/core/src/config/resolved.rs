@@ -117,6 +117,8 @@ pub struct ServerConfig {
 pub struct StoreFile {
     pub path: String,
     pub bytes: Vec<u8>,
+    /// Its journal's lines (`store::journal_path`), applied over `bytes`.
+    pub journal: Vec<u8>,
 }
 
 /// A certificate chain and its key: the paths as written and the PEM they held when the config
@@ -219,6 +221,11 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub tenants: Vec<crate::tenant::TenantConfig>,
+    /// Where the tenant store's tenants start in `tenants` (the config file's come first; the
+    /// store's follow, sorted by name).
+    pub store_from: usize,
+    /// Names of the config file's `[[tenants]]` the store has too (the store's are in force).
+    pub store_shadows: Vec<String>,
     /// The tenants' keys by hash, built once with the config (by the engine's config builder,
     /// not on a shard) and shared by every shard's snapshot.
     pub key_table: std::sync::Arc<crate::tenant::Tenants>,

@@ -30,12 +30,30 @@ pub(super) enum Files<'a> {
     Table(&'a std::collections::HashMap<String, Vec<u8>>),
 }
 
+/// A file of the tenant store, at most `STORE_BYTES_MAX` bytes (an absent one is empty).
+fn read_bounded(path: &str) -> Result<Vec<u8>, String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > crate::store::STORE_BYTES_MAX as u64 => Err(format!(
+            "{path}: {} bytes; at most {}",
+            m.len(),
+            crate::store::STORE_BYTES_MAX
+        )),
+        _ => match std::fs::read(path) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(format!("{path}: cannot read: {e}")),
+        },
+    }
+}
+
 /// Whether the tenant store's file is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) enum StoreRead {
     Read,
     /// Taken as empty (its path is kept): for a change to the store, which reads it itself.
     Skip,
+    /// Given, already read (the engine's config builder holds the store in memory).
+    Given(Box<crate::store::Store>),
 }
 
 pub(super) struct Validator<'a> {
@@ -45,6 +63,8 @@ pub(super) struct Validator<'a> {
     pub(super) files: Files<'a>,
     pub(super) secrets: Secrets,
     pub(super) store: StoreRead,
+    /// The store the config was validated with, once read: handed back to whoever holds it.
+    pub(super) store_out: Option<crate::store::Store>,
 }
 
 impl Validator<'_> {
@@ -117,28 +137,20 @@ impl Validator<'_> {
             self.error(FIELD, "must be a file path");
             return None;
         }
-        if self.store == StoreRead::Skip {
+        if !matches!(self.store, StoreRead::Read) {
             return Some(StoreFile {
                 path: path.to_owned(),
                 bytes: Vec::new(),
+                journal: Vec::new(),
             });
         }
-        let got = match std::fs::metadata(path) {
-            Ok(m) if m.len() > crate::store::STORE_BYTES_MAX as u64 => Err(format!(
-                "{path}: {} bytes; at most {}",
-                m.len(),
-                crate::store::STORE_BYTES_MAX
-            )),
-            _ => match std::fs::read(path) {
-                Ok(b) => Ok(b),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-                Err(e) => Err(format!("{path}: cannot read: {e}")),
-            },
-        };
+        let journal = crate::store::journal_path(path);
+        let got = read_bounded(path).and_then(|bytes| Ok((bytes, read_bounded(&journal)?)));
         match got {
-            Ok(bytes) => Some(StoreFile {
+            Ok((bytes, journal)) => Some(StoreFile {
                 path: path.to_owned(),
                 bytes,
+                journal,
             }),
             Err(reason) => {
                 self.error(FIELD, reason);
@@ -261,10 +273,17 @@ impl Validator<'_> {
         // file entry whose name the store has too is ignored with a warning: the store wins
         // (the file's `[[tenants]]` are the bootstrap; `shardgate-ctl tenants import` copies
         // them into the store, and what is left in the file is drift).
+        let given = match std::mem::replace(&mut self.store, StoreRead::Skip) {
+            StoreRead::Given(s) => Some(*s),
+            _ => None,
+        };
         let store = match &server.tenant_store {
             None => None,
-            Some(f) if f.bytes.is_empty() => Some(crate::store::Store::default()),
-            Some(f) => match crate::store::Store::from_json(&f.bytes) {
+            Some(_) if given.is_some() => given,
+            Some(f) if f.bytes.is_empty() && f.journal.is_empty() => {
+                Some(crate::store::Store::default())
+            }
+            Some(f) => match crate::store::Store::from_parts(&f.bytes, &f.journal) {
                 Ok(s) => Some(s),
                 Err(reason) => {
                     errors.push((
@@ -279,14 +298,17 @@ impl Validator<'_> {
         // config, which the builder and every shard hold for as long as it runs.
         if let Some(f) = server.tenant_store.as_mut() {
             f.bytes = Vec::new();
+            f.journal = Vec::new();
         }
         let mut all = Vec::with_capacity(raw.tenants.len());
         let mut file_index = Vec::with_capacity(raw.tenants.len());
+        let mut store_shadows = Vec::new();
         for (i, t) in raw.tenants.into_iter().enumerate() {
             if store
                 .as_ref()
                 .is_some_and(|s| s.tenants.contains_key(t.name()))
             {
+                store_shadows.push(t.name().to_owned());
                 warnings.push(format!(
                     "tenants[{i}]: {:?} is in the tenant store too, which wins; this entry is \
                      ignored (remove it from the file)",
@@ -365,12 +387,15 @@ impl Validator<'_> {
             ),
             Auth::Keys => {}
         }
+        self.store_out = store;
         Config {
             server,
             upstreams,
             routes,
             key_table: std::sync::Arc::new(crate::tenant::Tenants::new(&tenants)),
             tenants,
+            store_from: from_file,
+            store_shadows,
             models,
             templates,
             prices: std::sync::Arc::new(prices),

@@ -10,8 +10,11 @@
 //! u32 LE   TOML length, then the TOML text (UTF-8)
 //! u32 LE   files, then for each:
 //!          u16 LE length, the path as written   u32 LE length, the contents
+//! optional "SGOP", u32 LE length, a change to the tenant store (`store_op::OpMessage`, JSON)
 //! ```
-//! Nothing may follow. [`decode`] never panics and refuses anything else; it has a fuzz target.
+//! Nothing else may follow. A message with a change carries the running config's text with
+//! it, so the newest message always says what runs. [`decode`] never panics and refuses
+//! anything else; it has a fuzz target.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,6 +25,7 @@ use crate::limits::{
 };
 
 const MAGIC: &[u8; 4] = b"SGC2";
+const OP_MAGIC: &[u8; 4] = b"SGOP";
 /// Most files a message may carry (two per certificate, one CA file per upstream).
 const FILES_MAX: usize = 2 * TLS_CERTS_MAX + UPSTREAMS_MAX;
 /// Most resolved entries a message may carry.
@@ -35,6 +39,24 @@ pub struct ConfigMessage {
     pub resolved: HashMap<String, SocketAddr>,
     /// A file's path as written in the config → its contents.
     pub files: HashMap<String, Vec<u8>>,
+    /// A change to the tenant store (`store_op::OpMessage` as JSON) made with this version.
+    pub op: Option<Vec<u8>>,
+}
+
+/// [`encode`] with a change to the tenant store (`op`, JSON) made with the version.
+pub fn encode_with_op(toml: &str, config: &Config, op: &[u8]) -> Result<Vec<u8>, String> {
+    if op.len() > crate::store_op::STORE_OP_BYTES_MAX {
+        return Err(format!(
+            "a store operation of {} bytes; at most {}",
+            op.len(),
+            crate::store_op::STORE_OP_BYTES_MAX
+        ));
+    }
+    let mut out = encode(toml, config)?;
+    out.extend_from_slice(OP_MAGIC);
+    out.extend_from_slice(&u32::try_from(op.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(op);
+    Ok(out)
 }
 
 /// Encode `toml` and the addresses `config` (validated from that text) resolved its endpoints to.
@@ -161,6 +183,18 @@ pub fn decode(body: &[u8]) -> Result<ConfigMessage, &'static str> {
         }
         files.insert(path, r.take(n)?.to_vec());
     }
+    let op = if r.rest.is_empty() {
+        None
+    } else {
+        if r.take(4)? != OP_MAGIC {
+            return Err("trailing bytes after the config message");
+        }
+        let n = r.u32()?;
+        if n > crate::store_op::STORE_OP_BYTES_MAX {
+            return Err("store operation larger than store_op_bytes_max");
+        }
+        Some(r.take(n)?.to_vec())
+    };
     if !r.rest.is_empty() {
         return Err("trailing bytes after the config message");
     }
@@ -168,6 +202,7 @@ pub fn decode(body: &[u8]) -> Result<ConfigMessage, &'static str> {
         toml,
         resolved,
         files,
+        op,
     })
 }
 
@@ -210,5 +245,24 @@ upstream = "a"
         let mut bad = body;
         bad[0] = b'X';
         assert_eq!(decode(&bad), Err("not a config message"));
+    }
+
+    #[test]
+    fn a_change_to_the_store_rides_with_the_config_and_every_prefix_is_refused() {
+        let c = Config::from_toml(TOML).expect("valid");
+        let plain = encode(TOML, &c).expect("small");
+        let body = encode_with_op(TOML, &c, br#"{"op":"tenant_remove"}"#).expect("small");
+        let m = decode(&body).expect("decodes");
+        assert_eq!(m.toml, TOML);
+        assert_eq!(m.op.as_deref(), Some(&br#"{"op":"tenant_remove"}"#[..]));
+        assert_eq!(decode(&plain).expect("decodes").op, None);
+        for n in plain.len() + 1..body.len() {
+            assert!(decode(&body[..n]).is_err(), "prefix {n} accepted");
+        }
+        let mut extra = body;
+        extra.push(b'}');
+        assert!(decode(&extra).is_err());
+        let big = vec![b' '; crate::store_op::STORE_OP_BYTES_MAX + 1];
+        assert!(encode_with_op(TOML, &c, &big).is_err());
     }
 }

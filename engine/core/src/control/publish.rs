@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use super::message;
 use super::shm::{pid_alive, Region, WriterGuard};
 use super::stats::{self, ShardView};
-use super::{message, publish_config};
 use crate::config::Config;
 
 /// How often the shards' counter blocks are looked at while waiting for them.
@@ -32,15 +32,27 @@ pub fn push(
     new: &Config,
     timeout: Duration,
 ) -> Result<(u64, u128), String> {
+    let body = message::encode(text, new)?;
+    push_body(instance, region, guard, version, &body, timeout)
+}
+
+/// [`push`] of a message already encoded (a config with a change to the tenant store).
+pub fn push_body(
+    instance: &str,
+    region: &Region,
+    guard: WriterGuard<'_>,
+    version: u64,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u64, u128), String> {
     let engine_pid = region
         .header()
         .engine_pid
         .load(std::sync::atomic::Ordering::Acquire);
     let start = Instant::now();
-    // `publish_config` takes the lock again (this process already holds it) and releases it.
-    let published = publish_config(region, version, text, new);
+    let published = region.ring().publish(version, body);
     drop(guard);
-    published?;
+    published.map_err(|e| e.to_string())?;
     loop {
         let t = stats::read(region);
         let progress = progress(&t.shards, version);

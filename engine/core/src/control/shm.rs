@@ -6,6 +6,7 @@
 //!               ├─ header            magic, layout version, sizes, engine pid, start time
 //!               ├─ ring head         (own 128-byte line: written by the producer only)
 //!               ├─ writer lock       (own line: the pid of the ctl publishing, 0 = none)
+//!               ├─ store reply       (the builder's answer to the last change to the store)
 //!               └─ ring slots        RING_SLOTS × RING_SLOT_WORDS words
 //! then          ShardBlock × shards  (each 4096-aligned: written by its shard only)
 //! ```
@@ -26,12 +27,12 @@ use memmap2::MmapMut;
 use super::ring::RingView;
 use crate::limits::{
     DURATION_BUCKETS_MS, RING_SLOTS, RING_SLOT_WORDS, SHARD_ERROR_BYTES, STATS_NAME_BYTES,
-    STATS_SLOTS, TENANT_SLOTS,
+    STATS_SLOTS, STORE_REPLY_BYTES, TENANT_SLOTS,
 };
 
 /// `SHRDGT` + layout version: a ctl of another version refuses the region instead of
 /// misreading it.
-pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x07");
+pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x08");
 /// Longest tuning-file path kept in the header, bytes.
 pub const TUNING_PATH_BYTES: usize = 256;
 
@@ -69,12 +70,41 @@ pub struct WriterLock {
     pub since_unix_ms: AtomicU64,
 }
 
+/// The engine's config builder's answer to a change to the tenant store (version `version`
+/// of the config): written by the builder only, before any shard runs that version, so whoever
+/// published the change reads it once every shard does.
+#[repr(C)]
+#[derive(Debug)]
+pub struct StoreReply {
+    /// The config version answered; 0 while an answer is being written.
+    pub version: AtomicU64,
+    /// [`REPLY_MADE`], or why not (`REPLY_NOT_FOUND` ... `REPLY_FAILED`).
+    pub status: AtomicU64,
+    /// The store's version after the change.
+    pub store_version: AtomicU64,
+    pub len: AtomicU64,
+    /// The answer (JSON) when made, else the reason.
+    pub text: [AtomicU64; STORE_REPLY_BYTES / 8],
+}
+
+/// [`StoreReply::status`]: the change was made.
+pub const REPLY_MADE: u64 = 0;
+/// The store refused it: no such tenant, key or request.
+pub const REPLY_NOT_FOUND: u64 = 1;
+/// The store refused it: the name or the pending request exists already.
+pub const REPLY_EXISTS: u64 = 2;
+/// The store refused it: the change is not valid.
+pub const REPLY_INVALID: u64 = 3;
+/// The instance failed to make it (the store's file, the audit log).
+pub const REPLY_FAILED: u64 = 4;
+
 #[repr(C, align(4096))]
 #[derive(Debug)]
 pub struct Fixed {
     pub header: Line<Header>,
     pub ring_head: Line<AtomicU64>,
     pub writer: Line<WriterLock>,
+    pub store_reply: Line<StoreReply>,
     pub ring: [AtomicU64; RING_SLOTS * RING_SLOT_WORDS],
     /// Tenants' shared limiter cells, found by name (see [`Region::tenant`]).
     pub tenants: [Line<TenantCells>; TENANT_SLOTS],
@@ -449,6 +479,34 @@ impl Region {
     }
 
     /// The region file (None for an anonymous region).
+    /// Leave the answer to the change published as config `version` (the builder's only).
+    pub fn put_store_reply(&self, version: u64, status: u64, store_version: u64, text: &[u8]) {
+        let r = &self.fixed().store_reply.0;
+        r.version.store(0, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        r.status.store(status, Ordering::Relaxed);
+        r.store_version.store(store_version, Ordering::Relaxed);
+        let n = store_words(&r.text, text);
+        r.len.store(n as u64, Ordering::Relaxed);
+        r.version.store(version, Ordering::Release);
+    }
+
+    /// The answer to the change published as config `version`: its status, the store's
+    /// version and the text; `None` if the builder has not answered that version (or is
+    /// answering another one just now).
+    pub fn store_reply(&self, version: u64) -> Option<(u64, u64, String)> {
+        let r = &self.fixed().store_reply.0;
+        if r.version.load(Ordering::Acquire) != version {
+            return None;
+        }
+        let status = r.status.load(Ordering::Relaxed);
+        let store_version = r.store_version.load(Ordering::Relaxed);
+        let n = usize::try_from(r.len.load(Ordering::Relaxed)).unwrap_or(0);
+        let text = load_text_n(&r.text, n);
+        std::sync::atomic::fence(Ordering::Acquire);
+        (r.version.load(Ordering::Relaxed) == version).then_some((status, store_version, text))
+    }
+
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
