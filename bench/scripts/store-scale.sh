@@ -10,10 +10,13 @@
 #     keys is the memory per key (keys, their tenants, the shards' per-tenant tables);
 #   - wrk -t1 -c16 for DURATION s posting bench/peers/post.lua, with CHANGES `shardgate-ctl keys
 #     create` made during it: the load's p99, p99.9 and max, and each shard's pause per change
-#     (`paused_us` in the "config applied" log lines), and ctl's own time per change.
+#     (`paused_us` in the "config applied" log lines), and ctl's own time per change;
+#   - before the load, IDLE_CHANGES `keys create` with nothing else running: ctl's time, from
+#     its start to every shard running the change; and for every change, the builder's time
+#     from reading it to its answer (the "tenant store: ... in N us" log lines).
 #
 # Usage: bench/scripts/store-scale.sh [OUT_DIR]
-# Environment: TENANTS [10000]  KEYS [100000]  CHANGES [3]  DURATION [12]  CORES [2]
+# Environment: TENANTS [10000]  KEYS [100000]  CHANGES [3]  IDLE_CHANGES [5]  DURATION [12]  CORES [2]
 #   SHARDGATE_BIN [<repo>/target/release/shardgate]  CTL_BIN [<repo>/target/release/shardgate-ctl]
 set -euo pipefail
 
@@ -22,6 +25,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 TENANTS=${TENANTS:-10000}
 KEYS=${KEYS:-100000}
 CHANGES=${CHANGES:-3}
+IDLE_CHANGES=${IDLE_CHANGES:-5}
 DURATION=${DURATION:-12}
 CORES=${CORES:-2}
 SHARDGATE_BIN=${SHARDGATE_BIN:-$REPO/target/release/shardgate}
@@ -98,6 +102,14 @@ awk -v e="$EMPTY_RSS" -v b="$BIG_RSS" -v k="$KEYS" -v up="$UP_MS" 'BEGIN {
     printf "RSS empty store %d KiB, big store %d KiB: %.0f bytes per key (tenants included); start-up %d ms\n",
         e, b, (b - e) * 1024 / k, up }' | tee -a "$OUT/summary.txt"
 
+# Changes with no load: ctl's time, from its start to every shard running the change.
+for ((c = 1; c <= IDLE_CHANGES; c++)); do
+    T0=$(date +%s%N)
+    "$CTL_BIN" --instance "$INST" keys create "t$(printf %05d $((c % TENANTS)))" >/dev/null
+    echo "idle change $c: ctl took $(( ($(date +%s%N) - T0) / 1000000 )) ms" | tee -a "$OUT/summary.txt"
+    sleep 0.2
+done
+
 wrk -t1 -c16 -d"${DURATION}s" --latency -s "$REPO/bench/peers/post.lua" \
     "http://127.0.0.1:$PORT/v1/chat/completions" >"$OUT/wrk.txt" 2>&1 &
 LOAD=$!
@@ -112,5 +124,7 @@ wait "$LOAD"
 P99=$(awk '$1 == "99%" { print $2 }' "$OUT/wrk.txt")
 TAIL=$(grep -o 'tail_us: .*' "$OUT/wrk.txt" || true)
 PAUSES=$(grep -o 'paused_us=[0-9]*' "$OUT/big.engine.log" | cut -d= -f2 | sort -n | tr '\n' ' ')
+MADE=$(grep -o 'built again) in [0-9]* us' "$OUT/big.engine.log" | awk '{ print $4 }' | sort -n | tr '\n' ' ')
 echo "load p99 $P99 $TAIL; shard pauses (us): $PAUSES" | tee -a "$OUT/summary.txt"
+echo "builder per change, from the change read to its answer (us): $MADE" | tee -a "$OUT/summary.txt"
 echo "results: $OUT/summary.txt"

@@ -368,6 +368,7 @@ impl State<'_> {
             }
         };
         let now = unix_ms();
+        let started = std::time::Instant::now();
         let applied = match store_op::apply(&mut held.store, &msg, base, now) {
             Ok(a) => a,
             Err(e) => {
@@ -441,6 +442,14 @@ impl State<'_> {
             .to_string();
         }
         self.reply(version, shm::REPLY_MADE, store_version, &said);
+        tracing::info!(
+            "tenant store: {} {} made as store version {store_version} (config version \
+             {version}, {} tenant(s) built again) in {} us",
+            applied.change.action,
+            applied.change.target,
+            applied.tenants.len(),
+            started.elapsed().as_micros()
+        );
         Some(config)
     }
 
@@ -563,7 +572,7 @@ fn run(jobs: &Receiver<Job>, b: &mut State<'_>, running: &Config, version: u64, 
 mod tests {
     use super::*;
     use crate::config::EMBEDDED_DEFAULT;
-    use crate::control::message;
+    use crate::store_op::StoreOp;
     use std::time::{Duration, Instant};
 
     /// Wait (at most 5 s) for `n` results in `inbox`.
@@ -664,5 +673,105 @@ mod tests {
         }
         b.submit(2, good, &one).expect("queued");
         assert!(!Arc::ptr_eq(&first, &ok(&results(&one, 1))));
+    }
+
+    #[test]
+    fn a_change_to_the_store_is_made_once_answered_in_the_region_and_a_refusal_changes_nothing() {
+        let dir = std::env::temp_dir().join(format!("sg-builder-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let store = dir.join("tenants.json").to_string_lossy().into_owned();
+        let text =
+            EMBEDDED_DEFAULT.replace("[server]", &format!("[server]\ntenant_store = \"{store}\""));
+        let running = Config::from_toml(&text).expect("valid");
+        let region: &'static Region = Box::leak(Box::new(Region::anonymous(2).expect("region")));
+        crate::control::publish_config(region, 1, &text, &running).expect("published");
+        let b = Builder::spawn(running.clone(), 1, Overrides::default(), 2, Some(region))
+            .expect("thread");
+        let op = |version: u64, op: StoreOp| {
+            let msg = OpMessage {
+                op,
+                actor: "test".into(),
+            };
+            (
+                version,
+                message::encode_with_op(&text, &running, &msg.to_json()).expect("encode"),
+            )
+        };
+        let add = op(
+            2,
+            StoreOp::TenantAdd {
+                name: "team-x".into(),
+                settings: crate::store::Settings::default(),
+            },
+        );
+        let (one, two) = (Inbox::default(), Inbox::default());
+        b.submit(add.0, add.1.clone(), &one).expect("queued");
+        b.submit(add.0, add.1, &two).expect("queued");
+        let (x, y) = (results(&one, 1), results(&two, 1));
+        let x = x[0].result.clone().expect("made");
+        assert!(
+            Arc::ptr_eq(&x, y[0].result.as_ref().expect("made")),
+            "made twice"
+        );
+        assert!(x.tenants.iter().any(|t| t.name == "team-x"));
+        let (status, store_version, said) = region.store_reply(2).expect("answered");
+        assert_eq!((status, store_version), (shm::REPLY_MADE, 1));
+        assert!(said.contains("\"name\":\"team-x\""), "{said}");
+        let journal = crate::store::journal_path(&store);
+        let lines = || {
+            std::fs::read_to_string(&journal)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        assert_eq!(lines(), 1);
+
+        // Refused by the store: the version runs the same config, and nothing is written.
+        let (_, hash) = crate::store::KeyHash::make([3; crate::store::KEY_RANDOM_BYTES]);
+        let bad = op(
+            3,
+            StoreOp::KeyCreate {
+                tenant: "nobody".into(),
+                name: None,
+                expires_in_ms: None,
+                limits: crate::store::KeySettings::default(),
+                key: hash.clone(),
+            },
+        );
+        for inbox in [&one, &two] {
+            b.submit(bad.0, bad.1.clone(), inbox).expect("queued");
+            let got = results(inbox, 1);
+            assert!(Arc::ptr_eq(&x, got[0].result.as_ref().expect("runs")));
+        }
+        let (status, _, why) = region.store_reply(3).expect("answered");
+        assert_eq!(status, shm::REPLY_NOT_FOUND);
+        assert!(why.contains("no tenant \"nobody\""), "{why}");
+        assert_eq!(lines(), 1);
+
+        // A key for the new tenant: built from the held store, as a delta.
+        let key = op(
+            4,
+            StoreOp::KeyCreate {
+                tenant: "team-x".into(),
+                name: None,
+                expires_in_ms: None,
+                limits: crate::store::KeySettings::default(),
+                key: hash,
+            },
+        );
+        b.submit(key.0, key.1, &one).expect("queued");
+        let got = results(&one, 1);
+        let c = got[0].result.as_ref().expect("made");
+        let t = c
+            .tenants
+            .iter()
+            .find(|t| t.name == "team-x")
+            .expect("there");
+        assert_eq!(t.keys.len(), 1);
+        assert_eq!(region.store_reply(4).map(|r| r.0), Some(shm::REPLY_MADE));
+        assert_eq!(lines(), 2);
+        assert_eq!(crate::manage::read(&store).expect("reads").keys.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -210,6 +210,54 @@ fn a_store_survives_ctl_killed_in_the_middle_of_changes() {
 }
 
 #[test]
+fn an_engine_killed_after_changes_restarts_with_every_change_it_answered() {
+    let tmp = TempDir::new("store-restart");
+    let d = tmp.path();
+    let mut gw = Gateway::start(&store_config(d, None));
+    ctl_ok(&gw, &["tenants", "add", "team-r"]);
+    let keys: Vec<(String, String)> = (0..4)
+        .map(|_| new_key(&ctl_ok(&gw, &["keys", "create", "team-r"])))
+        .collect();
+    ctl_ok(&gw, &["keys", "revoke", &keys[0].1]);
+    ctl_ok(&gw, &["tenants", "set", "team-r", "--models", "demo"]);
+    // Each change is a line of the journal: the file is not written whole per change.
+    let journal = std::fs::read_to_string(d.join("tenants.json.journal")).expect("journal");
+    assert_eq!(journal.lines().count(), 7, "{journal}");
+    assert!(!d.join("tenants.json").exists());
+    gw.signal("-KILL");
+    assert!(gw.wait_exit(Duration::from_secs(5)).is_some());
+    // A crash in the middle of a line: the line was never answered, and is left out.
+    let mut torn = journal.into_bytes();
+    torn.extend_from_slice(b"{\"version\":99,\"tenants\":{\"ghost\":{\"rpm\"");
+    std::fs::write(d.join("tenants.json.journal"), torn).expect("write");
+
+    let gw = Gateway::start(&store_config(d, None));
+    assert_eq!(
+        call(&gw, &keys[0].0, "demo").0,
+        401,
+        "a revoked key came back"
+    );
+    for (key, _) in &keys[1..] {
+        assert!(all(&calls_at_once(&gw, key), 200));
+        assert_eq!(call(&gw, key, "gpt-4o").0, 403, "the model grant was lost");
+    }
+    // The next change folds the journal, torn line and all, into the file.
+    let (fifth, _) = new_key(&ctl_ok(&gw, &["keys", "create", "team-r"]));
+    assert_eq!(call(&gw, &fifth, "demo").0, 200);
+    assert_eq!(
+        std::fs::read_to_string(d.join("tenants.json.journal")).expect("journal"),
+        ""
+    );
+    let store = read_store(d);
+    assert_eq!(
+        store["keys"].as_object().map(|k| k.len()),
+        Some(4),
+        "{store}"
+    );
+    assert!(store["tenants"]["ghost"].is_null());
+}
+
+#[test]
 fn changes_without_a_store_or_to_unknown_names_are_refused_clearly() {
     let tmp = TempDir::new("store-errs");
     let d = tmp.path();

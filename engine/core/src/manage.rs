@@ -331,3 +331,64 @@ pub fn key_random() -> Result<[u8; KEY_RANDOM_BYTES], Refused> {
         .map_err(|_| failed("the system's random generator failed"))?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Settings;
+    use crate::store_op::{self, OpMessage, StoreOp};
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("sg-manage-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("temp dir");
+        d
+    }
+
+    #[test]
+    fn changes_go_to_the_journal_and_fold_into_the_file_and_a_torn_line_is_left_out() {
+        let d = dir("journal");
+        let path = d.join("tenants.json").to_string_lossy().into_owned();
+        let journal = journal_path(&path);
+        let running = Config::embedded_default();
+        let (mut store, mut at) = read_with_journal(&path).expect("an absent store is empty");
+        assert_eq!((store.version, at.lines, at.clean), (0, 0, true));
+        for i in 0..5 {
+            let msg = OpMessage {
+                op: StoreOp::TenantAdd {
+                    name: format!("t{i}"),
+                    settings: Settings::default(),
+                },
+                actor: "test".into(),
+            };
+            let a = store_op::apply(&mut store, &msg, &running, 1).expect("made");
+            append_journal(&path, &a.delta, &mut at).expect("appended");
+        }
+        // Five lines, no file written whole; read back, the same store.
+        assert!(!Path::new(&path).exists());
+        assert_eq!(at.lines, 5);
+        assert_eq!(journal_state(&path).expect("reads"), at);
+        assert_eq!(read(&path).expect("reads"), store);
+        // Folded: the file holds it all, the journal nothing.
+        fold(&path, &store, &mut at).expect("folded");
+        assert_eq!(std::fs::read(&journal).expect("journal"), b"");
+        assert_eq!(read(&path).expect("reads"), store);
+
+        // A line cut short by a crash: left out when read, and said, so the next change
+        // folds the journal in rather than appending after it.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&journal)
+            .expect("journal");
+        f.write_all(b"{\"version\":9999,\"tenants\":{\"ghost\"")
+            .expect("write");
+        drop(f);
+        let (back, at) = read_with_journal(&path).expect("reads");
+        assert!(!at.clean);
+        assert_eq!(back, store, "the cut line was never acknowledged");
+        // A bad line before another refuses the store rather than guess.
+        std::fs::write(&journal, b"{not json}\n{}\n").expect("write");
+        assert!(read(&path).is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
