@@ -214,6 +214,9 @@ struct Held {
     /// The message (without a change) that version was built from: a change comes with the
     /// running config's text, and is taken as a delta only on the same text.
     message: ConfigMessage,
+    /// The store's files as last read or written here: changed by anyone else (an edit by
+    /// hand), the store is read again before the next change.
+    files: Option<manage::StoreFiles>,
 }
 
 impl Held {
@@ -226,6 +229,7 @@ impl Held {
         }
         let (config, _) = Config::from_message_keeping_store(&message, Some(Store::default()));
         let path = config.ok()?.server.tenant_store?.path;
+        let files = manage::StoreFiles::now(&path);
         match manage::read_with_journal(&path) {
             Ok((store, journal)) => Some(Held {
                 store,
@@ -233,6 +237,7 @@ impl Held {
                 journal,
                 version,
                 message,
+                files,
             }),
             Err(r) => {
                 tracing::warn!(
@@ -255,6 +260,12 @@ struct State<'a> {
     /// The newest version whose change to the store was made (or refused): a version asked
     /// for again is never made again.
     last_op_version: u64,
+}
+
+/// The files of the store `m` names, as they are now (`None`: it names none).
+fn m_files(m: &ConfigMessage) -> Option<manage::StoreFiles> {
+    let (c, _) = Config::from_message_keeping_store(m, Some(Store::default()));
+    manage::StoreFiles::now(&c.ok()?.server.tenant_store?.path)
 }
 
 /// Validate `m` whole (with `given` as its tenant store, else the store's files), as
@@ -305,7 +316,14 @@ impl State<'_> {
         // The store and config the change is made on: the held ones when this message is the
         // running config's text, else both read and validated whole.
         let fast = match (&self.held, newest) {
-            (Some(h), Some((v, c))) if h.version == v && h.message == m => Some(c.clone()),
+            (Some(h), Some((v, c)))
+                if h.version == v
+                    && h.message == m
+                    && h.files.is_some()
+                    && h.files == manage::StoreFiles::now(&h.path) =>
+            {
+                Some(c.clone())
+            }
             _ => None,
         };
         let (base, mut held) = match fast {
@@ -314,6 +332,9 @@ impl State<'_> {
                 None => return Err("the held store went missing".into()),
             },
             None => {
+                // The files as they are before they are read: a write after makes the next
+                // change read them again.
+                let files = m_files(&m);
                 let (c, store) = whole(&m, None, self.running, self.overrides);
                 let c = Arc::new(c?);
                 let Some(path) = c.server.tenant_store.as_ref().map(|f| f.path.clone()) else {
@@ -338,6 +359,7 @@ impl State<'_> {
                     journal,
                     version,
                     message: m.clone(),
+                    files,
                 };
                 (c, held)
             }
@@ -410,6 +432,7 @@ impl State<'_> {
         } else {
             manage::append_journal(&held.path, &applied.delta, &mut held.journal)
         };
+        held.files = manage::StoreFiles::now(&held.path);
         if let Err(r) = persisted {
             held.store.restore(applied.undo);
             self.reply(version, shm::REPLY_FAILED, held.store.version, &r.message);
@@ -463,6 +486,7 @@ impl State<'_> {
                     journal,
                     version,
                     message: m,
+                    files: manage::StoreFiles::now(&f.path),
                 }),
                 Err(_) => None,
             },
@@ -476,13 +500,17 @@ impl State<'_> {
         }
     }
 
-    /// Nothing to build for a while: fold a long journal into the store's file.
+    /// Nothing to build for a while: fold a long journal into the store's file (only the
+    /// store as this builder last left it: files changed since are read again first, by the
+    /// next change).
     fn idle(&mut self) {
         if let Some(h) = self.held.as_mut() {
-            if h.journal.lines >= JOURNAL_FOLD_LINES || !h.journal.clean {
+            let long = h.journal.lines >= JOURNAL_FOLD_LINES || !h.journal.clean;
+            if long && h.files.is_some() && h.files == manage::StoreFiles::now(&h.path) {
                 if let Err(r) = manage::fold(&h.path, &h.store, &mut h.journal) {
                     tracing::warn!("tenant store: {}", r.message);
                 }
+                h.files = manage::StoreFiles::now(&h.path);
             }
         }
     }
@@ -772,6 +800,26 @@ mod tests {
         assert_eq!(region.store_reply(4).map(|r| r.0), Some(shm::REPLY_MADE));
         assert_eq!(lines(), 2);
         assert_eq!(crate::manage::read(&store).expect("reads").keys.len(), 1);
+
+        // The files written by someone else (a tenant added by hand): read again first.
+        let mut by_hand = crate::manage::read(&store).expect("reads");
+        by_hand
+            .add_tenant("by-hand", crate::store::Settings::default(), &[], 1)
+            .expect("added");
+        std::fs::write(&store, by_hand.to_json()).expect("written");
+        std::fs::write(&journal, b"").expect("emptied");
+        let set = op(
+            5,
+            StoreOp::TenantSuspend {
+                name: "by-hand".into(),
+                suspended: true,
+            },
+        );
+        b.submit(set.0, set.1, &one).expect("queued");
+        let got = results(&one, 1);
+        let c = got[0].result.as_ref().expect("made");
+        assert!(c.tenants.iter().any(|t| t.name == "by-hand" && t.suspended));
+        assert_eq!(region.store_reply(5).map(|r| r.0), Some(shm::REPLY_MADE));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -218,6 +218,29 @@ pub fn read_with_journal(path: &str) -> Result<(Store, JournalState), Refused> {
     Ok((store, state))
 }
 
+/// A store's files as the file system has them (length and modification time of each): what
+/// tells a holder of the store that someone else wrote them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreFiles {
+    base: Option<(u64, std::time::SystemTime)>,
+    journal: Option<(u64, std::time::SystemTime)>,
+}
+
+impl StoreFiles {
+    /// The files of the store at `path` now (`None`: one could not be looked at).
+    pub fn now(path: &str) -> Option<StoreFiles> {
+        let meta = |p: &str| match std::fs::metadata(p) {
+            Ok(m) => m.modified().map(|t| Some((m.len(), t))).map_err(|_| ()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(_) => Err(()),
+        };
+        Some(StoreFiles {
+            base: meta(path).ok()?,
+            journal: meta(&journal_path(path)).ok()?,
+        })
+    }
+}
+
 /// Where the journal of the store at `path` stands (read, not parsed).
 pub fn journal_state(path: &str) -> Result<JournalState, Refused> {
     let journal = journal_path(path);
