@@ -124,7 +124,7 @@ wait "$LOAD"
 P99=$(awk '$1 == "99%" { print $2 }' "$OUT/wrk.txt")
 TAIL=$(grep -o 'tail_us: .*' "$OUT/wrk.txt" || true)
 PAUSES=$(grep -o 'paused_us=[0-9]*' "$OUT/big.engine.log" | cut -d= -f2 | sort -n | tr '\n' ' ')
-MADE=$(grep -o 'built again) in [0-9]* us' "$OUT/big.engine.log" | awk '{ print $4 }' | sort -n | tr '\n' ' ')
+MADE=$( (grep -o 'built again) in [0-9]* us' "$OUT/big.engine.log" || true) | awk '{ print $4 }' | sort -n | tr '\n' ' ')
 echo "load p99 $P99 $TAIL; shard pauses (us): $PAUSES" | tee -a "$OUT/summary.txt"
 echo "builder per change, from the change read to its answer (us): $MADE" | tee -a "$OUT/summary.txt"
 echo "results: $OUT/summary.txt"

@@ -403,7 +403,8 @@ impl State<'_> {
                 return None;
             }
         };
-        let built = match base.with_store_tenants(&held.store, &applied.tenants) {
+        let keys = applied.delta.keys.keys().cloned().collect();
+        let built = match base.with_store_tenants(&held.store, &applied.tenants, &keys) {
             Ok(StoreDelta::Unchanged) => Ok(base.clone()),
             Ok(StoreDelta::Built(c)) => Ok(Arc::new(*c)),
             Ok(StoreDelta::Whole) => {

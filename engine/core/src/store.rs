@@ -671,13 +671,16 @@ impl Store {
     }
 
     /// [`Store::raw_tenants`] of the tenants named in `names` that the store has, in the same
-    /// order: one pass over the keys.
+    /// order. Their keys are looked for among `candidates` (key ids: every key of theirs must
+    /// be one, e.g. the keys they had and the keys a change touched), not in all the keys.
     pub fn raw_tenants_named(
         &self,
         names: &std::collections::BTreeSet<String>,
+        candidates: &std::collections::BTreeSet<String>,
     ) -> Vec<(RawTenant, Vec<KeyExtra>, bool)> {
         let mut by_tenant: BTreeMap<&str, Vec<&StoredKey>> = BTreeMap::new();
-        for k in self.keys.values() {
+        // In id order, as `keys_by_tenant` gives them.
+        for k in candidates.iter().filter_map(|id| self.keys.get(id)) {
             if names.contains(&k.tenant) {
                 by_tenant.entry(k.tenant.as_str()).or_default().push(k);
             }

@@ -28,12 +28,14 @@ pub enum StoreDelta {
 
 impl Config {
     /// This config with the tenants named in `changed` as `store` has them now (added,
-    /// changed, or gone when the store no longer has them). `Err`: why the store's tenants
-    /// no longer validate (the change is to be taken back).
+    /// changed, or gone when the store no longer has them); `keys`: the ids of the keys the
+    /// change touched (a changed tenant's keys are the ones it has here and those). `Err`: why
+    /// the store's tenants no longer validate (the change is to be taken back).
     pub fn with_store_tenants(
         &self,
         store: &Store,
         changed: &BTreeSet<String>,
+        keys: &BTreeSet<String>,
     ) -> Result<StoreDelta, String> {
         if changed.is_empty() {
             return Ok(StoreDelta::Unchanged);
@@ -53,7 +55,19 @@ impl Config {
         {
             return Ok(StoreDelta::Whole);
         }
-        let named = store.raw_tenants_named(changed);
+        let store_tail = self.tenants.get(self.store_from..).unwrap_or(&[]);
+        let mut candidates = keys.clone();
+        for name in changed {
+            if let Ok(i) = store_tail.binary_search_by(|t| t.name.as_str().cmp(name)) {
+                candidates.extend(
+                    store_tail[i]
+                        .keys
+                        .iter()
+                        .map(|k| crate::store::key_id_of(&tenant::hex(&k.hash))),
+                );
+            }
+        }
+        let named = store.raw_tenants_named(changed, &candidates);
         let mut errors = Vec::new();
         let (raws, extra): (Vec<_>, Vec<_>) = named
             .into_iter()
@@ -94,7 +108,6 @@ impl Config {
                 }
             }
         }
-        let store_tail = self.tenants.get(self.store_from..).unwrap_or(&[]);
         let mut tenants: Vec<TenantConfig> =
             Vec::with_capacity(self.store_from + store_tail.len() + fresh.len());
         tenants.extend_from_slice(self.file_tenants());
@@ -312,8 +325,9 @@ mod tests {
             undone.restore(applied.undo.clone());
             assert_eq!(undone, before, "step {step}: {op:?}");
             let expected = whole(&store);
+            let keys = applied.delta.keys.keys().cloned().collect();
             match (
-                config.with_store_tenants(&store, &applied.tenants),
+                config.with_store_tenants(&store, &applied.tenants, &keys),
                 expected,
             ) {
                 (Ok(StoreDelta::Unchanged), Ok(w)) => {
