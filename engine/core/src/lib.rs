@@ -11,10 +11,13 @@
 //!   resolved, typed values (`config::resolved`, `config::endpoint`); the embedded default.
 //! - [`tenant`]: `[[tenants]]`: validation, keys by SHA-256 (with expiries) and their lookup,
 //!   approved models.
-//! - [`manage`]: a change to a running instance's tenant store: written atomically, audited,
-//!   pushed to every shard and waited for (blocking; ctl and the admin thread).
+//! - [`manage`]: a change to a running instance's tenant store, sent to the engine's config
+//!   builder over the ring and waited for (blocking; ctl and the admin thread); the store's
+//!   files (the document and its journal).
 //! - [`store`]: the tenant store (`[server] tenant_store`): tenants and keys managed at run
-//!   time by ctl, one JSON document; its operations are I/O-free.
+//!   time, one JSON document plus a journal of changes; its operations are I/O-free.
+//! - [`store_op`]: a change to the store as data, what it touches, made with its journal line
+//!   and its undo (I/O-free; the builder runs it).
 //! - [`models`]: `[[models]]` groups of deployments and the balancing [`models::Strategy`] each
 //!   names, validated.
 //! - [`prices`]: what models cost (`[[prices]]` over a default table), in integer
