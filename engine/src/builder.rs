@@ -159,6 +159,7 @@ impl Builder {
             .name("config-builder".into())
             .spawn(move || {
                 let held = region.and_then(|r| Held::at_start(r, version));
+                let running = Arc::new(running);
                 let mut b = State {
                     running: &running,
                     overrides: &overrides,
@@ -517,7 +518,13 @@ impl State<'_> {
     }
 }
 
-fn run(jobs: &Receiver<Job>, b: &mut State<'_>, running: &Config, version: u64, shards: usize) {
+fn run(
+    jobs: &Receiver<Job>,
+    b: &mut State<'_>,
+    running: &Arc<Config>,
+    version: u64,
+    shards: usize,
+) {
     // The versions built that a shard may still ask for, with how many shards asked: every
     // shard submits each version, usually close together. A version every shard has had is
     // dropped (a config of 100,000 keys holds tens of MB), except the newest good one, which
@@ -528,7 +535,7 @@ fn run(jobs: &Receiver<Job>, b: &mut State<'_>, running: &Config, version: u64, 
     recent.push_back((
         Built {
             version,
-            result: Ok(Arc::new(running.clone())),
+            result: Ok(running.clone()),
             reuse: None,
         },
         shards,

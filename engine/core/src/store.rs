@@ -194,8 +194,7 @@ impl StoredKey {
     }
 }
 
-/// A key's id from its hash's hex: `key_` and its first 12 digits.
-/// A key's id in the store: `key_` and the first 12 hex digits of its hash.
+/// A key's id in the store from its hash's hex: `key_` and its first 12 digits.
 pub fn key_id_of(sha256: &str) -> String {
     format!("key_{}", sha256.get(..12).unwrap_or(sha256))
 }
