@@ -1437,6 +1437,20 @@ mod tests {
         s
     }
 
+    /// A key of `tenant` without limits or expiry, made from `[1; KEY_RANDOM_BYTES]`.
+    fn key_of(s: &mut Store, tenant: &str) -> NewKey {
+        s.create_key(
+            tenant,
+            None,
+            None,
+            KeySettings::default(),
+            [1; KEY_RANDOM_BYTES],
+            T0,
+        )
+        .expect("key")
+        .0
+    }
+
     #[test]
     fn a_key_is_shown_once_and_stored_as_its_hash() {
         let mut s = store_with("team-a");
@@ -1943,16 +1957,7 @@ mod tests {
     #[test]
     fn a_journal_line_carries_a_change_and_replays_to_the_same_store() {
         let mut s = store_with("team-a");
-        let (k, _) = s
-            .create_key(
-                "team-a",
-                None,
-                None,
-                KeySettings::default(),
-                [1; KEY_RANDOM_BYTES],
-                T0,
-            )
-            .expect("key");
+        let k = key_of(&mut s, "team-a");
         let base = s.to_json();
         let mut journal = Vec::new();
         // Three changes, each as the line of what it left.
@@ -2010,16 +2015,7 @@ mod tests {
             ..Settings::default()
         };
         s.set_tenant("team-a", &patch).expect("set");
-        let (k, _) = s
-            .create_key(
-                "team-a",
-                None,
-                None,
-                KeySettings::default(),
-                [1; KEY_RANDOM_BYTES],
-                T0,
-            )
-            .expect("key");
+        let k = key_of(&mut s, "team-a");
         s.create_key(
             "team-a",
             None,
