@@ -304,6 +304,15 @@ fn route(method: &str, target: &str, state: &AdminState) -> Reply {
                     now_unix_ms: unix_ms(),
                     ring_head: state.region.ring().head(),
                     draining: draining(state),
+                    fleet: {
+                        let h = state.region.header();
+                        (h.fleet.load(Ordering::Relaxed) == 1).then(|| metrics::FleetLive {
+                            redis_up: h.fleet_redis_up.load(Ordering::Relaxed) == 1,
+                            redis_rtt_us: h.fleet_redis_rtt_us.load(Ordering::Relaxed),
+                            instances: h.fleet_instances.load(Ordering::Relaxed),
+                            synced_unix_ms: h.fleet_synced_unix_ms.load(Ordering::Relaxed),
+                        })
+                    },
                 },
                 &mut body,
             );

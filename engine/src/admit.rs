@@ -12,9 +12,9 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::control::shm::TenantCells;
+use crate::control::shm::{CreditCells, FleetCells, TenantCells};
 use crate::error::Limit;
-use crate::limit::{lease_units, Budget, Concurrency, Gcra, Lease, Reservation};
+use crate::limit::{lease_units, Budget, Concurrency, Credit, Gcra, Lease, Reservation};
 use crate::tenant::TenantConfig;
 
 /// Leases older than this go back to the shared buckets (on the shard's timer), so units a
@@ -54,7 +54,20 @@ pub struct TenantLimits {
     /// The spend budget, microdollars per window.
     pub budget_usd: Option<Budget>,
     pub cells: Option<&'static TenantCells>,
+    /// In a fleet: this instance's share of the fleet's rpm and tpm (decision 0013).
+    pub fleet: Option<&'static FleetCells>,
     pub local: Rc<TenantLocal>,
+}
+
+/// A limit's fleet credit, as the limiter takes it.
+fn credit(c: &CreditCells) -> Credit<'_> {
+    Credit {
+        credit: &c.credit,
+        debt: &c.debt,
+        used: &c.used,
+        overdraft_max: &c.overdraft_max,
+        wanted: &c.wanted,
+    }
 }
 
 impl TenantLimits {
@@ -80,6 +93,7 @@ impl TenantLimits {
                 )
             }),
             cells,
+            fleet: None,
             local,
         }
     }
@@ -101,8 +115,16 @@ impl TenantLimits {
                 .budget_uusd
                 .map(|u| Budget::new(u, u64::try_from(window.as_nanos()).unwrap_or(u64::MAX))),
             cells,
+            fleet: None,
             local,
         }
+    }
+
+    /// The same limits on `fleet`'s credit too (an engine in a fleet).
+    #[must_use]
+    pub fn with_fleet(mut self, fleet: Option<&'static FleetCells>) -> Self {
+        self.fleet = fleet;
+        self
     }
 
     /// Whether tenants `a` and `b` make the same limits (the settings [`TenantLimits::new`]
@@ -130,6 +152,7 @@ impl TenantLimits {
             budget: None,
             budget_usd: None,
             cells,
+            fleet: None,
             local,
         }
     }
@@ -163,14 +186,16 @@ impl TenantLimits {
     pub fn return_stale(&self, now_ns: u64) {
         let Some(c) = self.cells else { return };
         if let Some(g) = &self.rpm {
+            let fleet = self.fleet.map(|f| credit(&f.rpm));
             self.local
                 .rpm
-                .return_stale(g, &c.rpm_tat, now_ns, LEASE_AGE_NS_MAX);
+                .return_stale_in(g, &c.rpm_tat, fleet, now_ns, LEASE_AGE_NS_MAX);
         }
         if let Some(g) = &self.tpm {
+            let fleet = self.fleet.map(|f| credit(&f.tpm));
             self.local
                 .tpm
-                .return_stale(g, &c.tpm_tat, now_ns, LEASE_AGE_NS_MAX);
+                .return_stale_in(g, &c.tpm_tat, fleet, now_ns, LEASE_AGE_NS_MAX);
         }
     }
 }
@@ -259,10 +284,11 @@ pub fn admit(
         }
     };
     if let Some(g) = &t.rpm {
-        if let Err(wait) = t
-            .local
-            .rpm
-            .take(g, &c.rpm_tat, now_ns, 1, lease_units(g.limit()))
+        let fleet = t.fleet.map(|f| credit(&f.rpm));
+        if let Err(wait) =
+            t.local
+                .rpm
+                .take_in(g, &c.rpm_tat, fleet, now_ns, 1, lease_units(g.limit()))
         {
             undo(&adm);
             return Err(Refused {
@@ -273,10 +299,11 @@ pub fn admit(
     }
     if tokens > 0 {
         if let Some(g) = &t.tpm {
+            let fleet = t.fleet.map(|f| credit(&f.tpm));
             if let Err(wait) =
                 t.local
                     .tpm
-                    .take(g, &c.tpm_tat, now_ns, tokens, lease_units(g.limit()))
+                    .take_in(g, &c.tpm_tat, fleet, now_ns, tokens, lease_units(g.limit()))
             {
                 if let Some(r) = &t.rpm {
                     r.give_back(&c.rpm_tat, now_ns, 1);
@@ -419,9 +446,15 @@ fn actual_tokens(used: Option<u64>, failed: bool, taken: u64) -> u64 {
 fn settle_tokens(t: &TenantLimits, c: &TenantCells, now_ns: u64, taken: u64, actual: u64) {
     if let Some(g) = &t.tpm {
         if taken > 0 || actual > 0 {
-            t.local
-                .tpm
-                .settle(g, &c.tpm_tat, now_ns, taken, actual, lease_units(g.limit()));
+            let fleet = t.fleet.map(|f| credit(&f.tpm));
+            t.local.tpm.settle_in(
+                g,
+                &c.tpm_tat,
+                fleet,
+                now_ns,
+                (taken, actual),
+                lease_units(g.limit()),
+            );
         }
     }
 }

@@ -104,6 +104,8 @@ enum Job {
     /// A config a shard let go of: dropped here, so the last reference to a large config (tens
     /// of MB at 100,000 keys) is never freed on a shard.
     Retire(Arc<Config>),
+    /// Leave each new good config here too (the fleet agent works from it).
+    Watch(Arc<crate::fleet::Latest>),
 }
 
 /// The shards' handle on the builder thread.
@@ -166,6 +168,8 @@ impl Builder {
                     region,
                     held,
                     last_op_version: 0,
+                    latest: None,
+                    latest_version: version,
                 };
                 run(&rx, &mut b, &running, version, shards);
             })?;
@@ -184,10 +188,19 @@ impl Builder {
             TrySendError::Full(Job::Build { body, .. })
             | TrySendError::Disconnected(Job::Build { body, .. }) => body,
             // Not what was sent.
-            TrySendError::Full(Job::Retire(_)) | TrySendError::Disconnected(Job::Retire(_)) => {
-                Vec::new()
-            }
+            TrySendError::Full(Job::Retire(_) | Job::Watch(_))
+            | TrySendError::Disconnected(Job::Retire(_) | Job::Watch(_)) => Vec::new(),
         })
+    }
+
+    /// Have every new good config left in `latest` as well (`None`: nothing to do).
+    #[must_use]
+    pub fn with_latest(self, latest: Option<Arc<crate::fleet::Latest>>) -> Self {
+        if let Some(l) = latest {
+            // The queue is empty this early: the job is taken.
+            let _ = self.jobs.try_send(Job::Watch(l));
+        }
+        self
     }
 
     /// Have `cfg` dropped on the builder's thread (never blocks: with the queue full, it is
@@ -261,6 +274,9 @@ struct State<'a> {
     /// The newest version whose change to the store was made (or refused): a version asked
     /// for again is never made again.
     last_op_version: u64,
+    /// Where each new good config is left for the fleet agent, and the version left there.
+    latest: Option<Arc<crate::fleet::Latest>>,
+    latest_version: u64,
 }
 
 /// The files of the store `m` names, as they are now (`None`: it names none).
@@ -554,6 +570,10 @@ fn run(
                 drop(cfg);
                 continue;
             }
+            Job::Watch(l) => {
+                b.latest = Some(l);
+                continue;
+            }
             Job::Build {
                 version,
                 body,
@@ -577,6 +597,13 @@ fn run(
                     .filter(|(b, _)| b.version < job.version)
                     .find_map(|(b, _)| Some((b.version, b.result.as_ref().ok()?)));
                 let result = b.build(job.version, &job.body, before);
+                if let (Ok(c), Some(l)) = (&result, &b.latest) {
+                    // Only a newer version: one asked late must not put an older config back.
+                    if job.version > b.latest_version {
+                        b.latest_version = job.version;
+                        l.set(c.clone());
+                    }
+                }
                 let reuse = match (&result, before) {
                     (Ok(new), Some((from, old))) => Some(Arc::new(Reuse::between(from, old, new))),
                     _ => None,

@@ -115,6 +115,7 @@ pub mod drain;
 pub mod error;
 pub mod exchange;
 pub mod fair;
+pub mod fleet;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz_checks;
 pub mod http;

@@ -220,6 +220,90 @@ pub const fn lease_units(limit_per_minute: u64) -> u64 {
     }
 }
 
+/// How long a request refused for want of fleet credit is told to wait, ns: about the agent's
+/// sync period, after which the credit has been topped up (if the fleet has room).
+pub const FLEET_RETRY_NS: u64 = 50_000_000;
+
+/// This instance's share of one limit of a fleet (decision 0013): units the fleet agent leased
+/// from Redis, in cells of the shared region. Admission takes from it as it takes from the
+/// host's bucket; when it runs short, a request may still be admitted as an overdraft, up to
+/// what the agent allows (`overdraft_max`: zero once it saw the fleet's bucket empty), which
+/// the agent charges to Redis at its next sync.
+#[derive(Debug, Clone, Copy)]
+pub struct Credit<'a> {
+    pub credit: &'a AtomicU64,
+    pub debt: &'a AtomicU64,
+    /// Units taken, ever (the agent's measure of this instance's rate).
+    pub used: &'a AtomicU64,
+    pub overdraft_max: &'a AtomicU64,
+    /// Units refused, ever (demand the agent has not met yet).
+    pub wanted: &'a AtomicU64,
+}
+
+impl Credit<'_> {
+    /// Take `n` units: from the credit when it holds them, else as an overdraft within
+    /// `overdraft_max`. `false`: neither.
+    pub fn try_take(&self, n: u64) -> bool {
+        let taken = self
+            .credit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_sub(n))
+            .is_ok();
+        if !taken {
+            let before = self.debt.fetch_add(n, Ordering::Relaxed);
+            if before.saturating_add(n) > self.overdraft_max.load(Ordering::Relaxed) {
+                self.debt.fetch_sub(n, Ordering::Relaxed);
+                self.wanted.fetch_add(n, Ordering::Relaxed);
+                return false;
+            }
+        }
+        self.used.fetch_add(n, Ordering::Relaxed);
+        true
+    }
+
+    /// Take `n` units whatever the credit holds: what it lacks becomes debt (a request that
+    /// used more than it was admitted for).
+    pub fn charge(&self, n: u64) {
+        let mut lacking = n;
+        let _ = self
+            .credit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                lacking = n.saturating_sub(c);
+                Some(c.saturating_sub(n))
+            });
+        if lacking > 0 {
+            self.debt.fetch_add(lacking, Ordering::Relaxed);
+        }
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Give `n` units back to the credit (a lease returned, an estimate too high).
+    pub fn give(&self, n: u64) {
+        if n > 0 {
+            self.credit.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Take `n` units from the shared bucket and, in a fleet, from the instance's credit.
+fn take_shared(
+    g: &Gcra,
+    tat: &AtomicU64,
+    fleet: Option<Credit<'_>>,
+    now_ns: u64,
+    n: u64,
+) -> Result<(), u64> {
+    if let Some(f) = fleet {
+        if !f.try_take(n) {
+            return Err(FLEET_RETRY_NS);
+        }
+    }
+    g.try_take(tat, now_ns, n).inspect_err(|_| {
+        if let Some(f) = fleet {
+            f.give(n);
+        }
+    })
+}
+
 /// A shard's local cache of units taken in advance from one shared [`Gcra`] cell, so that most
 /// admissions touch no shared cache line. Not `Sync`: one per shard, per tenant and limit.
 ///
@@ -259,6 +343,19 @@ impl Lease {
         n: u64,
         lease_units: u64,
     ) -> Result<(), u64> {
+        self.take_in(g, tat, None, now_ns, n, lease_units)
+    }
+
+    /// [`Lease::take`], the units leased taken from `fleet`'s credit too (in a fleet).
+    pub fn take_in(
+        &self,
+        g: &Gcra,
+        tat: &AtomicU64,
+        fleet: Option<Credit<'_>>,
+        now_ns: u64,
+        n: u64,
+        lease_units: u64,
+    ) -> Result<(), u64> {
         let held = self.held.get();
         if held >= n {
             self.held.set(held - n);
@@ -266,12 +363,12 @@ impl Lease {
         }
         let shortfall = n - held;
         let want = shortfall.max(lease_units);
-        if want > shortfall && g.try_take(tat, now_ns, want).is_ok() {
+        if want > shortfall && take_shared(g, tat, fleet, now_ns, want).is_ok() {
             self.held.set(want - shortfall);
             self.leased_at_ns.set(now_ns);
             return Ok(());
         }
-        g.try_take(tat, now_ns, shortfall)?;
+        take_shared(g, tat, fleet, now_ns, shortfall)?;
         self.held.set(0);
         Ok(())
     }
@@ -289,16 +386,35 @@ impl Lease {
         actual: u64,
         lease_units: u64,
     ) {
+        self.settle_in(g, tat, None, now_ns, (reserved, actual), lease_units);
+    }
+
+    /// [`Lease::settle`], with `fleet`'s credit charged and given back alongside the bucket.
+    pub fn settle_in(
+        &self,
+        g: &Gcra,
+        tat: &AtomicU64,
+        fleet: Option<Credit<'_>>,
+        now_ns: u64,
+        (reserved, actual): (u64, u64),
+        lease_units: u64,
+    ) {
         let held = self.held.get();
         if actual >= reserved {
             let extra = actual - reserved;
             let local = held.min(extra);
             self.held.set(held - local);
             g.charge(tat, now_ns, extra - local);
+            if let Some(f) = fleet {
+                f.charge(extra - local);
+            }
         } else {
             let held = held.saturating_add(reserved - actual);
             if held > lease_units {
                 g.give_back(tat, now_ns, held - lease_units);
+                if let Some(f) = fleet {
+                    f.give(held - lease_units);
+                }
                 self.held.set(lease_units);
             } else {
                 self.held.set(held);
@@ -310,8 +426,24 @@ impl Lease {
     /// clock that went back by more than that counts too). Call it on the shard's timer.
     /// Returns the units given back.
     pub fn return_stale(&self, g: &Gcra, tat: &AtomicU64, now_ns: u64, max_age_ns: u64) -> u64 {
+        self.return_stale_in(g, tat, None, now_ns, max_age_ns)
+    }
+
+    /// [`Lease::return_stale`], the units given back to `fleet`'s credit too.
+    pub fn return_stale_in(
+        &self,
+        g: &Gcra,
+        tat: &AtomicU64,
+        fleet: Option<Credit<'_>>,
+        now_ns: u64,
+        max_age_ns: u64,
+    ) -> u64 {
         if now_ns.abs_diff(self.leased_at_ns.get()) > max_age_ns {
-            self.return_all(g, tat, now_ns)
+            let held = self.return_all(g, tat, now_ns);
+            if let Some(f) = fleet {
+                f.give(held);
+            }
+            held
         } else {
             0
         }
@@ -512,6 +644,63 @@ fn pack(window: u64, used: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fleet_credit_is_taken_then_overdrawn_within_its_maximum_and_demand_is_counted() {
+        let cells: [AtomicU64; 5] = Default::default();
+        let c = Credit {
+            credit: &cells[0],
+            debt: &cells[1],
+            used: &cells[2],
+            overdraft_max: &cells[3],
+            wanted: &cells[4],
+        };
+        // No credit, no overdraft: refused, and the demand is counted for the agent.
+        assert!(!c.try_take(2));
+        assert_eq!(
+            (
+                cells[1].load(Ordering::Relaxed),
+                cells[4].load(Ordering::Relaxed)
+            ),
+            (0, 2)
+        );
+        c.give(3);
+        assert!(c.try_take(2));
+        // One left; two more go to debt within an overdraft of 2, three more do not.
+        cells[3].store(2, Ordering::Relaxed);
+        assert!(c.try_take(2));
+        assert_eq!(cells[1].load(Ordering::Relaxed), 2);
+        assert!(!c.try_take(3));
+        assert_eq!(
+            cells[0].load(Ordering::Relaxed),
+            1,
+            "the credit was left alone"
+        );
+        // A charge takes what the credit has and owes the rest.
+        c.charge(4);
+        assert_eq!(
+            (
+                cells[0].load(Ordering::Relaxed),
+                cells[1].load(Ordering::Relaxed)
+            ),
+            (0, 5)
+        );
+        assert_eq!(cells[2].load(Ordering::Relaxed), 8, "used: 2 + 2 + 4");
+        // Through a lease: the bucket and the credit together.
+        let g = Gcra::per_minute(600);
+        let tat = AtomicU64::new(0);
+        let lease = Lease::new();
+        cells[3].store(0, Ordering::Relaxed);
+        assert_eq!(
+            lease.take_in(&g, &tat, Some(c), T0, 1, 1),
+            Err(FLEET_RETRY_NS),
+            "the host's bucket is full, the fleet's credit empty"
+        );
+        assert_eq!(g.remaining(&tat, T0), 600, "nothing taken from the bucket");
+        c.give(1);
+        assert_eq!(lease.take_in(&g, &tat, Some(c), T0, 1, 1), Ok(()));
+    }
+
     use proptest::prelude::*;
 
     const B: u64 = LIMIT_PERIOD_NS;

@@ -118,6 +118,17 @@ fn main() -> ExitCode {
     for w in &config.warnings {
         eprintln!("{source}: warning: {w}");
     }
+    // In a fleet: whether Redis is there, and which of the address, password or database is
+    // wrong. `--check` fails on it; a start goes on (the fleet agent keeps trying, and the
+    // instance enforces its share of each limit meanwhile).
+    if let Some(f) = &config.fleet {
+        if let Err(why) = shardgate_engine::fleet::check(f) {
+            eprintln!("{source}: {why}");
+            if cli.check {
+                return ExitCode::from(2);
+            }
+        }
+    }
     if cli.check {
         println!("{source}: ok");
         return ExitCode::SUCCESS;
@@ -302,6 +313,19 @@ fn run(
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
 
+    // In a fleet, the agent trading this instance's share of each limit with Redis; it works
+    // from the newest config the builder built.
+    let latest = config.fleet.as_ref().map(|_| {
+        let l = Arc::new(shardgate_engine::fleet::Latest::default());
+        l.set(Arc::new(config.clone()));
+        l
+    });
+    if let (Some(f), Some(l)) = (&config.fleet, &latest) {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let id = format!("{}/{}/{}", host.trim(), instance, std::process::id());
+        shardgate_engine::fleet::spawn(f.clone(), region, l.clone(), id)
+            .map_err(|e| format!("cannot start the fleet agent thread: {e}"))?;
+    }
     // New configs are validated once, off the shards, by the builder thread.
     let builder = shardgate_engine::builder::Builder::spawn(
         config.clone(),
@@ -310,7 +334,8 @@ fn run(
         shards,
         Some(region),
     )
-    .map_err(|e| format!("cannot start the config builder thread: {e}"))?;
+    .map_err(|e| format!("cannot start the config builder thread: {e}"))?
+    .with_latest(latest);
     // Tenants' access requests are filed in the store by a thread of their own, off the shards.
     let access = shardgate_engine::access::Desk::spawn(region, instance.clone())
         .map_err(|e| format!("cannot start the access-request thread: {e}"))?;

@@ -30,6 +30,17 @@ pub struct Scrape<'a> {
     /// Frames published to the config ring so far.
     pub ring_head: u64,
     pub draining: bool,
+    /// In a fleet: the fleet agent's view (`None`: no `[fleet]`).
+    pub fleet: Option<FleetLive>,
+}
+
+/// The fleet agent's view, as the region holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetLive {
+    pub redis_up: bool,
+    pub redis_rtt_us: u64,
+    pub instances: u64,
+    pub synced_unix_ms: u64,
 }
 
 /// The `class` label of each [`SlotTotals::status`] index: 0 = no response was sent.
@@ -364,6 +375,37 @@ pub fn render(s: &Scrape<'_>, out: &mut String) {
         "1 while the engine drains (takes no new connections) before it exits.",
     );
     sample(out, "draining", &[], u64::from(s.draining));
+    if let Some(f) = s.fleet {
+        family(
+            out,
+            "fleet_redis_up",
+            "gauge",
+            "1 while the fleet agent reaches Redis; 0 while each limit is enforced at this instance's share.",
+        );
+        sample(out, "fleet_redis_up", &[], u64::from(f.redis_up));
+        family(
+            out,
+            "fleet_instances",
+            "gauge",
+            "Instances of the fleet the agent saw alive at its last sync with Redis.",
+        );
+        sample(out, "fleet_instances", &[], f.instances);
+        family(
+            out,
+            "fleet_redis_rtt_microseconds",
+            "gauge",
+            "The last sync's round trip to Redis.",
+        );
+        sample(out, "fleet_redis_rtt_microseconds", &[], f.redis_rtt_us);
+        family(
+            out,
+            "fleet_sync_age_seconds",
+            "gauge",
+            "Seconds since the fleet agent's last sync.",
+        );
+        let age = s.now_unix_ms.saturating_sub(f.synced_unix_ms) / 1000;
+        sample(out, "fleet_sync_age_seconds", &[], age);
+    }
     family(
         out,
         "build_info",
@@ -519,6 +561,7 @@ mod tests {
                 now_unix_ms: 62_500,
                 ring_head: 12,
                 draining: false,
+                fleet: None,
             },
             &mut out,
         );

@@ -463,8 +463,8 @@ fn key_limits(cfg: &Config, region: &'static Region, kept: &Kept) -> Vec<TenantL
                         .or(t.budget.map(|b| b.window))
                 })
                 .unwrap_or(crate::tenant::BUDGET_WINDOW_DEFAULT);
-            let (cells, local) = kept.key_cells(region, k.limits.lineage);
-            TenantLimits::key(&k.limits, window, cells, local)
+            let (cells, fleet, local) = kept.key_cells(region, k.limits.lineage);
+            TenantLimits::key(&k.limits, window, cells, local).with_fleet(fleet)
         })
         .collect()
 }
@@ -511,8 +511,9 @@ impl TenantParts {
                     let old = &p.limits[j];
                     // Its settings may have changed: the limiters are made again (no lookup),
                     // on the same shared cells and leases.
-                    out.limits
-                        .push(TenantLimits::new(t, old.cells, old.local.clone()));
+                    out.limits.push(
+                        TenantLimits::new(t, old.cells, old.local.clone()).with_fleet(old.fleet),
+                    );
                     out.stats.push(p.stats[j]);
                     out.fair.push(p.fair[j]);
                     out.conns.push(p.conns[j].clone());
@@ -520,11 +521,10 @@ impl TenantParts {
                 None => {
                     // Its cells in the shared table: one probe, for its limits and fair slot.
                     let slot = region.tenant_slot(&t.name);
-                    out.limits.push(TenantLimits::new(
-                        t,
-                        slot.map(|(_, c)| c),
-                        kept.locals.get(&t.name),
-                    ));
+                    out.limits.push(
+                        TenantLimits::new(t, slot.map(|(_, c)| c), kept.locals.get(&t.name))
+                            .with_fleet(slot.and_then(|(i, _)| region.fleet(i))),
+                    );
                     out.stats.push(stats.tenant_slot(&t.name));
                     out.fair
                         .push(slot.map_or(FairSlot::NO_TENANT, |(i, _)| FairSlot::new(i)));
@@ -721,17 +721,15 @@ pub struct Kept {
     /// The builder, to which snapshots hand their config when dropped (`None` in tests).
     pub retire: RefCell<Option<crate::builder::Builder>>,
     /// Key lineages' shared cells and leases (keys' own limits), by lineage.
-    #[allow(clippy::type_complexity)]
-    key_cells: RefCell<
-        HashMap<
-            [u8; crate::tenant::KEY_ID_BYTES],
-            (
-                Option<&'static crate::control::shm::TenantCells>,
-                Rc<crate::admit::TenantLocal>,
-            ),
-        >,
-    >,
+    key_cells: RefCell<HashMap<[u8; crate::tenant::KEY_ID_BYTES], KeyCells>>,
 }
+
+/// A key lineage's shared cells, fleet cells (in a fleet) and this shard's leases.
+type KeyCells = (
+    Option<&'static crate::control::shm::TenantCells>,
+    Option<&'static crate::control::shm::FleetCells>,
+    Rc<crate::admit::TenantLocal>,
+);
 
 type TlsClients = HashMap<String, (Option<(String, Vec<u8>)>, Arc<rustls::ClientConfig>)>;
 
@@ -758,16 +756,18 @@ impl Kept {
         &self,
         region: &'static Region,
         lineage: [u8; crate::tenant::KEY_ID_BYTES],
-    ) -> (
-        Option<&'static crate::control::shm::TenantCells>,
-        Rc<crate::admit::TenantLocal>,
-    ) {
+    ) -> KeyCells {
         self.key_cells
             .borrow_mut()
             .entry(lineage)
             .or_insert_with(|| {
                 let name = format!("\u{1}key/{}", crate::tenant::hex_bytes(&lineage));
-                (region.tenant(&name), self.locals.get(&name))
+                let slot = region.tenant_slot(&name);
+                (
+                    slot.map(|(_, c)| c),
+                    slot.and_then(|(i, _)| region.fleet(i)),
+                    self.locals.get(&name),
+                )
             })
             .clone()
     }

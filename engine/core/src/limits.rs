@@ -154,3 +154,7 @@ const _: () = assert!(HEADER_BYTES_MAX_DEFAULT + HEAD_REWRITE_SLACK_BYTES <= WRI
 const _: () = assert!(CHUNK_LINE_BYTES_MAX < RELAY_BUF_BYTES);
 const _: () = assert!(TRAILER_BYTES_MAX < RELAY_BUF_BYTES);
 const _: () = assert!(UPSTREAM_HEADER_BYTES_MAX <= RELAY_BUF_BYTES);
+
+/// How often an instance's fleet agent trades leases with Redis by default, ms (`[fleet]
+/// sync_ms`).
+pub const FLEET_SYNC_MS_DEFAULT: u64 = 20;

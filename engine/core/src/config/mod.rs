@@ -23,8 +23,8 @@ mod validate;
 
 pub use endpoint::Endpoint;
 pub use resolved::{
-    Auth, Config, Cores, DriverChoice, DriverKind, HeadLimits, Overrides, Provider, RouteConfig,
-    ServerConfig, StoreFile, TlsFiles, UpstreamConfig,
+    Auth, Config, Cores, DriverChoice, DriverKind, FleetConfig, HeadLimits, Overrides, Provider,
+    RouteConfig, ServerConfig, StoreFile, TlsFiles, UpstreamConfig,
 };
 pub use store_delta::{StoreDelta, DELTA_TENANTS_MAX};
 pub use validate::check_instance_name;
@@ -265,6 +265,9 @@ impl Config {
         check("instance", a.instance == b.instance);
         check("admin_listen", a.admin_listen == b.admin_listen);
         check("access_log", a.access_log == b.access_log);
+        if self.fleet != new.fleet {
+            out.push("fleet".to_owned());
+        }
         out
     }
 

@@ -21,6 +21,16 @@ pub(super) struct RawConfig {
     pub(super) pricing: Option<crate::prices::RawPricing>,
     #[serde(default)]
     pub(super) prices: Vec<crate::prices::RawPrice>,
+    pub(super) fleet: Option<RawFleet>,
+}
+
+/// `[fleet]`: limits shared with the other instances through Redis.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    pub(super) redis: Option<String>,
+    pub(super) redis_password_env: Option<String>,
+    pub(super) sync_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

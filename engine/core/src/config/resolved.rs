@@ -215,6 +215,20 @@ pub struct RouteConfig {
     pub upstream: usize,
 }
 
+/// `[fleet]`: the instances of a fleet share their tenants' limits through Redis (Valkey).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// Host and port of the Redis server (`redis://HOST:PORT/DB`, as written).
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub db: u32,
+    /// The password, read from the environment variable `redis_password_env` names.
+    pub password: Option<String>,
+    /// How often the instance's fleet agent trades leases with Redis.
+    pub sync_ms: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
@@ -235,6 +249,8 @@ pub struct Config {
     pub templates: Vec<crate::template::Template>,
     /// What models cost (`[[prices]]` over the default table), for spend and USD budgets.
     pub prices: std::sync::Arc<crate::prices::PriceTable>,
+    /// `[fleet]`: limits shared with other instances through Redis (`None`: this host alone).
+    pub fleet: Option<FleetConfig>,
     /// Things that work but should change (a plain key in the file): printed by `--check`,
     /// at start and by `shardgate-ctl check`.
     pub warnings: Vec<String>,

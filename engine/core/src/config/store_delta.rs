@@ -146,6 +146,7 @@ impl Config {
             models: self.models.clone(),
             templates: self.templates.clone(),
             prices: self.prices.clone(),
+            fleet: self.fleet.clone(),
             warnings: self.warnings.clone(),
         })))
     }

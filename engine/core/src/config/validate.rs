@@ -387,8 +387,10 @@ impl Validator<'_> {
             ),
             Auth::Keys => {}
         }
+        let fleet = raw.fleet.and_then(|f| self.fleet(f));
         self.store_out = store;
         Config {
+            fleet,
             server,
             upstreams,
             routes,
@@ -606,6 +608,102 @@ impl Validator<'_> {
                 p => p.map(std::path::PathBuf::from),
             },
         }
+    }
+
+    /// `[fleet]`: where Redis is (`redis://HOST[:PORT][/DB]`), its password's variable, how
+    /// often to sync.
+    fn fleet(&mut self, raw: super::raw::RawFleet) -> Option<super::FleetConfig> {
+        let sync_ms = self.ranged(
+            "fleet.sync_ms",
+            raw.sync_ms,
+            crate::limits::FLEET_SYNC_MS_DEFAULT,
+            5,
+            1_000,
+        );
+        let Some(url) = raw.redis else {
+            self.error(
+                "fleet.redis",
+                "needed: the Redis server, e.g. \"redis://127.0.0.1:6379/0\"",
+            );
+            return None;
+        };
+        if url.starts_with("rediss://") {
+            self.error(
+                "fleet.redis",
+                "rediss:// (TLS to Redis) is not supported yet; use redis:// on a private network \
+                 or a TLS tunnel (stunnel, a sidecar)",
+            );
+            return None;
+        }
+        let Some(rest) = url.strip_prefix("redis://") else {
+            self.error("fleet.redis", format!("{url:?}: must start with redis://"));
+            return None;
+        };
+        let (hostport, db) = match rest.split_once('/') {
+            Some((h, "")) => (h, 0),
+            Some((h, d)) => match d.parse::<u32>() {
+                Ok(d) if d < 16 => (h, d),
+                _ => {
+                    self.error(
+                        "fleet.redis",
+                        format!("{url:?}: the database must be 0 to 15"),
+                    );
+                    return None;
+                }
+            },
+            None => (rest, 0),
+        };
+        if hostport.contains('@') {
+            self.error(
+                "fleet.redis",
+                "a password in the URL would be in the config: put it in the variable \
+                 redis_password_env names",
+            );
+            return None;
+        }
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => (h, p),
+                _ => {
+                    self.error("fleet.redis", format!("{url:?}: bad port {p:?}"));
+                    return None;
+                }
+            },
+            None => (hostport, 6379),
+        };
+        if host.is_empty() {
+            self.error("fleet.redis", format!("{url:?}: no host"));
+            return None;
+        }
+        let password = match raw.redis_password_env {
+            None => None,
+            Some(var) if var.is_empty() => {
+                self.error(
+                    "fleet.redis_password_env",
+                    "must name an environment variable",
+                );
+                None
+            }
+            Some(_) if self.secrets == Secrets::Skip => None,
+            Some(var) => match std::env::var(&var) {
+                Ok(p) if !p.is_empty() => Some(p),
+                _ => {
+                    self.error(
+                        "fleet.redis_password_env",
+                        format!("${var} is not set (or empty) in the engine's environment"),
+                    );
+                    None
+                }
+            },
+        };
+        Some(super::FleetConfig {
+            url: url.clone(),
+            host: host.to_owned(),
+            port,
+            db,
+            password,
+            sync_ms,
+        })
     }
 
     fn instance(&mut self, raw: Option<String>) -> String {

@@ -60,6 +60,14 @@ pub struct Header {
     pub tuning_len: AtomicU64,
     pub tuning_path: [AtomicU64; TUNING_PATH_BYTES / 8],
     pub tuning_created_unix: AtomicU64,
+    /// 1 when the engine runs in a fleet (`[fleet]`): shards take from the fleet cells.
+    pub fleet: AtomicU64,
+    /// The fleet agent's view: Redis reachable (1) or not (0), its last round trip, the
+    /// instances it saw alive, and when it last synced.
+    pub fleet_redis_up: AtomicU64,
+    pub fleet_redis_rtt_us: AtomicU64,
+    pub fleet_instances: AtomicU64,
+    pub fleet_synced_unix_ms: AtomicU64,
 }
 
 #[repr(C)]
@@ -108,6 +116,34 @@ pub struct Fixed {
     pub ring: [AtomicU64; RING_SLOTS * RING_SLOT_WORDS],
     /// Tenants' shared limiter cells, found by name (see [`Region::tenant`]).
     pub tenants: [Line<TenantCells>; TENANT_SLOTS],
+    /// In a fleet (`[fleet]`), each tenant's share of the fleet's limits, at its slot's index in
+    /// `tenants` (see [`Region::fleet`]). Untouched, so never paged in, without a fleet.
+    pub fleet: [Line<FleetCells>; TENANT_SLOTS],
+}
+
+/// This instance's share of one tenant's (or key's) limits in a fleet: units the fleet agent
+/// leased from Redis, and what the shards took (`shardgate_engine::limit::Credit`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct FleetCells {
+    pub rpm: CreditCells,
+    pub tpm: CreditCells,
+}
+
+/// One limit's credit: see `shardgate_engine::limit::Credit`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct CreditCells {
+    /// Units this instance may still take.
+    pub credit: AtomicU64,
+    /// Units taken beyond the credit, for the agent to charge to Redis.
+    pub debt: AtomicU64,
+    /// Units taken, ever.
+    pub used: AtomicU64,
+    /// How much debt the shards may run up before the agent's next sync.
+    pub overdraft_max: AtomicU64,
+    /// Units refused for want of credit, ever (demand the agent has not met yet).
+    pub wanted: AtomicU64,
 }
 
 /// A tenant's limits, shared by every shard: one 128-byte line per tenant.
@@ -408,6 +444,15 @@ impl Region {
         unsafe { &*self.map.as_ptr().add(offset).cast::<ShardBlock>() }
     }
 
+    /// The fleet cells of the tenant in slot `slot` ([`Region::tenant_slot`]), when the engine
+    /// runs in a fleet.
+    pub fn fleet(&self, slot: usize) -> Option<&FleetCells> {
+        if self.header().fleet.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.fixed().fleet.get(slot).map(|l| &l.0)
+    }
+
     /// The shared limiter cells of tenant `name`: found by hashing the name and probing, and
     /// named on first use (by whichever shard gets there first; the others find it). Called
     /// when a config is applied, never per request. `None` when the table is full.
@@ -470,15 +515,23 @@ impl Region {
 
     /// Named tenant slots: (name, cells), for the admin listener and ctl.
     pub fn tenants(&self) -> impl Iterator<Item = (String, &TenantCells)> {
-        self.fixed().tenants.iter().filter_map(|l| {
-            let c = &l.0;
-            let state = c.state.load(Ordering::Acquire);
-            let n = usize::try_from(state >> TENANT_STATE_BITS).unwrap_or(0);
-            (state & TENANT_STATE_MASK == TENANT_NAMED).then(|| (load_text_n(&c.name, n), c))
-        })
+        self.tenant_slots().map(|(_, name, c)| (name, c))
     }
 
-    /// The region file (None for an anonymous region).
+    /// [`Region::tenants`] with each one's slot.
+    pub fn tenant_slots(&self) -> impl Iterator<Item = (usize, String, &TenantCells)> {
+        self.fixed()
+            .tenants
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                let c = &l.0;
+                let state = c.state.load(Ordering::Acquire);
+                let n = usize::try_from(state >> TENANT_STATE_BITS).unwrap_or(0);
+                (state & TENANT_STATE_MASK == TENANT_NAMED).then(|| (i, load_text_n(&c.name, n), c))
+            })
+    }
+
     /// Leave the answer to the change published as config `version` (the builder's only).
     pub fn put_store_reply(&self, version: u64, status: u64, store_version: u64, text: &[u8]) {
         let r = &self.fixed().store_reply.0;
@@ -507,6 +560,7 @@ impl Region {
         (r.version.load(Ordering::Relaxed) == version).then_some((status, store_version, text))
     }
 
+    /// The region file (None for an anonymous region).
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }

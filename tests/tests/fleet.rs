@@ -1,0 +1,209 @@
+//! A fleet (`[fleet]`, issue 18): two engine instances of 2 shards each sharing a tenant's
+//! requests-per-minute limit through a real `redis-server` (started on a free port). A tenant
+//! flooded through both instances at once is admitted the fleet's limit, not the limit per
+//! instance; with Redis killed in the middle, no request fails for it and each instance falls
+//! back to its share; Redis back, the instances say so.
+//!
+//! Needs `redis-server` (Debian package `redis-server`; `.ci/run` installs it).
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shardgate_tests::{chat_with_key, free_port, sha256_hex, sleep, wait_until, Gateway};
+
+const KEY: &str = "sk-fleet-test-0123456789";
+const RPM: u64 = 600;
+/// Connections making requests at once, over both instances.
+const CLIENTS: usize = 64;
+
+/// A `redis-server` of its own on `port`, killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        let up = wait_until(Duration::from_secs(5), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "redis-server did not start on port {port}");
+        Redis { child, port }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(redis_port: u16) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+cores = 2
+auth = "keys"
+
+[fleet]
+redis = "redis://127.0.0.1:{redis_port}/0"
+
+[[upstreams]]
+name = "mock"
+provider = "mock"
+
+[[routes]]
+path_prefix = "/"
+upstream = "mock"
+
+[[tenants]]
+name = "team-f"
+keys = ["sha256:{}"]
+rpm = {RPM}
+"#,
+        sha256_hex(KEY)
+    )
+}
+
+/// Statuses of the requests `CLIENTS` clients make, each on fresh connections, spread over
+/// `addrs`, until `stop` is set.
+fn flood(addrs: &[SocketAddr], stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Vec<u16>>> {
+    (0..CLIENTS)
+        .map(|i| {
+            let addr = addrs[i % addrs.len()];
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    got.push(chat_with_key(addr, KEY, "demo").0);
+                }
+                got
+            })
+        })
+        .collect()
+}
+
+fn collect(h: Vec<std::thread::JoinHandle<Vec<u16>>>) -> Vec<u16> {
+    h.into_iter()
+        .flat_map(|h| h.join().expect("client thread"))
+        .collect()
+}
+
+fn count(s: &[u16], status: u16) -> usize {
+    s.iter().filter(|&&x| x == status).count()
+}
+
+#[test]
+fn a_tenant_flooded_through_two_instances_is_admitted_the_fleets_limit() {
+    let redis = Redis::start(free_port().port());
+    let a = Gateway::start(&config(redis.port));
+    let b = Gateway::start(&config(redis.port));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let clients = flood(&[a.addr(), b.addr()], &stop);
+    sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::Relaxed);
+    let got = collect(clients);
+    let secs = start.elapsed().as_secs_f64();
+    let ok = count(&got, 200);
+    let other = got.len() - ok - count(&got, 429);
+    assert_eq!(other, 0, "answers other than 200 and 429: {got:?}");
+    // The fleet's bucket: full (600) at the start, then 10 a second. Slack: a lease and an
+    // overdraft per instance (one unit each at 600 rpm), and 1 % for the clock.
+    let bound = RPM as f64 + RPM as f64 * secs / 60.0;
+    eprintln!(
+        "fleet: {ok} of {} admitted in {secs:.2} s; the fleet allows {bound:.0}",
+        got.len()
+    );
+    assert!(
+        (ok as f64) <= bound * 1.01 + 4.0,
+        "{ok} admitted in {secs:.1} s over two instances: the fleet allows {bound:.0} \
+         (each instance alone would admit that much); {} requests in all",
+        got.len()
+    );
+    assert!(
+        ok >= 580,
+        "{ok} admitted: the fleet's bucket was full at the start"
+    );
+    // Both instances took part, and say they reach Redis and see each other.
+    for gw in [&a, &b] {
+        let m = gw.metrics();
+        assert!(m.contains("shardgate_fleet_redis_up 1"), "{m}");
+        assert!(m.contains("shardgate_fleet_instances 2"), "{m}");
+    }
+}
+
+#[test]
+fn with_redis_gone_no_request_fails_and_each_instance_keeps_to_its_share() {
+    let port = free_port().port();
+    let redis = Redis::start(port);
+    let a = Gateway::start(&config(port));
+    let b = Gateway::start(&config(port));
+    // Both instances seen: a share is half the limit.
+    assert!(wait_until(Duration::from_secs(5), || {
+        a.metrics().contains("shardgate_fleet_instances 2")
+            && b.metrics().contains("shardgate_fleet_instances 2")
+    }));
+    drop(redis);
+    assert!(
+        wait_until(Duration::from_secs(5), || a
+            .metrics()
+            .contains("shardgate_fleet_redis_up 0")),
+        "Redis gone, not said"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let clients = flood(&[a.addr(), b.addr()], &stop);
+    sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let got = collect(clients);
+    let secs = start.elapsed().as_secs_f64();
+    let ok = count(&got, 200);
+    assert_eq!(
+        got.len() - ok - count(&got, 429),
+        0,
+        "a request failed for Redis: {got:?}"
+    );
+    // Each instance at its share (300 a minute, its bucket full to start): never the whole
+    // limit per instance.
+    let share = RPM as f64 / 2.0;
+    let bound = 2.0 * (share + share * secs / 60.0);
+    eprintln!(
+        "Redis down: {ok} of {} admitted in {secs:.2} s; the shares allow {bound:.0}",
+        got.len()
+    );
+    assert!(
+        ok as f64 <= bound * 1.01 + 4.0,
+        "{ok} admitted in {secs:.1} s; shares allow {bound:.0}"
+    );
+    assert!(ok >= 200, "{ok} admitted: the shares were not served");
+    // Redis back (empty): the instances reach it again.
+    let _redis = Redis::start(port);
+    for gw in [&a, &b] {
+        assert!(
+            wait_until(Duration::from_secs(5), || gw
+                .metrics()
+                .contains("shardgate_fleet_redis_up 1")),
+            "Redis back, not taken up again"
+        );
+    }
+    assert!(a.stderr().contains("is unreachable"), "{}", a.stderr());
+}
