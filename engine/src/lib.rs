@@ -85,6 +85,11 @@
 //! - [`stream`]: one connection type over plain TCP and TLS (client or upstream side).
 //! - [`drain`]: the per-shard shutdown signal idle connections wait on.
 //!
+//! Threads beside the shards (blocking, never on the request path): [`builder`] (each config
+//! version validated once; the tenant store held and changed as deltas), [`admin`] and
+//! [`admin_api`] (the admin listener), [`access`] (tenants' access requests), [`fleet`] (the
+//! fleet agent: each limit's share of a fleet leased from Redis into the region's credit cells).
+//!
 //! Testing (only with the `fuzzing` feature):
 //! - `fuzz_checks`: the invariants each fuzz target (`engine/fuzz`) asserts, one function per
 //!   target, replayed over the seed corpora by `cargo test --workspace`.

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardgate_tests::{chat_with_key, free_port, sha256_hex, sleep, wait_until, Gateway};
+use shardgate_tests::{
+    chat_with_key, free_port, run_shardgate, sha256_hex, sleep, wait_until, Gateway,
+};
 
 const KEY: &str = "sk-fleet-test-0123456789";
 const RPM: u64 = 600;
@@ -27,6 +29,11 @@ struct Redis {
 
 impl Redis {
     fn start(port: u16) -> Redis {
+        Redis::start_with(port, &[])
+    }
+
+    /// With `extra` arguments (a password, the databases it has).
+    fn start_with(port: u16, extra: &[&str]) -> Redis {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -36,6 +43,7 @@ impl Redis {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -206,4 +214,51 @@ fn with_redis_gone_no_request_fails_and_each_instance_keeps_to_its_share() {
         );
     }
     assert!(a.stderr().contains("is unreachable"), "{}", a.stderr());
+}
+
+#[test]
+fn check_says_which_of_the_address_password_and_database_is_wrong() {
+    let check = |cfg: &str| {
+        let out = run_shardgate(
+            &["--check", "--config", "{config}"],
+            Some(cfg),
+            Duration::from_secs(10),
+        );
+        assert_eq!(out.status.and_then(|s| s.code()), Some(2), "{}", out.stderr);
+        out.stderr
+    };
+    // Nothing listening there.
+    let nobody = free_port().port();
+    let e = check(&config(nobody));
+    assert!(
+        e.contains(&format!("fleet.redis redis://127.0.0.1:{nobody}/0")),
+        "{e}"
+    );
+    // A password Redis refuses; then a database it does not have.
+    let port = free_port().port();
+    let _redis = Redis::start_with(port, &["--requirepass", "right-pw", "--databases", "2"]);
+    // Only this test reads the variable (the engine inherits it).
+    std::env::set_var("SG_TEST_FLEET_PW", "wrong-pw");
+    let with_pw = |db: u32| {
+        config(port).replace(
+            &format!("redis://127.0.0.1:{port}/0\""),
+            &format!("redis://127.0.0.1:{port}/{db}\"\nredis_password_env = \"SG_TEST_FLEET_PW\""),
+        )
+    };
+    let e = check(&with_pw(0));
+    assert!(e.contains("Password authentication failed"), "{e}");
+    std::env::set_var("SG_TEST_FLEET_PW", "right-pw");
+    let e = check(&with_pw(5));
+    assert!(e.contains("DB index is out of range"), "{e}");
+    let ok = run_shardgate(
+        &["--check", "--config", "{config}"],
+        Some(&with_pw(1)),
+        Duration::from_secs(10),
+    );
+    assert_eq!(ok.status.and_then(|s| s.code()), Some(0), "{}", ok.stderr);
+    // What the config itself gets wrong.
+    let e = check(&config(port).replace("redis://", "rediss://"));
+    assert!(e.contains("not supported yet"), "{e}");
+    let e = check(&with_pw(0).replace("SG_TEST_FLEET_PW", "SG_TEST_FLEET_UNSET"));
+    assert!(e.contains("$SG_TEST_FLEET_UNSET is not set"), "{e}");
 }
