@@ -13,7 +13,7 @@
 //! submitting faster than the builder builds) drops the oldest news, and the next message
 //! supersedes it anyway.
 //!
-//! The builder also holds the tenant store in memory ([`Held`]): a message that carries a
+//! The builder also holds the tenant store in memory (`Held`): a message that carries a
 //! change to it (`store_op`) is made here once, on the store of the newest good version; only
 //! the tenants it touched are validated and built again (`Config::with_store_tenants`), one
 //! line goes to the store's journal (synced) and one to the audit log, and the answer is left

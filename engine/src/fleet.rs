@@ -20,7 +20,7 @@
 //! own at the limit divided by the instances it last saw alive, and says so once
 //! (`shardgate_fleet_redis_up 0`). Units granted meanwhile are never charged to Redis later.
 //!
-//! [`plan`] is the decision, I/O-free and unit-tested; [`run`] does the I/O.
+//! [`plan`] is the decision, I/O-free and unit-tested; `run` does the I/O.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -158,8 +158,8 @@ fn take_up_to(cell: &AtomicU64, n: u64) -> u64 {
     got
 }
 
-/// The script every sync runs once: the instance's heartbeat (KEYS[1], a sorted set of
-/// instances by last sync; ARGV[1] its id, ARGV[2] the TTL in ms), then for each further key,
+/// The script every sync runs once: the instance's heartbeat (`KEYS[1]`, a sorted set of
+/// instances by last sync; `ARGV[1]` its id, `ARGV[2]` the TTL in ms), then for each further key,
 /// a limit's bucket, four arguments: the limit per minute, units wanted, charged, given back.
 /// The bucket is a GCRA theoretical arrival time in µs on Redis's clock, expiring once full.
 /// Returns the instances alive, then per limit the units granted and the room left.
