@@ -375,7 +375,7 @@ const OVERLOADED_RETRY_AFTER: &[u8] = b"retry-after: 1\r\n";
 const REFUSE_READ_MS: u64 = 100;
 
 /// Answer a plain connection accepted past `connections_max`: read what it sent within
-/// [`REFUSE_READ_MS`] (so the close after the answer does not reset it away), then `503`
+/// `REFUSE_READ_MS` (so the close after the answer does not reset it away), then `503`
 /// `overloaded` with `Retry-After` and `Connection: close`, and close. Nothing is parsed.
 pub async fn refuse(ctx: &ShardCtx, stream: TcpStream) {
     let mut stream = Io::Plain(stream);
