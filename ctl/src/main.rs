@@ -24,6 +24,7 @@ mod access;
 mod apply;
 mod check;
 mod diff;
+mod fleet;
 mod spend;
 mod stall;
 mod status;
@@ -132,6 +133,12 @@ enum Command {
               value_parser = clap::value_parser!(u64).range(1..=TIMEOUT_MS_MAX))]
         timeout_ms: u64,
     },
+    /// The fleet (`[fleet]`): Redis as the engine reaches it, the instances seen, and the
+    /// credit this instance holds of each limit.
+    Fleet {
+        #[command(subcommand)]
+        op: FleetOp,
+    },
     /// Show requests per second, errors, status classes, latency and bytes per upstream and
     /// route, refreshed every interval.
     Top {
@@ -146,6 +153,13 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         iterations: Option<u64>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum FleetOp {
+    /// Redis's reachability and round trip, the instances seen and their last syncs, and this
+    /// instance's credit, debt and use of each limit.
+    Status,
 }
 
 /// A tenant's settings on the command line (`tenants add` and `tenants set`).
@@ -448,6 +462,9 @@ fn main() -> ExitCode {
             },
         ),
         Command::Status { json } => status::run(instance, json),
+        Command::Fleet {
+            op: FleetOp::Status,
+        } => fleet::status(instance),
         Command::Top {
             interval_ms,
             iterations,

@@ -16,7 +16,7 @@
 //!
 //! Admitted work stays within the fleet's limit plus, per instance, its credit and one
 //! overdraft. The request path never waits on Redis: when Redis is unreachable or slow (a
-//! round trip over [`REDIS_TIMEOUT_MS`]), the agent tops the credits up from a bucket of its
+//! round trip over `shardgate_core::fleet::REDIS_TIMEOUT_MS`), the agent tops the credits up from a bucket of its
 //! own at the limit divided by the instances it last saw alive, and says so once
 //! (`shardgate_fleet_redis_up 0`). Units granted meanwhile are never charged to Redis later.
 //!
@@ -31,18 +31,15 @@ use crate::config::{Config, FleetConfig};
 use crate::control::shm::{CreditCells, Region};
 use crate::control::unix_ms;
 use crate::limit::{lease_units, Gcra};
+use shardgate_core::fleet::{INSTANCES_KEY, INSTANCE_TTL_MS};
 
 /// How much use the credit covers: the agent tops it up to what this instance took in this
 /// long (at its recent rate), ms.
 pub const LEASE_HORIZON_MS: u64 = 500;
 /// A limit unused this long gives its credit back, ms.
 pub const IDLE_MS: u64 = 1_000;
-/// A Redis round trip longer than this counts as Redis being down, ms.
-pub const REDIS_TIMEOUT_MS: u64 = 200;
 /// While Redis is down, how often the agent tries to reach it again, ms.
 pub const RECONNECT_MS: u64 = 1_000;
-/// An instance not seen for this long is taken as gone (its share goes to the others), ms.
-pub const INSTANCE_TTL_MS: u64 = 5_000;
 
 /// The config the agent works from: the newest good one, left here by the builder.
 #[derive(Debug, Default)]
@@ -240,24 +237,7 @@ struct Link {
 
 impl Link {
     fn connect(&mut self) -> Result<(), String> {
-        let f = &self.fleet;
-        let addr = redis::ConnectionAddr::Tcp(f.host.clone(), f.port);
-        let mut settings = redis::RedisConnectionInfo::default().set_db(i64::from(f.db));
-        if let Some(p) = &f.password {
-            settings = settings.set_password(p);
-        }
-        let info = redis::IntoConnectionInfo::into_connection_info(addr)
-            .map_err(|e| e.to_string())?
-            .set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
-        let timeout = Duration::from_millis(REDIS_TIMEOUT_MS);
-        let conn = client
-            .get_connection_with_timeout(timeout)
-            .map_err(|e| e.to_string())?;
-        conn.set_read_timeout(Some(timeout))
-            .and_then(|()| conn.set_write_timeout(Some(timeout)))
-            .map_err(|e| e.to_string())?;
-        self.conn = Some(conn);
+        self.conn = Some(shardgate_core::fleet::connect(&self.fleet)?);
         Ok(())
     }
 
@@ -288,20 +268,7 @@ impl Link {
 /// Check that Redis is reachable with `fleet`'s settings (start-up and `--check`): which of
 /// the connection, the password or the database failed.
 pub fn check(fleet: &FleetConfig) -> Result<(), String> {
-    let mut link = Link {
-        fleet: fleet.clone(),
-        conn: None,
-        script: redis::Script::new(SYNC_SCRIPT),
-        tried: None,
-        up: None,
-    };
-    link.connect()
-        .map_err(|e| format!("fleet.redis {}: {e}", fleet.url))?;
-    let conn = link.conn.as_mut().ok_or("no connection")?;
-    redis::cmd("PING")
-        .query::<String>(conn)
-        .map(|_| ())
-        .map_err(|e| format!("fleet.redis {}: {e}", fleet.url))
+    shardgate_core::fleet::connect(fleet).map(|_| ())
 }
 
 /// Start the agent's thread.
@@ -441,7 +408,7 @@ fn exchange(
         }
     }
     let mut inv = link.script.prepare_invoke();
-    inv.key("sg:instances").arg(id).arg(INSTANCE_TTL_MS);
+    inv.key(INSTANCES_KEY).arg(id).arg(INSTANCE_TTL_MS);
     for (lid, limit, _, t) in trades {
         let kind = if lid.tpm { "tpm" } else { "rpm" };
         inv.key(format!("sg:lim:{}:{kind}", lid.name))

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardgate_tests::{
-    chat_with_key, free_port, run_shardgate, sha256_hex, sleep, wait_until, Gateway,
+    chat_with_key, ctl_ok, free_port, run_shardgate, sha256_hex, sleep, wait_until, Gateway,
 };
 
 const KEY: &str = "sk-fleet-test-0123456789";
@@ -156,6 +156,18 @@ fn a_tenant_flooded_through_two_instances_is_admitted_the_fleets_limit() {
         let m = gw.metrics();
         assert!(m.contains("shardgate_fleet_redis_up 1"), "{m}");
         assert!(m.contains("shardgate_fleet_instances 2"), "{m}");
+        // ctl shows the same, both instances as Redis knows them, and the tenant's credit.
+        let out = ctl_ok(gw, &["fleet", "status"]);
+        assert!(out.contains("reachable from the engine"), "{out}");
+        assert!(out.contains("2 instance(s) seen"), "{out}");
+        assert!(out.contains(&format!("/{}/", a.instance())), "{out}");
+        assert!(out.contains(&format!("/{}/", b.instance())), "{out}");
+        let used: u64 = out
+            .lines()
+            .find(|l| l.starts_with("team-f") && l.contains("rpm"))
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+            .unwrap_or_else(|| panic!("no rpm row for team-f:\n{out}"));
+        assert!(used > 0, "{out}");
     }
 }
 

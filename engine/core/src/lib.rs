@@ -16,6 +16,7 @@
 //!   files (the document and its journal).
 //! - [`store`]: the tenant store (`[server] tenant_store`): tenants and keys managed at run
 //!   time, one JSON document plus a journal of changes; its operations are I/O-free.
+//! - [`fleet`]: a fleet's Redis (`[fleet]`): the connection and the instances announced.
 //! - [`store_op`]: a change to the store as data, what it touches, made with its journal line
 //!   and its undo (I/O-free; the builder runs it).
 //! - [`models`]: `[[models]]` groups of deployments and the balancing [`models::Strategy`] each
@@ -72,6 +73,7 @@ macro_rules! index_type {
 pub mod cert;
 pub mod config;
 pub mod control;
+pub mod fleet;
 pub mod json;
 pub mod limits;
 pub mod manage;

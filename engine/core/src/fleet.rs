@@ -1,0 +1,51 @@
+//! A fleet's Redis (`[fleet]`, decision 0013), as the engine's fleet agent, `shardgate --check`
+//! and `shardgate-ctl fleet status` reach it: a blocking connection with `[fleet]`'s settings
+//! and time limits, and the instances the agents have announced. Blocking: never a shard.
+
+use std::time::Duration;
+
+use crate::config::FleetConfig;
+
+/// A Redis round trip longer than this counts as Redis being down, ms.
+pub const REDIS_TIMEOUT_MS: u64 = 200;
+/// The sorted set of the fleet's instances, each scored by its last sync (unix ms).
+pub const INSTANCES_KEY: &str = "sg:instances";
+/// An instance not seen for this long is taken as gone (its share goes to the others), ms.
+pub const INSTANCE_TTL_MS: u64 = 5_000;
+
+/// Connect to `f`'s Redis: the address, the password and the database are each checked here,
+/// and a failure names the URL and which.
+pub fn connect(f: &FleetConfig) -> Result<redis::Connection, String> {
+    let fail = |e: redis::RedisError| format!("fleet.redis {}: {e}", f.url);
+    let addr = redis::ConnectionAddr::Tcp(f.host.clone(), f.port);
+    let mut settings = redis::RedisConnectionInfo::default().set_db(i64::from(f.db));
+    if let Some(p) = &f.password {
+        settings = settings.set_password(p);
+    }
+    let info = redis::IntoConnectionInfo::into_connection_info(addr)
+        .map_err(fail)?
+        .set_redis_settings(settings);
+    let client = redis::Client::open(info).map_err(fail)?;
+    let timeout = Duration::from_millis(REDIS_TIMEOUT_MS);
+    let mut conn = client.get_connection_with_timeout(timeout).map_err(fail)?;
+    conn.set_read_timeout(Some(timeout)).map_err(fail)?;
+    conn.set_write_timeout(Some(timeout)).map_err(fail)?;
+    redis::cmd("PING")
+        .query::<String>(&mut conn)
+        .map_err(fail)?;
+    Ok(conn)
+}
+
+/// The instances announced in the last [`INSTANCE_TTL_MS`] and when each last synced (unix
+/// ms), on Redis's clock.
+pub fn instances(conn: &mut redis::Connection) -> Result<Vec<(String, u64)>, String> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(conn).map_err(|e| e.to_string())?;
+    let now_ms = secs * 1000 + micros / 1000;
+    redis::cmd("ZRANGEBYSCORE")
+        .arg(INSTANCES_KEY)
+        .arg(now_ms.saturating_sub(INSTANCE_TTL_MS))
+        .arg("+inf")
+        .arg("WITHSCORES")
+        .query(conn)
+        .map_err(|e| e.to_string())
+}
