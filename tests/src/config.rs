@@ -129,6 +129,17 @@ impl ConfigBuilder {
     }
 }
 
+/// The built-in mock model as the upstream of every path: the tail of a test config.
+pub const MOCK_ROUTE: &str = r#"
+[[upstreams]]
+name = "mock"
+provider = "mock"
+
+[[routes]]
+path_prefix = "/"
+upstream = "mock"
+"#;
+
 /// A config on 2 shards with the built-in mock model, `auth = "keys"`, a tenant store and an
 /// audit log in `dir` (`tenants.json`, `audit.jsonl`), and, given `admin_token`, the admin
 /// API on a free port accepting that token.
@@ -146,15 +157,7 @@ cores = 2
 auth = "keys"
 tenant_store = "{}"
 audit_log = "{}"
-{admin}
-[[upstreams]]
-name = "mock"
-provider = "mock"
-
-[[routes]]
-path_prefix = "/"
-upstream = "mock"
-"#,
+{admin}{MOCK_ROUTE}"#,
         dir.join("tenants.json").display(),
         dir.join("audit.jsonl").display()
     )

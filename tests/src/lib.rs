@@ -33,6 +33,7 @@ pub use bin::{bench_bin, ctl_bin, shardgate_bin, shardgate_tune_bin};
 pub use client::{dechunk, split_head, Client, Closed, Response};
 pub use config::{
     free_port, read_store, store_config, store_files_text, ConfigBuilder, Driver, DRIVERS,
+    MOCK_ROUTE,
 };
 pub use ctl::{ctl_ok, ctl_status, run_ctl, spawn_ctl, CtlOutput, CTL_WAIT};
 pub use gateway::{run_shardgate, Gateway, RunOutput};

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use shardgate_tests::{
     chat_with_key, ctl_ok, free_port, run_shardgate, sha256_hex, sleep, wait_until, Gateway,
+    MOCK_ROUTE,
 };
 
 const KEY: &str = "sk-fleet-test-0123456789";
@@ -73,15 +74,7 @@ auth = "keys"
 
 [fleet]
 redis = "redis://127.0.0.1:{redis_port}/0"
-
-[[upstreams]]
-name = "mock"
-provider = "mock"
-
-[[routes]]
-path_prefix = "/"
-upstream = "mock"
-
+{MOCK_ROUTE}
 [[tenants]]
 name = "team-f"
 keys = ["sha256:{}"]
