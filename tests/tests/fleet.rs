@@ -267,3 +267,34 @@ fn check_says_which_of_the_address_password_and_database_is_wrong() {
     let e = check(&with_pw(0).replace("SG_TEST_FLEET_PW", "SG_TEST_FLEET_UNSET"));
     assert!(e.contains("$SG_TEST_FLEET_UNSET is not set"), "{e}");
 }
+
+#[test]
+fn an_instance_killed_drops_out_of_the_fleet_and_the_others_go_on() {
+    let redis = Redis::start(free_port().port());
+    let a = Gateway::start(&config(redis.port));
+    let mut b = Gateway::start(&config(redis.port));
+    assert!(wait_until(Duration::from_secs(5), || a
+        .metrics()
+        .contains("shardgate_fleet_instances 2")));
+    let stop = Arc::new(AtomicBool::new(false));
+    let on_a = flood(&[a.addr()], &stop);
+    sleep(Duration::from_secs(1));
+    b.signal("-KILL");
+    assert!(b.wait_exit(Duration::from_secs(5)).is_some());
+    // Its heartbeat lapses: A sees itself alone within the instances' TTL (5 s).
+    let alone = wait_until(Duration::from_secs(8), || {
+        a.metrics().contains("shardgate_fleet_instances 1")
+    });
+    stop.store(true, Ordering::Relaxed);
+    let got = collect(on_a);
+    assert!(alone, "{}", a.metrics());
+    assert_eq!(
+        got.len() - count(&got, 200) - count(&got, 429),
+        0,
+        "a request failed when another instance died: {got:?}"
+    );
+    assert!(count(&got, 200) > 0);
+    let out = ctl_ok(&a, &["fleet", "status"]);
+    assert!(out.contains("1 instance(s) seen"), "{out}");
+    assert!(!out.contains(&format!("/{}/", b.instance())), "{out}");
+}
