@@ -79,6 +79,9 @@ pub struct Track {
     active_ms: u64,
     /// The bucket granting credit while Redis is down (its TAT).
     local_tat: AtomicU64,
+    /// Traded with the fleet's bucket at least once: from then on only a trade sets the
+    /// overdraft (one lease while the bucket had room, none once it was empty).
+    traded: bool,
 }
 
 /// One limit's trade with the fleet's bucket this sync.
@@ -351,26 +354,25 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
             };
             c.credit.fetch_add(granted, Ordering::Relaxed);
             // An overdraft of one lease while the fleet's bucket has room; none once it is
-            // empty, or while Redis is down (the local share is exact).
+            // empty (until a trade finds room again), or while Redis is down (the local share
+            // is exact).
             let over = if shared.is_some() && room > 0 {
                 lease
             } else {
                 0
             };
             c.overdraft_max.store(over, Ordering::Relaxed);
+            tracks.entry(lid.clone()).or_default().traded = true;
         }
-        // Limits with nothing to trade keep their overdraft: one lease to start with, so a
-        // first request finds room before the first lease.
+        // A limit never traded yet may overdraw one lease, so its first request finds room
+        // before its first lease; a traded one keeps what its last trade set.
         for (id, limit, slot) in &limits {
             if let Some(cells) = region.fleet(*slot) {
                 let c = if id.tpm { &cells.tpm } else { &cells.rpm };
-                if !trades.iter().any(|(t, _, _, _)| t == id) && link.up == Some(true) {
-                    let _ = c.overdraft_max.compare_exchange(
-                        0,
-                        lease_units(*limit),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
+                let traded = tracks.get(id).is_some_and(|t| t.traded);
+                if !traded && link.up == Some(true) {
+                    c.overdraft_max
+                        .store(lease_units(*limit), Ordering::Relaxed);
                 }
             }
         }
