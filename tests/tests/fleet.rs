@@ -305,3 +305,61 @@ fn an_instance_killed_drops_out_of_the_fleet_and_the_others_go_on() {
     assert!(out.contains("1 instance(s) seen"), "{out}");
     assert!(!out.contains(&format!("/{}/", b.instance())), "{out}");
 }
+
+#[test]
+fn redis_killed_in_the_middle_of_the_load_fails_no_request() {
+    let port = free_port().port();
+    let redis = Redis::start(port);
+    let a = Gateway::start(&config(port));
+    let b = Gateway::start(&config(port));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each answer with when it came.
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let addr = if i % 2 == 0 { a.addr() } else { b.addr() };
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    got.push((chat_with_key(addr, KEY, "demo").0, Instant::now()));
+                }
+                got
+            })
+        })
+        .collect();
+    sleep(Duration::from_secs(1));
+    drop(redis);
+    let killed = Instant::now();
+    let said = wait_until(Duration::from_secs(5), || {
+        a.metrics().contains("shardgate_fleet_redis_up 0")
+            && b.metrics().contains("shardgate_fleet_redis_up 0")
+    });
+    sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let got: Vec<(u16, Instant)> = clients
+        .into_iter()
+        .flat_map(|h| h.join().expect("client thread"))
+        .collect();
+    assert!(said, "Redis gone, not said");
+    let failed: Vec<u16> = got
+        .iter()
+        .map(|(s, _)| *s)
+        .filter(|s| *s != 200 && *s != 429)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "requests failed when Redis died: {failed:?}"
+    );
+    // After the kill the limit still holds (refusals) and requests are still served, at the
+    // instances' shares.
+    let after: Vec<u16> = got
+        .iter()
+        .filter(|(_, at)| *at > killed)
+        .map(|(s, _)| *s)
+        .collect();
+    assert!(
+        count(&after, 429) > 0 && count(&after, 200) > 0,
+        "{} after",
+        after.len()
+    );
+}
