@@ -46,7 +46,12 @@ pub fn credits(region: &Region) -> Vec<CreditRow> {
             None if name.starts_with('\u{1}') => continue,
             None => name,
         };
-        for (kind, c) in [("rpm", &f.rpm), ("tpm", &f.tpm)] {
+        for (kind, c) in [
+            ("rpm", &f.rpm),
+            ("tpm", &f.tpm),
+            ("budget_tokens", &f.budget),
+            ("budget_usd", &f.budget_usd),
+        ] {
             let r = row(&shown, kind, c);
             if r.used > 0 || r.credit > 0 || r.debt > 0 {
                 out.push(r);

@@ -67,6 +67,7 @@ fn credit(c: &CreditCells) -> Credit<'_> {
         used: &c.used,
         overdraft_max: &c.overdraft_max,
         wanted: &c.wanted,
+        wanted_max: &c.wanted_max,
     }
 }
 
@@ -317,7 +318,8 @@ pub fn admit(
             adm.tokens = tokens;
         }
         if let Some(b) = &t.budget {
-            match b.reserve(&c.budget, now_ns, tokens) {
+            let fleet = t.fleet.map(|f| credit(&f.budget));
+            match b.reserve_in(&c.budget, fleet, now_ns, tokens) {
                 Ok(r) => adm.budget = Some(r),
                 Err(wait) => {
                     if let Some(r) = &t.rpm {
@@ -336,7 +338,8 @@ pub fn admit(
         }
     }
     if let Some(b) = &t.budget_usd {
-        match b.reserve(&c.budget_usd, now_ns, usd_uusd) {
+        let fleet = t.fleet.map(|f| credit(&f.budget_usd));
+        match b.reserve_in(&c.budget_usd, fleet, now_ns, usd_uusd) {
             Ok(r) => adm.usd = Some(r),
             Err(wait) => {
                 if let Some(r) = &t.rpm {
@@ -346,7 +349,7 @@ pub fn admit(
                     g.give_back(&c.tpm_tat, now_ns, adm.tokens);
                 }
                 if let (Some(b), Some(r)) = (&t.budget, adm.budget) {
-                    b.release(&c.budget, now_ns, r);
+                    b.release_in(&c.budget, t.fleet.map(|f| credit(&f.budget)), now_ns, r);
                 }
                 undo(&adm);
                 return Err(Refused {
@@ -422,10 +425,11 @@ impl Admitted {
         let actual = actual_tokens(used, failed, self.tokens);
         settle_tokens(t, c, now_ns, self.tokens, actual);
         if let (Some(b), Some(r)) = (&t.budget, self.budget) {
+            let fleet = t.fleet.map(|f| credit(&f.budget));
             if used.is_none() && failed {
-                b.release(&c.budget, now_ns, r);
+                b.release_in(&c.budget, fleet, now_ns, r);
             } else {
-                b.settle(&c.budget, now_ns, r, actual);
+                b.settle_in(&c.budget, fleet, now_ns, r, actual);
             }
         }
         settle_usd(t, c, now_ns, self.usd, self.cost_uusd.get(), failed);
@@ -470,9 +474,10 @@ fn settle_usd(
     failed: bool,
 ) {
     if let (Some(b), Some(r)) = (&t.budget_usd, r) {
+        let fleet = t.fleet.map(|f| credit(&f.budget_usd));
         match cost {
-            Some(cost) => b.settle(&c.budget_usd, now_ns, r, cost),
-            None if failed => b.release(&c.budget_usd, now_ns, r),
+            Some(cost) => b.settle_in(&c.budget_usd, fleet, now_ns, r, cost),
+            None if failed => b.release_in(&c.budget_usd, fleet, now_ns, r),
             None => {}
         }
     }

@@ -1,8 +1,10 @@
 //! The fleet agent (`[fleet]`, decision 0013): one thread of the engine, never a shard, that
-//! trades this instance's share of every tenant's and key's rpm and tpm with Redis.
+//! trades this instance's share of every tenant's and key's rpm, tpm, token budget and USD
+//! budget with Redis.
 //!
-//! The fleet's bucket of each limit is a GCRA bucket in Redis (`sg:lim:<name>:rpm`, one script
-//! call per sync for every limit that needs one: [`SYNC_SCRIPT`]). The agent leases units from
+//! The fleet's bucket of each limit is in Redis (`sg:lim:<name>:<kind>`: a GCRA bucket for a
+//! per-minute limit, a counter per window for a budget; one script call per sync for every
+//! limit that needs one: [`SYNC_SCRIPT`]). The agent leases units from
 //! it into the limit's credit cells in the shared region (`shm::CreditCells`); the shards take
 //! from the credit as they take from the host's own bucket, only when a shard's lease runs out
 //! (`limit::Credit`). Each sync, per limit, the agent:
@@ -11,11 +13,12 @@
 //!   lease) when it has fallen below half of that, as far as the fleet's bucket has room;
 //! - gives the credit back when the limit saw no use for [`IDLE_MS`]: an idle instance holds
 //!   nothing;
-//! - allows the shards an overdraft of one lease while the fleet's bucket had room at the last
-//!   sync (so a first request is not refused for want of a lease), none once it was empty.
+//! - allows the shards an overdraft (1 % of the limit, at least a lease and the largest request
+//!   refused) while the fleet's bucket had room at the last sync, so a first request is not
+//!   refused for want of a lease; none once it was empty.
 //!
-//! Admitted work stays within the fleet's limit plus, per instance, its credit and one
-//! overdraft. The request path never waits on Redis: when Redis is unreachable or slow (a
+//! Admitted work stays within the fleet's limit plus one overdraft per instance (credit is
+//! counted in Redis when it is leased). The request path never waits on Redis: when Redis is unreachable or slow (a
 //! round trip over `shardgate_core::fleet::REDIS_TIMEOUT_MS`), the agent tops the credits up from a bucket of its
 //! own at the limit divided by the instances it last saw alive, and says so once
 //! (`shardgate_fleet_redis_up 0`). Units granted meanwhile are never charged to Redis later.
@@ -28,9 +31,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, FleetConfig};
-use crate::control::shm::{CreditCells, Region};
+use crate::control::shm::{CreditCells, FleetCells, Region};
 use crate::control::unix_ms;
-use crate::limit::{lease_units, Gcra};
+use crate::limit::{lease_units, Budget, Gcra};
 use shardgate_core::fleet::{INSTANCES_KEY, INSTANCE_TTL_MS};
 
 /// How much use the credit covers: the agent tops it up to what this instance took in this
@@ -77,8 +80,11 @@ pub struct Track {
     rate: u64,
     /// When the limit was last used or wanted, ms.
     active_ms: u64,
-    /// The bucket granting credit while Redis is down (its TAT).
+    /// The bucket granting credit while Redis is down (its TAT; a budget's window word).
     local_tat: AtomicU64,
+    /// A budget's window when it was last traded: credit leased in a window is not used in
+    /// the next.
+    window: u64,
     /// Traded with the fleet's bucket at least once: from then on only a trade sets the
     /// overdraft (one lease while the bucket had room, none once it was empty).
     traded: bool,
@@ -132,12 +138,25 @@ pub fn plan(limit: u64, c: &CreditCells, t: &mut Track, now_ms: u64, dt_ms: u64)
         t.rate = 0;
         return trade;
     }
-    let target = target_units(limit, t.rate);
+    // At least the largest request refused for want of credit, so it fits next time.
+    let target = target_units(limit, t.rate)
+        .max(c.wanted_max.load(Ordering::Relaxed))
+        .min(limit);
     let credit = c.credit.load(Ordering::Relaxed);
     if credit < target / 2 + 1 {
         trade.want = target - credit.min(target);
     }
     trade
+}
+
+/// The overdraft the shards may run up between syncs while the fleet's bucket has room: 1 %
+/// of the limit, at least one lease and the largest request refused for want of credit (so a
+/// first request after idling is admitted before the agent's next lease).
+pub fn overdraft(limit: u64, c: &CreditCells) -> u64 {
+    (limit / 100)
+        .max(lease_units(limit))
+        .max(c.wanted_max.load(Ordering::Relaxed))
+        .min(limit)
 }
 
 /// What the credit should hold: this instance's use over [`LEASE_HORIZON_MS`], at least one
@@ -160,70 +179,136 @@ fn take_up_to(cell: &AtomicU64, n: u64) -> u64 {
 
 /// The script every sync runs once: the instance's heartbeat (`KEYS[1]`, a sorted set of
 /// instances by last sync; `ARGV[1]` its id, `ARGV[2]` the TTL in ms), then for each further key,
-/// a limit's bucket, four arguments: the limit per minute, units wanted, charged, given back.
-/// The bucket is a GCRA theoretical arrival time in µs on Redis's clock, expiring once full.
-/// Returns the instances alive, then per limit the units granted and the room left.
+/// a limit, five arguments: its amount, its window in ms (0: per minute), units wanted, charged,
+/// given back. A per-minute limit is a GCRA theoretical arrival time in µs on Redis's clock,
+/// expiring once full; a budget is the units used in the current window (the key with the
+/// window's index appended; not for Redis Cluster), expiring after two windows. Returns the
+/// instances alive, then per limit the units granted and the room left.
 pub const SYNC_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_ms = math.floor(now / 1000)
 local ttl = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], math.floor(now / 1000), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', math.floor(now / 1000) - ttl)
+redis.call('ZADD', KEYS[1], now_ms, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - ttl)
 local out = { redis.call('ZCARD', KEYS[1]) }
 local period = 60000000
 for i = 2, #KEYS do
-  local b = 2 + (i - 2) * 4
+  local b = 2 + (i - 2) * 5
   local limit = tonumber(ARGV[b + 1])
-  local want = tonumber(ARGV[b + 2])
-  local charge = tonumber(ARGV[b + 3])
-  local give = tonumber(ARGV[b + 4])
-  local per = period / limit
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if tat < now then tat = now end
-  tat = tat + (charge - give) * per
-  if tat < now then tat = now end
-  local room = math.floor((now + period - tat) / per + 1e-6)
-  if room < 0 then room = 0 end
-  local granted = math.min(want, room)
-  tat = tat + granted * per
-  redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', 120000)
+  local window = tonumber(ARGV[b + 2])
+  local want = tonumber(ARGV[b + 3])
+  local charge = tonumber(ARGV[b + 4])
+  local give = tonumber(ARGV[b + 5])
+  local granted, room
+  if window == 0 then
+    local per = period / limit
+    local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+    if tat < now then tat = now end
+    tat = tat + (charge - give) * per
+    if tat < now then tat = now end
+    room = math.floor((now + period - tat) / per + 1e-6)
+    if room < 0 then room = 0 end
+    granted = math.min(want, room)
+    tat = tat + granted * per
+    redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', 120000)
+  else
+    local key = KEYS[i] .. ':' .. math.floor(now_ms / window)
+    local used = tonumber(redis.call('GET', key) or '0') + charge - give
+    if used < 0 then used = 0 end
+    room = limit - used
+    if room < 0 then room = 0 end
+    granted = math.min(want, room)
+    redis.call('SET', key, string.format('%.0f', used + granted), 'PX', window * 2)
+  end
   out[#out + 1] = granted
   out[#out + 1] = room - granted
 end
 return out
 ";
 
-/// One limit the agent trades: the name of its cells and which of its two limits.
+/// Which of a tenant's (or key's) limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Rpm,
+    Tpm,
+    /// Tokens per budget window.
+    Budget,
+    /// Microdollars per budget window.
+    BudgetUsd,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Rpm => "rpm",
+            Kind::Tpm => "tpm",
+            Kind::Budget => "budget_tokens",
+            Kind::BudgetUsd => "budget_usd",
+        }
+    }
+
+    /// Its credit cells.
+    pub fn cells(self, f: &FleetCells) -> &CreditCells {
+        match self {
+            Kind::Rpm => &f.rpm,
+            Kind::Tpm => &f.tpm,
+            Kind::Budget => &f.budget,
+            Kind::BudgetUsd => &f.budget_usd,
+        }
+    }
+}
+
+/// One limit the agent trades: the name of its cells and which of its limits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct LimitId {
     name: String,
-    tpm: bool,
+    kind: Kind,
 }
 
-/// The limits of `cfg` that hold across the fleet: tenants' and keys' rpm and tpm, by the
-/// name of their cells in the shared table.
-fn limits_of(cfg: &Config) -> Vec<(LimitId, u64)> {
+/// A limit's size: `amount` per minute (`window_ms` 0) or per fixed window of `window_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Amount {
+    amount: u64,
+    window_ms: u64,
+}
+
+/// The limits of `cfg` that hold across the fleet: tenants' and keys' rpm, tpm and budgets, by
+/// the name of their cells in the shared table.
+fn limits_of(cfg: &Config) -> Vec<(LimitId, Amount)> {
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
     let mut out = Vec::new();
-    let mut push = |name: String, rpm: Option<u64>, tpm: Option<u64>| {
-        if let Some(l) = rpm {
-            out.push((
-                LimitId {
-                    name: name.clone(),
-                    tpm: false,
-                },
-                l,
-            ));
-        }
-        if let Some(l) = tpm {
-            out.push((LimitId { name, tpm: true }, l));
+    let mut push = |name: &str, kind: Kind, amount: Option<u64>, window_ms: u64| {
+        if let Some(amount) = amount {
+            let name = name.to_owned();
+            out.push((LimitId { name, kind }, Amount { amount, window_ms }));
         }
     };
     for t in &cfg.tenants {
-        push(t.name.clone(), t.rpm, t.tpm);
+        push(&t.name, Kind::Rpm, t.rpm, 0);
+        push(&t.name, Kind::Tpm, t.tpm, 0);
+        if let Some(b) = t.budget {
+            push(&t.name, Kind::Budget, Some(b.tokens), ms(b.window));
+        }
+        if let Some(b) = t.budget_usd {
+            push(&t.name, Kind::BudgetUsd, Some(b.uusd), ms(b.window));
+        }
     }
     for k in &cfg.key_table.limited {
         let name = format!("\u{1}key/{}", crate::tenant::hex_bytes(&k.limits.lineage));
-        push(name, k.limits.rpm, k.limits.tpm);
+        push(&name, Kind::Rpm, k.limits.rpm, 0);
+        push(&name, Kind::Tpm, k.limits.tpm, 0);
+        // A key's USD budget runs in its tenant's budget window.
+        let window = cfg
+            .tenants
+            .get(k.tenant)
+            .and_then(|t| {
+                t.budget_usd
+                    .map(|b| b.window)
+                    .or(t.budget.map(|b| b.window))
+            })
+            .unwrap_or(crate::tenant::BUDGET_WINDOW_DEFAULT);
+        push(&name, Kind::BudgetUsd, k.limits.budget_uusd, ms(window));
     }
     out
 }
@@ -299,7 +384,7 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
     };
     let mut tracks: HashMap<LimitId, Track> = HashMap::new();
     let mut cfg: Option<Arc<Config>> = None;
-    let mut limits: Vec<(LimitId, u64, usize)> = Vec::new();
+    let mut limits: Vec<(LimitId, Amount, usize)> = Vec::new();
     let mut instances: u64 = 1;
     let mut last = unix_ms();
     loop {
@@ -323,9 +408,16 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
             let Some(cells) = region.fleet(*slot) else {
                 continue;
             };
-            let c = if id.tpm { &cells.tpm } else { &cells.rpm };
+            let c = id.kind.cells(cells);
             let t = tracks.entry(id.clone()).or_default();
-            let trade = plan(*limit, c, t, now, dt);
+            // A budget's new window: what was leased in the last one is not used in it.
+            if let Some(window) = now.checked_div(limit.window_ms) {
+                if window != t.window {
+                    c.credit.store(0, Ordering::Relaxed);
+                    t.window = window;
+                }
+            }
+            let trade = plan(limit.amount, c, t, now, dt);
             if !trade.is_empty() {
                 trades.push((id.clone(), *limit, *slot, trade));
             }
@@ -335,21 +427,13 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
             let Some(cells) = region.fleet(*slot) else {
                 continue;
             };
-            let c = if lid.tpm { &cells.tpm } else { &cells.rpm };
-            let lease = lease_units(*limit);
+            let c = lid.kind.cells(cells);
             let (granted, room) = match &shared {
                 Some(got) => got.get(i).copied().unwrap_or((0, 0)),
                 None => {
                     // Redis is down: this instance's share, from a bucket of its own.
-                    let share = (*limit / instances.max(1)).max(1);
-                    let g = Gcra::per_minute(share);
                     let t = tracks.entry(lid.clone()).or_default();
-                    let now_ns = now.saturating_mul(1_000_000);
-                    g.charge(&t.local_tat, now_ns, trade.charge);
-                    g.give_back(&t.local_tat, now_ns, trade.give);
-                    let granted = trade.want.min(g.remaining(&t.local_tat, now_ns));
-                    let _ = g.try_take(&t.local_tat, now_ns, granted);
-                    (granted, 0)
+                    (local_share(*limit, instances, t, trade, now), 0)
                 }
             };
             c.credit.fetch_add(granted, Ordering::Relaxed);
@@ -357,7 +441,7 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
             // empty (until a trade finds room again), or while Redis is down (the local share
             // is exact).
             let over = if shared.is_some() && room > 0 {
-                lease
+                overdraft(limit.amount, c)
             } else {
                 0
             };
@@ -368,11 +452,11 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
         // before its first lease; a traded one keeps what its last trade set.
         for (id, limit, slot) in &limits {
             if let Some(cells) = region.fleet(*slot) {
-                let c = if id.tpm { &cells.tpm } else { &cells.rpm };
                 let traded = tracks.get(id).is_some_and(|t| t.traded);
                 if !traded && link.up == Some(true) {
+                    let c = id.kind.cells(cells);
                     c.overdraft_max
-                        .store(lease_units(*limit), Ordering::Relaxed);
+                        .store(overdraft(limit.amount, c), Ordering::Relaxed);
                 }
             }
         }
@@ -387,13 +471,38 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
     }
 }
 
+/// While Redis is down: what `trade` is granted from this instance's own bucket of `limit`,
+/// at its share (the limit divided by the `instances` last seen).
+fn local_share(limit: Amount, instances: u64, t: &Track, trade: &Trade, now_ms: u64) -> u64 {
+    let share = (limit.amount / instances.max(1)).max(1);
+    let now_ns = now_ms.saturating_mul(1_000_000);
+    if limit.window_ms == 0 {
+        let g = Gcra::per_minute(share);
+        g.charge(&t.local_tat, now_ns, trade.charge);
+        g.give_back(&t.local_tat, now_ns, trade.give);
+        let granted = trade.want.min(g.remaining(&t.local_tat, now_ns));
+        let _ = g.try_take(&t.local_tat, now_ns, granted);
+        granted
+    } else {
+        let b = Budget::new(share, limit.window_ms.saturating_mul(1_000_000));
+        let granted = trade
+            .want
+            .saturating_add(trade.charge)
+            .min(b.remaining(&t.local_tat, now_ns));
+        // The charge first, then the grant, as one reservation kept (given back units stay
+        // spent in this window: stricter, not looser).
+        let _ = b.reserve(&t.local_tat, now_ns, granted);
+        granted.saturating_sub(trade.charge)
+    }
+}
+
 /// Run the sync script for `trades` (the heartbeat alone when there are none): per trade the
 /// units granted and the room left, or `None` when Redis is down.
 fn exchange(
     link: &mut Link,
     region: &Region,
     id: &str,
-    trades: &[(LimitId, u64, usize, Trade)],
+    trades: &[(LimitId, Amount, usize, Trade)],
     instances: &mut u64,
 ) -> Option<Vec<(u64, u64)>> {
     if link.conn.is_none() {
@@ -412,9 +521,9 @@ fn exchange(
     let mut inv = link.script.prepare_invoke();
     inv.key(INSTANCES_KEY).arg(id).arg(INSTANCE_TTL_MS);
     for (lid, limit, _, t) in trades {
-        let kind = if lid.tpm { "tpm" } else { "rpm" };
-        inv.key(format!("sg:lim:{}:{kind}", lid.name))
-            .arg(*limit)
+        inv.key(format!("sg:lim:{}:{}", lid.name, lid.kind.as_str()))
+            .arg(limit.amount)
+            .arg(limit.window_ms)
             .arg(t.want)
             .arg(t.charge)
             .arg(t.give);
@@ -457,6 +566,7 @@ mod tests {
             used: AtomicU64::new(0),
             overdraft_max: AtomicU64::new(0),
             wanted: AtomicU64::new(0),
+            wanted_max: AtomicU64::new(0),
         }
     }
 

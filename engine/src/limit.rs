@@ -236,8 +236,9 @@ pub struct Credit<'a> {
     /// Units taken, ever (the agent's measure of this instance's rate).
     pub used: &'a AtomicU64,
     pub overdraft_max: &'a AtomicU64,
-    /// Units refused, ever (demand the agent has not met yet).
+    /// Units refused, ever (demand the agent has not met yet), and the largest take refused.
     pub wanted: &'a AtomicU64,
+    pub wanted_max: &'a AtomicU64,
 }
 
 impl Credit<'_> {
@@ -253,6 +254,7 @@ impl Credit<'_> {
             if before.saturating_add(n) > self.overdraft_max.load(Ordering::Relaxed) {
                 self.debt.fetch_sub(n, Ordering::Relaxed);
                 self.wanted.fetch_add(n, Ordering::Relaxed);
+                self.wanted_max.fetch_max(n, Ordering::Relaxed);
                 return false;
             }
         }
@@ -595,6 +597,57 @@ impl Budget {
         self.settle(cell, now_ns, r, 0);
     }
 
+    /// [`Budget::reserve`], in a fleet from `fleet`'s credit too (refused with
+    /// [`FLEET_RETRY_NS`] when the credit and its overdraft fall short; the reservation is
+    /// then given back).
+    pub fn reserve_in(
+        &self,
+        cell: &AtomicU64,
+        fleet: Option<Credit<'_>>,
+        now_ns: u64,
+        n: u64,
+    ) -> Result<Reservation, u64> {
+        let r = self.reserve(cell, now_ns, n)?;
+        if let Some(f) = fleet {
+            if !f.try_take(n) {
+                self.release(cell, now_ns, r);
+                return Err(FLEET_RETRY_NS);
+            }
+        }
+        Ok(r)
+    }
+
+    /// [`Budget::settle`], in a fleet with the difference charged to `fleet`'s credit or
+    /// given back to it.
+    pub fn settle_in(
+        &self,
+        cell: &AtomicU64,
+        fleet: Option<Credit<'_>>,
+        now_ns: u64,
+        r: Reservation,
+        actual: u64,
+    ) {
+        self.settle(cell, now_ns, r, actual);
+        if let Some(f) = fleet {
+            if actual >= r.tokens {
+                f.charge(actual - r.tokens);
+            } else {
+                f.give(r.tokens - actual);
+            }
+        }
+    }
+
+    /// [`Budget::release`], in a fleet with the reservation given back to `fleet`'s credit.
+    pub fn release_in(
+        &self,
+        cell: &AtomicU64,
+        fleet: Option<Credit<'_>>,
+        now_ns: u64,
+        r: Reservation,
+    ) {
+        self.settle_in(cell, fleet, now_ns, r, 0);
+    }
+
     /// Tokens used in the current window.
     pub fn used(&self, cell: &AtomicU64, now_ns: u64) -> u64 {
         self.view(cell.load(Ordering::Relaxed), now_ns).1
@@ -647,13 +700,14 @@ mod tests {
 
     #[test]
     fn fleet_credit_is_taken_then_overdrawn_within_its_maximum_and_demand_is_counted() {
-        let cells: [AtomicU64; 5] = Default::default();
+        let cells: [AtomicU64; 6] = Default::default();
         let c = Credit {
             credit: &cells[0],
             debt: &cells[1],
             used: &cells[2],
             overdraft_max: &cells[3],
             wanted: &cells[4],
+            wanted_max: &cells[5],
         };
         // No credit, no overdraft: refused, and the demand is counted for the agent.
         assert!(!c.try_take(2));

@@ -128,6 +128,9 @@ pub struct Fixed {
 pub struct FleetCells {
     pub rpm: CreditCells,
     pub tpm: CreditCells,
+    /// The token budget's and the USD budget's (microdollars) credit in the current window.
+    pub budget: CreditCells,
+    pub budget_usd: CreditCells,
 }
 
 /// One limit's credit: see `shardgate_engine::limit::Credit`.
@@ -144,6 +147,9 @@ pub struct CreditCells {
     pub overdraft_max: AtomicU64,
     /// Units refused for want of credit, ever (demand the agent has not met yet).
     pub wanted: AtomicU64,
+    /// The largest take refused (a request's reservation): the credit and the overdraft are
+    /// kept at least that large.
+    pub wanted_max: AtomicU64,
 }
 
 /// A tenant's limits, shared by every shard: one 128-byte line per tenant.
