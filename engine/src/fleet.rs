@@ -107,13 +107,15 @@ impl Trade {
     }
 }
 
-/// Decide one limit's trade (`limit` per minute) from its cells at `now_ms`, `dt_ms` after the
-/// last sync; the cells' debt and idle credit are taken out of them here (what is charged or
+/// Decide one limit's trade (`limit`: per minute, or per budget window) from its cells at
+/// `now_ms`, `dt_ms` after the last sync; the cells' debt and idle credit are taken out of them here (what is charged or
 /// given back). I/O-free apart from the cells.
 pub fn plan(limit: u64, c: &CreditCells, t: &mut Track, now_ms: u64, dt_ms: u64) -> Trade {
     let used = c.used.load(Ordering::Relaxed);
     let wanted = c.wanted.load(Ordering::Relaxed);
-    let demand = used.wrapping_sub(t.last_used) + wanted.wrapping_sub(t.last_wanted);
+    let demand = used
+        .wrapping_sub(t.last_used)
+        .saturating_add(wanted.wrapping_sub(t.last_wanted));
     (t.last_used, t.last_wanted) = (used, wanted);
     if demand > 0 {
         t.active_ms = now_ms;
