@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, FleetConfig};
 use crate::control::shm::{CreditCells, FleetCells, Region};
 use crate::control::unix_ms;
-use crate::limit::{lease_units, Budget, Gcra};
+use crate::limit::{lease_units, Gcra};
 use shardgate_core::fleet::{INSTANCES_KEY, INSTANCE_TTL_MS};
 
 /// How much use the credit covers: the agent tops it up to what this instance took in this
@@ -88,6 +88,50 @@ pub struct Track {
     /// Traded with the fleet's bucket at least once: from then on only a trade sets the
     /// overdraft (one lease while the bucket had room, none once it was empty).
     traded: bool,
+    /// This instance's use in each of the last 60 seconds (made when first used), and the
+    /// second the last entry is for: what it charges again to a Redis that lost its state.
+    minute: Option<Box<[u64; 60]>>,
+    second: u64,
+    /// A budget's use by this instance in the current window.
+    window_used: u64,
+    /// The local bucket was charged with this instance's last minute of use when the current
+    /// outage began.
+    local_seeded: bool,
+}
+
+impl Track {
+    /// Count `n` units used at `now_ms` (a budget's in `window`).
+    fn record(&mut self, n: u64, now_ms: u64) {
+        if n == 0 {
+            return;
+        }
+        let sec = now_ms / 1000;
+        let ring = self.minute.get_or_insert_with(|| Box::new([0; 60]));
+        // Seconds passed since the last entry are zero.
+        for s in (self.second + 1)..=sec.min(self.second + 60) {
+            ring[usize::try_from(s % 60).unwrap_or(0)] = 0;
+        }
+        self.second = self.second.max(sec);
+        let at = usize::try_from(sec % 60).unwrap_or(0);
+        ring[at] = ring[at].saturating_add(n);
+        self.window_used = self.window_used.saturating_add(n);
+    }
+
+    /// What this instance used that the fleet's bucket should still count: the last minute's
+    /// use for a per-minute limit, the window's for a budget.
+    fn still_counted(&self, budget: bool, now_ms: u64) -> u64 {
+        if budget {
+            return self.window_used;
+        }
+        let Some(ring) = &self.minute else { return 0 };
+        let sec = now_ms / 1000;
+        (0..60u64)
+            .filter(|back| {
+                sec >= *back && sec - back + 60 > self.second && sec - back <= self.second
+            })
+            .map(|back| ring[usize::try_from((sec - back) % 60).unwrap_or(0)])
+            .sum()
+    }
 }
 
 /// One limit's trade with the fleet's bucket this sync.
@@ -113,9 +157,9 @@ impl Trade {
 pub fn plan(limit: u64, c: &CreditCells, t: &mut Track, now_ms: u64, dt_ms: u64) -> Trade {
     let used = c.used.load(Ordering::Relaxed);
     let wanted = c.wanted.load(Ordering::Relaxed);
-    let demand = used
-        .wrapping_sub(t.last_used)
-        .saturating_add(wanted.wrapping_sub(t.last_wanted));
+    let taken = used.wrapping_sub(t.last_used);
+    t.record(taken, now_ms);
+    let demand = taken.saturating_add(wanted.wrapping_sub(t.last_wanted));
     (t.last_used, t.last_wanted) = (used, wanted);
     if demand > 0 {
         t.active_ms = now_ms;
@@ -185,7 +229,8 @@ fn take_up_to(cell: &AtomicU64, n: u64) -> u64 {
 /// given back. A per-minute limit is a GCRA theoretical arrival time in µs on Redis's clock,
 /// expiring once full; a budget is the units used in the current window (the key with the
 /// window's index appended; not for Redis Cluster), expiring after two windows. Returns the
-/// instances alive, then per limit the units granted and the room left.
+/// instances alive, the fleet state's epoch (`sg:epoch`, made when missing: a new one tells
+/// the agents Redis lost the state), then per limit the units granted and the room left.
 pub const SYNC_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -193,7 +238,12 @@ local now_ms = math.floor(now / 1000)
 local ttl = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now_ms, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - ttl)
-local out = { redis.call('ZCARD', KEYS[1]) }
+local epoch = redis.call('GET', 'sg:epoch')
+if not epoch then
+  epoch = tostring(now)
+  redis.call('SET', 'sg:epoch', epoch)
+end
+local out = { redis.call('ZCARD', KEYS[1]), tonumber(epoch) }
 local period = 60000000
 for i = 2, #KEYS do
   local b = 2 + (i - 2) * 5
@@ -323,6 +373,11 @@ struct Link {
     /// When the link was last tried while down.
     tried: Option<Instant>,
     up: Option<bool>,
+    /// The fleet state's epoch in Redis (made by the first agent to find none): a new one
+    /// means Redis lost the state (restarted empty).
+    epoch: Option<u64>,
+    /// Set by an exchange that found a new epoch (`Some(true)`), for the next sync.
+    lost: Option<bool>,
 }
 
 impl Link {
@@ -383,12 +438,16 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
         script: redis::Script::new(SYNC_SCRIPT),
         tried: None,
         up: None,
+        epoch: None,
+        lost: None,
     };
     let mut tracks: HashMap<LimitId, Track> = HashMap::new();
     let mut cfg: Option<Arc<Config>> = None;
     let mut limits: Vec<(LimitId, Amount, usize)> = Vec::new();
     let mut instances: u64 = 1;
     let mut last = unix_ms();
+    // Redis lost the fleet's state at the last sync: count this instance's use again.
+    let mut reseed = false;
     loop {
         let started = Instant::now();
         // A new config: the limits it has, each on its slot's cells (claimed by name).
@@ -417,14 +476,34 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
                 if window != t.window {
                     c.credit.store(0, Ordering::Relaxed);
                     t.window = window;
+                    t.window_used = 0;
                 }
             }
-            let trade = plan(limit.amount, c, t, now, dt);
+            let mut trade = plan(limit.amount, c, t, now, dt);
+            if reseed {
+                // Redis lost the fleet's state: count again what this instance used that the
+                // bucket still should.
+                trade.charge = trade
+                    .charge
+                    .saturating_add(t.still_counted(limit.window_ms > 0, now));
+            }
             if !trade.is_empty() {
                 trades.push((id.clone(), *limit, *slot, trade));
             }
         }
+        if reseed {
+            tracing::warn!(
+                "fleet: Redis lost the fleet's state (restarted empty?): this instance's use \
+                 of {} limit(s) is counted again ({} units)",
+                trades.len(),
+                trades.iter().map(|(_, _, _, t)| t.charge).sum::<u64>()
+            );
+            reseed = false;
+        }
         let shared = exchange(&mut link, region, id, &trades, &mut instances);
+        if let Some(lost) = link.lost.take() {
+            reseed = lost;
+        }
         for (i, (lid, limit, slot, trade)) in trades.iter().enumerate() {
             let Some(cells) = region.fleet(*slot) else {
                 continue;
@@ -435,9 +514,14 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
                 None => {
                     // Redis is down: this instance's share, from a bucket of its own.
                     let t = tracks.entry(lid.clone()).or_default();
-                    (local_share(*limit, instances, t, trade, now), 0)
+                    let credit = c.credit.load(Ordering::Relaxed);
+                    (local_share(*limit, instances, t, (trade, credit), now), 0)
                 }
             };
+            if shared.is_some() {
+                // The next outage's bucket starts from this instance's use then.
+                tracks.entry(lid.clone()).or_default().local_seeded = false;
+            }
             c.credit.fetch_add(granted, Ordering::Relaxed);
             // An overdraft of one lease while the fleet's bucket has room; none once it is
             // empty (until a trade finds room again), or while Redis is down (the local share
@@ -474,27 +558,33 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
 }
 
 /// While Redis is down: what `trade` is granted from this instance's own bucket of `limit`,
-/// at its share (the limit divided by the `instances` last seen).
-fn local_share(limit: Amount, instances: u64, t: &Track, trade: &Trade, now_ms: u64) -> u64 {
+/// at its share (the limit divided by the `instances` last seen). The share counts what this
+/// instance used already: the last minute's use (charged to its bucket when the outage began)
+/// for a per-minute limit; the window's use and the credit it holds for a budget.
+fn local_share(
+    limit: Amount,
+    instances: u64,
+    t: &mut Track,
+    (trade, credit): (&Trade, u64),
+    now_ms: u64,
+) -> u64 {
     let share = (limit.amount / instances.max(1)).max(1);
     let now_ns = now_ms.saturating_mul(1_000_000);
     if limit.window_ms == 0 {
         let g = Gcra::per_minute(share);
+        if !t.local_seeded {
+            t.local_tat.store(0, Ordering::Relaxed);
+            g.charge(&t.local_tat, now_ns, t.still_counted(false, now_ms));
+            t.local_seeded = true;
+        }
         g.charge(&t.local_tat, now_ns, trade.charge);
         g.give_back(&t.local_tat, now_ns, trade.give);
         let granted = trade.want.min(g.remaining(&t.local_tat, now_ns));
         let _ = g.try_take(&t.local_tat, now_ns, granted);
         granted
     } else {
-        let b = Budget::new(share, limit.window_ms.saturating_mul(1_000_000));
-        let granted = trade
-            .want
-            .saturating_add(trade.charge)
-            .min(b.remaining(&t.local_tat, now_ns));
-        // The charge first, then the grant, as one reservation kept (given back units stay
-        // spent in this window: stricter, not looser).
-        let _ = b.reserve(&t.local_tat, now_ns, granted);
-        granted.saturating_sub(trade.charge)
+        let spent = t.window_used.saturating_add(credit);
+        trade.want.min(share.saturating_sub(spent))
     }
 }
 
@@ -540,13 +630,23 @@ fn exchange(
             );
             link.mark(true, region, "");
             *instances = out.first().copied().unwrap_or(1).max(1);
-            Some(
-                out.get(1..)
-                    .unwrap_or(&[])
-                    .chunks(2)
-                    .map(|p| (p[0], p.get(1).copied().unwrap_or(0)))
-                    .collect(),
-            )
+            let epoch = out.get(1).copied();
+            let lost = link.epoch.is_some() && epoch != link.epoch;
+            link.epoch = epoch;
+            let granted = out.get(2..).unwrap_or(&[]).chunks(2).map(|p| {
+                // Granted by a Redis that lost the fleet's state: not used (they stay counted
+                // there), until this instance's use is counted again next sync.
+                if lost {
+                    (0, 0)
+                } else {
+                    (p[0], p.get(1).copied().unwrap_or(0))
+                }
+            });
+            let granted = granted.collect();
+            if lost {
+                link.lost = Some(true);
+            }
+            Some(granted)
         }
         Err(e) => {
             link.conn = None;
@@ -601,6 +701,25 @@ mod tests {
         let idle = plan(600, &c, &mut t, 10_060 + IDLE_MS, 20);
         assert_eq!((idle.give, idle.want), (40, 0));
         assert_eq!(c.credit.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn what_is_counted_again_is_the_last_minutes_use_or_the_windows() {
+        let mut t = Track::default();
+        let s = |sec: u64| sec * 1000;
+        t.record(5, s(100));
+        t.record(7, s(130));
+        t.record(1, s(130) + 500);
+        assert_eq!(t.still_counted(false, s(130)), 13);
+        assert_eq!(t.still_counted(false, s(159)), 13);
+        // Second 100 is past the minute at 160; 130's stays until 190.
+        assert_eq!(t.still_counted(false, s(160)), 8);
+        assert_eq!(t.still_counted(false, s(190)), 0);
+        // A slot reused after a minute holds only its new second's use.
+        t.record(2, s(220));
+        assert_eq!(t.still_counted(false, s(220)), 2);
+        // A budget counts its window's use.
+        assert_eq!(t.still_counted(true, s(220)), 15);
     }
 
     #[test]

@@ -423,3 +423,56 @@ fn a_token_budget_is_spent_once_over_the_fleet_not_once_per_instance() {
         "only {spent} of {BUDGET} spent"
     );
 }
+
+#[test]
+fn redis_restarted_empty_gets_back_what_the_instances_spent() {
+    const BUDGET: u64 = 2_000;
+    let port = free_port().port();
+    let redis = Redis::start(port);
+    let probe_key = "sk-fleet-probe-0123456789";
+    let cfg = config(port).replace(
+        &format!("rpm = {RPM}\n"),
+        &format!(
+            "budget_tokens = {BUDGET}\nbudget_window = \"1h\"\ndefault_max_tokens = 16\n\n\
+             [[tenants]]\nname = \"probe\"\nkeys = [\"sha256:{}\"]\n",
+            sha256_hex(probe_key)
+        ),
+    );
+    let a = Gateway::start(&cfg);
+    let b = Gateway::start(&cfg);
+    let per = usage_of_one_chat(a.addr(), probe_key);
+    let run = |secs: u64| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = flood(&[a.addr(), b.addr()], &stop);
+        sleep(Duration::from_secs(secs));
+        stop.store(true, Ordering::Relaxed);
+        let got = collect(clients);
+        assert_eq!(
+            got.len() - count(&got, 200) - count(&got, 429),
+            0,
+            "answers other than 200 and 429"
+        );
+        count(&got, 200) as u64
+    };
+    let before = run(2);
+    // Redis restarted empty (no persistence): the window's counter is gone.
+    drop(redis);
+    let _redis = Redis::start(port);
+    for gw in [&a, &b] {
+        assert!(wait_until(Duration::from_secs(5), || gw
+            .metrics()
+            .contains("shardgate_fleet_redis_up 1")));
+    }
+    let after = run(2);
+    let spent = (before + after) * per;
+    eprintln!("restart: {before} requests before, {after} after, {spent} of {BUDGET} tokens spent");
+    // The instances counted their use again: the budget is not spent a second time.
+    assert!(
+        spent <= BUDGET + 2 * 20 + 2 * per,
+        "{spent} tokens of a {BUDGET}-token budget across a Redis restart"
+    );
+    assert!(
+        a.stderr().contains("lost the fleet's state")
+            || b.stderr().contains("lost the fleet's state")
+    );
+}
