@@ -482,7 +482,9 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
             let mut trade = plan(limit.amount, c, t, now, dt);
             if reseed {
                 // Redis lost the fleet's state: count again what this instance used that the
-                // bucket still should.
+                // bucket still should, and drop the credit the lost state granted (unused, it
+                // would be spent twice), to lease again from the new state.
+                c.credit.store(0, Ordering::Relaxed);
                 trade.charge = trade
                     .charge
                     .saturating_add(t.still_counted(limit.window_ms > 0, now));
