@@ -350,17 +350,8 @@ fn limits_of(cfg: &Config) -> Vec<(LimitId, Amount)> {
         let name = format!("\u{1}key/{}", crate::tenant::hex_bytes(&k.limits.lineage));
         push(&name, Kind::Rpm, k.limits.rpm, 0);
         push(&name, Kind::Tpm, k.limits.tpm, 0);
-        // A key's USD budget runs in its tenant's budget window.
-        let window = cfg
-            .tenants
-            .get(k.tenant)
-            .and_then(|t| {
-                t.budget_usd
-                    .map(|b| b.window)
-                    .or(t.budget.map(|b| b.window))
-            })
-            .unwrap_or(crate::tenant::BUDGET_WINDOW_DEFAULT);
-        push(&name, Kind::BudgetUsd, k.limits.budget_uusd, ms(window));
+        let window = ms(cfg.budget_window(k.tenant));
+        push(&name, Kind::BudgetUsd, k.limits.budget_uusd, window);
     }
     out
 }

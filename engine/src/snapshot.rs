@@ -454,15 +454,7 @@ fn key_limits(cfg: &Config, region: &'static Region, kept: &Kept) -> Vec<TenantL
         .limited
         .iter()
         .map(|k| {
-            let window = cfg
-                .tenants
-                .get(k.tenant)
-                .and_then(|t| {
-                    t.budget_usd
-                        .map(|b| b.window)
-                        .or(t.budget.map(|b| b.window))
-                })
-                .unwrap_or(crate::tenant::BUDGET_WINDOW_DEFAULT);
+            let window = cfg.budget_window(k.tenant);
             let (cells, fleet, local) = kept.key_cells(region, k.limits.lineage);
             TenantLimits::key(&k.limits, window, cells, local).with_fleet(fleet)
         })

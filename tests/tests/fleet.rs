@@ -364,6 +364,22 @@ fn redis_killed_in_the_middle_of_the_load_fails_no_request() {
     );
 }
 
+/// A tenant without limits, to measure a chat's usage with.
+const PROBE_KEY: &str = "sk-fleet-probe-0123456789";
+
+/// [`config`] with the tenant's rpm replaced by a token budget of `budget` an hour (requests
+/// reserving 16 tokens and their prompt), and a tenant without limits (key [`PROBE_KEY`]).
+fn budget_config(redis_port: u16, budget: u64) -> String {
+    config(redis_port).replace(
+        &format!("rpm = {RPM}\n"),
+        &format!(
+            "budget_tokens = {budget}\nbudget_window = \"1h\"\ndefault_max_tokens = 16\n\n\
+             [[tenants]]\nname = \"probe\"\nkeys = [\"sha256:{}\"]\n",
+            sha256_hex(PROBE_KEY)
+        ),
+    )
+}
+
 /// The usage one chat costs through `addr` with `key` (the mock model's answer is the same
 /// for the same prompt).
 fn usage_of_one_chat(addr: SocketAddr, key: &str) -> u64 {
@@ -383,18 +399,10 @@ fn usage_of_one_chat(addr: SocketAddr, key: &str) -> u64 {
 fn a_token_budget_is_spent_once_over_the_fleet_not_once_per_instance() {
     const BUDGET: u64 = 2_000;
     let redis = Redis::start(free_port().port());
-    let probe_key = "sk-fleet-probe-0123456789";
-    let cfg = config(redis.port).replace(
-        &format!("rpm = {RPM}\n"),
-        &format!(
-            "budget_tokens = {BUDGET}\nbudget_window = \"1h\"\ndefault_max_tokens = 16\n\n\
-             [[tenants]]\nname = \"probe\"\nkeys = [\"sha256:{}\"]\n",
-            sha256_hex(probe_key)
-        ),
-    );
+    let cfg = budget_config(redis.port, BUDGET);
     let a = Gateway::start(&cfg);
     let b = Gateway::start(&cfg);
-    let per = usage_of_one_chat(a.addr(), probe_key);
+    let per = usage_of_one_chat(a.addr(), PROBE_KEY);
     let stop = Arc::new(AtomicBool::new(false));
     let clients = flood(&[a.addr(), b.addr()], &stop);
     sleep(Duration::from_secs(3));
@@ -429,18 +437,10 @@ fn redis_restarted_empty_gets_back_what_the_instances_spent() {
     const BUDGET: u64 = 2_000;
     let port = free_port().port();
     let redis = Redis::start(port);
-    let probe_key = "sk-fleet-probe-0123456789";
-    let cfg = config(port).replace(
-        &format!("rpm = {RPM}\n"),
-        &format!(
-            "budget_tokens = {BUDGET}\nbudget_window = \"1h\"\ndefault_max_tokens = 16\n\n\
-             [[tenants]]\nname = \"probe\"\nkeys = [\"sha256:{}\"]\n",
-            sha256_hex(probe_key)
-        ),
-    );
+    let cfg = budget_config(port, BUDGET);
     let a = Gateway::start(&cfg);
     let b = Gateway::start(&cfg);
-    let per = usage_of_one_chat(a.addr(), probe_key);
+    let per = usage_of_one_chat(a.addr(), PROBE_KEY);
     let run = |secs: u64| {
         let stop = Arc::new(AtomicBool::new(false));
         let clients = flood(&[a.addr(), b.addr()], &stop);

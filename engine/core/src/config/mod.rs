@@ -181,6 +181,19 @@ impl Config {
         )
     }
 
+    /// The budget window of tenant `tenant` (an index into `tenants`), in which its keys' own
+    /// USD budgets run too: its USD budget's, else its token budget's, else the default.
+    pub fn budget_window(&self, tenant: usize) -> std::time::Duration {
+        self.tenants
+            .get(tenant)
+            .and_then(|t| {
+                t.budget_usd
+                    .map(|b| b.window)
+                    .or(t.budget.map(|b| b.window))
+            })
+            .unwrap_or(crate::tenant::BUDGET_WINDOW_DEFAULT)
+    }
+
     /// The config file's `[[tenants]]` in force (those the tenant store does not have too).
     pub fn file_tenants(&self) -> &[crate::tenant::TenantConfig] {
         self.tenants.get(..self.store_from).unwrap_or(&[])
