@@ -27,6 +27,7 @@ use std::time::Duration;
 use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::config::{Config, Overrides, StoreDelta};
+use crate::control::build;
 use crate::control::message::{self, ConfigMessage};
 use crate::control::shm::{self, Region};
 use crate::control::unix_ms;
@@ -241,8 +242,7 @@ impl Held {
         if v != version || message.op.is_some() {
             return None;
         }
-        let (config, _) = Config::from_message_keeping_store(&message, Some(Store::default()));
-        let path = config.ok()?.server.tenant_store?.path;
+        let path = store_path(&message)?;
         let files = manage::StoreFiles::now(&path);
         match manage::read_with_journal(&path) {
             Ok((store, journal)) => Some(Held {
@@ -279,33 +279,16 @@ struct State<'a> {
     latest_version: u64,
 }
 
-/// The files of the store `m` names, as they are now (`None`: it names none).
-fn m_files(m: &ConfigMessage) -> Option<manage::StoreFiles> {
-    let (c, _) = Config::from_message_keeping_store(m, Some(Store::default()));
-    manage::StoreFiles::now(&c.ok()?.server.tenant_store?.path)
-}
-
-/// Validate `m` whole (with `given` as its tenant store, else the store's files), as
-/// `control::build` does; the store it was validated with comes back in any case.
-fn whole(
-    m: &ConfigMessage,
-    given: Option<Store>,
-    running: &Config,
-    overrides: &Overrides,
-) -> (Result<Config, String>, Option<Store>) {
-    let (c, store) = Config::from_message_keeping_store(m, given);
-    let c = c
-        .map_err(|e| e.to_string().replace('\n', "; "))
-        .and_then(|mut c| {
-            c.apply_overrides(overrides);
-            let fixed = running.restart_only_changes(&c);
-            if fixed.is_empty() {
-                Ok(c)
-            } else {
-                Err(format!("needs a restart: {}", fixed.join(", ")))
-            }
-        });
-    (c, store)
+/// The tenant store's path `m` names (`None`: none, or the config does not validate), from
+/// the config without its store.
+fn store_path(m: &ConfigMessage) -> Option<String> {
+    Some(
+        Config::from_message_without_store(m)
+            .ok()?
+            .server
+            .tenant_store?
+            .path,
+    )
 }
 
 impl State<'_> {
@@ -318,7 +301,7 @@ impl State<'_> {
     ) -> Result<Arc<Config>, String> {
         let mut m = message::decode(body)?;
         let Some(op) = m.op.take() else {
-            let (c, store) = whole(&m, None, self.running, self.overrides);
+            let (c, store) = build(&m, None, self.running, self.overrides);
             let c = c?;
             self.hold(store, &c, version, m);
             return Ok(Arc::new(c));
@@ -351,8 +334,8 @@ impl State<'_> {
             None => {
                 // The files as they are before they are read: a write after makes the next
                 // change read them again.
-                let files = m_files(&m);
-                let (c, store) = whole(&m, None, self.running, self.overrides);
+                let files = store_path(&m).and_then(|p| manage::StoreFiles::now(&p));
+                let (c, store) = build(&m, None, self.running, self.overrides);
                 let c = Arc::new(c?);
                 let Some(path) = c.server.tenant_store.as_ref().map(|f| f.path.clone()) else {
                     self.reply(
@@ -426,7 +409,7 @@ impl State<'_> {
             Ok(StoreDelta::Built(c)) => Ok(Arc::new(*c)),
             Ok(StoreDelta::Whole) => {
                 let store = std::mem::take(&mut held.store);
-                let (c, store) = whole(m, Some(store), self.running, self.overrides);
+                let (c, store) = build(m, Some(store), self.running, self.overrides);
                 held.store = store.unwrap_or_default();
                 c.map(Arc::new)
             }

@@ -120,13 +120,7 @@ impl Config {
     pub fn from_message_without_store(
         m: &crate::control::message::ConfigMessage,
     ) -> Result<Config, ConfigErrors> {
-        Self::parse(
-            &m.toml,
-            Resolver::Table(&m.resolved),
-            Files::Table(&m.files),
-            Secrets::Skip,
-            StoreRead::Skip,
-        )
+        Self::from_message_with(m, Secrets::Skip, StoreRead::Skip).0
     }
 
     /// Parse and validate a config that came over the ring, resolving endpoint names from the
@@ -134,13 +128,7 @@ impl Config {
     pub fn from_message(
         m: &crate::control::message::ConfigMessage,
     ) -> Result<Config, ConfigErrors> {
-        Self::parse(
-            &m.toml,
-            Resolver::Table(&m.resolved),
-            Files::Table(&m.files),
-            Secrets::Read,
-            StoreRead::Read,
-        )
+        Self::from_message_with(m, Secrets::Read, StoreRead::Read).0
     }
 
     /// The files this config read (certificates, keys, CA files): path → contents, for the
@@ -169,15 +157,26 @@ impl Config {
         m: &crate::control::message::ConfigMessage,
         given: Option<crate::store::Store>,
     ) -> (Result<Config, ConfigErrors>, Option<crate::store::Store>) {
+        let store = match given {
+            Some(s) => StoreRead::Given(Box::new(s)),
+            None => StoreRead::Read,
+        };
+        Self::from_message_with(m, Secrets::Read, store)
+    }
+
+    /// A config message validated with its tables (a shard never calls the system resolver or
+    /// reads a file the message carries), and the store it was validated with.
+    fn from_message_with(
+        m: &crate::control::message::ConfigMessage,
+        secrets: Secrets,
+        store: StoreRead,
+    ) -> (Result<Config, ConfigErrors>, Option<crate::store::Store>) {
         Self::parse_keeping_store(
             &m.toml,
             Resolver::Table(&m.resolved),
             Files::Table(&m.files),
-            Secrets::Read,
-            match given {
-                Some(s) => StoreRead::Given(Box::new(s)),
-                None => StoreRead::Read,
-            },
+            secrets,
+            store,
         )
     }
 

@@ -121,17 +121,29 @@ impl ShardControl {
     }
 }
 
-/// Validate a config message's `body` as the engine runs it: decoded, validated from the
-/// message's tables, the command line's `overrides` applied, and refused if it changes what
-/// only a restart changes (against `running`). The engine's config builder thread calls it,
-/// never a shard: it parses and validates the whole config (tens of ms for thousands of tenants).
-pub fn build(body: &[u8], running: &Config, overrides: &Overrides) -> Result<Config, String> {
-    let m = message::decode(body)?;
-    let mut c = Config::from_message(&m).map_err(|e| e.to_string().replace('\n', "; "))?;
-    c.apply_overrides(overrides);
-    let fixed = running.restart_only_changes(&c);
-    if !fixed.is_empty() {
-        return Err(format!("needs a restart: {}", fixed.join(", ")));
-    }
-    Ok(c)
+/// Validate a decoded config message `m` as the engine runs it: validated from the message's
+/// tables (with `given` as its tenant store, else the store's files), the command line's
+/// `overrides` applied, and refused if it changes what only a restart changes (against
+/// `running`). The store it was validated with comes back in any case, for its holder. The
+/// engine's config builder thread calls it, never a shard: it parses and validates the whole
+/// config (tens of ms for thousands of tenants).
+pub fn build(
+    m: &message::ConfigMessage,
+    given: Option<crate::store::Store>,
+    running: &Config,
+    overrides: &Overrides,
+) -> (Result<Config, String>, Option<crate::store::Store>) {
+    let (c, store) = Config::from_message_keeping_store(m, given);
+    let c = c
+        .map_err(|e| e.to_string().replace('\n', "; "))
+        .and_then(|mut c| {
+            c.apply_overrides(overrides);
+            let fixed = running.restart_only_changes(&c);
+            if fixed.is_empty() {
+                Ok(c)
+            } else {
+                Err(format!("needs a restart: {}", fixed.join(", ")))
+            }
+        });
+    (c, store)
 }
