@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use shardgate_core::control::publish;
 use shardgate_core::control::shm::{CreditCells, Region};
 use shardgate_core::control::unix_ms;
+use shardgate_core::fleet::Kind;
 
 use crate::table::{render, Align};
 use crate::Failure;
@@ -46,13 +47,8 @@ pub fn credits(region: &Region) -> Vec<CreditRow> {
             None if name.starts_with('\u{1}') => continue,
             None => name,
         };
-        for (kind, c) in [
-            ("rpm", &f.rpm),
-            ("tpm", &f.tpm),
-            ("budget_tokens", &f.budget),
-            ("budget_usd", &f.budget_usd),
-        ] {
-            let r = row(&shown, kind, c);
+        for kind in Kind::ALL {
+            let r = row(&shown, kind.as_str(), kind.cells(f));
             if r.used > 0 || r.credit > 0 || r.debt > 0 {
                 out.push(r);
             }

@@ -31,10 +31,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, FleetConfig};
-use crate::control::shm::{CreditCells, FleetCells, Region};
+use crate::control::shm::{CreditCells, Region};
 use crate::control::unix_ms;
 use crate::limit::{lease_units, Gcra};
-use shardgate_core::fleet::{INSTANCES_KEY, INSTANCE_TTL_MS};
+use shardgate_core::fleet::{Kind, INSTANCES_KEY, INSTANCE_TTL_MS};
 
 /// How much use the credit covers: the agent tops it up to what this instance took in this
 /// long (at its recent rate), ms.
@@ -278,38 +278,6 @@ for i = 2, #KEYS do
 end
 return out
 ";
-
-/// Which of a tenant's (or key's) limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Rpm,
-    Tpm,
-    /// Tokens per budget window.
-    Budget,
-    /// Microdollars per budget window.
-    BudgetUsd,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Rpm => "rpm",
-            Kind::Tpm => "tpm",
-            Kind::Budget => "budget_tokens",
-            Kind::BudgetUsd => "budget_usd",
-        }
-    }
-
-    /// Its credit cells.
-    pub fn cells(self, f: &FleetCells) -> &CreditCells {
-        match self {
-            Kind::Rpm => &f.rpm,
-            Kind::Tpm => &f.tpm,
-            Kind::Budget => &f.budget,
-            Kind::BudgetUsd => &f.budget_usd,
-        }
-    }
-}
 
 /// One limit the agent trades: the name of its cells and which of its limits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -1,10 +1,12 @@
 //! A fleet's Redis (`[fleet]`, decision 0013), as the engine's fleet agent, `shardgate --check`
 //! and `shardgate-ctl fleet status` reach it: a blocking connection with `[fleet]`'s settings
-//! and time limits, and the instances the agents have announced. Blocking: never a shard.
+//! and time limits, the instances the agents have announced, and which of a limit's credit cells
+//! is which (`Kind`). Blocking: never a shard.
 
 use std::time::Duration;
 
 use crate::config::FleetConfig;
+use crate::control::shm::{CreditCells, FleetCells};
 
 /// A Redis round trip longer than this counts as Redis being down, ms.
 pub const REDIS_TIMEOUT_MS: u64 = 200;
@@ -48,4 +50,38 @@ pub fn instances(conn: &mut redis::Connection) -> Result<Vec<(String, u64)>, Str
         .arg("WITHSCORES")
         .query(conn)
         .map_err(|e| e.to_string())
+}
+
+/// Which of a tenant's (or key's) limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Rpm,
+    Tpm,
+    /// Tokens per budget window.
+    Budget,
+    /// Microdollars per budget window.
+    BudgetUsd,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Rpm, Kind::Tpm, Kind::Budget, Kind::BudgetUsd];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Rpm => "rpm",
+            Kind::Tpm => "tpm",
+            Kind::Budget => "budget_tokens",
+            Kind::BudgetUsd => "budget_usd",
+        }
+    }
+
+    /// Its credit cells.
+    pub fn cells(self, f: &FleetCells) -> &CreditCells {
+        match self {
+            Kind::Rpm => &f.rpm,
+            Kind::Tpm => &f.tpm,
+            Kind::Budget => &f.budget,
+            Kind::BudgetUsd => &f.budget_usd,
+        }
+    }
 }
