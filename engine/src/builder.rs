@@ -162,6 +162,12 @@ impl Builder {
             .name("config-builder".into())
             .spawn(move || {
                 let held = region.and_then(|r| Held::at_start(r, version));
+                // In a fleet, the store is shared through Redis (decision 0014).
+                let fleet = running
+                    .fleet
+                    .clone()
+                    .filter(|_| running.server.tenant_store.is_some())
+                    .map(crate::fleet_store::Link::new);
                 let running = Arc::new(running);
                 let mut b = State {
                     running: &running,
@@ -171,6 +177,7 @@ impl Builder {
                     last_op_version: 0,
                     latest: None,
                     latest_version: version,
+                    fleet,
                 };
                 run(&rx, &mut b, &running, version, shards);
             })?;
@@ -277,6 +284,20 @@ struct State<'a> {
     /// Where each new good config is left for the fleet agent, and the version left there.
     latest: Option<Arc<crate::fleet::Latest>>,
     latest_version: u64,
+    /// The fleet's store in Redis (`[fleet]` with a tenant store): every change is made there
+    /// too, in the fleet's order.
+    fleet: Option<crate::fleet_store::Link>,
+}
+
+/// What [`State::make`] did with a change.
+enum Outcome {
+    /// Made: the config with it.
+    Made(Arc<Config>),
+    /// Refused (answered already); the store is as it was.
+    Refused,
+    /// The fleet's store moved on since this instance caught up: taken back, to be made
+    /// again after catching up.
+    Again,
 }
 
 /// The tenant store's path `m` names (`None`: none, or the config does not validate), from
@@ -364,34 +385,278 @@ impl State<'_> {
                 (c, held)
             }
         };
-        let made = self.make(version, &op, &base, &mut held, &m);
+        let made = self.make_in_order(version, &op, base, &mut held, &m);
         // This version runs the new config, or the same one when the change was refused:
         // built with the store held either way.
         held.version = version;
         self.held = Some(held);
-        Ok(made.unwrap_or(base))
+        Ok(made)
     }
 
-    /// Make the change `op` on `held` (whose config is `base`): the new config if it was made,
-    /// `None` if it was refused (the store as it was). The answer is left in the region.
-    fn make(
+    /// Make the change `op` on `held` (whose config is `base`), in a fleet after the changes
+    /// the fleet's store has and this instance lacks: the config this version runs.
+    fn make_in_order(
         &mut self,
         version: u64,
         op: &[u8],
-        base: &Arc<Config>,
+        mut base: Arc<Config>,
         held: &mut Held,
         m: &ConfigMessage,
-    ) -> Option<Arc<Config>> {
+    ) -> Arc<Config> {
         let msg = match OpMessage::from_json(op) {
             Ok(msg) => msg,
             Err(why) => {
                 self.reply(version, shm::REPLY_INVALID, held.store.version, &why);
-                return None;
+                return base;
             }
         };
+        for _ in 0..crate::fleet_store::APPEND_TRIES_MAX {
+            if self.fleet.is_some() {
+                base = match self.catch_up(held, &base, m) {
+                    Ok(c) => c,
+                    Err(why) => {
+                        self.reply(version, shm::REPLY_FAILED, held.store.version, &why);
+                        return base;
+                    }
+                };
+            }
+            if matches!(msg.op, store_op::StoreOp::FleetSync) {
+                let said = serde_json::json!({ "fleet_store_version": held.store.version });
+                self.reply(
+                    version,
+                    shm::REPLY_MADE,
+                    held.store.version,
+                    &said.to_string(),
+                );
+                return base;
+            }
+            match self.make(version, &msg, &base, held, m) {
+                Outcome::Made(c) => return c,
+                Outcome::Refused => return base,
+                Outcome::Again => {}
+            }
+        }
+        self.reply(
+            version,
+            shm::REPLY_FAILED,
+            held.store.version,
+            &format!(
+                "the fleet's tenant store changed under this change {} times in a row (other \
+                 instances are changing it): not made; try again",
+                crate::fleet_store::APPEND_TRIES_MAX
+            ),
+        );
+        base
+    }
+
+    /// Make here the changes the fleet's store in Redis has and `held` lacks (or load it
+    /// whole, or write `held`'s to a Redis that has none): the config `base` becomes. On
+    /// `Err` (Redis unreachable, or its changes do not validate here) `held` is as it was.
+    fn catch_up(
+        &mut self,
+        held: &mut Held,
+        base: &Arc<Config>,
+        m: &ConfigMessage,
+    ) -> Result<Arc<Config>, String> {
+        use crate::fleet_store::{lines_between, plan, Step};
+        let Some(link) = self.fleet.as_mut() else {
+            return Ok(base.clone());
+        };
+        let at_ms = unix_ms();
+        let (redis, lines) = link.fetch(held.store.version)?;
+        let step = plan(redis, held.store.version, link.loaded);
+        let entries = match step {
+            Step::Nothing => None,
+            Step::Seed => {
+                match link.seed(&held.store)? {
+                    // Another instance wrote the same version first (the fleet's instances
+                    // hold one store): in step.
+                    Some(theirs) if theirs == held.store.version && link.loaded => {
+                        self.mark_held(theirs, at_ms);
+                        return Ok(base.clone());
+                    }
+                    Some(theirs) => {
+                        return Err(format!(
+                            "the fleet's tenant store in Redis went to version {theirs} while \
+                             this instance's was written; the next catch-up loads it"
+                        ))
+                    }
+                    None => {}
+                }
+                match redis {
+                    None => tracing::warn!(
+                        "fleet: Redis had no tenant store (new, or restarted empty): it has \
+                         this instance's now (version {}, {} tenants, {} keys); changes made \
+                         on other instances and not here, if any, are not in it",
+                        held.store.version,
+                        held.store.tenants.len(),
+                        held.store.keys.len()
+                    ),
+                    Some(v) => tracing::warn!(
+                        "fleet: Redis's tenant store (version {v}) is older than this \
+                         instance's (version {}), as if restored from an old save: it has \
+                         this instance's now",
+                        held.store.version
+                    ),
+                }
+                link.loaded = true;
+                None
+            }
+            Step::Lines { after, to } => match lines_between(&lines, after, to) {
+                Some(e) => Some(e),
+                None => {
+                    // The log moved on since: the store whole.
+                    return self.load_whole(held, m, at_ms);
+                }
+            },
+            Step::Load => return self.load_whole(held, m, at_ms),
+        };
+        let Some(entries) = entries else {
+            self.mark_held(held.store.version, at_ms);
+            return Ok(base.clone());
+        };
+        // The tenants and keys the changes touch, as they were and as they are.
+        let mut tenants = std::collections::BTreeSet::new();
+        let mut keys = std::collections::BTreeSet::new();
+        let before = held.store.undo_of(&entries);
+        for e in &entries {
+            tenants.extend(e.tenants.keys().cloned());
+            for (id, k) in &e.keys {
+                keys.insert(id.clone());
+                tenants.extend(k.iter().map(|k| k.tenant.clone()));
+                tenants.extend(held.store.keys.get(id).map(|k| k.tenant.clone()));
+            }
+            for r in e.access_requests.values().flatten() {
+                tenants.insert(r.tenant.clone());
+            }
+            held.store.apply(e.clone());
+        }
+        let built = match base.with_store_tenants(&held.store, &tenants, &keys) {
+            Ok(StoreDelta::Unchanged) => Ok(base.clone()),
+            Ok(StoreDelta::Built(c)) => Ok(Arc::new(*c)),
+            Ok(StoreDelta::Whole) => {
+                let store = std::mem::take(&mut held.store);
+                let (c, store) = build(m, Some(store), self.running, self.overrides);
+                held.store = store.unwrap_or_default();
+                c.map(Arc::new)
+            }
+            Err(why) => Err(why),
+        };
+        let first = entries.first().map_or(0, |e| e.version);
+        let last = held.store.version;
+        let config = match built {
+            Ok(c) => c,
+            Err(why) => {
+                held.store.restore(before);
+                return Err(format!(
+                    "the fleet's tenant store changes {first}..={last} do not validate with \
+                     this instance's config ({why}); this instance keeps version {} (do the \
+                     fleet's instances run the same config?)",
+                    held.store.version
+                ));
+            }
+        };
+        for e in &entries {
+            if let Err(r) = manage::append_journal(&held.path, e, &mut held.journal) {
+                // In force here and in the fleet's store; the files catch up at the next
+                // start, which loads the fleet's store.
+                tracing::warn!(
+                    "tenant store: the fleet's change was not written here: {}",
+                    r.message
+                );
+            }
+        }
+        held.files = manage::StoreFiles::now(&held.path);
+        tracing::info!(
+            "tenant store: the fleet's changes {first}..={last} made here ({} tenant(s) \
+             built again)",
+            tenants.len()
+        );
+        self.mark_held(last, at_ms);
+        Ok(config)
+    }
+
+    /// Load the fleet's store whole in place of `held`'s (an instance that just started, or
+    /// one far behind); a store of this instance's own that differs is kept beside its files.
+    fn load_whole(
+        &mut self,
+        held: &mut Held,
+        m: &ConfigMessage,
+        at_ms: u64,
+    ) -> Result<Arc<Config>, String> {
+        let Some(link) = self.fleet.as_mut() else {
+            return Err("not in a fleet".into());
+        };
+        let fleet = link.load()?;
+        let (c, store) = build(m, Some(fleet), self.running, self.overrides);
+        let c = c.map_err(|why| {
+            format!(
+                "the fleet's tenant store does not validate with this instance's config \
+                 ({why}); this instance keeps its own (do the fleet's instances run the same \
+                 config?)"
+            )
+        })?;
+        let fleet = store.unwrap_or_default();
+        if let Some(l) = self.fleet.as_mut() {
+            l.loaded = true;
+        }
+        if fleet != held.store {
+            let mine = &held.store;
+            if !mine.tenants.is_empty() || !mine.keys.is_empty() {
+                let aside = format!("{}.local-{at_ms}", held.path);
+                match manage::write_atomically(&aside, &mine.to_json()) {
+                    Ok(()) => tracing::warn!(
+                        "fleet: this instance's tenant store (version {}) differed from the \
+                         fleet's (version {}): it runs the fleet's; its own is kept in {aside}",
+                        mine.version,
+                        fleet.version
+                    ),
+                    Err(r) => tracing::warn!(
+                        "fleet: this instance's tenant store differed from the fleet's, and \
+                         could not be kept aside: {}",
+                        r.message
+                    ),
+                }
+            }
+            held.store = fleet;
+            if let Err(r) = manage::fold(&held.path, &held.store, &mut held.journal) {
+                tracing::warn!(
+                    "tenant store: the fleet's store was not written here: {}",
+                    r.message
+                );
+            }
+            held.files = manage::StoreFiles::now(&held.path);
+        }
+        tracing::info!(
+            "tenant store: the fleet's store loaded (version {}, {} tenants, {} keys)",
+            held.store.version,
+            held.store.tenants.len(),
+            held.store.keys.len()
+        );
+        self.mark_held(held.store.version, at_ms);
+        Ok(Arc::new(c))
+    }
+
+    /// Say where this instance's store stands against the fleet's (for the watcher).
+    fn mark_held(&self, version: u64, at_ms: u64) {
+        if let Some(l) = &self.latest {
+            crate::fleet_store::mark_held(l, version, at_ms);
+        }
+    }
+
+    /// Make the change `msg` on `held` (whose config is `base`), and in a fleet, in the
+    /// fleet's store. The answer is left in the region unless it is to be made again.
+    fn make(
+        &mut self,
+        version: u64,
+        msg: &OpMessage,
+        base: &Arc<Config>,
+        held: &mut Held,
+        m: &ConfigMessage,
+    ) -> Outcome {
         let now = unix_ms();
         let started = std::time::Instant::now();
-        let applied = match store_op::apply(&mut held.store, &msg, base, now) {
+        let applied = match store_op::apply(&mut held.store, msg, base, now) {
             Ok(a) => a,
             Err(e) => {
                 self.reply(
@@ -400,7 +665,7 @@ impl State<'_> {
                     held.store.version,
                     &e.message,
                 );
-                return None;
+                return Outcome::Refused;
             }
         };
         let keys = applied.delta.keys.keys().cloned().collect();
@@ -425,9 +690,36 @@ impl State<'_> {
                     held.store.version,
                     &format!("the store's tenants would not validate: {why}"),
                 );
-                return None;
+                return Outcome::Refused;
             }
         };
+        // In a fleet: made in the fleet's store first, only if it is still at the version
+        // this change was made on.
+        if let Some(link) = self.fleet.as_mut() {
+            let at_ms = unix_ms();
+            match link.append(applied.undo.version, &applied.delta, &held.store) {
+                Ok(crate::fleet_store::Appended::Made) => {
+                    self.mark_held(held.store.version, at_ms);
+                }
+                Ok(crate::fleet_store::Appended::Behind(_)) => {
+                    held.store.restore(applied.undo);
+                    return Outcome::Again;
+                }
+                Err(why) => {
+                    held.store.restore(applied.undo);
+                    self.reply(
+                        version,
+                        shm::REPLY_FAILED,
+                        held.store.version,
+                        &format!(
+                            "{why}; the change was not made (made here alone, it would leave \
+                             this instance's store apart from the fleet's)"
+                        ),
+                    );
+                    return Outcome::Refused;
+                }
+            }
+        }
         let persisted = if held.journal.lines + 1 >= JOURNAL_LINES_MAX || !held.journal.clean {
             manage::fold(&held.path, &held.store, &mut held.journal)
         } else {
@@ -435,9 +727,24 @@ impl State<'_> {
         };
         held.files = manage::StoreFiles::now(&held.path);
         if let Err(r) = persisted {
+            if self.fleet.is_some() {
+                // In the fleet's store already: in force; this instance's files take it at
+                // their next write (or the next start, which loads the fleet's store).
+                self.reply(
+                    version,
+                    shm::REPLY_FAILED,
+                    held.store.version,
+                    &format!(
+                        "the change was made in the fleet's store (version {}), but this \
+                         instance's copy was not written: {}",
+                        held.store.version, r.message
+                    ),
+                );
+                return Outcome::Made(config);
+            }
             held.store.restore(applied.undo);
             self.reply(version, shm::REPLY_FAILED, held.store.version, &r.message);
-            return None;
+            return Outcome::Refused;
         }
         let store_version = held.store.version;
         if let Some(audit) = &base.server.audit_log {
@@ -455,7 +762,7 @@ impl State<'_> {
                         r.message
                     ),
                 );
-                return Some(config);
+                return Outcome::Made(config);
             }
         }
         let mut said = applied.outcome.to_string();
@@ -474,7 +781,7 @@ impl State<'_> {
             applied.tenants.len(),
             started.elapsed().as_micros()
         );
-        Some(config)
+        Outcome::Made(config)
     }
 
     /// Hold the store `c` (version `version`, from `m`) was validated with.

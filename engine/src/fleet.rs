@@ -44,7 +44,8 @@ pub const IDLE_MS: u64 = 1_000;
 /// While Redis is down, how often the agent tries to reach it again, ms.
 pub const RECONNECT_MS: u64 = 1_000;
 
-/// The config the agent works from: the newest good one, left here by the builder.
+/// The config the agent works from: the newest good one, left here by the builder; and where
+/// the fleet's tenant store stands, in Redis and here ([`crate::fleet_store`]).
 #[derive(Debug, Default)]
 pub struct Latest {
     #[allow(
@@ -52,6 +53,14 @@ pub struct Latest {
         reason = "written by the builder thread, read by the fleet agent; never a shard"
     )]
     config: std::sync::Mutex<Option<Arc<Config>>>,
+    /// The store's version in Redis plus one (0: Redis has none) at the agent's last sync, and
+    /// when that sync began (unix ms; 0: never).
+    pub store_seen: AtomicU64,
+    pub store_seen_ms: AtomicU64,
+    /// The version the builder holds plus one, as of its last exchange with Redis (0: it has
+    /// not had one), and when that exchange began (unix ms).
+    pub store_held: AtomicU64,
+    pub store_held_ms: AtomicU64,
 }
 
 impl Latest {
@@ -62,7 +71,7 @@ impl Latest {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(c);
     }
 
-    fn get(&self) -> Option<Arc<Config>> {
+    pub fn get(&self) -> Option<Arc<Config>> {
         self.config
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -230,7 +239,8 @@ fn take_up_to(cell: &AtomicU64, n: u64) -> u64 {
 /// expiring once full; a budget is the units used in the current window (the key with the
 /// window's index appended; not for Redis Cluster), expiring after two windows. Returns the
 /// instances alive, the fleet state's epoch (`sg:epoch`, made when missing: a new one tells
-/// the agents Redis lost the state), then per limit the units granted and the room left.
+/// the agents Redis lost the state), the fleet's tenant store's version plus one (0: none;
+/// [`crate::fleet_store::VERSION_KEY`]), then per limit the units granted and the room left.
 pub const SYNC_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -243,7 +253,9 @@ if not epoch then
   epoch = tostring(now)
   redis.call('SET', 'sg:epoch', epoch)
 end
-local out = { redis.call('ZCARD', KEYS[1]), tonumber(epoch) }
+local store = redis.call('GET', 'sg:store:version')
+if store then store = tonumber(store) + 1 else store = 0 end
+local out = { redis.call('ZCARD', KEYS[1]), tonumber(epoch), store }
 local period = 60000000
 for i = 2, #KEYS do
   local b = 2 + (i - 2) * 5
@@ -461,7 +473,7 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
             );
             reseed = false;
         }
-        let shared = exchange(&mut link, region, id, &trades, &mut instances);
+        let shared = exchange(&mut link, region, id, &trades, &mut instances, latest);
         if let Some(lost) = link.lost.take() {
             reseed = lost;
         }
@@ -557,6 +569,7 @@ fn exchange(
     id: &str,
     trades: &[(LimitId, Amount, usize, Trade)],
     instances: &mut u64,
+    latest: &Latest,
 ) -> Option<Vec<(u64, u64)>> {
     if link.conn.is_none() {
         if link
@@ -582,6 +595,7 @@ fn exchange(
             .arg(t.give);
     }
     let started = Instant::now();
+    let started_ms = unix_ms();
     let conn = link.conn.as_mut()?;
     match inv.invoke::<Vec<u64>>(conn) {
         Ok(out) => {
@@ -594,7 +608,10 @@ fn exchange(
             let epoch = out.get(1).copied();
             let lost = link.epoch.is_some() && epoch != link.epoch;
             link.epoch = epoch;
-            let granted = out.get(2..).unwrap_or(&[]).chunks(2).map(|p| {
+            let store = out.get(2).copied().unwrap_or(0);
+            latest.store_seen.store(store, Ordering::Relaxed);
+            latest.store_seen_ms.store(started_ms, Ordering::Release);
+            let granted = out.get(3..).unwrap_or(&[]).chunks(2).map(|p| {
                 // Granted by a Redis that lost the fleet's state: not used (they stay counted
                 // there), until this instance's use is counted again next sync.
                 if lost {

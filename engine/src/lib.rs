@@ -88,7 +88,8 @@
 //! Threads beside the shards (blocking, never on the request path): [`builder`] (each config
 //! version validated once; the tenant store held and changed as deltas), [`admin`] and
 //! [`admin_api`] (the admin listener), [`access`] (tenants' access requests), [`fleet`] (the
-//! fleet agent: each limit's share of a fleet leased from Redis into the region's credit cells).
+//! fleet agent: each limit's share of a fleet leased from Redis into the region's credit cells),
+//! [`fleet_store`] (the tenant store across a fleet, in Redis).
 //!
 //! Testing (only with the `fuzzing` feature):
 //! - `fuzz_checks`: the invariants each fuzz target (`engine/fuzz`) asserts, one function per
@@ -121,6 +122,7 @@ pub mod error;
 pub mod exchange;
 pub mod fair;
 pub mod fleet;
+pub mod fleet_store;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz_checks;
 pub mod http;

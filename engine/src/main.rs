@@ -325,6 +325,9 @@ fn run(
         let id = format!("{}/{}/{}", host.trim(), instance, std::process::id());
         shardgate_engine::fleet::spawn(f.clone(), region, l.clone(), id)
             .map_err(|e| format!("cannot start the fleet agent thread: {e}"))?;
+        // And the watcher that has the builder take the fleet's changes to the tenant store.
+        shardgate_engine::fleet_store::watch(region, instance.clone(), l.clone())
+            .map_err(|e| format!("cannot start the fleet store thread: {e}"))?;
     }
     // New configs are validated once, off the shards, by the builder thread.
     let builder = shardgate_engine::builder::Builder::spawn(

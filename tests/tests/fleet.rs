@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardgate_tests::{
-    chat_with_key, ctl_ok, free_port, run_shardgate, sha256_hex, sleep, wait_until, Gateway,
-    MOCK_ROUTE,
+    chat_with_key, ctl_ok, free_port, read_store, run_ctl, run_shardgate, sha256_hex, sleep,
+    store_config, wait_until, Gateway, TempDir, CTL_WAIT, MOCK_ROUTE,
 };
 
 const KEY: &str = "sk-fleet-test-0123456789";
@@ -475,4 +475,187 @@ fn redis_restarted_empty_gets_back_what_the_instances_spent() {
         a.stderr().contains("lost the fleet's state")
             || b.stderr().contains("lost the fleet's state")
     );
+}
+
+/// A config with a tenant store in `dir`, in the fleet of the Redis on `redis_port`.
+fn store_fleet_config(dir: &std::path::Path, redis_port: u16) -> String {
+    format!(
+        "{}\n[fleet]\nredis = \"redis://127.0.0.1:{redis_port}/0\"\n",
+        store_config(dir, None)
+    )
+}
+
+/// The key `keys create` printed (its last line), and its id.
+fn new_key(out: &str) -> (String, String) {
+    let key = out.lines().last().unwrap_or_default().to_owned();
+    assert!(key.starts_with("sk-sg-"), "no key printed:\n{out}");
+    let id = out
+        .split_whitespace()
+        .rfind(|w| w.starts_with("key_"))
+        .unwrap_or_default()
+        .trim_end_matches(':')
+        .to_owned();
+    (key, id)
+}
+
+/// How long after now `gw` first answers `key` with `status` (polled every 10 ms; `None`:
+/// not within 5 s).
+fn answers_within(gw: &Gateway, key: &str, status: u16) -> Option<Duration> {
+    let start = Instant::now();
+    wait_until(Duration::from_secs(5), || {
+        chat_with_key(gw.addr(), key, "demo").0 == status
+    })
+    .then(|| start.elapsed())
+}
+
+/// The store's version and key ids as `dir`'s files hold them.
+fn store_keys(dir: &std::path::Path) -> (u64, Vec<String>) {
+    let s = read_store(dir);
+    let keys = s["keys"]
+        .as_object()
+        .map(|k| k.keys().cloned().collect())
+        .unwrap_or_default();
+    (s["version"].as_u64().unwrap_or(0), keys)
+}
+
+#[test]
+fn a_key_made_or_revoked_on_one_instance_holds_on_the_others_within_a_second() {
+    let redis = Redis::start(free_port().port());
+    let (da, db) = (TempDir::new("fleet-store-a"), TempDir::new("fleet-store-b"));
+    let a = Gateway::start(&store_fleet_config(da.path(), redis.port));
+    ctl_ok(&a, &["tenants", "add", "team-s", "--models", "demo"]);
+    let (key, id) = new_key(&ctl_ok(&a, &["keys", "create", "team-s"]));
+    // An instance started later, its own store empty, loads the fleet's.
+    let b = Gateway::start(&store_fleet_config(db.path(), redis.port));
+    assert!(answers_within(&b, &key, 200).is_some(), "{}", b.stderr());
+    assert!(
+        b.stderr().contains("the fleet's store loaded"),
+        "{}",
+        b.stderr()
+    );
+
+    // Revoked on A: refused on B within a second of ctl returning.
+    ctl_ok(&a, &["keys", "revoke", &id]);
+    let took = answers_within(&b, &key, 401).expect("revoked key still admitted on B");
+    eprintln!("revoke on A refused on B after {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "refused on B only after {took:?}"
+    );
+    assert_eq!(chat_with_key(a.addr(), &key, "demo").0, 401);
+
+    // Made on B: admitted on A within a second.
+    let (key2, _) = new_key(&ctl_ok(&b, &["keys", "create", "team-s"]));
+    let took = answers_within(&a, &key2, 200).expect("key made on B never admitted on A");
+    eprintln!("key made on B admitted on A after {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "admitted on A only after {took:?}"
+    );
+    // Both copies of the store hold the same changes.
+    assert!(wait_until(Duration::from_secs(5), || store_keys(da.path())
+        == store_keys(db.path())));
+}
+
+#[test]
+fn changes_made_at_once_on_two_instances_land_in_one_order_on_both() {
+    const EACH: usize = 12;
+    let redis = Redis::start(free_port().port());
+    let (da, db) = (TempDir::new("fleet-order-a"), TempDir::new("fleet-order-b"));
+    let a = Gateway::start(&store_fleet_config(da.path(), redis.port));
+    ctl_ok(&a, &["tenants", "add", "team-o", "--models", "demo"]);
+    let b = Gateway::start(&store_fleet_config(db.path(), redis.port));
+    assert!(wait_until(Duration::from_secs(5), || store_keys(db.path())
+        .0
+        == store_keys(da.path()).0));
+    // Both instances take changes at once: each is made on the fleet's store in turn.
+    let keys: Vec<String> = std::thread::scope(|s| {
+        let made: Vec<_> = [&a, &b]
+            .into_iter()
+            .map(|gw| {
+                s.spawn(move || {
+                    (0..EACH)
+                        .map(|_| new_key(&ctl_ok(gw, &["keys", "create", "team-o"])).0)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        made.into_iter()
+            .flat_map(|h| h.join().expect("ctl thread"))
+            .collect()
+    });
+    assert_eq!(keys.len(), 2 * EACH);
+    // Every key works on both instances, and both stores end the same.
+    for gw in [&a, &b] {
+        for k in &keys {
+            assert!(answers_within(gw, k, 200).is_some(), "a key not admitted");
+        }
+    }
+    let converged = wait_until(Duration::from_secs(5), || {
+        store_keys(da.path()) == store_keys(db.path())
+    });
+    let (va, ka) = store_keys(da.path());
+    assert!(
+        converged,
+        "stores differ: {:?} vs {:?}",
+        store_keys(da.path()),
+        store_keys(db.path())
+    );
+    assert_eq!(ka.len(), 2 * EACH);
+    // One tenant and 24 keys: version 25 on both.
+    assert_eq!(va, 1 + 2 * EACH as u64);
+}
+
+#[test]
+fn with_redis_down_a_change_is_refused_and_after_an_empty_restart_the_store_is_rebuilt() {
+    let port = free_port().port();
+    let redis = Redis::start(port);
+    let (da, db) = (TempDir::new("fleet-down-a"), TempDir::new("fleet-down-b"));
+    let a = Gateway::start(&store_fleet_config(da.path(), port));
+    ctl_ok(&a, &["tenants", "add", "team-d", "--models", "demo"]);
+    let (key, _) = new_key(&ctl_ok(&a, &["keys", "create", "team-d"]));
+    let b = Gateway::start(&store_fleet_config(db.path(), port));
+    assert!(answers_within(&b, &key, 200).is_some());
+
+    drop(redis);
+    // Refused, saying why; the instances serve on the store they hold.
+    let out = run_ctl(a.instance(), &["keys", "create", "team-d"], &[], CTL_WAIT);
+    assert_ne!(out.code, Some(0), "{}", out.text());
+    assert!(out.text().contains("unreachable"), "{}", out.text());
+    for gw in [&a, &b] {
+        for _ in 0..20 {
+            assert_eq!(chat_with_key(gw.addr(), &key, "demo").0, 200);
+        }
+    }
+    assert_eq!(
+        store_keys(da.path()).1.len(),
+        1,
+        "a refused change was kept"
+    );
+
+    // Redis back, empty: an instance writes the store it holds to it, and changes flow again.
+    let _redis = Redis::start(port);
+    let (key2, _) = {
+        let mut made = None;
+        assert!(wait_until(Duration::from_secs(10), || {
+            let out = run_ctl(b.instance(), &["keys", "create", "team-d"], &[], CTL_WAIT);
+            if out.code == Some(0) {
+                made = Some(new_key(&out.stdout));
+            }
+            made.is_some()
+        }));
+        made.unwrap_or_default()
+    };
+    assert!(answers_within(&a, &key2, 200).is_some(), "{}", a.stderr());
+    assert!(answers_within(&a, &key, 200).is_some());
+    assert!(
+        a.stderr().contains("Redis had no tenant store")
+            || b.stderr().contains("Redis had no tenant store"),
+        "{}\n{}",
+        a.stderr(),
+        b.stderr()
+    );
+    assert!(wait_until(Duration::from_secs(5), || store_keys(da.path())
+        == store_keys(db.path())));
+    assert_eq!(store_keys(da.path()).1.len(), 2);
 }

@@ -647,6 +647,34 @@ impl Store {
         self.version = version;
     }
 
+    /// What takes `entries` back once they are applied: the tenants, keys and access
+    /// requests they name as they are now, and the version now.
+    pub fn undo_of(&self, entries: &[JournalEntry]) -> JournalEntry {
+        fn now<V: Clone>(
+            map: &BTreeMap<String, V>,
+            names: impl Iterator<Item = String>,
+        ) -> BTreeMap<String, Option<V>> {
+            names.map(|n| (n.clone(), map.get(&n).cloned())).collect()
+        }
+        JournalEntry {
+            version: self.version,
+            tenants: now(
+                &self.tenants,
+                entries.iter().flat_map(|e| e.tenants.keys().cloned()),
+            ),
+            keys: now(
+                &self.keys,
+                entries.iter().flat_map(|e| e.keys.keys().cloned()),
+            ),
+            access_requests: now(
+                &self.access_requests,
+                entries
+                    .iter()
+                    .flat_map(|e| e.access_requests.keys().cloned()),
+            ),
+        }
+    }
+
     /// Apply a journal line (idempotent: applying it again changes nothing).
     pub fn apply(&mut self, e: JournalEntry) {
         apply_map(&mut self.tenants, e.tenants);

@@ -76,6 +76,10 @@ pub enum StoreOp {
         id: String,
         reason: String,
     },
+    /// In a fleet (`[fleet]`): take the changes other instances made to the fleet's store
+    /// (the engine's fleet watcher asks when Redis's store is newer). The builder makes it
+    /// (`fleet_store`); the store alone changes nothing for it.
+    FleetSync,
 }
 
 /// An operation as the ring carries it: what, and who asked (the audit log's name for them).
@@ -166,6 +170,7 @@ fn touched(op: &StoreOp, store: &Store, running: &Config) -> Touched {
             t.keys.insert(id.clone());
         }
         StoreOp::AccessRequest { .. } | StoreOp::AccessDeny { .. } => t.requests = true,
+        StoreOp::FleetSync => {}
         StoreOp::AccessApprove { id, .. } => {
             t.tenants
                 .extend(store.access_requests.get(id).map(|r| r.tenant.clone()));
@@ -370,6 +375,13 @@ fn run(
         StoreOp::AccessDeny { id, reason } => {
             let c = store.deny_access(id, reason, actor, now)?;
             (c, request_json_of(store, id, true))
+        }
+        StoreOp::FleetSync => {
+            return Err(StoreError {
+                kind: store::ErrorKind::Invalid,
+                message: "fleet_sync is made by an engine in a fleet ([fleet]), not by the store"
+                    .into(),
+            })
         }
     })
 }
