@@ -108,7 +108,7 @@ enum Command {
     },
     /// What tenants' requests cost in US dollars (usage × the price table): by tenant since
     /// the instance started, or with --since / --key from the access log by tenant, key and
-    /// model.
+    /// model, or with --fleet over every instance of the fleet.
     Spend {
         /// Only this tenant.
         #[arg(long)]
@@ -119,6 +119,10 @@ enum Command {
         /// Only the last this long, e.g. 7d (read from the access log).
         #[arg(long, value_parser = duration)]
         since: Option<Duration>,
+        /// Over every instance of the fleet (`[fleet]`: the usage counters the instances keep
+        /// in Redis, since it last started), by tenant.
+        #[arg(long, conflicts_with_all = ["key", "since"])]
+        fleet: bool,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -479,10 +483,16 @@ fn main() -> ExitCode {
             tenant,
             key,
             since,
+            fleet,
             json,
         } => spend::run(
             instance,
-            &shardgate_core::spend::Query { tenant, key, since },
+            &shardgate_core::spend::Query {
+                tenant,
+                key,
+                since,
+                fleet,
+            },
             json,
         ),
         Command::Tenants { op, timeout_ms } => tenant_op(instance, op, timeout_ms),

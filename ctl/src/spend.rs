@@ -22,6 +22,9 @@ pub fn run(instance: &str, q: &Query, json: bool) -> Result<(), Failure> {
         return Ok(());
     }
     match report.since_unix_ms {
+        None if q.fleet => println!(
+            "spend over the fleet (every instance's counters, since its Redis started), by tenant"
+        ),
         None => println!("spend since the instance started (the shards' counters), by tenant"),
         Some(_) => println!(
             "spend from the access log{}, by tenant, key and model",

@@ -51,6 +51,8 @@ pub struct AdminState {
     pub instance: String,
     /// Set when the engine starts draining (SIGTERM): readiness answers 503 from then on.
     pub draining: Arc<AtomicBool>,
+    /// `[fleet]`: the fleet's usage counters are read from its Redis for each scrape.
+    pub fleet: Option<crate::config::FleetConfig>,
 }
 
 /// Serve `listener` on a new thread named `admin`. Runs until the process exits.
@@ -290,6 +292,12 @@ fn route(method: &str, target: &str, state: &AdminState) -> Reply {
                     }
                 })
                 .collect();
+            // The fleet's usage (a round trip to its Redis, at most its timeout; left out of
+            // the scrape when Redis does not answer).
+            let fleet_usage = state.fleet.as_ref().and_then(|f| {
+                let mut conn = shardgate_core::fleet::connect(f).ok()?;
+                shardgate_core::fleet::usage(&mut conn).ok()
+            });
             let mut body = String::with_capacity(16 * 1024);
             metrics::render(
                 &Scrape {
@@ -313,6 +321,7 @@ fn route(method: &str, target: &str, state: &AdminState) -> Reply {
                             synced_unix_ms: h.fleet_synced_unix_ms.load(Ordering::Relaxed),
                         })
                     },
+                    fleet_usage: fleet_usage.as_ref(),
                 },
                 &mut body,
             );
@@ -423,6 +432,7 @@ mod tests {
                 region,
                 instance: "unit".into(),
                 draining: draining.clone(),
+                fleet: None,
             },
         )
         .expect("spawn");

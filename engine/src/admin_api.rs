@@ -151,6 +151,7 @@ pub fn answer(req: &ApiRequest<'_>, region: &Region, instance: &str) -> (u16, Va
                 tenant: query_value(req.query, "tenant"),
                 key: query_value(req.query, "key"),
                 since,
+                fleet: query_value(req.query, "fleet").is_some_and(|v| v == "true" || v == "1"),
             };
             match crate::spend::report(region, &running, &q, unix_ms()) {
                 Ok(r) => (200, json!(r)),

@@ -89,7 +89,8 @@
 //! version validated once; the tenant store held and changed as deltas), [`admin`] and
 //! [`admin_api`] (the admin listener), [`access`] (tenants' access requests), [`fleet`] (the
 //! fleet agent: each limit's share of a fleet leased from Redis into the region's credit cells),
-//! [`fleet_store`] (the tenant store across a fleet, in Redis).
+//! [`fleet_store`] (the tenant store across a fleet, in Redis), [`fleet_usage`] (the fleet's
+//! usage counters, in Redis).
 //!
 //! Testing (only with the `fuzzing` feature):
 //! - `fuzz_checks`: the invariants each fuzz target (`engine/fuzz`) asserts, one function per
@@ -123,6 +124,7 @@ pub mod exchange;
 pub mod fair;
 pub mod fleet;
 pub mod fleet_store;
+pub mod fleet_usage;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz_checks;
 pub mod http;

@@ -299,6 +299,7 @@ fn run(
                 region,
                 instance: instance.clone(),
                 draining: draining.clone(),
+                fleet: config.fleet.clone(),
             };
             admin::spawn(listener, state).map_err(|e| format!("cannot start admin thread: {e}"))?;
             Some(addr)
@@ -328,6 +329,9 @@ fn run(
         // And the watcher that has the builder take the fleet's changes to the tenant store.
         shardgate_engine::fleet_store::watch(region, instance.clone(), l.clone())
             .map_err(|e| format!("cannot start the fleet store thread: {e}"))?;
+        // And the pusher of this instance's usage to the fleet's counters.
+        shardgate_engine::fleet_usage::spawn(f.clone(), region)
+            .map_err(|e| format!("cannot start the fleet usage thread: {e}"))?;
     }
     // New configs are validated once, off the shards, by the builder thread.
     let builder = shardgate_engine::builder::Builder::spawn(

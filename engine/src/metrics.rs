@@ -32,6 +32,9 @@ pub struct Scrape<'a> {
     pub draining: bool,
     /// In a fleet: the fleet agent's view (`None`: no `[fleet]`).
     pub fleet: Option<FleetLive>,
+    /// In a fleet: the fleet's usage counters by tenant (`None`: no `[fleet]`, or Redis did
+    /// not answer).
+    pub fleet_usage: Option<&'a std::collections::BTreeMap<String, shardgate_core::fleet::Usage>>,
 }
 
 /// The fleet agent's view, as the region holds it.
@@ -406,6 +409,9 @@ pub fn render(s: &Scrape<'_>, out: &mut String) {
         let age = s.now_unix_ms.saturating_sub(f.synced_unix_ms) / 1000;
         sample(out, "fleet_sync_age_seconds", &[], age);
     }
+    if let Some(u) = s.fleet_usage {
+        fleet_usage(out, u);
+    }
     family(
         out,
         "build_info",
@@ -425,6 +431,50 @@ pub fn render(s: &Scrape<'_>, out: &mut String) {
 
 /// `# HELP` and `# TYPE` of `shardgate_<name>`. The help texts are static and hold neither `\`
 /// nor a newline, so they need no escaping.
+/// The fleet's usage counters by tenant (every instance's, since the fleet's Redis started).
+fn fleet_usage(
+    out: &mut String,
+    u: &std::collections::BTreeMap<String, shardgate_core::fleet::Usage>,
+) {
+    family(
+        out,
+        "fleet_tenant_requests_total",
+        "counter",
+        "Requests of the tenant over every instance of the fleet, since the fleet's Redis started.",
+    );
+    for (name, c) in u {
+        sample(
+            out,
+            "fleet_tenant_requests_total",
+            &[("tenant", name)],
+            c[0],
+        );
+    }
+    family(
+        out,
+        "fleet_tenant_tokens_total",
+        "counter",
+        "Tokens the tenant used over every instance of the fleet, by gen_ai_token_type.",
+    );
+    for (name, c) in u {
+        for (kind, v) in [("input", c[1]), ("output", c[2])] {
+            let labels = [("tenant", name.as_str()), ("gen_ai_token_type", kind)];
+            sample(out, "fleet_tenant_tokens_total", &labels, v);
+        }
+    }
+    family(
+        out,
+        "fleet_tenant_spend_usd_total",
+        "counter",
+        "What the tenant's requests cost over every instance of the fleet, US dollars.",
+    );
+    for (name, c) in u {
+        name_and_labels(out, "fleet_tenant_spend_usd_total", &[("tenant", name)]);
+        fixed_point(out, c[3], 9);
+        out.push('\n');
+    }
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     debug_assert!(!help.contains(['\\', '\n']));
     let _ = writeln!(out, "# HELP shardgate_{name} {help}");
@@ -562,6 +612,7 @@ mod tests {
                 ring_head: 12,
                 draining: false,
                 fleet: None,
+                fleet_usage: None,
             },
             &mut out,
         );

@@ -85,3 +85,60 @@ impl Kind {
         }
     }
 }
+
+/// The fleet-wide usage counters, each a Redis hash of tenant name to count (`sg:usage:<name>`),
+/// raised by every instance by what its shards counted since its last push: requests, tokens
+/// in and out, spend in nanodollars, unpriced requests. Since Redis last started empty.
+pub const USAGE_COUNTERS: [&str; 5] = [
+    "requests",
+    "tokens_in",
+    "tokens_out",
+    "spend_nusd",
+    "unpriced",
+];
+/// What a usage counter's hash is called.
+pub fn usage_key(counter: &str) -> String {
+    format!("sg:usage:{counter}")
+}
+
+/// A tenant's usage: one count per [`USAGE_COUNTERS`] entry.
+pub type Usage = [u64; USAGE_COUNTERS.len()];
+
+/// Add `deltas` (by tenant) to the fleet's usage counters, at once (one MULTI/EXEC).
+pub fn push_usage(
+    conn: &mut redis::Connection,
+    deltas: &std::collections::BTreeMap<String, Usage>,
+) -> Result<(), String> {
+    let mut p = redis::pipe();
+    p.atomic();
+    for (tenant, d) in deltas {
+        for (counter, n) in USAGE_COUNTERS.iter().zip(d) {
+            if *n > 0 {
+                p.hincr(usage_key(counter), tenant, *n).ignore();
+            }
+        }
+    }
+    p.query::<()>(conn).map_err(|e| e.to_string())
+}
+
+/// The fleet's usage counters, by tenant.
+pub fn usage(
+    conn: &mut redis::Connection,
+) -> Result<std::collections::BTreeMap<String, Usage>, String> {
+    let mut p = redis::pipe();
+    p.atomic();
+    for c in USAGE_COUNTERS {
+        p.hgetall(usage_key(c));
+    }
+    let hashes: Vec<std::collections::HashMap<String, u64>> =
+        p.query(conn).map_err(|e| e.to_string())?;
+    let mut out: std::collections::BTreeMap<String, Usage> = std::collections::BTreeMap::new();
+    for (i, h) in hashes.into_iter().enumerate() {
+        for (tenant, n) in h {
+            if let Some(c) = out.entry(tenant).or_default().get_mut(i) {
+                *c = n;
+            }
+        }
+    }
+    Ok(out)
+}

@@ -180,13 +180,36 @@ pub struct Query {
     pub key: Option<String>,
     /// Only the last this long (read from the access log).
     pub since: Option<std::time::Duration>,
+    /// Over the whole fleet (`[fleet]`): the fleet's usage counters in Redis, by tenant.
+    pub fleet: bool,
+}
+
+/// Per tenant from the fleet's usage counters (`tenant`: only that one).
+pub fn from_fleet(
+    usage: &BTreeMap<String, crate::fleet::Usage>,
+    tenant: Option<&str>,
+) -> Vec<SpendRow> {
+    usage
+        .iter()
+        .filter(|(name, _)| tenant.is_none_or(|t| t == name.as_str()))
+        .map(|(name, u)| SpendRow {
+            tenant: name.clone(),
+            requests: u[0],
+            tokens_in: u[1],
+            tokens_out: u[2],
+            spend_nusd: u[3],
+            spend_usd: crate::prices::usd(u[3]).to_string(),
+            unpriced: u[4],
+            ..SpendRow::default()
+        })
+        .collect()
 }
 
 /// A spend report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// `counters` (since the instance started, by tenant) or `access_log` (by tenant, key
-    /// and model).
+    /// `counters` (since the instance started, by tenant), `access_log` (by tenant, key
+    /// and model) or `fleet` (every instance's, since the fleet's Redis started, by tenant).
     pub source: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since_unix_ms: Option<u64>,
@@ -205,7 +228,26 @@ pub fn report(
     q: &Query,
     now_unix_ms: u64,
 ) -> Result<Report, String> {
-    let (source, since_unix_ms, rows, skipped) = if q.since.is_none() && q.key.is_none() {
+    let (source, since_unix_ms, rows, skipped) = if q.fleet {
+        let Some(fleet) = &running.fleet else {
+            return Err(
+                "spend over the fleet is read from the fleet's Redis, and the running config \
+                 has no [fleet]"
+                    .into(),
+            );
+        };
+        if q.since.is_some() || q.key.is_some() {
+            return Err(
+                "spend over the fleet is by tenant, since the fleet's Redis last started: \
+                 without --since or --key (those read this instance's access log)"
+                    .into(),
+            );
+        }
+        let mut conn = crate::fleet::connect(fleet)?;
+        let usage = crate::fleet::usage(&mut conn)
+            .map_err(|e| format!("fleet.redis {}: {e}", fleet.url))?;
+        ("fleet", None, from_fleet(&usage, q.tenant.as_deref()), 0)
+    } else if q.since.is_none() && q.key.is_none() {
         let totals = crate::control::stats::read(region);
         (
             "counters",
