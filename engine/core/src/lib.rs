@@ -1,7 +1,8 @@
 //! What shardgate's data plane (`shardgate-engine`) and its control tool (`shardgate-ctl`)
-//! share: the config, the shared-memory control region and the limits. No I/O runtime, no TLS
-//! stack, no connection code: `shardgate-ctl` depends on this crate and not on the engine, so
-//! it links no monoio, io-uring or rustls (`cargo tree -p shardgate-ctl -e normal`).
+//! share: the config, the shared-memory control region and the limits. No I/O runtime, no
+//! server-side TLS, no connection code of the data plane: `shardgate-ctl` depends on this crate
+//! and not on the engine, so it links no monoio or io-uring (`cargo tree -p shardgate-ctl -e
+//! normal`); rustls only as the client of a fleet's Redis (`rediss://`, [`fleet`]).
 //!
 //! # Layout
 //!
@@ -16,7 +17,8 @@
 //!   files (the document and its journal).
 //! - [`store`]: the tenant store (`[server] tenant_store`): tenants and keys managed at run
 //!   time, one JSON document plus a journal of changes; its operations are I/O-free.
-//! - [`fleet`]: a fleet's Redis (`[fleet]`): the connection and the instances announced.
+//! - [`fleet`]: a fleet's Redis (`[fleet]`): the blocking connection (`redis://`, `rediss://`
+//!   with rustls) and what its failures say, the instances announced.
 //! - [`store_op`]: a change to the store as data, what it touches, made with its journal line
 //!   and its undo (I/O-free; the builder runs it).
 //! - [`models`]: `[[models]]` groups of deployments and the balancing [`models::Strategy`] each

@@ -144,6 +144,9 @@ impl Config {
                 out.push((path, pem));
             }
         }
+        if let Some((path, pem)) = self.fleet.as_ref().and_then(|f| f.ca_file.as_ref()) {
+            out.push((path, pem));
+        }
 
         out.sort();
         out.dedup();
@@ -510,5 +513,60 @@ mod tests {
         );
         assert!(parse_endpoint_dns("http://a/b").is_err());
         assert!(parse_endpoint_dns("http://").is_err());
+    }
+
+    #[test]
+    fn fleet_rediss_is_tls_and_its_ca_file_is_read_and_checked_at_load() {
+        let cfg = |fleet: &str| {
+            format!(
+                "[server]\nauth = \"none\"\n[fleet]\n{fleet}\n[[upstreams]]\nname = \"a\"\n\
+                 provider = \"mock\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"a\"\n"
+            )
+        };
+        let fleet = |lines: &str| {
+            Config::from_toml(&cfg(lines))
+                .map(|c| c.fleet.expect("[fleet]"))
+                .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())
+        };
+        let f = fleet("redis = \"rediss://redis.internal:6380/2\"").expect("rediss://");
+        assert!(f.tls);
+        assert_eq!((f.host.as_str(), f.port, f.db), ("redis.internal", 6380, 2));
+        assert_eq!(f.ca_file, None);
+        let f = fleet("redis = \"redis://127.0.0.1\"").expect("redis://");
+        assert!(!f.tls);
+        assert_eq!(
+            fleet("redis = \"http://127.0.0.1\"").expect_err("http://"),
+            ["fleet.redis: \"http://127.0.0.1\": must start with redis:// (or rediss:// for TLS)"]
+        );
+        // A CA file: only for TLS, readable, with a certificate in it.
+        assert_eq!(
+            fleet("redis = \"redis://127.0.0.1\"\nredis_ca_file = \"/nonexistent/ca.pem\"")
+                .expect_err("CA file on redis://"),
+            ["fleet.redis_ca_file: only a rediss:// (TLS) Redis uses a CA file"]
+        );
+        let errs = fleet("redis = \"rediss://127.0.0.1\"\nredis_ca_file = \"/nonexistent/ca.pem\"")
+            .expect_err("no such file");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("fleet.redis_ca_file: /nonexistent/ca.pem: cannot read: "),
+            "{errs:?}"
+        );
+        let dir = std::env::temp_dir().join(format!("sg-fleet-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        let errs = fleet(&format!(
+            "redis = \"rediss://127.0.0.1\"\nredis_ca_file = \"{}\"",
+            empty.display()
+        ))
+        .expect_err("no certificate");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            errs,
+            [format!(
+                "fleet.redis_ca_file: {}: no certificate found (expected PEM 'BEGIN CERTIFICATE')",
+                empty.display()
+            )]
+        );
     }
 }

@@ -30,6 +30,7 @@ pub(super) struct RawConfig {
 pub(super) struct RawFleet {
     pub(super) redis: Option<String>,
     pub(super) redis_password_env: Option<String>,
+    pub(super) redis_ca_file: Option<String>,
     pub(super) sync_ms: Option<i64>,
 }
 

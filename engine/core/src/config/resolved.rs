@@ -218,11 +218,20 @@ pub struct RouteConfig {
 /// `[fleet]`: the instances of a fleet share their tenants' limits through Redis (Valkey).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetConfig {
-    /// Host and port of the Redis server (`redis://HOST:PORT/DB`, as written).
+    /// Host and port of the Redis server (`redis://HOST:PORT/DB` or `rediss://…`, as written).
     pub url: String,
+    /// The name connected to, and, over TLS, the name the server's certificate must be valid
+    /// for (a DNS name or an IP address).
     pub host: String,
     pub port: u16,
     pub db: u32,
+    /// `rediss://`: TLS (rustls), the server's certificate verified against `ca_file`, else the
+    /// system's roots. Never without verification.
+    pub tls: bool,
+    /// `redis_ca_file` (only with `rediss://`): the CA certificates (path, PEM) the server's
+    /// certificate is verified against instead of the system's roots; at least one, each usable
+    /// as a trust anchor.
+    pub ca_file: Option<(String, Vec<u8>)>,
     /// The password, read from the environment variable `redis_password_env` names.
     pub password: Option<String>,
     /// How often the instance's fleet agent trades leases with Redis.

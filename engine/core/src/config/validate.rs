@@ -610,8 +610,9 @@ impl Validator<'_> {
         }
     }
 
-    /// `[fleet]`: where Redis is (`redis://HOST[:PORT][/DB]`), its password's variable, how
-    /// often to sync.
+    /// `[fleet]`: where Redis is (`redis://HOST[:PORT][/DB]`, or `rediss://` for TLS), the CA
+    /// its certificate is verified against (`redis_ca_file`, else the system's roots), its
+    /// password's variable, how often to sync.
     fn fleet(&mut self, raw: super::raw::RawFleet) -> Option<super::FleetConfig> {
         let sync_ms = self.ranged(
             "fleet.sync_ms",
@@ -627,17 +628,33 @@ impl Validator<'_> {
             );
             return None;
         };
-        if url.starts_with("rediss://") {
-            self.error(
-                "fleet.redis",
-                "rediss:// (TLS to Redis) is not supported yet; use redis:// on a private network \
-                 or a TLS tunnel (stunnel, a sidecar)",
-            );
-            return None;
-        }
-        let Some(rest) = url.strip_prefix("redis://") else {
-            self.error("fleet.redis", format!("{url:?}: must start with redis://"));
-            return None;
+        let (tls, rest) = match (url.strip_prefix("rediss://"), url.strip_prefix("redis://")) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            (None, None) => {
+                self.error(
+                    "fleet.redis",
+                    format!("{url:?}: must start with redis:// (or rediss:// for TLS)"),
+                );
+                return None;
+            }
+        };
+        const CA_FIELD: &str = "fleet.redis_ca_file";
+        let ca_file = match raw.redis_ca_file {
+            None => None,
+            Some(_) if !tls => {
+                self.error(CA_FIELD, "only a rediss:// (TLS) Redis uses a CA file");
+                None
+            }
+            Some(path) => self.file(CA_FIELD, &path).and_then(|pem| {
+                match crate::cert::ca_certs(&path, &pem) {
+                    Ok(_) => Some((path, pem)),
+                    Err(reason) => {
+                        self.error(CA_FIELD, reason);
+                        None
+                    }
+                }
+            }),
         };
         let (hostport, db) = match rest.split_once('/') {
             Some((h, "")) => (h, 0),
@@ -701,6 +718,8 @@ impl Validator<'_> {
             host: host.to_owned(),
             port,
             db,
+            tls,
+            ca_file,
             password,
             sync_ms,
         })
