@@ -7,8 +7,8 @@
 # (the same, plus [fleet] on a redis-server this script starts on port 16379); each run
 # `wrk -t1 -c8 -d DURATION` posting bench/peers/post.lua. Reported per run: requests, the
 # engine's CPU time (utime + stime from /proc, all its threads: shards, builder, fleet agent)
-# per request, and for the fleet runs the script calls Redis counted (INFO commandstats) per
-# 1,000 requests. RPM overrides the tenant's rpm in both configs (default: the configs' 1e9, a
+# per request, and for the fleet runs the round trips Redis counted (INFO commandstats: script
+# calls and MULTI/EXEC transactions, the agent's syncs and the usage pushes) per 1,000 requests. RPM overrides the tenant's rpm in both configs (default: the configs' 1e9, a
 # lease of a million units; a lower one makes the shards take credit more often).
 #
 # Usage: bench/scripts/fleet-cost.sh [OUT_DIR]
@@ -68,7 +68,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
             http://127.0.0.1:18083/v1/chat/completions >"$OUT/$cfg.$r.wrk" 2>&1
         T1=$(cpu_ticks "$ENGINE")
         CALLS=$(redis-cli -p "$REDIS_PORT" info commandstats |
-            awk -F'[=,:]' '/^cmdstat_(eval|evalsha):/ { n += $3 } END { print n + 0 }')
+            awk -F'[=,:]' '/^cmdstat_(eval|evalsha|exec):/ { n += $3 } END { print n + 0 }')
         kill "$ENGINE"; wait "$ENGINE" 2>/dev/null || true
         ENGINE=
         REQS=$(awk '/requests in/ { print $1 }' "$OUT/$cfg.$r.wrk")

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::FleetConfig;
 use crate::control::shm::Region;
+use crate::control::unix_ms;
 use crate::fleet::Latest;
 use crate::manage;
 use crate::store::{JournalEntry, Store};
@@ -65,8 +66,10 @@ pub const APPEND_TRIES_MAX: u32 = 4;
 pub const WATCH_MS: u64 = 10;
 /// How long the watcher waits for a catch-up to run on every shard, ms.
 pub const CATCH_UP_TIMEOUT_MS: u64 = 10_000;
-/// After a catch-up failed, the watcher tries again this much later, ms.
+/// After a catch-up failed, the watcher tries again this much later, ms, doubling with each
+/// failure in a row up to [`RETRY_MS_MAX`] (each try is a config version on every shard).
 pub const RETRY_MS: u64 = 1_000;
+pub const RETRY_MS_MAX: u64 = 30_000;
 
 /// What a catch-up does, from Redis's store version (`None`: Redis has no store), the
 /// version held here, and whether this instance has loaded the fleet's store since it started.
@@ -349,12 +352,18 @@ pub fn watch(
         .name("fleet-store".into())
         .spawn(move || {
             let mut retry_at: Option<Instant> = None;
+            let mut retry_ms = RETRY_MS;
+            let (mut failed_ms, mut failed_seen) = (0, 0);
             let mut failing: Option<String> = None;
             loop {
                 // Its own thread: sleeping stalls no shard.
                 #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(Duration::from_millis(WATCH_MS));
-                if retry_at.is_some_and(|t| Instant::now() < t) {
+                // Waiting to try again, unless a sync since the failure found another version
+                // in Redis (Redis back, or a newer change).
+                let news = latest.store_seen_ms.load(Ordering::Acquire) > failed_ms
+                    && latest.store_seen.load(Ordering::Relaxed) != failed_seen;
+                if retry_at.is_some_and(|t| Instant::now() < t) && !news {
                     continue;
                 }
                 let has_store = latest
@@ -367,6 +376,7 @@ pub fn watch(
                 match manage::change(region, &instance, "fleet", timeout, StoreOp::FleetSync) {
                     Ok(_) => {
                         retry_at = None;
+                        retry_ms = RETRY_MS;
                         if failing.take().is_some() {
                             tracing::info!(
                                 "fleet: this instance's tenant store is the fleet's again"
@@ -374,7 +384,10 @@ pub fn watch(
                         }
                     }
                     Err(r) => {
-                        retry_at = Some(Instant::now() + Duration::from_millis(RETRY_MS));
+                        retry_at = Some(Instant::now() + Duration::from_millis(retry_ms));
+                        retry_ms = (retry_ms * 2).min(RETRY_MS_MAX);
+                        failed_ms = unix_ms();
+                        failed_seen = latest.store_seen.load(Ordering::Relaxed);
                         if failing.as_deref() != Some(r.message.as_str()) {
                             tracing::warn!(
                                 "fleet: this instance's tenant store could not catch up with \
