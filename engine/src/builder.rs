@@ -531,17 +531,7 @@ impl State<'_> {
             }
             held.store.apply(e.clone());
         }
-        let built = match base.with_store_tenants(&held.store, &tenants, &keys) {
-            Ok(StoreDelta::Unchanged) => Ok(base.clone()),
-            Ok(StoreDelta::Built(c)) => Ok(Arc::new(*c)),
-            Ok(StoreDelta::Whole) => {
-                let store = std::mem::take(&mut held.store);
-                let (c, store) = build(m, Some(store), self.running, self.overrides);
-                held.store = store.unwrap_or_default();
-                c.map(Arc::new)
-            }
-            Err(why) => Err(why),
-        };
+        let built = self.with_tenants(base, held, &tenants, &keys, m);
         let first = entries.first().map_or(0, |e| e.version);
         let last = held.store.version;
         let config = match built {
@@ -637,6 +627,28 @@ impl State<'_> {
         Ok(Arc::new(c))
     }
 
+    /// `base` with `tenants` as `held`'s store has them now (`keys`: the keys changed): only
+    /// those built again, or the config whole when the delta cannot be taken.
+    fn with_tenants(
+        &self,
+        base: &Arc<Config>,
+        held: &mut Held,
+        tenants: &std::collections::BTreeSet<String>,
+        keys: &std::collections::BTreeSet<String>,
+        m: &ConfigMessage,
+    ) -> Result<Arc<Config>, String> {
+        match base.with_store_tenants(&held.store, tenants, keys)? {
+            StoreDelta::Unchanged => Ok(base.clone()),
+            StoreDelta::Built(c) => Ok(Arc::new(*c)),
+            StoreDelta::Whole => {
+                let store = std::mem::take(&mut held.store);
+                let (c, store) = build(m, Some(store), self.running, self.overrides);
+                held.store = store.unwrap_or_default();
+                c.map(Arc::new)
+            }
+        }
+    }
+
     /// Say where this instance's store stands against the fleet's (for the watcher).
     fn mark_held(&self, version: u64, at_ms: u64) {
         if let Some(l) = &self.latest {
@@ -669,17 +681,7 @@ impl State<'_> {
             }
         };
         let keys = applied.delta.keys.keys().cloned().collect();
-        let built = match base.with_store_tenants(&held.store, &applied.tenants, &keys) {
-            Ok(StoreDelta::Unchanged) => Ok(base.clone()),
-            Ok(StoreDelta::Built(c)) => Ok(Arc::new(*c)),
-            Ok(StoreDelta::Whole) => {
-                let store = std::mem::take(&mut held.store);
-                let (c, store) = build(m, Some(store), self.running, self.overrides);
-                held.store = store.unwrap_or_default();
-                c.map(Arc::new)
-            }
-            Err(why) => Err(why),
-        };
+        let built = self.with_tenants(base, held, &applied.tenants, &keys, m);
         let config = match built {
             Ok(c) => c,
             Err(why) => {

@@ -5,9 +5,11 @@
 //! and the `shardgate_fleet_tenant_*` series of `/metrics`.
 //!
 //! It pushes what was counted since its last push that Redis took ([`deltas`]): a push that
-//! fails is made again, whole, with the next. The counters are the fleet's since its Redis last
-//! started empty; a push whose answer was lost after Redis made it is counted twice (rare: a
-//! connection cut in the middle of one round trip).
+//! fails is made again, whole, with the next. A push whose answer was lost after Redis made it
+//! is counted twice (rare: a connection cut in the middle of one round trip). A Redis restarted
+//! empty is rebuilt from what the instances hold: each adds again all it counted since it
+//! started (the fleet state's epoch in Redis, which the agents make again, tells each of them);
+//! what instances gone since had counted is lost.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,6 +21,8 @@ use shardgate_core::fleet::Usage;
 
 /// How often the counters are pushed, ms.
 pub const USAGE_PUSH_MS: u64 = 1_000;
+/// The fleet state's epoch, as the fleet agent's sync script makes it (`crate::fleet`).
+const EPOCH_KEY: &str = "sg:epoch";
 
 /// Each tenant's counts now (`stats`' tenants, not upstream caps).
 fn counted(t: &stats::Totals) -> BTreeMap<String, Usage> {
@@ -62,6 +66,7 @@ pub fn spawn(fleet: FleetConfig, region: &'static Region) -> std::io::Result<()>
         .name("fleet-usage".into())
         .spawn(move || {
             let mut conn: Option<redis::Connection> = None;
+            let mut epoch: Option<String> = None;
             // The counts Redis has taken, as this instance counted them then.
             let mut pushed = counted(&stats::read(region));
             // Counted before the first push (the instance just started: nothing yet).
@@ -80,6 +85,28 @@ pub fn spawn(fleet: FleetConfig, region: &'static Region) -> std::io::Result<()>
                     conn = shardgate_core::fleet::connect(&fleet).ok();
                 }
                 let Some(c) = conn.as_mut() else { continue };
+                // The fleet state's epoch (made by the agents' sync when missing): a new one
+                // means Redis lost the counters (restarted empty), and this instance's counts
+                // since it started go in again, whole. None yet: wait for the agents' sync.
+                let d = match redis::cmd("GET").arg(EPOCH_KEY).query::<Option<String>>(c) {
+                    Ok(None) => continue,
+                    Ok(Some(e)) if epoch.as_ref().is_some_and(|was| *was != e) => {
+                        epoch = Some(e);
+                        tracing::warn!(
+                            "fleet: Redis lost the fleet's usage counters (restarted empty?): \
+                             this instance's counts since it started are added again"
+                        );
+                        deltas(&now, &BTreeMap::new())
+                    }
+                    Ok(Some(e)) => {
+                        epoch = Some(e);
+                        d
+                    }
+                    Err(_) => {
+                        conn = None;
+                        continue;
+                    }
+                };
                 match shardgate_core::fleet::push_usage(c, &d) {
                     Ok(()) => pushed = now,
                     Err(_) => conn = None,

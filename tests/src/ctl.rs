@@ -92,3 +92,17 @@ pub fn ctl_ok(gw: &crate::Gateway, args: &[&str]) -> String {
     assert_eq!(out.code, Some(0), "ctl {args:?}: {}", out.text());
     out.stdout
 }
+
+/// The key `keys create` or `keys rotate` printed (its last line), and the new key's id (the
+/// last `key_` word: rotate names the old key first).
+pub fn new_key(out: &str) -> (String, String) {
+    let key = out.lines().last().unwrap_or_default().to_owned();
+    assert!(key.starts_with("sk-sg-"), "no key printed:\n{out}");
+    let id = out
+        .split_whitespace()
+        .rfind(|w| w.starts_with("key_"))
+        .unwrap_or_default()
+        .trim_end_matches(':')
+        .to_owned();
+    (key, id)
+}

@@ -21,6 +21,7 @@ mod config;
 mod ctl;
 mod gateway;
 pub mod python;
+mod redis;
 #[cfg(test)]
 mod selftest;
 pub mod tls;
@@ -35,8 +36,9 @@ pub use config::{
     free_port, read_store, store_config, store_files_text, ConfigBuilder, Driver, DRIVERS,
     MOCK_ROUTE,
 };
-pub use ctl::{ctl_ok, ctl_status, run_ctl, spawn_ctl, CtlOutput, CTL_WAIT};
+pub use ctl::{ctl_ok, ctl_status, new_key, run_ctl, spawn_ctl, CtlOutput, CTL_WAIT};
 pub use gateway::{run_shardgate, Gateway, RunOutput};
+pub use redis::Redis;
 pub use tls::{self_signed, tls_handshake_only, Leaf, TempDir, TestCa};
 pub use upstream::{
     content_events, echo, hang, json_ok, sse, sse_event, write_chunk, write_response, Action,

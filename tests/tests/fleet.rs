@@ -7,62 +7,19 @@
 //! Needs `redis-server` (Debian package `redis-server`; `.ci/run` installs it).
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardgate_tests::{
-    chat_with_key, ctl_ok, free_port, read_store, run_ctl, run_shardgate, sha256_hex, sleep,
-    store_config, wait_until, Gateway, TempDir, CTL_WAIT, MOCK_ROUTE,
+    chat_with_key, ctl_ok, free_port, new_key, read_store, run_ctl, run_shardgate, sha256_hex,
+    sleep, store_config, wait_until, Gateway, Redis, TempDir, CTL_WAIT, MOCK_ROUTE,
 };
 
 const KEY: &str = "sk-fleet-test-0123456789";
 const RPM: u64 = 600;
 /// Connections making requests at once, over both instances.
 const CLIENTS: usize = 64;
-
-/// A `redis-server` of its own on `port`, killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(port: u16) -> Redis {
-        Redis::start_with(port, &[])
-    }
-
-    /// With `extra` arguments (a password, the databases it has).
-    fn start_with(port: u16, extra: &[&str]) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        let up = wait_until(Duration::from_secs(5), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(up, "redis-server did not start on port {port}");
-        Redis { child, port }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn config(redis_port: u16) -> String {
     format!(
@@ -475,6 +432,22 @@ fn redis_restarted_empty_gets_back_what_the_instances_spent() {
         a.stderr().contains("lost the fleet's state")
             || b.stderr().contains("lost the fleet's state")
     );
+    // The fleet's usage counters are rebuilt from what each instance counted since it started.
+    let requests = |gw: &Gateway, args: &[&str]| -> u64 {
+        let out: serde_json::Value = serde_json::from_str(&ctl_ok(gw, args)).expect("spend --json");
+        out["rows"]
+            .as_array()
+            .map_or(0, |r| r.iter().filter_map(|r| r["requests"].as_u64()).sum())
+    };
+    let own = requests(&a, &["spend", "--json"]) + requests(&b, &["spend", "--json"]);
+    let rebuilt = wait_until(Duration::from_secs(5), || {
+        requests(&a, &["spend", "--fleet", "--json"]) == own
+    });
+    assert!(
+        rebuilt,
+        "fleet {} against {own} counted by the instances",
+        requests(&a, &["spend", "--fleet", "--json"])
+    );
 }
 
 /// A config with a tenant store in `dir`, in the fleet of the Redis on `redis_port`.
@@ -483,19 +456,6 @@ fn store_fleet_config(dir: &std::path::Path, redis_port: u16) -> String {
         "{}\n[fleet]\nredis = \"redis://127.0.0.1:{redis_port}/0\"\n",
         store_config(dir, None)
     )
-}
-
-/// The key `keys create` printed (its last line), and its id.
-fn new_key(out: &str) -> (String, String) {
-    let key = out.lines().last().unwrap_or_default().to_owned();
-    assert!(key.starts_with("sk-sg-"), "no key printed:\n{out}");
-    let id = out
-        .split_whitespace()
-        .rfind(|w| w.starts_with("key_"))
-        .unwrap_or_default()
-        .trim_end_matches(':')
-        .to_owned();
-    (key, id)
 }
 
 /// How long after now `gw` first answers `key` with `status` (polled every 10 ms; `None`:

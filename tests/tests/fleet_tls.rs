@@ -8,11 +8,10 @@
 //! Needs `redis-server` built with TLS (Debian's `redis-server` 7.0 is; `.ci/run` installs it).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use shardgate_tests::{
-    chat_with_key, ctl_ok, free_port, run_shardgate, sha256_hex, sleep, wait_until, Gateway,
+    chat_with_key, ctl_ok, free_port, run_shardgate, sha256_hex, sleep, wait_until, Gateway, Redis,
     TempDir, TestCa, MOCK_ROUTE,
 };
 
@@ -20,67 +19,32 @@ const KEY: &str = "sk-fleet-tls-test-0123456789";
 /// How long `shardgate --check` may take.
 const CHECK_WAIT: Duration = Duration::from_secs(10);
 
-/// A `redis-server` of its own, killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    /// On `port` with TLS only (`--port 0`): the certificate and key from `leaf`, clients not
-    /// asked for certificates.
-    fn start_tls(port: u16, cert: &Path, key: &Path, ca: &Path) -> Redis {
-        let (port_s, cert, key, ca) = (
-            port.to_string(),
-            cert.display().to_string(),
-            key.display().to_string(),
-            ca.display().to_string(),
-        );
-        Redis::spawn(
-            port,
-            &[
-                "--port",
-                "0",
-                "--tls-port",
-                &port_s,
-                "--tls-cert-file",
-                &cert,
-                "--tls-key-file",
-                &key,
-                "--tls-ca-cert-file",
-                &ca,
-                "--tls-auth-clients",
-                "no",
-            ],
-        )
-    }
-
-    /// On `port` without TLS.
-    fn start_plain(port: u16) -> Redis {
-        Redis::spawn(port, &["--port", &port.to_string()])
-    }
-
-    fn spawn(port: u16, args: &[&str]) -> Redis {
-        let child = Command::new("redis-server")
-            .args(args)
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        let up = wait_until(Duration::from_secs(5), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(up, "redis-server did not start on port {port}");
-        Redis { child, port }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `redis-server` of its own (killed when dropped) on `port` with TLS only (`--port 0`):
+/// the certificate and key given, clients not asked for certificates.
+fn start_tls(port: u16, cert: &Path, key: &Path, ca: &Path) -> Redis {
+    let (port_s, cert, key, ca) = (
+        port.to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+        ca.display().to_string(),
+    );
+    Redis::spawn(
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port_s,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ],
+    )
 }
 
 /// A TLS Redis and the files it was started with: its certificate is for 127.0.0.1 only.
@@ -97,7 +61,7 @@ impl TlsRedis {
         let ca = TestCa::new("fleet redis");
         let ca_file = ca.write_cert(dir.path(), "ca");
         let (cert, key) = ca.leaf(&["127.0.0.1"]).write(dir.path(), "redis");
-        let redis = Redis::start_tls(free_port().port(), &cert, &key, &ca_file);
+        let redis = start_tls(free_port().port(), &cert, &key, &ca_file);
         TlsRedis {
             redis,
             ca_file,
@@ -250,7 +214,7 @@ fn without_the_ca_file_or_for_another_name_the_certificate_is_refused_and_said_t
 fn tls_to_a_plain_redis_and_plain_to_a_tls_redis_are_said_to_be_tls() {
     // rediss:// to a Redis without TLS.
     let tls = TlsRedis::start();
-    let plain = Redis::start_plain(free_port().port());
+    let plain = Redis::start(free_port().port());
     let url = format!("rediss://127.0.0.1:{}/0", plain.port);
     let e = check_fails(&config(&url, &ca_line(&tls.ca_file)));
     assert!(

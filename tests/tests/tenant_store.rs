@@ -7,27 +7,13 @@
 use std::time::Duration;
 
 use shardgate_tests::{
-    chat_with_key, ctl_ok, read_store, run_ctl, sha256_hex, sleep, spawn_ctl, store_config,
-    store_files_text, Client, Gateway, TempDir, CTL_WAIT,
+    chat_with_key, ctl_ok, new_key, read_store, run_ctl, sha256_hex, sleep, spawn_ctl,
+    store_config, store_files_text, Client, Gateway, TempDir, CTL_WAIT,
 };
 
 /// Fresh connections per check: enough that both shards' listeners take some (SO_REUSEPORT
 /// spreads them by the client's port).
 const CONNECTIONS: usize = 48;
-
-/// The key `keys create`/`keys rotate` printed (its last line), and the new key's id (the
-/// last `key_` word: rotate names the old key first).
-fn new_key(out: &str) -> (String, String) {
-    let key = out.lines().last().unwrap_or_default().to_owned();
-    assert!(key.starts_with("sk-sg-"), "no key printed:\n{out}");
-    let id = out
-        .split_whitespace()
-        .rfind(|w| w.starts_with("key_"))
-        .unwrap_or_default()
-        .trim_end_matches(':')
-        .to_owned();
-    (key, id)
-}
 
 /// The status of one chat call with `key` on a fresh connection (and its error code).
 fn call(gw: &Gateway, key: &str, model: &str) -> (u16, String) {
