@@ -32,7 +32,7 @@ use crate::limits::{
 
 /// `SHRDGT` + layout version: a ctl of another version refuses the region instead of
 /// misreading it.
-pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x08");
+pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x09");
 /// Longest tuning-file path kept in the header, bytes.
 pub const TUNING_PATH_BYTES: usize = 256;
 
@@ -95,6 +95,9 @@ pub struct StoreReply {
     pub text: [AtomicU64; STORE_REPLY_BYTES / 8],
 }
 
+/// Answers the region keeps, the last ones by version.
+pub const STORE_REPLY_SLOTS: usize = 4;
+
 /// [`StoreReply::status`]: the change was made.
 pub const REPLY_MADE: u64 = 0;
 /// The store refused it: no such tenant, key or request.
@@ -112,7 +115,10 @@ pub struct Fixed {
     pub header: Line<Header>,
     pub ring_head: Line<AtomicU64>,
     pub writer: Line<WriterLock>,
-    pub store_reply: Line<StoreReply>,
+    /// Answers to changes, by config version modulo [`STORE_REPLY_SLOTS`]: a change published
+    /// right after another (another instance's catch-up, in a fleet) does not overwrite the
+    /// answer its publisher has yet to read.
+    pub store_reply: [Line<StoreReply>; STORE_REPLY_SLOTS],
     pub ring: [AtomicU64; RING_SLOTS * RING_SLOT_WORDS],
     /// Tenants' shared limiter cells, found by name (see [`Region::tenant`]).
     pub tenants: [Line<TenantCells>; TENANT_SLOTS],
@@ -540,7 +546,7 @@ impl Region {
 
     /// Leave the answer to the change published as config `version` (the builder's only).
     pub fn put_store_reply(&self, version: u64, status: u64, store_version: u64, text: &[u8]) {
-        let r = &self.fixed().store_reply.0;
+        let r = self.reply_slot(version);
         r.version.store(0, Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::Release);
         r.status.store(status, Ordering::Relaxed);
@@ -554,7 +560,7 @@ impl Region {
     /// version and the text; `None` if the builder has not answered that version (or is
     /// answering another one just now).
     pub fn store_reply(&self, version: u64) -> Option<(u64, u64, String)> {
-        let r = &self.fixed().store_reply.0;
+        let r = self.reply_slot(version);
         if r.version.load(Ordering::Acquire) != version {
             return None;
         }
@@ -564,6 +570,12 @@ impl Region {
         let text = load_text_n(&r.text, n);
         std::sync::atomic::fence(Ordering::Acquire);
         (r.version.load(Ordering::Relaxed) == version).then_some((status, store_version, text))
+    }
+
+    /// The answer slot of config `version`.
+    fn reply_slot(&self, version: u64) -> &StoreReply {
+        let slots = &self.fixed().store_reply;
+        &slots[usize::try_from(version % STORE_REPLY_SLOTS as u64).unwrap_or(0)].0
     }
 
     /// The region file (None for an anonymous region).
