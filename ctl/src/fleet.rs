@@ -1,6 +1,7 @@
 //! `fleet status`: this instance's fleet agent (Redis reachable, its round trip, the instances
-//! it sees, its last sync), the instances Redis knows and when each last synced, and the
-//! credit this instance holds of each limit (`[fleet]`, decision 0013).
+//! it sees, its last sync), the instances Redis knows and when each last synced, the credit
+//! this instance holds of each limit, and its share of each tenant's `max_concurrency`
+//! (`[fleet]`, decision 0013).
 
 use std::sync::atomic::Ordering;
 
@@ -55,6 +56,33 @@ pub fn credits(region: &Region) -> Vec<CreditRow> {
         }
     }
     out.sort_by(|a, b| (&a.name, a.kind).cmp(&(&b.name, b.kind)));
+    out
+}
+
+/// One tenant's share of its `max_concurrency` on this instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRow {
+    pub name: String,
+    /// Requests this instance may have in flight for the tenant.
+    pub slots: u64,
+    pub in_flight: u64,
+}
+
+/// The tenants whose share of `max_concurrency` the fleet agent has set, by name.
+pub fn slot_rows(region: &Region) -> Vec<SlotRow> {
+    let mut out: Vec<SlotRow> = region
+        .tenant_slots()
+        .filter(|(_, name, _)| !name.starts_with('\u{1}'))
+        .filter_map(|(slot, name, cells)| {
+            let cap = region.fleet(slot)?.concurrency.cap.load(Ordering::Relaxed);
+            (cap > 0).then(|| SlotRow {
+                name,
+                slots: cap - 1,
+                in_flight: cells.inflight.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
 
@@ -125,5 +153,22 @@ pub fn status(instance: &str) -> Result<(), Failure> {
             &rows
         )
     );
+    let slots: Vec<Vec<String>> = slot_rows(&region)
+        .into_iter()
+        .map(|r| vec![r.name, r.slots.to_string(), r.in_flight.to_string()])
+        .collect();
+    if !slots.is_empty() {
+        print!(
+            "{}",
+            render(
+                &[
+                    ("TENANT", Align::Left),
+                    ("CONCURRENCY SHARE", r),
+                    ("IN FLIGHT", r),
+                ],
+                &slots
+            )
+        );
+    }
     Ok(())
 }

@@ -6,11 +6,14 @@
 //! shared counter; the token budget as a fixed-window counter. A request reserves its token
 //! estimate when admitted and settles the real count from the upstream's `usage` when it ends
 //! (or gives the reservation back when it failed or the client left). See
-//! docs/decisions/0005-tenant-limits-without-locks.md for the bounds.
+//! docs/decisions/0005-tenant-limits-without-locks.md for the bounds. In a fleet (decision
+//! 0013) each limit also takes from this instance's share of the fleet's (`TenantLimits.fleet`):
+//! credit for the rates and budgets, a cap for requests in flight.
 
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 
 use crate::control::shm::{CreditCells, FleetCells, TenantCells};
 use crate::error::Limit;
@@ -54,7 +57,8 @@ pub struct TenantLimits {
     /// The spend budget, microdollars per window.
     pub budget_usd: Option<Budget>,
     pub cells: Option<&'static TenantCells>,
-    /// In a fleet: this instance's share of the fleet's rpm and tpm (decision 0013).
+    /// In a fleet: this instance's share of the fleet's rpm, tpm, budgets and requests in
+    /// flight (decision 0013).
     pub fleet: Option<&'static FleetCells>,
     pub local: Rc<TenantLocal>,
 }
@@ -269,7 +273,19 @@ pub fn admit(
         done: Cell::new(false),
     };
     if let Some(max) = t.max_concurrency {
-        if !Concurrency::acquire(&c.inflight, max) {
+        let admitted = match t.fleet {
+            // In a fleet: under this instance's share too (decision 0013); a refusal for want
+            // of a share is demand the fleet agent asks the fleet for at its next sync.
+            Some(f) => {
+                let got = Concurrency::acquire_capped(&c.inflight, max, &f.concurrency.cap);
+                if got == Err(true) {
+                    f.concurrency.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                got.is_ok()
+            }
+            None => Concurrency::acquire(&c.inflight, max),
+        };
+        if !admitted {
             return Err(Refused {
                 limit: Limit::Concurrency,
                 retry_after_ns: 1_000_000_000,
@@ -641,6 +657,64 @@ mod tests {
         adm.finish(&tenant, now, Some(20), false);
         let probe = admit(&key, now, 10, 0).expect("fits");
         assert_eq!(key.budget_usd_allowance(&probe, now), Some(800));
+    }
+
+    #[test]
+    fn in_a_fleet_requests_in_flight_are_held_to_the_instances_share_too() {
+        let region: &'static Region =
+            Box::leak(Box::new(Region::anonymous(1).expect("an anonymous region")));
+        region
+            .header()
+            .fleet
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+        let mut t = TenantConfig {
+            name: "c".into(),
+            keys: Vec::new(),
+            key_limits: Vec::new(),
+            suspended: false,
+            models: Models::All,
+            rpm: None,
+            tpm: None,
+            max_concurrency: Some(4),
+            connections_max: None,
+            budget: None,
+            budget_usd: None,
+            weight: 1,
+            default_max_tokens: 100,
+        };
+        let (slot, cells) = region.tenant_slot("c").expect("a slot");
+        let fleet = region.fleet(slot).expect("in a fleet");
+        let limits = TenantLimits::new(&t, Some(cells), Rc::default()).with_fleet(Some(fleet));
+        // A share of 2 slots (stored plus one): the third request is refused, and counted as
+        // demand for the agent.
+        fleet.concurrency.cap.store(3, Ordering::Relaxed);
+        let a = admit(&limits, 1, 0, 0).expect("first");
+        let b = admit(&limits, 1, 0, 0).expect("second");
+        let refused = admit(&limits, 1, 0, 0).expect_err("over the share");
+        assert_eq!(refused.limit, Limit::Concurrency);
+        assert_eq!(fleet.concurrency.refused.load(Ordering::Relaxed), 1);
+        a.finish(&limits, 1, None, false);
+        let c = admit(&limits, 1, 0, 0).expect("a slot came back");
+        // A share above the limit: the limit holds, and a refusal by it is not the share's.
+        fleet.concurrency.cap.store(100, Ordering::Relaxed);
+        let d = admit(&limits, 1, 0, 0).expect("third");
+        let e = admit(&limits, 1, 0, 0).expect("fourth");
+        assert!(admit(&limits, 1, 0, 0).is_err());
+        assert_eq!(fleet.concurrency.refused.load(Ordering::Relaxed), 1);
+        for adm in [b, c, d, e] {
+            adm.finish(&limits, 1, None, false);
+        }
+        assert_eq!(cells.inflight.load(Ordering::Relaxed), 0);
+        // Without a fleet the share is not looked at.
+        t.name = "solo".into();
+        let solo = TenantLimits::new(&t, region.tenant("solo"), Rc::default());
+        let held: Vec<_> = (0..4)
+            .map(|_| admit(&solo, 1, 0, 0).expect("up to the limit"))
+            .collect();
+        assert!(admit(&solo, 1, 0, 0).is_err());
+        for adm in held {
+            adm.finish(&solo, 1, None, false);
+        }
     }
 
     #[test]

@@ -23,7 +23,32 @@
 //! own at the limit divided by the instances it last saw alive, and says so once
 //! (`shardgate_fleet_redis_up 0`). Units granted meanwhile are never charged to Redis later.
 //!
-//! [`plan`] is the decision, I/O-free and unit-tested; `run` does the I/O.
+//! A tenant's `max_concurrency` (requests in flight) is not leased: slots come back. Each
+//! instance holds a share of it, the cap in the tenant's `shm::ConcurrencyCells` the shards
+//! admit under (`limit::Concurrency::acquire_capped`), and says in Redis what it holds
+//! (`sg:conc:<tenant>`, a hash with one field per instance). Each sync, per tenant with
+//! `max_concurrency` whose share needs a trade ([`plan_slots`]), the agent:
+//! - asks for what the instance has in flight plus headroom ([`CONCURRENCY_HEADROOM_DIVISOR`])
+//!   plus the requests refused for want of a share since the last sync ([`concurrency_want`]),
+//!   lowering its cap to that first when it asks for less than it has;
+//! - is granted what it asks as far as the slots other instances hold leave room, and no more
+//!   than its fair share while the instances together ask for more than the limit (the limit
+//!   filled like water over what each asks: one asking little gets it all, the others share
+//!   the rest evenly), and raises or lowers its cap to the grant;
+//! - holds in Redis the larger of the grant and what it may still have in flight (its cap
+//!   before the grant, or more, for requests admitted before a lower cap), so the fields of
+//!   all instances sum to at most the limit while Redis keeps them, and their requests in
+//!   flight too.
+//!
+//! A field not written for `INSTANCE_TTL_MS`, or of an instance gone from the heartbeat set,
+//! is dropped (a killed instance's slots come back to the others within that); an instance
+//! writes each of its fields at least every [`CONCURRENCY_REFRESH_MS`]. While Redis is down,
+//! the cap is the limit divided by the instances last seen. The first sync that reaches Redis
+//! again, or that follows one that found Redis had lost the fleet's state, asks for no more
+//! than the instance holds, and writes every field: the others learn what it holds before it
+//! grows.
+//!
+//! [`plan`] and [`plan_slots`] are the decisions, I/O-free and unit-tested; `run` does the I/O.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,10 +56,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, FleetConfig};
-use crate::control::shm::{CreditCells, Region};
+use crate::control::shm::{ConcurrencyCells, CreditCells, Region};
 use crate::control::unix_ms;
-use crate::limit::{lease_units, Gcra};
-use shardgate_core::fleet::{Kind, INSTANCES_KEY, INSTANCE_TTL_MS};
+use crate::limit::{lease_units, Concurrency, Gcra};
+pub use shardgate_core::fleet::INSTANCE_TTL_MS;
+use shardgate_core::fleet::{Kind, INSTANCES_KEY};
 
 /// How much use the credit covers: the agent tops it up to what this instance took in this
 /// long (at its recent rate), ms.
@@ -43,6 +69,14 @@ pub const LEASE_HORIZON_MS: u64 = 500;
 pub const IDLE_MS: u64 = 1_000;
 /// While Redis is down, how often the agent tries to reach it again, ms.
 pub const RECONNECT_MS: u64 = 1_000;
+/// An instance asks for a tenant's `max_concurrency` divided by this, at least one slot, beyond
+/// what it has in flight: room for the requests that arrive before its next sync.
+pub const CONCURRENCY_HEADROOM_DIVISOR: u64 = 10;
+/// An instance writes its share of a tenant's `max_concurrency` to Redis at least this often,
+/// changed or not: the others drop a share not written for `INSTANCE_TTL_MS`, ms.
+pub const CONCURRENCY_REFRESH_MS: u64 = 1_000;
+const _: () = assert!(CONCURRENCY_REFRESH_MS * 2 <= INSTANCE_TTL_MS);
+const _: () = assert!(CONCURRENCY_HEADROOM_DIVISOR > 0);
 
 /// The config the agent works from: the newest good one, left here by the builder; and where
 /// the fleet's tenant store stands, in Redis and here ([`crate::fleet_store`]).
@@ -222,6 +256,89 @@ pub fn target_units(limit: u64, rate_per_s: u64) -> u64 {
     horizon.clamp(lease, (limit / 10).max(lease))
 }
 
+/// What an instance asks of a tenant's `max_concurrency` (`max`): the requests it has in
+/// flight (`in_use`), a headroom of `max / CONCURRENCY_HEADROOM_DIVISOR` (at least one slot),
+/// and the requests refused for want of a share since the last sync (`refused`: demand the
+/// headroom did not cover); at most `max`.
+pub fn concurrency_want(max: u64, in_use: u64, refused: u64) -> u64 {
+    let headroom = (max / CONCURRENCY_HEADROOM_DIVISOR).max(1);
+    in_use
+        .saturating_add(headroom)
+        .saturating_add(refused)
+        .min(max)
+}
+
+/// One tenant's share of `max_concurrency` traded this sync.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotTrade {
+    /// Slots asked for.
+    pub want: u64,
+    /// The most this instance may have in flight until its cap is next changed: the count
+    /// when the agent looked or its cap, whichever is larger (at most the limit). Its field in
+    /// Redis never holds less.
+    pub holding: u64,
+}
+
+/// What the agent keeps of one tenant's share between syncs.
+#[derive(Debug, Default)]
+pub struct SlotTrack {
+    /// What the last trade sent and was granted (`None`: no grant in force: not traded yet,
+    /// Redis down, or its grant not used), the limit it was for, and when (unix ms).
+    sent: SlotTrade,
+    granted: Option<u64>,
+    max: u64,
+    sent_ms: u64,
+}
+
+/// Decide the trade of a tenant's share of `max` (its `max_concurrency`) from its cells (`c`,
+/// and `inflight`, its requests in flight on this instance) at `now_ms`; `None` when its share
+/// needs none (unchanged, granted in full, written less than [`CONCURRENCY_REFRESH_MS`] ago).
+/// `hold`: the first sync after Redis was unreachable or lost the fleet's state, which asks for
+/// no more than the instance holds and always trades. Takes the refused count, and lowers the
+/// cap to the want before reading what is in flight when the want is lower (so a request
+/// admitted meanwhile is in the count or under the new cap: `Concurrency::cap_then_count`).
+pub fn plan_slots(
+    max: u64,
+    c: &ConcurrencyCells,
+    inflight: &AtomicU64,
+    t: &SlotTrack,
+    now_ms: u64,
+    hold: bool,
+) -> Option<SlotTrade> {
+    let refused = c.refused.swap(0, Ordering::Relaxed);
+    // The agent is the cap's only writer. 0: not set yet, the limit alone holds.
+    let cap = c.cap.load(Ordering::Relaxed);
+    let slots = cap.checked_sub(1).unwrap_or(max).min(max);
+    let in_use = Concurrency::in_flight(inflight);
+    let want = if hold && cap > 0 {
+        slots.max(in_use).min(max)
+    } else {
+        concurrency_want(max, in_use, refused)
+    };
+    let (slots, in_use) = if want < slots {
+        let n = Concurrency::cap_then_count(&c.cap, inflight, Some(want + 1));
+        (want, n)
+    } else {
+        (slots, Concurrency::cap_then_count(&c.cap, inflight, None))
+    };
+    let trade = SlotTrade {
+        want,
+        holding: in_use.max(slots).min(max),
+    };
+    let settled = t.granted == Some(want)
+        && t.sent == trade
+        && t.max == max
+        && refused == 0
+        && now_ms.saturating_sub(t.sent_ms) < CONCURRENCY_REFRESH_MS;
+    (hold || !settled).then_some(trade)
+}
+
+/// While Redis is down: a tenant's share of `max` (its `max_concurrency`), the limit divided by
+/// the `instances` last seen, at least one slot.
+pub fn local_slots(max: u64, instances: u64) -> u64 {
+    (max / instances.max(1)).max(1).min(max)
+}
+
 /// Take up to `n` from `cell`; how much was taken.
 fn take_up_to(cell: &AtomicU64, n: u64) -> u64 {
     let mut got = 0;
@@ -233,14 +350,19 @@ fn take_up_to(cell: &AtomicU64, n: u64) -> u64 {
 }
 
 /// The script every sync runs once: the instance's heartbeat (`KEYS[1]`, a sorted set of
-/// instances by last sync; `ARGV[1]` its id, `ARGV[2]` the TTL in ms), then for each further key,
-/// a limit, five arguments: its amount, its window in ms (0: per minute), units wanted, charged,
-/// given back. A per-minute limit is a GCRA theoretical arrival time in µs on Redis's clock,
-/// expiring once full; a budget is the units used in the current window (the key with the
-/// window's index appended; not for Redis Cluster), expiring after two windows. Returns the
-/// instances alive, the fleet state's epoch (`sg:epoch`, made when missing: a new one tells
-/// the agents Redis lost the state), the fleet's tenant store's version plus one (0: none;
-/// [`crate::fleet_store::VERSION_KEY`]), then per limit the units granted and the room left.
+/// instances by last sync; `ARGV[1]` its id, `ARGV[2]` the TTL in ms), then `ARGV[3]` limits,
+/// each a further key with five arguments: its amount, its window in ms (0: per minute), units
+/// wanted, charged, given back; then the further keys left are tenants' shares of
+/// `max_concurrency`, each with three arguments: the limit, the slots wanted, the slots held
+/// ([`SlotTrade`]). A per-minute limit is a GCRA theoretical arrival time in µs on Redis's
+/// clock, expiring once full; a budget is the units used in the current window (the key with
+/// the window's index appended; not for Redis Cluster), expiring after two windows; a share of
+/// `max_concurrency` is a hash of `held,wanted,written ms` by instance id (fields older than
+/// the TTL or of an instance gone from the heartbeat set dropped), expiring after two TTLs.
+/// Returns the instances alive, the fleet state's epoch (`sg:epoch`, made when missing: a new
+/// one tells the agents Redis lost the state), the fleet's tenant store's version plus one (0:
+/// none; [`crate::fleet_store::VERSION_KEY`]), then per limit the units granted and the room
+/// left, then per share the slots granted.
 pub const SYNC_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -257,8 +379,9 @@ local store = redis.call('GET', 'sg:store:version')
 if store then store = tonumber(store) + 1 else store = 0 end
 local out = { redis.call('ZCARD', KEYS[1]), tonumber(epoch), store }
 local period = 60000000
-for i = 2, #KEYS do
-  local b = 2 + (i - 2) * 5
+local limits = tonumber(ARGV[3])
+for i = 2, limits + 1 do
+  local b = 3 + (i - 2) * 5
   local limit = tonumber(ARGV[b + 1])
   local window = tonumber(ARGV[b + 2])
   local want = tonumber(ARGV[b + 3])
@@ -287,6 +410,43 @@ for i = 2, #KEYS do
   end
   out[#out + 1] = granted
   out[#out + 1] = room - granted
+end
+local first = limits + 2
+for i = first, #KEYS do
+  local b = 3 + limits * 5 + (i - first) * 3
+  local max = tonumber(ARGV[b + 1])
+  local want = tonumber(ARGV[b + 2])
+  local holding = tonumber(ARGV[b + 3])
+  local held = 0
+  local wants = { want }
+  local fields = redis.call('HGETALL', KEYS[i])
+  for f = 1, #fields, 2 do
+    local other = fields[f]
+    if other ~= ARGV[1] then
+      local h, w, at = string.match(fields[f + 1], '^(%d+),(%d+),(%d+)$')
+      if h and now_ms - tonumber(at) < ttl and redis.call('ZSCORE', KEYS[1], other) then
+        held = held + tonumber(h)
+        wants[#wants + 1] = tonumber(w)
+      else
+        redis.call('HDEL', KEYS[i], other)
+      end
+    end
+  end
+  table.sort(wants)
+  local rest, level = max, max
+  for k = 1, #wants do
+    local share = math.ceil(rest / (#wants - k + 1))
+    if wants[k] > share then
+      level = share
+      break
+    end
+    rest = rest - wants[k]
+  end
+  local granted = math.max(0, math.min(want, level, max - held))
+  local row = string.format('%d,%d,%d', math.max(granted, holding), want, now_ms)
+  redis.call('HSET', KEYS[i], ARGV[1], row)
+  redis.call('PEXPIRE', KEYS[i], ttl * 2)
+  out[#out + 1] = granted
 end
 return out
 ";
@@ -334,6 +494,48 @@ fn limits_of(cfg: &Config) -> Vec<(LimitId, Amount)> {
         push(&name, Kind::BudgetUsd, k.limits.budget_uusd, window);
     }
     out
+}
+
+/// A tenant with `max_concurrency`, as the agent trades its share: its name, the limit, and its
+/// cells in the shared table (its share, and its requests in flight on this instance).
+struct SlotTenant {
+    name: String,
+    max: u64,
+    cells: &'static ConcurrencyCells,
+    inflight: &'static AtomicU64,
+}
+
+/// The tenants of `cfg` with `max_concurrency`, on their cells in `region` (claimed by name);
+/// none when the engine is not in a fleet.
+fn slot_tenants_of(cfg: &Config, region: &'static Region) -> Vec<SlotTenant> {
+    let mut out = Vec::new();
+    for t in &cfg.tenants {
+        let Some(max) = t.max_concurrency else {
+            continue;
+        };
+        let Some((slot, tenant)) = region.tenant_slot(&t.name) else {
+            continue;
+        };
+        let Some(fleet) = region.fleet(slot) else {
+            continue;
+        };
+        out.push(SlotTenant {
+            name: t.name.clone(),
+            max,
+            cells: &fleet.concurrency,
+            inflight: &tenant.inflight,
+        });
+    }
+    out
+}
+
+/// What one sync with Redis answered: per limit traded the units granted and the room left,
+/// per share of `max_concurrency` the slots granted (`None`: not to be used, Redis having lost
+/// the fleet's state).
+#[derive(Debug, Default)]
+struct Synced {
+    limits: Vec<(u64, u64)>,
+    slots: Vec<Option<u64>>,
 }
 
 /// The agent's connection to Redis, and whether it is up.
@@ -415,10 +617,15 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
     let mut tracks: HashMap<LimitId, Track> = HashMap::new();
     let mut cfg: Option<Arc<Config>> = None;
     let mut limits: Vec<(LimitId, Amount, usize)> = Vec::new();
+    let mut slot_tenants: Vec<SlotTenant> = Vec::new();
+    let mut slot_tracks: HashMap<String, SlotTrack> = HashMap::new();
     let mut instances: u64 = 1;
     let mut last = unix_ms();
     // Redis lost the fleet's state at the last sync: count this instance's use again.
     let mut reseed = false;
+    // The last sync did not reach Redis, or found it had lost the fleet's state: ask for no
+    // more slots than held until every share is written again.
+    let mut hold = false;
     loop {
         let started = Instant::now();
         // A new config: the limits it has, each on its slot's cells (claimed by name).
@@ -429,6 +636,17 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
                     .filter_map(|(id, l)| Some((id.clone(), l, region.tenant_slot(&id.name)?.0)))
                     .collect();
                 tracks.retain(|id, _| limits.iter().any(|(l, _, _)| l == id));
+                let now_slots = slot_tenants_of(&new, region);
+                // A tenant whose max_concurrency went: its cap is unset (its share in Redis
+                // lapses after INSTANCE_TTL_MS), and set again from scratch if it comes back.
+                for gone in slot_tenants
+                    .iter()
+                    .filter(|o| !now_slots.iter().any(|n| n.name == o.name))
+                {
+                    Concurrency::cap_then_count(&gone.cells.cap, gone.inflight, Some(0));
+                }
+                slot_tenants = now_slots;
+                slot_tracks.retain(|name, _| slot_tenants.iter().any(|t| &t.name == name));
                 cfg = Some(new);
             }
         }
@@ -464,6 +682,13 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
                 trades.push((id.clone(), *limit, *slot, trade));
             }
         }
+        let mut slot_trades = Vec::new();
+        for st in &slot_tenants {
+            let t = slot_tracks.entry(st.name.clone()).or_default();
+            if let Some(trade) = plan_slots(st.max, st.cells, st.inflight, t, now, hold) {
+                slot_trades.push((st, trade));
+            }
+        }
         if reseed {
             tracing::warn!(
                 "fleet: Redis lost the fleet's state (restarted empty?): this instance's use \
@@ -473,9 +698,22 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
             );
             reseed = false;
         }
-        let shared = exchange(&mut link, region, id, &trades, &mut instances, latest);
+        let shared = exchange(
+            &mut link,
+            region,
+            id,
+            &trades,
+            &slot_trades,
+            &mut instances,
+            latest,
+        );
         if let Some(lost) = link.lost.take() {
             reseed = lost;
+        }
+        hold = shared.is_none() || reseed;
+        match shared.as_ref() {
+            Some(s) => set_slots(&s.slots, &slot_trades, &mut slot_tracks, now),
+            None => set_local_slots(&slot_tenants, &mut slot_tracks, instances),
         }
         for (i, (lid, limit, slot, trade)) in trades.iter().enumerate() {
             let Some(cells) = region.fleet(*slot) else {
@@ -483,7 +721,7 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
             };
             let c = lid.kind.cells(cells);
             let (granted, room) = match &shared {
-                Some(got) => got.get(i).copied().unwrap_or((0, 0)),
+                Some(got) => got.limits.get(i).copied().unwrap_or((0, 0)),
                 None => {
                     // Redis is down: this instance's share, from a bucket of its own.
                     let t = tracks.entry(lid.clone()).or_default();
@@ -530,6 +768,45 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
     }
 }
 
+/// Set the caps of the shares of `max_concurrency` traded in a sync at `now_ms` to what was
+/// `granted` (in the order of `trades`).
+fn set_slots(
+    granted: &[Option<u64>],
+    trades: &[(&SlotTenant, SlotTrade)],
+    tracks: &mut HashMap<String, SlotTrack>,
+    now_ms: u64,
+) {
+    for (k, (st, trade)) in trades.iter().enumerate() {
+        let t = tracks.entry(st.name.clone()).or_default();
+        let got = granted.get(k).copied().flatten();
+        if let Some(g) = got {
+            Concurrency::cap_then_count(&st.cells.cap, st.inflight, Some(g.min(st.max) + 1));
+        }
+        *t = SlotTrack {
+            sent: *trade,
+            granted: got,
+            max: st.max,
+            sent_ms: now_ms,
+        };
+    }
+}
+
+/// While Redis is down: every tenant's cap to its share of `max_concurrency`, the limit divided
+/// by the `instances` last seen ([`local_slots`]).
+fn set_local_slots(
+    tenants: &[SlotTenant],
+    tracks: &mut HashMap<String, SlotTrack>,
+    instances: u64,
+) {
+    for st in tenants {
+        let share = local_slots(st.max, instances);
+        Concurrency::cap_then_count(&st.cells.cap, st.inflight, Some(share + 1));
+        if let Some(t) = tracks.get_mut(&st.name) {
+            t.granted = None;
+        }
+    }
+}
+
 /// While Redis is down: what `trade` is granted from this instance's own bucket of `limit`,
 /// at its share (the limit divided by the `instances` last seen). The share counts what this
 /// instance used already: the last minute's use (charged to its bucket when the outage began)
@@ -561,16 +838,17 @@ fn local_share(
     }
 }
 
-/// Run the sync script for `trades` (the heartbeat alone when there are none): per trade the
-/// units granted and the room left, or `None` when Redis is down.
+/// Run the sync script for `trades` and `slot_trades` (shares of `max_concurrency`; the
+/// heartbeat alone when there are none): what was granted, or `None` when Redis is down.
 fn exchange(
     link: &mut Link,
     region: &Region,
     id: &str,
     trades: &[(LimitId, Amount, usize, Trade)],
+    slot_trades: &[(&SlotTenant, SlotTrade)],
     instances: &mut u64,
     latest: &Latest,
-) -> Option<Vec<(u64, u64)>> {
+) -> Option<Synced> {
     if link.conn.is_none() {
         if link
             .tried
@@ -585,7 +863,10 @@ fn exchange(
         }
     }
     let mut inv = link.script.prepare_invoke();
-    inv.key(INSTANCES_KEY).arg(id).arg(INSTANCE_TTL_MS);
+    inv.key(INSTANCES_KEY)
+        .arg(id)
+        .arg(INSTANCE_TTL_MS)
+        .arg(trades.len());
     for (lid, limit, _, t) in trades {
         inv.key(format!("sg:lim:{}:{}", lid.name, lid.kind.as_str()))
             .arg(limit.amount)
@@ -593,6 +874,12 @@ fn exchange(
             .arg(t.want)
             .arg(t.charge)
             .arg(t.give);
+    }
+    for (st, t) in slot_trades {
+        inv.key(format!("sg:conc:{}", st.name))
+            .arg(st.max)
+            .arg(t.want)
+            .arg(t.holding);
     }
     let started = Instant::now();
     let started_ms = unix_ms();
@@ -611,7 +898,8 @@ fn exchange(
             let store = out.get(2).copied().unwrap_or(0);
             latest.store_seen.store(store, Ordering::Relaxed);
             latest.store_seen_ms.store(started_ms, Ordering::Release);
-            let granted = out.get(3..).unwrap_or(&[]).chunks(2).map(|p| {
+            let split = (3 + trades.len() * 2).min(out.len());
+            let granted = out[3.min(split)..split].chunks(2).map(|p| {
                 // Granted by a Redis that lost the fleet's state: not used (they stay counted
                 // there), until this instance's use is counted again next sync.
                 if lost {
@@ -620,11 +908,19 @@ fn exchange(
                     (p[0], p.get(1).copied().unwrap_or(0))
                 }
             });
-            let granted = granted.collect();
+            let slots = (0..slot_trades.len()).map(|k| {
+                // Likewise a share granted by a Redis that lost the state: the cap stays until
+                // the next sync, which asks for no more than it holds.
+                out.get(split + k).copied().filter(|_| !lost)
+            });
+            let synced = Synced {
+                limits: granted.collect(),
+                slots: slots.collect(),
+            };
             if lost {
                 link.lost = Some(true);
             }
-            Some(granted)
+            Some(synced)
         }
         Err(e) => {
             link.conn = None;
@@ -698,6 +994,142 @@ mod tests {
         assert_eq!(t.still_counted(false, s(220)), 2);
         // A budget counts its window's use.
         assert_eq!(t.still_counted(true, s(220)), 15);
+    }
+
+    fn slot_cells(cap: u64) -> ConcurrencyCells {
+        ConcurrencyCells {
+            cap: AtomicU64::new(cap),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    #[test]
+    fn an_instance_asks_for_its_use_plus_headroom_plus_what_was_refused_within_the_limit() {
+        // A tenth of the limit as headroom, at least one slot.
+        assert_eq!(concurrency_want(8, 0, 0), 1);
+        assert_eq!(concurrency_want(8, 3, 0), 4);
+        assert_eq!(concurrency_want(100, 30, 0), 40);
+        assert_eq!(concurrency_want(100, 30, 5), 45);
+        // Never more than the limit, whatever the counts (a scribbled cell included).
+        assert_eq!(concurrency_want(8, 3, 20), 8);
+        assert_eq!(concurrency_want(8, u64::MAX, u64::MAX), 8);
+        assert_eq!(concurrency_want(0, 0, 0), 0);
+    }
+
+    #[test]
+    fn a_share_asked_below_the_cap_lowers_it_first_and_holds_what_is_in_flight() {
+        let inflight = AtomicU64::new(0);
+        // Not set yet (0): the limit alone held, so the first trade lowers the cap to the want.
+        let c = slot_cells(0);
+        let t = SlotTrack::default();
+        let got = plan_slots(8, &c, &inflight, &t, 1_000, false).expect("a first trade");
+        assert_eq!(
+            got,
+            SlotTrade {
+                want: 1,
+                holding: 1
+            }
+        );
+        assert_eq!(c.cap.load(Ordering::Relaxed), 2);
+        // Busy with 6 of a cap of 7 slots, 3 refused: asks for all 8, holds the 7 it may use.
+        let c = slot_cells(8);
+        inflight.store(6, Ordering::Relaxed);
+        c.refused.store(3, Ordering::Relaxed);
+        let got = plan_slots(8, &c, &inflight, &t, 1_000, false).expect("a trade");
+        assert_eq!(
+            got,
+            SlotTrade {
+                want: 8,
+                holding: 7
+            }
+        );
+        assert_eq!(c.refused.load(Ordering::Relaxed), 0, "taken");
+        assert_eq!(c.cap.load(Ordering::Relaxed), 8, "not lowered");
+        // Quieter, 2 in flight: the cap goes down to 3 slots before asking, and it holds the
+        // 3 (requests admitted before the cap went down are in the count it read).
+        inflight.store(2, Ordering::Relaxed);
+        let got = plan_slots(8, &c, &inflight, &t, 1_000, false).expect("a trade");
+        assert_eq!(
+            got,
+            SlotTrade {
+                want: 3,
+                holding: 3
+            }
+        );
+        assert_eq!(c.cap.load(Ordering::Relaxed), 4);
+        // More in flight than the new cap (a grant lowered it): it holds them all.
+        inflight.store(6, Ordering::Relaxed);
+        let c = slot_cells(3);
+        let got = plan_slots(8, &c, &inflight, &t, 1_000, false).expect("a trade");
+        assert_eq!(got.holding, 6);
+    }
+
+    #[test]
+    fn a_settled_share_is_traded_again_only_when_it_changes_or_grows_stale() {
+        let inflight = AtomicU64::new(2);
+        let c = slot_cells(4);
+        let trade = SlotTrade {
+            want: 3,
+            holding: 3,
+        };
+        let t = SlotTrack {
+            sent: trade,
+            granted: Some(3),
+            max: 8,
+            sent_ms: 1_000,
+        };
+        assert_eq!(plan_slots(8, &c, &inflight, &t, 1_020, false), None);
+        // Written CONCURRENCY_REFRESH_MS ago: written again, lest the others drop it.
+        assert_eq!(
+            plan_slots(8, &c, &inflight, &t, 1_000 + CONCURRENCY_REFRESH_MS, false),
+            Some(trade)
+        );
+        // A refusal, a new count, a new limit, or a grant short of the want: traded.
+        c.refused.store(1, Ordering::Relaxed);
+        assert!(plan_slots(8, &c, &inflight, &t, 1_020, false).is_some());
+        inflight.store(1, Ordering::Relaxed);
+        assert!(plan_slots(8, &c, &inflight, &t, 1_020, false).is_some());
+        // (That one lowered the cap: back to 3 slots.)
+        inflight.store(2, Ordering::Relaxed);
+        c.cap.store(4, Ordering::Relaxed);
+        assert!(plan_slots(9, &c, &inflight, &t, 1_020, false).is_some());
+        let short = SlotTrack {
+            granted: Some(2),
+            ..t
+        };
+        assert!(plan_slots(8, &c, &inflight, &short, 1_020, false).is_some());
+    }
+
+    #[test]
+    fn after_redis_was_away_a_share_asks_for_what_it_holds_and_no_more() {
+        // At its share while Redis was down (4 of 8 on two instances), 1 in flight, 9 refused:
+        // it asks for the 4 it holds, not 8, and trades though nothing changed.
+        let inflight = AtomicU64::new(1);
+        let c = slot_cells(local_slots(8, 2) + 1);
+        c.refused.store(9, Ordering::Relaxed);
+        let t = SlotTrack::default();
+        let got = plan_slots(8, &c, &inflight, &t, 1_000, true).expect("always traded");
+        assert_eq!(
+            got,
+            SlotTrade {
+                want: 4,
+                holding: 4
+            }
+        );
+        assert_eq!(c.cap.load(Ordering::Relaxed), 5, "kept");
+        // More in flight than the share: it holds them.
+        inflight.store(6, Ordering::Relaxed);
+        let got = plan_slots(8, &c, &inflight, &t, 1_000, true).expect("always traded");
+        assert_eq!((got.want, got.holding), (6, 6));
+    }
+
+    #[test]
+    fn with_redis_down_a_share_is_the_limit_over_the_instances_at_least_one() {
+        assert_eq!(local_slots(8, 2), 4);
+        assert_eq!(local_slots(8, 3), 2);
+        assert_eq!(local_slots(8, 100), 1);
+        assert_eq!(local_slots(8, 0), 8);
+        assert_eq!(local_slots(0, 1), 0);
     }
 
     #[test]

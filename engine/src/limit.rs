@@ -48,6 +48,16 @@
 //! One counter per tenant: [`Concurrency::acquire`] is a `fetch_add` undone when the old value
 //! was already at the maximum, [`Concurrency::release`] a decrement that stops at 0.
 //!
+//! In a fleet the maximum is also this instance's share of the fleet's, in a cap cell the fleet
+//! agent writes ([`Concurrency::acquire_capped`]). The agent lowers the cap and then reads the
+//! count ([`Concurrency::cap_then_count`]); a shard counts its request and then reads the cap.
+//! Both pairs are `SeqCst`, so of a store and a load on each side at least one sees the other's
+//! write (the store-buffering pattern): a request admitted under the old cap is in the count the
+//! agent reads, and one the agent's read misses was checked against the new cap. The agent thus
+//! knows a bound on what the instance may have in flight, `max(count read, new cap)`, which is
+//! what it reports to the fleet. On x86 the `SeqCst` load is a plain load and the `fetch_add` a
+//! locked add either way.
+//!
 //! # Budgets: a hard cap per fixed window
 //! At most `budget` tokens per window of `window_ns`, windows aligned to the clock's epoch
 //! (window index = `now_ns / window_ns`). One word packs the window (high 16 bits: the index
@@ -485,6 +495,32 @@ impl Concurrency {
     /// Requests in flight (may briefly include refused ones being undone).
     pub fn in_flight(cell: &AtomicU64) -> u64 {
         cell.load(Ordering::Relaxed)
+    }
+
+    /// [`Concurrency::acquire`] under `cap` too: a fleet's share plus one, 0 for none (`max`
+    /// alone holds). The cap is read after the request is counted (see the module docs).
+    /// `Err(true)` when the cap refused it (`max` alone would have admitted it), `Err(false)`
+    /// when `max` did.
+    pub fn acquire_capped(cell: &AtomicU64, max: u64, cap: &AtomicU64) -> Result<(), bool> {
+        let before = cell.fetch_add(1, Ordering::SeqCst);
+        let bound = match cap.load(Ordering::SeqCst) {
+            0 => max,
+            c => max.min(c - 1),
+        };
+        if before >= bound {
+            cell.fetch_sub(1, Ordering::Relaxed);
+            return Err(before < max);
+        }
+        Ok(())
+    }
+
+    /// The fleet agent's side of [`Concurrency::acquire_capped`]: store `new_cap` (when given),
+    /// then read the count. Every request the count misses was checked against `new_cap`.
+    pub fn cap_then_count(cap: &AtomicU64, cell: &AtomicU64, new_cap: Option<u64>) -> u64 {
+        if let Some(c) = new_cap {
+            cap.store(c, Ordering::SeqCst);
+        }
+        cell.load(Ordering::SeqCst)
     }
 }
 
@@ -1059,6 +1095,74 @@ mod tests {
         assert_eq!(word(&g), u64::MAX);
         assert!(Concurrency::release(&g));
         assert_eq!(word(&g), u64::MAX - 1);
+    }
+
+    #[test]
+    fn a_fleet_cap_bounds_concurrency_below_the_maximum_and_zero_means_none() {
+        let (c, cap) = (at(0), at(0));
+        // No cap set: the maximum alone.
+        assert_eq!(Concurrency::acquire_capped(&c, 2, &cap), Ok(()));
+        assert_eq!(Concurrency::acquire_capped(&c, 2, &cap), Ok(()));
+        assert_eq!(Concurrency::acquire_capped(&c, 2, &cap), Err(false));
+        assert_eq!(Concurrency::in_flight(&c), 2);
+        // A cap of one slot (stored as 2): the two in flight stay, nothing more is admitted,
+        // and the refusal is the cap's even with room under the maximum.
+        assert_eq!(Concurrency::cap_then_count(&cap, &c, Some(2)), 2);
+        assert_eq!(Concurrency::acquire_capped(&c, 5, &cap), Err(true));
+        assert!(Concurrency::release(&c));
+        assert!(Concurrency::release(&c));
+        assert_eq!(Concurrency::acquire_capped(&c, 5, &cap), Ok(()));
+        assert_eq!(Concurrency::acquire_capped(&c, 5, &cap), Err(true));
+        // A cap of no slot (stored as 1) admits nothing; a cap above the maximum changes nothing.
+        assert!(Concurrency::release(&c));
+        assert_eq!(Concurrency::cap_then_count(&cap, &c, Some(1)), 0);
+        assert_eq!(Concurrency::acquire_capped(&c, 5, &cap), Err(true));
+        assert_eq!(Concurrency::cap_then_count(&cap, &c, Some(100)), 0);
+        for _ in 0..5 {
+            assert_eq!(Concurrency::acquire_capped(&c, 5, &cap), Ok(()));
+        }
+        assert_eq!(Concurrency::acquire_capped(&c, 5, &cap), Err(false));
+        // Reading without a new cap leaves it.
+        assert_eq!(Concurrency::cap_then_count(&cap, &c, None), 5);
+        assert_eq!(word(&cap), 100);
+    }
+
+    #[test]
+    fn a_lowered_cap_is_seen_by_the_shards_or_its_requests_by_the_agent() {
+        // Shards admit under a cap the agent lowers from 6 slots to 2 and back, reading the
+        // count after each lowering: what is in flight after a lowering never exceeds the
+        // count it read or the new cap, whichever is larger.
+        let (cell, cap, inside, stop) = (at(0), at(7), at(0), at(0));
+        let violations = at(0);
+        let bound = at(u64::MAX);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    while word(&stop) == 0 {
+                        if Concurrency::acquire_capped(&cell, 8, &cap).is_ok() {
+                            let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                            if now > bound.load(Ordering::SeqCst) {
+                                violations.fetch_add(1, Ordering::Relaxed);
+                            }
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            assert!(Concurrency::release(&cell));
+                        }
+                    }
+                });
+            }
+            for _ in 0..2_000 {
+                // Lower: from here on, in flight ≤ max(count read, 2). The bound is set after
+                // the read, so a request admitted in between is checked against a looser one.
+                let n = Concurrency::cap_then_count(&cap, &cell, Some(3));
+                bound.store(n.max(2), Ordering::SeqCst);
+                std::hint::spin_loop();
+                bound.store(u64::MAX, Ordering::SeqCst);
+                Concurrency::cap_then_count(&cap, &cell, Some(7));
+            }
+            stop.store(1, Ordering::Relaxed);
+        });
+        assert_eq!(word(&violations), 0);
+        assert_eq!(word(&cell), 0);
     }
 
     #[test]

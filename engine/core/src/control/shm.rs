@@ -32,7 +32,7 @@ use crate::limits::{
 
 /// `SHRDGT` + layout version: a ctl of another version refuses the region instead of
 /// misreading it.
-pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x09");
+pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"SHRDGT\x00\x0a");
 /// Longest tuning-file path kept in the header, bytes.
 pub const TUNING_PATH_BYTES: usize = 256;
 
@@ -137,6 +137,24 @@ pub struct FleetCells {
     /// The token budget's and the USD budget's (microdollars) credit in the current window.
     pub budget: CreditCells,
     pub budget_usd: CreditCells,
+    /// A tenant's share of the fleet's `max_concurrency`.
+    pub concurrency: ConcurrencyCells,
+}
+
+/// Bytes a tenant's fleet cells may take: one cache-line pair (the table's lines are 128 bytes
+/// apart, so more would double the table).
+pub const FLEET_CELLS_BYTES_MAX: usize = 256;
+
+/// This instance's share of a tenant's `max_concurrency` in a fleet (decision 0013): written by
+/// the fleet agent, read by the shards at admission (`shardgate_engine::limit::Concurrency`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct ConcurrencyCells {
+    /// The requests this instance may have in flight for the tenant, plus one; 0: not set yet
+    /// (the tenant's `max_concurrency` alone holds, as on a single host).
+    pub cap: AtomicU64,
+    /// Requests refused for want of a slot since the agent last looked (it takes them).
+    pub refused: AtomicU64,
 }
 
 /// One limit's credit: see `shardgate_engine::limit::Credit`.
@@ -303,6 +321,7 @@ const _: () = assert!(std::mem::align_of::<Fixed>() <= 4096);
 const _: () = assert!(std::mem::size_of::<Fixed>() % 4096 == 0);
 const _: () = assert!(std::mem::size_of::<ShardBlock>() % 4096 == 0);
 const _: () = assert!(std::mem::size_of::<TenantCells>() <= TENANT_CELLS_BYTES_MAX);
+const _: () = assert!(std::mem::size_of::<FleetCells>() <= FLEET_CELLS_BYTES_MAX);
 
 impl Region {
     /// Create the region of `instance` for `shards` shards, replacing a stale file left by an
