@@ -355,6 +355,17 @@ pub fn watch(
             let mut retry_ms = RETRY_MS;
             let (mut failed_ms, mut failed_seen) = (0, 0);
             let mut failing: Option<String> = None;
+            // Not before every shard runs the config the engine started with: a catch-up is a
+            // change pushed through the ring to them.
+            while !crate::control::stats::read(region)
+                .shards
+                .iter()
+                .all(|s| s.running && s.config_version > 0)
+            {
+                // Its own thread: sleeping stalls no shard.
+                #[allow(clippy::disallowed_methods)]
+                std::thread::sleep(Duration::from_millis(WATCH_MS));
+            }
             loop {
                 // Its own thread: sleeping stalls no shard.
                 #[allow(clippy::disallowed_methods)]
@@ -385,7 +396,11 @@ pub fn watch(
                     }
                     Err(r) => {
                         retry_at = Some(Instant::now() + Duration::from_millis(retry_ms));
-                        retry_ms = (retry_ms * 2).min(RETRY_MS_MAX);
+                        // An instance that has not loaded the fleet's store yet keeps trying
+                        // every RETRY_MS: it serves on its own copy meanwhile.
+                        if latest.store_held.load(Ordering::Relaxed) != 0 {
+                            retry_ms = (retry_ms * 2).min(RETRY_MS_MAX);
+                        }
                         failed_ms = unix_ms();
                         failed_seen = latest.store_seen.load(Ordering::Relaxed);
                         if failing.as_deref() != Some(r.message.as_str()) {
