@@ -227,7 +227,9 @@ fn spawn_connection(
 }
 
 /// Accept until shutdown, then drain: no new connections, in-flight requests finish for at
-/// most `drain_timeout`, idle keep-alive connections close at once.
+/// most `drain_timeout`, idle keep-alive connections close once quiet for
+/// `conn::DRAIN_IDLE_GRACE_MS` (their next request before that is answered, with
+/// `Connection: close`).
 async fn serve(
     ctx: Rc<ShardCtx>,
     listeners: Vec<(TcpListener, std::net::TcpListener, bool)>,

@@ -56,6 +56,11 @@ const LLM_POOL_MAX: usize = 1024;
 
 /// Initial size of a connection's read buffer.
 const CLIENT_BUF_BYTES_INITIAL: usize = 4096;
+/// While draining, how long an idle keep-alive connection still waits for its client's next
+/// request (answered with `Connection: close`) before it is closed, ms: a client that sent one
+/// just as the drain began gets its answer instead of a closed connection (HAProxy's soft-stop
+/// likewise closes idle connections on their next request or once quiet).
+pub const DRAIN_IDLE_GRACE_MS: u64 = 1_000;
 
 const HEALTH_OK: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"status\":\"ok\"}";
@@ -458,20 +463,36 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
         let had_bytes = !buf.is_empty();
         let (res, buf) = if !had_bytes {
             // Waiting for the first byte: the idle timeout (header timeout for a new
-            // connection), and draining closes the connection at once: gracefully (FIN, then
-            // what the client still sends is read and dropped), so a request racing the close
-            // meets a clean end of stream, never a reset.
-            if ctx.drain.is_fired() {
-                return Next::CloseLinger;
-            }
+            // connection). Draining does not close the connection at once: its client may
+            // have its next request on the wire already, which a close would lose. It waits
+            // [`DRAIN_IDLE_GRACE_MS`] more for one (answered with `Connection: close`), then
+            // closes gracefully (FIN, then what the client still sends is read and dropped),
+            // so a request racing that close meets a clean end of stream, never a reset.
             let wait = if first {
                 snap.cfg.server.header_timeout
             } else {
                 snap.cfg.server.idle_timeout
             };
-            monoio::select! {
-                r = read_more(&mut c.stream, buf, deadline_in(wait)) => r,
-                _ = ctx.drain.wait() => return Next::CloseLinger,
+            let grace = Duration::from_millis(DRAIN_IDLE_GRACE_MS).min(wait);
+            if ctx.drain.is_fired() {
+                read_more(&mut c.stream, buf, deadline_in(grace)).await
+            } else {
+                // The read is not given up when the drain begins (on io_uring a read given up
+                // as its bytes arrive loses them): the same read goes on, for the grace.
+                let read = std::pin::pin!(read_more(&mut c.stream, buf, deadline_in(wait)));
+                let mut read = read;
+                let got = monoio::select! {
+                    r = &mut read => Some(r),
+                    _ = ctx.drain.wait() => None,
+                };
+                match got {
+                    Some(r) => r,
+                    None => match monoio::time::timeout(grace, &mut read).await {
+                        Ok(r) => r,
+                        // Quiet for the whole grace: closed gracefully.
+                        Err(_) => return Next::CloseLinger,
+                    },
+                }
             }
         } else {
             let deadline =
@@ -484,7 +505,11 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
             Ok(_) => {
                 head_deadline.get_or_insert_with(|| deadline_in(snap.cfg.server.header_timeout));
             }
-            // Nothing sent at all: close quietly, as for an idle keep-alive connection.
+            // Nothing sent at all: close quietly, as for an idle keep-alive connection
+            // (gracefully while draining: a request may be racing the close).
+            Err(ReadError::TimedOut) if !had_bytes && ctx.drain.is_fired() => {
+                return Next::CloseLinger
+            }
             Err(ReadError::TimedOut) if !had_bytes => return Next::Close,
             Err(ReadError::TimedOut) => {
                 return answer_error(ctx, c, Error::HeaderTimeout, true, ctx.take_buf()).await;
