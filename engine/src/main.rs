@@ -220,6 +220,12 @@ fn run(
     // upstream's, and the upstream's second handle the pool's idle check peeks through): take
     // the whole hard limit at once (as nginx's worker_rlimit_nofile and Go programs do), and
     // say so when even that is below what `connections_max` allows.
+    // An upgrade (a second instance on this port, then SIGTERM to this one) keeps the
+    // connections queued in this one's listeners only with tcp_migrate_req on (issue 19).
+    let migrate = std::fs::read_to_string(shardgate_tune::MIGRATE_REQ_PATH).ok();
+    if let Some(why) = shardgate_tune::migrate_req_advice(migrate.as_deref()) {
+        tracing::warn!("{why} (docs/operations.md, upgrades)");
+    }
     let nofile = shardgate_engine::runtime::raise_nofile();
     let nofile_wanted = (shards as u64)
         .saturating_mul(config.server.connections_max as u64)

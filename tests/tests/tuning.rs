@@ -192,7 +192,7 @@ fn check_only_lists_every_check_with_its_fix() {
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("--check-only --json prints one object");
     let checks = report["checks"].as_array().expect("checks");
-    assert_eq!(checks.len(), 11, "{report}");
+    assert_eq!(checks.len(), 12, "{report}");
     for c in checks {
         let status = c["status"].as_str().expect("status");
         assert!(["ok", "warn", "fail"].contains(&status), "{c}");

@@ -115,6 +115,8 @@ pub struct HostFacts {
     pub somaxconn: Option<String>,
     /// `/proc/sys/net/ipv4/tcp_max_syn_backlog`.
     pub syn_backlog: Option<String>,
+    /// `/proc/sys/net/ipv4/tcp_migrate_req`.
+    pub migrate_req: Option<String>,
     /// `/proc/sys/net/ipv4/ip_local_port_range`.
     pub port_range: Option<String>,
     /// `/sys/devices/system/cpu/online`.
@@ -439,6 +441,7 @@ pub fn run_all(facts: &HostFacts) -> Vec<Check> {
         check_nofile(facts),
         check_somaxconn(facts),
         check_syn_backlog(facts),
+        check_migrate_req(facts),
         check_port_range(facts),
         check_cpus(facts),
         check_smt(facts),
@@ -663,6 +666,26 @@ pub fn check_syn_backlog(facts: &HostFacts) -> Check {
             ),
         )
         .fix(sysctl_fix("net.ipv4.tcp_max_syn_backlog", "8192")),
+    }
+}
+
+/// Whether an upgrade by a second instance on the same port keeps the connections queued in
+/// the first one's listeners (`net.ipv4.tcp_migrate_req`).
+pub fn check_migrate_req(facts: &HostFacts) -> Check {
+    match shardgate_tune::migrate_req_advice(facts.migrate_req.as_deref()) {
+        None => Check::new(
+            "tcp_migrate_req",
+            Status::Ok,
+            "net.ipv4.tcp_migrate_req = 1",
+        ),
+        Some(why) => {
+            let c = Check::new("tcp_migrate_req", Status::Warn, why);
+            if facts.migrate_req.is_some() {
+                c.fix(sysctl_fix("net.ipv4.tcp_migrate_req", "1"))
+            } else {
+                c
+            }
+        }
     }
 }
 
@@ -957,6 +980,7 @@ ERR:          0
             limits: Some(LIMITS.into()),
             somaxconn: Some("4096\n".into()),
             syn_backlog: Some("2048\n".into()),
+            migrate_req: None,
             port_range: Some("32768\t60999\n".into()),
             online: Some("0-1\n".into()),
             self_status: Some("Name:\tx\nCpus_allowed_list:\t0-1\nMems_allowed:\t1\n".into()),
@@ -1008,7 +1032,21 @@ ERR:          0
     fn a_small_vm() {
         let f = vm();
         let c = run_all(&f);
-        assert_eq!(c.len(), 11);
+        assert_eq!(c.len(), 12);
+        // tcp_migrate_req unread: warned, no fix to give.
+        let migrate = find(&c, "tcp_migrate_req");
+        assert_eq!(migrate.status, Status::Warn);
+        assert!(migrate.fix.is_none());
+        let mut on = vm();
+        on.migrate_req = Some("1\n".into());
+        assert_eq!(check_migrate_req(&on).status, Status::Ok);
+        on.migrate_req = Some("0\n".into());
+        let off = check_migrate_req(&on);
+        assert_eq!(off.status, Status::Warn);
+        assert!(off
+            .fix
+            .unwrap()
+            .starts_with("sysctl -w net.ipv4.tcp_migrate_req=1"));
         assert_eq!(find(&c, "io_uring").status, Status::Ok);
         // 8 MiB on a 6.1 kernel is enough.
         assert_eq!(find(&c, "memlock").status, Status::Ok);
@@ -1139,7 +1177,7 @@ ERR:          0
     fn missing_files_warn_instead_of_failing() {
         let f = HostFacts::default();
         let c = run_all(&f);
-        assert_eq!(c.len(), 11);
+        assert_eq!(c.len(), 12);
         assert!(c.iter().all(|c| c.status != Status::Fail), "{c:#?}");
         assert_eq!(usable_cpus(&f), vec![0]);
     }

@@ -92,6 +92,7 @@ pub fn read_facts() -> HostFacts {
         limits: read("/proc/self/limits"),
         somaxconn: read("/proc/sys/net/core/somaxconn"),
         syn_backlog: read("/proc/sys/net/ipv4/tcp_max_syn_backlog"),
+        migrate_req: read(shardgate_tune::MIGRATE_REQ_PATH),
         port_range: read("/proc/sys/net/ipv4/ip_local_port_range"),
         online: read(format!("{cpu_dir}/online")),
         self_status: read("/proc/self/status"),

@@ -40,6 +40,29 @@ pub const CPU_ID_MAX: usize = 8192;
 /// The version written in the file's first line.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Where the kernel says whether a closing listener's queued connections move to another
+/// listener of its SO_REUSEPORT group (Linux 5.14 and later).
+pub const MIGRATE_REQ_PATH: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// What an upgrade by a second instance on the same port would lose, given the contents of
+/// [`MIGRATE_REQ_PATH`] (`None`: it could not be read): `None` when nothing (it is 1), else
+/// why, for the engine's start-up warning and `shardgate-tune`'s check (I/O-free).
+pub fn migrate_req_advice(contents: Option<&str>) -> Option<String> {
+    match contents.map(str::trim) {
+        Some("1") => None,
+        Some(v) => Some(format!(
+            "net.ipv4.tcp_migrate_req = {v}: an upgrade (a second instance on the same port, then \
+             SIGTERM to the first) resets the connections waiting in the first one's listen \
+             queues; set it to 1"
+        )),
+        None => Some(format!(
+            "cannot read {MIGRATE_REQ_PATH} (a kernel older than 5.14?): an upgrade by a second \
+             instance on the same port resets the connections waiting in the first one's listen \
+             queues"
+        )),
+    }
+}
+
 /// The driver the sweep ran on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Driver {
@@ -222,6 +245,18 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
+    #[test]
+    fn migrate_req_is_advised_unless_it_is_on() {
+        assert_eq!(super::migrate_req_advice(Some("1\n")), None);
+        let off = super::migrate_req_advice(Some("0\n")).unwrap_or_default();
+        assert!(
+            off.contains("tcp_migrate_req = 0") && off.contains("set it to 1"),
+            "{off}"
+        );
+        let gone = super::migrate_req_advice(None).unwrap_or_default();
+        assert!(gone.contains("older than 5.14"), "{gone}");
+    }
+
     use super::*;
 
     fn sample() -> Tuning {
