@@ -526,9 +526,6 @@ impl State<'_> {
                 tenants.extend(k.iter().map(|k| k.tenant.clone()));
                 tenants.extend(held.store.keys.get(id).map(|k| k.tenant.clone()));
             }
-            for r in e.access_requests.values().flatten() {
-                tenants.insert(r.tenant.clone());
-            }
             held.store.apply(e.clone());
         }
         let built = self.with_tenants(base, held, &tenants, &keys, m);

@@ -67,6 +67,9 @@ use shardgate_core::fleet::{Kind, INSTANCES_KEY};
 pub const LEASE_HORIZON_MS: u64 = 500;
 /// A limit unused this long gives its credit back, ms.
 pub const IDLE_MS: u64 = 1_000;
+/// The fleet state's epoch in Redis, made by [`SYNC_SCRIPT`] when missing (a new one: Redis
+/// lost the fleet's state); the usage thread reads it too.
+pub const EPOCH_KEY: &str = "sg:epoch";
 /// While Redis is down, how often the agent tries to reach it again, ms.
 pub const RECONNECT_MS: u64 = 1_000;
 /// An instance asks for a tenant's `max_concurrency` divided by this, at least one slot, beyond
@@ -934,6 +937,13 @@ fn exchange(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sync_script_names_the_keys_the_other_threads_read() {
+        for key in [EPOCH_KEY, crate::fleet_store::VERSION_KEY] {
+            assert!(SYNC_SCRIPT.contains(&format!("'{key}'")), "{key}");
+        }
+    }
 
     fn cells() -> CreditCells {
         CreditCells {

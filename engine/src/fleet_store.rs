@@ -215,11 +215,10 @@ impl Link {
                 self.fleet.url
             )
         };
-        let conn = match self.conn.take() {
+        let mut conn = match self.conn.take() {
             Some(c) => c,
             None => shardgate_core::fleet::connect(&self.fleet).map_err(|e| unreachable(&e))?,
         };
-        let mut conn = conn;
         match f(&mut conn) {
             Ok(v) => {
                 self.conn = Some(conn);

@@ -21,24 +21,12 @@ use shardgate_core::fleet::Usage;
 
 /// How often the counters are pushed, ms.
 pub const USAGE_PUSH_MS: u64 = 1_000;
-/// The fleet state's epoch, as the fleet agent's sync script makes it (`crate::fleet`).
-const EPOCH_KEY: &str = "sg:epoch";
 
-/// Each tenant's counts now (`stats`' tenants, not upstream caps).
+/// Each tenant's counts now.
 fn counted(t: &stats::Totals) -> BTreeMap<String, Usage> {
     t.tenants
         .iter()
-        .filter(|(name, _)| !name.starts_with('\u{1}'))
-        .map(|(name, s)| {
-            let u = [
-                s.requests,
-                s.tokens_in,
-                s.tokens_out,
-                s.spend_nusd,
-                s.unpriced,
-            ];
-            (name.clone(), u)
-        })
+        .map(|(name, s)| (name.clone(), shardgate_core::spend::usage_of(s)))
         .collect()
 }
 
@@ -67,10 +55,8 @@ pub fn spawn(fleet: FleetConfig, region: &'static Region) -> std::io::Result<()>
         .spawn(move || {
             let mut conn: Option<redis::Connection> = None;
             let mut epoch: Option<String> = None;
-            // The counts Redis has taken, as this instance counted them then.
-            let mut pushed = counted(&stats::read(region));
-            // Counted before the first push (the instance just started: nothing yet).
-            pushed.values_mut().for_each(|u| *u = Usage::default());
+            // The counts Redis has taken, as this instance counted them then (none yet).
+            let mut pushed: BTreeMap<String, Usage> = BTreeMap::new();
             loop {
                 // Its own thread: sleeping stalls no shard.
                 #[allow(clippy::disallowed_methods)]
@@ -88,7 +74,10 @@ pub fn spawn(fleet: FleetConfig, region: &'static Region) -> std::io::Result<()>
                 // The fleet state's epoch (made by the agents' sync when missing): a new one
                 // means Redis lost the counters (restarted empty), and this instance's counts
                 // since it started go in again, whole. None yet: wait for the agents' sync.
-                let d = match redis::cmd("GET").arg(EPOCH_KEY).query::<Option<String>>(c) {
+                let d = match redis::cmd("GET")
+                    .arg(crate::fleet::EPOCH_KEY)
+                    .query::<Option<String>>(c)
+                {
                     Ok(None) => continue,
                     Ok(Some(e)) if epoch.as_ref().is_some_and(|was| *was != e) => {
                         epoch = Some(e);

@@ -38,22 +38,39 @@ pub struct SpendRow {
     pub unpriced: u64,
 }
 
+/// A tenant's counters as the fleet's usage counters hold them (`fleet::USAGE_COUNTERS`).
+pub fn usage_of(s: &crate::control::stats::SlotTotals) -> crate::fleet::Usage {
+    [
+        s.requests,
+        s.tokens_in,
+        s.tokens_out,
+        s.spend_nusd,
+        s.unpriced,
+    ]
+}
+
+/// A tenant's row from its usage counters.
+fn row(tenant: &str, u: &crate::fleet::Usage) -> SpendRow {
+    let [requests, tokens_in, tokens_out, spend_nusd, unpriced] = *u;
+    SpendRow {
+        tenant: tenant.to_owned(),
+        requests,
+        tokens_in,
+        tokens_out,
+        spend_nusd,
+        spend_usd: crate::prices::usd(spend_nusd).to_string(),
+        unpriced,
+        ..SpendRow::default()
+    }
+}
+
 /// Per tenant from the counters (`tenant`: only that one).
 pub fn from_counters(totals: &Totals, tenant: Option<&str>) -> Vec<SpendRow> {
     totals
         .tenants
         .iter()
         .filter(|(name, _)| tenant.is_none_or(|t| t == name.as_str()))
-        .map(|(name, s)| SpendRow {
-            tenant: name.clone(),
-            requests: s.requests,
-            tokens_in: s.tokens_in,
-            tokens_out: s.tokens_out,
-            spend_nusd: s.spend_nusd,
-            spend_usd: crate::prices::usd(s.spend_nusd).to_string(),
-            unpriced: s.unpriced,
-            ..SpendRow::default()
-        })
+        .map(|(name, s)| row(name, &usage_of(s)))
         .collect()
 }
 
@@ -192,16 +209,7 @@ pub fn from_fleet(
     usage
         .iter()
         .filter(|(name, _)| tenant.is_none_or(|t| t == name.as_str()))
-        .map(|(name, u)| SpendRow {
-            tenant: name.clone(),
-            requests: u[0],
-            tokens_in: u[1],
-            tokens_out: u[2],
-            spend_nusd: u[3],
-            spend_usd: crate::prices::usd(u[3]).to_string(),
-            unpriced: u[4],
-            ..SpendRow::default()
-        })
+        .map(|(name, u)| row(name, u))
         .collect()
 }
 

@@ -479,8 +479,7 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
             } else {
                 // The read is not given up when the drain begins (on io_uring a read given up
                 // as its bytes arrive loses them): the same read goes on, for the grace.
-                let read = std::pin::pin!(read_more(&mut c.stream, buf, deadline_in(wait)));
-                let mut read = read;
+                let mut read = std::pin::pin!(read_more(&mut c.stream, buf, deadline_in(wait)));
                 let got = monoio::select! {
                     r = &mut read => Some(r),
                     _ = ctx.drain.wait() => None,
