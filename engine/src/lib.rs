@@ -84,6 +84,9 @@
 //! - [`upstream`]: upstream connections (TCP, then TLS) and the per-shard keep-alive pools.
 //! - [`stream`]: one connection type over plain TCP and TLS (client or upstream side).
 //! - [`drain`]: the per-shard shutdown signal idle connections wait on.
+//! - [`listen`]: handing a port over without losing a connection: shards listen only once
+//!   every shard is ready; a draining listener stops taking SYNs (a socket filter) and settles,
+//!   or closes at once when another instance takes its queues over (`tcp_migrate_req`).
 //!
 //! Threads beside the shards (blocking, never on the request path): [`builder`] (each config
 //! version validated once; the tenant store held and changed as deltas), [`admin`] and
@@ -129,6 +132,7 @@ pub mod fleet_usage;
 pub mod fuzz_checks;
 pub mod http;
 pub mod limit;
+pub mod listen;
 pub mod llm;
 pub mod metrics;
 pub mod mock;

@@ -354,6 +354,8 @@ fn run(
         .map_err(|e| format!("cannot start the access-request thread: {e}"))?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(shards);
+    // The shards listen once every one is ready; they drain when this thread says so.
+    let handover = Arc::new(shardgate_engine::listen::Handover::default());
     let (fabric, bells) = shardgate_engine::fair::Fabric::new(shards)
         .map_err(|e| format!("cannot make the shards' bells: {e}"))?;
     for (id, bell) in bells.into_iter().enumerate() {
@@ -373,7 +375,7 @@ fn run(
             listen,
             listen_plain,
             driver,
-            shutdown: shutdown.clone(),
+            handover: handover.clone(),
             roots: roots.clone(),
             fabric: fabric.clone(),
             bell,
@@ -393,12 +395,17 @@ fn run(
         threads.push((thread, core));
     }
     drop(ready_tx);
+    // Calls the shards' start off if this thread returns early.
+    let gate = GateGuard(&handover);
+    let mut own_inodes = Vec::with_capacity(shards * 2);
     for _ in 0..shards {
         let ready = ready_rx
             .recv()
             .map_err(|_| "a shard stopped during start-up".to_owned())?;
         match ready.result {
-            Ok(kind) => {
+            Ok(bound) => {
+                own_inodes.extend(bound.inodes);
+                let kind = bound.driver;
                 let core = threads[ready.shard]
                     .1
                     .map_or("unpinned".to_owned(), |c| format!("core {}", c.id));
@@ -408,11 +415,15 @@ fn run(
                     kind.describe()
                 );
             }
-            Err(e) => {
-                shutdown.store(true, Ordering::Relaxed);
-                return Err(format!("shard {}: {e}", ready.shard));
-            }
+            Err(e) => return Err(format!("shard {}: {e}", ready.shard)),
         }
+    }
+    // Every shard runs its config: all start listening now, and the start-up line waits for
+    // them (a script that waits for it may connect at once).
+    handover.open(true);
+    drop(gate);
+    while handover.listening() < shards && threads.iter().all(|(t, _)| !t.is_finished()) {
+        wait_ms(1);
     }
     if let Some(addr) = admin {
         println!("admin listening on http://{addr} (/metrics, /health/readiness)");
@@ -453,6 +464,18 @@ fn run(
     }
     region.header().draining.store(1, Ordering::Relaxed);
     draining.store(true, Ordering::Relaxed);
+    // Whether another instance takes each listening address over (an upgrade), read once.
+    let addrs: Vec<_> = std::iter::once(listen).chain(listen_plain).collect();
+    let peers = shardgate_engine::listen::peers_taking_over(&addrs, &own_inodes);
+    tracing::info!(
+        "draining; {}",
+        if peers.is_empty() {
+            "no other instance takes the port over: new connections are refused".to_owned()
+        } else {
+            format!("another instance takes over {peers:?}")
+        }
+    );
+    handover.drain(peers);
     for (thread, _) in threads {
         let _ = thread.join();
     }
@@ -464,6 +487,16 @@ fn run(
     #[cfg(feature = "count-alloc")]
     count_alloc::report();
     Ok(())
+}
+
+/// Calls the shards' start off unless the gate was opened first (an early return of `main`
+/// leaves no shard waiting at it).
+struct GateGuard<'a>(&'a shardgate_engine::listen::Handover);
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        self.0.open(false);
+    }
 }
 
 /// Removes the region file when the engine exits normally (a crashed engine's file is replaced

@@ -1,14 +1,15 @@
 //! Shards: one pinned thread per core, each with its own monoio runtime, SO_REUSEPORT listener,
 //! upstream pools and counters. Nothing here is shared between shards: each reads new configs
 //! from the shared-memory ring itself and writes only its own counter block; the process-wide
-//! shutdown flag is read on a timer.
+//! drain flag ([`Handover`]) is read on a timer.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use monoio::io::Canceller;
 use monoio::net::TcpListener;
 
 use crate::accesslog::ShardLog;
@@ -19,17 +20,27 @@ use crate::control::stats;
 use crate::ctx::ShardCtx;
 use crate::fair::Fabric;
 use crate::limits::{ACCESS_LOG_FLUSH_MS, CONTROL_POLL_MS, LISTEN_BACKLOG, SHUTDOWN_POLL_MS};
+use crate::listen::{Handover, DRAIN_SYN_SETTLE_MS, GATE_POLL_MS};
 pub use crate::runtime::DriverKind;
 use crate::snapshot::Kept;
 
 /// How often a shard gives back tenants' stale leases, ms.
 const LEASE_CHECK_MS: u64 = 250;
 
-/// What a shard reports to the main thread once its listener is bound.
+/// What a shard reports to the main thread once its listeners are bound (not yet listening)
+/// and its config is built.
 #[derive(Debug)]
 pub struct Ready {
     pub shard: usize,
-    pub result: Result<DriverKind, String>,
+    pub result: Result<Bound, String>,
+}
+
+/// A ready shard: its driver, and the inodes of its listening sockets (so the main thread
+/// tells the instance's own listeners from another instance's when it drains).
+#[derive(Debug)]
+pub struct Bound {
+    pub driver: DriverKind,
+    pub inodes: Vec<u64>,
 }
 
 /// Connections past `connections_max` answered `503` at once, at most, per shard; the ones past
@@ -39,39 +50,50 @@ const REFUSALS_ANSWERING_MAX: usize = 64;
 /// Accepts kept waiting on the listener at once, per shard, on io_uring.
 const ACCEPTS_IN_FLIGHT: usize = 16;
 
-/// Accept connections until draining starts, spawning a task per connection.
-async fn accept_loop(ctx: Rc<ShardCtx>, listener: Rc<TcpListener>, tls: bool) {
+/// Accept connections until `stop` is cancelled, spawning a task per connection.
+///
+/// The accept is cancelled, never dropped: an accept dropped as the kernel completes it would
+/// leave its connection with no one to serve it (on io_uring the completion is thrown away).
+/// A cancelled accept still ends with its connection when it won the race, and that one is
+/// served like any other.
+async fn accept_loop(ctx: Rc<ShardCtx>, listener: Rc<TcpListener>, tls: bool, stop: Stop) {
     loop {
-        monoio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    if ctx.open_connections() >= ctx.snapshot().cfg.server.connections_max {
-                        // A clear answer (503) while few refusals are under way; past that,
-                        // a plain close: refusing must not cost more than serving.
-                        ctx.connection_refused();
-                        let answering = ctx.refusals_answering.get();
-                        if !tls && answering < REFUSALS_ANSWERING_MAX {
-                            ctx.refusals_answering.set(answering + 1);
-                            let ctx = ctx.clone();
-                            monoio::spawn(async move {
-                                crate::conn::refuse(&ctx, stream).await;
-                                ctx.refusals_answering
-                                    .set(ctx.refusals_answering.get().saturating_sub(1));
-                            });
-                        }
-                        continue;
+        match listener.cancelable_accept(stop.handle.clone()).await {
+            Ok((stream, peer)) => {
+                if ctx.open_connections() >= ctx.snapshot().cfg.server.connections_max {
+                    // A clear answer (503) while few refusals are under way; past that,
+                    // a plain close: refusing must not cost more than serving.
+                    ctx.connection_refused();
+                    let answering = ctx.refusals_answering.get();
+                    if !tls && answering < REFUSALS_ANSWERING_MAX {
+                        ctx.refusals_answering.set(answering + 1);
+                        let ctx = ctx.clone();
+                        monoio::spawn(async move {
+                            crate::conn::refuse(&ctx, stream).await;
+                            ctx.refusals_answering
+                                .set(ctx.refusals_answering.get().saturating_sub(1));
+                        });
                     }
-                    spawn_connection(&ctx, stream, peer, tls);
+                    continue;
                 }
-                Err(e) => {
-                    // EMFILE and friends: back off briefly rather than spin.
-                    ctx.accept_failed(&e);
-                    monoio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            _ = ctx.drain.wait() => break,
+                spawn_connection(&ctx, stream, peer, tls);
+            }
+            Err(_) if stop.stopped.get() => break,
+            Err(e) => {
+                // EMFILE and friends: back off briefly rather than spin.
+                ctx.accept_failed(&e);
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
     }
+}
+
+/// The accept loops' stop: monoio's cancel handle, and whether it was cancelled (monoio keeps
+/// that to itself).
+#[derive(Clone)]
+struct Stop {
+    handle: monoio::io::CancelHandle,
+    stopped: Rc<std::cell::Cell<bool>>,
 }
 
 /// Process-wide totals, summed from the shards when they stop (for the allocation benchmark).
@@ -100,7 +122,8 @@ pub struct ShardStart {
     /// A plain listener beside a TLS `listen`.
     pub listen_plain: Option<SocketAddr>,
     pub driver: DriverChoice,
-    pub shutdown: Arc<AtomicBool>,
+    /// The start gate and the drain flag, shared with the main thread.
+    pub handover: Arc<Handover>,
     /// The system trust store, read once by the main thread.
     pub roots: Arc<rustls::RootCertStore>,
     /// Fair queueing's cross-shard state, and the read end of this shard's bell.
@@ -118,12 +141,18 @@ pub fn run(start: ShardStart, ready: mpsc::Sender<Ready>) {
     let shard = async move |kind: DriverKind| {
         // `listen` serves TLS when the config has certificates; `listen_plain` is plain.
         let tls = !start.cfg.server.tls.is_empty();
-        let mut listeners = Vec::with_capacity(2);
+        let mut sockets = Vec::with_capacity(2);
+        let mut inodes = Vec::with_capacity(2);
         for (addr, tls) in
             std::iter::once((start.listen, tls)).chain(start.listen_plain.map(|a| (a, false)))
         {
-            match bind(addr) {
-                Ok((l, spare)) => listeners.push((l, spare, tls)),
+            let bound = bind(addr).and_then(|s| {
+                use std::os::fd::AsRawFd;
+                inodes.push(crate::listen::socket_inode(s.as_raw_fd())?);
+                Ok(s)
+            });
+            match bound {
+                Ok(socket) => sockets.push((socket, addr, tls)),
                 Err(e) => {
                     report(Err(format!("cannot listen on {addr}: {e}")));
                     return;
@@ -147,7 +176,36 @@ pub fn run(start: ShardStart, ready: mpsc::Sender<Ready>) {
         stats::set(&info.driver, stats::driver_code(kind));
         stats::set(&info.started_unix_ms, crate::control::unix_ms());
         info.running.store(1, Ordering::Release);
-        report(Ok(kind));
+        report(Ok(Bound {
+            driver: kind,
+            inodes,
+        }));
+        // Every shard listens once all are ready (the main thread opens the gate), or none.
+        let go = loop {
+            match start.handover.decision() {
+                Some(go) => break go,
+                None => monoio::time::sleep(Duration::from_millis(GATE_POLL_MS)).await,
+            }
+        };
+        if !go {
+            return;
+        }
+        let mut listeners = Vec::with_capacity(sockets.len());
+        for (socket, addr, tls) in sockets {
+            match listen(socket) {
+                Ok((l, spare)) => listeners.push(Listener {
+                    accepts: Rc::new(l),
+                    spare,
+                    addr,
+                    tls,
+                }),
+                Err(e) => {
+                    // Bound a moment ago: only a resource limit fails here. The others serve.
+                    tracing::error!(shard = id, "cannot listen on {addr}: {e}");
+                }
+            }
+        }
+        start.handover.listened();
         match monoio::net::UnixStream::from_std(start.bell) {
             Ok(bell) => {
                 monoio::spawn(hear_bell(ctx.clone(), bell));
@@ -155,7 +213,7 @@ pub fn run(start: ShardStart, ready: mpsc::Sender<Ready>) {
             // Hand-offs then wait for the shard's timer (CONTROL_POLL_MS).
             Err(e) => tracing::warn!(shard = id, "fair-queue bell unavailable: {e}"),
         }
-        serve(ctx, listeners, kind, start.shutdown).await;
+        serve(ctx, listeners, kind, start.handover).await;
     };
     if let Err(e) = crate::runtime::block_on_best(start.driver, shard) {
         report(Err(e));
@@ -178,17 +236,31 @@ async fn hear_bell(ctx: Rc<ShardCtx>, mut bell: monoio::net::UnixStream) {
     }
 }
 
-/// Bind a listener: the runtime's, and a second handle on the same socket (non-blocking) that
-/// empties its accept queue when draining.
-fn bind(listen: SocketAddr) -> std::io::Result<(TcpListener, std::net::TcpListener)> {
+/// One listening socket of a shard: the runtime's handle, a second handle on the same socket
+/// (non-blocking) that empties its accept queue when draining, its address and whether it
+/// serves TLS.
+struct Listener {
+    accepts: Rc<TcpListener>,
+    spare: std::net::TcpListener,
+    addr: SocketAddr,
+    tls: bool,
+}
+
+/// Bind a socket for a listener, without listening yet (so the port's group does not count it).
+fn bind(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Socket, Type};
     // SO_REUSEPORT: every shard binds its own socket on the same port; the kernel spreads
     // connections across them, so no shard ever hands a connection to another.
-    let socket = Socket::new(Domain::for_address(listen), Type::STREAM, None)?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
-    socket.bind(&listen.into())?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// Listen on a bound socket: the runtime's listener and the spare handle.
+fn listen(socket: socket2::Socket) -> std::io::Result<(TcpListener, std::net::TcpListener)> {
     socket.listen(LISTEN_BACKLOG)?;
     let listener: std::net::TcpListener = socket.into();
     let spare = listener.try_clone()?;
@@ -226,24 +298,26 @@ fn spawn_connection(
     });
 }
 
-/// Accept until shutdown, then drain: no new connections, in-flight requests finish for at
-/// most `drain_timeout`, idle keep-alive connections close once quiet for
+/// Accept until the drain, then drain: the listeners hand over (see [`crate::listen`]): no new
+/// connection is taken, and none the kernel completed is reset. In-flight requests finish for
+/// at most `drain_timeout`; idle keep-alive connections close once quiet for
 /// `conn::DRAIN_IDLE_GRACE_MS` (their next request before that is answered, with
 /// `Connection: close`).
 async fn serve(
     ctx: Rc<ShardCtx>,
-    listeners: Vec<(TcpListener, std::net::TcpListener, bool)>,
+    listeners: Vec<Listener>,
     kind: DriverKind,
-    shutdown: Arc<AtomicBool>,
+    handover: Arc<Handover>,
 ) {
     // The shard's timer: new configs reach an idle shard within CONTROL_POLL_MS (a busy one
-    // finds them between requests), and the shutdown flag is read here.
+    // finds them between requests), and the drain flag is read here.
     let watcher = {
         let ctx = ctx.clone();
+        let handover = handover.clone();
         monoio::spawn(async move {
             let mut flushed = Instant::now();
             let mut leases_checked = Instant::now();
-            while !shutdown.load(Ordering::Relaxed) {
+            while !handover.is_draining() {
                 monoio::time::sleep(Duration::from_millis(CONTROL_POLL_MS)).await;
                 ctx.refresh();
                 // Slots freed on other shards reach this shard's waiters here.
@@ -280,22 +354,48 @@ async fn serve(
     } else {
         ACCEPTS_IN_FLIGHT
     };
-    let listeners: Vec<_> = listeners
-        .into_iter()
-        .map(|(l, spare, tls)| (Rc::new(l), spare, tls))
-        .collect();
+    let canceller = Canceller::new();
+    let stop = Stop {
+        handle: canceller.handle(),
+        stopped: Rc::default(),
+    };
     let loops: Vec<_> = listeners
         .iter()
-        .flat_map(|(l, _, tls)| {
-            (0..accept_loops).map(|_| monoio::spawn(accept_loop(ctx.clone(), l.clone(), *tls)))
+        .flat_map(|l| {
+            (0..accept_loops).map(|_| {
+                monoio::spawn(accept_loop(
+                    ctx.clone(),
+                    l.accepts.clone(),
+                    l.tls,
+                    stop.clone(),
+                ))
+            })
         })
         .collect();
+    ctx.drain.wait().await;
+    // A listener no other instance takes over from stops taking SYNs first, and its
+    // handshakes under way settle into the accept queue while the accepts go on.
+    let mut settle = false;
+    for l in listeners
+        .iter()
+        .filter(|l| !handover.closes_at_once(l.addr))
+    {
+        match socket2::SockRef::from(&l.spare).attach_filter(&crate::listen::syn_drop_filter()) {
+            Ok(()) => settle = true,
+            Err(e) => tracing::warn!(shard = ctx.id, "{}: cannot stop new SYNs: {e}", l.addr),
+        }
+    }
+    if settle {
+        monoio::time::sleep(Duration::from_millis(DRAIN_SYN_SETTLE_MS)).await;
+    }
+    stop.stopped.set(true);
+    let _ = canceller.cancel();
     for l in loops {
         l.await;
     }
     // Every accept loop has ended: empty the accept queues, then close the listening sockets.
-    for (_, spare, tls) in &listeners {
-        accept_backlog(&ctx, spare, *tls);
+    for l in &listeners {
+        accept_backlog(&ctx, &l.spare, l.tls);
     }
     drop(listeners);
     let deadline = Instant::now() + ctx.snapshot().cfg.server.drain_timeout;

@@ -7,6 +7,7 @@
 //! - [`Gateway`] starts `shardgate --config FILE` and waits for its start-up line.
 //! - [`MockUpstream`] is a thread-per-connection HTTP/1.1 server whose handler writes raw bytes.
 //! - [`BenchUpstream`] runs `shardgate-bench upstream`, the mock OpenAI-compatible upstream.
+//! - [`Load`] runs `shardgate-bench load`, the load generator, and reads its counts.
 //! - [`Client`] sends raw bytes and parses responses, so tests can craft bad framing; over TCP
 //!   or TLS ([`Client::connect_tls`]).
 //! - [`tls`]: a test CA and certificates ([`TestCa`]), rustls configs, a TLS [`MockUpstream`]
@@ -20,6 +21,7 @@ mod client;
 mod config;
 mod ctl;
 mod gateway;
+mod load;
 pub mod python;
 mod redis;
 #[cfg(test)]
@@ -38,6 +40,7 @@ pub use config::{
 };
 pub use ctl::{ctl_ok, ctl_status, new_key, run_ctl, spawn_ctl, CtlOutput, CTL_WAIT};
 pub use gateway::{run_shardgate, Gateway, RunOutput};
+pub use load::{Load, LoadCounts};
 pub use redis::Redis;
 pub use tls::{self_signed, tls_handshake_only, Leaf, TempDir, TestCa};
 pub use upstream::{
