@@ -222,3 +222,17 @@ pub(crate) fn wait_child_exit(
         sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// `net.ipv4.tcp_migrate_req` on (Linux ≥ 5.14): connections queued in a closing listener move
+/// to another listener of its SO_REUSEPORT group. Turned on here when it is off and this
+/// process may (root); `Err` says why it is not on.
+pub fn migrate_req_on() -> Result<(), String> {
+    const PATH: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+    match std::fs::read_to_string(PATH) {
+        Ok(v) if v.trim() == "1" => Ok(()),
+        Ok(_) => {
+            std::fs::write(PATH, "1").map_err(|e| format!("{PATH} is 0 and cannot be set: {e}"))
+        }
+        Err(e) => Err(format!("{PATH}: {e} (kernel older than 5.14?)")),
+    }
+}

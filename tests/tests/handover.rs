@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use shardgate_tests::{
-    free_port, sleep, BenchUpstream, Client, ConfigBuilder, Driver, Gateway, Load, LoadCounts,
-    DRIVERS,
+    free_port, migrate_req_on, sleep, BenchUpstream, Client, ConfigBuilder, Driver, Gateway, Load,
+    LoadCounts, DRIVERS,
 };
 
 const CHAT: &str = r#"{"model":"gpt-test","messages":[{"role":"user","content":"Hello World!"}]}"#;
@@ -84,20 +84,6 @@ fn assert_none_failed(what: &str, counts: &LoadCounts, min_requests: u64) {
         counts.requests >= min_requests,
         "{what}: too little load to mean anything: {counts:?}"
     );
-}
-
-/// `net.ipv4.tcp_migrate_req` on (Linux ≥ 5.14): connections queued in a closing listener move
-/// to another listener of its SO_REUSEPORT group. Turned on here when it is off and this
-/// process may (root); `Err` says why it is not on.
-fn migrate_req_on() -> Result<(), String> {
-    const PATH: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
-    match std::fs::read_to_string(PATH) {
-        Ok(v) if v.trim() == "1" => Ok(()),
-        Ok(_) => {
-            std::fs::write(PATH, "1").map_err(|e| format!("{PATH} is 0 and cannot be set: {e}"))
-        }
-        Err(e) => Err(format!("{PATH}: {e} (kernel older than 5.14?)")),
-    }
 }
 
 fn upgrade_under_load(driver: Driver) {

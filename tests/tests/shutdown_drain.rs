@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use shardgate_tests::{
-    check_error, hang, sleep, write_response, Action, Client, ConfigBuilder, Gateway, MockUpstream,
+    check_error, hang, migrate_req_on, sleep, write_response, Action, Client, ConfigBuilder,
+    Gateway, MockUpstream,
 };
 
 use shardgate_engine::conn::DRAIN_IDLE_GRACE_MS;
@@ -300,20 +301,6 @@ fn sigterm_under_load_answers_every_request_it_took_with_zero_resets() {
         lost, 0,
         "requests on kept-alive connections lost to the drain"
     );
-}
-
-/// `net.ipv4.tcp_migrate_req` on (Linux ≥ 5.14): connections in a closing listener's accept
-/// queue move to another listener of its SO_REUSEPORT group instead of being reset. Turned on
-/// here when it is off and this process may (root); `Err` says why it is not on.
-fn migrate_req_on() -> Result<(), String> {
-    const PATH: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
-    match std::fs::read_to_string(PATH) {
-        Ok(v) if v.trim() == "1" => Ok(()),
-        Ok(_) => {
-            std::fs::write(PATH, "1").map_err(|e| format!("{PATH} is 0 and cannot be set: {e}"))
-        }
-        Err(e) => Err(format!("{PATH}: {e} (kernel older than 5.14?)")),
-    }
 }
 
 #[test]
