@@ -16,6 +16,8 @@
 # - drain: the lone proxy is stopped gracefully: shardgate SIGTERM, nginx `-s quit` (SIGQUIT),
 #   HAProxy SIGUSR1 (soft-stop). New connections are refused once it stops listening: those are
 #   connect errors, not lost requests.
+# - apply (shardgate only; for nginx and HAProxy a config change is their reload, the upgrade
+#   case): three `shardgate-ctl apply` of a changed config, a second apart.
 # Lost requests are read, write and timeout errors and non-2xx answers, per run.
 #
 # Environment: ROUNDS (3), DURATION (10), CONNS (64), PEERS ("shardgate nginx haproxy"),
@@ -33,7 +35,8 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-64}
 PEERS=${PEERS:-shardgate nginx haproxy}
-CASES=${CASES:-upgrade drain}
+CASES=${CASES:-upgrade drain apply}
+CTL_BIN=$(dirname "$BIN")/shardgate-ctl
 MODES=${MODES:-keepalive close}
 PORT=18090
 UP_PORT=18080
@@ -150,6 +153,13 @@ change() { # peer case pid
             kill -TERM "$pid"
             echo "$green" >"$RUN/next.pid" ;;
         shardgate/drain) kill -TERM "$pid" ;;
+        shardgate/apply)
+            for t in 2000 3000 4000; do
+                sed "s/^drain_timeout_ms = .*/&\nheader_timeout_ms = $t/" "$RUN/blue.toml" >"$RUN/apply.toml"
+                "$CTL_BIN" --instance blue apply "$RUN/apply.toml" >"$RUN/apply.log" 2>&1 \
+                    || { echo "apply failed:" >&2; cat "$RUN/apply.log" >&2; }
+                sleep 1
+            done ;;
         nginx/upgrade) kill -HUP "$pid" ;;
         nginx/drain) kill -QUIT "$pid" ;;
         haproxy/upgrade) kill -USR2 "$pid" ;;
@@ -179,6 +189,7 @@ printf '%-10s %-8s %-10s %5s %9s %8s %5s %6s %8s %7s %5s\n' \
     proxy case mode round requests connect read write timeout non2xx lost
 for peer in $PEERS; do
     for kase in $CASES; do
+        [[ $kase == apply && $peer != shardgate ]] && continue
         for mode in $MODES; do
             for round in $(seq 1 "$ROUNDS"); do
                 rm -f "$RUN/next.pid"
