@@ -150,8 +150,8 @@ fn upstreams(old: &Config, new: &Config, out: &mut Vec<String>) {
 fn shape(u: &UpstreamConfig) -> String {
     match (u.provider, u.endpoints.len()) {
         (Provider::Mock, _) => "mock".into(),
-        (Provider::Http | Provider::Anthropic, 1) => "1 endpoint".into(),
-        (Provider::Http | Provider::Anthropic, n) => format!("{n} endpoints"),
+        (Provider::Http | Provider::Anthropic | Provider::Azure, 1) => "1 endpoint".into(),
+        (Provider::Http | Provider::Anthropic | Provider::Azure, n) => format!("{n} endpoints"),
     }
 }
 
@@ -197,6 +197,8 @@ fn upstream(a: &UpstreamConfig, b: &UpstreamConfig, out: &mut Vec<String>) {
         a.pool_idle_max.to_string(),
         b.pool_idle_max.to_string(),
     );
+    let version = |u: &UpstreamConfig| u.api_version.clone().unwrap_or_else(|| "none".into());
+    field("api_version", version(a), version(b));
 }
 
 fn routes(old: &Config, new: &Config, out: &mut Vec<String>) {
@@ -255,6 +257,7 @@ fn provider(p: Provider) -> &'static str {
     match p {
         Provider::Http => "http",
         Provider::Anthropic => "anthropic",
+        Provider::Azure => "azure",
         Provider::Mock => "mock",
     }
 }

@@ -35,6 +35,8 @@ pub struct LlmBufs {
     pub scratch: Vec<u8>,
     /// The body with its prompt template filled (or its `variables` removed).
     pub filled: Vec<u8>,
+    /// The upstream's path when the provider builds one per request (Azure's deployments).
+    pub path: String,
     /// A filtered stream's de-chunked input and filtered output.
     pub sse_in: Vec<u8>,
     pub sse_out: Vec<u8>,

@@ -290,6 +290,9 @@ deployments = [{ upstream = "a" }, { upstream = "b" }]
 
 #[test]
 fn a_config_apply_keeps_the_balancers_health_of_unchanged_groups() {
+    // ctl is built before the clock matters: a build inside the ejection's cooldown (5 s) would
+    // outlast it and readmit the dead deployment for a probe.
+    let _ = shardgate_tests::ctl_bin();
     let alive = deployment("alive", Duration::ZERO);
     let dead = free_port();
     let models = r#"

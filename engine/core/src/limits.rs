@@ -74,6 +74,10 @@ pub const POOL_IDLE_TIMEOUT_MS_DEFAULT: u64 = 4_000;
 pub const POOL_IDLE_MAX_DEFAULT: usize = 64;
 /// Largest number of endpoints per upstream, and of upstreams and routes.
 pub const ENDPOINTS_MAX: usize = 256;
+/// Longest Azure `api_version`, bytes.
+pub const API_VERSION_BYTES_MAX: usize = 32;
+/// Longest Azure deployment name in a request path, bytes (Azure allows 64).
+pub const AZURE_DEPLOYMENT_BYTES_MAX: usize = 64;
 pub const UPSTREAMS_MAX: usize = 4096;
 pub const ROUTES_MAX: usize = 65_536;
 

@@ -15,6 +15,7 @@ use super::{llm_take, translate, Client, Exchange, LlmBufs, Next};
 use crate::admit::{write_rate_headers, write_refusal_headers};
 use crate::balance::Outcome;
 use crate::clock::Now;
+use crate::config::Provider;
 use crate::ctx::{ShardCtx, SpareBuf};
 use crate::error::Error;
 use crate::exchange::attempts;
@@ -451,9 +452,12 @@ pub(super) fn llm_request<'c>(
     let client_path = client_path.split('?').next().unwrap_or(client_path);
     let dir = translate::direction(client_path, ucfg.provider)?;
     let LlmBufs {
-        scratch, rewritten, ..
+        scratch,
+        rewritten,
+        path: azure_path,
+        ..
     } = &mut c.llm;
-    let mut upstream_path = None;
+    let mut upstream_path: Option<&str> = None;
     if let Some(dir) = dir {
         // The other API's body, for the deployment's model (or, on a route, the client's).
         let model = match model {
@@ -498,6 +502,18 @@ pub(super) fn llm_request<'c>(
             body = rewritten;
             strip = true;
         }
+    }
+    // Azure: the OpenAI path becomes the deployment's (the deployment's model, or on a route
+    // the one the body names).
+    if let (Provider::Azure, Some(version)) = (ucfg.provider, ucfg.api_version.as_deref()) {
+        let openai_path = upstream_path.unwrap_or(client_path);
+        let named = model.is_none().then(|| llm::inspect(body).ok()).flatten();
+        let deployment = model
+            .or_else(|| named.as_ref().and_then(|i| i.model()))
+            .unwrap_or_default();
+        crate::provider::azure::path(openai_path, deployment, version, azure_path)
+            .map_err(Error::BadRequest)?;
+        upstream_path = Some(azure_path.as_str());
     }
     let mut out = ctx.take_buf();
     out.clear();

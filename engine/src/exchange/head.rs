@@ -171,17 +171,17 @@ pub fn decide(
             Some(endpoint) => Action::Mock(endpoint),
             None => Action::Refuse(Error::NoRoute),
         },
-        // An Anthropic upstream's LLM calls always take the LLM path: its credential and
-        // version header, and translation for OpenAI clients.
-        Provider::Http | Provider::Anthropic
+        // An Anthropic or Azure upstream's LLM calls always take the LLM path: Anthropic's
+        // version header and translation for OpenAI clients, Azure's deployment path.
+        Provider::Http | Provider::Anthropic | Provider::Azure
             if llm_call
-                && (tenant.is_some() || read_llm_body || ucfg.provider == Provider::Anthropic) =>
+                && (tenant.is_some() || read_llm_body || ucfg.provider != Provider::Http) =>
         {
             Action::ProxyLlm {
                 target: Some(snap.pick_endpoint(upstream)),
             }
         }
-        Provider::Http | Provider::Anthropic => {
+        Provider::Http | Provider::Anthropic | Provider::Azure => {
             let target = snap.pick_endpoint(upstream);
             wbuf.clear();
             let authority = snap

@@ -314,7 +314,12 @@ impl<'b> ParsedRequest<'_, 'b> {
     ) {
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
-        out.extend_from_slice(creds.path.unwrap_or(self.path).as_bytes());
+        match creds.path {
+            Some(path) => out.extend_from_slice(path.as_bytes()),
+            // Google's `?key=` is a credential too.
+            None if creds.drop_client_keys => write_target_without_key(self.path, out),
+            None => out.extend_from_slice(self.path.as_bytes()),
+        }
         out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         out.extend_from_slice(authority);
         out.extend_from_slice(b"\r\n");
@@ -326,9 +331,7 @@ impl<'b> ParsedRequest<'_, 'b> {
                 || name.eq_ignore_ascii_case(b"x-forwarded-proto")
                 || name.eq_ignore_ascii_case(b"x-forwarded-host")
                 || self.is_connection_listed(name)
-                || (creds.drop_client_keys
-                    && (name.eq_ignore_ascii_case(b"authorization")
-                        || name.eq_ignore_ascii_case(b"x-api-key")))
+                || (creds.drop_client_keys && is_client_credential(name))
                 || (creds.translated && is_other_apis(name))
             {
                 continue;
@@ -367,11 +370,45 @@ impl<'b> ParsedRequest<'_, 'b> {
     }
 }
 
+/// A header that carries a client's credential for some provider: OpenAI's and most servers'
+/// `authorization`, Anthropic's `x-api-key`, Azure's `api-key`, Gemini's `x-goog-api-key`, and
+/// AWS's SigV4 signing headers (`x-amz-*`).
+pub fn is_client_credential(name: &[u8]) -> bool {
+    const AMZ: &[u8] = b"x-amz-";
+    name.eq_ignore_ascii_case(b"authorization")
+        || name.eq_ignore_ascii_case(b"x-api-key")
+        || name.eq_ignore_ascii_case(b"api-key")
+        || name.eq_ignore_ascii_case(b"x-goog-api-key")
+        || name
+            .get(..AMZ.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(AMZ))
+}
+
+/// Writes a request target with every `key` query parameter (Google's API key, as in
+/// `?key=...`) left out; the rest of the query keeps its order and bytes.
+pub fn write_target_without_key(target: &str, out: &mut Vec<u8>) {
+    let Some((path, query)) = target.split_once('?') else {
+        out.extend_from_slice(target.as_bytes());
+        return;
+    };
+    out.extend_from_slice(path.as_bytes());
+    let mut sep = b'?';
+    for param in query.split('&') {
+        let name = param.split_once('=').map_or(param, |(n, _)| n);
+        if name == "key" {
+            continue;
+        }
+        out.push(sep);
+        out.extend_from_slice(param.as_bytes());
+        sep = b'&';
+    }
+}
+
 /// What happens to credentials on the way upstream.
 #[derive(Debug, Clone, Copy)]
 pub struct Credentials<'a> {
-    /// Remove the client's `Authorization` and `x-api-key` (they carried a tenant's key, or the
-    /// upstream gets its own).
+    /// Remove every credential the client sent ([`is_client_credential`] headers, and `key`
+    /// in the query): they carried a tenant's key, or the upstream gets its own.
     pub drop_client_keys: bool,
     /// Header lines (CRLF-terminated) to add: the upstream's own credential.
     pub upstream: &'a [u8],
@@ -436,6 +473,17 @@ mod tests {
             .expect("complete");
         let mut out = Vec::new();
         p.write_upstream_head(b"10.0.0.1:80", IpAddr::from([127, 0, 0, 1]), &mut out);
+        String::from_utf8(out).expect("ascii")
+    }
+
+    /// The head forwarded to `up:80` with the credentials handled as `creds` says.
+    fn forwarded_with(raw: &[u8], creds: &Credentials<'_>) -> String {
+        let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
+        let p = parse(raw, &mut headers, &LIMITS)
+            .expect("valid")
+            .expect("complete");
+        let mut out = Vec::new();
+        p.write_upstream_head_with(b"up:80", IpAddr::from([127, 0, 0, 1]), creds, &mut out);
         String::from_utf8(out).expect("ascii")
     }
 
@@ -597,18 +645,12 @@ mod tests {
     fn tenant_keys_are_dropped_and_the_upstream_credential_added() {
         let raw = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer sk-tenant\r\n\
                     X-API-Key: sk-other\r\nauthorization: Bearer sk-dup\r\nContent-Length: 0\r\n\r\n";
-        let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
-        let p = parse(raw, &mut headers, &LIMITS)
-            .expect("valid")
-            .expect("complete");
-        let mut out = Vec::new();
         let creds = Credentials {
             drop_client_keys: true,
             upstream: b"authorization: Bearer sk-upstream\r\n",
             ..Credentials::PASS
         };
-        p.write_upstream_head_with(b"up:80", IpAddr::from([127, 0, 0, 1]), &creds, &mut out);
-        let fwd = String::from_utf8(out).expect("ascii");
+        let fwd = forwarded_with(raw, &creds);
         for secret in ["sk-tenant", "sk-other", "sk-dup"] {
             assert!(!fwd.contains(secret), "{secret} forwarded:\n{fwd}");
         }
@@ -618,6 +660,62 @@ mod tests {
             1,
             "{fwd}"
         );
+    }
+
+    #[test]
+    fn every_providers_client_credential_is_dropped_and_only_the_upstreams_sent() {
+        let raw = b"POST /v1/chat/completions?key=AIza-client&x=1&keyring=k&key HTTP/1.1\r\n\
+                    Host: gw\r\napi-key: az-client\r\nX-Goog-Api-Key: goog-client\r\n\
+                    X-Amz-Security-Token: amz-token\r\nx-amz-date: 20260101T000000Z\r\n\
+                    X-Amz-Content-Sha256: amz-sha\r\nAuthorization: AWS4-HMAC-SHA256 amz-sig\r\n\
+                    X-Amzn-Trace-Id: trace\r\nX-Keep: yes\r\nContent-Length: 0\r\n\r\n";
+        let creds = Credentials {
+            drop_client_keys: true,
+            upstream: b"api-key: az-upstream\r\n",
+            ..Credentials::PASS
+        };
+        let fwd = forwarded_with(raw, &creds);
+        for secret in [
+            "AIza-client",
+            "az-client",
+            "goog-client",
+            "amz-token",
+            "20260101T000000Z",
+            "amz-sha",
+            "amz-sig",
+        ] {
+            assert!(!fwd.contains(secret), "{secret} forwarded:\n{fwd}");
+        }
+        // The rest of the query, other headers (`x-amzn-` is not AWS's signing prefix), and
+        // the upstream's own credential go on.
+        assert!(
+            fwd.starts_with("POST /v1/chat/completions?x=1&keyring=k HTTP/1.1\r\n"),
+            "{fwd}"
+        );
+        assert!(fwd.contains("X-Amzn-Trace-Id: trace\r\n") && fwd.contains("X-Keep: yes\r\n"));
+        assert_eq!(fwd.matches("api-key: az-upstream\r\n").count(), 1, "{fwd}");
+        // Without a tenant's key to drop (a plain pass-through), the client's credentials are
+        // the upstream's and go as sent.
+        let fwd = forwarded_with(raw, &Credentials::PASS);
+        assert!(fwd.contains("?key=AIza-client&x=1") && fwd.contains("api-key: az-client"));
+    }
+
+    #[test]
+    fn key_parameters_are_left_out_of_the_target_and_the_rest_kept() {
+        for (target, want) in [
+            ("/v1/x", "/v1/x"),
+            ("/v1/x?", "/v1/x?"),
+            ("/v1/x?key=s", "/v1/x"),
+            ("/v1/x?key=s&alt=sse", "/v1/x?alt=sse"),
+            ("/v1/x?alt=sse&key=s", "/v1/x?alt=sse"),
+            ("/v1/x?a=1&key=s&key=t&b=2", "/v1/x?a=1&b=2"),
+            ("/v1/x?key", "/v1/x"),
+            ("/v1/x?Key=s&keys=1&apikey=2", "/v1/x?Key=s&keys=1&apikey=2"),
+        ] {
+            let mut out = Vec::new();
+            write_target_without_key(target, &mut out);
+            assert_eq!(String::from_utf8_lossy(&out), want, "{target}");
+        }
     }
 
     #[test]

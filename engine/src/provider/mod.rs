@@ -9,6 +9,7 @@
 //!   upstream. The request ([`messages::messages_to_chat`]), the whole response
 //!   ([`messages::chat_to_message`]), an error body ([`messages::error_to_anthropic`]) and the
 //!   event stream ([`messages::StreamToMessages`], fed pieces of any size).
+//! - [`azure`]: Azure OpenAI's deployment paths (its bodies are OpenAI's).
 //! - `sse`: the server-sent event reader both stream translators read their upstream with.
 //!
 //! # Decisions
@@ -25,6 +26,7 @@
 //!   left out.
 
 pub mod anthropic;
+pub mod azure;
 pub mod messages;
 pub(crate) mod sse;
 

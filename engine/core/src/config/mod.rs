@@ -490,6 +490,39 @@ mod tests {
     }
 
     #[test]
+    fn an_azure_upstream_needs_its_api_version_and_sends_its_key_as_api_key() {
+        let text = |extra: &str| {
+            format!(
+                "[server]\nauth = \"none\"\n[[upstreams]]\nname = \"az\"\nprovider = \"azure\"\nendpoints = [\"https://127.0.0.1:9\"]\napi_key_env = \"PATH\"\n{extra}\n[[routes]]\npath_prefix = \"/\"\nupstream = \"az\"\n"
+            )
+        };
+        let c = Config::from_toml(&text("api_version = \"2024-10-21\"")).expect("valid");
+        let u = &c.upstreams[0];
+        assert_eq!(u.provider, Provider::Azure);
+        assert_eq!(u.api_version.as_deref(), Some("2024-10-21"));
+        let line = u.credential.as_deref().expect("credential");
+        assert!(line.starts_with(b"api-key: ") && line.ends_with(b"\r\n"));
+        let errs = errors_of(&text("")).join("\n");
+        assert!(
+            errs.contains("upstreams[0].api_version") && errs.contains("required"),
+            "{errs}"
+        );
+        for bad in [
+            "\"\"",
+            "\"2024-10-21&x=1\"",
+            "\"2024 10\"",
+            &format!("\"{}\"", "9".repeat(33)),
+        ] {
+            let errs = errors_of(&text(&format!("api_version = {bad}"))).join("\n");
+            assert!(errs.contains("upstreams[0].api_version"), "{bad}: {errs}");
+        }
+        // Only Azure takes an api_version.
+        let openai = text("api_version = \"2024-10-21\"").replace("provider = \"azure\"\n", "");
+        let errs = errors_of(&openai).join("\n");
+        assert!(errs.contains("only for provider azure"), "{errs}");
+    }
+
+    #[test]
     fn endpoints_parse() {
         assert_eq!(
             parse_endpoint_dns("http://127.0.0.1")

@@ -178,6 +178,10 @@ pub enum Provider {
     /// Anthropic's Messages API: its credential goes as `x-api-key` with `anthropic-version`,
     /// and OpenAI chat requests to it are translated (`provider::anthropic`).
     Anthropic,
+    /// Azure OpenAI: OpenAI's wire format under `/openai/deployments/{deployment}/...` with
+    /// `?api-version=`; its credential goes as `api-key`. The deployment is the deployment's
+    /// `model` (or, on a route, the client's).
+    Azure,
     /// The built-in demo model, answered inside the shard.
     Mock,
 }
@@ -196,6 +200,8 @@ pub struct UpstreamConfig {
     /// Anthropic) carrying the upstream's own credential,
     /// read from the environment variable `api_key_env` names when the config is loaded.
     pub credential: Option<Vec<u8>>,
+    /// `api_version` (Azure only): the `api-version` query parameter of every request.
+    pub api_version: Option<String>,
     /// Requests in flight to this upstream over all shards; past it, requests wait in fair
     /// per-tenant queues. `None`: no cap.
     pub max_concurrency: Option<u64>,

@@ -741,11 +741,12 @@ impl Validator<'_> {
         let provider = match raw.provider.as_deref() {
             None | Some("http") | Some("openai") => Provider::Http,
             Some("anthropic") => Provider::Anthropic,
+            Some("azure") => Provider::Azure,
             Some("mock") => Provider::Mock,
             Some(p) => {
                 self.error(
                     f("provider"),
-                    format!("must be openai (or http), anthropic or mock, got {p:?}"),
+                    format!("must be openai (or http), anthropic, azure or mock, got {p:?}"),
                 );
                 Provider::Http
             }
@@ -755,7 +756,7 @@ impl Validator<'_> {
             Provider::Mock if !raw.endpoints.is_empty() => {
                 self.error(f("endpoints"), "a mock upstream takes no endpoints");
             }
-            Provider::Http | Provider::Anthropic if raw.endpoints.is_empty() => {
+            Provider::Http | Provider::Anthropic | Provider::Azure if raw.endpoints.is_empty() => {
                 self.error(f("endpoints"), "at least one endpoint is needed");
             }
             _ => {}
@@ -780,6 +781,7 @@ impl Validator<'_> {
                 Ok(key) if !key.is_empty() && !key.bytes().any(|b| b < 0x20 || b == 0x7f) => {
                     Some(match provider {
                         Provider::Anthropic => format!("x-api-key: {key}\r\n").into_bytes(),
+                        Provider::Azure => format!("api-key: {key}\r\n").into_bytes(),
                         _ => format!("authorization: Bearer {key}\r\n").into_bytes(),
                     })
                 }
@@ -842,8 +844,36 @@ impl Validator<'_> {
                 }
             },
         };
+        let api_version = match (&raw.api_version, provider) {
+            (None, Provider::Azure) => {
+                self.error(
+                    f("api_version"),
+                    "required for provider azure (the api-version of every request, e.g. \"2024-10-21\")",
+                );
+                None
+            }
+            (Some(v), Provider::Azure) => {
+                let ok = !v.is_empty()
+                    && v.len() <= API_VERSION_BYTES_MAX
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                if !ok {
+                    self.error(
+                        f("api_version"),
+                        format!("must be 1 to {API_VERSION_BYTES_MAX} of A-Z a-z 0-9 - . (e.g. \"2024-10-21\"), got {v:?}"),
+                    );
+                }
+                ok.then(|| v.clone())
+            }
+            (Some(_), _) => {
+                self.error(f("api_version"), "only for provider azure");
+                None
+            }
+            (None, _) => None,
+        };
         UpstreamConfig {
             credential,
+            api_version,
             max_concurrency,
             headroom_slots,
             ca,
