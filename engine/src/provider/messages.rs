@@ -28,7 +28,11 @@
 //! new turn instead of continuing it.
 //!
 //! Responses: the first choice's `content` becomes one `text` block (`"content":[]` when it is
-//! empty or `null`); a `refusal` stands in for empty content. Stop reasons: `stop` → `end_turn`
+//! empty or `null`); a `refusal` stands in for empty content. The reasoning an OpenAI-compatible
+//! server returns beside the answer (vLLM and DeepSeek's `reasoning_content`, vLLM's newer and
+//! Ollama's `reasoning`) becomes a `thinking` block before the text, as Anthropic's extended
+//! thinking answers (its `signature` empty: no upstream signed it); streamed, a `thinking`
+//! block of `thinking_delta`s comes first, the text block after it. Stop reasons: `stop` → `end_turn`
 //! (`stop_sequence` when the upstream names the stop string it matched, as vLLM does in the
 //! choice's `stop_reason`), `length` → `max_tokens`, `content_filter` or a refusal → `refusal`,
 //! anything else (`tool_calls`, `null`, ...) → `end_turn`. Usage: `input_tokens` is
@@ -326,6 +330,7 @@ pub fn chat_to_message(
     if let Some(r) = refusal {
         text = r;
     }
+    let thinking = message.and_then(reasoning_of).unwrap_or_default();
     let stop_sequence = matched_stop(choice);
     let stop = stop_reason(
         choice.get("finish_reason").and_then(Value::as_str),
@@ -345,6 +350,14 @@ pub fn chat_to_message(
     out.extend_from_slice(b",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
     write_str(out, model_for_client);
     out.extend_from_slice(b",\"content\":[");
+    if !thinking.is_empty() {
+        out.extend_from_slice(b"{\"type\":\"thinking\",\"thinking\":");
+        write_str(out, thinking);
+        out.extend_from_slice(b",\"signature\":\"\"}");
+        if !text.is_empty() {
+            out.push(b',');
+        }
+    }
     if !text.is_empty() {
         out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
         write_str(out, text);
@@ -358,6 +371,15 @@ pub fn chat_to_message(
     usage.push_usage(out);
     out.push(b'}');
     Ok(())
+}
+
+/// The reasoning text of an OpenAI-compatible message or delta: `reasoning_content` (vLLM,
+/// DeepSeek) or `reasoning` (vLLM's newer name, Ollama), whichever is a non-empty string.
+fn reasoning_of(message: &Value) -> Option<&str> {
+    ["reasoning_content", "reasoning"]
+        .iter()
+        .filter_map(|k| message.get(*k).and_then(Value::as_str))
+        .find(|r| !r.is_empty())
 }
 
 /// Anthropic's error type for an HTTP status.
@@ -431,6 +453,16 @@ impl Data {
     }
 }
 
+/// A content block of a translated stream: its kind and index.
+type Block = (BlockKind, u64);
+
+/// The kinds of content block a translated stream opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlockKind {
+    Thinking,
+    Text,
+}
+
 /// Translates an OpenAI `chat.completion.chunk` event stream into Anthropic's Messages events.
 ///
 /// Feed it the decoded response body in pieces of any size; it appends whole Anthropic events
@@ -451,8 +483,10 @@ pub struct StreamToMessages {
     events: EventReader,
     /// `message_start` has been written.
     started: bool,
-    /// `content_block_start` has been written.
-    block_open: bool,
+    /// The content block open now (its `content_block_start` written, not its stop).
+    block: Option<Block>,
+    /// The index the next content block gets.
+    next_block: u64,
     /// An upstream refusal has been relayed as text.
     refused: bool,
     /// Anthropic's stop reason, once a `finish_reason` came.
@@ -470,7 +504,8 @@ impl StreamToMessages {
             model: model_for_client.to_owned(),
             events: EventReader::new(),
             started: false,
-            block_open: false,
+            block: None,
+            next_block: 0,
             refused: false,
             stop_reason: None,
             stop_sequence: None,
@@ -559,11 +594,14 @@ impl StreamToMessages {
             return;
         };
         if let Some(delta) = choice.get("delta") {
+            if let Some(thinking) = reasoning_of(delta) {
+                self.push_delta(BlockKind::Thinking, thinking, out);
+            }
             for key in ["content", "refusal"] {
                 if let Some(text) = delta.get(key).and_then(Value::as_str) {
                     if !text.is_empty() {
                         self.refused |= key == "refusal";
-                        self.push_text(text, out);
+                        self.push_delta(BlockKind::Text, text, out);
                     }
                 }
             }
@@ -592,18 +630,47 @@ impl StreamToMessages {
         );
     }
 
-    fn push_text(&mut self, text: &str, out: &mut Vec<u8>) {
-        if !self.block_open {
-            self.block_open = true;
+    /// A delta of `kind`: the open block of another kind stops first and a block of this
+    /// kind starts, at the next index.
+    fn push_delta(&mut self, kind: BlockKind, text: &str, out: &mut Vec<u8>) {
+        if self.block.map(|(k, _)| k) != Some(kind) {
+            self.stop_block(out);
+            let index = self.next_block;
+            self.next_block += 1;
+            self.block = Some((kind, index));
             out.extend_from_slice(
-                b"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+                b"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":",
             );
+            write_decimal(out, index);
+            out.extend_from_slice(match kind {
+                BlockKind::Text => b",\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n".as_slice(),
+                BlockKind::Thinking => {
+                    b",\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":\"\"}}\n\n"
+                }
+            });
         }
+        let index = self.block.map_or(0, |(_, i)| i);
         out.extend_from_slice(
-            b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":",
+            b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
         );
+        write_decimal(out, index);
+        out.extend_from_slice(match kind {
+            BlockKind::Text => b",\"delta\":{\"type\":\"text_delta\",\"text\":".as_slice(),
+            BlockKind::Thinking => b",\"delta\":{\"type\":\"thinking_delta\",\"thinking\":",
+        });
         write_str(out, text);
         out.extend_from_slice(b"}}\n\n");
+    }
+
+    /// `content_block_stop` for the open block, if one is.
+    fn stop_block(&mut self, out: &mut Vec<u8>) {
+        if let Some((_, index)) = self.block.take() {
+            out.extend_from_slice(
+                b"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":",
+            );
+            write_decimal(out, index);
+            out.extend_from_slice(b"}\n\n");
+        }
     }
 
     /// `content_block_stop` (if a block was started), `message_delta`, `message_stop`.
@@ -611,11 +678,7 @@ impl StreamToMessages {
         if !self.started {
             self.start("", out);
         }
-        if self.block_open {
-            out.extend_from_slice(
-                b"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
-            );
-        }
+        self.stop_block(out);
         out.extend_from_slice(
             b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"",
         );
@@ -1245,6 +1308,85 @@ mod tests {
         t.feed(openai_stream(true).as_bytes(), &mut out);
         t.finish(&mut out);
         assert_eq!(out.len(), len);
+    }
+
+    #[test]
+    fn reasoning_becomes_a_thinking_block_before_the_text() {
+        for key in ["reasoning_content", "reasoning"] {
+            let body = format!(
+                r#"{{"id":"c","choices":[{{"index":0,"message":{{"role":"assistant","content":"42","{key}":"Think: 6 x 7."}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":5,"completion_tokens":9}}}}"#
+            );
+            let v = to_message(&body).expect("translates");
+            assert_eq!(
+                v["content"],
+                json!([
+                    {"type": "thinking", "thinking": "Think: 6 x 7.", "signature": ""},
+                    {"type": "text", "text": "42"}
+                ]),
+                "{key}"
+            );
+        }
+        // Reasoning alone (the answer cut by max_tokens), and an empty reasoning field.
+        let v = to_message(
+            r#"{"choices":[{"message":{"content":null,"reasoning":"Hmm"},"finish_reason":"length"}]}"#,
+        )
+        .expect("translates");
+        assert_eq!(
+            v["content"],
+            json!([{"type": "thinking", "thinking": "Hmm", "signature": ""}])
+        );
+        let v = to_message(
+            r#"{"choices":[{"message":{"content":"hi","reasoning_content":""},"finish_reason":"stop"}]}"#,
+        )
+        .expect("translates");
+        assert_eq!(v["content"], json!([{"type": "text", "text": "hi"}]));
+    }
+
+    #[test]
+    fn streamed_reasoning_is_a_thinking_block_then_the_text_block() {
+        let chunk = |choices: &str| format!("{HEAD}{choices}}}\n\n");
+        let stream = chunk(
+            r#"[{"index":0,"delta":{"role":"assistant","reasoning_content":"Think"},"finish_reason":null}]"#,
+        ) + &chunk(
+            r#"[{"index":0,"delta":{"reasoning":" more"},"finish_reason":null}]"#,
+        ) + &chunk(r#"[{"index":0,"delta":{"content":"42"},"finish_reason":null}]"#)
+            + &chunk(r#"[{"index":0,"delta":{},"finish_reason":"stop"}]"#)
+            + "data: [DONE]\n\n";
+        // The same events however the stream is cut.
+        let whole = translate_in_pieces(stream.as_bytes(), &[]).0;
+        let cuts: Vec<usize> = (0..stream.len()).step_by(7).collect();
+        assert_eq!(translate_in_pieces(stream.as_bytes(), &cuts).0, whole);
+        let ev = events(&whole);
+        let kinds: Vec<String> = ev
+            .iter()
+            .map(|(name, v)| match name.as_str() {
+                "content_block_start" => {
+                    format!("start {} {}", v["index"], v["content_block"]["type"])
+                }
+                "content_block_delta" => format!("delta {} {}", v["index"], v["delta"]["type"]),
+                "content_block_stop" => format!("stop {}", v["index"]),
+                other => other.to_owned(),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "message_start",
+                "start 0 \"thinking\"",
+                "delta 0 \"thinking_delta\"",
+                "delta 0 \"thinking_delta\"",
+                "stop 0",
+                "start 1 \"text\"",
+                "delta 1 \"text_delta\"",
+                "stop 1",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert_eq!(ev[2].1["delta"]["thinking"], "Think");
+        assert_eq!(ev[3].1["delta"]["thinking"], " more");
+        assert_eq!(ev[1].1["content_block"]["signature"], "");
+        assert_eq!(ev[6].1["delta"]["text"], "42");
     }
 
     #[test]
