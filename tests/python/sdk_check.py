@@ -241,8 +241,17 @@ class Checker:
         check(m.role == "assistant", f"{where}: role is {m.role!r}")
         check(nonempty_str(m.model), f"{where}: model is {m.model!r}, want a non-empty string")
         kinds = [b.type for b in m.content]
-        check(kinds == ["text"], f"{where}: content blocks {kinds!r}, want one text block")
-        text = m.content[0].text
+        thinking = self.args.anthropic_thinking
+        want = ["thinking", "text"] if thinking else ["text"]
+        check(kinds == want, f"{where}: content blocks {kinds!r}, want {want!r}")
+        if thinking:
+            block = m.content[0]
+            check(
+                block.thinking == thinking,
+                f"{where}: thinking is {block.thinking!r}, want {thinking!r}",
+            )
+            check(block.signature == "", f"{where}: signature is {block.signature!r}")
+        text = m.content[-1].text
         check(nonempty_str(text), f"{where}: text is {text!r}, want non-empty text")
         check(text == self.expected, f"{where}: text is {text!r}, want {self.expected!r}")
         check(m.stop_reason == "end_turn", f"{where}: stop_reason is {m.stop_reason!r}")
@@ -272,27 +281,49 @@ class Checker:
         where = "anthropic messages.create(stream=True)"
         events = list(client.messages.create(stream=True, **self.anthropic_kwargs()))
         kinds = [e.type for e in events if e.type != "ping"]
-        # message_start, content_block_start, content_block_delta+, content_block_stop,
-        # message_delta, message_stop (pings anywhere).
-        deltas = kinds.count("content_block_delta")
-        want = (
-            ["message_start", "content_block_start"]
+        # message_start, then per block content_block_start, content_block_delta+,
+        # content_block_stop (a thinking block first when the upstream reasons, then the text
+        # block), then message_delta, message_stop (pings anywhere).
+        thinking = self.args.anthropic_thinking
+        thinking_deltas = sum(
+            1 for e in events if e.type == "content_block_delta" and e.delta.type == "thinking_delta"
+        )
+        deltas = kinds.count("content_block_delta") - thinking_deltas
+        want = ["message_start"]
+        if thinking:
+            want += ["content_block_start"] + ["content_block_delta"] * thinking_deltas
+            want += ["content_block_stop"]
+        want += (
+            ["content_block_start"]
             + ["content_block_delta"] * deltas
             + ["content_block_stop", "message_delta", "message_stop"]
         )
         check(deltas >= 2 and kinds == want, f"{where}: events {kinds!r}, want {want!r}")
+        text_index = 1 if thinking else 0
+        if thinking:
+            first = next(e for e in events if e.type == "content_block_start")
+            check(
+                first.index == 0 and first.content_block.type == "thinking",
+                f"{where}: first content_block_start is {first!r}, want index 0, thinking",
+            )
+            said = "".join(
+                e.delta.thinking
+                for e in events
+                if e.type == "content_block_delta" and e.delta.type == "thinking_delta"
+            )
+            check(said == thinking, f"{where}: thinking {said!r}, want {thinking!r}")
         start = next(e for e in events if e.type == "message_start").message
         check(start.role == "assistant", f"{where}: message_start role is {start.role!r}")
         check(nonempty_str(start.model), f"{where}: message_start model is {start.model!r}")
-        block = next(e for e in events if e.type == "content_block_start")
+        block = [e for e in events if e.type == "content_block_start"][-1]
         check(
-            block.index == 0 and block.content_block.type == "text",
-            f"{where}: content_block_start is {block!r}, want index 0, a text block",
+            block.index == text_index and block.content_block.type == "text",
+            f"{where}: content_block_start is {block!r}, want index {text_index}, a text block",
         )
         parts = []
         for e in events:
-            if e.type == "content_block_delta":
-                check(e.index == 0, f"{where}: delta for block {e.index!r}")
+            if e.type == "content_block_delta" and e.delta.type != "thinking_delta":
+                check(e.index == text_index, f"{where}: delta for block {e.index!r}")
                 check(e.delta.type == "text_delta", f"{where}: delta type {e.delta.type!r}")
                 parts.append(e.delta.text)
         text = "".join(parts)
@@ -387,6 +418,11 @@ def parse_args(argv):
         help="skip the 404 checks (for a base URL that answers any model, e.g. the bare mock)",
     )
     p.add_argument("--bad-key", help="also check that this key gets 401 from both SDKs")
+    p.add_argument(
+        "--anthropic-thinking",
+        help="the reasoning the chat upstream returns: the anthropic SDK must see it as a "
+        "thinking block before the text (whole and streamed)",
+    )
     p.add_argument("--only", choices=["both", "openai", "anthropic"], default="both")
     p.add_argument("--timeout", type=float, default=20.0, help="per-request timeout, seconds")
     args = p.parse_args(argv)

@@ -27,6 +27,9 @@ const CHUNKS: &str = "8";
 const UPSTREAM_KEY: &str = "sk-ant-upstream-test-key";
 /// The tenant's key in the keyed variant.
 const TENANT_KEY: &str = "sk-sdk-tenant-key";
+/// The reasoning `shardgate-bench upstream --reasoning` puts in its chat answers
+/// (`REASONING` in bench/src/upstream/answer.rs).
+const REASONING: &str = "The user greets me; a friendly greeting back.";
 /// How long one run of the script may take.
 const SCRIPT_WAIT: Duration = Duration::from_secs(120);
 
@@ -231,19 +234,25 @@ fn sdks_through_the_other_format(tenants: bool) {
         Err(None) => return,
         Err(Some(why)) => panic!("{why}"),
     };
-    let mock = BenchUpstream::start(&["--chunks", CHUNKS]);
+    // `--reasoning`: its chat answers carry vLLM's `reasoning_content`, which the anthropic
+    // SDK must see as a thinking block.
+    let mock = BenchUpstream::start(&["--chunks", CHUNKS, "--reasoning"]);
     let claude = relay(mock.addr());
     let openai = relay(mock.addr());
     let gw = Gateway::start_with_env(
         &config(claude.addr(), openai.addr(), tenants),
         &[("SG_TEST_ANTHROPIC_KEY", UPSTREAM_KEY)],
     );
-    let (key, extra): (&str, &[&str]) = if tenants {
-        (TENANT_KEY, &["--bad-key", "sk-no-tenant-has-this"])
+    let thinking = ["--anthropic-thinking", REASONING];
+    let (key, extra): (&str, Vec<&str>) = if tenants {
+        (
+            TENANT_KEY,
+            [&["--bad-key", "sk-no-tenant-has-this"][..], &thinking].concat(),
+        )
     } else {
-        ("sk-client-key-unused", &[])
+        ("sk-client-key-unused", thinking.to_vec())
     };
-    let run = run_script(&gw, sdk_dir.as_ref(), key, extra);
+    let run = run_script(&gw, sdk_dir.as_ref(), key, &extra);
     let report = || {
         format!(
             "--- sdk_check.py: {} ---\n--- stdout ---\n{}\n--- stderr ---\n{}",

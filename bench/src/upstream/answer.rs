@@ -39,6 +39,8 @@ const WORDS: [&str; 16] = [
     "to",
 ];
 /// The mock's embedding vector (every input gets the same one).
+/// The reasoning chat answers carry with `--reasoning`.
+pub const REASONING: &str = "The user greets me; a friendly greeting back.";
 const EMBEDDING: &str = "[0.0125,-0.025,0.0375,-0.05,0.0625,-0.075,0.0875,-0.1]";
 const MODELS: &str = r#"{"object":"list","data":[{"id":"mock","object":"model","created":0,"owned_by":"shardgate-bench"}]}"#;
 
@@ -55,6 +57,7 @@ pub struct Knobs {
     pub fail_status: u16,
     pub reset_rate: f64,
     pub echo: bool,
+    pub reasoning: bool,
 }
 
 impl Default for Knobs {
@@ -68,6 +71,7 @@ impl Default for Knobs {
             fail_status: 503,
             reset_rate: 0.0,
             echo: false,
+            reasoning: false,
         }
     }
 }
@@ -222,6 +226,7 @@ pub fn answer(req: &Request<'_>, knobs: &Knobs, rolls: Rolls, stamp: Stamp, plan
         model: body.model().unwrap_or(DEFAULT_MODEL),
         prompt_tokens: body.text_bytes().div_ceil(4),
         chunks: knobs.chunks,
+        reasoning: knobs.reasoning,
         stamp,
     };
     match (endpoint, body.is_stream()) {
@@ -487,6 +492,9 @@ struct Answer<'a> {
     model: &'a str,
     prompt_tokens: u64,
     chunks: u32,
+    /// Chat answers carry [`REASONING`] as vLLM's `reasoning_content` (a stream: in one event
+    /// before the content).
+    reasoning: bool,
     stamp: Stamp,
 }
 
@@ -560,6 +568,10 @@ impl Answer<'_> {
                 br#","choices":[{"index":0,"message":{"role":"assistant","content":"#,
             );
             self.text(out);
+            if self.reasoning {
+                out.extend_from_slice(br#","reasoning_content":"#);
+                write_str(out, REASONING);
+            }
             out.push(b'}');
         } else {
             out.extend_from_slice(br#","choices":[{"index":0,"text":"#);
@@ -579,6 +591,16 @@ impl Answer<'_> {
             "text_completion"
         };
         let until = if reset { self.chunks / 2 } else { self.chunks };
+        if chat && self.reasoning {
+            s.content(None, |out| {
+                self.envelope(object, chat, out);
+                out.extend_from_slice(
+                    br#","choices":[{"index":0,"delta":{"role":"assistant","reasoning_content":"#,
+                );
+                write_str(out, REASONING);
+                out.extend_from_slice(br#"},"logprobs":null,"finish_reason":null}]}"#);
+            });
+        }
         for i in 0..until {
             s.content(None, |out| {
                 self.envelope(object, chat, out);

@@ -549,3 +549,42 @@ fn numbers_and_hex() {
     hex(&mut out, 0x1a2f);
     assert_eq!(out, b"0 18446744073709551615 0 1a2f");
 }
+
+#[test]
+fn reasoning_rides_beside_the_chat_answer_and_first_in_its_stream() {
+    let knobs = Knobs {
+        chunks: 2,
+        reasoning: true,
+        ..Knobs::default()
+    };
+    let (_, _, body) = whole(&plan_for(
+        post("/v1/chat/completions", CHAT),
+        &knobs,
+        NO_ROLL,
+    ));
+    let v = json(&body);
+    assert_eq!(v["choices"][0]["message"]["reasoning_content"], REASONING);
+    assert_eq!(v["choices"][0]["message"]["content"], "This is");
+    // Streamed: one reasoning event before the content; content and usage as without it.
+    let plan = plan_for(
+        post("/v1/chat/completions", &stream_body(true)),
+        &knobs,
+        NO_ROLL,
+    );
+    let (_, events, _) = stream_frames(&plan);
+    assert_eq!(events.len(), 5, "reasoning, 2 chunks, usage, [DONE]");
+    let first = data_json(&events[0].1);
+    assert_eq!(first["choices"][0]["delta"]["reasoning_content"], REASONING);
+    assert!(first["choices"][0]["delta"].get("content").is_none());
+    assert_eq!(data_json(&events[3].1)["usage"]["completion_tokens"], 2);
+    // Embeddings and Anthropic answers do not change.
+    let (_, _, body) = whole(&plan_for(
+        post(
+            "/v1/messages",
+            r#"{"model":"m","max_tokens":5,"messages":[]}"#,
+        ),
+        &knobs,
+        NO_ROLL,
+    ));
+    assert!(!String::from_utf8_lossy(&body).contains("reasoning"));
+}

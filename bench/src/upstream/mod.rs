@@ -83,6 +83,10 @@ pub struct UpstreamArgs {
     /// Answer every request with `{"method","path","headers":[[name,value],..],"body"}`.
     #[arg(long)]
     pub echo: bool,
+    /// Chat answers carry a reasoning text as vLLM's `reasoning_content` (streamed: one event
+    /// before the content), as reasoning models served by vLLM answer.
+    #[arg(long)]
+    pub reasoning: bool,
     /// Seed of the per-thread PRNG behind --fail-rate and --reset-rate.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -115,6 +119,7 @@ impl UpstreamArgs {
             fail_status: self.fail_status,
             reset_rate: self.reset_rate,
             echo: self.echo,
+            reasoning: self.reasoning,
         }
     }
 }
