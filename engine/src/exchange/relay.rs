@@ -182,15 +182,10 @@ pub fn response_head(
         wbuf,
     );
     let mut relay = Relay::new(framing, h.upstream_keep_alive, h.status);
-    // `Retry-After: <seconds>` on a 429 or 503 tells the balancer how long to leave this
-    // deployment alone (an HTTP date is ignored).
+    // `Retry-After: <seconds>` (or Azure's and OpenAI's `retry-after-ms`) on a 429 or 503
+    // tells the balancer how long to leave this deployment alone (an HTTP date is ignored).
     if matches!(h.status, 429 | 503) {
-        relay.retry_after_s = resp
-            .headers
-            .iter()
-            .find(|x| x.name.eq_ignore_ascii_case("retry-after"))
-            .and_then(|x| std::str::from_utf8(x.value).ok())
-            .and_then(|v| v.trim().parse::<u32>().ok());
+        relay.retry_after_s = retry_after_s(resp.headers);
     }
     relay.sse = resp.headers.iter().any(|x| {
         x.name.eq_ignore_ascii_case("content-type")
@@ -217,6 +212,24 @@ pub fn push_framed(wbuf: &mut Vec<u8>, data: &[u8], chunked: bool) {
     } else {
         wbuf.extend_from_slice(data);
     }
+}
+
+/// The wait an upstream asks for, in whole seconds: `retry-after` in seconds, else
+/// `retry-after-ms` (Azure OpenAI's and OpenAI's) rounded up. `None` for neither, or an HTTP
+/// date.
+pub fn retry_after_s(headers: &[httparse::Header<'_>]) -> Option<u32> {
+    let value = |name: &str| {
+        headers
+            .iter()
+            .find(|x| x.name.eq_ignore_ascii_case(name))
+            .and_then(|x| std::str::from_utf8(x.value).ok())
+            .map(str::trim)
+    };
+    if let Some(s) = value("retry-after").and_then(|v| v.parse::<u32>().ok()) {
+        return Some(s);
+    }
+    let ms = value("retry-after-ms").and_then(|v| v.parse::<u64>().ok())?;
+    u32::try_from(ms.div_ceil(1000)).ok()
 }
 
 #[cfg(test)]
@@ -321,6 +334,37 @@ mod tests {
             (relay.status, relay.retry_after_s, relay.done),
             (429, Some(7), true)
         );
+    }
+
+    #[test]
+    fn retry_hints_in_seconds_or_milliseconds() {
+        let h = |list: &[(&'static str, &'static [u8])]| -> Option<u32> {
+            let headers: Vec<httparse::Header<'static>> = list
+                .iter()
+                .map(|(name, value)| httparse::Header { name, value })
+                .collect();
+            retry_after_s(&headers)
+        };
+        assert_eq!(h(&[("Retry-After", b" 7 ")]), Some(7));
+        assert_eq!(h(&[("retry-after-ms", b"1500")]), Some(2));
+        assert_eq!(h(&[("retry-after-ms", b"1")]), Some(1));
+        assert_eq!(h(&[("retry-after-ms", b"0")]), Some(0));
+        // Seconds win over milliseconds; a date or garbage is no hint.
+        assert_eq!(
+            h(&[("retry-after-ms", b"9000"), ("retry-after", b"3")]),
+            Some(3)
+        );
+        assert_eq!(
+            h(&[("retry-after", b"Wed, 21 Oct 2015 07:28:00 GMT")]),
+            None
+        );
+        assert_eq!(
+            h(&[("retry-after", b"soon"), ("retry-after-ms", b"2500")]),
+            Some(3)
+        );
+        assert_eq!(h(&[("retry-after-ms", b"-5")]), None);
+        assert_eq!(h(&[("retry-after-ms", b"99999999999999")]), None);
+        assert_eq!(h(&[]), None);
     }
 
     #[test]
