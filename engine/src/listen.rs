@@ -132,6 +132,27 @@ pub fn listeners_on(table: &str, addr: SocketAddr) -> Vec<u64> {
         .collect()
 }
 
+/// The header and the listening sockets of a `/proc/net/tcp` table. The kernel lists every
+/// listening socket before any other, so the reading stops at the first line that is not one:
+/// the cost is the listeners', not the tens of thousands of connections (`TIME_WAIT` ones
+/// included) a loaded host lists after them, which a whole read walks and parses for seconds.
+fn read_listening(path: &str) -> String {
+    use std::io::BufRead;
+    let mut out = String::new();
+    let Ok(file) = std::fs::File::open(path) else {
+        return out;
+    };
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let Ok(line) = line else { break };
+        if i > 0 && line.split_whitespace().nth(3) != Some("0A") {
+            break;
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
 /// `0100007F:1F90` (IPv4) or 32 hex digits and a port (IPv6): each 32-bit word is printed as
 /// the kernel holds it, in this host's byte order.
 fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
@@ -165,7 +186,7 @@ pub fn peers_taking_over(addrs: &[SocketAddr], own: &[u64]) -> Vec<SocketAddr> {
     }
     let tables: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|p| read_listening(p))
         .collect();
     addrs
         .iter()
@@ -274,8 +295,15 @@ mod tests {
         };
         let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let inode = socket_inode(l.as_raw_fd()).unwrap_or_else(|e| panic!("{e}"));
-        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        // With connections open (listed after the listeners), the listening prefix holds it.
+        let c = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{e}"));
+        let table = read_listening("/proc/net/tcp");
+        assert!(table
+            .lines()
+            .skip(1)
+            .all(|l| l.split_whitespace().nth(3) == Some("0A")));
         assert_eq!(listeners_on(&table, addr), vec![inode]);
+        drop(c);
         // Its own socket is no other instance's.
         assert!(peers_taking_over(&[addr], &[inode]).is_empty());
     }

@@ -466,14 +466,16 @@ fn run(
     draining.store(true, Ordering::Relaxed);
     // Whether another instance takes each listening address over (an upgrade), read once.
     let addrs: Vec<_> = std::iter::once(listen).chain(listen_plain).collect();
+    let looked = std::time::Instant::now();
     let peers = shardgate_engine::listen::peers_taking_over(&addrs, &own_inodes);
     tracing::info!(
-        "draining; {}",
+        "draining; {} (looked for {} µs)",
         if peers.is_empty() {
             "no other instance takes the port over: new connections are refused".to_owned()
         } else {
             format!("another instance takes over {peers:?}")
-        }
+        },
+        looked.elapsed().as_micros()
     );
     handover.drain(peers);
     for (thread, _) in threads {
