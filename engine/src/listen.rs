@@ -24,7 +24,8 @@
 //!
 //! Which case holds is read once, by the main thread, when the drain begins: the listening
 //! sockets of `/proc/net/tcp` and `/proc/net/tcp6` on each address, less the instance's own (by
-//! inode). [`listeners_on`] is the I/O-free parser.
+//! inode). Only the head of each table is read, where the kernel lists the listeners.
+//! [`listeners_on`] is the I/O-free parser.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
