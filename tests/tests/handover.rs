@@ -109,7 +109,7 @@ fn upgrade_under_load(driver: Driver) {
     assert_none_failed(&what("connection per request"), &fresh, 500);
     // Another instance listened throughout: no connect was refused either.
     assert_eq!(
-        kept.connect + fresh.connect,
+        kept.errors.connect + fresh.errors.connect,
         0,
         "{driver:?}: connects refused"
     );
@@ -157,7 +157,7 @@ fn a_lone_drain_under_saturating_load_fails_no_request_it_accepted_on_both_drive
             200,
         );
         assert!(
-            kept.connect + fresh.connect > 0,
+            kept.errors.connect + fresh.errors.connect > 0,
             "{driver:?}: the load went on after the drain and met a closed port"
         );
     }

@@ -75,6 +75,7 @@
 mod response;
 mod schedule;
 mod stats;
+pub use stats::Errors;
 mod target;
 mod worker;
 

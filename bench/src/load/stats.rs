@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Largest latency a histogram holds, in µs (60 s); longer ones are recorded as 60 s.
 pub const LATENCY_MAX_US: u64 = 60_000_000;
@@ -45,8 +45,9 @@ pub enum ErrorKind {
     StreamIncomplete,
 }
 
-/// Error counts by kind. The field names are the JSON report's.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// Error counts by kind. The field names are the JSON report's (the end-to-end tests read the
+/// report back into this type).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Errors {
     pub connect: u64,
     pub read: u64,
