@@ -47,6 +47,25 @@ cpu_ticks() { # sum of utime+stime over the given pids; fails if one is gone
     echo "$total"
 }
 
+wait_port() { # bounded wait (10 s) for a listener on 127.0.0.1:PORT
+    local i
+    for i in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2
+    return 1
+}
+
+wait_port_closed() { # bounded wait (5 s) until nothing listens on 127.0.0.1:PORT
+    local i
+    for i in $(seq 1 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null || return 0
+        sleep 0.1
+    done
+    return 1
+}
+
 rss_kib() { # sum of VmRSS (kB) over the given pids
     local total=0 p v
     for p in "$@"; do

@@ -64,7 +64,6 @@ trap cleanup EXIT
 mkdir -p "$RUN/upstream"
 nginx -p "$RUN/upstream" -e "$RUN/upstream/error.log" -c "$PWD/bench/peers/upstream-nginx.conf" &
 STARTED_PIDS+=($!)
-wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 wait_port "$UP_PORT" || { echo "upstream did not start" >&2; exit 1; }
 
 shardgate_config() { # instance admin_port
@@ -220,7 +219,7 @@ for peer in $PEERS; do
                 [[ -f $RUN/next.pid ]] && stop_pid "$(cat "$RUN/next.pid")"
                 pkill -KILL -f "$RUN/nginx.conf" 2>/dev/null || true
                 pkill -KILL -f "$RUN/haproxy.cfg" 2>/dev/null || true
-                for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null || break; sleep 0.1; done
+                wait_port_closed "$PORT" || true
                 sleep 0.5
             done
         done

@@ -53,15 +53,6 @@ cleanup() { local p; for p in "${STARTED_PIDS[@]}"; do stop_pid "$p"; done; }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # bounded wait for a listener
-    local i
-    for i in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on port $1" >&2
-    return 1
-}
 
 up_port=$(free_port)
 "$BENCH_BIN" upstream --listen "127.0.0.1:$up_port" --latency-ms "$LATENCY_MS" >"$OUT/run/upstream.log" 2>&1 &

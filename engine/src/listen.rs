@@ -181,8 +181,9 @@ fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
 /// network namespace's tables, provided `net.ipv4.tcp_migrate_req` is 1 (without it the
 /// kernel resets a closing listener's queue whoever else listens).
 pub fn peers_taking_over(addrs: &[SocketAddr], own: &[u64]) -> Vec<SocketAddr> {
-    let migrate = std::fs::read_to_string(shardgate_tune::MIGRATE_REQ_PATH);
-    if !migrate.is_ok_and(|m| m.trim() == "1") {
+    // The same reading of the sysctl as the start-up warning's: no advice means it is on.
+    let migrate = std::fs::read_to_string(shardgate_tune::MIGRATE_REQ_PATH).ok();
+    if shardgate_tune::migrate_req_advice(migrate.as_deref()).is_some() {
         return Vec::new();
     }
     let tables: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]

@@ -458,15 +458,18 @@ pub(super) fn llm_request<'c>(
         ..
     } = &mut c.llm;
     let mut upstream_path: Option<&str> = None;
-    if let Some(dir) = dir {
-        // The other API's body, for the deployment's model (or, on a route, the client's).
-        let model = match model {
-            Some(m) => m.to_owned(),
-            None => llm::inspect(body)
+    // The model the upstream is asked for, where a translation or Azure's path names it: the
+    // deployment's, or on a route the one the client's body names (read once).
+    let named = (model.is_none() && (dir.is_some() || ucfg.provider == Provider::Azure))
+        .then(|| {
+            llm::inspect(body)
                 .ok()
                 .and_then(|i| i.model().map(str::to_owned))
-                .unwrap_or_default(),
-        };
+        })
+        .flatten();
+    let upstream_model = model.or(named.as_deref()).unwrap_or_default();
+    if let Some(dir) = dir {
+        // The other API's body, for that model.
         let default_max_tokens =
             c.ex.tenant
                 .map_or(crate::tenant::DEFAULT_MAX_TOKENS_DEFAULT, |t| {
@@ -475,14 +478,14 @@ pub(super) fn llm_request<'c>(
         upstream_path = Some(translate::translate_request(
             dir,
             body,
-            &model,
+            upstream_model,
             default_max_tokens,
             scratch,
         )?);
         body = scratch;
         translation = Some(Box::new(Translation {
             dir,
-            model,
+            model: upstream_model.to_owned(),
             include_usage: call.include_usage,
         }));
     } else if let Some(m) = model {
@@ -503,15 +506,10 @@ pub(super) fn llm_request<'c>(
             strip = true;
         }
     }
-    // Azure: the OpenAI path becomes the deployment's (the deployment's model, or on a route
-    // the one the body names).
+    // Azure: the OpenAI path becomes the deployment's.
     if let (Provider::Azure, Some(version)) = (ucfg.provider, ucfg.api_version.as_deref()) {
         let openai_path = upstream_path.unwrap_or(client_path);
-        let named = model.is_none().then(|| llm::inspect(body).ok()).flatten();
-        let deployment = model
-            .or_else(|| named.as_ref().and_then(|i| i.model()))
-            .unwrap_or_default();
-        crate::provider::azure::path(openai_path, deployment, version, azure_path)
+        crate::provider::azure::path(openai_path, upstream_model, version, azure_path)
             .map_err(Error::BadRequest)?;
         upstream_path = Some(azure_path.as_str());
     }
