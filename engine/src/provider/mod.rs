@@ -10,6 +10,13 @@
 //!   ([`messages::chat_to_message`]), an error body ([`messages::error_to_anthropic`]) and the
 //!   event stream ([`messages::StreamToMessages`], fed pieces of any size).
 //! - [`azure`]: Azure OpenAI's deployment paths (its bodies are OpenAI's).
+//! - [`bedrock`]: an OpenAI chat client talking to AWS Bedrock's Converse API. The path
+//!   ([`bedrock::path`]), the request ([`bedrock::chat_to_converse`]), the whole response
+//!   ([`bedrock::converse_to_chat`]), an error ([`bedrock::error_to_openai`]) and the binary
+//!   event stream ([`bedrock::StreamToChat`], fed pieces of any size).
+//! - [`eventstream`]: AWS's binary event stream framing (`application/vnd.amazon.eventstream`),
+//!   which `ConverseStream` answers in.
+//! - [`sigv4`]: AWS Signature Version 4 for Bedrock's requests.
 //! - `sse`: the server-sent event reader both stream translators read their upstream with.
 //!
 //! # Decisions
@@ -27,7 +34,10 @@
 
 pub mod anthropic;
 pub mod azure;
+pub mod bedrock;
+pub mod eventstream;
 pub mod messages;
+pub mod sigv4;
 pub(crate) mod sse;
 
 use std::fmt;
@@ -77,6 +87,31 @@ impl TranslateError {
             }
             TranslateError::BadField("choices") => {
                 "the upstream response has no `choices` (an error body, or not a chat completion)"
+            }
+            // Bedrock (provider::bedrock).
+            TranslateError::BadField("first_turn") => {
+                "the conversation must start with a user message (first_turn) for this model's provider"
+            }
+            TranslateError::BadField("tools") => {
+                "`tools` must be an array of function tools with a name, and must be given when the messages hold tool calls or tool results"
+            }
+            TranslateError::BadField("tool_choice") => {
+                "`tool_choice` must be auto, none, required or a function the `tools` name"
+            }
+            TranslateError::BadField("tool_calls") => {
+                "assistant `tool_calls` must each have an id, a function name and JSON object arguments"
+            }
+            TranslateError::BadField("tool_call_id") => {
+                "a tool message must have the `tool_call_id` of the call it answers"
+            }
+            TranslateError::BadField("image_url") => {
+                "`image_url` must be a URL string or an object with a base64 data URL in `url`"
+            }
+            TranslateError::BadField("output") => {
+                "the upstream response has no `output` (an error body, or not a Converse response)"
+            }
+            TranslateError::BadField("toolUse") => {
+                "the upstream response has a `toolUse` block without its id or name"
             }
             TranslateError::BadField(_) => "a field of the body has the wrong type",
             TranslateError::Unsupported("tools") => {
@@ -135,6 +170,19 @@ impl TranslateError {
             }
             TranslateError::Unsupported("content") => {
                 "content blocks other than text are not supported for this model's provider"
+            }
+            // Bedrock (provider::bedrock).
+            TranslateError::Unsupported("file") => {
+                "`file` content parts are not supported for this model's provider"
+            }
+            TranslateError::Unsupported("parallel_tool_calls") => {
+                "`parallel_tool_calls` false is not supported for this model's provider"
+            }
+            TranslateError::Unsupported("reasoning_effort") => {
+                "`reasoning_effort` is not supported for this model's provider"
+            }
+            TranslateError::Unsupported("web_search_options") => {
+                "`web_search_options` are not supported for this model's provider"
             }
             TranslateError::Unsupported(_) => {
                 "the request uses a feature not supported for this model's provider"
@@ -241,6 +289,19 @@ mod tests {
             TranslateError::Unsupported("tool_result"),
             TranslateError::Unsupported("content"),
             TranslateError::Unsupported("other"),
+            // Bedrock (provider::bedrock).
+            TranslateError::BadField("first_turn"),
+            TranslateError::BadField("tools"),
+            TranslateError::BadField("tool_choice"),
+            TranslateError::BadField("tool_calls"),
+            TranslateError::BadField("tool_call_id"),
+            TranslateError::BadField("image_url"),
+            TranslateError::BadField("output"),
+            TranslateError::BadField("toolUse"),
+            TranslateError::Unsupported("file"),
+            TranslateError::Unsupported("parallel_tool_calls"),
+            TranslateError::Unsupported("reasoning_effort"),
+            TranslateError::Unsupported("web_search_options"),
         ];
         for e in all {
             let m = e.message();
