@@ -1093,3 +1093,948 @@ impl StreamToChat {
         self.done = true;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::eventstream::{encode, encode_event, encode_exception, HeaderValue};
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn to_converse(body: &Value) -> Result<Value, TranslateError> {
+        let mut out = Vec::new();
+        chat_to_converse(body.to_string().as_bytes(), &mut out)?;
+        Ok(serde_json::from_slice(&out).expect("valid JSON"))
+    }
+
+    #[test]
+    fn paths_encode_the_model_id() {
+        let mut out = String::from("left over");
+        path("anthropic.claude-3-5-sonnet-20240620-v1:0", false, &mut out).expect("valid");
+        assert_eq!(
+            out,
+            "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse"
+        );
+        path("anthropic.claude-3-5-sonnet-20240620-v1:0", true, &mut out).expect("valid");
+        assert_eq!(
+            out,
+            "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse-stream"
+        );
+        path(
+            "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-7-sonnet-20250219-v1:0",
+            false,
+            &mut out,
+        )
+        .expect("valid");
+        assert_eq!(
+            out,
+            "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fus.anthropic.claude-3-7-sonnet-20250219-v1%3A0/converse"
+        );
+        path("a b?#%/..~_é", false, &mut out).expect("valid");
+        assert_eq!(out, "/model/a%20b%3F%23%25%2F..~_%C3%A9/converse");
+
+        let mut out = String::from("kept");
+        assert!(path("", false, &mut out).is_err());
+        assert!(path(&"m".repeat(MODEL_ID_BYTES_MAX + 1), true, &mut out).is_err());
+        assert_eq!(out, "kept");
+        path(&"m".repeat(MODEL_ID_BYTES_MAX), true, &mut out).expect("at the limit");
+        for e in [
+            path("", false, &mut out),
+            path(&"m".repeat(5000), false, &mut out),
+        ] {
+            let m = e.expect_err("refused");
+            assert!(m.is_ascii() && !m.contains('"') && !m.contains('\\'), "{m}");
+        }
+    }
+
+    #[test]
+    fn system_turns_and_inference_config() {
+        let body = json!({
+            "model": "claude-bedrock",
+            "messages": [
+                {"role": "system", "content": "You are terse."},
+                {"role": "developer", "content": [{"type": "text", "text": "Answer in English."}]},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}, {"type": "text", "text": ""}]},
+                {"role": "user", "content": "And 3+3?", "name": "bob"},
+                {"role": "assistant", "content": ""}
+            ],
+            "max_tokens": 100,
+            "max_completion_tokens": 50,
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "stop": ["END"],
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "seed": 7,
+            "user": "u-1",
+            "n": 1,
+            "parallel_tool_calls": true,
+            "response_format": {"type": "text"}
+        });
+        assert_eq!(
+            to_converse(&body),
+            Ok(json!({
+                "system": [{"text": "You are terse."}, {"text": "Answer in English."}],
+                "messages": [
+                    {"role": "user", "content": [{"text": "Hi"}]},
+                    {"role": "assistant", "content": [{"text": "Hello."}]},
+                    {"role": "user", "content": [{"text": "What is 2+2?"}, {"text": "And 3+3?"}]}
+                ],
+                "inferenceConfig": {"maxTokens": 50, "temperature": 0.5, "topP": 0.9, "stopSequences": ["END"]}
+            }))
+        );
+        let v = to_converse(&json!({"messages": [{"role": "user", "content": "Hi"}], "stop": "\n", "max_tokens": 7}))
+            .expect("translates");
+        assert_eq!(
+            v["inferenceConfig"],
+            json!({"maxTokens": 7, "stopSequences": ["\n"]})
+        );
+        let v = to_converse(&json!({"messages": [{"role": "user", "content": "Hi"}]}))
+            .expect("translates");
+        assert_eq!(
+            v,
+            json!({"messages": [{"role": "user", "content": [{"text": "Hi"}]}]})
+        );
+    }
+
+    #[test]
+    fn tools_and_a_tool_loop() {
+        let tools = json!([{"type": "function", "function": {
+            "name": "get_weather", "description": "Weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            "strict": true
+        }}, {"type": "function", "function": {"name": "now"}}]);
+        let body = json!({
+            "messages": [
+                {"role": "user", "content": "Weather in Paris and Rome?"},
+                {"role": "assistant", "content": "Checking.", "tool_calls": [
+                    {"id": "tooluse_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                    {"id": "tooluse_2", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Rome\"}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "tooluse_1", "content": "18C"},
+                {"role": "tool", "tool_call_id": "tooluse_2", "content": [{"type": "text", "text": "21C"}]},
+                {"role": "user", "content": "Thanks"}
+            ],
+            "tools": tools,
+            "tool_choice": "auto"
+        });
+        assert_eq!(
+            to_converse(&body),
+            Ok(json!({
+                "messages": [
+                    {"role": "user", "content": [{"text": "Weather in Paris and Rome?"}]},
+                    {"role": "assistant", "content": [
+                        {"text": "Checking."},
+                        {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather", "input": {"city": "Paris"}}},
+                        {"toolUse": {"toolUseId": "tooluse_2", "name": "get_weather", "input": {"city": "Rome"}}}
+                    ]},
+                    {"role": "user", "content": [
+                        {"toolResult": {"toolUseId": "tooluse_1", "content": [{"text": "18C"}]}},
+                        {"toolResult": {"toolUseId": "tooluse_2", "content": [{"text": "21C"}]}},
+                        {"text": "Thanks"}
+                    ]}
+                ],
+                "toolConfig": {
+                    "tools": [
+                        {"toolSpec": {"name": "get_weather", "description": "Weather of a city",
+                            "inputSchema": {"json": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}},
+                        {"toolSpec": {"name": "now", "inputSchema": {"json": {"type": "object", "properties": {}}}}}
+                    ],
+                    "toolChoice": {"auto": {}}
+                }
+            }))
+        );
+
+        let with_choice = |choice: Value| {
+            let mut b = json!({"messages": [{"role": "user", "content": "Hi"}], "tools": tools});
+            b["tool_choice"] = choice;
+            to_converse(&b)
+        };
+        assert_eq!(
+            with_choice(json!("required")).expect("translates")["toolConfig"]["toolChoice"],
+            json!({"any": {}})
+        );
+        assert_eq!(
+            with_choice(json!({"type": "function", "function": {"name": "now"}}))
+                .expect("translates")["toolConfig"]["toolChoice"],
+            json!({"tool": {"name": "now"}})
+        );
+        assert!(with_choice(Value::Null).expect("translates")["toolConfig"]
+            .get("toolChoice")
+            .is_none());
+        // "none": the tools are not shown.
+        assert!(with_choice(json!("none"))
+            .expect("translates")
+            .get("toolConfig")
+            .is_none());
+        assert_eq!(
+            with_choice(json!("sometimes")),
+            Err(TranslateError::BadField("tool_choice"))
+        );
+        assert_eq!(
+            with_choice(json!({"type": "function"})),
+            Err(TranslateError::BadField("tool_choice"))
+        );
+
+        // "none" with tool blocks in the history: Converse needs the toolConfig.
+        let mut b = body.clone();
+        b["tool_choice"] = json!("none");
+        assert_eq!(
+            to_converse(&b),
+            Err(TranslateError::Unsupported("tool_choice"))
+        );
+        // Tool blocks without tools.
+        let mut b = body.clone();
+        b.as_object_mut().expect("object").remove("tools");
+        b.as_object_mut().expect("object").remove("tool_choice");
+        assert_eq!(to_converse(&b), Err(TranslateError::BadField("tools")));
+        // A choice that needs tools, without tools.
+        let b = json!({"messages": [{"role": "user", "content": "Hi"}], "tool_choice": "required"});
+        assert_eq!(
+            to_converse(&b),
+            Err(TranslateError::BadField("tool_choice"))
+        );
+        let b = json!({"messages": [{"role": "user", "content": "Hi"}], "tool_choice": "auto", "tools": []});
+        assert!(to_converse(&b)
+            .expect("translates")
+            .get("toolConfig")
+            .is_none());
+    }
+
+    #[test]
+    fn malformed_tool_messages_are_refused() {
+        use TranslateError::{BadField, Unsupported};
+        let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+        let conv = |messages: Value| to_converse(&json!({"messages": messages, "tools": tools}));
+        let call = |arguments: Value| {
+            json!([
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}]}
+            ])
+        };
+        assert_eq!(conv(call(json!("{not json"))), Err(BadField("tool_calls")));
+        assert_eq!(conv(call(json!("[1]"))), Err(BadField("tool_calls")));
+        assert_eq!(conv(call(json!(5))), Err(BadField("tool_calls")));
+        assert_eq!(
+            conv(call(json!(""))).expect("empty arguments")["messages"][1]["content"][0]["toolUse"]
+                ["input"],
+            json!({})
+        );
+        assert_eq!(
+            conv(
+                json!([{"role": "user", "content": "Hi"}, {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f"}}]}])
+            ),
+            Err(BadField("tool_calls"))
+        );
+        assert_eq!(
+            conv(
+                json!([{"role": "user", "content": "Hi"}, {"role": "assistant", "tool_calls": [{"id": "c", "type": "custom", "custom": {}}]}])
+            ),
+            Err(Unsupported("tool_calls"))
+        );
+        assert_eq!(
+            conv(json!([{"role": "user", "content": "Hi"}, {"role": "tool", "content": "42"}])),
+            Err(BadField("tool_call_id"))
+        );
+        assert_eq!(
+            conv(
+                json!([{"role": "user", "content": "Hi"}, {"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}}])
+            ),
+            Err(Unsupported("function_call"))
+        );
+        assert_eq!(
+            conv(json!([{"role": "function", "name": "f", "content": "1"}])),
+            Err(Unsupported("functions"))
+        );
+        let bad_tools = |tools: Value| {
+            to_converse(&json!({"messages": [{"role": "user", "content": "Hi"}], "tools": tools}))
+        };
+        assert_eq!(
+            bad_tools(json!([{"type": "web_search"}])),
+            Err(Unsupported("tools"))
+        );
+        assert_eq!(
+            bad_tools(json!([{"function": {"name": "f"}}])),
+            Err(BadField("tools"))
+        );
+        assert_eq!(
+            bad_tools(json!([{"type": "function", "function": {}}])),
+            Err(BadField("tools"))
+        );
+        assert_eq!(
+            bad_tools(json!([{"type": "function", "function": {"name": "f", "parameters": "x"}}])),
+            Err(BadField("tools"))
+        );
+        assert_eq!(bad_tools(json!({"f": 1})), Err(BadField("tools")));
+    }
+
+    #[test]
+    fn images() {
+        let msg = |url: &str| {
+            to_converse(&json!({"messages": [{"role": "user", "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": url, "detail": "high"}}
+            ]}]}))
+        };
+        assert_eq!(
+            msg("data:image/png;base64,iVBORw0KGgo=").expect("translates")["messages"][0]
+                ["content"],
+            json!([{"text": "What is this?"}, {"image": {"format": "png", "source": {"bytes": "iVBORw0KGgo="}}}])
+        );
+        for (media, format) in [
+            ("image/jpeg", "jpeg"),
+            ("image/jpg", "jpeg"),
+            ("IMAGE/GIF", "gif"),
+            ("image/webp", "webp"),
+        ] {
+            let v = msg(&format!("data:{media};base64,AAAA")).expect("translates");
+            assert_eq!(v["messages"][0]["content"][1]["image"]["format"], format);
+        }
+        use TranslateError::{BadField, Unsupported};
+        assert_eq!(
+            msg("https://example.com/cat.png"),
+            Err(Unsupported("image_url"))
+        );
+        assert_eq!(
+            msg("data:image/bmp;base64,AAAA"),
+            Err(Unsupported("image_url"))
+        );
+        assert_eq!(
+            msg("data:image/png,rawbytes"),
+            Err(Unsupported("image_url"))
+        );
+        assert_eq!(msg("data:image/png;base64,"), Err(BadField("image_url")));
+        assert_eq!(msg("data:image/png;base64,\"x"), Err(BadField("image_url")));
+        // Images only in user turns.
+        let b = json!({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]});
+        assert_eq!(to_converse(&b), Err(Unsupported("image_url")));
+        let b = json!({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]});
+        assert_eq!(to_converse(&b), Err(Unsupported("audio")));
+        let b = json!({"messages": [{"role": "user", "content": [{"type": "file", "file": {}}]}]});
+        assert_eq!(to_converse(&b), Err(Unsupported("file")));
+    }
+
+    #[test]
+    fn unsupported_and_malformed_requests_are_refused() {
+        use TranslateError::{BadField, NotJson, Unsupported};
+        let base = json!({"model": "m", "messages": [{"role": "user", "content": "Hi"}]});
+        let with = |key: &str, value: Value| {
+            let mut b = base.clone();
+            b[key] = value;
+            to_converse(&b)
+        };
+        assert_eq!(with("n", json!(2)), Err(Unsupported("n")));
+        assert_eq!(with("logprobs", json!(true)), Err(Unsupported("logprobs")));
+        assert_eq!(with("top_logprobs", json!(2)), Err(Unsupported("logprobs")));
+        assert_eq!(
+            with("response_format", json!({"type": "json_object"})),
+            Err(Unsupported("response_format"))
+        );
+        assert_eq!(
+            with("audio", json!({"voice": "alloy"})),
+            Err(Unsupported("audio"))
+        );
+        assert_eq!(
+            with("modalities", json!(["text", "audio"])),
+            Err(Unsupported("audio"))
+        );
+        assert_eq!(with("functions", json!([])), Err(Unsupported("functions")));
+        assert_eq!(
+            with("function_call", json!("auto")),
+            Err(Unsupported("function_call"))
+        );
+        assert_eq!(
+            with("parallel_tool_calls", json!(false)),
+            Err(Unsupported("parallel_tool_calls"))
+        );
+        assert_eq!(
+            with("reasoning_effort", json!("high")),
+            Err(Unsupported("reasoning_effort"))
+        );
+        assert_eq!(
+            with("web_search_options", json!({})),
+            Err(Unsupported("web_search_options"))
+        );
+        assert_eq!(with("stop", json!(3)), Err(BadField("stop")));
+        assert_eq!(with("max_tokens", json!(-1)), Err(BadField("max_tokens")));
+        assert_eq!(
+            with("temperature", json!("hot")),
+            Err(BadField("temperature"))
+        );
+        assert_eq!(with("top_p", json!([])), Err(BadField("top_p")));
+        assert_eq!(with("stream", json!("yes")), Err(BadField("stream")));
+        assert_eq!(with("messages", json!([])), Err(BadField("messages")));
+        assert_eq!(
+            with("messages", json!([{"role": "system", "content": "only"}])),
+            Err(BadField("messages"))
+        );
+        assert_eq!(
+            with("messages", json!([{"role": "robot", "content": "Hi"}])),
+            Err(BadField("role"))
+        );
+        assert_eq!(
+            with("messages", json!([{"role": "user", "content": 5}])),
+            Err(BadField("content"))
+        );
+        assert_eq!(
+            with(
+                "messages",
+                json!([{"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Hi"}])
+            ),
+            Err(BadField("first_turn"))
+        );
+        let mut out = b"kept".to_vec();
+        for body in [&b"[1,2]"[..], b"\"s\"", b"{", b"{} {}", b"", b"null"] {
+            assert_eq!(chat_to_converse(body, &mut out), Err(NotJson));
+        }
+        assert_eq!(with("n", json!(3)).map(|_| ()), Err(Unsupported("n")));
+        assert_eq!(out, b"kept", "nothing appended on error");
+    }
+
+    /// A Converse response, as the API documents it.
+    const RESPONSE: &str = r#"{"output":{"message":{"role":"assistant","content":[{"reasoningContent":{"reasoningText":{"text":"Think.","signature":"sig"}}},{"text":"Hello"},{"text":", \"world\"!"}]}},"stopReason":"end_turn","usage":{"inputTokens":12,"outputTokens":6,"totalTokens":148,"cacheReadInputTokens":30,"cacheWriteInputTokens":100},"metrics":{"latencyMs":321}}"#;
+
+    #[test]
+    fn whole_response_maps_text_reasoning_usage_and_finish_reason() {
+        let mut out = Vec::new();
+        let usage = converse_to_chat(
+            RESPONSE.as_bytes(),
+            "chatcmpl-1",
+            "claude-bedrock",
+            1_700_000_000,
+            &mut out,
+        )
+        .expect("translates");
+        assert_eq!(
+            std::str::from_utf8(&out).expect("UTF-8"),
+            concat!(
+                r#"{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"claude-bedrock","#,
+                r#""choices":[{"index":0,"message":{"role":"assistant","content":"Hello, \"world\"!","reasoning_content":"Think."},"logprobs":null,"finish_reason":"stop"}],"#,
+                r#""usage":{"prompt_tokens":142,"completion_tokens":6,"total_tokens":148,"prompt_tokens_details":{"cached_tokens":30}}}"#
+            )
+        );
+        assert_eq!(
+            usage,
+            Usage {
+                prompt_tokens: 142,
+                completion_tokens: 6,
+                cached_tokens: 30,
+                cache_write_tokens: 100,
+                reasoning_tokens: 0
+            }
+        );
+
+        for (stop, finish) in [
+            ("end_turn", "stop"),
+            ("stop_sequence", "stop"),
+            ("max_tokens", "length"),
+            ("model_context_window_exceeded", "length"),
+            ("tool_use", "tool_calls"),
+            ("guardrail_intervened", "content_filter"),
+            ("content_filtered", "content_filter"),
+            ("something_new", "stop"),
+        ] {
+            let body = format!(
+                r#"{{"output":{{"message":{{"role":"assistant","content":[]}}}},"stopReason":"{stop}","usage":{{"inputTokens":1,"outputTokens":2,"totalTokens":3}}}}"#
+            );
+            let mut out = Vec::new();
+            let usage =
+                converse_to_chat(body.as_bytes(), "i", "m", 1, &mut out).expect("translates");
+            let v: Value = serde_json::from_slice(&out).expect("valid JSON");
+            assert_eq!(v["choices"][0]["finish_reason"], finish, "{stop}");
+            assert_eq!(v["choices"][0]["message"]["content"], "");
+            assert_eq!(v["usage"]["total_tokens"], 3);
+            assert_eq!((usage.prompt_tokens, usage.completion_tokens), (1, 2));
+        }
+
+        let mut out = Vec::new();
+        assert_eq!(
+            converse_to_chat(
+                br#"{"message":"The security token included in the request is invalid."}"#,
+                "i",
+                "m",
+                1,
+                &mut out
+            ),
+            Err(TranslateError::BadField("output"))
+        );
+        assert_eq!(
+            converse_to_chat(b"[]", "i", "m", 1, &mut out),
+            Err(TranslateError::NotJson)
+        );
+        assert_eq!(
+            converse_to_chat(
+                br#"{"output":{"message":{"content":[{"toolUse":{"name":"f"}}]}}}"#,
+                "i",
+                "m",
+                1,
+                &mut out
+            ),
+            Err(TranslateError::BadField("toolUse"))
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn whole_response_tool_calls() {
+        let body = r#"{"output":{"message":{"role":"assistant","content":[{"toolUse":{"toolUseId":"tooluse_A","name":"get_weather","input":{"city":"Paris"}}},{"toolUse":{"toolUseId":"tooluse_B","name":"now","input":{}}}]}},"stopReason":"tool_use","usage":{"inputTokens":50,"outputTokens":20,"totalTokens":70}}"#;
+        let mut out = Vec::new();
+        converse_to_chat(body.as_bytes(), "chatcmpl-2", "m", 5, &mut out).expect("translates");
+        assert_eq!(
+            std::str::from_utf8(&out).expect("UTF-8"),
+            concat!(
+                r#"{"id":"chatcmpl-2","object":"chat.completion","created":5,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":null,"#,
+                r#""tool_calls":[{"id":"tooluse_A","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}},"#,
+                r#"{"id":"tooluse_B","type":"function","function":{"name":"now","arguments":"{}"}}]},"logprobs":null,"finish_reason":"tool_calls"}],"#,
+                r#""usage":{"prompt_tokens":50,"completion_tokens":20,"total_tokens":70,"prompt_tokens_details":{"cached_tokens":0}}}"#
+            )
+        );
+        // Text and a call: the text stays.
+        let body = r#"{"output":{"message":{"content":[{"text":"Let me check."},{"toolUse":{"toolUseId":"t","name":"f","input":{"a":[1,"b"]}}}]}},"stopReason":"tool_use"}"#;
+        let mut out = Vec::new();
+        converse_to_chat(body.as_bytes(), "i", "m", 1, &mut out).expect("translates");
+        let v: Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(v["choices"][0]["message"]["content"], "Let me check.");
+        let args: Value = serde_json::from_str(
+            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .expect("string"),
+        )
+        .expect("arguments are JSON");
+        assert_eq!(args, json!({"a": [1, "b"]}));
+    }
+
+    fn openai_error(status: u16, kind: Option<&str>, body: &[u8]) -> Value {
+        let mut out = Vec::new();
+        error_to_openai(status, kind, body, &mut out);
+        serde_json::from_slice(&out).expect("valid JSON")
+    }
+
+    #[test]
+    fn errors_map_to_openai_shape() {
+        assert_eq!(
+            openai_error(
+                400,
+                Some("ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/"),
+                br#"{"message":"A conversation must start with a user message."}"#
+            ),
+            json!({"error": {"message": "A conversation must start with a user message.", "type": "invalid_request_error", "param": null, "code": "ValidationException"}})
+        );
+        // The type from the body's `__type` when there is no header.
+        assert_eq!(
+            openai_error(429, None, br#"{"__type":"com.amazon.coral.availability#ThrottlingException","message":"Too many requests, please wait before trying again."}"#),
+            json!({"error": {"message": "Too many requests, please wait before trying again.", "type": "requests", "param": null, "code": "rate_limit_exceeded"}})
+        );
+        assert_eq!(
+            openai_error(429, Some("ServiceQuotaExceededException"), b"{}")["error"]["code"],
+            "rate_limit_exceeded"
+        );
+        assert_eq!(
+            openai_error(
+                403,
+                Some("AccessDeniedException"),
+                br#"{"Message":"You don't have access to the model with the specified model ID."}"#
+            ),
+            json!({"error": {"message": "You don't have access to the model with the specified model ID.", "type": "permission_error", "param": null, "code": "AccessDeniedException"}})
+        );
+        assert_eq!(
+            openai_error(
+                403,
+                Some("UnrecognizedClientException"),
+                br#"{"message":"The security token included in the request is invalid."}"#
+            )["error"]["code"],
+            "invalid_api_key"
+        );
+        assert_eq!(
+            openai_error(403, Some("InvalidSignatureException"), b"{}")["error"]["code"],
+            "invalid_api_key"
+        );
+        let e = openai_error(
+            404,
+            Some("ResourceNotFoundException"),
+            br#"{"message":"Model not found"}"#,
+        );
+        assert_eq!(
+            (e["error"]["type"].as_str(), e["error"]["code"].as_str()),
+            (
+                Some("invalid_request_error"),
+                Some("ResourceNotFoundException")
+            )
+        );
+        for (status, kind) in [
+            (408, "ModelTimeoutException"),
+            (424, "ModelErrorException"),
+            (429, "ModelNotReadyException"),
+            (500, "InternalServerException"),
+            (503, "ServiceUnavailableException"),
+        ] {
+            let e = openai_error(status, Some(kind), br#"{"message":"x"}"#);
+            assert_eq!(e["error"]["type"], "server_error", "{kind}");
+            assert_eq!(e["error"]["code"], kind);
+        }
+        assert_eq!(
+            openai_error(502, None, b"<html>bad gateway</html>"),
+            json!({"error": {"message": "the Bedrock upstream answered HTTP 502", "type": "server_error", "param": null, "code": null}})
+        );
+        assert_eq!(
+            openai_error(413, None, b"")["error"]["type"],
+            "invalid_request_error"
+        );
+        assert_eq!(
+            openai_error(403, None, b"")["error"]["type"],
+            "permission_error"
+        );
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Streams
+
+    fn event(kind: &str, payload: Value, out: &mut Vec<u8>) {
+        encode_event(kind, payload.to_string().as_bytes(), out).expect("encodes");
+    }
+
+    /// A ConverseStream body: reasoning, text, a tool call in pieces, the stop, the usage.
+    fn stream_body() -> Vec<u8> {
+        let mut s = Vec::new();
+        event(
+            "messageStart",
+            json!({"role": "assistant", "p": "abcd"}),
+            &mut s,
+        );
+        event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "Hmm."}}}),
+            &mut s,
+        );
+        event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"signature": "sig"}}}),
+            &mut s,
+        );
+        event("contentBlockStop", json!({"contentBlockIndex": 0}), &mut s);
+        event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 1, "delta": {"text": "Hello"}, "p": "ab"}),
+            &mut s,
+        );
+        event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 1, "delta": {"text": ", \"wörld\"\n!"}}),
+            &mut s,
+        );
+        event("contentBlockStop", json!({"contentBlockIndex": 1}), &mut s);
+        event(
+            "contentBlockStart",
+            json!({"contentBlockIndex": 2, "start": {"toolUse": {"toolUseId": "tooluse_X", "name": "get_weather"}}}),
+            &mut s,
+        );
+        event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 2, "delta": {"toolUse": {"input": "{\"city\":"}}}),
+            &mut s,
+        );
+        event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 2, "delta": {"toolUse": {"input": "\"Paris\"}"}}}),
+            &mut s,
+        );
+        event("contentBlockStop", json!({"contentBlockIndex": 2}), &mut s);
+        event(
+            "contentBlockStart",
+            json!({"contentBlockIndex": 3, "start": {"toolUse": {"toolUseId": "tooluse_Y", "name": "now"}}}),
+            &mut s,
+        );
+        event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 3, "delta": {"toolUse": {"input": ""}}}),
+            &mut s,
+        );
+        event("contentBlockStop", json!({"contentBlockIndex": 3}), &mut s);
+        event("messageStop", json!({"stopReason": "tool_use"}), &mut s);
+        event(
+            "metadata",
+            json!({"usage": {"inputTokens": 25, "outputTokens": 15, "totalTokens": 50, "cacheReadInputTokens": 10}, "metrics": {"latencyMs": 400}}),
+            &mut s,
+        );
+        s
+    }
+
+    const HEAD: &str = r#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"claude-bedrock","choices":"#;
+
+    fn expected(include_usage: bool) -> String {
+        let mut s = String::new();
+        for choices in [
+            r#"[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{"reasoning_content":"Hmm."},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{"content":", \"wörld\"\n!"},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"tooluse_X","type":"function","function":{"name":"get_weather","arguments":""}}]},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\":"}}]},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"Paris\"}"}}]},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"tooluse_Y","type":"function","function":{"name":"now","arguments":""}}]},"logprobs":null,"finish_reason":null}]"#,
+            r#"[{"index":0,"delta":{},"logprobs":null,"finish_reason":"tool_calls"}]"#,
+        ] {
+            s.push_str(HEAD);
+            s.push_str(choices);
+            s.push_str("}\n\n");
+        }
+        if include_usage {
+            s.push_str(HEAD);
+            s.push_str(r#"[],"usage":{"prompt_tokens":35,"completion_tokens":15,"total_tokens":50,"prompt_tokens_details":{"cached_tokens":10}}}"#);
+            s.push_str("\n\n");
+        }
+        s.push_str("data: [DONE]\n\n");
+        s
+    }
+
+    fn translate_in_pieces(
+        stream: &[u8],
+        cuts: &[usize],
+        include_usage: bool,
+    ) -> (Vec<u8>, Option<Usage>) {
+        let mut t = StreamToChat::new("chatcmpl-1", "claude-bedrock", 1_700_000_000, include_usage);
+        let mut out = Vec::new();
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut start = 0;
+        for c in cuts {
+            t.feed(stream.get(start..c).unwrap_or_default(), &mut out);
+            start = c;
+        }
+        t.feed(stream.get(start..).unwrap_or_default(), &mut out);
+        t.finish(&mut out);
+        assert!(t.is_done());
+        (out, t.usage())
+    }
+
+    #[test]
+    fn stream_translates_to_openai_chunks() {
+        let body = stream_body();
+        for include_usage in [false, true] {
+            let (out, usage) = translate_in_pieces(&body, &[], include_usage);
+            assert_eq!(
+                std::str::from_utf8(&out).expect("UTF-8"),
+                expected(include_usage)
+            );
+            assert_eq!(
+                usage,
+                Some(Usage {
+                    prompt_tokens: 35,
+                    completion_tokens: 15,
+                    cached_tokens: 10,
+                    cache_write_tokens: 0,
+                    reasoning_tokens: 0
+                })
+            );
+        }
+        // One byte at a time.
+        let cuts: Vec<usize> = (0..body.len()).collect();
+        let (out, _) = translate_in_pieces(&body, &cuts, true);
+        assert_eq!(std::str::from_utf8(&out).expect("UTF-8"), expected(true));
+        for e in expected(true).split("\n\n").filter(|e| !e.is_empty()) {
+            let data = e.strip_prefix("data: ").expect("data line");
+            if data != "[DONE]" {
+                serde_json::from_str::<Value>(data).expect("valid JSON");
+            }
+        }
+        // After [DONE], more input changes nothing.
+        let mut t = StreamToChat::new("chatcmpl-1", "claude-bedrock", 1_700_000_000, false);
+        let mut out = Vec::new();
+        t.feed(&body, &mut out);
+        assert!(t.is_done());
+        let len = out.len();
+        t.feed(&body, &mut out);
+        t.finish(&mut out);
+        assert_eq!(out.len(), len);
+    }
+
+    #[test]
+    fn stream_end_without_metadata_or_stop() {
+        let body = stream_body();
+        // Cut before metadata: the finish chunk is there; finish ends it without an error.
+        let meta_start = body.len()
+            - {
+                let mut last = Vec::new();
+                event(
+                    "metadata",
+                    json!({"usage": {"inputTokens": 25, "outputTokens": 15, "totalTokens": 50, "cacheReadInputTokens": 10}, "metrics": {"latencyMs": 400}}),
+                    &mut last,
+                );
+                last.len()
+            };
+        let (out, usage) = translate_in_pieces(&body[..meta_start], &[], false);
+        assert_eq!(String::from_utf8(out).expect("UTF-8"), expected(false));
+        assert_eq!(usage, None);
+
+        // Cut before messageStop: an error event, then [DONE].
+        let mut stop = Vec::new();
+        event("messageStop", json!({"stopReason": "tool_use"}), &mut stop);
+        let stop_start = meta_start - stop.len();
+        let (out, _) = translate_in_pieces(&body[..stop_start], &[], true);
+        let out = String::from_utf8(out).expect("UTF-8");
+        assert!(out.ends_with("data: {\"error\":{\"message\":\"the Bedrock upstream ended the stream before messageStop\",\"type\":\"server_error\",\"param\":null,\"code\":\"api_error\"}}\n\ndata: [DONE]\n\n"), "{out}");
+        assert!(!out.contains("finish_reason\":\"tool_calls"));
+
+        // Nothing at all.
+        let (out, usage) = translate_in_pieces(b"", &[], true);
+        assert!(String::from_utf8(out).expect("UTF-8").ends_with("before messageStop\",\"type\":\"server_error\",\"param\":null,\"code\":\"api_error\"}}\n\ndata: [DONE]\n\n"));
+        assert_eq!(usage, None);
+    }
+
+    #[test]
+    fn stream_exceptions_and_framing_errors() {
+        let mut s = Vec::new();
+        event("messageStart", json!({"role": "assistant"}), &mut s);
+        event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"text": "Hi"}}),
+            &mut s,
+        );
+        encode_exception(
+            "throttlingException",
+            br#"{"message":"Too many tokens, please wait before trying again."}"#,
+            &mut s,
+        )
+        .expect("encodes");
+        event("messageStop", json!({"stopReason": "end_turn"}), &mut s);
+        let (out, _) = translate_in_pieces(&s, &[], true);
+        let out = String::from_utf8(out).expect("UTF-8");
+        let events: Vec<&str> = out.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(events.len(), 4, "{out}");
+        assert_eq!(
+            events[2],
+            r#"data: {"error":{"message":"Too many tokens, please wait before trying again.","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#
+        );
+        assert_eq!(events[3], "data: [DONE]");
+
+        let mut s = Vec::new();
+        event("messageStart", json!({"role": "assistant"}), &mut s);
+        encode_exception(
+            "modelStreamErrorException",
+            br#"{"message":"boom","originalStatusCode":500}"#,
+            &mut s,
+        )
+        .expect("encodes");
+        let (out, _) = translate_in_pieces(&s, &[], false);
+        assert!(String::from_utf8(out).expect("UTF-8").contains(r#"{"error":{"message":"boom","type":"server_error","param":null,"code":"ModelStreamErrorException"}}"#));
+
+        // A protocol error message, in headers.
+        let mut s = Vec::new();
+        encode(
+            &[
+                (":message-type", HeaderValue::Str("error")),
+                (":error-code", HeaderValue::Str("InternalFailure")),
+                (
+                    ":error-message",
+                    HeaderValue::Str("An internal error occurred"),
+                ),
+            ],
+            b"",
+            &mut s,
+        )
+        .expect("encodes");
+        let (out, _) = translate_in_pieces(&s, &[], false);
+        assert!(String::from_utf8(out).expect("UTF-8").starts_with(r#"data: {"error":{"message":"An internal error occurred","type":"server_error","param":null,"code":"InternalFailure"}}"#));
+
+        // A bad CRC in the middle: the messages before it, then an error, never the ones after.
+        let body = stream_body();
+        let mut bad = body.clone();
+        let mut first = Vec::new();
+        event(
+            "messageStart",
+            json!({"role": "assistant", "p": "abcd"}),
+            &mut first,
+        );
+        let at = first.len() + 20;
+        bad[at] ^= 0x20;
+        for cuts in [
+            vec![],
+            vec![3, at, at + 1],
+            (0..bad.len()).step_by(7).collect(),
+        ] {
+            let (out, usage) = translate_in_pieces(&bad, &cuts, true);
+            let out = String::from_utf8(out).expect("UTF-8");
+            let events: Vec<&str> = out.split("\n\n").filter(|e| !e.is_empty()).collect();
+            assert_eq!(events.len(), 3, "{out}");
+            assert!(events[0].contains(r#""role":"assistant""#));
+            assert!(events[1].contains("CRC does not match"), "{out}");
+            assert_eq!(events[2], "data: [DONE]");
+            assert_eq!(usage, None);
+        }
+        // Cut inside a message at the end.
+        let (out, _) = translate_in_pieces(&body[..body.len() - 3], &[], false);
+        let out = String::from_utf8(out).expect("UTF-8");
+        assert!(out.contains("ended inside a message"), "{out}");
+        assert!(out.ends_with("data: [DONE]\n\n"));
+        // Not an event stream at all (an SSE body).
+        let (out, _) = translate_in_pieces(b"data: {\"choices\":[]}\n\n", &[], false);
+        assert!(String::from_utf8(out)
+            .expect("UTF-8")
+            .contains("\"type\":\"server_error\""));
+    }
+
+    fn arb_stream() -> impl Strategy<Value = Vec<u8>> {
+        // The realistic stream with optional noise: an unknown event, a non-JSON payload.
+        any::<bool>().prop_map(|noise| {
+            let mut s = Vec::new();
+            if noise {
+                event("mystery", json!({"x": 1}), &mut s);
+                encode_event("contentBlockDelta", b"not json", &mut s).expect("encodes");
+                encode(
+                    &[(":message-type", HeaderValue::Str("event"))],
+                    b"{}",
+                    &mut s,
+                )
+                .expect("encodes");
+            }
+            s.extend_from_slice(&stream_body());
+            s
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// The same output however the stream is cut into reads.
+        #[test]
+        fn stream_split_independent(
+            stream in arb_stream(),
+            cuts in prop::collection::vec(any::<usize>(), 0..12),
+            include_usage in any::<bool>(),
+        ) {
+            let whole = translate_in_pieces(&stream, &[], include_usage);
+            prop_assert_eq!(std::str::from_utf8(&whole.0).expect("UTF-8"), expected(include_usage));
+            prop_assert_eq!(translate_in_pieces(&stream, &cuts, include_usage), whole);
+        }
+
+        /// Any bytes: no panic, the same output however cut, and always [DONE] at the end.
+        #[test]
+        fn stream_never_panics_on_any_bytes(
+            stream in prop::collection::vec(any::<u8>(), 0..512),
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let whole = translate_in_pieces(&stream, &[], true);
+            prop_assert!(whole.0.ends_with(b"data: [DONE]\n\n"));
+            prop_assert_eq!(translate_in_pieces(&stream, &cuts, true), whole);
+        }
+
+        /// The one-shot functions never panic, and their output is JSON when they succeed.
+        #[test]
+        fn one_shot_never_panic(body in prop::collection::vec(any::<u8>(), 0..256), status in any::<u16>()) {
+            let mut out = Vec::new();
+            if chat_to_converse(&body, &mut out).is_ok() {
+                prop_assert!(serde_json::from_slice::<Value>(&out).is_ok());
+            }
+            out.clear();
+            if converse_to_chat(&body, "i", "m", 0, &mut out).is_ok() {
+                prop_assert!(serde_json::from_slice::<Value>(&out).is_ok());
+            }
+            out.clear();
+            error_to_openai(status, std::str::from_utf8(&body).ok(), &body, &mut out);
+            prop_assert!(serde_json::from_slice::<Value>(&out).is_ok());
+        }
+    }
+}

@@ -167,8 +167,11 @@ impl<'a> Iterator for Headers<'a> {
     }
 }
 
+/// A header read from the front of a section: its name, its value, and the bytes after it.
+type HeaderRead<'a> = (&'a str, HeaderValue<'a>, &'a [u8]);
+
 /// Read one header from the front of `bytes`: `Ok(None)` when `bytes` is empty.
-fn read_header(bytes: &[u8]) -> Result<Option<(&str, HeaderValue<'_>, &[u8])>, FrameError> {
+fn read_header(bytes: &[u8]) -> Result<Option<HeaderRead<'_>>, FrameError> {
     let Some((&name_len, rest)) = bytes.split_first() else {
         return Ok(None);
     };
@@ -344,7 +347,7 @@ impl Decoder {
             match frame_len(&self.buf) {
                 Err(e) => return self.fail(e),
                 Ok(Some(total)) if total == self.buf.len() => {
-                    let parsed = parse(&self.buf).map(|message| f(message));
+                    let parsed = parse(&self.buf).map(&mut f);
                     self.buf.clear();
                     if let Err(e) = parsed {
                         return self.fail(e);
@@ -530,13 +533,13 @@ mod tests {
         111, 110, 123, 34, 102, 111, 111, 34, 58, 32, 34, 98, 97, 114, 34, 125, 111, 162, 191, 59,
     ];
 
-    fn decode_all(
-        stream: &[u8],
-        cuts: &[usize],
-    ) -> (
+    /// Each message's headers (name, value shown) and payload, and how the stream ended.
+    type Decoded = (
         Vec<(Vec<(String, String)>, Vec<u8>)>,
         Result<(), FrameError>,
-    ) {
+    );
+
+    fn decode_all(stream: &[u8], cuts: &[usize]) -> Decoded {
         let mut d = Decoder::new();
         let mut got = Vec::new();
         let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
