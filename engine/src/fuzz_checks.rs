@@ -21,6 +21,8 @@ use crate::http::{request, response};
 use crate::limits::{CONFIG_BYTES_MAX, HEADERS_ARRAY_LEN};
 use crate::llm::{self, BodyKind, SseFilter, Usage, UsageScanner};
 use crate::provider::anthropic::{StreamToChat, STREAM_EVENT_BYTES_MAX};
+use crate::provider::bedrock;
+use crate::provider::eventstream;
 use crate::provider::messages::StreamToMessages;
 use crate::provider::sse::{EventReader, EVENT_NAME_BYTES_MAX};
 use crate::template::{self, RawTemplate, Template, TemplateBody};
@@ -41,6 +43,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("sse", sse),
     ("template", template),
     ("exchange", exchange),
+    ("bedrock_stream", bedrock_stream),
 ];
 
 /// Any bytes as the world around one request's attempt loop (`crate::exchange::sim`): every
@@ -418,6 +421,91 @@ pub fn sse(data: &[u8]) {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bedrock's binary event stream
+
+/// Any bytes through [`bedrock::StreamToChat`], twice: as the event-stream body itself (random
+/// bytes rarely pass a CRC: this exercises the framing errors), and as lines `NAME JSON`, each
+/// framed by [`eventstream::encode_event`] (`!NAME` an exception) before it is fed (this
+/// exercises the translation). Each time, whole and in three pieces (cut where the first and
+/// last bytes say), with and without the usage chunk:
+///
+/// - never a panic; the same output and usage however the body was cut;
+/// - the output always ends with one `data: [DONE]`, nothing follows it, and every other
+///   `data:` line is a JSON object;
+/// - the SSE filter turns the output with the usage chunk into the one without it, byte for
+///   byte, and the usage scanner reads from it the usage the translator reported.
+pub fn bedrock_stream(data: &[u8]) {
+    let mut framed = Vec::new();
+    for line in data.split(|b| *b == b'\n') {
+        let (name, payload) = match line.iter().position(|b| *b == b' ') {
+            Some(at) => (&line[..at], &line[at + 1..]),
+            None => (line, &b""[..]),
+        };
+        let Ok(name) = std::str::from_utf8(name) else {
+            continue;
+        };
+        // A name the encoder refuses (empty, too long) is left out.
+        let _ = match name.strip_prefix('!') {
+            Some(exception) => eventstream::encode_exception(exception, payload, &mut framed),
+            None => eventstream::encode_event(name, payload, &mut framed),
+        };
+    }
+    for body in [data, &framed[..]] {
+        let n = body.len();
+        let c1 = n * usize::from(body.first().copied().unwrap_or(0)) / 255;
+        let c2 = c1 + (n - c1) * usize::from(body.last().copied().unwrap_or(0)) / 255;
+        let whole: &[&[u8]] = &[body];
+        let cut: &[&[u8]] = &[&body[..c1], &body[c1..c2], &body[c2..]];
+        for include_usage in [false, true] {
+            assert_eq!(
+                bedrock_to_chat(cut, include_usage),
+                bedrock_to_chat(whole, include_usage),
+                "include_usage {include_usage}"
+            );
+        }
+        let (plain, _) = bedrock_to_chat(whole, false);
+        let (with_usage, usage) = bedrock_to_chat(whole, true);
+        assert_eq!(
+            filter(&[&with_usage]).0,
+            plain,
+            "the filter removes exactly the usage chunk"
+        );
+        if with_usage.len() != plain.len() {
+            let got = scan(&[&with_usage], BodyKind::Sse)
+                .map(|u| (u.prompt_tokens, u.completion_tokens, u.cached_tokens));
+            let sent = usage.unwrap_or_default();
+            assert_eq!(
+                got,
+                Some((
+                    sent.prompt_tokens,
+                    sent.completion_tokens,
+                    sent.cached_tokens
+                ))
+            );
+        }
+    }
+}
+
+fn bedrock_to_chat(pieces: &[&[u8]], include_usage: bool) -> (Vec<u8>, Option<Usage>) {
+    let mut t = bedrock::StreamToChat::new("chatcmpl-fuzz", "fuzz-model", 0, include_usage);
+    let mut out = Vec::new();
+    for p in pieces {
+        t.feed(p, &mut out);
+    }
+    t.finish(&mut out);
+    assert!(t.is_done());
+    check_chat_output(&out);
+    let end = out.len();
+    let mut more = Vec::new();
+    eventstream::encode_event("messageStop", br#"{"stopReason":"end_turn"}"#, &mut more)
+        .expect("encodes");
+    t.feed(&more, &mut out);
+    t.finish(&mut out);
+    assert_eq!(out.len(), end, "nothing after [DONE]");
+    (out, t.usage())
 }
 
 const MESSAGE_STOP: &[u8] = b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";

@@ -10,11 +10,14 @@
 //! - [`Load`] runs `shardgate-bench load`, the load generator, and reads its counts.
 //! - [`Client`] sends raw bytes and parses responses, so tests can craft bad framing; over TCP
 //!   or TLS ([`Client::connect_tls`]).
+//! - [`bedrock_mock`]: a strict AWS Bedrock (Converse) mock that verifies SigV4 with its own
+//!   implementation ([`bedrock_mock::BedrockMock`]).
 //! - [`tls`]: a test CA and certificates ([`TestCa`]), rustls configs, a TLS [`MockUpstream`]
 //!   ([`MockUpstream::start_tls`]), [`tls_handshake_only`].
 //!
 //! Every wait in here is bounded; see `README.md`.
 
+pub mod bedrock_mock;
 mod bench_upstream;
 mod bin;
 mod client;

@@ -1976,6 +1976,36 @@ mod tests {
             .contains("\"type\":\"server_error\""));
     }
 
+    /// Writes the binary seeds of the `bedrock_stream` fuzz target (the text ones, lines
+    /// `NAME JSON`, are written by hand). Run with
+    /// `cargo test -p shardgate-engine --lib provider::bedrock::tests::write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write_fuzz_seeds() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/bedrock_stream");
+        let body = stream_body();
+        std::fs::write(dir.join("stream"), &body).expect("writes");
+        let mut s = Vec::new();
+        event("messageStart", json!({"role": "assistant"}), &mut s);
+        event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"text": "Hi"}}),
+            &mut s,
+        );
+        encode_exception(
+            "throttlingException",
+            br#"{"message":"Too many tokens, please wait before trying again."}"#,
+            &mut s,
+        )
+        .expect("encodes");
+        std::fs::write(dir.join("stream-exception"), &s).expect("writes");
+        let mut bad = body.clone();
+        bad[40] ^= 0x20;
+        std::fs::write(dir.join("stream-bad-crc"), &bad).expect("writes");
+        std::fs::write(dir.join("stream-truncated"), &body[..body.len() - 9]).expect("writes");
+    }
+
     fn arb_stream() -> impl Strategy<Value = Vec<u8>> {
         // The realistic stream with optional noise: an unknown event, a non-JSON payload.
         any::<bool>().prop_map(|noise| {
