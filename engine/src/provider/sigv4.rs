@@ -20,9 +20,18 @@
 //!
 //! It is AWS's own implementation, tested against AWS's test suite. It needs no async runtime
 //! (it pulls tokio with the `sync` feature only, through the SDK's credential types; nothing
-//! of tokio runs). It allocates per call (a few strings and a header map), which is small next
-//! to translating the body; the time per call is measured by [`tests::bench_sign`] (an
-//! `#[ignore]`d test).
+//! of tokio runs), but brings about 60 crates (`http`, `time`, a second `sha2`/`hmac`
+//! generation, `tracing` spans per call).
+//!
+//! Its cost, measured on 2026-12-07 on the 2-core development machine under load (release
+//! build of this function's code in a standalone crate; `tests::bench_sign` runs the same loop
+//! here): about 7 µs per call for an empty body, 13 µs for a 2 KiB body, 42 µs for 32 KiB,
+//! against 3 µs, 6 µs and 42 µs for a hand-written HMAC-SHA256 signer of the same request. The
+//! fixed ~5 µs more (allocations, a header map, tracing) is small next to translating the body
+//! (a `serde_json::Value` tree) and nothing next to a model's latency; the body's SHA-256
+//! dominates for real prompts and is the same either way. Should signing ever show in a
+//! profile, the published algorithm is short (the tests' mock has one), and a hand-written
+//! signer could also keep the day's signing key instead of deriving it per request.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
