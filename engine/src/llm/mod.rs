@@ -3,7 +3,8 @@
 //! and bytes to forward.
 //!
 //! - [`inspect`] reads what the gateway needs from an OpenAI (`/v1/chat/completions`,
-//!   `/v1/completions`, `/v1/embeddings`) or Anthropic (`/v1/messages`) request body:
+//!   `/v1/completions`, `/v1/embeddings`, `/v1/responses`) or Anthropic (`/v1/messages`) request
+//!   body:
 //!   [`RequestInfo`]. [`estimate_tokens`] turns it into the tokens to reserve before the
 //!   upstream answers.
 //! - [`with_include_usage`] makes a streaming OpenAI request ask for the usage chunk, so that a
@@ -79,7 +80,8 @@ pub enum BodyError {
     /// Arrays and objects nested deeper than [`JSON_DEPTH_MAX`].
     TooDeep,
     /// A field the gateway reads has the wrong type, is given twice, or is too long. Names the
-    /// field: `model`, `stream`, `max_tokens`, `max_completion_tokens`, `stream_options`
+    /// field: `model`, `stream`, `max_tokens`, `max_completion_tokens`, `max_output_tokens`,
+    /// `stream_options`
     /// (which covers `stream_options.include_usage`) or `variables`.
     BadField(&'static str),
 }
@@ -99,6 +101,9 @@ impl BodyError {
             }
             BodyError::BadField("max_completion_tokens") => {
                 "`max_completion_tokens` must be a non-negative integer, given once"
+            }
+            BodyError::BadField("max_output_tokens") => {
+                "`max_output_tokens` must be a non-negative integer, given once"
             }
             BodyError::BadField("stream_options") => {
                 "`stream_options` must be an object with a boolean `include_usage`, each given once"
@@ -147,6 +152,7 @@ mod tests {
             BodyError::BadField("stream"),
             BodyError::BadField("max_tokens"),
             BodyError::BadField("max_completion_tokens"),
+            BodyError::BadField("max_output_tokens"),
             BodyError::BadField("stream_options"),
             BodyError::BadField("variables"),
             BodyError::BadField("other"),

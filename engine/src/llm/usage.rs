@@ -192,8 +192,7 @@ impl UsageScanner {
             BodyKind::Json => self.feed_json(bytes),
             BodyKind::Sse => {
                 reserve_once(&mut self.buf);
-                let (scratch, tail, counts) =
-                    (&mut self.scratch, &mut self.tail, &mut self.counts);
+                let (scratch, tail, counts) = (&mut self.scratch, &mut self.tail, &mut self.counts);
                 self.split.feed(&mut self.buf, bytes, |piece| match piece {
                     Piece::Event(event) => {
                         if let Some(data) = event_data(event, scratch, |_| {}) {
@@ -708,11 +707,7 @@ mod tests {
             let head = RESPONSES_STREAM
                 .find("event: response.completed")
                 .unwrap_or(0);
-            let stream = format!(
-                "{}{}",
-                &RESPONSES_STREAM[..head],
-                completed(sequence_after)
-            );
+            let stream = format!("{}{}", &RESPONSES_STREAM[..head], completed(sequence_after));
             assert!(stream.len() > 2 * USAGE_SCAN_BYTES_MAX);
             for step in [1000, 4096, 65_536, stream.len()] {
                 let cuts: Vec<usize> = (step..stream.len()).step_by(step).collect();
