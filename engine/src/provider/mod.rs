@@ -9,6 +9,11 @@
 //!   upstream. The request ([`messages::messages_to_chat`]), the whole response
 //!   ([`messages::chat_to_message`]), an error body ([`messages::error_to_anthropic`]) and the
 //!   event stream ([`messages::StreamToMessages`], fed pieces of any size).
+//! - [`responses`]: an OpenAI chat client talking to an upstream that serves the model only
+//!   through OpenAI's Responses API. The request ([`responses::chat_to_responses`]), the whole
+//!   response ([`responses::response_to_chat`], which also returns its usage) and the event
+//!   stream ([`responses::StreamToChat`], fed pieces of any size); error bodies are OpenAI's
+//!   already.
 //! - [`azure`]: Azure OpenAI's deployment paths (its bodies are OpenAI's).
 //! - `sse`: the server-sent event reader both stream translators read their upstream with.
 //!
@@ -28,6 +33,7 @@
 pub mod anthropic;
 pub mod azure;
 pub mod messages;
+pub mod responses;
 pub(crate) mod sse;
 
 use std::fmt;
@@ -78,6 +84,52 @@ impl TranslateError {
             TranslateError::BadField("choices") => {
                 "the upstream response has no `choices` (an error body, or not a chat completion)"
             }
+            // The Responses API (`responses`).
+            TranslateError::BadField("tool_call_id") => {
+                "a `tool` message must have a string `tool_call_id`"
+            }
+            TranslateError::BadField("tool_calls") => {
+                "assistant `tool_calls` must be function calls with a string `id`, `function.name` and `function.arguments`"
+            }
+            TranslateError::BadField("tools") => {
+                "`tools` must be an array of function tools, each with a string `function.name`"
+            }
+            TranslateError::BadField("tool_choice") => {
+                "`tool_choice` must name a function as `function.name`"
+            }
+            TranslateError::BadField("response_format") => {
+                "`response_format` must be text, json_object or json_schema with a `json_schema.name`"
+            }
+            TranslateError::BadField("image_url") => {
+                "an `image_url` part must have a string `image_url.url` and `detail`"
+            }
+            TranslateError::BadField("file") => {
+                "a `file` part must have a `file` object of strings"
+            }
+            TranslateError::BadField("parallel_tool_calls") => {
+                "`parallel_tool_calls` must be a boolean"
+            }
+            TranslateError::BadField("verbosity") => "`verbosity` must be a string",
+            TranslateError::BadField("reasoning_effort") => "`reasoning_effort` must be a string",
+            TranslateError::BadField("safety_identifier") => "`safety_identifier` must be a string",
+            TranslateError::BadField("prompt_cache_key") => "`prompt_cache_key` must be a string",
+            TranslateError::BadField("service_tier") => "`service_tier` must be a string",
+            TranslateError::BadField("status") => {
+                "the upstream response has `status` failed"
+            }
+            TranslateError::BadField("output") => {
+                "the upstream response has no well-formed `output` (an error body, or not a response)"
+            }
+            TranslateError::BadField("object") => {
+                "the upstream answer's `object` is not a response"
+            }
+            TranslateError::Unsupported("stop") => {
+                "`stop` sequences are not supported for this model's provider"
+            }
+            TranslateError::Unsupported("web_search_options") => {
+                "`web_search_options` are not supported for this model's provider"
+            }
+            // (end of the Responses API's arms)
             TranslateError::BadField(_) => "a field of the body has the wrong type",
             TranslateError::Unsupported("tools") => {
                 "`tools` are not supported for this model's provider"
@@ -241,6 +293,25 @@ mod tests {
             TranslateError::Unsupported("tool_result"),
             TranslateError::Unsupported("content"),
             TranslateError::Unsupported("other"),
+            // The Responses API (`responses`).
+            TranslateError::BadField("tool_call_id"),
+            TranslateError::BadField("tool_calls"),
+            TranslateError::BadField("tools"),
+            TranslateError::BadField("tool_choice"),
+            TranslateError::BadField("response_format"),
+            TranslateError::BadField("image_url"),
+            TranslateError::BadField("file"),
+            TranslateError::BadField("parallel_tool_calls"),
+            TranslateError::BadField("verbosity"),
+            TranslateError::BadField("reasoning_effort"),
+            TranslateError::BadField("safety_identifier"),
+            TranslateError::BadField("prompt_cache_key"),
+            TranslateError::BadField("service_tier"),
+            TranslateError::BadField("status"),
+            TranslateError::BadField("output"),
+            TranslateError::BadField("object"),
+            TranslateError::Unsupported("stop"),
+            TranslateError::Unsupported("web_search_options"),
         ];
         for e in all {
             let m = e.message();
