@@ -1724,7 +1724,10 @@ mod tests {
         }
         let (out, _) = translate_in_pieces(stream.as_bytes(), &[], false);
         let text = String::from_utf8(out).expect("UTF-8");
-        assert_eq!(text.matches("\"type\":\"function\"").count(), STREAM_TOOL_CALLS_MAX);
+        assert_eq!(
+            text.matches("\"type\":\"function\"").count(),
+            STREAM_TOOL_CALLS_MAX
+        );
         assert!(text.ends_with("than the gateway follows\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\ndata: [DONE]\n\n"));
     }
 
