@@ -28,7 +28,9 @@ pub struct Usage {
     /// Of `prompt_tokens`, read from a cache: OpenAI's `prompt_tokens_details.cached_tokens`
     /// (Responses: `input_tokens_details.cached_tokens`), Anthropic's `cache_read_input_tokens`.
     pub cached_tokens: u64,
-    /// Of `prompt_tokens`, written to a cache: Anthropic's `cache_creation_input_tokens`.
+    /// Of `prompt_tokens`, written to a cache: Anthropic's `cache_creation_input_tokens`,
+    /// OpenAI's `prompt_tokens_details.cache_write_tokens` (Responses:
+    /// `input_tokens_details.cache_write_tokens`).
     pub cache_write_tokens: u64,
     /// Of `completion_tokens`, reasoning: OpenAI's `completion_tokens_details.reasoning_tokens`
     /// (Responses: `output_tokens_details.reasoning_tokens`).
@@ -58,6 +60,8 @@ struct Counts {
     output: Option<u64>,
     /// OpenAI's `prompt_tokens_details.cached_tokens` (part of `prompt_tokens`).
     cached: Option<u64>,
+    /// OpenAI's `prompt_tokens_details.cache_write_tokens` (part of `prompt_tokens`).
+    written: Option<u64>,
     reasoning: Option<u64>,
 }
 
@@ -78,6 +82,8 @@ impl Counts {
                     let Some(n) = v.as_u64() else { continue };
                     if k.is("cached_tokens") {
                         self.cached = Some(n);
+                    } else if k.is("cache_write_tokens") {
+                        self.written = Some(n);
                     } else if k.is("reasoning_tokens") {
                         self.reasoning = Some(n);
                     }
@@ -103,6 +109,7 @@ impl Counts {
         self.cache_read = newer.cache_read.or(self.cache_read);
         self.output = newer.output.or(self.output);
         self.cached = newer.cached.or(self.cached);
+        self.written = newer.written.or(self.written);
         self.reasoning = newer.reasoning.or(self.reasoning);
     }
 
@@ -119,7 +126,9 @@ impl Counts {
             // OpenAI's cached tokens, or Anthropic's cache reads (counted into prompt_tokens
             // above): one or the other.
             cached_tokens: n(self.cached).max(n(self.cache_read)),
-            cache_write_tokens: n(self.cache_creation),
+            // Anthropic's cache writes (counted into prompt_tokens above), or OpenAI's: one or
+            // the other.
+            cache_write_tokens: n(self.cache_creation).max(n(self.written)),
             reasoning_tokens: n(self.reasoning),
         })
     }
@@ -483,6 +492,13 @@ mod tests {
             )
         };
         assert_eq!(parts(u), (1000, 400, 0, 300, 100));
+        // OpenAI's cache writes are part of the prompt too (chat and Responses).
+        let openai = br#"{"usage":{"prompt_tokens":1000,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":400,"cache_write_tokens":500}}}"#;
+        let u = scan(BodyKind::Json, openai, &[]).expect("usage");
+        assert_eq!(parts(u), (1000, 400, 500, 3, 0));
+        let responses = br#"{"object":"response","usage":{"input_tokens":1000,"input_tokens_details":{"cached_tokens":0,"cache_write_tokens":900,"cache_write_tokens_details":{"ttl_30m_tokens":900,"ttl_12h_tokens":0}},"output_tokens":7,"output_tokens_details":{"reasoning_tokens":2},"total_tokens":1007}}"#;
+        let u = scan(BodyKind::Json, responses, &[]).expect("usage");
+        assert_eq!(parts(u), (1000, 0, 900, 7, 2));
         let anthropic = concat!(
             "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":10,",
             "\"cache_creation_input_tokens\":20,\"cache_read_input_tokens\":30,\"output_tokens\":1}}}\n\n",

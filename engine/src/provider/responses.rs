@@ -50,8 +50,9 @@
 //! [`TranslateError::BadField`]`("status")`. Usage: `prompt_tokens` is `input_tokens` (which
 //! counts cached tokens, as chat's does), `completion_tokens` is `output_tokens` (which counts
 //! reasoning tokens), `prompt_tokens_details.cached_tokens` is
-//! `input_tokens_details.cached_tokens` and `completion_tokens_details.reasoning_tokens` is
-//! `output_tokens_details.reasoning_tokens`.
+//! `input_tokens_details.cached_tokens` (and `prompt_tokens_details.cache_write_tokens`, when
+//! not 0, `input_tokens_details.cache_write_tokens`) and
+//! `completion_tokens_details.reasoning_tokens` is `output_tokens_details.reasoning_tokens`.
 //!
 //! Streams: `response.output_text.delta` → `content`, `response.refusal.delta` → `refusal`,
 //! `response.reasoning_summary_text.delta` and `response.reasoning_text.delta` →
@@ -501,8 +502,8 @@ fn translate_format(format: &Value) -> Result<Value, TranslateError> {
 // ---------------------------------------------------------------------------------------------
 // Responses
 
-/// The usage of a Responses `usage` object (OpenAI's counts: cached tokens are part of the
-/// input, reasoning tokens part of the output).
+/// The usage of a Responses `usage` object (OpenAI's counts: cached and cache-write tokens are
+/// part of the input, reasoning tokens part of the output).
 fn usage_of(usage: &Value) -> Usage {
     let get = |key| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
     let detail = |outer, key| {
@@ -516,7 +517,7 @@ fn usage_of(usage: &Value) -> Usage {
         prompt_tokens: get("input_tokens"),
         completion_tokens: get("output_tokens"),
         cached_tokens: detail("input_tokens_details", "cached_tokens"),
-        cache_write_tokens: 0,
+        cache_write_tokens: detail("input_tokens_details", "cache_write_tokens"),
         reasoning_tokens: detail("output_tokens_details", "reasoning_tokens"),
     }
 }
@@ -531,6 +532,10 @@ fn push_usage(out: &mut Vec<u8>, u: &Usage) {
     write_decimal(out, u.prompt_tokens.saturating_add(u.completion_tokens));
     out.extend_from_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
     write_decimal(out, u.cached_tokens);
+    if u.cache_write_tokens > 0 {
+        out.extend_from_slice(b",\"cache_write_tokens\":");
+        write_decimal(out, u.cache_write_tokens);
+    }
     out.extend_from_slice(b"},\"completion_tokens_details\":{\"reasoning_tokens\":");
     write_decimal(out, u.reasoning_tokens);
     out.extend_from_slice(b"}}");
@@ -1422,6 +1427,19 @@ mod tests {
                 reasoning_tokens: 40
             }
         );
+    }
+
+    #[test]
+    fn cache_writes_are_part_of_the_prompt() {
+        let body = r#"{"object":"response","status":"completed","output":[],"usage":{"input_tokens":1000,"input_tokens_details":{"cached_tokens":100,"cache_write_tokens":800},"output_tokens":5,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":1005}}"#;
+        let (v, usage) = to_chat(body);
+        assert_eq!(
+            v["usage"],
+            json!({"prompt_tokens": 1000, "completion_tokens": 5, "total_tokens": 1005,
+                "prompt_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 800},
+                "completion_tokens_details": {"reasoning_tokens": 0}})
+        );
+        assert_eq!((usage.cached_tokens, usage.cache_write_tokens), (100, 800));
     }
 
     #[test]
