@@ -384,7 +384,7 @@ fn assemble(evs: &[Value]) -> (String, Vec<(String, String, String)>, String, Va
             text.push_str(t);
         }
         for call in delta["tool_calls"].as_array().into_iter().flatten() {
-            let i = call["index"].as_u64().expect("index") as usize;
+            let i = usize::try_from(call["index"].as_u64().expect("index")).expect("small");
             if calls.len() <= i {
                 calls.resize(i + 1, Default::default());
             }

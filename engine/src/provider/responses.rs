@@ -848,10 +848,11 @@ impl StreamToChat {
                     self.push_delta(out, b"reasoning_content", d);
                 }
             }
-            "response.reasoning_summary_part.added" => {
-                if v.get("summary_index").and_then(Value::as_u64) > Some(0) {
-                    self.push_delta(out, b"reasoning_content", "\n\n");
-                }
+            // A blank line between the parts of a reasoning summary.
+            "response.reasoning_summary_part.added"
+                if v.get("summary_index").and_then(Value::as_u64) > Some(0) =>
+            {
+                self.push_delta(out, b"reasoning_content", "\n\n");
             }
             "response.output_item.added" => {
                 if let Some(item) = v.get("item") {
@@ -1719,7 +1720,7 @@ mod tests {
 
         // Cut off before response.completed: an error event, then [DONE].
         let cut = STREAM.find("event: response.completed").expect("present");
-        let (out, usage) = translate_in_pieces(STREAM[..cut].as_bytes(), &[], true);
+        let (out, usage) = translate_in_pieces(&STREAM.as_bytes()[..cut], &[], true);
         let text = String::from_utf8(out).expect("UTF-8");
         assert!(text.ends_with("before response.completed\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\ndata: [DONE]\n\n"), "{text}");
         assert_eq!(usage, None);
