@@ -658,4 +658,115 @@ mod tests {
         }
         assert_eq!(events.last().expect("some")["type"], "response.completed");
     }
+
+    /// The engine's chat translation (`provider::responses`) against the strict mock, without
+    /// a gateway: every request it writes is accepted, and the mock's answers, whole and
+    /// streamed, translate back to the chat answers a tool loop expects.
+    #[test]
+    fn the_engines_translation_passes_the_strict_mock() {
+        use shardgate_engine::provider::responses::{
+            chat_to_responses, response_to_chat, StreamToChat,
+        };
+        let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}]);
+        let first = json!({"model": "o", "tools": tools, "tool_choice": "auto", "parallel_tool_calls": true,
+        "max_completion_tokens": 9, "temperature": 0.2, "top_p": 1, "user": "u", "reasoning_effort": "low",
+        "response_format": {"type": "json_object"}, "seed": 1, "stream_options": {"include_usage": true},
+        "messages": [
+            {"role": "system", "content": "S"},
+            {"role": "developer", "content": [{"type": "text", "text": "D"}]},
+            {"role": "user", "content": [{"type": "text", "text": "Weather?"}, {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}
+        ]});
+        let mut second = first.clone();
+        if let Some(m) = second["messages"].as_array_mut() {
+            m.push(json!({"role": "assistant", "content": "Let me look.", "tool_calls": [{"id": CALL_ID, "type": "function", "function": {"name": "get_weather", "arguments": CALL_ARGUMENTS}}]}));
+            m.push(json!({"role": "tool", "tool_call_id": CALL_ID, "content": "18C"}));
+        }
+        for stream in [false, true] {
+            for (chat, want_call) in [(&first, true), (&second, false)] {
+                let mut chat = chat.clone();
+                chat["stream"] = json!(stream);
+                let mut body = Vec::new();
+                chat_to_responses(chat.to_string().as_bytes(), "gpt-5-resp", &mut body)
+                    .expect("translates");
+                let body: Value = serde_json::from_slice(&body).expect("JSON");
+                let answer =
+                    status(&body).unwrap_or_else(|e| panic!("the mock refused {body}: {e:?}"));
+                let message = if stream {
+                    let mut sse = String::new();
+                    for e in answer.as_array().expect("events") {
+                        sse.push_str(&format!(
+                            "event: {}\ndata: {e}\n\n",
+                            e["type"].as_str().unwrap_or_default()
+                        ));
+                    }
+                    let mut t = StreamToChat::new("chatcmpl-1", "o", 1, true);
+                    let mut out = Vec::new();
+                    t.feed(sse.as_bytes(), &mut out);
+                    t.finish(&mut out);
+                    assert!(t.is_done());
+                    let usage = t.usage().expect("usage");
+                    assert_eq!(
+                        (
+                            usage.prompt_tokens,
+                            usage.cached_tokens,
+                            usage.completion_tokens,
+                            usage.reasoning_tokens
+                        ),
+                        (INPUT_TOKENS, CACHED_TOKENS, OUTPUT_TOKENS, REASONING_TOKENS)
+                    );
+                    // Fold the chunks into one message.
+                    let (mut text, mut call) = (String::new(), (String::new(), String::new()));
+                    for data in String::from_utf8(out)
+                        .expect("UTF-8")
+                        .split("\n\n")
+                        .filter_map(|e| e.strip_prefix("data: "))
+                    {
+                        if data == "[DONE]" {
+                            continue;
+                        }
+                        let c: Value = serde_json::from_str(data).expect("JSON");
+                        let d = &c["choices"][0]["delta"];
+                        text.push_str(d["content"].as_str().unwrap_or_default());
+                        if let Some(id) = d["tool_calls"][0]["id"].as_str() {
+                            call.0 = id.to_owned();
+                        }
+                        call.1.push_str(
+                            d["tool_calls"][0]["function"]["arguments"]
+                                .as_str()
+                                .unwrap_or_default(),
+                        );
+                    }
+                    json!({"content": text, "call": [call.0, call.1]})
+                } else {
+                    let mut out = Vec::new();
+                    let usage = response_to_chat(
+                        answer.to_string().as_bytes(),
+                        "chatcmpl-1",
+                        "o",
+                        1,
+                        &mut out,
+                    )
+                    .expect("translates");
+                    assert_eq!(usage.prompt_tokens, INPUT_TOKENS);
+                    let v: Value = serde_json::from_slice(&out).expect("JSON");
+                    let m = &v["choices"][0]["message"];
+                    json!({"content": m["content"].as_str().unwrap_or_default(),
+                        "call": [m["tool_calls"][0]["id"].as_str().unwrap_or_default(), m["tool_calls"][0]["function"]["arguments"].as_str().unwrap_or_default()]})
+                };
+                if want_call {
+                    assert_eq!(
+                        message,
+                        json!({"content": "", "call": [CALL_ID, CALL_ARGUMENTS]}),
+                        "stream {stream}"
+                    );
+                } else {
+                    assert_eq!(
+                        message,
+                        json!({"content": format!("{TOOL_ANSWER_PREFIX}18C"), "call": ["", ""]}),
+                        "stream {stream}"
+                    );
+                }
+            }
+        }
+    }
 }
