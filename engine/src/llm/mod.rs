@@ -34,8 +34,10 @@
 //!   escapes decode to an unpaired surrogate, are refused.
 //! - **Bounded buffers.** [`UsageScanner`] and [`SseFilter`] hold at most
 //!   [`USAGE_SCAN_BYTES_MAX`] bytes, allocated once on first use and kept across `reset`. An
-//!   SSE event longer than that is skipped by the scanner and passed through unexamined by the
-//!   filter. JSON responses longer than that are searched in their last [`USAGE_TAIL_BYTES`].
+//!   SSE event longer than that is passed through unexamined by the filter; the scanner keeps
+//!   only its last [`USAGE_TAIL_BYTES`] (where the Responses API's final event, which repeats
+//!   the whole answer, has its usage). JSON responses longer than that are searched in their
+//!   last [`USAGE_TAIL_BYTES`].
 //! - Response bodies must reach these types decoded (de-chunked, no `Content-Encoding`): the
 //!   driver asks upstreams for `identity` encoding.
 

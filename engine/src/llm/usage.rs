@@ -855,6 +855,23 @@ mod tests {
             );
         }
 
+        /// A Responses final event longer than the buffer: the same usage however cut.
+        #[test]
+        fn responses_long_final_event_split_independent(
+            pad in 0usize..3 * USAGE_SCAN_BYTES_MAX,
+            crlf in any::<bool>(),
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let stream = format!(
+                "{RESPONSES_STREAM}event: response.completed\ndata: {{\"type\":\"response.completed\",\"sequence_number\":10,\"response\":{{\"instructions\":\"{}\",\"usage\":{{\"input_tokens\":50,\"output_tokens\":6}},\"metadata\":{{}}}}}}\n\n",
+                "y".repeat(pad)
+            );
+            let stream = if crlf { stream.replace('\n', "\r\n") } else { stream };
+            let whole = scan(BodyKind::Sse, stream.as_bytes(), &[]);
+            prop_assert_eq!(scan(BodyKind::Sse, stream.as_bytes(), &cuts), whole);
+            prop_assert_eq!(whole, Some(Usage { cached_tokens: 5, reasoning_tokens: 4, ..usage(50, 6).expect("some") }));
+        }
+
         /// (a) JSON: the same usage however the body is cut, short or long.
         #[test]
         fn json_split_independent(

@@ -6,6 +6,7 @@
 //!   its usage is returned for the tenant's accounting.
 //! - [`StreamToChat`]: the Responses event stream becomes `chat.completion.chunk` events, fed in
 //!   pieces of any size; the output does not depend on where the pieces were cut.
+//! - [`error_event`]: the event that cuts a Responses client's own stream at a tenant's budget.
 //!
 //! Error bodies need no translation: the Responses API's are OpenAI's shape already
 //! (`{"error":{"message","type","param","code"}}`). Everything appends to an `out` buffer the
@@ -713,6 +714,26 @@ fn push_openai_error(out: &mut Vec<u8>, code: Option<&str>, message: &str) {
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b"}}");
+}
+
+/// Append an `error` event that cuts a Responses client's stream short (at a tenant's budget):
+/// the Responses API's own error event (`type`, `code`, `message`, `param`), which clients that
+/// dispatch on `type` read, also carrying OpenAI's `error` object, on which the openai SDKs
+/// raise an `APIError` with this message. The code is `budget_exceeded`, the error type
+/// `insufficient_quota`, as the chat stream's cut ([`SseFilter::error_event`]). No `[DONE]`: a
+/// Responses stream has none.
+///
+/// [`SseFilter::error_event`]: crate::llm::SseFilter::error_event
+pub fn error_event(message: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(
+        b"event: error\ndata: {\"type\":\"error\",\"code\":\"budget_exceeded\",\"message\":",
+    );
+    write_str(out, message);
+    out.extend_from_slice(b",\"param\":null,\"error\":{\"message\":");
+    write_str(out, message);
+    out.extend_from_slice(
+        b",\"type\":\"insufficient_quota\",\"param\":null,\"code\":\"budget_exceeded\"}}\n\n",
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1731,6 +1752,23 @@ mod tests {
         let (out, usage) = translate_in_pieces(b"", &[], true);
         assert_well_formed(&out);
         assert_eq!(usage, None);
+    }
+
+    #[test]
+    fn budget_error_event_is_both_shapes() {
+        let mut out = b"kept".to_vec();
+        error_event("over \"budget\"", &mut out);
+        let text = String::from_utf8(out).expect("UTF-8");
+        let event = text.strip_prefix("kept").expect("appended");
+        let data = event
+            .strip_prefix("event: error\ndata: ")
+            .and_then(|d| d.strip_suffix("\n\n"))
+            .expect("one event");
+        assert_eq!(
+            serde_json::from_str::<Value>(data).expect("JSON"),
+            json!({"type": "error", "code": "budget_exceeded", "message": "over \"budget\"", "param": null,
+                "error": {"message": "over \"budget\"", "type": "insufficient_quota", "param": null, "code": "budget_exceeded"}})
+        );
     }
 
     #[test]
