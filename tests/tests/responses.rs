@@ -24,6 +24,8 @@ use shardgate_tests::{sleep, wait_until, Client, Gateway, MockUpstream, TempDir}
 
 const KEY_VAR: &str = "SG_TEST_RESPONSES_KEY";
 const KEY: &str = "sk-responses-upstream-key";
+/// The tenant's key: usage is metered for a tenant's requests.
+const TENANT_KEY: &str = "sk-responses-tenant-key";
 /// The deployment's own name for the model the clients call `o-resp`.
 const UPSTREAM_MODEL: &str = "gpt-5-resp";
 /// The cost of one answer at the prices below (USD per million: input 2.5, cached 1.25, output
@@ -34,15 +36,20 @@ const COST_USD: f64 = ((INPUT_TOKENS - CACHED_TOKENS) as f64 * 2.5
     + REASONING_TOKENS as f64 * 20.0)
     / 1e6;
 
-/// The issue's config, with an access log (where each request's tokens and cost are seen), a
-/// price for the deployment's model, and a second group whose deployment answers 429.
+/// The issue's config, with a tenant (only a tenant's requests are metered, so `auth = "keys"`
+/// rather than `"none"`), an access log (where each request's tokens and cost are seen), a price
+/// for the deployment's model, and a second group whose deployment answers 429.
 fn config(up: &MockUpstream, dir: &Path) -> String {
     format!(
         r#"[server]
 listen = "127.0.0.1:0"
 cores = 1
-auth = "none"
+auth = "keys"
 access_log = "{log}"
+
+[[tenants]]
+name = "resp"
+keys = ["sha256:{tenant_key}"]
 
 [[upstreams]]
 name = "openai-responses"
@@ -71,6 +78,7 @@ reasoning_usd_per_mtok = 20
         log = dir.join("access.jsonl").display(),
         addr = up.addr(),
         quota = responses_mock::QUOTA_MODEL,
+        tenant_key = shardgate_tests::sha256_hex(TENANT_KEY),
     )
 }
 
@@ -81,12 +89,12 @@ fn start(tag: &str) -> (MockUpstream, Gateway, TempDir) {
     (up, gw, tmp)
 }
 
-/// POSTs `body` to `path` with a client's own bearer key (which must not reach the upstream).
+/// POSTs `body` to `path` with the tenant's bearer key (which must not reach the upstream).
 fn post(c: &mut Client, path: &str, body: &Value) -> shardgate_tests::Response {
     let body = body.to_string();
     c.send(format!(
         "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
-         Authorization: Bearer sk-client-own-key\r\nContent-Length: {}\r\n\r\n{body}",
+         Authorization: Bearer {TENANT_KEY}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     ));
     c.read_response()
@@ -130,7 +138,7 @@ fn upstream_bodies(up: &MockUpstream) -> Vec<Value> {
                 ("POST", "/v1/responses")
             );
             let raw = format!("{:?}", r.headers);
-            assert!(!raw.contains("sk-client-own-key"), "{raw}");
+            assert!(!raw.contains(TENANT_KEY), "{raw}");
             serde_json::from_slice(&r.body).expect("JSON")
         })
         .collect()
@@ -158,6 +166,7 @@ fn log_lines(tmp: &TempDir, path: &str, n: usize) -> Vec<Value> {
 fn assert_counted(lines: &[Value]) {
     for l in lines {
         assert_eq!(l["status"], 200, "{l}");
+        assert_eq!(l["tenant"], "resp", "{l}");
         assert_eq!(
             (l["tokens_in"].as_u64(), l["tokens_out"].as_u64()),
             (Some(INPUT_TOKENS), Some(OUTPUT_TOKENS)),
@@ -232,8 +241,26 @@ fn responses_clients_pass_through_with_the_deployments_model_and_are_counted() {
     assert_eq!(bodies[0]["instructions"], "Be brief.");
     assert_eq!(bodies[1]["stream"], true);
 
-    // Counted, whole and streamed.
+    // Counted, whole and streamed: in the access log and the tenant's token counters.
     assert_counted(&log_lines(&tmp, "/v1/responses", 2));
+    assert_tenant_tokens(&gw, 2);
+}
+
+/// The tenant's token counters in `/metrics` hold `answers` answers' usage.
+fn assert_tenant_tokens(gw: &Gateway, answers: u64) {
+    let input = format!(
+        "shardgate_tenant_tokens_total{{tenant=\"resp\",gen_ai_token_type=\"input\"}} {}",
+        answers * INPUT_TOKENS
+    );
+    let output = format!(
+        "shardgate_tenant_tokens_total{{tenant=\"resp\",gen_ai_token_type=\"output\"}} {}",
+        answers * OUTPUT_TOKENS
+    );
+    let counted = wait_until(Duration::from_secs(5), || {
+        let m = gw.metrics();
+        m.contains(&input) && m.contains(&output)
+    });
+    assert!(counted, "want {input:?} and {output:?}:\n{}", gw.metrics());
 }
 
 /// A chat request for `o-resp` with the weather tool.
@@ -360,6 +387,7 @@ fn chat_clients_reach_a_responses_only_model_whole() {
     );
 
     assert_counted(&log_lines(&tmp, "/v1/chat/completions", 3));
+    assert_tenant_tokens(&gw, 3);
 }
 
 /// A streamed chat answer's text, tool calls (`(id, name, arguments)`, assembled from their
@@ -541,7 +569,7 @@ fn run_script(gw: &Gateway, sdk_dir: Option<&PathBuf>) -> (bool, String) {
             "--base-url",
             &gw.url(),
             "--api-key",
-            "sk-sdk-client",
+            TENANT_KEY,
             "--model",
             "o-resp",
         ])
