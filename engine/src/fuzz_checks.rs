@@ -24,6 +24,7 @@ use crate::provider::anthropic::{StreamToChat, STREAM_EVENT_BYTES_MAX};
 use crate::provider::bedrock;
 use crate::provider::eventstream;
 use crate::provider::messages::StreamToMessages;
+use crate::provider::responses;
 use crate::provider::sse::{EventReader, EVENT_NAME_BYTES_MAX};
 use crate::template::{self, RawTemplate, Template, TemplateBody};
 
@@ -41,6 +42,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("ring_frames", ring_frames),
     ("llm", llm),
     ("sse", sse),
+    ("responses_stream", responses_stream),
     ("template", template),
     ("exchange", exchange),
     ("bedrock_stream", bedrock_stream),
@@ -506,6 +508,57 @@ fn bedrock_to_chat(pieces: &[&[u8]], include_usage: bool) -> (Vec<u8>, Option<Us
     t.finish(&mut out);
     assert_eq!(out.len(), end, "nothing after [DONE]");
     (out, t.usage())
+}
+
+/// Any bytes as a Responses API event stream, whole and cut in three, through the Responses
+/// translator ([`responses::StreamToChat`]): never a panic; the same output and usage however
+/// cut, with and without the usage chunk; the output is OpenAI's stream (every `data:` line a
+/// JSON object but the one `[DONE]`, last, and nothing after it); the SSE filter removes exactly
+/// the usage chunk, and the usage scanner reads from it the usage the translator reported.
+pub fn responses_stream(data: &[u8]) {
+    let n = data.len();
+    let c1 = n * usize::from(data.first().copied().unwrap_or(0)) / 255;
+    let c2 = c1 + (n - c1) * usize::from(data.last().copied().unwrap_or(0)) / 255;
+    let whole: &[&[u8]] = &[data];
+    let cut: &[&[u8]] = &[&data[..c1], &data[c1..c2], &data[c2..]];
+    let translate = |pieces: &[&[u8]], include_usage: bool| {
+        let mut t = responses::StreamToChat::new("chatcmpl-fuzz", "fuzz-model", 0, include_usage);
+        let mut out = Vec::new();
+        for p in pieces {
+            t.feed(p, &mut out);
+        }
+        t.finish(&mut out);
+        assert!(t.is_done());
+        check_chat_output(&out);
+        let end = out.len();
+        t.feed(
+            b"data: {\"type\":\"response.completed\",\"response\":{}}\n\n",
+            &mut out,
+        );
+        t.finish(&mut out);
+        assert_eq!(out.len(), end, "nothing after [DONE]");
+        (out, t.usage())
+    };
+    for include_usage in [false, true] {
+        assert_eq!(
+            translate(cut, include_usage),
+            translate(whole, include_usage),
+            "include_usage {include_usage}"
+        );
+    }
+    let (plain, _) = translate(whole, false);
+    let (with_usage, usage) = translate(whole, true);
+    assert_eq!(
+        filter(&[&with_usage]).0,
+        plain,
+        "the filter removes exactly the usage chunk"
+    );
+    if with_usage.len() != plain.len() {
+        assert_eq!(
+            scan(&[&with_usage], BodyKind::Sse),
+            Some(usage.unwrap_or_default())
+        );
+    }
 }
 
 const MESSAGE_STOP: &[u8] = b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";

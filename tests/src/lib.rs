@@ -6,6 +6,7 @@
 //!   [`shardgate_tune_bin`] for `shardgate-tune`.
 //! - [`Gateway`] starts `shardgate --config FILE` and waits for its start-up line.
 //! - [`MockUpstream`] is a thread-per-connection HTTP/1.1 server whose handler writes raw bytes.
+//! - [`responses_mock`]: a strict mock of OpenAI's Responses API (`POST /v1/responses`).
 //! - [`BenchUpstream`] runs `shardgate-bench upstream`, the mock OpenAI-compatible upstream.
 //! - [`Load`] runs `shardgate-bench load`, the load generator, and reads its counts.
 //! - [`Client`] sends raw bytes and parses responses, so tests can craft bad framing; over TCP
@@ -27,6 +28,7 @@ mod gateway;
 mod load;
 pub mod python;
 mod redis;
+pub mod responses_mock;
 #[cfg(test)]
 mod selftest;
 pub mod tls;

@@ -3,7 +3,8 @@
 //! and bytes to forward.
 //!
 //! - [`inspect`] reads what the gateway needs from an OpenAI (`/v1/chat/completions`,
-//!   `/v1/completions`, `/v1/embeddings`) or Anthropic (`/v1/messages`) request body:
+//!   `/v1/completions`, `/v1/embeddings`, `/v1/responses`) or Anthropic (`/v1/messages`) request
+//!   body:
 //!   [`RequestInfo`]. [`estimate_tokens`] turns it into the tokens to reserve before the
 //!   upstream answers.
 //! - [`with_include_usage`] makes a streaming OpenAI request ask for the usage chunk, so that a
@@ -33,8 +34,10 @@
 //!   escapes decode to an unpaired surrogate, are refused.
 //! - **Bounded buffers.** [`UsageScanner`] and [`SseFilter`] hold at most
 //!   [`USAGE_SCAN_BYTES_MAX`] bytes, allocated once on first use and kept across `reset`. An
-//!   SSE event longer than that is skipped by the scanner and passed through unexamined by the
-//!   filter. JSON responses longer than that are searched in their last [`USAGE_TAIL_BYTES`].
+//!   SSE event longer than that is passed through unexamined by the filter; the scanner keeps
+//!   only its last [`USAGE_TAIL_BYTES`] (where the Responses API's final event, which repeats
+//!   the whole answer, has its usage). JSON responses longer than that are searched in their
+//!   last [`USAGE_TAIL_BYTES`].
 //! - Response bodies must reach these types decoded (de-chunked, no `Content-Encoding`): the
 //!   driver asks upstreams for `identity` encoding.
 
@@ -79,7 +82,8 @@ pub enum BodyError {
     /// Arrays and objects nested deeper than [`JSON_DEPTH_MAX`].
     TooDeep,
     /// A field the gateway reads has the wrong type, is given twice, or is too long. Names the
-    /// field: `model`, `stream`, `max_tokens`, `max_completion_tokens`, `stream_options`
+    /// field: `model`, `stream`, `max_tokens`, `max_completion_tokens`, `max_output_tokens`,
+    /// `stream_options`
     /// (which covers `stream_options.include_usage`) or `variables`.
     BadField(&'static str),
 }
@@ -99,6 +103,9 @@ impl BodyError {
             }
             BodyError::BadField("max_completion_tokens") => {
                 "`max_completion_tokens` must be a non-negative integer, given once"
+            }
+            BodyError::BadField("max_output_tokens") => {
+                "`max_output_tokens` must be a non-negative integer, given once"
             }
             BodyError::BadField("stream_options") => {
                 "`stream_options` must be an object with a boolean `include_usage`, each given once"
@@ -147,6 +154,7 @@ mod tests {
             BodyError::BadField("stream"),
             BodyError::BadField("max_tokens"),
             BodyError::BadField("max_completion_tokens"),
+            BodyError::BadField("max_output_tokens"),
             BodyError::BadField("stream_options"),
             BodyError::BadField("variables"),
             BodyError::BadField("other"),

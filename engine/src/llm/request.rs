@@ -14,8 +14,9 @@ pub struct RequestInfo<'a> {
     decoded: [u8; MODEL_BYTES_MAX],
     /// `stream` (absent or `null`: false).
     pub stream: bool,
-    /// `max_tokens` (OpenAI's legacy name and Anthropic's) or `max_completion_tokens`; the
-    /// larger when both are given. Absent or `null`: `None`.
+    /// `max_tokens` (OpenAI's legacy name and Anthropic's), `max_completion_tokens` or
+    /// `max_output_tokens` (the Responses API's); the largest when several are given. Absent or
+    /// `null`: `None`.
     pub max_tokens: Option<u64>,
     /// `stream_options.include_usage` is `true`.
     pub include_usage: bool,
@@ -56,18 +57,20 @@ impl fmt::Debug for RequestInfo<'_> {
     }
 }
 
-/// Read `model`, `stream`, `max_tokens` / `max_completion_tokens`,
-/// `stream_options.include_usage` and the presence of `variables` from an OpenAI or Anthropic
-/// request body, validating the whole body as strict JSON in one pass. Allocates nothing.
+/// Read `model`, `stream`, `max_tokens` / `max_completion_tokens` / `max_output_tokens`,
+/// `stream_options.include_usage` and the presence of `variables` from an OpenAI (chat,
+/// completions, embeddings, Responses) or Anthropic request body, validating the whole body as
+/// strict JSON in one pass. Allocates nothing. (A Responses body's prompt, `input` and
+/// `instructions`, counts in [`estimate_tokens`] through the body's length, as `messages` do.)
 ///
 /// - Not a single JSON object (with only whitespace around it), or not UTF-8:
 ///   [`BodyError::NotJson`]; nested deeper than [`JSON_DEPTH_MAX`](super::JSON_DEPTH_MAX):
 ///   [`BodyError::TooDeep`]. These win over a field error found earlier in the body.
 /// - `model` not a string (`null` included), longer than [`MODEL_BYTES_MAX`] bytes, or with an
 ///   escape that decodes to an unpaired surrogate: `BadField("model")`.
-/// - `stream` neither a boolean nor `null`: `BadField("stream")`. `max_tokens` or
-///   `max_completion_tokens` neither a non-negative integer that fits a u64 (no fraction or
-///   exponent) nor `null`: `BadField` with its name. `stream_options` neither an object nor
+/// - `stream` neither a boolean nor `null`: `BadField("stream")`. `max_tokens`,
+///   `max_completion_tokens` or `max_output_tokens` neither a non-negative integer that fits a
+///   u64 (no fraction or exponent) nor `null`: `BadField` with its name. `stream_options` neither an object nor
 ///   `null`, or its `include_usage` neither a boolean nor `null`: `BadField("stream_options")`.
 /// - Any of these keys, or `variables`, given twice at the top level (or `include_usage` twice
 ///   in `stream_options`), after decoding escapes in keys: `BadField` with its name.
@@ -100,8 +103,12 @@ pub fn estimate_tokens(body_len: usize, max_tokens: Option<u64>, default_max_tok
 /// the opening `{` (the body has at least the `stream` member, so the comma is right); an
 /// existing `stream_options` object gets `"include_usage":true` after its `{`, or its
 /// `include_usage` value (`false` or `null`) replaced by `true`; a `null` `stream_options` is
-/// replaced by the object. Only for OpenAI chat and completions bodies: Anthropic's API has no
-/// `stream_options` and always reports usage.
+/// replaced by the object. Only for OpenAI chat and completions bodies, known by a top-level
+/// `messages`, or a `prompt` that is a string or an array: any other body is left alone
+/// (`Ok(false)`). Anthropic's API has no `stream_options` and always reports usage; neither
+/// has the Responses API an `include_usage` (its `stream_options` is another object, and its
+/// stream always ends in a `response.completed` event that carries the usage), and a Responses
+/// body has `input` instead (its `prompt` is an object, a stored prompt's reference).
 ///
 /// Allocates only when `out` lacks room for the body plus [`INCLUDE_USAGE_GROWTH_BYTES_MAX`].
 pub fn with_include_usage(body: &[u8], out: &mut Vec<u8>) -> Result<bool, BodyError> {
@@ -114,7 +121,7 @@ pub fn with_include_usage(body: &[u8], out: &mut Vec<u8>) -> Result<bool, BodyEr
     const _: () = assert!(INCLUDE_MEMBER.len() + ",".len() <= INCLUDE_USAGE_GROWTH_BYTES_MAX);
 
     let s = scan(body)?;
-    if !s.info.stream || s.info.include_usage {
+    if !s.info.stream || s.info.include_usage || !s.chat_or_completions {
         return Ok(false);
     }
     // Insert `text` at `at`, or replace `at..end` by it.
@@ -159,6 +166,9 @@ struct Scan<'a> {
     include_usage: Option<Value<'a>>,
     /// The top-level `model` value, when present.
     model_value: Option<Value<'a>>,
+    /// A chat or completions body: it has a top-level `messages`, or a string or array
+    /// `prompt`.
+    chat_or_completions: bool,
 }
 
 /// Write into `out` (appended) the body with its top-level `model` replaced by `model` (a
@@ -201,16 +211,23 @@ fn scan(body: &[u8]) -> Result<Scan<'_>, BodyError> {
         stream_options: None,
         include_usage: None,
         model_value: None,
+        chat_or_completions: false,
     };
     // The first field error; reported only if the whole body is valid JSON.
     let mut field_error: Option<BodyError> = None;
     let mut seen = [false; FIELDS.len()];
     let mut max_tokens = None;
     let mut max_completion_tokens = None;
+    let mut max_output_tokens = None;
     for member in &mut members {
         let (key, value) = member.map_err(not_json)?;
         if field_error.is_some() {
             continue;
+        }
+        if key.is("messages")
+            || (key.is("prompt") && matches!(value.kind, Kind::String { .. } | Kind::Array))
+        {
+            s.chat_or_completions = true;
         }
         let Some(field) = FIELDS.iter().position(|name| key.is(name)) else {
             continue;
@@ -229,6 +246,7 @@ fn scan(body: &[u8]) -> Result<Scan<'_>, BodyError> {
                 "max_completion_tokens" => {
                     optional_u64(value, name).map(|n| max_completion_tokens = n)
                 }
+                "max_output_tokens" => optional_u64(value, name).map(|n| max_output_tokens = n),
                 "stream_options" => stream_options(value, &mut s),
                 _ => {
                     s.info.has_variables = true;
@@ -242,19 +260,20 @@ fn scan(body: &[u8]) -> Result<Scan<'_>, BodyError> {
     if let Some(e) = field_error {
         return Err(e);
     }
-    s.info.max_tokens = match (max_tokens, max_completion_tokens) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    };
+    s.info.max_tokens = [max_tokens, max_completion_tokens, max_output_tokens]
+        .into_iter()
+        .flatten()
+        .max();
     Ok(s)
 }
 
 /// The top-level keys the gateway reads (each refused when given twice).
-const FIELDS: [&str; 6] = [
+const FIELDS: [&str; 7] = [
     "model",
     "stream",
     "max_tokens",
     "max_completion_tokens",
+    "max_output_tokens",
     "stream_options",
     "variables",
 ];
@@ -570,52 +589,109 @@ mod tests {
             )
         );
         assert_eq!(
-            rewrite(r#"{"stream":true,"stream_options":{}}"#).as_deref(),
-            Some(r#"{"stream":true,"stream_options":{"include_usage":true}}"#)
+            rewrite(r#"{"messages":[],"stream":true,"stream_options":{}}"#).as_deref(),
+            Some(r#"{"messages":[],"stream":true,"stream_options":{"include_usage":true}}"#)
         );
         assert_eq!(
-            rewrite(r#"{"stream":true,"stream_options":{ }}"#).as_deref(),
-            Some(r#"{"stream":true,"stream_options":{"include_usage":true }}"#)
+            rewrite(r#"{"messages":[],"stream":true,"stream_options":{ }}"#).as_deref(),
+            Some(r#"{"messages":[],"stream":true,"stream_options":{"include_usage":true }}"#)
         );
         assert_eq!(
-            rewrite(r#"{"stream":true,"stream_options":{"x":1}}"#).as_deref(),
-            Some(r#"{"stream":true,"stream_options":{"include_usage":true,"x":1}}"#)
+            rewrite(r#"{"messages":[],"stream":true,"stream_options":{"x":1}}"#).as_deref(),
+            Some(r#"{"messages":[],"stream":true,"stream_options":{"include_usage":true,"x":1}}"#)
         );
         assert_eq!(
-            rewrite(r#"{"stream":true,"stream_options":{"include_usage": false}}"#).as_deref(),
-            Some(r#"{"stream":true,"stream_options":{"include_usage": true}}"#)
+            rewrite(r#"{"messages":[],"stream":true,"stream_options":{"include_usage": false}}"#)
+                .as_deref(),
+            Some(r#"{"messages":[],"stream":true,"stream_options":{"include_usage": true}}"#)
         );
         assert_eq!(
-            rewrite(r#"{"stream":true,"stream_options":{"include_usage":null}}"#).as_deref(),
-            Some(r#"{"stream":true,"stream_options":{"include_usage":true}}"#)
+            rewrite(r#"{"messages":[],"stream":true,"stream_options":{"include_usage":null}}"#)
+                .as_deref(),
+            Some(r#"{"messages":[],"stream":true,"stream_options":{"include_usage":true}}"#)
         );
         assert_eq!(
-            rewrite(r#"{"stream":true,"stream_options": null }"#).as_deref(),
-            Some(r#"{"stream":true,"stream_options": {"include_usage":true} }"#)
+            rewrite(r#"{"messages":[],"stream":true,"stream_options": null }"#).as_deref(),
+            Some(r#"{"messages":[],"stream":true,"stream_options": {"include_usage":true} }"#)
         );
         assert_eq!(
-            rewrite(r#"  {"stream":true}  "#).as_deref(),
-            Some(r#"  {"stream_options":{"include_usage":true},"stream":true}  "#)
+            rewrite(r#"  {"stream":true,"messages":[]}  "#).as_deref(),
+            Some(r#"  {"stream_options":{"include_usage":true},"stream":true,"messages":[]}  "#)
         );
         // No change needed.
         assert_eq!(rewrite(r#"{"stream":false}"#), None);
         assert_eq!(rewrite(r#"{"model":"a"}"#), None);
         assert_eq!(
-            rewrite(r#"{"stream":true,"stream_options":{"include_usage":true}}"#),
+            rewrite(r#"{"messages":[],"stream":true,"stream_options":{"include_usage":true}}"#),
             None
         );
         // Errors write nothing.
         let mut out = Vec::new();
         assert_eq!(
-            with_include_usage(br#"{"stream":true,"stream":true}"#, &mut out),
+            with_include_usage(br#"{"messages":[],"stream":true,"stream":true}"#, &mut out),
             Err(BodyError::BadField("stream"))
         );
         assert!(out.is_empty());
     }
 
     #[test]
+    fn responses_api_request() {
+        let body = r#"{
+          "model": "gpt-5",
+          "instructions": "Talk like a pirate.",
+          "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "Are semicolons optional?"}]},
+            {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "42"}
+          ],
+          "max_output_tokens": 300,
+          "reasoning": {"effort": "low"},
+          "stream": true,
+          "stream_options": {"include_obfuscation": false},
+          "prompt": {"id": "pmpt_1", "variables": {"model": "x"}}
+        }"#;
+        let i = info(body);
+        assert_eq!(i.model(), Some("gpt-5"));
+        assert!(i.stream && !i.include_usage && !i.has_variables);
+        assert_eq!(i.max_tokens, Some(300));
+        let i = info(r#"{"model":"gpt-5","input":"Hi","max_output_tokens":null}"#);
+        assert!(!i.stream);
+        assert_eq!(i.max_tokens, None);
+        // The largest of the three names counts.
+        let i = info(r#"{"max_output_tokens":30,"max_tokens":20,"max_completion_tokens":10}"#);
+        assert_eq!(i.max_tokens, Some(30));
+        assert_eq!(
+            err(r#"{"max_output_tokens":-1}"#),
+            BodyError::BadField("max_output_tokens")
+        );
+        assert_eq!(
+            err(r#"{"max_output_tokens":1,"max_output_tokens":2}"#),
+            BodyError::BadField("max_output_tokens")
+        );
+        assert_eq!(
+            err(r#"{"max_output_tokens":"5"}"#),
+            BodyError::BadField("max_output_tokens")
+        );
+        // A streaming Responses request is never given `stream_options.include_usage` (its
+        // usage comes in response.completed; the field would be refused).
+        assert_eq!(rewrite(body), None);
+        assert_eq!(
+            rewrite(r#"{"model":"gpt-5","input":"Hi","stream":true}"#),
+            None
+        );
+        assert_eq!(
+            rewrite(r#"{"model":"gpt-5","input":"Hi","stream":true,"stream_options":{}}"#),
+            None
+        );
+        // Chat and completions bodies are.
+        assert!(rewrite(r#"{"model":"m","messages":[],"stream":true}"#).is_some());
+        assert!(rewrite(r#"{"model":"m","prompt":"Say hi","stream":true}"#).is_some());
+        assert!(rewrite(r#"{"model":"m","prompt":[1,2],"stream":true}"#).is_some());
+    }
+
+    #[test]
     fn include_usage_rewrite_reuses_the_buffer() {
-        let body = br#"{"model":"gpt-4o","stream":true}"#;
+        let body = br#"{"model":"gpt-4o","stream":true,"prompt":"Hi"}"#;
         let mut out = Vec::with_capacity(body.len() + INCLUDE_USAGE_GROWTH_BYTES_MAX);
         let ptr = out.as_ptr();
         assert_eq!(with_include_usage(body, &mut out), Ok(true));

@@ -40,8 +40,17 @@ fn classify(data: &[u8]) -> Class {
         } else if key.is("usage") {
             usage = !value.is_null();
         } else if key.is("type") {
-            // Anthropic's text, tool-input and thinking deltas.
-            content |= value.raw() == br#""content_block_delta""#;
+            // Anthropic's text, tool-input and thinking deltas; the Responses API's text,
+            // refusal, function-argument and reasoning deltas.
+            content |= matches!(
+                value.raw(),
+                br#""content_block_delta""#
+                    | br#""response.output_text.delta""#
+                    | br#""response.refusal.delta""#
+                    | br#""response.function_call_arguments.delta""#
+                    | br#""response.reasoning_summary_text.delta""#
+                    | br#""response.reasoning_text.delta""#
+            );
         }
     }
     if members.finish_document().is_err() {
@@ -146,8 +155,10 @@ impl SseFilter {
 
     /// Events so far that carried generated content (one per event, whatever its number of
     /// choices): OpenAI chat chunks with a non-empty `delta.content`, `reasoning_content`,
-    /// `refusal` or `tool_calls`, completions chunks with a non-empty `text`, and Anthropic
-    /// `content_block_delta` events. Each is about one token: a mid-stream estimate of the
+    /// `refusal` or `tool_calls`, completions chunks with a non-empty `text`, Anthropic
+    /// `content_block_delta` events, and the Responses API's `response.output_text.delta`,
+    /// `response.refusal.delta`, `response.function_call_arguments.delta`,
+    /// `response.reasoning_summary_text.delta` and `response.reasoning_text.delta`. Each is about one token: a mid-stream estimate of the
     /// completion, until the upstream's usage settles it.
     pub fn content_events(&self) -> u64 {
         self.content_events
@@ -299,6 +310,23 @@ pub(crate) mod tests {
             "data:{\"choices\":[],\ndata: \"usage\":{\"prompt_tokens\":1}}\n\ndata: [DONE]\n\n";
         let (out, _) = filter_in_pieces(split.as_bytes(), &[3, 20]);
         assert_eq!(out, b"data: [DONE]\n\n");
+    }
+
+    #[test]
+    fn responses_streams_pass_whole_and_their_deltas_count() {
+        let stream = concat!(
+            "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"usage\":null}}\n\n",
+            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":1,\"delta\":\"Hi\"}\n\n",
+            "event: response.reasoning_summary_text.delta\ndata: {\"type\":\"response.reasoning_summary_text.delta\",\"delta\":\"Hm\"}\n\n",
+            "event: response.reasoning_text.delta\ndata: {\"type\":\"response.reasoning_text.delta\",\"delta\":\"Hm\"}\n\n",
+            "event: response.refusal.delta\ndata: {\"type\":\"response.refusal.delta\",\"delta\":\"No\"}\n\n",
+            "event: response.function_call_arguments.delta\ndata: {\"type\":\"response.function_call_arguments.delta\",\"delta\":\"{}\"}\n\n",
+            "event: response.output_text.done\ndata: {\"type\":\"response.output_text.done\",\"text\":\"Hi\"}\n\n",
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":1,\"output_tokens\":2}}}\n\n",
+        );
+        let (out, count) = filter_in_pieces(stream.as_bytes(), &[9, 200]);
+        assert_eq!(out, stream.as_bytes(), "nothing taken out");
+        assert_eq!(count, 5);
     }
 
     #[test]

@@ -18,18 +18,22 @@ pub enum BodyKind {
 /// Tokens the upstream reports for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
-    /// OpenAI's `prompt_tokens`; Anthropic's `input_tokens` plus `cache_creation_input_tokens`
+    /// OpenAI's `prompt_tokens` (the Responses API's `input_tokens`); Anthropic's `input_tokens` plus `cache_creation_input_tokens`
     /// and `cache_read_input_tokens` (Anthropic leaves cached tokens out of `input_tokens`;
     /// OpenAI counts them in `prompt_tokens`).
     pub prompt_tokens: u64,
-    /// OpenAI's `completion_tokens`, Anthropic's `output_tokens`; 0 when absent (embeddings).
+    /// OpenAI's `completion_tokens` (the Responses API's `output_tokens`), Anthropic's
+    /// `output_tokens`; 0 when absent (embeddings).
     pub completion_tokens: u64,
-    /// Of `prompt_tokens`, read from a cache: OpenAI's `prompt_tokens_details.cached_tokens`,
-    /// Anthropic's `cache_read_input_tokens`.
+    /// Of `prompt_tokens`, read from a cache: OpenAI's `prompt_tokens_details.cached_tokens`
+    /// (Responses: `input_tokens_details.cached_tokens`), Anthropic's `cache_read_input_tokens`.
     pub cached_tokens: u64,
-    /// Of `prompt_tokens`, written to a cache: Anthropic's `cache_creation_input_tokens`.
+    /// Of `prompt_tokens`, written to a cache: Anthropic's `cache_creation_input_tokens`,
+    /// OpenAI's `prompt_tokens_details.cache_write_tokens` (Responses:
+    /// `input_tokens_details.cache_write_tokens`).
     pub cache_write_tokens: u64,
-    /// Of `completion_tokens`, reasoning: OpenAI's `completion_tokens_details.reasoning_tokens`.
+    /// Of `completion_tokens`, reasoning: OpenAI's `completion_tokens_details.reasoning_tokens`
+    /// (Responses: `output_tokens_details.reasoning_tokens`).
     pub reasoning_tokens: u64,
 }
 
@@ -56,6 +60,8 @@ struct Counts {
     output: Option<u64>,
     /// OpenAI's `prompt_tokens_details.cached_tokens` (part of `prompt_tokens`).
     cached: Option<u64>,
+    /// OpenAI's `prompt_tokens_details.cache_write_tokens` (part of `prompt_tokens`).
+    written: Option<u64>,
     reasoning: Option<u64>,
 }
 
@@ -64,12 +70,20 @@ impl Counts {
     fn read(&mut self, usage: Value<'_>) {
         for member in usage.members().into_iter().flatten() {
             let Ok((key, value)) = member else { break };
-            if key.is("prompt_tokens_details") || key.is("completion_tokens_details") {
+            // OpenAI chat's `prompt_tokens_details` / `completion_tokens_details`; the Responses
+            // API's `input_tokens_details` / `output_tokens_details` (same inner names).
+            if key.is("prompt_tokens_details")
+                || key.is("completion_tokens_details")
+                || key.is("input_tokens_details")
+                || key.is("output_tokens_details")
+            {
                 for inner in value.members().into_iter().flatten() {
                     let Ok((k, v)) = inner else { break };
                     let Some(n) = v.as_u64() else { continue };
                     if k.is("cached_tokens") {
                         self.cached = Some(n);
+                    } else if k.is("cache_write_tokens") {
+                        self.written = Some(n);
                     } else if k.is("reasoning_tokens") {
                         self.reasoning = Some(n);
                     }
@@ -95,6 +109,7 @@ impl Counts {
         self.cache_read = newer.cache_read.or(self.cache_read);
         self.output = newer.output.or(self.output);
         self.cached = newer.cached.or(self.cached);
+        self.written = newer.written.or(self.written);
         self.reasoning = newer.reasoning.or(self.reasoning);
     }
 
@@ -111,7 +126,9 @@ impl Counts {
             // OpenAI's cached tokens, or Anthropic's cache reads (counted into prompt_tokens
             // above): one or the other.
             cached_tokens: n(self.cached).max(n(self.cache_read)),
-            cache_write_tokens: n(self.cache_creation),
+            // Anthropic's cache writes (counted into prompt_tokens above), or OpenAI's: one or
+            // the other.
+            cache_write_tokens: n(self.cache_creation).max(n(self.written)),
             reasoning_tokens: n(self.reasoning),
         })
     }
@@ -120,8 +137,8 @@ impl Counts {
 /// Finds the token usage in a response body fed in reads of any size; the answer does not
 /// depend on how the body was cut.
 ///
-/// - [`BodyKind::Json`]: the top-level `usage` object (OpenAI chat, completions and embeddings;
-///   Anthropic messages). A body of at most [`USAGE_SCAN_BYTES_MAX`] bytes is validated and
+/// - [`BodyKind::Json`]: the top-level `usage` object (OpenAI chat, completions, embeddings and
+///   Responses; Anthropic messages). A body of at most [`USAGE_SCAN_BYTES_MAX`] bytes is validated and
 ///   read whole. Of a longer body (a large batch of embeddings) only the last
 ///   [`USAGE_TAIL_BYTES`] are kept: `usage` is found when its key, its value and all that
 ///   follows it lie there, which is where OpenAI and Anthropic put it (after `choices`,
@@ -131,13 +148,20 @@ impl Counts {
 ///   for it.
 /// - [`BodyKind::Sse`]: each `data:` event: OpenAI's usage chunk (a non-null top-level
 ///   `usage`), Anthropic's `message_start` (`message.usage`) and `message_delta` (`usage`,
-///   cumulative); later reports overwrite earlier ones field by field. An event longer than
-///   [`USAGE_SCAN_BYTES_MAX`] is skipped, as is one whose data is not a JSON object.
+///   cumulative), the Responses API's `response.completed`, `response.incomplete` and
+///   `response.failed` (`response.usage`); later reports overwrite earlier ones field by field.
+///   An event whose data is not a JSON object is skipped. An event longer than
+///   [`USAGE_SCAN_BYTES_MAX`] is not read whole; only its last [`USAGE_TAIL_BYTES`] are kept,
+///   and a `usage` object found there one level down (the last member's value of the event's
+///   object holds it, with what follows closing both objects, as in the Responses API's final
+///   event, which repeats the whole answer, the instructions and the tools and so easily
+///   outgrows the buffer) counts as that event's report, found as for a long JSON body.
 ///
 /// The buffer ([`USAGE_SCAN_BYTES_MAX`] bytes) is allocated on first use and kept across
 /// [`reset`](Self::reset); `feed` never allocates after that (a second buffer, as long as the
 /// event, is allocated only if an SSE event splits its data over several `data:` lines, which
-/// providers do not do).
+/// providers do not do; a third of [`USAGE_SCAN_BYTES_MAX`] bytes the first time an SSE event
+/// outgrows the first).
 #[derive(Debug, Default)]
 pub struct UsageScanner {
     kind: BodyKind,
@@ -147,6 +171,8 @@ pub struct UsageScanner {
     json_bytes: u64,
     split: Splitter,
     scratch: Vec<u8>,
+    /// SSE: the last bytes of an event longer than the buffer, while it lasts.
+    tail: Vec<u8>,
     counts: Counts,
 }
 
@@ -162,6 +188,7 @@ impl UsageScanner {
         self.buf.clear();
         self.json_bytes = 0;
         self.split = Splitter::default();
+        self.tail.clear();
         self.counts = Counts::default();
     }
 
@@ -174,11 +201,24 @@ impl UsageScanner {
             BodyKind::Json => self.feed_json(bytes),
             BodyKind::Sse => {
                 reserve_once(&mut self.buf);
-                let (scratch, counts) = (&mut self.scratch, &mut self.counts);
-                self.split.feed(&mut self.buf, bytes, |piece| {
-                    if let Piece::Event(event) = piece {
+                let (scratch, tail, counts) = (&mut self.scratch, &mut self.tail, &mut self.counts);
+                self.split.feed(&mut self.buf, bytes, |piece| match piece {
+                    Piece::Event(event) => {
                         if let Some(data) = event_data(event, scratch, |_| {}) {
                             read_event(counts, data);
+                        }
+                    }
+                    Piece::Unexamined(part) => {
+                        reserve_once(tail);
+                        keep_tail(tail, part);
+                        if ends_event(tail) {
+                            if let Some(found) = tail
+                                .get(tail.len().saturating_sub(USAGE_TAIL_BYTES)..)
+                                .and_then(|t| tail_counts(t, 2))
+                            {
+                                counts.merge(found);
+                            }
+                            tail.clear();
                         }
                     }
                 });
@@ -207,15 +247,28 @@ impl UsageScanner {
             .json_bytes
             .saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
         reserve_once(&mut self.buf);
-        if self.buf.len() + bytes.len() <= USAGE_SCAN_BYTES_MAX {
-            self.buf.extend_from_slice(bytes);
-        } else if let Some(last) = bytes.get(bytes.len().saturating_sub(USAGE_TAIL_BYTES)..) {
-            let keep = USAGE_TAIL_BYTES - last.len();
-            let drop = self.buf.len().saturating_sub(keep);
-            self.buf.drain(..drop);
-            self.buf.extend_from_slice(last);
-        }
+        keep_tail(&mut self.buf, bytes);
     }
+}
+
+/// Append `bytes` to `buf` (of capacity [`USAGE_SCAN_BYTES_MAX`]) while they fit; past that,
+/// keep at least the last [`USAGE_TAIL_BYTES`] of what `buf` and `bytes` hold together.
+fn keep_tail(buf: &mut Vec<u8>, bytes: &[u8]) {
+    if buf.len() + bytes.len() <= USAGE_SCAN_BYTES_MAX {
+        buf.extend_from_slice(bytes);
+    } else if let Some(last) = bytes.get(bytes.len().saturating_sub(USAGE_TAIL_BYTES)..) {
+        let keep = USAGE_TAIL_BYTES - last.len();
+        let drop = buf.len().saturating_sub(keep);
+        buf.drain(..drop);
+        buf.extend_from_slice(last);
+    }
+}
+
+/// Whether the bytes of an event seen so far end with the blank line that ends it (`\n\n`, or
+/// `\n\r\n` for CRLF lines: exactly where [`Splitter`] ends an event, so the answer does not
+/// depend on how the stream was cut).
+fn ends_event(seen: &[u8]) -> bool {
+    seen.ends_with(b"\n\n") || seen.ends_with(b"\n\r\n")
 }
 
 const SCAN_BYTES_MAX_U64: u64 = USAGE_SCAN_BYTES_MAX as u64;
@@ -225,23 +278,35 @@ fn read_event(counts: &mut Counts, data: &[u8]) {
     let Ok(mut members) = Members::new(data, 0, JSON_DEPTH_MAX) else {
         return;
     };
-    let (mut usage, mut message, mut message_start) = (None, None, false);
+    let (mut usage, mut message, mut response, mut kind) = (None, None, None, &b""[..]);
     for member in &mut members {
         let Ok((key, value)) = member else { return };
         if key.is("usage") {
             usage = Some(value);
         } else if key.is("message") {
             message = Some(value);
+        } else if key.is("response") {
+            response = Some(value);
         } else if key.is("type") {
-            message_start = value.raw() == br#""message_start""#;
+            kind = value.raw();
         }
     }
     if members.finish_document().is_err() {
         return;
     }
     let mut found = Counts::default();
-    if let (true, Some(message)) = (message_start, message) {
-        for member in message.members().into_iter().flatten() {
+    // Anthropic's `message_start` holds its usage in `message`; the Responses API's final
+    // events (`response.completed`, `.incomplete`, `.failed`) in `response` (its earlier
+    // events carry `"usage":null` there).
+    let inner = match kind {
+        br#""message_start""# => message,
+        br#""response.completed""# | br#""response.incomplete""# | br#""response.failed""# => {
+            response
+        }
+        _ => None,
+    };
+    if let Some(inner) = inner {
+        for member in inner.members().into_iter().flatten() {
             let Ok((key, value)) = member else { break };
             if key.is("usage") {
                 found.read(value);
@@ -277,6 +342,13 @@ const TAIL_CANDIDATES_MAX: usize = 64;
 
 /// The top-level `usage` of a JSON body of which only `tail` (its last bytes) is known.
 fn tail_usage(tail: &[u8]) -> Option<Usage> {
+    tail_counts(tail, 1)?.usage()
+}
+
+/// The `usage` object `depth` levels down in a JSON document of which only `tail` (its last
+/// bytes) is known: 1 for a top-level `usage`, 2 for one in the value of the top-level object's
+/// last object-valued member (what follows it must close both objects).
+fn tail_counts(tail: &[u8], depth: usize) -> Option<Counts> {
     const KEY: &[u8] = b"\"usage\"";
     let mut end = tail.len();
     for _ in 0..TAIL_CANDIDATES_MAX {
@@ -297,26 +369,31 @@ fn tail_usage(tail: &[u8]) -> Option<Usage> {
         let Ok(value) = json::skip_value(tail, colon + 1, JSON_DEPTH_MAX) else {
             continue;
         };
-        if !closes_document(tail, value.end) {
+        if !closes_document(tail, value.end, depth) {
             continue;
         }
-        // The top-level `usage`: an object, or nothing to find.
+        // The `usage` sought: an object, or nothing to find.
         if value.kind != Kind::Object {
             return None;
         }
         let mut counts = Counts::default();
         counts.read(value);
-        return counts.usage();
+        return Some(counts);
     }
     None
 }
 
-/// Whether `doc[at..]` is the rest of an object's members (`, "key": value` …), its closing
-/// `}`, and whitespace to the end.
-fn closes_document(doc: &[u8], mut at: usize) -> bool {
+/// Whether `doc[at..]` is, `depth` times, the rest of an object's members (`, "key": value`
+/// …) and its closing `}`, then whitespace to the end.
+fn closes_document(doc: &[u8], mut at: usize, depth: usize) -> bool {
+    let mut open = depth;
     loop {
         at = json::skip_ws(doc, at);
         match doc.get(at) {
+            Some(b'}') if open > 1 => {
+                open -= 1;
+                at += 1;
+            }
             Some(b'}') => return json::skip_ws(doc, at + 1) == doc.len(),
             Some(b',') => {
                 let key = json::skip_ws(doc, at + 1);
@@ -415,6 +492,13 @@ mod tests {
             )
         };
         assert_eq!(parts(u), (1000, 400, 0, 300, 100));
+        // OpenAI's cache writes are part of the prompt too (chat and Responses).
+        let openai = br#"{"usage":{"prompt_tokens":1000,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":400,"cache_write_tokens":500}}}"#;
+        let u = scan(BodyKind::Json, openai, &[]).expect("usage");
+        assert_eq!(parts(u), (1000, 400, 500, 3, 0));
+        let responses = br#"{"object":"response","usage":{"input_tokens":1000,"input_tokens_details":{"cached_tokens":0,"cache_write_tokens":900,"cache_write_tokens_details":{"ttl_30m_tokens":900,"ttl_12h_tokens":0}},"output_tokens":7,"output_tokens_details":{"reasoning_tokens":2},"total_tokens":1007}}"#;
+        let u = scan(BodyKind::Json, responses, &[]).expect("usage");
+        assert_eq!(parts(u), (1000, 0, 900, 7, 2));
         let anthropic = concat!(
             "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":10,",
             "\"cache_creation_input_tokens\":20,\"cache_read_input_tokens\":30,\"output_tokens\":1}}}\n\n",
@@ -545,6 +629,129 @@ mod tests {
         );
     }
 
+    /// A whole Responses API answer (`POST /v1/responses`), as the API sends it.
+    const RESPONSES_BODY: &str = r#"{"id":"resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b","object":"response","created_at":1741476542,"status":"completed","error":null,"incomplete_details":null,"instructions":null,"max_output_tokens":null,"model":"gpt-5-2025-08-07","output":[{"type":"reasoning","id":"rs_1","summary":[]},{"type":"message","id":"msg_67ccd2bf17f0819081ff3bb2cf6508e60bb6a6b452d3795b","status":"completed","role":"assistant","content":[{"type":"output_text","text":"In a peaceful grove beneath a silver moon...","annotations":[]}]}],"parallel_tool_calls":true,"previous_response_id":null,"reasoning":{"effort":"medium","summary":null},"store":true,"temperature":1.0,"text":{"format":{"type":"text"}},"tool_choice":"auto","tools":[],"top_p":1.0,"truncation":"disabled","usage":{"input_tokens":136,"input_tokens_details":{"cached_tokens":128},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":64},"total_tokens":223},"user":null,"metadata":{}}"#;
+
+    /// A streamed Responses API answer: `usage` is null until `response.completed`.
+    const RESPONSES_STREAM: &str = concat!(
+        "event: response.created\n",
+        "data: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"created_at\":1741290958,\"status\":\"in_progress\",\"model\":\"gpt-5\",\"output\":[],\"usage\":null}}\n\n",
+        "event: response.in_progress\n",
+        "data: {\"type\":\"response.in_progress\",\"sequence_number\":1,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"in_progress\",\"usage\":null}}\n\n",
+        "event: response.output_text.delta\n",
+        "data: {\"type\":\"response.output_text.delta\",\"sequence_number\":4,\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"delta\":\"Hi \\\"usage\\\":{\\\"input_tokens\\\":999}\"}\n\n",
+        "event: response.completed\n",
+        "data: {\"type\":\"response.completed\",\"sequence_number\":9,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"completed\",\"output\":[{\"type\":\"message\",\"content\":[{\"type\":\"output_text\",\"text\":\"Hi\"}]}],\"usage\":{\"input_tokens\":37,\"input_tokens_details\":{\"cached_tokens\":5},\"output_tokens\":11,\"output_tokens_details\":{\"reasoning_tokens\":4},\"total_tokens\":48},\"user\":null,\"metadata\":{}}}\n\n",
+    );
+
+    fn responses_usage() -> Option<Usage> {
+        Some(Usage {
+            cached_tokens: 5,
+            reasoning_tokens: 4,
+            ..usage(37, 11).expect("some")
+        })
+    }
+
+    #[test]
+    fn responses_api_whole_and_streamed() {
+        assert_eq!(
+            scan(BodyKind::Json, RESPONSES_BODY.as_bytes(), &[50, 700]),
+            Some(Usage {
+                cached_tokens: 128,
+                reasoning_tokens: 64,
+                ..usage(136, 87).expect("some")
+            })
+        );
+        for cuts in [vec![], vec![1, 100, 101, 400, 650], (0..700).collect()] {
+            assert_eq!(
+                scan(BodyKind::Sse, RESPONSES_STREAM.as_bytes(), &cuts),
+                responses_usage()
+            );
+        }
+        let crlf = RESPONSES_STREAM.replace('\n', "\r\n");
+        assert_eq!(
+            scan(BodyKind::Sse, crlf.as_bytes(), &[77]),
+            responses_usage()
+        );
+        // Before response.completed: nothing (response.created's usage is null).
+        let cut = RESPONSES_STREAM
+            .find("event: response.completed")
+            .unwrap_or(0);
+        assert_eq!(
+            scan(BodyKind::Sse, &RESPONSES_STREAM.as_bytes()[..cut], &[]),
+            None
+        );
+        // response.incomplete and response.failed report too; other events' `response.usage`
+        // does not count.
+        for (kind, counted) in [
+            ("response.incomplete", true),
+            ("response.failed", true),
+            ("response.in_progress", false),
+            ("response.output_item.done", false),
+        ] {
+            let event = format!(
+                "event: {kind}\ndata: {{\"type\":\"{kind}\",\"sequence_number\":3,\"response\":{{\"status\":\"x\",\"usage\":{{\"input_tokens\":7,\"output_tokens\":2,\"total_tokens\":9}}}}}}\n\n"
+            );
+            assert_eq!(
+                scan(BodyKind::Sse, event.as_bytes(), &[]),
+                if counted { usage(7, 2) } else { None },
+                "{kind}"
+            );
+        }
+    }
+
+    /// `response.completed` repeats the whole answer, instructions and tools: often longer
+    /// than the buffer. Its usage is still found, however the stream is cut.
+    #[test]
+    fn responses_long_final_event_still_reports_usage() {
+        let instructions = "Be careful. ".repeat(3 * USAGE_SCAN_BYTES_MAX / 12);
+        let completed = |sequence_after: bool| {
+            let response = format!(
+                "{{\"id\":\"resp_1\",\"status\":\"completed\",\"instructions\":\"{instructions}\",\"output\":[],\"usage\":{{\"input_tokens\":30000,\"input_tokens_details\":{{\"cached_tokens\":29000}},\"output_tokens\":12,\"output_tokens_details\":{{\"reasoning_tokens\":0}},\"total_tokens\":30012}},\"user\":null,\"metadata\":{{}}}}"
+            );
+            if sequence_after {
+                format!("event: response.completed\ndata: {{\"type\":\"response.completed\",\"response\":{response},\"sequence_number\":9}}\n\n")
+            } else {
+                format!("event: response.completed\ndata: {{\"type\":\"response.completed\",\"sequence_number\":9,\"response\":{response}}}\n\n")
+            }
+        };
+        let want = Some(Usage {
+            cached_tokens: 29_000,
+            ..usage(30_000, 12).expect("some")
+        });
+        for sequence_after in [false, true] {
+            let head = RESPONSES_STREAM
+                .find("event: response.completed")
+                .unwrap_or(0);
+            let stream = format!("{}{}", &RESPONSES_STREAM[..head], completed(sequence_after));
+            assert!(stream.len() > 2 * USAGE_SCAN_BYTES_MAX);
+            for step in [1000, 4096, 65_536, stream.len()] {
+                let cuts: Vec<usize> = (step..stream.len()).step_by(step).collect();
+                assert_eq!(scan(BodyKind::Sse, stream.as_bytes(), &cuts), want);
+            }
+            let crlf = stream.replace('\n', "\r\n");
+            assert_eq!(scan(BodyKind::Sse, crlf.as_bytes(), &[300, 70_000]), want);
+            // Cut off before its blank line: no report.
+            let cut = stream.trim_end();
+            assert_eq!(scan(BodyKind::Sse, cut.as_bytes(), &[]), None);
+        }
+        // A long event whose `usage` is not one level down, or is inside a string, is not read.
+        let pad = "x".repeat(USAGE_SCAN_BYTES_MAX);
+        for event in [
+            format!("data: {{\"pad\":\"{pad}\",\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":1}}}}\n\n"),
+            format!("data: {{\"a\":{{\"b\":{{\"pad\":\"{pad}\",\"usage\":{{\"input_tokens\":1}}}}}}}}\n\n"),
+            format!("data: {{\"a\":{{\"pad\":\"{pad} \\\"usage\\\":{{\\\"input_tokens\\\":1}}}}\"}}}}\n\n"),
+        ] {
+            assert_eq!(scan(BodyKind::Sse, event.as_bytes(), &[10, 70_000]), None);
+        }
+        // Later events still read normally, and the tail buffer is reused.
+        let stream = format!("{}{RESPONSES_STREAM}", completed(false));
+        assert_eq!(
+            scan(BodyKind::Sse, stream.as_bytes(), &[5]),
+            responses_usage()
+        );
+    }
+
     #[test]
     fn sse_streams_openai_and_anthropic() {
         assert_eq!(
@@ -646,6 +853,23 @@ mod tests {
                 scan(BodyKind::Sse, &stream, &cuts),
                 scan(BodyKind::Sse, &stream, &[])
             );
+        }
+
+        /// A Responses final event longer than the buffer: the same usage however cut.
+        #[test]
+        fn responses_long_final_event_split_independent(
+            pad in 0usize..3 * USAGE_SCAN_BYTES_MAX,
+            crlf in any::<bool>(),
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let stream = format!(
+                "{RESPONSES_STREAM}event: response.completed\ndata: {{\"type\":\"response.completed\",\"sequence_number\":10,\"response\":{{\"instructions\":\"{}\",\"usage\":{{\"input_tokens\":50,\"output_tokens\":6}},\"metadata\":{{}}}}}}\n\n",
+                "y".repeat(pad)
+            );
+            let stream = if crlf { stream.replace('\n', "\r\n") } else { stream };
+            let whole = scan(BodyKind::Sse, stream.as_bytes(), &[]);
+            prop_assert_eq!(scan(BodyKind::Sse, stream.as_bytes(), &cuts), whole);
+            prop_assert_eq!(whole, Some(Usage { cached_tokens: 5, reasoning_tokens: 4, ..usage(50, 6).expect("some") }));
         }
 
         /// (a) JSON: the same usage however the body is cut, short or long.

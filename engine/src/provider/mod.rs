@@ -9,6 +9,11 @@
 //!   upstream. The request ([`messages::messages_to_chat`]), the whole response
 //!   ([`messages::chat_to_message`]), an error body ([`messages::error_to_anthropic`]) and the
 //!   event stream ([`messages::StreamToMessages`], fed pieces of any size).
+//! - [`responses`]: an OpenAI chat client talking to an upstream that serves the model only
+//!   through OpenAI's Responses API. The request ([`responses::chat_to_responses`]), the whole
+//!   response ([`responses::response_to_chat`], which also returns its usage) and the event
+//!   stream ([`responses::StreamToChat`], fed pieces of any size); error bodies are OpenAI's
+//!   already.
 //! - [`azure`]: Azure OpenAI's deployment paths (its bodies are OpenAI's).
 //! - [`bedrock`]: an OpenAI chat client talking to AWS Bedrock's Converse API. The path
 //!   ([`bedrock::path`]), the request ([`bedrock::chat_to_converse`]), the whole response
@@ -37,6 +42,7 @@ pub mod azure;
 pub mod bedrock;
 pub mod eventstream;
 pub mod messages;
+pub mod responses;
 pub mod sigv4;
 pub(crate) mod sse;
 
@@ -88,30 +94,52 @@ impl TranslateError {
             TranslateError::BadField("choices") => {
                 "the upstream response has no `choices` (an error body, or not a chat completion)"
             }
-            // Bedrock (provider::bedrock).
+            // Tools, images and other fields (OpenAI chat to another API).
+            TranslateError::BadField("tools") => {
+                "`tools` must be an array of `{type: function, function: {name, description, parameters}}`, and must be given when the messages hold tool calls or tool results"
+            }
+            TranslateError::BadField("tool_choice") => {
+                "`tool_choice` must be none, auto, required or a function named in `tools`"
+            }
+            TranslateError::BadField("tool_calls") => {
+                "assistant `tool_calls` need an `id`, a `function.name` and `function.arguments` holding a JSON object"
+            }
+            TranslateError::BadField("tool_call_id") => {
+                "a `tool` message needs the `tool_call_id` of the call it answers"
+            }
+            TranslateError::BadField("parallel_tool_calls") => {
+                "`parallel_tool_calls` must be a boolean"
+            }
+            TranslateError::BadField("image_url") => {
+                "`image_url.url` must be an http(s) URL or a base64 `data:` URL"
+            }
+            TranslateError::BadField("response_format") => {
+                "`response_format` must be text, json_object or json_schema with a `json_schema.name`"
+            }
+            TranslateError::BadField("file") => {
+                "a `file` part must have a `file` object of strings"
+            }
+            TranslateError::BadField("verbosity") => "`verbosity` must be a string",
+            TranslateError::BadField("reasoning_effort") => "`reasoning_effort` must be a string",
+            TranslateError::BadField("safety_identifier") => "`safety_identifier` must be a string",
+            TranslateError::BadField("prompt_cache_key") => "`prompt_cache_key` must be a string",
+            TranslateError::BadField("service_tier") => "`service_tier` must be a string",
+            // Upstream answers (Bedrock's Converse, the Responses API).
             TranslateError::BadField("first_turn") => {
                 "the conversation must start with a user message (first_turn) for this model's provider"
             }
-            TranslateError::BadField("tools") => {
-                "`tools` must be an array of function tools with a name, and must be given when the messages hold tool calls or tool results"
-            }
-            TranslateError::BadField("tool_choice") => {
-                "`tool_choice` must be auto, none, required or a function the `tools` name"
-            }
-            TranslateError::BadField("tool_calls") => {
-                "assistant `tool_calls` must each have an id, a function name and JSON object arguments"
-            }
-            TranslateError::BadField("tool_call_id") => {
-                "a tool message must have the `tool_call_id` of the call it answers"
-            }
-            TranslateError::BadField("image_url") => {
-                "`image_url` must be a URL string or an object with a base64 data URL in `url`"
-            }
             TranslateError::BadField("output") => {
-                "the upstream response has no `output` (an error body, or not a Converse response)"
+                "the upstream answer has no well-formed `output` (an error body, or not the provider's answer)"
             }
             TranslateError::BadField("toolUse") => {
                 "the upstream response has a `toolUse` block without its id or name"
+            }
+            TranslateError::BadField("status") => "the upstream response has `status` failed",
+            TranslateError::BadField("object") => {
+                "the upstream answer's `object` is not a response"
+            }
+            TranslateError::Unsupported("stop") => {
+                "`stop` sequences are not supported for this model's provider"
             }
             TranslateError::BadField(_) => "a field of the body has the wrong type",
             TranslateError::Unsupported("tools") => {
@@ -289,15 +317,26 @@ mod tests {
             TranslateError::Unsupported("tool_result"),
             TranslateError::Unsupported("content"),
             TranslateError::Unsupported("other"),
-            // Bedrock (provider::bedrock).
-            TranslateError::BadField("first_turn"),
+            // Tools, images, other fields, upstream answers.
             TranslateError::BadField("tools"),
             TranslateError::BadField("tool_choice"),
             TranslateError::BadField("tool_calls"),
             TranslateError::BadField("tool_call_id"),
+            TranslateError::BadField("parallel_tool_calls"),
             TranslateError::BadField("image_url"),
+            TranslateError::BadField("response_format"),
+            TranslateError::BadField("file"),
+            TranslateError::BadField("verbosity"),
+            TranslateError::BadField("reasoning_effort"),
+            TranslateError::BadField("safety_identifier"),
+            TranslateError::BadField("prompt_cache_key"),
+            TranslateError::BadField("service_tier"),
+            TranslateError::BadField("first_turn"),
             TranslateError::BadField("output"),
             TranslateError::BadField("toolUse"),
+            TranslateError::BadField("status"),
+            TranslateError::BadField("object"),
+            TranslateError::Unsupported("stop"),
             TranslateError::Unsupported("file"),
             TranslateError::Unsupported("parallel_tool_calls"),
             TranslateError::Unsupported("reasoning_effort"),
