@@ -17,6 +17,12 @@
 //! - [`eventstream`]: AWS's binary event stream framing (`application/vnd.amazon.eventstream`),
 //!   which `ConverseStream` answers in.
 //! - [`sigv4`]: AWS Signature Version 4 for Bedrock's requests.
+//! - [`gemini`]: an OpenAI chat client talking to a Google Gemini upstream
+//!   (`generateContent` / `streamGenerateContent`): the path ([`gemini::path`]), the request
+//!   ([`gemini::chat_to_gemini`]), the whole response ([`gemini::response_to_chat`]), an error
+//!   body ([`gemini::error_to_openai`], [`gemini::retry_after_s`]) and the event stream
+//!   ([`gemini::StreamToChat`], fed pieces of any size). Tools both ways, thought signatures
+//!   carried in the tool call ids.
 //! - `sse`: the server-sent event reader both stream translators read their upstream with.
 //!
 //! # Decisions
@@ -36,6 +42,7 @@ pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
 pub mod eventstream;
+pub mod gemini;
 pub mod messages;
 pub mod sigv4;
 pub(crate) mod sse;
@@ -113,6 +120,48 @@ impl TranslateError {
             TranslateError::BadField("toolUse") => {
                 "the upstream response has a `toolUse` block without its id or name"
             }
+            // Gemini (`gemini`): the fields its translation reads and refuses.
+            TranslateError::BadField("arguments") => {
+                "a tool call's `arguments` must be a string holding a JSON object"
+            }
+            TranslateError::BadField("response_format") => {
+                "`response_format` must have a `type`, and a `json_schema` its `schema` object"
+            }
+            TranslateError::BadField("n") => "`n` must be a positive integer",
+            TranslateError::BadField("seed") => "`seed` must be an integer",
+            TranslateError::BadField("top_k") => "`top_k` must be an integer",
+            TranslateError::BadField("presence_penalty") => "`presence_penalty` must be a number",
+            TranslateError::BadField("frequency_penalty") => {
+                "`frequency_penalty` must be a number"
+            }
+            TranslateError::BadField("parallel_tool_calls") => {
+                "`parallel_tool_calls` must be a boolean"
+            }
+            TranslateError::BadField("reasoning_effort") => {
+                "`reasoning_effort` must be one of none, minimal, low, medium, high"
+            }
+            TranslateError::BadField("extra_body") => {
+                "`extra_body.google.thinking_config` must hold an integer thinking_budget, a boolean include_thoughts and a string thinking_level"
+            }
+            TranslateError::BadField("error") => {
+                "the upstream response is an error body, not an answer"
+            }
+            TranslateError::BadField("candidates") => {
+                "the upstream response has no `candidates` and no blocked prompt"
+            }
+            TranslateError::BadField("functionCall") => {
+                "the upstream response has a `functionCall` without a `name` or with `args` that are not an object"
+            }
+            TranslateError::BadField("thoughtSignature") => {
+                "the upstream response has a `thoughtSignature` that is not base64 of at most 64 KiB"
+            }
+            TranslateError::Unsupported("logit_bias") => {
+                "`logit_bias` is not supported for this model's provider"
+            }
+            TranslateError::Unsupported("extra_body") => {
+                "`extra_body` other than google.thinking_config is not supported for this model's provider"
+            }
+            // End of Gemini's arms.
             TranslateError::BadField(_) => "a field of the body has the wrong type",
             TranslateError::Unsupported("tools") => {
                 "`tools` are not supported for this model's provider"
@@ -302,6 +351,23 @@ mod tests {
             TranslateError::Unsupported("parallel_tool_calls"),
             TranslateError::Unsupported("reasoning_effort"),
             TranslateError::Unsupported("web_search_options"),
+            // Gemini's.
+            TranslateError::BadField("arguments"),
+            TranslateError::BadField("response_format"),
+            TranslateError::BadField("n"),
+            TranslateError::BadField("seed"),
+            TranslateError::BadField("top_k"),
+            TranslateError::BadField("presence_penalty"),
+            TranslateError::BadField("frequency_penalty"),
+            TranslateError::BadField("parallel_tool_calls"),
+            TranslateError::BadField("reasoning_effort"),
+            TranslateError::BadField("extra_body"),
+            TranslateError::BadField("error"),
+            TranslateError::BadField("candidates"),
+            TranslateError::BadField("functionCall"),
+            TranslateError::BadField("thoughtSignature"),
+            TranslateError::Unsupported("logit_bias"),
+            TranslateError::Unsupported("extra_body"),
         ];
         for e in all {
             let m = e.message();
