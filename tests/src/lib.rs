@@ -6,6 +6,8 @@
 //!   [`shardgate_tune_bin`] for `shardgate-tune`.
 //! - [`Gateway`] starts `shardgate --config FILE` and waits for its start-up line.
 //! - [`MockUpstream`] is a thread-per-connection HTTP/1.1 server whose handler writes raw bytes.
+//! - [`gemini_mock`]: a strict mock of the Google Gemini API (paths, key, fields, thought
+//!   signatures), answering text, function calls and streams as Gemini does.
 //! - [`BenchUpstream`] runs `shardgate-bench upstream`, the mock OpenAI-compatible upstream.
 //! - [`Load`] runs `shardgate-bench load`, the load generator, and reads its counts.
 //! - [`Client`] sends raw bytes and parses responses, so tests can craft bad framing; over TCP
@@ -24,6 +26,7 @@ mod client;
 mod config;
 mod ctl;
 mod gateway;
+pub mod gemini_mock;
 mod load;
 pub mod python;
 mod redis;
