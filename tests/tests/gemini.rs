@@ -448,3 +448,49 @@ fn what_gemini_cannot_express_is_a_400_naming_the_field() {
     assert!(r.body_str().contains("tools"), "{}", r.body_str());
     assert_eq!(up.requests().len(), before, "{:?}", up.requests());
 }
+
+#[test]
+fn anthropic_clients_reach_gemini_through_openai_chat() {
+    let (up, gw) = start();
+    let mut c = Client::connect(gw.addr());
+    let r = post(
+        &mut c,
+        "/v1/messages",
+        &json!({"model": "gemini-flash", "max_tokens": 50, "system": "Be brief.",
+            "messages": [{"role": "user", "content": "Hello World!"}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.summary());
+    let v = json_of(&r);
+    assert_eq!(v["type"], "message", "{v}");
+    assert_eq!(v["content"][0]["text"], "Hello from gemini-2.0-flash.");
+    assert_eq!(v["usage"]["input_tokens"], PROMPT_TOKENS);
+    assert_eq!(v["usage"]["output_tokens"], 3);
+    let seen = last_request(&up);
+    assert_eq!(seen.path, "/v1beta/models/gemini-2.0-flash:generateContent");
+    assert_no_client_secret(&seen);
+    let sent: Value = serde_json::from_slice(&seen.body).expect("JSON upstream");
+    assert_eq!(
+        sent["systemInstruction"],
+        json!({"parts": [{"text": "Be brief."}]})
+    );
+    assert_eq!(sent["generationConfig"]["maxOutputTokens"], 50);
+
+    // Streamed: Anthropic's events, the text whole across its deltas.
+    let r = post(
+        &mut c,
+        "/v1/messages",
+        &json!({"model": "gemini-flash", "max_tokens": 50, "stream": true,
+            "messages": [{"role": "user", "content": "Hello World!"}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.summary());
+    let body = r.body_str();
+    let text: String = body
+        .split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|v| v["type"] == "content_block_delta")
+        .filter_map(|v| v["delta"]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, "Hello from gemini-2.0-flash.", "{body}");
+    assert!(body.contains("event: message_stop"), "{body}");
+}
