@@ -135,7 +135,8 @@ fn whole_and_streamed_text_reach_gemini_with_only_the_upstreams_key() {
     assert_eq!(r.status, 200, "{}", r.summary());
     let v = json_of(&r);
     assert_eq!(v["object"], "chat.completion");
-    assert_eq!(v["model"], "gemini-flash");
+    // The deployment's model is reported, as for every translated upstream.
+    assert_eq!(v["model"], "gemini-2.0-flash");
     assert_eq!(
         v["choices"][0]["message"]["content"],
         "Hello from gemini-2.0-flash."

@@ -1039,8 +1039,9 @@ fn is_blocked(resp: &Value) -> bool {
 }
 
 /// Translate a Gemini `GenerateContentResponse` into an OpenAI `chat.completion` with `id`,
-/// `model` (the name the client used) and `created` (unix seconds), appended to `out`
-/// (nothing is appended on error); returns the usage it reports. A Google error body is
+/// `model` (the name to report: the engine passes the deployment's) and `created` (unix
+/// seconds), appended to `out` (nothing is appended on error); returns the usage it reports.
+/// Its tool call ids are unique by `id` (see the module docs). A Google error body is
 /// [`TranslateError::BadField`]`("error")` (see [`error_to_openai`]); a response without
 /// candidates that is not a blocked prompt is `BadField("candidates")`.
 pub fn response_to_chat(
