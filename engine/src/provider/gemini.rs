@@ -2283,15 +2283,15 @@ mod tests {
         assert_eq!(data_events(expected(true).as_bytes()).len(), 5);
     }
 
+    /// A Gemini stream with a thought and two parallel calls (`SIG` stands for the signature).
+    const TOOL_STREAM: &str = concat!(
+        "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"Checking.\",\"thought\":true}]}}],\"usageMetadata\":{\"promptTokenCount\":30,\"totalTokenCount\":30}}\r\n\r\n",
+        "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"functionCall\":{\"name\":\"get_weather\",\"args\":{\"city\":\"Paris\"}},\"thoughtSignature\":\"SIG\"},{\"functionCall\":{\"name\":\"now\",\"args\":{}}}]},\"finishReason\":\"STOP\"}],\"usageMetadata\":{\"promptTokenCount\":30,\"candidatesTokenCount\":12,\"thoughtsTokenCount\":20,\"cachedContentTokenCount\":8,\"totalTokenCount\":62}}\r\n\r\n",
+    );
+
     #[test]
     fn stream_tool_calls_and_thoughts() {
-        let stream = format!(
-            concat!(
-                "data: {{\"candidates\":[{{\"content\":{{\"role\":\"model\",\"parts\":[{{\"text\":\"Checking.\",\"thought\":true}}]}}}}],\"usageMetadata\":{{\"promptTokenCount\":30,\"totalTokenCount\":30}}}}\r\n\r\n",
-                "data: {{\"candidates\":[{{\"content\":{{\"role\":\"model\",\"parts\":[{{\"functionCall\":{{\"name\":\"get_weather\",\"args\":{{\"city\":\"Paris\"}}}},\"thoughtSignature\":\"{sig}\"}},{{\"functionCall\":{{\"name\":\"now\",\"args\":{{}}}}}}]}},\"finishReason\":\"STOP\"}}],\"usageMetadata\":{{\"promptTokenCount\":30,\"candidatesTokenCount\":12,\"thoughtsTokenCount\":20,\"cachedContentTokenCount\":8,\"totalTokenCount\":62}}}}\r\n\r\n",
-            ),
-            sig = SIG
-        );
+        let stream = TOOL_STREAM.replace("SIG", SIG);
         let (out, usage) = translate_in_pieces(stream.as_bytes(), &[50, 300], true);
         let events = data_events(&out);
         let deltas: Vec<&Value> = events.iter().map(|e| &e["choices"][0]["delta"]).collect();
@@ -2417,6 +2417,18 @@ mod tests {
             let whole = translate_in_pieces(&stream, &[], include_usage);
             prop_assert_eq!(std::str::from_utf8(&whole.0).expect("UTF-8"), expected(include_usage));
             prop_assert_eq!(translate_in_pieces(&stream, &cuts, include_usage), whole);
+        }
+
+        /// Tool calls and thoughts too come out the same however the stream is cut.
+        #[test]
+        fn tool_stream_split_independent(
+            cuts in prop::collection::vec(any::<usize>(), 0..12),
+            include_usage in any::<bool>(),
+        ) {
+            let stream = TOOL_STREAM.replace("SIG", SIG);
+            let whole = translate_in_pieces(stream.as_bytes(), &[], include_usage);
+            prop_assert!(std::str::from_utf8(&whole.0).expect("UTF-8").contains("\"finish_reason\":\"tool_calls\""));
+            prop_assert_eq!(translate_in_pieces(stream.as_bytes(), &cuts, include_usage), whole);
         }
 
         /// No panic on bytes rich in the stream's syntax, split independence there too, every
