@@ -67,15 +67,20 @@
 //! (Gemini 3 refuses a request without it). OpenAI clients echo back exactly one thing of a
 //! tool call: its `id`. So the id carries the signature:
 //!
-//! `call_<U>_<I>[.g<G>][.s<S>]`
+//! `call_<U>_<I>[-g<N>_<G>][-s<N>_<S>]`
 //!
 //! - `U`: the last 16 letters and digits of the completion's id (unique per answer), `I` the
 //!   call's index in the answer;
 //! - `G`: Gemini's own `functionCall.id`, when it sent one, in unpadded base64url (it goes back
 //!   on the `functionCall` and on the matching `functionResponse`);
 //! - `S`: the signature (base64, a protobuf `bytes` field) in the base64url alphabet without
-//!   padding (`+` → `-`, `/` → `_`), so the id holds only `A-Z a-z 0-9 - _ .`; on the way back
-//!   the standard alphabet and padding are restored, the same bytes.
+//!   padding (`+` → `-`, `/` → `_`); on the way back the standard alphabet and padding are
+//!   restored, the same bytes;
+//! - `N`: the length of what follows it, in decimal, so that the id needs no separator outside
+//!   base64url's alphabet: it holds only `A-Z a-z 0-9 - _`, what Anthropic requires of a
+//!   `tool_use` id too. (A signed id runs to hundreds of bytes, more than some APIs take back:
+//!   OpenAI's has refused tool call ids over 40 bytes. A conversation with signed calls may
+//!   not move to another upstream as it is.)
 //!
 //! An id of any other shape (a client's own, another provider's, one longer than
 //! [`TOOL_CALL_ID_BYTES_MAX`]) carries nothing: its call goes back without a signature.
@@ -781,8 +786,9 @@ fn encode_call_id(
         if g.len() > FUNCTION_CALL_ID_BYTES_MAX {
             return Err(TranslateError::BadField("functionCall"));
         }
-        id.push_str(".g");
-        base64url_encode(g.as_bytes(), &mut id);
+        let mut data = String::new();
+        base64url_encode(g.as_bytes(), &mut data);
+        push_segment(&mut id, 'g', &data);
     }
     if let Some(s) = signature.filter(|s| !s.is_empty()) {
         let body = s.trim_end_matches('=');
@@ -795,14 +801,26 @@ fn encode_call_id(
         if !valid {
             return Err(TranslateError::BadField("thoughtSignature"));
         }
-        id.push_str(".s");
-        id.extend(body.chars().map(|c| match c {
-            '+' => '-',
-            '/' => '_',
-            c => c,
-        }));
+        let data: String = body
+            .chars()
+            .map(|c| match c {
+                '+' => '-',
+                '/' => '_',
+                c => c,
+            })
+            .collect();
+        push_segment(&mut id, 's', &data);
     }
     Ok(id)
+}
+
+/// `-<kind><length>_<data>` onto a tool call id.
+fn push_segment(id: &mut String, kind: char, data: &str) {
+    id.push('-');
+    id.push(kind);
+    id.push_str(&data.len().to_string());
+    id.push('_');
+    id.push_str(data);
 }
 
 /// What a tool call id carries; nothing for an id not of our shape.
@@ -811,14 +829,30 @@ fn decode_call_id(id: &str) -> Carried {
 }
 
 fn decode_call_id_parts(id: &str) -> Option<Carried> {
-    if id.len() > TOOL_CALL_ID_BYTES_MAX || !id.starts_with("call_") {
+    if id.len() > TOOL_CALL_ID_BYTES_MAX {
         return None;
     }
+    let rest = id.strip_prefix("call_")?;
+    let (unique, rest) = rest.split_once('_')?;
+    if unique.is_empty() || !unique.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    let index_len = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if index_len == 0 {
+        return None;
+    }
+    let mut rest = rest.get(index_len..)?;
     let mut carried = Carried::default();
-    let mut segments = id.split('.');
-    segments.next();
-    for segment in segments {
-        let (kind, data) = segment.split_at_checked(1)?;
+    while !rest.is_empty() {
+        let segment = rest.strip_prefix('-')?;
+        let (kind, segment) = segment.split_at_checked(1)?;
+        let (len, segment) = segment.split_once('_')?;
+        if len.is_empty() || len.len() > 6 || !len.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let len: usize = len.parse().ok()?;
+        let data = segment.get(..len)?;
+        rest = segment.get(len..)?;
         if data.is_empty() {
             return None;
         }
@@ -1780,8 +1814,8 @@ mod tests {
     fn tool_history_goes_back_with_signatures_and_names() {
         let id0 = encode_call_id("abc123", 0, None, Some(SIG)).expect("encodes");
         let id1 = encode_call_id("abc123", 1, Some("fc-7/x"), None).expect("encodes");
-        assert_eq!(id0, "call_abc123_0.s-_v7AAEC_-s");
-        assert!(id1.starts_with("call_abc123_1.g"));
+        assert_eq!(id0, "call_abc123_0-s11_-_v7AAEC_-s");
+        assert!(id1.starts_with("call_abc123_1-g8_"), "{id1}");
         let body = json!({"messages": [
             {"role": "user", "content": "Weather in Paris and the time?"},
             {"role": "assistant", "content": null, "tool_calls": [
@@ -1845,7 +1879,7 @@ mod tests {
         let id = encode_call_id("u", 3, Some("g-1"), Some(SIG)).expect("encodes");
         assert!(id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')));
         assert_eq!(
             decode_call_id(&id),
             Carried {
@@ -1856,17 +1890,28 @@ mod tests {
         for foreign in [
             "",
             "call_abc",
-            "toolu_01.sabc",
-            "call_a.x123",
-            "call_a.s",
-            "call_a.sab.sab",
-            "call_a.s!!",
-            "call_a.sa",
-            "call_a.g%%",
+            "call_abc_",
+            "call_a-b_1-s4_abcd",
+            "toolu_01-s4_abcd",
+            "call_a_1-x4_abcd",
+            "call_a_1-s0_",
+            "call_a_1-s4_abcd-s4_abcd",
+            "call_a_1-s4_ab!!",
+            "call_a_1-s1_a",
+            "call_a_1-s+4_abcd",
+            "call_a_1-s5_abcd",
+            "call_a_1-s4_abcdx",
+            "call_a_1-g4_%%%%",
+            "call_a_1.s4_abcd",
+            "call_é_1-s4_abcd",
         ] {
             assert_eq!(decode_call_id(foreign), Carried::default(), "{foreign}");
         }
-        let long = format!("call_a.s{}", "A".repeat(TOOL_CALL_ID_BYTES_MAX));
+        let long = format!(
+            "call_a_1-s{0}_{1}",
+            TOOL_CALL_ID_BYTES_MAX,
+            "A".repeat(TOOL_CALL_ID_BYTES_MAX)
+        );
         assert_eq!(decode_call_id(&long), Carried::default());
         // Signatures that cannot be carried fail the answer rather than be dropped.
         for bad in ["a=b", "ab===", "=", "a b", "é"] {
@@ -2086,7 +2131,7 @@ mod tests {
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
         let calls = message["tool_calls"].as_array().expect("tool calls");
         assert_eq!(calls.len(), 2);
-        assert_eq!(calls[0]["id"], "call_0123456789abcdef_0.s-_v7AAEC_-s");
+        assert_eq!(calls[0]["id"], "call_0123456789abcdef_0-s11_-_v7AAEC_-s");
         assert_eq!(calls[0]["type"], "function");
         assert_eq!(calls[0]["function"]["name"], "get_weather");
         assert_eq!(calls[0]["function"]["arguments"], "{\"city\":\"Paris\"}");
@@ -2299,7 +2344,7 @@ mod tests {
         assert_eq!(deltas[1], &json!({"reasoning_content": "Checking."}));
         assert_eq!(
             deltas[2],
-            &json!({"tool_calls": [{"index": 0, "id": "call_chatcmpl1_0.s-_v7AAEC_-s", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]})
+            &json!({"tool_calls": [{"index": 0, "id": "call_chatcmpl1_0-s11_-_v7AAEC_-s", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]})
         );
         assert_eq!(
             deltas[3],
