@@ -23,6 +23,7 @@ use crate::llm::{self, BodyKind, SseFilter, Usage, UsageScanner};
 use crate::provider::anthropic::{StreamToChat, STREAM_EVENT_BYTES_MAX};
 use crate::provider::bedrock;
 use crate::provider::eventstream;
+use crate::provider::gemini::StreamToChat as GeminiToChat;
 use crate::provider::messages::StreamToMessages;
 use crate::provider::responses;
 use crate::provider::sse::{EventReader, EVENT_NAME_BYTES_MAX};
@@ -46,6 +47,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("template", template),
     ("exchange", exchange),
     ("bedrock_stream", bedrock_stream),
+    ("gemini_stream", gemini_stream),
 ];
 
 /// Any bytes as the world around one request's attempt loop (`crate::exchange::sim`): every
@@ -559,6 +561,55 @@ pub fn responses_stream(data: &[u8]) {
             Some(usage.unwrap_or_default())
         );
     }
+}
+
+/// Any bytes as a Gemini event stream (`streamGenerateContent?alt=sse`), whole and cut in
+/// three, through `provider::gemini::StreamToChat`: never a panic, output independent of the
+/// cuts, every `data:` line it writes a JSON object but one `[DONE]`, last, and nothing after
+/// it; the usage chunk, when written, says what the translator reports to the engine.
+pub fn gemini_stream(data: &[u8]) {
+    let n = data.len();
+    let c1 = n * usize::from(data.first().copied().unwrap_or(0)) / 255;
+    let c2 = c1 + (n - c1) * usize::from(data.last().copied().unwrap_or(0)) / 255;
+    let whole: &[&[u8]] = &[data];
+    let cut: &[&[u8]] = &[&data[..c1], &data[c1..c2], &data[c2..]];
+    for include_usage in [false, true] {
+        assert_eq!(
+            gemini_to_chat(cut, include_usage),
+            gemini_to_chat(whole, include_usage),
+            "include_usage {include_usage}"
+        );
+    }
+    let (plain, _) = gemini_to_chat(whole, false);
+    let (with_usage, usage) = gemini_to_chat(whole, true);
+    if with_usage.len() != plain.len() {
+        // The usage chunk: the engine's scanner reads back the translator's counts.
+        let got = scan(&[&with_usage], BodyKind::Sse);
+        let want = usage.unwrap_or_default();
+        assert_eq!(
+            got.map(|u| (u.prompt_tokens, u.completion_tokens)),
+            Some((want.prompt_tokens, want.completion_tokens))
+        );
+    }
+}
+
+fn gemini_to_chat(pieces: &[&[u8]], include_usage: bool) -> (Vec<u8>, Option<Usage>) {
+    let mut t = GeminiToChat::new("chatcmpl-fuzz", "fuzz-model", 1_700_000_000, include_usage);
+    let mut out = Vec::new();
+    for p in pieces {
+        t.feed(p, &mut out);
+    }
+    t.finish(&mut out);
+    assert!(t.is_done());
+    check_chat_output(&out);
+    let end = out.len();
+    t.feed(
+        b"data: {\"candidates\":[{\"finishReason\":\"STOP\"}]}\n\n",
+        &mut out,
+    );
+    t.finish(&mut out);
+    assert_eq!(out.len(), end, "nothing after [DONE]");
+    (out, t.usage())
 }
 
 const MESSAGE_STOP: &[u8] = b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";

@@ -7,6 +7,8 @@
 //! - [`Gateway`] starts `shardgate --config FILE` and waits for its start-up line.
 //! - [`MockUpstream`] is a thread-per-connection HTTP/1.1 server whose handler writes raw bytes.
 //! - [`responses_mock`]: a strict mock of OpenAI's Responses API (`POST /v1/responses`).
+//! - [`gemini_mock`]: a strict mock of the Google Gemini API (paths, key, fields, thought
+//!   signatures), answering text, function calls and streams as Gemini does.
 //! - [`BenchUpstream`] runs `shardgate-bench upstream`, the mock OpenAI-compatible upstream.
 //! - [`Load`] runs `shardgate-bench load`, the load generator, and reads its counts.
 //! - [`Client`] sends raw bytes and parses responses, so tests can craft bad framing; over TCP
@@ -25,6 +27,7 @@ mod client;
 mod config;
 mod ctl;
 mod gateway;
+pub mod gemini_mock;
 mod load;
 pub mod python;
 mod redis;

@@ -22,6 +22,12 @@
 //! - [`eventstream`]: AWS's binary event stream framing (`application/vnd.amazon.eventstream`),
 //!   which `ConverseStream` answers in.
 //! - [`sigv4`]: AWS Signature Version 4 for Bedrock's requests.
+//! - [`gemini`]: an OpenAI chat client talking to a Google Gemini upstream
+//!   (`generateContent` / `streamGenerateContent`): the path ([`gemini::path`]), the request
+//!   ([`gemini::chat_to_gemini`]), the whole response ([`gemini::response_to_chat`]), an error
+//!   body ([`gemini::error_to_openai`], [`gemini::retry_after_s`]) and the event stream
+//!   ([`gemini::StreamToChat`], fed pieces of any size). Tools both ways, thought signatures
+//!   carried in the tool call ids.
 //! - `sse`: the server-sent event reader both stream translators read their upstream with.
 //!
 //! # Decisions
@@ -41,6 +47,7 @@ pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
 pub mod eventstream;
+pub mod gemini;
 pub mod messages;
 pub mod responses;
 pub mod sigv4;
@@ -120,7 +127,6 @@ impl TranslateError {
                 "a `file` part must have a `file` object of strings"
             }
             TranslateError::BadField("verbosity") => "`verbosity` must be a string",
-            TranslateError::BadField("reasoning_effort") => "`reasoning_effort` must be a string",
             TranslateError::BadField("safety_identifier") => "`safety_identifier` must be a string",
             TranslateError::BadField("prompt_cache_key") => "`prompt_cache_key` must be a string",
             TranslateError::BadField("service_tier") => "`service_tier` must be a string",
@@ -141,6 +147,42 @@ impl TranslateError {
             TranslateError::Unsupported("stop") => {
                 "`stop` sequences are not supported for this model's provider"
             }
+            // Gemini (`gemini`): the fields its translation reads and refuses.
+            TranslateError::BadField("arguments") => {
+                "a tool call's `arguments` must be a string holding a JSON object"
+            }
+            TranslateError::BadField("n") => "`n` must be a positive integer",
+            TranslateError::BadField("seed") => "`seed` must be an integer",
+            TranslateError::BadField("top_k") => "`top_k` must be an integer",
+            TranslateError::BadField("presence_penalty") => "`presence_penalty` must be a number",
+            TranslateError::BadField("frequency_penalty") => {
+                "`frequency_penalty` must be a number"
+            }
+            TranslateError::BadField("reasoning_effort") => {
+                "`reasoning_effort` must be one of none, minimal, low, medium, high"
+            }
+            TranslateError::BadField("extra_body") => {
+                "`extra_body.google.thinking_config` must hold an integer thinking_budget, a boolean include_thoughts and a string thinking_level"
+            }
+            TranslateError::BadField("error") => {
+                "the upstream response is an error body, not an answer"
+            }
+            TranslateError::BadField("candidates") => {
+                "the upstream response has no `candidates` and no blocked prompt"
+            }
+            TranslateError::BadField("functionCall") => {
+                "the upstream response has a `functionCall` without a `name` or with `args` that are not an object"
+            }
+            TranslateError::BadField("thoughtSignature") => {
+                "the upstream response has a `thoughtSignature` that is not base64 of at most 64 KiB"
+            }
+            TranslateError::Unsupported("logit_bias") => {
+                "`logit_bias` is not supported for this model's provider"
+            }
+            TranslateError::Unsupported("extra_body") => {
+                "`extra_body` other than google.thinking_config is not supported for this model's provider"
+            }
+            // End of Gemini's arms.
             TranslateError::BadField(_) => "a field of the body has the wrong type",
             TranslateError::Unsupported("tools") => {
                 "`tools` are not supported for this model's provider"
@@ -341,6 +383,23 @@ mod tests {
             TranslateError::Unsupported("parallel_tool_calls"),
             TranslateError::Unsupported("reasoning_effort"),
             TranslateError::Unsupported("web_search_options"),
+            // Gemini's.
+            TranslateError::BadField("arguments"),
+            TranslateError::BadField("response_format"),
+            TranslateError::BadField("n"),
+            TranslateError::BadField("seed"),
+            TranslateError::BadField("top_k"),
+            TranslateError::BadField("presence_penalty"),
+            TranslateError::BadField("frequency_penalty"),
+            TranslateError::BadField("parallel_tool_calls"),
+            TranslateError::BadField("reasoning_effort"),
+            TranslateError::BadField("extra_body"),
+            TranslateError::BadField("error"),
+            TranslateError::BadField("candidates"),
+            TranslateError::BadField("functionCall"),
+            TranslateError::BadField("thoughtSignature"),
+            TranslateError::Unsupported("logit_bias"),
+            TranslateError::Unsupported("extra_body"),
         ];
         for e in all {
             let m = e.message();
