@@ -23,6 +23,9 @@
 #                         body's model through a model group (bench/peers/shardgate-models.toml);
 #                         "shardgate-translate" does the same to an Anthropic upstream: the
 #                         OpenAI request and the answer translated (bench/peers/shardgate-translate.toml);
+#                         "shardgate-gemini", "shardgate-bedrock" (SigV4-signed) and
+#                         "shardgate-responses" likewise to a Gemini, Bedrock or OpenAI Responses
+#                         upstream (bench/peers/shardgate-{gemini,bedrock,responses}.toml);
 #                         "shardgate-full" is the full LLM path: tenant key, model check, shared
 #                         limits, model group routing, usage accounting and metrics
 #                         (bench/peers/shardgate-full.toml); "shardgate-full-log" the same with the
@@ -306,14 +309,14 @@ negotiated() { # name port: what a TLS handshake with the proxy negotiates (open
 
 # ---------------------------------------------------------------- proxies
 proxy_port() {
-    case $1 in nginx) echo 18081 ;; haproxy) echo 18082 ;; shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-full|shardgate-full-log|shardgate-full-store|shardgate-base-full|shardgate-base-full-log) echo 18083 ;; esac
+    case $1 in nginx) echo 18081 ;; haproxy) echo 18082 ;; shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-gemini|shardgate-bedrock|shardgate-responses|shardgate-full|shardgate-full-log|shardgate-full-store|shardgate-base-full|shardgate-base-full-log) echo 18083 ;; esac
 }
 
 proxy_available() {
     case $1 in
         nginx) command -v "$NGINX_BIN" >/dev/null ;;
         haproxy) command -v "$HAPROXY_BIN" >/dev/null ;;
-        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-full|shardgate-full-log|shardgate-full-store) [[ -x $SHARDGATE_BIN ]] ;;
+        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-gemini|shardgate-bedrock|shardgate-responses|shardgate-full|shardgate-full-log|shardgate-full-store) [[ -x $SHARDGATE_BIN ]] ;;
         shardgate-base|shardgate-base-full|shardgate-base-full-log) [[ -n $SHARDGATE_BASE_BIN && -x $SHARDGATE_BASE_BIN ]] ;;
         *) return 1 ;;
     esac
@@ -382,6 +385,13 @@ start_proxy() { # name logfile -> sets PROXY_PID (no subshell: the proxy stays o
             SG_BENCH_ANTHROPIC_KEY=sk-bench taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" \
                 --config "$(sg_conf "$PEERS/shardgate-translate.toml")" >"$logf" 2>&1 &
             ;;
+        shardgate-gemini|shardgate-bedrock|shardgate-responses)
+            # Dummy credentials: the rig's nginx checks none.
+            SG_BENCH_GEMINI_KEY=bench-gemini SG_BENCH_OPENAI_KEY=sk-bench \
+                AWS_ACCESS_KEY_ID=AKIDBENCH AWS_SECRET_ACCESS_KEY=bench-secret \
+                taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" \
+                --config "$(sg_conf "$PEERS/$name.toml")" >"$logf" 2>&1 &
+            ;;
     esac
     PROXY_PID=$!
 }
@@ -391,7 +401,7 @@ proxy_version() {
         nginx) "$NGINX_BIN" -v 2>&1 | head -n1 ;;
         haproxy) "$HAPROXY_BIN" -v 2>&1 | head -n1 ;;
         shardgate-base|shardgate-base-full|shardgate-base-full-log) echo "$SHARDGATE_BASE_BIN (built $(date -r "$SHARDGATE_BASE_BIN" '+%F %T'))" ;;
-        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-full|shardgate-full-log|shardgate-full-store)
+        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-gemini|shardgate-bedrock|shardgate-responses|shardgate-full|shardgate-full-log|shardgate-full-store)
             echo "$SHARDGATE_BIN ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet 2>/dev/null || echo '+dirty'), built $(date -r "$SHARDGATE_BIN" '+%F %T'))" ;;
     esac
 }
@@ -432,13 +442,13 @@ to_ms() { # wrk duration (123.45us / 1.23ms / 1.02s / 1.5m) -> ms
 # ---------------------------------------------------------------- start
 selected=()
 for p in $PROXIES; do
-    case $p in nginx|haproxy|shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-full|shardgate-full-log|shardgate-full-store|shardgate-base-full|shardgate-base-full-log) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
+    case $p in nginx|haproxy|shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-gemini|shardgate-bedrock|shardgate-responses|shardgate-full|shardgate-full-log|shardgate-full-store|shardgate-base-full|shardgate-base-full-log) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
     if proxy_available "$p"; then
         selected+=("$p")
     else
         case $p in
             shardgate-base|shardgate-base-full|shardgate-base-full-log) log "SKIP $p: set SHARDGATE_BASE_BIN to an executable" ;;
-            shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-full|shardgate-full-log|shardgate-full-store) log "SKIP $p: $SHARDGATE_BIN not found or not executable (cargo build --release -p shardgate-engine, or set SHARDGATE_BIN)" ;;
+            shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-gemini|shardgate-bedrock|shardgate-responses|shardgate-full|shardgate-full-log|shardgate-full-store) log "SKIP $p: $SHARDGATE_BIN not found or not executable (cargo build --release -p shardgate-engine, or set SHARDGATE_BIN)" ;;
             nginx) log "SKIP nginx: '$NGINX_BIN' not installed" ;;
             haproxy) log "SKIP haproxy: '$HAPROXY_BIN' not installed (apt-get install -y haproxy)" ;;
         esac

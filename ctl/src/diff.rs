@@ -150,8 +150,8 @@ fn upstreams(old: &Config, new: &Config, out: &mut Vec<String>) {
 fn shape(u: &UpstreamConfig) -> String {
     match (u.provider, u.endpoints.len()) {
         (Provider::Mock, _) => "mock".into(),
-        (Provider::Http | Provider::Anthropic | Provider::Azure, 1) => "1 endpoint".into(),
-        (Provider::Http | Provider::Anthropic | Provider::Azure, n) => format!("{n} endpoints"),
+        (_, 1) => "1 endpoint".into(),
+        (_, n) => format!("{n} endpoints"),
     }
 }
 
@@ -199,6 +199,8 @@ fn upstream(a: &UpstreamConfig, b: &UpstreamConfig, out: &mut Vec<String>) {
     );
     let version = |u: &UpstreamConfig| u.api_version.clone().unwrap_or_else(|| "none".into());
     field("api_version", version(a), version(b));
+    let region = |u: &UpstreamConfig| u.region.clone().unwrap_or_else(|| "none".into());
+    field("region", region(a), region(b));
 }
 
 fn routes(old: &Config, new: &Config, out: &mut Vec<String>) {
@@ -255,10 +257,9 @@ fn driver(d: DriverChoice) -> &'static str {
 
 fn provider(p: Provider) -> &'static str {
     match p {
+        // As earlier diffs named it.
         Provider::Http => "http",
-        Provider::Anthropic => "anthropic",
-        Provider::Azure => "azure",
-        Provider::Mock => "mock",
+        p => p.name(),
     }
 }
 

@@ -89,6 +89,8 @@ pub struct ShardCtx {
     /// Warnings about refused connections and failed accepts, one a second at most.
     refused_log: LogLimit,
     accept_error_log: LogLimit,
+    /// Bedrock credentials rotated since the config was loaded.
+    pub aws_keys: Option<crate::aws_keys::KeyFeed>,
 }
 
 impl ShardCtx {
@@ -129,7 +131,14 @@ impl ShardCtx {
             refusals_answering: Cell::new(0),
             refused_log: LogLimit::default(),
             accept_error_log: LogLimit::default(),
+            aws_keys: None,
         }
+    }
+
+    /// The context with `feed` bringing rotated Bedrock credentials.
+    pub fn with_aws_keys(mut self, feed: crate::aws_keys::KeyFeed) -> Self {
+        self.aws_keys = Some(feed);
+        self
     }
 
     /// The context with `access` as its access-request thread (without one, a tenant's access

@@ -32,8 +32,10 @@
 //!   SSE filter that hides the usage chunk from clients that did not ask for it. Its JSON
 //!   scanner (`llm::json`) also walks template bodies, and its string writer escapes every
 //!   JSON string written by hand.
-//! - [`provider`]: translation between OpenAI's format and Anthropic's Messages, both ways:
-//!   requests, responses, error bodies and event streams.
+//! - [`provider`]: translation between the clients' APIs (OpenAI chat, Anthropic Messages) and
+//!   the upstreams' (Anthropic, Gemini, Bedrock's Converse, OpenAI's Responses; Azure's
+//!   deployment paths): requests, responses, error bodies and event streams (SSE, and AWS's
+//!   binary event stream); Bedrock's SigV4 signing.
 //! - [`template`]: prompt templates at request time: the one a request selects, filled from
 //!   its `variables` (escaped as JSON strings, never raw JSON), which never reach an upstream;
 //!   the body is walked with `llm::json`.
@@ -93,7 +95,8 @@
 //! [`admin_api`] (the admin listener), [`access`] (tenants' access requests), [`fleet`] (the
 //! fleet agent: each limit's share of a fleet leased from Redis into the region's credit cells),
 //! [`fleet_store`] (the tenant store across a fleet, in Redis), [`fleet_usage`] (the fleet's
-//! usage counters, in Redis).
+//! usage counters, in Redis), [`aws_keys`] (Bedrock credentials files read again when they
+//! change or on `SIGHUP`, handed to each shard over a channel of its own).
 //!
 //! Testing (only with the `fuzzing` feature):
 //! - `fuzz_checks`: the invariants each fuzz target (`engine/fuzz`) asserts, one function per
@@ -116,6 +119,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod admin_api;
 pub mod admit;
+pub mod aws_keys;
 pub mod balance;
 pub mod builder;
 pub mod clock;

@@ -286,6 +286,10 @@ fn run(
     let reopen = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reopen.clone())
         .map_err(|e| format!("cannot install signal handler: {e}"))?;
+    // SIGHUP also reads Bedrock's credentials files again.
+    let reread_keys = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reread_keys.clone())
+        .map_err(|e| format!("cannot install signal handler: {e}"))?;
     let access_log = match &config.server.access_log {
         Some(path) => Some(AccessLog::start(path, reopen)?),
         None => None,
@@ -358,7 +362,14 @@ fn run(
     let handover = Arc::new(shardgate_engine::listen::Handover::default());
     let (fabric, bells) = shardgate_engine::fair::Fabric::new(shards)
         .map_err(|e| format!("cannot make the shards' bells: {e}"))?;
-    for (id, bell) in bells.into_iter().enumerate() {
+    let key_feeds = shardgate_engine::aws_keys::start(
+        shardgate_engine::aws_keys::watched_files(&config),
+        shards,
+        reread_keys,
+        shutdown.clone(),
+    )
+    .map_err(|e| format!("cannot start the aws-keys thread: {e}"))?;
+    for ((id, bell), aws_keys) in bells.into_iter().enumerate().zip(key_feeds) {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let start = shard::ShardStart {
             id,
@@ -379,6 +390,7 @@ fn run(
             roots: roots.clone(),
             fabric: fabric.clone(),
             bell,
+            aws_keys,
         };
         let ready = ready_tx.clone();
         let thread = std::thread::Builder::new()

@@ -129,6 +129,8 @@ pub struct ShardStart {
     /// Fair queueing's cross-shard state, and the read end of this shard's bell.
     pub fabric: Arc<Fabric>,
     pub bell: std::os::unix::net::UnixStream,
+    /// Bedrock credentials read again from their files (`crate::aws_keys`).
+    pub aws_keys: crate::aws_keys::KeyFeed,
 }
 
 /// Run a shard on the current thread until shutdown. Reports readiness (or the failure to
@@ -169,7 +171,8 @@ pub fn run(start: ShardStart, ready: mpsc::Sender<Ready>) {
                 start.access_log,
                 Kept::new(start.roots, id, start.fabric),
             )
-            .with_access(start.access),
+            .with_access(start.access)
+            .with_aws_keys(start.aws_keys),
         );
         let info = ctx.info();
         stats::set(&info.core, start.core.map_or(u64::MAX, |c| c as u64));

@@ -719,3 +719,79 @@ fn anthropic_clients_reach_bedrock_translated() {
     );
     assert_clean(&mock);
 }
+
+/// Credentials rotated in an `aws_credentials_file` are signed with after `SIGHUP` (or the
+/// file's next look, within a second), without a config apply; the old ones stop at once.
+#[test]
+fn rotated_credentials_are_read_again_on_sighup() {
+    let mock = BedrockMock::start(mock_creds());
+    let dir = std::env::temp_dir().join(format!("sg-bedrock-rotate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("credentials");
+    let write = |akid: &str, secret: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[default]\naws_access_key_id = {akid}\naws_secret_access_key = {secret}\naws_session_token = {TOKEN}\n"
+            ),
+        )
+        .expect("write the credentials file");
+    };
+    // The old key, which the mock no longer takes.
+    write("AKIDOLDROTATEDKEY", "old/Secret/EXAMPLE");
+    let cfg = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+cores = 1
+auth = "none"
+
+[[upstreams]]
+name = "bedrock"
+provider = "bedrock"
+endpoints = ["http://{}"]
+region = "{REGION}"
+aws_credentials_file = "{}"
+
+[[models]]
+name = "claude-bedrock"
+deployments = [{{ upstream = "bedrock", model = "{MODEL_ID}" }}]
+"#,
+        mock.addr(),
+        file.display()
+    );
+    let gw = Gateway::start(&cfg);
+    let body = json!({"model": "claude-bedrock", "messages": [{"role": "user", "content": "Hi"}]});
+    let mut c = Client::connect(gw.addr());
+    let r = post(&mut c, "/v1/chat/completions", &body);
+    assert_eq!(r.status, 403, "the old key is refused: {}", r.summary());
+    assert_eq!(mock.verified(), 0);
+    // Rotated: the current key, then SIGHUP.
+    write(AKID, SECRET);
+    gw.signal("-HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let r = loop {
+        let mut c = Client::connect(gw.addr());
+        let r = post(&mut c, "/v1/chat/completions", &body);
+        if r.status == 200 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(
+        r.status,
+        200,
+        "signed with the rotated key: {}",
+        r.summary()
+    );
+    assert!(mock.verified() >= 1);
+    assert!(
+        gw.stderr().contains("AWS credentials read again"),
+        "{}",
+        gw.stderr()
+    );
+    assert!(
+        !gw.stderr().contains(SECRET) && !gw.stderr().contains("old/Secret"),
+        "a secret reached the log"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

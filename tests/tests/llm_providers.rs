@@ -276,13 +276,13 @@ fn anthropic_errors_reach_openai_clients_in_openai_shape_with_the_status() {
     let r = post(
         &mut c,
         "/v1/chat/completions",
-        r#"{"model":"claude","messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+        r#"{"model":"claude","messages":[{"role":"user","content":"Hi"}],"logprobs":true}"#,
     );
     assert_eq!(r.status, 400, "{}", r.summary());
     assert!(
         r.json()["error"]["message"]
             .as_str()
-            .is_some_and(|m| m.contains("tools")),
+            .is_some_and(|m| m.contains("logprobs")),
         "{}",
         r.summary()
     );

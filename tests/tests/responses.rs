@@ -327,7 +327,10 @@ fn chat_clients_reach_a_responses_only_model_whole() {
     assert_eq!(r.status, 200, "{}", r.summary());
     let v = json_of(&r);
     assert_eq!(v["object"], "chat.completion");
-    assert_eq!(v["model"], "o-resp");
+    assert_eq!(
+        v["model"], UPSTREAM_MODEL,
+        "the deployment's model, as a pass-through reports it"
+    );
     assert_eq!(v["choices"][0]["message"]["content"], TEXT);
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
     assert_chat_usage(&v["usage"]);
@@ -401,7 +404,7 @@ fn assemble(evs: &[Value]) -> (String, Vec<(String, String, String)>, String, Va
     );
     for e in evs {
         assert_eq!(e["object"], "chat.completion.chunk", "{e}");
-        assert_eq!(e["model"], "o-resp", "{e}");
+        assert_eq!(e["model"], UPSTREAM_MODEL, "{e}");
         if e["choices"] == json!([]) {
             usage = e["usage"].clone();
             continue;

@@ -457,7 +457,9 @@ pub(super) fn llm_request<'c>(
         path: azure_path,
         ..
     } = &mut c.llm;
-    let mut upstream_path: Option<&str> = None;
+    // The upstream's path: a fixed one, or (`path_in_buf`) the one built in `azure_path`.
+    let mut fixed_path: Option<&'static str> = None;
+    let mut path_in_buf = false;
     // The model the upstream is asked for, where a translation or Azure's path names it: the
     // deployment's, or on a route the one the client's body names (read once).
     let named = (model.is_none() && (dir.is_some() || ucfg.provider == Provider::Azure))
@@ -475,13 +477,19 @@ pub(super) fn llm_request<'c>(
                 .map_or(crate::tenant::DEFAULT_MAX_TOKENS_DEFAULT, |t| {
                     snap.tenant(t).default_max_tokens
                 });
-        upstream_path = Some(translate::translate_request(
+        fixed_path = translate::translate_request(
             dir,
             body,
             upstream_model,
             default_max_tokens,
-            scratch,
-        )?);
+            call.stream,
+            translate::RequestBufs {
+                out: scratch,
+                hub: rewritten,
+                path: azure_path,
+            },
+        )?;
+        path_in_buf = fixed_path.is_none();
         body = scratch;
         translation = Some(Box::new(Translation {
             dir,
@@ -497,9 +505,10 @@ pub(super) fn llm_request<'c>(
     // A stream is asked for its usage (OpenAI's `stream_options.include_usage`; Anthropic
     // streams always carry it) so its tokens are settled from what was really used; the extra
     // usage chunk is taken out again before the client sees it.
-    let anthropic = client_path == "/v1/messages";
+    // Anthropic and Responses streams always report usage (and know no `stream_options`).
+    let reports_usage = matches!(client_path, "/v1/messages" | "/v1/responses");
     let mut strip = false;
-    if call.stream && !call.include_usage && !anthropic && dir.is_none() {
+    if call.stream && !call.include_usage && !reports_usage && dir.is_none() {
         rewritten.clear();
         if matches!(llm::with_include_usage(body, rewritten), Ok(true)) {
             body = rewritten;
@@ -508,11 +517,35 @@ pub(super) fn llm_request<'c>(
     }
     // Azure: the OpenAI path becomes the deployment's.
     if let (Provider::Azure, Some(version)) = (ucfg.provider, ucfg.api_version.as_deref()) {
-        let openai_path = upstream_path.unwrap_or(client_path);
+        let openai_path = fixed_path.unwrap_or(client_path);
         crate::provider::azure::path(openai_path, upstream_model, version, azure_path)
             .map_err(Error::BadRequest)?;
-        upstream_path = Some(azure_path.as_str());
+        path_in_buf = true;
     }
+    let upstream_path = if path_in_buf {
+        Some(azure_path.as_str())
+    } else {
+        fixed_path
+    };
+    let authority = snap
+        .endpoint(target.upstream, target.endpoint)
+        .authority
+        .as_str();
+    // Bedrock: the signature over this very request is its credential.
+    let signed = match (&ucfg.aws, ucfg.region.as_deref()) {
+        (Some(aws), Some(region)) => Some(sign_for_bedrock(
+            ctx.aws_keys
+                .as_ref()
+                .and_then(|k| k.current(aws))
+                .as_deref()
+                .unwrap_or(aws),
+            region,
+            authority,
+            upstream_path.unwrap_or(client_path),
+            body,
+        )?),
+        _ => None,
+    };
     let mut out = ctx.take_buf();
     out.clear();
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
@@ -520,7 +553,10 @@ pub(super) fn llm_request<'c>(
         Ok(Some(req)) => {
             let creds = Credentials {
                 drop_client_keys: true,
-                upstream: ucfg.credential.as_deref().unwrap_or_default(),
+                upstream: signed
+                    .as_deref()
+                    .or(ucfg.credential.as_deref())
+                    .unwrap_or_default(),
                 content_length: Some(body.len() as u64),
                 path: upstream_path,
                 translated: dir.is_some(),
@@ -531,11 +567,7 @@ pub(super) fn llm_request<'c>(
                 ),
                 client_tls: c.stream.is_tls(),
             };
-            let authority = snap
-                .endpoint(target.upstream, target.endpoint)
-                .authority
-                .as_bytes();
-            req.write_upstream_head_with(authority, c.ip, &creds, &mut out);
+            req.write_upstream_head_with(authority.as_bytes(), c.ip, &creds, &mut out);
         }
         // The same bytes parsed once already: unreachable, but never forward a bodyless head.
         _ => return Err(Error::BadRequest("unparsable request head")),
@@ -546,8 +578,31 @@ pub(super) fn llm_request<'c>(
         // A translated stream is relayed by its translator, not the filter.
         filter_sse: call.stream && dir.is_none(),
         strip_usage: strip,
+        responses_events: client_path == "/v1/responses",
     };
     Ok((out, plan))
+}
+
+/// The SigV4 header lines of a Bedrock request: `POST path` to `authority` (the `host` the
+/// request carries) with `body`, signed now. Signing allocates (the crate's canonical request):
+/// translated requests are the exception, not the hot path.
+fn sign_for_bedrock(
+    aws: &crate::config::AwsAuth,
+    region: &str,
+    authority: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let creds = crate::provider::sigv4::AwsCredentials {
+        access_key_id: aws.access_key_id.clone(),
+        secret_access_key: aws.secret_access_key.clone(),
+        session_token: aws.session_token.clone(),
+    };
+    let mut lines = Vec::new();
+    let now_ms = crate::clock::Now::read().unix_ms();
+    crate::provider::sigv4::sign(&creds, region, authority, path, body, now_ms, &mut lines)
+        .map_err(|_| Error::BadRequest("the request could not be signed for Bedrock"))?;
+    Ok(lines)
 }
 
 /// Fill the template `body` selects (its `template` field, its model alias, or the route of

@@ -142,6 +142,9 @@ pub(super) struct RelayPlan {
     /// not ask for (`strip_usage`) and to cut the stream at the tenant's budget.
     filter_sse: bool,
     strip_usage: bool,
+    /// The client called the Responses API: a stream cut at the budget ends with its `error`
+    /// event.
+    responses_events: bool,
 }
 
 /// What one request did, for the shard's counters (and the access log).

@@ -151,7 +151,14 @@ pub(super) async fn relay_filtered(
         // Decode the upstream's chunks into data; the client gets chunks of our own.
         relay.framing = ClientFraming::Dechunk;
     }
-    c.llm.filter.reset();
+    // The filter's output is what the client gets: the usage chunk shardgate asked for
+    // dropped (`strip_usage`), `reasoning` renamed `reasoning_content`, everything else as it
+    // came.
+    if c.ex.plan.strip_usage {
+        c.llm.filter.reset();
+    } else {
+        c.llm.filter.reset_keeping_usage();
+    }
     if c.ex.scan {
         c.llm.scanner.reset(llm::BodyKind::Sse);
     }
@@ -174,27 +181,22 @@ pub(super) async fn relay_filtered(
         while at < data.len() && !cut {
             let end = crate::http::sse::event_end(&data[at..]).map_or(data.len(), |n| at + n);
             let piece = &data[at..end];
-            if c.ex.plan.strip_usage {
-                c.llm.filter.feed(piece, &mut filtered);
-            } else {
-                // Nothing to drop (the client asked for usage itself, or the stream is
-                // Anthropic's): the filter only counts events, for the budget.
-                let mut counted = std::mem::take(&mut c.llm.rewritten);
-                counted.clear();
-                c.llm.filter.feed(piece, &mut counted);
-                c.llm.rewritten = counted;
-                filtered.extend_from_slice(piece);
-            }
+            c.llm.filter.feed(piece, &mut filtered);
             at = end;
             if over_budget(c) {
-                SseFilter::error_event(
-                    "the tenant's budget is exhausted; the answer was cut",
-                    &mut filtered,
-                );
+                // The error event of the client's own API.
+                let msg = "the tenant's budget is exhausted; the answer was cut";
+                if c.ex.plan.responses_events {
+                    crate::provider::responses::error_event(msg, &mut filtered);
+                } else if c.ex.error_shape == crate::error::Shape::Anthropic {
+                    super::translate::anthropic_error_event(msg, &mut filtered);
+                } else {
+                    SseFilter::error_event(msg, &mut filtered);
+                }
                 cut = true;
             }
         }
-        if relay.done && !cut && c.ex.plan.strip_usage {
+        if relay.done && !cut {
             c.llm.filter.finish(&mut filtered);
         }
         push_framed(&mut wbuf, &filtered, client_chunked);

@@ -1,12 +1,16 @@
-//! LLM calls whose client and upstream speak different APIs: an OpenAI chat client in front of
-//! an Anthropic upstream, or an Anthropic Messages client in front of an OpenAI-compatible one.
+//! LLM calls whose client and upstream speak different APIs. Clients speak OpenAI chat
+//! completions or Anthropic Messages; upstreams speak OpenAI chat (OpenAI-compatible servers,
+//! Azure), Anthropic Messages, Gemini, Bedrock's Converse or OpenAI's Responses API.
 //!
-//! The request body is rewritten by `provider` (I/O-free) before it goes upstream; the answer
-//! is translated back here as it arrives: a whole body is read (at most
-//! [`TRANSLATED_BODY_BYTES_MAX`]), translated and sent with its length; an event stream is
-//! translated event by event and sent as one chunk per upstream read. Error answers are
-//! rewritten into the client's error shape with the upstream's status. Translation allocates
-//! (serde_json trees, the translator's state): it is the exception, not the hot path.
+//! OpenAI chat is the hub: an Anthropic Messages client in front of a Gemini, Bedrock or
+//! Responses upstream is translated to OpenAI chat (`provider::messages`) and from there to the
+//! upstream's API, and its answer back the same two steps. The request body is rewritten by
+//! `provider` (I/O-free) before it goes upstream; the answer is translated back here as it
+//! arrives: a whole body is read (at most [`TRANSLATED_BODY_BYTES_MAX`]), translated and sent
+//! with its length; an event stream is translated event by event and sent as one chunk per
+//! upstream read. Error answers are rewritten into the client's error shape with the
+//! upstream's status. Translation allocates (serde_json trees, the translator's state): it is
+//! the exception, not the hot path.
 
 use std::rc::Rc;
 
@@ -16,9 +20,9 @@ use crate::error::Error;
 use crate::http::request::RequestHead;
 use crate::http::response::ClientFraming;
 use crate::http::{write_decimal, write_status_line};
-use crate::llm::{self, SseFilter};
-use crate::provider::anthropic::{self, StreamToChat};
+use crate::llm::{self, SseFilter, Usage};
 use crate::provider::messages::{self, StreamToMessages};
+use crate::provider::{anthropic, bedrock, gemini, responses, TranslateError};
 use crate::snapshot::PoolSlot;
 
 use super::io::send_buf;
@@ -39,13 +43,35 @@ const CONTENT_TYPE_JSON_LINE: &[u8] = b"content-type: application/json\r\n";
 const TO_ANTHROPIC_LINES: &[u8] =
     b"content-type: application/json\r\nanthropic-version: 2023-06-01\r\n";
 
-/// Which way an LLM call is translated.
+/// The API a client speaks (by the path it called).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Direction {
-    /// An OpenAI chat client, an Anthropic upstream.
-    ChatToMessages,
-    /// An Anthropic Messages client, an OpenAI-compatible upstream.
-    MessagesToChat,
+pub(super) enum ClientApi {
+    /// `POST /v1/chat/completions`.
+    Chat,
+    /// `POST /v1/messages`.
+    Messages,
+}
+
+/// The API an upstream speaks (by its provider).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum UpstreamApi {
+    /// OpenAI chat completions (OpenAI-compatible servers, Azure OpenAI).
+    Chat,
+    /// Anthropic Messages.
+    Messages,
+    /// Gemini's generateContent.
+    Gemini,
+    /// Bedrock's Converse.
+    Bedrock,
+    /// OpenAI's Responses API.
+    Responses,
+}
+
+/// Which way an LLM call is translated: never between equal APIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Direction {
+    pub client: ClientApi,
+    pub upstream: UpstreamApi,
 }
 
 /// A translated attempt: the way, and what the answer's translation needs.
@@ -61,42 +87,102 @@ pub(super) struct Translation {
 /// How a request for `path` (query removed) reaches an upstream of `provider`: `Ok(None)` as
 /// is, `Ok(Some(direction))` translated, `Err` not at all.
 pub(super) fn direction(path: &str, provider: Provider) -> Result<Option<Direction>, Error> {
-    match (path, provider) {
-        ("/v1/chat/completions", Provider::Anthropic) => Ok(Some(Direction::ChatToMessages)),
-        ("/v1/messages", Provider::Anthropic) => Ok(None),
-        (_, Provider::Anthropic) => Err(Error::BadRequest(
+    let client = match path {
+        "/v1/chat/completions" => Some(ClientApi::Chat),
+        "/v1/messages" => Some(ClientApi::Messages),
+        _ => None,
+    };
+    let upstream = match provider {
+        Provider::Anthropic => UpstreamApi::Messages,
+        Provider::Gemini => UpstreamApi::Gemini,
+        Provider::Bedrock => UpstreamApi::Bedrock,
+        Provider::OpenaiResponses => UpstreamApi::Responses,
+        Provider::Http | Provider::Azure | Provider::Mock => UpstreamApi::Chat,
+    };
+    match (client, upstream) {
+        (Some(ClientApi::Chat), UpstreamApi::Chat)
+        | (Some(ClientApi::Messages), UpstreamApi::Messages) => Ok(None),
+        (Some(client), upstream) => Ok(Some(Direction { client, upstream })),
+        (None, UpstreamApi::Chat) => Ok(None),
+        (None, UpstreamApi::Responses) if path == "/v1/responses" => Ok(None),
+        (None, UpstreamApi::Messages) => Err(Error::BadRequest(
             "an Anthropic upstream serves only /v1/chat/completions and /v1/messages",
         )),
-        ("/v1/messages", _) => Ok(Some(Direction::MessagesToChat)),
-        _ => Ok(None),
+        (None, UpstreamApi::Gemini) => Err(Error::BadRequest(
+            "a Gemini upstream serves only /v1/chat/completions and /v1/messages",
+        )),
+        (None, UpstreamApi::Bedrock) => Err(Error::BadRequest(
+            "a Bedrock upstream serves only /v1/chat/completions and /v1/messages",
+        )),
+        (None, UpstreamApi::Responses) => Err(Error::BadRequest(
+            "an OpenAI Responses upstream serves only /v1/responses, /v1/chat/completions and \
+             /v1/messages",
+        )),
     }
 }
 
-/// The upstream request body for a translated attempt, appended to `out`, and the upstream's
-/// path. `model`: the deployment's model name; `default_max_tokens` fills Anthropic's required
-/// `max_tokens` when an OpenAI client named none. `Err`: the client's body cannot be
-/// translated (400 naming the field).
+/// Buffers [`translate_request`] writes into.
+pub(super) struct RequestBufs<'a> {
+    /// The upstream's body.
+    pub out: &'a mut Vec<u8>,
+    /// The OpenAI chat body an Anthropic client's request passes through on its way.
+    pub hub: &'a mut Vec<u8>,
+    /// The upstream's path, when it names the model (Gemini, Bedrock).
+    pub path: &'a mut String,
+}
+
+/// The upstream request body for a translated attempt, written to `bufs.out`, and the
+/// upstream's path (`None`: the one written to `bufs.path`). `model`: the deployment's model name; `default_max_tokens` fills
+/// Anthropic's required `max_tokens` when an OpenAI client named none; `stream`: the client
+/// asked for a stream (Gemini and Bedrock name it in the path). `Err`: the client's body
+/// cannot be translated (400 naming the field).
 pub(super) fn translate_request(
     dir: Direction,
     body: &[u8],
     model: &str,
     default_max_tokens: u64,
-    out: &mut Vec<u8>,
-) -> Result<&'static str, Error> {
+    stream: bool,
+    bufs: RequestBufs<'_>,
+) -> Result<Option<&'static str>, Error> {
+    let RequestBufs { out, hub, path } = bufs;
     out.clear();
-    let res = match dir {
-        Direction::ChatToMessages => {
-            anthropic::chat_to_messages(body, model, default_max_tokens, out)
+    let bad = |e: TranslateError| Error::BadBody(e.message());
+    // Ask for the usage chunk: the tenant's tokens are settled from it, and a Messages client's
+    // stream reports usage.
+    let chat: &[u8] = match (dir.client, dir.upstream) {
+        (ClientApi::Messages, UpstreamApi::Chat) => {
+            messages::messages_to_chat(body, model, true, out).map_err(bad)?;
+            return Ok(Some("/v1/chat/completions"));
         }
-        // Ask for the usage chunk: an Anthropic stream always reports usage, and the tenant's
-        // tokens are settled from it.
-        Direction::MessagesToChat => messages::messages_to_chat(body, model, true, out),
+        (ClientApi::Messages, _) => {
+            hub.clear();
+            messages::messages_to_chat(body, model, true, hub).map_err(bad)?;
+            hub
+        }
+        (ClientApi::Chat, _) => body,
     };
-    res.map_err(|e| Error::BadBody(e.message()))?;
-    Ok(match dir {
-        Direction::ChatToMessages => "/v1/messages",
-        Direction::MessagesToChat => "/v1/chat/completions",
-    })
+    match dir.upstream {
+        UpstreamApi::Messages => {
+            anthropic::chat_to_messages(chat, model, default_max_tokens, out).map_err(bad)?;
+            Ok(Some("/v1/messages"))
+        }
+        UpstreamApi::Gemini => {
+            gemini::chat_to_gemini(chat, out).map_err(bad)?;
+            gemini::path(model, stream, path).map_err(Error::BadRequest)?;
+            Ok(None)
+        }
+        UpstreamApi::Bedrock => {
+            bedrock::chat_to_converse(chat, out).map_err(bad)?;
+            bedrock::path(model, stream, path).map_err(Error::BadRequest)?;
+            Ok(None)
+        }
+        UpstreamApi::Responses => {
+            responses::chat_to_responses(chat, model, out).map_err(bad)?;
+            Ok(Some("/v1/responses"))
+        }
+        // An OpenAI chat client in front of an OpenAI chat upstream is not translated.
+        UpstreamApi::Chat => Err(Error::BadRequest("no translation between equal APIs")),
+    }
 }
 
 /// Header lines a request to an upstream of `provider` adds: for Anthropic the API version
@@ -115,30 +201,184 @@ pub(super) fn extra_lines(
     }
 }
 
-/// A stream translator of either way.
+/// A stream translator of any way.
 enum Stream {
-    ToChat(Box<StreamToChat>),
+    /// Anthropic events to OpenAI chunks.
+    AnthropicToChat(Box<anthropic::StreamToChat>),
+    /// OpenAI chunks to Anthropic events.
     ToMessages(Box<StreamToMessages>),
+    GeminiToChat(Box<gemini::StreamToChat>),
+    BedrockToChat(Box<bedrock::StreamToChat>),
+    ResponsesToChat(Box<responses::StreamToChat>),
+    /// To OpenAI chunks (in the buffer), then to Anthropic events.
+    Chain(Box<Stream>, Box<StreamToMessages>, Vec<u8>),
 }
 
 impl Stream {
+    /// The translator from `upstream`'s stream to OpenAI chunks (with the usage chunk when
+    /// `include_usage`).
+    fn to_chat(upstream: UpstreamApi, id: &str, model: &str, include_usage: bool) -> Stream {
+        let created = unix_s();
+        match upstream {
+            UpstreamApi::Gemini => Stream::GeminiToChat(Box::new(gemini::StreamToChat::new(
+                id,
+                model,
+                created,
+                include_usage,
+            ))),
+            UpstreamApi::Bedrock => Stream::BedrockToChat(Box::new(bedrock::StreamToChat::new(
+                id,
+                model,
+                created,
+                include_usage,
+            ))),
+            UpstreamApi::Responses => Stream::ResponsesToChat(Box::new(
+                responses::StreamToChat::new(id, model, created, include_usage),
+            )),
+            UpstreamApi::Messages | UpstreamApi::Chat => Stream::AnthropicToChat(Box::new(
+                anthropic::StreamToChat::new(id, model, created, include_usage),
+            )),
+        }
+    }
+
+    fn new(tr: &Translation, id: &str) -> Stream {
+        match (tr.dir.client, tr.dir.upstream) {
+            (ClientApi::Messages, UpstreamApi::Chat) => {
+                Stream::ToMessages(Box::new(StreamToMessages::new(&tr.model)))
+            }
+            (ClientApi::Messages, upstream) => Stream::Chain(
+                Box::new(Stream::to_chat(upstream, id, &tr.model, true)),
+                Box::new(StreamToMessages::new(&tr.model)),
+                Vec::new(),
+            ),
+            (ClientApi::Chat, upstream) => {
+                Stream::to_chat(upstream, id, &tr.model, tr.include_usage)
+            }
+        }
+    }
+
     fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
         match self {
-            Stream::ToChat(s) => s.feed(input, out),
+            Stream::AnthropicToChat(s) => s.feed(input, out),
             Stream::ToMessages(s) => s.feed(input, out),
+            Stream::GeminiToChat(s) => s.feed(input, out),
+            Stream::BedrockToChat(s) => s.feed(input, out),
+            Stream::ResponsesToChat(s) => s.feed(input, out),
+            Stream::Chain(first, second, mid) => {
+                mid.clear();
+                first.feed(input, mid);
+                second.feed(mid, out);
+            }
         }
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) {
         match self {
-            Stream::ToChat(s) => s.finish(out),
+            Stream::AnthropicToChat(s) => s.finish(out),
             Stream::ToMessages(s) => s.finish(out),
+            Stream::GeminiToChat(s) => s.finish(out),
+            Stream::BedrockToChat(s) => s.finish(out),
+            Stream::ResponsesToChat(s) => s.finish(out),
+            Stream::Chain(first, second, mid) => {
+                mid.clear();
+                first.finish(mid);
+                second.feed(mid, out);
+                second.finish(out);
+            }
+        }
+    }
+
+    /// The usage the translator read, for the upstreams whose streams the usage scanner cannot
+    /// read (Gemini, Bedrock, Responses' events are read by both).
+    fn usage(&self) -> Option<Usage> {
+        match self {
+            Stream::GeminiToChat(s) => s.usage(),
+            Stream::BedrockToChat(s) => s.usage(),
+            Stream::ResponsesToChat(s) => s.usage(),
+            Stream::Chain(first, _, _) => first.usage(),
+            Stream::AnthropicToChat(_) | Stream::ToMessages(_) => None,
         }
     }
 }
 
+/// A whole upstream answer (`data`, HTTP `status`) in the client's API, appended to `out`;
+/// `hub` holds the OpenAI chat step of a two-step translation. Returns the usage the
+/// translator read where the scanner cannot (Gemini, Bedrock, Responses).
+fn translate_whole(
+    tr: &Translation,
+    relay: &Relay,
+    data: &[u8],
+    id: &str,
+    out: &mut Vec<u8>,
+    hub: &mut Vec<u8>,
+) -> Result<Option<Usage>, TranslateError> {
+    let (client, upstream) = (tr.dir.client, tr.dir.upstream);
+    let ok = (200..300).contains(&relay.status);
+    let status = relay.status;
+    let created = unix_s();
+    // Straight to the client's API where one step does it.
+    match (client, upstream, ok) {
+        (ClientApi::Chat, UpstreamApi::Messages, true) => {
+            return anthropic::message_to_chat(data, created, out).map(|()| None)
+        }
+        (ClientApi::Chat, UpstreamApi::Messages, false) => {
+            anthropic::error_to_openai(status, data, out);
+            return Ok(None);
+        }
+        (ClientApi::Messages, UpstreamApi::Chat, true) => {
+            return messages::chat_to_message(data, &tr.model, out).map(|()| None)
+        }
+        (ClientApi::Messages, UpstreamApi::Chat, false) => {
+            messages::error_to_anthropic(status, data, out);
+            return Ok(None);
+        }
+        _ => {}
+    }
+    // To OpenAI chat: the answer itself for an OpenAI chat client, else the hub.
+    let chat = if client == ClientApi::Chat {
+        &mut *out
+    } else {
+        hub.clear();
+        &mut *hub
+    };
+    let usage = match (upstream, ok) {
+        (UpstreamApi::Gemini, true) => Some(gemini::response_to_chat(
+            data, id, &tr.model, created, chat,
+        )?),
+        (UpstreamApi::Gemini, false) => {
+            gemini::error_to_openai(status, data, chat);
+            None
+        }
+        (UpstreamApi::Bedrock, true) => Some(bedrock::converse_to_chat(
+            data, id, &tr.model, created, chat,
+        )?),
+        (UpstreamApi::Bedrock, false) => {
+            let kind = relay.aws_error_type.as_ref().map(|t| t.as_str());
+            bedrock::error_to_openai(status, kind, data, chat);
+            None
+        }
+        (UpstreamApi::Responses, true) => Some(responses::response_to_chat(
+            data, id, &tr.model, created, chat,
+        )?),
+        // Responses' errors are OpenAI's.
+        (UpstreamApi::Responses, false) => {
+            chat.extend_from_slice(data);
+            None
+        }
+        (UpstreamApi::Messages | UpstreamApi::Chat, _) => return Err(TranslateError::NotJson),
+    };
+    if client == ClientApi::Messages {
+        if ok {
+            messages::chat_to_message(hub, &tr.model, out)?;
+        } else {
+            messages::error_to_anthropic(status, hub, out);
+        }
+    }
+    Ok(usage)
+}
+
 /// An Anthropic `error` event, to cut a stream short at a tenant's budget.
-fn anthropic_error_event(message: &str, out: &mut Vec<u8>) {
+pub(super) fn anthropic_error_event(message: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(
         b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":",
     );
@@ -173,7 +413,7 @@ pub(super) async fn relay_translated(
         });
     }
     let ok = (200..300).contains(&relay.status);
-    if relay.sse && ok {
+    if (relay.sse || relay.aws_event_stream) && ok {
         return relay_stream(ctx, c, slot, ucfg, up, relay, wbuf, head, tr).await;
     }
     // A whole answer: read it, translate it, send it with its length.
@@ -205,25 +445,17 @@ pub(super) async fn relay_translated(
     };
     let mut body = std::mem::take(&mut c.llm.sse_out);
     body.clear();
+    let mut hub = std::mem::take(&mut c.llm.rewritten);
+    let id = format!("chatcmpl-{:016x}", ctx.next_random());
     let translated = read.and_then(|()| {
-        let res = match (tr.dir, ok) {
-            (Direction::ChatToMessages, true) => {
-                anthropic::message_to_chat(&data, unix_s(), &mut body)
-            }
-            (Direction::MessagesToChat, true) => {
-                messages::chat_to_message(&data, &tr.model, &mut body)
-            }
-            (Direction::ChatToMessages, false) => {
-                anthropic::error_to_openai(relay.status, &data, &mut body);
-                Ok(())
-            }
-            (Direction::MessagesToChat, false) => {
-                messages::error_to_anthropic(relay.status, &data, &mut body);
-                Ok(())
-            }
-        };
-        res.map_err(|_| Error::UpstreamBadResponse("the upstream's answer could not be translated"))
+        translate_whole(&tr, &relay, &data, &id, &mut body, &mut hub).map_err(|_| {
+            Error::UpstreamBadResponse("the upstream's answer could not be translated")
+        })
     });
+    c.llm.rewritten = hub;
+    if let (Ok(Some(usage)), true) = (&translated, c.ex.scan) {
+        c.llm.scanner.report(*usage);
+    }
     c.llm.sse_in = data;
     if let Err(e) = translated {
         c.llm.sse_out = body;
@@ -236,7 +468,13 @@ pub(super) async fn relay_translated(
     wbuf.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
     write_decimal(&mut wbuf, body.len() as u64);
     wbuf.extend_from_slice(b"\r\n");
-    if let Some(s) = relay.retry_after_s {
+    // Gemini says how long to wait only in its error body (`RetryInfo`).
+    let retry_after = relay.retry_after_s.or_else(|| {
+        (tr.dir.upstream == UpstreamApi::Gemini && matches!(relay.status, 429 | 503))
+            .then(|| gemini::retry_after_s(&c.llm.sse_in))
+            .flatten()
+    });
+    if let Some(s) = retry_after {
         wbuf.extend_from_slice(b"retry-after: ");
         write_decimal(&mut wbuf, u64::from(s));
         wbuf.extend_from_slice(b"\r\n");
@@ -284,18 +522,8 @@ async fn relay_stream(
         wbuf.extend_from_slice(b"connection: close\r\n");
     }
     wbuf.extend_from_slice(b"\r\n");
-    let mut stream = match tr.dir {
-        Direction::ChatToMessages => {
-            let id = format!("chatcmpl-{:016x}", ctx.next_random());
-            Stream::ToChat(Box::new(StreamToChat::new(
-                &id,
-                &tr.model,
-                unix_s(),
-                tr.include_usage,
-            )))
-        }
-        Direction::MessagesToChat => Stream::ToMessages(Box::new(StreamToMessages::new(&tr.model))),
-    };
+    let id = format!("chatcmpl-{:016x}", ctx.next_random());
+    let mut stream = Stream::new(&tr, &id);
     c.llm.filter.reset();
     let mut cut = false;
     let mut broken = false;
@@ -327,9 +555,9 @@ async fn relay_stream(
         );
         if !relay.done && !broken && over_budget(c) {
             let msg = "the tenant's budget is exhausted; the answer was cut";
-            match tr.dir {
-                Direction::ChatToMessages => SseFilter::error_event(msg, &mut out),
-                Direction::MessagesToChat => anthropic_error_event(msg, &mut out),
+            match tr.dir.client {
+                ClientApi::Chat => SseFilter::error_event(msg, &mut out),
+                ClientApi::Messages => anthropic_error_event(msg, &mut out),
             }
             cut = true;
         }
@@ -341,6 +569,9 @@ async fn relay_stream(
         }
         c.llm.sse_in = data;
         c.llm.sse_out = out;
+        if let (Some(usage), true) = (stream.usage(), c.ex.scan) {
+            c.llm.scanner.report(usage);
+        }
         if send_buf(c, &mut wbuf, send_timeout).await.is_err() {
             return Next::Close;
         }

@@ -171,17 +171,22 @@ pub fn decide(
             Some(endpoint) => Action::Mock(endpoint),
             None => Action::Refuse(Error::NoRoute),
         },
-        // An Anthropic or Azure upstream's LLM calls always take the LLM path: Anthropic's
-        // version header and translation for OpenAI clients, Azure's deployment path.
-        Provider::Http | Provider::Anthropic | Provider::Azure
-            if llm_call
-                && (tenant.is_some() || read_llm_body || ucfg.provider != Provider::Http) =>
-        {
+        // Every other provider's LLM calls always take the LLM path: Anthropic's version
+        // header, Azure's deployment path, translation, Bedrock's signature.
+        _ if llm_call && (tenant.is_some() || read_llm_body || ucfg.provider != Provider::Http) => {
             Action::ProxyLlm {
                 target: Some(snap.pick_endpoint(upstream)),
             }
         }
-        Provider::Http | Provider::Anthropic | Provider::Azure => {
+        // Anything else would go unsigned.
+        Provider::Bedrock => Action::Refuse(Error::BadRequest(
+            "a Bedrock upstream serves only /v1/chat/completions and /v1/messages",
+        )),
+        Provider::Http
+        | Provider::Anthropic
+        | Provider::Azure
+        | Provider::Gemini
+        | Provider::OpenaiResponses => {
             let target = snap.pick_endpoint(upstream);
             wbuf.clear();
             let authority = snap

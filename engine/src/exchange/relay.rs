@@ -29,6 +29,54 @@ pub struct Relay {
     pub sse: bool,
     /// The upstream's `Retry-After` on a 429 or 503, seconds.
     pub retry_after_s: Option<u32>,
+    /// The response is an AWS event stream (`application/vnd.amazon.eventstream`: Bedrock's
+    /// ConverseStream).
+    pub aws_event_stream: bool,
+    /// An error answer's `x-amzn-errortype` (AWS's exception name), when it had one.
+    pub aws_error_type: Option<AwsErrorType>,
+}
+
+/// The longest `x-amzn-errortype` kept, bytes (AWS's exception names are under 40; a longer
+/// value is not kept).
+pub const AWS_ERROR_TYPE_BYTES_MAX: usize = 64;
+
+/// An AWS exception name (`ThrottlingException`), without the `:http://...` suffix AWS may
+/// append; held inline, so a relay allocates nothing for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AwsErrorType {
+    bytes: [u8; AWS_ERROR_TYPE_BYTES_MAX],
+    len: usize,
+}
+
+impl AwsErrorType {
+    /// The name in a header value: up to its first `:`; `None` if empty, too long or not
+    /// visible ASCII.
+    pub fn read(value: &[u8]) -> Option<Self> {
+        let name = value
+            .split(|&b| b == b':')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        if name.is_empty()
+            || name.len() > AWS_ERROR_TYPE_BYTES_MAX
+            || !name.iter().all(u8::is_ascii_graphic)
+        {
+            return None;
+        }
+        let mut bytes = [0; AWS_ERROR_TYPE_BYTES_MAX];
+        bytes.get_mut(..name.len())?.copy_from_slice(name);
+        Some(Self {
+            bytes,
+            len: name.len(),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.bytes
+            .get(..self.len)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default()
+    }
 }
 
 impl Relay {
@@ -47,6 +95,8 @@ impl Relay {
             status,
             sse: false,
             retry_after_s: None,
+            aws_event_stream: false,
+            aws_error_type: None,
         }
     }
 
@@ -187,11 +237,20 @@ pub fn response_head(
     if matches!(h.status, 429 | 503) {
         relay.retry_after_s = retry_after_s(resp.headers);
     }
-    relay.sse = resp.headers.iter().any(|x| {
-        x.name.eq_ignore_ascii_case("content-type")
-            && x.value.len() >= 17
-            && x.value[..17].eq_ignore_ascii_case(b"text/event-stream")
-    });
+    for x in resp.headers.iter() {
+        if x.name.eq_ignore_ascii_case("content-type") {
+            let starts = |t: &[u8]| {
+                x.value
+                    .get(..t.len())
+                    .is_some_and(|v| v.eq_ignore_ascii_case(t))
+            };
+            relay.sse |= starts(b"text/event-stream");
+            relay.aws_event_stream |= starts(b"application/vnd.amazon.eventstream");
+        } else if x.name.eq_ignore_ascii_case("x-amzn-errortype") && !(200..300).contains(&h.status)
+        {
+            relay.aws_error_type = AwsErrorType::read(x.value);
+        }
+    }
     Ok(HeadStep::Final {
         relay,
         keep_alive,
@@ -284,6 +343,41 @@ mod tests {
         assert_eq!(relay.feed(&resp[head_len..], &mut out, true, None), Ok(5));
         assert!(relay.done && out == b"hello" && relay.poolable(true));
         assert!(!relay.poolable(false), "stray bytes after the body");
+    }
+
+    #[test]
+    fn aws_event_streams_and_error_types_are_recognised() {
+        let req = head(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n");
+        let mut wbuf = Vec::new();
+        let final_head = |bytes: &[u8], wbuf: &mut Vec<u8>| match response_head(
+            bytes, &req, 0, false, None, wbuf,
+        ) {
+            Ok(HeadStep::Final { relay, .. }) => relay,
+            other => panic!("{other:?}"),
+        };
+        let r = final_head(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/vnd.amazon.eventstream\r\ntransfer-encoding: chunked\r\n\r\n",
+            &mut wbuf,
+        );
+        assert!(r.aws_event_stream && !r.sse && r.aws_error_type.is_none());
+        let r = final_head(
+            b"HTTP/1.1 429 Too Many Requests\r\nx-amzn-ErrorType: ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/\r\ncontent-length: 2\r\n\r\n{}",
+            &mut wbuf,
+        );
+        assert_eq!(
+            r.aws_error_type.as_ref().map(AwsErrorType::as_str),
+            Some("ThrottlingException")
+        );
+        // Only an error's type is kept, and only a sane one.
+        let r = final_head(
+            b"HTTP/1.1 200 OK\r\nx-amzn-ErrorType: ThrottlingException\r\ncontent-length: 2\r\n\r\n{}",
+            &mut wbuf,
+        );
+        assert!(r.aws_error_type.is_none());
+        let long = "E".repeat(AWS_ERROR_TYPE_BYTES_MAX + 1);
+        for bad in ["", " ", long.as_str(), "a b"] {
+            assert!(AwsErrorType::read(bad.as_bytes()).is_none(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -146,7 +146,12 @@ pub(crate) struct Key<'a> {
     escaped: bool,
 }
 
-impl Key<'_> {
+impl<'a> Key<'a> {
+    /// The key as written (between its quotes, escapes not decoded): a slice of the document.
+    pub(crate) fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+
     /// Whether the key, once its escapes are decoded, is exactly `name`. `"mod\u0065l"` is
     /// `model`: the upstream decodes keys, so the gateway must too.
     pub(crate) fn is(&self, name: &str) -> bool {

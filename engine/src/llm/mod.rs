@@ -128,11 +128,12 @@ impl std::error::Error for BodyError {}
 
 /// The endpoints whose request bodies are LLM calls (a model, a prompt): a tenant's request to
 /// one is read whole, its model checked and its tokens estimated before it is forwarded.
-pub const LLM_PATHS: [&str; 4] = [
+pub const LLM_PATHS: [&str; 5] = [
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
     "/v1/messages",
+    "/v1/responses",
 ];
 
 /// Whether `method` and `path` (query ignored) name an LLM call.

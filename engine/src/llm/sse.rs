@@ -25,18 +25,27 @@ enum Class {
     Other,
 }
 
-fn classify(data: &[u8]) -> Class {
+/// What the filter does with an event: its [`Class`], and where in its data a `"reasoning"`
+/// key starts (its opening quote) that OpenAI-compatible clients expect as `reasoning_content`.
+fn classify(data: &[u8]) -> (Class, Option<usize>) {
     let Ok(mut members) = Members::new(data, 0, JSON_DEPTH_MAX) else {
-        return Class::Other;
+        return (Class::Other, None);
     };
     let (mut no_choices, mut usage, mut content) = (false, false, false);
+    let mut rename = None;
     for member in &mut members {
         let Ok((key, value)) = member else {
-            return Class::Other;
+            return (Class::Other, None);
         };
         if key.is("choices") {
             no_choices = value.kind == Kind::Array && !value.is_nonempty_array();
-            content |= choices_carry_content(value);
+            let (carries, reasoning) = choices_carry_content(value);
+            content |= carries;
+            rename = reasoning.and_then(|key| {
+                (key.as_ptr() as usize)
+                    .checked_sub(data.as_ptr() as usize)?
+                    .checked_sub(1)
+            });
         } else if key.is("usage") {
             usage = !value.is_null();
         } else if key.is("type") {
@@ -54,49 +63,89 @@ fn classify(data: &[u8]) -> Class {
         }
     }
     if members.finish_document().is_err() {
-        Class::Other
+        (Class::Other, None)
     } else if no_choices && usage {
-        Class::UsageOnly
+        (Class::UsageOnly, None)
     } else if content {
-        Class::Content
+        (Class::Content, rename)
     } else {
-        Class::Other
+        (Class::Other, None)
     }
 }
 
 /// Whether any choice carries content: chat's `delta.content` / `reasoning_content` /
-/// `refusal` (non-empty) or `delta.tool_calls` (non-empty), or legacy completions' `text`.
-fn choices_carry_content(choices: Value<'_>) -> bool {
+/// `reasoning` / `refusal` (non-empty) or `delta.tool_calls` (non-empty), or legacy
+/// completions' `text`. With it, the raw key of the first delta's `reasoning` (newer vLLM's and
+/// Ollama's name) when that delta has no `reasoning_content`.
+fn choices_carry_content<'a>(choices: Value<'a>) -> (bool, Option<&'a [u8]>) {
     let Some(elements) = choices.elements() else {
-        return false;
+        return (false, None);
     };
+    let mut carries = false;
     for choice in elements {
         for member in choice.members().into_iter().flatten() {
             let Ok((key, value)) = member else { break };
             if key.is("text") && value.is_nonempty_str() {
-                return true;
+                carries = true;
             }
             if !key.is("delta") {
                 continue;
             }
+            let (mut reasoning, mut has_reasoning_content) = (None, false);
             for field in value.members().into_iter().flatten() {
                 let Ok((key, value)) = field else { break };
-                let text = key.is("content") || key.is("reasoning_content") || key.is("refusal");
+                let text = key.is("content")
+                    || key.is("reasoning_content")
+                    || key.is("reasoning")
+                    || key.is("refusal");
                 if (text && value.is_nonempty_str())
                     || (key.is("tool_calls") && value.is_nonempty_array())
                 {
-                    return true;
+                    carries = true;
                 }
+                has_reasoning_content |= key.is("reasoning_content");
+                // Only a plain key (no escapes) is renamed in place.
+                if key.raw() == b"reasoning" && value.is_nonempty_str() {
+                    reasoning = Some(key.raw());
+                }
+            }
+            if !has_reasoning_content && reasoning.is_some() {
+                return (true, reasoning);
             }
         }
     }
-    false
+    (carries, None)
+}
+
+/// `"reasoning"` with its quotes, as a key renamed to [`REASONING_CONTENT_KEY`].
+const REASONING_KEY: &[u8] = b"\"reasoning\"";
+const REASONING_CONTENT_KEY: &[u8] = b"\"reasoning_content\"";
+
+/// Append `event` to `out` with the key at `key_in_data` (an offset into `data`, the event's
+/// data, which may be a slice of `event`) renamed to `reasoning_content`; unchanged when the
+/// data is not a slice of the event (split over several `data:` lines) or the key is not there.
+fn push_renamed(event: &[u8], data: &[u8], key_in_data: usize, out: &mut Vec<u8>) {
+    let at = (data.as_ptr() as usize)
+        .checked_sub(event.as_ptr() as usize)
+        .filter(|start| start.saturating_add(data.len()) <= event.len())
+        .and_then(|start| start.checked_add(key_in_data));
+    match at.and_then(|at| Some((at, event.get(at..at.checked_add(REASONING_KEY.len())?)?))) {
+        Some((at, key)) if key == REASONING_KEY => {
+            out.extend_from_slice(event.get(..at).unwrap_or_default());
+            out.extend_from_slice(REASONING_CONTENT_KEY);
+            out.extend_from_slice(event.get(at + REASONING_KEY.len()..).unwrap_or_default());
+        }
+        _ => out.extend_from_slice(event),
+    }
 }
 
 /// Passes an SSE stream through to a client that did not ask for usage, minus OpenAI's usage
 /// chunk (which the gateway asked for on its own account, see
 /// [`with_include_usage`](super::with_include_usage)). Every other event, `data: [DONE]`
-/// included, comes out byte for byte and in order, however the stream was cut into reads.
+/// included, comes out byte for byte and in order, however the stream was cut into reads, but
+/// for one rename: a chunk whose delta carries reasoning as `reasoning` (newer vLLM, Ollama)
+/// and not as `reasoning_content` (vLLM before, DeepSeek; what OpenAI-compatible clients read)
+/// has that key renamed `reasoning_content`.
 /// Events longer than [`USAGE_SCAN_BYTES_MAX`] pass unexamined. The other chunks keep their
 /// `"usage": null`, which clients already accept.
 ///
@@ -109,6 +158,8 @@ pub struct SseFilter {
     /// Joins multi-line `data:` fields (allocated only if one arrives).
     scratch: Vec<u8>,
     content_events: u64,
+    /// The client asked for the usage chunk itself: it passes too.
+    keep_usage: bool,
 }
 
 impl SseFilter {
@@ -121,6 +172,14 @@ impl SseFilter {
         self.split = Splitter::default();
         self.buf.clear();
         self.content_events = 0;
+        self.keep_usage = false;
+    }
+
+    /// Start a new stream whose usage chunk the client asked for itself: it passes like any
+    /// other event (the rename and the counting still apply).
+    pub fn reset_keeping_usage(&mut self) {
+        self.reset();
+        self.keep_usage = true;
     }
 
     /// Append to `out` the events `input` completes, except a usage-only chunk; hold the start
@@ -128,16 +187,23 @@ impl SseFilter {
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
         reserve_once(&mut self.buf);
         let (scratch, content_events) = (&mut self.scratch, &mut self.content_events);
+        let keep_usage = self.keep_usage;
         self.split.feed(&mut self.buf, input, |piece| match piece {
             Piece::Event(event) => {
-                let class = event_data(event, scratch, |_| {}).map_or(Class::Other, classify);
-                match class {
-                    Class::UsageOnly => {}
-                    Class::Content => {
+                let data = event_data(event, scratch, |_| {});
+                let (class, rename) = data.map_or((Class::Other, None), classify);
+                match (class, rename, data) {
+                    (Class::UsageOnly, _, _) if keep_usage => out.extend_from_slice(event),
+                    (Class::UsageOnly, _, _) => {}
+                    (Class::Content, Some(key), Some(data)) => {
+                        *content_events += 1;
+                        push_renamed(event, data, key, out);
+                    }
+                    (Class::Content, _, _) => {
                         *content_events += 1;
                         out.extend_from_slice(event);
                     }
-                    Class::Other => out.extend_from_slice(event),
+                    (Class::Other, _, _) => out.extend_from_slice(event),
                 }
             }
             Piece::Unexamined(bytes) => out.extend_from_slice(bytes),
@@ -287,6 +353,48 @@ pub(crate) mod tests {
         let (out, count) = filter_in_pieces(stream.as_bytes(), &[]);
         assert_eq!(out, stream.as_bytes());
         assert_eq!(count, 4);
+    }
+
+    #[test]
+    fn a_usage_chunk_the_client_asked_for_passes() {
+        let mut f = SseFilter::new();
+        f.reset_keeping_usage();
+        let mut out = Vec::new();
+        f.feed(OPENAI_STREAM.as_bytes(), &mut out);
+        f.finish(&mut out);
+        assert_eq!(out, OPENAI_STREAM.as_bytes());
+        // reset() drops it again.
+        f.reset();
+        out.clear();
+        f.feed(OPENAI_STREAM.as_bytes(), &mut out);
+        assert_eq!(out, without_usage_chunk(OPENAI_STREAM).as_bytes());
+    }
+
+    #[test]
+    fn reasoning_is_renamed_reasoning_content_for_openai_clients() {
+        let stream = concat!(
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning\":\"Let me think.\"},\"finish_reason\":null}]}\n\n",
+            // Both names: as it came.
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning\":\"a\",\"reasoning_content\":\"a\"}}]}\n\n",
+            // Empty or null reasoning, or the name inside a string: as it came.
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning\":null,\"content\":\"\\\"reasoning\\\"\"}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let expected = stream.replacen(
+            "{\"reasoning\":\"Let me think.\"}",
+            "{\"reasoning_content\":\"Let me think.\"}",
+            1,
+        );
+        for cuts in [&[][..], &[5, 60, 61, 200][..]] {
+            let (out, count) = filter_in_pieces(stream.as_bytes(), cuts);
+            assert_eq!(std::str::from_utf8(&out).expect("UTF-8"), expected);
+            assert_eq!(count, 4);
+        }
+        // Over several data lines (the data is no slice of the event): as it came.
+        let split = "data: {\"choices\":[{\"delta\":\ndata: {\"reasoning\":\"x\"}}]}\n\n";
+        let (out, _) = filter_in_pieces(split.as_bytes(), &[]);
+        assert_eq!(out, split.as_bytes());
     }
 
     #[test]

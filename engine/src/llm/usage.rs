@@ -174,6 +174,9 @@ pub struct UsageScanner {
     /// SSE: the last bytes of an event longer than the buffer, while it lasts.
     tail: Vec<u8>,
     counts: Counts,
+    /// What a translator read from a body the scanner cannot read (Gemini's `usageMetadata`,
+    /// Bedrock's event stream): it takes precedence.
+    reported: Option<Usage>,
 }
 
 impl UsageScanner {
@@ -190,6 +193,12 @@ impl UsageScanner {
         self.split = Splitter::default();
         self.tail.clear();
         self.counts = Counts::default();
+        self.reported = None;
+    }
+
+    /// The usage a translator read from this body, in place of what the scanner finds.
+    pub fn report(&mut self, usage: Usage) {
+        self.reported = Some(usage);
     }
 
     /// The next bytes of the body (de-chunked, not compressed).
@@ -228,6 +237,9 @@ impl UsageScanner {
 
     /// The usage reported so far (SSE), or found in the body fed so far (JSON); `None` if none.
     pub fn usage(&self) -> Option<Usage> {
+        if self.reported.is_some() {
+            return self.reported;
+        }
         match self.kind {
             BodyKind::Sse => self.counts.usage(),
             BodyKind::Json if self.json_bytes <= SCAN_BYTES_MAX_U64 => whole_body_usage(&self.buf),

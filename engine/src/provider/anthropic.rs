@@ -15,16 +15,29 @@
 //! |---|---|
 //! | `system` and `developer` messages (anywhere) | top-level `system`, joined by a blank line |
 //! | `user` / `assistant` messages, string or `text` parts | `messages` of `text` blocks; consecutive messages of one role merged into one turn; empty texts left out |
+//! | `image_url` parts of a user message: a `data:` URL (JPEG, PNG, GIF, WebP) / an `http(s)` URL | `image` blocks, `source` `base64` / `url` (`detail` has no counterpart and is left out) |
+//! | `tools` (`type: function`: `name`, `description`, `parameters`) | `tools` (`name`, `description`, `input_schema`; an empty object schema when there are no parameters) |
+//! | `tool_choice` `auto` / `required` / `none` / `{type: function, function: {name}}` | `tool_choice` `auto` / `any` / `none` / `{type: tool, name}` |
+//! | `parallel_tool_calls: false` | `tool_choice.disable_parallel_tool_use: true` |
+//! | an assistant's `tool_calls` (arguments: JSON object text) | `tool_use` blocks after its text (`input`: the parsed object) |
+//! | `tool` messages (`tool_call_id`, content) | a user turn of `tool_result` blocks (consecutive ones, and the user's next text, merged into it) |
 //! | `max_completion_tokens`, else `max_tokens`, else the deployment's default | `max_tokens` (required by Anthropic) |
 //! | `temperature`, `top_p` | the same (Anthropic accepts `temperature` up to 1; a larger one is the upstream's 400) |
 //! | `stop` (string or array) | `stop_sequences` |
 //! | `stream` | `stream` (`stream_options` only decides [`StreamToChat`]'s usage chunk) |
 //! | `user` | `metadata.user_id` |
-//! | `tools`, `tool_choice`, `functions`, `function_call`, `tool` messages, assistant `tool_calls`, `image_url` / audio parts, `n` > 1, `logprobs`, `top_logprobs`, `response_format` other than text, `audio` | refused: [`TranslateError::Unsupported`] |
+//! | `functions`, `function_call`, `function` messages (OpenAI's legacy function calling), tools of another `type`, `allowed_tools` choices, images in other roles or of other media types, audio and file parts, `n` > 1, `logprobs`, `top_logprobs`, `response_format` other than text, `audio` | refused: [`TranslateError::Unsupported`] |
 //! | `seed`, `presence_penalty`, `frequency_penalty`, `logit_bias`, `stream_options`, `parallel_tool_calls`, `store`, `metadata`, ... | left out |
 //!
+//! Answers: `text` blocks are the content (`null` when there is none and the model called a
+//! tool), `thinking` blocks the `reasoning_content` (as vLLM and DeepSeek name it; signatures
+//! have no OpenAI counterpart), `tool_use` blocks the `tool_calls` (arguments: the input's JSON
+//! text). Streamed, a `tool_use` block's start is the call's first delta (`index`, `id`, `type`,
+//! `function.name`, empty `arguments`) and each `input_json_delta` an `arguments` piece.
+//!
 //! Stop reasons: `end_turn`, `stop_sequence` (and anything unknown) → `stop`; `max_tokens` and
-//! `model_context_window_exceeded` → `length`; `refusal` → `content_filter`. Usage:
+//! `model_context_window_exceeded` → `length`; `refusal` → `content_filter`; `tool_use` →
+//! `tool_calls`. Usage:
 //! `prompt_tokens` is `input_tokens` plus both cache counts (Anthropic leaves cached tokens out
 //! of `input_tokens`, OpenAI counts them in), with `cache_read_input_tokens` also reported as
 //! `prompt_tokens_details.cached_tokens`.
@@ -71,6 +84,7 @@ pub fn chat_to_messages(
         req.insert("system".into(), Value::from(system));
     }
     req.insert("messages".into(), Value::Array(turns));
+    translate_tools(&body, &mut req)?;
     copy_numbers(&body, &["temperature", "top_p"], &mut req)?;
     match present(&body, "stop") {
         None => {}
@@ -107,15 +121,11 @@ pub fn chat_to_messages(
 
 /// Refuse the features a Messages request cannot express.
 fn refuse_unsupported(body: &Map<String, Value>) -> Result<(), TranslateError> {
-    for key in ["tools", "functions", "function_call"] {
+    // The legacy function-calling fields (OpenAI's own SDKs send `tools`).
+    for key in ["functions", "function_call"] {
         if present(body, key).is_some() {
             return Err(TranslateError::Unsupported(key));
         }
-    }
-    match present(body, "tool_choice") {
-        None => {}
-        Some(Value::String(s)) if s == "none" => {}
-        Some(_) => return Err(TranslateError::Unsupported("tool_choice")),
     }
     match present(body, "n") {
         None => {}
@@ -148,6 +158,117 @@ fn refuse_unsupported(body: &Map<String, Value>) -> Result<(), TranslateError> {
     Ok(())
 }
 
+/// `tools` and `tool_choice` (and `parallel_tool_calls: false`) in Anthropic's shape.
+fn translate_tools(
+    body: &Map<String, Value>,
+    req: &mut Map<String, Value>,
+) -> Result<(), TranslateError> {
+    let tools = match present(body, "tools") {
+        None => None,
+        Some(Value::Array(tools)) if tools.is_empty() => None,
+        Some(Value::Array(tools)) => Some(tools),
+        Some(_) => return Err(TranslateError::BadField("tools")),
+    };
+    let mut choice = match present(body, "tool_choice") {
+        None => None,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => Some(tool_choice("auto", None)),
+            "required" => Some(tool_choice("any", None)),
+            "none" => Some(tool_choice("none", None)),
+            _ => return Err(TranslateError::BadField("tool_choice")),
+        },
+        Some(Value::Object(c)) => {
+            let name = c
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str);
+            match (c.get("type").and_then(Value::as_str), name) {
+                (Some("function"), Some(name)) => Some(tool_choice("tool", Some(name))),
+                (Some("allowed_tools" | "custom"), _) => {
+                    return Err(TranslateError::Unsupported("tool_choice"))
+                }
+                _ => return Err(TranslateError::BadField("tool_choice")),
+            }
+        }
+        Some(_) => return Err(TranslateError::BadField("tool_choice")),
+    };
+    let Some(tools) = tools else {
+        // No tools: "none" and "auto" say nothing; anything else names a tool there is not.
+        return match choice
+            .as_ref()
+            .and_then(|c| c.get("type"))
+            .and_then(Value::as_str)
+        {
+            None | Some("none" | "auto") => Ok(()),
+            Some(_) => Err(TranslateError::BadField("tool_choice")),
+        };
+    };
+    let mut out = Vec::with_capacity(tools.len());
+    for tool in tools {
+        if tool.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(TranslateError::Unsupported("tools"));
+        }
+        let Some(Value::Object(f)) = tool.get("function") else {
+            return Err(TranslateError::BadField("tools"));
+        };
+        let Some(name) = f.get("name").and_then(Value::as_str) else {
+            return Err(TranslateError::BadField("tools"));
+        };
+        let mut t = Map::new();
+        t.insert("name".into(), Value::from(name));
+        match present(f, "description") {
+            None => {}
+            Some(Value::String(d)) => {
+                t.insert("description".into(), Value::from(d.as_str()));
+            }
+            Some(_) => return Err(TranslateError::BadField("tools")),
+        }
+        // Anthropic requires a schema; OpenAI's default is a function without parameters.
+        let schema = match present(f, "parameters") {
+            None => serde_json::json!({"type": "object", "properties": {}}),
+            Some(p @ Value::Object(_)) => p.clone(),
+            Some(_) => return Err(TranslateError::BadField("tools")),
+        };
+        t.insert("input_schema".into(), schema);
+        out.push(Value::Object(t));
+    }
+    req.insert("tools".into(), Value::Array(out));
+    match present(body, "parallel_tool_calls") {
+        None | Some(Value::Bool(true)) => {}
+        Some(Value::Bool(false)) => {
+            let c = choice.get_or_insert_with(|| tool_choice("auto", None));
+            if let Value::Object(c) = c {
+                if c.get("type").and_then(Value::as_str) != Some("none") {
+                    c.insert("disable_parallel_tool_use".into(), Value::Bool(true));
+                }
+            }
+        }
+        Some(_) => return Err(TranslateError::BadField("parallel_tool_calls")),
+    }
+    if let Some(choice) = choice {
+        req.insert("tool_choice".into(), choice);
+    }
+    Ok(())
+}
+
+/// Anthropic's `tool_choice` of `kind`, naming `name` for `tool`.
+fn tool_choice(kind: &str, name: Option<&str>) -> Value {
+    let mut c = Map::new();
+    c.insert("type".into(), Value::from(kind));
+    if let Some(name) = name {
+        c.insert("name".into(), Value::from(name));
+    }
+    Value::Object(c)
+}
+
+/// A content block of `kind` carrying `text`.
+fn text_block(text: &str) -> Value {
+    let mut block = Map::new();
+    block.insert("type".into(), Value::from("text"));
+    block.insert("text".into(), Value::from(text));
+    Value::Object(block)
+}
+
 /// The system prompt and the conversation turns of an OpenAI `messages` array.
 fn translate_messages(messages: Option<&Value>) -> Result<(String, Vec<Value>), TranslateError> {
     let Some(Value::Array(messages)) = messages else {
@@ -156,7 +277,7 @@ fn translate_messages(messages: Option<&Value>) -> Result<(String, Vec<Value>), 
     let mut system = String::new();
     let mut turns: Vec<Value> = Vec::new();
     let mut last_role: Option<&'static str> = None;
-    let mut texts = Vec::new();
+    let mut blocks = Vec::new();
     for message in messages {
         let Value::Object(message) = message else {
             return Err(TranslateError::BadField("messages"));
@@ -165,42 +286,54 @@ fn translate_messages(messages: Option<&Value>) -> Result<(String, Vec<Value>), 
             Some("system" | "developer") => None,
             Some("user") => Some("user"),
             Some("assistant") => Some("assistant"),
-            Some("tool" | "function") => return Err(TranslateError::Unsupported("tool")),
+            // A tool's result goes back in a user turn, as Anthropic's `tool_result`.
+            Some("tool") => Some("tool"),
+            Some("function") => return Err(TranslateError::Unsupported("functions")),
             _ => return Err(TranslateError::BadField("role")),
         };
-        if role == Some("assistant")
-            && (present(message, "tool_calls").is_some()
-                || present(message, "function_call").is_some())
-        {
-            return Err(TranslateError::Unsupported("tool_calls"));
-        }
-        texts.clear();
-        content_texts(message.get("content"), &mut texts)?;
-        let Some(role) = role else {
-            for text in &texts {
-                if !system.is_empty() {
-                    system.push_str("\n\n");
+        blocks.clear();
+        match role {
+            None => {
+                let mut texts = Vec::new();
+                content_blocks(message.get("content"), false, &mut texts)?;
+                for block in &texts {
+                    let text = block
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    if !system.is_empty() {
+                        system.push_str("\n\n");
+                    }
+                    system.push_str(text);
                 }
-                system.push_str(text);
+                continue;
             }
-            continue;
+            Some("tool") => blocks.push(tool_result(message)?),
+            Some(role) => {
+                content_blocks(message.get("content"), role == "user", &mut blocks)?;
+                if role == "assistant" {
+                    if present(message, "function_call").is_some() {
+                        return Err(TranslateError::Unsupported("function_call"));
+                    }
+                    tool_uses(present(message, "tool_calls"), &mut blocks)?;
+                }
+            }
+        }
+        let role = if role == Some("assistant") {
+            "assistant"
+        } else {
+            "user"
         };
-        if texts.is_empty() {
+        if blocks.is_empty() {
             // Anthropic refuses empty text blocks and turns without content.
             continue;
         }
-        let blocks = texts.drain(..).map(|text| {
-            let mut block = Map::new();
-            block.insert("type".into(), Value::from("text"));
-            block.insert("text".into(), Value::from(text));
-            Value::Object(block)
-        });
         match turns.last_mut().and_then(|t| t.get_mut("content")) {
-            Some(Value::Array(content)) if last_role == Some(role) => content.extend(blocks),
+            Some(Value::Array(content)) if last_role == Some(role) => content.append(&mut blocks),
             _ => {
                 let mut turn = Map::new();
                 turn.insert("role".into(), Value::from(role));
-                turn.insert("content".into(), Value::Array(blocks.collect()));
+                turn.insert("content".into(), Value::Array(std::mem::take(&mut blocks)));
                 turns.push(Value::Object(turn));
                 last_role = Some(role);
             }
@@ -212,13 +345,71 @@ fn translate_messages(messages: Option<&Value>) -> Result<(String, Vec<Value>), 
     Ok((system, turns))
 }
 
-/// The non-empty texts of a message's `content`: a string, an array of parts, or `null`.
-fn content_texts(content: Option<&Value>, texts: &mut Vec<String>) -> Result<(), TranslateError> {
+/// A `tool` message as a `tool_result` block.
+fn tool_result(message: &Map<String, Value>) -> Result<Value, TranslateError> {
+    let Some(id) = message.get("tool_call_id").and_then(Value::as_str) else {
+        return Err(TranslateError::BadField("tool_call_id"));
+    };
+    let mut texts = Vec::new();
+    content_blocks(message.get("content"), false, &mut texts)?;
+    let mut block = Map::new();
+    block.insert("type".into(), Value::from("tool_result"));
+    block.insert("tool_use_id".into(), Value::from(id));
+    if !texts.is_empty() {
+        block.insert("content".into(), Value::Array(texts));
+    }
+    Ok(Value::Object(block))
+}
+
+/// An assistant's `tool_calls` as `tool_use` blocks, appended to `blocks`.
+fn tool_uses(calls: Option<&Value>, blocks: &mut Vec<Value>) -> Result<(), TranslateError> {
+    let calls = match calls {
+        None => return Ok(()),
+        Some(Value::Array(calls)) => calls,
+        Some(_) => return Err(TranslateError::BadField("tool_calls")),
+    };
+    for call in calls {
+        if call.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(TranslateError::Unsupported("tool_calls"));
+        }
+        let f = call.get("function");
+        let (Some(id), Some(name), Some(args)) = (
+            call.get("id").and_then(Value::as_str),
+            f.and_then(|f| f.get("name")).and_then(Value::as_str),
+            f.and_then(|f| f.get("arguments")).and_then(Value::as_str),
+        ) else {
+            return Err(TranslateError::BadField("tool_calls"));
+        };
+        // Anthropic's `input` is an object; OpenAI's arguments are its JSON text.
+        let input = match args.trim() {
+            "" => Value::Object(Map::new()),
+            a => match serde_json::from_str::<Value>(a) {
+                Ok(v @ Value::Object(_)) => v,
+                _ => return Err(TranslateError::BadField("tool_calls")),
+            },
+        };
+        let mut block = Map::new();
+        block.insert("type".into(), Value::from("tool_use"));
+        block.insert("id".into(), Value::from(id));
+        block.insert("name".into(), Value::from(name));
+        block.insert("input".into(), input);
+        blocks.push(Value::Object(block));
+    }
+    Ok(())
+}
+
+/// The content blocks of a message's `content` (a string, an array of parts, or `null`),
+/// appended to `blocks`: non-empty texts, and (`images`: in a user turn) images.
+fn content_blocks(
+    content: Option<&Value>,
+    images: bool,
+    blocks: &mut Vec<Value>,
+) -> Result<(), TranslateError> {
     match content {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) => {
             if !s.is_empty() {
-                texts.push(s.clone());
+                blocks.push(text_block(s));
             }
         }
         Some(Value::Array(parts)) => {
@@ -227,14 +418,21 @@ fn content_texts(content: Option<&Value>, texts: &mut Vec<String>) -> Result<(),
                     Some("text") => match part.get("text") {
                         Some(Value::String(s)) => {
                             if !s.is_empty() {
-                                texts.push(s.clone());
+                                blocks.push(text_block(s));
                             }
                         }
                         _ => return Err(TranslateError::BadField("content")),
                     },
+                    Some("image_url") if images => blocks.push(image_block(part)?),
                     Some("image_url") => return Err(TranslateError::Unsupported("image_url")),
                     Some("input_audio") => return Err(TranslateError::Unsupported("audio")),
                     Some("file") => return Err(TranslateError::Unsupported("file")),
+                    // An assistant's refusal, sent back in the history, is its text.
+                    Some("refusal") => match part.get("refusal") {
+                        Some(Value::String(s)) if !s.is_empty() => blocks.push(text_block(s)),
+                        Some(Value::String(_)) => {}
+                        _ => return Err(TranslateError::BadField("content")),
+                    },
                     _ => return Err(TranslateError::BadField("content")),
                 }
             }
@@ -242,6 +440,41 @@ fn content_texts(content: Option<&Value>, texts: &mut Vec<String>) -> Result<(),
         Some(_) => return Err(TranslateError::BadField("content")),
     }
     Ok(())
+}
+
+/// The media types Anthropic takes in an image block.
+const IMAGE_MEDIA_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
+
+/// An `image_url` part as an `image` block: a `data:` URL's base64 bytes, or the URL itself.
+fn image_block(part: &Value) -> Result<Value, TranslateError> {
+    let Some(url) = part
+        .get("image_url")
+        .and_then(|i| i.get("url"))
+        .and_then(Value::as_str)
+    else {
+        return Err(TranslateError::BadField("image_url"));
+    };
+    let mut source = Map::new();
+    if let Some(rest) = url.strip_prefix("data:") {
+        let Some((media_type, data)) = rest.split_once(";base64,") else {
+            return Err(TranslateError::BadField("image_url"));
+        };
+        if !IMAGE_MEDIA_TYPES.contains(&media_type) {
+            return Err(TranslateError::Unsupported("image_url"));
+        }
+        source.insert("type".into(), Value::from("base64"));
+        source.insert("media_type".into(), Value::from(media_type));
+        source.insert("data".into(), Value::from(data));
+    } else if url.starts_with("https://") || url.starts_with("http://") {
+        source.insert("type".into(), Value::from("url"));
+        source.insert("url".into(), Value::from(url));
+    } else {
+        return Err(TranslateError::BadField("image_url"));
+    }
+    let mut block = Map::new();
+    block.insert("type".into(), Value::from("image"));
+    block.insert("source".into(), Value::Object(source));
+    Ok(Value::Object(block))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -299,8 +532,20 @@ fn finish_reason(stop_reason: Option<&str>) -> &'static str {
     match stop_reason {
         Some("max_tokens" | "model_context_window_exceeded") => "length",
         Some("refusal") => "content_filter",
+        Some("tool_use") => "tool_calls",
         _ => "stop",
     }
+}
+
+/// `{"id":..,"type":"function","function":{"name":..,"arguments":..}}`: an OpenAI tool call.
+fn push_tool_call(out: &mut Vec<u8>, id: &str, name: &str, arguments: &str) {
+    out.extend_from_slice(b"{\"id\":");
+    write_str(out, id);
+    out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+    write_str(out, name);
+    out.extend_from_slice(b",\"arguments\":");
+    write_str(out, arguments);
+    out.extend_from_slice(b"}}");
 }
 
 /// Translate an Anthropic Messages response into an OpenAI `chat.completion` created at
@@ -322,15 +567,34 @@ pub fn message_to_chat(
         Some(_) => return Err(TranslateError::BadField("type")),
     }
     let mut text = String::new();
+    let mut thinking = String::new();
+    let mut calls = Vec::new();
     match msg.get("content") {
         None | Some(Value::Null) => {}
         Some(Value::Array(blocks)) => {
             for block in blocks {
-                if block.get("type").and_then(Value::as_str) == Some("text") {
-                    let Some(t) = block.get("text").and_then(Value::as_str) else {
-                        return Err(TranslateError::BadField("content"));
-                    };
-                    text.push_str(t);
+                let str_of = |key| block.get(key).and_then(Value::as_str);
+                match str_of("type") {
+                    Some("text") => {
+                        let Some(t) = str_of("text") else {
+                            return Err(TranslateError::BadField("content"));
+                        };
+                        text.push_str(t);
+                    }
+                    Some("thinking") => thinking.push_str(str_of("thinking").unwrap_or_default()),
+                    Some("tool_use") => {
+                        let (Some(id), Some(name)) = (str_of("id"), str_of("name")) else {
+                            return Err(TranslateError::BadField("content"));
+                        };
+                        let input = block.get("input").map_or_else(
+                            || "{}".to_owned(),
+                            |i| serde_json::to_string(i).unwrap_or_else(|_| "{}".to_owned()),
+                        );
+                        calls.push((id, name, input));
+                    }
+                    // Redacted thinking and server tools' blocks have no OpenAI counterpart
+                    // in an answer.
+                    _ => {}
                 }
             }
         }
@@ -351,7 +615,25 @@ pub fn message_to_chat(
     out.extend_from_slice(
         b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
     );
-    write_str(out, &text);
+    if text.is_empty() && !calls.is_empty() {
+        out.extend_from_slice(b"null");
+    } else {
+        write_str(out, &text);
+    }
+    if !thinking.is_empty() {
+        out.extend_from_slice(b",\"reasoning_content\":");
+        write_str(out, &thinking);
+    }
+    if !calls.is_empty() {
+        out.extend_from_slice(b",\"tool_calls\":[");
+        for (i, (id, name, input)) in calls.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            push_tool_call(out, id, name, input);
+        }
+        out.push(b']');
+    }
     out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":\"");
     out.extend_from_slice(finish_reason(msg.get("stop_reason").and_then(Value::as_str)).as_bytes());
     out.extend_from_slice(b"\"}],");
@@ -443,6 +725,10 @@ pub struct StreamToChat {
     finish_reason: &'static str,
     counts: Option<Counts>,
     done: bool,
+    /// The Anthropic block index of the tool call being streamed, and its OpenAI index.
+    tool_block: Option<(u64, u64)>,
+    /// Tool calls started so far (the next one's OpenAI index).
+    tools_started: u64,
 }
 
 impl StreamToChat {
@@ -459,6 +745,8 @@ impl StreamToChat {
             finish_reason: "stop",
             counts: None,
             done: false,
+            tool_block: None,
+            tools_started: 0,
         }
     }
 
@@ -519,20 +807,62 @@ impl StreamToChat {
                 }
                 self.send_role(out);
             }
-            "content_block_delta" => {
-                let Some(delta) = v.get("delta") else { return };
-                if delta.get("type").and_then(Value::as_str) != Some("text_delta") {
+            "content_block_start" => {
+                let Some(block) = v.get("content_block") else {
+                    return;
+                };
+                if block.get("type").and_then(Value::as_str) != Some("tool_use") {
                     return;
                 }
-                let Some(text) = delta.get("text").and_then(Value::as_str) else {
+                let str_of = |key| block.get(key).and_then(Value::as_str).unwrap_or_default();
+                let at = v.get("index").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                let index = self.tools_started;
+                self.tools_started += 1;
+                self.tool_block = Some((at, index));
+                self.send_role(out);
+                self.push_chunk_head(out);
+                out.extend_from_slice(b"[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":");
+                write_decimal(out, index);
+                out.extend_from_slice(b",\"id\":");
+                write_str(out, str_of("id"));
+                out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+                write_str(out, str_of("name"));
+                out.extend_from_slice(
+                    b",\"arguments\":\"\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+                );
+            }
+            "content_block_delta" => {
+                let Some(delta) = v.get("delta") else { return };
+                let (field, text) = match delta.get("type").and_then(Value::as_str) {
+                    Some("text_delta") => ("content", delta.get("text")),
+                    Some("thinking_delta") => ("reasoning_content", delta.get("thinking")),
+                    Some("input_json_delta") => ("arguments", delta.get("partial_json")),
+                    _ => return,
+                };
+                let Some(text) = text.and_then(Value::as_str) else {
                     return;
                 };
                 if text.is_empty() {
                     return;
                 }
                 self.send_role(out);
+                if field == "arguments" {
+                    let at = v.get("index").and_then(Value::as_u64);
+                    let Some((_, index)) = self.tool_block.filter(|(b, _)| Some(*b) == at) else {
+                        return;
+                    };
+                    self.push_chunk_head(out);
+                    out.extend_from_slice(b"[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":");
+                    write_decimal(out, index);
+                    out.extend_from_slice(b",\"function\":{\"arguments\":");
+                    write_str(out, text);
+                    out.extend_from_slice(b"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+                    return;
+                }
                 self.push_chunk_head(out);
-                out.extend_from_slice(b"[{\"index\":0,\"delta\":{\"content\":");
+                out.extend_from_slice(b"[{\"index\":0,\"delta\":{\"");
+                out.extend_from_slice(field.as_bytes());
+                out.extend_from_slice(b"\":");
                 write_str(out, text);
                 out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
             }
@@ -712,6 +1042,90 @@ mod tests {
     }
 
     #[test]
+    fn tools_tool_calls_tool_results_and_images_map_to_blocks() {
+        let body = json!({
+            "model": "gpt-4o",
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "Weather here?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/sky.jpg", "detail": "low"}}
+                ]},
+                {"role": "assistant", "content": "Let me look.", "tool_calls": [
+                    {"id": "toolu_01", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                    {"id": "toolu_02", "type": "function", "function": {"name": "get_time", "arguments": ""}}
+                ]},
+                {"role": "tool", "tool_call_id": "toolu_01", "content": "18C, clear"},
+                {"role": "tool", "tool_call_id": "toolu_02", "content": [{"type": "text", "text": "14:05"}]},
+                {"role": "user", "content": "Thanks. Umbrella?"}
+            ],
+            "tools": [
+                {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+                {"type": "function", "function": {"name": "get_time"}}
+            ],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "parallel_tool_calls": false
+        });
+        let v = to_messages(&body).expect("translates");
+        assert_eq!(
+            v["messages"],
+            json!([
+                {"role": "user", "content": [
+                    {"type": "text", "text": "Weather here?"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                    {"type": "image", "source": {"type": "url", "url": "https://example.com/sky.jpg"}}
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Let me look."},
+                    {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}},
+                    {"type": "tool_use", "id": "toolu_02", "name": "get_time", "input": {}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_01", "content": [{"type": "text", "text": "18C, clear"}]},
+                    {"type": "tool_result", "tool_use_id": "toolu_02", "content": [{"type": "text", "text": "14:05"}]},
+                    {"type": "text", "text": "Thanks. Umbrella?"}
+                ]}
+            ])
+        );
+        assert_eq!(
+            v["tools"],
+            json!([
+                {"name": "get_weather", "description": "Weather of a city",
+                    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
+                {"name": "get_time", "input_schema": {"type": "object", "properties": {}}}
+            ])
+        );
+        assert_eq!(
+            v["tool_choice"],
+            json!({"type": "tool", "name": "get_weather", "disable_parallel_tool_use": true})
+        );
+        for (choice, expected) in [
+            (json!("auto"), json!({"type": "auto"})),
+            (json!("required"), json!({"type": "any"})),
+            (json!("none"), json!({"type": "none"})),
+        ] {
+            let mut b = body.clone();
+            b["tool_choice"] = choice;
+            b["parallel_tool_calls"] = json!(true);
+            assert_eq!(
+                to_messages(&b).expect("translates")["tool_choice"],
+                expected
+            );
+        }
+        // Images only in a user's turn.
+        let mut b = body.clone();
+        b["messages"] = json!([
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}
+        ]);
+        assert_eq!(
+            to_messages(&b),
+            Err(TranslateError::Unsupported("image_url"))
+        );
+    }
+
+    #[test]
     fn unsupported_and_malformed_requests_are_refused() {
         let base = json!({"model": "m", "messages": [{"role": "user", "content": "Hi"}]});
         let with = |key: &str, value: Value| {
@@ -720,13 +1134,25 @@ mod tests {
             to_messages(&b)
         };
         use TranslateError::{BadField, NotJson, Unsupported};
-        let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
-        assert_eq!(with("tools", tool), Err(Unsupported("tools")));
         assert_eq!(
-            with("tool_choice", json!("auto")),
-            Err(Unsupported("tool_choice"))
+            with(
+                "tools",
+                json!([{"type": "custom", "custom": {"name": "f"}}])
+            ),
+            Err(Unsupported("tools"))
         );
+        assert_eq!(with("tools", json!({"f": 1})), Err(BadField("tools")));
+        assert_eq!(
+            with("tool_choice", json!("required")),
+            Err(BadField("tool_choice")),
+            "a tool is required, and there is none"
+        );
+        assert_eq!(with("tool_choice", json!("auto")).map(|_| ()), Ok(()));
         assert_eq!(with("functions", json!([])), Err(Unsupported("functions")));
+        assert_eq!(
+            with("function_call", json!("auto")),
+            Err(Unsupported("function_call"))
+        );
         assert_eq!(with("n", json!(2)), Err(Unsupported("n")));
         assert_eq!(with("logprobs", json!(true)), Err(Unsupported("logprobs")));
         assert_eq!(with("top_logprobs", json!(3)), Err(Unsupported("logprobs")));
@@ -761,28 +1187,45 @@ mod tests {
                 "messages",
                 json!([{"role": "user", "content": [
                     {"type": "text", "text": "what is this?"},
-                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+                    {"type": "image_url", "image_url": {"url": "data:image/bmp;base64,Qk0="}}
                 ]}])
             ),
-            Err(Unsupported("image_url"))
+            Err(Unsupported("image_url")),
+            "a media type Anthropic does not take"
         );
         assert_eq!(
             with(
                 "messages",
-                json!([{"role": "tool", "tool_call_id": "c1", "content": "42"}])
+                json!([{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}
+                ]}])
             ),
-            Err(Unsupported("tool"))
+            Err(BadField("image_url"))
+        );
+        assert_eq!(
+            with("messages", json!([{"role": "tool", "content": "42"}])),
+            Err(BadField("tool_call_id"))
         );
         assert_eq!(
             with(
                 "messages",
-                json!([
-                    {"role": "user", "content": "Hi"},
-                    {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
-                ])
+                json!([{"role": "function", "name": "f", "content": "42"}])
             ),
-            Err(Unsupported("tool_calls"))
+            Err(Unsupported("functions"))
         );
+        for args in ["[1]", "{not json", "3"] {
+            assert_eq!(
+                with(
+                    "messages",
+                    json!([
+                        {"role": "user", "content": "Hi"},
+                        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": args}}]}
+                    ])
+                ),
+                Err(BadField("tool_calls")),
+                "{args}"
+            );
+        }
         assert_eq!(
             with("messages", json!([{"role": "robot", "content": "Hi"}])),
             Err(BadField("role"))
@@ -846,6 +1289,126 @@ mod tests {
             Err(TranslateError::NotJson)
         );
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn tool_use_and_thinking_blocks_become_tool_calls_and_reasoning() {
+        let body = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[
+            {"type":"thinking","thinking":"The user wants weather.","signature":"sig"},
+            {"type":"tool_use","id":"toolu_01A","name":"get_weather","input":{"city":"Paris","units":["c"]}},
+            {"type":"tool_use","id":"toolu_01B","name":"get_time","input":{}}],
+            "stop_reason":"tool_use","usage":{"input_tokens":10,"output_tokens":20}}"#;
+        let mut out = Vec::new();
+        message_to_chat(body.as_bytes(), 1, &mut out).expect("translates");
+        let v: Value = serde_json::from_slice(&out).expect("valid JSON");
+        let m = &v["choices"][0]["message"];
+        assert_eq!(m["content"], Value::Null, "no text: content is null");
+        assert_eq!(m["reasoning_content"], "The user wants weather.");
+        assert_eq!(
+            m["tool_calls"],
+            json!([
+                {"id": "toolu_01A", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\",\"units\":[\"c\"]}"}},
+                {"id": "toolu_01B", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+            ])
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        // Text beside a call stays the content.
+        let body = body.replace(
+            r#"{"type":"thinking","thinking":"The user wants weather.","signature":"sig"}"#,
+            r#"{"type":"text","text":"Checking."}"#,
+        );
+        let mut out = Vec::new();
+        message_to_chat(body.as_bytes(), 1, &mut out).expect("translates");
+        let v: Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(v["choices"][0]["message"]["content"], "Checking.");
+        assert!(v["choices"][0]["message"]
+            .get("reasoning_content")
+            .is_none());
+    }
+
+    /// A streamed answer with thinking, text and two tool calls, as the API sends it.
+    const TOOL_STREAM: &str = concat!(
+        "event: message_start\n",
+        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"c\",\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"Hmm.\"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"signature_delta\",\"signature\":\"EqQB\"}}\n\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\"Checking.\"}}\n\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":2,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_A\",\"name\":\"get_weather\",\"input\":{}}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"city\\\": \"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"Paris\\\"}\"}}\n\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":2}\n\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":3,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_B\",\"name\":\"get_time\",\"input\":{}}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":3,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{}\"}}\n\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":3}\n\n",
+        "event: message_delta\n",
+        "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":30}}\n\n",
+        "event: message_stop\n",
+        "data: {\"type\":\"message_stop\"}\n\n",
+    );
+
+    #[test]
+    fn streamed_tool_use_becomes_tool_call_deltas() {
+        let (out, usage) = translate_in_pieces(TOOL_STREAM.as_bytes(), &[], false);
+        assert_eq!(usage, Some((9, 30)));
+        let text = std::str::from_utf8(&out).expect("UTF-8");
+        let chunks: Vec<Value> = text
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).expect("valid JSON"))
+            .collect();
+        let deltas: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["delta"]).collect();
+        assert_eq!(deltas[1], &json!({"reasoning_content": "Hmm."}));
+        assert_eq!(deltas[2], &json!({"content": "Checking."}));
+        assert_eq!(
+            deltas[3],
+            &json!({"tool_calls": [{"index": 0, "id": "toolu_A", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]})
+        );
+        assert_eq!(
+            deltas[4],
+            &json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\": "}}]})
+        );
+        assert_eq!(
+            deltas[5],
+            &json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]})
+        );
+        assert_eq!(
+            deltas[6],
+            &json!({"tool_calls": [{"index": 1, "id": "toolu_B", "type": "function", "function": {"name": "get_time", "arguments": ""}}]})
+        );
+        assert_eq!(
+            deltas[7],
+            &json!({"tool_calls": [{"index": 1, "function": {"arguments": "{}"}}]})
+        );
+        assert_eq!(chunks[8]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(chunks.len(), 9);
+        assert!(text.ends_with("data: [DONE]\n\n"));
+        // The same output however the stream is cut.
+        let cuts: Vec<usize> = (0..TOOL_STREAM.len()).step_by(7).collect();
+        assert_eq!(
+            translate_in_pieces(TOOL_STREAM.as_bytes(), &cuts, false).0,
+            out
+        );
     }
 
     fn openai_error(status: u16, body: &[u8]) -> Value {

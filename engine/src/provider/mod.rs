@@ -185,7 +185,7 @@ impl TranslateError {
             // End of Gemini's arms.
             TranslateError::BadField(_) => "a field of the body has the wrong type",
             TranslateError::Unsupported("tools") => {
-                "`tools` are not supported for this model's provider"
+                "these `tools` are not supported for this model's provider (function tools are)"
             }
             TranslateError::Unsupported("tool_choice") => {
                 "`tool_choice` is not supported for this model's provider"
@@ -203,7 +203,7 @@ impl TranslateError {
                 "`tool` and `function` messages are not supported for this model's provider"
             }
             TranslateError::Unsupported("image_url") => {
-                "`image_url` content parts are not supported for this model's provider"
+                "this `image_url` part is not supported for this model's provider (its role, media type or URL)"
             }
             TranslateError::Unsupported("n") => {
                 "`n` greater than 1 is not supported for this model's provider"
@@ -238,13 +238,13 @@ impl TranslateError {
             TranslateError::Unsupported("tool_result") => {
                 "`tool_result` content blocks are not supported for this model's provider"
             }
+            TranslateError::Unsupported("file") => {
+                "`file` content parts are not supported for this model's provider"
+            }
             TranslateError::Unsupported("content") => {
                 "content blocks other than text are not supported for this model's provider"
             }
             // Bedrock (provider::bedrock).
-            TranslateError::Unsupported("file") => {
-                "`file` content parts are not supported for this model's provider"
-            }
             TranslateError::Unsupported("parallel_tool_calls") => {
                 "`parallel_tool_calls` false is not supported for this model's provider"
             }
@@ -338,6 +338,13 @@ mod tests {
             TranslateError::BadField("stop_sequences"),
             TranslateError::BadField("metadata"),
             TranslateError::BadField("choices"),
+            TranslateError::BadField("tools"),
+            TranslateError::BadField("tool_choice"),
+            TranslateError::BadField("tool_calls"),
+            TranslateError::BadField("tool_call_id"),
+            TranslateError::BadField("parallel_tool_calls"),
+            TranslateError::BadField("image_url"),
+            TranslateError::Unsupported("file"),
             TranslateError::BadField("other"),
             TranslateError::Unsupported("tools"),
             TranslateError::Unsupported("tool_choice"),

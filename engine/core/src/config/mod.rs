@@ -23,11 +23,11 @@ mod validate;
 
 pub use endpoint::Endpoint;
 pub use resolved::{
-    Auth, Config, Cores, DriverChoice, DriverKind, FleetConfig, HeadLimits, Overrides, Provider,
-    RouteConfig, ServerConfig, StoreFile, TlsFiles, UpstreamConfig,
+    Auth, AwsAuth, Config, Cores, DriverChoice, DriverKind, FleetConfig, HeadLimits, Overrides,
+    Provider, RouteConfig, ServerConfig, StoreFile, TlsFiles, UpstreamConfig,
 };
 pub use store_delta::{StoreDelta, DELTA_TENANTS_MAX};
-pub use validate::check_instance_name;
+pub use validate::{aws_credentials_file, check_instance_name, AWS_FROM_ENVIRONMENT};
 
 use endpoint::Resolver;
 use raw::RawConfig;
@@ -481,12 +481,86 @@ mod tests {
         let line = c.upstreams[0].credential.as_deref().expect("credential");
         assert!(line.starts_with(b"x-api-key: ") && line.ends_with(b"\r\n"));
         let errs =
-            errors_of(&text("PATH").replace("api_key_env", "provider = \"gemini\"\napi_key_env"))
+            errors_of(&text("PATH").replace("api_key_env", "provider = \"vertex\"\napi_key_env"))
                 .join("\n");
         assert!(
             errs.contains("upstreams[0].provider") && errs.contains("anthropic"),
             "{errs}"
         );
+    }
+
+    #[test]
+    fn gemini_bedrock_and_responses_upstreams() {
+        let text = |provider: &str, extra: &str| {
+            format!(
+                "[server]\nauth = \"none\"\n[[upstreams]]\nname = \"u\"\nprovider = \"{provider}\"\nendpoints = [\"https://127.0.0.1:9\"]\n{extra}\n[[routes]]\npath_prefix = \"/\"\nupstream = \"u\"\n"
+            )
+        };
+        let c = Config::from_toml(&text("gemini", "api_key_env = \"PATH\"")).expect("valid");
+        assert_eq!(c.upstreams[0].provider, Provider::Gemini);
+        let line = c.upstreams[0].credential.as_deref().expect("credential");
+        assert!(line.starts_with(b"x-goog-api-key: ") && line.ends_with(b"\r\n"));
+        let c =
+            Config::from_toml(&text("openai-responses", "api_key_env = \"PATH\"")).expect("valid");
+        assert_eq!(c.upstreams[0].provider, Provider::OpenaiResponses);
+        let line = c.upstreams[0].credential.as_deref().expect("credential");
+        assert!(line.starts_with(b"authorization: Bearer "));
+
+        // Bedrock: a region, and AWS credentials from a shared credentials file (or the
+        // environment), never an api_key_env.
+        let dir = std::env::temp_dir().join(format!("sg-core-aws-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("credentials");
+        std::fs::write(
+            &file,
+            "[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY\n",
+        )
+        .expect("write");
+        let with_file = format!(
+            "region = \"eu-west-3\"\naws_credentials_file = \"{}\"",
+            file.display()
+        );
+        let c = Config::from_toml(&text("bedrock", &with_file)).expect("valid");
+        let u = &c.upstreams[0];
+        assert_eq!(u.provider, Provider::Bedrock);
+        assert_eq!(u.region.as_deref(), Some("eu-west-3"));
+        let aws = u.aws.as_ref().expect("credentials");
+        assert_eq!(aws.access_key_id, "AKIDEXAMPLE");
+        assert_eq!(aws.session_token, None);
+        assert!(u.credential.is_none());
+        assert!(
+            !format!("{aws:?}").contains("wJalr"),
+            "the secret never shows in Debug"
+        );
+        // ctl reads no secret, but checks the rest.
+        let c = Config::from_toml_without_secrets(&text("bedrock", &with_file)).expect("valid");
+        assert!(c.upstreams[0].aws.is_none());
+        assert_eq!(c.upstreams[0].region.as_deref(), Some("eu-west-3"));
+        for (extra, field) in [
+            (
+                format!("aws_credentials_file = \"{}\"", file.display()),
+                "region",
+            ),
+            ("region = \"EU\"".to_owned(), "region"),
+            (
+                format!("{with_file}\napi_key_env = \"PATH\""),
+                "api_key_env",
+            ),
+            (
+                "region = \"us-east-1\"\naws_credentials_file = \"/nonexistent/creds\"".to_owned(),
+                "aws_credentials_file",
+            ),
+        ] {
+            let errs = errors_of(&text("bedrock", &extra)).join("\n");
+            assert!(
+                errs.contains(&format!("upstreams[0].{field}")),
+                "{extra}: {errs}"
+            );
+        }
+        // Only Bedrock takes a region.
+        let errs = errors_of(&text("gemini", "region = \"us-east-1\"")).join("\n");
+        assert!(errs.contains("upstreams[0].region"), "{errs}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub(super) struct RawUpstream {
     pub(super) pool_idle_max: Option<i64>,
     pub(super) api_key_env: Option<String>,
     pub(super) api_version: Option<String>,
+    pub(super) region: Option<String>,
+    pub(super) aws_credentials_file: Option<String>,
     pub(super) max_concurrency: Option<i64>,
     pub(super) headroom_slots: Option<i64>,
     pub(super) ca_file: Option<String>,

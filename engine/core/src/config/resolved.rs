@@ -182,8 +182,56 @@ pub enum Provider {
     /// `?api-version=`; its credential goes as `api-key`. The deployment is the deployment's
     /// `model` (or, on a route, the client's).
     Azure,
+    /// Google Gemini's native API (`/v1beta/models/{model}:generateContent`, and
+    /// `:streamGenerateContent?alt=sse` for a stream); its credential goes as `x-goog-api-key`.
+    /// OpenAI chat and Anthropic Messages requests to it are translated (`provider::gemini`).
+    Gemini,
+    /// AWS Bedrock's Converse API (`/model/{modelId}/converse`, `/converse-stream`), every
+    /// request signed with SigV4 for the upstream's [`AwsAuth`]; requests are translated
+    /// (`provider::bedrock`).
+    Bedrock,
+    /// OpenAI's Responses API (`/v1/responses`): Responses clients pass through, OpenAI chat and
+    /// Anthropic Messages clients are translated (`provider::responses`); its credential goes as
+    /// `authorization: Bearer`.
+    OpenaiResponses,
     /// The built-in demo model, answered inside the shard.
     Mock,
+}
+
+impl Provider {
+    /// The name the config gives it (`provider = "..."`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Http => "openai",
+            Provider::Anthropic => "anthropic",
+            Provider::Azure => "azure",
+            Provider::Gemini => "gemini",
+            Provider::Bedrock => "bedrock",
+            Provider::OpenaiResponses => "openai-responses",
+            Provider::Mock => "mock",
+        }
+    }
+}
+
+/// An AWS upstream's signing credentials (Bedrock), read when the config is loaded (from the environment, or from `aws_credentials_file`, read again by every
+/// config apply and on `SIGHUP`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AwsAuth {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+    /// Where the credentials came from, for logs and `shardgate-ctl diff` (never the secret).
+    pub source: String,
+}
+
+impl std::fmt::Debug for AwsAuth {
+    // Never a secret in a log line or a panic message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsAuth")
+            .field("access_key_id", &self.access_key_id)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -202,6 +250,11 @@ pub struct UpstreamConfig {
     pub credential: Option<Vec<u8>>,
     /// `api_version` (Azure only): the `api-version` query parameter of every request.
     pub api_version: Option<String>,
+    /// `region` (Bedrock only): the AWS region requests are signed for.
+    pub region: Option<String>,
+    /// Bedrock only: the credentials every request is signed with (`None` in shardgate-ctl,
+    /// which reads no secret).
+    pub aws: Option<AwsAuth>,
     /// Requests in flight to this upstream over all shards; past it, requests wait in fair
     /// per-tenant queues. `None`: no cap.
     pub max_concurrency: Option<u64>,

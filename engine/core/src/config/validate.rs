@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::endpoint::{parse_endpoint, Endpoint, Resolver};
 use super::raw::{RawConfig, RawCores, RawServer, RawTls, RawUpstream};
 use super::resolved::{
-    Auth, Config, Cores, DriverChoice, Provider, RouteConfig, ServerConfig, StoreFile, TlsFiles,
-    UpstreamConfig,
+    Auth, AwsAuth, Config, Cores, DriverChoice, Provider, RouteConfig, ServerConfig, StoreFile,
+    TlsFiles, UpstreamConfig,
 };
 use super::ConfigError;
 use crate::limits::*;
@@ -733,6 +733,66 @@ impl Validator<'_> {
         name
     }
 
+    /// A Bedrock upstream's `region` (required) and credentials: from `aws_credentials_file`
+    /// (the `[default]` profile of an AWS shared credentials file, read by the engine itself:
+    /// the secret never passes through shardgate-ctl) or from the engine's environment.
+    fn aws(
+        &mut self,
+        i: usize,
+        provider: Provider,
+        region: Option<&str>,
+        file: Option<String>,
+    ) -> Option<AwsAuth> {
+        let f = |key: &str| format!("upstreams[{i}].{key}");
+        if provider != Provider::Bedrock {
+            if region.is_some() {
+                self.error(f("region"), "only for provider bedrock");
+            }
+            if file.is_some() {
+                self.error(f("aws_credentials_file"), "only for provider bedrock");
+            }
+            return None;
+        }
+        let Some(region) = region else {
+            self.error(
+                f("region"),
+                "required for provider bedrock (the AWS region requests are signed for, e.g. \"us-east-1\")",
+            );
+            return None;
+        };
+        if let Err(reason) = check_aws_region(region) {
+            self.error(f("region"), reason);
+            return None;
+        }
+        if self.secrets == Secrets::Skip {
+            return None;
+        }
+        let creds =
+            match &file {
+                Some(path) => aws_credentials_file(path),
+                None => aws_env_credentials().map(
+                    |(access_key_id, secret_access_key, session_token)| AwsAuth {
+                        access_key_id,
+                        secret_access_key,
+                        session_token,
+                        source: AWS_FROM_ENVIRONMENT.to_owned(),
+                    },
+                ),
+            };
+        match creds {
+            Ok(auth) => Some(auth),
+            Err(reason) => {
+                let field = if file.is_some() {
+                    f("aws_credentials_file")
+                } else {
+                    f("provider")
+                };
+                self.error(field, reason);
+                None
+            }
+        }
+    }
+
     fn upstream(&mut self, i: usize, raw: RawUpstream) -> UpstreamConfig {
         let f = |key: &str| format!("upstreams[{i}].{key}");
         if raw.name.is_empty() {
@@ -742,11 +802,17 @@ impl Validator<'_> {
             None | Some("http") | Some("openai") => Provider::Http,
             Some("anthropic") => Provider::Anthropic,
             Some("azure") => Provider::Azure,
+            Some("gemini") => Provider::Gemini,
+            Some("bedrock") => Provider::Bedrock,
+            Some("openai-responses") => Provider::OpenaiResponses,
             Some("mock") => Provider::Mock,
             Some(p) => {
                 self.error(
                     f("provider"),
-                    format!("must be openai (or http), anthropic, azure or mock, got {p:?}"),
+                    format!(
+                        "must be openai (or http), anthropic, azure, gemini, bedrock, \
+                         openai-responses or mock, got {p:?}"
+                    ),
                 );
                 Provider::Http
             }
@@ -756,10 +822,18 @@ impl Validator<'_> {
             Provider::Mock if !raw.endpoints.is_empty() => {
                 self.error(f("endpoints"), "a mock upstream takes no endpoints");
             }
-            Provider::Http | Provider::Anthropic | Provider::Azure if raw.endpoints.is_empty() => {
+            Provider::Mock => {}
+            _ if raw.endpoints.is_empty() => {
                 self.error(f("endpoints"), "at least one endpoint is needed");
             }
             _ => {}
+        }
+        if provider == Provider::Bedrock && raw.api_key_env.is_some() {
+            self.error(
+                f("api_key_env"),
+                "a bedrock upstream signs with AWS credentials (AWS_ACCESS_KEY_ID, \
+                 AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN or aws_credentials_file), not a key",
+            );
         }
         if raw.endpoints.len() > ENDPOINTS_MAX {
             self.error(f("endpoints"), format!("at most {ENDPOINTS_MAX} endpoints"));
@@ -782,6 +856,7 @@ impl Validator<'_> {
                     Some(match provider {
                         Provider::Anthropic => format!("x-api-key: {key}\r\n").into_bytes(),
                         Provider::Azure => format!("api-key: {key}\r\n").into_bytes(),
+                        Provider::Gemini => format!("x-goog-api-key: {key}\r\n").into_bytes(),
                         _ => format!("authorization: Bearer {key}\r\n").into_bytes(),
                     })
                 }
@@ -871,9 +946,13 @@ impl Validator<'_> {
             }
             (None, _) => None,
         };
+        let aws = self.aws(i, provider, raw.region.as_deref(), raw.aws_credentials_file);
+        let region = raw.region.filter(|_| provider == Provider::Bedrock);
         UpstreamConfig {
             credential,
             api_version,
+            region,
+            aws,
             max_concurrency,
             headroom_slots,
             ca,
@@ -925,5 +1004,162 @@ pub fn check_instance_name(name: &str) -> Result<(), String> {
         Err(format!(
             "{name:?}: must be 1 to 64 of A-Z a-z 0-9 . _ - (not starting with a dot)"
         ))
+    }
+}
+
+/// [`AwsAuth::source`] of credentials read from the engine's environment.
+pub const AWS_FROM_ENVIRONMENT: &str = "environment";
+
+/// The credentials of an `aws_credentials_file` (its `[default]` profile), with the path as
+/// their source. `Err` never quotes a secret.
+pub fn aws_credentials_file(path: &str) -> Result<AwsAuth, String> {
+    let text = match std::fs::metadata(path) {
+        Ok(m) if m.len() > AWS_CREDENTIALS_FILE_BYTES_MAX as u64 => {
+            return Err(format!(
+                "{path}: {} bytes; at most {AWS_CREDENTIALS_FILE_BYTES_MAX}",
+                m.len()
+            ))
+        }
+        Ok(_) => std::fs::read_to_string(path).map_err(|e| format!("{path}: cannot read: {e}"))?,
+        Err(e) => return Err(format!("{path}: cannot read: {e}")),
+    };
+    let (access_key_id, secret_access_key, session_token) =
+        aws_shared_credentials(&text).map_err(|why| format!("{path}: {why}"))?;
+    Ok(AwsAuth {
+        access_key_id,
+        secret_access_key,
+        session_token,
+        source: path.to_owned(),
+    })
+}
+
+/// The longest `aws_credentials_file`, bytes.
+const AWS_CREDENTIALS_FILE_BYTES_MAX: usize = 64 * 1024;
+/// The longest AWS credential value (an access key id, a secret, a session token), bytes.
+const AWS_CREDENTIAL_BYTES_MAX: usize = 4096;
+/// The longest AWS region name, bytes (`ap-southeast-3` is 14).
+const AWS_REGION_BYTES_MAX: usize = 32;
+
+/// AWS region names: lower-case letters, digits and `-` (they go into the signature's scope).
+fn check_aws_region(region: &str) -> Result<(), String> {
+    let ok = !region.is_empty()
+        && region.len() <= AWS_REGION_BYTES_MAX
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be 1 to {AWS_REGION_BYTES_MAX} of a-z 0-9 - (e.g. \"us-east-1\"), got {region:?}"
+        ))
+    }
+}
+
+/// An access key id, secret or token: printable ASCII without spaces, within the limit.
+fn aws_value_ok(v: &str) -> bool {
+    !v.is_empty() && v.len() <= AWS_CREDENTIAL_BYTES_MAX && v.bytes().all(|b| b.is_ascii_graphic())
+}
+
+type AwsCredentials = (String, String, Option<String>);
+
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and (optional) `AWS_SESSION_TOKEN`, as the AWS
+/// SDKs read them.
+fn aws_env_credentials() -> Result<AwsCredentials, String> {
+    let get = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let (Some(id), Some(secret)) = (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) else {
+        return Err(
+            "a bedrock upstream needs $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY in \
+                    the engine's environment (or aws_credentials_file)"
+                .to_owned(),
+        );
+    };
+    let token = get("AWS_SESSION_TOKEN");
+    if !aws_value_ok(&id) || !aws_value_ok(&secret) || !token.as_deref().is_none_or(aws_value_ok) {
+        return Err(
+            "$AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY or $AWS_SESSION_TOKEN holds \
+                    spaces or control characters, or is too long"
+                .to_owned(),
+        );
+    }
+    Ok((id, secret, token))
+}
+
+/// The `[default]` profile of an AWS shared credentials file (`~/.aws/credentials`):
+/// `aws_access_key_id`, `aws_secret_access_key`, optional `aws_session_token`. Comments (`#`,
+/// `;`) and other profiles are skipped. Errors never quote a value.
+fn aws_shared_credentials(text: &str) -> Result<AwsCredentials, String> {
+    let (mut id, mut secret, mut token) = (None, None, None);
+    let mut in_default = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            in_default = name.trim() == "default";
+            continue;
+        }
+        if !in_default {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err("a line of [default] is not `key = value`".to_owned());
+        };
+        let value = value.trim().to_owned();
+        match key.trim() {
+            "aws_access_key_id" => id = Some(value),
+            "aws_secret_access_key" => secret = Some(value),
+            "aws_session_token" => token = Some(value),
+            _ => {}
+        }
+    }
+    let (Some(id), Some(secret)) = (id, secret) else {
+        return Err(
+            "no [default] profile with aws_access_key_id and aws_secret_access_key".to_owned(),
+        );
+    };
+    if !aws_value_ok(&id) || !aws_value_ok(&secret) || !token.as_deref().is_none_or(aws_value_ok) {
+        return Err("a credential holds spaces or control characters, or is too long".to_owned());
+    }
+    Ok((id, secret, token))
+}
+
+#[cfg(test)]
+mod aws_tests {
+    use super::*;
+
+    #[test]
+    fn the_default_profile_of_a_shared_credentials_file_is_read() {
+        let text = "# rotated by the vault agent\n[other]\naws_access_key_id = NO\naws_secret_access_key = NO\n\n[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key=wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY\naws_session_token = tok\nregion = us-east-1\n";
+        assert_eq!(
+            aws_shared_credentials(text),
+            Ok((
+                "AKIDEXAMPLE".to_owned(),
+                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".to_owned(),
+                Some("tok".to_owned())
+            ))
+        );
+        for bad in [
+            "",
+            "[default]\naws_access_key_id = A\n",
+            "[other]\naws_access_key_id = A\naws_secret_access_key = B\n",
+            "[default]\naws_access_key_id = A B\naws_secret_access_key = C\n",
+            "[default]\nnot a pair\n",
+        ] {
+            let e = aws_shared_credentials(bad).expect_err(bad);
+            assert!(!e.contains("A B"), "{e}");
+        }
+    }
+
+    #[test]
+    fn regions_are_checked() {
+        for ok in ["us-east-1", "ap-southeast-3", "eu-central-2"] {
+            assert!(check_aws_region(ok).is_ok(), "{ok}");
+        }
+        let long = "a".repeat(AWS_REGION_BYTES_MAX + 1);
+        for bad in ["", "US-EAST-1", "us east", "us/east", long.as_str()] {
+            assert!(check_aws_region(bad).is_err(), "{bad}");
+        }
     }
 }
