@@ -19,8 +19,8 @@
 //!   translated requests are the exception (most upstreams speak OpenAI).
 //! - **Output written by hand** where clients may compare bytes (response bodies, stream chunks):
 //!   keys in the order the client's own API sends them, strings escaped by one function.
-//! - **Refuse, never drop, what changes the answer.** A feature the target cannot express (tools,
-//!   images, several choices, log probabilities, JSON mode) is a
+//! - **Refuse, never drop, what changes the answer.** A feature the target cannot express (server
+//!   tools, images inside tool results, several choices, log probabilities, JSON mode) is a
 //!   [`TranslateError::Unsupported`] naming the field, mapped to a 400; sampling knobs with no
 //!   counterpart and no effect on the shape of the answer (`seed`, `presence_penalty`, ...) are
 //!   left out.
@@ -78,9 +78,31 @@ impl TranslateError {
             TranslateError::BadField("choices") => {
                 "the upstream response has no `choices` (an error body, or not a chat completion)"
             }
+            // Anthropic Messages clients (`messages`): tools and images.
+            TranslateError::BadField("tools") => {
+                "`tools` must be an array of tools, each with a `name` and an object `input_schema`"
+            }
+            TranslateError::BadField("tool_choice") => {
+                "`tool_choice` must be an object of type auto, none, any or tool (with a `name`), any and tool only with `tools`"
+            }
+            TranslateError::BadField("tool_use") => {
+                "`tool_use` blocks belong in assistant turns, with a string `id` and `name` and an object `input`"
+            }
+            TranslateError::BadField("tool_result") => {
+                "`tool_result` blocks belong in user turns, with a string `tool_use_id`, text `content` and a boolean `is_error`"
+            }
+            TranslateError::BadField("image") => {
+                "`image` blocks need a `source` of type base64 (with `media_type` and `data`) or url (with `url`)"
+            }
+            TranslateError::BadField("tool_calls") => {
+                "the upstream's `tool_calls` must each name a function whose `arguments` are a JSON object"
+            }
+            TranslateError::Unsupported("input_examples") => {
+                "tool `input_examples` are not supported for this model's provider"
+            }
             TranslateError::BadField(_) => "a field of the body has the wrong type",
             TranslateError::Unsupported("tools") => {
-                "`tools` are not supported for this model's provider"
+                "these `tools` are not supported for this model's provider (server tools never are)"
             }
             TranslateError::Unsupported("tool_choice") => {
                 "`tool_choice` is not supported for this model's provider"
@@ -122,7 +144,7 @@ impl TranslateError {
                 "`output_format` is not supported for this model's provider"
             }
             TranslateError::Unsupported("image") => {
-                "`image` content blocks are not supported for this model's provider"
+                "`image` blocks other than base64 or url sources are not supported for this model's provider"
             }
             TranslateError::Unsupported("document") => {
                 "`document` content blocks are not supported for this model's provider"
@@ -131,7 +153,7 @@ impl TranslateError {
                 "`tool_use` content blocks are not supported for this model's provider"
             }
             TranslateError::Unsupported("tool_result") => {
-                "`tool_result` content blocks are not supported for this model's provider"
+                "`tool_result` content other than text (images, documents) is not supported for this model's provider"
             }
             TranslateError::Unsupported("content") => {
                 "content blocks other than text are not supported for this model's provider"
@@ -220,6 +242,13 @@ mod tests {
             TranslateError::BadField("stop_sequences"),
             TranslateError::BadField("metadata"),
             TranslateError::BadField("choices"),
+            TranslateError::BadField("tools"),
+            TranslateError::BadField("tool_choice"),
+            TranslateError::BadField("tool_use"),
+            TranslateError::BadField("tool_result"),
+            TranslateError::BadField("image"),
+            TranslateError::BadField("tool_calls"),
+            TranslateError::Unsupported("input_examples"),
             TranslateError::BadField("other"),
             TranslateError::Unsupported("tools"),
             TranslateError::Unsupported("tool_choice"),
