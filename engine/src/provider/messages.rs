@@ -29,7 +29,7 @@
 //! | `stop_sequences` | `stop` (OpenAI takes at most 4; more is the upstream's 400) |
 //! | `stream` | `stream`, with `"stream_options":{"include_usage":true}` when the caller asks |
 //! | `metadata.user_id` | `user` |
-//! | server tools (a tool `type` other than `custom`: `web_search_...`, `bash_...`, `text_editor_...`, `computer_...`, ...), a tool's `input_examples`, `thinking` other than `disabled`, `mcp_servers` (unless empty), `output_format`, `document` blocks, `image` blocks with a `file` source or inside a `tool_result`, any other block type | refused: [`TranslateError::Unsupported`] |
+//! | server tools (a tool `type` other than `custom`: `web_search_...`, `bash_...`, `text_editor_...`, `computer_...`, ...), a tool's `input_examples`, `thinking` other than `disabled`, `mcp_servers` (unless empty), `output_format`, `thread` (server-held conversation state; the error body tells the anthropic SDK to send the whole conversation instead, see [`crate::error`]), `document` blocks, `image` blocks with a `file` source or inside a `tool_result`, any other block type | refused: [`TranslateError::Unsupported`] |
 //! | `model` (the caller names the upstream's), `top_k`, `service_tier`, `container`, other `metadata`, other keys of a tool (`eager_input_streaming`, ...), ... | left out |
 //!
 //! A last `assistant` turn (a prefill) is sent as it is: an OpenAI upstream answers it with a
@@ -163,6 +163,11 @@ fn refuse_unsupported(body: &Map<String, Value>) -> Result<(), TranslateError> {
     }
     if present(body, "output_format").is_some() {
         return Err(TranslateError::Unsupported("output_format"));
+    }
+    // Server-held conversation state: a stateless upstream cannot continue a thread, and
+    // creating one it would not hold would make the client's next turn lose the conversation.
+    if present(body, "thread").is_some() {
+        return Err(TranslateError::Unsupported("thread"));
     }
     Ok(())
 }
@@ -1588,6 +1593,14 @@ mod tests {
             ),
             Err(Unsupported("output_format"))
         );
+        // Server-held conversation state (the anthropic SDK's tool runner asks for it).
+        for thread in [
+            json!({"type": "create"}),
+            json!({"type": "continue", "previous_message_id": "msg_1"}),
+        ] {
+            assert_eq!(with("thread", thread), Err(Unsupported("thread")));
+        }
+        assert!(with("thread", Value::Null).is_ok());
         assert_eq!(
             block(json!({"type": "image", "source": {"type": "file", "file_id": "file_1"}})),
             Err(Unsupported("image"))

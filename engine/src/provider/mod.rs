@@ -32,6 +32,12 @@ pub(crate) mod sse;
 
 use std::fmt;
 
+/// The message of [`TranslateError::Unsupported`]`("thread")`, which `crate::error` recognises
+/// to give Anthropic clients Threads' `thread_unsupported_request` error code (the anthropic
+/// SDK's tool runner then sends the whole conversation without `thread`).
+pub const THREAD_UNSUPPORTED: &str =
+    "`thread` (server-held conversation state) is not supported for this model's provider: send the whole conversation without it";
+
 /// Why a body could not be translated. The caller maps it to a 400 (`Error::BadRequest` with
 /// [`TranslateError::message`]) for a request, to a 502 for an upstream's response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +103,7 @@ impl TranslateError {
             TranslateError::BadField("tool_calls") => {
                 "the upstream's `tool_calls` must each name a function whose `arguments` are a JSON object"
             }
+            TranslateError::Unsupported("thread") => THREAD_UNSUPPORTED,
             TranslateError::Unsupported("input_examples") => {
                 "tool `input_examples` are not supported for this model's provider"
             }
@@ -249,6 +256,7 @@ mod tests {
             TranslateError::BadField("image"),
             TranslateError::BadField("tool_calls"),
             TranslateError::Unsupported("input_examples"),
+            TranslateError::Unsupported("thread"),
             TranslateError::BadField("other"),
             TranslateError::Unsupported("tools"),
             TranslateError::Unsupported("tool_choice"),
