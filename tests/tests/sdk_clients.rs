@@ -350,7 +350,8 @@ fn openai_and_anthropic_sdks_with_a_tenant_key() {
 /// The anthropic SDK's tool loop (by hand, whole and streamed, and its tool runner) through the
 /// gateway to an OpenAI chat upstream: the mock with `--tools` calls the first tool and answers
 /// the tool result with a quote of it. The upstream must have got the tool as a function, the
-/// call back as the assistant's `tool_calls`, and the result as a `tool` message.
+/// call back as the assistant's `tool_calls` (the thinking block beside it left out), and the
+/// result as a `tool` message.
 #[test]
 fn anthropic_sdk_tool_loop_through_an_openai_upstream() {
     let sdk_dir = match sdk_path() {
@@ -358,7 +359,9 @@ fn anthropic_sdk_tool_loop_through_an_openai_upstream() {
         Err(None) => return,
         Err(Some(why)) => panic!("{why}"),
     };
-    let mock = BenchUpstream::start(&["--chunks", CHUNKS, "--tools"]);
+    // `--reasoning` too: the thinking blocks the SDK sends back with the call must not fail
+    // the next turn.
+    let mock = BenchUpstream::start(&["--chunks", CHUNKS, "--tools", "--reasoning"]);
     let claude = relay(mock.addr());
     let openai = relay(mock.addr());
     let gw = Gateway::start_with_env(
@@ -369,7 +372,13 @@ fn anthropic_sdk_tool_loop_through_an_openai_upstream() {
         &gw,
         sdk_dir.as_ref(),
         "sk-client-key-unused",
-        &["--only", "anthropic", "--anthropic-tools"],
+        &[
+            "--only",
+            "anthropic",
+            "--anthropic-tools",
+            "--anthropic-thinking",
+            REASONING,
+        ],
     );
     let report = || {
         format!(
@@ -422,6 +431,7 @@ fn anthropic_sdk_tool_loop_through_an_openai_upstream() {
         let n = messages.len();
         let (call, result) = (&messages[n - 2], &messages[n - 1]);
         assert_eq!(call["role"], "assistant", "{b}");
+        assert_eq!(call["content"], serde_json::Value::Null, "{b}");
         let tool_call = &call["tool_calls"][0];
         assert_eq!(tool_call["function"]["name"], "lookup", "{b}");
         let args: serde_json::Value = serde_json::from_str(
