@@ -927,8 +927,11 @@ struct CallDelta<'a> {
 /// `content_block_stop`, at indices 0, 1, ...: a `thinking` block of `thinking_delta`s for
 /// `delta.reasoning_content` (or `delta.reasoning`), a `text` block of `text_delta`s for
 /// `delta.content` (or `delta.refusal`), a new block each time the kind changes; a `tool_use`
-/// block (`id`, `name`, `input: {}`) for each entry of `delta.tool_calls`, opened by the call's
-/// first delta, with an `input_json_delta` per non-empty `function.arguments` piece. On
+/// block (`id`, `name`, `input: {}`) for each call of `delta.tool_calls` (told apart by their
+/// `index`, else their place in the array), opened by the call's first delta, whose `id` and
+/// `function.name` it takes (an `id` made up when the upstream sent none), with an
+/// `input_json_delta` per non-empty `function.arguments` piece, passed on unchecked (arguments
+/// that are not a string end the stream with an `error` event). On
 /// `data: [DONE]`: `content_block_stop`, `message_delta` (stop reason, and the usage once the
 /// upstream reported it) and `message_stop`.
 ///
@@ -1092,6 +1095,14 @@ impl StreamToMessages {
             if let Some(Value::Array(calls)) = delta.get("tool_calls") {
                 for (position, call) in calls.iter().enumerate() {
                     let function = call.get("function");
+                    let arguments = function.and_then(|f| f.get("arguments"));
+                    if arguments.is_some_and(|a| !a.is_string() && !a.is_null()) {
+                        self.push_error(
+                            out,
+                            "the upstream sent tool call arguments that are not a string",
+                        );
+                        return;
+                    }
                     let call = CallDelta {
                         index: call
                             .get("index")
@@ -1099,7 +1110,7 @@ impl StreamToMessages {
                             .unwrap_or(position as u64),
                         id: str_at(call, "id"),
                         name: function.map_or("", |f| str_at(f, "name")),
-                        arguments: function.map_or("", |f| str_at(f, "arguments")),
+                        arguments: arguments.and_then(Value::as_str).unwrap_or_default(),
                     };
                     self.push_call(call, out);
                 }
@@ -2737,6 +2748,14 @@ mod tests {
         );
         assert_eq!(ev[2].1["delta"]["partial_json"], "{\"a\":1}");
         assert_eq!(ev[4].1["delta"]["stop_reason"], "tool_use");
+
+        // Arguments that are no string (not OpenAI's shape): an error, never dropped.
+        let stream = delta_chunk(
+            r#"{"tool_calls":[{"index":0,"id":"c","type":"function","function":{"name":"f","arguments":{"a":1}}}]}"#,
+        ) + &finish_chunk("tool_calls");
+        let (out, _) = translate_in_pieces(stream.as_bytes(), &[]);
+        let ev = events(&out);
+        assert_eq!(kinds(&ev), ["message_start", "error"]);
 
         // Cut by max_tokens inside the arguments: passed on as they came.
         let stream = delta_chunk(
