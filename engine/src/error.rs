@@ -307,6 +307,19 @@ impl Error {
         }
     }
 
+    /// More members of an Anthropic error body's `error` object: for a translated request
+    /// refused for its `thread` ([`crate::provider::THREAD_UNSUPPORTED`]), Threads'
+    /// `details.error_code` `thread_unsupported_request`, on which the anthropic SDK's tool
+    /// runner sends the whole conversation again without `thread`.
+    fn anthropic_details(self) -> &'static str {
+        match self {
+            Error::BadBody(m) if m == crate::provider::THREAD_UNSUPPORTED => {
+                ",\"details\":{\"error_code\":\"thread_unsupported_request\"}"
+            }
+            _ => "",
+        }
+    }
+
     /// [`Error::write_response`] with extra header lines (each ending in CRLF), e.g.
     /// `retry-after` and `x-ratelimit-*` on a 429.
     pub fn write_response_with(self, close: bool, extra_headers: &[u8], out: &mut Vec<u8>) {
@@ -342,9 +355,10 @@ impl Error {
                 Shape::Anthropic => fmt::write(
                     &mut w,
                     format_args!(
-                        "{{\"type\":\"error\",\"error\":{{\"type\":\"{}\",\"message\":\"{}\"}}}}",
+                        "{{\"type\":\"error\",\"error\":{{\"type\":\"{}\",\"message\":\"{}\"{}}}}}",
                         self.anthropic_type(),
                         Message(self),
+                        self.anthropic_details(),
                     ),
                 ),
             };
@@ -495,6 +509,22 @@ mod tests {
                 .as_str()
                 .is_some_and(|m| !m.is_empty()));
         }
+        // A refused `thread` carries Threads' error code, for the anthropic SDK to drop it.
+        let mut out = Vec::new();
+        Error::BadBody(crate::provider::THREAD_UNSUPPORTED).write_response_shaped(
+            false,
+            b"",
+            Shape::Anthropic,
+            &mut out,
+        );
+        let text = String::from_utf8(out).expect("ascii");
+        let (_, body) = text.split_once("\r\n\r\n").expect("head and body");
+        let v: serde_json::Value = serde_json::from_str(body).expect("valid json");
+        assert_eq!(
+            v["error"]["details"]["error_code"],
+            "thread_unsupported_request"
+        );
+        assert_eq!(v["error"]["message"], crate::provider::THREAD_UNSUPPORTED);
         assert_eq!(Error::ModelNotFound.anthropic_type(), "not_found_error");
         assert_eq!(Error::Unauthorized.anthropic_type(), "authentication_error");
         assert_eq!(

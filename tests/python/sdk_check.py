@@ -10,7 +10,10 @@ The gateway is expected to serve, behind `shardgate-bench upstream --chunks N` (
 - `--openai-model` (default "claude-test") to OpenAI clients (`POST /v1/chat/completions`),
 - `--anthropic-model` (default "gpt-test") to Anthropic clients (`POST /v1/messages`),
 
-and to answer 404 for `--missing-model`. The mock's answer is deterministic: its first N words
+and to answer 404 for `--missing-model`. With `--anthropic-tools`, the anthropic SDK also runs a
+tool loop against a mock started with `--tools` (which calls the first tool with
+{"query": "mock"} and answers a tool result with `The tool said: "<its first 40 characters>". `
+before its words): messages.create and messages.stream by hand, then the SDK's tool runner. The mock's answer is deterministic: its first N words
 (see WORDS below), so every answer, whole or streamed, must be exactly that text, end with
 "stop" / "end_turn", and report N output tokens and a positive number of input tokens.
 
@@ -32,6 +35,23 @@ WORDS = [
 SYSTEM = "You are a terse assistant used by shardgate's SDK test."
 USER = "Say something deterministic, please."
 MAX_TOKENS = 64
+
+
+# The tool the anthropic SDK offers with --anthropic-tools, what it returns, and what the mock
+# (`shardgate-bench upstream --tools`) calls it with (`TOOL_ARGUMENTS` in answer.rs).
+TOOL = {
+    "name": "lookup",
+    "description": "Looks a word up.",
+    "input_schema": {
+        "type": "object",
+        "properties": {"query": {"type": "string"}},
+        "required": ["query"],
+    },
+}
+TOOL_INPUT = {"query": "mock"}
+TOOL_RESULT = "A mock is a stand-in that tests use instead of the real thing, here an LLM."
+# The most characters of a tool result the mock quotes (`TOOL_QUOTE_CHARS_MAX`).
+TOOL_QUOTE_CHARS = 40
 
 
 def mock_text(chunks):
@@ -350,6 +370,119 @@ class Checker:
             "usage": usage,
         }
 
+    # ---- anthropic SDK: a tool loop (--anthropic-tools) -----------------------------------------
+
+    def tool_answer(self):
+        """What the mock answers a tool result with."""
+        return f'The tool said: "{TOOL_RESULT[:TOOL_QUOTE_CHARS]}". ' + self.expected
+
+    def tool_kwargs(self, messages):
+        kwargs = self.anthropic_kwargs()
+        kwargs["tools"] = [TOOL]
+        kwargs["messages"] = messages
+        return kwargs
+
+    def check_tool_call(self, where, m):
+        """Checks an answer that calls the tool; returns the tool_use block."""
+        kinds = [b.type for b in m.content]
+        want = (["thinking"] if self.args.anthropic_thinking else []) + ["tool_use"]
+        check(kinds == want, f"{where}: content blocks {kinds!r}, want {want!r}")
+        check(m.stop_reason == "tool_use", f"{where}: stop_reason is {m.stop_reason!r}")
+        use = m.content[-1]
+        check(nonempty_str(use.id), f"{where}: tool_use id is {use.id!r}")
+        check(use.name == TOOL["name"], f"{where}: tool_use name is {use.name!r}")
+        check(use.input == TOOL_INPUT, f"{where}: tool_use input is {use.input!r}, want {TOOL_INPUT!r}")
+        return use
+
+    def check_tool_answer(self, where, m):
+        """Checks the answer to the tool result; returns its text."""
+        kinds = [b.type for b in m.content if b.type != "thinking"]
+        check(kinds == ["text"], f"{where}: content blocks {kinds!r}, want a text block")
+        text = m.content[-1].text
+        check(text == self.tool_answer(), f"{where}: text is {text!r}, want {self.tool_answer()!r}")
+        check(m.stop_reason == "end_turn", f"{where}: stop_reason is {m.stop_reason!r}")
+        return text
+
+    def tool_result_turns(self, m, use):
+        """The history after the tool call: the call, and its result (as the SDK's docs do)."""
+        return [
+            {"role": "user", "content": USER},
+            {"role": "assistant", "content": m.content},
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": use.id, "content": TOOL_RESULT}],
+            },
+        ]
+
+    def anthropic_tools_whole(self, client):
+        where = "anthropic messages.create(tools=...)"
+        first = [{"role": "user", "content": USER}]
+        m = client.messages.create(**self.tool_kwargs(first))
+        use = self.check_tool_call(where, m)
+        m2 = client.messages.create(**self.tool_kwargs(self.tool_result_turns(m, use)))
+        text = self.check_tool_answer(where + " after the tool result", m2)
+        return {"tool_use_id": use.id, "input": use.input, "text": text}
+
+    def anthropic_tools_stream(self, client):
+        where = "anthropic messages.stream(tools=...)"
+        first = [{"role": "user", "content": USER}]
+        pieces, kinds = [], []
+        with client.messages.stream(**self.tool_kwargs(first)) as stream:
+            for e in stream:
+                if e.type == "content_block_start":
+                    kinds.append(e.content_block.type)
+                if e.type == "content_block_delta" and e.delta.type == "input_json_delta":
+                    pieces.append(e.delta.partial_json)
+            m = stream.get_final_message()
+        want = (["thinking"] if self.args.anthropic_thinking else []) + ["tool_use"]
+        check(kinds == want, f"{where}: content_block_start types {kinds!r}, want {want!r}")
+        check(len(pieces) >= 2, f"{where}: input_json_delta pieces {pieces!r}, want it streamed in parts")
+        use = self.check_tool_call(where + " final message", m)
+        with client.messages.stream(**self.tool_kwargs(self.tool_result_turns(m, use))) as stream:
+            deltas = [t for t in stream.text_stream]
+            m2 = stream.get_final_message()
+        text = self.check_tool_answer(where + " after the tool result", m2)
+        check("".join(deltas) == text, f"{where}: text deltas {deltas!r} make no {text!r}")
+        return {"tool_use_id": use.id, "pieces": len(pieces), "text": text}
+
+    def anthropic_tool_runner(self, client, stream):
+        from anthropic import beta_tool
+
+        where = f"anthropic beta.messages.tool_runner(stream={stream})"
+        calls = []
+
+        @beta_tool
+        def lookup(query: str) -> str:
+            """Looks a word up.
+
+            Args:
+                query: the word.
+            """
+            calls.append(query)
+            return TOOL_RESULT
+
+        kwargs = self.anthropic_kwargs()
+        kwargs["tools"] = [lookup]
+        if stream:
+            kwargs["stream"] = True
+        runner = client.beta.messages.tool_runner(**kwargs)
+        final = runner.until_done()
+        check(calls == [TOOL_INPUT["query"]], f"{where}: the tool ran with {calls!r}")
+        text = self.check_tool_answer(where + " final message", final)
+        return {"calls": calls, "text": text}
+
+    def run_anthropic_tools(self, client):
+        out = {}
+        out["whole"] = self.step("anthropic tools whole", lambda: self.anthropic_tools_whole(client))
+        out["stream"] = self.step("anthropic tools stream", lambda: self.anthropic_tools_stream(client))
+        out["runner"] = self.step(
+            "anthropic tool runner", lambda: self.anthropic_tool_runner(client, False)
+        )
+        out["runner_stream"] = self.step(
+            "anthropic streaming tool runner", lambda: self.anthropic_tool_runner(client, True)
+        )
+        return out
+
     def anthropic_not_found(self, client):
         import anthropic
 
@@ -383,6 +516,8 @@ class Checker:
                 out["whole"]["text"] == out[k]["text"],
                 f"anthropic: the whole and the {k} answers to the same prompt differ",
             )
+        if self.args.anthropic_tools:
+            out["tools"] = self.run_anthropic_tools(client)
         if not self.args.skip_not_found:
             out["not_found"] = self.step("anthropic 404", lambda: self.anthropic_not_found(client))
         if self.args.bad_key:
@@ -422,6 +557,12 @@ def parse_args(argv):
         "--anthropic-thinking",
         help="the reasoning the chat upstream returns: the anthropic SDK must see it as a "
         "thinking block before the text (whole and streamed)",
+    )
+    p.add_argument(
+        "--anthropic-tools",
+        action="store_true",
+        help="also run a tool loop with the anthropic SDK (by hand, whole and streamed, and its "
+        "tool runner) against a chat upstream that is `shardgate-bench upstream --tools`",
     )
     p.add_argument("--only", choices=["both", "openai", "anthropic"], default="both")
     p.add_argument("--timeout", type=float, default=20.0, help="per-request timeout, seconds")

@@ -346,3 +346,108 @@ fn openai_and_anthropic_sdks_without_keys() {
 fn openai_and_anthropic_sdks_with_a_tenant_key() {
     sdks_through_the_other_format(true);
 }
+
+/// The anthropic SDK's tool loop (by hand, whole and streamed, and its tool runner) through the
+/// gateway to an OpenAI chat upstream: the mock with `--tools` calls the first tool and answers
+/// the tool result with a quote of it. The upstream must have got the tool as a function, the
+/// call back as the assistant's `tool_calls` (the thinking block beside it left out), and the
+/// result as a `tool` message.
+#[test]
+fn anthropic_sdk_tool_loop_through_an_openai_upstream() {
+    let sdk_dir = match sdk_path() {
+        Ok(dir) => dir,
+        Err(None) => return,
+        Err(Some(why)) => panic!("{why}"),
+    };
+    // `--reasoning` too: the thinking blocks the SDK sends back with the call must not fail
+    // the next turn.
+    let mock = BenchUpstream::start(&["--chunks", CHUNKS, "--tools", "--reasoning"]);
+    let claude = relay(mock.addr());
+    let openai = relay(mock.addr());
+    let gw = Gateway::start_with_env(
+        &config(claude.addr(), openai.addr(), false),
+        &[("SG_TEST_ANTHROPIC_KEY", UPSTREAM_KEY)],
+    );
+    let run = run_script(
+        &gw,
+        sdk_dir.as_ref(),
+        "sk-client-key-unused",
+        &[
+            "--only",
+            "anthropic",
+            "--anthropic-tools",
+            "--anthropic-thinking",
+            REASONING,
+        ],
+    );
+    let report = || {
+        format!(
+            "--- sdk_check.py: {} ---\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            run.status, run.stdout, run.stderr
+        )
+    };
+    assert!(run.ok, "the SDK check failed\n{}", report());
+    let results: serde_json::Value = run
+        .stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON result line\n{}", report()));
+    assert_eq!(results["ok"], true, "{}", report());
+    assert_eq!(results["anthropic"]["tools"]["runner"]["calls"][0], "mock");
+    assert!(claude.requests().is_empty(), "claude-up got requests");
+
+    let to_openai = upstream_calls(
+        "openai-up",
+        &openai,
+        "/v1/chat/completions",
+        "gpt-upstream-model",
+    );
+    // Three plain answers, then two requests for each of the four tool loops.
+    assert_eq!(to_openai.len(), 3 + 2 * 4, "{to_openai:#?}");
+    let with_tools: Vec<&serde_json::Value> = to_openai
+        .iter()
+        .filter(|b| b.get("tools").is_some())
+        .collect();
+    assert_eq!(with_tools.len(), 8, "{to_openai:#?}");
+    for b in &with_tools {
+        let function = &b["tools"][0];
+        assert_eq!(function["type"], "function", "{b}");
+        assert_eq!(function["function"]["name"], "lookup", "{b}");
+        assert_eq!(
+            function["function"]["parameters"]["properties"]["query"]["type"], "string",
+            "{b}"
+        );
+    }
+    // Each loop's second request: the call and its result, in OpenAI's shape.
+    let answers: Vec<&serde_json::Value> = with_tools
+        .iter()
+        .filter(|b| b["messages"].as_array().is_some_and(|m| m.len() > 2))
+        .copied()
+        .collect();
+    assert_eq!(answers.len(), 4, "{with_tools:#?}");
+    for b in answers {
+        let messages = b["messages"].as_array().expect("array");
+        let n = messages.len();
+        let (call, result) = (&messages[n - 2], &messages[n - 1]);
+        assert_eq!(call["role"], "assistant", "{b}");
+        assert_eq!(call["content"], serde_json::Value::Null, "{b}");
+        let tool_call = &call["tool_calls"][0];
+        assert_eq!(tool_call["function"]["name"], "lookup", "{b}");
+        let args: serde_json::Value = serde_json::from_str(
+            tool_call["function"]["arguments"]
+                .as_str()
+                .expect("string arguments"),
+        )
+        .expect("JSON arguments");
+        assert_eq!(args, serde_json::json!({"query": "mock"}), "{b}");
+        assert_eq!(result["role"], "tool", "{b}");
+        assert_eq!(result["tool_call_id"], tool_call["id"], "{b}");
+        assert!(
+            result["content"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("A mock is a stand-in")),
+            "{b}"
+        );
+    }
+}

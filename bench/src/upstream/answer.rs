@@ -41,6 +41,10 @@ const WORDS: [&str; 16] = [
 /// The mock's embedding vector (every input gets the same one).
 /// The reasoning chat answers carry with `--reasoning`.
 pub const REASONING: &str = "The user greets me; a friendly greeting back.";
+/// The arguments of the tool calls `--tools` answers with, and the pieces they are streamed in.
+pub const TOOL_ARGUMENTS: [&str; 2] = ["{\"query\":", "\"mock\"}"];
+/// The most characters of a tool result `--tools` quotes.
+pub const TOOL_QUOTE_CHARS_MAX: usize = 40;
 const EMBEDDING: &str = "[0.0125,-0.025,0.0375,-0.05,0.0625,-0.075,0.0875,-0.1]";
 const MODELS: &str = r#"{"object":"list","data":[{"id":"mock","object":"model","created":0,"owned_by":"shardgate-bench"}]}"#;
 
@@ -58,6 +62,7 @@ pub struct Knobs {
     pub reset_rate: f64,
     pub echo: bool,
     pub reasoning: bool,
+    pub tools: bool,
 }
 
 impl Default for Knobs {
@@ -72,6 +77,7 @@ impl Default for Knobs {
             reset_rate: 0.0,
             echo: false,
             reasoning: false,
+            tools: false,
         }
     }
 }
@@ -222,11 +228,18 @@ pub fn answer(req: &Request<'_>, knobs: &Knobs, rolls: Rolls, stamp: Stamp, plan
         let msg = "request body is not valid JSON of the expected shape";
         return error(plan, conn, 400, "invalid_json", msg, anthropic);
     };
+    // Only with --tools is the body read a second time (into a tree).
+    let tool = if knobs.tools && endpoint == Endpoint::Chat {
+        ToolTurn::of(req.body)
+    } else {
+        None
+    };
     let a = Answer {
         model: body.model().unwrap_or(DEFAULT_MODEL),
         prompt_tokens: body.text_bytes().div_ceil(4),
         chunks: knobs.chunks,
         reasoning: knobs.reasoning,
+        tool,
         stamp,
     };
     match (endpoint, body.is_stream()) {
@@ -487,6 +500,44 @@ impl<'p> Stream<'p> {
     }
 }
 
+/// With `--tools`, what a chat request with `tools` is answered with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolTurn {
+    /// A call of the tool of this name (the first of the request's `tools`).
+    Call(String),
+    /// Text quoting the start of this tool result (the request's last message was one).
+    Quote(String),
+}
+
+impl ToolTurn {
+    /// What to answer a chat request `body` with: `None` without `tools` (or not JSON).
+    pub fn of(body: &[u8]) -> Option<ToolTurn> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let tools = v.get("tools")?.as_array()?;
+        let last = v.get("messages")?.as_array()?.last()?;
+        if last.get("role").and_then(serde_json::Value::as_str) == Some("tool") {
+            let content = match last.get("content") {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Array(parts)) => parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(serde_json::Value::as_str))
+                    .collect(),
+                _ => String::new(),
+            };
+            return Some(ToolTurn::Quote(
+                content.chars().take(TOOL_QUOTE_CHARS_MAX).collect(),
+            ));
+        }
+        let name = tools
+            .first()?
+            .get("function")?
+            .get("name")?
+            .as_str()?
+            .to_owned();
+        Some(ToolTurn::Call(name))
+    }
+}
+
 /// What every answer of one request shares.
 struct Answer<'a> {
     model: &'a str,
@@ -495,6 +546,8 @@ struct Answer<'a> {
     /// Chat answers carry [`REASONING`] as vLLM's `reasoning_content` (a stream: in one event
     /// before the content).
     reasoning: bool,
+    /// With `--tools`: a tool call instead of the text, or a quote before it.
+    tool: Option<ToolTurn>,
     stamp: Stamp,
 }
 
@@ -563,11 +616,27 @@ impl Answer<'_> {
             "text_completion"
         };
         self.envelope(object, chat, out);
+        let mut finish: &[u8] = br#""stop""#;
         if chat {
             out.extend_from_slice(
                 br#","choices":[{"index":0,"message":{"role":"assistant","content":"#,
             );
-            self.text(out);
+            match &self.tool {
+                None => self.text(out),
+                Some(ToolTurn::Quote(quote)) => {
+                    write_str(out, &(quote_text(quote) + &self.text_string()));
+                }
+                Some(ToolTurn::Call(name)) => {
+                    out.extend_from_slice(br#"null,"tool_calls":[{"id":"#);
+                    self.id("call_mock_", out);
+                    out.extend_from_slice(br#","type":"function","function":{"name":"#);
+                    write_str(out, name);
+                    out.extend_from_slice(br#","arguments":"#);
+                    write_str(out, &TOOL_ARGUMENTS.concat());
+                    out.extend_from_slice(b"}}]");
+                    finish = br#""tool_calls""#;
+                }
+            }
             if self.reasoning {
                 out.extend_from_slice(br#","reasoning_content":"#);
                 write_str(out, REASONING);
@@ -577,9 +646,59 @@ impl Answer<'_> {
             out.extend_from_slice(br#","choices":[{"index":0,"text":"#);
             self.text(out);
         }
-        out.extend_from_slice(br#","logprobs":null,"finish_reason":"stop"}],"#);
+        out.extend_from_slice(br#","logprobs":null,"finish_reason":"#);
+        out.extend_from_slice(finish);
+        out.extend_from_slice(b"}],");
         self.usage(out);
         out.push(b'}');
+    }
+
+    /// The answer's words, as they are (`--tools` answers only).
+    fn text_string(&self) -> String {
+        let mut text = String::new();
+        for i in 0..self.chunks {
+            let (w, sp) = self.word(i);
+            text.push_str(w);
+            text.push_str(sp);
+        }
+        text
+    }
+
+    /// A tool call of [`TOOL_ARGUMENTS`], streamed: a first delta with its id, type, name and
+    /// empty arguments, one delta per piece, the finish reason `tool_calls` (or, when `reset`,
+    /// a reset after the first piece).
+    fn tool_call_stream(&self, s: &mut Stream<'_>, name: &str, reset: bool) -> bool {
+        let object = "chat.completion.chunk";
+        s.content(None, |out| {
+            self.envelope(object, true, out);
+            out.extend_from_slice(
+                br#","choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"#,
+            );
+            self.id("call_mock_", out);
+            out.extend_from_slice(br#","type":"function","function":{"name":"#);
+            write_str(out, name);
+            out.extend_from_slice(br#","arguments":""}}]},"logprobs":null,"finish_reason":null}]}"#);
+        });
+        for (i, piece) in TOOL_ARGUMENTS.iter().enumerate() {
+            if reset && i == 1 {
+                return false;
+            }
+            s.content(None, |out| {
+                self.envelope(object, true, out);
+                out.extend_from_slice(
+                    br#","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"#,
+                );
+                write_str(out, piece);
+                out.extend_from_slice(br#"}}]},"logprobs":null,"finish_reason":null}]}"#);
+            });
+        }
+        s.event(None, 0, |out| {
+            self.envelope(object, true, out);
+            out.extend_from_slice(
+                br#","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"tool_calls"}]}"#,
+            );
+        });
+        true
     }
 
     /// `chat.completion.chunk` (or `text_completion`) events, the usage event when asked for,
@@ -600,6 +719,24 @@ impl Answer<'_> {
                 write_str(out, REASONING);
                 out.extend_from_slice(br#"},"logprobs":null,"finish_reason":null}]}"#);
             });
+        }
+        let mut until = until;
+        match (&self.tool, chat) {
+            (Some(ToolTurn::Call(name)), true) => {
+                until = 0;
+                if !self.tool_call_stream(&mut s, name, reset) {
+                    return s.reset();
+                }
+            }
+            (Some(ToolTurn::Quote(quote)), true) => {
+                s.content(None, |out| {
+                    self.envelope(object, chat, out);
+                    out.extend_from_slice(br#","choices":[{"index":0,"delta":{"content":"#);
+                    write_str(out, &quote_text(quote));
+                    out.extend_from_slice(br#"},"logprobs":null,"finish_reason":null}]}"#);
+                });
+            }
+            _ => {}
         }
         for i in 0..until {
             s.content(None, |out| {
@@ -732,6 +869,11 @@ impl Answer<'_> {
         num(out, self.prompt_tokens);
         out.extend_from_slice(b"}}");
     }
+}
+
+/// The text `--tools` answers a tool result with, before the usual words.
+fn quote_text(quote: &str) -> String {
+    format!("The tool said: \"{quote}\". ")
 }
 
 /// Append `n` in decimal (the engine's allocation-free writer).

@@ -588,3 +588,168 @@ fn reasoning_rides_beside_the_chat_answer_and_first_in_its_stream() {
     ));
     assert!(!String::from_utf8_lossy(&body).contains("reasoning"));
 }
+
+/// A chat request with `tools`, its last message of `last_role` with `last_content`.
+fn tools_body(stream: bool, last_role: &str, last_content: &str) -> String {
+    format!(
+        r#"{{"model":"gpt-test","stream":{stream},"stream_options":{{"include_usage":true}},"tools":[{{"type":"function","function":{{"name":"lookup","parameters":{{"type":"object"}}}}}},{{"type":"function","function":{{"name":"other","parameters":{{}}}}}}],"messages":[{{"role":"user","content":"Find it"}},{{"role":"{last_role}","tool_call_id":"call_1","content":{last_content}}}]}}"#
+    )
+}
+
+#[test]
+fn tools_answer_a_call_of_the_first_tool() {
+    let knobs = Knobs {
+        chunks: 3,
+        tools: true,
+        ..Knobs::default()
+    };
+    let body = tools_body(false, "user", r#""again""#);
+    let (status, _, resp) = whole(&plan_for(
+        post("/v1/chat/completions", &body),
+        &knobs,
+        NO_ROLL,
+    ));
+    assert_eq!(status, 200);
+    let v = json(&resp);
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], Value::Null);
+    assert_eq!(
+        choice["message"]["tool_calls"],
+        serde_json::json!([{"id": "call_mock_0-7", "type": "function", "function": {"name": "lookup", "arguments": "{\"query\":\"mock\"}"}}])
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+
+    // Streamed: the call's first delta, its arguments in two pieces, the finish, usage, [DONE].
+    let plan = plan_for(
+        post(
+            "/v1/chat/completions",
+            &tools_body(true, "user", r#""again""#),
+        ),
+        &knobs,
+        NO_ROLL,
+    );
+    let (_, events, terminated) = stream_frames(&plan);
+    assert!(terminated);
+    assert_eq!(events.len(), 6, "{events:?}");
+    let first = data_json(&events[0].1);
+    assert_eq!(
+        first["choices"][0]["delta"],
+        serde_json::json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_mock_0-7", "type": "function", "function": {"name": "lookup", "arguments": ""}}]})
+    );
+    let mut arguments = String::new();
+    for (_, event) in &events[1..3] {
+        let call = &data_json(event)["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(call["index"], 0);
+        assert!(call.get("id").is_none());
+        arguments.push_str(call["function"]["arguments"].as_str().expect("a piece"));
+    }
+    assert_eq!(arguments, r#"{"query":"mock"}"#);
+    assert_eq!(
+        data_json(&events[3].1)["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+    assert_eq!(data_json(&events[4].1)["usage"]["completion_tokens"], 3);
+    assert_eq!(events[5].1, "data: [DONE]\n\n");
+
+    // A reset cuts the call after its first piece.
+    let reset = Rolls {
+        fail: 0.5,
+        reset: 0.0,
+    };
+    let knobs_reset = Knobs {
+        reset_rate: 0.5,
+        ..knobs.clone()
+    };
+    let plan = plan_for(
+        post(
+            "/v1/chat/completions",
+            &tools_body(true, "user", r#""again""#),
+        ),
+        &knobs_reset,
+        reset,
+    );
+    assert_eq!(plan.end, End::Reset);
+    let (_, events, terminated) = stream_frames(&plan);
+    assert!(!terminated);
+    assert_eq!(events.len(), 2);
+}
+
+#[test]
+fn tools_answer_a_tool_result_with_a_quote() {
+    let knobs = Knobs {
+        chunks: 2,
+        tools: true,
+        ..Knobs::default()
+    };
+    let result = "The weather in Paris: 15 degrees, light rain \u{e9}\u{e9} and more text after";
+    let quoted: String = result.chars().take(TOOL_QUOTE_CHARS_MAX).collect();
+    let body = tools_body(false, "tool", &serde_json::to_string(result).expect("JSON"));
+    let (_, _, resp) = whole(&plan_for(
+        post("/v1/chat/completions", &body),
+        &knobs,
+        NO_ROLL,
+    ));
+    let v = json(&resp);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        format!("The tool said: \"{quoted}\". This is")
+    );
+    assert!(v["choices"][0]["message"].get("tool_calls").is_none());
+    // Text parts count too; streamed, the quote is the first content event.
+    let body = tools_body(true, "tool", r#"[{"type":"text","text":"42"}]"#);
+    let plan = plan_for(post("/v1/chat/completions", &body), &knobs, NO_ROLL);
+    let (_, events, _) = stream_frames(&plan);
+    let text: String = events
+        .iter()
+        .filter(|(_, e)| e != "data: [DONE]\n\n")
+        .filter_map(|(_, e)| {
+            data_json(e)["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text, "The tool said: \"42\". This is");
+}
+
+#[test]
+fn tools_change_nothing_without_the_flag_or_without_tools() {
+    let body = tools_body(false, "user", r#""again""#);
+    let plain = Knobs {
+        chunks: 2,
+        ..Knobs::default()
+    };
+    let with_tools = Knobs {
+        tools: true,
+        ..plain.clone()
+    };
+    // Without the flag: the usual text, tools or not.
+    let (_, _, resp) = whole(&plan_for(
+        post("/v1/chat/completions", &body),
+        &plain,
+        NO_ROLL,
+    ));
+    assert_eq!(json(&resp)["choices"][0]["message"]["content"], "This is");
+    // With it, a request without tools, the legacy completions and Anthropic's endpoint:
+    // the same bytes as without the flag.
+    for (path, body) in [
+        ("/v1/chat/completions", CHAT.to_owned()),
+        ("/v1/chat/completions", stream_body(true)),
+        ("/v1/completions", r#"{"prompt":"x","tools":[]}"#.to_owned()),
+        (
+            "/v1/messages",
+            r#"{"model":"m","max_tokens":5,"tools":[{"name":"f","input_schema":{}}],"messages":[{"role":"user","content":"x"}]}"#.to_owned(),
+        ),
+    ] {
+        let a = plan_for(post(path, &body), &plain, NO_ROLL);
+        let b = plan_for(post(path, &body), &with_tools, NO_ROLL);
+        assert_eq!(a.bytes, b.bytes, "{path} {body}");
+    }
+    assert_eq!(ToolTurn::of(b"not json"), None);
+    assert_eq!(ToolTurn::of(br#"{"tools":[],"messages":[]}"#), None);
+    assert_eq!(
+        ToolTurn::of(br#"{"tools":[],"messages":[{"role":"user","content":"x"}]}"#),
+        None
+    );
+}

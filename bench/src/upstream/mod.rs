@@ -18,7 +18,9 @@
 //! `POST /v1/messages` (whole or streamed events). `usage.prompt_tokens` is the UTF-8 bytes of
 //! the request's text content (message contents and text parts, `prompt`, `input`, `system`)
 //! divided by 4, rounded up; `completion_tokens` is `--chunks` (one word per chunk).
-//! With `--echo`, every request is answered with a JSON description of itself.
+//! With `--echo`, every request is answered with a JSON description of itself; with `--tools`,
+//! chat requests with `tools` get a tool call, and those ending with its result a text quoting
+//! it.
 
 pub mod answer;
 pub mod body;
@@ -87,6 +89,11 @@ pub struct UpstreamArgs {
     /// before the content), as reasoning models served by vLLM answer.
     #[arg(long)]
     pub reasoning: bool,
+    /// Chat requests with `tools` are answered with a call of the first tool (arguments
+    /// `{"query":"mock"}`; streamed in two pieces), unless their last message is a `tool`
+    /// message: that one is answered with text quoting the tool result's first 40 characters.
+    #[arg(long)]
+    pub tools: bool,
     /// Seed of the per-thread PRNG behind --fail-rate and --reset-rate.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -120,6 +127,7 @@ impl UpstreamArgs {
             reset_rate: self.reset_rate,
             echo: self.echo,
             reasoning: self.reasoning,
+            tools: self.tools,
         }
     }
 }

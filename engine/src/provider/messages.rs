@@ -15,30 +15,46 @@
 //! | Anthropic | OpenAI |
 //! |---|---|
 //! | `system`: a string, or `text` blocks joined with nothing between them | a leading `system` message (none when empty) |
-//! | `messages`: `user` / `assistant` turns, content a string or `text` blocks | one message per turn, same role, string `content`: the blocks' texts joined with nothing between them; `thinking` / `redacted_thinking` blocks left out (Anthropic leaves earlier turns' thinking out of the context too); `cache_control`, `citations` left out |
+//! | `messages`: `user` / `assistant` turns, content a string or blocks | one message per turn, same role; string `content`: the `text` blocks joined with nothing between them |
+//! | `image` block in a user turn, source `base64` / `url` | the user message's content becomes parts: `text` parts and `image_url` parts, `url` a `data:{media_type};base64,{data}` URL / the URL, in the blocks' order |
+//! | `tool_use` blocks of an assistant turn (`id`, `name`, `input`) | the assistant message's `tool_calls` (`id`, `type: function`, `function.name`, `function.arguments`: the input serialized), its `content` the turn's text, or `null` when it has none |
+//! | `tool_result` blocks of a user turn (`tool_use_id`, `content` a string or `text` blocks, `is_error`) | one `tool` message each (`tool_call_id`, `content`: the texts joined by a newline, as vLLM joins text parts), placed before the rest of the turn (OpenAI wants them right after the assistant's `tool_calls`); `is_error: true` puts [`TOOL_ERROR_PREFIX`] (`Error: `) before the content, OpenAI having no error flag; a turn of tool results alone has no `user` message |
+//! | `thinking` / `redacted_thinking` blocks | left out: OpenAI's chat format has no field for earlier reasoning, and OpenAI-compatible servers' templates drop it from earlier turns (Anthropic leaves earlier turns' thinking out too). The thinking blocks this module writes (from an upstream's reasoning) come back so in an agent's next request, and must not fail it |
+//! | `cache_control` (on blocks and tools), `citations` | left out: they change caching and attribution, not the answer |
+//! | `tools`: custom tools (`type` absent or `custom`: `name`, `description`, `input_schema`, `strict`) | `tools`: `{"type":"function","function":{name, description, parameters, strict}}` (none when empty) |
+//! | `tool_choice` `auto` / `any` / `tool` (`name`) / `none` | `tool_choice` `"auto"` / `"required"` / `{"type":"function","function":{"name"}}` / `"none"`, only with tools (OpenAI refuses it without; Anthropic's `any` and `tool` without tools are a [`TranslateError::BadField`]) |
+//! | `tool_choice.disable_parallel_tool_use: true` | `parallel_tool_calls: false` (with tools) |
 //! | `max_tokens` (required) | `max_tokens` |
 //! | `temperature`, `top_p` | the same (Anthropic's `temperature` range, 0 to 1, lies within OpenAI's) |
 //! | `stop_sequences` | `stop` (OpenAI takes at most 4; more is the upstream's 400) |
 //! | `stream` | `stream`, with `"stream_options":{"include_usage":true}` when the caller asks |
 //! | `metadata.user_id` | `user` |
-//! | `tools` (unless empty), `tool_choice` other than `none`, `thinking` other than `disabled`, `mcp_servers` (unless empty), `output_format`, `image` / `document` / `tool_use` / `tool_result` / any other non-text block | refused: [`TranslateError::Unsupported`] |
-//! | `model` (the caller names the upstream's), `top_k`, `service_tier`, `container`, other `metadata`, ... | left out |
+//! | server tools (a tool `type` other than `custom`: `web_search_...`, `bash_...`, `text_editor_...`, `computer_...`, ...), a tool's `input_examples`, `thinking` other than `disabled`, `mcp_servers` (unless empty), `output_format`, `thread` (server-held conversation state; the error body tells the anthropic SDK to send the whole conversation instead, see [`crate::error`]), `document` blocks, `image` blocks with a `file` source or inside a `tool_result`, any other block type | refused: [`TranslateError::Unsupported`] |
+//! | `model` (the caller names the upstream's), `top_k`, `service_tier`, `container`, other `metadata`, other keys of a tool (`eager_input_streaming`, ...), ... | left out |
 //!
 //! A last `assistant` turn (a prefill) is sent as it is: an OpenAI upstream answers it with a
 //! new turn instead of continuing it.
 //!
-//! Responses: the first choice's `content` becomes one `text` block (`"content":[]` when it is
-//! empty or `null`); a `refusal` stands in for empty content. The reasoning an OpenAI-compatible
-//! server returns beside the answer (vLLM and DeepSeek's `reasoning_content`, vLLM's newer and
-//! Ollama's `reasoning`) becomes a `thinking` block before the text, as Anthropic's extended
-//! thinking answers (its `signature` empty: no upstream signed it); streamed, a `thinking`
-//! block of `thinking_delta`s comes first, the text block after it. Stop reasons: `stop` → `end_turn`
-//! (`stop_sequence` when the upstream names the stop string it matched, as vLLM does in the
-//! choice's `stop_reason`), `length` → `max_tokens`, `content_filter` or a refusal → `refusal`,
-//! anything else (`tool_calls`, `null`, ...) → `end_turn`. Usage: `input_tokens` is
-//! `prompt_tokens` less `prompt_tokens_details.cached_tokens` (OpenAI counts cached tokens in,
-//! Anthropic leaves them out), which are reported as `cache_read_input_tokens`;
-//! `completion_tokens` → `output_tokens`.
+//! Responses: the first choice's reasoning, text and tool calls become, in that order, a
+//! `thinking` block, a `text` block and one `tool_use` block per call (`"content":[]` when there
+//! is none). The text is `content`, a `refusal` standing in for empty content. The reasoning an
+//! OpenAI-compatible server returns beside the answer (vLLM and DeepSeek's `reasoning_content`,
+//! vLLM's newer and Ollama's `reasoning`) becomes a `thinking` block, as Anthropic's extended
+//! thinking answers (its `signature` empty: no upstream signed it). A tool call's `tool_use`
+//! block has the call's `id` (`toolu_{upstream id}_{n}` when the upstream gave none),
+//! `function.name` and the parsed `function.arguments` as `input` (`{}` when they are empty); a
+//! whole answer whose arguments are not a JSON object (a model's malformed output, or arguments
+//! cut by `max_tokens`) is [`TranslateError::BadField`]`("tool_calls")` (the caller's 502), as
+//! Anthropic's `input` is always an object; a stream passes the argument pieces on as they come
+//! (`input_json_delta`), unchecked. Streamed, see [`StreamToMessages`] for the order of blocks.
+//! Stop reasons: `stop` → `end_turn` (`stop_sequence` when the upstream names the stop string it
+//! matched, as vLLM does in the choice's `stop_reason`), `length` → `max_tokens`,
+//! `content_filter` or a refusal → `refusal`, any answer with a tool call (else) → `tool_use`
+//! (whatever the finish reason: vLLM says `stop` for a forced call), anything else (`tool_calls`
+//! without a call, `null`, ...) → `end_turn`. Usage: `input_tokens` is `prompt_tokens` less
+//! `prompt_tokens_details.cached_tokens` (OpenAI counts cached tokens in, Anthropic leaves them
+//! out), which are reported as `cache_read_input_tokens`; `completion_tokens` →
+//! `output_tokens`.
 
 use serde_json::{Map, Value};
 
@@ -67,7 +83,7 @@ pub fn messages_to_chat(
     let mut messages = Vec::new();
     let system = system_text(present(&body, "system"))?;
     if !system.is_empty() {
-        messages.push(chat_message("system", system));
+        messages.push(chat_message("system", Value::from(system)));
     }
     translate_turns(body.get("messages"), &mut messages)?;
     let max_tokens = present(&body, "max_tokens")
@@ -110,14 +126,20 @@ pub fn messages_to_chat(
         },
         Some(_) => return Err(TranslateError::BadField("metadata")),
     }
+    let tools = translate_tools(present(&body, "tools"))?;
+    let has_tools = !tools.is_empty();
+    if has_tools {
+        req.insert("tools".into(), Value::Array(tools));
+    }
+    translate_tool_choice(present(&body, "tool_choice"), has_tools, &mut req)?;
     write_object(req, out)
 }
 
-/// `{"role":role,"content":text}`.
-fn chat_message(role: &str, text: String) -> Value {
+/// `{"role":role,"content":content}`.
+fn chat_message(role: &str, content: Value) -> Value {
     let mut message = Map::new();
     message.insert("role".into(), Value::from(role));
-    message.insert("content".into(), Value::from(text));
+    message.insert("content".into(), content);
     Value::Object(message)
 }
 
@@ -126,19 +148,13 @@ fn has_type(v: &Value, t: &str) -> bool {
     v.get("type").and_then(Value::as_str) == Some(t)
 }
 
-/// Refuse the features a chat completion request cannot express.
+/// Refuse the features a chat completion request cannot express (tools are refused, where
+/// they must be, by [`translate_tools`]).
 fn refuse_unsupported(body: &Map<String, Value>) -> Result<(), TranslateError> {
-    for key in ["tools", "mcp_servers"] {
-        match present(body, key) {
-            None => {}
-            Some(Value::Array(a)) if a.is_empty() => {}
-            Some(_) => return Err(TranslateError::Unsupported(key)),
-        }
-    }
-    match present(body, "tool_choice") {
+    match present(body, "mcp_servers") {
         None => {}
-        Some(choice) if has_type(choice, "none") => {}
-        Some(_) => return Err(TranslateError::Unsupported("tool_choice")),
+        Some(Value::Array(a)) if a.is_empty() => {}
+        Some(_) => return Err(TranslateError::Unsupported("mcp_servers")),
     }
     match present(body, "thinking") {
         None => {}
@@ -147,6 +163,113 @@ fn refuse_unsupported(body: &Map<String, Value>) -> Result<(), TranslateError> {
     }
     if present(body, "output_format").is_some() {
         return Err(TranslateError::Unsupported("output_format"));
+    }
+    // Server-held conversation state: a stateless upstream cannot continue a thread, and
+    // creating one it would not hold would make the client's next turn lose the conversation.
+    if present(body, "thread").is_some() {
+        return Err(TranslateError::Unsupported("thread"));
+    }
+    Ok(())
+}
+
+/// OpenAI's `tools` for Anthropic's: each custom tool (`type` absent or `custom`) becomes a
+/// `function` tool; a server tool (any other `type`) is [`TranslateError::Unsupported`].
+fn translate_tools(tools: Option<&Value>) -> Result<Vec<Value>, TranslateError> {
+    let tools = match tools {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(tools)) => tools,
+        Some(_) => return Err(TranslateError::BadField("tools")),
+    };
+    let mut functions = Vec::with_capacity(tools.len());
+    for tool in tools {
+        let Value::Object(tool) = tool else {
+            return Err(TranslateError::BadField("tools"));
+        };
+        match present(tool, "type") {
+            None => {}
+            Some(Value::String(t)) if t == "custom" => {}
+            Some(Value::String(_)) => return Err(TranslateError::Unsupported("tools")),
+            Some(_) => return Err(TranslateError::BadField("tools")),
+        }
+        let mut function = Map::new();
+        match tool.get("name") {
+            Some(Value::String(name)) if !name.is_empty() => {
+                function.insert("name".into(), Value::from(name.as_str()));
+            }
+            _ => return Err(TranslateError::BadField("tools")),
+        }
+        match present(tool, "description") {
+            None => {}
+            Some(Value::String(d)) => {
+                function.insert("description".into(), Value::from(d.as_str()));
+            }
+            Some(_) => return Err(TranslateError::BadField("tools")),
+        }
+        match tool.get("input_schema") {
+            Some(schema @ Value::Object(_)) => {
+                function.insert("parameters".into(), schema.clone());
+            }
+            _ => return Err(TranslateError::BadField("tools")),
+        }
+        match present(tool, "strict") {
+            None => {}
+            Some(strict @ Value::Bool(_)) => {
+                function.insert("strict".into(), strict.clone());
+            }
+            Some(_) => return Err(TranslateError::BadField("tools")),
+        }
+        if present(tool, "input_examples").is_some() {
+            return Err(TranslateError::Unsupported("input_examples"));
+        }
+        let mut entry = Map::new();
+        entry.insert("type".into(), Value::from("function"));
+        entry.insert("function".into(), Value::Object(function));
+        functions.push(Value::Object(entry));
+    }
+    Ok(functions)
+}
+
+/// OpenAI's `tool_choice` (and `parallel_tool_calls`) for Anthropic's `tool_choice`. Without
+/// tools, `auto` and `none` say nothing (OpenAI refuses a `tool_choice` without tools), and
+/// `any` or `tool` are [`TranslateError::BadField`].
+fn translate_tool_choice(
+    choice: Option<&Value>,
+    has_tools: bool,
+    req: &mut Map<String, Value>,
+) -> Result<(), TranslateError> {
+    let Some(choice) = choice else {
+        return Ok(());
+    };
+    let Value::Object(choice) = choice else {
+        return Err(TranslateError::BadField("tool_choice"));
+    };
+    let openai = match choice.get("type").and_then(Value::as_str) {
+        Some("auto") => Value::from("auto"),
+        Some("none") => Value::from("none"),
+        Some("any") if has_tools => Value::from("required"),
+        Some("tool") if has_tools => {
+            let Some(Value::String(name)) = choice.get("name") else {
+                return Err(TranslateError::BadField("tool_choice"));
+            };
+            let mut function = Map::new();
+            function.insert("name".into(), Value::from(name.as_str()));
+            let mut named = Map::new();
+            named.insert("type".into(), Value::from("function"));
+            named.insert("function".into(), Value::Object(function));
+            Value::Object(named)
+        }
+        _ => return Err(TranslateError::BadField("tool_choice")),
+    };
+    let serial = match present(choice, "disable_parallel_tool_use") {
+        None | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(_) => return Err(TranslateError::BadField("tool_choice")),
+    };
+    if has_tools {
+        req.insert("tool_choice".into(), openai);
+        if serial {
+            req.insert("parallel_tool_calls".into(), Value::Bool(false));
+        }
     }
     Ok(())
 }
@@ -182,42 +305,229 @@ fn translate_turns(messages: Option<&Value>, chat: &mut Vec<Value>) -> Result<()
         let Value::Object(turn) = turn else {
             return Err(TranslateError::BadField("messages"));
         };
-        let role = match turn.get("role").and_then(Value::as_str) {
-            Some("user") => "user",
-            Some("assistant") => "assistant",
+        match turn.get("role").and_then(Value::as_str) {
+            Some("user") => user_turn(turn.get("content"), chat)?,
+            Some("assistant") => assistant_turn(turn.get("content"), chat)?,
             _ => return Err(TranslateError::BadField("role")),
-        };
-        chat.push(chat_message(role, content_text(turn.get("content"))?));
+        }
     }
     Ok(())
 }
 
-/// The text of a turn's `content`: a string, or an array of blocks whose texts are joined with
-/// nothing between them.
-fn content_text(content: Option<&Value>) -> Result<String, TranslateError> {
-    let blocks = match content {
-        Some(Value::String(s)) => return Ok(s.clone()),
-        Some(Value::Array(blocks)) => blocks,
-        _ => return Err(TranslateError::BadField("content")),
+/// A turn's `content` as blocks; a string is returned as `Err(string)`.
+fn blocks_of(content: Option<&Value>) -> Result<Result<&Vec<Value>, &str>, TranslateError> {
+    match content {
+        Some(Value::String(s)) => Ok(Err(s.as_str())),
+        Some(Value::Array(blocks)) => Ok(Ok(blocks)),
+        _ => Err(TranslateError::BadField("content")),
+    }
+}
+
+/// A block's `text`, when it is a `text` block.
+fn text_of(block: &Value) -> Result<&str, TranslateError> {
+    block
+        .get("text")
+        .and_then(Value::as_str)
+        .ok_or(TranslateError::BadField("content"))
+}
+
+/// A user turn: its `tool_result` blocks become `tool` messages first (OpenAI wants them right
+/// after the assistant's `tool_calls`), then the rest becomes one `user` message: string
+/// content (the texts joined with nothing between them), or content parts when it holds an
+/// image. A turn of `tool_result` blocks alone has no `user` message.
+fn user_turn(content: Option<&Value>, chat: &mut Vec<Value>) -> Result<(), TranslateError> {
+    let blocks = match blocks_of(content)? {
+        Err(text) => {
+            chat.push(chat_message("user", Value::from(text)));
+            return Ok(());
+        }
+        Ok(blocks) => blocks,
     };
-    let mut text = String::new();
+    let mut parts = Vec::new();
+    let mut image = false;
+    let mut tool_results = false;
     for block in blocks {
         match block.get("type").and_then(Value::as_str) {
-            Some("text") => match block.get("text") {
-                Some(Value::String(t)) => text.push_str(t),
-                _ => return Err(TranslateError::BadField("content")),
-            },
+            Some("text") => parts.push(text_part(text_of(block)?)),
+            Some("image") => {
+                image = true;
+                parts.push(image_part(block)?);
+            }
+            Some("tool_result") => {
+                tool_results = true;
+                chat.push(tool_message(block)?);
+            }
             Some("thinking" | "redacted_thinking") => {}
-            Some("image") => return Err(TranslateError::Unsupported("image")),
-            Some("document") => return Err(TranslateError::Unsupported("document")),
-            Some("tool_use") => return Err(TranslateError::Unsupported("tool_use")),
-            Some("tool_result") => return Err(TranslateError::Unsupported("tool_result")),
-            Some(_) => return Err(TranslateError::Unsupported("content")),
+            Some(other) => return Err(refused_block(other)),
             None => return Err(TranslateError::BadField("content")),
         }
     }
-    Ok(text)
+    if tool_results && parts.is_empty() {
+        return Ok(());
+    }
+    let content = if image {
+        Value::Array(parts)
+    } else {
+        let mut text = String::new();
+        for part in &parts {
+            text.push_str(part.get("text").and_then(Value::as_str).unwrap_or_default());
+        }
+        Value::from(text)
+    };
+    chat.push(chat_message("user", content));
+    Ok(())
 }
+
+/// An assistant turn: one `assistant` message, its texts joined with nothing between them, its
+/// `tool_use` blocks as `tool_calls` (the content `null` when there is no text beside them).
+/// `thinking` and `redacted_thinking` blocks are left out.
+fn assistant_turn(content: Option<&Value>, chat: &mut Vec<Value>) -> Result<(), TranslateError> {
+    let blocks = match blocks_of(content)? {
+        Err(text) => {
+            chat.push(chat_message("assistant", Value::from(text)));
+            return Ok(());
+        }
+        Ok(blocks) => blocks,
+    };
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for block in blocks {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(text_of(block)?),
+            Some("tool_use") => calls.push(tool_call(block)?),
+            Some("thinking" | "redacted_thinking") => {}
+            Some("tool_result") => return Err(TranslateError::BadField("tool_result")),
+            Some(other) => return Err(refused_block(other)),
+            None => return Err(TranslateError::BadField("content")),
+        }
+    }
+    let content = if text.is_empty() && !calls.is_empty() {
+        Value::Null
+    } else {
+        Value::from(text)
+    };
+    let mut message = Map::new();
+    message.insert("role".into(), Value::from("assistant"));
+    message.insert("content".into(), content);
+    if !calls.is_empty() {
+        message.insert("tool_calls".into(), Value::Array(calls));
+    }
+    chat.push(Value::Object(message));
+    Ok(())
+}
+
+/// The error for a content block of type `kind` that no OpenAI message can carry where it is.
+fn refused_block(kind: &str) -> TranslateError {
+    match kind {
+        "image" => TranslateError::Unsupported("image"),
+        "document" => TranslateError::Unsupported("document"),
+        "tool_use" => TranslateError::BadField("tool_use"),
+        _ => TranslateError::Unsupported("content"),
+    }
+}
+
+/// `{"type":"text","text":text}`.
+fn text_part(text: &str) -> Value {
+    let mut part = Map::new();
+    part.insert("type".into(), Value::from("text"));
+    part.insert("text".into(), Value::from(text));
+    Value::Object(part)
+}
+
+/// An `image_url` part for an `image` block: a `base64` source as a `data:` URL, a `url`
+/// source as its URL. Another source (`file`) is [`TranslateError::Unsupported`].
+fn image_part(block: &Value) -> Result<Value, TranslateError> {
+    let source = block.get("source");
+    let field = |key| {
+        source
+            .and_then(|s| s.get(key))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or(TranslateError::BadField("image"))
+    };
+    let url = match source.and_then(|s| s.get("type")).and_then(Value::as_str) {
+        Some("base64") => format!("data:{};base64,{}", field("media_type")?, field("data")?),
+        Some("url") => field("url")?.to_owned(),
+        Some(_) => return Err(TranslateError::Unsupported("image")),
+        None => return Err(TranslateError::BadField("image")),
+    };
+    let mut image_url = Map::new();
+    image_url.insert("url".into(), Value::from(url));
+    let mut part = Map::new();
+    part.insert("type".into(), Value::from("image_url"));
+    part.insert("image_url".into(), Value::Object(image_url));
+    Ok(Value::Object(part))
+}
+
+/// An assistant `tool_calls` entry for a `tool_use` block: its `id`, `name`, and `input`
+/// serialized as the `arguments` string.
+fn tool_call(block: &Value) -> Result<Value, TranslateError> {
+    let string = |key| match block.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.as_str()),
+        _ => Err(TranslateError::BadField("tool_use")),
+    };
+    let (id, name) = (string("id")?, string("name")?);
+    let arguments = match block.get("input") {
+        Some(input @ Value::Object(_)) => input.to_string(),
+        _ => return Err(TranslateError::BadField("tool_use")),
+    };
+    let mut function = Map::new();
+    function.insert("name".into(), Value::from(name));
+    function.insert("arguments".into(), Value::from(arguments));
+    let mut call = Map::new();
+    call.insert("id".into(), Value::from(id));
+    call.insert("type".into(), Value::from("function"));
+    call.insert("function".into(), Value::Object(function));
+    Ok(Value::Object(call))
+}
+
+/// A `tool` message for a `tool_result` block: its `tool_use_id` as `tool_call_id`, its content
+/// (a string, or `text` blocks joined by a newline, as vLLM joins text parts) as the content;
+/// [`TOOL_ERROR_PREFIX`] before it when `is_error` is true. Other blocks inside (an image, a
+/// document, a search result) are [`TranslateError::Unsupported`]`("tool_result")`.
+fn tool_message(block: &Value) -> Result<Value, TranslateError> {
+    let Some(Value::String(id)) = block.get("tool_use_id") else {
+        return Err(TranslateError::BadField("tool_result"));
+    };
+    let mut text = String::new();
+    match block.get("content") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => text.push_str(s),
+        Some(Value::Array(parts)) => {
+            for (i, part) in parts.iter().enumerate() {
+                match part.get("type").and_then(Value::as_str) {
+                    Some("text") => {
+                        if i > 0 {
+                            text.push('\n');
+                        }
+                        text.push_str(
+                            part.get("text")
+                                .and_then(Value::as_str)
+                                .ok_or(TranslateError::BadField("tool_result"))?,
+                        );
+                    }
+                    Some(_) => return Err(TranslateError::Unsupported("tool_result")),
+                    None => return Err(TranslateError::BadField("tool_result")),
+                }
+            }
+        }
+        Some(_) => return Err(TranslateError::BadField("tool_result")),
+    }
+    match block.get("is_error") {
+        None | Some(Value::Null | Value::Bool(false)) => {}
+        Some(Value::Bool(true)) => text.insert_str(0, TOOL_ERROR_PREFIX),
+        Some(_) => return Err(TranslateError::BadField("tool_result")),
+    }
+    let mut message = Map::new();
+    message.insert("role".into(), Value::from("tool"));
+    message.insert("tool_call_id".into(), Value::from(id.as_str()));
+    message.insert("content".into(), Value::from(text));
+    Ok(Value::Object(message))
+}
+
+/// What a `tool` message's content starts with when its `tool_result` has `is_error: true`
+/// (OpenAI's `tool` message has no error flag; the model reads the prefix instead).
+pub const TOOL_ERROR_PREFIX: &str = "Error: ";
 
 // ---------------------------------------------------------------------------------------------
 // Responses
@@ -260,14 +570,44 @@ impl Usage {
     }
 }
 
+/// An OpenAI `finish_reason`, as far as Anthropic's stop reasons tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    Stop,
+    Length,
+    ContentFilter,
+    /// `tool_calls`, `function_call`, or a reason of the upstream's own.
+    Other,
+}
+
+impl Finish {
+    fn of(finish_reason: &str) -> Finish {
+        match finish_reason {
+            "stop" => Finish::Stop,
+            "length" => Finish::Length,
+            "content_filter" => Finish::ContentFilter,
+            _ => Finish::Other,
+        }
+    }
+}
+
 /// Anthropic's `stop_reason` for an OpenAI `finish_reason`; `stop_sequence` is whether the
-/// upstream named the stop string it matched, `refused` whether it answered with a refusal.
-fn stop_reason(finish_reason: Option<&str>, stop_sequence: bool, refused: bool) -> &'static str {
-    match finish_reason {
-        Some("length") => "max_tokens",
-        Some("content_filter") => "refusal",
+/// upstream named the stop string it matched, `refused` whether it answered with a refusal,
+/// `tool_use` whether the answer holds a tool call. A tool call makes it `tool_use` whatever the
+/// upstream's reason (vLLM says `stop` when `tool_choice` forced the call) unless the answer was
+/// cut by `length` or filtered; `tool_calls` without a call is `end_turn`.
+fn stop_reason(
+    finish: Option<Finish>,
+    stop_sequence: bool,
+    refused: bool,
+    tool_use: bool,
+) -> &'static str {
+    match finish {
+        Some(Finish::Length) => "max_tokens",
+        Some(Finish::ContentFilter) => "refusal",
         _ if refused => "refusal",
-        Some("stop") if stop_sequence => "stop_sequence",
+        _ if tool_use => "tool_use",
+        Some(Finish::Stop) if stop_sequence => "stop_sequence",
         _ => "end_turn",
     }
 }
@@ -300,8 +640,10 @@ fn push_stop_sequence(out: &mut Vec<u8>, stop_sequence: Option<&str>) {
 
 /// Translate an OpenAI `chat.completion` into an Anthropic Messages response naming
 /// `model_for_client`, appended to `out` (nothing is appended on error). The first choice
-/// counts; tool calls (refused in the request) are left out. A body without `choices` (an error
-/// body) is [`TranslateError::BadField`]`("choices")`: see [`error_to_anthropic`].
+/// counts: its reasoning, text and tool calls become `thinking`, `text` and `tool_use` blocks, in
+/// that order. A body without `choices` (an error body) is
+/// [`TranslateError::BadField`]`("choices")`: see [`error_to_anthropic`]; a tool call whose
+/// `arguments` are not a JSON object (nor empty) is [`TranslateError::BadField`]`("tool_calls")`.
 pub fn chat_to_message(
     openai_body: &[u8],
     model_for_client: &str,
@@ -317,6 +659,7 @@ pub fn chat_to_message(
     else {
         return Err(TranslateError::BadField("choices"));
     };
+    let id = resp.get("id").and_then(Value::as_str).unwrap_or_default();
     let message = choice.get("message");
     let mut text = match message.and_then(|m| m.get("content")) {
         None | Some(Value::Null) => "",
@@ -331,11 +674,16 @@ pub fn chat_to_message(
         text = r;
     }
     let thinking = message.and_then(reasoning_of).unwrap_or_default();
+    let calls = tool_uses(message.and_then(|m| m.get("tool_calls")), id)?;
     let stop_sequence = matched_stop(choice);
     let stop = stop_reason(
-        choice.get("finish_reason").and_then(Value::as_str),
+        choice
+            .get("finish_reason")
+            .and_then(Value::as_str)
+            .map(Finish::of),
         stop_sequence.is_some(),
         refusal.is_some(),
+        !calls.is_empty(),
     );
     let usage = resp
         .get("usage")
@@ -343,24 +691,37 @@ pub fn chat_to_message(
         .unwrap_or_default();
 
     out.extend_from_slice(b"{\"id\":");
-    push_message_id(
-        out,
-        resp.get("id").and_then(Value::as_str).unwrap_or_default(),
-    );
+    push_message_id(out, id);
     out.extend_from_slice(b",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
     write_str(out, model_for_client);
     out.extend_from_slice(b",\"content\":[");
+    let mut blocks = 0;
+    let mut next_block = |out: &mut Vec<u8>| {
+        if blocks > 0 {
+            out.push(b',');
+        }
+        blocks += 1;
+    };
     if !thinking.is_empty() {
+        next_block(out);
         out.extend_from_slice(b"{\"type\":\"thinking\",\"thinking\":");
         write_str(out, thinking);
         out.extend_from_slice(b",\"signature\":\"\"}");
-        if !text.is_empty() {
-            out.push(b',');
-        }
     }
     if !text.is_empty() {
+        next_block(out);
         out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
         write_str(out, text);
+        out.push(b'}');
+    }
+    for call in &calls {
+        next_block(out);
+        out.extend_from_slice(b"{\"type\":\"tool_use\",\"id\":");
+        write_str(out, &call.id);
+        out.extend_from_slice(b",\"name\":");
+        write_str(out, call.name);
+        out.extend_from_slice(b",\"input\":");
+        out.extend_from_slice(call.input.as_bytes());
         out.push(b'}');
     }
     out.extend_from_slice(b"],\"stop_reason\":\"");
@@ -371,6 +732,60 @@ pub fn chat_to_message(
     usage.push_usage(out);
     out.push(b'}');
     Ok(())
+}
+
+/// A tool call of a whole answer, ready to write as a `tool_use` block.
+#[derive(Debug)]
+struct ToolUse<'a> {
+    id: String,
+    name: &'a str,
+    /// The input object, serialized.
+    input: String,
+}
+
+/// The `tool_use` blocks for a message's `tool_calls` (absent or `null`: none). A call without
+/// an `id` gets [`fallback_call_id`]; empty `arguments` are the input `{}`.
+fn tool_uses<'a>(
+    tool_calls: Option<&'a Value>,
+    message_id: &str,
+) -> Result<Vec<ToolUse<'a>>, TranslateError> {
+    let calls = match tool_calls {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(calls)) => calls,
+        Some(_) => return Err(TranslateError::BadField("tool_calls")),
+    };
+    let mut uses = Vec::with_capacity(calls.len());
+    for (i, call) in calls.iter().enumerate() {
+        let function = call.get("function");
+        let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str) else {
+            return Err(TranslateError::BadField("tool_calls"));
+        };
+        let arguments = match function.and_then(|f| f.get("arguments")) {
+            None | Some(Value::Null) => "",
+            Some(Value::String(a)) => a.as_str(),
+            Some(_) => return Err(TranslateError::BadField("tool_calls")),
+        };
+        let input = if arguments.trim_ascii().is_empty() {
+            "{}".to_owned()
+        } else {
+            match serde_json::from_str::<Value>(arguments) {
+                Ok(object @ Value::Object(_)) => object.to_string(),
+                _ => return Err(TranslateError::BadField("tool_calls")),
+            }
+        };
+        let id = match call.get("id").and_then(Value::as_str) {
+            Some(id) if !id.is_empty() => id.to_owned(),
+            _ => fallback_call_id(message_id, i),
+        };
+        uses.push(ToolUse { id, name, input });
+    }
+    Ok(uses)
+}
+
+/// The id of the `i`-th tool call (from 0) of the answer whose upstream id is `message_id`,
+/// when the upstream gave the call none: Anthropic clients need one to answer the call with.
+fn fallback_call_id(message_id: &str, i: usize) -> String {
+    format!("toolu_{message_id}_{i}")
 }
 
 /// The reasoning text of an OpenAI-compatible message or delta: `reasoning_content` (vLLM,
@@ -434,6 +849,11 @@ fn push_anthropic_error(out: &mut Vec<u8>, kind: &str, message: &str) {
 // ---------------------------------------------------------------------------------------------
 // Streams
 
+/// The most bytes of text, reasoning and tool call arguments a stream translator holds back
+/// while a tool call's block is open (see [`StreamToMessages`]). A stream that needs more ends
+/// with an `error` event.
+pub const STREAM_HELD_BYTES_MAX: usize = 8 * 1024 * 1024;
+
 /// What an upstream event's data says.
 #[derive(Debug)]
 enum Data {
@@ -453,29 +873,78 @@ impl Data {
     }
 }
 
-/// A content block of a translated stream: its kind and index.
-type Block = (BlockKind, u64);
-
-/// The kinds of content block a translated stream opens.
+/// The kinds of text a translated stream carries in blocks of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BlockKind {
+enum TextKind {
     Thinking,
     Text,
+}
+
+/// The content block open now: its index, and what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Block {
+    index: u64,
+    kind: OpenKind,
+}
+
+/// What an open content block holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpenKind {
+    Text(TextKind),
+    /// The tool call of this OpenAI `index`.
+    Call(u64),
+}
+
+/// Content held back while a tool call's block is open, written whole when the stream closes.
+#[derive(Debug)]
+enum Held {
+    /// Text or reasoning that came in one run.
+    Text(TextKind, String),
+    /// A tool call (OpenAI's `index`), its id, name and arguments as they came.
+    Call {
+        index: u64,
+        id: String,
+        name: String,
+        arguments: String,
+    },
+}
+
+/// One entry of a delta's `tool_calls`.
+#[derive(Debug, Clone, Copy)]
+struct CallDelta<'a> {
+    index: u64,
+    id: &'a str,
+    name: &'a str,
+    arguments: &'a str,
 }
 
 /// Translates an OpenAI `chat.completion.chunk` event stream into Anthropic's Messages events.
 ///
 /// Feed it the decoded response body in pieces of any size; it appends whole Anthropic events
 /// (`event: NAME\ndata: JSON\n\n`) to `out` as each OpenAI event completes, so the output is the
-/// same however the input was cut. Events: `message_start` on the first chunk,
-/// `content_block_start` (block 0, text) before the first text, a `content_block_delta` per
-/// non-empty `delta.content` (or `delta.refusal`), and on `data: [DONE]` `content_block_stop`
-/// (when a block was started), `message_delta` (stop reason, and the usage once the upstream
-/// reported it) and `message_stop`. An OpenAI error event becomes an Anthropic `error` event
-/// that ends the stream. A stream that ends without `[DONE]` is closed as usual by
-/// [`finish`](Self::finish) when a `finish_reason` came, else ended with an `error` event.
-/// After the end further input is ignored. Comments, `event:` lines, events that are not JSON
-/// and events longer than
+/// same however the input was cut. Events: `message_start` on the first chunk; for the content,
+/// one block at a time, each `content_block_start`, its `content_block_delta`s and
+/// `content_block_stop`, at indices 0, 1, ...: a `thinking` block of `thinking_delta`s for
+/// `delta.reasoning_content` (or `delta.reasoning`), a `text` block of `text_delta`s for
+/// `delta.content` (or `delta.refusal`), a new block each time the kind changes; a `tool_use`
+/// block (`id`, `name`, `input: {}`) for each call of `delta.tool_calls` (told apart by their
+/// `index`, else their place in the array), opened by the call's first delta, whose `id` and
+/// `function.name` it takes (an `id` made up when the upstream sent none), with an
+/// `input_json_delta` per non-empty `function.arguments` piece, passed on unchecked (arguments
+/// that are not a string end the stream with an `error` event). On
+/// `data: [DONE]`: `content_block_stop`, `message_delta` (stop reason, and the usage once the
+/// upstream reported it) and `message_stop`.
+///
+/// Anthropic streams one block at a time, where OpenAI may interleave tool calls (by `index`)
+/// and text: once a tool call's block is open, it stays open, and whatever else comes (other
+/// calls, text, reasoning) is held, up to [`STREAM_HELD_BYTES_MAX`], and written at the close
+/// as whole blocks in the order it first came. A sequential stream (OpenAI's) thus streams its
+/// text and its first call live, and further calls at the end.
+///
+/// An OpenAI error event becomes an Anthropic `error` event that ends the stream. A stream that
+/// ends without `[DONE]` is closed as usual by [`finish`](Self::finish) when a `finish_reason`
+/// came, else ended with an `error` event. After the end further input is ignored. Comments,
+/// `event:` lines, events that are not JSON and events longer than
 /// [`STREAM_EVENT_BYTES_MAX`](super::anthropic::STREAM_EVENT_BYTES_MAX) are skipped.
 #[derive(Debug)]
 pub struct StreamToMessages {
@@ -483,14 +952,24 @@ pub struct StreamToMessages {
     events: EventReader,
     /// `message_start` has been written.
     started: bool,
+    /// The upstream's id of the answer, for [`fallback_call_id`].
+    message_id: String,
     /// The content block open now (its `content_block_start` written, not its stop).
     block: Option<Block>,
     /// The index the next content block gets.
     next_block: u64,
+    /// The tool call whose block is open or was: after it, all content is held.
+    live_call: Option<u64>,
+    /// Content held back behind the tool call's block, in the order it came.
+    held: Vec<Held>,
+    /// The bytes in `held`.
+    held_bytes: usize,
+    /// Tool calls seen.
+    calls: usize,
     /// An upstream refusal has been relayed as text.
     refused: bool,
-    /// Anthropic's stop reason, once a `finish_reason` came.
-    stop_reason: Option<&'static str>,
+    /// The upstream's `finish_reason`, once it came.
+    finish: Option<Finish>,
     /// The stop string the upstream says it matched (vLLM's `stop_reason`).
     stop_sequence: Option<String>,
     usage: Option<Usage>,
@@ -504,10 +983,15 @@ impl StreamToMessages {
             model: model_for_client.to_owned(),
             events: EventReader::new(),
             started: false,
+            message_id: String::new(),
             block: None,
             next_block: 0,
+            live_call: None,
+            held: Vec::new(),
+            held_bytes: 0,
+            calls: 0,
             refused: false,
-            stop_reason: None,
+            finish: None,
             stop_sequence: None,
             usage: None,
             done: false,
@@ -537,6 +1021,9 @@ impl StreamToMessages {
         }
         let mut events = std::mem::take(&mut self.events);
         events.finish(|event| {
+            if self.done {
+                return;
+            }
             if let Some(data) = Data::parse(event.data) {
                 self.on_data(data, out);
             }
@@ -545,7 +1032,7 @@ impl StreamToMessages {
         if self.done {
             return;
         }
-        if self.stop_reason.is_some() {
+        if self.finish.is_some() {
             self.close(out);
         } else {
             self.push_error(out, "the upstream ended the stream early");
@@ -595,30 +1082,50 @@ impl StreamToMessages {
         };
         if let Some(delta) = choice.get("delta") {
             if let Some(thinking) = reasoning_of(delta) {
-                self.push_delta(BlockKind::Thinking, thinking, out);
+                self.push_text(TextKind::Thinking, thinking, out);
             }
             for key in ["content", "refusal"] {
                 if let Some(text) = delta.get(key).and_then(Value::as_str) {
                     if !text.is_empty() {
                         self.refused |= key == "refusal";
-                        self.push_delta(BlockKind::Text, text, out);
+                        self.push_text(TextKind::Text, text, out);
                     }
+                }
+            }
+            if let Some(Value::Array(calls)) = delta.get("tool_calls") {
+                for (position, call) in calls.iter().enumerate() {
+                    let function = call.get("function");
+                    let arguments = function.and_then(|f| f.get("arguments"));
+                    if arguments.is_some_and(|a| !a.is_string() && !a.is_null()) {
+                        self.push_error(
+                            out,
+                            "the upstream sent tool call arguments that are not a string",
+                        );
+                        return;
+                    }
+                    let call = CallDelta {
+                        index: call
+                            .get("index")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(position as u64),
+                        id: str_at(call, "id"),
+                        name: function.map_or("", |f| str_at(f, "name")),
+                        arguments: arguments.and_then(Value::as_str).unwrap_or_default(),
+                    };
+                    self.push_call(call, out);
                 }
             }
         }
         if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
-            let stop_sequence = matched_stop(choice);
-            let stop = stop_reason(Some(finish), stop_sequence.is_some(), self.refused);
-            self.stop_reason = Some(stop);
-            self.stop_sequence = stop_sequence
-                .filter(|_| stop == "stop_sequence")
-                .map(str::to_owned);
+            self.finish = Some(Finish::of(finish));
+            self.stop_sequence = matched_stop(choice).map(str::to_owned);
         }
     }
 
     /// `message_start`, for the upstream's chunk id `id`.
     fn start(&mut self, id: &str, out: &mut Vec<u8>) {
         self.started = true;
+        self.message_id = id.to_owned();
         out.extend_from_slice(
             b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":",
         );
@@ -630,61 +1137,219 @@ impl StreamToMessages {
         );
     }
 
-    /// A delta of `kind`: the open block of another kind stops first and a block of this
-    /// kind starts, at the next index.
-    fn push_delta(&mut self, kind: BlockKind, text: &str, out: &mut Vec<u8>) {
-        if self.block.map(|(k, _)| k) != Some(kind) {
-            self.stop_block(out);
-            let index = self.next_block;
-            self.next_block += 1;
-            self.block = Some((kind, index));
-            out.extend_from_slice(
-                b"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":",
+    /// Count `bytes` more held; past [`STREAM_HELD_BYTES_MAX`] the stream ends with an error
+    /// (and `false` is returned).
+    fn hold(&mut self, bytes: usize, out: &mut Vec<u8>) -> bool {
+        self.held_bytes = self.held_bytes.saturating_add(bytes);
+        if self.held_bytes > STREAM_HELD_BYTES_MAX {
+            self.held.clear();
+            self.push_error(
+                out,
+                "the upstream interleaved more content with a tool call than the gateway holds",
             );
-            write_decimal(out, index);
-            out.extend_from_slice(match kind {
-                BlockKind::Text => b",\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n".as_slice(),
-                BlockKind::Thinking => {
-                    b",\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":\"\"}}\n\n"
-                }
+            return false;
+        }
+        true
+    }
+
+    /// Text or reasoning: written as a delta of a block of its kind (the open block of another
+    /// kind stops first), or held when a tool call's block came first.
+    fn push_text(&mut self, kind: TextKind, text: &str, out: &mut Vec<u8>) {
+        if self.done {
+            return;
+        }
+        if self.live_call.is_none() {
+            if self.block.map(|b| b.kind) != Some(OpenKind::Text(kind)) {
+                self.start_text_block(kind, out);
+            }
+            self.push_text_delta(kind, text, out);
+            return;
+        }
+        if !self.hold(text.len(), out) {
+            return;
+        }
+        match self.held.last_mut() {
+            Some(Held::Text(k, held)) if *k == kind => held.push_str(text),
+            _ => self.held.push(Held::Text(kind, text.to_owned())),
+        }
+    }
+
+    /// A piece of a tool call: the first call opens its block (the open text block stops) and
+    /// streams its arguments; the others are held.
+    fn push_call(&mut self, call: CallDelta<'_>, out: &mut Vec<u8>) {
+        if self.done {
+            return;
+        }
+        if self.live_call == Some(call.index) {
+            if self.block.is_some() {
+                self.push_arguments(call.arguments, out);
+            }
+            return;
+        }
+        let held = self.held.iter_mut().find_map(|h| match h {
+            Held::Call {
+                index,
+                id,
+                name,
+                arguments,
+            } if *index == call.index => Some((id, name, arguments)),
+            _ => None,
+        });
+        if let Some((id, name, arguments)) = held {
+            // A call's id and name come in its first delta; some servers repeat them.
+            if id.is_empty() {
+                call.id.clone_into(id);
+            }
+            if name.is_empty() {
+                call.name.clone_into(name);
+            }
+            arguments.push_str(call.arguments);
+            let bytes = call.id.len() + call.name.len() + call.arguments.len();
+            self.hold(bytes, out);
+            return;
+        }
+        let ordinal = self.calls;
+        self.calls += 1;
+        let id = if call.id.is_empty() {
+            fallback_call_id(&self.message_id, ordinal)
+        } else {
+            call.id.to_owned()
+        };
+        if self.live_call.is_none() {
+            self.live_call = Some(call.index);
+            self.start_call_block(call.index, &id, call.name, out);
+            self.push_arguments(call.arguments, out);
+            return;
+        }
+        if self.hold(id.len() + call.name.len() + call.arguments.len(), out) {
+            self.held.push(Held::Call {
+                index: call.index,
+                id,
+                name: call.name.to_owned(),
+                arguments: call.arguments.to_owned(),
             });
         }
-        let index = self.block.map_or(0, |(_, i)| i);
-        out.extend_from_slice(
-            b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
-        );
-        write_decimal(out, index);
+    }
+
+    /// Stop the open block, if one is, and give the next block its index.
+    fn next_index(&mut self, out: &mut Vec<u8>) -> u64 {
+        self.stop_block(out);
+        let index = self.next_block;
+        self.next_block += 1;
+        index
+    }
+
+    /// `content_block_start` of a `thinking` or `text` block.
+    fn start_text_block(&mut self, kind: TextKind, out: &mut Vec<u8>) {
+        let index = self.next_index(out);
+        self.block = Some(Block {
+            index,
+            kind: OpenKind::Text(kind),
+        });
+        push_block_start(out, index);
         out.extend_from_slice(match kind {
-            BlockKind::Text => b",\"delta\":{\"type\":\"text_delta\",\"text\":".as_slice(),
-            BlockKind::Thinking => b",\"delta\":{\"type\":\"thinking_delta\",\"thinking\":",
+            TextKind::Text => b"{\"type\":\"text\",\"text\":\"\"}}\n\n".as_slice(),
+            TextKind::Thinking => {
+                b"{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":\"\"}}\n\n"
+            }
+        });
+    }
+
+    /// `content_block_start` of a `tool_use` block for the call of OpenAI `index`.
+    fn start_call_block(&mut self, index: u64, id: &str, name: &str, out: &mut Vec<u8>) {
+        let block = self.next_index(out);
+        self.block = Some(Block {
+            index: block,
+            kind: OpenKind::Call(index),
+        });
+        push_block_start(out, block);
+        out.extend_from_slice(b"{\"type\":\"tool_use\",\"id\":");
+        write_str(out, id);
+        out.extend_from_slice(b",\"name\":");
+        write_str(out, name);
+        out.extend_from_slice(b",\"input\":{}}}\n\n");
+    }
+
+    /// A `text_delta` or `thinking_delta` of the open block.
+    fn push_text_delta(&mut self, kind: TextKind, text: &str, out: &mut Vec<u8>) {
+        push_delta_start(out, self.block.map_or(0, |b| b.index));
+        out.extend_from_slice(match kind {
+            TextKind::Text => b"{\"type\":\"text_delta\",\"text\":".as_slice(),
+            TextKind::Thinking => b"{\"type\":\"thinking_delta\",\"thinking\":",
         });
         write_str(out, text);
         out.extend_from_slice(b"}}\n\n");
     }
 
+    /// An `input_json_delta` of the open block, unless `arguments` is empty.
+    fn push_arguments(&mut self, arguments: &str, out: &mut Vec<u8>) {
+        if arguments.is_empty() {
+            return;
+        }
+        push_delta_start(out, self.block.map_or(0, |b| b.index));
+        out.extend_from_slice(b"{\"type\":\"input_json_delta\",\"partial_json\":");
+        write_str(out, arguments);
+        out.extend_from_slice(b"}}\n\n");
+    }
+
     /// `content_block_stop` for the open block, if one is.
     fn stop_block(&mut self, out: &mut Vec<u8>) {
-        if let Some((_, index)) = self.block.take() {
+        if let Some(block) = self.block.take() {
             out.extend_from_slice(
                 b"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":",
             );
-            write_decimal(out, index);
+            write_decimal(out, block.index);
             out.extend_from_slice(b"}\n\n");
         }
     }
 
-    /// `content_block_stop` (if a block was started), `message_delta`, `message_stop`.
+    /// The held content, each a whole block.
+    fn flush_held(&mut self, out: &mut Vec<u8>) {
+        for held in std::mem::take(&mut self.held) {
+            match held {
+                Held::Text(kind, text) => {
+                    self.start_text_block(kind, out);
+                    self.push_text_delta(kind, &text, out);
+                }
+                Held::Call {
+                    index,
+                    id,
+                    name,
+                    arguments,
+                } => {
+                    self.start_call_block(index, &id, &name, out);
+                    self.push_arguments(&arguments, out);
+                }
+            }
+        }
+        self.held_bytes = 0;
+        self.stop_block(out);
+    }
+
+    /// The held content, `content_block_stop`, `message_delta`, `message_stop`.
     fn close(&mut self, out: &mut Vec<u8>) {
         if !self.started {
             self.start("", out);
         }
         self.stop_block(out);
+        self.flush_held(out);
+        let stop = stop_reason(
+            self.finish,
+            self.stop_sequence.is_some(),
+            self.refused,
+            self.calls > 0,
+        );
         out.extend_from_slice(
             b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"",
         );
-        out.extend_from_slice(self.stop_reason.unwrap_or("end_turn").as_bytes());
+        out.extend_from_slice(stop.as_bytes());
         out.extend_from_slice(b"\",");
-        push_stop_sequence(out, self.stop_sequence.as_deref());
+        push_stop_sequence(
+            out,
+            self.stop_sequence
+                .as_deref()
+                .filter(|_| stop == "stop_sequence"),
+        );
         out.extend_from_slice(b"},");
         match self.usage {
             Some(usage) => usage.push_usage(out),
@@ -700,6 +1365,29 @@ impl StreamToMessages {
         out.extend_from_slice(b"\n\n");
         self.done = true;
     }
+}
+
+/// `v[key]` when it is a string, else `""`.
+fn str_at<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// `event: content_block_start` up to the `content_block` key of block `index`.
+fn push_block_start(out: &mut Vec<u8>, index: u64) {
+    out.extend_from_slice(
+        b"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":",
+    );
+    write_decimal(out, index);
+    out.extend_from_slice(b",\"content_block\":");
+}
+
+/// `event: content_block_delta` up to the `delta` key of block `index`.
+fn push_delta_start(out: &mut Vec<u8>, index: u64) {
+    out.extend_from_slice(
+        b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
+    );
+    write_decimal(out, index);
+    out.extend_from_slice(b",\"delta\":");
 }
 
 #[cfg(test)]
@@ -840,15 +1528,60 @@ mod tests {
         };
         let block = |block: Value| with("messages", json!([{"role": "user", "content": [block]}]));
         use TranslateError::{BadField, NotJson, Unsupported};
-        let tool = json!([{"name": "get_weather", "description": "d", "input_schema": {"type": "object"}}]);
-        assert_eq!(with("tools", tool), Err(Unsupported("tools")));
+        let tools = json!([{"name": "get_weather", "input_schema": {"type": "object"}}]);
+        // Server tools, whatever their version.
+        for server in [
+            json!({"type": "web_search_20250305", "name": "web_search", "max_uses": 5}),
+            json!({"type": "bash_20250124", "name": "bash"}),
+            json!({"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"}),
+            json!({"type": "computer_20250124", "name": "computer", "display_width_px": 1024, "display_height_px": 768}),
+            json!({"type": "code_execution_20250825", "name": "code_execution"}),
+        ] {
+            let mut list = tools.clone();
+            list.as_array_mut().expect("array").push(server);
+            assert_eq!(with("tools", list), Err(Unsupported("tools")));
+        }
+        assert_eq!(
+            with(
+                "tools",
+                json!([{"name": "f", "input_schema": {"type": "object"}, "input_examples": [{}]}])
+            ),
+            Err(Unsupported("input_examples"))
+        );
+        for bad in [
+            json!({"name": "f"}),
+            json!([{"name": "f"}]),
+            json!([{"input_schema": {}}]),
+            json!([{"name": "", "input_schema": {}}]),
+            json!([{"name": "f", "input_schema": "object"}]),
+            json!([{"name": "f", "input_schema": {}, "description": 5}]),
+            json!([{"name": "f", "input_schema": {}, "strict": "yes"}]),
+            json!([{"name": "f", "input_schema": {}, "type": 1}]),
+            json!(["f"]),
+        ] {
+            assert_eq!(with("tools", bad.clone()), Err(BadField("tools")), "{bad}");
+        }
+        // `any` and `tool` need tools; a choice is an object of a known type.
         for choice in [
-            json!({"type": "auto"}),
             json!({"type": "any"}),
             json!({"type": "tool", "name": "f"}),
             json!("none"),
+            json!("auto"),
+            json!({"type": "required"}),
+            json!({}),
         ] {
-            assert_eq!(with("tool_choice", choice), Err(Unsupported("tool_choice")));
+            assert_eq!(with("tool_choice", choice), Err(BadField("tool_choice")));
+        }
+        let mut with_tools = base.clone();
+        with_tools["tools"] = tools.clone();
+        for choice in [
+            json!({"type": "tool"}),
+            json!({"type": "tool", "name": 5}),
+            json!({"type": "auto", "disable_parallel_tool_use": "yes"}),
+        ] {
+            let mut b = with_tools.clone();
+            b["tool_choice"] = choice;
+            assert_eq!(to_chat(&b, true), Err(BadField("tool_choice")));
         }
         assert_eq!(
             with(
@@ -871,33 +1604,92 @@ mod tests {
             ),
             Err(Unsupported("output_format"))
         );
+        // Server-held conversation state (the anthropic SDK's tool runner asks for it).
+        for thread in [
+            json!({"type": "create"}),
+            json!({"type": "continue", "previous_message_id": "msg_1"}),
+        ] {
+            assert_eq!(with("thread", thread), Err(Unsupported("thread")));
+        }
+        assert!(with("thread", Value::Null).is_ok());
         assert_eq!(
-            block(
-                json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBOR"}})
-            ),
+            block(json!({"type": "image", "source": {"type": "file", "file_id": "file_1"}})),
             Err(Unsupported("image"))
         );
+        for source in [
+            json!({"type": "base64", "data": "iVBOR"}),
+            json!({"type": "base64", "media_type": "image/png"}),
+            json!({"type": "url"}),
+            json!({"url": "https://x"}),
+        ] {
+            assert_eq!(
+                block(json!({"type": "image", "source": source})),
+                Err(BadField("image"))
+            );
+        }
+        assert_eq!(block(json!({"type": "image"})), Err(BadField("image")));
         assert_eq!(
             block(
                 json!({"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}})
             ),
             Err(Unsupported("document"))
         );
-        assert_eq!(
+        // Images inside a tool result, and other blocks there.
+        for part in [
+            json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBOR"}}),
+            json!({"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}),
+            json!({"type": "search_result", "source": "s", "title": "t", "content": []}),
+        ] {
+            assert_eq!(
+                block(
+                    json!({"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "a"}, part]})
+                ),
+                Err(Unsupported("tool_result"))
+            );
+        }
+        for bad in [
+            json!({"type": "tool_result", "content": "x"}),
+            json!({"type": "tool_result", "tool_use_id": 5, "content": "x"}),
+            json!({"type": "tool_result", "tool_use_id": "t1", "content": 5}),
+            json!({"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text"}]}),
+            json!({"type": "tool_result", "tool_use_id": "t1", "content": ["x"]}),
+            json!({"type": "tool_result", "tool_use_id": "t1", "is_error": "yes"}),
+        ] {
+            assert_eq!(block(bad.clone()), Err(BadField("tool_result")), "{bad}");
+        }
+        // Tool use in the wrong turn, or malformed.
+        let assistant = |block: Value| {
             with(
                 "messages",
-                json!([
-                    {"role": "user", "content": "Weather?"},
-                    {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]}
-                ])
-            ),
-            Err(Unsupported("tool_use"))
+                json!([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": [block]}]),
+            )
+        };
+        assert_eq!(
+            block(json!({"type": "tool_use", "id": "t1", "name": "f", "input": {}})),
+            Err(BadField("tool_use"))
         );
         assert_eq!(
-            block(
-                json!({"type": "tool_result", "tool_use_id": "toolu_1", "content": "15 degrees"})
+            assistant(json!({"type": "tool_result", "tool_use_id": "t1", "content": "x"})),
+            Err(BadField("tool_result"))
+        );
+        for bad in [
+            json!({"type": "tool_use", "name": "f", "input": {}}),
+            json!({"type": "tool_use", "id": "t1", "input": {}}),
+            json!({"type": "tool_use", "id": "t1", "name": "f"}),
+            json!({"type": "tool_use", "id": "t1", "name": "f", "input": "{}"}),
+            json!({"type": "tool_use", "id": "", "name": "f", "input": {}}),
+        ] {
+            assert_eq!(assistant(bad.clone()), Err(BadField("tool_use")), "{bad}");
+        }
+        assert_eq!(
+            assistant(json!({"type": "image", "source": {"type": "url", "url": "https://x"}})),
+            Err(Unsupported("image"))
+        );
+        assert_eq!(
+            assistant(
+                json!({"type": "server_tool_use", "id": "s1", "name": "web_search", "input": {}})
             ),
-            Err(Unsupported("tool_result"))
+            Err(Unsupported("content"))
         );
         assert_eq!(
             block(json!({"type": "search_result", "source": "s", "title": "t", "content": []})),
@@ -967,12 +1759,212 @@ mod tests {
         for body in [&b"[1,2]"[..], b"\"s\"", b"{", b"{} {}", b"", b"null"] {
             assert_eq!(messages_to_chat(body, "m", true, &mut out), Err(NotJson));
         }
-        let tools = br#"{"max_tokens":1,"messages":[{"role":"user","content":"Hi"}],"tools":[{"name":"f"}]}"#;
+        let tools = br#"{"max_tokens":1,"messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"web_search_20250305","name":"web_search"}]}"#;
         assert_eq!(
             messages_to_chat(tools, "m", true, &mut out),
             Err(Unsupported("tools"))
         );
         assert_eq!(out, b"kept", "nothing appended on error");
+    }
+
+    #[test]
+    fn tools_and_tool_choice_map_to_functions() {
+        // Shaped like the Messages API reference's tool use example, as the SDK sends it.
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "location": {"type": "string", "description": "The city and state, e.g. San Francisco, CA"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}
+            },
+            "required": ["location"]
+        });
+        let body = json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 1024,
+            "tools": [
+                {"name": "get_weather", "description": "Get the current weather in a given location", "input_schema": schema},
+                {"type": "custom", "name": "get_time", "input_schema": {"type": "object", "properties": {}}, "strict": true, "cache_control": {"type": "ephemeral"}, "eager_input_streaming": true}
+            ],
+            "messages": [{"role": "user", "content": "What's the weather like in San Francisco?"}]
+        });
+        let v = to_chat(&body, false).expect("translates");
+        assert_eq!(
+            v,
+            json!({
+                "model": "gpt-4o",
+                "messages": [{"role": "user", "content": "What's the weather like in San Francisco?"}],
+                "max_tokens": 1024,
+                "tools": [
+                    {"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a given location", "parameters": schema}},
+                    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}, "strict": true}}
+                ]
+            })
+        );
+        let with_choice = |choice: Value| {
+            let mut b = body.clone();
+            b["tool_choice"] = choice;
+            to_chat(&b, false).expect("translates")
+        };
+        for (choice, openai, parallel) in [
+            (json!({"type": "auto"}), json!("auto"), None),
+            (json!({"type": "any"}), json!("required"), None),
+            (
+                json!({"type": "tool", "name": "get_weather"}),
+                json!({"type": "function", "function": {"name": "get_weather"}}),
+                None,
+            ),
+            (json!({"type": "none"}), json!("none"), None),
+            (
+                json!({"type": "auto", "disable_parallel_tool_use": true}),
+                json!("auto"),
+                Some(false),
+            ),
+            (
+                json!({"type": "any", "disable_parallel_tool_use": false}),
+                json!("required"),
+                None,
+            ),
+            (
+                json!({"type": "tool", "name": "get_time", "disable_parallel_tool_use": true}),
+                json!({"type": "function", "function": {"name": "get_time"}}),
+                Some(false),
+            ),
+        ] {
+            let v = with_choice(choice.clone());
+            assert_eq!(v["tool_choice"], openai, "{choice}");
+            assert_eq!(
+                v.get("parallel_tool_calls").and_then(Value::as_bool),
+                parallel,
+                "{choice}"
+            );
+        }
+        // No tools: `auto` and `none` say nothing, as OpenAI refuses a choice without tools.
+        let mut b = body.clone();
+        b["tools"] = json!([]);
+        for choice in [
+            json!({"type": "auto", "disable_parallel_tool_use": true}),
+            json!({"type": "none"}),
+        ] {
+            b["tool_choice"] = choice;
+            let v = to_chat(&b, false).expect("translates");
+            for key in ["tools", "tool_choice", "parallel_tool_calls"] {
+                assert!(v.get(key).is_none(), "{key}");
+            }
+        }
+    }
+
+    /// An agent's loop: text and tool calls, their results (one an error), then more text.
+    #[test]
+    fn tool_use_and_tool_result_turns() {
+        let body = json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 1024,
+            "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+            "messages": [
+                {"role": "user", "content": "Weather in Paris and Rome?"},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "Two cities.", "signature": ""},
+                    {"type": "text", "text": "Checking both."},
+                    {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"location": "Paris", "unit": "celsius"}},
+                    {"type": "tool_use", "id": "call_02", "name": "get_weather", "input": {"location": "Rome"}, "cache_control": {"type": "ephemeral"}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "Here you go."},
+                    {"type": "tool_result", "tool_use_id": "toolu_01", "content": "15 degrees"},
+                    {"type": "tool_result", "tool_use_id": "call_02", "is_error": true, "content": [
+                        {"type": "text", "text": "timeout"},
+                        {"type": "text", "text": "retry later", "cache_control": {"type": "ephemeral"}}
+                    ]}
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "toolu_03", "name": "get_weather", "input": {}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_03", "is_error": false},
+                    {"type": "tool_result", "tool_use_id": "toolu_03", "content": []}
+                ]},
+                {"role": "assistant", "content": "Paris: 15 degrees."}
+            ]
+        });
+        let v = to_chat(&body, false).expect("translates");
+        assert_eq!(
+            v["messages"],
+            json!([
+                {"role": "user", "content": "Weather in Paris and Rome?"},
+                {"role": "assistant", "content": "Checking both.", "tool_calls": [
+                    {"id": "toolu_01", "type": "function", "function": {"name": "get_weather", "arguments": "{\"location\":\"Paris\",\"unit\":\"celsius\"}"}},
+                    {"id": "call_02", "type": "function", "function": {"name": "get_weather", "arguments": "{\"location\":\"Rome\"}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "toolu_01", "content": "15 degrees"},
+                {"role": "tool", "tool_call_id": "call_02", "content": "Error: timeout\nretry later"},
+                {"role": "user", "content": "Here you go."},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "toolu_03", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "toolu_03", "content": ""},
+                {"role": "tool", "tool_call_id": "toolu_03", "content": ""},
+                {"role": "assistant", "content": "Paris: 15 degrees."}
+            ])
+        );
+        // An error with no content is the prefix alone.
+        let mut b = body.clone();
+        b["messages"][4]["content"][0]["is_error"] = json!(true);
+        let v = to_chat(&b, false).expect("translates");
+        assert_eq!(v["messages"][6]["content"], TOOL_ERROR_PREFIX);
+        // The arguments are the input as JSON, whatever it holds.
+        let args = v["messages"][1]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .expect("string");
+        assert_eq!(
+            serde_json::from_str::<Value>(args).expect("JSON"),
+            body["messages"][1]["content"][2]["input"]
+        );
+    }
+
+    #[test]
+    fn images_become_image_url_parts() {
+        let body = json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 1024,
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQSkZJRg=="}},
+                    {"type": "text", "text": "Compare with"},
+                    {"type": "image", "source": {"type": "url", "url": "https://upload.wikimedia.org/a.jpg"}, "cache_control": {"type": "ephemeral"}},
+                    {"type": "text", "text": "please."}
+                ]},
+                {"role": "assistant", "content": "Same cat."},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
+            ]
+        });
+        assert_eq!(
+            to_chat(&body, false).expect("translates")["messages"],
+            json!([
+                {"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQSkZJRg=="}},
+                    {"type": "text", "text": "Compare with"},
+                    {"type": "image_url", "image_url": {"url": "https://upload.wikimedia.org/a.jpg"}},
+                    {"type": "text", "text": "please."}
+                ]},
+                {"role": "assistant", "content": "Same cat."},
+                {"role": "user", "content": "ab"}
+            ])
+        );
+        // Beside tool results: the tool messages first, then the image.
+        let body = json!({
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "saved"}]},
+                {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}
+            ]}]
+        });
+        assert_eq!(
+            to_chat(&body, false).expect("translates")["messages"],
+            json!([
+                {"role": "tool", "tool_call_id": "t1", "content": "saved"},
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}
+            ])
+        );
     }
 
     /// `anthropic::chat_to_messages(messages_to_chat(x))` keeps a plain text request.
@@ -1148,6 +2140,95 @@ mod tests {
             Err(BadField("choices"))
         );
         assert_eq!(out, b"kept", "nothing appended on error");
+    }
+
+    #[test]
+    fn tool_calls_become_tool_use_blocks() {
+        // OpenAI's function calling answer, with text and reasoning beside two calls.
+        let body = r#"{
+          "id": "chatcmpl-abc123",
+          "object": "chat.completion",
+          "created": 1699896916,
+          "model": "gpt-4o-mini",
+          "choices": [{
+            "index": 0,
+            "message": {
+              "role": "assistant",
+              "content": "Let me look.",
+              "reasoning": "Two calls.",
+              "tool_calls": [
+                {"id": "call_abc123", "type": "function", "function": {"name": "get_current_weather", "arguments": "{\n\"location\": \"Boston, MA\"\n}"}},
+                {"id": "call_def456", "type": "function", "function": {"name": "get_time", "arguments": ""}}
+              ]
+            },
+            "logprobs": null,
+            "finish_reason": "tool_calls"
+          }],
+          "usage": {"prompt_tokens": 82, "completion_tokens": 17, "total_tokens": 99}
+        }"#;
+        let mut out = Vec::new();
+        chat_to_message(body.as_bytes(), "claude-sonnet-4-5", &mut out).expect("translates");
+        assert_eq!(
+            std::str::from_utf8(&out).expect("UTF-8"),
+            concat!(
+                r#"{"id":"msg_chatcmpl-abc123","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":["#,
+                r#"{"type":"thinking","thinking":"Two calls.","signature":""},"#,
+                r#"{"type":"text","text":"Let me look."},"#,
+                r#"{"type":"tool_use","id":"call_abc123","name":"get_current_weather","input":{"location":"Boston, MA"}},"#,
+                r#"{"type":"tool_use","id":"call_def456","name":"get_time","input":{}}"#,
+                r#"],"stop_reason":"tool_use","stop_sequence":null,"#,
+                r#""usage":{"input_tokens":82,"cache_read_input_tokens":0,"output_tokens":17}}"#
+            )
+        );
+
+        // No text, no id (a made-up one), `stop` as vLLM says for a forced call.
+        let v = to_message(
+            r#"{"id":"cmpl-9","choices":[{"message":{"content":null,"tool_calls":[{"type":"function","function":{"name":"f","arguments":" {\"a\": [1, \"\u00e9\"]} "}},{"id":"","function":{"name":"g"}}]},"finish_reason":"stop"}]}"#,
+        )
+        .expect("translates");
+        assert_eq!(
+            v["content"],
+            json!([
+                {"type": "tool_use", "id": "toolu_cmpl-9_0", "name": "f", "input": {"a": [1, "é"]}},
+                {"type": "tool_use", "id": "toolu_cmpl-9_1", "name": "g", "input": {}}
+            ])
+        );
+        assert_eq!(v["stop_reason"], "tool_use");
+        // Cut by max_tokens (with whole arguments), or filtered: the finish reason wins.
+        for (finish, stop) in [("length", "max_tokens"), ("content_filter", "refusal")] {
+            let v = to_message(&format!(
+                r#"{{"choices":[{{"message":{{"tool_calls":[{{"id":"c","function":{{"name":"f","arguments":"{{}}"}}}}]}},"finish_reason":"{finish}"}}]}}"#
+            ))
+            .expect("translates");
+            assert_eq!(v["stop_reason"], stop);
+        }
+        // `tool_calls` as finish reason without a call, and `null` calls.
+        let v = to_message(
+            r#"{"choices":[{"message":{"content":"x","tool_calls":null},"finish_reason":"tool_calls"}]}"#,
+        )
+        .expect("translates");
+        assert_eq!(v["content"], json!([{"type": "text", "text": "x"}]));
+        assert_eq!(v["stop_reason"], "end_turn");
+
+        // Arguments that are no JSON object, and malformed calls: a 502.
+        for calls in [
+            r#"[{"id":"c","function":{"name":"f","arguments":"{\"a\":"}}]"#,
+            r#"[{"id":"c","function":{"name":"f","arguments":"[1]"}}]"#,
+            r#"[{"id":"c","function":{"name":"f","arguments":"\"x\""}}]"#,
+            r#"[{"id":"c","function":{"name":"f","arguments":{"a":1}}}]"#,
+            r#"[{"id":"c","function":{"arguments":"{}"}}]"#,
+            r#"[{"id":"c"}]"#,
+            r#"{"id":"c"}"#,
+        ] {
+            let body = format!(
+                r#"{{"choices":[{{"message":{{"content":"x","tool_calls":{calls}}},"finish_reason":"tool_calls"}}]}}"#
+            );
+            assert_eq!(
+                to_message(&body),
+                Err(TranslateError::BadField("tool_calls")),
+                "{calls}"
+            );
+        }
     }
 
     fn anthropic_error(status: u16, body: &[u8]) -> Value {
@@ -1488,6 +2569,311 @@ mod tests {
         assert_eq!(String::from_utf8(out).expect("UTF-8"), expected(true));
     }
 
+    /// The events as `start N TYPE`, `delta N TYPE`, `stop N` or their name.
+    fn kinds(ev: &[(String, Value)]) -> Vec<String> {
+        ev.iter()
+            .map(|(name, v)| match name.as_str() {
+                "content_block_start" => {
+                    format!("start {} {}", v["index"], v["content_block"]["type"])
+                }
+                "content_block_delta" => format!("delta {} {}", v["index"], v["delta"]["type"]),
+                "content_block_stop" => format!("stop {}", v["index"]),
+                other => other.to_owned(),
+            })
+            .collect()
+    }
+
+    /// The content an Anthropic client builds from a stream (as the SDK's accumulator does: a
+    /// tool_use block's input is its `partial_json` pieces parsed, `{}` without any), with the
+    /// raw arguments of each tool_use block; checks that blocks come one at a time at indices 0,
+    /// 1, ... and that deltas match their block's type.
+    fn content_of(out: &[u8]) -> (Vec<Value>, Vec<String>) {
+        let mut content: Vec<Value> = Vec::new();
+        let mut raw = Vec::new();
+        let mut open: Option<usize> = None;
+        for (name, v) in events(out) {
+            let index = v["index"].as_u64().and_then(|i| usize::try_from(i).ok());
+            match name.as_str() {
+                "content_block_start" => {
+                    assert_eq!(open, None, "one block at a time");
+                    assert_eq!(index, Some(content.len()), "indices in order");
+                    open = index;
+                    content.push(v["content_block"].clone());
+                    raw.push(String::new());
+                }
+                "content_block_delta" => {
+                    assert_eq!(index, open, "a delta of the open block");
+                    let i = open.expect("open");
+                    let delta = &v["delta"];
+                    let block = &mut content[i];
+                    match (block["type"].as_str(), delta["type"].as_str()) {
+                        (Some("text"), Some("text_delta")) => {
+                            let t = block["text"].as_str().expect("text").to_owned();
+                            block["text"] = json!(t + delta["text"].as_str().expect("text"));
+                        }
+                        (Some("thinking"), Some("thinking_delta")) => {
+                            let t = block["thinking"].as_str().expect("thinking").to_owned();
+                            block["thinking"] =
+                                json!(t + delta["thinking"].as_str().expect("thinking"));
+                        }
+                        (Some("tool_use"), Some("input_json_delta")) => {
+                            let piece = delta["partial_json"].as_str().expect("partial_json");
+                            assert!(!piece.is_empty(), "no empty pieces");
+                            raw[i].push_str(piece);
+                        }
+                        other => panic!("delta {other:?}"),
+                    }
+                }
+                "content_block_stop" => {
+                    assert_eq!(index, open, "the open block stops");
+                    let i = open.take().expect("open");
+                    if content[i]["type"] == "tool_use" && !raw[i].is_empty() {
+                        content[i]["input"] = serde_json::from_str(&raw[i]).unwrap_or(Value::Null);
+                    }
+                }
+                // An error ends the stream as it is, as Anthropic's do.
+                "message_delta" | "message_stop" => {
+                    assert_eq!(open, None, "blocks stop before the message ends")
+                }
+                _ => {}
+            }
+        }
+        (content, raw)
+    }
+
+    /// An OpenAI chunk of `choices[0].delta` = `delta`.
+    fn delta_chunk(delta: &str) -> String {
+        format!("{HEAD}[{{\"index\":0,\"delta\":{delta},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n")
+    }
+
+    fn finish_chunk(reason: &str) -> String {
+        format!("{HEAD}[{{\"index\":0,\"delta\":{{}},\"logprobs\":null,\"finish_reason\":\"{reason}\"}}]}}\n\n")
+    }
+
+    /// Text, then two calls one after the other, as OpenAI streams them.
+    fn tool_stream() -> String {
+        let mut s = delta_chunk(r#"{"role":"assistant","content":"","refusal":null}"#);
+        s += &delta_chunk(r#"{"content":"Checking."}"#);
+        s += &delta_chunk(
+            r#"{"tool_calls":[{"index":0,"id":"call_DdmO9pD3xa9XTPNJ32zg2hcA","type":"function","function":{"name":"get_weather","arguments":""}}]}"#,
+        );
+        for piece in [
+            r#"{\""#,
+            r#"location"#,
+            r#"\":\""#,
+            r#"Paris\u00e9"#,
+            r#"\"}"#,
+        ] {
+            s += &delta_chunk(&format!(
+                r#"{{"tool_calls":[{{"index":0,"function":{{"arguments":"{piece}"}}}}]}}"#
+            ));
+        }
+        s += &delta_chunk(
+            r#"{"tool_calls":[{"index":1,"id":"call_2","type":"function","function":{"name":"get_time","arguments":"{}"}}]}"#,
+        );
+        s += &finish_chunk("tool_calls");
+        s += HEAD;
+        s += r#"[],"usage":{"prompt_tokens":40,"completion_tokens":30,"total_tokens":70}}"#;
+        s += "\n\ndata: [DONE]\n\n";
+        s
+    }
+
+    #[test]
+    fn streamed_tool_calls_become_tool_use_blocks() {
+        let stream = tool_stream();
+        let (out, usage) = translate_in_pieces(stream.as_bytes(), &[]);
+        assert_eq!(usage, Some((40, 30)));
+        // One byte at a time, and in CRLF: the same.
+        let cuts: Vec<usize> = (0..stream.len()).collect();
+        assert_eq!(translate_in_pieces(stream.as_bytes(), &cuts).0, out);
+        let crlf = stream.replace('\n', "\r\n");
+        assert_eq!(translate_in_pieces(crlf.as_bytes(), &[]).0, out);
+        let ev = events(&out);
+        assert_eq!(
+            kinds(&ev),
+            [
+                "message_start",
+                "start 0 \"text\"",
+                "delta 0 \"text_delta\"",
+                "stop 0",
+                "start 1 \"tool_use\"",
+                "delta 1 \"input_json_delta\"",
+                "delta 1 \"input_json_delta\"",
+                "delta 1 \"input_json_delta\"",
+                "delta 1 \"input_json_delta\"",
+                "delta 1 \"input_json_delta\"",
+                "stop 1",
+                "start 2 \"tool_use\"",
+                "delta 2 \"input_json_delta\"",
+                "stop 2",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        let text = std::str::from_utf8(&out).expect("UTF-8");
+        assert!(text.contains(concat!(
+            "event: content_block_start\n",
+            r#"data: {"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"call_DdmO9pD3xa9XTPNJ32zg2hcA","name":"get_weather","input":{}}}"#,
+            "\n\n"
+        )));
+        assert!(text.contains(concat!(
+            "event: content_block_delta\n",
+            r#"data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\""}}"#,
+            "\n\n"
+        )));
+        assert_eq!(
+            ev[14].1,
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"input_tokens": 40, "cache_read_input_tokens": 0, "output_tokens": 30}})
+        );
+        let (content, _) = content_of(&out);
+        assert_eq!(
+            content,
+            [
+                json!({"type": "text", "text": "Checking."}),
+                json!({"type": "tool_use", "id": "call_DdmO9pD3xa9XTPNJ32zg2hcA", "name": "get_weather", "input": {"location": "Parisé"}}),
+                json!({"type": "tool_use", "id": "call_2", "name": "get_time", "input": {}}),
+            ]
+        );
+
+        // A call alone, whole in its first delta, without id or index, `stop` as its finish
+        // reason (vLLM's, for a forced call), and the stream cut before [DONE].
+        let stream = delta_chunk(
+            r#"{"role":"assistant","tool_calls":[{"type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]}"#,
+        ) + &finish_chunk("stop");
+        let (out, _) = translate_in_pieces(stream.as_bytes(), &[]);
+        let ev = events(&out);
+        assert_eq!(
+            ev[1].1["content_block"],
+            json!({"type": "tool_use", "id": "toolu_chatcmpl-123_0", "name": "f", "input": {}})
+        );
+        assert_eq!(ev[2].1["delta"]["partial_json"], "{\"a\":1}");
+        assert_eq!(ev[4].1["delta"]["stop_reason"], "tool_use");
+
+        // Arguments that are no string (not OpenAI's shape): an error, never dropped.
+        let stream = delta_chunk(
+            r#"{"tool_calls":[{"index":0,"id":"c","type":"function","function":{"name":"f","arguments":{"a":1}}}]}"#,
+        ) + &finish_chunk("tool_calls");
+        let (out, _) = translate_in_pieces(stream.as_bytes(), &[]);
+        let ev = events(&out);
+        assert_eq!(kinds(&ev), ["message_start", "error"]);
+
+        // Cut by max_tokens inside the arguments: passed on as they came.
+        let stream = delta_chunk(
+            r#"{"tool_calls":[{"index":0,"id":"c","type":"function","function":{"name":"f","arguments":"{\"a\":"}}]}"#,
+        ) + &finish_chunk("length")
+            + "data: [DONE]\n\n";
+        let (out, _) = translate_in_pieces(stream.as_bytes(), &[]);
+        let (_, raw) = content_of(&out);
+        assert_eq!(raw, ["{\"a\":"]);
+        assert_eq!(events(&out)[4].1["delta"]["stop_reason"], "max_tokens");
+    }
+
+    #[test]
+    fn interleaved_tool_calls_and_text_are_held_until_the_end() {
+        let call = |index: u64, first: bool, args: &str| {
+            let args = serde_json::to_string(args).expect("string");
+            if first {
+                delta_chunk(&format!(
+                    r#"{{"tool_calls":[{{"index":{index},"id":"call_{index}","type":"function","function":{{"name":"f{index}","arguments":{args}}}}}]}}"#
+                ))
+            } else {
+                delta_chunk(&format!(
+                    r#"{{"tool_calls":[{{"index":{index},"function":{{"arguments":{args}}}}}]}}"#
+                ))
+            }
+        };
+        let stream = delta_chunk(r#"{"reasoning_content":"Plan."}"#)
+            + &call(0, true, "{\"x\":")
+            + &call(1, true, "")
+            + &call(1, false, "{\"y\":2}")
+            + &delta_chunk(r#"{"content":"between "}"#)
+            + &delta_chunk(r#"{"content":"calls"}"#)
+            + &call(0, false, "1}")
+            // Two calls in one delta, one of them repeating its id and name.
+            + &delta_chunk(
+                r#"{"tool_calls":[{"index":2,"id":"call_2","type":"function","function":{"name":"f2","arguments":"{}"}},{"index":1,"id":"call_1","function":{"name":"f1","arguments":" "}}]}"#,
+            )
+            + &delta_chunk(r#"{"reasoning":"Done."}"#)
+            + &finish_chunk("tool_calls")
+            + "data: [DONE]\n\n";
+        let (out, _) = translate_in_pieces(stream.as_bytes(), &[]);
+        let cuts: Vec<usize> = (0..stream.len()).step_by(5).collect();
+        assert_eq!(translate_in_pieces(stream.as_bytes(), &cuts).0, out);
+        let (content, raw) = content_of(&out);
+        assert_eq!(
+            content,
+            [
+                json!({"type": "thinking", "thinking": "Plan.", "signature": ""}),
+                json!({"type": "tool_use", "id": "call_0", "name": "f0", "input": {"x": 1}}),
+                json!({"type": "tool_use", "id": "call_1", "name": "f1", "input": {"y": 2}}),
+                json!({"type": "text", "text": "between calls"}),
+                json!({"type": "tool_use", "id": "call_2", "name": "f2", "input": {}}),
+                json!({"type": "thinking", "thinking": "Done.", "signature": ""}),
+            ]
+        );
+        assert_eq!(raw[2], "{\"y\":2} ");
+        // The first call streams live: its first piece comes before anything held.
+        let ev = events(&out);
+        assert_eq!(
+            kinds(&ev)[..6],
+            [
+                "message_start",
+                "start 0 \"thinking\"",
+                "delta 0 \"thinking_delta\"",
+                "stop 0",
+                "start 1 \"tool_use\"",
+                "delta 1 \"input_json_delta\""
+            ]
+        );
+        assert_eq!(ev[5].1["delta"]["partial_json"], "{\"x\":");
+        assert_eq!(ev.last().expect("events").0, "message_stop");
+    }
+
+    #[test]
+    fn held_content_is_bounded() {
+        let piece = "x".repeat(200_000);
+        let mut stream = delta_chunk(
+            r#"{"tool_calls":[{"index":0,"id":"a","type":"function","function":{"name":"f","arguments":"{}"}}]}"#,
+        );
+        stream += &delta_chunk(
+            r#"{"tool_calls":[{"index":1,"id":"b","type":"function","function":{"name":"g","arguments":""}}]}"#,
+        );
+        let pieces = STREAM_HELD_BYTES_MAX / piece.len() + 1;
+        for _ in 0..pieces {
+            stream += &delta_chunk(&format!(
+                r#"{{"tool_calls":[{{"index":1,"function":{{"arguments":"{piece}"}}}}]}}"#
+            ));
+        }
+        stream += &finish_chunk("tool_calls");
+        stream += "data: [DONE]\n\n";
+        let (out, _) = translate_in_pieces(stream.as_bytes(), &[]);
+        let ev = events(&out);
+        assert_eq!(
+            kinds(&ev),
+            [
+                "message_start",
+                "start 0 \"tool_use\"",
+                "delta 0 \"input_json_delta\"",
+                "error"
+            ]
+        );
+        // Held text counts too; just under the limit is fine.
+        let mut stream = delta_chunk(
+            r#"{"tool_calls":[{"index":0,"id":"a","type":"function","function":{"name":"f","arguments":"{}"}}]}"#,
+        );
+        for _ in 0..pieces - 1 {
+            stream += &delta_chunk(&format!(r#"{{"content":"{piece}"}}"#));
+        }
+        stream += &finish_chunk("tool_calls");
+        let (out, _) = translate_in_pieces(stream.as_bytes(), &[]);
+        let (content, _) = content_of(&out);
+        assert_eq!(content.len(), 2);
+        assert_eq!(
+            content[1]["text"].as_str().map(str::len),
+            Some(piece.len() * (pieces - 1))
+        );
+    }
+
     fn arb_stream() -> impl Strategy<Value = Vec<u8>> {
         // The realistic stream with optional noise: comments, CRLF, an event name, a non-JSON
         // event, an object that is no chunk.
@@ -1520,7 +2906,15 @@ mod tests {
         "data: 5}\n\n",
         "\n",
         "data: {\"truncated\": \n\n",
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_a\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"\"}}]},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"a\\\":\"}}]},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_b\",\"type\":\"function\",\"function\":{\"name\":\"g\",\"arguments\":\"1}\"}}]},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"function\":{\"name\":\"h\"}}]},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
     ];
+
+    /// Pieces of text and of tool call arguments.
+    const TOOL_PIECES: &[&str] = &["{\"a\":", "1}", "\"\u{e9}\\n\"", "", " ", "[", "x"];
 
     fn check_ends(out: &[u8]) -> Result<(), TestCaseError> {
         let ev = events(out);
@@ -1558,7 +2952,84 @@ mod tests {
             let stream: String = picks.iter().filter_map(|i| PIECES.get(*i).copied()).collect();
             let whole = translate_in_pieces(stream.as_bytes(), &[]);
             check_ends(&whole.0)?;
+            content_of(&whole.0);
             prop_assert_eq!(translate_in_pieces(stream.as_bytes(), &cuts), whole);
+        }
+
+        /// Text, reasoning and up to three tool calls interleaved at random: every call comes
+        /// out as one `tool_use` block (in the order calls first came) with its id, name and
+        /// arguments whole; the texts and the reasoning whole, in order; blocks one at a time;
+        /// the same however the stream is cut.
+        #[test]
+        fn tool_streams_keep_every_call(
+            steps in prop::collection::vec((0..5u8, 0..TOOL_PIECES.len()), 0..24),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let mut stream = String::new();
+            let mut seen: Vec<u8> = Vec::new();
+            let mut args: Vec<String> = Vec::new();
+            let (mut text, mut thinking) = (String::new(), String::new());
+            for (what, piece) in steps {
+                let piece = TOOL_PIECES.get(piece).copied().unwrap_or_default();
+                let quoted = serde_json::to_string(piece).expect("string");
+                match what {
+                    0 => {
+                        text.push_str(piece);
+                        stream += &delta_chunk(&format!(r#"{{"content":{quoted}}}"#));
+                    }
+                    1 => {
+                        thinking.push_str(piece);
+                        stream += &delta_chunk(&format!(r#"{{"reasoning_content":{quoted}}}"#));
+                    }
+                    k => {
+                        let k = k - 2;
+                        let at = match seen.iter().position(|s| *s == k) {
+                            Some(at) => {
+                                stream += &delta_chunk(&format!(
+                                    r#"{{"tool_calls":[{{"index":{k},"function":{{"arguments":{quoted}}}}}]}}"#
+                                ));
+                                at
+                            }
+                            None => {
+                                seen.push(k);
+                                args.push(String::new());
+                                stream += &delta_chunk(&format!(
+                                    r#"{{"tool_calls":[{{"index":{k},"id":"call_{k}","type":"function","function":{{"name":"f{k}","arguments":{quoted}}}}}]}}"#
+                                ));
+                                seen.len() - 1
+                            }
+                        };
+                        args[at].push_str(piece);
+                    }
+                }
+            }
+            stream += &finish_chunk(if seen.is_empty() { "stop" } else { "tool_calls" });
+            stream += "data: [DONE]\n\n";
+            let whole = translate_in_pieces(stream.as_bytes(), &[]);
+            prop_assert_eq!(&translate_in_pieces(stream.as_bytes(), &cuts), &whole);
+            let (content, raw) = content_of(&whole.0);
+            let mut calls = Vec::new();
+            let (mut got_text, mut got_thinking) = (String::new(), String::new());
+            for (block, raw) in content.iter().zip(&raw) {
+                match block["type"].as_str() {
+                    Some("text") => got_text.push_str(block["text"].as_str().unwrap_or_default()),
+                    Some("thinking") => {
+                        got_thinking.push_str(block["thinking"].as_str().unwrap_or_default());
+                    }
+                    _ => calls.push((block["id"].clone(), block["name"].clone(), raw.clone())),
+                }
+            }
+            let want: Vec<(Value, Value, String)> = seen
+                .iter()
+                .zip(&args)
+                .map(|(k, a)| (json!(format!("call_{k}")), json!(format!("f{k}")), a.clone()))
+                .collect();
+            prop_assert_eq!(calls, want);
+            prop_assert_eq!(got_text, text);
+            prop_assert_eq!(got_thinking, thinking);
+            let ev = events(&whole.0);
+            let stop = ev.iter().find(|(n, _)| n == "message_delta").map(|(_, v)| v["delta"]["stop_reason"].clone());
+            prop_assert_eq!(stop, Some(json!(if seen.is_empty() { "end_turn" } else { "tool_use" })));
         }
 
         /// No panic on arbitrary bytes rich in SSE syntax, split independence there too.

@@ -37,8 +37,8 @@
 //!   translated requests are the exception (most upstreams speak OpenAI).
 //! - **Output written by hand** where clients may compare bytes (response bodies, stream chunks):
 //!   keys in the order the client's own API sends them, strings escaped by one function.
-//! - **Refuse, never drop, what changes the answer.** A feature the target cannot express (tools,
-//!   images, several choices, log probabilities, JSON mode) is a
+//! - **Refuse, never drop, what changes the answer.** A feature the target cannot express (server
+//!   tools, images inside tool results, several choices, log probabilities, JSON mode) is a
 //!   [`TranslateError::Unsupported`] naming the field, mapped to a 400; sampling knobs with no
 //!   counterpart and no effect on the shape of the answer (`seed`, `presence_penalty`, ...) are
 //!   left out.
@@ -54,6 +54,12 @@ pub mod sigv4;
 pub(crate) mod sse;
 
 use std::fmt;
+
+/// The message of [`TranslateError::Unsupported`]`("thread")`, which `crate::error` recognises
+/// to give Anthropic clients Threads' `thread_unsupported_request` error code (the anthropic
+/// SDK's tool runner then sends the whole conversation without `thread`).
+pub const THREAD_UNSUPPORTED: &str =
+    "`thread` (server-held conversation state) is not supported for this model's provider: send the whole conversation without it";
 
 /// Why a body could not be translated. The caller maps it to a 400 (`Error::BadRequest` with
 /// [`TranslateError::message`]) for a request, to a 502 for an upstream's response.
@@ -103,13 +109,13 @@ impl TranslateError {
             }
             // Tools, images and other fields (OpenAI chat to another API).
             TranslateError::BadField("tools") => {
-                "`tools` must be an array of `{type: function, function: {name, description, parameters}}`, and must be given when the messages hold tool calls or tool results"
+                "`tools` must be an array of function tools (OpenAI's `{type: function, function: {name, parameters}}`, Anthropic's `{name, input_schema}`), given whenever the messages hold tool calls or results"
             }
             TranslateError::BadField("tool_choice") => {
-                "`tool_choice` must be none, auto, required or a function named in `tools`"
+                "`tool_choice` must be none, auto, required (any) or a tool named in `tools`"
             }
             TranslateError::BadField("tool_calls") => {
-                "assistant `tool_calls` need an `id`, a `function.name` and `function.arguments` holding a JSON object"
+                "`tool_calls` (a client's or the upstream's) need an `id`, a `function.name` and `function.arguments` holding a JSON object"
             }
             TranslateError::BadField("tool_call_id") => {
                 "a `tool` message needs the `tool_call_id` of the call it answers"
@@ -183,9 +189,23 @@ impl TranslateError {
                 "`extra_body` other than google.thinking_config is not supported for this model's provider"
             }
             // End of Gemini's arms.
+            // Anthropic Messages clients (`messages`): tools and images.
+            TranslateError::BadField("tool_use") => {
+                "`tool_use` blocks belong in assistant turns, with a string `id` and `name` and an object `input`"
+            }
+            TranslateError::BadField("tool_result") => {
+                "`tool_result` blocks belong in user turns, with a string `tool_use_id`, text `content` and a boolean `is_error`"
+            }
+            TranslateError::BadField("image") => {
+                "`image` blocks need a `source` of type base64 (with `media_type` and `data`) or url (with `url`)"
+            }
+            TranslateError::Unsupported("thread") => THREAD_UNSUPPORTED,
+            TranslateError::Unsupported("input_examples") => {
+                "tool `input_examples` are not supported for this model's provider"
+            }
             TranslateError::BadField(_) => "a field of the body has the wrong type",
             TranslateError::Unsupported("tools") => {
-                "these `tools` are not supported for this model's provider (function tools are)"
+                "these `tools` are not supported for this model's provider (only function and custom tools are; server tools never)"
             }
             TranslateError::Unsupported("tool_choice") => {
                 "`tool_choice` is not supported for this model's provider"
@@ -227,7 +247,7 @@ impl TranslateError {
                 "`output_format` is not supported for this model's provider"
             }
             TranslateError::Unsupported("image") => {
-                "`image` content blocks are not supported for this model's provider"
+                "`image` blocks other than base64 or url sources are not supported for this model's provider"
             }
             TranslateError::Unsupported("document") => {
                 "`document` content blocks are not supported for this model's provider"
@@ -236,7 +256,7 @@ impl TranslateError {
                 "`tool_use` content blocks are not supported for this model's provider"
             }
             TranslateError::Unsupported("tool_result") => {
-                "`tool_result` content blocks are not supported for this model's provider"
+                "`tool_result` content other than text (images, documents) is not supported for this model's provider"
             }
             TranslateError::Unsupported("file") => {
                 "`file` content parts are not supported for this model's provider"
@@ -345,6 +365,11 @@ mod tests {
             TranslateError::BadField("parallel_tool_calls"),
             TranslateError::BadField("image_url"),
             TranslateError::Unsupported("file"),
+            TranslateError::BadField("tool_use"),
+            TranslateError::BadField("tool_result"),
+            TranslateError::BadField("image"),
+            TranslateError::Unsupported("input_examples"),
+            TranslateError::Unsupported("thread"),
             TranslateError::BadField("other"),
             TranslateError::Unsupported("tools"),
             TranslateError::Unsupported("tool_choice"),
