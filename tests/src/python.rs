@@ -80,3 +80,99 @@ pub fn sdk_path() -> Result<Option<PathBuf>, Option<String>> {
     *done = Some(result.clone());
     result.map_err(Some)
 }
+
+/// How a script of `tests/python/` ended, and what it printed.
+#[derive(Debug)]
+pub struct ScriptRun {
+    /// It exited with status 0.
+    pub ok: bool,
+    /// Its exit status, or that it was killed at the time limit.
+    pub status: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ScriptRun {
+    /// Everything, for an assertion's message.
+    pub fn summary(&self) -> String {
+        format!(
+            "status {}\nstdout:\n{}\nstderr:\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `tests/python/{script}` with `args` under [`python()`] (the SDKs on `PYTHONPATH` from
+/// `sdk_dir`), killed after `wait`. Proxy variables and the SDKs' own base-URL settings are
+/// removed: the gateway is on loopback, and a developer's settings must not redirect the SDKs.
+pub fn run_script(
+    script: &str,
+    args: &[&str],
+    sdk_dir: Option<&PathBuf>,
+    wait: std::time::Duration,
+) -> ScriptRun {
+    use std::io::Read;
+    use std::sync::Arc;
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let mut cmd = Command::new(python());
+    if let Some(dir) = sdk_dir {
+        cmd.env("PYTHONPATH", dir);
+    }
+    cmd.arg(&path)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        cmd.env_remove(var).env_remove(var.to_ascii_lowercase());
+    }
+    for var in [
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_BASE_URL",
+        "ANTHROPIC_AUTH_TOKEN",
+    ] {
+        cmd.env_remove(var);
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {} {}: {e}", python(), path.display()));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let b = buf.clone();
+        let t = std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = r.read(&mut chunk) {
+                b.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&chunk[..n]);
+            }
+        });
+        (buf, t)
+    };
+    let (out, t1) = drain(Box::new(child.stdout.take().expect("piped")));
+    let (err, t2) = drain(Box::new(child.stderr.take().expect("piped")));
+    let deadline = std::time::Instant::now() + wait;
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break Some(st);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let _ = (t1.join(), t2.join());
+    let text = |b: &Arc<Mutex<Vec<u8>>>| {
+        String::from_utf8_lossy(&b.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    };
+    ScriptRun {
+        ok: status.is_some_and(|s| s.success()),
+        status: status.map_or_else(|| format!("killed after {wait:?}"), |s| s.to_string()),
+        stdout: text(&out),
+        stderr: text(&err),
+    }
+}

@@ -8,19 +8,16 @@
 //! Python SDK (`tests/python/sdk_responses.py`) against the gateway, as `sdk_clients.rs` runs
 //! its script (skipped the same way).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
-use shardgate_tests::python::{python, sdk_path};
+use shardgate_tests::python::{self, sdk_path};
 use shardgate_tests::responses_mock::{
     self, CACHED_TOKENS, CALL_ARGUMENTS, CALL_ID, INPUT_TOKENS, OUTPUT_TOKENS, REASONING_TOKENS,
     TEXT, TOOL_ANSWER_PREFIX,
 };
-use shardgate_tests::{sleep, wait_until, Client, Gateway, MockUpstream, TempDir};
+use shardgate_tests::{wait_until, Client, Gateway, MockUpstream, TempDir};
 
 const KEY_VAR: &str = "SG_TEST_RESPONSES_KEY";
 const KEY: &str = "sk-responses-upstream-key";
@@ -562,76 +559,33 @@ const SCRIPT_WAIT: Duration = Duration::from_secs(120);
 /// Runs `sdk_responses.py` against the gateway (bounded by [`SCRIPT_WAIT`]): whether it exited
 /// 0, and what it printed.
 fn run_script(gw: &Gateway, sdk_dir: Option<&PathBuf>) -> (bool, String) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/sdk_responses.py");
-    let mut cmd = Command::new(python());
-    if let Some(dir) = sdk_dir {
-        cmd.env("PYTHONPATH", dir);
-    }
-    cmd.arg(&script)
-        .args([
+    let url = gw.url();
+    let (input, cached) = (INPUT_TOKENS.to_string(), CACHED_TOKENS.to_string());
+    let (output, reasoning) = (OUTPUT_TOKENS.to_string(), REASONING_TOKENS.to_string());
+    let run = python::run_script(
+        "sdk_responses.py",
+        &[
             "--base-url",
-            &gw.url(),
+            &url,
             "--api-key",
             TENANT_KEY,
             "--model",
             "o-resp",
-        ])
-        .args(["--text", TEXT])
-        .args(["--input-tokens", &INPUT_TOKENS.to_string()])
-        .args(["--cached-tokens", &CACHED_TOKENS.to_string()])
-        .args(["--output-tokens", &OUTPUT_TOKENS.to_string()])
-        .args(["--reasoning-tokens", &REASONING_TOKENS.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // The SDK (httpx) honours proxy variables; the gateway is on loopback.
-    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
-        cmd.env_remove(var).env_remove(var.to_ascii_lowercase());
-    }
-    cmd.env_remove("OPENAI_BASE_URL");
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {} {}: {e}", python(), script.display()));
-    let drain = |mut r: Box<dyn Read + Send>| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let b = buf.clone();
-        let t = std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n @ 1..) = r.read(&mut chunk) {
-                b.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend_from_slice(&chunk[..n]);
-            }
-        });
-        (buf, t)
-    };
-    let (out, t1) = drain(Box::new(child.stdout.take().expect("piped")));
-    let (err, t2) = drain(Box::new(child.stderr.take().expect("piped")));
-    let deadline = Instant::now() + SCRIPT_WAIT;
-    let status = loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            break Some(st);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        sleep(Duration::from_millis(10));
-    };
-    let _ = (t1.join(), t2.join());
-    let text = |b: &Arc<Mutex<Vec<u8>>>| {
-        String::from_utf8_lossy(&b.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
-    };
-    let ok = status.is_some_and(|s| s.success());
-    (
-        ok,
-        format!(
-            "status {status:?}\nstdout:\n{}\nstderr:\n{}",
-            text(&out),
-            text(&err)
-        ),
-    )
+            "--text",
+            TEXT,
+            "--input-tokens",
+            &input,
+            "--cached-tokens",
+            &cached,
+            "--output-tokens",
+            &output,
+            "--reasoning-tokens",
+            &reasoning,
+        ],
+        sdk_dir,
+        SCRIPT_WAIT,
+    );
+    (run.ok, run.summary())
 }
 
 #[test]

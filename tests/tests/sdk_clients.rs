@@ -11,15 +11,13 @@
 //! use. `SHARDGATE_SKIP_SDK_TESTS=1` skips these tests, `SHARDGATE_PYTHON` names another
 //! interpreter.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use shardgate_tests::python::{python, sdk_path};
-use shardgate_tests::{sleep, Action, BenchUpstream, Gateway, MockUpstream, Request};
+use shardgate_tests::python::{self, sdk_path, ScriptRun};
+use shardgate_tests::{Action, BenchUpstream, Gateway, MockUpstream, Request};
 
 /// The mock's `--chunks`: its answer is that many words, and `completion_tokens` says so.
 const CHUNKS: &str = "8";
@@ -104,89 +102,19 @@ deployments = [{{ upstream = "openai-up", model = "gpt-upstream-model" }}]
     )
 }
 
-/// What the script printed and how it ended.
-struct Run {
-    ok: bool,
-    status: String,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `sdk_check.py` against the gateway (bounded by [`SCRIPT_WAIT`]).
-fn run_script(gw: &Gateway, sdk_dir: Option<&PathBuf>, key: &str, extra: &[&str]) -> Run {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/sdk_check.py");
-    let mut cmd = Command::new(python());
-    if let Some(dir) = sdk_dir {
-        cmd.env("PYTHONPATH", dir);
-    }
-    cmd.arg(&script)
-        .args([
-            "--base-url",
-            &gw.url(),
-            "--api-key",
-            key,
-            "--chunks",
-            CHUNKS,
-        ])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // The SDKs (httpx) honour proxy variables; the gateway is on loopback.
-    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
-        cmd.env_remove(var).env_remove(var.to_ascii_lowercase());
-    }
-    // Nor may a developer's SDK settings redirect them.
-    for var in [
-        "OPENAI_BASE_URL",
-        "ANTHROPIC_BASE_URL",
-        "ANTHROPIC_AUTH_TOKEN",
-    ] {
-        cmd.env_remove(var);
-    }
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {} {}: {e}", python(), script.display()));
-    let drain = |mut r: Box<dyn Read + Send>| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let b = buf.clone();
-        let t = std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n @ 1..) = r.read(&mut chunk) {
-                b.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend_from_slice(&chunk[..n]);
-            }
-        });
-        (buf, t)
-    };
-    let (out, t1) = drain(Box::new(child.stdout.take().expect("piped")));
-    let (err, t2) = drain(Box::new(child.stderr.take().expect("piped")));
-    let deadline = Instant::now() + SCRIPT_WAIT;
-    let status = loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            break Some(st);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        sleep(Duration::from_millis(10));
-    };
-    let _ = (t1.join(), t2.join());
-    let text = |b: &Arc<Mutex<Vec<u8>>>| {
-        String::from_utf8_lossy(&b.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
-    };
-    Run {
-        ok: status.is_some_and(|s| s.success()),
-        status: status.map_or_else(
-            || format!("killed after {SCRIPT_WAIT:?}"),
-            |s| s.to_string(),
-        ),
-        stdout: text(&out),
-        stderr: text(&err),
-    }
+fn run_script(gw: &Gateway, sdk_dir: Option<&PathBuf>, key: &str, extra: &[&str]) -> ScriptRun {
+    let url = gw.url();
+    let mut args = vec![
+        "--base-url",
+        url.as_str(),
+        "--api-key",
+        key,
+        "--chunks",
+        CHUNKS,
+    ];
+    args.extend_from_slice(extra);
+    python::run_script("sdk_check.py", &args, sdk_dir, SCRIPT_WAIT)
 }
 
 /// The requests one relay passed on, as `(path, body JSON)`, with what they must all share.
