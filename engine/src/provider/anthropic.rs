@@ -26,7 +26,7 @@
 //! | `stop` (string or array) | `stop_sequences` |
 //! | `stream` | `stream` (`stream_options` only decides [`StreamToChat`]'s usage chunk) |
 //! | `user` | `metadata.user_id` |
-//! | `functions`, `function_call`, `function` messages (OpenAI's legacy function calling), tools of another `type`, `allowed_tools` choices, images in other roles or of other media types, audio and file parts, `n` > 1, `logprobs`, `top_logprobs`, `response_format` other than text, `audio` | refused: [`TranslateError::Unsupported`] |
+//! | `functions`, `function_call`, `function` messages (OpenAI's legacy function calling), `reasoning_effort`, `web_search_options`, tools of another `type`, `allowed_tools` choices, images in other roles or of other media types, audio and file parts, `n` > 1, `logprobs`, `top_logprobs`, `response_format` other than text, `audio` | refused: [`TranslateError::Unsupported`] |
 //! | `seed`, `presence_penalty`, `frequency_penalty`, `logit_bias`, `stream_options`, `parallel_tool_calls`, `store`, `metadata`, ... | left out |
 //!
 //! Answers: `text` blocks are the content (`null` when there is none and the model called a
@@ -121,8 +121,14 @@ pub fn chat_to_messages(
 
 /// Refuse the features a Messages request cannot express.
 fn refuse_unsupported(body: &Map<String, Value>) -> Result<(), TranslateError> {
-    // The legacy function-calling fields (OpenAI's own SDKs send `tools`).
-    for key in ["functions", "function_call"] {
+    // The legacy function-calling fields (OpenAI's own SDKs send `tools`), and knobs that
+    // change the answer with no Messages counterpart here.
+    for key in [
+        "functions",
+        "function_call",
+        "reasoning_effort",
+        "web_search_options",
+    ] {
         if present(body, key).is_some() {
             return Err(TranslateError::Unsupported(key));
         }
@@ -1149,6 +1155,14 @@ mod tests {
         );
         assert_eq!(with("tool_choice", json!("auto")).map(|_| ()), Ok(()));
         assert_eq!(with("functions", json!([])), Err(Unsupported("functions")));
+        assert_eq!(
+            with("reasoning_effort", json!("high")),
+            Err(Unsupported("reasoning_effort"))
+        );
+        assert_eq!(
+            with("web_search_options", json!({})),
+            Err(Unsupported("web_search_options"))
+        );
         assert_eq!(
             with("function_call", json!("auto")),
             Err(Unsupported("function_call"))
