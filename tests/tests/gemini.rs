@@ -43,6 +43,12 @@ deployments = [{{ upstream = "gemini", model = "gemini-2.0-flash" }}]
 [[models]]
 name = "gemini-quota"
 deployments = [{{ upstream = "gemini", model = "gemini-quota" }}]
+
+[[models]]
+name = "gemini-mixed"
+strategy = "round_robin"
+retries = 0
+deployments = [{{ upstream = "gemini", model = "gemini-quota" }}, {{ upstream = "gemini", model = "gemini-2.0-flash" }}]
 "#,
         up.addr()
     );
@@ -412,6 +418,46 @@ fn a_gemini_429_is_an_openai_429_with_retry_after() {
         .requests()
         .iter()
         .any(|q| q.path == "/v1beta/models/gemini-quota:generateContent"));
+}
+
+/// Gemini's wait (only in its body's `RetryInfo`) keeps the balancer away from that deployment
+/// for as long: round robin over two deployments, the quota one answers 429 once (no retry in
+/// this group, so the 429 and its body reach the client), then the next calls all go to the
+/// other one, within the 7 s.
+#[test]
+fn a_gemini_retry_delay_keeps_the_balancer_away() {
+    let (up, gw) = start();
+    let asked_quota = || {
+        up.requests()
+            .iter()
+            .filter(|q| q.path.contains("gemini-quota"))
+            .count()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let mut c = Client::connect(gw.addr());
+        let r = post(
+            &mut c,
+            "/v1/chat/completions",
+            &json!({"model": "gemini-mixed", "messages": [{"role": "user", "content": "Hi"}]}),
+        );
+        statuses.push(r.status);
+    }
+    assert_eq!(
+        asked_quota(),
+        1,
+        "asked again within its RetryInfo delay: {statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        7,
+        "{statuses:?}"
+    );
 }
 
 #[test]

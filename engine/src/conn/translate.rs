@@ -468,11 +468,16 @@ pub(super) async fn relay_translated(
     wbuf.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
     write_decimal(&mut wbuf, body.len() as u64);
     wbuf.extend_from_slice(b"\r\n");
-    // Gemini says how long to wait only in its error body (`RetryInfo`).
+    // Gemini says how long to wait only in its error body (`RetryInfo`): the client hears it
+    // as `retry-after`, and the balancer leaves the deployment alone that long.
     let retry_after = relay.retry_after_s.or_else(|| {
-        (tr.dir.upstream == UpstreamApi::Gemini && matches!(relay.status, 429 | 503))
+        let hint = (tr.dir.upstream == UpstreamApi::Gemini && matches!(relay.status, 429 | 503))
             .then(|| gemini::retry_after_s(&c.llm.sse_in))
-            .flatten()
+            .flatten();
+        if let Some(s) = hint {
+            c.ex.retry_after = Some(std::time::Duration::from_secs(u64::from(s)));
+        }
+        hint
     });
     if let Some(s) = retry_after {
         wbuf.extend_from_slice(b"retry-after: ");
