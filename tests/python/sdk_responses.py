@@ -124,7 +124,7 @@ def run(args):
         ],
     )
     check(chat.object == "chat.completion", f"chat: object {chat.object!r}")
-    check(chat.model == args.model, f"chat: model {chat.model!r}")
+    check(chat.model == args.served_model, f"chat: model {chat.model!r}")
     choice = chat.choices[0]
     check(choice.message.content == args.text, f"chat: content {choice.message.content!r}")
     check(choice.finish_reason == "stop", f"chat: finish_reason {choice.finish_reason!r}")
@@ -159,6 +159,11 @@ def main():
     p.add_argument("--base-url", required=True)
     p.add_argument("--api-key", required=True)
     p.add_argument("--model", default="o-resp")
+    p.add_argument(
+        "--served-model",
+        default="gpt-5-resp",
+        help="the deployment's model, which a translated answer names (as a pass-through does)",
+    )
     p.add_argument("--text", required=True)
     p.add_argument("--input-tokens", type=int, required=True)
     p.add_argument("--cached-tokens", type=int, required=True)

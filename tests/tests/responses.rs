@@ -571,6 +571,8 @@ fn run_script(gw: &Gateway, sdk_dir: Option<&PathBuf>) -> (bool, String) {
             TENANT_KEY,
             "--model",
             "o-resp",
+            "--served-model",
+            UPSTREAM_MODEL,
             "--text",
             TEXT,
             "--input-tokens",
