@@ -147,7 +147,7 @@ pub const MODEL_BYTES_MAX: usize = 256;
 const _: () = assert!(RING_SLOTS.is_power_of_two());
 // The largest config fits in half the ring, so the previous message survives a new one.
 const _: () = assert!(CONFIG_BYTES_MAX + 4096 <= (RING_SLOTS / 2) * (RING_SLOT_WORDS - 7) * 8);
-const _: () = assert!(STATS_NAME_BYTES % 8 == 0 && SHARD_ERROR_BYTES % 8 == 0);
+const _: () = assert!(STATS_NAME_BYTES.is_multiple_of(8) && SHARD_ERROR_BYTES.is_multiple_of(8));
 const _: () = assert!(STATS_SLOTS >= 2);
 const _: () = assert!(crate::tenant::TENANTS_MAX * 2 <= TENANT_SLOTS);
 const _: () = assert!(HEADERS_COUNT_MAX_DEFAULT <= HEADERS_ARRAY_LEN);

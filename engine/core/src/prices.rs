@@ -159,7 +159,7 @@ impl Fixed {
             return n;
         }
         let mut width = decimals as usize;
-        while frac % 10 == 0 {
+        while frac.is_multiple_of(10) {
             frac /= 10;
             width -= 1;
         }

@@ -877,7 +877,7 @@ fn decode_call_id_parts(id: &str) -> Option<Carried> {
                         c => c,
                     })
                     .collect();
-                while sig.len() % 4 != 0 {
+                while !sig.len().is_multiple_of(4) {
                     sig.push('=');
                 }
                 carried.signature = Some(sig);
@@ -2513,7 +2513,7 @@ mod tests {
             let mut url = String::new();
             base64url_encode(&sig_bytes, &mut url);
             let mut sig: String = url.chars().map(|c| match c { '-' => '+', '_' => '/', c => c }).collect();
-            while sig.len() % 4 != 0 {
+            while !sig.len().is_multiple_of(4) {
                 sig.push('=');
             }
             let id = encode_call_id("abc", 2, Some(&gemini_id), Some(&sig)).expect("encodes");

@@ -114,7 +114,7 @@ impl<'a, W: Word> RingView<'a, W> {
     pub fn new(head: &'a W, slots: &'a [W], slot_words: usize) -> Self {
         assert!(slot_words > 1 + FRAME_HEADER_WORDS, "slot too small");
         assert!(
-            !slots.is_empty() && slots.len() % slot_words == 0,
+            !slots.is_empty() && slots.len().is_multiple_of(slot_words),
             "slots must be whole"
         );
         Self {

@@ -318,8 +318,8 @@ pub struct Region {
 
 // Compile-time layout checks: the casts below rely on these.
 const _: () = assert!(std::mem::align_of::<Fixed>() <= 4096);
-const _: () = assert!(std::mem::size_of::<Fixed>() % 4096 == 0);
-const _: () = assert!(std::mem::size_of::<ShardBlock>() % 4096 == 0);
+const _: () = assert!(std::mem::size_of::<Fixed>().is_multiple_of(4096));
+const _: () = assert!(std::mem::size_of::<ShardBlock>().is_multiple_of(4096));
 const _: () = assert!(std::mem::size_of::<TenantCells>() <= TENANT_CELLS_BYTES_MAX);
 const _: () = assert!(std::mem::size_of::<FleetCells>() <= FLEET_CELLS_BYTES_MAX);
 
