@@ -47,8 +47,8 @@ use serde_json::{Map, Value};
 pub use super::sse::STREAM_EVENT_BYTES_MAX;
 use super::sse::{Event, EventReader};
 use super::{copy_numbers, present, write_object, TranslateError};
-use crate::http::write_decimal;
-use crate::llm::json::write_str;
+use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
+use crate::llm::Usage;
 
 // ---------------------------------------------------------------------------------------------
 // Requests
@@ -519,17 +519,15 @@ impl Counts {
             .saturating_add(self.cache_read)
     }
 
-    /// `"usage":{...}` in OpenAI's shape.
-    fn push_usage(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"\"usage\":{\"prompt_tokens\":");
-        write_decimal(out, self.prompt());
-        out.extend_from_slice(b",\"completion_tokens\":");
-        write_decimal(out, self.output);
-        out.extend_from_slice(b",\"total_tokens\":");
-        write_decimal(out, self.prompt().saturating_add(self.output));
-        out.extend_from_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
-        write_decimal(out, self.cache_read);
-        out.extend_from_slice(b"}}");
+    /// The counts in OpenAI's convention (cached and cache-write tokens part of the prompt).
+    fn usage(self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt(),
+            completion_tokens: self.output,
+            cached_tokens: self.cache_read,
+            cache_write_tokens: self.cache_creation,
+            reasoning_tokens: 0,
+        }
     }
 }
 
@@ -541,17 +539,6 @@ fn finish_reason(stop_reason: Option<&str>) -> &'static str {
         Some("tool_use") => "tool_calls",
         _ => "stop",
     }
-}
-
-/// `{"id":..,"type":"function","function":{"name":..,"arguments":..}}`: an OpenAI tool call.
-fn push_tool_call(out: &mut Vec<u8>, id: &str, name: &str, arguments: &str) {
-    out.extend_from_slice(b"{\"id\":");
-    write_str(out, id);
-    out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
-    write_str(out, name);
-    out.extend_from_slice(b",\"arguments\":");
-    write_str(out, arguments);
-    out.extend_from_slice(b"}}");
 }
 
 /// Translate an Anthropic Messages response into an OpenAI `chat.completion` created at
@@ -612,39 +599,29 @@ pub fn message_to_chat(
     }
     let str_of = |key| msg.get(key).and_then(Value::as_str).unwrap_or_default();
 
-    out.extend_from_slice(b"{\"id\":");
-    write_str(out, str_of("id"));
-    out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
-    write_decimal(out, created);
-    out.extend_from_slice(b",\"model\":");
-    write_str(out, str_of("model"));
-    out.extend_from_slice(
-        b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
+    let tool_calls: Vec<ToolCall<'_>> = calls
+        .iter()
+        .map(|(id, name, arguments)| ToolCall {
+            id,
+            name,
+            arguments,
+        })
+        .collect();
+    chat_out::push_completion(
+        out,
+        &Completion {
+            id: str_of("id"),
+            model: str_of("model"),
+            created,
+            text: &text,
+            reasoning: &thinking,
+            refusal: None,
+            tool_calls: &tool_calls,
+            finish_reason: finish_reason(msg.get("stop_reason").and_then(Value::as_str)),
+            usage: &counts.usage(),
+            details: UsageDetails::CACHED,
+        },
     );
-    if text.is_empty() && !calls.is_empty() {
-        out.extend_from_slice(b"null");
-    } else {
-        write_str(out, &text);
-    }
-    if !thinking.is_empty() {
-        out.extend_from_slice(b",\"reasoning_content\":");
-        write_str(out, &thinking);
-    }
-    if !calls.is_empty() {
-        out.extend_from_slice(b",\"tool_calls\":[");
-        for (i, (id, name, input)) in calls.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            push_tool_call(out, id, name, input);
-        }
-        out.push(b']');
-    }
-    out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":\"");
-    out.extend_from_slice(finish_reason(msg.get("stop_reason").and_then(Value::as_str)).as_bytes());
-    out.extend_from_slice(b"\"}],");
-    counts.push_usage(out);
-    out.push(b'}');
     Ok(())
 }
 
@@ -671,7 +648,13 @@ pub fn error_to_openai(status: u16, anthropic_error_body: &[u8], out: &mut Vec<u
 /// `{"error":{...}}` in OpenAI's shape. `type` as OpenAI (and the openai SDK) would name it,
 /// `code` Anthropic's own error type (OpenAI's code for the two it has one for).
 fn push_openai_error(out: &mut Vec<u8>, status: u16, kind: Option<&str>, message: &str) {
-    let (openai_type, code): (&str, Option<&str>) = match (kind, status) {
+    let (openai_type, code) = openai_error_kind(status, kind);
+    chat_out::push_error_body(out, message, openai_type, code);
+}
+
+/// OpenAI's error type and code for an Anthropic error type `kind` (else the HTTP `status`).
+fn openai_error_kind(status: u16, kind: Option<&str>) -> (&'static str, Option<&str>) {
+    match (kind, status) {
         (Some("authentication_error"), _) | (None, 401) => {
             ("invalid_request_error", Some("invalid_api_key"))
         }
@@ -683,17 +666,7 @@ fn push_openai_error(out: &mut Vec<u8>, status: u16, kind: Option<&str>, message
         }
         (_, 400..=499) => ("invalid_request_error", kind),
         _ => ("server_error", kind),
-    };
-    out.extend_from_slice(b"{\"error\":{\"message\":");
-    write_str(out, message);
-    out.extend_from_slice(b",\"type\":");
-    write_str(out, openai_type);
-    out.extend_from_slice(b",\"param\":null,\"code\":");
-    match code {
-        Some(c) => write_str(out, c),
-        None => out.extend_from_slice(b"null"),
     }
-    out.extend_from_slice(b"}}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -722,12 +695,9 @@ fn parse_event(event: Event<'_>) -> Option<(String, Value)> {
 /// [`STREAM_EVENT_BYTES_MAX`] are skipped.
 #[derive(Debug)]
 pub struct StreamToChat {
-    id: String,
-    model: String,
-    created: u64,
+    chunks: Chunks,
     include_usage: bool,
     events: EventReader,
-    role_sent: bool,
     finish_reason: &'static str,
     counts: Option<Counts>,
     done: bool,
@@ -742,12 +712,9 @@ impl StreamToChat {
     /// a usage chunk if `include_usage` (the client's `stream_options.include_usage`).
     pub fn new(id: &str, model: &str, created: u64, include_usage: bool) -> Self {
         StreamToChat {
-            id: id.to_owned(),
-            model: model.to_owned(),
-            created,
+            chunks: Chunks::new(id, model, created),
             include_usage,
             events: EventReader::new(),
-            role_sent: false,
             finish_reason: "stop",
             counts: None,
             done: false,
@@ -811,7 +778,7 @@ impl StreamToChat {
                 if let Some(usage) = v.get("message").and_then(|m| m.get("usage")) {
                     counts.update(usage);
                 }
-                self.send_role(out);
+                self.chunks.role(out);
             }
             "content_block_start" => {
                 let Some(block) = v.get("content_block") else {
@@ -825,17 +792,8 @@ impl StreamToChat {
                 let index = self.tools_started;
                 self.tools_started += 1;
                 self.tool_block = Some((at, index));
-                self.send_role(out);
-                self.push_chunk_head(out);
-                out.extend_from_slice(b"[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":");
-                write_decimal(out, index);
-                out.extend_from_slice(b",\"id\":");
-                write_str(out, str_of("id"));
-                out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
-                write_str(out, str_of("name"));
-                out.extend_from_slice(
-                    b",\"arguments\":\"\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
-                );
+                self.chunks
+                    .tool_call_start(out, index, str_of("id"), str_of("name"));
             }
             "content_block_delta" => {
                 let Some(delta) = v.get("delta") else { return };
@@ -851,26 +809,16 @@ impl StreamToChat {
                 if text.is_empty() {
                     return;
                 }
-                self.send_role(out);
+                self.chunks.role(out);
                 if field == "arguments" {
                     let at = v.get("index").and_then(Value::as_u64);
                     let Some((_, index)) = self.tool_block.filter(|(b, _)| Some(*b) == at) else {
                         return;
                     };
-                    self.push_chunk_head(out);
-                    out.extend_from_slice(b"[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":");
-                    write_decimal(out, index);
-                    out.extend_from_slice(b",\"function\":{\"arguments\":");
-                    write_str(out, text);
-                    out.extend_from_slice(b"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+                    self.chunks.tool_call_arguments(out, index, text);
                     return;
                 }
-                self.push_chunk_head(out);
-                out.extend_from_slice(b"[{\"index\":0,\"delta\":{\"");
-                out.extend_from_slice(field.as_bytes());
-                out.extend_from_slice(b"\":");
-                write_str(out, text);
-                out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+                self.chunks.text(out, field, text);
             }
             "message_delta" => {
                 if let Some(stop) = v
@@ -887,20 +835,12 @@ impl StreamToChat {
                 }
             }
             "message_stop" => {
-                self.send_role(out);
-                self.push_chunk_head(out);
-                out.extend_from_slice(
-                    b"[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"",
+                self.chunks.finish(out, self.finish_reason);
+                let usage = self.counts.unwrap_or_default().usage();
+                self.chunks.end(
+                    out,
+                    self.include_usage.then_some((&usage, UsageDetails::CACHED)),
                 );
-                out.extend_from_slice(self.finish_reason.as_bytes());
-                out.extend_from_slice(b"\"}]}\n\n");
-                if self.include_usage {
-                    self.push_chunk_head(out);
-                    out.extend_from_slice(b"[],");
-                    self.counts.unwrap_or_default().push_usage(out);
-                    out.extend_from_slice(b"}\n\n");
-                }
-                out.extend_from_slice(b"data: [DONE]\n\n");
                 self.done = true;
             }
             "error" => {
@@ -916,32 +856,9 @@ impl StreamToChat {
         }
     }
 
-    fn send_role(&mut self, out: &mut Vec<u8>) {
-        if self.role_sent {
-            return;
-        }
-        self.role_sent = true;
-        self.push_chunk_head(out);
-        out.extend_from_slice(
-            b"[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
-        );
-    }
-
-    /// `data: {"id":...,"choices":` (the caller writes the choices and closes the object).
-    fn push_chunk_head(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"data: {\"id\":");
-        write_str(out, &self.id);
-        out.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-        write_decimal(out, self.created);
-        out.extend_from_slice(b",\"model\":");
-        write_str(out, &self.model);
-        out.extend_from_slice(b",\"choices\":");
-    }
-
     fn push_error(&mut self, out: &mut Vec<u8>, kind: Option<&str>, message: &str) {
-        out.extend_from_slice(b"data: ");
-        push_openai_error(out, 0, kind, message);
-        out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+        let (openai_type, code) = openai_error_kind(0, kind);
+        chat_out::push_error_event(out, message, openai_type, code);
         self.done = true;
     }
 }

@@ -28,6 +28,8 @@
 //!   body ([`gemini::error_to_openai`], [`gemini::retry_after_s`]) and the event stream
 //!   ([`gemini::StreamToChat`], fed pieces of any size). Tools both ways, thought signatures
 //!   carried in the tool call ids.
+//! - [`chat_out`]: the OpenAI chat output (whole answers, stream chunks, usage, error bodies)
+//!   that every translator to OpenAI chat writes with.
 //! - `sse`: the server-sent event reader both stream translators read their upstream with.
 //!
 //! # Decisions
@@ -46,6 +48,7 @@
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
+pub mod chat_out;
 pub mod eventstream;
 pub mod gemini;
 pub mod messages;
