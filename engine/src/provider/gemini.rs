@@ -90,8 +90,7 @@ use serde_json::{Map, Value};
 pub use super::sse::STREAM_EVENT_BYTES_MAX;
 use super::sse::{Event, EventReader};
 use super::{present, write_object, TranslateError};
-use crate::http::write_decimal;
-use crate::llm::json::write_str;
+use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
 use crate::llm::Usage;
 
 /// The longest Gemini model id put into a path, bytes.
@@ -971,24 +970,6 @@ impl Counts {
     }
 }
 
-/// `"usage":{...}` in OpenAI's shape.
-fn push_usage(out: &mut Vec<u8>, usage: Usage) {
-    out.extend_from_slice(b"\"usage\":{\"prompt_tokens\":");
-    write_decimal(out, usage.prompt_tokens);
-    out.extend_from_slice(b",\"completion_tokens\":");
-    write_decimal(out, usage.completion_tokens);
-    out.extend_from_slice(b",\"total_tokens\":");
-    write_decimal(
-        out,
-        usage.prompt_tokens.saturating_add(usage.completion_tokens),
-    );
-    out.extend_from_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
-    write_decimal(out, usage.cached_tokens);
-    out.extend_from_slice(b"},\"completion_tokens_details\":{\"reasoning_tokens\":");
-    write_decimal(out, usage.reasoning_tokens);
-    out.extend_from_slice(b"}}");
-}
-
 /// OpenAI's `finish_reason` for a Gemini `finishReason` (see the module docs).
 fn finish_reason(reason: &str) -> &'static str {
     match reason {
@@ -1119,45 +1100,29 @@ pub fn response_to_chat(
     }
     let usage = counts.usage();
 
-    out.extend_from_slice(b"{\"id\":");
-    write_str(out, id);
-    out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
-    write_decimal(out, created);
-    out.extend_from_slice(b",\"model\":");
-    write_str(out, model);
-    out.extend_from_slice(
-        b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
+    let tool_calls: Vec<ToolCall<'_>> = calls
+        .iter()
+        .map(|call| ToolCall {
+            id: &call.id,
+            name: &call.name,
+            arguments: &call.arguments,
+        })
+        .collect();
+    chat_out::push_completion(
+        out,
+        &Completion {
+            id,
+            model,
+            created,
+            text: &text,
+            reasoning: &reasoning,
+            refusal: None,
+            tool_calls: &tool_calls,
+            finish_reason: finish,
+            usage: &usage,
+            details: UsageDetails::REASONING,
+        },
     );
-    if text.is_empty() && !calls.is_empty() {
-        out.extend_from_slice(b"null");
-    } else {
-        write_str(out, &text);
-    }
-    if !reasoning.is_empty() {
-        out.extend_from_slice(b",\"reasoning_content\":");
-        write_str(out, &reasoning);
-    }
-    if !calls.is_empty() {
-        out.extend_from_slice(b",\"tool_calls\":[");
-        for (i, call) in calls.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(b"{\"id\":");
-            write_str(out, &call.id);
-            out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
-            write_str(out, &call.name);
-            out.extend_from_slice(b",\"arguments\":");
-            write_str(out, &call.arguments);
-            out.extend_from_slice(b"}}");
-        }
-        out.push(b']');
-    }
-    out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":\"");
-    out.extend_from_slice(finish.as_bytes());
-    out.extend_from_slice(b"\"}],");
-    push_usage(out, usage);
-    out.push(b'}');
     Ok(usage)
 }
 
@@ -1270,19 +1235,31 @@ fn push_openai_error(
     bad_key: bool,
     message: &str,
 ) {
-    let lower = google_status.map(str::to_ascii_lowercase);
-    let (openai_type, code): (&str, Option<&str>) = match (google_status, status) {
-        _ if bad_key => ("invalid_request_error", Some("invalid_api_key")),
+    let (openai_type, code) = openai_error_kind(status, google_status, bad_key);
+    chat_out::push_error_body(out, message, openai_type, code.as_deref());
+}
+
+/// OpenAI's error type and code for a Google `status` (else the HTTP `status`); `bad_key`
+/// when the details say the API key is invalid.
+fn openai_error_kind(
+    status: u16,
+    google_status: Option<&str>,
+    bad_key: bool,
+) -> (&'static str, Option<String>) {
+    let lower = || google_status.map(str::to_ascii_lowercase);
+    let fixed = |kind, code: &str| (kind, Some(code.to_owned()));
+    match (google_status, status) {
+        _ if bad_key => fixed("invalid_request_error", "invalid_api_key"),
         (Some("UNAUTHENTICATED"), _) | (None, 401) => {
-            ("invalid_request_error", Some("invalid_api_key"))
+            fixed("invalid_request_error", "invalid_api_key")
         }
         (Some("PERMISSION_DENIED"), _) | (None, 403) => {
-            ("permission_error", Some("permission_denied"))
+            fixed("permission_error", "permission_denied")
         }
-        (Some("RESOURCE_EXHAUSTED"), _) | (None, 429) => ("requests", Some("rate_limit_exceeded")),
-        (Some("NOT_FOUND"), _) | (None, 404) => ("invalid_request_error", Some("not_found")),
+        (Some("RESOURCE_EXHAUSTED"), _) | (None, 429) => fixed("requests", "rate_limit_exceeded"),
+        (Some("NOT_FOUND"), _) | (None, 404) => fixed("invalid_request_error", "not_found"),
         (Some("INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE"), _) => {
-            ("invalid_request_error", lower.as_deref())
+            ("invalid_request_error", lower())
         }
         (
             Some(
@@ -1290,20 +1267,10 @@ fn push_openai_error(
                 | "CANCELLED" | "ABORTED" | "UNIMPLEMENTED",
             ),
             _,
-        ) => ("server_error", lower.as_deref()),
-        (_, 400..=499) => ("invalid_request_error", lower.as_deref()),
-        _ => ("server_error", lower.as_deref()),
-    };
-    out.extend_from_slice(b"{\"error\":{\"message\":");
-    write_str(out, message);
-    out.extend_from_slice(b",\"type\":");
-    write_str(out, openai_type);
-    out.extend_from_slice(b",\"param\":null,\"code\":");
-    match code {
-        Some(c) => write_str(out, c),
-        None => out.extend_from_slice(b"null"),
+        ) => ("server_error", lower()),
+        (_, 400..=499) => ("invalid_request_error", lower()),
+        _ => ("server_error", lower()),
     }
-    out.extend_from_slice(b"}}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1327,13 +1294,10 @@ fn push_openai_error(
 /// [`STREAM_EVENT_BYTES_MAX`] are skipped.
 #[derive(Debug)]
 pub struct StreamToChat {
-    id: String,
-    model: String,
-    created: u64,
+    chunks: Chunks,
     include_usage: bool,
     unique: String,
     events: EventReader,
-    role_sent: bool,
     calls: usize,
     finish_reason: Option<&'static str>,
     counts: Option<Counts>,
@@ -1345,13 +1309,10 @@ impl StreamToChat {
     /// a usage chunk if `include_usage` (the client's `stream_options.include_usage`).
     pub fn new(id: &str, model: &str, created: u64, include_usage: bool) -> Self {
         StreamToChat {
-            id: id.to_owned(),
-            model: model.to_owned(),
-            created,
+            chunks: Chunks::new(id, model, created),
             include_usage,
             unique: unique_of(id),
             events: EventReader::new(),
-            role_sent: false,
             calls: 0,
             finish_reason: None,
             counts: None,
@@ -1393,18 +1354,13 @@ impl StreamToChat {
         } else {
             reason
         };
-        self.send_role(out);
-        self.push_chunk_head(out);
-        out.extend_from_slice(b"[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"");
-        out.extend_from_slice(reason.as_bytes());
-        out.extend_from_slice(b"\"}]}\n\n");
-        if self.include_usage {
-            self.push_chunk_head(out);
-            out.extend_from_slice(b"[],");
-            push_usage(out, self.counts.unwrap_or_default().usage());
-            out.extend_from_slice(b"}\n\n");
-        }
-        out.extend_from_slice(b"data: [DONE]\n\n");
+        self.chunks.finish(out, reason);
+        let usage = self.counts.unwrap_or_default().usage();
+        self.chunks.end(
+            out,
+            self.include_usage
+                .then_some((&usage, UsageDetails::REASONING)),
+        );
         self.done = true;
     }
 
@@ -1453,9 +1409,9 @@ impl StreamToChat {
         };
         for part in parts {
             match piece_of(part) {
-                Piece::Text(t) if !t.is_empty() => self.push_text(out, b"content", t),
+                Piece::Text(t) if !t.is_empty() => self.chunks.text(out, "content", t),
                 Piece::Thought(t) if !t.is_empty() => {
-                    self.push_text(out, b"reasoning_content", t);
+                    self.chunks.text(out, "reasoning_content", t);
                 }
                 Piece::Call(part) => match read_call(part, &self.unique, self.calls) {
                     Ok(call) => self.push_call(out, &call),
@@ -1477,58 +1433,13 @@ impl StreamToChat {
         }
     }
 
-    fn push_text(&mut self, out: &mut Vec<u8>, key: &[u8], text: &str) {
-        self.send_role(out);
-        self.push_chunk_head(out);
-        out.extend_from_slice(b"[{\"index\":0,\"delta\":{\"");
-        out.extend_from_slice(key);
-        out.extend_from_slice(b"\":");
-        write_str(out, text);
-        out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
-    }
-
     fn push_call(&mut self, out: &mut Vec<u8>, call: &Call) {
-        let index = self.calls;
+        let index = self.calls as u64;
         self.calls += 1;
-        self.send_role(out);
-        self.push_chunk_head(out);
-        out.extend_from_slice(b"[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":");
-        write_decimal(out, index as u64);
-        out.extend_from_slice(b",\"id\":");
-        write_str(out, &call.id);
-        out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
-        write_str(out, &call.name);
-        out.extend_from_slice(
-            b",\"arguments\":\"\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
-        );
-        self.push_chunk_head(out);
-        out.extend_from_slice(b"[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":");
-        write_decimal(out, index as u64);
-        out.extend_from_slice(b",\"function\":{\"arguments\":");
-        write_str(out, &call.arguments);
-        out.extend_from_slice(b"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
-    }
-
-    fn send_role(&mut self, out: &mut Vec<u8>) {
-        if self.role_sent {
-            return;
-        }
-        self.role_sent = true;
-        self.push_chunk_head(out);
-        out.extend_from_slice(
-            b"[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
-        );
-    }
-
-    /// `data: {"id":...,"choices":` (the caller writes the choices and closes the object).
-    fn push_chunk_head(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"data: {\"id\":");
-        write_str(out, &self.id);
-        out.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-        write_decimal(out, self.created);
-        out.extend_from_slice(b",\"model\":");
-        write_str(out, &self.model);
-        out.extend_from_slice(b",\"choices\":");
+        self.chunks
+            .tool_call_start(out, index, &call.id, &call.name);
+        self.chunks
+            .tool_call_arguments(out, index, &call.arguments);
     }
 
     fn push_error(
@@ -1538,9 +1449,8 @@ impl StreamToChat {
         google_status: Option<&str>,
         message: &str,
     ) {
-        out.extend_from_slice(b"data: ");
-        push_openai_error(out, status, google_status, false, message);
-        out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+        let (openai_type, code) = openai_error_kind(status, google_status, false);
+        chat_out::push_error_event(out, message, openai_type, code.as_deref());
         self.done = true;
     }
 }
