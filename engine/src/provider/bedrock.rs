@@ -68,8 +68,7 @@ use serde_json::{Map, Value};
 
 use super::eventstream::{Decoder, FrameError, Message};
 use super::{copy_numbers, present, write_object, TranslateError};
-use crate::http::write_decimal;
-use crate::llm::json::write_str;
+use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
 use crate::llm::Usage;
 
 /// The longest model id (or ARN) [`path`] takes, bytes: Bedrock's own limit on `modelId`.
@@ -585,22 +584,6 @@ impl Counts {
     }
 }
 
-/// `"usage":{...}` in OpenAI's shape.
-fn push_usage(usage: &Usage, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"\"usage\":{\"prompt_tokens\":");
-    write_decimal(out, usage.prompt_tokens);
-    out.extend_from_slice(b",\"completion_tokens\":");
-    write_decimal(out, usage.completion_tokens);
-    out.extend_from_slice(b",\"total_tokens\":");
-    write_decimal(
-        out,
-        usage.prompt_tokens.saturating_add(usage.completion_tokens),
-    );
-    out.extend_from_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
-    write_decimal(out, usage.cached_tokens);
-    out.extend_from_slice(b"}}");
-}
-
 /// OpenAI's `finish_reason` for a Converse `stopReason`.
 fn finish_reason(stop_reason: Option<&str>) -> &'static str {
     match stop_reason {
@@ -659,45 +642,29 @@ pub fn converse_to_chat(
     let counts = resp.get("usage").map(Counts::read).unwrap_or_default();
     let usage = counts.usage();
 
-    out.extend_from_slice(b"{\"id\":");
-    write_str(out, id);
-    out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
-    write_decimal(out, created);
-    out.extend_from_slice(b",\"model\":");
-    write_str(out, model);
-    out.extend_from_slice(
-        b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
+    let tool_calls: Vec<ToolCall<'_>> = calls
+        .iter()
+        .map(|(call_id, name, arguments)| ToolCall {
+            id: call_id,
+            name,
+            arguments,
+        })
+        .collect();
+    chat_out::push_completion(
+        out,
+        &Completion {
+            id,
+            model,
+            created,
+            text: &text,
+            reasoning: &reasoning,
+            refusal: None,
+            tool_calls: &tool_calls,
+            finish_reason: finish_reason(resp.get("stopReason").and_then(Value::as_str)),
+            usage: &usage,
+            details: UsageDetails::CACHED,
+        },
     );
-    if text.is_empty() && !calls.is_empty() {
-        out.extend_from_slice(b"null");
-    } else {
-        write_str(out, &text);
-    }
-    if !reasoning.is_empty() {
-        out.extend_from_slice(b",\"reasoning_content\":");
-        write_str(out, &reasoning);
-    }
-    if !calls.is_empty() {
-        out.extend_from_slice(b",\"tool_calls\":[");
-        for (i, (call_id, name, arguments)) in calls.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(b"{\"id\":");
-            write_str(out, call_id);
-            out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
-            write_str(out, name);
-            out.extend_from_slice(b",\"arguments\":");
-            write_str(out, arguments);
-            out.extend_from_slice(b"}}");
-        }
-        out.push(b']');
-    }
-    out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":\"");
-    out.extend_from_slice(finish_reason(resp.get("stopReason").and_then(Value::as_str)).as_bytes());
-    out.extend_from_slice(b"\"}],");
-    push_usage(&usage, out);
-    out.push(b'}');
     Ok(usage)
 }
 
@@ -744,7 +711,13 @@ pub fn error_to_openai(status: u16, error_type: Option<&str>, body: &[u8], out: 
 /// `{"error":{...}}` in OpenAI's shape: `type` as OpenAI names it, `code` AWS's error type
 /// (OpenAI's code for the two it has one for: rate limits and bad keys).
 fn push_openai_error(out: &mut Vec<u8>, status: u16, kind: Option<&str>, message: &str) {
-    let (openai_type, code): (&str, Option<&str>) = match (kind, status) {
+    let (openai_type, code) = openai_error_kind(status, kind);
+    chat_out::push_error_body(out, message, openai_type, code);
+}
+
+/// OpenAI's error type and code for an AWS error type `kind` (else the HTTP `status`).
+fn openai_error_kind(status: u16, kind: Option<&str>) -> (&'static str, Option<&str>) {
+    match (kind, status) {
         (
             Some(
                 "ThrottlingException"
@@ -782,17 +755,7 @@ fn push_openai_error(out: &mut Vec<u8>, status: u16, kind: Option<&str>, message
         ) => ("server_error", kind),
         (_, 400..=499) => ("invalid_request_error", kind),
         _ => ("server_error", kind),
-    };
-    out.extend_from_slice(b"{\"error\":{\"message\":");
-    write_str(out, message);
-    out.extend_from_slice(b",\"type\":");
-    write_str(out, openai_type);
-    out.extend_from_slice(b",\"param\":null,\"code\":");
-    match code {
-        Some(c) => write_str(out, c),
-        None => out.extend_from_slice(b"null"),
     }
-    out.extend_from_slice(b"}}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -806,12 +769,9 @@ fn push_openai_error(out: &mut Vec<u8>, status: u16, kind: Option<&str>, message
 /// that are not JSON, unknown events and signature or redacted reasoning deltas are skipped.
 #[derive(Debug)]
 pub struct StreamToChat {
-    id: String,
-    model: String,
-    created: u64,
+    chunks: Chunks,
     include_usage: bool,
     decoder: Decoder,
-    role_sent: bool,
     /// Set by `messageStop`: the finish chunk has been written.
     stopped: bool,
     counts: Option<Counts>,
@@ -825,12 +785,9 @@ impl StreamToChat {
     /// a usage chunk if `include_usage` (the client's `stream_options.include_usage`).
     pub fn new(id: &str, model: &str, created: u64, include_usage: bool) -> Self {
         StreamToChat {
-            id: id.to_owned(),
-            model: model.to_owned(),
-            created,
+            chunks: Chunks::new(id, model, created),
             include_usage,
             decoder: Decoder::new(),
-            role_sent: false,
             stopped: false,
             counts: None,
             tool_blocks: Vec::new(),
@@ -933,7 +890,7 @@ impl StreamToChat {
         }
         let block_index = || v.get("contentBlockIndex").and_then(Value::as_u64);
         match kind {
-            "messageStart" => self.send_role(out),
+            "messageStart" => self.chunks.role(out),
             "contentBlockStart" => {
                 let Some(start) = v.get("start").and_then(|s| s.get("toolUse")) else {
                     return;
@@ -958,28 +915,19 @@ impl StreamToChat {
                 }
                 let index = self.tool_blocks.len();
                 self.tool_blocks.push((block, index));
-                self.send_role(out);
-                self.push_chunk_head(out);
-                out.extend_from_slice(b"[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":");
-                write_decimal(out, index as u64);
-                out.extend_from_slice(b",\"id\":");
-                write_str(out, call_id);
-                out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
-                write_str(out, name);
-                out.extend_from_slice(
-                    b",\"arguments\":\"\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
-                );
+                self.chunks
+                    .tool_call_start(out, index as u64, call_id, name);
             }
             "contentBlockDelta" => {
                 let Some(delta) = v.get("delta") else { return };
                 if let Some(text) = delta.get("text").and_then(Value::as_str) {
-                    self.push_delta(out, b"content", text);
+                    self.push_delta(out, "content", text);
                 } else if let Some(text) = delta
                     .get("reasoningContent")
                     .and_then(|r| r.get("text"))
                     .and_then(Value::as_str)
                 {
-                    self.push_delta(out, b"reasoning_content", text);
+                    self.push_delta(out, "reasoning_content", text);
                 } else if let Some(piece) = delta
                     .get("toolUse")
                     .and_then(|t| t.get("input"))
@@ -993,23 +941,12 @@ impl StreamToChat {
                     if piece.is_empty() {
                         return;
                     }
-                    self.push_chunk_head(out);
-                    out.extend_from_slice(b"[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":");
-                    write_decimal(out, index as u64);
-                    out.extend_from_slice(b",\"function\":{\"arguments\":");
-                    write_str(out, piece);
-                    out.extend_from_slice(b"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+                    self.chunks.tool_call_arguments(out, index as u64, piece);
                 }
             }
             "messageStop" => {
                 let reason = finish_reason(v.get("stopReason").and_then(Value::as_str));
-                self.send_role(out);
-                self.push_chunk_head(out);
-                out.extend_from_slice(
-                    b"[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"",
-                );
-                out.extend_from_slice(reason.as_bytes());
-                out.extend_from_slice(b"\"}]}\n\n");
+                self.chunks.finish(out, reason);
                 self.stopped = true;
             }
             "metadata" => {
@@ -1026,50 +963,19 @@ impl StreamToChat {
 
     /// The usage chunk (when asked for) and `[DONE]`.
     fn end(&mut self, out: &mut Vec<u8>) {
-        if self.include_usage {
-            self.push_chunk_head(out);
-            out.extend_from_slice(b"[],");
-            push_usage(&self.counts.unwrap_or_default().usage(), out);
-            out.extend_from_slice(b"}\n\n");
-        }
-        out.extend_from_slice(b"data: [DONE]\n\n");
+        let usage = self.counts.unwrap_or_default().usage();
+        self.chunks.end(
+            out,
+            self.include_usage.then_some((&usage, UsageDetails::CACHED)),
+        );
         self.done = true;
     }
 
     /// A chunk whose delta is `{key: text}` (none for an empty text).
-    fn push_delta(&mut self, out: &mut Vec<u8>, key: &[u8], text: &str) {
-        if text.is_empty() {
-            return;
+    fn push_delta(&mut self, out: &mut Vec<u8>, key: &str, text: &str) {
+        if !text.is_empty() {
+            self.chunks.text(out, key, text);
         }
-        self.send_role(out);
-        self.push_chunk_head(out);
-        out.extend_from_slice(b"[{\"index\":0,\"delta\":{\"");
-        out.extend_from_slice(key);
-        out.extend_from_slice(b"\":");
-        write_str(out, text);
-        out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
-    }
-
-    fn send_role(&mut self, out: &mut Vec<u8>) {
-        if self.role_sent {
-            return;
-        }
-        self.role_sent = true;
-        self.push_chunk_head(out);
-        out.extend_from_slice(
-            b"[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
-        );
-    }
-
-    /// `data: {"id":...,"choices":` (the caller writes the choices and closes the object).
-    fn push_chunk_head(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"data: {\"id\":");
-        write_str(out, &self.id);
-        out.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-        write_decimal(out, self.created);
-        out.extend_from_slice(b",\"model\":");
-        write_str(out, &self.model);
-        out.extend_from_slice(b",\"choices\":");
     }
 
     fn push_error(&mut self, out: &mut Vec<u8>, kind: Option<&str>, message: &str) {
@@ -1087,9 +993,8 @@ impl StreamToChat {
                 _ => k,
             }
         });
-        out.extend_from_slice(b"data: ");
-        push_openai_error(out, 0, kind, message);
-        out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+        let (openai_type, code) = openai_error_kind(0, kind);
+        chat_out::push_error_event(out, message, openai_type, code);
         self.done = true;
     }
 }
