@@ -70,7 +70,7 @@ use serde_json::{Map, Value};
 use super::sse::EventReader;
 pub use super::sse::STREAM_EVENT_BYTES_MAX;
 use super::{copy_numbers, present, write_object, TranslateError};
-use crate::http::write_decimal;
+use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
 use crate::llm::json::write_str;
 use crate::llm::Usage;
 
@@ -523,25 +523,6 @@ fn usage_of(usage: &Value) -> Usage {
     }
 }
 
-/// `"usage":{...}` in chat's shape.
-fn push_usage(out: &mut Vec<u8>, u: &Usage) {
-    out.extend_from_slice(b"\"usage\":{\"prompt_tokens\":");
-    write_decimal(out, u.prompt_tokens);
-    out.extend_from_slice(b",\"completion_tokens\":");
-    write_decimal(out, u.completion_tokens);
-    out.extend_from_slice(b",\"total_tokens\":");
-    write_decimal(out, u.prompt_tokens.saturating_add(u.completion_tokens));
-    out.extend_from_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
-    write_decimal(out, u.cached_tokens);
-    if u.cache_write_tokens > 0 {
-        out.extend_from_slice(b",\"cache_write_tokens\":");
-        write_decimal(out, u.cache_write_tokens);
-    }
-    out.extend_from_slice(b"},\"completion_tokens_details\":{\"reasoning_tokens\":");
-    write_decimal(out, u.reasoning_tokens);
-    out.extend_from_slice(b"}}");
-}
-
 /// Chat's `finish_reason` for a finished response (`status` and `incomplete_details`).
 fn finish_reason(response: &Value) -> &'static str {
     if response.get("status").and_then(Value::as_str) != Some("incomplete") {
@@ -651,69 +632,39 @@ pub fn response_to_chat(
         "tool_calls"
     };
 
-    out.extend_from_slice(b"{\"id\":");
-    write_str(out, id);
-    out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
-    write_decimal(out, created);
-    out.extend_from_slice(b",\"model\":");
-    write_str(out, model);
-    out.extend_from_slice(
-        b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
+    let tool_calls: Vec<ToolCall<'_>> = calls
+        .iter()
+        .map(|&(call_id, name, arguments)| ToolCall {
+            id: call_id,
+            name,
+            arguments,
+        })
+        .collect();
+    chat_out::push_completion(
+        out,
+        &Completion {
+            id,
+            model,
+            created,
+            text: &text,
+            reasoning: &reasoning,
+            refusal: refusal.as_deref(),
+            tool_calls: &tool_calls,
+            finish_reason: finish,
+            usage: &usage,
+            details: UsageDetails::ALL,
+        },
     );
-    if text.is_empty() && (!calls.is_empty() || refusal.is_some()) {
-        out.extend_from_slice(b"null");
-    } else {
-        write_str(out, &text);
-    }
-    if !reasoning.is_empty() {
-        out.extend_from_slice(b",\"reasoning_content\":");
-        write_str(out, &reasoning);
-    }
-    if let Some(r) = &refusal {
-        out.extend_from_slice(b",\"refusal\":");
-        write_str(out, r);
-    }
-    if !calls.is_empty() {
-        out.extend_from_slice(b",\"tool_calls\":[");
-        for (i, (call_id, name, arguments)) in calls.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(b"{\"id\":");
-            write_str(out, call_id);
-            out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
-            write_str(out, name);
-            out.extend_from_slice(b",\"arguments\":");
-            write_str(out, arguments);
-            out.extend_from_slice(b"}}");
-        }
-        out.push(b']');
-    }
-    out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":\"");
-    out.extend_from_slice(finish.as_bytes());
-    out.extend_from_slice(b"\"}],");
-    push_usage(out, &usage);
-    out.push(b'}');
     Ok(usage)
 }
 
-/// `{"error":{...}}` in OpenAI's shape for an error the Responses stream reported.
-fn push_openai_error(out: &mut Vec<u8>, code: Option<&str>, message: &str) {
-    let kind = match code {
+/// OpenAI's error type for the `code` of an error the Responses stream reported.
+fn openai_error_kind(code: Option<&str>) -> &'static str {
+    match code {
         Some("rate_limit_exceeded") => "requests",
         Some(c) if c.starts_with("invalid") => "invalid_request_error",
         _ => "server_error",
-    };
-    out.extend_from_slice(b"{\"error\":{\"message\":");
-    write_str(out, message);
-    out.extend_from_slice(b",\"type\":");
-    write_str(out, kind);
-    out.extend_from_slice(b",\"param\":null,\"code\":");
-    match code {
-        Some(c) => write_str(out, c),
-        None => out.extend_from_slice(b"null"),
     }
-    out.extend_from_slice(b"}}");
 }
 
 /// Append an `error` event that cuts a Responses client's stream short (at a tenant's budget):
@@ -764,12 +715,9 @@ struct Call {
 /// event that long, which repeats the whole answer, ends the stream with the error event).
 #[derive(Debug)]
 pub struct StreamToChat {
-    id: String,
-    model: String,
-    created: u64,
+    chunks: Chunks,
     include_usage: bool,
     events: EventReader,
-    role_sent: bool,
     calls: Vec<Call>,
     usage: Option<Usage>,
     done: bool,
@@ -781,12 +729,9 @@ impl StreamToChat {
     /// `stream_options.include_usage`).
     pub fn new(id: &str, model: &str, created: u64, include_usage: bool) -> Self {
         StreamToChat {
-            id: id.to_owned(),
-            model: model.to_owned(),
-            created,
+            chunks: Chunks::new(id, model, created),
             include_usage,
             events: EventReader::new(),
-            role_sent: false,
             calls: Vec::new(),
             usage: None,
             done: false,
@@ -853,27 +798,27 @@ impl StreamToChat {
                 .filter(|d| !d.is_empty())
         };
         match kind {
-            "response.created" | "response.in_progress" => self.send_role(out),
+            "response.created" | "response.in_progress" => self.chunks.role(out),
             "response.output_text.delta" => {
                 if let Some(d) = delta() {
-                    self.push_delta(out, b"content", d);
+                    self.chunks.text(out, "content", d);
                 }
             }
             "response.refusal.delta" => {
                 if let Some(d) = delta() {
-                    self.push_delta(out, b"refusal", d);
+                    self.chunks.text(out, "refusal", d);
                 }
             }
             "response.reasoning_summary_text.delta" | "response.reasoning_text.delta" => {
                 if let Some(d) = delta() {
-                    self.push_delta(out, b"reasoning_content", d);
+                    self.chunks.text(out, "reasoning_content", d);
                 }
             }
             // A blank line between the parts of a reasoning summary.
             "response.reasoning_summary_part.added"
                 if v.get("summary_index").and_then(Value::as_u64) > Some(0) =>
             {
-                self.push_delta(out, b"reasoning_content", "\n\n");
+                self.chunks.text(out, "reasoning_content", "\n\n");
             }
             "response.output_item.added" => {
                 if let Some(item) = v.get("item") {
@@ -919,20 +864,12 @@ impl StreamToChat {
                 } else {
                     response.map_or("stop", finish_reason)
                 };
-                self.send_role(out);
-                self.push_chunk_head(out);
-                out.extend_from_slice(
-                    b"[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"",
+                self.chunks.finish(out, finish);
+                let usage = self.usage.unwrap_or_default();
+                self.chunks.end(
+                    out,
+                    self.include_usage.then_some((&usage, UsageDetails::ALL)),
                 );
-                out.extend_from_slice(finish.as_bytes());
-                out.extend_from_slice(b"\"}]}\n\n");
-                if self.include_usage {
-                    self.push_chunk_head(out);
-                    out.extend_from_slice(b"[],");
-                    push_usage(out, &self.usage.unwrap_or_default());
-                    out.extend_from_slice(b"}\n\n");
-                }
-                out.extend_from_slice(b"data: [DONE]\n\n");
                 self.done = true;
             }
             "response.failed" => {
@@ -1000,14 +937,8 @@ impl StreamToChat {
             args_sent: false,
         });
         let str_of = |key| item.get(key).and_then(Value::as_str).unwrap_or_default();
-        self.push_call_head(out, index);
-        out.extend_from_slice(b",\"id\":");
-        write_str(out, str_of("call_id"));
-        out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
-        write_str(out, str_of("name"));
-        out.extend_from_slice(
-            b",\"arguments\":\"\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
-        );
+        self.chunks
+            .tool_call_start(out, chat_index(index), str_of("call_id"), str_of("name"));
     }
 
     /// An argument piece of the call the event names.
@@ -1050,60 +981,19 @@ impl StreamToChat {
     }
 
     fn push_call_arguments(&mut self, out: &mut Vec<u8>, index: usize, arguments: &str) {
-        self.push_call_head(out, index);
-        out.extend_from_slice(b",\"function\":{\"arguments\":");
-        write_str(out, arguments);
-        out.extend_from_slice(b"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
-    }
-
-    /// `data: {...,"choices":[{"index":0,"delta":{"tool_calls":[{"index":N` (the caller
-    /// finishes the call and closes the event).
-    fn push_call_head(&mut self, out: &mut Vec<u8>, index: usize) {
-        self.send_role(out);
-        self.push_chunk_head(out);
-        out.extend_from_slice(b"[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":");
-        write_decimal(out, u64::try_from(index).unwrap_or(u64::MAX));
-    }
-
-    /// A chunk whose delta has `key` set to `text`.
-    fn push_delta(&mut self, out: &mut Vec<u8>, key: &[u8], text: &str) {
-        self.send_role(out);
-        self.push_chunk_head(out);
-        out.extend_from_slice(b"[{\"index\":0,\"delta\":{\"");
-        out.extend_from_slice(key);
-        out.extend_from_slice(b"\":");
-        write_str(out, text);
-        out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
-    }
-
-    fn send_role(&mut self, out: &mut Vec<u8>) {
-        if self.role_sent {
-            return;
-        }
-        self.role_sent = true;
-        self.push_chunk_head(out);
-        out.extend_from_slice(
-            b"[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
-        );
-    }
-
-    /// `data: {"id":...,"choices":` (the caller writes the choices and closes the object).
-    fn push_chunk_head(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"data: {\"id\":");
-        write_str(out, &self.id);
-        out.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-        write_decimal(out, self.created);
-        out.extend_from_slice(b",\"model\":");
-        write_str(out, &self.model);
-        out.extend_from_slice(b",\"choices\":");
+        self.chunks
+            .tool_call_arguments(out, chat_index(index), arguments);
     }
 
     fn push_error(&mut self, out: &mut Vec<u8>, code: Option<&str>, message: &str) {
-        out.extend_from_slice(b"data: ");
-        push_openai_error(out, code, message);
-        out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+        chat_out::push_error_event(out, message, openai_error_kind(code), code);
         self.done = true;
     }
+}
+
+/// A call's position as chat's `index`.
+fn chat_index(index: usize) -> u64 {
+    u64::try_from(index).unwrap_or(u64::MAX)
 }
 
 /// How an event names an output item: its `item_id` (or the item's `id`), and its
