@@ -44,10 +44,10 @@
 
 use serde_json::{Map, Value};
 
+use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
 pub use super::sse::STREAM_EVENT_BYTES_MAX;
 use super::sse::{Event, EventReader};
 use super::{copy_numbers, present, write_object, TranslateError};
-use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
 use crate::llm::Usage;
 
 // ---------------------------------------------------------------------------------------------
@@ -866,6 +866,7 @@ impl StreamToChat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::testing;
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -1443,19 +1444,11 @@ mod tests {
         cuts: &[usize],
         include_usage: bool,
     ) -> (Vec<u8>, Option<(u64, u64)>) {
-        let mut t = StreamToChat::new("chatcmpl-1", "gpt-4o", 1_700_000_000, include_usage);
-        let mut out = Vec::new();
-        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
-        cuts.sort_unstable();
-        let mut start = 0;
-        for c in cuts {
-            t.feed(stream.get(start..c).unwrap_or_default(), &mut out);
-            start = c;
-        }
-        t.feed(stream.get(start..).unwrap_or_default(), &mut out);
-        t.finish(&mut out);
-        assert!(t.is_done());
-        (out, t.usage())
+        testing::translate_in_pieces(
+            StreamToChat::new("chatcmpl-1", "gpt-4o", 1_700_000_000, include_usage),
+            stream,
+            cuts,
+        )
     }
 
     #[test]

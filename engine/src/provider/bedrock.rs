@@ -66,9 +66,9 @@
 
 use serde_json::{Map, Value};
 
+use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
 use super::eventstream::{Decoder, FrameError, Message};
 use super::{copy_numbers, present, write_object, TranslateError};
-use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
 use crate::llm::Usage;
 
 /// The longest model id (or ARN) [`path`] takes, bytes: Bedrock's own limit on `modelId`.
@@ -1003,6 +1003,7 @@ impl StreamToChat {
 mod tests {
     use super::super::eventstream::{encode, encode_event, encode_exception, HeaderValue};
     use super::*;
+    use crate::provider::testing;
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -1700,19 +1701,11 @@ mod tests {
         cuts: &[usize],
         include_usage: bool,
     ) -> (Vec<u8>, Option<Usage>) {
-        let mut t = StreamToChat::new("chatcmpl-1", "claude-bedrock", 1_700_000_000, include_usage);
-        let mut out = Vec::new();
-        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
-        cuts.sort_unstable();
-        let mut start = 0;
-        for c in cuts {
-            t.feed(stream.get(start..c).unwrap_or_default(), &mut out);
-            start = c;
-        }
-        t.feed(stream.get(start..).unwrap_or_default(), &mut out);
-        t.finish(&mut out);
-        assert!(t.is_done());
-        (out, t.usage())
+        testing::translate_in_pieces(
+            StreamToChat::new("chatcmpl-1", "claude-bedrock", 1_700_000_000, include_usage),
+            stream,
+            cuts,
+        )
     }
 
     #[test]

@@ -87,10 +87,10 @@
 
 use serde_json::{Map, Value};
 
+use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
 pub use super::sse::STREAM_EVENT_BYTES_MAX;
 use super::sse::{Event, EventReader};
 use super::{present, write_object, TranslateError};
-use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
 use crate::llm::Usage;
 
 /// The longest Gemini model id put into a path, bytes.
@@ -1438,8 +1438,7 @@ impl StreamToChat {
         self.calls += 1;
         self.chunks
             .tool_call_start(out, index, &call.id, &call.name);
-        self.chunks
-            .tool_call_arguments(out, index, &call.arguments);
+        self.chunks.tool_call_arguments(out, index, &call.arguments);
     }
 
     fn push_error(
@@ -1458,6 +1457,7 @@ impl StreamToChat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::testing::{data_events, feed_in_pieces};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -2192,32 +2192,12 @@ mod tests {
         include_usage: bool,
     ) -> (Vec<u8>, Option<Usage>) {
         let mut t = StreamToChat::new("chatcmpl-1", "gemini-flash", 1_700_000_000, include_usage);
-        let mut out = Vec::new();
-        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
-        cuts.sort_unstable();
-        let mut start = 0;
-        for c in cuts {
-            t.feed(stream.get(start..c).unwrap_or_default(), &mut out);
-            start = c;
-        }
-        t.feed(stream.get(start..).unwrap_or_default(), &mut out);
-        t.finish(&mut out);
-        assert!(t.is_done());
+        let mut out = feed_in_pieces(&mut t, stream, cuts);
         let end = out.len();
         t.feed(STREAM.as_bytes(), &mut out);
         t.finish(&mut out);
         assert_eq!(out.len(), end, "nothing after [DONE]");
         (out, t.usage())
-    }
-
-    fn data_events(out: &[u8]) -> Vec<Value> {
-        let out = std::str::from_utf8(out).expect("UTF-8");
-        out.split("\n\n")
-            .filter(|e| !e.is_empty())
-            .map(|e| e.strip_prefix("data: ").expect("data line"))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).expect("valid JSON"))
-            .collect()
     }
 
     #[test]

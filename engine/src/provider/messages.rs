@@ -1394,6 +1394,7 @@ fn push_delta_start(out: &mut Vec<u8>, index: u64) {
 mod tests {
     use super::*;
     use crate::provider::anthropic::{self, STREAM_EVENT_BYTES_MAX};
+    use crate::provider::testing;
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -2327,19 +2328,7 @@ mod tests {
     }
 
     fn translate_in_pieces(stream: &[u8], cuts: &[usize]) -> (Vec<u8>, Option<(u64, u64)>) {
-        let mut t = StreamToMessages::new("claude-sonnet-4-5");
-        let mut out = Vec::new();
-        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
-        cuts.sort_unstable();
-        let mut start = 0;
-        for c in cuts {
-            t.feed(stream.get(start..c).unwrap_or_default(), &mut out);
-            start = c;
-        }
-        t.feed(stream.get(start..).unwrap_or_default(), &mut out);
-        t.finish(&mut out);
-        assert!(t.is_done());
-        (out, t.usage())
+        testing::translate_in_pieces(StreamToMessages::new("claude-sonnet-4-5"), stream, cuts)
     }
 
     /// The events of an Anthropic stream as (name, data), checking each is `event:` and `data:`

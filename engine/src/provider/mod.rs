@@ -55,6 +55,8 @@ pub mod messages;
 pub mod responses;
 pub mod sigv4;
 pub(crate) mod sse;
+#[cfg(test)]
+mod testing;
 
 use std::fmt;
 
@@ -63,6 +65,52 @@ use std::fmt;
 /// SDK's tool runner then sends the whole conversation without `thread`).
 pub const THREAD_UNSUPPORTED: &str =
     "`thread` (server-held conversation state) is not supported for this model's provider: send the whole conversation without it";
+
+/// What every stream translator does: fed the upstream's body in pieces of any size, it
+/// appends the client's events to `out` (the same whatever the cuts), ends the stream in
+/// [`finish`](Self::finish), and reports the usage the upstream sent. Each translator has the
+/// same methods inherently; the trait lets tests and fuzz checks drive them all with one helper.
+pub trait StreamTranslator {
+    /// How the translator reports usage.
+    type Usage;
+    /// Translate what `input` completes.
+    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>);
+    /// At the end of the upstream body: finish the stream, with an error event if it broke off.
+    fn finish(&mut self, out: &mut Vec<u8>);
+    /// The usage reported so far, once the upstream has reported any.
+    fn usage(&self) -> Option<Self::Usage>;
+    /// Whether the stream's end has been written (further input is then ignored).
+    fn is_done(&self) -> bool;
+}
+
+/// [`StreamTranslator`] for translators whose inherent methods have its signatures.
+macro_rules! stream_translators {
+    ($($translator:ty => $usage:ty),* $(,)?) => {$(
+        impl StreamTranslator for $translator {
+            type Usage = $usage;
+            fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+                <$translator>::feed(self, input, out);
+            }
+            fn finish(&mut self, out: &mut Vec<u8>) {
+                <$translator>::finish(self, out);
+            }
+            fn usage(&self) -> Option<$usage> {
+                <$translator>::usage(self)
+            }
+            fn is_done(&self) -> bool {
+                <$translator>::is_done(self)
+            }
+        }
+    )*};
+}
+
+stream_translators!(
+    anthropic::StreamToChat => (u64, u64),
+    bedrock::StreamToChat => crate::llm::Usage,
+    gemini::StreamToChat => crate::llm::Usage,
+    messages::StreamToMessages => (u64, u64),
+    responses::StreamToChat => crate::llm::Usage,
+);
 
 /// Why a body could not be translated. The caller maps it to a 400 (`Error::BadRequest` with
 /// [`TranslateError::message`]) for a request, to a 502 for an upstream's response.

@@ -67,10 +67,10 @@
 
 use serde_json::{Map, Value};
 
+use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
 use super::sse::EventReader;
 pub use super::sse::STREAM_EVENT_BYTES_MAX;
 use super::{copy_numbers, present, write_object, TranslateError};
-use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
 use crate::llm::json::write_str;
 use crate::llm::Usage;
 
@@ -1007,6 +1007,7 @@ struct ItemRef<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::testing::{self, assert_well_formed};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -1500,31 +1501,11 @@ mod tests {
         cuts: &[usize],
         include_usage: bool,
     ) -> (Vec<u8>, Option<Usage>) {
-        let mut t = StreamToChat::new("chatcmpl-1", "o-resp", 1_700_000_000, include_usage);
-        let mut out = Vec::new();
-        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
-        cuts.sort_unstable();
-        let mut start = 0;
-        for c in cuts {
-            t.feed(stream.get(start..c).unwrap_or_default(), &mut out);
-            start = c;
-        }
-        t.feed(stream.get(start..).unwrap_or_default(), &mut out);
-        t.finish(&mut out);
-        assert!(t.is_done());
-        (out, t.usage())
-    }
-
-    /// Each event of `out` is `data: ` and JSON or `[DONE]`, and `[DONE]` comes last.
-    fn assert_well_formed(out: &[u8]) {
-        let text = std::str::from_utf8(out).expect("UTF-8");
-        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-        for event in text.split("\n\n").filter(|e| !e.is_empty()) {
-            let data = event.strip_prefix("data: ").expect("data line");
-            if data != "[DONE]" {
-                serde_json::from_str::<Value>(data).expect("valid JSON");
-            }
-        }
+        testing::translate_in_pieces(
+            StreamToChat::new("chatcmpl-1", "o-resp", 1_700_000_000, include_usage),
+            stream,
+            cuts,
+        )
     }
 
     #[test]

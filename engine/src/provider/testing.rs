@@ -1,0 +1,56 @@
+//! Helpers shared by the translators' unit tests.
+
+use serde_json::Value;
+
+use super::StreamTranslator;
+
+/// Feed `stream` to `t` cut at `cuts` (each taken modulo the length plus one, in order), then
+/// finish it; asserts the stream ended. Returns the output and the usage reported.
+pub(crate) fn translate_in_pieces<T: StreamTranslator>(
+    mut t: T,
+    stream: &[u8],
+    cuts: &[usize],
+) -> (Vec<u8>, Option<T::Usage>) {
+    let out = feed_in_pieces(&mut t, stream, cuts);
+    (out, t.usage())
+}
+
+/// Feed `stream` to `t` cut at `cuts` (each taken modulo the length plus one, in order), then
+/// finish it; asserts the stream ended. Returns the output.
+pub(crate) fn feed_in_pieces<T: StreamTranslator>(
+    t: &mut T,
+    stream: &[u8],
+    cuts: &[usize],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+    cuts.sort_unstable();
+    let mut start = 0;
+    for c in cuts {
+        t.feed(stream.get(start..c).unwrap_or_default(), &mut out);
+        start = c;
+    }
+    t.feed(stream.get(start..).unwrap_or_default(), &mut out);
+    t.finish(&mut out);
+    assert!(t.is_done());
+    out
+}
+
+/// The JSON of each `data:` event of an OpenAI stream but `[DONE]`, checking every event is
+/// one `data:` line.
+pub(crate) fn data_events(out: &[u8]) -> Vec<Value> {
+    let out = std::str::from_utf8(out).expect("UTF-8");
+    out.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.strip_prefix("data: ").expect("data line"))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("valid JSON"))
+        .collect()
+}
+
+/// Each event of `out` is `data: ` and JSON or `[DONE]`, and `[DONE]` comes last.
+pub(crate) fn assert_well_formed(out: &[u8]) {
+    let text = std::str::from_utf8(out).expect("UTF-8");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    data_events(out);
+}
