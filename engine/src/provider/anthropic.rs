@@ -47,7 +47,7 @@ use serde_json::{Map, Value};
 use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
 pub use super::sse::STREAM_EVENT_BYTES_MAX;
 use super::sse::{Event, EventReader};
-use super::{copy_numbers, present, write_object, TranslateError};
+use super::{copy_numbers, present, refuse_beyond_messages, write_object, TranslateError};
 use crate::llm::Usage;
 
 // ---------------------------------------------------------------------------------------------
@@ -123,45 +123,7 @@ pub fn chat_to_messages(
 fn refuse_unsupported(body: &Map<String, Value>) -> Result<(), TranslateError> {
     // The legacy function-calling fields (OpenAI's own SDKs send `tools`), and knobs that
     // change the answer with no Messages counterpart here.
-    for key in [
-        "functions",
-        "function_call",
-        "reasoning_effort",
-        "web_search_options",
-    ] {
-        if present(body, key).is_some() {
-            return Err(TranslateError::Unsupported(key));
-        }
-    }
-    match present(body, "n") {
-        None => {}
-        Some(v) if v.as_u64() == Some(1) => {}
-        Some(_) => return Err(TranslateError::Unsupported("n")),
-    }
-    match present(body, "logprobs") {
-        None | Some(Value::Bool(false)) => {}
-        Some(_) => return Err(TranslateError::Unsupported("logprobs")),
-    }
-    if present(body, "top_logprobs").is_some() {
-        return Err(TranslateError::Unsupported("logprobs"));
-    }
-    if let Some(format) = present(body, "response_format") {
-        if format.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(TranslateError::Unsupported("response_format"));
-        }
-    }
-    if present(body, "audio").is_some() {
-        return Err(TranslateError::Unsupported("audio"));
-    }
-    if let Some(modalities) = present(body, "modalities") {
-        let text_only = modalities
-            .as_array()
-            .is_some_and(|m| m.iter().all(|x| x.as_str() == Some("text")));
-        if !text_only {
-            return Err(TranslateError::Unsupported("audio"));
-        }
-    }
-    Ok(())
+    refuse_beyond_messages(body)
 }
 
 /// `tools` and `tool_choice` (and `parallel_tool_calls: false`) in Anthropic's shape.

@@ -68,7 +68,7 @@ use serde_json::{Map, Value};
 
 use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
 use super::eventstream::{Decoder, FrameError, Message};
-use super::{copy_numbers, present, write_object, TranslateError};
+use super::{copy_numbers, present, refuse_beyond_messages, write_object, TranslateError};
 use crate::llm::Usage;
 
 /// The longest model id (or ARN) [`path`] takes, bytes: Bedrock's own limit on `modelId`.
@@ -180,49 +180,11 @@ pub fn chat_to_converse(openai_body: &[u8], out: &mut Vec<u8>) -> Result<(), Tra
 
 /// Refuse the features a Converse request cannot express.
 fn refuse_unsupported(body: &Map<String, Value>) -> Result<(), TranslateError> {
-    for key in [
-        "functions",
-        "function_call",
-        "reasoning_effort",
-        "web_search_options",
-    ] {
-        if present(body, key).is_some() {
-            return Err(TranslateError::Unsupported(key));
-        }
-    }
-    match present(body, "n") {
-        None => {}
-        Some(v) if v.as_u64() == Some(1) => {}
-        Some(_) => return Err(TranslateError::Unsupported("n")),
-    }
-    match present(body, "logprobs") {
-        None | Some(Value::Bool(false)) => {}
-        Some(_) => return Err(TranslateError::Unsupported("logprobs")),
-    }
-    if present(body, "top_logprobs").is_some() {
-        return Err(TranslateError::Unsupported("logprobs"));
-    }
-    if let Some(format) = present(body, "response_format") {
-        if format.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(TranslateError::Unsupported("response_format"));
-        }
-    }
-    if present(body, "audio").is_some() {
-        return Err(TranslateError::Unsupported("audio"));
-    }
-    if let Some(modalities) = present(body, "modalities") {
-        let text_only = modalities
-            .as_array()
-            .is_some_and(|m| m.iter().all(|x| x.as_str() == Some("text")));
-        if !text_only {
-            return Err(TranslateError::Unsupported("audio"));
-        }
-    }
+    refuse_beyond_messages(body)?;
     match present(body, "parallel_tool_calls") {
-        None | Some(Value::Bool(true)) => {}
-        Some(_) => return Err(TranslateError::Unsupported("parallel_tool_calls")),
+        None | Some(Value::Bool(true)) => Ok(()),
+        Some(_) => Err(TranslateError::Unsupported("parallel_tool_calls")),
     }
-    Ok(())
 }
 
 /// `toolConfig` for the request's `tools` and `tool_choice`; `None` when there are no tools

@@ -90,7 +90,9 @@ use serde_json::{Map, Value};
 use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
 pub use super::sse::STREAM_EVENT_BYTES_MAX;
 use super::sse::{Event, EventReader};
-use super::{present, write_object, TranslateError};
+use super::{
+    present, refuse_logprobs, refuse_modalities, refuse_present, write_object, TranslateError,
+};
 use crate::llm::Usage;
 
 /// The longest Gemini model id put into a path, bytes.
@@ -186,24 +188,17 @@ pub fn chat_to_gemini(openai_body: &[u8], out: &mut Vec<u8>) -> Result<(), Trans
 
 /// Refuse the features a `GenerateContentRequest` cannot express.
 fn refuse_unsupported(body: &Map<String, Value>) -> Result<(), TranslateError> {
-    for key in ["functions", "function_call", "web_search_options", "audio"] {
-        if present(body, key).is_some() {
-            return Err(TranslateError::Unsupported(key));
-        }
-    }
+    refuse_present(
+        body,
+        &["functions", "function_call", "web_search_options", "audio"],
+    )?;
     match present(body, "n") {
         None => {}
         Some(v) if v.as_u64() == Some(1) => {}
         Some(v) if v.is_u64() => return Err(TranslateError::Unsupported("n")),
         Some(_) => return Err(TranslateError::BadField("n")),
     }
-    match present(body, "logprobs") {
-        None | Some(Value::Bool(false)) => {}
-        Some(_) => return Err(TranslateError::Unsupported("logprobs")),
-    }
-    if present(body, "top_logprobs").is_some() {
-        return Err(TranslateError::Unsupported("logprobs"));
-    }
+    refuse_logprobs(body)?;
     match present(body, "logit_bias") {
         None => {}
         Some(Value::Object(m)) if m.is_empty() => {}
@@ -214,14 +209,7 @@ fn refuse_unsupported(body: &Map<String, Value>) -> Result<(), TranslateError> {
         Some(Value::Bool(false)) => return Err(TranslateError::Unsupported("parallel_tool_calls")),
         Some(_) => return Err(TranslateError::BadField("parallel_tool_calls")),
     }
-    if let Some(modalities) = present(body, "modalities") {
-        let text_only = modalities
-            .as_array()
-            .is_some_and(|m| m.iter().all(|x| x.as_str() == Some("text")));
-        if !text_only {
-            return Err(TranslateError::Unsupported("audio"));
-        }
-    }
+    refuse_modalities(body)?;
     match present(body, "stream") {
         None | Some(Value::Bool(_)) => {}
         Some(_) => return Err(TranslateError::BadField("stream")),

@@ -375,6 +375,91 @@ pub(crate) fn copy_numbers(
     Ok(())
 }
 
+/// Refuse each of `keys` that is present.
+pub(crate) fn refuse_present(
+    body: &serde_json::Map<String, serde_json::Value>,
+    keys: &[&'static str],
+) -> Result<(), TranslateError> {
+    match keys.iter().find(|key| present(body, key).is_some()) {
+        Some(key) => Err(TranslateError::Unsupported(key)),
+        None => Ok(()),
+    }
+}
+
+/// Refuse `n` other than 1 (several choices).
+pub(crate) fn refuse_choices(
+    body: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), TranslateError> {
+    match present(body, "n") {
+        None => Ok(()),
+        Some(v) if v.as_u64() == Some(1) => Ok(()),
+        Some(_) => Err(TranslateError::Unsupported("n")),
+    }
+}
+
+/// Refuse log probabilities: `logprobs` other than `false`, any `top_logprobs` (both named
+/// `logprobs`).
+pub(crate) fn refuse_logprobs(
+    body: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), TranslateError> {
+    match present(body, "logprobs") {
+        None | Some(serde_json::Value::Bool(false)) => {}
+        Some(_) => return Err(TranslateError::Unsupported("logprobs")),
+    }
+    if present(body, "top_logprobs").is_some() {
+        return Err(TranslateError::Unsupported("logprobs"));
+    }
+    Ok(())
+}
+
+/// Refuse `modalities` other than text only (named `audio`).
+pub(crate) fn refuse_modalities(
+    body: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), TranslateError> {
+    if let Some(modalities) = present(body, "modalities") {
+        let text_only = modalities
+            .as_array()
+            .is_some_and(|m| m.iter().all(|x| x.as_str() == Some("text")));
+        if !text_only {
+            return Err(TranslateError::Unsupported("audio"));
+        }
+    }
+    Ok(())
+}
+
+/// Refuse audio output: `audio`, or `modalities` other than text only.
+pub(crate) fn refuse_audio(
+    body: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), TranslateError> {
+    refuse_present(body, &["audio"])?;
+    refuse_modalities(body)
+}
+
+/// What neither Anthropic's Messages nor Bedrock's Converse can express, in this order: the
+/// legacy function-calling fields, `reasoning_effort`, `web_search_options`, several choices,
+/// log probabilities, a `response_format` other than text, audio.
+pub(crate) fn refuse_beyond_messages(
+    body: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), TranslateError> {
+    refuse_present(
+        body,
+        &[
+            "functions",
+            "function_call",
+            "reasoning_effort",
+            "web_search_options",
+        ],
+    )?;
+    refuse_choices(body)?;
+    refuse_logprobs(body)?;
+    if let Some(format) = present(body, "response_format") {
+        if format.get("type").and_then(serde_json::Value::as_str) != Some("text") {
+            return Err(TranslateError::Unsupported("response_format"));
+        }
+    }
+    refuse_audio(body)
+}
+
 /// Append a translated request object to `out`. Serializing a `Value` into a `Vec` cannot fail
 /// (its keys are strings, writes to a `Vec` do not fail); should it, `out` is left as it was.
 pub(crate) fn write_object(

@@ -70,7 +70,10 @@ use serde_json::{Map, Value};
 use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
 use super::sse::EventReader;
 pub use super::sse::STREAM_EVENT_BYTES_MAX;
-use super::{copy_numbers, present, write_object, TranslateError};
+use super::{
+    copy_numbers, present, refuse_audio, refuse_choices, refuse_logprobs, refuse_present,
+    write_object, TranslateError,
+};
 use crate::llm::json::write_str;
 use crate::llm::Usage;
 
@@ -174,35 +177,10 @@ fn refuse_unsupported(body: &Map<String, Value>) -> Result<(), TranslateError> {
         Some(Value::Array(a)) if a.is_empty() => {}
         Some(_) => return Err(TranslateError::Unsupported("stop")),
     }
-    for key in ["functions", "function_call", "web_search_options"] {
-        if present(body, key).is_some() {
-            return Err(TranslateError::Unsupported(key));
-        }
-    }
-    match present(body, "n") {
-        None => {}
-        Some(v) if v.as_u64() == Some(1) => {}
-        Some(_) => return Err(TranslateError::Unsupported("n")),
-    }
-    match present(body, "logprobs") {
-        None | Some(Value::Bool(false)) => {}
-        Some(_) => return Err(TranslateError::Unsupported("logprobs")),
-    }
-    if present(body, "top_logprobs").is_some() {
-        return Err(TranslateError::Unsupported("logprobs"));
-    }
-    if present(body, "audio").is_some() {
-        return Err(TranslateError::Unsupported("audio"));
-    }
-    if let Some(modalities) = present(body, "modalities") {
-        let text_only = modalities
-            .as_array()
-            .is_some_and(|m| m.iter().all(|x| x.as_str() == Some("text")));
-        if !text_only {
-            return Err(TranslateError::Unsupported("audio"));
-        }
-    }
-    Ok(())
+    refuse_present(body, &["functions", "function_call", "web_search_options"])?;
+    refuse_choices(body)?;
+    refuse_logprobs(body)?;
+    refuse_audio(body)
 }
 
 /// A string-valued field of `v`, or [`TranslateError::BadField`] naming `field`.
