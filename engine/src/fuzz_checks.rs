@@ -27,6 +27,7 @@ use crate::provider::gemini::StreamToChat as GeminiToChat;
 use crate::provider::messages::StreamToMessages;
 use crate::provider::responses;
 use crate::provider::sse::{EventReader, EVENT_NAME_BYTES_MAX};
+use crate::provider::StreamTranslator;
 use crate::template::{self, RawTemplate, Template, TemplateBody};
 
 /// A target's check: returns, or panics on a broken invariant.
@@ -345,10 +346,8 @@ fn templates() -> &'static [Template] {
 ///   output, fed to the other, ends that one too and carries the same text (and the usage).
 pub fn sse(data: &[u8]) {
     let n = data.len();
-    let c1 = n * usize::from(data.first().copied().unwrap_or(0)) / 255;
-    let c2 = c1 + (n - c1) * usize::from(data.last().copied().unwrap_or(0)) / 255;
-    let whole: &[&[u8]] = &[data];
-    let cut: &[&[u8]] = &[&data[..c1], &data[c1..c2], &data[c2..]];
+    let (whole, cut) = whole_and_cut(data);
+    let (whole, cut): (&[&[u8]], &[&[u8]]) = (&whole, &cut);
 
     // The scanner and the filter.
     for kind in [BodyKind::Sse, BodyKind::Json] {
@@ -366,29 +365,15 @@ pub fn sse(data: &[u8]) {
     // The translators' event reader.
     assert_eq!(read_events(cut), read_events(whole));
 
-    // Anthropic to OpenAI.
-    for include_usage in [false, true] {
-        assert_eq!(
-            to_chat(cut, include_usage),
-            to_chat(whole, include_usage),
-            "include_usage {include_usage}"
-        );
-    }
-    let (plain, _) = to_chat(whole, false);
-    let (with_usage, usage) = to_chat(whole, true);
-    let usage_chunk = with_usage.len() != plain.len();
-    assert_eq!(
-        filter(&[&with_usage]).0,
-        plain,
-        "the filter removes exactly the usage chunk"
+    // Anthropic to OpenAI. The counts the translation carried over (its cached-token detail is
+    // read too, and priced apart; the totals are what must agree).
+    let (with_usage, usage, usage_chunk) = check_to_chat(
+        whole,
+        cut,
+        to_chat,
+        |u| (u.prompt_tokens, u.completion_tokens),
+        |u| u,
     );
-    if usage_chunk {
-        // The counts the translation carried over (its cached-token detail is read too, and
-        // priced apart; the totals are what must agree).
-        let got =
-            scan(&[&with_usage], BodyKind::Sse).map(|u| (u.prompt_tokens, u.completion_tokens));
-        assert_eq!(got, Some(usage.unwrap_or_default()));
-    }
     // ... and on to Anthropic again.
     if with_usage.len() <= STREAM_EVENT_BYTES_MAX {
         let mut back = StreamToMessages::new("fuzz-model");
@@ -458,58 +443,27 @@ pub fn bedrock_stream(data: &[u8]) {
         };
     }
     for body in [data, &framed[..]] {
-        let n = body.len();
-        let c1 = n * usize::from(body.first().copied().unwrap_or(0)) / 255;
-        let c2 = c1 + (n - c1) * usize::from(body.last().copied().unwrap_or(0)) / 255;
-        let whole: &[&[u8]] = &[body];
-        let cut: &[&[u8]] = &[&body[..c1], &body[c1..c2], &body[c2..]];
-        for include_usage in [false, true] {
-            assert_eq!(
-                bedrock_to_chat(cut, include_usage),
-                bedrock_to_chat(whole, include_usage),
-                "include_usage {include_usage}"
-            );
-        }
-        let (plain, _) = bedrock_to_chat(whole, false);
-        let (with_usage, usage) = bedrock_to_chat(whole, true);
-        assert_eq!(
-            filter(&[&with_usage]).0,
-            plain,
-            "the filter removes exactly the usage chunk"
+        let (whole, cut) = whole_and_cut(body);
+        check_to_chat(
+            &whole,
+            &cut,
+            bedrock_to_chat,
+            |u| (u.prompt_tokens, u.completion_tokens, u.cached_tokens),
+            |u| (u.prompt_tokens, u.completion_tokens, u.cached_tokens),
         );
-        if with_usage.len() != plain.len() {
-            let got = scan(&[&with_usage], BodyKind::Sse)
-                .map(|u| (u.prompt_tokens, u.completion_tokens, u.cached_tokens));
-            let sent = usage.unwrap_or_default();
-            assert_eq!(
-                got,
-                Some((
-                    sent.prompt_tokens,
-                    sent.completion_tokens,
-                    sent.cached_tokens
-                ))
-            );
-        }
     }
 }
 
 fn bedrock_to_chat(pieces: &[&[u8]], include_usage: bool) -> (Vec<u8>, Option<Usage>) {
-    let mut t = bedrock::StreamToChat::new("chatcmpl-fuzz", "fuzz-model", 0, include_usage);
-    let mut out = Vec::new();
-    for p in pieces {
-        t.feed(p, &mut out);
-    }
-    t.finish(&mut out);
-    assert!(t.is_done());
-    check_chat_output(&out);
-    let end = out.len();
     let mut more = Vec::new();
     eventstream::encode_event("messageStop", br#"{"stopReason":"end_turn"}"#, &mut more)
         .expect("encodes");
-    t.feed(&more, &mut out);
-    t.finish(&mut out);
-    assert_eq!(out.len(), end, "nothing after [DONE]");
-    (out, t.usage())
+    drive(
+        bedrock::StreamToChat::new("chatcmpl-fuzz", "fuzz-model", 0, include_usage),
+        pieces,
+        check_chat_output,
+        &more,
+    )
 }
 
 /// Any bytes as a Responses API event stream, whole and cut in three, through the Responses
@@ -518,29 +472,88 @@ fn bedrock_to_chat(pieces: &[&[u8]], include_usage: bool) -> (Vec<u8>, Option<Us
 /// JSON object but the one `[DONE]`, last, and nothing after it); the SSE filter removes exactly
 /// the usage chunk, and the usage scanner reads from it the usage the translator reported.
 pub fn responses_stream(data: &[u8]) {
+    let (whole, cut) = whole_and_cut(data);
+    let translate = |pieces: &[&[u8]], include_usage: bool| {
+        drive(
+            responses::StreamToChat::new("chatcmpl-fuzz", "fuzz-model", 0, include_usage),
+            pieces,
+            check_chat_output,
+            b"data: {\"type\":\"response.completed\",\"response\":{}}\n\n",
+        )
+    };
+    check_to_chat(&whole, &cut, translate, |u| u, |u| u);
+}
+
+/// Any bytes as a Gemini event stream (`streamGenerateContent?alt=sse`), whole and cut in
+/// three, through `provider::gemini::StreamToChat`: never a panic, output independent of the
+/// cuts, every `data:` line it writes a JSON object but one `[DONE]`, last, and nothing after
+/// it; the usage chunk, when written, says what the translator reports to the engine.
+pub fn gemini_stream(data: &[u8]) {
+    let (whole, cut) = whole_and_cut(data);
+    check_to_chat(
+        &whole,
+        &cut,
+        gemini_to_chat,
+        |u| (u.prompt_tokens, u.completion_tokens),
+        |u| (u.prompt_tokens, u.completion_tokens),
+    );
+}
+
+fn gemini_to_chat(pieces: &[&[u8]], include_usage: bool) -> (Vec<u8>, Option<Usage>) {
+    drive(
+        GeminiToChat::new("chatcmpl-fuzz", "fuzz-model", 1_700_000_000, include_usage),
+        pieces,
+        check_chat_output,
+        b"data: {\"candidates\":[{\"finishReason\":\"STOP\"}]}\n\n",
+    )
+}
+
+/// `data` whole, and cut in three where its first and last bytes say.
+fn whole_and_cut(data: &[u8]) -> ([&[u8]; 1], [&[u8]; 3]) {
     let n = data.len();
     let c1 = n * usize::from(data.first().copied().unwrap_or(0)) / 255;
     let c2 = c1 + (n - c1) * usize::from(data.last().copied().unwrap_or(0)) / 255;
-    let whole: &[&[u8]] = &[data];
-    let cut: &[&[u8]] = &[&data[..c1], &data[c1..c2], &data[c2..]];
-    let translate = |pieces: &[&[u8]], include_usage: bool| {
-        let mut t = responses::StreamToChat::new("chatcmpl-fuzz", "fuzz-model", 0, include_usage);
-        let mut out = Vec::new();
-        for p in pieces {
-            t.feed(p, &mut out);
-        }
-        t.finish(&mut out);
-        assert!(t.is_done());
-        check_chat_output(&out);
-        let end = out.len();
-        t.feed(
-            b"data: {\"type\":\"response.completed\",\"response\":{}}\n\n",
-            &mut out,
-        );
-        t.finish(&mut out);
-        assert_eq!(out.len(), end, "nothing after [DONE]");
-        (out, t.usage())
-    };
+    ([data], [&data[..c1], &data[c1..c2], &data[c2..]])
+}
+
+/// Feed `pieces` to `t` and finish: the stream has ended and its output passes `check`; then
+/// feed `more` (what would end the stream) and finish again: nothing follows the end.
+fn drive<T: StreamTranslator>(
+    mut t: T,
+    pieces: &[&[u8]],
+    check: fn(&[u8]),
+    more: &[u8],
+) -> (Vec<u8>, Option<T::Usage>) {
+    let mut out = Vec::new();
+    for p in pieces {
+        t.feed(p, &mut out);
+    }
+    t.finish(&mut out);
+    assert!(t.is_done());
+    check(&out);
+    let end = out.len();
+    t.feed(more, &mut out);
+    t.finish(&mut out);
+    assert_eq!(out.len(), end, "nothing after the end");
+    (out, t.usage())
+}
+
+/// What every translator to OpenAI chat (`translate(pieces, include_usage)`) holds on a stream
+/// `whole` and `cut`: the same output and usage however cut, with and without the usage chunk;
+/// the SSE filter removes exactly the usage chunk; and when there is one, the usage scanner
+/// reads from it the counts the translator reported (as far as `scanned` and `reported` keep
+/// them). Returns the output with the usage chunk, the usage reported, and whether it has the
+/// usage chunk.
+fn check_to_chat<U, K: PartialEq + std::fmt::Debug>(
+    whole: &[&[u8]],
+    cut: &[&[u8]],
+    translate: impl Fn(&[&[u8]], bool) -> (Vec<u8>, Option<U>),
+    scanned: impl Fn(Usage) -> K,
+    reported: impl Fn(U) -> K,
+) -> (Vec<u8>, Option<U>, bool)
+where
+    U: Copy + Default + PartialEq + std::fmt::Debug,
+{
     for include_usage in [false, true] {
         assert_eq!(
             translate(cut, include_usage),
@@ -555,61 +568,12 @@ pub fn responses_stream(data: &[u8]) {
         plain,
         "the filter removes exactly the usage chunk"
     );
-    if with_usage.len() != plain.len() {
-        assert_eq!(
-            scan(&[&with_usage], BodyKind::Sse),
-            Some(usage.unwrap_or_default())
-        );
+    let usage_chunk = with_usage.len() != plain.len();
+    if usage_chunk {
+        let got = scan(&[&with_usage], BodyKind::Sse).map(&scanned);
+        assert_eq!(got, Some(reported(usage.unwrap_or_default())));
     }
-}
-
-/// Any bytes as a Gemini event stream (`streamGenerateContent?alt=sse`), whole and cut in
-/// three, through `provider::gemini::StreamToChat`: never a panic, output independent of the
-/// cuts, every `data:` line it writes a JSON object but one `[DONE]`, last, and nothing after
-/// it; the usage chunk, when written, says what the translator reports to the engine.
-pub fn gemini_stream(data: &[u8]) {
-    let n = data.len();
-    let c1 = n * usize::from(data.first().copied().unwrap_or(0)) / 255;
-    let c2 = c1 + (n - c1) * usize::from(data.last().copied().unwrap_or(0)) / 255;
-    let whole: &[&[u8]] = &[data];
-    let cut: &[&[u8]] = &[&data[..c1], &data[c1..c2], &data[c2..]];
-    for include_usage in [false, true] {
-        assert_eq!(
-            gemini_to_chat(cut, include_usage),
-            gemini_to_chat(whole, include_usage),
-            "include_usage {include_usage}"
-        );
-    }
-    let (plain, _) = gemini_to_chat(whole, false);
-    let (with_usage, usage) = gemini_to_chat(whole, true);
-    if with_usage.len() != plain.len() {
-        // The usage chunk: the engine's scanner reads back the translator's counts.
-        let got = scan(&[&with_usage], BodyKind::Sse);
-        let want = usage.unwrap_or_default();
-        assert_eq!(
-            got.map(|u| (u.prompt_tokens, u.completion_tokens)),
-            Some((want.prompt_tokens, want.completion_tokens))
-        );
-    }
-}
-
-fn gemini_to_chat(pieces: &[&[u8]], include_usage: bool) -> (Vec<u8>, Option<Usage>) {
-    let mut t = GeminiToChat::new("chatcmpl-fuzz", "fuzz-model", 1_700_000_000, include_usage);
-    let mut out = Vec::new();
-    for p in pieces {
-        t.feed(p, &mut out);
-    }
-    t.finish(&mut out);
-    assert!(t.is_done());
-    check_chat_output(&out);
-    let end = out.len();
-    t.feed(
-        b"data: {\"candidates\":[{\"finishReason\":\"STOP\"}]}\n\n",
-        &mut out,
-    );
-    t.finish(&mut out);
-    assert_eq!(out.len(), end, "nothing after [DONE]");
-    (out, t.usage())
+    (with_usage, usage, usage_chunk)
 }
 
 const MESSAGE_STOP: &[u8] = b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
@@ -657,35 +621,21 @@ fn read_events(pieces: &[&[u8]]) -> Vec<OwnedEvent> {
 }
 
 fn to_chat(pieces: &[&[u8]], include_usage: bool) -> (Vec<u8>, Option<(u64, u64)>) {
-    let mut t = StreamToChat::new("chatcmpl-fuzz", "fuzz-model", 1_700_000_000, include_usage);
-    let mut out = Vec::new();
-    for p in pieces {
-        t.feed(p, &mut out);
-    }
-    t.finish(&mut out);
-    assert!(t.is_done());
-    check_chat_output(&out);
-    let end = out.len();
-    t.feed(b"data: {\"type\":\"message_stop\"}\n\n", &mut out);
-    t.finish(&mut out);
-    assert_eq!(out.len(), end, "nothing after [DONE]");
-    (out, t.usage())
+    drive(
+        StreamToChat::new("chatcmpl-fuzz", "fuzz-model", 1_700_000_000, include_usage),
+        pieces,
+        check_chat_output,
+        b"data: {\"type\":\"message_stop\"}\n\n",
+    )
 }
 
 fn to_messages(pieces: &[&[u8]]) -> (Vec<u8>, Option<(u64, u64)>) {
-    let mut t = StreamToMessages::new("fuzz-model");
-    let mut out = Vec::new();
-    for p in pieces {
-        t.feed(p, &mut out);
-    }
-    t.finish(&mut out);
-    assert!(t.is_done());
-    check_messages_output(&out);
-    let end = out.len();
-    t.feed(b"data: [DONE]\n\n", &mut out);
-    t.finish(&mut out);
-    assert_eq!(out.len(), end, "nothing after the end");
-    (out, t.usage())
+    drive(
+        StreamToMessages::new("fuzz-model"),
+        pieces,
+        check_messages_output,
+        b"data: [DONE]\n\n",
+    )
 }
 
 /// An OpenAI stream as written by [`StreamToChat`]: `data:` events only, each a JSON object,
