@@ -15,6 +15,8 @@
 //!   or TLS ([`Client::connect_tls`]).
 //! - [`bedrock_mock`]: a strict AWS Bedrock (Converse) mock that verifies SigV4 with its own
 //!   implementation ([`bedrock_mock::BedrockMock`]).
+//! - [`providers`]: what the provider tests share (client credentials, POSTs carrying them,
+//!   one-upstream configs, JSON and SSE of answers).
 //! - [`tls`]: a test CA and certificates ([`TestCa`]), rustls configs, a TLS [`MockUpstream`]
 //!   ([`MockUpstream::start_tls`]), [`tls_handshake_only`].
 //!
@@ -29,6 +31,7 @@ mod ctl;
 mod gateway;
 pub mod gemini_mock;
 mod load;
+pub mod providers;
 pub mod python;
 mod redis;
 pub mod responses_mock;

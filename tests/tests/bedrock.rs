@@ -11,6 +11,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use shardgate_engine::provider::sigv4::{self, AwsCredentials};
 use shardgate_tests::bedrock_mock::{self, BedrockMock, MockCredentials, SignedRequest, USAGE};
+use shardgate_tests::providers::{
+    assert_no_client_secret, json_of, one_upstream_config, post_with_headers, sse_events,
+    stream_text, CLIENT_CREDENTIALS,
+};
 use shardgate_tests::{Client, Gateway, Response};
 
 const AKID: &str = "AKIDSHARDGATETEST1";
@@ -19,23 +23,8 @@ const TOKEN: &str = "IQoJb3JpZ2luX2VjEXAMPLE//token+value==";
 const REGION: &str = "us-east-1";
 const MODEL_ID: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 const MODEL_PATH: &str = "anthropic.claude-3-5-sonnet-20240620-v1%3A0";
-/// Headers that carry a credential for some provider (or AWS's own); a client sends each.
-const CLIENT_CREDENTIALS: [(&str, &str); 6] = [
-    ("Authorization", "Bearer sk-client"),
-    ("api-key", "az-client"),
-    ("x-goog-api-key", "goog-client"),
-    ("X-Amz-Security-Token", "amz-client"),
-    ("X-Amz-Date", "20000101T000000Z"),
-    ("x-api-key", "ant-client"),
-];
-const CLIENT_SECRETS: [&str; 6] = [
-    "sk-client",
-    "az-client",
-    "goog-client",
-    "amz-client",
-    "20000101T000000Z",
-    "ant-client",
-];
+/// AWS's date header, which a client sends besides every provider's credential header.
+const CLIENT_AWS_DATE: (&str, &str) = ("X-Amz-Date", "20000101T000000Z");
 
 fn mock_creds() -> MockCredentials {
     MockCredentials {
@@ -299,7 +288,7 @@ fn the_mock_refuses_what_bedrock_refuses() {
     t.finish(&mut out);
     let text = String::from_utf8(out).expect("UTF-8");
     assert_eq!(
-        stream_text(&text),
+        text_of(text.as_bytes()),
         format!("Hello from {MODEL_ID}! You said: Hi")
     );
 }
@@ -307,29 +296,30 @@ fn the_mock_refuses_what_bedrock_refuses() {
 // ---------------------------------------------------------------------------------------------
 // Through the gateway
 
+/// A gateway config whose upstream `bedrock` is the mock at `addr` (with `extra` keys), serving
+/// the group `claude-bedrock`, then `more_models`.
+fn bedrock_config(addr: std::net::SocketAddr, extra: &str, more_models: &str) -> String {
+    one_upstream_config(
+        "bedrock",
+        &format!(
+            "provider = \"bedrock\"\nendpoints = [\"http://{addr}\"]\nregion = \"{REGION}\"\n{extra}"
+        ),
+        &format!(
+            "[[models]]\nname = \"claude-bedrock\"\ndeployments = [{{ upstream = \"bedrock\", model = \"{MODEL_ID}\" }}]\n{more_models}"
+        ),
+    )
+}
+
 fn start() -> (BedrockMock, Gateway) {
     let mock = BedrockMock::start(mock_creds());
-    let cfg = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-cores = 1
-auth = "none"
-
-[[upstreams]]
-name = "bedrock"
-provider = "bedrock"
-endpoints = ["http://{}"]
-region = "{REGION}"
-
-[[models]]
-name = "claude-bedrock"
-deployments = [{{ upstream = "bedrock", model = "{MODEL_ID}" }}]
-
+    let cfg = bedrock_config(
+        mock.addr(),
+        "",
+        r#"
 [[models]]
 name = "claude-throttled"
-deployments = [{{ upstream = "bedrock", model = "anthropic.throttle-v1:0" }}]
+deployments = [{ upstream = "bedrock", model = "anthropic.throttle-v1:0" }]
 "#,
-        mock.addr()
     );
     let gw = Gateway::start_with_env(
         &cfg,
@@ -342,47 +332,20 @@ deployments = [{{ upstream = "bedrock", model = "anthropic.throttle-v1:0" }}]
     (mock, gw)
 }
 
-/// POSTs `body` to `path` with every provider's credential header, as a client might.
+/// POSTs `body` to `path` with every provider's credential header and AWS's date, as a client
+/// might.
 fn post(c: &mut Client, path: &str, body: &Value) -> Response {
-    let body = body.to_string();
-    let creds: String = CLIENT_CREDENTIALS
+    let headers: Vec<(&str, &str)> = CLIENT_CREDENTIALS
         .iter()
-        .map(|(n, v)| format!("{n}: {v}\r\n"))
+        .copied()
+        .chain([CLIENT_AWS_DATE])
         .collect();
-    c.send(format!(
-        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{creds}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    ));
-    c.read_response()
+    post_with_headers(c, path, &headers, &body.to_string())
 }
 
-fn json_of(r: &Response) -> Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.summary()))
-}
-
-/// The `data:` payloads of an SSE body, parsed (`[DONE]` as the string).
-fn events(body: &str) -> Vec<Value> {
-    body.split("\n\n")
-        .filter_map(|e| e.trim().strip_prefix("data: "))
-        .map(|d| {
-            if d == "[DONE]" {
-                Value::from("[DONE]")
-            } else {
-                serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}"))
-            }
-        })
-        .collect()
-}
-
-fn stream_text(body: &str) -> String {
-    events(body)
-        .iter()
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect()
+/// The text of an OpenAI stream.
+fn text_of(body: &[u8]) -> String {
+    stream_text(&sse_events(body), "content")
 }
 
 /// Every request the mock saw was signed right, carried no client credential, and was not
@@ -403,13 +366,8 @@ fn assert_clean(mock: &BedrockMock) {
         .collect();
     assert!(refusals.is_empty(), "{refusals:?}");
     for r in &seen {
+        assert_no_client_secret(r, &[CLIENT_AWS_DATE.1]);
         let raw = format!("{:?} {:?}", r.path, r.headers);
-        for secret in CLIENT_SECRETS {
-            assert!(
-                !raw.contains(secret),
-                "{secret} reached the upstream: {raw}"
-            );
-        }
         assert_eq!(r.headers_named("authorization").len(), 1, "{raw}");
         assert_eq!(
             r.headers_named("x-amz-security-token"),
@@ -464,12 +422,11 @@ fn whole_and_streamed_text() {
     );
     let body = String::from_utf8_lossy(&r.body).into_owned();
     assert_eq!(
-        stream_text(&body),
+        text_of(body.as_bytes()),
         format!("Hello from {MODEL_ID}! You said: Hello World!")
     );
-    let ev = events(&body);
-    assert_eq!(ev.last(), Some(&Value::from("[DONE]")), "{body}");
-    let usage = &ev[ev.len() - 2];
+    let ev = sse_events(body.as_bytes());
+    let usage = ev.last().expect("the usage chunk before [DONE]");
     assert_eq!(usage["choices"], json!([]), "{body}");
     assert_eq!(usage["usage"]["prompt_tokens"], input + read + write);
     assert_eq!(usage["usage"]["completion_tokens"], output);
@@ -495,7 +452,7 @@ fn whole_and_streamed_text() {
     assert_eq!(r.status, 200, "{}", r.summary());
     let body = String::from_utf8_lossy(&r.body).into_owned();
     assert_eq!(
-        stream_text(&body),
+        text_of(body.as_bytes()),
         format!("Hello from {MODEL_ID}! You said: Hello World!")
     );
     assert!(!body.contains("\"usage\""), "{body}");
@@ -567,7 +524,7 @@ fn a_tool_loop_whole_and_streamed() {
     let body = String::from_utf8_lossy(&r.body).into_owned();
     let mut stream_id = String::new();
     let mut arguments = String::new();
-    for e in events(&body) {
+    for e in sse_events(body.as_bytes()) {
         for call in e["choices"][0]["delta"]["tool_calls"]
             .as_array()
             .into_iter()
@@ -596,10 +553,7 @@ fn a_tool_loop_whole_and_streamed() {
     ]});
     let r = post(&mut c, "/v1/chat/completions", &again);
     assert_eq!(r.status, 200, "{}", r.summary());
-    assert_eq!(
-        stream_text(&String::from_utf8_lossy(&r.body)),
-        "The tool said: 21C"
-    );
+    assert_eq!(text_of(&r.body), "The tool said: 21C");
     let refusals: Vec<String> = mock.refusals();
     assert_eq!(
         refusals.len(),
@@ -739,25 +693,10 @@ fn rotated_credentials_are_read_again_on_sighup() {
     };
     // The old key, which the mock no longer takes.
     write("AKIDOLDROTATEDKEY", "old/Secret/EXAMPLE");
-    let cfg = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-cores = 1
-auth = "none"
-
-[[upstreams]]
-name = "bedrock"
-provider = "bedrock"
-endpoints = ["http://{}"]
-region = "{REGION}"
-aws_credentials_file = "{}"
-
-[[models]]
-name = "claude-bedrock"
-deployments = [{{ upstream = "bedrock", model = "{MODEL_ID}" }}]
-"#,
+    let cfg = bedrock_config(
         mock.addr(),
-        file.display()
+        &format!("aws_credentials_file = \"{}\"", file.display()),
+        "",
     );
     let gw = Gateway::start(&cfg);
     let body = json!({"model": "claude-bedrock", "messages": [{"role": "user", "content": "Hi"}]});

@@ -9,48 +9,36 @@ use shardgate_tests::gemini_mock::{
     gemini_upstream, signature_for, CALL_TOKENS, PROMPT_TOKENS, QUOTA_RETRY_DELAY_S, THOUGHT_TEXT,
     THOUGHT_TOKENS,
 };
+use shardgate_tests::providers::{
+    self, json_of, one_upstream_config, post_with_client_credentials, sse_events, stream_text,
+};
 use shardgate_tests::{Client, Gateway, MockUpstream};
 
 const KEY_VAR: &str = "SG_TEST_GEMINI_KEY";
 const KEY: &str = "AIza-upstream-secret";
-/// Headers that carry a credential for some provider; a client sends each of them.
-const CLIENT_CREDENTIALS: [(&str, &str); 5] = [
-    ("Authorization", "Bearer sk-client"),
-    ("api-key", "az-client"),
-    ("x-goog-api-key", "goog-client"),
-    ("X-Amz-Security-Token", "amz-client"),
-    ("x-api-key", "ant-client"),
-];
 
 fn start() -> (MockUpstream, Gateway) {
     let up = gemini_upstream(KEY);
-    let cfg = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-cores = 1
-auth = "none"
-
-[[upstreams]]
-name = "gemini"
-provider = "gemini"
-endpoints = ["http://{}"]
-api_key_env = "{KEY_VAR}"
-
-[[models]]
+    let cfg = one_upstream_config(
+        "gemini",
+        &format!(
+            "provider = \"gemini\"\nendpoints = [\"http://{}\"]\napi_key_env = \"{KEY_VAR}\"",
+            up.addr()
+        ),
+        r#"[[models]]
 name = "gemini-flash"
-deployments = [{{ upstream = "gemini", model = "gemini-2.0-flash" }}]
+deployments = [{ upstream = "gemini", model = "gemini-2.0-flash" }]
 
 [[models]]
 name = "gemini-quota"
-deployments = [{{ upstream = "gemini", model = "gemini-quota" }}]
+deployments = [{ upstream = "gemini", model = "gemini-quota" }]
 
 [[models]]
 name = "gemini-mixed"
 strategy = "round_robin"
 retries = 0
-deployments = [{{ upstream = "gemini", model = "gemini-quota" }}, {{ upstream = "gemini", model = "gemini-2.0-flash" }}]
+deployments = [{ upstream = "gemini", model = "gemini-quota" }, { upstream = "gemini", model = "gemini-2.0-flash" }]
 "#,
-        up.addr()
     );
     let gw = Gateway::start_with_env(&cfg, &[(KEY_VAR, KEY)]);
     (up, gw)
@@ -58,40 +46,7 @@ deployments = [{{ upstream = "gemini", model = "gemini-quota" }}, {{ upstream = 
 
 /// POSTs `body` to `path` with every provider's credential header, as a client might.
 fn post(c: &mut Client, path: &str, body: &Value) -> shardgate_tests::Response {
-    let body = body.to_string();
-    let creds: String = CLIENT_CREDENTIALS
-        .iter()
-        .map(|(n, v)| format!("{n}: {v}\r\n"))
-        .collect();
-    c.send(format!(
-        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{creds}\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    ));
-    c.read_response()
-}
-
-fn json_of(r: &shardgate_tests::Response) -> Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.summary()))
-}
-
-/// The `data:` events of a streamed answer, `[DONE]` left out; asserts it ends with `[DONE]`.
-fn events(r: &shardgate_tests::Response) -> Vec<Value> {
-    let body = r.body_str();
-    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
-    body.split("\n\n")
-        .filter_map(|e| e.trim().strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}")))
-        .collect()
-}
-
-/// The concatenated `delta` strings named `key` of streamed events.
-fn streamed(events: &[Value], key: &str) -> String {
-    events
-        .iter()
-        .filter_map(|e| e["choices"][0]["delta"][key].as_str())
-        .collect()
+    post_with_client_credentials(c, path, &body.to_string())
 }
 
 /// The last request the mock received.
@@ -100,20 +55,8 @@ fn last_request(up: &MockUpstream) -> shardgate_tests::Request {
 }
 
 fn assert_no_client_secret(req: &shardgate_tests::Request) {
+    providers::assert_no_client_secret(req, &[]);
     let raw = format!("{:?} {:?}", req.path, req.headers);
-    for secret in [
-        "sk-client",
-        "az-client",
-        "goog-client",
-        "amz-client",
-        "ant-client",
-        "AIza-client",
-    ] {
-        assert!(
-            !raw.contains(secret),
-            "{secret} reached the upstream: {raw}"
-        );
-    }
     assert_eq!(req.headers_named("x-goog-api-key"), [KEY], "{raw}");
 }
 
@@ -182,8 +125,8 @@ fn whole_and_streamed_text_reach_gemini_with_only_the_upstreams_key() {
         "{}",
         r.summary()
     );
-    let evs = events(&r);
-    assert_eq!(streamed(&evs, "content"), "Hello from gemini-2.0-flash.");
+    let evs = sse_events(&r.body);
+    assert_eq!(stream_text(&evs, "content"), "Hello from gemini-2.0-flash.");
     assert!(evs.len() > 4, "the text came in several chunks: {evs:?}");
     let finish: Vec<&Value> = evs
         .iter()
@@ -307,7 +250,7 @@ fn streamed_tool_calls_come_whole_and_go_back_signed() {
         &json!({"model": "gemini-flash", "stream": true, "messages": [question], "tools": tools(), "tool_choice": "required"}),
     );
     assert_eq!(r.status, 200, "{}", r.summary());
-    let evs = events(&r);
+    let evs = sse_events(&r.body);
     // Accumulate the deltas as the openai SDK does.
     let (mut id, mut name, mut arguments) = (String::new(), String::new(), String::new());
     for e in &evs {
@@ -346,7 +289,7 @@ fn streamed_tool_calls_come_whole_and_go_back_signed() {
     );
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_eq!(
-        streamed(&events(&r), "content"),
+        stream_text(&sse_events(&r.body), "content"),
         "Tool get_weather returned \"sunny\"."
     );
 }
@@ -384,9 +327,9 @@ fn thoughts_arrive_as_reasoning_content_and_count_as_completion() {
             "messages": [{"role": "user", "content": "Hello World!"}]}),
     );
     assert_eq!(r.status, 200, "{}", r.summary());
-    let evs = events(&r);
-    assert_eq!(streamed(&evs, "reasoning_content"), THOUGHT_TEXT);
-    assert_eq!(streamed(&evs, "content"), "Hello from gemini-2.0-flash.");
+    let evs = sse_events(&r.body);
+    assert_eq!(stream_text(&evs, "reasoning_content"), THOUGHT_TEXT);
+    assert_eq!(stream_text(&evs, "content"), "Hello from gemini-2.0-flash.");
 }
 
 #[test]

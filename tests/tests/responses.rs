@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use shardgate_tests::providers::{json_of, post_with_headers, sse_data};
 use shardgate_tests::python::{self, sdk_path};
 use shardgate_tests::responses_mock::{
     self, CACHED_TOKENS, CALL_ARGUMENTS, CALL_ID, INPUT_TOKENS, OUTPUT_TOKENS, REASONING_TOKENS,
@@ -88,41 +89,13 @@ fn start(tag: &str) -> (MockUpstream, Gateway, TempDir) {
 
 /// POSTs `body` to `path` with the tenant's bearer key (which must not reach the upstream).
 fn post(c: &mut Client, path: &str, body: &Value) -> shardgate_tests::Response {
-    let body = body.to_string();
-    c.send(format!(
-        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
-         Authorization: Bearer {TENANT_KEY}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    ));
-    c.read_response()
-}
-
-fn json_of(r: &shardgate_tests::Response) -> Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.summary()))
-}
-
-/// The `data:` of each event of a streamed body, parsed (`[DONE]` left out), and whether a
-/// `[DONE]` came.
-fn events(r: &shardgate_tests::Response) -> (Vec<Value>, bool) {
-    let body = String::from_utf8_lossy(&r.body).replace("\r\n", "\n");
-    let mut done = false;
-    let mut out = Vec::new();
-    for event in body.split("\n\n").filter(|e| !e.trim().is_empty()) {
-        for line in event.lines() {
-            let Some(data) = line.strip_prefix("data: ") else {
-                continue;
-            };
-            if data == "[DONE]" {
-                done = true;
-            } else {
-                out.push(
-                    serde_json::from_str(data)
-                        .unwrap_or_else(|e| panic!("event data not JSON ({e}): {data}")),
-                );
-            }
-        }
-    }
-    (out, done)
+    let bearer = format!("Bearer {TENANT_KEY}");
+    post_with_headers(
+        c,
+        path,
+        &[("Authorization", bearer.as_str())],
+        &body.to_string(),
+    )
 }
 
 /// The upstream's request bodies, checked for what every one must have.
@@ -212,7 +185,7 @@ fn responses_clients_pass_through_with_the_deployments_model_and_are_counted() {
         "{}",
         r.summary()
     );
-    let (evs, done) = events(&r);
+    let (evs, done) = sse_data(&r.body);
     assert!(!done, "a Responses stream has no [DONE]");
     let text: String = evs
         .iter()
@@ -444,7 +417,7 @@ fn chat_clients_reach_a_responses_only_model_streamed() {
         &chat_with_tool(true, first_turn()),
     );
     assert_eq!(r.status, 200, "{}", r.summary());
-    let (evs, done) = events(&r);
+    let (evs, done) = sse_data(&r.body);
     assert!(done, "[DONE] ends the stream: {}", r.summary());
     let (text, calls, finish, usage) = assemble(&evs);
     assert_eq!(text, "");
@@ -465,7 +438,7 @@ fn chat_clients_reach_a_responses_only_model_streamed() {
         &chat_with_tool(true, second_turn()),
     );
     assert_eq!(r.status, 200, "{}", r.summary());
-    let (evs, done) = events(&r);
+    let (evs, done) = sse_data(&r.body);
     assert!(done);
     let (text, calls, finish, usage) = assemble(&evs);
     assert_eq!(text, format!("{TOOL_ANSWER_PREFIX}18C"));
@@ -477,7 +450,7 @@ fn chat_clients_reach_a_responses_only_model_streamed() {
     let mut b = json!({"model": "o-resp", "stream": true, "messages": [{"role": "user", "content": "Hello"}]});
     let r = post(&mut c, "/v1/chat/completions", &b);
     assert_eq!(r.status, 200, "{}", r.summary());
-    let (evs, done) = events(&r);
+    let (evs, done) = sse_data(&r.body);
     assert!(done);
     let (text, _, _, usage) = assemble(&evs);
     assert_eq!(text, TEXT);

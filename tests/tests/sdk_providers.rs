@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shardgate_tests::bedrock_mock::{BedrockMock, MockCredentials};
+use shardgate_tests::providers::one_upstream_config;
 use shardgate_tests::python::{self, sdk_path};
 use shardgate_tests::{
     gemini_mock, responses_mock, write_chunk, write_response, Action, Gateway, MockUpstream,
@@ -27,22 +28,10 @@ const GROUP: &str = "tools-model";
 /// A gateway whose group [`GROUP`] is `model` on one upstream described by `upstream` (its
 /// `[[upstreams]]` body after the name), with `env`.
 fn gateway(upstream: &str, model: &str, env: &[(&str, &str)]) -> Gateway {
-    let cfg = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-cores = 1
-auth = "none"
-
-[[upstreams]]
-name = "up"
-{upstream}
-
-[[models]]
-name = "{GROUP}"
-deployments = [{{ upstream = "up", model = "{model}" }}]
-"#
+    let models = format!(
+        "[[models]]\nname = \"{GROUP}\"\ndeployments = [{{ upstream = \"up\", model = \"{model}\" }}]\n"
     );
-    Gateway::start_with_env(&cfg, env)
+    Gateway::start_with_env(&one_upstream_config("up", upstream, &models), env)
 }
 
 /// Runs the tool loops against `gw`; fails the test with what the script printed.
