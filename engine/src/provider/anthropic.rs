@@ -596,25 +596,13 @@ pub fn error_to_openai(status: u16, anthropic_error_body: &[u8], out: &mut Vec<u
     let error = parsed.as_ref().and_then(|v| v.get("error"));
     let kind = error.and_then(|e| e.get("type")).and_then(Value::as_str);
     let message = error.and_then(|e| e.get("message")).and_then(Value::as_str);
-    match message {
-        Some(m) => push_openai_error(out, status, kind, m),
-        None => push_openai_error(
-            out,
-            status,
-            kind,
-            &format!("the Anthropic upstream answered HTTP {status}"),
-        ),
-    }
-}
-
-/// `{"error":{...}}` in OpenAI's shape. `type` as OpenAI (and the openai SDK) would name it,
-/// `code` Anthropic's own error type (OpenAI's code for the two it has one for).
-fn push_openai_error(out: &mut Vec<u8>, status: u16, kind: Option<&str>, message: &str) {
     let (openai_type, code) = openai_error_kind(status, kind);
-    chat_out::push_error_body(out, message, openai_type, code);
+    chat_out::push_upstream_error_body(out, "Anthropic", status, message, openai_type, code);
 }
 
-/// OpenAI's error type and code for an Anthropic error type `kind` (else the HTTP `status`).
+/// OpenAI's error type and code for an Anthropic error type `kind` (else the HTTP `status`):
+/// `type` as OpenAI (and the openai SDK) would name it, `code` Anthropic's own error type
+/// (OpenAI's code for the two it has one for).
 fn openai_error_kind(status: u16, kind: Option<&str>) -> (&'static str, Option<&str>) {
     match (kind, status) {
         (Some("authentication_error"), _) | (None, 401) => {

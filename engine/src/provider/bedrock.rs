@@ -659,25 +659,13 @@ pub fn error_to_openai(status: u16, error_type: Option<&str>, body: &[u8], out: 
             .or_else(|| v.get("Message"))
             .and_then(Value::as_str)
     });
-    match message {
-        Some(m) => push_openai_error(out, status, kind, m),
-        None => push_openai_error(
-            out,
-            status,
-            kind,
-            &format!("the Bedrock upstream answered HTTP {status}"),
-        ),
-    }
-}
-
-/// `{"error":{...}}` in OpenAI's shape: `type` as OpenAI names it, `code` AWS's error type
-/// (OpenAI's code for the two it has one for: rate limits and bad keys).
-fn push_openai_error(out: &mut Vec<u8>, status: u16, kind: Option<&str>, message: &str) {
     let (openai_type, code) = openai_error_kind(status, kind);
-    chat_out::push_error_body(out, message, openai_type, code);
+    chat_out::push_upstream_error_body(out, "Bedrock", status, message, openai_type, code);
 }
 
-/// OpenAI's error type and code for an AWS error type `kind` (else the HTTP `status`).
+/// OpenAI's error type and code for an AWS error type `kind` (else the HTTP `status`): `type`
+/// as OpenAI names it, `code` AWS's error type (OpenAI's code for the two it has one for: rate
+/// limits and bad keys).
 fn openai_error_kind(status: u16, kind: Option<&str>) -> (&'static str, Option<&str>) {
     match (kind, status) {
         (

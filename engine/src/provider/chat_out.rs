@@ -89,6 +89,27 @@ pub fn push_error_body(out: &mut Vec<u8>, message: &str, kind: &str, code: Optio
     out.extend_from_slice(b"}}");
 }
 
+/// The error body for an upstream's error that came with HTTP `status`: its `message`, or one
+/// naming `provider` and the status when it sent none.
+pub fn push_upstream_error_body(
+    out: &mut Vec<u8>,
+    provider: &str,
+    status: u16,
+    message: Option<&str>,
+    kind: &str,
+    code: Option<&str>,
+) {
+    match message {
+        Some(m) => push_error_body(out, m, kind, code),
+        None => push_error_body(
+            out,
+            &format!("the {provider} upstream answered HTTP {status}"),
+            kind,
+            code,
+        ),
+    }
+}
+
 /// The error event that ends an OpenAI stream early: `data: ` and the error body of
 /// [`push_error_body`], then [`DONE`].
 pub fn push_error_event(out: &mut Vec<u8>, message: &str, kind: &str, code: Option<&str>) {
@@ -362,6 +383,13 @@ mod tests {
         assert_eq!(
             text(out),
             r#"{"error":{"message":"no \"key\"","type":"invalid_request_error","param":null,"code":null}}"#
+        );
+        let mut out = Vec::new();
+        push_upstream_error_body(&mut out, "Acme", 503, None, "server_error", Some("x"));
+        push_upstream_error_body(&mut out, "Acme", 503, Some("down"), "server_error", None);
+        assert_eq!(
+            text(out),
+            r#"{"error":{"message":"the Acme upstream answered HTTP 503","type":"server_error","param":null,"code":"x"}}{"error":{"message":"down","type":"server_error","param":null,"code":null}}"#
         );
         let mut out = Vec::new();
         push_error_event(&mut out, "slow", "requests", Some("rate_limit_exceeded"));

@@ -1151,16 +1151,21 @@ fn details_of<'a>(error: &'a Value, kind: &'a str) -> impl Iterator<Item = &'a V
 pub fn error_to_openai(status: u16, gemini_error_body: &[u8], out: &mut Vec<u8>) {
     let parsed = serde_json::from_slice::<Value>(gemini_error_body).ok();
     let error = parsed.as_ref().and_then(error_object);
-    match error {
-        Some(e) => push_error_object(out, status, e),
-        None => push_openai_error(
-            out,
-            status,
-            None,
-            false,
-            &format!("the Gemini upstream answered HTTP {status}"),
-        ),
-    }
+    let google_status = error.and_then(|e| e.get("status")).and_then(Value::as_str);
+    let bad_key = error.is_some_and(|e| {
+        details_of(e, "google.rpc.ErrorInfo")
+            .any(|d| d.get("reason").and_then(Value::as_str) == Some("API_KEY_INVALID"))
+    });
+    let message = error.and_then(|e| e.get("message")).and_then(Value::as_str);
+    let (openai_type, code) = openai_error_kind(status, google_status, bad_key);
+    chat_out::push_upstream_error_body(
+        out,
+        "Gemini",
+        status,
+        message,
+        openai_type,
+        code.as_deref(),
+    );
 }
 
 /// The wait a Google error body's `RetryInfo` detail asks for (`"retryDelay":"7s"`), in whole
@@ -1196,35 +1201,6 @@ fn duration_s(s: &str) -> Option<u32> {
         secs = secs.saturating_add(1);
     }
     Some(u32::try_from(secs).unwrap_or(u32::MAX))
-}
-
-fn push_error_object(out: &mut Vec<u8>, status: u16, error: &Value) {
-    let google_status = error.get("status").and_then(Value::as_str);
-    let bad_key = details_of(error, "google.rpc.ErrorInfo")
-        .any(|d| d.get("reason").and_then(Value::as_str) == Some("API_KEY_INVALID"));
-    let message = error.get("message").and_then(Value::as_str);
-    match message {
-        Some(m) => push_openai_error(out, status, google_status, bad_key, m),
-        None => push_openai_error(
-            out,
-            status,
-            google_status,
-            bad_key,
-            &format!("the Gemini upstream answered HTTP {status}"),
-        ),
-    }
-}
-
-/// `{"error":{...}}` in OpenAI's shape (see [`error_to_openai`]).
-fn push_openai_error(
-    out: &mut Vec<u8>,
-    status: u16,
-    google_status: Option<&str>,
-    bad_key: bool,
-    message: &str,
-) {
-    let (openai_type, code) = openai_error_kind(status, google_status, bad_key);
-    chat_out::push_error_body(out, message, openai_type, code.as_deref());
 }
 
 /// OpenAI's error type and code for a Google `status` (else the HTTP `status`); `bad_key`
