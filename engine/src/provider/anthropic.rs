@@ -1369,24 +1369,17 @@ mod tests {
     const HEAD: &str = r#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o","choices":"#;
 
     fn expected(include_usage: bool) -> String {
-        let mut s = String::new();
-        for choices in [
-            r#"[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]"#,
-            r#"[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}]"#,
-            r#"[{"index":0,"delta":{"content":", \"wörld\"\n!"},"logprobs":null,"finish_reason":null}]"#,
-            r#"[{"index":0,"delta":{},"logprobs":null,"finish_reason":"length"}]"#,
-        ] {
-            s.push_str(HEAD);
-            s.push_str(choices);
-            s.push_str("}\n\n");
-        }
-        if include_usage {
-            s.push_str(HEAD);
-            s.push_str(r#"[],"usage":{"prompt_tokens":35,"completion_tokens":15,"total_tokens":50,"prompt_tokens_details":{"cached_tokens":10}}}"#);
-            s.push_str("\n\n");
-        }
-        s.push_str("data: [DONE]\n\n");
-        s
+        let usage = r#"[],"usage":{"prompt_tokens":35,"completion_tokens":15,"total_tokens":50,"prompt_tokens_details":{"cached_tokens":10}}"#;
+        testing::expected_chunks(
+            HEAD,
+            &[
+                r#"[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]"#,
+                r#"[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}]"#,
+                r#"[{"index":0,"delta":{"content":", \"wörld\"\n!"},"logprobs":null,"finish_reason":null}]"#,
+                r#"[{"index":0,"delta":{},"logprobs":null,"finish_reason":"length"}]"#,
+            ],
+            include_usage.then_some(usage),
+        )
     }
 
     fn translate_in_pieces(

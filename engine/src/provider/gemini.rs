@@ -1421,7 +1421,7 @@ impl StreamToChat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::testing::{data_events, feed_in_pieces};
+    use crate::provider::testing::{self, data_events, feed_in_pieces};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -2130,24 +2130,17 @@ mod tests {
     const HEAD: &str = r#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"gemini-flash","choices":"#;
 
     fn expected(include_usage: bool) -> String {
-        let mut s = String::new();
-        for choices in [
-            r#"[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]"#,
-            r#"[{"index":0,"delta":{"content":"Hel"},"logprobs":null,"finish_reason":null}]"#,
-            r#"[{"index":0,"delta":{"content":"lo, \"wörld\"\n!"},"logprobs":null,"finish_reason":null}]"#,
-            r#"[{"index":0,"delta":{},"logprobs":null,"finish_reason":"length"}]"#,
-        ] {
-            s.push_str(HEAD);
-            s.push_str(choices);
-            s.push_str("}\n\n");
-        }
-        if include_usage {
-            s.push_str(HEAD);
-            s.push_str(r#"[],"usage":{"prompt_tokens":9,"completion_tokens":5,"total_tokens":14,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}"#);
-            s.push_str("\n\n");
-        }
-        s.push_str("data: [DONE]\n\n");
-        s
+        let usage = r#"[],"usage":{"prompt_tokens":9,"completion_tokens":5,"total_tokens":14,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}"#;
+        testing::expected_chunks(
+            HEAD,
+            &[
+                r#"[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]"#,
+                r#"[{"index":0,"delta":{"content":"Hel"},"logprobs":null,"finish_reason":null}]"#,
+                r#"[{"index":0,"delta":{"content":"lo, \"wörld\"\n!"},"logprobs":null,"finish_reason":null}]"#,
+                r#"[{"index":0,"delta":{},"logprobs":null,"finish_reason":"length"}]"#,
+            ],
+            include_usage.then_some(usage),
+        )
     }
 
     fn translate_in_pieces(

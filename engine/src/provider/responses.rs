@@ -1440,30 +1440,23 @@ mod tests {
     const HEAD: &str = r#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"o-resp","choices":"#;
 
     fn expected(include_usage: bool) -> String {
-        let mut s = String::new();
-        for choices in [
-            r#"[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]"#,
-            r#"[{"index":0,"delta":{"reasoning_content":"Think"},"logprobs":null,"finish_reason":null}]"#,
-            r#"[{"index":0,"delta":{"reasoning_content":"\n\n"},"logprobs":null,"finish_reason":null}]"#,
-            r#"[{"index":0,"delta":{"reasoning_content":"More"},"logprobs":null,"finish_reason":null}]"#,
-            r#"[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}]"#,
-            r#"[{"index":0,"delta":{"content":", \"wörld\"\n!"},"logprobs":null,"finish_reason":null}]"#,
-            r#"[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":""}}]},"logprobs":null,"finish_reason":null}]"#,
-            r#"[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\":"}}]},"logprobs":null,"finish_reason":null}]"#,
-            r#"[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"Paris\"}"}}]},"logprobs":null,"finish_reason":null}]"#,
-            r#"[{"index":0,"delta":{},"logprobs":null,"finish_reason":"tool_calls"}]"#,
-        ] {
-            s.push_str(HEAD);
-            s.push_str(choices);
-            s.push_str("}\n\n");
-        }
-        if include_usage {
-            s.push_str(HEAD);
-            s.push_str(r#"[],"usage":{"prompt_tokens":37,"completion_tokens":11,"total_tokens":48,"prompt_tokens_details":{"cached_tokens":5},"completion_tokens_details":{"reasoning_tokens":4}}}"#);
-            s.push_str("\n\n");
-        }
-        s.push_str("data: [DONE]\n\n");
-        s
+        let usage = r#"[],"usage":{"prompt_tokens":37,"completion_tokens":11,"total_tokens":48,"prompt_tokens_details":{"cached_tokens":5},"completion_tokens_details":{"reasoning_tokens":4}}"#;
+        testing::expected_chunks(
+            HEAD,
+            &[
+                r#"[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]"#,
+                r#"[{"index":0,"delta":{"reasoning_content":"Think"},"logprobs":null,"finish_reason":null}]"#,
+                r#"[{"index":0,"delta":{"reasoning_content":"\n\n"},"logprobs":null,"finish_reason":null}]"#,
+                r#"[{"index":0,"delta":{"reasoning_content":"More"},"logprobs":null,"finish_reason":null}]"#,
+                r#"[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}]"#,
+                r#"[{"index":0,"delta":{"content":", \"wörld\"\n!"},"logprobs":null,"finish_reason":null}]"#,
+                r#"[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":""}}]},"logprobs":null,"finish_reason":null}]"#,
+                r#"[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\":"}}]},"logprobs":null,"finish_reason":null}]"#,
+                r#"[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"Paris\"}"}}]},"logprobs":null,"finish_reason":null}]"#,
+                r#"[{"index":0,"delta":{},"logprobs":null,"finish_reason":"tool_calls"}]"#,
+            ],
+            include_usage.then_some(usage),
+        )
     }
 
     const STREAM_USAGE: Usage = Usage {

@@ -36,6 +36,19 @@ pub(crate) fn feed_in_pieces<T: StreamTranslator>(
     out
 }
 
+/// An OpenAI stream: each of `choices` (then `usage`, when given) after `head` (`data: {...,
+/// "choices":`) and closed, then `[DONE]`.
+pub(crate) fn expected_chunks(head: &str, choices: &[&str], usage: Option<&str>) -> String {
+    let mut s = String::new();
+    for rest in choices.iter().chain(usage.iter()) {
+        s.push_str(head);
+        s.push_str(rest);
+        s.push_str("}\n\n");
+    }
+    s.push_str("data: [DONE]\n\n");
+    s
+}
+
 /// The JSON of each `data:` event of an OpenAI stream but `[DONE]`, checking every event is
 /// one `data:` line.
 pub(crate) fn data_events(out: &[u8]) -> Vec<Value> {
