@@ -1482,20 +1482,10 @@ mod tests {
         })
     }
 
+    testing::stream_split_independent!(300);
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
-
-        /// The same output however the stream is cut into reads.
-        #[test]
-        fn stream_split_independent(
-            stream in arb_stream(),
-            cuts in prop::collection::vec(any::<usize>(), 0..12),
-            include_usage in any::<bool>(),
-        ) {
-            let whole = translate_in_pieces(&stream, &[], include_usage);
-            prop_assert_eq!(std::str::from_utf8(&whole.0).expect("UTF-8"), expected(include_usage));
-            prop_assert_eq!(translate_in_pieces(&stream, &cuts, include_usage), whole);
-        }
 
         /// No panic on arbitrary bytes rich in SSE syntax, split independence there too, and
         /// the output always ends with [DONE].

@@ -67,3 +67,28 @@ pub(crate) fn assert_well_formed(out: &[u8]) {
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     data_events(out);
 }
+
+/// Defines `stream_split_independent`, the property test every stream translator to OpenAI chat
+/// runs (`$cases` cases), from the calling test module's `arb_stream()`,
+/// `translate_in_pieces(stream, cuts, include_usage)` and `expected(include_usage)`: the output
+/// is the expected stream, and the same however the stream is cut into reads.
+macro_rules! stream_split_independent {
+    ($cases:expr) => {
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases($cases))]
+
+            /// The same output however the stream is cut into reads.
+            #[test]
+            fn stream_split_independent(
+                stream in arb_stream(),
+                cuts in prop::collection::vec(any::<usize>(), 0..12),
+                include_usage in any::<bool>(),
+            ) {
+                let whole = translate_in_pieces(&stream, &[], include_usage);
+                prop_assert_eq!(std::str::from_utf8(&whole.0).expect("UTF-8"), expected(include_usage));
+                prop_assert_eq!(translate_in_pieces(&stream, &cuts, include_usage), whole);
+            }
+        }
+    };
+}
+pub(crate) use stream_split_independent;
