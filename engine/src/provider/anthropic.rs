@@ -821,14 +821,10 @@ mod tests {
     use serde_json::json;
 
     fn to_messages(body: &Value) -> Result<Value, TranslateError> {
-        let mut out = Vec::new();
-        chat_to_messages(
-            body.to_string().as_bytes(),
-            "claude-sonnet-4-5",
-            1024,
-            &mut out,
-        )?;
-        Ok(serde_json::from_slice(&out).expect("valid JSON"))
+        testing::request_json(
+            |b, out| chat_to_messages(b, "claude-sonnet-4-5", 1024, out),
+            body,
+        )
     }
 
     #[test]

@@ -1426,9 +1426,7 @@ mod tests {
     use serde_json::json;
 
     fn to_gemini(body: &Value) -> Result<Value, TranslateError> {
-        let mut out = Vec::new();
-        chat_to_gemini(body.to_string().as_bytes(), &mut out)?;
-        Ok(serde_json::from_slice(&out).expect("valid JSON"))
+        testing::request_json(chat_to_gemini, body)
     }
 
     #[test]

@@ -1399,14 +1399,10 @@ mod tests {
     use serde_json::json;
 
     fn to_chat(body: &Value, include_usage: bool) -> Result<Value, TranslateError> {
-        let mut out = Vec::new();
-        messages_to_chat(
-            body.to_string().as_bytes(),
-            "gpt-4o",
-            include_usage,
-            &mut out,
-        )?;
-        Ok(serde_json::from_slice(&out).expect("valid JSON"))
+        testing::request_json(
+            |b, out| messages_to_chat(b, "gpt-4o", include_usage, out),
+            body,
+        )
     }
 
     #[test]

@@ -990,9 +990,7 @@ mod tests {
     use serde_json::json;
 
     fn to_responses(body: &Value) -> Result<Value, TranslateError> {
-        let mut out = Vec::new();
-        chat_to_responses(body.to_string().as_bytes(), "gpt-5-resp", &mut out)?;
-        Ok(serde_json::from_slice(&out).expect("valid JSON"))
+        testing::request_json(|b, out| chat_to_responses(b, "gpt-5-resp", out), body)
     }
 
     #[test]

@@ -2,7 +2,17 @@
 
 use serde_json::Value;
 
-use super::StreamTranslator;
+use super::{StreamTranslator, TranslateError};
+
+/// The request `translate` writes for `body`, parsed (asserting it is JSON).
+pub(crate) fn request_json(
+    translate: impl FnOnce(&[u8], &mut Vec<u8>) -> Result<(), TranslateError>,
+    body: &Value,
+) -> Result<Value, TranslateError> {
+    let mut out = Vec::new();
+    translate(body.to_string().as_bytes(), &mut out)?;
+    Ok(serde_json::from_slice(&out).expect("valid JSON"))
+}
 
 /// Feed `stream` to `t` cut at `cuts` (each taken modulo the length plus one, in order), then
 /// finish it; asserts the stream ended. Returns the output and the usage reported.
