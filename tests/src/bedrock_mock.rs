@@ -909,32 +909,19 @@ mod tests {
             ("X-Amz-Date", "20150830T123600Z"),
             ("Authorization", "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature=5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b"),
         ]);
-        let req = SignedRequest {
+        let post = |body| SignedRequest {
             method: "POST",
             path: "/",
             query: "",
             headers: &h,
-            body: b"",
+            body,
         };
+        let req = post(b"");
         verify(&req, &example(None), "service", None).expect("the published vector verifies");
-        let req = SignedRequest {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &h,
-            body: b"x",
-        };
         assert!(
-            verify(&req, &example(None), "service", None).is_err(),
+            verify(&post(b"x"), &example(None), "service", None).is_err(),
             "another body"
         );
-        let req = SignedRequest {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &h,
-            body: b"",
-        };
         assert!(
             verify(&req, &example(None), "service", Some(2_000_000_000)).is_err(),
             "skew"
@@ -954,21 +941,16 @@ mod tests {
             ("X-Amz-Date", "20150830T123600Z"),
             ("Authorization", "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/iam/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"),
         ]);
-        let req = SignedRequest {
+        let get = |query| SignedRequest {
             method: "GET",
             path: "/",
-            query: "Action=ListUsers&Version=2010-05-08",
+            query,
             headers: &h,
             body: b"",
         };
+        let req = get("Action=ListUsers&Version=2010-05-08");
         verify(&req, &example(None), "iam", None).expect("the published example verifies");
-        let req = SignedRequest {
-            method: "GET",
-            path: "/",
-            query: "Action=ListUsers&Version=2010-05-09",
-            headers: &h,
-            body: b"",
-        };
+        let req = get("Action=ListUsers&Version=2010-05-09");
         assert!(verify(&req, &example(None), "iam", None).is_err());
     }
 

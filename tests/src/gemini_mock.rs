@@ -551,7 +551,14 @@ fn check_content(content: &Value, at: &str, role_required: bool) -> Result<(), R
         ));
     }
     for part in parts {
-        let p = fields(part, PART, &child(at, "parts"))?;
+        let parts_at = child(at, "parts");
+        let p = fields(part, PART, &parts_at)?;
+        // The object at `key` of the part, checked against `allowed`, when there is one.
+        let sub = |key: &str, allowed: &[&str]| {
+            p.get(key)
+                .map(|v| fields(v, allowed, &child(&parts_at, key)))
+                .transpose()
+        };
         let kinds = DATA_KINDS.iter().filter(|k| p.contains_key(**k)).count();
         if kinds != 1 {
             return Err(invalid("* GenerateContentRequest.contents[].parts[].data: required oneof field 'data' must have one initialized field"));
@@ -563,25 +570,18 @@ fn check_content(content: &Value, at: &str, role_required: bool) -> Result<(), R
                 ));
             }
         }
-        if let Some(b) = p.get("inlineData") {
-            let b = fields(b, BLOB, &child(&child(at, "parts"), "inlineData"))?;
+        if let Some(b) = sub("inlineData", BLOB)? {
             let data = b.get("data").and_then(Value::as_str).unwrap_or_default();
             if !b.get("mimeType").is_some_and(Value::is_string) || data.is_empty() {
                 return Err(invalid("inline_data needs mime_type and data"));
             }
         }
-        if let Some(f) = p.get("fileData") {
-            let f = fields(f, FILE_DATA, &child(&child(at, "parts"), "fileData"))?;
+        if let Some(f) = sub("fileData", FILE_DATA)? {
             if !f.get("fileUri").is_some_and(Value::is_string) {
                 return Err(invalid("file_data needs file_uri"));
             }
         }
-        if let Some(fc) = p.get("functionCall") {
-            let fc = fields(
-                fc,
-                FUNCTION_CALL,
-                &child(&child(at, "parts"), "functionCall"),
-            )?;
+        if let Some(fc) = sub("functionCall", FUNCTION_CALL)? {
             if !fc.get("name").is_some_and(Value::is_string) {
                 return Err(invalid("function_call needs a name"));
             }
@@ -589,12 +589,7 @@ fn check_content(content: &Value, at: &str, role_required: bool) -> Result<(), R
                 return Err(invalid("Invalid value at 'contents.parts.function_call.args' (type.googleapis.com/google.protobuf.Struct)"));
             }
         }
-        if let Some(fr) = p.get("functionResponse") {
-            let fr = fields(
-                fr,
-                FUNCTION_RESPONSE,
-                &child(&child(at, "parts"), "functionResponse"),
-            )?;
+        if let Some(fr) = sub("functionResponse", FUNCTION_RESPONSE)? {
             if !fr.get("name").is_some_and(Value::is_string)
                 || !fr.get("response").is_some_and(Value::is_object)
             {
