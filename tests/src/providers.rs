@@ -84,6 +84,20 @@ pub fn json_of(r: &Response) -> Value {
     serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.summary()))
 }
 
+/// The OpenAI error body of `r`, asserting its status is `status` and its `error.message` a
+/// non-empty string that contains `message_has`.
+pub fn openai_error(r: &Response, status: u16, message_has: &str) -> Value {
+    assert_eq!(r.status, status, "{}", r.summary());
+    let e = json_of(r);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty() && m.contains(message_has)),
+        "{message_has}: {e}"
+    );
+    e
+}
+
 /// The `data:` of each event of a streamed body, parsed (`[DONE]` left out), and whether a
 /// `[DONE]` came. Lines other than `data:` are skipped; CRLF line ends are read as LF.
 pub fn sse_data(body: &[u8]) -> (Vec<Value>, bool) {

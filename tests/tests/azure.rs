@@ -7,7 +7,8 @@ use std::net::TcpStream;
 
 use serde_json::{json, Value};
 use shardgate_tests::providers::{
-    self, json_of, one_upstream_config, post_with_client_credentials, CLIENT_CREDENTIALS,
+    self, json_of, one_upstream_config, openai_error, post_with_client_credentials,
+    CLIENT_CREDENTIALS,
 };
 use shardgate_tests::{
     write_chunk, write_response, Action, Client, Gateway, MockUpstream, Request,
@@ -221,13 +222,6 @@ fn what_azure_cannot_serve_is_a_400_that_says_why() {
         "/v1/chat/completions",
         r#"{"model":"../admin?x","messages":[{"role":"user","content":"hi"}]}"#,
     );
-    assert_eq!(r.status, 400, "{}", r.summary());
-    let e = json_of(&r);
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("Azure deployment")),
-        "{e}"
-    );
+    openai_error(&r, 400, "Azure deployment");
     assert_eq!(up.requests().len(), before, "{:?}", up.requests());
 }
