@@ -47,7 +47,10 @@ use serde_json::{Map, Value};
 use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
 pub use super::sse::STREAM_EVENT_BYTES_MAX;
 use super::sse::{Event, EventReader};
-use super::{copy_numbers, present, refuse_beyond_messages, write_object, TranslateError};
+use super::{
+    copy_numbers, present, refuse_beyond_messages, tool_description, tool_function, tool_schema,
+    write_object, TranslateError,
+};
 use crate::llm::Usage;
 
 // ---------------------------------------------------------------------------------------------
@@ -176,28 +179,14 @@ fn translate_tools(
         if tool.get("type").and_then(Value::as_str) != Some("function") {
             return Err(TranslateError::Unsupported("tools"));
         }
-        let Some(Value::Object(f)) = tool.get("function") else {
-            return Err(TranslateError::BadField("tools"));
-        };
-        let Some(name) = f.get("name").and_then(Value::as_str) else {
-            return Err(TranslateError::BadField("tools"));
-        };
+        let (f, name) = tool_function(tool)?;
         let mut t = Map::new();
         t.insert("name".into(), Value::from(name));
-        match present(f, "description") {
-            None => {}
-            Some(Value::String(d)) => {
-                t.insert("description".into(), Value::from(d.as_str()));
-            }
-            Some(_) => return Err(TranslateError::BadField("tools")),
+        if let Some(d) = tool_description(f)? {
+            t.insert("description".into(), Value::from(d));
         }
         // Anthropic requires a schema; OpenAI's default is a function without parameters.
-        let schema = match present(f, "parameters") {
-            None => serde_json::json!({"type": "object", "properties": {}}),
-            Some(p @ Value::Object(_)) => p.clone(),
-            Some(_) => return Err(TranslateError::BadField("tools")),
-        };
-        t.insert("input_schema".into(), schema);
+        t.insert("input_schema".into(), tool_schema(f)?);
         out.push(Value::Object(t));
     }
     req.insert("tools".into(), Value::Array(out));

@@ -68,7 +68,10 @@ use serde_json::{Map, Value};
 
 use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
 use super::eventstream::{Decoder, FrameError, Message};
-use super::{copy_numbers, present, refuse_beyond_messages, write_object, TranslateError};
+use super::{
+    copy_numbers, present, refuse_beyond_messages, tool_description, tool_schema, write_object,
+    TranslateError,
+};
 use crate::llm::Usage;
 
 /// The longest model id (or ARN) [`path`] takes, bytes: Bedrock's own limit on `modelId`.
@@ -249,25 +252,10 @@ fn tool_config(
             .ok_or(TranslateError::BadField("tools"))?;
         let mut spec = Map::new();
         spec.insert("name".into(), Value::from(name));
-        match function.get("description") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(d)) if d.is_empty() => {}
-            Some(Value::String(d)) => {
-                spec.insert("description".into(), Value::from(d.as_str()));
-            }
-            Some(_) => return Err(TranslateError::BadField("tools")),
+        if let Some(d) = tool_description(function)?.filter(|d| !d.is_empty()) {
+            spec.insert("description".into(), Value::from(d));
         }
-        let schema = match function.get("parameters") {
-            None | Some(Value::Null) => {
-                let mut s = Map::new();
-                s.insert("type".into(), Value::from("object"));
-                s.insert("properties".into(), Value::Object(Map::new()));
-                Value::Object(s)
-            }
-            Some(Value::Object(p)) => Value::Object(p.clone()),
-            Some(_) => return Err(TranslateError::BadField("tools")),
-        };
-        spec.insert("inputSchema".into(), object("json", schema));
+        spec.insert("inputSchema".into(), object("json", tool_schema(function)?));
         specs.push(object("toolSpec", Value::Object(spec)));
     }
     let mut config = Map::new();

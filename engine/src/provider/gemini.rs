@@ -91,7 +91,8 @@ use super::chat_out::{self, Chunks, Completion, ToolCall, UsageDetails};
 pub use super::sse::STREAM_EVENT_BYTES_MAX;
 use super::sse::{Event, EventReader};
 use super::{
-    present, refuse_logprobs, refuse_modalities, refuse_present, write_object, TranslateError,
+    present, refuse_logprobs, refuse_modalities, refuse_present, tool_description, tool_function,
+    tool_parameters, write_object, TranslateError,
 };
 use crate::llm::Usage;
 
@@ -509,28 +510,14 @@ fn translate_tools(body: &Map<String, Value>) -> Result<Option<Vec<Value>>, Tran
             Some(_) => return Err(TranslateError::Unsupported("tools")),
             None => return Err(TranslateError::BadField("tools")),
         }
-        let Some(Value::Object(function)) = tool.get("function") else {
-            return Err(TranslateError::BadField("tools"));
-        };
-        let Some(name) = function.get("name").and_then(Value::as_str) else {
-            return Err(TranslateError::BadField("tools"));
-        };
+        let (function, name) = tool_function(tool)?;
         let mut declaration = Map::new();
         declaration.insert("name".into(), Value::from(name));
-        match present(function, "description") {
-            None => {}
-            Some(Value::String(d)) => {
-                declaration.insert("description".into(), Value::from(d.as_str()));
-            }
-            Some(_) => return Err(TranslateError::BadField("tools")),
+        if let Some(d) = tool_description(function)? {
+            declaration.insert("description".into(), Value::from(d));
         }
-        match present(function, "parameters") {
-            None => {}
-            Some(Value::Object(schema)) if schema.is_empty() => {}
-            Some(Value::Object(schema)) => {
-                declaration.insert("parametersJsonSchema".into(), Value::Object(schema.clone()));
-            }
-            Some(_) => return Err(TranslateError::BadField("tools")),
+        if let Some(schema) = tool_parameters(function)?.filter(|s| !s.is_empty()) {
+            declaration.insert("parametersJsonSchema".into(), Value::Object(schema.clone()));
         }
         declarations.push(Value::Object(declaration));
     }

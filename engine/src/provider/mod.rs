@@ -460,6 +460,53 @@ pub(crate) fn refuse_beyond_messages(
     refuse_audio(body)
 }
 
+/// A function tool's `function` object and `name` (`BadField("tools")` unless both are there).
+pub(crate) fn tool_function(
+    tool: &serde_json::Value,
+) -> Result<(&serde_json::Map<String, serde_json::Value>, &str), TranslateError> {
+    let Some(serde_json::Value::Object(function)) = tool.get("function") else {
+        return Err(TranslateError::BadField("tools"));
+    };
+    match function.get("name").and_then(serde_json::Value::as_str) {
+        Some(name) => Ok((function, name)),
+        None => Err(TranslateError::BadField("tools")),
+    }
+}
+
+/// A function tool's `description`, when it has one (`BadField("tools")` if not a string).
+pub(crate) fn tool_description(
+    function: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Option<&str>, TranslateError> {
+    match present(function, "description") {
+        None => Ok(None),
+        Some(serde_json::Value::String(d)) => Ok(Some(d)),
+        Some(_) => Err(TranslateError::BadField("tools")),
+    }
+}
+
+/// A function tool's `parameters` schema, when it has one (`BadField("tools")` if not an
+/// object).
+pub(crate) fn tool_parameters(
+    function: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Option<&serde_json::Map<String, serde_json::Value>>, TranslateError> {
+    match present(function, "parameters") {
+        None => Ok(None),
+        Some(serde_json::Value::Object(p)) => Ok(Some(p)),
+        Some(_) => Err(TranslateError::BadField("tools")),
+    }
+}
+
+/// A function tool's `parameters` schema as a value, OpenAI's default (an object without
+/// properties) when it has none.
+pub(crate) fn tool_schema(
+    function: &serde_json::Map<String, serde_json::Value>,
+) -> Result<serde_json::Value, TranslateError> {
+    Ok(match tool_parameters(function)? {
+        Some(p) => serde_json::Value::Object(p.clone()),
+        None => serde_json::json!({"type": "object", "properties": {}}),
+    })
+}
+
 /// Append a translated request object to `out`. Serializing a `Value` into a `Vec` cannot fail
 /// (its keys are strings, writes to a `Vec` do not fail); should it, `out` is left as it was.
 pub(crate) fn write_object(

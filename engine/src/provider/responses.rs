@@ -72,7 +72,7 @@ use super::sse::EventReader;
 pub use super::sse::STREAM_EVENT_BYTES_MAX;
 use super::{
     copy_numbers, present, refuse_audio, refuse_choices, refuse_logprobs, refuse_present,
-    write_object, TranslateError,
+    tool_description, tool_schema, write_object, TranslateError,
 };
 use crate::llm::json::write_str;
 use crate::llm::Usage;
@@ -407,19 +407,10 @@ fn translate_tools(tools: &Value) -> Result<Value, TranslateError> {
             Some(name @ Value::String(_)) => t.insert("name".into(), name.clone()),
             _ => return Err(TranslateError::BadField("tools")),
         };
-        match present(function, "description") {
-            None => {}
-            Some(d @ Value::String(_)) => {
-                t.insert("description".into(), d.clone());
-            }
-            Some(_) => return Err(TranslateError::BadField("tools")),
+        if let Some(d) = tool_description(function)? {
+            t.insert("description".into(), Value::from(d));
         }
-        let parameters = match present(function, "parameters") {
-            None => serde_json::json!({"type": "object", "properties": {}}),
-            Some(p @ Value::Object(_)) => p.clone(),
-            Some(_) => return Err(TranslateError::BadField("tools")),
-        };
-        t.insert("parameters".into(), parameters);
+        t.insert("parameters".into(), tool_schema(function)?);
         let strict = match present(function, "strict") {
             None => false,
             Some(Value::Bool(b)) => *b,
