@@ -124,210 +124,112 @@ pub enum TranslateError {
     Unsupported(&'static str),
 }
 
+/// The message of [`TranslateError::BadField`] for each field that has its own (one for the
+/// others), grouped by the translations that name them.
+const BAD_FIELD_MESSAGES: &[(&str, &str)] = &[
+    ("messages", "`messages` must be a non-empty array of objects with a `role` and text `content`"),
+    ("content", "message `content` must be a string or an array of text parts"),
+    ("role", "message `role` must be one of system, developer, user, assistant"),
+    ("max_tokens", "`max_tokens` (required in a Messages request) and `max_completion_tokens` must be non-negative integers"),
+    ("temperature", "`temperature` must be a number"),
+    ("top_p", "`top_p` must be a number"),
+    ("stop", "`stop` must be a string or an array of strings"),
+    ("stream", "`stream` must be a boolean"),
+    ("user", "`user` must be a string"),
+    ("system", "`system` must be a string or an array of text blocks"),
+    ("stop_sequences", "`stop_sequences` must be an array of strings"),
+    ("metadata", "`metadata` must be an object whose `user_id` is a string"),
+    ("choices", "the upstream response has no `choices` (an error body, or not a chat completion)"),
+    // Tools, images and other fields (OpenAI chat to another API).
+    ("tools", "`tools` must be an array of function tools (OpenAI's `{type: function, function: {name, parameters}}`, Anthropic's `{name, input_schema}`), given whenever the messages hold tool calls or results"),
+    ("tool_choice", "`tool_choice` must be none, auto, required (any) or a tool named in `tools`"),
+    ("tool_calls", "`tool_calls` (a client's or the upstream's) need an `id`, a `function.name` and `function.arguments` holding a JSON object"),
+    ("tool_call_id", "a `tool` message needs the `tool_call_id` of the call it answers"),
+    ("parallel_tool_calls", "`parallel_tool_calls` must be a boolean"),
+    ("image_url", "`image_url.url` must be an http(s) URL or a base64 `data:` URL"),
+    ("response_format", "`response_format` must be text, json_object or json_schema with a `json_schema.name`"),
+    ("file", "a `file` part must have a `file` object of strings"),
+    ("verbosity", "`verbosity` must be a string"),
+    ("safety_identifier", "`safety_identifier` must be a string"),
+    ("prompt_cache_key", "`prompt_cache_key` must be a string"),
+    ("service_tier", "`service_tier` must be a string"),
+    // Upstream answers (Bedrock's Converse, the Responses API).
+    ("first_turn", "the conversation must start with a user message (first_turn) for this model's provider"),
+    ("output", "the upstream answer has no well-formed `output` (an error body, or not the provider's answer)"),
+    ("toolUse", "the upstream response has a `toolUse` block without its id or name"),
+    ("status", "the upstream response has `status` failed"),
+    ("object", "the upstream answer's `object` is not a response"),
+    // Gemini (`gemini`): the fields its translation reads and refuses.
+    ("arguments", "a tool call's `arguments` must be a string holding a JSON object"),
+    ("n", "`n` must be a positive integer"),
+    ("seed", "`seed` must be an integer"),
+    ("top_k", "`top_k` must be an integer"),
+    ("presence_penalty", "`presence_penalty` must be a number"),
+    ("frequency_penalty", "`frequency_penalty` must be a number"),
+    ("reasoning_effort", "`reasoning_effort` must be one of none, minimal, low, medium, high"),
+    ("extra_body", "`extra_body.google.thinking_config` must hold an integer thinking_budget, a boolean include_thoughts and a string thinking_level"),
+    ("error", "the upstream response is an error body, not an answer"),
+    ("candidates", "the upstream response has no `candidates` and no blocked prompt"),
+    ("functionCall", "the upstream response has a `functionCall` without a `name` or with `args` that are not an object"),
+    ("thoughtSignature", "the upstream response has a `thoughtSignature` that is not base64 of at most 64 KiB"),
+    // Anthropic Messages clients (`messages`): tools and images.
+    ("tool_use", "`tool_use` blocks belong in assistant turns, with a string `id` and `name` and an object `input`"),
+    ("tool_result", "`tool_result` blocks belong in user turns, with a string `tool_use_id`, text `content` and a boolean `is_error`"),
+    ("image", "`image` blocks need a `source` of type base64 (with `media_type` and `data`) or url (with `url`)"),
+];
+
+/// The message of [`TranslateError::Unsupported`] for each field that has its own (one for the
+/// others), grouped by the translations that name them.
+const UNSUPPORTED_MESSAGES: &[(&str, &str)] = &[
+    // The Responses API.
+    ("stop", "`stop` sequences are not supported for this model's provider"),
+    // Gemini (`gemini`): the fields its translation reads and refuses.
+    ("logit_bias", "`logit_bias` is not supported for this model's provider"),
+    ("extra_body", "`extra_body` other than google.thinking_config is not supported for this model's provider"),
+    // Anthropic Messages clients (`messages`): tools and images.
+    ("thread", THREAD_UNSUPPORTED),
+    ("input_examples", "tool `input_examples` are not supported for this model's provider"),
+    // Every translation.
+    ("tools", "these `tools` are not supported for this model's provider (only function and custom tools are; server tools never)"),
+    ("tool_choice", "`tool_choice` is not supported for this model's provider"),
+    ("functions", "`functions` are not supported for this model's provider"),
+    ("function_call", "`function_call` is not supported for this model's provider"),
+    ("tool_calls", "assistant `tool_calls` are not supported for this model's provider"),
+    ("tool", "`tool` and `function` messages are not supported for this model's provider"),
+    ("image_url", "this `image_url` part is not supported for this model's provider (its role, media type or URL)"),
+    ("n", "`n` greater than 1 is not supported for this model's provider"),
+    ("logprobs", "`logprobs` and `top_logprobs` are not supported for this model's provider"),
+    ("response_format", "`response_format` other than text is not supported for this model's provider"),
+    ("audio", "audio input and output are not supported for this model's provider"),
+    ("thinking", "extended `thinking` is not supported for this model's provider"),
+    ("mcp_servers", "`mcp_servers` are not supported for this model's provider"),
+    ("output_format", "`output_format` is not supported for this model's provider"),
+    ("image", "`image` blocks other than base64 or url sources are not supported for this model's provider"),
+    ("document", "`document` content blocks are not supported for this model's provider"),
+    ("tool_use", "`tool_use` content blocks are not supported for this model's provider"),
+    ("tool_result", "`tool_result` content other than text (images, documents) is not supported for this model's provider"),
+    ("file", "`file` content parts are not supported for this model's provider"),
+    ("content", "content blocks other than text are not supported for this model's provider"),
+    // Bedrock (provider::bedrock).
+    ("parallel_tool_calls", "`parallel_tool_calls` false is not supported for this model's provider"),
+    ("reasoning_effort", "`reasoning_effort` is not supported for this model's provider"),
+    ("web_search_options", "`web_search_options` are not supported for this model's provider"),
+];
+
+/// The message `table` has for `field`.
+fn lookup(table: &[(&str, &'static str)], field: &str) -> Option<&'static str> {
+    table.iter().find(|(f, _)| *f == field).map(|(_, m)| *m)
+}
+
 impl TranslateError {
     /// A static, JSON-safe message (ASCII, no quotes or backslashes) for the error body.
     pub fn message(self) -> &'static str {
         match self {
             TranslateError::NotJson => "the body is not a single JSON object",
-            TranslateError::BadField("messages") => {
-                "`messages` must be a non-empty array of objects with a `role` and text `content`"
-            }
-            TranslateError::BadField("content") => {
-                "message `content` must be a string or an array of text parts"
-            }
-            TranslateError::BadField("role") => {
-                "message `role` must be one of system, developer, user, assistant"
-            }
-            TranslateError::BadField("max_tokens") => {
-                "`max_tokens` (required in a Messages request) and `max_completion_tokens` must be non-negative integers"
-            }
-            TranslateError::BadField("temperature") => "`temperature` must be a number",
-            TranslateError::BadField("top_p") => "`top_p` must be a number",
-            TranslateError::BadField("stop") => "`stop` must be a string or an array of strings",
-            TranslateError::BadField("stream") => "`stream` must be a boolean",
-            TranslateError::BadField("user") => "`user` must be a string",
-            TranslateError::BadField("system") => {
-                "`system` must be a string or an array of text blocks"
-            }
-            TranslateError::BadField("stop_sequences") => {
-                "`stop_sequences` must be an array of strings"
-            }
-            TranslateError::BadField("metadata") => {
-                "`metadata` must be an object whose `user_id` is a string"
-            }
-            TranslateError::BadField("choices") => {
-                "the upstream response has no `choices` (an error body, or not a chat completion)"
-            }
-            // Tools, images and other fields (OpenAI chat to another API).
-            TranslateError::BadField("tools") => {
-                "`tools` must be an array of function tools (OpenAI's `{type: function, function: {name, parameters}}`, Anthropic's `{name, input_schema}`), given whenever the messages hold tool calls or results"
-            }
-            TranslateError::BadField("tool_choice") => {
-                "`tool_choice` must be none, auto, required (any) or a tool named in `tools`"
-            }
-            TranslateError::BadField("tool_calls") => {
-                "`tool_calls` (a client's or the upstream's) need an `id`, a `function.name` and `function.arguments` holding a JSON object"
-            }
-            TranslateError::BadField("tool_call_id") => {
-                "a `tool` message needs the `tool_call_id` of the call it answers"
-            }
-            TranslateError::BadField("parallel_tool_calls") => {
-                "`parallel_tool_calls` must be a boolean"
-            }
-            TranslateError::BadField("image_url") => {
-                "`image_url.url` must be an http(s) URL or a base64 `data:` URL"
-            }
-            TranslateError::BadField("response_format") => {
-                "`response_format` must be text, json_object or json_schema with a `json_schema.name`"
-            }
-            TranslateError::BadField("file") => {
-                "a `file` part must have a `file` object of strings"
-            }
-            TranslateError::BadField("verbosity") => "`verbosity` must be a string",
-            TranslateError::BadField("safety_identifier") => "`safety_identifier` must be a string",
-            TranslateError::BadField("prompt_cache_key") => "`prompt_cache_key` must be a string",
-            TranslateError::BadField("service_tier") => "`service_tier` must be a string",
-            // Upstream answers (Bedrock's Converse, the Responses API).
-            TranslateError::BadField("first_turn") => {
-                "the conversation must start with a user message (first_turn) for this model's provider"
-            }
-            TranslateError::BadField("output") => {
-                "the upstream answer has no well-formed `output` (an error body, or not the provider's answer)"
-            }
-            TranslateError::BadField("toolUse") => {
-                "the upstream response has a `toolUse` block without its id or name"
-            }
-            TranslateError::BadField("status") => "the upstream response has `status` failed",
-            TranslateError::BadField("object") => {
-                "the upstream answer's `object` is not a response"
-            }
-            TranslateError::Unsupported("stop") => {
-                "`stop` sequences are not supported for this model's provider"
-            }
-            // Gemini (`gemini`): the fields its translation reads and refuses.
-            TranslateError::BadField("arguments") => {
-                "a tool call's `arguments` must be a string holding a JSON object"
-            }
-            TranslateError::BadField("n") => "`n` must be a positive integer",
-            TranslateError::BadField("seed") => "`seed` must be an integer",
-            TranslateError::BadField("top_k") => "`top_k` must be an integer",
-            TranslateError::BadField("presence_penalty") => "`presence_penalty` must be a number",
-            TranslateError::BadField("frequency_penalty") => {
-                "`frequency_penalty` must be a number"
-            }
-            TranslateError::BadField("reasoning_effort") => {
-                "`reasoning_effort` must be one of none, minimal, low, medium, high"
-            }
-            TranslateError::BadField("extra_body") => {
-                "`extra_body.google.thinking_config` must hold an integer thinking_budget, a boolean include_thoughts and a string thinking_level"
-            }
-            TranslateError::BadField("error") => {
-                "the upstream response is an error body, not an answer"
-            }
-            TranslateError::BadField("candidates") => {
-                "the upstream response has no `candidates` and no blocked prompt"
-            }
-            TranslateError::BadField("functionCall") => {
-                "the upstream response has a `functionCall` without a `name` or with `args` that are not an object"
-            }
-            TranslateError::BadField("thoughtSignature") => {
-                "the upstream response has a `thoughtSignature` that is not base64 of at most 64 KiB"
-            }
-            TranslateError::Unsupported("logit_bias") => {
-                "`logit_bias` is not supported for this model's provider"
-            }
-            TranslateError::Unsupported("extra_body") => {
-                "`extra_body` other than google.thinking_config is not supported for this model's provider"
-            }
-            // End of Gemini's arms.
-            // Anthropic Messages clients (`messages`): tools and images.
-            TranslateError::BadField("tool_use") => {
-                "`tool_use` blocks belong in assistant turns, with a string `id` and `name` and an object `input`"
-            }
-            TranslateError::BadField("tool_result") => {
-                "`tool_result` blocks belong in user turns, with a string `tool_use_id`, text `content` and a boolean `is_error`"
-            }
-            TranslateError::BadField("image") => {
-                "`image` blocks need a `source` of type base64 (with `media_type` and `data`) or url (with `url`)"
-            }
-            TranslateError::Unsupported("thread") => THREAD_UNSUPPORTED,
-            TranslateError::Unsupported("input_examples") => {
-                "tool `input_examples` are not supported for this model's provider"
-            }
-            TranslateError::BadField(_) => "a field of the body has the wrong type",
-            TranslateError::Unsupported("tools") => {
-                "these `tools` are not supported for this model's provider (only function and custom tools are; server tools never)"
-            }
-            TranslateError::Unsupported("tool_choice") => {
-                "`tool_choice` is not supported for this model's provider"
-            }
-            TranslateError::Unsupported("functions") => {
-                "`functions` are not supported for this model's provider"
-            }
-            TranslateError::Unsupported("function_call") => {
-                "`function_call` is not supported for this model's provider"
-            }
-            TranslateError::Unsupported("tool_calls") => {
-                "assistant `tool_calls` are not supported for this model's provider"
-            }
-            TranslateError::Unsupported("tool") => {
-                "`tool` and `function` messages are not supported for this model's provider"
-            }
-            TranslateError::Unsupported("image_url") => {
-                "this `image_url` part is not supported for this model's provider (its role, media type or URL)"
-            }
-            TranslateError::Unsupported("n") => {
-                "`n` greater than 1 is not supported for this model's provider"
-            }
-            TranslateError::Unsupported("logprobs") => {
-                "`logprobs` and `top_logprobs` are not supported for this model's provider"
-            }
-            TranslateError::Unsupported("response_format") => {
-                "`response_format` other than text is not supported for this model's provider"
-            }
-            TranslateError::Unsupported("audio") => {
-                "audio input and output are not supported for this model's provider"
-            }
-            TranslateError::Unsupported("thinking") => {
-                "extended `thinking` is not supported for this model's provider"
-            }
-            TranslateError::Unsupported("mcp_servers") => {
-                "`mcp_servers` are not supported for this model's provider"
-            }
-            TranslateError::Unsupported("output_format") => {
-                "`output_format` is not supported for this model's provider"
-            }
-            TranslateError::Unsupported("image") => {
-                "`image` blocks other than base64 or url sources are not supported for this model's provider"
-            }
-            TranslateError::Unsupported("document") => {
-                "`document` content blocks are not supported for this model's provider"
-            }
-            TranslateError::Unsupported("tool_use") => {
-                "`tool_use` content blocks are not supported for this model's provider"
-            }
-            TranslateError::Unsupported("tool_result") => {
-                "`tool_result` content other than text (images, documents) is not supported for this model's provider"
-            }
-            TranslateError::Unsupported("file") => {
-                "`file` content parts are not supported for this model's provider"
-            }
-            TranslateError::Unsupported("content") => {
-                "content blocks other than text are not supported for this model's provider"
-            }
-            // Bedrock (provider::bedrock).
-            TranslateError::Unsupported("parallel_tool_calls") => {
-                "`parallel_tool_calls` false is not supported for this model's provider"
-            }
-            TranslateError::Unsupported("reasoning_effort") => {
-                "`reasoning_effort` is not supported for this model's provider"
-            }
-            TranslateError::Unsupported("web_search_options") => {
-                "`web_search_options` are not supported for this model's provider"
-            }
-            TranslateError::Unsupported(_) => {
-                "the request uses a feature not supported for this model's provider"
-            }
+            TranslateError::BadField(field) => lookup(BAD_FIELD_MESSAGES, field)
+                .unwrap_or("a field of the body has the wrong type"),
+            TranslateError::Unsupported(field) => lookup(UNSUPPORTED_MESSAGES, field)
+                .unwrap_or("the request uses a feature not supported for this model's provider"),
         }
     }
 
@@ -616,7 +518,16 @@ mod tests {
             TranslateError::Unsupported("logit_bias"),
             TranslateError::Unsupported("extra_body"),
         ];
-        for e in all {
+        // Every message of the tables too, each naming its field.
+        let tables = BAD_FIELD_MESSAGES
+            .iter()
+            .map(|(f, _)| TranslateError::BadField(f))
+            .chain(
+                UNSUPPORTED_MESSAGES
+                    .iter()
+                    .map(|(f, _)| TranslateError::Unsupported(f)),
+            );
+        for e in all.into_iter().chain(tables) {
             let m = e.message();
             assert!(
                 !m.is_empty() && m.is_ascii() && !m.contains('"') && !m.contains('\\'),
