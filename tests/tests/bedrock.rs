@@ -175,26 +175,18 @@ fn the_mock_refuses_what_bedrock_refuses() {
         );
         assert!(r.json()["message"].is_string());
     };
-    refused(
-        &to_mock(&mock, &path, good, false, &[("Authorization", "Bearer sk")]),
-        403,
-        "AccessDeniedException",
-    );
-    refused(
-        &to_mock(&mock, &path, good, true, &[("x-api-key", "k")]),
-        403,
-        "AccessDeniedException",
-    );
-    refused(
-        &to_mock(&mock, &path, good, true, &[("api-key", "k")]),
-        403,
-        "AccessDeniedException",
-    );
-    refused(
-        &to_mock(&mock, &path, good, true, &[("x-goog-api-key", "k")]),
-        403,
-        "AccessDeniedException",
-    );
+    for (signed, header) in [
+        (false, ("Authorization", "Bearer sk")),
+        (true, ("x-api-key", "k")),
+        (true, ("api-key", "k")),
+        (true, ("x-goog-api-key", "k")),
+    ] {
+        refused(
+            &to_mock(&mock, &path, good, signed, &[header]),
+            403,
+            "AccessDeniedException",
+        );
+    }
     // A header the signature covers, sent twice.
     refused(
         &to_mock(

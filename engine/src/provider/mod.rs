@@ -375,15 +375,23 @@ pub(crate) fn tool_function(
     }
 }
 
+/// A function tool's `key`, when present, as `read` takes it (`BadField("tools")` when it
+/// cannot).
+fn tool_field<'a, T>(
+    function: &'a serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    read: impl FnOnce(&'a serde_json::Value) -> Option<T>,
+) -> Result<Option<T>, TranslateError> {
+    present(function, key)
+        .map(|v| read(v).ok_or(TranslateError::BadField("tools")))
+        .transpose()
+}
+
 /// A function tool's `description`, when it has one (`BadField("tools")` if not a string).
 pub(crate) fn tool_description(
     function: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<Option<&str>, TranslateError> {
-    match present(function, "description") {
-        None => Ok(None),
-        Some(serde_json::Value::String(d)) => Ok(Some(d)),
-        Some(_) => Err(TranslateError::BadField("tools")),
-    }
+    tool_field(function, "description", serde_json::Value::as_str)
 }
 
 /// A function tool's `parameters` schema, when it has one (`BadField("tools")` if not an
@@ -391,11 +399,7 @@ pub(crate) fn tool_description(
 pub(crate) fn tool_parameters(
     function: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<Option<&serde_json::Map<String, serde_json::Value>>, TranslateError> {
-    match present(function, "parameters") {
-        None => Ok(None),
-        Some(serde_json::Value::Object(p)) => Ok(Some(p)),
-        Some(_) => Err(TranslateError::BadField("tools")),
-    }
+    tool_field(function, "parameters", serde_json::Value::as_object)
 }
 
 /// A function tool's `parameters` schema as a value, OpenAI's default (an object without
