@@ -1541,66 +1541,56 @@ mod tests {
     /// A ConverseStream body: reasoning, text, a tool call in pieces, the stop, the usage.
     fn stream_body() -> Vec<u8> {
         let mut s = Vec::new();
-        event(
-            "messageStart",
-            json!({"role": "assistant", "p": "abcd"}),
-            &mut s,
-        );
-        event(
-            "contentBlockDelta",
-            json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "Hmm."}}}),
-            &mut s,
-        );
-        event(
-            "contentBlockDelta",
-            json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"signature": "sig"}}}),
-            &mut s,
-        );
-        event("contentBlockStop", json!({"contentBlockIndex": 0}), &mut s);
-        event(
-            "contentBlockDelta",
-            json!({"contentBlockIndex": 1, "delta": {"text": "Hello"}, "p": "ab"}),
-            &mut s,
-        );
-        event(
-            "contentBlockDelta",
-            json!({"contentBlockIndex": 1, "delta": {"text": ", \"wörld\"\n!"}}),
-            &mut s,
-        );
-        event("contentBlockStop", json!({"contentBlockIndex": 1}), &mut s);
-        event(
-            "contentBlockStart",
-            json!({"contentBlockIndex": 2, "start": {"toolUse": {"toolUseId": "tooluse_X", "name": "get_weather"}}}),
-            &mut s,
-        );
-        event(
-            "contentBlockDelta",
-            json!({"contentBlockIndex": 2, "delta": {"toolUse": {"input": "{\"city\":"}}}),
-            &mut s,
-        );
-        event(
-            "contentBlockDelta",
-            json!({"contentBlockIndex": 2, "delta": {"toolUse": {"input": "\"Paris\"}"}}}),
-            &mut s,
-        );
-        event("contentBlockStop", json!({"contentBlockIndex": 2}), &mut s);
-        event(
-            "contentBlockStart",
-            json!({"contentBlockIndex": 3, "start": {"toolUse": {"toolUseId": "tooluse_Y", "name": "now"}}}),
-            &mut s,
-        );
-        event(
-            "contentBlockDelta",
-            json!({"contentBlockIndex": 3, "delta": {"toolUse": {"input": ""}}}),
-            &mut s,
-        );
-        event("contentBlockStop", json!({"contentBlockIndex": 3}), &mut s);
-        event("messageStop", json!({"stopReason": "tool_use"}), &mut s);
-        event(
-            "metadata",
-            json!({"usage": {"inputTokens": 25, "outputTokens": 15, "totalTokens": 50, "cacheReadInputTokens": 10}, "metrics": {"latencyMs": 400}}),
-            &mut s,
-        );
+        for (kind, payload) in [
+            ("messageStart", json!({"role": "assistant", "p": "abcd"})),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "Hmm."}}}),
+            ),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"signature": "sig"}}}),
+            ),
+            ("contentBlockStop", json!({"contentBlockIndex": 0})),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 1, "delta": {"text": "Hello"}, "p": "ab"}),
+            ),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 1, "delta": {"text": ", \"wörld\"\n!"}}),
+            ),
+            ("contentBlockStop", json!({"contentBlockIndex": 1})),
+            (
+                "contentBlockStart",
+                json!({"contentBlockIndex": 2, "start": {"toolUse": {"toolUseId": "tooluse_X", "name": "get_weather"}}}),
+            ),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 2, "delta": {"toolUse": {"input": "{\"city\":"}}}),
+            ),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 2, "delta": {"toolUse": {"input": "\"Paris\"}"}}}),
+            ),
+            ("contentBlockStop", json!({"contentBlockIndex": 2})),
+            (
+                "contentBlockStart",
+                json!({"contentBlockIndex": 3, "start": {"toolUse": {"toolUseId": "tooluse_Y", "name": "now"}}}),
+            ),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 3, "delta": {"toolUse": {"input": ""}}}),
+            ),
+            ("contentBlockStop", json!({"contentBlockIndex": 3})),
+            ("messageStop", json!({"stopReason": "tool_use"})),
+            (
+                "metadata",
+                json!({"usage": {"inputTokens": 25, "outputTokens": 15, "totalTokens": 50, "cacheReadInputTokens": 10}, "metrics": {"latencyMs": 400}}),
+            ),
+        ] {
+            event(kind, payload, &mut s);
+        }
         s
     }
 
