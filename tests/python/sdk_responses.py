@@ -38,6 +38,22 @@ def check(cond, msg):
         raise CheckFailed(msg)
 
 
+def want_usage(args):
+    """(input, cached, output, reasoning, total) tokens the mock reports."""
+    return (
+        args.input_tokens,
+        args.cached_tokens,
+        args.output_tokens,
+        args.reasoning_tokens,
+        args.input_tokens + args.output_tokens,
+    )
+
+
+def check_usage(got, args, what):
+    want = want_usage(args)
+    check(got == want, f"{what}: usage {got}, want {want}")
+
+
 def check_responses_usage(usage, args, what):
     check(usage is not None, f"{what}: no usage")
     got = (
@@ -47,14 +63,7 @@ def check_responses_usage(usage, args, what):
         usage.output_tokens_details.reasoning_tokens,
         usage.total_tokens,
     )
-    want = (
-        args.input_tokens,
-        args.cached_tokens,
-        args.output_tokens,
-        args.reasoning_tokens,
-        args.input_tokens + args.output_tokens,
-    )
-    check(got == want, f"{what}: usage {got}, want {want}")
+    check_usage(got, args, what)
 
 
 def check_chat_usage(usage, args, what):
@@ -66,14 +75,7 @@ def check_chat_usage(usage, args, what):
         usage.completion_tokens_details.reasoning_tokens,
         usage.total_tokens,
     )
-    want = (
-        args.input_tokens,
-        args.cached_tokens,
-        args.output_tokens,
-        args.reasoning_tokens,
-        args.input_tokens + args.output_tokens,
-    )
-    check(got == want, f"{what}: usage {got}, want {want}")
+    check_usage(got, args, what)
 
 
 def run(args):
