@@ -103,6 +103,26 @@ deployments = [{{ upstream = "openai-up", model = "gpt-upstream-model" }}]
 }
 
 /// Runs `sdk_check.py` against the gateway (bounded by [`SCRIPT_WAIT`]).
+/// The JSON result line of a run of `sdk_check.py` that succeeded (`"ok": true`); fails the
+/// test with what the script printed otherwise.
+fn ok_results(run: &ScriptRun) -> serde_json::Value {
+    let report = || {
+        format!(
+            "--- sdk_check.py: {} ---\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            run.status, run.stdout, run.stderr
+        )
+    };
+    assert!(run.ok, "the SDK check failed\n{}", report());
+    let results: serde_json::Value = run
+        .stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON result line\n{}", report()));
+    assert_eq!(results["ok"], true, "{}", report());
+    results
+}
+
 fn run_script(gw: &Gateway, sdk_dir: Option<&PathBuf>, key: &str, extra: &[&str]) -> ScriptRun {
     let url = gw.url();
     let mut args = vec![
@@ -181,20 +201,7 @@ fn sdks_through_the_other_format(tenants: bool) {
         ("sk-client-key-unused", thinking.to_vec())
     };
     let run = run_script(&gw, sdk_dir.as_ref(), key, &extra);
-    let report = || {
-        format!(
-            "--- sdk_check.py: {} ---\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            run.status, run.stdout, run.stderr
-        )
-    };
-    assert!(run.ok, "the SDK check failed\n{}", report());
-    let results: serde_json::Value = run
-        .stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON result line\n{}", report()));
-    assert_eq!(results["ok"], true, "{}", report());
+    let results = ok_results(&run);
     eprintln!("sdk_check.py: {results}");
 
     // The openai SDK's two answers came from the Anthropic upstream, in its format...
@@ -308,20 +315,7 @@ fn anthropic_sdk_tool_loop_through_an_openai_upstream() {
             REASONING,
         ],
     );
-    let report = || {
-        format!(
-            "--- sdk_check.py: {} ---\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            run.status, run.stdout, run.stderr
-        )
-    };
-    assert!(run.ok, "the SDK check failed\n{}", report());
-    let results: serde_json::Value = run
-        .stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON result line\n{}", report()));
-    assert_eq!(results["ok"], true, "{}", report());
+    let results = ok_results(&run);
     assert_eq!(results["anthropic"]["tools"]["runner"]["calls"][0], "mock");
     assert!(claude.requests().is_empty(), "claude-up got requests");
 
