@@ -987,11 +987,7 @@ mod tests {
     #[test]
     fn unsupported_and_malformed_requests_are_refused() {
         let base = json!({"model": "m", "messages": [{"role": "user", "content": "Hi"}]});
-        let with = |key: &str, value: Value| {
-            let mut b = base.clone();
-            b[key] = value;
-            to_messages(&b)
-        };
+        let with = |key: &str, value: Value| testing::with_field(&base, key, value, to_messages);
         use TranslateError::{BadField, NotJson, Unsupported};
         assert_eq!(
             with(

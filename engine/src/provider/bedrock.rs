@@ -1263,11 +1263,7 @@ mod tests {
     fn unsupported_and_malformed_requests_are_refused() {
         use TranslateError::{BadField, NotJson, Unsupported};
         let base = json!({"model": "m", "messages": [{"role": "user", "content": "Hi"}]});
-        let with = |key: &str, value: Value| {
-            let mut b = base.clone();
-            b[key] = value;
-            to_converse(&b)
-        };
+        let with = |key: &str, value: Value| testing::with_field(&base, key, value, to_converse);
         assert_eq!(with("n", json!(2)), Err(Unsupported("n")));
         assert_eq!(with("logprobs", json!(true)), Err(Unsupported("logprobs")));
         assert_eq!(with("top_logprobs", json!(2)), Err(Unsupported("logprobs")));

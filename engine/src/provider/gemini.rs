@@ -1624,11 +1624,7 @@ mod tests {
             );
         }
         use TranslateError::{BadField, Unsupported};
-        let with = |key: &str, value: Value| {
-            let mut b = body.clone();
-            b[key] = value;
-            to_gemini(&b)
-        };
+        let with = |key: &str, value: Value| testing::with_field(&body, key, value, to_gemini);
         assert_eq!(
             with(
                 "tool_choice",
@@ -1796,11 +1792,7 @@ mod tests {
     #[test]
     fn unsupported_and_malformed_requests_are_refused() {
         let base = json!({"messages": [{"role": "user", "content": "Hi"}]});
-        let with = |key: &str, value: Value| {
-            let mut b = base.clone();
-            b[key] = value;
-            to_gemini(&b)
-        };
+        let with = |key: &str, value: Value| testing::with_field(&base, key, value, to_gemini);
         use TranslateError::{BadField, NotJson, Unsupported};
         assert_eq!(with("functions", json!([])), Err(Unsupported("functions")));
         assert_eq!(

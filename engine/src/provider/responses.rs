@@ -1144,11 +1144,7 @@ mod tests {
     #[test]
     fn unsupported_and_malformed_requests_are_refused() {
         let base = json!({"model": "m", "messages": [{"role": "user", "content": "Hi"}]});
-        let with = |key: &str, value: Value| {
-            let mut b = base.clone();
-            b[key] = value;
-            to_responses(&b)
-        };
+        let with = |key: &str, value: Value| testing::with_field(&base, key, value, to_responses);
         use TranslateError::{BadField, NotJson, Unsupported};
         // No stop sequences in the Responses API: never dropped.
         assert_eq!(with("stop", json!("\n")), Err(Unsupported("stop")));

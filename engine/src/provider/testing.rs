@@ -14,6 +14,18 @@ pub(crate) fn request_json(
     Ok(serde_json::from_slice(&out).expect("valid JSON"))
 }
 
+/// `translate` of `body` with `key` set to `value`.
+pub(crate) fn with_field<T>(
+    body: &Value,
+    key: &str,
+    value: Value,
+    translate: impl FnOnce(&Value) -> T,
+) -> T {
+    let mut b = body.clone();
+    b[key] = value;
+    translate(&b)
+}
+
 /// Feed `stream` to `t` cut at `cuts` (each taken modulo the length plus one, in order), then
 /// finish it; asserts the stream ended. Returns the output and the usage reported.
 pub(crate) fn translate_in_pieces<T: StreamTranslator>(
