@@ -1697,8 +1697,8 @@ mod tests {
         assert_eq!(usage, None);
     }
 
-    #[test]
-    fn stream_exceptions_and_framing_errors() {
+    /// A stream that starts an answer, then is cut by a throttling exception.
+    fn throttled_stream() -> Vec<u8> {
         let mut s = Vec::new();
         event("messageStart", json!({"role": "assistant"}), &mut s);
         event(
@@ -1712,6 +1712,12 @@ mod tests {
             &mut s,
         )
         .expect("encodes");
+        s
+    }
+
+    #[test]
+    fn stream_exceptions_and_framing_errors() {
+        let mut s = throttled_stream();
         event("messageStop", json!({"stopReason": "end_turn"}), &mut s);
         let (out, _) = translate_in_pieces(&s, &[], true);
         let out = String::from_utf8(out).expect("UTF-8");
@@ -1799,19 +1805,7 @@ mod tests {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/bedrock_stream");
         let body = stream_body();
         std::fs::write(dir.join("stream"), &body).expect("writes");
-        let mut s = Vec::new();
-        event("messageStart", json!({"role": "assistant"}), &mut s);
-        event(
-            "contentBlockDelta",
-            json!({"contentBlockIndex": 0, "delta": {"text": "Hi"}}),
-            &mut s,
-        );
-        encode_exception(
-            "throttlingException",
-            br#"{"message":"Too many tokens, please wait before trying again."}"#,
-            &mut s,
-        )
-        .expect("encodes");
+        let s = throttled_stream();
         std::fs::write(dir.join("stream-exception"), &s).expect("writes");
         let mut bad = body.clone();
         bad[40] ^= 0x20;
