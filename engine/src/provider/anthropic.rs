@@ -550,14 +550,7 @@ pub fn message_to_chat(
     }
     let str_of = |key| msg.get(key).and_then(Value::as_str).unwrap_or_default();
 
-    let tool_calls: Vec<ToolCall<'_>> = calls
-        .iter()
-        .map(|(id, name, arguments)| ToolCall {
-            id,
-            name,
-            arguments,
-        })
-        .collect();
+    let tool_calls: Vec<ToolCall<'_>> = calls.iter().map(ToolCall::from).collect();
     chat_out::push_completion(
         out,
         &Completion {

@@ -592,14 +592,7 @@ pub fn converse_to_chat(
     let counts = resp.get("usage").map(Counts::read).unwrap_or_default();
     let usage = counts.usage();
 
-    let tool_calls: Vec<ToolCall<'_>> = calls
-        .iter()
-        .map(|(call_id, name, arguments)| ToolCall {
-            id: call_id,
-            name,
-            arguments,
-        })
-        .collect();
+    let tool_calls: Vec<ToolCall<'_>> = calls.iter().map(ToolCall::from).collect();
     chat_out::push_completion(
         out,
         &Completion {

@@ -130,6 +130,17 @@ pub struct ToolCall<'a> {
     pub arguments: &'a str,
 }
 
+impl<'a, S: AsRef<str>> From<&'a (&'a str, &'a str, S)> for ToolCall<'a> {
+    /// A call from its `(id, name, arguments)`.
+    fn from((id, name, arguments): &'a (&'a str, &'a str, S)) -> Self {
+        ToolCall {
+            id,
+            name,
+            arguments: arguments.as_ref(),
+        }
+    }
+}
+
 /// A whole answer, as [`push_completion`] writes it.
 #[derive(Debug, Clone, Copy)]
 pub struct Completion<'a> {
@@ -454,6 +465,10 @@ mod tests {
                 r#"{{"id":"chatcmpl-1","object":"chat.completion","created":5,"model":"m","choices":[{{"index":0,"message":{{"role":"assistant","content":null,"refusal":"no"}},"logprobs":null,"finish_reason":"stop"}}],{usage}}}"#
             )
         );
+        // From (id, name, arguments), owned or borrowed.
+        let owned = ("call_1", "f", String::from("{\"a\":1}"));
+        assert_eq!(ToolCall::from(&owned), calls[0]);
+        assert_eq!(ToolCall::from(&("call_2", "g", "{}")), calls[1]);
         // No calls and no refusal: an empty text is an empty string.
         assert!(whole("", None, &[]).contains(r#""content":""},"#));
     }

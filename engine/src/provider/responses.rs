@@ -601,14 +601,7 @@ pub fn response_to_chat(
         "tool_calls"
     };
 
-    let tool_calls: Vec<ToolCall<'_>> = calls
-        .iter()
-        .map(|&(call_id, name, arguments)| ToolCall {
-            id: call_id,
-            name,
-            arguments,
-        })
-        .collect();
+    let tool_calls: Vec<ToolCall<'_>> = calls.iter().map(ToolCall::from).collect();
     chat_out::push_completion(
         out,
         &Completion {
