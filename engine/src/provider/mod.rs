@@ -30,7 +30,7 @@
 //!   carried in the tool call ids.
 //! - [`chat_out`]: the OpenAI chat output (whole answers, stream chunks, usage, error bodies)
 //!   that every translator to OpenAI chat writes with.
-//! - `sse`: the server-sent event reader both stream translators read their upstream with.
+//! - `sse`: the server-sent event reader the SSE stream translators read their upstream with.
 //!
 //! # Decisions
 //!
