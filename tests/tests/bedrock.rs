@@ -40,6 +40,7 @@ fn engine_creds() -> AwsCredentials {
         access_key_id: AKID.into(),
         secret_access_key: SECRET.into(),
         session_token: Some(TOKEN.into()),
+        source: "test".into(),
     }
 }
 

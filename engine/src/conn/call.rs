@@ -593,14 +593,9 @@ fn sign_for_bedrock(
     path: &str,
     body: &[u8],
 ) -> Result<Vec<u8>, Error> {
-    let creds = crate::provider::sigv4::AwsCredentials {
-        access_key_id: aws.access_key_id.clone(),
-        secret_access_key: aws.secret_access_key.clone(),
-        session_token: aws.session_token.clone(),
-    };
     let mut lines = Vec::new();
     let now_ms = crate::clock::Now::read().unix_ms();
-    crate::provider::sigv4::sign(&creds, region, authority, path, body, now_ms, &mut lines)
+    crate::provider::sigv4::sign(aws, region, authority, path, body, now_ms, &mut lines)
         .map_err(|_| Error::BadRequest("the request could not be signed for Bedrock"))?;
     Ok(lines)
 }

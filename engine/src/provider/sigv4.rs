@@ -51,30 +51,10 @@ pub const SIGNED_PART_BYTES_MAX: usize = 8 * 1024;
 /// (the signer's date format has four digits for the year, and panics past them).
 pub const UNIX_MS_MAX: u64 = 253_402_300_799_999;
 
-/// An AWS access key, with the session token of temporary credentials.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AwsCredentials {
-    /// `AWS_ACCESS_KEY_ID`.
-    pub access_key_id: String,
-    /// `AWS_SECRET_ACCESS_KEY`.
-    pub secret_access_key: String,
-    /// `AWS_SESSION_TOKEN`, for temporary credentials.
-    pub session_token: Option<String>,
-}
-
-impl fmt::Debug for AwsCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The key id identifies; the secret and the token never reach a log.
-        f.debug_struct("AwsCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .field(
-                "session_token",
-                &self.session_token.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
-}
+/// An AWS access key, with the session token of temporary credentials: the config's own
+/// (read from the environment or `aws_credentials_file`), signed with as it is held; its
+/// `Debug` never shows the secret or the token.
+pub use crate::config::AwsAuth as AwsCredentials;
 
 /// Why a request could not be signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,6 +227,7 @@ mod tests {
             access_key_id: "AKIDEXAMPLE".into(),
             secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
             session_token: token.map(str::to_owned),
+            source: "test".into(),
         }
     }
 

@@ -767,18 +767,10 @@ impl Validator<'_> {
         if self.secrets == Secrets::Skip {
             return None;
         }
-        let creds =
-            match &file {
-                Some(path) => aws_credentials_file(path),
-                None => aws_env_credentials().map(
-                    |(access_key_id, secret_access_key, session_token)| AwsAuth {
-                        access_key_id,
-                        secret_access_key,
-                        session_token,
-                        source: AWS_FROM_ENVIRONMENT.to_owned(),
-                    },
-                ),
-            };
+        let creds = match &file {
+            Some(path) => aws_credentials_file(path),
+            None => aws_env_credentials(),
+        };
         match creds {
             Ok(auth) => Some(auth),
             Err(reason) => {
@@ -1023,14 +1015,7 @@ pub fn aws_credentials_file(path: &str) -> Result<AwsAuth, String> {
         Ok(_) => std::fs::read_to_string(path).map_err(|e| format!("{path}: cannot read: {e}"))?,
         Err(e) => return Err(format!("{path}: cannot read: {e}")),
     };
-    let (access_key_id, secret_access_key, session_token) =
-        aws_shared_credentials(&text).map_err(|why| format!("{path}: {why}"))?;
-    Ok(AwsAuth {
-        access_key_id,
-        secret_access_key,
-        session_token,
-        source: path.to_owned(),
-    })
+    aws_shared_credentials(&text, path).map_err(|why| format!("{path}: {why}"))
 }
 
 /// The longest `aws_credentials_file`, bytes.
@@ -1061,11 +1046,22 @@ fn aws_value_ok(v: &str) -> bool {
     !v.is_empty() && v.len() <= AWS_CREDENTIAL_BYTES_MAX && v.bytes().all(|b| b.is_ascii_graphic())
 }
 
-type AwsCredentials = (String, String, Option<String>);
+/// Credentials from `source`, each value printable ASCII without spaces and within the limit;
+/// `None` otherwise (the caller says where, never quoting a value).
+fn aws_auth(id: String, secret: String, token: Option<String>, source: &str) -> Option<AwsAuth> {
+    (aws_value_ok(&id) && aws_value_ok(&secret) && token.as_deref().is_none_or(aws_value_ok)).then(
+        || AwsAuth {
+            access_key_id: id,
+            secret_access_key: secret,
+            session_token: token,
+            source: source.to_owned(),
+        },
+    )
+}
 
 /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and (optional) `AWS_SESSION_TOKEN`, as the AWS
 /// SDKs read them.
-fn aws_env_credentials() -> Result<AwsCredentials, String> {
+fn aws_env_credentials() -> Result<AwsAuth, String> {
     let get = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let (Some(id), Some(secret)) = (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) else {
         return Err(
@@ -1074,21 +1070,17 @@ fn aws_env_credentials() -> Result<AwsCredentials, String> {
                 .to_owned(),
         );
     };
-    let token = get("AWS_SESSION_TOKEN");
-    if !aws_value_ok(&id) || !aws_value_ok(&secret) || !token.as_deref().is_none_or(aws_value_ok) {
-        return Err(
-            "$AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY or $AWS_SESSION_TOKEN holds \
-                    spaces or control characters, or is too long"
-                .to_owned(),
-        );
-    }
-    Ok((id, secret, token))
+    aws_auth(id, secret, get("AWS_SESSION_TOKEN"), AWS_FROM_ENVIRONMENT).ok_or_else(|| {
+        "$AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY or $AWS_SESSION_TOKEN holds \
+         spaces or control characters, or is too long"
+            .to_owned()
+    })
 }
 
 /// The `[default]` profile of an AWS shared credentials file (`~/.aws/credentials`):
 /// `aws_access_key_id`, `aws_secret_access_key`, optional `aws_session_token`. Comments (`#`,
-/// `;`) and other profiles are skipped. Errors never quote a value.
-fn aws_shared_credentials(text: &str) -> Result<AwsCredentials, String> {
+/// `;`) and other profiles are skipped. Errors never quote a value. `source`: the file's path.
+fn aws_shared_credentials(text: &str, source: &str) -> Result<AwsAuth, String> {
     let (mut id, mut secret, mut token) = (None, None, None);
     let mut in_default = false;
     for line in text.lines() {
@@ -1119,10 +1111,8 @@ fn aws_shared_credentials(text: &str) -> Result<AwsCredentials, String> {
             "no [default] profile with aws_access_key_id and aws_secret_access_key".to_owned(),
         );
     };
-    if !aws_value_ok(&id) || !aws_value_ok(&secret) || !token.as_deref().is_none_or(aws_value_ok) {
-        return Err("a credential holds spaces or control characters, or is too long".to_owned());
-    }
-    Ok((id, secret, token))
+    aws_auth(id, secret, token, source)
+        .ok_or_else(|| "a credential holds spaces or control characters, or is too long".to_owned())
 }
 
 #[cfg(test)]
@@ -1133,12 +1123,13 @@ mod aws_tests {
     fn the_default_profile_of_a_shared_credentials_file_is_read() {
         let text = "# rotated by the vault agent\n[other]\naws_access_key_id = NO\naws_secret_access_key = NO\n\n[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key=wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY\naws_session_token = tok\nregion = us-east-1\n";
         assert_eq!(
-            aws_shared_credentials(text),
-            Ok((
-                "AKIDEXAMPLE".to_owned(),
-                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".to_owned(),
-                Some("tok".to_owned())
-            ))
+            aws_shared_credentials(text, "creds"),
+            Ok(AwsAuth {
+                access_key_id: "AKIDEXAMPLE".to_owned(),
+                secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".to_owned(),
+                session_token: Some("tok".to_owned()),
+                source: "creds".to_owned(),
+            })
         );
         for bad in [
             "",
@@ -1147,7 +1138,7 @@ mod aws_tests {
             "[default]\naws_access_key_id = A B\naws_secret_access_key = C\n",
             "[default]\nnot a pair\n",
         ] {
-            let e = aws_shared_credentials(bad).expect_err(bad);
+            let e = aws_shared_credentials(bad, "creds").expect_err(bad);
             assert!(!e.contains("A B"), "{e}");
         }
     }
