@@ -18,7 +18,7 @@ use crate::control::shm::{Region, ShardInfo};
 use crate::control::stats;
 use crate::control::ShardControl;
 use crate::drain::DrainSignal;
-use crate::limits::WRITE_BUF_BYTES;
+use crate::limits::{CLIENT_BUF_BYTES_INITIAL, RELAY_BUF_BYTES, WRITE_BUF_BYTES};
 use crate::llm::{SseFilter, UsageScanner};
 use crate::snapshot::{Kept, Snapshot};
 use crate::upstream::Pools;
@@ -49,8 +49,61 @@ pub struct LlmBufs {
 /// Largest write buffer kept as a spare, bytes.
 const SPARE_BUF_BYTES_MAX: usize = 256 * 1024;
 
-/// Spare write buffers kept per shard.
-const SPARE_BUFS_MAX: usize = 1024;
+/// Spare buffers of each kind (write, upstream read, client read) kept per shard. Buffers are
+/// lent only while they hold data, so a shard needs about as many as it has exchanges moving
+/// bytes at one moment, not one per open connection; a burst's extra buffers are freed when it
+/// ends instead of being kept for good.
+const SPARE_BUFS_MAX: usize = 128;
+
+/// Largest client read buffer kept as a spare, bytes (one grown for a large head or a streamed
+/// body).
+const CLIENT_SPARE_BYTES_MAX: usize = 64 * 1024;
+
+/// Buffers of one kind a shard keeps for reuse, each allocated with `bytes` of capacity when
+/// none is spare. Given back cleared; kept only while fewer than [`SPARE_BUFS_MAX`] are and
+/// when their capacity is between `bytes` and `keep_bytes_max`.
+#[derive(Debug)]
+pub struct Spares {
+    bufs: RefCell<Vec<Vec<u8>>>,
+    bytes: usize,
+    keep_bytes_max: usize,
+}
+
+impl Spares {
+    const fn new(bytes: usize, keep_bytes_max: usize) -> Self {
+        Self {
+            bufs: RefCell::new(Vec::new()),
+            bytes,
+            keep_bytes_max,
+        }
+    }
+
+    /// An empty buffer of at least `bytes` of capacity.
+    pub fn take(&self) -> Vec<u8> {
+        self.bufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.bytes))
+    }
+
+    /// Keep `buf` for the next [`take`](Self::take) (cleared), or free it (too many spares,
+    /// or a size not kept). A buffer of no capacity is ignored.
+    pub fn give(&self, mut buf: Vec<u8>) {
+        let mut spare = self.bufs.borrow_mut();
+        if spare.len() < SPARE_BUFS_MAX
+            && buf.capacity() >= self.bytes
+            && buf.capacity() <= self.keep_bytes_max
+        {
+            buf.clear();
+            spare.push(buf);
+        }
+    }
+
+    /// Buffers kept now.
+    pub fn count(&self) -> usize {
+        self.bufs.borrow().len()
+    }
+}
 
 /// Everything one shard owns. Lives in an `Rc` on the shard's thread only.
 #[derive(Debug)]
@@ -58,7 +111,14 @@ pub struct ShardCtx {
     pub id: usize,
     snapshot: RefCell<Rc<Snapshot>>,
     pub pools: Pools,
-    spare_bufs: RefCell<Vec<Vec<u8>>>,
+    /// Write buffers ([`ShardCtx::take_buf`]).
+    spare_bufs: Spares,
+    /// Upstream read buffers: lent to an upstream connection while it reads a head or a
+    /// body that is not a stream, and per read to a stream's connection; pooled connections
+    /// hold none.
+    pub read_bufs: Spares,
+    /// Client read buffers, given back while a connection relays a stream.
+    pub client_bufs: Spares,
     pub drain: DrainSignal,
     pub control: ShardControl,
     /// The engine's config builder, and where its results for this shard arrive.
@@ -113,7 +173,9 @@ impl ShardCtx {
             id,
             snapshot: RefCell::new(Rc::new(snapshot)),
             pools,
-            spare_bufs: RefCell::new(Vec::new()),
+            spare_bufs: Spares::new(WRITE_BUF_BYTES, SPARE_BUF_BYTES_MAX),
+            read_bufs: Spares::new(RELAY_BUF_BYTES, RELAY_BUF_BYTES),
+            client_bufs: Spares::new(CLIENT_BUF_BYTES_INITIAL, CLIENT_SPARE_BYTES_MAX),
             drain: DrainSignal::new(),
             control,
             builder,
@@ -311,25 +373,16 @@ impl ShardCtx {
     /// A cleared write buffer lent from the shard's spares (allocated only when none is
     /// spare); it goes back when the [`SpareBuf`] is dropped.
     pub fn take_buf(&self) -> SpareBuf<'_> {
-        let buf = self
-            .spare_bufs
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(WRITE_BUF_BYTES));
-        SpareBuf { ctx: self, buf }
+        SpareBuf {
+            ctx: self,
+            buf: self.spare_bufs.take(),
+        }
     }
 
     /// Keep `buf` as a spare (cleared), unless the spares are full or it is too small or was
     /// grown too large to keep idle (it is freed then).
-    fn give_back(&self, mut buf: Vec<u8>) {
-        let mut spare = self.spare_bufs.borrow_mut();
-        if spare.len() < SPARE_BUFS_MAX
-            && buf.capacity() >= WRITE_BUF_BYTES
-            && buf.capacity() <= SPARE_BUF_BYTES_MAX
-        {
-            buf.clear();
-            spare.push(buf);
-        }
+    fn give_back(&self, buf: Vec<u8>) {
+        self.spare_bufs.give(buf);
     }
 }
 
@@ -444,7 +497,7 @@ mod tests {
     }
 
     fn spares(ctx: &ShardCtx) -> usize {
-        ctx.spare_bufs.borrow().len()
+        ctx.spare_bufs.count()
     }
 
     /// What a handler does with its buffer before it returns early or finishes.

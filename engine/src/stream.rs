@@ -28,6 +28,15 @@ impl Io {
     pub fn is_tls(&self) -> bool {
         !matches!(self, Io::Plain(_))
     }
+
+    /// The socket of a plain connection (to wait for readiness on it): `None` for TLS, whose
+    /// records may hold bytes the socket no longer shows.
+    pub fn plain(&self) -> Option<&TcpStream> {
+        match self {
+            Io::Plain(s) => Some(s),
+            Io::TlsServer(_) | Io::TlsClient(_) => None,
+        }
+    }
 }
 
 impl AsyncReadRent for Io {

@@ -15,13 +15,15 @@ use monoio::net::TcpStream;
 
 use crate::clock::Now;
 use crate::error::Error;
-use crate::limits::RELAY_BUF_BYTES;
 use crate::stream::Io;
 
-/// One connection to an upstream endpoint, with its own read buffer.
+/// One connection to an upstream endpoint.
 #[derive(Debug)]
 pub struct UpConn {
     pub stream: Io,
+    /// Bytes read and not relayed yet. A buffer from the shard's spares
+    /// ([`ShardCtx::read_bufs`](crate::ctx::ShardCtx::read_bufs)) while the connection reads;
+    /// none (no capacity) while it waits in the pool or for a stream's next bytes.
     pub buf: Vec<u8>,
     /// Came from the pool (so it may have been closed by the upstream while idle).
     pub reused: bool,
@@ -115,7 +117,7 @@ pub async fn connect(
     };
     Ok(UpConn {
         stream,
-        buf: Vec::with_capacity(RELAY_BUF_BYTES),
+        buf: Vec::new(),
         reused: false,
         pool_id,
         idle_since_ns: 0,
@@ -259,14 +261,22 @@ impl Pools {
     }
 
     /// Return a healthy connection after a complete exchange (dropped if the pool is full, or
-    /// if the slot no longer belongs to the connection's address after a config change).
-    pub fn checkin(&self, slot: PoolSlot, mut conn: UpConn, pool_max: usize, now: Now) {
+    /// if the slot no longer belongs to the connection's address after a config change). Its
+    /// read buffer goes back to `spares`: an idle connection holds none.
+    pub fn checkin(
+        &self,
+        slot: PoolSlot,
+        mut conn: UpConn,
+        pool_max: usize,
+        now: Now,
+        spares: &crate::ctx::Spares,
+    ) {
+        spares.give(std::mem::take(&mut conn.buf));
         let mut slots = self.slots.borrow_mut();
         let Some(s) = slots.get_mut(slot.0) else {
             return;
         };
         if s.assigned && s.id == conn.pool_id && s.idle.len() < pool_max {
-            conn.buf.clear();
             conn.reused = true;
             conn.idle_since_ns = now.mono_ns();
             s.idle.push(conn);

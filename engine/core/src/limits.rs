@@ -28,8 +28,14 @@ pub const CHUNK_SIZE_DIGITS_MAX: usize = 15;
 
 /// Response head from an upstream (status line and header fields), bytes.
 pub const UPSTREAM_HEADER_BYTES_MAX: usize = 32 * 1024;
-/// Buffer for relaying response bodies and request bodies, bytes.
+/// Buffer for reading an upstream's answer, bytes: lent from the shard's spares while a head
+/// or a whole body is read, and per read to a stream (a stream waiting for its next token holds
+/// none).
 pub const RELAY_BUF_BYTES: usize = 32 * 1024;
+/// A client connection's read buffer when it is made (grown to `header_bytes_max` when a head
+/// or a streamed body needs it), bytes. Given back to the shard's spares while the connection
+/// relays a stream.
+pub const CLIENT_BUF_BYTES_INITIAL: usize = 4 * 1024;
 /// Buffer for building the request head sent upstream, and local answers, bytes.
 pub const WRITE_BUF_BYTES: usize = 20 * 1024;
 /// Extra bytes shardgate may add to a forwarded request head (Host, X-Forwarded-*).

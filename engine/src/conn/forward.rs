@@ -470,10 +470,7 @@ pub(super) async fn read_response_head(
                 Err(e) => return Err(HeadError::Failed(e)),
             }
         }
-        let buf = std::mem::take(&mut up.buf);
-        let (res, buf) = read_more(&mut up.stream, buf, deadline).await;
-        up.buf = buf;
-        match res {
+        match super::upread::read_up(ctx, up, deadline).await {
             Ok(0) | Err(ReadError::Io) if !got_any => return Err(HeadError::ClosedBeforeAnyByte),
             Ok(0) | Err(ReadError::Io) => {
                 return Err(HeadError::Failed(Error::UpstreamBadResponse(

@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
-use super::{Client, CLIENT_BUF_BYTES_INITIAL};
+use super::Client;
 use crate::clock::deadline_in;
 use crate::ctx::SpareBuf;
+use crate::limits::CLIENT_BUF_BYTES_INITIAL;
 use crate::stream::Io;
 
 /// After an error answer that closes the connection, how long to keep reading (and dropping)

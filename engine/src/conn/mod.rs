@@ -38,6 +38,7 @@ mod io;
 mod local;
 mod relay;
 mod translate;
+mod upread;
 use crate::clock::{deadline_in, Now};
 use crate::exchange::head::{decide, request_line, Action, Decision};
 use crate::exchange::ledger::Ledger;
@@ -51,11 +52,10 @@ use translate::Translation;
 /// being kept for the connection's next one.
 const BODY_BUF_KEEP_BYTES_MAX: usize = 256 * 1024;
 
-/// LLM buffer sets a shard keeps for reuse.
-const LLM_POOL_MAX: usize = 1024;
+/// LLM buffer sets a shard keeps for reuse (about as many as it has LLM requests reading or
+/// sending bodies at one moment: a stream gives its set back once its request is sent).
+const LLM_POOL_MAX: usize = 128;
 
-/// Initial size of a connection's read buffer.
-const CLIENT_BUF_BYTES_INITIAL: usize = 4096;
 /// While draining, how long an idle keep-alive connection still waits for its client's next
 /// request (answered with `Connection: close`) before it is closed, ms: a client that sent one
 /// just as the drain began gets its answer instead of a closed connection (HAProxy's soft-stop
@@ -112,24 +112,52 @@ fn llm_take(ctx: &ShardCtx, c: &mut Client) {
 fn llm_give(ctx: &ShardCtx, c: &mut Client) {
     if c.llm_held {
         c.llm_held = false;
-        let mut b = std::mem::take(&mut c.llm);
-        for v in [
-            &mut b.body,
-            &mut b.rewritten,
-            &mut b.scratch,
-            &mut b.filled,
-            &mut b.sse_in,
-            &mut b.sse_out,
-        ] {
-            v.clear();
-            if v.capacity() > BODY_BUF_KEEP_BYTES_MAX {
-                *v = Vec::new();
-            }
+        pool_llm_bufs(ctx, std::mem::take(&mut c.llm));
+    }
+}
+
+/// A stream's request is sent: its body buffers go back to the shard's pool now, not when the
+/// stream ends (the scanner and the filter stay: they read the answer).
+fn llm_give_request(ctx: &ShardCtx, c: &mut Client) {
+    if c.llm_held {
+        let l = &mut c.llm;
+        let request = LlmBufs {
+            body: std::mem::take(&mut l.body),
+            rewritten: std::mem::take(&mut l.rewritten),
+            scratch: std::mem::take(&mut l.scratch),
+            filled: std::mem::take(&mut l.filled),
+            path: std::mem::take(&mut l.path),
+            sse_in: std::mem::take(&mut l.sse_in),
+            sse_out: std::mem::take(&mut l.sse_out),
+            ..LlmBufs::default()
+        };
+        pool_llm_bufs(ctx, request);
+    }
+}
+
+/// Keep a set of LLM buffers for the next request, cleared, unless the pool is full or the set
+/// holds no body buffer (one whose buffers went back when its stream began).
+fn pool_llm_bufs(ctx: &ShardCtx, mut b: LlmBufs) {
+    if b.body.capacity() == 0 {
+        return;
+    }
+    for v in [
+        &mut b.body,
+        &mut b.rewritten,
+        &mut b.scratch,
+        &mut b.filled,
+        &mut b.sse_in,
+        &mut b.sse_out,
+    ] {
+        v.clear();
+        if v.capacity() > BODY_BUF_KEEP_BYTES_MAX {
+            *v = Vec::new();
         }
-        let mut pool = ctx.llm_pool.borrow_mut();
-        if pool.len() < LLM_POOL_MAX {
-            pool.push(b);
-        }
+    }
+    b.path.clear();
+    let mut pool = ctx.llm_pool.borrow_mut();
+    if pool.len() < LLM_POOL_MAX {
+        pool.push(b);
     }
 }
 
@@ -189,6 +217,9 @@ struct Exchange {
     upstream_broke: bool,
     /// The client called Anthropic's API (`/v1/messages`): our own errors take its shape.
     error_shape: Shape,
+    /// While a stream waits for the upstream, the client's socket is watched for a hang-up
+    /// (until the client sends bytes: a pipelined request ends the watch).
+    watch_client: bool,
     /// The price of the model that answers (spend, the USD budget); `None`: unpriced.
     price: Option<Price>,
     /// The model group the body named (for the access log).
@@ -221,6 +252,7 @@ impl Exchange {
             retry_after: None,
             upstream_broke: false,
             error_shape: Shape::OpenAi,
+            watch_client: true,
             price: None,
             group: None,
             key_limit: None,
@@ -331,9 +363,10 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, tls:
     };
     let mut c = Client {
         stream,
-        // Small at first: most heads fit, and an idle connection then holds little memory.
-        // It grows (once per connection) to `header_bytes_max` when a head or body needs it.
-        buf: Vec::with_capacity(CLIENT_BUF_BYTES_INITIAL.min(snap.cfg.server.header_bytes_max)),
+        // Small at first (`CLIENT_BUF_BYTES_INITIAL`): most heads fit, and an idle connection
+        // then holds little memory. It grows (once per connection) to `header_bytes_max` when
+        // a head or body needs it.
+        buf: ctx.client_bufs.take(),
         ip: peer.ip(),
         peer,
         snap,
@@ -357,6 +390,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, tls:
             }
         }
     }
+    ctx.client_bufs.give(std::mem::take(&mut c.buf));
 }
 
 /// What a connection holds goes back when it ends, however it ends (a task dropped at shutdown
@@ -461,6 +495,7 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
                 Err(e) => return answer_error(ctx, c, e, true, wbuf).await,
             }
         }
+        c.take_buf(ctx);
         c.grow_buf(snap.cfg.server.header_bytes_max);
         let buf = std::mem::take(&mut c.buf);
         let had_bytes = !buf.is_empty();
@@ -623,6 +658,21 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
 }
 
 impl Client {
+    /// Take a read buffer from the shard's spares if the connection gave its own back.
+    fn take_buf(&mut self, ctx: &ShardCtx) {
+        if self.buf.capacity() == 0 {
+            self.buf = ctx.client_bufs.take();
+        }
+    }
+
+    /// Give the read buffer back to the shard's spares while the connection relays a stream
+    /// (kept when it holds bytes: a pipelined request).
+    fn give_buf(&mut self, ctx: &ShardCtx) {
+        if self.buf.is_empty() {
+            ctx.client_bufs.give(std::mem::take(&mut self.buf));
+        }
+    }
+
     /// Let the read buffer grow to `max` once it is full (at most once per connection).
     fn grow_buf(&mut self, max: usize) {
         if self.buf.len() == self.buf.capacity() {

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use monoio::buf::IoBuf;
 
-use super::io::{read_more, send, send_buf};
+use super::io::{send, send_buf};
 use super::local::answer_error;
+use super::upread::{read_stream, read_up, stream_begins, StreamStop};
 use super::{Client, Next};
 use crate::clock::{deadline_in, Now};
 use crate::config::UpstreamConfig;
@@ -67,15 +68,26 @@ pub(super) async fn relay_response(
     // Only de-chunking copies body bytes; for a verbatim relay (an SSE stream can last minutes)
     // the write buffer goes back to the shard's spares now instead of being held.
     let mut wbuf = dechunk.then_some(wbuf);
+    let stream = is_stream(&relay);
+    if stream {
+        stream_begins(ctx, c);
+    }
     while !relay.done {
-        let buf = std::mem::take(&mut up.buf);
-        let (res, buf) = read_more(&mut up.stream, buf, deadline_in(ucfg.read_timeout)).await;
-        up.buf = buf;
+        let deadline = deadline_in(ucfg.read_timeout);
+        let res = if stream {
+            read_stream(ctx, c, &mut up, deadline).await
+        } else {
+            read_up(ctx, &mut up, deadline)
+                .await
+                .map_err(StreamStop::Upstream)
+        };
         match res {
             Ok(0) if relay.framing == ClientFraming::UntilClose => break,
+            // The client hung up while the stream waited: the upstream connection is dropped.
+            Err(StreamStop::ClientGone) => return Next::Close,
             // The upstream stopped mid-body: end the client connection without a clean end,
             // so the client sees a truncated message.
-            Ok(0) | Err(_) => {
+            Ok(0) | Err(StreamStop::Upstream(_)) => {
                 c.ex.upstream_broke = true;
                 return Next::Close;
             }
@@ -120,7 +132,8 @@ pub(super) fn end_relay(
 ) -> Next {
     // Bytes past the end of the body mean the upstream is out of step: never reuse it.
     if relay.upstream_reusable && relay.framing != ClientFraming::UntilClose && up.buf.is_empty() {
-        ctx.pools.checkin(slot, up, ucfg.pool_idle_max, Now::read());
+        ctx.pools
+            .checkin(slot, up, ucfg.pool_idle_max, Now::read(), &ctx.read_bufs);
     }
     if keep_alive {
         Next::KeepAlive
@@ -142,7 +155,7 @@ pub(super) async fn relay_filtered(
     ucfg: &UpstreamConfig,
     mut up: UpConn,
     mut relay: Relay,
-    mut wbuf: SpareBuf<'_>,
+    wbuf: SpareBuf<'_>,
     keep_alive: bool,
 ) -> Next {
     let send_timeout = c.snap.cfg.server.send_timeout;
@@ -162,16 +175,17 @@ pub(super) async fn relay_filtered(
     if c.ex.scan {
         c.llm.scanner.reset(llm::BodyKind::Sse);
     }
+    stream_begins(ctx, c);
+    // Holds the head for the first turn; each later turn borrows its buffers from the shard's
+    // spares and gives them back before the next wait.
+    let mut first = Some(wbuf);
     let mut cut = false;
     loop {
-        let mut data = std::mem::take(&mut c.llm.sse_in);
-        let mut filtered = std::mem::take(&mut c.llm.sse_out);
-        data.clear();
-        filtered.clear();
+        let mut wbuf = first.take().unwrap_or_else(|| ctx.take_buf());
+        let mut data = ctx.take_buf();
+        let mut filtered = ctx.take_buf();
         let scanner = c.ex.scan.then_some(&mut c.llm.scanner);
         if let Err(IllFramed) = relay.take_from(&mut up.buf, &mut data, scanner) {
-            c.llm.sse_in = data;
-            c.llm.sse_out = filtered;
             c.ex.upstream_broke = true;
             return Next::Close;
         }
@@ -204,8 +218,7 @@ pub(super) async fn relay_filtered(
         if end && client_chunked {
             wbuf.extend_from_slice(b"0\r\n\r\n");
         }
-        c.llm.sse_in = data;
-        c.llm.sse_out = filtered;
+        drop((data, filtered));
         c.ex.counted = Some(
             c.ex.prompt_estimate
                 .saturating_add(c.llm.filter.content_events()),
@@ -213,15 +226,17 @@ pub(super) async fn relay_filtered(
         if send_buf(c, &mut wbuf, send_timeout).await.is_err() {
             return Next::Close;
         }
+        drop(wbuf);
         if end {
             break;
         }
-        if read_body_more(&mut up, &mut relay, ucfg.read_timeout)
-            .await
-            .is_err()
-        {
-            c.ex.upstream_broke = true;
-            return Next::Close;
+        match read_body_more(ctx, c, &mut up, &mut relay, ucfg.read_timeout).await {
+            Ok(()) => {}
+            Err(StreamStop::ClientGone) => return Next::Close,
+            Err(StreamStop::Upstream(_)) => {
+                c.ex.upstream_broke = true;
+                return Next::Close;
+            }
         }
     }
     // A cut stream leaves the upstream mid-answer: that connection is dropped.
@@ -230,22 +245,37 @@ pub(super) async fn relay_filtered(
     end_relay(ctx, slot, ucfg, up, &relay, keep_alive)
 }
 
+/// Whether an answer is a stream (SSE, AWS's event stream): read with buffers lent per read,
+/// the client watched for a hang-up meanwhile (`upread`).
+pub(super) fn is_stream(relay: &Relay) -> bool {
+    relay.sse || relay.aws_event_stream
+}
+
 /// Read more of the upstream's body into `up.buf`: `Ok` with more bytes, or at the end of a
-/// body framed by the close (`relay.done` set); `Err` when the upstream stopped mid-body.
+/// body framed by the close (`relay.done` set); `Err` when the upstream stopped mid-body (or,
+/// for a stream, the client hung up while it waited).
 pub(super) async fn read_body_more(
+    ctx: &ShardCtx,
+    c: &mut Client,
     up: &mut UpConn,
     relay: &mut Relay,
     timeout: Duration,
-) -> Result<(), ()> {
-    let buf = std::mem::take(&mut up.buf);
-    let (res, buf) = read_more(&mut up.stream, buf, deadline_in(timeout)).await;
-    up.buf = buf;
+) -> Result<(), StreamStop> {
+    let deadline = deadline_in(timeout);
+    let res = if is_stream(relay) {
+        read_stream(ctx, c, up, deadline).await
+    } else {
+        read_up(ctx, up, deadline)
+            .await
+            .map_err(StreamStop::Upstream)
+    };
     match res {
         Ok(0) if relay.framing == ClientFraming::UntilClose => {
             relay.done = true;
             Ok(())
         }
-        Ok(0) | Err(_) => Err(()),
+        Ok(0) => Err(StreamStop::Upstream(super::io::ReadError::Io)),
+        Err(e) => Err(e),
         Ok(_) => Ok(()),
     }
 }

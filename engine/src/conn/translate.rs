@@ -28,6 +28,7 @@ use crate::snapshot::PoolSlot;
 use super::io::send_buf;
 use super::local::answer_error;
 use super::relay::{end_relay, over_budget, read_body_more};
+use super::upread::{stream_begins, StreamStop};
 use super::{Client, Next};
 use crate::exchange::relay::{push_framed, IllFramed, Relay};
 
@@ -434,7 +435,7 @@ pub(super) async fn relay_translated(
         if relay.done {
             break Ok(());
         }
-        if read_body_more(&mut up, &mut relay, ucfg.read_timeout)
+        if read_body_more(ctx, c, &mut up, &mut relay, ucfg.read_timeout)
             .await
             .is_err()
         {
@@ -530,13 +531,16 @@ async fn relay_stream(
     let id = format!("chatcmpl-{:016x}", ctx.next_random());
     let mut stream = Stream::new(&tr, &id);
     c.llm.filter.reset();
+    stream_begins(ctx, c);
+    // Holds the head for the first turn; each later turn borrows its buffers from the shard's
+    // spares and gives them back before the next wait.
+    let mut first = Some(wbuf);
     let mut cut = false;
     let mut broken = false;
     loop {
-        let mut data = std::mem::take(&mut c.llm.sse_in);
-        let mut out = std::mem::take(&mut c.llm.sse_out);
-        data.clear();
-        out.clear();
+        let mut wbuf = first.take().unwrap_or_else(|| ctx.take_buf());
+        let mut data = ctx.take_buf();
+        let mut out = ctx.take_buf();
         let scanner = c.ex.scan.then_some(&mut c.llm.scanner);
         if let Err(IllFramed) = relay.take_from(&mut up.buf, &mut data, scanner) {
             broken = true;
@@ -550,10 +554,9 @@ async fn relay_stream(
             stream.finish(&mut out);
         }
         // Count content events for the tenant's budget (the filter's output is not used).
-        let mut counted = std::mem::take(&mut c.llm.rewritten);
-        counted.clear();
+        let mut counted = ctx.take_buf();
         c.llm.filter.feed(&out, &mut counted);
-        c.llm.rewritten = counted;
+        drop(counted);
         c.ex.counted = Some(
             c.ex.prompt_estimate
                 .saturating_add(c.llm.filter.content_events()),
@@ -572,20 +575,22 @@ async fn relay_stream(
         if end && chunked && !broken {
             wbuf.extend_from_slice(b"0\r\n\r\n");
         }
-        c.llm.sse_in = data;
-        c.llm.sse_out = out;
+        drop((data, out));
         if let (Some(usage), true) = (stream.usage(), c.ex.scan) {
             c.llm.scanner.report(usage);
         }
         if send_buf(c, &mut wbuf, send_timeout).await.is_err() {
             return Next::Close;
         }
+        drop(wbuf);
         if end {
             break;
         }
-        broken = read_body_more(&mut up, &mut relay, ucfg.read_timeout)
-            .await
-            .is_err();
+        match read_body_more(ctx, c, &mut up, &mut relay, ucfg.read_timeout).await {
+            Ok(()) => {}
+            Err(StreamStop::ClientGone) => return Next::Close,
+            Err(StreamStop::Upstream(_)) => broken = true,
+        }
     }
     if broken {
         c.ex.upstream_broke = true;

@@ -50,6 +50,7 @@ pub use request::{
     estimate_tokens, inspect, with_include_usage, with_model, RequestInfo,
     INCLUDE_USAGE_GROWTH_BYTES_MAX,
 };
+pub(crate) use sse::release_if_empty;
 pub use sse::SseFilter;
 pub use usage::{BodyKind, Usage, UsageScanner};
 

@@ -8,10 +8,12 @@ use crate::http::sse::{event_data, Piece};
 /// [`USAGE_SCAN_BYTES_MAX`] bytes are examined.
 pub(crate) type Splitter = crate::http::sse::Splitter<USAGE_SCAN_BYTES_MAX>;
 
-/// Give `buf` its full size the first time it is used; later uses find it already there.
-pub(crate) fn reserve_once(buf: &mut Vec<u8>) {
-    if buf.capacity() < USAGE_SCAN_BYTES_MAX {
-        buf.reserve_exact(USAGE_SCAN_BYTES_MAX - buf.len());
+/// Free a buffer that holds the start of an unfinished event once it holds nothing: a stream
+/// waiting for its next event keeps no memory for events already passed on. Whole events (the
+/// usual read) are never copied into it, so it is allocated only for an event cut between reads.
+pub(crate) fn release_if_empty(buf: &mut Vec<u8>) {
+    if buf.is_empty() && buf.capacity() != 0 {
+        *buf = Vec::new();
     }
 }
 
@@ -149,8 +151,10 @@ fn push_renamed(event: &[u8], data: &[u8], key_in_data: usize, out: &mut Vec<u8>
 /// Events longer than [`USAGE_SCAN_BYTES_MAX`] pass unexamined. The other chunks keep their
 /// `"usage": null`, which clients already accept.
 ///
-/// Holds at most [`USAGE_SCAN_BYTES_MAX`] bytes (the start of an unfinished event), allocated on
-/// first use and kept across [`reset`](Self::reset). `feed` allocates only when `out` lacks room.
+/// Holds at most [`USAGE_SCAN_BYTES_MAX`] bytes (the start of an unfinished event), allocated
+/// only while an event cut between reads is held, and freed once it is passed on: a stream
+/// waiting for its next event holds nothing here. `feed` allocates only then, or when `out`
+/// lacks room.
 #[derive(Debug, Default)]
 pub struct SseFilter {
     split: Splitter,
@@ -185,7 +189,6 @@ impl SseFilter {
     /// Append to `out` the events `input` completes, except a usage-only chunk; hold the start
     /// of an unfinished event until its end arrives.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        reserve_once(&mut self.buf);
         let (scratch, content_events) = (&mut self.scratch, &mut self.content_events);
         let keep_usage = self.keep_usage;
         self.split.feed(&mut self.buf, input, |piece| match piece {
@@ -208,6 +211,7 @@ impl SseFilter {
             }
             Piece::Unexamined(bytes) => out.extend_from_slice(bytes),
         });
+        release_if_empty(&mut self.buf);
     }
 
     /// At the end of the upstream's stream: append whatever is held (an event whose blank line
@@ -482,22 +486,30 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn buffer_is_allocated_once_and_reused() {
+    fn only_an_event_cut_between_reads_is_held_and_then_freed() {
         let mut f = SseFilter::new();
         let mut out = Vec::with_capacity(8 * OPENAI_STREAM.len());
-        f.feed(&OPENAI_STREAM.as_bytes()[..50], &mut out);
-        let buf = f.buf.as_ptr();
-        assert_eq!(f.buf.capacity(), USAGE_SCAN_BYTES_MAX);
         let out_ptr = out.as_ptr();
-        for _ in 0..3 {
-            f.reset();
-            for piece in OPENAI_STREAM.as_bytes().chunks(37) {
-                f.feed(piece, &mut out);
-            }
-        }
-        assert_eq!(f.buf.as_ptr(), buf);
-        assert_eq!(f.buf.capacity(), USAGE_SCAN_BYTES_MAX);
+        // Whole events: nothing is copied, nothing held.
+        f.feed(OPENAI_STREAM.as_bytes(), &mut out);
+        assert_eq!(f.buf.capacity(), 0);
+        // An event cut in two: its start is held until its end arrives, then freed.
+        let (start, rest) = OPENAI_STREAM.as_bytes().split_at(50);
+        f.reset();
+        f.feed(start, &mut out);
+        assert_eq!(f.buf.len(), 50);
+        f.feed(rest, &mut out);
+        assert_eq!(
+            f.buf.capacity(),
+            0,
+            "a stream waiting after whole events holds nothing"
+        );
         assert_eq!(out.as_ptr(), out_ptr, "out had room: no reallocation");
+        let expected = without_usage_chunk(OPENAI_STREAM);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            format!("{expected}{expected}")
+        );
     }
 
     #[test]

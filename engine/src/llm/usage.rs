@@ -1,7 +1,7 @@
 //! Finding the upstream's token count in a response, across reads of any size.
 
 use super::json::{self, Kind, Members, Value};
-use super::sse::{reserve_once, Splitter};
+use super::sse::{release_if_empty, Splitter};
 use super::{JSON_DEPTH_MAX, USAGE_SCAN_BYTES_MAX, USAGE_TAIL_BYTES};
 use crate::http::sse::{event_data, Piece};
 
@@ -157,11 +157,13 @@ impl Counts {
 ///   event, which repeats the whole answer, the instructions and the tools and so easily
 ///   outgrows the buffer) counts as that event's report, found as for a long JSON body.
 ///
-/// The buffer ([`USAGE_SCAN_BYTES_MAX`] bytes) is allocated on first use and kept across
-/// [`reset`](Self::reset); `feed` never allocates after that (a second buffer, as long as the
-/// event, is allocated only if an SSE event splits its data over several `data:` lines, which
-/// providers do not do; a third of [`USAGE_SCAN_BYTES_MAX`] bytes the first time an SSE event
-/// outgrows the first).
+/// The buffer grows as a JSON body arrives (to at most [`USAGE_SCAN_BYTES_MAX`] bytes) and is
+/// kept across [`reset`](Self::reset) for the next JSON body. For SSE it holds only the start of
+/// an event cut between reads, and is freed once that event is read: a stream waiting for its
+/// next event holds nothing here (so a JSON body's buffer is freed when an SSE body begins). A
+/// second buffer, as long as the event, is allocated only if an SSE event splits its data over
+/// several `data:` lines, which providers do not do; a third, the tail of an event longer than
+/// the first, only while such an event passes.
 #[derive(Debug, Default)]
 pub struct UsageScanner {
     kind: BodyKind,
@@ -189,6 +191,9 @@ impl UsageScanner {
     pub fn reset(&mut self, kind: BodyKind) {
         self.kind = kind;
         self.buf.clear();
+        if kind == BodyKind::Sse {
+            release_if_empty(&mut self.buf);
+        }
         self.json_bytes = 0;
         self.split = Splitter::default();
         self.tail.clear();
@@ -209,7 +214,6 @@ impl UsageScanner {
         match self.kind {
             BodyKind::Json => self.feed_json(bytes),
             BodyKind::Sse => {
-                reserve_once(&mut self.buf);
                 let (scratch, tail, counts) = (&mut self.scratch, &mut self.tail, &mut self.counts);
                 self.split.feed(&mut self.buf, bytes, |piece| match piece {
                     Piece::Event(event) => {
@@ -218,7 +222,6 @@ impl UsageScanner {
                         }
                     }
                     Piece::Unexamined(part) => {
-                        reserve_once(tail);
                         keep_tail(tail, part);
                         if ends_event(tail) {
                             if let Some(found) = tail
@@ -231,6 +234,9 @@ impl UsageScanner {
                         }
                     }
                 });
+                // Between events a stream's scanner holds nothing.
+                release_if_empty(&mut self.buf);
+                release_if_empty(&mut self.tail);
             }
         }
     }
@@ -258,7 +264,6 @@ impl UsageScanner {
         self.json_bytes = self
             .json_bytes
             .saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
-        reserve_once(&mut self.buf);
         keep_tail(&mut self.buf, bytes);
     }
 }
@@ -831,28 +836,33 @@ mod tests {
     }
 
     #[test]
-    fn buffer_is_allocated_once_and_reused() {
+    fn json_keeps_its_buffer_and_a_waiting_stream_holds_none() {
         let mut s = UsageScanner::new();
-        s.reset(BodyKind::Json);
-        s.feed(OPENAI_CHAT.as_bytes());
-        let ptr = s.buf.as_ptr();
-        assert_eq!(s.buf.capacity(), USAGE_SCAN_BYTES_MAX);
         let big = big_embeddings(3, r#""usage":{"prompt_tokens":3,"total_tokens":3}"#);
-        for kind in [BodyKind::Sse, BodyKind::Json, BodyKind::Sse] {
-            s.reset(kind);
-            assert_eq!(s.usage(), None);
-            let body = if kind == BodyKind::Json {
-                big.as_str()
-            } else {
-                OPENAI_STREAM
-            };
-            for piece in body.as_bytes().chunks(1000) {
-                s.feed(piece);
-            }
-            assert!(s.usage().is_some());
-            assert_eq!(s.buf.as_ptr(), ptr);
-            assert_eq!(s.buf.capacity(), USAGE_SCAN_BYTES_MAX);
+        s.reset(BodyKind::Json);
+        for piece in big.as_bytes().chunks(1000) {
+            s.feed(piece);
         }
+        assert!(s.usage().is_some());
+        let (ptr, cap) = (s.buf.as_ptr(), s.buf.capacity());
+        assert!(cap <= 2 * USAGE_SCAN_BYTES_MAX, "bounded: {cap}");
+        // The next JSON body reuses the buffer.
+        s.reset(BodyKind::Json);
+        for piece in big.as_bytes().chunks(1000) {
+            s.feed(piece);
+        }
+        assert!(s.usage().is_some());
+        assert_eq!((s.buf.as_ptr(), s.buf.capacity()), (ptr, cap));
+        // A stream: nothing held between whole events, an event cut between reads held until
+        // its end, then freed.
+        s.reset(BodyKind::Sse);
+        assert_eq!(s.buf.capacity(), 0);
+        let (start, rest) = OPENAI_STREAM.as_bytes().split_at(40);
+        s.feed(start);
+        assert_eq!(s.buf.len(), 40);
+        s.feed(rest);
+        assert_eq!((s.buf.capacity(), s.tail.capacity()), (0, 0));
+        assert!(s.usage().is_some());
     }
 
     proptest! {

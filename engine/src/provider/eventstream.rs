@@ -356,6 +356,8 @@ impl Decoder {
                 Ok(_) => {}
             }
         }
+        // A stream waiting for its next message holds nothing here.
+        crate::llm::release_if_empty(&mut self.buf);
         Ok(())
     }
 

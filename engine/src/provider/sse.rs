@@ -63,6 +63,11 @@ impl EventReader {
                 f(event);
             }
         });
+        // A stream waiting for its next event holds nothing here.
+        crate::llm::release_if_empty(&mut self.buf);
+        if self.scratch.capacity() != 0 {
+            self.scratch = Vec::new();
+        }
     }
 
     /// At the end of the stream: hand `f` the last event, when it lacked its blank line, and

@@ -1,0 +1,122 @@
+//! Reading an upstream's answer with buffers lent only while they hold bytes.
+//!
+//! A head or a whole body is read into a buffer from the shard's spares
+//! ([`ShardCtx::read_bufs`]), held until the exchange ends. A stream (SSE, AWS's event stream)
+//! can wait minutes for its next token: between reads it holds no buffer. On a plain upstream
+//! the wait is for readiness (a poll, no buffer), then a buffer is taken for the read itself
+//! and given back once its bytes were relayed. Meanwhile the client's socket is watched, so a
+//! client that hung up ends the stream (and frees the upstream) at once, not at the next token.
+//! A TLS upstream reads as a head does (its records may hold bytes the socket no longer shows).
+
+use std::time::Instant;
+
+use super::io::{read_more, ReadError};
+use super::Client;
+use crate::ctx::ShardCtx;
+use crate::upstream::UpConn;
+
+/// A stream's answer is about to be relayed: what the connection held for its request goes back
+/// to the shard's spares (the client's read buffer when it holds no pipelined bytes, the LLM
+/// request's body buffers), so a stream holds only its state while it waits.
+pub(super) fn stream_begins(ctx: &ShardCtx, c: &mut Client) {
+    c.give_buf(ctx);
+    super::llm_give_request(ctx, c);
+}
+
+/// Why a stream's wait for its next bytes ended without them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StreamStop {
+    /// The upstream failed (closed, reset, or stalled past its read timeout).
+    Upstream(ReadError),
+    /// The client hung up while it waited.
+    ClientGone,
+}
+
+/// Read more of an answer into `up.buf` (appending), by `deadline`, taking a buffer from the
+/// shard's spares if the connection holds none.
+pub(super) async fn read_up(
+    ctx: &ShardCtx,
+    up: &mut UpConn,
+    deadline: Instant,
+) -> Result<usize, ReadError> {
+    if up.buf.capacity() == 0 {
+        up.buf = ctx.read_bufs.take();
+    }
+    let buf = std::mem::take(&mut up.buf);
+    let (res, buf) = read_more(&mut up.stream, buf, deadline).await;
+    up.buf = buf;
+    res
+}
+
+/// Read a stream's next bytes into `up.buf`: `Ok(0)` at the upstream's end of stream. With
+/// nothing held from the last read, the buffer goes back to the spares while waiting (see the
+/// module's doc); the client is watched meanwhile.
+pub(super) async fn read_stream(
+    ctx: &ShardCtx,
+    c: &mut Client,
+    up: &mut UpConn,
+    deadline: Instant,
+) -> Result<usize, StreamStop> {
+    if up.buf.is_empty() {
+        ctx.read_bufs.give(std::mem::take(&mut up.buf));
+        wait_readable(ctx, c, up, deadline).await?;
+    }
+    read_up(ctx, up, deadline)
+        .await
+        .map_err(StreamStop::Upstream)
+}
+
+/// What a wait for readiness saw first.
+enum Woke {
+    Upstream,
+    Client,
+    TimedOut,
+}
+
+/// Wait until a plain upstream has bytes (or an end, or an error: the read that follows tells
+/// which), watching a plain client for a hang-up. Bytes a client sends meanwhile (a pipelined
+/// request) are read into its buffer, kept for after the answer, and end the watch. A TLS
+/// upstream returns at once.
+async fn wait_readable(
+    ctx: &ShardCtx,
+    c: &mut Client,
+    up: &UpConn,
+    deadline: Instant,
+) -> Result<(), StreamStop> {
+    let Some(upstream) = up.stream.plain() else {
+        return Ok(());
+    };
+    loop {
+        let ready = match c.stream.plain().filter(|_| c.ex.watch_client) {
+            Some(client) => monoio::select! {
+                _ = upstream.readable(false) => Woke::Upstream,
+                _ = client.readable(false) => Woke::Client,
+                _ = monoio::time::sleep_until(deadline.into()) => Woke::TimedOut,
+            },
+            None => match monoio::time::timeout_at(deadline.into(), upstream.readable(false)).await
+            {
+                Ok(_) => Woke::Upstream,
+                Err(_elapsed) => Woke::TimedOut,
+            },
+        };
+        match ready {
+            Woke::Upstream => return Ok(()),
+            Woke::TimedOut => return Err(StreamStop::Upstream(ReadError::TimedOut)),
+            Woke::Client => {
+                // Readable: the read completes at once, with bytes or the client's end.
+                c.ex.watch_client = false;
+                c.take_buf(ctx);
+                if c.buf.len() == c.buf.capacity() {
+                    continue; // pipelined bytes fill the buffer: watch no more
+                }
+                let buf = std::mem::take(&mut c.buf);
+                let (res, buf) = read_more(&mut c.stream, buf, deadline).await;
+                c.buf = buf;
+                if !matches!(res, Ok(n) if n > 0) {
+                    c.ex.local_error = true;
+                    return Err(StreamStop::ClientGone);
+                }
+            }
+        }
+    }
+}
