@@ -12,6 +12,7 @@ use shardgate_tests::{
 
 per_driver!(
     sse_events_relayed_as_they_come,
+    a_tenants_filtered_stream_gets_its_head_before_the_first_token,
     client_disconnect_mid_stream
 );
 
@@ -102,6 +103,65 @@ fn sse_events_relayed_as_they_come(driver: Driver) {
         let r = c.read_response();
         assert_eq!(r.status, 200, "{}", r.summary());
     }
+}
+
+/// The same on the LLM path: a tenant's stream goes through the SSE filter (the usage chunk
+/// the gateway asks for taken out again). The upstream sends the head at once and its first
+/// event only once the client has the head (or after 3 s, a stand-in for a long time to first
+/// token): the client must get the head while the upstream has sent nothing more, as nginx
+/// (`proxy_buffering off`) passes a head on at once (issue 21).
+fn a_tenants_filtered_stream_gets_its_head_before_the_first_token(driver: Driver) {
+    let client_got = Arc::new(AtomicUsize::new(0));
+    let upstream_sent = Arc::new(AtomicUsize::new(0));
+    let (got, sent) = (client_got.clone(), upstream_sent.clone());
+    let up = MockUpstream::start(move |req, s| {
+        if req.path != "/v1/chat/completions" {
+            return echo()(req, s);
+        }
+        let step = |i: usize| {
+            wait_until(Duration::from_secs(3), || got.load(Ordering::SeqCst) >= i);
+            sent.store(i + 1, Ordering::SeqCst);
+        };
+        step(0);
+        s.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )?;
+        step(1);
+        write_chunk(s, sse_event(1).as_bytes())?;
+        write_chunk(s, b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n")?;
+        write_chunk(s, b"data: [DONE]\n\n")?;
+        s.write_all(b"0\r\n\r\n")?;
+        Ok(Action::KeepAlive)
+    });
+    let cfg = ConfigBuilder::new(up.addr())
+        .tenant("name = \"t\"\nkeys = [\"sk-t-key\"]\ntpm = 100000")
+        .build();
+    let gw = Gateway::start_on(&cfg, driver);
+    let mut c = Client::connect(gw.addr());
+    let body = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    c.send(format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer sk-t-key\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    let mut raw = c.read_raw_until(b"\r\n\r\n");
+    assert_eq!(
+        upstream_sent.load(Ordering::SeqCst),
+        1,
+        "the response head reached the client only after the upstream sent its first event"
+    );
+    client_got.store(1, Ordering::SeqCst);
+    raw.extend_from_slice(&c.read_raw_until(b"0\r\n\r\n"));
+    let (head, body_raw) = split_head(&raw).expect("a response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (body, complete) = dechunk(body_raw).expect("valid chunked framing");
+    assert!(complete);
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.starts_with(&sse_event(1)), "{text}");
+    assert!(
+        !text.contains("usage"),
+        "the usage chunk the gateway asked for reached the client:\n{text}"
+    );
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
 }
 
 /// The client reads the first event and leaves; the upstream must see its connection closed
