@@ -40,7 +40,7 @@ sleep 0.5
 for proxy in shardgate nginx haproxy; do
     case $proxy in
     shardgate)
-        taskset -c 0 "$W/shardgate" -c "$OUT/peers/shardgate-sse.toml" --admin-listen off \
+        taskset -c 0 "$W/shardgate" -c "$OUT/peers/shardgate-sse.toml" --admin-listen off --instance "sse-rss-$$" \
             >"$OUT/shardgate.log" 2>&1 &
         port=$((up + 3)) ;;
     nginx)

@@ -6,14 +6,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardgate_tests::{
-    dechunk, echo, per_driver, split_head, sse, sse_event, wait_until, write_chunk, Action, Client,
-    ConfigBuilder, Driver, Gateway, MockUpstream,
+    dechunk, echo, hang, per_driver, split_head, sse, sse_event, wait_until, write_chunk, Action,
+    Client, ConfigBuilder, Driver, Gateway, MockUpstream,
 };
 
 per_driver!(
     sse_events_relayed_as_they_come,
     a_tenants_filtered_stream_gets_its_head_before_the_first_token,
-    client_disconnect_mid_stream
+    client_disconnect_mid_stream,
+    a_client_hanging_up_frees_the_upstream_before_the_next_token,
+    a_tenant_hanging_up_frees_the_upstream_before_the_next_token,
+    pipelined_bytes_sent_mid_stream_are_kept_for_after_it
 );
 
 const STREAM_REQ: &str = "POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"stream\":true}";
@@ -191,4 +194,103 @@ fn client_disconnect_mid_stream(driver: Driver) {
     let mut c2 = Client::connect(gw.addr());
     let r = c2.get("/still-serving");
     assert_eq!(r.status, 200, "{}", r.summary());
+}
+
+/// An upstream that sends a stream's head and first event, then no more: it waits until the
+/// gateway closes the connection (counted closed by the peer), or for ever.
+fn one_event_then_silence() -> MockUpstream {
+    MockUpstream::start(move |req, s| {
+        if !req.path.starts_with("/v1/") {
+            return echo()(req, s);
+        }
+        s.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )?;
+        write_chunk(s, sse_event(1).as_bytes())?;
+        hang()(req, s)
+    })
+}
+
+/// The client reads the first event and hangs up while the stream waits for a next token that
+/// never comes: the gateway must notice the hang-up itself (it watches the client while the
+/// stream waits) and close the upstream connection, so the upstream stops generating for no
+/// one. Before, it noticed only when it wrote the next token, i.e. never here.
+fn a_client_hanging_up_frees_the_upstream_before_the_next_token(driver: Driver) {
+    let up = one_event_then_silence();
+    let gw = Gateway::start_on(&ConfigBuilder::new(up.addr()).build(), driver);
+    let mut c = Client::connect(gw.addr());
+    c.send(STREAM_REQ);
+    c.read_raw_until(sse_event(1).as_bytes());
+    assert_eq!(up.connections_closed_by_peer(), 0);
+    drop(c);
+    assert!(
+        wait_until(Duration::from_secs(5), || up.connections_closed_by_peer()
+            >= 1),
+        "the upstream connection was still open 5 s after the client hung up (no token came)"
+    );
+    let r = Client::connect(gw.addr()).get("/still-serving");
+    assert_eq!(r.status, 200, "{}", r.summary());
+}
+
+/// The same on a tenant's stream (the SSE filter's relay, with usage accounting): the upstream
+/// is freed, and the tenant's concurrency slot is given back (a second stream is admitted with
+/// `max_concurrency = 1`).
+fn a_tenant_hanging_up_frees_the_upstream_before_the_next_token(driver: Driver) {
+    let up = one_event_then_silence();
+    let cfg = ConfigBuilder::new(up.addr())
+        .tenant("name = \"t\"\nkeys = [\"sk-t-key\"]\nmax_concurrency = 1")
+        .build();
+    let gw = Gateway::start_on(&cfg, driver);
+    let body = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer sk-t-key\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut c = Client::connect(gw.addr());
+    c.send(&req);
+    c.read_raw_until(sse_event(1).as_bytes());
+    drop(c);
+    assert!(
+        wait_until(Duration::from_secs(5), || up.connections_closed_by_peer()
+            >= 1),
+        "the upstream connection was still open 5 s after the tenant hung up (no token came)"
+    );
+    let mut c = Client::connect(gw.addr());
+    c.send(&req);
+    let raw = c.read_raw_until(sse_event(1).as_bytes());
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "the tenant's slot was not given back: {}",
+        String::from_utf8_lossy(&raw)
+    );
+}
+
+/// A client that sends its next request while its stream is still under way (pipelining) is
+/// not taken for one that hung up: the stream goes on to its end, and the request sent
+/// meanwhile is answered after it.
+fn pipelined_bytes_sent_mid_stream_are_kept_for_after_it(driver: Driver) {
+    let stream = sse(3, Duration::from_millis(300));
+    let up = MockUpstream::start(move |req, s| {
+        if req.path.starts_with("/v1/") {
+            stream(req, s)
+        } else {
+            echo()(req, s)
+        }
+    });
+    let gw = Gateway::start_on(&ConfigBuilder::new(up.addr()).build(), driver);
+    let mut c = Client::connect(gw.addr());
+    c.send(STREAM_REQ);
+    c.read_raw_until(sse_event(1).as_bytes());
+    c.send("GET /after-the-stream HTTP/1.1\r\nHost: test\r\n\r\n");
+    let raw = c.read_raw_until(b"/after-the-stream");
+    let text = String::from_utf8_lossy(&raw);
+    for i in 2..=3 {
+        assert!(text.contains(&sse_event(i)), "event {i} missing:\n{text}");
+    }
+    let done = text.find("data: [DONE]").expect("the stream's end");
+    let next = text
+        .find("0\r\n\r\nHTTP/1.1 200")
+        .expect("the stream's last chunk, then the answer");
+    assert!(done < next, "{text}");
+    assert_eq!(up.connections_closed_by_peer(), 0);
 }
