@@ -56,6 +56,16 @@ pub struct ParsedRequest<'h, 'b> {
     conn_tokens_len: usize,
 }
 
+/// A head past `max` bytes: its request line ends within them (`431`, the header fields are too
+/// large) or not (`414`, the target is), whatever a read brought beyond them.
+fn too_large(buf: &[u8], max: usize) -> Error {
+    if buf.get(..max).unwrap_or(buf).contains(&b'\n') {
+        Error::HeaderTooLarge
+    } else {
+        Error::UriTooLong
+    }
+}
+
 /// Parse the request head at the start of `buf`. `Ok(None)`: incomplete, read more (unless the
 /// buffer is already `header_bytes_max` long, which is an error returned here).
 pub fn parse<'h, 'b>(
@@ -69,18 +79,14 @@ pub fn parse<'h, 'b>(
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() >= limits.header_bytes_max {
-                return Err(if buf.contains(&b'\n') {
-                    Error::HeaderTooLarge
-                } else {
-                    Error::UriTooLong
-                });
+                return Err(too_large(buf, limits.header_bytes_max));
             }
             return Ok(None);
         }
         Err(e) => return Err(map_parse_error(e)),
     };
     if head_len > limits.header_bytes_max {
-        return Err(Error::HeaderTooLarge);
+        return Err(too_large(buf, limits.header_bytes_max));
     }
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
         return Err(Error::BadRequest("incomplete request line"));
@@ -629,6 +635,16 @@ mod tests {
         let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', 2000));
         assert_eq!(parse_one(&big[..1024]), Err(Error::HeaderTooLarge));
+        // A read may bring more than the limit (the buffer is larger): the status still says
+        // which part is too large, whether the head is complete or not.
+        let mut whole_long_line = long_line.clone();
+        whole_long_line.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n");
+        assert_eq!(parse_one(&whole_long_line), Err(Error::UriTooLong));
+        whole_long_line.extend_from_slice(b"\r\n");
+        assert_eq!(parse_one(&whole_long_line), Err(Error::UriTooLong));
+        let mut whole_big = big.clone();
+        whole_big.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(parse_one(&whole_big), Err(Error::HeaderTooLarge));
         let mut many = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
         for i in 0..16 {
             many.extend_from_slice(format!("X-{i}: 1\r\n").as_bytes());
