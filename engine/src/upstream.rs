@@ -8,6 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,30 +32,31 @@ pub struct UpConn {
     /// connections made for it (same address, same TLS name), even after a config change.
     pub pool_id: u64,
     idle_since_ns: u64,
-    /// A second handle on the same socket (non-blocking), to look at an idle pooled connection
-    /// without reading from it: bytes that arrived after a complete answer mean the upstream is
-    /// out of step, and the connection must not carry another request.
-    watch: std::net::TcpStream,
+    /// The socket's descriptor (owned by `stream`, so open as long as this connection is), to
+    /// look at an idle pooled connection without reading from it: bytes that arrived after a
+    /// complete answer mean the upstream is out of step, and the connection must not carry
+    /// another request. (A second handle, `dup`ed, would cost a descriptor per connection: a
+    /// third per proxied stream.)
+    fd: RawFd,
 }
 
 impl UpConn {
     /// Whether nothing arrived on this idle connection since its last answer (no stray bytes,
     /// no close): safe to send the next request on.
     pub fn is_quiet(&self) -> bool {
+        use nix::sys::socket::{recv, MsgFlags};
         let mut byte = [0u8; 1];
-        matches!(self.watch.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        matches!(recv(self.fd, &mut byte, flags), Err(nix::errno::Errno::EAGAIN))
     }
 }
 
 /// `connect` on a non-blocking socket that has not finished connecting (Linux's EINPROGRESS).
 const EINPROGRESS: i32 = 115;
 
-/// Open a TCP connection to `addr`: a non-blocking socket (a second handle kept to watch it
+/// Open a TCP connection to `addr`: a non-blocking socket (its descriptor kept to look at it
 /// while idle in a pool), connected by the runtime within `timeout`.
-async fn connect_tcp(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> io::Result<(TcpStream, std::net::TcpStream)> {
+async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<(TcpStream, RawFd)> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_nonblocking(true)?;
@@ -66,17 +68,19 @@ async fn connect_tcp(
         Err(e) => return Err(e),
     }
     let socket: std::net::TcpStream = socket.into();
-    let watch = socket.try_clone()?;
+    let fd = socket.as_raw_fd();
     let stream = TcpStream::from_std(socket)?;
     match monoio::time::timeout(timeout, stream.writable(false)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),
         Err(_elapsed) => return Err(io::Error::from(io::ErrorKind::TimedOut)),
     }
-    if let Some(e) = watch.take_error()? {
-        return Err(e);
+    // SO_ERROR: whether the connect failed (refused, unreachable).
+    match nix::sys::socket::getsockopt(fd, nix::sys::socket::sockopt::SocketError) {
+        Ok(0) => Ok((stream, fd)),
+        Ok(code) => Err(io::Error::from_raw_os_error(code)),
+        Err(errno) => Err(io::Error::from(errno)),
     }
-    Ok((stream, watch))
 }
 
 /// What a TLS connection to an endpoint needs: the upstream's client config (its trust store,
@@ -92,7 +96,7 @@ pub async fn connect(
     pool_id: u64,
 ) -> Result<UpConn, Error> {
     let deadline = Instant::now() + timeout;
-    let (stream, watch) = match connect_tcp(addr, timeout).await {
+    let (stream, fd) = match connect_tcp(addr, timeout).await {
         Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(Error::UpstreamTimeout),
         Err(_) => return Err(Error::UpstreamUnavailable),
@@ -121,7 +125,7 @@ pub async fn connect(
         reused: false,
         pool_id,
         idle_since_ns: 0,
-        watch,
+        fd,
     })
 }
 
