@@ -617,6 +617,31 @@ mod tests {
     }
 
     #[test]
+    fn drain_lets_the_exchange_in_flight_run_on_unrecorded() {
+        // A server that never answers: the request sent at the start is in flight at the end.
+        let addr = serve(None);
+        let run = |drain: bool| {
+            let p = plan(addr, |p| {
+                p.connections = 1;
+                p.duration = Duration::from_millis(100);
+                p.timeout = Duration::from_millis(500);
+                p.drain = drain;
+            });
+            let t = Instant::now();
+            let s = measured(&p);
+            (t.elapsed(), s)
+        };
+        // Without --drain the exchange is dropped at the end of the window.
+        let (took, s) = run(false);
+        assert!(took < Duration::from_millis(450), "{took:?}");
+        assert_eq!((s.requests, s.errors.total()), (0, 0));
+        // With it, the exchange runs on to its own timeout, past the window, and is not recorded.
+        let (took, s) = run(true);
+        assert!(took >= Duration::from_millis(500), "{took:?}");
+        assert_eq!((s.requests, s.errors.total()), (0, 0));
+    }
+
+    #[test]
     fn refused_connections_are_connect_errors() {
         let addr = {
             let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
