@@ -10,6 +10,16 @@
 //! medians over the ok runs. A run during which other processes used the two cores, or the
 //! hypervisor stole the proxy's core, is marked noisy, left out and repeated.
 //!
+//! The `sse` scenario, per run, also: reads the proxy's RSS once it answers, before any load
+//! (idle); runs the warm-up with `--drain` (its streams finish instead of being cut off) and
+//! then waits until the proxy holds no client connection, so the measured streams do not share
+//! the proxy with the warm-up's dead ones; samples the proxy's RSS and the client connections
+//! it holds half a stream after every stream has arrived; and reports the growth per stream.
+//! `--sse-arrival burst,steady` runs it once per arrival mode: all streams at once, or their
+//! first requests spread evenly over `--sse-ramp-ms` (default: one stream's lifetime). The open
+//! files each process needs are checked before any run (and, as root, the limit raised): a
+//! proxy that cannot hold the streams is skipped with the limit named, not measured.
+//!
 //! # Layout
 //! - this file: the command line, the scenarios and proxies, and the pure functions that turn
 //!   them into command lines.
@@ -123,6 +133,14 @@ pub struct CompareArgs {
     /// Time to the first SSE chunk, ms (upstream --ttft-ms).
     #[arg(long, default_value_t = 50)]
     pub sse_ttft_ms: u32,
+    /// How the sse scenario's streams arrive (comma-separated; each runs as its own table):
+    /// `burst`, all at once; `steady`, their first requests spread evenly over --sse-ramp-ms.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "burst")]
+    pub sse_arrival: Vec<Arrival>,
+    /// The ramp of `--sse-arrival steady`, ms [default: one stream's lifetime, ttft + chunks x
+    /// interval, so that the last stream arrives as the first one ends].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3_600_000))]
+    pub sse_ramp_ms: Option<u32>,
     /// Open-loop rate of the rate scenario, as a % of nginx's median req/s in the json scenario
     /// of this run (of the first proxy measured when nginx has none).
     #[arg(long, default_value_t = 50.0)]
@@ -214,6 +232,112 @@ impl ScenarioKind {
     }
 }
 
+/// How the streams of the sse scenario arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Arrival {
+    /// Every stream's first request at once.
+    Burst,
+    /// The first requests spread evenly over the ramp (`--sse-ramp-ms`).
+    Steady,
+}
+
+impl Arrival {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arrival::Burst => "burst",
+            Arrival::Steady => "steady",
+        }
+    }
+}
+
+/// How long one stream of the sse scenario lasts at the upstream, ms: the first chunk after
+/// `ttft`, then one chunk per interval (the last one followed by `[DONE]`).
+pub fn stream_lifetime_ms(args: &CompareArgs) -> u64 {
+    u64::from(args.sse_ttft_ms) + u64::from(args.sse_chunks) * u64::from(args.sse_chunk_interval_ms)
+}
+
+/// The ramp over which the streams' first requests are spread (zero for a burst).
+pub fn ramp(arrival: Arrival, args: &CompareArgs) -> Duration {
+    match arrival {
+        Arrival::Burst => Duration::ZERO,
+        Arrival::Steady => Duration::from_millis(
+            args.sse_ramp_ms
+                .map_or_else(|| stream_lifetime_ms(args), u64::from),
+        ),
+    }
+}
+
+/// When, from the start of the measured load, the proxy's RSS is sampled: half a stream after
+/// the last stream arrived, when every stream is open and none has ended (closed loop: after
+/// the ramp, each connection is always in a stream but for the instant between two).
+pub fn rss_sample_at(ramp: Duration, args: &CompareArgs) -> Duration {
+    ramp + Duration::from_millis(stream_lifetime_ms(args) / 2)
+}
+
+/// Open files one proxy needs per stream: the client's socket and the upstream's; shardgate
+/// one more, the pool's cloned watch fd of each upstream connection.
+pub fn fds_per_stream(proxy: ProxyKind) -> u64 {
+    match proxy {
+        ProxyKind::Shardgate | ProxyKind::ShardgateEpoll => 3,
+        ProxyKind::Nginx | ProxyKind::Haproxy => 2,
+    }
+}
+
+/// Open files beyond the streams' (listeners, logs, io_uring, epoll, pipes; measured at 1,000
+/// streams: shardgate 11, nginx master + worker 19).
+pub const FDS_SPARE: u64 = 128;
+
+/// Open files `proxy` needs to hold `streams` streams.
+pub fn fds_needed(proxy: ProxyKind, streams: u32) -> u64 {
+    fds_per_stream(proxy) * u64::from(streams) + FDS_SPARE
+}
+
+/// The most streams `proxy` can hold with `nofile` open files.
+pub fn max_streams(proxy: ProxyKind, nofile: u64) -> u64 {
+    nofile.saturating_sub(FDS_SPARE) / fds_per_stream(proxy)
+}
+
+/// The streams a peer config lets its proxy hold, and the setting that caps it, when the
+/// config names one: nginx `worker_connections` (2 per stream) and `worker_rlimit_nofile` (2
+/// per stream), HAProxy `maxconn` (one per client connection), shardgate
+/// `requests_inflight_max` and `connections_max` (one per stream; defaults 8,192 and 16,384
+/// when absent).
+pub fn config_stream_cap(proxy: ProxyKind, text: &str) -> Option<(u64, &'static str)> {
+    let setting = |key: &str| -> Option<u64> {
+        text.lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter_map(|l| l.strip_prefix(key))
+            .filter(|rest| rest.starts_with([' ', '\t', '=']))
+            .filter_map(|rest| {
+                rest.trim_matches(|c: char| c == '=' || c == ';' || c.is_whitespace())
+                    .parse()
+                    .ok()
+            })
+            .next_back()
+    };
+    let caps: Vec<(u64, &'static str)> = match proxy {
+        ProxyKind::Nginx => vec![
+            (setting("worker_connections")? / 2, "worker_connections"),
+            (
+                setting("worker_rlimit_nofile").unwrap_or(u64::MAX) / 2,
+                "worker_rlimit_nofile",
+            ),
+        ],
+        ProxyKind::Haproxy => vec![(setting("maxconn")?, "maxconn")],
+        ProxyKind::Shardgate | ProxyKind::ShardgateEpoll => vec![
+            (
+                setting("requests_inflight_max").unwrap_or(8192),
+                "server.requests_inflight_max",
+            ),
+            (
+                setting("connections_max").unwrap_or(16_384),
+                "server.connections_max",
+            ),
+        ],
+    };
+    caps.into_iter().min_by_key(|c| c.0)
+}
+
 /// The settings a scenario's command lines are built from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadPlan {
@@ -223,6 +347,10 @@ pub struct LoadPlan {
     /// Open-loop rate, req/s (the rate scenario).
     pub rate: Option<f64>,
     pub timeout_ms: u64,
+    /// The connections' first requests spread over this (zero: all at once).
+    pub ramp: Duration,
+    /// Let the responses in flight at the end complete (the warm-up).
+    pub drain: bool,
 }
 
 /// `shardgate-bench load ...` arguments (after the executable) for one run.
@@ -254,6 +382,13 @@ pub fn load_args(plan: &LoadPlan, port: u16) -> Vec<String> {
     }
     a.push("--timeout-ms".into());
     a.push(plan.timeout_ms.to_string());
+    if !plan.ramp.is_zero() {
+        a.push("--ramp-ms".into());
+        a.push(plan.ramp.as_millis().to_string());
+    }
+    if plan.drain {
+        a.push("--drain".into());
+    }
     a.push("--json".into());
     a
 }
@@ -496,6 +631,8 @@ mod tests {
             duration: Duration::from_secs(5),
             rate: None,
             timeout_ms: 10_000,
+            ramp: Duration::ZERO,
+            drain: false,
         };
         let a = load_args(&json, 18081);
         assert_eq!(
@@ -539,6 +676,106 @@ mod tests {
         let i = a.iter().position(|x| x == "--rate").unwrap();
         assert_eq!(a[i + 1], "25000");
         assert!(!a.contains(&"--stream".to_string()));
+        assert!(!a.contains(&"--drain".to_string()) && !a.contains(&"--ramp-ms".to_string()));
+        let steady_warmup = LoadPlan {
+            scenario: ScenarioKind::Sse,
+            ramp: Duration::from_millis(4200),
+            drain: true,
+            ..rate
+        };
+        let a = load_args(&steady_warmup, 18083);
+        let i = a.iter().position(|x| x == "--ramp-ms").unwrap();
+        assert_eq!(a[i + 1], "4200");
+        assert!(a.contains(&"--drain".to_string()));
+        assert_eq!(a.last().unwrap(), "--json");
+    }
+
+    #[test]
+    fn arrival_flags_and_ramps() {
+        let a = parse(&[]);
+        assert_eq!(a.sse_arrival, vec![Arrival::Burst]);
+        assert_eq!(a.sse_ramp_ms, None);
+        // Defaults: 50 + 8 x 50 ms.
+        assert_eq!(stream_lifetime_ms(&a), 450);
+        assert_eq!(ramp(Arrival::Burst, &a), Duration::ZERO);
+        assert_eq!(ramp(Arrival::Steady, &a), Duration::from_millis(450));
+        let a = parse(&[
+            "--sse-arrival",
+            "burst,steady",
+            "--sse-ttft-ms",
+            "200",
+            "--sse-chunks",
+            "20",
+            "--sse-chunk-interval-ms",
+            "200",
+        ]);
+        assert_eq!(a.sse_arrival, vec![Arrival::Burst, Arrival::Steady]);
+        assert_eq!(stream_lifetime_ms(&a), 4200);
+        assert_eq!(ramp(Arrival::Steady, &a), Duration::from_millis(4200));
+        assert_eq!(
+            rss_sample_at(Duration::ZERO, &a),
+            Duration::from_millis(2100)
+        );
+        assert_eq!(
+            rss_sample_at(ramp(Arrival::Steady, &a), &a),
+            Duration::from_millis(6300)
+        );
+        let a = parse(&["--sse-arrival", "steady", "--sse-ramp-ms", "1000"]);
+        assert_eq!(ramp(Arrival::Steady, &a), Duration::from_millis(1000));
+        let bad = |argv: &[&str]| {
+            Cli::try_parse_from(std::iter::once("compare").chain(argv.iter().copied())).is_err()
+        };
+        assert!(bad(&["--sse-arrival", "trickle"]));
+        assert!(bad(&["--sse-ramp-ms", "0"]));
+    }
+
+    #[test]
+    fn fds_per_proxy() {
+        assert_eq!(fds_needed(ProxyKind::Shardgate, 10_000), 30_000 + FDS_SPARE);
+        assert_eq!(fds_needed(ProxyKind::Nginx, 10_000), 20_000 + FDS_SPARE);
+        assert_eq!(fds_needed(ProxyKind::Haproxy, 1000), 2000 + FDS_SPARE);
+        // This VM's hard limit of 20,000: nginx and HAProxy fit 9,936 streams, shardgate 6,624.
+        assert_eq!(max_streams(ProxyKind::Nginx, 20_000), 9_936);
+        assert_eq!(max_streams(ProxyKind::Shardgate, 20_000), 6_624);
+        assert_eq!(max_streams(ProxyKind::Nginx, 100), 0);
+    }
+
+    #[test]
+    fn stream_caps_of_the_configs() {
+        let nginx = "worker_rlimit_nofile 16384;\nevents {\n    worker_connections 8192;\n}\n";
+        assert_eq!(
+            config_stream_cap(ProxyKind::Nginx, nginx),
+            Some((4096, "worker_connections"))
+        );
+        let nginx = "worker_rlimit_nofile 16384;\n worker_connections 65536; # more\n";
+        assert_eq!(
+            config_stream_cap(ProxyKind::Nginx, nginx),
+            Some((8192, "worker_rlimit_nofile"))
+        );
+        assert_eq!(
+            config_stream_cap(ProxyKind::Haproxy, "global\n    maxconn 8192\n"),
+            Some((8192, "maxconn"))
+        );
+        assert_eq!(config_stream_cap(ProxyKind::Haproxy, "global\n"), None);
+        assert_eq!(
+            config_stream_cap(ProxyKind::Shardgate, "[server]\nlisten = \"x\"\n"),
+            Some((8192, "server.requests_inflight_max"))
+        );
+        assert_eq!(
+            config_stream_cap(
+                ProxyKind::Shardgate,
+                "requests_inflight_max = 32768\nconnections_max = 20000\n# connections_max = 1\n"
+            ),
+            Some((20_000, "server.connections_max"))
+        );
+        // The configs in bench/peers hold 10,000 streams.
+        let peers = find_peers(&[PathBuf::from(env!("CARGO_MANIFEST_DIR"))]).unwrap();
+        for p in [ProxyKind::Nginx, ProxyKind::Haproxy, ProxyKind::Shardgate] {
+            let text =
+                std::fs::read_to_string(peers.join(peer_config(p, ScenarioKind::Sse))).unwrap();
+            let (cap, what) = config_stream_cap(p, &text).unwrap();
+            assert!(cap >= 10_000, "{}: {what} allows {cap} streams", p.name());
+        }
     }
 
     #[test]

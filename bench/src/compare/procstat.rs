@@ -158,6 +158,47 @@ pub fn tree_rss_kib(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// Open file descriptors summed over the given processes (a process already gone counts 0).
+pub fn tree_fds(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| fs::read_dir(format!("/proc/{p}/fd")).ok())
+        .map(|d| d.count() as u64)
+        .sum()
+}
+
+/// `/proc/net/tcp` states in which the accepting side still holds a connection: ESTABLISHED,
+/// SYN_RECV, CLOSE_WAIT (the client left, the server has not closed yet).
+const HELD_TCP_STATES: [&str; 3] = ["01", "03", "08"];
+
+/// Connections a server listening on 127.0.0.1:`port` still holds, from the text of
+/// `/proc/net/tcp`: lines whose local address is port `port` (any IPv4 address) in one of the
+/// [`HELD_TCP_STATES`]. The listening socket itself (state 0A) and TIME_WAIT (06) are not
+/// counted. Lines that do not parse are skipped.
+pub fn count_held_conns(proc_net_tcp: &str, port: u16) -> u64 {
+    let want = format!("{port:04X}");
+    proc_net_tcp
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut f = line.split_whitespace();
+            let (Some(_sl), Some(local), Some(_remote), Some(state)) =
+                (f.next(), f.next(), f.next(), f.next())
+            else {
+                return false;
+            };
+            local
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.eq_ignore_ascii_case(&want))
+                && HELD_TCP_STATES.contains(&state)
+        })
+        .count() as u64
+}
+
+/// [`count_held_conns`] on this network namespace's `/proc/net/tcp` now (0 when unreadable).
+pub fn held_conns(port: u16) -> u64 {
+    fs::read_to_string("/proc/net/tcp").map_or(0, |t| count_held_conns(&t, port))
+}
+
 /// A process and every process below it, from a scan of `/proc`.
 pub fn process_tree(root: u32) -> Vec<u32> {
     let mut parents = Vec::new();
@@ -198,6 +239,30 @@ pub fn cpu(snapshot: &BTreeMap<usize, CpuTicks>, n: usize) -> anyhow::Result<Cpu
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_connections_of_a_port() {
+        // 0x4E23 = 20003. Listening, two established accepted sides, one CLOSE_WAIT, one
+        // TIME_WAIT, the client side of a connection (remote port 20003), another port.
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:4E23 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0100007F:4E23 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1
+   2: 0100007F:4E23 0200007F:9C41 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1
+   3: 0100007F:4E23 0100007F:9C42 08 00000000:00000000 00:00000000 00000000     0        0 4 1 0 20 4 30 10 -1
+   4: 0100007F:4E23 0100007F:9C43 06 00000000:00000000 03:00001770 00000000     0        0 0 3 0
+   5: 0100007F:9C40 0100007F:4E23 01 00000000:00000000 00:00000000 00000000     0        0 5 1 0 20 4 30 10 -1
+   6: 0100007F:4E24 0100007F:9C44 01 00000000:00000000 00:00000000 00000000     0        0 6 1 0 20 4 30 10 -1
+   7: garbage
+";
+        assert_eq!(count_held_conns(text, 20003), 3);
+        assert_eq!(count_held_conns(text, 20004), 1);
+        assert_eq!(
+            count_held_conns(text, 40000),
+            1,
+            "the client side of line 5"
+        );
+        assert_eq!(count_held_conns("", 20003), 0);
+    }
 
     #[test]
     fn pid_stat_fields_14_to_17_after_the_comm() {

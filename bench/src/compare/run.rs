@@ -17,9 +17,10 @@ use serde::{Deserialize, Serialize};
 use super::child::{ChildGuard, Interrupt};
 use super::stats::{self, Metric, NoiseLimits, ProxySummary, RunFigures, RunStatus, Ticks};
 use super::{
-    find_peers, load_args, peer_config, proxy_command, rewrite_ports, search_dirs, shifted, table,
-    timestamp, upstream_args, which, CompareArgs, LoadPlan, ProxyKind, ScenarioKind, REQ_HEADERS,
-    REQ_PATH, UPSTREAM_PORT,
+    config_stream_cap, fds_needed, fds_per_stream, find_peers, load_args, max_streams, peer_config,
+    proxy_command, ramp, rewrite_ports, rss_sample_at, search_dirs, shifted, stream_lifetime_ms,
+    table, timestamp, upstream_args, which, Arrival, CompareArgs, LoadPlan, ProxyKind,
+    ScenarioKind, FDS_SPARE, REQ_HEADERS, REQ_PATH, UPSTREAM_PORT,
 };
 use super::{probe, procstat};
 use shardgate_engine::runtime::raise_nofile;
@@ -34,8 +35,18 @@ const LOAD_SLACK: Duration = Duration::from_secs(30);
 const BETWEEN_RUNS: Duration = Duration::from_secs(1);
 /// Client timeout of the load generator.
 const LOAD_TIMEOUT_MS: u64 = 30_000;
-/// Open files a process needs per SSE stream through a proxy (client side + upstream side).
-const FDS_PER_STREAM: u64 = 2;
+/// Open files the load generator and the mock upstream need beyond one per stream.
+const FDS_SPARE_LOAD: u64 = 256;
+/// After the sse warm-up, wait at most this long beyond one stream's lifetime for the proxy to
+/// hold no client connection.
+const WARMUP_DRAIN_SLACK: Duration = Duration::from_secs(10);
+/// With the sse scenario, compare raises the open-file limit (soft and hard, possible as root)
+/// to at least this, which the processes it starts inherit: the peer configs ask for their own,
+/// HAProxy 2 × `maxconn` + its spares (24,623 at maxconn 12,288) and refuses to start when the
+/// hard limit is lower; nginx sets `worker_rlimit_nofile` (32,768) itself, as root.
+const NOFILE_SSE_MIN: u64 = 65_536;
+/// How often the drain wait looks at `/proc/net/tcp`.
+const DRAIN_POLL: Duration = Duration::from_millis(250);
 
 // ---------------------------------------------------------------- the load generator's JSON
 
@@ -118,7 +129,11 @@ pub fn figures_of(
     f.insert(Metric::P99Us, load.latency_us.p99);
     f.insert(Metric::P999Us, load.latency_us.p999);
     if let Some(s) = &load.stream {
+        f.insert(Metric::TtfbP50Us, s.ttfb_us.p50);
+        f.insert(Metric::TtfbP90Us, s.ttfb_us.p90);
         f.insert(Metric::TtfbP99Us, s.ttfb_us.p99);
+        f.insert(Metric::TtfeP50Us, s.ttfe_us.p50);
+        f.insert(Metric::TtfeP90Us, s.ttfe_us.p90);
         f.insert(Metric::TtfeP99Us, s.ttfe_us.p99);
         f.insert(Metric::GapP99Us, s.gap_us.p99);
     }
@@ -141,12 +156,43 @@ pub fn figures_of(
     f
 }
 
+/// The proxy's memory and connections with the streams open (sse).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StreamSample {
+    /// VmRSS of the proxy's processes before any load, KiB.
+    pub rss_idle_kib: u64,
+    /// VmRSS sampled while the streams were open, KiB (0: not sampled).
+    pub rss_open_kib: u64,
+    /// Client connections the proxy held at the sample.
+    pub held: u64,
+    /// Open files of the proxy's processes at the sample.
+    pub fds: u64,
+    /// When the sample was taken, ms from the start of the measured load.
+    pub at_ms: u64,
+}
+
+/// The RSS figures of a sse run with `streams` streams, added to `f`.
+pub fn add_stream_figures(f: &mut BTreeMap<Metric, f64>, s: &StreamSample, streams: u32) {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    f.insert(Metric::RssIdleMib, mib(s.rss_idle_kib));
+    if s.rss_open_kib == 0 {
+        return;
+    }
+    f.insert(Metric::RssOpenMib, mib(s.rss_open_kib));
+    f.insert(Metric::StreamsHeld, s.held as f64);
+    if let Some(v) = stats::rss_per_stream_kib(s.rss_open_kib, s.rss_idle_kib, u64::from(streams)) {
+        f.insert(Metric::RssPerStreamKib, v);
+    }
+}
+
 // ---------------------------------------------------------------- one run's record
 
 /// Everything measured in one run (a line of raw.tsv and of runs.jsonl).
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
     pub scenario: &'static str,
+    /// sse: how the streams arrived.
+    pub arrival: Option<&'static str>,
     pub round: u32,
     pub attempt: u32,
     pub proxy: &'static str,
@@ -161,6 +207,12 @@ pub struct RunRecord {
     pub nprocs: usize,
     pub figures: BTreeMap<Metric, f64>,
     pub load: Option<LoadResult>,
+    /// sse: RSS idle and with the streams open, connections held.
+    pub sample: Option<StreamSample>,
+    /// sse: how long after the warm-up the proxy took to let go of the warm-up's connections,
+    /// s, and how many it still held when the wait ended.
+    pub warmup_drain_s: Option<f64>,
+    pub warmup_left: Option<u64>,
 }
 
 /// The figures of each run, as the summaries read them.
@@ -186,6 +238,7 @@ impl RunRecord {
     ) -> Self {
         RunRecord {
             scenario: scenario.name(),
+            arrival: None,
             round,
             attempt,
             proxy: proxy.name(),
@@ -200,6 +253,9 @@ impl RunRecord {
             nprocs: 0,
             figures: BTreeMap::new(),
             load: None,
+            sample: None,
+            warmup_drain_s: None,
+            warmup_left: None,
         }
     }
 }
@@ -207,7 +263,9 @@ impl RunRecord {
 /// Columns of raw.tsv.
 pub const TSV_HEADER: &str = "scenario\tround\tattempt\tproxy\tstatus\trequests\treq_per_s\tp50_us\tp99_us\tp999_us\t\
 ttfb_p99_us\tttfe_p99_us\tgap_p99_us\terrors\tproxy_ticks\tcpu_us_per_req\tproxy_cpu_pct\tupstream_cpu_us_per_req\t\
-load_cpu_us_per_req\trss_kib\tnprocs\tsteal_ticks_proxy_cpu\tsteal_ticks_load_cpu\tforeign_cpu_pct\twall_s\trate";
+load_cpu_us_per_req\trss_kib\tnprocs\tsteal_ticks_proxy_cpu\tsteal_ticks_load_cpu\tforeign_cpu_pct\twall_s\trate\t\
+arrival\tttfb_p50_us\tttfb_p90_us\tttfe_p50_us\tttfe_p90_us\trss_idle_kib\trss_open_kib\trss_per_stream_kib\t\
+streams_held\tfds_open\twarmup_drain_s\twarmup_left";
 
 /// One raw.tsv line (no newline).
 pub fn tsv_line(r: &RunRecord) -> String {
@@ -245,6 +303,21 @@ pub fn tsv_line(r: &RunRecord) -> String {
         format!("{:.3}", r.wall_s),
         load.and_then(|l| l.rate)
             .map_or(String::new(), |v| format!("{v:.0}")),
+        r.arrival.unwrap_or("").to_string(),
+        fig(Metric::TtfbP50Us),
+        fig(Metric::TtfbP90Us),
+        fig(Metric::TtfeP50Us),
+        fig(Metric::TtfeP90Us),
+        r.sample
+            .map_or(String::new(), |s| s.rss_idle_kib.to_string()),
+        r.sample
+            .map_or(String::new(), |s| s.rss_open_kib.to_string()),
+        fig(Metric::RssPerStreamKib),
+        r.sample.map_or(String::new(), |s| s.held.to_string()),
+        r.sample.map_or(String::new(), |s| s.fds.to_string()),
+        r.warmup_drain_s
+            .map_or(String::new(), |v| format!("{v:.2}")),
+        r.warmup_left.map_or(String::new(), |v| v.to_string()),
     ]
     .join("\t")
 }
@@ -253,7 +326,10 @@ pub fn tsv_line(r: &RunRecord) -> String {
 fn describe(r: &RunRecord) -> String {
     let g = |m: Metric| r.figures.get(&m).copied();
     let ms = |m: Metric| g(m).map_or("?".into(), |v| format!("{:.3}", v / 1000.0));
-    let mut s = format!("{} round {} {}", r.scenario, r.round, r.proxy);
+    let mut s = match r.arrival {
+        Some(a) => format!("{} ({a}) round {} {}", r.scenario, r.round, r.proxy),
+        None => format!("{} round {} {}", r.scenario, r.round, r.proxy),
+    };
     if r.attempt > 0 {
         s.push_str(&format!(" (retry {})", r.attempt));
     }
@@ -286,6 +362,23 @@ fn describe(r: &RunRecord) -> String {
             r.steal_proxy_cpu_pct
         ));
     }
+    if let Some(sm) = &r.sample {
+        s.push_str(&format!(
+            ", RSS idle {:.1} MiB, with streams {:.1} MiB ({} KiB/stream) at {} ms, {} client connections held, {} fds",
+            sm.rss_idle_kib as f64 / 1024.0,
+            sm.rss_open_kib as f64 / 1024.0,
+            g(Metric::RssPerStreamKib).map_or("?".into(), |v| format!("{v:.1}")),
+            sm.at_ms,
+            sm.held,
+            sm.fds
+        ));
+    }
+    if let Some(d) = r.warmup_drain_s {
+        s.push_str(&format!(
+            ", warm-up drained in {d:.2} s ({} left)",
+            r.warmup_left.unwrap_or(0)
+        ));
+    }
     s.push_str(&format!(" [{}]", r.status.as_str()));
     if let Some(reason) = &r.reason {
         s.push_str(&format!(": {reason}"));
@@ -310,6 +403,8 @@ struct Setup {
     out: PathBuf,
     proxies: Vec<(ProxyKind, PathBuf)>,
     limits: NoiseLimits,
+    /// Proxies that cannot hold the sse scenario's streams, and why (a limit named).
+    sse_blocked: BTreeMap<ProxyKind, String>,
 }
 
 /// The raw output files.
@@ -451,8 +546,15 @@ impl Setup {
         c
     }
 
-    fn scenario_plan(&self, scenario: ScenarioKind, rate: Option<f64>) -> LoadPlan {
+    fn scenario_plan(
+        &self,
+        scenario: ScenarioKind,
+        rate: Option<f64>,
+        arrival: Option<Arrival>,
+    ) -> LoadPlan {
         LoadPlan {
+            ramp: arrival.map_or(Duration::ZERO, |a| ramp(a, &self.args)),
+            drain: false,
             scenario,
             conns: if scenario.is_stream() {
                 self.args.sse_streams
@@ -465,12 +567,10 @@ impl Setup {
         }
     }
 
-    /// The mock upstream for one scenario, ready.
-    fn start_upstream(&self, scenario: ScenarioKind) -> anyhow::Result<ChildGuard> {
+    /// The mock upstream for one scenario, ready; `label` names its log files.
+    fn start_upstream(&self, scenario: ScenarioKind, label: &str) -> anyhow::Result<ChildGuard> {
         let args = upstream_args(scenario, &self.args);
-        let err_log = self
-            .out
-            .join(format!("run/upstream-{}.log", scenario.name()));
+        let err_log = self.out.join(format!("run/upstream-{label}.log"));
         let mut cmd = self.pinned(self.args.load_cpu, &self.exe, &args);
         cmd.stdout(Stdio::piped()).stderr(File::create(&err_log)?);
         let mut child = cmd.spawn().context("starting the mock upstream")?;
@@ -482,10 +582,7 @@ impl Setup {
         // Read its stdout on a thread (to the end, so it never blocks on a full pipe) and pass
         // on the readiness line.
         let (tx, rx) = mpsc::channel::<String>();
-        let mut copy = File::create(
-            self.out
-                .join(format!("run/upstream-{}.stdout", scenario.name())),
-        )?;
+        let mut copy = File::create(self.out.join(format!("run/upstream-{label}.stdout")))?;
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines() {
@@ -516,8 +613,7 @@ impl Setup {
             bail!("the mock upstream does not answer: {why}");
         }
         log(format!(
-            "mock upstream up for {} (pid {}, core {}): {}",
-            scenario.name(),
+            "mock upstream up for {label} (pid {}, core {}): {}",
             guard.pid(),
             self.args.load_cpu,
             args.join(" ")
@@ -657,6 +753,23 @@ impl Setup {
         }
     }
 
+    /// After the sse warm-up: wait (bounded: one stream's lifetime plus
+    /// [`WARMUP_DRAIN_SLACK`]) until the proxy on `port` holds no client connection, so that the
+    /// measured streams do not run over the warm-up's. The wait, s, and the connections still
+    /// held when it ended.
+    fn wait_drained(&self, port: u16) -> anyhow::Result<(f64, u64)> {
+        let start = Instant::now();
+        let end =
+            start + Duration::from_millis(stream_lifetime_ms(&self.args)) + WARMUP_DRAIN_SLACK;
+        loop {
+            let held = procstat::held_conns(port);
+            if held == 0 || Instant::now() >= end {
+                return Ok((start.elapsed().as_secs_f64(), held));
+            }
+            self.intr.sleep(DRAIN_POLL)?;
+        }
+    }
+
     /// One measured run of `proxy`.
     #[allow(
         clippy::too_many_arguments,
@@ -671,11 +784,13 @@ impl Setup {
         attempt: u32,
         proxy: ProxyKind,
         bin: &Path,
+        arrival: Option<Arrival>,
     ) -> anyhow::Result<RunRecord> {
         let port = shifted(proxy.port(), self.args.port_base);
         let tag = format!(
-            "{}-{}-r{round}{}",
+            "{}{}-{}-r{round}{}",
             scenario.name(),
+            arrival.map_or(String::new(), |a| format!("-{}", a.name())),
             proxy.name(),
             if attempt > 0 {
                 format!("-retry{attempt}")
@@ -683,8 +798,9 @@ impl Setup {
                 String::new()
             }
         );
-        let fail = |status, reason: String| {
-            RunRecord::failed(scenario, round, attempt, proxy, status, reason)
+        let fail = |status, reason: String| RunRecord {
+            arrival: arrival.map(Arrival::name),
+            ..RunRecord::failed(scenario, round, attempt, proxy, status, reason)
         };
         if port_in_use(port) {
             return Ok(fail(
@@ -721,14 +837,30 @@ impl Setup {
             return Ok(fail(RunStatus::StartFailed, why));
         }
 
-        let plan = self.scenario_plan(scenario, rate);
+        let sse = scenario.is_stream();
+        // Idle: started, one request answered, no load yet.
+        let rss_idle_kib = procstat::tree_rss_kib(&procstat::process_tree(guard.pid()));
+        let plan = self.scenario_plan(scenario, rate, arrival);
+        let mut drained: Option<(f64, u64)> = None;
         if !self.args.warmup.is_zero() {
+            // sse: the warm-up's streams finish (--drain) rather than being cut off, and the
+            // proxy lets go of their connections before the measured streams start.
             let warm = LoadPlan {
                 duration: self.args.warmup,
+                drain: sse,
                 ..plan.clone()
             };
             if let Err(why) = self.run_load(&warm, port, &format!("{tag}.warmup"))? {
                 log(format!("{tag}: warm-up: {why}"));
+            }
+            if sse {
+                let (secs, left) = self.wait_drained(port)?;
+                if left > 0 {
+                    log(format!(
+                        "{tag}: WARNING: {left} client connections still held {secs:.1} s after the warm-up"
+                    ));
+                }
+                drained = Some((secs, left));
             }
         }
 
@@ -740,8 +872,26 @@ impl Setup {
         let u0 = procstat::tree_ticks(&up_pids).context("reading the upstream's CPU time")?;
         let c0 = procstat::self_children_ticks()?;
         let start = Instant::now();
+        let sampler = sse.then(|| {
+            Sampler::spawn(
+                pids.clone(),
+                port,
+                start + rss_sample_at(plan.ramp, &self.args),
+            )
+        });
         let load = self.run_load(&plan, port, &tag)?;
         let wall_s = start.elapsed().as_secs_f64();
+        let sample = sampler.map(|s| {
+            let (rss_open_kib, held, fds, at) = s.finish().unwrap_or((0, 0, 0, start));
+            StreamSample {
+                rss_idle_kib,
+                rss_open_kib,
+                held,
+                fds,
+                at_ms: u64::try_from(at.saturating_duration_since(start).as_millis())
+                    .unwrap_or(u64::MAX),
+            }
+        });
         let t1 = procstat::tree_ticks(&pids);
         let u1 =
             procstat::tree_ticks(&up_pids).context("the mock upstream exited during the run")?;
@@ -784,7 +934,7 @@ impl Setup {
             steal,
             self.limits,
         );
-        let reason = match status {
+        let mut reason = match status {
             RunStatus::Errors => Some(format!(
                 "errors: {}",
                 load.errors
@@ -797,8 +947,26 @@ impl Setup {
             RunStatus::Noisy => Some(stats::noise_reason(foreign, steal, self.limits)),
             _ => None,
         };
+        let mut figures = figures_of(&load, &ticks, rss_kib, self.clk_tck, wall_s);
+        if let Some(sm) = &sample {
+            add_stream_figures(&mut figures, sm, plan.conns);
+            let note = if sm.rss_open_kib == 0 {
+                Some("RSS not sampled with the streams open (the load ended first)".to_string())
+            } else if sm.held * 100 < u64::from(plan.conns) * HELD_PCT_MIN {
+                Some(format!(
+                    "the proxy held only {} client connections of {} streams when its RSS was sampled",
+                    sm.held, plan.conns
+                ))
+            } else {
+                None
+            };
+            if let Some(n) = note {
+                reason = Some(reason.map_or(n.clone(), |r| format!("{r}; {n}")));
+            }
+        }
         Ok(RunRecord {
             scenario: scenario.name(),
+            arrival: arrival.map(Arrival::name),
             round,
             attempt,
             proxy: proxy.name(),
@@ -806,13 +974,16 @@ impl Setup {
             reason,
             wall_s,
             clk_tck: self.clk_tck,
-            figures: figures_of(&load, &ticks, rss_kib, self.clk_tck, wall_s),
+            figures,
             ticks,
             foreign_cpu_pct: foreign,
             steal_proxy_cpu_pct: steal,
             rss_kib,
             nprocs: pids.len(),
             load: Some(load),
+            sample,
+            warmup_drain_s: drained.map(|d| d.0),
+            warmup_left: drained.map(|d| d.1),
         })
     }
 
@@ -822,14 +993,23 @@ impl Setup {
         raw: &mut RawLog,
         scenario: ScenarioKind,
         rate: Option<f64>,
+        arrival: Option<Arrival>,
     ) -> anyhow::Result<(Vec<ProxySummary>, Vec<RunRecord>)> {
-        let mut upstream = self.start_upstream(scenario)?;
-        let up_log = self
-            .out
-            .join(format!("run/upstream-{}.log", scenario.name()));
+        let label = match arrival {
+            Some(a) => format!("{}-{}", scenario.name(), a.name()),
+            None => scenario.name().to_string(),
+        };
+        let mut upstream = self.start_upstream(scenario, &label)?;
+        let up_log = self.out.join(format!("run/upstream-{label}.log"));
         let n = self.proxies.len();
         let mut records: Vec<RunRecord> = Vec::new();
         let mut dropped: BTreeSet<ProxyKind> = BTreeSet::new();
+        if scenario.is_stream() {
+            for (p, why) in &self.sse_blocked {
+                log(format!("SKIP {} in {label}: {why}", p.name()));
+                dropped.insert(*p);
+            }
+        }
         for round in 1..=self.args.rounds {
             for i in 0..n {
                 let (proxy, bin) = &self.proxies[(i + round as usize - 1) % n];
@@ -846,8 +1026,16 @@ impl Setup {
                         );
                     }
                     self.wait_quiet()?;
-                    let rec =
-                        self.one_run(&mut upstream, scenario, rate, round, attempt, *proxy, bin)?;
+                    let rec = self.one_run(
+                        &mut upstream,
+                        scenario,
+                        rate,
+                        round,
+                        attempt,
+                        *proxy,
+                        bin,
+                        arrival,
+                    )?;
                     raw.write(&rec)?;
                     log(describe(&rec));
                     let status = rec.status;
@@ -856,17 +1044,15 @@ impl Setup {
                     match status {
                         RunStatus::StartFailed => {
                             log(format!(
-                                "SKIP {} in {} from now on: it did not start and answer 200",
+                                "SKIP {} in {label} from now on: it did not start and answer 200",
                                 proxy.name(),
-                                scenario.name()
                             ));
                             dropped.insert(*proxy);
                             break;
                         }
                         RunStatus::Noisy if attempt < self.args.noisy_retries => {
                             log(format!(
-                                "{} round {round} {}: noisy, repeating",
-                                scenario.name(),
+                                "{label} round {round} {}: noisy, repeating",
                                 proxy.name()
                             ));
                         }
@@ -883,12 +1069,74 @@ impl Setup {
     }
 }
 
+/// A run whose proxy held fewer client connections than this % of its streams at the RSS
+/// sample gets a note: its RSS per stream is not per open stream.
+const HELD_PCT_MIN: u64 = 95;
+
+/// Samples the proxy's RSS, held connections and open files once, at a given instant, on its
+/// own thread while the measured load runs.
+struct Sampler {
+    cancel: mpsc::Sender<()>,
+    handle: std::thread::JoinHandle<Option<(u64, u64, u64, Instant)>>,
+}
+
+impl Sampler {
+    fn spawn(pids: Vec<u32>, port: u16, at: Instant) -> Self {
+        let (cancel, stop) = mpsc::channel::<()>();
+        let handle = std::thread::spawn(move || {
+            let wait = at.saturating_duration_since(Instant::now());
+            match stop.recv_timeout(wait) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let now = Instant::now();
+                    let rss = procstat::tree_rss_kib(&pids);
+                    let fds = procstat::tree_fds(&pids);
+                    Some((rss, procstat::held_conns(port), fds, now))
+                }
+                // The load ended first, or the run was called off.
+                _ => None,
+            }
+        });
+        Self { cancel, handle }
+    }
+
+    /// The sample, if it was taken before the load ended (RSS KiB, held, fds, when).
+    fn finish(self) -> Option<(u64, u64, u64, Instant)> {
+        let _ = self.cancel.send(());
+        self.handle.join().ok().flatten()
+    }
+}
+
+/// Raise the open-file limit, soft and hard, to `want` (possible as root); the limit in force
+/// afterwards.
+fn raise_nofile_to(want: u64) -> u64 {
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    let r = Rlimit {
+        current: Some(want),
+        maximum: Some(want),
+    };
+    match setrlimit(Resource::Nofile, r) {
+        Ok(()) => want,
+        Err(_) => raise_nofile(),
+    }
+}
+
+/// `net.core.somaxconn`, the cap on every listen backlog (0 when unreadable).
+fn somaxconn() -> u64 {
+    fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 // ---------------------------------------------------------------- the command
 
 /// One scenario's outcome, for the tables and result.json.
 #[derive(Debug, Serialize)]
 struct ScenarioResult {
     scenario: &'static str,
+    /// sse: how the streams arrived, and over what ramp (ms).
+    arrival: Option<&'static str>,
+    ramp_ms: Option<u64>,
     title: String,
     /// The rate scenario's open-loop rate, req/s, and whose json req/s it derives from.
     rate_rps: Option<f64>,
@@ -992,12 +1240,78 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let mut scenarios = args.scenarios.clone();
     scenarios.sort();
     scenarios.dedup();
-    let nofile = raise_nofile();
-    if scenarios.contains(&ScenarioKind::Sse) {
-        let need = u64::from(args.sse_streams) * FDS_PER_STREAM + 256;
-        if nofile < need {
+    let mut nofile = raise_nofile();
+    let has_sse = scenarios.contains(&ScenarioKind::Sse);
+    let mut arrivals = args.sse_arrival.clone();
+    arrivals.sort();
+    arrivals.dedup();
+    if arrivals.is_empty() {
+        arrivals.push(Arrival::Burst);
+    }
+    let mut sse_blocked: BTreeMap<ProxyKind, String> = BTreeMap::new();
+    if has_sse {
+        let n = args.sse_streams;
+        // The load generator and the mock hold one socket per stream; each proxy 2 or 3.
+        let own = u64::from(n) + FDS_SPARE_LOAD;
+        let want = proxies
+            .iter()
+            .map(|(p, _)| fds_needed(*p, n))
+            .max()
+            .unwrap_or(0)
+            .max(own)
+            .max(NOFILE_SSE_MIN);
+        if nofile < want {
+            let before = nofile;
+            nofile = raise_nofile_to(want).max(nofile);
             log(format!(
-                "WARNING: the open-file limit is {nofile}, the sse scenario wants about {need} (ulimit -n {need}); expect connect errors"
+                "open-file limit: {before}; the sse scenario ({n} streams, the peer configs' own limits) wants {want}: {}",
+                if nofile >= want {
+                    format!("raised to {nofile} (soft and hard; the processes started inherit it)")
+                } else {
+                    format!("cannot raise it (raising the hard limit needs CAP_SYS_RESOURCE): it stays {nofile}")
+                }
+            ));
+        }
+        if nofile < own {
+            bail!(
+                "the open-file limit ({nofile}, ulimit -Hn) is below what the load generator alone needs for                  {n} streams ({own}); raise the hard limit (as root: ulimit -Hn {want}) or lower --sse-streams"
+            );
+        }
+        for (p, _) in &proxies {
+            let need = fds_needed(*p, n);
+            if nofile < need {
+                sse_blocked.insert(
+                    *p,
+                    format!(
+                        "{} needs about {need} open files for {n} streams ({} per stream + {FDS_SPARE}), and the hard \
+                         open-file limit is {nofile} (ulimit -Hn; raising it needs CAP_SYS_RESOURCE): at most {} \
+                         streams fit; lower --sse-streams or run where the limit is higher",
+                        p.name(),
+                        fds_per_stream(*p),
+                        max_streams(*p, nofile)
+                    ),
+                );
+            }
+        }
+        let sample_last = arrivals
+            .iter()
+            .map(|&a| rss_sample_at(ramp(a, &args), &args))
+            .max()
+            .unwrap_or_default();
+        if args.duration <= sample_last {
+            bail!(
+                "--duration {} is too short for the sse scenario: the proxy's RSS is sampled {} after the start (the ramp plus half a stream of {} ms), while every stream is open; use --duration {}s or more",
+                stats::duration_arg(args.duration),
+                stats::duration_arg(sample_last),
+                stream_lifetime_ms(&args),
+                sample_last.as_secs() + 2
+            );
+        }
+        let cap = somaxconn();
+        if arrivals.contains(&Arrival::Burst) && cap > 0 && u64::from(n) > cap {
+            log(format!(
+                "NOTE: a burst of {n} connects is more than net.core.somaxconn ({cap}), the cap on every listen backlog: connects that find a proxy's accept queue full wait for a SYN retransmission (1 s), which shows in TTFB (sysctl -w net.core.somaxconn={} rules that out)",
+                u64::from(n).next_power_of_two()
             ));
         }
     }
@@ -1020,6 +1334,19 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
             let name = peer_config(p, s);
             let text = fs::read_to_string(peers.join(name))
                 .with_context(|| format!("reading {}", peers.join(name).display()))?;
+            if s.is_stream() {
+                if let Some((cap, setting)) = config_stream_cap(p, &text) {
+                    if cap < u64::from(args.sse_streams) {
+                        sse_blocked.entry(p).or_insert_with(|| {
+                            format!(
+                                "{}'s {setting} lets it hold only {cap} streams, not {}",
+                                peers.join(name).display(),
+                                args.sse_streams
+                            )
+                        });
+                    }
+                }
+            }
             fs::write(peers_run.join(name), rewrite_ports(&text, base))?;
         }
     }
@@ -1038,6 +1365,7 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
         peers_run,
         out,
         proxies,
+        sse_blocked,
     };
     let env = setup.environment(nofile);
     fs::write(setup.out.join("env.txt"), &env)?;
@@ -1046,7 +1374,18 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
 
     let mut results: Vec<ScenarioResult> = Vec::new();
     let mut json_runs: Vec<RunRecord> = Vec::new();
-    for &scenario in &scenarios {
+    // The sse scenario once per arrival mode.
+    let variants: Vec<(ScenarioKind, Option<Arrival>)> = scenarios
+        .iter()
+        .flat_map(|&s| {
+            if s.is_stream() {
+                arrivals.iter().map(|&a| (s, Some(a))).collect::<Vec<_>>()
+            } else {
+                vec![(s, None)]
+            }
+        })
+        .collect();
+    for &(scenario, arrival) in &variants {
         let (rate, rate_of) = match scenario {
             ScenarioKind::Rate => match setup.args.rate_rps {
                 Some(r) => (Some(r), Some("--rate-rps".to_string())),
@@ -1079,9 +1418,9 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
             },
             _ => (None, None),
         };
-        let title = setup.title(scenario, rate, rate_of.as_deref());
+        let title = setup.title(scenario, rate, rate_of.as_deref(), arrival);
         log(format!("scenario {title}"));
-        let (proxies, records) = setup.scenario(&mut raw, scenario, rate)?;
+        let (proxies, records) = setup.scenario(&mut raw, scenario, rate, arrival)?;
         let mut runs_left_out: BTreeMap<&'static str, usize> = BTreeMap::new();
         for r in records.iter().filter(|r| r.status != RunStatus::Ok) {
             *runs_left_out.entry(r.status.as_str()).or_default() += 1;
@@ -1091,6 +1430,9 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
         }
         results.push(ScenarioResult {
             scenario: scenario.name(),
+            arrival: arrival.map(Arrival::name),
+            ramp_ms: arrival
+                .map(|a| u64::try_from(ramp(a, &setup.args).as_millis()).unwrap_or(u64::MAX)),
             title,
             rate_rps: rate,
             rate_of,
@@ -1130,6 +1472,11 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     for s in &skipped {
         tables.push_str(&format!("skipped {}: {}\n", s.proxy, s.reason));
     }
+    if has_sse {
+        for (p, why) in &setup.sse_blocked {
+            tables.push_str(&format!("skipped {} in sse: {why}\n", p.name()));
+        }
+    }
     tables.push_str(&format!(
         "raw per-run data: {}/raw.tsv, runs.jsonl; logs under run/ and load/\n",
         setup.out.display()
@@ -1146,6 +1493,11 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
             "sse_chunks": setup.args.sse_chunks,
             "sse_chunk_interval_ms": setup.args.sse_chunk_interval_ms,
             "sse_ttft_ms": setup.args.sse_ttft_ms,
+            "sse_arrival": arrivals.iter().map(|a| a.name()).collect::<Vec<_>>(),
+            "sse_ramp_ms": setup.args.sse_ramp_ms,
+            "sse_stream_lifetime_ms": stream_lifetime_ms(&setup.args),
+            "open_files": nofile,
+            "somaxconn": somaxconn(),
             "proxy_cpu": setup.args.proxy_cpu,
             "load_cpu": setup.args.load_cpu,
             "clk_tck": setup.clk_tck,
@@ -1153,6 +1505,7 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
             "steal_max_pct": setup.limits.steal_max_pct,
         },
         "skipped": skipped,
+        "sse_skipped": setup.sse_blocked.iter().map(|(p, why)| serde_json::json!({"proxy": p.name(), "reason": why})).collect::<Vec<_>>(),
         "scenarios": results,
     });
     let result_text = serde_json::to_string_pretty(&result)?;
@@ -1167,7 +1520,13 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
 }
 
 impl Setup {
-    fn title(&self, scenario: ScenarioKind, rate: Option<f64>, rate_of: Option<&str>) -> String {
+    fn title(
+        &self,
+        scenario: ScenarioKind,
+        rate: Option<f64>,
+        rate_of: Option<&str>,
+        arrival: Option<Arrival>,
+    ) -> String {
         let a = &self.args;
         let common = format!(
             "proxy alone on core {}, upstream + load on core {}; {} per run after {} warm-up, medians of ok runs over {} round(s)",
@@ -1183,8 +1542,21 @@ impl Setup {
                 a.conns
             ),
             ScenarioKind::Sse => format!(
-                "sse: {} concurrent SSE streams (first chunk after {} ms, {} chunks {} ms apart); latency = whole stream, CPU per stream; {common}",
-                a.sse_streams, a.sse_ttft_ms, a.sse_chunks, a.sse_chunk_interval_ms
+                "sse, {}: {} concurrent SSE streams (first chunk after {} ms, {} chunks {} ms apart); latency = whole stream, \
+                 CPU per stream; RSS idle before the load and with the streams open ({} ms into the run), per stream = growth / streams; \
+                 warm-up streams let finish and drained before the measured run; {common}",
+                match arrival {
+                    Some(Arrival::Steady) => format!(
+                        "steady arrival (first requests spread over {} ms)",
+                        ramp(Arrival::Steady, a).as_millis()
+                    ),
+                    _ => "burst arrival (all streams at once)".to_string(),
+                },
+                a.sse_streams,
+                a.sse_ttft_ms,
+                a.sse_chunks,
+                a.sse_chunk_interval_ms,
+                rss_sample_at(arrival.map_or(Duration::ZERO, |x| ramp(x, a)), a).as_millis()
             ),
             ScenarioKind::Rate => format!(
                 "rate: open loop at {} req/s ({}), {} connections, latency from each request's intended send time; {common}",
@@ -1202,9 +1574,10 @@ impl Setup {
         let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let ncpu = procstat::read_cpus().map_or(0, |c| c.len());
         let mut s = format!(
-            "kernel: {}  cpus: {ncpu}  CLK_TCK: {}  open files: {nofile}\n",
+            "kernel: {}  cpus: {ncpu}  CLK_TCK: {}  open files: {nofile}  somaxconn: {}\n",
             kernel.trim(),
-            self.clk_tck
+            self.clk_tck,
+            somaxconn()
         );
         s.push_str(&format!(
             "compare: {} (peers: {})\n",

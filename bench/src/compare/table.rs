@@ -39,10 +39,15 @@ pub const REQUEST_COLS: &[Col] = &[
     col("RSS MiB", Metric::RssMib, 1.0, 1),
 ];
 
-/// Columns for the streaming scenario (`sse`): per stream.
+/// Columns for the streaming scenario (`sse`): per stream. RSS: idle (before any load), with
+/// the streams open (sampled mid-stream), and the growth per open stream.
 pub const STREAM_COLS: &[Col] = &[
     col("streams/s", Metric::Rps, 1.0, 0),
+    col("TTFB p50 ms", Metric::TtfbP50Us, 1e-3, 2),
+    col("TTFB p90 ms", Metric::TtfbP90Us, 1e-3, 2),
     col("TTFB p99 ms", Metric::TtfbP99Us, 1e-3, 2),
+    col("TTFE p50 ms", Metric::TtfeP50Us, 1e-3, 2),
+    col("TTFE p90 ms", Metric::TtfeP90Us, 1e-3, 2),
     col("TTFE p99 ms", Metric::TtfeP99Us, 1e-3, 2),
     col("gap p99 ms", Metric::GapP99Us, 1e-3, 2),
     col("stream p99 ms", Metric::P99Us, 1e-3, 1),
@@ -51,7 +56,16 @@ pub const STREAM_COLS: &[Col] = &[
         ratio: false,
         ..col("proxy core %", Metric::ProxyCpuPct, 1.0, 1)
     },
-    col("RSS MiB", Metric::RssMib, 1.0, 1),
+    Col {
+        ratio: false,
+        ..col("held", Metric::StreamsHeld, 1.0, 0)
+    },
+    Col {
+        ratio: false,
+        ..col("RSS idle MiB", Metric::RssIdleMib, 1.0, 1)
+    },
+    col("RSS open MiB", Metric::RssOpenMib, 1.0, 1),
+    col("RSS KiB/stream", Metric::RssPerStreamKib, 1.0, 1),
 ];
 
 /// A number with `decimals` places; whole numbers of 1,000 and more get thousands separators.

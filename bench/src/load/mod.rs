@@ -3,7 +3,7 @@
 //! ```text
 //! shardgate-bench load URL -c CONNS -d DURATION [-t THREADS] [-H 'Name: v']... [--method M]
 //!     [--body STR | --body-file F] [--rate RPS] [--stream] [--json] [--timeout-ms N]
-//!     [--warmup DURATION] [--driver auto|io-uring|epoll]
+//!     [--warmup DURATION] [--driver auto|io-uring|epoll] [--ramp-ms MS] [--drain]
 //! ```
 //!
 //! # How it works
@@ -28,6 +28,14 @@
 //!   measured window. A request counts when its (intended) send time is inside the window
 //!   and it completes before the window ends; one still in flight at the end is dropped
 //!   uncounted, as in wrk.
+//! - `--ramp-ms`: connection `i` of `n` opens and sends its first request `i · ramp / n` after
+//!   the start (`schedule::arrival_offset`), so new streams arrive at a steady rate instead of
+//!   in one burst; closed loop from then on. The ramp counts from the start of the warm-up.
+//! - `--drain`: at the end, the responses in flight are let complete (each within
+//!   `--timeout-ms`), unrecorded, instead of being cut off by closing their connections: a
+//!   warm-up run that ends this way leaves no half-read streams behind in the server.
+//! - The process raises its open-file limit to the hard limit first (as the engine does) and
+//!   refuses to start when `-c` connections cannot fit in it.
 //! - Each thread keeps its own HdrHistograms (µs, 3 significant digits, up to 60 s) and
 //!   counters (`stats`), merged when the run ends. Once a second each thread stores its
 //!   completed count in an atomic; the main thread prints a progress line on stderr when
@@ -103,6 +111,10 @@ const READY_WAIT: Duration = Duration::from_secs(10);
 const PROGRESS_READ_DELAY: Duration = Duration::from_millis(100);
 /// How long after the planned end the threads may take to hand in their numbers.
 const FINISH_GRACE: Duration = Duration::from_secs(10);
+/// Open files the process needs besides one per connection (runtime, pipes, stdio).
+const FDS_SPARE: u64 = 64;
+/// Longest `--ramp-ms`, ms (one hour).
+const RAMP_MS_MAX: u32 = 3_600_000;
 
 /// Command-line arguments of `shardgate-bench load`.
 #[derive(Debug, clap::Args)]
@@ -151,6 +163,14 @@ pub struct LoadArgs {
     /// monoio driver.
     #[arg(long, value_enum, default_value_t = DriverChoice::Auto)]
     pub driver: DriverChoice,
+    /// Spread the connections' first requests evenly over this many ms (streams arriving at a
+    /// steady rate) instead of sending them all at once.
+    #[arg(long, default_value_t = 0, value_name = "MS", value_parser = clap::value_parser!(u32).range(..=i64::from(RAMP_MS_MAX)))]
+    pub ramp_ms: u32,
+    /// At the end, let the responses in flight complete (within --timeout-ms), unrecorded,
+    /// instead of closing their connections mid-response.
+    #[arg(long)]
+    pub drain: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -179,6 +199,14 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         args.connections
     );
     ensure!(!args.duration.is_zero(), "-d must be longer than 0");
+    let nofile = shardgate_engine::runtime::raise_nofile();
+    let fds_needed = args.connections as u64 + FDS_SPARE;
+    ensure!(
+        fds_needed <= nofile,
+        "-c {} needs about {fds_needed} open files, and the open-file limit is {nofile} \
+         (hard limit: ulimit -Hn; raise it, e.g. as root: ulimit -n {fds_needed})",
+        args.connections
+    );
     ensure!(args.timeout_ms >= 1, "--timeout-ms must be at least 1");
     if let Some(r) = args.rate {
         ensure!(r.is_finite() && r > 0.0, "--rate must be a positive number");
@@ -225,6 +253,8 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         warmup: args.warmup,
         duration: args.duration,
         driver: args.driver,
+        ramp: Duration::from_millis(u64::from(args.ramp_ms)),
+        drain: args.drain,
     });
 
     let live = std::io::stderr().is_terminal() && !args.json;
@@ -491,6 +521,8 @@ mod tests {
             warmup: Duration::ZERO,
             duration: Duration::from_millis(300),
             driver: DriverChoice::Auto,
+            ramp: Duration::ZERO,
+            drain: false,
         };
         change(&mut p);
         Arc::new(p)
@@ -582,6 +614,31 @@ mod tests {
             s.errors.timeout
         );
         assert_eq!(s.errors.total(), s.errors.timeout);
+    }
+
+    #[test]
+    fn drain_lets_the_exchange_in_flight_run_on_unrecorded() {
+        // A server that never answers: the request sent at the start is in flight at the end.
+        let addr = serve(None);
+        let run = |drain: bool| {
+            let p = plan(addr, |p| {
+                p.connections = 1;
+                p.duration = Duration::from_millis(100);
+                p.timeout = Duration::from_millis(500);
+                p.drain = drain;
+            });
+            let t = Instant::now();
+            let s = measured(&p);
+            (t.elapsed(), s)
+        };
+        // Without --drain the exchange is dropped at the end of the window.
+        let (took, s) = run(false);
+        assert!(took < Duration::from_millis(450), "{took:?}");
+        assert_eq!((s.requests, s.errors.total()), (0, 0));
+        // With it, the exchange runs on to its own timeout, past the window, and is not recorded.
+        let (took, s) = run(true);
+        assert!(took >= Duration::from_millis(500), "{took:?}");
+        assert_eq!((s.requests, s.errors.total()), (0, 0));
     }
 
     #[test]

@@ -103,6 +103,20 @@ pub fn measure_from(intended: Instant, sent: Instant, free: Instant) -> Instant 
     }
 }
 
+/// `--ramp-ms`: when connection `conn` of `conns` (counted over all threads) opens and sends its
+/// first request, as an offset from the start of the run. The first requests are spread evenly
+/// over `ramp`: connection `i` starts at `i · ramp / conns`, so new streams arrive at a steady
+/// rate of `conns / ramp` instead of all at once (`ramp` zero: all at the start, a burst).
+/// Out-of-range input (`conn >= conns`) is clamped to the end of the ramp.
+pub fn arrival_offset(conn: usize, conns: usize, ramp: Duration) -> Duration {
+    if conns == 0 || ramp.is_zero() {
+        return Duration::ZERO;
+    }
+    let conn = conn.min(conns) as u128;
+    let nanos = ramp.as_nanos() * conn / conns as u128;
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
 /// Latency of a request that was due at `intended` and completed at `done`.
 pub fn latency(intended: Instant, done: Instant) -> Duration {
     done.saturating_duration_since(intended)
@@ -121,6 +135,25 @@ mod tests {
     fn close(a: Instant, b: Instant) -> bool {
         let d = if a > b { a - b } else { b - a };
         d < Duration::from_micros(1)
+    }
+
+    #[test]
+    fn arrivals_spread_evenly_over_the_ramp() {
+        let ramp = ms(4000);
+        // 4 connections over 4 s: one new stream a second, the first at once.
+        let at: Vec<Duration> = (0..4).map(|i| arrival_offset(i, 4, ramp)).collect();
+        assert_eq!(at, vec![ms(0), ms(1000), ms(2000), ms(3000)]);
+        // 10,000 over 4.2 s: 0.42 ms apart, the last one ramp/N before the end of the ramp.
+        let r = ms(4200);
+        assert_eq!(arrival_offset(1, 10_000, r), Duration::from_micros(420));
+        assert_eq!(
+            arrival_offset(9_999, 10_000, r),
+            r - Duration::from_micros(420)
+        );
+        // No ramp: a burst; out of range: clamped to the ramp's end; no connections: zero.
+        assert_eq!(arrival_offset(7, 10, Duration::ZERO), Duration::ZERO);
+        assert_eq!(arrival_offset(12, 10, r), r);
+        assert_eq!(arrival_offset(0, 0, r), Duration::ZERO);
     }
 
     #[test]

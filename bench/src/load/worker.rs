@@ -25,6 +25,12 @@ use super::stats::{micros, ErrorKind, Stats};
 
 /// Read buffer per connection (a response head must fit; bodies stream through it).
 const READ_BUF_BYTES: usize = 64 * 1024;
+/// Read buffer per connection with `--stream`: SSE events are small and a generator holding
+/// 10,000 streams should not reserve 64 KiB for each.
+const READ_BUF_BYTES_STREAM: usize = 16 * 1024;
+/// Event gaps a streamed response's buffer starts with (it grows, up to
+/// `GAPS_PER_STREAM_MAX`).
+const GAPS_PER_STREAM_INITIAL: usize = 64;
 /// After a failed connect, wait this long before the next try (so a server that is down is
 /// not hammered in a tight loop).
 const CONNECT_RETRY_MS: u64 = 10;
@@ -74,9 +80,23 @@ pub struct Plan {
     pub warmup: Duration,
     pub duration: Duration,
     pub driver: DriverChoice,
+    /// `--ramp-ms`: the connections' first requests spread evenly over this (zero: a burst).
+    pub ramp: Duration,
+    /// `--drain`: at the end, let the responses in flight complete (within `timeout`) instead
+    /// of dropping them; they are not recorded.
+    pub drain: bool,
 }
 
 impl Plan {
+    /// Read buffer size of each connection.
+    pub fn read_buf_bytes(&self) -> usize {
+        if self.stream {
+            READ_BUF_BYTES_STREAM
+        } else {
+            READ_BUF_BYTES
+        }
+    }
+
     /// The connections of thread `t`: (index of the first among all, how many).
     pub fn conns_of(&self, t: usize) -> (usize, usize) {
         let base = self.connections / self.threads;
@@ -200,9 +220,13 @@ impl Bufs {
     fn new(plan: &Plan) -> Self {
         Self {
             req: plan.request.clone(),
-            read: Vec::with_capacity(READ_BUF_BYTES),
+            read: Vec::with_capacity(plan.read_buf_bytes()),
             pos: 0,
-            gaps: Vec::with_capacity(if plan.stream { 1024 } else { 0 }),
+            gaps: Vec::with_capacity(if plan.stream {
+                GAPS_PER_STREAM_INITIAL
+            } else {
+                0
+            }),
         }
     }
 
@@ -212,8 +236,8 @@ impl Bufs {
         if self.req.is_empty() {
             self.req = plan.request.clone();
         }
-        if self.read.capacity() < READ_BUF_BYTES {
-            self.read = Vec::with_capacity(READ_BUF_BYTES);
+        if self.read.capacity() < plan.read_buf_bytes() {
+            self.read = Vec::with_capacity(plan.read_buf_bytes());
         }
         self.read.clear();
         self.pos = 0;
@@ -257,6 +281,13 @@ async fn connection(ctx: Rc<Ctx>, index: usize) {
     let mut resp = Response::new(plan.head_request);
     let mut sse = Sse::default();
     let mut stream: Option<TcpStream> = None;
+    if !plan.ramp.is_zero() {
+        let at = ctx.t0 + schedule::arrival_offset(index, plan.connections, plan.ramp);
+        if at >= ctx.end {
+            return;
+        }
+        monoio::time::sleep_until(at.into()).await;
+    }
     let mut now = Instant::now();
     // When the connection became free for the next request.
     let mut free = now;
@@ -295,7 +326,12 @@ async fn connection(ctx: Rc<Ctx>, index: usize) {
         let sent = now;
         let from = schedule::measure_from(intended, sent, free);
         let timeout_at = sent + plan.timeout;
-        let deadline = timeout_at.min(ctx.end);
+        // --drain: a response in flight at the end may complete (it is not recorded).
+        let deadline = if plan.drain {
+            timeout_at
+        } else {
+            timeout_at.min(ctx.end)
+        };
         resp.reset();
         sse.reset();
         bufs.gaps.clear();
@@ -312,7 +348,8 @@ async fn connection(ctx: Rc<Ctx>, index: usize) {
             _ => Instant::now(),
         };
         free = now;
-        let counted = intended >= ctx.measure_from;
+        // With --drain, what ends after the window is let through, not recorded.
+        let counted = intended >= ctx.measure_from && !(plan.drain && now > ctx.end);
         let mut st = ctx.stats.borrow_mut();
         match res {
             Ok(Ok(done)) => {
@@ -333,7 +370,7 @@ async fn connection(ctx: Rc<Ctx>, index: usize) {
             Err(_elapsed) => {
                 stream = None;
                 bufs.restore(plan);
-                if timeout_at > ctx.end {
+                if timeout_at > ctx.end && !plan.drain {
                     break; // the run ended with this request in flight: not counted
                 }
                 if counted {
@@ -544,6 +581,8 @@ mod tests {
             warmup: Duration::ZERO,
             duration: Duration::from_secs(1),
             driver: DriverChoice::Auto,
+            ramp: Duration::ZERO,
+            drain: false,
         }
     }
 

@@ -43,8 +43,9 @@ use server::Shard;
 
 /// Most threads (`--threads`).
 pub const THREADS_MAX: u32 = 1024;
-/// Listen backlog per thread.
-const LISTEN_BACKLOG: i32 = 4096;
+/// Listen backlog per thread: a burst of 10,000 proxied streams connects at once (the kernel
+/// caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 16_384;
 /// How often an idle thread looks at the shutdown flag, ms.
 const SHUTDOWN_POLL_MS: u64 = 50;
 /// Largest delay knob (one hour), ms.
@@ -134,6 +135,9 @@ impl UpstreamArgs {
 
 /// Run `shardgate-bench upstream` until SIGTERM or SIGINT.
 pub fn run(args: UpstreamArgs) -> anyhow::Result<()> {
+    // Thousands of proxied streams hold one connection each: the soft open-file limit up to the
+    // hard one, as the engine does.
+    shardgate_engine::runtime::raise_nofile();
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         // A second signal exits at once, with status 1, should a thread not stop.

@@ -28,8 +28,9 @@ pub const IDLE_TIMEOUT_MS: u64 = 60_000;
 pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Each write must finish within this long (a client that stops reading is dropped).
 pub const WRITE_TIMEOUT_MS: u64 = 30_000;
-/// Open connections per shard; more are closed as soon as they are accepted.
-pub const CONNECTIONS_MAX: usize = 16_384;
+/// Open connections per shard; more are closed as soon as they are accepted (10,000 streams
+/// through a proxy, plus the idle connections its pool may keep from a warm-up).
+pub const CONNECTIONS_MAX: usize = 32_768;
 /// After an answer that closes the connection, read and drop what the client still sends for
 /// at most this long and this many bytes, so the close does not turn into a reset that
 /// destroys the answer in the client's receive buffer.
