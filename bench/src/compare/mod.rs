@@ -274,12 +274,14 @@ pub fn rss_sample_at(ramp: Duration, args: &CompareArgs) -> Duration {
     ramp + Duration::from_millis(stream_lifetime_ms(args) / 2)
 }
 
-/// Open files one proxy needs per stream: the client's socket and the upstream's; shardgate
-/// one more, the pool's cloned watch fd of each upstream connection.
+/// Open files one proxy needs per stream: the client's socket and the upstream's (shardgate
+/// kept a third, a cloned handle on each upstream connection, until issue 21).
 pub fn fds_per_stream(proxy: ProxyKind) -> u64 {
     match proxy {
-        ProxyKind::Shardgate | ProxyKind::ShardgateEpoll => 3,
-        ProxyKind::Nginx | ProxyKind::Haproxy => 2,
+        ProxyKind::Shardgate
+        | ProxyKind::ShardgateEpoll
+        | ProxyKind::Nginx
+        | ProxyKind::Haproxy => 2,
     }
 }
 
@@ -731,12 +733,12 @@ mod tests {
 
     #[test]
     fn fds_per_proxy() {
-        assert_eq!(fds_needed(ProxyKind::Shardgate, 10_000), 30_000 + FDS_SPARE);
+        assert_eq!(fds_needed(ProxyKind::Shardgate, 10_000), 20_000 + FDS_SPARE);
         assert_eq!(fds_needed(ProxyKind::Nginx, 10_000), 20_000 + FDS_SPARE);
         assert_eq!(fds_needed(ProxyKind::Haproxy, 1000), 2000 + FDS_SPARE);
-        // This VM's hard limit of 20,000: nginx and HAProxy fit 9,936 streams, shardgate 6,624.
+        // This VM's hard limit of 20,000: each proxy fits 9,936 streams.
         assert_eq!(max_streams(ProxyKind::Nginx, 20_000), 9_936);
-        assert_eq!(max_streams(ProxyKind::Shardgate, 20_000), 6_624);
+        assert_eq!(max_streams(ProxyKind::Shardgate, 20_000), 9_936);
         assert_eq!(max_streams(ProxyKind::Nginx, 100), 0);
     }
 
