@@ -342,15 +342,6 @@ fn measure(scenario: Scenario, driver: Driver) {
     let l1 = live_bytes(&gw);
     open(&gw, scenario, STREAMS_PER_STEP, &mut streams);
     let l2 = live_bytes(&gw);
-    if std::env::var_os("SG_MEMTEST_EXTRA").is_some() {
-        let mut prev = l2;
-        for _ in 0..3 {
-            open(&gw, scenario, STREAMS_PER_STEP, &mut streams);
-            let l = live_bytes(&gw);
-            println!("EXTRA step: {} per stream", (l as i64 - prev as i64) / STREAMS_PER_STEP as i64);
-            prev = l;
-        }
-    }
     let per_stream = (i64::try_from(l2).unwrap_or(i64::MAX)
         - i64::try_from(l1).unwrap_or(i64::MAX))
         / STREAMS_PER_STEP as i64;
