@@ -333,10 +333,13 @@ fn measure(scenario: Scenario, driver: Driver) {
     let mut warm = Vec::with_capacity(WARM_REQUESTS);
     open(&gw, scenario, WARM_REQUESTS, &mut warm);
     drop(warm);
-    let closed = shardgate_tests::wait_until(EVENT_WAIT, || {
-        connections_open(&gw.metrics()) == Some(0)
-    });
-    assert!(closed, "{}: the warm-up streams were not closed", scenario.name());
+    let closed =
+        shardgate_tests::wait_until(EVENT_WAIT, || connections_open(&gw.metrics()) == Some(0));
+    assert!(
+        closed,
+        "{}: the warm-up streams were not closed",
+        scenario.name()
+    );
     let mut streams = Vec::with_capacity(STREAMS_TOTAL);
     open(&gw, scenario, STREAMS_PER_STEP, &mut streams);
     let l1 = live_bytes(&gw);
