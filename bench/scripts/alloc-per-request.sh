@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Heap allocations per proxied request, measured on the whole request path.
 #
-# Builds shardgate with `--features count-alloc` (every allocation counted by a stats_alloc
-# wrapper; totals printed at exit), starts the benchmark upstream (bench/peers/upstream-nginx.conf),
-# and runs the same wrk load (64 keep-alive connections, the chat request of post.lua) twice, for
-# SHORT and LONG seconds, each against a fresh shardgate. Start-up and per-connection
-# allocations are the same in both runs, so
+# Builds `shardgate-counted` (the engine with a stats_alloc wrapper as its global allocator:
+# every allocation counted; totals printed at exit and shown on /metrics), starts the benchmark
+# upstream (bench/peers/upstream-nginx.conf), and runs the same wrk load (64 keep-alive
+# connections, the chat request of post.lua) twice, for SHORT and LONG seconds, each against a
+# fresh shardgate. Start-up and per-connection allocations are the same in both runs, so
 #     allocations per request = (allocs_long - allocs_short) / (requests_long - requests_short)
 # is what each additional request costs. The target is 0.
 #
@@ -38,12 +38,11 @@ elif [[ $ACCESS_LOG == 1 ]]; then
     sed "s|@ACCESS_LOG@|$WORK/access.log|" "$PEERS/shardgate-log.toml" >"$WORK/shardgate-log.toml"
     CONFIG=$WORK/shardgate-log.toml
 fi
-BIN=$REPO/target/count-alloc/release/shardgate
+BIN=$REPO/target/release/shardgate-counted
 
 command -v wrk >/dev/null && command -v nginx >/dev/null ||
     { echo "SKIP: needs wrk and nginx (apt-get install -y wrk nginx-light)"; exit 0; }
-(cd "$REPO" && cargo build --release -q -p shardgate-engine --features count-alloc \
-    --target-dir target/count-alloc)
+(cd "$REPO" && cargo build --release -q -p shardgate-engine --bin shardgate-counted)
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }

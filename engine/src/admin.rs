@@ -53,6 +53,9 @@ pub struct AdminState {
     pub draining: Arc<AtomicBool>,
     /// `[fleet]`: the fleet's usage counters are read from its Redis for each scrape.
     pub fleet: Option<crate::config::FleetConfig>,
+    /// The counting allocator's probe (`shardgate-counted` only): its totals go on `/metrics`
+    /// as `shardgate_heap_*`.
+    pub heap: Option<crate::metrics::HeapProbe>,
 }
 
 /// Serve `listener` on a new thread named `admin`. Runs until the process exits.
@@ -271,6 +274,8 @@ fn route(method: &str, target: &str, state: &AdminState) -> Reply {
     }
     match path {
         "/metrics" => {
+            // Read first, before this scrape's own allocations.
+            let heap = state.heap.map(|probe| probe());
             let totals = stats::read(state.region);
             let now_ns = crate::clock::Now::read().unix_ns;
             let tenant_live: Vec<TenantLive> = state
@@ -322,6 +327,7 @@ fn route(method: &str, target: &str, state: &AdminState) -> Reply {
                         })
                     },
                     fleet_usage: fleet_usage.as_ref(),
+                    heap,
                 },
                 &mut body,
             );
@@ -433,6 +439,7 @@ mod tests {
                 instance: "unit".into(),
                 draining: draining.clone(),
                 fleet: None,
+                heap: None,
             },
         )
         .expect("spawn");

@@ -98,6 +98,10 @@
 //! usage counters, in Redis), [`aws_keys`] (Bedrock credentials files read again when they
 //! change or on `SIGHUP`, handed to each shard over a channel of its own).
 //!
+//! The process: [`launch`]: the command line, the config, the shards started and drained;
+//! the `main` of both binaries (`shardgate` with mimalloc, `shardgate-counted` with a counting
+//! allocator whose counts it shows on `/metrics`).
+//!
 //! Testing (only with the `fuzzing` feature):
 //! - `fuzz_checks`: the invariants each fuzz target (`engine/fuzz`) asserts, one function per
 //!   target, replayed over the seed corpora by `cargo test --workspace`.
@@ -135,6 +139,7 @@ pub mod fleet_usage;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz_checks;
 pub mod http;
+pub mod launch;
 pub mod limit;
 pub mod listen;
 pub mod llm;

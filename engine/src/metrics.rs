@@ -35,7 +35,37 @@ pub struct Scrape<'a> {
     /// In a fleet: the fleet's usage counters by tenant (`None`: no `[fleet]`, or Redis did
     /// not answer).
     pub fleet_usage: Option<&'a std::collections::BTreeMap<String, shardgate_core::fleet::Usage>>,
+    /// The counting allocator's totals (`shardgate-counted` only; `None` in `shardgate`).
+    pub heap: Option<HeapCounts>,
 }
+
+/// What a counting global allocator counted since the process started: the
+/// `shardgate-counted` binary's (`stats_alloc`), read through a [`HeapProbe`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeapCounts {
+    /// Calls to `alloc` and `alloc_zeroed`.
+    pub allocations: u64,
+    /// Calls to `dealloc`.
+    pub deallocations: u64,
+    /// Calls to `realloc`.
+    pub reallocations: u64,
+    /// Bytes asked for by allocations, plus what reallocations grew blocks by.
+    pub bytes_allocated: u64,
+    /// Bytes given back by deallocations, plus what reallocations shrank blocks by.
+    pub bytes_deallocated: u64,
+}
+
+impl HeapCounts {
+    /// Bytes the process holds on the heap now, as asked for (not the allocator's own
+    /// rounding, headers or cached pages: that is RSS).
+    pub fn live_bytes(&self) -> u64 {
+        self.bytes_allocated.saturating_sub(self.bytes_deallocated)
+    }
+}
+
+/// Reads the counting global allocator of the binary that has one (`shardgate-counted`);
+/// passed to [`crate::launch::main`], which hands it to the admin listener.
+pub type HeapProbe = fn() -> HeapCounts;
 
 /// The fleet agent's view, as the region holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,6 +442,29 @@ pub fn render(s: &Scrape<'_>, out: &mut String) {
     if let Some(u) = s.fleet_usage {
         fleet_usage(out, u);
     }
+    if let Some(h) = s.heap {
+        family(
+            out,
+            "heap_live_bytes",
+            "gauge",
+            "Heap bytes held now, as asked of the allocator (shardgate-counted only).",
+        );
+        sample(out, "heap_live_bytes", &[], h.live_bytes());
+        family(
+            out,
+            "heap_allocations_total",
+            "counter",
+            "Heap allocations since start (shardgate-counted only).",
+        );
+        sample(out, "heap_allocations_total", &[], h.allocations);
+        family(
+            out,
+            "heap_reallocations_total",
+            "counter",
+            "Heap reallocations since start (shardgate-counted only).",
+        );
+        sample(out, "heap_reallocations_total", &[], h.reallocations);
+    }
     family(
         out,
         "build_info",
@@ -564,6 +617,11 @@ mod tests {
 
     /// Two shards: shard 0 running on core 3 with io_uring, shard 1 not started.
     fn scrape_text() -> String {
+        scrape_text_with(None)
+    }
+
+    /// [`scrape_text`] with the counting allocator's totals.
+    fn scrape_text_with(heap: Option<HeapCounts>) -> String {
         let r: &'static Region = Box::leak(Box::new(Region::anonymous(2).expect("anon")));
         let a = ShardStats::new(r.shard(0));
         let b = ShardStats::new(r.shard(1));
@@ -613,6 +671,7 @@ mod tests {
                 draining: false,
                 fleet: None,
                 fleet_usage: None,
+                heap,
             },
             &mut out,
         );
@@ -624,6 +683,30 @@ mod tests {
             text.lines().any(|l| l == line),
             "missing line {line:?} in:\n{text}"
         );
+    }
+
+    #[test]
+    fn heap_lines_only_with_a_counter() {
+        assert!(!scrape_text().contains("shardgate_heap_"));
+        let t = scrape_text_with(Some(HeapCounts {
+            allocations: 10,
+            deallocations: 4,
+            reallocations: 3,
+            bytes_allocated: 5_000,
+            bytes_deallocated: 1_200,
+        }));
+        has(&t, "# TYPE shardgate_heap_live_bytes gauge");
+        has(&t, "shardgate_heap_live_bytes 3800");
+        has(&t, "# TYPE shardgate_heap_allocations_total counter");
+        has(&t, "shardgate_heap_allocations_total 10");
+        has(&t, "shardgate_heap_reallocations_total 3");
+        // More given back than asked for cannot happen; it reads 0, not a wrapped number.
+        let odd = HeapCounts {
+            bytes_allocated: 1,
+            bytes_deallocated: 2,
+            ..HeapCounts::default()
+        };
+        assert_eq!(odd.live_bytes(), 0);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! `SHARDGATE_BIN=/path/to/shardgate` skips the build and uses that binary (for example a
 //! release build, or a binary under test on another machine).
 //!
+//! [`shardgate_counted_bin`] finds `shardgate-counted` the same way (`SHARDGATE_COUNTED_BIN`).
 //! [`bench_bin`] does the same for `shardgate-bench` (package `shardgate-bench`), with
 //! `SHARDGATE_BENCH_BIN` as its override, [`ctl_bin`] for `shardgate-ctl`
 //! (`SHARDGATE_CTL_BIN`), and [`shardgate_tune_bin`] for `shardgate-tune`
@@ -23,6 +24,20 @@ pub fn shardgate_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| locate("SHARDGATE_BIN", "shardgate-engine", "shardgate"))
         .clone()
+}
+
+/// Path of the `shardgate-counted` binary (the engine with a counting allocator, its counts on
+/// `/metrics`), built on first use (`SHARDGATE_COUNTED_BIN` overrides).
+pub fn shardgate_counted_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        locate(
+            "SHARDGATE_COUNTED_BIN",
+            "shardgate-engine",
+            "shardgate-counted",
+        )
+    })
+    .clone()
 }
 
 /// Path of the `shardgate-bench` binary, built on first use (see the module docs).

@@ -136,8 +136,18 @@ impl Gateway {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Result<Gateway, String> {
+        Gateway::try_start_bin(&shardgate_bin(), config_toml, env, args)
+    }
+
+    /// [`Gateway::try_start_full`] running the engine binary `bin` (e.g.
+    /// [`crate::shardgate_counted_bin`]) instead of `shardgate`.
+    pub fn try_start_bin(
+        bin: &Path,
+        config_toml: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Result<Gateway, String> {
         let config = TempConfig::new(config_toml);
-        let bin = shardgate_bin();
         let given = |flag: &str| args.iter().position(|a| *a == flag);
         let instance = match given("--instance") {
             Some(i) => args
@@ -145,7 +155,7 @@ impl Gateway {
                 .map_or_else(unique_instance, |s| (*s).to_owned()),
             None => unique_instance(),
         };
-        let mut cmd = Command::new(&bin);
+        let mut cmd = Command::new(bin);
         cmd.arg("--config").arg(config.path());
         if given("--instance").is_none() {
             cmd.args(["--instance", &instance]);

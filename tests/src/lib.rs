@@ -43,7 +43,7 @@ mod upstream;
 use std::time::{Duration, Instant};
 
 pub use bench_upstream::BenchUpstream;
-pub use bin::{bench_bin, ctl_bin, shardgate_bin, shardgate_tune_bin};
+pub use bin::{bench_bin, ctl_bin, shardgate_bin, shardgate_counted_bin, shardgate_tune_bin};
 pub use client::{dechunk, split_head, Client, Closed, Response};
 pub use config::{
     free_port, read_store, store_config, store_files_text, ConfigBuilder, Driver, DRIVERS,
