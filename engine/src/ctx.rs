@@ -27,6 +27,8 @@ use crate::upstream::Pools;
 /// request and given back when it ends.
 #[derive(Debug, Default)]
 pub struct LlmBufs {
+    /// The client's request head, kept to build each attempt's upstream head.
+    pub head: Vec<u8>,
     /// The request body, read whole before it is forwarded.
     pub body: Vec<u8>,
     /// The body with `stream_options.include_usage` added (or scratch while relaying).

@@ -182,7 +182,7 @@ const TUNING_FILE_DEFAULT: &str = "tuning.toml";
 /// The embedded default's demo key, printed at start whenever a tenant holds it.
 const DEMO_KEY: &str = "sk-demo";
 
-/// Descriptors beyond three per connection: listeners, rings, the region, logs, upstream pools.
+/// Descriptors beyond two per connection: listeners, rings, the region, logs, upstream pools.
 const NOFILE_SPARE: u64 = 1024;
 
 /// The version the bootstrap config gets on the ring; `shardgate-ctl apply` numbers on from it.
@@ -230,10 +230,9 @@ fn run(
             (_, d) => d,
         },
     };
-    // Every connection costs a descriptor, and a proxied one three (the client's, the
-    // upstream's, and the upstream's second handle the pool's idle check peeks through): take
-    // the whole hard limit at once (as nginx's worker_rlimit_nofile and Go programs do), and
-    // say so when even that is below what `connections_max` allows.
+    // Every connection costs a descriptor, and a proxied one two (the client's and the
+    // upstream's): take the whole hard limit at once (as nginx's worker_rlimit_nofile and Go
+    // programs do), and say so when even that is below what `connections_max` allows.
     // An upgrade (a second instance on this port, then SIGTERM to this one) keeps the
     // connections queued in this one's listeners only with tcp_migrate_req on (issue 19).
     let migrate = std::fs::read_to_string(shardgate_tune::MIGRATE_REQ_PATH).ok();
@@ -243,12 +242,12 @@ fn run(
     let nofile = crate::runtime::raise_nofile();
     let nofile_wanted = (shards as u64)
         .saturating_mul(config.server.connections_max as u64)
-        .saturating_mul(3)
+        .saturating_mul(2)
         .saturating_add(NOFILE_SPARE);
     if nofile < nofile_wanted {
         tracing::warn!(
             "open-file limit {nofile} is below the {nofile_wanted} that {shards} shard(s) with \
-             connections_max = {} may need (three per proxied connection); \
+             connections_max = {} may need (two per proxied connection); \
              past it, accepts and upstream connects fail: raise LimitNOFILE (docs/operations.md)",
             config.server.connections_max
         );

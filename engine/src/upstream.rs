@@ -47,7 +47,10 @@ impl UpConn {
         use nix::sys::socket::{recv, MsgFlags};
         let mut byte = [0u8; 1];
         let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
-        matches!(recv(self.fd, &mut byte, flags), Err(nix::errno::Errno::EAGAIN))
+        matches!(
+            recv(self.fd, &mut byte, flags),
+            Err(nix::errno::Errno::EAGAIN)
+        )
     }
 }
 

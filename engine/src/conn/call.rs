@@ -192,14 +192,20 @@ pub(super) async fn proxy_llm(
         Ok(w) => w,
         Err(next) => return next,
     };
-    // The body (and the template-filled body) stay out of `c` while the call runs, and go
-    // back on the one way out below (the raw head's buffer goes back when dropped).
-    let body = std::mem::take(&mut c.llm.body);
-    let mut filled = std::mem::take(&mut c.llm.filled);
+    // The raw head, the body and the template-filled body stay out of `c` while the call
+    // decides and builds each attempt's request, and are lent back to `c.llm` while an
+    // attempt runs: a stream's relay gives them to the shard's pool once its request is sent
+    // (a stream waiting for tokens holds none of them). After an attempt that is retried (no
+    // byte reached the client, so its stream never began) they are taken out again. The raw
+    // head moves from the write buffer it was read into to a pooled buffer of its own size.
+    c.llm.head.clear();
+    c.llm.head.extend_from_slice(&raw_head);
+    drop(raw_head);
+    let mut bufs = CallBufs::take(&mut c.llm);
     // The call is written in place, not as an async fn of its own: each level of nested
     // futures costs every connection's future up to 128 bytes (monoio's timer futures are
     // aligned to 128), and boxing it would allocate per request.
-    let (snap, raw_head, filled_buf) = (&snap, &raw_head[..], &mut filled);
+    let snap = &snap;
     let next = 'call: {
         // `exchange::call::Call` decides: the body checked (a model the tenant may use), the
         // tenant admitted by its token estimate, whether a template is filled, then the route's
@@ -210,7 +216,13 @@ pub(super) async fn proxy_llm(
         machine.set_key(c.ex.key_limit);
         let mut rng = || ctx.next_random();
         let mut now = Now::read();
-        let mut action = machine.step(&**snap, &mut c.ex.held, now, &mut rng, Event::Body(&body));
+        let mut action = machine.step(
+            &**snap,
+            &mut c.ex.held,
+            now,
+            &mut rng,
+            Event::Body(&bufs.body),
+        );
         if !matches!(action, Action::Refuse(_)) {
             took_body(c, snap, machine.checked(), now);
         }
@@ -223,9 +235,10 @@ pub(super) async fn proxy_llm(
                 Action::Fill { group } => {
                     // Fill the selected template from `variables`; `variables` never goes
                     // upstream. A group's name is the body's model (inspected already).
-                    let path = request_line(raw_head).1;
+                    let CallBufs { head, body, filled } = &mut bufs;
+                    let path = request_line(head).1;
                     let model = group.map(|g| snap.group(g).name.as_str());
-                    let filled = match fill_template(snap, &body, model, path, filled_buf) {
+                    let filled = match fill_template(snap, body, model, path, filled) {
                         Ok(changed) => {
                             use_filled = changed;
                             Ok(())
@@ -243,19 +256,18 @@ pub(super) async fn proxy_llm(
                     continue;
                 }
                 Action::SendRoute(target) => {
-                    let send_body: &[u8] = if use_filled { filled_buf } else { &body };
-                    let out =
-                        match llm_request(ctx, c, snap, raw_head, send_body, target, None, checked)
-                        {
-                            Ok((out, plan)) => {
-                                c.ex.plan = plan;
-                                out
-                            }
-                            // The body was read whole: the connection can stay open.
-                            Err(e) => {
-                                break 'call answer_error(ctx, c, e, true, ctx.take_buf()).await
-                            }
-                        };
+                    let send_body: &[u8] = if use_filled { &bufs.filled } else { &bufs.body };
+                    let built =
+                        llm_request(ctx, c, snap, &bufs.head, send_body, target, None, checked);
+                    let out = match built {
+                        Ok((out, plan)) => {
+                            c.ex.plan = plan;
+                            out
+                        }
+                        // The body was read whole: the connection can stay open.
+                        Err(e) => break 'call answer_error(ctx, c, e, true, ctx.take_buf()).await,
+                    };
+                    bufs.lend(&mut c.llm);
                     let sent =
                         forward(ctx, c, head, target, out, BodyLeft::Done, Attempt::ONLY).await;
                     break 'call match sent {
@@ -280,7 +292,7 @@ pub(super) async fn proxy_llm(
                         .await;
                 }
             };
-            let body: &[u8] = if use_filled { filled_buf } else { &body };
+            let body: &[u8] = if use_filled { &bufs.filled } else { &bufs.body };
             let (group, idx) = (choice.group, choice.idx);
             let dep = snap.deployment(group, idx);
             let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
@@ -288,7 +300,7 @@ pub(super) async fn proxy_llm(
                 ctx,
                 c,
                 snap,
-                raw_head,
+                &bufs.head,
                 body,
                 target,
                 Some(&dep.model),
@@ -308,7 +320,7 @@ pub(super) async fn proxy_llm(
             c.ex.upstream_slot = snap.upstream_stat_slot(target.upstream);
             // A hedged stream: the second attempt's request, ready to race.
             let mut hedge = hedge_at.and_then(|(h, after)| {
-                plan_hedge(ctx, c, snap, (raw_head, body), checked, (group, h), after)
+                plan_hedge(ctx, c, snap, (&bufs.head, body), checked, (group, h), after)
             });
             let started = now.mono_ns();
             let attempt = gr.start(idx.index(), started);
@@ -320,7 +332,9 @@ pub(super) async fn proxy_llm(
             };
             // The answer is priced as the deployment that gives it.
             c.ex.price = snap.deployment_price(group, idx).or(checked.price);
+            bufs.lend(&mut c.llm);
             let sent = forward(ctx, c, head, target, out, BodyLeft::Done, this).await;
+            bufs = CallBufs::take(&mut c.llm);
             let ended = Now::read();
             if let Some(a) = attempt {
                 match hedge.as_deref() {
@@ -356,9 +370,35 @@ pub(super) async fn proxy_llm(
             }
         }
     };
-    c.llm.body = body;
-    c.llm.filled = filled;
+    bufs.lend(&mut c.llm);
     next
+}
+
+/// What an LLM call keeps to build each attempt's request: the client's raw head, its body,
+/// and the body with its template filled.
+#[derive(Default)]
+struct CallBufs {
+    head: Vec<u8>,
+    body: Vec<u8>,
+    filled: Vec<u8>,
+}
+
+impl CallBufs {
+    /// Out of the connection's LLM buffers (empty ones when a stream gave them to the pool).
+    fn take(llm: &mut crate::ctx::LlmBufs) -> Self {
+        Self {
+            head: std::mem::take(&mut llm.head),
+            body: std::mem::take(&mut llm.body),
+            filled: std::mem::take(&mut llm.filled),
+        }
+    }
+
+    /// Back into the connection's LLM buffers, while an attempt runs and when the call ends.
+    fn lend(&mut self, llm: &mut crate::ctx::LlmBufs) {
+        llm.head = std::mem::take(&mut self.head);
+        llm.body = std::mem::take(&mut self.body);
+        llm.filled = std::mem::take(&mut self.filled);
+    }
 }
 
 /// A second attempt for a hedged stream at deployment `idx` of `group` (chosen by

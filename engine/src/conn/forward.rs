@@ -339,10 +339,7 @@ pub(super) async fn forward(
         }
     };
     Sent::Done(if let Some(tr) = c.ex.plan.translation.take() {
-        Box::pin(translate::relay_translated(
-            ctx, c, slot, ucfg, up, relay, wbuf, &head, *tr,
-        ))
-        .await
+        translate::relay_translated(ctx, c, slot, ucfg, up, relay, wbuf, &head, *tr).await
     } else {
         relay_response(ctx, c, slot, ucfg, up, relay, wbuf, keep_alive).await
     })

@@ -122,6 +122,7 @@ fn llm_give_request(ctx: &ShardCtx, c: &mut Client) {
     if c.llm_held {
         let l = &mut c.llm;
         let request = LlmBufs {
+            head: std::mem::take(&mut l.head),
             body: std::mem::take(&mut l.body),
             rewritten: std::mem::take(&mut l.rewritten),
             scratch: std::mem::take(&mut l.scratch),
@@ -142,6 +143,7 @@ fn pool_llm_bufs(ctx: &ShardCtx, mut b: LlmBufs) {
         return;
     }
     for v in [
+        &mut b.head,
         &mut b.body,
         &mut b.rewritten,
         &mut b.scratch,
