@@ -558,6 +558,32 @@ mod tests {
     }
 
     #[test]
+    fn spares_keep_a_bounded_number_of_buffers_of_their_size() {
+        let spares = Spares::new(4096, 16 * 1024);
+        // Taken when none is spare: allocated at the kind's size.
+        let a = spares.take();
+        assert!(a.capacity() >= 4096);
+        // No capacity (a buffer already given back), too small or too large: not kept.
+        spares.give(Vec::new());
+        spares.give(Vec::with_capacity(1024));
+        spares.give(Vec::with_capacity(64 * 1024));
+        assert_eq!(spares.count(), 0);
+        // Kept cleared, and lent again.
+        let mut b = a;
+        b.extend_from_slice(b"bytes relayed");
+        let ptr = b.as_ptr();
+        spares.give(b);
+        assert_eq!(spares.count(), 1);
+        let again = spares.take();
+        assert_eq!((again.as_ptr(), again.len()), (ptr, 0));
+        // A burst gives back more than are kept: the rest is freed.
+        for _ in 0..SPARE_BUFS_MAX + 50 {
+            spares.give(Vec::with_capacity(4096));
+        }
+        assert_eq!(spares.count(), SPARE_BUFS_MAX);
+    }
+
+    #[test]
     fn a_log_limit_lets_one_line_a_second_through_and_counts_the_rest() {
         let l = LogLimit::default();
         let t = Instant::now();
