@@ -14,11 +14,10 @@
 # streams are let finish, and the proxy drained of them, before each measured run.
 #
 # Limits (compare checks them before any run and names the one that stops a proxy, instead of
-# measuring it): each proxy needs 2 open files per stream (shardgate 3: the pool's watch clone of
-# each upstream socket) plus ~128; the load generator and the mock 1 per stream. compare raises the
-# soft and hard limit when it can (CAP_SYS_RESOURCE); where `ulimit -Hn` is 20,000 and cannot be
-# raised (the 2-core VM), 10,000 streams fit no proxy (nginx and HAProxy hold at most 9,936,
-# shardgate 6,624). A burst larger than net.core.somaxconn (4,096 here) overflows accept queues;
+# measuring it): each proxy needs 2 open files per stream plus ~128; the load generator and the
+# mock 1 per stream. compare raises the soft and hard limit when it can (CAP_SYS_RESOURCE); where
+# `ulimit -Hn` is 20,000 and cannot be raised (the 2-core VM), 10,000 streams fit no proxy (each
+# holds at most 9,936): run STREAMS="1000 9900" there. A burst larger than net.core.somaxconn (4,096 here) overflows accept queues;
 # connects past them wait for a SYN retransmission (1 s), which shows in TTFB: compare prints a
 # note; `sysctl -w net.core.somaxconn=16384` (root) rules it out, but shardgate's own listen
 # backlog is the engine's LISTEN_BACKLOG (4,096).

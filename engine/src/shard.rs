@@ -258,6 +258,9 @@ fn bind(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    // Small answers and SSE events must not wait for Nagle: accepted sockets inherit
+    // TCP_NODELAY from their listener (Linux), so no connection pays a system call for it.
+    socket.set_nodelay(true)?;
     socket.bind(&addr.into())?;
     Ok(socket)
 }
@@ -425,4 +428,27 @@ async fn serve(
     REQUESTS_SERVED.fetch_add(l(&info.requests), Ordering::Relaxed);
     CONNECTIONS_ACCEPTED.fetch_add(l(&info.connections_accepted), Ordering::Relaxed);
     UPSTREAM_CONNECTS.fetch_add(l(&info.upstream_connects), Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connections accepted on a shard's listener have TCP_NODELAY from it: no system call per
+    /// connection, and no SSE event held back by Nagle.
+    #[test]
+    fn accepted_connections_inherit_nodelay() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let socket = bind(addr).expect("bind");
+        socket.listen(8).expect("listen");
+        let local = socket
+            .local_addr()
+            .expect("local addr")
+            .as_socket()
+            .expect("an IP address");
+        let _client = std::net::TcpStream::connect(local).expect("connect");
+        socket.set_nonblocking(false).expect("blocking accept");
+        let (accepted, _) = socket.accept().expect("accept");
+        assert!(accepted.nodelay().expect("TCP_NODELAY"));
+    }
 }

@@ -270,6 +270,7 @@ pub(super) async fn proxy_llm(
                     bufs.lend(&mut c.llm);
                     let sent =
                         forward(ctx, c, head, target, out, BodyLeft::Done, Attempt::ONLY).await;
+                    bufs = CallBufs::take(&mut c.llm);
                     break 'call match sent {
                         Sent::Done(next) => next,
                         Sent::Retry => Next::Close,

@@ -267,6 +267,10 @@ pub(super) async fn forward(
                 None => Next::Close,
             });
         }
+        // The request is sent: while the answer is awaited the client's read buffer goes back
+        // to the shard's spares (unless it holds a pipelined request), so a burst of requests
+        // waiting for their answers holds none.
+        c.give_buf(ctx);
         let extra = (!c.rate_hdrs.is_empty()).then_some(&c.rate_hdrs[..]);
         let mut sent_at = Now::read();
         let got = match hedge.as_deref_mut() {
@@ -467,7 +471,7 @@ pub(super) async fn read_response_head(
                 Err(e) => return Err(HeadError::Failed(e)),
             }
         }
-        match super::upread::read_up(ctx, up, deadline).await {
+        match super::upread::read_head(ctx, up, deadline).await {
             Ok(0) | Err(ReadError::Io) if !got_any => return Err(HeadError::ClosedBeforeAnyByte),
             Ok(0) | Err(ReadError::Io) => {
                 return Err(HeadError::Failed(Error::UpstreamBadResponse(

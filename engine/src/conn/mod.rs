@@ -336,7 +336,7 @@ fn shard_u16(id: usize) -> u16 {
 
 /// Serve one client connection to the end.
 pub async fn serve(ctx: &Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, tls: bool) {
-    let _ = stream.set_nodelay(true);
+    // TCP_NODELAY comes from the listener (`shard::bind`).
     ctx.refresh();
     let snap = ctx.snapshot();
     let stream = if tls {
@@ -667,8 +667,8 @@ impl Client {
         }
     }
 
-    /// Give the read buffer back to the shard's spares while the connection relays a stream
-    /// (kept when it holds bytes: a pipelined request).
+    /// Give the read buffer back to the shard's spares once the request is sent, while its
+    /// answer is awaited and relayed (kept when it holds bytes: a pipelined request).
     fn give_buf(&mut self, ctx: &ShardCtx) {
         if self.buf.is_empty() {
             ctx.client_bufs.give(std::mem::take(&mut self.buf));

@@ -4,11 +4,12 @@
 //! ([`ShardCtx::read_bufs`]), held until the exchange ends. A stream (SSE, AWS's event stream)
 //! can wait minutes for its next token: between reads it holds no buffer. On a plain upstream
 //! the wait is for readiness (a poll, no buffer), then a buffer is taken for the read itself
-//! and given back once its bytes were relayed. Meanwhile the client's socket is watched, so a
-//! client that hung up ends the stream (and frees the upstream) at once, not at the next token.
+//! and given back once its bytes were relayed. A wait longer than [`CLIENT_WATCH_AFTER_MS`]
+//! watches the client's socket too, so a client that hung up ends the stream (and frees the
+//! upstream) during a long silence, not only at the next token.
 //! A TLS upstream reads as a head does (its records may hold bytes the socket no longer shows).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::io::{read_more, ReadError};
 use super::Client;
@@ -48,9 +49,31 @@ pub(super) async fn read_up(
     res
 }
 
+/// Read (more of) a response head into `up.buf`. On a plain upstream with nothing held yet, the
+/// wait for the answer holds no buffer (a readiness poll first, as for a stream's tokens), so a
+/// burst of requests waiting for their answers (an LLM's time to first token) holds none.
+pub(super) async fn read_head(
+    ctx: &ShardCtx,
+    up: &mut UpConn,
+    deadline: Instant,
+) -> Result<usize, ReadError> {
+    if up.buf.is_empty() {
+        if let Some(upstream) = up.stream.plain() {
+            ctx.read_bufs.give(std::mem::take(&mut up.buf));
+            if monoio::time::timeout_at(deadline.into(), upstream.readable(false))
+                .await
+                .is_err()
+            {
+                return Err(ReadError::TimedOut);
+            }
+        }
+    }
+    read_up(ctx, up, deadline).await
+}
+
 /// Read a stream's next bytes into `up.buf`: `Ok(0)` at the upstream's end of stream. With
 /// nothing held from the last read, the buffer goes back to the spares while waiting (see the
-/// module's doc); the client is watched meanwhile.
+/// module's doc); during a long wait the client is watched too.
 pub(super) async fn read_stream(
     ctx: &ShardCtx,
     c: &mut Client,
@@ -73,10 +96,17 @@ enum Woke {
     TimedOut,
 }
 
+/// How long a stream waits for its upstream alone before it also watches its client for a
+/// hang-up, ms. Tokens usually come sooner (tens of ms apart), and a client that left is then
+/// seen when the next one is written to it; watching costs a poll and its cancellation per
+/// token. A long silence (a reasoning model's time to first token, a tool call being composed)
+/// is watched, so a client that left then frees the upstream within this long.
+pub(super) const CLIENT_WATCH_AFTER_MS: u64 = 1_000;
+
 /// Wait until a plain upstream has bytes (or an end, or an error: the read that follows tells
-/// which), watching a plain client for a hang-up. Bytes a client sends meanwhile (a pipelined
-/// request) are read into its buffer, kept for after the answer, and end the watch. A TLS
-/// upstream returns at once.
+/// which), after [`CLIENT_WATCH_AFTER_MS`] watching a plain client for a hang-up too. Bytes a
+/// client sends meanwhile (a pipelined request) are read into its buffer, kept for after the
+/// answer, and end the watch. A TLS upstream returns at once.
 async fn wait_readable(
     ctx: &ShardCtx,
     c: &mut Client,
@@ -86,6 +116,13 @@ async fn wait_readable(
     let Some(upstream) = up.stream.plain() else {
         return Ok(());
     };
+    let alone_until = deadline.min(Instant::now() + Duration::from_millis(CLIENT_WATCH_AFTER_MS));
+    if monoio::time::timeout_at(alone_until.into(), upstream.readable(false))
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
     loop {
         let ready = match c.stream.plain().filter(|_| c.ex.watch_client) {
             Some(client) => monoio::select! {
