@@ -121,6 +121,9 @@ pub struct ShardCtx {
     pub read_bufs: Spares,
     /// Client read buffers, given back while a connection relays a stream.
     pub client_bufs: Spares,
+    /// Where a plain upstream connection the runtime reported readable is read at once
+    /// (`conn::upread`), before its bytes are copied into a lent read buffer.
+    pub recv_scratch: RefCell<Vec<u8>>,
     pub drain: DrainSignal,
     pub control: ShardControl,
     /// The engine's config builder, and where its results for this shard arrive.
@@ -178,6 +181,7 @@ impl ShardCtx {
             spare_bufs: Spares::new(WRITE_BUF_BYTES, SPARE_BUF_BYTES_MAX),
             read_bufs: Spares::new(RELAY_BUF_BYTES, RELAY_BUF_BYTES),
             client_bufs: Spares::new(CLIENT_BUF_BYTES_INITIAL, CLIENT_SPARE_BYTES_MAX),
+            recv_scratch: RefCell::new(vec![0; RELAY_BUF_BYTES]),
             drain: DrainSignal::new(),
             control,
             builder,

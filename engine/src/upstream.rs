@@ -52,6 +52,19 @@ impl UpConn {
             Err(nix::errno::Errno::EAGAIN)
         )
     }
+
+    /// Read at once (a system call, not an operation through the ring) what a **plain**
+    /// connection the runtime just reported readable holds: `Ok(0)` at its end, `None` when
+    /// nothing is there after all. Never on TLS: its bytes must go through rustls.
+    pub fn try_recv(&self, into: &mut [u8]) -> Option<io::Result<usize>> {
+        use nix::errno::Errno;
+        use nix::sys::socket::{recv, MsgFlags};
+        match recv(self.fd, into, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) => Some(Ok(n)),
+            Err(Errno::EAGAIN | Errno::EINTR) => None,
+            Err(e) => Some(Err(io::Error::from(e))),
+        }
+    }
 }
 
 /// `connect` on a non-blocking socket that has not finished connecting (Linux's EINPROGRESS).

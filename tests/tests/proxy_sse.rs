@@ -16,7 +16,8 @@ per_driver!(
     client_disconnect_mid_stream,
     a_client_hanging_up_frees_the_upstream_before_the_next_token,
     a_tenant_hanging_up_frees_the_upstream_before_the_next_token,
-    pipelined_bytes_sent_mid_stream_are_kept_for_after_it
+    pipelined_bytes_sent_mid_stream_are_kept_for_after_it,
+    a_stream_larger_than_the_socket_buffers_reaches_a_slow_reader_whole
 );
 
 const STREAM_REQ: &str = "POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"stream\":true}";
@@ -293,4 +294,51 @@ fn pipelined_bytes_sent_mid_stream_are_kept_for_after_it(driver: Driver) {
         .expect("the stream's last chunk, then the answer");
     assert!(done < next, "{text}");
     assert_eq!(up.connections_closed_by_peer(), 0);
+}
+
+/// A stream's events are written to the client at once where its socket takes them, the rest
+/// through the runtime: a client that does not read for a while (its socket full, the writes
+/// partial) still gets every event, whole and in order, and the stream ends cleanly.
+fn a_stream_larger_than_the_socket_buffers_reaches_a_slow_reader_whole(driver: Driver) {
+    const EVENTS: usize = 600;
+    let pad = "x".repeat(1000);
+    let up = MockUpstream::start(move |req, s| {
+        if !req.path.starts_with("/v1/") {
+            return echo()(req, s);
+        }
+        s.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )?;
+        for i in 0..EVENTS {
+            write_chunk(
+                s,
+                format!("data: {{\"n\":{i},\"pad\":\"{pad}\"}}\n\n").as_bytes(),
+            )?;
+        }
+        write_chunk(s, b"data: [DONE]\n\n")?;
+        s.write_all(b"0\r\n\r\n")?;
+        Ok(Action::KeepAlive)
+    });
+    let gw = Gateway::start_on(&ConfigBuilder::new(up.addr()).build(), driver);
+    let mut c = Client::connect(gw.addr());
+    c.send(STREAM_REQ);
+    // Not read for a while: ~600 KB fill the sockets' buffers on the way.
+    shardgate_tests::sleep(Duration::from_millis(500));
+    let raw = c.read_raw_until(b"0\r\n\r\n");
+    let (head, body_raw) = split_head(&raw).expect("a response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (body, complete) = dechunk(body_raw).expect("valid chunked framing");
+    assert!(complete, "the stream did not end cleanly");
+    let text = String::from_utf8_lossy(&body);
+    let events: Vec<&str> = text.split_terminator("\n\n").collect();
+    assert_eq!(events.len(), EVENTS + 1, "events lost or merged");
+    for (i, e) in events.iter().take(EVENTS).enumerate() {
+        let want = format!("data: {{\"n\":{i},\"pad\":\"");
+        assert!(
+            e.starts_with(&want),
+            "event {i} out of order or cut: {}",
+            &e[..e.len().min(40)]
+        );
+    }
+    assert_eq!(events[EVENTS], "data: [DONE]");
 }

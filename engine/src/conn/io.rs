@@ -96,6 +96,74 @@ pub(super) async fn send_buf(
     count_sent(c, len, res)
 }
 
+/// Write to a plain client at once, with a system call instead of an operation through the ring,
+/// as much of `bytes` as its socket takes now: the bytes written (0 for TLS, whose records go
+/// through rustls, or when the socket is full). `Err`: the client is gone (counted as for a
+/// failed write). A stream's token is small and the socket rarely full, so its buffer is free
+/// again at once rather than held by a write in flight until the loop's next turn (a burst of
+/// streams whose tokens come together would hold one buffer each, and wait a turn each).
+fn send_now(c: &mut Client, bytes: &[u8]) -> Result<usize, ()> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{send, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let Some(stream) = c.stream.plain() else {
+        return Ok(0);
+    };
+    if bytes.is_empty() {
+        return Ok(0);
+    }
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    match send(stream.as_raw_fd(), bytes, flags) {
+        Ok(n) => {
+            c.ex.bytes_out += n as u64;
+            Ok(n)
+        }
+        Err(Errno::EAGAIN | Errno::EINTR) => Ok(0),
+        Err(_) => {
+            c.ex.local_error = true;
+            Err(())
+        }
+    }
+}
+
+/// [`send`] a stream's bytes: at once as far as the socket takes them ([`send_now`]), the rest
+/// (if any) through the ring. The buffer comes back unless a write timed out.
+pub(super) async fn send_stream(
+    c: &mut Client,
+    buf: Vec<u8>,
+    len: usize,
+    timeout: Duration,
+) -> (Result<(), ()>, Option<Vec<u8>>) {
+    let now = match buf.get(..len) {
+        Some(bytes) => send_now(c, bytes),
+        None => Ok(0),
+    };
+    match now {
+        Err(()) => (Err(()), Some(buf)),
+        Ok(n) if n >= len => (Ok(()), Some(buf)),
+        Ok(n) => {
+            let (res, back) = send(c, buf.slice(n..len), timeout).await;
+            (res, back.map(|s| s.into_inner()))
+        }
+    }
+}
+
+/// [`send_buf`] for a stream's turn: through [`send_stream`].
+pub(super) async fn send_buf_stream(
+    c: &mut Client,
+    buf: &mut SpareBuf<'_>,
+    timeout: Duration,
+) -> Result<(), ()> {
+    let len = buf.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let (res, back) = send_stream(c, buf.lend(), len, timeout).await;
+    buf.restore(back);
+    buf.clear();
+    res
+}
+
 /// Count what a write to the client sent, or that it failed.
 fn count_sent(c: &mut Client, len: usize, res: Result<(), ()>) -> Result<(), ()> {
     if res.is_ok() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use monoio::buf::IoBuf;
 
-use super::io::{send, send_buf};
+use super::io::{send, send_buf, send_buf_stream, send_stream};
 use super::local::answer_error;
 use super::upread::{read_stream, read_up, stream_begins, StreamStop};
 use super::{Client, Next};
@@ -61,14 +61,19 @@ pub(super) async fn relay_response(
         let e = Error::UpstreamBadResponse("ill-framed upstream response body");
         return answer_error(ctx, c, e, false, wbuf).await;
     }
-    if send_buf(c, &mut wbuf, send_timeout).await.is_err() {
+    let stream = is_stream(&relay);
+    let sent = if stream {
+        send_buf_stream(c, &mut wbuf, send_timeout).await
+    } else {
+        send_buf(c, &mut wbuf, send_timeout).await
+    };
+    if sent.is_err() {
         return Next::Close; // the client went away: the upstream connection is dropped
     }
     let dechunk = relay.framing == ClientFraming::Dechunk;
     // Only de-chunking copies body bytes; for a verbatim relay (an SSE stream can last minutes)
     // the write buffer goes back to the shard's spares now instead of being held.
     let mut wbuf = dechunk.then_some(wbuf);
-    let stream = is_stream(&relay);
     if stream {
         stream_begins(ctx, c);
     }
@@ -105,6 +110,12 @@ pub(super) async fn relay_response(
         }
         let res = if let Some(wbuf) = wbuf.as_mut() {
             send_buf(c, wbuf, send_timeout).await
+        } else if stream {
+            // Verbatim: straight from the upstream buffer, at once where the socket takes it.
+            let buf = std::mem::take(&mut up.buf);
+            let (res, buf) = send_stream(c, buf, n, send_timeout).await;
+            up.buf = buf.unwrap_or_default();
+            res
         } else {
             // Verbatim: write straight from the upstream buffer, no copy.
             let buf = std::mem::take(&mut up.buf);
@@ -223,7 +234,7 @@ pub(super) async fn relay_filtered(
             c.ex.prompt_estimate
                 .saturating_add(c.llm.filter.content_events()),
         );
-        if send_buf(c, &mut wbuf, send_timeout).await.is_err() {
+        if send_buf_stream(c, &mut wbuf, send_timeout).await.is_err() {
             return Next::Close;
         }
         drop(wbuf);

@@ -25,7 +25,7 @@ use crate::provider::messages::{self, StreamToMessages};
 use crate::provider::{anthropic, bedrock, gemini, responses, TranslateError};
 use crate::snapshot::PoolSlot;
 
-use super::io::send_buf;
+use super::io::{send_buf, send_buf_stream};
 use super::local::answer_error;
 use super::relay::{end_relay, over_budget, read_body_more};
 use super::upread::{stream_begins, StreamStop};
@@ -579,7 +579,7 @@ async fn relay_stream(
         if let (Some(usage), true) = (stream.usage(), c.ex.scan) {
             c.llm.scanner.report(usage);
         }
-        if send_buf(c, &mut wbuf, send_timeout).await.is_err() {
+        if send_buf_stream(c, &mut wbuf, send_timeout).await.is_err() {
             return Next::Close;
         }
         drop(wbuf);

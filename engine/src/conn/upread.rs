@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use super::io::{read_more, ReadError};
 use super::Client;
 use crate::ctx::ShardCtx;
+use crate::limits::RELAY_BUF_BYTES;
 use crate::upstream::UpConn;
 
 /// A stream's answer is about to be relayed: what the connection held for its request goes back
@@ -66,9 +67,35 @@ pub(super) async fn read_head(
             {
                 return Err(ReadError::TimedOut);
             }
+            if let Some(read) = recv_ready(ctx, up) {
+                return read;
+            }
         }
     }
     read_up(ctx, up, deadline).await
+}
+
+/// The bytes of a plain upstream connection the runtime just reported readable, read at once
+/// into the shard's scratch and copied into `up.buf` (a buffer from the spares): a read through
+/// the ring would complete only on the loop's next turn, one more turn per token or head, which
+/// a burst of streams waits for. `None`: nothing there after all (read through the ring then).
+fn recv_ready(ctx: &ShardCtx, up: &mut UpConn) -> Option<Result<usize, ReadError>> {
+    if up.buf.capacity() == 0 {
+        up.buf = ctx.read_bufs.take();
+    }
+    let mut scratch = ctx.recv_scratch.borrow_mut();
+    let room = up.buf.capacity().saturating_sub(up.buf.len());
+    let into = scratch.get_mut(..room.min(RELAY_BUF_BYTES))?;
+    if into.is_empty() {
+        return None;
+    }
+    match up.try_recv(into)? {
+        Ok(n) => {
+            up.buf.extend_from_slice(into.get(..n)?);
+            Some(Ok(n))
+        }
+        Err(_) => Some(Err(ReadError::Io)),
+    }
 }
 
 /// Read a stream's next bytes into `up.buf`: `Ok(0)` at the upstream's end of stream. With
@@ -83,6 +110,11 @@ pub(super) async fn read_stream(
     if up.buf.is_empty() {
         ctx.read_bufs.give(std::mem::take(&mut up.buf));
         wait_readable(ctx, c, up, deadline).await?;
+        if up.stream.plain().is_some() {
+            if let Some(read) = recv_ready(ctx, up) {
+                return read.map_err(StreamStop::Upstream);
+            }
+        }
     }
     read_up(ctx, up, deadline)
         .await
