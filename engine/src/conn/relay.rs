@@ -78,25 +78,10 @@ pub(super) async fn relay_response(
         stream_begins(ctx, c);
     }
     while !relay.done {
-        let deadline = deadline_in(ucfg.read_timeout);
-        let res = if stream {
-            read_stream(ctx, c, &mut up, deadline).await
-        } else {
-            read_up(ctx, &mut up, deadline)
-                .await
-                .map_err(StreamStop::Upstream)
-        };
-        match res {
-            Ok(0) if relay.framing == ClientFraming::UntilClose => break,
-            // The client hung up while the stream waited: the upstream connection is dropped.
-            Err(StreamStop::ClientGone) => return Next::Close,
-            // The upstream stopped mid-body: end the client connection without a clean end,
-            // so the client sees a truncated message.
-            Ok(0) | Err(StreamStop::Upstream(_)) => {
-                c.ex.upstream_broke = true;
-                return Next::Close;
-            }
-            Ok(_) => {}
+        // At the end of a body framed by the close, `relay.done` is set and nothing is left to
+        // feed: the loop ends.
+        if let Err(stop) = read_body_more(ctx, c, &mut up, &mut relay, ucfg.read_timeout).await {
+            return stopped(c, stop);
         }
         let mut scratch = Vec::new();
         let out = wbuf.as_deref_mut().unwrap_or(&mut scratch);
@@ -241,19 +226,24 @@ pub(super) async fn relay_filtered(
         if end {
             break;
         }
-        match read_body_more(ctx, c, &mut up, &mut relay, ucfg.read_timeout).await {
-            Ok(()) => {}
-            Err(StreamStop::ClientGone) => return Next::Close,
-            Err(StreamStop::Upstream(_)) => {
-                c.ex.upstream_broke = true;
-                return Next::Close;
-            }
+        if let Err(stop) = read_body_more(ctx, c, &mut up, &mut relay, ucfg.read_timeout).await {
+            return stopped(c, stop);
         }
     }
     // A cut stream leaves the upstream mid-answer: that connection is dropped.
     relay.upstream_reusable &= !cut;
     let keep_alive = keep_alive && (client_chunked || relay.framing != ClientFraming::UntilClose);
     end_relay(ctx, slot, ucfg, up, &relay, keep_alive)
+}
+
+/// A relay that stopped before the body's end: the client connection closes without a clean
+/// end (the client sees a truncated message) and the upstream connection is dropped. A failed
+/// upstream counts against its health; a client that hung up does not.
+pub(super) fn stopped(c: &mut Client, stop: StreamStop) -> Next {
+    if let StreamStop::Upstream(_) = stop {
+        c.ex.upstream_broke = true;
+    }
+    Next::Close
 }
 
 /// Whether an answer is a stream (SSE, AWS's event stream): read with buffers lent per read,

@@ -27,7 +27,7 @@ use crate::snapshot::PoolSlot;
 
 use super::io::{send_buf, send_buf_stream};
 use super::local::answer_error;
-use super::relay::{end_relay, over_budget, read_body_more};
+use super::relay::{end_relay, over_budget, read_body_more, stopped};
 use super::upread::{stream_begins, StreamStop};
 use super::{Client, Next};
 use crate::exchange::relay::{push_framed, IllFramed, Relay};
@@ -588,8 +588,9 @@ async fn relay_stream(
         }
         match read_body_more(ctx, c, &mut up, &mut relay, ucfg.read_timeout).await {
             Ok(()) => {}
-            Err(StreamStop::ClientGone) => return Next::Close,
+            // The upstream's failure is relayed as the client's error event first.
             Err(StreamStop::Upstream(_)) => broken = true,
+            Err(stop) => return stopped(c, stop),
         }
     }
     if broken {

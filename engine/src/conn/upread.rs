@@ -34,6 +34,20 @@ pub(super) enum StreamStop {
     ClientGone,
 }
 
+/// Give the connection a buffer from the shard's spares if it holds none.
+fn lend_buf(ctx: &ShardCtx, up: &mut UpConn) {
+    if up.buf.capacity() == 0 {
+        up.buf = ctx.read_bufs.take();
+    }
+}
+
+/// Whether a plain upstream became readable (bytes, its end or an error) by `until`.
+async fn upstream_ready(upstream: &monoio::net::TcpStream, until: Instant) -> bool {
+    monoio::time::timeout_at(until.into(), upstream.readable(false))
+        .await
+        .is_ok()
+}
+
 /// Read more of an answer into `up.buf` (appending), by `deadline`, taking a buffer from the
 /// shard's spares if the connection holds none.
 pub(super) async fn read_up(
@@ -41,9 +55,7 @@ pub(super) async fn read_up(
     up: &mut UpConn,
     deadline: Instant,
 ) -> Result<usize, ReadError> {
-    if up.buf.capacity() == 0 {
-        up.buf = ctx.read_bufs.take();
-    }
+    lend_buf(ctx, up);
     let buf = std::mem::take(&mut up.buf);
     let (res, buf) = read_more(&mut up.stream, buf, deadline).await;
     up.buf = buf;
@@ -61,10 +73,7 @@ pub(super) async fn read_head(
     if up.buf.is_empty() {
         if let Some(upstream) = up.stream.plain() {
             ctx.read_bufs.give(std::mem::take(&mut up.buf));
-            if monoio::time::timeout_at(deadline.into(), upstream.readable(false))
-                .await
-                .is_err()
-            {
+            if !upstream_ready(upstream, deadline).await {
                 return Err(ReadError::TimedOut);
             }
             if let Some(read) = recv_ready(ctx, up) {
@@ -80,9 +89,7 @@ pub(super) async fn read_head(
 /// the ring would complete only on the loop's next turn, one more turn per token or head, which
 /// a burst of streams waits for. `None`: nothing there after all (read through the ring then).
 fn recv_ready(ctx: &ShardCtx, up: &mut UpConn) -> Option<Result<usize, ReadError>> {
-    if up.buf.capacity() == 0 {
-        up.buf = ctx.read_bufs.take();
-    }
+    lend_buf(ctx, up);
     let mut scratch = ctx.recv_scratch.borrow_mut();
     let room = up.buf.capacity().saturating_sub(up.buf.len());
     let into = scratch.get_mut(..room.min(RELAY_BUF_BYTES))?;
@@ -149,10 +156,7 @@ async fn wait_readable(
         return Ok(());
     };
     let alone_until = deadline.min(Instant::now() + Duration::from_millis(CLIENT_WATCH_AFTER_MS));
-    if monoio::time::timeout_at(alone_until.into(), upstream.readable(false))
-        .await
-        .is_ok()
-    {
+    if upstream_ready(upstream, alone_until).await {
         return Ok(());
     }
     loop {
@@ -162,11 +166,8 @@ async fn wait_readable(
                 _ = client.readable(false) => Woke::Client,
                 _ = monoio::time::sleep_until(deadline.into()) => Woke::TimedOut,
             },
-            None => match monoio::time::timeout_at(deadline.into(), upstream.readable(false)).await
-            {
-                Ok(_) => Woke::Upstream,
-                Err(_elapsed) => Woke::TimedOut,
-            },
+            None if upstream_ready(upstream, deadline).await => Woke::Upstream,
+            None => Woke::TimedOut,
         };
         match ready {
             Woke::Upstream => return Ok(()),
