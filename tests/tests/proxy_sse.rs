@@ -22,23 +22,37 @@ per_driver!(
 
 const STREAM_REQ: &str = "POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"stream\":true}";
 
+/// What a stepped upstream and its client share: how many pieces the client has received and
+/// how many the upstream has sent.
+#[derive(Clone, Default)]
+struct Steps {
+    got: Arc<AtomicUsize>,
+    sent: Arc<AtomicUsize>,
+}
+
+impl Steps {
+    /// The upstream's side: wait until the client has `i` pieces (or 3 s), then count piece
+    /// `i` as sent.
+    fn step(&self, i: usize) {
+        wait_until(Duration::from_secs(3), || {
+            self.got.load(Ordering::SeqCst) >= i
+        });
+        self.sent.store(i + 1, Ordering::SeqCst);
+    }
+}
+
 /// The upstream sends the response in steps — the head, event 1, event 2, then the rest — and
 /// before each step waits until the client has everything from the previous one (or 3 s). The
 /// client checks, on receiving each piece, that the upstream has not gone on to the next step:
 /// proof the gateway relays every piece as it comes instead of buffering.
 fn sse_events_relayed_as_they_come(driver: Driver) {
-    // How many pieces the client has received / the upstream has sent.
-    let client_got = Arc::new(AtomicUsize::new(0));
-    let upstream_sent = Arc::new(AtomicUsize::new(0));
-    let (got, sent) = (client_got.clone(), upstream_sent.clone());
+    let steps = Steps::default();
+    let (client_got, upstream_sent) = (steps.got.clone(), steps.sent.clone());
     let up = MockUpstream::start(move |req, s| {
         if req.path != "/v1/chat/completions" {
             return echo()(req, s);
         }
-        let step = |i: usize| {
-            wait_until(Duration::from_secs(3), || got.load(Ordering::SeqCst) >= i);
-            sent.store(i + 1, Ordering::SeqCst);
-        };
+        let step = |i: usize| steps.step(i);
         step(0);
         s.write_all(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -115,17 +129,13 @@ fn sse_events_relayed_as_they_come(driver: Driver) {
 /// token): the client must get the head while the upstream has sent nothing more, as nginx
 /// (`proxy_buffering off`) passes a head on at once (issue 21).
 fn a_tenants_filtered_stream_gets_its_head_before_the_first_token(driver: Driver) {
-    let client_got = Arc::new(AtomicUsize::new(0));
-    let upstream_sent = Arc::new(AtomicUsize::new(0));
-    let (got, sent) = (client_got.clone(), upstream_sent.clone());
+    let steps = Steps::default();
+    let (client_got, upstream_sent) = (steps.got.clone(), steps.sent.clone());
     let up = MockUpstream::start(move |req, s| {
         if req.path != "/v1/chat/completions" {
             return echo()(req, s);
         }
-        let step = |i: usize| {
-            wait_until(Duration::from_secs(3), || got.load(Ordering::SeqCst) >= i);
-            sent.store(i + 1, Ordering::SeqCst);
-        };
+        let step = |i: usize| steps.step(i);
         step(0);
         s.write_all(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
