@@ -181,14 +181,7 @@ fn a_tenants_filtered_stream_gets_its_head_before_the_first_token(driver: Driver
 /// The client reads the first event and leaves; the upstream must see its connection closed
 /// soon after, and the gateway keeps serving.
 fn client_disconnect_mid_stream(driver: Driver) {
-    let stream = sse(200, Duration::from_millis(50));
-    let up = MockUpstream::start(move |req, s| {
-        if req.path.starts_with("/v1/") {
-            stream(req, s)
-        } else {
-            echo()(req, s)
-        }
-    });
+    let up = sse_upstream(200, Duration::from_millis(50));
     let gw = Gateway::start_on(&ConfigBuilder::new(up.addr()).build(), driver);
     let mut c = Client::connect(gw.addr());
     c.send(STREAM_REQ);
@@ -205,6 +198,19 @@ fn client_disconnect_mid_stream(driver: Driver) {
     let mut c2 = Client::connect(gw.addr());
     let r = c2.get("/still-serving");
     assert_eq!(r.status, 200, "{}", r.summary());
+}
+
+/// An upstream that answers `/v1/...` with `events` SSE events `interval` apart (anything else
+/// echoed).
+fn sse_upstream(events: usize, interval: Duration) -> MockUpstream {
+    let stream = sse(events, interval);
+    MockUpstream::start(move |req, s| {
+        if req.path.starts_with("/v1/") {
+            stream(req, s)
+        } else {
+            echo()(req, s)
+        }
+    })
 }
 
 /// An upstream that sends a stream's head and first event, then no more: it waits until the
@@ -280,14 +286,7 @@ fn a_tenant_hanging_up_frees_the_upstream_before_the_next_token(driver: Driver) 
 /// not taken for one that hung up: the stream goes on to its end, and the request sent
 /// meanwhile is answered after it.
 fn pipelined_bytes_sent_mid_stream_are_kept_for_after_it(driver: Driver) {
-    let stream = sse(3, Duration::from_millis(300));
-    let up = MockUpstream::start(move |req, s| {
-        if req.path.starts_with("/v1/") {
-            stream(req, s)
-        } else {
-            echo()(req, s)
-        }
-    });
+    let up = sse_upstream(3, Duration::from_millis(300));
     let gw = Gateway::start_on(&ConfigBuilder::new(up.addr()).build(), driver);
     let mut c = Client::connect(gw.addr());
     c.send(STREAM_REQ);
