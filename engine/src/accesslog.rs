@@ -205,7 +205,7 @@ fn set_name(into: &mut [u8; LOG_NAME_BYTES], name: &str) -> u8 {
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends at a char boundary.
-fn cut(s: &str, max: usize) -> &str {
+pub(crate) fn cut(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -56,6 +56,8 @@ pub struct AdminState {
     /// The counting allocator's probe (`shardgate-counted` only): its totals go on `/metrics`
     /// as `shardgate_heap_*`.
     pub heap: Option<crate::metrics::HeapProbe>,
+    /// The span pipeline (`[telemetry]`): its counters go on `/metrics`.
+    pub spans: Option<Arc<crate::telemetry::span::Hub>>,
 }
 
 /// Serve `listener` on a new thread named `admin`. Runs until the process exits.
@@ -328,6 +330,10 @@ fn route(method: &str, target: &str, state: &AdminState) -> Reply {
                     },
                     fleet_usage: fleet_usage.as_ref(),
                     heap,
+                    spans: state
+                        .spans
+                        .as_ref()
+                        .map(|h| metrics::SpanCounts::read(&h.stats)),
                 },
                 &mut body,
             );
@@ -440,6 +446,7 @@ mod tests {
                 draining: draining.clone(),
                 fleet: None,
                 heap: None,
+                spans: None,
             },
         )
         .expect("spawn");

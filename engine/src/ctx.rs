@@ -156,6 +156,10 @@ pub struct ShardCtx {
     accept_error_log: LogLimit,
     /// Bedrock credentials rotated since the config was loaded.
     pub aws_keys: Option<crate::aws_keys::KeyFeed>,
+    /// The shard's span batch, with `[telemetry]`.
+    pub spans: Option<crate::telemetry::span::ShardSpans>,
+    /// The random source of trace and span ids (xorshift, seeded from the OS).
+    trace_rng: Cell<u64>,
 }
 
 impl ShardCtx {
@@ -200,7 +204,34 @@ impl ShardCtx {
             refused_log: LogLimit::default(),
             accept_error_log: LogLimit::default(),
             aws_keys: None,
+            spans: None,
+            trace_rng: Cell::new(0),
         }
+    }
+
+    /// The context recording spans into `spans` (tracing on).
+    pub fn with_spans(mut self, spans: Option<crate::telemetry::span::ShardSpans>) -> Self {
+        if spans.is_some() {
+            // Trace ids must differ across shards, restarts and hosts: seeded from the OS.
+            let mut seed = [0u8; 8];
+            let rng = ring::rand::SystemRandom::new();
+            let _ = ring::rand::SecureRandom::fill(&rng, &mut seed);
+            let seed =
+                u64::from_ne_bytes(seed) ^ (self.id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            self.trace_rng.set(seed.max(1));
+        }
+        self.spans = spans;
+        self
+    }
+
+    /// The next draw of the trace id source (xorshift64*).
+    pub fn trace_random(&self) -> u64 {
+        let mut x = self.trace_rng.get().max(1);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.trace_rng.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
     /// The context with `feed` bringing rotated Bedrock credentials.

@@ -63,6 +63,8 @@
 //! - [`builder`]: the config builder thread: each new config version validated once, off the
 //!   shards, and handed to each shard to build its own part.
 //! - [`accesslog`]: per-shard batches of fixed-size records, written as JSON lines by a thread.
+//! - [`telemetry`]: traces: W3C trace context and sampling (I/O-free), the fixed-size span
+//!   records a shard batches, and the OTLP/HTTP exporter thread the batches go to.
 //!
 //! Per-shard traffic control (no I/O, but state shared with other shards through the region):
 //! - [`admit`]: a tenant's (or a deployment's) admission and settlement against its shared
@@ -151,6 +153,7 @@ pub mod runtime;
 pub mod shard;
 pub mod snapshot;
 pub mod stream;
+pub mod telemetry;
 pub mod template;
 pub mod tls;
 pub mod upstream;

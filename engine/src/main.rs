@@ -1,4 +1,5 @@
-//! The `shardgate` binary: mimalloc as the global allocator, then the engine's
+//! The `shardgate` binary: mimalloc as the global allocator (run again with its options set
+//! where the environment does not: [`shardgate_engine::launch::ALLOCATOR_ENV`]), then the engine's
 //! [`shardgate_engine::launch::main`] (command line, config, shards, drain).
 
 use std::process::ExitCode;
@@ -7,5 +8,6 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    shardgate_engine::launch::exec_with_env(&shardgate_engine::launch::ALLOCATOR_ENV);
     shardgate_engine::launch::main(None)
 }

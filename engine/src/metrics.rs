@@ -37,6 +37,31 @@ pub struct Scrape<'a> {
     pub fleet_usage: Option<&'a std::collections::BTreeMap<String, shardgate_core::fleet::Usage>>,
     /// The counting allocator's totals (`shardgate-counted` only; `None` in `shardgate`).
     pub heap: Option<HeapCounts>,
+    /// The span pipeline's counters (`None`: no `[telemetry]`).
+    pub spans: Option<SpanCounts>,
+}
+
+/// The span pipeline's counters, read from its hub (`telemetry::span::SpanStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpanCounts {
+    pub queued: u64,
+    pub exported: u64,
+    pub dropped_queue_full: u64,
+    pub dropped_export_failed: u64,
+    pub export_failures: u64,
+}
+
+impl SpanCounts {
+    pub fn read(s: &crate::telemetry::span::SpanStats) -> Self {
+        let l = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        Self {
+            queued: l(&s.queued),
+            exported: l(&s.exported),
+            dropped_queue_full: l(&s.dropped_queue_full),
+            dropped_export_failed: l(&s.dropped_export_failed),
+            export_failures: l(&s.export_failures),
+        }
+    }
 }
 
 /// What a counting global allocator counted since the process started: the
@@ -442,6 +467,40 @@ pub fn render(s: &Scrape<'_>, out: &mut String) {
     if let Some(u) = s.fleet_usage {
         fleet_usage(out, u);
     }
+    if let Some(sp) = s.spans {
+        family(
+            out,
+            "trace_spans_exported_total",
+            "counter",
+            "Spans the OTLP collector accepted.",
+        );
+        sample(out, "trace_spans_exported_total", &[], sp.exported);
+        family(
+            out,
+            "trace_spans_dropped_total",
+            "counter",
+            "Spans dropped: the exporter's queue was full (queue_full) or their export failed (export_failed).",
+        );
+        sample(
+            out,
+            "trace_spans_dropped_total",
+            &[("reason", "queue_full")],
+            sp.dropped_queue_full,
+        );
+        sample(
+            out,
+            "trace_spans_dropped_total",
+            &[("reason", "export_failed")],
+            sp.dropped_export_failed,
+        );
+        family(
+            out,
+            "trace_exports_failed_total",
+            "counter",
+            "Exports to the OTLP collector that failed (refused, unreachable or past export_timeout_ms).",
+        );
+        sample(out, "trace_exports_failed_total", &[], sp.export_failures);
+    }
     if let Some(h) = s.heap {
         family(
             out,
@@ -672,6 +731,7 @@ mod tests {
                 fleet: None,
                 fleet_usage: None,
                 heap,
+                spans: None,
             },
             &mut out,
         );

@@ -131,6 +131,8 @@ pub struct ShardStart {
     pub bell: std::os::unix::net::UnixStream,
     /// Bedrock credentials read again from their files (`crate::aws_keys`).
     pub aws_keys: crate::aws_keys::KeyFeed,
+    /// This shard's span batch, with `[telemetry]`.
+    pub spans: Option<crate::telemetry::span::ShardSpans>,
 }
 
 /// Run a shard on the current thread until shutdown. Reports readiness (or the failure to
@@ -172,7 +174,8 @@ pub fn run(start: ShardStart, ready: mpsc::Sender<Ready>) {
                 Kept::new(start.roots, id, start.fabric),
             )
             .with_access(start.access)
-            .with_aws_keys(start.aws_keys),
+            .with_aws_keys(start.aws_keys)
+            .with_spans(start.spans),
         );
         let info = ctx.info();
         stats::set(&info.core, start.core.map_or(u64::MAX, |c| c as u64));
@@ -339,6 +342,9 @@ async fn serve(
                         flushed = Instant::now();
                     }
                 }
+                if let Some(spans) = &ctx.spans {
+                    spans.tick();
+                }
             }
             ctx.drain.fire();
         })
@@ -422,6 +428,10 @@ async fn serve(
     }
     if let Some(w) = log_writer {
         w.await;
+    }
+    // The spans of the last requests go to the exporter, which sends them before it ends.
+    if let Some(spans) = &ctx.spans {
+        spans.flush();
     }
     let info = ctx.info();
     let l = |c: &AtomicU64| c.load(Ordering::Relaxed);

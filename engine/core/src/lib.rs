@@ -84,5 +84,6 @@ pub mod prices;
 pub mod spend;
 pub mod store;
 pub mod store_op;
+pub mod telemetry_headers;
 pub mod template;
 pub mod tenant;

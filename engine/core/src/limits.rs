@@ -134,6 +134,18 @@ pub const ACCESS_LOG_WRITE_BYTES: usize = 64 * 1024;
 pub const ACCESS_LOG_PATH_BYTES: usize = 160;
 /// How often a shard writes what its access log has buffered, however little, ms.
 pub const ACCESS_LOG_FLUSH_MS: u64 = 200;
+/// Spans in one of a shard's span batches (handed to the exporter whole).
+pub const SPAN_BATCH_MAX: usize = 128;
+/// How often a shard hands its span batch to the exporter, however few it holds, ms.
+pub const SPAN_FLUSH_MS: u64 = 500;
+/// Defaults of `[telemetry]`: one export's time limit (OpenTelemetry's default, 10 s), how
+/// often the exporter sends what is queued, ms, and the spans queued at most.
+pub const OTLP_EXPORT_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+pub const OTLP_EXPORT_INTERVAL_MS_DEFAULT: u64 = 1_000;
+pub const OTLP_QUEUE_SPANS_MAX_DEFAULT: u64 = 16_384;
+/// Header pairs an OTLP export sends at most, and bytes of the variable that holds them.
+pub const OTLP_HEADERS_MAX: usize = 32;
+pub const OTLP_HEADERS_BYTES_MAX: usize = 8 * 1024;
 /// How long `shardgate-ctl apply` waits for every shard to take a new config, ms.
 pub const APPLY_WAIT_MS_MAX: u64 = 10_000;
 

@@ -9,6 +9,7 @@ use super::forward::{forward, read_client_body, send_continue};
 use super::forward::{Attempt, Sent};
 use super::hedge::Hedge;
 use super::local::{answer_error, answer_error_with};
+use super::spans::{begin_attempt, end_attempt, Asked, AttemptTrace, Ended};
 use super::translate::Translation;
 use super::RelayPlan;
 use super::{llm_take, translate, Client, Exchange, LlmBufs, Next};
@@ -27,6 +28,7 @@ use crate::http::request::{self, BodyKind, Credentials, RequestHead};
 use crate::limits::HEADERS_ARRAY_LEN;
 use crate::llm::{self};
 use crate::snapshot::{DeploymentIdx, GroupId, Snapshot, Target, TenantId};
+use crate::telemetry::context::TRACEPARENT_BYTES;
 use crate::template::TemplateBody;
 
 /// Read the rest of the request body (its head already consumed from `c.buf`) into `c.llm.body`,
@@ -100,7 +102,9 @@ pub(super) async fn check_and_admit(
 /// What the driver keeps of a checked and admitted body: whether its usage is scanned, its
 /// prompt estimate, the tenant's `x-ratelimit-*` lines for the answer.
 fn took_body(c: &mut Client, snap: &Snapshot, checked: Checked, now: Now) {
-    c.ex.scan = checked.metered;
+    // A sampled request's answer is scanned too: its usage, model and finish reasons go in
+    // its trace.
+    c.ex.scan = checked.metered || sampled(c);
     c.ex.prompt_estimate = checked.prompt_estimate;
     c.ex.price = checked.price;
     c.ex.group = checked.group;
@@ -257,8 +261,18 @@ pub(super) async fn proxy_llm(
                 }
                 Action::SendRoute(target) => {
                     let send_body: &[u8] = if use_filled { &bufs.filled } else { &bufs.body };
-                    let built =
-                        llm_request(ctx, c, snap, &bufs.head, send_body, target, None, checked);
+                    let attempt = begin_attempt(ctx, c, false);
+                    let built = llm_request(
+                        ctx,
+                        c,
+                        snap,
+                        &bufs.head,
+                        send_body,
+                        target,
+                        None,
+                        checked,
+                        attempt.map(|a| a.1),
+                    );
                     let out = match built {
                         Ok((out, plan)) => {
                             c.ex.plan = plan;
@@ -271,6 +285,20 @@ pub(super) async fn proxy_llm(
                     let sent =
                         forward(ctx, c, head, target, out, BodyLeft::Done, Attempt::ONLY).await;
                     bufs = CallBufs::take(&mut c.llm);
+                    if let Some((a, _)) = attempt {
+                        // The model the client's body names (read again: sampled calls only).
+                        let model = sampled(c)
+                            .then(|| llm::inspect(&bufs.body).ok()?.model().map(str::to_owned))
+                            .flatten();
+                        let asked = Asked {
+                            model: model.as_deref(),
+                            group: checked.group,
+                            checked,
+                            path: plain_path(request_line(&bufs.head).1),
+                        };
+                        let ended = Ended::from_exchange(&c.ex, Now::read());
+                        end_attempt(ctx, c, snap, a, target, Some(asked), ended);
+                    }
                     break 'call match sent {
                         Sent::Done(next) => next,
                         Sent::Retry => Next::Close,
@@ -297,6 +325,7 @@ pub(super) async fn proxy_llm(
             let (group, idx) = (choice.group, choice.idx);
             let dep = snap.deployment(group, idx);
             let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
+            let attempt = begin_attempt(ctx, c, false);
             let out = match llm_request(
                 ctx,
                 c,
@@ -306,6 +335,7 @@ pub(super) async fn proxy_llm(
                 target,
                 Some(&dep.model),
                 checked,
+                attempt.map(|a| a.1),
             ) {
                 Ok((out, plan)) => {
                     c.ex.plan = plan;
@@ -324,7 +354,7 @@ pub(super) async fn proxy_llm(
                 plan_hedge(ctx, c, snap, (&bufs.head, body), checked, (group, h), after)
             });
             let started = now.mono_ns();
-            let attempt = gr.start(idx.index(), started);
+            let balanced = gr.start(idx.index(), started);
             c.ex.ttfb = None;
             c.ex.retry_after = None;
             let this = Attempt {
@@ -337,7 +367,20 @@ pub(super) async fn proxy_llm(
             let sent = forward(ctx, c, head, target, out, BodyLeft::Done, this).await;
             bufs = CallBufs::take(&mut c.llm);
             let ended = Now::read();
-            if let Some(a) = attempt {
+            if let Some((a, _)) = attempt {
+                let path = plain_path(request_line(&bufs.head).1);
+                let tried = (a, target, group, idx);
+                trace_attempts(
+                    ctx,
+                    c,
+                    snap,
+                    tried,
+                    hedge.as_deref(),
+                    (checked, path),
+                    ended,
+                );
+            }
+            if let Some(a) = balanced {
                 match hedge.as_deref() {
                     // Outrun by the hedge: it had waited at least this long for a first byte.
                     Some(h) if h.won => a.finish(
@@ -415,9 +458,21 @@ pub(super) fn plan_hedge<'c>(
 ) -> Option<Box<Hedge<'c>>> {
     let dep = snap.deployment(group, idx);
     let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
-    let built = llm_request(ctx, c, snap, raw_head, body, target, Some(&dep.model), call);
+    let attempt = begin_attempt(ctx, c, true);
+    let built = llm_request(
+        ctx,
+        c,
+        snap,
+        raw_head,
+        body,
+        target,
+        Some(&dep.model),
+        call,
+        attempt.map(|a| a.1),
+    );
     built.ok().map(|(request, plan)| {
         Box::new(Hedge {
+            trace: attempt.map(|a| a.0),
             after,
             group,
             idx,
@@ -466,6 +521,70 @@ pub(super) fn settle_hedge(
     Some((h.group, h.idx))
 }
 
+/// Whether the request's spans are recorded.
+fn sampled(c: &Client) -> bool {
+    c.ex.trace.is_some_and(|t| t.ctx.sampled)
+}
+
+/// A path without its query.
+fn plain_path(target: &str) -> &str {
+    target.split('?').next().unwrap_or(target)
+}
+
+/// The wall-clock time of a monotonic reading `mono_ns`, from `now`.
+fn unix_of(mono_ns: u64, now: Now) -> u64 {
+    now.unix_ns
+        .saturating_sub(now.mono_ns().saturating_sub(mono_ns))
+}
+
+/// Record the spans of a deployment's attempt `a` and of its hedge, if one was launched: the
+/// one whose answer was relayed carries its status, usage and first token; the one outrun
+/// ends when the other answered.
+fn trace_attempts(
+    ctx: &ShardCtx,
+    c: &Client,
+    snap: &Snapshot,
+    (a, target, group, idx): (AttemptTrace, Target, GroupId, DeploymentIdx),
+    hedge: Option<&Hedge<'_>>,
+    (checked, path): (Checked, &str),
+    ended: Now,
+) {
+    if !sampled(c) {
+        return;
+    }
+    let asked = |g: GroupId, i: DeploymentIdx| Asked {
+        model: Some(snap.deployment(g, i).model.as_str()),
+        group: Some(g),
+        checked,
+        path,
+    };
+    let launched = hedge.filter(|h| h.launched);
+    let first = match launched {
+        Some(h) if h.won => Ended::outrun(unix_of(h.won_ns, ended)),
+        _ => Ended::from_exchange(&c.ex, ended),
+    };
+    end_attempt(ctx, c, snap, a, target, Some(asked(group, idx)), first);
+    if let Some(h) = launched {
+        if let Some(mut t) = h.trace {
+            t.start_unix_ns = unix_of(h.launched_ns, ended);
+            let second = if h.won {
+                Ended::from_exchange(&c.ex, ended)
+            } else {
+                Ended::outrun(ended.unix_ns)
+            };
+            end_attempt(
+                ctx,
+                c,
+                snap,
+                t,
+                h.target,
+                Some(asked(h.group, h.idx)),
+                second,
+            );
+        }
+    }
+}
+
 /// How the current attempt ended, for its deployment's health and latency estimate.
 fn outcome_of(ex: &Exchange) -> Outcome {
     attempts::outcome(ex.ttfb, ex.status, ex.retry_after, ex.upstream_broke)
@@ -485,6 +604,7 @@ pub(super) fn llm_request<'c>(
     target: Target,
     model: Option<&str>,
     call: Checked,
+    traceparent: Option<[u8; TRACEPARENT_BYTES]>,
 ) -> Result<(SpareBuf<'c>, RelayPlan), Error> {
     let mut body = body;
     let mut translation = None;
@@ -607,6 +727,7 @@ pub(super) fn llm_request<'c>(
                     req.header("anthropic-version").is_some(),
                 ),
                 client_tls: c.stream.is_tls(),
+                traceparent: traceparent.as_ref().map(|t| &t[..]),
             };
             req.write_upstream_head_with(authority.as_bytes(), c.ip, &creds, &mut out);
         }

@@ -92,7 +92,13 @@ pub(super) async fn proxy(
     if !send_continue(c, &head, &left).await {
         return Next::Close;
     }
-    match forward(ctx, c, head, target, wbuf, left, Attempt::ONLY).await {
+    let attempt = super::spans::route_attempt(c);
+    let sent = forward(ctx, c, head, target, wbuf, left, Attempt::ONLY).await;
+    if let Some(a) = attempt {
+        let ended = super::spans::Ended::from_exchange(&c.ex, Now::read());
+        super::spans::end_attempt(ctx, c, &snap, a, target, None, ended);
+    }
+    match sent {
         Sent::Done(next) => next,
         // Not retryable: a lone attempt's failure was answered.
         Sent::Retry => Next::Close,
@@ -321,7 +327,12 @@ pub(super) async fn forward(
         }
         let failed = match got {
             Ok((relay, keep_alive)) => {
-                c.ex.ttfb = Some(sent_at.until(Now::read()));
+                let at = Now::read();
+                c.ex.ttfb = Some(sent_at.until(at));
+                // Body bytes came with the head: the answer's first token is here.
+                if !up.buf.is_empty() {
+                    super::spans::first_body(c, at);
+                }
                 c.ex.retry_after = relay
                     .retry_after_s
                     .map(|s| Duration::from_secs(u64::from(s)));

@@ -25,9 +25,13 @@ use crate::control::stats::{NO_SLOT, SLOT_UNROUTED};
 use crate::ctx::{LlmBufs, ShardCtx};
 use crate::error::{Error, Limit, Shape};
 use crate::http::request::BodyKind;
+use crate::llm;
 use crate::prices::Price;
 use crate::snapshot::{GroupId, Snapshot, StatSlot, TenantId};
 use crate::stream::Io;
+use crate::telemetry::context::{SpanId, TraceCtx};
+use crate::telemetry::span::{ServerSpan, SpanBody, SpanRecord, Text};
+use crate::telemetry::{status_text, RequestTrace};
 use crate::tenant::KeyMemo;
 
 mod access_requests;
@@ -37,6 +41,7 @@ mod hedge;
 mod io;
 mod local;
 mod relay;
+mod spans;
 mod translate;
 mod upread;
 use crate::clock::{deadline_in, Now};
@@ -228,6 +233,14 @@ struct Exchange {
     group: Option<GroupId>,
     /// The limits of the request's key's own, if it has any (an index into the snapshot's).
     key_limit: Option<usize>,
+    /// The request's trace (with `[telemetry]`).
+    trace: Option<RequestTrace>,
+    /// A sampled request's SERVER span, filled from the head (boxed: only sampled requests
+    /// pay for it, not every connection's future).
+    server_span: Option<Box<ServerSpan>>,
+    /// When the current attempt's answer brought its first body bytes (a stream's first
+    /// token), ns since the epoch; 0 while none did.
+    first_body_unix_ns: u64,
 }
 
 impl Exchange {
@@ -258,6 +271,9 @@ impl Exchange {
             price: None,
             group: None,
             key_limit: None,
+            trace: None,
+            server_span: None,
+            first_body_unix_ns: 0,
         }
     }
 
@@ -327,7 +343,69 @@ fn finish(ctx: &ShardCtx, c: &mut Client) {
         }
         log.push(r);
     }
+    if let (Some(spans), Some(trace), Some(server)) = (&ctx.spans, ex.trace, ex.server_span.take())
+    {
+        let mut server = *server;
+        if let Some(t) = ex.tenant {
+            server.tenant.set(&c.snap.tenant(t).name);
+        }
+        spans.record(SpanRecord {
+            trace_id: trace.ctx.trace_id,
+            span_id: trace.ctx.span_id,
+            parent: trace.ctx.parent,
+            start_unix_ns: trace.start_unix_ns,
+            end_unix_ns: now.unix_ns,
+            status: ex.status,
+            error: server_error(ex.status),
+            body: SpanBody::Server(server),
+        });
+    }
     llm_give(ctx, c);
+}
+
+/// Begin a request's trace: its context, the span of a plain proxied request's attempt, and
+/// for a sampled request its SERVER span's head fields (its answer's model and finish reasons
+/// are read too).
+fn begin_trace(
+    c: &mut Client,
+    snap: &Snapshot,
+    trace: TraceCtx,
+    attempt_span: Option<SpanId>,
+    head_len: usize,
+    tenant: Option<TenantId>,
+    now: Now,
+) {
+    let mut t = RequestTrace::new(trace, now.unix_ns);
+    t.route_attempt = attempt_span;
+    c.ex.trace = Some(t);
+    c.llm.scanner.want_meta(trace.sampled);
+    if !trace.sampled {
+        return;
+    }
+    let (method, target) = request_line(&c.buf[..head_len]);
+    let path = target.split('?').next().unwrap_or(target);
+    let mut span = ServerSpan {
+        method: Text::new(method),
+        path: Text::new(path),
+        api_route: llm::is_llm_request(method, path),
+        client: c.peer,
+        tls: c.stream.is_tls(),
+        tenant: Text::EMPTY,
+    };
+    if let Some(t) = tenant {
+        span.tenant.set(&snap.tenant(t).name);
+    }
+    c.ex.server_span = Some(Box::new(span));
+}
+
+/// A SERVER span's `error.type`: its 5xx status, or `no_response` when none was sent (4xx
+/// leave a server span's status unset).
+fn server_error(status: u16) -> Option<&'static str> {
+    match status {
+        0 => Some("no_response"),
+        500..=599 => Some(status_text(status)),
+        _ => None,
+    }
 }
 
 fn shard_u16(id: usize) -> u16 {
@@ -452,6 +530,11 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
             snap = ctx.snapshot();
             c.snap = snap.clone();
             let mut wbuf = ctx.take_buf();
+            let mut random = || ctx.trace_random();
+            let trace = ctx
+                .spans
+                .as_ref()
+                .map(|s| (s.sample_ratio, &mut random as &mut dyn FnMut() -> u64));
             match decide(
                 &snap,
                 &c.buf,
@@ -460,6 +543,7 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
                 now.unix_ms(),
                 &mut wbuf,
                 &mut c.key_memo,
+                trace,
             ) {
                 Ok(Some(Decision {
                     head,
@@ -467,9 +551,14 @@ async fn serve_one(ctx: &Rc<ShardCtx>, c: &mut Client, first: bool) -> Next {
                     route,
                     tenant,
                     shape,
+                    trace,
+                    attempt_span,
                 })) => {
                     c.ex.bytes_in = head.head_len as u64;
                     c.ex.error_shape = shape;
+                    if let Some(t) = trace {
+                        begin_trace(c, &snap, t, attempt_span, head.head_len, tenant, now);
+                    }
                     if let Some(t) = tenant {
                         c.ex.tenant = Some(t);
                         c.ex.tenant_slot = snap.tenant_stat_slot(t);

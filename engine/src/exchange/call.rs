@@ -175,6 +175,8 @@ pub struct Checked {
     pub admitted: bool,
     /// The price of the model it names (its group's, or the model's own), if known.
     pub price: Option<Price>,
+    /// The body's own `max_tokens` (or `max_completion_tokens`, `max_output_tokens`), if set.
+    pub max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -319,6 +321,7 @@ impl Call {
             metered: self.tenant.is_some(),
             admitted: false,
             price,
+            max_tokens: info.max_tokens,
         };
         // The USD budget reserves the prompt at the input price and max_tokens at the output's.
         let usd = price.map_or(0, |p| {

@@ -4,6 +4,8 @@
 
 use std::net::IpAddr;
 
+use crate::telemetry::context::{span_id, SpanId, TraceCtx};
+
 use crate::access::ACCESS_REQUESTS_PATH;
 use crate::config::{Auth, Provider};
 use crate::error::{Error, Shape};
@@ -72,10 +74,17 @@ pub struct Decision {
     /// The shape of our own error answers: Anthropic's for a call to its API
     /// (`/v1/messages`), OpenAI's otherwise.
     pub shape: Shape,
+    /// The request's place in its trace (with `[telemetry]`; never for health checks).
+    pub trace: Option<TraceCtx>,
+    /// A plain proxied request: the span of its one upstream attempt, whose `traceparent` the
+    /// upstream head written into `wbuf` carries.
+    pub attempt_span: Option<SpanId>,
 }
 
 /// Parse the head in `buf` and decide what to do, writing the upstream head into `wbuf` when
-/// proxying. `now_unix_ms`: for keys that expire. `Ok(None)`: the head is incomplete.
+/// proxying. `now_unix_ms`: for keys that expire. `trace`: with tracing on, the sampling ratio
+/// and the random source of span ids. `Ok(None)`: the head is incomplete.
+#[allow(clippy::too_many_arguments)]
 pub fn decide(
     snap: &Snapshot,
     buf: &[u8],
@@ -84,6 +93,7 @@ pub fn decide(
     now_unix_ms: u64,
     wbuf: &mut Vec<u8>,
     key_memo: &mut KeyMemo,
+    trace: Option<(f64, &mut dyn FnMut() -> u64)>,
 ) -> Result<Option<Decision>, Error> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_ARRAY_LEN];
     let Some(req) = request::parse(buf, &mut headers, &snap.cfg.server.head_limits())? else {
@@ -97,12 +107,27 @@ pub fn decide(
     } else {
         Shape::OpenAi
     };
+    let health =
+        head.method == Method::Get && matches!(path, "/health/liveness" | "/health/readiness");
+    let (trace, mut random) = match trace {
+        Some((ratio, random)) if !health => (
+            Some(TraceCtx::begin(
+                req.header("traceparent"),
+                ratio,
+                &mut *random,
+            )),
+            Some(random),
+        ),
+        _ => (None, None),
+    };
     let decided = |action, route, tenant| Decision {
         head,
         action,
         route,
         tenant,
         shape,
+        trace,
+        attempt_span: None,
     };
     if head.method == Method::Get {
         match path {
@@ -193,14 +218,22 @@ pub fn decide(
                 .endpoint(upstream, target.endpoint)
                 .authority
                 .as_bytes();
+            let attempt_span = trace.zip(random.as_mut()).map(|(t, r)| {
+                let span = span_id(&mut **r);
+                (span, t.traceparent(&span))
+            });
             let creds = Credentials {
                 drop_client_keys: snap.cfg.server.auth == Auth::Keys || ucfg.credential.is_some(),
                 upstream: ucfg.credential.as_deref().unwrap_or_default(),
                 client_tls,
+                traceparent: attempt_span.as_ref().map(|(_, tp)| &tp[..]),
                 ..Credentials::PASS
             };
             req.write_upstream_head_with(authority, client_ip, &creds, wbuf);
-            Action::Proxy { target }
+            return Ok(Some(Decision {
+                attempt_span: attempt_span.map(|(s, _)| s),
+                ..decided(Action::Proxy { target }, Some(route), tenant)
+            }));
         }
     };
     Ok(Some(decided(action, Some(route), tenant)))

@@ -339,6 +339,7 @@ impl<'b> ParsedRequest<'_, 'b> {
                 || self.is_connection_listed(name)
                 || (creds.drop_client_keys && is_client_credential(name))
                 || (creds.translated && is_other_apis(name))
+                || (creds.traceparent.is_some() && name.eq_ignore_ascii_case(b"traceparent"))
             {
                 continue;
             }
@@ -366,6 +367,11 @@ impl<'b> ParsedRequest<'_, 'b> {
         }
         out.extend_from_slice(creds.upstream);
         out.extend_from_slice(creds.extra);
+        if let Some(tp) = creds.traceparent {
+            out.extend_from_slice(b"traceparent: ");
+            out.extend_from_slice(tp);
+            out.extend_from_slice(b"\r\n");
+        }
         out.extend_from_slice(b"x-forwarded-for: ");
         crate::http::write_ip(out, client_ip);
         out.extend_from_slice(if creds.client_tls {
@@ -432,6 +438,9 @@ pub struct Credentials<'a> {
     pub extra: &'a [u8],
     /// The client reached us over TLS: `x-forwarded-proto: https`.
     pub client_tls: bool,
+    /// This attempt's W3C `traceparent` (its own span as the parent): sent instead of the
+    /// client's. `None`: the client's passes unchanged (tracing is off).
+    pub traceparent: Option<&'a [u8]>,
 }
 
 impl Credentials<'_> {
@@ -444,6 +453,7 @@ impl Credentials<'_> {
         translated: false,
         extra: b"",
         client_tls: false,
+        traceparent: None,
     };
 }
 
@@ -658,6 +668,37 @@ mod tests {
     }
 
     #[test]
+    fn our_traceparent_replaces_the_clients_and_tracestate_passes() {
+        let raw = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n\
+                    TraceParent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\
+                    tracestate: vendor=1\r\nContent-Length: 0\r\n\r\n";
+        let ours = b"00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-01";
+        let creds = Credentials {
+            traceparent: Some(ours),
+            ..Credentials::PASS
+        };
+        let fwd = forwarded_with(raw, &creds);
+        assert_eq!(
+            fwd.to_ascii_lowercase().matches("traceparent").count(),
+            1,
+            "{fwd}"
+        );
+        assert!(
+            fwd.contains(
+                "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-01\r\n"
+            ),
+            "{fwd}"
+        );
+        assert!(fwd.contains("tracestate: vendor=1\r\n"), "{fwd}");
+        // Tracing off: the client's passes unchanged.
+        let fwd = forwarded_with(raw, &Credentials::PASS);
+        assert!(
+            fwd.contains("TraceParent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            "{fwd}"
+        );
+    }
+
+    #[test]
     fn tenant_keys_are_dropped_and_the_upstream_credential_added() {
         let raw = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer sk-tenant\r\n\
                     X-API-Key: sk-other\r\nauthorization: Bearer sk-dup\r\nContent-Length: 0\r\n\r\n";
@@ -768,6 +809,7 @@ mod tests {
             translated: true,
             extra: b"content-type: application/json\r\nanthropic-version: 2023-06-01\r\n",
             client_tls: true,
+            traceparent: None,
         };
         p.write_upstream_head_with(b"up:80", IpAddr::from([127, 0, 0, 1]), &creds, &mut out);
         assert_eq!(

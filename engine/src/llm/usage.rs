@@ -1,9 +1,10 @@
 //! Finding the upstream's token count in a response, across reads of any size.
 
-use super::json::{self, Kind, Members, Value};
+use super::json::{self, Key, Kind, Members, Value};
 use super::sse::{release_if_empty, Splitter};
 use super::{JSON_DEPTH_MAX, USAGE_SCAN_BYTES_MAX, USAGE_TAIL_BYTES};
 use crate::http::sse::{event_data, Piece};
+use crate::telemetry::span::Text;
 
 /// How a response body is framed for [`UsageScanner`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -179,6 +180,83 @@ pub struct UsageScanner {
     /// What a translator read from a body the scanner cannot read (Gemini's `usageMetadata`,
     /// Bedrock's event stream): it takes precedence.
     reported: Option<Usage>,
+    /// Also read the model that answered and why it stopped (for the request's trace).
+    want_meta: bool,
+    /// SSE: what the events said of the answer so far.
+    meta: AnswerMeta,
+}
+
+/// What an answer says of itself, for its trace: the model that answered (`model`; Anthropic's
+/// `message.model` in a stream) and why it stopped (each choice's `finish_reason`; Anthropic's
+/// `stop_reason`). Escaped strings are left out (no provider escapes these).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnswerMeta {
+    pub model: Text<{ crate::telemetry::span::NAME_BYTES }>,
+    pub finish_reasons: [Text<{ crate::telemetry::span::FINISH_REASON_BYTES }>;
+        crate::telemetry::span::FINISH_REASONS_MAX],
+}
+
+impl AnswerMeta {
+    fn model(&mut self, v: &Value<'_>) {
+        if let Some(s) = plain_str(v) {
+            self.model.set(s);
+        }
+    }
+
+    fn reason(&mut self, v: &Value<'_>) {
+        let Some(s) = plain_str(v) else { return };
+        if s.is_empty() || self.finish_reasons.iter().any(|r| r.as_str() == s) {
+            return;
+        }
+        if let Some(slot) = self.finish_reasons.iter_mut().find(|r| r.is_empty()) {
+            slot.set(s);
+        }
+    }
+
+    /// `choices[].finish_reason`.
+    fn choices(&mut self, v: &Value<'_>) {
+        for choice in v.elements().into_iter().flatten() {
+            for member in choice.members().into_iter().flatten() {
+                let Ok((key, value)) = member else { break };
+                if key.is("finish_reason") {
+                    self.reason(&value);
+                }
+            }
+        }
+    }
+
+    /// `{..., "stop_reason": ...}` (Anthropic's message, or a stream's `message_delta.delta`).
+    fn stop_reason_in(&mut self, v: &Value<'_>) {
+        for member in v.members().into_iter().flatten() {
+            let Ok((key, value)) = member else { break };
+            if key.is("stop_reason") {
+                self.reason(&value);
+            } else if key.is("model") {
+                self.model(&value);
+            }
+        }
+    }
+
+    /// The top-level members of a body or an event.
+    fn read_top(&mut self, key: &Key<'_>, value: &Value<'_>) {
+        if key.is("model") {
+            self.model(value);
+        } else if key.is("choices") {
+            self.choices(value);
+        } else if key.is("stop_reason") {
+            self.reason(value);
+        } else if key.is("delta") || key.is("message") || key.is("response") {
+            self.stop_reason_in(value);
+        }
+    }
+}
+
+/// A string value without escapes, as UTF-8.
+fn plain_str<'a>(v: &Value<'a>) -> Option<&'a str> {
+    match v.as_raw_str() {
+        Some((raw, false)) => std::str::from_utf8(raw).ok(),
+        _ => None,
+    }
 }
 
 impl UsageScanner {
@@ -199,6 +277,32 @@ impl UsageScanner {
         self.tail.clear();
         self.counts = Counts::default();
         self.reported = None;
+        self.meta = AnswerMeta::default();
+    }
+
+    /// Read the answer's model and finish reasons too ([`Self::answer_meta`]), from the next
+    /// [`reset`](Self::reset) on; off by default (it walks more of each event).
+    pub fn want_meta(&mut self, on: bool) {
+        self.want_meta = on;
+    }
+
+    /// The model that answered and why it stopped, as far as the body fed so far says (a JSON
+    /// body is read whole; one too long to keep says nothing).
+    pub fn answer_meta(&self) -> AnswerMeta {
+        match self.kind {
+            BodyKind::Sse => self.meta,
+            BodyKind::Json if self.json_bytes <= SCAN_BYTES_MAX_U64 => {
+                let mut meta = AnswerMeta::default();
+                if let Ok(members) = Members::new(&self.buf, 0, JSON_DEPTH_MAX) {
+                    for member in members {
+                        let Ok((key, value)) = member else { break };
+                        meta.read_top(&key, &value);
+                    }
+                }
+                meta
+            }
+            BodyKind::Json => AnswerMeta::default(),
+        }
     }
 
     /// The usage a translator read from this body, in place of what the scanner finds.
@@ -215,10 +319,12 @@ impl UsageScanner {
             BodyKind::Json => self.feed_json(bytes),
             BodyKind::Sse => {
                 let (scratch, tail, counts) = (&mut self.scratch, &mut self.tail, &mut self.counts);
+                let meta = self.want_meta.then_some(&mut self.meta);
+                let mut meta = meta;
                 self.split.feed(&mut self.buf, bytes, |piece| match piece {
                     Piece::Event(event) => {
                         if let Some(data) = event_data(event, scratch, |_| {}) {
-                            read_event(counts, data);
+                            read_event(counts, data, meta.as_deref_mut());
                         }
                     }
                     Piece::Unexamined(part) => {
@@ -291,13 +397,16 @@ fn ends_event(seen: &[u8]) -> bool {
 const SCAN_BYTES_MAX_U64: u64 = USAGE_SCAN_BYTES_MAX as u64;
 
 /// One SSE event's data: merge its usage report, if it is a valid JSON object that has one.
-fn read_event(counts: &mut Counts, data: &[u8]) {
+fn read_event(counts: &mut Counts, data: &[u8], mut meta: Option<&mut AnswerMeta>) {
     let Ok(mut members) = Members::new(data, 0, JSON_DEPTH_MAX) else {
         return;
     };
     let (mut usage, mut message, mut response, mut kind) = (None, None, None, &b""[..]);
     for member in &mut members {
         let Ok((key, value)) = member else { return };
+        if let Some(meta) = meta.as_deref_mut() {
+            meta.read_top(&key, &value);
+        }
         if key.is("usage") {
             usage = Some(value);
         } else if key.is("message") {

@@ -23,8 +23,9 @@ mod validate;
 
 pub use endpoint::Endpoint;
 pub use resolved::{
-    Auth, AwsAuth, Config, Cores, DriverChoice, DriverKind, FleetConfig, HeadLimits, Overrides,
-    Provider, RouteConfig, ServerConfig, StoreFile, TlsFiles, UpstreamConfig,
+    Auth, AwsAuth, Config, Cores, DriverChoice, DriverKind, FleetConfig, HeadLimits, OtlpProtocol,
+    Overrides, Provider, RouteConfig, ServerConfig, StoreFile, TelemetryConfig, TlsFiles,
+    UpstreamConfig,
 };
 pub use store_delta::{StoreDelta, DELTA_TENANTS_MAX};
 pub use validate::{aws_credentials_file, check_instance_name, AWS_FROM_ENVIRONMENT};
@@ -282,6 +283,9 @@ impl Config {
         check("access_log", a.access_log == b.access_log);
         if self.fleet != new.fleet {
             out.push("fleet".to_owned());
+        }
+        if self.telemetry != new.telemetry {
+            out.push("telemetry".to_owned());
         }
         out
     }

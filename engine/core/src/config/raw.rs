@@ -22,6 +22,21 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) prices: Vec<crate::prices::RawPrice>,
     pub(super) fleet: Option<RawFleet>,
+    pub(super) telemetry: Option<RawTelemetry>,
+}
+
+/// `[telemetry]`: traces exported over OTLP/HTTP.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTelemetry {
+    pub(super) otlp_endpoint: Option<String>,
+    pub(super) protocol: Option<String>,
+    pub(super) service_name: Option<String>,
+    pub(super) sample_ratio: Option<f64>,
+    pub(super) headers_env: Option<String>,
+    pub(super) export_timeout_ms: Option<i64>,
+    pub(super) export_interval_ms: Option<i64>,
+    pub(super) queue_spans_max: Option<i64>,
 }
 
 /// `[fleet]`: limits shared with the other instances through Redis.

@@ -297,6 +297,41 @@ pub struct FleetConfig {
     pub sync_ms: u64,
 }
 
+/// How spans are sent to the collector (OTLP/HTTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// `http/protobuf` (`application/x-protobuf`), the default.
+    Protobuf,
+    /// `http/json` (`application/json`, OTLP's JSON mapping).
+    Json,
+}
+
+/// `[telemetry]`: every request's spans (one SERVER span, one CLIENT span per upstream
+/// attempt) exported over OTLP/HTTP by a thread of their own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// The collector's base URL as written (`http://` or `https://`, no trailing `/`).
+    pub endpoint: String,
+    /// Where spans are sent: `endpoint` + `/v1/traces`.
+    pub traces_url: String,
+    pub protocol: OtlpProtocol,
+    /// The resource's `service.name`.
+    pub service_name: String,
+    /// Head sampling of requests without a sampled parent, 0.0 to 1.0.
+    pub sample_ratio: f64,
+    /// Headers sent with every export (an API key for a hosted backend), read from the
+    /// variable `headers_env` names (`k=v,k2=v2`, values URL-encoded, as
+    /// `OTEL_EXPORTER_OTLP_HEADERS`). Never printed.
+    pub headers: Vec<(String, String)>,
+    pub headers_env: Option<String>,
+    /// How long one export may take, ms; past it the export fails and its spans are dropped.
+    pub export_timeout_ms: u64,
+    /// How often the exporter sends what the shards queued, ms.
+    pub export_interval_ms: u64,
+    /// Spans queued for the exporter at most; past it, spans are dropped and counted.
+    pub queue_spans_max: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
@@ -319,6 +354,8 @@ pub struct Config {
     pub prices: std::sync::Arc<crate::prices::PriceTable>,
     /// `[fleet]`: limits shared with other instances through Redis (`None`: this host alone).
     pub fleet: Option<FleetConfig>,
+    /// `[telemetry]`: traces over OTLP (`None`: none are recorded).
+    pub telemetry: Option<TelemetryConfig>,
     /// Things that work but should change (a plain key in the file): printed by `--check`,
     /// at start and by `shardgate-ctl check`.
     pub warnings: Vec<String>,

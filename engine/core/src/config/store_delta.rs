@@ -147,6 +147,7 @@ impl Config {
             templates: self.templates.clone(),
             prices: self.prices.clone(),
             fleet: self.fleet.clone(),
+            telemetry: self.telemetry.clone(),
             warnings: self.warnings.clone(),
         })))
     }

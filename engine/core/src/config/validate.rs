@@ -388,9 +388,11 @@ impl Validator<'_> {
             Auth::Keys => {}
         }
         let fleet = raw.fleet.and_then(|f| self.fleet(f));
+        let telemetry = raw.telemetry.and_then(|t| self.telemetry(t));
         self.store_out = store;
         Config {
             fleet,
+            telemetry,
             server,
             upstreams,
             routes,
@@ -722,6 +724,130 @@ impl Validator<'_> {
             ca_file,
             password,
             sync_ms,
+        })
+    }
+
+    /// `[telemetry]`: the collector (`http://` or `https://`; `/v1/traces` is appended), the
+    /// protocol, the service's name, the sampling ratio, the headers' variable and the
+    /// exporter's bounds.
+    fn telemetry(&mut self, raw: super::raw::RawTelemetry) -> Option<super::TelemetryConfig> {
+        use crate::limits::{
+            OTLP_EXPORT_INTERVAL_MS_DEFAULT, OTLP_EXPORT_TIMEOUT_MS_DEFAULT,
+            OTLP_QUEUE_SPANS_MAX_DEFAULT,
+        };
+        let export_timeout_ms = self.ranged(
+            "telemetry.export_timeout_ms",
+            raw.export_timeout_ms,
+            OTLP_EXPORT_TIMEOUT_MS_DEFAULT,
+            10,
+            120_000,
+        );
+        let export_interval_ms = self.ranged(
+            "telemetry.export_interval_ms",
+            raw.export_interval_ms,
+            OTLP_EXPORT_INTERVAL_MS_DEFAULT,
+            10,
+            60_000,
+        );
+        let queue_spans_max = self.ranged(
+            "telemetry.queue_spans_max",
+            raw.queue_spans_max,
+            OTLP_QUEUE_SPANS_MAX_DEFAULT,
+            crate::limits::SPAN_BATCH_MAX as u64,
+            1_048_576,
+        );
+        let protocol = match raw.protocol.as_deref() {
+            None | Some("http/protobuf") => super::OtlpProtocol::Protobuf,
+            Some("http/json") => super::OtlpProtocol::Json,
+            Some(other) => {
+                self.error(
+                    "telemetry.protocol",
+                    format!("{other:?}: must be \"http/protobuf\" or \"http/json\" (gRPC is not spoken)"),
+                );
+                super::OtlpProtocol::Protobuf
+            }
+        };
+        let sample_ratio = match raw.sample_ratio {
+            None => 1.0,
+            Some(r) if (0.0..=1.0).contains(&r) => r,
+            Some(r) => {
+                self.error(
+                    "telemetry.sample_ratio",
+                    format!("must be between 0.0 and 1.0, got {r}"),
+                );
+                1.0
+            }
+        };
+        let service_name = raw.service_name.unwrap_or_else(|| "shardgate".to_owned());
+        if service_name.is_empty() || service_name.len() > 255 {
+            self.error("telemetry.service_name", "must be 1 to 255 bytes");
+        }
+        let Some(endpoint) = raw.otlp_endpoint else {
+            self.error(
+                "telemetry.otlp_endpoint",
+                "needed: the collector's OTLP/HTTP address, e.g. \"http://127.0.0.1:4318\"",
+            );
+            return None;
+        };
+        let base = endpoint.trim_end_matches('/');
+        let rest = base
+            .strip_prefix("http://")
+            .or_else(|| base.strip_prefix("https://"));
+        match rest {
+            Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace) => {
+            }
+            _ => {
+                self.error(
+                    "telemetry.otlp_endpoint",
+                    format!("{endpoint:?}: must be an http:// or https:// URL with a host"),
+                );
+                return None;
+            }
+        }
+        if base.contains('@') {
+            self.error(
+                "telemetry.otlp_endpoint",
+                "credentials in the URL would be in the config: put them in the variable \
+                 headers_env names",
+            );
+            return None;
+        }
+        let headers = match raw.headers_env.as_deref() {
+            None => Vec::new(),
+            Some("") => {
+                self.error("telemetry.headers_env", "must name an environment variable");
+                Vec::new()
+            }
+            Some(_) if self.secrets == Secrets::Skip => Vec::new(),
+            Some(var) => match std::env::var(var) {
+                Ok(v) => match crate::telemetry_headers::parse(&v) {
+                    Ok(h) => h,
+                    Err(why) => {
+                        // The value is a secret: never quoted.
+                        self.error("telemetry.headers_env", format!("${var}: {why}"));
+                        Vec::new()
+                    }
+                },
+                Err(_) => {
+                    self.error(
+                        "telemetry.headers_env",
+                        format!("${var} is not set in the engine's environment"),
+                    );
+                    Vec::new()
+                }
+            },
+        };
+        Some(super::TelemetryConfig {
+            traces_url: format!("{base}/v1/traces"),
+            endpoint: base.to_owned(),
+            protocol,
+            service_name,
+            sample_ratio,
+            headers,
+            headers_env: raw.headers_env,
+            export_timeout_ms,
+            export_interval_ms,
+            queue_spans_max,
         })
     }
 
