@@ -32,7 +32,10 @@
 #                         access log on (written to OUT/run/access.log); "shardgate-base-full" and
 #                         "shardgate-base-full-log" run SHARDGATE_BASE_BIN on those two configs;
 #                         "shardgate-full-store" is shardgate-full with its tenant's key from the
-#                         tenant store (bench/peers/shardgate-full-store.toml)
+#                         tenant store (bench/peers/shardgate-full-store.toml);
+#                         "shardgate-full-trace0", "-trace1" and "-trace100" are shardgate-full
+#                         with traces on ([telemetry], issue 22) at 0, 1 and 100 % sampling, the
+#                         spans exported to the rig's upstream nginx (it answers any POST 200)
 #   SHARDGATE_BIN [<repo>/target/release/shardgate]   SHARDGATE_BASE_BIN [unset]
 #   NGINX_BIN [nginx]  HAPROXY_BIN [haproxy]
 #   WRK_BIN [wrk]  PROXY_CPU [0]  LOAD_CPU [1]  OUT [/tmp/shardgate-proxy-cpu-<timestamp>]
@@ -309,14 +312,14 @@ negotiated() { # name port: what a TLS handshake with the proxy negotiates (open
 
 # ---------------------------------------------------------------- proxies
 proxy_port() {
-    case $1 in nginx) echo 18081 ;; haproxy) echo 18082 ;; shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-gemini|shardgate-bedrock|shardgate-responses|shardgate-full|shardgate-full-log|shardgate-full-store|shardgate-base-full|shardgate-base-full-log) echo 18083 ;; esac
+    case $1 in nginx) echo 18081 ;; haproxy) echo 18082 ;; shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-gemini|shardgate-bedrock|shardgate-responses|shardgate-full|shardgate-full-log|shardgate-full-store|shardgate-full-trace0|shardgate-full-trace1|shardgate-full-trace100|shardgate-base-full|shardgate-base-full-log) echo 18083 ;; esac
 }
 
 proxy_available() {
     case $1 in
         nginx) command -v "$NGINX_BIN" >/dev/null ;;
         haproxy) command -v "$HAPROXY_BIN" >/dev/null ;;
-        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-gemini|shardgate-bedrock|shardgate-responses|shardgate-full|shardgate-full-log|shardgate-full-store) [[ -x $SHARDGATE_BIN ]] ;;
+        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-gemini|shardgate-bedrock|shardgate-responses|shardgate-full|shardgate-full-log|shardgate-full-store|shardgate-full-trace0|shardgate-full-trace1|shardgate-full-trace100) [[ -x $SHARDGATE_BIN ]] ;;
         shardgate-base|shardgate-base-full|shardgate-base-full-log) [[ -n $SHARDGATE_BASE_BIN && -x $SHARDGATE_BASE_BIN ]] ;;
         *) return 1 ;;
     esac
@@ -373,6 +376,18 @@ start_proxy() { # name logfile -> sets PROXY_PID (no subshell: the proxy stays o
             taskset -c "$PROXY_CPU" "$bin" --config "$(sg_conf "$OUT/run/$name.toml")" \
                 >"$logf" 2>&1 &
             ;;
+        shardgate-full-trace0|shardgate-full-trace1|shardgate-full-trace100)
+            # The full LLM path traced (issue 22): [telemetry] appended, sampling 0, 1 or 100 %
+            # of requests; spans go to the rig's upstream nginx (it answers 200 to any POST,
+            # /v1/traces included, on core 1 with wrk), in protobuf.
+            local pct=${name#shardgate-full-trace} ratio
+            ratio=$(awk -v p="$pct" 'BEGIN { printf "%.2f", p / 100 }')
+            sed 's|^access_log = "@ACCESS_LOG@"||' "$PEERS/shardgate-full.toml" >"$OUT/run/$name.toml"
+            printf '\n[telemetry]\notlp_endpoint = "http://127.0.0.1:18080"\nsample_ratio = %s\n' \
+                "$ratio" >>"$OUT/run/$name.toml"
+            taskset -c "$PROXY_CPU" "$SHARDGATE_BIN" --config "$(sg_conf "$OUT/run/$name.toml")" \
+                >"$logf" 2>&1 &
+            ;;
         shardgate-full-store)
             # The full LLM path with its tenant's key from the tenant store, not [[tenants]].
             sed -e 's|^access_log = "@ACCESS_LOG@"||' \
@@ -401,7 +416,7 @@ proxy_version() {
         nginx) "$NGINX_BIN" -v 2>&1 | head -n1 ;;
         haproxy) "$HAPROXY_BIN" -v 2>&1 | head -n1 ;;
         shardgate-base|shardgate-base-full|shardgate-base-full-log) echo "$SHARDGATE_BASE_BIN (built $(date -r "$SHARDGATE_BASE_BIN" '+%F %T'))" ;;
-        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-gemini|shardgate-bedrock|shardgate-responses|shardgate-full|shardgate-full-log|shardgate-full-store)
+        shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-gemini|shardgate-bedrock|shardgate-responses|shardgate-full|shardgate-full-log|shardgate-full-store|shardgate-full-trace0|shardgate-full-trace1|shardgate-full-trace100)
             echo "$SHARDGATE_BIN ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet 2>/dev/null || echo '+dirty'), built $(date -r "$SHARDGATE_BIN" '+%F %T'))" ;;
     esac
 }
@@ -442,13 +457,13 @@ to_ms() { # wrk duration (123.45us / 1.23ms / 1.02s / 1.5m) -> ms
 # ---------------------------------------------------------------- start
 selected=()
 for p in $PROXIES; do
-    case $p in nginx|haproxy|shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-gemini|shardgate-bedrock|shardgate-responses|shardgate-full|shardgate-full-log|shardgate-full-store|shardgate-base-full|shardgate-base-full-log) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
+    case $p in nginx|haproxy|shardgate|shardgate-epoll|shardgate-log|shardgate-base|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-gemini|shardgate-bedrock|shardgate-responses|shardgate-full|shardgate-full-log|shardgate-full-store|shardgate-full-trace0|shardgate-full-trace1|shardgate-full-trace100|shardgate-base-full|shardgate-base-full-log) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
     if proxy_available "$p"; then
         selected+=("$p")
     else
         case $p in
             shardgate-base|shardgate-base-full|shardgate-base-full-log) log "SKIP $p: set SHARDGATE_BASE_BIN to an executable" ;;
-            shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-gemini|shardgate-bedrock|shardgate-responses|shardgate-full|shardgate-full-log|shardgate-full-store) log "SKIP $p: $SHARDGATE_BIN not found or not executable (cargo build --release -p shardgate-engine, or set SHARDGATE_BIN)" ;;
+            shardgate|shardgate-epoll|shardgate-log|shardgate-tenant|shardgate-models|shardgate-translate|shardgate-gemini|shardgate-bedrock|shardgate-responses|shardgate-full|shardgate-full-log|shardgate-full-store|shardgate-full-trace0|shardgate-full-trace1|shardgate-full-trace100) log "SKIP $p: $SHARDGATE_BIN not found or not executable (cargo build --release -p shardgate-engine, or set SHARDGATE_BIN)" ;;
             nginx) log "SKIP nginx: '$NGINX_BIN' not installed" ;;
             haproxy) log "SKIP haproxy: '$HAPROXY_BIN' not installed (apt-get install -y haproxy)" ;;
         esac

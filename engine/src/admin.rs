@@ -58,6 +58,8 @@ pub struct AdminState {
     pub heap: Option<crate::metrics::HeapProbe>,
     /// The span pipeline (`[telemetry]`): its counters go on `/metrics`.
     pub spans: Option<Arc<crate::telemetry::span::Hub>>,
+    /// Each shard's GenAI metrics.
+    pub genai: Vec<Arc<crate::telemetry::genai::Block>>,
 }
 
 /// Serve `listener` on a new thread named `admin`. Runs until the process exits.
@@ -334,6 +336,7 @@ fn route(method: &str, target: &str, state: &AdminState) -> Reply {
                         .spans
                         .as_ref()
                         .map(|h| metrics::SpanCounts::read(&h.stats)),
+                    genai: &crate::telemetry::genai::totals(&state.genai),
                 },
                 &mut body,
             );
@@ -447,6 +450,7 @@ mod tests {
                 fleet: None,
                 heap: None,
                 spans: None,
+                genai: Vec::new(),
             },
         )
         .expect("spawn");

@@ -160,6 +160,8 @@ pub struct ShardCtx {
     pub spans: Option<crate::telemetry::span::ShardSpans>,
     /// The random source of trace and span ids (xorshift, seeded from the OS).
     trace_rng: Cell<u64>,
+    /// The GenAI metrics this shard writes.
+    pub genai: crate::telemetry::genai::ShardMetrics,
 }
 
 impl ShardCtx {
@@ -206,7 +208,14 @@ impl ShardCtx {
             aws_keys: None,
             spans: None,
             trace_rng: Cell::new(0),
+            genai: crate::telemetry::genai::ShardMetrics::new(Arc::default()),
         }
+    }
+
+    /// The context writing its GenAI metrics into `block` (which `/metrics` reads).
+    pub fn with_genai(mut self, block: Arc<crate::telemetry::genai::Block>) -> Self {
+        self.genai = crate::telemetry::genai::ShardMetrics::new(block);
+        self
     }
 
     /// The context recording spans into `spans` (tracing on).

@@ -350,6 +350,9 @@ fn run(
         Some(path) => Some(AccessLog::start(path, reopen)?),
         None => None,
     };
+    // The GenAI metrics: one block per shard, written by it, summed by `/metrics`.
+    let genai: Vec<Arc<crate::telemetry::genai::Block>> =
+        (0..shards).map(|_| Arc::default()).collect();
     // Traces: the hub the shards' span batches go through, and the exporter thread. As many
     // batches as `queue_spans_max` holds, plus the one each shard fills.
     let telemetry = match &config.telemetry {
@@ -392,6 +395,7 @@ fn run(
                 fleet: config.fleet.clone(),
                 heap,
                 spans: telemetry.as_ref().map(|(hub, _, _)| hub.clone()),
+                genai: genai.clone(),
             };
             admin::spawn(listener, state).map_err(|e| format!("cannot start admin thread: {e}"))?;
             Some(addr)
@@ -476,6 +480,7 @@ fn run(
             spans: telemetry.as_ref().map(|(hub, _, ratio)| {
                 crate::telemetry::span::ShardSpans::new(hub.clone(), *ratio)
             }),
+            genai: genai[id].clone(),
         };
         let ready = ready_tx.clone();
         let thread = std::thread::Builder::new()

@@ -10,6 +10,8 @@
 
 use std::fmt::Write as _;
 
+use crate::telemetry::genai::{HistTotals, SeriesKey, SeriesTotals};
+
 use crate::control::shm::STATUS_CLASSES;
 use crate::control::stats::{Reject, ShardView, SlotTotals, Totals};
 use crate::limits::DURATION_BUCKETS_MS;
@@ -39,6 +41,8 @@ pub struct Scrape<'a> {
     pub heap: Option<HeapCounts>,
     /// The span pipeline's counters (`None`: no `[telemetry]`).
     pub spans: Option<SpanCounts>,
+    /// The GenAI metrics, summed over the shards.
+    pub genai: &'a [(SeriesKey, SeriesTotals)],
 }
 
 /// The span pipeline's counters, read from its hub (`telemetry::span::SpanStats`).
@@ -467,6 +471,7 @@ pub fn render(s: &Scrape<'_>, out: &mut String) {
     if let Some(u) = s.fleet_usage {
         fleet_usage(out, u);
     }
+    genai(out, s.genai);
     if let Some(sp) = s.spans {
         family(
             out,
@@ -596,6 +601,11 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// `shardgate_<name>{labels}` followed by a space.
 fn name_and_labels(out: &mut String, name: &str, labels: &[(&str, &str)]) {
     out.push_str("shardgate_");
+    full_name_and_labels(out, name, labels);
+}
+
+/// `<name>{labels}` followed by a space (a name of OpenTelemetry's conventions, unprefixed).
+fn full_name_and_labels(out: &mut String, name: &str, labels: &[(&str, &str)]) {
     out.push_str(name);
     if !labels.is_empty() {
         out.push('{');
@@ -645,6 +655,116 @@ fn histogram(out: &mut String, metric: &str, key: &str, name: &str, slot: &SlotT
     // The count is the +Inf bucket, not `requests`: the counters are read one by one while
     // shards write them, and the format wants the two equal.
     sample(out, &format!("{metric}_count"), &[(key, name)], cumulative);
+}
+
+/// The GenAI client metrics, named as OpenTelemetry's GenAI conventions name them (v1.37 to
+/// v1.41) in Prometheus' form: dots to underscores, seconds suffixed, `{token}` dropped.
+fn genai(out: &mut String, series: &[(SeriesKey, SeriesTotals)]) {
+    use crate::telemetry::genai::{SECONDS_BOUNDS_US, TOKEN_BOUNDS};
+    if series.is_empty() {
+        return;
+    }
+    let head = |out: &mut String, name: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+    };
+    fn labels(k: &SeriesKey) -> [(&'static str, &str); 3] {
+        [
+            ("gen_ai_operation_name", k.operation),
+            ("gen_ai_provider_name", k.provider),
+            ("gen_ai_request_model", k.model.as_str()),
+        ]
+    }
+    const USAGE: &str = "gen_ai_client_token_usage";
+    head(
+        out,
+        USAGE,
+        "Tokens used by each model call attempt whose usage was read, by gen_ai_token_type.",
+    );
+    for (k, t) in series {
+        for (kind, h) in [("input", &t.input_tokens), ("output", &t.output_tokens)] {
+            if h.count == 0 {
+                continue;
+            }
+            let [a, b, c] = labels(k);
+            let l = [a, b, c, ("gen_ai_token_type", kind)];
+            genai_histogram(out, USAGE, &l, h, &TOKEN_BOUNDS, 0);
+        }
+    }
+    const DURATION: &str = "gen_ai_client_operation_duration_seconds";
+    head(
+        out,
+        DURATION,
+        "Duration of each model call attempt, seconds (error_type set when it failed).",
+    );
+    for (k, t) in series {
+        let [a, b, c] = labels(k);
+        if k.error.is_empty() {
+            genai_histogram(
+                out,
+                DURATION,
+                &[a, b, c],
+                &t.duration,
+                &SECONDS_BOUNDS_US,
+                6,
+            );
+        } else {
+            let l = [a, b, c, ("error_type", k.error)];
+            genai_histogram(out, DURATION, &l, &t.duration, &SECONDS_BOUNDS_US, 6);
+        }
+    }
+    const FIRST: &str = "gen_ai_client_operation_time_to_first_chunk_seconds";
+    head(
+        out,
+        FIRST,
+        "Time from a streamed model call attempt's start to its first chunk, seconds.",
+    );
+    for (k, t) in series {
+        if t.time_to_first_chunk.count == 0 {
+            continue;
+        }
+        let l = labels(k);
+        genai_histogram(
+            out,
+            FIRST,
+            &l,
+            &t.time_to_first_chunk,
+            &SECONDS_BOUNDS_US,
+            6,
+        );
+    }
+}
+
+/// One GenAI histogram series: cumulative `_bucket`s (bounds `bounds / 10^decimals`), `_sum`
+/// (`sum / 10^decimals`) and `_count`.
+fn genai_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &[(&str, &str)],
+    h: &HistTotals,
+    bounds: &[u64],
+    decimals: u32,
+) {
+    let bucket = format!("{name}_bucket");
+    let mut le = String::new();
+    let mut cumulative = 0u64;
+    for (i, n) in h.buckets.iter().enumerate() {
+        cumulative = cumulative.wrapping_add(*n);
+        le.clear();
+        match bounds.get(i) {
+            Some(&b) => fixed_point(&mut le, b, decimals),
+            None => le.push_str("+Inf"),
+        }
+        let mut l: Vec<(&str, &str)> = labels.to_vec();
+        l.push(("le", &le));
+        full_name_and_labels(out, &bucket, &l);
+        let _ = writeln!(out, "{cumulative}");
+    }
+    full_name_and_labels(out, &format!("{name}_sum"), labels);
+    fixed_point(out, h.sum, decimals);
+    out.push('\n');
+    full_name_and_labels(out, &format!("{name}_count"), labels);
+    let _ = writeln!(out, "{cumulative}");
 }
 
 /// `value / 10^decimals` in decimal, exactly, without trailing zeros (`1500, 3` → `1.5`,
@@ -732,6 +852,7 @@ mod tests {
                 fleet_usage: None,
                 heap,
                 spans: None,
+                genai: &[],
             },
             &mut out,
         );

@@ -133,6 +133,8 @@ pub struct ShardStart {
     pub aws_keys: crate::aws_keys::KeyFeed,
     /// This shard's span batch, with `[telemetry]`.
     pub spans: Option<crate::telemetry::span::ShardSpans>,
+    /// Where this shard's GenAI metrics go (read by `/metrics`).
+    pub genai: Arc<crate::telemetry::genai::Block>,
 }
 
 /// Run a shard on the current thread until shutdown. Reports readiness (or the failure to
@@ -175,7 +177,8 @@ pub fn run(start: ShardStart, ready: mpsc::Sender<Ready>) {
             )
             .with_access(start.access)
             .with_aws_keys(start.aws_keys)
-            .with_spans(start.spans),
+            .with_spans(start.spans)
+            .with_genai(start.genai),
         );
         let info = ctx.info();
         stats::set(&info.core, start.core.map_or(u64::MAX, |c| c as u64));

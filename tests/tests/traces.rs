@@ -324,6 +324,58 @@ fn a_retried_call_has_a_server_span_and_one_attempt_span_per_attempt() {
             assert!(!body.contains(secret), "{secret:?} exported");
         }
     }
+    // The same attempts in the GenAI metrics.
+    let m = gw.metrics();
+    let series = |model: &str| {
+        format!(
+            "gen_ai_operation_name=\"chat\",gen_ai_provider_name=\"openai\",gen_ai_request_model=\"{model}\""
+        )
+    };
+    let failed = series("gpt-4o-broken");
+    let ok = series("gpt-4o-2024-08-06");
+    for (sample, want) in [
+        (
+            format!(
+                "gen_ai_client_operation_duration_seconds_count{{{failed},error_type=\"503\"}}"
+            ),
+            1,
+        ),
+        (
+            format!("gen_ai_client_operation_duration_seconds_count{{{ok}}}"),
+            1,
+        ),
+        (
+            format!("gen_ai_client_token_usage_sum{{{ok},gen_ai_token_type=\"input\"}}"),
+            12,
+        ),
+        (
+            format!("gen_ai_client_token_usage_sum{{{ok},gen_ai_token_type=\"output\"}}"),
+            7,
+        ),
+        (
+            format!(
+                "gen_ai_client_token_usage_bucket{{{ok},gen_ai_token_type=\"output\",le=\"16\"}}"
+            ),
+            1,
+        ),
+        (
+            format!(
+                "gen_ai_client_token_usage_bucket{{{ok},gen_ai_token_type=\"output\",le=\"4\"}}"
+            ),
+            0,
+        ),
+    ] {
+        assert_eq!(metric(&m, &sample), Some(want), "{sample} in:\n{m}");
+    }
+    // A failed attempt read no usage; a call that was not streamed has no first chunk.
+    assert!(
+        !m.contains(&format!("gen_ai_client_token_usage_count{{{failed}")),
+        "{m}"
+    );
+    assert!(
+        !m.contains("gen_ai_client_operation_time_to_first_chunk_seconds_count{"),
+        "{m}"
+    );
 }
 
 /// An upstream that waits `delay`, then streams two events naming itself, with
@@ -442,6 +494,55 @@ fn a_hedged_stream_has_a_span_for_each_attempt_and_the_winner_its_first_token() 
     assert_eq!(attr_str(&first.attributes, "error.type"), None);
     assert!(first.events.is_empty());
     assert!(first.end_time_unix_nano < first.start_time_unix_nano + 1_000_000_000);
+    // Both answered streams' first chunks are in the metrics, under 0.64 s.
+    let m = gw.metrics();
+    let sum_of = |prefix: &str, needle: &str| -> u64 {
+        m.lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let first_chunk = "gen_ai_client_operation_time_to_first_chunk_seconds";
+    assert_eq!(sum_of(&format!("{first_chunk}_count{{"), ""), 2, "{m}");
+    assert_eq!(
+        sum_of(&format!("{first_chunk}_bucket{{"), "le=\"0.64\""),
+        2,
+        "{m}"
+    );
+}
+
+#[test]
+fn the_genai_metrics_are_kept_without_telemetry() {
+    let up = answering("m-2026");
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncores = 1\n\n\
+         [[upstreams]]\nname = \"a\"\nendpoints = [\"http://{}\"]\n\n\
+         [[models]]\nname = \"m\"\ndeployments = [{{ upstream = \"a\", model = \"m-2026\" }}]\n{}",
+        up.addr(),
+        tenant()
+    );
+    let gw = Gateway::start(&cfg);
+    let mut c = Client::connect(gw.addr());
+    for _ in 0..3 {
+        let r = chat(&mut c, "m", "");
+        assert_eq!(r.status, 200, "{}", r.summary());
+    }
+    // No [telemetry]: the upstream gets no traceparent of ours; the metrics count anyway.
+    assert_eq!(up.requests()[0].header("traceparent"), None);
+    let m = gw.metrics();
+    let l = "gen_ai_operation_name=\"chat\",gen_ai_provider_name=\"openai\",gen_ai_request_model=\"m-2026\"";
+    let count = format!("gen_ai_client_operation_duration_seconds_count{{{l}}}");
+    assert_eq!(metric(&m, &count), Some(3), "{m}");
+    let input = format!("gen_ai_client_token_usage_sum{{{l},gen_ai_token_type=\"input\"}}");
+    assert_eq!(metric(&m, &input), Some(36), "{m}");
+    assert!(
+        m.contains("# TYPE gen_ai_client_token_usage histogram"),
+        "{m}"
+    );
+    assert!(
+        !m.contains("shardgate_trace_spans"),
+        "no span counters without [telemetry]"
+    );
 }
 
 #[test]

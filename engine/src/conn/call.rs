@@ -263,15 +263,7 @@ pub(super) async fn proxy_llm(
                     let send_body: &[u8] = if use_filled { &bufs.filled } else { &bufs.body };
                     let attempt = begin_attempt(ctx, c, false);
                     let built = llm_request(
-                        ctx,
-                        c,
-                        snap,
-                        &bufs.head,
-                        send_body,
-                        target,
-                        None,
-                        checked,
-                        attempt.map(|a| a.1),
+                        ctx, c, snap, &bufs.head, send_body, target, None, checked, attempt.1,
                     );
                     let out = match built {
                         Ok((out, plan)) => {
@@ -285,11 +277,12 @@ pub(super) async fn proxy_llm(
                     let sent =
                         forward(ctx, c, head, target, out, BodyLeft::Done, Attempt::ONLY).await;
                     bufs = CallBufs::take(&mut c.llm);
-                    if let Some((a, _)) = attempt {
-                        // The model the client's body names (read again: sampled calls only).
-                        let model = sampled(c)
-                            .then(|| llm::inspect(&bufs.body).ok()?.model().map(str::to_owned))
-                            .flatten();
+                    {
+                        let a = attempt.0;
+                        // The model the client's body names (read again: a route's call).
+                        let model = llm::inspect(&bufs.body)
+                            .ok()
+                            .and_then(|i| i.model().map(str::to_owned));
                         let asked = Asked {
                             model: model.as_deref(),
                             group: checked.group,
@@ -335,7 +328,7 @@ pub(super) async fn proxy_llm(
                 target,
                 Some(&dep.model),
                 checked,
-                attempt.map(|a| a.1),
+                attempt.1,
             ) {
                 Ok((out, plan)) => {
                     c.ex.plan = plan;
@@ -367,19 +360,17 @@ pub(super) async fn proxy_llm(
             let sent = forward(ctx, c, head, target, out, BodyLeft::Done, this).await;
             bufs = CallBufs::take(&mut c.llm);
             let ended = Now::read();
-            if let Some((a, _)) = attempt {
-                let path = plain_path(request_line(&bufs.head).1);
-                let tried = (a, target, group, idx);
-                trace_attempts(
-                    ctx,
-                    c,
-                    snap,
-                    tried,
-                    hedge.as_deref(),
-                    (checked, path),
-                    ended,
-                );
-            }
+            let path = plain_path(request_line(&bufs.head).1);
+            let tried = (attempt.0, target, group, idx);
+            trace_attempts(
+                ctx,
+                c,
+                snap,
+                tried,
+                hedge.as_deref(),
+                (checked, path),
+                ended,
+            );
             if let Some(a) = balanced {
                 match hedge.as_deref() {
                     // Outrun by the hedge: it had waited at least this long for a first byte.
@@ -468,11 +459,11 @@ pub(super) fn plan_hedge<'c>(
         target,
         Some(&dep.model),
         call,
-        attempt.map(|a| a.1),
+        attempt.1,
     );
     built.ok().map(|(request, plan)| {
         Box::new(Hedge {
-            trace: attempt.map(|a| a.0),
+            trace: attempt.0,
             after,
             group,
             idx,
@@ -549,9 +540,6 @@ fn trace_attempts(
     (checked, path): (Checked, &str),
     ended: Now,
 ) {
-    if !sampled(c) {
-        return;
-    }
     let asked = |g: GroupId, i: DeploymentIdx| Asked {
         model: Some(snap.deployment(g, i).model.as_str()),
         group: Some(g),
@@ -565,23 +553,15 @@ fn trace_attempts(
     };
     end_attempt(ctx, c, snap, a, target, Some(asked(group, idx)), first);
     if let Some(h) = launched {
-        if let Some(mut t) = h.trace {
-            t.start_unix_ns = unix_of(h.launched_ns, ended);
-            let second = if h.won {
-                Ended::from_exchange(&c.ex, ended)
-            } else {
-                Ended::outrun(ended.unix_ns)
-            };
-            end_attempt(
-                ctx,
-                c,
-                snap,
-                t,
-                h.target,
-                Some(asked(h.group, h.idx)),
-                second,
-            );
-        }
+        let mut t = h.trace;
+        t.start_unix_ns = unix_of(h.launched_ns, ended);
+        let second = if h.won {
+            Ended::from_exchange(&c.ex, ended)
+        } else {
+            Ended::outrun(ended.unix_ns)
+        };
+        let asked = Some(asked(h.group, h.idx));
+        end_attempt(ctx, c, snap, t, h.target, asked, second);
     }
 }
 

@@ -55,8 +55,8 @@ pub(super) struct Hedge<'c> {
     pub fair_slot: FairSlot,
     /// The snapshot its quota and slot are settled against.
     pub snap: Rc<Snapshot>,
-    /// Its span, when the request is traced (recorded if it was launched).
-    pub trace: Option<super::spans::AttemptTrace>,
+    /// Its start and span (recorded, and measured, only if it was launched).
+    pub trace: super::spans::AttemptTrace,
 }
 
 /// A hedge dropped while it holds its slot or quota (the race was cut off: the client left,

@@ -241,6 +241,9 @@ struct Exchange {
     /// When the current attempt's answer brought its first body bytes (a stream's first
     /// token), ns since the epoch; 0 while none did.
     first_body_unix_ns: u64,
+    /// A model call's attempt is under way: its first body bytes are timed (the GenAI metrics'
+    /// time to first chunk, the span's first-token event).
+    timed: bool,
 }
 
 impl Exchange {
@@ -274,6 +277,7 @@ impl Exchange {
             trace: None,
             server_span: None,
             first_body_unix_ns: 0,
+            timed: false,
         }
     }
 

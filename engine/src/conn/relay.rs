@@ -278,7 +278,7 @@ pub(super) async fn read_body_more(
         Ok(0) => Err(StreamStop::Upstream(super::io::ReadError::Io)),
         Err(e) => Err(e),
         Ok(_) => {
-            if c.ex.first_body_unix_ns == 0 && c.ex.trace.is_some_and(|t| t.ctx.sampled) {
+            if c.ex.first_body_unix_ns == 0 && c.ex.timed {
                 super::spans::first_body(c, Now::read());
             }
             Ok(())

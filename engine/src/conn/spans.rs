@@ -1,5 +1,6 @@
-//! Upstream attempts' CLIENT spans: begun with their span id (sent upstream in the attempt's
-//! `traceparent`), recorded when the attempt ends, for a sampled request only.
+//! Upstream attempts: a model call's attempt is measured for the GenAI metrics (always) and,
+//! in a traced request, has a span id its `traceparent` sends upstream; its CLIENT span is
+//! recorded when it ends, for a sampled request only.
 
 use crate::balance::{FailureKind, Outcome};
 use crate::clock::Now;
@@ -12,36 +13,42 @@ use crate::telemetry::{host_of, operation_name, provider_name, status_text};
 
 use super::{Client, Exchange};
 
-/// An attempt being traced: its span and when it began.
+/// An attempt under way: when it began and, in a traced request, its span.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct AttemptTrace {
-    pub span: SpanId,
+    pub span: Option<SpanId>,
     pub start_unix_ns: u64,
     pub number: u8,
     pub hedge: bool,
 }
 
-/// Begin an attempt of a traced request: its span id and the `traceparent` it sends. `None`:
-/// the request is not traced.
+/// Begin a model call's attempt: its start and, in a traced request, its span id and the
+/// `traceparent` it sends.
 pub(super) fn begin_attempt(
     ctx: &ShardCtx,
     c: &mut Client,
     hedge: bool,
-) -> Option<(AttemptTrace, [u8; TRACEPARENT_BYTES])> {
-    let trace = c.ex.trace.as_mut()?;
-    let span = span_id(&mut || ctx.trace_random());
-    let number = trace.next_attempt();
-    let tp = trace.traceparent(&span);
+) -> (AttemptTrace, Option<[u8; TRACEPARENT_BYTES]>) {
     c.ex.first_body_unix_ns = 0;
-    Some((
-        AttemptTrace {
-            span,
-            start_unix_ns: Now::read().unix_ns,
-            number,
+    c.ex.timed = true;
+    let start_unix_ns = Now::read().unix_ns;
+    let Some(trace) = c.ex.trace.as_mut() else {
+        let a = AttemptTrace {
+            span: None,
+            start_unix_ns,
+            number: 0,
             hedge,
-        },
-        tp,
-    ))
+        };
+        return (a, None);
+    };
+    let span = span_id(&mut || ctx.trace_random());
+    let a = AttemptTrace {
+        span: Some(span),
+        start_unix_ns,
+        number: trace.next_attempt(),
+        hedge,
+    };
+    (a, Some(trace.traceparent(&span)))
 }
 
 /// A sampled plain proxied request's one attempt, whose span id its head already carries.
@@ -49,7 +56,7 @@ pub(super) fn route_attempt(c: &mut Client) -> Option<AttemptTrace> {
     let trace = c.ex.trace.as_mut().filter(|t| t.ctx.sampled)?;
     let span = trace.route_attempt?;
     Some(AttemptTrace {
-        span,
+        span: Some(span),
         start_unix_ns: Now::read().unix_ns,
         number: trace.next_attempt(),
         hedge: false,
@@ -59,7 +66,7 @@ pub(super) fn route_attempt(c: &mut Client) -> Option<AttemptTrace> {
 /// Note when the current attempt's answer brought its first body bytes (a traced request's
 /// first token), once per attempt.
 pub(super) fn first_body(c: &mut Client, now: Now) {
-    if c.ex.first_body_unix_ns == 0 && c.ex.trace.is_some_and(|t| t.ctx.sampled) {
+    if c.ex.first_body_unix_ns == 0 && c.ex.timed {
         c.ex.first_body_unix_ns = now.unix_ns;
     }
 }
@@ -129,8 +136,9 @@ fn attempt_error(outcome: &Outcome, status: u16) -> Option<&'static str> {
     }
 }
 
-/// Record an attempt's span (a sampled request only). `asked`: a model call's (GenAI
-/// attributes); `None`: a plain HTTP attempt.
+/// End an attempt: a model call's (`asked`) counts in the GenAI metrics; its span (a sampled
+/// request's only) gets the GenAI attributes, a plain HTTP attempt's (`asked` `None`) the
+/// HTTP ones.
 pub(super) fn end_attempt(
     ctx: &ShardCtx,
     c: &Client,
@@ -140,13 +148,28 @@ pub(super) fn end_attempt(
     asked: Option<Asked<'_>>,
     ended: Ended,
 ) {
-    let (Some(spans), Some(trace)) = (&ctx.spans, c.ex.trace) else {
+    let ucfg = snap.upstream(target.upstream);
+    if let Some(asked) = &asked {
+        let usage = ended.answered.then(|| answer_usage(c)).flatten();
+        let first = c.ex.first_body_unix_ns;
+        let first_chunk_us = (ended.answered && asked.checked.stream && first != 0)
+            .then(|| first.saturating_sub(a.start_unix_ns) / 1_000);
+        ctx.genai.record(&crate::telemetry::genai::Point {
+            operation: operation_name(asked.path),
+            provider: provider_name(ucfg.provider),
+            model: asked.model.unwrap_or_default(),
+            error: ended.error,
+            duration_us: ended.end_unix_ns.saturating_sub(a.start_unix_ns) / 1_000,
+            first_chunk_us,
+            usage,
+        });
+    }
+    let (Some(spans), Some(trace), Some(span_id)) = (&ctx.spans, c.ex.trace, a.span) else {
         return;
     };
     if !trace.ctx.sampled {
         return;
     }
-    let ucfg = snap.upstream(target.upstream);
     let endpoint = snap.endpoint(target.upstream, target.endpoint);
     // The client's method goes upstream (a model call's is POST, translated or not).
     let method =
@@ -185,16 +208,12 @@ pub(super) fn end_attempt(
             let meta = c.llm.scanner.answer_meta();
             span.response_model = meta.model;
             span.finish_reasons = meta.finish_reasons;
-            span.usage =
-                c.ex.scan
-                    .then(|| c.llm.scanner.usage())
-                    .flatten()
-                    .map(|u| (u.prompt_tokens, u.completion_tokens));
+            span.usage = answer_usage(c);
         }
     }
     spans.record(SpanRecord {
         trace_id: trace.ctx.trace_id,
-        span_id: a.span,
+        span_id,
         parent: Some(trace.ctx.span_id),
         start_unix_ns: a.start_unix_ns,
         end_unix_ns: ended.end_unix_ns,
@@ -202,4 +221,12 @@ pub(super) fn end_attempt(
         error: ended.error,
         body: SpanBody::Attempt(span),
     });
+}
+
+/// The answer's input and output tokens, when its usage was read.
+fn answer_usage(c: &Client) -> Option<(u64, u64)> {
+    c.ex.scan
+        .then(|| c.llm.scanner.usage())
+        .flatten()
+        .map(|u| (u.prompt_tokens, u.completion_tokens))
 }

@@ -3,7 +3,8 @@
 //! definitions) and posts them to the collector's `/v1/traces` as protobuf or OTLP/JSON.
 //!
 //! It is not a shard's thread and a shard never waits for it: it wakes every
-//! `export_interval_ms`, sends what is queued (in requests of at most [`EXPORT_SPANS_MAX`]
+//! `export_interval_ms` (or, looking every `STOP_POLL_MS`, once the queue is half full), sends
+//! what is queued (in requests of at most [`EXPORT_SPANS_MAX`]
 //! spans), and gives the emptied batches back. A collector that is down, refuses or is slower
 //! than `export_timeout_ms` costs the spans of that export (counted); meanwhile the shards'
 //! batches find the queue full and their spans are dropped and counted too. Nothing retries:
@@ -27,8 +28,10 @@ use super::context::write_hex;
 use super::span::{AttemptSpan, Hub, ServerSpan, SpanBody, SpanRecord};
 use crate::config::{OtlpProtocol, TelemetryConfig};
 
-/// Spans sent in one export request at most.
-pub const EXPORT_SPANS_MAX: usize = 4096;
+/// Spans sent in one export request at most: the OpenTelemetry SDKs' default batch
+/// (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`), about 150 KB of protobuf, under every receiver's body
+/// limit (4,096 spans, about 1.2 MB, met nginx's 1 MiB default with 413).
+pub const EXPORT_SPANS_MAX: usize = 512;
 /// How often the exporter looks for the engine's stop while it waits, ms.
 const STOP_POLL_MS: u64 = 50;
 /// A failed export is logged at most this often, ms (each one is counted).
@@ -103,7 +106,11 @@ impl Exporter {
                 return;
             }
             let woke = Instant::now();
-            while woke.elapsed() < interval && !self.hub.stop.load(Ordering::Acquire) {
+            // Woken early when the queue is half full, so a burst is sent before it overflows.
+            while woke.elapsed() < interval
+                && !self.hub.stop.load(Ordering::Acquire)
+                && self.hub.full.len() * 2 < self.hub.full.capacity()
+            {
                 // The exporter's own thread, not a shard's.
                 #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(Duration::from_millis(STOP_POLL_MS).min(interval));

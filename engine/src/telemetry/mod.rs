@@ -5,6 +5,8 @@
 //! - [`context`]: W3C `traceparent` read and written, span ids, the sampling decision (I/O-free).
 //! - [`span`]: the fixed-size records a shard keeps, its batch, the hub its batches go through.
 //! - [`export`]: the exporter thread: OTLP messages (protobuf or JSON) posted to the collector.
+//! - [`genai`]: the GenAI client metrics (token usage, operation duration, time to first chunk)
+//!   of every model call's attempt, traced or not, per shard, summed for `/metrics`.
 //!
 //! A request is traced only with `[telemetry]` in the config. It then always takes part in the
 //! trace: its upstream attempts send a `traceparent` naming their own span (the client's is
@@ -14,6 +16,7 @@
 
 pub mod context;
 pub mod export;
+pub mod genai;
 pub mod span;
 
 use crate::config::Provider;
