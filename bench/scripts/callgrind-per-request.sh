@@ -27,6 +27,11 @@ CONNS=${CONNS:-8}
 OUT=${OUT:-/tmp/shardgate-callgrind-$(date +%Y%m%d-%H%M%S)}
 URL=http://127.0.0.1:18083/v1/chat/completions
 
+# `shardgate` runs itself again to set mimalloc's options when the environment does not
+# (launch::ALLOCATOR_ENV); under valgrind that second start would leave callgrind behind. Set
+# them here, as the engine would.
+export MIMALLOC_PURGE_DELAY=${MIMALLOC_PURGE_DELAY:-0}
+
 for tool in valgrind callgrind_control wrk nginx taskset; do
     command -v "$tool" >/dev/null || { echo "callgrind-per-request: $tool is required" >&2; exit 1; }
 done

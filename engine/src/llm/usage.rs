@@ -184,6 +184,9 @@ pub struct UsageScanner {
     want_meta: bool,
     /// SSE: what the events said of the answer so far.
     meta: AnswerMeta,
+    /// JSON: the whole body's usage and what it says of itself, read once (the call's end, its
+    /// span and the metrics each ask); cleared when bytes are fed.
+    whole: std::cell::Cell<Option<(Option<Usage>, AnswerMeta)>>,
 }
 
 /// What an answer says of itself, for its trace: the model that answered (`model`; Anthropic's
@@ -278,6 +281,7 @@ impl UsageScanner {
         self.counts = Counts::default();
         self.reported = None;
         self.meta = AnswerMeta::default();
+        self.whole.set(None);
     }
 
     /// Read the answer's model and finish reasons too ([`Self::answer_meta`]), from the next
@@ -291,16 +295,7 @@ impl UsageScanner {
     pub fn answer_meta(&self) -> AnswerMeta {
         match self.kind {
             BodyKind::Sse => self.meta,
-            BodyKind::Json if self.json_bytes <= SCAN_BYTES_MAX_U64 => {
-                let mut meta = AnswerMeta::default();
-                if let Ok(members) = Members::new(&self.buf, 0, JSON_DEPTH_MAX) {
-                    for member in members {
-                        let Ok((key, value)) = member else { break };
-                        meta.read_top(&key, &value);
-                    }
-                }
-                meta
-            }
+            BodyKind::Json if self.json_bytes <= SCAN_BYTES_MAX_U64 => self.whole_body().1,
             BodyKind::Json => AnswerMeta::default(),
         }
     }
@@ -354,7 +349,7 @@ impl UsageScanner {
         }
         match self.kind {
             BodyKind::Sse => self.counts.usage(),
-            BodyKind::Json if self.json_bytes <= SCAN_BYTES_MAX_U64 => whole_body_usage(&self.buf),
+            BodyKind::Json if self.json_bytes <= SCAN_BYTES_MAX_U64 => self.whole_body().0,
             BodyKind::Json => self
                 .buf
                 .get(self.buf.len().saturating_sub(USAGE_TAIL_BYTES)..)
@@ -362,11 +357,23 @@ impl UsageScanner {
         }
     }
 
+    /// A whole JSON body's usage and (when [`Self::want_meta`]) what it says of itself, read
+    /// once for every caller until more bytes are fed.
+    fn whole_body(&self) -> (Option<Usage>, AnswerMeta) {
+        if let Some(w) = self.whole.get() {
+            return w;
+        }
+        let w = whole_body_scan(&self.buf, self.want_meta);
+        self.whole.set(Some(w));
+        w
+    }
+
     /// Keep the whole body while it fits; past that, at least its last `USAGE_TAIL_BYTES`.
     /// INVARIANT: `buf` is a suffix of the body, all of it while `json_bytes` fits in the
     /// buffer, and at least `USAGE_TAIL_BYTES` long after that. Compacting moves at most
     /// `USAGE_TAIL_BYTES` once per `USAGE_SCAN_BYTES_MAX - USAGE_TAIL_BYTES` bytes fed.
     fn feed_json(&mut self, bytes: &[u8]) {
+        self.whole.set(None);
         self.json_bytes = self
             .json_bytes
             .saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
@@ -445,20 +452,34 @@ fn read_event(counts: &mut Counts, data: &[u8], mut meta: Option<&mut AnswerMeta
     counts.merge(found);
 }
 
-/// The top-level `usage` of a whole JSON body (the last one, if repeated).
-fn whole_body_usage(doc: &[u8]) -> Option<Usage> {
-    let mut members = Members::new(doc, 0, JSON_DEPTH_MAX).ok()?;
+/// The top-level `usage` of a whole JSON body (the last one, if repeated) and, with `meta`,
+/// what the body says of itself, in one walk. A body that is not one valid JSON object has no
+/// usage.
+fn whole_body_scan(doc: &[u8], meta: bool) -> (Option<Usage>, AnswerMeta) {
+    let mut found = AnswerMeta::default();
+    let Ok(mut members) = Members::new(doc, 0, JSON_DEPTH_MAX) else {
+        return (None, found);
+    };
     let mut usage = None;
     for member in &mut members {
-        let (key, value) = member.ok()?;
+        let Ok((key, value)) = member else {
+            return (None, found);
+        };
         if key.is("usage") {
             usage = Some(value);
+        } else if meta {
+            found.read_top(&key, &value);
         }
     }
-    members.finish_document().ok()?;
-    let mut counts = Counts::default();
-    counts.read(usage?);
-    counts.usage()
+    if members.finish_document().is_err() {
+        return (None, found);
+    }
+    let usage = usage.and_then(|u| {
+        let mut counts = Counts::default();
+        counts.read(u);
+        counts.usage()
+    });
+    (usage, found)
 }
 
 /// Candidates [`tail_usage`] examines, last first. The real `usage` is the last `"usage"` key

@@ -433,7 +433,6 @@ fn server_attributes(a: &mut Attrs<'_>, s: &ServerSpan) {
     a.str("network.protocol.version", "1.1");
     let mut ip = [0u8; 64];
     a.str("client.address", ip_text(&s.client.ip(), &mut ip));
-    a.int("client.port", i64::from(s.client.port()));
     if s.api_route {
         a.str("http.route", s.path.as_str());
     }
@@ -487,7 +486,9 @@ fn attempt_attributes(a: &mut Attrs<'_>, t: &AttemptSpan, start_unix_ns: u64) {
     a.str("server.address", t.server_address.as_str());
     a.int("server.port", i64::from(t.server_port));
     a.int("shardgate.attempt", i64::from(t.attempt));
-    a.bool("shardgate.hedge", t.hedge);
+    if t.hedge {
+        a.bool("shardgate.hedge", true);
+    }
 }
 
 fn to_i64(n: u64) -> i64 {
