@@ -504,6 +504,9 @@ fn a_hedged_stream_has_a_span_for_each_attempt_and_the_winner_its_first_token() 
     };
     let first_chunk = "gen_ai_client_operation_time_to_first_chunk_seconds";
     assert_eq!(sum_of(&format!("{first_chunk}_count{{"), ""), 2, "{m}");
+    // The outrun attempt was cut off, not finished: two operations, not three.
+    let durations = "gen_ai_client_operation_duration_seconds_count{";
+    assert_eq!(sum_of(durations, ""), 2, "{m}");
     assert_eq!(
         sum_of(&format!("{first_chunk}_bucket{{"), "le=\"0.64\""),
         2,

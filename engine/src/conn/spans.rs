@@ -149,7 +149,10 @@ pub(super) fn end_attempt(
     ended: Ended,
 ) {
     let ucfg = snap.upstream(target.upstream);
-    if let Some(asked) = &asked {
+    // An attempt outrun by its hedge (or the hedge by it) was cut off, not finished: it is in
+    // the trace, not in the operations' metrics.
+    let finished = ended.answered || ended.error.is_some();
+    if let (Some(asked), true) = (&asked, finished) {
         let usage = ended.answered.then(|| answer_usage(c)).flatten();
         let first = c.ex.first_body_unix_ns;
         let first_chunk_us = (ended.answered && asked.checked.stream && first != 0)
