@@ -279,10 +279,12 @@ pub(super) async fn proxy_llm(
                     bufs = CallBufs::take(&mut c.llm);
                     {
                         let a = attempt.0;
-                        // The model the client's body names (read again: a route's call).
-                        let model = llm::inspect(&bufs.body)
-                            .ok()
-                            .and_then(|i| i.model().map(str::to_owned));
+                        // The model the client's body names, read again for a sampled call's
+                        // span only (a route's call is not parsed twice otherwise; its metrics
+                        // carry no model).
+                        let model = sampled(c)
+                            .then(|| llm::inspect(&bufs.body).ok()?.model().map(str::to_owned))
+                            .flatten();
                         let asked = Asked {
                             model: model.as_deref(),
                             group: checked.group,
