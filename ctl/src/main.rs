@@ -16,6 +16,8 @@
 //!   made as `tenants` makes them).
 //! - [`top`]: live per-upstream and per-route rates (pure over two counter reads).
 //! - [`table`]: column-aligned tables and number formats.
+//! - [`litellm`]: `import litellm`: a LiteLLM proxy config read as PyYAML reads it
+//!   (`litellm::yaml`) and mapped to a shardgate config with a report (`litellm::map`, pure).
 //!
 //! Exit statuses: 0 success; 1 the instance is not running, or the apply was refused, timed out
 //! or lost its engine; 2 the config file is unreadable or invalid, or the command line is wrong.
@@ -25,6 +27,7 @@ mod apply;
 mod check;
 mod diff;
 mod fleet;
+mod litellm;
 mod spend;
 mod stall;
 mod status;
@@ -143,6 +146,11 @@ enum Command {
         #[command(subcommand)]
         op: FleetOp,
     },
+    /// Write a shardgate config from another gateway's.
+    Import {
+        #[command(subcommand)]
+        from: ImportFrom,
+    },
     /// Show requests per second, errors, status classes, latency and bytes per upstream and
     /// route, refreshed every interval.
     Top {
@@ -156,6 +164,21 @@ enum Command {
         /// Screens to show before exiting (default: until interrupted).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         iterations: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImportFrom {
+    /// A LiteLLM proxy config (YAML, read as LiteLLM reads it): the shardgate config on stdout
+    /// (or `--out`), what each setting became in `--report` (JSON), a summary on stderr.
+    Litellm {
+        config: PathBuf,
+        /// Write the shardgate config here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write the report (every setting by key path: mapped, not imported and why, invalid).
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
 }
 
@@ -466,6 +489,14 @@ fn main() -> ExitCode {
             },
         ),
         Command::Status { json } => status::run(instance, json),
+        Command::Import {
+            from:
+                ImportFrom::Litellm {
+                    config,
+                    out,
+                    report,
+                },
+        } => litellm::run(&config, out.as_ref(), report.as_ref()),
         Command::Fleet {
             op: FleetOp::Status,
         } => fleet::status(instance),

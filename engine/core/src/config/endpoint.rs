@@ -32,6 +32,9 @@ pub(super) enum Resolver<'a> {
     System,
     /// The addresses ctl resolved, carried in the config message.
     Table(&'a std::collections::HashMap<String, SocketAddr>),
+    /// No name looked up (an unspecified address with the endpoint's port): a config written
+    /// elsewhere checked for everything but its names (`shardgate-ctl import`).
+    Unresolved,
 }
 
 /// `host:port`, adding `:default_port` when `authority` names no port.
@@ -81,6 +84,17 @@ pub(super) fn parse_endpoint(text: &str, resolver: Resolver<'_>) -> Result<Endpo
         None
     };
     let with_port = with_port(authority, if tls { 443 } else { 80 });
+    if let Resolver::Unresolved = resolver {
+        let port = with_port
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0);
+        return Ok(Endpoint {
+            addr: SocketAddr::from(([0, 0, 0, 0], port)),
+            authority: authority.to_owned(),
+            tls_name,
+        });
+    }
     if let Resolver::Table(table) = resolver {
         let addr = table
             .get(&with_port)

@@ -114,6 +114,19 @@ impl Config {
         )
     }
 
+    /// [`Config::from_toml_without_secrets`] without looking endpoint names up: a config
+    /// written by `shardgate-ctl import`, checked where the upstreams' names may not resolve
+    /// (`shardgate --check` on the host resolves them).
+    pub fn from_toml_unresolved(text: &str) -> Result<Config, ConfigErrors> {
+        Self::parse(
+            text,
+            Resolver::Unresolved,
+            Files::Disk,
+            Secrets::Skip,
+            StoreRead::Read,
+        )
+    }
+
     /// [`Config::from_message`] without reading the tenant store (an empty one stands for
     /// it): what a change to the store needs of the running config (its paths, the file's
     /// tenants, its admin tokens) without reading and validating the whole store, which the

@@ -1,0 +1,988 @@
+//! LiteLLM's settings mapped to shardgate's, each by its key path, with a report.
+
+use std::collections::BTreeMap;
+
+use super::yaml::Value;
+
+/// The shardgate config and the report of one import.
+#[derive(Debug)]
+pub struct Imported {
+    pub toml: String,
+    pub report: Report,
+}
+
+/// Every setting of the LiteLLM config, by key path.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Mapped: path, what it became.
+    pub mapped: Vec<(String, String)>,
+    /// Without an equivalent (or not imported yet): path, why.
+    pub not_imported: Vec<(String, String)>,
+    /// What LiteLLM itself would refuse: path, why.
+    pub invalid: Vec<(String, String)>,
+}
+
+impl Report {
+    fn mapped(&mut self, path: impl Into<String>, to: impl Into<String>) {
+        self.mapped.push((path.into(), to.into()));
+    }
+
+    fn skip(&mut self, path: impl Into<String>, why: impl Into<String>) {
+        self.not_imported.push((path.into(), why.into()));
+    }
+
+    fn invalid(&mut self, path: impl Into<String>, why: impl Into<String>) {
+        self.invalid.push((path.into(), why.into()));
+    }
+
+    /// The report as JSON (paths and reasons only: never a value).
+    pub fn to_json(&self, source: &str) -> serde_json::Value {
+        let list = |v: &[(String, String)], k: &str| {
+            v.iter()
+                .map(|(p, r)| serde_json::json!({"path": p, k: r}))
+                .collect::<Vec<_>>()
+        };
+        serde_json::json!({
+            "source": source,
+            "mapped": list(&self.mapped, "to"),
+            "not_imported": list(&self.not_imported, "reason"),
+            "invalid": list(&self.invalid, "reason"),
+        })
+    }
+
+    /// One line per setting not imported or invalid, and the counts.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "import: {} settings mapped, {} not imported, {} invalid",
+            self.mapped.len(),
+            self.not_imported.len(),
+            self.invalid.len()
+        );
+        for (p, r) in &self.invalid {
+            s.push_str(&format!("\ninvalid: {p}: {r}"));
+        }
+        for (p, r) in &self.not_imported {
+            s.push_str(&format!("\nnot imported: {p}: {r}"));
+        }
+        s
+    }
+}
+
+/// shardgate's providers, as an import names them in `[[upstreams]] provider`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Provider {
+    /// OpenAI's API and every server compatible with it.
+    Http,
+    Anthropic,
+    Azure,
+    Gemini,
+    Bedrock,
+}
+
+impl Provider {
+    fn config_name(self) -> Option<&'static str> {
+        match self {
+            Provider::Http => None,
+            Provider::Anthropic => Some("anthropic"),
+            Provider::Azure => Some("azure"),
+            Provider::Gemini => Some("gemini"),
+            Provider::Bedrock => Some("bedrock"),
+        }
+    }
+}
+
+/// How a LiteLLM provider (the `litellm_params.model` prefix) is served by shardgate: its
+/// provider and the API's base when `api_base` is not given.
+struct ProviderRule {
+    prefix: &'static str,
+    provider: Provider,
+    default_base: Option<&'static str>,
+}
+
+const RULES: &[ProviderRule] = &[
+    ProviderRule {
+        prefix: "openai",
+        provider: Provider::Http,
+        default_base: Some("https://api.openai.com"),
+    },
+    ProviderRule {
+        prefix: "text-completion-openai",
+        provider: Provider::Http,
+        default_base: Some("https://api.openai.com"),
+    },
+    ProviderRule {
+        prefix: "azure",
+        provider: Provider::Azure,
+        default_base: None,
+    },
+    ProviderRule {
+        prefix: "anthropic",
+        provider: Provider::Anthropic,
+        default_base: Some("https://api.anthropic.com"),
+    },
+    ProviderRule {
+        prefix: "bedrock",
+        provider: Provider::Bedrock,
+        default_base: None,
+    },
+    ProviderRule {
+        prefix: "gemini",
+        provider: Provider::Gemini,
+        default_base: Some("https://generativelanguage.googleapis.com"),
+    },
+    ProviderRule {
+        prefix: "hosted_vllm",
+        provider: Provider::Http,
+        default_base: None,
+    },
+    ProviderRule {
+        prefix: "vllm",
+        provider: Provider::Http,
+        default_base: None,
+    },
+    ProviderRule {
+        prefix: "ollama",
+        provider: Provider::Http,
+        default_base: Some("http://localhost:11434"),
+    },
+    ProviderRule {
+        prefix: "ollama_chat",
+        provider: Provider::Http,
+        default_base: Some("http://localhost:11434"),
+    },
+    ProviderRule {
+        prefix: "mistral",
+        provider: Provider::Http,
+        default_base: Some("https://api.mistral.ai"),
+    },
+    ProviderRule {
+        prefix: "deepseek",
+        provider: Provider::Http,
+        default_base: Some("https://api.deepseek.com"),
+    },
+    ProviderRule {
+        prefix: "together_ai",
+        provider: Provider::Http,
+        default_base: Some("https://api.together.xyz"),
+    },
+    ProviderRule {
+        prefix: "xai",
+        provider: Provider::Http,
+        default_base: Some("https://api.x.ai"),
+    },
+    ProviderRule {
+        prefix: "lm_studio",
+        provider: Provider::Http,
+        default_base: Some("http://localhost:1234"),
+    },
+];
+
+/// Providers LiteLLM knows whose API shardgate does not speak (or whose base has a path
+/// shardgate's endpoints cannot carry): reported, not imported.
+const KNOWN_UNSERVED: &[&str] = &[
+    "vertex_ai",
+    "vertex_ai_beta",
+    "openrouter",
+    "groq",
+    "fireworks_ai",
+    "cohere",
+    "cohere_chat",
+    "huggingface",
+    "replicate",
+    "perplexity",
+    "sagemaker",
+    "watsonx",
+    "databricks",
+    "cloudflare",
+    "azure_ai",
+    "anyscale",
+    "nvidia_nim",
+    "cerebras",
+    "sambanova",
+    "ai21",
+    "nlp_cloud",
+    "aleph_alpha",
+    "petals",
+    "palm",
+    "voyage",
+    "codestral",
+    "friendliai",
+    "github",
+    "custom_openai",
+    "triton",
+    "predibase",
+    "clarifai",
+    "baseten",
+    "deepinfra",
+    "empower",
+    "volcengine",
+    "dashscope",
+    "moonshot",
+    "openai_like",
+    "custom",
+    "litellm_proxy",
+    "text-completion-codestral",
+    "jina_ai",
+];
+
+/// The provider of an unprefixed model name, as LiteLLM's own lists decide (its model
+/// lists); `None`: LiteLLM would not know it either.
+fn unprefixed(model: &str) -> Option<&'static str> {
+    let m = model.to_ascii_lowercase();
+    let starts = |p: &str| m.starts_with(p);
+    if starts("gpt-")
+        || starts("o1")
+        || starts("o3")
+        || starts("o4")
+        || starts("chatgpt-")
+        || starts("text-embedding-")
+        || starts("gpt-3.5-turbo-instruct")
+        || starts("dall-e")
+        || starts("whisper")
+        || starts("tts-")
+        || starts("babbage")
+        || starts("davinci")
+    {
+        Some("openai")
+    } else if starts("claude") {
+        Some("anthropic")
+    } else if starts("gemini") {
+        // LiteLLM sends an unprefixed Gemini model to Vertex AI.
+        Some("vertex_ai")
+    } else if starts("command") {
+        Some("cohere")
+    } else {
+        None
+    }
+}
+
+/// What `litellm_params.model` names: the provider's prefix and the model asked of it.
+fn split_model(model: &str) -> (Option<&str>, &str) {
+    match model.split_once('/') {
+        Some((p, m)) => (Some(p), m),
+        None => (None, model),
+    }
+}
+
+/// An `os.environ/NAME` reference.
+fn env_ref(v: &str) -> Option<&str> {
+    v.strip_prefix("os.environ/").filter(|n| !n.is_empty())
+}
+
+/// `http(s)://host[:port]` of an `api_base`, when its path is one shardgate's endpoints can
+/// serve (none, or `/v1`: the client's path already begins with `/v1/`).
+fn endpoint_of(base: &str) -> Result<String, String> {
+    let (scheme, rest) = if let Some(r) = base.strip_prefix("https://") {
+        ("https", r)
+    } else if let Some(r) = base.strip_prefix("http://") {
+        ("http", r)
+    } else {
+        return Err("not an http:// or https:// URL".to_owned());
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return Err("no host (or credentials in the URL)".to_owned());
+    }
+    match path.trim_end_matches('/') {
+        "" | "/v1" => Ok(format!("{scheme}://{authority}")),
+        p => Err(format!(
+            "its path {p:?}: shardgate's endpoints are host and port, and the client's /v1/... path is sent as it came"
+        )),
+    }
+}
+
+/// A name for an upstream: the group's, made safe, with its place.
+fn slug(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    out.truncate(48);
+    out
+}
+
+/// An integer setting (PyYAML's int, or a whole float, or a numeric string as LiteLLM's
+/// `int()` would take it).
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        Value::Float(f) if f.fract() == 0.0 && *f >= 0.0 && *f < 1e15 => Some(whole(*f)),
+        Value::Str(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A whole, non-negative number below 2^53 (checked by the callers) as an integer.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn whole(f: f64) -> u64 {
+    f as u64
+}
+
+/// Seconds (LiteLLM's timeouts) as milliseconds.
+fn as_seconds_ms(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok().map(|s| s.saturating_mul(1000)),
+        Value::Float(f) if *f > 0.0 && *f < 1e9 => Some(whole((f * 1000.0).round())),
+        Value::Str(s) => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|f| *f > 0.0 && *f < 1e9)
+            .map(|f| whole((f * 1000.0).round())),
+        _ => None,
+    }
+}
+
+/// One deployment, as imported.
+#[derive(Debug)]
+struct Deployment {
+    group: String,
+    upstream: toml::Table,
+    model: String,
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+}
+
+/// Map `doc` (a LiteLLM config). `env` reads an environment variable (for nothing but
+/// checking that a referenced one is set: values are never copied).
+pub fn import(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Imported, String> {
+    let _ = env;
+    let Value::Map(top) = doc else {
+        return Err(format!("the config is {}, not a mapping", doc.kind()));
+    };
+    let mut r = Report::default();
+    let mut deployments: Vec<Deployment> = Vec::new();
+    for (key, value) in top {
+        match key.as_str() {
+            "model_list" => model_list(value, &mut deployments, &mut r),
+            "router_settings"
+            | "litellm_settings"
+            | "general_settings"
+            | "environment_variables" => {}
+            other => r.skip(other, "not a LiteLLM proxy setting shardgate knows"),
+        }
+    }
+    // Groups in the order their first deployment stands.
+    let mut groups: Vec<String> = Vec::new();
+    for d in &deployments {
+        if !groups.contains(&d.group) {
+            groups.push(d.group.clone());
+        }
+    }
+    let settings = Settings::read(doc, &groups, &mut r);
+    let mut cfg = toml::Table::new();
+    let mut server = toml::Table::new();
+    server.insert("listen".into(), "0.0.0.0:4000".into());
+    server.insert("auth".into(), "none".into());
+    cfg.insert("server".into(), server.into());
+    r.mapped(
+        "(listen)",
+        "[server] listen = \"0.0.0.0:4000\" (LiteLLM's proxy port)",
+    );
+    let mut upstreams = Vec::new();
+    let mut models: BTreeMap<String, Vec<toml::Value>> = BTreeMap::new();
+    let mut per_group: BTreeMap<String, usize> = BTreeMap::new();
+    for d in deployments {
+        let n = per_group.entry(d.group.clone()).or_default();
+        *n += 1;
+        let name = format!("{}-{}", slug(&d.group), n);
+        let mut up = d.upstream;
+        up.insert("name".into(), name.clone().into());
+        if let Some(t) = settings.timeout_ms {
+            up.insert("ttfb_timeout_ms".into(), toml::Value::Integer(clamp_i64(t)));
+            up.insert("read_timeout_ms".into(), toml::Value::Integer(clamp_i64(t)));
+        }
+        upstreams.push(toml::Value::Table(up));
+        let mut dep = toml::Table::new();
+        dep.insert("upstream".into(), name.into());
+        dep.insert("model".into(), d.model.into());
+        if let Some(v) = d.rpm {
+            dep.insert("rpm".into(), toml::Value::Integer(clamp_i64(v)));
+        }
+        if let Some(v) = d.tpm {
+            dep.insert("tpm".into(), toml::Value::Integer(clamp_i64(v)));
+        }
+        models
+            .entry(d.group)
+            .or_default()
+            .push(toml::Value::Table(dep));
+    }
+    cfg.insert("upstreams".into(), toml::Value::Array(upstreams));
+    let mut groups_out = Vec::new();
+    let mut emit = |name: &str, deps: &[toml::Value]| {
+        let mut g = toml::Table::new();
+        g.insert("name".into(), name.into());
+        g.insert("strategy".into(), settings.strategy.into());
+        g.insert(
+            "retries".into(),
+            toml::Value::Integer(clamp_i64(settings.retries)),
+        );
+        if let Some(f) = settings.fallbacks.get(name) {
+            g.insert(
+                "fallbacks".into(),
+                toml::Value::Array(f.iter().map(|s| s.clone().into()).collect()),
+            );
+        }
+        g.insert("deployments".into(), toml::Value::Array(deps.to_vec()));
+        groups_out.push(toml::Value::Table(g));
+    };
+    for name in &groups {
+        if let Some(deps) = models.get(name) {
+            emit(name, deps);
+        }
+    }
+    // An alias is a group of its own with the target's deployments.
+    for (alias, target) in &settings.aliases {
+        if let Some(deps) = models.get(target) {
+            emit(alias, deps);
+        }
+    }
+    cfg.insert("models".into(), toml::Value::Array(groups_out));
+    let header = "# Imported from a LiteLLM proxy config by `shardgate-ctl import litellm`.\n\
+                  # Every setting's fate is in the import report.\n";
+    let body = toml::to_string(&cfg).map_err(|e| format!("writing TOML: {e}"))?;
+    Ok(Imported {
+        toml: format!("{header}{body}"),
+        report: r,
+    })
+}
+
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn model_list(value: &Value, out: &mut Vec<Deployment>, r: &mut Report) {
+    let Value::Seq(entries) = value else {
+        r.invalid("model_list", format!("is {}, not a list", value.kind()));
+        return;
+    };
+    for (i, e) in entries.iter().enumerate() {
+        let at = format!("model_list[{i}]");
+        if let Some(d) = deployment(e, &at, r) {
+            out.push(d);
+        }
+    }
+}
+
+fn deployment(e: &Value, at: &str, r: &mut Report) -> Option<Deployment> {
+    let Value::Map(entry) = e else {
+        r.invalid(at, format!("is {}, not a mapping", e.kind()));
+        return None;
+    };
+    let Some(group) = e.get("model_name").and_then(Value::as_str) else {
+        r.invalid(format!("{at}.model_name"), "missing (LiteLLM needs it)");
+        return None;
+    };
+    let Some(params) = e.get("litellm_params") else {
+        r.invalid(format!("{at}.litellm_params"), "missing (LiteLLM needs it)");
+        return None;
+    };
+    let Some(model) = params.get("model").and_then(Value::as_str) else {
+        r.invalid(
+            format!("{at}.litellm_params.model"),
+            "missing (LiteLLM needs it)",
+        );
+        return None;
+    };
+    let (prefix, name) = split_model(model);
+    let provider_name = match prefix {
+        Some(p) => p,
+        None => match unprefixed(model) {
+            Some(p) => p,
+            None => {
+                r.invalid(
+                    format!("{at}.litellm_params.model"),
+                    format!("{model:?}: no provider prefix, and not a model LiteLLM knows the provider of"),
+                );
+                return None;
+            }
+        },
+    };
+    let Some(rule) = RULES.iter().find(|x| x.prefix == provider_name) else {
+        if KNOWN_UNSERVED.contains(&provider_name) {
+            r.skip(
+                at,
+                format!("provider {provider_name:?}: shardgate does not speak its API (deployment of {group:?} not imported)"),
+            );
+        } else {
+            r.invalid(
+                format!("{at}.litellm_params.model"),
+                format!("provider {provider_name:?}: LiteLLM does not know it either"),
+            );
+        }
+        return None;
+    };
+    let mut up = toml::Table::new();
+    if let Some(p) = rule.provider.config_name() {
+        up.insert("provider".into(), p.into());
+    }
+    r.mapped(
+        format!("{at}.litellm_params.model"),
+        format!("provider {provider_name:?}, model {name:?}"),
+    );
+    // Where it is.
+    let base = params
+        .get("api_base")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let base = match (base, rule.default_base) {
+        (Some(b), _) => {
+            r.mapped(
+                format!("{at}.litellm_params.api_base"),
+                "the upstream's endpoint",
+            );
+            Some(b)
+        }
+        (None, Some(d)) => Some(d.to_owned()),
+        (None, None) if rule.provider == Provider::Bedrock => None,
+        (None, None) => {
+            r.invalid(
+                format!("{at}.litellm_params.api_base"),
+                format!("missing: provider {provider_name:?} needs it"),
+            );
+            return None;
+        }
+    };
+    if let Some(b) = base {
+        if env_ref(&b).is_some() {
+            r.skip(format!("{at}.litellm_params.api_base"), "an environment reference: shardgate's endpoints are written in the config (set it by hand)");
+            return None;
+        }
+        match endpoint_of(&b) {
+            Ok(ep) => {
+                up.insert("endpoints".into(), toml::Value::Array(vec![ep.into()]));
+            }
+            Err(why) => {
+                r.skip(
+                    format!("{at}.litellm_params.api_base"),
+                    format!("{why} (deployment of {group:?} not imported)"),
+                );
+                return None;
+            }
+        }
+    }
+    for (k, v) in match params {
+        Value::Map(m) => m.as_slice(),
+        _ => &[],
+    } {
+        let path = format!("{at}.litellm_params.{k}");
+        match k.as_str() {
+            "model" | "api_base" | "rpm" | "tpm" => {}
+            "api_key" => match v.as_str() {
+                Some(s) if env_ref(s).is_some() => {
+                    up.insert("api_key_env".into(), env_ref(s).unwrap_or_default().into());
+                    r.mapped(path, "api_key_env");
+                }
+                Some(_) => r.skip(
+                    path,
+                    "a literal key: shardgate reads upstream keys from the environment; put it in a variable and set api_key_env (its value is not copied or printed)",
+                ),
+                None => r.invalid(path, format!("is {}, not a string", v.kind())),
+            },
+            "api_version" if rule.provider == Provider::Azure => match v.as_str() {
+                Some(s) if env_ref(s).is_none() => {
+                    up.insert("api_version".into(), s.into());
+                    r.mapped(path, "api_version");
+                }
+                _ => r.skip(path, "not a literal string"),
+            },
+            "aws_region_name" if rule.provider == Provider::Bedrock => match v.as_str() {
+                Some(s) if env_ref(s).is_none() => {
+                    up.insert("region".into(), s.into());
+                    r.mapped(path, "region");
+                }
+                _ => r.skip(path, "not a literal string"),
+            },
+            "timeout" | "stream_timeout" => match as_seconds_ms(v) {
+                Some(ms) => {
+                    up.insert("read_timeout_ms".into(), toml::Value::Integer(clamp_i64(ms)));
+                    r.mapped(path, "read_timeout_ms");
+                }
+                None => r.invalid(path, "not a number of seconds"),
+            },
+            _ => r.skip(path, "no shardgate equivalent for this deployment setting"),
+        }
+    }
+    if rule.provider == Provider::Bedrock && !up.contains_key("region") {
+        r.invalid(
+            format!("{at}.litellm_params.aws_region_name"),
+            "missing: a Bedrock deployment needs its region",
+        );
+        return None;
+    }
+    // rpm/tpm: litellm_params, then the entry, then model_info (the first LiteLLM finds).
+    let limit = |k: &str, r: &mut Report| -> Option<u64> {
+        for (where_, v) in [
+            ("litellm_params", params.get(k)),
+            ("", e.get(k)),
+            ("model_info", e.get("model_info").and_then(|m| m.get(k))),
+        ] {
+            if let Some(v) = v {
+                let path = if where_.is_empty() {
+                    format!("{at}.{k}")
+                } else {
+                    format!("{at}.{where_}.{k}")
+                };
+                match as_u64(v) {
+                    Some(n) => {
+                        r.mapped(path, format!("the deployment's {k}"));
+                        return Some(n);
+                    }
+                    None => r.invalid(path, format!("is {}, not a whole number", v.kind())),
+                }
+            }
+        }
+        None
+    };
+    let rpm = limit("rpm", r);
+    let tpm = limit("tpm", r);
+    for (k, _) in entry {
+        match k.as_str() {
+            "model_name" | "litellm_params" | "rpm" | "tpm" => {}
+            "model_info" => {
+                if let Some(Value::Map(info)) = e.get("model_info") {
+                    for (ik, _) in info {
+                        if !matches!(ik.as_str(), "rpm" | "tpm") {
+                            r.skip(
+                                format!("{at}.model_info.{ik}"),
+                                "model metadata: shardgate has no equivalent",
+                            );
+                        }
+                    }
+                }
+            }
+            other => r.skip(format!("{at}.{other}"), "no shardgate equivalent"),
+        }
+    }
+    Some(Deployment {
+        group: group.to_owned(),
+        upstream: up,
+        model: name.to_owned(),
+        rpm,
+        tpm,
+    })
+}
+
+/// The router's settings, `router_settings` over `litellm_settings` as LiteLLM's precedence.
+struct Settings {
+    strategy: &'static str,
+    retries: u64,
+    timeout_ms: Option<u64>,
+    fallbacks: BTreeMap<String, Vec<String>>,
+    aliases: Vec<(String, String)>,
+}
+
+impl Settings {
+    fn read(doc: &Value, groups: &[String], r: &mut Report) -> Self {
+        let router = doc.get("router_settings");
+        let lite = doc.get("litellm_settings");
+        let general = doc.get("general_settings");
+        let mut s = Settings {
+            strategy: "round_robin",
+            retries: 0,
+            timeout_ms: None,
+            fallbacks: BTreeMap::new(),
+            aliases: Vec::new(),
+        };
+        // Which section a setting is read from: router_settings first.
+        let pick = |k: &str| -> Option<(String, &Value)> {
+            router
+                .and_then(|x| x.get(k))
+                .map(|v| (format!("router_settings.{k}"), v))
+                .or_else(|| {
+                    lite.and_then(|x| x.get(k))
+                        .map(|v| (format!("litellm_settings.{k}"), v))
+                })
+        };
+        let mut seen: Vec<String> = Vec::new();
+        match pick("routing_strategy") {
+            Some((p, v)) => {
+                seen.push(p.clone());
+                match v.as_str() {
+                    Some("simple-shuffle") => {
+                        r.mapped(p, "strategy = \"round_robin\" (a shuffle over the deployments; shardgate's is deterministic)");
+                    }
+                    Some("least-busy") => {
+                        s.strategy = "least_outstanding";
+                        r.mapped(p, "strategy = \"least_outstanding\"");
+                    }
+                    Some("latency-based-routing") => {
+                        s.strategy = "latency";
+                        r.mapped(p, "strategy = \"latency\"");
+                    }
+                    Some(other) => r.skip(p, format!("{other:?}: shardgate has no such strategy; round_robin is used (deployment rpm/tpm still cap each deployment)")),
+                    None => r.invalid(p, "not a string"),
+                }
+            }
+            None => r.mapped(
+                "(routing_strategy)",
+                "LiteLLM's default simple-shuffle: strategy = \"round_robin\"",
+            ),
+        }
+        if let Some((p, v)) = pick("num_retries") {
+            seen.push(p.clone());
+            match as_u64(v) {
+                Some(n) => {
+                    s.retries = n.min(10);
+                    r.mapped(p, format!("retries = {} (at most 10)", s.retries));
+                }
+                None => r.invalid(p, "not a whole number"),
+            }
+        }
+        for k in ["timeout", "request_timeout"] {
+            if let Some((p, v)) = pick(k) {
+                seen.push(p.clone());
+                if s.timeout_ms.is_some() {
+                    r.skip(
+                        p,
+                        "a timeout was already read from a setting LiteLLM prefers",
+                    );
+                    continue;
+                }
+                match as_seconds_ms(v) {
+                    Some(ms) => {
+                        s.timeout_ms = Some(ms.min(3_600_000));
+                        r.mapped(p, "each upstream's ttfb_timeout_ms and read_timeout_ms");
+                    }
+                    None => r.invalid(p, "not a number of seconds"),
+                }
+            }
+        }
+        if let Some((p, v)) = pick("fallbacks") {
+            seen.push(p.clone());
+            match v {
+                Value::Seq(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let Value::Map(m) = item else {
+                            r.invalid(
+                                format!("{p}[{i}]"),
+                                "not a mapping of a group to its fallbacks",
+                            );
+                            continue;
+                        };
+                        for (from, to) in m {
+                            let to: Vec<String> = match to {
+                                Value::Seq(t) => t
+                                    .iter()
+                                    .filter_map(|x| x.as_str().map(str::to_owned))
+                                    .collect(),
+                                Value::Str(t) => vec![t.clone()],
+                                _ => Vec::new(),
+                            };
+                            let known =
+                                groups.contains(from) && to.iter().all(|t| groups.contains(t));
+                            if known && !to.is_empty() {
+                                r.mapped(format!("{p}[{i}].{from}"), "the group's fallbacks");
+                                s.fallbacks.insert(from.clone(), to);
+                            } else {
+                                r.invalid(
+                                    format!("{p}[{i}].{from}"),
+                                    "names a model group the model_list does not have",
+                                );
+                            }
+                        }
+                    }
+                }
+                _ => r.invalid(p, "not a list"),
+            }
+        }
+        if let Some((p, v)) = pick("model_group_alias") {
+            seen.push(p.clone());
+            if let Value::Map(m) = v {
+                for (alias, target) in m {
+                    let target = match target {
+                        Value::Str(t) => Some(t.clone()),
+                        Value::Map(_) => target
+                            .get("model")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
+                        _ => None,
+                    };
+                    match target {
+                        Some(t) if groups.contains(&t) => {
+                            r.mapped(
+                                format!("{p}.{alias}"),
+                                format!("a group {alias:?} with {t:?}'s deployments"),
+                            );
+                            s.aliases.push((alias.clone(), t));
+                        }
+                        _ => r.invalid(
+                            format!("{p}.{alias}"),
+                            "names a model group the model_list does not have",
+                        ),
+                    }
+                }
+            } else {
+                r.invalid(p, "not a mapping");
+            }
+        }
+        // Every other key of the three sections, reported.
+        for (section, v) in [
+            ("router_settings", router),
+            ("litellm_settings", lite),
+            ("general_settings", general),
+        ] {
+            if let Some(Value::Map(m)) = v {
+                for (k, _) in m {
+                    let path = format!("{section}.{k}");
+                    if !seen.contains(&path) {
+                        r.skip(path, not_imported_reason(section, k));
+                    }
+                }
+            }
+        }
+        s
+    }
+}
+
+/// Why a setting without an equivalent is not imported.
+fn not_imported_reason(section: &str, key: &str) -> String {
+    match key {
+        "allowed_fails" | "cooldown_time" => "shardgate ejects a deployment by its own rule: 5 failures in a row (or half of the last 20), 5 s doubling to 5 min (not configurable)".to_owned(),
+        "context_window_fallbacks" | "content_policy_fallbacks" => "shardgate's fallbacks are taken when a group has no deployment left, not by the error's kind".to_owned(),
+        "callbacks" | "success_callback" | "failure_callback" | "service_callback" => "callbacks: shardgate exports OpenTelemetry traces ([telemetry]) and Prometheus metrics instead".to_owned(),
+        "cache" | "cache_params" => "response caching: shardgate has none".to_owned(),
+        "master_key" => "the admin key: not imported yet (issue 23's next part: an admin token and a tenant)".to_owned(),
+        "database_url" | "store_model_in_db" | "database_connection_pool_limit" => "LiteLLM's database: shardgate keeps tenants in its tenant store (import keys with --keys, next part)".to_owned(),
+        "redis_host" | "redis_port" | "redis_password" | "redis_url" => "Redis: not imported yet (issue 23's next part: [fleet])".to_owned(),
+        "guardrails" => "guardrails: shardgate has none".to_owned(),
+        _ => format!("no shardgate equivalent for {section}.{key}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::yaml::parse;
+    use super::*;
+
+    fn run(yaml: &str) -> Imported {
+        import(&parse(yaml).expect("yaml"), &|_| None).expect("imports")
+    }
+
+    #[test]
+    fn entries_of_one_name_form_one_group_wherever_they_stand() {
+        let i = run(r#"
+model_list:
+  - model_name: gpt-4o
+    litellm_params:
+      model: azure/gpt-4o-eu
+      api_base: https://eu.openai.azure.com/
+      api_version: "2024-06-01"
+      api_key: os.environ/AZURE_EU_KEY
+      rpm: 20_000
+  - model_name: claude
+    litellm_params:
+      model: claude-3-5-sonnet-20240620
+      api_key: os.environ/ANTHROPIC_API_KEY
+  - model_name: gpt-4o
+    litellm_params:
+      model: openai/gpt-4o
+      api_key: os.environ/OPENAI_API_KEY
+    model_info:
+      tpm: 100000
+router_settings:
+  routing_strategy: latency-based-routing
+  num_retries: 3
+  fallbacks: [{"gpt-4o": ["claude"]}]
+litellm_settings:
+  num_retries: 9
+  success_callback: ["langfuse"]
+"#);
+        let cfg: toml::Table = i.toml.parse().expect("toml");
+        let models = cfg["models"].as_array().expect("models");
+        assert_eq!(models.len(), 2, "{}", i.toml);
+        let g = models[0].as_table().expect("group");
+        assert_eq!(g["name"].as_str(), Some("gpt-4o"));
+        assert_eq!(g["strategy"].as_str(), Some("latency"));
+        assert_eq!(g["retries"].as_integer(), Some(3), "router_settings wins");
+        assert_eq!(g["deployments"].as_array().map(Vec::len), Some(2));
+        let d0 = g["deployments"][0].as_table().expect("d");
+        assert_eq!(d0["rpm"].as_integer(), Some(20_000), "20_000 is an int");
+        assert_eq!(d0["model"].as_str(), Some("gpt-4o-eu"));
+        assert_eq!(g["deployments"][1]["tpm"].as_integer(), Some(100_000));
+        assert_eq!(g["fallbacks"].as_array().map(Vec::len), Some(1));
+        let ups = cfg["upstreams"].as_array().expect("upstreams");
+        let az = ups[0].as_table().expect("up");
+        assert_eq!(az["provider"].as_str(), Some("azure"));
+        assert_eq!(az["api_key_env"].as_str(), Some("AZURE_EU_KEY"));
+        assert_eq!(az["api_version"].as_str(), Some("2024-06-01"));
+        assert_eq!(
+            az["endpoints"][0].as_str(),
+            Some("https://eu.openai.azure.com")
+        );
+        assert_eq!(
+            ups[1]["provider"].as_str(),
+            Some("anthropic"),
+            "unprefixed claude"
+        );
+        // What has no equivalent is reported by its path.
+        let skipped: Vec<&str> = i
+            .report
+            .not_imported
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .collect();
+        assert!(
+            skipped.contains(&"litellm_settings.success_callback"),
+            "{skipped:?}"
+        );
+        assert!(
+            skipped.contains(&"litellm_settings.num_retries"),
+            "the one LiteLLM does not read: {skipped:?}"
+        );
+        // It is a config shardgate accepts.
+        shardgate_core::config::Config::from_toml_unresolved(&i.toml).expect("valid");
+    }
+
+    #[test]
+    fn unknown_providers_are_invalid_and_unserved_ones_reported() {
+        let i = run(r#"
+model_list:
+  - model_name: a
+    litellm_params: {model: "nosuch/x"}
+  - model_name: b
+    litellm_params: {model: "vertex_ai/gemini-1.5-pro"}
+  - model_name: c
+    litellm_params: {model: "mystery-model"}
+  - model_name: d
+    litellm_params: {model: "openai/x", api_base: "https://example.com/api/v2", api_key: "sk-literal-secret"}
+  - model_name: e
+    litellm_params: {model: "hosted_vllm/llama", api_base: "http://10.0.0.5:8000/v1", api_key: "sk-literal-secret"}
+"#);
+        let invalid: Vec<&str> = i.report.invalid.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            invalid,
+            [
+                "model_list[0].litellm_params.model",
+                "model_list[2].litellm_params.model"
+            ]
+        );
+        let skipped: Vec<&str> = i
+            .report
+            .not_imported
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .collect();
+        assert!(skipped.contains(&"model_list[1]"), "{skipped:?}");
+        assert!(
+            skipped.contains(&"model_list[3].litellm_params.api_base"),
+            "{skipped:?}"
+        );
+        assert!(
+            skipped.contains(&"model_list[4].litellm_params.api_key"),
+            "{skipped:?}"
+        );
+        let json = i.report.to_json("x.yaml").to_string();
+        assert!(!json.contains("sk-literal-secret") && !i.toml.contains("sk-literal-secret"));
+        assert!(i.toml.contains("http://10.0.0.5:8000"), "{}", i.toml);
+    }
+}

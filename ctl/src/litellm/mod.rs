@@ -1,0 +1,57 @@
+//! `import litellm CONFIG.yaml`: a LiteLLM proxy config read as LiteLLM reads it ([`yaml`]),
+//! mapped to a shardgate config, with a report of every setting by its key path: what it
+//! became, and what has no equivalent and why. Nothing is dropped without a line in the
+//! report; no secret is printed or written to the report.
+//!
+//! What maps (this first part of issue 23):
+//! - each `model_list` entry: a deployment of the group its `model_name` names (entries of one
+//!   name form one group wherever they stand), on an upstream of its own: the provider from the
+//!   `litellm_params.model` prefix, `api_base`, `api_version`, `api_key` (`os.environ/NAME`
+//!   becomes `api_key_env`), `aws_region_name`, and `rpm`/`tpm` wherever LiteLLM reads them;
+//! - `router_settings` over `litellm_settings`: `routing_strategy`, `num_retries`, `timeout`,
+//!   `fallbacks`, `model_group_alias`.
+//!
+//! Everything else is reported.
+
+pub mod map;
+pub mod yaml;
+
+use std::path::{Path, PathBuf};
+
+use crate::Failure;
+
+/// The `import litellm` command: read `config`, write the shardgate config to `out` (stdout
+/// when `None`) and the report to `report` (stderr summary when `None`), check the result as
+/// `shardgate --check` would.
+pub fn run(config: &Path, out: Option<&PathBuf>, report: Option<&PathBuf>) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| Failure::invalid(format!("{}: cannot read: {e}", config.display())))?;
+    let doc =
+        yaml::parse(&text).map_err(|e| Failure::invalid(format!("{}: {e}", config.display())))?;
+    let imported = map::import(&doc, &|name| std::env::var(name).ok())
+        .map_err(|e| Failure::invalid(format!("{}: {e}", config.display())))?;
+    // The result must be a config shardgate accepts (secrets are environment variables, not
+    // checked here).
+    if let Err(errors) = shardgate_core::config::Config::from_toml_unresolved(&imported.toml) {
+        let lines: Vec<String> = errors
+            .0
+            .iter()
+            .map(|e| format!("imported config: {e}"))
+            .collect();
+        return Err(Failure::invalid(lines.join("\n")));
+    }
+    match out {
+        Some(p) => std::fs::write(p, &imported.toml)
+            .map_err(|e| Failure::invalid(format!("{}: cannot write: {e}", p.display())))?,
+        None => print!("{}", imported.toml),
+    }
+    let json =
+        serde_json::to_string_pretty(&imported.report.to_json(&config.display().to_string()))
+            .unwrap_or_default();
+    if let Some(p) = report {
+        std::fs::write(p, json + "\n")
+            .map_err(|e| Failure::invalid(format!("{}: cannot write: {e}", p.display())))?;
+    }
+    eprintln!("{}", imported.report.summary());
+    Ok(())
+}
