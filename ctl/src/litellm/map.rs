@@ -355,7 +355,6 @@ struct Deployment {
 /// Map `doc` (a LiteLLM config). `env` reads an environment variable (for nothing but
 /// checking that a referenced one is set: values are never copied).
 pub fn import(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Imported, String> {
-    let _ = env;
     let Value::Map(top) = doc else {
         return Err(format!("the config is {}, not a mapping", doc.kind()));
     };
@@ -378,12 +377,27 @@ pub fn import(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Impor
             groups.push(d.group.clone());
         }
     }
-    let settings = Settings::read(doc, &groups, &mut r);
+    let settings = Settings::read(doc, &groups, env, &mut r);
     let mut cfg = toml::Table::new();
     let mut server = toml::Table::new();
     server.insert("listen".into(), "0.0.0.0:4000".into());
-    server.insert("auth".into(), "none".into());
+    if settings.master_key_sha256.is_none() {
+        // LiteLLM without a master key serves every caller.
+        server.insert("auth".into(), "none".into());
+        r.mapped(
+            "(no master_key)",
+            "[server] auth = \"none\": LiteLLM without a master key serves every caller",
+        );
+    }
     cfg.insert("server".into(), server.into());
+    if let Some((url, pw)) = &settings.redis {
+        let mut fleet = toml::Table::new();
+        fleet.insert("redis".into(), url.clone().into());
+        if let Some(v) = pw {
+            fleet.insert("redis_password_env".into(), v.clone().into());
+        }
+        cfg.insert("fleet".into(), fleet.into());
+    }
     r.mapped(
         "(listen)",
         "[server] listen = \"0.0.0.0:4000\" (LiteLLM's proxy port)",
@@ -447,6 +461,15 @@ pub fn import(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Impor
         }
     }
     cfg.insert("models".into(), toml::Value::Array(groups_out));
+    if let Some(hash) = &settings.master_key_sha256 {
+        let mut t = toml::Table::new();
+        t.insert("name".into(), "litellm-master".into());
+        t.insert(
+            "keys".into(),
+            toml::Value::Array(vec![format!("sha256:{hash}").into()]),
+        );
+        cfg.insert("tenants".into(), toml::Value::Array(vec![t.into()]));
+    }
     let header = "# Imported from a LiteLLM proxy config by `shardgate-ctl import litellm`.\n\
                   # Every setting's fate is in the import report.\n";
     let body = toml::to_string(&cfg).map_err(|e| format!("writing TOML: {e}"))?;
@@ -679,10 +702,19 @@ struct Settings {
     timeout_ms: Option<u64>,
     fallbacks: BTreeMap<String, Vec<String>>,
     aliases: Vec<(String, String)>,
+    /// The master key's SHA-256 (hex): a tenant that may call every group.
+    master_key_sha256: Option<String>,
+    /// `[fleet]`: Redis's URL and its password's variable.
+    redis: Option<(String, Option<String>)>,
 }
 
 impl Settings {
-    fn read(doc: &Value, groups: &[String], r: &mut Report) -> Self {
+    fn read(
+        doc: &Value,
+        groups: &[String],
+        env: &dyn Fn(&str) -> Option<String>,
+        r: &mut Report,
+    ) -> Self {
         let router = doc.get("router_settings");
         let lite = doc.get("litellm_settings");
         let general = doc.get("general_settings");
@@ -692,6 +724,8 @@ impl Settings {
             timeout_ms: None,
             fallbacks: BTreeMap::new(),
             aliases: Vec::new(),
+            master_key_sha256: None,
+            redis: None,
         };
         // Which section a setting is read from: router_settings first.
         let pick = |k: &str| -> Option<(String, &Value)> {
@@ -825,6 +859,76 @@ impl Settings {
                 r.invalid(p, "not a mapping");
             }
         }
+        // The master key: LiteLLM refuses calls without it (or a virtual key). In shardgate a
+        // key is a tenant's or an admin's, not both: it becomes a tenant that may call every
+        // group, so clients that use it keep working.
+        if let Some(v) = general.and_then(|g| g.get("master_key")) {
+            let p = "general_settings.master_key".to_owned();
+            seen.push(p.clone());
+            let key = match v.as_str() {
+                Some(k) => match env_ref(k) {
+                    Some(var) => env(var),
+                    None => Some(k.to_owned()),
+                },
+                None => None,
+            };
+            match key {
+                Some(k) if !k.is_empty() => {
+                    let h = shardgate_core::tenant::hash_key(k.as_bytes());
+                    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+                    s.master_key_sha256 = Some(hex);
+                    r.mapped(
+                        p,
+                        "tenant \"litellm-master\" (every group, no limits) with the key's SHA-256; auth = \"keys\". Not an admin token: in shardgate a key is a tenant's or an admin's (create one: admin_tokens)",
+                    );
+                }
+                _ => r.skip(
+                    p,
+                    "an environment reference not set where the import ran (or empty): add the tenant by hand (shardgate-ctl keys create)",
+                ),
+            }
+        }
+        // Redis for the router's shared usage (rpm/tpm across instances): shardgate's [fleet].
+        if let Some(host) = router.and_then(|x| x.get("redis_host")) {
+            seen.push("router_settings.redis_host".to_owned());
+            let host = host.as_str().filter(|h| env_ref(h).is_none());
+            let port = router.and_then(|x| x.get("redis_port"));
+            if port.is_some() {
+                seen.push("router_settings.redis_port".to_owned());
+            }
+            let port = port.and_then(as_u64).unwrap_or(6379);
+            let password = router.and_then(|x| x.get("redis_password"));
+            let mut password_env = None;
+            if let Some(pw) = password {
+                seen.push("router_settings.redis_password".to_owned());
+                match pw.as_str().and_then(env_ref) {
+                    Some(var) => {
+                        password_env = Some(var.to_owned());
+                        r.mapped("router_settings.redis_password", "[fleet] redis_password_env");
+                    }
+                    None => r.skip(
+                        "router_settings.redis_password",
+                        "a literal password: shardgate reads it from the environment; put it in a variable and set [fleet] redis_password_env",
+                    ),
+                }
+            }
+            match host {
+                Some(h) => {
+                    s.redis = Some((format!("redis://{h}:{port}"), password_env));
+                    r.mapped(
+                        "router_settings.redis_host",
+                        "[fleet] redis (limits shared by the instances)",
+                    );
+                    if router.and_then(|x| x.get("redis_port")).is_some() {
+                        r.mapped("router_settings.redis_port", "[fleet] redis");
+                    }
+                }
+                None => r.skip(
+                    "router_settings.redis_host",
+                    "not a literal host: set [fleet] redis by hand",
+                ),
+            }
+        }
         // Every other key of the three sections, reported.
         for (section, v) in [
             ("router_settings", router),
@@ -851,9 +955,10 @@ fn not_imported_reason(section: &str, key: &str) -> String {
         "context_window_fallbacks" | "content_policy_fallbacks" => "shardgate's fallbacks are taken when a group has no deployment left, not by the error's kind".to_owned(),
         "callbacks" | "success_callback" | "failure_callback" | "service_callback" => "callbacks: shardgate exports OpenTelemetry traces ([telemetry]) and Prometheus metrics instead".to_owned(),
         "cache" | "cache_params" => "response caching: shardgate has none".to_owned(),
-        "master_key" => "the admin key: not imported yet (issue 23's next part: an admin token and a tenant)".to_owned(),
+        "master_key" => "not a string".to_owned(),
         "database_url" | "store_model_in_db" | "database_connection_pool_limit" => "LiteLLM's database: shardgate keeps tenants in its tenant store (import keys with --keys, next part)".to_owned(),
-        "redis_host" | "redis_port" | "redis_password" | "redis_url" => "Redis: not imported yet (issue 23's next part: [fleet])".to_owned(),
+        "redis_port" | "redis_password" => "given without redis_host".to_owned(),
+        "redis_url" => "set [fleet] redis by hand (a URL may carry a password: it is not copied)".to_owned(),
         "guardrails" => "guardrails: shardgate has none".to_owned(),
         _ => format!("no shardgate equivalent for {section}.{key}"),
     }
@@ -941,6 +1046,54 @@ litellm_settings:
         );
         // It is a config shardgate accepts.
         shardgate_core::config::Config::from_toml_unresolved(&i.toml).expect("valid");
+    }
+
+    #[test]
+    fn the_master_key_becomes_a_tenant_and_redis_the_fleet() {
+        let yaml = "model_list:\n  - model_name: m\n    litellm_params: {model: openai/m, api_base: \"http://10.1.1.1:8000\"}\n\
+                    general_settings:\n  master_key: os.environ/LITELLM_MASTER_KEY\n  database_url: os.environ/DATABASE_URL\n\
+                    router_settings:\n  redis_host: redis.internal\n  redis_port: 6380\n  redis_password: os.environ/REDIS_PASSWORD\n";
+        let env = |k: &str| (k == "LITELLM_MASTER_KEY").then(|| "sk-1234".to_owned());
+        let i = import(&parse(yaml).expect("yaml"), &env).expect("imports");
+        let cfg: toml::Table = i.toml.parse().expect("toml");
+        assert!(
+            cfg["server"].get("auth").is_none(),
+            "keys are needed: {}",
+            i.toml
+        );
+        let key = cfg["tenants"][0]["keys"][0].as_str().expect("key");
+        // sha256("sk-1234")
+        assert_eq!(
+            key,
+            "sha256:88dc28d0f030c55ed4ab77ed8faf098196cb1c05df778539800c9f1243fe6b4b"
+        );
+        assert_eq!(
+            cfg["fleet"]["redis"].as_str(),
+            Some("redis://redis.internal:6380")
+        );
+        assert_eq!(
+            cfg["fleet"]["redis_password_env"].as_str(),
+            Some("REDIS_PASSWORD")
+        );
+        assert!(!i.toml.contains("sk-1234"));
+        let skipped: Vec<&str> = i
+            .report
+            .not_imported
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .collect();
+        assert!(
+            skipped.contains(&"general_settings.database_url"),
+            "{skipped:?}"
+        );
+        shardgate_core::config::Config::from_toml_unresolved(&i.toml).expect("valid");
+        // Unset where the import runs: reported, and the gateway is not left open.
+        let i = import(&parse(yaml).expect("yaml"), &|_| None).expect("imports");
+        assert!(i
+            .report
+            .not_imported
+            .iter()
+            .any(|(p, _)| p == "general_settings.master_key"));
     }
 
     #[test]
