@@ -179,6 +179,14 @@ enum ImportFrom {
         /// Write the report (every setting by key path: mapped, not imported and why, invalid).
         #[arg(long)]
         report: Option<PathBuf>,
+        /// LiteLLM's virtual keys and teams (JSON: its `/key/list?return_full_object=true`
+        /// answer, or `{"keys": [...], "teams": [...]}` from its database): written as a tenant
+        /// store (`--store`) the config names.
+        #[arg(long, requires = "store")]
+        keys: Option<PathBuf>,
+        /// Where the tenant store the keys become is written (a new file).
+        #[arg(long, requires = "keys")]
+        store: Option<PathBuf>,
     },
 }
 
@@ -495,8 +503,15 @@ fn main() -> ExitCode {
                     config,
                     out,
                     report,
+                    keys,
+                    store,
                 },
-        } => litellm::run(&config, out.as_ref(), report.as_ref()),
+        } => litellm::run(
+            &config,
+            out.as_ref(),
+            report.as_ref(),
+            keys.as_ref().zip(store.as_ref()),
+        ),
         Command::Fleet {
             op: FleetOp::Status,
         } => fleet::status(instance),

@@ -23,15 +23,15 @@ pub struct Report {
 }
 
 impl Report {
-    fn mapped(&mut self, path: impl Into<String>, to: impl Into<String>) {
+    pub(super) fn mapped(&mut self, path: impl Into<String>, to: impl Into<String>) {
         self.mapped.push((path.into(), to.into()));
     }
 
-    fn skip(&mut self, path: impl Into<String>, why: impl Into<String>) {
+    pub(super) fn skip(&mut self, path: impl Into<String>, why: impl Into<String>) {
         self.not_imported.push((path.into(), why.into()));
     }
 
-    fn invalid(&mut self, path: impl Into<String>, why: impl Into<String>) {
+    pub(super) fn invalid(&mut self, path: impl Into<String>, why: impl Into<String>) {
         self.invalid.push((path.into(), why.into()));
     }
 
@@ -354,7 +354,17 @@ struct Deployment {
 
 /// Map `doc` (a LiteLLM config). `env` reads an environment variable (for nothing but
 /// checking that a referenced one is set: values are never copied).
+#[cfg(test)]
 pub fn import(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Imported, String> {
+    import_with_store(doc, env, None)
+}
+
+/// [`import`], the keys of `store` (a tenant store written beside the config) in force.
+pub fn import_with_store(
+    doc: &Value,
+    env: &dyn Fn(&str) -> Option<String>,
+    store: Option<&str>,
+) -> Result<Imported, String> {
     let Value::Map(top) = doc else {
         return Err(format!("the config is {}, not a mapping", doc.kind()));
     };
@@ -381,7 +391,10 @@ pub fn import(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Impor
     let mut cfg = toml::Table::new();
     let mut server = toml::Table::new();
     server.insert("listen".into(), "0.0.0.0:4000".into());
-    if settings.master_key_sha256.is_none() {
+    if let Some(path) = store {
+        server.insert("tenant_store".into(), path.into());
+    }
+    if settings.master_key_sha256.is_none() && store.is_none() {
         // LiteLLM without a master key serves every caller.
         server.insert("auth".into(), "none".into());
         r.mapped(

@@ -13,6 +13,7 @@
 //!
 //! Everything else is reported.
 
+pub mod keys;
 pub mod map;
 pub mod yaml;
 
@@ -23,13 +24,45 @@ use crate::Failure;
 /// The `import litellm` command: read `config`, write the shardgate config to `out` (stdout
 /// when `None`) and the report to `report` (stderr summary when `None`), check the result as
 /// `shardgate --check` would.
-pub fn run(config: &Path, out: Option<&PathBuf>, report: Option<&PathBuf>) -> Result<(), Failure> {
+pub fn run(
+    config: &Path,
+    out: Option<&PathBuf>,
+    report: Option<&PathBuf>,
+    keys: Option<(&PathBuf, &PathBuf)>,
+) -> Result<(), Failure> {
     let text = std::fs::read_to_string(config)
         .map_err(|e| Failure::invalid(format!("{}: cannot read: {e}", config.display())))?;
     let doc =
         yaml::parse(&text).map_err(|e| Failure::invalid(format!("{}: {e}", config.display())))?;
-    let imported = map::import(&doc, &|name| std::env::var(name).ok())
-        .map_err(|e| Failure::invalid(format!("{}: {e}", config.display())))?;
+    let store_path = keys.map(|(_, store)| store.display().to_string());
+    let mut imported = map::import_with_store(
+        &doc,
+        &|name| std::env::var(name).ok(),
+        store_path.as_deref(),
+    )
+    .map_err(|e| Failure::invalid(format!("{}: {e}", config.display())))?;
+    // The keys: a tenant store of their own (never over an existing one), written before the
+    // config is checked (the check reads it).
+    if let Some((file, store_out)) = keys {
+        let raw = std::fs::read_to_string(file)
+            .map_err(|e| Failure::invalid(format!("{}: cannot read: {e}", file.display())))?;
+        let export: serde_json::Value = serde_json::from_str(&raw)
+            .map_err(|e| Failure::invalid(format!("{}: not JSON: {e}", file.display())))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let store = keys::import(&export, now, &mut imported.report)
+            .map_err(|e| Failure::invalid(format!("{}: {e}", file.display())))?;
+        if store_out.exists() {
+            return Err(Failure::invalid(format!(
+                "{}: exists: the import writes a new tenant store, never over one",
+                store_out.display()
+            )));
+        }
+        let json = serde_json::to_string_pretty(&store).unwrap_or_default();
+        std::fs::write(store_out, json + "\n")
+            .map_err(|e| Failure::invalid(format!("{}: cannot write: {e}", store_out.display())))?;
+    }
     // The result must be a config shardgate accepts (secrets are environment variables, not
     // checked here).
     if let Err(errors) = shardgate_core::config::Config::from_toml_unresolved(&imported.toml) {
