@@ -99,6 +99,9 @@ struct ProviderRule {
     default_base: Option<&'static str>,
 }
 
+/// LiteLLM 1.110.2's `AZURE_DEFAULT_API_VERSION`, used when a deployment gives none.
+const AZURE_DEFAULT_API_VERSION: &str = "2025-02-01-preview";
+
 const RULES: &[ProviderRule] = &[
     ProviderRule {
         prefix: "openai",
@@ -225,35 +228,86 @@ const KNOWN_UNSERVED: &[&str] = &[
     "jina_ai",
 ];
 
-/// The provider of an unprefixed model name, as LiteLLM's own lists decide (its model
-/// lists); `None`: LiteLLM would not know it either.
+/// Bare model names LiteLLM resolves by exact membership of its model lists, with the
+/// provider each resolves to (LiteLLM 1.110.2's `model_prices_and_context_window_backup.json`,
+/// by `gen_unprefixed.py`).
+const UNPREFIXED: &str = include_str!("unprefixed.tsv");
+
+/// The provider of a bare model name, as LiteLLM's `get_llm_provider` decides it: exact
+/// membership of its lists, its `ft:gpt-3.5-turbo`/`ft:gpt-4`, `gpt-image` and `*` rules, then
+/// its routing generalizations (a Bedrock-syntax Claude id, a bare Claude family id). `None`:
+/// LiteLLM refuses it ("LLM Provider NOT provided").
 fn unprefixed(model: &str) -> Option<&'static str> {
-    let m = model.to_ascii_lowercase();
-    let starts = |p: &str| m.starts_with(p);
-    if starts("gpt-")
-        || starts("o1")
-        || starts("o3")
-        || starts("o4")
-        || starts("chatgpt-")
-        || starts("text-embedding-")
-        || starts("gpt-3.5-turbo-instruct")
-        || starts("dall-e")
-        || starts("whisper")
-        || starts("tts-")
-        || starts("babbage")
-        || starts("davinci")
-    {
-        Some("openai")
-    } else if starts("claude") {
-        Some("anthropic")
-    } else if starts("gemini") {
-        // LiteLLM sends an unprefixed Gemini model to Vertex AI.
-        Some("vertex_ai")
-    } else if starts("command") {
-        Some("cohere")
-    } else {
-        None
+    let exact = UNPREFIXED
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            l.split_once('\t')
+                .filter(|(m, _)| *m == model)
+                .map(|(_, p)| p)
+        });
+    if let Some(p) = exact {
+        return Some(p);
     }
+    if model.contains("ft:gpt-3.5-turbo")
+        || model.contains("ft:gpt-4")
+        || model.starts_with("gpt-image")
+        || model == "*"
+    {
+        return Some("openai");
+    }
+    let lower = model.to_ascii_lowercase();
+    // ^(?:[a-z-]+\.)?anthropic\.claude-
+    let bedrock_claude = lower.starts_with("anthropic.claude-")
+        || lower.split_once('.').is_some_and(|(geo, rest)| {
+            !geo.is_empty()
+                && geo.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+                && rest.starts_with("anthropic.claude-")
+        });
+    if bedrock_claude {
+        return Some("bedrock");
+    }
+    if bare_claude_id(&lower) {
+        return Some("anthropic");
+    }
+    None
+}
+
+/// `^claude-[a-z]+-\d+(?:[-.]\d+)?(?:-\d{8})?$`
+fn bare_claude_id(m: &str) -> bool {
+    let Some(rest) = m.strip_prefix("claude-") else {
+        return false;
+    };
+    let fam = rest.bytes().take_while(u8::is_ascii_lowercase).count();
+    let Some(rest) = rest
+        .get(fam..)
+        .filter(|_| fam > 0)
+        .and_then(|r| r.strip_prefix('-'))
+    else {
+        return false;
+    };
+    let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
+    let major = digits(rest);
+    if major == 0 {
+        return false;
+    }
+    let mut rest = &rest[major..];
+    // (?:[-.]\d+)? then (?:-\d{8})?: try the optional minor, then the date, to the end.
+    let date_then_end = |r: &str| {
+        r.is_empty()
+            || (r.len() == 9 && r.starts_with('-') && r[1..].bytes().all(|b| b.is_ascii_digit()))
+    };
+    if date_then_end(rest) {
+        return true;
+    }
+    if let Some(r) = rest.strip_prefix(['-', '.']) {
+        let minor = digits(r);
+        if minor > 0 {
+            rest = &r[minor..];
+            return date_then_end(rest);
+        }
+    }
+    false
 }
 
 /// What `litellm_params.model` names: the provider's prefix and the model asked of it.
@@ -537,12 +591,26 @@ fn deployment(e: &Value, at: &str, r: &mut Report) -> Option<Deployment> {
             None => {
                 r.invalid(
                     format!("{at}.litellm_params.model"),
-                    format!("{model:?}: no provider prefix, and not a model LiteLLM knows the provider of"),
+                    format!("{model:?}: a bare name LiteLLM (1.110.2) does not know (not in its model list, which drops retired models; no routing rule matches): it would refuse it. Write it with its provider, e.g. \"openai/{model}\""),
                 );
                 return None;
             }
         },
     };
+    if name.is_empty() {
+        r.invalid(
+            format!("{at}.litellm_params.model"),
+            format!("{model:?}: no model after the provider"),
+        );
+        return None;
+    }
+    if name.contains('*') {
+        r.skip(
+            at,
+            format!("{model:?}: a wildcard route (any model to {provider_name:?}); shardgate's groups name their models (deployment of {group:?} not imported)"),
+        );
+        return None;
+    }
     let Some(rule) = RULES.iter().find(|x| x.prefix == provider_name) else {
         if KNOWN_UNSERVED.contains(&provider_name) {
             r.skip(
@@ -648,12 +716,29 @@ fn deployment(e: &Value, at: &str, r: &mut Report) -> Option<Deployment> {
             _ => r.skip(path, "no shardgate equivalent for this deployment setting"),
         }
     }
-    if rule.provider == Provider::Bedrock && !up.contains_key("region") {
-        r.invalid(
-            format!("{at}.litellm_params.aws_region_name"),
-            "missing: a Bedrock deployment needs its region",
+    if rule.provider == Provider::Bedrock {
+        let Some(region) = up
+            .get("region")
+            .and_then(toml::Value::as_str)
+            .map(str::to_owned)
+        else {
+            r.skip(
+                format!("{at}.litellm_params.aws_region_name"),
+                "not given (LiteLLM would read AWS_REGION_NAME from its environment): set the upstream's region by hand (deployment not imported)",
+            );
+            return None;
+        };
+        if !up.contains_key("endpoints") {
+            let ep = format!("https://bedrock-runtime.{region}.amazonaws.com");
+            up.insert("endpoints".into(), toml::Value::Array(vec![ep.into()]));
+        }
+    }
+    if rule.provider == Provider::Azure && !up.contains_key("api_version") {
+        up.insert("api_version".into(), AZURE_DEFAULT_API_VERSION.into());
+        r.mapped(
+            format!("{at}.litellm_params.api_version"),
+            format!("not given: LiteLLM's default {AZURE_DEFAULT_API_VERSION:?}"),
         );
-        return None;
     }
     // rpm/tpm: litellm_params, then the entry, then model_info (the first LiteLLM finds).
     let limit = |k: &str, r: &mut Report| -> Option<u64> {
@@ -999,7 +1084,7 @@ model_list:
       rpm: 20_000
   - model_name: claude
     litellm_params:
-      model: claude-3-5-sonnet-20240620
+      model: claude-sonnet-4-5
       api_key: os.environ/ANTHROPIC_API_KEY
   - model_name: gpt-4o
     litellm_params:
@@ -1107,6 +1192,34 @@ litellm_settings:
             .not_imported
             .iter()
             .any(|(p, _)| p == "general_settings.master_key"));
+    }
+
+    #[test]
+    fn bare_names_resolve_as_litellm_resolves_them() {
+        assert_eq!(unprefixed("gpt-4o"), Some("openai"));
+        assert_eq!(
+            unprefixed("claude-sonnet-4-5"),
+            Some("anthropic"),
+            "its list"
+        );
+        // Its routing rules: a bare Claude family id, a Bedrock-syntax Claude id.
+        assert_eq!(unprefixed("claude-newfamily-7-20270101"), Some("anthropic"));
+        assert_eq!(unprefixed("claude-opus-4-5"), Some("anthropic"));
+        assert_eq!(
+            unprefixed("us.anthropic.claude-3-sonnet-20240229-v1:0"),
+            Some("bedrock")
+        );
+        assert_eq!(unprefixed("anthropic.claude-v2"), Some("bedrock"));
+        assert_eq!(unprefixed("ft:gpt-4o-mini:org::abc"), Some("openai"));
+        // Retired from LiteLLM's list, and no rule matches (the family must come first).
+        assert_eq!(unprefixed("claude-3-5-sonnet-20240620"), None);
+        assert_eq!(unprefixed("mystery-model"), None);
+        assert!(
+            bare_claude_id("claude-sonnet-4-2025"),
+            "a minor of any length"
+        );
+        assert!(!bare_claude_id("claude-sonnet-4-x"));
+        assert!(bare_claude_id("claude-sonnet-4.5"));
     }
 
     #[test]

@@ -63,27 +63,29 @@ pub fn run(
         std::fs::write(store_out, json + "\n")
             .map_err(|e| Failure::invalid(format!("{}: cannot write: {e}", store_out.display())))?;
     }
-    // The result must be a config shardgate accepts (secrets are environment variables, not
-    // checked here).
-    if let Err(errors) = shardgate_core::config::Config::from_toml_unresolved(&imported.toml) {
-        let lines: Vec<String> = errors
-            .0
-            .iter()
-            .map(|e| format!("imported config: {e}"))
-            .collect();
-        return Err(Failure::invalid(lines.join("\n")));
-    }
-    match out {
-        Some(p) => std::fs::write(p, &imported.toml)
-            .map_err(|e| Failure::invalid(format!("{}: cannot write: {e}", p.display())))?,
-        None => print!("{}", imported.toml),
-    }
+    // The report first: it says why, when the result is refused.
     let json =
         serde_json::to_string_pretty(&imported.report.to_json(&config.display().to_string()))
             .unwrap_or_default();
     if let Some(p) = report {
         std::fs::write(p, json + "\n")
             .map_err(|e| Failure::invalid(format!("{}: cannot write: {e}", p.display())))?;
+    }
+    // The result must be a config shardgate accepts (endpoint names are not looked up here;
+    // secrets are environment variables the engine reads).
+    if let Err(errors) = shardgate_core::config::Config::from_toml_unresolved(&imported.toml) {
+        let mut lines: Vec<String> = errors
+            .0
+            .iter()
+            .map(|e| format!("imported config: {e}"))
+            .collect();
+        lines.push(imported.report.summary());
+        return Err(Failure::invalid(lines.join("\n")));
+    }
+    match out {
+        Some(p) => std::fs::write(p, &imported.toml)
+            .map_err(|e| Failure::invalid(format!("{}: cannot write: {e}", p.display())))?,
+        None => print!("{}", imported.toml),
     }
     eprintln!("{}", imported.report.summary());
     Ok(())
