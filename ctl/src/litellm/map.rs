@@ -557,8 +557,30 @@ fn model_list(value: &Value, out: &mut Vec<Deployment>, r: &mut Report) {
     };
     for (i, e) in entries.iter().enumerate() {
         let at = format!("model_list[{i}]");
-        if let Some(d) = deployment(e, &at, r) {
-            out.push(d);
+        match deployment(e, &at, r) {
+            Some(d) => out.push(d),
+            // The whole entry is left out: said once for it, beside the field that caused it,
+            // so each of its settings is accounted for.
+            None => {
+                // Nothing of it was mapped after all.
+                let prefix = format!("{at}.");
+                r.mapped.retain(|(p, _)| !p.starts_with(&prefix));
+                let said = r
+                    .invalid
+                    .iter()
+                    .chain(&r.not_imported)
+                    .any(|(p, _)| *p == at);
+                if !said {
+                    let why = r
+                        .invalid
+                        .iter()
+                        .chain(&r.not_imported)
+                        .rev()
+                        .find(|(p, _)| p.starts_with(&format!("{at}.")))
+                        .map_or_else(String::new, |(p, _)| format!(" (see {p})"));
+                    r.skip(at, format!("deployment not imported{why}"));
+                }
+            }
         }
     }
 }
@@ -740,13 +762,26 @@ fn deployment(e: &Value, at: &str, r: &mut Report) -> Option<Deployment> {
             format!("not given: LiteLLM's default {AZURE_DEFAULT_API_VERSION:?}"),
         );
     }
-    // rpm/tpm: litellm_params, then the entry, then model_info (the first LiteLLM finds).
+    // rpm/tpm: the entry, then litellm_params, then model_info, as LiteLLM's usage-based
+    // routing reads them (the first it finds).
     let limit = |k: &str, r: &mut Report| -> Option<u64> {
+        let mut found = None;
         for (where_, v) in [
-            ("litellm_params", params.get(k)),
             ("", e.get(k)),
+            ("litellm_params", params.get(k)),
             ("model_info", e.get("model_info").and_then(|m| m.get(k))),
         ] {
+            if found.is_some() {
+                if v.is_some() {
+                    let path = if where_.is_empty() {
+                        format!("{at}.{k}")
+                    } else {
+                        format!("{at}.{where_}.{k}")
+                    };
+                    r.skip(path, format!("LiteLLM reads the deployment's {k} from where it finds it first (the entry, then litellm_params, then model_info)"));
+                }
+                continue;
+            }
             if let Some(v) = v {
                 let path = if where_.is_empty() {
                     format!("{at}.{k}")
@@ -756,13 +791,13 @@ fn deployment(e: &Value, at: &str, r: &mut Report) -> Option<Deployment> {
                 match as_u64(v) {
                     Some(n) => {
                         r.mapped(path, format!("the deployment's {k}"));
-                        return Some(n);
+                        found = Some(n);
                     }
                     None => r.invalid(path, format!("is {}, not a whole number", v.kind())),
                 }
             }
         }
-        None
+        found
     };
     let rpm = limit("rpm", r);
     let tpm = limit("tpm", r);
@@ -818,7 +853,8 @@ impl Settings {
         let general = doc.get("general_settings");
         let mut s = Settings {
             strategy: "round_robin",
-            retries: 0,
+            // LiteLLM's default num_retries.
+            retries: 2,
             timeout_ms: None,
             fallbacks: BTreeMap::new(),
             aliases: Vec::new(),
@@ -860,6 +896,9 @@ impl Settings {
                 "LiteLLM's default simple-shuffle: strategy = \"round_robin\"",
             ),
         }
+        if pick("num_retries").is_none() {
+            r.mapped("(num_retries)", "LiteLLM's default 2: retries = 2");
+        }
         if let Some((p, v)) = pick("num_retries") {
             seen.push(p.clone());
             match as_u64(v) {
@@ -892,6 +931,7 @@ impl Settings {
         if let Some((p, v)) = pick("fallbacks") {
             seen.push(p.clone());
             match v {
+                Value::Seq(items) if items.is_empty() => r.mapped(p, "empty: no fallbacks"),
                 Value::Seq(items) => {
                     for (i, item) in items.iter().enumerate() {
                         let Value::Map(m) = item else {
@@ -927,9 +967,24 @@ impl Settings {
                 _ => r.invalid(p, "not a list"),
             }
         }
-        if let Some((p, v)) = pick("model_group_alias") {
+        // LiteLLM's router reads model_group_alias (and cooldown_time) from router_settings
+        // only.
+        for k in ["model_group_alias", "cooldown_time"] {
+            if lite.and_then(|x| x.get(k)).is_some() {
+                let p = format!("litellm_settings.{k}");
+                seen.push(p.clone());
+                r.skip(p, "LiteLLM's router does not read it from litellm_settings (only router_settings)");
+            }
+        }
+        let alias = router
+            .and_then(|x| x.get("model_group_alias"))
+            .map(|v| ("router_settings.model_group_alias".to_owned(), v));
+        if let Some((p, v)) = alias {
             seen.push(p.clone());
             if let Value::Map(m) = v {
+                if m.is_empty() {
+                    r.mapped(p.clone(), "empty: no aliases");
+                }
                 for (alias, target) in m {
                     let target = match target {
                         Value::Str(t) => Some(t.clone()),
@@ -989,12 +1044,29 @@ impl Settings {
         // Redis for the router's shared usage (rpm/tpm across instances): shardgate's [fleet].
         if let Some(host) = router.and_then(|x| x.get("redis_host")) {
             seen.push("router_settings.redis_host".to_owned());
-            let host = host.as_str().filter(|h| env_ref(h).is_none());
-            let port = router.and_then(|x| x.get("redis_port"));
-            if port.is_some() {
+            // `os.environ/NAME` read where the import runs, as LiteLLM reads it where it runs.
+            let resolved = |v: &Value| -> Option<String> {
+                let t = v
+                    .as_str()
+                    .map(str::to_owned)
+                    .or_else(|| as_u64(v).map(|n| n.to_string()))?;
+                match env_ref(&t) {
+                    Some(var) => env(var).filter(|x| !x.is_empty()),
+                    None => Some(t),
+                }
+            };
+            let host = resolved(host);
+            let port_v = router.and_then(|x| x.get("redis_port"));
+            if port_v.is_some() {
                 seen.push("router_settings.redis_port".to_owned());
             }
-            let port = port.and_then(as_u64).unwrap_or(6379);
+            let port_text = port_v.map(&resolved);
+            let port = match &port_text {
+                None => Some(6379),
+                Some(Some(t)) => t.trim().parse::<u16>().ok().map(u64::from),
+                Some(None) => None,
+            };
+            let host = host.zip(port);
             let password = router.and_then(|x| x.get("redis_password"));
             let mut password_env = None;
             if let Some(pw) = password {
@@ -1011,7 +1083,7 @@ impl Settings {
                 }
             }
             match host {
-                Some(h) => {
+                Some((h, port)) => {
                     s.redis = Some((format!("redis://{h}:{port}"), password_env));
                     r.mapped(
                         "router_settings.redis_host",
@@ -1021,10 +1093,13 @@ impl Settings {
                         r.mapped("router_settings.redis_port", "[fleet] redis");
                     }
                 }
-                None => r.skip(
-                    "router_settings.redis_host",
-                    "not a literal host: set [fleet] redis by hand",
-                ),
+                None => {
+                    let why = "an environment reference not set where the import ran (or not a host and port): set [fleet] redis by hand";
+                    r.skip("router_settings.redis_host", why);
+                    if port_v.is_some() {
+                        r.skip("router_settings.redis_port", why);
+                    }
+                }
             }
         }
         // Every other key of the three sections, reported.
@@ -1054,7 +1129,7 @@ fn not_imported_reason(section: &str, key: &str) -> String {
         "callbacks" | "success_callback" | "failure_callback" | "service_callback" => "callbacks: shardgate exports OpenTelemetry traces ([telemetry]) and Prometheus metrics instead".to_owned(),
         "cache" | "cache_params" => "response caching: shardgate has none".to_owned(),
         "master_key" => "not a string".to_owned(),
-        "database_url" | "store_model_in_db" | "database_connection_pool_limit" => "LiteLLM's database: shardgate keeps tenants in its tenant store (import keys with --keys, next part)".to_owned(),
+        "database_url" | "store_model_in_db" | "database_connection_pool_limit" => "LiteLLM's database: shardgate keeps tenants and keys in its tenant store (import them with --keys and --store)".to_owned(),
         "redis_port" | "redis_password" => "given without redis_host".to_owned(),
         "redis_url" => "set [fleet] redis by hand (a URL may carry a password: it is not copied)".to_owned(),
         "guardrails" => "guardrails: shardgate has none".to_owned(),

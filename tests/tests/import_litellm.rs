@@ -1,0 +1,333 @@
+//! `shardgate-ctl import litellm` (issue 23) on published LiteLLM configs
+//! (`tests/fixtures/litellm/`, their sources in `SOURCES.md`): each imported, the result
+//! checked, every setting of the config accounted for in the report (mapped, not imported, or
+//! invalid: nothing dropped silently), no secret printed or reported; and an imported config
+//! and key export served: an old LiteLLM key calls the same models through shardgate.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use shardgate_tests::{ctl_bin, write_response, Action, Client, Gateway, MockUpstream, Request};
+
+fn fixtures() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/litellm");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("fixtures")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    v.sort();
+    v
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    toml: String,
+    report: serde_json::Value,
+}
+
+fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("sg-import-{}-{name}", std::process::id()))
+}
+
+fn import(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Run {
+    let stem = config
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("x")
+        .to_owned();
+    let (out, report) = (tmp(&format!("{stem}.toml")), tmp(&format!("{stem}.json")));
+    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(&report);
+    let mut cmd = Command::new(ctl_bin());
+    cmd.args(["import", "litellm"])
+        .arg(config)
+        .arg("--out")
+        .arg(&out)
+        .arg("--report")
+        .arg(&report)
+        .args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().expect("runs shardgate-ctl");
+    Run {
+        code: o.status.code(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        toml: std::fs::read_to_string(&out).unwrap_or_default(),
+        report: std::fs::read_to_string(&report)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default(),
+    }
+}
+
+/// The settings of a LiteLLM config by key path, at the depth the importer accounts for:
+/// top-level keys, each deployment's keys (and those of its `litellm_params` and
+/// `model_info`), each key of the three settings sections.
+fn setting_paths(text: &str) -> BTreeSet<String> {
+    use yaml_rust2::{Yaml, YamlLoader};
+    let docs = YamlLoader::load_from_str(text).expect("yaml");
+    let mut out = BTreeSet::new();
+    let Some(Yaml::Hash(top)) = docs.first() else {
+        return out;
+    };
+    for (k, v) in top {
+        let Some(k) = k.as_str() else { continue };
+        match (k, v) {
+            ("model_list", Yaml::Array(list)) => {
+                for (i, e) in list.iter().enumerate() {
+                    let Yaml::Hash(entry) = e else { continue };
+                    for (ek, ev) in entry {
+                        let Some(ek) = ek.as_str() else { continue };
+                        match (ek, ev) {
+                            ("model_name", _) => {}
+                            ("litellm_params" | "model_info", Yaml::Hash(h)) => {
+                                for pk in h.keys().filter_map(Yaml::as_str) {
+                                    out.insert(format!("model_list[{i}].{ek}.{pk}"));
+                                }
+                            }
+                            _ => {
+                                out.insert(format!("model_list[{i}].{ek}"));
+                            }
+                        }
+                    }
+                }
+            }
+            ("router_settings" | "litellm_settings" | "general_settings", Yaml::Hash(h)) => {
+                for sk in h.keys().filter_map(Yaml::as_str) {
+                    out.insert(format!("{k}.{sk}"));
+                }
+            }
+            ("environment_variables", _) => {}
+            _ => {
+                out.insert(k.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Every path the report names.
+fn reported(report: &serde_json::Value) -> Vec<String> {
+    ["mapped", "not_imported", "invalid"]
+        .iter()
+        .flat_map(|k| report[k].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["path"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Literal secrets a config holds (keys, passwords), to check none is printed or reported.
+fn literal_secrets(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            let k = k.trim().trim_start_matches('-').trim();
+            let v = v.trim().trim_matches(['"', '\'']);
+            let secret = matches!(
+                k,
+                "api_key" | "master_key" | "redis_password" | "aws_secret_access_key"
+            );
+            (secret && v.len() >= 6 && !v.starts_with("os.environ/")).then(|| v.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn every_published_config_is_imported_accounted_for_and_keeps_its_secrets() {
+    let files = fixtures();
+    assert!(files.len() >= 8, "fixtures: {files:?}");
+    let mut imported = 0;
+    for f in &files {
+        let text = std::fs::read_to_string(f).expect("read");
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let run = import(f, &[], &[]);
+        let all = format!("{}{}{}{}", run.stdout, run.stderr, run.toml, run.report);
+        for s in literal_secrets(&text) {
+            assert!(
+                !all.contains(&s),
+                "{name}: a secret was printed or reported"
+            );
+        }
+        if name.starts_with("invalid_") {
+            // Not valid YAML: PyYAML refuses it too.
+            assert_eq!(run.code, Some(2), "{name}: {}", run.stderr);
+            assert!(
+                run.stderr.contains("not valid YAML"),
+                "{name}: {}",
+                run.stderr
+            );
+            continue;
+        }
+        // Written or refused, the report accounts for every setting.
+        let paths = reported(&run.report);
+        for p in setting_paths(&text) {
+            // Named itself, within an entry the report names (a deployment left out), or
+            // element by element.
+            let within = |a: &str, b: &str| {
+                a.starts_with(&format!("{b}.")) || a.starts_with(&format!("{b}["))
+            };
+            let covered = paths
+                .iter()
+                .any(|r| *r == p || within(&p, r) || within(r, &p));
+            assert!(
+                covered,
+                "{name}: {p} is in no line of the report:\n{:#}",
+                run.report
+            );
+        }
+        match run.code {
+            Some(0) => {
+                imported += 1;
+                // The result is a config shardgate accepts.
+                let cfg: toml::Table = run.toml.parse().expect("toml");
+                assert!(cfg.contains_key("models"), "{name}: {}", run.toml);
+            }
+            _ => {
+                // Refused only when nothing could be served: it says why.
+                assert!(
+                    run.stderr.contains("imported config:"),
+                    "{name}: {}",
+                    run.stderr
+                );
+                assert!(
+                    run.report["mapped"].as_array().is_none_or(|m| !m
+                        .iter()
+                        .any(|e| e["to"].as_str().is_some_and(|t| t.starts_with("provider")))),
+                    "{name}: a deployment mapped, yet refused: {}",
+                    run.stderr
+                );
+            }
+        }
+    }
+    assert!(imported >= 8, "only {imported} of {} imported", files.len());
+}
+
+/// An OpenAI-compatible deployment answering with its name and the model it was asked for.
+fn deployment(name: &'static str) -> MockUpstream {
+    MockUpstream::start(
+        move |req: &Request, stream: &mut TcpStream| -> io::Result<Action> {
+            let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+            let answer = serde_json::json!({
+                "served_by": name, "model": body["model"],
+                "authorization": req.header("authorization"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1}
+            });
+            write_response(
+                stream,
+                200,
+                "application/json",
+                answer.to_string().as_bytes(),
+            )?;
+            Ok(Action::KeepAlive)
+        },
+    )
+}
+
+fn chat(c: &mut Client, key: &str, model: &str) -> shardgate_tests::Response {
+    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    c.send(format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    c.read_response()
+}
+
+fn sha256_hex(s: &str) -> String {
+    shardgate_tests::sha256_hex(s)
+}
+
+#[test]
+fn an_imported_config_and_its_keys_serve_old_litellm_keys() {
+    let a = deployment("vllm-a");
+    let b = deployment("vllm-b");
+    let litellm = format!(
+        "model_list:\n\
+         \x20 - model_name: llama\n    litellm_params:\n      model: hosted_vllm/meta-llama/Llama-3.1-8B\n      api_base: http://{}/v1\n      api_key: os.environ/VLLM_KEY\n      rpm: 1_000\n\
+         \x20 - model_name: small\n    litellm_params:\n      model: openai/tiny\n      api_base: http://{}\n\
+         \x20 - model_name: llama\n    litellm_params:\n      model: hosted_vllm/meta-llama/Llama-3.1-8B\n      api_base: http://{}/v1\n      api_key: os.environ/VLLM_KEY\n\
+         router_settings:\n  routing_strategy: least-busy\n  num_retries: 2\n\
+         general_settings:\n  master_key: sk-master-0001\n",
+        a.addr(),
+        b.addr(),
+        b.addr()
+    );
+    let config = tmp("serve.yaml");
+    std::fs::write(&config, litellm).expect("write");
+    // LiteLLM's keys: a team allowed `llama` only, one of its keys, and a blocked key.
+    let team_key = "sk-litellm-team-key-1";
+    let blocked_key = "sk-litellm-blocked-2";
+    let export = serde_json::json!({
+        "teams": [{"team_id": "t1", "team_alias": "research", "models": ["llama"], "rpm_limit": 100}],
+        "keys": [
+            {"token": sha256_hex(team_key), "key_alias": "r-key", "team_id": "t1", "spend": 2.5},
+            {"token": sha256_hex(blocked_key), "key_alias": "gone", "team_id": "t1", "blocked": true}
+        ]
+    });
+    let keys = tmp("keys.json");
+    std::fs::write(&keys, export.to_string()).expect("write");
+    let store = tmp("store.json");
+    let _ = std::fs::remove_file(&store);
+    let run = import(
+        &config,
+        &[
+            "--keys",
+            keys.to_str().unwrap_or_default(),
+            "--store",
+            store.to_str().unwrap_or_default(),
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(!run.toml.contains("sk-master-0001") && !run.stderr.contains("sk-master-0001"));
+    // The imported config listens where LiteLLM did; this test needs a free port.
+    let toml = run.toml.replace(
+        "listen = \"0.0.0.0:4000\"",
+        "listen = \"127.0.0.1:0\"\ncores = 1",
+    );
+    let gw = Gateway::start_with_env(&toml, &[("VLLM_KEY", "vllm-secret")]);
+    let mut c = Client::connect(gw.addr());
+    // The team's old key calls its model: both deployments of the group, the model rewritten,
+    // the upstream's own key sent.
+    let mut served = BTreeSet::new();
+    for _ in 0..6 {
+        let r = chat(&mut c, team_key, "llama");
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.json()["model"], "meta-llama/Llama-3.1-8B");
+        served.insert(
+            r.json()["served_by"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        served.len(),
+        2,
+        "both deployments serve the group: {served:?}"
+    );
+    let up = a.requests();
+    assert_eq!(up[0].header("authorization"), Some("Bearer vllm-secret"));
+    // Its team may not use `small`; the master key may; the blocked key is refused.
+    assert_ne!(chat(&mut c, team_key, "small").status, 200);
+    let mut c2 = Client::connect(gw.addr());
+    assert_eq!(chat(&mut c2, "sk-master-0001", "small").status, 200);
+    let mut c3 = Client::connect(gw.addr());
+    assert_eq!(chat(&mut c3, blocked_key, "llama").status, 401);
+    // The spend so far is reported, not silently dropped.
+    assert!(run.report["not_imported"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|e| e["path"] == "keys-file.keys[0].spend")));
+}
