@@ -1142,6 +1142,10 @@ mod tests {
     use super::super::yaml::parse;
     use super::*;
 
+    fn paths(v: &[(String, String)]) -> Vec<&str> {
+        v.iter().map(|(p, _)| p.as_str()).collect()
+    }
+
     fn run(yaml: &str) -> Imported {
         import(&parse(yaml).expect("yaml"), &|_| None).expect("imports")
     }
@@ -1203,12 +1207,7 @@ litellm_settings:
             "unprefixed claude"
         );
         // What has no equivalent is reported by its path.
-        let skipped: Vec<&str> = i
-            .report
-            .not_imported
-            .iter()
-            .map(|(p, _)| p.as_str())
-            .collect();
+        let skipped = paths(&i.report.not_imported);
         assert!(
             skipped.contains(&"litellm_settings.success_callback"),
             "{skipped:?}"
@@ -1249,12 +1248,7 @@ litellm_settings:
             Some("REDIS_PASSWORD")
         );
         assert!(!i.toml.contains("sk-1234"));
-        let skipped: Vec<&str> = i
-            .report
-            .not_imported
-            .iter()
-            .map(|(p, _)| p.as_str())
-            .collect();
+        let skipped = paths(&i.report.not_imported);
         assert!(
             skipped.contains(&"general_settings.database_url"),
             "{skipped:?}"
@@ -1312,7 +1306,7 @@ model_list:
   - model_name: e
     litellm_params: {model: "hosted_vllm/llama", api_base: "http://10.0.0.5:8000/v1", api_key: "sk-literal-secret"}
 "#);
-        let invalid: Vec<&str> = i.report.invalid.iter().map(|(p, _)| p.as_str()).collect();
+        let invalid = paths(&i.report.invalid);
         assert_eq!(
             invalid,
             [
@@ -1320,12 +1314,7 @@ model_list:
                 "model_list[2].litellm_params.model"
             ]
         );
-        let skipped: Vec<&str> = i
-            .report
-            .not_imported
-            .iter()
-            .map(|(p, _)| p.as_str())
-            .collect();
+        let skipped = paths(&i.report.not_imported);
         assert!(skipped.contains(&"model_list[1]"), "{skipped:?}");
         assert!(
             skipped.contains(&"model_list[3].litellm_params.api_base"),
