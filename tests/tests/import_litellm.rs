@@ -129,6 +129,8 @@ fn literal_secrets(text: &str) -> Vec<String> {
         .filter_map(|l| {
             let (k, v) = l.split_once(':')?;
             let k = k.trim().trim_start_matches('-').trim();
+            // Without a trailing comment.
+            let v = v.split(" #").next().unwrap_or(v);
             let v = v.trim().trim_matches(['"', '\'']);
             let secret = matches!(
                 k,
@@ -330,4 +332,96 @@ fn an_imported_config_and_its_keys_serve_old_litellm_keys() {
     assert!(run.report["not_imported"]
         .as_array()
         .is_some_and(|a| a.iter().any(|e| e["path"] == "keys-file.keys[0].spend")));
+}
+
+/// An upstream answering each provider's API in its own shape (the bench rig's answers): a
+/// Messages answer on `/v1/messages`, Gemini's on `/v1beta/models/...`, Bedrock's Converse on
+/// `/model/...`, an OpenAI chat completion on anything else (Azure's deployment paths too).
+fn any_provider() -> MockUpstream {
+    MockUpstream::start(
+        |req: &Request, stream: &mut TcpStream| -> io::Result<Action> {
+            let body = if req.path.starts_with("/v1/messages") {
+                r#"{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"Hello"}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":1}}"#
+            } else if req.path.starts_with("/v1beta/models/") {
+                r#"{"candidates":[{"content":{"parts":[{"text":"Hello"}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":1,"totalTokenCount":4},"modelVersion":"m"}"#
+            } else if req.path.starts_with("/model/") {
+                r#"{"output":{"message":{"role":"assistant","content":[{"text":"Hello"}]}},"stopReason":"end_turn","usage":{"inputTokens":3,"outputTokens":1,"totalTokens":4}}"#
+            } else {
+                r#"{"id":"c1","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#
+            };
+            write_response(stream, 200, "application/json", body.as_bytes())?;
+            Ok(Action::KeepAlive)
+        },
+    )
+}
+
+#[test]
+fn every_imported_published_config_serves_each_of_its_groups() {
+    let mock = any_provider();
+    let mut served_configs = 0;
+    for f in fixtures() {
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let run = import(&f, &[], &[]);
+        if run.code != Some(0) {
+            continue; // refused: checked by the test above
+        }
+        // Every upstream pointed at the mock, its key variable set, a free port.
+        let mut cfg: toml::Table = run.toml.parse().expect("toml");
+        let mut env: Vec<(String, String)> = vec![
+            ("AWS_ACCESS_KEY_ID".into(), "AKIDTEST".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "test-secret".into()),
+        ];
+        if let Some(ups) = cfg.get_mut("upstreams").and_then(toml::Value::as_array_mut) {
+            for u in ups.iter_mut().filter_map(toml::Value::as_table_mut) {
+                u.insert(
+                    "endpoints".into(),
+                    toml::Value::Array(vec![format!("http://{}", mock.addr()).into()]),
+                );
+                if let Some(var) = u.get("api_key_env").and_then(toml::Value::as_str) {
+                    env.push((var.to_owned(), "test-upstream-key".to_owned()));
+                }
+            }
+        }
+        if let Some(s) = cfg.get_mut("server").and_then(toml::Value::as_table_mut) {
+            s.insert("listen".into(), "127.0.0.1:0".into());
+            s.insert("cores".into(), 1.into());
+        }
+        let toml_text = toml::to_string(&cfg).expect("toml");
+        let env_ref: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let gw = Gateway::try_start_with_env(&toml_text, &env_ref).unwrap_or_else(|e| {
+            panic!("{name}: the imported config does not start: {e}\n{toml_text}")
+        });
+        // The master key, when the config had a literal one, is how callers come in.
+        let text = std::fs::read_to_string(&f).expect("read");
+        let master = yaml_rust2::YamlLoader::load_from_str(&text)
+            .ok()
+            .and_then(|d| {
+                d.first()?["general_settings"]["master_key"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .filter(|k| !k.starts_with("os.environ/"))
+            .unwrap_or_else(|| "none".to_owned());
+        let groups: Vec<String> = cfg["models"]
+            .as_array()
+            .map(|g| {
+                g.iter()
+                    .filter_map(|x| x["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(!groups.is_empty(), "{name}");
+        for g in &groups {
+            let mut c = Client::connect(gw.addr());
+            let r = chat(&mut c, &master, g);
+            assert_eq!(r.status, 200, "{name}: group {g:?}: {}", r.summary());
+        }
+        served_configs += 1;
+    }
+    assert!(served_configs >= 8, "only {served_configs} configs served");
 }
