@@ -105,7 +105,6 @@ fn setting_paths(text: &str) -> BTreeSet<String> {
                     out.insert(format!("{k}.{sk}"));
                 }
             }
-            ("environment_variables", _) => {}
             _ => {
                 out.insert(k.to_owned());
             }

@@ -427,10 +427,11 @@ pub fn import_with_store(
     for (key, value) in top {
         match key.as_str() {
             "model_list" => model_list(value, &mut deployments, &mut r),
-            "router_settings"
-            | "litellm_settings"
-            | "general_settings"
-            | "environment_variables" => {}
+            "router_settings" | "litellm_settings" | "general_settings" => {}
+            "environment_variables" => r.skip(
+                "environment_variables",
+                "variables LiteLLM sets in its own process: set them in shardgate's environment (the unit's Environment=); not copied, they may hold secrets",
+            ),
             other => r.skip(other, "not a LiteLLM proxy setting shardgate knows"),
         }
     }
