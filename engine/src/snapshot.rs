@@ -843,8 +843,10 @@ pub struct Balancers {
 impl Balancers {
     fn get(&self, m: &ModelGroup, upstreams: &[UpstreamConfig]) -> Option<Rc<Group>> {
         let fingerprint = format!(
-            "{:?}|{:?}",
+            "{:?}|{:?}|{:?}|{:?}",
             m.strategy,
+            m.eject_after_failures,
+            m.cooldown,
             m.deployments
                 .iter()
                 .map(|d| (
@@ -861,10 +863,17 @@ impl Balancers {
                 return Some(g.clone());
             }
         }
-        let policy = Policy {
+        let mut policy = Policy {
             strategy: m.strategy,
             ..Policy::default()
         };
+        if let Some(n) = m.eject_after_failures {
+            policy.health.eject_after = n;
+        }
+        if let Some(c) = m.cooldown {
+            policy.health.cooldown = c;
+            policy.health.cooldown_max = policy.health.cooldown_max.max(c);
+        }
         let specs: Vec<DeploymentSpec> = m
             .deployments
             .iter()

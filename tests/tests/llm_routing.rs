@@ -558,3 +558,37 @@ deployments = [{ upstream = "broken" }, { upstream = "good" }]
     );
     assert_eq!(served, 40 - asked);
 }
+
+#[test]
+fn a_groups_ejection_rule_is_its_own() {
+    // A dead deployment and a live one, round robin, no retries: each failure reaches the
+    // client, until the dead one is ejected.
+    let live = deployment("live", Duration::ZERO);
+    let dead = free_port();
+    let failures = |eject: &str| {
+        let cfg = config(
+            &[("dead", dead), ("live", live.addr())],
+            &format!(
+                r#"
+[[models]]
+name = "m"
+strategy = "round_robin"
+retries = 0
+{eject}
+deployments = [{{ upstream = "dead" }}, {{ upstream = "live" }}]
+"#
+            ),
+        );
+        let gw = Gateway::start(&cfg);
+        (0..16)
+            .filter(|_| {
+                let mut c = Client::connect(gw.addr());
+                chat(&mut c, "m").status != 200
+            })
+            .count()
+    };
+    // One failure ejects it (for a minute): every later request goes to the live one.
+    assert_eq!(failures("eject_after_failures = 1\ncooldown_ms = 60000"), 1);
+    // The default takes five failures in a row.
+    assert_eq!(failures(""), 5);
+}

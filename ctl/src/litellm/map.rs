@@ -508,6 +508,14 @@ pub fn import_with_store(
             "retries".into(),
             toml::Value::Integer(clamp_i64(settings.retries)),
         );
+        g.insert(
+            "eject_after_failures".into(),
+            toml::Value::Integer(clamp_i64(settings.eject_after)),
+        );
+        g.insert(
+            "cooldown_ms".into(),
+            toml::Value::Integer(clamp_i64(settings.cooldown_ms)),
+        );
         if let Some(f) = settings.fallbacks.get(name) {
             g.insert(
                 "fallbacks".into(),
@@ -836,6 +844,10 @@ struct Settings {
     timeout_ms: Option<u64>,
     fallbacks: BTreeMap<String, Vec<String>>,
     aliases: Vec<(String, String)>,
+    /// `allowed_fails` + 1 (LiteLLM cools a deployment down past its allowed failures), and
+    /// `cooldown_time`, ms: each group's ejection.
+    eject_after: u64,
+    cooldown_ms: u64,
     /// The master key's SHA-256 (hex): a tenant that may call every group.
     master_key_sha256: Option<String>,
     /// `[fleet]`: Redis's URL and its password's variable.
@@ -861,6 +873,9 @@ impl Settings {
             aliases: Vec::new(),
             master_key_sha256: None,
             redis: None,
+            // LiteLLM's defaults: 3 failures allowed, a 5 s cool-down.
+            eject_after: 4,
+            cooldown_ms: 5_000,
         };
         // Which section a setting is read from: router_settings first.
         let pick = |k: &str| -> Option<(String, &Value)> {
@@ -1013,6 +1028,42 @@ impl Settings {
                 r.invalid(p, "not a mapping");
             }
         }
+        // Ejection: a deployment past `allowed_fails` failures is cooled down `cooldown_time`
+        // seconds (router_settings over litellm_settings for allowed_fails; cooldown_time is
+        // read from router_settings only).
+        match pick("allowed_fails") {
+            Some((p, v)) => {
+                seen.push(p.clone());
+                match as_u64(v) {
+                    Some(n) => {
+                        s.eject_after = (n + 1).min(1000);
+                        r.mapped(p, format!("eject_after_failures = {} (failures in a row; LiteLLM counts them per minute)", s.eject_after));
+                    }
+                    None => r.invalid(p, "not a whole number"),
+                }
+            }
+            None => r.mapped(
+                "(allowed_fails)",
+                "LiteLLM's default 3: eject_after_failures = 4",
+            ),
+        }
+        match router.and_then(|x| x.get("cooldown_time")) {
+            Some(v) => {
+                let p = "router_settings.cooldown_time".to_owned();
+                seen.push(p.clone());
+                match as_seconds_ms(v) {
+                    Some(ms) => {
+                        s.cooldown_ms = ms.clamp(100, 3_600_000);
+                        r.mapped(p, format!("cooldown_ms = {} (shardgate doubles it on each further ejection, to at most 5 min)", s.cooldown_ms));
+                    }
+                    None => r.invalid(p, "not a number of seconds"),
+                }
+            }
+            None => r.mapped(
+                "(cooldown_time)",
+                "LiteLLM's default 5 s: cooldown_ms = 5000",
+            ),
+        }
         // The master key: LiteLLM refuses calls without it (or a virtual key). In shardgate a
         // key is a tenant's or an admin's, not both: it becomes a tenant that may call every
         // group, so clients that use it keep working.
@@ -1125,7 +1176,7 @@ impl Settings {
 /// Why a setting without an equivalent is not imported.
 fn not_imported_reason(section: &str, key: &str) -> String {
     match key {
-        "allowed_fails" | "cooldown_time" => "shardgate ejects a deployment by its own rule: 5 failures in a row (or half of the last 20), 5 s doubling to 5 min (not configurable)".to_owned(),
+        "cooldown_time" => "LiteLLM's router reads it from router_settings only".to_owned(),
         "context_window_fallbacks" | "content_policy_fallbacks" => "shardgate's fallbacks are taken when a group has no deployment left, not by the error's kind".to_owned(),
         "callbacks" | "success_callback" | "failure_callback" | "service_callback" => "callbacks: shardgate exports OpenTelemetry traces ([telemetry]) and Prometheus metrics instead".to_owned(),
         "cache" | "cache_params" => "response caching: shardgate has none".to_owned(),
@@ -1175,6 +1226,8 @@ model_list:
 router_settings:
   routing_strategy: latency-based-routing
   num_retries: 3
+  allowed_fails: 2
+  cooldown_time: 30
   fallbacks: [{"gpt-4o": ["claude"]}]
 litellm_settings:
   num_retries: 9
@@ -1187,6 +1240,12 @@ litellm_settings:
         assert_eq!(g["name"].as_str(), Some("gpt-4o"));
         assert_eq!(g["strategy"].as_str(), Some("latency"));
         assert_eq!(g["retries"].as_integer(), Some(3), "router_settings wins");
+        assert_eq!(
+            g["eject_after_failures"].as_integer(),
+            Some(3),
+            "past 2 allowed failures"
+        );
+        assert_eq!(g["cooldown_ms"].as_integer(), Some(30_000));
         assert_eq!(g["deployments"].as_array().map(Vec::len), Some(2));
         let d0 = g["deployments"][0].as_table().expect("d");
         assert_eq!(d0["rpm"].as_integer(), Some(20_000), "20_000 is an int");

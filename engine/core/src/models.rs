@@ -18,6 +18,11 @@ pub const FALLBACKS_MAX: usize = 8;
 pub const RETRIES_DEFAULT: u32 = 2;
 /// Longest `hedge_after_ms` (ten minutes).
 pub const HEDGE_AFTER_MS_MAX: u64 = 600_000;
+/// Most `eject_after_failures` (health failures in a row that eject a deployment).
+pub const EJECT_AFTER_FAILURES_MAX: u32 = 1000;
+/// `cooldown_ms` (a first ejection's cool-down) bounds, ms.
+pub const COOLDOWN_MS_MIN: u64 = 100;
+pub const COOLDOWN_MS_MAX: u64 = 3_600_000;
 /// The most deployments a group may have (their indices fit the `u8`s of a balancer's pick's
 /// stack list).
 pub const DEPLOYMENTS_MAX: usize = 256;
@@ -95,6 +100,8 @@ pub struct RawModel {
     fallbacks: Vec<String>,
     retries: Option<i64>,
     hedge_after_ms: Option<i64>,
+    eject_after_failures: Option<i64>,
+    cooldown_ms: Option<i64>,
     #[serde(default)]
     deployments: Vec<RawDeployment>,
 }
@@ -137,6 +144,11 @@ pub struct ModelGroup {
     /// A streamed request whose first attempt has no response head after this long gets a
     /// second attempt at another deployment; the first to answer is kept. `None`: no hedging.
     pub hedge_after: Option<std::time::Duration>,
+    /// Health failures in a row that eject a deployment (0: that rule is off); `None`: the
+    /// balancer's default.
+    pub eject_after_failures: Option<u32>,
+    /// A first ejection's cool-down (each further one doubles it); `None`: the default.
+    pub cooldown: Option<std::time::Duration>,
     pub deployments: Vec<Deployment>,
 }
 
@@ -201,6 +213,28 @@ pub fn validate(
                 }
             },
         };
+        let eject_after_failures = m.eject_after_failures.and_then(|n| match u32::try_from(n) {
+            Ok(n) if n <= EJECT_AFTER_FAILURES_MAX => Some(n),
+            _ => {
+                error(
+                    f("eject_after_failures"),
+                    format!("must be 0 to {EJECT_AFTER_FAILURES_MAX}, got {n}"),
+                );
+                None
+            }
+        });
+        let cooldown = m.cooldown_ms.and_then(|ms| match u64::try_from(ms) {
+            Ok(ms) if (COOLDOWN_MS_MIN..=COOLDOWN_MS_MAX).contains(&ms) => {
+                Some(std::time::Duration::from_millis(ms))
+            }
+            _ => {
+                error(
+                    f("cooldown_ms"),
+                    format!("must be {COOLDOWN_MS_MIN} to {COOLDOWN_MS_MAX}, got {ms}"),
+                );
+                None
+            }
+        });
         let hedge_after = m.hedge_after_ms.and_then(|ms| match u64::try_from(ms) {
             Ok(ms) if (1..=HEDGE_AFTER_MS_MAX).contains(&ms) => {
                 Some(std::time::Duration::from_millis(ms))
@@ -303,6 +337,8 @@ pub fn validate(
             fallbacks,
             retries,
             hedge_after,
+            eject_after_failures,
+            cooldown,
             deployments,
         });
     }
@@ -351,6 +387,8 @@ mod tests {
     fn bad_groups_are_refused_naming_the_field() {
         for (models, field) in [
             ("[[models]]\nname = \"m\"\nhedge_after_ms = 0\ndeployments = [{ upstream = \"a\" }]\n", "models[0].hedge_after_ms"),
+            ("[[models]]\nname = \"m\"\neject_after_failures = 1001\ndeployments = [{ upstream = \"a\" }]\n", "models[0].eject_after_failures"),
+            ("[[models]]\nname = \"m\"\ncooldown_ms = 99\ndeployments = [{ upstream = \"a\" }]\n", "models[0].cooldown_ms"),
             ("[[models]]\nname = \"m\"\nhedge_after_ms = 600001\ndeployments = [{ upstream = \"a\" }]\n", "models[0].hedge_after_ms"),
             ("[[models]]\nname = \"m\"\nretries = 11\ndeployments = [{ upstream = \"a\" }]\n", "models[0].retries"),
             ("[[models]]\nname = \"m\"\nstrategy = \"fastest\"\ndeployments = [{ upstream = \"a\" }]\n", "models[0].strategy"),
