@@ -3,13 +3,17 @@
 //! became, and what has no equivalent and why. Nothing is dropped without a line in the
 //! report; no secret is printed or written to the report.
 //!
-//! What maps (this first part of issue 23):
+//! What maps (docs/migrating-from-litellm.md has the whole table):
 //! - each `model_list` entry: a deployment of the group its `model_name` names (entries of one
 //!   name form one group wherever they stand), on an upstream of its own: the provider from the
-//!   `litellm_params.model` prefix, `api_base`, `api_version`, `api_key` (`os.environ/NAME`
-//!   becomes `api_key_env`), `aws_region_name`, and `rpm`/`tpm` wherever LiteLLM reads them;
-//! - `router_settings` over `litellm_settings`: `routing_strategy`, `num_retries`, `timeout`,
-//!   `fallbacks`, `model_group_alias`.
+//!   `litellm_params.model` prefix or LiteLLM's rule for a bare name, `api_base`, `api_version`,
+//!   `api_key` (`os.environ/NAME` becomes `api_key_env`), `aws_region_name`, and `rpm`/`tpm`
+//!   where LiteLLM reads them first ([`map`]);
+//! - `router_settings` over `litellm_settings`, with LiteLLM's defaults: `routing_strategy`,
+//!   `num_retries`, `timeout`, `fallbacks`, `model_group_alias`, `allowed_fails` and
+//!   `cooldown_time` (each group's ejection), `redis_*` (`[fleet]`);
+//! - `general_settings.master_key`: a tenant that may call every group;
+//! - with `--keys`: LiteLLM's virtual keys and teams as a tenant store ([`keys`]).
 //!
 //! Everything else is reported.
 
