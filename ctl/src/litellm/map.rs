@@ -99,6 +99,9 @@ struct ProviderRule {
     default_base: Option<&'static str>,
 }
 
+/// The longest timeout shardgate takes for an upstream, ms (a day).
+const TIMEOUT_MS_MAX: u64 = shardgate_core::limits::TIMEOUT_MS_MAX;
+
 /// LiteLLM 1.110.2's `AZURE_DEFAULT_API_VERSION`, used when a deployment gives none.
 const AZURE_DEFAULT_API_VERSION: &str = "2025-02-01-preview";
 
@@ -479,10 +482,12 @@ pub fn import_with_store(
         let name = format!("{}-{}", slug(&d.group), n);
         let mut up = d.upstream;
         up.insert("name".into(), name.clone().into());
-        if let Some(t) = settings.timeout_ms {
-            up.insert("ttfb_timeout_ms".into(), toml::Value::Integer(clamp_i64(t)));
-            up.insert("read_timeout_ms".into(), toml::Value::Integer(clamp_i64(t)));
-        }
+        // The router's timeout, where the deployment set none of its own (LiteLLM's order).
+        let t = clamp_i64(settings.timeout_ms);
+        up.entry("ttfb_timeout_ms")
+            .or_insert(toml::Value::Integer(t));
+        up.entry("read_timeout_ms")
+            .or_insert(toml::Value::Integer(t));
         upstreams.push(toml::Value::Table(up));
         let mut dep = toml::Table::new();
         dep.insert("upstream".into(), name.into());
@@ -737,10 +742,19 @@ fn deployment(e: &Value, at: &str, r: &mut Report) -> Option<Deployment> {
                 }
                 _ => r.skip(path, "not a literal string"),
             },
+            // The deployment's whole-request timeout: its time to the first byte and between
+            // reads (a stream's `stream_timeout` only the latter).
             "timeout" | "stream_timeout" => match as_seconds_ms(v) {
                 Some(ms) => {
-                    up.insert("read_timeout_ms".into(), toml::Value::Integer(clamp_i64(ms)));
-                    r.mapped(path, "read_timeout_ms");
+                    let ms = toml::Value::Integer(clamp_i64(ms.min(TIMEOUT_MS_MAX)));
+                    if k == "timeout" {
+                        up.insert("ttfb_timeout_ms".into(), ms.clone());
+                        up.insert("read_timeout_ms".into(), ms);
+                        r.mapped(path, "the upstream's ttfb_timeout_ms and read_timeout_ms");
+                    } else {
+                        up.insert("read_timeout_ms".into(), ms);
+                        r.mapped(path, "the upstream's read_timeout_ms");
+                    }
                 }
                 None => r.invalid(path, "not a number of seconds"),
             },
@@ -841,7 +855,8 @@ fn deployment(e: &Value, at: &str, r: &mut Report) -> Option<Deployment> {
 struct Settings {
     strategy: &'static str,
     retries: u64,
-    timeout_ms: Option<u64>,
+    /// The router's timeout (LiteLLM's default 6000 s), ms.
+    timeout_ms: u64,
     fallbacks: BTreeMap<String, Vec<String>>,
     aliases: Vec<(String, String)>,
     /// `allowed_fails` + 1 (LiteLLM cools a deployment down past its allowed failures), and
@@ -868,7 +883,7 @@ impl Settings {
             strategy: "round_robin",
             // LiteLLM's default num_retries.
             retries: 2,
-            timeout_ms: None,
+            timeout_ms: 6_000_000,
             fallbacks: BTreeMap::new(),
             aliases: Vec::new(),
             master_key_sha256: None,
@@ -925,10 +940,11 @@ impl Settings {
                 None => r.invalid(p, "not a whole number"),
             }
         }
+        let mut timeout_read = false;
         for k in ["timeout", "request_timeout"] {
             if let Some((p, v)) = pick(k) {
                 seen.push(p.clone());
-                if s.timeout_ms.is_some() {
+                if timeout_read {
                     r.skip(
                         p,
                         "a timeout was already read from a setting LiteLLM prefers",
@@ -937,12 +953,16 @@ impl Settings {
                 }
                 match as_seconds_ms(v) {
                     Some(ms) => {
-                        s.timeout_ms = Some(ms.min(3_600_000));
-                        r.mapped(p, "each upstream's ttfb_timeout_ms and read_timeout_ms");
+                        s.timeout_ms = ms.min(TIMEOUT_MS_MAX);
+                        timeout_read = true;
+                        r.mapped(p, "each upstream's ttfb_timeout_ms and read_timeout_ms (where its deployment sets none)");
                     }
                     None => r.invalid(p, "not a number of seconds"),
                 }
             }
+        }
+        if !timeout_read {
+            r.mapped("(timeout)", "LiteLLM's default 6000 s: each upstream's ttfb_timeout_ms and read_timeout_ms (where its deployment sets none)");
         }
         if let Some((p, v)) = pick("fallbacks") {
             seen.push(p.clone());
@@ -1321,6 +1341,29 @@ litellm_settings:
             .not_imported
             .iter()
             .any(|(p, _)| p == "general_settings.master_key"));
+    }
+
+    #[test]
+    fn timeouts_follow_litellms_order_and_default() {
+        let yaml = "model_list:\n\
+                    \x20 - {model_name: a, litellm_params: {model: openai/a, api_base: \"http://10.0.0.1\", timeout: 5}}\n\
+                    \x20 - {model_name: b, litellm_params: {model: openai/b, api_base: \"http://10.0.0.2\"}}\n";
+        let with_router = format!("{yaml}router_settings:\n  timeout: 30\n");
+        let ups = |i: &Imported| -> Vec<(i64, i64)> {
+            let cfg: toml::Table = i.toml.parse().expect("toml");
+            cfg["upstreams"]
+                .as_array()
+                .expect("upstreams")
+                .iter()
+                .map(|u| {
+                    let n = |k: &str| u[k].as_integer().unwrap_or(-1);
+                    (n("ttfb_timeout_ms"), n("read_timeout_ms"))
+                })
+                .collect()
+        };
+        // The deployment's own wins; the router's elsewhere; LiteLLM's 6000 s without either.
+        assert_eq!(ups(&run(&with_router)), [(5_000, 5_000), (30_000, 30_000)]);
+        assert_eq!(ups(&run(yaml)), [(5_000, 5_000), (6_000_000, 6_000_000)]);
     }
 
     #[test]
