@@ -12,14 +12,13 @@ use super::local::{answer_error, answer_error_with};
 use super::spans::{begin_attempt, end_attempt, Asked, AttemptTrace, Ended};
 use super::translate::Translation;
 use super::RelayPlan;
-use super::{llm_take, translate, Client, Exchange, LlmBufs, Next};
+use super::{llm_take, translate, Client, LlmBufs, Next};
 use crate::admit::{write_rate_headers, write_refusal_headers};
 use crate::balance::Outcome;
 use crate::clock::Now;
 use crate::config::Provider;
 use crate::ctx::{ShardCtx, SpareBuf};
 use crate::error::Error;
-use crate::exchange::attempts;
 use crate::exchange::body::{self, BodyLeft, ChunkOut};
 use crate::exchange::call::{Action, Call, Checked, Event, Refusal, World};
 use crate::exchange::head::request_line;
@@ -382,7 +381,7 @@ pub(super) async fn proxy_llm(
                             latency: Duration::from_nanos(h.won_ns.saturating_sub(started)),
                         },
                     ),
-                    _ => a.finish(ended.mono_ns(), &outcome_of(&c.ex)),
+                    _ => a.finish(ended.mono_ns(), &c.ex.outcome()),
                 }
             }
             let hedge_won = hedge.and_then(|h| settle_hedge(c, snap, *h, ended));
@@ -506,7 +505,7 @@ pub(super) fn settle_hedge(
     }
     if let Some(gr) = snap.balancer(h.group) {
         if let Some(a) = gr.start(h.idx.index(), h.launched_ns) {
-            a.finish(now.mono_ns(), &outcome_of(&c.ex));
+            a.finish(now.mono_ns(), &c.ex.outcome());
         }
     }
     let quota = h.admitted.take().map(|a| ((h.group, h.idx), a));
@@ -565,11 +564,6 @@ fn trace_attempts(
         let asked = Some(asked(h.group, h.idx));
         end_attempt(ctx, c, snap, t, h.target, asked, second);
     }
-}
-
-/// How the current attempt ended, for its deployment's health and latency estimate.
-fn outcome_of(ex: &Exchange) -> Outcome {
-    attempts::outcome(ex.ttfb, ex.status, ex.retry_after, ex.upstream_broke)
 }
 
 /// Build the upstream request for one attempt into a fresh buffer: the head (re-parsed from

@@ -281,6 +281,17 @@ impl Exchange {
         }
     }
 
+    /// How the current attempt ended, for its deployment's health and latency estimate (and
+    /// its span's and metrics' `error.type`).
+    fn outcome(&self) -> crate::balance::Outcome {
+        crate::exchange::attempts::outcome(
+            self.ttfb,
+            self.status,
+            self.retry_after,
+            self.upstream_broke,
+        )
+    }
+
     fn begin(&mut self, now: Now) {
         *self = Self::idle(now);
         self.active = true;
@@ -349,10 +360,7 @@ fn finish(ctx: &ShardCtx, c: &mut Client) {
     }
     if let (Some(spans), Some(trace), Some(server)) = (&ctx.spans, ex.trace, ex.server_span.take())
     {
-        let mut server = *server;
-        if let Some(t) = ex.tenant {
-            server.tenant.set(&c.snap.tenant(t).name);
-        }
+        let server = *server;
         spans.record(SpanRecord {
             trace_id: trace.ctx.trace_id,
             span_id: trace.ctx.span_id,

@@ -9,7 +9,7 @@ use crate::exchange::call::Checked;
 use crate::snapshot::{GroupId, Snapshot, Target};
 use crate::telemetry::context::{span_id, SpanId, TRACEPARENT_BYTES};
 use crate::telemetry::span::{AttemptSpan, SpanBody, SpanRecord, Text};
-use crate::telemetry::{host_of, operation_name, provider_name, status_text};
+use crate::telemetry::{operation_name, provider_name, status_text};
 
 use super::{Client, Exchange};
 
@@ -96,16 +96,10 @@ pub(super) struct Ended {
 impl Ended {
     /// The attempt whose answer `ex` holds, ended now.
     pub fn from_exchange(ex: &Exchange, now: Now) -> Self {
-        let outcome = crate::exchange::attempts::outcome(
-            ex.ttfb,
-            ex.status,
-            ex.retry_after,
-            ex.upstream_broke,
-        );
         Self {
             end_unix_ns: now.unix_ns,
             status: if ex.ttfb.is_some() { ex.status } else { 0 },
-            error: attempt_error(&outcome, ex.status),
+            error: attempt_error(&ex.outcome(), ex.status),
             answered: ex.ttfb.is_some(),
         }
     }
@@ -152,8 +146,9 @@ pub(super) fn end_attempt(
     // An attempt outrun by its hedge (or the hedge by it) was cut off, not finished: it is in
     // the trace, not in the operations' metrics.
     let finished = ended.answered || ended.error.is_some();
+    // The answer's usage, read once for the metrics and the span.
+    let usage = ended.answered.then(|| answer_usage(c)).flatten();
     if let (Some(asked), true) = (&asked, finished) {
-        let usage = ended.answered.then(|| answer_usage(c)).flatten();
         let first = c.ex.first_body_unix_ns;
         let first_chunk_us = (ended.answered && asked.checked.stream && first != 0)
             .then(|| first.saturating_sub(a.start_unix_ns) / 1_000);
@@ -189,7 +184,7 @@ pub(super) fn end_attempt(
         max_tokens: None,
         usage: None,
         finish_reasons: [Text::EMPTY; crate::telemetry::span::FINISH_REASONS_MAX],
-        server_address: Text::new(host_of(&endpoint.authority)),
+        server_address: Text::new(endpoint.host()),
         server_port: endpoint.addr.port(),
         first_token_unix_ns: 0,
         attempt: a.number,
@@ -211,7 +206,7 @@ pub(super) fn end_attempt(
             let meta = c.llm.scanner.answer_meta();
             span.response_model = meta.model;
             span.finish_reasons = meta.finish_reasons;
-            span.usage = answer_usage(c);
+            span.usage = usage;
         }
     }
     spans.record(SpanRecord {

@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use crate::control::stats::add;
+
 /// Series a shard keeps at most (the last one is `_OTHER`'s).
 pub const SERIES_MAX: usize = 64;
 /// The model of the series that holds what did not fit.
@@ -39,17 +41,12 @@ pub struct Hist {
     pub sum: AtomicU64,
 }
 
-/// The single writer's increment: a load and a store, no locked instruction.
-fn bump(c: &AtomicU64, n: u64) {
-    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
-}
-
 impl Hist {
     fn record(&self, bounds: &[u64; 14], v: u64) {
         let i = bounds.iter().position(|b| v <= *b).unwrap_or(BUCKETS - 1);
-        bump(&self.buckets[i], 1);
-        bump(&self.count, 1);
-        bump(&self.sum, v);
+        add(&self.buckets[i], 1);
+        add(&self.count, 1);
+        add(&self.sum, v);
     }
 }
 

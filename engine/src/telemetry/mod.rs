@@ -102,23 +102,12 @@ pub fn status_text(status: u16) -> &'static str {
     }
 }
 
-/// `server.address` of an endpoint's `host[:port]` (an IPv6 literal without its brackets).
-pub fn host_of(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn hosts_and_names() {
-        assert_eq!(host_of("api.openai.com"), "api.openai.com");
-        assert_eq!(host_of("127.0.0.1:8000"), "127.0.0.1");
-        assert_eq!(host_of("[::1]:8000"), "::1");
+    fn names() {
         assert_eq!(operation_name("/v1/chat/completions"), "chat");
         assert_eq!(operation_name("/v1/messages"), "chat");
         assert_eq!(operation_name("/v1/embeddings"), "embeddings");

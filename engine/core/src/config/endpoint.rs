@@ -15,6 +15,11 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The host part of its authority (`[::1]:443` → `::1`): `server.address` of a span.
+    pub fn host(&self) -> &str {
+        host_of(&self.authority)
+    }
+
     /// `host:port` (the port added when the endpoint left it out): the name that was resolved,
     /// and the key of a config message's table of resolved addresses.
     pub fn resolve_key(&self) -> String {
@@ -119,4 +124,25 @@ pub(super) fn parse_endpoint(text: &str, resolver: Resolver<'_>) -> Result<Endpo
         authority: authority.to_owned(),
         tls_name,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoints_host_is_its_authority_without_the_port() {
+        let host = |authority: &str| {
+            Endpoint {
+                addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+                authority: authority.to_owned(),
+                tls_name: None,
+            }
+            .host()
+            .to_owned()
+        };
+        assert_eq!(host("api.openai.com"), "api.openai.com");
+        assert_eq!(host("127.0.0.1:8000"), "127.0.0.1");
+        assert_eq!(host("[::1]:8000"), "::1");
+    }
 }
