@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use crate::telemetry::genai::{HistTotals, SeriesKey, SeriesTotals};
+use crate::telemetry::genai::{SeriesKey, SeriesTotals};
 
 use crate::control::shm::STATUS_CLASSES;
 use crate::control::stats::{Reject, ShardView, SlotTotals, Totals};
@@ -637,24 +637,48 @@ fn status_classes(out: &mut String, metric: &str, key: &str, name: &str, slot: &
 
 /// `_bucket` (cumulative, from the per-bucket counts), `_sum` and `_count` of one series.
 fn histogram(out: &mut String, metric: &str, key: &str, name: &str, slot: &SlotTotals) {
-    let bucket = format!("{metric}_bucket");
+    histogram_series(
+        out,
+        &format!("shardgate_{metric}"),
+        &[(key, name)],
+        &slot.duration_buckets,
+        (&DURATION_BUCKETS_MS, 3),
+        (slot.duration_sum_us, 6),
+    );
+}
+
+/// One histogram series named `name` in full: cumulative `_bucket`s from the per-bucket counts
+/// (bounds `bounds.0[i] / 10^bounds.1`, then `+Inf`), `_sum` (`sum.0 / 10^sum.1`) and
+/// `_count`. The count is the `+Inf` bucket, not a counter of its own: the counters are read
+/// one by one while shards write them, and the format wants the two equal.
+fn histogram_series(
+    out: &mut String,
+    name: &str,
+    labels: &[(&str, &str)],
+    buckets: &[u64],
+    bounds: (&[u64], u32),
+    sum: (u64, u32),
+) {
+    let bucket = format!("{name}_bucket");
     let mut le = String::new();
     let mut cumulative = 0u64;
-    for (i, n) in slot.duration_buckets.iter().enumerate() {
+    for (i, n) in buckets.iter().enumerate() {
         cumulative = cumulative.wrapping_add(*n);
         le.clear();
-        match DURATION_BUCKETS_MS.get(i) {
-            Some(&ms) => fixed_point(&mut le, ms, 3),
+        match bounds.0.get(i) {
+            Some(&b) => fixed_point(&mut le, b, bounds.1),
             None => le.push_str("+Inf"),
         }
-        sample(out, &bucket, &[(key, name), ("le", &le)], cumulative);
+        let mut l: Vec<(&str, &str)> = labels.to_vec();
+        l.push(("le", &le));
+        full_name_and_labels(out, &bucket, &l);
+        let _ = writeln!(out, "{cumulative}");
     }
-    name_and_labels(out, &format!("{metric}_sum"), &[(key, name)]);
-    fixed_point(out, slot.duration_sum_us, 6);
+    full_name_and_labels(out, &format!("{name}_sum"), labels);
+    fixed_point(out, sum.0, sum.1);
     out.push('\n');
-    // The count is the +Inf bucket, not `requests`: the counters are read one by one while
-    // shards write them, and the format wants the two equal.
-    sample(out, &format!("{metric}_count"), &[(key, name)], cumulative);
+    full_name_and_labels(out, &format!("{name}_count"), labels);
+    let _ = writeln!(out, "{cumulative}");
 }
 
 /// The GenAI client metrics, named as OpenTelemetry's GenAI conventions name them (v1.37 to
@@ -668,13 +692,21 @@ fn genai(out: &mut String, series: &[(SeriesKey, SeriesTotals)]) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
     };
-    fn labels(k: &SeriesKey) -> [(&'static str, &str); 3] {
-        [
+    // A series' labels, and one more where it has it.
+    fn labels<'a>(
+        k: &'a SeriesKey,
+        more: Option<(&'static str, &'a str)>,
+    ) -> Vec<(&'a str, &'a str)> {
+        let mut l = vec![
             ("gen_ai_operation_name", k.operation),
             ("gen_ai_provider_name", k.provider),
             ("gen_ai_request_model", k.model.as_str()),
-        ]
+        ];
+        l.extend(more);
+        l
     }
+    let tokens = (&TOKEN_BOUNDS[..], 0);
+    let seconds = (&SECONDS_BOUNDS_US[..], 6);
     const USAGE: &str = "gen_ai_client_token_usage";
     head(
         out,
@@ -683,12 +715,10 @@ fn genai(out: &mut String, series: &[(SeriesKey, SeriesTotals)]) {
     );
     for (k, t) in series {
         for (kind, h) in [("input", &t.input_tokens), ("output", &t.output_tokens)] {
-            if h.count == 0 {
-                continue;
+            if h.count > 0 {
+                let l = labels(k, Some(("gen_ai_token_type", kind)));
+                histogram_series(out, USAGE, &l, &h.buckets, tokens, (h.sum, 0));
             }
-            let [a, b, c] = labels(k);
-            let l = [a, b, c, ("gen_ai_token_type", kind)];
-            genai_histogram(out, USAGE, &l, h, &TOKEN_BOUNDS, 0);
         }
     }
     const DURATION: &str = "gen_ai_client_operation_duration_seconds";
@@ -698,20 +728,9 @@ fn genai(out: &mut String, series: &[(SeriesKey, SeriesTotals)]) {
         "Duration of each model call attempt, seconds (error_type set when it failed).",
     );
     for (k, t) in series {
-        let [a, b, c] = labels(k);
-        if k.error.is_empty() {
-            genai_histogram(
-                out,
-                DURATION,
-                &[a, b, c],
-                &t.duration,
-                &SECONDS_BOUNDS_US,
-                6,
-            );
-        } else {
-            let l = [a, b, c, ("error_type", k.error)];
-            genai_histogram(out, DURATION, &l, &t.duration, &SECONDS_BOUNDS_US, 6);
-        }
+        let error = (!k.error.is_empty()).then_some(("error_type", k.error));
+        let (l, h) = (labels(k, error), &t.duration);
+        histogram_series(out, DURATION, &l, &h.buckets, seconds, (h.sum, 6));
     }
     const FIRST: &str = "gen_ai_client_operation_time_to_first_chunk_seconds";
     head(
@@ -720,51 +739,18 @@ fn genai(out: &mut String, series: &[(SeriesKey, SeriesTotals)]) {
         "Time from a streamed model call attempt's start to its first chunk, seconds.",
     );
     for (k, t) in series {
-        if t.time_to_first_chunk.count == 0 {
-            continue;
+        let h = &t.time_to_first_chunk;
+        if h.count > 0 {
+            histogram_series(
+                out,
+                FIRST,
+                &labels(k, None),
+                &h.buckets,
+                seconds,
+                (h.sum, 6),
+            );
         }
-        let l = labels(k);
-        genai_histogram(
-            out,
-            FIRST,
-            &l,
-            &t.time_to_first_chunk,
-            &SECONDS_BOUNDS_US,
-            6,
-        );
     }
-}
-
-/// One GenAI histogram series: cumulative `_bucket`s (bounds `bounds / 10^decimals`), `_sum`
-/// (`sum / 10^decimals`) and `_count`.
-fn genai_histogram(
-    out: &mut String,
-    name: &str,
-    labels: &[(&str, &str)],
-    h: &HistTotals,
-    bounds: &[u64],
-    decimals: u32,
-) {
-    let bucket = format!("{name}_bucket");
-    let mut le = String::new();
-    let mut cumulative = 0u64;
-    for (i, n) in h.buckets.iter().enumerate() {
-        cumulative = cumulative.wrapping_add(*n);
-        le.clear();
-        match bounds.get(i) {
-            Some(&b) => fixed_point(&mut le, b, decimals),
-            None => le.push_str("+Inf"),
-        }
-        let mut l: Vec<(&str, &str)> = labels.to_vec();
-        l.push(("le", &le));
-        full_name_and_labels(out, &bucket, &l);
-        let _ = writeln!(out, "{cumulative}");
-    }
-    full_name_and_labels(out, &format!("{name}_sum"), labels);
-    fixed_point(out, h.sum, decimals);
-    out.push('\n');
-    full_name_and_labels(out, &format!("{name}_count"), labels);
-    let _ = writeln!(out, "{cumulative}");
 }
 
 /// `value / 10^decimals` in decimal, exactly, without trailing zeros (`1500, 3` → `1.5`,
