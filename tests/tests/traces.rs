@@ -15,8 +15,8 @@ use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{status::StatusCode, Span};
 use prost::Message as _;
 use shardgate_tests::{
-    free_port, sha256_hex, sleep, wait_until, write_chunk, write_response, Action, Client, Gateway,
-    MockUpstream, Request,
+    free_port, json_ok, sha256_hex, sleep, wait_until, write_chunk, write_response, Action, Client,
+    Gateway, MockUpstream, Request,
 };
 
 const KEY: &str = "sk-tenant-traces-0001";
@@ -115,25 +115,15 @@ fn tenant() -> String {
 /// A deployment answering 200 with a chat completion naming `model`, its usage and why it
 /// stopped.
 fn answering(model: &'static str) -> MockUpstream {
-    MockUpstream::start(
-        move |_req: &Request, stream: &mut TcpStream| -> io::Result<Action> {
-            let answer = serde_json::json!({
-                "id": "chatcmpl-1",
-                "object": "chat.completion",
-                "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi there"},
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
-            });
-            write_response(
-                stream,
-                200,
-                "application/json",
-                answer.to_string().as_bytes(),
-            )?;
-            Ok(Action::KeepAlive)
-        },
-    )
+    let answer = serde_json::json!({
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi there"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+    });
+    MockUpstream::start(json_ok(&answer.to_string()))
 }
 
 /// A deployment that answers 503.
