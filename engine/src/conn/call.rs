@@ -260,7 +260,7 @@ pub(super) async fn proxy_llm(
                 }
                 Action::SendRoute(target) => {
                     let send_body: &[u8] = if use_filled { &bufs.filled } else { &bufs.body };
-                    let attempt = begin_attempt(ctx, c, false);
+                    let attempt = begin_attempt(ctx, c, false, now);
                     let built = llm_request(
                         ctx, c, snap, &bufs.head, send_body, target, None, checked, attempt.1,
                     );
@@ -319,7 +319,7 @@ pub(super) async fn proxy_llm(
             let (group, idx) = (choice.group, choice.idx);
             let dep = snap.deployment(group, idx);
             let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
-            let attempt = begin_attempt(ctx, c, false);
+            let attempt = begin_attempt(ctx, c, false, now);
             let out = match llm_request(
                 ctx,
                 c,
@@ -345,7 +345,15 @@ pub(super) async fn proxy_llm(
             c.ex.upstream_slot = snap.upstream_stat_slot(target.upstream);
             // A hedged stream: the second attempt's request, ready to race.
             let mut hedge = hedge_at.and_then(|(h, after)| {
-                plan_hedge(ctx, c, snap, (&bufs.head, body), checked, (group, h), after)
+                plan_hedge(
+                    ctx,
+                    c,
+                    snap,
+                    (&bufs.head, body),
+                    checked,
+                    (group, h),
+                    (after, now),
+                )
             });
             let started = now.mono_ns();
             let balanced = gr.start(idx.index(), started);
@@ -446,11 +454,11 @@ pub(super) fn plan_hedge<'c>(
     (raw_head, body): (&[u8], &[u8]),
     call: Checked,
     (group, idx): (GroupId, DeploymentIdx),
-    after: Duration,
+    (after, now): (Duration, Now),
 ) -> Option<Box<Hedge<'c>>> {
     let dep = snap.deployment(group, idx);
     let target = snap.pick_endpoint(snap.deployment_upstream(group, idx));
-    let attempt = begin_attempt(ctx, c, true);
+    let attempt = begin_attempt(ctx, c, true, now);
     let built = llm_request(
         ctx,
         c,

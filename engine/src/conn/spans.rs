@@ -22,16 +22,17 @@ pub(super) struct AttemptTrace {
     pub hedge: bool,
 }
 
-/// Begin a model call's attempt: its start and, in a traced request, its span id and the
-/// `traceparent` it sends.
+/// Begin a model call's attempt at `now` (the reading the attempt's balancer start is taken
+/// from): its start and, in a traced request, its span id and the `traceparent` it sends.
 pub(super) fn begin_attempt(
     ctx: &ShardCtx,
     c: &mut Client,
     hedge: bool,
+    now: Now,
 ) -> (AttemptTrace, Option<[u8; TRACEPARENT_BYTES]>) {
     c.ex.first_body_unix_ns = 0;
     c.ex.timed = true;
-    let start_unix_ns = Now::read().unix_ns;
+    let start_unix_ns = now.unix_ns;
     let Some(trace) = c.ex.trace.as_mut() else {
         let a = AttemptTrace {
             span: None,
