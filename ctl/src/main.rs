@@ -380,6 +380,7 @@ fn key_op(instance: &str, op: KeyOp, timeout_ms: u64) -> Result<(), Failure> {
                 rpm,
                 tpm,
                 budget_usd,
+                ..Default::default()
             };
             (
                 StoreOp::KeyCreate {

@@ -63,6 +63,19 @@ pub struct TenantLimits {
     pub local: Rc<TenantLocal>,
 }
 
+/// A USD budget of `uusd` per `window`, less the spend `carried` in while it counts.
+fn usd_budget(
+    uusd: u64,
+    window: std::time::Duration,
+    carried: Option<&crate::tenant::Carried>,
+) -> Budget {
+    let b = Budget::new(uusd, u64::try_from(window.as_nanos()).unwrap_or(u64::MAX));
+    match carried {
+        Some(c) => b.with_carried(c.uusd, c.until_unix_ms.saturating_mul(1_000_000)),
+        None => b,
+    }
+}
+
 /// A limit's fleet credit, as the limiter takes it.
 fn credit(c: &CreditCells) -> Credit<'_> {
     Credit {
@@ -92,9 +105,10 @@ impl TenantLimits {
                 )
             }),
             budget_usd: t.budget_usd.map(|b| {
-                Budget::new(
+                usd_budget(
                     b.uusd,
-                    u64::try_from(b.window.as_nanos()).unwrap_or(u64::MAX),
+                    b.window,
+                    b.carried.as_ref(),
                 )
             }),
             cells,
@@ -114,11 +128,11 @@ impl TenantLimits {
         Self {
             rpm: k.rpm.map(Gcra::per_minute),
             tpm: k.tpm.map(Gcra::per_minute),
-            max_concurrency: None,
+            max_concurrency: k.max_concurrency,
             budget: None,
             budget_usd: k
                 .budget_uusd
-                .map(|u| Budget::new(u, u64::try_from(window.as_nanos()).unwrap_or(u64::MAX))),
+                .map(|u| usd_budget(u, window, k.carried.as_ref())),
             cells,
             fleet: None,
             local,
@@ -226,6 +240,8 @@ pub struct Admitted {
 /// What a request took from its key's own limits (no slot in flight: keys have none).
 #[derive(Debug, Clone, Copy)]
 pub struct KeyPart {
+    /// A slot of the key's requests in flight was taken.
+    concurrency: bool,
     tokens: u64,
     usd: Option<Reservation>,
 }
@@ -399,6 +415,7 @@ impl Admitted {
         self.key = Some((
             key,
             KeyPart {
+                concurrency: adm.concurrency,
                 tokens: adm.tokens,
                 usd: adm.usd,
             },
@@ -421,6 +438,9 @@ impl Admitted {
         failed: bool,
     ) {
         let Some(c) = k.cells else { return };
+        if part.concurrency {
+            Concurrency::release(&c.inflight);
+        }
         let actual = actual_tokens(used, failed, part.tokens);
         settle_tokens(k, c, now_ns, part.tokens, actual);
         settle_usd(k, c, now_ns, part.usd, self.cost_uusd.get(), failed);
@@ -599,6 +619,7 @@ mod tests {
             Some(BudgetUsd {
                 uusd: 1_000,
                 window: day,
+                carried: None,
             }),
         );
         let now = 1_000_000_000_000;
@@ -639,6 +660,7 @@ mod tests {
             Some(BudgetUsd {
                 uusd: 1_000,
                 window: day,
+                carried: None,
             }),
         );
         let now = 1_000_000_000_000;

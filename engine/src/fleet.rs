@@ -466,6 +466,27 @@ struct LimitId {
 struct Amount {
     amount: u64,
     window_ms: u64,
+    /// A budget's spend counted before (`spent_usd`): less `carried` in the window holding the
+    /// ms before `carried_until_ms`, until then (as the shards' `Budget::with_carried`).
+    carried: u64,
+    carried_until_ms: u64,
+}
+
+impl Amount {
+    /// The amount in force at `now_ms`: less the carried units while they count.
+    fn at(self, now_ms: u64) -> Amount {
+        let counts = now_ms < self.carried_until_ms
+            && now_ms.checked_div(self.window_ms)
+                == self.carried_until_ms.saturating_sub(1).checked_div(self.window_ms);
+        if counts && self.window_ms > 0 {
+            Amount {
+                amount: self.amount.saturating_sub(self.carried).max(1),
+                ..self
+            }
+        } else {
+            self
+        }
+    }
 }
 
 /// The limits of `cfg` that hold across the fleet: tenants' and keys' rpm, tpm and budgets, by
@@ -473,28 +494,41 @@ struct Amount {
 fn limits_of(cfg: &Config) -> Vec<(LimitId, Amount)> {
     let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
     let mut out = Vec::new();
-    let mut push = |name: &str, kind: Kind, amount: Option<u64>, window_ms: u64| {
+    // A limit, with the spend carried into it (a USD budget's only).
+    let mut push = |name: &str,
+                    kind: Kind,
+                    amount: Option<u64>,
+                    window_ms: u64,
+                    carried: Option<crate::tenant::Carried>| {
         if let Some(amount) = amount {
             let name = name.to_owned();
-            out.push((LimitId { name, kind }, Amount { amount, window_ms }));
+            let amount = Amount {
+                amount,
+                window_ms,
+                carried: carried.map_or(0, |c| c.uusd),
+                carried_until_ms: carried.map_or(0, |c| c.until_unix_ms),
+            };
+            out.push((LimitId { name, kind }, amount));
         }
     };
     for t in &cfg.tenants {
-        push(&t.name, Kind::Rpm, t.rpm, 0);
-        push(&t.name, Kind::Tpm, t.tpm, 0);
+        push(&t.name, Kind::Rpm, t.rpm, 0, None);
+        push(&t.name, Kind::Tpm, t.tpm, 0, None);
         if let Some(b) = t.budget {
-            push(&t.name, Kind::Budget, Some(b.tokens), ms(b.window));
+            push(&t.name, Kind::Budget, Some(b.tokens), ms(b.window), None);
         }
         if let Some(b) = t.budget_usd {
-            push(&t.name, Kind::BudgetUsd, Some(b.uusd), ms(b.window));
+            let window = ms(b.window);
+            push(&t.name, Kind::BudgetUsd, Some(b.uusd), window, b.carried);
         }
     }
     for k in &cfg.key_table.limited {
         let name = format!("\u{1}key/{}", crate::tenant::hex_bytes(&k.limits.lineage));
-        push(&name, Kind::Rpm, k.limits.rpm, 0);
-        push(&name, Kind::Tpm, k.limits.tpm, 0);
+        let l = &k.limits;
+        push(&name, Kind::Rpm, l.rpm, 0, None);
+        push(&name, Kind::Tpm, l.tpm, 0, None);
         let window = ms(cfg.budget_window(k.tenant));
-        push(&name, Kind::BudgetUsd, k.limits.budget_uusd, window);
+        push(&name, Kind::BudgetUsd, l.budget_uusd, window, l.carried);
     }
     out
 }
@@ -511,19 +545,25 @@ struct SlotTenant {
 /// The tenants of `cfg` with `max_concurrency`, on their cells in `region` (claimed by name);
 /// none when the engine is not in a fleet.
 fn slot_tenants_of(cfg: &Config, region: &'static Region) -> Vec<SlotTenant> {
+    let tenants = cfg
+        .tenants
+        .iter()
+        .filter_map(|t| Some((t.name.clone(), t.max_concurrency?)));
+    // A key's own max_concurrency, on its lineage's cells (as its rates and budget).
+    let keys = cfg.key_table.limited.iter().filter_map(|k| {
+        let name = format!("\u{1}key/{}", crate::tenant::hex_bytes(&k.limits.lineage));
+        Some((name, k.limits.max_concurrency?))
+    });
     let mut out = Vec::new();
-    for t in &cfg.tenants {
-        let Some(max) = t.max_concurrency else {
-            continue;
-        };
-        let Some((slot, tenant)) = region.tenant_slot(&t.name) else {
+    for (name, max) in tenants.chain(keys) {
+        let Some((slot, tenant)) = region.tenant_slot(&name) else {
             continue;
         };
         let Some(fleet) = region.fleet(slot) else {
             continue;
         };
         out.push(SlotTenant {
-            name: t.name.clone(),
+            name,
             max,
             cells: &fleet.concurrency,
             inflight: &tenant.inflight,
@@ -661,6 +701,7 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
             let Some(cells) = region.fleet(*slot) else {
                 continue;
             };
+            let limit = &limit.at(now);
             let c = id.kind.cells(cells);
             let t = tracks.entry(id.clone()).or_default();
             // A budget's new window: what was leased in the last one is not used in it.
@@ -756,7 +797,7 @@ fn run(fleet: FleetConfig, region: &'static Region, latest: &Latest, id: &str) {
                 if !traded && link.up == Some(true) {
                     let c = id.kind.cells(cells);
                     c.overdraft_max
-                        .store(overdraft(limit.amount, c), Ordering::Relaxed);
+                        .store(overdraft(limit.at(now).amount, c), Ordering::Relaxed);
                 }
             }
         }

@@ -533,6 +533,11 @@ pub struct Budget {
     window_ns: u64,
     /// A stored window up to this many ahead of the clock's is taken as current (1..=256).
     ahead_windows_max: u64,
+    /// Units counted before this budget was (spend imported from another gateway): they count
+    /// in window `carried_window` while the clock is before `carried_until_ns`.
+    carried: u64,
+    carried_until_ns: u64,
+    carried_window: u64,
 }
 
 /// What [`Budget::reserve`] admitted: the tokens and the window they were counted in. Pass it
@@ -577,6 +582,29 @@ impl Budget {
             budget,
             window_ns,
             ahead_windows_max,
+            carried: 0,
+            carried_until_ns: 0,
+            carried_window: 0,
+        }
+    }
+
+    /// The same budget with `units` already used, counted in the window holding the ns before
+    /// `until_ns` and until then (a later window starts whole).
+    #[must_use]
+    pub const fn with_carried(mut self, units: u64, until_ns: u64) -> Budget {
+        self.carried = units;
+        self.carried_until_ns = until_ns;
+        self.carried_window = until_ns.saturating_sub(1) / self.window_ns;
+        self
+    }
+
+    /// What window `window` allows at `now_ns`: the budget, less the carried units while they
+    /// count.
+    const fn cap(&self, window: u64, now_ns: u64) -> u64 {
+        if now_ns < self.carried_until_ns && window == self.carried_window {
+            self.budget.saturating_sub(self.carried)
+        } else {
+            self.budget
         }
     }
 
@@ -597,8 +625,16 @@ impl Budget {
         let mut verdict = Err(RETRY_NEVER_NS);
         let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
             let (window, used) = self.view(word, now_ns);
-            if used.saturating_add(n) > self.budget {
-                verdict = Err(self.window_end_after_ns(window, now_ns));
+            if used.saturating_add(n) > self.cap(window, now_ns) {
+                // Whole again when the window ends, or sooner when carried units stop counting
+                // (where that makes room for it).
+                let end = self.window_end_after_ns(window, now_ns);
+                let fits_after_carried = used.saturating_add(n) <= self.budget;
+                verdict = Err(if fits_after_carried && self.cap(window, now_ns) < self.budget {
+                    end.min(self.carried_until_ns - now_ns)
+                } else {
+                    end
+                });
                 return None;
             }
             verdict = Ok(Reservation { window, tokens: n });
@@ -691,7 +727,8 @@ impl Budget {
 
     /// Tokens left in the current window (0 when spent or overspent).
     pub fn remaining(&self, cell: &AtomicU64, now_ns: u64) -> u64 {
-        self.budget.saturating_sub(self.used(cell, now_ns))
+        let (window, used) = self.view(cell.load(Ordering::Relaxed), now_ns);
+        self.cap(window, now_ns).saturating_sub(used)
     }
 
     /// ns until the current window ends (and the budget is whole again).
@@ -1223,6 +1260,32 @@ mod tests {
         assert_eq!(b.reset_after_ns(&fresh, now), SECOND_NS);
         let r = b.reserve(&fresh, now, 1).expect("fresh");
         assert_eq!(r.window(), w);
+    }
+
+    #[test]
+    fn carried_units_count_in_their_window_until_their_end_only() {
+        let window = 1_000 * SECOND_NS;
+        // 70 of 100 carried, counting until 400 s into window 3.
+        let until = 3 * window + 400 * SECOND_NS;
+        let b = Budget::new(100, window).with_carried(70, until);
+        let cell = AtomicU64::new(0);
+        let now = 3 * window + 10 * SECOND_NS;
+        assert_eq!(b.remaining(&cell, now), 30);
+        assert!(b.reserve(&cell, now, 30).is_ok());
+        // Refused until the carried units stop counting, not until the window ends.
+        assert_eq!(b.reserve(&cell, now, 1), Err(390 * SECOND_NS));
+        // From `until` on, the same window allows the whole budget: 70 more.
+        assert_eq!(b.remaining(&cell, until), 70);
+        assert!(b.reserve(&cell, until, 70).is_ok());
+        assert!(b.reserve(&cell, until, 1).is_err());
+        // A window before `until`'s, or after it, never counts them.
+        let other = AtomicU64::new(0);
+        assert_eq!(b.remaining(&other, 2 * window + 5), 100);
+        assert_eq!(b.remaining(&other, 4 * window), 100);
+        // More carried than the budget: nothing left in that window, and no underflow.
+        let over = Budget::new(100, window).with_carried(500, until);
+        assert_eq!(over.remaining(&AtomicU64::new(0), now), 0);
+        assert!(over.reserve(&AtomicU64::new(0), now, 1).is_err());
     }
 
     #[test]

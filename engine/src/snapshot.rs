@@ -362,6 +362,16 @@ impl Snapshot {
 
     /// The limits of key `k`'s own (an index from the request's key memo).
     #[inline]
+    /// Tenant `t` may call `model`, and so may its limited key `key` (whose own `models`, when
+    /// it names them, narrow its tenant's).
+    pub fn allows(&self, t: TenantId, key: Option<usize>, model: &str) -> bool {
+        let key_models = key
+            .and_then(|k| self.cfg.key_table.limited.get(k))
+            .and_then(|k| k.limits.models.as_deref());
+        self.tenant(t).models.allows(model)
+            && key_models.is_none_or(|list| list.iter().any(|m| m == model))
+    }
+
     pub fn key_limits(&self, k: usize) -> Option<&TenantLimits> {
         self.key_limits.get(k)
     }
@@ -594,8 +604,8 @@ impl World for Snapshot {
         !self.templates.is_empty()
     }
 
-    fn allows(&self, t: TenantId, model: &str) -> bool {
-        self.tenant(t).models.allows(model)
+    fn allows(&self, t: TenantId, key: Option<usize>, model: &str) -> bool {
+        Snapshot::allows(self, t, key, model)
     }
 
     fn default_max_tokens(&self, t: Option<TenantId>) -> u64 {

@@ -452,6 +452,15 @@ pub fn import_with_store(
     if let Some(path) = store {
         server.insert("tenant_store".into(), path.into());
     }
+    if let Some(hash) = &settings.master_key_sha256 {
+        // LiteLLM's master key both calls models and manages keys: an admin token that is also
+        // the master tenant's key.
+        server.insert(
+            "admin_tokens".into(),
+            toml::Value::Array(vec![format!("sha256:{hash}").into()]),
+        );
+        server.insert("admin_token_tenant".into(), "litellm-master".into());
+    }
     if settings.master_key_sha256.is_none() && store.is_none() {
         // LiteLLM without a master key serves every caller.
         server.insert("auth".into(), "none".into());
@@ -1084,9 +1093,9 @@ impl Settings {
                 "LiteLLM's default 5 s: cooldown_ms = 5000",
             ),
         }
-        // The master key: LiteLLM refuses calls without it (or a virtual key). In shardgate a
-        // key is a tenant's or an admin's, not both: it becomes a tenant that may call every
-        // group, so clients that use it keep working.
+        // The master key: LiteLLM's admin secret, which also calls every model. It becomes an
+        // admin token and the key of a tenant that may call every group, the one tenant
+        // `admin_token_tenant` lets share a key with an admin.
         if let Some(v) = general.and_then(|g| g.get("master_key")) {
             let p = "general_settings.master_key".to_owned();
             seen.push(p.clone());
@@ -1104,7 +1113,7 @@ impl Settings {
                     s.master_key_sha256 = Some(hex);
                     r.mapped(
                         p,
-                        "tenant \"litellm-master\" (every group, no limits) with the key's SHA-256; auth = \"keys\". Not an admin token: in shardgate a key is a tenant's or an admin's (create one: admin_tokens)",
+                        "[server] admin_tokens (the key's SHA-256) and tenant \"litellm-master\" (every group, no limits) with the same key, named by admin_token_tenant; auth = \"keys\"",
                     );
                 }
                 _ => r.skip(

@@ -114,6 +114,12 @@ pub struct Settings {
     pub budget_usd: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_window: Option<String>,
+    /// Spend counted before shardgate did (an import), US dollars: it counts against the USD
+    /// budget until `spent_until_unix_ms`, in the window holding it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spent_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spent_until_unix_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,6 +141,8 @@ impl Settings {
                 .budget_window
                 .clone()
                 .or_else(|| self.budget_window.clone()),
+            spent_usd: other.spent_usd.or(self.spent_usd),
+            spent_until_unix_ms: other.spent_until_unix_ms.or(self.spent_until_unix_ms),
             weight: other.weight.or(self.weight),
             default_max_tokens: other.default_max_tokens.or(self.default_max_tokens),
         }
@@ -200,28 +208,45 @@ pub fn key_id_of(sha256: &str) -> String {
 }
 
 /// What a store key adds to a `[[tenants]]` key: its expiry and its own limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyExtra {
     pub expires_unix_ms: u64,
     pub limits: Option<KeyLimits>,
 }
 
-/// A key's own limits as given (`keys create`, `POST /admin/v1/keys`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+/// A key's own limits as given (`keys create`, `POST /admin/v1/keys`, an import).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeySettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpm: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<i64>,
+    /// Requests in flight at once with this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<i64>,
     /// US dollars per the tenant's budget window (30 days without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_usd: Option<f64>,
+    /// Spend counted before shardgate did, as a tenant's `spent_usd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spent_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spent_until_unix_ms: Option<u64>,
+    /// The models the key may call, within its tenant's; `None`: its tenant's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
 }
 
 impl KeySettings {
     pub fn is_empty(&self) -> bool {
-        self.rpm.is_none() && self.tpm.is_none() && self.budget_usd.is_none()
+        self.rpm.is_none()
+            && self.tpm.is_none()
+            && self.max_concurrency.is_none()
+            && self.budget_usd.is_none()
+            && self.spent_usd.is_none()
+            && self.spent_until_unix_ms.is_none()
+            && self.models.is_none()
     }
 
     /// Checked, as the engine holds them (`lineage`: the id's hash bytes).
@@ -234,9 +259,30 @@ impl KeySettings {
             Some(n) if (1..=1 << 48).contains(&n) => Ok(u64::try_from(n).ok()),
             Some(n) => err(format!("key {what} must be between 1 and 2^48, got {n}")),
         };
+        let mut carried_error = None;
+        let carried = tenant::Carried::read(self.spent_usd, self.spent_until_unix_ms, |k, r| {
+            carried_error.get_or_insert(format!("key {k} {r}"));
+        });
+        if let Some(message) = carried_error {
+            return err(message);
+        }
+        if carried.is_some() && self.budget_usd.is_none() {
+            return err("key spent_usd needs budget_usd");
+        }
+        let models = match &self.models {
+            None => None,
+            Some(list) if list.iter().any(|m| m == "*") => None,
+            Some(list) if list.iter().any(String::is_empty) => {
+                return err("key models must not be empty names")
+            }
+            Some(list) => Some(list.iter().cloned().collect()),
+        };
         Ok(Some(KeyLimits {
             rpm: per_minute("rpm", self.rpm)?,
             tpm: per_minute("tpm", self.tpm)?,
+            max_concurrency: per_minute("max_concurrency", self.max_concurrency)?,
+            carried,
+            models,
             budget_uusd: match self.budget_usd {
                 None => None,
                 Some(usd) => Some(crate::prices::uusd_of(usd, tenant::BUDGET_USD_MAX).map_err(
@@ -835,6 +881,14 @@ impl Store {
                     .map(|b| b.window)
                     .or(t.budget_usd.map(|b| b.window))
                     .map(|w| humantime::format_duration(w).to_string()),
+                spent_usd: t
+                    .budget_usd
+                    .and_then(|b| b.carried)
+                    .map(|c| c.uusd as f64 / 1_000_000.0),
+                spent_until_unix_ms: t
+                    .budget_usd
+                    .and_then(|b| b.carried)
+                    .map(|c| c.until_unix_ms),
                 weight: Some(i64::from(t.weight)),
                 default_max_tokens: i64::try_from(t.default_max_tokens).ok(),
             };
@@ -979,6 +1033,7 @@ impl Store {
         if self.keys.contains_key(&id) {
             return err("the random bytes gave a key that exists already; try again");
         }
+        let limited_key = !limits.is_empty();
         let k = StoredKey {
             tenant: tenant.to_owned(),
             name: name.map(str::to_owned),
@@ -991,7 +1046,7 @@ impl Store {
             lineage,
         };
         k.own_limits()?;
-        if !limits.is_empty() {
+        if limited_key {
             let limited = self.keys.values().filter(|k| !k.limits.is_empty()).count();
             if limited >= tenant::KEYS_LIMITED_MAX {
                 return err(format!(
@@ -1050,7 +1105,7 @@ impl Store {
             &old.tenant,
             old.name.as_deref(),
             expires_in,
-            (old.limits, Some(lineage)),
+            (old.limits.clone(), Some(lineage)),
             hash,
             now_unix_ms,
         )?;
@@ -1445,7 +1500,7 @@ pub fn finish(configs: &mut [TenantConfig], extra: &[(Vec<KeyExtra>, bool)]) {
         t.suspended = *suspended;
         for (j, (k, e)) in t.keys.iter_mut().zip(keys).enumerate() {
             k.expires_unix_ms = e.expires_unix_ms;
-            if let (Some(l), Ok(j)) = (e.limits, u32::try_from(j)) {
+            if let (Some(l), Ok(j)) = (e.limits.clone(), u32::try_from(j)) {
                 t.key_limits.push((j, l));
             }
         }
@@ -1923,6 +1978,7 @@ mod tests {
             rpm: Some(60),
             tpm: None,
             budget_usd: Some(5.0),
+            ..Default::default()
         };
         let (k, _) = s
             .create_key("team-a", None, None, limits, [4; KEY_RANDOM_BYTES], T0)
@@ -1952,7 +2008,7 @@ mod tests {
         assert!(raw[0]
             .1
             .iter()
-            .all(|e| e.limits.map(|l| l.lineage) == Some(own.lineage)));
+            .all(|e| e.limits.as_ref().map(|l| l.lineage) == Some(own.lineage)));
         // Bad values are refused and change nothing.
         let before = s.clone();
         for bad in [

@@ -337,7 +337,7 @@ fn run(
                 tenant,
                 name.as_deref(),
                 expires,
-                *limits,
+                limits.clone(),
                 key.clone(),
                 now,
             )?;

@@ -36,6 +36,8 @@ pub struct RawTenant {
     budget_tokens: Option<i64>,
     budget_usd: Option<f64>,
     budget_window: Option<String>,
+    spent_usd: Option<f64>,
+    spent_until_unix_ms: Option<u64>,
     weight: Option<i64>,
     default_max_tokens: Option<i64>,
     /// A tenant of the tenant store: it may have no key yet.
@@ -57,6 +59,8 @@ impl RawTenant {
             budget_tokens: s.budget_tokens,
             budget_usd: s.budget_usd,
             budget_window: s.budget_window.clone(),
+            spent_usd: s.spent_usd,
+            spent_until_unix_ms: s.spent_until_unix_ms,
             weight: s.weight,
             default_max_tokens: s.default_max_tokens,
             from_store: true,
@@ -96,6 +100,53 @@ pub struct Budget {
 pub struct BudgetUsd {
     pub uusd: u64,
     pub window: Duration,
+    /// Spend counted before shardgate did (`spent_usd`, imported from LiteLLM).
+    pub carried: Option<Carried>,
+}
+
+/// Spend counted elsewhere before (`spent_usd` and `spent_until_unix_ms`, as
+/// `shardgate-ctl import litellm` writes them): it counts against the budget until
+/// `until_unix_ms`, within the one window that holds the millisecond before it (a later
+/// window starts whole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Carried {
+    pub uusd: u64,
+    pub until_unix_ms: u64,
+}
+
+impl Carried {
+    /// `spent_usd` and `spent_until_unix_ms` as given (both or neither), checked; problems to
+    /// `error(field, reason)`.
+    pub fn read(
+        usd: Option<f64>,
+        until_unix_ms: Option<u64>,
+        mut error: impl FnMut(&str, String),
+    ) -> Option<Carried> {
+        match (usd, until_unix_ms) {
+            (None, None) => None,
+            (Some(_), None) => {
+                error(
+                    "spent_until_unix_ms",
+                    "is needed with spent_usd: when the spend stops counting".into(),
+                );
+                None
+            }
+            (None, Some(_)) => {
+                error("spent_usd", "is needed with spent_until_unix_ms".into());
+                None
+            }
+            (Some(usd), Some(until)) => match crate::prices::uusd_of(usd, BUDGET_USD_MAX) {
+                Ok(uusd) => Some(Carried {
+                    uusd,
+                    until_unix_ms: until,
+                }),
+                Err(reason) => {
+                    error("spent_usd", reason);
+                    None
+                }
+            },
+        }
+    }
 }
 
 /// The largest `budget_usd`, US dollars (a budget cell counts 2^48 microdollars).
@@ -115,12 +166,18 @@ pub struct TenantKey {
 /// A key's own limits (`shardgate-ctl keys create --rpm --tpm --budget-usd`): held over all
 /// shards like a tenant's, in cells named by the key's lineage (the id of the first key of its
 /// rotations), so a rotated key's successor carries on with the same counts and budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyLimits {
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    /// Requests in flight at once with this key, over every shard.
+    pub max_concurrency: Option<u64>,
     /// Microdollars per the tenant's budget window (30 days without one).
     pub budget_uusd: Option<u64>,
+    /// Spend counted before shardgate did, against `budget_uusd`.
+    pub carried: Option<Carried>,
+    /// The models this key may call, within its tenant's; `None`: its tenant's.
+    pub models: Option<std::sync::Arc<[String]>>,
     /// The first [`KEY_ID_BYTES`] of the hash of the lineage's first key.
     pub lineage: [u8; KEY_ID_BYTES],
 }
@@ -130,7 +187,7 @@ pub struct KeyLimits {
 pub const KEYS_LIMITED_MAX: usize = 8_192;
 
 /// A key with limits of its own, in a [`Tenants`] table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitedKey {
     /// Its tenant's index.
     pub tenant: usize,
@@ -338,8 +395,19 @@ pub fn validate(
         }
         let budget = budget_tokens
             .and_then(|tokens| window_of(true).map(|window| Budget { tokens, window }));
-        let budget_usd =
-            budget_usd.and_then(|uusd| window_of(true).map(|window| BudgetUsd { uusd, window }));
+        let carried = Carried::read(t.spent_usd, t.spent_until_unix_ms, |k, reason| {
+            error(f(k), reason);
+        });
+        if carried.is_some() && budget_usd.is_none() {
+            error(f("spent_usd"), "needs budget_usd".into());
+        }
+        let budget_usd = budget_usd.and_then(|uusd| {
+            window_of(true).map(|window| BudgetUsd {
+                uusd,
+                window,
+                carried,
+            })
+        });
         out.push(TenantConfig {
             name: t.name,
             keys: key_hashes,
@@ -467,7 +535,7 @@ impl Tenants {
             for (j, k) in t.keys.iter().enumerate() {
                 let mine = own
                     .next_if(|(at, _)| usize::try_from(*at).ok() == Some(j))
-                    .map(|(_, l)| *l);
+                    .map(|(_, l)| l.clone());
                 let limit = match mine {
                     // Validation keeps the count within KEYS_LIMITED_MAX, far below u32::MAX.
                     Some(limits) => match u32::try_from(limited.len()) {
@@ -839,15 +907,18 @@ mod tests {
         let limits = KeyLimits {
             rpm: Some(5),
             tpm: None,
+            max_concurrency: None,
             budget_uusd: None,
+            carried: None,
+            models: None,
             lineage: [9; KEY_ID_BYTES],
         };
-        t[0].key_limits = vec![(1, limits)];
+        t[0].key_limits = vec![(1, limits.clone())];
         t[1].key_limits = vec![(
             0,
             KeyLimits {
                 rpm: Some(7),
-                ..limits
+                ..limits.clone()
             },
         )];
         let table = Tenants::new(&t);

@@ -35,7 +35,7 @@ pub(super) async fn answer_models(
         .await;
     }
     let allowed = |name: &str| match c.ex.tenant {
-        Some(t) => snap.tenant(t).models.allows(name),
+        Some(t) => snap.allows(t, c.ex.key_limit, name),
         None => true,
     };
     // Group names are printable ASCII without quotes or backslashes (validated): no escaping.
@@ -110,8 +110,8 @@ pub(super) async fn serve_mock(
     // A tenant sees only the models it is approved for.
     let reply = match (endpoint, c.ex.tenant) {
         (MockEndpoint::Models, Some(t)) => {
-            let models = &snap.tenant(t).models;
-            Ok(mock::models_for(|m| models.allows(m), keep_alive))
+            let key = c.ex.key_limit;
+            Ok(mock::models_for(|m| snap.allows(t, key, m), keep_alive))
         }
         _ => mock::respond(endpoint, &body, now_s, keep_alive),
     };

@@ -42,8 +42,9 @@ pub trait World: Groups + Books {
     fn has_groups(&self) -> bool;
     /// Prompt templates are configured (a body without `variables` may still select one).
     fn has_templates(&self) -> bool;
-    /// Tenant `t` is approved for `model`.
-    fn allows(&self, t: TenantId, model: &str) -> bool;
+    /// Tenant `t` is approved for `model`, and so is its key `key` (one with limits of its
+    /// own, which may name its models) when given.
+    fn allows(&self, t: TenantId, key: Option<usize>, model: &str) -> bool;
     /// The `max_tokens` a request of tenant `t` (or of no tenant) is estimated at when it
     /// names none.
     fn default_max_tokens(&self, t: Option<TenantId>) -> u64;
@@ -333,7 +334,7 @@ impl Call {
             return Err(Refusal::error(Error::ModelNotFound));
         }
         if let Some(t) = self.tenant {
-            if !world.allows(t, model) {
+            if !world.allows(t, self.key, model) {
                 return Err(Refusal {
                     error: Error::ModelNotAllowed,
                     reject: Some(Reject::Model),
@@ -509,7 +510,7 @@ mod tests {
         fn has_templates(&self) -> bool {
             self.templates
         }
-        fn allows(&self, _: TenantId, model: &str) -> bool {
+        fn allows(&self, _: TenantId, _: Option<usize>, model: &str) -> bool {
             self.allowed && model == "m"
         }
         fn default_max_tokens(&self, t: Option<TenantId>) -> u64 {

@@ -432,7 +432,7 @@ impl World for SimWorld {
     fn has_templates(&self) -> bool {
         self.templates
     }
-    fn allows(&self, _: TenantId, model: &str) -> bool {
+    fn allows(&self, _: TenantId, _: Option<usize>, model: &str) -> bool {
         self.allowed && model != "nobody"
     }
     fn default_max_tokens(&self, _: Option<TenantId>) -> u64 {

@@ -476,6 +476,37 @@ mod tests {
     }
 
     #[test]
+    fn an_admin_token_is_a_tenants_key_only_where_the_file_names_that_tenant() {
+        let key = "ab".repeat(32);
+        let text = |sharing: &str| {
+            format!(
+                "[server]\nadmin_tokens = [\"sha256:{key}\"]\n{sharing}\n\
+                 [[upstreams]]\nname = \"a\"\nprovider = \"mock\"\n\
+                 [[routes]]\npath_prefix = \"/\"\nupstream = \"a\"\n\
+                 [[tenants]]\nname = \"master\"\nkeys = [\"sha256:{key}\"]\n\
+                 [[tenants]]\nname = \"other\"\nkeys = [\"sha256:{}\"]\n",
+                "cd".repeat(32)
+            )
+        };
+        let errs = errors_of(&text("")).join("\n");
+        assert!(
+            errs.contains("server.admin_tokens[0]: is also a tenant's key"),
+            "{errs}"
+        );
+        let c = Config::from_toml(&text("admin_token_tenant = \"master\"")).expect("valid");
+        assert_eq!(c.server.admin_token_tenant.as_deref(), Some("master"));
+        assert_eq!(c.server.admin_tokens.len(), 1);
+        // Naming another tenant does not let this one share.
+        let errs = errors_of(&text("admin_token_tenant = \"other\"")).join("\n");
+        assert!(errs.contains("server.admin_tokens[0]"), "{errs}");
+        let errs = errors_of(&text("admin_token_tenant = \"nobody\"")).join("\n");
+        assert!(
+            errs.contains("server.admin_token_tenant: \"nobody\" is not a [[tenants]] entry"),
+            "{errs}"
+        );
+    }
+
+    #[test]
     fn api_key_env_is_read_by_the_engine_and_skipped_by_ctl() {
         let text = |var: &str| {
             format!(

@@ -79,6 +79,7 @@ pub(super) struct RawServer {
     pub(super) audit_log: Option<String>,
     #[serde(default)]
     pub(super) admin_tokens: Vec<String>,
+    pub(super) admin_token_tenant: Option<String>,
     pub(super) auth: Option<String>,
     pub(super) queue_wait_ms_max: Option<i64>,
     pub(super) queue_depth_max: Option<i64>,

@@ -109,6 +109,9 @@ pub struct ServerConfig {
     /// SHA-256 of each token the admin API (`/admin/v1/...`) accepts; none: the API refuses
     /// every request.
     pub admin_tokens: Vec<[u8; 32]>,
+    /// A tenant of the config file whose keys may also be admin tokens (LiteLLM's master key
+    /// is both); `None`: a secret that calls models is never an admin's.
+    pub admin_token_tenant: Option<String>,
 }
 
 /// The tenant store's file: the path as written and, while the config is validated, what it

@@ -355,12 +355,28 @@ impl Validator<'_> {
                 ),
             ));
         }
-        // A tenant's key is never an admin token.
-        for (i, token) in server.admin_tokens.iter().enumerate() {
-            if tenants
+        // A tenant's key is never an admin token, unless the file names that tenant as the one
+        // whose keys may be (`admin_token_tenant`, LiteLLM's master key); a store's never.
+        let sharing = server.admin_token_tenant.as_deref();
+        if let Some(name) = sharing {
+            if !tenants[..from_file.min(tenants.len())]
                 .iter()
-                .any(|t| t.keys.iter().any(|k| &k.hash == token))
+                .any(|t| t.name == name)
             {
+                errors.push((
+                    "server.admin_token_tenant".to_owned(),
+                    format!(
+                        "{name:?} is not a [[tenants]] entry of this file (a tenant store's \
+                         tenants never share a key with an admin)"
+                    ),
+                ));
+            }
+        }
+        for (i, token) in server.admin_tokens.iter().enumerate() {
+            if tenants.iter().enumerate().any(|(j, t)| {
+                !(j < from_file && sharing == Some(t.name.as_str()))
+                    && t.keys.iter().any(|k| &k.hash == token)
+            }) {
                 errors.push((
                     format!("server.admin_tokens[{i}]"),
                     "is also a tenant's key; an admin token must be a secret of its own".into(),
@@ -589,6 +605,7 @@ impl Validator<'_> {
                     hash
                 })
                 .collect(),
+            admin_token_tenant: raw.admin_token_tenant,
             audit_log: match raw.audit_log {
                 Some(p) if p.is_empty() => {
                     self.error(
