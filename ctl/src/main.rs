@@ -187,6 +187,11 @@ enum ImportFrom {
         /// Where the tenant store the keys become is written (a new file).
         #[arg(long, requires = "keys")]
         store: Option<PathBuf>,
+        /// Where the config's literal secrets (`api_key`, `redis_password`) are written, as
+        /// `NAME=value` lines the imported config reads (a new file, mode 0600). Default:
+        /// `OUT.env` beside `--out`; without either they are reported, not imported.
+        #[arg(long)]
+        secrets: Option<PathBuf>,
     },
 }
 
@@ -506,12 +511,14 @@ fn main() -> ExitCode {
                     report,
                     keys,
                     store,
+                    secrets,
                 },
         } => litellm::run(
             &config,
             out.as_ref(),
             report.as_ref(),
             keys.as_ref().zip(store.as_ref()),
+            secrets.as_ref(),
         ),
         Command::Fleet {
             op: FleetOp::Status,

@@ -29,6 +29,8 @@ struct Run {
     stderr: String,
     toml: String,
     report: serde_json::Value,
+    /// The literal secrets' file beside `--out`.
+    secrets: PathBuf,
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -44,6 +46,9 @@ fn import(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Run {
     let (out, report) = (tmp(&format!("{stem}.toml")), tmp(&format!("{stem}.json")));
     let _ = std::fs::remove_file(&out);
     let _ = std::fs::remove_file(&report);
+    // The literal secrets' file beside `--out` (the import never writes over one).
+    let secrets = tmp(&format!("{stem}.toml.env"));
+    let _ = std::fs::remove_file(&secrets);
     let mut cmd = Command::new(ctl_bin());
     cmd.args(["import", "litellm"])
         .arg(config)
@@ -65,6 +70,7 @@ fn import(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Run {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default(),
+        secrets,
     }
 }
 
@@ -250,14 +256,26 @@ fn sha256_hex(s: &str) -> String {
     shardgate_tests::sha256_hex(s)
 }
 
+/// `NAME=value` lines of an environment file.
+fn env_file(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
 #[test]
 fn an_imported_config_and_its_keys_serve_old_litellm_keys() {
     let a = deployment("vllm-a");
     let b = deployment("vllm-b");
+    // `small` is priced (shardgate's default table), so its budgets count; its key is literal.
     let litellm = format!(
         "model_list:\n\
          \x20 - model_name: llama\n    litellm_params:\n      model: hosted_vllm/meta-llama/Llama-3.1-8B\n      api_base: http://{}/v1\n      api_key: os.environ/VLLM_KEY\n      rpm: 1_000\n\
-         \x20 - model_name: small\n    litellm_params:\n      model: openai/tiny\n      api_base: http://{}\n\
+         \x20 - model_name: small\n    litellm_params:\n      model: openai/gpt-4o-mini\n      api_base: http://{}\n      api_key: sk-upstream-literal-9\n\
          \x20 - model_name: llama\n    litellm_params:\n      model: hosted_vllm/meta-llama/Llama-3.1-8B\n      api_base: http://{}/v1\n      api_key: os.environ/VLLM_KEY\n\
          router_settings:\n  routing_strategy: least-busy\n  num_retries: 2\n\
          general_settings:\n  master_key: sk-master-0001\n",
@@ -267,14 +285,31 @@ fn an_imported_config_and_its_keys_serve_old_litellm_keys() {
     );
     let config = tmp("serve.yaml");
     std::fs::write(&config, litellm).expect("write");
-    // LiteLLM's keys: a team allowed `llama` only, one of its keys, and a blocked key.
+    // LiteLLM's keys: a team allowed `llama` only, one of its keys, and a blocked key; a second
+    // team allowed both groups, with a key narrowed to `llama`, a key whose budget its spend
+    // so far has used up (until LiteLLM's reset, a day away) and one with room left.
     let team_key = "sk-litellm-team-key-1";
     let blocked_key = "sk-litellm-blocked-2";
+    let narrow_key = "sk-litellm-narrow-3";
+    let spent_key = "sk-litellm-spent-4";
+    let room_key = "sk-litellm-room-5";
+    let reset = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(86_400),
+    )
+    .to_string();
     let export = serde_json::json!({
-        "teams": [{"team_id": "t1", "team_alias": "research", "models": ["llama"], "rpm_limit": 100}],
+        "teams": [
+            {"team_id": "t1", "team_alias": "research", "models": ["llama"], "rpm_limit": 100},
+            {"team_id": "t2", "team_alias": "apps", "models": ["llama", "small"]}
+        ],
         "keys": [
             {"token": sha256_hex(team_key), "key_alias": "r-key", "team_id": "t1", "spend": 2.5},
-            {"token": sha256_hex(blocked_key), "key_alias": "gone", "team_id": "t1", "blocked": true}
+            {"token": sha256_hex(blocked_key), "key_alias": "gone", "team_id": "t1", "blocked": true},
+            {"token": sha256_hex(narrow_key), "team_id": "t2", "models": ["llama"]},
+            {"token": sha256_hex(spent_key), "team_id": "t2", "max_budget": 1.0, "spend": 1.0,
+             "budget_reset_at": reset},
+            {"token": sha256_hex(room_key), "team_id": "t2", "max_budget": 1.0, "spend": 0.25,
+             "budget_reset_at": reset}
         ]
     });
     let keys = tmp("keys.json");
@@ -292,13 +327,41 @@ fn an_imported_config_and_its_keys_serve_old_litellm_keys() {
         &[],
     );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(!run.toml.contains("sk-master-0001") && !run.stderr.contains("sk-master-0001"));
-    // The imported config listens where LiteLLM did; this test needs a free port.
+    for secret in ["sk-master-0001", "sk-upstream-literal-9"] {
+        assert!(
+            !run.toml.contains(secret)
+                && !run.stderr.contains(secret)
+                && !run.stdout.contains(secret)
+                && !run.report.to_string().contains(secret),
+            "{secret} printed"
+        );
+    }
+    // The literal upstream key: in a file of its own beside the config, the owner's only.
+    let secrets_file = &run.secrets;
+    let secrets = env_file(secrets_file);
+    assert_eq!(
+        secrets,
+        [(
+            "LITELLM_MODEL_1_API_KEY".to_owned(),
+            "sk-upstream-literal-9".to_owned()
+        )]
+    );
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(secrets_file)
+            .expect("secrets file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // The imported config listens where LiteLLM did; this test needs free ports.
     let toml = run.toml.replace(
         "listen = \"0.0.0.0:4000\"",
-        "listen = \"127.0.0.1:0\"\ncores = 1",
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ncores = 1",
     );
-    let gw = Gateway::start_with_env(&toml, &[("VLLM_KEY", "vllm-secret")]);
+    let mut env: Vec<(&str, &str)> = vec![("VLLM_KEY", "vllm-secret")];
+    env.extend(secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let gw = Gateway::start_with_env(&toml, &env);
     let mut c = Client::connect(gw.addr());
     // The team's old key calls its model: both deployments of the group, the model rewritten,
     // the upstream's own key sent.
@@ -321,16 +384,46 @@ fn an_imported_config_and_its_keys_serve_old_litellm_keys() {
     );
     let up = a.requests();
     assert_eq!(up[0].header("authorization"), Some("Bearer vllm-secret"));
-    // Its team may not use `small`; the master key may; the blocked key is refused.
-    assert_ne!(chat(&mut c, team_key, "small").status, 200);
+    // Its team may not use `small`; the master key may (and `small`'s upstream gets the
+    // literal key the config had); the blocked key is refused.
+    assert_eq!(chat(&mut c, team_key, "small").status, 403);
     let mut c2 = Client::connect(gw.addr());
     assert_eq!(chat(&mut c2, "sk-master-0001", "small").status, 200);
+    let small = b.requests();
+    assert_eq!(
+        small.last().and_then(|r| r.header("authorization")),
+        Some("Bearer sk-upstream-literal-9")
+    );
     let mut c3 = Client::connect(gw.addr());
     assert_eq!(chat(&mut c3, blocked_key, "llama").status, 401);
-    // The spend so far is reported, not silently dropped.
-    assert!(run.report["not_imported"]
+    // A key's own models narrow its team's.
+    let mut c4 = Client::connect(gw.addr());
+    assert_eq!(chat(&mut c4, narrow_key, "llama").status, 200);
+    let r = chat(&mut c4, narrow_key, "small");
+    assert_eq!(r.status, 403, "{}", r.summary());
+    // Spend so far counts: the key whose budget it used up is refused where LiteLLM refuses
+    // it; the one with room is served.
+    let mut c5 = Client::connect(gw.addr());
+    let r = chat(&mut c5, spent_key, "small");
+    assert_eq!(r.status, 429, "{}", r.summary());
+    assert!(r.body_str().contains("budget"), "{}", r.summary());
+    assert_eq!(chat(&mut c5, room_key, "small").status, 200);
+    // The team key's spend without a budget is reported as such.
+    assert!(run.report["mapped"]
         .as_array()
         .is_some_and(|a| a.iter().any(|e| e["path"] == "keys-file.keys[0].spend")));
+    // The master key is an admin token too, as in LiteLLM; a team key is not.
+    let (status, _) = shardgate_tests::admin_request(
+        &gw,
+        "GET",
+        "/admin/v1/keys",
+        Some("sk-master-0001"),
+        None,
+    );
+    assert_eq!(status, 200);
+    let (status, _) =
+        shardgate_tests::admin_request(&gw, "GET", "/admin/v1/keys", Some(team_key), None);
+    assert_eq!(status, 401);
 }
 
 /// An upstream answering each provider's API in its own shape (the bench rig's answers): a

@@ -7,10 +7,13 @@
 //!   `max_parallel_requests` (`max_concurrency`), `max_budget` (`budget_usd`) over
 //!   `budget_duration` (`budget_window`), `blocked` (suspended).
 //! - A key is its team's key; a key without a team is a tenant of its own with the key's
-//!   models and limits. A key's own `rpm_limit`, `tpm_limit` and `max_budget` are its limits
-//!   within its tenant's; `expires` is its expiry; a blocked key is kept expired (refused).
-//! - What has no place (a team key's own `models` or `max_parallel_requests`, its own
-//!   `budget_duration`, spend so far, metadata) is reported by the row and field.
+//!   models and limits. A key's own `models`, `rpm_limit`, `tpm_limit`,
+//!   `max_parallel_requests` and `max_budget` are its limits within its tenant's; `expires` is
+//!   its expiry; a blocked key is kept expired (refused).
+//! - `spend` against a `max_budget` is carried in (`spent_usd`): it counts until LiteLLM would
+//!   have reset it (`budget_reset_at`), within shardgate's budget window in progress.
+//! - What has no place (a team key's own `budget_duration` where it differs from its team's,
+//!   metadata) is reported by the row and field.
 
 use std::collections::BTreeMap;
 
@@ -54,7 +57,7 @@ pub fn import(export: &Json, now_unix_ms: u64, r: &mut Report) -> Result<Store, 
             continue;
         };
         let name = tenant_name(t.get("team_alias").and_then(Json::as_str).unwrap_or(id));
-        let (settings, suspended) = limits(t, &at, r, true);
+        let (settings, suspended) = limits(t, &at, now_unix_ms, r);
         store.tenants.insert(
             name.clone(),
             StoredTenant {
@@ -108,7 +111,7 @@ pub fn import(export: &Json, now_unix_ms: u64, r: &mut Report) -> Result<Store, 
                 let n = tenant_name(
                     &alias.map_or_else(|| format!("key-{}", &sha[..12]), str::to_owned),
                 );
-                let (settings, suspended) = limits(k, &at, r, false);
+                let (settings, suspended) = limits(k, &at, now_unix_ms, r);
                 store.tenants.insert(
                     n.clone(),
                     StoredTenant {
@@ -123,17 +126,32 @@ pub fn import(export: &Json, now_unix_ms: u64, r: &mut Report) -> Result<Store, 
         // A team key's own limits, within its tenant's.
         let mut own = KeySettings::default();
         if team.is_some() {
+            own.models = models(k);
             own.rpm = int(k, "rpm_limit");
             own.tpm = int(k, "tpm_limit");
+            own.max_concurrency = int(k, "max_parallel_requests");
             own.budget_usd = k.get("max_budget").and_then(Json::as_f64);
-            for f in ["models", "max_parallel_requests", "budget_duration"] {
-                if present(k, f) {
-                    r.skip(
-                        format!("{at}.{f}"),
-                        "a team key's own: shardgate keeps it per tenant (the team's applies)",
-                    );
-                }
+            // The key's budget counts over its tenant's window.
+            let window = store
+                .tenants
+                .get(&tenant)
+                .and_then(|t| t.settings.budget_window.clone());
+            let key_window = k.get("budget_duration").and_then(Json::as_str);
+            if key_window.is_some() && key_window != window.as_deref() {
+                r.skip(
+                    format!("{at}.budget_duration"),
+                    "a team key's own budget window: shardgate counts a key's budget over its \
+                     tenant's (the team's budget_duration, else 30 days)",
+                );
             }
+            (own.spent_usd, own.spent_until_unix_ms) = carried(
+                k,
+                own.budget_usd.is_some(),
+                window.as_deref(),
+                &at,
+                now_unix_ms,
+                r,
+            );
         }
         let blocked = k.get("blocked").and_then(Json::as_bool).unwrap_or(false);
         let expires = match k.get("expires").and_then(Json::as_str) {
@@ -154,9 +172,9 @@ pub fn import(export: &Json, now_unix_ms: u64, r: &mut Report) -> Result<Store, 
                 "kept, expired: refused as LiteLLM refuses it",
             );
         }
-        for f in ["spend", "metadata", "permissions", "aliases", "config"] {
+        for f in ["metadata", "permissions", "aliases", "config"] {
             if present(k, f) {
-                r.skip(format!("{at}.{f}"), not_kept(f));
+                r.skip(format!("{at}.{f}"), "no place in shardgate's tenant store");
             }
         }
         let id = key_id_of(&sha);
@@ -180,13 +198,72 @@ pub fn import(export: &Json, now_unix_ms: u64, r: &mut Report) -> Result<Store, 
     Ok(store)
 }
 
-fn not_kept(field: &str) -> &'static str {
-    match field {
-        "spend" => {
-            "spend so far: shardgate counts spend from the import on (its budgets start fresh)"
-        }
-        _ => "no place in shardgate's tenant store",
+/// `spend` so far, as a budget's `spent_usd` and `spent_until_unix_ms`: it counts until
+/// LiteLLM would have reset it (`budget_reset_at`), and at the latest until shardgate's budget
+/// window in progress at `now_unix_ms` ends (`window`: the budget's, 30 days without one).
+fn carried(
+    v: &Json,
+    has_budget: bool,
+    window: Option<&str>,
+    at: &str,
+    now_unix_ms: u64,
+    r: &mut Report,
+) -> (Option<f64>, Option<u64>) {
+    let Some(spend) = v.get("spend").and_then(Json::as_f64).filter(|s| *s > 0.0) else {
+        return (None, None);
+    };
+    let p = format!("{at}.spend");
+    if !has_budget {
+        r.mapped(p, "nothing to count it against: no max_budget");
+        return (None, None);
     }
+    let window_ms = window
+        .map_or(Some(shardgate_core::tenant::BUDGET_WINDOW_DEFAULT), |w| {
+            humantime::parse_duration(w).ok()
+        })
+        .and_then(|d| u64::try_from(d.as_millis()).ok())
+        .filter(|ms| *ms > 0);
+    let Some(window_ms) = window_ms else {
+        r.skip(p, "its budget_duration is not one shardgate reads");
+        return (None, None);
+    };
+    // shardgate's windows are aligned to the Unix epoch.
+    let window_end = (now_unix_ms / window_ms + 1).saturating_mul(window_ms);
+    let reset = v.get("budget_reset_at").and_then(Json::as_str);
+    let until = match reset.map(parse_time) {
+        Some(Some(t)) => t.min(window_end),
+        Some(None) => {
+            r.invalid(format!("{at}.budget_reset_at"), "not an ISO 8601 time");
+            window_end
+        }
+        None => window_end,
+    };
+    if until <= now_unix_ms {
+        r.mapped(
+            p,
+            "not carried: its budget_reset_at has passed, so LiteLLM resets it",
+        );
+        return (None, None);
+    }
+    r.mapped(
+        p,
+        format!(
+            "spent_usd, counted against the budget until spent_until_unix_ms = {until} (LiteLLM's \
+             budget_reset_at, or the end of shardgate's budget window in progress, whichever \
+             comes first)"
+        ),
+    );
+    (Some(spend), Some(until))
+}
+
+/// LiteLLM's `models`: `None` for every model (no list, an empty one, or `all-proxy-models`).
+fn models(v: &Json) -> Option<Vec<String>> {
+    let list = v.get("models").and_then(Json::as_array)?;
+    let m: Vec<String> = list
+        .iter()
+        .filter_map(|x| x.as_str().map(str::to_owned))
+        .collect();
+    (!m.is_empty() && !m.iter().any(|x| x == "all-proxy-models")).then_some(m)
 }
 
 fn present(v: &Json, k: &str) -> bool {
@@ -194,7 +271,6 @@ fn present(v: &Json, k: &str) -> bool {
         Json::Null => false,
         Json::Array(a) => !a.is_empty(),
         Json::Object(o) => !o.is_empty(),
-        Json::Number(n) => n.as_f64() != Some(0.0) || k != "spend",
         _ => true,
     })
 }
@@ -213,18 +289,11 @@ fn int(v: &Json, k: &str) -> Option<i64> {
 }
 
 /// A tenant's (a team's, or a key's own) settings, and whether it is blocked.
-fn limits(v: &Json, at: &str, r: &mut Report, team: bool) -> (Settings, bool) {
-    let mut s = Settings::default();
-    if let Some(models) = v.get("models").and_then(Json::as_array) {
-        let m: Vec<String> = models
-            .iter()
-            .filter_map(|x| x.as_str().map(str::to_owned))
-            .collect();
-        // LiteLLM: an empty list, or "all-proxy-models", is every model.
-        if !m.is_empty() && !m.iter().any(|x| x == "all-proxy-models") {
-            s.models = Some(m);
-        }
-    }
+fn limits(v: &Json, at: &str, now_unix_ms: u64, r: &mut Report) -> (Settings, bool) {
+    let mut s = Settings {
+        models: models(v),
+        ..Settings::default()
+    };
     s.rpm = int(v, "rpm_limit");
     s.tpm = int(v, "tpm_limit");
     s.max_concurrency = int(v, "max_parallel_requests");
@@ -240,9 +309,14 @@ fn limits(v: &Json, at: &str, r: &mut Report, team: bool) -> (Settings, bool) {
         );
     }
     let blocked = v.get("blocked").and_then(Json::as_bool).unwrap_or(false);
-    if team && present(v, "spend") {
-        r.skip(format!("{at}.spend"), not_kept("spend"));
-    }
+    (s.spent_usd, s.spent_until_unix_ms) = carried(
+        v,
+        s.budget_usd.is_some(),
+        s.budget_window.as_deref(),
+        at,
+        now_unix_ms,
+        r,
+    );
     (s, blocked)
 }
 
@@ -291,14 +365,17 @@ mod tests {
                        "budget_duration": "30d", "max_parallel_requests": 8, "spend": 3.2}],
             "keys": [
                 {"token": sha, "key_alias": "ds-batch", "team_id": "t-1", "rpm_limit": 10,
-                 "max_budget": 5.0, "expires": "2030-01-01T00:00:00.000Z", "spend": 1.5},
+                 "max_budget": 5.0, "expires": "2030-01-01T00:00:00.000Z", "spend": 1.5,
+                 "models": ["gpt-4o-mini"], "max_parallel_requests": 2,
+                 "budget_reset_at": "1970-01-02T00:00:00Z"},
                 {"token": "AB".repeat(32), "key_alias": "solo", "models": ["claude"],
                  "tpm_limit": 1000, "blocked": true},
                 {"token": "not-a-hash"}
             ]
         });
         let mut r = Report::default();
-        let store = import(&export, 1_000, &mut r).expect("imports");
+        let now = 3_600_000;
+        let store = import(&export, now, &mut r).expect("imports");
         let team = &store.tenants["Data-Science"];
         assert_eq!(
             team.settings.models.as_deref(),
@@ -316,6 +393,21 @@ mod tests {
         assert_eq!(k.sha256, sha);
         assert_eq!(k.limits.rpm, Some(10));
         assert_eq!(k.limits.budget_usd, Some(5.0));
+        assert_eq!(k.limits.max_concurrency, Some(2));
+        assert_eq!(
+            k.limits.models.as_deref(),
+            Some(&["gpt-4o-mini".to_owned()][..])
+        );
+        // Spend so far: the key's until LiteLLM's reset (a day in), the team's until the end
+        // of shardgate's 30-day window in progress.
+        assert_eq!(
+            (k.limits.spent_usd, k.limits.spent_until_unix_ms),
+            (Some(1.5), Some(86_400_000))
+        );
+        assert_eq!(
+            (team.settings.spent_usd, team.settings.spent_until_unix_ms),
+            (Some(3.2), Some(30 * 86_400_000))
+        );
         assert_eq!(k.expires_unix_ms, Some(1_893_456_000_000));
         let solo = &store.keys[&key_id_of(&"ab".repeat(32))];
         assert_eq!(solo.tenant, "solo");
@@ -325,10 +417,12 @@ mod tests {
             .invalid
             .iter()
             .any(|(p, _)| p == "keys-file.keys[2].token"));
-        assert!(r
-            .not_imported
-            .iter()
-            .any(|(p, _)| p == "keys-file.keys[0].spend"));
+        assert!(r.mapped.iter().any(|(p, _)| p == "keys-file.keys[0].spend"));
+        // A reset that has passed: LiteLLM starts the budget again, so nothing is carried.
+        let mut later = Report::default();
+        let store = import(&export, 2 * 86_400_000, &mut later).expect("imports");
+        let k = &store.keys[&key_id_of(sha)];
+        assert_eq!(k.limits.spent_usd, None);
         // The store reads back as the engine reads it.
         let text = serde_json::to_string(&store).expect("json");
         let back: Store = serde_json::from_str(&text).expect("reads back");

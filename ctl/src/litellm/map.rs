@@ -9,6 +9,50 @@ use super::yaml::Value;
 pub struct Imported {
     pub toml: String,
     pub report: Report,
+    /// The literal secrets the config held, by the variable the imported config reads each
+    /// from: for a file of their own (never printed, never in the report).
+    pub secrets: Vec<(String, String)>,
+}
+
+/// Where the config's literal secrets go: to a file of their own when the command writes one
+/// (`file`), each under a variable the imported config names; otherwise they are reported.
+#[derive(Debug, Default)]
+pub struct Secrets {
+    pub file: bool,
+    pub values: Vec<(String, String)>,
+}
+
+impl Secrets {
+    /// The literal secret `value` of setting `path`, to be read from variable `var`: `var`
+    /// when it is kept for the file, `None` (and why, in `r`) when not.
+    fn keep(&mut self, var: String, value: &str, path: &str, r: &mut Report) -> Option<String> {
+        if !self.file {
+            r.skip(
+                path,
+                "a literal secret: give --secrets FILE (or --out, which puts them in OUT.env) to import it into a file of its own; it is never printed",
+            );
+            return None;
+        }
+        // An environment file carries a value as it stands, one line: nothing that quoting
+        // rules would change.
+        let plain = !value.is_empty()
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'\'' | b'$' | b'`'));
+        if !plain {
+            r.invalid(
+                path,
+                "a literal secret with characters an environment file cannot carry as they are (quotes, $, spaces, non-ASCII): set its variable by hand",
+            );
+            return None;
+        }
+        r.mapped(
+            path,
+            format!("read from {var}, written with its value to the secrets file (mode 0600); never printed"),
+        );
+        self.values.push((var.clone(), value.to_owned()));
+        Some(var)
+    }
 }
 
 /// Every setting of the LiteLLM config, by key path.
@@ -413,23 +457,29 @@ struct Deployment {
 /// checking that a referenced one is set: values are never copied).
 #[cfg(test)]
 pub fn import(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Imported, String> {
-    import_with_store(doc, env, None)
+    import_with_store(doc, env, None, true)
 }
 
-/// [`import`], the keys of `store` (a tenant store written beside the config) in force.
+/// [`import`], the keys of `store` (a tenant store written beside the config) in force;
+/// `secrets_file`: whether literal secrets go to a file of their own.
 pub fn import_with_store(
     doc: &Value,
     env: &dyn Fn(&str) -> Option<String>,
     store: Option<&str>,
+    secrets_file: bool,
 ) -> Result<Imported, String> {
     let Value::Map(top) = doc else {
         return Err(format!("the config is {}, not a mapping", doc.kind()));
     };
     let mut r = Report::default();
+    let mut secrets = Secrets {
+        file: secrets_file,
+        values: Vec::new(),
+    };
     let mut deployments: Vec<Deployment> = Vec::new();
     for (key, value) in top {
         match key.as_str() {
-            "model_list" => model_list(value, &mut deployments, &mut r),
+            "model_list" => model_list(value, &mut deployments, &mut secrets, &mut r),
             "router_settings" | "litellm_settings" | "general_settings" => {}
             "environment_variables" => r.skip(
                 "environment_variables",
@@ -445,7 +495,7 @@ pub fn import_with_store(
             groups.push(d.group.clone());
         }
     }
-    let settings = Settings::read(doc, &groups, env, &mut r);
+    let settings = Settings::read(doc, &groups, env, &mut secrets, &mut r);
     let mut cfg = toml::Table::new();
     let mut server = toml::Table::new();
     server.insert("listen".into(), "0.0.0.0:4000".into());
@@ -566,6 +616,7 @@ pub fn import_with_store(
     Ok(Imported {
         toml: format!("{header}{body}"),
         report: r,
+        secrets: secrets.values,
     })
 }
 
@@ -573,19 +624,21 @@ fn clamp_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn model_list(value: &Value, out: &mut Vec<Deployment>, r: &mut Report) {
+fn model_list(value: &Value, out: &mut Vec<Deployment>, secrets: &mut Secrets, r: &mut Report) {
     let Value::Seq(entries) = value else {
         r.invalid("model_list", format!("is {}, not a list", value.kind()));
         return;
     };
     for (i, e) in entries.iter().enumerate() {
         let at = format!("model_list[{i}]");
-        match deployment(e, &at, r) {
+        let kept = secrets.values.len();
+        match deployment(e, &at, secrets, r) {
             Some(d) => out.push(d),
             // The whole entry is left out: said once for it, beside the field that caused it,
             // so each of its settings is accounted for.
             None => {
-                // Nothing of it was mapped after all.
+                // Nothing of it was mapped after all (its key not written either).
+                secrets.values.truncate(kept);
                 let prefix = format!("{at}.");
                 r.mapped.retain(|(p, _)| !p.starts_with(&prefix));
                 let said = r
@@ -608,7 +661,7 @@ fn model_list(value: &Value, out: &mut Vec<Deployment>, r: &mut Report) {
     }
 }
 
-fn deployment(e: &Value, at: &str, r: &mut Report) -> Option<Deployment> {
+fn deployment(e: &Value, at: &str, secrets: &mut Secrets, r: &mut Report) -> Option<Deployment> {
     let Value::Map(entry) = e else {
         r.invalid(at, format!("is {}, not a mapping", e.kind()));
         return None;
@@ -731,10 +784,14 @@ fn deployment(e: &Value, at: &str, r: &mut Report) -> Option<Deployment> {
                     up.insert("api_key_env".into(), env_ref(s).unwrap_or_default().into());
                     r.mapped(path, "api_key_env");
                 }
-                Some(_) => r.skip(
-                    path,
-                    "a literal key: shardgate reads upstream keys from the environment; put it in a variable and set api_key_env (its value is not copied or printed)",
-                ),
+                Some(key) => {
+                    // Named by the entry, so the file's lines point back to the config.
+                    let entry = at.trim_start_matches("model_list[").trim_end_matches(']');
+                    let var = format!("LITELLM_MODEL_{entry}_API_KEY");
+                    if let Some(var) = secrets.keep(var, key, &path, r) {
+                        up.insert("api_key_env".into(), var.into());
+                    }
+                }
                 None => r.invalid(path, format!("is {}, not a string", v.kind())),
             },
             "api_version" if rule.provider == Provider::Azure => match v.as_str() {
@@ -883,6 +940,7 @@ impl Settings {
         doc: &Value,
         groups: &[String],
         env: &dyn Fn(&str) -> Option<String>,
+        secrets: &mut Secrets,
         r: &mut Report,
     ) -> Self {
         let router = doc.get("router_settings");
@@ -1157,10 +1215,17 @@ impl Settings {
                         password_env = Some(var.to_owned());
                         r.mapped("router_settings.redis_password", "[fleet] redis_password_env");
                     }
-                    None => r.skip(
-                        "router_settings.redis_password",
-                        "a literal password: shardgate reads it from the environment; put it in a variable and set [fleet] redis_password_env",
-                    ),
+                    None => match pw.as_str() {
+                        Some(literal) => {
+                            password_env = secrets.keep(
+                                "LITELLM_REDIS_PASSWORD".to_owned(),
+                                literal,
+                                "router_settings.redis_password",
+                                r,
+                            );
+                        }
+                        None => r.invalid("router_settings.redis_password", "not a string"),
+                    },
                 }
             }
             match host {
@@ -1432,12 +1497,31 @@ model_list:
             skipped.contains(&"model_list[3].litellm_params.api_base"),
             "{skipped:?}"
         );
+        // The literal key of the imported deployment goes to the secrets, under the variable
+        // its upstream reads; the dropped deployment's does not.
+        assert!(paths(&i.report.mapped).contains(&"model_list[4].litellm_params.api_key"));
+        assert_eq!(
+            i.secrets,
+            [(
+                "LITELLM_MODEL_4_API_KEY".to_owned(),
+                "sk-literal-secret".to_owned()
+            )]
+        );
         assert!(
-            skipped.contains(&"model_list[4].litellm_params.api_key"),
-            "{skipped:?}"
+            i.toml.contains("api_key_env = \"LITELLM_MODEL_4_API_KEY\""),
+            "{}",
+            i.toml
         );
         let json = i.report.to_json("x.yaml").to_string();
         assert!(!json.contains("sk-literal-secret") && !i.toml.contains("sk-literal-secret"));
         assert!(i.toml.contains("http://10.0.0.5:8000"), "{}", i.toml);
+        // Without a secrets file: reported, not imported.
+        let doc = super::super::yaml::parse(
+            "model_list:\n  - model_name: e\n    litellm_params: {model: \"openai/x\", api_key: \"sk-x\"}\n",
+        )
+        .expect("yaml");
+        let none = import_with_store(&doc, &|_| None, None, false).expect("imports");
+        assert!(none.secrets.is_empty() && !none.toml.contains("api_key_env"));
+        assert!(paths(&none.report.not_imported).contains(&"model_list[0].litellm_params.api_key"));
     }
 }

@@ -12,7 +12,10 @@
 //! - `router_settings` over `litellm_settings`, with LiteLLM's defaults: `routing_strategy`,
 //!   `num_retries`, `timeout`, `fallbacks`, `model_group_alias`, `allowed_fails` and
 //!   `cooldown_time` (each group's ejection), `redis_*` (`[fleet]`);
-//! - `general_settings.master_key`: a tenant that may call every group;
+//! - `general_settings.master_key`: an admin token, and the key of a tenant that may call every
+//!   group;
+//! - a literal `api_key` or `redis_password`: a variable the config names, written with its
+//!   value to a secrets file of its own (mode 0600, never printed);
 //! - with `--keys`: LiteLLM's virtual keys and teams as a tenant store ([`keys`]).
 //!
 //! Everything else is reported.
@@ -26,14 +29,23 @@ use std::path::{Path, PathBuf};
 use crate::Failure;
 
 /// The `import litellm` command: read `config`, write the shardgate config to `out` (stdout
-/// when `None`) and the report to `report` (stderr summary when `None`), check the result as
+/// when `None`), its literal secrets to `secrets` (`OUT.env` when `None` and `out` is given)
+/// and the report to `report` (stderr summary when `None`), check the result as
 /// `shardgate --check` would.
 pub fn run(
     config: &Path,
     out: Option<&PathBuf>,
     report: Option<&PathBuf>,
     keys: Option<(&PathBuf, &PathBuf)>,
+    secrets: Option<&PathBuf>,
 ) -> Result<(), Failure> {
+    let secrets_path = secrets.cloned().or_else(|| {
+        out.map(|o| {
+            let mut p = o.clone().into_os_string();
+            p.push(".env");
+            PathBuf::from(p)
+        })
+    });
     let text = std::fs::read_to_string(config)
         .map_err(|e| Failure::invalid(format!("{}: cannot read: {e}", config.display())))?;
     let doc =
@@ -43,6 +55,7 @@ pub fn run(
         &doc,
         &|name| std::env::var(name).ok(),
         store_path.as_deref(),
+        secrets_path.is_some(),
     )
     .map_err(|e| Failure::invalid(format!("{}: {e}", config.display())))?;
     // The keys: a tenant store of their own (never over an existing one), written before the
@@ -86,6 +99,14 @@ pub fn run(
         lines.push(imported.report.summary());
         return Err(Failure::invalid(lines.join("\n")));
     }
+    if let (Some(p), false) = (&secrets_path, imported.secrets.is_empty()) {
+        write_secrets(p, &imported.secrets)?;
+        eprintln!(
+            "{} literal secret(s) written to {} (mode 0600): put them in shardgate's environment (systemd EnvironmentFile=, docker --env-file)",
+            imported.secrets.len(),
+            p.display()
+        );
+    }
     match out {
         Some(p) => std::fs::write(p, &imported.toml)
             .map_err(|e| Failure::invalid(format!("{}: cannot write: {e}", p.display())))?,
@@ -93,4 +114,35 @@ pub fn run(
     }
     eprintln!("{}", imported.report.summary());
     Ok(())
+}
+
+/// `NAME=value` lines, readable by the owner only, in a new file (never over one: it may be
+/// another import's secrets).
+fn write_secrets(path: &Path, secrets: &[(String, String)]) -> Result<(), Failure> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut text = String::from(
+        "# Literal secrets of a LiteLLM config, imported by `shardgate-ctl import litellm`.\n",
+    );
+    for (var, value) in secrets {
+        text.push_str(var);
+        text.push('=');
+        text.push_str(value);
+        text.push('\n');
+    }
+    let cannot = |e: std::io::Error| {
+        let why = if e.kind() == std::io::ErrorKind::AlreadyExists {
+            "exists: the import writes a new secrets file, never over one".to_owned()
+        } else {
+            format!("cannot write: {e}")
+        };
+        Failure::invalid(format!("{}: {why}", path.display()))
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(cannot)?;
+    f.write_all(text.as_bytes()).map_err(cannot)
 }
