@@ -104,13 +104,9 @@ impl TenantLimits {
                     u64::try_from(b.window.as_nanos()).unwrap_or(u64::MAX),
                 )
             }),
-            budget_usd: t.budget_usd.map(|b| {
-                usd_budget(
-                    b.uusd,
-                    b.window,
-                    b.carried.as_ref(),
-                )
-            }),
+            budget_usd: t
+                .budget_usd
+                .map(|b| usd_budget(b.uusd, b.window, b.carried.as_ref())),
             cells,
             fleet: None,
             local,
@@ -679,6 +675,53 @@ mod tests {
         adm.finish(&tenant, now, Some(20), false);
         let probe = admit(&key, now, 10, 0).expect("fits");
         assert_eq!(key.budget_usd_allowance(&probe, now), Some(800));
+    }
+
+    #[test]
+    fn a_keys_own_requests_in_flight_and_carried_spend_hold_within_its_tenants() {
+        let region: &'static Region =
+            Box::leak(Box::new(Region::anonymous(1).expect("an anonymous region")));
+        let tenant = limits("t", None);
+        let now = 1_000_000_000_000;
+        // One request in flight at once, and a $1 budget of which 0.9 was spent before,
+        // counting for the next hour.
+        let k = crate::tenant::KeyLimits {
+            rpm: None,
+            tpm: None,
+            max_concurrency: Some(1),
+            budget_uusd: Some(1_000_000),
+            carried: Some(crate::tenant::Carried {
+                uusd: 900_000,
+                until_unix_ms: now / 1_000_000 + 3_600_000,
+            }),
+            models: None,
+            lineage: [1; crate::tenant::KEY_ID_BYTES],
+        };
+        let key = TenantLimits::key(
+            &k,
+            Duration::from_secs(30 * 86_400),
+            region.tenant("\u{1}key/k"),
+            Rc::default(),
+        );
+        // 200 µ$ more than the carried spend leaves: refused for the budget.
+        assert_eq!(
+            admit(&key, now, 10, 200_000).expect_err("over").limit,
+            Limit::BudgetUsd
+        );
+        let mut adm = admit(&tenant, now, 10, 0).expect("tenant");
+        adm.attach_key(
+            0,
+            admit(&key, now, 10, 50_000).expect("fits the 100,000 left"),
+        );
+        assert_eq!(
+            admit(&key, now, 10, 0).expect_err("one in flight").limit,
+            Limit::Concurrency
+        );
+        // Ended: its slot is free again.
+        let (_, part) = adm.key_part().expect("a key part");
+        adm.finish_key(part, &key, now, Some(20), false);
+        adm.finish(&tenant, now, Some(20), false);
+        assert!(admit(&key, now, 10, 0).is_ok());
     }
 
     #[test]

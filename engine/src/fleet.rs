@@ -477,7 +477,10 @@ impl Amount {
     fn at(self, now_ms: u64) -> Amount {
         let counts = now_ms < self.carried_until_ms
             && now_ms.checked_div(self.window_ms)
-                == self.carried_until_ms.saturating_sub(1).checked_div(self.window_ms);
+                == self
+                    .carried_until_ms
+                    .saturating_sub(1)
+                    .checked_div(self.window_ms);
         if counts && self.window_ms > 0 {
             Amount {
                 amount: self.amount.saturating_sub(self.carried).max(1),
@@ -984,6 +987,29 @@ mod tests {
         for key in [EPOCH_KEY, crate::fleet_store::VERSION_KEY] {
             assert!(SYNC_SCRIPT.contains(&format!("'{key}'")), "{key}");
         }
+    }
+
+    #[test]
+    fn a_budgets_carried_spend_lowers_the_fleets_amount_in_its_window_until_its_end() {
+        let cfg = shardgate_core::config::Config::from_toml(
+            "[server]\nadmin_listen = \"off\"\n\
+             [[upstreams]]\nname = \"m\"\nprovider = \"mock\"\n\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"m\"\n\
+             [[tenants]]\nname = \"t\"\nkeys = [\"sk-t\"]\nbudget_usd = 10.0\n\
+             budget_window = \"1000s\"\nspent_usd = 4.0\nspent_until_unix_ms = 3400000\n",
+        )
+        .expect("valid");
+        let limits = limits_of(&cfg);
+        let (_, a) = limits
+            .iter()
+            .find(|(id, _)| id.kind == Kind::BudgetUsd)
+            .expect("the USD budget");
+        // Window 3 (3,000 s to 4,000 s) until 3,400 s: $6 left to the fleet; then $10.
+        assert_eq!(a.at(3_000_000).amount, 6_000_000);
+        assert_eq!(a.at(3_399_999).amount, 6_000_000);
+        assert_eq!(a.at(3_400_000).amount, 10_000_000);
+        assert_eq!(a.at(2_999_999).amount, 10_000_000);
+        assert_eq!(a.at(5_000_000).amount, 10_000_000);
     }
 
     fn cells() -> CreditCells {

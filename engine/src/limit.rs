@@ -630,11 +630,13 @@ impl Budget {
                 // (where that makes room for it).
                 let end = self.window_end_after_ns(window, now_ns);
                 let fits_after_carried = used.saturating_add(n) <= self.budget;
-                verdict = Err(if fits_after_carried && self.cap(window, now_ns) < self.budget {
-                    end.min(self.carried_until_ns - now_ns)
-                } else {
-                    end
-                });
+                verdict = Err(
+                    if fits_after_carried && self.cap(window, now_ns) < self.budget {
+                        end.min(self.carried_until_ns - now_ns)
+                    } else {
+                        end
+                    },
+                );
                 return None;
             }
             verdict = Ok(Reservation { window, tokens: n });

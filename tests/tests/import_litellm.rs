@@ -413,13 +413,8 @@ fn an_imported_config_and_its_keys_serve_old_litellm_keys() {
         .as_array()
         .is_some_and(|a| a.iter().any(|e| e["path"] == "keys-file.keys[0].spend")));
     // The master key is an admin token too, as in LiteLLM; a team key is not.
-    let (status, _) = shardgate_tests::admin_request(
-        &gw,
-        "GET",
-        "/admin/v1/keys",
-        Some("sk-master-0001"),
-        None,
-    );
+    let (status, _) =
+        shardgate_tests::admin_request(&gw, "GET", "/admin/v1/keys", Some("sk-master-0001"), None);
     assert_eq!(status, 200);
     let (status, _) =
         shardgate_tests::admin_request(&gw, "GET", "/admin/v1/keys", Some(team_key), None);

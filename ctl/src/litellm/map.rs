@@ -1213,7 +1213,10 @@ impl Settings {
                 match pw.as_str().and_then(env_ref) {
                     Some(var) => {
                         password_env = Some(var.to_owned());
-                        r.mapped("router_settings.redis_password", "[fleet] redis_password_env");
+                        r.mapped(
+                            "router_settings.redis_password",
+                            "[fleet] redis_password_env",
+                        );
                     }
                     None => match pw.as_str() {
                         Some(literal) => {

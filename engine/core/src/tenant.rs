@@ -802,6 +802,50 @@ mod tests {
     }
 
     #[test]
+    fn spend_carried_in_needs_its_end_and_a_usd_budget() {
+        let (t, errs, _) = run(r#"
+            [[tenants]]
+            name = "ok"
+            keys = ["k0"]
+            budget_usd = 10.0
+            spent_usd = 2.5
+            spent_until_unix_ms = 1000
+            [[tenants]]
+            name = "no-end"
+            keys = ["k1"]
+            budget_usd = 10.0
+            spent_usd = 2.5
+            [[tenants]]
+            name = "no-budget"
+            keys = ["k2"]
+            spent_usd = 2.5
+            spent_until_unix_ms = 1000
+            [[tenants]]
+            name = "negative"
+            keys = ["k3"]
+            budget_usd = 10.0
+            spent_usd = -1.0
+            spent_until_unix_ms = 1000
+            "#);
+        let all = errs.join("\n");
+        for needle in [
+            "tenants[1].spent_until_unix_ms: is needed with spent_usd",
+            "tenants[2].spent_usd: needs budget_usd",
+            "tenants[3].spent_usd",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in\n{all}");
+        }
+        assert!(!all.contains("tenants[0]"), "{all}");
+        assert_eq!(
+            t[0].budget_usd.and_then(|b| b.carried),
+            Some(Carried {
+                uusd: 2_500_000,
+                until_unix_ms: 1000
+            })
+        );
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let (_, errs, _) = run(r#"
             [[tenants]]
