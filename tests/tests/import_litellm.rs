@@ -20,6 +20,8 @@ fn fixtures() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
     v.sort();
+    // A config whose deployments all come from the file it includes.
+    v.push(dir.join("include/parent_config.yaml"));
     v
 }
 
@@ -176,9 +178,19 @@ fn every_published_config_is_imported_accounted_for_and_keeps_its_secrets() {
             );
             continue;
         }
-        // Written or refused, the report accounts for every setting.
+        // Written or refused, the report accounts for every setting: an included file's too
+        // (the parent includes no list of its own, so the merged paths are the file's).
         let paths = reported(&run.report);
-        for p in setting_paths(&text) {
+        let mut settings = setting_paths(&text);
+        if name == "parent_config.yaml" {
+            let dir = f.parent().expect("its directory");
+            let included = std::fs::read_to_string(dir.join("model_config.yaml")).expect("read");
+            let merged = setting_paths(&included);
+            assert!(merged.contains("model_list[1].litellm_params.model"));
+            settings.extend(merged);
+            assert!(paths.iter().any(|p| p == "include"), "{:#}", run.report);
+        }
+        for p in settings {
             // Named itself, within an entry the report names (a deployment left out), or
             // element by element.
             let within = |a: &str, b: &str| {

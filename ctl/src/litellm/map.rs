@@ -67,7 +67,7 @@ pub struct Report {
 }
 
 impl Report {
-    pub(super) fn mapped(&mut self, path: impl Into<String>, to: impl Into<String>) {
+    pub fn mapped(&mut self, path: impl Into<String>, to: impl Into<String>) {
         self.mapped.push((path.into(), to.into()));
     }
 

@@ -16,10 +16,12 @@
 //!   group;
 //! - a literal `api_key` or `redis_password`: a variable the config names, written with its
 //!   value to a secrets file of its own (mode 0600, never printed);
-//! - with `--keys`: LiteLLM's virtual keys and teams as a tenant store ([`keys`]).
+//! - with `--keys`: LiteLLM's virtual keys and teams as a tenant store ([`keys`]);
+//! - `include`: the files it names merged first, as LiteLLM merges them ([`include`]).
 //!
 //! Everything else is reported.
 
+pub mod include;
 pub mod keys;
 pub mod map;
 pub mod yaml;
@@ -50,6 +52,10 @@ pub fn run(
         .map_err(|e| Failure::invalid(format!("{}: cannot read: {e}", config.display())))?;
     let doc =
         yaml::parse(&text).map_err(|e| Failure::invalid(format!("{}: {e}", config.display())))?;
+    let (doc, included) = include::merge(doc, config, &|p| p.exists(), &|p| {
+        std::fs::read_to_string(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))
+    })
+    .map_err(|e| Failure::invalid(format!("{}: {e}", config.display())))?;
     let store_path = keys.map(|(_, store)| store.display().to_string());
     let mut imported = map::import_with_store(
         &doc,
@@ -58,6 +64,17 @@ pub fn run(
         secrets_path.is_some(),
     )
     .map_err(|e| Failure::invalid(format!("{}: {e}", config.display())))?;
+    if !included.is_empty() {
+        let files: Vec<String> = included.iter().map(|p| p.display().to_string()).collect();
+        imported.report.mapped(
+            "include",
+            format!(
+                "merged first, as LiteLLM merges it (lists joined, other keys replaced; settings \
+                 are named by their merged paths): {}",
+                files.join(", ")
+            ),
+        );
+    }
     // The keys: a tenant store of their own (never over an existing one), written before the
     // config is checked (the check reads it).
     if let Some((file, store_out)) = keys {
