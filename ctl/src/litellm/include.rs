@@ -47,13 +47,9 @@ pub fn merge(
             return Err(format!("include: file not found: {}", at.display()));
         }
         let text = read(&at)?;
-        let included =
-            yaml::parse(&text).map_err(|e| format!("include {}: {e}", at.display()))?;
+        let included = yaml::parse(&text).map_err(|e| format!("include {}: {e}", at.display()))?;
         if !matches!(included, Value::Map(_)) {
-            return Err(format!(
-                "include: {} is not a YAML mapping",
-                at.display()
-            ));
+            return Err(format!("include: {} is not a YAML mapping", at.display()));
         }
         pending.extend(entries(&included, &at)?);
         config = joined(&config, &included);
@@ -90,7 +86,12 @@ fn entries(doc: &Value, file: &Path) -> Result<Vec<(String, PathBuf)>, String> {
 }
 
 /// The file `entry` names: next to `declared_in`, unless only `root`'s neighbour exists.
-fn resolve(entry: &str, declared_in: &Path, root: &Path, exists: &dyn Fn(&Path) -> bool) -> PathBuf {
+fn resolve(
+    entry: &str,
+    declared_in: &Path,
+    root: &Path,
+    exists: &dyn Fn(&Path) -> bool,
+) -> PathBuf {
     let beside = |f: &Path| absolute(&f.parent().unwrap_or(Path::new("/")).join(entry));
     let declared = beside(declared_in);
     let at_root = beside(root);
@@ -235,9 +236,15 @@ mod tests {
     #[test]
     fn what_litellm_refuses_is_refused() {
         for (files, why) in [
-            (vec![("/c/config.yaml", "include: x.yaml\n")], "must be a list"),
+            (
+                vec![("/c/config.yaml", "include: x.yaml\n")],
+                "must be a list",
+            ),
             (vec![("/c/config.yaml", "include: [1]\n")], "must be a list"),
-            (vec![("/c/config.yaml", "include: [gone.yaml]\n")], "not found"),
+            (
+                vec![("/c/config.yaml", "include: [gone.yaml]\n")],
+                "not found",
+            ),
             (
                 vec![
                     ("/c/config.yaml", "include: [l.yaml]\n"),

@@ -451,6 +451,78 @@ struct Deployment {
     model: String,
     rpm: Option<u64>,
     tpm: Option<u64>,
+    /// Its custom pricing as a `[[prices]]` entry for its model, and the settings it came from.
+    price: Option<(toml::Table, Vec<String>)>,
+}
+
+/// LiteLLM's custom pricing fields (USD per token) and the `[[prices]]` keys (USD per million
+/// tokens) they become.
+const PRICE_FIELDS: [(&str, &str); 4] = [
+    ("input_cost_per_token", "input_usd_per_mtok"),
+    ("output_cost_per_token", "output_usd_per_mtok"),
+    ("cache_read_input_token_cost", "cached_input_usd_per_mtok"),
+    (
+        "cache_creation_input_token_cost",
+        "cache_write_usd_per_mtok",
+    ),
+];
+
+/// A deployment's custom pricing, per field from `litellm_params` over `model_info` (as
+/// LiteLLM's router registers it): a `[[prices]]` entry for `model`, with the setting paths
+/// it came from; reported in `r`. Both the input and the output price are needed (an entry
+/// replaces shardgate's default for the model whole).
+fn custom_price(
+    params: &Value,
+    info: Option<&Value>,
+    model: &str,
+    at: &str,
+    r: &mut Report,
+) -> Option<(toml::Table, Vec<String>)> {
+    let mut entry = toml::Table::new();
+    let mut paths = Vec::new();
+    for (field, key) in PRICE_FIELDS {
+        let from_params = params.get(field).map(|v| (v, "litellm_params"));
+        let found = from_params.or_else(|| info?.get(field).map(|v| (v, "model_info")));
+        if let (Some(_), Some(_)) = (params.get(field), info.and_then(|i| i.get(field))) {
+            r.skip(
+                format!("{at}.model_info.{field}"),
+                "litellm_params sets it too, and wins (as LiteLLM registers a deployment's pricing)",
+            );
+        }
+        let Some((v, section)) = found else { continue };
+        let path = format!("{at}.{section}.{field}");
+        let per_token = match v {
+            Value::Int(n) => Some(*n as f64),
+            Value::Float(f) => Some(*f),
+            Value::Str(s) => s.trim().parse::<f64>().ok(),
+            _ => None,
+        };
+        let per_mtok = per_token.map(|x| x * 1_000_000.0);
+        match per_mtok {
+            Some(p)
+                if p.is_finite()
+                    && (0.0..=shardgate_core::prices::PRICE_USD_PER_MTOK_MAX).contains(&p) =>
+            {
+                entry.insert(key.into(), toml::Value::Float(p));
+                paths.push(path);
+            }
+            _ => r.invalid(path, "not a price in US dollars per token"),
+        }
+    }
+    if paths.is_empty() {
+        return None;
+    }
+    if !(entry.contains_key("input_usd_per_mtok") && entry.contains_key("output_usd_per_mtok")) {
+        for p in paths {
+            r.skip(
+                p,
+                "only one of input_cost_per_token and output_cost_per_token: a [[prices]] entry needs both (shardgate's default table prices the model)",
+            );
+        }
+        return None;
+    }
+    entry.insert("model".into(), model.into());
+    Some((entry, paths))
 }
 
 /// Map `doc` (a LiteLLM config). `env` reads an environment variable (for nothing but
@@ -535,6 +607,35 @@ pub fn import_with_store(
     let mut upstreams = Vec::new();
     let mut models: BTreeMap<String, Vec<toml::Value>> = BTreeMap::new();
     let mut per_group: BTreeMap<String, usize> = BTreeMap::new();
+    // Custom pricing: one [[prices]] entry per model (shardgate prices a model once).
+    let mut prices: Vec<toml::Table> = Vec::new();
+    for d in &deployments {
+        let Some((entry, paths)) = &d.price else {
+            continue;
+        };
+        match prices.iter().find(|p| p.get("model") == entry.get("model")) {
+            Some(same) if same == entry => {}
+            Some(_) => {
+                for p in paths {
+                    r.skip(
+                        p.clone(),
+                        format!("another deployment of {:?} is priced differently: shardgate prices a model once (the first deployment's applies)", d.model),
+                    );
+                }
+                continue;
+            }
+            None => prices.push(entry.clone()),
+        }
+        for p in paths {
+            r.mapped(
+                p.clone(),
+                format!(
+                    "[[prices]] of model {:?} (US dollars per million tokens)",
+                    d.model
+                ),
+            );
+        }
+    }
     for d in deployments {
         let n = per_group.entry(d.group.clone()).or_default();
         *n += 1;
@@ -601,6 +702,12 @@ pub fn import_with_store(
         }
     }
     cfg.insert("models".into(), toml::Value::Array(groups_out));
+    if !prices.is_empty() {
+        cfg.insert(
+            "prices".into(),
+            toml::Value::Array(prices.into_iter().map(toml::Value::Table).collect()),
+        );
+    }
     if let Some(hash) = &settings.master_key_sha256 {
         let mut t = toml::Table::new();
         t.insert("name".into(), "litellm-master".into());
@@ -779,6 +886,8 @@ fn deployment(e: &Value, at: &str, secrets: &mut Secrets, r: &mut Report) -> Opt
         let path = format!("{at}.litellm_params.{k}");
         match k.as_str() {
             "model" | "api_base" | "rpm" | "tpm" => {}
+            // Custom pricing: read by `custom_price`.
+            f if PRICE_FIELDS.iter().any(|(p, _)| *p == f) => {}
             "api_key" => match v.as_str() {
                 Some(s) if env_ref(s).is_some() => {
                     up.insert("api_key_env".into(), env_ref(s).unwrap_or_default().into());
@@ -890,13 +999,15 @@ fn deployment(e: &Value, at: &str, secrets: &mut Secrets, r: &mut Report) -> Opt
     };
     let rpm = limit("rpm", r);
     let tpm = limit("tpm", r);
+    let price = custom_price(params, e.get("model_info"), name, at, r);
     for (k, _) in entry {
         match k.as_str() {
             "model_name" | "litellm_params" | "rpm" | "tpm" => {}
             "model_info" => {
                 if let Some(Value::Map(info)) = e.get("model_info") {
                     for (ik, _) in info {
-                        if !matches!(ik.as_str(), "rpm" | "tpm") {
+                        let priced = PRICE_FIELDS.iter().any(|(f, _)| f == ik);
+                        if !matches!(ik.as_str(), "rpm" | "tpm") && !priced {
                             r.skip(
                                 format!("{at}.model_info.{ik}"),
                                 "model metadata: shardgate has no equivalent",
@@ -914,6 +1025,7 @@ fn deployment(e: &Value, at: &str, secrets: &mut Secrets, r: &mut Report) -> Opt
         model: name.to_owned(),
         rpm,
         tpm,
+        price,
     })
 }
 
@@ -1297,6 +1409,58 @@ mod tests {
 
     fn run(yaml: &str) -> Imported {
         import(&parse(yaml).expect("yaml"), &|_| None).expect("imports")
+    }
+
+    #[test]
+    fn custom_pricing_becomes_the_models_prices_litellm_params_first() {
+        let i = run(r#"
+model_list:
+  - model_name: mine
+    litellm_params:
+      model: openai/my-llama
+      api_base: http://10.0.0.1:8000
+      input_cost_per_token: 0.0000005
+      output_cost_per_token: "0.0000015"
+    model_info:
+      input_cost_per_token: 0.9
+      cache_read_input_token_cost: 0.0000001
+  - model_name: mine
+    litellm_params:
+      model: openai/my-llama
+      api_base: http://10.0.0.2:8000
+      input_cost_per_token: 0.000002
+      output_cost_per_token: 0.000002
+  - model_name: half
+    litellm_params:
+      model: openai/other
+      api_base: http://10.0.0.3:8000
+      input_cost_per_token: 0.000001
+"#);
+        let cfg: toml::Table = i.toml.parse().expect("toml");
+        let prices = cfg["prices"].as_array().expect("prices");
+        assert_eq!(prices.len(), 1, "{}", i.toml);
+        let p = &prices[0];
+        assert_eq!(p["model"].as_str(), Some("my-llama"));
+        let near = |k: &str, want: f64| {
+            let got = p[k].as_float().expect(k);
+            assert!((got - want).abs() < 1e-9, "{k}: {got}");
+        };
+        near("input_usd_per_mtok", 0.5);
+        near("output_usd_per_mtok", 1.5);
+        near("cached_input_usd_per_mtok", 0.1);
+        let mapped = paths(&i.report.mapped);
+        assert!(mapped.contains(&"model_list[0].litellm_params.input_cost_per_token"));
+        assert!(mapped.contains(&"model_list[0].model_info.cache_read_input_token_cost"));
+        let skipped = paths(&i.report.not_imported);
+        for p in [
+            "model_list[0].model_info.input_cost_per_token",
+            "model_list[1].litellm_params.input_cost_per_token",
+            "model_list[2].litellm_params.input_cost_per_token",
+        ] {
+            assert!(skipped.contains(&p), "{p}: {skipped:?}");
+        }
+        // The config with its prices is one shardgate accepts.
+        shardgate_core::config::Config::from_toml_unresolved(&i.toml).expect("valid");
     }
 
     #[test]
