@@ -608,6 +608,11 @@ impl World for Snapshot {
         Snapshot::allows(self, t, key, model)
     }
 
+    fn context_window_fallback(&self, group: GroupId, nth: usize) -> Option<GroupId> {
+        let m = self.cfg.models.get(group.0)?;
+        m.context_window_fallbacks.get(nth).map(|&f| GroupId(f))
+    }
+
     fn default_max_tokens(&self, t: Option<TenantId>) -> u64 {
         t.map_or(crate::tenant::DEFAULT_MAX_TOKENS_DEFAULT, |t| {
             self.tenant(t).default_max_tokens

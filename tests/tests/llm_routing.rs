@@ -592,3 +592,77 @@ deployments = [{{ upstream = "dead" }}, {{ upstream = "live" }}]
     // The default takes five failures in a row.
     assert_eq!(failures(""), 5);
 }
+
+/// An upstream that answers every request 400 with `body`, writing its head and its body
+/// apart (the body 30 ms later), as a server may.
+fn refusing(body: &'static str) -> MockUpstream {
+    MockUpstream::start(
+        move |_: &Request, stream: &mut TcpStream| -> io::Result<Action> {
+            use std::io::Write as _;
+            write!(
+                stream,
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )?;
+            stream.flush()?;
+            sleep(Duration::from_millis(30));
+            stream.write_all(body.as_bytes())?;
+            Ok(Action::KeepAlive)
+        },
+    )
+}
+
+#[test]
+fn an_answer_too_long_for_the_model_goes_to_the_context_window_fallback() {
+    let small = refusing(
+        r#"{"error":{"message":"This model's maximum context length is 8192 tokens. However, your messages resulted in 9100 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#,
+    );
+    let other = refusing(
+        r#"{"error":{"message":"Invalid value for 'temperature'","type":"invalid_request_error","code":"invalid_value"}}"#,
+    );
+    let big = deployment("big", Duration::ZERO);
+    let cfg = config(
+        &[
+            ("small", small.addr()),
+            ("other", other.addr()),
+            ("big", big.addr()),
+        ],
+        r#"
+[[models]]
+name = "small"
+context_window_fallbacks = ["big"]
+deployments = [{ upstream = "small", model = "small-8k" }]
+[[models]]
+name = "other"
+context_window_fallbacks = ["big"]
+deployments = [{ upstream = "other" }]
+[[models]]
+name = "plain"
+deployments = [{ upstream = "small" }]
+[[models]]
+name = "big"
+deployments = [{ upstream = "big", model = "big-128k" }]
+"#,
+    );
+    let gw = Gateway::start(&cfg);
+    let mut c = Client::connect(gw.addr());
+    // Too long for `small`'s model: answered by `big`'s, on the same client connection.
+    let r = chat(&mut c, "small");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.json()["served_by"], "big");
+    assert_eq!(r.json()["model"], "big-128k");
+    assert_eq!(small.requests().len(), 1);
+    // Another client error is the client's own: relayed as it came, not moved.
+    let r = chat(&mut c, "other");
+    assert_eq!(r.status, 400, "{}", r.summary());
+    assert!(r.body_str().contains("temperature"), "{}", r.summary());
+    // A group without context_window_fallbacks relays the overflow as it came.
+    let r = chat(&mut c, "plain");
+    assert_eq!(r.status, 400, "{}", r.summary());
+    assert!(
+        r.body_str().contains("context_length_exceeded"),
+        "{}",
+        r.summary()
+    );
+    assert_eq!(big.requests().len(), 1, "only the overflow went to big");
+}

@@ -98,6 +98,8 @@ pub struct RawModel {
     strategy: Option<String>,
     #[serde(default)]
     fallbacks: Vec<String>,
+    #[serde(default)]
+    context_window_fallbacks: Vec<String>,
     retries: Option<i64>,
     hedge_after_ms: Option<i64>,
     eject_after_failures: Option<i64>,
@@ -140,6 +142,9 @@ pub struct ModelGroup {
     pub strategy: Strategy,
     /// Other groups (indices) tried in order when this one has no deployment left.
     pub fallbacks: Vec<usize>,
+    /// Other groups (indices) tried in order when a deployment answers that the request is
+    /// longer than its model's context window (LiteLLM's `context_window_fallbacks`).
+    pub context_window_fallbacks: Vec<usize>,
     pub retries: u32,
     /// A streamed request whose first attempt has no response head after this long gets a
     /// second attempt at another deployment; the first to answer is kept. `None`: no hedging.
@@ -247,23 +252,30 @@ pub fn validate(
                 None
             }
         });
-        if m.fallbacks.len() > FALLBACKS_MAX {
-            error(f("fallbacks"), format!("at most {FALLBACKS_MAX} fallbacks"));
-        }
-        let mut fallbacks = Vec::with_capacity(m.fallbacks.len());
-        for (j, fb) in m.fallbacks.iter().enumerate() {
-            match names.iter().position(|n| n == fb) {
-                Some(k) if k == i => error(
-                    format!("models[{i}].fallbacks[{j}]"),
-                    "a group cannot fall back to itself".into(),
-                ),
-                Some(k) => fallbacks.push(k),
-                None => error(
-                    format!("models[{i}].fallbacks[{j}]"),
-                    format!("no [[models]] entry is named {fb:?}"),
-                ),
+        // Other groups by name, as indices: never this one, each an entry.
+        let mut groups_of = |key: &str, list: &[String]| -> Vec<usize> {
+            if list.len() > FALLBACKS_MAX {
+                error(f(key), format!("at most {FALLBACKS_MAX} fallbacks"));
             }
-        }
+            let mut out = Vec::with_capacity(list.len());
+            for (j, fb) in list.iter().enumerate() {
+                match names.iter().position(|n| n == fb) {
+                    Some(k) if k == i => error(
+                        format!("models[{i}].{key}[{j}]"),
+                        "a group cannot fall back to itself".into(),
+                    ),
+                    Some(k) => out.push(k),
+                    None => error(
+                        format!("models[{i}].{key}[{j}]"),
+                        format!("no [[models]] entry is named {fb:?}"),
+                    ),
+                }
+            }
+            out
+        };
+        let fallbacks = groups_of("fallbacks", &m.fallbacks);
+        let context_window_fallbacks =
+            groups_of("context_window_fallbacks", &m.context_window_fallbacks);
         if m.deployments.is_empty() {
             error(f("deployments"), "at least one deployment is needed".into());
         }
@@ -335,6 +347,7 @@ pub fn validate(
             name: m.name,
             strategy,
             fallbacks,
+            context_window_fallbacks,
             retries,
             hedge_after,
             eject_after_failures,
@@ -368,7 +381,7 @@ mod tests {
     fn groups_are_validated_with_their_defaults() {
         let c = load(
             "[[models]]\nname = \"m\"\ndeployments = [{ upstream = \"a\" }, { upstream = \"b\", model = \"claude-x\", weight = 3 }]\n\
-             [[models]]\nname = \"n\"\nstrategy = \"round_robin\"\nretries = 0\nhedge_after_ms = 250\nfallbacks = [\"m\"]\ndeployments = [{ upstream = \"a\" }]\n",
+             [[models]]\nname = \"n\"\nstrategy = \"round_robin\"\nretries = 0\nhedge_after_ms = 250\nfallbacks = [\"m\"]\ncontext_window_fallbacks = [\"m\"]\ndeployments = [{ upstream = \"a\" }]\n",
         )
         .expect("valid");
         let m = &c.models[0];
@@ -381,6 +394,8 @@ mod tests {
         assert_eq!(n.retries, 0);
         assert_eq!(n.hedge_after, Some(std::time::Duration::from_millis(250)));
         assert_eq!(n.fallbacks, vec![0]);
+        assert_eq!(n.context_window_fallbacks, vec![0]);
+        assert!(m.context_window_fallbacks.is_empty());
     }
 
     #[test]
@@ -394,6 +409,8 @@ mod tests {
             ("[[models]]\nname = \"m\"\nstrategy = \"fastest\"\ndeployments = [{ upstream = \"a\" }]\n", "models[0].strategy"),
             ("[[models]]\nname = \"m\"\nfallbacks = [\"m\"]\ndeployments = [{ upstream = \"a\" }]\n", "models[0].fallbacks[0]"),
             ("[[models]]\nname = \"m\"\nfallbacks = [\"zz\"]\ndeployments = [{ upstream = \"a\" }]\n", "models[0].fallbacks[0]"),
+            ("[[models]]\nname = \"m\"\ncontext_window_fallbacks = [\"m\"]\ndeployments = [{ upstream = \"a\" }]\n", "models[0].context_window_fallbacks[0]"),
+            ("[[models]]\nname = \"m\"\ncontext_window_fallbacks = [\"zz\"]\ndeployments = [{ upstream = \"a\" }]\n", "models[0].context_window_fallbacks[0]"),
             ("[[models]]\nname = \"m\"\n", "models[0].deployments"),
             ("[[models]]\nname = \"m\"\ndeployments = [{ upstream = \"zz\" }]\n", "models[0].deployments[0].upstream"),
             ("[[models]]\nname = \"m\"\ndeployments = [{ upstream = \"demo\" }]\n", "models[0].deployments[0].upstream"),

@@ -295,7 +295,7 @@ pub(super) async fn proxy_llm(
                     }
                     break 'call match sent {
                         Sent::Done(next) => next,
-                        Sent::Retry => Next::Close,
+                        Sent::Retry | Sent::ContextExceeded => Next::Close,
                     };
                 }
                 Action::Send {
@@ -362,6 +362,7 @@ pub(super) async fn proxy_llm(
             let this = Attempt {
                 retry_ok: choice.retry_ok,
                 hedge: hedge.as_deref_mut(),
+                context_fallback: machine.context_fallback(&**snap).is_some(),
             };
             // The answer is priced as the deployment that gives it.
             c.ex.price = snap.deployment_price(group, idx).or(checked.price);
@@ -398,6 +399,16 @@ pub(super) async fn proxy_llm(
             }
             match sent {
                 Sent::Done(next) => break 'call next,
+                Sent::ContextExceeded => {
+                    // Too long for that deployment's model: the named group's next
+                    // context-window fallback.
+                    c.ex.status = 0;
+                    c.ex.local_error = false;
+                    c.ex.plan = RelayPlan::default();
+                    now = Now::read();
+                    let e = Event::ContextExceeded;
+                    action = machine.step(&**snap, &mut c.ex.held, now, &mut rng, e);
+                }
                 Sent::Retry => {
                     // Failed before any byte reached the client: the machine picks another
                     // deployment (or refuses), giving this one's quota back.

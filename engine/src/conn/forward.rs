@@ -100,8 +100,8 @@ pub(super) async fn proxy(
     }
     match sent {
         Sent::Done(next) => next,
-        // Not retryable: a lone attempt's failure was answered.
-        Sent::Retry => Next::Close,
+        // Not retryable: a lone attempt's failure was answered (and it has no fallback).
+        Sent::Retry | Sent::ContextExceeded => Next::Close,
     }
 }
 
@@ -165,6 +165,9 @@ pub(super) struct Attempt<'h, 'c> {
     /// A second attempt to race against this one (a hedged stream); the race marks in it
     /// whether it was launched and won.
     pub hedge: Option<&'h mut Hedge<'c>>,
+    /// The call has a context-window fallback to go on to: a client error is read first, and
+    /// one that says the request overflowed the model's context window is handed back.
+    pub context_fallback: bool,
 }
 
 impl Attempt<'_, '_> {
@@ -172,6 +175,7 @@ impl Attempt<'_, '_> {
     pub const ONLY: Attempt<'static, 'static> = Attempt {
         retry_ok: false,
         hedge: None,
+        context_fallback: false,
     };
 }
 
@@ -183,6 +187,9 @@ pub(super) enum Sent {
     /// It failed before any byte reached the client and may be retried elsewhere
     /// (`retry_ok`): nothing was answered; `c.ex.status` says what the failure was.
     Retry,
+    /// The upstream answered (`c.ex.status`) that the request overflowed the model's context
+    /// window (`context_fallback`): nothing of it reached the client.
+    ContextExceeded,
 }
 
 /// Send the upstream head (and whatever body is in `wbuf`) to the upstream, stream the rest of
@@ -202,6 +209,7 @@ pub(super) async fn forward(
     Attempt {
         retry_ok,
         mut hedge,
+        context_fallback,
     }: Attempt<'_, '_>,
 ) -> Sent {
     let snap = c.snap.clone();
@@ -353,11 +361,47 @@ pub(super) async fn forward(
             None => now = Now::read(),
         }
     };
+    let mut up = up;
+    if context_fallback && overflowed(ctx, &mut up, &relay, ucfg).await {
+        // The connection is dropped with the rest of that answer (it is not read).
+        c.ex.status = relay.status;
+        return Sent::ContextExceeded;
+    }
     Sent::Done(if let Some(tr) = c.ex.plan.translation.take() {
         translate::relay_translated(ctx, c, slot, ucfg, up, relay, wbuf, &head, *tr).await
     } else {
         relay_response(ctx, c, slot, ucfg, up, relay, wbuf, keep_alive).await
     })
+}
+
+/// Whether the answer `relay` heads says the request overflowed the model's context window
+/// (`llm::context_exceeded`): a client error's body is read (into `up.buf`, where the relay
+/// takes it from if not) until whole, [`llm::OVERFLOW_BODY_BYTES_MAX`] bytes, or the read
+/// timeout; any other answer is not read here.
+async fn overflowed(ctx: &ShardCtx, up: &mut UpConn, relay: &Relay, ucfg: &UpstreamConfig) -> bool {
+    use crate::http::response::ClientFraming;
+    if !crate::llm::overflow_status(relay.status) {
+        return false;
+    }
+    let deadline = deadline_in(ucfg.read_timeout);
+    loop {
+        if crate::llm::context_exceeded(relay.status, &up.buf) {
+            return true;
+        }
+        let whole = match relay.framing {
+            ClientFraming::None => true,
+            ClientFraming::Length(n) => up.buf.len() as u64 >= n,
+            ClientFraming::Chunked | ClientFraming::Dechunk => up.buf.ends_with(b"0\r\n\r\n"),
+            ClientFraming::UntilClose => false,
+        };
+        if whole || up.buf.len() >= crate::llm::OVERFLOW_BODY_BYTES_MAX {
+            return false;
+        }
+        match super::upread::read_up(ctx, up, deadline).await {
+            Ok(n) if n > 0 => {}
+            _ => return false,
+        }
+    }
 }
 
 /// An attempt that is not relayed: handed back for a retry elsewhere (`c.ex.status` says what

@@ -79,6 +79,8 @@ pub trait World: Groups + Books {
     /// How long a stream to `group` waits for its answer's head before a hedge is raced
     /// beside it (`hedge_after_ms`); `None`: the group does not hedge.
     fn hedge_after(&self, group: GroupId) -> Option<Duration>;
+    /// The `nth` of `group`'s `context_window_fallbacks`, if it has that many.
+    fn context_window_fallback(&self, group: GroupId, nth: usize) -> Option<GroupId>;
 }
 
 /// What the driver reports to the call.
@@ -97,6 +99,10 @@ pub enum Event<'b> {
         retry: bool,
         hedge_won: Option<(GroupId, DeploymentIdx)>,
     },
+    /// The attempt's upstream answered that the request is longer than its model's context
+    /// window, and nothing of that answer reached the client (sent only when
+    /// [`Call::context_fallback`] named a group to go on with).
+    ContextExceeded,
 }
 
 /// What the call asks the driver to do.
@@ -197,6 +203,8 @@ enum Stage {
 #[derive(Debug, Clone)]
 pub struct Call {
     tenant: Option<TenantId>,
+    /// How many of the named group's `context_window_fallbacks` were gone on to.
+    context_tried: usize,
     /// The limits of the tenant's key's own, if it has any (an index into the snapshot's).
     key: Option<usize>,
     /// The route's upstream, for a body that names no model group.
@@ -211,6 +219,7 @@ impl Call {
     pub fn new(tenant: Option<TenantId>, route: Option<Target>) -> Self {
         Self {
             key: None,
+            context_tried: 0,
             tenant,
             route,
             checked: Checked::default(),
@@ -227,6 +236,18 @@ impl Call {
     /// What the body said (all zero until [`Event::Body`] was taken).
     pub fn checked(&self) -> Checked {
         self.checked
+    }
+
+    /// The group an attempt that overflowed its model's context window goes on to: the named
+    /// group's next `context_window_fallbacks` entry (LiteLLM's order), while an attempt is
+    /// under way.
+    pub fn context_fallback<W: World>(&self, world: &W) -> Option<GroupId> {
+        match (&self.stage, self.checked.group) {
+            (Stage::Attempts(_, Some(_)), Some(g)) => {
+                world.context_window_fallback(g, self.context_tried)
+            }
+            _ => None,
+        }
     }
 
     /// The named group's deployments tried and failed (or passed over for their quota).
@@ -275,6 +296,18 @@ impl Call {
                 held.end_attempt(world, now.unix_ns);
                 attempts.failed(failed, hedge_won);
                 self.next(attempts, world, held, now, rng)
+            }
+            // Too long for the model: the next context-window fallback group, its own
+            // attempts (its strategy, retries and fallbacks) from the start.
+            (stage @ Stage::Attempts(_, Some(_)), Event::ContextExceeded) => {
+                self.stage = stage;
+                let Some(f) = self.context_fallback(world) else {
+                    self.stage = Stage::Over;
+                    return Action::Done;
+                };
+                self.context_tried += 1;
+                held.end_attempt(world, now.unix_ns);
+                self.next(Attempts::new(f, world.retries(f)), world, held, now, rng)
             }
             // Over: answered or relayed (or an event out of order, which ends the call too).
             _ => Action::Done,
@@ -509,6 +542,9 @@ mod tests {
         }
         fn has_templates(&self) -> bool {
             self.templates
+        }
+        fn context_window_fallback(&self, _: GroupId, _: usize) -> Option<GroupId> {
+            None
         }
         fn allows(&self, _: TenantId, _: Option<usize>, model: &str) -> bool {
             self.allowed && model == "m"

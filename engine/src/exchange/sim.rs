@@ -18,6 +18,9 @@
 //!   hand ([`Try`]);
 //! - no more attempts fail over than the group's retry budget allows, and a retry happens only
 //!   when the attempt was marked `retry_ok` and the failure is one the retry rule retries;
+//! - an answer that overflowed its model's context window moves the call to the named group's
+//!   next context-window fallback (here: its fallbacks), each at most once, with a retry budget
+//!   of its own;
 //! - the loop ends (each pick is bounded by [`Attempts::ROUNDS_MAX`]).
 
 use std::cell::{Cell, RefCell};
@@ -226,6 +229,7 @@ pub fn check(data: &[u8]) {
         action = Action::Done;
     }
     let mut failed_over = 0usize;
+    let mut context_moves = 0usize;
     let (mut used, mut failed) = (None, true);
     loop {
         // What the machine asks, performed as the driver does, the world deciding how it ends.
@@ -314,7 +318,19 @@ pub fn check(data: &[u8]) {
             }
         };
         let retry = matches!(verdict, Verdict::Fail(Failure::Retry { .. }));
-        if retry {
+        // An answer relayed so far may instead say the request overflowed the model's context
+        // window, when the call has a group to move it to.
+        let moved_to = call.context_fallback(&world);
+        let context = !retry && verdict == Verdict::Relay && moved_to.is_some() && byte() & 1 == 1;
+        if context {
+            context_moves += 1;
+            failed_over = 0;
+            let named = call.checked().group.expect("a group's call");
+            assert!(
+                context_moves <= world.table.fallbacks(named).count(),
+                "a context-window fallback gone on to twice"
+            );
+        } else if retry {
             assert!(
                 choice.retry_ok,
                 "retried an attempt the call did not allow to be"
@@ -329,8 +345,21 @@ pub fn check(data: &[u8]) {
             used = (byte() & 1 == 1).then_some(u64::from(byte()));
             failed = false;
         }
-        let event = Event::Ended { retry, hedge_won };
+        let event = if context {
+            Event::ContextExceeded
+        } else {
+            Event::Ended { retry, hedge_won }
+        };
         action = call.step(&world, &mut ledger, now, &mut rng, event);
+        if context {
+            // The fallback group's first attempt, or none left in it.
+            match action {
+                Action::Send { choice, .. } => assert_eq!(Some(choice.group), moved_to),
+                Action::Refuse(r) => assert_eq!(r.error, Error::NoDeployment),
+                _ => panic!("{action:?} after a context overflow"),
+            }
+            continue;
+        }
         if !retry {
             assert_eq!(action, Action::Done);
             break;
@@ -431,6 +460,9 @@ impl World for SimWorld {
     }
     fn has_templates(&self) -> bool {
         self.templates
+    }
+    fn context_window_fallback(&self, g: GroupId, nth: usize) -> Option<GroupId> {
+        self.table.fallbacks(g).nth(nth)
     }
     fn allows(&self, _: TenantId, _: Option<usize>, model: &str) -> bool {
         self.allowed && model != "nobody"

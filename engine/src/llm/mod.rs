@@ -10,6 +10,8 @@
 //! - [`with_include_usage`] makes a streaming OpenAI request ask for the usage chunk, so that a
 //!   stream is always settled from the upstream's own count.
 //! - [`UsageScanner`] finds that count in a JSON or SSE response, across reads of any size.
+//! - [`context_exceeded`] reads an upstream's error answer for a context window exceeded
+//!   (LiteLLM's rule), which moves a call to its group's `context_window_fallbacks`.
 //! - [`SseFilter`] gives a client that never asked for the usage chunk the stream it would have
 //!   had without it, counts content events on the way (a mid-stream estimate), and writes the
 //!   error event that cuts a stream at a tenant's budget.
@@ -42,10 +44,12 @@
 //!   driver asks upstreams for `identity` encoding.
 
 pub(crate) mod json;
+mod overflow;
 mod request;
 mod sse;
 mod usage;
 
+pub use overflow::{context_exceeded, overflow_status, OVERFLOW_BODY_BYTES_MAX};
 pub use request::{
     estimate_tokens, inspect, with_include_usage, with_model, RequestInfo,
     INCLUDE_USAGE_GROWTH_BYTES_MAX,
