@@ -681,11 +681,16 @@ pub fn import_with_store(
             "cooldown_ms".into(),
             toml::Value::Integer(clamp_i64(settings.cooldown_ms)),
         );
-        if let Some(f) = settings.fallbacks.get(name) {
-            g.insert(
-                "fallbacks".into(),
-                toml::Value::Array(f.iter().map(|s| s.clone().into()).collect()),
-            );
+        for (key, list) in [
+            ("fallbacks", &settings.fallbacks),
+            ("context_window_fallbacks", &settings.context_fallbacks),
+        ] {
+            if let Some(f) = list.get(name) {
+                g.insert(
+                    key.into(),
+                    toml::Value::Array(f.iter().map(|s| s.clone().into()).collect()),
+                );
+            }
         }
         g.insert("deployments".into(), toml::Value::Array(deps.to_vec()));
         groups_out.push(toml::Value::Table(g));
@@ -1036,6 +1041,7 @@ struct Settings {
     /// The router's timeout (LiteLLM's default 6000 s), ms.
     timeout_ms: u64,
     fallbacks: BTreeMap<String, Vec<String>>,
+    context_fallbacks: BTreeMap<String, Vec<String>>,
     aliases: Vec<(String, String)>,
     /// `allowed_fails` + 1 (LiteLLM cools a deployment down past its allowed failures), and
     /// `cooldown_time`, ms: each group's ejection.
@@ -1064,6 +1070,7 @@ impl Settings {
             retries: 2,
             timeout_ms: 6_000_000,
             fallbacks: BTreeMap::new(),
+            context_fallbacks: BTreeMap::new(),
             aliases: Vec::new(),
             master_key_sha256: None,
             redis: None,
@@ -1143,43 +1150,21 @@ impl Settings {
         if !timeout_read {
             r.mapped("(timeout)", "LiteLLM's default 6000 s: each upstream's ttfb_timeout_ms and read_timeout_ms (where its deployment sets none)");
         }
-        if let Some((p, v)) = pick("fallbacks") {
-            seen.push(p.clone());
-            match v {
-                Value::Seq(items) if items.is_empty() => r.mapped(p, "empty: no fallbacks"),
-                Value::Seq(items) => {
-                    for (i, item) in items.iter().enumerate() {
-                        let Value::Map(m) = item else {
-                            r.invalid(
-                                format!("{p}[{i}]"),
-                                "not a mapping of a group to its fallbacks",
-                            );
-                            continue;
-                        };
-                        for (from, to) in m {
-                            let to: Vec<String> = match to {
-                                Value::Seq(t) => t
-                                    .iter()
-                                    .filter_map(|x| x.as_str().map(str::to_owned))
-                                    .collect(),
-                                Value::Str(t) => vec![t.clone()],
-                                _ => Vec::new(),
-                            };
-                            let known =
-                                groups.contains(from) && to.iter().all(|t| groups.contains(t));
-                            if known && !to.is_empty() {
-                                r.mapped(format!("{p}[{i}].{from}"), "the group's fallbacks");
-                                s.fallbacks.insert(from.clone(), to);
-                            } else {
-                                r.invalid(
-                                    format!("{p}[{i}].{from}"),
-                                    "names a model group the model_list does not have",
-                                );
-                            }
-                        }
-                    }
+        for (key, what) in [
+            ("fallbacks", "the group's fallbacks"),
+            (
+                "context_window_fallbacks",
+                "the group's context_window_fallbacks (taken when an upstream answers that the request overflowed its model's context window, as LiteLLM reads that answer)",
+            ),
+        ] {
+            if let Some((p, v)) = pick(key) {
+                seen.push(p.clone());
+                let read = fallbacks_of(&p, v, groups, what, r);
+                if key == "fallbacks" {
+                    s.fallbacks = read;
+                } else {
+                    s.context_fallbacks = read;
                 }
-                _ => r.invalid(p, "not a list"),
             }
         }
         // LiteLLM's router reads model_group_alias (and cooldown_time) from router_settings
@@ -1372,7 +1357,17 @@ impl Settings {
             if let Some(Value::Map(m)) = v {
                 for (k, _) in m {
                     let path = format!("{section}.{k}");
-                    if !seen.contains(&path) {
+                    if seen.contains(&path) {
+                        continue;
+                    }
+                    if section == "litellm_settings"
+                        && seen.contains(&format!("router_settings.{k}"))
+                    {
+                        r.skip(
+                            path,
+                            format!("router_settings.{k} is set too, and LiteLLM's router takes that one"),
+                        );
+                    } else {
                         r.skip(path, not_imported_reason(section, k));
                     }
                 }
@@ -1382,11 +1377,59 @@ impl Settings {
     }
 }
 
+/// A LiteLLM fallbacks list (`[{group: [fallback, ...]}, ...]`) at `p`: each group's, where
+/// every name is a group of the model list; reported in `r` (`what`: what a mapped one is).
+fn fallbacks_of(
+    p: &str,
+    v: &Value,
+    groups: &[String],
+    what: &str,
+    r: &mut Report,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    match v {
+        Value::Seq(items) if items.is_empty() => r.mapped(p, "empty: no fallbacks"),
+        Value::Seq(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let Value::Map(m) = item else {
+                    r.invalid(
+                        format!("{p}[{i}]"),
+                        "not a mapping of a group to its fallbacks",
+                    );
+                    continue;
+                };
+                for (from, to) in m {
+                    let to: Vec<String> = match to {
+                        Value::Seq(t) => t
+                            .iter()
+                            .filter_map(|x| x.as_str().map(str::to_owned))
+                            .collect(),
+                        Value::Str(t) => vec![t.clone()],
+                        _ => Vec::new(),
+                    };
+                    let known = groups.contains(from) && to.iter().all(|t| groups.contains(t));
+                    if known && !to.is_empty() && !to.contains(from) {
+                        r.mapped(format!("{p}[{i}].{from}"), what);
+                        out.insert(from.clone(), to);
+                    } else {
+                        r.invalid(
+                            format!("{p}[{i}].{from}"),
+                            "names a model group the model_list does not have (or itself)",
+                        );
+                    }
+                }
+            }
+        }
+        _ => r.invalid(p, "not a list"),
+    }
+    out
+}
+
 /// Why a setting without an equivalent is not imported.
 fn not_imported_reason(section: &str, key: &str) -> String {
     match key {
         "cooldown_time" => "LiteLLM's router reads it from router_settings only".to_owned(),
-        "context_window_fallbacks" | "content_policy_fallbacks" => "shardgate's fallbacks are taken when a group has no deployment left, not by the error's kind".to_owned(),
+        "content_policy_fallbacks" => "shardgate's fallbacks are taken when a group has no deployment left (or, context_window_fallbacks, when the request overflowed the model's context window), not on a content-policy refusal".to_owned(),
         "callbacks" | "success_callback" | "failure_callback" | "service_callback" => "callbacks: shardgate exports OpenTelemetry traces ([telemetry]) and Prometheus metrics instead".to_owned(),
         "cache" | "cache_params" => "response caching: shardgate has none".to_owned(),
         "master_key" => "not a string".to_owned(),
@@ -1493,6 +1536,7 @@ router_settings:
 litellm_settings:
   num_retries: 9
   success_callback: ["langfuse"]
+  context_window_fallbacks: [{"claude": ["gpt-4o"]}, {"gpt-4o": ["gpt-4o"]}]
 "#);
         let cfg: toml::Table = i.toml.parse().expect("toml");
         let models = cfg["models"].as_array().expect("models");
@@ -1513,6 +1557,16 @@ litellm_settings:
         assert_eq!(d0["model"].as_str(), Some("gpt-4o-eu"));
         assert_eq!(g["deployments"][1]["tpm"].as_integer(), Some(100_000));
         assert_eq!(g["fallbacks"].as_array().map(Vec::len), Some(1));
+        // context_window_fallbacks from litellm_settings (router_settings sets none); a group
+        // may not overflow to itself.
+        assert!(g.get("context_window_fallbacks").is_none(), "{}", i.toml);
+        assert_eq!(
+            models[1]["context_window_fallbacks"].as_array(),
+            Some(&vec![toml::Value::from("gpt-4o")])
+        );
+        assert!(paths(&i.report.invalid)
+            .contains(&"litellm_settings.context_window_fallbacks[1].gpt-4o"));
+        assert!(paths(&i.report.not_imported).contains(&"litellm_settings.num_retries"));
         let ups = cfg["upstreams"].as_array().expect("upstreams");
         let az = ups[0].as_table().expect("up");
         assert_eq!(az["provider"].as_str(), Some("azure"));
