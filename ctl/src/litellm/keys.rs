@@ -66,6 +66,7 @@ pub fn import(export: &Json, now_unix_ms: u64, r: &mut Report) -> Result<Store, 
                 created_unix_ms: now_unix_ms,
             },
         );
+        unread(t, TEAM_FIELDS, &at, r);
         r.mapped(at, format!("tenant {name:?}"));
         team_names.insert(id.to_owned(), name);
     }
@@ -172,11 +173,7 @@ pub fn import(export: &Json, now_unix_ms: u64, r: &mut Report) -> Result<Store, 
                 "kept, expired: refused as LiteLLM refuses it",
             );
         }
-        for f in ["metadata", "permissions", "aliases", "config"] {
-            if present(k, f) {
-                r.skip(format!("{at}.{f}"), "no place in shardgate's tenant store");
-            }
-        }
+        unread(k, KEY_FIELDS, &at, r);
         let id = key_id_of(&sha);
         store.keys.insert(
             id,
@@ -196,6 +193,72 @@ pub fn import(export: &Json, now_unix_ms: u64, r: &mut Report) -> Result<Store, 
         r.mapped(at, format!("a key of tenant {tenant:?}"));
     }
     Ok(store)
+}
+
+/// The fields of a key row the import reads.
+const KEY_FIELDS: &[&str] = &[
+    "token",
+    "key_alias",
+    "team_id",
+    "models",
+    "rpm_limit",
+    "tpm_limit",
+    "max_parallel_requests",
+    "max_budget",
+    "budget_duration",
+    "budget_reset_at",
+    "spend",
+    "expires",
+    "blocked",
+];
+/// The fields of a team row the import reads.
+const TEAM_FIELDS: &[&str] = &[
+    "team_id",
+    "team_alias",
+    "models",
+    "rpm_limit",
+    "tpm_limit",
+    "max_parallel_requests",
+    "max_budget",
+    "budget_duration",
+    "budget_reset_at",
+    "spend",
+    "blocked",
+];
+/// Bookkeeping LiteLLM keeps on a row, not a setting of it.
+const BOOKKEEPING: &[&str] = &[
+    "key_name",
+    "created_at",
+    "updated_at",
+    "created_by",
+    "updated_by",
+    "last_active",
+    "last_rotation_at",
+    "rotation_count",
+    "object_permission_id",
+    "litellm_budget_table",
+];
+
+/// Report every field of `row` (at `at`) that holds a value and is neither one the import
+/// reads (`read`) nor bookkeeping: nothing of a row is dropped without a line.
+fn unread(row: &Json, read: &[&str], at: &str, r: &mut Report) {
+    let Some(fields) = row.as_object() else {
+        return;
+    };
+    for k in fields.keys() {
+        if read.contains(&k.as_str()) || BOOKKEEPING.contains(&k.as_str()) || !present(row, k) {
+            continue;
+        }
+        let why = match k.as_str() {
+            "user_id" => "LiteLLM users: shardgate has tenants and their keys (a key is its team's, or a tenant of its own)",
+            "organization_id" => "organisations: shardgate has tenants and their keys",
+            "members_with_roles" | "members" | "admins" => "team members: shardgate has tenants and their keys; members' own keys come with --keys",
+            "soft_budget" => "a soft budget (an alert): shardgate's budgets are hard",
+            "model_max_budget" | "model_rpm_limit" | "model_tpm_limit" => "limits per model: shardgate limits a tenant or key over all its models",
+            _ => "no place in shardgate's tenant store",
+        };
+        r.skip(format!("{at}.{k}"), why);
+    }
 }
 
 /// `spend` so far, as a budget's `spent_usd` and `spent_until_unix_ms`: it counts until
@@ -362,12 +425,14 @@ mod tests {
         let export = serde_json::json!({
             "teams": [{"team_id": "t-1", "team_alias": "Data Science", "models": ["gpt-4o"],
                        "rpm_limit": 100, "tpm_limit": 50000, "max_budget": 25.5,
-                       "budget_duration": "30d", "max_parallel_requests": 8, "spend": 3.2}],
+                       "budget_duration": "30d", "max_parallel_requests": 8, "spend": 3.2,
+                       "members_with_roles": [{"user_id": "u1", "role": "user"}]}],
             "keys": [
                 {"token": sha, "key_alias": "ds-batch", "team_id": "t-1", "rpm_limit": 10,
                  "max_budget": 5.0, "expires": "2030-01-01T00:00:00.000Z", "spend": 1.5,
                  "models": ["gpt-4o-mini"], "max_parallel_requests": 2,
-                 "budget_reset_at": "1970-01-02T00:00:00Z"},
+                 "budget_reset_at": "1970-01-02T00:00:00Z", "user_id": "u1",
+                 "created_at": "2025-01-01T00:00:00Z", "soft_budget": 4.0, "metadata": {}},
                 {"token": "AB".repeat(32), "key_alias": "solo", "models": ["claude"],
                  "tpm_limit": 1000, "blocked": true},
                 {"token": "not-a-hash"}
@@ -418,6 +483,18 @@ mod tests {
             .iter()
             .any(|(p, _)| p == "keys-file.keys[2].token"));
         assert!(r.mapped.iter().any(|(p, _)| p == "keys-file.keys[0].spend"));
+        // Every other field with a value is reported; bookkeeping and empty ones are not.
+        let skipped: Vec<&str> = r.not_imported.iter().map(|(p, _)| p.as_str()).collect();
+        for p in [
+            "keys-file.keys[0].user_id",
+            "keys-file.keys[0].soft_budget",
+            "keys-file.teams[0].members_with_roles",
+        ] {
+            assert!(skipped.contains(&p), "{p}: {skipped:?}");
+        }
+        assert!(!skipped
+            .iter()
+            .any(|p| p.ends_with("created_at") || p.ends_with("metadata")));
         // A reset that has passed: LiteLLM starts the budget again, so nothing is carried.
         let mut later = Report::default();
         let store = import(&export, 2 * 86_400_000, &mut later).expect("imports");
