@@ -17,7 +17,9 @@
 //! - [`top`]: live per-upstream and per-route rates (pure over two counter reads).
 //! - [`table`]: column-aligned tables and number formats.
 //! - [`litellm`]: `import litellm`: a LiteLLM proxy config read as PyYAML reads it
-//!   (`litellm::yaml`) and mapped to a shardgate config with a report (`litellm::map`, pure).
+//!   (`litellm::yaml`), its `include`s merged (`litellm::include`), and mapped to a shardgate
+//!   config with a report (`litellm::map`, pure); its keys and teams as a tenant store
+//!   (`litellm::keys`).
 //!
 //! Exit statuses: 0 success; 1 the instance is not running, or the apply was refused, timed out
 //! or lost its engine; 2 the config file is unreadable or invalid, or the command line is wrong.
