@@ -456,6 +456,9 @@ fn any_provider() -> MockUpstream {
 
 #[test]
 fn every_imported_published_config_serves_each_of_its_groups() {
+    // The bench's mock upstream answers the providers it speaks (OpenAI-compatible, Azure's
+    // paths, Anthropic's Messages); the test's own answers Gemini's and Bedrock's.
+    let bench = shardgate_tests::BenchUpstream::start(&[]);
     let mock = any_provider();
     let mut served_configs = 0;
     for f in fixtures() {
@@ -476,9 +479,14 @@ fn every_imported_published_config_serves_each_of_its_groups() {
         ];
         if let Some(ups) = cfg.get_mut("upstreams").and_then(toml::Value::as_array_mut) {
             for u in ups.iter_mut().filter_map(toml::Value::as_table_mut) {
+                let provider = u.get("provider").and_then(toml::Value::as_str);
+                let at = match provider {
+                    Some("gemini" | "bedrock") => mock.addr(),
+                    _ => bench.addr(),
+                };
                 u.insert(
                     "endpoints".into(),
-                    toml::Value::Array(vec![format!("http://{}", mock.addr()).into()]),
+                    toml::Value::Array(vec![format!("http://{at}").into()]),
                 );
                 if let Some(var) = u.get("api_key_env").and_then(toml::Value::as_str) {
                     env.push((var.to_owned(), "test-upstream-key".to_owned()));

@@ -163,6 +163,20 @@ enum Endpoint {
 
 impl Endpoint {
     fn of(method: &str, path: &str) -> Result<Self, (u16, &'static str, &'static str)> {
+        // Azure OpenAI's paths (`/openai/deployments/{deployment}/chat/completions`): the same
+        // endpoints under a deployment's name.
+        let path = match path
+            .strip_prefix("/openai/deployments/")
+            .and_then(|rest| rest.split_once('/'))
+        {
+            Some((deployment, tail)) if !deployment.is_empty() => match tail {
+                "chat/completions" => "/v1/chat/completions",
+                "completions" => "/v1/completions",
+                "embeddings" => "/v1/embeddings",
+                _ => path,
+            },
+            _ => path,
+        };
         let (want, ep) = match path {
             "/v1/chat/completions" => ("POST", Endpoint::Chat),
             "/v1/completions" => ("POST", Endpoint::Completions),

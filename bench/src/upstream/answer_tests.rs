@@ -753,3 +753,26 @@ fn tools_change_nothing_without_the_flag_or_without_tools() {
         None
     );
 }
+
+#[test]
+fn azure_deployment_paths_answer_as_openais() {
+    let path = format!(
+        "{}{}",
+        "/openai/deployments/gpt4o-eu", "/chat/completions?api-version=2025-02-01-preview"
+    );
+    let plan = plan_for(post(&path, CHAT), &Knobs::default(), NO_ROLL);
+    let (status, _, body) = whole(&plan);
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["object"], "chat.completion");
+    let emb = format!("{}{}", "/openai/deployments/e", "/embeddings");
+    let plan = plan_for(post(&emb, r#"{"input":"hi"}"#), &Knobs::default(), NO_ROLL);
+    assert_eq!(whole(&plan).0, 200);
+    // No deployment name, or another tail: not an endpoint.
+    for p in [
+        "/openai/deployments//chat/completions",
+        "/openai/deployments/x/files",
+    ] {
+        let plan = plan_for(post(p, CHAT), &Knobs::default(), NO_ROLL);
+        assert_eq!(whole(&plan).0, 404, "{p}");
+    }
+}

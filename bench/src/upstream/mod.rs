@@ -15,7 +15,9 @@
 //! # Endpoints
 //! `POST /v1/chat/completions`, `POST /v1/completions` (whole or `"stream": true` SSE with
 //! `stream_options.include_usage`), `POST /v1/embeddings`, `GET /v1/models`, and Anthropic's
-//! `POST /v1/messages` (whole or streamed events). `usage.prompt_tokens` is the UTF-8 bytes of
+//! `POST /v1/messages` (whole or streamed events); Azure OpenAI's deployment paths
+//! (`/openai/deployments/{name}/chat/completions`, `.../completions`, `.../embeddings`) answer as
+//! the OpenAI ones. `usage.prompt_tokens` is the UTF-8 bytes of
 //! the request's text content (message contents and text parts, `prompt`, `input`, `system`)
 //! divided by 4, rounded up; `completion_tokens` is `--chunks` (one word per chunk).
 //! With `--echo`, every request is answered with a JSON description of itself; with `--tools`,
