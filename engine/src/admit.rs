@@ -233,7 +233,8 @@ pub struct Admitted {
     done: Cell<bool>,
 }
 
-/// What a request took from its key's own limits (no slot in flight: keys have none).
+/// What a request took from its key's own limits: a slot in flight (with `max_concurrency`),
+/// tokens and a USD reservation.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyPart {
     /// A slot of the key's requests in flight was taken.
