@@ -407,7 +407,8 @@ struct NewKeyBody {
     name: Option<String>,
     /// e.g. "90d".
     expires_in: Option<String>,
-    /// The key's own limits: `rpm`, `tpm`, `budget_usd`.
+    /// The key's own limits: `rpm`, `tpm`, `max_concurrency`, `budget_usd`, `models`, and
+    /// spend carried in (`spent_usd`, `spent_until_unix_ms`).
     #[serde(flatten)]
     limits: KeySettings,
 }
@@ -458,4 +459,26 @@ fn with_secret((status, mut body): (u16, Value), secret: String) -> (u16, Value)
         body["key"] = Value::String(secret);
     }
     (status, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_keys_body_takes_every_limit_of_its_own() {
+        let body: NewKeyBody = serde_json::from_str(
+            r#"{"tenant":"t","rpm":5,"max_concurrency":2,"budget_usd":1.5,"models":["m"],
+                "spent_usd":0.5,"spent_until_unix_ms":1000}"#,
+        )
+        .expect("parses");
+        let l = body.limits;
+        assert_eq!((l.rpm, l.max_concurrency), (Some(5), Some(2)));
+        assert_eq!(l.models.as_deref(), Some(&["m".to_owned()][..]));
+        assert_eq!(
+            (l.spent_usd, l.spent_until_unix_ms),
+            (Some(0.5), Some(1000))
+        );
+        assert!(serde_json::from_str::<NewKeyBody>(r#"{"tenant":"t","nope":1}"#).is_err());
+    }
 }
