@@ -612,6 +612,25 @@ fn refusing(body: &'static str) -> MockUpstream {
     )
 }
 
+/// An upstream that answers every request 400 with `body` in two chunks, 30 ms apart.
+fn refusing_chunked(body: &'static str) -> MockUpstream {
+    MockUpstream::start(
+        move |_: &Request, stream: &mut TcpStream| -> io::Result<Action> {
+            use std::io::Write as _;
+            let (a, b) = body.split_at(body.len() / 2);
+            write!(
+                stream,
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n",
+                a.len()
+            )?;
+            stream.flush()?;
+            sleep(Duration::from_millis(30));
+            write!(stream, "{:x}\r\n{b}\r\n0\r\n\r\n", b.len())?;
+            Ok(Action::KeepAlive)
+        },
+    )
+}
+
 #[test]
 fn an_answer_too_long_for_the_model_goes_to_the_context_window_fallback() {
     let small = refusing(
@@ -620,11 +639,16 @@ fn an_answer_too_long_for_the_model_goes_to_the_context_window_fallback() {
     let other = refusing(
         r#"{"error":{"message":"Invalid value for 'temperature'","type":"invalid_request_error","code":"invalid_value"}}"#,
     );
+    // Anthropic's words, chunked, the phrase cut between the chunks.
+    let chunked = refusing_chunked(
+        r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 208310 tokens > 200000 maximum"}}"#,
+    );
     let big = deployment("big", Duration::ZERO);
     let cfg = config(
         &[
             ("small", small.addr()),
             ("other", other.addr()),
+            ("chunked", chunked.addr()),
             ("big", big.addr()),
         ],
         r#"
@@ -639,6 +663,10 @@ deployments = [{ upstream = "other" }]
 [[models]]
 name = "plain"
 deployments = [{ upstream = "small" }]
+[[models]]
+name = "claude"
+context_window_fallbacks = ["big"]
+deployments = [{ upstream = "chunked" }]
 [[models]]
 name = "big"
 deployments = [{ upstream = "big", model = "big-128k" }]
@@ -664,5 +692,9 @@ deployments = [{ upstream = "big", model = "big-128k" }]
         "{}",
         r.summary()
     );
-    assert_eq!(big.requests().len(), 1, "only the overflow went to big");
+    // Chunked, in two reads: read whole, then moved.
+    let r = chat(&mut c, "claude");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.json()["served_by"], "big");
+    assert_eq!(big.requests().len(), 2, "only the overflows went to big");
 }

@@ -26,6 +26,8 @@ use crate::exchange::ledger::Books;
 use crate::exchange::relay::{response_head, HeadStep, Relay};
 use crate::fair::UpstreamCap;
 use crate::http::request::RequestHead;
+use crate::http::response::ClientFraming;
+use crate::llm::{OVERFLOW_BODY_BYTES_MAX, OVERFLOW_BODY_WAIT_MS};
 use crate::snapshot::Target;
 use crate::upstream::{self, UpConn};
 
@@ -288,6 +290,10 @@ pub(super) async fn forward(
         let extra = (!c.rate_hdrs.is_empty()).then_some(&c.rate_hdrs[..]);
         let mut sent_at = Now::read();
         let got = match hedge.as_deref_mut() {
+            // With a context-window fallback left, a client error's body is read too.
+            None if context_fallback => {
+                read_head_and_error_body(ctx, &mut up, ucfg, &head, extra, &mut wbuf).await
+            }
             None => read_response_head(ctx, &mut up, ucfg, &head, extra, &mut wbuf).await,
             Some(h) => {
                 // Boxed (here and for translation below): rare paths whose large states would
@@ -361,9 +367,10 @@ pub(super) async fn forward(
             None => now = Now::read(),
         }
     };
-    let mut up = up;
-    if context_fallback && overflowed(ctx, &mut up, &relay, ucfg).await {
-        // The connection is dropped with the rest of that answer (it is not read).
+    // A client error whose body (read with its head when a context-window fallback is left)
+    // says the request overflowed the model's context window: handed back, the connection
+    // dropped with that answer.
+    if context_fallback && crate::llm::context_exceeded(relay.status, &up.buf) {
         c.ex.status = relay.status;
         return Sent::ContextExceeded;
     }
@@ -374,33 +381,39 @@ pub(super) async fn forward(
     })
 }
 
-/// Whether the answer `relay` heads says the request overflowed the model's context window
-/// (`llm::context_exceeded`): a client error's body is read (into `up.buf`, where the relay
-/// takes it from if not) until whole, [`llm::OVERFLOW_BODY_BYTES_MAX`] bytes, or the read
-/// timeout; any other answer is not read here.
-async fn overflowed(ctx: &ShardCtx, up: &mut UpConn, relay: &Relay, ucfg: &UpstreamConfig) -> bool {
-    use crate::http::response::ClientFraming;
-    if !crate::llm::overflow_status(relay.status) {
-        return false;
+/// [`read_response_head`], and a client error's body after it (one framed by length or
+/// chunks): until whole, [`OVERFLOW_BODY_BYTES_MAX`] bytes, or [`OVERFLOW_BODY_WAIT_MS`],
+/// so it can be read for a context-window overflow before any byte is relayed. What it read
+/// is relayed from `up.buf`; a failed read is the relay's to meet.
+async fn read_head_and_error_body(
+    ctx: &ShardCtx,
+    up: &mut UpConn,
+    ucfg: &UpstreamConfig,
+    req: &RequestHead,
+    extra_headers: Option<&[u8]>,
+    wbuf: &mut Vec<u8>,
+) -> Result<(Relay, bool), HeadError> {
+    let (relay, keep_alive) = read_response_head(ctx, up, ucfg, req, extra_headers, wbuf).await?;
+    let framed = relay.framing != ClientFraming::UntilClose;
+    if framed && crate::llm::overflow_status(relay.status) {
+        let deadline = deadline_in(Duration::from_millis(OVERFLOW_BODY_WAIT_MS));
+        while !body_whole(relay.framing, &up.buf) && up.buf.len() < OVERFLOW_BODY_BYTES_MAX {
+            match super::upread::read_up(ctx, up, deadline).await {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
     }
-    let deadline = deadline_in(ucfg.read_timeout);
-    loop {
-        if crate::llm::context_exceeded(relay.status, &up.buf) {
-            return true;
-        }
-        let whole = match relay.framing {
-            ClientFraming::None => true,
-            ClientFraming::Length(n) => up.buf.len() as u64 >= n,
-            ClientFraming::Chunked | ClientFraming::Dechunk => up.buf.ends_with(b"0\r\n\r\n"),
-            ClientFraming::UntilClose => false,
-        };
-        if whole || up.buf.len() >= crate::llm::OVERFLOW_BODY_BYTES_MAX {
-            return false;
-        }
-        match super::upread::read_up(ctx, up, deadline).await {
-            Ok(n) if n > 0 => {}
-            _ => return false,
-        }
+    Ok((relay, keep_alive))
+}
+
+/// The body of an answer framed as `framing` is whole in `buf` (what follows its head).
+fn body_whole(framing: ClientFraming, buf: &[u8]) -> bool {
+    match framing {
+        ClientFraming::None => true,
+        ClientFraming::Length(n) => buf.len() as u64 >= n,
+        ClientFraming::Chunked | ClientFraming::Dechunk => buf.ends_with(b"0\r\n\r\n"),
+        ClientFraming::UntilClose => false,
     }
 }
 

@@ -49,7 +49,9 @@ mod request;
 mod sse;
 mod usage;
 
-pub use overflow::{context_exceeded, overflow_status, OVERFLOW_BODY_BYTES_MAX};
+pub use overflow::{
+    context_exceeded, overflow_status, OVERFLOW_BODY_BYTES_MAX, OVERFLOW_BODY_WAIT_MS,
+};
 pub use request::{
     estimate_tokens, inspect, with_include_usage, with_model, RequestInfo,
     INCLUDE_USAGE_GROWTH_BYTES_MAX,

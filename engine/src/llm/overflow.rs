@@ -11,6 +11,9 @@
 /// The most of an error answer's body read to decide it, bytes; a longer one is relayed as it
 /// is.
 pub const OVERFLOW_BODY_BYTES_MAX: usize = 16 * 1024;
+/// The longest wait for the rest of such a body once its head came, ms (then it is relayed as
+/// it is).
+pub const OVERFLOW_BODY_WAIT_MS: u64 = 1_000;
 
 /// Phrases that name a context window exceeded (lowercase).
 const PHRASES: [&str; 14] = [
