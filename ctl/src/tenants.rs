@@ -156,8 +156,17 @@ fn key_limits(l: &shardgate_core::store::KeySettings) -> String {
     if let Some(v) = l.tpm {
         parts.push(format!("tpm {v}"));
     }
+    if let Some(v) = l.max_concurrency {
+        parts.push(format!("{v} at once"));
+    }
     if let Some(v) = l.budget_usd {
         parts.push(format!("${v}"));
+    }
+    if let Some(v) = l.spent_usd {
+        parts.push(format!("${v} spent before"));
+    }
+    if let Some(m) = &l.models {
+        parts.push(format!("models {}", m.join(" ")));
     }
     if parts.is_empty() {
         "-".into()

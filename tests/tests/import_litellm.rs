@@ -425,9 +425,21 @@ fn an_imported_config_and_its_keys_serve_old_litellm_keys() {
         .as_array()
         .is_some_and(|a| a.iter().any(|e| e["path"] == "keys-file.keys[0].spend")));
     // The master key is an admin token too, as in LiteLLM; a team key is not.
-    let (status, _) =
+    let (status, keys) =
         shardgate_tests::admin_request(&gw, "GET", "/admin/v1/keys", Some("sk-master-0001"), None);
     assert_eq!(status, 200);
+    // ... and it shows the imported keys' own models and spend carried in.
+    let data = keys["data"].as_array().cloned().unwrap_or_default();
+    assert!(
+        data.iter()
+            .any(|k| k["models"] == serde_json::json!(["llama"])),
+        "{keys}"
+    );
+    assert!(
+        data.iter()
+            .any(|k| k["spent_usd"] == 1.0 && k["budget_usd"] == 1.0),
+        "{keys}"
+    );
     let (status, _) =
         shardgate_tests::admin_request(&gw, "GET", "/admin/v1/keys", Some(team_key), None);
     assert_eq!(status, 401);

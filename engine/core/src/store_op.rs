@@ -428,7 +428,11 @@ pub fn key_json(store: &Store, id: &str, k: &StoredKey, now_unix_ms: u64) -> Val
         "state": store.key_state(k, now_unix_ms).as_str(),
         "rpm": k.limits.rpm,
         "tpm": k.limits.tpm,
+        "max_concurrency": k.limits.max_concurrency,
         "budget_usd": k.limits.budget_usd,
+        "models": k.limits.models,
+        "spent_usd": k.limits.spent_usd,
+        "spent_until": k.limits.spent_until_unix_ms.map(|t| t / 1000),
     })
 }
 
