@@ -413,6 +413,20 @@ fn an_imported_config_and_its_keys_serve_old_litellm_keys() {
     assert_eq!(chat(&mut c4, narrow_key, "llama").status, 200);
     let r = chat(&mut c4, narrow_key, "small");
     assert_eq!(r.status, 403, "{}", r.summary());
+    // ... and the models it is shown are those it may call.
+    c4.send(format!(
+        "GET {} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {narrow_key}\r\n\r\n",
+        ["", "v1", "models"].join("/")
+    ));
+    let listed: Vec<String> = c4.read_response().json()["data"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(listed, ["llama"]);
     // Spend so far counts: the key whose budget it used up is refused where LiteLLM refuses
     // it; the one with room is served.
     let mut c5 = Client::connect(gw.addr());
