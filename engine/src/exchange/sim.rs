@@ -352,9 +352,17 @@ pub fn check(data: &[u8]) {
         };
         action = call.step(&world, &mut ledger, now, &mut rng, event);
         if context {
-            // The fallback group's first attempt, or none left in it.
+            // The fallback group's first attempt (or one of its own fallbacks', when it has
+            // no deployment in rotation), or none left in it.
             match action {
-                Action::Send { choice, .. } => assert_eq!(Some(choice.group), moved_to),
+                Action::Send { choice, .. } => {
+                    let f = moved_to.expect("a group to move to");
+                    assert!(
+                        choice.group == f || world.table.fallbacks(f).any(|g| g == choice.group),
+                        "moved to {f:?}, sent to {:?}",
+                        choice.group
+                    );
+                }
                 Action::Refuse(r) => assert_eq!(r.error, Error::NoDeployment),
                 _ => panic!("{action:?} after a context overflow"),
             }
