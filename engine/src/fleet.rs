@@ -526,7 +526,7 @@ fn limits_of(cfg: &Config) -> Vec<(LimitId, Amount)> {
         }
     }
     for k in &cfg.key_table.limited {
-        let name = format!("\u{1}key/{}", crate::tenant::hex_bytes(&k.limits.lineage));
+        let name = crate::tenant::key_cells_name(&k.limits.lineage);
         let l = &k.limits;
         push(&name, Kind::Rpm, l.rpm, 0, None);
         push(&name, Kind::Tpm, l.tpm, 0, None);
@@ -554,7 +554,7 @@ fn slot_tenants_of(cfg: &Config, region: &'static Region) -> Vec<SlotTenant> {
         .filter_map(|t| Some((t.name.clone(), t.max_concurrency?)));
     // A key's own max_concurrency, on its lineage's cells (as its rates and budget).
     let keys = cfg.key_table.limited.iter().filter_map(|k| {
-        let name = format!("\u{1}key/{}", crate::tenant::hex_bytes(&k.limits.lineage));
+        let name = crate::tenant::key_cells_name(&k.limits.lineage);
         Some((name, k.limits.max_concurrency?))
     });
     let mut out = Vec::new();

@@ -768,7 +768,7 @@ impl Kept {
             .borrow_mut()
             .entry(lineage)
             .or_insert_with(|| {
-                let name = format!("\u{1}key/{}", crate::tenant::hex_bytes(&lineage));
+                let name = crate::tenant::key_cells_name(&lineage);
                 let slot = region.tenant_slot(&name);
                 (
                     slot.map(|(_, c)| c),

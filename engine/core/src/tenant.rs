@@ -427,6 +427,12 @@ pub fn validate(
     out
 }
 
+/// The name of a limited key's cells in the shared tenant table (and of its limits in a
+/// fleet): `\u{1}key/` and its lineage in hex, which no tenant name can be.
+pub fn key_cells_name(lineage: &[u8; KEY_ID_BYTES]) -> String {
+    format!("\u{1}key/{}", hex_bytes(lineage))
+}
+
 /// Bytes as lowercase hex digits.
 pub fn hex_bytes(b: &[u8]) -> String {
     let mut s = String::with_capacity(2 * b.len());
