@@ -195,26 +195,9 @@ pub fn import(export: &Json, now_unix_ms: u64, r: &mut Report) -> Result<Store, 
     Ok(store)
 }
 
-/// The fields of a key row the import reads.
-const KEY_FIELDS: &[&str] = &[
-    "token",
-    "key_alias",
+/// The fields the import reads of a key row and of a team row alike: the limits.
+const LIMIT_FIELDS: &[&str] = &[
     "team_id",
-    "models",
-    "rpm_limit",
-    "tpm_limit",
-    "max_parallel_requests",
-    "max_budget",
-    "budget_duration",
-    "budget_reset_at",
-    "spend",
-    "expires",
-    "blocked",
-];
-/// The fields of a team row the import reads.
-const TEAM_FIELDS: &[&str] = &[
-    "team_id",
-    "team_alias",
     "models",
     "rpm_limit",
     "tpm_limit",
@@ -225,6 +208,10 @@ const TEAM_FIELDS: &[&str] = &[
     "spend",
     "blocked",
 ];
+/// ... and those of a key row only.
+const KEY_FIELDS: &[&str] = &["token", "key_alias", "expires"];
+/// ... and of a team row only.
+const TEAM_FIELDS: &[&str] = &["team_alias"];
 /// Bookkeeping LiteLLM keeps on a row, not a setting of it.
 const BOOKKEEPING: &[&str] = &[
     "key_name",
@@ -240,13 +227,17 @@ const BOOKKEEPING: &[&str] = &[
 ];
 
 /// Report every field of `row` (at `at`) that holds a value and is neither one the import
-/// reads (`read`) nor bookkeeping: nothing of a row is dropped without a line.
+/// reads (the limits, and the row's own `read`) nor bookkeeping: nothing of a row is dropped
+/// without a line.
 fn unread(row: &Json, read: &[&str], at: &str, r: &mut Report) {
     let Some(fields) = row.as_object() else {
         return;
     };
     for k in fields.keys() {
-        if read.contains(&k.as_str()) || BOOKKEEPING.contains(&k.as_str()) || !present(row, k) {
+        let known = [LIMIT_FIELDS, read, BOOKKEEPING]
+            .iter()
+            .any(|list| list.contains(&k.as_str()));
+        if known || !present(row, k) {
             continue;
         }
         let why = match k.as_str() {
