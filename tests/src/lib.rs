@@ -109,17 +109,26 @@ pub fn sha256_hex(key: &str) -> String {
     shardgate_engine::tenant::hex(&shardgate_engine::tenant::hash_key(key.as_bytes()))
 }
 
-/// One chat completion for `model` with `key` on a fresh connection to `addr`: the status, and
-/// the error's `code` when it is not 200 (empty otherwise).
-pub fn chat_with_key(addr: std::net::SocketAddr, key: &str, model: &str) -> (u16, String) {
-    let mut c = Client::connect(addr);
-    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+/// `POST /v1/chat/completions` with `body` and `key` on `c`, and its answer.
+pub fn post_chat(c: &mut Client, key: &str, body: &str) -> Response {
     c.send(format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     ));
-    let r = c.read_response();
+    c.read_response()
+}
+
+/// A one-message chat completion for `model` with `key` on `c`, and its answer.
+pub fn chat_keyed(c: &mut Client, key: &str, model: &str) -> Response {
+    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    post_chat(c, key, &body)
+}
+
+/// One chat completion for `model` with `key` on a fresh connection to `addr`: the status, and
+/// the error's `code` when it is not 200 (empty otherwise).
+pub fn chat_with_key(addr: std::net::SocketAddr, key: &str, model: &str) -> (u16, String) {
+    let r = chat_keyed(&mut Client::connect(addr), key, model);
     let code = if r.status == 200 {
         String::new()
     } else {

@@ -10,7 +10,10 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use shardgate_tests::{ctl_bin, write_response, Action, Client, Gateway, MockUpstream, Request};
+use shardgate_tests::{
+    chat_keyed as chat, ctl_bin, sha256_hex, write_response, Action, Client, Gateway, MockUpstream,
+    Request,
+};
 
 fn fixtures() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/litellm");
@@ -252,20 +255,6 @@ fn deployment(name: &'static str) -> MockUpstream {
             Ok(Action::KeepAlive)
         },
     )
-}
-
-fn chat(c: &mut Client, key: &str, model: &str) -> shardgate_tests::Response {
-    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
-    c.send(format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    ));
-    c.read_response()
-}
-
-fn sha256_hex(s: &str) -> String {
-    shardgate_tests::sha256_hex(s)
 }
 
 /// `NAME=value` lines of an environment file.

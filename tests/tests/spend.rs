@@ -108,13 +108,7 @@ reasoning_usd_per_mtok = 20
 
 /// One chat call on a fresh connection (the kernel spreads them over both shards).
 fn chat(gw: &Gateway, key: &str, body: &str) -> shardgate_tests::Response {
-    let mut c = Client::connect(gw.addr());
-    c.send(format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    ));
-    c.read_response()
+    shardgate_tests::post_chat(&mut Client::connect(gw.addr()), key, body)
 }
 
 fn key_id(key: &str) -> String {
