@@ -325,6 +325,7 @@ pub fn check(data: &[u8]) {
         if context {
             context_moves += 1;
             failed_over = 0;
+            // Invariant: `context_fallback` names a group only for a group's call.
             let named = call.checked().group.expect("a group's call");
             assert!(
                 context_moves <= world.table.fallbacks(named).count(),
@@ -356,6 +357,7 @@ pub fn check(data: &[u8]) {
             // no deployment in rotation), or none left in it.
             match action {
                 Action::Send { choice, .. } => {
+                    // Invariant: `context` is set only when `moved_to` is.
                     let f = moved_to.expect("a group to move to");
                     assert!(
                         choice.group == f || world.table.fallbacks(f).any(|g| g == choice.group),
