@@ -974,30 +974,22 @@ fn deployment(e: &Value, at: &str, secrets: &mut Secrets, r: &mut Report) -> Opt
             ("litellm_params", params.get(k)),
             ("model_info", e.get("model_info").and_then(|m| m.get(k))),
         ] {
+            let Some(v) = v else { continue };
+            let path = if where_.is_empty() {
+                format!("{at}.{k}")
+            } else {
+                format!("{at}.{where_}.{k}")
+            };
             if found.is_some() {
-                if v.is_some() {
-                    let path = if where_.is_empty() {
-                        format!("{at}.{k}")
-                    } else {
-                        format!("{at}.{where_}.{k}")
-                    };
-                    r.skip(path, format!("LiteLLM reads the deployment's {k} from where it finds it first (the entry, then litellm_params, then model_info)"));
-                }
+                r.skip(path, format!("LiteLLM reads the deployment's {k} from where it finds it first (the entry, then litellm_params, then model_info)"));
                 continue;
             }
-            if let Some(v) = v {
-                let path = if where_.is_empty() {
-                    format!("{at}.{k}")
-                } else {
-                    format!("{at}.{where_}.{k}")
-                };
-                match as_u64(v) {
-                    Some(n) => {
-                        r.mapped(path, format!("the deployment's {k}"));
-                        found = Some(n);
-                    }
-                    None => r.invalid(path, format!("is {}, not a whole number", v.kind())),
+            match as_u64(v) {
+                Some(n) => {
+                    r.mapped(path, format!("the deployment's {k}"));
+                    found = Some(n);
                 }
+                None => r.invalid(path, format!("is {}, not a whole number", v.kind())),
             }
         }
         found
