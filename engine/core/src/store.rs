@@ -260,14 +260,13 @@ impl KeySettings {
             Some(n) => err(format!("key {what} must be between 1 and 2^48, got {n}")),
         };
         let mut carried_error = None;
-        let carried = tenant::Carried::read(self.spent_usd, self.spent_until_unix_ms, |k, r| {
+        let has_budget = self.budget_usd.is_some();
+        let (usd, until) = (self.spent_usd, self.spent_until_unix_ms);
+        let carried = tenant::Carried::read(usd, until, has_budget, |k, r| {
             carried_error.get_or_insert(format!("key {k} {r}"));
         });
         if let Some(message) = carried_error {
             return err(message);
-        }
-        if carried.is_some() && self.budget_usd.is_none() {
-            return err("key spent_usd needs budget_usd");
         }
         let models = match &self.models {
             None => None,

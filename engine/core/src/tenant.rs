@@ -115,11 +115,12 @@ pub struct Carried {
 }
 
 impl Carried {
-    /// `spent_usd` and `spent_until_unix_ms` as given (both or neither), checked; problems to
-    /// `error(field, reason)`.
+    /// `spent_usd` and `spent_until_unix_ms` as given (both or neither) for a USD budget
+    /// (`has_budget`: one was given), checked; problems to `error(field, reason)`.
     pub fn read(
         usd: Option<f64>,
         until_unix_ms: Option<u64>,
+        has_budget: bool,
         mut error: impl FnMut(&str, String),
     ) -> Option<Carried> {
         match (usd, until_unix_ms) {
@@ -136,6 +137,10 @@ impl Carried {
                 None
             }
             (Some(usd), Some(until)) => match crate::prices::uusd_of(usd, BUDGET_USD_MAX) {
+                Ok(_) if !has_budget => {
+                    error("spent_usd", "needs budget_usd".into());
+                    None
+                }
                 Ok(uusd) => Some(Carried {
                     uusd,
                     until_unix_ms: until,
@@ -395,12 +400,10 @@ pub fn validate(
         }
         let budget = budget_tokens
             .and_then(|tokens| window_of(true).map(|window| Budget { tokens, window }));
-        let carried = Carried::read(t.spent_usd, t.spent_until_unix_ms, |k, reason| {
-            error(f(k), reason);
+        let has_budget = budget_usd.is_some();
+        let carried = Carried::read(t.spent_usd, t.spent_until_unix_ms, has_budget, |k, r| {
+            error(f(k), r);
         });
-        if carried.is_some() && budget_usd.is_none() {
-            error(f("spent_usd"), "needs budget_usd".into());
-        }
         let budget_usd = budget_usd.and_then(|uusd| {
             window_of(true).map(|window| BudgetUsd {
                 uusd,
