@@ -407,12 +407,24 @@ async fn read_head_and_error_body(
     Ok((relay, keep_alive))
 }
 
-/// The body of an answer framed as `framing` is whole in `buf` (what follows its head).
+/// The body of an answer framed as `framing` is whole in `buf` (what follows its head): a
+/// chunked one as `http::chunked` decodes it, trailers included (a malformed one is as whole
+/// as it gets: waiting would not mend it, and the relay refuses it).
 fn body_whole(framing: ClientFraming, buf: &[u8]) -> bool {
+    use crate::http::chunked::{ChunkedDecoder, Step};
     match framing {
         ClientFraming::None => true,
         ClientFraming::Length(n) => buf.len() as u64 >= n,
-        ClientFraming::Chunked | ClientFraming::Dechunk => buf.ends_with(b"0\r\n\r\n"),
+        ClientFraming::Chunked | ClientFraming::Dechunk => {
+            let (mut decoder, mut at) = (ChunkedDecoder::new(), 0);
+            loop {
+                match decoder.decode(buf.get(at..).unwrap_or_default()) {
+                    Ok((n, Step::Data(_))) => at += n,
+                    Ok((_, Step::NeedMore)) => return false,
+                    Ok((_, Step::Done)) | Err(_) => return true,
+                }
+            }
+        }
         ClientFraming::UntilClose => false,
     }
 }
@@ -548,6 +560,33 @@ pub(super) async fn read_response_head(
             }
             Ok(_) => got_any = true,
             Err(ReadError::TimedOut) => return Err(HeadError::Failed(Error::UpstreamTimeout)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_body_is_whole_when_its_framing_says_so() {
+        assert!(body_whole(ClientFraming::Length(3), b"abc"));
+        assert!(!body_whole(ClientFraming::Length(3), b"ab"));
+        assert!(body_whole(ClientFraming::None, b""));
+        assert!(!body_whole(ClientFraming::UntilClose, b"abc"));
+        for (chunked, whole) in [
+            (&b"3\r\nabc\r\n0\r\n\r\n"[..], true),
+            (b"3\r\nabc\r\n0\r\nx-t: 1\r\n\r\n", true),
+            (b"3\r\nabc\r\n", false),
+            (b"3\r\nab", false),
+            // Malformed: no more waiting (the relay refuses it).
+            (b"zz\r\n", true),
+        ] {
+            assert_eq!(
+                body_whole(ClientFraming::Chunked, chunked),
+                whole,
+                "{chunked:?}"
+            );
         }
     }
 }
