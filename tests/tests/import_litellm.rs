@@ -43,11 +43,14 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn import(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Run {
+    // Each import its own files: the tests run at once and import the same fixtures (the
+    // secrets file is never written over, so a shared name would make one of them fail).
+    static IMPORTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = IMPORTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let stem = config
         .file_stem()
         .and_then(|s| s.to_str())
-        .unwrap_or("x")
-        .to_owned();
+        .map_or_else(|| format!("x-{n}"), |s| format!("{s}-{n}"));
     let (out, report) = (tmp(&format!("{stem}.toml")), tmp(&format!("{stem}.json")));
     let _ = std::fs::remove_file(&out);
     let _ = std::fs::remove_file(&report);
